@@ -1,0 +1,193 @@
+"""Per-call backend selection shared by ``localmamba_conv1d`` and ``localmamba_ssm``.
+
+Every op registers the backends it implements, each with a check that says whether it can run on a device (and, at
+call time, on the given inputs). ``select`` picks the first usable backend in the order ``cuda`` (the official
+``mamba_ssm`` / ``causal_conv1d`` packages) -> ``triton`` (our kernels) -> ``cpu`` (our optimized CPU path) ->
+``reference`` (plain PyTorch), unless the environment variable ``LOCALMAMBA_BACKEND`` forces one. A forced backend
+that the op does not implement is skipped (the op uses its automatic choice); a forced backend that the op implements
+but cannot run on the given inputs raises :class:`BackendUnavailableError`. The choice is logged once per
+(op, backend, device type) on the ``localmamba`` logger.
+
+Nothing here imports triton or the official packages at import time.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+ENV_VAR = "LOCALMAMBA_BACKEND"
+BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
+CHOICES: Tuple[str, ...] = ("auto",) + BACKENDS
+
+logger = logging.getLogger("localmamba")
+
+# A check returns None when the backend can run, otherwise a short reason why not.
+Check = Callable[[torch.device, bool], Optional[str]]
+
+_REGISTRY: Dict[str, Dict[str, Check]] = {}
+_LOGGED: set = set()
+_LOCK = threading.Lock()
+_MODULES: Dict[str, object] = {}
+_MISSING = object()
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when ``LOCALMAMBA_BACKEND`` forces a backend that cannot run the given inputs."""
+
+
+def requested_backend() -> str:
+    """Return the backend requested by ``LOCALMAMBA_BACKEND`` (``auto`` when unset); reject unknown values."""
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV_VAR}={value!r} is not a valid backend; valid values are: {', '.join(CHOICES)}")
+    return value
+
+
+def register(op: str, backend: str, check: Check) -> None:
+    """Declare that ``op`` implements ``backend``; ``check(device, forced)`` says whether it can run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends are: {', '.join(BACKENDS)}")
+    _REGISTRY.setdefault(op, {})[backend] = check
+
+
+def implemented_backends(op: str) -> Tuple[str, ...]:
+    """Backends that ``op`` implements, in automatic-selection order."""
+    table = _REGISTRY.get(op)
+    if table is None:
+        raise KeyError(f"unknown op {op!r}; registered ops: {', '.join(sorted(_REGISTRY))}")
+    return tuple(b for b in BACKENDS if b in table)
+
+
+def _as_device(device: Union[None, str, torch.device]) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def select(op: str, device: Union[None, str, torch.device],
+           input_check: Optional[Callable[[str], Optional[str]]] = None, log: bool = True) -> str:
+    """Choose the backend for one call of ``op`` on ``device``.
+
+    ``input_check(backend)`` may add input-specific constraints (dtype, sizes); it returns None or a reason.
+    """
+    device = _as_device(device)
+    requested = requested_backend()
+    table = _REGISTRY.get(op)
+    if table is None:
+        raise KeyError(f"unknown op {op!r}; registered ops: {', '.join(sorted(_REGISTRY))}")
+
+    def reason_against(backend: str, forced: bool) -> Optional[str]:
+        reason = table[backend](device, forced)
+        if reason is None and input_check is not None:
+            reason = input_check(backend)
+        return reason
+
+    if requested != "auto" and requested in table:
+        reason = reason_against(requested, True)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"{ENV_VAR}={requested} cannot run op '{op}' on {device.type} inputs: {reason}")
+        chosen, how = requested, "forced"
+    else:
+        chosen = None
+        for backend in BACKENDS:
+            if backend in table and reason_against(backend, False) is None:
+                chosen = backend
+                break
+        if chosen is None:
+            raise BackendUnavailableError(f"no backend of op '{op}' can run on {device.type} inputs")
+        how = "auto" if requested == "auto" else f"auto; op has no '{requested}' backend"
+    if log:
+        _log_once(op, chosen, device, how)
+    return chosen
+
+
+def selected_backend(op: str, device: Union[None, str, torch.device] = None) -> str:
+    """Backend that ``op`` would use for inputs on ``device`` (for logging at model build; logs nothing)."""
+    return select(op, device, log=False)
+
+
+def _log_once(op: str, backend: str, device: torch.device, how: str) -> None:
+    key = (op, backend, device.type)
+    if key in _LOGGED or _is_compiling():
+        return
+    with _LOCK:
+        if key in _LOGGED:
+            return
+        _LOGGED.add(key)
+    logger.info("op '%s' on %s uses backend '%s' (%s)", op, device.type, backend, how)
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def optional_module(name: str):
+    """Import ``name`` if possible (cached); return None when it or one of its dependencies is missing."""
+    module = _MODULES.get(name)
+    if module is None:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # a broken optional install (missing CUDA library...) counts as absent
+            module = _MISSING
+        _MODULES[name] = module
+    return None if module is _MISSING else module
+
+
+def triton_importable() -> bool:
+    """True when the ``triton`` package is installed (it is not imported here)."""
+    if "triton" not in _MODULES:
+        _MODULES["triton"] = object() if importlib.util.find_spec("triton") is not None else _MISSING
+    return _MODULES["triton"] is not _MISSING
+
+
+def triton_interpreter() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (slowly; for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def reset_caches() -> None:
+    """Forget cached imports and logged choices (for tests that install fake packages)."""
+    _MODULES.clear()
+    _LOGGED.clear()
+
+
+def check_official(module_name: str) -> Check:
+    """Check for the ``cuda`` backend: CUDA inputs and the official package ``module_name`` importable."""
+
+    def check(device: torch.device, forced: bool) -> Optional[str]:
+        if device.type != "cuda":
+            return "the official kernels need CUDA tensors"
+        if optional_module(module_name) is None:
+            return f"cannot import {module_name}"
+        return None
+
+    return check
+
+
+def check_triton(device: torch.device, forced: bool) -> Optional[str]:
+    """Check for the ``triton`` backend: CUDA inputs (or CPU inputs under the interpreter when forced)."""
+    if not triton_importable():
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None
+    if forced and device.type == "cpu" and triton_interpreter():
+        return None
+    return "triton kernels need CUDA tensors (or TRITON_INTERPRET=1 with CPU tensors)"
+
+
+def check_cpu(device: torch.device, forced: bool) -> Optional[str]:
+    """Check for the ``cpu`` backend: CPU inputs."""
+    return None if device.type == "cpu" else "the cpu backend runs CPU tensors only"
+
+
+def check_any(device: torch.device, forced: bool) -> Optional[str]:
+    """Check for the ``reference`` backend: runs everywhere."""
+    return None

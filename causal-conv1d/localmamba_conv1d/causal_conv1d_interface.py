@@ -1,0 +1,115 @@
+"""Public causal depthwise conv1d ops with per-call backend dispatch (see ``backends``).
+
+Signatures follow causal-conv1d 1.0.0: ``causal_conv1d_fn(x, weight, bias=None, activation=None)`` and
+``causal_conv1d_update(x, conv_state, weight, bias=None, activation=None)``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .precision import autocast_off, compute_dtype
+from .reference import causal_conv1d_ref, causal_conv1d_update_ref
+
+OP = "causal_conv1d"
+OP_UPDATE = "causal_conv1d_update"
+OFFICIAL_MODULE = "causal_conv1d.causal_conv1d_interface"
+_FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                activation: Optional[str]) -> torch.Tensor:
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (batch, dim, seqlen), got {_shape(x)}")
+    dim = x.shape[1]
+    if weight.dim() == 3 and weight.shape[1] == 1:
+        weight = weight[:, 0]
+    if weight.dim() != 2 or weight.shape[0] != dim:
+        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, got {_shape(weight)}")
+    if bias is not None and tuple(bias.shape) != (dim,):
+        raise ValueError(f"bias must have shape (dim,)=({dim},), got {_shape(bias)}")
+    return weight
+
+
+def _conv_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                activation: Optional[str]) -> torch.Tensor:
+    """cpu backend: grouped ``F.conv1d`` (oneDNN on CPU), fp32 compute, output in x's dtype."""
+    with autocast_off(x.device.type):
+        dtype = compute_dtype(x, weight)
+        width = weight.shape[-1]
+        out = F.conv1d(x.to(dtype), weight.to(dtype).unsqueeze(1), None if bias is None else bias.to(dtype),
+                       padding=width - 1, groups=weight.shape[0])[..., :x.shape[-1]]
+        if activation is not None:
+            out = F.silu(out)
+    return out.to(x.dtype)
+
+
+def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   activation: Optional[str]) -> torch.Tensor:
+    """cuda backend: the official package, through its Python-level function only (its bindings changed per release)."""
+    official = backends.optional_module(OFFICIAL_MODULE)
+    if x.stride(-1) != 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    return official.causal_conv1d_fn(x, weight.contiguous(), bias, activation=activation)
+
+
+_IMPLS: Dict[str, Callable] = {
+    "cuda": _conv_official,
+    "cpu": _conv_torch,
+    "reference": causal_conv1d_ref,
+}
+
+backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
+backends.register(OP, "cpu", backends.check_cpu)
+backends.register(OP, "reference", backends.check_any)
+backends.register(OP_UPDATE, "cuda", backends.check_official(OFFICIAL_MODULE))
+backends.register(OP_UPDATE, "reference", backends.check_any)
+
+
+def _input_check(x: torch.Tensor, weight: torch.Tensor) -> Callable[[str], Optional[str]]:
+    def check(backend: str) -> Optional[str]:
+        if backend in ("cuda", "triton"):
+            if x.dtype not in _FLOAT_TYPES or weight.dtype not in _FLOAT_TYPES:
+                return f"needs fp32/fp16/bf16 tensors, got x {x.dtype} and weight {weight.dtype}"
+        if backend == "cuda" and not 2 <= weight.shape[-1] <= 4:
+            return f"the official kernel supports widths 2 to 4, got {weight.shape[-1]}"
+        return None
+
+    return check
+
+
+def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     activation: Optional[str] = None) -> torch.Tensor:
+    """Causal depthwise conv1d: x (B, D, L), weight (D, W) or (D, 1, W), bias (D,) or None -> (B, D, L).
+
+    ``activation`` is None, 'silu' or 'swish' (same as 'silu'). Zero history on the left; fp32 compute; output in
+    x's dtype.
+    """
+    weight = _check_args(x, weight, bias, activation)
+    backend = backends.select(OP, x.device, _input_check(x, weight))
+    return _IMPLS[backend](x, weight, bias, activation)
+
+
+def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                         bias: Optional[torch.Tensor] = None, activation: Optional[str] = None) -> torch.Tensor:
+    """One decoding step: x (B, D), conv_state (B, D, W) updated in place, weight (D, W), bias (D,) -> (B, D)."""
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (batch, dim), got {_shape(x)}")
+    weight = _check_args(x.unsqueeze(-1), weight, bias, activation)
+    expected = (x.shape[0], x.shape[1], weight.shape[-1])
+    if tuple(conv_state.shape) != expected:
+        raise ValueError(f"conv_state must have shape (batch, dim, width)={expected}, got {_shape(conv_state)}")
+    backend = backends.select(OP_UPDATE, x.device, _input_check(x, weight))
+    if backend == "cuda":
+        official = backends.optional_module(OFFICIAL_MODULE)
+        return official.causal_conv1d_update(x, conv_state, weight.contiguous(), bias, activation=activation)
+    return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)

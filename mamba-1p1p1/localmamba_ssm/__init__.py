@@ -1,0 +1,39 @@
+"""Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj``).
+
+Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``; override with the environment
+variable ``LOCALMAMBA_BACKEND`` and query with :func:`selected_backend`.
+"""
+from typing import Dict, Union
+
+import torch
+from localmamba_conv1d.backends import selected_backend
+
+from .ops.layernorm import RMSNorm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
+from .ops.reference import mamba_inner_no_out_proj_ref, mamba_inner_ref, selective_scan_ref
+from .ops.selective_scan_interface import mamba_inner_fn, mamba_inner_fn_no_out_proj, selective_scan_fn
+
+__version__ = "1.1.1"
+
+MODEL_OPS = ("selective_scan", "causal_conv1d", "layer_norm")
+
+
+def backend_summary(device: Union[str, torch.device, None] = None) -> Dict[str, str]:
+    """Backend each op used by the models would run on ``device`` (e.g. to log at model build)."""
+    return {op: selected_backend(op, device) for op in MODEL_OPS}
+
+
+__all__ = [
+    "RMSNorm",
+    "backend_summary",
+    "layer_norm_fn",
+    "layer_norm_ref",
+    "mamba_inner_fn",
+    "mamba_inner_fn_no_out_proj",
+    "mamba_inner_no_out_proj_ref",
+    "mamba_inner_ref",
+    "rms_norm_fn",
+    "rms_norm_ref",
+    "selected_backend",
+    "selective_scan_fn",
+    "selective_scan_ref",
+]

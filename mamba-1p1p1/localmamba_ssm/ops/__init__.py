@@ -1,0 +1,1 @@
+"""Selective-scan ops (public functions, references, backends)."""

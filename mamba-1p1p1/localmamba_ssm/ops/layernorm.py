@@ -1,0 +1,150 @@
+"""RMSNorm / LayerNorm with a fused residual add (mamba_ssm 1.1.1 ``ops/triton/layernorm.py`` semantics).
+
+``residual_out = x + residual`` (kept in residual's dtype; fp32 when residual is None and ``residual_in_fp32``), the
+norm is computed in fp32 from that sum and returned in x's dtype; ``prenorm`` also returns ``residual_out``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from localmamba_conv1d import backends
+from localmamba_conv1d.precision import autocast_off
+
+OP = "layer_norm"
+_OFFICIAL_MODULES = ("mamba_ssm.ops.triton.layer_norm", "mamba_ssm.ops.triton.layernorm")
+
+NormResult = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _official_module():
+    for name in _OFFICIAL_MODULES:
+        module = backends.optional_module(name)
+        if module is not None and hasattr(module, "layer_norm_fn"):
+            return module
+    return None
+
+
+def _check_official(device: torch.device, forced: bool) -> Optional[str]:
+    if device.type != "cuda":
+        return "the official kernels need CUDA tensors"
+    if _official_module() is None:
+        return "cannot import mamba_ssm.ops.triton.layer_norm(layernorm)"
+    return None
+
+
+backends.register(OP, "cuda", _check_official)
+backends.register(OP, "reference", backends.check_any)
+
+
+def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   residual: Optional[torch.Tensor] = None, eps: float = 1e-6, prenorm: bool = False,
+                   upcast: bool = False) -> NormResult:
+    """Reference LayerNorm over the last dim of ``x + residual``; ``upcast`` computes everything in fp32."""
+    dtype = x.dtype
+    if upcast:
+        x = x.float()
+        residual = None if residual is None else residual.float()
+        weight = weight.float()
+        bias = None if bias is None else bias.float()
+    if residual is not None:
+        x = (x + residual).to(x.dtype)
+    out = F.layer_norm(x.to(weight.dtype), x.shape[-1:], weight=weight, bias=bias, eps=eps).to(dtype)
+    return (out, x) if prenorm else out
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 residual: Optional[torch.Tensor] = None, eps: float = 1e-6, prenorm: bool = False,
+                 upcast: bool = False) -> NormResult:
+    """Reference RMSNorm ``x * rsqrt(mean(x^2) + eps) * weight (+ bias)`` of ``x + residual``."""
+    dtype = x.dtype
+    if upcast:
+        x = x.float()
+        residual = None if residual is None else residual.float()
+        weight = weight.float()
+        bias = None if bias is None else bias.float()
+    if residual is not None:
+        x = (x + residual).to(x.dtype)
+    rstd = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps)
+    out = x * rstd * weight
+    if bias is not None:
+        out = out + bias
+    out = out.to(dtype)
+    return (out, x) if prenorm else out
+
+
+def _add_norm_torch(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm):
+    """Fused add + norm in plain PyTorch (the reference backend): fp32 compute, dtypes as the fused kernel."""
+    if residual is not None:
+        residual_dtype = residual.dtype
+    else:
+        residual_dtype = torch.float32 if residual_in_fp32 else x.dtype
+    with autocast_off(x.device.type):
+        dtype = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
+        total = x.to(dtype) if residual is None else x.to(dtype) + residual.to(dtype)
+        if is_rms_norm:
+            normed = total * torch.rsqrt(total.square().mean(dim=-1, keepdim=True) + eps)
+        else:
+            normed = F.layer_norm(total, total.shape[-1:], eps=eps)
+        out = normed * weight.to(dtype)
+        if bias is not None:
+            out = out + bias.to(dtype)
+    out = out.to(x.dtype)
+    return (out, total.to(residual_dtype)) if prenorm else out
+
+
+def _add_norm_official(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm):
+    return _official_module().layer_norm_fn(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm,
+                                            residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)
+
+
+_IMPLS = {"cuda": _add_norm_official, "reference": _add_norm_torch}
+
+
+def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  residual: Optional[torch.Tensor] = None, eps: float = 1e-6, prenorm: bool = False,
+                  residual_in_fp32: bool = False, is_rms_norm: bool = False) -> NormResult:
+    """Fused ``residual_out = x + residual`` then LayerNorm (or RMSNorm) over the last dim of x (..., H).
+
+    weight, bias (H,). Output in x's dtype; residual_out in residual's dtype (fp32 if residual is None and
+    ``residual_in_fp32``, else x's dtype). Returns ``(out, residual_out)`` when ``prenorm``.
+    """
+    hidden = x.shape[-1]
+    if tuple(weight.shape) != (hidden,):
+        raise ValueError(f"layer_norm_fn: weight must have shape (H,)=({hidden},), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (hidden,):
+        raise ValueError(f"layer_norm_fn: bias must have shape (H,)=({hidden},), got {tuple(bias.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"layer_norm_fn: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    backend = backends.select(OP, x.device)
+    return _IMPLS[backend](x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
+
+
+def rms_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                residual: Optional[torch.Tensor] = None, prenorm: bool = False, residual_in_fp32: bool = False,
+                eps: float = 1e-6) -> NormResult:
+    """Fused add + RMSNorm; see :func:`layer_norm_fn` (note the different argument order, as in mamba_ssm)."""
+    return layer_norm_fn(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm,
+                         residual_in_fp32=residual_in_fp32, is_rms_norm=True)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learnable ``weight`` (no bias parameter: ``bias`` is None, the state_dict holds ``weight``)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, prenorm: bool = False,
+                residual_in_fp32: bool = False) -> NormResult:
+        return rms_norm_fn(x, self.weight, self.bias, residual=residual, eps=self.eps, prenorm=prenorm,
+                           residual_in_fp32=residual_in_fp32)

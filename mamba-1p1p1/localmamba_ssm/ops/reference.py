@@ -1,0 +1,121 @@
+"""Plain-PyTorch references: the sequential selective scan and the Mamba inner functions built on it.
+
+They follow mamba_ssm 1.1.1's formulation (all decays ``exp(delta * A)`` and inputs ``delta * B * u`` first, then one
+Python loop over the sequence), are differentiable by autograd, run on any device and export to ONNX.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from localmamba_conv1d.precision import autocast_off, compute_dtype
+from localmamba_conv1d.reference import causal_conv1d_ref
+
+
+def _per_channel(M: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Grouped (Bt, G, N, L) -> (Bt, Dm, N, L) by repeating each group for its Dm/G channels."""
+    M = M.to(dtype)
+    if M.dim() == 4:
+        M = M.repeat_interleave(dim // M.shape[1], dim=1)
+    return M
+
+
+def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                       delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                       return_last_state: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Sequential selective scan.
+
+    u, delta (Bt, Dm, L); A (Dm, N); B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L); D, delta_bias (Dm,); z (Bt, Dm, L).
+    Returns out (Bt, Dm, L) in u's dtype, and the last state (Bt, Dm, N) if ``return_last_state``.
+    """
+    if A.is_complex():
+        raise NotImplementedError("selective_scan_ref: complex A is not supported")
+    dtype_in = u.dtype
+    with autocast_off(u.device.type):
+        dtype = compute_dtype(u)
+        u = u.to(dtype)
+        delta = delta.to(dtype)
+        if delta_bias is not None:
+            delta = delta + delta_bias.to(dtype)[:, None]
+        if delta_softplus:
+            delta = F.softplus(delta)
+        batch, dim, seqlen = u.shape
+        A = A.to(dtype)
+        B = _per_channel(B, dim, dtype)
+        C = _per_channel(C, dim, dtype)
+        decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+        if B.dim() == 2:
+            drive = torch.einsum("bdl,dn,bdl->bdln", delta, B, u)
+        elif B.dim() == 3:
+            drive = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+        else:
+            drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+        state = u.new_zeros((batch, dim, A.shape[1]))
+        ys = []
+        for t in range(seqlen):
+            state = decay[:, :, t] * state + drive[:, :, t]
+            if C.dim() == 2:
+                ys.append(torch.einsum("bdn,dn->bd", state, C))
+            elif C.dim() == 3:
+                ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+            else:
+                ys.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t]))
+        out = torch.stack(ys, dim=2)
+        if D is not None:
+            out = out + u * D.to(dtype)[:, None]
+        if z is not None:
+            out = out * F.silu(z.to(dtype))
+    out = out.to(dtype_in)
+    return (out, state) if return_last_state else out
+
+
+def inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                       B_proj_bias, C_proj_bias, conv_fn):
+    """Shared front half of the inner functions: conv + SiLU, x_proj, dt_proj; B/C from x_dbl when not given."""
+    seqlen = xz.shape[-1]
+    rank = delta_proj_weight.shape[1]
+    dstate = A.shape[-1]
+    x, z = xz.chunk(2, dim=1)
+    if conv1d_weight.dim() == 3:
+        conv1d_weight = conv1d_weight[:, 0]
+    u = conv_fn(x, conv1d_weight, conv1d_bias, activation="silu")
+    x_dbl = F.linear(u.transpose(1, 2).reshape(-1, u.shape[1]), x_proj_weight)  # (Bt*L, R + 2N)
+    delta = (delta_proj_weight @ x_dbl[:, :rank].t()).reshape(delta_proj_weight.shape[0], -1, seqlen).transpose(0, 1)
+    if B is None:
+        B = x_dbl[:, rank:rank + dstate]
+        if B_proj_bias is not None:
+            B = B + B_proj_bias.to(B.dtype)
+        B = B.reshape(-1, seqlen, dstate).transpose(1, 2).unsqueeze(1)  # (Bt, 1, N, L)
+    if C is None:
+        C = x_dbl[:, -dstate:]
+        if C_proj_bias is not None:
+            C = C + C_proj_bias.to(C.dtype)
+        C = C.reshape(-1, seqlen, dstate).transpose(1, 2).unsqueeze(1)
+    return u, delta, B, C, z
+
+
+def mamba_inner_no_out_proj_ref(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                                x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, A: torch.Tensor,
+                                B: Optional[torch.Tensor] = None, C: Optional[torch.Tensor] = None,
+                                D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+                                B_proj_bias: Optional[torch.Tensor] = None, C_proj_bias: Optional[torch.Tensor] = None,
+                                delta_softplus: bool = True) -> torch.Tensor:
+    """Reference of ``mamba_inner_fn_no_out_proj``: xz (Bt, 2E, L) -> z-gated scan output (Bt, E, L)."""
+    u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                                           B_proj_bias, C_proj_bias, causal_conv1d_ref)
+    return selective_scan_ref(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+def mamba_inner_ref(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                    x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
+                    out_proj_bias: Optional[torch.Tensor], A: torch.Tensor, B: Optional[torch.Tensor] = None,
+                    C: Optional[torch.Tensor] = None, D: Optional[torch.Tensor] = None,
+                    delta_bias: Optional[torch.Tensor] = None, B_proj_bias: Optional[torch.Tensor] = None,
+                    C_proj_bias: Optional[torch.Tensor] = None, delta_softplus: bool = True) -> torch.Tensor:
+    """Reference of mamba_ssm's ``mamba_inner_fn``: the no-out-proj output projected by out_proj -> (Bt, L, C)."""
+    y = mamba_inner_no_out_proj_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
+                                    delta_bias, B_proj_bias, C_proj_bias, delta_softplus)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)

@@ -1,0 +1,101 @@
+"""Public selective-scan ops with per-call backend dispatch (see ``localmamba_conv1d.backends``).
+
+Signatures follow mamba_ssm 1.1.1 plus Vim's ``mamba_inner_fn_no_out_proj``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from localmamba_conv1d import backends
+from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
+
+from .checks import check_inner_args, check_scan_args
+from .reference import inner_projections, selective_scan_ref
+
+OP = "selective_scan"
+OFFICIAL_MODULE = "mamba_ssm.ops.selective_scan_interface"
+_FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+ScanResult = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _scan_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """cuda backend: the official kernel; casts to the dtypes it requires (inputs in u's dtype, params fp32)."""
+    official = backends.optional_module(OFFICIAL_MODULE)
+    dtype = u.dtype
+    delta = delta.to(dtype)
+    z = None if z is None else z.to(dtype)
+    B = B.to(dtype) if B.dim() >= 3 else B.float()
+    C = C.to(dtype) if C.dim() >= 3 else C.float()
+    D = None if D is None else D.float()
+    delta_bias = None if delta_bias is None else delta_bias.float()
+    return official.selective_scan_fn(u, delta, A.float(), B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+_IMPLS: Dict[str, Callable[..., ScanResult]] = {
+    "cuda": _scan_official,
+    "reference": selective_scan_ref,
+}
+
+backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
+backends.register(OP, "reference", backends.check_any)
+
+
+def _input_check(u: torch.Tensor, A: torch.Tensor) -> Callable[[str], Optional[str]]:
+    def check(backend: str) -> Optional[str]:
+        if backend in ("cuda", "triton") and u.dtype not in _FLOAT_TYPES:
+            return f"needs fp32/fp16/bf16 inputs, got {u.dtype}"
+        if backend == "cuda" and A.shape[1] > 256:
+            return f"the official kernel supports N <= 256, got N={A.shape[1]}"
+        return None
+
+    return check
+
+
+def selective_scan_fn(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                      delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                      return_last_state: bool = False) -> ScanResult:
+    """Selective scan ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = <h_t, C_t> + D u_t``, gated by SiLU(z).
+
+    u, delta (Bt, Dm, L); A (Dm, N) real; B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L) with Dm % G == 0 (channel block g
+    uses group g); D, delta_bias (Dm,); z (Bt, Dm, L). ``delta = softplus(delta + delta_bias)`` when
+    ``delta_softplus``. Computed in fp32 (also under autocast), returned in u's dtype; with ``return_last_state`` also
+    returns the final state (Bt, Dm, N).
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    backend = backends.select(OP, u.device, _input_check(u, A))
+    return _IMPLS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def mamba_inner_fn_no_out_proj(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                               x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, A: torch.Tensor,
+                               B: Optional[torch.Tensor] = None, C: Optional[torch.Tensor] = None,
+                               D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+                               B_proj_bias: Optional[torch.Tensor] = None, C_proj_bias: Optional[torch.Tensor] = None,
+                               delta_softplus: bool = True) -> torch.Tensor:
+    """Mamba inner function without the output projection: xz (Bt, 2E, L) -> z-gated scan output (Bt, E, L).
+
+    x, z = xz split in channels; u = SiLU(causal_conv1d(x)); x_dbl = x_proj(u); delta = delta_proj_weight @ x_dbl[:R];
+    B, C = x_dbl[R:R+N], x_dbl[-N:] as (Bt, 1, N, L) unless given; then the selective scan with z gating.
+    conv1d_weight is (E, W) or (E, 1, W); x_proj_weight (R + 2N, E); delta_proj_weight (E, R); A (E, N).
+    """
+    check_inner_args(xz, conv1d_weight, x_proj_weight, delta_proj_weight, A, B, C)
+    u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                                           B_proj_bias, C_proj_bias, causal_conv1d_fn)
+    return selective_scan_fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+def mamba_inner_fn(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                   x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
+                   out_proj_bias: Optional[torch.Tensor], A: torch.Tensor, B: Optional[torch.Tensor] = None,
+                   C: Optional[torch.Tensor] = None, D: Optional[torch.Tensor] = None,
+                   delta_bias: Optional[torch.Tensor] = None, B_proj_bias: Optional[torch.Tensor] = None,
+                   C_proj_bias: Optional[torch.Tensor] = None, delta_softplus: bool = True) -> torch.Tensor:
+    """mamba_ssm's ``mamba_inner_fn``: :func:`mamba_inner_fn_no_out_proj` followed by out_proj -> (Bt, L, C)."""
+    y = mamba_inner_fn_no_out_proj(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
+                                   delta_bias, B_proj_bias, C_proj_bias, delta_softplus)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)

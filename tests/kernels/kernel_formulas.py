@@ -1,0 +1,80 @@
+"""Direct, loop-by-loop formulas the kernel tests compare against (independent of the package's references)."""
+import torch
+
+
+def bc_at(M, b, d, t, dim):
+    """Row of B or C used by channel d of batch b at time t, whatever its layout."""
+    if M.dim() == 2:
+        return M[d]
+    if M.dim() == 3:
+        return M[b, :, t]
+    return M[b, d // (dim // M.shape[1]), :, t]
+
+
+def direct_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Selective scan by explicit loops over batch, channel and time, in float64. Returns (out, last_state)."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    batch, dim, seqlen = u.shape
+    out = torch.zeros(batch, dim, seqlen, dtype=torch.float64)
+    last = torch.zeros(batch, dim, A.shape[1], dtype=torch.float64)
+    for b in range(batch):
+        for d in range(dim):
+            h = torch.zeros(A.shape[1], dtype=torch.float64)
+            for t in range(seqlen):
+                dt = delta[b, d, t] + (0.0 if delta_bias is None else delta_bias[d].double())
+                if delta_softplus:
+                    dt = torch.log1p(torch.exp(dt))
+                h = torch.exp(dt * A[d]) * h + dt * bc_at(B, b, d, t, dim) * u[b, d, t]
+                y = (h * bc_at(C, b, d, t, dim)).sum()
+                if D is not None:
+                    y = y + D[d].double() * u[b, d, t]
+                if z is not None:
+                    zz = z[b, d, t].double()
+                    y = y * zz / (1 + torch.exp(-zz))
+                out[b, d, t] = y
+            last[b, d] = h
+    return out, last
+
+
+def direct_conv1d(x, weight, bias=None, silu=False):
+    """Causal depthwise conv1d by explicit sums, float64: out[b, d, t] = bias[d] + sum_k w[d, k] x[b, d, t-W+1+k]."""
+    x, weight = x.double(), weight.double()
+    batch, dim, seqlen = x.shape
+    width = weight.shape[-1]
+    out = torch.zeros(batch, dim, seqlen, dtype=torch.float64)
+    for t in range(seqlen):
+        for k in range(width):
+            s = t - width + 1 + k
+            if s >= 0:
+                out[:, :, t] += weight[:, k] * x[:, :, s]
+    if bias is not None:
+        out += bias.double()[:, None]
+    return out * torch.sigmoid(out) if silu else out
+
+
+def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias):
+    """Mamba inner function without out_proj, written step by step from the upstream description, float64."""
+    dim = xz.shape[1] // 2
+    rank, dstate = dt_proj_w.shape[1], A.shape[1]
+    x, z = xz[:, :dim].double(), xz[:, dim:].double()
+    u = direct_conv1d(x, conv_w.reshape(dim, -1), conv_b, silu=True)
+    x_dbl = torch.einsum("bel,re->brl", u, x_proj_w.double())  # (Bt, R + 2N, L)
+    delta = torch.einsum("er,brl->bel", dt_proj_w.double(), x_dbl[:, :rank])
+    Bm = x_dbl[:, rank:rank + dstate]
+    Cm = x_dbl[:, rank + dstate:]
+    out, _ = direct_scan(u, delta, A, Bm, Cm, D, z, dt_bias, delta_softplus=True)
+    return out
+
+
+def direct_rms_norm(x, weight, bias, eps):
+    x = x.double()
+    y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight.double()
+    return y if bias is None else y + bias.double()
+
+
+def direct_layer_norm(x, weight, bias, eps):
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + eps) * weight.double()
+    return y if bias is None else y + bias.double()

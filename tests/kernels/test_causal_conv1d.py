@@ -1,0 +1,73 @@
+"""causal_conv1d_fn / _ref / _update against the direct sum formula; gradients; shape errors."""
+import pytest
+import torch
+
+from kernel_formulas import direct_conv1d
+from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+
+BT, DM, L = 2, 6, 13
+
+
+def make(width=4, dtype=torch.float32, with_bias=True, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(BT, DM, L, generator=g).to(dtype).requires_grad_(requires_grad)
+    w = torch.randn(DM, width, generator=g).to(dtype).requires_grad_(requires_grad)
+    b = torch.randn(DM, generator=g).to(dtype).requires_grad_(requires_grad) if with_bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("width", [2, 3, 4, 5])
+@pytest.mark.parametrize("activation", [None, "silu", "swish"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv1d_matches_direct_formula(cpu_backend, width, activation, with_bias):
+    x, w, b = make(width, with_bias=with_bias)
+    expected = direct_conv1d(x, w, b, silu=activation is not None)
+    for fn in (causal_conv1d_fn, causal_conv1d_ref):
+        out = fn(x, w, b, activation=activation)
+        assert out.shape == (BT, DM, L) and out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_accepts_three_dim_weight(cpu_backend):
+    x, w, b = make()
+    torch.testing.assert_close(causal_conv1d_fn(x, w.unsqueeze(1), b, "silu"), causal_conv1d_fn(x, w, b, "silu"))
+
+
+def test_conv1d_gradcheck(cpu_backend):
+    x, w, b = make(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: causal_conv1d_fn(x, w, b, activation="silu"), (x, w, b))
+
+
+def test_conv1d_bf16_input_fp32_weight(cpu_backend):
+    x, w, b = make()
+    out = causal_conv1d_fn(x.bfloat16(), w, b, activation="silu")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), direct_conv1d(x.bfloat16(), w, b, True), rtol=2e-2, atol=2e-2)
+
+
+def test_conv1d_update_matches_full_conv():
+    x, w, b = make()
+    state = torch.zeros(BT, DM, w.shape[1])
+    state_ref = state.clone()
+    full = direct_conv1d(x, w, b, silu=True)
+    for t in range(L):
+        out = causal_conv1d_update(x[:, :, t], state, w, b, activation="silu")
+        out_ref = causal_conv1d_update_ref(x[:, :, t], state_ref, w, b, activation="silu")
+        torch.testing.assert_close(out.double(), full[:, :, t], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out_ref, out)
+    torch.testing.assert_close(state, x[:, :, -w.shape[1]:])
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(x=torch.zeros(DM, L)), "x must have shape"),
+    (dict(weight=torch.zeros(DM + 1, 4)), "weight must have shape"),
+    (dict(weight=torch.zeros(DM, 2, 4)), "weight must have shape"),
+    (dict(bias=torch.zeros(DM + 1)), "bias must have shape"),
+    (dict(activation="relu"), "activation"),
+])
+def test_conv1d_bad_arguments(kwargs, pattern):
+    x, w, b = make()
+    args = dict(x=x, weight=w, bias=b, activation=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        causal_conv1d_fn(**args)

@@ -1,0 +1,87 @@
+"""mamba_inner_fn_no_out_proj and its references against a step-by-step formula; gradients; shape errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernel_formulas import direct_inner_no_out_proj
+from localmamba_ssm import mamba_inner_fn, mamba_inner_fn_no_out_proj, mamba_inner_no_out_proj_ref, mamba_inner_ref
+
+BT, E, L, N, R, W = 2, 6, 13, 5, 3, 4
+
+
+def make(dtype=torch.float32, batch=BT, dim=E, seqlen=L, dstate=N, rank=R, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype).requires_grad_(requires_grad)
+
+    xz = rand(batch, 2 * dim, seqlen)
+    conv_w = rand(dim, 1, W, scale=0.5)
+    conv_b = rand(dim, scale=0.5)
+    x_proj_w = rand(rank + 2 * dstate, dim, scale=0.5)
+    dt_proj_w = rand(dim, rank, scale=0.5)
+    A = (-torch.rand(dim, dstate, generator=g) * 2 - 0.1).to(dtype).requires_grad_(requires_grad)
+    D = rand(dim)
+    dt_bias = rand(dim, scale=0.5)
+    return xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias
+
+
+def call(fn, xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias):
+    return fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, None, None, D, dt_bias, delta_softplus=True)
+
+
+def test_inner_matches_direct_formula(cpu_backend):
+    args = make()
+    expected = direct_inner_no_out_proj(*args)
+    for fn in (mamba_inner_fn_no_out_proj, mamba_inner_no_out_proj_ref):
+        out = call(fn, *args)
+        assert out.shape == (BT, E, L) and out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_inner_with_out_proj(cpu_backend):
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = make()
+    out_w, out_b = torch.randn(7, E), torch.randn(7)
+    y = direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias)
+    expected = F.linear(y.transpose(1, 2), out_w.double(), out_b.double())
+    for fn in (mamba_inner_fn, mamba_inner_ref):
+        out = fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_w, out_b, A, D=D, delta_bias=dt_bias)
+        assert out.shape == (BT, L, 7)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_inner_two_dim_conv_weight(cpu_backend):
+    xz, conv_w, *rest = make()
+    torch.testing.assert_close(call(mamba_inner_fn_no_out_proj, xz, conv_w[:, 0], *rest),
+                               call(mamba_inner_fn_no_out_proj, xz, conv_w, *rest))
+
+
+def test_inner_gradcheck(cpu_backend):
+    args = make(dtype=torch.float64, batch=1, dim=3, seqlen=5, dstate=2, rank=2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: call(mamba_inner_fn_no_out_proj, *a), args, eps=1e-6, atol=1e-6,
+                                    rtol=1e-4)
+
+
+def test_inner_autocast_bf16(cpu_backend):
+    """Under autocast the projections run in bf16, the scan in fp32; the output keeps xz's dtype (bf16 in models)."""
+    xz, *params = make()
+    expected = call(mamba_inner_fn_no_out_proj, xz, *params)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert call(mamba_inner_fn_no_out_proj, xz, *params).dtype == torch.float32
+        out = call(mamba_inner_fn_no_out_proj, xz.bfloat16(), *params)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("index,bad,pattern", [
+    (0, torch.zeros(BT, 2 * E + 1, L), "xz must have shape"),
+    (1, torch.zeros(E + 1, 1, W), "conv1d_weight must have shape"),
+    (3, torch.zeros(R + 2 * N, E + 1), "x_proj_weight must have shape"),
+    (4, torch.zeros(E + 2, R), "delta_proj_weight must have shape"),
+    (5, torch.zeros(E - 1, N), "A must have shape"),
+])
+def test_inner_bad_shapes(index, bad, pattern):
+    args = list(make())
+    args[index] = bad
+    with pytest.raises(ValueError, match=pattern):
+        call(mamba_inner_fn_no_out_proj, *args)
