@@ -1,0 +1,5 @@
+"""LocalMamba model zoo: importing this package registers every model with timm."""
+from .directions import (CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS,
+                         LOCAL_VSSM_TINY_DIRECTIONS, load_directions, save_directions, validate_directions)
+from .local_vim import MultiMamba, VisionMamba
+from .loading import extract_state_dict

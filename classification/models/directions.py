@@ -1,0 +1,175 @@
+"""Scan-direction tables of the released models, and reading, checking and writing direction files.
+
+A *direction* names one scan order of a token grid (see :mod:`classification.models.scan_maps`): ``h``, ``h_flip``,
+``v``, ``v_flip``, ``wK`` or ``wK_flip`` for a window size ``K >= 1``. A model takes one tuple of directions per layer
+(LocalVim) or per block (LocalVMamba); the order inside a tuple fixes the ``_k`` suffix of that layer's parameters.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import yaml
+
+from .scan_maps import parse_direction
+
+# The candidate set of the search supernets, in the order of their ``multi_scan.weights`` (softmax index).
+CANDIDATES: tuple[str, ...] = ('h', 'h_flip', 'v', 'v_flip', 'w2', 'w2_flip', 'w7', 'w7_flip')
+
+DirectionTable = tuple[tuple[str, ...], ...]
+DirectionsArg = Union[None, str, os.PathLike, Sequence[Sequence[str]]]
+
+
+def _table(text: str) -> DirectionTable:
+    """One layer per line, directions separated by spaces."""
+    return tuple(tuple(line.split()) for line in text.strip().splitlines())
+
+
+# LocalVim-T searched directions (also used by `local_vim_tiny_middle_cls_token`, `local_vim_small_searched`
+# and the det/seg LocalVim configs), layer 0 first.
+LOCAL_VIM_TINY_DIRECTIONS = _table("""
+h v_flip w7 w7_flip
+h_flip w2_flip w7 w7_flip
+h h_flip v w7
+h h_flip v v_flip
+h h_flip v v_flip
+h h_flip v v_flip
+h_flip v v_flip w7
+h_flip v v_flip w2_flip
+h h_flip v v_flip
+h h_flip v v_flip
+h v v_flip w2
+h v v_flip w2_flip
+h h_flip v_flip w7
+h_flip v v_flip w2
+h h_flip v v_flip
+h v w2 w2_flip
+v v_flip w2 w7
+h h_flip v w2
+h h_flip w2_flip w7
+v v_flip w2 w2_flip
+""")
+
+# The un-searched uniform set of `local_vim_tiny_wo_search` and of the registered `local_vim_small`.
+UNIFORM_W2_DIRECTIONS: tuple[str, ...] = ('h', 'h_flip', 'w2', 'w2_flip')
+
+# LocalVMamba-T searched directions, one line per block over all stages (2 + 2 + 9 + 2 blocks).
+LOCAL_VSSM_TINY_DIRECTIONS = _table("""
+h h_flip w7 w7_flip
+h_flip v_flip w2 w2_flip
+h_flip v_flip w2_flip w7
+h_flip v v_flip w2
+h h_flip v_flip w2_flip
+h_flip v_flip w2 w2_flip
+h w2_flip w7 w7_flip
+h h_flip v v_flip
+h v_flip w7 w7_flip
+h_flip v w2 w7_flip
+v v_flip w2 w7_flip
+h h_flip v_flip w2_flip
+v_flip w2_flip w7 w7_flip
+h_flip v_flip w2_flip w7_flip
+h_flip v w7 w7_flip
+""")
+
+# LocalVMamba-S searched directions, one line per block over all stages (2 + 2 + 27 + 2 blocks).
+LOCAL_VSSM_SMALL_DIRECTIONS = _table("""
+h v v_flip w7_flip
+h h_flip v w7
+h_flip v v_flip w7
+h_flip v w2_flip w7
+h_flip v w2_flip w7
+h_flip v_flip w2 w7_flip
+h_flip v v_flip w7
+h v v_flip w7
+h v v_flip w7
+h v v_flip w7_flip
+h h_flip v v_flip
+h v v_flip w2
+v v_flip w2_flip w7
+h h_flip v w2
+h_flip v v_flip w7_flip
+h h_flip v v_flip
+h v v_flip w7_flip
+h v v_flip w7_flip
+h h_flip v_flip w7
+h_flip v_flip w2_flip w7
+h_flip v v_flip w7_flip
+v v_flip w7 w7_flip
+h v v_flip w7_flip
+h_flip v v_flip w2
+h v v_flip w2_flip
+h h_flip v w7
+h h_flip w7 w7_flip
+h v_flip w2 w2_flip
+h v_flip w2 w7
+h v v_flip w7_flip
+h_flip v w2_flip w7
+h_flip v_flip w7 w7_flip
+h v w7 w7_flip
+""")
+
+
+def validate_directions(directions: Sequence[Sequence[str]], depth: int, source: str = 'directions') -> DirectionTable:
+    """Check a per-layer direction table and return it as a tuple of tuples.
+
+    Raises ``ValueError`` naming ``source`` when the table does not have ``depth`` layers, a layer is empty or
+    repeats a direction, or a name is not a valid direction.
+    """
+    if isinstance(directions, (str, bytes)) or not isinstance(directions, Sequence):
+        raise ValueError(f'{source}: expected a list of per-layer lists of direction names, got {type(directions).__name__}')
+    if len(directions) != depth:
+        raise ValueError(f'{source}: has {len(directions)} layers, but the model has depth {depth}')
+    table = []
+    for i, layer in enumerate(directions):
+        if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence) or len(layer) == 0:
+            raise ValueError(f'{source}: layer {i} must be a non-empty list of direction names, got {layer!r}')
+        for name in layer:
+            parse_direction(name)
+        if len(set(layer)) != len(layer):
+            raise ValueError(f'{source}: layer {i} repeats a direction: {list(layer)}')
+        table.append(tuple(layer))
+    return tuple(table)
+
+
+def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
+    """Read the per-layer lists of a directions file written by ``tools/vis_search_prob.py``.
+
+    The file is YAML: ``{supernet: <name>, topk: <k>, directions: [[...], ...]}``; a plain list of lists is accepted too.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'directions file not found: {path}')
+    with open(path, encoding='utf-8') as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f'{path}: not a valid YAML file: {e}') from e
+    if isinstance(data, dict):
+        if 'directions' not in data:
+            raise ValueError(f'{path}: no "directions" key (found keys: {sorted(data)})')
+        data = data['directions']
+    if not isinstance(data, list) or not all(isinstance(layer, list) for layer in data):
+        raise ValueError(f'{path}: "directions" must be a list of per-layer lists of direction names')
+    return [[str(name) for name in layer] for layer in data]
+
+
+def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence[str]],
+                    supernet: Optional[str] = None, topk: Optional[int] = None) -> None:
+    """Write a directions file that ``load_directions`` and ``--directions`` read back."""
+    validate_directions(directions, len(directions), source=os.fspath(path))
+    data = {'supernet': supernet, 'topk': topk, 'directions': [list(layer) for layer in directions]}
+    with open(path, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(data, f, default_flow_style=None, sort_keys=False)
+
+
+def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTable], depth: int) -> Optional[DirectionTable]:
+    """Turn a model's ``directions`` argument (None, a table or a file path) into a checked table.
+
+    ``None`` selects ``default``; a ``None`` result means a search supernet (every layer takes all CANDIDATES).
+    """
+    if directions is None:
+        return None if default is None else validate_directions(default, depth)
+    if isinstance(directions, (str, os.PathLike)):
+        return validate_directions(load_directions(directions), depth, source=os.fspath(directions))
+    return validate_directions(directions, depth)

@@ -1,0 +1,510 @@
+"""LocalVim: the plain (ViT-like) LocalMamba family, its mixer, and its timm registrations.
+
+Layout of a layer (as the original, Vim style): ``residual += DropPath(hidden); hidden = Mixer(Norm(residual))`` with
+RoPE applied to both streams before every layer; the mixer scans x and z together along each of the layer's
+directions, runs one selective scan per direction (all directions batched in one call), reverses, applies a shared
+channel attention per direction and sums (or, in the search supernet, softmax-weights) the directions.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, PatchEmbed, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn, selective_scan_fn
+
+from .loading import extract_state_dict
+from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
+                         resolve_directions)
+from .multi_scan import BiAttn, MultiScan
+from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
+from .scan_maps import insert_position, multi_reverse, multi_scan, remove_position
+from .ssm_init import a_log_init, dt_bias_init, dt_weight_init
+
+__all__ = ['MultiMamba', 'VisionMamba']
+
+
+class MultiMamba(nn.Module):
+    """LocalVim mixer: Mamba with several scan directions. (B, L, C) -> (B, L, C).
+
+    Parameters keep the original names so released checkpoints load unchanged: ``in_proj``, per direction k
+    ``A_log_k``, ``D_k``, ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, then ``out_proj`` and the shared ``attn``.
+    ``directions=None`` builds a search-supernet layer over all candidates.
+    """
+
+    def __init__(self, d_model: int, directions: Optional[Sequence[str]] = None, d_state: int = 16, d_conv: int = 4,
+                 expand: int = 2, dt_rank: Union[int, str] = 'auto', dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.act = nn.SiLU()
+        self.multi_scan = MultiScan(self.d_inner, directions)
+        for k in range(self.num_directions):
+            a_log = nn.Parameter(a_log_init(self.d_inner, d_state))
+            a_log._no_weight_decay = True
+            d_skip = nn.Parameter(torch.ones(self.d_inner))
+            d_skip._no_weight_decay = True
+            self.register_parameter(f'A_log_{k}', a_log)
+            self.register_parameter(f'D_{k}', d_skip)
+            self.add_module(f'conv1d_{k}', nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
+                                                     padding=d_conv - 1, bias=conv_bias))
+            self.add_module(f'x_proj_{k}', nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
+            dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+            dt_weight_init(dt_proj.weight, self.dt_rank, dt_scale)
+            with torch.no_grad():
+                dt_proj.bias.copy_(dt_bias_init((self.d_inner,), dt_min, dt_max, dt_init_floor))
+            dt_proj.bias._no_reinit = True
+            self.add_module(f'dt_proj_{k}', dt_proj)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self.attn = BiAttn(self.d_inner)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return self.multi_scan.directions
+
+    @property
+    def num_directions(self) -> int:
+        return len(self.multi_scan.directions)
+
+    def _stacked(self, prefix: str, attr: str) -> list[torch.Tensor]:
+        return [getattr(getattr(self, f'{prefix}_{k}'), attr) for k in range(self.num_directions)]
+
+    def selective_scan(self, xz: torch.Tensor) -> torch.Tensor:
+        """All directions' Mamba inner function in one batch: (B, K, 2E, L) scanned inputs -> (B, K, E, L) gated outputs.
+
+        Per direction this is ``mamba_inner_fn_no_out_proj`` with that direction's weights. The directions are stacked
+        along channels: the depthwise conv and the scan are per channel, the projections per direction, and B/C form
+        one group per direction. Sequences zero-padded at the end stay exact in front of the padding (both the
+        conv and the scan are causal).
+        """
+        batch, num_dirs, _, length = xz.shape
+        inner, rank, state = self.d_inner, self.dt_rank, self.d_state
+        x, z = xz.chunk(2, dim=2)
+        conv_weight = torch.cat([w.view(inner, -1) for w in self._stacked('conv1d', 'weight')])
+        conv_bias = self._stacked('conv1d', 'bias')
+        conv_bias = torch.cat(conv_bias) if conv_bias[0] is not None else None
+        u = causal_conv1d_fn(x.reshape(batch, num_dirs * inner, length), conv_weight, conv_bias, activation='silu')
+        x_proj_weight = torch.stack(self._stacked('x_proj', 'weight'))               # (K, R + 2N, E)
+        x_dbl = torch.einsum('bkel,kre->bkrl', u.view(batch, num_dirs, inner, length), x_proj_weight)
+        dt_weight = torch.stack(self._stacked('dt_proj', 'weight'))                  # (K, E, R)
+        delta = torch.einsum('bkrl,ker->bkel', x_dbl[:, :, :rank], dt_weight)
+        a_log = torch.cat([getattr(self, f'A_log_{k}') for k in range(num_dirs)])
+        d_skip = torch.cat([getattr(self, f'D_{k}') for k in range(num_dirs)])
+        y = selective_scan_fn(
+            u, delta.reshape(batch, num_dirs * inner, length), -torch.exp(a_log.float()),
+            x_dbl[:, :, rank:rank + state], x_dbl[:, :, rank + state:],
+            D=d_skip.float(), z=z.reshape(batch, num_dirs * inner, length),
+            delta_bias=torch.cat(self._stacked('dt_proj', 'bias')).float(), delta_softplus=True)
+        return y.view(batch, num_dirs, inner, length)
+
+    def forward(self, hidden: torch.Tensor, grid: tuple[int, int], cls_position: Optional[int] = None) -> torch.Tensor:
+        """hidden: (B, L, C) with L = H*W (+1 with a middle class token at ``cls_position``)."""
+        xz = self.in_proj(hidden)
+        if cls_position is not None:
+            xz, cls = remove_position(xz.transpose(1, 2), cls_position)
+            xz = xz.transpose(1, 2)
+        seqs, _ = multi_scan(xz, self.directions, grid)                              # (B, K, 2E, L_max)
+        if cls_position is not None:
+            seqs = insert_position(seqs, cls.unsqueeze(1).expand(-1, self.num_directions, -1), cls_position)
+        y = self.selective_scan(seqs)
+        if cls_position is not None:
+            y, cls_out = remove_position(y, cls_position)
+        y = multi_reverse(y, self.directions, grid)                                 # (B, K, E, H*W)
+        if cls_position is not None:
+            y = insert_position(y, cls_out, cls_position)
+        merged = self.multi_scan.merge(self.attn(y.transpose(-1, -2)))              # (B, L, E)
+        return self.out_proj(merged)
+
+
+class Block(nn.Module):
+    """Add -> Norm -> Mixer. Takes and returns (hidden, residual); residual is kept in fp32 if asked."""
+
+    def __init__(self, dim: int, directions: Optional[Sequence[str]], ssm_cfg: dict, norm_layer: type,
+                 norm_epsilon: float, residual_in_fp32: bool, drop_path: float):
+        super().__init__()
+        self.residual_in_fp32 = residual_in_fp32
+        self.mixer = MultiMamba(dim, directions, **ssm_cfg)
+        self.norm = norm_layer(dim, eps=norm_epsilon)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor], grid: tuple[int, int],
+                cls_position: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, residual = add_norm(self.norm, self.drop_path(hidden) if residual is not None else hidden, residual,
+                                    prenorm=True, residual_in_fp32=self.residual_in_fp32)
+        return self.mixer(hidden, grid, cls_position), residual
+
+
+def add_norm(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor], prenorm: bool,
+             residual_in_fp32: bool) -> Any:
+    """Fused ``residual + x`` then RMSNorm/LayerNorm with ``norm``'s weights (returns (out, residual) if prenorm)."""
+    fn = rms_norm_fn if isinstance(norm, RMSNorm) else layer_norm_fn
+    return fn(x, norm.weight, norm.bias, residual=residual, prenorm=prenorm, residual_in_fp32=residual_in_fp32,
+              eps=norm.eps)
+
+
+def _segm_init(module: nn.Module) -> None:
+    """The original's first init pass: Linear trunc_normal(0.02) with zero bias, LayerNorm 1/0."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+        nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _mamba_init(module: nn.Module, n_layer: int) -> None:
+    """The original's second pass: zero Linear biases (unless marked) and rescale each mixer's out_proj."""
+    if isinstance(module, nn.Linear) and module.bias is not None and not getattr(module.bias, '_no_reinit', False):
+        nn.init.zeros_(module.bias)
+    if isinstance(module, MultiMamba):
+        nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            module.out_proj.weight /= math.sqrt(n_layer)
+
+
+class VisionMamba(nn.Module):
+    """LocalVim backbone + classifier. Images (B, C, H, W) of any size: H and W are zero-padded to multiples of the
+    patch size, and position tables are resized bicubically when the token grid differs from the built one."""
+
+    def __init__(
+            self,
+            img_size: Union[int, tuple[int, int]] = 224,
+            patch_size: int = 16,
+            depth: int = 20,
+            embed_dim: int = 192,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            ssm_cfg: Optional[dict] = None,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            norm_epsilon: float = 1e-5,
+            rms_norm: bool = True,
+            fused_add_norm: bool = True,
+            residual_in_fp32: bool = True,
+            final_pool_type: str = 'mean',
+            if_abs_pos_embed: bool = True,
+            if_rope: bool = False,
+            if_rope_residual: bool = False,
+            if_cls_token: bool = False,
+            use_middle_cls_token: bool = False,
+            directions: DirectionsArg = None,
+            default_directions: Optional[DirectionTable] = None,
+            pt_hw_seq_len: int = 14,
+            bimamba_type: str = 'v2',
+            keep_dt_init: bool = False,
+            channels: Optional[int] = None,
+    ):
+        """``directions``: one list per layer, or a directions-file path; None uses ``default_directions``, and if
+        that is None too the model is a search supernet. ``fused_add_norm`` and ``bimamba_type`` are accepted for
+        config compatibility (the add + norm is always fused; the mixer is always MultiMamba). ``keep_dt_init``
+        keeps Mamba's dt initialisation instead of the original's overwrite of it (opt-in). ``channels`` is the
+        original's name of ``in_chans``."""
+        super().__init__()
+        if final_pool_type not in ('mean', 'none', 'max', 'all'):
+            raise ValueError(f"final_pool_type must be one of 'mean', 'none', 'max', 'all', got {final_pool_type!r}")
+        if if_cls_token and not use_middle_cls_token:
+            raise ValueError('only the middle class token is supported (if_cls_token=True needs use_middle_cls_token)')
+        if if_cls_token and if_rope:
+            raise ValueError('RoPE with a class token is not supported (the original never combines them)')
+        del fused_add_norm, bimamba_type
+        in_chans = channels if channels is not None else in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.depth = depth
+        self.patch_size = patch_size
+        self.final_pool_type = final_pool_type
+        self.residual_in_fp32 = residual_in_fp32
+        self.if_rope_residual = if_rope_residual
+        self.has_cls_token = if_cls_token
+        self.num_prefix_tokens = 1 if if_cls_token else 0
+        self.directions = resolve_directions(directions, default_directions, depth)
+        self.is_search = self.directions is None
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim, strict_img_size=False, dynamic_img_pad=True)
+        self.grid = tuple(self.patch_embed.grid_size)
+        num_patches = self.grid[0] * self.grid[1]
+        if if_cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = None
+        if if_abs_pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim))
+            self.pos_drop = nn.Dropout(p=drop_rate)
+        self.rope = None
+        if if_rope:
+            if self.grid[0] != self.grid[1]:
+                raise ValueError(f'RoPE needs a square build grid (img_size), got {self.grid}')
+            self.rope = VisionRotaryEmbedding(dim=embed_dim // 2, pt_seq_len=pt_hw_seq_len, ft_seq_len=self.grid[0])
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        block_rates = [0.0] + rates
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
+        norm_layer = RMSNorm if rms_norm else nn.LayerNorm
+        self.layers = nn.ModuleList([
+            Block(embed_dim, None if self.is_search else self.directions[i], dict(ssm_cfg or {}), norm_layer,
+                  norm_epsilon, residual_in_fp32, block_rates[i])
+            for i in range(depth)])
+        self.norm_f = norm_layer(embed_dim, eps=norm_epsilon)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'layers.{i}') for i in range(depth)]
+
+        dt_state = None
+        if keep_dt_init:
+            dt_state = {n: p.detach().clone() for n, p in self.named_parameters() if '.dt_proj_' in n}
+        self.apply(_segm_init)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=.02)
+        self.apply(partial(_mamba_init, n_layer=depth))
+        if dt_state is not None:
+            self.load_state_dict(dt_state, strict=False)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {'pos_embed', 'cls_token', 'dist_token'}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.final_pool_type = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid of an image: ceil(H / patch), ceil(W / patch)."""
+        return math.ceil(height / self.patch_size), math.ceil(width / self.patch_size)
+
+    def cls_position(self, grid: tuple[int, int]) -> Optional[int]:
+        """Index of the middle class token in the token sequence (None without one)."""
+        return grid[0] * grid[1] // 2 if self.has_cls_token else None
+
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Insert the middle class token and add the (resized) position table: (B, H*W, C) -> (B, L, C)."""
+        position = self.cls_position(grid)
+        if position is not None:
+            x = torch.cat([x[:, :position], self.cls_token.expand(x.shape[0], -1, -1), x[:, position:]], dim=1)
+        if self.pos_embed is None:
+            return x
+        pos_embed = self.pos_embed
+        if self.has_cls_token:
+            built = self.cls_position(self.grid)
+            spatial = torch.cat([pos_embed[:, :built], pos_embed[:, built + 1:]], dim=1)
+            spatial = resize_grid_table(spatial, self.grid, grid)
+            pos_embed = torch.cat([spatial[:, :position], pos_embed[:, built:built + 1], spatial[:, position:]], dim=1)
+        else:
+            pos_embed = resize_grid_table(pos_embed, self.grid, grid)
+        return self.pos_drop(x + pos_embed)
+
+    def _layers(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None):
+        """Run the layers on embedded tokens; returns (hidden, residual, grid, {index: mixer output})."""
+        grid = self.token_grid(*x.shape[-2:])
+        x = self._pos_embed(self.patch_embed(x), grid)
+        position = self.cls_position(grid)
+        rope_tables = self.rope.tables(grid) if self.rope is not None else None
+        taken = {}
+        hidden, residual = x, None
+        for i, layer in enumerate(self.layers[:stop]):
+            if rope_tables is not None:
+                hidden = apply_rotary(hidden, *rope_tables)
+                if residual is not None and self.if_rope_residual:
+                    residual = apply_rotary(residual, *rope_tables)
+            hidden, residual = layer(hidden, residual, grid, position)
+            if i in take:
+                taken[i] = hidden
+        return hidden, residual, grid, taken
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised tokens (B, L, C)."""
+        hidden, residual, _, _ = self._layers(x)
+        return add_norm(self.norm_f, self.drop_path(hidden), residual, prenorm=False,
+                        residual_in_fp32=self.residual_in_fp32)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool tokens (B, L, C) -> (B, C) (mean, or the middle class token), then the classifier."""
+        if self.has_cls_token:
+            x = x[:, (x.shape[1] - 1) // 2]
+        elif self.final_pool_type == 'mean':
+            x = x.mean(dim=1)
+        elif self.final_pool_type == 'max':
+            x = x.max(dim=1).values
+        elif self.final_pool_type == 'none':
+            x = x[:, -1]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Mixer outputs of the chosen layers (as the original det/seg backbone takes them).
+
+        ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are (B, C, H/16, W/16);
+        a middle class token is dropped from them. ``norm`` applies ``norm_f`` to each.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, last = feature_take_indices(self.depth, indices)
+        hidden, residual, grid, taken = self._layers(x, take, last + 1 if stop_early or intermediates_only else None)
+        position = self.cls_position(grid)
+        intermediates = []
+        for i in take:
+            y = self.norm_f(taken[i]) if norm else taken[i]
+            if position is not None:
+                y = torch.cat([y[:, :position], y[:, position + 1:]], dim=1)
+            if output_fmt == 'NCHW':
+                y = y.transpose(1, 2).reshape(y.shape[0], -1, *grid)
+            intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        features = add_norm(self.norm_f, self.drop_path(hidden), residual, prenorm=False,
+                            residual_in_fp32=self.residual_in_fp32)
+        return features, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop layers after the last wanted intermediate (timm API); returns the kept indices."""
+        take, last = feature_take_indices(self.depth, indices)
+        self.layers = self.layers[:last + 1]
+        self.depth = len(self.layers)
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+
+def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
+    """Adapt an original or own checkpoint to ``model``: unwrap ``state_dict``/``model``, strip ``module.`` and resize
+    position tables (``pos_embed``, RoPE ``freqs_cos``/``freqs_sin``) to the model's token grid."""
+    state_dict = extract_state_dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin'):
+            target = model.state_dict()[key]
+            if value.shape != target.shape:
+                value = _resize_checkpoint_table(value, target, model, key)
+        out[key] = value
+    return out
+
+
+def _resize_checkpoint_table(value: torch.Tensor, target: torch.Tensor, model: VisionMamba, key: str) -> torch.Tensor:
+    """Resize a square per-token table from a checkpoint to the model's grid (class token kept in the middle)."""
+    extra = model.num_prefix_tokens if key == 'pos_embed' else 0
+    tokens = value.shape[-2] - extra
+    side = int(round(math.sqrt(tokens)))
+    if side * side != tokens:
+        raise ValueError(f'{key}: cannot infer a square grid from {tuple(value.shape)}')
+    squeeze = value.dim() == 2
+    table = value.unsqueeze(0) if squeeze else value
+    if extra:
+        middle = tokens // 2
+        spatial = torch.cat([table[:, :middle], table[:, middle + 1:]], dim=1)
+        spatial = resize_grid_table(spatial, (side, side), model.grid)
+        new_middle = model.grid[0] * model.grid[1] // 2
+        table = torch.cat([spatial[:, :new_middle], table[:, middle:middle + 1], spatial[:, new_middle:]], dim=1)
+    else:
+        table = resize_grid_table(table, (side, side), model.grid)
+    return table[0] if squeeze else table
+
+
+def _cfg(**kwargs: Any) -> dict:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
+        'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': (0.485, 0.456, 0.406),
+        'std': (0.229, 0.224, 0.225), 'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.09338', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'local_vim_tiny.in1k': _cfg(),
+    'local_vim_tiny_middle_cls_token.in1k': _cfg(),
+    'local_vim_small.in1k': _cfg(),
+    'local_vim_small_searched.untrained': _cfg(),
+    'local_vim_tiny_wo_search.untrained': _cfg(),
+    'local_vim_tiny_search.untrained': _cfg(),
+})
+
+
+def _create_local_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    return build_model_with_cfg(
+        VisionMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=(4, 9, 14, 19)),
+        **kwargs)
+
+
+_LOCAL_VIM_BASE = dict(patch_size=16, depth=20, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,
+                       final_pool_type='mean', if_abs_pos_embed=True, bimamba_type='v2')
+_ROPE = dict(if_rope=True, if_rope_residual=True)
+
+
+def _uniform(directions: tuple[str, ...], kwargs: dict) -> DirectionTable:
+    """The same directions in every layer, for the depth the caller asked for."""
+    return tuple(directions for _ in range(kwargs.get('depth', _LOCAL_VIM_BASE['depth'])))
+
+
+@register_model
+def local_vim_tiny_search(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """LocalVim-T search supernet (width 128, all 8 candidate directions in every layer)."""
+    args = dict(_LOCAL_VIM_BASE, **_ROPE, embed_dim=128, default_directions=None)
+    return _create_local_vim('local_vim_tiny_search', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vim_tiny(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """LocalVim-T (searched directions), 76.2% ImageNet top-1 in the original."""
+    args = dict(_LOCAL_VIM_BASE, **_ROPE, embed_dim=192, default_directions=LOCAL_VIM_TINY_DIRECTIONS)
+    return _create_local_vim('local_vim_tiny', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vim_tiny_middle_cls_token(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """LocalVim-T with a middle class token and no RoPE, 77.8% in the original."""
+    args = dict(_LOCAL_VIM_BASE, embed_dim=192, if_cls_token=True, use_middle_cls_token=True,
+                default_directions=LOCAL_VIM_TINY_DIRECTIONS)
+    return _create_local_vim('local_vim_tiny_middle_cls_token', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vim_small_searched(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """LocalVim-S with the searched LocalVim-T directions (the original's first, shadowed `local_vim_small`)."""
+    args = dict(_LOCAL_VIM_BASE, **_ROPE, embed_dim=384, default_directions=LOCAL_VIM_TINY_DIRECTIONS)
+    return _create_local_vim('local_vim_small_searched', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vim_tiny_wo_search(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """LocalVim-T with the un-searched (h, h_flip, w2, w2_flip) set in every layer."""
+    args = dict(_LOCAL_VIM_BASE, **_ROPE, embed_dim=192, default_directions=_uniform(UNIFORM_W2_DIRECTIONS, kwargs))
+    return _create_local_vim('local_vim_tiny_wo_search', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vim_small(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """LocalVim-S as the original registers it (its second definition): (h, h_flip, w2, w2_flip) in every layer."""
+    args = dict(_LOCAL_VIM_BASE, **_ROPE, embed_dim=384, default_directions=_uniform(UNIFORM_W2_DIRECTIONS, kwargs))
+    return _create_local_vim('local_vim_small', pretrained, **dict(args, **kwargs))

@@ -1,0 +1,168 @@
+"""Scan orders of a token grid: which token each sequence position reads, and the exact inverse.
+
+Tokens of an ``H x W`` grid are numbered row-major (``i * W + j``). A direction maps the grid to a 1-D sequence:
+
+======== ===================================================================================================
+``h``      row-major (identity)
+``v``      column-major: sequence position ``j * H + i`` holds token ``(i, j)``
+``wK``     ``K x K`` windows, windows in row-major order and row-major inside each window; the grid is first
+           zero-padded at the bottom/right to multiples of ``K``, so padding zeros sit *inside* the sequence at
+           window edges and the sequence has ``ceil(H/K)*K * ceil(W/K)*K`` positions
+``*_flip`` the whole (padded) sequence reversed
+======== ===================================================================================================
+
+Every map is an index table: position ``s`` of the sequence reads token ``index[s]``, where the value ``H * W``
+stands for a padding zero. ``reverse`` is the exact inverse for any grid (the original's ``v`` reverse was only
+right for square grids).
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import NamedTuple, Sequence
+
+import torch
+
+Grid = tuple[int, int]
+
+_DIRECTION_RE = re.compile(r'^(?:(h)|(v)|w(\d+))(_flip)?$')
+VALID_DIRECTIONS_HELP = "h, h_flip, v, v_flip, wK, wK_flip (K >= 1 a window size, e.g. w2, w7_flip)"
+
+
+class Direction(NamedTuple):
+    """A parsed direction name: ``kind`` is 'h', 'v' or 'w'; ``window`` is K for 'w' (else 0)."""
+    kind: str
+    window: int
+    flip: bool
+
+
+def parse_direction(name: str) -> Direction:
+    """Parse a direction name such as ``'v_flip'`` or ``'w7'``; raise ``ValueError`` listing the valid choices."""
+    match = _DIRECTION_RE.match(name) if isinstance(name, str) else None
+    if match is None or (match.group(3) is not None and int(match.group(3)) < 1):
+        raise ValueError(f'unknown scan direction {name!r}: valid directions are {VALID_DIRECTIONS_HELP}')
+    horizontal, vertical, window, flip = match.groups()
+    kind = 'h' if horizontal else 'v' if vertical else 'w'
+    return Direction(kind, int(window) if window else 0, flip is not None)
+
+
+def _check_grid(grid: Sequence[int]) -> Grid:
+    if len(grid) != 2 or int(grid[0]) < 1 or int(grid[1]) < 1:
+        raise ValueError(f'grid must be (H, W) with H, W >= 1, got {tuple(grid)}')
+    return int(grid[0]), int(grid[1])
+
+
+@functools.lru_cache(maxsize=None)
+def scan_index(name: str, grid: Grid) -> torch.Tensor:
+    """Index table of one direction: (L_k,) int64; value ``H*W`` marks a padding zero."""
+    kind, window, flip = parse_direction(name)
+    height, width = _check_grid(grid)
+    tokens = torch.arange(height * width).view(height, width)
+    if kind == 'h':
+        index = tokens.reshape(-1)
+    elif kind == 'v':
+        index = tokens.t().reshape(-1)
+    else:
+        rows, cols = -(-height // window), -(-width // window)
+        padded = torch.full((rows * window, cols * window), height * width, dtype=torch.long)
+        padded[:height, :width] = tokens
+        index = padded.view(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1)
+    return index.flip(0) if flip else index
+
+
+def scan_length(name: str, grid: Grid) -> int:
+    """Sequence length of a direction on a grid (grows with window padding)."""
+    return scan_index(name, _check_grid(grid)).numel()
+
+
+@functools.lru_cache(maxsize=None)
+def reverse_index(name: str, grid: Grid) -> torch.Tensor:
+    """Inverse table: (H*W,) int64, the sequence position that holds each row-major token."""
+    index = scan_index(name, _check_grid(grid))
+    num_tokens = grid[0] * grid[1]
+    real = index < num_tokens
+    positions = torch.empty(num_tokens, dtype=torch.long)
+    positions[index[real]] = torch.arange(index.numel())[real]
+    return positions
+
+
+def _channels_first_tokens(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(B, L, D) or (B, D, H, W) -> (B, D, H*W), checking the token count against the grid."""
+    if x.dim() == 4:
+        if tuple(x.shape[2:]) != tuple(grid):
+            raise ValueError(f'input grid {tuple(x.shape[2:])} does not match grid {tuple(grid)}')
+        return x.flatten(2)
+    if x.dim() != 3 or x.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f'expected (B, L={grid[0] * grid[1]}, D) or (B, D, H, W) input, got {tuple(x.shape)}')
+    return x.transpose(1, 2)
+
+
+def scan(x: torch.Tensor, name: str, grid: Sequence[int]) -> torch.Tensor:
+    """Reorder tokens along one direction: (B, L, D) or (B, D, H, W) -> (B, D, L_k), padding as zeros."""
+    grid = _check_grid(grid)
+    tokens = _channels_first_tokens(x, grid)
+    index = scan_index(name, grid).to(x.device)
+    return torch.nn.functional.pad(tokens, (0, 1)).index_select(2, index)
+
+
+def reverse(y: torch.Tensor, name: str, grid: Sequence[int]) -> torch.Tensor:
+    """Undo ``scan``: (B, D, L_k) -> (B, D, H*W) in row-major order, padding positions dropped."""
+    grid = _check_grid(grid)
+    if y.shape[-1] != scan_length(name, grid):
+        raise ValueError(f'direction {name!r} on grid {grid} has length {scan_length(name, grid)}, got {y.shape[-1]}')
+    return y.index_select(-1, reverse_index(name, grid).to(y.device))
+
+
+class MultiScanIndex(NamedTuple):
+    """Index tables of several directions on one grid, padded to a common length."""
+    scan: torch.Tensor      # (K, L_max) int64, value H*W = zero (window padding and end padding)
+    reverse: torch.Tensor   # (K, H*W) int64, positions into each direction's sequence
+    lengths: tuple[int, ...]
+
+
+@functools.lru_cache(maxsize=None)
+def multi_scan_index(names: tuple[str, ...], grid: Grid, device: torch.device) -> MultiScanIndex:
+    """Stacked tables for ``multi_scan`` / ``multi_reverse`` (cached per directions, grid and device)."""
+    grid = _check_grid(grid)
+    tables = [scan_index(name, grid) for name in names]
+    lengths = tuple(t.numel() for t in tables)
+    pad = grid[0] * grid[1]
+    stacked = torch.full((len(names), max(lengths)), pad, dtype=torch.long)
+    for k, table in enumerate(tables):
+        stacked[k, :table.numel()] = table
+    inverse = torch.stack([reverse_index(name, grid) for name in names])
+    return MultiScanIndex(stacked.to(device), inverse.to(device), lengths)
+
+
+def multi_scan(x: torch.Tensor, names: Sequence[str], grid: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Scan one input along K directions at once.
+
+    x: (B, L, D) or (B, D, H, W). Returns (B, K, D, L_max), each direction zero-padded at the end to the longest
+    scan, and the K true lengths.
+    """
+    grid = _check_grid(grid)
+    tokens = torch.nn.functional.pad(_channels_first_tokens(x, grid), (0, 1))
+    table = multi_scan_index(tuple(names), grid, x.device)
+    batch, dim, num_dirs, length = tokens.shape[0], tokens.shape[1], table.scan.shape[0], table.scan.shape[1]
+    source = tokens.unsqueeze(1).expand(batch, num_dirs, dim, tokens.shape[-1])
+    index = table.scan.view(1, num_dirs, 1, length).expand(batch, num_dirs, dim, length)
+    return torch.gather(source, 3, index), table.lengths
+
+
+def multi_reverse(y: torch.Tensor, names: Sequence[str], grid: Sequence[int]) -> torch.Tensor:
+    """Undo ``multi_scan``: (B, K, D, L >= L_max) -> (B, K, D, H*W) row-major."""
+    grid = _check_grid(grid)
+    table = multi_scan_index(tuple(names), grid, y.device)
+    batch, num_dirs, dim = y.shape[:3]
+    index = table.reverse.view(1, num_dirs, 1, -1).expand(batch, num_dirs, dim, table.reverse.shape[-1])
+    return torch.gather(y, 3, index)
+
+
+def insert_position(y: torch.Tensor, column: torch.Tensor, position: int) -> torch.Tensor:
+    """Insert ``column`` (y.shape[:-1]) into the last axis of ``y`` at ``position`` (the middle class token)."""
+    return torch.cat([y[..., :position], column.unsqueeze(-1), y[..., position:]], dim=-1)
+
+
+def remove_position(y: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the last axis of ``y`` into (y without ``position``, the column at ``position``)."""
+    return torch.cat([y[..., :position], y[..., position + 1:]], dim=-1), y[..., position]

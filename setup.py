@@ -1,0 +1,43 @@
+"""Install LocalMamba: the classification library, the two kernel packages and the det/seg plugins.
+
+``pip install -e .`` needs no CUDA compiler. The kernel packages live in their own folders
+(``mamba-1p1p1/``, ``causal-conv1d/``) and also install on their own.
+"""
+from setuptools import find_packages, setup
+
+KERNEL_PACKAGES = {
+    "localmamba_ssm": "mamba-1p1p1/localmamba_ssm",
+    "localmamba_conv1d": "causal-conv1d/localmamba_conv1d",
+}
+
+packages = find_packages(include=["classification*", "detection*", "segmentation*"])
+packages += find_packages("mamba-1p1p1", include=["localmamba_ssm*"])
+packages += find_packages("causal-conv1d", include=["localmamba_conv1d*"])
+
+setup(
+    name="localmamba",
+    version="0.1.0",
+    description="LocalMamba: visual state space models with windowed selective scan (LocalVim, LocalVMamba)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=packages,
+    package_dir=KERNEL_PACKAGES,
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=0.9.12",
+        "numpy>=1.23",
+        "pyyaml>=6.0",
+        "pillow>=9.0",
+        "scikit-learn>=1.1",
+        "matplotlib>=3.5",
+        "fvcore>=0.1.5.post20221221",
+    ],
+    extras_require={
+        "triton": ["triton>=2.1"],
+        "test": ["pytest>=7.0", "onnx>=1.14", "onnxruntime>=1.16"],
+    },
+)

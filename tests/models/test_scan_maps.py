@@ -1,0 +1,94 @@
+"""Scan maps: hand-written orders on a 4x6 grid, exact inverses on any grid, batched scans, bad names."""
+import pytest
+import torch
+
+from classification.models.scan_maps import (insert_position, multi_reverse, multi_scan, parse_direction,
+                                             remove_position, reverse, scan, scan_index, scan_length)
+
+P = 24  # padding marker on a 4x6 grid (= H * W)
+GRID = (4, 6)
+HAND_WRITTEN = {
+    'h': list(range(24)),
+    'h_flip': list(range(23, -1, -1)),
+    'v': [0, 6, 12, 18, 1, 7, 13, 19, 2, 8, 14, 20, 3, 9, 15, 21, 4, 10, 16, 22, 5, 11, 17, 23],
+    'w2': [0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11, 12, 13, 18, 19, 14, 15, 20, 21, 16, 17, 22, 23],
+    'w3': [0, 1, 2, 6, 7, 8, 12, 13, 14, 3, 4, 5, 9, 10, 11, 15, 16, 17,
+           18, 19, 20, P, P, P, P, P, P, 21, 22, 23, P, P, P, P, P, P],
+}
+HAND_WRITTEN['v_flip'] = HAND_WRITTEN['v'][::-1]
+HAND_WRITTEN['w2_flip'] = HAND_WRITTEN['w2'][::-1]
+HAND_WRITTEN['w3_flip'] = HAND_WRITTEN['w3'][::-1]
+NAMES = ['h', 'h_flip', 'v', 'v_flip', 'w1', 'w2', 'w2_flip', 'w3', 'w3_flip', 'w5', 'w7', 'w7_flip']
+
+
+@pytest.mark.parametrize('name', sorted(HAND_WRITTEN))
+def test_hand_written_orders_on_4x6(name):
+    assert scan_index(name, GRID).tolist() == HAND_WRITTEN[name]
+
+
+@pytest.mark.parametrize('name', sorted(HAND_WRITTEN))
+def test_scan_reads_tokens_in_order_with_zero_padding(name):
+    tokens = torch.arange(1, 25, dtype=torch.float32).view(1, 24, 1)   # token t holds value t + 1
+    expected = [0.0 if i == P else i + 1.0 for i in HAND_WRITTEN[name]]
+    assert scan(tokens, name, GRID).view(-1).tolist() == expected
+    image = tokens.view(1, 4, 6, 1).permute(0, 3, 1, 2)                # the same tokens as (B, D, H, W)
+    assert scan(image, name, GRID).view(-1).tolist() == expected
+
+
+def test_vertical_reverse_is_exact_on_non_square_grid():
+    # The original reversed this 2x3 'v' scan [0, 3, 1, 4, 2, 5] into [0, 4, 3, 2, 1, 5].
+    x = torch.arange(6, dtype=torch.float32).view(1, 6, 1)
+    seq = scan(x, 'v', (2, 3))
+    assert seq.view(-1).tolist() == [0, 3, 1, 4, 2, 5]
+    assert reverse(seq, 'v', (2, 3)).view(-1).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize('grid', [(1, 1), (3, 5), (7, 7), (5, 3), (14, 14), (9, 13), (8, 2)])
+@pytest.mark.parametrize('name', NAMES)
+def test_reverse_inverts_scan(grid, name):
+    x = torch.randn(2, grid[0] * grid[1], 3)
+    seq = scan(x, name, grid)
+    window = parse_direction(name).window
+    if window:
+        expected = -(-grid[0] // window) * window * -(-grid[1] // window) * window
+        assert seq.shape == (2, 3, expected) == (2, 3, scan_length(name, grid))
+        assert int((seq[0, 0] == 0).sum()) >= expected - grid[0] * grid[1]
+    torch.testing.assert_close(reverse(seq, name, grid), x.transpose(1, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('grid', [(7, 7), (5, 9)])
+def test_multi_scan_equals_single_scans_padded(grid):
+    names = ('h', 'v_flip', 'w2', 'w7_flip')
+    x = torch.randn(2, grid[0] * grid[1], 4, requires_grad=True)
+    stacked, lengths = multi_scan(x, names, grid)
+    assert lengths == tuple(scan_length(n, grid) for n in names)
+    assert stacked.shape == (2, 4, 4, max(lengths))
+    for k, name in enumerate(names):
+        torch.testing.assert_close(stacked[:, k, :, :lengths[k]], scan(x, name, grid), rtol=0, atol=0)
+        assert not stacked[:, k, :, lengths[k]:].any()
+    back = multi_reverse(stacked, names, grid)
+    torch.testing.assert_close(back, x.transpose(1, 2).unsqueeze(1).expand(-1, 4, -1, -1), rtol=0, atol=0)
+    back.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
+
+
+def test_insert_and_remove_position():
+    y = torch.arange(10.).view(1, 2, 5)
+    column = torch.tensor([[100., 200.]])
+    inserted = insert_position(y, column, 2)
+    assert inserted[0, 0].tolist() == [0, 1, 100, 2, 3, 4]
+    rest, taken = remove_position(inserted, 2)
+    assert torch.equal(rest, y) and torch.equal(taken, column)
+
+
+@pytest.mark.parametrize('bad', ['x', 'w', 'w0', 'wx', 'h_flop', 'flip', 'W2', 'v-flip', '', 3])
+def test_bad_direction_names_are_refused(bad):
+    with pytest.raises(ValueError, match='valid directions are h, h_flip, v, v_flip, wK, wK_flip'):
+        parse_direction(bad)
+
+
+def test_length_mismatch_is_refused():
+    with pytest.raises(ValueError, match='has length 64'):
+        reverse(torch.zeros(1, 2, 49), 'w2', (7, 7))
+    with pytest.raises(ValueError, match='expected'):
+        scan(torch.zeros(1, 10, 2), 'h', (3, 3))
