@@ -63,6 +63,12 @@ def test_keys_shapes_and_parameter_count_at_224(name):
     assert sum(p.numel() for p in model.parameters()) == count
 
 
+@pytest.mark.parametrize('name,gflops', [('local_vim_tiny', 1.482), ('local_vim_tiny_middle_cls_token', 1.489),
+                                         ('local_vim_small', 4.771), ('local_vim_tiny_search', 1.116)])
+def test_flops_in_the_original_convention(name, gflops):
+    assert timm.create_model(name).flops() / 1e9 == pytest.approx(gflops, abs=5e-4)
+
+
 def test_directions_of_registered_models():
     assert timm.create_model('local_vim_tiny', embed_dim=16).directions == LOCAL_VIM_TINY_DIRECTIONS
     uniform = (('h', 'h_flip', 'w2', 'w2_flip'),) * 20
