@@ -13,6 +13,7 @@ from localmamba_conv1d import backends
 from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 
 from .checks import check_inner_args, check_scan_args
+from .cpu.selective_scan_cpu import selective_scan_cpu
 from .reference import inner_projections, selective_scan_ref
 
 OP = "selective_scan"
@@ -37,10 +38,12 @@ def _scan_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_l
 
 _IMPLS: Dict[str, Callable[..., ScanResult]] = {
     "cuda": _scan_official,
+    "cpu": selective_scan_cpu,
     "reference": selective_scan_ref,
 }
 
 backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
+backends.register(OP, "cpu", backends.check_cpu)
 backends.register(OP, "reference", backends.check_any)
 
 

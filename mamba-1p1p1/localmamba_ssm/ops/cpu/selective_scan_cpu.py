@@ -1,0 +1,189 @@
+"""The ``cpu`` backend of ``selective_scan_fn``: torch.library custom ops around the C kernel (PyTorch fallback).
+
+``selective_scan_cpu`` prepares the kernel layout with differentiable torch ops (fp32 cast, A padded to Np, B/C to
+(Bt, G, L, Np)), then calls ``torch.ops.localmamba.selective_scan_cpu_fwd`` whose backward is the custom op
+``selective_scan_cpu_bwd``. Both have fake implementations, so ``torch.compile`` traces through them.
+The kernel parallelises over (batch, channel) pairs with ``torch.get_num_threads()`` Python threads (ctypes releases
+the GIL during each call).
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from localmamba_conv1d.precision import autocast_off, compute_dtype
+
+from . import torch_scan
+from .build import ScanArgs, load_kernel
+
+VW = 8
+MAX_STATE = 256
+MIN_PAIRS_PER_TASK = 16
+_POOL: dict = {"pool": None, "size": 0}
+_POOL_LOCK = threading.Lock()
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _groups(M: torch.Tensor) -> int:
+    return 0 if M.dim() == 2 else M.shape[1]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if _POOL["size"] < workers:
+            if _POOL["pool"] is not None:
+                _POOL["pool"].shutdown(wait=False)
+            _POOL["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="localmamba-scan")
+            _POOL["size"] = workers
+        return _POOL["pool"]
+
+
+def _num_tasks(pairs: int) -> int:
+    return max(1, min(torch.get_num_threads(), pairs // MIN_PAIRS_PER_TASK))
+
+
+def _run(fn, args: List[ScanArgs], pairs: int) -> None:
+    """Run ``fn`` on len(args) contiguous slices of the (batch, channel) pairs, in parallel threads."""
+    tasks = len(args)
+    bounds = [pairs * i // tasks for i in range(tasks + 1)]
+    if tasks == 1:
+        fn(ctypes.byref(args[0]), 0, pairs)
+        return
+    futures = [_pool(tasks - 1).submit(fn, ctypes.byref(args[i]), bounds[i], bounds[i + 1]) for i in range(1, tasks)]
+    fn(ctypes.byref(args[0]), bounds[0], bounds[1])
+    for future in futures:
+        future.result()
+
+
+def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> ScanArgs:
+    return ScanArgs(batch=u.shape[0], dim=u.shape[1], seqlen=u.shape[2], nstate=A.shape[1], groups_b=_groups(B),
+                    groups_c=_groups(C), softplus=int(softplus), u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B),
+                    C=_ptr(C), D=_ptr(D), z=_ptr(z), delta_bias=_ptr(delta_bias))
+
+
+def _use_kernel(u: torch.Tensor, A: torch.Tensor):
+    if u.dtype != torch.float32 or A.shape[1] > MAX_STATE or u.numel() == 0:
+        return None
+    return load_kernel()
+
+
+@torch.library.custom_op("localmamba::selective_scan_cpu_fwd", mutates_args=(), device_types="cpu")
+def selective_scan_cpu_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                           D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                           delta_softplus: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel-layout forward (contiguous fp32/fp64; A (Dm, Np)) -> out (Bt, Dm, L), last state (Bt, Dm, Np)."""
+    lib = _use_kernel(u, A)
+    if lib is None:
+        return torch_scan.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out = torch.empty_like(u)
+    last = u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+    pairs = u.shape[0] * u.shape[1]
+    args = []
+    for _ in range(_num_tasks(pairs)):
+        a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        a.out, a.last_state = out.data_ptr(), last.data_ptr()
+        args.append(a)
+    _run(lib.scan_fwd, args, pairs)
+    return out, last
+
+
+@selective_scan_cpu_fwd.register_fake
+def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    return u.new_empty(u.shape), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+
+
+@torch.library.custom_op("localmamba::selective_scan_cpu_bwd", mutates_args=(), device_types="cpu")
+def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor,
+                           A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                           z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                      torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kernel-layout backward -> du, ddelta, dA, dB, dC, dD (Dm,), dz (empty without z), ddelta_bias (Dm,)."""
+    lib = _use_kernel(u, A)
+    if lib is None:
+        return torch_scan.scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    pairs = u.shape[0] * u.shape[1]
+    tasks = _num_tasks(pairs)
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    dz = torch.empty_like(u) if z is not None else u.new_zeros(0)
+    dA = A.new_zeros((tasks,) + A.shape)
+    dB = B.new_zeros((tasks,) + B.shape)
+    dC = C.new_zeros((tasks,) + C.shape)
+    dD = u.new_zeros(tasks, u.shape[1])
+    dbias = u.new_zeros(tasks, u.shape[1])
+    args = []
+    for i in range(tasks):
+        a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        a.dout, a.dlast = dout.data_ptr(), _ptr(dlast)
+        a.du, a.ddelta, a.dz = du.data_ptr(), ddelta.data_ptr(), _ptr(dz if z is not None else None)
+        a.dA, a.dB, a.dC, a.dD, a.ddelta_bias = (dA[i].data_ptr(), dB[i].data_ptr(), dC[i].data_ptr(),
+                                                 dD[i].data_ptr(), dbias[i].data_ptr())
+        args.append(a)
+    _run(lib.scan_bwd, args, pairs)
+    return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)
+
+
+@selective_scan_cpu_bwd.register_fake
+def _bwd_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    dim = u.shape[1]
+    dz = u.new_empty(u.shape) if z is not None else u.new_empty(0)
+    return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), u.new_empty(dim), dz, u.new_empty(dim))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.delta_softplus = delta_softplus
+
+
+def _backward(ctx, dout, dlast):
+    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+    du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_cpu_bwd(
+        dout.contiguous(), None if dlast is None else dlast.contiguous(), u, delta, A, B, C, D, z, delta_bias,
+        ctx.delta_softplus)
+    return (du, ddelta, dA, dB, dC, None if D is None else dD, None if z is None else dz,
+            None if delta_bias is None else dbias, None)
+
+
+selective_scan_cpu_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _kernel_layout_bc(M: torch.Tensor, dtype: torch.dtype, padded: int) -> torch.Tensor:
+    """(Dm, N) -> (Dm, Np); (Bt, N, L) or (Bt, G, N, L) -> (Bt, G, L, Np); zero padded, contiguous."""
+    M = M.to(dtype)
+    if M.dim() == 3:
+        M = M.unsqueeze(1)
+    if M.dim() == 4:
+        M = M.transpose(2, 3)
+    return F.pad(M, (0, padded - M.shape[-1])).contiguous()
+
+
+def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                       delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                       return_last_state: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """cpu backend of ``selective_scan_fn`` (same arguments and result; inputs already validated)."""
+    dtype_in = u.dtype
+    dstate = A.shape[1]
+    padded = -(-dstate // VW) * VW
+    with autocast_off(u.device.type):
+        dtype = compute_dtype(u)
+
+        def prep(t):
+            return None if t is None else t.to(dtype).contiguous()
+
+        out, last = torch.ops.localmamba.selective_scan_cpu_fwd(
+            prep(u), prep(delta), F.pad(A.to(dtype), (0, padded - dstate)).contiguous(),
+            _kernel_layout_bc(B, dtype, padded), _kernel_layout_bc(C, dtype, padded), prep(D), prep(z),
+            prep(delta_bias), delta_softplus)
+    out = out.to(dtype_in)
+    return (out, last[..., :dstate]) if return_last_state else out

@@ -1,0 +1,106 @@
+"""The cpu backend's C kernel and its PyTorch fallback against the reference: outputs and all gradients in fp32."""
+import pytest
+import torch
+
+from localmamba_ssm import selective_scan_ref
+from localmamba_ssm.ops.cpu import build
+from localmamba_ssm.ops.cpu.selective_scan_cpu import selective_scan_cpu
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def implementation(request, monkeypatch):
+    """The C kernel (skipped when no compiler works) or the PyTorch fallback (kernel disabled by env var)."""
+    build.reset()
+    if request.param == "torch":
+        monkeypatch.setenv(build.DISABLE_VAR, "0")
+    elif build.load_kernel() is None:
+        pytest.skip("the C kernel could not be built here")
+    yield request.param
+    build.reset()
+
+
+def make(bc, dstate, groups=1, batch=2, dim=12, seqlen=37, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, dim, seqlen, generator=g)
+    delta = torch.randn(batch, dim, seqlen, generator=g) * 0.5
+    A = -torch.rand(dim, dstate, generator=g) * 3 - 0.05
+    if bc == "const":
+        B, C = torch.randn(dim, dstate, generator=g), torch.randn(dim, dstate, generator=g)
+    elif bc == "var3":
+        B, C = torch.randn(batch, dstate, seqlen, generator=g), torch.randn(batch, dstate, seqlen, generator=g)
+    else:
+        B = torch.randn(batch, groups, dstate, seqlen, generator=g)
+        C = torch.randn(batch, groups, dstate, seqlen, generator=g)
+    D, z, bias = torch.randn(dim, generator=g), torch.randn(batch, dim, seqlen, generator=g), torch.randn(dim, generator=g)
+    return [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+
+
+def run(fn, inputs, softplus, use_z, with_last):
+    u, delta, A, B, C, D, z, bias = inputs
+    for t in inputs:
+        t.grad = None
+    if not softplus:  # keep dt positive, as softplus would
+        delta, bias = delta.abs(), bias.abs()
+    result = fn(u, delta, A, B, C, D, z if use_z else None, bias, softplus, return_last_state=with_last)
+    out, last = result if with_last else (result, None)
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g)).sum()
+    if last is not None:
+        loss = loss + (last * torch.randn(last.shape, generator=g)).sum()
+    loss.backward()
+    grads = [None if t.grad is None else t.grad.clone() for t in inputs]
+    return out.detach(), None if last is None else last.detach(), grads
+
+
+def assert_rel_close(actual, expected, rel=1e-5):
+    scale = expected.abs().max().clamp_min(1e-6)
+    assert ((actual - expected).abs().max() / scale).item() < rel
+
+
+@pytest.mark.parametrize("bc,dstate,groups", [("var4", 16, 1), ("var4", 5, 3), ("var3", 9, 1), ("const", 16, 1),
+                                              ("var4", 24, 2)])
+@pytest.mark.parametrize("softplus,use_z,with_last", [(True, True, False), (False, False, True)])
+def test_cpu_scan_matches_reference(implementation, bc, dstate, groups, softplus, use_z, with_last):
+    inputs = make(bc, dstate, groups)
+    out_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, softplus, use_z, with_last)
+    out, last, grads = run(selective_scan_cpu, inputs, softplus, use_z, with_last)
+    assert out.dtype == torch.float32
+    assert_rel_close(out, out_ref)
+    if with_last:
+        assert_rel_close(last, last_ref)
+    for name, g, g_ref in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), grads, grads_ref):
+        assert (g is None) == (g_ref is None), name
+        if g is not None:
+            assert_rel_close(g, g_ref, rel=2e-5)
+
+
+def test_cpu_scan_large_decay_and_threads(implementation):
+    """Very negative dt*A (decays that underflow to 0) and several worker threads."""
+    inputs = make("var4", 16, batch=4, dim=40, seqlen=20)
+    with torch.no_grad():
+        inputs[2].mul_(40.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out, _, grads = run(selective_scan_cpu, inputs, True, True, False)
+    finally:
+        torch.set_num_threads(threads)
+    out_ref, _, grads_ref = run(selective_scan_ref, inputs, True, True, False)
+    assert_rel_close(out, out_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        assert_rel_close(g, g_ref, rel=2e-5)
+
+
+def test_kernel_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path))
+    build.reset()
+    try:
+        if build.load_kernel() is None:
+            pytest.skip("the C kernel could not be built here")
+        files = sorted(p.name for p in tmp_path.iterdir())
+        assert len(files) == 1 and files[0].startswith("selective_scan_") and files[0].endswith(".so")
+        build.reset()
+        assert build.load_kernel() is not None
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
+    finally:
+        build.reset()
