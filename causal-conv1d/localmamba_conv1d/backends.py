@@ -64,6 +64,12 @@ def implemented_backends(op: str) -> Tuple[str, ...]:
     return tuple(b for b in BACKENDS if b in table)
 
 
+def available_backends(op: str, device: Union[None, str, torch.device] = None) -> Tuple[str, ...]:
+    """Backends of ``op`` that can run on ``device`` right now, in automatic-selection order."""
+    device = _as_device(device)
+    return tuple(b for b in implemented_backends(op) if _REGISTRY[op][b](device, False) is None)
+
+
 def _as_device(device: Union[None, str, torch.device]) -> torch.device:
     if device is None:
         return torch.device("cpu")

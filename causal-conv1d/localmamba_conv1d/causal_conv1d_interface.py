@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 
 from . import backends
-from .precision import autocast_off, compute_dtype
+from .cpu_conv1d import causal_conv1d_cpu
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref
 
 OP = "causal_conv1d"
@@ -40,19 +39,6 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return weight
 
 
-def _conv_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                activation: Optional[str]) -> torch.Tensor:
-    """cpu backend: grouped ``F.conv1d`` (oneDNN on CPU), fp32 compute, output in x's dtype."""
-    with autocast_off(x.device.type):
-        dtype = compute_dtype(x, weight)
-        width = weight.shape[-1]
-        out = F.conv1d(x.to(dtype), weight.to(dtype).unsqueeze(1), None if bias is None else bias.to(dtype),
-                       padding=width - 1, groups=weight.shape[0])[..., :x.shape[-1]]
-        if activation is not None:
-            out = F.silu(out)
-    return out.to(x.dtype)
-
-
 def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    activation: Optional[str]) -> torch.Tensor:
     """cuda backend: the official package, through its Python-level function only (its bindings changed per release)."""
@@ -64,7 +50,7 @@ def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 _IMPLS: Dict[str, Callable] = {
     "cuda": _conv_official,
-    "cpu": _conv_torch,
+    "cpu": causal_conv1d_cpu,
     "reference": causal_conv1d_ref,
 }
 

@@ -3,20 +3,20 @@ import pytest
 import torch
 
 from localmamba_ssm import selective_scan_ref
-from localmamba_ssm.ops.cpu import build
-from localmamba_ssm.ops.cpu.selective_scan_cpu import selective_scan_cpu
+from localmamba_conv1d import ckernel
+from localmamba_ssm.ops.cpu.selective_scan_cpu import load_kernel, selective_scan_cpu
 
 
 @pytest.fixture(params=["kernel", "torch"])
 def implementation(request, monkeypatch):
     """The C kernel (skipped when no compiler works) or the PyTorch fallback (kernel disabled by env var)."""
-    build.reset()
+    ckernel.reset()
     if request.param == "torch":
-        monkeypatch.setenv(build.DISABLE_VAR, "0")
-    elif build.load_kernel() is None:
+        monkeypatch.setenv(ckernel.DISABLE_VAR, "0")
+    elif load_kernel() is None:
         pytest.skip("the C kernel could not be built here")
     yield request.param
-    build.reset()
+    ckernel.reset()
 
 
 def make(bc, dstate, groups=1, batch=2, dim=12, seqlen=37, seed=0):
@@ -93,14 +93,14 @@ def test_cpu_scan_large_decay_and_threads(implementation):
 
 def test_kernel_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path))
-    build.reset()
+    ckernel.reset()
     try:
-        if build.load_kernel() is None:
+        if load_kernel() is None:
             pytest.skip("the C kernel could not be built here")
         files = sorted(p.name for p in tmp_path.iterdir())
         assert len(files) == 1 and files[0].startswith("selective_scan_") and files[0].endswith(".so")
-        build.reset()
-        assert build.load_kernel() is not None
+        ckernel.reset()
+        assert load_kernel() is not None
         assert sorted(p.name for p in tmp_path.iterdir()) == files
     finally:
-        build.reset()
+        ckernel.reset()

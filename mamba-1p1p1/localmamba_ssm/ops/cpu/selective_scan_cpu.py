@@ -3,29 +3,43 @@
 ``selective_scan_cpu`` prepares the kernel layout with differentiable torch ops (fp32 cast, A padded to Np, B/C to
 (Bt, G, L, Np)), then calls ``torch.ops.localmamba.selective_scan_cpu_fwd`` whose backward is the custom op
 ``selective_scan_cpu_bwd``. Both have fake implementations, so ``torch.compile`` traces through them.
-The kernel parallelises over (batch, channel) pairs with ``torch.get_num_threads()`` Python threads (ctypes releases
-the GIL during each call).
+The kernel parallelises over (batch, channel) pairs on ``torch.get_num_threads()`` threads (``ckernel.run_parallel``).
 """
 from __future__ import annotations
 
 import ctypes
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from localmamba_conv1d import ckernel
 from localmamba_conv1d.precision import autocast_off, compute_dtype
 
 from . import torch_scan
-from .build import ScanArgs, load_kernel
+from .kernel_source import SOURCE
 
 VW = 8
 MAX_STATE = 256
 MIN_PAIRS_PER_TASK = 16
-_POOL: dict = {"pool": None, "size": 0}
-_POOL_LOCK = threading.Lock()
+
+
+class ScanArgs(ctypes.Structure):
+    """Mirror of the C ``ScanArgs`` struct (see ``kernel_source.py``)."""
+
+    _fields_ = ([(name, ctypes.c_long) for name in
+                 ("batch", "dim", "seqlen", "nstate", "groups_b", "groups_c", "softplus")]
+                + [(name, ctypes.c_void_p) for name in
+                   ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "out", "last_state", "dout", "dlast", "du",
+                    "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")])
+
+
+_SIGNATURE = (ctypes.POINTER(ScanArgs), ctypes.c_long, ctypes.c_long)
+
+
+def load_kernel():
+    """The compiled scan kernel (built on first use), or None when unavailable or disabled."""
+    return ckernel.load_library("selective_scan", SOURCE, {"scan_fwd": _SIGNATURE, "scan_bwd": _SIGNATURE})
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -34,33 +48,6 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 def _groups(M: torch.Tensor) -> int:
     return 0 if M.dim() == 2 else M.shape[1]
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _POOL_LOCK:
-        if _POOL["size"] < workers:
-            if _POOL["pool"] is not None:
-                _POOL["pool"].shutdown(wait=False)
-            _POOL["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="localmamba-scan")
-            _POOL["size"] = workers
-        return _POOL["pool"]
-
-
-def _num_tasks(pairs: int) -> int:
-    return max(1, min(torch.get_num_threads(), pairs // MIN_PAIRS_PER_TASK))
-
-
-def _run(fn, args: List[ScanArgs], pairs: int) -> None:
-    """Run ``fn`` on len(args) contiguous slices of the (batch, channel) pairs, in parallel threads."""
-    tasks = len(args)
-    bounds = [pairs * i // tasks for i in range(tasks + 1)]
-    if tasks == 1:
-        fn(ctypes.byref(args[0]), 0, pairs)
-        return
-    futures = [_pool(tasks - 1).submit(fn, ctypes.byref(args[i]), bounds[i], bounds[i + 1]) for i in range(1, tasks)]
-    fn(ctypes.byref(args[0]), bounds[0], bounds[1])
-    for future in futures:
-        future.result()
 
 
 def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> ScanArgs:
@@ -87,11 +74,11 @@ def selective_scan_cpu_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
     last = u.new_empty(u.shape[0], u.shape[1], A.shape[1])
     pairs = u.shape[0] * u.shape[1]
     args = []
-    for _ in range(_num_tasks(pairs)):
+    for _ in range(ckernel.num_tasks(pairs, MIN_PAIRS_PER_TASK)):
         a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         a.out, a.last_state = out.data_ptr(), last.data_ptr()
         args.append(a)
-    _run(lib.scan_fwd, args, pairs)
+    ckernel.run_parallel(lib.scan_fwd, args, pairs)
     return out, last
 
 
@@ -111,7 +98,7 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
     if lib is None:
         return torch_scan.scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     pairs = u.shape[0] * u.shape[1]
-    tasks = _num_tasks(pairs)
+    tasks = ckernel.num_tasks(pairs, MIN_PAIRS_PER_TASK)
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     dz = torch.empty_like(u) if z is not None else u.new_zeros(0)
     dA = A.new_zeros((tasks,) + A.shape)
@@ -127,7 +114,7 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
         a.dA, a.dB, a.dC, a.dD, a.ddelta_bias = (dA[i].data_ptr(), dB[i].data_ptr(), dC[i].data_ptr(),
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
         args.append(a)
-    _run(lib.scan_bwd, args, pairs)
+    ckernel.run_parallel(lib.scan_bwd, args, pairs)
     return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)
 
 
