@@ -48,13 +48,22 @@ def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return official.causal_conv1d_fn(x, weight.contiguous(), bias, activation=activation)
 
 
+def _conv_triton(x, weight, bias, activation):
+    """triton backend (the module, and triton itself, are imported on first use)."""
+    from .triton_conv1d import causal_conv1d_triton
+
+    return causal_conv1d_triton(x, weight, bias, activation)
+
+
 _IMPLS: Dict[str, Callable] = {
     "cuda": _conv_official,
+    "triton": _conv_triton,
     "cpu": causal_conv1d_cpu,
     "reference": causal_conv1d_ref,
 }
 
 backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
+backends.register(OP, "triton", backends.check_triton)
 backends.register(OP, "cpu", backends.check_cpu)
 backends.register(OP, "reference", backends.check_any)
 backends.register(OP_UPDATE, "cuda", backends.check_official(OFFICIAL_MODULE))

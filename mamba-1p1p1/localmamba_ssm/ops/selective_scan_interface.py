@@ -36,13 +36,22 @@ def _scan_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_l
     return official.selective_scan_fn(u, delta, A.float(), B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
+def _scan_triton(*args):
+    """triton backend (the module, and triton itself, are imported on first use)."""
+    from .triton.selective_scan_triton import selective_scan_triton
+
+    return selective_scan_triton(*args)
+
+
 _IMPLS: Dict[str, Callable[..., ScanResult]] = {
     "cuda": _scan_official,
+    "triton": _scan_triton,
     "cpu": selective_scan_cpu,
     "reference": selective_scan_ref,
 }
 
 backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
+backends.register(OP, "triton", backends.check_triton)
 backends.register(OP, "cpu", backends.check_cpu)
 backends.register(OP, "reference", backends.check_any)
 

@@ -1,0 +1,115 @@
+"""The ``triton`` backend of ``causal_conv1d_fn`` (imports triton; loaded only when this backend is used).
+
+One kernel computes ``sum_k w[d, k] * src[b, d, t + SIGN * (W - 1 - k)]`` over a (channels x time) tile: with
+SIGN = -1 plus bias and SiLU it is the forward conv; in GRAD mode it returns ``dout * act'(preact)`` instead; with
+SIGN = +1 on that gradient it is the input gradient. Weight and bias gradients are reductions done in PyTorch.
+Wrapped as torch.library custom ops ``localmamba::causal_conv1d_triton_fwd`` / ``_bwd`` with autograd.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .precision import autocast_off
+
+BLOCK_D = 16
+BLOCK_T = 64
+
+
+@triton.jit
+def _conv_kernel(src_ptr, w_ptr, bias_ptr, dout_ptr, out_ptr, dim, seqlen, width,
+                 SIGN: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, GRAD: tl.constexpr,
+                 BW: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+    pid_b = tl.program_id(0)
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    t = tl.program_id(2) * BT + tl.arange(0, BT)
+    dmask = d < dim
+    row = (pid_b * dim + d)[:, None] * seqlen
+    acc = tl.zeros([BD, BT], dtype=tl.float32)
+    for k in tl.static_range(BW):
+        wk = tl.load(w_ptr + d * width + k, mask=dmask & (k < width), other=0.0).to(tl.float32)
+        pos = t + SIGN * (width - 1 - k)
+        m = dmask[:, None] & (pos >= 0)[None, :] & (pos < seqlen)[None, :] & (k < width)
+        acc += wk[:, None] * tl.load(src_ptr + row + pos[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
+    omask = dmask[:, None] & (t < seqlen)[None, :]
+    if GRAD:
+        g = tl.load(dout_ptr + row + t[None, :], mask=omask, other=0.0).to(tl.float32)
+        if SILU:
+            s = tl.sigmoid(acc)
+            g = g * s * (1.0 + acc * (1.0 - s))
+        acc = g
+    elif SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(out_ptr + row + t[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+def _launch(src, weight, bias, dout, out, sign, silu, grad):
+    batch, dim, seqlen = src.shape
+    grid = (batch, triton.cdiv(dim, BLOCK_D), triton.cdiv(seqlen, BLOCK_T))
+    _conv_kernel[grid](src, weight, bias, dout, out, dim, seqlen, weight.shape[1], SIGN=sign,
+                       HAS_BIAS=bias is not None, SILU=silu, GRAD=grad, BW=triton.next_power_of_2(weight.shape[1]),
+                       BD=BLOCK_D, BT=BLOCK_T)
+
+
+@torch.library.custom_op("localmamba::causal_conv1d_triton_fwd", mutates_args=())
+def causal_conv1d_triton_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                             silu: bool) -> torch.Tensor:
+    """Contiguous x (B, D, L) (fp32/fp16/bf16), weight (D, W), bias (D,) -> out (B, D, L) in x's dtype."""
+    out = torch.empty_like(x)
+    _launch(x, weight, bias, None, out, -1, silu, False)
+    return out
+
+
+@causal_conv1d_triton_fwd.register_fake
+def _fwd_fake(x, weight, bias, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("localmamba::causal_conv1d_triton_bwd", mutates_args=())
+def causal_conv1d_triton_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                             bias: Optional[torch.Tensor], silu: bool
+                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward -> dx (x's dtype), dweight (D, W) fp32, dbias (D,) fp32."""
+    gact = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    _launch(x, weight, bias, dout, gact, -1, silu, True)
+    dx = torch.empty_like(x)
+    _launch(gact, weight, None, None, dx, 1, False, False)
+    seqlen, width = x.shape[2], weight.shape[1]
+    xf = x.float()
+    dweight = torch.stack([(gact[..., width - 1 - k:] * xf[..., :seqlen - (width - 1 - k)]).sum(dim=(0, 2))
+                           for k in range(width)], dim=1)
+    return dx, dweight, gact.sum(dim=(0, 2))
+
+
+@causal_conv1d_triton_bwd.register_fake
+def _bwd_fake(dout, x, weight, bias, silu):
+    f32 = dict(dtype=torch.float32)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape, **f32), x.new_empty(x.shape[1], **f32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.silu = silu
+
+
+def _backward(ctx, dout):
+    x, weight, bias = ctx.saved_tensors
+    dx, dweight, dbias = causal_conv1d_triton_bwd(dout.contiguous(), x, weight, bias, ctx.silu)
+    return dx, dweight.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None
+
+
+causal_conv1d_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         activation: Optional[str]) -> torch.Tensor:
+    """triton backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 math, output in x's dtype."""
+    with autocast_off(x.device.type):
+        return torch.ops.localmamba.causal_conv1d_triton_fwd(
+            x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), activation is not None)

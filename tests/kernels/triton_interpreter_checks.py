@@ -1,0 +1,105 @@
+"""Checks of the Triton kernels against the references, run by test_triton_interpreter.py in a subprocess with
+TRITON_INTERPRET=1 (the interpreter must be chosen before the kernels are defined) and LOCALMAMBA_BACKEND=triton.
+Exits non-zero with a message on the first mismatch."""
+import os
+import sys
+
+import torch
+
+from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend
+from localmamba_ssm import selective_scan_fn, selective_scan_ref
+
+
+def grads_of(fn, inputs, weights):
+    for t in inputs:
+        t.grad = None
+    outs = fn()
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    sum(o.float().mul(w).sum() for o, w in zip(outs, weights)).backward()
+    return [o.detach() for o in outs], [None if t.grad is None else t.grad.clone() for t in inputs]
+
+
+def close(name, actual, expected, tol):
+    err = ((actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6)).item()
+    if not err < tol:
+        sys.exit(f"{name}: relative error {err:.2e} >= {tol:.0e}")
+
+
+def check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    batch = 2
+    u = torch.randn(batch, dim, seqlen, generator=g)
+    delta = torch.randn(batch, dim, seqlen, generator=g) * 0.5
+    if not softplus:
+        delta = delta.abs()
+    A = -torch.rand(dim, dstate, generator=g) - 0.1
+    if bc == "const":
+        B, C = torch.randn(dim, dstate, generator=g), torch.randn(dim, dstate, generator=g)
+    elif bc == "var3":
+        B, C = torch.randn(batch, dstate, seqlen, generator=g), torch.randn(batch, dstate, seqlen, generator=g)
+    else:
+        B = torch.randn(batch, groups, dstate, seqlen, generator=g)
+        C = torch.randn(batch, groups, dstate, seqlen, generator=g)
+    D, bias = torch.randn(dim, generator=g), torch.rand(dim, generator=g) * 0.5
+    z = torch.randn(batch, dim, seqlen, generator=g)
+    if dtype != torch.float32:
+        u, delta, z = u.to(dtype), delta.to(dtype), z.to(dtype)
+        if bc != "const":
+            B, C = B.to(dtype), C.to(dtype)
+    inputs = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+    weights = [torch.randn(batch, dim, seqlen, generator=g), torch.randn(batch, dim, dstate, generator=g)]
+
+    def call(fn):
+        return lambda: fn(u, delta, A, B, C, D, z if use_z else None, bias, softplus, return_last_state=with_last)
+
+    outs, grads = grads_of(call(selective_scan_fn), inputs, weights)
+    outs_ref, grads_ref = grads_of(call(selective_scan_ref), inputs, weights)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    if outs[0].dtype != dtype:
+        sys.exit(f"{label}: output dtype {outs[0].dtype}, expected {dtype}")
+    for i, (o, o_ref) in enumerate(zip(outs, outs_ref)):
+        close(f"{label} output {i}", o, o_ref, tol)
+    for name, gr, gr_ref in zip("u delta A B C D z delta_bias".split(), grads, grads_ref):
+        if (gr is None) != (gr_ref is None):
+            sys.exit(f"{label} grad {name}: presence differs")
+        if gr is not None:
+            if gr.dtype != gr_ref.dtype:
+                sys.exit(f"{label} grad {name}: dtype {gr.dtype}, expected {gr_ref.dtype}")
+            close(f"{label} grad {name}", gr, gr_ref, tol * 3)
+    print(f"ok scan {label}")
+
+
+def check_conv(width, activation, with_bias, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 9, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(5, width, generator=g).requires_grad_()
+    b = torch.randn(5, generator=g).requires_grad_() if with_bias else None
+    inputs = [x, w] + ([b] if with_bias else [])
+    weights = [torch.randn(2, 5, 9, generator=g)]
+    outs, grads = grads_of(lambda: causal_conv1d_fn(x, w, b, activation), inputs, weights)
+    outs_ref, grads_ref = grads_of(lambda: causal_conv1d_ref(x, w, b, activation), inputs, weights)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    close(f"conv W={width} output", outs[0], outs_ref[0], tol)
+    for gr, gr_ref in zip(grads, grads_ref):
+        close(f"conv W={width} grad", gr, gr_ref, tol * 3)
+    print(f"ok conv1d W={width} act={activation} bias={with_bias} {dtype}")
+
+
+def main():
+    assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
+    assert selected_backend("selective_scan", "cpu") == "triton"
+    check_scan("grouped G=2", "var4", 2, dim=4, seqlen=7, dstate=3, softplus=True, use_z=True, with_last=True)
+    check_scan("grouped, blocks per group > 1", "var4", 2, dim=64, seqlen=5, dstate=4, softplus=True, use_z=False,
+               with_last=False)
+    check_scan("(Bt, N, L), no softplus, several chunks", "var3", 1, dim=2, seqlen=70, dstate=2, softplus=False,
+               use_z=True, with_last=True)
+    check_scan("time-invariant", "const", 1, dim=6, seqlen=5, dstate=5, softplus=True, use_z=True, with_last=False)
+    check_scan("bf16", "var4", 1, dim=4, seqlen=6, dstate=4, softplus=True, use_z=True, with_last=False,
+               dtype=torch.bfloat16)
+    check_conv(4, "silu", True)
+    check_conv(3, None, False)
+    check_conv(2, "silu", False, dtype=torch.bfloat16)
+
+
+if __name__ == "__main__":
+    main()
