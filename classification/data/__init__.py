@@ -1,0 +1,57 @@
+"""Datasets, transforms and loaders for classification training and evaluation."""
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Optional
+
+from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset
+
+from .defaults import DATASET_DEFAULTS, resolve_dataset_defaults
+from .image_list import DataError, build_imagenet
+from .loader import ShardedSampler, build_loader
+from .small_datasets import build_cifar, build_digits
+from .transforms import build_transform
+
+__all__ = ["DATASET_DEFAULTS", "DataError", "ShardedSampler", "build_datasets", "build_loaders", "build_mixup"]
+
+
+def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
+    """Untransformed train and val datasets of `cfg.dataset`; fills unset data flags and `num_classes` in `cfg`."""
+    resolve_dataset_defaults(cfg)
+    if cfg.dataset == "imagenet":
+        train, val = build_imagenet(cfg.data_path)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        train, val = build_cifar(cfg.data_path, cfg.dataset)
+    elif cfg.dataset == "digits":
+        train, val = build_digits(cfg.img_size)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}")
+    if cfg.num_classes is None:
+        cfg.num_classes = train.num_classes
+    return train, val
+
+
+def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,
+                  rank: int) -> tuple[Optional[DataLoader], DataLoader]:
+    """Train loader (None when `train` is None) and val loader for this rank."""
+    train_loader = None
+    if train is not None:
+        train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,
+                                    True, world_size, rank, cfg.seed)
+        if len(train_loader) == 0:
+            raise DataError(f"{len(train)} training images are fewer than one batch of {cfg.batch_size} "
+                            f"on each of {world_size} process(es)")
+    val_batch = max(1, int(cfg.batch_size * cfg.val_batch_size_multiplier))
+    val_loader = build_loader(val, build_transform(cfg, training=False), val_batch, cfg.workers, False,
+                              world_size, rank, cfg.seed)
+    return train_loader, val_loader
+
+
+def build_mixup(cfg: Namespace) -> Optional[Mixup]:
+    """timm Mixup/CutMix with label smoothing when `--mixup`, `--cutmix` or `--cutmix-minmax` is set, else None."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0 and cfg.cutmix_minmax is None:
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)

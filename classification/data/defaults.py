@@ -1,0 +1,29 @@
+"""Per-dataset defaults for flags left unset (None / empty) on the command line and in the config."""
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
+
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "imagenet": dict(data_path="data/imagenet", img_size=224, crop_pct=0.875, hflip=0.5, scale=(0.08, 1.0),
+                     image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD),
+    "cifar10": dict(data_path="data/cifar", img_size=32, crop_pct=1.0, hflip=0.5, scale=(0.08, 1.0),
+                    image_mean=CIFAR_MEAN, image_std=CIFAR_STD),
+    "cifar100": dict(data_path="data/cifar", img_size=32, crop_pct=1.0, hflip=0.5, scale=(0.08, 1.0),
+                     image_mean=CIFAR_MEAN, image_std=CIFAR_STD),
+    # handwritten digits are not mirror-symmetric and only 8x8 pixels: no flip, mild crops
+    "digits": dict(data_path="", img_size=32, crop_pct=1.0, hflip=0.0, scale=(0.6, 1.0),
+                   image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)),
+}
+
+
+def resolve_dataset_defaults(cfg: Namespace) -> None:
+    """Fill unset data flags of `cfg` in place with the dataset's defaults."""
+    for key, value in DATASET_DEFAULTS[cfg.dataset].items():
+        if getattr(cfg, key) in (None, ""):
+            setattr(cfg, key, list(value) if isinstance(value, tuple) else value)

@@ -1,0 +1,117 @@
+"""ImageNet-style datasets: the original meta-list layout and the common class-folder layout.
+
+Original layout: `<root>/{train,val}/...` images and `<root>/meta/{train,val}.txt`, one `relative/path label` per line.
+Class-folder layout: `<root>/{train,val}/<class>/<image>`; classes are the sorted train folder names.
+`find_imagenet_split` picks the layout automatically.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """Unusable dataset input; the message names the file or folder."""
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file as RGB; errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+class ImageListDataset(Dataset):
+    """(image file, label) pairs decoded lazily; `__getitem__` returns (PIL RGB image, int label)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], num_classes: int):
+        self.samples = list(samples)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return load_rgb(path), label
+
+
+def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
+    """Parse a `relative/path label` list; the image path is `image_root/relative/path`."""
+    if not os.path.isfile(meta_path):
+        raise DataError(f"meta file not found: {meta_path}")
+    samples = []
+    with open(meta_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            parts = text.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+                raise DataError(f"{meta_path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
+                                f"got {text!r}")
+            samples.append((os.path.join(image_root, parts[0]), int(parts[1])))
+    if not samples:
+        raise DataError(f"meta file is empty: {meta_path}")
+    return samples
+
+
+def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (the train split's)."""
+    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if classes is None:
+        classes = found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{split_dir}: class folders {unknown[:5]} do not exist in the train split")
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for name in found:
+        for dirpath, _, files in sorted(os.walk(os.path.join(split_dir, name))):
+            for fname in sorted(files):
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    samples.append((os.path.join(dirpath, fname), index[name]))
+    if not samples:
+        raise DataError(f"no image files found under {split_dir}")
+    return samples, list(classes)
+
+
+def imagenet_layout(root: str) -> str:
+    """'meta' or 'folders', from what lies under `root`; a DataError says what was expected."""
+    if not os.path.isdir(root):
+        raise DataError(f"data path does not exist: {root} (set --data-path)")
+    if os.path.isdir(os.path.join(root, "meta")):
+        return "meta"
+    train = os.path.join(root, "train")
+    if os.path.isdir(train) and any(e.is_dir() for e in os.scandir(train)):
+        return "folders"
+    raise DataError(f"{root}: expected meta/train.txt and meta/val.txt with train/ and val/ images, "
+                    f"or train/<class>/ and val/<class>/ folders")
+
+
+def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
+    """Train and val datasets of an ImageNet-style tree in either layout."""
+    if imagenet_layout(root) == "meta":
+        train = read_meta_file(os.path.join(root, "meta", "train.txt"), os.path.join(root, "train"))
+        val = read_meta_file(os.path.join(root, "meta", "val.txt"), os.path.join(root, "val"))
+        num_classes = max(label for _, label in train) + 1
+        bad = [(p, lbl) for p, lbl in val if lbl >= num_classes]
+        if bad:
+            raise DataError(f"{os.path.join(root, 'meta', 'val.txt')}: label {bad[0][1]} of {bad[0][0]} "
+                            f"is not a train label (train has {num_classes} classes)")
+    else:
+        val_dir = os.path.join(root, "val")
+        if not os.path.isdir(val_dir):
+            raise DataError(f"validation folder not found: {val_dir}")
+        train, classes = scan_class_folders(os.path.join(root, "train"))
+        val, _ = scan_class_folders(val_dir, classes)
+        num_classes = len(classes)
+    return ImageListDataset(train, num_classes), ImageListDataset(val, num_classes)

@@ -1,0 +1,84 @@
+"""Samplers and data loaders that make a run reproducible across workers, ranks and resumes.
+
+The train sampler shards one permutation per epoch (seeded by seed + epoch) over the ranks exactly as
+`DistributedSampler` does, so batch t of every rank together is batch t of a single process with the global batch.
+It yields `(epoch, index)` pairs, and `SeededTransformDataset` seeds the augmentation of each sample from
+(seed, epoch, index): the images do not depend on how many workers or ranks decode them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..engine.rng import sample_seed, seeded
+
+
+class ShardedSampler(Sampler):
+    """Rank `rank`'s share of `range(size)`: every `world_size`-th item of a (shuffled, padded) order.
+
+    Shuffled: the permutation of epoch e is `randperm(size)` from a generator seeded with `seed + e`, padded with its
+    head to a multiple of `world_size` (as torch's DistributedSampler). Not shuffled: no padding, so each sample is
+    counted once when metrics are summed over ranks.
+    """
+
+    def __init__(self, size: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        self.size, self.world_size, self.rank = size, world_size, rank
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.size, self.world_size))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        total = math.ceil(self.size / self.world_size) * self.world_size
+        order += (order * math.ceil(total / max(len(order), 1)))[: total - len(order)]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self._indices()])
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return len(range(self.rank, self.size, self.world_size))
+        return math.ceil(self.size / self.world_size)
+
+
+class SeededTransformDataset(Dataset):
+    """Wraps a (PIL image, label) dataset; item `(epoch, index)` is transformed under a seed of (seed, epoch, index)."""
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int):
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        image, label = self.base[index]
+        with seeded(sample_seed(self.seed, epoch, index)):
+            return self.transform(image), label
+
+
+def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers: int, training: bool,
+                 world_size: int, rank: int, seed: int) -> DataLoader:
+    """A DataLoader over `dataset` sharded for this rank; training loaders shuffle and drop the last partial batch."""
+    sampler = ShardedSampler(len(dataset), world_size, rank, shuffle=training, seed=seed)
+    generator = torch.Generator()  # keeps DataLoader seeding away from the global torch generator
+    generator.manual_seed(seed)
+    return DataLoader(
+        SeededTransformDataset(dataset, transform, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=training,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        generator=generator,
+    )

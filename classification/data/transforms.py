@@ -1,0 +1,65 @@
+"""Train / eval transforms, built with timm as the original's recipe.
+
+ImageNet (and digits): random-resized crop (bicubic or bilinear), horizontal flip, RandAugment when `--aa` is set
+(colour jitter only without it), to tensor, normalise, random erasing. Eval: resize to size/crop_pct, centre crop.
+CIFAR as the original: random crop 32 with 4-pixel padding, horizontal flip, normalise, optional cutout.
+"""
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Callable
+
+import numpy as np
+import torch
+from timm.data import create_transform
+from torchvision import transforms as T
+
+
+class Cutout:
+    """Zero one `length` x `length` square (clipped at the borders) centred at a random pixel of a CHW tensor."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        y, x = np.random.randint(h), np.random.randint(w)
+        half = self.length // 2
+        img = img.clone()
+        img[..., max(y - half, 0):min(y + half, h), max(x - half, 0):min(x + half, w)] = 0
+        return img
+
+
+def _cifar_transform(cfg: Namespace, training: bool) -> Callable:
+    steps: list[Callable] = []
+    if training:
+        steps += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(cfg.hflip)]
+    if cfg.img_size != 32:
+        mode = T.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+        steps.append(T.Resize(cfg.img_size, interpolation=mode))
+    steps += [T.ToTensor(), T.Normalize(cfg.image_mean, cfg.image_std)]
+    if training and cfg.cutout_length:
+        steps.append(Cutout(cfg.cutout_length))
+    return T.Compose(steps)
+
+
+def build_transform(cfg: Namespace, training: bool) -> Callable:
+    """The PIL -> normalised float CHW tensor transform for one split (cfg holds resolved dataset defaults)."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        return _cifar_transform(cfg, training)
+    common = dict(input_size=cfg.img_size, interpolation=cfg.interpolation,
+                  mean=tuple(cfg.image_mean), std=tuple(cfg.image_std))
+    if not training:
+        return create_transform(is_training=False, crop_pct=cfg.crop_pct, **common)
+    return create_transform(
+        is_training=True,
+        scale=tuple(cfg.scale),
+        ratio=tuple(cfg.ratio or (3 / 4, 4 / 3)),
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter or None,
+        auto_augment=cfg.aa or None,
+        re_prob=cfg.reprob,
+        re_mode=cfg.remode,
+        re_count=1,
+        **common,
+    )
