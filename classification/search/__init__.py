@@ -1,0 +1,1 @@
+"""Scan-direction search: supernet monitoring during training and extraction of the searched directions."""

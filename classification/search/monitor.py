@@ -1,0 +1,47 @@
+"""Watching a search supernet during training: per-layer candidate probabilities in the log and in a CSV file."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..engine.logs import CsvLog
+from .probs import CANDIDATE_NAMES, SEARCH_WEIGHT_SUFFIX, probabilities
+
+logger = logging.getLogger("localmamba")
+
+
+class SearchMonitor:
+    """Logs softmax(multi_scan.weights) of every layer and appends them to `search_probs.csv` each epoch."""
+
+    def __init__(self, model: nn.Module, exp_dir: str, enabled: bool = True):
+        self.model = model
+        self.csv = CsvLog(os.path.join(exp_dir, "search_probs.csv"), ("epoch", "layer") + CANDIDATE_NAMES,
+                          enabled=enabled)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, exp_dir: str, enabled: bool = True) -> Optional["SearchMonitor"]:
+        """A monitor when `model` has search weights, else None."""
+        if not any(name.endswith(SEARCH_WEIGHT_SUFFIX) for name, _ in model.named_parameters()):
+            return None
+        return cls(model, exp_dir, enabled)
+
+    def current(self) -> torch.Tensor:
+        """(layers, 8) candidate probabilities."""
+        return probabilities(self.model.state_dict())
+
+    def log_probs(self) -> None:
+        probs = self.current()
+        lines = [f"  layer {i:>2d}: " + " ".join(f"{n}={p:.4f}" for n, p in zip(CANDIDATE_NAMES, row.tolist()))
+                 for i, row in enumerate(probs)]
+        logger.info("Search probabilities:\n" + "\n".join(lines))
+
+    def append_epoch(self, epoch: int) -> None:
+        for layer, row in enumerate(self.current().tolist()):
+            self.csv.append([epoch, layer] + [f"{p:.6f}" for p in row])
+
+    def truncate_from(self, epoch: int) -> None:
+        self.csv.truncate_from(epoch)
