@@ -1,0 +1,1 @@
+"""Training engine: config, loops, checkpoints, schedules, distribution, logging."""

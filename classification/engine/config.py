@@ -1,0 +1,225 @@
+"""Command-line flags and YAML configs of `tools/train.py` and `tools/test.py`.
+
+The flags are the original toolbox's (same names, same defaults) minus the ones that do nothing for these models
+(NAS, KD, DBB, DyRep, auxiliary tower), plus a few of ours (marked "ours" in their help). A YAML file given with
+`-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys are errors.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from typing import Any, Sequence
+
+import yaml
+
+DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
+
+
+class ConfigError(ValueError):
+    """A config file or flag value that cannot be used; the message names the file and key."""
+
+
+class KeyValueAction(argparse.Action):
+    """Collect `key=value` items into a dict, values parsed as YAML scalars; updates the current (YAML) dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest) or {})
+        from_cli = set(getattr(namespace, "_cli_" + self.dest, ()))
+        for item in values:
+            if "=" not in item:
+                parser.error(f"{option_string} expects key=value items, got {item!r}")
+            key, value = item.split("=", 1)
+            merged[key] = yaml.safe_load(value)
+            from_cli.add(key)
+        setattr(namespace, self.dest, merged)
+        setattr(namespace, "_cli_" + self.dest, sorted(from_cli))
+
+
+def _add_data_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default="imagenet", choices=DATASETS, help="dataset (digits: ours)")
+    g.add_argument("--data-path", default="", help="dataset root (default data/imagenet or data/cifar)")
+    g.add_argument("--model", default="local_vim_tiny", help="model name, with or without the timm_ prefix")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=KeyValueAction, metavar="KEY=VALUE",
+                   help="ours: extra keyword arguments for the model constructor (update the YAML dict)")
+    g.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
+    g.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the dataset's)")
+    g.add_argument("--resume", default="", help="checkpoint to resume (train) or to evaluate (test)")
+    g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")
+    g.add_argument("--val-batch-size-multiplier", type=float, default=1.0, help="val batch = batch size x this")
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+
+
+def _add_optim_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--opt", default="sgd", choices=("sgd", "adamw", "rmsprop", "rmsproptf"), help="optimizer")
+    g.add_argument("--opt-eps", type=float, default=1e-8, help="optimizer epsilon")
+    g.add_argument("--opt-betas", type=float, nargs=2, default=None, help="AdamW betas (default 0.9 0.999)")
+    g.add_argument("--opt-no-filter", action="store_true", help="weight-decay every parameter (one group)")
+    g.add_argument("--honor-no-weight-decay", action="store_true",
+                   help="ours: also exclude parameters flagged _no_weight_decay (A_log, D) and search weights")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD / RMSprop momentum")
+    g.add_argument("--sgd-no-nesterov", action="store_true", help="plain momentum SGD")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    g.add_argument("--clip-grad-norm", action="store_true", help="clip the gradient norm")
+    g.add_argument("--clip-grad-max-norm", type=float, default=5.0, help="max gradient norm when clipping")
+    g.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
+    g.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
+                   help="ours: autocast dtype on CUDA (fp16 uses a GradScaler)")
+
+
+def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("schedule")
+    g.add_argument("--sched", default="step", choices=("step", "cosine", "linear"), help="LR schedule")
+    g.add_argument("--decay-epochs", type=float, default=3, help="step schedule: epochs between decays")
+    g.add_argument("--lr", type=float, default=0.01, help="peak learning rate (not scaled by world size)")
+    g.add_argument("--warmup-lr", type=float, default=1e-4, help="learning rate of the first warmup epoch")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="cosine floor")
+    g.add_argument("--epochs", type=int, default=200, help="epochs to train")
+    g.add_argument("--warmup-epochs", type=int, default=3, help="warmup epochs (LR constant within an epoch)")
+    g.add_argument("--decay-rate", "--dr", type=float, default=None, help="step schedule: decay factor")
+    g.add_argument("--decay-by-epoch", "--decay_by_epoch", action="store_true",
+                   help="cosine / linear: decay once per epoch instead of every iteration")
+
+
+def _add_augment_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--img-size", type=int, default=None, help="ours: input size (default: the dataset's)")
+    g.add_argument("--crop-pct", type=float, default=None, help="ours: eval centre-crop fraction")
+    g.add_argument("--scale", type=float, nargs=2, default=None, help="ours: random-resized-crop area range")
+    g.add_argument("--ratio", type=float, nargs=2, default=None, help="ours: random-resized-crop aspect range")
+    g.add_argument("--hflip", type=float, default=None, help="ours: horizontal flip probability")
+    g.add_argument("--image-mean", type=float, nargs=3, default=None, help="normalisation mean")
+    g.add_argument("--image-std", type=float, nargs=3, default=None, help="normalisation std")
+    g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"), help="resize filter")
+    g.add_argument("--color-jitter", type=float, default=0.0, help="colour jitter (only without --aa)")
+    g.add_argument("--cutout-length", type=int, default=0, help="CIFAR only: cutout square side")
+    g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5")
+    g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
+    g.add_argument("--remode", default="const", choices=("const", "rand", "pixel"), help="random erasing fill")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout rate (passed as drop_rate when > 0)")
+    g.add_argument("--drop-path-rate", type=float, default=0.0, help="stochastic depth rate")
+    g = p.add_argument_group("mixup")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (> 0 enables)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (> 0 enables)")
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None, help="cutmix min/max box ratio")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="probability of cutmix instead of mixup")
+    g.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"), help="mixing granularity")
+
+
+def _add_misc_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("EMA")
+    g.add_argument("--model-ema", action="store_true", help="keep and validate an EMA of the weights")
+    g.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay per step")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=42, help="random seed (rank r uses seed + r)")
+    g.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
+    g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per rank")
+    g.add_argument("--experiment", default="exp", help="run name: outputs go to <output>/<experiment>/")
+    g.add_argument("--output", default="experiments", help="ours: root folder of the runs")
+    g.add_argument("--device", default="auto", help="ours: auto (CUDA when present), cpu, cuda or cuda:N")
+    g.add_argument("--keep-num", type=int, default=10, help="ours: how many best checkpoints to keep")
+    g.add_argument("--slurm", action="store_true", help="take ranks from SLURM_* (tools/slurm_train.sh)")
+    g.add_argument("--dist-port", default="29500", help="master port of --slurm runs without MASTER_PORT")
+    g.add_argument("--local-rank", "--local_rank", type=int, default=0,
+                   help="accepted for torch.distributed.launch; the LOCAL_RANK variable is used")
+
+
+def build_parser(description: str = "LocalMamba training") -> argparse.ArgumentParser:
+    """The full parser shared by training and evaluation (as the original)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-c", "--config", default="", help="YAML file of defaults; command-line flags win")
+    _add_data_model_flags(parser)
+    _add_optim_flags(parser)
+    _add_schedule_flags(parser)
+    _add_augment_flags(parser)
+    _add_misc_flags(parser)
+    return parser
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML config; a `_base_: other.yaml` key (relative to this file) is loaded first and updated."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            cfg = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__}")
+    base = cfg.pop("_base_", None)
+    if base is None:
+        return cfg
+    merged = load_yaml(os.path.join(os.path.dirname(path), base))
+    merged.update(cfg)
+    return merged
+
+
+def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
+    """Convert and check one YAML value as argparse would convert the same text on the command line."""
+    if action.dest == "model_kwargs":
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where}: model_kwargs must be a mapping, got {value!r}")
+        return dict(value or {})
+    if value is None:
+        return None
+    if action.nargs == 0 and not isinstance(value, bool):  # store_true flags
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    try:
+        if isinstance(value, (list, tuple)):
+            value = [action.type(v) for v in value] if action.type else list(value)
+        elif action.type is not None:
+            value = action.type(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: bad value {value!r} ({err})") from err
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(action.choices)}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training") -> argparse.Namespace:
+    """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key."""
+    parser = build_parser(description)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", default="")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        cfg = load_yaml(known.config)
+        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+        defaults = {}
+        for key, value in cfg.items():
+            if key == "config":
+                continue
+            if key not in actions:
+                close = difflib.get_close_matches(key, list(actions), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{known.config}: unknown key {key!r}{hint}")
+            defaults[key] = _coerce(actions[key], value, f"{known.config}: key {key!r}")
+        parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    args.model_kwargs = dict(args.model_kwargs or {})
+    args.cli_model_kwargs = list(getattr(args, "_cli_model_kwargs", []))
+    if hasattr(args, "_cli_model_kwargs"):
+        delattr(args, "_cli_model_kwargs")
+    return args
+
+
+def config_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved flags as a plain dict that `-c` accepts again (internal fields left out)."""
+    skip = {"cli_model_kwargs"}
+    out = {}
+    for key, value in sorted(vars(args).items()):
+        if key in skip or key.startswith("_"):
+            continue
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def save_config(args: argparse.Namespace, path: str) -> None:
+    """Write the resolved config as YAML (`args.yaml`)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_dict(args), f, default_flow_style=False, sort_keys=True)

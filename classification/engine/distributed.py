@@ -1,0 +1,103 @@
+"""Process-group setup from torchrun / Slurm variables, and the few collectives the engine needs.
+
+A plain `python tools/train.py` (no WORLD_SIZE, no --slurm) runs as one process without any process group, so no
+environment variable is required. Under torchrun (WORLD_SIZE > 1) the backend is nccl on CUDA and gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands: global rank, world size, rank within its node, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def _slurm_environment(port: str) -> tuple[int, int, int]:
+    """Fill MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the SLURM_* variables of an srun task."""
+    rank = int(os.environ["SLURM_PROCID"])
+    world = int(os.environ["SLURM_NTASKS"])
+    local = int(os.environ.get("SLURM_LOCALID", rank % max(torch.cuda.device_count(), 1)))
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ["SLURM_NODELIST"]
+        os.environ["MASTER_ADDR"] = subprocess.getoutput(f"scontrol show hostname {nodes} | head -n1").strip()
+    os.environ.setdefault("MASTER_PORT", str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    return rank, world, local
+
+
+def init_distributed(device: str = "auto", slurm: bool = False, dist_port: str = "29500") -> DistEnv:
+    """Join the process group when launched by torchrun or srun; otherwise describe a single process."""
+    if slurm:
+        rank, world, local = _slurm_environment(dist_port)
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _resolve_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def shutdown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a list of numbers over all ranks (float64); identity in a single process."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order; `[obj]` in a single process."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for all ranks (no-op in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()

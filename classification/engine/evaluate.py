@@ -1,0 +1,77 @@
+"""Validation loop (top-1 / top-5 / loss, summed over ranks) and the `tools/test.py` entry point."""
+from __future__ import annotations
+
+import os
+import time
+from argparse import Namespace
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..data import build_datasets, build_loaders
+from .amp import autocast
+from .checkpoint import CheckpointError, load_file, load_weights, weights_of
+from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from .logs import setup_logging
+from .meters import AverageMeter, correct_topk
+from .model_builder import build_model
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int, log,
+             log_interval: int = 50, amp: bool = False, amp_dtype: str = "float16", suffix: str = "") -> dict:
+    """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks."""
+    model.eval()
+    loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    start = time.time()
+    for idx, (images, target) in enumerate(loader):
+        images = images.to(env.device, non_blocking=True)
+        target = target.to(env.device, non_blocking=True)
+        with autocast(env.device, amp, amp_dtype):
+            output = model(images)
+        output = output.float()
+        loss = loss_fn(output, target)
+        n = images.shape[0]
+        c1, c5 = correct_topk(output, target, (1, 5))
+        loss_m.update(loss.item(), n)
+        top1_m.update(100.0 * c1 / n, n)
+        top5_m.update(100.0 * c5 / n, n)
+        if idx % log_interval == 0 or idx == len(loader) - 1:
+            log.info(f"Test{suffix}: {epoch} [{idx:>4d}/{len(loader)}] "
+                     f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "
+                     f"Top-1: {top1_m.val:.3f}% ({top1_m.avg:.3f}%) "
+                     f"Top-5: {top5_m.val:.3f}% ({top5_m.avg:.3f}%) "
+                     f"Time: {time.time() - start:.2f}s")
+        start = time.time()
+    loss_sum, c1_sum, c5_sum, count = all_reduce_sum([loss_m.sum, top1_m.sum, top5_m.sum, loss_m.count], env.device)
+    count = max(count, 1)
+    return {"test_loss": loss_sum / count, "top1": c1_sum / count, "top5": c5_sum / count}
+
+
+def test(cfg: Namespace) -> dict:
+    """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema."""
+    if not cfg.resume:
+        raise CheckpointError("tools/test.py needs --resume CHECKPOINT")
+    env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port)
+    log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main)
+    try:
+        _, val_set = build_datasets(cfg)
+        _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
+        model = build_model(cfg)
+        ckpt = load_file(cfg.resume)
+        load_weights(model, weights_of(ckpt, cfg.resume), cfg.resume)
+        model.to(env.device)
+        epoch = ckpt.get("epoch", -1)
+        log.info(f"Loaded {cfg.resume} (epoch {epoch}) into {cfg.model}")
+        loss_fn = nn.CrossEntropyLoss()
+        common = dict(log_interval=cfg.log_interval, amp=cfg.amp, amp_dtype=cfg.amp_dtype)
+        metrics = validate(model, val_loader, loss_fn, env, epoch, log, **common)
+        if cfg.model_ema:
+            load_weights(model, weights_of(ckpt, cfg.resume, "ema_model"), cfg.resume)
+            metrics = validate(model, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
+        log.info(str(metrics))
+        return metrics
+    finally:
+        shutdown()

@@ -1,0 +1,124 @@
+"""Logging for runs: console + per-run log file (main rank), a terminal progress bar, and CSV files of metrics."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+LOGGER_NAME = "localmamba"
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class _BarAwareHandler(logging.StreamHandler):
+    """Console handler that clears an active progress bar line before printing a record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if ProgressBar.active is not None:
+            ProgressBar.active.clear()
+        super().emit(record)
+        if ProgressBar.active is not None:
+            ProgressBar.active.redraw()
+
+
+def setup_logging(exp_dir: Optional[str], is_main: bool) -> logging.Logger:
+    """Console log on every rank (errors only off the main rank); on the main rank also `exp_dir/log_<time>.txt`."""
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.ERROR)
+    console = _BarAwareHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logger.addHandler(console)
+    if is_main and exp_dir:
+        os.makedirs(exp_dir, exist_ok=True)
+        path = os.path.join(exp_dir, f"log_{time.strftime('%Y%m%d_%H%M%S')}.txt")
+        fh = logging.FileHandler(path)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%y-%m-%d %H:%M:%S"))
+        logger.addHandler(fh)
+    return logger
+
+
+class ProgressBar:
+    """A one-line `\\r` progress bar on stderr, drawn only when stderr is a terminal."""
+
+    active: Optional["ProgressBar"] = None
+
+    def __init__(self, total: int, prefix: str, enabled: bool = True):
+        self.total, self.prefix, self.text, self.done = total, prefix, "", 0
+        self.enabled = enabled and sys.stderr.isatty()
+        if self.enabled:
+            ProgressBar.active = self
+
+    def update(self, done: int, text: str = "") -> None:
+        self.done, self.text = done, text
+        self.redraw()
+
+    def redraw(self) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{self.done}/{self.total} {self.text}\033[K")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        self.clear()
+        if ProgressBar.active is self:
+            ProgressBar.active = None
+
+
+class CsvLog:
+    """An append-only CSV file with a fixed header; `truncate_from(epoch)` drops rows of epochs to be re-run."""
+
+    def __init__(self, path: str, header: Sequence[str], enabled: bool = True):
+        self.path, self.header, self.enabled = path, list(header), enabled
+        if enabled and (not os.path.exists(path) or os.path.getsize(path) == 0):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(self.header)
+
+    def append(self, row: Sequence) -> None:
+        if self.enabled:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow(list(row))
+
+    def truncate_from(self, epoch: int) -> None:
+        """Remove rows whose first column (the epoch) is >= `epoch` (a resumed run writes them again)."""
+        if not self.enabled:
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epoch]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, self.path)
+
+
+def format_eta(seconds: float) -> str:
+    """h:mm:ss."""
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def memory_mb(device) -> float:
+    """Peak memory in MB: CUDA max allocated on a CUDA device, else the process's peak resident size."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+    except ImportError:  # Windows
+        return 0.0

@@ -1,0 +1,57 @@
+"""Build a registered model from the resolved config (name with or without `timm_`, classes, kwargs, directions)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from argparse import Namespace
+from typing import Any
+
+import timm
+import torch.nn as nn
+
+logger = logging.getLogger("localmamba")
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def canonical_model_name(name: str) -> str:
+    """Strip the original's `timm_` prefix."""
+    return name[len("timm_"):] if name.startswith("timm_") else name
+
+
+def model_kwargs(cfg: Namespace) -> dict[str, Any]:
+    """Keyword arguments for `timm.create_model` besides the name."""
+    kwargs: dict[str, Any] = dict(num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
+    if cfg.drop > 0:
+        kwargs["drop_rate"] = cfg.drop
+    kwargs.update(cfg.model_kwargs)
+    if cfg.directions:
+        if not os.path.isfile(cfg.directions):
+            raise FileNotFoundError(f"directions file not found: {cfg.directions}")
+        kwargs["directions"] = cfg.directions
+    return kwargs
+
+
+def build_model(cfg: Namespace) -> nn.Module:
+    """`timm.create_model` for `cfg.model`.
+
+    Keys of `model_kwargs` that came from the YAML file (not from `--model-kwargs`) and that the chosen model does not
+    take are dropped with a warning, so a config written for one model family still runs with another `--model`.
+    """
+    import classification  # noqa: F401  (registers the LocalMamba models in timm)
+
+    name = canonical_model_name(cfg.model)
+    kwargs = model_kwargs(cfg)
+    optional = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
+    while True:
+        try:
+            return timm.create_model(name, **kwargs)
+        except TypeError as err:
+            match = _UNEXPECTED.search(str(err))
+            if not match or match.group(1) not in optional:
+                raise
+            key = match.group(1)
+            logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
+            optional.discard(key)
+            kwargs.pop(key)

@@ -1,0 +1,240 @@
+"""The training loop: `train(cfg)` runs a whole experiment, `train_one_epoch` one pass over the data.
+
+Per iteration (as the original): mixup, forward under autocast, backward (scaled for fp16), optional gradient
+clipping, optimizer step, EMA update, LR schedule step. Per epoch: validate the model (and the EMA, whose metrics then
+rank the checkpoints), save checkpoints, append a `metrics.csv` row.
+"""
+from __future__ import annotations
+
+import os
+import time
+from argparse import Namespace
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV2
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..data import build_datasets, build_loaders, build_mixup
+from ..search.monitor import SearchMonitor
+from .amp import autocast, make_scaler
+from .checkpoint import CheckpointError, CheckpointManager, load_file, load_weights, weights_of
+from .config import config_dict, save_config
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed, shutdown
+from .evaluate import validate
+from .logs import CsvLog, ProgressBar, format_eta, memory_mb, setup_logging
+from .meters import AverageMeter
+from .model_builder import build_model, canonical_model_name
+from .optim import build_optimizer
+from .rng import get_rng_state, seed_everything, set_rng_state
+from .scheduler import WarmupScheduler, build_scheduler
+
+METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
+
+
+def kernel_backends(device: torch.device) -> dict:
+    """Which backend (cuda / triton / cpu / reference) each selective-scan op would use on `device`."""
+    try:
+        from localmamba_ssm import backend_summary
+    except ImportError:
+        return {}
+    return backend_summary(device)
+
+
+class Run:
+    """Everything one training run holds: model (+DDP wrapper, EMA), optimizer, scaler, schedule, outputs."""
+
+    def __init__(self, cfg: Namespace, env: DistEnv, exp_dir: str, log):
+        self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
+        train_set, val_set = build_datasets(cfg)
+        self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank)
+        self.mixup = build_mixup(cfg)
+        if self.mixup is not None and cfg.batch_size % 2:
+            raise ValueError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
+        self.model = build_model(cfg).to(env.device)
+        if env.is_main:
+            save_config(cfg, os.path.join(exp_dir, "args.yaml"))
+        log.info(self.model)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
+                 f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
+        log.info(f"Kernel backends on {env.device}: {kernel_backends(env.device)}")
+        self.net = self.model
+        if env.distributed:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.ema = ModelEmaV2(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
+        self.scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)
+        self.manager = CheckpointManager(exp_dir, cfg.keep_num, enabled=env.is_main)
+        self.metrics = CsvLog(os.path.join(exp_dir, "metrics.csv"), METRICS_HEADER, enabled=env.is_main)
+        self.lr_log = CsvLog(os.path.join(exp_dir, "lr.csv"), ("epoch", "step", "lr"), enabled=env.is_main)
+        self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
+        mixing = self.mixup is not None
+        self.train_loss: Callable = SoftTargetCrossEntropy() if mixing else nn.CrossEntropyLoss(
+            label_smoothing=cfg.smoothing)
+        self.val_loss: Callable = nn.CrossEntropyLoss(label_smoothing=0.0 if mixing else cfg.smoothing)
+        self.start_epoch = 0
+        self.rng_to_restore = None
+
+    def resume(self, path: str) -> None:
+        """Restore model, EMA, optimizer, scaler, schedule, kept-checkpoint list, epoch and RNG from `path`."""
+        ckpt = load_file(path)
+        load_weights(self.model, weights_of(ckpt, path), path)
+        if "model" not in ckpt:  # a released {'state_dict'} file: weights only, start at epoch 0 (as the original)
+            self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0")
+            return
+        if self.ema is not None:
+            ema_weights = ckpt.get("ema_model")
+            if ema_weights is not None:
+                load_weights(self.ema.module, weights_of(ckpt, path, "ema_model"), path)
+            else:
+                self.ema.set(self.model)
+        try:
+            if ckpt.get("optimizer") is not None:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as err:
+            raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from err
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.scheduler.set_step(self.start_epoch * len(self.train_loader))
+        self.manager.load_state_dict(ckpt.get("checkpoints") or [])
+        rng = ckpt.get("rng") or []
+        if len(rng) == self.env.world_size:
+            self.rng_to_restore = rng[self.env.rank]
+        else:
+            self.log.warning(f"{path} holds RNG states of {len(rng)} processes, this run has "
+                             f"{self.env.world_size}: random streams are reseeded, not restored")
+            seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
+        for csv_log in (self.metrics, self.lr_log):
+            csv_log.truncate_from(self.start_epoch)
+        if self.search is not None:
+            self.search.truncate_from(self.start_epoch)
+        self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}")
+
+    def checkpoint_payload(self, epoch: int) -> dict:
+        """The training checkpoint of the epoch just finished (RNG states of every rank included)."""
+        rng = all_gather_objects(get_rng_state())
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "ema_model": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "model_name": canonical_model_name(self.cfg.model),
+            "config": config_dict(self.cfg),
+        }
+
+    def fit(self) -> dict:
+        """Train from `start_epoch` to `epochs`; returns the last epoch's metrics."""
+        cfg, log = self.cfg, self.log
+        if self.rng_to_restore is not None:
+            set_rng_state(self.rng_to_restore)
+        metrics: dict = {}
+        for epoch in range(self.start_epoch, cfg.epochs):
+            self.train_loader.sampler.set_epoch(epoch)
+            metrics = train_one_epoch(self, epoch)
+            common = dict(log_interval=cfg.log_interval, amp=cfg.amp, amp_dtype=cfg.amp_dtype)
+            test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
+            if self.ema is not None:
+                test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
+                                        suffix="(EMA)", **common)
+            metrics.update(test_metrics)
+            if self.search is not None:
+                self.search.append_epoch(epoch)
+            kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
+            self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
+            log.info("\n".join(["Checkpoints:"] + [f"        {p} : {s:.3f}%" for p, s in kept]))
+        return metrics
+
+
+def train_one_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the training data; returns `train_loss` averaged over all samples of all ranks."""
+    cfg, env, log = run.cfg, run.env, run.log
+    loader: DataLoader = run.train_loader
+    steps = len(loader)
+    run.net.train()
+    loss_m, batch_m, data_m = AverageMeter(), AverageMeter(), AverageMeter()
+    bar = ProgressBar(steps, f"epoch {epoch}", enabled=env.is_main)
+    start = time.time()
+    for idx, (images, target) in enumerate(loader):
+        data_m.update(time.time() - start)
+        images = images.to(env.device, non_blocking=True)
+        target = target.to(env.device, non_blocking=True)
+        if run.mixup is not None:
+            images, target = run.mixup(images, target)
+        with autocast(env.device, cfg.amp, cfg.amp_dtype):
+            output = run.net(images)
+        loss = run.train_loss(output.float(), target)
+        run.optimizer.zero_grad(set_to_none=True)
+        _backward_and_step(run, loss)
+        if run.ema is not None:
+            run.ema.update(run.model)
+        loss_m.update(loss.item(), images.shape[0])
+        batch_m.update(time.time() - start)
+        lr = run.optimizer.param_groups[0]["lr"]
+        if idx % cfg.log_interval == 0 or idx == steps - 1:
+            _log_train_line(run, epoch, idx, loss_m, batch_m, data_m, lr)
+            run.lr_log.append([epoch, run.scheduler.t, lr])
+        bar.update(idx + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
+        run.scheduler.step()
+        start = time.time()
+    bar.close()
+    loss_sum, count = all_reduce_sum([loss_m.sum, loss_m.count], env.device)
+    return {"train_loss": loss_sum / max(count, 1)}
+
+
+def _backward_and_step(run: Run, loss: torch.Tensor) -> None:
+    cfg = run.cfg
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_max_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        return
+    loss.backward()
+    if cfg.clip_grad_norm:
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_max_norm)
+    run.optimizer.step()
+
+
+def _log_train_line(run: Run, epoch: int, idx: int, loss_m: AverageMeter, batch_m: AverageMeter,
+                    data_m: AverageMeter, lr: float) -> None:
+    cfg, env = run.cfg, run.env
+    steps = len(run.train_loader)
+    loss_val, loss_sum, count = all_reduce_sum([loss_m.val, loss_m.sum, loss_m.count], env.device)
+    speed = cfg.batch_size * env.world_size / max(batch_m.val, 1e-9)
+    left_epoch = (steps - idx - 1) * batch_m.avg
+    left_run = left_epoch + (cfg.epochs - epoch - 1) * steps * batch_m.avg
+    run.log.info(f"Train: {epoch} [{idx:>4d}/{steps}] "
+                 f"Loss: {loss_val / env.world_size:.3f} ({loss_sum / max(count, 1):.3f}) "
+                 f"LR: {lr:.3e} Mem: {memory_mb(env.device):.0f} "
+                 f"Time: {batch_m.val:.2f}s ({batch_m.avg:.2f}s) Data: {data_m.val:.2f}s "
+                 f"Speed: {speed:.1f} img/s ETA: {format_eta(left_epoch)} (run {format_eta(left_run)})")
+    if run.search is not None:
+        run.search.log_probs()
+
+
+def train(cfg: Namespace) -> dict:
+    """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics."""
+    env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port)
+    exp_dir = os.path.join(cfg.output, cfg.experiment)
+    log = setup_logging(exp_dir, env.is_main)
+    try:
+        seed_everything(cfg.seed + env.rank)
+        run = Run(cfg, env, exp_dir, log)
+        if cfg.resume:
+            run.resume(cfg.resume)
+        return run.fit()
+    finally:
+        shutdown()
+
