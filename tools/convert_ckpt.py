@@ -1,0 +1,27 @@
+"""Write a training checkpoint's weights in the released form: `python tools/convert_ckpt.py IN OUT [KEY]`.
+
+KEY is `model` (default) or `ema_model`; the output is `{'state_dict': weights}` without `module.` prefixes.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    from classification.engine.checkpoint import convert_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="training checkpoint (e.g. experiments/NAME/best.pth.tar)")
+    parser.add_argument("dst", help="output file")
+    parser.add_argument("key", nargs="?", default="model", help="weights to take: model (default) or ema_model")
+    args = parser.parse_args()
+    n = convert_checkpoint(args.src, args.dst, args.key)
+    print(f"wrote {n} tensors from {args.src}[{args.key!r}] to {args.dst}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,25 @@
+"""Plot a run's curves: `python tools/plot_log.py experiments/NAME/metrics.csv [--out curves.png]`.
+
+Draws train/test loss, top-1 (and top-5) from metrics.csv and the learning rate from lr.csv beside it.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    from classification.engine.plotting import plot_run
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics", help="metrics.csv of a run")
+    parser.add_argument("--out", default=None, help="PNG to write (default: curves.png beside metrics.csv)")
+    args = parser.parse_args()
+    print(f"wrote {plot_run(args.metrics, args.out)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,18 @@
+"""Evaluate a checkpoint: `python tools/test.py [-c CONFIG] --model NAME --resume CKPT [flags]`."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    from classification.engine.config import parse_args
+    from classification.engine.evaluate import test
+
+    test(parse_args(description="LocalMamba evaluation"))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,18 @@
+"""Train a classification model: `python tools/train.py [-c CONFIG] --model NAME [flags]` (see --help)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    train(parse_args(description="LocalMamba training"))
+
+
+if __name__ == "__main__":
+    run_cli(main)
