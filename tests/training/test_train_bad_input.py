@@ -1,0 +1,133 @@
+"""Bad input gives an error naming the file or key; an interrupted save leaves the previous checkpoint intact."""
+import os
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from classification.data import DataError
+from classification.engine import checkpoint as ckpt_mod
+from classification.engine.checkpoint import CheckpointError, atomic_save
+from classification.engine.cli import run_cli
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.evaluate import test as evaluate
+from classification.engine.trainer import train
+
+from conftest import TINY_MODEL, make_meta_tree, write_image
+
+TINY_TRAIN = [*TINY_MODEL, "-b", "4", "--epochs", "1", "-j", "0", "--opt", "adamw", "--lr", "1e-3"]
+
+
+def run(tmp_path, *argv):
+    return train(parse_args([*TINY_TRAIN, "--output", str(tmp_path / "out"), *argv]))
+
+
+def test_missing_data_path(tmp_path):
+    with pytest.raises(DataError, match=f"data path does not exist: {tmp_path / 'nowhere'}"):
+        run(tmp_path, "--data-path", str(tmp_path / "nowhere"))
+
+
+def test_data_path_without_any_layout(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: expected meta/train.txt"):
+        run(tmp_path, "--data-path", str(tmp_path / "empty"))
+
+
+def test_empty_meta_file(tmp_path):
+    root = tmp_path / "data"
+    make_meta_tree(str(root), classes=2, per_class=2, val_per_class=1)
+    (root / "meta" / "val.txt").write_text("\n")
+    with pytest.raises(DataError, match=f"meta file is empty: {root / 'meta' / 'val.txt'}"):
+        run(tmp_path, "--data-path", str(root))
+
+
+def test_malformed_meta_line_is_located(tmp_path):
+    root = tmp_path / "data"
+    make_meta_tree(str(root), classes=2, per_class=2, val_per_class=1)
+    with open(root / "meta" / "train.txt", "a") as f:
+        f.write("n0001/extra.JPEG cat\n")
+    with pytest.raises(DataError, match=rf"{root / 'meta' / 'train.txt'}:5: expected '<relative/path> <label>'"):
+        run(tmp_path, "--data-path", str(root))
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        for i in range(4):
+            write_image(str(root / "train" / c / f"{i}.png"), seed=i, fmt="PNG")
+        write_image(str(root / "val" / c / "0.png"), seed=9, fmt="PNG")
+    (root / "train" / "b" / "3.png").write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match=f"cannot read image {root / 'train' / 'b' / '3.png'}"):
+        run(tmp_path, "--data-path", str(root))
+
+
+def test_unknown_config_key_exits_with_a_message(tmp_path, capsys):
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text(yaml.safe_dump({"lr": 0.1, "teacher_model": "resnet50"}))  # a KD flag we do not have
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: parse_args(["-c", str(cfg)]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {cfg}: unknown key 'teacher_model'\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    train(parse_args(["--dataset", "digits", *TINY_TRAIN, "-b", "256", "--output", str(out), "--experiment", "e"]))
+    return str(out / "e" / "last.pth.tar")
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_ckpt, tmp_path):
+    other = ["--dataset", "digits", "--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16",
+             "patch_size=4", "depth=2", "embed_dim=32", "num_heads=2", "class_token=false", "global_pool=avg",
+             "--img-size", "16", "-j", "0", "--output", str(tmp_path)]
+    with pytest.raises(CheckpointError, match=rf"{tiny_ckpt} does not fit this model.*missing \(12\): blocks\.1\."):
+        evaluate(parse_args([*other, "--resume", tiny_ckpt]))
+    with pytest.raises(CheckpointError, match=rf"{tiny_ckpt} does not fit"):
+        train(parse_args([*other, "-b", "256", "--epochs", "2", "--resume", tiny_ckpt]))
+
+
+def test_missing_or_corrupt_checkpoint(tiny_ckpt, tmp_path):
+    flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path)]
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pth"):
+        evaluate(parse_args([*flags, "--resume", str(tmp_path / "nope.pth")]))
+    broken = tmp_path / "broken.pth.tar"
+    broken.write_bytes(open(tiny_ckpt, "rb").read()[:1000])
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {broken}"):
+        evaluate(parse_args([*flags, "--resume", str(broken)]))
+
+
+def test_interrupted_save_keeps_the_last_good_checkpoint(tiny_ckpt, tmp_path, monkeypatch):
+    target = tmp_path / "last.pth.tar"
+    shutil.copy(tiny_ckpt, target)
+    good = open(target, "rb").read()
+
+    def dies_half_way(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"epoch": 5}, str(target))
+    monkeypatch.undo()
+    assert open(target, "rb").read() == good
+    assert os.listdir(tmp_path) == ["last.pth.tar"]
+    assert torch.load(target, map_location="cpu", weights_only=False)["epoch"] == 0
+
+
+def test_directions_file_must_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="directions file not found: .*missing.yaml"):
+        run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path / "missing.yaml"))
+
+
+def test_mixup_needs_an_even_batch(tmp_path):
+    with pytest.raises(ValueError, match="even batch size, got -b 5"):
+        run(tmp_path, "--dataset", "digits", "-b", "5", "--mixup", "0.2")
+
+
+def test_bad_config_values_are_config_errors():
+    with pytest.raises(SystemExit):
+        parse_args(["--opt", "lamb"])  # argparse rejects bad command-line choices itself
+    with pytest.raises(ConfigError):
+        parse_args(["-c", "/nonexistent/config.yaml"])

@@ -1,0 +1,110 @@
+"""Datasets in every layout on tiny trees of real image files, the sampler's sharding, and per-sample seeding."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from classification.data import DataError, ShardedSampler, build_datasets, build_loaders
+from classification.data.image_list import imagenet_layout
+from classification.engine.config import parse_args
+
+from conftest import make_cifar
+
+
+def cfg_for(*argv):
+    return parse_args(["-j", "0", *argv])
+
+
+def test_meta_layout(meta_tree):
+    root, lists = meta_tree
+    assert imagenet_layout(root) == "meta"
+    cfg = cfg_for("--data-path", root, "--img-size", "16")
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val), cfg.num_classes) == (12, 6, 3)
+    rel, label = lists["train"][5]
+    assert train.samples[5] == (os.path.join(root, "train", rel), label)
+    image, lbl = val[3]
+    assert image.size == (20, 20) and image.mode == "RGB" and lbl == lists["val"][3][1]
+
+
+def test_folder_layout_classes_follow_sorted_train_folders(folder_tree):
+    assert imagenet_layout(folder_tree) == "folders"
+    cfg = cfg_for("--data-path", folder_tree, "--img-size", "16")
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val), cfg.num_classes) == (12, 6, 3)
+    labels = {os.path.basename(os.path.dirname(p)): y for p, y in train.samples}
+    assert labels == {"cat": 0, "dog": 1, "eel": 2}
+    assert sorted(y for _, y in val.samples) == [0, 0, 1, 1, 2, 2]
+
+
+def test_loader_gives_normalised_tensors_of_the_asked_size(folder_tree):
+    cfg = cfg_for("--data-path", folder_tree, "--img-size", "16", "-b", "4", "--aa", "rand-m9-mstd0.5",
+                  "--reprob", "0.25", "--interpolation", "bicubic")
+    train, val = build_datasets(cfg)
+    train_loader, val_loader = build_loaders(cfg, train, val, 1, 0)
+    images, target = next(iter(train_loader))
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32 and target.dtype == torch.int64
+    assert len(train_loader) == 3 and len(val_loader) == 2  # 12 // 4 (drop last); ceil(6 / 4)
+    assert cfg.crop_pct == 0.875 and cfg.image_mean == [0.485, 0.456, 0.406]  # ImageNet defaults filled in
+
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_pickles(tmp_path, name, classes):
+    data, labels = make_cifar(str(tmp_path), name)
+    cfg = cfg_for("--dataset", name, "--data-path", str(tmp_path))
+    train, val = build_datasets(cfg)
+    n_train = 50 if name == "cifar10" else 10
+    assert (len(train), len(val), cfg.num_classes, cfg.img_size) == (n_train, 4, classes, 32)
+    image, label = train[0]
+    expected = data[0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(np.asarray(image), expected) and label == labels[0]
+
+
+def test_cifar_missing_files_are_named_and_never_downloaded(tmp_path):
+    with pytest.raises(DataError, match=r"cifar-10-batches-py.*data_batch_1.*nothing is downloaded"):
+        build_datasets(cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path)))
+
+
+def test_digits_split_is_deterministic_and_stratified():
+    cfg = cfg_for("--dataset", "digits", "--img-size", "24")
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val), cfg.num_classes) == (1437, 360, 10)
+    per_class = np.bincount(train.labels) + np.bincount(val.labels)
+    assert per_class.tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]  # scikit-learn's digits
+    assert np.all(np.abs(np.bincount(val.labels) - 0.2 * per_class) <= 1)  # stratified 80/20
+    assert train.images.shape == (1437, 24, 24, 3)
+    train2, _ = build_datasets(cfg_for("--dataset", "digits", "--img-size", "24"))
+    assert np.array_equal(train.labels, train2.labels) and np.array_equal(train.images, train2.images)
+
+
+def test_two_shards_together_are_the_single_process_batches():
+    one = list(ShardedSampler(20, 1, 0, shuffle=True, seed=3))
+    r0 = list(ShardedSampler(20, 2, 0, shuffle=True, seed=3))
+    r1 = list(ShardedSampler(20, 2, 1, shuffle=True, seed=3))
+    for t in range(5):  # global batch 4 = 2 per rank
+        assert sorted(r0[2 * t:2 * t + 2] + r1[2 * t:2 * t + 2]) == sorted(one[4 * t:4 * t + 4])
+    s = ShardedSampler(20, 1, 0, shuffle=True, seed=3)
+    s.set_epoch(1)
+    assert [i for _, i in s] != [i for _, i in one] and all(e == 1 for e, _ in s)
+
+
+def test_eval_shards_cover_every_sample_once():
+    parts = [[i for _, i in ShardedSampler(7, 3, r, shuffle=False)] for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(7))
+
+
+def test_augmentation_does_not_depend_on_workers_or_global_rng(folder_tree):
+    cfg = cfg_for("--data-path", folder_tree, "--img-size", "16", "-b", "4", "--aa", "rand-m9-mstd0.5",
+                  "--reprob", "0.5")
+    train, val = build_datasets(cfg)
+    loader0, _ = build_loaders(cfg, train, val, 1, 0)
+    torch.manual_seed(123)
+    first = [x for x, _ in loader0]
+    cfg.workers = 2
+    loader2, _ = build_loaders(cfg, train, val, 1, 0)
+    torch.manual_seed(999)
+    second = [x for x, _ in loader2]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    loader2.sampler.set_epoch(1)
+    assert not torch.equal(next(iter(loader2))[0], first[0])  # a new epoch draws new augmentations

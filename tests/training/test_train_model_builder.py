@@ -1,0 +1,34 @@
+"""Model building from flags: `timm_` prefix, class count, keyword arguments from the config and the command line."""
+import logging
+
+import pytest
+
+from classification.engine.config import parse_args
+from classification.engine.model_builder import build_model
+
+
+def build(tmp_path, yaml_text, *argv):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml_text)
+    cfg = parse_args(["-c", str(cfg_file), *argv])
+    cfg.num_classes = 7
+    return build_model(cfg)
+
+
+def test_timm_prefix_and_num_classes(tmp_path):
+    model = build(tmp_path, "model: timm_vit_tiny_patch16_224\nmodel_kwargs: {img_size: 16, patch_size: 4, depth: 1}\n")
+    assert type(model).__name__ == "VisionTransformer" and model.head.out_features == 7
+    assert len(model.blocks) == 1 and model.patch_embed.img_size == (16, 16)
+
+
+def test_config_kwargs_another_model_does_not_take_are_dropped_with_a_warning(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="localmamba"):
+        model = build(tmp_path, "model_kwargs: {img_size: 16, patch_size: 4}\n", "--model", "resnet10t")
+    assert type(model).__name__ == "ResNet" and model.fc.out_features == 7
+    assert "does not take 'img_size'" in caplog.text and "does not take 'patch_size'" in caplog.text
+
+
+def test_command_line_kwargs_are_never_dropped(tmp_path):
+    with pytest.raises(TypeError, match="img_size"):
+        build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")

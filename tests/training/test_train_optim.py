@@ -1,0 +1,117 @@
+"""Optimizer parameter groups and the LR schedule against hand-computed values."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from classification.engine.config import parse_args
+from classification.engine.optim import build_optimizer, param_groups
+from classification.engine.scheduler import WarmupScheduler
+
+
+class Toy(nn.Module):
+    """Parameters of every kind the grouping rules distinguish."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 3))
+        self.fc = nn.Linear(3, 3)
+        self.norm = nn.LayerNorm(3)
+        self.A_log = nn.Parameter(torch.zeros(6, 2))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(6))
+        self.D._no_weight_decay = True
+        self.multi_scan = nn.Module()
+        self.multi_scan.weights = nn.Parameter(torch.zeros(8, 1, 1, 1))
+        self.frozen = nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+
+def names(model, group):
+    ids = {id(p) for p in group["params"]}
+    return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+
+
+def test_original_groups_decay_A_log_and_search_weights():
+    m = Toy()
+    no_decay, decay = param_groups(m, lr=1e-3, weight_decay=0.04)
+    assert names(m, no_decay) == ["D", "fc.bias", "norm.bias", "norm.weight", "pos_embed"]
+    assert names(m, decay) == ["A_log", "fc.weight", "multi_scan.weights"]
+    assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.04)
+    assert no_decay["initial_lr"] == decay["initial_lr"] == 1e-3
+
+
+def test_honor_no_weight_decay_is_opt_in():
+    m = Toy()
+    no_decay, decay = param_groups(m, lr=1e-3, weight_decay=0.04, honor_no_weight_decay=True)
+    assert names(m, decay) == ["fc.weight"]
+    assert "A_log" in names(m, no_decay) and "multi_scan.weights" in names(m, no_decay)
+
+
+def test_single_group_without_filter_or_without_decay():
+    m = Toy()
+    assert len(param_groups(m, 1e-3, 0.04, filter_no_decay=False)) == 1
+    (only,) = param_groups(m, 1e-3, 0.0)
+    assert len(only["params"]) == 8  # the frozen parameter is left out
+
+
+def test_adamw_from_flags():
+    opt = build_optimizer(Toy(), parse_args(["--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.05",
+                                             "--opt-eps", "1e-6"]))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.05] and opt.defaults["eps"] == 1e-6
+
+
+def make(kind, warmup=2, **kw):
+    opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "initial_lr": 1e-3}], lr=1e-3)
+    args = dict(lr=1e-3, steps_per_epoch=10, epochs=5, warmup_epochs=warmup, warmup_lr=1e-7, min_lr=1e-6)
+    args.update(kw)
+    return WarmupScheduler(opt, kind, **args), opt
+
+
+def cosine(u, span=30, lr=1e-3, lo=1e-6):
+    return lo + (lr - lo) * (1 + math.cos(math.pi * u / span)) / 2
+
+
+def test_warmup_is_constant_within_each_epoch_then_cosine_per_iteration():
+    s, opt = make("cosine")
+    seen = []
+    for _ in range(50):
+        seen.append(opt.param_groups[0]["lr"])
+        s.step()
+    assert seen[:10] == [1e-7] * 10
+    assert seen[10:20] == [pytest.approx(1e-7 + (1e-3 - 1e-7) * 10 / 20)] * 10
+    assert seen[20] == pytest.approx(1e-3) and seen[21] == pytest.approx(1e-3)
+    assert seen[22] == pytest.approx(cosine(1)) and seen[49] == pytest.approx(cosine(28))
+    assert all(a > b for a, b in zip(seen[21:], seen[22:]))
+
+
+def test_resume_jump_equals_stepping():
+    s1, o1 = make("cosine")
+    for _ in range(33):
+        s1.step()
+    s2, o2 = make("cosine")
+    s2.load_state_dict({"t": 33})
+    assert o1.param_groups[0]["lr"] == o2.param_groups[0]["lr"] == pytest.approx(cosine(33 - 21))
+
+
+@pytest.mark.parametrize("kind, t, expected", [
+    ("step", 30, 1e-3),           # u = 9: no decay yet
+    ("step", 31, 0.5e-3),         # u = 10 = one step of decay_epochs * E
+    ("linear", 35, 1e-3 * (30 - 14) / 30),
+])
+def test_step_and_linear(kind, t, expected):
+    s, _ = make(kind, decay_epochs=1, decay_rate=0.5)
+    assert s.lr_at(t) == pytest.approx(expected)
+
+
+def test_decay_by_epoch_and_no_warmup():
+    s, _ = make("cosine", decay_by_epoch=True)
+    assert s.lr_at(35) == pytest.approx(cosine(10)) and s.lr_at(40) == pytest.approx(cosine(10))
+    s, _ = make("cosine", warmup=0)
+    # without warmup the original's scheduler has already stepped once before the first iteration
+    assert s.lr_at(0) == s.lr_at(1) == pytest.approx(cosine(1, span=50))
+    assert s.lr_at(2) == pytest.approx(cosine(2, span=50))

@@ -1,0 +1,92 @@
+"""One short CPU training run through tools/train.py, then evaluation, conversion and plotting of what it wrote."""
+import csv
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+import yaml
+
+from classification.engine.config import parse_args
+from classification.engine.evaluate import test as evaluate
+
+from conftest import TINY_MODEL, TOOLS, run_tool
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs"))
+    proc = run_tool("train.py", "--dataset", "digits", *TINY_MODEL, "-b", "32", "--epochs", str(EPOCHS),
+                    "--opt", "adamw", "--lr", "3e-3", "--weight-decay", "0.05", "--sched", "cosine",
+                    "--warmup-epochs", "0", "--model-ema", "--model-ema-decay", "0.9", "-j", "0",
+                    "--log-interval", "20", "--output", out, "--experiment", "tiny")
+    return os.path.join(out, "tiny"), proc.stdout
+
+
+def read_metrics(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs_of_a_run(run_dir):
+    exp, log = run_dir
+    rows = read_metrics(os.path.join(exp, "metrics.csv"))
+    assert list(rows[0]) == ["epoch", "train_loss", "test_loss", "top1", "top5"]
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
+    assert float(rows[-1]["top1"]) > 15.0  # 10 classes: chance is 10%
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    for name in ("last.pth.tar", "best.pth.tar", "checkpoint-0.pth.tar", "checkpoint-1.pth.tar", "args.yaml"):
+        assert os.path.isfile(os.path.join(exp, name)), name
+    with open(os.path.join(exp, "args.yaml")) as f:
+        saved = yaml.safe_load(f)
+    assert (saved["num_classes"], saved["img_size"], saved["model_kwargs"]["embed_dim"]) == (10, 16, 32)
+    assert "Train: 1 [  20/44]" in log and "Test(EMA): 1" in log and "img/s" in log and "ETA" in log
+    assert not any(f.startswith(".tmp") for f in os.listdir(exp))
+
+
+def test_checkpoint_contents(run_dir):
+    exp, _ = run_dir
+    ckpt = torch.load(os.path.join(exp, "last.pth.tar"), map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == EPOCHS - 1 and ckpt["model_name"] == "vit_tiny_patch16_224"
+    assert ckpt["scheduler"] == {"t": EPOCHS * 44}  # 1437 // 32 iterations per epoch
+    assert len(ckpt["rng"]) == 1 and set(ckpt["rng"][0]) >= {"python", "numpy", "torch"}
+    assert set(ckpt["ema_model"]) == set(ckpt["model"])
+    assert not torch.equal(ckpt["ema_model"]["head.weight"], ckpt["model"]["head.weight"])
+    best = max(read_metrics(os.path.join(exp, "metrics.csv")), key=lambda r: float(r["top1"]))
+    assert [p for p, _ in ckpt["checkpoints"]][0].endswith(f"checkpoint-{best['epoch']}.pth.tar")
+
+
+def run_script(monkeypatch, name, *argv):
+    """Execute tools/<name> in this process (as `python tools/<name> argv`)."""
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    runpy.run_path(os.path.join(TOOLS, name), run_name="__main__")
+
+
+def test_evaluation_reproduces_the_logged_metrics_for_both_checkpoint_forms(run_dir, tmp_path, monkeypatch):
+    exp, _ = run_dir
+    last = read_metrics(os.path.join(exp, "metrics.csv"))[-1]
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "64", "-j", "0", "--output", str(tmp_path)]
+    ema_metrics = evaluate(parse_args([*common, "--resume", os.path.join(exp, "last.pth.tar"), "--model-ema"]))
+    # the EMA's metrics ranked the checkpoints and went to metrics.csv (its loss there is label-smoothed)
+    assert ema_metrics["top1"] == float(last["top1"]) and ema_metrics["top5"] == float(last["top5"])
+
+    released = str(tmp_path / "released.pth")
+    run_script(monkeypatch, "convert_ckpt.py", os.path.join(exp, "last.pth.tar"), released, "ema_model")
+    conv = torch.load(released, map_location="cpu")
+    ema = torch.load(os.path.join(exp, "last.pth.tar"), map_location="cpu", weights_only=False)["ema_model"]
+    assert list(conv) == ["state_dict"] and list(conv["state_dict"]) == list(ema)
+    assert all(torch.equal(conv["state_dict"][k], v) for k, v in ema.items())
+    out = run_tool("test.py", *common, "--resume", released).stdout
+    assert f"'top1': {float(last['top1'])!r}" in out
+
+
+def test_plot_log_draws_a_png(run_dir, tmp_path, monkeypatch):
+    exp, _ = run_dir
+    png = str(tmp_path / "curves.png")
+    run_script(monkeypatch, "plot_log.py", os.path.join(exp, "metrics.csv"), "--out", png)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(png) > 10_000
