@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from argparse import Namespace
 from typing import Any
 
 import timm
 import torch.nn as nn
+
+from ..models.directions import load_directions, validate_directions
+from .config import ConfigError
 
 logger = logging.getLogger("localmamba")
 
@@ -20,6 +22,16 @@ def canonical_model_name(name: str) -> str:
     return name[len("timm_"):] if name.startswith("timm_") else name
 
 
+def check_directions_file(path: str) -> None:
+    """Read and check a directions file before any model is built; errors name the file."""
+    try:
+        table = load_directions(path)
+        validate_directions(table, len(table), source=path)
+    except ValueError as err:
+        message = str(err)
+        raise ConfigError(message if path in message else f"{path}: {message}") from err
+
+
 def model_kwargs(cfg: Namespace) -> dict[str, Any]:
     """Keyword arguments for `timm.create_model` besides the name."""
     kwargs: dict[str, Any] = dict(num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
@@ -27,8 +39,7 @@ def model_kwargs(cfg: Namespace) -> dict[str, Any]:
         kwargs["drop_rate"] = cfg.drop
     kwargs.update(cfg.model_kwargs)
     if cfg.directions:
-        if not os.path.isfile(cfg.directions):
-            raise FileNotFoundError(f"directions file not found: {cfg.directions}")
+        check_directions_file(cfg.directions)
         kwargs["directions"] = cfg.directions
     return kwargs
 
@@ -47,6 +58,10 @@ def build_model(cfg: Namespace) -> nn.Module:
     while True:
         try:
             return timm.create_model(name, **kwargs)
+        except ValueError as err:
+            if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
+                raise ConfigError(str(err)) from err
+            raise
         except TypeError as err:
             match = _UNEXPECTED.search(str(err))
             if not match or match.group(1) not in optional:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..engine.logs import CsvLog
-from .probs import CANDIDATE_NAMES, SEARCH_WEIGHT_SUFFIX, probabilities
+from .probs import CANDIDATE_NAMES, SEARCH_WEIGHT_SUFFIX, layer_probabilities
 
 logger = logging.getLogger("localmamba")
 
@@ -31,7 +31,7 @@ class SearchMonitor:
 
     def current(self) -> torch.Tensor:
         """(layers, 8) candidate probabilities."""
-        return probabilities(self.model.state_dict())
+        return torch.stack(layer_probabilities(self.model.state_dict()))
 
     def log_probs(self) -> None:
         probs = self.current()

@@ -1,4 +1,4 @@
-"""Candidate probabilities of a search supernet and the top-k directions they select (as tools/vis_search_prob.py)."""
+"""Candidate probabilities of a search supernet and the top-k directions they select."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -15,14 +15,11 @@ def search_weights(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, to
     return [(k, v) for k, v in state_dict.items() if k.endswith(SEARCH_WEIGHT_SUFFIX)]
 
 
-def probabilities(state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """(layers, 8) softmax over each layer's candidate weights (float64 on CPU)."""
-    rows = [torch.softmax(w.detach().reshape(-1).to("cpu", torch.float64), dim=0) for _, w in search_weights(state_dict)]
-    if not rows:
-        return torch.zeros(0, len(CANDIDATE_NAMES), dtype=torch.float64)
-    return torch.stack(rows)
+def layer_probabilities(state_dict: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer, the softmax over its 8 candidate weights (float32 on CPU, as the original computes it)."""
+    return [w.detach().to("cpu", torch.float32).view(-1).softmax(-1) for _, w in search_weights(state_dict)]
 
 
-def top_k_directions(probs: torch.Tensor, k: int = 4) -> list[list[str]]:
+def chosen_directions(probs: list[torch.Tensor], k: int = 4) -> list[list[str]]:
     """Per layer, the k most probable candidates sorted in candidate (canonical) order."""
-    return [[CANDIDATE_NAMES[i] for i in sorted(row.topk(k).indices.tolist())] for row in probs]
+    return [[CANDIDATE_NAMES[i] for i in p.topk(k)[1].sort()[0].tolist()] for p in probs]

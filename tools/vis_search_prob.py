@@ -1,0 +1,33 @@
+"""Searched directions from a supernet checkpoint: `python tools/vis_search_prob.py CKPT [--topk 4] [--out DIR] [--ema]`.
+
+Prints every layer's candidate probabilities and top-k list as the original does, and writes DIR/directions.yaml
+(for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    from classification.search.extract import extract
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="training checkpoint of a *_search model (last.pth.tar, best.pth.tar, ...)")
+    parser.add_argument("--topk", type=int, default=4, help="directions kept per layer (default 4)")
+    parser.add_argument("--out", default=None, help="folder for directions.yaml and search_probs.png")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights (ema_model)")
+    parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
+    args = parser.parse_args()
+    if not 1 <= args.topk <= 8:
+        parser.error(f"--topk must be between 1 and 8, got {args.topk}")
+    result = extract(args.ckpt, args.topk, args.out, args.ema, args.supernet)
+    print(result["printout"])
+    print(f"wrote {result['directions_file']} and {result['heatmap']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)
