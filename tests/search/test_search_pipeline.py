@@ -1,0 +1,149 @@
+"""Search end to end on digits: train a tiny supernet, extract its directions, train and evaluate the searched model."""
+import csv
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from classification.engine.checkpoint import CheckpointError
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.evaluate import test as evaluate
+from classification.engine.optim import param_groups
+from classification.engine.trainer import train
+from classification.models.directions import load_directions, save_directions
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CANDIDATES = ["h", "h_flip", "v", "v_flip", "w2", "w2_flip", "w7", "w7_flip"]
+SMALL = ["--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16", "depth=2", "--img-size", "16"]
+RUN = ["--dataset", "digits", *SMALL, "-b", "256", "--epochs", "1", "--opt", "adamw", "--lr", "5e-3",
+       "--weight-decay", "0.04", "--sched", "cosine", "--warmup-epochs", "0", "-j", "0", "--log-interval", "2"]
+
+
+def by_hand(weights, k=4):
+    """Top-k candidates of one layer computed with numpy: softmax, k largest, canonical order."""
+    w = weights.reshape(-1).double().numpy()
+    p = np.exp(w - w.max()) / np.exp(w - w.max()).sum()
+    return [CANDIDATES[i] for i in sorted(np.argsort(-p, kind="stable")[:k])], p
+
+
+def vis(monkeypatch, capsys, *argv):
+    monkeypatch.setattr(sys, "argv", ["vis_search_prob.py", *argv])
+    runpy.run_path(os.path.join(REPO, "tools", "vis_search_prob.py"), run_name="__main__")
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    train(parse_args([*RUN, "--model", "timm_local_vim_tiny_search", "--model-ema", "--model-ema-decay", "0.5",
+                      "--output", str(out), "--experiment", "supernet"]))
+    return out, out / "supernet"
+
+
+def test_search_weights_train_jointly_and_are_logged_each_epoch(supernet):
+    _, exp = supernet
+    ckpt = torch.load(exp / "last.pth.tar", map_location="cpu", weights_only=False)
+    names = [k for k in ckpt["model"] if k.endswith("multi_scan.weights")]
+    assert names == ["layers.0.mixer.multi_scan.weights", "layers.1.mixer.multi_scan.weights"]
+    assert all(ckpt["model"][n].shape == (8, 1, 1, 1) for n in names)
+    # they moved during training (initialised at 1e-3 * randn, so |w| < 0.01 before)
+    assert max(ckpt["model"][n].abs().max().item() for n in names) > 0.01
+    with open(exp / "search_probs.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "layer", *CANDIDATES] and [r[:2] for r in rows[1:]] == [["0", "0"], ["0", "1"]]
+    for row, name in zip(rows[1:], names):
+        _, p = by_hand(ckpt["model"][name])
+        assert np.allclose([float(x) for x in row[2:]], p, atol=1e-6)
+    log = open(next(exp.glob("log_*.txt"))).read()
+    assert "Search probabilities:" in log and "layer  1: h=" in log
+
+
+def test_search_weights_are_weight_decayed_as_the_original(supernet):
+    import timm
+
+    model = timm.create_model("local_vim_tiny_search", num_classes=10, img_size=16, patch_size=4, embed_dim=16,
+                              depth=2)
+    no_decay, decay = param_groups(model, 1e-3, 0.04)
+    decayed = {n for n, p in model.named_parameters() if any(p is q for q in decay["params"])}
+    assert {"layers.0.mixer.multi_scan.weights", "layers.1.mixer.multi_scan.weights"} <= decayed
+    assert any("A_log" in n for n in decayed)
+
+
+def test_extraction_prints_as_the_original_and_writes_the_file(supernet, monkeypatch, capsys):
+    out, exp = supernet
+    ckpt = torch.load(exp / "last.pth.tar", map_location="cpu", weights_only=False)
+    for use_ema, key in ((False, "model"), (True, "ema_model")):
+        dest = out / f"extracted_{key}"
+        printed = vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--out", str(dest),
+                      *(["--ema"] if use_ema else [])).splitlines()
+        weights = [v for k, v in ckpt[key].items() if k.endswith("multi_scan.weights")]
+        expected = [by_hand(w)[0] for w in weights]
+        assert printed[:2] == [str(w.view(-1).softmax(-1)) for w in weights]
+        assert printed[2:] == [str(layer) + "," for layer in expected]
+        assert load_directions(dest / "directions.yaml") == expected
+        with open(dest / "directions.yaml") as f:
+            meta = yaml.safe_load(f)
+        assert (meta["supernet"], meta["topk"]) == ("local_vim_tiny_search", 4)
+        assert (dest / "search_probs.png").read_bytes()[:4] == b"\x89PNG"
+    printed = vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--topk", "2", "--out", str(out / "k2"))
+    assert printed.splitlines()[2:] == [str(by_hand(w, 2)[0]) + "," for w in weights]
+
+
+def test_searched_model_trains_from_the_file_and_evaluates(supernet, monkeypatch, capsys):
+    out, exp = supernet
+    vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--out", str(out / "chosen"))
+    directions = str(out / "chosen" / "directions.yaml")
+    metrics = train(parse_args([*RUN, "--model", "local_vim_tiny", "--directions", directions,
+                                "--output", str(out), "--experiment", "searched"]))
+    ckpt = torch.load(out / "searched" / "last.pth.tar", map_location="cpu", weights_only=False)
+    assert not any(k.endswith("multi_scan.weights") for k in ckpt["model"])
+    assert ckpt["config"]["directions"] == directions
+    evaluated = evaluate(parse_args([*RUN, "--model", "local_vim_tiny", "--directions", directions,
+                                     "--resume", str(out / "searched" / "last.pth.tar"), "--output", str(out),
+                                     "--smoothing", "0.1"]))
+    assert evaluated["top1"] == metrics["top1"] and evaluated["top5"] == metrics["top5"]
+
+    import timm
+
+    model = timm.create_model("local_vim_tiny", num_classes=10, img_size=16, patch_size=4, embed_dim=16, depth=2,
+                              directions=directions)
+    assert [list(d) for d in model.directions] == load_directions(directions)
+    model.load_state_dict(ckpt["model"])  # the trained weights fit a model built from the file
+
+
+def test_directions_file_round_trip(tmp_path):
+    table = [["h", "v_flip", "w7", "w7_flip"], ["h_flip", "w2_flip", "w7", "w7_flip"]]
+    path = tmp_path / "d.yaml"
+    save_directions(path, table, supernet="local_vim_tiny_search", topk=4)
+    assert load_directions(path) == table
+    with open(path) as f:
+        assert yaml.safe_load(f) == {"supernet": "local_vim_tiny_search", "topk": 4, "directions": table}
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("directions: [[h, v], [h, v], [h, v]]\n", r"has 3 layers, but the model has depth 2"),
+    ("directions: [[h, v], [h, diagonal]]\n", r"diagonal"),
+    ("supernet: x\n", r'no "directions" key'),
+    ("directions: [[h, v]\n", r"not a valid YAML"),
+    ("directions: [[h, h], [v]]\n", r"repeats a direction"),
+])
+def test_bad_directions_files_are_refused_naming_the_file(tmp_path, text, pattern):
+    path = tmp_path / "bad_directions.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        train(parse_args([*RUN, "--model", "local_vim_tiny", "--directions", str(path),
+                          "--output", str(tmp_path)]))
+    assert str(path) in str(info.value)
+
+
+def test_extraction_refuses_a_model_without_search_weights(tmp_path):
+    from classification.search.extract import extract
+
+    path = tmp_path / "plain.pth.tar"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 0}, path)
+    with pytest.raises(CheckpointError, match=f"{path}: no '\\*multi_scan.weights' entries"):
+        extract(str(path))
