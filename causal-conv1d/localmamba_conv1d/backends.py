@@ -33,8 +33,8 @@ Check = Callable[[torch.device, bool], Optional[str]]
 _REGISTRY: Dict[str, Dict[str, Check]] = {}
 _LOGGED: set = set()
 _LOCK = threading.Lock()
-_MODULES: Dict[str, object] = {}
-_MISSING = object()
+_MODULES: Dict[str, object] = {}  # import name -> module, or None when it cannot be imported
+_TRITON: Dict[str, bool] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -137,21 +137,19 @@ def _is_compiling() -> bool:
 
 def optional_module(name: str):
     """Import ``name`` if possible (cached); return None when it or one of its dependencies is missing."""
-    module = _MODULES.get(name)
-    if module is None:
+    if name not in _MODULES:
         try:
-            module = importlib.import_module(name)
+            _MODULES[name] = importlib.import_module(name)
         except Exception:  # a broken optional install (missing CUDA library...) counts as absent
-            module = _MISSING
-        _MODULES[name] = module
-    return None if module is _MISSING else module
+            _MODULES[name] = None
+    return _MODULES[name]
 
 
 def triton_importable() -> bool:
     """True when the ``triton`` package is installed (it is not imported here)."""
-    if "triton" not in _MODULES:
-        _MODULES["triton"] = object() if importlib.util.find_spec("triton") is not None else _MISSING
-    return _MODULES["triton"] is not _MISSING
+    if "installed" not in _TRITON:
+        _TRITON["installed"] = importlib.util.find_spec("triton") is not None
+    return _TRITON["installed"]
 
 
 def triton_interpreter() -> bool:
@@ -162,6 +160,7 @@ def triton_interpreter() -> bool:
 def reset_caches() -> None:
     """Forget cached imports and logged choices (for tests that install fake packages)."""
     _MODULES.clear()
+    _TRITON.clear()
     _LOGGED.clear()
 
 

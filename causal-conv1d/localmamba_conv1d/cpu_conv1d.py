@@ -1,8 +1,8 @@
 """The ``cpu`` backend of ``causal_conv1d_fn``: a C kernel (conv + bias + SiLU fused, forward and backward).
 
 Wrapped as torch.library custom ops ``localmamba::causal_conv1d_cpu_fwd`` / ``_bwd`` with fake implementations
-and autograd, parallel over (batch, channel) rows. fp64 inputs, a missing compiler or ``LOCALMAMBA_CPU_KERNEL=0``
-use the reference formula instead.
+and autograd, parallel over (batch, channel) rows. Without a working compiler (or with ``LOCALMAMBA_CPU_KERNEL=0``)
+the ops compute the same in PyTorch; fp64 inputs use the reference formula (autograd).
 """
 from __future__ import annotations
 
@@ -118,6 +118,9 @@ def _args(x, weight, bias, silu) -> ConvArgs:
 def causal_conv1d_cpu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                           silu: bool) -> torch.Tensor:
     """Contiguous fp32 x (B, D, L), weight (D, W), bias (D,) -> out (B, D, L)."""
+    lib = load_kernel()
+    if lib is None or x.numel() == 0:
+        return causal_conv1d_ref(x, weight, bias, "silu" if silu else None)
     out = torch.empty_like(x)
     rows = x.shape[0] * x.shape[1]
     args = []
@@ -125,7 +128,7 @@ def causal_conv1d_cpu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         a = _args(x, weight, bias, silu)
         a.out = out.data_ptr()
         args.append(a)
-    ckernel.run_parallel(load_kernel().conv_fwd, args, rows)
+    ckernel.run_parallel(lib.conv_fwd, args, rows)
     return out
 
 
@@ -138,6 +141,9 @@ def _fwd_fake(x, weight, bias, silu):
 def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                           silu: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of the forward op -> dx (B, D, L), dweight (D, W), dbias (D,)."""
+    lib = load_kernel()
+    if lib is None or x.numel() == 0:
+        return _bwd_torch(dout, x, weight, bias, silu)
     rows = x.shape[0] * x.shape[1]
     tasks = ckernel.num_tasks(rows, MIN_ROWS_PER_TASK)
     dx = torch.empty_like(x)
@@ -148,8 +154,23 @@ def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Ten
         a = _args(x, weight, bias, silu)
         a.dout, a.dx, a.dweight, a.dbias = dout.data_ptr(), dx.data_ptr(), dweight[i].data_ptr(), dbias[i].data_ptr()
         args.append(a)
-    ckernel.run_parallel(load_kernel().conv_bwd, args, rows)
+    ckernel.run_parallel(lib.conv_bwd, args, rows)
     return dx, dweight.sum(0), dbias.sum(0)
+
+
+def _bwd_torch(dout, x, weight, bias, silu):
+    """The backward in PyTorch: gradient of the pre-activation, then shifted sums."""
+    seqlen, width = x.shape[2], weight.shape[1]
+    grad = dout
+    if silu:
+        pre = causal_conv1d_ref(x, weight, bias, None)
+        s = torch.sigmoid(pre)
+        grad = dout * s * (1 + pre * (1 - s))
+    padded = torch.nn.functional.pad(grad, (0, width - 1))
+    dx = sum(weight[:, k, None] * padded[..., width - 1 - k:width - 1 - k + seqlen] for k in range(width))
+    dweight = torch.stack([(grad[..., width - 1 - k:] * x[..., :max(seqlen - (width - 1 - k), 0)]).sum(dim=(0, 2))
+                           for k in range(width)], dim=1)
+    return dx, dweight, grad.sum(dim=(0, 2))
 
 
 @causal_conv1d_cpu_bwd.register_fake
@@ -175,7 +196,7 @@ causal_conv1d_cpu_fwd.register_autograd(_backward, setup_context=_setup_context)
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       activation: Optional[str]) -> torch.Tensor:
     """cpu backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 compute, output in x's dtype."""
-    if x.dtype == torch.float64 or weight.dtype == torch.float64 or x.numel() == 0 or load_kernel() is None:
+    if x.dtype == torch.float64 or weight.dtype == torch.float64:
         return causal_conv1d_ref(x, weight, bias, activation)
     with autocast_off(x.device.type):
         out = torch.ops.localmamba.causal_conv1d_cpu_fwd(

@@ -81,7 +81,7 @@ def causal_conv1d_triton_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.
     _launch(gact, weight, None, None, dx, 1, False, False)
     seqlen, width = x.shape[2], weight.shape[1]
     xf = x.float()
-    dweight = torch.stack([(gact[..., width - 1 - k:] * xf[..., :seqlen - (width - 1 - k)]).sum(dim=(0, 2))
+    dweight = torch.stack([(gact[..., width - 1 - k:] * xf[..., :max(seqlen - (width - 1 - k), 0)]).sum(dim=(0, 2))
                            for k in range(width)], dim=1)
     return dx, dweight, gact.sum(dim=(0, 2))
 

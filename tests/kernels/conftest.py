@@ -1,6 +1,8 @@
 """Fixtures for the kernel tests: run a test under a forced ``LOCALMAMBA_BACKEND``."""
 import pytest
 
+from localmamba_conv1d import ckernel
+
 CPU_BACKENDS = ("reference", "cpu")
 
 
@@ -19,3 +21,13 @@ def force_backend(monkeypatch):
         monkeypatch.setenv("LOCALMAMBA_BACKEND", name)
 
     return force
+
+
+@pytest.fixture(params=["on", "off"])
+def c_kernel(request, monkeypatch):
+    """The CPU C kernels enabled (the default) or disabled with LOCALMAMBA_CPU_KERNEL=0 (PyTorch fallback)."""
+    ckernel.reset()
+    if request.param == "off":
+        monkeypatch.setenv(ckernel.DISABLE_VAR, "0")
+    yield request.param
+    ckernel.reset()

@@ -75,8 +75,8 @@ def test_conv1d_bad_arguments(kwargs, pattern):
 
 @pytest.mark.parametrize("width,seqlen", [(2, 37), (4, 37), (5, 9), (4, 2)])
 @pytest.mark.parametrize("activation,with_bias", [("silu", True), (None, False)])
-def test_cpu_kernel_gradients_match_reference(force_backend, width, seqlen, activation, with_bias):
-    """The cpu backend (C kernel when it builds) against the reference formula: output and gradients in fp32."""
+def test_cpu_backend_gradients_match_reference(force_backend, c_kernel, width, seqlen, activation, with_bias):
+    """The cpu backend (C kernel when it builds, or its PyTorch fallback) against the reference, fp32."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 70, seqlen, generator=g).requires_grad_()
     w = torch.randn(70, width, generator=g).requires_grad_()

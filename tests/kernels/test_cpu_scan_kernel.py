@@ -7,18 +7,6 @@ from localmamba_conv1d import ckernel
 from localmamba_ssm.ops.cpu.selective_scan_cpu import load_kernel, selective_scan_cpu
 
 
-@pytest.fixture(params=["kernel", "torch"])
-def implementation(request, monkeypatch):
-    """The C kernel (skipped when no compiler works) or the PyTorch fallback (kernel disabled by env var)."""
-    ckernel.reset()
-    if request.param == "torch":
-        monkeypatch.setenv(ckernel.DISABLE_VAR, "0")
-    elif load_kernel() is None:
-        pytest.skip("the C kernel could not be built here")
-    yield request.param
-    ckernel.reset()
-
-
 def make(bc, dstate, groups=1, batch=2, dim=12, seqlen=37, seed=0):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, dim, seqlen, generator=g)
@@ -60,7 +48,7 @@ def assert_rel_close(actual, expected, rel=1e-5):
 @pytest.mark.parametrize("bc,dstate,groups", [("var4", 16, 1), ("var4", 5, 3), ("var3", 9, 1), ("const", 16, 1),
                                               ("var4", 24, 2)])
 @pytest.mark.parametrize("softplus,use_z,with_last", [(True, True, False), (False, False, True)])
-def test_cpu_scan_matches_reference(implementation, bc, dstate, groups, softplus, use_z, with_last):
+def test_cpu_scan_matches_reference(c_kernel, bc, dstate, groups, softplus, use_z, with_last):
     inputs = make(bc, dstate, groups)
     out_ref, last_ref, grads_ref = run(selective_scan_ref, inputs, softplus, use_z, with_last)
     out, last, grads = run(selective_scan_cpu, inputs, softplus, use_z, with_last)
@@ -74,7 +62,7 @@ def test_cpu_scan_matches_reference(implementation, bc, dstate, groups, softplus
             assert_rel_close(g, g_ref, rel=2e-5)
 
 
-def test_cpu_scan_large_decay_and_threads(implementation):
+def test_cpu_scan_large_decay_and_threads(c_kernel):
     """Very negative dt*A (decays that underflow to 0) and several worker threads."""
     inputs = make("var4", 16, batch=4, dim=40, seqlen=20)
     with torch.no_grad():

@@ -25,9 +25,14 @@ def _check_bc(name: str, M: torch.Tensor, batch: int, dim: int, dstate: int, seq
 
 def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor]) -> None:
-    """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape."""
+    """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape.
+
+    Skipped while ``torch.jit`` traces (ONNX export), where shapes are traced values.
+    """
     if A.is_complex():
         raise NotImplementedError("selective_scan: complex A is not supported (A must be real fp32 of shape (Dm, N))")
+    if torch.jit.is_tracing():
+        return
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must have shape (Bt, Dm, L), got {_shape(u)}")
     batch, dim, seqlen = u.shape
@@ -55,6 +60,8 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, x_proj_weigh
                      delta_proj_weight: torch.Tensor, A: torch.Tensor, B: Optional[torch.Tensor],
                      C: Optional[torch.Tensor]) -> None:
     """Validate the projection weights of the Mamba inner functions (the scan checks the rest)."""
+    if torch.jit.is_tracing():
+        return
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"mamba_inner: xz must have shape (Bt, 2E, L), got {_shape(xz)}")
     dim = xz.shape[1] // 2

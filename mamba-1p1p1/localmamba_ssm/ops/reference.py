@@ -75,25 +75,25 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
 def inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
                        B_proj_bias, C_proj_bias, conv_fn):
     """Shared front half of the inner functions: conv + SiLU, x_proj, dt_proj; B/C from x_dbl when not given."""
-    seqlen = xz.shape[-1]
     rank = delta_proj_weight.shape[1]
     dstate = A.shape[-1]
     x, z = xz.chunk(2, dim=1)
     if conv1d_weight.dim() == 3:
         conv1d_weight = conv1d_weight[:, 0]
     u = conv_fn(x, conv1d_weight, conv1d_bias, activation="silu")
-    x_dbl = F.linear(u.transpose(1, 2).reshape(-1, u.shape[1]), x_proj_weight)  # (Bt*L, R + 2N)
-    delta = (delta_proj_weight @ x_dbl[:, :rank].t()).reshape(delta_proj_weight.shape[0], -1, seqlen).transpose(0, 1)
+    x_dbl = F.linear(u.transpose(1, 2), x_proj_weight)  # (Bt, L, R + 2N)
+    # contiguous: with a transposed delta, torch.compile's traced backward can mispredict strides (view error)
+    delta = F.linear(x_dbl[..., :rank], delta_proj_weight).transpose(1, 2).contiguous()  # (Bt, E, L)
     if B is None:
-        B = x_dbl[:, rank:rank + dstate]
+        B = x_dbl[..., rank:rank + dstate]
         if B_proj_bias is not None:
             B = B + B_proj_bias.to(B.dtype)
-        B = B.reshape(-1, seqlen, dstate).transpose(1, 2).unsqueeze(1)  # (Bt, 1, N, L)
+        B = B.transpose(1, 2).unsqueeze(1)  # (Bt, 1, N, L)
     if C is None:
-        C = x_dbl[:, -dstate:]
+        C = x_dbl[..., -dstate:]
         if C_proj_bias is not None:
             C = C + C_proj_bias.to(C.dtype)
-        C = C.reshape(-1, seqlen, dstate).transpose(1, 2).unsqueeze(1)
+        C = C.transpose(1, 2).unsqueeze(1)
     return u, delta, B, C, z
 
 

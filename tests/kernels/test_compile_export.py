@@ -1,0 +1,90 @@
+"""torch.compile through the ops (custom ops with fake kernels, no graph break) and ONNX export of the reference."""
+import importlib.util
+
+import pytest
+import torch
+
+from localmamba_ssm import mamba_inner_fn_no_out_proj, rms_norm_fn, selective_scan_fn
+
+BT, E, L, N, R = 2, 8, 11, 4, 2
+
+
+def scan_inputs():
+    g = torch.Generator().manual_seed(0)
+    u, delta, z = (torch.randn(BT, E, L, generator=g) for _ in range(3))
+    A = -torch.rand(E, N, generator=g) - 0.1
+    B, C = torch.randn(BT, 2, N, L, generator=g), torch.randn(BT, 2, N, L, generator=g)
+    D, bias = torch.randn(E, generator=g), torch.randn(E, generator=g)
+    return [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+
+
+def inner_params():
+    g = torch.Generator().manual_seed(1)
+    xz = torch.randn(BT, 2 * E, L, generator=g)
+    conv_w, conv_b = torch.randn(E, 1, 4, generator=g), torch.randn(E, generator=g)
+    x_proj, dt_proj = torch.randn(R + 2 * N, E, generator=g) * 0.3, torch.randn(E, R, generator=g) * 0.3
+    A_log, D, dt_bias, norm_w = torch.rand(E, N, generator=g), torch.randn(E, generator=g), torch.randn(E, generator=g), \
+        torch.rand(E, generator=g) + 0.5
+    return [t.requires_grad_() for t in (xz, conv_w, conv_b, x_proj, dt_proj, A_log, D, dt_bias, norm_w)]
+
+
+def scan_and_sin(u, delta, A, B, C, D, z, bias):
+    return selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True).sin()
+
+
+def inner_and_norm(xz, conv_w, conv_b, x_proj, dt_proj, A_log, D, dt_bias, norm_w):
+    y = mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, x_proj, dt_proj, -torch.exp(A_log), None, None, D, dt_bias)
+    out, residual = rms_norm_fn(y.transpose(1, 2), norm_w, None, prenorm=True, residual_in_fp32=True, eps=1e-5)
+    return out.sum() + residual.square().sum()
+
+
+def values_and_grads(fn, inputs):
+    for t in inputs:
+        t.grad = None
+    out = fn(*inputs)
+    out.sum().backward()
+    return out.detach(), [t.grad.clone() for t in inputs]
+
+
+@pytest.mark.parametrize("fn,make", [(scan_and_sin, scan_inputs), (inner_and_norm, inner_params)])
+def test_compile_fullgraph_matches_eager(cpu_backend, fn, make):
+    torch._dynamo.reset()
+    inputs = make()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    out, grads = values_and_grads(compiled, inputs)
+    out_eager, grads_eager = values_and_grads(fn, inputs)
+    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
+    for g, g_eager in zip(grads, grads_eager):
+        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-5)
+
+
+class InnerModule(torch.nn.Module):
+    """The LocalVim use of mamba_inner_fn_no_out_proj, for export."""
+
+    def __init__(self):
+        super().__init__()
+        _, conv_w, conv_b, x_proj, dt_proj, A_log, D, dt_bias, _ = (torch.nn.Parameter(t.detach())
+                                                                    for t in inner_params())
+        self.conv_w, self.conv_b, self.x_proj, self.dt_proj = conv_w, conv_b, x_proj, dt_proj
+        self.A_log, self.D, self.dt_bias = A_log, D, dt_bias
+
+    def forward(self, xz):
+        return mamba_inner_fn_no_out_proj(xz, self.conv_w, self.conv_b, self.x_proj, self.dt_proj,
+                                          -torch.exp(self.A_log.float()), None, None, self.D, self.dt_bias.float())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+                    reason="onnx / onnxruntime not installed")
+def test_reference_backend_exports_to_onnx(force_backend, tmp_path):
+    import onnxruntime
+
+    force_backend("reference")
+    model = InnerModule().eval()
+    xz = torch.randn(BT, 2 * E, L)
+    path = tmp_path / "inner.onnx"
+    torch.onnx.export(model, (xz,), str(path), dynamo=False)
+    session = onnxruntime.InferenceSession(str(path))
+    (out,) = session.run(None, {session.get_inputs()[0].name: xz.numpy()})
+    with torch.no_grad():
+        expected = model(xz)
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
