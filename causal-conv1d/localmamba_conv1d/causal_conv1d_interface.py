@@ -32,6 +32,8 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     dim = x.shape[1]
     if weight.dim() == 3 and weight.shape[1] == 1:
         weight = weight[:, 0]
+    if torch.jit.is_tracing():  # shapes are traced values during ONNX export
+        return weight
     if weight.dim() != 2 or weight.shape[0] != dim:
         raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, got {_shape(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
