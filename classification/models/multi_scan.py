@@ -66,3 +66,17 @@ class MultiScan(nn.Module):
 
     def extra_repr(self) -> str:
         return ('search over ' if self.search else '') + ', '.join(self.directions)
+
+
+class MultiScanAttn(MultiScan):
+    """:class:`MultiScan` that owns the shared channel attention (LocalVMamba keeps it here: keys ``attn.*``).
+
+    ``attend_and_merge`` applies :class:`BiAttn` to each direction's output, then merges: (B, K, L, C) -> (B, L, C).
+    """
+
+    def __init__(self, channels: int, directions: Optional[Sequence[str]] = None):
+        super().__init__(channels, directions)
+        self.attn = BiAttn(channels)
+
+    def attend_and_merge(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.merge(self.attn(outputs))

@@ -158,6 +158,20 @@ def multi_reverse(y: torch.Tensor, names: Sequence[str], grid: Sequence[int]) ->
     return torch.gather(y, 3, index)
 
 
+def multi_reverse_tokens(y: torch.Tensor, names: Sequence[str], grid: Sequence[int]) -> torch.Tensor:
+    """Undo ``multi_scan`` into token-major layout: (B, K, D, L >= L_max) -> (B, K, H*W, D) row-major.
+
+    Same values as ``multi_reverse(...).transpose(-1, -2)``, but contiguous: one transposing copy, then whole
+    D-rows are picked, which is cheaper than reversing and transposing after.
+    """
+    grid = _check_grid(grid)
+    table = multi_scan_index(tuple(names), grid, y.device)
+    batch, num_dirs, dim, length = y.shape
+    rows = table.reverse + length * torch.arange(num_dirs, device=y.device).view(-1, 1)
+    tokens = y.transpose(2, 3).reshape(batch, num_dirs * length, dim)
+    return tokens.index_select(1, rows.view(-1)).view(batch, num_dirs, -1, dim)
+
+
 def insert_position(y: torch.Tensor, column: torch.Tensor, position: int) -> torch.Tensor:
     """Insert ``column`` (y.shape[:-1]) into the last axis of ``y`` at ``position`` (the middle class token)."""
     return torch.cat([y[..., :position], column.unsqueeze(-1), y[..., position:]], dim=-1)

@@ -8,13 +8,18 @@ import classification  # noqa: F401  (registers the models)
 EXPECTED_NAMES = {
     'local_vim_tiny', 'local_vim_tiny_middle_cls_token', 'local_vim_small', 'local_vim_small_searched',
     'local_vim_tiny_wo_search', 'local_vim_tiny_search',
+    'local_vssm_tiny', 'local_vssm_small', 'local_vssm_tiny_search', 'local_vssm_small_search',
 }
 # Small widths, depths and images: these tests are about logic, not size (faithful sizes and the default direction
 # tables are tested per family). Searched models get a short table that mixes every kind of direction.
 SMALL = {
     'local_vim': (dict(img_size=32, patch_size=8, embed_dim=16, depth=2), 32),
+    'local_vssm': (dict(dims=8, depths=(1, 1, 1, 1)), 64),
 }
-SHORT_TABLE = {'local_vim': [['h', 'v_flip', 'w2'], ['w7_flip', 'h_flip', 'v', 'w3']]}
+SHORT_TABLE = {
+    'local_vim': [['h', 'v_flip', 'w2'], ['w7_flip', 'h_flip', 'v', 'w3']],
+    'local_vssm': [['h', 'v_flip', 'w2'], ['w7_flip', 'h_flip', 'v', 'w3'], ['w2_flip', 'v'], ['h', 'w7', 'w3_flip']],
+}
 
 
 def registered():

@@ -1,0 +1,392 @@
+"""LocalVMamba: the hierarchical (VMamba-style) LocalMamba family, its SS2D mixer, and its timm registrations.
+
+Layout (as the original): a 4x4 patch embedding, four stages of ``VSSBlock`` (pre-LayerNorm -> SS2D -> DropPath,
+no MLP) joined by ``PatchMerging2D``, channel-last (B, H, W, C) throughout, then LayerNorm, average pool and the
+linear head. Each SS2D scans its input along the block's own directions, runs all directions as one grouped
+selective scan, reverses, applies a shared channel attention per direction and sums (or, in the search supernets,
+softmax-weights) them, then normalises and gates by SiLU(z).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from localmamba_ssm import selective_scan_fn
+
+from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
+                         DirectionTable, resolve_directions)
+from .flop_count import count_flops, traced_selective_scan
+from .loading import extract_state_dict
+from .multi_scan import MultiScanAttn
+from .scan_maps import multi_reverse_tokens, multi_scan
+from .ssm_init import a_log_init, dt_bias_init, dt_weight_init
+
+__all__ = ['SS2D', 'VSSBlock', 'PatchMerging2D', 'VSSM']
+
+
+class SS2D(nn.Module):
+    """LocalVMamba mixer: selective scan of a 2-D map along several directions. (B, H, W, C) -> (B, H, W, C).
+
+    Parameters keep the original names and layouts: per-direction projections stacked along a leading K axis
+    (``x_proj_weight`` (K, R + 2N, E), ``dt_projs_weight`` (K, E, R), ``dt_projs_bias`` (K, E)) and the scan
+    parameters of all directions concatenated along channels (``A_logs`` (K*E, N), row k*E + c; ``Ds`` (K*E)).
+    ``directions=None`` builds a search-supernet block over all candidates.
+    """
+
+    def __init__(self, d_model: int, directions: Optional[Sequence[str]] = None, d_state: int = 16,
+                 ssm_ratio: float = 2.0, dt_rank: Union[int, str] = 'auto', d_conv: int = 3, conv_bias: bool = True,
+                 dropout: float = 0., bias: bool = False, dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4):
+        super().__init__()
+        if d_conv < 3 or d_conv % 2 == 0:
+            raise ValueError(f'd_conv must be an odd kernel size >= 3 (the original\'s no-conv variant, d_conv < 2, '
+                             f'is not provided), got {d_conv}')
+        self.d_model = d_model
+        self.d_inner = inner = int(ssm_ratio * d_model)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.trace_scan = False
+        num_dirs = len(CANDIDATES if directions is None else directions)
+
+        self.out_norm = nn.LayerNorm(inner)
+        self.in_proj = nn.Linear(d_model, 2 * inner, bias=bias)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(inner, inner, d_conv, padding=(d_conv - 1) // 2, groups=inner, bias=conv_bias)
+        bound = inner ** -0.5                                  # nn.Linear's default init of each direction
+        self.x_proj_weight = nn.Parameter(torch.empty(num_dirs, self.dt_rank + 2 * d_state, inner).uniform_(
+            -bound, bound))
+        self.dt_projs_weight = nn.Parameter(torch.empty(num_dirs, inner, self.dt_rank))
+        dt_weight_init(self.dt_projs_weight, self.dt_rank, dt_scale)
+        self.dt_projs_bias = nn.Parameter(dt_bias_init((num_dirs, inner), dt_min, dt_max, dt_init_floor))
+        self.A_logs = nn.Parameter(a_log_init(inner, d_state, copies=num_dirs))
+        self.A_logs._no_weight_decay = True
+        self.Ds = nn.Parameter(torch.ones(num_dirs * inner))
+        self.Ds._no_weight_decay = True
+        self.out_proj = nn.Linear(inner, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
+        self.multi_scan = MultiScanAttn(inner, directions)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return self.multi_scan.directions
+
+    def scan_directions(self, x: torch.Tensor) -> torch.Tensor:
+        """The original's ``forward_core``: (B, E, H, W) conv output -> normalised merged scan (B, H, W, E).
+
+        All K scans are zero-padded at the end to the longest one (window padding lengthens some) and run as one
+        selective scan over K*E channels whose channel block k uses direction k's B and C; a scan is causal, so
+        the end padding does not change the real positions.
+        """
+        batch, inner, height, width = x.shape
+        grid = (height, width)
+        rank, state = self.dt_rank, self.d_state
+        seqs, _ = multi_scan(x, self.directions, grid)                           # (B, K, E, L)
+        num_dirs, length = seqs.shape[1], seqs.shape[-1]
+        x_dbl = torch.einsum('bkel,kce->bkcl', seqs, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [rank, state, state], dim=2)
+        dts = torch.einsum('bkrl,ker->bkel', dts, self.dt_projs_weight)
+        scan = traced_selective_scan if self.trace_scan else selective_scan_fn
+        ys = scan(seqs.reshape(batch, num_dirs * inner, length).float(),
+                  dts.reshape(batch, num_dirs * inner, length).float(), -torch.exp(self.A_logs.float()),
+                  bs.float(), cs.float(), self.Ds.float(), None, self.dt_projs_bias.reshape(-1).float(), True)
+        ys = multi_reverse_tokens(ys.view(batch, num_dirs, inner, length), self.directions, grid)  # (B, K, H*W, E)
+        merged = self.multi_scan.attend_and_merge(ys)                                             # (B, H*W, E)
+        return self.out_norm(merged).view(batch, height, width, inner).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))
+        y = self.scan_directions(x) * self.act(z)
+        return self.dropout(self.out_proj(y))
+
+
+class VSSBlock(nn.Module):
+    """``x + DropPath(SS2D(LayerNorm(x)))`` on (B, H, W, C); no MLP."""
+
+    def __init__(self, dim: int, directions: Optional[Sequence[str]] = None, drop_path: float = 0.,
+                 **ssm_kwargs: Any):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = SS2D(dim, directions, **ssm_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.op(self.norm(x)))
+
+
+class PatchMerging2D(nn.Module):
+    """Swin-style 2x2 merge: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim); odd H/W zero-padded first."""
+
+    def __init__(self, dim: int, out_dim: int = -1):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim if out_dim < 0 else out_dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class Permute(nn.Module):
+    """Permute the axes of a tensor (index 1 of the original patch embedding: NCHW -> NHWC)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C), by the op the original uses (so that fvcore counts it the same way)."""
+    return F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1).flatten(1)
+
+
+class Classifier(nn.Module):
+    """The original's classifier: LayerNorm, global average pool and the linear head. (B, H, W, C) -> (B, classes)."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(global_avg_pool(self.norm(x)))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The original's init pass: Linear trunc_normal(0.02) with zero bias, LayerNorm 1/0 (stacked SS2D parameters,
+    being plain parameters, keep their own init)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class VSSM(nn.Module):
+    """LocalVMamba backbone + classifier. Images (B, C, H, W); any H, W >= patch_size (the patch conv drops a
+    remainder, odd maps are padded at each merge), square or not."""
+
+    def __init__(
+            self,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            depths: Sequence[int] = (2, 2, 9, 2),
+            dims: Union[int, Sequence[int]] = (96, 192, 384, 768),
+            ssm_d_state: int = 16,
+            ssm_ratio: float = 2.0,
+            ssm_dt_rank: Union[int, str] = 'auto',
+            ssm_conv: int = 3,
+            ssm_conv_bias: bool = True,
+            ssm_drop_rate: float = 0.,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            patch_norm: bool = True,
+            use_checkpoint: bool = False,
+            directions: DirectionsArg = None,
+            default_directions: Optional[DirectionTable] = None,
+    ):
+        """``directions``: one list per block over all stages, or a directions-file path; None uses
+        ``default_directions``, and if that is None too the model is a search supernet. ``drop_rate`` is a dropout
+        before the head (absent from the original, 0 by default); ``use_checkpoint`` turns on gradient
+        checkpointing of the blocks."""
+        super().__init__()
+        depths = tuple(depths)
+        dims = [dims * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else list(dims)
+        if len(dims) != len(depths):
+            raise ValueError(f'dims {dims} and depths {depths} must have one entry per stage')
+        self.num_classes = num_classes
+        self.dims = dims
+        self.depths = depths
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = use_checkpoint
+        self.directions = resolve_directions(directions, default_directions, sum(depths))
+        self.is_search = self.directions is None
+
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(in_chans, dims[0], kernel_size=patch_size, stride=patch_size),
+            Permute(0, 2, 3, 1),
+            nn.LayerNorm(dims[0]) if patch_norm else nn.Identity())
+        ssm_kwargs = dict(d_state=ssm_d_state, ssm_ratio=ssm_ratio, dt_rank=ssm_dt_rank, d_conv=ssm_conv,
+                          conv_bias=ssm_conv_bias, dropout=ssm_drop_rate)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            first = sum(depths[:i])
+            blocks = nn.Sequential(*[
+                VSSBlock(dims[i], None if self.is_search else self.directions[first + j], rates[first + j],
+                         **ssm_kwargs)
+                for j in range(depth)])
+            downsample = PatchMerging2D(dims[i], dims[i + 1]) if i < len(depths) - 1 else nn.Identity()
+            self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=downsample)))
+        self.classifier = Classifier(dims[-1], num_classes)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}')
+                             for i in range(len(depths))]
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Empty, as the original (``A_logs``/``Ds`` carry ``_no_weight_decay`` for an opt-in optimiser rule)."""
+        return set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head (``global_pool`` other than 'avg' is not supported)."""
+        if global_pool not in (None, 'avg'):
+            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        self.num_classes = num_classes
+        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _blocks(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(stage.blocks, x)
+        return stage.blocks(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised last-stage map (B, H/32, W/32, C) (channel-last)."""
+        x = self.patch_embed(x)
+        for stage in self.layers:
+            x = stage.downsample(self._blocks(stage, x))
+        return self.classifier.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average-pool (B, H, W, C) -> (B, C), then the head."""
+        x = self.head_drop(global_avg_pool(x))
+        return x if pre_logits else self.classifier.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Stage outputs before their downsampling (as the original det/seg backbone takes them).
+
+        ``indices``: last n stages if int, all if None, else the listed stages. Stage i gives
+        (B, dims[i], H/4/2^i, W/4/2^i) in NCHW (or channel-last with 'NHWC'). ``norm`` applies the final norm to
+        the last stage's output, the only one it is sized for.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.layers), indices)
+        stages = self.layers[:last + 1] if stop_early or intermediates_only else self.layers
+        x = self.patch_embed(x)
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = self._blocks(stage, x)
+            if i in take:
+                y = self.classifier.norm(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+            x = stage.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return self.classifier.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop stages after the last wanted one and its downsampling (timm API); returns the kept indices."""
+        take, last = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:last + 1]
+        self.layers[-1].downsample = nn.Identity()
+        self.num_features = self.head_hidden_size = self.dims[last]
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def flops(self, input_shape: tuple[int, int, int] = (3, 224, 224)) -> int:
+        """FLOPs as the original's ``VSSM.flops`` counts them: fvcore (one multiply-add = one FLOP) with the scan
+        charged ``9*B*L*D*N + B*D*L`` per grouped call (L the padded length, D = K*E). Runs on the model's device."""
+        return count_flops(self, input_shape)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: VSSM) -> dict:
+    """Weights of an original or own checkpoint (``state_dict``/``model``/EMA containers, ``module.`` stripped)."""
+    return extract_state_dict(state_dict)
+
+
+def _cfg(**kwargs: Any) -> dict:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
+        'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': (0.485, 0.456, 0.406),
+        'std': (0.229, 0.224, 0.225), 'first_conv': 'patch_embed.0', 'classifier': 'classifier.head',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.09338', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'local_vssm_tiny.untrained': _cfg(),
+    'local_vssm_small.in1k': _cfg(),
+    'local_vssm_tiny_search.untrained': _cfg(),
+    'local_vssm_small_search.untrained': _cfg(),
+})
+
+
+def _create_local_vssm(variant: str, pretrained: bool = False, **kwargs: Any) -> VSSM:
+    return build_model_with_cfg(
+        VSSM, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
+        **kwargs)
+
+
+_FINAL = dict(dims=(96, 192, 384, 768), drop_path_rate=0.2)
+_SUPERNET = dict(dims=(32, 64, 128, 256), drop_path_rate=0.1, default_directions=None)
+
+
+@register_model
+def local_vssm_tiny_search(pretrained: bool = False, **kwargs: Any) -> VSSM:
+    """LocalVMamba-T search supernet (dims 32..256, all 8 candidate directions in every block)."""
+    args = dict(_SUPERNET, depths=(2, 2, 9, 2))
+    return _create_local_vssm('local_vssm_tiny_search', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vssm_tiny(pretrained: bool = False, **kwargs: Any) -> VSSM:
+    """LocalVMamba-T (searched directions), 82.7% ImageNet top-1 in the original README."""
+    args = dict(_FINAL, depths=(2, 2, 9, 2), default_directions=LOCAL_VSSM_TINY_DIRECTIONS)
+    return _create_local_vssm('local_vssm_tiny', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vssm_small_search(pretrained: bool = False, **kwargs: Any) -> VSSM:
+    """LocalVMamba-S search supernet (dims 32..256, all 8 candidate directions in every block)."""
+    args = dict(_SUPERNET, depths=(2, 2, 27, 2))
+    return _create_local_vssm('local_vssm_small_search', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vssm_small(pretrained: bool = False, **kwargs: Any) -> VSSM:
+    """LocalVMamba-S (searched directions), 83.7% ImageNet top-1 in the original README."""
+    args = dict(_FINAL, depths=(2, 2, 27, 2), default_directions=LOCAL_VSSM_SMALL_DIRECTIONS)
+    return _create_local_vssm('local_vssm_small', pretrained, **dict(args, **kwargs))
