@@ -58,7 +58,7 @@ def scan_case(args, device, dtype) -> Case:
 
 
 def inner_case(args, device, dtype) -> Case:
-    """mamba_inner_fn_no_out_proj with LocalVim-T sizes: E = dim, R = ceil(E / 32), W = 4."""
+    """mamba_inner_fn_no_out_proj with LocalVim-T sizes: E = dim, R = ceil(E / 32), W = 4 (autocast for bf16/fp16)."""
     g = torch.Generator().manual_seed(0)
     bt, e, seqlen, n = args.batch, args.dim, args.seqlen, args.dstate
     rank = math.ceil(e / 32)
@@ -72,8 +72,13 @@ def inner_case(args, device, dtype) -> Case:
     A = _leaf(-torch.exp(torch.randn(e, n, generator=g) * 0.5).to(device))
     D, dt_bias = rand(e), rand(e, scale=0.5)
     params = [xz, conv_w, conv_b, x_proj, dt_proj, A, D, dt_bias]
-    return Case(lambda: mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, x_proj, dt_proj, A, None, None, D, dt_bias,
-                                                   delta_softplus=True), params)
+
+    def run():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, x_proj, dt_proj, A, None, None, D, dt_bias,
+                                              delta_softplus=True)
+
+    return Case(run, params)
 
 
 def conv1d_case(args, device, dtype) -> Case:
