@@ -14,7 +14,7 @@ from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.trainer import train
 
-from conftest import TINY_MODEL, make_meta_tree, write_image
+from training_helpers import TINY_MODEL, make_meta_tree, write_image
 
 TINY_TRAIN = [*TINY_MODEL, "-b", "4", "--epochs", "1", "-j", "0", "--opt", "adamw", "--lr", "1e-3"]
 

@@ -6,7 +6,7 @@ import yaml
 
 from classification.engine.config import ConfigError, parse_args, save_config
 
-from conftest import REPO
+from training_helpers import REPO
 
 RECIPE = os.path.join(REPO, "configs", "strategies", "local_mamba", "config.yaml")
 

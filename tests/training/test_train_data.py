@@ -9,7 +9,7 @@ from classification.data import DataError, ShardedSampler, build_datasets, build
 from classification.data.image_list import imagenet_layout
 from classification.engine.config import parse_args
 
-from conftest import make_cifar
+from training_helpers import make_cifar
 
 
 def cfg_for(*argv):

@@ -10,7 +10,7 @@ import yaml
 from classification.engine.config import parse_args
 from classification.engine.trainer import train
 
-from conftest import REPO, TINY_MODEL, free_port, tool_env
+from training_helpers import REPO, TINY_MODEL, free_port, tool_env
 
 # No mixup and no drop path: those draw from per-rank generators, which differ by design (seed + rank).
 # SGD, unlike Adam, is not invariant to the gradient's scale, so a wrong gradient average would show.

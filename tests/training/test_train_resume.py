@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from conftest import TINY_MODEL, TOOLS, run_tool, tool_env
+from training_helpers import TINY_MODEL, TOOLS, run_tool, tool_env
 
 EPOCHS = 2
 # every source of randomness on: RandAugment, random erasing, mixup/cutmix, drop path, EMA, a loader worker

@@ -11,7 +11,7 @@ import yaml
 from classification.engine.config import parse_args
 from classification.engine.evaluate import test as evaluate
 
-from conftest import TINY_MODEL, TOOLS, run_tool
+from training_helpers import TINY_MODEL, TOOLS, run_tool
 
 EPOCHS = 2
 
