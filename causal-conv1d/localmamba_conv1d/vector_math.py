@@ -2,6 +2,7 @@
 
 Without -ffast-math these compile to SIMD code on any target (AVX2/FMA on x86-64 when enabled, NEON pairs on
 ARM, SSE pairs otherwise); exp, log1p, softplus and sigmoid are explicit polynomials (relative error below 1e-6).
+A few helpers have AVX/AVX2 fast paths (table-based exp2_8, batched horizontal sums) with generic fallbacks.
 """
 
 PRELUDE = r"""
@@ -73,6 +74,51 @@ INLINE vf softplus_v(vf x) {
 }
 
 INLINE vf sigmoid_v(vf x) { return splat(1.0f) / (splat(1.0f) + exp_v(-x)); }
+
+/* 2^(y/8): k = round(y), f = y - k in [-1/2, 1/2]; 2^(f/8) by a cubic (the degree-4 Taylor polynomial with its
+   quartic term economised: error 2e-8); 2^(k/8) as 2^(k>>3) * 2^((k&7)/8), the second factor from an 8-entry
+   table held in one register. y is clamped to [-1008, 1016] (results from 2^-126 to 2^127); relative error about
+   1.5e-7. Callers pre-scale exponents by 8 log2(e) to get e^x. Without AVX2 it falls back to exp_v. */
+#if defined(__AVX2__)
+INLINE vf exp2_8(vf y) {
+    const vf magic = splat(12582912.0f);
+    const vf table = {1.0f, 1.0905077326652577f, 1.189207115002721f, 1.2968395546510096f,
+                      1.4142135623730951f, 1.5422108254079407f, 1.681792830507429f, 1.8340080864093424f};
+    y = min_v(max_v(y, splat(-1008.0f)), splat(1016.0f));
+    vf t = y + magic;
+    vf k = t - magic;
+    vi ki = (vi)t - (vi)magic;
+    vf f = y - k;
+    vf p = splat(1.0840646223597963e-04f);
+    p = p * f + splat(3.754126215248865e-03f);
+    p = p * f + splat(8.664339756999316e-02f);
+    p = p * f + splat(0.9999999816548746f);
+    vf scale = (vf)_mm256_permutevar8x32_ps((__m256)table, (__m256i)ki);
+    scale = (vf)((vi)scale + ((ki >> 3) << 23));
+    return p * scale;
+}
+#else
+INLINE vf exp2_8(vf y) { return exp_v(y * splat(0.08664339756999316f)); }
+#endif
+#define EXP2_8_SCALE 11.541560327111707f /* 8 log2(e): exp(x) = exp2_8(x * EXP2_8_SCALE) */
+
+/* out[t] = sum of the VW lanes of rows[t] (rows: n x VW floats), for t < n. */
+static void hsum_rows(const float *rows, long n, float *out) {
+    long t = 0;
+#if defined(__AVX__)
+    for (; t + VW <= n; t += VW) {
+        const float *r = rows + t * VW;
+        __m256 s01 = _mm256_hadd_ps(_mm256_loadu_ps(r), _mm256_loadu_ps(r + 8));
+        __m256 s23 = _mm256_hadd_ps(_mm256_loadu_ps(r + 16), _mm256_loadu_ps(r + 24));
+        __m256 s45 = _mm256_hadd_ps(_mm256_loadu_ps(r + 32), _mm256_loadu_ps(r + 40));
+        __m256 s67 = _mm256_hadd_ps(_mm256_loadu_ps(r + 48), _mm256_loadu_ps(r + 56));
+        __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
+        _mm256_storeu_ps(out + t, _mm256_add_ps(_mm256_permute2f128_ps(s03, s47, 0x20),
+                                                _mm256_permute2f128_ps(s03, s47, 0x31)));
+    }
+#endif
+    for (; t < n; t++) out[t] = hsum(load(rows + t * VW));
+}
 
 /* The first n (< VW allowed) floats at p as a vector, zero filled; and the reverse. */
 INLINE vf load_part(const float *p, long n) {

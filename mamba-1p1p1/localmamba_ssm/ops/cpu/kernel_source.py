@@ -1,11 +1,15 @@
 """C source of the CPU selective-scan kernel (kept in a .py file so that every kind of install ships it).
 
 ``localmamba_conv1d.ckernel`` compiles it on first use with the system C compiler (no torch headers) and
-``selective_scan_cpu.py`` calls it through ctypes. Layout contract: fp32 contiguous buffers; u, delta, z, dout, out, du, ddelta, dz
-(Bt, Dm, L); A (Dm, Np) with Np a multiple of 8 (zero padded); B and C either time-invariant (Dm, Np) or grouped
-(Bt, G, L, Np). One call processes the (batch, channel) pairs [start, end); callers run several calls in parallel
-threads, each with its own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
-It vectorises over the state dimension with the shared vector prelude (``localmamba_conv1d.vector_math``).
+``selective_scan_cpu.py`` calls it through ctypes. Layout contract: fp32 contiguous buffers; u, delta, z, dout, out,
+du, ddelta, dz (Bt, Dm, L); A (Dm, Np) with Np a multiple of 8 (zero padded); B and C either time-invariant (Dm, Np)
+or grouped (Bt, G, L, Np). One call processes the (batch, channel) pairs [start, end); callers run several calls in
+parallel threads, each with its own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
+
+Per (batch, channel) row, work is split into passes that keep the vector units busy: element-wise passes over time
+(softplus, gates), then chunk by chunk all decays exp(dt A) (independent, so they pipeline) and the recurrence
+itself (a short dependency chain per step), with horizontal sums batched eight steps at a time. The backward pass recomputes the
+row's states into a scratch buffer, then runs the reverse-time recurrence.
 """
 from localmamba_conv1d.vector_math import PRELUDE
 
@@ -23,22 +27,27 @@ typedef struct {
     float *dA, *dB, *dC, *dD, *ddelta_bias;
 } ScanArgs;
 
-/* Per-row preparation over time: dt = [softplus](delta + bias); dsig = sigmoid(delta + bias) (softplus'
+/* Element-wise pass over time: dt = [softplus](delta + bias); dsig = sigmoid(delta + bias) (the softplus
    derivative); zsig = sigmoid(z), gate = z * zsig. Outputs other than dt may be NULL. */
 static void prepare_row(const float *delta, float bias, long softplus, const float *z, long L,
                         float *dt, float *dsig, float *gate, float *zsig) {
     for (long t = 0; t < L; t += VW) {
         long n = L - t < VW ? L - t : VW;
-        vf raw = load_part(delta + t, n) + splat(bias);
-        store_part(dt + t, softplus ? softplus_v(raw) : raw, n);
-        if (dsig && softplus)
-            store_part(dsig + t, sigmoid_v(raw), n);
+        int full = n == VW;
+        vf raw = (full ? load(delta + t) : load_part(delta + t, n)) + splat(bias);
+        vf v = softplus ? softplus_v(raw) : raw;
+        if (full) store(dt + t, v); else store_part(dt + t, v, n);
+        if (dsig && softplus) {
+            v = sigmoid_v(raw);
+            if (full) store(dsig + t, v); else store_part(dsig + t, v, n);
+        }
         if (z) {
-            vf zv = load_part(z + t, n);
+            vf zv = full ? load(z + t) : load_part(z + t, n);
             vf s = sigmoid_v(zv);
-            if (zsig)
-                store_part(zsig + t, s, n);
-            store_part(gate + t, zv * s, n);
+            if (zsig) {
+                if (full) store(zsig + t, s); else store_part(zsig + t, s, n);
+            }
+            if (full) store(gate + t, zv * s); else store_part(gate + t, zv * s, n);
         }
     }
 }
@@ -54,166 +63,193 @@ INLINE const float *bc_rows(const float *M, long groups, long b, long d, const S
     return M + (b * groups + g) * a->seqlen * a->nstate;
 }
 
-/* Forward recurrence for one (b, d) row: y[t] = <h_t, C_t> + D u_t. Optionally saves every h_t and exp(dt A)
-   (hs, as: L x Np) and the last state. */
-INLINE void recur(long L, long nvec, long Np, const float *dt, const float *u, const float *A,
+/* The recurrence h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; y[t] = <h_t, C_t> + D u_t. Works in chunks of TC steps:
+   first all decays of the chunk (independent, so they pipeline), then the chunk's recurrence. A2 is A pre-scaled
+   by EXP2_8_SCALE. The decays go to as (chunk by chunk at the same place, or at their step's place when keep is
+   set); hs (optional) receives every h_t, last (optional) the final state. acc: L x VW scratch for the batched
+   horizontal sums. */
+#define TC 32
+INLINE void recur(long L, long nvec, long Np, const float *dt, const float *u, const float *A2,
                   const float *Bp, long bst, const float *Cp, long cst, float Dd,
-                  float *y, float *hs, float *as, float *last) {
+                  float *y, float *acc, float *as, int keep, float *hs, float *last) {
     vf h[MAXVEC], Av[MAXVEC];
     for (long j = 0; j < nvec; j++) {
         h[j] = splat(0.0f);
-        Av[j] = load(A + j * VW);
+        Av[j] = load(A2 + j * VW);
     }
-    for (long t = 0; t < L; t++) {
-        vf dtv = splat(dt[t]);
-        vf dbu = splat(dt[t] * u[t]);
-        const float *Bt = Bp + t * bst, *Ct = Cp + t * cst;
-        vf acc = splat(0.0f);
-        for (long j = 0; j < nvec; j++) {
-            vf av = exp_v(dtv * Av[j]);
-            h[j] = av * h[j] + dbu * load(Bt + j * VW);
-            acc += h[j] * load(Ct + j * VW);
-            if (hs) {
-                store(hs + t * Np + j * VW, h[j]);
-                store(as + t * Np + j * VW, av);
-            }
+    for (long t0 = 0; t0 < L; t0 += TC) {
+        long t1 = t0 + TC < L ? t0 + TC : L;
+        float *ac = keep ? as + t0 * Np : as;
+        for (long t = t0; t < t1; t++) {
+            vf dtv = splat(dt[t]);
+            for (long j = 0; j < nvec; j++) store(ac + (t - t0) * Np + j * VW, exp2_8(dtv * Av[j]));
         }
-        y[t] = hsum(acc) + Dd * u[t];
+        for (long t = t0; t < t1; t++) {
+            vf dbu = splat(dt[t] * u[t]);
+            const float *Bt = Bp + t * bst, *Ct = Cp + t * cst, *at = ac + (t - t0) * Np;
+            vf s = splat(0.0f);
+            for (long j = 0; j < nvec; j++) {
+                h[j] = load(at + j * VW) * h[j] + dbu * load(Bt + j * VW);
+                s += h[j] * load(Ct + j * VW);
+                if (hs) store(hs + t * Np + j * VW, h[j]);
+            }
+            store(acc + t * VW, s);
+        }
     }
+    hsum_rows(acc, L, y);
+    for (long t = 0; t < L; t++) y[t] += Dd * u[t];
     if (last)
         for (long j = 0; j < nvec; j++) store(last + j * VW, h[j]);
 }
 
-static void recur_any(long L, long nvec, long Np, const float *dt, const float *u, const float *A,
-                      const float *Bp, long bst, const float *Cp, long cst, float Dd,
-                      float *y, float *hs, float *as, float *last) {
-    switch (nvec) {
-    case 1: recur(L, 1, Np, dt, u, A, Bp, bst, Cp, cst, Dd, y, hs, as, last); break;
-    case 2: recur(L, 2, Np, dt, u, A, Bp, bst, Cp, cst, Dd, y, hs, as, last); break;
-    case 4: recur(L, 4, Np, dt, u, A, Bp, bst, Cp, cst, Dd, y, hs, as, last); break;
-    default: recur(L, nvec, Np, dt, u, A, Bp, bst, Cp, cst, Dd, y, hs, as, last); break;
+/* Work buffers of one call: per-step scalars, the batched-sum rows, and L x Np decays and states. */
+typedef struct {
+    float *dt, *dsig, *gate, *zsig, *y, *dy, *sb, *sa, *acc, *acc2, *as, *hs;
+    float A2[MAXVEC * VW];
+} Work;
+
+static float *work_alloc(Work *w, long L, long Np) {
+    float *mem = (float *)malloc((8 * L + 2 * L * VW + 2 * L * Np) * sizeof(float));
+    if (!mem) return NULL;
+    float *p = mem;
+    w->dt = p; p += L;
+    w->dsig = p; p += L;
+    w->gate = p; p += L;
+    w->zsig = p; p += L;
+    w->y = p; p += L;
+    w->dy = p; p += L;
+    w->sb = p; p += L;
+    w->sa = p; p += L;
+    w->acc = p; p += L * VW;
+    w->acc2 = p; p += L * VW;
+    w->as = p; p += L * Np;
+    w->hs = p;
+    return mem;
+}
+
+/* Forward of one row, up to y (before the z gate); optionally keeps the states. */
+INLINE void forward_row(const ScanArgs *a, Work *w, long p, int backward, long nvec) {
+    long L = a->seqlen, Np = a->nstate, b = p / a->dim, d = p % a->dim, off = p * L, bst, cst;
+    const float *zr = a->z ? a->z + off : NULL;
+    prepare_row(a->delta + off, a->delta_bias ? a->delta_bias[d] : 0.0f, a->softplus, zr, L, w->dt,
+                backward ? w->dsig : NULL, w->gate, backward ? w->zsig : NULL);
+    for (long n = 0; n < Np; n++) w->A2[n] = a->A[d * Np + n] * EXP2_8_SCALE;
+    const float *Bp = bc_rows(a->B, a->groups_b, b, d, a, &bst);
+    const float *Cp = bc_rows(a->C, a->groups_c, b, d, a, &cst);
+    recur(L, nvec, Np, w->dt, a->u + off, w->A2, Bp, bst, Cp, cst, a->D ? a->D[d] : 0.0f, w->y, w->acc, w->as,
+          backward, backward ? w->hs : NULL, !backward && a->last_state ? a->last_state + p * Np : NULL);
+}
+
+static void forward_rows(const ScanArgs *a, Work *w, long start, long end, long nvec) {
+    long L = a->seqlen;
+    for (long p = start; p < end; p++) {
+        forward_row(a, w, p, 0, nvec);
+        float *o = a->out + p * L;
+        if (a->z)
+            for (long t = 0; t < L; t++) o[t] = w->y[t] * w->gate[t];
+        else
+            memcpy(o, w->y, L * sizeof(float));
     }
 }
 
 void scan_fwd(const ScanArgs *a, long start, long end) {
-    long L = a->seqlen, Np = a->nstate, nvec = Np / VW;
-    float *work = (float *)malloc(3 * L * sizeof(float));
-    float *dt = work, *gate = work + L, *y = work + 2 * L;
-    for (long p = start; p < end; p++) {
-        long b = p / a->dim, d = p % a->dim, off = p * L, bst, cst;
-        const float *zr = a->z ? a->z + off : NULL;
-        prepare_row(a->delta + off, a->delta_bias ? a->delta_bias[d] : 0.0f, a->softplus, zr, L, dt, NULL, gate,
-                    NULL);
-        const float *Bp = bc_rows(a->B, a->groups_b, b, d, a, &bst);
-        const float *Cp = bc_rows(a->C, a->groups_c, b, d, a, &cst);
-        recur_any(L, nvec, Np, dt, a->u + off, a->A + d * Np, Bp, bst, Cp, cst, a->D ? a->D[d] : 0.0f, y, NULL,
-                  NULL, a->last_state ? a->last_state + p * Np : NULL);
-        float *o = a->out + off;
-        if (zr)
-            for (long t = 0; t < L; t++) o[t] = y[t] * gate[t];
-        else
-            memcpy(o, y, L * sizeof(float));
+    Work w;
+    float *mem = work_alloc(&w, a->seqlen, a->nstate);
+    if (!mem) return;
+    switch (a->nstate / VW) {
+    case 1: forward_rows(a, &w, start, end, 1); break;
+    case 2: forward_rows(a, &w, start, end, 2); break;
+    case 4: forward_rows(a, &w, start, end, 4); break;
+    default: forward_rows(a, &w, start, end, a->nstate / VW); break;
     }
-    free(work);
+    free(mem);
 }
 
-/* Reverse-time pass for one (b, d) row. g holds dLoss/dh_t; it starts at dlast and is carried back through
-   exp(dt A). Accumulates into dA (Np), dB / dC (rows with time stride, or one Np row when constant), dD, dbias. */
-INLINE void reverse(long L, long nvec, long Np, const float *dt, const float *dsig, const float *gate,
-                    const float *zsig, const float *zr, const float *y, const float *hs, const float *as,
-                    const float *u, const float *dout, const float *A, const float *Bp, long bst,
-                    const float *Cp, long cst, float Dd, const float *dlast, float *dBp, float *dCp, float *dA,
-                    float *du, float *ddelta, float *dz, float *dD, float *dbias) {
+/* Reverse-time pass of one row. g = dLoss/dh_t starts at dlast and is carried back through the decays.
+   Adds into dA (Np), dB / dC (time rows, or one Np row when constant), dD and ddelta_bias. */
+INLINE void reverse_row(const ScanArgs *a, Work *w, long p, long nvec) {
+    long L = a->seqlen, Np = a->nstate, b = p / a->dim, d = p % a->dim, off = p * L, bst, cst;
+    const float *u = a->u + off, *dout = a->dout + off, *A = a->A + d * Np;
+    const float *Bp = bc_rows(a->B, a->groups_b, b, d, a, &bst);
+    const float *Cp = bc_rows(a->C, a->groups_c, b, d, a, &cst);
+    float *dBp = (float *)bc_rows(a->dB, a->groups_b, b, d, a, &bst);
+    float *dCp = (float *)bc_rows(a->dC, a->groups_c, b, d, a, &cst);
+    float Dd = a->D ? a->D[d] : 0.0f;
+    if (a->z) {
+        const float *zr = a->z + off;
+        float *dz = a->dz + off;
+        for (long t = 0; t < L; t++) {
+            float s = w->zsig[t];
+            dz[t] = dout[t] * w->y[t] * s * (1.0f + zr[t] * (1.0f - s));
+            w->dy[t] = dout[t] * w->gate[t];
+        }
+    } else {
+        memcpy(w->dy, dout, L * sizeof(float));
+    }
     vf g[MAXVEC], Av[MAXVEC], dAacc[MAXVEC], dBc[MAXVEC], dCc[MAXVEC];
+    const float *dlast = a->dlast ? a->dlast + p * Np : NULL;
     for (long j = 0; j < nvec; j++) {
         g[j] = dlast ? load(dlast + j * VW) : splat(0.0f);
         Av[j] = load(A + j * VW);
         dAacc[j] = dBc[j] = dCc[j] = splat(0.0f);
     }
-    float dDs = 0.0f, dbs = 0.0f;
     for (long t = L - 1; t >= 0; t--) {
-        float dy = dout[t];
-        if (zr) {
-            float s = zsig[t];
-            dz[t] = dy * y[t] * s * (1.0f + zr[t] * (1.0f - s));
-            dy *= gate[t];
-        }
-        float ut = u[t], dtt = dt[t];
-        dDs += dy * ut;
-        vf dyv = splat(dy), dtu = splat(dtt * ut), dtv = splat(dtt);
+        vf dyv = splat(w->dy[t]), dtu = splat(w->dt[t] * u[t]), dtv = splat(w->dt[t]);
         vf sB = splat(0.0f), sA = splat(0.0f);
-        const float *Bt = Bp + t * bst, *Ct = Cp + t * cst, *ht = hs + t * Np, *at = as + t * Np;
+        const float *Bt = Bp + t * bst, *Ct = Cp + t * cst, *ht = w->hs + t * Np, *at = w->as + t * Np;
+        float *dBt = dBp + t * bst, *dCt = dCp + t * cst;
         for (long j = 0; j < nvec; j++) {
             vf hv = load(ht + j * VW), av = load(at + j * VW);
             vf hp = t > 0 ? load(ht - Np + j * VW) : splat(0.0f);
             g[j] += dyv * load(Ct + j * VW);
-            if (cst)
-                store(dCp + t * Np + j * VW, load(dCp + t * Np + j * VW) + dyv * hv);
-            else
-                dCc[j] += dyv * hv;
-            if (bst)
-                store(dBp + t * Np + j * VW, load(dBp + t * Np + j * VW) + g[j] * dtu);
-            else
-                dBc[j] += g[j] * dtu;
+            if (cst) store(dCt + j * VW, load(dCt + j * VW) + dyv * hv); else dCc[j] += dyv * hv;
+            if (bst) store(dBt + j * VW, load(dBt + j * VW) + g[j] * dtu); else dBc[j] += g[j] * dtu;
             sB += g[j] * load(Bt + j * VW);
             vf da = g[j] * hp * av;
             dAacc[j] += da * dtv;
             sA += da * Av[j];
             g[j] = g[j] * av;
         }
-        float sb = hsum(sB);
-        float ddt = sb * ut + hsum(sA);
-        du[t] = dy * Dd + dtt * sb;
-        float draw = dsig ? ddt * dsig[t] : ddt;
-        ddelta[t] = draw;
-        dbs += draw;
+        store(w->acc + t * VW, sB);
+        store(w->acc2 + t * VW, sA);
     }
     for (long j = 0; j < nvec; j++) {
-        store(dA + j * VW, load(dA + j * VW) + dAacc[j]);
+        store(a->dA + d * Np + j * VW, load(a->dA + d * Np + j * VW) + dAacc[j]);
         if (!bst) store(dBp + j * VW, load(dBp + j * VW) + dBc[j]);
         if (!cst) store(dCp + j * VW, load(dCp + j * VW) + dCc[j]);
     }
-    *dD += dDs;
-    *dbias += dbs;
+    hsum_rows(w->acc, L, w->sb);
+    hsum_rows(w->acc2, L, w->sa);
+    float *du = a->du + off, *ddelta = a->ddelta + off;
+    float dDs = 0.0f, dbs = 0.0f;
+    for (long t = 0; t < L; t++) {
+        float ddt = w->sb[t] * u[t] + w->sa[t];
+        du[t] = w->dy[t] * Dd + w->dt[t] * w->sb[t];
+        ddelta[t] = a->softplus ? ddt * w->dsig[t] : ddt;
+        dbs += ddelta[t];
+        dDs += w->dy[t] * u[t];
+    }
+    a->dD[d] += dDs;
+    a->ddelta_bias[d] += dbs;
 }
 
-static void reverse_any(long L, long nvec, long Np, const float *dt, const float *dsig, const float *gate,
-                        const float *zsig, const float *zr, const float *y, const float *hs, const float *as,
-                        const float *u, const float *dout, const float *A, const float *Bp, long bst,
-                        const float *Cp, long cst, float Dd, const float *dlast, float *dBp, float *dCp,
-                        float *dA, float *du, float *ddelta, float *dz, float *dD, float *dbias) {
-#define REVERSE(NV) reverse(L, NV, Np, dt, dsig, gate, zsig, zr, y, hs, as, u, dout, A, Bp, bst, Cp, cst, Dd, \
-                            dlast, dBp, dCp, dA, du, ddelta, dz, dD, dbias)
-    switch (nvec) {
-    case 1: REVERSE(1); break;
-    case 2: REVERSE(2); break;
-    case 4: REVERSE(4); break;
-    default: REVERSE(nvec); break;
+static void backward_rows(const ScanArgs *a, Work *w, long start, long end, long nvec) {
+    for (long p = start; p < end; p++) {
+        forward_row(a, w, p, 1, nvec);
+        reverse_row(a, w, p, nvec);
     }
-#undef REVERSE
 }
 
 void scan_bwd(const ScanArgs *a, long start, long end) {
-    long L = a->seqlen, Np = a->nstate, nvec = Np / VW;
-    float *work = (float *)malloc((5 * L + 2 * L * Np) * sizeof(float));
-    float *dt = work, *dsig = work + L, *gate = work + 2 * L, *zsig = work + 3 * L, *y = work + 4 * L;
-    float *hs = work + 5 * L, *as = hs + L * Np;
-    for (long p = start; p < end; p++) {
-        long b = p / a->dim, d = p % a->dim, off = p * L, bst, cst;
-        const float *zr = a->z ? a->z + off : NULL;
-        prepare_row(a->delta + off, a->delta_bias ? a->delta_bias[d] : 0.0f, a->softplus, zr, L, dt, dsig, gate,
-                    zsig);
-        const float *Bp = bc_rows(a->B, a->groups_b, b, d, a, &bst);
-        const float *Cp = bc_rows(a->C, a->groups_c, b, d, a, &cst);
-        float Dd = a->D ? a->D[d] : 0.0f;
-        recur_any(L, nvec, Np, dt, a->u + off, a->A + d * Np, Bp, bst, Cp, cst, Dd, y, hs, as, NULL);
-        float *dBp = (float *)bc_rows(a->dB, a->groups_b, b, d, a, &bst);
-        float *dCp = (float *)bc_rows(a->dC, a->groups_c, b, d, a, &cst);
-        reverse_any(L, nvec, Np, dt, a->softplus ? dsig : NULL, gate, zsig, zr, y, hs, as, a->u + off,
-                    a->dout + off, a->A + d * Np, Bp, bst, Cp, cst, Dd, a->dlast ? a->dlast + p * Np : NULL, dBp,
-                    dCp, a->dA + d * Np, a->du + off, a->ddelta + off, zr ? a->dz + off : NULL, a->dD + d,
-                    a->ddelta_bias + d);
+    Work w;
+    float *mem = work_alloc(&w, a->seqlen, a->nstate);
+    if (!mem) return;
+    switch (a->nstate / VW) {
+    case 1: backward_rows(a, &w, start, end, 1); break;
+    case 2: backward_rows(a, &w, start, end, 2); break;
+    case 4: backward_rows(a, &w, start, end, 4); break;
+    default: backward_rows(a, &w, start, end, a->nstate / VW); break;
     }
-    free(work);
+    free(mem);
 }
 """
