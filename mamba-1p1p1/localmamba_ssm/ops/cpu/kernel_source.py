@@ -106,12 +106,14 @@ INLINE void recur(long L, long nvec, long Np, const float *dt, const float *u, c
 typedef struct {
     float *dt, *dsig, *gate, *zsig, *y, *dy, *sb, *sa, *acc, *acc2, *as, *hs;
     float A2[MAXVEC * VW];
+    float zeros[MAXVEC * VW]; /* the state before the first step */
 } Work;
 
 static float *work_alloc(Work *w, long L, long Np) {
     float *mem = (float *)malloc((8 * L + 2 * L * VW + 2 * L * Np) * sizeof(float));
     if (!mem) return NULL;
     float *p = mem;
+    memset(w->zeros, 0, sizeof(w->zeros));
     w->dt = p; p += L;
     w->dsig = p; p += L;
     w->gate = p; p += L;
@@ -197,18 +199,18 @@ INLINE void reverse_row(const ScanArgs *a, Work *w, long p, long nvec) {
         vf dyv = splat(w->dy[t]), dtu = splat(w->dt[t] * u[t]), dtv = splat(w->dt[t]);
         vf sB = splat(0.0f), sA = splat(0.0f);
         const float *Bt = Bp + t * bst, *Ct = Cp + t * cst, *ht = w->hs + t * Np, *at = w->as + t * Np;
+        const float *hprev = t > 0 ? ht - Np : w->zeros;
         float *dBt = dBp + t * bst, *dCt = dCp + t * cst;
         for (long j = 0; j < nvec; j++) {
-            vf hv = load(ht + j * VW), av = load(at + j * VW);
-            vf hp = t > 0 ? load(ht - Np + j * VW) : splat(0.0f);
+            vf hv = load(ht + j * VW), av = load(at + j * VW), hp = load(hprev + j * VW);
             g[j] += dyv * load(Ct + j * VW);
             if (cst) store(dCt + j * VW, load(dCt + j * VW) + dyv * hv); else dCc[j] += dyv * hv;
             if (bst) store(dBt + j * VW, load(dBt + j * VW) + g[j] * dtu); else dBc[j] += g[j] * dtu;
             sB += g[j] * load(Bt + j * VW);
-            vf da = g[j] * hp * av;
+            g[j] = g[j] * av; /* carried back to step t-1; also d(loss)/d(decay_t) = g * h_{t-1} */
+            vf da = g[j] * hp;
             dAacc[j] += da * dtv;
             sA += da * Av[j];
-            g[j] = g[j] * av;
         }
         store(w->acc + t * VW, sB);
         store(w->acc2 + t * VW, sA);
