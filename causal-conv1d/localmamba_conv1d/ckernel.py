@@ -94,14 +94,16 @@ def _compile_and_load(name: str, source: str) -> Optional[ctypes.CDLL]:
     except (OSError, subprocess.SubprocessError):
         version = ""
     key = hashlib.sha256("\0".join([source, cc, version, *flags, platform.machine()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{name}_{key}.so"
+    filename = f"{name}_{key}.so"
+    user = getattr(os, "getuid", lambda: "user")()
+    fallback_dir = Path(tempfile.gettempdir()) / f"localmamba-{user}"
     try:
+        target = cache_dir() / filename
         if not target.exists():
             try:
                 _build(cc, flags, source, target)
-            except PermissionError:
-                user = getattr(os, "getuid", lambda: "user")()
-                target = Path(tempfile.gettempdir()) / f"localmamba-{user}" / target.name
+            except OSError:  # cache directory not writable: build in a per-user temporary directory
+                target = fallback_dir / filename
                 if not target.exists():
                     _build(cc, flags, source, target)
         return ctypes.CDLL(str(target))
