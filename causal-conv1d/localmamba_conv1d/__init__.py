@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d for LocalMamba (API of causal-conv1d 1.0.0), with cuda / triton / cpu / reference backends."""
+"""Causal depthwise conv1d for LocalMamba (causal-conv1d 1.0.0 API) with cuda / triton / cpu / reference backends."""
 from .backends import selected_backend
 from .causal_conv1d_interface import causal_conv1d_fn, causal_conv1d_update
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref

@@ -47,6 +47,7 @@ def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     official = backends.optional_module(OFFICIAL_MODULE)
     if x.stride(-1) != 1 and x.stride(1) != 1:
         x = x.contiguous()
+    bias = None if bias is None else bias.to(weight.dtype)
     return official.causal_conv1d_fn(x, weight.contiguous(), bias, activation=activation)
 
 

@@ -23,8 +23,8 @@ def inner_params():
     xz = torch.randn(BT, 2 * E, L, generator=g)
     conv_w, conv_b = torch.randn(E, 1, 4, generator=g), torch.randn(E, generator=g)
     x_proj, dt_proj = torch.randn(R + 2 * N, E, generator=g) * 0.3, torch.randn(E, R, generator=g) * 0.3
-    A_log, D, dt_bias, norm_w = torch.rand(E, N, generator=g), torch.randn(E, generator=g), torch.randn(E, generator=g), \
-        torch.rand(E, generator=g) + 0.5
+    A_log, D, dt_bias = torch.rand(E, N, generator=g), torch.randn(E, generator=g), torch.randn(E, generator=g)
+    norm_w = torch.rand(E, generator=g) + 0.5
     return [t.requires_grad_() for t in (xz, conv_w, conv_b, x_proj, dt_proj, A_log, D, dt_bias, norm_w)]
 
 

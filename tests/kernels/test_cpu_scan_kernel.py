@@ -19,7 +19,8 @@ def make(bc, dstate, groups=1, batch=2, dim=12, seqlen=37, seed=0):
     else:
         B = torch.randn(batch, groups, dstate, seqlen, generator=g)
         C = torch.randn(batch, groups, dstate, seqlen, generator=g)
-    D, z, bias = torch.randn(dim, generator=g), torch.randn(batch, dim, seqlen, generator=g), torch.randn(dim, generator=g)
+    D, bias = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
+    z = torch.randn(batch, dim, seqlen, generator=g)
     return [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
 
 

@@ -71,7 +71,7 @@ def selective_scan_fn(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
                       D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                       delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                       return_last_state: bool = False) -> ScanResult:
-    """Selective scan ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = <h_t, C_t> + D u_t``, gated by SiLU(z).
+    """Selective scan ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = <h_t, C_t> + D u_t``, times SiLU(z).
 
     u, delta (Bt, Dm, L); A (Dm, N) real; B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L) with Dm % G == 0 (channel block g
     uses group g); D, delta_bias (Dm,); z (Bt, Dm, L). ``delta = softplus(delta + delta_bias)`` when

@@ -8,8 +8,8 @@ parallel threads, each with its own accumulators for dA, dB, dC, dD and ddelta_b
 
 Per (batch, channel) row, work is split into passes that keep the vector units busy: element-wise passes over time
 (softplus, gates), then chunk by chunk all decays exp(dt A) (independent, so they pipeline) and the recurrence
-itself (a short dependency chain per step), with horizontal sums batched eight steps at a time. The backward pass recomputes the
-row's states into a scratch buffer, then runs the reverse-time recurrence.
+itself (a short dependency chain per step), with horizontal sums batched eight steps at a time. The backward pass
+recomputes the row's states into a scratch buffer, then runs the reverse-time recurrence.
 """
 from localmamba_conv1d.vector_math import PRELUDE
 
