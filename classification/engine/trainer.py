@@ -55,6 +55,8 @@ class Run:
         if self.mixup is not None and cfg.batch_size % 2:
             raise ValueError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
         self.model = build_model(cfg).to(env.device)
+        if env.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the original
         if env.is_main:
             save_config(cfg, os.path.join(exp_dir, "args.yaml"))
         log.info(self.model)
