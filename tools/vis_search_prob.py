@@ -1,4 +1,4 @@
-"""Searched directions from a supernet checkpoint: `python tools/vis_search_prob.py CKPT [--topk 4] [--out DIR] [--ema]`.
+"""Searched directions of a supernet: `python tools/vis_search_prob.py CKPT [--topk 4] [--out DIR] [--ema]`.
 
 Prints every layer's candidate probabilities and top-k list as the original does, and writes DIR/directions.yaml
 (for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder.
