@@ -1,0 +1,135 @@
+"""Training and testing entry points on mmengine's Runner, shared by ``detection/tools`` and ``segmentation/tools``.
+
+The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``tools/test.py``. Adjustments for
+current software, applied here rather than in the configs:
+
+* mmengine 0.10 loads its own checkpoints (which pickle its message hub and numpy values) with a bare
+  ``torch.load``; torch >= 2.6 defaults that to ``weights_only=True`` and refuses them. These entry points restore
+  the previous default for their process (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``): load only checkpoints you trust.
+* Without CUDA, distributed runs use the gloo backend instead of the configs' nccl, and ``AmpOptimWrapper`` (which
+  needs a GPU) is replaced by ``OptimWrapper``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+TASKS = ('detection', 'segmentation')
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='folder for logs and checkpoints (default: ./work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. model.backbone.pretrained=PATH train_dataloader.batch_size=4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher (dist_train.sh / dist_test.sh pass pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _load_config(args: argparse.Namespace):
+    """Read the config, apply CLI overrides and the CPU adjustments; set work_dir."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.logging import print_log
+
+    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if not torch.cuda.is_available():
+        if cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend') == 'nccl':
+            cfg.env_cfg.dist_cfg.backend = 'gloo'
+        if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
+            cfg.optim_wrapper.type = 'OptimWrapper'
+            cfg.optim_wrapper.pop('loss_scale', None)
+            print_log('no CUDA: AmpOptimWrapper replaced by OptimWrapper', logger='current')
+    return cfg
+
+
+def _build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+
+def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
+    """``train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr] [--cfg-options ...]``."""
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    parser = argparse.ArgumentParser(description=f'Train a LocalMamba {task} model')
+    parser.add_argument('config', help='config file, e.g. configs/local_mamba/....py')
+    parser.add_argument('--resume', nargs='?', const='auto', default=None,
+                        help='resume from CKPT, or from the latest checkpoint in work_dir if no CKPT is given')
+    parser.add_argument('--amp', action='store_true', help='mixed-precision training (CUDA)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by total batch size / auto_scale_lr.base_batch_size')
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    cfg = _load_config(args)
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    _build_runner(cfg).train()
+
+
+def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
+    """``test.py CONFIG CHECKPOINT [--out FILE_OR_DIR] [--show-dir DIR] [--show] [--tta] [--cfg-options ...]``."""
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    parser = argparse.ArgumentParser(description=f'Evaluate a LocalMamba {task} checkpoint')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint written by train.py')
+    parser.add_argument('--out', help='detection: a .pkl file for the raw results; segmentation: a folder for the '
+                                      'predicted maps')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save images with predictions drawn to this folder')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    cfg = _load_config(args)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        hook = cfg.default_hooks.visualization
+        hook.draw = True
+        if args.show:
+            hook.show, hook.wait_time = True, args.wait_time
+        if args.show_dir:
+            if task == 'detection':
+                hook.test_out_dir = args.show_dir
+            else:
+                cfg.visualizer.save_dir = args.show_dir
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise ValueError('--tta needs tta_model and tta_pipeline in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.out and task == 'segmentation':
+        cfg.test_evaluator.output_dir = args.out
+        cfg.test_evaluator.keep_results = True
+    runner = _build_runner(cfg)
+    if args.out and task == 'detection':
+        from mmdet.evaluation import DumpDetResults
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError('--out must be a .pkl file for detection')
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    runner.test()
