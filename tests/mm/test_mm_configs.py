@@ -1,0 +1,138 @@
+"""Every LocalMamba det/seg config builds its model with the installed mmdet / mmseg, with the original's key names."""
+import functools
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DET_CONFIGS, SEG_CONFIGS, det_config, require, seg_config
+
+from classification.models.directions import (LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS,
+                                               LOCAL_VSSM_TINY_DIRECTIONS)
+
+EXPECTED_DET = {
+    'lsj-100e_coco-instance.py', 'vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py',
+    'vitdet_cascade_mask-rcnn_local_vim_small_lsj-100e.py', 'mask_rcnn_local_vssm_tiny_fpn_coco.py',
+    'mask_rcnn_local_vssm_small_fpn_coco.py', 'mask_rcnn_local_vssm_tiny_fpn_coco_ms_3x.py',
+    'mask_rcnn_local_vssm_small_fpn_coco_ms_3x.py'}
+EXPECTED_SEG = {
+    'upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py', 'upernet_local_vim-small_8xb2-160k_ade20k-512x512.py',
+    'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py', 'upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py'}
+
+
+def _as_table(directions):
+    return tuple(tuple(d) for d in directions)
+
+
+def test_the_original_config_files_are_all_here():
+    assert {os.path.basename(p) for p in DET_CONFIGS} == EXPECTED_DET
+    assert {os.path.basename(p) for p in SEG_CONFIGS} == EXPECTED_SEG
+
+
+@functools.lru_cache(maxsize=None)
+def _classification_shapes(model_name: str, **kwargs) -> dict:
+    import timm
+    return {k: v.shape for k, v in timm.create_model(model_name, **kwargs).state_dict().items()}
+
+
+def _check_backbone(backbone, model_name, **kwargs):
+    """The backbone's keys are the classification model's (built at 224), minus its classifier, plus the per-output
+    norms; every shape matches except the position tables, which are sized for the detection/segmentation grid."""
+    reference = _classification_shapes(model_name, **kwargs)
+    own = backbone.state_dict()
+    if model_name.startswith('local_vim'):
+        dropped = {k for k in reference if k.startswith(('head.', 'norm_f.'))}
+        added = {f'outnorm_{j}.{p}' for j in range(len(backbone.out_indices)) for p in ('weight', 'bias')}
+        resized = {'pos_embed', 'rope.freqs_cos', 'rope.freqs_sin'}
+    else:
+        dropped = {k for k in reference if k.startswith('classifier.')}
+        added = {f'outnorm{i}.{p}' for i in backbone.out_indices for p in ('weight', 'bias')}
+        resized = set()
+    assert set(own) == (set(reference) - dropped) | added
+    assert [k for k in set(own) & set(reference) - resized if own[k].shape != reference[k]] == []
+
+
+@pytest.mark.parametrize('path', [p for p in DET_CONFIGS if 'lsj-100e_coco' not in os.path.basename(p)],
+                         ids=os.path.basename)
+def test_detection_config_builds(path):
+    require('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    cfg = det_config(os.path.basename(path))
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    name = os.path.basename(path)
+    assert type(model).__name__ == 'MaskRCNN'
+    size = 'tiny' if 'tiny' in name else 'small'
+    if 'local_vim' in name:
+        assert _as_table(cfg.model.backbone.directions) == LOCAL_VIM_TINY_DIRECTIONS
+        assert type(model.neck).__name__ == 'SimpleFPN' and model.backbone.out_indices == [19]
+        _check_backbone(model.backbone, f'local_vim_{size}_searched' if size == 'small' else 'local_vim_tiny',
+                        rms_norm=False)
+    else:
+        table = LOCAL_VSSM_TINY_DIRECTIONS if size == 'tiny' else LOCAL_VSSM_SMALL_DIRECTIONS
+        assert _as_table(cfg.model.backbone.directions) == table
+        _check_backbone(model.backbone, f'local_vssm_{size}')
+
+
+@pytest.mark.parametrize('path', SEG_CONFIGS, ids=os.path.basename)
+def test_segmentation_config_builds(path):
+    require('mmseg')
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    cfg = seg_config(os.path.basename(path))
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model)
+    name = os.path.basename(path)
+    assert type(model).__name__ == 'EncoderDecoder' and type(model.decode_head).__name__ == 'UPerHead'
+    size = 'tiny' if 'tiny' in name else 'small'
+    if 'local_vim' in name:
+        assert _as_table(cfg.model.backbone.directions) == LOCAL_VIM_TINY_DIRECTIONS
+        assert model.backbone.out_indices == [4, 9, 14, 19] and not model.with_neck
+        _check_backbone(model.backbone, f'local_vim_{size}_searched' if size == 'small' else 'local_vim_tiny',
+                        rms_norm=False)
+    else:
+        table = LOCAL_VSSM_TINY_DIRECTIONS if size == 'tiny' else LOCAL_VSSM_SMALL_DIRECTIONS
+        assert _as_table(cfg.model.backbone.directions) == table
+        _check_backbone(model.backbone, f'local_vssm_{size}')
+
+
+def test_vitdet_layer_decay_reproduces_the_original_groups():
+    """With the original's ViT rule only the patch/position embeddings are decayed (0.7^13), only pos_embed escapes
+    weight decay; with layer_key='layers' LocalVim gets a real per-layer decay."""
+    require('mmdet')
+    import detection.local_mamba  # noqa: F401  (registers the constructor)
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    cfg = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
+    init_default_scope('mmdet')
+    cfg.model.backbone.update(depth=2, directions=cfg.model.backbone.directions[:2], out_indices=[1], img_size=64)
+    model = MODELS.build(cfg.model)
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    scale = {n: g['lr'] / 1e-4 for g in groups for n in g['param_names']}
+    decay = {n: g['weight_decay'] for g in groups for n in g['param_names']}
+    assert scale['backbone.patch_embed.proj.weight'] == pytest.approx(0.7 ** 13)
+    assert scale['backbone.pos_embed'] == pytest.approx(0.7 ** 13)
+    assert all(s == 1.0 for n, s in scale.items() if 'patch_embed' not in n and 'pos_embed' not in n)
+    assert [n for n, d in decay.items() if d == 0] == ['backbone.pos_embed']
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and cfg.optim_wrapper.clip_grad.max_norm == 35
+
+    cfg.optim_wrapper.paramwise_cfg.update(layer_key='layers', num_layers=2)
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    scale = {n: g['lr'] / 1e-4 for g in groups for n in g['param_names']}
+    assert scale['backbone.layers.0.mixer.in_proj.weight'] == pytest.approx(0.7 ** 2)
+    assert scale['backbone.layers.1.mixer.in_proj.weight'] == pytest.approx(0.7)
+    assert scale['neck.fpn1.0.weight'] == pytest.approx(1.0)
+
+
+def test_segmentation_plugin_needs_no_mmdet():
+    """segmentation.local_mamba registers the shared backbones in mmseg without importing mmdet."""
+    require('mmseg')
+    code = ('import sys, segmentation.local_mamba; assert "mmdet" not in sys.modules, "mmdet imported"; '
+            'from mmseg.registry import MODELS; '
+            'assert MODELS.get("MM_LocalVim").__module__ == "detection.backbones"; '
+            'assert MODELS.get("MM_LocalVSSM").__module__ == "detection.backbones"')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,58 @@
+"""UperNet from the LocalMamba segmentation configs, shrunk: one training step and one inference step on CPU with
+non-square 160x128 images."""
+import copy
+
+import pytest
+import torch
+
+from conftest import (IMAGE_HW, assert_backbone_gradients, loss_and_grads, require, seg_batch, seg_config,
+                      tiny_vim_backbone, tiny_vssm_backbone)
+
+require('mmseg')
+
+
+def _shrink_heads(model: dict, in_channels: list[int], aux_in: int) -> dict:
+    model['decode_head'].update(in_channels=in_channels, channels=32)
+    model['auxiliary_head'].update(in_channels=aux_in, channels=16)
+    model['data_preprocessor']['size'] = IMAGE_HW
+    return model
+
+
+def _vim_model_cfg():
+    model = copy.deepcopy(seg_config('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py').model)
+    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=4, out_indices=[0, 1, 2, 3], width=32)
+    return _shrink_heads(model, [32] * 4, 32)
+
+
+def _vssm_model_cfg():
+    model = copy.deepcopy(seg_config('upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py').model)
+    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
+    return _shrink_heads(model, [16, 32, 64, 128], 64)
+
+
+@pytest.mark.parametrize('make_cfg, strides', [(_vim_model_cfg, [16] * 4), (_vssm_model_cfg, [4, 8, 16, 32])],
+                         ids=['local_vim', 'local_vssm'])
+def test_upernet_train_and_inference_steps(make_cfg, strides):
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    torch.manual_seed(0)
+    init_default_scope('mmseg')
+    model = revert_sync_batchnorm(MODELS.build(make_cfg()))
+    model.init_weights()
+
+    feats = model.backbone(torch.randn(1, 3, *IMAGE_HW))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(IMAGE_HW[0] // s, IMAGE_HW[1] // s) for s in strides]
+
+    loss = loss_and_grads(model, seg_batch())
+    assert torch.isfinite(loss) and loss > 0
+    assert_backbone_gradients(model.backbone)
+
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(seg_batch())
+    assert len(results) == 2
+    for sample in results:
+        assert tuple(sample.pred_sem_seg.data.shape) == (1, *IMAGE_HW)
+        assert tuple(sample.seg_logits.data.shape) == (150, *IMAGE_HW)
+        assert torch.isfinite(sample.seg_logits.data).all()
