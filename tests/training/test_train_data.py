@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from classification.data import DataError, ShardedSampler, build_datasets, build_loaders
+from classification.data.defaults import resolve_dataset_defaults
 from classification.data.image_list import imagenet_layout
+from classification.data.transforms import build_transform
 from classification.engine.config import parse_args
 
 from training_helpers import make_cifar
@@ -108,3 +110,29 @@ def test_augmentation_does_not_depend_on_workers_or_global_rng(folder_tree):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     loader2.sampler.set_epoch(1)
     assert not torch.equal(next(iter(loader2))[0], first[0])  # a new epoch draws new augmentations
+
+
+def transform_names(cfg, training=True):
+    resolve_dataset_defaults(cfg)
+    return [type(t).__name__ for t in build_transform(cfg, training).transforms]
+
+
+def test_colour_jitter_only_without_randaugment_as_the_original():
+    with_aa = cfg_for("--aa", "rand-m9-mstd0.5", "--color-jitter", "0.3", "--reprob", "0.25", "--remode", "pixel",
+                      "--interpolation", "bicubic")
+    names = transform_names(with_aa)
+    assert names[:3] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment"]
+    assert "ColorJitter" not in names and names[-1] == "RandomErasing"
+    without_aa = cfg_for("--color-jitter", "0.3")
+    assert "ColorJitter" in transform_names(without_aa) and "RandAugment" not in transform_names(without_aa)
+    # eval: resize to 224 / 0.875 = 256, centre crop 224
+    names = transform_names(without_aa, training=False)
+    resize, crop = build_transform(without_aa, False).transforms[:2]
+    assert names[:2] == ["Resize", "CenterCrop"] and resize.size in (256, [256], (256,))
+    assert tuple(crop.size) == (224, 224)
+
+
+def test_cifar_transform_is_the_originals():
+    cfg = cfg_for("--dataset", "cifar10", "--cutout-length", "16")
+    assert transform_names(cfg) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize", "Cutout"]
+    assert transform_names(cfg, training=False) == ["ToTensor", "Normalize"]
