@@ -6,8 +6,8 @@ current software, applied here rather than in the configs:
 * mmengine 0.10 loads its own checkpoints (which pickle its message hub and numpy values) with a bare
   ``torch.load``; torch >= 2.6 defaults that to ``weights_only=True`` and refuses them. These entry points restore
   the previous default for their process (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``): load only checkpoints you trust.
-* Without CUDA, distributed runs use the gloo backend instead of the configs' nccl, and ``AmpOptimWrapper`` (which
-  needs a GPU) is replaced by ``OptimWrapper``.
+* Without CUDA, ``AmpOptimWrapper`` (which needs a GPU) is replaced by ``OptimWrapper``, and distributed runs (which
+  mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN.
 """
 from __future__ import annotations
 
@@ -47,13 +47,36 @@ def _load_config(args: argparse.Namespace):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if not torch.cuda.is_available():
-        if cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend') == 'nccl':
-            cfg.env_cfg.dist_cfg.backend = 'gloo'
         if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
             cfg.optim_wrapper.type = 'OptimWrapper'
             cfg.optim_wrapper.pop('loss_scale', None)
             print_log('no CUDA: AmpOptimWrapper replaced by OptimWrapper', logger='current')
+        if args.launcher != 'none':
+            _cpu_distributed(cfg)
     return cfg
+
+
+def _cpu_distributed(cfg) -> None:
+    """Start a gloo process group (mmengine's launchers call torch.cuda.set_device), wrap the model in CPU DDP and
+    use BatchNorm instead of SyncBN (which needs a GPU)."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group('gloo')
+    cfg.setdefault('model_wrapper_cfg', dict(
+        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False)))
+    _replace_sync_bn(cfg.model)
+
+
+def _replace_sync_bn(node) -> None:
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _replace_sync_bn(value)
 
 
 def _build_runner(cfg):
