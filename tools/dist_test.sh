@@ -2,7 +2,7 @@
 # Evaluate a checkpoint on GPUS processes per node with torchrun:
 #   tools/dist_test.sh GPUS CONFIG MODEL --resume CKPT [test.py flags]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT as for tools/dist_train.sh.
-set -euo pipefail
+set -eu
 if [ $# -lt 3 ]; then
     echo "usage: $0 GPUS CONFIG MODEL --resume CKPT [test.py flags]" >&2
     exit 2

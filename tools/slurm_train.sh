@@ -3,7 +3,7 @@
 #   tools/slurm_train.sh PARTITION GPUS CONFIG MODEL [train.py flags]
 # Ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the master is the first node of the job and
 # MASTER_PORT (default 29500) its port.
-set -euo pipefail
+set -eu
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION GPUS CONFIG MODEL [train.py flags]" >&2
     exit 2

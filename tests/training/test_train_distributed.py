@@ -24,14 +24,14 @@ def metrics(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.skipif(os.name == "nt", reason="bash script")
+@pytest.mark.skipif(os.name == "nt", reason="POSIX shell script")
 def test_two_processes_equal_one_process(tmp_path):
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump(RECIPE))
     model_flags = TINY_MODEL[2:]  # dist_train.sh takes the model name positionally
     env = tool_env()
     env["MASTER_PORT"] = str(free_port())
-    proc = subprocess.run(["bash", os.path.join(REPO, "tools", "dist_train.sh"), "2", str(config), TINY_MODEL[1],
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools", "dist_train.sh"), "2", str(config), TINY_MODEL[1],
                            *model_flags, "-b", "16", "--output", str(tmp_path), "--experiment", "two"],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
