@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV2
 from torch.nn.parallel import DistributedDataParallel
@@ -22,7 +23,7 @@ from ..data import build_datasets, build_loaders, build_mixup
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
 from .checkpoint import CheckpointError, CheckpointManager, load_file, load_weights, weights_of
-from .config import config_dict, save_config
+from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .evaluate import validate
 from .logs import CsvLog, ProgressBar, format_eta, memory_mb, setup_logging
@@ -35,15 +36,6 @@ from .scheduler import WarmupScheduler, build_scheduler
 METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
 
 
-def kernel_backends(device: torch.device) -> dict:
-    """Which backend (cuda / triton / cpu / reference) each selective-scan op would use on `device`."""
-    try:
-        from localmamba_ssm import backend_summary
-    except ImportError:
-        return {}
-    return backend_summary(device)
-
-
 class Run:
     """Everything one training run holds: model (+DDP wrapper, EMA), optimizer, scaler, schedule, outputs."""
 
@@ -53,7 +45,7 @@ class Run:
         self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank)
         self.mixup = build_mixup(cfg)
         if self.mixup is not None and cfg.batch_size % 2:
-            raise ValueError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
+            raise ConfigError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
         self.model = build_model(cfg).to(env.device)
         if env.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the original
@@ -63,7 +55,7 @@ class Run:
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
                  f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
-        log.info(f"Kernel backends on {env.device}: {kernel_backends(env.device)}")
+        log.info(f"Kernel backends on {env.device}: {backend_summary(env.device)}")
         self.net = self.model
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None

@@ -122,7 +122,7 @@ def test_directions_file_must_exist(tmp_path):
 
 
 def test_mixup_needs_an_even_batch(tmp_path):
-    with pytest.raises(ValueError, match="even batch size, got -b 5"):
+    with pytest.raises(ConfigError, match="even batch size, got -b 5"):
         run(tmp_path, "--dataset", "digits", "-b", "5", "--mixup", "0.2")
 
 
