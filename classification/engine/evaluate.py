@@ -1,6 +1,7 @@
 """Validation loop (top-1 / top-5 / loss, summed over ranks) and the `tools/test.py` entry point."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from argparse import Namespace
@@ -20,7 +21,7 @@ from .model_builder import build_model
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int, log,
+def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int, log: logging.Logger,
              log_interval: int = 50, amp: bool = False, amp_dtype: str = "float16", suffix: str = "") -> dict:
     """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks."""
     model.eval()

@@ -6,6 +6,7 @@ rank the checkpoints), save checkpoints, append a `metrics.csv` row.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from argparse import Namespace
@@ -39,7 +40,7 @@ METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
 class Run:
     """Everything one training run holds: model (+DDP wrapper, EMA), optimizer, scaler, schedule, outputs."""
 
-    def __init__(self, cfg: Namespace, env: DistEnv, exp_dir: str, log):
+    def __init__(self, cfg: Namespace, env: DistEnv, exp_dir: str, log: logging.Logger):
         self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
         train_set, val_set = build_datasets(cfg)
         self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank)
