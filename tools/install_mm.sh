@@ -7,7 +7,8 @@
 #   PYTHON            interpreter to install into (default: python)
 #   FORCE_CUDA        1 builds the CUDA ops even when no GPU is visible (needs nvcc); 0 builds CPU ops only.
 #                     Default: CUDA ops when torch sees a GPU, else CPU ops.
-#   TORCH_CUDA_ARCH_LIST  GPU architectures for the CUDA build (default: the visible GPU's), e.g. "8.0;9.0".
+#   TORCH_CUDA_ARCH_LIST  GPU architectures for the CUDA build (default: the visible GPUs'), e.g. "8.0;9.0".
+#   CUDA_HOME         the CUDA toolkit to compile with, when nvcc on PATH is not <CUDA_HOME>/bin/nvcc.
 #   MAX_JOBS          parallel compile jobs (default: number of CPUs)
 #   LOCALMAMBA_CACHE  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/localmamba); built wheels go to wheels/ under it.
 #
@@ -29,10 +30,11 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     exit 1
 fi
 
-read -r TORCH_VERSION PY_TAG CUDA_AVAILABLE TORCH_CUDA < <("$PYTHON" - <<'EOF'
+read -r TORCH_VERSION PY_TAG CUDA_AVAILABLE TORCH_CUDA GPU_ARCHS < <("$PYTHON" - <<'EOF'
 import sys, torch
+archs = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
 print(torch.__version__, f"cp{sys.version_info.major}{sys.version_info.minor}",
-      int(torch.cuda.is_available()), torch.version.cuda or "none")
+      int(torch.cuda.is_available()), torch.version.cuda or "none", ";".join(archs) or "all")
 EOF
 )
 if [[ -z "${FORCE_CUDA:-}" ]]; then
@@ -43,8 +45,9 @@ if [[ "$FORCE_CUDA" == "1" ]]; then
         echo "install_mm.sh: FORCE_CUDA=1 but this torch build has no CUDA" >&2
         exit 1
     fi
-    VARIANT="cuda${TORCH_CUDA}"
-    [[ -n "${TORCH_CUDA_ARCH_LIST:-}" ]] && VARIANT="${VARIANT}-sm${TORCH_CUDA_ARCH_LIST//[^0-9]/_}"
+    # Without TORCH_CUDA_ARCH_LIST torch compiles for the visible GPUs (or its default list without one).
+    ARCHS=${TORCH_CUDA_ARCH_LIST:-$GPU_ARCHS}
+    VARIANT="cuda${TORCH_CUDA}_arch-${ARCHS//[^0-9a-zA-Z]/-}"
 else
     VARIANT=cpu
 fi
