@@ -23,7 +23,8 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     from mmengine.config import DictAction
     parser.add_argument('--work-dir', help='folder for logs and checkpoints (default: ./work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. model.backbone.pretrained=PATH train_dataloader.batch_size=4')
+                        help='override config entries, e.g. model.backbone.pretrained=PATH '
+                             'train_dataloader.batch_size=4')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (dist_train.sh / dist_test.sh pass pytorch)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)

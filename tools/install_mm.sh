@@ -56,7 +56,8 @@ WHEEL_DIR="$CACHE_ROOT/wheels/mmcv-${MMCV_VERSION}_torch-${TORCH_VERSION//+/_}_$
 if compgen -G "$WHEEL_DIR/mmcv-${MMCV_VERSION}-*.whl" >/dev/null; then
     echo "install_mm.sh: reusing cached wheel in $WHEEL_DIR"
 else
-    echo "install_mm.sh: building mmcv ${MMCV_VERSION} (ops: ${VARIANT}) against torch ${TORCH_VERSION}; this takes 15-25 min on 2 cores"
+    echo "install_mm.sh: building mmcv ${MMCV_VERSION} (ops: ${VARIANT}) against torch ${TORCH_VERSION};" \
+         "about 20 min of compilation on 2 free cores (CUDA ops: much longer)"
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
     (
@@ -67,7 +68,9 @@ else
             "mmcv==${MMCV_VERSION}" -d "$WORK"
         tar -xzf "$WORK/mmcv-${MMCV_VERSION}.tar.gz" -C "$WORK"
         SRC="$WORK/mmcv-${MMCV_VERSION}"
-        if "$PYTHON" -c "import sys, torch; v = torch.__version__.split('+')[0].split('.'); sys.exit((int(v[0]), int(v[1])) < (2, 14))"; then
+        NEEDS_CXX20='import sys, torch; major, minor = map(int, torch.__version__.split(".")[:2]); '
+        NEEDS_CXX20+='sys.exit((major, minor) < (2, 14))'
+        if "$PYTHON" -c "$NEEDS_CXX20"; then
             sed -i -E 's/([-\/]std[=:])c\+\+1[47]/\1c++20/g' "$SRC/setup.py"
         fi
         # Python's compile flags with -g0 after them: no debug info, a faster build and a much smaller wheel.
@@ -76,12 +79,13 @@ else
             "$PYTHON" -m pip wheel --no-deps --no-build-isolation "$SRC" -w "$WORK/dist"
     )
     mkdir -p "$WHEEL_DIR"
-    cp "$WORK"/dist/mmcv-*.whl "$WHEEL_DIR/"
+    WHEEL=$(basename "$WORK"/dist/mmcv-*.whl)
+    cp "$WORK/dist/$WHEEL" "$WHEEL_DIR/.$WHEEL.part" && mv "$WHEEL_DIR/.$WHEEL.part" "$WHEEL_DIR/$WHEEL"
 fi
 
 "$PYTHON" -m pip install "$WHEEL_DIR"/mmcv-${MMCV_VERSION}-*.whl
-"$PYTHON" -m pip install "setuptools<81" "mmengine>=0.10.3,<1" "mmdet==${MMDET_VERSION}" "mmsegmentation==${MMSEG_VERSION}" \
-    pycocotools ftfy regex shapely scipy terminaltables prettytable
+"$PYTHON" -m pip install "setuptools<81" "mmengine>=0.10.3,<1" "mmdet==${MMDET_VERSION}" \
+    "mmsegmentation==${MMSEG_VERSION}" pycocotools ftfy regex shapely scipy terminaltables prettytable
 "$PYTHON" - <<'EOF'
 import mmcv, mmdet, mmengine, mmseg, torch
 from mmcv.ops import nms, RoIAlign
