@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = run_op_benchmark(args)
+    rows = run_op_benchmark(args)  # the only mode so far; other modes join the --op group in parse_args
     if args.csv:
         write_csv(args.csv, rows)
     return 0
