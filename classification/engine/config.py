@@ -121,6 +121,7 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", default="experiments", help="ours: root folder of the runs")
     g.add_argument("--device", default="auto", help="ours: auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--keep-num", type=int, default=10, help="ours: how many best checkpoints to keep")
+    g.add_argument("--threads", type=int, default=0, help="ours: CPU threads per process (0: torch's default)")
     g.add_argument("--slurm", action="store_true", help="take ranks from SLURM_* (tools/slurm_train.sh)")
     g.add_argument("--dist-port", default="29500", help="master port of --slurm runs without MASTER_PORT")
     g.add_argument("--local-rank", "--local_rank", type=int, default=0,

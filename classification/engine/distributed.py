@@ -58,8 +58,13 @@ def _slurm_environment(port: str) -> tuple[int, int, int]:
     return rank, world, local
 
 
-def init_distributed(device: str = "auto", slurm: bool = False, dist_port: str = "29500") -> DistEnv:
-    """Join the process group when launched by torchrun or srun; otherwise describe a single process."""
+def init_distributed(device: str = "auto", slurm: bool = False, dist_port: str = "29500", threads: int = 0) -> DistEnv:
+    """Join the process group when launched by torchrun or srun; otherwise describe a single process.
+
+    `threads` > 0 sets the number of CPU threads of this process.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
     if slurm:
         rank, world, local = _slurm_environment(dist_port)
     else:

@@ -55,7 +55,7 @@ def test(cfg: Namespace) -> dict:
     """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema."""
     if not cfg.resume:
         raise CheckpointError("tools/test.py needs --resume CHECKPOINT")
-    env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port)
+    env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main)
     try:
         _, val_set = build_datasets(cfg)

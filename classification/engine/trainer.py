@@ -221,7 +221,7 @@ def _log_train_line(run: Run, epoch: int, idx: int, loss_m: AverageMeter, batch_
 
 def train(cfg: Namespace) -> dict:
     """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics."""
-    env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port)
+    env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     exp_dir = os.path.join(cfg.output, cfg.experiment)
     log = setup_logging(exp_dir, env.is_main)
     try:

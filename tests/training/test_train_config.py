@@ -22,6 +22,7 @@ def test_defaults_without_config_are_the_originals():
     assert (args.opt, args.lr, args.sched, args.epochs, args.warmup_epochs) == ("sgd", 0.01, "step", 200, 3)
     assert (args.batch_size, args.smoothing, args.model_ema_decay, args.workers) == (32, 0.1, 0.9998, 4)
     assert (args.output, args.experiment, args.device, args.num_classes) == ("experiments", "exp", "auto", None)
+    assert (args.threads, args.keep_num, args.amp_dtype, args.honor_no_weight_decay) == (0, 10, "float16", False)
 
 
 def test_shipped_recipe_values():
@@ -48,6 +49,13 @@ def test_model_kwargs_merge_key_by_key(tmp_path):
     args = parse_args(["-c", cfg, "--model-kwargs", "patch_size=2", "depth=3"])
     assert args.model_kwargs == {"img_size": 28, "patch_size": 2, "depth": 3}
     assert sorted(args.cli_model_kwargs) == ["depth", "patch_size"]
+
+
+def test_quickstart_config_is_local_vim_tiny_on_digits():
+    args = parse_args(["-c", os.path.join(REPO, "configs", "quickstart.yaml"), "--model", "local_vim_small"])
+    assert (args.model, args.dataset, args.img_size, args.threads) == ("local_vim_small", "digits", 16, 1)
+    assert args.model_kwargs == {"img_size": 16, "patch_size": 4} and args.cli_model_kwargs == []
+    assert parse_args(["-c", os.path.join(REPO, "configs", "quickstart.yaml")]).model == "local_vim_tiny"
 
 
 def test_base_inheritance_of_the_search_config():
