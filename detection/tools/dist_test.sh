@@ -2,7 +2,7 @@
 # Evaluate a checkpoint on GPUS processes per node with torchrun (the argument order of mmdet/mmseg's script):
 #   dist_test.sh CONFIG CHECKPOINT GPUS [test.py flags]
 # Several nodes: NNODES, NODE_RANK, MASTER_ADDR and PORT as for dist_train.sh.
-set -euo pipefail
+set -eu
 if [ $# -lt 3 ]; then
     echo "usage: $0 CONFIG CHECKPOINT GPUS [test.py flags]" >&2
     exit 2

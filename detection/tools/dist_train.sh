@@ -2,7 +2,7 @@
 # Train on GPUS processes per node with torchrun (the argument order of mmdet/mmseg's script):
 #   dist_train.sh CONFIG GPUS [train.py flags]
 # Several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and PORT) set.
-set -euo pipefail
+set -eu
 if [ $# -lt 2 ]; then
     echo "usage: $0 CONFIG GPUS [train.py flags]" >&2
     exit 2
