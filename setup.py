@@ -28,7 +28,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
-        "timm>=0.9.12",
+        "timm>=1.0.9",
         "numpy>=1.23",
         "pyyaml>=6.0",
         "pillow>=9.0",
@@ -39,5 +39,8 @@ setup(
     extras_require={
         "triton": ["triton>=2.1"],
         "test": ["pytest>=7.0", "onnx>=1.14", "onnxruntime>=1.16"],
+        # detection/, segmentation/: run `bash tools/install_mm.sh` first (builds mmcv 2.1.0 with ops; pip cannot)
+        "mm": ["mmcv==2.1.0", "mmengine>=0.10.3,<1", "mmdet==3.3.0", "mmsegmentation==1.2.2", "setuptools<81",
+               "pycocotools", "ftfy", "regex", "shapely", "scipy", "terminaltables", "prettytable"],
     },
 )
