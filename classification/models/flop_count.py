@@ -24,7 +24,8 @@ SCAN_OP = 'prim::PythonOp.TracedSelectiveScan'
 # that ``unsupported_ops()`` lists only what a model does that is neither counted nor known to be free.
 FREE_OPS = ('aten::silu', 'aten::neg', 'aten::exp', 'aten::flip', 'aten::softplus', 'aten::gelu', 'aten::sigmoid',
             'aten::mean', 'aten::mul', 'aten::add', 'aten::sum', 'aten::softmax', 'aten::gather', 'aten::pad',
-            'aten::constant_pad_nd', 'aten::index_select', 'aten::numel', 'aten::lt')
+            'aten::constant_pad_nd', 'aten::index_select', 'aten::numel', 'aten::lt', 'aten::scatter',
+            'aten::expand_as')
 
 
 class TracedSelectiveScan(torch.autograd.Function):

@@ -2,8 +2,8 @@
 
 Layout of a layer (as the original, Vim style): ``residual += DropPath(hidden); hidden = Mixer(Norm(residual))`` with
 RoPE applied to both streams before every layer; the mixer scans x and z together along each of the layer's
-directions, runs one selective scan per direction (all directions batched in one call), reverses, applies a shared
-channel attention per direction and sums (or, in the search supernet, softmax-weights) the directions.
+directions, runs the Mamba inner function per direction (all directions in one fused op), reverses, applies a
+shared channel attention per direction and sums (or, in the search supernet, softmax-weights) the directions.
 """
 from __future__ import annotations
 
@@ -12,21 +12,19 @@ from functools import partial
 from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from localmamba_conv1d import causal_conv1d_fn
-from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn, selective_scan_fn
+from localmamba_ssm import RMSNorm, layer_norm_fn, multi_scan_inner_fn, rms_norm_fn
 
 from .loading import extract_state_dict
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_directions)
 from .multi_scan import BiAttn, MultiScan
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
-from .scan_maps import insert_position, multi_reverse, multi_scan, remove_position
+from .scan_maps import sequence_index
 from .ssm_init import a_log_init, dt_bias_init, dt_weight_init
 
 __all__ = ['MultiMamba', 'VisionMamba']
@@ -79,54 +77,27 @@ class MultiMamba(nn.Module):
     def num_directions(self) -> int:
         return len(self.multi_scan.directions)
 
-    def _stacked(self, prefix: str, attr: str) -> list[torch.Tensor]:
-        return [getattr(getattr(self, f'{prefix}_{k}'), attr) for k in range(self.num_directions)]
-
-    def selective_scan(self, xz: torch.Tensor) -> torch.Tensor:
-        """All directions' Mamba inner function in one batch: (B, K, 2E, L) scanned inputs -> (B, K, E, L) gated outputs.
-
-        Per direction this is ``mamba_inner_fn_no_out_proj`` with that direction's weights. The directions are stacked
-        along channels: the depthwise conv and the scan are per channel, the projections per direction, and B/C form
-        one group per direction. Sequences zero-padded at the end stay exact in front of the padding (both the
-        conv and the scan are causal).
-        """
-        batch, num_dirs, _, length = xz.shape
-        inner, rank, state = self.d_inner, self.dt_rank, self.d_state
-        x, z = xz.chunk(2, dim=2)
-        conv_weight = torch.cat([w.view(inner, -1) for w in self._stacked('conv1d', 'weight')])
-        conv_bias = self._stacked('conv1d', 'bias')
-        conv_bias = torch.cat(conv_bias) if conv_bias[0] is not None else None
-        u = causal_conv1d_fn(x.reshape(batch, num_dirs * inner, length), conv_weight, conv_bias, activation='silu')
-        x_proj_weight = torch.stack(self._stacked('x_proj', 'weight'))               # (K, R + 2N, E)
-        x_dbl = torch.einsum('bkel,kre->bkrl', u.view(batch, num_dirs, inner, length), x_proj_weight)
-        dt_weight = torch.stack(self._stacked('dt_proj', 'weight'))                  # (K, E, R)
-        delta = torch.einsum('bkrl,ker->bkel', x_dbl[:, :, :rank], dt_weight)
-        a_log = torch.cat([getattr(self, f'A_log_{k}') for k in range(num_dirs)])
-        d_skip = torch.cat([getattr(self, f'D_{k}') for k in range(num_dirs)])
-        y = selective_scan_fn(
-            u, delta.reshape(batch, num_dirs * inner, length), -torch.exp(a_log.float()),
-            x_dbl[:, :, rank:rank + state], x_dbl[:, :, rank + state:],
-            D=d_skip.float(), z=z.reshape(batch, num_dirs * inner, length),
-            delta_bias=torch.cat(self._stacked('dt_proj', 'bias')).float(), delta_softplus=True)
-        return y.view(batch, num_dirs, inner, length)
+    def _stacked(self, name: str, attr: Optional[str] = None) -> Optional[torch.Tensor]:
+        """Direction k's ``{name}_{k}`` (or its ``attr``) stacked along a new leading K axis (None if absent)."""
+        tensors = [getattr(self, f'{name}_{k}') for k in range(self.num_directions)]
+        if attr is not None:
+            tensors = [getattr(t, attr) for t in tensors]
+        return None if tensors[0] is None else torch.stack(tensors)
 
     def forward(self, hidden: torch.Tensor, grid: tuple[int, int], cls_position: Optional[int] = None) -> torch.Tensor:
-        """hidden: (B, L, C) with L = H*W (+1 with a middle class token at ``cls_position``)."""
-        xz = self.in_proj(hidden)
-        if cls_position is not None:
-            xz, cls = remove_position(xz.transpose(1, 2), cls_position)
-            xz = xz.transpose(1, 2)
-        seqs, _ = multi_scan(xz, self.directions, grid)                              # (B, K, 2E, L_max)
-        if cls_position is not None:
-            seqs = insert_position(seqs, cls.unsqueeze(1).expand(-1, self.num_directions, -1), cls_position)
-        y = self.selective_scan(seqs)
-        if cls_position is not None:
-            y, cls_out = remove_position(y, cls_position)
-        y = multi_reverse(y, self.directions, grid)                                 # (B, K, E, H*W)
-        if cls_position is not None:
-            y = insert_position(y, cls_out, cls_position)
-        merged = self.multi_scan.merge(self.attn(y.transpose(-1, -2)))              # (B, L, E)
-        return self.out_proj(merged)
+        """hidden: (B, L, C) with L = H*W (+1 with a middle class token at ``cls_position``).
+
+        Per direction this is the original's ``mamba_inner_fn_no_out_proj`` on the scanned x and z (the class token
+        inserted at sequence position ``cls_position``), reversed to token order; all directions run as one
+        ``multi_scan_inner_fn`` call on the in_proj output, which reads the sequences through the layer's index
+        table. Then the shared channel attention per direction, the merge, and out_proj.
+        """
+        xz = self.in_proj(hidden)                                                    # (B, L, 2E)
+        y = multi_scan_inner_fn(
+            xz, sequence_index(self.directions, grid, cls_position, xz.device), self._stacked('x_proj', 'weight'),
+            self._stacked('dt_proj', 'weight'), self._stacked('dt_proj', 'bias'), self._stacked('A_log'),
+            self._stacked('D'), self._stacked('conv1d', 'weight'), self._stacked('conv1d', 'bias'), gate=True)
+        return self.out_proj(self.multi_scan.attend_and_merge(y, self.attn))        # (B, K, L, E) -> (B, L, C)
 
 
 class Block(nn.Module):

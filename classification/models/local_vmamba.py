@@ -19,14 +19,15 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from localmamba_ssm import selective_scan_fn
+from localmamba_ssm import multi_scan_inner_fn
+from localmamba_ssm.ops.reference import multi_scan_inner_composed
 
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
                          DirectionTable, resolve_directions)
 from .flop_count import count_flops, traced_selective_scan
 from .loading import extract_state_dict
 from .multi_scan import MultiScanAttn
-from .scan_maps import multi_reverse_tokens, multi_scan
+from .scan_maps import sequence_index
 from .ssm_init import a_log_init, dt_bias_init, dt_weight_init
 
 __all__ = ['SS2D', 'VSSBlock', 'PatchMerging2D', 'VSSM']
@@ -81,24 +82,21 @@ class SS2D(nn.Module):
     def scan_directions(self, x: torch.Tensor) -> torch.Tensor:
         """The original's ``forward_core``: (B, E, H, W) conv output -> normalised merged scan (B, H, W, E).
 
-        All K scans are zero-padded at the end to the longest one (window padding lengthens some) and run as one
-        selective scan over K*E channels whose channel block k uses direction k's B and C; a scan is causal, so
-        the end padding does not change the real positions.
+        Per direction: scan the map, project, selective scan (in fp32), reverse; all K directions run as one
+        ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
+        table. Then the shared channel attention per direction, the merge and ``out_norm``.
         """
         batch, inner, height, width = x.shape
-        grid = (height, width)
-        rank, state = self.dt_rank, self.d_state
-        seqs, _ = multi_scan(x, self.directions, grid)                           # (B, K, E, L)
-        num_dirs, length = seqs.shape[1], seqs.shape[-1]
-        x_dbl = torch.einsum('bkel,kce->bkcl', seqs, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [rank, state, state], dim=2)
-        dts = torch.einsum('bkrl,ker->bkel', dts, self.dt_projs_weight)
-        scan = traced_selective_scan if self.trace_scan else selective_scan_fn
-        ys = scan(seqs.reshape(batch, num_dirs * inner, length).float(),
-                  dts.reshape(batch, num_dirs * inner, length).float(), -torch.exp(self.A_logs.float()),
-                  bs.float(), cs.float(), self.Ds.float(), None, self.dt_projs_bias.reshape(-1).float(), True)
-        ys = multi_reverse_tokens(ys.view(batch, num_dirs, inner, length), self.directions, grid)  # (B, K, H*W, E)
-        merged = self.multi_scan.attend_and_merge(ys)                                             # (B, H*W, E)
+        tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, inner).float()
+        num_dirs = len(self.directions)
+        args = (tokens, sequence_index(self.directions, (height, width), None, x.device), self.x_proj_weight,
+                self.dt_projs_weight, self.dt_projs_bias, self.A_logs.view(num_dirs, inner, -1),
+                self.Ds.view(num_dirs, inner))
+        if self.trace_scan:
+            ys = multi_scan_inner_composed(*args, None, None, False, None, traced_selective_scan)
+        else:
+            ys = multi_scan_inner_fn(*args)                                                       # (B, K, H*W, E)
+        merged = self.multi_scan.attend_and_merge(ys, self.multi_scan.attn)                      # (B, H*W, E)
         return self.out_norm(merged).view(batch, height, width, inner).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from localmamba_ssm import attention_merge_fn
+
 from .directions import CANDIDATES
 from .scan_maps import parse_direction
 
@@ -30,6 +32,12 @@ class BiAttn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         summary = self.norm(x).mean(dim=-2, keepdim=True)
         return x * self.gate(self.channel_select(self.act(self.global_reduce(summary))))
+
+    def forward_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` on each direction of x (B, K, L, C), summed over the directions -> (B, L, C), as one fused op."""
+        return attention_merge_fn(x, self.norm.weight, self.norm.bias, self.global_reduce.weight,
+                                  self.global_reduce.bias, self.channel_select.weight, self.channel_select.bias,
+                                  self.norm.eps)
 
 
 class MultiScan(nn.Module):
@@ -64,19 +72,17 @@ class MultiScan(nn.Module):
         probs = torch.softmax(self.weights, dim=0).view(1, -1, 1, 1).to(normed.dtype)
         return (normed * probs).sum(dim=1)
 
+    def attend_and_merge(self, outputs: torch.Tensor, attn: BiAttn) -> torch.Tensor:
+        """``merge(attn(outputs))``: (B, K, L, C) -> (B, L, C); the plain sum runs as one fused op."""
+        return self.merge(attn(outputs)) if self.search else attn.forward_sum(outputs)
+
     def extra_repr(self) -> str:
         return ('search over ' if self.search else '') + ', '.join(self.directions)
 
 
 class MultiScanAttn(MultiScan):
-    """:class:`MultiScan` that owns the shared channel attention (LocalVMamba keeps it here: keys ``attn.*``).
-
-    ``attend_and_merge`` applies :class:`BiAttn` to each direction's output, then merges: (B, K, L, C) -> (B, L, C).
-    """
+    """:class:`MultiScan` that owns the shared channel attention (LocalVMamba keeps it here: keys ``attn.*``)."""
 
     def __init__(self, channels: int, directions: Optional[Sequence[str]] = None):
         super().__init__(channels, directions)
         self.attn = BiAttn(channels)
-
-    def attend_and_merge(self, outputs: torch.Tensor) -> torch.Tensor:
-        return self.merge(self.attn(outputs))

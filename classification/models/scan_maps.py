@@ -13,13 +13,15 @@ Tokens of an ``H x W`` grid are numbered row-major (``i * W + j``). A direction 
 
 Every map is an index table: position ``s`` of the sequence reads token ``index[s]``, where the value ``H * W``
 stands for a padding zero. ``reverse`` is the exact inverse for any grid (the original's ``v`` reverse was only
-right for square grids).
+right for square grids). :func:`sequence_index` stacks the tables of a layer's directions for the fused mixer ops
+(``localmamba_ssm.multi_scan_inner_fn``), which gather, scan and scatter back by them in one go; under
+``torch.compile`` it is a constant (computed once per grid, outside the graph).
 """
 from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -80,10 +82,8 @@ def reverse_index(name: str, grid: Grid) -> torch.Tensor:
     """Inverse table: (H*W,) int64, the sequence position that holds each row-major token."""
     index = scan_index(name, _check_grid(grid))
     num_tokens = grid[0] * grid[1]
-    real = index < num_tokens
-    positions = torch.empty(num_tokens, dtype=torch.long)
-    positions[index[real]] = torch.arange(index.numel())[real]
-    return positions
+    positions = torch.zeros(num_tokens + 1, dtype=torch.long)       # padding positions all land in the extra slot
+    return positions.scatter(0, index, torch.arange(index.numel()))[:num_tokens]
 
 
 def _channels_first_tokens(x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -111,6 +111,38 @@ def reverse(y: torch.Tensor, name: str, grid: Sequence[int]) -> torch.Tensor:
     if y.shape[-1] != scan_length(name, grid):
         raise ValueError(f'direction {name!r} on grid {grid} has length {scan_length(name, grid)}, got {y.shape[-1]}')
     return y.index_select(-1, reverse_index(name, grid).to(y.device))
+
+
+@torch.compiler.assume_constant_result
+def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Optional[int] = None,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
+    """Token-row index of several directions for the fused mixer ops: (K, L_max) int64.
+
+    Position ``s`` of sequence ``k`` reads token row ``index[k, s]``; the value T (the number of token rows) reads a
+    zero, both for window padding and for the end padding to the longest direction. Token rows are the grid tokens
+    in row-major order; with a class token at row ``cls_position`` (the middle one), grid token i is row
+    ``i + (i >= cls_position)`` and the class token is inserted at sequence position ``cls_position`` of every
+    direction, as the original does. Cached per arguments.
+    """
+    return _sequence_index(tuple(names), _check_grid(grid), cls_position,
+                           torch.device('cpu') if device is None else torch.device(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _sequence_index(names: tuple[str, ...], grid: Grid, cls_position: Optional[int],
+                    device: torch.device) -> torch.Tensor:
+    tables = []
+    for name in names:
+        table = scan_index(name, grid)
+        if cls_position is not None:
+            table = table + (table >= cls_position).long()              # padding H*W becomes T = H*W + 1 too
+            table = torch.cat([table[:cls_position], torch.tensor([cls_position]), table[cls_position:]])
+        tables.append(table)
+    num_rows = grid[0] * grid[1] + (cls_position is not None)
+    stacked = torch.full((len(tables), max(t.numel() for t in tables)), num_rows, dtype=torch.long)
+    for k, table in enumerate(tables):
+        stacked[k, :table.numel()] = table
+    return stacked.to(device)
 
 
 class MultiScanIndex(NamedTuple):

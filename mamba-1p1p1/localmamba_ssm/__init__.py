@@ -1,4 +1,5 @@
-"""Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj``).
+"""Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj``), and the
+fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``, ``attention_merge_fn``).
 
 Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``; override with the environment
 variable ``LOCALMAMBA_BACKEND`` and query with :func:`selected_backend`.
@@ -9,12 +10,14 @@ import torch
 from localmamba_conv1d.backends import selected_backend
 
 from .ops.layernorm import RMSNorm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
-from .ops.reference import mamba_inner_no_out_proj_ref, mamba_inner_ref, selective_scan_ref
+from .ops.multi_scan_interface import attention_merge_fn, multi_scan_inner_fn
+from .ops.reference import (attention_merge_ref, mamba_inner_no_out_proj_ref, mamba_inner_ref, multi_scan_inner_ref,
+                            selective_scan_ref)
 from .ops.selective_scan_interface import mamba_inner_fn, mamba_inner_fn_no_out_proj, selective_scan_fn
 
 __version__ = "1.1.1"
 
-MODEL_OPS = ("selective_scan", "causal_conv1d", "layer_norm")
+MODEL_OPS = ("multi_scan_inner", "attention_merge", "selective_scan", "causal_conv1d", "layer_norm")
 
 
 def backend_summary(device: Union[str, torch.device, None] = None) -> Dict[str, str]:
@@ -24,6 +27,8 @@ def backend_summary(device: Union[str, torch.device, None] = None) -> Dict[str, 
 
 __all__ = [
     "RMSNorm",
+    "attention_merge_fn",
+    "attention_merge_ref",
     "backend_summary",
     "layer_norm_fn",
     "layer_norm_ref",
@@ -31,6 +36,8 @@ __all__ = [
     "mamba_inner_fn_no_out_proj",
     "mamba_inner_no_out_proj_ref",
     "mamba_inner_ref",
+    "multi_scan_inner_fn",
+    "multi_scan_inner_ref",
     "rms_norm_fn",
     "rms_norm_ref",
     "selected_backend",

@@ -119,3 +119,55 @@ def mamba_inner_ref(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: 
     y = mamba_inner_no_out_proj_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
                                     delta_bias, B_proj_bias, C_proj_bias, delta_softplus)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+def sequence_positions(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Inverse of a token index (K, L) (value ``num_tokens`` = padding): (K, T), the position holding each token."""
+    positions = torch.arange(index.shape[1], device=index.device).expand_as(index)
+    table = torch.zeros(index.shape[0], num_tokens + 1, dtype=torch.long, device=index.device)
+    return table.scatter(1, index, positions)[:, :num_tokens]
+
+
+def multi_scan_inner_composed(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,
+                              conv_bias, gate, conv_fn, scan_fn):
+    """``multi_scan_inner_fn`` composed of plain ops around ``conv_fn`` and ``scan_fn`` (all directions batched as
+    one grouped scan: the conv and the scan are per channel, B and C one group per direction)."""
+    batch, num_tokens = tokens.shape[:2]
+    num_dirs, length = index.shape
+    inner, rank, state = x_proj_weight.shape[2], dt_proj_weight.shape[2], A_log.shape[2]
+    seqs = F.pad(tokens, (0, 0, 0, 1))[:, index].permute(0, 1, 3, 2)                # (B, K, C, L); row T is zero
+    x = seqs[:, :, :inner].reshape(batch, num_dirs * inner, length)
+    if conv_weight is not None:
+        x = conv_fn(x, conv_weight.reshape(num_dirs * inner, -1),
+                    None if conv_bias is None else conv_bias.reshape(-1), activation="silu")
+    x_dbl = torch.einsum("bkel,kre->bkrl", x.view(batch, num_dirs, inner, length), x_proj_weight)
+    delta = torch.einsum("bkrl,ker->bkel", x_dbl[:, :, :rank], dt_proj_weight)
+    z = seqs[:, :, inner:2 * inner].reshape(batch, num_dirs * inner, length) if gate else None
+    wide = torch.promote_types(tokens.dtype, torch.float32)                            # fp32, fp64 kept
+    y = scan_fn(x, delta.reshape(batch, num_dirs * inner, length), -torch.exp(A_log.to(wide)).flatten(0, 1),
+                x_dbl[:, :, rank:rank + state], x_dbl[:, :, rank + state:], None if D is None else D.to(wide).flatten(),
+                z, dt_proj_bias.to(wide).flatten(), True)
+    positions = sequence_positions(index, num_tokens).view(1, num_dirs, 1, num_tokens)
+    y = torch.gather(y.view(batch, num_dirs, inner, length), 3, positions.expand(batch, -1, inner, -1))
+    return y.transpose(2, 3)
+
+
+def multi_scan_inner_ref(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
+                         dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                         D: Optional[torch.Tensor] = None, conv_weight: Optional[torch.Tensor] = None,
+                         conv_bias: Optional[torch.Tensor] = None, gate: bool = False) -> torch.Tensor:
+    """Reference of ``multi_scan_inner_fn``: the composition on the reference conv and scan -> (Bt, K, T, E)."""
+    return multi_scan_inner_composed(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+                                     conv_weight, conv_bias, gate, causal_conv1d_ref, selective_scan_ref)
+
+
+def attention_merge_ref(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                        reduce_weight: torch.Tensor, reduce_bias: torch.Tensor, select_weight: torch.Tensor,
+                        select_bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Reference of ``attention_merge_fn``: y (Bt, K, T, E) -> sum_k y_k * gate_k, (Bt, T, E).
+
+    gate_k = sigmoid(select(GELU(reduce(mean over tokens of LayerNorm(y_k))))), the LocalMamba channel attention.
+    """
+    summary = F.layer_norm(y, y.shape[-1:], norm_weight, norm_bias, eps).mean(dim=-2, keepdim=True)
+    gate = torch.sigmoid(F.linear(F.gelu(F.linear(summary, reduce_weight, reduce_bias)), select_weight, select_bias))
+    return (y * gate).sum(dim=1)

@@ -1,0 +1,469 @@
+"""C source of the CPU multi-direction kernels (compiled on first use by ``localmamba_conv1d.ckernel``).
+
+Everything is token-major (channels contiguous) and vectorised over 8 channels, so that every reordering is a copy
+of whole rows. Layout contract (fp32, contiguous):
+
+- ``index`` (K, L) int64: sequence position s of direction k reads token row ``index[k, s]``; the value T marks a
+  zero (padding). Every direction lists every token row exactly once (the first direction's backward writes the
+  token gradient, the others add to it).
+- ``src`` (Bt, T, src_stride): token rows; x is channels [0, E), the gate z channels [E, 2E).
+- ``u`` (K, Bt, L, E): the sequences after the optional causal depthwise conv (weights (K, W, E)) and SiLU;
+  ``xdbl`` (K, Bt, L, R + 2N) their projections [dt low rank | B | C].
+- ``dt_w`` (K, R, E), ``dt_b`` (K, E), ``A`` (K, N, E) (negative: -exp(A_log)), ``D`` (K, E).
+- ``y`` (Bt, K, T, E): the scan outputs back in token order (z-gated when ``gate``).
+
+The scan works on chunks of TC steps: for each chunk, every block of 8 channels first computes its softplus'd dt
+and all decays exp(dt A) (independent, so they pipeline), then runs the recurrence; a block's state is kept in a
+small buffer between chunks, so the rows of u and y are read and written in order. The backward pass stores the
+state at every chunk start in a forward sweep, then goes through the chunks in reverse: it recomputes a chunk's
+states from its checkpoint and runs the reverse-time recurrence, with the reductions over channels (dB, dC and the
+dt low-rank gradient) accumulated as vectors and summed once per chunk.
+
+The channel-attention kernels compute, per (batch, direction), the token mean of the LayerNorm-ed rows and the
+gated sum over directions, and their fused backward.
+"""
+from localmamba_conv1d.vector_math import PRELUDE
+
+SOURCE = PRELUDE + r"""
+#include <math.h>
+#define TC 16
+
+typedef struct {
+    long batch, ndir, seqlen, ntok, dim, nstate, rank, width, silu, gate, src_stride;
+    const long *index;
+    const float *src, *conv_w, *conv_b;
+    const float *u, *xdbl, *dt_w, *dt_b, *A, *D;
+    float *u_out, *y;
+    const float *dy;
+    float *du, *dxdbl, *dsrc;
+    float *dconv_w, *dconv_b, *ddt_w, *ddt_b, *dA, *dD; /* this task's accumulators */
+} MSArgs;
+
+INLINE long min_l(long a, long b) { return a < b ? a : b; }
+INLINE vf ldc(const float *p, long nc) { return nc == VW ? load(p) : load_part(p, nc); }
+INLINE void stc(float *p, vf v, long nc) { if (nc == VW) store(p, v); else store_part(p, v, nc); }
+INLINE void addc(float *p, vf v, long nc) { stc(p, ldc(p, nc) + v, nc); }
+INLINE vf keep(vf v, long nc) { return nc == VW ? v : load_part((const float *)&v, nc); } /* zero lanes >= nc */
+
+/* Number of positions up to the last real token (trailing padding never reaches a real output). */
+static long real_length(const long *idx, long L, long T) {
+    while (L > 0 && idx[L - 1] >= T) L--;
+    return L;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Gather (+ causal depthwise conv + SiLU): u[k, b, s] = act(conv_b + sum_j w[j] x[s - (W-1) + j]).             */
+
+INLINE const float *x_row(const MSArgs *a, const long *idx, long b, long s, const float *zeros) {
+    if (s < 0 || idx[s] >= a->ntok) return zeros;
+    return a->src + (b * a->ntok + idx[s]) * a->src_stride;
+}
+
+/* Pre-activation of channels [c0, c0 + nc) at position s. */
+INLINE vf conv_pre(const MSArgs *a, long k, const long *idx, long b, long s, long c0, long nc, const float *zeros) {
+    long W = a->width, E = a->dim;
+    vf acc = a->conv_b ? ldc(a->conv_b + k * E + c0, nc) : splat(0.0f);
+    for (long j = 0; j < W; j++)
+        acc += ldc(a->conv_w + (k * W + j) * E + c0, nc) * ldc(x_row(a, idx, b, s - (W - 1) + j, zeros) + c0, nc);
+    return acc;
+}
+
+void ms_gather_fwd(const MSArgs *a, long start, long end) {
+    long L = a->seqlen, E = a->dim;
+    float *zeros = (float *)calloc(E + VW, sizeof(float));
+    if (!zeros) return;
+    for (long p = start; p < end; p++) {
+        long k = p / a->batch, b = p % a->batch;
+        const long *idx = a->index + k * L;
+        long len = real_length(idx, L, a->ntok);
+        float *u = a->u_out + p * L * E;
+        for (long s = 0; s < len; s++)
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                vf v;
+                if (a->conv_w) {
+                    v = conv_pre(a, k, idx, b, s, c0, nc, zeros);
+                    if (a->silu) v = v * sigmoid_v(v);
+                } else {
+                    v = ldc(x_row(a, idx, b, s, zeros) + c0, nc);
+                }
+                stc(u + s * E + c0, v, nc);
+            }
+        memset(u + len * E, 0, (L - len) * E * sizeof(float));
+    }
+    free(zeros);
+}
+
+/* Tasks are batches: every direction adds to the same token rows. dx of position s needs the pre-activation
+   gradients of positions s .. s + W - 1, so positions run backwards keeping the last W of them in a ring. */
+void ms_gather_bwd(const MSArgs *a, long start, long end) {
+    long L = a->seqlen, E = a->dim, W = a->width > 0 ? a->width : 1, T = a->ntok;
+    float *zeros = (float *)calloc(E + VW, sizeof(float));
+    float *ring = (float *)calloc(W * E + VW, sizeof(float));
+    if (!zeros || !ring) { free(zeros); free(ring); return; }
+    for (long b = start; b < end; b++)
+        for (long k = 0; k < a->ndir; k++) {
+            const long *idx = a->index + k * L;
+            long len = real_length(idx, L, T);
+            const float *du = a->du + (k * a->batch + b) * L * E;
+            memset(ring, 0, W * E * sizeof(float));
+            for (long s = len - 1; s >= 0; s--) {
+                float *g = ring + (s % W) * E;
+                for (long c0 = 0; c0 < E; c0 += VW) {
+                    long nc = min_l(VW, E - c0);
+                    vf d = ldc(du + s * E + c0, nc);
+                    if (a->conv_w) {
+                        if (a->silu) {
+                            vf pre = conv_pre(a, k, idx, b, s, c0, nc, zeros), sg = sigmoid_v(pre);
+                            d = d * sg * (splat(1.0f) + pre * (splat(1.0f) - sg));
+                        }
+                        stc(g + c0, d, nc);
+                        if (a->conv_b) addc(a->dconv_b + k * E + c0, d, nc);
+                        for (long j = 0; j < W; j++)
+                            addc(a->dconv_w + (k * W + j) * E + c0,
+                                 d * ldc(x_row(a, idx, b, s - (W - 1) + j, zeros) + c0, nc), nc);
+                        vf dx = splat(0.0f);
+                        for (long j = 0; j < W; j++) {
+                            long q = s + W - 1 - j;
+                            if (q < len) dx += ldc(a->conv_w + (k * W + j) * E + c0, nc) * ldc(ring + (q % W) * E + c0, nc);
+                        }
+                        d = dx;
+                    }
+                    if (idx[s] < T) {
+                        float *dst = a->dsrc + (b * T + idx[s]) * a->src_stride + c0;
+                        if (k == 0) stc(dst, d, nc); else addc(dst, d, nc);
+                    }
+                }
+            }
+        }
+    free(zeros);
+    free(ring);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Selective scan.                                                                                              */
+
+/* Per block of channels: parameters, and one chunk's per-step values. */
+typedef struct {
+    vf A2[256], A[256], dtw[256], bias, D;
+} Block;
+
+typedef struct {
+    vf dt[TC], dsig[TC], dtu[TC], y[TC];
+    vf *as, *hs; /* TC x N decays and states */
+} Chunk;
+
+static void load_block(const MSArgs *a, long k, long c0, long nc, Block *p) {
+    long N = a->nstate, R = a->rank, E = a->dim;
+    for (long n = 0; n < N; n++) {
+        p->A[n] = ldc(a->A + (k * N + n) * E + c0, nc);
+        p->A2[n] = p->A[n] * splat(EXP2_8_SCALE);
+    }
+    for (long r = 0; r < R; r++) p->dtw[r] = ldc(a->dt_w + (k * R + r) * E + c0, nc);
+    p->bias = ldc(a->dt_b + k * E + c0, nc);
+    p->D = a->D ? ldc(a->D + k * E + c0, nc) : splat(0.0f);
+}
+
+/* Steps t0 .. t0 + nt - 1 of one channel block from state h (updated in place): dt, decays, y before the gate;
+   with keep, also every state (c->hs) and the softplus derivative. xd: the xdbl rows of this (k, b). */
+INLINE void chunk_steps(const MSArgs *a, const Block *p, const float *u, const float *xd, long t0, long nt,
+                        long nc, vf *h, Chunk *c, int keep) {
+    long N = a->nstate, R = a->rank, S = R + 2 * N, E = a->dim;
+    for (long i = 0; i < nt; i++) {
+        const float *x = xd + (t0 + i) * S;
+        vf raw = p->bias;
+        for (long r = 0; r < R; r++) raw += splat(x[r]) * p->dtw[r];
+        vf dt = softplus_v(raw), uv = ldc(u + (t0 + i) * E, nc);
+        c->dt[i] = dt;
+        c->dtu[i] = dt * uv;
+        c->y[i] = p->D * uv;
+        if (keep) c->dsig[i] = sigmoid_v(raw);
+    }
+    for (long i = 0; i < nt; i++)
+        for (long n = 0; n < N; n++) c->as[i * N + n] = exp2_8(c->dt[i] * p->A2[n]);
+    for (long n0 = 0; n0 < N; n0 += 8) {
+        long nh = min_l(8, N - n0);
+        vf hh[8];
+        for (long j = 0; j < nh; j++) hh[j] = h[n0 + j];
+        for (long i = 0; i < nt; i++) {
+            const float *Bt = xd + (t0 + i) * S + R + n0, *Ct = Bt + N;
+            const vf *at = c->as + i * N + n0;
+            vf dtu = c->dtu[i];
+            vf y0 = splat(0.0f), y1 = splat(0.0f), y2 = splat(0.0f), y3 = splat(0.0f);
+            if (nh == 8) {
+                hh[0] = at[0] * hh[0] + dtu * splat(Bt[0]); y0 += hh[0] * splat(Ct[0]);
+                hh[1] = at[1] * hh[1] + dtu * splat(Bt[1]); y1 += hh[1] * splat(Ct[1]);
+                hh[2] = at[2] * hh[2] + dtu * splat(Bt[2]); y2 += hh[2] * splat(Ct[2]);
+                hh[3] = at[3] * hh[3] + dtu * splat(Bt[3]); y3 += hh[3] * splat(Ct[3]);
+                hh[4] = at[4] * hh[4] + dtu * splat(Bt[4]); y0 += hh[4] * splat(Ct[4]);
+                hh[5] = at[5] * hh[5] + dtu * splat(Bt[5]); y1 += hh[5] * splat(Ct[5]);
+                hh[6] = at[6] * hh[6] + dtu * splat(Bt[6]); y2 += hh[6] * splat(Ct[6]);
+                hh[7] = at[7] * hh[7] + dtu * splat(Bt[7]); y3 += hh[7] * splat(Ct[7]);
+            } else {
+                for (long j = 0; j < nh; j++) {
+                    hh[j] = at[j] * hh[j] + dtu * splat(Bt[j]);
+                    y0 += hh[j] * splat(Ct[j]);
+                }
+            }
+            c->y[i] += (y0 + y1) + (y2 + y3);
+            if (keep)
+                for (long j = 0; j < nh; j++) c->hs[i * N + n0 + j] = hh[j];
+        }
+        for (long j = 0; j < nh; j++) h[n0 + j] = hh[j];
+    }
+}
+
+static vf *alloc_vf(long n) { return (vf *)aligned_alloc(32, (n > 0 ? n : 1) * sizeof(vf)); }
+
+void ms_scan_fwd(const MSArgs *a, long start, long end) {
+    long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, S = a->rank + 2 * N;
+    long nb = (E + VW - 1) / VW;
+    Block *p = (Block *)aligned_alloc(32, sizeof(Block));
+    Chunk c;
+    vf *h = alloc_vf(nb * N);
+    c.as = alloc_vf(TC * N);
+    c.hs = NULL;
+    if (!p || !h || !c.as) { free(p); free(h); free(c.as); return; }
+    for (long q = start; q < end; q++) {
+        long k = q / a->batch, b = q % a->batch;
+        const long *idx = a->index + k * L;
+        long len = real_length(idx, L, T);
+        const float *u = a->u + q * L * E, *xd = a->xdbl + q * L * S;
+        const float *z = a->gate ? a->src + b * T * a->src_stride + E : NULL;
+        float *y = a->y + (b * a->ndir + k) * T * E;
+        for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
+        for (long t0 = 0; t0 < len; t0 += TC) {
+            long nt = min_l(TC, len - t0);
+            for (long cb = 0; cb < nb; cb++) {
+                long c0 = cb * VW, nc = min_l(VW, E - c0);
+                load_block(a, k, c0, nc, p);
+                chunk_steps(a, p, u + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
+                for (long i = 0; i < nt; i++) {
+                    long tok = idx[t0 + i];
+                    if (tok >= T) continue;
+                    vf v = c.y[i];
+                    if (z) {
+                        vf zv = ldc(z + tok * a->src_stride + c0, nc);
+                        v = v * zv * sigmoid_v(zv);
+                    }
+                    stc(y + tok * E + c0, v, nc);
+                }
+            }
+        }
+    }
+    free(p); free(h); free(c.as);
+}
+
+/* Tasks are batches (the gate gradient of every direction adds to the same token rows). */
+void ms_scan_bwd(const MSArgs *a, long start, long end) {
+    long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = R + 2 * N;
+    long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
+    Block *p = (Block *)aligned_alloc(32, sizeof(Block));
+    Chunk c;
+    vf *h = alloc_vf(nb * N), *g = alloc_vf(nb * N), *ckpt = alloc_vf(nchunks * nb * N);
+    vf *dBv = alloc_vf(TC * N), *dCv = alloc_vf(TC * N), *dxl = alloc_vf(TC * (R > 0 ? R : 1));
+    c.as = alloc_vf(TC * N);
+    c.hs = alloc_vf(TC * N);
+    if (!p || !h || !g || !ckpt || !dBv || !dCv || !dxl || !c.as || !c.hs) goto done;
+    for (long b = start; b < end; b++)
+        for (long k = 0; k < a->ndir; k++) {
+            long q = k * a->batch + b;
+            const long *idx = a->index + k * L;
+            long len = real_length(idx, L, T);
+            const float *u = a->u + q * L * E, *xd = a->xdbl + q * L * S;
+            const float *z = a->gate ? a->src + b * T * a->src_stride + E : NULL;
+            float *dz = a->gate ? a->dsrc + b * T * a->src_stride + E : NULL;
+            const float *dy = a->dy + (b * a->ndir + k) * T * E;
+            float *du = a->du + q * L * E, *dxd = a->dxdbl + q * L * S;
+            memset(du + len * E, 0, (L - len) * E * sizeof(float));
+            memset(dxd + len * S, 0, (L - len) * S * sizeof(float));
+            /* forward sweep: the state before every chunk */
+            for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
+            for (long t0 = 0, ci = 0; t0 < len; t0 += TC, ci++) {
+                long nt = min_l(TC, len - t0);
+                for (long cb = 0; cb < nb; cb++) {
+                    long c0 = cb * VW, nc = min_l(VW, E - c0);
+                    memcpy(ckpt + (ci * nb + cb) * N, h + cb * N, N * sizeof(vf));
+                    if (t0 + nt < len) {
+                        load_block(a, k, c0, nc, p);
+                        chunk_steps(a, p, u + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
+                    }
+                }
+            }
+            /* reverse sweep */
+            for (long i = 0; i < nb * N; i++) g[i] = splat(0.0f);
+            for (long ci = (len + TC - 1) / TC - 1; ci >= 0; ci--) {
+                long t0 = ci * TC, nt = min_l(TC, len - t0);
+                for (long i = 0; i < nt * N; i++) dBv[i] = dCv[i] = splat(0.0f);
+                for (long i = 0; i < nt * R; i++) dxl[i] = splat(0.0f);
+                for (long cb = 0; cb < nb; cb++) {
+                    long c0 = cb * VW, nc = min_l(VW, E - c0);
+                    vf *hc = h + cb * N, *gc = g + cb * N;
+                    load_block(a, k, c0, nc, p);
+                    memcpy(hc, ckpt + (ci * nb + cb) * N, N * sizeof(vf));
+                    chunk_steps(a, p, u + c0, xd, t0, nt, nc, hc, &c, 1);
+                    const vf *h0 = ckpt + (ci * nb + cb) * N;
+                    vf dAacc[256], dDacc = splat(0.0f), dbias = splat(0.0f), ddtw[256];
+                    for (long n = 0; n < N; n++) dAacc[n] = splat(0.0f);
+                    for (long r = 0; r < R; r++) ddtw[r] = splat(0.0f);
+                    for (long i = nt - 1; i >= 0; i--) {
+                        long t = t0 + i, tok = idx[t];
+                        const float *x = xd + t * S, *Bt = x + R, *Ct = Bt + N;
+                        vf uv = ldc(u + t * E + c0, nc), dyv = splat(0.0f);
+                        if (tok < T) {
+                            dyv = ldc(dy + tok * E + c0, nc);
+                            if (z) {
+                                vf zv = ldc(z + tok * a->src_stride + c0, nc), sz = sigmoid_v(zv);
+                                vf dzv = dyv * c.y[i] * sz * (splat(1.0f) + zv * (splat(1.0f) - sz));
+                                if (k == 0) stc(dz + tok * a->src_stride + c0, dzv, nc);
+                                else addc(dz + tok * a->src_stride + c0, dzv, nc);
+                                dyv = dyv * zv * sz;
+                            }
+                        }
+                        vf dt = c.dt[i], dtu = c.dtu[i], sB = splat(0.0f), sA = splat(0.0f);
+                        const vf *hs = c.hs + i * N, *hp = i > 0 ? c.hs + (i - 1) * N : h0, *at = c.as + i * N;
+                        vf *dBt = dBv + i * N, *dCt = dCv + i * N;
+                        for (long n = 0; n < N; n++) {
+                            vf gn = gc[n] + dyv * splat(Ct[n]);
+                            dCt[n] += dyv * hs[n];
+                            dBt[n] += gn * dtu;
+                            sB += gn * splat(Bt[n]);
+                            gn = gn * at[n];
+                            vf da = gn * hp[n];
+                            dAacc[n] += da * dt;
+                            sA += da * p->A[n];
+                            gc[n] = gn;
+                        }
+                        dDacc += dyv * uv;
+                        stc(du + t * E + c0, dyv * p->D + dt * sB, nc);
+                        vf dl = (sB * uv + sA) * c.dsig[i];
+                        dbias += dl;
+                        for (long r = 0; r < R; r++) {
+                            ddtw[r] += dl * splat(x[r]);
+                            dxl[i * R + r] += dl * p->dtw[r];
+                        }
+                    }
+                    for (long n = 0; n < N; n++) addc(a->dA + (k * N + n) * E + c0, dAacc[n], nc);
+                    for (long r = 0; r < R; r++) addc(a->ddt_w + (k * R + r) * E + c0, ddtw[r], nc);
+                    addc(a->ddt_b + k * E + c0, dbias, nc);
+                    if (a->dD) addc(a->dD + k * E + c0, dDacc, nc);
+                }
+                for (long i = 0; i < nt; i++) {
+                    float *row = dxd + (t0 + i) * S;
+                    for (long r = 0; r < R; r++) row[r] = hsum(dxl[i * R + r]);
+                    for (long n = 0; n < N; n++) {
+                        row[R + n] = hsum(dBv[i * N + n]);
+                        row[R + N + n] = hsum(dCv[i * N + n]);
+                    }
+                }
+            }
+        }
+done:
+    free(p); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(c.as); free(c.hs);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Channel attention over token rows y (Bt, K, T, E).                                                          */
+
+typedef struct {
+    long batch, ndir, ntok, dim;
+    float eps;
+    const float *y, *gate, *dm, *dxbar, *mu, *rstd;
+    float *out, *xbar, *mu_out, *rstd_out, *dy, *dgate;
+} AttnArgs;
+
+INLINE float row_mean(const float *r, long E) {
+    vf acc = splat(0.0f);
+    for (long c0 = 0; c0 < E; c0 += VW) acc += ldc(r + c0, min_l(VW, E - c0));
+    return hsum(acc) / (float)E;
+}
+
+/* Per (batch, direction): xbar = mean over tokens of (y - mu_t) * rstd_t, and each row's mu_t, rstd_t. */
+void attn_stats(const AttnArgs *a, long start, long end) {
+    long T = a->ntok, E = a->dim;
+    for (long q = start; q < end; q++) {
+        const float *y = a->y + q * T * E;
+        float *xb = a->xbar + q * E;
+        memset(xb, 0, E * sizeof(float));
+        for (long t = 0; t < T; t++) {
+            const float *r = y + t * E;
+            float mu = row_mean(r, E);
+            vf acc = splat(0.0f);
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                vf d = keep(ldc(r + c0, nc) - splat(mu), nc);
+                acc += d * d;
+            }
+            float rstd = 1.0f / sqrtf(hsum(acc) / (float)E + a->eps);
+            a->mu_out[q * T + t] = mu;
+            a->rstd_out[q * T + t] = rstd;
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                addc(xb + c0, (ldc(r + c0, nc) - splat(mu)) * splat(rstd), nc);
+            }
+        }
+        for (long c = 0; c < E; c++) xb[c] /= (float)T;
+    }
+}
+
+/* out[b, t] = sum_k y[b, k, t] * gate[b, k]; items are (batch, token) rows. */
+void attn_merge(const AttnArgs *a, long start, long end) {
+    long T = a->ntok, E = a->dim, K = a->ndir;
+    for (long q = start; q < end; q++) {
+        long b = q / T, t = q % T;
+        float *o = a->out + q * E;
+        for (long c0 = 0; c0 < E; c0 += VW) {
+            long nc = min_l(VW, E - c0);
+            vf acc = splat(0.0f);
+            for (long k = 0; k < K; k++)
+                acc += ldc(a->y + ((b * K + k) * T + t) * E + c0, nc) * ldc(a->gate + (b * K + k) * E + c0, nc);
+            stc(o + c0, acc, nc);
+        }
+    }
+}
+
+/* dgate[b, k] = sum_t dm[b, t] * y[b, k, t], per (batch, direction). */
+void attn_gate_grad(const AttnArgs *a, long start, long end) {
+    long T = a->ntok, E = a->dim;
+    for (long q = start; q < end; q++) {
+        long b = q / a->ndir;
+        float *dg = a->dgate + q * E;
+        memset(dg, 0, E * sizeof(float));
+        for (long t = 0; t < T; t++)
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                addc(dg + c0, ldc(a->dm + (b * T + t) * E + c0, nc) * ldc(a->y + (q * T + t) * E + c0, nc), nc);
+            }
+    }
+}
+
+/* dy = dm * gate + the LayerNorm-mean backward of dxbar (the gradient of xbar), per (batch, direction):
+   dy_t = rstd_t / T * (dxbar - mean(dxbar) - xhat_t * mean(dxbar * xhat_t)). */
+void attn_input_grad(const AttnArgs *a, long start, long end) {
+    long T = a->ntok, E = a->dim;
+    for (long q = start; q < end; q++) {
+        long b = q / a->ndir;
+        const float *dxb = a->dxbar + q * E, *g = a->gate + q * E;
+        float m0 = row_mean(dxb, E);
+        for (long t = 0; t < T; t++) {
+            const float *r = a->y + (q * T + t) * E, *dm = a->dm + (b * T + t) * E;
+            float *d = a->dy + (q * T + t) * E;
+            vf mu = splat(a->mu[q * T + t]), rs = splat(a->rstd[q * T + t]);
+            vf acc = splat(0.0f);
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                acc += ldc(dxb + c0, nc) * (ldc(r + c0, nc) - mu) * rs;
+            }
+            float m1 = hsum(acc) / (float)E;
+            vf scale = rs * splat(1.0f / (float)T);
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                vf xhat = (ldc(r + c0, nc) - mu) * rs;
+                vf v = ldc(dm + c0, nc) * ldc(g + c0, nc)
+                       + scale * (ldc(dxb + c0, nc) - splat(m0) - xhat * splat(m1));
+                stc(d + c0, v, nc);
+            }
+        }
+    }
+}
+"""
