@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, TypeVar
 
 import torch
+
+T = TypeVar('T')
 
 Grid = tuple[int, int]
 
@@ -54,7 +56,20 @@ def _check_grid(grid: Sequence[int]) -> Grid:
     return int(grid[0]), int(grid[1])
 
 
-@functools.lru_cache(maxsize=None)
+def _cached_table(build: Callable[..., T]) -> Callable[..., T]:
+    """Cache an index-table builder per arguments; tables are built outside inference mode, so that one first made
+    under ``torch.inference_mode`` (evaluation) can later serve a training step."""
+    cached = functools.lru_cache(maxsize=None)(build)
+
+    @functools.wraps(build)
+    def wrapper(*args):
+        with torch.inference_mode(False):
+            return cached(*args)
+
+    return wrapper
+
+
+@_cached_table
 def scan_index(name: str, grid: Grid) -> torch.Tensor:
     """Index table of one direction: (L_k,) int64; value ``H*W`` marks a padding zero."""
     kind, window, flip = parse_direction(name)
@@ -77,7 +92,7 @@ def scan_length(name: str, grid: Grid) -> int:
     return scan_index(name, _check_grid(grid)).numel()
 
 
-@functools.lru_cache(maxsize=None)
+@_cached_table
 def reverse_index(name: str, grid: Grid) -> torch.Tensor:
     """Inverse table: (H*W,) int64, the sequence position that holds each row-major token."""
     index = scan_index(name, _check_grid(grid))
@@ -128,7 +143,7 @@ def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Opti
                            torch.device('cpu') if device is None else torch.device(device))
 
 
-@functools.lru_cache(maxsize=None)
+@_cached_table
 def _sequence_index(names: tuple[str, ...], grid: Grid, cls_position: Optional[int],
                     device: torch.device) -> torch.Tensor:
     tables = []
@@ -152,7 +167,7 @@ class MultiScanIndex(NamedTuple):
     lengths: tuple[int, ...]
 
 
-@functools.lru_cache(maxsize=None)
+@_cached_table
 def multi_scan_index(names: tuple[str, ...], grid: Grid, device: torch.device) -> MultiScanIndex:
     """Stacked tables for ``multi_scan`` / ``multi_reverse`` (cached per directions, grid and device)."""
     grid = _check_grid(grid)

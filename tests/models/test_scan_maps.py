@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from classification.models.scan_maps import (insert_position, multi_reverse, multi_scan, parse_direction,
-                                             remove_position, reverse, scan, scan_index, scan_length)
+                                             remove_position, reverse, scan, scan_index, scan_length, sequence_index)
 
 P = 24  # padding marker on a 4x6 grid (= H * W)
 GRID = (4, 6)
@@ -92,3 +92,21 @@ def test_length_mismatch_is_refused():
         reverse(torch.zeros(1, 2, 49), 'w2', (7, 7))
     with pytest.raises(ValueError, match='expected'):
         scan(torch.zeros(1, 10, 2), 'h', (3, 3))
+
+
+def test_sequence_index_stacks_directions_with_the_middle_class_token():
+    table = sequence_index(('h', 'v_flip', 'w3'), (2, 2), cls_position=2)
+    # grid tokens 0, 1 stay rows 0, 1; tokens 2, 3 become rows 3, 4; the class token is row 2; row 5 is padding
+    assert table.tolist() == [[0, 1, 2, 3, 4, 5, 5, 5, 5, 5],
+                              [4, 1, 2, 3, 0, 5, 5, 5, 5, 5],
+                              [0, 1, 2, 5, 3, 4, 5, 5, 5, 5]]
+
+
+def test_tables_first_built_in_inference_mode_serve_training():
+    grid = (5, 3)   # a grid no other test uses, so the tables are built here, under inference_mode
+    with torch.inference_mode():
+        sequence_index(('w2', 'h_flip'), grid)
+        scan(torch.zeros(1, 1, *grid), 'w2', grid)
+    x = torch.randn(1, 2, *grid, requires_grad=True)
+    reverse(scan(x, 'w2', grid), 'w2', grid).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
