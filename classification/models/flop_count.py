@@ -3,7 +3,10 @@
 fvcore counts one multiply-add as one FLOP and knows nothing of the selective scan, whose implementation depends on
 the backend. While counting, models route their scans through :class:`TracedSelectiveScan`, an opaque autograd
 node that the trace records as ``prim::PythonOp.TracedSelectiveScan``; its handle charges the original's formula
-``9 * B * L * D * N`` plus ``B * D * L`` for the D skip (and again for a z gate), as the original ``VSSM.flops`` did.
+``9 * B * L * D * N`` plus ``B * D * L`` for the D skip, as the original ``VSSM.flops`` did (its handle passed
+``with_Z=False``: a z gate inside the scan is an element-wise multiply, free here as it is outside the scan).
+Causal depthwise convs (LocalVim) run as :func:`traced_causal_conv1d`, one ``aten::_convolution`` that fvcore charges
+``B * D * W * (L + W - 1)``, as it charges the original's ``nn.Conv1d(padding=W - 1)``.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from localmamba_ssm import selective_scan_fn
@@ -25,7 +29,7 @@ SCAN_OP = 'prim::PythonOp.TracedSelectiveScan'
 FREE_OPS = ('aten::silu', 'aten::neg', 'aten::exp', 'aten::flip', 'aten::softplus', 'aten::gelu', 'aten::sigmoid',
             'aten::mean', 'aten::mul', 'aten::add', 'aten::sum', 'aten::softmax', 'aten::gather', 'aten::pad',
             'aten::constant_pad_nd', 'aten::index_select', 'aten::numel', 'aten::lt', 'aten::scatter',
-            'aten::expand_as')
+            'aten::expand_as', 'aten::sub', 'aten::unflatten', 'aten::square', 'aten::rsqrt', 'aten::rsub')
 
 
 class TracedSelectiveScan(torch.autograd.Function):
@@ -59,6 +63,16 @@ def traced_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                      absent if delta_bias is None else delta_bias, delta_softplus)
 
 
+def traced_causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         activation: Optional[str] = None) -> torch.Tensor:
+    """``causal_conv1d_fn`` as the original Mamba computes it (``nn.Conv1d`` padded by W - 1 both sides, cut to L):
+    one convolution node in a trace. x (B, D, L), weight (D, W)."""
+    length, width = x.shape[-1], weight.shape[-1]
+    out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
+                   padding=width - 1, groups=x.shape[1])[..., :length]
+    return F.silu(out) if activation in ('silu', 'swish') else out
+
+
 def selective_scan_flops(batch: int, length: int, channels: int, d_state: int, with_d: bool = True,
                          with_z: bool = False) -> int:
     """The original's count of one selective scan: ``9*B*L*D*N`` (+ ``B*D*L`` for D, + ``B*D*L`` for z)."""
@@ -70,10 +84,11 @@ def _present(value: Any) -> bool:
 
 
 def scan_flop_handle(inputs: list, outputs: list) -> int:
-    """fvcore handle for :data:`SCAN_OP`: inputs are the tensors (u, delta, A, B, C, D, z, delta_bias)."""
+    """fvcore handle for :data:`SCAN_OP`: inputs are the tensors (u, delta, A, B, C, D, z, delta_bias); a z gate is
+    not charged (see the module notes)."""
     batch, channels, length = inputs[0].type().sizes()
     d_state = inputs[2].type().sizes()[1]
-    return selective_scan_flops(batch, length, channels, d_state, _present(inputs[5]), _present(inputs[6]))
+    return selective_scan_flops(batch, length, channels, d_state, _present(inputs[5]), with_z=False)
 
 
 @contextmanager

@@ -18,10 +18,12 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from localmamba_ssm import RMSNorm, layer_norm_fn, multi_scan_inner_fn, rms_norm_fn
+from localmamba_ssm.ops.reference import multi_scan_inner_composed
 
 from .loading import extract_state_dict
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_directions)
+from .flop_count import traced_causal_conv1d, traced_selective_scan
 from .multi_scan import BiAttn, MultiScan
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
@@ -35,8 +37,11 @@ class MultiMamba(nn.Module):
 
     Parameters keep the original names so released checkpoints load unchanged: ``in_proj``, per direction k
     ``A_log_k``, ``D_k``, ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, then ``out_proj`` and the shared ``attn``.
-    ``directions=None`` builds a search-supernet layer over all candidates.
+    ``directions=None`` builds a search-supernet layer over all candidates. ``trace_scan`` (set while counting
+    FLOPs, see ``flop_count``) runs the conv and the scan as ops that fvcore's trace can charge.
     """
+
+    trace_scan = False
 
     def __init__(self, d_model: int, directions: Optional[Sequence[str]] = None, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, dt_rank: Union[int, str] = 'auto', dt_min: float = 0.001, dt_max: float = 0.1,
@@ -93,10 +98,13 @@ class MultiMamba(nn.Module):
         table. Then the shared channel attention per direction, the merge, and out_proj.
         """
         xz = self.in_proj(hidden)                                                    # (B, L, 2E)
-        y = multi_scan_inner_fn(
-            xz, sequence_index(self.directions, grid, cls_position, xz.device), self._stacked('x_proj', 'weight'),
-            self._stacked('dt_proj', 'weight'), self._stacked('dt_proj', 'bias'), self._stacked('A_log'),
-            self._stacked('D'), self._stacked('conv1d', 'weight'), self._stacked('conv1d', 'bias'), gate=True)
+        args = (xz, sequence_index(self.directions, grid, cls_position, xz.device), self._stacked('x_proj', 'weight'),
+                self._stacked('dt_proj', 'weight'), self._stacked('dt_proj', 'bias'), self._stacked('A_log'),
+                self._stacked('D'), self._stacked('conv1d', 'weight'), self._stacked('conv1d', 'bias'), True)
+        if self.trace_scan:     # FLOP counting: plain-op composition, conv and scan as ops fvcore can charge
+            y = multi_scan_inner_composed(*args, traced_causal_conv1d, traced_selective_scan)
+        else:
+            y = multi_scan_inner_fn(*args)
         return self.out_proj(self.multi_scan.attend_and_merge(y, self.attn))        # (B, K, L, E) -> (B, L, C)
 
 
