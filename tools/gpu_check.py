@@ -6,7 +6,8 @@
 Correctness: the triton backend (forced) against the reference backend for the selective scan (grouped, (Bt, N, L)
 and time-invariant B/C, with/without z, softplus, last state), the causal conv1d (widths 2-4, SiLU or not),
 mamba_inner_fn_no_out_proj and the scan under CUDA autocast; outputs and all gradients, fp32 and bf16 inputs;
-relative error = max |x - ref| / max |ref|. Timing: ``tools/benchmark.py``'s interleaved medians for every backend
+relative error = max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on
+triton against every op on the reference). Timing: ``tools/benchmark.py``'s interleaved medians for every backend
 available on the device (reference, triton, and the official ``mamba_ssm`` / ``causal_conv1d`` kernels as backend
 ``cuda`` when importable) at the LocalVim-T shape and at batch 64.
 """
@@ -179,6 +180,30 @@ def correctness(device: torch.device, quick: bool) -> bool:
     return ok
 
 
+def model_check(device: torch.device, quick: bool) -> bool:
+    """Logits of the registered models with every op forced to triton against the reference backend."""
+    import timm
+
+    import classification  # noqa: F401  (registers the models)
+
+    ok = True
+    size = 32 if quick else 224
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
+    for name in ("local_vim_tiny", "local_vssm_tiny"):
+        torch.manual_seed(0)
+        model = timm.create_model(name, img_size=size).to(device).eval()
+        logits = {}
+        for backend in ("triton", "reference"):
+            _forced(backend)
+            with torch.no_grad():
+                logits[backend] = model(images)
+        err = _rel(logits["triton"], logits["reference"])
+        passed = err < 1e-3
+        ok &= passed
+        print(f"model {name:<33} {err:9.2e} {'-':>9}  {'ok' if passed else 'FAIL'}")
+    return ok
+
+
 def timings(device: torch.device, quick: bool, repeats: int) -> None:
     shapes = [(2, 16, 9, 4)] if quick else [(8, 384, 196, 16), (64, 384, 196, 16)]
     for op in ("scan", "inner", "conv1d"):
@@ -208,6 +233,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saved = os.environ.get(backends.ENV_VAR)
     try:
         ok = correctness(device, args.quick)
+        try:
+            ok &= model_check(device, args.quick)
+        except Exception as err:  # report and go on to the timings
+            print(f"model check ERROR {type(err).__name__}: {err}")
+            ok = False
         if not args.skip_timing:
             print()
             timings(device, args.quick, args.repeats)
