@@ -97,8 +97,27 @@ INLINE vf exp2_8(vf y) {
     scale = (vf)((vi)scale + ((ki >> 3) << 23));
     return p * scale;
 }
+/* exp2_8 for y <= 0 (decays: dt >= 0 times A < 0), which needs only the lower clamp. */
+INLINE vf exp2_8_nonpos(vf y) {
+    const vf magic = splat(12582912.0f);
+    const vf table = {1.0f, 1.0905077326652577f, 1.189207115002721f, 1.2968395546510096f,
+                      1.4142135623730951f, 1.5422108254079407f, 1.681792830507429f, 1.8340080864093424f};
+    y = max_v(y, splat(-1008.0f));
+    vf t = y + magic;
+    vf f = y - (t - magic);
+    vf p = splat(1.0840646223597963e-04f);
+    p = p * f + splat(3.754126215248865e-03f);
+    p = p * f + splat(8.664339756999316e-02f);
+    p = p * f + splat(0.9999999816548746f);
+    /* the bits of t are those of magic plus k, and magic's low 25 bits are 0: t's low 3 bits are k mod 8, and
+       ((vi)t >> 3) << 23 equals (k >> 3) << 23 */
+    vf scale = (vf)_mm256_permutevar8x32_ps((__m256)table, (__m256i)t);
+    scale = (vf)((vi)scale + (((vi)t >> 3) << 23));
+    return p * scale;
+}
 #else
 INLINE vf exp2_8(vf y) { return exp_v(y * splat(0.08664339756999316f)); }
+INLINE vf exp2_8_nonpos(vf y) { return exp2_8(y); }
 #endif
 #define EXP2_8_SCALE 11.541560327111707f /* 8 log2(e): exp(x) = exp2_8(x * EXP2_8_SCALE) */
 

@@ -33,10 +33,10 @@ class MSArgs(ctypes.Structure):
     """Mirror of the C ``MSArgs`` struct."""
 
     _fields_ = ([(n, ctypes.c_long) for n in ("batch", "ndir", "seqlen", "ntok", "dim", "nstate", "rank", "width",
-                                              "silu", "gate", "src_stride")]
+                                              "silu", "gate", "src_stride", "pdim")]
                 + [(n, ctypes.c_void_p) for n in ("index", "src", "conv_w", "conv_b", "u", "xdbl", "dt_w", "dt_b",
-                                                  "A", "D", "u_out", "y", "dy", "du", "dxdbl", "dsrc", "dconv_w",
-                                                  "dconv_b", "ddt_w", "ddt_b", "dA", "dD")])
+                                                  "A", "A2", "D", "u_out", "y", "ys", "dtr", "dy", "du", "dxdbl",
+                                                  "dsrc", "dconv_w", "dconv_b", "ddt_w", "ddt_b", "dA", "dD")])
 
 
 class AttnArgs(ctypes.Structure):
@@ -54,7 +54,8 @@ _SIG_ATTN = (ctypes.POINTER(AttnArgs), ctypes.c_long, ctypes.c_long)
 def load_kernel():
     """The compiled multi-direction kernels (built on first use), or None when unavailable or disabled."""
     return ckernel.load_library("multi_scan", SOURCE, {
-        "ms_gather_fwd": _SIG_MS, "ms_gather_bwd": _SIG_MS, "ms_scan_fwd": _SIG_MS, "ms_scan_bwd": _SIG_MS,
+        "ms_gather_fwd": _SIG_MS, "ms_gather_bwd": _SIG_MS, "ms_scan_fwd": _SIG_MS, "ms_gate_fwd": _SIG_MS,
+        "ms_scan_bwd": _SIG_MS,
         "attn_stats": _SIG_ATTN, "attn_merge": _SIG_ATTN, "attn_gate_grad": _SIG_ATTN, "attn_input_grad": _SIG_ATTN})
 
 
@@ -74,19 +75,34 @@ def _run(fn, make_args, items: int, min_items: int) -> None:
     ckernel.run_parallel(fn, [make_args(i) for i in range(tasks)], items)
 
 
-def _ms_args(src, index, conv_w, conv_b, dt_w, dt_b, A, D, gate, inner, rank, state) -> MSArgs:
+EXP2_8_SCALE = 8 / math.log(2)  # the kernel's exp2_8 takes exponents pre-scaled by 8 log2(e)
+
+
+def _ms_args(src, index, conv_w, conv_b, params, dt_b, D, gate, inner, rank, state) -> MSArgs:
     num_dirs, length = index.shape
+    dt_t, A_t, A2_t = params
     return MSArgs(batch=src.shape[0], ndir=num_dirs, seqlen=length, ntok=src.shape[1], dim=inner, nstate=state,
                   rank=rank, width=0 if conv_w is None else conv_w.shape[1], silu=int(conv_w is not None),
-                  gate=int(gate), src_stride=src.shape[2], index=index.data_ptr(), src=src.data_ptr(),
-                  conv_w=_ptr(conv_w), conv_b=_ptr(conv_b), dt_w=dt_w.data_ptr(), dt_b=dt_b.data_ptr(),
-                  A=A.data_ptr(), D=_ptr(D))
+                  gate=int(gate), src_stride=src.shape[2], pdim=A_t.shape[2], index=index.data_ptr(),
+                  src=src.data_ptr(), conv_w=_ptr(conv_w), conv_b=_ptr(conv_b), dt_w=dt_t.data_ptr(),
+                  dt_b=dt_b.data_ptr(), A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=_ptr(D))
 
 
 def _channel_major(conv_w, dt_w, A_log):
-    """Per-channel vectors for the kernel: conv (K, W, E), dt_w (K, R, E), A = -exp(A_log) as (K, N, E)."""
+    """Per-channel vectors for the kernel: conv (K, W, E), and (dt_w (K, R, P), A = -exp(A_log) (K, N, P),
+    A * EXP2_8_SCALE (K, N, P)) with the channels zero-padded to P, a multiple of 8 (whole-vector loads)."""
     conv_t = None if conv_w is None else conv_w.transpose(1, 2).contiguous()
-    return conv_t, dt_w.transpose(1, 2).contiguous(), (-torch.exp(A_log)).transpose(1, 2).contiguous()
+    inner = A_log.shape[1]
+    pad = (-inner) % 8
+    dt_t = F.pad(dt_w.transpose(1, 2), (0, pad)).contiguous()
+    A_t = F.pad((-torch.exp(A_log)).transpose(1, 2), (0, pad)).contiguous()
+    return conv_t, (dt_t, A_t, A_t * EXP2_8_SCALE)
+
+
+def _dt_projection(xdbl: torch.Tensor, dt_w: torch.Tensor, rank: int) -> torch.Tensor:
+    """dt_w x_dbl[:R] (no bias) for every position: one batched matmul -> (K, Bt * L, E), rows laid out like u."""
+    flat = xdbl.reshape(xdbl.shape[0], -1, xdbl.shape[-1])
+    return torch.bmm(flat[:, :, :rank], dt_w.transpose(1, 2))
 
 
 def _check_index(index: torch.Tensor, num_tokens: int) -> None:
@@ -105,26 +121,29 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
     batch = src.shape[0]
     num_dirs, length = index.shape
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
-    conv_t, dt_t, A_t = _channel_major(conv_w, dt_w, A_log)
+    conv_t, params = _channel_major(conv_w, dt_w, A_log)
     u = src.new_empty(num_dirs, batch, length, inner)
     y = src.new_empty(batch, num_dirs, src.shape[1], inner)
 
     def make(_):
-        a = _ms_args(src, index, conv_t, conv_b, dt_t, dt_b, A_t, D, gate, inner, rank, state)
+        a = _ms_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state)
         a.u_out, a.u, a.y = u.data_ptr(), u.data_ptr(), y.data_ptr()
         return a
 
     pairs = num_dirs * batch
     _run(lib.ms_gather_fwd, make, pairs, 1)
     xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
+    dtr = _dt_projection(xdbl, dt_w, rank)
     xdbl = xdbl.view(num_dirs, batch, length, -1)
 
     def make_scan(i):
         a = make(i)
-        a.xdbl = xdbl.data_ptr()
+        # the scan overwrites each row of dtr with its ungated output once it has read it
+        a.xdbl, a.dtr, a.ys = xdbl.data_ptr(), dtr.data_ptr(), dtr.data_ptr()
         return a
 
     _run(lib.ms_scan_fwd, make_scan, pairs, 1)
+    _run(lib.ms_gate_fwd, make_scan, batch * src.shape[1], MIN_ROWS_PER_TASK)
     return y, u, xdbl
 
 
@@ -147,20 +166,23 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     batch = src.shape[0]
     num_dirs, length = index.shape
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
-    conv_t, dt_t, A_t = _channel_major(conv_w, dt_w, A_log)
+    conv_t, params = _channel_major(conv_w, dt_w, A_log)
     used = inner * (2 if gate else 1)
     dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
     du, dxdbl = torch.empty_like(u), torch.empty_like(xdbl)
     tasks = ckernel.num_tasks(batch, 1)
-    dA = A_t.new_zeros((tasks,) + A_t.shape)
-    ddt_w = dt_t.new_zeros((tasks,) + dt_t.shape)
+    dA = src.new_zeros(tasks, num_dirs, state, inner)
+    ddt_w = src.new_zeros(tasks, num_dirs, rank, inner)
     ddt_b = dt_b.new_zeros((tasks,) + dt_b.shape)
     dD = dt_b.new_zeros((tasks,) + dt_b.shape)
     dconv_w = None if conv_t is None else conv_t.new_zeros((tasks,) + conv_t.shape)
     dconv_b = None if conv_b is None else conv_b.new_zeros((tasks,) + conv_b.shape)
 
+    dtr = _dt_projection(xdbl, dt_w, rank)
+
     def make(i):
-        a = _ms_args(src, index, conv_t, conv_b, dt_t, dt_b, A_t, D, gate, inner, rank, state)
+        a = _ms_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state)
+        a.dtr = dtr.data_ptr()
         a.u, a.xdbl, a.dy, a.du, a.dxdbl, a.dsrc = (u.data_ptr(), xdbl.data_ptr(), dy.data_ptr(), du.data_ptr(),
                                                     dxdbl.data_ptr(), dsrc.data_ptr())
         a.dA, a.ddt_w, a.ddt_b = dA[i].data_ptr(), ddt_w[i].data_ptr(), ddt_b[i].data_ptr()

@@ -29,11 +29,12 @@ SOURCE = PRELUDE + r"""
 #define TC 16
 
 typedef struct {
-    long batch, ndir, seqlen, ntok, dim, nstate, rank, width, silu, gate, src_stride;
+    long batch, ndir, seqlen, ntok, dim, nstate, rank, width, silu, gate, src_stride, pdim;
     const long *index;
     const float *src, *conv_w, *conv_b;
-    const float *u, *xdbl, *dt_w, *dt_b, *A, *D;
-    float *u_out, *y;
+    const float *u, *xdbl, *dt_w, *dt_b, *A, *A2, *D;
+    float *u_out, *y, *ys;
+    const float *dtr;
     const float *dy;
     float *du, *dxdbl, *dsrc;
     float *dconv_w, *dconv_b, *ddt_w, *ddt_b, *dA, *dD; /* this task's accumulators */
@@ -143,9 +144,12 @@ void ms_gather_bwd(const MSArgs *a, long start, long end) {
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Selective scan.                                                                                              */
 
-/* Per block of channels: parameters, and one chunk's per-step values. */
+/* Per block of channels: pointers to its columns of the padded channel-major parameters (row stride pdim, so
+   every load is a whole vector), and its dt bias and D. */
 typedef struct {
-    vf A2[256], A[256], dtw[256], bias, D;
+    const float *A, *A2, *dtw;
+    long ps;
+    vf bias, D;
 } Block;
 
 typedef struct {
@@ -153,61 +157,71 @@ typedef struct {
     vf *as, *hs; /* TC x N decays and states */
 } Chunk;
 
+INLINE vf blk_A(const Block *p, long n) { return load(p->A + n * p->ps); }
+INLINE vf blk_dtw(const Block *p, long r) { return load(p->dtw + r * p->ps); }
+
 static void load_block(const MSArgs *a, long k, long c0, long nc, Block *p) {
-    long N = a->nstate, R = a->rank, E = a->dim;
-    for (long n = 0; n < N; n++) {
-        p->A[n] = ldc(a->A + (k * N + n) * E + c0, nc);
-        p->A2[n] = p->A[n] * splat(EXP2_8_SCALE);
-    }
-    for (long r = 0; r < R; r++) p->dtw[r] = ldc(a->dt_w + (k * R + r) * E + c0, nc);
+    long N = a->nstate, R = a->rank, E = a->dim, P = a->pdim;
+    p->ps = P;
+    p->A = a->A + k * N * P + c0;
+    p->A2 = a->A2 + k * N * P + c0;
+    p->dtw = a->dt_w + k * R * P + c0;
     p->bias = ldc(a->dt_b + k * E + c0, nc);
     p->D = a->D ? ldc(a->D + k * E + c0, nc) : splat(0.0f);
 }
 
 /* Steps t0 .. t0 + nt - 1 of one channel block from state h (updated in place): dt, decays, y before the gate;
-   with keep, also every state (c->hs) and the softplus derivative. xd: the xdbl rows of this (k, b). */
-INLINE void chunk_steps(const MSArgs *a, const Block *p, const float *u, const float *xd, long t0, long nt,
-                        long nc, vf *h, Chunk *c, int keep) {
-    long N = a->nstate, R = a->rank, S = R + 2 * N, E = a->dim;
+   with keep, also every decay and state (c->as, c->hs) and the softplus derivative. u, dr: this block's columns
+   of the (k, b) rows of u and of the dt projection dt_w x_dbl[:R] (without bias); xd: the xdbl rows of (k, b).
+   Without keep the decays are computed inside the recurrence (no round trip through memory). */
+INLINE void chunk_steps(const MSArgs *a, const Block *p, const float *u, const float *dr, const float *xd, long t0,
+                        long nt, long nc, vf *h, Chunk *c, int keep) {
+    long N = a->nstate, R = a->rank, S = R + 2 * N, E = a->dim, P = p->ps;
     for (long i = 0; i < nt; i++) {
-        const float *x = xd + (t0 + i) * S;
-        vf raw = p->bias;
-        for (long r = 0; r < R; r++) raw += splat(x[r]) * p->dtw[r];
+        vf raw = ldc(dr + (t0 + i) * E, nc) + p->bias;
         vf dt = softplus_v(raw), uv = ldc(u + (t0 + i) * E, nc);
         c->dt[i] = dt;
         c->dtu[i] = dt * uv;
         c->y[i] = p->D * uv;
         if (keep) c->dsig[i] = sigmoid_v(raw);
     }
-    for (long i = 0; i < nt; i++)
-        for (long n = 0; n < N; n++) c->as[i * N + n] = exp2_8(c->dt[i] * p->A2[n]);
+    if (keep)
+        for (long n = 0; n < N; n++) {
+            vf a2 = load(p->A2 + n * P);
+            for (long i = 0; i < nt; i++) c->as[i * N + n] = exp2_8_nonpos(c->dt[i] * a2);
+        }
     for (long n0 = 0; n0 < N; n0 += 8) {
         long nh = min_l(8, N - n0);
+        const float *A2 = p->A2 + n0 * P;
+        if (!keep && nh == 8) {
+            vf h0 = h[n0], h1 = h[n0 + 1], h2 = h[n0 + 2], h3 = h[n0 + 3];
+            vf h4 = h[n0 + 4], h5 = h[n0 + 5], h6 = h[n0 + 6], h7 = h[n0 + 7];
+            for (long i = 0; i < nt; i++) {
+                const float *Bt = xd + (t0 + i) * S + R + n0, *Ct = Bt + N;
+                vf dt = c->dt[i], dtu = c->dtu[i], y0 = splat(0.0f), y1 = splat(0.0f);
+#define MS_STEP(j, acc) \
+                h##j = exp2_8_nonpos(dt * load(A2 + j * P)) * h##j + dtu * splat(Bt[j]); acc += h##j * splat(Ct[j]);
+                MS_STEP(0, y0) MS_STEP(1, y1) MS_STEP(2, y0) MS_STEP(3, y1)
+                MS_STEP(4, y0) MS_STEP(5, y1) MS_STEP(6, y0) MS_STEP(7, y1)
+#undef MS_STEP
+                c->y[i] += y0 + y1;
+            }
+            h[n0] = h0; h[n0 + 1] = h1; h[n0 + 2] = h2; h[n0 + 3] = h3;
+            h[n0 + 4] = h4; h[n0 + 5] = h5; h[n0 + 6] = h6; h[n0 + 7] = h7;
+            continue;
+        }
         vf hh[8];
         for (long j = 0; j < nh; j++) hh[j] = h[n0 + j];
         for (long i = 0; i < nt; i++) {
             const float *Bt = xd + (t0 + i) * S + R + n0, *Ct = Bt + N;
-            const vf *at = c->as + i * N + n0;
-            vf dtu = c->dtu[i];
-            vf y0 = splat(0.0f), y1 = splat(0.0f), y2 = splat(0.0f), y3 = splat(0.0f);
-            if (nh == 8) {
-                hh[0] = at[0] * hh[0] + dtu * splat(Bt[0]); y0 += hh[0] * splat(Ct[0]);
-                hh[1] = at[1] * hh[1] + dtu * splat(Bt[1]); y1 += hh[1] * splat(Ct[1]);
-                hh[2] = at[2] * hh[2] + dtu * splat(Bt[2]); y2 += hh[2] * splat(Ct[2]);
-                hh[3] = at[3] * hh[3] + dtu * splat(Bt[3]); y3 += hh[3] * splat(Ct[3]);
-                hh[4] = at[4] * hh[4] + dtu * splat(Bt[4]); y0 += hh[4] * splat(Ct[4]);
-                hh[5] = at[5] * hh[5] + dtu * splat(Bt[5]); y1 += hh[5] * splat(Ct[5]);
-                hh[6] = at[6] * hh[6] + dtu * splat(Bt[6]); y2 += hh[6] * splat(Ct[6]);
-                hh[7] = at[7] * hh[7] + dtu * splat(Bt[7]); y3 += hh[7] * splat(Ct[7]);
-            } else {
-                for (long j = 0; j < nh; j++) {
-                    hh[j] = at[j] * hh[j] + dtu * splat(Bt[j]);
-                    y0 += hh[j] * splat(Ct[j]);
-                }
+            vf dtu = c->dtu[i], y0 = splat(0.0f);
+            for (long j = 0; j < nh; j++) {
+                vf at = keep ? c->as[i * N + n0 + j] : exp2_8_nonpos(c->dt[i] * load(A2 + j * P));
+                hh[j] = at * hh[j] + dtu * splat(Bt[j]);
+                y0 += hh[j] * splat(Ct[j]);
+                if (keep) c->hs[i * N + n0 + j] = hh[j];
             }
-            c->y[i] += (y0 + y1) + (y2 + y3);
-            if (keep)
-                for (long j = 0; j < nh; j++) c->hs[i * N + n0 + j] = hh[j];
+            c->y[i] += y0;
         }
         for (long j = 0; j < nh; j++) h[n0 + j] = hh[j];
     }
@@ -215,43 +229,71 @@ INLINE void chunk_steps(const MSArgs *a, const Block *p, const float *u, const f
 
 static vf *alloc_vf(long n) { return (vf *)aligned_alloc(32, (n > 0 ? n : 1) * sizeof(vf)); }
 
+/* Forward scan of (direction, batch) pairs, writing the ungated outputs in sequence order to ys (K, Bt, L, E),
+   rows laid out like u; ms_gate_fwd then moves them to token order and applies the gate. */
 void ms_scan_fwd(const MSArgs *a, long start, long end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, S = a->rank + 2 * N;
     long nb = (E + VW - 1) / VW;
-    Block *p = (Block *)aligned_alloc(32, sizeof(Block));
+    Block p;
     Chunk c;
     vf *h = alloc_vf(nb * N);
     c.as = alloc_vf(TC * N);
     c.hs = NULL;
-    if (!p || !h || !c.as) { free(p); free(h); free(c.as); return; }
+    if (!h || !c.as) { free(h); free(c.as); return; }
     for (long q = start; q < end; q++) {
-        long k = q / a->batch, b = q % a->batch;
-        const long *idx = a->index + k * L;
-        long len = real_length(idx, L, T);
-        const float *u = a->u + q * L * E, *xd = a->xdbl + q * L * S;
-        const float *z = a->gate ? a->src + b * T * a->src_stride + E : NULL;
-        float *y = a->y + (b * a->ndir + k) * T * E;
+        long k = q / a->batch;
+        long len = real_length(a->index + k * L, L, T);
+        const float *u = a->u + q * L * E, *dr = a->dtr + q * L * E, *xd = a->xdbl + q * L * S;
+        float *ys = a->ys + q * L * E;
         for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
         for (long t0 = 0; t0 < len; t0 += TC) {
             long nt = min_l(TC, len - t0);
             for (long cb = 0; cb < nb; cb++) {
                 long c0 = cb * VW, nc = min_l(VW, E - c0);
-                load_block(a, k, c0, nc, p);
-                chunk_steps(a, p, u + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
-                for (long i = 0; i < nt; i++) {
-                    long tok = idx[t0 + i];
-                    if (tok >= T) continue;
-                    vf v = c.y[i];
-                    if (z) {
-                        vf zv = ldc(z + tok * a->src_stride + c0, nc);
-                        v = v * zv * sigmoid_v(zv);
-                    }
-                    stc(y + tok * E + c0, v, nc);
-                }
+                load_block(a, k, c0, nc, &p);
+                chunk_steps(a, &p, u + c0, dr + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
+                for (long i = 0; i < nt; i++) stc(ys + (t0 + i) * E + c0, c.y[i], nc);
             }
         }
     }
-    free(p); free(h); free(c.as);
+    free(h); free(c.as);
+}
+
+/* Token rows (b, t) of y (Bt, K, T, E): y[b, k, t] = ys[k, b, position of t in direction k] * SiLU(z[b, t])
+   (the gate computed once per token row for all directions). */
+void ms_gate_fwd(const MSArgs *a, long start, long end) {
+    long L = a->seqlen, E = a->dim, T = a->ntok, K = a->ndir;
+    long *inv = (long *)malloc((K * T > 0 ? K * T : 1) * sizeof(long));
+    float *g = (float *)malloc((E + VW) * sizeof(float));
+    if (!inv || !g) { free(inv); free(g); return; }
+    for (long k = 0; k < K; k++)
+        for (long s = 0; s < L; s++) {
+            long tok = a->index[k * L + s];
+            if (tok < T) inv[k * T + tok] = s;
+        }
+    for (long q = start; q < end; q++) {
+        long b = q / T, t = q % T;
+        if (a->gate) {
+            const float *z = a->src + (b * T + t) * a->src_stride + E;
+            for (long c0 = 0; c0 < E; c0 += VW) {
+                long nc = min_l(VW, E - c0);
+                vf zv = ldc(z + c0, nc);
+                stc(g + c0, zv * sigmoid_v(zv), nc);
+            }
+        }
+        for (long k = 0; k < K; k++) {
+            const float *src = a->ys + ((k * a->batch + b) * L + inv[k * T + t]) * E;
+            float *dst = a->y + ((b * K + k) * T + t) * E;
+            if (a->gate)
+                for (long c0 = 0; c0 < E; c0 += VW) {
+                    long nc = min_l(VW, E - c0);
+                    stc(dst + c0, ldc(src + c0, nc) * ldc(g + c0, nc), nc);
+                }
+            else
+                memcpy(dst, src, E * sizeof(float));
+        }
+    }
+    free(inv); free(g);
 }
 
 /* Tasks are batches (the gate gradient of every direction adds to the same token rows). */
@@ -270,7 +312,7 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
             long q = k * a->batch + b;
             const long *idx = a->index + k * L;
             long len = real_length(idx, L, T);
-            const float *u = a->u + q * L * E, *xd = a->xdbl + q * L * S;
+            const float *u = a->u + q * L * E, *dr = a->dtr + q * L * E, *xd = a->xdbl + q * L * S;
             const float *z = a->gate ? a->src + b * T * a->src_stride + E : NULL;
             float *dz = a->gate ? a->dsrc + b * T * a->src_stride + E : NULL;
             const float *dy = a->dy + (b * a->ndir + k) * T * E;
@@ -286,7 +328,7 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
                     memcpy(ckpt + (ci * nb + cb) * N, h + cb * N, N * sizeof(vf));
                     if (t0 + nt < len) {
                         load_block(a, k, c0, nc, p);
-                        chunk_steps(a, p, u + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
+                        chunk_steps(a, p, u + c0, dr + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
                     }
                 }
             }
@@ -301,7 +343,7 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
                     vf *hc = h + cb * N, *gc = g + cb * N;
                     load_block(a, k, c0, nc, p);
                     memcpy(hc, ckpt + (ci * nb + cb) * N, N * sizeof(vf));
-                    chunk_steps(a, p, u + c0, xd, t0, nt, nc, hc, &c, 1);
+                    chunk_steps(a, p, u + c0, dr + c0, xd, t0, nt, nc, hc, &c, 1);
                     const vf *h0 = ckpt + (ci * nb + cb) * N;
                     vf dAacc[256], dDacc = splat(0.0f), dbias = splat(0.0f), ddtw[256];
                     for (long n = 0; n < N; n++) dAacc[n] = splat(0.0f);
@@ -331,7 +373,7 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
                             gn = gn * at[n];
                             vf da = gn * hp[n];
                             dAacc[n] += da * dt;
-                            sA += da * p->A[n];
+                            sA += da * blk_A(p, n);
                             gc[n] = gn;
                         }
                         dDacc += dyv * uv;
@@ -340,7 +382,7 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
                         dbias += dl;
                         for (long r = 0; r < R; r++) {
                             ddtw[r] += dl * splat(x[r]);
-                            dxl[i * R + r] += dl * p->dtw[r];
+                            dxl[i * R + r] += dl * blk_dtw(p, r);
                         }
                     }
                     for (long n = 0; n < N; n++) addc(a->dA + (k * N + n) * E + c0, dAacc[n], nc);
