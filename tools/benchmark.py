@@ -197,13 +197,18 @@ def default_baseline(model: str) -> str:
     raise ValueError(f"no default baseline for {model!r}: pass --baseline")
 
 
+def size_kwargs(name: str, img_size: int) -> Dict[str, int]:
+    """``img_size`` for models with position tables or fixed windows; LocalVMamba takes any size as it is."""
+    return {} if name.startswith("local_vssm") else {"img_size": img_size}
+
+
 def _build(name: str, args, device: torch.device) -> torch.nn.Module:
     import timm
 
     import classification  # noqa: F401  (registers the LocalMamba models)
 
     try:
-        return timm.create_model(name, img_size=args.img_size).to(device)
+        return timm.create_model(name, **size_kwargs(name, args.img_size)).to(device)
     except RuntimeError as err:
         if "Unknown model" not in str(err):
             raise

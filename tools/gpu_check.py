@@ -86,6 +86,8 @@ def scan_problem(device, dtype, bc: str, groups: int, dim: int, seqlen: int, dst
     else:
         B, C = rand(batch, groups, dstate, seqlen), rand(batch, groups, dstate, seqlen)
     D, bias = rand(dim, dt=torch.float32), rand(dim, scale=0.5, dt=torch.float32)
+    if not softplus:  # delta + bias must stay positive, or the states grow without bound
+        bias = bias.detach().abs().requires_grad_()
     inputs = [u, delta, A, B, C, D] + ([z] if use_z else []) + [bias]
     weights = [torch.randn(batch, dim, seqlen, generator=g).to(device),
                torch.randn(batch, dim, dstate, generator=g).to(device)]
@@ -191,7 +193,7 @@ def model_check(device: torch.device, quick: bool) -> bool:
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
     for name in ("local_vim_tiny", "local_vssm_tiny"):
         torch.manual_seed(0)
-        model = timm.create_model(name, img_size=size).to(device).eval()
+        model = timm.create_model(name, **benchmark.size_kwargs(name, size)).to(device).eval()
         logits = {}
         for backend in ("triton", "reference"):
             _forced(backend)
