@@ -15,7 +15,7 @@ Every map is an index table: position ``s`` of the sequence reads token ``index[
 stands for a padding zero. ``reverse`` is the exact inverse for any grid (the original's ``v`` reverse was only
 right for square grids). :func:`sequence_index` stacks the tables of a layer's directions for the fused mixer ops
 (``localmamba_ssm.multi_scan_inner_fn``), which gather, scan and scatter back by them in one go; under
-``torch.compile`` it is a constant (computed once per grid, outside the graph).
+``torch.compile`` it is an opaque op that copies the cached table (computed once per grid, outside the graph).
 """
 from __future__ import annotations
 
@@ -128,7 +128,6 @@ def reverse(y: torch.Tensor, name: str, grid: Sequence[int]) -> torch.Tensor:
     return y.index_select(-1, reverse_index(name, grid).to(y.device))
 
 
-@torch.compiler.assume_constant_result
 def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Optional[int] = None,
                    device: Optional[torch.device] = None) -> torch.Tensor:
     """Token-row index of several directions for the fused mixer ops: (K, L_max) int64.
@@ -138,9 +137,39 @@ def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Opti
     in row-major order; with a class token at row ``cls_position`` (the middle one), grid token i is row
     ``i + (i >= cls_position)`` and the class token is inserted at sequence position ``cls_position`` of every
     direction, as the original does. Cached per arguments.
+
+    Under ``torch.compile`` the table comes from the opaque op ``localmamba::sequence_index`` (a copy of the cached
+    table; its shape is known without building it), so that no table is built inside the graph and a model may ask
+    for many tables in one graph (``assume_constant_result`` mixes up the second one with the first).
     """
-    return _sequence_index(tuple(names), _check_grid(grid), cls_position,
-                           torch.device('cpu') if device is None else torch.device(device))
+    names, grid = tuple(names), _check_grid(grid)
+    device = torch.device('cpu') if device is None else torch.device(device)
+    if torch.compiler.is_compiling():
+        return _sequence_index_op(','.join(names), grid[0], grid[1], -1 if cls_position is None else cls_position,
+                                  device)
+    return _sequence_index(names, grid, cls_position, device)
+
+
+def _direction_length(name: str, grid: Grid) -> int:
+    """``scan_length`` by arithmetic alone (no table built, so it is safe under fake tensors)."""
+    kind, window, _ = parse_direction(name)
+    if kind != 'w':
+        return grid[0] * grid[1]
+    return -(-grid[0] // window) * window * (-(-grid[1] // window) * window)
+
+
+@torch.library.custom_op('localmamba::sequence_index', mutates_args=())
+def _sequence_index_op(names: str, height: int, width: int, cls_position: int, device: torch.device) -> torch.Tensor:
+    """:func:`sequence_index` as an op of a compiled graph (names comma-joined, no class token as -1)."""
+    table = _sequence_index(tuple(names.split(',')), (height, width), None if cls_position < 0 else cls_position,
+                            torch.device(device))
+    return table.clone()
+
+
+@_sequence_index_op.register_fake
+def _(names: str, height: int, width: int, cls_position: int, device: torch.device) -> torch.Tensor:
+    length = max(_direction_length(name, (height, width)) for name in names.split(',')) + (cls_position >= 0)
+    return torch.empty(len(names.split(',')), length, dtype=torch.long, device=device)
 
 
 @_cached_table
