@@ -27,6 +27,9 @@ from localmamba_conv1d.vector_math import PRELUDE
 SOURCE = PRELUDE + r"""
 #include <math.h>
 #define TC 16
+#ifndef NG
+#define NG 8 /* states per register group in the forward recurrence */
+#endif
 
 typedef struct {
     long batch, ndir, seqlen, ntok, dim, nstate, rank, width, silu, gate, src_stride, pdim;
@@ -69,30 +72,50 @@ INLINE vf conv_pre(const MSArgs *a, long k, const long *idx, long b, long s, lon
     return acc;
 }
 
+INLINE void prefetch_row(const float *r, long n) {
+    for (long c = 0; c < n; c += 16) __builtin_prefetch(r + c);
+}
+
+/* Tasks are (batch, direction) pairs in batch-major order, so the directions of one batch reuse its token rows
+   while they are cached; each step prefetches the token row that enters the window PF steps later. */
+#define PF 2
 void ms_gather_fwd(const MSArgs *a, long start, long end) {
-    long L = a->seqlen, E = a->dim;
+    long L = a->seqlen, E = a->dim, W = a->conv_w ? a->width : 1, K = a->ndir;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
-    if (!zeros) return;
-    for (long p = start; p < end; p++) {
-        long k = p / a->batch, b = p % a->batch;
+    const float **rows = (const float **)malloc(W * sizeof(float *));
+    if (!zeros || !rows) { free(zeros); free(rows); return; }
+    for (long item = start; item < end; item++) {
+        long b = item / K, k = item % K, p = k * a->batch + b;
         const long *idx = a->index + k * L;
         long len = real_length(idx, L, a->ntok);
         float *u = a->u_out + p * L * E;
-        for (long s = 0; s < len; s++)
+        const float *cw = a->conv_w ? a->conv_w + k * W * E : NULL, *cb = a->conv_b ? a->conv_b + k * E : NULL;
+        for (long s = 0; s < PF && s < len; s++) prefetch_row(x_row(a, idx, b, s, zeros), E);
+        for (long s = 0; s < len; s++) {
+            if (s + PF < len) prefetch_row(x_row(a, idx, b, s + PF, zeros), E);
+            float *us = u + s * E;
+            if (!cw) {
+                memcpy(us, x_row(a, idx, b, s, zeros), E * sizeof(float));
+                continue;
+            }
+            for (long j = 0; j < W; j++) rows[j] = x_row(a, idx, b, s - (W - 1) + j, zeros);
             for (long c0 = 0; c0 < E; c0 += VW) {
                 long nc = min_l(VW, E - c0);
-                vf v;
-                if (a->conv_w) {
-                    v = conv_pre(a, k, idx, b, s, c0, nc, zeros);
-                    if (a->silu) v = v * sigmoid_v(v);
-                } else {
-                    v = ldc(x_row(a, idx, b, s, zeros) + c0, nc);
-                }
-                stc(u + s * E + c0, v, nc);
+                vf v = cb ? ldc(cb + c0, nc) : splat(0.0f);
+                if (W == 4)
+                    v += ldc(cw + c0, nc) * ldc(rows[0] + c0, nc) + ldc(cw + E + c0, nc) * ldc(rows[1] + c0, nc)
+                         + ldc(cw + 2 * E + c0, nc) * ldc(rows[2] + c0, nc)
+                         + ldc(cw + 3 * E + c0, nc) * ldc(rows[3] + c0, nc);
+                else
+                    for (long j = 0; j < W; j++) v += ldc(cw + j * E + c0, nc) * ldc(rows[j] + c0, nc);
+                if (a->silu) v = v / (splat(1.0f) + exp_v(-v));
+                stc(us + c0, v, nc);
             }
+        }
         memset(u + len * E, 0, (L - len) * E * sizeof(float));
     }
     free(zeros);
+    free(rows);
 }
 
 /* Tasks are batches: every direction adds to the same token rows. dx of position s needs the pre-activation
@@ -190,24 +213,24 @@ INLINE void chunk_steps(const MSArgs *a, const Block *p, const float *u, const f
             vf a2 = load(p->A2 + n * P);
             for (long i = 0; i < nt; i++) c->as[i * N + n] = exp2_8_nonpos(c->dt[i] * a2);
         }
-    for (long n0 = 0; n0 < N; n0 += 8) {
-        long nh = min_l(8, N - n0);
+    for (long n0 = 0, nh; n0 < N; n0 += nh) {
+        nh = !keep && N - n0 >= NG ? NG : min_l(8, N - n0);
         const float *A2 = p->A2 + n0 * P;
-        if (!keep && nh == 8) {
-            vf h0 = h[n0], h1 = h[n0 + 1], h2 = h[n0 + 2], h3 = h[n0 + 3];
-            vf h4 = h[n0 + 4], h5 = h[n0 + 5], h6 = h[n0 + 6], h7 = h[n0 + 7];
+        if (!keep && nh == NG) { /* NG states in registers */
+            vf hv[NG];
+            for (long j = 0; j < NG; j++) hv[j] = h[n0 + j];
             for (long i = 0; i < nt; i++) {
                 const float *Bt = xd + (t0 + i) * S + R + n0, *Ct = Bt + N;
                 vf dt = c->dt[i], dtu = c->dtu[i], y0 = splat(0.0f), y1 = splat(0.0f);
-#define MS_STEP(j, acc) \
-                h##j = exp2_8_nonpos(dt * load(A2 + j * P)) * h##j + dtu * splat(Bt[j]); acc += h##j * splat(Ct[j]);
-                MS_STEP(0, y0) MS_STEP(1, y1) MS_STEP(2, y0) MS_STEP(3, y1)
-                MS_STEP(4, y0) MS_STEP(5, y1) MS_STEP(6, y0) MS_STEP(7, y1)
-#undef MS_STEP
+                for (long j = 0; j < NG; j += 2) {
+                    hv[j] = exp2_8_nonpos(dt * load(A2 + j * P)) * hv[j] + dtu * splat(Bt[j]);
+                    y0 += hv[j] * splat(Ct[j]);
+                    hv[j + 1] = exp2_8_nonpos(dt * load(A2 + (j + 1) * P)) * hv[j + 1] + dtu * splat(Bt[j + 1]);
+                    y1 += hv[j + 1] * splat(Ct[j + 1]);
+                }
                 c->y[i] += y0 + y1;
             }
-            h[n0] = h0; h[n0 + 1] = h1; h[n0 + 2] = h2; h[n0 + 3] = h3;
-            h[n0 + 4] = h4; h[n0 + 5] = h5; h[n0 + 6] = h6; h[n0 + 7] = h7;
+            for (long j = 0; j < NG; j++) h[n0 + j] = hv[j];
             continue;
         }
         vf hh[8];
@@ -250,6 +273,11 @@ void ms_scan_fwd(const MSArgs *a, long start, long end) {
             long nt = min_l(TC, len - t0);
             for (long cb = 0; cb < nb; cb++) {
                 long c0 = cb * VW, nc = min_l(VW, E - c0);
+                if (c0 % 16 == 0) /* this cache line's column of the next chunk's rows */
+                    for (long t = t0 + TC; t < t0 + 2 * TC && t < len; t++) {
+                        __builtin_prefetch(u + t * E + c0);
+                        __builtin_prefetch(dr + t * E + c0);
+                    }
                 load_block(a, k, c0, nc, &p);
                 chunk_steps(a, &p, u + c0, dr + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
                 for (long i = 0; i < nt; i++) stc(ys + (t0 + i) * E + c0, c.y[i], nc);
@@ -273,6 +301,10 @@ void ms_gate_fwd(const MSArgs *a, long start, long end) {
         }
     for (long q = start; q < end; q++) {
         long b = q / T, t = q % T;
+        if (q + 1 < end) {
+            long b1 = (q + 1) / T, t1 = (q + 1) % T;
+            for (long k = 0; k < K; k++) prefetch_row(a->ys + ((k * a->batch + b1) * L + inv[k * T + t1]) * E, E);
+        }
         if (a->gate) {
             const float *z = a->src + (b * T + t) * a->src_stride + E;
             for (long c0 = 0; c0 < E; c0 += VW) {
