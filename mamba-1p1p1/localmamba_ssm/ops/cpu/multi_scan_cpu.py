@@ -1,8 +1,9 @@
 """The ``cpu`` backend of ``multi_scan_inner_fn`` and ``attention_merge_fn``: C kernels on token-major buffers.
 
 ``multi_scan_inner_cpu``: one custom op ``localmamba::multi_scan_cpu_fwd`` gathers every direction's sequence
-straight from the token rows (with the causal conv and SiLU), projects it (one bmm over all directions), and scans
-it, writing the outputs back in token order; its backward op ``multi_scan_cpu_bwd`` writes the gradient of the
+straight from the token rows (with the causal conv and SiLU), projects it (one bmm over all directions, and one more
+for the dt low-rank projection), scans it in sequence order, and moves the outputs back to token order with the gate
+applied; its backward op ``multi_scan_cpu_bwd`` writes the gradient of the
 token rows in place (x and gate halves) and the parameter gradients. ``attention_merge_cpu``: the token mean of the
 LayerNorm-ed outputs and the gated sum over directions in C, the small gate MLP in PyTorch, and a fused backward.
 All ops have fake implementations, so ``torch.compile`` traces through them. See ``multi_scan_source.py`` for

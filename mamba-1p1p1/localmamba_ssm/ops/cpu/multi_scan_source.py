@@ -9,15 +9,21 @@ of whole rows. Layout contract (fp32, contiguous):
 - ``src`` (Bt, T, src_stride): token rows; x is channels [0, E), the gate z channels [E, 2E).
 - ``u`` (K, Bt, L, E): the sequences after the optional causal depthwise conv (weights (K, W, E)) and SiLU;
   ``xdbl`` (K, Bt, L, R + 2N) their projections [dt low rank | B | C].
-- ``dt_w`` (K, R, E), ``dt_b`` (K, E), ``A`` (K, N, E) (negative: -exp(A_log)), ``D`` (K, E).
-- ``y`` (Bt, K, T, E): the scan outputs back in token order (z-gated when ``gate``).
+- ``dt_w`` (K, R, P), ``A`` (K, N, P) (negative: -exp(A_log)) and ``A2`` = A * EXP2_8_SCALE (K, N, P), channels
+  zero-padded to ``pdim`` = P (a multiple of 8, so every parameter load is a whole vector); ``dt_b`` (K, E),
+  ``D`` (K, E).
+- ``dtr`` (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias).
+- ``ys`` (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias ``dtr``: each row is read
+  before it is written); ``y`` (Bt, K, T, E): the outputs back in token order (z-gated when ``gate``), written by
+  ``ms_gate_fwd``, which computes SiLU(z) once per token row for all directions.
 
-The scan works on chunks of TC steps: for each chunk, every block of 8 channels first computes its softplus'd dt
-and all decays exp(dt A) (independent, so they pipeline), then runs the recurrence; a block's state is kept in a
-small buffer between chunks, so the rows of u and y are read and written in order. The backward pass stores the
-state at every chunk start in a forward sweep, then goes through the chunks in reverse: it recomputes a chunk's
-states from its checkpoint and runs the reverse-time recurrence, with the reductions over channels (dB, dC and the
-dt low-rank gradient) accumulated as vectors and summed once per chunk.
+The scan works on chunks of TC steps: for each chunk, every block of 8 channels computes its softplus'd dt, then
+runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is used
+(forward); a block's state is kept in a small buffer between chunks, so the rows of u, dtr and ys are read and
+written in order. The backward pass stores the state at every chunk start in a forward sweep, then goes through
+the chunks in reverse: it recomputes a chunk's decays and states from its checkpoint and runs the reverse-time
+recurrence, with the reductions over channels (dB, dC and the dt low-rank gradient) accumulated as vectors and
+summed once per chunk.
 
 The channel-attention kernels compute, per (batch, direction), the token mean of the LayerNorm-ed rows and the
 gated sum over directions, and their fused backward.
