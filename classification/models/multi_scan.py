@@ -68,7 +68,7 @@ class MultiScan(nn.Module):
         """Merge per-direction outputs (B, K, L, C) into (B, L, C)."""
         if not self.search:
             return outputs.sum(dim=1)
-        normed = F.layer_norm(outputs, (outputs.shape[-1],))
+        normed = F.layer_norm(outputs, (self.channels,))
         probs = torch.softmax(self.weights, dim=0).view(1, -1, 1, 1).to(normed.dtype)
         return (normed * probs).sum(dim=1)
 

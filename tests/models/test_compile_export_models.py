@@ -129,14 +129,9 @@ def test_many_index_tables_in_one_compiled_graph_keep_their_values():
         assert torch.equal(got, expected)
 
 
-ONNX_REASON = ('attention_merge_ref (localmamba_ssm/ops/reference.py) passes y.shape[-1:] as layer_norm\'s '
-               'normalized_shape; the TorchScript exporter cannot prove it constant there (norm_weight.shape would be)')
-
-
 @pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None or importlib.util.find_spec('onnx') is None,
                     reason='onnx / onnxruntime not installed')
-@pytest.mark.xfail(raises=torch.onnx.errors.SymbolicValueError, strict=True, reason=ONNX_REASON)
-@pytest.mark.parametrize('family', ['local_vim_cls', 'local_vssm'])
+@pytest.mark.parametrize('family', ['local_vim_cls', 'local_vssm', 'local_vssm_search'])
 def test_reference_backend_model_exports_to_onnx(family, monkeypatch, tmp_path):
     import onnxruntime
 

@@ -168,6 +168,6 @@ def attention_merge_ref(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: t
 
     gate_k = sigmoid(select(GELU(reduce(mean over tokens of LayerNorm(y_k))))), the LocalMamba channel attention.
     """
-    summary = F.layer_norm(y, y.shape[-1:], norm_weight, norm_bias, eps).mean(dim=-2, keepdim=True)
+    summary = F.layer_norm(y, norm_weight.shape, norm_weight, norm_bias, eps).mean(dim=-2, keepdim=True)
     gate = torch.sigmoid(F.linear(F.gelu(F.linear(summary, reduce_weight, reduce_bias)), select_weight, select_bias))
     return (y * gate).sum(dim=1)
