@@ -61,15 +61,8 @@ def test_compiled_model_has_no_graph_break(family):
     assert explanation.graph_count == 1
 
 
-CPU_BWD_STRIDES = ("localmamba::multi_scan_cpu_bwd returns dA_log with transposed strides "
-                   "(dA.sum(0).transpose(1, 2) * A) where its fake kernel says contiguous, so the compiled backward's "
-                   "view of it (SS2D's A_logs.view) fails; under inductor LocalVim fails too (size/stride assert)")
-
-
 @pytest.mark.parametrize('family,backend', [
-    ('local_vim', 'reference'), ('local_vim', 'auto'), ('local_vssm', 'reference'),
-    pytest.param('local_vssm', 'auto', marks=pytest.mark.xfail(raises=RuntimeError, strict=True,
-                                                               reason=CPU_BWD_STRIDES))])
+    ('local_vim', 'reference'), ('local_vim', 'auto'), ('local_vssm', 'reference'), ('local_vssm', 'auto')])
 def test_compiled_model_matches_eager_with_gradients(family, backend, monkeypatch):
     """fullgraph ``torch.compile`` through AOTAutograd (the ``aot_eager`` backend: the graphs inductor would get,
     with the custom ops' fake kernels and autograd formulas) in training mode. Short sequences: the reference scan

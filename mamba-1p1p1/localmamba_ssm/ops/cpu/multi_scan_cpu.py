@@ -202,7 +202,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
             src.new_zeros(0) if dconv_w is None else dconv_w.sum(0).transpose(1, 2).contiguous(),
             src.new_zeros(0) if dconv_b is None else dconv_b.sum(0),
             dx_proj_w, ddt_w.sum(0).transpose(1, 2).contiguous(), ddt_b.sum(0),
-            dA.sum(0).transpose(1, 2) * A, src.new_zeros(0) if D is None else dD.sum(0))
+            (dA.sum(0).transpose(1, 2) * A).contiguous(), src.new_zeros(0) if D is None else dD.sum(0))
 
 
 @multi_scan_cpu_bwd.register_fake
