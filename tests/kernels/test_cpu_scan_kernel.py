@@ -108,3 +108,15 @@ def test_unwritable_cache_falls_back_to_temp_dir(tmp_path, monkeypatch):
         assert any(p.name.startswith("selective_scan_") for p in tmp_path.glob("localmamba-*/*.so"))
     finally:
         ckernel.reset()
+
+
+@pytest.mark.skipif(not ckernel.torch_uses_gnu_openmp(), reason='torch does not run on GNU OpenMP here')
+def test_kernels_share_torchs_openmp_threads():
+    """Built with -fopenmp, the kernels run on the OpenMP runtime torch already loaded: one libgomp in the process."""
+    from localmamba_ssm.ops.cpu.multi_scan_cpu import load_kernel
+
+    lib = load_kernel()
+    assert lib is not None and ckernel.uses_openmp(lib.ms_scan_fwd)
+    with open('/proc/self/maps') as maps:
+        gomp = {line.split()[-1] for line in maps if 'libgomp' in line}
+    assert len(gomp) == 1, gomp
