@@ -55,14 +55,16 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
             drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
         state = u.new_zeros((batch, dim, A.shape[1]))
         ys = []
-        for t in range(seqlen):
-            state = decay[:, :, t] * state + drive[:, :, t]
+        # unbind, not indexing: the backward of one index per step would fill a full-size gradient every step
+        steps = zip(decay.unbind(2), drive.unbind(2), [C] * seqlen if C.dim() == 2 else C.unbind(-1))
+        for decay_t, drive_t, C_t in steps:
+            state = decay_t * state + drive_t
             if C.dim() == 2:
-                ys.append(torch.einsum("bdn,dn->bd", state, C))
+                ys.append(torch.einsum("bdn,dn->bd", state, C_t))
             elif C.dim() == 3:
-                ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+                ys.append(torch.einsum("bdn,bn->bd", state, C_t))
             else:
-                ys.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t]))
+                ys.append(torch.einsum("bdn,bdn->bd", state, C_t))
         out = torch.stack(ys, dim=2)
         if D is not None:
             out = out + u * D.to(dtype)[:, None]
