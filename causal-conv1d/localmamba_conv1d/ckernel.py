@@ -187,6 +187,13 @@ def _openmp_runner(lib: ctypes.CDLL):
     return runner
 
 
+def constant_under_compile(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing dynamo (which imports triton) at package
+    import: dynamo then runs ``fn`` at trace time, so a kernel load (a build under a lock) stays out of the graph."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def uses_openmp(fn) -> bool:
     """Whether a loaded kernel function runs its tasks on OpenMP threads (shared with torch)."""
     return getattr(fn, "lm_runner", None) is not None

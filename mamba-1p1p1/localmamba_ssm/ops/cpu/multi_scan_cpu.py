@@ -60,6 +60,7 @@ def load_kernel():
         "attn_stats": _SIG_ATTN, "attn_merge": _SIG_ATTN, "attn_gate_grad": _SIG_ATTN, "attn_input_grad": _SIG_ATTN})
 
 
+@ckernel.constant_under_compile  # under torch.compile: evaluated (and the kernels loaded) at trace time
 def kernel_usable(inner: int, rank: int, state: int) -> bool:
     """True when the C kernels can run these sizes (and a compiler is available)."""
     return state <= MAX_STATE and rank <= MAX_RANK and inner > 0 and load_kernel() is not None
