@@ -197,23 +197,13 @@ def default_baseline(model: str) -> str:
     raise ValueError(f"no default baseline for {model!r}: pass --baseline")
 
 
-def size_kwargs(name: str, img_size: int) -> Dict[str, int]:
-    """``img_size`` for models with position tables or fixed windows; LocalVMamba takes any size as it is."""
-    return {} if name.startswith("local_vssm") else {"img_size": img_size}
-
-
 def _build(name: str, args, device: torch.device) -> torch.nn.Module:
-    import timm
-
-    import classification  # noqa: F401  (registers the LocalMamba models)
+    from classification.engine.model_builder import UnknownModelError, create_model_at_size
 
     try:
-        return timm.create_model(name, **size_kwargs(name, args.img_size)).to(device)
-    except RuntimeError as err:
-        if "Unknown model" not in str(err):
-            raise
-        close = timm.list_models(f"*{name.split('_')[-1]}*")[:8]
-        raise SystemExit(f"unknown model {name!r}; similar names: {', '.join(close) or '-'}") from err
+        return create_model_at_size(name, args.img_size).to(device)
+    except UnknownModelError as err:
+        raise SystemExit(str(err)) from err
 
 
 def _inference_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype):

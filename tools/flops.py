@@ -13,51 +13,27 @@ Runs on CPU. Any other timm model gets the fvcore count only.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import classification  # noqa: E402,F401  (registers the LocalMamba models)
+from classification.engine.model_builder import (UnknownModelError, create_model_at_size,  # noqa: E402
+                                                 resolve_model_name)
 from classification.models.flop_count import flop_analysis  # noqa: E402
 from classification.models.local_vim import VisionMamba  # noqa: E402
 from classification.models.local_vmamba import VSSM  # noqa: E402
 
 
-class UnknownModel(ValueError):
-    """A model name timm does not know."""
-
-
-def resolve_name(name: str) -> str:
-    """The registered name (the original's `timm_` prefix stripped); unknown names raise with close matches."""
-    canonical = name[len('timm_'):] if name.startswith('timm_') else name
-    known = timm.list_models()
-    if canonical in known:
-        return canonical
-    local = timm.list_models('local_v*')
-    close = difflib.get_close_matches(canonical, local, n=5, cutoff=0.5) or \
-        difflib.get_close_matches(canonical, known, n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; LocalMamba models: {', '.join(local)}"
-    raise UnknownModel(f'unknown model {name!r}{hint}')
-
-
 def build(name: str, img_size: int = 224, num_classes: Optional[int] = None) -> nn.Module:
     """The timm model, on CPU, in eval mode (`img_size` passed to models that take one, e.g. LocalVim)."""
     kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-    name = resolve_name(name)
-    try:
-        model = timm.create_model(name, img_size=img_size, **kwargs)
-    except TypeError as err:
-        if 'img_size' not in str(err):
-            raise
-        model = timm.create_model(name, **kwargs)
-    return model.eval()
+    return create_model_at_size(name, img_size, **kwargs).eval()
 
 
 def count_params(model: nn.Module) -> int:
@@ -84,7 +60,7 @@ def measure(name: str, img_size: int = 224, num_classes: Optional[int] = None) -
     """Params and both FLOP counts of one model: dict(model, img_size, params, original, fvcore, unsupported)."""
     model = build(name, img_size, num_classes)
     total, unsupported = fvcore_flops(model, img_size)
-    return dict(model=resolve_name(name), img_size=img_size, params=count_params(model),
+    return dict(model=resolve_model_name(name), img_size=img_size, params=count_params(model),
                 original=original_flops(model, img_size, total), fvcore=total, unsupported=unsupported)
 
 
@@ -113,8 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.img_size < 1:
         parser.error(f'--img-size must be positive, got {args.img_size}')
     try:
-        names = [resolve_name(name) for name in args.models]
-    except UnknownModel as err:
+        names = [resolve_model_name(name) for name in args.models]
+    except UnknownModelError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     rows = []

@@ -184,16 +184,14 @@ def correctness(device: torch.device, quick: bool) -> bool:
 
 def model_check(device: torch.device, quick: bool) -> bool:
     """Logits of the registered models with every op forced to triton against the reference backend."""
-    import timm
-
-    import classification  # noqa: F401  (registers the models)
+    from classification.engine.model_builder import create_model_at_size
 
     ok = True
     size = 32 if quick else 224
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
     for name in ("local_vim_tiny", "local_vssm_tiny"):
         torch.manual_seed(0)
-        model = timm.create_model(name, **benchmark.size_kwargs(name, size)).to(device).eval()
+        model = create_model_at_size(name, size).to(device).eval()
         logits = {}
         for backend in ("triton", "reference"):
             _forced(backend)

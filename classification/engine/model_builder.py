@@ -1,6 +1,7 @@
 """Build a registered model from the resolved config (name with or without `timm_`, classes, kwargs, directions)."""
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from argparse import Namespace
@@ -20,6 +21,37 @@ _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 def canonical_model_name(name: str) -> str:
     """Strip the original's `timm_` prefix."""
     return name[len("timm_"):] if name.startswith("timm_") else name
+
+
+class UnknownModelError(ConfigError):
+    """A model name timm does not know."""
+
+
+def resolve_model_name(name: str) -> str:
+    """The registered name (the original's `timm_` prefix stripped); unknown names raise with close matches."""
+    import classification  # noqa: F401  (registers the LocalMamba models in timm)
+
+    canonical = canonical_model_name(name)
+    known = timm.list_models()
+    if canonical in known:
+        return canonical
+    local = timm.list_models('local_v*')
+    close = difflib.get_close_matches(canonical, local, n=5, cutoff=0.5) or \
+        difflib.get_close_matches(canonical, known, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; LocalMamba models: {', '.join(local)}"
+    raise UnknownModelError(f'unknown model {name!r}{hint}')
+
+
+def create_model_at_size(name: str, img_size: int, **kwargs: Any) -> nn.Module:
+    """`timm.create_model` for `img_size` inputs: the size goes to models that take one (position tables, fixed
+    windows) and is left out for the others (LocalVMamba takes any size as it is)."""
+    name = resolve_model_name(name)
+    try:
+        return timm.create_model(name, img_size=img_size, **kwargs)
+    except TypeError as err:
+        if 'img_size' not in str(err):
+            raise
+        return timm.create_model(name, **kwargs)
 
 
 def check_directions_file(path: str) -> None:
@@ -50,9 +82,7 @@ def build_model(cfg: Namespace) -> nn.Module:
     Keys of `model_kwargs` that came from the YAML file (not from `--model-kwargs`) and that the chosen model does not
     take are dropped with a warning, so a config written for one model family still runs with another `--model`.
     """
-    import classification  # noqa: F401  (registers the LocalMamba models in timm)
-
-    name = canonical_model_name(cfg.model)
+    name = resolve_model_name(cfg.model)
     kwargs = model_kwargs(cfg)
     optional = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
     while True:

@@ -116,5 +116,5 @@ def test_cli_refuses_unknown_names_with_close_matches(tool, capsys):
     assert tool.main(['local_vim_tny']) == 2
     err = capsys.readouterr().err
     assert "unknown model 'local_vim_tny'" in err and 'local_vim_tiny' in err
-    with pytest.raises(tool.UnknownModel, match='LocalMamba models: local_vim_small'):
-        tool.resolve_name('zzzz_qqqq')
+    with pytest.raises(tool.UnknownModelError, match='LocalMamba models: local_vim_small'):
+        tool.resolve_model_name('zzzz_qqqq')
