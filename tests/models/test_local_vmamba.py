@@ -11,7 +11,7 @@ import classification  # noqa: F401  (registers the models)
 from classification.models.directions import CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
 from classification.models.flop_count import flop_analysis
 from classification.models.local_vmamba import SS2D
-from classification.models.scan_maps import multi_reverse, multi_reverse_tokens, multi_scan, reverse, scan
+from classification.models.scan_maps import reverse, scan
 from localmamba_ssm import selective_scan_ref
 
 # name -> (parameter count at 224 from the original's arithmetic, dims, depths, search)
@@ -156,15 +156,6 @@ def test_ss2d_equals_per_direction_reference(directions, grid):
     op = perturbed(SS2D(8, directions, d_state=5))
     x = torch.randn(2, *grid, 8)
     torch.testing.assert_close(op(x), ss2d_by_reference(op, x), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize('grid', [(5, 7), (7, 7), (4, 6)])
-def test_token_major_reverse_equals_multi_reverse(grid):
-    names = ('h', 'v_flip', 'w2', 'w3_flip')
-    seqs, _ = multi_scan(torch.randn(2, 3, *grid), names, grid)
-    y = torch.cat([seqs, torch.randn(2, 4, 3, 2)], dim=-1)       # a longer L than L_max is accepted too
-    torch.testing.assert_close(multi_reverse_tokens(y, names, grid), multi_reverse(y, names, grid).transpose(-1, -2),
-                               rtol=0, atol=0)
 
 
 SMALL_TABLE = [['h', 'v_flip', 'w7'], ['w2_flip', 'v'], ['h_flip', 'w2', 'w7_flip', 'v'], ['w3', 'h'], ['w2', 'v_flip']]

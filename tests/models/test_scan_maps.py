@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from classification.models.scan_maps import (insert_position, multi_reverse, multi_scan, parse_direction,
-                                             remove_position, reverse, scan, scan_index, scan_length, sequence_index)
+from classification.models.scan_maps import parse_direction, reverse, scan, scan_index, scan_length, sequence_index
 
 P = 24  # padding marker on a 4x6 grid (= H * W)
 GRID = (4, 6)
@@ -54,31 +53,6 @@ def test_reverse_inverts_scan(grid, name):
         assert seq.shape == (2, 3, expected) == (2, 3, scan_length(name, grid))
         assert int((seq[0, 0] == 0).sum()) >= expected - grid[0] * grid[1]
     torch.testing.assert_close(reverse(seq, name, grid), x.transpose(1, 2), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize('grid', [(7, 7), (5, 9)])
-def test_multi_scan_equals_single_scans_padded(grid):
-    names = ('h', 'v_flip', 'w2', 'w7_flip')
-    x = torch.randn(2, grid[0] * grid[1], 4, requires_grad=True)
-    stacked, lengths = multi_scan(x, names, grid)
-    assert lengths == tuple(scan_length(n, grid) for n in names)
-    assert stacked.shape == (2, 4, 4, max(lengths))
-    for k, name in enumerate(names):
-        torch.testing.assert_close(stacked[:, k, :, :lengths[k]], scan(x, name, grid), rtol=0, atol=0)
-        assert not stacked[:, k, :, lengths[k]:].any()
-    back = multi_reverse(stacked, names, grid)
-    torch.testing.assert_close(back, x.transpose(1, 2).unsqueeze(1).expand(-1, 4, -1, -1), rtol=0, atol=0)
-    back.sum().backward()
-    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
-
-
-def test_insert_and_remove_position():
-    y = torch.arange(10.).view(1, 2, 5)
-    column = torch.tensor([[100., 200.]])
-    inserted = insert_position(y, column, 2)
-    assert inserted[0, 0].tolist() == [0, 1, 100, 2, 3, 4]
-    rest, taken = remove_position(inserted, 2)
-    assert torch.equal(rest, y) and torch.equal(taken, column)
 
 
 @pytest.mark.parametrize('bad', ['x', 'w', 'w0', 'wx', 'h_flop', 'flip', 'W2', 'v-flip', '', 3])
