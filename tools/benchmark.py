@@ -136,7 +136,7 @@ def time_backends(case: Case, names: List[str], args, device) -> Dict[str, Dict[
     return {name: {mode: statistics.median(v) for mode, v in modes.items() if v} for name, modes in samples.items()}
 
 
-def _render_table(lines: List[List[str]]) -> str:
+def render_table(lines: List[List[str]]) -> str:
     """Header line plus rows as aligned text: the first column left-aligned, the others right-aligned."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
@@ -147,7 +147,7 @@ def _render_table(lines: List[List[str]]) -> str:
 
 def _format_table(rows: List[Dict[str, object]]) -> str:
     header = ["backend", "fwd ms", "fwd speedup", "fwd+bwd ms", "fwd+bwd speedup"]
-    return _render_table([header] + [
+    return render_table([header] + [
         [str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x",
          "-" if r["fwdbwd_ms"] is None else f"{r['fwdbwd_ms']:.3f}",
          "-" if r["fwdbwd_speedup"] is None else f"{r['fwdbwd_speedup']:.1f}x"] for r in rows])
@@ -273,7 +273,7 @@ def run_model_benchmark(args) -> List[Dict[str, object]]:
 
 def _format_model_table(rows: List[Dict[str, object]]) -> str:
     header = ["metric", f"{rows[0]['model']} img/s", f"{rows[0]['baseline']} img/s", "ratio"]
-    return _render_table([header] + [[str(r["metric"]), f"{r['model_img_s']:.2f}", f"{r['baseline_img_s']:.2f}",
+    return render_table([header] + [[str(r["metric"]), f"{r['model_img_s']:.2f}", f"{r['baseline_img_s']:.2f}",
                                       f"{r['ratio']:.3f}x"] for r in rows])
 
 

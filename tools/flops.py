@@ -18,6 +18,7 @@ import sys
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # tools/benchmark.py, the shared table layout
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -25,6 +26,7 @@ from torch import nn  # noqa: E402
 import classification  # noqa: E402,F401  (registers the LocalMamba models)
 from classification.engine.model_builder import (UnknownModelError, create_model_at_size,  # noqa: E402
                                                  resolve_model_name)
+from benchmark import render_table  # noqa: E402
 from classification.models.flop_count import flop_analysis  # noqa: E402
 from classification.models.local_vim import VisionMamba  # noqa: E402
 from classification.models.local_vmamba import VSSM  # noqa: E402
@@ -66,16 +68,12 @@ def measure(name: str, img_size: int = 224, num_classes: Optional[int] = None) -
 
 def format_table(rows: list[dict]) -> str:
     header = ('model', 'img', 'params (M)', 'GFLOPs original', 'GFLOPs fvcore+scan')
-    lines = [header]
+    lines = [list(header)]
     for row in rows:
         original = '-' if row['original'] is None else f"{row['original'] / 1e9:.3f}"
-        lines.append((row['model'], str(row['img_size']), f"{row['params'] / 1e6:.2f}", original,
-                      f"{row['fvcore'] / 1e9:.3f}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-           for line in lines]
-    out.insert(1, '  '.join('-' * w for w in widths))
-    return '\n'.join(out)
+        lines.append([row['model'], str(row['img_size']), f"{row['params'] / 1e6:.2f}", original,
+                      f"{row['fvcore'] / 1e9:.3f}"])
+    return render_table(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

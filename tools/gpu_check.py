@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmark  # noqa: E402  (tools/benchmark.py, the shared timing code)
 from localmamba_conv1d import backends, causal_conv1d_fn  # noqa: E402
-from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn  # noqa: E402
+from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn  # noqa: E402
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
@@ -227,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
         return 2
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
-    for op in ("selective_scan", "causal_conv1d", "layer_norm"):
+    for op in MODEL_OPS:
         print(f"  {op}: auto backend '{backends.selected_backend(op, device)}', "
               f"available {list(backends.available_backends(op, device))}")
     saved = os.environ.get(backends.ENV_VAR)

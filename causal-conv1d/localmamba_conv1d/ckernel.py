@@ -187,6 +187,11 @@ def _openmp_runner(lib: ctypes.CDLL):
     return runner
 
 
+def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    """A tensor's data address for a kernel argument; None (a NULL pointer) for a missing tensor."""
+    return None if t is None else t.data_ptr()
+
+
 def constant_under_compile(fn):
     """``torch.compiler.assume_constant_result(fn)`` without importing dynamo (which imports triton) at package
     import: dynamo then runs ``fn`` at trace time, so a kernel load (a build under a lock) stays out of the graph."""

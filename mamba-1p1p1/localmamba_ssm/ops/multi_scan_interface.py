@@ -15,6 +15,7 @@ import torch
 from localmamba_conv1d import backends
 from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 
+from .checks import _shape
 from .cpu.multi_scan_cpu import MAX_RANK, MAX_STATE, attention_merge_cpu, kernel_usable, multi_scan_inner_cpu
 from .reference import attention_merge_ref, multi_scan_inner_composed, multi_scan_inner_ref
 from .selective_scan_interface import selective_scan_fn
@@ -27,10 +28,6 @@ for _op in (OP_SCAN, OP_MERGE):
     backends.register(_op, "triton", backends.check_triton)
     backends.register(_op, "cpu", backends.check_cpu)
     backends.register(_op, "reference", backends.check_any)
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
 def _expect(name: str, t: Optional[torch.Tensor], shape: tuple) -> None:

@@ -145,7 +145,7 @@ def multi_scan_inner_composed(tokens, index, x_proj_weight, dt_proj_weight, dt_p
     x_dbl = torch.einsum("bkel,kre->bkrl", x.view(batch, num_dirs, inner, length), x_proj_weight)
     delta = torch.einsum("bkrl,ker->bkel", x_dbl[:, :, :rank], dt_proj_weight)
     z = seqs[:, :, inner:2 * inner].reshape(batch, num_dirs * inner, length) if gate else None
-    wide = torch.promote_types(tokens.dtype, torch.float32)                            # fp32, fp64 kept
+    wide = compute_dtype(tokens)
     y = scan_fn(x, delta.reshape(batch, num_dirs * inner, length), -torch.exp(A_log.to(wide)).flatten(0, 1),
                 x_dbl[:, :, rank:rank + state], x_dbl[:, :, rank + state:], None if D is None else D.to(wide).flatten(),
                 z, dt_proj_bias.to(wide).flatten(), True)

@@ -22,8 +22,8 @@ from localmamba_conv1d import ckernel
 from localmamba_conv1d.precision import autocast_off
 
 from .multi_scan_source import SOURCE
+from .selective_scan_cpu import MAX_STATE
 
-MAX_STATE = 256
 MAX_RANK = 256
 MIN_ROWS_PER_TASK = 64
 
@@ -66,10 +66,6 @@ def kernel_usable(inner: int, rank: int, state: int) -> bool:
     return state <= MAX_STATE and rank <= MAX_RANK and inner > 0 and load_kernel() is not None
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def _run(fn, make_args, items: int, min_items: int) -> None:
     """Run ``fn`` over ``items`` in ``ckernel.num_tasks(items, min_items)`` parallel tasks; ``make_args(i)`` gives
     task i its arguments (its own accumulators, where the kernel adds to some)."""
@@ -86,8 +82,9 @@ def _ms_args(src, index, conv_w, conv_b, params, dt_b, D, gate, inner, rank, sta
     return MSArgs(batch=src.shape[0], ndir=num_dirs, seqlen=length, ntok=src.shape[1], dim=inner, nstate=state,
                   rank=rank, width=0 if conv_w is None else conv_w.shape[1], silu=int(conv_w is not None),
                   gate=int(gate), src_stride=src.shape[2], pdim=A_t.shape[2], index=index.data_ptr(),
-                  src=src.data_ptr(), conv_w=_ptr(conv_w), conv_b=_ptr(conv_b), dt_w=dt_t.data_ptr(),
-                  dt_b=dt_b.data_ptr(), A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=_ptr(D))
+                  src=src.data_ptr(), conv_w=ckernel.data_ptr(conv_w), conv_b=ckernel.data_ptr(conv_b),
+                  dt_w=dt_t.data_ptr(), dt_b=dt_b.data_ptr(), A=A_t.data_ptr(), A2=A2_t.data_ptr(),
+                  D=ckernel.data_ptr(D))
 
 
 def _channel_major(conv_w, dt_w, A_log):
@@ -258,11 +255,6 @@ def _attn_args(y, eps) -> AttnArgs:
     return AttnArgs(batch=batch, ndir=num_dirs, ntok=num_tokens, dim=dim, eps=eps, y=y.data_ptr())
 
 
-def _gelu_grad(x: torch.Tensor) -> torch.Tensor:
-    """Derivative of the exact GELU."""
-    return 0.5 * (1 + torch.erf(x * math.sqrt(0.5))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
 @torch.library.custom_op("localmamba::attention_merge_cpu_fwd", mutates_args=(), device_types="cpu")
 def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, reduce_w: torch.Tensor,
                             reduce_b: torch.Tensor, select_w: torch.Tensor, select_b: torch.Tensor,
@@ -320,7 +312,7 @@ def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Ten
     dlogit = (dgate * gate * (1 - gate)).flatten(0, 1)
     act = F.gelu(hidden).flatten(0, 1)
     dselect_w, dselect_b = dlogit.t() @ act, dlogit.sum(0)
-    dhidden = (dlogit @ select_w) * _gelu_grad(hidden.flatten(0, 1))
+    dhidden = torch.ops.aten.gelu_backward(dlogit @ select_w, hidden.flatten(0, 1))
     summary = (xbar * norm_w + norm_b).flatten(0, 1)
     dreduce_w, dreduce_b = dhidden.t() @ summary, dhidden.sum(0)
     dsummary = (dhidden @ reduce_w).view(batch, num_dirs, dim)

@@ -42,18 +42,15 @@ def load_kernel():
     return ckernel.load_library("selective_scan", SOURCE, {"scan_fwd": _SIGNATURE, "scan_bwd": _SIGNATURE})
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def _groups(M: torch.Tensor) -> int:
     return 0 if M.dim() == 2 else M.shape[1]
 
 
 def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> ScanArgs:
     return ScanArgs(batch=u.shape[0], dim=u.shape[1], seqlen=u.shape[2], nstate=A.shape[1], groups_b=_groups(B),
-                    groups_c=_groups(C), softplus=int(softplus), u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B),
-                    C=_ptr(C), D=_ptr(D), z=_ptr(z), delta_bias=_ptr(delta_bias))
+                    groups_c=_groups(C), softplus=int(softplus), u=u.data_ptr(), delta=delta.data_ptr(),
+                    A=A.data_ptr(), B=B.data_ptr(), C=C.data_ptr(), D=ckernel.data_ptr(D), z=ckernel.data_ptr(z),
+                    delta_bias=ckernel.data_ptr(delta_bias))
 
 
 def _use_kernel(u: torch.Tensor, A: torch.Tensor):
@@ -109,8 +106,8 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
     args = []
     for i in range(tasks):
         a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        a.dout, a.dlast = dout.data_ptr(), _ptr(dlast)
-        a.du, a.ddelta, a.dz = du.data_ptr(), ddelta.data_ptr(), _ptr(dz if z is not None else None)
+        a.dout, a.dlast = dout.data_ptr(), ckernel.data_ptr(dlast)
+        a.du, a.ddelta, a.dz = du.data_ptr(), ddelta.data_ptr(), ckernel.data_ptr(dz if z is not None else None)
         a.dA, a.dB, a.dC, a.dD, a.ddelta_bias = (dA[i].data_ptr(), dB[i].data_ptr(), dC[i].data_ptr(),
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
         args.append(a)
