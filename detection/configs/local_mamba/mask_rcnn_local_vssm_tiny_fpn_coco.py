@@ -4,25 +4,8 @@ _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['detection.local_mamba'], allow_failed_imports=False)
 
-# The searched LocalVMamba-T directions, one list per block over all stages
-# (classification.models.LOCAL_VSSM_TINY_DIRECTIONS).
-directions = [
-    ['h', 'h_flip', 'w7', 'w7_flip'],
-    ['h_flip', 'v_flip', 'w2', 'w2_flip'],
-    ['h_flip', 'v_flip', 'w2_flip', 'w7'],
-    ['h_flip', 'v', 'v_flip', 'w2'],
-    ['h', 'h_flip', 'v_flip', 'w2_flip'],
-    ['h_flip', 'v_flip', 'w2', 'w2_flip'],
-    ['h', 'w2_flip', 'w7', 'w7_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'v_flip', 'w7', 'w7_flip'],
-    ['h_flip', 'v', 'w2', 'w7_flip'],
-    ['v', 'v_flip', 'w2', 'w7_flip'],
-    ['h', 'h_flip', 'v_flip', 'w2_flip'],
-    ['v_flip', 'w2_flip', 'w7', 'w7_flip'],
-    ['h_flip', 'v_flip', 'w2_flip', 'w7_flip'],
-    ['h_flip', 'v', 'w7', 'w7_flip'],
-]
+# The searched LocalVMamba-T directions, one list per block over all stages.
+from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS as directions  # noqa: E402
 
 model = dict(
     backbone=dict(

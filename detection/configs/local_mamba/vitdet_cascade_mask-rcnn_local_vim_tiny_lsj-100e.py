@@ -10,29 +10,8 @@ custom_imports = dict(imports=['detection.local_mamba'], allow_failed_imports=Fa
 norm_cfg = dict(type='LN2d', requires_grad=True)
 image_size = (1024, 1024)
 
-# The searched LocalVim-T directions, one list per layer (classification.models.LOCAL_VIM_TINY_DIRECTIONS).
-directions = [
-    ['h', 'v_flip', 'w7', 'w7_flip'],
-    ['h_flip', 'w2_flip', 'w7', 'w7_flip'],
-    ['h', 'h_flip', 'v', 'w7'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h_flip', 'v', 'v_flip', 'w7'],
-    ['h_flip', 'v', 'v_flip', 'w2_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'v', 'v_flip', 'w2'],
-    ['h', 'v', 'v_flip', 'w2_flip'],
-    ['h', 'h_flip', 'v_flip', 'w7'],
-    ['h_flip', 'v', 'v_flip', 'w2'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'v', 'w2', 'w2_flip'],
-    ['v', 'v_flip', 'w2', 'w7'],
-    ['h', 'h_flip', 'v', 'w2'],
-    ['h', 'h_flip', 'w2_flip', 'w7'],
-    ['v', 'v_flip', 'w2', 'w2_flip'],
-]
+# The searched LocalVim-T directions, one list per layer.
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS as directions  # noqa: E402
 
 model = dict(
     data_preprocessor=dict(

@@ -1,42 +1,8 @@
 # LocalVMamba-S + UperNet on ADE20K, with AMP (the only seg config of the original that uses it).
 _base_ = './upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'
 
-# The searched LocalVMamba-S directions (classification.models.LOCAL_VSSM_SMALL_DIRECTIONS).
-directions = [
-    ['h', 'v', 'v_flip', 'w7_flip'],
-    ['h', 'h_flip', 'v', 'w7'],
-    ['h_flip', 'v', 'v_flip', 'w7'],
-    ['h_flip', 'v', 'w2_flip', 'w7'],
-    ['h_flip', 'v', 'w2_flip', 'w7'],
-    ['h_flip', 'v_flip', 'w2', 'w7_flip'],
-    ['h_flip', 'v', 'v_flip', 'w7'],
-    ['h', 'v', 'v_flip', 'w7'],
-    ['h', 'v', 'v_flip', 'w7'],
-    ['h', 'v', 'v_flip', 'w7_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'v', 'v_flip', 'w2'],
-    ['v', 'v_flip', 'w2_flip', 'w7'],
-    ['h', 'h_flip', 'v', 'w2'],
-    ['h_flip', 'v', 'v_flip', 'w7_flip'],
-    ['h', 'h_flip', 'v', 'v_flip'],
-    ['h', 'v', 'v_flip', 'w7_flip'],
-    ['h', 'v', 'v_flip', 'w7_flip'],
-    ['h', 'h_flip', 'v_flip', 'w7'],
-    ['h_flip', 'v_flip', 'w2_flip', 'w7'],
-    ['h_flip', 'v', 'v_flip', 'w7_flip'],
-    ['v', 'v_flip', 'w7', 'w7_flip'],
-    ['h', 'v', 'v_flip', 'w7_flip'],
-    ['h_flip', 'v', 'v_flip', 'w2'],
-    ['h', 'v', 'v_flip', 'w2_flip'],
-    ['h', 'h_flip', 'v', 'w7'],
-    ['h', 'h_flip', 'w7', 'w7_flip'],
-    ['h', 'v_flip', 'w2', 'w2_flip'],
-    ['h', 'v_flip', 'w2', 'w7'],
-    ['h', 'v', 'v_flip', 'w7_flip'],
-    ['h_flip', 'v', 'w2_flip', 'w7'],
-    ['h_flip', 'v_flip', 'w7', 'w7_flip'],
-    ['h', 'v', 'w7', 'w7_flip'],
-]
+# The searched LocalVMamba-S directions, one list per block over all stages.
+from classification.models.directions import LOCAL_VSSM_SMALL_DIRECTIONS as directions  # noqa: E402
 
 model = dict(
     backbone=dict(
