@@ -107,33 +107,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(case: Case, backward: bool, device: torch.device) -> float:
-    for t in case.inputs:
-        t.grad = None
-    _sync(device)
-    start = time.perf_counter()
-    if backward:
-        case.run().float().sum().backward()
-    else:
-        with torch.no_grad():
-            case.run()
-    _sync(device)
-    return (time.perf_counter() - start) * 1e3
+def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
+    """One forward (under no_grad) or forward + backward of ``case`` with ``backend`` forced."""
+    def step() -> None:
+        os.environ[backends.ENV_VAR] = backend
+        for t in case.inputs:
+            t.grad = None
+        if backward:
+            case.run().float().sum().backward()
+        else:
+            with torch.no_grad():
+                case.run()
+
+    return step
+
+
+def median_seconds(steps: Dict[str, Callable[[], None]], args, device: torch.device) -> Dict[str, float]:
+    """Median seconds of each step, the steps interleaved in every repeat after ``args.warmup`` untimed ones."""
+    samples: Dict[str, List[float]] = {name: [] for name in steps}
+    for repeat in range(args.warmup + args.repeats):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if repeat >= args.warmup:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def time_backends(case: Case, names: List[str], args, device) -> Dict[str, Dict[str, float]]:
     """Median milliseconds per backend for 'fwd' and 'fwd+bwd', with the backends interleaved in every repeat."""
-    samples = {name: {"fwd": [], "fwd+bwd": []} for name in names}
+    medians: Dict[str, Dict[str, float]] = {name: {} for name in names}
     for mode, backward in (("fwd", False), ("fwd+bwd", True)):
         if backward and args.no_backward:
             continue
-        for repeat in range(args.warmup + args.repeats):
-            for name in names:
-                os.environ[backends.ENV_VAR] = name
-                ms = _time_once(case, backward, device)
-                if repeat >= args.warmup:
-                    samples[name][mode].append(ms)
-    return {name: {mode: statistics.median(v) for mode, v in modes.items() if v} for name, modes in samples.items()}
+        steps = {name: _backend_step(case, name, backward) for name in names}
+        for name, seconds in median_seconds(steps, args, device).items():
+            medians[name][mode] = seconds * 1e3
+    return medians
 
 
 def render_table(lines: List[List[str]]) -> str:
@@ -228,19 +240,6 @@ def _train_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype
     return step
 
 
-def _median_seconds(steps: Dict[str, Callable[[], None]], args, device: torch.device) -> Dict[str, float]:
-    samples: Dict[str, List[float]] = {name: [] for name in steps}
-    for repeat in range(args.warmup + args.repeats):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            if repeat >= args.warmup:
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def run_model_benchmark(args) -> List[Dict[str, object]]:
     """Images/s of ``args.model`` and its baseline for inference at each batch size and a training step."""
     from localmamba_ssm import backend_summary
@@ -261,7 +260,7 @@ def run_model_benchmark(args) -> List[Dict[str, object]]:
                              generator=torch.Generator().manual_seed(0)).to(device)
         for model in models.values():
             model.train(train)
-        seconds = _median_seconds({name: make_step(m, images, dtype) for name, m in models.items()}, args, device)
+        seconds = median_seconds({name: make_step(m, images, dtype) for name, m in models.items()}, args, device)
         ips = {name: batch / s for name, s in seconds.items()}
         rows.append({"metric": metric, "model": args.model, "baseline": baseline, "device": device.type,
                      "dtype": args.dtype, "threads": torch.get_num_threads(), "model_img_s": ips[args.model],
