@@ -174,14 +174,8 @@ def run_op_benchmark(args) -> List[Dict[str, object]]:
     if "reference" not in names:
         names.append("reference")
     case = CASES[args.op](args, device, dtype)
-    saved = os.environ.get(backends.ENV_VAR)
-    try:
+    with backends.restoring_env_choice():
         medians = time_backends(case, names, args, device)
-    finally:
-        if saved is None:
-            os.environ.pop(backends.ENV_VAR, None)
-        else:
-            os.environ[backends.ENV_VAR] = saved
     ref = medians["reference"]
     rows = []
     for name in names:

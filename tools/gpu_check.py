@@ -230,8 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for op in MODEL_OPS:
         print(f"  {op}: auto backend '{backends.selected_backend(op, device)}', "
               f"available {list(backends.available_backends(op, device))}")
-    saved = os.environ.get(backends.ENV_VAR)
-    try:
+    with backends.restoring_env_choice():
         ok = correctness(device, args.quick)
         try:
             ok &= model_check(device, args.quick)
@@ -241,11 +240,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.skip_timing:
             print()
             timings(device, args.quick, args.repeats)
-    finally:
-        if saved is None:
-            os.environ.pop(backends.ENV_VAR, None)
-        else:
-            os.environ[backends.ENV_VAR] = saved
     print("ALL CHECKS PASSED" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 

@@ -12,12 +12,13 @@ Nothing here imports triton or the official packages at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import os
 import threading
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -196,3 +197,16 @@ def check_cpu(device: torch.device, forced: bool) -> Optional[str]:
 def check_any(device: torch.device, forced: bool) -> Optional[str]:
     """Check for the ``reference`` backend: runs everywhere."""
     return None
+
+
+@contextlib.contextmanager
+def restoring_env_choice() -> Iterator[None]:
+    """Put ``LOCALMAMBA_BACKEND`` back as it was on exit (for tools that force each backend in turn)."""
+    saved = os.environ.get(ENV_VAR)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = saved

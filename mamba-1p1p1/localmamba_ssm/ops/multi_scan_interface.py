@@ -16,7 +16,8 @@ from localmamba_conv1d import backends
 from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 
 from .checks import _shape
-from .cpu.multi_scan_cpu import MAX_RANK, MAX_STATE, attention_merge_cpu, kernel_usable, multi_scan_inner_cpu
+from .cpu.multi_scan_cpu import MAX_RANK, attention_merge_cpu, kernel_usable, multi_scan_inner_cpu
+from .cpu.selective_scan_cpu import MAX_STATE
 from .reference import attention_merge_ref, multi_scan_inner_composed, multi_scan_inner_ref
 from .selective_scan_interface import selective_scan_fn
 
@@ -102,8 +103,7 @@ def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight
     args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
     if backend == "reference":
         return multi_scan_inner_ref(*args)
-    rank, state = dt_proj_weight.shape[2], A_log.shape[2]
-    if backend == "cpu" and _fused_cpu(tokens) and kernel_usable(x_proj_weight.shape[2], rank, state):
+    if backend == "cpu" and _fused_cpu(tokens) and kernel_usable(x_proj_weight.shape[2]):
         return multi_scan_inner_cpu(*args)
     return multi_scan_inner_composed(*args, causal_conv1d_fn, selective_scan_fn)
 
@@ -120,6 +120,6 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
         raise ValueError(f"attention_merge: y must be (Bt, K, T, E) with E = norm_weight's size, got {_shape(y)}")
     backend = backends.select(OP_MERGE, y.device)
     args = (y, norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias, eps)
-    if backend == "cpu" and _fused_cpu(y) and kernel_usable(y.shape[-1], 0, 0):
+    if backend == "cpu" and _fused_cpu(y) and kernel_usable(y.shape[-1]):
         return attention_merge_cpu(*args)
     return attention_merge_ref(*args)

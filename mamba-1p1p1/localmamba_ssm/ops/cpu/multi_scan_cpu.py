@@ -22,7 +22,6 @@ from localmamba_conv1d import ckernel
 from localmamba_conv1d.precision import autocast_off
 
 from .multi_scan_source import SOURCE
-from .selective_scan_cpu import MAX_STATE
 
 MAX_RANK = 256
 MIN_ROWS_PER_TASK = 64
@@ -61,9 +60,10 @@ def load_kernel():
 
 
 @ckernel.constant_under_compile  # under torch.compile: evaluated (and the kernels loaded) at trace time
-def kernel_usable(inner: int, rank: int, state: int) -> bool:
-    """True when the C kernels can run these sizes (and a compiler is available)."""
-    return state <= MAX_STATE and rank <= MAX_RANK and inner > 0 and load_kernel() is not None
+def kernel_usable(inner: int) -> bool:
+    """True when the C kernels are available and there are channels to run them on (the state and rank limits,
+    MAX_STATE and MAX_RANK, are checked when the backend is chosen)."""
+    return inner > 0 and load_kernel() is not None
 
 
 def _run(fn, make_args, items: int, min_items: int) -> None:
