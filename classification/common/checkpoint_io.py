@@ -1,0 +1,126 @@
+"""Reading and writing checkpoint files safely.
+
+Every read uses ``torch.load(weights_only=True)``: a file that can only be read by unpickling arbitrary objects (which
+can run code) is refused with :class:`UnsafeCheckpointError`, unless the caller passes ``trust=True`` (the tools'
+``--trust-checkpoint``). Writes go through a temporary file and a rename, and get the permissions of the user's umask.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from typing import Any, Mapping, Optional
+
+import torch
+
+TRUST_FLAG = '--trust-checkpoint'
+TMP_PREFIX = '.tmp-'
+
+# Containers, in the order they are looked for: released files, training checkpoints, EMA weights.
+STATE_DICT_KEYS = ('state_dict', 'model', 'ema_model', 'state_dict_ema')
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that only loads by running pickled code; the message names the opt-in flag."""
+
+
+def _read(path: str, trust: bool) -> Any:
+    if path.startswith(('http://', 'https://')):
+        return torch.hub.load_state_dict_from_url(path, map_location='cpu', weights_only=not trust)
+    return torch.load(path, map_location='cpu', weights_only=not trust)
+
+
+def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
+
+    ``trust=True`` unpickles arbitrary objects: only for files from a trusted source. Errors name the file.
+    """
+    is_url = path.startswith(('http://', 'https://'))
+    if not is_url and not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        ckpt = _read(path, trust)
+    except pickle.UnpicklingError as err:
+        if 'Weights only load failed' in str(err) or 'weights_only' in str(err):
+            raise UnsafeCheckpointError(
+                f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; '
+                f'if you trust its source, pass {TRUST_FLAG}') from None
+        raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({err})') from None
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({type(err).__name__}: '
+                              f'{str(err).splitlines()[0] if str(err) else ""})') from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
+    return ckpt
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = 'module.') -> dict[str, torch.Tensor]:
+    """Remove every leading ``prefix`` (DDP wraps once, the original's EMA of a DDP model twice) from all keys."""
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
+                    source: str = 'checkpoint') -> dict[str, torch.Tensor]:
+    """The weights inside a checkpoint, ``module.`` prefixes stripped.
+
+    ``checkpoint[key]`` if ``key`` is given; else the first of ``STATE_DICT_KEYS`` present; else the checkpoint itself
+    when it is already a flat tensor dict. ``source`` (the file) is named in the error.
+    """
+    keys = (key,) if key else STATE_DICT_KEYS
+    for candidate in keys:
+        if isinstance(checkpoint.get(candidate), Mapping):
+            return strip_prefix(checkpoint[candidate])
+    if key is None and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return strip_prefix(checkpoint)
+    raise CheckpointError(f"{source}: no {' or '.join(repr(k) for k in keys)} weights (keys: {sorted(checkpoint)})")
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _replace(tmp: str, path: str) -> None:
+    os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file what any other output of the run gets
+    os.replace(tmp, path)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: ``path`` is never left half written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=os.path.dirname(os.path.abspath(dst)))
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        _replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
