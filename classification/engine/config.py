@@ -96,6 +96,8 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--color-jitter", type=float, default=0.0, help="colour jitter (only without --aa)")
     g.add_argument("--cutout-length", type=int, default=0, help="CIFAR only: cutout square side")
     g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-mstd0.5")
+    g.add_argument("--aa-impl", default="original", choices=("original", "timm"),
+                   help="ours: whose RandAugment runs a rand-* policy (the original's 19 ops, or timm's)")
     g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
     g.add_argument("--remode", default="const", choices=("const", "rand", "pixel"), help="random erasing fill")
     g.add_argument("--drop", type=float, default=0.0, help="dropout rate (passed as drop_rate when > 0)")
