@@ -1,0 +1,93 @@
+"""The shell launchers build the expected torchrun / srun command lines (stub `python` and `srun` print their argv)."""
+import os
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TORCHRUN = ["python", "-m", "torch.distributed.run"]
+SHELLS = [s for s in ("sh", "bash") if shutil.which(s)]
+
+STUB = """#!/bin/sh
+echo "{name}"
+for arg in "$@"; do echo "$arg"; done
+echo "PYTHONPATH=$PYTHONPATH"
+echo "MASTER_PORT=$MASTER_PORT"
+"""
+
+
+@pytest.fixture
+def stub_path(tmp_path):
+    """A PATH whose `python` and `srun` print their name, their arguments one per line, then two env vars."""
+    for name in ("python", "srun"):
+        path = tmp_path / name
+        path.write_text(STUB.format(name=name))
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
+
+
+def run(shell, stub_path, script, *args, cwd=REPO, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "PORT", "NNODES", "PYTHONPATH")}
+    environ.update(PATH=stub_path, **env)
+    proc = subprocess.run([shell, os.path.join(REPO, script), *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    return lines[:-2], dict(line.split("=", 1) for line in lines[-2:])
+
+
+def torchrun(gpus, entry, *args, nnodes="1", node_rank="0", addr="127.0.0.1", port="29500"):
+    return [*TORCHRUN, f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={gpus}",
+            f"--master_addr={addr}", f"--master_port={port}", entry, *args]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_dist_run_runs_the_originals_readme_command_from_the_root(shell, stub_path):
+    argv, env = run(shell, stub_path, "tools/dist_run.sh", "tools/test.py", "8", "cfg.yaml", "local_vim_tiny",
+                    "--resume", "my ckpt.pth")
+    assert argv == torchrun("8", "tools/test.py", "-c", "cfg.yaml", "--model", "local_vim_tiny",
+                            "--resume", "my ckpt.pth")
+    assert env == {"PYTHONPATH": REPO, "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_dist_train_and_test_wrap_dist_run_with_multi_node_env(shell, stub_path, tmp_path):
+    """From another directory the entry resolves against the repository root."""
+    nodes = dict(NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="1234")
+    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", "c.yaml", "m", "-b", "8", cwd=tmp_path, **nodes)
+    assert argv == torchrun("4", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m", "-b", "8",
+                            nnodes="2", node_rank="1", addr="10.0.0.1", port="1234")
+    argv, _ = run(shell, stub_path, "tools/dist_test.sh", "1", "c.yaml", "m", "--resume", "x.pth")
+    assert argv == torchrun("1", "tools/test.py", "-c", "c.yaml", "--model", "m", "--resume", "x.pth")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_slurm_run_and_slurm_train(shell, stub_path):
+    argv, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m", "--amp")
+    assert argv == ["srun", "--job-name", "train", "--partition=part", "-n16", "--gres=gpu:8", "--ntasks-per-node=8",
+                    "python", "-u", "tools/test.py", "-c", "c.yaml", "--model", "m", "--slurm",
+                    "--amp"]
+    assert env == {"PYTHONPATH": REPO, "MASTER_PORT": "29500"}
+    argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m")
+    assert argv[4:8] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "python"]
+    assert argv[9:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+@pytest.mark.parametrize("shell", SHELLS)
+def test_mm_launchers_keep_the_mm_argument_order_and_port(shell, stub_path, task):
+    argv, env = run(shell, stub_path, f"{task}/tools/dist_train.sh", "cfg.py", "2", "--amp", PORT="4321")
+    assert argv == torchrun("2", f"{REPO}/{task}/tools/train.py", "cfg.py", "--launcher", "pytorch", "--amp",
+                            port="4321")
+    assert env["PYTHONPATH"] == REPO
+    argv, _ = run(shell, stub_path, f"{task}/tools/dist_test.sh", "cfg.py", "w.pth", "8")
+    assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", "cfg.py", "w.pth", "--launcher", "pytorch")
+
+
+@pytest.mark.parametrize("script, args", [("tools/dist_run.sh", ["a", "1", "c"]), ("tools/slurm_run.sh", ["a"]),
+                                          ("tools/dist_train.sh", []), ("detection/tools/dist_test.sh", ["c", "k"])])
+def test_too_few_arguments_print_usage(stub_path, script, args):
+    proc = subprocess.run(["sh", os.path.join(REPO, script), *args], capture_output=True, text=True,
+                          env={**os.environ, "PATH": stub_path})
+    assert proc.returncode == 2 and "usage:" in proc.stderr and proc.stdout == ""

@@ -1,0 +1,38 @@
+#!/usr/bin/env sh
+# The one launcher behind every dist_*.sh / slurm_*.sh script: runs an entry script with its arguments as given.
+#   tools/launch.sh torchrun GPUS ENTRY [ARGS...]            GPUS processes per node (torchrun)
+#   tools/launch.sh srun PARTITION GPUS ENTRY [ARGS...]      GPUS Slurm tasks, at most 8 per node
+# torchrun, several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default
+# 29500) set. srun: ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node.
+# ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
+set -eu
+usage() {
+    echo "usage: $0 torchrun GPUS ENTRY [ARGS...] | $0 srun PARTITION GPUS ENTRY [ARGS...]" >&2
+    exit 2
+}
+[ $# -ge 1 ] || usage
+MODE=$1
+shift
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+case "$MODE" in
+    torchrun) [ $# -ge 2 ] || usage; PARTITION=; GPUS=$1; ENTRY=$2; shift 2 ;;
+    srun) [ $# -ge 3 ] || usage; PARTITION=$1; GPUS=$2; ENTRY=$3; shift 3 ;;
+    *) usage ;;
+esac
+if [ ! -f "$ENTRY" ] && [ -f "$ROOT/$ENTRY" ]; then
+    ENTRY="$ROOT/$ENTRY"
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export MASTER_PORT="${MASTER_PORT:-29500}"
+
+if [ "$MODE" = torchrun ]; then
+    set -x
+    exec python -m torch.distributed.run \
+        --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
+        --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
+        "$ENTRY" "$@"
+fi
+PER_NODE=$(( GPUS < 8 ? GPUS : 8 ))
+set -x
+exec srun --job-name train --partition="$PARTITION" -n"$GPUS" --gres=gpu:"$PER_NODE" --ntasks-per-node="$PER_NODE" \
+    python -u "$ENTRY" "$@"
