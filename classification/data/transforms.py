@@ -1,7 +1,8 @@
 """Train / eval transforms, built with timm as the original's recipe.
 
 ImageNet (and digits): random-resized crop (bicubic or bilinear), horizontal flip, RandAugment when `--aa` is set
-(colour jitter only without it), to tensor, normalise, random erasing. Eval: resize to size/crop_pct, centre crop.
+(colour jitter only without it; a `rand-*` policy runs the original's RandAugment, `rand_augment.py`, unless
+`--aa-impl timm`), to tensor, normalise, random erasing. Eval: resize to size/crop_pct, centre crop.
 CIFAR as the original: random crop 32 with 4-pixel padding, horizontal flip, normalise, optional cutout.
 """
 from __future__ import annotations
@@ -11,8 +12,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
+
+from .rand_augment import rand_augment_transform
 
 
 class Cutout:
@@ -51,15 +55,24 @@ def build_transform(cfg: Namespace, training: bool) -> Callable:
                   mean=tuple(cfg.image_mean), std=tuple(cfg.image_std))
     if not training:
         return create_transform(is_training=False, crop_pct=cfg.crop_pct, **common)
-    return create_transform(
+    own_rand_augment = bool(cfg.aa) and cfg.aa.startswith("rand") and cfg.aa_impl == "original"
+    train = create_transform(
         is_training=True,
         scale=tuple(cfg.scale),
         ratio=tuple(cfg.ratio or (3 / 4, 4 / 3)),
         hflip=cfg.hflip,
-        color_jitter=cfg.color_jitter or None,
-        auto_augment=cfg.aa or None,
+        color_jitter=None if own_rand_augment else cfg.color_jitter or None,
+        auto_augment=None if own_rand_augment else cfg.aa or None,
         re_prob=cfg.reprob,
         re_mode=cfg.remode,
         re_count=1,
+        separate=own_rand_augment,
         **common,
     )
+    if not own_rand_augment:
+        return train
+    # the original's RandAugment between flip and to-tensor, where timm puts its own (colour jitter stays off)
+    crop_flip, _, to_tensor = train
+    resample = Image.Resampling.BICUBIC if cfg.interpolation == "bicubic" else Image.Resampling.BILINEAR
+    fill = tuple(min(255, round(255 * x)) for x in cfg.image_mean)
+    return T.Compose([*crop_flip.transforms, rand_augment_transform(cfg.aa, fill, resample), *to_tensor.transforms])
