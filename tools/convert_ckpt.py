@@ -12,14 +12,18 @@ from classification.engine.cli import run_cli  # noqa: E402
 
 
 def main() -> None:
+    from classification.common.checkpoint_io import TRUST_FLAG
     from classification.engine.checkpoint import convert_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", help="training checkpoint (e.g. experiments/NAME/best.pth.tar)")
     parser.add_argument("dst", help="output file")
     parser.add_argument("key", nargs="?", default="model", help="weights to take: model (default) or ema_model")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="allow a checkpoint that needs pickle (it can run code): only files you trust")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
-    n = convert_checkpoint(args.src, args.dst, args.key)
+    n = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint)
     print(f"wrote {n} tensors from {args.src}[{args.key!r}] to {args.dst}")
 
 

@@ -13,6 +13,7 @@ from classification.engine.cli import run_cli  # noqa: E402
 
 
 def main() -> None:
+    from classification.common.checkpoint_io import TRUST_FLAG
     from classification.search.extract import extract
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -21,10 +22,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for directions.yaml and search_probs.png")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights (ema_model)")
     parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="allow a checkpoint that needs pickle (it can run code): only files you trust")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
     if not 1 <= args.topk <= 8:
         parser.error(f"--topk must be between 1 and 8, got {args.topk}")
-    result = extract(args.ckpt, args.topk, args.out, args.ema, args.supernet)
+    result = extract(args.ckpt, args.topk, args.out, args.ema, args.supernet, trust=args.trust_checkpoint)
     print(result["printout"])
     print(f"wrote {result['directions_file']} and {result['heatmap']}", file=sys.stderr)
 

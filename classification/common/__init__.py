@@ -1,9 +1,11 @@
-"""What the engine, the data pipeline, the search and the det/seg plugins all need: checkpoint I/O.
+"""What the engine, the data pipeline, the search and the det/seg plugins all need: checkpoint I/O, RNG streams,
+CSV logs.
 
 This package sits below ``classification.models``, ``data``, ``search`` and ``engine`` and imports none of them.
 """
-from .checkpoint_io import (TRUST_FLAG, CheckpointError, UnsafeCheckpointError, atomic_copy, atomic_save,
-                            load_checkpoint, state_dict_from, strip_prefix)
+from .checkpoint_io import (TMP_PREFIX, TRUST_FLAG, CheckpointError, UnsafeCheckpointError, atomic_copy, atomic_save,
+                            load_checkpoint, remove_temporary_files, state_dict_from, strip_prefix)
+from .csv_log import CsvLog
 
-__all__ = ['TRUST_FLAG', 'CheckpointError', 'UnsafeCheckpointError', 'atomic_copy', 'atomic_save', 'load_checkpoint',
-           'state_dict_from', 'strip_prefix']
+__all__ = ['TMP_PREFIX', 'TRUST_FLAG', 'CheckpointError', 'CsvLog', 'UnsafeCheckpointError', 'atomic_copy',
+           'atomic_save', 'load_checkpoint', 'remove_temporary_files', 'state_dict_from', 'strip_prefix']

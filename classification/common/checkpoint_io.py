@@ -35,6 +35,10 @@ def _read(path: str, trust: bool) -> Any:
     return torch.load(path, map_location='cpu', weights_only=not trust)
 
 
+# torch.save writes a zip archive; files of torch < 1.6 are a pickle stream (protocol 2 starts with 0x80).
+CHECKPOINT_MAGIC = (b'PK\x03\x04', b'\x80')
+
+
 def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
 
@@ -43,6 +47,12 @@ def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
     is_url = path.startswith(('http://', 'https://'))
     if not is_url and not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
+    if not is_url:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if not head.startswith(CHECKPOINT_MAGIC):
+            raise CheckpointError(f'{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle; '
+                                  f'it starts with {head!r})')
     try:
         ckpt = _read(path, trust)
     except pickle.UnpicklingError as err:
@@ -97,7 +107,10 @@ def _replace(tmp: str, path: str) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: ``path`` is never left half written."""
+    """``torch.save`` to a temporary file in the same folder, then rename: ``path`` is never left half written.
+
+    A failed write (disk full, file too large, permissions) raises :class:`CheckpointError` naming ``path``.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=folder)
@@ -107,10 +120,17 @@ def atomic_save(obj: Any, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, (OSError, RuntimeError)):  # torch's stream writer reports a failed write as RuntimeError
+            raise CheckpointError(f'cannot write checkpoint {path}: {_first_line(err)}') from err
         raise
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def atomic_copy(src: str, dst: str) -> None:
@@ -120,7 +140,19 @@ def atomic_copy(src: str, dst: str) -> None:
     try:
         shutil.copyfile(src, tmp)
         _replace(tmp, dst)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError):
+            raise CheckpointError(f'cannot write checkpoint {dst}: {_first_line(err)}') from err
         raise
+
+
+def remove_temporary_files(folder: str) -> list[str]:
+    """Delete the ``.tmp-*`` files an interrupted write left in ``folder``; returns their names."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.startswith(TMP_PREFIX))
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return names

@@ -8,12 +8,13 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 
 from .defaults import DATASET_DEFAULTS, resolve_dataset_defaults
-from .image_list import DataError, build_imagenet
+from .image_list import DataError, build_imagenet, build_imagenet_val
 from .loader import ShardedSampler, build_loader
-from .small_datasets import build_cifar, build_digits
+from .small_datasets import build_cifar, build_cifar_test, build_digits
 from .transforms import build_transform
 
-__all__ = ["DATASET_DEFAULTS", "DataError", "ShardedSampler", "build_datasets", "build_loaders", "build_mixup"]
+__all__ = ["DATASET_DEFAULTS", "DataError", "ShardedSampler", "build_datasets", "build_eval_dataset", "build_loaders",
+           "build_mixup"]
 
 
 def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
@@ -27,9 +28,30 @@ def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
         train, val = build_digits(cfg.img_size)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}")
-    if cfg.num_classes is None:
-        cfg.num_classes = train.num_classes
+    _set_num_classes(cfg, train.num_classes)
     return train, val
+
+
+def build_eval_dataset(cfg: Namespace) -> Dataset:
+    """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults as above."""
+    resolve_dataset_defaults(cfg)
+    if cfg.dataset == "imagenet":
+        val = build_imagenet_val(cfg.data_path, cfg.num_classes)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        val = build_cifar_test(cfg.data_path, cfg.dataset)
+    elif cfg.dataset == "digits":
+        _, val = build_digits(cfg.img_size)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}")
+    _set_num_classes(cfg, val.num_classes)
+    return val
+
+
+def _set_num_classes(cfg: Namespace, found: int) -> None:
+    if cfg.num_classes is None:
+        if found < 2:
+            raise DataError(f"{cfg.data_path or cfg.dataset}: {found} class found; classification needs at least 2")
+        cfg.num_classes = found
 
 
 def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,

@@ -7,23 +7,34 @@ Class-folder layout: `<root>/{train,val}/<class>/<image>`; classes are the sorte
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Pillow's modes of 16-bit grayscale files (PNG, TIFF, PGM); "I" is how some Pillow versions open them.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class DataError(ValueError):
     """Unusable dataset input; the message names the file or folder."""
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits (value / 257, rounded); Pillow's own conversion clips at 255."""
+    values = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image file as RGB; errors name the file."""
+    """Decode an image file as RGB (16-bit grayscale scaled to 8 bits); errors name the file."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
+            if img.mode in SIXTEEN_BIT_MODES:
+                img = to_8bit(img)
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
@@ -64,9 +75,15 @@ def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
     return samples
 
 
+def class_folder_names(split_dir: str) -> list[str]:
+    """The sorted sub-folder names of a split: the classes of the class-folder layout."""
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+
+
 def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     """List `split_dir/<class>/<image>` files; `classes` fixes the class order (the train split's)."""
-    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    found = class_folder_names(split_dir)
+    defines_classes = classes is None
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
@@ -75,10 +92,14 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None) -> 
     index = {name: i for i, name in enumerate(classes)}
     samples = []
     for name in found:
+        before = len(samples)
         for dirpath, _, files in sorted(os.walk(os.path.join(split_dir, name))):
             for fname in sorted(files):
                 if fname.lower().endswith(IMAGE_EXTENSIONS):
                     samples.append((os.path.join(dirpath, fname), index[name]))
+        if defines_classes and len(samples) == before:
+            raise DataError(f"class folder {os.path.join(split_dir, name)} holds no image files: it would add a "
+                            f"class that never appears in training; remove it or add images")
     if not samples:
         raise DataError(f"no image files found under {split_dir}")
     return samples, list(classes)
@@ -95,6 +116,32 @@ def imagenet_layout(root: str) -> str:
         return "folders"
     raise DataError(f"{root}: expected meta/train.txt and meta/val.txt with train/ and val/ images, "
                     f"or train/<class>/ and val/<class>/ folders")
+
+
+def _meta_class_count(meta_path: str) -> int:
+    """Largest label + 1 of a meta list, read without building its samples."""
+    if not os.path.isfile(meta_path):
+        raise DataError(f"meta file not found: {meta_path}")
+    with open(meta_path, encoding="utf-8") as f:
+        labels = [line.rsplit(maxsplit=1)[-1] for line in f if line.strip()]
+    if not labels or not all(lbl.isdigit() for lbl in labels):
+        raise DataError(f"{meta_path}: expected '<relative/path> <label>' lines with labels >= 0")
+    return max(int(lbl) for lbl in labels) + 1
+
+
+def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageListDataset:
+    """The val dataset of an ImageNet-style tree; the class count or order comes from the train split's list or
+    folder names, without listing its images (evaluation)."""
+    if imagenet_layout(root) == "meta":
+        val = read_meta_file(os.path.join(root, "meta", "val.txt"), os.path.join(root, "val"))
+        count = num_classes or _meta_class_count(os.path.join(root, "meta", "train.txt"))
+        return ImageListDataset(val, count)
+    val_dir = os.path.join(root, "val")
+    if not os.path.isdir(val_dir):
+        raise DataError(f"validation folder not found: {val_dir}")
+    classes = class_folder_names(os.path.join(root, "train"))
+    val, _ = scan_class_folders(val_dir, classes)
+    return ImageListDataset(val, len(classes))
 
 
 def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..engine.rng import sample_seed, seeded
+from ..common.rng import sample_seed, seeded
 
 
 class ShardedSampler(Sampler):

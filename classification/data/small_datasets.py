@@ -51,17 +51,30 @@ def _read_cifar_batches(folder: str, names: list[str], label_key: bytes) -> tupl
     return np.concatenate(images), np.concatenate(labels)
 
 
-def build_cifar(root: str, name: str) -> tuple[ArrayImageDataset, ArrayImageDataset]:
-    """Train/test sets from `root/<extracted folder>` (or `root` itself being that folder)."""
-    folder_name, train_files, test_files, label_key, num_classes = CIFAR_FILES[name]
+def _cifar_folder(root: str, name: str, files: list[str]) -> str:
+    folder_name = CIFAR_FILES[name][0]
     folder = root if os.path.basename(os.path.normpath(root)) == folder_name else os.path.join(root, folder_name)
-    missing = [f for f in train_files + test_files if not os.path.isfile(os.path.join(folder, f))]
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise DataError(f"{name} files not found in {folder}: missing {missing}; extract the python version from "
                         f"https://www.cs.toronto.edu/~kriz/cifar.html there (nothing is downloaded)")
+    return folder
+
+
+def build_cifar(root: str, name: str) -> tuple[ArrayImageDataset, ArrayImageDataset]:
+    """Train/test sets from `root/<extracted folder>` (or `root` itself being that folder)."""
+    _, train_files, test_files, label_key, num_classes = CIFAR_FILES[name]
+    folder = _cifar_folder(root, name, train_files + test_files)
     train = _read_cifar_batches(folder, train_files, label_key)
     test = _read_cifar_batches(folder, test_files, label_key)
     return ArrayImageDataset(*train, num_classes), ArrayImageDataset(*test, num_classes)
+
+
+def build_cifar_test(root: str, name: str) -> ArrayImageDataset:
+    """The test set alone (evaluation reads no training batch)."""
+    _, _, test_files, label_key, num_classes = CIFAR_FILES[name]
+    folder = _cifar_folder(root, name, test_files)
+    return ArrayImageDataset(*_read_cifar_batches(folder, test_files, label_key), num_classes)
 
 
 def build_digits(size: int, val_fraction: float = 0.2) -> tuple[ArrayImageDataset, ArrayImageDataset]:

@@ -1,86 +1,24 @@
-"""Checkpoint files: atomic writes, the top-k manager of a run, and strict weight loading with named errors.
+"""Training checkpoints of a run: the top-k manager, strict weight loading with named errors, conversion.
 
 A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler` (as the original) plus `scheduler`,
-`rng` (one entry per rank), `checkpoints` (the kept top-k list), `model_name` and `config` for exact resume.
-The released form is `{'state_dict': weights}` (tools/convert_ckpt.py). Loading accepts both and strips `module.`.
+`rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
+`metrics` (the epoch's metrics.csv row), `model_name` and `config` for exact resume. Every value is a tensor or a plain
+Python value, so the file loads with `torch.load(weights_only=True)`. The released form is `{'state_dict': weights}`
+(tools/convert_ckpt.py). Reading, writing and weight lookup live in `classification.common.checkpoint_io`.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from typing import Any, Mapping, Optional
+import re
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
-WEIGHT_KEYS = ("state_dict", "model")
+from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file."""
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """`torch.save` to a temporary file in the same folder, then rename: `path` is never left half written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    """Copy `src` to `dst` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=os.path.dirname(os.path.abspath(dst)))
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_file(path: str) -> dict[str, Any]:
-    """Read a checkpoint on CPU; errors name the file."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    return ckpt
-
-
-def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove every leading `module.` (DDP adds one, the original's EMA of a DDP model two)."""
-    out = {}
-    for key, value in state_dict.items():
-        while key.startswith("module."):
-            key = key[len("module."):]
-        out[key] = value
-    return out
-
-
-def weights_of(ckpt: Mapping[str, Any], path: str, key: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """The weights in a checkpoint: `ckpt[key]`, else `state_dict` (released form), else `model` (training form)."""
-    keys = (key,) if key else WEIGHT_KEYS
-    for k in keys:
-        if isinstance(ckpt.get(k), Mapping):
-            return strip_module_prefix(ckpt[k])
-    raise CheckpointError(f"{path}: no {' or '.join(repr(k) for k in keys)} weights (keys: {sorted(ckpt)})")
+LAST, BEST = "last.pth.tar", "best.pth.tar"
+EPOCH_FILE = re.compile(r"checkpoint-(\d+)\.pth\.tar$")
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
@@ -103,49 +41,70 @@ class CheckpointManager:
     """Keeps the `keep_num` best `checkpoint-<epoch>.pth.tar` of a run plus `last.pth.tar` and `best.pth.tar`.
 
     Ranking is by the score (top-1; the EMA's when EMA is on), ties keep the earlier epoch first, as the original.
-    Every file is written atomically; only the main rank writes.
+    The kept list holds file names relative to `save_dir`, so a run resumes from any working directory.
+    `last.pth.tar` is written last: it is the commit point of an epoch (everything the epoch wrote before it is
+    rewound or repaired by `reconcile` on resume). Only the main rank writes.
     """
 
     def __init__(self, save_dir: str, keep_num: int = 10, enabled: bool = True):
         self.save_dir, self.keep_num, self.enabled = save_dir, keep_num, enabled
-        self.ckpts: list[list] = []  # [[path, score], ...] best first
+        self.ckpts: list[list] = []  # [[file name, score], ...] best first
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.save_dir, name)
 
     def state_dict(self) -> list[list]:
         return [list(item) for item in self.ckpts]
 
     def load_state_dict(self, ckpts: list[list]) -> None:
-        """Adopt a resumed run's list; entries of another folder are dropped (never evicted from there)."""
-        here = os.path.abspath(self.save_dir)
-        self.ckpts = [list(item) for item in ckpts if os.path.dirname(os.path.abspath(item[0])) == here]
+        """Adopt a resumed run's list (names; full paths of earlier versions are reduced to their file names)."""
+        entries = [[os.path.basename(str(name)), float(score)] for name, score in ckpts]
+        self.ckpts = [item for item in entries if os.path.isfile(self.path(item[0]))][: self.keep_num]
+
+    def reconcile(self) -> None:
+        """Make the folder match the resumed list: drop `checkpoint-N` files it does not hold (written or not yet
+        evicted when the run stopped) and copy the best of the list to `best.pth.tar`."""
+        if not self.enabled or not os.path.isdir(self.save_dir):
+            return
+        kept = {name for name, _ in self.ckpts}
+        for name in os.listdir(self.save_dir):
+            if EPOCH_FILE.match(name) and name not in kept:
+                os.remove(self.path(name))
+        if self.ckpts:
+            atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))
 
     def update(self, epoch: int, score: float, payload: dict[str, Any]) -> list[list]:
         """Record `score` for `epoch` and write the checkpoint files; returns the kept list."""
-        last = os.path.join(self.save_dir, "last.pth.tar")
         rank = sum(1 for _, s in self.ckpts if score <= s)
         if rank >= self.keep_num:
             payload["checkpoints"] = self.state_dict()
             if self.enabled:
-                atomic_save(payload, last)
+                atomic_save(payload, self.path(LAST))
             return self.ckpts
-        path = os.path.join(self.save_dir, f"checkpoint-{epoch}.pth.tar")
-        self.ckpts.insert(rank, [path, score])
+        name = f"checkpoint-{epoch}.pth.tar"
+        self.ckpts.insert(rank, [name, score])
         evicted = self.ckpts[self.keep_num:]
         self.ckpts = self.ckpts[: self.keep_num]
         payload["checkpoints"] = self.state_dict()
         if self.enabled:
-            atomic_save(payload, path)
-            atomic_copy(path, last)
+            atomic_save(payload, self.path(name))
             if rank == 0:
-                atomic_copy(path, os.path.join(self.save_dir, "best.pth.tar"))
+                atomic_copy(self.path(name), self.path(BEST))
+            atomic_copy(self.path(name), self.path(LAST))
             for old, _ in evicted:
-                if os.path.exists(old):
-                    os.remove(old)
+                if os.path.exists(self.path(old)):
+                    os.remove(self.path(old))
         return self.ckpts
 
 
-def convert_checkpoint(src: str, dst: str, key: str = "model") -> int:
-    """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped); returns the tensor count."""
-    ckpt = load_file(src)
-    weights = weights_of(ckpt, src, key)
+def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False) -> int:
+    """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped); returns the tensor count.
+
+    A checkpoint without tensors under `key` is refused rather than written empty.
+    """
+    weights = state_dict_from(load_checkpoint(src, trust=trust), key, source=src)
+    tensors = sum(isinstance(v, torch.Tensor) for v in weights.values())
+    if tensors == 0:
+        raise CheckpointError(f"{src}: {key!r} holds no tensors; nothing to convert")
     atomic_save({"state_dict": weights}, dst)
-    return len(weights)
+    return tensors

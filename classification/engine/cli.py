@@ -1,20 +1,71 @@
-"""Shared start-up of the command-line tools: user errors become one-line messages instead of tracebacks."""
+"""Shared start-up of the command-line tools: user errors and Ctrl-C become one line instead of a traceback.
+
+Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk) prints
+`error: <message>` and exits with status 2. Ctrl-C prints one line with the command that continues the run and exits
+with status 130 (the shell's convention for SIGINT). `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
+"""
 from __future__ import annotations
 
+import os
+import shlex
 import sys
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
+from ..common.checkpoint_io import CheckpointError
 from ..data import DataError
-from .checkpoint import CheckpointError
 from .config import ConfigError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)
+DEBUG_ENV = "LOCALMAMBA_DEBUG"
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a training run; `resume_path` is the checkpoint to continue from (None before the first)."""
+
+    def __init__(self, resume_path: Optional[str]):
+        super().__init__(resume_path)
+        self.resume_path = resume_path
+
+
+def resume_command(argv: Sequence[str], resume_path: str) -> str:
+    """The command line `argv` (script first) with any `--resume`/`--overwrite` replaced by `--resume resume_path`."""
+    kept, skip = [], False
+    for item in argv[1:]:
+        if skip:
+            skip = False
+        elif item == "--resume":
+            skip = True
+        elif not item.startswith("--resume=") and item != "--overwrite":
+            kept.append(item)
+    return shlex.join(["python", argv[0], *kept, "--resume", resume_path])
+
+
+def _debugging(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, (ConfigError, DataError, CheckpointError)) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where}"
+    return str(err)
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Call `main`; bad input (config, data, checkpoint, missing file) exits with `error: <message>`, status 2."""
+    """Call `main`; bad input exits with `error: <message>` (status 2), Ctrl-C with the resume command (130)."""
+    if _debugging(sys.argv):
+        main()
+        return
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         main()
     except USER_ERRORS as err:
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(f"error: {_describe(err)}\n")
         sys.exit(2)
+    except (KeyboardInterrupt, RunInterrupted) as err:
+        path = err.resume_path if isinstance(err, RunInterrupted) else None
+        if main_rank:
+            hint = (f"continue with: {resume_command(sys.argv, path)}" if path
+                    else "no checkpoint was written yet, nothing to resume")
+            sys.stderr.write(f"\ninterrupted; {hint}\n")
+        sys.exit(130)

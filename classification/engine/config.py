@@ -21,7 +21,11 @@ class ConfigError(ValueError):
 
 
 class KeyValueAction(argparse.Action):
-    """Collect `key=value` items into a dict, values parsed as YAML scalars; updates the current (YAML) dict."""
+    """Collect `key=value` items into a dict, values parsed as YAML scalars; updates the current (YAML) dict.
+
+    Not timm's `ParseKwargs`: that one replaces the YAML file's dict instead of updating it key by key, and reads
+    `false` / `1e-3` as strings (`ast.literal_eval`) where a YAML config and this flag must read the same values.
+    """
 
     def __call__(self, parser, namespace, values, option_string=None):
         merged = dict(getattr(namespace, self.dest) or {})
@@ -46,6 +50,8 @@ def _add_data_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
     g.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the dataset's)")
     g.add_argument("--resume", default="", help="checkpoint to resume (train) or to evaluate (test)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="ours: allow a checkpoint that needs pickle (it can run code): only files you trust")
     g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")
     g.add_argument("--val-batch-size-multiplier", type=float, default=1.0, help="val batch = batch size x this")
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
@@ -64,7 +70,10 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--clip-grad-norm", action="store_true", help="clip the gradient norm")
     g.add_argument("--clip-grad-max-norm", type=float, default=5.0, help="max gradient norm when clipping")
-    g.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU)")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision training (bf16 autocast on CPU); evaluation stays fp32, as the original")
+    g.add_argument("--amp-eval", action="store_true",
+                   help="ours: evaluate under autocast (validation in training, tools/test.py); default fp32")
     g.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
                    help="ours: autocast dtype on CUDA (fp16 uses a GradScaler)")
 
@@ -120,6 +129,10 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
     g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per rank")
     g.add_argument("--experiment", default="exp", help="run name: outputs go to <output>/<experiment>/")
+    g.add_argument("--overwrite", action="store_true",
+                   help="ours: start afresh in an experiment folder that holds a run (its checkpoints, CSV files, "
+                        "logs and args.yaml are deleted once the new run's inputs are checked)")
+    g.add_argument("--debug", action="store_true", help="ours: show the traceback of errors (also LOCALMAMBA_DEBUG=1)")
     g.add_argument("--output", default="experiments", help="ours: root folder of the runs")
     g.add_argument("--device", default="auto", help="ours: auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--keep-num", type=int, default=10, help="ours: how many best checkpoints to keep")
@@ -183,6 +196,48 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
     return value
 
 
+# Allowed ranges of the numeric flags: (dest, low, high, low included, high included); None leaves a side open.
+RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
+    ("batch_size", 1, None, True, True), ("val_batch_size_multiplier", 0, None, False, True),
+    ("smoothing", 0, 1, True, False), ("num_classes", 2, None, True, True),
+    ("opt_eps", 0, None, False, True), ("opt_betas", 0, 1, True, False), ("momentum", 0, 1, True, False),
+    ("weight_decay", 0, None, True, True), ("clip_grad_max_norm", 0, None, False, True),
+    ("decay_epochs", 0, None, False, True), ("lr", 0, None, False, True), ("warmup_lr", 0, None, True, True),
+    ("min_lr", 0, None, True, True), ("epochs", 1, None, True, True), ("warmup_epochs", 0, None, True, True),
+    ("decay_rate", 0, None, False, True), ("img_size", 1, None, True, True), ("crop_pct", 0, 1, False, True),
+    ("scale", 0, 1, False, True), ("ratio", 0, None, False, True), ("hflip", 0, 1, True, True),
+    ("image_std", 0, None, False, True), ("color_jitter", 0, None, True, True), ("cutout_length", 0, None, True, True),
+    ("reprob", 0, 1, True, True), ("drop", 0, 1, True, False), ("drop_path_rate", 0, 1, True, False),
+    ("mixup", 0, None, True, True), ("cutmix", 0, None, True, True), ("cutmix_minmax", 0, 1, False, True),
+    ("mixup_prob", 0, 1, True, True), ("mixup_switch_prob", 0, 1, True, True), ("model_ema_decay", 0, 1, True, True),
+    ("seed", 0, None, True, True), ("log_interval", 1, None, True, True), ("workers", 0, None, True, True),
+    ("keep_num", 1, None, True, True), ("threads", 0, None, True, True),
+)
+
+
+def _flag(dest: str) -> str:
+    return "-b/--batch-size" if dest == "batch_size" else "--" + dest.replace("_", "-")
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag outside its range (`RANGES`); the message names the flag and the value."""
+    for dest, low, high, low_in, high_in in RANGES:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            bad_low = low is not None and (item < low if low_in else item <= low)
+            bad_high = high is not None and (item > high if high_in else item >= high)
+            if bad_low or bad_high:
+                lo = "" if low is None else f"{'[' if low_in else '('}{low}"
+                hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
+                raise ConfigError(f"{_flag(dest)} must be in {lo or '(-inf'}, {hi}, got {item!r}")
+    if not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536:
+        raise ConfigError(f"--dist-port must be a port number (1-65535), got {args.dist_port!r}")
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite starts a run afresh and --resume continues one: give only one of them")
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training") -> argparse.Namespace:
     """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key."""
     parser = build_parser(description)
@@ -207,6 +262,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
     args.cli_model_kwargs = list(getattr(args, "_cli_model_kwargs", []))
     if hasattr(args, "_cli_model_kwargs"):
         delattr(args, "_cli_model_kwargs")
+    check_ranges(args)
     return args
 
 

@@ -1,4 +1,8 @@
-"""Validation loop (top-1 / top-5 / loss, summed over ranks) and the `tools/test.py` entry point."""
+"""Validation loop (top-1 / top-5 / loss, summed over ranks) and the `tools/test.py` entry point.
+
+Evaluation runs in fp32, as the original's, even for a model trained with `--amp`; `--amp-eval` (with `--amp`)
+evaluates under autocast instead.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,14 +13,16 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
-from ..data import build_datasets, build_loaders
+from ..common.checkpoint_io import load_checkpoint, state_dict_from
+from ..data import build_eval_dataset, build_loaders
 from .amp import autocast
-from .checkpoint import CheckpointError, load_file, load_weights, weights_of
+from .checkpoint import load_weights
+from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import setup_logging
-from .meters import AverageMeter, correct_topk
 from .model_builder import build_model
 
 
@@ -35,10 +41,10 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
         output = output.float()
         loss = loss_fn(output, target)
         n = images.shape[0]
-        c1, c5 = correct_topk(output, target, (1, 5))
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
         loss_m.update(loss.item(), n)
-        top1_m.update(100.0 * c1 / n, n)
-        top5_m.update(100.0 * c5 / n, n)
+        top1_m.update(acc1.item(), n)
+        top5_m.update(acc5.item(), n)
         if idx % log_interval == 0 or idx == len(loader) - 1:
             log.info(f"Test{suffix}: {epoch} [{idx:>4d}/{len(loader)}] "
                      f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "
@@ -54,23 +60,23 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
 def test(cfg: Namespace) -> dict:
     """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema."""
     if not cfg.resume:
-        raise CheckpointError("tools/test.py needs --resume CHECKPOINT")
+        raise ConfigError("tools/test.py needs --resume CHECKPOINT")
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
-    log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main)
     try:
-        _, val_set = build_datasets(cfg)
+        ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
+        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main)
+        val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
-        ckpt = load_file(cfg.resume)
-        load_weights(model, weights_of(ckpt, cfg.resume), cfg.resume)
+        load_weights(model, state_dict_from(ckpt, source=cfg.resume), cfg.resume)
         model.to(env.device)
         epoch = ckpt.get("epoch", -1)
         log.info(f"Loaded {cfg.resume} (epoch {epoch}) into {cfg.model}")
         loss_fn = nn.CrossEntropyLoss()
-        common = dict(log_interval=cfg.log_interval, amp=cfg.amp, amp_dtype=cfg.amp_dtype)
+        common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(model, val_loader, loss_fn, env, epoch, log, **common)
         if cfg.model_ema:
-            load_weights(model, weights_of(ckpt, cfg.resume, "ema_model"), cfg.resume)
+            load_weights(model, state_dict_from(ckpt, "ema_model", source=cfg.resume), cfg.resume)
             metrics = validate(model, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
         log.info(str(metrics))
         return metrics

@@ -1,12 +1,11 @@
-"""Logging for runs: console + per-run log file (main rank), a terminal progress bar, and CSV files of metrics."""
+"""Logging for runs: console + per-run log file (main rank) and a terminal progress bar (CSV files: common.csv_log)."""
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 LOGGER_NAME = "localmamba"
 logger = logging.getLogger(LOGGER_NAME)
@@ -73,34 +72,6 @@ class ProgressBar:
         self.clear()
         if ProgressBar.active is self:
             ProgressBar.active = None
-
-
-class CsvLog:
-    """An append-only CSV file with a fixed header; `truncate_from(epoch)` drops rows of epochs to be re-run."""
-
-    def __init__(self, path: str, header: Sequence[str], enabled: bool = True):
-        self.path, self.header, self.enabled = path, list(header), enabled
-        if enabled and (not os.path.exists(path) or os.path.getsize(path) == 0):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(self.header)
-
-    def append(self, row: Sequence) -> None:
-        if self.enabled:
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow(list(row))
-
-    def truncate_from(self, epoch: int) -> None:
-        """Remove rows whose first column (the epoch) is >= `epoch` (a resumed run writes them again)."""
-        if not self.enabled:
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epoch]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        os.replace(tmp, self.path)
 
 
 def format_eta(seconds: float) -> str:

@@ -2,20 +2,26 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
-import re
 from argparse import Namespace
-from typing import Any
+from typing import Any, Callable, Optional
 
 import timm
 import torch.nn as nn
+from timm.models._builder import build_model_with_cfg
+from timm.models._registry import model_entrypoint
 
 from ..models.directions import load_directions, validate_directions
 from .config import ConfigError
 
 logger = logging.getLogger("localmamba")
 
-_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+# Keywords timm's create_model / build_model_with_cfg consume themselves, for any model.
+FRAMEWORK_KWARGS = frozenset(
+    [p for p in inspect.signature(timm.create_model).parameters if p != "kwargs"]
+    + [p for p in inspect.signature(build_model_with_cfg).parameters if p != "kwargs"]
+    + ["features_only", "out_indices", "feature_cls", "flatten_sequential"])
 
 
 def canonical_model_name(name: str) -> str:
@@ -42,16 +48,52 @@ def resolve_model_name(name: str) -> str:
     raise UnknownModelError(f'unknown model {name!r}{hint}')
 
 
+def _model_class(entrypoint: Callable, depth: int = 3) -> Optional[type]:
+    """The nn.Module class an entrypoint builds: found among the names its code (and the helpers it calls) uses,
+    the one whose constructor takes `num_classes`; None when there is no single such class."""
+    found: list[type] = []
+    seen: set[int] = set()
+
+    def visit(fn: Callable, level: int) -> None:
+        code = getattr(fn, "__code__", None)
+        if code is None or id(code) in seen or level > depth:
+            return
+        seen.add(id(code))
+        for name in code.co_names:
+            obj = getattr(fn, "__globals__", {}).get(name)
+            if inspect.isclass(obj) and issubclass(obj, nn.Module):
+                if "num_classes" in inspect.signature(obj.__init__).parameters and obj not in found:
+                    found.append(obj)
+            elif inspect.isfunction(obj):
+                visit(obj, level + 1)
+
+    visit(entrypoint, 0)
+    return found[0] if len(found) == 1 else None
+
+
+def accepted_kwargs(name: str) -> Optional[frozenset[str]]:
+    """Keyword arguments `timm.create_model(name, ...)` accepts, read from the signatures of the entrypoint and of
+    the model class it builds; None when that class takes any keyword (`**kwargs`) or cannot be told."""
+    entrypoint = model_entrypoint(resolve_model_name(name))
+    cls = _model_class(entrypoint)
+    if cls is None:
+        return None
+    own = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in own):
+        return None
+    names = [p.name for p in own] + [p.name for p in inspect.signature(entrypoint).parameters.values()
+                                     if p.kind is not p.VAR_KEYWORD]
+    return frozenset(names) | FRAMEWORK_KWARGS
+
+
 def create_model_at_size(name: str, img_size: int, **kwargs: Any) -> nn.Module:
     """`timm.create_model` for `img_size` inputs: the size goes to models that take one (position tables, fixed
     windows) and is left out for the others (LocalVMamba takes any size as it is)."""
     name = resolve_model_name(name)
-    try:
-        return timm.create_model(name, img_size=img_size, **kwargs)
-    except TypeError as err:
-        if 'img_size' not in str(err):
-            raise
-        return timm.create_model(name, **kwargs)
+    accepted = accepted_kwargs(name)
+    if accepted is None or "img_size" in accepted:
+        kwargs["img_size"] = img_size
+    return timm.create_model(name, **kwargs)
 
 
 def check_directions_file(path: str) -> None:
@@ -81,22 +123,28 @@ def build_model(cfg: Namespace) -> nn.Module:
 
     Keys of `model_kwargs` that came from the YAML file (not from `--model-kwargs`) and that the chosen model does not
     take are dropped with a warning, so a config written for one model family still runs with another `--model`.
+    A key given on the command line that the model does not take is refused (`ConfigError`) with the ones it takes.
     """
     name = resolve_model_name(cfg.model)
     kwargs = model_kwargs(cfg)
-    optional = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
-    while True:
-        try:
-            return timm.create_model(name, **kwargs)
-        except ValueError as err:
-            if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
-                raise ConfigError(str(err)) from err
-            raise
-        except TypeError as err:
-            match = _UNEXPECTED.search(str(err))
-            if not match or match.group(1) not in optional:
-                raise
-            key = match.group(1)
-            logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
-            optional.discard(key)
-            kwargs.pop(key)
+    accepted = accepted_kwargs(name)
+    if accepted is not None:
+        from_yaml = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
+        for key in [k for k in kwargs if k not in accepted]:
+            if key not in cfg.model_kwargs and not kwargs[key]:  # a flag left at 0 for a model without it
+                kwargs.pop(key)
+                continue
+            if key in from_yaml:
+                logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
+                kwargs.pop(key)
+                continue
+            close = difflib.get_close_matches(key, sorted(accepted), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            flag = "--model-kwargs" if key in cfg.model_kwargs else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{flag}: model {name} does not take {key!r}{hint}")
+    try:
+        return timm.create_model(name, **kwargs)
+    except ValueError as err:
+        if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
+            raise ConfigError(str(err)) from err
+        raise

@@ -2,7 +2,13 @@
 
 Per iteration (as the original): mixup, forward under autocast, backward (scaled for fp16), optional gradient
 clipping, optimizer step, EMA update, LR schedule step. Per epoch: validate the model (and the EMA, whose metrics then
-rank the checkpoints), save checkpoints, append a `metrics.csv` row.
+rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv` row, then save the checkpoints with
+`last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV files to it and repairs the
+checkpoint files, so a run killed at any instant continues exactly.
+
+On `--resume` the flags of the new command (optimizer and schedule flags included, e.g. `--lr`, `--epochs`) take
+effect: the optimizer's hyperparameters are the new flags', its state (moments) the checkpoint's, and the learning rate
+of each iteration is what the new schedule gives at that iteration. Changes are logged.
 """
 from __future__ import annotations
 
@@ -20,21 +26,31 @@ from timm.utils import ModelEmaV2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from timm.utils import AverageMeter
+
+from ..common.checkpoint_io import (CheckpointError, load_checkpoint, remove_temporary_files, state_dict_from)
+from ..common.csv_log import CsvLog
+from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
-from .checkpoint import CheckpointError, CheckpointManager, load_file, load_weights, weights_of
+from .checkpoint import LAST, CheckpointManager, load_weights
+from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .evaluate import validate
-from .logs import CsvLog, ProgressBar, format_eta, memory_mb, setup_logging
-from .meters import AverageMeter
+from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint,
+                         make_writable)
+from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name
 from .optim import build_optimizer
-from .rng import get_rng_state, seed_everything, set_rng_state
 from .scheduler import WarmupScheduler, build_scheduler
 
 METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
+LR_HEADER = ("epoch", "step", "lr")
+# Flags whose change on --resume is logged: they shape the optimizer or the learning-rate schedule.
+RESUME_LOGGED_FLAGS = ("lr", "warmup_lr", "min_lr", "epochs", "warmup_epochs", "sched", "decay_epochs", "decay_rate",
+                       "decay_by_epoch", "opt", "weight_decay", "momentum", "opt_eps", "opt_betas", "batch_size")
 
 
 class Run:
@@ -50,8 +66,6 @@ class Run:
         self.model = build_model(cfg).to(env.device)
         if env.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the original
-        if env.is_main:
-            save_config(cfg, os.path.join(exp_dir, "args.yaml"))
         log.info(self.model)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
@@ -66,9 +80,9 @@ class Run:
         self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
         self.scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)
         self.manager = CheckpointManager(exp_dir, cfg.keep_num, enabled=env.is_main)
-        self.metrics = CsvLog(os.path.join(exp_dir, "metrics.csv"), METRICS_HEADER, enabled=env.is_main)
-        self.lr_log = CsvLog(os.path.join(exp_dir, "lr.csv"), ("epoch", "step", "lr"), enabled=env.is_main)
-        self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
+        self.metrics: CsvLog | None = None  # opened by open_outputs, once the inputs are checked
+        self.lr_log: CsvLog | None = None
+        self.search: SearchMonitor | None = None
         mixing = self.mixup is not None
         self.train_loss: Callable = SoftTargetCrossEntropy() if mixing else nn.CrossEntropyLoss(
             label_smoothing=cfg.smoothing)
@@ -76,27 +90,27 @@ class Run:
         self.start_epoch = 0
         self.rng_to_restore = None
 
-    def resume(self, path: str) -> None:
-        """Restore model, EMA, optimizer, scaler, schedule, kept-checkpoint list, epoch and RNG from `path`."""
-        ckpt = load_file(path)
-        load_weights(self.model, weights_of(ckpt, path), path)
-        if "model" not in ckpt:  # a released {'state_dict'} file: weights only, start at epoch 0 (as the original)
+    def resume(self, ckpt: dict, path: str) -> None:
+        """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch and RNG from
+        `ckpt` (read from `path`). A released {'state_dict'} file gives the weights only: training starts at epoch 0."""
+        load_weights(self.model, state_dict_from(ckpt, source=path), path)
+        if not is_training_checkpoint(ckpt):
             self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0")
             return
+        start_epoch = int(ckpt["epoch"]) + 1
+        if start_epoch >= self.cfg.epochs:
+            raise ConfigError(f"{path} has finished epoch {start_epoch - 1}, the last of --epochs {self.cfg.epochs}: "
+                              f"nothing left to train (raise --epochs to continue the run)")
         if self.ema is not None:
-            ema_weights = ckpt.get("ema_model")
-            if ema_weights is not None:
-                load_weights(self.ema.module, weights_of(ckpt, path, "ema_model"), path)
+            if ckpt.get("ema_model") is not None:
+                load_weights(self.ema.module, state_dict_from(ckpt, "ema_model", source=path), path)
             else:
                 self.ema.set(self.model)
-        try:
-            if ckpt.get("optimizer") is not None:
-                self.optimizer.load_state_dict(ckpt["optimizer"])
-        except ValueError as err:
-            raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from err
+        self._load_optimizer_state(ckpt, path)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch = int(ckpt["epoch"]) + 1
+        self._log_changed_flags(ckpt.get("config") or {})
+        self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * len(self.train_loader))
         self.manager.load_state_dict(ckpt.get("checkpoints") or [])
         rng = ckpt.get("rng") or []
@@ -106,11 +120,49 @@ class Run:
             self.log.warning(f"{path} holds RNG states of {len(rng)} processes, this run has "
                              f"{self.env.world_size}: random streams are reseeded, not restored")
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
-        for csv_log in (self.metrics, self.lr_log):
-            csv_log.truncate_from(self.start_epoch)
-        if self.search is not None:
-            self.search.truncate_from(self.start_epoch)
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}")
+
+    def _load_optimizer_state(self, ckpt: dict, path: str) -> None:
+        """The checkpoint's optimizer state with this run's hyperparameters (the flags win, see the module doc)."""
+        if ckpt.get("optimizer") is None:
+            return
+        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from err
+        for group, hyper in zip(self.optimizer.param_groups, fresh):
+            group.update(hyper)
+
+    def _log_changed_flags(self, saved: dict) -> None:
+        for key in RESUME_LOGGED_FLAGS:
+            old, new = saved.get(key), getattr(self.cfg, key)
+            if key in saved and old != (list(new) if isinstance(new, tuple) else new):
+                self.log.info(f"--{key.replace('_', '-')} changed on resume: {old} -> {new} (the new value is used)")
+
+    def open_outputs(self) -> None:
+        """Prepare the folder once the inputs are checked: remove leftover temporary files, delete an earlier run
+        (--overwrite), rewind the CSV files and repair the checkpoint files to the resumed epoch, write args.yaml."""
+        cfg, env, exp_dir = self.cfg, self.env, self.exp_dir
+        if env.is_main:
+            leftovers = remove_temporary_files(exp_dir)
+            if leftovers:
+                self.log.info(f"Removed {len(leftovers)} temporary file(s) of an interrupted write: {leftovers}")
+            if cfg.overwrite:
+                current = [h.baseFilename for h in self.log.handlers if isinstance(h, logging.FileHandler)]
+                removed = delete_previous_run(exp_dir, keep=tuple(current))
+                if removed:
+                    self.log.info(f"--overwrite: deleted the earlier run's files {removed}")
+        self.metrics = CsvLog(os.path.join(exp_dir, "metrics.csv"), METRICS_HEADER, enabled=env.is_main)
+        self.lr_log = CsvLog(os.path.join(exp_dir, "lr.csv"), LR_HEADER, enabled=env.is_main)
+        self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
+        for csv_log in (self.metrics, self.lr_log, self.search.csv if self.search is not None else None):
+            if csv_log is not None:
+                csv_log.truncate_from(self.start_epoch)
+        if self.start_epoch > 0:
+            self.manager.reconcile()
+        if env.is_main:
+            save_config(cfg, os.path.join(exp_dir, "args.yaml"))
 
     def checkpoint_payload(self, epoch: int) -> dict:
         """The training checkpoint of the epoch just finished (RNG states of every rank included)."""
@@ -136,7 +188,7 @@ class Run:
         for epoch in range(self.start_epoch, cfg.epochs):
             self.train_loader.sampler.set_epoch(epoch)
             metrics = train_one_epoch(self, epoch)
-            common = dict(log_interval=cfg.log_interval, amp=cfg.amp, amp_dtype=cfg.amp_dtype)
+            common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
             test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
             if self.ema is not None:
                 test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
@@ -144,9 +196,10 @@ class Run:
             metrics.update(test_metrics)
             if self.search is not None:
                 self.search.append_epoch(epoch)
-            kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
             self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
-            log.info("\n".join(["Checkpoints:"] + [f"        {p} : {s:.3f}%" for p, s in kept]))
+            kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
+            log.info("\n".join(["Checkpoints:"] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%"
+                                                    for p, s in kept]))
         return metrics
 
 
@@ -219,17 +272,35 @@ def _log_train_line(run: Run, epoch: int, idx: int, loss_m: AverageMeter, batch_
         run.search.log_probs()
 
 
+def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
+    return load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
+
+
 def train(cfg: Namespace) -> dict:
-    """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics."""
+    """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics.
+
+    Order: device, the --resume checkpoint, the run folder (refused when it holds another run), data and model,
+    the resumed state; only then is anything in the folder changed (`Run.open_outputs`).
+    """
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
-    exp_dir = os.path.join(cfg.output, cfg.experiment)
-    log = setup_logging(exp_dir, env.is_main)
     try:
+        ckpt = _read_resume_checkpoint(cfg)
+        exp_dir = experiment_dir(cfg, ckpt)
+        if ckpt is None or not is_training_checkpoint(ckpt):
+            check_run_folder(exp_dir, cfg.overwrite)
+        if env.is_main:
+            make_writable(exp_dir)
+        log = setup_logging(exp_dir, env.is_main)
         seed_everything(cfg.seed + env.rank)
         run = Run(cfg, env, exp_dir, log)
-        if cfg.resume:
-            run.resume(cfg.resume)
-        return run.fit()
+        if ckpt is not None:
+            run.resume(ckpt, cfg.resume)
+        del ckpt
+        run.open_outputs()
+        try:
+            return run.fit()
+        except KeyboardInterrupt:
+            last = os.path.join(exp_dir, LAST)
+            raise RunInterrupted(last if os.path.isfile(last) else None) from None
     finally:
         shutdown()
-

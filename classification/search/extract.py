@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..engine.checkpoint import CheckpointError, load_file, weights_of
+from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..models.directions import save_directions
 from .probs import CANDIDATE_NAMES, chosen_directions, layer_probabilities, search_weights
 
@@ -49,15 +49,15 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
 
 
 def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: bool = False,
-            supernet: Optional[str] = None) -> dict:
+            supernet: Optional[str] = None, trust: bool = False) -> dict:
     """Read a supernet checkpoint, choose the top-k directions per layer, write directions.yaml and the heat map.
 
     Returns {'probs', 'directions', 'printout', 'directions_file', 'heatmap'}.
     """
     if not 1 <= topk <= len(CANDIDATE_NAMES):
         raise ValueError(f"--topk must be between 1 and {len(CANDIDATE_NAMES)}, got {topk}")
-    ckpt = load_file(ckpt_path)
-    weights = weights_of(ckpt, ckpt_path, "ema_model" if ema else None)
+    ckpt = load_checkpoint(ckpt_path, trust=trust)
+    weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
     probs = layer_probabilities(weights)
     if not probs:
         raise CheckpointError(f"{ckpt_path}: no '*multi_scan.weights' entries: not a search supernet checkpoint")

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..engine.logs import CsvLog
+from ..common.csv_log import CsvLog
 from .probs import CANDIDATE_NAMES, SEARCH_WEIGHT_SUFFIX, layer_probabilities
 
 logger = logging.getLogger("localmamba")

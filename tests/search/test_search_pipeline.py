@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from classification.engine.checkpoint import CheckpointError
+from classification.common.checkpoint_io import CheckpointError
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.optim import param_groups
@@ -46,7 +46,7 @@ def supernet(tmp_path_factory):
 
 def test_search_weights_train_jointly_and_are_logged_each_epoch(supernet):
     _, exp = supernet
-    ckpt = torch.load(exp / "last.pth.tar", map_location="cpu", weights_only=False)
+    ckpt = torch.load(exp / "last.pth.tar", map_location="cpu", weights_only=True)
     names = [k for k in ckpt["model"] if k.endswith("multi_scan.weights")]
     assert names == ["layers.0.mixer.multi_scan.weights", "layers.1.mixer.multi_scan.weights"]
     assert all(ckpt["model"][n].shape == (8, 1, 1, 1) for n in names)
@@ -75,7 +75,7 @@ def test_search_weights_are_weight_decayed_as_the_original(supernet):
 
 def test_extraction_prints_as_the_original_and_writes_the_file(supernet, monkeypatch, capsys):
     out, exp = supernet
-    ckpt = torch.load(exp / "last.pth.tar", map_location="cpu", weights_only=False)
+    ckpt = torch.load(exp / "last.pth.tar", map_location="cpu", weights_only=True)
     for use_ema, key in ((False, "model"), (True, "ema_model")):
         dest = out / f"extracted_{key}"
         printed = vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--out", str(dest),
@@ -99,7 +99,7 @@ def test_searched_model_trains_from_the_file_and_evaluates(supernet, monkeypatch
     directions = str(out / "chosen" / "directions.yaml")
     metrics = train(parse_args([*RUN, "--model", "local_vim_tiny", "--directions", directions,
                                 "--output", str(out), "--experiment", "searched"]))
-    ckpt = torch.load(out / "searched" / "last.pth.tar", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "searched" / "last.pth.tar", map_location="cpu", weights_only=True)
     assert not any(k.endswith("multi_scan.weights") for k in ckpt["model"])
     assert ckpt["config"]["directions"] == directions
     evaluated = evaluate(parse_args([*RUN, "--model", "local_vim_tiny", "--directions", directions,

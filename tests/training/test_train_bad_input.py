@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
+from classification.common import checkpoint_io as ckpt_mod
+from classification.common.checkpoint_io import CheckpointError, atomic_save
 from classification.data import DataError
-from classification.engine import checkpoint as ckpt_mod
-from classification.engine.checkpoint import CheckpointError, atomic_save
 from classification.engine.cli import run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
@@ -113,7 +113,7 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(tiny_ckpt, tmp_path, mo
     monkeypatch.undo()
     assert open(target, "rb").read() == good
     assert os.listdir(tmp_path) == ["last.pth.tar"]
-    assert torch.load(target, map_location="cpu", weights_only=False)["epoch"] == 0
+    assert torch.load(target, map_location="cpu", weights_only=True)["epoch"] == 0
 
 
 def test_directions_file_must_exist(tmp_path):

@@ -40,8 +40,8 @@ def test_two_processes_equal_one_process(tmp_path):
     one = train(parse_args(["-c", str(config), *TINY_MODEL, "-b", "32", "--output", str(tmp_path),
                             "--experiment", "one"]))
 
-    a = torch.load(tmp_path / "two" / "last.pth.tar", map_location="cpu", weights_only=False)
-    b = torch.load(tmp_path / "one" / "last.pth.tar", map_location="cpu", weights_only=False)
+    a = torch.load(tmp_path / "two" / "last.pth.tar", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "one" / "last.pth.tar", map_location="cpu", weights_only=True)
     assert a["scheduler"] == b["scheduler"] == {"t": 44}  # same number of global steps
     assert len(a["rng"]) == 2 and len(b["rng"]) == 1
     for key in ("model", "ema_model"):

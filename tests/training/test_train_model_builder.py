@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from classification.engine.config import parse_args
+from classification.engine.config import ConfigError, parse_args
 from classification.engine.model_builder import build_model
 
 
@@ -30,5 +30,5 @@ def test_config_kwargs_another_model_does_not_take_are_dropped_with_a_warning(tm
 
 
 def test_command_line_kwargs_are_never_dropped(tmp_path):
-    with pytest.raises(TypeError, match="img_size"):
+    with pytest.raises(ConfigError, match="--model-kwargs: model resnet10t does not take 'img_size'"):
         build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")

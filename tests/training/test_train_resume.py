@@ -24,7 +24,7 @@ def rows(path):
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_kill_and_resume_is_bit_exact(tmp_path):

@@ -2,6 +2,8 @@
 
 Augmentation draws from a generator state derived from (seed, epoch, sample index) only, so the images a run sees do
 not depend on the number of loader workers, on the number of ranks, or on where a run was resumed.
+Captured states hold only tensors and plain Python values, so a checkpoint that carries them loads with
+``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -21,17 +23,31 @@ def seed_everything(seed: int) -> None:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """The global generators' states of this process (python, numpy, torch CPU, CUDA if initialised)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global generators' states of this process (python, numpy, torch CPU, CUDA if initialised).
+
+    numpy's MT19937 key (624 uint32) is stored as an int64 tensor, the rest of its state as plain numbers.
+    """
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_state(saved: Any) -> tuple:
+    if isinstance(saved, dict):
+        key = np.asarray(saved["key"].numpy() if isinstance(saved["key"], torch.Tensor) else saved["key"])
+        return saved["kind"], key.astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached_gaussian"]
+    return tuple(saved)  # the tuple np.random.get_state() returns (checkpoints of earlier versions, trusted)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore states captured by `get_rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,49 @@
+"""Append-only CSV files of a run (metrics.csv, lr.csv, search_probs.csv) that a resumed run rewinds exactly."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Sequence
+
+from .checkpoint_io import TMP_PREFIX
+
+
+class CsvLog:
+    """A CSV file with a fixed header whose rows start with the epoch; `truncate_from(epoch)` drops later epochs.
+
+    Each row goes to the file in one write, so a killed process leaves at most one partial last row, which
+    `truncate_from` drops as well.
+    """
+
+    def __init__(self, path: str, header: Sequence[str], enabled: bool = True):
+        self.path, self.header, self.enabled = path, list(header), enabled
+        if enabled and (not os.path.exists(path) or os.path.getsize(path) == 0):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._write_rows([self.header], "w")
+
+    def _write_rows(self, rows: list[list], mode: str) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        with open(self.path, mode, newline="") as f:
+            f.write(text.getvalue())
+
+    def append(self, row: Sequence) -> None:
+        if self.enabled:
+            self._write_rows([list(row)], "a")
+
+    def truncate_from(self, epoch: int) -> None:
+        """Keep only complete rows of epochs before `epoch` (a resumed run writes the others again)."""
+        if not self.enabled:
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [self.header] + [r for r in rows[1:] if len(r) == len(self.header) and r[0].isdigit()
+                                and int(r[0]) < epoch]
+        folder, name = os.path.split(self.path)
+        tmp = os.path.join(folder, TMP_PREFIX + name)
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
+        with open(tmp, "w", newline="") as f:
+            f.write(text.getvalue())
+        os.replace(tmp, self.path)

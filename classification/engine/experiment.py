@@ -1,0 +1,77 @@
+"""The folder of a run: where it goes, when an existing one is refused, and what `--overwrite` deletes.
+
+A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint or a CSV file with
+rows) is refused unless `--overwrite` is given. `--resume` of a training checkpoint continues in that checkpoint's own
+folder, whatever `--output` / `--experiment` say. Nothing in the folder is deleted before the new run's inputs have
+been checked.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any, Mapping, Optional
+
+from .config import ConfigError
+
+# What a training run writes; `--overwrite` deletes exactly these.
+RUN_FILE_PATTERNS = ("*.pth.tar", "metrics.csv", "lr.csv", "search_probs.csv", "args.yaml", "log_*.txt")
+CSV_FILES = ("metrics.csv", "lr.csv", "search_probs.csv")
+
+
+def is_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:
+    """True for our training checkpoints (they carry `epoch` and `model`), False for released weights."""
+    return "model" in ckpt and "epoch" in ckpt
+
+
+def experiment_dir(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> str:
+    """The run's folder: the resumed training checkpoint's own, else `<output>/<experiment>`."""
+    if resume_ckpt is not None and is_training_checkpoint(resume_ckpt):
+        return os.path.dirname(os.path.abspath(cfg.resume))
+    return os.path.join(cfg.output, cfg.experiment)
+
+
+def _has_rows(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read().count(b"\n") > 1
+
+
+def previous_run_files(folder: str) -> list[str]:
+    """Names of the files in `folder` that show an earlier run: checkpoints and CSV files with rows."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(os.listdir(folder))
+    found = [n for n in names if n.endswith(".pth.tar") and not n.startswith(".tmp-")]
+    found += [n for n in names if n in CSV_FILES and _has_rows(os.path.join(folder, n))]
+    return found
+
+
+def check_run_folder(folder: str, overwrite: bool) -> None:
+    """Refuse to start a fresh run in a folder that holds another run, unless `overwrite`."""
+    found = previous_run_files(folder)
+    if found and not overwrite:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ConfigError(f"{folder} already holds a run ({shown}); continue it with --resume "
+                          f"{os.path.join(folder, 'last.pth.tar')}, start afresh there with --overwrite, "
+                          f"or choose another --experiment")
+
+
+def make_writable(folder: str) -> None:
+    """Create `folder` (and parents); refuse one that cannot be created or written, naming it."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output: cannot create the run folder {folder}: {err.strerror or err}") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output: the run folder {folder} is not writable")
+
+
+def delete_previous_run(folder: str, keep: tuple[str, ...] = ()) -> list[str]:
+    """Delete what an earlier run wrote into `folder` (`RUN_FILE_PATTERNS`), except the paths in `keep`."""
+    keep_abs = {os.path.abspath(p) for p in keep}
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if any(fnmatch.fnmatch(name, p) for p in RUN_FILE_PATTERNS) and os.path.abspath(path) not in keep_abs:
+            os.remove(path)
+            removed.append(name)
+    return removed
