@@ -1,0 +1,68 @@
+"""The README's figures come from the code: scan-order numbers are scan_maps' positions, the speed chart reads the
+README's own table, the example heat map is seeded."""
+import os
+
+import numpy as np
+import pytest
+
+from classification import figures
+from classification.models.scan_maps import scan_index
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("name, grid, expected", [
+    ("h", (3, 4), np.arange(12).reshape(3, 4)),
+    ("h_flip", (2, 3), [[5, 4, 3], [2, 1, 0]]),
+    ("v", (3, 4), [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]),
+    ("v_flip", (2, 2), [[3, 1], [2, 0]]),
+    ("w2", (4, 4), [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]),
+    # 3x3 pads to 4x4: windows [0 1 3 4] [2 p 5 p] [6 7 p p] [8 p p p]; padding keeps its sequence positions
+    ("w2", (3, 3), [[0, 1, 4], [2, 3, 6], [8, 9, 12]]),
+    ("w2_flip", (3, 3), [[15, 14, 11], [13, 12, 9], [7, 6, 3]]),
+])
+def test_scan_order_grid_by_hand(name, grid, expected):
+    np.testing.assert_array_equal(figures.scan_order_grid(name, grid), expected)
+
+
+def test_drawn_numbers_are_scan_maps_positions(tmp_path):
+    names, grid = ("h", "v_flip", "w2", "w3_flip"), (5, 6)
+    fig = figures.draw_scan_orders(str(tmp_path / "orders.png"), names, grid, columns=2)
+    assert (tmp_path / "orders.png").stat().st_size > 0
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(names)
+    for ax, name in zip(panels, names):
+        drawn = np.full(grid, -1)
+        for text in ax.texts:
+            x, y = text.get_position()
+            drawn[int(y), int(x)] = int(text.get_text())
+        table = scan_index(name, grid).tolist()
+        for (i, j), position in np.ndenumerate(drawn):
+            assert table[position] == i * grid[1] + j  # the token scan_maps puts at that position is this cell
+
+
+def test_speed_chart_reads_the_readmes_table(tmp_path):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    settings, rows = figures.read_speed_table(readme)
+    assert settings == ["inference b1", "inference b8", "train step b8"]
+    by_name = {row["model"]: row for row in rows}
+    assert {"local_vim_tiny", "local_vssm_tiny"} <= set(by_name)
+    for row in rows:  # every figure is in the README as written
+        for setting in settings:
+            ratio, rate = row[setting]
+            assert f"{ratio:g}" in readme and f"{rate:g} img/s" in readme
+    assert by_name["local_vim_tiny"]["baseline"] == "deit_tiny_patch16_224"
+    figures.draw_speed_chart(str(tmp_path / "speed.png"), settings, rows)
+    assert (tmp_path / "speed.png").stat().st_size > 0
+    with pytest.raises(ValueError):
+        figures.read_speed_table("| model | baseline | a |\n|---|---|---|\nnothing\n")
+
+
+def test_example_search_probs_are_seeded(tmp_path):
+    first = figures.draw_example_search_probs(str(tmp_path / "a.png"), seed=3)
+    again = figures.draw_example_search_probs(str(tmp_path / "b.png"), seed=3)
+    other = figures.draw_example_search_probs(str(tmp_path / "c.png"), seed=4)
+    assert first == again != other
+    assert len(first) == 20 and all(len(layer) == 4 for layer in first)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

@@ -1,0 +1,36 @@
+"""Redraw the README's figures from the code: `python tools/draw_assets.py [--out assets]`.
+
+Writes scan_orders.png (every candidate direction's order on the 14x14 LocalVim grid, from `scan_maps`),
+search_probs.png (the heat map `vis_search_prob.py` draws, for a supernet with seeded random search weights) and
+speed.png (the whole-model table of README.md's "Speed" section).
+"""
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    from classification import figures
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(ROOT, "assets"), help="output folder (default: assets/)")
+    parser.add_argument("--grid", type=int, nargs=2, default=(14, 14), help="token grid of the scan-order figure")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the example search weights")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    figures.draw_scan_orders(os.path.join(args.out, "scan_orders.png"), grid=tuple(args.grid))
+    figures.draw_example_search_probs(os.path.join(args.out, "search_probs.png"), seed=args.seed)
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        settings, rows = figures.read_speed_table(f.read())
+    figures.draw_speed_chart(os.path.join(args.out, "speed.png"), settings, rows,
+                             caption="README speed table: 2-core CPU, fp32, 224², images/s on the bars")
+    print(f"wrote scan_orders.png, search_probs.png, speed.png into {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
