@@ -8,11 +8,18 @@ from setuptools import find_packages, setup
 KERNEL_PACKAGES = {
     "localmamba_ssm": "mamba-1p1p1/localmamba_ssm",
     "localmamba_conv1d": "causal-conv1d/localmamba_conv1d",
+    "localmamba_kernel_runtime": "causal-conv1d/localmamba_kernel_runtime",
+}
+# the C kernels, compiled on first use
+KERNEL_SOURCES = {
+    "localmamba_ssm.ops.cpu": ["csrc/*.c"],
+    "localmamba_conv1d": ["csrc/*.c"],
+    "localmamba_kernel_runtime": ["csrc/*.c", "csrc/*.h"],
 }
 
 packages = find_packages(include=["classification*", "detection*", "segmentation*"])
 packages += find_packages("mamba-1p1p1", include=["localmamba_ssm*"])
-packages += find_packages("causal-conv1d", include=["localmamba_conv1d*"])
+packages += find_packages("causal-conv1d", include=["localmamba_conv1d*", "localmamba_kernel_runtime*"])
 
 setup(
     name="localmamba",
@@ -24,6 +31,7 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir=KERNEL_PACKAGES,
+    package_data=KERNEL_SOURCES,
     include_package_data=True,
     install_requires=[
         "torch>=2.1",

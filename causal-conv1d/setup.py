@@ -1,4 +1,8 @@
-"""Install ``localmamba_conv1d`` on its own: ``pip install ./causal-conv1d`` (no compiler needed)."""
+"""Install ``localmamba_conv1d`` on its own: ``pip install ./causal-conv1d`` (no compiler needed).
+
+It also installs ``localmamba_kernel_runtime``, the backend registry and C-kernel runtime that ``localmamba_conv1d``
+and ``localmamba_ssm`` share. The C sources are package data, compiled on first use.
+"""
 from setuptools import find_packages, setup
 
 setup(
@@ -7,7 +11,8 @@ setup(
     description="Causal depthwise conv1d for LocalMamba (causal-conv1d 1.0.0 API; cuda/triton/cpu/reference backends)",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["localmamba_conv1d*"]),
+    packages=find_packages(include=["localmamba_conv1d*", "localmamba_kernel_runtime*"]),
+    package_data={"localmamba_conv1d": ["csrc/*.c"], "localmamba_kernel_runtime": ["csrc/*.c", "csrc/*.h"]},
     install_requires=["torch>=2.1"],
     extras_require={"triton": ["triton>=2.1"]},
 )

@@ -1,6 +1,7 @@
 """Install ``localmamba_ssm`` on its own: ``pip install ./mamba-1p1p1`` (no compiler needed).
 
-It depends on ``localmamba_conv1d``; from a checkout that dependency is taken from the sibling ``causal-conv1d/``.
+It depends on ``localmamba_conv1d`` (which brings the shared ``localmamba_kernel_runtime``); from a checkout that
+dependency is taken from the sibling ``causal-conv1d/``. The C sources are package data, compiled on first use.
 """
 from pathlib import Path
 
@@ -19,6 +20,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["localmamba_ssm*"]),
+    package_data={"localmamba_ssm.ops.cpu": ["csrc/*.c"]},
     install_requires=["torch>=2.1", CONV1D_REQUIREMENT],
     extras_require={"triton": ["triton>=2.1"]},
 )

@@ -31,7 +31,8 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from localmamba_conv1d import backends, causal_conv1d_fn
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime import backends
 from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
 
 OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d"}
@@ -110,7 +111,7 @@ def _sync(device: torch.device) -> None:
 def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
     """One forward (under no_grad) or forward + backward of ``case`` with ``backend`` forced."""
     def step() -> None:
-        os.environ[backends.ENV_VAR] = backend
+        backends.force_backend(backend)
         for t in case.inputs:
             t.grad = None
         if backward:
@@ -174,7 +175,7 @@ def run_op_benchmark(args) -> List[Dict[str, object]]:
     if "reference" not in names:
         names.append("reference")
     case = CASES[args.op](args, device, dtype)
-    with backends.restoring_env_choice():
+    with backends.forced_backend(backends.requested_backend()):
         medians = time_backends(case, names, args, device)
     ref = medians["reference"]
     rows = []

@@ -24,14 +24,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmark  # noqa: E402  (tools/benchmark.py, the shared timing code)
-from localmamba_conv1d import backends, causal_conv1d_fn  # noqa: E402
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime import backends  # noqa: E402
 from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn  # noqa: E402
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
 def _forced(name: str):
-    os.environ[backends.ENV_VAR] = name
+    backends.force_backend(name)
 
 
 def _run(fn: Callable, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]):
@@ -230,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for op in MODEL_OPS:
         print(f"  {op}: auto backend '{backends.selected_backend(op, device)}', "
               f"available {list(backends.available_backends(op, device))}")
-    with backends.restoring_env_choice():
+    with backends.forced_backend(backends.requested_backend()):
         ok = correctness(device, args.quick)
         try:
             ok &= model_check(device, args.quick)

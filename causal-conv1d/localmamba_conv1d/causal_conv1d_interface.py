@@ -1,4 +1,4 @@
-"""Public causal depthwise conv1d ops with per-call backend dispatch (see ``backends``).
+"""Public causal depthwise conv1d ops with per-call backend dispatch (see ``localmamba_kernel_runtime.backends``).
 
 Signatures follow causal-conv1d 1.0.0: ``causal_conv1d_fn(x, weight, bias=None, activation=None)`` and
 ``causal_conv1d_update(x, conv_state, weight, bias=None, activation=None)``.
@@ -9,7 +9,9 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from . import backends
+from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime.validation import shape_str
+
 from .cpu_conv1d import causal_conv1d_cpu
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref
 
@@ -19,25 +21,21 @@ OFFICIAL_MODULE = "causal_conv1d.causal_conv1d_interface"
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
 def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 activation: Optional[str]) -> torch.Tensor:
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     if x.dim() != 3:
-        raise ValueError(f"x must have shape (batch, dim, seqlen), got {_shape(x)}")
+        raise ValueError(f"x must have shape (batch, dim, seqlen), got {shape_str(x)}")
     dim = x.shape[1]
     if weight.dim() == 3 and weight.shape[1] == 1:
         weight = weight[:, 0]
     if torch.jit.is_tracing():  # shapes are traced values during ONNX export
         return weight
     if weight.dim() != 2 or weight.shape[0] != dim:
-        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, got {_shape(weight)}")
+        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, got {shape_str(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
-        raise ValueError(f"bias must have shape (dim,)=({dim},), got {_shape(bias)}")
+        raise ValueError(f"bias must have shape (dim,)=({dim},), got {shape_str(bias)}")
     return weight
 
 
@@ -65,10 +63,7 @@ _IMPLS: Dict[str, Callable] = {
     "reference": causal_conv1d_ref,
 }
 
-backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
-backends.register(OP, "triton", backends.check_triton)
-backends.register(OP, "cpu", backends.check_cpu)
-backends.register(OP, "reference", backends.check_any)
+backends.register_kernel_backends(OP, OFFICIAL_MODULE)
 backends.register(OP_UPDATE, "cuda", backends.check_official(OFFICIAL_MODULE))
 backends.register(OP_UPDATE, "reference", backends.check_any)
 
@@ -101,11 +96,11 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
                          bias: Optional[torch.Tensor] = None, activation: Optional[str] = None) -> torch.Tensor:
     """One decoding step: x (B, D), conv_state (B, D, W) updated in place, weight (D, W), bias (D,) -> (B, D)."""
     if x.dim() != 2:
-        raise ValueError(f"x must have shape (batch, dim), got {_shape(x)}")
+        raise ValueError(f"x must have shape (batch, dim), got {shape_str(x)}")
     weight = _check_args(x.unsqueeze(-1), weight, bias, activation)
     expected = (x.shape[0], x.shape[1], weight.shape[-1])
     if tuple(conv_state.shape) != expected:
-        raise ValueError(f"conv_state must have shape (batch, dim, width)={expected}, got {_shape(conv_state)}")
+        raise ValueError(f"conv_state must have shape (batch, dim, width)={expected}, got {shape_str(conv_state)}")
     backend = backends.select(OP_UPDATE, x.device, _input_check(x, weight))
     if backend == "cuda":
         official = backends.optional_module(OFFICIAL_MODULE)

@@ -1,4 +1,5 @@
-"""The ``cpu`` backend of ``causal_conv1d_fn``: a C kernel (conv + bias + SiLU fused, forward and backward).
+"""The ``cpu`` backend of ``causal_conv1d_fn``: the C kernel ``csrc/causal_conv1d.c`` (conv + bias + SiLU fused,
+forward and backward).
 
 Wrapped as torch.library custom ops ``localmamba::causal_conv1d_cpu_fwd`` / ``_bwd`` with fake implementations
 and autograd, parallel over (batch, channel) rows. Without a working compiler (or with ``LOCALMAMBA_CPU_KERNEL=0``)
@@ -7,111 +8,37 @@ the ops compute the same in PyTorch; fp64 inputs use the reference formula (auto
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
-from . import ckernel
-from .precision import autocast_off
+from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime.precision import autocast_off
+
 from .reference import causal_conv1d_ref
-from .vector_math import PRELUDE
 
 MIN_ROWS_PER_TASK = 64
 
-SOURCE = PRELUDE + r"""
-typedef struct {
-    long batch, dim, seqlen, width, silu;
-    const float *x, *weight, *bias;      /* bias may be NULL */
-    float *out;
-    const float *dout;
-    float *dx, *dweight, *dbias;         /* this task's accumulators: (dim, width) and (dim) */
-} ConvArgs;
-
-/* a[t] = bias + sum_k w[k] x[t - (W-1) + k], zero history on the left. */
-static void preact_row(const float *restrict x, const float *restrict w, float bias, long L, long W,
-                       float *restrict a) {
-    for (long t = 0; t < L; t++) a[t] = bias;
-    for (long k = 0; k < W; k++) {
-        long shift = W - 1 - k;
-        float wk = w[k];
-        for (long t = shift; t < L; t++) a[t] += wk * x[t - shift];
-    }
-}
-
-INLINE float dot(const float *a, const float *b, long n) {
-    vf acc = splat(0.0f);
-    long t = 0;
-    for (; t + VW <= n; t += VW) acc += load(a + t) * load(b + t);
-    return hsum(acc + load_part(a + t, n - t) * load_part(b + t, n - t));
-}
-
-void conv_fwd(const ConvArgs *c, long start, long end) {
-    long L = c->seqlen, W = c->width;
-    for (long r = start; r < end; r++) {
-        long d = r % c->dim;
-        float *o = c->out + r * L;
-        preact_row(c->x + r * L, c->weight + d * W, c->bias ? c->bias[d] : 0.0f, L, W, o);
-        if (c->silu)
-            for (long t = 0; t < L; t += VW) {
-                long n = L - t < VW ? L - t : VW;
-                vf a = load_part(o + t, n);
-                store_part(o + t, a * sigmoid_v(a), n);
-            }
-    }
-}
-
-void conv_bwd(const ConvArgs *c, long start, long end) {
-    long L = c->seqlen, W = c->width;
-    float *g = (float *)malloc(L * sizeof(float));
-    for (long r = start; r < end; r++) {
-        long d = r % c->dim;
-        const float *x = c->x + r * L, *w = c->weight + d * W, *dout = c->dout + r * L;
-        float *dx = c->dx + r * L;
-        preact_row(x, w, c->bias ? c->bias[d] : 0.0f, L, W, g);
-        for (long t = 0; t < L; t += VW) {
-            long n = L - t < VW ? L - t : VW;
-            vf go = load_part(dout + t, n);
-            if (c->silu) {
-                vf a = load_part(g + t, n), s = sigmoid_v(a);
-                go = go * s * (splat(1.0f) + a * (splat(1.0f) - s));
-            }
-            store_part(g + t, go, n);
-        }
-        memset(dx, 0, L * sizeof(float));
-        float gsum = 0.0f;
-        for (long k = 0; k < W; k++) {
-            long shift = W - 1 - k;
-            float wk = w[k];
-            for (long s = 0; s + shift < L; s++) dx[s] += wk * g[s + shift];
-            if (shift < L) c->dweight[d * W + k] += dot(g + shift, x, L - shift);
-        }
-        for (long t = 0; t < L; t++) gsum += g[t];
-        c->dbias[d] += gsum;
-    }
-    free(g);
-}
-"""
+SOURCES = (Path(__file__).resolve().with_name("csrc") / "causal_conv1d.c",)
 
 
-class ConvArgs(ctypes.Structure):
-    """Mirror of the C ``ConvArgs`` struct."""
+class Conv1dArgs(ctypes.Structure):
+    """Mirror of the C ``Conv1dArgs`` struct (``csrc/causal_conv1d.c``; checked at load)."""
 
-    _fields_ = ([(name, ctypes.c_long) for name in ("batch", "dim", "seqlen", "width", "silu")]
+    _fields_ = ([(name, ctypes.c_int64) for name in ("batch", "dim", "seqlen", "width", "silu")]
                 + [(name, ctypes.c_void_p) for name in
                    ("x", "weight", "bias", "out", "dout", "dx", "dweight", "dbias")])
 
 
-_SIGNATURE = (ctypes.POINTER(ConvArgs), ctypes.c_long, ctypes.c_long)
-
-
 def load_kernel():
     """The compiled conv1d kernel (built on first use), or None when unavailable or disabled."""
-    return ckernel.load_library("causal_conv1d", SOURCE, {"conv_fwd": _SIGNATURE, "conv_bwd": _SIGNATURE})
+    return ckernel.load_library("causal_conv1d", SOURCES, {"conv_fwd": Conv1dArgs, "conv_bwd": Conv1dArgs})
 
 
-def _args(x, weight, bias, silu) -> ConvArgs:
-    return ConvArgs(batch=x.shape[0], dim=x.shape[1], seqlen=x.shape[2], width=weight.shape[1], silu=int(silu),
-                    x=x.data_ptr(), weight=weight.data_ptr(), bias=None if bias is None else bias.data_ptr())
+def _args(x, weight, bias, silu) -> Conv1dArgs:
+    return Conv1dArgs(batch=x.shape[0], dim=x.shape[1], seqlen=x.shape[2], width=weight.shape[1], silu=int(silu),
+                      x=x.data_ptr(), weight=weight.data_ptr(), bias=None if bias is None else bias.data_ptr())
 
 
 @torch.library.custom_op("localmamba::causal_conv1d_cpu_fwd", mutates_args=(), device_types="cpu")

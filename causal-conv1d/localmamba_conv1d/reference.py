@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .precision import autocast_off, compute_dtype
+from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 
 
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

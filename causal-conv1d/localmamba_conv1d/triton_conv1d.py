@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .precision import autocast_off
+from localmamba_kernel_runtime.precision import autocast_off
 
 BLOCK_D = 16
 BLOCK_T = 64

@@ -7,7 +7,7 @@ variable ``LOCALMAMBA_BACKEND`` and query with :func:`selected_backend`.
 from typing import Dict, Union
 
 import torch
-from localmamba_conv1d.backends import selected_backend
+from localmamba_kernel_runtime.backends import selected_backend
 
 from .ops.layernorm import RMSNorm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
 from .ops.multi_scan_interface import attention_merge_fn, multi_scan_inner_fn

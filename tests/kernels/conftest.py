@@ -1,9 +1,18 @@
 """Fixtures for the kernel tests: run a test under a forced ``LOCALMAMBA_BACKEND``."""
 import pytest
 
-from localmamba_conv1d import ckernel
+from localmamba_kernel_runtime import backends, ckernel
 
 CPU_BACKENDS = ("reference", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend_choice():
+    """Every test reads ``LOCALMAMBA_BACKEND`` afresh at its first choice (the value is cached) and leaves no choice
+    behind."""
+    backends.force_backend(None)
+    yield
+    backends.force_backend(None)
 
 
 @pytest.fixture(params=CPU_BACKENDS)
@@ -15,10 +24,11 @@ def cpu_backend(request, monkeypatch):
 
 @pytest.fixture
 def force_backend(monkeypatch):
-    """Call with a backend name to force it for the rest of the test."""
+    """Call with a value of ``LOCALMAMBA_BACKEND`` to set it for the rest of the test (read at the next choice)."""
 
     def force(name):
         monkeypatch.setenv("LOCALMAMBA_BACKEND", name)
+        backends.force_backend(None)
 
     return force
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import localmamba_ssm
-from localmamba_conv1d import backends, causal_conv1d_fn, causal_conv1d_update
+from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_update
+from localmamba_kernel_runtime import backends, ckernel
 from localmamba_ssm import selected_backend, selective_scan_fn
 from localmamba_ssm.ops import selective_scan_interface
 
@@ -35,8 +36,8 @@ def install_fake(monkeypatch, dotted, **attrs):
         setattr(sys.modules[dotted], key, value)
 
 
-def test_unknown_backend_value_lists_valid_ones(monkeypatch):
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", "gpu")
+def test_unknown_backend_value_lists_valid_ones(force_backend):
+    force_backend("gpu")
     with pytest.raises(ValueError, match="auto, cuda, triton, cpu, reference"):
         selective_scan_fn(*scan_inputs())
     with pytest.raises(ValueError, match="LOCALMAMBA_BACKEND"):
@@ -49,22 +50,22 @@ def test_auto_on_cpu_never_picks_gpu_backends():
     assert localmamba_ssm.backend_summary("cpu")["causal_conv1d"] == "cpu"
 
 
-def test_env_value_is_case_insensitive(monkeypatch):
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", " Reference ")
+def test_env_value_is_case_insensitive(force_backend):
+    force_backend(" Reference ")
     assert selected_backend("selective_scan", "cpu") == "reference"
 
 
-def test_forced_backend_that_cannot_run_raises(monkeypatch):
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cuda")
+def test_forced_backend_that_cannot_run_raises(force_backend):
+    force_backend("cuda")
     with pytest.raises(backends.BackendUnavailableError, match="cuda.*selective_scan"):
         selective_scan_fn(*scan_inputs())
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cpu")
+    force_backend("cpu")
     with pytest.raises(backends.BackendUnavailableError, match="CPU tensors only"):
         selected_backend("causal_conv1d", "cuda")
 
 
-def test_forced_backend_missing_from_op_falls_back(monkeypatch, caplog):
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cpu")
+def test_forced_backend_missing_from_op_falls_back(force_backend, caplog):
+    force_backend("cpu")
     x, w, state = torch.randn(2, 3), torch.randn(3, 4), torch.zeros(2, 3, 4)
     with caplog.at_level(logging.INFO, logger="localmamba"):
         causal_conv1d_update(x, state, w)
@@ -144,9 +145,78 @@ def test_packages_do_not_import_triton():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_conv1d_dispatch_on_cpu_runs(monkeypatch):
+def test_conv1d_dispatch_on_cpu_runs(force_backend):
     x, w = torch.randn(2, 3, 5), torch.randn(3, 4)
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cpu")
+    force_backend("cpu")
     out_cpu = causal_conv1d_fn(x, w)
-    monkeypatch.setenv("LOCALMAMBA_BACKEND", "reference")
+    force_backend("reference")
     torch.testing.assert_close(causal_conv1d_fn(x, w), out_cpu)
+
+
+def multi_scan_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    num_dirs, inner, rank, state = 2, 8, 1, 4
+    return dict(tokens=torch.randn(1, 5, 2 * inner, generator=g).to(dtype),
+                index=torch.stack([torch.arange(5), torch.arange(4, -1, -1)]),
+                x_proj_weight=torch.randn(num_dirs, rank + 2 * state, inner, generator=g).to(dtype),
+                dt_proj_weight=torch.randn(num_dirs, inner, rank, generator=g).to(dtype),
+                dt_proj_bias=torch.randn(num_dirs, inner, generator=g).to(dtype),
+                A_log=torch.randn(num_dirs, inner, state, generator=g).to(dtype), gate=True)
+
+
+def test_fused_ops_register_only_what_runs():
+    assert backends.implemented_backends("multi_scan_inner") == ("cpu", "composed", "reference")
+    assert backends.implemented_backends("attention_merge") == ("cpu", "reference")
+    assert backends.implemented_backends("selective_scan") == ("cuda", "triton", "cpu", "reference")
+    assert backends.available_backends("multi_scan_inner", "cuda") == ("composed", "reference")
+
+
+def test_composed_path_is_named_and_logged(caplog):
+    """fp64 inputs cannot run the fused fp32 kernels: the op runs composed, and the log says so."""
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        localmamba_ssm.multi_scan_inner_fn(**multi_scan_inputs(torch.float64))
+        localmamba_ssm.multi_scan_inner_fn(**multi_scan_inputs())
+    assert "op 'multi_scan_inner' on cpu uses backend 'composed' (auto)" in caplog.text
+    assert "op 'multi_scan_inner' on cpu uses backend 'cpu' (auto)" in caplog.text
+    assert "op 'selective_scan' on cpu uses backend 'cpu' (auto)" in caplog.text   # a part of the composition
+
+
+def test_cpu_without_its_kernels_is_composed_not_cpu(monkeypatch, force_backend):
+    monkeypatch.setenv("LOCALMAMBA_CPU_KERNEL", "0")
+    ckernel.reset()
+    try:
+        assert selected_backend("multi_scan_inner", "cpu") == "composed"
+        assert selected_backend("attention_merge", "cpu") == "reference"
+        force_backend("cpu")
+        with pytest.raises(backends.BackendUnavailableError, match="LOCALMAMBA_CPU_KERNEL=0"):
+            localmamba_ssm.multi_scan_inner_fn(**multi_scan_inputs())
+    finally:
+        monkeypatch.delenv("LOCALMAMBA_CPU_KERNEL")
+        ckernel.reset()
+
+
+def test_forcing_a_backend_an_op_lacks_runs_its_composition(force_backend, caplog):
+    force_backend("reference")
+    assert selected_backend("multi_scan_inner", "cpu") == "reference"
+    force_backend("cuda")
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        assert backends.select("multi_scan_inner", torch.device("cpu")) == "composed"
+    assert "uses backend 'composed' (op has no 'cuda' backend; its parts run the forced one)" in caplog.text
+    assert selected_backend("attention_merge", "cpu") == "cpu"        # no composition: its automatic choice
+
+
+def test_environment_is_read_once_per_choice_and_forced_through_the_api(monkeypatch):
+    monkeypatch.setenv("LOCALMAMBA_BACKEND", "reference")
+    assert selected_backend("selective_scan", "cpu") == "reference"
+    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cpu")
+    assert selected_backend("selective_scan", "cpu") == "reference"    # cached: no os.environ read per call
+    with backends.forced_backend("cpu"):
+        assert selected_backend("selective_scan", "cpu") == "cpu"
+        with backends.forced_backend("auto"):
+            assert backends.requested_backend() == "auto"
+        assert backends.requested_backend() == "cpu"
+    assert selected_backend("selective_scan", "cpu") == "reference"
+    backends.force_backend(None)                                     # forget: the next choice reads the variable
+    assert selected_backend("selective_scan", "cpu") == "cpu"
+    with pytest.raises(ValueError, match="forced backend='gpu' is not a valid backend"):
+        backends.force_backend("gpu")

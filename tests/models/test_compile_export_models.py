@@ -11,7 +11,7 @@ import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
-from localmamba_conv1d import ckernel
+from localmamba_kernel_runtime import backends, ckernel
 from classification.models import scan_maps
 from classification.models.scan_maps import sequence_index
 
@@ -68,7 +68,7 @@ def test_compiled_model_matches_eager_with_gradients(family, backend, monkeypatc
     """fullgraph ``torch.compile`` through AOTAutograd (the ``aot_eager`` backend: the graphs inductor would get,
     with the custom ops' fake kernels and autograd formulas) in training mode. Short sequences: the reference scan
     is a Python loop over them, unrolled into the graph."""
-    monkeypatch.setenv('LOCALMAMBA_BACKEND', backend)
+    monkeypatch.setattr(backends, 'requested_backend', lambda: backend)
     model, image = small_vim(size=24) if family == 'local_vim' else small_vssm(size=16)
     model.train()
     torch._dynamo.reset()
@@ -129,7 +129,7 @@ def test_many_index_tables_in_one_compiled_graph_keep_their_values():
 def test_reference_backend_model_exports_to_onnx(family, monkeypatch, tmp_path):
     import onnxruntime
 
-    monkeypatch.setenv('LOCALMAMBA_BACKEND', 'reference')
+    monkeypatch.setattr(backends, 'requested_backend', lambda: 'reference')
     model, image = MODELS[family]()
     model.eval()
     path = tmp_path / 'model.onnx'

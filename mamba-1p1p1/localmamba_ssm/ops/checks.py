@@ -5,9 +5,7 @@ from typing import Optional
 
 import torch
 
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+from localmamba_kernel_runtime.validation import shape_str
 
 
 def _check_bc(name: str, M: torch.Tensor, batch: int, dim: int, dstate: int, seqlen: int) -> None:
@@ -20,7 +18,7 @@ def _check_bc(name: str, M: torch.Tensor, batch: int, dim: int, dstate: int, seq
         return
     raise ValueError(
         f"selective_scan: {name} must have shape (Dm, N)=({dim}, {dstate}), (Bt, N, L)=({batch}, {dstate}, {seqlen}) "
-        f"or (Bt, G, N, L)=({batch}, G, {dstate}, {seqlen}) with Dm % G == 0; got {_shape(M)}")
+        f"or (Bt, G, N, L)=({batch}, G, {dstate}, {seqlen}) with Dm % G == 0; got {shape_str(M)}")
 
 
 def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -34,20 +32,20 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     if torch.jit.is_tracing():
         return
     if u.dim() != 3:
-        raise ValueError(f"selective_scan: u must have shape (Bt, Dm, L), got {_shape(u)}")
+        raise ValueError(f"selective_scan: u must have shape (Bt, Dm, L), got {shape_str(u)}")
     batch, dim, seqlen = u.shape
     if tuple(delta.shape) != tuple(u.shape):
-        raise ValueError(f"selective_scan: delta must have shape (Bt, Dm, L)={tuple(u.shape)}, got {_shape(delta)}")
+        raise ValueError(f"selective_scan: delta must have shape (Bt, Dm, L)={tuple(u.shape)}, got {shape_str(delta)}")
     if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"selective_scan: A must have shape (Dm, N) with Dm={dim}, got {_shape(A)}")
+        raise ValueError(f"selective_scan: A must have shape (Dm, N) with Dm={dim}, got {shape_str(A)}")
     dstate = A.shape[1]
     _check_bc("B", B, batch, dim, dstate, seqlen)
     _check_bc("C", C, batch, dim, dstate, seqlen)
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
-            raise ValueError(f"selective_scan: {name} must have shape (Dm,)=({dim},), got {_shape(t)}")
+            raise ValueError(f"selective_scan: {name} must have shape (Dm,)=({dim},), got {shape_str(t)}")
     if z is not None and tuple(z.shape) != tuple(u.shape):
-        raise ValueError(f"selective_scan: z must have shape (Bt, Dm, L)={tuple(u.shape)}, got {_shape(z)}")
+        raise ValueError(f"selective_scan: z must have shape (Bt, Dm, L)={tuple(u.shape)}, got {shape_str(z)}")
     for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
                     ("delta_bias", delta_bias)):
         if t is not None and not t.is_floating_point():
@@ -63,18 +61,18 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, x_proj_weigh
     if torch.jit.is_tracing():
         return
     if xz.dim() != 3 or xz.shape[1] % 2:
-        raise ValueError(f"mamba_inner: xz must have shape (Bt, 2E, L), got {_shape(xz)}")
+        raise ValueError(f"mamba_inner: xz must have shape (Bt, 2E, L), got {shape_str(xz)}")
     dim = xz.shape[1] // 2
     if not (conv1d_weight.dim() == 2 or (conv1d_weight.dim() == 3 and conv1d_weight.shape[1] == 1)) \
             or conv1d_weight.shape[0] != dim:
         raise ValueError(f"mamba_inner: conv1d_weight must have shape (E, W) or (E, 1, W) with E={dim}, "
-                         f"got {_shape(conv1d_weight)}")
+                         f"got {shape_str(conv1d_weight)}")
     if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"mamba_inner: A must have shape (E, N) with E={dim}, got {_shape(A)}")
+        raise ValueError(f"mamba_inner: A must have shape (E, N) with E={dim}, got {shape_str(A)}")
     if delta_proj_weight.dim() != 2 or delta_proj_weight.shape[0] != dim:
         raise ValueError(f"mamba_inner: delta_proj_weight must have shape (E, R) with E={dim}, "
-                         f"got {_shape(delta_proj_weight)}")
+                         f"got {shape_str(delta_proj_weight)}")
     rows = delta_proj_weight.shape[1] + A.shape[1] * ((B is None) + (C is None))
     if x_proj_weight.dim() != 2 or x_proj_weight.shape[1] != dim or x_proj_weight.shape[0] < rows:
         raise ValueError(f"mamba_inner: x_proj_weight must have shape (R + N*(B is None) + N*(C is None), E)="
-                         f"({rows}, {dim}), got {_shape(x_proj_weight)}")
+                         f"({rows}, {dim}), got {shape_str(x_proj_weight)}")

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from localmamba_conv1d import backends
-from localmamba_conv1d.precision import autocast_off
+from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime.precision import autocast_off
 
 OP = "layer_norm"
 _OFFICIAL_MODULES = ("mamba_ssm.ops.triton.layer_norm", "mamba_ssm.ops.triton.layernorm")

@@ -1,10 +1,13 @@
-"""Multi-direction ops of the LocalMamba mixers, with per-call backend dispatch (see ``localmamba_conv1d.backends``).
+"""Multi-direction ops of the LocalMamba mixers, with per-call backend dispatch (see
+``localmamba_kernel_runtime.backends``).
 
 ``multi_scan_inner_fn`` runs the Mamba inner function (conv, projections, selective scan, gate) over K reorderings
 of one set of token rows at once and returns the outputs in token order; ``attention_merge_fn`` applies the
-LocalMamba channel attention to each direction's output and sums them. Backends: ``cpu`` (fused C kernels on
-token-major buffers), ``cuda`` / ``triton`` (the composition of plain ops on the dispatched conv and scan, which
-then pick their own GPU kernels), ``reference`` (the composition on the reference conv and scan).
+LocalMamba channel attention to each direction's output and sums them. Backends of ``multi_scan_inner``: ``cpu``
+(fused C kernels on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_conv1d_fn`` and
+``selective_scan_fn``, which choose their own backends: what runs on GPUs, for fp64, and under ``torch.jit`` tracing)
+and ``reference`` (the composition on the reference conv and scan). ``attention_merge``: ``cpu`` (C kernels) and
+``reference`` (plain ops, on any device).
 """
 from __future__ import annotations
 
@@ -12,11 +15,11 @@ from typing import Callable, Optional
 
 import torch
 
-from localmamba_conv1d import backends
 from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
+from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime.validation import shape_str
 
-from .checks import _shape
-from .cpu.multi_scan_cpu import MAX_RANK, attention_merge_cpu, kernel_usable, multi_scan_inner_cpu
+from .cpu import attention_merge_cpu, multi_scan_cpu
 from .cpu.selective_scan_cpu import MAX_STATE
 from .reference import attention_merge_ref, multi_scan_inner_composed, multi_scan_inner_ref
 from .selective_scan_interface import selective_scan_fn
@@ -24,16 +27,49 @@ from .selective_scan_interface import selective_scan_fn
 OP_SCAN = "multi_scan_inner"
 OP_MERGE = "attention_merge"
 
-for _op in (OP_SCAN, OP_MERGE):
-    backends.register(_op, "cuda", backends.check_official("mamba_ssm.ops.selective_scan_interface"))
-    backends.register(_op, "triton", backends.check_triton)
-    backends.register(_op, "cpu", backends.check_cpu)
-    backends.register(_op, "reference", backends.check_any)
+
+def _fused_kernels_check(kernel_available: Callable[[], bool]) -> backends.Check:
+    """Check for the ``cpu`` backend of a fused op: CPU inputs and its C kernels built and enabled."""
+
+    def check(device: torch.device, forced: bool) -> Optional[str]:
+        reason = backends.check_cpu(device, forced)
+        if reason is None and not kernel_available():
+            reason = "its C kernels are disabled (LOCALMAMBA_CPU_KERNEL=0) or could not be built"
+        return reason
+
+    return check
+
+
+backends.register(OP_SCAN, "cpu", _fused_kernels_check(multi_scan_cpu.kernel_available))
+backends.register(OP_SCAN, backends.COMPOSED, backends.check_any)
+backends.register(OP_SCAN, "reference", backends.check_any)
+backends.register(OP_MERGE, "cpu", _fused_kernels_check(attention_merge_cpu.kernel_available))
+backends.register(OP_MERGE, "reference", backends.check_any)
+
+
+def _fused_input_check(t: torch.Tensor, inner: int, state: int = 0, rank: int = 0) -> Callable[[str], Optional[str]]:
+    """Input constraints of the fused cpu kernels: fp32 compute (fp64 keeps its precision on the other backends),
+    not while ``torch.jit`` traces (ONNX export, FLOP counting record plain ops), sizes within the kernels' limits."""
+
+    def check(backend: str) -> Optional[str]:
+        if backend != "cpu":
+            return None
+        if t.dtype == torch.float64:
+            return "the fused kernels compute in fp32, not fp64"
+        if torch.jit.is_tracing():
+            return "torch.jit is tracing (the plain ops are recorded instead)"
+        if inner == 0:
+            return "there are no channels"
+        if state > MAX_STATE or rank > multi_scan_cpu.MAX_RANK:
+            return f"the cpu kernels support N <= {MAX_STATE} and R <= {multi_scan_cpu.MAX_RANK}"
+        return None
+
+    return check
 
 
 def _expect(name: str, t: Optional[torch.Tensor], shape: tuple) -> None:
     if t is not None and tuple(t.shape) != shape:
-        raise ValueError(f"multi_scan_inner: {name} must have shape {shape}, got {_shape(t)}")
+        raise ValueError(f"multi_scan_inner: {name} must have shape {shape}, got {shape_str(t)}")
 
 
 def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
@@ -41,18 +77,18 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     if torch.jit.is_tracing():
         return
     if tokens.dim() != 3:
-        raise ValueError(f"multi_scan_inner: tokens must have shape (Bt, T, C), got {_shape(tokens)}")
+        raise ValueError(f"multi_scan_inner: tokens must have shape (Bt, T, C), got {shape_str(tokens)}")
     if index.dim() != 2 or index.dtype != torch.long:
-        raise ValueError(f"multi_scan_inner: index must be an int64 (K, L) table, got {index.dtype} {_shape(index)}")
+        raise ValueError(f"multi_scan_inner: index must be an int64 (K, L) table, got {index.dtype} {shape_str(index)}")
     if x_proj_weight.dim() != 3:
-        raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), got {_shape(x_proj_weight)}")
+        raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), got {shape_str(x_proj_weight)}")
     num_dirs, inner = index.shape[0], x_proj_weight.shape[2]
     if A_log.dim() != 3 or A_log.shape[:2] != (num_dirs, inner):
         raise ValueError(f"multi_scan_inner: A_log must have shape (K, E, N)=({num_dirs}, {inner}, N), "
-                         f"got {_shape(A_log)}")
+                         f"got {shape_str(A_log)}")
     if dt_proj_weight.dim() != 3 or dt_proj_weight.shape[:2] != (num_dirs, inner):
         raise ValueError(f"multi_scan_inner: dt_proj_weight must have shape (K, E, R)=({num_dirs}, {inner}, R), "
-                         f"got {_shape(dt_proj_weight)}")
+                         f"got {shape_str(dt_proj_weight)}")
     rank, state = dt_proj_weight.shape[2], A_log.shape[2]
     _expect("x_proj_weight", x_proj_weight, (num_dirs, rank + 2 * state, inner))
     for name, t in (("dt_proj_bias", dt_proj_bias), ("D", D), ("conv_bias", conv_bias)):
@@ -60,26 +96,11 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     if conv_weight is not None and (conv_weight.dim() not in (3, 4) or conv_weight.shape[:2] != (num_dirs, inner)
                                     or (conv_weight.dim() == 4 and conv_weight.shape[2] != 1)):
         raise ValueError(f"multi_scan_inner: conv_weight must have shape (K, E, W) or (K, E, 1, W) with "
-                         f"(K, E)=({num_dirs}, {inner}), got {_shape(conv_weight)}")
+                         f"(K, E)=({num_dirs}, {inner}), got {shape_str(conv_weight)}")
     needed = inner * (2 if gate else 1)
     if tokens.shape[2] < needed:
         raise ValueError(f"multi_scan_inner: tokens need at least {needed} channels (x{' and z' if gate else ''}), "
                          f"got {tokens.shape[2]}")
-
-
-def _scan_input_check(dt_proj_weight: torch.Tensor, A_log: torch.Tensor) -> Callable[[str], Optional[str]]:
-    def check(backend: str) -> Optional[str]:
-        if backend == "cpu" and (A_log.shape[2] > MAX_STATE or dt_proj_weight.shape[2] > MAX_RANK):
-            return f"the cpu kernels support N <= {MAX_STATE} and R <= {MAX_RANK}"
-        return None
-
-    return check
-
-
-def _fused_cpu(t: torch.Tensor) -> bool:
-    """Whether the cpu backend runs its fused kernels: not for fp64 (the composition keeps fp64), nor while
-    ``torch.jit`` traces (ONNX export, FLOP counting), which records the composition's plain ops instead."""
-    return t.dtype != torch.float64 and not torch.jit.is_tracing()
 
 
 def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
@@ -99,12 +120,13 @@ def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight
     """
     _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
                      gate)
-    backend = backends.select(OP_SCAN, tokens.device, _scan_input_check(dt_proj_weight, A_log))
+    backend = backends.select(OP_SCAN, tokens.device, _fused_input_check(
+        tokens, x_proj_weight.shape[2], A_log.shape[2], dt_proj_weight.shape[2]))
     args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
+    if backend == "cpu":
+        return multi_scan_cpu.multi_scan_inner_cpu(*args)
     if backend == "reference":
         return multi_scan_inner_ref(*args)
-    if backend == "cpu" and _fused_cpu(tokens) and kernel_usable(x_proj_weight.shape[2]):
-        return multi_scan_inner_cpu(*args)
     return multi_scan_inner_composed(*args, causal_conv1d_fn, selective_scan_fn)
 
 
@@ -117,9 +139,9 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
     reduce (E', E) and select (E, E') linear layers; returns sum_k y_k * gate_k.
     """
     if not torch.jit.is_tracing() and (y.dim() != 4 or norm_weight.shape != (y.shape[-1],)):
-        raise ValueError(f"attention_merge: y must be (Bt, K, T, E) with E = norm_weight's size, got {_shape(y)}")
-    backend = backends.select(OP_MERGE, y.device)
+        raise ValueError(f"attention_merge: y must be (Bt, K, T, E) with E = norm_weight's size, got {shape_str(y)}")
+    backend = backends.select(OP_MERGE, y.device, _fused_input_check(y, y.shape[-1]))
     args = (y, norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias, eps)
-    if backend == "cpu" and _fused_cpu(y) and kernel_usable(y.shape[-1]):
-        return attention_merge_cpu(*args)
+    if backend == "cpu":
+        return attention_merge_cpu.attention_merge_cpu(*args)
     return attention_merge_ref(*args)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from localmamba_conv1d.precision import autocast_off, compute_dtype
+from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 from localmamba_conv1d.reference import causal_conv1d_ref
 
 

@@ -1,4 +1,4 @@
-"""Public selective-scan ops with per-call backend dispatch (see ``localmamba_conv1d.backends``).
+"""Public selective-scan ops with per-call backend dispatch (see ``localmamba_kernel_runtime.backends``).
 
 Signatures follow mamba_ssm 1.1.1 plus Vim's ``mamba_inner_fn_no_out_proj``.
 """
@@ -9,8 +9,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from localmamba_conv1d import backends
 from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
+from localmamba_kernel_runtime import backends
 
 from .checks import check_inner_args, check_scan_args
 from .cpu.selective_scan_cpu import selective_scan_cpu
@@ -50,10 +50,7 @@ _IMPLS: Dict[str, Callable[..., ScanResult]] = {
     "reference": selective_scan_ref,
 }
 
-backends.register(OP, "cuda", backends.check_official(OFFICIAL_MODULE))
-backends.register(OP, "triton", backends.check_triton)
-backends.register(OP, "cpu", backends.check_cpu)
-backends.register(OP, "reference", backends.check_any)
+backends.register_kernel_backends(OP, OFFICIAL_MODULE)
 
 
 def _input_check(u: torch.Tensor, A: torch.Tensor) -> Callable[[str], Optional[str]]:

@@ -1,4 +1,5 @@
-"""The ``cpu`` backend of ``selective_scan_fn``: torch.library custom ops around the C kernel (PyTorch fallback).
+"""The ``cpu`` backend of ``selective_scan_fn``: torch.library custom ops around the C kernel ``csrc/selective_scan.c``
+(PyTorch fallback).
 
 ``selective_scan_cpu`` prepares the kernel layout with differentiable torch ops (fp32 cast, A padded to Np, B/C to
 (Bt, G, L, Np)), then calls ``torch.ops.localmamba.selective_scan_cpu_fwd`` whose backward is the custom op
@@ -8,49 +9,48 @@ The kernel parallelises over (batch, channel) pairs on ``torch.get_num_threads()
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from localmamba_conv1d import ckernel
-from localmamba_conv1d.precision import autocast_off, compute_dtype
+from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 
 from . import torch_scan
-from .kernel_source import SOURCE
 
+SOURCES = (Path(__file__).resolve().with_name("csrc") / "selective_scan.c",)
 VW = 8
 MAX_STATE = 256
 MIN_PAIRS_PER_TASK = 16
 
 
-class ScanArgs(ctypes.Structure):
-    """Mirror of the C ``ScanArgs`` struct (see ``kernel_source.py``)."""
+class SelectiveScanArgs(ctypes.Structure):
+    """Mirror of the C ``SelectiveScanArgs`` struct (``csrc/selective_scan.c``; checked at load)."""
 
-    _fields_ = ([(name, ctypes.c_long) for name in
+    _fields_ = ([(name, ctypes.c_int64) for name in
                  ("batch", "dim", "seqlen", "nstate", "groups_b", "groups_c", "softplus")]
                 + [(name, ctypes.c_void_p) for name in
                    ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "out", "last_state", "dout", "dlast", "du",
                     "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")])
 
 
-_SIGNATURE = (ctypes.POINTER(ScanArgs), ctypes.c_long, ctypes.c_long)
-
-
 def load_kernel():
     """The compiled scan kernel (built on first use), or None when unavailable or disabled."""
-    return ckernel.load_library("selective_scan", SOURCE, {"scan_fwd": _SIGNATURE, "scan_bwd": _SIGNATURE})
+    return ckernel.load_library("selective_scan", SOURCES,
+                                {"scan_fwd": SelectiveScanArgs, "scan_bwd": SelectiveScanArgs})
 
 
 def _groups(M: torch.Tensor) -> int:
     return 0 if M.dim() == 2 else M.shape[1]
 
 
-def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> ScanArgs:
-    return ScanArgs(batch=u.shape[0], dim=u.shape[1], seqlen=u.shape[2], nstate=A.shape[1], groups_b=_groups(B),
-                    groups_c=_groups(C), softplus=int(softplus), u=u.data_ptr(), delta=delta.data_ptr(),
-                    A=A.data_ptr(), B=B.data_ptr(), C=C.data_ptr(), D=ckernel.data_ptr(D), z=ckernel.data_ptr(z),
-                    delta_bias=ckernel.data_ptr(delta_bias))
+def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> SelectiveScanArgs:
+    return SelectiveScanArgs(batch=u.shape[0], dim=u.shape[1], seqlen=u.shape[2], nstate=A.shape[1],
+                             groups_b=_groups(B), groups_c=_groups(C), softplus=int(softplus), u=u.data_ptr(),
+                             delta=delta.data_ptr(), A=A.data_ptr(), B=B.data_ptr(), C=C.data_ptr(),
+                             D=ckernel.data_ptr(D), z=ckernel.data_ptr(z), delta_bias=ckernel.data_ptr(delta_bias))
 
 
 def _use_kernel(u: torch.Tensor, A: torch.Tensor):

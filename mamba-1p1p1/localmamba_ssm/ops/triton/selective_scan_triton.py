@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from localmamba_conv1d.precision import autocast_off
+from localmamba_kernel_runtime.precision import autocast_off
 
 CHUNK = 64
 MAX_BLOCK_D = 16

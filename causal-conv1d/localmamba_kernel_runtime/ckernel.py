@@ -1,10 +1,16 @@
-"""Compile small C kernels on first use, load them with ctypes, and run them on several threads.
+"""Compile the C kernels on first use, load them with ctypes, check their argument structs, run them on threads.
 
-A library goes to a per-user cache directory (``LOCALMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/localmamba``, else
-``~/.cache/localmamba``) under a name hashed from its source, the compiler and the flags; it is written to a
-temporary file and renamed into place, so concurrent processes are safe. Only a C compiler is needed (``$CC``,
+Each kernel library is built from ``.c`` files shipped with its package, plus this package's ``csrc/`` (the headers
+``vector_math.h`` and ``kernel_args.h``, and ``task_runner.c``, linked into every library), with warnings on. A
+library goes to a per-user cache directory (``LOCALMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/localmamba``, else
+``~/.cache/localmamba``) under a name hashed from its sources and headers, the compiler and the flags; it is written
+to a temporary file and renamed into place, so concurrent processes are safe. Only a C compiler is needed (``$CC``,
 ``cc``, ``gcc`` or ``clang``), no torch headers. ``LOCALMAMBA_CPU_KERNEL=0`` disables every kernel (the cpu
 backends then use their PyTorch implementations).
+
+Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
+a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
+compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`.
 
 Threads: where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` and
 runs its tasks on OpenMP threads. The loader resolves ``libgomp.so.1`` to the copy torch already loaded, so the
@@ -26,16 +32,24 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 
 logger = logging.getLogger("localmamba")
 
 DISABLE_VAR = "LOCALMAMBA_CPU_KERNEL"
+RUNTIME_SOURCES = Path(__file__).resolve().with_name("csrc")
+TASK_RUNNER = RUNTIME_SOURCES / "task_runner.c"
+# -Wno-psabi: vector values pass only between static inline functions, never through an exported function
+WARNING_FLAGS = ("-Wall", "-Wextra", "-Wno-psabi")
 _LOCK = threading.Lock()
 _LIBS: Dict[str, Optional[ctypes.CDLL]] = {}
 _POOL: dict = {"pool": None, "size": 0}
+
+
+class KernelArgsMismatchError(RuntimeError):
+    """A ctypes mirror of a kernel argument struct does not match the struct the C library was built with."""
 
 
 def kernels_enabled() -> bool:
@@ -43,7 +57,8 @@ def kernels_enabled() -> bool:
     return os.environ.get(DISABLE_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-def _compiler() -> Optional[str]:
+def compiler() -> Optional[str]:
+    """Path of the C compiler to use: ``$CC``, else the first of cc, gcc, clang found; None without one."""
     for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if candidate and shutil.which(candidate):
             return shutil.which(candidate)
@@ -62,27 +77,8 @@ def _arch_flags() -> List[str]:
 
 
 def compile_flags() -> List[str]:
-    """Flags used for every kernel: optimised, FMA contraction allowed, no -ffast-math."""
-    return ["-O3", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC", *_arch_flags()]
-
-
-# Appended to every library: run fn(args[i], start_i, end_i) over ``tasks`` contiguous slices of range(items).
-TASK_RUNNER = r"""
-typedef void (*lm_task_fn)(const void *, long, long);
-int lm_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
-void lm_run_tasks(lm_task_fn fn, void **args, long tasks, long items) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(tasks) schedule(static, 1)
-#endif
-    for (long i = 0; i < tasks; i++) fn(args[i], items * i / tasks, items * (i + 1) / tasks);
-}
-"""
+    """Flags used for every kernel: optimised, FMA contraction allowed, no -ffast-math, warnings on."""
+    return ["-O3", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC", *WARNING_FLAGS, *_arch_flags()]
 
 
 def torch_uses_gnu_openmp() -> bool:
@@ -98,28 +94,33 @@ def cache_dir() -> Path:
     return Path(base) / "localmamba"
 
 
-def _build(cc: str, flags: List[str], source: str, target: Path) -> None:
+def _build(cc: str, flags: List[str], sources: Sequence[Path], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=target.parent)
-    tmp_lib = tmp_src[:-2] + ".so"
+    fd, tmp_lib = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        subprocess.run([cc, *flags, tmp_src, "-o", tmp_lib], check=True, capture_output=True, text=True,
-                       timeout=120)
+        result = subprocess.run([cc, *flags, "-I", str(RUNTIME_SOURCES), *map(str, sources), "-o", tmp_lib],
+                                check=True, capture_output=True, text=True, timeout=120)
+        if result.stderr.strip():
+            logger.warning("compiler warnings building %s:\n%s", target.name, result.stderr.strip())
         os.replace(tmp_lib, target)
     finally:
-        for leftover in (tmp_src, tmp_lib):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        if os.path.exists(tmp_lib):
+            os.remove(tmp_lib)
 
 
-def _compile_and_load(name: str, source: str) -> Optional[ctypes.CDLL]:
-    cc = _compiler()
+def _source_digest(sources: Sequence[Path]) -> bytes:
+    """The library's identity: its sources and every header it can include (this package's ``csrc/``)."""
+    files = [*sources, *sorted(RUNTIME_SOURCES.glob("*.h"))]
+    return b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in files)
+
+
+def _compile_and_load(name: str, sources: Sequence[Path]) -> Optional[ctypes.CDLL]:
+    cc = compiler()
     if cc is None:
         logger.warning("no C compiler found: the cpu backend of %s uses its (slower) PyTorch implementation", name)
         return None
-    source = source + TASK_RUNNER
+    sources = [*sources, TASK_RUNNER]
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -127,7 +128,7 @@ def _compile_and_load(name: str, source: str) -> Optional[ctypes.CDLL]:
     variants = [compile_flags() + ["-fopenmp"], compile_flags()] if torch_uses_gnu_openmp() else [compile_flags()]
     for i, flags in enumerate(variants):
         try:
-            return ctypes.CDLL(str(_cached_build(name, cc, version, flags, source)))
+            return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources)))
         except (OSError, subprocess.SubprocessError) as err:
             detail = (getattr(err, "stderr", "") or str(err)).strip()
             if i + 1 < len(variants):
@@ -138,42 +139,77 @@ def _compile_and_load(name: str, source: str) -> Optional[ctypes.CDLL]:
     return None
 
 
-def _cached_build(name: str, cc: str, version: str, flags: List[str], source: str) -> Path:
-    """Path of the library built from ``source`` with ``flags``, building it unless it is in the cache."""
-    key = hashlib.sha256("\0".join([source, cc, version, *flags, platform.machine()]).encode()).hexdigest()[:16]
+def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path]) -> Path:
+    """Path of the library built from ``sources`` with ``flags``, building it unless it is in the cache."""
+    key_parts = [_source_digest(sources), *(part.encode() for part in (cc, version, *flags, platform.machine()))]
+    key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:16]
     filename = f"{name}_{key}.so"
     target = cache_dir() / filename
     if not target.exists():
         try:
-            _build(cc, flags, source, target)
+            _build(cc, flags, sources, target)
         except OSError:  # cache directory not writable: build in a per-user temporary directory
             user = getattr(os, "getuid", lambda: "user")()
             target = Path(tempfile.gettempdir()) / f"localmamba-{user}" / filename
             if not target.exists():
-                _build(cc, flags, source, target)
+                _build(cc, flags, sources, target)
     return target
 
 
-def load_library(name: str, source: str, functions: Dict[str, Sequence]) -> Optional[ctypes.CDLL]:
-    """Compile (once per process, cached on disk) and load ``source``; None when disabled or building fails.
+def load_library(name: str, sources: Sequence[Path],
+                 kernels: Mapping[str, Type[ctypes.Structure]]) -> Optional[ctypes.CDLL]:
+    """Compile (once per process, cached on disk) and load the C ``sources``; None when disabled or building fails.
 
-    ``functions`` maps each exported C function to its ctypes argument types (all return void).
+    ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
+    ``void kernel(const Args *args, int64_t start, int64_t end)``. Each mirror is checked against the library
+    (:func:`check_args_layout`) before the library is returned.
     """
     if not kernels_enabled():
         return None
     if name not in _LIBS:
         with _LOCK:
             if name not in _LIBS:
-                lib = _compile_and_load(name, source)
+                lib = _compile_and_load(name, sources)
                 if lib is not None:
+                    for struct in set(kernels.values()):
+                        check_args_layout(lib, struct)
                     runner = _openmp_runner(lib)
-                    for fn_name, argtypes in functions.items():
+                    for fn_name, struct in kernels.items():
                         fn = getattr(lib, fn_name)
-                        fn.argtypes = list(argtypes)
+                        fn.argtypes = [ctypes.POINTER(struct), ctypes.c_int64, ctypes.c_int64]
                         fn.restype = None
                         fn.lm_runner = runner
                 _LIBS[name] = lib
     return _LIBS[name]
+
+
+def args_layout(lib: ctypes.CDLL, struct_name: str) -> Tuple[int, List[Tuple[str, int, int]]]:
+    """(size, [(field name, offset, size), ...]) of the C struct ``struct_name`` as ``lib`` was built."""
+    count = getattr(lib, f"{struct_name}_fields")
+    count.restype = ctypes.c_int64
+    layout = getattr(lib, f"{struct_name}_layout")
+    layout.restype = ctypes.c_int64
+    names = ctypes.POINTER(ctypes.c_char_p)()
+    offsets, sizes = ctypes.POINTER(ctypes.c_int64)(), ctypes.POINTER(ctypes.c_int64)()
+    size = layout(ctypes.byref(names), ctypes.byref(offsets), ctypes.byref(sizes))
+    return size, [(names[i].decode(), offsets[i], sizes[i]) for i in range(count())]
+
+
+def check_args_layout(lib: ctypes.CDLL, struct: Type[ctypes.Structure]) -> None:
+    """Raise :class:`KernelArgsMismatchError` unless the ctypes ``struct`` has the layout of the C struct of the same
+    name in ``lib``: the same size, and the same fields in the same order at the same offsets with the same sizes."""
+    c_size, c_fields = args_layout(lib, struct.__name__)
+    py_fields = [(name, getattr(struct, name).offset, getattr(struct, name).size) for name, *_ in struct._fields_]
+    if c_size == ctypes.sizeof(struct) and c_fields == py_fields:
+        return
+    for i, (c_field, py_field) in enumerate(zip(c_fields, py_fields)):
+        if c_field != py_field:
+            difference = f"field {i} is {c_field} in C but {py_field} in Python (name, offset, size)"
+            break
+    else:
+        difference = (f"C has {len(c_fields)} fields and {c_size} bytes, the mirror {len(py_fields)} fields and "
+                      f"{ctypes.sizeof(struct)} bytes")
+    raise KernelArgsMismatchError(f"the ctypes mirror of {struct.__name__} does not match the C struct: {difference}")
 
 
 def _openmp_runner(lib: ctypes.CDLL):
@@ -182,7 +218,7 @@ def _openmp_runner(lib: ctypes.CDLL):
     if not lib.lm_openmp():
         return None
     runner = lib.lm_run_tasks
-    runner.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_long, ctypes.c_long]
+    runner.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64]
     runner.restype = None
     return runner
 
@@ -242,3 +278,10 @@ def run_parallel(fn, args: List[ctypes.Structure], items: int) -> None:
     fn(ctypes.byref(args[0]), bounds[0], bounds[1])
     for future in futures:
         future.result()
+
+
+def run_tasks(fn, make_args: Callable[[int], ctypes.Structure], items: int, min_items_per_task: int) -> None:
+    """Run kernel ``fn`` over ``items`` in ``num_tasks(items, min_items_per_task)`` parallel tasks; ``make_args(i)``
+    gives task i its arguments (its own accumulators, where the kernel adds to some)."""
+    tasks = num_tasks(items, min_items_per_task)
+    run_parallel(fn, [make_args(i) for i in range(tasks)], items)

@@ -1,62 +1,55 @@
-"""C source of the CPU multi-direction kernels (compiled on first use by ``localmamba_conv1d.ckernel``).
+/* The cpu backend of multi_scan_inner_fn: gather (+ conv), selective scan, and gate, on token-major buffers.
 
-Everything is token-major (channels contiguous) and vectorised over 8 channels, so that every reordering is a copy
-of whole rows. Layout contract (fp32, contiguous):
+   Everything is token-major (channels contiguous) and vectorised over 8 channels, so that every reordering is a copy
+   of whole rows. Layout contract (fp32, contiguous):
 
-- ``index`` (K, L) int64: sequence position s of direction k reads token row ``index[k, s]``; the value T marks a
-  zero (padding). Every direction lists every token row exactly once (the first direction's backward writes the
-  token gradient, the others add to it).
-- ``src`` (Bt, T, src_stride): token rows; x is channels [0, E), the gate z channels [E, 2E).
-- ``u`` (K, Bt, L, E): the sequences after the optional causal depthwise conv (weights (K, W, E)) and SiLU;
-  ``xdbl`` (K, Bt, L, R + 2N) their projections [dt low rank | B | C].
-- ``dt_w`` (K, R, P), ``A`` (K, N, P) (negative: -exp(A_log)) and ``A2`` = A * EXP2_8_SCALE (K, N, P), channels
-  zero-padded to ``pdim`` = P (a multiple of 8, so every parameter load is a whole vector); ``dt_b`` (K, E),
-  ``D`` (K, E).
-- ``dtr`` (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias).
-- ``ys`` (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias ``dtr``: each row is read
-  before it is written); ``y`` (Bt, K, T, E): the outputs back in token order (z-gated when ``gate``), written by
-  ``ms_gate_fwd``, which computes SiLU(z) once per token row for all directions.
+   - index (K, L) int64: sequence position s of direction k reads token row index[k, s]; the value T marks a
+     zero (padding). Every direction lists every token row exactly once (the first direction's backward writes the
+     token gradient, the others add to it).
+   - src (Bt, T, src_stride): token rows; x is channels [0, E), the gate z channels [E, 2E).
+   - u (K, Bt, L, E): the sequences after the optional causal depthwise conv (weights (K, W, E)) and SiLU;
+     xdbl (K, Bt, L, R + 2N) their projections [dt low rank | B | C].
+   - dt_w (K, R, P), A (K, N, P) (negative: -exp(A_log)) and A2 = A * EXP2_8_SCALE (K, N, P), channels
+     zero-padded to pdim = P (a multiple of 8, so every parameter load is a whole vector); dt_b (K, E),
+     D (K, E).
+   - dtr (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias).
+   - ys (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias dtr: each row is read
+     before it is written); y (Bt, K, T, E): the outputs back in token order (z-gated when gate), written by
+     ms_gate_fwd, which computes SiLU(z) once per token row for all directions.
 
-The scan works on chunks of TC steps: for each chunk, every block of 8 channels computes its softplus'd dt, then
-runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is used
-(forward); a block's state is kept in a small buffer between chunks, so the rows of u, dtr and ys are read and
-written in order. The backward pass stores the state at every chunk start in a forward sweep, then goes through
-the chunks in reverse: it recomputes a chunk's decays and states from its checkpoint and runs the reverse-time
-recurrence, with the reductions over channels (dB, dC and the dt low-rank gradient) accumulated as vectors and
-summed once per chunk.
+   The scan works on chunks of TC steps: for each chunk, every block of 8 channels computes its softplus'd dt, then
+   runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is used
+   (forward); a block's state is kept in a small buffer between chunks, so the rows of u, dtr and ys are read and
+   written in order. The backward pass stores the state at every chunk start in a forward sweep, then goes through
+   the chunks in reverse: it recomputes a chunk's decays and states from its checkpoint and runs the reverse-time
+   recurrence, with the reductions over channels (dB, dC and the dt low-rank gradient) accumulated as vectors and
+   summed once per chunk. */
+#include "kernel_args.h"
+#include "vector_math.h"
 
-The channel-attention kernels compute, per (batch, direction), the token mean of the LayerNorm-ed rows and the
-gated sum over directions, and their fused backward.
-"""
-from localmamba_conv1d.vector_math import PRELUDE
-
-SOURCE = PRELUDE + r"""
-#include <math.h>
 #define TC 16
 #ifndef NG
 #define NG 8 /* states per register group in the forward recurrence */
 #endif
 
-typedef struct {
-    long batch, ndir, seqlen, ntok, dim, nstate, rank, width, silu, gate, src_stride, pdim;
-    const long *index;
-    const float *src, *conv_w, *conv_b;
-    const float *u, *xdbl, *dt_w, *dt_b, *A, *A2, *D;
-    float *u_out, *y, *ys;
-    const float *dtr;
-    const float *dy;
-    float *du, *dxdbl, *dsrc;
-    float *dconv_w, *dconv_b, *ddt_w, *ddt_b, *dA, *dD; /* this task's accumulators */
-} MSArgs;
+/* Sizes, then the buffers described above; u_out is where the gather writes u; d* are gradients (dconv_w, dconv_b,
+   ddt_w, ddt_b, dA, dD: this task's accumulators); pointers a call does not use may be NULL. */
+#define MULTI_SCAN_ARGS(FIELD, S)                                                                                  \
+    FIELD(S, int64_t, batch) FIELD(S, int64_t, ndir) FIELD(S, int64_t, seqlen) FIELD(S, int64_t, ntok)             \
+    FIELD(S, int64_t, dim) FIELD(S, int64_t, nstate) FIELD(S, int64_t, rank) FIELD(S, int64_t, width)              \
+    FIELD(S, int64_t, silu) FIELD(S, int64_t, gate) FIELD(S, int64_t, src_stride) FIELD(S, int64_t, pdim)          \
+    FIELD(S, const int64_t *, index) FIELD(S, const float *, src) FIELD(S, const float *, conv_w)                  \
+    FIELD(S, const float *, conv_b) FIELD(S, const float *, u) FIELD(S, const float *, xdbl)                       \
+    FIELD(S, const float *, dt_w) FIELD(S, const float *, dt_b) FIELD(S, const float *, A)                         \
+    FIELD(S, const float *, A2) FIELD(S, const float *, D) FIELD(S, float *, u_out) FIELD(S, float *, y)           \
+    FIELD(S, float *, ys) FIELD(S, const float *, dtr) FIELD(S, const float *, dy) FIELD(S, float *, du)           \
+    FIELD(S, float *, dxdbl) FIELD(S, float *, dsrc) FIELD(S, float *, dconv_w) FIELD(S, float *, dconv_b)         \
+    FIELD(S, float *, ddt_w) FIELD(S, float *, ddt_b) FIELD(S, float *, dA) FIELD(S, float *, dD)
+DECLARE_KERNEL_ARGS(MultiScanArgs, MULTI_SCAN_ARGS)
 
-INLINE long min_l(long a, long b) { return a < b ? a : b; }
-INLINE vf ldc(const float *p, long nc) { return nc == VW ? load(p) : load_part(p, nc); }
-INLINE void stc(float *p, vf v, long nc) { if (nc == VW) store(p, v); else store_part(p, v, nc); }
-INLINE void addc(float *p, vf v, long nc) { stc(p, ldc(p, nc) + v, nc); }
-INLINE vf keep(vf v, long nc) { return nc == VW ? v : load_part((const float *)&v, nc); } /* zero lanes >= nc */
 
 /* Number of positions up to the last real token (trailing padding never reaches a real output). */
-static long real_length(const long *idx, long L, long T) {
+static long real_length(const int64_t *idx, long L, long T) {
     while (L > 0 && idx[L - 1] >= T) L--;
     return L;
 }
@@ -64,13 +57,13 @@ static long real_length(const long *idx, long L, long T) {
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Gather (+ causal depthwise conv + SiLU): u[k, b, s] = act(conv_b + sum_j w[j] x[s - (W-1) + j]).             */
 
-INLINE const float *x_row(const MSArgs *a, const long *idx, long b, long s, const float *zeros) {
+INLINE const float *x_row(const MultiScanArgs *a, const int64_t *idx, long b, long s, const float *zeros) {
     if (s < 0 || idx[s] >= a->ntok) return zeros;
     return a->src + (b * a->ntok + idx[s]) * a->src_stride;
 }
 
 /* Pre-activation of channels [c0, c0 + nc) at position s. */
-INLINE vf conv_pre(const MSArgs *a, long k, const long *idx, long b, long s, long c0, long nc, const float *zeros) {
+INLINE vf conv_pre(const MultiScanArgs *a, long k, const int64_t *idx, long b, long s, long c0, long nc, const float *zeros) {
     long W = a->width, E = a->dim;
     vf acc = a->conv_b ? ldc(a->conv_b + k * E + c0, nc) : splat(0.0f);
     for (long j = 0; j < W; j++)
@@ -85,14 +78,14 @@ INLINE void prefetch_row(const float *r, long n) {
 /* Tasks are (batch, direction) pairs in batch-major order, so the directions of one batch reuse its token rows
    while they are cached; each step prefetches the token row that enters the window PF steps later. */
 #define PF 2
-void ms_gather_fwd(const MSArgs *a, long start, long end) {
+void ms_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, W = a->conv_w ? a->width : 1, K = a->ndir;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     const float **rows = (const float **)malloc(W * sizeof(float *));
     if (!zeros || !rows) { free(zeros); free(rows); return; }
     for (long item = start; item < end; item++) {
         long b = item / K, k = item % K, p = k * a->batch + b;
-        const long *idx = a->index + k * L;
+        const int64_t *idx = a->index + k * L;
         long len = real_length(idx, L, a->ntok);
         float *u = a->u_out + p * L * E;
         const float *cw = a->conv_w ? a->conv_w + k * W * E : NULL, *cb = a->conv_b ? a->conv_b + k * E : NULL;
@@ -126,14 +119,14 @@ void ms_gather_fwd(const MSArgs *a, long start, long end) {
 
 /* Tasks are batches: every direction adds to the same token rows. dx of position s needs the pre-activation
    gradients of positions s .. s + W - 1, so positions run backwards keeping the last W of them in a ring. */
-void ms_gather_bwd(const MSArgs *a, long start, long end) {
+void ms_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, W = a->width > 0 ? a->width : 1, T = a->ntok;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     float *ring = (float *)calloc(W * E + VW, sizeof(float));
     if (!zeros || !ring) { free(zeros); free(ring); return; }
     for (long b = start; b < end; b++)
         for (long k = 0; k < a->ndir; k++) {
-            const long *idx = a->index + k * L;
+            const int64_t *idx = a->index + k * L;
             long len = real_length(idx, L, T);
             const float *du = a->du + (k * a->batch + b) * L * E;
             memset(ring, 0, W * E * sizeof(float));
@@ -189,7 +182,7 @@ typedef struct {
 INLINE vf blk_A(const Block *p, long n) { return load(p->A + n * p->ps); }
 INLINE vf blk_dtw(const Block *p, long r) { return load(p->dtw + r * p->ps); }
 
-static void load_block(const MSArgs *a, long k, long c0, long nc, Block *p) {
+static void load_block(const MultiScanArgs *a, long k, long c0, long nc, Block *p) {
     long N = a->nstate, R = a->rank, E = a->dim, P = a->pdim;
     p->ps = P;
     p->A = a->A + k * N * P + c0;
@@ -203,7 +196,7 @@ static void load_block(const MSArgs *a, long k, long c0, long nc, Block *p) {
    with keep, also every decay and state (c->as, c->hs) and the softplus derivative. u, dr: this block's columns
    of the (k, b) rows of u and of the dt projection dt_w x_dbl[:R] (without bias); xd: the xdbl rows of (k, b).
    Without keep the decays are computed inside the recurrence (no round trip through memory). */
-INLINE void chunk_steps(const MSArgs *a, const Block *p, const float *u, const float *dr, const float *xd, long t0,
+INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, const float *dr, const float *xd, long t0,
                         long nt, long nc, vf *h, Chunk *c, int keep) {
     long N = a->nstate, R = a->rank, S = R + 2 * N, E = a->dim, P = p->ps;
     for (long i = 0; i < nt; i++) {
@@ -260,7 +253,7 @@ static vf *alloc_vf(long n) { return (vf *)aligned_alloc(32, (n > 0 ? n : 1) * s
 
 /* Forward scan of (direction, batch) pairs, writing the ungated outputs in sequence order to ys (K, Bt, L, E),
    rows laid out like u; ms_gate_fwd then moves them to token order and applies the gate. */
-void ms_scan_fwd(const MSArgs *a, long start, long end) {
+void ms_scan_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, S = a->rank + 2 * N;
     long nb = (E + VW - 1) / VW;
     Block p;
@@ -295,7 +288,7 @@ void ms_scan_fwd(const MSArgs *a, long start, long end) {
 
 /* Token rows (b, t) of y (Bt, K, T, E): y[b, k, t] = ys[k, b, position of t in direction k] * SiLU(z[b, t])
    (the gate computed once per token row for all directions). */
-void ms_gate_fwd(const MSArgs *a, long start, long end) {
+void ms_gate_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, T = a->ntok, K = a->ndir;
     long *inv = (long *)malloc((K * T > 0 ? K * T : 1) * sizeof(long));
     float *g = (float *)malloc((E + VW) * sizeof(float));
@@ -335,7 +328,7 @@ void ms_gate_fwd(const MSArgs *a, long start, long end) {
 }
 
 /* Tasks are batches (the gate gradient of every direction adds to the same token rows). */
-void ms_scan_bwd(const MSArgs *a, long start, long end) {
+void ms_scan_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = R + 2 * N;
     long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
     Block *p = (Block *)aligned_alloc(32, sizeof(Block));
@@ -348,7 +341,7 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
     for (long b = start; b < end; b++)
         for (long k = 0; k < a->ndir; k++) {
             long q = k * a->batch + b;
-            const long *idx = a->index + k * L;
+            const int64_t *idx = a->index + k * L;
             long len = real_length(idx, L, T);
             const float *u = a->u + q * L * E, *dr = a->dtr + q * L * E, *xd = a->xdbl + q * L * S;
             const float *z = a->gate ? a->src + b * T * a->src_stride + E : NULL;
@@ -441,109 +434,3 @@ void ms_scan_bwd(const MSArgs *a, long start, long end) {
 done:
     free(p); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(c.as); free(c.hs);
 }
-
-/* ---------------------------------------------------------------------------------------------------------- */
-/* Channel attention over token rows y (Bt, K, T, E).                                                          */
-
-typedef struct {
-    long batch, ndir, ntok, dim;
-    float eps;
-    const float *y, *gate, *dm, *dxbar, *mu, *rstd;
-    float *out, *xbar, *mu_out, *rstd_out, *dy, *dgate;
-} AttnArgs;
-
-INLINE float row_mean(const float *r, long E) {
-    vf acc = splat(0.0f);
-    for (long c0 = 0; c0 < E; c0 += VW) acc += ldc(r + c0, min_l(VW, E - c0));
-    return hsum(acc) / (float)E;
-}
-
-/* Per (batch, direction): xbar = mean over tokens of (y - mu_t) * rstd_t, and each row's mu_t, rstd_t. */
-void attn_stats(const AttnArgs *a, long start, long end) {
-    long T = a->ntok, E = a->dim;
-    for (long q = start; q < end; q++) {
-        const float *y = a->y + q * T * E;
-        float *xb = a->xbar + q * E;
-        memset(xb, 0, E * sizeof(float));
-        for (long t = 0; t < T; t++) {
-            const float *r = y + t * E;
-            float mu = row_mean(r, E);
-            vf acc = splat(0.0f);
-            for (long c0 = 0; c0 < E; c0 += VW) {
-                long nc = min_l(VW, E - c0);
-                vf d = keep(ldc(r + c0, nc) - splat(mu), nc);
-                acc += d * d;
-            }
-            float rstd = 1.0f / sqrtf(hsum(acc) / (float)E + a->eps);
-            a->mu_out[q * T + t] = mu;
-            a->rstd_out[q * T + t] = rstd;
-            for (long c0 = 0; c0 < E; c0 += VW) {
-                long nc = min_l(VW, E - c0);
-                addc(xb + c0, (ldc(r + c0, nc) - splat(mu)) * splat(rstd), nc);
-            }
-        }
-        for (long c = 0; c < E; c++) xb[c] /= (float)T;
-    }
-}
-
-/* out[b, t] = sum_k y[b, k, t] * gate[b, k]; items are (batch, token) rows. */
-void attn_merge(const AttnArgs *a, long start, long end) {
-    long T = a->ntok, E = a->dim, K = a->ndir;
-    for (long q = start; q < end; q++) {
-        long b = q / T, t = q % T;
-        float *o = a->out + q * E;
-        for (long c0 = 0; c0 < E; c0 += VW) {
-            long nc = min_l(VW, E - c0);
-            vf acc = splat(0.0f);
-            for (long k = 0; k < K; k++)
-                acc += ldc(a->y + ((b * K + k) * T + t) * E + c0, nc) * ldc(a->gate + (b * K + k) * E + c0, nc);
-            stc(o + c0, acc, nc);
-        }
-    }
-}
-
-/* dgate[b, k] = sum_t dm[b, t] * y[b, k, t], per (batch, direction). */
-void attn_gate_grad(const AttnArgs *a, long start, long end) {
-    long T = a->ntok, E = a->dim;
-    for (long q = start; q < end; q++) {
-        long b = q / a->ndir;
-        float *dg = a->dgate + q * E;
-        memset(dg, 0, E * sizeof(float));
-        for (long t = 0; t < T; t++)
-            for (long c0 = 0; c0 < E; c0 += VW) {
-                long nc = min_l(VW, E - c0);
-                addc(dg + c0, ldc(a->dm + (b * T + t) * E + c0, nc) * ldc(a->y + (q * T + t) * E + c0, nc), nc);
-            }
-    }
-}
-
-/* dy = dm * gate + the LayerNorm-mean backward of dxbar (the gradient of xbar), per (batch, direction):
-   dy_t = rstd_t / T * (dxbar - mean(dxbar) - xhat_t * mean(dxbar * xhat_t)). */
-void attn_input_grad(const AttnArgs *a, long start, long end) {
-    long T = a->ntok, E = a->dim;
-    for (long q = start; q < end; q++) {
-        long b = q / a->ndir;
-        const float *dxb = a->dxbar + q * E, *g = a->gate + q * E;
-        float m0 = row_mean(dxb, E);
-        for (long t = 0; t < T; t++) {
-            const float *r = a->y + (q * T + t) * E, *dm = a->dm + (b * T + t) * E;
-            float *d = a->dy + (q * T + t) * E;
-            vf mu = splat(a->mu[q * T + t]), rs = splat(a->rstd[q * T + t]);
-            vf acc = splat(0.0f);
-            for (long c0 = 0; c0 < E; c0 += VW) {
-                long nc = min_l(VW, E - c0);
-                acc += ldc(dxb + c0, nc) * (ldc(r + c0, nc) - mu) * rs;
-            }
-            float m1 = hsum(acc) / (float)E;
-            vf scale = rs * splat(1.0f / (float)T);
-            for (long c0 = 0; c0 < E; c0 += VW) {
-                long nc = min_l(VW, E - c0);
-                vf xhat = (ldc(r + c0, nc) - mu) * rs;
-                vf v = ldc(dm + c0, nc) * ldc(g + c0, nc)
-                       + scale * (ldc(dxb + c0, nc) - splat(m0) - xhat * splat(m1));
-                stc(d + c0, v, nc);
-            }
-        }
-    }
-}
-"""

@@ -1,11 +1,12 @@
-"""C prelude shared by the CPU kernels: 8-wide float vectors (GCC/Clang vector extensions) and vector math.
+/* Vector math shared by the CPU kernels: 8-wide float vectors (GCC/Clang vector extensions) and explicit polynomials.
 
-Without -ffast-math these compile to SIMD code on any target (AVX2/FMA on x86-64 when enabled, NEON pairs on
-ARM, SSE pairs otherwise); exp, log1p, softplus and sigmoid are explicit polynomials (relative error below 1e-6).
-A few helpers have AVX/AVX2 fast paths (table-based exp2_8, batched horizontal sums) with generic fallbacks.
-"""
-
-PRELUDE = r"""
+   Without -ffast-math these compile to SIMD code on any target (AVX2/FMA on x86-64 when enabled, NEON pairs on ARM,
+   SSE pairs otherwise); exp, log1p, softplus and sigmoid are explicit polynomials (relative error below 1e-6). A few
+   helpers have AVX/AVX2 fast paths (table-based exp2_8, batched horizontal sums) with generic fallbacks. Everything
+   is static inline: each kernel file includes this header and gets its own copy. */
+#ifndef LOCALMAMBA_VECTOR_MATH_H
+#define LOCALMAMBA_VECTOR_MATH_H
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,7 +123,7 @@ INLINE vf exp2_8_nonpos(vf y) { return exp2_8(y); }
 #define EXP2_8_SCALE 11.541560327111707f /* 8 log2(e): exp(x) = exp2_8(x * EXP2_8_SCALE) */
 
 /* out[t] = sum of the VW lanes of rows[t] (rows: n x VW floats), for t < n. */
-static void hsum_rows(const float *rows, long n, float *out) {
+static inline void hsum_rows(const float *rows, long n, float *out) {
     long t = 0;
 #if defined(__AVX__)
     for (; t + VW <= n; t += VW) {
@@ -150,4 +151,12 @@ INLINE void store_part(float *p, vf v, long n) {
     store(buf, v);
     memcpy(p, buf, n * sizeof(float));
 }
-"""
+
+/* Vectors of the first nc (<= VW) channels: whole-vector loads and stores when nc == VW, else zero filled. */
+INLINE long min_l(long a, long b) { return a < b ? a : b; }
+INLINE vf ldc(const float *p, long nc) { return nc == VW ? load(p) : load_part(p, nc); }
+INLINE void stc(float *p, vf v, long nc) { if (nc == VW) store(p, v); else store_part(p, v, nc); }
+INLINE void addc(float *p, vf v, long nc) { stc(p, ldc(p, nc) + v, nc); }
+INLINE vf keep_lanes(vf v, long nc) { return nc == VW ? v : load_part((const float *)&v, nc); } /* zero lanes >= nc */
+
+#endif

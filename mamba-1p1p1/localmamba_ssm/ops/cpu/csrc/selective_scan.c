@@ -1,31 +1,32 @@
-"""C source of the CPU selective-scan kernel (kept in a .py file so that every kind of install ships it).
+/* The cpu backend's selective-scan kernel, compiled on first use by localmamba_kernel_runtime.ckernel with the
+   system C compiler (no torch headers) and called through ctypes by selective_scan_cpu.py.
 
-``localmamba_conv1d.ckernel`` compiles it on first use with the system C compiler (no torch headers) and
-``selective_scan_cpu.py`` calls it through ctypes. Layout contract: fp32 contiguous buffers; u, delta, z, dout, out,
-du, ddelta, dz (Bt, Dm, L); A (Dm, Np) with Np a multiple of 8 (zero padded); B and C either time-invariant (Dm, Np)
-or grouped (Bt, G, L, Np). One call processes the (batch, channel) pairs [start, end); callers run several calls in
-parallel threads, each with its own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
+   Layout contract: fp32 contiguous buffers; u, delta, z, dout, out, du, ddelta, dz (Bt, Dm, L); A (Dm, Np) with Np
+   a multiple of 8 (zero padded); B and C either time-invariant (Dm, Np) or grouped (Bt, G, L, Np). One call
+   processes the (batch, channel) pairs [start, end); callers run several calls in parallel threads, each with its
+   own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
 
-Per (batch, channel) row, work is split into passes that keep the vector units busy: element-wise passes over time
-(softplus, gates), then chunk by chunk all decays exp(dt A) (independent, so they pipeline) and the recurrence
-itself (a short dependency chain per step), with horizontal sums batched eight steps at a time. The backward pass
-recomputes the row's states into a scratch buffer, then runs the reverse-time recurrence.
-"""
-from localmamba_conv1d.vector_math import PRELUDE
+   Per (batch, channel) row, work is split into passes that keep the vector units busy: element-wise passes over time
+   (softplus, gates), then chunk by chunk all decays exp(dt A) (independent, so they pipeline) and the recurrence
+   itself (a short dependency chain per step), with horizontal sums batched eight steps at a time. The backward pass
+   recomputes the row's states into a scratch buffer, then runs the reverse-time recurrence. */
+#include "kernel_args.h"
+#include "vector_math.h"
 
-SOURCE = PRELUDE + r"""
 #define MAXVEC 32 /* Np <= 256 */
 
-typedef struct {
-    long batch, dim, seqlen, nstate;
-    long groups_b, groups_c;
-    long softplus;
-    const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
-    float *out, *last_state;
-    const float *dout, *dlast;
-    float *du, *ddelta, *dz;
-    float *dA, *dB, *dC, *dD, *ddelta_bias;
-} ScanArgs;
+/* groups_b / groups_c: 0 for time-invariant B / C; D, z, delta_bias, last_state, dlast may be NULL;
+   dA, dB, dC, dD, ddelta_bias are this task's accumulators */
+#define SELECTIVE_SCAN_ARGS(FIELD, S)                                                                              \
+    FIELD(S, int64_t, batch) FIELD(S, int64_t, dim) FIELD(S, int64_t, seqlen) FIELD(S, int64_t, nstate)            \
+    FIELD(S, int64_t, groups_b) FIELD(S, int64_t, groups_c) FIELD(S, int64_t, softplus)                            \
+    FIELD(S, const float *, u) FIELD(S, const float *, delta) FIELD(S, const float *, A)                           \
+    FIELD(S, const float *, B) FIELD(S, const float *, C) FIELD(S, const float *, D) FIELD(S, const float *, z)     \
+    FIELD(S, const float *, delta_bias) FIELD(S, float *, out) FIELD(S, float *, last_state)                       \
+    FIELD(S, const float *, dout) FIELD(S, const float *, dlast) FIELD(S, float *, du) FIELD(S, float *, ddelta)   \
+    FIELD(S, float *, dz) FIELD(S, float *, dA) FIELD(S, float *, dB) FIELD(S, float *, dC) FIELD(S, float *, dD)  \
+    FIELD(S, float *, ddelta_bias)
+DECLARE_KERNEL_ARGS(SelectiveScanArgs, SELECTIVE_SCAN_ARGS)
 
 /* Element-wise pass over time: dt = [softplus](delta + bias); dsig = sigmoid(delta + bias) (the softplus
    derivative); zsig = sigmoid(z), gate = z * zsig. Outputs other than dt may be NULL. */
@@ -53,7 +54,7 @@ static void prepare_row(const float *delta, float bias, long softplus, const flo
 }
 
 /* Pointer to the B (or C) rows used by channel d of batch b, and the stride between time steps (0 when constant). */
-INLINE const float *bc_rows(const float *M, long groups, long b, long d, const ScanArgs *a, long *tstride) {
+INLINE const float *bc_rows(const float *M, long groups, long b, long d, const SelectiveScanArgs *a, long *tstride) {
     if (groups == 0) {
         *tstride = 0;
         return M + d * a->nstate;
@@ -130,7 +131,7 @@ static float *work_alloc(Work *w, long L, long Np) {
 }
 
 /* Forward of one row, up to y (before the z gate); optionally keeps the states. */
-INLINE void forward_row(const ScanArgs *a, Work *w, long p, int backward, long nvec) {
+INLINE void forward_row(const SelectiveScanArgs *a, Work *w, long p, int backward, long nvec) {
     long L = a->seqlen, Np = a->nstate, b = p / a->dim, d = p % a->dim, off = p * L, bst, cst;
     const float *zr = a->z ? a->z + off : NULL;
     prepare_row(a->delta + off, a->delta_bias ? a->delta_bias[d] : 0.0f, a->softplus, zr, L, w->dt,
@@ -142,7 +143,7 @@ INLINE void forward_row(const ScanArgs *a, Work *w, long p, int backward, long n
           backward, backward ? w->hs : NULL, !backward && a->last_state ? a->last_state + p * Np : NULL);
 }
 
-static void forward_rows(const ScanArgs *a, Work *w, long start, long end, long nvec) {
+static void forward_rows(const SelectiveScanArgs *a, Work *w, long start, long end, long nvec) {
     long L = a->seqlen;
     for (long p = start; p < end; p++) {
         forward_row(a, w, p, 0, nvec);
@@ -154,7 +155,7 @@ static void forward_rows(const ScanArgs *a, Work *w, long start, long end, long 
     }
 }
 
-void scan_fwd(const ScanArgs *a, long start, long end) {
+void scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
     Work w;
     float *mem = work_alloc(&w, a->seqlen, a->nstate);
     if (!mem) return;
@@ -169,7 +170,7 @@ void scan_fwd(const ScanArgs *a, long start, long end) {
 
 /* Reverse-time pass of one row. g = dLoss/dh_t starts at dlast and is carried back through the decays.
    Adds into dA (Np), dB / dC (time rows, or one Np row when constant), dD and ddelta_bias. */
-INLINE void reverse_row(const ScanArgs *a, Work *w, long p, long nvec) {
+INLINE void reverse_row(const SelectiveScanArgs *a, Work *w, long p, long nvec) {
     long L = a->seqlen, Np = a->nstate, b = p / a->dim, d = p % a->dim, off = p * L, bst, cst;
     const float *u = a->u + off, *dout = a->dout + off, *A = a->A + d * Np;
     const float *Bp = bc_rows(a->B, a->groups_b, b, d, a, &bst);
@@ -235,14 +236,14 @@ INLINE void reverse_row(const ScanArgs *a, Work *w, long p, long nvec) {
     a->ddelta_bias[d] += dbs;
 }
 
-static void backward_rows(const ScanArgs *a, Work *w, long start, long end, long nvec) {
+static void backward_rows(const SelectiveScanArgs *a, Work *w, long start, long end, long nvec) {
     for (long p = start; p < end; p++) {
         forward_row(a, w, p, 1, nvec);
         reverse_row(a, w, p, nvec);
     }
 }
 
-void scan_bwd(const ScanArgs *a, long start, long end) {
+void scan_bwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
     Work w;
     float *mem = work_alloc(&w, a->seqlen, a->nstate);
     if (!mem) return;
@@ -254,4 +255,3 @@ void scan_bwd(const ScanArgs *a, long start, long end) {
     }
     free(mem);
 }
-"""

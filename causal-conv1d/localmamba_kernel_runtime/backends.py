@@ -3,10 +3,16 @@
 Every op registers the backends it implements, each with a check that says whether it can run on a device (and, at
 call time, on the given inputs). ``select`` picks the first usable backend in the order ``cuda`` (the official
 ``mamba_ssm`` / ``causal_conv1d`` packages) -> ``triton`` (our kernels) -> ``cpu`` (our optimized CPU path) ->
-``reference`` (plain PyTorch), unless the environment variable ``LOCALMAMBA_BACKEND`` forces one. A forced backend
-that the op does not implement is skipped (the op uses its automatic choice); a forced backend that the op implements
-but cannot run on the given inputs raises :class:`BackendUnavailableError`. The choice is logged once per
-(op, backend, device type) on the ``localmamba`` logger.
+``composed`` -> ``reference`` (plain PyTorch). ``composed`` is not a kernel: an op registers it when it can run as a
+composition of other dispatching ops (which then choose their own backends), and the log says so.
+
+``LOCALMAMBA_BACKEND`` (``auto`` or one of the kernel backends ``cuda``, ``triton``, ``cpu``, ``reference``) forces a
+backend; it is read once, at the first choice, and can be changed afterwards only through :func:`force_backend` /
+:func:`forced_backend` (what tests and tools that time each backend in turn use). A forced backend that an op
+implements but cannot run on the given inputs raises :class:`BackendUnavailableError`; a forced backend that an op
+does not implement makes the op use its ``composed`` path, so that the forced backend reaches the ops it is composed
+of, or else its automatic choice. The choice is logged once per (op, backend, device type) on the ``localmamba``
+logger.
 
 Nothing here imports triton or the official packages at import time.
 """
@@ -23,8 +29,10 @@ from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 import torch
 
 ENV_VAR = "LOCALMAMBA_BACKEND"
-BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
-CHOICES: Tuple[str, ...] = ("auto",) + BACKENDS
+KERNEL_BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
+COMPOSED = "composed"
+BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", COMPOSED, "reference")  # automatic-selection order
+CHOICES: Tuple[str, ...] = ("auto",) + KERNEL_BACKENDS
 
 logger = logging.getLogger("localmamba")
 
@@ -36,18 +44,46 @@ _LOGGED: set = set()
 _LOCK = threading.Lock()
 _MODULES: Dict[str, object] = {}  # import name -> module, or None when it cannot be imported
 _TRITON: Dict[str, bool] = {}
+_REQUESTED: Dict[str, str] = {}  # "choice" -> the requested backend, once read or forced
 
 
 class BackendUnavailableError(RuntimeError):
     """Raised when ``LOCALMAMBA_BACKEND`` forces a backend that cannot run the given inputs."""
 
 
-def requested_backend() -> str:
-    """Return the backend requested by ``LOCALMAMBA_BACKEND`` (``auto`` when unset); reject unknown values."""
-    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+def _parse_choice(value: str, source: str) -> str:
+    value = value.strip().lower() or "auto"
     if value not in CHOICES:
-        raise ValueError(f"{ENV_VAR}={value!r} is not a valid backend; valid values are: {', '.join(CHOICES)}")
+        raise ValueError(f"{source}={value!r} is not a valid backend; valid values are: {', '.join(CHOICES)}")
     return value
+
+
+def requested_backend() -> str:
+    """The forced backend (``auto`` when none): ``LOCALMAMBA_BACKEND`` as read at the first choice, or the value
+    given to :func:`force_backend` since; unknown values are refused."""
+    if "choice" not in _REQUESTED:
+        _REQUESTED["choice"] = _parse_choice(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
+    return _REQUESTED["choice"]
+
+
+def force_backend(name: Optional[str]) -> None:
+    """Force backend ``name`` (``auto``: the automatic choice) for every op from now on; None forgets the forced
+    value, so that the next choice reads ``LOCALMAMBA_BACKEND`` again."""
+    if name is None:
+        _REQUESTED.pop("choice", None)
+    else:
+        _REQUESTED["choice"] = _parse_choice(name, "forced backend")
+
+
+@contextlib.contextmanager
+def forced_backend(name: str) -> Iterator[None]:
+    """Force backend ``name`` inside the block, then restore the previous choice."""
+    previous = _REQUESTED.get("choice")
+    force_backend(name)
+    try:
+        yield
+    finally:
+        force_backend(previous)
 
 
 def register(op: str, backend: str, check: Check) -> None:
@@ -57,18 +93,32 @@ def register(op: str, backend: str, check: Check) -> None:
     _REGISTRY.setdefault(op, {})[backend] = check
 
 
+def register_kernel_backends(op: str, official_module: str, cpu: bool = True) -> None:
+    """Register the usual backends of a kernel op: ``cuda`` (the official ``official_module``), ``triton``,
+    ``cpu`` (unless ``cpu=False``) and ``reference``."""
+    register(op, "cuda", check_official(official_module))
+    register(op, "triton", check_triton)
+    if cpu:
+        register(op, "cpu", check_cpu)
+    register(op, "reference", check_any)
+
+
 def implemented_backends(op: str) -> Tuple[str, ...]:
     """Backends that ``op`` implements, in automatic-selection order."""
-    table = _REGISTRY.get(op)
-    if table is None:
-        raise KeyError(f"unknown op {op!r}; registered ops: {', '.join(sorted(_REGISTRY))}")
-    return tuple(b for b in BACKENDS if b in table)
+    return tuple(b for b in BACKENDS if b in _table(op))
 
 
 def available_backends(op: str, device: Union[None, str, torch.device] = None) -> Tuple[str, ...]:
     """Backends of ``op`` that can run on ``device`` right now, in automatic-selection order."""
     device = _as_device(device)
     return tuple(b for b in implemented_backends(op) if _REGISTRY[op][b](device, False) is None)
+
+
+def _table(op: str) -> Dict[str, Check]:
+    table = _REGISTRY.get(op)
+    if table is None:
+        raise KeyError(f"unknown op {op!r}; registered ops: {', '.join(sorted(_REGISTRY))}")
+    return table
 
 
 def _as_device(device: Union[None, str, torch.device]) -> torch.device:
@@ -85,9 +135,7 @@ def select(op: str, device: Union[None, str, torch.device],
     """
     device = _as_device(device)
     requested = requested_backend()
-    table = _REGISTRY.get(op)
-    if table is None:
-        raise KeyError(f"unknown op {op!r}; registered ops: {', '.join(sorted(_REGISTRY))}")
+    table = _table(op)
 
     def reason_against(backend: str, forced: bool) -> Optional[str]:
         reason = table[backend](device, forced)
@@ -101,12 +149,10 @@ def select(op: str, device: Union[None, str, torch.device],
             raise BackendUnavailableError(
                 f"{ENV_VAR}={requested} cannot run op '{op}' on {device.type} inputs: {reason}")
         chosen, how = requested, "forced"
+    elif requested != "auto" and COMPOSED in table and reason_against(COMPOSED, False) is None:
+        chosen, how = COMPOSED, f"op has no '{requested}' backend; its parts run the forced one"
     else:
-        chosen = None
-        for backend in BACKENDS:
-            if backend in table and reason_against(backend, False) is None:
-                chosen = backend
-                break
+        chosen = next((b for b in BACKENDS if b in table and reason_against(b, False) is None), None)
         if chosen is None:
             raise BackendUnavailableError(f"no backend of op '{op}' can run on {device.type} inputs")
         how = "auto" if requested == "auto" else f"auto; op has no '{requested}' backend"
@@ -159,10 +205,12 @@ def triton_interpreter() -> bool:
 
 
 def reset_caches() -> None:
-    """Forget cached imports and logged choices (for tests that install fake packages)."""
+    """Forget cached imports, logged choices and the forced backend (for tests that install fake packages or set
+    ``LOCALMAMBA_BACKEND``)."""
     _MODULES.clear()
     _TRITON.clear()
     _LOGGED.clear()
+    _REQUESTED.clear()
 
 
 def check_official(module_name: str) -> Check:
@@ -197,16 +245,3 @@ def check_cpu(device: torch.device, forced: bool) -> Optional[str]:
 def check_any(device: torch.device, forced: bool) -> Optional[str]:
     """Check for the ``reference`` backend: runs everywhere."""
     return None
-
-
-@contextlib.contextmanager
-def restoring_env_choice() -> Iterator[None]:
-    """Put ``LOCALMAMBA_BACKEND`` back as it was on exit (for tools that force each backend in turn)."""
-    saved = os.environ.get(ENV_VAR)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = saved

@@ -1,0 +1,11 @@
+"""The kernel runtime shared by LocalMamba's op packages (``localmamba_conv1d``, ``localmamba_ssm``), which import it;
+it imports neither.
+
+- ``backends``: the per-call backend registry and ``LOCALMAMBA_BACKEND``.
+- ``ckernel``: builds the C kernels on first use (cached), checks their argument structs, runs them on threads.
+- ``csrc/``: the C headers every kernel includes (``vector_math.h``: 8-wide vectors and polynomial math;
+  ``kernel_args.h``: argument structs with a layout Python can check) and ``task_runner.c``.
+- ``precision``: fp32 compute under autocast; ``validation``: helpers of the argument checks.
+
+It ships with ``localmamba_conv1d`` (``pip install ./causal-conv1d`` installs both).
+"""

@@ -1,0 +1,20 @@
+/* Linked into every kernel library: run fn(args[i], start_i, end_i) over `tasks` contiguous slices of range(items),
+   on OpenMP threads when the library is built with -fopenmp (sharing torch's thread team), else in turn. */
+#include <stdint.h>
+
+typedef void (*lm_task_fn)(const void *, int64_t, int64_t);
+
+int lm_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void lm_run_tasks(lm_task_fn fn, void **args, int64_t tasks, int64_t items) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(tasks) schedule(static, 1)
+#endif
+    for (int64_t i = 0; i < tasks; i++) fn(args[i], items * i / tasks, items * (i + 1) / tasks);
+}

@@ -1,0 +1,100 @@
+"""The C kernels as files: every source compiles without a warning, every ctypes mirror of an argument struct matches
+its C struct (a wrong mirror is refused by name), and the install ships every source."""
+import ctypes
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localmamba_conv1d import cpu_conv1d
+from localmamba_kernel_runtime import ckernel
+from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
+C_SOURCES = sorted({*(REPO / "causal-conv1d").rglob("*.c"), *(REPO / "mamba-1p1p1").rglob("*.c")})
+needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
+
+
+def test_every_c_source_is_a_kernel_source():
+    """No C file lies unused beside the packages: each is the source of a kernel library or the task runner."""
+    used = {ckernel.TASK_RUNNER, *(path for module in KERNEL_MODULES for path in module.SOURCES)}
+    assert set(C_SOURCES) == used and len(C_SOURCES) == 5
+
+
+@needs_compiler
+@pytest.mark.parametrize("isa", ["baseline", "native"])
+@pytest.mark.parametrize("source", C_SOURCES, ids=lambda p: p.name)
+def test_c_source_compiles_without_warnings(source, isa, tmp_path):
+    """-Wall -Wextra -Werror with the flags the kernels are built with (on this CPU's ISA and on the baseline)."""
+    flags = [f for f in ckernel.compile_flags() if f not in ("-shared",)]
+    if isa == "baseline":
+        flags = [f for f in flags if not f.startswith("-m")]
+    cmd = [ckernel.compiler(), *flags, "-fopenmp", "-Werror", "-I", str(ckernel.RUNTIME_SOURCES), "-c", str(source),
+           "-o", str(tmp_path / "out.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+@needs_compiler
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_args_mirrors_match_the_c_structs(module):
+    lib = module.load_kernel()
+    assert lib is not None
+    mirrors = {cls for cls in vars(module).values()
+               if isinstance(cls, type) and issubclass(cls, ctypes.Structure) and cls.__module__ == module.__name__}
+    assert mirrors
+    for struct in mirrors:
+        ckernel.check_args_layout(lib, struct)
+        size, fields = ckernel.args_layout(lib, struct.__name__)
+        assert size == ctypes.sizeof(struct) and [name for name, _, _ in fields] == [f[0] for f in struct._fields_]
+
+
+@needs_compiler
+def test_multi_scan_args_has_its_37_fields_with_an_int64_index():
+    size, fields = ckernel.args_layout(multi_scan_cpu.load_kernel(), "MultiScanArgs")
+    assert len(fields) == 37 and size == 12 * 8 + 25 * ctypes.sizeof(ctypes.c_void_p)
+    assert dict((name, offset) for name, offset, _ in fields)["index"] == 12 * 8
+
+
+@needs_compiler
+def test_a_wrong_mirror_is_refused_by_field():
+    lib = multi_scan_cpu.load_kernel()
+    fields = list(multi_scan_cpu.MultiScanArgs._fields_)
+    swapped = fields[:2] + [fields[3], fields[2]] + fields[4:]
+    wrong = type("MultiScanArgs", (ctypes.Structure,), {"_fields_": swapped})
+    with pytest.raises(ckernel.KernelArgsMismatchError, match=r"MultiScanArgs.*field 2 is \('seqlen', 16, 8\) in C "
+                                                              r"but \('ntok', 16, 8\) in Python"):
+        ckernel.check_args_layout(lib, wrong)
+    short = type("MultiScanArgs", (ctypes.Structure,), {"_fields_": fields[:-1]})
+    with pytest.raises(ckernel.KernelArgsMismatchError, match="C has 37 fields and 296 bytes, the mirror 36 fields"):
+        ckernel.check_args_layout(lib, short)
+    narrow = type("AttentionMergeArgs", (ctypes.Structure,),
+                  {"_fields_": [(n, ctypes.c_int32) if t is ctypes.c_int64 else (n, t)
+                                for n, t in attention_merge_cpu.AttentionMergeArgs._fields_]})
+    with pytest.raises(ckernel.KernelArgsMismatchError, match=r"field 0 is \('batch', 0, 8\) in C but "
+                                                              r"\('batch', 0, 4\)"):
+        ckernel.check_args_layout(attention_merge_cpu.load_kernel(), narrow)
+
+
+@pytest.mark.parametrize("setup_dir", [REPO, REPO / "causal-conv1d", REPO / "mamba-1p1p1"], ids=["root", "conv1d", "ssm"])
+def test_install_ships_every_c_source(setup_dir, tmp_path):
+    """What ``pip install`` copies (setuptools' build_py) holds every .c / .h of the packages it installs."""
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=setup_dir,
+                   check=True, capture_output=True, text=True)
+    shipped = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.suffix in (".c", ".h")}
+    expected = {
+        "localmamba_conv1d/csrc/causal_conv1d.c",
+        "localmamba_kernel_runtime/csrc/task_runner.c",
+        "localmamba_kernel_runtime/csrc/vector_math.h",
+        "localmamba_kernel_runtime/csrc/kernel_args.h",
+        "localmamba_ssm/ops/cpu/csrc/selective_scan.c",
+        "localmamba_ssm/ops/cpu/csrc/multi_scan.c",
+        "localmamba_ssm/ops/cpu/csrc/attention_merge.c",
+    }
+    if setup_dir.name == "causal-conv1d":
+        expected = {p for p in expected if not p.startswith("localmamba_ssm")}
+    elif setup_dir.name == "mamba-1p1p1":
+        expected = {p for p in expected if p.startswith("localmamba_ssm")}
+    assert shipped == expected
