@@ -33,7 +33,8 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if torch.jit.is_tracing():  # shapes are traced values during ONNX export
         return weight
     if weight.dim() != 2 or weight.shape[0] != dim:
-        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, got {shape_str(weight)}")
+        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, "
+                         f"got {shape_str(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
         raise ValueError(f"bias must have shape (dim,)=({dim},), got {shape_str(bias)}")
     return weight

@@ -31,9 +31,12 @@ class Conv1dArgs(ctypes.Structure):
                    ("x", "weight", "bias", "out", "dout", "dx", "dweight", "dbias")])
 
 
+KERNELS = ("causal_conv1d_fwd", "causal_conv1d_bwd")
+
+
 def load_kernel():
     """The compiled conv1d kernel (built on first use), or None when unavailable or disabled."""
-    return ckernel.load_library("causal_conv1d", SOURCES, {"conv_fwd": Conv1dArgs, "conv_bwd": Conv1dArgs})
+    return ckernel.load_library("causal_conv1d", SOURCES, dict.fromkeys(KERNELS, Conv1dArgs))
 
 
 def _args(x, weight, bias, silu) -> Conv1dArgs:
@@ -55,7 +58,7 @@ def causal_conv1d_cpu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         a = _args(x, weight, bias, silu)
         a.out = out.data_ptr()
         args.append(a)
-    ckernel.run_parallel(lib.conv_fwd, args, rows)
+    ckernel.run_parallel(lib.causal_conv1d_fwd, args, rows)
     return out
 
 
@@ -81,7 +84,7 @@ def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Ten
         a = _args(x, weight, bias, silu)
         a.dout, a.dx, a.dweight, a.dbias = dout.data_ptr(), dx.data_ptr(), dweight[i].data_ptr(), dbias[i].data_ptr()
         args.append(a)
-    ckernel.run_parallel(lib.conv_bwd, args, rows)
+    ckernel.run_parallel(lib.causal_conv1d_bwd, args, rows)
     return dx, dweight.sum(0), dbias.sum(0)
 
 

@@ -78,7 +78,8 @@ def test_a_wrong_mirror_is_refused_by_field():
         ckernel.check_args_layout(attention_merge_cpu.load_kernel(), narrow)
 
 
-@pytest.mark.parametrize("setup_dir", [REPO, REPO / "causal-conv1d", REPO / "mamba-1p1p1"], ids=["root", "conv1d", "ssm"])
+@pytest.mark.parametrize("setup_dir", [REPO, REPO / "causal-conv1d", REPO / "mamba-1p1p1"],
+                         ids=["root", "conv1d", "ssm"])
 def test_install_ships_every_c_source(setup_dir, tmp_path):
     """What ``pip install`` copies (setuptools' build_py) holds every .c / .h of the packages it installs."""
     subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=setup_dir,

@@ -30,7 +30,7 @@ INLINE float dot(const float *a, const float *b, long n) {
     return hsum(acc + load_part(a + t, n - t) * load_part(b + t, n - t));
 }
 
-void conv_fwd(const Conv1dArgs *c, int64_t start, int64_t end) {
+void causal_conv1d_fwd(const Conv1dArgs *c, int64_t start, int64_t end) {
     long L = c->seqlen, W = c->width;
     for (long r = start; r < end; r++) {
         long d = r % c->dim;
@@ -45,7 +45,7 @@ void conv_fwd(const Conv1dArgs *c, int64_t start, int64_t end) {
     }
 }
 
-void conv_bwd(const Conv1dArgs *c, int64_t start, int64_t end) {
+void causal_conv1d_bwd(const Conv1dArgs *c, int64_t start, int64_t end) {
     long L = c->seqlen, W = c->width;
     float *g = (float *)malloc(L * sizeof(float));
     for (long r = start; r < end; r++) {

@@ -81,7 +81,8 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     if index.dim() != 2 or index.dtype != torch.long:
         raise ValueError(f"multi_scan_inner: index must be an int64 (K, L) table, got {index.dtype} {shape_str(index)}")
     if x_proj_weight.dim() != 3:
-        raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), got {shape_str(x_proj_weight)}")
+        raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), "
+                         f"got {shape_str(x_proj_weight)}")
     num_dirs, inner = index.shape[0], x_proj_weight.shape[2]
     if A_log.dim() != 3 or A_log.shape[:2] != (num_dirs, inner):
         raise ValueError(f"multi_scan_inner: A_log must have shape (K, E, N)=({num_dirs}, {inner}, N), "

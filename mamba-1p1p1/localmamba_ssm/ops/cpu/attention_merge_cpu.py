@@ -30,7 +30,7 @@ class AttentionMergeArgs(ctypes.Structure):
                                                   "rstd_out", "dy", "dgate")])
 
 
-KERNELS = ("attn_stats", "attn_merge", "attn_gate_grad", "attn_input_grad")
+KERNELS = ("attention_stats", "attention_weighted_sum", "attention_gate_grad", "attention_input_grad")
 
 
 def load_kernel():
@@ -65,7 +65,7 @@ def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch
         a.xbar, a.mu_out, a.rstd_out = xbar.data_ptr(), mu.data_ptr(), rstd.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attn_stats, make_stats, batch * num_dirs, 1)
+    ckernel.run_tasks(lib.attention_stats, make_stats, batch * num_dirs, 1)
     hidden = F.linear(xbar * norm_w + norm_b, reduce_w, reduce_b)
     gate = torch.sigmoid(F.linear(F.gelu(hidden), select_w, select_b)).contiguous()
     out = y.new_empty(batch, num_tokens, dim)
@@ -75,12 +75,12 @@ def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch
         a.gate, a.out = gate.data_ptr(), out.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attn_merge, make_merge, batch * num_tokens, MIN_ROWS_PER_TASK)
+    ckernel.run_tasks(lib.attention_weighted_sum, make_merge, batch * num_tokens, MIN_ROWS_PER_TASK)
     return out, gate, xbar, mu, rstd, hidden
 
 
 @attention_merge_cpu_fwd.register_fake
-def _attn_fwd_fake(y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps):
+def _attention_fwd_fake(y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps):
     batch, num_dirs, num_tokens, dim = y.shape
     return (y.new_empty(batch, num_tokens, dim), y.new_empty(batch, num_dirs, dim), y.new_empty(batch, num_dirs, dim),
             y.new_empty(batch, num_dirs, num_tokens), y.new_empty(batch, num_dirs, num_tokens),
@@ -102,7 +102,7 @@ def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Ten
         a.dm, a.gate, a.dgate = dout.data_ptr(), gate.data_ptr(), dgate.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attn_gate_grad, make, batch * num_dirs, 1)
+    ckernel.run_tasks(lib.attention_gate_grad, make, batch * num_dirs, 1)
     dlogit = (dgate * gate * (1 - gate)).flatten(0, 1)
     act = F.gelu(hidden).flatten(0, 1)
     dselect_w, dselect_b = dlogit.t() @ act, dlogit.sum(0)
@@ -119,31 +119,31 @@ def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Ten
         a.dxbar, a.mu, a.rstd, a.dy = dxbar.data_ptr(), mu.data_ptr(), rstd.data_ptr(), dy.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attn_input_grad, make_input, batch * num_dirs, 1)
+    ckernel.run_tasks(lib.attention_input_grad, make_input, batch * num_dirs, 1)
     return dy, dnorm_w, dnorm_b, dreduce_w, dreduce_b, dselect_w, dselect_b
 
 
 @attention_merge_cpu_bwd.register_fake
-def _attn_bwd_fake(dout, y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w, select_w):
+def _attention_bwd_fake(dout, y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w, select_w):
     return (y.new_empty(y.shape), norm_w.new_empty(norm_w.shape), norm_w.new_empty(norm_w.shape),
             reduce_w.new_empty(reduce_w.shape), reduce_w.new_empty(reduce_w.shape[0]),
             select_w.new_empty(select_w.shape), select_w.new_empty(select_w.shape[0]))
 
 
-def _attn_setup(ctx, inputs, output):
+def _attention_setup(ctx, inputs, output):
     y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps = inputs
     _, gate, xbar, mu, rstd, hidden = output
     ctx.save_for_backward(y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w, select_w)
 
 
-def _attn_backward(ctx, dout, *unused):
+def _attention_backward(ctx, dout, *unused):
     y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w, select_w = ctx.saved_tensors
     grads = attention_merge_cpu_bwd(dout.contiguous(), y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w,
                                     select_w)
     return grads + (None,)
 
 
-attention_merge_cpu_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
+attention_merge_cpu_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
 def attention_merge_cpu(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,

@@ -37,7 +37,8 @@ class MultiScanArgs(ctypes.Structure):
                                                   "dsrc", "dconv_w", "dconv_b", "ddt_w", "ddt_b", "dA", "dD")])
 
 
-KERNELS = ("ms_gather_fwd", "ms_gather_bwd", "ms_scan_fwd", "ms_gate_fwd", "ms_scan_bwd")
+KERNELS = ("multi_scan_gather_fwd", "multi_scan_gather_bwd", "multi_scan_recurrence_fwd", "multi_scan_gate_fwd",
+           "multi_scan_recurrence_bwd")
 
 
 def load_kernel():
@@ -108,7 +109,7 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
         return a
 
     pairs = num_dirs * batch
-    ckernel.run_tasks(lib.ms_gather_fwd, make, pairs, 1)
+    ckernel.run_tasks(lib.multi_scan_gather_fwd, make, pairs, 1)
     xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
     dtr = _dt_projection(xdbl, dt_w, rank)
     xdbl = xdbl.view(num_dirs, batch, length, -1)
@@ -119,13 +120,13 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
         a.xdbl, a.dtr, a.ys = xdbl.data_ptr(), dtr.data_ptr(), dtr.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.ms_scan_fwd, make_scan, pairs, 1)
-    ckernel.run_tasks(lib.ms_gate_fwd, make_scan, batch * src.shape[1], MIN_ROWS_PER_TASK)
+    ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make_scan, pairs, 1)
+    ckernel.run_tasks(lib.multi_scan_gate_fwd, make_scan, batch * src.shape[1], MIN_ROWS_PER_TASK)
     return y, u, xdbl
 
 
 @multi_scan_cpu_fwd.register_fake
-def _ms_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate):
+def _multi_scan_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate):
     batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
     inner, width = x_proj_w.shape[2], x_proj_w.shape[1]
@@ -168,11 +169,11 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
         a.dconv_b = None if dconv_b is None else dconv_b[i].data_ptr()
         return a
 
-    ckernel.run_tasks(lib.ms_scan_bwd, make, batch, 1)
+    ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1)
     flat_dxdbl = dxdbl.view(num_dirs, batch * length, -1)
     dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
     du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
-    ckernel.run_tasks(lib.ms_gather_bwd, make, batch, 1)
+    ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)
     A = -torch.exp(A_log)
     return (dsrc,
             src.new_zeros(0) if dconv_w is None else dconv_w.sum(0).transpose(1, 2).contiguous(),
@@ -182,21 +183,21 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
 
 
 @multi_scan_cpu_bwd.register_fake
-def _ms_bwd_fake(dy, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, u, xdbl):
+def _multi_scan_bwd_fake(dy, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, u, xdbl):
     def like(t):
         return src.new_empty(0) if t is None else t.new_empty(t.shape)
 
     return (like(src), like(conv_w), like(conv_b), like(x_proj_w), like(dt_w), like(dt_b), like(A_log), like(D))
 
 
-def _ms_setup(ctx, inputs, output):
+def _multi_scan_setup(ctx, inputs, output):
     src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate = inputs
     _, u, xdbl = output
     ctx.save_for_backward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl)
     ctx.gate = gate
 
 
-def _ms_backward(ctx, dy, du_unused, dxdbl_unused):
+def _multi_scan_backward(ctx, dy, du_unused, dxdbl_unused):
     src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl = ctx.saved_tensors
     grads = multi_scan_cpu_bwd(dy.contiguous(), src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, ctx.gate,
                                u, xdbl)
@@ -205,7 +206,7 @@ def _ms_backward(ctx, dy, du_unused, dxdbl_unused):
             ddt_b, dA_log, None if D is None else dD, None)
 
 
-multi_scan_cpu_fwd.register_autograd(_ms_backward, setup_context=_ms_setup)
+multi_scan_cpu_fwd.register_autograd(_multi_scan_backward, setup_context=_multi_scan_setup)
 
 
 def multi_scan_inner_cpu(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,

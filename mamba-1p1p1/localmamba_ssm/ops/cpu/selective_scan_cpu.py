@@ -39,7 +39,7 @@ class SelectiveScanArgs(ctypes.Structure):
 def load_kernel():
     """The compiled scan kernel (built on first use), or None when unavailable or disabled."""
     return ckernel.load_library("selective_scan", SOURCES,
-                                {"scan_fwd": SelectiveScanArgs, "scan_bwd": SelectiveScanArgs})
+                                {"selective_scan_fwd": SelectiveScanArgs, "selective_scan_bwd": SelectiveScanArgs})
 
 
 def _groups(M: torch.Tensor) -> int:
@@ -75,7 +75,7 @@ def selective_scan_cpu_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         a.out, a.last_state = out.data_ptr(), last.data_ptr()
         args.append(a)
-    ckernel.run_parallel(lib.scan_fwd, args, pairs)
+    ckernel.run_parallel(lib.selective_scan_fwd, args, pairs)
     return out, last
 
 
@@ -111,7 +111,7 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
         a.dA, a.dB, a.dC, a.dD, a.ddelta_bias = (dA[i].data_ptr(), dB[i].data_ptr(), dC[i].data_ptr(),
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
         args.append(a)
-    ckernel.run_parallel(lib.scan_bwd, args, pairs)
+    ckernel.run_parallel(lib.selective_scan_bwd, args, pairs)
     return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)
 
 

@@ -23,7 +23,7 @@ INLINE float row_mean(const float *r, long E) {
 }
 
 /* Per (batch, direction): xbar = mean over tokens of (y - mu_t) * rstd_t, and each row's mu_t, rstd_t. */
-void attn_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+void attention_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim;
     for (long q = start; q < end; q++) {
         const float *y = a->y + q * T * E;
@@ -51,7 +51,7 @@ void attn_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
 }
 
 /* out[b, t] = sum_k y[b, k, t] * gate[b, k]; items are (batch, token) rows. */
-void attn_merge(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+void attention_weighted_sum(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim, K = a->ndir;
     for (long q = start; q < end; q++) {
         long b = q / T, t = q % T;
@@ -67,7 +67,7 @@ void attn_merge(const AttentionMergeArgs *a, int64_t start, int64_t end) {
 }
 
 /* dgate[b, k] = sum_t dm[b, t] * y[b, k, t], per (batch, direction). */
-void attn_gate_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+void attention_gate_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim;
     for (long q = start; q < end; q++) {
         long b = q / a->ndir;
@@ -83,7 +83,7 @@ void attn_gate_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
 
 /* dy = dm * gate + the LayerNorm-mean backward of dxbar (the gradient of xbar), per (batch, direction):
    dy_t = rstd_t / T * (dxbar - mean(dxbar) - xhat_t * mean(dxbar * xhat_t)). */
-void attn_input_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+void attention_input_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim;
     for (long q = start; q < end; q++) {
         long b = q / a->ndir;

@@ -15,7 +15,7 @@
    - dtr (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias).
    - ys (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias dtr: each row is read
      before it is written); y (Bt, K, T, E): the outputs back in token order (z-gated when gate), written by
-     ms_gate_fwd, which computes SiLU(z) once per token row for all directions.
+     multi_scan_gate_fwd, which computes SiLU(z) once per token row for all directions.
 
    The scan works on chunks of TC steps: for each chunk, every block of 8 channels computes its softplus'd dt, then
    runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is used
@@ -78,7 +78,7 @@ INLINE void prefetch_row(const float *r, long n) {
 /* Tasks are (batch, direction) pairs in batch-major order, so the directions of one batch reuse its token rows
    while they are cached; each step prefetches the token row that enters the window PF steps later. */
 #define PF 2
-void ms_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+void multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, W = a->conv_w ? a->width : 1, K = a->ndir;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     const float **rows = (const float **)malloc(W * sizeof(float *));
@@ -119,7 +119,7 @@ void ms_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
 
 /* Tasks are batches: every direction adds to the same token rows. dx of position s needs the pre-activation
    gradients of positions s .. s + W - 1, so positions run backwards keeping the last W of them in a ring. */
-void ms_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+void multi_scan_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, W = a->width > 0 ? a->width : 1, T = a->ntok;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     float *ring = (float *)calloc(W * E + VW, sizeof(float));
@@ -252,8 +252,8 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, 
 static vf *alloc_vf(long n) { return (vf *)aligned_alloc(32, (n > 0 ? n : 1) * sizeof(vf)); }
 
 /* Forward scan of (direction, batch) pairs, writing the ungated outputs in sequence order to ys (K, Bt, L, E),
-   rows laid out like u; ms_gate_fwd then moves them to token order and applies the gate. */
-void ms_scan_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+   rows laid out like u; multi_scan_gate_fwd then moves them to token order and applies the gate. */
+void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, S = a->rank + 2 * N;
     long nb = (E + VW - 1) / VW;
     Block p;
@@ -288,7 +288,7 @@ void ms_scan_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
 
 /* Token rows (b, t) of y (Bt, K, T, E): y[b, k, t] = ys[k, b, position of t in direction k] * SiLU(z[b, t])
    (the gate computed once per token row for all directions). */
-void ms_gate_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+void multi_scan_gate_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, T = a->ntok, K = a->ndir;
     long *inv = (long *)malloc((K * T > 0 ? K * T : 1) * sizeof(long));
     float *g = (float *)malloc((E + VW) * sizeof(float));
@@ -328,7 +328,7 @@ void ms_gate_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
 }
 
 /* Tasks are batches (the gate gradient of every direction adds to the same token rows). */
-void ms_scan_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = R + 2 * N;
     long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
     Block *p = (Block *)aligned_alloc(32, sizeof(Block));

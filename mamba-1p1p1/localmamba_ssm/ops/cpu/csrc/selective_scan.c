@@ -155,7 +155,7 @@ static void forward_rows(const SelectiveScanArgs *a, Work *w, long start, long e
     }
 }
 
-void scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
+void selective_scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
     Work w;
     float *mem = work_alloc(&w, a->seqlen, a->nstate);
     if (!mem) return;
@@ -243,7 +243,7 @@ static void backward_rows(const SelectiveScanArgs *a, Work *w, long start, long 
     }
 }
 
-void scan_bwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
+void selective_scan_bwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
     Work w;
     float *mem = work_alloc(&w, a->seqlen, a->nstate);
     if (!mem) return;
