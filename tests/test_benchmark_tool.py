@@ -1,13 +1,19 @@
-"""tools/benchmark.py --model: the rows it reports and the baseline it picks (timings themselves are not checked)."""
+"""tools/benchmark.py and classification.benchmarks: the rows they report and the baseline they pick (timings
+themselves are not checked)."""
 import csv
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
+from classification.benchmarks import OpShape, benchmark_op, images_per_second, render_table
+from localmamba_kernel_runtime import backends
 
-import benchmark  # noqa: E402
+TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+_spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
 
 
 @pytest.mark.parametrize('model, baseline', [('local_vim_tiny', 'deit_tiny_patch16_224'),
@@ -31,3 +37,31 @@ def test_model_rows_and_csv(tmp_path):
     for r in rows:
         assert r['baseline'] == 'deit_tiny_patch16_224'
         assert float(r['ratio']) == pytest.approx(float(r['model_img_s']) / float(r['baseline_img_s']))
+
+
+def test_op_rows_time_each_available_backend_and_leave_the_choice_alone():
+    backends.force_backend('reference')
+    try:
+        rows = benchmark_op('scan', OpShape(batch=1, dim=8, seqlen=5, dstate=4), repeats=1, warmup=0)
+        assert backends.requested_backend() == 'reference'
+    finally:
+        backends.force_backend(None)
+    assert [r['backend'] for r in rows] == ['cpu', 'reference']
+    reference = rows[1]
+    assert reference['fwd_speedup'] == reference['fwdbwd_speedup'] == 1.0
+    for r in rows:
+        assert r['fwd_speedup'] == pytest.approx(reference['fwd_ms'] / r['fwd_ms'])
+        assert r['shape'] == 'B=1 D=8 L=5 N=4'
+
+
+def test_images_per_second_of_each_model_and_its_mode():
+    models = {'a': torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1000)),
+              'b': torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000))}
+    ips = images_per_second(models, batch=2, img_size=8, train=True, repeats=1, warmup=0)
+    assert set(ips) == {'a', 'b'} and all(v > 0 for v in ips.values())
+    assert all(m.training for m in models.values())
+
+
+def test_table_layout():
+    assert render_table([['name', 'ms'], ['scan', '1.5'], ['reference', '10.25']]).splitlines() == [
+        'name          ms', '---------  -----', 'scan         1.5', 'reference  10.25']

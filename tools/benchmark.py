@@ -20,262 +20,15 @@ Runs are interleaved (every repeat times every contender in turn) and summarised
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import os
-import statistics
 import sys
-import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from localmamba_conv1d import causal_conv1d_fn
-from localmamba_kernel_runtime import backends
-from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Case:
-    """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients."""
-
-    run: Callable[[], torch.Tensor]
-    inputs: Sequence[torch.Tensor]
-
-
-def _leaf(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().requires_grad_()
-
-
-def scan_case(args, device, dtype) -> Case:
-    """selective_scan_fn with z, D, delta_bias, softplus and variable B/C of shape (Bt, 1, N, L)."""
-    g = torch.Generator().manual_seed(0)
-    bt, dm, seqlen, n = args.batch, args.dim, args.seqlen, args.dstate
-
-    def rand(*shape, scale=1.0, dt=dtype):
-        return _leaf((torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt))
-
-    u, delta, z = rand(bt, dm, seqlen), rand(bt, dm, seqlen, scale=0.5), rand(bt, dm, seqlen)
-    B, C = rand(bt, 1, n, seqlen), rand(bt, 1, n, seqlen)
-    A = _leaf(-torch.exp(torch.randn(dm, n, generator=g) * 0.5).to(device))
-    D, bias = rand(dm, dt=torch.float32), rand(dm, scale=0.5, dt=torch.float32)
-    return Case(lambda: selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True),
-                [u, delta, A, B, C, D, z, bias])
-
-
-def inner_case(args, device, dtype) -> Case:
-    """mamba_inner_fn_no_out_proj with LocalVim-T sizes: E = dim, R = ceil(E / 32), W = 4 (autocast for bf16/fp16)."""
-    g = torch.Generator().manual_seed(0)
-    bt, e, seqlen, n = args.batch, args.dim, args.seqlen, args.dstate
-    rank = math.ceil(e / 32)
-
-    def rand(*shape, scale=1.0, dt=torch.float32):
-        return _leaf((torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt))
-
-    xz = rand(bt, 2 * e, seqlen, dt=dtype)
-    conv_w, conv_b = rand(e, 1, args.width, scale=0.5), rand(e, scale=0.1)
-    x_proj, dt_proj = rand(rank + 2 * n, e, scale=e ** -0.5), rand(e, rank, scale=rank ** -0.5)
-    A = _leaf(-torch.exp(torch.randn(e, n, generator=g) * 0.5).to(device))
-    D, dt_bias = rand(e), rand(e, scale=0.5)
-    params = [xz, conv_w, conv_b, x_proj, dt_proj, A, D, dt_bias]
-
-    def run():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, x_proj, dt_proj, A, None, None, D, dt_bias,
-                                              delta_softplus=True)
-
-    return Case(run, params)
-
-
-def conv1d_case(args, device, dtype) -> Case:
-    """causal_conv1d_fn with SiLU: x (Bt, dim, L), weight (dim, width), bias."""
-    g = torch.Generator().manual_seed(0)
-    x = _leaf(torch.randn(args.batch, args.dim, args.seqlen, generator=g).to(device=device, dtype=dtype))
-    w = _leaf(torch.randn(args.dim, args.width, generator=g).to(device))
-    b = _leaf(torch.randn(args.dim, generator=g).to(device))
-    return Case(lambda: causal_conv1d_fn(x, w, b, activation="silu"), [x, w, b])
-
-
-CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
-    """One forward (under no_grad) or forward + backward of ``case`` with ``backend`` forced."""
-    def step() -> None:
-        backends.force_backend(backend)
-        for t in case.inputs:
-            t.grad = None
-        if backward:
-            case.run().float().sum().backward()
-        else:
-            with torch.no_grad():
-                case.run()
-
-    return step
-
-
-def median_seconds(steps: Dict[str, Callable[[], None]], args, device: torch.device) -> Dict[str, float]:
-    """Median seconds of each step, the steps interleaved in every repeat after ``args.warmup`` untimed ones."""
-    samples: Dict[str, List[float]] = {name: [] for name in steps}
-    for repeat in range(args.warmup + args.repeats):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            if repeat >= args.warmup:
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def time_backends(case: Case, names: List[str], args, device) -> Dict[str, Dict[str, float]]:
-    """Median milliseconds per backend for 'fwd' and 'fwd+bwd', with the backends interleaved in every repeat."""
-    medians: Dict[str, Dict[str, float]] = {name: {} for name in names}
-    for mode, backward in (("fwd", False), ("fwd+bwd", True)):
-        if backward and args.no_backward:
-            continue
-        steps = {name: _backend_step(case, name, backward) for name in names}
-        for name, seconds in median_seconds(steps, args, device).items():
-            medians[name][mode] = seconds * 1e3
-    return medians
-
-
-def render_table(lines: List[List[str]]) -> str:
-    """Header line plus rows as aligned text: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-           for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def _format_table(rows: List[Dict[str, object]]) -> str:
-    header = ["backend", "fwd ms", "fwd speedup", "fwd+bwd ms", "fwd+bwd speedup"]
-    return render_table([header] + [
-        [str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x",
-         "-" if r["fwdbwd_ms"] is None else f"{r['fwdbwd_ms']:.3f}",
-         "-" if r["fwdbwd_speedup"] is None else f"{r['fwdbwd_speedup']:.1f}x"] for r in rows])
-
-
-def run_op_benchmark(args) -> List[Dict[str, object]]:
-    """Benchmark ``args.op`` on every backend available for the device; print the table, return its rows."""
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    op = OP_NAMES[args.op]
-    names = [b for b in backends.available_backends(op, device) if not args.backends or b in args.backends]
-    if "reference" not in names:
-        names.append("reference")
-    case = CASES[args.op](args, device, dtype)
-    with backends.forced_backend(backends.requested_backend()):
-        medians = time_backends(case, names, args, device)
-    ref = medians["reference"]
-    rows = []
-    for name in names:
-        m = medians[name]
-        fb = m.get("fwd+bwd")
-        rows.append({"op": args.op, "backend": name, "device": device.type, "dtype": args.dtype,
-                     "shape": f"B={args.batch} D={args.dim} L={args.seqlen} N={args.dstate}",
-                     "threads": torch.get_num_threads(), "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
-                     "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb})
-    print(f"op={args.op} device={device.type} dtype={args.dtype} batch={args.batch} dim={args.dim} "
-          f"seqlen={args.seqlen} dstate={args.dstate} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats} (medians, interleaved; fwd under no_grad)")
-    print(_format_table(rows))
-    return rows
-
-
-DEFAULT_BASELINES = {"local_vim": "deit_tiny_patch16_224", "local_vssm": "swin_tiny_patch4_window7_224"}
-
-
-def default_baseline(model: str) -> str:
-    """The timm model a LocalMamba model is compared with: DeiT-T for the plain family, Swin-T for the other."""
-    for prefix, baseline in DEFAULT_BASELINES.items():
-        if model.startswith(prefix):
-            return baseline
-    raise ValueError(f"no default baseline for {model!r}: pass --baseline")
-
-
-def _build(name: str, args, device: torch.device) -> torch.nn.Module:
-    from classification.engine.model_builder import UnknownModelError, create_model_at_size
-
-    try:
-        return create_model_at_size(name, args.img_size).to(device)
-    except UnknownModelError as err:
-        raise SystemExit(str(err)) from err
-
-
-def _inference_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype):
-    def step() -> None:
-        with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            model(images)
-
-    return step
-
-
-def _train_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    targets = torch.randint(0, 1000, (images.shape[0],), generator=torch.Generator().manual_seed(0)).to(images.device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = torch.nn.functional.cross_entropy(model(images).float(), targets)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def run_model_benchmark(args) -> List[Dict[str, object]]:
-    """Images/s of ``args.model`` and its baseline for inference at each batch size and a training step."""
-    from localmamba_ssm import backend_summary
-
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    baseline = args.baseline
-    models = {name: _build(name, args, device) for name in (args.model, baseline)}
-    backends_used = ", ".join(f"{op}={b}" for op, b in backend_summary(device).items())
-    print(f"model={args.model} baseline={baseline} device={device.type} dtype={args.dtype} img={args.img_size} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} (medians, interleaved)\nbackends: {backends_used}")
-    plans = [(f"inference b{b}", b, _inference_step, False) for b in args.batch_sizes]
-    if args.train_batch > 0:
-        plans.append((f"train step b{args.train_batch}", args.train_batch, _train_step, True))
-    rows = []
-    for metric, batch, make_step, train in plans:
-        images = torch.randn(batch, 3, args.img_size, args.img_size,
-                             generator=torch.Generator().manual_seed(0)).to(device)
-        for model in models.values():
-            model.train(train)
-        seconds = median_seconds({name: make_step(m, images, dtype) for name, m in models.items()}, args, device)
-        ips = {name: batch / s for name, s in seconds.items()}
-        rows.append({"metric": metric, "model": args.model, "baseline": baseline, "device": device.type,
-                     "dtype": args.dtype, "threads": torch.get_num_threads(), "model_img_s": ips[args.model],
-                     "baseline_img_s": ips[baseline], "ratio": ips[args.model] / ips[baseline]})
-        print(f"  {metric}: {ips[args.model]:.2f} vs {ips[baseline]:.2f} img/s", flush=True)
-    print(_format_model_table(rows))
-    return rows
-
-
-def _format_model_table(rows: List[Dict[str, object]]) -> str:
-    header = ["metric", f"{rows[0]['model']} img/s", f"{rows[0]['baseline']} img/s", "ratio"]
-    return render_table([header] + [[str(r["metric"]), f"{r['model_img_s']:.2f}", f"{r['baseline_img_s']:.2f}",
-                                      f"{r['ratio']:.3f}x"] for r in rows])
-
-
-def write_csv(path: str, rows: List[Dict[str, object]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError, benchmark_models, default_baseline,
+                                       format_model_table, print_op_benchmark, write_csv)  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -315,7 +68,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = run_model_benchmark(args) if args.model else run_op_benchmark(args)
+    if args.model:
+        try:
+            rows = benchmark_models(args.model, args.baseline, args.batch_sizes, args.train_batch, args.img_size,
+                                    args.device, args.dtype, args.repeats, args.warmup)
+        except UnknownModelError as err:
+            raise SystemExit(str(err)) from err
+        print(format_model_table(rows))
+    else:
+        rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),
+                                  args.device, args.dtype, args.backends, args.repeats, args.warmup,
+                                  backward=not args.no_backward)
     if args.csv:
         write_csv(args.csv, rows)
     return 0

@@ -76,14 +76,21 @@ def force_backend(name: Optional[str]) -> None:
 
 
 @contextlib.contextmanager
-def forced_backend(name: str) -> Iterator[None]:
-    """Force backend ``name`` inside the block, then restore the previous choice."""
+def restoring_choice() -> Iterator[None]:
+    """Put the forced backend back as it was on exit (for tools that force each backend in turn)."""
     previous = _REQUESTED.get("choice")
-    force_backend(name)
     try:
         yield
     finally:
         force_backend(previous)
+
+
+@contextlib.contextmanager
+def forced_backend(name: str) -> Iterator[None]:
+    """Force backend ``name`` inside the block, then restore the previous choice."""
+    with restoring_choice():
+        force_backend(name)
+        yield
 
 
 def register(op: str, backend: str, check: Check) -> None:

@@ -220,3 +220,11 @@ def test_environment_is_read_once_per_choice_and_forced_through_the_api(monkeypa
     assert selected_backend("selective_scan", "cpu") == "cpu"
     with pytest.raises(ValueError, match="forced backend='gpu' is not a valid backend"):
         backends.force_backend("gpu")
+
+
+def test_restoring_choice_puts_back_what_was_forced():
+    backends.force_backend("reference")
+    with backends.restoring_choice():
+        backends.force_backend("cpu")
+        assert backends.requested_backend() == "cpu"
+    assert backends.requested_backend() == "reference"

@@ -1,4 +1,5 @@
-"""tools/flops.py: the original's FLOP figures, and fvcore's count with the scan handle checked against a hand count."""
+"""classification.benchmarks.flops and tools/flops.py: the original's FLOP figures, and fvcore's count with the scan
+handle checked against a hand count."""
 import importlib.util
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
+from classification.benchmarks import flops
 from classification.models.flop_count import flop_analysis
 from classification.models.local_vim import MultiMamba
 from classification.models.scan_maps import scan_length
@@ -23,16 +25,16 @@ def tool():
 
 
 @pytest.mark.parametrize('name,gflops', [('local_vim_tiny', 1.482), ('local_vim_small', 4.771)])
-def test_local_vim_original_convention(tool, name, gflops):
+def test_local_vim_original_convention(name, gflops):
     """The original's analytic ``VisionMamba.flops`` figures (README 1.5G; issue #36)."""
-    model = tool.build(name)
-    assert tool.original_flops(model) / 1e9 == pytest.approx(gflops, abs=5e-4)
+    model = flops.build(name)
+    assert flops.original_flops(model) / 1e9 == pytest.approx(gflops, abs=5e-4)
 
 
-def test_local_vssm_original_convention_is_the_fvcore_count(tool):
+def test_local_vssm_original_convention_is_the_fvcore_count():
     """The original's ``VSSM.flops`` figure for LocalVMamba-T (5.7G); LocalVMamba-S (11.373 G) is checked by
     test_local_vmamba.py. For LocalVMamba both conventions are the same count."""
-    row = tool.measure('timm_local_vssm_tiny')
+    row = flops.flops_row('timm_local_vssm_tiny')
     assert row['model'] == 'local_vssm_tiny'
     assert row['original'] == row['fvcore'] == pytest.approx(5_728_681_208, rel=1e-5)
     assert row['params'] == pytest.approx(25.53e6, rel=1e-3)
@@ -94,11 +96,11 @@ def test_trace_switch_keeps_the_output_and_is_reset():
     assert not any(m.trace_scan for m in model.modules() if isinstance(m, MultiMamba))
 
 
-def test_fvcore_counts_the_scan_at_nine_flops_per_state(tool):
+def test_fvcore_counts_the_scan_at_nine_flops_per_state():
     """The fvcore convention charges 9*E*L*N per direction where the original's analytic one charges 5*E*L*N (and
     counts conv, x_proj and dt_proj once per layer): for LocalVim-T at 224 the two differ, 1.482 G vs 2.164 G."""
-    model = tool.build('local_vim_tiny')
-    total, unsupported = tool.fvcore_flops(model)
+    model = flops.build('local_vim_tiny')
+    total, unsupported = flops.fvcore_flops(model)
     assert total / 1e9 == pytest.approx(2.164, abs=5e-4)
     assert not unsupported
 

@@ -1,0 +1,26 @@
+"""Speed, FLOP and GPU-correctness measurements of the models and the kernel ops (what ``tools/benchmark.py``,
+``tools/flops.py`` and ``tools/gpu_check.py`` run). The only part of the library that uses the kernel packages'
+backend registry directly, to time each backend in turn.
+
+    from classification.benchmarks import build_model, flops_row, images_per_second
+    images_per_second({"local_vim_tiny": build_model("local_vim_tiny")}, batch=8)   # {'local_vim_tiny': img/s}
+    flops_row("local_vim_tiny")        # {'model', 'img_size', 'params', 'original', 'fvcore', 'unsupported'}
+
+- ``op_speed``: kernel ops, every backend against the reference (``benchmark_op``).
+- ``model_speed``: images per second of models, against a timm baseline (``images_per_second``, ``benchmark_models``).
+- ``flops``: parameters and FLOPs in the original's and in fvcore's convention (``flops_row``, ``flops_rows``).
+- ``gpu_check``: the Triton backends against the reference, outputs and gradients, then timings.
+- ``timing``, ``tables``: interleaved medians; text tables and CSV files.
+"""
+from ..engine.model_builder import UnknownModelError
+from .flops import count_params, flops_row, flops_rows, format_flops_table
+from .model_speed import benchmark_models, build_model, default_baseline, format_model_table, images_per_second
+from .op_speed import CASES, OpShape, benchmark_op, format_op_table, print_op_benchmark
+from .tables import render_table, write_csv
+from .timing import DTYPES, median_seconds
+
+__all__ = [
+    "CASES", "DTYPES", "OpShape", "UnknownModelError", "benchmark_models", "benchmark_op", "build_model",
+    "count_params", "default_baseline", "flops_row", "flops_rows", "format_flops_table", "format_model_table",
+    "format_op_table", "images_per_second", "median_seconds", "print_op_benchmark", "render_table", "write_csv",
+]

@@ -1,0 +1,224 @@
+"""One-shot check of the GPU backends (``tools/gpu_check.py``): every Triton kernel against the reference, then timings.
+
+Correctness: the triton backend (forced) against the reference backend for the selective scan (grouped, (Bt, N, L)
+and time-invariant B/C, with/without z, softplus, last state), the causal conv1d (widths 2-4, SiLU or not),
+mamba_inner_fn_no_out_proj and the scan under CUDA autocast; outputs and all gradients, fp32 and bf16 inputs;
+relative error = max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on
+triton against every op on the reference). Timing: ``op_speed``'s interleaved medians for every backend
+available on the device (reference, triton, and the official ``mamba_ssm`` / ``causal_conv1d`` kernels as backend
+``cuda`` when importable) at the LocalVim-T shape and at batch 64.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Sequence, Tuple
+
+import torch
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime import backends
+from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn
+
+from ..engine.model_builder import create_model_at_size
+from .op_speed import OpShape, print_op_benchmark
+
+TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
+def _run(fn: Callable, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]):
+    for t in inputs:
+        t.grad = None
+    outs = fn()
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
+    return [o.detach() for o in outs], [None if t.grad is None else t.grad.detach().clone() for t in inputs]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+
+
+def compare(fn: Callable, inputs, weights) -> Tuple[float, float, str]:
+    """(worst output error, worst gradient error, problems) of the triton backend against the reference."""
+    backends.force_backend("triton")
+    outs, grads = _run(fn, inputs, weights)
+    backends.force_backend("reference")
+    outs_ref, grads_ref = _run(fn, inputs, weights)
+    problems = []
+    if any(o.dtype != r.dtype for o, r in zip(outs, outs_ref)):
+        problems.append("output dtype")
+    out_err = max(_rel(o, r) for o, r in zip(outs, outs_ref))
+    grad_err = 0.0
+    for g, r in zip(grads, grads_ref):
+        if (g is None) != (r is None):
+            problems.append("gradient presence")
+        elif g is not None:
+            grad_err = max(grad_err, _rel(g, r))
+            if g.dtype != r.dtype:
+                problems.append("gradient dtype")
+    return out_err, grad_err, ", ".join(problems)
+
+
+def scan_problem(device, dtype, bc: str, groups: int, dim: int, seqlen: int, dstate: int, softplus: bool,
+                 use_z: bool, last: bool, batch: int = 2):
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt).requires_grad_()
+
+    u, z = rand(batch, dim, seqlen), rand(batch, dim, seqlen)
+    delta = (torch.randn(batch, dim, seqlen, generator=g) * 0.5).to(device=device, dtype=dtype)
+    delta = (delta if softplus else delta.abs()).requires_grad_()
+    A = (-torch.exp(torch.randn(dim, dstate, generator=g) * 0.5)).to(device).requires_grad_()
+    if bc == "const":
+        B, C = rand(dim, dstate, dt=torch.float32), rand(dim, dstate, dt=torch.float32)
+    elif bc == "var3":
+        B, C = rand(batch, dstate, seqlen), rand(batch, dstate, seqlen)
+    else:
+        B, C = rand(batch, groups, dstate, seqlen), rand(batch, groups, dstate, seqlen)
+    D, bias = rand(dim, dt=torch.float32), rand(dim, scale=0.5, dt=torch.float32)
+    if not softplus:  # delta + bias must stay positive, or the states grow without bound
+        bias = bias.detach().abs().requires_grad_()
+    inputs = [u, delta, A, B, C, D] + ([z] if use_z else []) + [bias]
+    weights = [torch.randn(batch, dim, seqlen, generator=g).to(device),
+               torch.randn(batch, dim, dstate, generator=g).to(device)]
+
+    def fn():
+        return selective_scan_fn(u, delta, A, B, C, D, z if use_z else None, bias, softplus, return_last_state=last)
+
+    return fn, inputs, weights
+
+
+def conv_problem(device, dtype, width: int, silu: bool, dim: int, seqlen: int, batch: int = 2):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, dim, seqlen, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = torch.randn(dim, width, generator=g).to(device).requires_grad_()
+    b = torch.randn(dim, generator=g).to(device).requires_grad_()
+    weights = [torch.randn(batch, dim, seqlen, generator=g).to(device)]
+    return (lambda: causal_conv1d_fn(x, w, b, activation="silu" if silu else None)), [x, w, b], weights
+
+
+def inner_problem(device, dtype, dim: int, seqlen: int, dstate: int, batch: int = 2):
+    g = torch.Generator().manual_seed(2)
+    rank = max(1, dim // 32)
+
+    def rand(*shape, scale=1.0, dt=torch.float32):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt).requires_grad_()
+
+    xz = rand(batch, 2 * dim, seqlen, dt=dtype)
+    params = [xz, rand(dim, 1, 4, scale=0.5), rand(dim, scale=0.1), rand(rank + 2 * dstate, dim, scale=dim ** -0.5),
+              rand(dim, rank, scale=rank ** -0.5)]
+    A_log, D, dt_bias = rand(dim, dstate, scale=0.5), rand(dim), rand(dim, scale=0.5)
+    inputs = params + [A_log, D, dt_bias]
+    weights = [torch.randn(batch, dim, seqlen, generator=g).to(device)]
+
+    def fn():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return mamba_inner_fn_no_out_proj(*params, -torch.exp(A_log), None, None, D, dt_bias, delta_softplus=True)
+
+    return fn, inputs, weights
+
+
+def autocast_problem(device, dim: int, seqlen: int, dstate: int):
+    fn, inputs, weights = scan_problem(device, torch.float32, "var4", 1, dim, seqlen, dstate, True, True, False)
+
+    def under_autocast():
+        with torch.autocast(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16):
+            return fn()
+
+    return under_autocast, inputs, weights
+
+
+def correctness(device: torch.device, quick: bool) -> bool:
+    dim, seqlen, dstate = (8, 9, 4) if quick else (384, 196, 16)
+    cases: List[Tuple[str, Callable]] = []
+    dtypes = [torch.float32, torch.bfloat16]
+    for dtype in dtypes:
+        name = str(dtype).replace("torch.", "")
+        cases += [
+            (f"scan grouped G=1, z, softplus  {name}",
+             lambda dt=dtype: scan_problem(device, dt, "var4", 1, dim, seqlen, dstate, True, True, False)),
+            (f"scan grouped G=2, last state   {name}",
+             lambda dt=dtype: scan_problem(device, dt, "var4", 2, dim, seqlen, dstate, True, True, True)),
+            (f"scan (Bt,N,L), no z/softplus   {name}",
+             lambda dt=dtype: scan_problem(device, dt, "var3", 1, dim, seqlen, dstate, False, False, True)),
+            (f"scan time-invariant B/C, N=5   {name}",
+             lambda dt=dtype: scan_problem(device, dt, "const", 1, dim, seqlen, 5, True, True, False)),
+            (f"scan long L=777, N=12          {name}",
+             lambda dt=dtype: scan_problem(device, dt, "var4", 1, 16, 40 if quick else 777, 12, True, True, True)),
+            (f"inner no out_proj              {name}",
+             lambda dt=dtype: inner_problem(device, dt, dim, seqlen, dstate)),
+        ]
+        for width in (2, 3, 4):
+            for silu in (True, False):
+                cases.append((f"conv1d W={width} silu={silu!s:<5}      {name}",
+                               lambda dt=dtype, w=width, s=silu: conv_problem(device, dt, w, s, dim, seqlen)))
+    cases.append(("scan under autocast              fp32", lambda: autocast_problem(device, dim, seqlen, dstate)))
+    ok = True
+    print(f"{'case':<40} {'out err':>9} {'grad err':>9}  result")
+    for name, make in cases:
+        fn, inputs, weights = make()
+        dtype = inputs[0].dtype
+        tol = TOLERANCE.get(dtype, 1e-2)
+        try:
+            out_err, grad_err, problems = compare(fn, inputs, weights)
+        except Exception as err:  # report and continue with the other cases
+            print(f"{name:<40} {'-':>9} {'-':>9}  ERROR {type(err).__name__}: {err}")
+            ok = False
+            continue
+        passed = out_err < tol and grad_err < 5 * tol and not problems
+        ok &= passed
+        verdict = "ok" if passed else f"FAIL {problems}".strip()
+        print(f"{name:<40} {out_err:9.2e} {grad_err:9.2e}  {verdict}")
+    return ok
+
+
+def model_check(device: torch.device, quick: bool) -> bool:
+    """Logits of the registered models with every op forced to triton against the reference backend."""
+    ok = True
+    size = 32 if quick else 224
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
+    for name in ("local_vim_tiny", "local_vssm_tiny"):
+        torch.manual_seed(0)
+        model = create_model_at_size(name, size).to(device).eval()
+        logits = {}
+        for backend in ("triton", "reference"):
+            backends.force_backend(backend)
+            with torch.no_grad():
+                logits[backend] = model(images)
+        err = _rel(logits["triton"], logits["reference"])
+        passed = err < 1e-3
+        ok &= passed
+        print(f"model {name:<33} {err:9.2e} {'-':>9}  {'ok' if passed else 'FAIL'}")
+    return ok
+
+
+def timings(device: torch.device, quick: bool, repeats: int) -> None:
+    """The op benchmarks of every backend available on ``device``, fp32 and bf16, at the LocalVim-T shape and at
+    batch 64 (a tiny shape when ``quick``)."""
+    shapes = [OpShape(2, 16, 9, 4)] if quick else [OpShape(8, 384, 196, 16), OpShape(64, 384, 196, 16)]
+    for op in ("scan", "inner", "conv1d"):
+        for shape in shapes:
+            for dtype in ("fp32", "bf16"):
+                print_op_benchmark(op, shape, device.type, dtype, repeats=repeats)
+                print()
+
+
+def run_gpu_check(device: str = "cuda", quick: bool = False, repeats: int = 20, skip_timing: bool = False) -> bool:
+    """Print the backends of every model op, the correctness table, the model check and (unless ``skip_timing``)
+    the timings; True when every check passed."""
+    device = torch.device(device)
+    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    for op in MODEL_OPS:
+        print(f"  {op}: auto backend '{backends.selected_backend(op, device)}', "
+              f"available {list(backends.available_backends(op, device))}")
+    with backends.restoring_choice():
+        ok = correctness(device, quick)
+        try:
+            ok &= model_check(device, quick)
+        except Exception as err:  # report and go on to the timings
+            print(f"model check ERROR {type(err).__name__}: {err}")
+            ok = False
+        if not skip_timing:
+            print()
+            timings(device, quick, repeats)
+    print("ALL CHECKS PASSED" if ok else "SOME CHECKS FAILED")
+    return ok

@@ -1,0 +1,104 @@
+"""Whole-model throughput: images per second for inference (eval mode, inference_mode) and for a training step
+(forward, cross-entropy, backward, AdamW step), interleaved medians, and the ratio to a timm baseline timed in the
+same process on the same random images."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..engine.model_builder import create_model_at_size
+from .tables import render_table
+from .timing import DTYPES, median_seconds
+
+DEFAULT_BASELINES = {"local_vim": "deit_tiny_patch16_224", "local_vssm": "swin_tiny_patch4_window7_224"}
+
+
+def default_baseline(model: str) -> str:
+    """The timm model a LocalMamba model is compared with: DeiT-T for the plain family, Swin-T for the other."""
+    for prefix, baseline in DEFAULT_BASELINES.items():
+        if model.startswith(prefix):
+            return baseline
+    raise ValueError(f"no default baseline for {model!r}: pass --baseline")
+
+
+def build_model(name: str, img_size: int = 224, device: str = "cpu") -> nn.Module:
+    """A registered model (LocalMamba or timm) at ``img_size`` on ``device``; unknown names raise
+    ``UnknownModelError`` with close matches."""
+    return create_model_at_size(name, img_size).to(device)
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def _inference_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            model(images)
+
+    return step
+
+
+def _train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    targets = torch.randint(0, 1000, (images.shape[0],), generator=torch.Generator().manual_seed(0)).to(images.device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = torch.nn.functional.cross_entropy(model(images).float(), targets)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int = 224, train: bool = False,
+                      dtype: str = "fp32", repeats: int = 5, warmup: int = 2) -> Dict[str, float]:
+    """Images per second of each model on the same random (batch, 3, img_size, img_size) images, timed interleaved:
+    inference, or a training step when ``train`` (1000-class targets; the models are left in that mode)."""
+    device = next(next(iter(models.values())).parameters()).device
+    images = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    make_step = _train_step if train else _inference_step
+    for model in models.values():
+        model.train(train)
+    steps = {name: make_step(model, images, DTYPES[dtype]) for name, model in models.items()}
+    return {name: batch / seconds for name, seconds in median_seconds(steps, repeats, warmup, device).items()}
+
+
+def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Sequence[int] = (1, 8),
+                     train_batch: int = 8, img_size: int = 224, device: str = "cpu", dtype: str = "fp32",
+                     repeats: int = 5, warmup: int = 2,
+                     log: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
+    """Images/s of ``model`` and its baseline (by family unless given) for inference at each batch size and, unless
+    ``train_batch`` is 0, a training step; ``log`` (default: print) gets a header line and one line per measurement
+    as they come."""
+    from localmamba_ssm import backend_summary
+
+    log = log or _print_now
+
+    baseline = baseline or default_baseline(model)
+    models = {name: build_model(name, img_size, device) for name in (model, baseline)}
+    backends_used = ", ".join(f"{op}={b}" for op, b in backend_summary(device).items())
+    log(f"model={model} baseline={baseline} device={torch.device(device).type} dtype={dtype} img={img_size} "
+        f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)\nbackends: {backends_used}")
+    plans = [(f"inference b{b}", b, False) for b in batch_sizes]
+    if train_batch > 0:
+        plans.append((f"train step b{train_batch}", train_batch, True))
+    rows = []
+    for metric, batch, train in plans:
+        ips = images_per_second(models, batch, img_size, train, dtype, repeats, warmup)
+        rows.append({"metric": metric, "model": model, "baseline": baseline, "device": torch.device(device).type,
+                     "dtype": dtype, "threads": torch.get_num_threads(), "model_img_s": ips[model],
+                     "baseline_img_s": ips[baseline], "ratio": ips[model] / ips[baseline]})
+        log(f"  {metric}: {ips[model]:.2f} vs {ips[baseline]:.2f} img/s")
+    return rows
+
+
+def format_model_table(rows: List[Dict[str, object]]) -> str:
+    """The rows of :func:`benchmark_models` as a text table."""
+    header = ["metric", f"{rows[0]['model']} img/s", f"{rows[0]['baseline']} img/s", "ratio"]
+    return render_table([header] + [[str(r["metric"]), f"{r['model_img_s']:.2f}", f"{r['baseline_img_s']:.2f}",
+                                      f"{r['ratio']:.3f}x"] for r in rows])

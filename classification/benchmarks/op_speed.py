@@ -1,0 +1,160 @@
+"""Kernel-op timings: each available backend of an op against the plain-PyTorch reference, forward (under no_grad)
+and forward + backward, interleaved medians. Defaults: the selective scan at the LocalVim-T shape (batch 8, inner
+width 384, L = 196, N = 16) with z, D, delta_bias, softplus and variable B/C."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime import backends
+from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
+
+from .tables import render_table
+from .timing import DTYPES, median_seconds
+
+OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d"}
+
+
+@dataclass(frozen=True)
+class OpShape:
+    """Problem size: batch, channels (the inner width E), sequence length, state size, conv1d width."""
+
+    batch: int = 8
+    dim: int = 384
+    seqlen: int = 196
+    dstate: int = 16
+    width: int = 4
+
+
+@dataclass
+class Case:
+    """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients."""
+
+    run: Callable[[], torch.Tensor]
+    inputs: Sequence[torch.Tensor]
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_()
+
+
+def scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
+    """selective_scan_fn with z, D, delta_bias, softplus and variable B/C of shape (Bt, 1, N, L)."""
+    g = torch.Generator().manual_seed(0)
+    bt, dm, seqlen, n = shape.batch, shape.dim, shape.seqlen, shape.dstate
+
+    def rand(*size, scale=1.0, dt=dtype):
+        return _leaf((torch.randn(*size, generator=g) * scale).to(device=device, dtype=dt))
+
+    u, delta, z = rand(bt, dm, seqlen), rand(bt, dm, seqlen, scale=0.5), rand(bt, dm, seqlen)
+    B, C = rand(bt, 1, n, seqlen), rand(bt, 1, n, seqlen)
+    A = _leaf(-torch.exp(torch.randn(dm, n, generator=g) * 0.5).to(device))
+    D, bias = rand(dm, dt=torch.float32), rand(dm, scale=0.5, dt=torch.float32)
+    return Case(lambda: selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True),
+                [u, delta, A, B, C, D, z, bias])
+
+
+def inner_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
+    """mamba_inner_fn_no_out_proj with LocalVim-T sizes: E = dim, R = ceil(E / 32) (autocast for bf16/fp16)."""
+    g = torch.Generator().manual_seed(0)
+    bt, e, seqlen, n = shape.batch, shape.dim, shape.seqlen, shape.dstate
+    rank = math.ceil(e / 32)
+
+    def rand(*size, scale=1.0, dt=torch.float32):
+        return _leaf((torch.randn(*size, generator=g) * scale).to(device=device, dtype=dt))
+
+    xz = rand(bt, 2 * e, seqlen, dt=dtype)
+    conv_w, conv_b = rand(e, 1, shape.width, scale=0.5), rand(e, scale=0.1)
+    x_proj, dt_proj = rand(rank + 2 * n, e, scale=e ** -0.5), rand(e, rank, scale=rank ** -0.5)
+    A = _leaf(-torch.exp(torch.randn(e, n, generator=g) * 0.5).to(device))
+    D, dt_bias = rand(e), rand(e, scale=0.5)
+    params = [xz, conv_w, conv_b, x_proj, dt_proj, A, D, dt_bias]
+
+    def run():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, x_proj, dt_proj, A, None, None, D, dt_bias,
+                                              delta_softplus=True)
+
+    return Case(run, params)
+
+
+def conv1d_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
+    """causal_conv1d_fn with SiLU: x (Bt, dim, L), weight (dim, width), bias."""
+    g = torch.Generator().manual_seed(0)
+    x = _leaf(torch.randn(shape.batch, shape.dim, shape.seqlen, generator=g).to(device=device, dtype=dtype))
+    w = _leaf(torch.randn(shape.dim, shape.width, generator=g).to(device))
+    b = _leaf(torch.randn(shape.dim, generator=g).to(device))
+    return Case(lambda: causal_conv1d_fn(x, w, b, activation="silu"), [x, w, b])
+
+
+CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case}
+
+
+def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
+    """One forward (under no_grad) or forward + backward of ``case`` with ``backend`` forced."""
+
+    def step() -> None:
+        backends.force_backend(backend)
+        for t in case.inputs:
+            t.grad = None
+        if backward:
+            case.run().float().sum().backward()
+        else:
+            with torch.no_grad():
+                case.run()
+
+    return step
+
+
+def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
+                 only_backends: Optional[Sequence[str]] = None, repeats: int = 10, warmup: int = 2,
+                 backward: bool = True) -> List[Dict[str, object]]:
+    """Time ``op`` (a key of ``CASES``) on every backend available for ``device`` (or those of ``only_backends``)
+    and the reference; one row per backend with milliseconds and the speedup over the reference."""
+    device = torch.device(device)
+    names = [b for b in backends.available_backends(OP_NAMES[op], device) if not only_backends or b in only_backends]
+    if "reference" not in names:
+        names.append("reference")
+    case = CASES[op](shape, device, DTYPES[dtype])
+    medians: Dict[str, Dict[str, float]] = {name: {} for name in names}
+    with backends.restoring_choice():
+        for mode, with_backward in (("fwd", False), ("fwd+bwd", True)):
+            if with_backward and not backward:
+                continue
+            steps = {name: _backend_step(case, name, with_backward) for name in names}
+            for name, seconds in median_seconds(steps, repeats, warmup, device).items():
+                medians[name][mode] = seconds * 1e3
+    ref = medians["reference"]
+    rows = []
+    for name in names:
+        m = medians[name]
+        fb = m.get("fwd+bwd")
+        rows.append({"op": op, "backend": name, "device": device.type, "dtype": dtype,
+                     "shape": f"B={shape.batch} D={shape.dim} L={shape.seqlen} N={shape.dstate}",
+                     "threads": torch.get_num_threads(), "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
+                     "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb})
+    return rows
+
+
+def format_op_table(rows: List[Dict[str, object]]) -> str:
+    """The rows of :func:`benchmark_op` as a text table."""
+    header = ["backend", "fwd ms", "fwd speedup", "fwd+bwd ms", "fwd+bwd speedup"]
+    return render_table([header] + [
+        [str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x",
+         "-" if r["fwdbwd_ms"] is None else f"{r['fwdbwd_ms']:.3f}",
+         "-" if r["fwdbwd_speedup"] is None else f"{r['fwdbwd_speedup']:.1f}x"] for r in rows])
+
+
+def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
+                       only_backends: Optional[Sequence[str]] = None, repeats: int = 10, warmup: int = 2,
+                       backward: bool = True) -> List[Dict[str, object]]:
+    """:func:`benchmark_op`, printed with a header line naming the problem; returns the rows."""
+    rows = benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward)
+    print(f"op={op} device={torch.device(device).type} dtype={dtype} batch={shape.batch} dim={shape.dim} "
+          f"seqlen={shape.seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
+          f"repeats={repeats} (medians, interleaved; fwd under no_grad)")
+    print(format_op_table(rows))
+    return rows
