@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from typing import Any, Mapping, Optional
 
 import torch
@@ -30,9 +31,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def _read(path: str, trust: bool) -> Any:
-    if path.startswith(('http://', 'https://')):
-        return torch.hub.load_state_dict_from_url(path, map_location='cpu', weights_only=not trust)
-    return torch.load(path, map_location='cpu', weights_only=not trust)
+    with warnings.catch_warnings():  # torch warns about any pickle protocol but 2 before it refuses or reads the file
+        warnings.filterwarnings('ignore', message='Detected pickle protocol', category=UserWarning)
+        if path.startswith(('http://', 'https://')):
+            return torch.hub.load_state_dict_from_url(path, map_location='cpu', weights_only=not trust)
+        return torch.load(path, map_location='cpu', weights_only=not trust)
 
 
 # torch.save writes a zip archive; files of torch < 1.6 are a pickle stream (protocol 2 starts with 0x80).

@@ -31,7 +31,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     out = str(tmp_path)
     run_tool("train.py", *RECIPE, "--output", out, "--experiment", "straight")
 
-    # kill the second run as soon as its first epoch is recorded (SIGKILL: no clean-up code runs)
+    # kill the second run as soon as its first epoch is committed (last.pth.tar; SIGKILL: no clean-up code runs)
     exp = os.path.join(out, "killed")
     proc = subprocess.Popen([sys.executable, os.path.join(TOOLS, "train.py"), *RECIPE, "--output", out,
                              "--experiment", "killed"], env=tool_env(), stdout=subprocess.DEVNULL,
@@ -39,7 +39,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     metrics = os.path.join(exp, "metrics.csv")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(metrics) and len(rows(metrics)) >= 2:
+        if os.path.exists(os.path.join(exp, "last.pth.tar")):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

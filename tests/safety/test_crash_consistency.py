@@ -1,0 +1,76 @@
+"""A run killed at any file event of an epoch resumes to exactly the files of an uninterrupted run; leftover
+temporary files are removed; the kept-checkpoint ranking survives a resume from another working directory."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from safety_helpers import TINY_RUN, run_tool
+from training_helpers import tool_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# keep 2: a later epoch evicts the worst kept one, so every event of the manager happens
+RUN = [*TINY_RUN, "--epochs", "4", "--keep-num", "2", "--model-ema", "--model-ema-decay", "0.5"]
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def snapshot(folder):
+    """What a finished run leaves: CSV rows, checkpoint file names, the kept list, best's epoch, the weights."""
+    last = torch.load(os.path.join(folder, "last.pth.tar"), map_location="cpu", weights_only=True)
+    best = torch.load(os.path.join(folder, "best.pth.tar"), map_location="cpu", weights_only=True)
+    return {
+        "metrics": rows(os.path.join(folder, "metrics.csv")),
+        "lr": rows(os.path.join(folder, "lr.csv")),
+        "files": sorted(n for n in os.listdir(folder) if n.endswith(".pth.tar")),
+        "kept": last["checkpoints"],
+        "best": best["epoch"],
+        "weights": {k: v for key in ("model", "ema_model") for k, v in
+                    ((f"{key}.{n}", t) for n, t in last[key].items())},
+    }
+
+
+def assert_same_run(a, b):
+    assert {k: v for k, v in a.items() if k != "weights"} == {k: v for k, v in b.items() if k != "weights"}
+    assert list(a["weights"]) == list(b["weights"])
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    run_tool("train.py", *RUN, "--output", str(out), "--experiment", "run")
+    return snapshot(out / "run")
+
+
+def kill_at(event, epoch, out):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "kill_at.py"), event, str(epoch), *RUN,
+                           "--output", str(out), "--experiment", "run"], capture_output=True, text=True,
+                          env=tool_env(), timeout=300)
+    assert proc.returncode == -9, f"not killed at {event}@{epoch}:\n{proc.stderr[-2000:]}"
+    return out / "run"
+
+
+@pytest.mark.parametrize("event, epoch", [("metrics", 1), ("checkpoint", 1), ("best", 1), ("last", 2)])
+def test_kill_at_any_file_event_resumes_exactly(event, epoch, straight, tmp_path):
+    folder = kill_at(event, epoch, tmp_path)
+    (folder / ".tmp-left-by-a-killed-write.pth.tar").write_bytes(b"partial")
+    run_tool("train.py", *RUN, "--resume", str(folder / "last.pth.tar"))
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+    assert_same_run(snapshot(folder), straight)
+
+
+def test_resume_from_another_working_directory_keeps_the_ranking(straight, tmp_path):
+    kill_at("last", 1, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_tool("train.py", *RUN, "--resume", os.path.join("..", "run", "last.pth.tar"), cwd=str(elsewhere))
+    assert_same_run(snapshot(tmp_path / "run"), straight)
+    assert len(straight["kept"]) == 2 and straight["files"] == sorted(
+        ["best.pth.tar", "last.pth.tar"] + [name for name, _ in straight["kept"]])

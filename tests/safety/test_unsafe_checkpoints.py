@@ -1,0 +1,63 @@
+"""A checkpoint that needs pickle is never unpickled by any tool unless --trust-checkpoint is given."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from safety_helpers import TINY_RUN, TRUST_FLAG, assert_one_line_error, run_tool, save_payload_checkpoint
+
+
+@pytest.fixture()
+def payload(tmp_path, finished_run):
+    marker = str(tmp_path / "marker")
+    path = str(tmp_path / "crafted.pth.tar")
+    save_payload_checkpoint(path, marker, like=str(finished_run / "last.pth.tar"))
+    return path, marker
+
+
+def tool_calls(ckpt, tmp_path):
+    return {
+        "train --resume": ("train.py", *TINY_RUN, "--epochs", "3", "--output", str(tmp_path), "--resume", ckpt),
+        "test": ("test.py", *TINY_RUN, "--output", str(tmp_path), "--resume", ckpt),
+        "vis_search_prob": ("vis_search_prob.py", ckpt, "--out", str(tmp_path / "vis")),
+        "convert_ckpt": ("convert_ckpt.py", ckpt, str(tmp_path / "converted.pth")),
+    }
+
+
+@pytest.mark.parametrize("tool", ["train --resume", "test", "vis_search_prob", "convert_ckpt"])
+def test_crafted_checkpoint_runs_no_code(tool, payload, tmp_path):
+    ckpt, marker = payload
+    script, *args = tool_calls(ckpt, tmp_path)[tool]
+    proc = run_tool(script, *args, check=False)
+    assert not os.path.exists(marker), "the payload ran"
+    assert_one_line_error(proc, f"{ckpt} holds pickled objects")
+    assert TRUST_FLAG in proc.stderr
+    assert not os.path.exists(tmp_path / "converted.pth") and not os.path.exists(tmp_path / "vis")
+    assert not os.path.exists(tmp_path / "exp")  # refused before any run folder or log file was made
+
+
+def test_our_checkpoints_load_without_pickle(finished_run):
+    for name in ("last.pth.tar", "best.pth.tar", "checkpoint-1.pth.tar"):
+        ckpt = torch.load(finished_run / name, map_location="cpu", weights_only=True)
+        assert ckpt["epoch"] in (0, 1) and isinstance(ckpt["rng"][0]["numpy"]["key"], torch.Tensor)
+
+
+def legacy_checkpoint(finished_run, path):
+    """The previous code's form: numpy's RNG state as an ndarray tuple (needs pickle to load)."""
+    ckpt = torch.load(finished_run / "checkpoint-0.pth.tar", map_location="cpu", weights_only=True)
+    ckpt["rng"] = [dict(ckpt["rng"][0], numpy=np.random.get_state())]
+    ckpt["checkpoints"] = [[str(finished_run / "checkpoint-0.pth.tar"), ckpt["checkpoints"][0][1]]]
+    torch.save(ckpt, path)
+
+
+def test_legacy_checkpoint_is_refused_then_trusted_on_request(finished_run, tmp_path):
+    run = tmp_path / "legacy"
+    run.mkdir()
+    legacy = str(run / "last.pth.tar")
+    legacy_checkpoint(finished_run, legacy)
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "2", "--resume", legacy, check=False)
+    assert_one_line_error(proc, f"if you trust its source, pass {TRUST_FLAG}")
+    run_tool("train.py", *TINY_RUN, "--epochs", "2", "--resume", legacy, TRUST_FLAG)
+    resumed = torch.load(legacy, map_location="cpu", weights_only=True)  # rewritten in the safe form
+    assert resumed["epoch"] == 1 and isinstance(resumed["rng"][0]["numpy"], dict)
