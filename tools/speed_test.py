@@ -1,0 +1,67 @@
+"""Throughput of a model, as the original's speed test: parameters and FLOPs, then images per second at a batch size.
+
+    python tools/speed_test.py -c configs/strategies/local_mamba/config.yaml --model local_vim_tiny -b 128
+    python tools/speed_test.py --model local_vssm_tiny -b 8 --device cpu --iters 20 --warmup-iters 3
+
+FLOPs as the original's `get_flops`: the model's own `flops()` (LocalVim's analytic count, LocalVMamba's fvcore
+count), else fvcore's count with the scan handle. Inference in eval mode on random images (batch, 3, 224, 224),
+after `--warmup-iters` untimed forwards (default 100, as the original), timed over `--iters` forwards (default 1000);
+the throughput is batch / median seconds per forward (the original divides by the mean). `-c` reads `model`,
+`batch_size` and `img_size` from a YAML config; the command line wins.
+"""
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    import torch
+
+    from classification.benchmarks import build_model, flops_row, images_per_second
+    from classification.engine.config import load_yaml
+    from classification.engine.model_builder import resolve_model_name
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default=None, help="YAML config (its model, batch_size, img_size)")
+    parser.add_argument("--model", default=None, help="model name, with or without timm_")
+    parser.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default 128, as the original)")
+    parser.add_argument("--img-size", type=int, default=None, help="square input size (default 224)")
+    parser.add_argument("--iters", type=int, default=1000, help="timed forwards (default 1000)")
+    parser.add_argument("--warmup-iters", type=int, default=100, help="untimed forwards first (default 100)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = parser.parse_args()
+    defaults = load_yaml(args.config) if args.config else {}
+    model_name = args.model or defaults.get("model")
+    if not model_name:
+        parser.error("--model is required (or a config with a model key)")
+    batch = args.batch_size or int(defaults.get("batch_size", 128))
+    img_size = args.img_size or int(defaults.get("img_size") or 224)
+    if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
+        parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logger = logging.getLogger("speed_test")
+
+    name = resolve_model_name(model_name)
+    with torch.no_grad():
+        row = flops_row(name, img_size)
+    flops = row["original"] if row["original"] is not None else row["fvcore"]
+    logger.info(f"Model {name} created, params: {row['params']}, FLOPs: {flops}")
+    model = build_model(name, img_size, device)
+    logger.info("Start measuring speed.")
+    speed = images_per_second({name: model}, batch, img_size, repeats=args.iters, warmup=args.warmup_iters)[name]
+    shape = (3, img_size, img_size)
+    logger.info(f"Done, n_iters: {args.iters}, batch size: {batch}, image shape: {shape}, device: {device}")
+    logger.info(f"total samples: {batch * args.iters}, throughput: {speed:.3f} samples/second.")
+
+
+if __name__ == "__main__":
+    run_cli(main)
