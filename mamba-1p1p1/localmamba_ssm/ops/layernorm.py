@@ -40,11 +40,11 @@ backends.register(OP, "cuda", _check_official)
 backends.register(OP, "reference", backends.check_any)
 
 
-def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   residual: Optional[torch.Tensor] = None, eps: float = 1e-6, prenorm: bool = False,
-                   upcast: bool = False) -> NormResult:
-    """Reference LayerNorm over the last dim of ``x + residual``; ``upcast`` computes everything in fp32."""
-    dtype = x.dtype
+def _reference_norm_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           residual: Optional[torch.Tensor], upcast: bool
+                           ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """What the reference norms normalise: ``x + residual`` in x's dtype, and their weight and bias (all in fp32
+    when ``upcast``)."""
     if upcast:
         x = x.float()
         residual = None if residual is None else residual.float()
@@ -52,6 +52,15 @@ def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
         bias = None if bias is None else bias.float()
     if residual is not None:
         x = (x + residual).to(x.dtype)
+    return x, weight, bias
+
+
+def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   residual: Optional[torch.Tensor] = None, eps: float = 1e-6, prenorm: bool = False,
+                   upcast: bool = False) -> NormResult:
+    """Reference LayerNorm over the last dim of ``x + residual``; ``upcast`` computes everything in fp32."""
+    dtype = x.dtype
+    x, weight, bias = _reference_norm_inputs(x, weight, bias, residual, upcast)
     out = F.layer_norm(x.to(weight.dtype), x.shape[-1:], weight=weight, bias=bias, eps=eps).to(dtype)
     return (out, x) if prenorm else out
 
@@ -61,13 +70,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
                  upcast: bool = False) -> NormResult:
     """Reference RMSNorm ``x * rsqrt(mean(x^2) + eps) * weight (+ bias)`` of ``x + residual``."""
     dtype = x.dtype
-    if upcast:
-        x = x.float()
-        residual = None if residual is None else residual.float()
-        weight = weight.float()
-        bias = None if bias is None else bias.float()
-    if residual is not None:
-        x = (x + residual).to(x.dtype)
+    x, weight, bias = _reference_norm_inputs(x, weight, bias, residual, upcast)
     rstd = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps)
     out = x * rstd * weight
     if bias is not None:

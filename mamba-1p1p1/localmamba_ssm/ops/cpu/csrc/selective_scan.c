@@ -155,17 +155,25 @@ static void forward_rows(const SelectiveScanArgs *a, Work *w, long start, long e
     }
 }
 
-void selective_scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
+typedef void (*RowsFn)(const SelectiveScanArgs *, Work *, long, long, long);
+
+/* rows(a, w, start, end, nvec) with this call's work buffers; inlined into each entry point with rows fixed, so that
+   nvec is a compile-time constant for the usual state sizes (N = 8, 16, 32). */
+INLINE void run_rows(const SelectiveScanArgs *a, int64_t start, int64_t end, RowsFn rows) {
     Work w;
     float *mem = work_alloc(&w, a->seqlen, a->nstate);
     if (!mem) return;
     switch (a->nstate / VW) {
-    case 1: forward_rows(a, &w, start, end, 1); break;
-    case 2: forward_rows(a, &w, start, end, 2); break;
-    case 4: forward_rows(a, &w, start, end, 4); break;
-    default: forward_rows(a, &w, start, end, a->nstate / VW); break;
+    case 1: rows(a, &w, start, end, 1); break;
+    case 2: rows(a, &w, start, end, 2); break;
+    case 4: rows(a, &w, start, end, 4); break;
+    default: rows(a, &w, start, end, a->nstate / VW); break;
     }
     free(mem);
+}
+
+void selective_scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
+    run_rows(a, start, end, forward_rows);
 }
 
 /* Reverse-time pass of one row. g = dLoss/dh_t starts at dlast and is carried back through the decays.
@@ -244,14 +252,5 @@ static void backward_rows(const SelectiveScanArgs *a, Work *w, long start, long 
 }
 
 void selective_scan_bwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
-    Work w;
-    float *mem = work_alloc(&w, a->seqlen, a->nstate);
-    if (!mem) return;
-    switch (a->nstate / VW) {
-    case 1: backward_rows(a, &w, start, end, 1); break;
-    case 2: backward_rows(a, &w, start, end, 2); break;
-    case 4: backward_rows(a, &w, start, end, 4); break;
-    default: backward_rows(a, &w, start, end, a->nstate / VW); break;
-    }
-    free(mem);
+    run_rows(a, start, end, backward_rows);
 }
