@@ -118,6 +118,34 @@ def model_kwargs(cfg: Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], warn: bool) -> dict[str, Any]:
+    """`kwargs` without the keys model `name` does not take: YAML `model_kwargs` keys are dropped (with a warning
+    when `warn`), flags left at 0 silently; any other key raises `ConfigError` naming it and close matches."""
+    accepted = accepted_kwargs(name)
+    if accepted is None:
+        return kwargs
+    from_yaml = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
+    kept = dict(kwargs)
+    for key in [k for k in kwargs if k not in accepted]:
+        if key not in cfg.model_kwargs and not kwargs[key]:  # a flag left at 0 for a model without it
+            kept.pop(key)
+        elif key in from_yaml:
+            if warn:
+                logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
+            kept.pop(key)
+        else:
+            close = difflib.get_close_matches(key, sorted(accepted), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            flag = "--model-kwargs" if key in cfg.model_kwargs else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{flag}: model {name} does not take {key!r}{hint}")
+    return kept
+
+
+def check_model_flags(cfg: Namespace) -> None:
+    """Refuse an unknown model, a keyword it does not take, or a bad directions file, before anything is built."""
+    _accepted_model_kwargs(cfg, resolve_model_name(cfg.model), model_kwargs(cfg), warn=False)
+
+
 def build_model(cfg: Namespace) -> nn.Module:
     """`timm.create_model` for `cfg.model`.
 
@@ -126,22 +154,7 @@ def build_model(cfg: Namespace) -> nn.Module:
     A key given on the command line that the model does not take is refused (`ConfigError`) with the ones it takes.
     """
     name = resolve_model_name(cfg.model)
-    kwargs = model_kwargs(cfg)
-    accepted = accepted_kwargs(name)
-    if accepted is not None:
-        from_yaml = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
-        for key in [k for k in kwargs if k not in accepted]:
-            if key not in cfg.model_kwargs and not kwargs[key]:  # a flag left at 0 for a model without it
-                kwargs.pop(key)
-                continue
-            if key in from_yaml:
-                logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
-                kwargs.pop(key)
-                continue
-            close = difflib.get_close_matches(key, sorted(accepted), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            flag = "--model-kwargs" if key in cfg.model_kwargs else f"--{key.replace('_', '-')}"
-            raise ConfigError(f"{flag}: model {name} does not take {key!r}{hint}")
+    kwargs = _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=True)
     try:
         return timm.create_model(name, **kwargs)
     except ValueError as err:

@@ -42,7 +42,7 @@ from .evaluate import validate
 from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint,
                          make_writable)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
-from .model_builder import build_model, canonical_model_name
+from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
 from .scheduler import WarmupScheduler, build_scheduler
 
@@ -279,11 +279,12 @@ def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
 def train(cfg: Namespace) -> dict:
     """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics.
 
-    Order: device, the --resume checkpoint, the run folder (refused when it holds another run), data and model,
+    Order: device, model flags, the --resume checkpoint, the run folder (refused when it holds another run), data and model,
     the resumed state; only then is anything in the folder changed (`Run.open_outputs`).
     """
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
+        check_model_flags(cfg)
         ckpt = _read_resume_checkpoint(cfg)
         exp_dir = experiment_dir(cfg, ckpt)
         if ckpt is None or not is_training_checkpoint(ckpt):

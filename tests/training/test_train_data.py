@@ -136,3 +136,39 @@ def test_cifar_transform_is_the_originals():
     cfg = cfg_for("--dataset", "cifar10", "--cutout-length", "16")
     assert transform_names(cfg) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize", "Cutout"]
     assert transform_names(cfg, training=False) == ["ToTensor", "Normalize"]
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from classification.data.image_list import load_rgb
+
+    values = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)  # 0 .. 65520
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    rgb = np.asarray(load_rgb(str(tmp_path / "deep.png")))
+    assert rgb.shape == (8, 8, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
+    assert np.array_equal(rgb[..., 0], np.round(values / 257.0).astype(np.uint8))  # 65520 -> 255, 1040 -> 4
+
+
+def test_evaluation_does_not_build_the_training_set(folder_tree, meta_tree, monkeypatch):
+    import classification.data as data
+    from classification.data import build_eval_dataset
+
+    def no_train_set(*args, **kwargs):
+        raise AssertionError("the training set was built")
+
+    scanned = []
+    scan = data.image_list.scan_class_folders
+    monkeypatch.setattr(data, "build_imagenet", no_train_set)
+    monkeypatch.setattr(data, "build_cifar", no_train_set)
+    monkeypatch.setattr(data.image_list, "scan_class_folders",
+                        lambda split_dir, classes=None: scanned.append(split_dir) or scan(split_dir, classes))
+    cfg = cfg_for("--data-path", folder_tree, "--img-size", "16")
+    val = build_eval_dataset(cfg)
+    assert (len(val), cfg.num_classes) == (6, 3) and sorted(y for _, y in val.samples) == [0, 0, 1, 1, 2, 2]
+    assert scanned == [os.path.join(folder_tree, "val")]  # the train images are never listed
+    root, lists = meta_tree
+    cfg = cfg_for("--data-path", root, "--img-size", "16")
+    val = build_eval_dataset(cfg)
+    assert (len(val), cfg.num_classes) == (6, 3) and val.samples[3][1] == lists["val"][3][1]

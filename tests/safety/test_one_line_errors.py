@@ -1,0 +1,145 @@
+"""Bad input, a full disk and Ctrl-C end with one line (exit 2; Ctrl-C 130 with the resume command), no traceback."""
+import os
+import resource
+import runpy
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from safety_helpers import TINY_RUN, assert_one_line_error, run_tool
+from training_helpers import TOOLS, tool_env, write_image
+
+
+def cli(monkeypatch, capsys, script, *argv):
+    """Run tools/<script> in this process as from the shell: (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", [os.path.join(TOOLS, script), *argv])
+    monkeypatch.delenv("LOCALMAMBA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(os.path.join(TOOLS, script), run_name="__main__")
+    return info.value.code, capsys.readouterr().err
+
+
+def assert_error(result, message):
+    code, err = result
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), (code, err)
+    assert message in err, err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-b", "0"], "-b/--batch-size must be in [1, inf), got 0"),
+    (["--img-size", "0"], "--img-size must be in [1, inf), got 0"),
+    (["--num-classes", "1"], "--num-classes must be in [2, inf), got 1"),
+    (["--num-classes", "0"], "--num-classes must be in [2, inf), got 0"),
+    (["--epochs", "0"], "--epochs must be in [1, inf), got 0"),
+    (["--keep-num", "0"], "--keep-num must be in [1, inf), got 0"),
+    (["--lr", "0"], "--lr must be in (0, inf), got 0.0"),
+    (["--reprob", "1.5"], "--reprob must be in [0, 1], got 1.5"),
+    (["--device", "foo"], "--device 'foo' is not one of auto, cpu, cuda, cuda:N"),
+    (["--model-kwargs", "depht=2"], "--model-kwargs: model vit_tiny_patch16_224 does not take 'depht'; did you "
+                                    "mean depth"),
+    (["--overwrite", "--resume", "x.pth.tar"], "give only one of them"),
+])
+def test_bad_flags(flags, message, monkeypatch, capsys, tmp_path):
+    assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), *flags),
+                 message)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu(monkeypatch, capsys, tmp_path):
+    assert_error(cli(monkeypatch, capsys, "test.py", *TINY_RUN, "--device", "cuda", "--resume", "x.pth.tar"),
+                 "--device cuda was asked for but CUDA is not available")
+
+
+def test_output_that_is_a_file(monkeypatch, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--output", str(tmp_path / "file")),
+                 f"--output: cannot create the run folder {tmp_path / 'file' / 'exp'}: Not a directory")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_output_that_is_not_writable(monkeypatch, capsys, tmp_path):
+    (tmp_path / "ro" / "exp").mkdir(parents=True)
+    os.chmod(tmp_path / "ro" / "exp", 0o500)
+    assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--output", str(tmp_path / "ro")),
+                 f"--output: the run folder {tmp_path / 'ro' / 'exp'} is not writable")
+
+
+def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="POSIX file-size limit")
+def test_full_disk(tmp_path):
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), check=False,
+                    preexec_fn=limit_file_size)
+    assert_one_line_error(proc, f"cannot write checkpoint {tmp_path / 'exp' / 'checkpoint-0.pth.tar'}: ")
+    assert not [n for n in os.listdir(tmp_path / "exp") if n.startswith(".tmp-")]
+
+
+def test_resuming_a_finished_run(finished_run, monkeypatch, capsys):
+    last = finished_run / "last.pth.tar"
+    assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--epochs", "2", "--resume", str(last)),
+                 f"{last} has finished epoch 1, the last of --epochs 2: nothing left to train (raise --epochs")
+
+
+def test_text_file_as_checkpoint(tmp_path, monkeypatch, capsys):
+    text = tmp_path / "notes.pth.tar"
+    text.write_text("these are not weights\n")
+    for script, argv in (("test.py", [*TINY_RUN, "--resume", str(text)]),
+                         ("convert_ckpt.py", [str(text), str(tmp_path / "out.pth")])):
+        assert_error(cli(monkeypatch, capsys, script, *argv),
+                     f"{text} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle")
+
+
+def test_convert_refuses_a_checkpoint_without_tensors(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty.pth.tar"
+    torch.save({"model": {}, "epoch": 0}, empty)
+    assert_error(cli(monkeypatch, capsys, "convert_ckpt.py", str(empty), str(tmp_path / "out.pth")),
+                 f"{empty}: 'model' holds no tensors; nothing to convert")
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_empty_class_folder(tmp_path, monkeypatch, capsys):
+    for name in ("a", "b"):
+        for i in range(2):
+            write_image(str(tmp_path / "data" / "train" / name / f"{i}.png"), seed=i, fmt="PNG")
+            write_image(str(tmp_path / "data" / "val" / name / f"{i}.png"), seed=i, fmt="PNG")
+    (tmp_path / "data" / "train" / "c").mkdir()
+    flags = [f for f in TINY_RUN if f != "digits"]
+    flags.remove("--dataset")
+    assert_error(cli(monkeypatch, capsys, "train.py", *flags, "-b", "2", "--data-path", str(tmp_path / "data"),
+                     "--output", str(tmp_path / "out")),
+                 f"class folder {tmp_path / 'data' / 'train' / 'c'} holds no image files")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run_tool("train.py", *TINY_RUN, "-b", "0", "--debug", check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError: -b/--batch-size" in proc.stderr
+    env = dict(tool_env(), LOCALMAMBA_DEBUG="1")
+    proc = run_tool("train.py", *TINY_RUN, "-b", "0", check=False, env=env)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_ctrl_c_prints_the_resume_command(tmp_path):
+    argv = [os.path.join(TOOLS, "train.py"), *TINY_RUN, "--epochs", "50", "--output", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, *argv], env=tool_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "exp" / "last.pth.tar"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    prefix = "interrupted; continue with: "
+    assert lines[-1].startswith(prefix)
+    assert shlex.split(lines[-1][len(prefix):]) == ["python", *argv[:1], *argv[1:], "--resume", str(last)]

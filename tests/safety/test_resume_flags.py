@@ -1,0 +1,34 @@
+"""--lr and the schedule flags given with --resume take effect: the resumed iterations follow the new schedule."""
+import csv
+import os
+import subprocess
+import sys
+
+import torch
+
+from classification.engine.scheduler import WarmupScheduler
+
+from safety_helpers import TINY_RUN, run_tool
+from training_helpers import tool_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUN = [*TINY_RUN, "--epochs", "3"]  # lr 3e-3, cosine, 1 warmup epoch from 1e-4, floor 1e-5; 5 iterations per epoch
+
+
+def test_new_lr_on_resume_takes_effect(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "kill_at.py"), "last", "0", *RUN, "--output",
+                           str(tmp_path), "--experiment", "run"], capture_output=True, env=tool_env(), timeout=300)
+    assert proc.returncode == -9
+    folder = tmp_path / "run"
+    log = run_tool("train.py", *RUN, "--lr", "6e-3", "--min-lr", "2e-5", "--resume", str(folder / "last.pth.tar"))
+    assert "--lr changed on resume: 0.003 -> 0.006 (the new value is used)" in log.stdout
+    assert "--min-lr changed on resume: 1e-05 -> 2e-05" in log.stdout
+    new = WarmupScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=6e-3), "cosine", 6e-3, 5, 3,
+                          warmup_epochs=1, warmup_lr=1e-4, min_lr=2e-5)
+    old = WarmupScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-3), "cosine", 3e-3, 5, 3,
+                          warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5)
+    with open(folder / "lr.csv", newline="") as f:
+        rows = [(int(e), int(t), float(lr)) for e, t, lr in list(csv.reader(f))[1:]]
+    assert [e for e, _, _ in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(lr == old.lr_at(t) for e, t, lr in rows if e == 0)
+    assert all(lr == new.lr_at(t) and lr != old.lr_at(t) for e, t, lr in rows if e > 0)

@@ -1,0 +1,39 @@
+"""Evaluation runs in fp32 even when training uses --amp (as the original); --amp-eval evaluates under autocast."""
+import pytest
+import torch
+
+import classification.engine.evaluate as evaluate_mod
+import classification.engine.trainer as trainer_mod
+from classification.engine.config import parse_args
+
+from training_helpers import TINY_MODEL
+
+RUN = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "--epochs", "1", "--opt", "adamw", "--lr", "1e-3", "-j", "0",
+       "--warmup-epochs", "0", "--amp"]
+
+
+def recording(build, seen):
+    """A build_model that records, per forward, (training mode, CPU autocast on, dtype of the logits)."""
+    def build_and_hook(cfg):
+        model = build(cfg)
+        model.register_forward_hook(lambda m, args, out: seen.append(
+            (m.training, torch.is_autocast_enabled("cpu"), out.dtype)))
+        return model
+    return build_and_hook
+
+
+@pytest.mark.parametrize("amp_eval", [False, True])
+def test_precision_of_training_and_evaluation(amp_eval, monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(trainer_mod, "build_model", recording(trainer_mod.build_model, seen))
+    monkeypatch.setattr(evaluate_mod, "build_model", recording(evaluate_mod.build_model, seen))
+    flags = [*RUN, "--output", str(tmp_path)] + (["--amp-eval"] if amp_eval else [])
+    trainer_mod.train(parse_args([*flags, "--experiment", "run"]))
+    train_calls = [s for s in seen if s[0]]
+    eval_calls = [s for s in seen if not s[0]]
+    assert train_calls and set(train_calls) == {(True, True, torch.bfloat16)}  # 2 steps, bf16 autocast on CPU
+    expected = (False, True, torch.bfloat16) if amp_eval else (False, False, torch.float32)
+    assert len(eval_calls) == 1 and eval_calls[0] == expected  # 360 validation images: one batch of 512
+    seen.clear()
+    evaluate_mod.test(parse_args([*flags, "--resume", str(tmp_path / "run" / "last.pth.tar")]))
+    assert seen == [expected]
