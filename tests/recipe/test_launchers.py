@@ -91,3 +91,12 @@ def test_too_few_arguments_print_usage(stub_path, script, args):
     proc = subprocess.run(["sh", os.path.join(REPO, script), *args], capture_output=True, text=True,
                           env={**os.environ, "PATH": stub_path})
     assert proc.returncode == 2 and "usage:" in proc.stderr and proc.stdout == ""
+
+
+def test_the_original_readme_evaluation_config_path_is_the_recipe():
+    from classification.engine.config import parse_args
+
+    named = vars(parse_args(["-c", os.path.join(REPO, "configs/strategies/local_vmamba/config.yaml")]))
+    recipe = vars(parse_args(["-c", os.path.join(REPO, "configs/strategies/local_mamba/config.yaml")]))
+    assert {k: v for k, v in named.items() if k != "config"} == {k: v for k, v in recipe.items() if k != "config"}
+    assert (named["aa"], named["lr"], named["epochs"]) == ("rand-m9-mstd0.5", 1e-3, 300)
