@@ -15,17 +15,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..engine.model_builder import create_model_at_size, resolve_model_name
+from ..engine.model_builder import resolve_model_name
 from ..models.flop_count import flop_analysis
 from ..models.local_vim import VisionMamba
 from ..models.local_vmamba import VSSM
+from .model_speed import build_model
 from .tables import render_table
-
-
-def build(name: str, img_size: int = 224, num_classes: Optional[int] = None) -> nn.Module:
-    """The timm model, on CPU, in eval mode (``img_size`` passed to models that take one, e.g. LocalVim)."""
-    kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-    return create_model_at_size(name, img_size, **kwargs).eval()
 
 
 def count_params(model: nn.Module) -> int:
@@ -51,7 +46,7 @@ def original_flops(model: nn.Module, img_size: int = 224, fvcore_total: Optional
 
 def flops_row(name: str, img_size: int = 224, num_classes: Optional[int] = None) -> dict:
     """Params and both FLOP counts of one model: dict(model, img_size, params, original, fvcore, unsupported)."""
-    model = build(name, img_size, num_classes)
+    model = build_model(name, img_size, num_classes=num_classes)
     total, unsupported = fvcore_flops(model, img_size)
     return dict(model=resolve_model_name(name), img_size=img_size, params=count_params(model),
                 original=original_flops(model, img_size, total), fvcore=total, unsupported=unsupported)

@@ -17,7 +17,7 @@ from localmamba_conv1d import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
 from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn
 
-from ..engine.model_builder import create_model_at_size
+from .model_speed import build_model
 from .op_speed import OpShape, print_op_benchmark
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -178,7 +178,7 @@ def model_check(device: torch.device, quick: bool) -> bool:
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
     for name in ("local_vim_tiny", "local_vssm_tiny"):
         torch.manual_seed(0)
-        model = create_model_at_size(name, size).to(device).eval()
+        model = build_model(name, size, device)
         logits = {}
         for backend in ("triton", "reference"):
             backends.force_backend(backend)

@@ -3,7 +3,7 @@
 same process on the same random images."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -23,10 +23,12 @@ def default_baseline(model: str) -> str:
     raise ValueError(f"no default baseline for {model!r}: pass --baseline")
 
 
-def build_model(name: str, img_size: int = 224, device: str = "cpu") -> nn.Module:
-    """A registered model (LocalMamba or timm) at ``img_size`` on ``device``; unknown names raise
-    ``UnknownModelError`` with close matches."""
-    return create_model_at_size(name, img_size).to(device)
+def build_model(name: str, img_size: int = 224, device: Union[str, torch.device] = "cpu",
+                num_classes: Optional[int] = None) -> nn.Module:
+    """A registered model (LocalMamba or timm) at ``img_size`` on ``device``, in eval mode, with its own classifier
+    size unless ``num_classes`` is given; unknown names raise ``UnknownModelError`` with close matches."""
+    kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+    return create_model_at_size(name, img_size, **kwargs).to(device).eval()
 
 
 def _print_now(line: str) -> None:

@@ -8,7 +8,7 @@ import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
-from classification.benchmarks import flops
+from classification.benchmarks import build_model, flops
 from classification.models.flop_count import flop_analysis
 from classification.models.local_vim import MultiMamba
 from classification.models.scan_maps import scan_length
@@ -27,7 +27,7 @@ def tool():
 @pytest.mark.parametrize('name,gflops', [('local_vim_tiny', 1.482), ('local_vim_small', 4.771)])
 def test_local_vim_original_convention(name, gflops):
     """The original's analytic ``VisionMamba.flops`` figures (README 1.5G; issue #36)."""
-    model = flops.build(name)
+    model = build_model(name)
     assert flops.original_flops(model) / 1e9 == pytest.approx(gflops, abs=5e-4)
 
 
@@ -99,7 +99,7 @@ def test_trace_switch_keeps_the_output_and_is_reset():
 def test_fvcore_counts_the_scan_at_nine_flops_per_state():
     """The fvcore convention charges 9*E*L*N per direction where the original's analytic one charges 5*E*L*N (and
     counts conv, x_proj and dt_proj once per layer): for LocalVim-T at 224 the two differ, 1.482 G vs 2.164 G."""
-    model = flops.build('local_vim_tiny')
+    model = build_model('local_vim_tiny')
     total, unsupported = flops.fvcore_flops(model)
     assert total / 1e9 == pytest.approx(2.164, abs=5e-4)
     assert not unsupported
