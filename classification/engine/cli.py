@@ -63,9 +63,12 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.stderr.write(f"error: {_describe(err)}\n")
         sys.exit(2)
     except (KeyboardInterrupt, RunInterrupted) as err:
-        path = err.resume_path if isinstance(err, RunInterrupted) else None
         if main_rank:
-            hint = (f"continue with: {resume_command(sys.argv, path)}" if path
-                    else "no checkpoint was written yet, nothing to resume")
-            sys.stderr.write(f"\ninterrupted; {hint}\n")
+            if not isinstance(err, RunInterrupted):
+                hint = ""
+            elif err.resume_path:
+                hint = f"; continue with: {resume_command(sys.argv, err.resume_path)}"
+            else:
+                hint = "; no checkpoint was written yet, nothing to resume"
+            sys.stderr.write(f"\ninterrupted{hint}\n")
         sys.exit(130)

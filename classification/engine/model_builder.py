@@ -161,3 +161,7 @@ def build_model(cfg: Namespace) -> nn.Module:
         if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
             raise ConfigError(str(err)) from err
         raise
+    except TypeError as err:  # a model whose class takes **kwargs and hands an unknown one down
+        if "unexpected keyword argument" in str(err):
+            raise ConfigError(f"--model-kwargs: model {name}: {err}") from err
+        raise

@@ -5,6 +5,8 @@ import csv
 import os
 from typing import Optional
 
+from .config import ConfigError
+
 
 def read_csv(path: str) -> dict[str, list[float]]:
     """Columns of a numeric CSV file with a header row."""
@@ -13,7 +15,7 @@ def read_csv(path: str) -> dict[str, list[float]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path} has no data rows")
+        raise ConfigError(f"{path} has no data rows")
     return {key: [float(r[key]) for r in rows] for key in rows[0]}
 
 

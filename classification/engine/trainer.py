@@ -99,8 +99,9 @@ class Run:
             return
         start_epoch = int(ckpt["epoch"]) + 1
         if start_epoch >= self.cfg.epochs:
-            raise ConfigError(f"{path} has finished epoch {start_epoch - 1}, the last of --epochs {self.cfg.epochs}: "
-                              f"nothing left to train (raise --epochs to continue the run)")
+            raise ConfigError(f"{path} already finished epoch {start_epoch - 1} and --epochs {self.cfg.epochs} ends "
+                              f"the run at epoch {self.cfg.epochs - 1}: nothing left to train (raise --epochs to "
+                              f"continue it)")
         if self.ema is not None:
             if ckpt.get("ema_model") is not None:
                 load_weights(self.ema.module, state_dict_from(ckpt, "ema_model", source=path), path)
