@@ -2,7 +2,7 @@
 
 A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler` (as the original) plus `scheduler`,
 `rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
-`metrics` (the epoch's metrics.csv row), `model_name` and `config` for exact resume. Every value is a tensor or a plain
+`model_name` and `config` for exact resume. Every value is a tensor or a plain
 Python value, so the file loads with `torch.load(weights_only=True)`. The released form is `{'state_dict': weights}`
 (tools/convert_ckpt.py). Reading, writing and weight lookup live in `classification.common.checkpoint_io`.
 """

@@ -206,7 +206,7 @@ class Run:
 
 def train_one_epoch(run: Run, epoch: int) -> dict:
     """One pass over the training data; returns `train_loss` averaged over all samples of all ranks."""
-    cfg, env, log = run.cfg, run.env, run.log
+    cfg, env = run.cfg, run.env
     loader: DataLoader = run.train_loader
     steps = len(loader)
     run.net.train()
@@ -280,8 +280,8 @@ def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
 def train(cfg: Namespace) -> dict:
     """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics.
 
-    Order: device, model flags, the --resume checkpoint, the run folder (refused when it holds another run), data and model,
-    the resumed state; only then is anything in the folder changed (`Run.open_outputs`).
+    Order: device, model flags, the --resume checkpoint, the run folder (refused when it holds another run), data and
+    model, the resumed state; only then is anything in the folder changed (`Run.open_outputs`).
     """
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
