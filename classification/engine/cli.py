@@ -66,6 +66,8 @@ def run_cli(main: Callable[[], object]) -> None:
         if main_rank:
             if not isinstance(err, RunInterrupted):
                 hint = ""
+            elif err.resume_path and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                hint = f"; continue with your launch command (dist_train.sh, srun) plus --resume {err.resume_path}"
             elif err.resume_path:
                 hint = f"; continue with: {resume_command(sys.argv, err.resume_path)}"
             else:
