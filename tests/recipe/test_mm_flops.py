@@ -1,0 +1,99 @@
+"""detection/tools/analysis_tools/mamba_get_flops.py on tiny LocalVMamba configs: the whole model's parameters, and
+FLOPs that add up from the backbone's (selective scans charged by the scan handle) and the heads'."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip('mmseg', reason='mmseg is not installed: run `bash tools/install_mm.sh`')
+pytest.importorskip('mmdet', reason='mmdet is not installed: run `bash tools/install_mm.sh`')
+
+from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
+from classification.models.flop_count import flop_analysis  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(REPO, 'detection', 'tools', 'analysis_tools', 'mamba_get_flops.py')
+SCAN = 'PythonOp.TracedSelectiveScan'
+HW = (64, 96)
+
+TINY_BACKBONE = f"dims=16, depths=(1, 1, 1, 1), directions={LOCAL_VSSM_TINY_DIRECTIONS[:4]!r}"
+TINY_SEG = """
+_base_ = {base!r}
+model = dict(backbone=dict({backbone}, pretrained=None),
+             decode_head=dict(in_channels=[16, 32, 64, 128], channels=16),
+             auxiliary_head=dict(in_channels=64, channels=16))
+"""
+TINY_DET = """
+_base_ = {base!r}
+model = dict(backbone=dict({backbone}, pretrained=None), neck=dict(in_channels=[16, 32, 64, 128], out_channels=16),
+             rpn_head=dict(in_channels=16, feat_channels=16),
+             roi_head=dict(bbox_roi_extractor=dict(out_channels=16), bbox_head=dict(in_channels=16, fc_out_channels=16),
+                           mask_roi_extractor=dict(out_channels=16),
+                           mask_head=dict(in_channels=16, conv_out_channels=16)),
+             test_cfg=dict(rpn=dict(nms_pre=50, max_per_img=20), rcnn=dict(max_per_img=5)))
+"""
+
+
+def run_tool(config_path: str) -> dict:
+    proc = subprocess.run([sys.executable, TOOL, config_path, '--shape', *map(str, HW)], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert f'Input shape: (3, {HW[0]}, {HW[1]})' in out
+    return {key: int(re.search(rf'^{label}: (\d+)$', out, re.M)[1])
+            for key, label in (('flops', 'flops'), ('params', 'params'), ('scans', 'of which selective scans'))}
+
+
+def build(config_path: str, scope: str):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.utils import import_modules_from_strings
+
+    cfg = Config.fromfile(config_path)
+    import_modules_from_strings(**cfg.custom_imports)
+    init_default_scope(scope)
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    return registry.build(cfg.model).eval()
+
+
+def write(tmp_path, template: str, base: str) -> str:
+    path = tmp_path / 'tiny.py'
+    path.write_text(template.format(base=os.path.join(REPO, base), backbone=TINY_BACKBONE))
+    return str(path)
+
+
+def test_segmentor_flops_are_backbone_plus_decode_head(tmp_path):
+    config = write(tmp_path, TINY_SEG,
+                   'segmentation/configs/local_mamba/upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    result = run_tool(config)
+    model = build(config, 'mmseg')
+    assert result['params'] == sum(p.numel() for p in model.parameters())  # auxiliary head included
+    backbone = flop_analysis(model.backbone, (3, *HW))
+    assert result['scans'] == backbone.by_operator()[SCAN] > 0
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, *HW))
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = model.decode_head
+
+        def forward(self, image):
+            return self.head(list(features))
+
+    head = flop_analysis(Head(), (3, *HW))
+    assert result['flops'] == int(backbone.total()) + int(head.total())  # 'tensor' mode runs no auxiliary head
+
+
+def test_detector_flops_include_the_backbone_scans(tmp_path):
+    config = write(tmp_path, TINY_DET, 'detection/configs/local_mamba/mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    result = run_tool(config)
+    model = build(config, 'mmdet')
+    assert result['params'] == sum(p.numel() for p in model.parameters())
+    backbone = flop_analysis(model.backbone, (3, *HW))
+    assert result['scans'] == backbone.by_operator()[SCAN] > 0
+    neck = flop_analysis(torch.nn.Sequential(model.backbone, model.neck), (3, *HW))
+    assert result['flops'] > int(neck.total()) > int(backbone.total())  # plus the RPN and RoI heads
