@@ -2,5 +2,5 @@
 
 Importing this package loads nothing from OpenMMLab; configs load the plugin with
 ``custom_imports = dict(imports=['detection.local_mamba'])``. The backbones shared with ``segmentation`` live in
-:mod:`detection.backbones`, which needs neither mmdet nor mmseg.
+:mod:`classification.dense`, which needs neither mmdet nor mmseg.
 """

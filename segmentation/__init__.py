@@ -2,5 +2,5 @@
 
 Importing this package loads nothing from OpenMMLab; configs load the plugin with
 ``custom_imports = dict(imports=['segmentation.local_mamba'])``, which registers the backbones of
-:mod:`detection.backbones` in mmseg's registry (mmdet is not needed).
+:mod:`classification.dense` in mmseg's registry (mmdet is not needed).
 """

@@ -1,11 +1,11 @@
-"""mmseg plugin: registers ``MM_LocalVim`` and ``MM_LocalVSSM`` (from :mod:`detection.backbones`) in mmseg's
+"""mmseg plugin: registers ``MM_LocalVim`` and ``MM_LocalVSSM`` (from :mod:`classification.dense`) in mmseg's
 ``MODELS``; mmdet is not needed.
 
 Load it from a config with ``custom_imports = dict(imports=['segmentation.local_mamba'], allow_failed_imports=False)``.
 """
 from mmseg.registry import MODELS
 
-from detection.backbones import MM_LocalVim, MM_LocalVSSM, register
+from classification.dense import MM_LocalVim, MM_LocalVSSM, register
 
 register(MODELS)
 

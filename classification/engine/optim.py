@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-logger = logging.getLogger("localmamba")
+from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 
-SEARCH_WEIGHT_SUFFIX = "multi_scan.weights"
+logger = logging.getLogger("localmamba")
 
 
 def _skip_names(model: nn.Module) -> set[str]:

@@ -3,4 +3,4 @@ from .directions import (CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL
                          LOCAL_VSSM_TINY_DIRECTIONS, load_directions, save_directions, validate_directions)
 from .local_vim import MultiMamba, VisionMamba
 from .local_vmamba import SS2D, VSSM
-from .loading import extract_state_dict
+from .multi_scan import ChannelAttention, MultiScan

@@ -12,33 +12,87 @@ from functools import partial
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from timm.layers import DropPath, PatchEmbed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+import torch.fx
+from timm.layers import (DropPath, PatchEmbed, calculate_drop_path_rates, register_notrace_function, to_2tuple,
+                         trunc_normal_)
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from localmamba_ssm import RMSNorm, layer_norm_fn, multi_scan_inner_fn, rms_norm_fn
-from localmamba_ssm.ops.reference import multi_scan_inner_composed
+from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
 
-from .loading import extract_state_dict
+from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_directions)
-from .flop_count import traced_causal_conv1d, traced_selective_scan
-from .multi_scan import BiAttn, MultiScan
+from .factory import build_local_mamba, model_cfg
+from .multi_scan import ChannelAttention, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
-from .ssm_init import a_log_init, dt_bias_init, dt_weight_init
+from .ssm_init import a_log_init, dt_bias_init, dt_rank_of, dt_weight_init, trunc_normal_init
 
-__all__ = ['MultiMamba', 'VisionMamba']
+__all__ = ['MultiMamba', 'VisionMamba', 'checkpoint_filter_fn', 'position_table']
+
+# The fused add + norm kernels are single calls in a torch.fx trace.
+torch.fx.wrap('rms_norm_fn')
+torch.fx.wrap('layer_norm_fn')
+register_notrace_function(rms_norm_fn)
+register_notrace_function(layer_norm_fn)
+
+
+def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """Token grid of an image: ceil(H / patch), ceil(W / patch) (the patch embedding zero-pads the remainder)."""
+    return math.ceil(height / patch_size), math.ceil(width / patch_size)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def token_grid_of(images: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    """:func:`token_grid` of a batch of images (B, C, H, W), as one call in a torch.fx trace; an empty batch is
+    refused (ValueError), since the scan kernels need at least one sequence."""
+    if images.shape[0] == 0:
+        raise ValueError(f'LocalVim: empty batch (input of shape {tuple(images.shape)})')
+    return token_grid(images.shape[-2], images.shape[-1], patch_size)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def position_table(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                   middle_cls_token: bool = False) -> torch.Tensor:
+    """A position table (1, H*W [+1], C) of ``old_grid`` for ``new_grid``: the grid part resized bicubically, a middle
+    class token (at index H*W // 2) kept and moved to the middle of the new grid; the table itself if the grids
+    agree."""
+    if not middle_cls_token or tuple(old_grid) == tuple(new_grid):
+        return resize_grid_table(table, old_grid, new_grid)
+    old_middle, new_middle = old_grid[0] * old_grid[1] // 2, new_grid[0] * new_grid[1] // 2
+    spatial = resize_grid_table(torch.cat([table[:, :old_middle], table[:, old_middle + 1:]], dim=1),
+                                old_grid, new_grid)
+    return torch.cat([spatial[:, :new_middle], table[:, old_middle:old_middle + 1], spatial[:, new_middle:]], dim=1)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def multi_mamba_scan(xz: torch.Tensor, directions: tuple[str, ...], grid: tuple[int, int],
+                     cls_position: Optional[int], x_proj: list[torch.Tensor], dt_proj_weight: list[torch.Tensor],
+                     dt_proj_bias: list[torch.Tensor], A_log: list[torch.Tensor], D: list[torch.Tensor],
+                     conv_weight: list[torch.Tensor], conv_bias: list[Optional[torch.Tensor]],
+                     traced: bool = False) -> torch.Tensor:
+    """The scan of a LocalVim layer: the per-direction parameters (lists, one entry per direction) stacked along K,
+    the layer's index table for ``grid``, and :func:`scan_all_directions` on the in_proj output xz (B, L, 2E)
+    with the SiLU(z) gate -> (B, K, L, E). One call in a torch.fx trace."""
+    stacked_bias = None if conv_bias[0] is None else torch.stack(conv_bias)
+    return scan_all_directions(xz, sequence_index(directions, grid, cls_position, xz.device), torch.stack(x_proj),
+                               torch.stack(dt_proj_weight), torch.stack(dt_proj_bias), torch.stack(A_log),
+                               torch.stack(D), torch.stack(conv_weight), stacked_bias, True, traced)
 
 
 class MultiMamba(nn.Module):
     """LocalVim mixer: Mamba with several scan directions. (B, L, C) -> (B, L, C).
 
     Parameters keep the original names so released checkpoints load unchanged: ``in_proj``, per direction k
-    ``A_log_k``, ``D_k``, ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, then ``out_proj`` and the shared ``attn``.
-    ``directions=None`` builds a search-supernet layer over all candidates. ``trace_scan`` (set while counting
-    FLOPs, see ``flop_count``) runs the conv and the scan as ops that fvcore's trace can charge.
+    ``A_log_k``, ``D_k``, ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, then ``out_proj`` and the shared ``attn``
+    (a :class:`ChannelAttention`). ``directions=None`` builds a search-supernet layer over all candidates.
+    ``trace_scan`` (set while counting FLOPs, see ``flop_count``) runs the conv and the scan as ops that fvcore's
+    trace can charge.
     """
 
     trace_scan = False
@@ -51,9 +105,8 @@ class MultiMamba(nn.Module):
         self.d_state = d_state
         self.d_conv = d_conv
         self.d_inner = expand * d_model
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.dt_rank = dt_rank_of(d_model, dt_rank)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.act = nn.SiLU()
         self.multi_scan = MultiScan(self.d_inner, directions)
         for k in range(self.num_directions):
             a_log = nn.Parameter(a_log_init(self.d_inner, d_state))
@@ -72,7 +125,7 @@ class MultiMamba(nn.Module):
             dt_proj.bias._no_reinit = True
             self.add_module(f'dt_proj_{k}', dt_proj)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
-        self.attn = BiAttn(self.d_inner)
+        self.attn = ChannelAttention(self.d_inner)
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -82,12 +135,10 @@ class MultiMamba(nn.Module):
     def num_directions(self) -> int:
         return len(self.multi_scan.directions)
 
-    def _stacked(self, name: str, attr: Optional[str] = None) -> Optional[torch.Tensor]:
-        """Direction k's ``{name}_{k}`` (or its ``attr``) stacked along a new leading K axis (None if absent)."""
+    def _per_direction(self, name: str, attr: Optional[str] = None) -> list[Optional[torch.Tensor]]:
+        """Direction k's ``{name}_{k}`` (or its ``attr``), for k = 0..K-1."""
         tensors = [getattr(self, f'{name}_{k}') for k in range(self.num_directions)]
-        if attr is not None:
-            tensors = [getattr(t, attr) for t in tensors]
-        return None if tensors[0] is None else torch.stack(tensors)
+        return tensors if attr is None else [getattr(t, attr) for t in tensors]
 
     def forward(self, hidden: torch.Tensor, grid: tuple[int, int], cls_position: Optional[int] = None) -> torch.Tensor:
         """hidden: (B, L, C) with L = H*W (+1 with a middle class token at ``cls_position``).
@@ -98,13 +149,11 @@ class MultiMamba(nn.Module):
         table. Then the shared channel attention per direction, the merge, and out_proj.
         """
         xz = self.in_proj(hidden)                                                    # (B, L, 2E)
-        args = (xz, sequence_index(self.directions, grid, cls_position, xz.device), self._stacked('x_proj', 'weight'),
-                self._stacked('dt_proj', 'weight'), self._stacked('dt_proj', 'bias'), self._stacked('A_log'),
-                self._stacked('D'), self._stacked('conv1d', 'weight'), self._stacked('conv1d', 'bias'), True)
-        if self.trace_scan:     # FLOP counting: plain-op composition, conv and scan as ops fvcore can charge
-            y = multi_scan_inner_composed(*args, traced_causal_conv1d, traced_selective_scan)
-        else:
-            y = multi_scan_inner_fn(*args)
+        y = multi_mamba_scan(xz, self.directions, grid, cls_position, self._per_direction('x_proj', 'weight'),
+                             self._per_direction('dt_proj', 'weight'), self._per_direction('dt_proj', 'bias'),
+                             self._per_direction('A_log'), self._per_direction('D'),
+                             self._per_direction('conv1d', 'weight'), self._per_direction('conv1d', 'bias'),
+                             self.trace_scan)
         return self.out_proj(self.multi_scan.attend_and_merge(y, self.attn))        # (B, K, L, E) -> (B, L, C)
 
 
@@ -134,18 +183,6 @@ def add_norm(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor],
               eps=norm.eps)
 
 
-def _segm_init(module: nn.Module) -> None:
-    """The original's first init pass: Linear trunc_normal(0.02) with zero bias, LayerNorm 1/0."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
-        nn.init.ones_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 def _mamba_init(module: nn.Module, n_layer: int) -> None:
     """The original's second pass: zero Linear biases (unless marked) and rescale each mixer's out_proj."""
     if isinstance(module, nn.Linear) and module.bias is not None and not getattr(module.bias, '_no_reinit', False):
@@ -158,7 +195,8 @@ def _mamba_init(module: nn.Module, n_layer: int) -> None:
 
 class VisionMamba(nn.Module):
     """LocalVim backbone + classifier. Images (B, C, H, W) of any size: H and W are zero-padded to multiples of the
-    patch size, and position tables are resized bicubically when the token grid differs from the built one."""
+    patch size, and position tables are resized bicubically when the token grid differs from the built one (the
+    built grid is ``ceil(img_size / patch_size)``, the grid of an ``img_size`` input, so that input needs none)."""
 
     def __init__(
             self,
@@ -190,7 +228,8 @@ class VisionMamba(nn.Module):
     ):
         """``directions``: one list per layer, or a directions-file path; None uses ``default_directions``, and if
         that is None too the model is a search supernet. ``fused_add_norm`` and ``bimamba_type`` are accepted for
-        config compatibility (the add + norm is always fused; the mixer is always MultiMamba). ``keep_dt_init``
+        config compatibility (the add + norm is always fused; the mixer is always MultiMamba). ``if_*`` and
+        ``use_middle_cls_token`` keep the original's names, as its entrypoints and configs pass them. ``keep_dt_init``
         keeps Mamba's dt initialisation instead of the original's overwrite of it (opt-in). ``channels`` is the
         original's name of ``in_chans``."""
         super().__init__()
@@ -208,7 +247,7 @@ class VisionMamba(nn.Module):
         self.patch_size = patch_size
         self.final_pool_type = final_pool_type
         self.residual_in_fp32 = residual_in_fp32
-        self.if_rope_residual = if_rope_residual
+        self.rope_residual = if_rope_residual
         self.has_cls_token = if_cls_token
         self.num_prefix_tokens = 1 if if_cls_token else 0
         self.directions = resolve_directions(directions, default_directions, depth)
@@ -216,7 +255,7 @@ class VisionMamba(nn.Module):
 
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                       embed_dim=embed_dim, strict_img_size=False, dynamic_img_pad=True)
-        self.grid = tuple(self.patch_embed.grid_size)
+        self.grid = token_grid(*to_2tuple(img_size), patch_size)
         num_patches = self.grid[0] * self.grid[1]
         if if_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -231,8 +270,7 @@ class VisionMamba(nn.Module):
             self.rope = VisionRotaryEmbedding(dim=embed_dim // 2, pt_seq_len=pt_hw_seq_len, ft_seq_len=self.grid[0])
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        block_rates = [0.0] + rates
+        block_rates = [0.0] + calculate_drop_path_rates(drop_path_rate, depth)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
         norm_layer = RMSNorm if rms_norm else nn.LayerNorm
         self.layers = nn.ModuleList([
@@ -240,12 +278,13 @@ class VisionMamba(nn.Module):
                   norm_epsilon, residual_in_fp32, block_rates[i])
             for i in range(depth)])
         self.norm_f = norm_layer(embed_dim, eps=norm_epsilon)
-        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'layers.{i}') for i in range(depth)]
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'layers.{i}.mixer')
+                             for i in range(depth)]
 
         dt_state = None
         if keep_dt_init:
             dt_state = {n: p.detach().clone() for n, p in self.named_parameters() if '.dt_proj_' in n}
-        self.apply(_segm_init)
+        self.apply(trunc_normal_init)
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=.02)
         self.apply(partial(_mamba_init, n_layer=depth))
@@ -267,7 +306,7 @@ class VisionMamba(nn.Module):
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of an image: ceil(H / patch), ceil(W / patch)."""
-        return math.ceil(height / self.patch_size), math.ceil(width / self.patch_size)
+        return token_grid(height, width, self.patch_size)
 
     def cls_position(self, grid: tuple[int, int]) -> Optional[int]:
         """Index of the middle class token in the token sequence (None without one)."""
@@ -280,19 +319,11 @@ class VisionMamba(nn.Module):
             x = torch.cat([x[:, :position], self.cls_token.expand(x.shape[0], -1, -1), x[:, position:]], dim=1)
         if self.pos_embed is None:
             return x
-        pos_embed = self.pos_embed
-        if self.has_cls_token:
-            built = self.cls_position(self.grid)
-            spatial = torch.cat([pos_embed[:, :built], pos_embed[:, built + 1:]], dim=1)
-            spatial = resize_grid_table(spatial, self.grid, grid)
-            pos_embed = torch.cat([spatial[:, :position], pos_embed[:, built:built + 1], spatial[:, position:]], dim=1)
-        else:
-            pos_embed = resize_grid_table(pos_embed, self.grid, grid)
-        return self.pos_drop(x + pos_embed)
+        return self.pos_drop(x + position_table(self.pos_embed, self.grid, grid, self.has_cls_token))
 
     def _layers(self, x: torch.Tensor, take: Sequence[int] = (), stop: Optional[int] = None):
         """Run the layers on embedded tokens; returns (hidden, residual, grid, {index: mixer output})."""
-        grid = self.token_grid(*x.shape[-2:])
+        grid = token_grid_of(x, self.patch_size)
         x = self._pos_embed(self.patch_embed(x), grid)
         position = self.cls_position(grid)
         rope_tables = self.rope.tables(grid) if self.rope is not None else None
@@ -301,7 +332,7 @@ class VisionMamba(nn.Module):
         for i, layer in enumerate(self.layers[:stop]):
             if rope_tables is not None:
                 hidden = apply_rotary(hidden, *rope_tables)
-                if residual is not None and self.if_rope_residual:
+                if residual is not None and self.rope_residual:
                     residual = apply_rotary(residual, *rope_tables)
             hidden, residual = layer(hidden, residual, grid, position)
             if i in take:
@@ -354,7 +385,7 @@ class VisionMamba(nn.Module):
             if position is not None:
                 y = torch.cat([y[:, :position], y[:, position + 1:]], dim=1)
             if output_fmt == 'NCHW':
-                y = y.transpose(1, 2).reshape(y.shape[0], -1, *grid)
+                y = y.transpose(1, 2).unflatten(2, grid)
             intermediates.append(y)
         if intermediates_only:
             return intermediates
@@ -400,7 +431,7 @@ class VisionMamba(nn.Module):
 def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     """Adapt an original or own checkpoint to ``model``: unwrap ``state_dict``/``model``, strip ``module.`` and resize
     position tables (``pos_embed``, RoPE ``freqs_cos``/``freqs_sin``) to the model's token grid."""
-    state_dict = extract_state_dict(state_dict)
+    state_dict = state_dict_from(state_dict)
     out = {}
     for key, value in state_dict.items():
         if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin'):
@@ -418,44 +449,27 @@ def _resize_checkpoint_table(value: torch.Tensor, target: torch.Tensor, model: V
     side = int(round(math.sqrt(tokens)))
     if side * side != tokens:
         raise ValueError(f'{key}: cannot infer a square grid from {tuple(value.shape)}')
-    squeeze = value.dim() == 2
-    table = value.unsqueeze(0) if squeeze else value
-    if extra:
-        middle = tokens // 2
-        spatial = torch.cat([table[:, :middle], table[:, middle + 1:]], dim=1)
-        spatial = resize_grid_table(spatial, (side, side), model.grid)
-        new_middle = model.grid[0] * model.grid[1] // 2
-        table = torch.cat([spatial[:, :new_middle], table[:, middle:middle + 1], spatial[:, new_middle:]], dim=1)
-    else:
-        table = resize_grid_table(table, (side, side), model.grid)
-    return table[0] if squeeze else table
+    if value.dim() == 2:
+        return position_table(value.unsqueeze(0), (side, side), model.grid, bool(extra))[0]
+    return position_table(value, (side, side), model.grid, bool(extra))
 
 
-def _cfg(**kwargs: Any) -> dict:
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
-        'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': (0.485, 0.456, 0.406),
-        'std': (0.229, 0.224, 0.225), 'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.09338', **kwargs,
-    }
+def _cfg(name: str) -> dict:
+    return model_cfg(name, first_conv='patch_embed.proj', classifier='head')
 
 
 default_cfgs = generate_default_cfgs({
-    'local_vim_tiny.in1k': _cfg(),
-    'local_vim_tiny_middle_cls_token.in1k': _cfg(),
-    'local_vim_small.in1k': _cfg(),
-    'local_vim_small_searched.untrained': _cfg(),
-    'local_vim_tiny_wo_search.untrained': _cfg(),
-    'local_vim_tiny_search.untrained': _cfg(),
+    'local_vim_tiny.in1k': _cfg('local_vim_tiny'),
+    'local_vim_tiny_middle_cls_token.in1k': _cfg('local_vim_tiny_middle_cls_token'),
+    'local_vim_small.in1k': _cfg('local_vim_small'),
+    'local_vim_small_searched.untrained': _cfg('local_vim_small_searched'),
+    'local_vim_tiny_wo_search.untrained': _cfg('local_vim_tiny_wo_search'),
+    'local_vim_tiny_search.untrained': _cfg('local_vim_tiny_search'),
 })
 
 
 def _create_local_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
-    return build_model_with_cfg(
-        VisionMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=(4, 9, 14, 19)),
-        **kwargs)
+    return build_local_mamba(VisionMamba, variant, pretrained, checkpoint_filter_fn, (4, 9, 14, 19), **kwargs)
 
 
 _LOCAL_VIM_BASE = dict(patch_size=16, depth=20, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,

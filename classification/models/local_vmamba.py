@@ -8,29 +8,53 @@ softmax-weights) them, then normalises and gates by SiLU(z).
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any, Optional, Sequence, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import DropPath, calculate_drop_path_rates, register_notrace_function
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from localmamba_ssm import multi_scan_inner_fn
-from localmamba_ssm.ops.reference import multi_scan_inner_composed
-
+from ..common import state_dict_from
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
                          DirectionTable, resolve_directions)
-from .flop_count import count_flops, traced_selective_scan
-from .loading import extract_state_dict
-from .multi_scan import MultiScanAttn
+from .factory import build_local_mamba, model_cfg
+from .flop_count import count_flops
+from .multi_scan import MultiScanAttn, scan_all_directions
 from .scan_maps import sequence_index
-from .ssm_init import a_log_init, dt_bias_init, dt_weight_init
+from .ssm_init import a_log_init, dt_bias_init, dt_rank_of, dt_weight_init, trunc_normal_init
 
-__all__ = ['SS2D', 'VSSBlock', 'PatchMerging2D', 'VSSM']
+__all__ = ['SS2D', 'VSSBlock', 'PatchMerging2D', 'VSSM', 'checkpoint_filter_fn']
+
+
+@register_notrace_function
+@torch.fx.wrap
+def ss2d_scan(x: torch.Tensor, directions: tuple[str, ...], x_proj_weight: torch.Tensor,
+              dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
+              traced: bool = False) -> torch.Tensor:
+    """The scan of an SS2D block: the map x (B, E, H, W) as token rows in fp32, the block's index table, and
+    :func:`scan_all_directions` with its stacked parameters (``A_logs`` (K*E, N) and ``Ds`` (K*E) viewed per
+    direction) -> (B, K, H*W, E). One call in a torch.fx trace. An empty batch is refused (ValueError), since the
+    scan kernels need at least one sequence."""
+    if x.shape[0] == 0:
+        raise ValueError('LocalVMamba: empty batch (batch size 0)')
+    num_dirs, inner = len(directions), x.shape[1]
+    tokens = x.permute(0, 2, 3, 1).flatten(1, 2).float()
+    index = sequence_index(directions, (x.shape[2], x.shape[3]), None, x.device)
+    return scan_all_directions(tokens, index, x_proj_weight, dt_projs_weight, dt_projs_bias,
+                               A_logs.view(num_dirs, inner, -1), Ds.view(num_dirs, inner), traced=traced)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad a map (B, H, W, C) at the bottom/right to even H and W (one call in a torch.fx trace)."""
+    height, width = x.shape[1], x.shape[2]
+    return F.pad(x, (0, 0, 0, width % 2, 0, height % 2)) if height % 2 or width % 2 else x
 
 
 class SS2D(nn.Module):
@@ -39,8 +63,11 @@ class SS2D(nn.Module):
     Parameters keep the original names and layouts: per-direction projections stacked along a leading K axis
     (``x_proj_weight`` (K, R + 2N, E), ``dt_projs_weight`` (K, E, R), ``dt_projs_bias`` (K, E)) and the scan
     parameters of all directions concatenated along channels (``A_logs`` (K*E, N), row k*E + c; ``Ds`` (K*E)).
-    ``directions=None`` builds a search-supernet block over all candidates.
+    ``directions=None`` builds a search-supernet block over all candidates. ``trace_scan`` (set while counting
+    FLOPs, see ``flop_count``) runs the scan as an op that fvcore's trace can charge.
     """
+
+    trace_scan = False
 
     def __init__(self, d_model: int, directions: Optional[Sequence[str]] = None, d_state: int = 16,
                  ssm_ratio: float = 2.0, dt_rank: Union[int, str] = 'auto', d_conv: int = 3, conv_bias: bool = True,
@@ -53,8 +80,7 @@ class SS2D(nn.Module):
         self.d_model = d_model
         self.d_inner = inner = int(ssm_ratio * d_model)
         self.d_state = d_state
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
-        self.trace_scan = False
+        self.dt_rank = dt_rank_of(d_model, dt_rank)
         num_dirs = len(CANDIDATES if directions is None else directions)
 
         self.out_norm = nn.LayerNorm(inner)
@@ -86,18 +112,10 @@ class SS2D(nn.Module):
         ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
         table. Then the shared channel attention per direction, the merge and ``out_norm``.
         """
-        batch, inner, height, width = x.shape
-        tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, inner).float()
-        num_dirs = len(self.directions)
-        args = (tokens, sequence_index(self.directions, (height, width), None, x.device), self.x_proj_weight,
-                self.dt_projs_weight, self.dt_projs_bias, self.A_logs.view(num_dirs, inner, -1),
-                self.Ds.view(num_dirs, inner))
-        if self.trace_scan:
-            ys = multi_scan_inner_composed(*args, None, None, False, None, traced_selective_scan)
-        else:
-            ys = multi_scan_inner_fn(*args)                                                       # (B, K, H*W, E)
+        ys = ss2d_scan(x, self.directions, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                       self.Ds, self.trace_scan)                                                  # (B, K, H*W, E)
         merged = self.multi_scan.attend_and_merge(ys, self.multi_scan.attn)                      # (B, H*W, E)
-        return self.out_norm(merged).view(batch, height, width, inner).to(x.dtype)
+        return self.out_norm(merged).unflatten(1, (x.shape[2], x.shape[3])).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(x).chunk(2, dim=-1)
@@ -129,9 +147,7 @@ class PatchMerging2D(nn.Module):
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[1:3]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = pad_to_even(x)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 
@@ -160,25 +176,12 @@ class Classifier(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(global_avg_pool(self.norm(x)))
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The original's init pass: Linear trunc_normal(0.02) with zero bias, LayerNorm 1/0 (stacked SS2D parameters,
-    being plain parameters, keep their own init)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
 
 class VSSM(nn.Module):
     """LocalVMamba backbone + classifier. Images (B, C, H, W); any H, W >= patch_size (the patch conv drops a
-    remainder, odd maps are padded at each merge), square or not."""
+    remainder, odd maps are padded at each merge), square or not. Features are channel-last (``output_fmt``)."""
+
+    output_fmt = 'NHWC'
 
     def __init__(
             self,
@@ -195,6 +198,7 @@ class VSSM(nn.Module):
             ssm_drop_rate: float = 0.,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
+            global_pool: str = 'avg',
             patch_norm: bool = True,
             use_checkpoint: bool = False,
             directions: DirectionsArg = None,
@@ -202,14 +206,16 @@ class VSSM(nn.Module):
     ):
         """``directions``: one list per block over all stages, or a directions-file path; None uses
         ``default_directions``, and if that is None too the model is a search supernet. ``drop_rate`` is a dropout
-        before the head (absent from the original, 0 by default); ``use_checkpoint`` turns on gradient
-        checkpointing of the blocks."""
+        before the head (absent from the original, 0 by default); ``global_pool`` is 'avg' (the original) or ''
+        (no pooling: the head sees the (B, H, W, C) map); ``use_checkpoint`` turns on gradient checkpointing of the
+        blocks (per block, as the original)."""
         super().__init__()
         depths = tuple(depths)
         dims = [dims * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths):
             raise ValueError(f'dims {dims} and depths {depths} must have one entry per stage')
         self.num_classes = num_classes
+        self.global_pool = _check_global_pool(global_pool)
         self.dims = dims
         self.depths = depths
         self.num_features = self.head_hidden_size = dims[-1]
@@ -223,7 +229,7 @@ class VSSM(nn.Module):
             nn.LayerNorm(dims[0]) if patch_norm else nn.Identity())
         ssm_kwargs = dict(d_state=ssm_d_state, ssm_ratio=ssm_ratio, dt_rank=ssm_dt_rank, d_conv=ssm_conv,
                           conv_bias=ssm_conv_bias, dropout=ssm_drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = calculate_drop_path_rates(drop_path_rate, sum(depths))
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
@@ -235,9 +241,9 @@ class VSSM(nn.Module):
             self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=downsample)))
         self.classifier = Classifier(dims[-1], num_classes)
         self.head_drop = nn.Dropout(drop_rate)
-        self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}')
+        self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}.blocks')
                              for i in range(len(depths))]
-        self.apply(_init_weights)
+        self.apply(trunc_normal_init)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -252,9 +258,9 @@ class VSSM(nn.Module):
         return self.classifier.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head (``global_pool`` other than 'avg' is not supported)."""
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        """Replace the head; ``global_pool`` 'avg' or '' (no pooling), None keeps the current one."""
+        if global_pool is not None:
+            self.global_pool = _check_global_pool(global_pool)
         self.num_classes = num_classes
         self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -271,8 +277,10 @@ class VSSM(nn.Module):
         return self.classifier.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average-pool (B, H, W, C) -> (B, C), then the head."""
-        x = self.head_drop(global_avg_pool(x))
+        """Average-pool (B, H, W, C) -> (B, C) (unless ``global_pool`` is ''), then the head."""
+        if self.global_pool == 'avg':
+            x = global_avg_pool(x)
+        x = self.head_drop(x)
         return x if pre_logits else self.classifier.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -328,34 +336,31 @@ class VSSM(nn.Module):
         return count_flops(self, input_shape)
 
 
+def _check_global_pool(global_pool: str) -> str:
+    if global_pool not in ('avg', ''):
+        raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+    return global_pool
+
+
 def checkpoint_filter_fn(state_dict: dict, model: VSSM) -> dict:
     """Weights of an original or own checkpoint (``state_dict``/``model``/EMA containers, ``module.`` stripped)."""
-    return extract_state_dict(state_dict)
+    return state_dict_from(state_dict)
 
 
-def _cfg(**kwargs: Any) -> dict:
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
-        'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': (0.485, 0.456, 0.406),
-        'std': (0.229, 0.224, 0.225), 'first_conv': 'patch_embed.0', 'classifier': 'classifier.head',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.09338', **kwargs,
-    }
+def _cfg(name: str) -> dict:
+    return model_cfg(name, first_conv='patch_embed.0', classifier='classifier.head', pool_size=(7, 7))
 
 
 default_cfgs = generate_default_cfgs({
-    'local_vssm_tiny.untrained': _cfg(),
-    'local_vssm_small.in1k': _cfg(),
-    'local_vssm_tiny_search.untrained': _cfg(),
-    'local_vssm_small_search.untrained': _cfg(),
+    'local_vssm_tiny.untrained': _cfg('local_vssm_tiny'),
+    'local_vssm_small.in1k': _cfg('local_vssm_small'),
+    'local_vssm_tiny_search.untrained': _cfg('local_vssm_tiny_search'),
+    'local_vssm_small_search.untrained': _cfg('local_vssm_small_search'),
 })
 
 
 def _create_local_vssm(variant: str, pretrained: bool = False, **kwargs: Any) -> VSSM:
-    return build_model_with_cfg(
-        VSSM, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
-        **kwargs)
+    return build_local_mamba(VSSM, variant, pretrained, checkpoint_filter_fn, (0, 1, 2, 3), **kwargs)
 
 
 _FINAL = dict(dims=(96, 192, 384, 768), drop_path_rate=0.2)

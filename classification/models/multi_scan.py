@@ -1,20 +1,53 @@
-"""Parts shared by the LocalVim and LocalVMamba mixers: channel attention, and the merge of the K directions."""
+"""Parts shared by the LocalVim and LocalVMamba mixers: the scan of all directions, the channel attention, and the
+merge of the K directions (plain sum, or the softmax-weighted sum of a search supernet).
+
+The kernels these parts call are opaque to ``torch.fx`` (``torch.fx.wrap`` for ``symbolic_trace``, timm's
+``register_notrace_function`` for its feature extraction): a trace records each as one call.
+"""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
-from localmamba_ssm import attention_merge_fn
+from localmamba_ssm import attention_merge_fn, multi_scan_inner_fn
+from localmamba_ssm.ops.reference import multi_scan_inner_composed
 
 from .directions import CANDIDATES
+from .flop_count import traced_causal_conv1d, traced_selective_scan
 from .scan_maps import parse_direction
 
+# Every search layer is a mixer's ``multi_scan`` (:class:`MultiScan`); this ends its parameter's state-dict name.
+SEARCH_WEIGHT_SUFFIX = 'multi_scan.weights'
 
-class BiAttn(nn.Module):
-    """Channel attention applied to each direction's output (shared by all directions of a layer).
+torch.fx.wrap('attention_merge_fn')
+register_notrace_function(attention_merge_fn)
+
+
+def scan_all_directions(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
+                        dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                        D: torch.Tensor, conv_weight: Optional[torch.Tensor] = None,
+                        conv_bias: Optional[torch.Tensor] = None, gate: bool = False,
+                        traced: bool = False) -> torch.Tensor:
+    """``multi_scan_inner_fn`` (same arguments, (B, K, T, E) result) for both mixers.
+
+    ``traced`` (a mixer's ``trace_scan``, set while counting FLOPs, see ``flop_count``) runs the plain-op composition
+    with the conv and the scan as single ops that fvcore's trace can charge.
+    """
+    if traced:
+        return multi_scan_inner_composed(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+                                         conv_weight, conv_bias, gate, traced_causal_conv1d, traced_selective_scan)
+    return multi_scan_inner_fn(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,
+                               conv_bias, gate)
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention applied to each direction's output (shared by all directions of a layer; the original's
+    ``BiAttn``, kept under the checkpoint key ``attn``).
 
     The gate comes from the token mean of LayerNorm(x) through a bottleneck MLP; it multiplies the un-normalised x.
     x: (..., L, C) -> (..., L, C).
@@ -45,7 +78,7 @@ class MultiScan(nn.Module):
 
     With fixed ``directions`` the merge is a plain sum. With ``directions=None`` the layer is a search-supernet layer:
     it scans all :data:`CANDIDATES` and merges them as ``sum_k softmax(weights)_k * LayerNorm(a_k)`` where ``weights``
-    (8, 1, 1, 1) are the architecture parameters.
+    (8, 1, 1, 1) are the architecture parameters; :meth:`probabilities` is that softmax, as the search reads it.
     """
 
     def __init__(self, channels: int, directions: Optional[Sequence[str]] = None):
@@ -59,7 +92,7 @@ class MultiScan(nn.Module):
         self.channels = channels
 
     def probabilities(self) -> torch.Tensor:
-        """Softmax over the search weights, (8,) in CANDIDATES order (search layers only)."""
+        """Softmax over the search weights in float32, (8,) in CANDIDATES order (search layers only)."""
         if not self.search:
             raise RuntimeError('probabilities() is only defined for search-supernet layers (directions=None)')
         return torch.softmax(self.weights.detach().view(-1).float(), dim=0)
@@ -72,7 +105,7 @@ class MultiScan(nn.Module):
         probs = torch.softmax(self.weights, dim=0).view(1, -1, 1, 1).to(normed.dtype)
         return (normed * probs).sum(dim=1)
 
-    def attend_and_merge(self, outputs: torch.Tensor, attn: BiAttn) -> torch.Tensor:
+    def attend_and_merge(self, outputs: torch.Tensor, attn: ChannelAttention) -> torch.Tensor:
         """``merge(attn(outputs))``: (B, K, L, C) -> (B, L, C); the plain sum runs as one fused op."""
         return self.merge(attn(outputs)) if self.search else attn.forward_sum(outputs)
 
@@ -85,4 +118,9 @@ class MultiScanAttn(MultiScan):
 
     def __init__(self, channels: int, directions: Optional[Sequence[str]] = None):
         super().__init__(channels, directions)
-        self.attn = BiAttn(channels)
+        self.attn = ChannelAttention(channels)
+
+
+def search_layers(model: nn.Module) -> list[MultiScan]:
+    """The search-supernet layers of a model, in layer order (empty for a model with fixed directions)."""
+    return [module for module in model.modules() if isinstance(module, MultiScan) and module.search]

@@ -1,10 +1,11 @@
-"""2-D rotary position embedding of LocalVim (EVA-02 style), and resizing of learned position tables."""
+"""2-D rotary position embedding of LocalVim (EVA-02 style), and resizing of per-token tables to another grid."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+import torch.fx
+from timm.layers import register_notrace_function, resample_abs_pos_embed
 from torch import nn
 
 
@@ -19,15 +20,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+@register_notrace_function
+@torch.fx.wrap
 def resize_grid_table(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubically resize a per-token table (..., H*W, C) from ``old_grid`` to ``new_grid`` (align_corners=False)."""
-    if tuple(old_grid) == tuple(new_grid):
-        return table
-    lead = table.shape[:-2]
-    channels = table.shape[-1]
-    grid = table.reshape(-1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode='bicubic', align_corners=False).to(table.dtype)
-    return grid.permute(0, 2, 3, 1).reshape(*lead, new_grid[0] * new_grid[1], channels)
+    """Bicubically resize a per-token table (H*W, C) or (1, H*W, C) from ``old_grid`` to ``new_grid`` (timm's
+    ``resample_abs_pos_embed``, align_corners=False, no antialiasing); the table itself when the grids agree."""
+    if table.dim() == 2:
+        return resize_grid_table(table.unsqueeze(0), old_grid, new_grid)[0]
+    return resample_abs_pos_embed(table, list(new_grid), list(old_grid), num_prefix_tokens=0, antialias=False)
 
 
 class VisionRotaryEmbedding(nn.Module):

@@ -1,4 +1,4 @@
-"""Scan orders of a token grid: which token each sequence position reads, and the exact inverse.
+"""Scan orders of a token grid: which token each sequence position reads (and, by the same table, where it goes back).
 
 Tokens of an ``H x W`` grid are numbered row-major (``i * W + j``). A direction maps the grid to a 1-D sequence:
 
@@ -12,9 +12,9 @@ Tokens of an ``H x W`` grid are numbered row-major (``i * W + j``). A direction 
 ======== ===================================================================================================
 
 Every map is an index table: position ``s`` of the sequence reads token ``index[s]``, where the value ``H * W``
-stands for a padding zero. ``reverse`` is the exact inverse for any grid (the original's ``v`` reverse was only
-right for square grids). :func:`sequence_index` stacks the tables of a layer's directions for the fused mixer ops
-(``localmamba_ssm.multi_scan_inner_fn``), which gather, scan and scatter back by them in one go; under
+stands for a padding zero. :func:`sequence_index` stacks the tables of a layer's directions for the fused mixer ops
+(``localmamba_ssm.multi_scan_inner_fn``), which gather, scan and scatter back by them in one go (the scatter is the
+exact inverse for any grid; the original's ``v`` reverse was only right for square grids); under
 ``torch.compile`` it is an opaque op that copies the cached table (computed once per grid, outside the graph).
 """
 from __future__ import annotations
@@ -69,6 +69,16 @@ def _cached_table(build: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def scan_length(name: str, grid: Grid) -> int:
+    """Sequence length of a direction on a grid (grows with window padding), by arithmetic alone (no table is built,
+    so it is safe under fake tensors)."""
+    kind, window, _ = parse_direction(name)
+    height, width = _check_grid(grid)
+    if kind != 'w':
+        return height * width
+    return -(-height // window) * window * (-(-width // window) * window)
+
+
 @_cached_table
 def scan_index(name: str, grid: Grid) -> torch.Tensor:
     """Index table of one direction: (L_k,) int64; value ``H*W`` marks a padding zero."""
@@ -85,47 +95,6 @@ def scan_index(name: str, grid: Grid) -> torch.Tensor:
         padded[:height, :width] = tokens
         index = padded.view(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1)
     return index.flip(0) if flip else index
-
-
-def scan_length(name: str, grid: Grid) -> int:
-    """Sequence length of a direction on a grid (grows with window padding)."""
-    return scan_index(name, _check_grid(grid)).numel()
-
-
-@_cached_table
-def reverse_index(name: str, grid: Grid) -> torch.Tensor:
-    """Inverse table: (H*W,) int64, the sequence position that holds each row-major token."""
-    index = scan_index(name, _check_grid(grid))
-    num_tokens = grid[0] * grid[1]
-    positions = torch.zeros(num_tokens + 1, dtype=torch.long)       # padding positions all land in the extra slot
-    return positions.scatter(0, index, torch.arange(index.numel()))[:num_tokens]
-
-
-def _channels_first_tokens(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """(B, L, D) or (B, D, H, W) -> (B, D, H*W), checking the token count against the grid."""
-    if x.dim() == 4:
-        if tuple(x.shape[2:]) != tuple(grid):
-            raise ValueError(f'input grid {tuple(x.shape[2:])} does not match grid {tuple(grid)}')
-        return x.flatten(2)
-    if x.dim() != 3 or x.shape[1] != grid[0] * grid[1]:
-        raise ValueError(f'expected (B, L={grid[0] * grid[1]}, D) or (B, D, H, W) input, got {tuple(x.shape)}')
-    return x.transpose(1, 2)
-
-
-def scan(x: torch.Tensor, name: str, grid: Sequence[int]) -> torch.Tensor:
-    """Reorder tokens along one direction: (B, L, D) or (B, D, H, W) -> (B, D, L_k), padding as zeros."""
-    grid = _check_grid(grid)
-    tokens = _channels_first_tokens(x, grid)
-    index = scan_index(name, grid).to(x.device)
-    return torch.nn.functional.pad(tokens, (0, 1)).index_select(2, index)
-
-
-def reverse(y: torch.Tensor, name: str, grid: Sequence[int]) -> torch.Tensor:
-    """Undo ``scan``: (B, D, L_k) -> (B, D, H*W) in row-major order, padding positions dropped."""
-    grid = _check_grid(grid)
-    if y.shape[-1] != scan_length(name, grid):
-        raise ValueError(f'direction {name!r} on grid {grid} has length {scan_length(name, grid)}, got {y.shape[-1]}')
-    return y.index_select(-1, reverse_index(name, grid).to(y.device))
 
 
 def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Optional[int] = None,
@@ -150,14 +119,6 @@ def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Opti
     return _sequence_index(names, grid, cls_position, device)
 
 
-def _direction_length(name: str, grid: Grid) -> int:
-    """``scan_length`` by arithmetic alone (no table built, so it is safe under fake tensors)."""
-    kind, window, _ = parse_direction(name)
-    if kind != 'w':
-        return grid[0] * grid[1]
-    return -(-grid[0] // window) * window * (-(-grid[1] // window) * window)
-
-
 @torch.library.custom_op('localmamba::sequence_index', mutates_args=())
 def _sequence_index_op(names: str, height: int, width: int, cls_position: int, device: torch.device) -> torch.Tensor:
     """:func:`sequence_index` as an op of a compiled graph (names comma-joined, no class token as -1)."""
@@ -168,7 +129,7 @@ def _sequence_index_op(names: str, height: int, width: int, cls_position: int, d
 
 @_sequence_index_op.register_fake
 def _(names: str, height: int, width: int, cls_position: int, device: torch.device) -> torch.Tensor:
-    length = max(_direction_length(name, (height, width)) for name in names.split(',')) + (cls_position >= 0)
+    length = max(scan_length(name, (height, width)) for name in names.split(',')) + (cls_position >= 0)
     return torch.empty(len(names.split(',')), length, dtype=torch.long, device=device)
 
 

@@ -1,9 +1,31 @@
-"""Initial values of the selective-scan parameters (A, D, dt) shared by both model families."""
+"""Initial values shared by both model families: the selective-scan parameters (A, D, dt), the dt rank rule, and the
+original's truncated-normal init pass over Linear and LayerNorm modules."""
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
+from timm.layers import trunc_normal_
+from torch import nn
+
+
+def dt_rank_of(d_model: int, dt_rank: Union[int, str] = 'auto') -> int:
+    """Rank of the dt projection: ``ceil(d_model / 16)`` for ``'auto'`` (Mamba's rule), else ``int(dt_rank)``."""
+    return math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+
+
+def trunc_normal_init(module: nn.Module) -> None:
+    """The original's init pass (``model.apply``): Linear weights trunc_normal(std 0.02) with zero bias, affine
+    LayerNorm weight 1 and bias 0; other modules and plain parameters keep their own init."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+        nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def a_log_init(channels: int, d_state: int, copies: int = 1) -> torch.Tensor:

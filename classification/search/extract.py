@@ -11,8 +11,9 @@ from typing import Optional
 import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
-from ..models.directions import save_directions
-from .probs import CANDIDATE_NAMES, chosen_directions, layer_probabilities, search_weights
+from ..models.directions import CANDIDATES, save_directions
+from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
+from .probs import chosen_directions, layer_probabilities
 
 
 def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str:
@@ -29,17 +30,17 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     from matplotlib.patches import Rectangle
 
     grid = torch.stack(probs).numpy()
-    fig, ax = plt.subplots(figsize=(1.0 * len(CANDIDATE_NAMES) + 2, 0.45 * len(probs) + 1.5))
+    fig, ax = plt.subplots(figsize=(1.0 * len(CANDIDATES) + 2, 0.45 * len(probs) + 1.5))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for layer, names in enumerate(chosen):
-        for j, name in enumerate(CANDIDATE_NAMES):
+        for j, name in enumerate(CANDIDATES):
             value = grid[layer, j]
             ax.text(j, layer, f"{value:.3f}", ha="center", va="center", fontsize=7,
                     color="black" if value > grid.mean() else "white",
                     fontweight="bold" if name in names else "normal")
             if name in names:
                 ax.add_patch(Rectangle((j - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(len(CANDIDATE_NAMES)), CANDIDATE_NAMES)
+    ax.set_xticks(range(len(CANDIDATES)), CANDIDATES)
     ax.set_yticks(range(len(probs)), [str(i) for i in range(len(probs))])
     ax.set(xlabel="candidate direction", ylabel="layer", title=title or "search probabilities (chosen: red)")
     fig.colorbar(image, ax=ax, fraction=0.04)
@@ -54,16 +55,16 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
 
     Returns {'probs', 'directions', 'printout', 'directions_file', 'heatmap'}.
     """
-    if not 1 <= topk <= len(CANDIDATE_NAMES):
-        raise ValueError(f"--topk must be between 1 and {len(CANDIDATE_NAMES)}, got {topk}")
+    if not 1 <= topk <= len(CANDIDATES):
+        raise ValueError(f"--topk must be between 1 and {len(CANDIDATES)}, got {topk}")
     ckpt = load_checkpoint(ckpt_path, trust=trust)
     weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
-    probs = layer_probabilities(weights)
+    try:
+        probs = layer_probabilities(weights)
+    except ValueError as err:
+        raise CheckpointError(f"{ckpt_path}: {err}") from None
     if not probs:
-        raise CheckpointError(f"{ckpt_path}: no '*multi_scan.weights' entries: not a search supernet checkpoint")
-    bad = [name for name, w in search_weights(weights) if w.numel() != len(CANDIDATE_NAMES)]
-    if bad:
-        raise CheckpointError(f"{ckpt_path}: {bad[0]} has not {len(CANDIDATE_NAMES)} candidate weights")
+        raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
     chosen = chosen_directions(probs, topk)
     out_dir = out_dir or os.path.dirname(os.path.abspath(ckpt_path))
     os.makedirs(out_dir, exist_ok=True)

@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 
 from ..common.csv_log import CsvLog
-from .probs import CANDIDATE_NAMES, SEARCH_WEIGHT_SUFFIX, layer_probabilities
+from ..models.directions import CANDIDATES
+from ..models.multi_scan import search_layers
+from .probs import layer_probabilities
 
 logger = logging.getLogger("localmamba")
 
@@ -19,23 +21,23 @@ class SearchMonitor:
 
     def __init__(self, model: nn.Module, exp_dir: str, enabled: bool = True):
         self.model = model
-        self.csv = CsvLog(os.path.join(exp_dir, "search_probs.csv"), ("epoch", "layer") + CANDIDATE_NAMES,
+        self.csv = CsvLog(os.path.join(exp_dir, "search_probs.csv"), ("epoch", "layer") + CANDIDATES,
                           enabled=enabled)
 
     @classmethod
     def for_model(cls, model: nn.Module, exp_dir: str, enabled: bool = True) -> Optional["SearchMonitor"]:
         """A monitor when `model` has search weights, else None."""
-        if not any(name.endswith(SEARCH_WEIGHT_SUFFIX) for name, _ in model.named_parameters()):
+        if not search_layers(model):
             return None
         return cls(model, exp_dir, enabled)
 
     def current(self) -> torch.Tensor:
         """(layers, 8) candidate probabilities."""
-        return torch.stack(layer_probabilities(self.model.state_dict()))
+        return torch.stack(layer_probabilities(self.model))
 
     def log_probs(self) -> None:
         probs = self.current()
-        lines = [f"  layer {i:>2d}: " + " ".join(f"{n}={p:.4f}" for n, p in zip(CANDIDATE_NAMES, row.tolist()))
+        lines = [f"  layer {i:>2d}: " + " ".join(f"{n}={p:.4f}" for n, p in zip(CANDIDATES, row.tolist()))
                  for i, row in enumerate(probs)]
         logger.info("Search probabilities:\n" + "\n".join(lines))
 

@@ -1,25 +1,41 @@
-"""Candidate probabilities of a search supernet and the top-k directions they select."""
+"""Candidate probabilities of a search supernet and the top-k directions they select.
+
+The probabilities are always :meth:`MultiScan.probabilities` of the supernet's search layers: those of a live model,
+or of layers holding the weights read from a checkpoint file.
+"""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Union
 
 import torch
+from torch import nn
 
-# The 8 candidates of MultiScan in the order of each layer's `multi_scan.weights` (shape (8, 1, 1, 1)).
-CANDIDATE_NAMES: tuple[str, ...] = ("h", "h_flip", "v", "v_flip", "w2", "w2_flip", "w7", "w7_flip")
-SEARCH_WEIGHT_SUFFIX = "multi_scan.weights"
-
-
-def search_weights(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """The `(name, weights)` entries of a supernet state dict, in layer (state-dict) order."""
-    return [(k, v) for k, v in state_dict.items() if k.endswith(SEARCH_WEIGHT_SUFFIX)]
+from ..models.directions import CANDIDATES
+from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX, MultiScan, search_layers
 
 
-def layer_probabilities(state_dict: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Per layer, the softmax over its 8 candidate weights (float32 on CPU, as the original computes it)."""
-    return [w.detach().to("cpu", torch.float32).view(-1).softmax(-1) for _, w in search_weights(state_dict)]
+def layers_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> list[MultiScan]:
+    """The search layers saved in a supernet state dict (its ``*multi_scan.weights`` entries, in state-dict order),
+    as :class:`MultiScan` layers holding those weights; ValueError names an entry without one weight per candidate."""
+    layers = []
+    for name, weights in state_dict.items():
+        if not name.endswith(SEARCH_WEIGHT_SUFFIX):
+            continue
+        if weights.numel() != len(CANDIDATES):
+            raise ValueError(f"{name} has not {len(CANDIDATES)} candidate weights (shape {tuple(weights.shape)})")
+        layer = MultiScan(channels=0)
+        layer.load_state_dict({'weights': weights.reshape(layer.weights.shape)})
+        layers.append(layer)
+    return layers
+
+
+def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """Per search layer of a supernet (a model, or a state dict read from a checkpoint), the softmax over its 8
+    candidate weights: float32 on the CPU, as the original computes it."""
+    layers = search_layers(source) if isinstance(source, nn.Module) else layers_from_state_dict(source)
+    return [layer.probabilities().cpu() for layer in layers]
 
 
 def chosen_directions(probs: list[torch.Tensor], k: int = 4) -> list[list[str]]:
     """Per layer, the k most probable candidates sorted in candidate (canonical) order."""
-    return [[CANDIDATE_NAMES[i] for i in p.topk(k)[1].sort()[0].tolist()] for p in probs]
+    return [[CANDIDATES[i] for i in p.topk(k)[1].sort()[0].tolist()] for p in probs]

@@ -4,7 +4,7 @@
 
 Several GPUs: detection/tools/dist_train.sh CONFIG GPUS [flags].
 """
-from detection.launch import train_main
+from classification.dense.launch import train_main
 
 if __name__ == '__main__':
     train_main('detection')

@@ -4,7 +4,7 @@
 
 Several GPUs: segmentation/tools/dist_test.sh CONFIG CHECKPOINT GPUS [flags].
 """
-from detection.launch import test_main
+from classification.dense.launch import test_main
 
 if __name__ == '__main__':
     test_main('segmentation')

@@ -15,10 +15,9 @@ from conftest import (REPO, det_config, require, seg_config, shrink_mask_rcnn, t
 require('mmengine')
 
 from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
-from classification.models.local_vim import VisionMamba  # noqa: E402
-from classification.models.local_vmamba import VSSM  # noqa: E402
 from classification.models.rope import resize_grid_table  # noqa: E402
-from detection.backbones import MM_LocalVim, MM_LocalVSSM  # noqa: E402
+from classification.common import CheckpointError  # noqa: E402
+from classification.dense import MM_LocalVim, MM_LocalVSSM  # noqa: E402
 
 VIM_ARGS = dict(img_size=64, embed_dim=32, depth=2, directions=LOCAL_VIM_TINY_DIRECTIONS[:2], rms_norm=False,
                 if_rope=True, if_rope_residual=True)
@@ -39,7 +38,7 @@ def test_local_vim_maps_keep_the_row_major_layout_on_non_square_inputs(hw, grid)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         outs = backbone(x)
-        ref = VisionMamba.forward_intermediates(backbone, x, [0, 1], output_fmt='NCHW', intermediates_only=True)
+        ref = backbone.trunk.forward_intermediates(x, [0, 1], output_fmt='NCHW', intermediates_only=True)
     assert [tuple(o.shape) for o in outs] == [(2, 32, *grid)] * 2
     for j, (out, r) in enumerate(zip(outs, ref)):
         torch.testing.assert_close(out, _channel_norm(getattr(backbone, f'outnorm_{j}'), r))
@@ -53,7 +52,7 @@ def test_local_vssm_maps_on_non_square_inputs():
     x = torch.randn(2, 3, 128, 160)
     with torch.no_grad():
         outs = backbone(x)
-        ref = VSSM.forward_intermediates(backbone, x, [1, 3], intermediates_only=True)
+        ref = backbone.trunk.forward_intermediates(x, [1, 3], intermediates_only=True)
     assert backbone.out_indices == [1, 3]
     assert [tuple(o.shape) for o in outs] == [(2, 32, 16, 20), (2, 128, 4, 5)]
     for i, out, r in zip((1, 3), outs, ref):
@@ -65,7 +64,7 @@ def test_backbones_reject_what_they_cannot_build():
         MM_LocalVim(**dict(VIM_ARGS, directions=None))
     with pytest.raises(ValueError, match='mlp_ratio'):
         MM_LocalVSSM(mlp_ratio=4.0, **VSSM_ARGS)
-    with pytest.raises(FileNotFoundError, match='no/such.pth'):
+    with pytest.raises(CheckpointError, match='no/such.pth'):
         MM_LocalVSSM(pretrained='no/such.pth', **VSSM_ARGS).init_weights()
 
 

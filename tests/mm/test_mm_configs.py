@@ -132,7 +132,8 @@ def test_segmentation_plugin_needs_no_mmdet():
     require('mmseg')
     code = ('import sys, segmentation.local_mamba; assert "mmdet" not in sys.modules, "mmdet imported"; '
             'from mmseg.registry import MODELS; '
-            'assert MODELS.get("MM_LocalVim").__module__ == "detection.backbones"; '
-            'assert MODELS.get("MM_LocalVSSM").__module__ == "detection.backbones"')
+            'assert MODELS.get("MM_LocalVim").__module__ == "classification.dense.backbones"; '
+            'assert MODELS.get("MM_LocalVSSM").__module__ == "classification.dense.backbones"; '
+            'assert not any(m == "detection" or m.startswith("detection.") for m in sys.modules), "detection imported"')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import classification  # noqa: F401  (registers the models)
 from classification.models.directions import CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS
 from classification.models.local_vim import MultiMamba
-from classification.models.scan_maps import reverse, scan
 from localmamba_ssm import mamba_inner_no_out_proj_ref
+from scan_reference import reverse, scan
 
 # name -> (parameter count at 224 from the original's arithmetic, width, rope, middle cls, search)
 FACTS = {

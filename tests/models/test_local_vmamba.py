@@ -11,8 +11,8 @@ import classification  # noqa: F401  (registers the models)
 from classification.models.directions import CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
 from classification.models.flop_count import flop_analysis
 from classification.models.local_vmamba import SS2D
-from classification.models.scan_maps import reverse, scan
 from localmamba_ssm import selective_scan_ref
+from scan_reference import reverse, scan
 
 # name -> (parameter count at 224 from the original's arithmetic, dims, depths, search)
 FINAL, SUPERNET = (96, 192, 384, 768), (32, 64, 128, 256)
@@ -194,7 +194,8 @@ def test_intermediates_are_stage_outputs_before_downsampling():
     only = model.forward_intermediates(image, indices=[1, 3], norm=True, output_fmt='NHWC', intermediates_only=True)
     torch.testing.assert_close(only[0], feats[1].permute(0, 2, 3, 1))
     torch.testing.assert_close(only[1], model.classifier.norm(feats[3].permute(0, 2, 3, 1)))
-    assert model.feature_info == [dict(num_chs=8 * 2 ** i, reduction=4 * 2 ** i, module=f'layers.{i}')
+    # the module whose output is the feature (the stage's blocks, before the downsampling), for FX extraction
+    assert model.feature_info == [dict(num_chs=8 * 2 ** i, reduction=4 * 2 ** i, module=f'layers.{i}.blocks')
                                   for i in range(4)]
 
 

@@ -1,8 +1,10 @@
-"""Scan maps: hand-written orders on a 4x6 grid, exact inverses on any grid, batched scans, bad names."""
+"""Scan maps: hand-written orders on a 4x6 grid, exact inverses on any grid, stacked tables, bad names."""
 import pytest
 import torch
 
-from classification.models.scan_maps import parse_direction, reverse, scan, scan_index, scan_length, sequence_index
+from classification.models.scan_maps import parse_direction, scan_index, scan_length, sequence_index
+from localmamba_ssm.ops.reference import sequence_positions
+from scan_reference import reverse, scan
 
 P = 24  # padding marker on a 4x6 grid (= H * W)
 GRID = (4, 6)
@@ -61,11 +63,17 @@ def test_bad_direction_names_are_refused(bad):
         parse_direction(bad)
 
 
-def test_length_mismatch_is_refused():
-    with pytest.raises(ValueError, match='has length 64'):
-        reverse(torch.zeros(1, 2, 49), 'w2', (7, 7))
-    with pytest.raises(ValueError, match='expected'):
-        scan(torch.zeros(1, 10, 2), 'h', (3, 3))
+@pytest.mark.parametrize('grid', [(4, 6), (5, 3), (9, 13)])
+def test_sequence_index_rows_are_the_scan_tables_and_the_kernels_inverse_undoes_them(grid):
+    names = ('h', 'v_flip', 'w3', 'w7_flip')
+    table = sequence_index(names, grid)
+    num_tokens = grid[0] * grid[1]
+    assert table.shape == (4, max(scan_length(n, grid) for n in names))
+    positions = sequence_positions(table, num_tokens)
+    for k, name in enumerate(names):
+        assert table[k, :scan_length(name, grid)].tolist() == scan_index(name, grid).tolist()
+        assert (table[k, scan_length(name, grid):] == num_tokens).all()
+        assert table[k, positions[k]].tolist() == list(range(num_tokens))
 
 
 def test_sequence_index_stacks_directions_with_the_middle_class_token():
@@ -79,8 +87,9 @@ def test_sequence_index_stacks_directions_with_the_middle_class_token():
 def test_tables_first_built_in_inference_mode_serve_training():
     grid = (5, 3)   # a grid no other test uses, so the tables are built here, under inference_mode
     with torch.inference_mode():
-        sequence_index(('w2', 'h_flip'), grid)
-        scan(torch.zeros(1, 1, *grid), 'w2', grid)
-    x = torch.randn(1, 2, *grid, requires_grad=True)
-    reverse(scan(x, 'w2', grid), 'w2', grid).sum().backward()
-    assert torch.equal(x.grad, torch.ones_like(x))
+        index = sequence_index(('w2', 'h_flip'), grid)
+    x = torch.randn(1, grid[0] * grid[1], 2, requires_grad=True)
+    gathered = torch.nn.functional.pad(x, (0, 0, 0, 1))[:, sequence_index(('w2', 'h_flip'), grid)]
+    gathered.sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))             # each token read once per direction
+    assert not index.is_inference()

@@ -1,11 +1,14 @@
 """Training and testing entry points on mmengine's Runner, shared by ``detection/tools`` and ``segmentation/tools``.
 
-The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``tools/test.py``. Adjustments for
-current software, applied here rather than in the configs:
+The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``tools/test.py``, plus
+``--trust-checkpoint``. Adjustments for current software, applied here rather than in the configs:
 
-* mmengine 0.10 loads its own checkpoints (which pickle its message hub and numpy values) with a bare
-  ``torch.load``; torch >= 2.6 defaults that to ``weights_only=True`` and refuses them. These entry points restore
-  the previous default for their process (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``): load only checkpoints you trust.
+* mmengine 0.10 pickles its message hub's ``HistoryBuffer`` and numpy values into its checkpoints, which torch >= 2.6
+  refuses to load with ``weights_only=True``. The Runner of these entry points saves them as tensors and plain values
+  instead (:class:`~classification.dense.mm_checkpoint.PlainCheckpointHook`), and mmengine's file and URL loads
+  (``--resume``, ``load_from``, the tested checkpoint) go through :func:`classification.common.load_checkpoint`:
+  ``weights_only=True``; a file that needs pickle (one written by plain mmengine) is refused unless
+  ``--trust-checkpoint`` is given. Nothing changes torch's default for other loads.
 * Without CUDA, ``AmpOptimWrapper`` (which needs a GPU) is replaced by ``OptimWrapper``, and distributed runs (which
   mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN.
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+from ..common import TRUST_FLAG, load_checkpoint
 
 TASKS = ('detection', 'segmentation')
 
@@ -27,7 +32,28 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
                              'train_dataloader.batch_size=4')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (dist_train.sh / dist_test.sh pass pytorch)')
+    parser.add_argument(TRUST_FLAG, action='store_true',
+                        help='load checkpoints that need pickle (able to run code): only files from a trusted source')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+
+
+def safe_checkpoint_loader(trust: bool) -> Callable[[str, Any], dict]:
+    """An mmengine checkpoint loader (``loader(filename, map_location)``) that reads on the CPU with
+    :func:`load_checkpoint` (``weights_only=True`` unless ``trust``). The Runner moves the weights and the optimizer
+    state to their devices as it loads them."""
+
+    def load(filename: str, map_location: Any = None) -> dict:
+        return load_checkpoint(filename, trust=trust)
+
+    return load
+
+
+def _route_checkpoint_loads(trust: bool) -> None:
+    """Make mmengine read local files and http(s) URLs with :func:`safe_checkpoint_loader`."""
+    from mmengine.runner import CheckpointLoader
+    loader = safe_checkpoint_loader(trust)
+    CheckpointLoader.register_scheme(prefixes='', loader=loader, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=loader, force=True)
 
 
 def _load_config(args: argparse.Namespace):
@@ -36,7 +62,7 @@ def _load_config(args: argparse.Namespace):
     from mmengine.config import Config
     from mmengine.logging import print_log
 
-    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
@@ -83,7 +109,11 @@ def _replace_sync_bn(node) -> None:
 def _build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+    from .mm_checkpoint import PlainCheckpointHook
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.register_hook(PlainCheckpointHook())
+    return runner
 
 
 def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:

@@ -1,0 +1,172 @@
+"""LocalVim and LocalVMamba as dense-prediction backbones, built on the classification models' public API.
+
+A backbone builds its classification model (the *trunk*) with the public constructor, drops the classifier and the
+final norm with timm's ``prune_intermediate_layers``, and takes its features from ``forward_intermediates``; it adds
+one LayerNorm per output, named as the original det/seg code names them: ``outnorm_{j}`` for LocalVim (j = position in
+``out_indices``) and ``outnorm{i}`` for LocalVMamba (i = stage index). The backbone owns the trunk's parts (the very
+modules and parameters the trunk runs) under their own names rather than under a ``trunk.`` prefix, so its
+``state_dict`` keys and parameter names are those of the original backbones and det/seg checkpoints load unchanged.
+
+Pretrained classification weights are read safely (``weights_only``; a file that needs pickle is refused unless
+``trust_checkpoint=True``) and loaded in ``init_weights``, as mmdet/mmseg backbones do. Needs torch and timm; log lines
+go to mmengine's current logger when mmengine is installed.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..common import UnsafeCheckpointError, load_checkpoint, state_dict_from
+from ..models.directions import DirectionsArg
+from ..models.local_vim import VisionMamba, checkpoint_filter_fn
+from ..models.local_vmamba import VSSM
+
+__all__ = ['MM_LocalVim', 'MM_LocalVSSM', 'register']
+
+logger = logging.getLogger(__name__)
+
+
+def _log(message: str) -> None:
+    """A line in mmengine's current log (the Runner's) when mmengine is installed, else in this module's logger."""
+    try:
+        from mmengine.logging import print_log
+    except ImportError:
+        logger.info(message)
+        return
+    print_log(message, logger='current')
+
+
+def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
+    if directions is None:
+        raise ValueError(f'{name} needs directions= (one list per layer/block, or a directions file)')
+    return directions
+
+
+class DenseBackbone(nn.Module):
+    """A classification trunk without its classifier and final norm, whose parts this module owns under their own
+    names, plus the loading of pretrained classification weights in ``init_weights``.
+
+    Subclasses add their output norms and a ``forward`` on ``self.trunk.forward_intermediates``.
+    """
+
+    def __init__(self, trunk: nn.Module, pretrained: Optional[str], pretrained_key: Optional[str],
+                 trust_checkpoint: bool):
+        super().__init__()
+        trunk.prune_intermediate_layers(prune_norm=True, prune_head=True)   # default indices keep every layer
+        for name, module in trunk.named_children():
+            self.add_module(name, module)
+        for name, param in trunk.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in trunk.named_buffers(recurse=False):
+            self.register_buffer(name, buffer)
+        self._trunk = (trunk,)      # not a child: its parts are registered above, so they are not saved twice
+        self.pretrained = pretrained
+        self.pretrained_key = pretrained_key
+        self.trust_checkpoint = trust_checkpoint
+        self.load_result: Optional[Any] = None
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The classification model whose parts this backbone owns."""
+        return self._trunk[0]
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Turn classification weights into weights for this backbone (the trunk's ``checkpoint_filter_fn``)."""
+        return state_dict
+
+    def load_pretrained(self, path: str, key: Optional[str] = None) -> Any:
+        """Load classification weights from a file or URL (``key``: container entry, e.g. 'ema_model'; default: the
+        first of 'state_dict', 'model', 'ema_model'). Missing and unexpected keys are logged by name and returned."""
+        try:
+            checkpoint = load_checkpoint(path, trust=self.trust_checkpoint)
+        except UnsafeCheckpointError:
+            raise UnsafeCheckpointError(
+                f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; if '
+                f'you trust its source, set trust_checkpoint=True on the backbone '
+                f'(--cfg-options model.backbone.trust_checkpoint=True)') from None
+        weights = self.adapt_state_dict(state_dict_from(checkpoint, key, source=path))
+        result = self.load_state_dict(weights, strict=False)
+        _log(f'{type(self).__name__}: loaded {len(weights) - len(result.unexpected_keys)} tensors from {path}')
+        if result.missing_keys:
+            _log(f'missing keys (left as initialised): {result.missing_keys}')
+        if result.unexpected_keys:
+            _log(f'unexpected keys (ignored): {result.unexpected_keys}')
+        self.load_result = result
+        return result
+
+    def init_weights(self) -> None:
+        """Called by the mmengine Runner before training: load ``pretrained`` if set; the weights are otherwise
+        those set at construction."""
+        if self.pretrained:
+            self.load_pretrained(self.pretrained, self.pretrained_key)
+        self.is_init = True
+
+
+class MM_LocalVim(DenseBackbone):
+    """LocalVim backbone: LayerNorm'd mixer outputs of the layers in ``out_indices``, all at stride 16.
+
+    Returns one NCHW map (B, embed_dim, ceil(H/16), ceil(W/16)) when ``out_indices`` has one entry (what SimpleFPN
+    takes), else a list. Other keyword arguments are those of
+    :class:`~classification.models.local_vim.VisionMamba`. Position tables are resized to the input's token grid on
+    the fly, so any input size works.
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
+                 pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
+                 directions: DirectionsArg = None, trust_checkpoint: bool = False, **kwargs: Any):
+        if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
+            raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
+        trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
+        super().__init__(trunk, pretrained or pretrained_ckpt, pretrained_key, trust_checkpoint)
+        self.out_indices = [int(i) for i in out_indices]
+        for j in range(len(self.out_indices)):
+            self.add_module(f'outnorm_{j}', nn.LayerNorm(trunk.embed_dim))
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resize ``pos_embed`` and the RoPE tables of a 14x14 (or any square) checkpoint to this model's grid."""
+        return checkpoint_filter_fn(state_dict, self.trunk)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        grid = self.trunk.token_grid(*x.shape[-2:])
+        feats = self.trunk.forward_intermediates(x, self.out_indices, output_fmt='NLC', intermediates_only=True)
+        outs = [getattr(self, f'outnorm_{j}')(f).transpose(1, 2).unflatten(2, grid).contiguous()
+                for j, f in enumerate(feats)]
+        return outs[0] if len(outs) == 1 else outs
+
+
+class MM_LocalVSSM(DenseBackbone):
+    """LocalVMamba backbone: LayerNorm'd outputs of the stages in ``out_indices`` (before their downsampling).
+
+    Stage i gives (B, dims[i], H/4/2^i, W/4/2^i) (strides 4/8/16/32). Other keyword arguments are those of
+    :class:`~classification.models.local_vmamba.VSSM`; ``mlp_ratio``, ``downsample_version`` and
+    ``patchembed_version`` are accepted for the original configs and must keep the only values it supports.
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: Optional[str] = None,
+                 pretrained_ckpt: Optional[str] = None, pretrained_key: Optional[str] = None,
+                 directions: DirectionsArg = None, mlp_ratio: float = 0.0, downsample_version: str = 'v1',
+                 patchembed_version: str = 'v1', trust_checkpoint: bool = False, **kwargs: Any):
+        if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
+            raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and the '
+                             f"versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
+        if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
+            raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
+        trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
+        super().__init__(trunk, pretrained or pretrained_ckpt, pretrained_key, trust_checkpoint)
+        self.out_indices = sorted(int(i) for i in out_indices)
+        for i in self.out_indices:
+            self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.trunk.forward_intermediates(x, self.out_indices, output_fmt='NHWC', intermediates_only=True)
+        return [getattr(self, f'outnorm{i}')(f).permute(0, 3, 1, 2).contiguous()
+                for i, f in zip(self.out_indices, feats)]
+
+
+def register(registry: Any) -> None:
+    """Register both backbones in an mmengine ``Registry`` (mmdet's or mmseg's ``MODELS``)."""
+    for cls in (MM_LocalVim, MM_LocalVSSM):
+        registry.register_module(module=cls)

@@ -1,0 +1,46 @@
+"""What both model families register with timm: the pretrained_cfg of a variant (with the URL of its released
+checkpoint, if any) and the one build path through timm's ``build_model_with_cfg``."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
+from torch import nn
+
+# Assets of the original's v1.0.0 GitHub release (each a ``{'state_dict': ...}`` file with a ``log_*.txt`` beside it).
+RELEASE_URL = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/'
+RELEASED_FILES = {
+    'local_vim_tiny': 'local_vim_tiny.ckpt',
+    'local_vim_tiny_middle_cls_token': 'local_vim_tiny_middle_cls_token.ckpt',
+    # The original README links LocalVim-S to local_vssm_small.ckpt, a typo (its log is log_local_vim_small.txt):
+    # the release names each checkpoint after its model and log, so LocalVim-S's file is local_vim_small.ckpt.
+    'local_vim_small': 'local_vim_small.ckpt',
+    'local_vssm_small': 'local_vssm_small.ckpt',
+}
+
+
+def model_cfg(model_name: str, first_conv: str, classifier: str, pool_size: Optional[tuple[int, int]] = None,
+              **kwargs: Any) -> dict:
+    """timm pretrained_cfg of a LocalMamba variant at 224: ImageNet normalisation, bicubic 0.875 crops, and the
+    release URL when the original released weights for ``model_name`` (else no URL)."""
+    released = RELEASED_FILES.get(model_name)
+    return {
+        'url': RELEASE_URL + released if released else '', 'num_classes': 1000, 'input_size': (3, 224, 224),
+        'pool_size': pool_size, 'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD, 'first_conv': first_conv,
+        'classifier': classifier, 'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.09338', **kwargs,
+    }
+
+
+def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool,
+                      checkpoint_filter_fn: Callable[[dict, nn.Module], dict], default_out_indices: Sequence[int],
+                      **kwargs: Any) -> nn.Module:
+    """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
+    included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
+    ``default_out_indices`` unless ``out_indices`` is given."""
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
+        **kwargs)

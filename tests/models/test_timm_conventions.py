@@ -1,0 +1,107 @@
+"""timm conventions both families meet: unpooled features (output_fmt, pool_size, reset_classifier(0, '')), torch.fx
+tracing and timm's FX feature extraction with unchanged outputs, the build grid of LocalVim at image sizes that are
+not multiples of the patch, and a clear error for an empty batch."""
+import pytest
+import timm
+import torch
+from timm.models import create_feature_extractor
+
+import classification  # noqa: F401  (registers the models)
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
+
+VIM = dict(depth=2, embed_dim=32, directions=LOCAL_VIM_TINY_DIRECTIONS[:2])
+VSSM = dict(depths=(1, 1, 1, 1), dims=16, directions=LOCAL_VSSM_TINY_DIRECTIONS[:4])
+MODELS = {
+    'local_vim_tiny': VIM,
+    'local_vim_tiny_middle_cls_token': VIM,
+    'local_vim_tiny_search': dict(depth=2, embed_dim=32),
+    'local_vssm_tiny': VSSM,
+    'local_vssm_tiny_search': dict(depths=(1, 1, 1, 1), dims=16),
+}
+
+
+def _model(name, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, **dict(MODELS[name], **kwargs)).eval()
+
+
+def test_local_vmamba_declares_channel_last_features_and_its_pool_size():
+    model = _model('local_vssm_tiny', num_classes=0, global_pool='')
+    assert model.output_fmt == 'NHWC' and model.pretrained_cfg['pool_size'] == (7, 7)
+    image = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = model(image)
+    assert out.shape == (2, 7, 7, 128)            # the pool_size map, channels last (timm's unpooled-output check)
+    torch.testing.assert_close(out, model.forward_features(image), rtol=0, atol=0)
+
+
+def test_reset_classifier_without_pooling_returns_the_features_of_both_families():
+    image = torch.randn(2, 3, 64, 64)
+    for name in ('local_vssm_tiny', 'local_vim_tiny'):
+        model = _model(name, num_classes=5)
+        model.reset_classifier(0, '')
+        with torch.no_grad():
+            torch.testing.assert_close(model(image), model.forward_features(image), rtol=0, atol=0)
+    vssm = _model('local_vssm_tiny', num_classes=5)
+    vssm.reset_classifier(3, 'avg')
+    with torch.no_grad():
+        pooled = vssm.forward_features(image).mean(dim=(1, 2))
+        torch.testing.assert_close(vssm(image), vssm.get_classifier()(pooled))
+    with pytest.raises(ValueError, match="'avg' or ''"):
+        vssm.reset_classifier(0, 'max')
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_symbolic_trace_gives_the_same_outputs_at_any_size(name):
+    model = _model(name, num_classes=10)
+    graph = torch.fx.symbolic_trace(model)
+    for hw in ((64, 80), (48, 48)):
+        image = torch.randn(2, 3, *hw)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(image), model(image), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_timm_fx_feature_extraction_matches_forward_intermediates(name):
+    model = _model(name)
+    vim = name.startswith('local_vim')
+    image = torch.randn(2, 3, 64, 80)
+    extractor = create_feature_extractor(model, {model.feature_info[i]['module']: str(i) for i in (0, 1)})
+    torch.manual_seed(0)                                # the same initial weights as ``model``
+    features_only = timm.create_model(name, features_only=True, feature_cls='fx', out_indices=(0, 1),
+                                      **MODELS[name]).eval()
+    with torch.no_grad():
+        extracted = list(extractor(image).values())
+        graph_features = features_only(image)
+        expected = model.forward_intermediates(image, [0, 1], output_fmt='NLC' if vim else 'NHWC',
+                                               intermediates_only=True)
+    if name == 'local_vim_tiny_middle_cls_token':      # the layers' outputs still hold the class token
+        middle = expected[0].shape[1] // 2
+        extracted = [torch.cat([f[:, :middle], f[:, middle + 1:]], dim=1) for f in extracted]
+        graph_features = [torch.cat([f[:, :middle], f[:, middle + 1:]], dim=1) for f in graph_features]
+    for got, graph_feature, want in zip(extracted, graph_features, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(graph_feature, want, rtol=0, atol=0)
+
+
+def test_local_vim_builds_the_grid_its_image_size_gives(monkeypatch):
+    """72 px is 4.5 patches: the build grid is 5x5 (as the padded input's), so a 72 px input resizes nothing."""
+    model = _model('local_vim_tiny', img_size=72)
+    assert model.grid == (5, 5) and model.pos_embed.shape == (1, 25, 32) and model.rope.freqs_cos.shape == (25, 32)
+    calls = []
+    interpolate = torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, 'interpolate',
+                        lambda x, size, **k: calls.append(list(size)) or interpolate(x, size, **k))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 72, 72))
+        model(torch.randn(1, 3, 80, 80))         # 5x5 too
+        assert calls == []
+        model(torch.randn(1, 3, 64, 64))         # 4x4: pos_embed, rope cos and sin are resized
+    assert calls == [[4, 4]] * 3
+
+
+def test_an_empty_batch_is_refused_with_a_clear_error():
+    for name, message in (('local_vim_tiny', 'LocalVim: empty batch'),
+                          ('local_vssm_tiny', 'LocalVMamba: empty batch')):
+        with pytest.raises(ValueError, match=message):
+            _model(name)(torch.randn(0, 3, 64, 64))
