@@ -1,7 +1,7 @@
 """Validation loop (top-1 / top-5 / loss, summed over ranks) and the `tools/test.py` entry point.
 
-Evaluation runs in fp32, as the original's, even for a model trained with `--amp`; `--amp-eval` (with `--amp`)
-evaluates under autocast instead.
+Evaluation runs in fp32, as the original's, even for a model trained with `--amp`; `--amp-eval` evaluates under
+autocast instead.
 """
 from __future__ import annotations
 
