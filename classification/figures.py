@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .models.directions import CANDIDATES
+from .models.multi_scan import search_layers
 from .models.scan_maps import scan_index
 from .search.extract import plot_heatmap
-from .search.probs import CANDIDATE_NAMES, chosen_directions, layer_probabilities, search_weights
+from .search.probs import chosen_directions, layer_probabilities
 
 __all__ = ["scan_order_grid", "draw_scan_orders", "draw_example_search_probs", "read_speed_table",
            "draw_speed_chart"]
@@ -40,7 +42,7 @@ def scan_order_grid(name: str, grid: tuple[int, int]) -> np.ndarray:
     return positions.reshape(height, width)
 
 
-def draw_scan_orders(path: str, names: Sequence[str] = CANDIDATE_NAMES, grid: tuple[int, int] = (14, 14),
+def draw_scan_orders(path: str, names: Sequence[str] = CANDIDATES, grid: tuple[int, int] = (14, 14),
                      columns: int = 4):
     """One panel per direction: cells coloured and numbered by scan position, the path drawn through them.
     Returns the matplotlib figure (already saved to `path`)."""
@@ -78,11 +80,12 @@ def draw_example_search_probs(path: str, model_name: str = "local_vim_tiny_searc
     of `tools/vis_search_prob.py`'s output, not a trained search). Returns the top-k directions per layer."""
     import timm
 
-    state = timm.create_model(model_name).state_dict()
+    model = timm.create_model(model_name)
     generator = torch.Generator().manual_seed(seed)
-    for _, weights in search_weights(state):
-        weights.copy_(torch.randn(weights.shape, generator=generator))
-    probs = layer_probabilities(state)
+    with torch.no_grad():
+        for layer in search_layers(model):
+            layer.weights.copy_(torch.randn(layer.weights.shape, generator=generator))
+    probs = layer_probabilities(model)
     chosen = chosen_directions(probs, topk)
     plot_heatmap(probs, chosen, path, title=f"example: {model_name}, random search weights (seed {seed}), "
                                             f"top-{topk} per layer (red)")
