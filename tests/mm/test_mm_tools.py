@@ -1,6 +1,6 @@
 """segmentation/tools/train.py and test.py end to end on a tiny ADE20K-format folder: two iterations of a shrunk
 LocalVMamba UperNet (initialised from a tools/train.py classification checkpoint), then evaluation of the saved
-mmengine checkpoint (which torch >= 2.6 refuses to load by default; the launcher handles it)."""
+mmengine checkpoint (saved in a form that loads with weights_only=True)."""
 import os
 import subprocess
 import sys

@@ -1,0 +1,100 @@
+"""mmengine checkpoints of the det/seg entry points load with weights_only=True: the message hub is saved as tensors
+and plain values and restored on load; mmengine's own loads go through the safe loader (a file that needs pickle is
+refused naming --trust-checkpoint, without running its code); nothing sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD."""
+import argparse
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, require
+
+require('mmengine')
+
+from mmengine.logging import HistoryBuffer, MessageHub  # noqa: E402
+
+from classification.common import UnsafeCheckpointError  # noqa: E402
+from classification.dense.mm_checkpoint import PlainCheckpointHook, from_plain, to_plain  # noqa: E402
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def _message_hub_state():
+    hub = MessageHub.get_instance('test_mm_checkpoint')
+    for loss in (1.5, 0.75, 0.5):
+        hub.update_scalar('train/loss', loss)
+    hub.update_scalar('train/lr', np.float64(0.01))
+    hub.update_info('iter', 3)
+    hub.update_info('seed', np.int64(7))
+    return hub.state_dict()
+
+
+def test_the_message_hub_round_trips_through_a_weights_only_file():
+    checkpoint = {'meta': {'iter': 3, 'dataset_meta': {'classes': ('a', 'b'), 'palette': [[1, 2, 3]]}},
+                  'state_dict': {'w': torch.ones(2)}, 'message_hub': _message_hub_state(),
+                  'mask': np.arange(4, dtype=np.int32)}
+    saved = dict(checkpoint)
+    PlainCheckpointHook().before_save_checkpoint(None, saved)
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    PlainCheckpointHook().after_load_checkpoint(None, loaded)
+    loss = loaded['message_hub']['log_scalars']['train/loss']
+    assert isinstance(loss, HistoryBuffer) and loss.mean() == pytest.approx(2.75 / 3) and loss.current() == 0.5
+    assert loss.data[1].tolist() == [1, 1, 1]
+    assert loaded['message_hub']['log_scalars']['train/lr'].current() == pytest.approx(0.01)
+    assert loaded['message_hub']['runtime_info']['seed'] == 7
+    assert loaded['meta'] == checkpoint['meta'] and torch.equal(loaded['state_dict']['w'], torch.ones(2))
+    assert loaded['mask'].dtype == np.int32 and loaded['mask'].tolist() == [0, 1, 2, 3]
+    assert from_plain(to_plain([1, (2.0, 'x')])) == [1, (2.0, 'x')]
+
+
+def test_mmengine_loads_refuse_pickled_code_unless_trusted(tmp_path):
+    from mmengine.runner import CheckpointLoader
+
+    from classification.dense import launch
+    marker = str(tmp_path / 'marker')
+    crafted = str(tmp_path / 'crafted.pth')
+    torch.save({'state_dict': {}, 'payload': _Payload(marker)}, crafted)
+    legacy = str(tmp_path / 'legacy.pth')
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'message_hub': _message_hub_state()}, legacy)
+    schemes = dict(CheckpointLoader._schemes)
+    try:
+        launch._route_checkpoint_loads(trust=False)
+        for path in (crafted, legacy):
+            with pytest.raises(UnsafeCheckpointError, match='--trust-checkpoint'):
+                CheckpointLoader.load_checkpoint(path)
+        assert not os.path.exists(marker)
+        launch._route_checkpoint_loads(trust=True)
+        assert torch.equal(CheckpointLoader.load_checkpoint(legacy)['state_dict']['w'], torch.ones(1))
+    finally:
+        CheckpointLoader._schemes = schemes
+
+
+def test_the_entry_points_leave_torch_defaults_alone(monkeypatch):
+    from mmengine.runner import CheckpointLoader
+
+    from classification.dense import launch
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    schemes = dict(CheckpointLoader._schemes)
+    config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    args = argparse.Namespace(config=config, launcher='none', cfg_options=None, work_dir=None, local_rank=0,
+                              trust_checkpoint=False)
+    try:
+        launch._load_config(args)
+        loader = CheckpointLoader._get_checkpoint_loader('ckpt.pth')
+        assert loader.__qualname__ == 'safe_checkpoint_loader.<locals>.load'
+    finally:
+        CheckpointLoader._schemes = schemes
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ

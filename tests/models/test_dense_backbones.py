@@ -1,0 +1,85 @@
+"""The dense (det/seg) backbones of classification.dense without OpenMMLab: composed on the classification models'
+public API with the original det/seg state_dict keys, safe pretrained loading, and no import of mm* or detection."""
+import argparse
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from classification.common import UnsafeCheckpointError
+from classification.dense import MM_LocalVim, MM_LocalVSSM
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
+from classification.models.local_vim import VisionMamba
+from classification.models.local_vmamba import VSSM
+
+VIM_ARGS = dict(img_size=64, embed_dim=32, depth=2, directions=LOCAL_VIM_TINY_DIRECTIONS[:2], rms_norm=False,
+                if_rope=True, if_rope_residual=True)
+VSSM_ARGS = dict(dims=16, depths=(1, 1, 1, 1), directions=LOCAL_VSSM_TINY_DIRECTIONS[:4])
+
+
+class _Payload:
+    """Unpickling this runs code: it creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_importing_the_backbones_loads_no_openmmlab_package_and_no_plugin():
+    code = ('import sys, classification.dense; '
+            'bad = [m for m in sys.modules if m.split(".")[0] in ("mmengine", "mmcv", "mmdet", "mmseg", '
+            '"detection", "segmentation")]; assert not bad, bad')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_keys_and_parameter_names_are_the_original_backbones():
+    torch.manual_seed(0)
+    vim = MM_LocalVim(out_indices=[0, 1], **VIM_ARGS)
+    classifier_keys = [k for k in VisionMamba(**VIM_ARGS).state_dict() if not k.startswith(('head.', 'norm_f.'))]
+    assert list(vim.state_dict()) == classifier_keys + ['outnorm_0.weight', 'outnorm_0.bias', 'outnorm_1.weight',
+                                                        'outnorm_1.bias']
+    assert [n for n, _ in vim.named_parameters()] == [k for k in vim.state_dict() if 'rope.freqs' not in k]
+    vssm = MM_LocalVSSM(out_indices=(3, 1), **VSSM_ARGS)
+    classifier_keys = [k for k in VSSM(**VSSM_ARGS).state_dict() if not k.startswith('classifier.')]
+    assert list(vssm.state_dict()) == classifier_keys + ['outnorm1.weight', 'outnorm1.bias', 'outnorm3.weight',
+                                                         'outnorm3.bias']
+
+
+def test_the_backbone_and_its_trunk_share_parameters_through_conversion_and_copies():
+    torch.manual_seed(0)
+    backbone = MM_LocalVim(out_indices=[1], **VIM_ARGS).double()
+    assert backbone.trunk.pos_embed is backbone.pos_embed and backbone.trunk.layers is backbone.layers
+    assert backbone.trunk.pos_embed.dtype == torch.float64
+    clone = copy.deepcopy(backbone)
+    with torch.no_grad():
+        clone.pos_embed.zero_()
+    assert clone.trunk.pos_embed is clone.pos_embed and bool(backbone.pos_embed.abs().sum() > 0)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        assert not torch.equal(clone(x), backbone(x))
+
+
+def test_a_pretrained_file_that_needs_pickle_is_refused_unless_trusted(tmp_path):
+    marker = tmp_path / 'marker'
+    crafted = tmp_path / 'crafted.pth'
+    torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, crafted)
+    with pytest.raises(UnsafeCheckpointError, match='trust_checkpoint=True'):
+        MM_LocalVSSM(pretrained=str(crafted), **VSSM_ARGS).init_weights()
+    assert not marker.exists()
+
+    torch.manual_seed(1)
+    weights = VSSM(**VSSM_ARGS).state_dict()
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'state_dict': weights, 'args': argparse.Namespace(lr=0.1)}, legacy)
+    with pytest.raises(UnsafeCheckpointError):
+        MM_LocalVSSM(pretrained=str(legacy), **VSSM_ARGS).init_weights()
+    trusted = MM_LocalVSSM(pretrained=str(legacy), trust_checkpoint=True, **VSSM_ARGS)
+    trusted.init_weights()
+    torch.testing.assert_close(trusted.state_dict()['patch_embed.0.weight'], weights['patch_embed.0.weight'])
+    assert sorted(trusted.load_result.missing_keys) == sorted(f'outnorm{i}.{p}' for i in range(4)
+                                                              for p in ('weight', 'bias'))

@@ -1,0 +1,76 @@
+"""Released weights by name: the v1.0.0 release URLs in the pretrained_cfg table, and timm's pretrained loading (a
+file overlay and a file:// URL, no network) of a checkpoint in the released ``{'state_dict': ...}`` form."""
+import pytest
+import timm
+import torch
+
+import classification  # noqa: F401  (registers the models)
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS
+
+RELEASE = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/'
+URLS = {
+    'local_vim_tiny': RELEASE + 'local_vim_tiny.ckpt',
+    'local_vim_tiny_middle_cls_token': RELEASE + 'local_vim_tiny_middle_cls_token.ckpt',
+    'local_vim_small': RELEASE + 'local_vim_small.ckpt',
+    'local_vssm_small': RELEASE + 'local_vssm_small.ckpt',
+    'local_vim_small_searched': '', 'local_vim_tiny_wo_search': '', 'local_vim_tiny_search': '',
+    'local_vssm_tiny': '', 'local_vssm_tiny_search': '', 'local_vssm_small_search': '',
+}
+TINY = {
+    'local_vim_tiny': dict(depth=2, embed_dim=32, directions=LOCAL_VIM_TINY_DIRECTIONS[:2]),
+    'local_vssm_small': dict(depths=(1, 1, 1, 1), dims=16, directions=LOCAL_VSSM_SMALL_DIRECTIONS[:4]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(URLS))
+def test_release_urls(name):
+    cfg = timm.models.get_pretrained_cfg(name)
+    assert cfg.url == URLS[name]
+    assert (cfg.tag == 'in1k') == bool(URLS[name])
+
+
+def _released_file(name, path):
+    """A checkpoint of the tiny variant in the released form (as tools/convert_ckpt.py writes it) and its weights."""
+    torch.manual_seed(1)
+    weights = timm.create_model(name, **TINY[name]).state_dict()
+    torch.save({'state_dict': {'module.' + k: v for k, v in weights.items()}}, path)
+    return weights
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_pretrained_loads_a_released_file_through_timm(name, tmp_path):
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path)
+    torch.manual_seed(2)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name])
+    assert model.state_dict().keys() == weights.keys()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_pretrained_downloads_a_file_url_into_the_hub_cache(name, tmp_path):
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path)
+    hub_dir = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    try:
+        torch.manual_seed(2)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(url=path.as_uri()),
+                                  **TINY[name])
+    finally:
+        torch.hub.set_dir(hub_dir)
+    assert (tmp_path / 'hub' / 'checkpoints' / path.name).is_file()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+
+
+def test_pretrained_local_vim_resizes_the_tables_of_a_224_checkpoint(tmp_path):
+    path = tmp_path / 'local_vim_tiny.ckpt'
+    weights = _released_file('local_vim_tiny', path)
+    model = timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              img_size=256, **TINY['local_vim_tiny'])
+    assert weights['pos_embed'].shape == (1, 196, 32) and model.pos_embed.shape == (1, 256, 32)
+    expected = torch.nn.functional.interpolate(weights['pos_embed'].view(1, 14, 14, 32).permute(0, 3, 1, 2),
+                                               size=(16, 16), mode='bicubic', align_corners=False)
+    torch.testing.assert_close(model.pos_embed.detach(), expected.permute(0, 2, 3, 1).reshape(1, 256, 32))

@@ -1,0 +1,63 @@
+"""The search reads a supernet's probabilities from MultiScan.probabilities(): of a live model (the monitor) and of a
+checkpoint file's weights (the extraction), with the same values; bad weights are refused by name."""
+import math
+
+import pytest
+import timm
+import torch
+
+import classification  # noqa: F401  (registers the models)
+from classification.common.checkpoint_io import CheckpointError
+from classification.models.directions import CANDIDATES
+from classification.models.multi_scan import MultiScan
+from classification.search.extract import extract
+from classification.search.monitor import SearchMonitor
+from classification.search.probs import chosen_directions, layer_probabilities
+
+
+MIXED = [0., 3., 1., 2., -1., 0.5, -2., 1.5]
+
+
+@pytest.fixture(scope='module')
+def supernet():
+    torch.manual_seed(0)
+    model = timm.create_model('local_vim_tiny_search', depth=3, embed_dim=16)
+    with torch.no_grad():
+        layers = [m for m in model.modules() if isinstance(m, MultiScan)]
+        layers[0].weights.copy_(-torch.arange(8.).view(8, 1, 1, 1))
+        layers[1].weights.copy_(torch.tensor(MIXED).view(8, 1, 1, 1))
+        layers[2].weights.copy_(torch.arange(8.).view(8, 1, 1, 1))
+    return model
+
+
+def test_probabilities_of_a_live_supernet_are_its_layers_softmax(supernet):
+    probs = layer_probabilities(supernet)
+    assert len(probs) == 3
+    total = sum(math.exp(i) for i in range(8))
+    torch.testing.assert_close(probs[2], torch.tensor([math.exp(i) / total for i in range(8)]))
+    mixed_total = sum(math.exp(w) for w in MIXED)
+    torch.testing.assert_close(probs[1], torch.tensor([math.exp(w) / mixed_total for w in MIXED]))
+    assert chosen_directions(probs, 2) == [['h', 'h_flip'], ['h_flip', 'v_flip'], ['w7', 'w7_flip']]
+    monitor = SearchMonitor.for_model(supernet, '/nonexistent', enabled=False)
+    torch.testing.assert_close(monitor.current(), torch.stack(probs))
+
+
+def test_a_model_without_search_layers_gets_no_monitor():
+    model = timm.create_model('local_vim_tiny', depth=1, embed_dim=16, directions=[CANDIDATES[:4]])
+    assert SearchMonitor.for_model(model, '/nonexistent') is None and layer_probabilities(model) == []
+
+
+def test_extraction_from_a_checkpoint_file_gives_the_live_model_probabilities(supernet, tmp_path):
+    path = tmp_path / 'supernet.pth.tar'
+    torch.save({'model': {'module.' + k: v for k, v in supernet.state_dict().items()}}, path)
+    result = extract(str(path), topk=2, out_dir=str(tmp_path))
+    for got, want in zip(result['probs'], layer_probabilities(supernet)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert result['directions'] == [['h', 'h_flip'], ['h_flip', 'v_flip'], ['w7', 'w7_flip']]
+
+
+def test_extraction_refuses_weights_without_one_entry_per_candidate(tmp_path):
+    path = tmp_path / 'bad.pth.tar'
+    torch.save({'model': {'layers.0.mixer.multi_scan.weights': torch.zeros(7, 1, 1, 1)}}, path)
+    with pytest.raises(CheckpointError, match=r'layers.0.mixer.multi_scan.weights has not 8 candidate weights'):
+        extract(str(path), out_dir=str(tmp_path))
