@@ -170,6 +170,8 @@ def test_distort_is_the_identity_below_two_tiles_and_moves_inner_corners():
     out = pixels(ra.distort(img, 20, FILL, BICUBIC))
     assert out[0, 0] > 0 and out[4, 4] == 0  # near the fixed outer corner vs sampled outside the image (black)
     assert len(ra.distort_mesh(9, 9, 31)) == 9 and ra.distort_mesh(9, 9, 31)[-1][0] == (6, 6, 9, 9)
+    # below magnitude 0 the original divides by zero tiles; here one tile, the identity
+    assert ra.distort_mesh(8, 8, 5) == [((0, 0, 8, 8), (0, 0, 0, 8, 8, 8, 8, 0))]
 
 
 def test_blur_radius_sign_does_not_matter():
@@ -258,6 +260,8 @@ def test_recipe_config_builds_the_originals_rand_augment():
     assert "ColorJitter" not in names  # the recipe's color_jitter 0.3 is ignored while aa is set, as the original
     bilinear = train_transform("--aa", "rand-m9-mstd0.5").transforms[2]
     assert bilinear.ops[0].resample == Image.Resampling.BILINEAR
+    grey_mean = train_transform("--aa", "rand-m9", "--image-mean", "0.5", "0.2", "1.0").transforms[2]
+    assert grey_mean.ops[0].fill == (128, 51, 255)  # the fill follows --image-mean
 
 
 def test_aa_impl_timm_builds_timms():
