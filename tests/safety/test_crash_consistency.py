@@ -4,6 +4,7 @@ import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,10 +50,11 @@ def straight(tmp_path_factory):
     return snapshot(out / "run")
 
 
-def kill_at(event, epoch, out):
+def kill_at(event, epoch, out, cwd=None):
+    """Run RUN into `out`/run (relative to `cwd`) and SIGKILL it right after `event` of `epoch`."""
     proc = subprocess.run([sys.executable, os.path.join(HERE, "kill_at.py"), event, str(epoch), *RUN,
                            "--output", str(out), "--experiment", "run"], capture_output=True, text=True,
-                          env=tool_env(), timeout=300)
+                          env=tool_env(), timeout=300, cwd=cwd)
     assert proc.returncode == -9, f"not killed at {event}@{epoch}:\n{proc.stderr[-2000:]}"
     return out / "run"
 
@@ -67,10 +69,11 @@ def test_kill_at_any_file_event_resumes_exactly(event, epoch, straight, tmp_path
 
 
 def test_resume_from_another_working_directory_keeps_the_ranking(straight, tmp_path):
-    kill_at("last", 1, tmp_path)
+    (tmp_path / "first").mkdir()
+    kill_at("last", 1, Path("."), cwd=str(tmp_path / "first"))  # started with a relative --output
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run_tool("train.py", *RUN, "--resume", os.path.join("..", "run", "last.pth.tar"), cwd=str(elsewhere))
-    assert_same_run(snapshot(tmp_path / "run"), straight)
+    run_tool("train.py", *RUN, "--resume", os.path.join("..", "first", "run", "last.pth.tar"), cwd=str(elsewhere))
+    assert_same_run(snapshot(tmp_path / "first" / "run"), straight)
     assert len(straight["kept"]) == 2 and straight["files"] == sorted(
         ["best.pth.tar", "last.pth.tar"] + [name for name, _ in straight["kept"]])
