@@ -2,7 +2,7 @@
 
 Small models (a few layers, 32 px); the default backend on this machine is ``cpu`` (C kernels, or their PyTorch
 fallback without a compiler). The graph-break test starts cold, with no kernel loaded in the process: the kernels'
-one-time load happens at trace time (``kernel_usable`` is a constant to dynamo), not inside the graph.
+one-time load happens at trace time (``kernel_available`` is a constant to dynamo), not inside the graph.
 """
 import importlib.util
 

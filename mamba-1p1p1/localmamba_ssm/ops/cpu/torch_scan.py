@@ -1,6 +1,6 @@
 """PyTorch implementation of the cpu backend's forward and backward (used for fp64, and when no C compiler works).
 
-Same layout contract as the C kernel (see ``kernel_source.py``): A (Dm, Np); B, C (Dm, Np) or (Bt, G, L, Np).
+Same layout contract as the C kernel (see ``csrc/selective_scan.c``): A (Dm, Np); B, C (Dm, Np) or (Bt, G, L, Np).
 The backward is the explicit reverse-time recurrence, so it needs no autograd graph over the sequence.
 """
 from __future__ import annotations
