@@ -117,7 +117,8 @@ def test_weighted_choice_w0_without_replacement():
 def test_config_grammar(config, expected):
     transform = ra.rand_augment_transform(config)
     magnitude, layers, std, weighted = expected
-    assert (transform.ops[0].magnitude, transform.num_layers, transform.ops[0].magnitude_std) == (magnitude, layers, std)
+    first = transform.ops[0]
+    assert (first.magnitude, transform.num_layers, first.magnitude_std) == (magnitude, layers, std)
     assert (transform.choice_weights is not None) == weighted
     assert transform.ops[0].fill == (128, 128, 128)
     assert transform.ops[0].resample == (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
