@@ -11,6 +11,7 @@ With W warmup steps, E steps per epoch and N total steps, the LR used by (0-base
 
 which is the value the original's GradualWarmupScheduler sets when stepped with `epoch * E + batch + 1` after every
 iteration. The schedule is a pure function of t, so its whole state is the step counter.
+Not timm's schedulers: their warmup ramps every step and their cosine skips the original's off-by-one (u = t - W - 1).
 """
 from __future__ import annotations
 
