@@ -293,6 +293,9 @@ def train(cfg: Namespace) -> dict:
         if env.is_main:
             make_writable(exp_dir)
         log = setup_logging(exp_dir, env.is_main)
+        named = os.path.join(cfg.output, cfg.experiment)
+        if os.path.abspath(named) != os.path.abspath(exp_dir):
+            log.info(f"Continuing in the resumed checkpoint's folder {exp_dir} (not {named})")
         seed_everything(cfg.seed + env.rank)
         run = Run(cfg, env, exp_dir, log)
         if ckpt is not None:
