@@ -83,3 +83,19 @@ def test_a_pretrained_file_that_needs_pickle_is_refused_unless_trusted(tmp_path)
     torch.testing.assert_close(trusted.state_dict()['patch_embed.0.weight'], weights['patch_embed.0.weight'])
     assert sorted(trusted.load_result.missing_keys) == sorted(f'outnorm{i}.{p}' for i in range(4)
                                                               for p in ('weight', 'bias'))
+
+
+def test_each_direction_keeps_its_own_a_log_from_a_local_vim_checkpoint(tmp_path):
+    """The original's det/seg backbone aliases the A_log_k of a layer, so loading leaves every direction with the last
+    direction's values; here each keeps its own."""
+    torch.manual_seed(0)
+    classifier = VisionMamba(**VIM_ARGS)
+    weights = classifier.state_dict()
+    for k in range(4):
+        weights[f'layers.0.mixer.A_log_{k}'] = torch.full_like(weights[f'layers.0.mixer.A_log_{k}'], float(k))
+    path = tmp_path / 'local_vim.pth'
+    torch.save({'state_dict': weights}, path)
+    backbone = MM_LocalVim(out_indices=[1], pretrained_ckpt=str(path), **VIM_ARGS)
+    backbone.init_weights()
+    for k in range(4):
+        assert torch.equal(getattr(backbone.layers[0].mixer, f'A_log_{k}'), torch.full((64, 16), float(k)))
