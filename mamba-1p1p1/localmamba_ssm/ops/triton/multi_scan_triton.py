@@ -1,0 +1,506 @@
+"""The ``triton`` backend of ``multi_scan_inner_fn``: the LocalMamba mixer's K-direction Mamba inner function.
+
+Three kernels with torch matmuls (cuBLAS) between them, forward and backward:
+
+1. ``_conv_fwd_kernel`` reads the x channels of the token rows through the index table (no K gathered copies) and
+   writes u = SiLU(depthwise causal conv(x_seq) + bias), (Bt, K, L, E), in sequence order;
+2. torch: x_dbl = u @ x_proj_weight[k]^T (Bt, K, L, R + 2N) and delta = x_dbl[..., :R] @ dt_proj_weight[k]^T;
+3. ``_scan_fwd_kernel`` runs the selective scan with softplus(delta + bias), D and the SiLU(z) gate fused (z read
+   through the index table) and writes each output at its token's row (the reverse scatter fused): (Bt, K, T, E).
+
+The scan is chunked over time: one program per (batch, direction, block of BD channels) loads a (CHUNK, BD, N) tile
+of decays and inputs and combines it with ``tl.associative_scan`` (the affine map h -> a h + b composes
+associatively), carrying the state from chunk to chunk; the state at the start of each chunk is stored for the
+backward pass. The backward pass walks the chunks in reverse: it recomputes the chunk's states from its stored start
+(one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse
+associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). Gradients of the input-dependent B / C are
+summed over each channel block and written per block, those of per-channel parameters per program (summed
+afterwards in torch): deterministic, no atomics. Math in fp32; activations in the tokens' dtype.
+
+Each pair of kernels is a torch.library custom op with autograd, so that ``torch.compile`` sees opaque ops.
+Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from localmamba_kernel_runtime.precision import autocast_off
+
+SCAN_CHUNK = 16      # time steps per tile of the scan
+SCAN_BLOCK_D = 8     # channels per scan program
+CONV_CHUNK = 32      # time steps per conv program
+CONV_BLOCK_E = 32    # channels per conv program
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _affine_combine(a_first, b_first, a_then, b_then):
+    """Compose h -> a_first h + b_first, then h -> a_then h + b_then."""
+    return a_first * a_then, a_then * b_first + b_then
+
+
+@triton.jit
+def _row_at(tile, rows, which):
+    """Row ``which`` of a (T, ...) tile whose row numbers are ``rows``."""
+    return tl.sum(tl.where((rows == which)[:, None, None], tile, 0.0), axis=0)
+
+
+# --- depthwise causal conv + SiLU, read through the index table -----------------------------------------------------
+
+@triton.jit
+def _conv_fwd_kernel(tok_ptr, index_ptr, w_ptr, bias_ptr, u_ptr,
+                     num_tokens, length, inner, s_tb, s_tt, num_dirs,
+                     HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+                     CT: tl.constexpr, BE: tl.constexpr):
+    pid_bk = tl.program_id(0)
+    b = pid_bk // num_dirs
+    k = pid_bk % num_dirs
+    s = tl.program_id(1) * CT + tl.arange(0, CT)
+    e = tl.program_id(2) * BE + tl.arange(0, BE)
+    emask = e < inner
+    acc = tl.zeros([CT, BE], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + k * inner + e, mask=emask, other=0.0).to(tl.float32)[None, :]
+    for w in tl.static_range(WIDTH):
+        src = s - (WIDTH - 1) + w
+        valid = (src >= 0) & (src < length)
+        row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
+        m = (valid & (row < num_tokens))[:, None] & emask[None, :]
+        x = tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
+        if HAS_CONV:
+            acc += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
+        else:
+            acc += x
+    if HAS_CONV:
+        acc = acc * tl.sigmoid(acc)
+    out = u_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :]
+    tl.store(out, acc.to(u_ptr.dtype.element_ty), mask=(s < length)[:, None] & emask[None, :])
+
+
+@triton.jit
+def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, dw_ptr, dbias_ptr,
+                         num_tokens, length, inner, s_tb, s_tt, num_dirs, num_chunks,
+                         HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+                         CT: tl.constexpr, BE: tl.constexpr):
+    """dpre = du * SiLU'(pre) in sequence order, and per-program partial sums of the weight / bias gradients."""
+    pid_bk = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    b = pid_bk // num_dirs
+    k = pid_bk % num_dirs
+    s = pid_t * CT + tl.arange(0, CT)
+    e = tl.program_id(2) * BE + tl.arange(0, BE)
+    emask = e < inner
+    smask = (s < length)[:, None] & emask[None, :]
+    pre = tl.zeros([CT, BE], dtype=tl.float32)
+    if HAS_BIAS:
+        pre += tl.load(bias_ptr + k * inner + e, mask=emask, other=0.0).to(tl.float32)[None, :]
+    for w in tl.static_range(WIDTH):
+        src = s - (WIDTH - 1) + w
+        valid = (src >= 0) & (src < length)
+        row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
+        m = (valid & (row < num_tokens))[:, None] & emask[None, :]
+        x = tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
+        pre += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
+    du = tl.load(du_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :], mask=smask, other=0.0)
+    sig = tl.sigmoid(pre)
+    dpre = du.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
+    tl.store(dpre_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :], dpre, mask=smask)
+    partial = (pid_bk * num_chunks + pid_t) * inner + e
+    if HAS_BIAS:
+        tl.store(dbias_ptr + partial, tl.sum(dpre, axis=0), mask=emask)
+    for w in tl.static_range(WIDTH):
+        src = s - (WIDTH - 1) + w
+        valid = (src >= 0) & (src < length)
+        row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
+        m = (valid & (row < num_tokens))[:, None] & emask[None, :]
+        x = tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(dw_ptr + partial * WIDTH + w, tl.sum(dpre * x, axis=0), mask=emask)
+
+
+@triton.jit
+def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, inner, num_dirs,
+                       HAS_CONV: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
+    """dx of each direction at its token's row, (Bt, K, T, E): sum_j w[W-1-j] dpre[s + j]."""
+    pid_bk = tl.program_id(0)
+    k = pid_bk % num_dirs
+    s = tl.program_id(1) * CT + tl.arange(0, CT)
+    e = tl.program_id(2) * BE + tl.arange(0, BE)
+    emask = e < inner
+    acc = tl.zeros([CT, BE], dtype=tl.float32)
+    for j in tl.static_range(WIDTH):
+        dst = s + j
+        m = (dst < length)[:, None] & emask[None, :]
+        d = tl.load(dpre_ptr + ((pid_bk * length + dst) * inner)[:, None] + e[None, :], mask=m, other=0.0)
+        d = d.to(tl.float32)
+        if HAS_CONV:
+            d = d * tl.load(w_ptr + (k * inner + e) * WIDTH + (WIDTH - 1 - j), mask=emask, other=0.0).to(
+                tl.float32)[None, :]
+        acc += d
+    row = tl.load(index_ptr + k * length + s, mask=s < length, other=num_tokens)
+    m = ((s < length) & (row < num_tokens))[:, None] & emask[None, :]
+    tl.store(dx_ptr + ((pid_bk * num_tokens + row) * inner)[:, None] + e[None, :], acc, mask=m)
+
+
+# --- the selective scan: chunked associative scan, z gate and the scatter to token rows fused ----------------------
+
+@triton.jit
+def _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n, nmask, A, bias, rank, dstate,
+                       width_dbl, inner):
+    """Loads of one chunk: u, raw delta, dt = softplus(delta + bias) (CT, BD); B, C (CT, N); decays a and inputs b
+    (CT, BD, N), the identity map (a = 1, b = 0) past the sequence's end."""
+    m2 = tmask[:, None] & dmask[None, :]
+    act = ((seq_row + t) * inner)[:, None] + d[None, :]
+    u = tl.load(u_ptr + act, mask=m2, other=0.0).to(tl.float32)
+    raw = tl.load(delta_ptr + act, mask=m2, other=0.0).to(tl.float32) + bias[None, :]
+    dt = _softplus(raw)
+    mb = tmask[:, None] & nmask[None, :]
+    dbl = ((seq_row + t) * width_dbl)[:, None] + n[None, :]
+    Bm = tl.load(xdbl_ptr + dbl + rank, mask=mb, other=0.0).to(tl.float32)
+    Cm = tl.load(xdbl_ptr + dbl + rank + dstate, mask=mb, other=0.0).to(tl.float32)
+    a = tl.exp(dt[:, :, None] * A[None, :, :])
+    b = (dt * u)[:, :, None] * Bm[:, None, :]
+    live = tmask[:, None, None]
+    return u, raw, dt, Bm, Cm, tl.where(live, a, 1.0), tl.where(live, b, 0.0)
+
+
+@triton.jit
+def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr,
+                     num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
+                     HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+                     BN: tl.constexpr):
+    pid_bk = tl.program_id(0)
+    b = pid_bk // num_dirs
+    k = pid_bk % num_dirs
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    dmask = d < inner
+    n = tl.arange(0, BN)
+    nmask = n < dstate
+    mdn = dmask[:, None] & nmask[None, :]
+    A = -tl.exp(tl.load(A_log_ptr + (k * inner + d)[:, None] * dstate + n[None, :], mask=mdn, other=0.0)
+                .to(tl.float32))
+    bias = tl.load(bias_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    rows = tl.arange(0, CT)
+    seq_row = pid_bk * length
+    h0 = tl.zeros([BD, BN], dtype=tl.float32)
+    for c in range(0, num_chunks):
+        tl.store(ckpt_ptr + ((pid_bk * num_chunks + c) * inner + d)[:, None] * dstate + n[None, :], h0, mask=mdn)
+        t = c * CT + rows
+        tmask = t < length
+        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n,
+                                                      nmask, A, bias, rank, dstate, width_dbl, inner)
+        a_cum, b_cum = tl.associative_scan((a, bb), 0, _affine_combine)
+        h = a_cum * h0[None, :, :] + b_cum
+        y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
+        token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
+        m = (tmask & (token < num_tokens))[:, None] & dmask[None, :]
+        if GATE:
+            z = tl.load(tok_ptr + b * s_tb + token[:, None] * s_tt + inner + d[None, :], mask=m, other=0.0)
+            z = z.to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :],
+                 y.to(out_ptr.dtype.element_ty), mask=m)
+        h0 = _row_at(h, rows, CT - 1)
+
+
+@triton.jit
+def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, bias_ptr,
+                     du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
+                     num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
+                     HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+                     BN: tl.constexpr):
+    pid_bk = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = pid_bk // num_dirs
+    k = pid_bk % num_dirs
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < inner
+    n = tl.arange(0, BN)
+    nmask = n < dstate
+    mdn = dmask[:, None] & nmask[None, :]
+    A = -tl.exp(tl.load(A_log_ptr + (k * inner + d)[:, None] * dstate + n[None, :], mask=mdn, other=0.0)
+                .to(tl.float32))
+    bias = tl.load(bias_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    rows = tl.arange(0, CT)
+    seq_row = pid_bk * length
+    # per-channel-block partial gradients of B and C: (Bt*K, blocks, L, 2N)
+    dbc_rows = dbc_ptr + (pid_bk * tl.num_programs(1) + pid_d) * length * 2 * dstate
+    g_in = tl.zeros([BD, BN], dtype=tl.float32)  # dL/dh at the first step of the chunk after this one
+    dA = tl.zeros([BD, BN], dtype=tl.float32)
+    dD = tl.zeros([BD], dtype=tl.float32)
+    dbias = tl.zeros([BD], dtype=tl.float32)
+    for ci in range(0, num_chunks):
+        c = num_chunks - 1 - ci
+        h0 = tl.load(ckpt_ptr + ((pid_bk * num_chunks + c) * inner + d)[:, None] * dstate + n[None, :], mask=mdn,
+                     other=0.0)
+        t = c * CT + rows
+        tmask = t < length
+        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n,
+                                                      nmask, A, bias, rank, dstate, width_dbl, inner)
+        a_cum, b_cum = tl.associative_scan((a, bb), 0, _affine_combine)
+        h = a_cum * h0[None, :, :] + b_cum
+        token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
+        m = (tmask & (token < num_tokens))[:, None] & dmask[None, :]
+        dy = tl.load(dout_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :], mask=m, other=0.0)
+        dy = dy.to(tl.float32)
+        if GATE:
+            z = tl.load(tok_ptr + b * s_tb + token[:, None] * s_tt + inner + d[None, :], mask=m, other=0.0)
+            z = z.to(tl.float32)
+            sz = tl.sigmoid(z)
+            y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
+            tl.store(dz_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :],
+                     dy * y * sz * (1.0 + z * (1.0 - sz)), mask=m)
+            dy = dy * z * sz
+        # decay of the next step, a_{t+1} (zero past the end: no gradient flows in from there)
+        nxt = t + 1
+        nmask_t = nxt < length
+        raw_next = tl.load(delta_ptr + ((seq_row + nxt) * inner)[:, None] + d[None, :],
+                           mask=nmask_t[:, None] & dmask[None, :], other=0.0).to(tl.float32) + bias[None, :]
+        a_next = tl.where(nmask_t[:, None, None], tl.exp(_softplus(raw_next)[:, :, None] * A[None, :, :]), 0.0)
+        g_mul, g_add = tl.associative_scan((a_next, Cm[:, None, :] * dy[:, :, None]), 0, _affine_combine,
+                                           reverse=True)
+        g = g_mul * g_in[None, :, :] + g_add
+        g_in = _row_at(g, rows, 0)
+        ah = h - bb                                  # a_t h_{t-1}
+        mb = tmask[:, None] & nmask[None, :]
+        dbc = ((t * 2 * dstate)[:, None] + n[None, :])
+        tl.store(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=mb)
+        tl.store(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mask=mb)
+        gB = tl.sum(g * Bm[:, None, :], axis=2)
+        gAh = g * ah
+        ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
+        draw = ddt * tl.sigmoid(raw)
+        m2 = tmask[:, None] & dmask[None, :]
+        act = ((seq_row + t) * inner)[:, None] + d[None, :]
+        tl.store(du_ptr + act, (dy * Dv[None, :] + dt * gB).to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddelta_ptr + act, draw.to(ddelta_ptr.dtype.element_ty), mask=m2)
+        dA += tl.sum(gAh * dt[:, :, None], axis=0)
+        dD += tl.sum(tl.where(m2, dy * u, 0.0), axis=0)
+        dbias += tl.sum(tl.where(m2, draw, 0.0), axis=0)
+    per_channel = pid_bk * inner + d
+    tl.store(dA_log_ptr + per_channel[:, None] * dstate + n[None, :], dA * A, mask=mdn)
+    tl.store(dD_ptr + per_channel, dD, mask=dmask)
+    tl.store(dbias_ptr + per_channel, dbias, mask=dmask)
+
+
+# --- launches, custom ops with autograd ------------------------------------------------------------------------------
+
+def _tokens_view(tokens: torch.Tensor) -> torch.Tensor:
+    return tokens if tokens.stride(-1) == 1 else tokens.contiguous()
+
+
+def _conv_params(conv_weight: Optional[torch.Tensor]):
+    """(weight (K, E, W) contiguous or None, width)."""
+    if conv_weight is None:
+        return None, 1
+    weight = conv_weight.reshape(conv_weight.shape[0], conv_weight.shape[1], -1).contiguous()
+    return weight, weight.shape[-1]
+
+
+def _conv_grid(batch: int, num_dirs: int, length: int, inner: int):
+    return batch * num_dirs, triton.cdiv(length, CONV_CHUNK), triton.cdiv(inner, CONV_BLOCK_E)
+
+
+@torch.library.custom_op("localmamba::multi_scan_conv_triton_fwd", mutates_args=())
+def multi_scan_conv_fwd(tokens: torch.Tensor, index: torch.Tensor, conv_weight: Optional[torch.Tensor],
+                        conv_bias: Optional[torch.Tensor], inner: int) -> torch.Tensor:
+    """u (Bt, K, L, E) in the tokens' dtype: SiLU(conv(x_seq) + bias) with x_seq read through ``index`` (int32
+    (K, L)); x_seq itself without ``conv_weight``."""
+    tokens = _tokens_view(tokens)
+    (batch, num_tokens), (num_dirs, length) = tokens.shape[:2], index.shape
+    weight, width = _conv_params(conv_weight)
+    u = tokens.new_empty(batch, num_dirs, length, inner)
+    _conv_fwd_kernel[_conv_grid(batch, num_dirs, length, inner)](
+        tokens, index, weight, conv_bias, u, num_tokens, length, inner, tokens.stride(0), tokens.stride(1), num_dirs,
+        HAS_CONV=weight is not None, HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+    return u
+
+
+@multi_scan_conv_fwd.register_fake
+def _conv_fwd_fake(tokens, index, conv_weight, conv_bias, inner):
+    return tokens.new_empty(tokens.shape[0], index.shape[0], index.shape[1], inner)
+
+
+@torch.library.custom_op("localmamba::multi_scan_conv_triton_bwd", mutates_args=())
+def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
+                        conv_weight: Optional[torch.Tensor], conv_bias: Optional[torch.Tensor]
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> d tokens (x channels; fp32, tokens' shape), d conv_weight (K, E, W) fp32, d conv_bias (K, E) fp32 (empty
+    tensors for absent parameters)."""
+    tokens = _tokens_view(tokens)
+    du = du.contiguous()
+    (batch, num_tokens), (num_dirs, length), inner = tokens.shape[:2], index.shape, du.shape[-1]
+    weight, width = _conv_params(conv_weight)
+    grid = _conv_grid(batch, num_dirs, length, inner)
+    f32 = dict(device=du.device, dtype=torch.float32)
+    dweight, dbias = torch.zeros(0, **f32), torch.zeros(0, **f32)
+    if weight is None:
+        dpre = du
+    else:
+        dpre = torch.empty(batch, num_dirs, length, inner, **f32)
+        dw_part = torch.empty(batch, num_dirs, grid[1], inner, width, **f32)
+        db_part = torch.empty(batch, num_dirs, grid[1], inner, **f32) if conv_bias is not None else None
+        _conv_bwd_pre_kernel[grid](
+            du, tokens, index, weight, conv_bias, dpre, dw_part, db_part, num_tokens, length, inner,
+            tokens.stride(0), tokens.stride(1), num_dirs, grid[1],
+            HAS_CONV=True, HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+        dweight = dw_part.sum((0, 2))
+        if db_part is not None:
+            dbias = db_part.sum((0, 2))
+    dx = torch.zeros(batch, num_dirs, num_tokens, inner, **f32)
+    _conv_bwd_x_kernel[grid](dpre, index, weight, dx, num_tokens, length, inner, num_dirs,
+                             HAS_CONV=weight is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+    dtokens = torch.zeros(tokens.shape, **f32)
+    dtokens[..., :inner] = dx.sum(1)
+    return dtokens, dweight, dbias
+
+
+@multi_scan_conv_bwd.register_fake
+def _conv_bwd_fake(du, tokens, index, conv_weight, conv_bias):
+    f32 = dict(dtype=torch.float32)
+    return (tokens.new_empty(tokens.shape, **f32),
+            du.new_empty(conv_weight.shape[:2] + (conv_weight.shape[-1],), **f32) if conv_weight is not None
+            else du.new_empty(0, **f32),
+            du.new_empty(conv_bias.shape, **f32) if conv_bias is not None else du.new_empty(0, **f32))
+
+
+def _conv_setup(ctx, inputs, output):
+    tokens, index, conv_weight, conv_bias, inner = inputs
+    ctx.save_for_backward(tokens, index, conv_weight, conv_bias)
+
+
+def _conv_backward(ctx, du):
+    tokens, index, conv_weight, conv_bias = ctx.saved_tensors
+    dtokens, dweight, dbias = multi_scan_conv_bwd(du, tokens, index, conv_weight, conv_bias)
+    return (dtokens.to(tokens.dtype), None,
+            None if conv_weight is None else dweight.view(conv_weight.shape).to(conv_weight.dtype),
+            None if conv_bias is None else dbias.to(conv_bias.dtype), None)
+
+
+multi_scan_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+def _scan_launch(u: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor):
+    batch, num_dirs, length, inner = u.shape
+    num_chunks = max(1, triton.cdiv(length, SCAN_CHUNK))
+    grid = (batch * num_dirs, triton.cdiv(inner, SCAN_BLOCK_D))
+    return grid, num_chunks, dict(CT=SCAN_CHUNK, BD=SCAN_BLOCK_D, BN=triton.next_power_of_2(A_log.shape[-1]))
+
+
+@torch.library.custom_op("localmamba::multi_scan_triton_fwd", mutates_args=())
+def multi_scan_scan_fwd(u: torch.Tensor, delta: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tensor,
+                        index: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor], dt_bias: torch.Tensor,
+                        gate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """u, delta (Bt, K, L, E), x_dbl (Bt, K, L, R + 2N) contiguous; tokens (Bt, T, C) (z = channels [E, 2E));
+    index int32 (K, L). -> y (Bt, K, T, E) in u's dtype at token rows, chunk start states (Bt*K, chunks, E, N) fp32.
+    """
+    tokens = _tokens_view(tokens)
+    batch, num_dirs, length, inner = u.shape
+    num_tokens, dstate = tokens.shape[1], A_log.shape[-1]
+    rank = x_dbl.shape[-1] - 2 * dstate
+    grid, num_chunks, blocks = _scan_launch(u, index, A_log)
+    out = u.new_empty(batch, num_dirs, num_tokens, inner)
+    ckpt = u.new_empty(batch * num_dirs, num_chunks, inner, dstate, dtype=torch.float32)
+    _scan_fwd_kernel[grid](
+        u, delta, x_dbl, tokens, index, A_log, D, dt_bias, out, ckpt, num_tokens, length, inner, rank, dstate,
+        x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs, num_chunks,
+        HAS_D=D is not None, GATE=gate, **blocks)
+    return out, ckpt
+
+
+@multi_scan_scan_fwd.register_fake
+def _scan_fwd_fake(u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate):
+    batch, num_dirs, length, inner = u.shape
+    num_chunks = max(1, -(-length // SCAN_CHUNK))
+    return (u.new_empty(batch, num_dirs, tokens.shape[1], inner),
+            u.new_empty(batch * num_dirs, num_chunks, inner, A_log.shape[-1], dtype=torch.float32))
+
+
+@torch.library.custom_op("localmamba::multi_scan_triton_bwd", mutates_args=())
+def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+                        x_dbl: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor,
+                        D: Optional[torch.Tensor], dt_bias: torch.Tensor, gate: bool
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                   torch.Tensor, torch.Tensor]:
+    """-> du, ddelta (u's dtype), d x_dbl (B / C slices; x_dbl's shape, fp32), d tokens (z channels; fp32),
+    d A_log (K, E, N), dD (K, E; empty without D), d dt_bias (K, E), all fp32."""
+    tokens = _tokens_view(tokens)
+    dout = dout.contiguous()
+    batch, num_dirs, length, inner = u.shape
+    num_tokens, dstate = tokens.shape[1], A_log.shape[-1]
+    rank = x_dbl.shape[-1] - 2 * dstate
+    grid, num_chunks, blocks = _scan_launch(u, index, A_log)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    dbc = torch.empty(batch, num_dirs, grid[1], length, 2 * dstate, **f32)
+    dz = torch.zeros(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
+    dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
+    dD, dbias = torch.empty(batch, num_dirs, inner, **f32), torch.empty(batch, num_dirs, inner, **f32)
+    _scan_bwd_kernel[grid](
+        dout, ckpt, u, delta, x_dbl, tokens, index, A_log, D, dt_bias, du, ddelta, dbc, dz, dA_log, dD, dbias,
+        num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs,
+        num_chunks, HAS_D=D is not None, GATE=gate, **blocks)
+    dx_dbl = torch.zeros(x_dbl.shape, **f32)
+    dx_dbl[..., rank:] = dbc.sum(2)
+    dtokens = torch.zeros(tokens.shape, **f32)
+    if gate:
+        dtokens[..., inner:2 * inner] = dz.sum(1)
+    return (du, ddelta, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0),
+            dbias.sum(0))
+
+
+@multi_scan_scan_bwd.register_fake
+def _scan_bwd_fake(dout, ckpt, u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate):
+    f32 = dict(dtype=torch.float32)
+    num_dirs, inner = A_log.shape[:2]
+    return (u.new_empty(u.shape), u.new_empty(u.shape), x_dbl.new_empty(x_dbl.shape, **f32),
+            tokens.new_empty(tokens.shape, **f32), A_log.new_empty(A_log.shape, **f32),
+            u.new_empty((num_dirs, inner) if D is not None else (0,), **f32), u.new_empty(num_dirs, inner, **f32))
+
+
+def _scan_setup(ctx, inputs, output):
+    u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate = inputs
+    ctx.save_for_backward(output[1], u, delta, x_dbl, tokens, index, A_log, D, dt_bias)
+    ctx.mark_non_differentiable(output[1])
+    ctx.gate = gate
+
+
+def _scan_backward(ctx, dout, dckpt):
+    ckpt, u, delta, x_dbl, tokens, index, A_log, D, dt_bias = ctx.saved_tensors
+    du, ddelta, dx_dbl, dtokens, dA_log, dD, dbias = multi_scan_scan_bwd(dout, ckpt, u, delta, x_dbl, tokens, index,
+                                                                         A_log, D, dt_bias, ctx.gate)
+    return (du, ddelta, dx_dbl.to(x_dbl.dtype), dtokens.to(tokens.dtype) if ctx.gate else None, None,
+            dA_log.to(A_log.dtype), None if D is None else dD.to(D.dtype), dbias.to(dt_bias.dtype), None)
+
+
+multi_scan_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
+def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
+                            dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                            D: Optional[torch.Tensor] = None, conv_weight: Optional[torch.Tensor] = None,
+                            conv_bias: Optional[torch.Tensor] = None, gate: bool = False) -> torch.Tensor:
+    """triton backend of ``multi_scan_inner_fn`` (same arguments and result; inputs already validated)."""
+    inner, rank = x_proj_weight.shape[2], dt_proj_weight.shape[2]
+    index32 = index.to(torch.int32).contiguous()
+    u = multi_scan_conv_fwd(tokens, index32, conv_weight, conv_bias, inner)           # (Bt, K, L, E)
+    x_dbl = torch.matmul(u, x_proj_weight.to(u.dtype).transpose(1, 2))                 # (Bt, K, L, R + 2N)
+    delta = torch.matmul(x_dbl[..., :rank], dt_proj_weight.to(u.dtype).transpose(1, 2))
+    with autocast_off(tokens.device.type):
+        y, _ = multi_scan_scan_fwd(u, delta.to(u.dtype).contiguous(), x_dbl.contiguous(), tokens, index32, A_log,
+                                   D, dt_proj_bias, gate)
+    return y
+
