@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
+import sys
 from typing import Any, Callable, Optional, Sequence
 
-from ..common import TRUST_FLAG, load_checkpoint
+from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 
 TASKS = ('detection', 'segmentation')
 
@@ -54,6 +55,16 @@ def _route_checkpoint_loads(trust: bool) -> None:
     loader = safe_checkpoint_loader(trust)
     CheckpointLoader.register_scheme(prefixes='', loader=loader, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=loader, force=True)
+
+
+def _run(step: Callable[[], Any]) -> None:
+    """Run the Runner's train or test; a checkpoint that cannot be read ends the process with its one-line message
+    (exit status 2) instead of a traceback."""
+    try:
+        step()
+    except CheckpointError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
 
 
 def _load_config(args: argparse.Namespace):
@@ -141,7 +152,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    _build_runner(cfg).train()
+    _run(_build_runner(cfg).train)
 
 
 def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -186,4 +197,4 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError('--out must be a .pkl file for detection')
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    runner.test()
+    _run(runner.test)

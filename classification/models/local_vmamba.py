@@ -169,7 +169,9 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
 
 
 class Classifier(nn.Module):
-    """The original's classifier: LayerNorm, global average pool and the linear head. (B, H, W, C) -> (B, classes)."""
+    """The original's classifier module, holding the final LayerNorm and the linear head (keys ``classifier.norm.*``,
+    ``classifier.head.*``); :class:`VSSM` applies the norm in ``forward_features``, the pool and head in
+    ``forward_head``."""
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()

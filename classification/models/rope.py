@@ -24,7 +24,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 @torch.fx.wrap
 def resize_grid_table(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
     """Bicubically resize a per-token table (H*W, C) or (1, H*W, C) from ``old_grid`` to ``new_grid`` (timm's
-    ``resample_abs_pos_embed``, align_corners=False, no antialiasing); the table itself when the grids agree."""
+    ``resample_abs_pos_embed``, align_corners=False, no antialiasing); the table itself when the grids agree (also
+    while tracing or exporting, where timm would interpolate to the same size)."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
     if table.dim() == 2:
         return resize_grid_table(table.unsqueeze(0), old_grid, new_grid)[0]
     return resample_abs_pos_embed(table, list(new_grid), list(old_grid), num_prefix_tokens=0, antialias=False)

@@ -4,12 +4,14 @@ refused naming --trust-checkpoint, without running its code); nothing sets TORCH
 import argparse
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, require
+from conftest import IMAGE_HW, REPO, require
 
 require('mmengine')
 
@@ -98,3 +100,26 @@ def test_the_entry_points_leave_torch_defaults_alone(monkeypatch):
     finally:
         CheckpointLoader._schemes = schemes
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
+
+
+def test_the_test_tool_refuses_a_crafted_checkpoint_in_one_line(tmp_path):
+    require('mmseg')
+    from test_mm_tools import TINY_CONFIG, _ade_folder
+
+    from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS
+    root = str(tmp_path / 'ade')
+    _ade_folder(root)
+    config = tmp_path / 'tiny_upernet_local_vssm.py'
+    config.write_text(TINY_CONFIG.format(
+        base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'),
+        hw=IMAGE_HW, directions=[list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]], root=root, ckpt=None))
+    marker = tmp_path / 'marker'
+    crafted = tmp_path / 'crafted.pth'
+    torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, crafted)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', 'test.py'), str(config),
+                           str(crafted), '--work-dir', str(tmp_path / 'work')],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {crafted} holds pickled objects')
+    assert '--trust-checkpoint' in proc.stderr and 'Traceback' not in proc.stderr and not marker.exists()
