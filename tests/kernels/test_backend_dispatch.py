@@ -165,10 +165,12 @@ def multi_scan_inputs(dtype=torch.float32):
 
 
 def test_fused_ops_register_only_what_runs():
-    assert backends.implemented_backends("multi_scan_inner") == ("cpu", "composed", "reference")
-    assert backends.implemented_backends("attention_merge") == ("cpu", "reference")
+    assert backends.implemented_backends("multi_scan_inner") == ("triton", "cpu", "composed", "reference")
+    assert backends.implemented_backends("attention_merge") == ("triton", "cpu", "reference")
     assert backends.implemented_backends("selective_scan") == ("cuda", "triton", "cpu", "reference")
-    assert backends.available_backends("multi_scan_inner", "cuda") == ("composed", "reference")
+    triton = ("triton",) if backends.triton_importable() else ()
+    assert backends.available_backends("multi_scan_inner", "cuda") == triton + ("composed", "reference")
+    assert backends.available_backends("multi_scan_inner", "cpu") == ("cpu", "composed", "reference")
 
 
 def test_composed_path_is_named_and_logged(caplog):

@@ -3,11 +3,11 @@
 
 ``multi_scan_inner_fn`` runs the Mamba inner function (conv, projections, selective scan, gate) over K reorderings
 of one set of token rows at once and returns the outputs in token order; ``attention_merge_fn`` applies the
-LocalMamba channel attention to each direction's output and sums them. Backends of ``multi_scan_inner``: ``cpu``
-(fused C kernels on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_conv1d_fn`` and
+LocalMamba channel attention to each direction's output and sums them. Backends of ``multi_scan_inner``: ``triton``
+(fused kernels reading through the index table, see ``triton/multi_scan_triton.py``; CUDA), ``cpu`` (fused C kernels on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_conv1d_fn`` and
 ``selective_scan_fn``, which choose their own backends: what runs on GPUs, for fp64, and under ``torch.jit`` tracing)
-and ``reference`` (the composition on the reference conv and scan). ``attention_merge``: ``cpu`` (C kernels) and
-``reference`` (plain ops, on any device).
+and ``reference`` (the composition on the reference conv and scan). ``attention_merge``: ``triton``
+(``triton/attention_merge_triton.py``), ``cpu`` (C kernels) and ``reference`` (plain ops, on any device).
 """
 from __future__ import annotations
 
@@ -40,19 +40,22 @@ def _fused_kernels_check(kernel_available: Callable[[], bool]) -> backends.Check
     return check
 
 
+backends.register(OP_SCAN, "triton", backends.check_triton)
 backends.register(OP_SCAN, "cpu", _fused_kernels_check(multi_scan_cpu.kernel_available))
 backends.register(OP_SCAN, backends.COMPOSED, backends.check_any)
 backends.register(OP_SCAN, "reference", backends.check_any)
+backends.register(OP_MERGE, "triton", backends.check_triton)
 backends.register(OP_MERGE, "cpu", _fused_kernels_check(attention_merge_cpu.kernel_available))
 backends.register(OP_MERGE, "reference", backends.check_any)
 
 
 def _fused_input_check(t: torch.Tensor, inner: int, state: int = 0, rank: int = 0) -> Callable[[str], Optional[str]]:
-    """Input constraints of the fused cpu kernels: fp32 compute (fp64 keeps its precision on the other backends),
-    not while ``torch.jit`` traces (ONNX export, FLOP counting record plain ops), sizes within the kernels' limits."""
+    """Input constraints of the fused cpu and triton kernels: fp32 compute (fp64 keeps its precision on the other
+    backends), not while ``torch.jit`` traces (ONNX export, FLOP counting record plain ops), sizes within the cpu
+    kernels' limits."""
 
     def check(backend: str) -> Optional[str]:
-        if backend != "cpu":
+        if backend not in ("cpu", "triton"):
             return None
         if t.dtype == torch.float64:
             return "the fused kernels compute in fp32, not fp64"
@@ -60,6 +63,8 @@ def _fused_input_check(t: torch.Tensor, inner: int, state: int = 0, rank: int = 
             return "torch.jit is tracing (the plain ops are recorded instead)"
         if inner == 0:
             return "there are no channels"
+        if backend == "triton":
+            return None
         if state > MAX_STATE or rank > multi_scan_cpu.MAX_RANK:
             return f"the cpu kernels support N <= {MAX_STATE} and R <= {multi_scan_cpu.MAX_RANK}"
         return None
@@ -124,6 +129,10 @@ def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight
     backend = backends.select(OP_SCAN, tokens.device, _fused_input_check(
         tokens, x_proj_weight.shape[2], A_log.shape[2], dt_proj_weight.shape[2]))
     args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
+    if backend == "triton":
+        from .triton.multi_scan_triton import multi_scan_inner_triton  # imports triton on first use
+
+        return multi_scan_inner_triton(*args)
     if backend == "cpu":
         return multi_scan_cpu.multi_scan_inner_cpu(*args)
     if backend == "reference":
@@ -143,6 +152,10 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
         raise ValueError(f"attention_merge: y must be (Bt, K, T, E) with E = norm_weight's size, got {shape_str(y)}")
     backend = backends.select(OP_MERGE, y.device, _fused_input_check(y, y.shape[-1]))
     args = (y, norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias, eps)
+    if backend == "triton":
+        from .triton.attention_merge_triton import attention_merge_triton  # imports triton on first use
+
+        return attention_merge_triton(*args)
     if backend == "cpu":
         return attention_merge_cpu.attention_merge_cpu(*args)
     return attention_merge_ref(*args)

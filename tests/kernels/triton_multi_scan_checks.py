@@ -1,0 +1,121 @@
+"""Checks of the fused Triton mixer kernels (``multi_scan_inner`` and ``attention_merge``) against their references,
+run by test_triton_multi_scan.py in a subprocess with TRITON_INTERPRET=1 and LOCALMAMBA_BACKEND=triton.
+
+Tiny odd shapes on real index tables (row, column, windowed with padding, flipped; a middle class token); the
+kernels' tile sizes are shrunk so that every tiling path runs (several time chunks, partial channel blocks, several
+token blocks). Outputs and the gradients of every input are compared, fp32 tightly and bf16 loosely.
+Prints one ``ok`` line per case; exits non-zero with a message at the first mismatch.
+"""
+import os
+import sys
+
+import torch
+
+from classification.models.scan_maps import sequence_index
+from localmamba_kernel_runtime import backends
+from localmamba_ssm import attention_merge_fn, attention_merge_ref, multi_scan_inner_fn, multi_scan_inner_ref
+from localmamba_ssm.ops.triton import attention_merge_triton, multi_scan_triton
+
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
+SCAN_ARGS = ("tokens", "index", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D", "conv_weight",
+             "conv_bias")
+
+
+def shrink_tiles():
+    multi_scan_triton.SCAN_CHUNK = 4      # 25 steps: 7 chunks, the last one partial
+    multi_scan_triton.SCAN_BLOCK_D = 4    # 5 or 7 channels: a full and a partial block
+    multi_scan_triton.CONV_CHUNK = 8
+    multi_scan_triton.CONV_BLOCK_E = 4
+    attention_merge_triton.ROWS = 4
+    attention_merge_triton.MERGE_ROWS = 4
+    attention_merge_triton.MERGE_COLS = 8
+
+
+def relative_error(actual, expected):
+    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6)).item()
+
+
+def compare(label, fn, ref, inputs, dtype):
+    """Outputs and the gradients of ``inputs`` (dict) of ``fn`` against ``ref`` under one random output weight."""
+    names = [k for k, t in inputs.items() if t is not None and t.requires_grad]
+    out, out_ref = fn(), ref()
+    if out.dtype != out_ref.dtype or out.shape != out_ref.shape:
+        sys.exit(f"{label}: output {out.dtype} {tuple(out.shape)}, expected {out_ref.dtype} {tuple(out_ref.shape)}")
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    grads = torch.autograd.grad((out.float() * weight).sum(), [inputs[k] for k in names])
+    grads_ref = torch.autograd.grad((out_ref.float() * weight).sum(), [inputs[k] for k in names])
+    tol = TOLERANCE[dtype]
+    err = relative_error(out, out_ref)
+    if not err < tol:
+        sys.exit(f"{label} output: relative error {err:.2e} >= {tol:.0e}")
+    for name, grad, grad_ref in zip(names, grads, grads_ref):
+        if grad.dtype != grad_ref.dtype:
+            sys.exit(f"{label} grad {name}: dtype {grad.dtype}, expected {grad_ref.dtype}")
+        err = relative_error(grad, grad_ref)
+        if not err < 2 * tol:
+            sys.exit(f"{label} grad {name}: relative error {err:.2e} >= {2 * tol:.0e}")
+    print(f"ok {label} ({len(names)} gradients)")
+
+
+def scan_problem(directions, grid, cls_position, inner, state, width, gate, with_d, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    index = sequence_index(directions, grid, cls_position)
+    num_dirs, num_tokens, rank = len(directions), grid[0] * grid[1] + (cls_position is not None), 2
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype).requires_grad_()
+
+    return dict(
+        tokens=rand(2, num_tokens, 2 * inner + 1 if gate else inner),
+        index=index,
+        x_proj_weight=rand(num_dirs, rank + 2 * state, inner, scale=inner ** -0.5),
+        dt_proj_weight=rand(num_dirs, inner, rank, scale=rank ** -0.5),
+        dt_proj_bias=rand(num_dirs, inner, scale=0.5),
+        A_log=rand(num_dirs, inner, state, scale=0.5),
+        D=rand(num_dirs, inner) if with_d else None,
+        conv_weight=rand(num_dirs, inner, 1, width, scale=0.5) if width else None,
+        conv_bias=rand(num_dirs, inner, scale=0.1) if width else None,
+    )
+
+
+def check_scan(label, gate=True, dtype=torch.float32, **problem):
+    p = scan_problem(gate=gate, dtype=dtype, **problem)
+    args = [p[k] for k in SCAN_ARGS]
+    compare(f"multi_scan_inner {label}", lambda: multi_scan_inner_fn(*args, gate=gate),
+            lambda: multi_scan_inner_ref(*args, gate=gate), p, dtype)
+
+
+def check_merge(label, batch, num_dirs, num_tokens, channels, dtype):
+    g = torch.Generator().manual_seed(3)
+    reduced = max(1, channels // 4)
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(dtype).requires_grad_()
+
+    p = dict(y=rand(batch, num_dirs, num_tokens, channels), norm_weight=rand(channels, scale=0.1, shift=1.0),
+             norm_bias=rand(channels, scale=0.1), reduce_weight=rand(reduced, channels, scale=channels ** -0.5),
+             reduce_bias=rand(reduced, scale=0.1), select_weight=rand(channels, reduced, scale=reduced ** -0.5),
+             select_bias=rand(channels, scale=0.1))
+    args = list(p.values())
+    compare(f"attention_merge {label}", lambda: attention_merge_fn(*args), lambda: attention_merge_ref(*args), p,
+            dtype)
+
+
+def main():
+    assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
+    for op in ("multi_scan_inner", "attention_merge"):
+        assert backends.selected_backend(op, "cpu") == "triton", op
+    shrink_tiles()
+    four = ("h", "v_flip", "w2", "w3_flip")
+    check_scan("K=4 3x5 middle class token, gate, conv W=4, fp32", directions=four, grid=(3, 5), cls_position=8,
+               inner=5, state=4, width=4, with_d=True, seed=0)
+    check_scan("K=2 windowed, no gate, no conv, no D, N=3, fp32", gate=False, directions=("h_flip", "w2_flip"),
+               grid=(3, 5), cls_position=None, inner=7, state=3, width=0, with_d=False, seed=1)
+    check_scan("K=3 3x5, gate, conv W=3, bf16", dtype=torch.bfloat16, directions=("v", "w3", "h_flip"), grid=(3, 5),
+               cls_position=None, inner=5, state=4, width=3, with_d=True, seed=2)
+    check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)
+    check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
+
+
+if __name__ == "__main__":
+    main()
