@@ -61,6 +61,7 @@ def test_symbolic_trace_gives_the_same_outputs_at_any_size(name):
             torch.testing.assert_close(graph(image), model(image), rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings('ignore:NOTE. The nodes obtained by tracing the model in eval mode')
 @pytest.mark.parametrize('name', sorted(MODELS))
 def test_timm_fx_feature_extraction_matches_forward_intermediates(name):
     model = _model(name)
