@@ -4,10 +4,11 @@
 ``multi_scan_inner_fn`` runs the Mamba inner function (conv, projections, selective scan, gate) over K reorderings
 of one set of token rows at once and returns the outputs in token order; ``attention_merge_fn`` applies the
 LocalMamba channel attention to each direction's output and sums them. Backends of ``multi_scan_inner``: ``triton``
-(fused kernels reading through the index table, see ``triton/multi_scan_triton.py``; CUDA), ``cpu`` (fused C kernels on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_conv1d_fn`` and
-``selective_scan_fn``, which choose their own backends: what runs on GPUs, for fp64, and under ``torch.jit`` tracing)
-and ``reference`` (the composition on the reference conv and scan). ``attention_merge``: ``triton``
-(``triton/attention_merge_triton.py``), ``cpu`` (C kernels) and ``reference`` (plain ops, on any device).
+(fused kernels reading through the index table, see ``triton/multi_scan_triton.py``; CUDA), ``cpu`` (fused C kernels
+on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_conv1d_fn`` and ``selective_scan_fn``,
+which choose their own backends: what runs for fp64 and under ``torch.jit`` tracing) and ``reference`` (the
+composition on the reference conv and scan). ``attention_merge``: ``triton`` (``triton/attention_merge_triton.py``),
+``cpu`` (C kernels) and ``reference`` (plain ops, on any device).
 """
 from __future__ import annotations
 
