@@ -2,11 +2,13 @@
 
 Correctness: the triton backend (forced) against the reference backend for the selective scan (grouped, (Bt, N, L)
 and time-invariant B/C, with/without z, softplus, last state), the causal conv1d (widths 2-4, SiLU or not),
-mamba_inner_fn_no_out_proj and the scan under CUDA autocast; outputs and all gradients, fp32 and bf16 inputs;
+mamba_inner_fn_no_out_proj, the scan under CUDA autocast and the fused mixer ops (multi_scan_inner, attention_merge:
+``mixer_ops``); outputs and all gradients, fp32 and bf16 inputs;
 relative error = max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on
 triton against every op on the reference). Timing: ``op_speed``'s interleaved medians for every backend
 available on the device (reference, triton, and the official ``mamba_ssm`` / ``causal_conv1d`` kernels as backend
-``cuda`` when importable) at the LocalVim-T shape and at batch 64.
+``cuda`` when importable) at the LocalVim-T shape and at batch 64, then the fused mixer ops against their composed
+path and the fused scan kernel alone (``mixer_ops.mixer_timings``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from localmamba_conv1d import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
 from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn
 
+from .mixer_ops import correctness_cases as mixer_cases
+from .mixer_ops import mixer_timings
 from .model_speed import build_model
 from .op_speed import OpShape, print_op_benchmark
 
@@ -152,6 +156,7 @@ def correctness(device: torch.device, quick: bool) -> bool:
                 cases.append((f"conv1d W={width} silu={silu!s:<5}      {name}",
                                lambda dt=dtype, w=width, s=silu: conv_problem(device, dt, w, s, dim, seqlen)))
     cases.append(("scan under autocast              fp32", lambda: autocast_problem(device, dim, seqlen, dstate)))
+    cases += mixer_cases(device, quick)
     ok = True
     print(f"{'case':<40} {'out err':>9} {'grad err':>9}  result")
     for name, make in cases:
@@ -200,6 +205,7 @@ def timings(device: torch.device, quick: bool, repeats: int) -> None:
             for dtype in ("fp32", "bf16"):
                 print_op_benchmark(op, shape, device.type, dtype, repeats=repeats)
                 print()
+    print(mixer_timings(device, quick, repeats))
 
 
 def run_gpu_check(device: str = "cuda", quick: bool = False, repeats: int = 20, skip_timing: bool = False) -> bool:

@@ -1,0 +1,171 @@
+"""The fused mixer ops (``multi_scan_inner``, ``attention_merge``) at LocalVim-T's layer shape: problems for the GPU
+check (the triton backend against the reference, outputs and gradients) and their timings against the ``composed``
+path (one Triton conv and one Triton scan around plain gathers, transposes and scatters: what ran before the fused
+kernels) and, for the scan alone, the fused scan kernel at the selective-scan benchmark shape.
+
+LocalVim-T layer: 14x14 grid plus the middle class token (T = 197), E = 384, N = 16, R = 12, conv width 4, directions
+``h v_flip w7 w7_flip`` (its first searched layer: windows with padding, L = 197 + padding).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime import backends
+from localmamba_ssm import attention_merge_fn, attention_merge_ref, multi_scan_inner_fn, selective_scan_fn
+from localmamba_ssm.ops.reference import multi_scan_inner_composed
+
+from ..models.scan_maps import sequence_index
+from .tables import render_table
+from .timing import DTYPES, median_seconds
+
+LAYER_DIRECTIONS = ("h", "v_flip", "w7", "w7_flip")
+
+
+def _autocast(device, dtype: torch.dtype):
+    """Autocast to ``dtype`` unless fp32: half activations meet fp32 parameters as in a model trained with AMP."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def mixer_problem(device, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, int] = (14, 14), inner: int = 384,
+                  state: int = 16, rank: int = 12, directions: Sequence[str] = LAYER_DIRECTIONS,
+                  cls_token: bool = True, seed: int = 0, composed: bool = False):
+    """(fn, inputs needing gradients, output weights) of one ``multi_scan_inner_fn`` call with the z gate (of its
+    ``composed`` path on the dispatching conv and scan when ``composed``); tokens in ``dtype``, parameters fp32."""
+    g = torch.Generator().manual_seed(seed)
+    num_dirs = len(directions)
+    cls_position = grid[0] * grid[1] // 2 if cls_token else None
+    index = sequence_index(directions, grid, cls_position).to(device)
+    num_tokens = grid[0] * grid[1] + cls_token
+
+    def rand(*shape, scale=1.0, dt=torch.float32):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt).requires_grad_()
+
+    tokens = rand(batch, num_tokens, 2 * inner, dt=dtype)
+    params = [rand(num_dirs, rank + 2 * state, inner, scale=inner ** -0.5), rand(num_dirs, inner, rank,
+                                                                                  scale=rank ** -0.5),
+              rand(num_dirs, inner, scale=0.5), rand(num_dirs, inner, state, scale=0.5), rand(num_dirs, inner),
+              rand(num_dirs, inner, 1, 4, scale=0.5), rand(num_dirs, inner, scale=0.1)]
+    weights = [torch.randn(batch, num_dirs, num_tokens, inner, generator=g).to(device)]
+
+    def fn():
+        with _autocast(device, dtype):
+            if composed:
+                return multi_scan_inner_composed(tokens, index, *params, True, causal_conv1d_fn, selective_scan_fn)
+            return multi_scan_inner_fn(tokens, index, *params, gate=True)
+
+    return fn, [tokens] + params, weights
+
+
+def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4, num_tokens: int = 197,
+                  channels: int = 192, seed: int = 1, reference: bool = False):
+    """(fn, inputs, output weights) of one ``attention_merge_fn`` call (LocalVim-T: C = 192, C' = 24; the plain-op
+    reference when ``reference``)."""
+    g = torch.Generator().manual_seed(seed)
+    reduced = channels // 8
+
+    def rand(*shape, scale=1.0, shift=0.0, dt=torch.float32):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(device=device, dtype=dt).requires_grad_()
+
+    inputs = [rand(batch, num_dirs, num_tokens, channels, dt=dtype), rand(channels, scale=0.1, shift=1.0),
+              rand(channels, scale=0.1), rand(reduced, channels, scale=channels ** -0.5), rand(reduced, scale=0.1),
+              rand(channels, reduced, scale=reduced ** -0.5), rand(channels, scale=0.1)]
+    weights = [torch.randn(batch, num_tokens, channels, generator=g).to(device)]
+    def fn():
+        with _autocast(device, dtype):
+            return (attention_merge_ref if reference else attention_merge_fn)(*inputs)
+
+    return fn, inputs, weights
+
+
+def correctness_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
+    """(name, problem maker) of the fused mixer ops for ``gpu_check.correctness``, fp32 and bf16."""
+    sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
+    merge_sizes = dict(num_tokens=16, channels=16) if quick else {}
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        cases += [(f"multi_scan_inner K=4 cls, gate  {name}",
+                   lambda dt=dtype: mixer_problem(device, dt, **sizes)),
+                  (f"attention_merge K=4             {name}",
+                   lambda dt=dtype: merge_problem(device, dt, **merge_sizes))]
+    return cases
+
+
+def _timed_steps(makers: Dict[str, Callable]) -> Dict[str, Callable[[], None]]:
+    """Forward and forward + backward step of each labelled problem, every op on the triton backend."""
+    steps = {}
+    for label, make in makers.items():
+        fn, inputs, weights = make()
+
+        def forward(fn=fn):
+            with backends.forced_backend("triton"), torch.no_grad():
+                fn()
+
+        def forward_backward(fn=fn, weight=weights[0]):
+            with backends.forced_backend("triton"):
+                out = fn()
+                torch.autograd.backward(out, weight.to(out.dtype))
+
+        steps[f"{label} fwd"] = forward
+        steps[f"{label} fwd+bwd"] = forward_backward
+    return steps
+
+
+def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, dstate: int = 16,
+                    rank: int = 12) -> Dict[str, Callable[[], None]]:
+    """The fused scan kernel alone (one direction, identity index, z gate) at the selective-scan benchmark shape."""
+    from localmamba_ssm.ops.triton.multi_scan_triton import multi_scan_scan_fwd
+
+    g = torch.Generator().manual_seed(4)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device).requires_grad_()
+
+    u, delta = rand(batch, 1, seqlen, dim), rand(batch, 1, seqlen, dim, scale=0.5)
+    x_dbl, tokens = rand(batch, 1, seqlen, rank + 2 * dstate), rand(batch, seqlen, 2 * dim)
+    A_log, D, bias = rand(1, dim, dstate, scale=0.5), rand(1, dim), rand(1, dim, scale=0.5)
+    index = torch.arange(seqlen, device=device, dtype=torch.int32)[None]
+    grad = torch.randn(batch, 1, seqlen, dim, generator=g).to(device)
+
+    def forward():
+        with torch.no_grad():
+            multi_scan_scan_fwd(u, delta, x_dbl, tokens, index, A_log, D, bias, True)
+
+    def forward_backward():
+        out, _ = multi_scan_scan_fwd(u, delta, x_dbl, tokens, index, A_log, D, bias, True)
+        out.backward(grad)
+
+    return {"fused scan fwd": forward, "fused scan fwd+bwd": forward_backward}
+
+
+def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
+    """Milliseconds of the fused ops (backend triton) against the composed path (multi_scan_inner; its conv and scan
+    on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``);
+    then the fused scan kernel alone at the selective-scan benchmark shape."""
+    device = torch.device(device)
+    rows = [["op", "dtype", "batch", "step", "ms", "vs fused"]]
+    sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
+    merge_sizes = dict(num_tokens=16, channels=16) if quick else {}
+    for dtype_name in ("fp32", "bf16"):
+        dtype = DTYPES[dtype_name]
+        for batch in (2,) if quick else (8, 64):
+            for op, makers in (
+                    ("multi_scan_inner", {
+                        "fused": lambda: mixer_problem(device, dtype, batch, **sizes),
+                        "composed": lambda: mixer_problem(device, dtype, batch, composed=True, **sizes)}),
+                    ("attention_merge", {
+                        "fused": lambda: merge_problem(device, dtype, batch, **merge_sizes),
+                        "reference": lambda: merge_problem(device, dtype, batch, reference=True, **merge_sizes)})):
+                seconds = median_seconds(_timed_steps(makers), repeats, 3, device)
+                for name, sec in seconds.items():
+                    label, step = name.split(" ")
+                    rows.append([f"{op} [{label}]", dtype_name, str(batch), step, f"{sec * 1e3:.3f}",
+                                 f"{sec / seconds['fused ' + step]:.2f}x"])
+    shape = dict(batch=2, dim=16, seqlen=9, dstate=4, rank=2) if quick else dict(batch=8, dim=384, seqlen=196,
+                                                                                  dstate=16, rank=12)
+    size = "x".join(str(shape[k]) for k in ("batch", "dim", "seqlen", "dstate"))
+    for name, sec in median_seconds(fused_scan_step(device, **shape), repeats, 3, device).items():
+        rows.append([name.rsplit(" ", 1)[0], "fp32", size, name.rsplit(" ", 1)[1], f"{sec * 1e3:.3f}", "-"])
+    return render_table(rows)
