@@ -8,6 +8,12 @@ to a temporary file and renamed into place, so concurrent processes are safe. On
 ``cc``, ``gcc`` or ``clang``), no torch headers. ``LOCALMAMBA_CPU_KERNEL=0`` disables every kernel (the cpu
 backends then use their PyTorch implementations).
 
+Instruction sets: on x86-64 each library is built for one of ``baseline`` (the compiler's default target),
+``avx2`` (AVX2 + FMA, 8-lane vectors) and ``avx512`` (AVX-512 F/BW/VL/DQ, 16-lane vectors); the best one the CPU
+reports (``/proc/cpuinfo`` flags) is chosen at load, and ``LOCALMAMBA_CPU_ISA=baseline|avx2|avx512`` forces one (an
+unknown value, or one this CPU lacks, raises :class:`UnsupportedISAError`). Other machines build ``baseline`` only.
+Each library tells its vector width (:func:`vector_width`); callers pad per-channel buffers to it.
+
 Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
 a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
 compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`.
@@ -21,6 +27,7 @@ compiler lacks OpenMP, the tasks run on a Python thread pool (ctypes releases th
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -39,6 +46,18 @@ import torch
 logger = logging.getLogger("localmamba")
 
 DISABLE_VAR = "LOCALMAMBA_CPU_KERNEL"
+ISA_VAR = "LOCALMAMBA_CPU_ISA"
+ISAS: Tuple[str, ...] = ("baseline", "avx2", "avx512")  # worst to best
+ISA_FLAGS: Dict[str, Tuple[str, ...]] = {
+    "baseline": (),
+    "avx2": ("-mavx2", "-mfma"),
+    "avx512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"),
+}
+ISA_CPU_FLAGS: Dict[str, Tuple[str, ...]] = {  # the /proc/cpuinfo flags each ISA needs
+    "baseline": (),
+    "avx2": ("avx2", "fma"),
+    "avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
+}
 RUNTIME_SOURCES = Path(__file__).resolve().with_name("csrc")
 TASK_RUNNER = RUNTIME_SOURCES / "task_runner.c"
 # -Wno-psabi: vector values pass only between static inline functions, never through an exported function
@@ -50,6 +69,10 @@ _POOL: dict = {"pool": None, "size": 0}
 
 class KernelArgsMismatchError(RuntimeError):
     """A ctypes mirror of a kernel argument struct does not match the struct the C library was built with."""
+
+
+class UnsupportedISAError(ValueError):
+    """``LOCALMAMBA_CPU_ISA`` names an unknown instruction set or one this CPU lacks."""
 
 
 def kernels_enabled() -> bool:
@@ -65,20 +88,44 @@ def compiler() -> Optional[str]:
     return None
 
 
-def _arch_flags() -> List[str]:
-    """-mavx2 -mfma on x86-64 CPUs that report both (Linux); otherwise the compiler's baseline."""
+@functools.lru_cache(maxsize=None)
+def supported_isas() -> Tuple[str, ...]:
+    """The instruction sets of :data:`ISAS` this CPU runs (x86-64 Linux: from ``/proc/cpuinfo``), worst to best;
+    ``("baseline",)`` elsewhere."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
+        return ("baseline",)
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if "avx2" in flags and "fma" in flags else []
+        return ("baseline",)
+    return tuple(isa for isa in ISAS if flags.issuperset(ISA_CPU_FLAGS[isa]))
 
 
-def compile_flags() -> List[str]:
-    """Flags used for every kernel: optimised, FMA contraction allowed, no -ffast-math, warnings on."""
-    return ["-O3", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC", *WARNING_FLAGS, *_arch_flags()]
+def selected_isa() -> str:
+    """The instruction set the kernels are built for: ``LOCALMAMBA_CPU_ISA`` when set (checked against the CPU),
+    else the best of :func:`supported_isas`."""
+    requested = os.environ.get(ISA_VAR, "").strip().lower()
+    supported = supported_isas()
+    if not requested:
+        return supported[-1]
+    if requested not in ISAS:
+        raise UnsupportedISAError(f"{ISA_VAR}={requested!r} is not an instruction set; valid values are: "
+                                  f"{', '.join(ISAS)}")
+    if requested not in supported:
+        raise UnsupportedISAError(f"{ISA_VAR}={requested!r}: this CPU lacks it (it runs: {', '.join(supported)})")
+    return requested
+
+
+def isa_summary() -> str:
+    """The instruction set the kernels are built for, or ``off`` when ``LOCALMAMBA_CPU_KERNEL`` disables them."""
+    return selected_isa() if kernels_enabled() else "off"
+
+
+def compile_flags(isa: Optional[str] = None) -> List[str]:
+    """Flags used for every kernel built for ``isa`` (default :func:`selected_isa`): optimised, FMA contraction
+    allowed, no -ffast-math, warnings on."""
+    isa = selected_isa() if isa is None else isa
+    return ["-O3", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC", *WARNING_FLAGS, *ISA_FLAGS[isa]]
 
 
 def torch_uses_gnu_openmp() -> bool:
@@ -115,7 +162,7 @@ def _source_digest(sources: Sequence[Path]) -> bytes:
     return b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in files)
 
 
-def _compile_and_load(name: str, sources: Sequence[Path]) -> Optional[ctypes.CDLL]:
+def _compile_and_load(name: str, sources: Sequence[Path], isa: str) -> Optional[ctypes.CDLL]:
     cc = compiler()
     if cc is None:
         logger.warning("no C compiler found: the cpu backend of %s uses its (slower) PyTorch implementation", name)
@@ -125,7 +172,8 @@ def _compile_and_load(name: str, sources: Sequence[Path]) -> Optional[ctypes.CDL
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    variants = [compile_flags() + ["-fopenmp"], compile_flags()] if torch_uses_gnu_openmp() else [compile_flags()]
+    flags = compile_flags(isa)
+    variants = [flags + ["-fopenmp"], flags] if torch_uses_gnu_openmp() else [flags]
     for i, flags in enumerate(variants):
         try:
             return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources)))
@@ -157,8 +205,9 @@ def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: S
 
 
 def load_library(name: str, sources: Sequence[Path],
-                 kernels: Mapping[str, Type[ctypes.Structure]]) -> Optional[ctypes.CDLL]:
-    """Compile (once per process, cached on disk) and load the C ``sources``; None when disabled or building fails.
+                 kernels: Mapping[str, Type[ctypes.Structure]], isa: Optional[str] = None) -> Optional[ctypes.CDLL]:
+    """Compile (once per process and instruction set, cached on disk) and load the C ``sources`` for ``isa``
+    (default :func:`selected_isa`); None when disabled or building fails.
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
     ``void kernel(const Args *args, int64_t start, int64_t end)``. Each mirror is checked against the library
@@ -166,10 +215,14 @@ def load_library(name: str, sources: Sequence[Path],
     """
     if not kernels_enabled():
         return None
-    if name not in _LIBS:
+    isa = selected_isa() if isa is None else isa
+    if isa not in supported_isas():
+        raise UnsupportedISAError(f"instruction set {isa!r}: this CPU runs {', '.join(supported_isas())}")
+    key = f"{name}/{isa}"
+    if key not in _LIBS:
         with _LOCK:
-            if name not in _LIBS:
-                lib = _compile_and_load(name, sources)
+            if key not in _LIBS:
+                lib = _compile_and_load(name, sources, isa)
                 if lib is not None:
                     for struct in set(kernels.values()):
                         check_args_layout(lib, struct)
@@ -179,8 +232,15 @@ def load_library(name: str, sources: Sequence[Path],
                         fn.argtypes = [ctypes.POINTER(struct), ctypes.c_int64, ctypes.c_int64]
                         fn.restype = None
                         fn.lm_runner = runner
-                _LIBS[name] = lib
-    return _LIBS[name]
+                    lib.lm_vector_width.restype = ctypes.c_int64
+                    lib.lm_isa = isa
+                _LIBS[key] = lib
+    return _LIBS[key]
+
+
+def vector_width(lib: ctypes.CDLL) -> int:
+    """Float lanes per vector in ``lib`` (8, or 16 when built for AVX-512): per-channel buffers are padded to it."""
+    return int(lib.lm_vector_width())
 
 
 def args_layout(lib: ctypes.CDLL, struct_name: str) -> Tuple[int, List[Tuple[str, int, int]]]:

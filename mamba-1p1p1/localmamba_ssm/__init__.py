@@ -7,6 +7,7 @@ variable ``LOCALMAMBA_BACKEND`` and query with :func:`selected_backend`.
 from typing import Dict, Union
 
 import torch
+from localmamba_kernel_runtime import ckernel
 from localmamba_kernel_runtime.backends import selected_backend
 
 from .ops.layernorm import RMSNorm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
@@ -21,8 +22,9 @@ MODEL_OPS = ("multi_scan_inner", "attention_merge", "selective_scan", "causal_co
 
 
 def backend_summary(device: Union[str, torch.device, None] = None) -> Dict[str, str]:
-    """Backend each op used by the models would run on ``device`` (e.g. to log at model build)."""
-    return {op: selected_backend(op, device) for op in MODEL_OPS}
+    """Backend each op used by the models would run on ``device`` (e.g. to log at model build), and under
+    ``cpu_isa`` the instruction set the CPU kernels are built for (``off`` when disabled)."""
+    return {**{op: selected_backend(op, device) for op in MODEL_OPS}, "cpu_isa": ckernel.isa_summary()}
 
 
 __all__ = [

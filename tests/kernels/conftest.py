@@ -33,11 +33,28 @@ def force_backend(monkeypatch):
     return force
 
 
-@pytest.fixture(params=["on", "off"])
+@pytest.fixture(params=[*ckernel.ISAS, "off"])
 def c_kernel(request, monkeypatch):
-    """The CPU C kernels enabled (the default) or disabled with LOCALMAMBA_CPU_KERNEL=0 (PyTorch fallback)."""
+    """The CPU C kernels built for each instruction set (``LOCALMAMBA_CPU_ISA``; one this CPU lacks is skipped), or
+    disabled with LOCALMAMBA_CPU_KERNEL=0 (PyTorch fallback)."""
     ckernel.reset()
     if request.param == "off":
         monkeypatch.setenv(ckernel.DISABLE_VAR, "0")
+    elif request.param not in ckernel.supported_isas():
+        pytest.skip(f"this CPU lacks {request.param} (it runs {', '.join(ckernel.supported_isas())})")
+    else:
+        monkeypatch.setenv(ckernel.ISA_VAR, request.param)
+    yield request.param
+    ckernel.reset()
+
+
+@pytest.fixture(params=ckernel.ISAS)
+def cpu_isa(request, monkeypatch):
+    """The cpu backend forced, with its C kernels built for each instruction set (one this CPU lacks is skipped)."""
+    if request.param not in ckernel.supported_isas():
+        pytest.skip(f"this CPU lacks {request.param} (it runs {', '.join(ckernel.supported_isas())})")
+    monkeypatch.setenv(ckernel.ISA_VAR, request.param)
+    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cpu")
+    ckernel.reset()
     yield request.param
     ckernel.reset()

@@ -1,6 +1,11 @@
 /* Linked into every kernel library: run fn(args[i], start_i, end_i) over `tasks` contiguous slices of range(items),
-   on OpenMP threads when the library is built with -fopenmp (sharing torch's thread team), else in turn. */
+   on OpenMP threads when the library is built with -fopenmp (sharing torch's thread team), else in turn; and the
+   library's vector width (VW of vector_math.h for the flags it was built with: callers pad buffers to it). */
 #include <stdint.h>
+
+#include "vector_math.h"
+
+int64_t lm_vector_width(void) { return VW; }
 
 typedef void (*lm_task_fn)(const void *, int64_t, int64_t);
 

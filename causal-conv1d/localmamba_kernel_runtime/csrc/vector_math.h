@@ -1,34 +1,55 @@
-/* Vector math shared by the CPU kernels: 8-wide float vectors (GCC/Clang vector extensions) and explicit polynomials.
+/* Vector math shared by the CPU kernels: float vectors of VW lanes (GCC/Clang vector extensions) and explicit
+   polynomials.
 
-   Without -ffast-math these compile to SIMD code on any target (AVX2/FMA on x86-64 when enabled, NEON pairs on ARM,
-   SSE pairs otherwise); exp, log1p, softplus and sigmoid are explicit polynomials (relative error below 1e-6). A few
-   helpers have AVX/AVX2 fast paths (table-based exp2_8, batched horizontal sums) with generic fallbacks. Everything
-   is static inline: each kernel file includes this header and gets its own copy. */
+   VW is 16 when the file is compiled for AVX-512 (-mavx512f), else 8. Without -ffast-math these compile to SIMD code
+   on any target (AVX-512 or AVX2/FMA on x86-64 when enabled, NEON pairs on ARM, SSE pairs otherwise); exp, log1p,
+   softplus and sigmoid are explicit polynomials (relative error below 1e-6). A few helpers have AVX/AVX2/AVX-512
+   fast paths (table-based exp2_8, horizontal sums) with generic fallbacks. Everything is static inline: each kernel
+   file includes this header and gets its own copy. Kernels size their buffers and loops by VW and align vector
+   buffers to VBYTES. */
 #ifndef LOCALMAMBA_VECTOR_MATH_H
 #define LOCALMAMBA_VECTOR_MATH_H
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef float vf __attribute__((vector_size(32)));
-typedef int vi __attribute__((vector_size(32)));
-typedef float vf_u __attribute__((vector_size(32), aligned(4)));
+#if defined(__AVX512F__)
+#define VW 16
+#else
 #define VW 8
+#endif
+#define VBYTES (VW * 4)
+typedef float vf __attribute__((vector_size(VBYTES)));
+typedef int vi __attribute__((vector_size(VBYTES)));
+typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4)));
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+INLINE vf splat(float x) { return x - (vf){0}; } /* exact, -0.0 included */
+INLINE vi splat_i(int x) { return x + (vi){0}; }
 INLINE vf load(const float *p) { return *(const vf_u *)p; }
 INLINE void store(float *p, vf v) { *(vf_u *)p = v; }
 INLINE vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
-INLINE float hsum(vf v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
 #if defined(__AVX__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__)
+INLINE vf max_v(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+INLINE vf min_v(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+INLINE float hsum(vf v) {
+    __m256 s = _mm256_add_ps(_mm512_castps512_ps256((__m512)v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    return ((q[0] + q[2]) + (q[1] + q[3]));
+}
+#elif defined(__AVX__)
 INLINE vf max_v(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
 INLINE vf min_v(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+INLINE float hsum(vf v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 #else
 INLINE vf max_v(vf a, vf b) { return pick(a > b, a, b); }
 INLINE vf min_v(vf a, vf b) { return pick(a < b, a, b); }
+INLINE float hsum(vf v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 #endif
 
 /* e^x: x = k ln2 + r, |r| <= ln2/2 (ln2 split in two parts), e^r by its degree-7 Taylor polynomial, 2^k built in
@@ -68,8 +89,7 @@ INLINE vf log1p_unit_v(vf e) {
 }
 
 INLINE vf softplus_v(vf x) {
-    vf ax = (vf)((vi)x & (vi){0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
-                              0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff});
+    vf ax = (vf)((vi)x & splat_i(0x7fffffff));
     vf pos = max_v(x, splat(0.0f));
     return pos + log1p_unit_v(exp_v(-ax));
 }
@@ -78,43 +98,48 @@ INLINE vf sigmoid_v(vf x) { return splat(1.0f) / (splat(1.0f) + exp_v(-x)); }
 
 /* 2^(y/8): k = round(y), f = y - k in [-1/2, 1/2]; 2^(f/8) by a cubic (the degree-4 Taylor polynomial with its
    quartic term economised: error 2e-8); 2^(k/8) as 2^(k>>3) * 2^((k&7)/8), the second factor from an 8-entry
-   table held in one register. y is clamped to [-1008, 1016] (results from 2^-126 to 2^127); relative error about
+   table held in one register (twice over in a 16-lane register: a 16-lane permute reads index k mod 16, whose
+   entry is that of k mod 8). y is clamped to [-1008, 1016] (results from 2^-126 to 2^127); relative error about
    1.5e-7. Callers pre-scale exponents by 8 log2(e) to get e^x. Without AVX2 it falls back to exp_v. */
+#define EXP2_8_TABLE 1.0f, 1.0905077326652577f, 1.189207115002721f, 1.2968395546510096f, \
+                     1.4142135623730951f, 1.5422108254079407f, 1.681792830507429f, 1.8340080864093424f
+#if defined(__AVX512F__)
+INLINE vf exp2_8_table(vi k) {
+    const vf table = {EXP2_8_TABLE, EXP2_8_TABLE};
+    return (vf)_mm512_permutexvar_ps((__m512i)k, (__m512)table);
+}
+#elif defined(__AVX2__)
+INLINE vf exp2_8_table(vi k) {
+    const vf table = {EXP2_8_TABLE};
+    return (vf)_mm256_permutevar8x32_ps((__m256)table, (__m256i)k);
+}
+#endif
 #if defined(__AVX2__)
+INLINE vf exp2_8_poly(vf f) {
+    vf p = splat(1.0840646223597963e-04f);
+    p = p * f + splat(3.754126215248865e-03f);
+    p = p * f + splat(8.664339756999316e-02f);
+    return p * f + splat(0.9999999816548746f);
+}
 INLINE vf exp2_8(vf y) {
     const vf magic = splat(12582912.0f);
-    const vf table = {1.0f, 1.0905077326652577f, 1.189207115002721f, 1.2968395546510096f,
-                      1.4142135623730951f, 1.5422108254079407f, 1.681792830507429f, 1.8340080864093424f};
     y = min_v(max_v(y, splat(-1008.0f)), splat(1016.0f));
     vf t = y + magic;
     vf k = t - magic;
     vi ki = (vi)t - (vi)magic;
-    vf f = y - k;
-    vf p = splat(1.0840646223597963e-04f);
-    p = p * f + splat(3.754126215248865e-03f);
-    p = p * f + splat(8.664339756999316e-02f);
-    p = p * f + splat(0.9999999816548746f);
-    vf scale = (vf)_mm256_permutevar8x32_ps((__m256)table, (__m256i)ki);
-    scale = (vf)((vi)scale + ((ki >> 3) << 23));
-    return p * scale;
+    vf scale = (vf)((vi)exp2_8_table(ki) + ((ki >> 3) << 23));
+    return exp2_8_poly(y - k) * scale;
 }
 /* exp2_8 for y <= 0 (decays: dt >= 0 times A < 0), which needs only the lower clamp. */
 INLINE vf exp2_8_nonpos(vf y) {
     const vf magic = splat(12582912.0f);
-    const vf table = {1.0f, 1.0905077326652577f, 1.189207115002721f, 1.2968395546510096f,
-                      1.4142135623730951f, 1.5422108254079407f, 1.681792830507429f, 1.8340080864093424f};
     y = max_v(y, splat(-1008.0f));
     vf t = y + magic;
     vf f = y - (t - magic);
-    vf p = splat(1.0840646223597963e-04f);
-    p = p * f + splat(3.754126215248865e-03f);
-    p = p * f + splat(8.664339756999316e-02f);
-    p = p * f + splat(0.9999999816548746f);
-    /* the bits of t are those of magic plus k, and magic's low 25 bits are 0: t's low 3 bits are k mod 8, and
+    /* the bits of t are those of magic plus k, and magic's low 25 bits are 0: t's low 4 bits are k mod 16, and
        ((vi)t >> 3) << 23 equals (k >> 3) << 23 */
-    vf scale = (vf)_mm256_permutevar8x32_ps((__m256)table, (__m256i)t);
-    scale = (vf)((vi)scale + (((vi)t >> 3) << 23));
-    return p * scale;
+    vf scale = (vf)((vi)exp2_8_table((vi)t) + (((vi)t >> 3) << 23));
+    return exp2_8_poly(f) * scale;
 }
 #else
 INLINE vf exp2_8(vf y) { return exp_v(y * splat(0.08664339756999316f)); }
@@ -126,12 +151,18 @@ INLINE vf exp2_8_nonpos(vf y) { return exp2_8(y); }
 static inline void hsum_rows(const float *rows, long n, float *out) {
     long t = 0;
 #if defined(__AVX__)
-    for (; t + VW <= n; t += VW) {
+    for (; t + 8 <= n; t += 8) {
         const float *r = rows + t * VW;
-        __m256 s01 = _mm256_hadd_ps(_mm256_loadu_ps(r), _mm256_loadu_ps(r + 8));
-        __m256 s23 = _mm256_hadd_ps(_mm256_loadu_ps(r + 16), _mm256_loadu_ps(r + 24));
-        __m256 s45 = _mm256_hadd_ps(_mm256_loadu_ps(r + 32), _mm256_loadu_ps(r + 40));
-        __m256 s67 = _mm256_hadd_ps(_mm256_loadu_ps(r + 48), _mm256_loadu_ps(r + 56));
+        __m256 s[8];
+        for (int i = 0; i < 8; i++) {
+#if VW == 16
+            s[i] = _mm256_add_ps(_mm256_loadu_ps(r + i * VW), _mm256_loadu_ps(r + i * VW + 8));
+#else
+            s[i] = _mm256_loadu_ps(r + i * VW);
+#endif
+        }
+        __m256 s01 = _mm256_hadd_ps(s[0], s[1]), s23 = _mm256_hadd_ps(s[2], s[3]);
+        __m256 s45 = _mm256_hadd_ps(s[4], s[5]), s67 = _mm256_hadd_ps(s[6], s[7]);
         __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
         _mm256_storeu_ps(out + t, _mm256_add_ps(_mm256_permute2f128_ps(s03, s47, 0x20),
                                                 _mm256_permute2f128_ps(s03, s47, 0x31)));
@@ -139,6 +170,9 @@ static inline void hsum_rows(const float *rows, long n, float *out) {
 #endif
     for (; t < n; t++) out[t] = hsum(load(rows + t * VW));
 }
+
+/* aligned_alloc for n vectors (at least one). */
+INLINE vf *alloc_vf(long n) { return (vf *)aligned_alloc(VBYTES, (n > 0 ? n : 1) * sizeof(vf)); }
 
 /* The first n (< VW allowed) floats at p as a vector, zero filled; and the reverse. */
 INLINE vf load_part(const float *p, long n) {

@@ -66,12 +66,13 @@ def _multi_scan_args(src, index, conv_w, conv_b, params, dt_b, D, gate, inner, r
                          A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=ckernel.data_ptr(D))
 
 
-def _channel_major(conv_w, dt_w, A_log):
+def _channel_major(conv_w, dt_w, A_log, lanes: int):
     """Per-channel vectors for the kernel: conv (K, W, E), and (dt_w (K, R, P), A = -exp(A_log) (K, N, P),
-    A * EXP2_8_SCALE (K, N, P)) with the channels zero-padded to P, a multiple of 8 (whole-vector loads)."""
+    A * EXP2_8_SCALE (K, N, P)) with the channels zero-padded to P, a multiple of the kernel's vector width
+    ``lanes`` (whole-vector loads)."""
     conv_t = None if conv_w is None else conv_w.transpose(1, 2).contiguous()
     inner = A_log.shape[1]
-    pad = (-inner) % 8
+    pad = (-inner) % lanes
     dt_t = F.pad(dt_w.transpose(1, 2), (0, pad)).contiguous()
     A_t = F.pad((-torch.exp(A_log)).transpose(1, 2), (0, pad)).contiguous()
     return conv_t, (dt_t, A_t, A_t * EXP2_8_SCALE)
@@ -99,7 +100,7 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
     batch = src.shape[0]
     num_dirs, length = index.shape
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
-    conv_t, params = _channel_major(conv_w, dt_w, A_log)
+    conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     u = src.new_empty(num_dirs, batch, length, inner)
     y = src.new_empty(batch, num_dirs, src.shape[1], inner)
 
@@ -144,7 +145,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     batch = src.shape[0]
     num_dirs, length = index.shape
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
-    conv_t, params = _channel_major(conv_w, dt_w, A_log)
+    conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     used = inner * (2 if gate else 1)
     dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
     du, dxdbl = torch.empty_like(u), torch.empty_like(xdbl)

@@ -21,7 +21,6 @@ from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 from . import torch_scan
 
 SOURCES = (Path(__file__).resolve().with_name("csrc") / "selective_scan.c",)
-VW = 8
 MAX_STATE = 256
 MIN_PAIRS_PER_TASK = 16
 
@@ -42,6 +41,13 @@ def load_kernel():
                                 {"selective_scan_fwd": SelectiveScanArgs, "selective_scan_bwd": SelectiveScanArgs})
 
 
+@ckernel.constant_under_compile  # under torch.compile: evaluated (and the kernel loaded) at trace time
+def state_padding() -> int:
+    """The multiple the state size is zero padded to: the loaded kernel's vector width (8 without a kernel)."""
+    lib = load_kernel()
+    return 8 if lib is None else ckernel.vector_width(lib)
+
+
 def _groups(M: torch.Tensor) -> int:
     return 0 if M.dim() == 2 else M.shape[1]
 
@@ -56,7 +62,8 @@ def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> SelectiveScanAr
 def _use_kernel(u: torch.Tensor, A: torch.Tensor):
     if u.dtype != torch.float32 or A.shape[1] > MAX_STATE or u.numel() == 0:
         return None
-    return load_kernel()
+    lib = load_kernel()
+    return lib if lib is not None and A.shape[1] % ckernel.vector_width(lib) == 0 else None
 
 
 @torch.library.custom_op("localmamba::selective_scan_cpu_fwd", mutates_args=(), device_types="cpu")
@@ -158,7 +165,8 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     """cpu backend of ``selective_scan_fn`` (same arguments and result; inputs already validated)."""
     dtype_in = u.dtype
     dstate = A.shape[1]
-    padded = -(-dstate // VW) * VW
+    lanes = state_padding()
+    padded = -(-dstate // lanes) * lanes
     with autocast_off(u.device.type):
         dtype = compute_dtype(u)
 

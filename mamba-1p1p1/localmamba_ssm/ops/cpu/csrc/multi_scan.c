@@ -10,7 +10,7 @@
    - u (K, Bt, L, E): the sequences after the optional causal depthwise conv (weights (K, W, E)) and SiLU;
      xdbl (K, Bt, L, R + 2N) their projections [dt low rank | B | C].
    - dt_w (K, R, P), A (K, N, P) (negative: -exp(A_log)) and A2 = A * EXP2_8_SCALE (K, N, P), channels
-     zero-padded to pdim = P (a multiple of 8, so every parameter load is a whole vector); dt_b (K, E),
+     zero-padded to pdim = P (a multiple of VW, so every parameter load is a whole vector); dt_b (K, E),
      D (K, E).
    - dtr (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias).
    - ys (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias dtr: each row is read
@@ -249,8 +249,6 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, 
     }
 }
 
-static vf *alloc_vf(long n) { return (vf *)aligned_alloc(32, (n > 0 ? n : 1) * sizeof(vf)); }
-
 /* Forward scan of (direction, batch) pairs, writing the ungated outputs in sequence order to ys (K, Bt, L, E),
    rows laid out like u; multi_scan_gate_fwd then moves them to token order and applies the gate. */
 void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
@@ -331,7 +329,7 @@ void multi_scan_gate_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
 void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = R + 2 * N;
     long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
-    Block *p = (Block *)aligned_alloc(32, sizeof(Block));
+    Block *p = (Block *)aligned_alloc(VBYTES, sizeof(Block));
     Chunk c;
     vf *h = alloc_vf(nb * N), *g = alloc_vf(nb * N), *ckpt = alloc_vf(nchunks * nb * N);
     vf *dBv = alloc_vf(TC * N), *dCv = alloc_vf(TC * N), *dxl = alloc_vf(TC * (R > 0 ? R : 1));

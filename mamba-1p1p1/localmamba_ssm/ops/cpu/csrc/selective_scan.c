@@ -2,7 +2,7 @@
    system C compiler (no torch headers) and called through ctypes by selective_scan_cpu.py.
 
    Layout contract: fp32 contiguous buffers; u, delta, z, dout, out, du, ddelta, dz (Bt, Dm, L); A (Dm, Np) with Np
-   a multiple of 8 (zero padded); B and C either time-invariant (Dm, Np) or grouped (Bt, G, L, Np). One call
+   a multiple of VW (zero padded; lm_vector_width() tells callers VW); B and C either time-invariant (Dm, Np) or grouped (Bt, G, L, Np). One call
    processes the (batch, channel) pairs [start, end); callers run several calls in parallel threads, each with its
    own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
 
@@ -13,7 +13,7 @@
 #include "kernel_args.h"
 #include "vector_math.h"
 
-#define MAXVEC 32 /* Np <= 256 */
+#define MAXVEC (256 / 8) /* Np <= 256 with 8 lanes, <= 512 with 16 */
 
 /* groups_b / groups_c: 0 for time-invariant B / C; D, z, delta_bias, last_state, dlast may be NULL;
    dA, dB, dC, dD, ddelta_bias are this task's accumulators */

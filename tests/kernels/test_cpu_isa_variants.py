@@ -1,0 +1,92 @@
+"""The C kernels built for each instruction set (baseline, AVX2+FMA, AVX-512) against the references, and the choice
+of instruction set (``LOCALMAMBA_CPU_ISA``). A variant this CPU cannot run is skipped with that reason."""
+import pytest
+import torch
+
+from localmamba_conv1d import cpu_conv1d
+from localmamba_kernel_runtime import ckernel
+from localmamba_ssm import attention_merge_fn, attention_merge_ref, multi_scan_inner_fn, multi_scan_inner_ref
+from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
+from test_multi_scan_inner import attention_problem, grads, make_problem
+
+KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
+needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
+
+
+def test_unknown_isa_is_refused_with_the_valid_values(monkeypatch):
+    monkeypatch.setenv(ckernel.ISA_VAR, "sse9")
+    with pytest.raises(ckernel.UnsupportedISAError, match=r"'sse9' is not an instruction set; valid values are: "
+                                                          r"baseline, avx2, avx512"):
+        ckernel.selected_isa()
+
+
+def test_isa_the_cpu_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(ckernel, "supported_isas", lambda: ("baseline", "avx2"))
+    monkeypatch.setenv(ckernel.ISA_VAR, "AVX512")
+    with pytest.raises(ckernel.UnsupportedISAError, match="'avx512': this CPU lacks it .it runs: baseline, avx2."):
+        ckernel.selected_isa()
+    with pytest.raises(ckernel.UnsupportedISAError, match="instruction set 'avx512'"):
+        ckernel.load_library("selective_scan", selective_scan_cpu.SOURCES, {}, isa="avx512")
+
+
+def test_best_supported_isa_is_the_default(monkeypatch):
+    monkeypatch.delenv(ckernel.ISA_VAR, raising=False)
+    monkeypatch.setattr(ckernel, "supported_isas", lambda: ("baseline", "avx2"))
+    assert ckernel.selected_isa() == "avx2"
+    monkeypatch.setenv(ckernel.ISA_VAR, "baseline")
+    assert ckernel.selected_isa() == "baseline"
+
+
+def test_supported_isas_follow_the_cpu_flags():
+    supported = ckernel.supported_isas()
+    assert supported[0] == "baseline" and list(supported) == [isa for isa in ckernel.ISAS if isa in supported]
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo here")
+    assert ("avx512" in supported) == ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+                                       and "avx2" in supported)
+
+
+def test_summary_names_the_isa(cpu_isa):
+    import localmamba_ssm
+
+    assert localmamba_ssm.backend_summary("cpu")["cpu_isa"] == cpu_isa
+
+
+@needs_compiler
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_each_library_is_built_for_the_isa_with_its_vector_width(cpu_isa, module):
+    lib = module.load_kernel()
+    assert lib is not None and lib.lm_isa == cpu_isa
+    assert ckernel.vector_width(lib) == (16 if cpu_isa == "avx512" else 8)
+
+
+@needs_compiler
+@pytest.mark.parametrize("gate, conv", [(True, True), (False, False)])
+@pytest.mark.parametrize("shape", [dict(), dict(batch=3, num_tokens=9, length=9, num_dirs=2, inner=19, rank=2, state=16,
+                                                width=3), dict(batch=1, num_tokens=40, length=45, inner=37, state=9)])
+def test_multi_scan_matches_reference(cpu_isa, gate, conv, shape):
+    assert multi_scan_cpu.kernel_available()
+    p = make_problem(gate=gate, conv=conv, **shape)
+    weight = torch.randn(p["tokens"].shape[0], p["index"].shape[0], p["tokens"].shape[1], p["x_proj_weight"].shape[2])
+    out = multi_scan_inner_fn(**p, gate=gate)
+    expected = multi_scan_inner_ref(**p, gate=gate)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    inputs = [v for key, v in p.items() if key != "index"]
+    for got, want in zip(grads(out, inputs, weight), grads(expected, inputs, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [dict(), dict(batch=1, num_dirs=4, num_tokens=7, dim=37, hidden=3)])
+def test_attention_merge_matches_reference(cpu_isa, shape):
+    assert attention_merge_cpu.load_kernel() is not None
+    args = attention_problem(**shape)
+    out = attention_merge_fn(*args)
+    expected = attention_merge_ref(*args)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weight = torch.randn_like(out)
+    for got, want in zip(grads(out, args, weight), grads(expected, args, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
