@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--img-size", type=int, default=224, help="--model: image size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="--model: inference batch sizes")
     parser.add_argument("--train-batch", type=int, default=8, help="--model: training-step batch (0: skip)")
+    parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                        help="--model: time inference under torch.compile in this mode (reduce-overhead: CUDA graphs)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dim", type=int, default=384, help="channels (E, the inner width; 384 for LocalVim-T)")
     parser.add_argument("--seqlen", type=int, default=196)
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     if args.model:
         try:
             rows = benchmark_models(args.model, args.baseline, args.batch_sizes, args.train_batch, args.img_size,
-                                    args.device, args.dtype, args.repeats, args.warmup)
+                                    args.device, args.dtype, args.repeats, args.warmup, compile_mode=args.compile)
         except UnknownModelError as err:
             raise SystemExit(str(err)) from err
         print(format_model_table(rows))

@@ -2,8 +2,13 @@
 
     python tools/gpu_check.py                   # on a CUDA machine: correctness table, timing table, exit code
     TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick    # smoke test of this script on CPU
+    python tools/gpu_check.py --e2e             # everything on one GPU in a few minutes: kernels, AMP training,
+                                                # dist_train.sh, kill + --resume, test.py, throughput, memory sweep;
+                                                # one PASS/FAIL line per check, log in docs/measurements/
+    python tools/gpu_check.py --e2e --dry-run   # the commands it would run
+    python tools/gpu_check.py --e2e --device cpu --quick    # the same plan at tiny sizes on the CPU
 
-What is checked and timed: see ``classification.benchmarks.gpu_check``.
+What is checked and timed: see ``classification.benchmarks.gpu_check`` and ``classification.benchmarks.gpu_e2e``.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
+from classification.benchmarks.gpu_e2e import default_log_path, memory_and_resolution_sweep, run_e2e  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -25,11 +31,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for a CPU smoke test)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-models", action="store_true", help="leave out the whole-model logits check")
+    parser.add_argument("--e2e", action="store_true", help="the end-to-end check (see classification.benchmarks."
+                                                           "gpu_e2e)")
+    parser.add_argument("--dry-run", action="store_true", help="--e2e: print the commands only")
+    parser.add_argument("--only", nargs="+", default=(), help="--e2e: only the checks whose name contains a word")
+    parser.add_argument("--log", default=None, help="--e2e: transcript file (default docs/measurements/"
+                                                    "<device>_e2e.log)")
+    parser.add_argument("--sweep", action="store_true", help="peak memory and the resolution sweep only")
     args = parser.parse_args(argv)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         print("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
         return 2
-    return 0 if run_gpu_check(args.device, args.quick, args.repeats, args.skip_timing) else 1
+    if args.e2e:
+        log = None if args.dry_run else (args.log or default_log_path(args.device))
+        return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only) else 1
+    if args.sweep:
+        print(memory_and_resolution_sweep(args.device, args.quick))
+        return 0
+    return 0 if run_gpu_check(args.device, args.quick, args.repeats, args.skip_timing, not args.skip_models) else 1
 
 
 if __name__ == "__main__":

@@ -58,25 +58,29 @@ def _train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> C
 
 
 def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int = 224, train: bool = False,
-                      dtype: str = "fp32", repeats: int = 5, warmup: int = 2) -> Dict[str, float]:
+                      dtype: str = "fp32", repeats: int = 5, warmup: int = 2,
+                      compile_mode: Optional[str] = None) -> Dict[str, float]:
     """Images per second of each model on the same random (batch, 3, img_size, img_size) images, timed interleaved:
-    inference, or a training step when ``train`` (1000-class targets; the models are left in that mode)."""
+    inference, or a training step when ``train`` (1000-class targets; the models are left in that mode). Inference
+    runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup)."""
     device = next(next(iter(models.values())).parameters()).device
     images = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
     make_step = _train_step if train else _inference_step
     for model in models.values():
         model.train(train)
+    if compile_mode is not None and not train:
+        models = {name: torch.compile(model, mode=compile_mode) for name, model in models.items()}
     steps = {name: make_step(model, images, DTYPES[dtype]) for name, model in models.items()}
     return {name: batch / seconds for name, seconds in median_seconds(steps, repeats, warmup, device).items()}
 
 
 def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Sequence[int] = (1, 8),
                      train_batch: int = 8, img_size: int = 224, device: str = "cpu", dtype: str = "fp32",
-                     repeats: int = 5, warmup: int = 2,
-                     log: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
+                     repeats: int = 5, warmup: int = 2, log: Optional[Callable[[str], None]] = None,
+                     compile_mode: Optional[str] = None) -> List[Dict[str, object]]:
     """Images/s of ``model`` and its baseline (by family unless given) for inference at each batch size and, unless
     ``train_batch`` is 0, a training step; ``log`` (default: print) gets a header line and one line per measurement
-    as they come."""
+    as they come. ``compile_mode``: inference under ``torch.compile`` in that mode (training steps stay eager)."""
     from localmamba_ssm import backend_summary
 
     log = log or _print_now
@@ -85,13 +89,14 @@ def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Se
     models = {name: build_model(name, img_size, device) for name in (model, baseline)}
     backends_used = ", ".join(f"{op}={b}" for op, b in backend_summary(device).items())
     log(f"model={model} baseline={baseline} device={torch.device(device).type} dtype={dtype} img={img_size} "
-        f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)\nbackends: {backends_used}")
+        f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)"
+        f"{'' if compile_mode is None else f' compile={compile_mode} (inference)'}\nbackends: {backends_used}")
     plans = [(f"inference b{b}", b, False) for b in batch_sizes]
     if train_batch > 0:
         plans.append((f"train step b{train_batch}", train_batch, True))
     rows = []
     for metric, batch, train in plans:
-        ips = images_per_second(models, batch, img_size, train, dtype, repeats, warmup)
+        ips = images_per_second(models, batch, img_size, train, dtype, repeats, warmup, compile_mode)
         rows.append({"metric": metric, "model": model, "baseline": baseline, "device": torch.device(device).type,
                      "dtype": dtype, "threads": torch.get_num_threads(), "model_img_s": ips[model],
                      "baseline_img_s": ips[baseline], "ratio": ips[model] / ips[baseline]})

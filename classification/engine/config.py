@@ -74,6 +74,9 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
                    help="mixed precision training (bf16 autocast on CPU); evaluation stays fp32, as the original")
     g.add_argument("--amp-eval", action="store_true",
                    help="ours: evaluate under autocast (validation in training, tools/test.py); default fp32")
+    g.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="ours: tools/test.py evaluates the model under torch.compile in this mode (reduce-overhead: "
+                        "CUDA graphs, for small batches); default: eager")
     g.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
                    help="ours: autocast dtype on CUDA (fp16 uses a GradScaler)")
 

@@ -70,14 +70,15 @@ def test(cfg: Namespace) -> dict:
         model = build_model(cfg)
         load_weights(model, state_dict_from(ckpt, source=cfg.resume), cfg.resume)
         model.to(env.device)
+        net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights
         epoch = ckpt.get("epoch", -1)
         log.info(f"Loaded {cfg.resume} (epoch {epoch}) into {cfg.model}")
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
-        metrics = validate(model, val_loader, loss_fn, env, epoch, log, **common)
+        metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
         if cfg.model_ema:
             load_weights(model, state_dict_from(ckpt, "ema_model", source=cfg.resume), cfg.resume)
-            metrics = validate(model, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
+            metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
         log.info(str(metrics))
         return metrics
     finally:

@@ -1,0 +1,302 @@
+"""The GPU end-to-end check (``tools/gpu_check.py --e2e``): one command that runs every user-facing path on CUDA and
+prints one PASS/FAIL line per check with its time, then writes the whole transcript to ``docs/measurements/``.
+
+Steps (each a subprocess with its own time limit, run folders under a fresh temporary directory):
+kernel checks (``tools/gpu_check.py``: the Triton backends against the reference, op timings), one quickstart epoch
+with ``--amp`` (fp16 + GradScaler) and with ``--amp-dtype bfloat16``, ``tools/dist_train.sh 1`` (torchrun; and
+``dist_train.sh N`` on NCCL when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its
+first epoch and ``--resume``d (it must continue at a later epoch and finish), ``tools/test.py`` on that checkpoint
+(also with ``--compile reduce-overhead``), the model throughput tables (``tools/benchmark.py``: fp32 and bf16, batch
+1 and 64, a training step at 64) and the peak memory and resolution sweep (:func:`memory_and_resolution_sweep`).
+
+``--device cpu --quick`` runs the same plan at tiny sizes on the CPU (Triton under the interpreter), and ``--dry-run``
+prints the commands only: the plan, the checks of each step's output and the report are code paths the CPU tests
+cover; what they cannot cover is the GPU itself.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .model_speed import build_model
+from .tables import render_table
+from .timing import DTYPES, median_seconds, synchronize
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PAIRS = (("local_vim_tiny", "deit_tiny_patch16_224"), ("local_vssm_tiny", "swin_tiny_patch4_window7_224"))
+SWEEP_SIZES = (224, 512, 768, 1024)
+
+
+@dataclass
+class Outcome:
+    """What one command did: exit status (None when the runner killed it on purpose), output, seconds."""
+
+    returncode: Optional[int]
+    output: str
+    seconds: float
+
+
+@dataclass
+class Step:
+    """One check: a command, its time limit, and ``verdict(outcome)`` -> None (PASS) or the reason it failed.
+
+    ``stop_when()`` (polled while the command runs) makes the runner kill the command's process group when true.
+    """
+
+    name: str
+    argv: List[str]
+    timeout: float
+    verdict: Callable[[Outcome], Optional[str]]
+    env: Dict[str, str] = field(default_factory=dict)
+    stop_when: Optional[Callable[[], bool]] = None
+    summary: Callable[[Outcome], str] = lambda outcome: ""
+
+
+def run_command(step: Step, poll: float = 0.2) -> Outcome:
+    """Run ``step.argv`` in the repository root in its own process group; kill the group at the time limit or when
+    ``step.stop_when()`` turns true (returncode None)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile(mode="w+") as out:
+        proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **step.env))
+        returncode: Optional[int] = None
+        while True:
+            code = proc.poll()
+            if code is not None:
+                returncode = code
+                break
+            if step.stop_when is not None and step.stop_when():
+                break
+            if time.perf_counter() - start > step.timeout:
+                returncode = -signal.SIGKILL
+                out.write(f"\n[gpu_check --e2e] killed after the {step.timeout:.0f} s limit\n")
+                break
+            time.sleep(poll)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        return Outcome(returncode, out.read(), time.perf_counter() - start)
+
+
+def _exited_ok(outcome: Outcome) -> Optional[str]:
+    if outcome.returncode == 0:
+        return None
+    tail = outcome.output.strip().splitlines()[-1:] or ["(no output)"]
+    return f"exit status {outcome.returncode}: {tail[0][:200]}"
+
+
+def _all_of(*checks: Callable[[Outcome], Optional[str]]) -> Callable[[Outcome], Optional[str]]:
+    def verdict(outcome: Outcome) -> Optional[str]:
+        for check in checks:
+            reason = check(outcome)
+            if reason is not None:
+                return reason
+        return None
+
+    return verdict
+
+
+def _file_exists(path: str) -> Callable[[Outcome], Optional[str]]:
+    return lambda outcome: None if os.path.isfile(path) else f"{path} was not written"
+
+
+def _says(pattern: str, what: str) -> Callable[[Outcome], Optional[str]]:
+    return lambda outcome: None if re.search(pattern, outcome.output) else f"output does not show {what}"
+
+
+def train_speed(outcome: Outcome) -> str:
+    """The last training speed a run logged ('Speed: X img/s'), or ''."""
+    speeds = re.findall(r"Speed: ([0-9.]+) img/s", outcome.output)
+    return f"last logged speed {speeds[-1]} img/s" if speeds else ""
+
+
+def was_killed(outcome: Outcome) -> Optional[str]:
+    return None if outcome.returncode is None else f"the run ended by itself (status {outcome.returncode}) before " \
+                                                   f"it could be killed"
+
+
+def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
+    """The steps of the end-to-end check on ``device`` with run folders under ``workdir`` (tiny sizes when
+    ``quick``)."""
+    py = sys.executable
+    cuda = torch.device(device).type == "cuda"
+    shrink = ["--model-kwargs", "depth=2"] if quick else []  # two blocks, not twenty: same paths, a short CPU epoch
+    common = ["--device", device, "--warmup-epochs", "0"] + shrink
+    train = [py, "tools/train.py", "-c", "configs/quickstart.yaml"] + common
+    interp = {} if cuda else {"TRITON_INTERPRET": "1"}
+    kernel_check = [py, "tools/gpu_check.py", "--device", device] + (["--quick", "--skip-timing", "--skip-models"]
+                                                                    if quick else ["--repeats", "10"])
+
+    def run_dir(name: str) -> List[str]:
+        return ["--output", os.path.join(workdir, name), "--experiment", "run"]
+
+    def last(name: str) -> str:
+        return os.path.join(workdir, name, "run", "last.pth.tar")
+
+    steps = [Step("kernel checks and op timings", kernel_check, 300 if not quick else 1800,
+                  _all_of(_exited_ok, _says("ALL CHECKS PASSED", "ALL CHECKS PASSED")), env=interp)]
+    for name, folder, extra in (("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"]),
+                                ("train 1 epoch --amp --amp-dtype bfloat16", "amp_bf16",
+                                 ["--amp", "--amp-dtype", "bfloat16"])):
+        steps.append(Step(name, train + ["--epochs", "1"] + extra + run_dir(folder), 180,
+                          _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
+    gpus = max(1, torch.cuda.device_count()) if cuda else 1
+    for procs in sorted({1, gpus}):
+        folder = f"dist{procs}"
+        steps.append(Step(f"tools/dist_train.sh {procs}" + (" (NCCL)" if procs > 1 and cuda else ""),
+                          ["sh", "tools/dist_train.sh", str(procs), "configs/quickstart.yaml", "local_vim_tiny",
+                           "--epochs", "1"] + common + run_dir(folder),
+                          240, _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
+    checkpoint = last("resume")
+    steps.append(Step("train, killed after its first epoch", train + ["--epochs", "3"] + run_dir("resume"), 180,
+                      _all_of(was_killed, _file_exists(checkpoint)), stop_when=lambda: os.path.isfile(checkpoint)))
+    steps.append(Step("--resume continues the killed run",
+                      train + ["--epochs", "3", "--resume", checkpoint] + run_dir("resume"), 180,
+                      _all_of(_exited_ok, _says(r"starting training at epoch [12]\b", "'starting training at epoch "
+                                                                                     "1 or 2'"),
+                              _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed))
+    test = [py, "tools/test.py", "-c", "configs/quickstart.yaml", "--resume", checkpoint] + common
+    steps.append(Step("tools/test.py on the resumed checkpoint", test + run_dir("test"), 120,
+                      _all_of(_exited_ok, _says(r"'top1'", "the metrics"))))
+    steps.append(Step("tools/test.py --compile reduce-overhead",
+                      test + ["--compile", "reduce-overhead" if cuda else "default"] + run_dir("test_compiled"),
+                      300, _all_of(_exited_ok, _says(r"'top1'", "the metrics"))))
+    for model, _ in PAIRS:
+        for dtype in ("fp32", "bf16"):
+            sizes = ["--img-size", "32", "--batch-sizes", "1", "2", "--train-batch", "2", "--repeats", "1"] if quick \
+                else ["--batch-sizes", "1", "64", "--train-batch", "64"]
+            steps.append(Step(f"throughput {model} {dtype}", [py, "tools/benchmark.py", "--model", model, "--device",
+                                                              device, "--dtype", dtype] + sizes, 300 if not quick
+                              else 900, _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
+    if cuda and not quick:  # small batches: CUDA graphs against launch overhead
+        for model, _ in PAIRS:
+            steps.append(Step(f"throughput {model} fp32 --compile reduce-overhead",
+                              [py, "tools/benchmark.py", "--model", model, "--device", device, "--batch-sizes", "1",
+                               "64", "--train-batch", "0", "--compile", "reduce-overhead"], 300,
+                              _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
+    steps.append(Step("peak memory and resolution sweep", [py, "tools/gpu_check.py", "--device", device, "--sweep"]
+                      + (["--quick"] if quick else []), 300 if not quick else 900,
+                      _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
+    return steps
+
+
+def report_line(step: Step, outcome: Outcome) -> str:
+    """'PASS|FAIL  seconds  name  (summary or reason)'."""
+    reason = step.verdict(outcome)
+    note = reason if reason is not None else step.summary(outcome)
+    return f"{'PASS' if reason is None else 'FAIL'}  {outcome.seconds:7.1f} s  {step.name}" + (f"  ({note})"
+                                                                                              if note else "")
+
+
+def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, log_path: Optional[str] = None,
+            runner: Callable[[Step], Outcome] = run_command, workdir: Optional[str] = None,
+            only: Sequence[str] = ()) -> bool:
+    """Run (or, ``dry_run``, list) the plan, or its steps whose name contains one of ``only``; print one line per
+    step as it ends, then the summary; write the transcript (every step's full output, then the summary) to
+    ``log_path``. True when every step passed."""
+    own_workdir = workdir is None
+    if dry_run:
+        workdir = workdir or os.path.join(tempfile.gettempdir(), "localmamba_e2e_XXXX")
+    workdir = workdir or tempfile.mkdtemp(prefix="localmamba_e2e_")
+    steps = [s for s in plan(device, workdir, quick) if not only or any(word in s.name for word in only)]
+    if dry_run:
+        for step in steps:
+            env = " ".join(f"{k}={v}" for k, v in step.env.items())
+            print(f"{step.name}:\n    {env + ' ' if env else ''}{' '.join(step.argv)}")
+        return True
+    header = f"gpu_check --e2e  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  device " \
+             f"{torch.cuda.get_device_name(0) if torch.device(device).type == 'cuda' else device}  torch " \
+             f"{torch.__version__}  run folders {workdir}"
+    print(header, flush=True)
+    lines, transcript = [], [header]
+    for step in steps:
+        outcome = runner(step)
+        line = report_line(step, outcome)
+        print(line, flush=True)
+        lines.append(line)
+        transcript += [f"\n===== {step.name}: {' '.join(step.argv)}", outcome.output.rstrip(), line]
+    passed = all(line.startswith("PASS") for line in lines)
+    total = sum(float(line.split()[1]) for line in lines)
+    summary = [f"{sum(line.startswith('PASS') for line in lines)}/{len(lines)} checks passed in {total:.0f} s"]
+    print(summary[0])
+    if log_path:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        with open(log_path, "w") as f:
+            f.write("\n".join(transcript + ["\n===== summary", header] + lines + summary) + "\n")
+        print(f"log: {log_path}")
+    if own_workdir and passed:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return passed
+
+
+def _peak_mib(step: Callable[[], None], device: torch.device) -> float:
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20
+
+
+def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repeats: int = 5,
+                                sweep_batch: int = 8) -> str:
+    """Two tables: peak memory of each model of :data:`PAIRS` for inference and a training step at batch 64, fp32
+    and bf16; then fp32 inference img/s and peak memory at each of :data:`SWEEP_SIZES` (batch ``sweep_batch``), so
+    that the resolution where LocalVim-T / LocalVMamba-T cross DeiT-T / Swin-T shows."""
+    from .model_speed import _inference_step, _train_step
+
+    device = torch.device(device)
+    batch, sizes = (2, (32, 64)) if quick else (64, SWEEP_SIZES)
+    models = [name for pair in PAIRS for name in pair]
+    memory = [["model", "dtype", f"inference b{batch} peak MiB", f"train step b{batch} peak MiB"]]
+    for name in models:
+        for dtype in ("fp32", "bf16"):
+            try:
+                model = build_model(name, sizes[0], device)
+                images = torch.randn(batch, 3, sizes[0], sizes[0], device=device)
+                infer = _peak_mib(_inference_step(model, images, DTYPES[dtype]), device)
+                model.train()
+                train = _peak_mib(_train_step(model, images, DTYPES[dtype]), device)
+                memory.append([name, dtype, f"{infer:.0f}", f"{train:.0f}"])
+            except Exception as err:  # report and go on with the other models
+                memory.append([name, dtype, f"error: {type(err).__name__}", "-"])
+            model = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    sweep = [["model", "dtype"] + [f"{s}px img/s | peak MiB" for s in sizes]]
+    for name in models:
+        for dtype in ("fp32",):
+            cells = []
+            for size in sizes:
+                try:
+                    model = build_model(name, size, device)
+                    images = torch.randn(sweep_batch if not quick else 1, 3, size, size, device=device)
+                    step = _inference_step(model, images, DTYPES[dtype])
+                    seconds = median_seconds({name: step}, repeats, 2, device)[name]
+                    cells.append(f"{images.shape[0] / seconds:.1f} | {_peak_mib(step, device):.0f}")
+                except Exception as err:  # one size a model cannot take does not hide the others
+                    cells.append(f"error: {type(err).__name__}")
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            sweep.append([name, dtype] + cells)
+    return render_table(memory) + f"\n\nresolution sweep, inference at batch {sweep_batch}:\n" + render_table(sweep)
+
+
+def default_log_path(device: str) -> str:
+    """docs/measurements/<device name>_e2e.log (e.g. nvidia_h200_e2e.log)."""
+    name = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return os.path.join(REPO, "docs", "measurements", f"{slug}_e2e.log")

@@ -1,0 +1,126 @@
+"""The GPU end-to-end check's CPU-testable parts (``tools/gpu_check.py --e2e``: its plan, the verdict on each step's
+output, the report and log, the runner's kill) and the ``--compile`` plumbing of tools/benchmark.py and
+tools/test.py (with torch.compile replaced by a recorder: compiling is not what is tested)."""
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+from classification.benchmarks import gpu_e2e, images_per_second
+from classification.benchmarks.gpu_e2e import Outcome, Step, run_command, run_e2e
+from classification.engine import evaluate as evaluate_module
+from classification.engine.config import parse_args
+
+
+def fake_runner(outputs):
+    """A runner that does not run anything: each step gets the output its name maps to (default: a successful run
+    of that tool) and writes the checkpoints a real run would write."""
+    seen = []
+
+    def run(step):
+        seen.append(step)
+        if "--output" in step.argv:
+            folder = os.path.join(step.argv[step.argv.index("--output") + 1], "run")
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, "last.pth.tar"), "w").close()
+        default = ("metric ratio\npeak MiB" if "benchmark.py" in step.argv[1] or "--sweep" in step.argv else
+                   "ALL CHECKS PASSED" if "gpu_check.py" in step.argv[1] else
+                   "{'top1': 50.0}" if "test.py" in step.argv[1] else
+                   "Resumed x, starting training at epoch 1\nTrain: 2 [0/56] Speed: 123.4 img/s")
+        killed = step.stop_when is not None
+        return Outcome(None if killed else 0, outputs.get(step.name, default), 1.5)
+
+    return run, seen
+
+
+def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
+    run, seen = fake_runner({})
+    log = tmp_path / "e2e.log"
+    assert run_e2e("cpu", quick=True, log_path=str(log), runner=run, workdir=str(tmp_path / "runs"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("PASS", "FAIL")]
+    assert len(lines) == len(seen) and all(line.startswith("PASS") for line in lines)
+    names = [s.name for s in seen]
+    for expected in ("train 1 epoch --amp (fp16 + GradScaler)", "train 1 epoch --amp --amp-dtype bfloat16",
+                     "tools/dist_train.sh 1", "train, killed after its first epoch",
+                     "--resume continues the killed run", "tools/test.py on the resumed checkpoint",
+                     "tools/test.py --compile reduce-overhead", "throughput local_vssm_tiny bf16",
+                     "peak memory and resolution sweep"):
+        assert expected in names
+    by_name = {s.name: s for s in seen}
+    fp16 = by_name["train 1 epoch --amp (fp16 + GradScaler)"].argv
+    assert fp16[fp16.index("--device") + 1] == "cpu" and "--amp" in fp16 and "--amp-dtype" not in fp16
+    assert "bfloat16" in by_name["train 1 epoch --amp --amp-dtype bfloat16"].argv
+    folders = [s.argv[s.argv.index("--output") + 1] for s in seen if "--output" in s.argv]
+    resume = os.path.join(str(tmp_path / "runs"), "resume")
+    assert folders.count(resume) == 2 and len(set(folders)) == len(folders) - 1   # fresh folders, but the resume
+    resumed = by_name["--resume continues the killed run"].argv
+    assert resumed[resumed.index("--resume") + 1] == os.path.join(resume, "run", "last.pth.tar")
+    assert by_name["tools/test.py --compile reduce-overhead"].argv[-5:-4] == ["default"]   # CPU: inductor's mode
+    assert "last logged speed 123.4 img/s" in lines[1]
+    text = log.read_text()
+    assert "===== summary" in text and f"{len(seen)}/{len(seen)} checks passed" in text
+
+
+def test_e2e_fails_a_resume_that_starts_over_and_a_run_that_was_not_killed(tmp_path, capsys):
+    run, _ = fake_runner({"--resume continues the killed run": "Train: 0 [0/56]\nTrain: 2 [0/56]"})
+    assert not run_e2e("cpu", quick=True, runner=run, workdir=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "--resume continues the killed run  (output does not show 'starting training" in out
+    step = [s for s in gpu_e2e.plan("cpu", str(tmp_path), quick=True) if s.stop_when is not None][0]
+    assert gpu_e2e.report_line(step, Outcome(0, "", 3.0)).startswith("FAIL")     # ended before the kill
+
+
+def test_runner_kills_on_its_condition_and_at_its_limit():
+    sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    start = time.perf_counter()
+    stopped = run_command(Step("stop", sleeper, 30, lambda o: None, stop_when=lambda: time.perf_counter() - start > 1))
+    assert stopped.returncode is None and stopped.seconds < 20 and "up" in stopped.output
+    late = run_command(Step("limit", sleeper, 1, lambda o: None))
+    assert late.returncode is not None and late.returncode < 0 and "killed after the 1 s limit" in late.output
+
+
+def test_dry_run_lists_the_commands(capsys):
+    assert run_e2e("cuda", dry_run=True)
+    out = capsys.readouterr().out
+    assert "tools/gpu_check.py --device cuda" in out and "--compile reduce-overhead" in out
+    assert "tools/benchmark.py --model local_vim_tiny --device cuda --dtype bf16 --batch-sizes 1 64" in out
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    calls = []
+
+    def record(model, mode=None, **kwargs):
+        calls.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", record)
+    return calls
+
+
+def test_benchmark_compiles_inference_only(compile_calls):
+    models = {"m": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1000))}
+    images_per_second(models, batch=2, img_size=8, repeats=1, warmup=0, compile_mode="reduce-overhead")
+    assert compile_calls == ["reduce-overhead"]
+    images_per_second(models, batch=2, img_size=8, train=True, repeats=1, warmup=0, compile_mode="reduce-overhead")
+    assert compile_calls == ["reduce-overhead"]
+
+
+def test_test_tool_evaluates_the_compiled_model(compile_calls, tmp_path):
+    model = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "depth=1",
+             "embed_dim=32", "num_heads=2", "class_token=false", "global_pool=avg", "--img-size", "16"]
+    common = ["--dataset", "digits", *model, "-b", "256", "-j", "0", "--device", "cpu", "--output", str(tmp_path)]
+    net = parse_args(common).model
+    torch.manual_seed(0)
+    from classification.engine.model_builder import create_model_at_size
+    ckpt = tmp_path / "released.pth"
+    torch.save({"state_dict": create_model_at_size(net, 16, patch_size=4, depth=1, embed_dim=32, num_heads=2,
+                                                   class_token=False, global_pool="avg",
+                                                   num_classes=10).state_dict()}, ckpt)
+    eager = evaluate_module.test(parse_args([*common, "--resume", str(ckpt)]))
+    assert compile_calls == []
+    compiled = evaluate_module.test(parse_args([*common, "--resume", str(ckpt), "--compile", "reduce-overhead",
+                                                "--experiment", "compiled"]))
+    assert compile_calls == ["reduce-overhead"] and compiled == eager
