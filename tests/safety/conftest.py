@@ -3,7 +3,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
 
@@ -11,12 +10,8 @@ from safety_helpers import TINY_RUN, run_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine does not oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_threaded(one_thread):
+    """Every test of this folder on one compute thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Bad input, a full disk and Ctrl-C end with one line (exit 2; Ctrl-C 130 with the resume command), no traceback."""
+import contextlib
 import os
 import resource
 import runpy
@@ -64,12 +65,27 @@ def test_output_that_is_a_file(monkeypatch, capsys, tmp_path):
                  f"--output: cannot create the run folder {tmp_path / 'file' / 'exp'}: Not a directory")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+@contextlib.contextmanager
+def unwritable(folder):
+    """Make `folder` unwritable for this user: mode 0500, and for root (who ignores modes) the immutable attribute."""
+    os.chmod(folder, 0o500)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a filesystem without the immutable attribute (chattr +i)")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        os.chmod(folder, 0o700)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_output_that_is_not_writable(monkeypatch, capsys, tmp_path):
     (tmp_path / "ro" / "exp").mkdir(parents=True)
-    os.chmod(tmp_path / "ro" / "exp", 0o500)
-    assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--output", str(tmp_path / "ro")),
-                 f"--output: the run folder {tmp_path / 'ro' / 'exp'} is not writable")
+    with unwritable(tmp_path / "ro" / "exp"):
+        assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--output", str(tmp_path / "ro")),
+                     f"--output: the run folder {tmp_path / 'ro' / 'exp'} is not writable")
 
 
 def limit_file_size():

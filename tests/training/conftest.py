@@ -1,17 +1,12 @@
 """Fixtures of the training tests."""
 import pytest
-import torch
 
 from training_helpers import make_folder_tree, make_meta_tree
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine does not oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_threaded(one_thread):
+    """Every test of this folder on one compute thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
