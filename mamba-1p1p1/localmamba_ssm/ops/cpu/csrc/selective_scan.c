@@ -7,9 +7,10 @@
    own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
 
    Per (batch, channel) row, work is split into passes that keep the vector units busy: element-wise passes over time
-   (softplus, gates), then chunk by chunk all decays exp(dt A) (independent, so they pipeline) and the recurrence
-   itself (a short dependency chain per step), with horizontal sums batched eight steps at a time. The backward pass
-   recomputes the row's states into a scratch buffer, then runs the reverse-time recurrence. */
+   (softplus, gates), then the recurrence (one multiply-add per step on the dependency chain, each decay exp(dt A)
+   computed beside it), with horizontal sums batched eight steps at a time. The backward pass recomputes the row's
+   decays and states into scratch buffers, then runs the reverse-time recurrence (again one multiply-add per step on
+   its chain). */
 #include "kernel_args.h"
 #include "vector_math.h"
 
@@ -64,37 +65,51 @@ INLINE const float *bc_rows(const float *M, long groups, long b, long d, const S
     return M + (b * groups + g) * a->seqlen * a->nstate;
 }
 
-/* The recurrence h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; y[t] = <h_t, C_t> + D u_t. Works in chunks of TC steps:
-   first all decays of the chunk (independent, so they pipeline), then the chunk's recurrence. A2 is A pre-scaled
-   by EXP2_8_SCALE. The decays go to as (chunk by chunk at the same place, or at their step's place when keep is
-   set); hs (optional) receives every h_t, last (optional) the final state. acc: L x VW scratch for the batched
-   horizontal sums. */
+/* The recurrence h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; y[t] = <h_t, C_t> + D u_t. A2 is A pre-scaled by
+   EXP2_8_SCALE; nonpos: every dt_t A is <= 0 (softplus'd dt, A <= 0), so the decays need only the lower clamp.
+   Forward only (keep unset): each decay is computed right where it is used. With keep (the backward's recompute)
+   the work goes in chunks of TC steps: first all decays of the chunk (independent, so they pipeline) into as at
+   their step's place, then the chunk's recurrence, storing every h_t in hs. last (optional) receives the final
+   state. acc: L x VW scratch for the batched horizontal sums. */
 #define TC 32
+INLINE vf decay(vf x, int nonpos) { return nonpos ? exp2_8_nonpos(x) : exp2_8(x); }
+
 INLINE void recur(long L, long nvec, long Np, const float *dt, const float *u, const float *A2,
-                  const float *Bp, long bst, const float *Cp, long cst, float Dd,
+                  const float *Bp, long bst, const float *Cp, long cst, float Dd, int nonpos,
                   float *y, float *acc, float *as, int keep, float *hs, float *last) {
     vf h[MAXVEC], Av[MAXVEC];
     for (long j = 0; j < nvec; j++) {
         h[j] = splat(0.0f);
         Av[j] = load(A2 + j * VW);
     }
-    for (long t0 = 0; t0 < L; t0 += TC) {
-        long t1 = t0 + TC < L ? t0 + TC : L;
-        float *ac = keep ? as + t0 * Np : as;
-        for (long t = t0; t < t1; t++) {
-            vf dtv = splat(dt[t]);
-            for (long j = 0; j < nvec; j++) store(ac + (t - t0) * Np + j * VW, exp2_8(dtv * Av[j]));
-        }
-        for (long t = t0; t < t1; t++) {
-            vf dbu = splat(dt[t] * u[t]);
-            const float *Bt = Bp + t * bst, *Ct = Cp + t * cst, *at = ac + (t - t0) * Np;
-            vf s = splat(0.0f);
+    if (!keep) {
+        for (long t = 0; t < L; t++) {
+            vf dtv = splat(dt[t]), dbu = splat(dt[t] * u[t]), s = splat(0.0f);
+            const float *Bt = Bp + t * bst, *Ct = Cp + t * cst;
             for (long j = 0; j < nvec; j++) {
-                h[j] = load(at + j * VW) * h[j] + dbu * load(Bt + j * VW);
+                h[j] = decay(dtv * Av[j], nonpos) * h[j] + dbu * load(Bt + j * VW);
                 s += h[j] * load(Ct + j * VW);
-                if (hs) store(hs + t * Np + j * VW, h[j]);
             }
             store(acc + t * VW, s);
+        }
+    } else {
+        for (long t0 = 0; t0 < L; t0 += TC) {
+            long t1 = t0 + TC < L ? t0 + TC : L;
+            for (long t = t0; t < t1; t++) {
+                vf dtv = splat(dt[t]);
+                for (long j = 0; j < nvec; j++) store(as + t * Np + j * VW, decay(dtv * Av[j], nonpos));
+            }
+            for (long t = t0; t < t1; t++) {
+                vf dbu = splat(dt[t] * u[t]);
+                const float *Bt = Bp + t * bst, *Ct = Cp + t * cst, *at = as + t * Np;
+                vf s = splat(0.0f);
+                for (long j = 0; j < nvec; j++) {
+                    h[j] = load(at + j * VW) * h[j] + dbu * load(Bt + j * VW);
+                    s += h[j] * load(Ct + j * VW);
+                    store(hs + t * Np + j * VW, h[j]);
+                }
+                store(acc + t * VW, s);
+            }
         }
     }
     hsum_rows(acc, L, y);
@@ -136,11 +151,21 @@ INLINE void forward_row(const SelectiveScanArgs *a, Work *w, long p, int backwar
     const float *zr = a->z ? a->z + off : NULL;
     prepare_row(a->delta + off, a->delta_bias ? a->delta_bias[d] : 0.0f, a->softplus, zr, L, w->dt,
                 backward ? w->dsig : NULL, w->gate, backward ? w->zsig : NULL);
-    for (long n = 0; n < Np; n++) w->A2[n] = a->A[d * Np + n] * EXP2_8_SCALE;
+    int nonpos = (int)a->softplus;
+    for (long n = 0; n < Np; n++) {
+        w->A2[n] = a->A[d * Np + n] * EXP2_8_SCALE;
+        nonpos &= a->A[d * Np + n] <= 0.0f;
+    }
     const float *Bp = bc_rows(a->B, a->groups_b, b, d, a, &bst);
     const float *Cp = bc_rows(a->C, a->groups_c, b, d, a, &cst);
-    recur(L, nvec, Np, w->dt, a->u + off, w->A2, Bp, bst, Cp, cst, a->D ? a->D[d] : 0.0f, w->y, w->acc, w->as,
-          backward, backward ? w->hs : NULL, !backward && a->last_state ? a->last_state + p * Np : NULL);
+    float *last = !backward && a->last_state ? a->last_state + p * Np : NULL;
+    float Dd = a->D ? a->D[d] : 0.0f;
+    if (nonpos)
+        recur(L, nvec, Np, w->dt, a->u + off, w->A2, Bp, bst, Cp, cst, Dd, 1, w->y, w->acc, w->as, backward, w->hs,
+              last);
+    else
+        recur(L, nvec, Np, w->dt, a->u + off, w->A2, Bp, bst, Cp, cst, Dd, 0, w->y, w->acc, w->as, backward, w->hs,
+              last);
 }
 
 static void forward_rows(const SelectiveScanArgs *a, Work *w, long start, long end, long nvec) {
@@ -212,11 +237,13 @@ INLINE void reverse_row(const SelectiveScanArgs *a, Work *w, long p, long nvec) 
         float *dBt = dBp + t * bst, *dCt = dCp + t * cst;
         for (long j = 0; j < nvec; j++) {
             vf hv = load(ht + j * VW), av = load(at + j * VW), hp = load(hprev + j * VW);
-            g[j] += dyv * load(Ct + j * VW);
+            vf dyc = dyv * load(Ct + j * VW), gt = g[j] + dyc; /* dLoss/dh_t */
             if (cst) store(dCt + j * VW, load(dCt + j * VW) + dyv * hv); else dCc[j] += dyv * hv;
-            if (bst) store(dBt + j * VW, load(dBt + j * VW) + g[j] * dtu); else dBc[j] += g[j] * dtu;
-            sB += g[j] * load(Bt + j * VW);
-            g[j] = g[j] * av; /* carried back to step t-1; also d(loss)/d(decay_t) = g * h_{t-1} */
+            if (bst) store(dBt + j * VW, load(dBt + j * VW) + gt * dtu); else dBc[j] += gt * dtu;
+            sB += gt * load(Bt + j * VW);
+            /* carried back to step t-1 as a_t g + a_t dyc (one multiply-add on the chain from step to step);
+               also d(loss)/d(decay_t) = that times h_{t-1} */
+            g[j] = av * g[j] + av * dyc;
             vf da = g[j] * hp;
             dAacc[j] += da * dtv;
             sA += da * Av[j];
