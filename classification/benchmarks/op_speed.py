@@ -1,6 +1,11 @@
 """Kernel-op timings: each available backend of an op against the plain-PyTorch reference, forward (under no_grad)
 and forward + backward, interleaved medians. Defaults: the selective scan at the LocalVim-T shape (batch 8, inner
-width 384, L = 196, N = 16) with z, D, delta_bias, softplus and variable B/C."""
+width 384, L = 196, N = 16) with z, D, delta_bias, softplus and variable B/C; ``multi_scan`` is the fused
+multi-direction op at a LocalVim-T layer (``mixer_ops.mixer_problem``: 14x14 grid and class token, four directions).
+
+For the scans the table also gives the forward's nanoseconds per state update per core, time * threads /
+(updates), updates = B * D * L * N (times the directions for ``multi_scan``), and the backward's time over the
+forward's (backward = forward + backward minus forward)."""
 from __future__ import annotations
 
 import math
@@ -9,13 +14,17 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from localmamba_conv1d import causal_conv1d_fn
-from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime import backends, ckernel
 from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
 
+from ..models.scan_maps import sequence_index
+from .mixer_ops import LAYER_DIRECTIONS, mixer_problem
 from .tables import render_table
 from .timing import DTYPES, median_seconds
 
-OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d"}
+OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d",
+            "multi_scan": "multi_scan_inner"}
+LAYER_GRID = (14, 14)
 
 
 @dataclass(frozen=True)
@@ -31,10 +40,12 @@ class OpShape:
 
 @dataclass
 class Case:
-    """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients."""
+    """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients;
+    ``updates``: state updates per forward (scans only)."""
 
     run: Callable[[], torch.Tensor]
     inputs: Sequence[torch.Tensor]
+    updates: Optional[int] = None
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -54,7 +65,16 @@ def scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
     A = _leaf(-torch.exp(torch.randn(dm, n, generator=g) * 0.5).to(device))
     D, bias = rand(dm, dt=torch.float32), rand(dm, scale=0.5, dt=torch.float32)
     return Case(lambda: selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True),
-                [u, delta, A, B, C, D, z, bias])
+                [u, delta, A, B, C, D, z, bias], updates=bt * dm * seqlen * n)
+
+
+def multi_scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
+    """multi_scan_inner_fn (conv, projections, scan, gate; four directions) at a LocalVim-T layer with the batch,
+    inner width and state size of ``shape`` (its seqlen does not apply: the grid and windows fix L)."""
+    fn, inputs, _ = mixer_problem(device, dtype, batch=shape.batch, grid=LAYER_GRID, inner=shape.dim,
+                                  state=shape.dstate)
+    seqlen = sequence_index(LAYER_DIRECTIONS, LAYER_GRID, LAYER_GRID[0] * LAYER_GRID[1] // 2).shape[1]
+    return Case(fn, inputs, updates=shape.batch * len(LAYER_DIRECTIONS) * shape.dim * seqlen * shape.dstate)
 
 
 def inner_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
@@ -90,7 +110,7 @@ def conv1d_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Cas
     return Case(lambda: causal_conv1d_fn(x, w, b, activation="silu"), [x, w, b])
 
 
-CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case}
+CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case, "multi_scan": multi_scan_case}
 
 
 def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
@@ -128,24 +148,32 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
             for name, seconds in median_seconds(steps, repeats, warmup, device).items():
                 medians[name][mode] = seconds * 1e3
     ref = medians["reference"]
+    threads = torch.get_num_threads()
     rows = []
     for name in names:
         m = medians[name]
         fb = m.get("fwd+bwd")
         rows.append({"op": op, "backend": name, "device": device.type, "dtype": dtype,
                      "shape": f"B={shape.batch} D={shape.dim} L={shape.seqlen} N={shape.dstate}",
-                     "threads": torch.get_num_threads(), "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
-                     "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb})
+                     "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
+                     "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
+                     "fwd_ns_per_update_core": (None if case.updates is None
+                                                else m["fwd"] * 1e6 * threads / case.updates),
+                     "bwd_over_fwd": None if fb is None else (fb - m["fwd"]) / m["fwd"]})
     return rows
 
 
 def format_op_table(rows: List[Dict[str, object]]) -> str:
     """The rows of :func:`benchmark_op` as a text table."""
-    header = ["backend", "fwd ms", "fwd speedup", "fwd+bwd ms", "fwd+bwd speedup"]
+    header = ["backend", "fwd ms", "fwd speedup", "fwd ns/update/core", "fwd+bwd ms", "fwd+bwd speedup", "bwd/fwd"]
+
+    def fmt(value, spec: str, suffix: str = "") -> str:
+        return "-" if value is None else format(value, spec) + suffix
+
     return render_table([header] + [
-        [str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x",
-         "-" if r["fwdbwd_ms"] is None else f"{r['fwdbwd_ms']:.3f}",
-         "-" if r["fwdbwd_speedup"] is None else f"{r['fwdbwd_speedup']:.1f}x"] for r in rows])
+        [str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x", fmt(r["fwd_ns_per_update_core"], ".3f"),
+         fmt(r["fwdbwd_ms"], ".3f"), fmt(r["fwdbwd_speedup"], ".1f", "x"), fmt(r["bwd_over_fwd"], ".2f", "x")]
+        for r in rows])
 
 
 def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
@@ -155,6 +183,6 @@ def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu",
     rows = benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward)
     print(f"op={op} device={torch.device(device).type} dtype={dtype} batch={shape.batch} dim={shape.dim} "
           f"seqlen={shape.seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
-          f"repeats={repeats} (medians, interleaved; fwd under no_grad)")
+          f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
     print(format_op_table(rows))
     return rows

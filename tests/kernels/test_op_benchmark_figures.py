@@ -1,0 +1,29 @@
+"""The per-update and backward/forward figures of ``tools/benchmark.py --op`` follow their definitions (no timings
+are checked: only how the printed figures derive from the measured ones)."""
+import torch
+
+from classification.benchmarks import OpShape, benchmark_op, format_op_table
+from classification.benchmarks.op_speed import CASES, LAYER_GRID, multi_scan_case
+
+
+def test_scan_rows_give_ns_per_update_per_core_and_the_backward_ratio():
+    shape = OpShape(batch=1, dim=8, seqlen=5, dstate=4)
+    rows = benchmark_op("scan", shape, repeats=1, warmup=0)
+    for r in rows:
+        updates = 1 * 8 * 5 * 4
+        assert r["fwd_ns_per_update_core"] == r["fwd_ms"] * 1e6 * torch.get_num_threads() / updates
+        assert r["bwd_over_fwd"] == (r["fwdbwd_ms"] - r["fwd_ms"]) / r["fwd_ms"]
+    header = format_op_table(rows).splitlines()[0]
+    assert "fwd ns/update/core" in header and "bwd/fwd" in header
+
+
+def test_multi_scan_case_counts_every_direction_and_position():
+    case = multi_scan_case(OpShape(batch=2, dim=8, dstate=4), torch.device("cpu"), torch.float32)
+    out = case.run()
+    batch, num_dirs, num_tokens, inner = out.shape
+    assert (batch, inner, num_tokens) == (2, 8, LAYER_GRID[0] * LAYER_GRID[1] + 1)
+    assert num_dirs == 4 and case.updates == batch * num_dirs * inner * num_tokens * 4  # every token once a direction
+
+
+def test_conv1d_rows_have_no_per_update_figure():
+    assert CASES["conv1d"](OpShape(batch=1, dim=8, seqlen=5), torch.device("cpu"), torch.float32).updates is None
