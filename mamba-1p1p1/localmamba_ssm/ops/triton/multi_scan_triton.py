@@ -496,11 +496,15 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
     """triton backend of ``multi_scan_inner_fn`` (same arguments and result; inputs already validated)."""
     inner, rank = x_proj_weight.shape[2], dt_proj_weight.shape[2]
     index32 = index.to(torch.int32).contiguous()
-    u = multi_scan_conv_fwd(tokens, index32, conv_weight, conv_bias, inner)           # (Bt, K, L, E)
+
+    def dense(t):
+        return None if t is None else t.contiguous()
+
+    u = multi_scan_conv_fwd(tokens, index32, conv_weight, dense(conv_bias), inner)    # (Bt, K, L, E)
     x_dbl = torch.matmul(u, x_proj_weight.to(u.dtype).transpose(1, 2))                 # (Bt, K, L, R + 2N)
     delta = torch.matmul(x_dbl[..., :rank], dt_proj_weight.to(u.dtype).transpose(1, 2))
     with autocast_off(tokens.device.type):
-        y, _ = multi_scan_scan_fwd(u, delta.to(u.dtype).contiguous(), x_dbl.contiguous(), tokens, index32, A_log,
-                                   D, dt_proj_bias, gate)
+        y, _ = multi_scan_scan_fwd(u, delta.to(u.dtype).contiguous(), x_dbl.contiguous(), tokens, index32,
+                                   dense(A_log), dense(D), dense(dt_proj_bias), gate)
     return y
 
