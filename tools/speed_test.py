@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--warmup-iters", type=int, default=100, help="untimed forwards first (default 100)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                        help="ours: time the model under torch.compile in this mode (reduce-overhead: CUDA graphs)")
     args = parser.parse_args()
     defaults = load_yaml(args.config) if args.config else {}
     model_name = args.model or defaults.get("model")
@@ -57,7 +59,8 @@ def main() -> None:
     logger.info(f"Model {name} created, params: {row['params']}, FLOPs: {flops}")
     model = build_model(name, img_size, device)
     logger.info("Start measuring speed.")
-    speed = images_per_second({name: model}, batch, img_size, repeats=args.iters, warmup=args.warmup_iters)[name]
+    speed = images_per_second({name: model}, batch, img_size, repeats=args.iters, warmup=args.warmup_iters,
+                              compile_mode=args.compile)[name]
     shape = (3, img_size, img_size)
     logger.info(f"Done, n_iters: {args.iters}, batch size: {batch}, image shape: {shape}, device: {device}")
     logger.info(f"total samples: {batch * args.iters}, throughput: {speed:.3f} samples/second.")
