@@ -90,3 +90,23 @@ def test_attention_merge_matches_reference(cpu_isa, shape):
     weight = torch.randn_like(out)
     for got, want in zip(grads(out, args, weight), grads(expected, args, weight)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+def test_multi_scan_backward_recomputes_the_states_the_forward_did_not_save(cpu_isa):
+    """The backward from the forward's chunk-start states equals the backward that recomputes them (the forward
+    saves them only when a gradient is to follow)."""
+    p = make_problem(batch=2, num_tokens=40, length=45, inner=37, state=9)
+    args = [p["tokens"], p["index"], p["conv_weight"].flatten(2), p["conv_bias"], p["x_proj_weight"],
+            p["dt_proj_weight"], p["dt_proj_bias"], p["A_log"], p["D"]]
+    args = [a.detach().contiguous() for a in args]
+    op = torch.ops.localmamba
+    y, u, xdbl, ckpt = op.multi_scan_cpu_fwd(*args, True, True)
+    y_again, _, _, no_ckpt = op.multi_scan_cpu_fwd(*args, True, False)
+    assert ckpt.numel() > 0 and no_ckpt.numel() == 0
+    torch.testing.assert_close(y_again, y, rtol=0, atol=0)
+    dy = torch.randn_like(y)
+    saved = op.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, ckpt)
+    recomputed = op.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, no_ckpt)
+    for got, want in zip(saved, recomputed):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

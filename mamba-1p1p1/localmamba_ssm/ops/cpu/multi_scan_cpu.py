@@ -34,7 +34,8 @@ class MultiScanArgs(ctypes.Structure):
                                                "silu", "gate", "src_stride", "pdim")]
                 + [(n, ctypes.c_void_p) for n in ("index", "src", "conv_w", "conv_b", "u", "xdbl", "dt_w", "dt_b",
                                                   "A", "A2", "D", "u_out", "y", "ys", "dtr", "dy", "du", "dxdbl",
-                                                  "dsrc", "dconv_w", "dconv_b", "ddt_w", "ddt_b", "dA", "dD")])
+                                                  "dsrc", "dconv_w", "dconv_b", "ddt_w", "ddt_b", "dA", "dD",
+                                                  "ckpt")])
 
 
 KERNELS = ("multi_scan_gather_fwd", "multi_scan_gather_bwd", "multi_scan_recurrence_fwd", "multi_scan_gate_fwd",
@@ -43,7 +44,16 @@ KERNELS = ("multi_scan_gather_fwd", "multi_scan_gather_bwd", "multi_scan_recurre
 
 def load_kernel():
     """The compiled multi-direction kernels (built on first use), or None when unavailable or disabled."""
-    return ckernel.load_library("multi_scan", SOURCES, dict.fromkeys(KERNELS, MultiScanArgs))
+    lib = ckernel.load_library("multi_scan", SOURCES, dict.fromkeys(KERNELS, MultiScanArgs))
+    if lib is not None:
+        lib.multi_scan_checkpoint_floats.restype = ctypes.c_int64
+        lib.multi_scan_checkpoint_floats.argtypes = [ctypes.c_int64] * 3
+    return lib
+
+
+def _checkpoint_shape(lib, num_dirs: int, batch: int, length: int, inner: int, state: int) -> Tuple[int, int, int]:
+    """(K, Bt, floats): the scan's state at every chunk start, per (direction, batch) pair."""
+    return num_dirs, batch, lib.multi_scan_checkpoint_floats(length, inner, state)
 
 
 @ckernel.constant_under_compile  # under torch.compile: evaluated (and the kernels loaded) at trace time
@@ -92,9 +102,10 @@ def _check_index(index: torch.Tensor, num_tokens: int) -> None:
 @torch.library.custom_op("localmamba::multi_scan_cpu_fwd", mutates_args=(), device_types="cpu")
 def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
                        conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
-                       A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool) -> Tuple[_T, _T, _T]:
-    """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and u (K, Bt, L, E) and xdbl
-    (K, Bt, L, R + 2N) for the backward."""
+                       A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
+                       save_states: bool) -> Tuple[_T, _T, _T, _T]:
+    """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and for the backward u (K, Bt, L, E),
+    xdbl (K, Bt, L, R + 2N) and, when ``save_states``, the scan's state at every chunk start (else empty)."""
     lib = load_kernel()
     _check_index(index, src.shape[1])
     batch = src.shape[0]
@@ -103,6 +114,7 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     u = src.new_empty(num_dirs, batch, length, inner)
     y = src.new_empty(batch, num_dirs, src.shape[1], inner)
+    ckpt = src.new_empty(_checkpoint_shape(lib, num_dirs, batch, length, inner, state) if save_states else 0)
 
     def make(_):
         a = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state)
@@ -119,28 +131,32 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
         a = make(i)
         # the scan overwrites each row of dtr with its ungated output once it has read it
         a.xdbl, a.dtr, a.ys = xdbl.data_ptr(), dtr.data_ptr(), dtr.data_ptr()
+        a.ckpt = ckpt.data_ptr() if save_states else None
         return a
 
     ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make_scan, pairs, 1)
     ckernel.run_tasks(lib.multi_scan_gate_fwd, make_scan, batch * src.shape[1], MIN_ROWS_PER_TASK)
-    return y, u, xdbl
+    return y, u, xdbl, ckpt
 
 
 @multi_scan_cpu_fwd.register_fake
-def _multi_scan_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate):
+def _multi_scan_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, save_states):
     batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
-    inner, width = x_proj_w.shape[2], x_proj_w.shape[1]
+    inner, width, state = x_proj_w.shape[2], x_proj_w.shape[1], A_log.shape[2]
+    ckpt_shape = _checkpoint_shape(load_kernel(), num_dirs, batch, length, inner, state) if save_states else 0
     return (src.new_empty(batch, num_dirs, num_tokens, inner), src.new_empty(num_dirs, batch, length, inner),
-            src.new_empty(num_dirs, batch, length, width))
+            src.new_empty(num_dirs, batch, length, width), src.new_empty(ckpt_shape))
 
 
 @torch.library.custom_op("localmamba::multi_scan_cpu_bwd", mutates_args=(), device_types="cpu")
 def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
                        conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor,
                        dt_b: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
-                       u: torch.Tensor, xdbl: torch.Tensor) -> Tuple[_T, _T, _T, _T, _T, _T, _T, _T]:
-    """Backward -> dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w, ddt_b, dA_log, dD (empty where the input is None)."""
+                       u: torch.Tensor, xdbl: torch.Tensor,
+                       ckpt: torch.Tensor) -> Tuple[_T, _T, _T, _T, _T, _T, _T, _T]:
+    """Backward (``ckpt``: the forward's chunk-start states, or empty) -> dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w,
+    ddt_b, dA_log, dD (empty where the input is None)."""
     lib = load_kernel()
     batch = src.shape[0]
     num_dirs, length = index.shape
@@ -168,6 +184,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
         a.dD = None if D is None else dD[i].data_ptr()
         a.dconv_w = None if dconv_w is None else dconv_w[i].data_ptr()
         a.dconv_b = None if dconv_b is None else dconv_b[i].data_ptr()
+        a.ckpt = ckpt.data_ptr() if ckpt.numel() else None
         return a
 
     ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1)
@@ -184,7 +201,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
 
 
 @multi_scan_cpu_bwd.register_fake
-def _multi_scan_bwd_fake(dy, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, u, xdbl):
+def _multi_scan_bwd_fake(dy, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, u, xdbl, ckpt):
     def like(t):
         return src.new_empty(0) if t is None else t.new_empty(t.shape)
 
@@ -192,19 +209,19 @@ def _multi_scan_bwd_fake(dy, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A
 
 
 def _multi_scan_setup(ctx, inputs, output):
-    src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate = inputs
-    _, u, xdbl = output
-    ctx.save_for_backward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl)
+    src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, _ = inputs
+    _, u, xdbl, ckpt = output
+    ctx.save_for_backward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl, ckpt)
     ctx.gate = gate
 
 
-def _multi_scan_backward(ctx, dy, du_unused, dxdbl_unused):
-    src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl = ctx.saved_tensors
+def _multi_scan_backward(ctx, dy, du_unused, dxdbl_unused, dckpt_unused):
+    src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl, ckpt = ctx.saved_tensors
     grads = multi_scan_cpu_bwd(dy.contiguous(), src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, ctx.gate,
-                               u, xdbl)
+                               u, xdbl, ckpt)
     dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w, ddt_b, dA_log, dD = grads
     return (dsrc, None, None if conv_w is None else dconv_w, None if conv_b is None else dconv_b, dx_proj_w, ddt_w,
-            ddt_b, dA_log, None if D is None else dD, None)
+            ddt_b, dA_log, None if D is None else dD, None, None)
 
 
 multi_scan_cpu_fwd.register_autograd(_multi_scan_backward, setup_context=_multi_scan_setup)
@@ -220,8 +237,11 @@ def multi_scan_inner_cpu(tokens: torch.Tensor, index: torch.Tensor, x_proj_weigh
     def f32(t):
         return None if t is None else t.float().contiguous()
 
+    inputs = (tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias)
+    save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     with autocast_off(tokens.device.type):
-        y, _, _ = torch.ops.localmamba.multi_scan_cpu_fwd(
+        y, _, _, _ = torch.ops.localmamba.multi_scan_cpu_fwd(
             f32(tokens), index.contiguous(), None if conv_weight is None else f32(conv_weight.flatten(2)),
-            f32(conv_bias), f32(x_proj_weight), f32(dt_proj_weight), f32(dt_proj_bias), f32(A_log), f32(D), gate)
+            f32(conv_bias), f32(x_proj_weight), f32(dt_proj_weight), f32(dt_proj_bias), f32(A_log), f32(D), gate,
+            save_states)
     return y.to(dtype)

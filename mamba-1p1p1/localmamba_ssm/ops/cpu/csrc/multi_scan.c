@@ -12,18 +12,20 @@
    - dt_w (K, R, P), A (K, N, P) (negative: -exp(A_log)) and A2 = A * EXP2_8_SCALE (K, N, P), channels
      zero-padded to pdim = P (a multiple of VW, so every parameter load is a whole vector); dt_b (K, E),
      D (K, E).
-   - dtr (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias).
+   - dtr (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias; measured faster than R
+     multiply-adds per step and channel vector inside the scan).
    - ys (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias dtr: each row is read
      before it is written); y (Bt, K, T, E): the outputs back in token order (z-gated when gate), written by
      multi_scan_gate_fwd, which computes SiLU(z) once per token row for all directions.
 
-   The scan works on chunks of TC steps: for each chunk, every block of 8 channels computes its softplus'd dt, then
-   runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is used
-   (forward); a block's state is kept in a small buffer between chunks, so the rows of u, dtr and ys are read and
-   written in order. The backward pass stores the state at every chunk start in a forward sweep, then goes through
-   the chunks in reverse: it recomputes a chunk's decays and states from its checkpoint and runs the reverse-time
-   recurrence, with the reductions over channels (dB, dC and the dt low-rank gradient) accumulated as vectors and
-   summed once per chunk. */
+   The scan works on chunks of TC steps: for each chunk, every block of VW channels computes its softplus'd dt,
+   then runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is
+   used (forward); a block's state is kept in a small buffer between chunks, so the rows of u, dtr and ys are read
+   and written in order. The forward stores the state at every chunk start when a backward is to follow (else the
+   backward pass recomputes them in a forward sweep); the backward goes through the chunks in reverse: it
+   recomputes a chunk's decays and states from its checkpoint and runs the reverse-time recurrence, with the
+   reductions over channels (dB, dC and the dt low-rank gradient) accumulated as vectors and summed once per
+   chunk. */
 #include "kernel_args.h"
 #include "vector_math.h"
 
@@ -33,7 +35,9 @@
 #endif
 
 /* Sizes, then the buffers described above; u_out is where the gather writes u; d* are gradients (dconv_w, dconv_b,
-   ddt_w, ddt_b, dA, dD: this task's accumulators); pointers a call does not use may be NULL. */
+   ddt_w, ddt_b, dA, dD: this task's accumulators); ckpt: the state at every chunk start, written by the forward scan
+   when given (for a backward to come) and read by the backward when given (else it recomputes them),
+   multi_scan_checkpoint_floats() floats per (direction, batch) pair; pointers a call does not use may be NULL. */
 #define MULTI_SCAN_ARGS(FIELD, S)                                                                                  \
     FIELD(S, int64_t, batch) FIELD(S, int64_t, ndir) FIELD(S, int64_t, seqlen) FIELD(S, int64_t, ntok)             \
     FIELD(S, int64_t, dim) FIELD(S, int64_t, nstate) FIELD(S, int64_t, rank) FIELD(S, int64_t, width)              \
@@ -44,7 +48,8 @@
     FIELD(S, const float *, A2) FIELD(S, const float *, D) FIELD(S, float *, u_out) FIELD(S, float *, y)           \
     FIELD(S, float *, ys) FIELD(S, const float *, dtr) FIELD(S, const float *, dy) FIELD(S, float *, du)           \
     FIELD(S, float *, dxdbl) FIELD(S, float *, dsrc) FIELD(S, float *, dconv_w) FIELD(S, float *, dconv_b)         \
-    FIELD(S, float *, ddt_w) FIELD(S, float *, ddt_b) FIELD(S, float *, dA) FIELD(S, float *, dD)
+    FIELD(S, float *, ddt_w) FIELD(S, float *, ddt_b) FIELD(S, float *, dA) FIELD(S, float *, dD)               \
+    FIELD(S, float *, ckpt)
 DECLARE_KERNEL_ARGS(MultiScanArgs, MULTI_SCAN_ARGS)
 
 
@@ -249,11 +254,17 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, 
     }
 }
 
+/* Floats of the chunk-start states of one (direction, batch) pair: chunks x channel blocks x N vectors. */
+int64_t multi_scan_checkpoint_floats(int64_t seqlen, int64_t dim, int64_t nstate) {
+    return (seqlen + TC - 1) / TC * ((dim + VW - 1) / VW) * nstate * VW;
+}
+
 /* Forward scan of (direction, batch) pairs, writing the ungated outputs in sequence order to ys (K, Bt, L, E),
-   rows laid out like u; multi_scan_gate_fwd then moves them to token order and applies the gate. */
+   rows laid out like u, and the chunk-start states to ckpt when given; multi_scan_gate_fwd then moves the outputs
+   to token order and applies the gate. */
 void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, S = a->rank + 2 * N;
-    long nb = (E + VW - 1) / VW;
+    long nb = (E + VW - 1) / VW, per_pair = multi_scan_checkpoint_floats(L, E, N);
     Block p;
     Chunk c;
     vf *h = alloc_vf(nb * N);
@@ -264,12 +275,13 @@ void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t en
         long k = q / a->batch;
         long len = real_length(a->index + k * L, L, T);
         const float *u = a->u + q * L * E, *dr = a->dtr + q * L * E, *xd = a->xdbl + q * L * S;
-        float *ys = a->ys + q * L * E;
+        float *ys = a->ys + q * L * E, *ck = a->ckpt ? a->ckpt + q * per_pair : NULL;
         for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
-        for (long t0 = 0; t0 < len; t0 += TC) {
+        for (long t0 = 0, ci = 0; t0 < len; t0 += TC, ci++) {
             long nt = min_l(TC, len - t0);
             for (long cb = 0; cb < nb; cb++) {
                 long c0 = cb * VW, nc = min_l(VW, E - c0);
+                if (ck) memcpy(ck + (ci * nb + cb) * N * VW, h + cb * N, N * sizeof(vf));
                 if (c0 % 16 == 0) /* this cache line's column of the next chunk's rows */
                     for (long t = t0 + TC; t < t0 + 2 * TC && t < len; t++) {
                         __builtin_prefetch(u + t * E + c0);
@@ -348,9 +360,11 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
             float *du = a->du + q * L * E, *dxd = a->dxdbl + q * L * S;
             memset(du + len * E, 0, (L - len) * E * sizeof(float));
             memset(dxd + len * S, 0, (L - len) * S * sizeof(float));
-            /* forward sweep: the state before every chunk */
+            /* the state before every chunk: saved by the forward, or a forward sweep */
+            if (a->ckpt)
+                memcpy(ckpt, a->ckpt + q * multi_scan_checkpoint_floats(L, E, N), nchunks * nb * N * sizeof(vf));
             for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
-            for (long t0 = 0, ci = 0; t0 < len; t0 += TC, ci++) {
+            for (long t0 = 0, ci = 0; t0 < len && !a->ckpt; t0 += TC, ci++) {
                 long nt = min_l(TC, len - t0);
                 for (long cb = 0; cb < nb; cb++) {
                     long c0 = cb * VW, nc = min_l(VW, E - c0);

@@ -1,10 +1,10 @@
 /* The cpu backend's selective-scan kernel, compiled on first use by localmamba_kernel_runtime.ckernel with the
    system C compiler (no torch headers) and called through ctypes by selective_scan_cpu.py.
 
-   Layout contract: fp32 contiguous buffers; u, delta, z, dout, out, du, ddelta, dz (Bt, Dm, L); A (Dm, Np) with Np
-   a multiple of VW (zero padded; lm_vector_width() tells callers VW); B and C either time-invariant (Dm, Np) or grouped (Bt, G, L, Np). One call
-   processes the (batch, channel) pairs [start, end); callers run several calls in parallel threads, each with its
-   own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
+   Layout contract: fp32 contiguous buffers; u, delta, z, dout, out, du, ddelta, dz (Bt, Dm, L); A (Dm, Np) with
+   Np a multiple of VW (zero padded; lm_vector_width() tells callers VW); B and C either time-invariant (Dm, Np) or
+   grouped (Bt, G, L, Np). One call processes the (batch, channel) pairs [start, end); callers run several calls in
+   parallel threads, each with its own accumulators for dA, dB, dC, dD and ddelta_bias, which the call adds to.
 
    Per (batch, channel) row, work is split into passes that keep the vector units busy: element-wise passes over time
    (softplus, gates), then the recurrence (one multiply-add per step on the dependency chain, each decay exp(dt A)
