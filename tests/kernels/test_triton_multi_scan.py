@@ -1,5 +1,6 @@
 """The fused Triton mixer kernels (multi_scan_inner, attention_merge) against their references on CPU, under the
-Triton interpreter: outputs and all gradients, fp32 and bf16 (the cases: triton_multi_scan_checks.py).
+Triton interpreter: outputs and all gradients, fp32 and bf16, and torch.library.opcheck of their custom ops (the
+cases: triton_multi_scan_checks.py); and each kernel compiled for sm_90.
 
 TRITON_INTERPRET must be set before the kernels are defined, so the checks run in a subprocess.
 """
@@ -22,7 +23,7 @@ def test_fused_mixer_kernels_match_reference_under_interpreter():
     script = Path(__file__).with_name("triton_multi_scan_checks.py")
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 5, result.stdout
+    assert result.stdout.count("ok ") == 6, result.stdout
 
 
 def _compile_for_hopper(kernel, constexprs):

@@ -101,6 +101,34 @@ def check_merge(label, batch, num_dirs, num_tokens, channels, dtype):
             dtype)
 
 
+def check_custom_ops():
+    """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the four custom ops, as
+    ``torch.compile`` needs them (``torch.library.opcheck``; it runs backward through the fakes too)."""
+    g = torch.Generator().manual_seed(5)
+    index = sequence_index(("h", "w2_flip"), (3, 5)).to(torch.int32)
+    batch, num_tokens, inner, state, rank, num_dirs, length = 2, 15, 5, 4, 2, 2, index.shape[1]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).requires_grad_()
+
+    tokens, weights = rand(batch, num_tokens, 2 * inner), rand(num_dirs, inner, 1, 4)
+    per_dir = [rand(num_dirs, inner) for _ in range(3)]
+    calls = [(multi_scan_triton.multi_scan_conv_fwd, (tokens, index, weights, per_dir[0], inner)),
+             (multi_scan_triton.multi_scan_scan_fwd,
+              (rand(batch, num_dirs, length, inner), rand(batch, num_dirs, length, inner),
+               rand(batch, num_dirs, length, rank + 2 * state), tokens, index, rand(num_dirs, inner, state),
+               per_dir[1], per_dir[2], True)),
+             (attention_merge_triton.normalised_mean, (rand(batch, num_dirs, num_tokens, inner), 1e-5)),
+             (attention_merge_triton.gated_sum, (rand(batch, num_dirs, num_tokens, inner),
+                                                 torch.rand(batch, num_dirs, inner, generator=g).requires_grad_()))]
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    for op, args in calls:
+        results = torch.library.opcheck(op, args, test_utils=tests)
+        if set(results.values()) != {"SUCCESS"}:
+            sys.exit(f"opcheck {op}: {results}")
+    print(f"ok torch.library.opcheck of {len(calls)} custom ops")
+
+
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     for op in ("multi_scan_inner", "attention_merge"):
@@ -115,6 +143,7 @@ def main():
                cls_position=None, inner=5, state=4, width=3, with_d=True, seed=2)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
+    check_custom_ops()
 
 
 if __name__ == "__main__":
