@@ -21,6 +21,8 @@ from .tables import render_table
 from .timing import DTYPES, median_seconds
 
 LAYER_DIRECTIONS = ("h", "v_flip", "w7", "w7_flip")
+# (time steps, channels) per program of the fused scan, timed besides the default to pick the best on a GPU
+SCAN_TILES = ((16, 8), (32, 4), (16, 16), (32, 8), (64, 4))
 
 
 def _autocast(device, dtype: torch.dtype):
@@ -143,7 +145,8 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
 def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
     """Milliseconds of the fused ops (backend triton) against the composed path (multi_scan_inner; its conv and scan
     on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``);
-    then the fused scan kernel alone at the selective-scan benchmark shape."""
+    then the fused scan kernel alone at the selective-scan benchmark shape, at its default tiles and (unless
+    ``quick``) at the other :data:`SCAN_TILES`."""
     device = torch.device(device)
     rows = [["op", "dtype", "batch", "step", "ms", "vs fused"]]
     sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
@@ -166,6 +169,16 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
     shape = dict(batch=2, dim=16, seqlen=9, dstate=4, rank=2) if quick else dict(batch=8, dim=384, seqlen=196,
                                                                                   dstate=16, rank=12)
     size = "x".join(str(shape[k]) for k in ("batch", "dim", "seqlen", "dstate"))
-    for name, sec in median_seconds(fused_scan_step(device, **shape), repeats, 3, device).items():
-        rows.append([name.rsplit(" ", 1)[0], "fp32", size, name.rsplit(" ", 1)[1], f"{sec * 1e3:.3f}", "-"])
+    from localmamba_ssm.ops.triton import multi_scan_triton as kernels
+
+    default = (kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D)
+    for tiles in [default] + [t for t in SCAN_TILES if t != default and not quick]:
+        kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D = tiles
+        try:
+            seconds = median_seconds(fused_scan_step(device, **shape), repeats, 3, device)
+        finally:
+            kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D = default
+        for name, sec in seconds.items():
+            label = f"{name.rsplit(' ', 1)[0]} tiles {tiles[0]}x{tiles[1]}" + (" (default)" if tiles == default else "")
+            rows.append([label, "fp32", size, name.rsplit(" ", 1)[1], f"{sec * 1e3:.3f}", "-"])
     return render_table(rows)
