@@ -135,7 +135,8 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
     """Time ``op`` (a key of ``CASES``) on every backend available for ``device`` (or those of ``only_backends``)
     and the reference; one row per backend with milliseconds and the speedup over the reference."""
     device = torch.device(device)
-    names = [b for b in backends.available_backends(OP_NAMES[op], device) if not only_backends or b in only_backends]
+    names = [b for b in backends.available_backends(OP_NAMES[op], device)
+             if b in backends.KERNEL_BACKENDS and (not only_backends or b in only_backends)]  # composed: not forceable
     if "reference" not in names:
         names.append("reference")
     case = CASES[op](shape, device, DTYPES[dtype])

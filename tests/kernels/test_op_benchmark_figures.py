@@ -27,3 +27,9 @@ def test_multi_scan_case_counts_every_direction_and_position():
 
 def test_conv1d_rows_have_no_per_update_figure():
     assert CASES["conv1d"](OpShape(batch=1, dim=8, seqlen=5), torch.device("cpu"), torch.float32).updates is None
+
+
+def test_multi_scan_rows_time_the_kernel_backends():
+    rows = benchmark_op("multi_scan", OpShape(batch=1, dim=8, dstate=4), repeats=1, warmup=0, backward=False)
+    assert [r["backend"] for r in rows] == ["cpu", "reference"]
+    assert all(r["fwd_ns_per_update_core"] > 0 and r["bwd_over_fwd"] is None for r in rows)
