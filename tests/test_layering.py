@@ -1,0 +1,86 @@
+"""Imports run one way (README, Layout): the kernel runtime below the op packages, the kernels below the library,
+`classification` below the tools and the mm plugins, `segmentation` beside (not on top of) `detection`, and inside
+`classification` `common` below everything, `data` and `search` below `engine`; no tool imports another tool."""
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS_AND_TOOLS = {"detection", "segmentation", "tools"}
+LIBRARY = {"classification"} | PLUGINS_AND_TOOLS
+PACKAGE_DIRS = {
+    "localmamba_kernel_runtime": REPO / "causal-conv1d" / "localmamba_kernel_runtime",
+    "localmamba_conv1d": REPO / "causal-conv1d" / "localmamba_conv1d",
+    "localmamba_ssm": REPO / "mamba-1p1p1" / "localmamba_ssm",
+    "classification": REPO / "classification",
+    "segmentation": REPO / "segmentation",
+}
+
+
+def imported_modules(path: Path, package: str = "") -> set[str]:
+    """Absolute names of the modules a file imports, anywhere in it; relative imports are resolved against the file's
+    place in `package` (whose folder is PACKAGE_DIRS[package]; none for a script)."""
+    parts = [package, *path.relative_to(PACKAGE_DIRS[package]).parent.parts] if package else []
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                names.add(node.module)
+                continue
+            base = ".".join(parts[: len(parts) - node.level + 1])
+            if node.module:
+                names.add(f"{base}.{node.module}")
+            else:
+                names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def offenders(package: str, forbidden: set[str], subpackage: str = "") -> set[str]:
+    """`file: module` for every import of a forbidden name (a top-level package, or `package.sub`) in `package`
+    (or only in its `subpackage` folder)."""
+    folder = PACKAGE_DIRS[package] / subpackage
+    found = set()
+    for path in folder.rglob("*.py"):
+        for name in imported_modules(path, package):
+            pieces = name.split(".")
+            if pieces[0] in forbidden or ".".join(pieces[:2]) in forbidden:
+                found.add(f"{path.relative_to(REPO)}: {name}")
+    return found
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("localmamba_kernel_runtime", LIBRARY | {"localmamba_conv1d", "localmamba_ssm"}),
+    ("localmamba_conv1d", LIBRARY | {"localmamba_ssm"}),
+    ("localmamba_ssm", LIBRARY),
+    ("classification", PLUGINS_AND_TOOLS),
+    ("segmentation", {"detection"}),
+])
+def test_packages_import_downwards_only(package, forbidden):
+    assert offenders(package, forbidden) == set()
+
+
+@pytest.mark.parametrize("subpackage, forbidden", [
+    ("common", {"classification.models", "classification.data", "classification.search", "classification.engine",
+                "classification.dense", "classification.benchmarks"}),
+    ("data", {"classification.engine", "classification.search"}),
+    ("search", {"classification.engine"}),
+    ("models", {"classification.engine", "classification.data", "classification.search"}),
+])
+def test_inside_classification_imports_run_one_way(subpackage, forbidden):
+    assert offenders("classification", forbidden, subpackage) == set()
+
+
+def test_the_checker_sees_relative_imports():
+    path = PACKAGE_DIRS["classification"] / "data" / "loader.py"
+    assert any(name.startswith("classification.common") for name in imported_modules(path, "classification"))
+
+
+def test_no_tool_imports_another_tool():
+    tools = {path.stem for path in (REPO / "tools").glob("*.py")}
+    found = {f"{path.name}: {name}" for path in (REPO / "tools").glob("*.py")
+             for name in imported_modules(path) if name.split(".")[0] in tools | {"tools"}}
+    assert found == set()
+
