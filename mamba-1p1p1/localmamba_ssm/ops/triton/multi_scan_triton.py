@@ -172,6 +172,19 @@ def _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, 
 
 
 @triton.jit
+def _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D: tl.constexpr,
+                      BD: tl.constexpr):
+    """Direction k's parameters for the channel block d: A = -exp(A_log) (BD, BN), the dt bias and D (BD,), fp32."""
+    A = -tl.exp(tl.load(A_log_ptr + (k * inner + d)[:, None] * dstate + n[None, :], mask=mdn, other=0.0)
+                .to(tl.float32))
+    bias = tl.load(bias_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    return A, bias, Dv
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
@@ -184,12 +197,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, 
     n = tl.arange(0, BN)
     nmask = n < dstate
     mdn = dmask[:, None] & nmask[None, :]
-    A = -tl.exp(tl.load(A_log_ptr + (k * inner + d)[:, None] * dstate + n[None, :], mask=mdn, other=0.0)
-                .to(tl.float32))
-    bias = tl.load(bias_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
     rows = tl.arange(0, CT)
     seq_row = pid_bk * length
     h0 = tl.zeros([BD, BN], dtype=tl.float32)
@@ -228,12 +236,7 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, in
     n = tl.arange(0, BN)
     nmask = n < dstate
     mdn = dmask[:, None] & nmask[None, :]
-    A = -tl.exp(tl.load(A_log_ptr + (k * inner + d)[:, None] * dstate + n[None, :], mask=mdn, other=0.0)
-                .to(tl.float32))
-    bias = tl.load(bias_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + k * inner + d, mask=dmask, other=0.0).to(tl.float32)
+    A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
     rows = tl.arange(0, CT)
     seq_row = pid_bk * length
     # per-channel-block partial gradients of B and C: (Bt*K, blocks, L, 2N)
