@@ -6,8 +6,9 @@ call time, on the given inputs). ``select`` picks the first usable backend in th
 ``composed`` -> ``reference`` (plain PyTorch). ``composed`` is not a kernel: an op registers it when it can run as a
 composition of other dispatching ops (which then choose their own backends), and the log says so.
 
-``LOCALMAMBA_BACKEND`` (``auto`` or one of the kernel backends ``cuda``, ``triton``, ``cpu``, ``reference``) forces a
-backend; it is read once, at the first choice, and can be changed afterwards only through :func:`force_backend` /
+``LOCALMAMBA_BACKEND`` (``auto``, one of the kernel backends ``cuda``, ``triton``, ``cpu``, ``reference``, or
+``composed``: the fused multi-direction ops as compositions whose parts choose automatically) forces a backend; it
+is read once, at the first choice, and can be changed afterwards only through :func:`force_backend` /
 :func:`forced_backend` (what tests and tools that time each backend in turn use). A forced backend that an op
 implements but cannot run on the given inputs raises :class:`BackendUnavailableError`; a forced backend that an op
 does not implement makes the op use its ``composed`` path, so that the forced backend reaches the ops it is composed
@@ -32,7 +33,7 @@ ENV_VAR = "LOCALMAMBA_BACKEND"
 KERNEL_BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
 COMPOSED = "composed"
 BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", COMPOSED, "reference")  # automatic-selection order
-CHOICES: Tuple[str, ...] = ("auto",) + KERNEL_BACKENDS
+CHOICES: Tuple[str, ...] = ("auto",) + KERNEL_BACKENDS + (COMPOSED,)
 
 logger = logging.getLogger("localmamba")
 

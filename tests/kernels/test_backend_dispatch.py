@@ -38,7 +38,7 @@ def install_fake(monkeypatch, dotted, **attrs):
 
 def test_unknown_backend_value_lists_valid_ones(force_backend):
     force_backend("gpu")
-    with pytest.raises(ValueError, match="auto, cuda, triton, cpu, reference"):
+    with pytest.raises(ValueError, match="auto, cuda, triton, cpu, reference, composed"):
         selective_scan_fn(*scan_inputs())
     with pytest.raises(ValueError, match="LOCALMAMBA_BACKEND"):
         selected_backend("causal_conv1d", "cpu")
@@ -205,6 +205,15 @@ def test_forcing_a_backend_an_op_lacks_runs_its_composition(force_backend, caplo
         assert backends.select("multi_scan_inner", torch.device("cpu")) == "composed"
     assert "uses backend 'composed' (op has no 'cuda' backend; its parts run the forced one)" in caplog.text
     assert selected_backend("attention_merge", "cpu") == "cpu"        # no composition: its automatic choice
+
+
+def test_forcing_composed_runs_the_fused_ops_as_compositions_of_automatic_parts(force_backend, caplog):
+    force_backend("composed")
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        assert backends.select("multi_scan_inner", torch.device("cpu")) == "composed"
+        assert backends.select("selective_scan", torch.device("cpu")) == "cpu"
+    assert "op 'multi_scan_inner' on cpu uses backend 'composed' (forced)" in caplog.text
+    assert "op 'selective_scan' on cpu uses backend 'cpu' (auto; op has no 'composed' backend)" in caplog.text
 
 
 def test_environment_is_read_once_per_choice_and_forced_through_the_api(monkeypatch):
