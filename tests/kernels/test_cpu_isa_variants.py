@@ -5,9 +5,9 @@ import torch
 
 from localmamba_conv1d import cpu_conv1d
 from localmamba_kernel_runtime import ckernel
-from localmamba_ssm import attention_merge_fn, attention_merge_ref, multi_scan_inner_fn, multi_scan_inner_ref
+from localmamba_ssm import attention_merge_fn, attention_merge_ref
 from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
-from test_multi_scan_inner import attention_problem, grads, make_problem
+from test_multi_scan_inner import assert_backend_matches_reference, attention_problem, grads, make_problem
 
 KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
@@ -69,14 +69,7 @@ def test_each_library_is_built_for_the_isa_with_its_vector_width(cpu_isa, module
                                                 width=3), dict(batch=1, num_tokens=40, length=45, inner=37, state=9)])
 def test_multi_scan_matches_reference(cpu_isa, gate, conv, shape):
     assert multi_scan_cpu.kernel_available()
-    p = make_problem(gate=gate, conv=conv, **shape)
-    weight = torch.randn(p["tokens"].shape[0], p["index"].shape[0], p["tokens"].shape[1], p["x_proj_weight"].shape[2])
-    out = multi_scan_inner_fn(**p, gate=gate)
-    expected = multi_scan_inner_ref(**p, gate=gate)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    inputs = [v for key, v in p.items() if key != "index"]
-    for got, want in zip(grads(out, inputs, weight), grads(expected, inputs, weight)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_backend_matches_reference(make_problem(gate=gate, conv=conv, **shape), gate)
 
 
 @needs_compiler

@@ -86,11 +86,8 @@ def test_reference_equals_per_direction_formula(gate, conv):
     torch.testing.assert_close(multi_scan_inner_ref(**p, gate=gate), per_direction_formula(p, gate))
 
 
-@pytest.mark.parametrize('gate, conv', [(True, True), (False, False)])
-@pytest.mark.parametrize('shape', [dict(), dict(batch=3, num_tokens=9, length=9, num_dirs=2, inner=19, rank=2, state=16,
-                                                width=3)])
-def test_backend_matches_reference_outputs_and_gradients(cpu_backend, gate, conv, shape):
-    p = make_problem(gate=gate, conv=conv, **shape)
+def assert_backend_matches_reference(p, gate):
+    """multi_scan_inner_fn on the chosen backend equals the reference: outputs, and the gradients of every input."""
     weight = torch.randn(p['tokens'].shape[0], p['index'].shape[0], p['tokens'].shape[1], p['x_proj_weight'].shape[2])
     out = multi_scan_inner_fn(**p, gate=gate)
     expected = multi_scan_inner_ref(**p, gate=gate)
@@ -98,6 +95,13 @@ def test_backend_matches_reference_outputs_and_gradients(cpu_backend, gate, conv
     inputs = [v for key, v in p.items() if key != 'index']
     for got, want in zip(grads(out, inputs, weight), grads(expected, inputs, weight)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('gate, conv', [(True, True), (False, False)])
+@pytest.mark.parametrize('shape', [dict(), dict(batch=3, num_tokens=9, length=9, num_dirs=2, inner=19, rank=2, state=16,
+                                                width=3)])
+def test_backend_matches_reference_outputs_and_gradients(cpu_backend, gate, conv, shape):
+    assert_backend_matches_reference(make_problem(gate=gate, conv=conv, **shape), gate)
 
 
 def test_padding_positions_never_reach_outputs(cpu_backend):
