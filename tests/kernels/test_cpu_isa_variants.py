@@ -5,9 +5,9 @@ import torch
 
 from localmamba_conv1d import cpu_conv1d
 from localmamba_kernel_runtime import ckernel
-from localmamba_ssm import attention_merge_fn, attention_merge_ref
 from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
-from test_multi_scan_inner import assert_backend_matches_reference, attention_problem, grads, make_problem
+from test_multi_scan_inner import (assert_attention_merge_matches_reference, assert_backend_matches_reference,
+                                   attention_problem, make_problem)
 
 KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
@@ -76,13 +76,7 @@ def test_multi_scan_matches_reference(cpu_isa, gate, conv, shape):
 @pytest.mark.parametrize("shape", [dict(), dict(batch=1, num_dirs=4, num_tokens=7, dim=37, hidden=3)])
 def test_attention_merge_matches_reference(cpu_isa, shape):
     assert attention_merge_cpu.load_kernel() is not None
-    args = attention_problem(**shape)
-    out = attention_merge_fn(*args)
-    expected = attention_merge_ref(*args)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    weight = torch.randn_like(out)
-    for got, want in zip(grads(out, args, weight), grads(expected, args, weight)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_attention_merge_matches_reference(attention_problem(**shape))
 
 
 @needs_compiler

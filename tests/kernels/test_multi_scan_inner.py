@@ -143,15 +143,19 @@ def test_attention_merge_reference_equals_formula():
     torch.testing.assert_close(attention_merge_ref(y, nw, nb, rw, rb, sw, sb), expected)
 
 
-@pytest.mark.parametrize('shape', [dict(), dict(batch=1, num_dirs=4, num_tokens=7, dim=21, hidden=3)])
-def test_attention_merge_backend_matches_reference(cpu_backend, shape):
-    args = attention_problem(**shape)
+def assert_attention_merge_matches_reference(args):
+    """attention_merge_fn on the chosen backend equals the reference: output, and the gradients of every input."""
     out = attention_merge_fn(*args)
     expected = attention_merge_ref(*args)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     weight = torch.randn_like(out)
     for got, want in zip(grads(out, args, weight), grads(expected, args, weight)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape', [dict(), dict(batch=1, num_dirs=4, num_tokens=7, dim=21, hidden=3)])
+def test_attention_merge_backend_matches_reference(cpu_backend, shape):
+    assert_attention_merge_matches_reference(attention_problem(**shape))
 
 
 def test_reference_gradients_float64():
