@@ -66,7 +66,7 @@ def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
         raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({err})') from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
         raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({type(err).__name__}: '
-                              f'{str(err).splitlines()[0] if str(err) else ""})') from None
+                              f'{_first_line(err)})') from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
     return ckpt
