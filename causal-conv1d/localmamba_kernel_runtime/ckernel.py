@@ -10,9 +10,13 @@ backends then use their PyTorch implementations).
 
 Instruction sets: on x86-64 each library is built for one of ``baseline`` (the compiler's default target),
 ``avx2`` (AVX2 + FMA, 8-lane vectors) and ``avx512`` (AVX-512 F/BW/VL/DQ, 16-lane vectors); the best one the CPU
-reports (``/proc/cpuinfo`` flags) is chosen at load, and ``LOCALMAMBA_CPU_ISA=baseline|avx2|avx512`` forces one (an
-unknown value, or one this CPU lacks, raises :class:`UnsupportedISAError`). Other machines build ``baseline`` only.
-Each library tells its vector width (:func:`vector_width`); callers pad per-channel buffers to it.
+reports (``/proc/cpuinfo`` flags) is chosen at load. When that build fails (a compiler or assembler without AVX-512,
+say), the library is built for the next lower instruction set the CPU runs, with one warning naming both and the
+compiler's first error line. ``LOCALMAMBA_CPU_ISA=baseline|avx2|avx512`` forces one (an unknown value, or one this CPU
+lacks, raises :class:`UnsupportedISAError`), and a forced build that fails falls back to PyTorch, not to another
+instruction set. Other machines build ``baseline`` only. Each library tells its vector width (:func:`vector_width`)
+and the instruction set it was built for (``lib.lm_isa``; :func:`isa_summary` for all of them); callers pad
+per-channel buffers to the width.
 
 Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
 a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
@@ -63,7 +67,7 @@ TASK_RUNNER = RUNTIME_SOURCES / "task_runner.c"
 # -Wno-psabi: vector values pass only between static inline functions, never through an exported function
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Wno-psabi")
 _LOCK = threading.Lock()
-_LIBS: Dict[str, Optional[ctypes.CDLL]] = {}
+_LIBS: Dict[Tuple[str, str], Optional[ctypes.CDLL]] = {}  # (name, requested isa) -> library, None: PyTorch
 _POOL: dict = {"pool": None, "size": 0}
 
 
@@ -117,8 +121,22 @@ def selected_isa() -> str:
 
 
 def isa_summary() -> str:
-    """The instruction set the kernels are built for, or ``off`` when ``LOCALMAMBA_CPU_KERNEL`` disables them."""
-    return selected_isa() if kernels_enabled() else "off"
+    """The instruction set the loaded kernels were built for, e.g. ``avx512``; ``avx2 (avx512 build failed)`` after
+    a fallback, ``pytorch (avx512 build failed)`` when no library loaded, ``avx512 (multi_scan: avx2; avx512 build
+    failed)`` when only some fell back; ``off`` when ``LOCALMAMBA_CPU_KERNEL`` disables them. Before any kernel has
+    loaded: the instruction set they will be built for (nothing is built here)."""
+    if not kernels_enabled():
+        return "off"
+    requested = selected_isa()
+    used = {name: "pytorch" if lib is None else lib.lm_isa for (name, isa), lib in list(_LIBS.items())
+            if isa == requested}
+    fallbacks = {name: isa for name, isa in sorted(used.items()) if isa != requested}
+    if not fallbacks:
+        return requested
+    if len(fallbacks) == len(used) and len(set(fallbacks.values())) == 1:
+        return f"{next(iter(fallbacks.values()))} ({requested} build failed)"
+    parts = ", ".join(f"{name}: {isa}" for name, isa in fallbacks.items())
+    return f"{requested} ({parts}; {requested} build failed)"
 
 
 def compile_flags(isa: Optional[str] = None) -> List[str]:
@@ -162,11 +180,15 @@ def _source_digest(sources: Sequence[Path]) -> bytes:
     return b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in files)
 
 
-def _compile_and_load(name: str, sources: Sequence[Path], isa: str) -> Optional[ctypes.CDLL]:
-    cc = compiler()
-    if cc is None:
-        logger.warning("no C compiler found: the cpu backend of %s uses its (slower) PyTorch implementation", name)
-        return None
+def _first_error_line(output: str) -> str:
+    """The first line of compiler output that reports an error (else its first line)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no output")
+
+
+def _compile_and_load(cc: str, name: str, sources: Sequence[Path], isa: str) -> Tuple[Optional[ctypes.CDLL], str]:
+    """(the library built for ``isa`` and loaded, "") or (None, the compiler's first error line). Built with OpenMP
+    where torch uses GNU OpenMP, else (or when that build fails) without."""
     sources = [*sources, TASK_RUNNER]
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -174,17 +196,40 @@ def _compile_and_load(name: str, sources: Sequence[Path], isa: str) -> Optional[
         version = ""
     flags = compile_flags(isa)
     variants = [flags + ["-fopenmp"], flags] if torch_uses_gnu_openmp() else [flags]
+    detail = ""
     for i, flags in enumerate(variants):
         try:
-            return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources)))
+            return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources))), ""
         except (OSError, subprocess.SubprocessError) as err:
             detail = (getattr(err, "stderr", "") or str(err)).strip()
             if i + 1 < len(variants):
                 logger.debug("building the CPU kernel %s with %s failed (%s); trying without", name, flags, detail)
-            else:
-                logger.warning("building the CPU kernel %s failed (%s); using the PyTorch implementation", name,
-                               detail)
-    return None
+    return None, _first_error_line(detail)
+
+
+def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[str]) -> Optional[ctypes.CDLL]:
+    """The library built for the first of ``isas`` that builds and loads (``lib.lm_isa`` says which), or None;
+    one warning when the first fails."""
+    cc = compiler()
+    if cc is None:
+        logger.warning("no C compiler found: the cpu backend of %s uses its (slower) PyTorch implementation", name)
+        return None
+    failed, first_error = [], ""
+    for isa in isas:
+        lib, error = _compile_and_load(cc, name, sources, isa)
+        if lib is not None:
+            lib.lm_isa = isa
+            break
+        failed.append(isa)
+        first_error = first_error or error
+    if failed and lib is not None:
+        logger.warning("building the CPU kernel %s for %s failed (%s); using its %s build instead", name,
+                       " and ".join(failed), first_error, lib.lm_isa)
+    elif failed:
+        forced = f" ({ISA_VAR} asks for that one only)" if os.environ.get(ISA_VAR, "").strip() else ""
+        logger.warning("building the CPU kernel %s for %s failed (%s)%s; using the PyTorch implementation", name,
+                       " and ".join(failed), first_error, forced)
+    return lib
 
 
 def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path]) -> Path:
@@ -206,8 +251,10 @@ def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: S
 
 def load_library(name: str, sources: Sequence[Path],
                  kernels: Mapping[str, Type[ctypes.Structure]], isa: Optional[str] = None) -> Optional[ctypes.CDLL]:
-    """Compile (once per process and instruction set, cached on disk) and load the C ``sources`` for ``isa``
-    (default :func:`selected_isa`); None when disabled or building fails.
+    """Compile (once per process and requested instruction set, cached on disk) and load the C ``sources`` for
+    ``isa``; None when disabled or building fails. With neither ``isa`` nor ``LOCALMAMBA_CPU_ISA`` given, the best
+    instruction set of the CPU is requested, and a failed build falls back to the next lower one the CPU runs
+    (``lib.lm_isa`` is the one built); a requested instruction set gets no fallback.
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
     ``void kernel(const Args *args, int64_t start, int64_t end)``. Each mirror is checked against the library
@@ -215,14 +262,16 @@ def load_library(name: str, sources: Sequence[Path],
     """
     if not kernels_enabled():
         return None
+    automatic = isa is None and not os.environ.get(ISA_VAR, "").strip()
     isa = selected_isa() if isa is None else isa
     if isa not in supported_isas():
         raise UnsupportedISAError(f"instruction set {isa!r}: this CPU runs {', '.join(supported_isas())}")
-    key = f"{name}/{isa}"
+    key = (name, isa)
     if key not in _LIBS:
         with _LOCK:
             if key not in _LIBS:
-                lib = _compile_and_load(name, sources, isa)
+                fallbacks = [lower for lower in reversed(supported_isas()) if ISAS.index(lower) < ISAS.index(isa)]
+                lib = _load_first_that_builds(name, sources, [isa, *fallbacks] if automatic else [isa])
                 if lib is not None:
                     for struct in set(kernels.values()):
                         check_args_layout(lib, struct)
@@ -233,7 +282,6 @@ def load_library(name: str, sources: Sequence[Path],
                         fn.restype = None
                         fn.lm_runner = runner
                     lib.lm_vector_width.restype = ctypes.c_int64
-                    lib.lm_isa = isa
                 _LIBS[key] = lib
     return _LIBS[key]
 

@@ -1,9 +1,12 @@
 """The C kernels built for each instruction set (baseline, AVX2+FMA, AVX-512) against the references, and the choice
 of instruction set (``LOCALMAMBA_CPU_ISA``). A variant this CPU cannot run is skipped with that reason."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from localmamba_conv1d import cpu_conv1d
+from kernel_formulas import direct_conv1d
+from localmamba_conv1d import causal_conv1d_fn, cpu_conv1d
 from localmamba_kernel_runtime import ckernel
 from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
 from test_multi_scan_inner import (assert_attention_merge_matches_reference, assert_backend_matches_reference,
@@ -64,7 +67,7 @@ def test_each_library_is_built_for_the_isa_with_its_vector_width(cpu_isa, module
 
 
 @needs_compiler
-@pytest.mark.parametrize("gate, conv", [(True, True), (False, False)])
+@pytest.mark.parametrize("gate, conv", [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("shape", [dict(), dict(batch=3, num_tokens=9, length=9, num_dirs=2, inner=19, rank=2, state=16,
                                                 width=3), dict(batch=1, num_tokens=40, length=45, inner=37, state=9)])
 def test_multi_scan_matches_reference(cpu_isa, gate, conv, shape):
@@ -80,13 +83,15 @@ def test_attention_merge_matches_reference(cpu_isa, shape):
 
 
 @needs_compiler
-def test_multi_scan_backward_recomputes_the_states_the_forward_did_not_save(cpu_isa):
+@pytest.mark.parametrize("conv", [True, False])
+def test_multi_scan_backward_recomputes_the_states_the_forward_did_not_save(cpu_isa, conv):
     """The backward from the forward's chunk-start states equals the backward that recomputes them (the forward
-    saves them only when a gradient is to follow)."""
-    p = make_problem(batch=2, num_tokens=40, length=45, inner=37, state=9)
-    args = [p["tokens"], p["index"], p["conv_weight"].flatten(2), p["conv_bias"], p["x_proj_weight"],
+    saves them only when a gradient is to follow), with a conv (sequences gathered) and without (token rows read in
+    place)."""
+    p = make_problem(batch=2, num_tokens=40, length=45, inner=37, state=9, conv=conv)
+    args = [p["tokens"], p["index"], p["conv_weight"].flatten(2) if conv else None, p["conv_bias"], p["x_proj_weight"],
             p["dt_proj_weight"], p["dt_proj_bias"], p["A_log"], p["D"]]
-    args = [a.detach().contiguous() for a in args]
+    args = [None if a is None else a.detach().contiguous() for a in args]
     op = torch.ops.localmamba
     y, u, xdbl, ckpt = op.multi_scan_cpu_fwd(*args, True, True)
     y_again, _, _, no_ckpt = op.multi_scan_cpu_fwd(*args, True, False)
@@ -97,3 +102,66 @@ def test_multi_scan_backward_recomputes_the_states_the_forward_did_not_save(cpu_
     recomputed = op.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, no_ckpt)
     for got, want in zip(saved, recomputed):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.fixture
+def failing_top_isa(monkeypatch, tmp_path):
+    """The best instruction set of this CPU made to fail to build (an option no compiler knows), with a fresh
+    kernel cache; yields (that isa, the next lower one the CPU runs)."""
+    supported = ckernel.supported_isas()
+    if len(supported) < 2:
+        pytest.skip(f"this CPU runs only {supported[0]}: no lower instruction set to fall back to")
+    top, lower = supported[-1], supported[-2]
+    monkeypatch.setitem(ckernel.ISA_FLAGS, top, (*ckernel.ISA_FLAGS[top], "-mthis-flag-does-not-exist"))
+    monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(ckernel.ISA_VAR, raising=False)
+    monkeypatch.delenv(ckernel.DISABLE_VAR, raising=False)
+    ckernel.reset()
+    yield top, lower
+    ckernel.reset()
+
+
+@needs_compiler
+def test_failed_build_of_the_best_isa_falls_back_to_the_next_lower(failing_top_isa, monkeypatch, caplog):
+    top, lower = failing_top_isa
+    with caplog.at_level("WARNING", logger="localmamba"):
+        lib = cpu_conv1d.load_kernel()
+    assert lib is not None and lib.lm_isa == lower
+    assert ckernel.vector_width(lib) == (16 if lower == "avx512" else 8)
+    assert cpu_conv1d.load_kernel() is lib  # cached per (name, requested isa): no second attempt
+    fallback_warnings = [r.getMessage() for r in caplog.records if "-mthis-flag-does-not-exist" in r.getMessage()]
+    assert len(fallback_warnings) == 1
+    assert f"causal_conv1d for {top} failed" in fallback_warnings[0]
+    assert f"using its {lower} build instead" in fallback_warnings[0]
+    assert ckernel.isa_summary() == f"{lower} ({top} build failed)"
+
+    monkeypatch.setenv("LOCALMAMBA_BACKEND", "cpu")
+    x, w, b = (torch.randn(2, 6, 13, generator=torch.Generator().manual_seed(0)), torch.randn(6, 4), torch.randn(6))
+    torch.testing.assert_close(causal_conv1d_fn(x, w, b, activation="silu").double(),
+                               direct_conv1d(x, w, b, silu=True), rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_forced_isa_whose_build_fails_does_not_fall_back(failing_top_isa, monkeypatch, caplog):
+    top, _ = failing_top_isa
+    monkeypatch.setenv(ckernel.ISA_VAR, top)
+    with caplog.at_level("WARNING", logger="localmamba"):
+        assert cpu_conv1d.load_kernel() is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"causal_conv1d for {top} failed" in m and "-mthis-flag-does-not-exist" in m
+               and f"{ckernel.ISA_VAR} asks for that one only" in m for m in messages), messages
+    assert not any("instead" in m for m in messages)
+    assert ckernel.isa_summary() == f"pytorch ({top} build failed)"
+
+
+def test_summary_names_the_libraries_that_fell_back(monkeypatch):
+    """Only some libraries built for a lower instruction set (fake loaded libraries; nothing is built)."""
+    monkeypatch.delenv(ckernel.ISA_VAR, raising=False)
+    monkeypatch.delenv(ckernel.DISABLE_VAR, raising=False)
+    monkeypatch.setattr(ckernel, "supported_isas", lambda: ("baseline", "avx2", "avx512"))
+    built = {"causal_conv1d": "avx512", "multi_scan": "avx2", "selective_scan": None}
+    libs = {(name, "avx512"): None if isa is None else SimpleNamespace(lm_isa=isa) for name, isa in built.items()}
+    monkeypatch.setattr(ckernel, "_LIBS", libs)
+    assert ckernel.isa_summary() == "avx512 (multi_scan: avx2, selective_scan: pytorch; avx512 build failed)"
+    monkeypatch.setenv(ckernel.DISABLE_VAR, "0")
+    assert ckernel.isa_summary() == "off"
