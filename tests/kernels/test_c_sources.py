@@ -52,10 +52,10 @@ def test_args_mirrors_match_the_c_structs(module):
 
 
 @needs_compiler
-def test_multi_scan_args_has_its_38_fields_with_an_int64_index():
+def test_multi_scan_args_has_its_36_fields_with_an_int64_index():
     size, fields = ckernel.args_layout(multi_scan_cpu.load_kernel(), "MultiScanArgs")
-    assert len(fields) == 38 and size == 12 * 8 + 26 * ctypes.sizeof(ctypes.c_void_p)
-    assert dict((name, offset) for name, offset, _ in fields)["index"] == 12 * 8
+    assert len(fields) == 36 and size == 13 * 8 + 23 * ctypes.sizeof(ctypes.c_void_p)
+    assert dict((name, offset) for name, offset, _ in fields)["index"] == 13 * 8
 
 
 @needs_compiler
@@ -68,7 +68,7 @@ def test_a_wrong_mirror_is_refused_by_field():
                                                               r"but \('ntok', 16, 8\) in Python"):
         ckernel.check_args_layout(lib, wrong)
     short = type("MultiScanArgs", (ctypes.Structure,), {"_fields_": fields[:-1]})
-    with pytest.raises(ckernel.KernelArgsMismatchError, match="C has 38 fields and 304 bytes, the mirror 37 fields"):
+    with pytest.raises(ckernel.KernelArgsMismatchError, match="C has 36 fields and 288 bytes, the mirror 35 fields"):
         ckernel.check_args_layout(lib, short)
     narrow = type("AttentionMergeArgs", (ctypes.Structure,),
                   {"_fields_": [(n, ctypes.c_int32) if t is ctypes.c_int64 else (n, t)

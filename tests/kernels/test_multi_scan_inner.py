@@ -97,7 +97,7 @@ def assert_backend_matches_reference(p, gate):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('gate, conv', [(True, True), (False, False)])
+@pytest.mark.parametrize('gate, conv', [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize('shape', [dict(), dict(batch=3, num_tokens=9, length=9, num_dirs=2, inner=19, rank=2, state=16,
                                                 width=3)])
 def test_backend_matches_reference_outputs_and_gradients(cpu_backend, gate, conv, shape):

@@ -1,11 +1,12 @@
-"""The ``cpu`` backend of ``multi_scan_inner_fn``: the C kernels ``csrc/multi_scan.c`` on token-major buffers.
+"""The ``cpu`` backend of ``multi_scan_inner_fn``: the C kernels ``csrc/multi_scan.c``.
 
-One custom op ``localmamba::multi_scan_cpu_fwd`` gathers every direction's sequence straight from the token rows (with
-the causal conv and SiLU), projects it (one bmm over all directions, and one more for the dt low-rank projection),
-scans it in sequence order, and moves the outputs back to token order with the gate applied; its backward op
-``multi_scan_cpu_bwd`` writes the gradient of the token rows in place (x and gate halves) and the parameter
-gradients. Both have fake implementations, so ``torch.compile`` traces through them. See ``csrc/multi_scan.c`` for
-the layouts.
+One custom op ``localmamba::multi_scan_cpu_fwd`` scans every direction's sequence as read through the index table
+and writes the gated outputs in token order. Without a conv (LocalVMamba) it reads the token rows in place, and
+x_proj runs once on the token rows for all directions (one matmul: the projection commutes with the reordering);
+with a conv (LocalVim) a gather pass writes each direction's conv + SiLU output first, and x_proj is one bmm over the
+directions. dt's low-rank projection, softplus, D and the SiLU(z) gate are computed in the scan. Its backward op
+``multi_scan_cpu_bwd`` writes the gradient of the token rows (x and gate halves) and the parameter gradients. Both
+have fake implementations, so ``torch.compile`` traces through them. See ``csrc/multi_scan.c`` for the layouts.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from localmamba_kernel_runtime.precision import autocast_off
 
 SOURCES = (Path(__file__).resolve().with_name("csrc") / "multi_scan.c",)
 MAX_RANK = 256
-MIN_ROWS_PER_TASK = 64
 
 _T = torch.Tensor
 
@@ -31,15 +31,13 @@ class MultiScanArgs(ctypes.Structure):
     """Mirror of the C ``MultiScanArgs`` struct (``csrc/multi_scan.c``; checked at load)."""
 
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "ndir", "seqlen", "ntok", "dim", "nstate", "rank", "width",
-                                               "silu", "gate", "src_stride", "pdim")]
+                                               "silu", "gate", "src_stride", "pdim", "token_major")]
                 + [(n, ctypes.c_void_p) for n in ("index", "src", "conv_w", "conv_b", "u", "xdbl", "dt_w", "dt_b",
-                                                  "A", "A2", "D", "u_out", "y", "ys", "dtr", "dy", "du", "dxdbl",
-                                                  "dsrc", "dconv_w", "dconv_b", "ddt_w", "ddt_b", "dA", "dD",
-                                                  "ckpt")])
+                                                  "A", "A2", "D", "y", "dy", "du", "dxdbl", "dsrc", "dconv_w",
+                                                  "dconv_b", "ddt_w", "ddt_b", "dA", "dD", "ckpt")])
 
 
-KERNELS = ("multi_scan_gather_fwd", "multi_scan_gather_bwd", "multi_scan_recurrence_fwd", "multi_scan_gate_fwd",
-           "multi_scan_recurrence_bwd")
+KERNELS = ("multi_scan_gather_fwd", "multi_scan_gather_bwd", "multi_scan_recurrence_fwd", "multi_scan_recurrence_bwd")
 
 
 def load_kernel():
@@ -65,15 +63,17 @@ def kernel_available() -> bool:
 EXP2_8_SCALE = 8 / math.log(2)  # the kernel's exp2_8 takes exponents pre-scaled by 8 log2(e)
 
 
-def _multi_scan_args(src, index, conv_w, conv_b, params, dt_b, D, gate, inner, rank, state) -> MultiScanArgs:
+def _multi_scan_args(src, index, conv_w, conv_b, params, dt_b, D, gate, inner, rank, state, u,
+                     xdbl=None) -> MultiScanArgs:
     num_dirs, length = index.shape
     dt_t, A_t, A2_t = params
     return MultiScanArgs(batch=src.shape[0], ndir=num_dirs, seqlen=length, ntok=src.shape[1], dim=inner,
                          nstate=state, rank=rank, width=0 if conv_w is None else conv_w.shape[1],
                          silu=int(conv_w is not None), gate=int(gate), src_stride=src.shape[2], pdim=A_t.shape[2],
-                         index=index.data_ptr(), src=src.data_ptr(), conv_w=ckernel.data_ptr(conv_w),
-                         conv_b=ckernel.data_ptr(conv_b), dt_w=dt_t.data_ptr(), dt_b=dt_b.data_ptr(),
-                         A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=ckernel.data_ptr(D))
+                         token_major=int(conv_w is None), index=index.data_ptr(), src=src.data_ptr(),
+                         conv_w=ckernel.data_ptr(conv_w), conv_b=ckernel.data_ptr(conv_b),
+                         u=None if conv_w is None else u.data_ptr(), xdbl=ckernel.data_ptr(xdbl), dt_w=dt_t.data_ptr(),
+                         dt_b=dt_b.data_ptr(), A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=ckernel.data_ptr(D))
 
 
 def _channel_major(conv_w, dt_w, A_log, lanes: int):
@@ -88,10 +88,9 @@ def _channel_major(conv_w, dt_w, A_log, lanes: int):
     return conv_t, (dt_t, A_t, A_t * EXP2_8_SCALE)
 
 
-def _dt_projection(xdbl: torch.Tensor, dt_w: torch.Tensor, rank: int) -> torch.Tensor:
-    """dt_w x_dbl[:R] (no bias) for every position: one batched matmul -> (K, Bt * L, E), rows laid out like u."""
-    flat = xdbl.reshape(xdbl.shape[0], -1, xdbl.shape[-1])
-    return torch.bmm(flat[:, :, :rank], dt_w.transpose(1, 2))
+def _token_x(src: torch.Tensor, inner: int) -> torch.Tensor:
+    """The x channels of the token rows (Bt, T, C) as a (Bt * T, E) view (row stride C)."""
+    return src[:, :, :inner].view(-1, inner)
 
 
 def _check_index(index: torch.Tensor, num_tokens: int) -> None:
@@ -104,38 +103,34 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
                        conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
                        A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
                        save_states: bool) -> Tuple[_T, _T, _T, _T]:
-    """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and for the backward u (K, Bt, L, E),
-    xdbl (K, Bt, L, R + 2N) and, when ``save_states``, the scan's state at every chunk start (else empty)."""
+    """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and for the backward u and xdbl
+    (with a conv: (K, Bt, L, E) and (K, Bt, L, R + 2N); without: empty and (Bt, T, K, R + 2N)) and, when
+    ``save_states``, the scan's state at every chunk start (else empty)."""
     lib = load_kernel()
     _check_index(index, src.shape[1])
-    batch = src.shape[0]
+    batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
-    inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
+    inner, width, rank, state = x_proj_w.shape[2], x_proj_w.shape[1], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
-    u = src.new_empty(num_dirs, batch, length, inner)
-    y = src.new_empty(batch, num_dirs, src.shape[1], inner)
+    y = src.new_empty(batch, num_dirs, num_tokens, inner)
     ckpt = src.new_empty(_checkpoint_shape(lib, num_dirs, batch, length, inner, state) if save_states else 0)
+    if conv_w is None:
+        u = src.new_empty(0)
+        xdbl = torch.mm(_token_x(src, inner), x_proj_w.reshape(-1, inner).t()).view(batch, num_tokens, num_dirs,
+                                                                                     width)
+    else:
+        u = src.new_empty(num_dirs, batch, length, inner)
+        gather = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u)
+        ckernel.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
+        xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
+        xdbl = xdbl.view(num_dirs, batch, length, width)
 
     def make(_):
-        a = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state)
-        a.u_out, a.u, a.y = u.data_ptr(), u.data_ptr(), y.data_ptr()
+        a = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u, xdbl)
+        a.y, a.ckpt = y.data_ptr(), ckpt.data_ptr() if save_states else None
         return a
 
-    pairs = num_dirs * batch
-    ckernel.run_tasks(lib.multi_scan_gather_fwd, make, pairs, 1)
-    xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
-    dtr = _dt_projection(xdbl, dt_w, rank)
-    xdbl = xdbl.view(num_dirs, batch, length, -1)
-
-    def make_scan(i):
-        a = make(i)
-        # the scan overwrites each row of dtr with its ungated output once it has read it
-        a.xdbl, a.dtr, a.ys = xdbl.data_ptr(), dtr.data_ptr(), dtr.data_ptr()
-        a.ckpt = ckpt.data_ptr() if save_states else None
-        return a
-
-    ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make_scan, pairs, 1)
-    ckernel.run_tasks(lib.multi_scan_gate_fwd, make_scan, batch * src.shape[1], MIN_ROWS_PER_TASK)
+    ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make, num_dirs * batch, 1)
     return y, u, xdbl, ckpt
 
 
@@ -145,8 +140,11 @@ def _multi_scan_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log
     num_dirs, length = index.shape
     inner, width, state = x_proj_w.shape[2], x_proj_w.shape[1], A_log.shape[2]
     ckpt_shape = _checkpoint_shape(load_kernel(), num_dirs, batch, length, inner, state) if save_states else 0
-    return (src.new_empty(batch, num_dirs, num_tokens, inner), src.new_empty(num_dirs, batch, length, inner),
-            src.new_empty(num_dirs, batch, length, width), src.new_empty(ckpt_shape))
+    if conv_w is None:
+        u, xdbl = src.new_empty(0), src.new_empty(batch, num_tokens, num_dirs, width)
+    else:
+        u, xdbl = src.new_empty(num_dirs, batch, length, inner), src.new_empty(num_dirs, batch, length, width)
+    return src.new_empty(batch, num_dirs, num_tokens, inner), u, xdbl, src.new_empty(ckpt_shape)
 
 
 @torch.library.custom_op("localmamba::multi_scan_cpu_bwd", mutates_args=(), device_types="cpu")
@@ -158,7 +156,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     """Backward (``ckpt``: the forward's chunk-start states, or empty) -> dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w,
     ddt_b, dA_log, dD (empty where the input is None)."""
     lib = load_kernel()
-    batch = src.shape[0]
+    batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
@@ -173,13 +171,9 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     dconv_w = None if conv_t is None else conv_t.new_zeros((tasks,) + conv_t.shape)
     dconv_b = None if conv_b is None else conv_b.new_zeros((tasks,) + conv_b.shape)
 
-    dtr = _dt_projection(xdbl, dt_w, rank)
-
     def make(i):
-        a = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state)
-        a.dtr = dtr.data_ptr()
-        a.u, a.xdbl, a.dy, a.du, a.dxdbl, a.dsrc = (u.data_ptr(), xdbl.data_ptr(), dy.data_ptr(), du.data_ptr(),
-                                                    dxdbl.data_ptr(), dsrc.data_ptr())
+        a = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u, xdbl)
+        a.dy, a.du, a.dxdbl, a.dsrc = dy.data_ptr(), du.data_ptr(), dxdbl.data_ptr(), dsrc.data_ptr()
         a.dA, a.ddt_w, a.ddt_b = dA[i].data_ptr(), ddt_w[i].data_ptr(), ddt_b[i].data_ptr()
         a.dD = None if D is None else dD[i].data_ptr()
         a.dconv_w = None if dconv_w is None else dconv_w[i].data_ptr()
@@ -188,10 +182,15 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
         return a
 
     ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1)
-    flat_dxdbl = dxdbl.view(num_dirs, batch * length, -1)
-    dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
-    du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
-    ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)
+    if conv_w is None:
+        flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, -1), x_proj_w.reshape(-1, inner)
+        dx_proj_w = torch.mm(flat_dxdbl.t(), _token_x(src, inner)).view_as(x_proj_w)
+        _token_x(dsrc, inner).addmm_(flat_dxdbl, flat_w)
+    else:
+        flat_dxdbl = dxdbl.view(num_dirs, batch * length, -1)
+        dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
+        du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
+        ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)
     A = -torch.exp(A_log)
     return (dsrc,
             src.new_zeros(0) if dconv_w is None else dconv_w.sum(0).transpose(1, 2).contiguous(),

@@ -1,31 +1,33 @@
-/* The cpu backend of multi_scan_inner_fn: gather (+ conv), selective scan, and gate, on token-major buffers.
+/* The cpu backend of multi_scan_inner_fn: selective scan of K reorderings of one set of token rows, reading its
+   inputs through the index table and writing gated outputs in token order.
 
-   Everything is token-major (channels contiguous) and vectorised over 8 channels, so that every reordering is a copy
-   of whole rows. Layout contract (fp32, contiguous):
+   Layout contract (fp32, contiguous; vectorised over VW channels):
 
    - index (K, L) int64: sequence position s of direction k reads token row index[k, s]; the value T marks a
      zero (padding). Every direction lists every token row exactly once (the first direction's backward writes the
      token gradient, the others add to it).
    - src (Bt, T, src_stride): token rows; x is channels [0, E), the gate z channels [E, 2E).
-   - u (K, Bt, L, E): the sequences after the optional causal depthwise conv (weights (K, W, E)) and SiLU;
-     xdbl (K, Bt, L, R + 2N) their projections [dt low rank | B | C].
+   - Two modes. With a conv (conv_w given), multi_scan_gather_fwd writes the sequences after the causal depthwise
+     conv (weights (K, W, E)) and SiLU to u (K, Bt, L, E), and xdbl (K, Bt, L, R + 2N) holds their projections
+     [dt low rank | B | C] in sequence order. Without a conv (token_major = 1) the scan reads u straight from the x
+     channels of src, and xdbl is (Bt, T, K, R + 2N): the projections of the token rows (x_proj commutes with the
+     reordering), so there is no per-direction copy of anything; padding positions read zeros.
    - dt_w (K, R, P), A (K, N, P) (negative: -exp(A_log)) and A2 = A * EXP2_8_SCALE (K, N, P), channels
      zero-padded to pdim = P (a multiple of VW, so every parameter load is a whole vector); dt_b (K, E),
-     D (K, E).
-   - dtr (K, Bt, L, E): dt_w x_dbl[:R] per position (one bmm before the scan, no bias; measured faster than R
-     multiply-adds per step and channel vector inside the scan).
-   - ys (K, Bt, L, E): the forward scan's ungated outputs in sequence order (may alias dtr: each row is read
-     before it is written); y (Bt, K, T, E): the outputs back in token order (z-gated when gate), written by
-     multi_scan_gate_fwd, which computes SiLU(z) once per token row for all directions.
+     D (K, E). dt = softplus(dt_w x_dbl[:R] + dt_b) is computed in the scan, R multiply-adds per step and channel
+     vector (cheaper than a (K, Bt, L, E) buffer filled by a thin batched matmul, which at LocalVMamba-T's first
+     stage cost more than the scan).
+   - y (Bt, K, T, E): direction k's output at each token row, times SiLU(z) when gate, written by the scan.
 
-   The scan works on chunks of TC steps: for each chunk, every block of VW channels computes its softplus'd dt,
-   then runs the recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is
-   used (forward); a block's state is kept in a small buffer between chunks, so the rows of u, dtr and ys are read
-   and written in order. The forward stores the state at every chunk start when a backward is to follow (else the
-   backward pass recomputes them in a forward sweep); the backward goes through the chunks in reverse: it
-   recomputes a chunk's decays and states from its checkpoint and runs the reverse-time recurrence, with the
-   reductions over channels (dB, dC and the dt low-rank gradient) accumulated as vectors and summed once per
-   chunk. */
+   The scan works on chunks of TC steps: for each chunk, every block of VW channels computes its dt, then runs the
+   recurrence on groups of states held in registers, computing each decay exp(dt A) right where it is used
+   (forward); a block's state is kept in a small buffer between chunks. The forward stores the state at every chunk
+   start when a backward is to follow (else the backward recomputes them in a forward sweep); the backward goes
+   through the chunks in reverse: it recomputes a chunk's decays and states from its checkpoint and runs the
+   reverse-time recurrence, with the reductions over channels (dB, dC and the dt low-rank gradient) accumulated as
+   vectors and summed once per chunk. Its input gradient goes to du (K, Bt, L, E) with a conv (then
+   multi_scan_gather_bwd runs the conv's backward and adds every direction into dsrc), else straight into the x
+   channels of dsrc; dxdbl has xdbl's layout. */
 #include "kernel_args.h"
 #include "vector_math.h"
 
@@ -34,22 +36,21 @@
 #define NG 8 /* states per register group in the forward recurrence */
 #endif
 
-/* Sizes, then the buffers described above; u_out is where the gather writes u; d* are gradients (dconv_w, dconv_b,
-   ddt_w, ddt_b, dA, dD: this task's accumulators); ckpt: the state at every chunk start, written by the forward scan
-   when given (for a backward to come) and read by the backward when given (else it recomputes them),
-   multi_scan_checkpoint_floats() floats per (direction, batch) pair; pointers a call does not use may be NULL. */
+/* Sizes and the mode, then the buffers described above; d* are gradients (dconv_w, dconv_b, ddt_w, ddt_b, dA, dD:
+   this task's accumulators); ckpt: the state at every chunk start, written by the forward scan when given (for a
+   backward to come) and read by the backward when given (else it recomputes them), multi_scan_checkpoint_floats()
+   floats per (direction, batch) pair; pointers a call does not use may be NULL. */
 #define MULTI_SCAN_ARGS(FIELD, S)                                                                                  \
     FIELD(S, int64_t, batch) FIELD(S, int64_t, ndir) FIELD(S, int64_t, seqlen) FIELD(S, int64_t, ntok)             \
     FIELD(S, int64_t, dim) FIELD(S, int64_t, nstate) FIELD(S, int64_t, rank) FIELD(S, int64_t, width)              \
     FIELD(S, int64_t, silu) FIELD(S, int64_t, gate) FIELD(S, int64_t, src_stride) FIELD(S, int64_t, pdim)          \
-    FIELD(S, const int64_t *, index) FIELD(S, const float *, src) FIELD(S, const float *, conv_w)                  \
-    FIELD(S, const float *, conv_b) FIELD(S, const float *, u) FIELD(S, const float *, xdbl)                       \
-    FIELD(S, const float *, dt_w) FIELD(S, const float *, dt_b) FIELD(S, const float *, A)                         \
-    FIELD(S, const float *, A2) FIELD(S, const float *, D) FIELD(S, float *, u_out) FIELD(S, float *, y)           \
-    FIELD(S, float *, ys) FIELD(S, const float *, dtr) FIELD(S, const float *, dy) FIELD(S, float *, du)           \
-    FIELD(S, float *, dxdbl) FIELD(S, float *, dsrc) FIELD(S, float *, dconv_w) FIELD(S, float *, dconv_b)         \
-    FIELD(S, float *, ddt_w) FIELD(S, float *, ddt_b) FIELD(S, float *, dA) FIELD(S, float *, dD)               \
-    FIELD(S, float *, ckpt)
+    FIELD(S, int64_t, token_major) FIELD(S, const int64_t *, index) FIELD(S, const float *, src)                   \
+    FIELD(S, const float *, conv_w) FIELD(S, const float *, conv_b) FIELD(S, float *, u)                           \
+    FIELD(S, const float *, xdbl) FIELD(S, const float *, dt_w) FIELD(S, const float *, dt_b)                      \
+    FIELD(S, const float *, A) FIELD(S, const float *, A2) FIELD(S, const float *, D) FIELD(S, float *, y)         \
+    FIELD(S, const float *, dy) FIELD(S, float *, du) FIELD(S, float *, dxdbl) FIELD(S, float *, dsrc)             \
+    FIELD(S, float *, dconv_w) FIELD(S, float *, dconv_b) FIELD(S, float *, ddt_w) FIELD(S, float *, ddt_b)        \
+    FIELD(S, float *, dA) FIELD(S, float *, dD) FIELD(S, float *, ckpt)
 DECLARE_KERNEL_ARGS(MultiScanArgs, MULTI_SCAN_ARGS)
 
 
@@ -59,8 +60,12 @@ static long real_length(const int64_t *idx, long L, long T) {
     return L;
 }
 
+INLINE void prefetch_row(const float *r, long n) {
+    for (long c = 0; c < n; c += 16) __builtin_prefetch(r + c);
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
-/* Gather (+ causal depthwise conv + SiLU): u[k, b, s] = act(conv_b + sum_j w[j] x[s - (W-1) + j]).             */
+/* Gather + causal depthwise conv + SiLU (the conv mode): u[k, b, s] = SiLU(conv_b + sum_j w[j] x[s - (W-1) + j]). */
 
 INLINE const float *x_row(const MultiScanArgs *a, const int64_t *idx, long b, long s, const float *zeros) {
     if (s < 0 || idx[s] >= a->ntok) return zeros;
@@ -76,15 +81,11 @@ INLINE vf conv_pre(const MultiScanArgs *a, long k, const int64_t *idx, long b, l
     return acc;
 }
 
-INLINE void prefetch_row(const float *r, long n) {
-    for (long c = 0; c < n; c += 16) __builtin_prefetch(r + c);
-}
-
 /* Tasks are (batch, direction) pairs in batch-major order, so the directions of one batch reuse its token rows
    while they are cached; each step prefetches the token row that enters the window PF steps later. */
 #define PF 2
 void multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
-    long L = a->seqlen, E = a->dim, W = a->conv_w ? a->width : 1, K = a->ndir;
+    long L = a->seqlen, E = a->dim, W = a->width, K = a->ndir;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     const float **rows = (const float **)malloc(W * sizeof(float *));
     if (!zeros || !rows) { free(zeros); free(rows); return; }
@@ -92,16 +93,12 @@ void multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
         long b = item / K, k = item % K, p = k * a->batch + b;
         const int64_t *idx = a->index + k * L;
         long len = real_length(idx, L, a->ntok);
-        float *u = a->u_out + p * L * E;
-        const float *cw = a->conv_w ? a->conv_w + k * W * E : NULL, *cb = a->conv_b ? a->conv_b + k * E : NULL;
+        float *u = a->u + p * L * E;
+        const float *cw = a->conv_w + k * W * E, *cb = a->conv_b ? a->conv_b + k * E : NULL;
         for (long s = 0; s < PF && s < len; s++) prefetch_row(x_row(a, idx, b, s, zeros), E);
         for (long s = 0; s < len; s++) {
             if (s + PF < len) prefetch_row(x_row(a, idx, b, s + PF, zeros), E);
             float *us = u + s * E;
-            if (!cw) {
-                memcpy(us, x_row(a, idx, b, s, zeros), E * sizeof(float));
-                continue;
-            }
             for (long j = 0; j < W; j++) rows[j] = x_row(a, idx, b, s - (W - 1) + j, zeros);
             for (long c0 = 0; c0 < E; c0 += VW) {
                 long nc = min_l(VW, E - c0);
@@ -125,7 +122,7 @@ void multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
 /* Tasks are batches: every direction adds to the same token rows. dx of position s needs the pre-activation
    gradients of positions s .. s + W - 1, so positions run backwards keeping the last W of them in a ring. */
 void multi_scan_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
-    long L = a->seqlen, E = a->dim, W = a->width > 0 ? a->width : 1, T = a->ntok;
+    long L = a->seqlen, E = a->dim, W = a->width, T = a->ntok;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     float *ring = (float *)calloc(W * E + VW, sizeof(float));
     if (!zeros || !ring) { free(zeros); free(ring); return; }
@@ -140,26 +137,23 @@ void multi_scan_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
                 for (long c0 = 0; c0 < E; c0 += VW) {
                     long nc = min_l(VW, E - c0);
                     vf d = ldc(du + s * E + c0, nc);
-                    if (a->conv_w) {
-                        if (a->silu) {
-                            vf pre = conv_pre(a, k, idx, b, s, c0, nc, zeros), sg = sigmoid_v(pre);
-                            d = d * sg * (splat(1.0f) + pre * (splat(1.0f) - sg));
-                        }
-                        stc(g + c0, d, nc);
-                        if (a->conv_b) addc(a->dconv_b + k * E + c0, d, nc);
-                        for (long j = 0; j < W; j++)
-                            addc(a->dconv_w + (k * W + j) * E + c0,
-                                 d * ldc(x_row(a, idx, b, s - (W - 1) + j, zeros) + c0, nc), nc);
-                        vf dx = splat(0.0f);
-                        for (long j = 0; j < W; j++) {
-                            long q = s + W - 1 - j;
-                            if (q < len) dx += ldc(a->conv_w + (k * W + j) * E + c0, nc) * ldc(ring + (q % W) * E + c0, nc);
-                        }
-                        d = dx;
+                    if (a->silu) {
+                        vf pre = conv_pre(a, k, idx, b, s, c0, nc, zeros), sg = sigmoid_v(pre);
+                        d = d * sg * (splat(1.0f) + pre * (splat(1.0f) - sg));
+                    }
+                    stc(g + c0, d, nc);
+                    if (a->conv_b) addc(a->dconv_b + k * E + c0, d, nc);
+                    for (long j = 0; j < W; j++)
+                        addc(a->dconv_w + (k * W + j) * E + c0, d * ldc(x_row(a, idx, b, s - (W - 1) + j, zeros) + c0, nc),
+                             nc);
+                    vf dx = splat(0.0f);
+                    for (long j = 0; j < W; j++) {
+                        long q = s + W - 1 - j;
+                        if (q < len) dx += ldc(a->conv_w + (k * W + j) * E + c0, nc) * ldc(ring + (q % W) * E + c0, nc);
                     }
                     if (idx[s] < T) {
                         float *dst = a->dsrc + (b * T + idx[s]) * a->src_stride + c0;
-                        if (k == 0) stc(dst, d, nc); else addc(dst, d, nc);
+                        if (k == 0) stc(dst, dx, nc); else addc(dst, dx, nc);
                     }
                 }
             }
@@ -184,6 +178,12 @@ typedef struct {
     vf *as, *hs; /* TC x N decays and states */
 } Chunk;
 
+/* The rows the steps of one chunk of a (direction, batch) pair read: token row (-1 for padding), u and xdbl. */
+typedef struct {
+    long tok[TC];
+    const float *u[TC], *x[TC];
+} Rows;
+
 INLINE vf blk_A(const Block *p, long n) { return load(p->A + n * p->ps); }
 INLINE vf blk_dtw(const Block *p, long r) { return load(p->dtw + r * p->ps); }
 
@@ -197,20 +197,49 @@ static void load_block(const MultiScanArgs *a, long k, long c0, long nc, Block *
     p->D = a->D ? ldc(a->D + k * E + c0, nc) : splat(0.0f);
 }
 
-/* Steps t0 .. t0 + nt - 1 of one channel block from state h (updated in place): dt, decays, y before the gate;
-   with keep, also every decay and state (c->as, c->hs) and the softplus derivative. u, dr: this block's columns
-   of the (k, b) rows of u and of the dt projection dt_w x_dbl[:R] (without bias); xd: the xdbl rows of (k, b).
-   Without keep the decays are computed inside the recurrence (no round trip through memory). */
-INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, const float *dr, const float *xd, long t0,
-                        long nt, long nc, vf *h, Chunk *c, int keep) {
-    long N = a->nstate, R = a->rank, S = R + 2 * N, E = a->dim, P = p->ps;
+INLINE long xdbl_width(const MultiScanArgs *a) { return a->rank + 2 * a->nstate; }
+
+/* Positions t0 .. t0 + nt - 1 of pair (k, b); zeros: a zero row of at least max(E, R + 2N) floats. */
+static void chunk_rows(const MultiScanArgs *a, long k, long b, long t0, long nt, const float *zeros, Rows *r) {
+    long L = a->seqlen, E = a->dim, T = a->ntok, S = xdbl_width(a), q = k * a->batch + b;
+    const int64_t *idx = a->index + k * L;
     for (long i = 0; i < nt; i++) {
-        vf raw = ldc(dr + (t0 + i) * E, nc) + p->bias;
-        vf dt = softplus_v(raw), uv = ldc(u + (t0 + i) * E, nc);
+        long s = t0 + i, tok = idx[s] < T ? idx[s] : -1;
+        r->tok[i] = tok;
+        if (a->token_major) {
+            r->u[i] = tok < 0 ? zeros : a->src + (b * T + tok) * a->src_stride;
+            r->x[i] = tok < 0 ? zeros : a->xdbl + ((b * T + tok) * a->ndir + k) * S;
+        } else {
+            r->u[i] = a->u + (q * L + s) * E;
+            r->x[i] = a->xdbl + (q * L + s) * S;
+        }
+    }
+}
+
+/* This block's columns of the u rows of the next chunk (fetched while the current chunk computes). */
+INLINE void prefetch_rows(const Rows *next, long nt, long c0) {
+    if (c0 % 16) return;
+    for (long i = 0; i < nt; i++) __builtin_prefetch(next->u[i] + c0);
+}
+
+/* Steps of one chunk of one channel block from state h (updated in place): dt = softplus(dt_w x_dbl[:R] + dt_b),
+   the recurrence and y before the gate; with keep, also every decay and state (c->as, c->hs) and the softplus
+   derivative. Without keep the decays are computed inside the recurrence (no round trip through memory). */
+INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const Rows *r, long c0, long nt, long nc, vf *h,
+                        Chunk *c, int keep) {
+    long N = a->nstate, R = a->rank, P = p->ps;
+    vf raw[TC];
+    for (long i = 0; i < nt; i++) raw[i] = p->bias;
+    for (long j = 0; j < R; j++) {
+        vf w = blk_dtw(p, j);
+        for (long i = 0; i < nt; i++) raw[i] += splat(r->x[i][j]) * w;
+    }
+    for (long i = 0; i < nt; i++) {
+        vf dt = softplus_v(raw[i]), uv = ldc(r->u[i] + c0, nc);
         c->dt[i] = dt;
         c->dtu[i] = dt * uv;
         c->y[i] = p->D * uv;
-        if (keep) c->dsig[i] = sigmoid_v(raw);
+        if (keep) c->dsig[i] = sigmoid_v(raw[i]);
     }
     if (keep)
         for (long n = 0; n < N; n++) {
@@ -224,7 +253,7 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, 
             vf hv[NG];
             for (long j = 0; j < NG; j++) hv[j] = h[n0 + j];
             for (long i = 0; i < nt; i++) {
-                const float *Bt = xd + (t0 + i) * S + R + n0, *Ct = Bt + N;
+                const float *Bt = r->x[i] + R + n0, *Ct = Bt + N;
                 vf dt = c->dt[i], dtu = c->dtu[i], y0 = splat(0.0f), y1 = splat(0.0f);
                 for (long j = 0; j < NG; j += 2) {
                     hv[j] = exp2_8_nonpos(dt * load(A2 + j * P)) * hv[j] + dtu * splat(Bt[j]);
@@ -240,7 +269,7 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const float *u, 
         vf hh[8];
         for (long j = 0; j < nh; j++) hh[j] = h[n0 + j];
         for (long i = 0; i < nt; i++) {
-            const float *Bt = xd + (t0 + i) * S + R + n0, *Ct = Bt + N;
+            const float *Bt = r->x[i] + R + n0, *Ct = Bt + N;
             vf dtu = c->dtu[i], y0 = splat(0.0f);
             for (long j = 0; j < nh; j++) {
                 vf at = keep ? c->as[i * N + n0 + j] : exp2_8_nonpos(c->dt[i] * load(A2 + j * P));
@@ -259,119 +288,91 @@ int64_t multi_scan_checkpoint_floats(int64_t seqlen, int64_t dim, int64_t nstate
     return (seqlen + TC - 1) / TC * ((dim + VW - 1) / VW) * nstate * VW;
 }
 
-/* Forward scan of (direction, batch) pairs, writing the ungated outputs in sequence order to ys (K, Bt, L, E),
-   rows laid out like u, and the chunk-start states to ckpt when given; multi_scan_gate_fwd then moves the outputs
-   to token order and applies the gate. */
+INLINE vf silu_v(vf z) { return z * sigmoid_v(z); }
+
+/* Forward scan of (direction, batch) pairs q = k * Bt + b: writes y[b, k] (gated) at every token row, and the
+   chunk-start states to ckpt when given. */
 void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
-    long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, S = a->rank + 2 * N;
+    long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, K = a->ndir;
     long nb = (E + VW - 1) / VW, per_pair = multi_scan_checkpoint_floats(L, E, N);
     Block p;
     Chunk c;
+    Rows r, next;
+    float *out[TC];
+    const float *z[TC];
     vf *h = alloc_vf(nb * N);
+    float *zeros = (float *)calloc(E + xdbl_width(a) + VW, sizeof(float));
     c.as = alloc_vf(TC * N);
     c.hs = NULL;
-    if (!h || !c.as) { free(h); free(c.as); return; }
+    if (!h || !c.as || !zeros) goto done;
     for (long q = start; q < end; q++) {
-        long k = q / a->batch;
+        long k = q / a->batch, b = q % a->batch;
         long len = real_length(a->index + k * L, L, T);
-        const float *u = a->u + q * L * E, *dr = a->dtr + q * L * E, *xd = a->xdbl + q * L * S;
-        float *ys = a->ys + q * L * E, *ck = a->ckpt ? a->ckpt + q * per_pair : NULL;
+        float *ck = a->ckpt ? a->ckpt + q * per_pair : NULL;
         for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
+        if (len > 0) chunk_rows(a, k, b, 0, min_l(TC, len), zeros, &next);
         for (long t0 = 0, ci = 0; t0 < len; t0 += TC, ci++) {
-            long nt = min_l(TC, len - t0);
+            long nt = min_l(TC, len - t0), nt_next = min_l(TC, len - t0 - TC);
+            r = next;
+            if (nt_next > 0) chunk_rows(a, k, b, t0 + TC, nt_next, zeros, &next);
+            for (long i = 0; i < nt; i++) {
+                long tok = r.tok[i];
+                out[i] = tok < 0 ? NULL : a->y + ((b * K + k) * T + tok) * E;
+                z[i] = tok < 0 || !a->gate ? NULL : a->src + (b * T + tok) * a->src_stride + E;
+            }
             for (long cb = 0; cb < nb; cb++) {
                 long c0 = cb * VW, nc = min_l(VW, E - c0);
                 if (ck) memcpy(ck + (ci * nb + cb) * N * VW, h + cb * N, N * sizeof(vf));
-                if (c0 % 16 == 0) /* this cache line's column of the next chunk's rows */
-                    for (long t = t0 + TC; t < t0 + 2 * TC && t < len; t++) {
-                        __builtin_prefetch(u + t * E + c0);
-                        __builtin_prefetch(dr + t * E + c0);
-                    }
+                prefetch_rows(&next, nt_next, c0);
                 load_block(a, k, c0, nc, &p);
-                chunk_steps(a, &p, u + c0, dr + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
-                for (long i = 0; i < nt; i++) stc(ys + (t0 + i) * E + c0, c.y[i], nc);
-            }
-        }
-    }
-    free(h); free(c.as);
-}
-
-/* Token rows (b, t) of y (Bt, K, T, E): y[b, k, t] = ys[k, b, position of t in direction k] * SiLU(z[b, t])
-   (the gate computed once per token row for all directions). */
-void multi_scan_gate_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
-    long L = a->seqlen, E = a->dim, T = a->ntok, K = a->ndir;
-    long *inv = (long *)malloc((K * T > 0 ? K * T : 1) * sizeof(long));
-    float *g = (float *)malloc((E + VW) * sizeof(float));
-    if (!inv || !g) { free(inv); free(g); return; }
-    for (long k = 0; k < K; k++)
-        for (long s = 0; s < L; s++) {
-            long tok = a->index[k * L + s];
-            if (tok < T) inv[k * T + tok] = s;
-        }
-    for (long q = start; q < end; q++) {
-        long b = q / T, t = q % T;
-        if (q + 1 < end) {
-            long b1 = (q + 1) / T, t1 = (q + 1) % T;
-            for (long k = 0; k < K; k++) prefetch_row(a->ys + ((k * a->batch + b1) * L + inv[k * T + t1]) * E, E);
-        }
-        if (a->gate) {
-            const float *z = a->src + (b * T + t) * a->src_stride + E;
-            for (long c0 = 0; c0 < E; c0 += VW) {
-                long nc = min_l(VW, E - c0);
-                vf zv = ldc(z + c0, nc);
-                stc(g + c0, zv * sigmoid_v(zv), nc);
-            }
-        }
-        for (long k = 0; k < K; k++) {
-            const float *src = a->ys + ((k * a->batch + b) * L + inv[k * T + t]) * E;
-            float *dst = a->y + ((b * K + k) * T + t) * E;
-            if (a->gate)
-                for (long c0 = 0; c0 < E; c0 += VW) {
-                    long nc = min_l(VW, E - c0);
-                    stc(dst + c0, ldc(src + c0, nc) * ldc(g + c0, nc), nc);
+                chunk_steps(a, &p, &r, c0, nt, nc, h + cb * N, &c, 0);
+                for (long i = 0; i < nt; i++) {
+                    if (!out[i]) continue;
+                    stc(out[i] + c0, z[i] ? c.y[i] * silu_v(ldc(z[i] + c0, nc)) : c.y[i], nc);
                 }
-            else
-                memcpy(dst, src, E * sizeof(float));
+            }
         }
     }
-    free(inv); free(g);
+done:
+    free(h); free(c.as); free(zeros);
 }
 
-/* Tasks are batches (the gate gradient of every direction adds to the same token rows). */
+/* Tasks are batches (every direction's gradient adds to the same token rows). */
 void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
-    long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = R + 2 * N;
+    long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = xdbl_width(a), K = a->ndir;
     long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
     Block *p = (Block *)aligned_alloc(VBYTES, sizeof(Block));
     Chunk c;
+    Rows r;
+    const float *dyr[TC], *z[TC];
+    float *du[TC], *dz[TC], *dx[TC];
     vf *h = alloc_vf(nb * N), *g = alloc_vf(nb * N), *ckpt = alloc_vf(nchunks * nb * N);
     vf *dBv = alloc_vf(TC * N), *dCv = alloc_vf(TC * N), *dxl = alloc_vf(TC * (R > 0 ? R : 1));
+    float *zeros = (float *)calloc(E + S + VW, sizeof(float));
     c.as = alloc_vf(TC * N);
     c.hs = alloc_vf(TC * N);
-    if (!p || !h || !g || !ckpt || !dBv || !dCv || !dxl || !c.as || !c.hs) goto done;
+    if (!p || !h || !g || !ckpt || !dBv || !dCv || !dxl || !c.as || !c.hs || !zeros) goto done;
     for (long b = start; b < end; b++)
-        for (long k = 0; k < a->ndir; k++) {
+        for (long k = 0; k < K; k++) {
             long q = k * a->batch + b;
-            const int64_t *idx = a->index + k * L;
-            long len = real_length(idx, L, T);
-            const float *u = a->u + q * L * E, *dr = a->dtr + q * L * E, *xd = a->xdbl + q * L * S;
-            const float *z = a->gate ? a->src + b * T * a->src_stride + E : NULL;
-            float *dz = a->gate ? a->dsrc + b * T * a->src_stride + E : NULL;
-            const float *dy = a->dy + (b * a->ndir + k) * T * E;
-            float *du = a->du + q * L * E, *dxd = a->dxdbl + q * L * S;
-            memset(du + len * E, 0, (L - len) * E * sizeof(float));
-            memset(dxd + len * S, 0, (L - len) * S * sizeof(float));
+            long len = real_length(a->index + k * L, L, T);
+            if (!a->token_major) {
+                memset(a->du + (q * L + len) * E, 0, (L - len) * E * sizeof(float));
+                memset(a->dxdbl + (q * L + len) * S, 0, (L - len) * S * sizeof(float));
+            }
             /* the state before every chunk: saved by the forward, or a forward sweep */
             if (a->ckpt)
                 memcpy(ckpt, a->ckpt + q * multi_scan_checkpoint_floats(L, E, N), nchunks * nb * N * sizeof(vf));
             for (long i = 0; i < nb * N; i++) h[i] = splat(0.0f);
             for (long t0 = 0, ci = 0; t0 < len && !a->ckpt; t0 += TC, ci++) {
                 long nt = min_l(TC, len - t0);
+                chunk_rows(a, k, b, t0, nt, zeros, &r);
                 for (long cb = 0; cb < nb; cb++) {
                     long c0 = cb * VW, nc = min_l(VW, E - c0);
                     memcpy(ckpt + (ci * nb + cb) * N, h + cb * N, N * sizeof(vf));
                     if (t0 + nt < len) {
                         load_block(a, k, c0, nc, p);
-                        chunk_steps(a, p, u + c0, dr + c0, xd, t0, nt, nc, h + cb * N, &c, 0);
+                        chunk_steps(a, p, &r, c0, nt, nc, h + cb * N, &c, 0);
                     }
                 }
             }
@@ -379,6 +380,20 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
             for (long i = 0; i < nb * N; i++) g[i] = splat(0.0f);
             for (long ci = (len + TC - 1) / TC - 1; ci >= 0; ci--) {
                 long t0 = ci * TC, nt = min_l(TC, len - t0);
+                chunk_rows(a, k, b, t0, nt, zeros, &r);
+                for (long i = 0; i < nt; i++) {
+                    long tok = r.tok[i], row = b * T + tok, real = tok >= 0, gated = real && a->gate;
+                    dyr[i] = real ? a->dy + ((b * K + k) * T + tok) * E : NULL;
+                    z[i] = gated ? a->src + row * a->src_stride + E : NULL;
+                    dz[i] = gated ? a->dsrc + row * a->src_stride + E : NULL;
+                    if (a->token_major) {
+                        du[i] = real ? a->dsrc + row * a->src_stride : NULL;
+                        dx[i] = real ? a->dxdbl + (row * K + k) * S : NULL;
+                    } else {
+                        du[i] = a->du + (q * L + t0 + i) * E;
+                        dx[i] = a->dxdbl + (q * L + t0 + i) * S;
+                    }
+                }
                 for (long i = 0; i < nt * N; i++) dBv[i] = dCv[i] = splat(0.0f);
                 for (long i = 0; i < nt * R; i++) dxl[i] = splat(0.0f);
                 for (long cb = 0; cb < nb; cb++) {
@@ -386,22 +401,21 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
                     vf *hc = h + cb * N, *gc = g + cb * N;
                     load_block(a, k, c0, nc, p);
                     memcpy(hc, ckpt + (ci * nb + cb) * N, N * sizeof(vf));
-                    chunk_steps(a, p, u + c0, dr + c0, xd, t0, nt, nc, hc, &c, 1);
+                    chunk_steps(a, p, &r, c0, nt, nc, hc, &c, 1);
                     const vf *h0 = ckpt + (ci * nb + cb) * N;
                     vf dAacc[256], dDacc = splat(0.0f), dbias = splat(0.0f), ddtw[256];
                     for (long n = 0; n < N; n++) dAacc[n] = splat(0.0f);
-                    for (long r = 0; r < R; r++) ddtw[r] = splat(0.0f);
+                    for (long j = 0; j < R; j++) ddtw[j] = splat(0.0f);
                     for (long i = nt - 1; i >= 0; i--) {
-                        long t = t0 + i, tok = idx[t];
-                        const float *x = xd + t * S, *Bt = x + R, *Ct = Bt + N;
-                        vf uv = ldc(u + t * E + c0, nc), dyv = splat(0.0f);
-                        if (tok < T) {
-                            dyv = ldc(dy + tok * E + c0, nc);
-                            if (z) {
-                                vf zv = ldc(z + tok * a->src_stride + c0, nc), sz = sigmoid_v(zv);
+                        const float *x = r.x[i], *Bt = x + R, *Ct = Bt + N;
+                        vf uv = ldc(r.u[i] + c0, nc), dyv = splat(0.0f);
+                        if (dyr[i]) {
+                            dyv = ldc(dyr[i] + c0, nc);
+                            if (z[i]) {
+                                vf zv = ldc(z[i] + c0, nc), sz = sigmoid_v(zv);
                                 vf dzv = dyv * c.y[i] * sz * (splat(1.0f) + zv * (splat(1.0f) - sz));
-                                if (k == 0) stc(dz + tok * a->src_stride + c0, dzv, nc);
-                                else addc(dz + tok * a->src_stride + c0, dzv, nc);
+                                if (k == 0) stc(dz[i] + c0, dzv, nc);
+                                else addc(dz[i] + c0, dzv, nc);
                                 dyv = dyv * zv * sz;
                             }
                         }
@@ -420,22 +434,27 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
                             gc[n] = gn;
                         }
                         dDacc += dyv * uv;
-                        stc(du + t * E + c0, dyv * p->D + dt * sB, nc);
+                        if (du[i]) {
+                            vf duv = dyv * p->D + dt * sB;
+                            if (a->token_major && k > 0) addc(du[i] + c0, duv, nc);
+                            else stc(du[i] + c0, duv, nc);
+                        }
                         vf dl = (sB * uv + sA) * c.dsig[i];
                         dbias += dl;
-                        for (long r = 0; r < R; r++) {
-                            ddtw[r] += dl * splat(x[r]);
-                            dxl[i * R + r] += dl * blk_dtw(p, r);
+                        for (long j = 0; j < R; j++) {
+                            ddtw[j] += dl * splat(x[j]);
+                            dxl[i * R + j] += dl * blk_dtw(p, j);
                         }
                     }
                     for (long n = 0; n < N; n++) addc(a->dA + (k * N + n) * E + c0, dAacc[n], nc);
-                    for (long r = 0; r < R; r++) addc(a->ddt_w + (k * R + r) * E + c0, ddtw[r], nc);
+                    for (long j = 0; j < R; j++) addc(a->ddt_w + (k * R + j) * E + c0, ddtw[j], nc);
                     addc(a->ddt_b + k * E + c0, dbias, nc);
                     if (a->dD) addc(a->dD + k * E + c0, dDacc, nc);
                 }
                 for (long i = 0; i < nt; i++) {
-                    float *row = dxd + (t0 + i) * S;
-                    for (long r = 0; r < R; r++) row[r] = hsum(dxl[i * R + r]);
+                    float *row = dx[i];
+                    if (!row) continue;
+                    for (long j = 0; j < R; j++) row[j] = hsum(dxl[i * R + j]);
                     for (long n = 0; n < N; n++) {
                         row[R + n] = hsum(dBv[i * N + n]);
                         row[R + N + n] = hsum(dCv[i * N + n]);
@@ -444,5 +463,5 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
             }
         }
 done:
-    free(p); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(c.as); free(c.hs);
+    free(p); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(c.as); free(c.hs); free(zeros);
 }
