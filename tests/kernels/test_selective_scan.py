@@ -81,6 +81,19 @@ def test_scan_gradcheck_last_state_no_softplus(cpu_backend):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+def test_gradient_through_the_last_state_alone_matches_the_reference(cpu_backend):
+    """A loss on the last state only (the output's gradient is None, not materialised): the inputs' gradients equal
+    the reference's."""
+    inputs = make_inputs("var3", requires_grad=True)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    selective_scan_fn(*inputs, delta_softplus=True, return_last_state=True)[1].square().sum().backward()
+    selective_scan_ref(*ref_inputs, delta_softplus=True, return_last_state=True)[1].square().sum().backward()
+    for got, want in zip(inputs, ref_inputs):  # z does not reach the last state: no gradient, or zeros
+        zeros = torch.zeros_like(got)
+        torch.testing.assert_close(zeros if got.grad is None else got.grad, zeros if want.grad is None else want.grad,
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_half_inputs_return_their_dtype(cpu_backend):
     u, delta, A, B, C, D, z, bias = make_inputs("var4", 2)
     expected, _ = direct_scan(u, delta, A, B, C, D, z, bias, True)

@@ -68,7 +68,7 @@ def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch
     ckernel.run_tasks(lib.attention_stats, make_stats, batch * num_dirs, 1)
     hidden = F.linear(xbar * norm_w + norm_b, reduce_w, reduce_b)
     gate = torch.sigmoid(F.linear(F.gelu(hidden), select_w, select_b)).contiguous()
-    out = y.new_empty(batch, num_tokens, dim)
+    out = ckernel.new_buffer(y, batch, num_tokens, dim)
 
     def make_merge(_):
         a = _attention_args(y, eps)
@@ -112,7 +112,7 @@ def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Ten
     dsummary = (dhidden @ reduce_w).view(batch, num_dirs, dim)
     dnorm_w, dnorm_b = (dsummary * xbar).sum((0, 1)), dsummary.sum((0, 1))
     dxbar = (dsummary * norm_w).contiguous()
-    dy = torch.empty_like(y)
+    dy = ckernel.new_buffer(y, *y.shape)
 
     def make_input(_):
         a = make(0)
@@ -134,6 +134,7 @@ def _attention_setup(ctx, inputs, output):
     y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps = inputs
     _, gate, xbar, mu, rstd, hidden = output
     ctx.save_for_backward(y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w, select_w)
+    ctx.set_materialize_grads(False)  # no zero gradients for the outputs kept for the backward
 
 
 def _attention_backward(ctx, dout, *unused):

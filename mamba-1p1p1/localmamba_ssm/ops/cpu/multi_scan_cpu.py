@@ -112,14 +112,15 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
     num_dirs, length = index.shape
     inner, width, rank, state = x_proj_w.shape[2], x_proj_w.shape[1], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
-    y = src.new_empty(batch, num_dirs, num_tokens, inner)
-    ckpt = src.new_empty(_checkpoint_shape(lib, num_dirs, batch, length, inner, state) if save_states else 0)
+    y = ckernel.new_buffer(src, batch, num_dirs, num_tokens, inner)
+    ckpt = ckernel.new_buffer(src, *_checkpoint_shape(lib, num_dirs, batch, length, inner, state)) if save_states \
+        else src.new_empty(0)
     if conv_w is None:
         u = src.new_empty(0)
         xdbl = torch.mm(_token_x(src, inner), x_proj_w.reshape(-1, inner).t()).view(batch, num_tokens, num_dirs,
                                                                                      width)
     else:
-        u = src.new_empty(num_dirs, batch, length, inner)
+        u = ckernel.new_buffer(src, num_dirs, batch, length, inner)
         gather = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u)
         ckernel.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
         xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
@@ -161,8 +162,8 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     used = inner * (2 if gate else 1)
-    dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
-    du, dxdbl = torch.empty_like(u), torch.empty_like(xdbl)
+    dsrc = ckernel.new_buffer(src, *src.shape, zero=src.shape[2] > used)
+    du, dxdbl = ckernel.new_buffer(u, *u.shape), torch.empty_like(xdbl)
     tasks = ckernel.num_tasks(batch, 1)
     dA = src.new_zeros(tasks, num_dirs, state, inner)
     ddt_w = src.new_zeros(tasks, num_dirs, rank, inner)
@@ -211,6 +212,7 @@ def _multi_scan_setup(ctx, inputs, output):
     src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, _ = inputs
     _, u, xdbl, ckpt = output
     ctx.save_for_backward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl, ckpt)
+    ctx.set_materialize_grads(False)  # no zero gradients for u, xdbl and ckpt (the last as big as y)
     ctx.gate = gate
 
 

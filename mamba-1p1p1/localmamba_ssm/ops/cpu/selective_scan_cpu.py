@@ -133,11 +133,13 @@ def _bwd_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.set_materialize_grads(False)  # an unused last state gets no zero gradient
     ctx.delta_softplus = delta_softplus
 
 
 def _backward(ctx, dout, dlast):
     u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+    dout = torch.zeros_like(u) if dout is None else dout  # only the last state reached the loss
     du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_cpu_bwd(
         dout.contiguous(), None if dlast is None else dlast.contiguous(), u, delta, A, B, C, D, z, delta_bias,
         ctx.delta_softplus)
