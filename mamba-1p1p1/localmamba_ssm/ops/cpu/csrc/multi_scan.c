@@ -173,9 +173,10 @@ typedef struct {
     vf bias, D;
 } Block;
 
+/* Per-step vectors of one chunk of one channel block: dt, dt * u, the output so far (from D * u on), and the
+   softplus derivative (backward). */
 typedef struct {
-    vf dt[TC], dsig[TC], dtu[TC], y[TC];
-    vf *as, *hs; /* TC x N decays and states */
+    vf dt[TC], dtu[TC], y[TC], dsig[TC];
 } Chunk;
 
 /* The rows the steps of one chunk of a (direction, batch) pair read: token row (-1 for padding), u and xdbl. */
@@ -222,15 +223,13 @@ INLINE void prefetch_rows(const Rows *next, long nt, long c0) {
     for (long i = 0; i < nt; i++) __builtin_prefetch(next->u[i] + c0);
 }
 
-/* Steps of one chunk of one channel block from state h (updated in place): dt = softplus(dt_w x_dbl[:R] + dt_b),
-   the recurrence and y before the gate; with keep, also every decay and state (c->as, c->hs) and the softplus
-   derivative. Without keep the decays are computed inside the recurrence (no round trip through memory). */
-INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const Rows *r, long c0, long nt, long nc, vf *h,
-                        Chunk *c, int keep) {
-    long N = a->nstate, R = a->rank, P = p->ps;
+/* The per-step vectors of a chunk (see Chunk): dt = softplus(dt_w x_dbl[:R] + dt_b), R multiply-adds per step;
+   dsig only when asked (backward). */
+INLINE void chunk_inputs(const MultiScanArgs *a, const Block *p, const Rows *r, long c0, long nt, long nc, Chunk *c,
+                         int with_dsig) {
     vf raw[TC];
     for (long i = 0; i < nt; i++) raw[i] = p->bias;
-    for (long j = 0; j < R; j++) {
+    for (long j = 0; j < a->rank; j++) {
         vf w = blk_dtw(p, j);
         for (long i = 0; i < nt; i++) raw[i] += splat(r->x[i][j]) * w;
     }
@@ -239,17 +238,20 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const Rows *r, l
         c->dt[i] = dt;
         c->dtu[i] = dt * uv;
         c->y[i] = p->D * uv;
-        if (keep) c->dsig[i] = sigmoid_v(raw[i]);
+        if (with_dsig) c->dsig[i] = sigmoid_v(raw[i]);
     }
-    if (keep)
-        for (long n = 0; n < N; n++) {
-            vf a2 = load(p->A2 + n * P);
-            for (long i = 0; i < nt; i++) c->as[i * N + n] = exp2_8_nonpos(c->dt[i] * a2);
-        }
+}
+
+/* Forward steps of one chunk of one channel block from state h (updated in place), adding sum_n C h to c->y; the
+   decays exp(dt A) are computed where they are used, NG states held in registers. */
+INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const Rows *r, long c0, long nt, long nc, vf *h,
+                        Chunk *c) {
+    long N = a->nstate, R = a->rank, P = p->ps;
+    chunk_inputs(a, p, r, c0, nt, nc, c, 0);
     for (long n0 = 0, nh; n0 < N; n0 += nh) {
-        nh = !keep && N - n0 >= NG ? NG : min_l(8, N - n0);
+        nh = min_l(NG, N - n0);
         const float *A2 = p->A2 + n0 * P;
-        if (!keep && nh == NG) { /* NG states in registers */
+        if (nh == NG) {
             vf hv[NG];
             for (long j = 0; j < NG; j++) hv[j] = h[n0 + j];
             for (long i = 0; i < nt; i++) {
@@ -266,20 +268,72 @@ INLINE void chunk_steps(const MultiScanArgs *a, const Block *p, const Rows *r, l
             for (long j = 0; j < NG; j++) h[n0 + j] = hv[j];
             continue;
         }
-        vf hh[8];
+        vf hh[NG];
         for (long j = 0; j < nh; j++) hh[j] = h[n0 + j];
         for (long i = 0; i < nt; i++) {
             const float *Bt = r->x[i] + R + n0, *Ct = Bt + N;
-            vf dtu = c->dtu[i], y0 = splat(0.0f);
+            vf y0 = splat(0.0f);
             for (long j = 0; j < nh; j++) {
-                vf at = keep ? c->as[i * N + n0 + j] : exp2_8_nonpos(c->dt[i] * load(A2 + j * P));
-                hh[j] = at * hh[j] + dtu * splat(Bt[j]);
+                hh[j] = exp2_8_nonpos(c->dt[i] * load(A2 + j * P)) * hh[j] + c->dtu[i] * splat(Bt[j]);
                 y0 += hh[j] * splat(Ct[j]);
-                if (keep) c->hs[i * N + n0 + j] = hh[j];
             }
             c->y[i] += y0;
         }
         for (long j = 0; j < nh; j++) h[n0 + j] = hh[j];
+    }
+}
+
+/* Backward of one chunk of one channel block, NG states at a time: recompute the group's decays and states from the
+   chunk-start state h0 (adding to c->y, whose full value the gate's gradient needs), then run the reverse-time
+   recurrence on the group's state gradient g (carried across chunks, updated in place) with the gated output
+   gradients dyg. Accumulates dB and dC per step (dBv, dCv: TC x N, summed over channel blocks by the caller), the
+   per-step sums over states sB = sum_n g_n B_n and sA = sum_n (decayed g_n) h_(n, prev) A_n, and dA (dAacc, N). */
+INLINE void chunk_backward(const MultiScanArgs *a, const Block *p, const Rows *r, long nt, const vf *h0, vf *g,
+                           Chunk *c, const vf *dyg, vf *dBv, vf *dCv, vf *sB, vf *sA, vf *dAacc) {
+    long N = a->nstate, R = a->rank, P = p->ps;
+    vf at[TC][NG], hs[TC][NG];
+    for (long i = 0; i < nt; i++) sB[i] = sA[i] = splat(0.0f);
+    for (long n0 = 0, nh; n0 < N; n0 += nh) {
+        nh = min_l(NG, N - n0);
+        vf hh[NG], gg[NG], dAg[NG];
+        for (long j = 0; j < nh; j++) {
+            hh[j] = h0[n0 + j];
+            gg[j] = g[n0 + j];
+            dAg[j] = splat(0.0f);
+        }
+        for (long i = 0; i < nt; i++) {
+            const float *Bt = r->x[i] + R + n0, *Ct = Bt + N;
+            vf y0 = splat(0.0f);
+            for (long j = 0; j < nh; j++) {
+                at[i][j] = exp2_8_nonpos(c->dt[i] * load(p->A2 + (n0 + j) * P));
+                hh[j] = at[i][j] * hh[j] + c->dtu[i] * splat(Bt[j]);
+                hs[i][j] = hh[j];
+                y0 += hh[j] * splat(Ct[j]);
+            }
+            c->y[i] += y0;
+        }
+        for (long i = nt - 1; i >= 0; i--) {
+            const float *Bt = r->x[i] + R + n0, *Ct = Bt + N;
+            vf dyv = dyg[i], dtu = c->dtu[i], dt = c->dt[i], sBi = splat(0.0f), sAi = splat(0.0f);
+            vf *dBt = dBv + i * N + n0, *dCt = dCv + i * N + n0;
+            for (long j = 0; j < nh; j++) {
+                vf gn = gg[j] + dyv * splat(Ct[j]);
+                dCt[j] += dyv * hs[i][j];
+                dBt[j] += gn * dtu;
+                sBi += gn * splat(Bt[j]);
+                gn = gn * at[i][j];
+                vf da = gn * (i > 0 ? hs[i - 1][j] : h0[n0 + j]);
+                dAg[j] += da * dt;
+                sAi += da * blk_A(p, n0 + j);
+                gg[j] = gn;
+            }
+            sB[i] += sBi;
+            sA[i] += sAi;
+        }
+        for (long j = 0; j < nh; j++) {
+            g[n0 + j] = gg[j];
+            dAacc[n0 + j] += dAg[j];
+        }
     }
 }
 
@@ -302,9 +356,7 @@ void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t en
     const float *z[TC];
     vf *h = alloc_vf(nb * N);
     float *zeros = (float *)calloc(E + xdbl_width(a) + VW, sizeof(float));
-    c.as = alloc_vf(TC * N);
-    c.hs = NULL;
-    if (!h || !c.as || !zeros) goto done;
+    if (!h || !zeros) goto done;
     for (long q = start; q < end; q++) {
         long k = q / a->batch, b = q % a->batch;
         long len = real_length(a->index + k * L, L, T);
@@ -325,7 +377,7 @@ void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t en
                 if (ck) memcpy(ck + (ci * nb + cb) * N * VW, h + cb * N, N * sizeof(vf));
                 prefetch_rows(&next, nt_next, c0);
                 load_block(a, k, c0, nc, &p);
-                chunk_steps(a, &p, &r, c0, nt, nc, h + cb * N, &c, 0);
+                chunk_steps(a, &p, &r, c0, nt, nc, h + cb * N, &c);
                 for (long i = 0; i < nt; i++) {
                     if (!out[i]) continue;
                     stc(out[i] + c0, z[i] ? c.y[i] * silu_v(ldc(z[i] + c0, nc)) : c.y[i], nc);
@@ -334,7 +386,7 @@ void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t en
         }
     }
 done:
-    free(h); free(c.as); free(zeros);
+    free(h); free(zeros);
 }
 
 /* Tasks are batches (every direction's gradient adds to the same token rows). */
@@ -342,16 +394,17 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
     long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = xdbl_width(a), K = a->ndir;
     long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
     Block *p = (Block *)aligned_alloc(VBYTES, sizeof(Block));
-    Chunk c;
+    Chunk *c = (Chunk *)aligned_alloc(VBYTES, sizeof(Chunk));
     Rows r;
     const float *dyr[TC], *z[TC];
     float *du[TC], *dz[TC], *dx[TC];
     vf *h = alloc_vf(nb * N), *g = alloc_vf(nb * N), *ckpt = alloc_vf(nchunks * nb * N);
     vf *dBv = alloc_vf(TC * N), *dCv = alloc_vf(TC * N), *dxl = alloc_vf(TC * (R > 0 ? R : 1));
+    vf *dAacc = alloc_vf(N), *ddtw = alloc_vf(R > 0 ? R : 1), *dyg = alloc_vf(TC), *sB = alloc_vf(TC);
+    vf *sA = alloc_vf(TC);
     float *zeros = (float *)calloc(E + S + VW, sizeof(float));
-    c.as = alloc_vf(TC * N);
-    c.hs = alloc_vf(TC * N);
-    if (!p || !h || !g || !ckpt || !dBv || !dCv || !dxl || !c.as || !c.hs || !zeros) goto done;
+    if (!p || !c || !h || !g || !ckpt || !dBv || !dCv || !dxl || !dAacc || !ddtw || !dyg || !sB || !sA || !zeros)
+        goto done;
     for (long b = start; b < end; b++)
         for (long k = 0; k < K; k++) {
             long q = k * a->batch + b;
@@ -372,7 +425,7 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
                     memcpy(ckpt + (ci * nb + cb) * N, h + cb * N, N * sizeof(vf));
                     if (t0 + nt < len) {
                         load_block(a, k, c0, nc, p);
-                        chunk_steps(a, p, &r, c0, nt, nc, h + cb * N, &c, 0);
+                        chunk_steps(a, p, &r, c0, nt, nc, h + cb * N, c);
                     }
                 }
             }
@@ -398,48 +451,33 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
                 for (long i = 0; i < nt * R; i++) dxl[i] = splat(0.0f);
                 for (long cb = 0; cb < nb; cb++) {
                     long c0 = cb * VW, nc = min_l(VW, E - c0);
-                    vf *hc = h + cb * N, *gc = g + cb * N;
                     load_block(a, k, c0, nc, p);
-                    memcpy(hc, ckpt + (ci * nb + cb) * N, N * sizeof(vf));
-                    chunk_steps(a, p, &r, c0, nt, nc, hc, &c, 1);
-                    const vf *h0 = ckpt + (ci * nb + cb) * N;
-                    vf dAacc[256], dDacc = splat(0.0f), dbias = splat(0.0f), ddtw[256];
+                    chunk_inputs(a, p, &r, c0, nt, nc, c, 1);
+                    for (long i = 0; i < nt; i++) {
+                        vf dyv = dyr[i] ? ldc(dyr[i] + c0, nc) : splat(0.0f);
+                        dyg[i] = z[i] ? dyv * silu_v(ldc(z[i] + c0, nc)) : dyv;
+                    }
                     for (long n = 0; n < N; n++) dAacc[n] = splat(0.0f);
+                    chunk_backward(a, p, &r, nt, ckpt + (ci * nb + cb) * N, g + cb * N, c, dyg, dBv, dCv, sB, sA,
+                                   dAacc);
+                    vf dDacc = splat(0.0f), dbias = splat(0.0f);
                     for (long j = 0; j < R; j++) ddtw[j] = splat(0.0f);
-                    for (long i = nt - 1; i >= 0; i--) {
-                        const float *x = r.x[i], *Bt = x + R, *Ct = Bt + N;
-                        vf uv = ldc(r.u[i] + c0, nc), dyv = splat(0.0f);
-                        if (dyr[i]) {
-                            dyv = ldc(dyr[i] + c0, nc);
-                            if (z[i]) {
-                                vf zv = ldc(z[i] + c0, nc), sz = sigmoid_v(zv);
-                                vf dzv = dyv * c.y[i] * sz * (splat(1.0f) + zv * (splat(1.0f) - sz));
-                                if (k == 0) stc(dz[i] + c0, dzv, nc);
-                                else addc(dz[i] + c0, dzv, nc);
-                                dyv = dyv * zv * sz;
-                            }
+                    for (long i = 0; i < nt; i++) {
+                        const float *x = r.x[i];
+                        vf uv = ldc(r.u[i] + c0, nc), dt = c->dt[i];
+                        if (z[i]) {
+                            vf zv = ldc(z[i] + c0, nc), sz = sigmoid_v(zv);
+                            vf dzv = ldc(dyr[i] + c0, nc) * c->y[i] * sz * (splat(1.0f) + zv * (splat(1.0f) - sz));
+                            if (k == 0) stc(dz[i] + c0, dzv, nc);
+                            else addc(dz[i] + c0, dzv, nc);
                         }
-                        vf dt = c.dt[i], dtu = c.dtu[i], sB = splat(0.0f), sA = splat(0.0f);
-                        const vf *hs = c.hs + i * N, *hp = i > 0 ? c.hs + (i - 1) * N : h0, *at = c.as + i * N;
-                        vf *dBt = dBv + i * N, *dCt = dCv + i * N;
-                        for (long n = 0; n < N; n++) {
-                            vf gn = gc[n] + dyv * splat(Ct[n]);
-                            dCt[n] += dyv * hs[n];
-                            dBt[n] += gn * dtu;
-                            sB += gn * splat(Bt[n]);
-                            gn = gn * at[n];
-                            vf da = gn * hp[n];
-                            dAacc[n] += da * dt;
-                            sA += da * blk_A(p, n);
-                            gc[n] = gn;
-                        }
-                        dDacc += dyv * uv;
+                        dDacc += dyg[i] * uv;
                         if (du[i]) {
-                            vf duv = dyv * p->D + dt * sB;
+                            vf duv = dyg[i] * p->D + dt * sB[i];
                             if (a->token_major && k > 0) addc(du[i] + c0, duv, nc);
                             else stc(du[i] + c0, duv, nc);
                         }
-                        vf dl = (sB * uv + sA) * c.dsig[i];
+                        vf dl = (sB[i] * uv + sA[i]) * c->dsig[i];
                         dbias += dl;
                         for (long j = 0; j < R; j++) {
                             ddtw[j] += dl * splat(x[j]);
@@ -463,5 +501,6 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
             }
         }
 done:
-    free(p); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(c.as); free(c.hs); free(zeros);
+    free(p); free(c); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(dAacc); free(ddtw);
+    free(dyg); free(sB); free(sA); free(zeros);
 }
