@@ -331,39 +331,6 @@ def _openmp_runner(lib: ctypes.CDLL):
     return runner
 
 
-MADV_HUGEPAGE = 14  # linux/mman.h
-HUGE_PAGE_MIN_BYTES = 4 << 20
-
-
-@functools.lru_cache(maxsize=None)
-def _madvise() -> Optional[Callable[..., int]]:
-    """libc's madvise on Linux, else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def new_buffer(like: torch.Tensor, *shape: int, zero: bool = False) -> torch.Tensor:
-    """``like.new_empty(shape)`` (``new_zeros`` when ``zero``) for a kernel to fill; a buffer of HUGE_PAGE_MIN_BYTES
-    or more is first advised to use transparent huge pages (Linux; a no-op where THP is off). A fresh buffer of tens
-    of MB is a fresh mapping, and faulting it in 4 KiB pages took longer than the scan that fills it (77 MB: 22 ms
-    against 5 ms with huge pages, AVX-512 EPYC, 2 threads)."""
-    buffer = like.new_empty(shape)
-    nbytes = buffer.numel() * buffer.element_size()
-    madvise = _madvise() if buffer.device.type == "cpu" and nbytes >= HUGE_PAGE_MIN_BYTES else None
-    if madvise is not None:
-        page = 4096
-        start = (buffer.data_ptr() + page - 1) // page * page
-        madvise(start, (buffer.data_ptr() + nbytes) // page * page - start, MADV_HUGEPAGE)
-    return buffer.zero_() if zero else buffer
-
-
 def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     """A tensor's data address for a kernel argument; None (a NULL pointer) for a missing tensor."""
     return None if t is None else t.data_ptr()

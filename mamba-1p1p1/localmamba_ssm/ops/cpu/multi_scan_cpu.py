@@ -112,15 +112,14 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
     num_dirs, length = index.shape
     inner, width, rank, state = x_proj_w.shape[2], x_proj_w.shape[1], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
-    y = ckernel.new_buffer(src, batch, num_dirs, num_tokens, inner)
-    ckpt = ckernel.new_buffer(src, *_checkpoint_shape(lib, num_dirs, batch, length, inner, state)) if save_states \
-        else src.new_empty(0)
+    y = src.new_empty(batch, num_dirs, num_tokens, inner)
+    ckpt = src.new_empty(_checkpoint_shape(lib, num_dirs, batch, length, inner, state) if save_states else 0)
     if conv_w is None:
         u = src.new_empty(0)
         xdbl = torch.mm(_token_x(src, inner), x_proj_w.reshape(-1, inner).t()).view(batch, num_tokens, num_dirs,
                                                                                      width)
     else:
-        u = ckernel.new_buffer(src, num_dirs, batch, length, inner)
+        u = src.new_empty(num_dirs, batch, length, inner)
         gather = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u)
         ckernel.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
         xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
@@ -162,8 +161,8 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     used = inner * (2 if gate else 1)
-    dsrc = ckernel.new_buffer(src, *src.shape, zero=src.shape[2] > used)
-    du, dxdbl = ckernel.new_buffer(u, *u.shape), torch.empty_like(xdbl)
+    dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
+    du, dxdbl = torch.empty_like(u), torch.empty_like(xdbl)
     tasks = ckernel.num_tasks(batch, 1)
     dA = src.new_zeros(tasks, num_dirs, state, inner)
     ddt_w = src.new_zeros(tasks, num_dirs, rank, inner)
