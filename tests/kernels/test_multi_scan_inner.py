@@ -104,6 +104,17 @@ def test_backend_matches_reference_outputs_and_gradients(cpu_backend, gate, conv
     assert_backend_matches_reference(make_problem(gate=gate, conv=conv, **shape), gate)
 
 
+def test_inference_calls_of_changing_sizes_match_the_reference(cpu_backend):
+    """Without autograd the conv's sequences live in a buffer reused across calls: a call after a bigger one and a
+    call after a smaller one (the buffer grows) are both right."""
+    problems = [make_problem(batch=3, length=20, inner=16, seed=1), make_problem(seed=2),
+                make_problem(batch=4, num_tokens=15, length=21, inner=20, seed=3)]
+    with torch.no_grad():
+        for p in problems:
+            torch.testing.assert_close(multi_scan_inner_fn(**p, gate=True), multi_scan_inner_ref(**p, gate=True),
+                                       rtol=1e-5, atol=1e-5)
+
+
 def test_padding_positions_never_reach_outputs(cpu_backend):
     """Tokens listed after padding inside a sequence still see the right state: padding zeros are real steps."""
     p = make_problem(num_tokens=4, length=8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -88,6 +89,21 @@ def _channel_major(conv_w, dt_w, A_log, lanes: int):
     return conv_t, (dt_t, A_t, A_t * EXP2_8_SCALE)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(*shape: int) -> torch.Tensor:
+    """An fp32 buffer of ``shape`` for use within one call, taken from a per-thread buffer that is kept and reused.
+    A fresh buffer of several MB is page-faulted in on every call (glibc hands freed big blocks back to the OS):
+    at LocalVim-T batch 8 the sequences' buffer alone took 47k page faults per forward, more time than the gather
+    that fills it."""
+    numel = math.prod(shape)
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _SCRATCH.buffer = torch.empty(numel)
+    return buffer[:numel].view(shape)
+
+
 def _token_x(src: torch.Tensor, inner: int) -> torch.Tensor:
     """The x channels of the token rows (Bt, T, C) as a (Bt * T, E) view (row stride C)."""
     return src[:, :, :inner].view(-1, inner)
@@ -104,8 +120,8 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
                        A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
                        save_states: bool) -> Tuple[_T, _T, _T, _T]:
     """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and for the backward u and xdbl
-    (with a conv: (K, Bt, L, E) and (K, Bt, L, R + 2N); without: empty and (Bt, T, K, R + 2N)) and, when
-    ``save_states``, the scan's state at every chunk start (else empty)."""
+    (with a conv: (K, Bt, L, E), empty unless ``save_states``, and (K, Bt, L, R + 2N); without: empty and
+    (Bt, T, K, R + 2N)) and, when ``save_states``, the scan's state at every chunk start (else empty)."""
     lib = load_kernel()
     _check_index(index, src.shape[1])
     batch, num_tokens = src.shape[:2]
@@ -119,7 +135,8 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
         xdbl = torch.mm(_token_x(src, inner), x_proj_w.reshape(-1, inner).t()).view(batch, num_tokens, num_dirs,
                                                                                      width)
     else:
-        u = src.new_empty(num_dirs, batch, length, inner)
+        shape = (num_dirs, batch, length, inner)
+        u = src.new_empty(shape) if save_states else _scratch(*shape)
         gather = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u)
         ckernel.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
         xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
@@ -131,7 +148,7 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
         return a
 
     ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make, num_dirs * batch, 1)
-    return y, u, xdbl, ckpt
+    return y, u if save_states else src.new_empty(0), xdbl, ckpt
 
 
 @multi_scan_cpu_fwd.register_fake
@@ -143,7 +160,8 @@ def _multi_scan_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log
     if conv_w is None:
         u, xdbl = src.new_empty(0), src.new_empty(batch, num_tokens, num_dirs, width)
     else:
-        u, xdbl = src.new_empty(num_dirs, batch, length, inner), src.new_empty(num_dirs, batch, length, width)
+        u = src.new_empty((num_dirs, batch, length, inner) if save_states else 0)
+        xdbl = src.new_empty(num_dirs, batch, length, width)
     return src.new_empty(batch, num_dirs, num_tokens, inner), u, xdbl, src.new_empty(ckpt_shape)
 
 
@@ -162,7 +180,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     used = inner * (2 if gate else 1)
     dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
-    du, dxdbl = torch.empty_like(u), torch.empty_like(xdbl)
+    du, dxdbl = _scratch(*u.shape), torch.empty_like(xdbl)
     tasks = ckernel.num_tasks(batch, 1)
     dA = src.new_zeros(tasks, num_dirs, state, inner)
     ddt_w = src.new_zeros(tasks, num_dirs, rank, inner)
