@@ -75,14 +75,16 @@ def multi_mamba_scan(xz: torch.Tensor, directions: tuple[str, ...], grid: tuple[
                      cls_position: Optional[int], x_proj: list[torch.Tensor], dt_proj_weight: list[torch.Tensor],
                      dt_proj_bias: list[torch.Tensor], A_log: list[torch.Tensor], D: list[torch.Tensor],
                      conv_weight: list[torch.Tensor], conv_bias: list[Optional[torch.Tensor]],
-                     traced: bool = False) -> torch.Tensor:
+                     traced: bool = False, attention: Optional[tuple[torch.Tensor, ...]] = None,
+                     eps: float = 1e-5) -> torch.Tensor:
     """The scan of a LocalVim layer: the per-direction parameters (lists, one entry per direction) stacked along K,
     the layer's index table for ``grid``, and :func:`scan_all_directions` on the in_proj output xz (B, L, 2E)
-    with the SiLU(z) gate -> (B, K, L, E). One call in a torch.fx trace."""
+    with the SiLU(z) gate -> (B, K, L, E), or with ``attention`` (the channel attention's weights and eps) attended
+    and summed -> (B, L, E). One call in a torch.fx trace."""
     stacked_bias = None if conv_bias[0] is None else torch.stack(conv_bias)
     return scan_all_directions(xz, sequence_index(directions, grid, cls_position, xz.device), torch.stack(x_proj),
                                torch.stack(dt_proj_weight), torch.stack(dt_proj_bias), torch.stack(A_log),
-                               torch.stack(D), torch.stack(conv_weight), stacked_bias, True, traced)
+                               torch.stack(D), torch.stack(conv_weight), stacked_bias, True, traced, attention, eps)
 
 
 class MultiMamba(nn.Module):
@@ -149,12 +151,13 @@ class MultiMamba(nn.Module):
         table. Then the shared channel attention per direction, the merge, and out_proj.
         """
         xz = self.in_proj(hidden)                                                    # (B, L, 2E)
+        attention = self.multi_scan.fused_attention(self.attn)
         y = multi_mamba_scan(xz, self.directions, grid, cls_position, self._per_direction('x_proj', 'weight'),
                              self._per_direction('dt_proj', 'weight'), self._per_direction('dt_proj', 'bias'),
                              self._per_direction('A_log'), self._per_direction('D'),
                              self._per_direction('conv1d', 'weight'), self._per_direction('conv1d', 'bias'),
-                             self.trace_scan)
-        return self.out_proj(self.multi_scan.attend_and_merge(y, self.attn))        # (B, K, L, E) -> (B, L, C)
+                             self.trace_scan, attention, self.attn.norm.eps)       # (B, L, E), search: (B, K, L, E)
+        return self.out_proj(y if attention is not None else self.multi_scan.attend_and_merge(y, self.attn))
 
 
 class Block(nn.Module):

@@ -35,18 +35,21 @@ __all__ = ['SS2D', 'VSSBlock', 'PatchMerging2D', 'VSSM', 'checkpoint_filter_fn']
 @torch.fx.wrap
 def ss2d_scan(x: torch.Tensor, directions: tuple[str, ...], x_proj_weight: torch.Tensor,
               dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
-              traced: bool = False) -> torch.Tensor:
+              traced: bool = False, attention: Optional[tuple[torch.Tensor, ...]] = None,
+              eps: float = 1e-5) -> torch.Tensor:
     """The scan of an SS2D block: the map x (B, E, H, W) as token rows in fp32, the block's index table, and
     :func:`scan_all_directions` with its stacked parameters (``A_logs`` (K*E, N) and ``Ds`` (K*E) viewed per
-    direction) -> (B, K, H*W, E). One call in a torch.fx trace. An empty batch is refused (ValueError), since the
-    scan kernels need at least one sequence."""
+    direction) -> (B, K, H*W, E), or with ``attention`` (the channel attention's weights and eps) attended and
+    summed -> (B, H*W, E). One call in a torch.fx trace. An empty batch is refused (ValueError), since the scan
+    kernels need at least one sequence."""
     if x.shape[0] == 0:
         raise ValueError('LocalVMamba: empty batch (batch size 0)')
     num_dirs, inner = len(directions), x.shape[1]
     tokens = x.permute(0, 2, 3, 1).flatten(1, 2).float()
     index = sequence_index(directions, (x.shape[2], x.shape[3]), None, x.device)
     return scan_all_directions(tokens, index, x_proj_weight, dt_projs_weight, dt_projs_bias,
-                               A_logs.view(num_dirs, inner, -1), Ds.view(num_dirs, inner), traced=traced)
+                               A_logs.view(num_dirs, inner, -1), Ds.view(num_dirs, inner), traced=traced,
+                               attention=attention, eps=eps)
 
 
 @register_notrace_function
@@ -112,9 +115,11 @@ class SS2D(nn.Module):
         ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
         table. Then the shared channel attention per direction, the merge and ``out_norm``.
         """
+        attn = self.multi_scan.attn
+        attention = self.multi_scan.fused_attention(attn)
         ys = ss2d_scan(x, self.directions, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
-                       self.Ds, self.trace_scan)                                                  # (B, K, H*W, E)
-        merged = self.multi_scan.attend_and_merge(ys, self.multi_scan.attn)                      # (B, H*W, E)
+                       self.Ds, self.trace_scan, attention, attn.norm.eps)     # (B, H*W, E), search: (B, K, H*W, E)
+        merged = ys if attention is not None else self.multi_scan.attend_and_merge(ys, attn)        # (B, H*W, E)
         return self.out_norm(merged).unflatten(1, (x.shape[2], x.shape[3])).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

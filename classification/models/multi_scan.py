@@ -1,20 +1,19 @@
 """Parts shared by the LocalVim and LocalVMamba mixers: the scan of all directions, the channel attention, and the
-merge of the K directions (plain sum, or the softmax-weighted sum of a search supernet).
+merge of the K directions (plain sum, fused into the scan's call, or the softmax-weighted sum of a search supernet).
 
-The kernels these parts call are opaque to ``torch.fx`` (``torch.fx.wrap`` for ``symbolic_trace``, timm's
-``register_notrace_function`` for its feature extraction): a trace records each as one call.
+The mixers call :func:`scan_all_directions` from functions that are opaque to ``torch.fx`` (``torch.fx.wrap`` for
+``symbolic_trace``, timm's ``register_notrace_function`` for its feature extraction): a trace records each as one
+call.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
-import torch.fx
 import torch.nn.functional as F
-from timm.layers import register_notrace_function
 from torch import nn
 
-from localmamba_ssm import attention_merge_fn, multi_scan_inner_fn
+from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn
 from localmamba_ssm.ops.reference import multi_scan_inner_composed
 
 from .directions import CANDIDATES
@@ -24,25 +23,27 @@ from .scan_maps import parse_direction
 # Every search layer is a mixer's ``multi_scan`` (:class:`MultiScan`); this ends its parameter's state-dict name.
 SEARCH_WEIGHT_SUFFIX = 'multi_scan.weights'
 
-torch.fx.wrap('attention_merge_fn')
-register_notrace_function(attention_merge_fn)
-
 
 def scan_all_directions(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                         dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                         D: torch.Tensor, conv_weight: Optional[torch.Tensor] = None,
                         conv_bias: Optional[torch.Tensor] = None, gate: bool = False,
-                        traced: bool = False) -> torch.Tensor:
-    """``multi_scan_inner_fn`` (same arguments, (B, K, T, E) result) for both mixers.
+                        traced: bool = False, attention: Optional[Sequence[torch.Tensor]] = None,
+                        eps: float = 1e-5) -> torch.Tensor:
+    """``multi_scan_inner_fn`` (same arguments, (B, K, T, E) result) for both mixers; with ``attention`` (a
+    :class:`ChannelAttention`'s ``merge_weights()`` and its LayerNorm ``eps``) the directions are attended and summed
+    in the same call, ``multi_scan_attention_merge_fn`` -> (B, T, E).
 
     ``traced`` (a mixer's ``trace_scan``, set while counting FLOPs, see ``flop_count``) runs the plain-op composition
     with the conv and the scan as single ops that fvcore's trace can charge.
     """
+    args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
     if traced:
-        return multi_scan_inner_composed(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-                                         conv_weight, conv_bias, gate, traced_causal_conv1d, traced_selective_scan)
-    return multi_scan_inner_fn(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,
-                               conv_bias, gate)
+        outputs = multi_scan_inner_composed(*args, traced_causal_conv1d, traced_selective_scan)
+        return outputs if attention is None else attention_merge_fn(outputs, *attention, eps)
+    if attention is None:
+        return multi_scan_inner_fn(*args)
+    return multi_scan_attention_merge_fn(*args, attention_weights=attention, eps=eps)
 
 
 class ChannelAttention(nn.Module):
@@ -66,11 +67,10 @@ class ChannelAttention(nn.Module):
         summary = self.norm(x).mean(dim=-2, keepdim=True)
         return x * self.gate(self.channel_select(self.act(self.global_reduce(summary))))
 
-    def forward_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` on each direction of x (B, K, L, C), summed over the directions -> (B, L, C), as one fused op."""
-        return attention_merge_fn(x, self.norm.weight, self.norm.bias, self.global_reduce.weight,
-                                  self.global_reduce.bias, self.channel_select.weight, self.channel_select.bias,
-                                  self.norm.eps)
+    def merge_weights(self) -> tuple[torch.Tensor, ...]:
+        """The weights in the order ``attention_merge_fn`` takes them (the fused per-direction attention + sum)."""
+        return (self.norm.weight, self.norm.bias, self.global_reduce.weight, self.global_reduce.bias,
+                self.channel_select.weight, self.channel_select.bias)
 
 
 class MultiScan(nn.Module):
@@ -105,9 +105,14 @@ class MultiScan(nn.Module):
         probs = torch.softmax(self.weights, dim=0).view(1, -1, 1, 1).to(normed.dtype)
         return (normed * probs).sum(dim=1)
 
+    def fused_attention(self, attn: ChannelAttention) -> Optional[tuple[torch.Tensor, ...]]:
+        """``attn``'s weights for a scan that attends and sums its directions in the same call (the plain merge),
+        None for a search layer, whose merge is :meth:`attend_and_merge`."""
+        return None if self.search else attn.merge_weights()
+
     def attend_and_merge(self, outputs: torch.Tensor, attn: ChannelAttention) -> torch.Tensor:
-        """``merge(attn(outputs))``: (B, K, L, C) -> (B, L, C); the plain sum runs as one fused op."""
-        return self.merge(attn(outputs)) if self.search else attn.forward_sum(outputs)
+        """``merge(attn(outputs))``: (B, K, L, C) -> (B, L, C)."""
+        return self.merge(attn(outputs))
 
     def extra_repr(self) -> str:
         return ('search over ' if self.search else '') + ', '.join(self.directions)

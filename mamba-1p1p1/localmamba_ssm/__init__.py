@@ -1,5 +1,6 @@
 """Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj``), and the
-fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``, ``attention_merge_fn``).
+fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``, ``attention_merge_fn``, and the two in one
+call, ``multi_scan_attention_merge_fn``).
 
 Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``; override with the environment
 variable ``LOCALMAMBA_BACKEND`` and query with :func:`selected_backend`.
@@ -11,7 +12,7 @@ from localmamba_kernel_runtime import ckernel
 from localmamba_kernel_runtime.backends import selected_backend
 
 from .ops.layernorm import RMSNorm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
-from .ops.multi_scan_interface import attention_merge_fn, multi_scan_inner_fn
+from .ops.multi_scan_interface import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn
 from .ops.reference import (attention_merge_ref, mamba_inner_no_out_proj_ref, mamba_inner_ref, multi_scan_inner_ref,
                             selective_scan_ref)
 from .ops.selective_scan_interface import mamba_inner_fn, mamba_inner_fn_no_out_proj, selective_scan_fn
@@ -38,6 +39,7 @@ __all__ = [
     "mamba_inner_fn_no_out_proj",
     "mamba_inner_no_out_proj_ref",
     "mamba_inner_ref",
+    "multi_scan_attention_merge_fn",
     "multi_scan_inner_fn",
     "multi_scan_inner_ref",
     "rms_norm_fn",

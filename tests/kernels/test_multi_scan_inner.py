@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from localmamba_ssm import (attention_merge_fn, attention_merge_ref, mamba_inner_no_out_proj_ref, multi_scan_inner_fn,
+from localmamba_ssm import (attention_merge_fn, attention_merge_ref, mamba_inner_no_out_proj_ref,
+                            multi_scan_attention_merge_fn, multi_scan_inner_fn,
                             multi_scan_inner_ref, selective_scan_ref)
 
 
@@ -177,3 +178,40 @@ def test_reference_gradients_float64():
         return multi_scan_inner_ref(**{**p, **dict(zip(names, tensors))}, gate=True)
 
     assert torch.autograd.gradcheck(fn, [p[k] for k in names])
+
+
+@pytest.mark.parametrize('gate, conv', [(True, True), (False, False)])
+def test_scan_and_merge_in_one_call_equals_the_two_references(cpu_backend, gate, conv):
+    """multi_scan_attention_merge_fn = attention_merge_ref(multi_scan_inner_ref(...)): without autograd (on the cpu
+    backend: the directions' outputs in a reused buffer, called twice), and with gradients of every input."""
+    p = make_problem(gate=gate, conv=conv)
+    attention = attention_problem(batch=p['tokens'].shape[0], num_dirs=p['index'].shape[0],
+                                  num_tokens=p['tokens'].shape[1], dim=p['x_proj_weight'].shape[2], seed=4)[1:]
+    expected = attention_merge_ref(multi_scan_inner_ref(**p, gate=gate), *attention)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(multi_scan_attention_merge_fn(**p, gate=gate, attention_weights=attention),
+                                       expected, rtol=1e-5, atol=1e-5)
+    out = multi_scan_attention_merge_fn(**p, gate=gate, attention_weights=attention)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    inputs = [v for key, v in p.items() if key != 'index' and v is not None] + list(attention)
+    weight = torch.randn_like(out)
+    for got, want in zip(grads(out, inputs, weight), grads(expected, inputs, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_and_merge_without_autograd_keeps_the_outputs_in_one_reused_buffer(force_backend):
+    """On the cpu backends and without autograd, the directions' outputs are written to the per-thread scratch
+    buffer (no fresh tensor per call)."""
+    from localmamba_ssm.ops.cpu import multi_scan_cpu
+
+    p = make_problem(gate=False, conv=False)
+    shape = (2, 3, 11, 12)                                                   # (Bt, K, T, E) of the problem
+    attention = attention_problem(*shape, seed=5)[1:]
+    buffer = multi_scan_cpu.scratch('outputs', *shape).zero_()
+    force_backend('cpu')
+    with torch.no_grad():
+        multi_scan_attention_merge_fn(**p, attention_weights=attention)
+        expected = multi_scan_inner_ref(**p)
+    assert multi_scan_cpu.scratch('outputs', *shape).data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(buffer, expected, rtol=1e-5, atol=1e-5)

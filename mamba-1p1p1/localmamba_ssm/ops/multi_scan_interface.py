@@ -8,11 +8,12 @@ LocalMamba channel attention to each direction's output and sums them. Backends 
 on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_conv1d_fn`` and ``selective_scan_fn``,
 which choose their own backends: what runs for fp64 and under ``torch.jit`` tracing) and ``reference`` (the
 composition on the reference conv and scan). ``attention_merge``: ``triton`` (``triton/attention_merge_triton.py``),
-``cpu`` (C kernels) and ``reference`` (plain ops, on any device).
+``cpu`` (C kernels) and ``reference`` (plain ops, on any device). ``multi_scan_attention_merge_fn`` is the two in
+one call, which on the ``cpu`` backends without autograd keeps the directions' outputs in a reused buffer.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -20,7 +21,7 @@ from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
 from localmamba_kernel_runtime.validation import shape_str
 
-from .cpu import attention_merge_cpu, multi_scan_cpu
+from .cpu import attention_merge_cpu, multi_scan_cpu, scan_merge_cpu
 from .cpu.selective_scan_cpu import MAX_STATE
 from .reference import attention_merge_ref, multi_scan_inner_composed, multi_scan_inner_ref
 from .selective_scan_interface import selective_scan_fn
@@ -160,3 +161,34 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
     if backend == "cpu":
         return attention_merge_cpu.attention_merge_cpu(*args)
     return attention_merge_ref(*args)
+
+
+def multi_scan_attention_merge_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
+                                  dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                                  D: Optional[torch.Tensor] = None, conv_weight: Optional[torch.Tensor] = None,
+                                  conv_bias: Optional[torch.Tensor] = None, gate: bool = False, *,
+                                  attention_weights: Sequence[torch.Tensor], eps: float = 1e-5) -> torch.Tensor:
+    """``attention_merge_fn(multi_scan_inner_fn(tokens, ..., gate), *attention_weights, eps)`` -> (Bt, T, E): the
+    scan of all directions, then the channel attention per direction and the sum (a mixer's plain merge).
+
+    ``attention_weights``: norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias as
+    ``attention_merge_fn`` takes them. Without autograd (no gradient needed), on plain tensors outside
+    ``torch.compile`` and ``torch.jit`` tracing, and where both ops would run on their ``cpu`` backend, the
+    directions' outputs go to a scratch buffer reused across calls instead of a fresh tensor; otherwise it is the
+    two calls.
+    """
+    scan_args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
+    inner = x_proj_weight.shape[-1]
+    tensors = [t for t in (*scan_args[:9], *attention_weights) if t is not None]
+    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if (inference and type(tokens) is torch.Tensor and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()):
+        _check_scan_args(*scan_args)
+        if attention_weights[0].shape != (inner,):
+            raise ValueError(f"attention_merge: norm_weight must have shape ({inner},) (E), "
+                             f"got {shape_str(attention_weights[0])}")
+        check = _fused_input_check(tokens, inner, A_log.shape[-1], dt_proj_weight.shape[-1])
+        if (backends.select(OP_SCAN, tokens.device, check) == "cpu"
+                and backends.select(OP_MERGE, tokens.device, _fused_input_check(tokens, inner)) == "cpu"):
+            return scan_merge_cpu.multi_scan_attention_merge_cpu(*scan_args, attention_weights, eps)
+    return attention_merge_fn(multi_scan_inner_fn(*scan_args), *attention_weights, eps)

@@ -49,12 +49,10 @@ def _attention_args(y, eps) -> AttentionMergeArgs:
     return AttentionMergeArgs(batch=batch, ndir=num_dirs, ntok=num_tokens, dim=dim, eps=eps, y=y.data_ptr())
 
 
-@torch.library.custom_op("localmamba::attention_merge_cpu_fwd", mutates_args=(), device_types="cpu")
-def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, reduce_w: torch.Tensor,
-                            reduce_b: torch.Tensor, select_w: torch.Tensor, select_b: torch.Tensor,
-                            eps: float) -> Tuple[_T, _T, _T, _T, _T, _T]:
-    """Contiguous fp32 y (Bt, K, T, E) -> merged (Bt, T, E), and for the backward: gate (Bt, K, E), the normalised
-    token means xbar (Bt, K, E), each row's mean and rstd (Bt, K, T), and the MLP's hidden pre-activation."""
+def merge_forward(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, reduce_w: torch.Tensor,
+                  reduce_b: torch.Tensor, select_w: torch.Tensor, select_b: torch.Tensor,
+                  eps: float) -> Tuple[_T, _T, _T, _T, _T, _T]:
+    """The forward of ``attention_merge_cpu_fwd`` as a plain function (see there)."""
     lib = load_kernel()
     batch, num_dirs, num_tokens, dim = y.shape
     xbar = y.new_empty(batch, num_dirs, dim)
@@ -77,6 +75,15 @@ def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch
 
     ckernel.run_tasks(lib.attention_weighted_sum, make_merge, batch * num_tokens, MIN_ROWS_PER_TASK)
     return out, gate, xbar, mu, rstd, hidden
+
+
+@torch.library.custom_op("localmamba::attention_merge_cpu_fwd", mutates_args=(), device_types="cpu")
+def attention_merge_cpu_fwd(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, reduce_w: torch.Tensor,
+                            reduce_b: torch.Tensor, select_w: torch.Tensor, select_b: torch.Tensor,
+                            eps: float) -> Tuple[_T, _T, _T, _T, _T, _T]:
+    """Contiguous fp32 y (Bt, K, T, E) -> merged (Bt, T, E), and for the backward: gate (Bt, K, E), the normalised
+    token means xbar (Bt, K, E), each row's mean and rstd (Bt, K, T), and the MLP's hidden pre-activation."""
+    return merge_forward(y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps)
 
 
 @attention_merge_cpu_fwd.register_fake

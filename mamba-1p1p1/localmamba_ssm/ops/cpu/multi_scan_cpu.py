@@ -92,15 +92,16 @@ def _channel_major(conv_w, dt_w, A_log, lanes: int):
 _SCRATCH = threading.local()
 
 
-def _scratch(*shape: int) -> torch.Tensor:
-    """An fp32 buffer of ``shape`` for use within one call, taken from a per-thread buffer that is kept and reused.
-    A fresh buffer of several MB is page-faulted in on every call (glibc hands freed big blocks back to the OS):
-    at LocalVim-T batch 8 the sequences' buffer alone took 47k page faults per forward, more time than the gather
-    that fills it."""
+def scratch(name: str, *shape: int) -> torch.Tensor:
+    """An fp32 buffer of ``shape`` for use within one call, from the per-thread buffer ``name``, kept and reused
+    across calls. A fresh buffer of several MB is page-faulted in on every call (glibc hands freed big blocks back to
+    the OS): at LocalVim-T batch 8 the sequences' buffer alone took 47k page faults per forward, more time than the
+    gather that fills it."""
     numel = math.prod(shape)
-    buffer = getattr(_SCRATCH, "buffer", None)
+    buffer = getattr(_SCRATCH, name, None)
     if buffer is None or buffer.numel() < numel:
-        buffer = _SCRATCH.buffer = torch.empty(numel)
+        buffer = torch.empty(numel)
+        setattr(_SCRATCH, name, buffer)
     return buffer[:numel].view(shape)
 
 
@@ -114,21 +115,18 @@ def _check_index(index: torch.Tensor, num_tokens: int) -> None:
         raise ValueError(f"index values must lie in [0, {num_tokens}] (the token count marks padding)")
 
 
-@torch.library.custom_op("localmamba::multi_scan_cpu_fwd", mutates_args=(), device_types="cpu")
-def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
-                       conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
-                       A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
-                       save_states: bool) -> Tuple[_T, _T, _T, _T]:
-    """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and for the backward u and xdbl
-    (with a conv: (K, Bt, L, E), empty unless ``save_states``, and (K, Bt, L, R + 2N); without: empty and
-    (Bt, T, K, R + 2N)) and, when ``save_states``, the scan's state at every chunk start (else empty)."""
+def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
+                 conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
+                 A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool, save_states: bool,
+                 y: torch.Tensor) -> Tuple[_T, _T, _T]:
+    """The forward of ``multi_scan_cpu_fwd`` as a plain function writing its output to ``y`` (Bt, K, T, E);
+    returns u, xdbl and the chunk states (see there)."""
     lib = load_kernel()
     _check_index(index, src.shape[1])
     batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
     inner, width, rank, state = x_proj_w.shape[2], x_proj_w.shape[1], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
-    y = src.new_empty(batch, num_dirs, num_tokens, inner)
     ckpt = src.new_empty(_checkpoint_shape(lib, num_dirs, batch, length, inner, state) if save_states else 0)
     if conv_w is None:
         u = src.new_empty(0)
@@ -136,7 +134,7 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
                                                                                      width)
     else:
         shape = (num_dirs, batch, length, inner)
-        u = src.new_empty(shape) if save_states else _scratch(*shape)
+        u = src.new_empty(shape) if save_states else scratch("sequences", *shape)
         gather = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u)
         ckernel.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
         xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
@@ -148,7 +146,19 @@ def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[
         return a
 
     ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make, num_dirs * batch, 1)
-    return y, u if save_states else src.new_empty(0), xdbl, ckpt
+    return u if save_states else src.new_empty(0), xdbl, ckpt
+
+
+@torch.library.custom_op("localmamba::multi_scan_cpu_fwd", mutates_args=(), device_types="cpu")
+def multi_scan_cpu_fwd(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
+                       conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
+                       A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
+                       save_states: bool) -> Tuple[_T, _T, _T, _T]:
+    """Contiguous fp32 inputs (see ``multi_scan_inner_cpu``) -> y (Bt, K, T, E), and for the backward u and xdbl
+    (with a conv: (K, Bt, L, E), empty unless ``save_states``, and (K, Bt, L, R + 2N); without: empty and
+    (Bt, T, K, R + 2N)) and, when ``save_states``, the scan's state at every chunk start (else empty)."""
+    y = src.new_empty(src.shape[0], index.shape[0], src.shape[1], x_proj_w.shape[2])
+    return (y,) + scan_forward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, save_states, y)
 
 
 @multi_scan_cpu_fwd.register_fake
@@ -180,7 +190,7 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     used = inner * (2 if gate else 1)
     dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
-    du, dxdbl = _scratch(*u.shape), torch.empty_like(xdbl)
+    du, dxdbl = scratch("sequences", *u.shape), torch.empty_like(xdbl)
     tasks = ckernel.num_tasks(batch, 1)
     dA = src.new_zeros(tasks, num_dirs, state, inner)
     ddt_w = src.new_zeros(tasks, num_dirs, rank, inner)
@@ -245,21 +255,28 @@ def _multi_scan_backward(ctx, dy, du_unused, dxdbl_unused, dckpt_unused):
 multi_scan_cpu_fwd.register_autograd(_multi_scan_backward, setup_context=_multi_scan_setup)
 
 
+def kernel_inputs(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
+                  dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                  D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
+                  conv_bias: Optional[torch.Tensor]) -> tuple:
+    """``multi_scan_inner_fn``'s tensors as the kernels take them: contiguous, fp32, the conv weight (K, E, W)."""
+
+    def f32(t):
+        return None if t is None else t.float().contiguous()
+
+    return (f32(tokens), index.contiguous(), None if conv_weight is None else f32(conv_weight.flatten(2)),
+            f32(conv_bias), f32(x_proj_weight), f32(dt_proj_weight), f32(dt_proj_bias), f32(A_log), f32(D))
+
+
 def multi_scan_inner_cpu(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                          dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                          D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
                          conv_bias: Optional[torch.Tensor], gate: bool) -> torch.Tensor:
     """cpu backend of ``multi_scan_inner_fn`` (same arguments; fp32 compute, output in the tokens' dtype)."""
-    dtype = tokens.dtype
-
-    def f32(t):
-        return None if t is None else t.float().contiguous()
-
     inputs = (tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias)
     save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     with autocast_off(tokens.device.type):
         y, _, _, _ = torch.ops.localmamba.multi_scan_cpu_fwd(
-            f32(tokens), index.contiguous(), None if conv_weight is None else f32(conv_weight.flatten(2)),
-            f32(conv_bias), f32(x_proj_weight), f32(dt_proj_weight), f32(dt_proj_bias), f32(A_log), f32(D), gate,
-            save_states)
-    return y.to(dtype)
+            *kernel_inputs(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,
+                           conv_bias), gate, save_states)
+    return y.to(tokens.dtype)
