@@ -116,6 +116,17 @@ def test_inference_calls_of_changing_sizes_match_the_reference(cpu_backend):
                                        rtol=1e-5, atol=1e-5)
 
 
+def test_a_backward_after_inference_mode_calls_is_right(cpu_backend):
+    """The reused buffers first made under torch.inference_mode serve a later backward (which updates one in place)."""
+    from localmamba_ssm.ops.cpu import multi_scan_cpu
+
+    multi_scan_cpu._SCRATCH.__dict__.clear()                  # this thread's buffers are made afresh below
+    p = make_problem(batch=3, length=20, inner=16, seed=6)
+    with torch.inference_mode():
+        multi_scan_inner_fn(**p, gate=True)
+    assert_backend_matches_reference(p, True)
+
+
 def test_padding_positions_never_reach_outputs(cpu_backend):
     """Tokens listed after padding inside a sequence still see the right state: padding zeros are real steps."""
     p = make_problem(num_tokens=4, length=8)

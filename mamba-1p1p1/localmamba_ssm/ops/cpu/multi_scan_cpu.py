@@ -100,7 +100,8 @@ def scratch(name: str, *shape: int) -> torch.Tensor:
     numel = math.prod(shape)
     buffer = getattr(_SCRATCH, name, None)
     if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel)
+        with torch.inference_mode(False):  # a normal tensor: a backward outside inference mode updates it in place
+            buffer = torch.empty(numel)
         setattr(_SCRATCH, name, buffer)
     return buffer[:numel].view(shape)
 
