@@ -172,17 +172,14 @@ def multi_scan_attention_merge_fn(tokens: torch.Tensor, index: torch.Tensor, x_p
     scan of all directions, then the channel attention per direction and the sum (a mixer's plain merge).
 
     ``attention_weights``: norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias as
-    ``attention_merge_fn`` takes them. Without autograd (no gradient needed), on plain tensors outside
-    ``torch.compile`` and ``torch.jit`` tracing, and where both ops would run on their ``cpu`` backend, the
-    directions' outputs go to a scratch buffer reused across calls instead of a fresh tensor; otherwise it is the
-    two calls.
+    ``attention_merge_fn`` takes them. Where both ops would run on their ``cpu`` backend, on plain tensors outside
+    ``torch.compile`` and ``torch.jit`` tracing, the two run as one (``cpu/scan_merge_cpu.py``): the directions'
+    outputs, or in the backward their gradient, go to a buffer reused across calls instead of a fresh tensor;
+    otherwise it is the two calls.
     """
     scan_args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
     inner = x_proj_weight.shape[-1]
-    tensors = [t for t in (*scan_args[:9], *attention_weights) if t is not None]
-    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    if (inference and type(tokens) is torch.Tensor and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()):
+    if type(tokens) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         _check_scan_args(*scan_args)
         if attention_weights[0].shape != (inner,):
             raise ValueError(f"attention_merge: norm_weight must have shape ({inner},) (E), "

@@ -94,12 +94,12 @@ def _attention_fwd_fake(y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_
             y.new_empty(batch, num_dirs, reduce_w.shape[0]))
 
 
-@torch.library.custom_op("localmamba::attention_merge_cpu_bwd", mutates_args=(), device_types="cpu")
-def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar: torch.Tensor,
-                            mu: torch.Tensor, rstd: torch.Tensor, hidden: torch.Tensor, norm_w: torch.Tensor,
-                            norm_b: torch.Tensor, reduce_w: torch.Tensor, select_w: torch.Tensor
-                            ) -> Tuple[_T, _T, _T, _T, _T, _T, _T]:
-    """Backward -> dy, dnorm_w, dnorm_b, dreduce_w, dreduce_b, dselect_w, dselect_b."""
+def merge_backward(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar: torch.Tensor, mu: torch.Tensor,
+                   rstd: torch.Tensor, hidden: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor,
+                   reduce_w: torch.Tensor, select_w: torch.Tensor,
+                   dy: torch.Tensor) -> Tuple[_T, _T, _T, _T, _T, _T]:
+    """The backward of ``attention_merge_cpu_bwd`` as a plain function writing the input gradient to ``dy`` (y's
+    shape); returns the parameters' gradients (see there)."""
     lib = load_kernel()
     batch, num_dirs, num_tokens, dim = y.shape
     dgate = y.new_empty(batch, num_dirs, dim)
@@ -119,7 +119,6 @@ def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Ten
     dsummary = (dhidden @ reduce_w).view(batch, num_dirs, dim)
     dnorm_w, dnorm_b = (dsummary * xbar).sum((0, 1)), dsummary.sum((0, 1))
     dxbar = (dsummary * norm_w).contiguous()
-    dy = torch.empty_like(y)
 
     def make_input(_):
         a = make(0)
@@ -127,7 +126,17 @@ def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Ten
         return a
 
     ckernel.run_tasks(lib.attention_input_grad, make_input, batch * num_dirs, 1)
-    return dy, dnorm_w, dnorm_b, dreduce_w, dreduce_b, dselect_w, dselect_b
+    return dnorm_w, dnorm_b, dreduce_w, dreduce_b, dselect_w, dselect_b
+
+
+@torch.library.custom_op("localmamba::attention_merge_cpu_bwd", mutates_args=(), device_types="cpu")
+def attention_merge_cpu_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar: torch.Tensor,
+                            mu: torch.Tensor, rstd: torch.Tensor, hidden: torch.Tensor, norm_w: torch.Tensor,
+                            norm_b: torch.Tensor, reduce_w: torch.Tensor, select_w: torch.Tensor
+                            ) -> Tuple[_T, _T, _T, _T, _T, _T, _T]:
+    """Backward -> dy, dnorm_w, dnorm_b, dreduce_w, dreduce_b, dselect_w, dselect_b."""
+    dy = torch.empty_like(y)
+    return (dy,) + merge_backward(dout, y, gate, xbar, mu, rstd, hidden, norm_w, norm_b, reduce_w, select_w, dy)
 
 
 @attention_merge_cpu_bwd.register_fake

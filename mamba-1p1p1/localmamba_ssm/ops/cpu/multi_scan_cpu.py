@@ -176,14 +176,11 @@ def _multi_scan_fwd_fake(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log
     return src.new_empty(batch, num_dirs, num_tokens, inner), u, xdbl, src.new_empty(ckpt_shape)
 
 
-@torch.library.custom_op("localmamba::multi_scan_cpu_bwd", mutates_args=(), device_types="cpu")
-def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
-                       conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor,
-                       dt_b: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
-                       u: torch.Tensor, xdbl: torch.Tensor,
-                       ckpt: torch.Tensor) -> Tuple[_T, _T, _T, _T, _T, _T, _T, _T]:
-    """Backward (``ckpt``: the forward's chunk-start states, or empty) -> dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w,
-    ddt_b, dA_log, dD (empty where the input is None)."""
+def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
+                  conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
+                  A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool, u: torch.Tensor, xdbl: torch.Tensor,
+                  ckpt: torch.Tensor) -> Tuple[_T, _T, _T, _T, _T, _T, _T, _T]:
+    """The backward of ``multi_scan_cpu_bwd`` as a plain function (see there)."""
     lib = load_kernel()
     batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
@@ -226,6 +223,17 @@ def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor,
             src.new_zeros(0) if dconv_b is None else dconv_b.sum(0),
             dx_proj_w, ddt_w.sum(0).transpose(1, 2).contiguous(), ddt_b.sum(0),
             (dA.sum(0).transpose(1, 2) * A).contiguous(), src.new_zeros(0) if D is None else dD.sum(0))
+
+
+@torch.library.custom_op("localmamba::multi_scan_cpu_bwd", mutates_args=(), device_types="cpu")
+def multi_scan_cpu_bwd(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
+                       conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor,
+                       dt_b: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool,
+                       u: torch.Tensor, xdbl: torch.Tensor,
+                       ckpt: torch.Tensor) -> Tuple[_T, _T, _T, _T, _T, _T, _T, _T]:
+    """Backward (``ckpt``: the forward's chunk-start states, or empty) -> dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w,
+    ddt_b, dA_log, dD (empty where the input is None)."""
+    return scan_backward(dy, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, u, xdbl, ckpt)
 
 
 @multi_scan_cpu_bwd.register_fake

@@ -1,9 +1,11 @@
-"""Inference on the ``cpu`` backends of both mixer ops at once: ``attention_merge_fn(multi_scan_inner_fn(...))``
-with the directions' outputs (Bt, K, T, E) in a scratch buffer reused across calls.
+"""Both mixer ops in one call on their ``cpu`` backends: ``attention_merge_fn(multi_scan_inner_fn(...))``, eagerly.
 
-Called only without autograd, on plain tensors, outside ``torch.compile`` (see
-``multi_scan_interface.multi_scan_attention_merge_fn``): the outputs never leave the call, so they need not be a
-fresh tensor, which at LocalVMamba-T's first stage (77 MB at batch 8) was page-faulted in on every call.
+Without autograd the directions' outputs (Bt, K, T, E) go to a scratch buffer reused across calls; with autograd
+the pair is one autograd node whose backward hands the outputs' gradient from the attention's backward to the scan's
+through another such buffer. Either buffer is as big as a layer's outputs (77 MB at LocalVMamba-T's first stage,
+batch 8), and a fresh one was page-faulted in on every call. Used by
+``multi_scan_interface.multi_scan_attention_merge_fn`` on plain tensors outside ``torch.compile`` and ``torch.jit``
+tracing (which see the two custom ops instead).
 """
 from __future__ import annotations
 
@@ -16,17 +18,55 @@ from localmamba_kernel_runtime.precision import autocast_off
 from . import attention_merge_cpu, multi_scan_cpu
 
 
+class _ScanAttentionMerge(torch.autograd.Function):
+    """The two forwards (outputs, chunk states and attention statistics kept) and the two backwards, on kernel
+    inputs (``multi_scan_cpu.kernel_inputs``) and fp32 attention weights."""
+
+    @staticmethod
+    def forward(ctx, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, eps, *attention):
+        y = src.new_empty(src.shape[0], index.shape[0], src.shape[1], x_proj_w.shape[2])
+        u, xdbl, ckpt = multi_scan_cpu.scan_forward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate,
+                                                    True, y)
+        merged, *statistics = attention_merge_cpu.merge_forward(y, *attention, eps)
+        ctx.save_for_backward(src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, u, xdbl, ckpt, y,
+                              *statistics, *attention)
+        ctx.gate = gate
+        return merged
+
+    @staticmethod
+    def backward(ctx, dmerged):
+        saved = ctx.saved_tensors
+        scan_inputs, (u, xdbl, ckpt, y), statistics, attention = saved[:9], saved[9:13], saved[13:18], saved[18:]
+        norm_w, norm_b, reduce_w, _, select_w, _ = attention
+        dy = multi_scan_cpu.scratch("output_gradients", *y.shape)
+        attention_grads = attention_merge_cpu.merge_backward(dmerged.contiguous(), y, *statistics, norm_w, norm_b,
+                                                             reduce_w, select_w, dy)
+        dsrc, dconv_w, dconv_b, dx_proj_w, ddt_w, ddt_b, dA_log, dD = multi_scan_cpu.scan_backward(
+            dy, *scan_inputs, ctx.gate, u, xdbl, ckpt)
+        conv_w, conv_b, D = scan_inputs[2], scan_inputs[3], scan_inputs[8]
+        return (dsrc, None, None if conv_w is None else dconv_w, None if conv_b is None else dconv_b, dx_proj_w,
+                ddt_w, ddt_b, dA_log, None if D is None else dD, None, None, *attention_grads)
+
+
 def multi_scan_attention_merge_cpu(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                                    dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                                    D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
                                    conv_bias: Optional[torch.Tensor], gate: bool,
                                    attention_weights: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
-    """``multi_scan_attention_merge_fn`` (same arguments) without autograd -> (Bt, T, E) in the tokens' dtype."""
+    """``multi_scan_attention_merge_fn`` (same arguments) -> (Bt, T, E) in the tokens' dtype."""
+    inputs = (tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
+              *attention_weights)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     with autocast_off(tokens.device.type):
-        inputs = multi_scan_cpu.kernel_inputs(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-                                              conv_weight, conv_bias)
-        src = inputs[0]
-        y = multi_scan_cpu.scratch("outputs", src.shape[0], index.shape[0], src.shape[1], x_proj_weight.shape[2])
-        multi_scan_cpu.scan_forward(*inputs, gate, False, y)
-        merged = attention_merge_cpu.merge_forward(y, *(t.float().contiguous() for t in attention_weights), eps)[0]
+        scan_inputs = multi_scan_cpu.kernel_inputs(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                                                   A_log, D, conv_weight, conv_bias)
+        attention = [t.float().contiguous() for t in attention_weights]
+        if needs_grad:
+            merged = _ScanAttentionMerge.apply(*scan_inputs, gate, eps, *attention)
+        else:
+            src = scan_inputs[0]
+            y = multi_scan_cpu.scratch("outputs", src.shape[0], index.shape[0], src.shape[1],
+                                       x_proj_weight.shape[2])
+            multi_scan_cpu.scan_forward(*scan_inputs, gate, False, y)
+            merged = attention_merge_cpu.merge_forward(y, *attention, eps)[0]
     return merged.to(tokens.dtype)
