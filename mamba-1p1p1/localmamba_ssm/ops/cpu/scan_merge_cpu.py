@@ -64,9 +64,10 @@ def multi_scan_attention_merge_cpu(tokens: torch.Tensor, index: torch.Tensor, x_
         if needs_grad:
             merged = _ScanAttentionMerge.apply(*scan_inputs, gate, eps, *attention)
         else:
-            src = scan_inputs[0]
-            y = multi_scan_cpu.scratch("outputs", src.shape[0], index.shape[0], src.shape[1],
-                                       x_proj_weight.shape[2])
-            multi_scan_cpu.scan_forward(*scan_inputs, gate, False, y)
-            merged = attention_merge_cpu.merge_forward(y, *attention, eps)[0]
+            with torch.profiler.record_function("localmamba::multi_scan_attention_merge_cpu"):  # one profiler entry
+                src = scan_inputs[0]
+                y = multi_scan_cpu.scratch("outputs", src.shape[0], index.shape[0], src.shape[1],
+                                           x_proj_weight.shape[2])
+                multi_scan_cpu.scan_forward(*scan_inputs, gate, False, y)
+                merged = attention_merge_cpu.merge_forward(y, *attention, eps)[0]
     return merged.to(tokens.dtype)
