@@ -257,7 +257,7 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
     """Two tables: peak memory of each model of :data:`PAIRS` for inference and a training step at batch 64, fp32
     and bf16; then fp32 inference img/s and peak memory at each of :data:`SWEEP_SIZES` (batch ``sweep_batch``), so
     that the resolution where LocalVim-T / LocalVMamba-T cross DeiT-T / Swin-T shows."""
-    from .model_speed import _inference_step, _train_step
+    from .model_speed import inference_step, train_step
 
     device = torch.device(device)
     batch, sizes = (2, (32, 64)) if quick else (64, SWEEP_SIZES)
@@ -268,9 +268,9 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
             try:
                 model = build_model(name, sizes[0], device)
                 images = torch.randn(batch, 3, sizes[0], sizes[0], device=device)
-                infer = _peak_mib(_inference_step(model, images, DTYPES[dtype]), device)
+                infer = _peak_mib(inference_step(model, images, DTYPES[dtype]), device)
                 model.train()
-                train = _peak_mib(_train_step(model, images, DTYPES[dtype]), device)
+                train = _peak_mib(train_step(model, images, DTYPES[dtype]), device)
                 memory.append([name, dtype, f"{infer:.0f}", f"{train:.0f}"])
             except Exception as err:  # report and go on with the other models
                 memory.append([name, dtype, f"error: {type(err).__name__}", "-"])
@@ -285,7 +285,7 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
                 try:
                     model = build_model(name, size, device)
                     images = torch.randn(sweep_batch if not quick else 1, 3, size, size, device=device)
-                    step = _inference_step(model, images, DTYPES[dtype])
+                    step = inference_step(model, images, DTYPES[dtype])
                     seconds = median_seconds({name: step}, repeats, 2, device)[name]
                     cells.append(f"{images.shape[0] / seconds:.1f} | {_peak_mib(step, device):.0f}")
                 except Exception as err:  # one size a model cannot take does not hide the others

@@ -35,7 +35,10 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
-def _inference_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+def inference_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+    """A call that runs one forward of ``images`` (B, C, H, W) in inference mode, under autocast for a 16-bit
+    ``dtype``."""
+
     def step() -> None:
         with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
             model(images)
@@ -43,7 +46,9 @@ def _inference_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) 
     return step
 
 
-def _train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+def train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+    """A call that runs one training step on ``images``: forward (autocast for a 16-bit ``dtype``), cross-entropy
+    against fixed random labels, backward, AdamW step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     targets = torch.randint(0, 1000, (images.shape[0],), generator=torch.Generator().manual_seed(0)).to(images.device)
 
@@ -65,7 +70,7 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
     runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup)."""
     device = next(next(iter(models.values())).parameters()).device
     images = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
-    make_step = _train_step if train else _inference_step
+    make_step = train_step if train else inference_step
     for model in models.values():
         model.train(train)
     if compile_mode is not None and not train:
