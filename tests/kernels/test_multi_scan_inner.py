@@ -226,3 +226,15 @@ def test_scan_and_merge_without_autograd_keeps_the_outputs_in_one_reused_buffer(
         expected = multi_scan_inner_ref(**p)
     assert multi_scan_cpu.scratch('outputs', *shape).data_ptr() == buffer.data_ptr()
     torch.testing.assert_close(buffer, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_buffer_over_the_cap_is_not_kept(monkeypatch):
+    """Buffers up to SCRATCH_MAX_BYTES are kept and reused; a bigger one is fresh each call (nothing held)."""
+    from localmamba_ssm.ops.cpu import multi_scan_cpu
+
+    monkeypatch.setattr(multi_scan_cpu, "SCRATCH_MAX_BYTES", 4096)
+    kept = multi_scan_cpu.scratch("cap_test", 32, 32)                                # 4096 bytes: kept
+    assert multi_scan_cpu.scratch("cap_test", 16, 64).data_ptr() == kept.data_ptr()
+    over = multi_scan_cpu.scratch("cap_test", 33, 32)
+    assert over.shape == (33, 32) and over.data_ptr() != kept.data_ptr()
+    assert multi_scan_cpu.scratch("cap_test", 32, 32).data_ptr() == kept.data_ptr()  # the kept one is untouched

@@ -92,12 +92,18 @@ def _channel_major(conv_w, dt_w, A_log, lanes: int):
 _SCRATCH = threading.local()
 
 
+SCRATCH_MAX_BYTES = 256 << 20
+
+
 def scratch(name: str, *shape: int) -> torch.Tensor:
     """An fp32 buffer of ``shape`` for use within one call, from the per-thread buffer ``name``, kept and reused
     across calls. A fresh buffer of several MB is page-faulted in on every call (glibc hands freed big blocks back to
     the OS): at LocalVim-T batch 8 the sequences' buffer alone took 47k page faults per forward, more time than the
-    gather that fills it."""
+    gather that fills it. A buffer over SCRATCH_MAX_BYTES is not kept (a fresh one each call), which bounds the
+    memory held between calls."""
     numel = math.prod(shape)
+    if numel * 4 > SCRATCH_MAX_BYTES:
+        return torch.empty(shape)
     buffer = getattr(_SCRATCH, name, None)
     if buffer is None or buffer.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: a backward outside inference mode updates it in place
