@@ -90,8 +90,6 @@ def _channel_major(conv_w, dt_w, A_log, lanes: int):
 
 
 _SCRATCH = threading.local()
-
-
 SCRATCH_MAX_BYTES = 256 << 20
 
 
