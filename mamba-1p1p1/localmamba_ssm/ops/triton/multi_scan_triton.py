@@ -56,29 +56,46 @@ def _row_at(tile, rows, which):
 # --- depthwise causal conv + SiLU, read through the index table -----------------------------------------------------
 
 @triton.jit
+def _conv_tap(tok_ptr, index_ptr, b, k, s, e, emask, w, num_tokens, length, s_tb, s_tt, WIDTH: tl.constexpr):
+    """The conv's input under tap w at sequence positions s, channels e, of direction k of batch b: the x channels
+    of token row index[k, s - (WIDTH - 1) + w] in fp32 (CT, BE), zeros for padding and positions before the start."""
+    src = s - (WIDTH - 1) + w
+    valid = (src >= 0) & (src < length)
+    row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
+    m = (valid & (row < num_tokens))[:, None] & emask[None, :]
+    return tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_pre(tok_ptr, index_ptr, w_ptr, bias_ptr, b, k, s, e, emask, num_tokens, length, inner, s_tb, s_tt,
+              HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr,
+              BE: tl.constexpr):
+    """The causal depthwise conv's pre-activation (CT, BE) at sequence positions s and channels e of direction k of
+    batch b (the taps of :func:`_conv_tap`); without a conv (WIDTH 1) x itself. Shared by the forward and the
+    backward, which recomputes it."""
+    acc = tl.zeros([CT, BE], dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + k * inner + e, mask=emask, other=0.0).to(tl.float32)[None, :]
+    for w in tl.static_range(WIDTH):
+        x = _conv_tap(tok_ptr, index_ptr, b, k, s, e, emask, w, num_tokens, length, s_tb, s_tt, WIDTH)
+        if HAS_CONV:
+            acc += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
+        else:
+            acc += x
+    return acc
+
+
+@triton.jit
 def _conv_fwd_kernel(tok_ptr, index_ptr, w_ptr, bias_ptr, u_ptr,
                      num_tokens, length, inner, s_tb, s_tt, num_dirs,
                      HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
                      CT: tl.constexpr, BE: tl.constexpr):
     pid_bk = tl.program_id(0)
-    b = pid_bk // num_dirs
-    k = pid_bk % num_dirs
     s = tl.program_id(1) * CT + tl.arange(0, CT)
     e = tl.program_id(2) * BE + tl.arange(0, BE)
     emask = e < inner
-    acc = tl.zeros([CT, BE], dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + k * inner + e, mask=emask, other=0.0).to(tl.float32)[None, :]
-    for w in tl.static_range(WIDTH):
-        src = s - (WIDTH - 1) + w
-        valid = (src >= 0) & (src < length)
-        row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
-        m = (valid & (row < num_tokens))[:, None] & emask[None, :]
-        x = tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
-        if HAS_CONV:
-            acc += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
-        else:
-            acc += x
+    acc = _conv_pre(tok_ptr, index_ptr, w_ptr, bias_ptr, pid_bk // num_dirs, pid_bk % num_dirs, s, e, emask,
+                    num_tokens, length, inner, s_tb, s_tt, HAS_CONV, HAS_BIAS, WIDTH, CT, BE)
     if HAS_CONV:
         acc = acc * tl.sigmoid(acc)
     out = u_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :]
@@ -99,16 +116,8 @@ def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, 
     e = tl.program_id(2) * BE + tl.arange(0, BE)
     emask = e < inner
     smask = (s < length)[:, None] & emask[None, :]
-    pre = tl.zeros([CT, BE], dtype=tl.float32)
-    if HAS_BIAS:
-        pre += tl.load(bias_ptr + k * inner + e, mask=emask, other=0.0).to(tl.float32)[None, :]
-    for w in tl.static_range(WIDTH):
-        src = s - (WIDTH - 1) + w
-        valid = (src >= 0) & (src < length)
-        row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
-        m = (valid & (row < num_tokens))[:, None] & emask[None, :]
-        x = tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
-        pre += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
+    pre = _conv_pre(tok_ptr, index_ptr, w_ptr, bias_ptr, b, k, s, e, emask, num_tokens, length, inner, s_tb, s_tt,
+                    HAS_CONV, HAS_BIAS, WIDTH, CT, BE)
     du = tl.load(du_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :], mask=smask, other=0.0)
     sig = tl.sigmoid(pre)
     dpre = du.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
@@ -117,11 +126,7 @@ def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, 
     if HAS_BIAS:
         tl.store(dbias_ptr + partial, tl.sum(dpre, axis=0), mask=emask)
     for w in tl.static_range(WIDTH):
-        src = s - (WIDTH - 1) + w
-        valid = (src >= 0) & (src < length)
-        row = tl.load(index_ptr + k * length + src, mask=valid, other=num_tokens)
-        m = (valid & (row < num_tokens))[:, None] & emask[None, :]
-        x = tl.load(tok_ptr + b * s_tb + row[:, None] * s_tt + e[None, :], mask=m, other=0.0).to(tl.float32)
+        x = _conv_tap(tok_ptr, index_ptr, b, k, s, e, emask, w, num_tokens, length, s_tb, s_tt, WIDTH)
         tl.store(dw_ptr + partial * WIDTH + w, tl.sum(dpre * x, axis=0), mask=emask)
 
 
