@@ -281,13 +281,17 @@ def kernel_inputs(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torc
             f32(conv_bias), f32(x_proj_weight), f32(dt_proj_weight), f32(dt_proj_bias), f32(A_log), f32(D))
 
 
+def needs_gradient(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd will want gradients of any of ``tensors`` (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def multi_scan_inner_cpu(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                          dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                          D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
                          conv_bias: Optional[torch.Tensor], gate: bool) -> torch.Tensor:
     """cpu backend of ``multi_scan_inner_fn`` (same arguments; fp32 compute, output in the tokens' dtype)."""
-    inputs = (tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias)
-    save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    save_states = needs_gradient(tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias)
     with autocast_off(tokens.device.type):
         y, _, _, _ = torch.ops.localmamba.multi_scan_cpu_fwd(
             *kernel_inputs(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,

@@ -54,9 +54,8 @@ def multi_scan_attention_merge_cpu(tokens: torch.Tensor, index: torch.Tensor, x_
                                    conv_bias: Optional[torch.Tensor], gate: bool,
                                    attention_weights: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
     """``multi_scan_attention_merge_fn`` (same arguments) -> (Bt, T, E) in the tokens' dtype."""
-    inputs = (tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
-              *attention_weights)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    needs_grad = multi_scan_cpu.needs_gradient(tokens, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+                                               conv_weight, conv_bias, *attention_weights)
     with autocast_off(tokens.device.type):
         scan_inputs = multi_scan_cpu.kernel_inputs(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
                                                    A_log, D, conv_weight, conv_bias)
