@@ -238,3 +238,14 @@ def test_a_buffer_over_the_cap_is_not_kept(monkeypatch):
     over = multi_scan_cpu.scratch("cap_test", 33, 32)
     assert over.shape == (33, 32) and over.data_ptr() != kept.data_ptr()
     assert multi_scan_cpu.scratch("cap_test", 32, 32).data_ptr() == kept.data_ptr()  # the kept one is untouched
+
+
+def test_scan_and_merge_refuses_bad_shapes_by_name(cpu_backend):
+    p = make_problem(gate=False, conv=False)
+    attention = list(attention_problem(dim=12)[1:])
+    attention[0] = attention[0][:5]
+    with pytest.raises(ValueError, match='norm_weight'):
+        multi_scan_attention_merge_fn(**p, attention_weights=attention)
+    p['A_log'] = p['A_log'][:, :5]
+    with pytest.raises(ValueError, match='A_log'):
+        multi_scan_attention_merge_fn(**p, attention_weights=attention_problem(dim=12)[1:])
