@@ -30,21 +30,12 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
+from .scan_math import affine_combine, softplus
+
 SCAN_CHUNK = 16      # time steps per tile of the scan
 SCAN_BLOCK_D = 8     # channels per scan program
 CONV_CHUNK = 32      # time steps per conv program
 CONV_BLOCK_E = 32    # channels per conv program
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
-
-
-@triton.jit
-def _affine_combine(a_first, b_first, a_then, b_then):
-    """Compose h -> a_first h + b_first, then h -> a_then h + b_then."""
-    return a_first * a_then, a_then * b_first + b_then
 
 
 @triton.jit
@@ -165,7 +156,7 @@ def _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, 
     act = ((seq_row + t) * inner)[:, None] + d[None, :]
     u = tl.load(u_ptr + act, mask=m2, other=0.0).to(tl.float32)
     raw = tl.load(delta_ptr + act, mask=m2, other=0.0).to(tl.float32) + bias[None, :]
-    dt = _softplus(raw)
+    dt = softplus(raw)
     mb = tmask[:, None] & nmask[None, :]
     dbl = ((seq_row + t) * width_dbl)[:, None] + n[None, :]
     Bm = tl.load(xdbl_ptr + dbl + rank, mask=mb, other=0.0).to(tl.float32)
@@ -212,7 +203,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, 
         tmask = t < length
         u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n,
                                                       nmask, A, bias, rank, dstate, width_dbl, inner)
-        a_cum, b_cum = tl.associative_scan((a, bb), 0, _affine_combine)
+        a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
         y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
         token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
@@ -258,7 +249,7 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, in
         tmask = t < length
         u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n,
                                                       nmask, A, bias, rank, dstate, width_dbl, inner)
-        a_cum, b_cum = tl.associative_scan((a, bb), 0, _affine_combine)
+        a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
         token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
         m = (tmask & (token < num_tokens))[:, None] & dmask[None, :]
@@ -277,8 +268,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, in
         nmask_t = nxt < length
         raw_next = tl.load(delta_ptr + ((seq_row + nxt) * inner)[:, None] + d[None, :],
                            mask=nmask_t[:, None] & dmask[None, :], other=0.0).to(tl.float32) + bias[None, :]
-        a_next = tl.where(nmask_t[:, None, None], tl.exp(_softplus(raw_next)[:, :, None] * A[None, :, :]), 0.0)
-        g_mul, g_add = tl.associative_scan((a_next, Cm[:, None, :] * dy[:, :, None]), 0, _affine_combine,
+        a_next = tl.where(nmask_t[:, None, None], tl.exp(softplus(raw_next)[:, :, None] * A[None, :, :]), 0.0)
+        g_mul, g_add = tl.associative_scan((a_next, Cm[:, None, :] * dy[:, :, None]), 0, affine_combine,
                                            reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
         g_in = _row_at(g, rows, 0)

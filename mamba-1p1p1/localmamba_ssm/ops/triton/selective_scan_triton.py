@@ -1,10 +1,15 @@
-"""The ``triton`` backend of ``selective_scan_fn``: sequential-in-time Triton kernels, forward and backward.
+"""The ``triton`` backend of ``selective_scan_fn``: chunked associative-scan Triton kernels, forward and backward.
 
-Each program owns one batch element and a block of BD channels with all N states in registers and walks the
-sequence. The forward pass stores the state at the start of every CHUNK steps; the backward pass walks the chunks in
-reverse, recomputes the states of one chunk into a per-program scratch buffer, then runs the reverse-time recurrence
-over it. Gradients of variable B / C are summed over each channel block and written per block (deterministic; the
-blocks of one group are summed afterwards). Inputs may be fp32 / fp16 / bf16; the math is fp32.
+One program per (batch element, block of BD channels). The sequence is cut into chunks of CT steps; a chunk's
+u, delta, z (BD, CT) and B, C (N, CT) rows are read as time-contiguous tiles, its decays a = exp(dt A) and inputs
+b = dt u B form a (BD, N, CT) tile that ``tl.associative_scan`` combines along time (the affine maps h -> a h + b
+compose associatively), and the state is carried from chunk to chunk. The forward pass stores the state at the start
+of every chunk; the backward pass walks the chunks in reverse, recomputes a chunk's states from its stored start
+(one forward scan) and runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with
+the gradient of the last state; a_t h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (dt = 0).
+Gradients of input-dependent B / C are summed over each channel block and written per block (every channel of a
+block is in one group; the blocks are summed afterwards), those of per-channel parameters per program:
+deterministic, no atomics. Inputs may be fp32 / fp16 / bf16; the math is fp32.
 Wrapped as torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
@@ -19,13 +24,70 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-CHUNK = 64
-MAX_BLOCK_D = 16
+from .scan_math import affine_combine, softplus
+
+CHUNK = 16          # time steps per tile
+MAX_BLOCK_D = 8     # channels per program (a power of two dividing Dm and every group of B / C)
 
 
 @triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+def _bc_tile(ptr, pid_b, group, d, dmask, n, nmask, t, tmask, s_b, s_g, s_n, s_t, VARIABLE: tl.constexpr):
+    """B or C of one chunk in fp32: the input-dependent rows of the block's group as (1, BN, CT), or the
+    time-invariant per-channel matrix as (BD, BN, 1)."""
+    if VARIABLE:
+        m = nmask[:, None] & tmask[None, :]
+        tile = tl.load(ptr + pid_b * s_b + group * s_g + n[:, None] * s_n + t[None, :] * s_t, mask=m, other=0.0)
+        tile = tile.to(tl.float32)[None, :, :]
+    else:
+        tile = tl.load(ptr + d[:, None] * s_g + n[None, :] * s_n, mask=dmask[:, None] & nmask[None, :], other=0.0)
+        tile = tile.to(tl.float32)[:, :, None]
+    return tile
+
+
+@triton.jit
+def _step_dt(delta_ptr, offs, m, bias, SOFTPLUS: tl.constexpr):
+    """The raw delta + bias and the step dt (BD, CT) at offsets ``offs``; dt is 0 (an identity step) where not m."""
+    raw = tl.load(delta_ptr + offs, mask=m, other=0.0).to(tl.float32) + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = softplus(raw)
+    return raw, tl.where(m, dt, 0.0)
+
+
+@triton.jit
+def _step_at(tile, steps, which):
+    """Step ``which`` of a (BD, BN, CT) tile whose steps are numbered ``steps``: (BD, BN)."""
+    return tl.sum(tl.where((steps == which)[None, None, :], tile, 0.0), axis=2)
+
+
+@triton.jit
+def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, group_b, group_c, d, dmask, n, nmask,
+                  t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
+                  SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """One chunk from its start state h0 (BD, BN): u, raw delta, dt (BD, CT); B, C tiles; the inputs b and the
+    states h (BD, BN, CT)."""
+    u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    raw, dt = _step_dt(delta_ptr, offs, m, bias, SOFTPLUS)
+    Bm = _bc_tile(B_ptr, pid_b, group_b, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, B_VAR)
+    Cm = _bc_tile(C_ptr, pid_b, group_c, d, dmask, n, nmask, t, tmask, sCb, sCg, sCn, sCt, C_VAR)
+    a = tl.exp(dt[:, None, :] * A[:, :, None])
+    b = (dt * u)[:, None, :] * Bm
+    a_cum, b_cum = tl.associative_scan((a, b), 2, affine_combine)
+    return u, raw, dt, Bm, Cm, b, a_cum * h0[:, :, None] + b_cum
+
+
+@triton.jit
+def _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BD: tl.constexpr):
+    """A (BD, BN), D and the delta bias (BD,) of the channel block d, fp32 (zeros where absent)."""
+    A = tl.load(A_ptr + d[:, None] * dstate + n[None, :], mask=mdn, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BD], dtype=tl.float32)
+    bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    return A, Dv, bias
 
 
 @triton.jit
@@ -33,139 +95,123 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      dim, seqlen, dstate, n_chunks,
                      sBb, sBg, sBn, sBt, cpg_b, sCb, sCg, sCn, sCt, cpg_c,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     BD: tl.constexpr, BN: tl.constexpr, CHUNK_T: tl.constexpr):
+                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+                     CT: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < dim
     n = tl.arange(0, BN)
     nmask = n < dstate
-    mask2 = (d[:, None] < dim) & nmask[None, :]
-    A = tl.load(A_ptr + d[:, None] * dstate + n[None, :], mask=mask2, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + d).to(tl.float32) if HAS_D else tl.zeros([BD], dtype=tl.float32)
-    bias = tl.load(bias_ptr + d).to(tl.float32) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
-    row = pid_b * dim * seqlen + d * seqlen
-    b_rows = B_ptr + pid_b * sBb + (d // cpg_b)[:, None] * sBg + n[None, :] * sBn
-    c_rows = C_ptr + pid_b * sCb + (d // cpg_c)[:, None] * sCg + n[None, :] * sCn
-    state_rows = (pid_b * dim + d)[:, None] * dstate + n[None, :]
-    h = tl.zeros([BD, BN], dtype=tl.float32)
+    mdn = dmask[:, None] & nmask[None, :]
+    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D, HAS_BIAS, BD)
+    row = (pid_b * dim + d) * seqlen
+    states = (pid_b * dim + d)[:, None] * n_chunks * dstate + n[None, :]
+    steps = tl.arange(0, CT)
+    h0 = tl.zeros([BD, BN], dtype=tl.float32)
     for c in range(0, n_chunks):
-        tl.store(ckpt_ptr + ((pid_b * dim + d)[:, None] * n_chunks + c) * dstate + n[None, :], h, mask=mask2)
-        t0 = c * CHUNK_T
-        t1 = tl.minimum(t0 + CHUNK_T, seqlen)
-        for t in range(t0, t1):
-            uu = tl.load(u_ptr + row + t).to(tl.float32)
-            dt = tl.load(delta_ptr + row + t).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(b_rows + t * sBt, mask=mask2, other=0.0).to(tl.float32)
-            Ct = tl.load(c_rows + t * sCt, mask=mask2, other=0.0).to(tl.float32)
-            h = tl.exp(dt[:, None] * A) * h + (dt * uu)[:, None] * Bt
-            y = tl.sum(h * Ct, axis=1) + Dv * uu
-            if HAS_Z:
-                zz = tl.load(z_ptr + row + t).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_ptr + row + t, y.to(out_ptr.dtype.element_ty))
-    tl.store(last_ptr + state_rows, h, mask=mask2)
+        tl.store(ckpt_ptr + states + c * dstate, h0, mask=mdn)
+        t = c * CT + steps
+        tmask = t < seqlen
+        m = dmask[:, None] & tmask[None, :]
+        offs = row[:, None] + t[None, :]
+        u, raw, dt, Bm, Cm, b, h = _chunk_states(
+            u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, (pid_d * BD) // cpg_b,
+            (pid_d * BD) // cpg_c, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
+            SOFTPLUS, B_VAR, C_VAR)
+        y = tl.sum(h * Cm, axis=1) + Dv[:, None] * u
+        if HAS_Z:
+            z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+        h0 = _step_at(h, steps, CT - 1)
+    tl.store(last_ptr + (pid_b * dim + d)[:, None] * dstate + n[None, :], h0, mask=mdn)
 
 
 @triton.jit
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
-                     scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                      dim, seqlen, dstate, n_chunks, n_dblocks,
                      sBb, sBg, sBn, sBt, cpg_b, sCb, sCg, sCn, sCt, cpg_c,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                      HAS_DLAST: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-                     BD: tl.constexpr, BN: tl.constexpr, CHUNK_T: tl.constexpr):
+                     BD: tl.constexpr, BN: tl.constexpr, CT: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < dim
     n = tl.arange(0, BN)
     nmask = n < dstate
-    mask2 = (d[:, None] < dim) & nmask[None, :]
-    A = tl.load(A_ptr + d[:, None] * dstate + n[None, :], mask=mask2, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + d).to(tl.float32) if HAS_D else tl.zeros([BD], dtype=tl.float32)
-    bias = tl.load(bias_ptr + d).to(tl.float32) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
-    row = pid_b * dim * seqlen + d * seqlen
-    b_rows = B_ptr + pid_b * sBb + (d // cpg_b)[:, None] * sBg + n[None, :] * sBn
-    c_rows = C_ptr + pid_b * sCb + (d // cpg_c)[:, None] * sCg + n[None, :] * sCn
-    state_rows = (pid_b * dim + d)[:, None] * dstate + n[None, :]
-    # per-block gradient rows of variable B / C: (Bt, n_dblocks, N, L)
-    block_rows = ((pid_b * n_dblocks + pid_d) * dstate + n) * seqlen
-    scratch = scratch_ptr + (pid_b * n_dblocks + pid_d) * CHUNK_T * BD * BN + \
-        tl.arange(0, BD)[:, None] * BN + n[None, :]
+    mdn = dmask[:, None] & nmask[None, :]
+    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D, HAS_BIAS, BD)
+    row = (pid_b * dim + d) * seqlen
+    states = (pid_b * dim + d)[:, None] * n_chunks * dstate + n[None, :]
+    per_channel = (pid_b * dim + d)[:, None] * dstate + n[None, :]
+    block_rows = ((pid_b * n_dblocks + pid_d) * dstate + n) * seqlen  # rows of the per-block B / C gradients
+    steps = tl.arange(0, CT)
+    g_in = tl.zeros([BD, BN], dtype=tl.float32)  # dL/dh at the first step of the chunk after this one
     if HAS_DLAST:
-        g = tl.load(dlast_ptr + state_rows, mask=mask2, other=0.0).to(tl.float32)
-    else:
-        g = tl.zeros([BD, BN], dtype=tl.float32)
-    dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
+        g_in = tl.load(dlast_ptr + per_channel, mask=mdn, other=0.0).to(tl.float32)
+    dA = tl.zeros([BD, BN], dtype=tl.float32)
     dB_acc = tl.zeros([BD, BN], dtype=tl.float32)
     dC_acc = tl.zeros([BD, BN], dtype=tl.float32)
-    dD_acc = tl.zeros([BD], dtype=tl.float32)
-    dbias_acc = tl.zeros([BD], dtype=tl.float32)
+    dD = tl.zeros([BD], dtype=tl.float32)
+    dbias = tl.zeros([BD], dtype=tl.float32)
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
-        t0 = c * CHUNK_T
-        t1 = tl.minimum(t0 + CHUNK_T, seqlen)
-        h0 = tl.load(ckpt_ptr + ((pid_b * dim + d)[:, None] * n_chunks + c) * dstate + n[None, :], mask=mask2,
-                     other=0.0)
-        h = h0
-        for t in range(t0, t1):
-            uu = tl.load(u_ptr + row + t).to(tl.float32)
-            dt = tl.load(delta_ptr + row + t).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(b_rows + t * sBt, mask=mask2, other=0.0).to(tl.float32)
-            h = tl.exp(dt[:, None] * A) * h + (dt * uu)[:, None] * Bt
-            tl.store(scratch + (t - t0) * BD * BN, h)
-        tl.debug_barrier()
-        for ti in range(0, t1 - t0):
-            t = t1 - 1 - ti
-            uu = tl.load(u_ptr + row + t).to(tl.float32)
-            raw = tl.load(delta_ptr + row + t).to(tl.float32) + bias
-            dt = _softplus(raw) if SOFTPLUS else raw
-            Bt = tl.load(b_rows + t * sBt, mask=mask2, other=0.0).to(tl.float32)
-            Ct = tl.load(c_rows + t * sCt, mask=mask2, other=0.0).to(tl.float32)
-            ht = tl.load(scratch + (t - t0) * BD * BN)
-            hp = tl.load(scratch + tl.maximum(t - t0 - 1, 0) * BD * BN)
-            hp = tl.where(t > t0, hp, h0)
-            dy = tl.load(dout_ptr + row + t).to(tl.float32)
-            if HAS_Z:
-                zz = tl.load(z_ptr + row + t).to(tl.float32)
-                sz = tl.sigmoid(zz)
-                y = tl.sum(ht * Ct, axis=1) + Dv * uu
-                tl.store(dz_ptr + row + t, (dy * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty))
-                dy = dy * zz * sz
-            a = tl.exp(dt[:, None] * A)
-            g = g + dy[:, None] * Ct
-            dC_t = dy[:, None] * ht
-            dB_t = g * (dt * uu)[:, None]
-            if C_VAR:
-                tl.store(dC_ptr + block_rows + t, tl.sum(dC_t, axis=0), mask=nmask)
-            else:
-                dC_acc += dC_t
-            if B_VAR:
-                tl.store(dB_ptr + block_rows + t, tl.sum(dB_t, axis=0), mask=nmask)
-            else:
-                dB_acc += dB_t
-            sB = tl.sum(g * Bt, axis=1)
-            da = g * hp * a
-            dA_acc += da * dt[:, None]
-            ddt = sB * uu + tl.sum(da * A, axis=1)
-            tl.store(du_ptr + row + t, (dy * Dv + dt * sB).to(du_ptr.dtype.element_ty))
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(raw)
-            tl.store(ddelta_ptr + row + t, ddt.to(ddelta_ptr.dtype.element_ty))
-            dbias_acc += ddt
-            dD_acc += dy * uu
-            g = g * a
-        tl.debug_barrier()
-    tl.store(dA_ptr + state_rows, dA_acc, mask=mask2)
+        h0 = tl.load(ckpt_ptr + states + c * dstate, mask=mdn, other=0.0)
+        t = c * CT + steps
+        tmask = t < seqlen
+        m = dmask[:, None] & tmask[None, :]
+        offs = row[:, None] + t[None, :]
+        u, raw, dt, Bm, Cm, b, h = _chunk_states(
+            u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, (pid_d * BD) // cpg_b,
+            (pid_d * BD) // cpg_c, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
+            SOFTPLUS, B_VAR, C_VAR)
+        dy = tl.load(dout_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            y = tl.sum(h * Cm, axis=1) + Dv[:, None] * u
+            tl.store(dz_ptr + offs, (dy * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m)
+            dy = dy * z * sz
+        # the next step's decay a_{t+1}; 1 past the end, which carries the last state's gradient into step L - 1
+        nxt = t + 1
+        _, dt_next = _step_dt(delta_ptr, offs + 1, dmask[:, None] & (nxt < seqlen)[None, :], bias, SOFTPLUS)
+        a_next = tl.exp(dt_next[:, None, :] * A[:, :, None])
+        g_mul, g_add = tl.associative_scan((a_next, Cm * dy[:, None, :]), 2, affine_combine, reverse=True)
+        g = g_mul * g_in[:, :, None] + g_add
+        g_in = _step_at(g, steps, 0)
+        gAh = g * (h - b)                                   # g_t a_t h_{t-1}
+        gB = tl.sum(g * Bm, axis=1)
+        ddt = gB * u + tl.sum(gAh * A[:, :, None], axis=1)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(m, ddt, 0.0)
+        tl.store(du_ptr + offs, (dy * Dv[:, None] + dt * gB).to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+        dA += tl.sum(gAh * dt[:, None, :], axis=2)
+        dD += tl.sum(dy * u, axis=1)
+        dbias += tl.sum(ddt, axis=1)
+        gbu = g * (dt * u)[:, None, :]
+        hdy = h * dy[:, None, :]
+        if B_VAR:
+            tl.store(dB_ptr + block_rows[:, None] + t[None, :], tl.sum(gbu, axis=0),
+                     mask=nmask[:, None] & tmask[None, :])
+        else:
+            dB_acc += tl.sum(gbu, axis=2)
+        if C_VAR:
+            tl.store(dC_ptr + block_rows[:, None] + t[None, :], tl.sum(hdy, axis=0),
+                     mask=nmask[:, None] & tmask[None, :])
+        else:
+            dC_acc += tl.sum(hdy, axis=2)
+    tl.store(dA_ptr + per_channel, dA, mask=mdn)
     if not B_VAR:
-        tl.store(dB_ptr + state_rows, dB_acc, mask=mask2)
+        tl.store(dB_ptr + per_channel, dB_acc, mask=mdn)
     if not C_VAR:
-        tl.store(dC_ptr + state_rows, dC_acc, mask=mask2)
-    tl.store(dD_ptr + pid_b * dim + d, dD_acc)
-    tl.store(dbias_ptr + pid_b * dim + d, dbias_acc)
+        tl.store(dC_ptr + per_channel, dC_acc, mask=mdn)
+    tl.store(dD_ptr + pid_b * dim + d, dD, mask=dmask)
+    tl.store(dbias_ptr + pid_b * dim + d, dbias, mask=dmask)
 
 
 def _bc_view(M: torch.Tensor, dim: int):
@@ -209,7 +255,7 @@ def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    n_chunks = max(1, -(-seqlen // CHUNK))
+    n_chunks = max(1, triton.cdiv(seqlen, CHUNK))
     out = torch.empty_like(u)
     last = u.new_empty(batch, dim, dstate, dtype=torch.float32)
     ckpt = u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32)
@@ -217,14 +263,14 @@ def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     _scan_fwd_kernel[(batch, dim // block)](
         u, delta, A, Bv, Cv, D, z, delta_bias, out, ckpt, last, dim, seqlen, dstate, n_chunks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        BD=block, BN=triton.next_power_of_2(dstate), CHUNK_T=CHUNK)
+        B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=triton.next_power_of_2(dstate), CT=CHUNK)
     return out, last, ckpt
 
 
 @selective_scan_triton_fwd.register_fake
 def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     batch, dim, seqlen = u.shape
-    n_chunks = max(1, -(-seqlen // CHUNK))
+    n_chunks = max(1, triton.cdiv(seqlen, CHUNK))
     return (u.new_empty(u.shape), u.new_empty(batch, dim, A.shape[1], dtype=torch.float32),
             u.new_empty(batch, dim, n_chunks, A.shape[1], dtype=torch.float32))
 
@@ -252,12 +298,11 @@ def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor],
     dC = torch.zeros(batch, n_dblocks, dstate, seqlen, **f32) if C.dim() >= 3 else torch.empty(batch, dim, dstate,
                                                                                                  **f32)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
-    scratch = torch.empty(batch * n_dblocks * CHUNK * block * bn, **f32)
     _scan_bwd_kernel[(batch, n_dblocks)](
-        u, delta, A, Bv, Cv, D, z, delta_bias, dout, dlast, ckpt, scratch, du, ddelta, dz, dA, dB, dC, dD, dbias,
+        u, delta, A, Bv, Cv, D, z, delta_bias, dout, dlast, ckpt, du, ddelta, dz, dA, dB, dC, dD, dbias,
         dim, seqlen, dstate, n_chunks, n_dblocks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CHUNK_T=CHUNK)
+        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=CHUNK)
     return (du, ddelta, dA.sum(0), _reduce_bc(dB, B, dim, block), _reduce_bc(dC, C, dim, block), dD.sum(0), dz,
             dbias.sum(0))
 

@@ -1,0 +1,16 @@
+"""Triton device functions shared by the scan kernels: the softplus of dt and the composition of the affine steps
+h -> a h + b that ``tl.associative_scan`` combines."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + e^x) in fp32, exact to rounding: x itself above 20, e^x below -15."""
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def affine_combine(a_first, b_first, a_then, b_then):
+    """Compose h -> a_first h + b_first, then h -> a_then h + b_then."""
+    return a_first * a_then, a_then * b_first + b_then

@@ -1,0 +1,48 @@
+"""Compile a Triton kernel for an H100/H200 (sm_90) without a GPU: PTX, then a cubin with the ptxas that ships with
+triton. The interpreter runs kernels but never lowers them; this catches what only the compiler rejects."""
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Tuple
+
+
+def compile_for_hopper(kernel, constexprs: dict, num_warps: int = 4):
+    """The compiled kernel; pointer arguments (names ending in ``_ptr``) are fp32 except ``index_ptr`` (int32),
+    ``eps`` is fp32 and every other argument an int32."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*i32" if name == "index_ptr" else "*fp32"
+        else:
+            signature[name] = "fp32" if name == "eps" else "i32"
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def register_usage(compiled) -> Tuple[int, int]:
+    """(registers per thread, bytes of spill stores) of a kernel from :func:`compile_for_hopper`, as triton's own
+    ptxas reports them for its PTX."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        report = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", str(ptx), "-o", str(ptx.with_suffix(".o"))],
+                                capture_output=True, text=True, check=True).stderr
+    registers = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
+    return registers, spills
+
+
+def assert_compiles_without_spills(kernel, constexprs: dict) -> int:
+    """Compile ``kernel`` for sm_90 and fail if ptxas spills registers to local memory; its registers per thread."""
+    registers, spills = register_usage(compile_for_hopper(kernel, constexprs))
+    assert spills == 0, f"{kernel.fn.__name__} {constexprs}: {spills} bytes of register spills ({registers} registers)"
+    return registers
