@@ -20,9 +20,9 @@ from localmamba_kernel_runtime import backends
 from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn
 
 from .mixer_ops import correctness_cases as mixer_cases
-from .mixer_ops import mixer_timings
+from .mixer_ops import SCAN_TILES, mixer_timings
 from .model_speed import build_model
-from .op_speed import OpShape, print_op_benchmark
+from .op_speed import OpShape, print_op_benchmark, scan_tile_sweep
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
@@ -205,6 +205,8 @@ def timings(device: torch.device, quick: bool, repeats: int) -> None:
             for dtype in ("fp32", "bf16"):
                 print_op_benchmark(op, shape, device.type, dtype, repeats=repeats)
                 print()
+    print(scan_tile_sweep(device, shapes[0], repeats, tiles=SCAN_TILES[:1] if quick else SCAN_TILES))
+    print()
     print(mixer_timings(device, quick, repeats))
 
 

@@ -9,6 +9,7 @@ LocalVim-T layer: 14x14 grid plus the middle class token (T = 197), E = 384, N =
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Sequence, Tuple
+from unittest import mock
 
 import torch
 from localmamba_conv1d import causal_conv1d_fn
@@ -21,7 +22,7 @@ from .tables import render_table
 from .timing import DTYPES, median_seconds
 
 LAYER_DIRECTIONS = ("h", "v_flip", "w7", "w7_flip")
-# (time steps, channels) per program of the fused scan, timed besides the default to pick the best on a GPU
+# (time steps, channels) per program of the Triton scans, timed besides the default to pick the best on a GPU
 SCAN_TILES = ((16, 8), (32, 4), (16, 16), (32, 8), (64, 4))
 
 
@@ -173,11 +174,8 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
 
     default = (kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D)
     for tiles in [default] + [t for t in SCAN_TILES if t != default and not quick]:
-        kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D = tiles
-        try:
+        with mock.patch.multiple(kernels, SCAN_CHUNK=tiles[0], SCAN_BLOCK_D=tiles[1]):
             seconds = median_seconds(fused_scan_step(device, **shape), repeats, 3, device)
-        finally:
-            kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D = default
         for name, sec in seconds.items():
             label = f"{name.rsplit(' ', 1)[0]} tiles {tiles[0]}x{tiles[1]}" + (" (default)" if tiles == default else "")
             rows.append([label, "fp32", size, name.rsplit(" ", 1)[1], f"{sec * 1e3:.3f}", "-"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from unittest import mock
 
 import torch
 from localmamba_conv1d import causal_conv1d_fn
@@ -18,9 +19,9 @@ from localmamba_kernel_runtime import backends, ckernel
 from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
 
 from ..models.scan_maps import sequence_index
-from .mixer_ops import LAYER_DIRECTIONS, mixer_problem
+from .mixer_ops import LAYER_DIRECTIONS, SCAN_TILES, mixer_problem
 from .tables import render_table
-from .timing import DTYPES, median_seconds
+from .timing import DTYPES, cuda_graph_seconds, median_seconds
 
 OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d",
             "multi_scan": "multi_scan_inner"}
@@ -148,6 +149,10 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
             steps = {name: _backend_step(case, name, with_backward) for name in names}
             for name, seconds in median_seconds(steps, repeats, warmup, device).items():
                 medians[name][mode] = seconds * 1e3
+            if device.type == "cuda":
+                for name, step in steps.items():
+                    if name != "reference":
+                        medians[name][mode + " graph"] = _graph_ms(step, repeats, device)
     ref = medians["reference"]
     threads = torch.get_num_threads()
     rows = []
@@ -160,21 +165,39 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
                      "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
                      "fwd_ns_per_update_core": (None if case.updates is None
                                                 else m["fwd"] * 1e6 * threads / case.updates),
-                     "bwd_over_fwd": None if fb is None else (fb - m["fwd"]) / m["fwd"]})
+                     "bwd_over_fwd": None if fb is None else (fb - m["fwd"]) / m["fwd"],
+                     "fwd_graph_ms": m.get("fwd graph"), "fwdbwd_graph_ms": m.get("fwd+bwd graph")})
     return rows
 
 
+def _graph_ms(step: Callable[[], None], repeats: int, device: torch.device) -> Optional[float]:
+    """Milliseconds per CUDA-graph replay of ``step`` (None, with the reason printed, where capture fails)."""
+    try:
+        return cuda_graph_seconds(step, repeats, device=device) * 1e3
+    except Exception as err:  # a backend that cannot be captured still has its plain timing
+        print(f"(no CUDA-graph timing: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        return None
+
+
 def format_op_table(rows: List[Dict[str, object]]) -> str:
-    """The rows of :func:`benchmark_op` as a text table."""
+    """The rows of :func:`benchmark_op` as a text table; on CUDA with the CUDA-graph replay times (the device's time
+    without the host's launch overhead) as two more columns."""
     header = ["backend", "fwd ms", "fwd speedup", "fwd ns/update/core", "fwd+bwd ms", "fwd+bwd speedup", "bwd/fwd"]
+    graphed = any(r.get("fwd_graph_ms") is not None for r in rows)
+    if graphed:
+        header += ["fwd graph ms", "fwd+bwd graph ms"]
 
     def fmt(value, spec: str, suffix: str = "") -> str:
         return "-" if value is None else format(value, spec) + suffix
 
-    return render_table([header] + [
-        [str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x", fmt(r["fwd_ns_per_update_core"], ".3f"),
-         fmt(r["fwdbwd_ms"], ".3f"), fmt(r["fwdbwd_speedup"], ".1f", "x"), fmt(r["bwd_over_fwd"], ".2f", "x")]
-        for r in rows])
+    table = [header]
+    for r in rows:
+        table.append([str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x",
+                      fmt(r["fwd_ns_per_update_core"], ".3f"), fmt(r["fwdbwd_ms"], ".3f"),
+                      fmt(r["fwdbwd_speedup"], ".1f", "x"), fmt(r["bwd_over_fwd"], ".2f", "x")])
+        if graphed:
+            table[-1] += [fmt(r.get("fwd_graph_ms"), ".3f"), fmt(r.get("fwdbwd_graph_ms"), ".3f")]
+    return render_table(table)
 
 
 def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
@@ -187,3 +210,27 @@ def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu",
           f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
     print(format_op_table(rows))
     return rows
+
+
+def scan_tile_sweep(device: str = "cuda", shape: OpShape = OpShape(), repeats: int = 20,
+                    tiles: Sequence[Tuple[int, int]] = SCAN_TILES) -> str:
+    """Milliseconds of the triton ``selective_scan_fn`` at ``shape`` (fp32) for each (time steps, channels) tile of
+    its kernels, per call and (on CUDA) per CUDA-graph replay: to pick the default on a GPU."""
+    from localmamba_ssm.ops.triton import selective_scan_triton as kernels
+
+    device = torch.device(device)
+    default = (kernels.CHUNK, kernels.MAX_BLOCK_D)
+    case = scan_case(shape, device, torch.float32)
+    rows = [["tiles (steps x channels)", "fwd ms", "fwd+bwd ms", "fwd graph ms", "fwd+bwd graph ms"]]
+    with backends.restoring_choice():
+        for chunk, block in [default] + [t for t in tiles if t != default]:
+            with mock.patch.multiple(kernels, CHUNK=chunk, MAX_BLOCK_D=block):
+                steps = {mode: _backend_step(case, "triton", mode == "fwd+bwd") for mode in ("fwd", "fwd+bwd")}
+                seconds = median_seconds(steps, repeats, 2, device)
+                graphed = {mode: _graph_ms(step, repeats, device) if device.type == "cuda" else None
+                           for mode, step in steps.items()}
+            label = f"{chunk}x{block}" + (" (default)" if (chunk, block) == default else "")
+            rows.append([label, f"{seconds['fwd'] * 1e3:.3f}", f"{seconds['fwd+bwd'] * 1e3:.3f}",
+                         *("-" if graphed[m] is None else f"{graphed[m]:.3f}" for m in ("fwd", "fwd+bwd"))])
+    return (f"selective_scan_fn triton tiles, batch={shape.batch} dim={shape.dim} seqlen={shape.seqlen} "
+            f"dstate={shape.dstate} fp32 (medians of {repeats})\n" + render_table(rows))

@@ -33,3 +33,13 @@ def test_multi_scan_rows_time_the_kernel_backends():
     rows = benchmark_op("multi_scan", OpShape(batch=1, dim=8, dstate=4), repeats=1, warmup=0, backward=False)
     assert [r["backend"] for r in rows] == ["cpu", "reference"]
     assert all(r["fwd_ns_per_update_core"] > 0 and r["bwd_over_fwd"] is None for r in rows)
+
+
+def test_graph_columns_appear_only_with_cuda_graph_figures():
+    rows = benchmark_op("conv1d", OpShape(batch=1, dim=8, seqlen=5), repeats=1, warmup=0)
+    assert all(r["fwd_graph_ms"] is None and r["fwdbwd_graph_ms"] is None for r in rows)  # CPU: nothing to capture
+    assert "graph" not in format_op_table(rows)
+    rows[0].update(fwd_graph_ms=0.0125, fwdbwd_graph_ms=0.25)
+    header, _, first, second = format_op_table(rows).splitlines()
+    assert header.split()[-6:] == ["fwd", "graph", "ms", "fwd+bwd", "graph", "ms"]
+    assert first.split()[-2:] == ["0.013", "0.250"] and second.split()[-2:] == ["-", "-"]
