@@ -44,7 +44,7 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     names = [s.name for s in seen]
     for expected in ("train 1 epoch --amp (fp16 + GradScaler)", "train 1 epoch --amp --amp-dtype bfloat16",
                      "tools/dist_train.sh 1", "train, killed after its first epoch",
-                     "--resume continues the killed run", "tools/test.py on the resumed checkpoint",
+                     "the killed run continues with --resume", "tools/test.py on the resumed checkpoint",
                      "tools/test.py --compile reduce-overhead", "throughput local_vssm_tiny bf16",
                      "peak memory and resolution sweep"):
         assert expected in names
@@ -55,21 +55,73 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     folders = [s.argv[s.argv.index("--output") + 1] for s in seen if "--output" in s.argv]
     resume = os.path.join(str(tmp_path / "runs"), "resume")
     assert folders.count(resume) == 2 and len(set(folders)) == len(folders) - 1   # fresh folders, but the resume
-    resumed = by_name["--resume continues the killed run"].argv
+    resumed = by_name["the killed run continues with --resume"].argv
     assert resumed[resumed.index("--resume") + 1] == os.path.join(resume, "run", "last.pth.tar")
     assert by_name["tools/test.py --compile reduce-overhead"].argv[-5:-4] == ["default"]   # CPU: inductor's mode
-    assert "last logged speed 123.4 img/s" in lines[1]
+    runs = [s.argv for s in seen if "--output" in s.argv]   # training, dist_train and test: the one quickstart model
+    models = {argv[argv.index("--model") + 1] if "--model" in argv else argv[argv.index("configs/quickstart.yaml") + 1]
+              for argv in runs}
+    assert models == {"local_vim_tiny_wo_search"}
+    assert "last logged speed 123.4 img/s" in [line for line in lines if "--amp-dtype" in line][0]
     text = log.read_text()
     assert "===== summary" in text and f"{len(seen)}/{len(seen)} checks passed" in text
 
 
 def test_e2e_fails_a_resume_that_starts_over_and_a_run_that_was_not_killed(tmp_path, capsys):
-    run, _ = fake_runner({"--resume continues the killed run": "Train: 0 [0/56]\nTrain: 2 [0/56]"})
+    run, _ = fake_runner({"the killed run continues with --resume": "Train: 0 [0/56]\nTrain: 2 [0/56]"})
     assert not run_e2e("cpu", quick=True, runner=run, workdir=str(tmp_path))
     out = capsys.readouterr().out
-    assert "FAIL" in out and "--resume continues the killed run  (output does not show 'starting training" in out
+    assert "FAIL" in out and "the killed run continues with --resume  (output does not show 'starting training" in out
     step = [s for s in gpu_e2e.plan("cpu", str(tmp_path), quick=True) if s.stop_when is not None][0]
     assert gpu_e2e.report_line(step, Outcome(0, "", 3.0)).startswith("FAIL")     # ended before the kill
+
+
+def test_budget_cuts_each_limit_and_skips_what_no_longer_fits(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gpu_e2e, "MIN_STEP_SECONDS", 0.2)
+    fake, seen = fake_runner({})
+
+    def slow(step):
+        time.sleep(0.3)
+        return fake(step)
+
+    log = tmp_path / "e2e.log"
+    assert not run_e2e("cpu", quick=True, log_path=str(log), runner=slow, workdir=str(tmp_path / "runs"), budget=0.9)
+    out = capsys.readouterr().out
+    ran = [line for line in out.splitlines() if line.startswith("PASS")]
+    skips = [line for line in out.splitlines() if line.startswith("SKIP")]
+    assert 2 <= len(ran) <= 3 and len(ran) == len(seen) and len(ran) + len(skips) == len(gpu_e2e.plan("cpu", "x", True))
+    assert 0.8 < seen[0].timeout <= 0.9 and all(step.timeout <= 0.9 for step in seen)  # cut to what was left
+    assert all("(time budget spent)" in line for line in skips)
+    rerun = [line for line in out.splitlines() if line.startswith("not run for the time budget")][0]
+    assert "--only" in rerun and "'the killed run continues with --resume'" in rerun
+    text = log.read_text()
+    assert all(f"===== {step.name}:" in text for step in seen) and "SKIP" in text and "===== summary" in text
+
+
+def test_log_keeps_the_finished_steps_of_a_run_killed_from_outside(tmp_path):
+    fake, _ = fake_runner({})
+    calls = []
+
+    def dies_at_the_third(step):
+        calls.append(step.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fake(step)
+
+    log = tmp_path / "e2e.log"
+    with pytest.raises(KeyboardInterrupt):
+        run_e2e("cpu", quick=True, log_path=str(log), runner=dies_at_the_third, workdir=str(tmp_path / "runs"))
+    text = log.read_text()
+    assert text.startswith("gpu_check --e2e") and f"===== {calls[0]}:" in text and f"===== {calls[1]}:" in text
+    assert f"===== {calls[2]}:" not in text and "===== summary" not in text
+
+
+def test_only_brings_the_steps_a_step_needs():
+    steps = gpu_e2e.plan("cpu", "runs", quick=True)
+    chosen = [s.name for s in gpu_e2e.select_steps(steps, ["test.py on the resumed"])]
+    assert chosen == ["train, killed after its first epoch", "tools/test.py on the resumed checkpoint"]
+    assert [s.name for s in gpu_e2e.select_steps(steps, ["throughput"])] == [
+        s.name for s in steps if s.name.startswith("throughput")]
 
 
 def test_runner_kills_on_its_condition_and_at_its_limit():

@@ -5,6 +5,8 @@
     python tools/gpu_check.py --e2e             # everything on one GPU in a few minutes: kernels, AMP training,
                                                 # dist_train.sh, kill + --resume, test.py, throughput, memory sweep;
                                                 # one PASS/FAIL line per check, log in docs/measurements/
+    python tools/gpu_check.py --e2e --budget 540 --log LOG    # the same, ending within 9 minutes (a time-limited
+                                                # machine); what did not fit is listed with its --only command
     python tools/gpu_check.py --e2e --dry-run   # the commands it would run
     python tools/gpu_check.py --e2e --device cpu --quick    # the same plan at tiny sizes on the CPU
 
@@ -38,6 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--only", nargs="+", default=(), help="--e2e: only the checks whose name contains a word")
     parser.add_argument("--log", default=None, help="--e2e: transcript file (default docs/measurements/"
                                                     "<device>_e2e.log)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="--e2e: seconds for the whole run; each check's limit is cut to what is left, and the "
+                             "checks that no longer fit are listed with the command that runs them")
     parser.add_argument("--sweep", action="store_true", help="peak memory and the resolution sweep only")
     args = parser.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
@@ -45,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))
-        return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only) else 1
+        return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
     if args.sweep:
         print(memory_and_resolution_sweep(args.device, args.quick))
         return 0

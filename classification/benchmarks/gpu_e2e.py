@@ -1,13 +1,15 @@
 """The GPU end-to-end check (``tools/gpu_check.py --e2e``): one command that runs every user-facing path on CUDA and
 prints one PASS/FAIL line per check with its time, then writes the whole transcript to ``docs/measurements/``.
 
-Steps (each a subprocess with its own time limit, run folders under a fresh temporary directory):
-kernel checks (``tools/gpu_check.py``: the Triton backends against the reference, op timings), one quickstart epoch
-with ``--amp`` (fp16 + GradScaler) and with ``--amp-dtype bfloat16``, ``tools/dist_train.sh 1`` (torchrun; and
-``dist_train.sh N`` on NCCL when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its
-first epoch and ``--resume``d (it must continue at a later epoch and finish), ``tools/test.py`` on that checkpoint
-(also with ``--compile reduce-overhead``), the model throughput tables (``tools/benchmark.py``: fp32 and bf16, batch
-1 and 64, a training step at 64) and the peak memory and resolution sweep (:func:`memory_and_resolution_sweep`).
+Steps (each a subprocess with its own time limit, run folders under a fresh temporary directory), the figures
+first: kernel checks (``tools/gpu_check.py``: the Triton backends against the reference, op timings), the model
+throughput tables (``tools/benchmark.py``: fp32 and bf16, batch 1 and 64, a training step at 64), the peak memory and
+resolution sweep (:func:`memory_and_resolution_sweep`); then one quickstart epoch with ``--amp`` (fp16 +
+GradScaler) and with ``--amp-dtype bfloat16``, ``tools/dist_train.sh 1`` (torchrun; and ``dist_train.sh N`` on NCCL
+when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its first epoch and
+``--resume``d (it must continue at a later epoch and finish), ``tools/test.py`` on that checkpoint (also with
+``--compile reduce-overhead``), and the throughput under ``--compile reduce-overhead`` (compiling takes longest).
+Under a time budget each step's limit is cut to what is left and the steps that no longer fit are listed.
 
 ``--device cpu --quick`` runs the same plan at tiny sizes on the CPU (Triton under the interpreter), and ``--dry-run``
 prints the commands only: the plan, the checks of each step's output and the report are code paths the CPU tests
@@ -18,14 +20,15 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -61,6 +64,7 @@ class Step:
     env: Dict[str, str] = field(default_factory=dict)
     stop_when: Optional[Callable[[], bool]] = None
     summary: Callable[[Outcome], str] = lambda outcome: ""
+    needs: Tuple[str, ...] = ()  # names of earlier steps whose files this one reads
 
 
 def run_command(step: Step, poll: float = 0.2) -> Outcome:
@@ -148,6 +152,16 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
 
     steps = [Step("kernel checks and op timings", kernel_check, 300 if not quick else 1800,
                   _all_of(_exited_ok, _says("ALL CHECKS PASSED", "ALL CHECKS PASSED")), env=interp)]
+    for family, _ in PAIRS:
+        for dtype in ("fp32", "bf16"):
+            sizes = ["--img-size", "32", "--batch-sizes", "1", "2", "--train-batch", "2", "--repeats", "1"] if quick \
+                else ["--batch-sizes", "1", "64", "--train-batch", "64"]
+            steps.append(Step(f"throughput {family} {dtype}", [py, "tools/benchmark.py", "--model", family,
+                                                               "--device", device, "--dtype", dtype] + sizes,
+                              300 if not quick else 900, _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
+    steps.append(Step("peak memory and resolution sweep", [py, "tools/gpu_check.py", "--device", device, "--sweep"]
+                      + (["--quick"] if quick else []), 300 if not quick else 900,
+                      _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
     for name, folder, extra in (("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"]),
                                 ("train 1 epoch --amp --amp-dtype bfloat16", "amp_bf16",
                                  ["--amp", "--amp-dtype", "bfloat16"])):
@@ -161,35 +175,27 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                            "--epochs", "1"] + common + run_dir(folder),
                           240, _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
     checkpoint = last("resume")
-    steps.append(Step("train, killed after its first epoch", train + ["--epochs", "3"] + run_dir("resume"), 180,
+    killed = "train, killed after its first epoch"
+    steps.append(Step(killed, train + ["--epochs", "3"] + run_dir("resume"), 180,
                       _all_of(was_killed, _file_exists(checkpoint)), stop_when=lambda: os.path.isfile(checkpoint)))
-    steps.append(Step("--resume continues the killed run",
+    steps.append(Step("the killed run continues with --resume",
                       train + ["--epochs", "3", "--resume", checkpoint] + run_dir("resume"), 180,
                       _all_of(_exited_ok, _says(r"starting training at epoch [12]\b", "'starting training at epoch "
                                                                                      "1 or 2'"),
-                              _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed))
+                              _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed,
+                      needs=(killed,)))
     test = [py, "tools/test.py", "-c", "configs/quickstart.yaml", "--model", model, "--resume", checkpoint] + common
     steps.append(Step("tools/test.py on the resumed checkpoint", test + run_dir("test"), 120,
-                      _all_of(_exited_ok, _says(r"'top1'", "the metrics"))))
+                      _all_of(_exited_ok, _says(r"'top1'", "the metrics")), needs=(killed,)))
     steps.append(Step("tools/test.py --compile reduce-overhead",
                       test + ["--compile", "reduce-overhead" if cuda else "default"] + run_dir("test_compiled"),
-                      300, _all_of(_exited_ok, _says(r"'top1'", "the metrics"))))
-    for model, _ in PAIRS:
-        for dtype in ("fp32", "bf16"):
-            sizes = ["--img-size", "32", "--batch-sizes", "1", "2", "--train-batch", "2", "--repeats", "1"] if quick \
-                else ["--batch-sizes", "1", "64", "--train-batch", "64"]
-            steps.append(Step(f"throughput {model} {dtype}", [py, "tools/benchmark.py", "--model", model, "--device",
-                                                              device, "--dtype", dtype] + sizes, 300 if not quick
-                              else 900, _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
+                      300, _all_of(_exited_ok, _says(r"'top1'", "the metrics")), needs=(killed,)))
     if cuda and not quick:  # small batches: CUDA graphs against launch overhead
-        for model, _ in PAIRS:
-            steps.append(Step(f"throughput {model} fp32 --compile reduce-overhead",
-                              [py, "tools/benchmark.py", "--model", model, "--device", device, "--batch-sizes", "1",
+        for family, _ in PAIRS:
+            steps.append(Step(f"throughput {family} fp32 --compile reduce-overhead",
+                              [py, "tools/benchmark.py", "--model", family, "--device", device, "--batch-sizes", "1",
                                "64", "--train-batch", "0", "--compile", "reduce-overhead"], 300,
                               _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
-    steps.append(Step("peak memory and resolution sweep", [py, "tools/gpu_check.py", "--device", device, "--sweep"]
-                      + (["--quick"] if quick else []), 300 if not quick else 900,
-                      _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
     return steps
 
 
@@ -201,17 +207,30 @@ def report_line(step: Step, outcome: Outcome) -> str:
                                                                                               if note else "")
 
 
+def select_steps(steps: Sequence[Step], only: Sequence[str]) -> List[Step]:
+    """The steps whose name contains one of ``only`` (all when empty), with the earlier steps they need."""
+    if not only:
+        return list(steps)
+    wanted = {s.name for s in steps if any(word in s.name for word in only)}
+    for step in reversed(steps):
+        if step.name in wanted:
+            wanted.update(step.needs)
+    return [s for s in steps if s.name in wanted]
+
+
 def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, log_path: Optional[str] = None,
             runner: Callable[[Step], Outcome] = run_command, workdir: Optional[str] = None,
-            only: Sequence[str] = ()) -> bool:
-    """Run (or, ``dry_run``, list) the plan, or its steps whose name contains one of ``only``; print one line per
-    step as it ends, then the summary; write the transcript (every step's full output, then the summary) to
-    ``log_path``. True when every step passed."""
+            only: Sequence[str] = (), budget: Optional[float] = None) -> bool:
+    """Run (or, ``dry_run``, list) the plan, or its steps whose name contains one of ``only`` (and the steps they
+    need); print one line per step as it ends, then the summary. Within ``budget`` seconds: each step's limit is
+    cut to what is left, and once too little is left the remaining steps are reported as SKIP with the command that
+    runs them. The transcript (every step's full output, then the summary) is written to ``log_path`` as the steps
+    end, so a run killed from outside keeps what it did. True when every step ran and passed."""
     own_workdir = workdir is None
     if dry_run:
         workdir = workdir or os.path.join(tempfile.gettempdir(), "localmamba_e2e_XXXX")
     workdir = workdir or tempfile.mkdtemp(prefix="localmamba_e2e_")
-    steps = [s for s in plan(device, workdir, quick) if not only or any(word in s.name for word in only)]
+    steps = select_steps(plan(device, workdir, quick), only)
     if dry_run:
         for step in steps:
             env = " ".join(f"{k}={v}" for k, v in step.env.items())
@@ -221,25 +240,53 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
              f"{torch.cuda.get_device_name(0) if torch.device(device).type == 'cuda' else device}  torch " \
              f"{torch.__version__}  run folders {workdir}"
     print(header, flush=True)
-    lines, transcript = [], [header]
+    log = _Transcript(log_path, header)
+    lines: List[str] = []
+    skipped: List[Step] = []
+    start = time.perf_counter()
     for step in steps:
-        outcome = runner(step)
-        line = report_line(step, outcome)
+        left = None if budget is None else budget - (time.perf_counter() - start)
+        if left is not None and (left < MIN_STEP_SECONDS or any(s.name in step.needs for s in skipped)):
+            skipped.append(step)
+            line = f"SKIP  {0.0:7.1f} s  {step.name}  (time budget spent)"
+        else:
+            outcome = runner(step if left is None else replace(step, timeout=min(step.timeout, left)))
+            line = report_line(step, outcome)
+            log.add(f"\n===== {step.name}: {' '.join(step.argv)}", outcome.output.rstrip(), line)
         print(line, flush=True)
         lines.append(line)
-        transcript += [f"\n===== {step.name}: {' '.join(step.argv)}", outcome.output.rstrip(), line]
     passed = all(line.startswith("PASS") for line in lines)
     total = sum(float(line.split()[1]) for line in lines)
     summary = [f"{sum(line.startswith('PASS') for line in lines)}/{len(lines)} checks passed in {total:.0f} s"]
-    print(summary[0])
+    if skipped:
+        summary.append("not run for the time budget; to run them: python tools/gpu_check.py --e2e --device "
+                       f"{device} --only " + " ".join(shlex.quote(s.name) for s in skipped))
+    print("\n".join(summary))
+    log.add("\n===== summary", header, *lines, *summary)
     if log_path:
-        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        with open(log_path, "w") as f:
-            f.write("\n".join(transcript + ["\n===== summary", header] + lines + summary) + "\n")
         print(f"log: {log_path}")
     if own_workdir and passed:
         shutil.rmtree(workdir, ignore_errors=True)
     return passed
+
+
+MIN_STEP_SECONDS = 30  # under a budget, a step starts only with at least this much of it left
+
+
+class _Transcript:
+    """The log file, written as it grows (nothing when ``path`` is None)."""
+
+    def __init__(self, path: Optional[str], header: str):
+        self.path = path
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(header + "\n")
+
+    def add(self, *lines: str) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write("\n".join(lines) + "\n")
 
 
 def _peak_mib(step: Callable[[], None], device: torch.device) -> float:
