@@ -4,7 +4,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int = 4):
@@ -41,8 +41,33 @@ def register_usage(compiled) -> Tuple[int, int]:
     return registers, spills
 
 
-def assert_compiles_without_spills(kernel, constexprs: dict) -> int:
-    """Compile ``kernel`` for sm_90 and fail if ptxas spills registers to local memory; its registers per thread."""
-    registers, spills = register_usage(compile_for_hopper(kernel, constexprs))
-    assert spills == 0, f"{kernel.fn.__name__} {constexprs}: {spills} bytes of register spills ({registers} registers)"
+def scan_axis_spread(compiled) -> List[Tuple[int, int, int]]:
+    """For every ``tt.scan`` of a compiled kernel, (elements per thread, lanes, warps) along its scan axis, read from
+    the operand's blocked layout in the TTGIR. A scan whose axis has one lane and one warp runs as a sequential loop
+    in each thread's registers."""
+    ttgir = compiled.asm["ttgir"]
+    layouts = {}
+    for name, body in re.findall(r"^#(\w+) = #ttg\.blocked<\{(.*)\}>", ttgir, re.M):
+        fields = {key: [int(v) for v in values.split(",")]
+                  for key, values in re.findall(r"(\w+) = \[([\d, ]+)\]", body)}
+        layouts[name] = fields
+    spreads = []
+    for axis, shape, layout in re.findall(
+            r'"tt\.scan"\(.*?<\{axis = (\d+) : i32.*?\}> \(\{.*?\}\) : \(tensor<([\dx]+)xf32, #(\w+)>', ttgir, re.S):
+        axis, fields = int(axis), layouts[layout]
+        lanes, warps = fields["threadsPerWarp"][axis], fields["warpsPerCTA"][axis]
+        size = int(shape.split("x")[axis])
+        spreads.append((size // (lanes * warps), lanes, warps))
+    return spreads
+
+
+def assert_compiles_well(kernel, constexprs: dict) -> int:
+    """Compile ``kernel`` for sm_90 and fail if ptxas spills registers to local memory or a scan's axis is spread
+    over lanes or warps (shuffles at every level instead of a loop in registers); its registers per thread."""
+    compiled = compile_for_hopper(kernel, constexprs)
+    registers, spills = register_usage(compiled)
+    where = f"{kernel.fn.__name__} {constexprs}"
+    assert spills == 0, f"{where}: {spills} bytes of register spills ({registers} registers)"
+    for per_thread, lanes, warps in scan_axis_spread(compiled):
+        assert lanes == warps == 1, f"{where}: a scan axis over {lanes} lanes x {warps} warps ({per_thread} per thread)"
     return registers

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hopper_compile import assert_compiles_without_spills
+from hopper_compile import assert_compiles_well
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -29,7 +29,7 @@ def test_fused_mixer_kernels_match_reference_under_interpreter():
 
 def test_fused_mixer_kernels_compile_for_hopper():
     """The interpreter does not lower kernels: compile each one for an H100/H200 (sm_90) at the default tiles, without
-    register spills."""
+    register spills and with every scan a loop in registers."""
     pytest.importorskip("triton.backends.nvidia", reason="triton's NVIDIA backend is not installed")
     from localmamba_ssm.ops.triton import attention_merge_triton as merge
     from localmamba_ssm.ops.triton import multi_scan_triton as scan
@@ -44,4 +44,4 @@ def test_fused_mixer_kernels_compile_for_hopper():
                (merge._merge_kernel, dict(RT=merge.MERGE_ROWS, BC=merge.MERGE_COLS)),
                (merge._merge_bwd_kernel, dict(RT=merge.MERGE_ROWS, BC=merge.MERGE_COLS))]
     for kernel, constexprs in kernels:
-        assert_compiles_without_spills(kernel, constexprs)
+        assert_compiles_well(kernel, constexprs)

@@ -1,15 +1,17 @@
 """The ``triton`` backend of ``selective_scan_fn``: chunked associative-scan Triton kernels, forward and backward.
 
 One program per (batch element, block of BD channels). The sequence is cut into chunks of CT steps; a chunk's
-u, delta, z (BD, CT) and B, C (N, CT) rows are read as time-contiguous tiles, its decays a = exp(dt A) and inputs
-b = dt u B form a (BD, N, CT) tile that ``tl.associative_scan`` combines along time (the affine maps h -> a h + b
-compose associatively), and the state is carried from chunk to chunk. The forward pass stores the state at the start
-of every chunk; the backward pass walks the chunks in reverse, recomputes a chunk's states from its stored start
-(one forward scan) and runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with
-the gradient of the last state; a_t h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (dt = 0).
-Gradients of input-dependent B / C are summed over each channel block and written per block (every channel of a
-block is in one group; the blocks are summed afterwards), those of per-channel parameters per program:
-deterministic, no atomics. Inputs may be fp32 / fp16 / bf16; the math is fp32.
+u, delta, z (CT, BD) and B, C (CT, N) rows are loaded as tiles, its decays a = exp(dt A) and inputs b = dt u B form a
+(CT, BD, N) tile that ``tl.associative_scan`` combines along time (the affine maps h -> a h + b compose
+associatively), and the state is carried from chunk to chunk. Time is the tile's first axis: the compiler then keeps
+a (channel, state) pair's CT steps in one thread, and the scan is a sequential loop in registers (no shuffles; a test
+reads the layout). The forward pass stores the state at the start of every chunk; the backward pass walks the chunks
+in reverse, recomputes a chunk's states from its stored start (one forward scan) and runs the adjoint recurrence
+g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with the gradient of the last state; a_t h_{t-1} is
+recovered as h_t - b_t. Steps past the end are identities (dt = 0). Gradients of input-dependent B / C are summed
+over each channel block and written per block (every channel of a block is in one group; the blocks are summed
+afterwards), those of per-channel parameters per program: deterministic, no atomics. Inputs may be fp32 / fp16 /
+bf16; the math is fp32.
 Wrapped as torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
@@ -32,22 +34,22 @@ MAX_BLOCK_D = 8     # channels per program (a power of two dividing Dm and every
 
 @triton.jit
 def _bc_tile(ptr, pid_b, group, d, dmask, n, nmask, t, tmask, s_b, s_g, s_n, s_t, VARIABLE: tl.constexpr):
-    """B or C of one chunk in fp32: the input-dependent rows of the block's group as (1, BN, CT), or the
-    time-invariant per-channel matrix as (BD, BN, 1)."""
+    """B or C of one chunk in fp32: the input-dependent rows of the block's group as (CT, 1, BN), or the
+    time-invariant per-channel matrix as (1, BD, BN)."""
     if VARIABLE:
-        m = nmask[:, None] & tmask[None, :]
-        tile = tl.load(ptr + pid_b * s_b + group * s_g + n[:, None] * s_n + t[None, :] * s_t, mask=m, other=0.0)
-        tile = tile.to(tl.float32)[None, :, :]
+        m = tmask[:, None] & nmask[None, :]
+        tile = tl.load(ptr + pid_b * s_b + group * s_g + t[:, None] * s_t + n[None, :] * s_n, mask=m, other=0.0)
+        tile = tile.to(tl.float32)[:, None, :]
     else:
         tile = tl.load(ptr + d[:, None] * s_g + n[None, :] * s_n, mask=dmask[:, None] & nmask[None, :], other=0.0)
-        tile = tile.to(tl.float32)[:, :, None]
+        tile = tile.to(tl.float32)[None, :, :]
     return tile
 
 
 @triton.jit
 def _step_dt(delta_ptr, offs, m, bias, SOFTPLUS: tl.constexpr):
-    """The raw delta + bias and the step dt (BD, CT) at offsets ``offs``; dt is 0 (an identity step) where not m."""
-    raw = tl.load(delta_ptr + offs, mask=m, other=0.0).to(tl.float32) + bias[:, None]
+    """The raw delta + bias and the step dt (CT, BD) at offsets ``offs``; dt is 0 (an identity step) where not m."""
+    raw = tl.load(delta_ptr + offs, mask=m, other=0.0).to(tl.float32) + bias[None, :]
     dt = raw
     if SOFTPLUS:
         dt = softplus(raw)
@@ -56,24 +58,24 @@ def _step_dt(delta_ptr, offs, m, bias, SOFTPLUS: tl.constexpr):
 
 @triton.jit
 def _step_at(tile, steps, which):
-    """Step ``which`` of a (BD, BN, CT) tile whose steps are numbered ``steps``: (BD, BN)."""
-    return tl.sum(tl.where((steps == which)[None, None, :], tile, 0.0), axis=2)
+    """Step ``which`` of a (CT, BD, BN) tile whose steps are numbered ``steps``: (BD, BN)."""
+    return tl.sum(tl.where((steps == which)[:, None, None], tile, 0.0), axis=0)
 
 
 @triton.jit
 def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, group_b, group_c, d, dmask, n, nmask,
                   t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
                   SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """One chunk from its start state h0 (BD, BN): u, raw delta, dt (BD, CT); B, C tiles; the inputs b and the
-    states h (BD, BN, CT)."""
+    """One chunk from its start state h0 (BD, BN): u, raw delta, dt (CT, BD); B, C tiles; the inputs b and the
+    states h (CT, BD, BN)."""
     u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
     raw, dt = _step_dt(delta_ptr, offs, m, bias, SOFTPLUS)
     Bm = _bc_tile(B_ptr, pid_b, group_b, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, B_VAR)
     Cm = _bc_tile(C_ptr, pid_b, group_c, d, dmask, n, nmask, t, tmask, sCb, sCg, sCn, sCt, C_VAR)
-    a = tl.exp(dt[:, None, :] * A[:, :, None])
-    b = (dt * u)[:, None, :] * Bm
-    a_cum, b_cum = tl.associative_scan((a, b), 2, affine_combine)
-    return u, raw, dt, Bm, Cm, b, a_cum * h0[:, :, None] + b_cum
+    a = tl.exp(dt[:, :, None] * A[None, :, :])
+    b = (dt * u)[:, :, None] * Bm
+    a_cum, b_cum = tl.associative_scan((a, b), 0, affine_combine)
+    return u, raw, dt, Bm, Cm, b, a_cum * h0[None, :, :] + b_cum
 
 
 @triton.jit
@@ -113,13 +115,13 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         tl.store(ckpt_ptr + states + c * dstate, h0, mask=mdn)
         t = c * CT + steps
         tmask = t < seqlen
-        m = dmask[:, None] & tmask[None, :]
-        offs = row[:, None] + t[None, :]
+        m = tmask[:, None] & dmask[None, :]
+        offs = t[:, None] + row[None, :]
         u, raw, dt, Bm, Cm, b, h = _chunk_states(
             u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, (pid_d * BD) // cpg_b,
             (pid_d * BD) // cpg_c, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
             SOFTPLUS, B_VAR, C_VAR)
-        y = tl.sum(h * Cm, axis=1) + Dv[:, None] * u
+        y = tl.sum(h * Cm, axis=2) + Dv[None, :] * u
         if HAS_Z:
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
             y = y * z * tl.sigmoid(z)
@@ -162,8 +164,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         h0 = tl.load(ckpt_ptr + states + c * dstate, mask=mdn, other=0.0)
         t = c * CT + steps
         tmask = t < seqlen
-        m = dmask[:, None] & tmask[None, :]
-        offs = row[:, None] + t[None, :]
+        m = tmask[:, None] & dmask[None, :]
+        offs = t[:, None] + row[None, :]
         u, raw, dt, Bm, Cm, b, h = _chunk_states(
             u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, (pid_d * BD) // cpg_b,
             (pid_d * BD) // cpg_c, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
@@ -172,39 +174,38 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         if HAS_Z:
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
             sz = tl.sigmoid(z)
-            y = tl.sum(h * Cm, axis=1) + Dv[:, None] * u
+            y = tl.sum(h * Cm, axis=2) + Dv[None, :] * u
             tl.store(dz_ptr + offs, (dy * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m)
             dy = dy * z * sz
         # the next step's decay a_{t+1}; 1 past the end, which carries the last state's gradient into step L - 1
-        nxt = t + 1
-        _, dt_next = _step_dt(delta_ptr, offs + 1, dmask[:, None] & (nxt < seqlen)[None, :], bias, SOFTPLUS)
-        a_next = tl.exp(dt_next[:, None, :] * A[:, :, None])
-        g_mul, g_add = tl.associative_scan((a_next, Cm * dy[:, None, :]), 2, affine_combine, reverse=True)
-        g = g_mul * g_in[:, :, None] + g_add
+        _, dt_next = _step_dt(delta_ptr, offs + 1, (t + 1 < seqlen)[:, None] & dmask[None, :], bias, SOFTPLUS)
+        a_next = tl.exp(dt_next[:, :, None] * A[None, :, :])
+        g_mul, g_add = tl.associative_scan((a_next, Cm * dy[:, :, None]), 0, affine_combine, reverse=True)
+        g = g_mul * g_in[None, :, :] + g_add
         g_in = _step_at(g, steps, 0)
         gAh = g * (h - b)                                   # g_t a_t h_{t-1}
-        gB = tl.sum(g * Bm, axis=1)
-        ddt = gB * u + tl.sum(gAh * A[:, :, None], axis=1)
+        gB = tl.sum(g * Bm, axis=2)
+        ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         ddt = tl.where(m, ddt, 0.0)
-        tl.store(du_ptr + offs, (dy * Dv[:, None] + dt * gB).to(du_ptr.dtype.element_ty), mask=m)
+        tl.store(du_ptr + offs, (dy * Dv[None, :] + dt * gB).to(du_ptr.dtype.element_ty), mask=m)
         tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
-        dA += tl.sum(gAh * dt[:, None, :], axis=2)
-        dD += tl.sum(dy * u, axis=1)
-        dbias += tl.sum(ddt, axis=1)
-        gbu = g * (dt * u)[:, None, :]
-        hdy = h * dy[:, None, :]
+        dA += tl.sum(gAh * dt[:, :, None], axis=0)
+        dD += tl.sum(dy * u, axis=0)
+        dbias += tl.sum(ddt, axis=0)
+        gbu = g * (dt * u)[:, :, None]
+        hdy = h * dy[:, :, None]
         if B_VAR:
-            tl.store(dB_ptr + block_rows[:, None] + t[None, :], tl.sum(gbu, axis=0),
-                     mask=nmask[:, None] & tmask[None, :])
+            tl.store(dB_ptr + t[:, None] + block_rows[None, :], tl.sum(gbu, axis=1),
+                     mask=tmask[:, None] & nmask[None, :])
         else:
-            dB_acc += tl.sum(gbu, axis=2)
+            dB_acc += tl.sum(gbu, axis=0)
         if C_VAR:
-            tl.store(dC_ptr + block_rows[:, None] + t[None, :], tl.sum(hdy, axis=0),
-                     mask=nmask[:, None] & tmask[None, :])
+            tl.store(dC_ptr + t[:, None] + block_rows[None, :], tl.sum(hdy, axis=1),
+                     mask=tmask[:, None] & nmask[None, :])
         else:
-            dC_acc += tl.sum(hdy, axis=2)
+            dC_acc += tl.sum(hdy, axis=0)
     tl.store(dA_ptr + per_channel, dA, mask=mdn)
     if not B_VAR:
         tl.store(dB_ptr + per_channel, dB_acc, mask=mdn)
