@@ -61,10 +61,10 @@ def scan_axis_spread(compiled) -> List[Tuple[int, int, int]]:
     return spreads
 
 
-def assert_compiles_well(kernel, constexprs: dict) -> int:
+def assert_compiles_well(kernel, constexprs: dict, num_warps: int = 4) -> int:
     """Compile ``kernel`` for sm_90 and fail if ptxas spills registers to local memory or a scan's axis is spread
     over lanes or warps (shuffles at every level instead of a loop in registers); its registers per thread."""
-    compiled = compile_for_hopper(kernel, constexprs)
+    compiled = compile_for_hopper(kernel, constexprs, num_warps)
     registers, spills = register_usage(compiled)
     where = f"{kernel.fn.__name__} {constexprs}"
     assert spills == 0, f"{where}: {spills} bytes of register spills ({registers} registers)"

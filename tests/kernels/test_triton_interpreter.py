@@ -31,12 +31,14 @@ def test_scan_and_conv1d_kernels_compile_for_hopper():
     pytest.importorskip("triton.backends.nvidia", reason="triton's NVIDIA backend is not installed")
     from localmamba_conv1d import triton_conv1d as conv
     from localmamba_ssm.ops.triton import selective_scan_triton as scan
+    from localmamba_ssm.ops.triton.scan_math import scan_warps
 
-    tiles = dict(BD=scan.MAX_BLOCK_D, BN=16, CT=scan.CHUNK)
-    for on in (True, False):
-        flags = dict(HAS_D=on, HAS_Z=on, HAS_BIAS=on, SOFTPLUS=on, B_VAR=on, C_VAR=on, **tiles)
-        assert_compiles_well(scan._scan_fwd_kernel, flags)
-        assert_compiles_well(scan._scan_bwd_kernel, dict(flags, HAS_DLAST=on))
+    for on, block_n in ((True, 16), (False, 16), (True, 4)):     # N = 4: fewer threads, as the launch gives it
+        warps = scan_warps(scan.MAX_BLOCK_D, block_n)
+        flags = dict(HAS_D=on, HAS_Z=on, HAS_BIAS=on, SOFTPLUS=on, B_VAR=on, C_VAR=on, BD=scan.MAX_BLOCK_D,
+                     BN=block_n, CT=scan.CHUNK)
+        assert_compiles_well(scan._scan_fwd_kernel, flags, warps)
+        assert_compiles_well(scan._scan_bwd_kernel, dict(flags, HAS_DLAST=on), warps)
     for grad in (True, False):
         flags = dict(SIGN=-1 if grad else 1, HAS_BIAS=True, SILU=True, GRAD=grad, BW=4, BD=conv.BLOCK_D,
                      BT=conv.BLOCK_T)

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, softplus
+from .scan_math import affine_combine, scan_warps, softplus
 
 SCAN_CHUNK = 16      # time steps per tile of the scan
 SCAN_BLOCK_D = 8     # channels per scan program
@@ -396,7 +396,9 @@ def _scan_launch(u: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor):
     batch, num_dirs, length, inner = u.shape
     num_chunks = max(1, triton.cdiv(length, SCAN_CHUNK))
     grid = (batch * num_dirs, triton.cdiv(inner, SCAN_BLOCK_D))
-    return grid, num_chunks, dict(CT=SCAN_CHUNK, BD=SCAN_BLOCK_D, BN=triton.next_power_of_2(A_log.shape[-1]))
+    block_n = triton.next_power_of_2(A_log.shape[-1])
+    return grid, num_chunks, dict(CT=SCAN_CHUNK, BD=SCAN_BLOCK_D, BN=block_n,
+                                  num_warps=scan_warps(SCAN_BLOCK_D, block_n))
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_fwd", mutates_args=())

@@ -14,3 +14,9 @@ def softplus(x):
 def affine_combine(a_first, b_first, a_then, b_then):
     """Compose h -> a_first h + b_first, then h -> a_then h + b_then."""
     return a_first * a_then, a_then * b_first + b_then
+
+
+def scan_warps(block_d: int, block_n: int) -> int:
+    """Warps for a (time, block_d, block_n) scan tile: at most one thread per (channel, state) pair, up to 4 warps,
+    so that the compiler keeps each pair's time steps in one thread and the scan is a loop in registers."""
+    return max(1, min(4, block_d * block_n // 32))

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, softplus
+from .scan_math import affine_combine, scan_warps, softplus
 
 CHUNK = 16          # time steps per tile
 MAX_BLOCK_D = 8     # channels per program (a power of two dividing Dm and every group of B / C)
@@ -261,10 +261,11 @@ def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     last = u.new_empty(batch, dim, dstate, dtype=torch.float32)
     ckpt = u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32)
     Bv, Cv, strides, block = _launch_args(u, A, B, C)
+    bn = triton.next_power_of_2(dstate)
     _scan_fwd_kernel[(batch, dim // block)](
         u, delta, A, Bv, Cv, D, z, delta_bias, out, ckpt, last, dim, seqlen, dstate, n_chunks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=triton.next_power_of_2(dstate), CT=CHUNK)
+        B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=CHUNK, num_warps=scan_warps(block, bn))
     return out, last, ckpt
 
 
@@ -294,16 +295,15 @@ def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor],
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     dz = torch.empty_like(u) if z is not None else u.new_zeros(0)
     dA = torch.empty(batch, dim, dstate, **f32)
-    dB = torch.zeros(batch, n_dblocks, dstate, seqlen, **f32) if B.dim() >= 3 else torch.empty(batch, dim, dstate,
-                                                                                                 **f32)
-    dC = torch.zeros(batch, n_dblocks, dstate, seqlen, **f32) if C.dim() >= 3 else torch.empty(batch, dim, dstate,
-                                                                                                 **f32)
+    dB, dC = (torch.empty((batch, n_dblocks, dstate, seqlen) if M.dim() >= 3 else (batch, dim, dstate), **f32)
+              for M in (B, C))  # every element is written
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     _scan_bwd_kernel[(batch, n_dblocks)](
         u, delta, A, Bv, Cv, D, z, delta_bias, dout, dlast, ckpt, du, ddelta, dz, dA, dB, dC, dD, dbias,
         dim, seqlen, dstate, n_chunks, n_dblocks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=CHUNK)
+        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=CHUNK,
+        num_warps=scan_warps(block, bn))
     return (du, ddelta, dA.sum(0), _reduce_bc(dB, B, dim, block), _reduce_bc(dC, C, dim, block), dD.sum(0), dz,
             dbias.sum(0))
 
