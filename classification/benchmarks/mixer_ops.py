@@ -118,7 +118,8 @@ def _timed_steps(makers: Dict[str, Callable]) -> Dict[str, Callable[[], None]]:
 
 def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, dstate: int = 16,
                     rank: int = 12) -> Dict[str, Callable[[], None]]:
-    """The fused scan kernel alone (one direction, identity index, z gate) at the selective-scan benchmark shape."""
+    """The fused scan kernel alone (one direction, identity index, z gate, its dt projection of rank ``rank``) at
+    the selective-scan benchmark shape."""
     from localmamba_ssm.ops.triton.multi_scan_triton import multi_scan_scan_fwd
 
     g = torch.Generator().manual_seed(4)
@@ -126,18 +127,18 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device).requires_grad_()
 
-    u, delta = rand(batch, 1, seqlen, dim), rand(batch, 1, seqlen, dim, scale=0.5)
-    x_dbl, tokens = rand(batch, 1, seqlen, rank + 2 * dstate), rand(batch, seqlen, 2 * dim)
+    u, x_dbl = rand(batch, 1, seqlen, dim), rand(batch, 1, seqlen, rank + 2 * dstate)
+    tokens, dt_weight = rand(batch, seqlen, 2 * dim), rand(1, dim, rank, scale=rank ** -0.5)
     A_log, D, bias = rand(1, dim, dstate, scale=0.5), rand(1, dim), rand(1, dim, scale=0.5)
     index = torch.arange(seqlen, device=device, dtype=torch.int32)[None]
     grad = torch.randn(batch, 1, seqlen, dim, generator=g).to(device)
 
     def forward():
         with torch.no_grad():
-            multi_scan_scan_fwd(u, delta, x_dbl, tokens, index, A_log, D, bias, True)
+            multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True)
 
     def forward_backward():
-        out, _ = multi_scan_scan_fwd(u, delta, x_dbl, tokens, index, A_log, D, bias, True)
+        out, _ = multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True)
         out.backward(grad)
 
     return {"fused scan fwd": forward, "fused scan fwd+bwd": forward_backward}

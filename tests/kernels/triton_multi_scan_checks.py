@@ -1,8 +1,8 @@
 """Checks of the fused Triton mixer kernels (``multi_scan_inner`` and ``attention_merge``) against their references,
 run by test_triton_multi_scan.py in a subprocess with TRITON_INTERPRET=1 and LOCALMAMBA_BACKEND=triton.
 
-Tiny odd shapes on real index tables (row, column, windowed with padding, flipped; a middle class token); the
-kernels' tile sizes are shrunk so that every tiling path runs (several time chunks, partial channel blocks, several
+Tiny odd shapes on real index tables (row, column, windowed with padding, flipped; a middle class token; a dt rank
+of 18); the kernels' tile sizes are shrunk so that every tiling path runs (several time chunks, partial channel blocks, several
 token blocks). Outputs and the gradients of every input are compared, fp32 tightly and bf16 loosely.
 Prints one ``ok`` line per case; exits non-zero with a message at the first mismatch.
 """
@@ -57,10 +57,10 @@ def compare(label, fn, ref, inputs, dtype):
     print(f"ok {label} ({len(names)} gradients)")
 
 
-def scan_problem(directions, grid, cls_position, inner, state, width, gate, with_d, dtype, seed):
+def scan_problem(directions, grid, cls_position, inner, state, width, gate, with_d, dtype, seed, rank=2):
     g = torch.Generator().manual_seed(seed)
     index = sequence_index(directions, grid, cls_position)
-    num_dirs, num_tokens, rank = len(directions), grid[0] * grid[1] + (cls_position is not None), 2
+    num_dirs, num_tokens = len(directions), grid[0] * grid[1] + (cls_position is not None)
 
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(dtype).requires_grad_()
@@ -115,9 +115,8 @@ def check_custom_ops():
     per_dir = [rand(num_dirs, inner) for _ in range(3)]
     calls = [(multi_scan_triton.multi_scan_conv_fwd, (tokens, index, weights, per_dir[0], inner)),
              (multi_scan_triton.multi_scan_scan_fwd,
-              (rand(batch, num_dirs, length, inner), rand(batch, num_dirs, length, inner),
-               rand(batch, num_dirs, length, rank + 2 * state), tokens, index, rand(num_dirs, inner, state),
-               per_dir[1], per_dir[2], True)),
+              (rand(batch, num_dirs, length, inner), rand(batch, num_dirs, length, rank + 2 * state), tokens, index,
+               rand(num_dirs, inner, state), per_dir[1], rand(num_dirs, inner, rank), per_dir[2], True)),
              (attention_merge_triton.normalised_mean, (rand(batch, num_dirs, num_tokens, inner), 1e-5)),
              (attention_merge_triton.gated_sum, (rand(batch, num_dirs, num_tokens, inner),
                                                  torch.rand(batch, num_dirs, inner, generator=g).requires_grad_()))]
@@ -137,8 +136,9 @@ def main():
     four = ("h", "v_flip", "w2", "w3_flip")
     check_scan("K=4 3x5 middle class token, gate, conv W=4, fp32", directions=four, grid=(3, 5), cls_position=8,
                inner=5, state=4, width=4, with_d=True, seed=0)
-    check_scan("K=2 windowed, no gate, no conv, no D, N=3, fp32", gate=False, directions=("h_flip", "w2_flip"),
-               grid=(3, 5), cls_position=None, inner=7, state=3, width=0, with_d=False, seed=1)
+    check_scan("K=2 windowed, no gate, no conv, no D, N=3, dt rank 18, fp32", gate=False,
+               directions=("h_flip", "w2_flip"), grid=(3, 5), cls_position=None, inner=7, state=3, width=0,
+               with_d=False, seed=1, rank=18)
     check_scan("K=3 3x5, gate, conv W=3, bf16", dtype=torch.bfloat16, directions=("v", "w3", "h_flip"), grid=(3, 5),
                cls_position=None, inner=5, state=4, width=3, with_d=True, seed=2)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)

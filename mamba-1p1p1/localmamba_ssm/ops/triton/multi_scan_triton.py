@@ -4,16 +4,19 @@ Three kernels with torch matmuls (cuBLAS) between them, forward and backward:
 
 1. ``_conv_fwd_kernel`` reads the x channels of the token rows through the index table (no K gathered copies) and
    writes u = SiLU(depthwise causal conv(x_seq) + bias), (Bt, K, L, E), in sequence order;
-2. torch: x_dbl = u @ x_proj_weight[k]^T (Bt, K, L, R + 2N) and delta = x_dbl[..., :R] @ dt_proj_weight[k]^T;
-3. ``_scan_fwd_kernel`` runs the selective scan with softplus(delta + bias), D and the SiLU(z) gate fused (z read
-   through the index table) and writes each output at its token's row (the reverse scatter fused): (Bt, K, T, E).
+2. torch: x_dbl = u @ x_proj_weight[k]^T (Bt, K, L, R + 2N);
+3. ``_scan_fwd_kernel`` runs the selective scan with the dt projection (delta = x_dbl[..., :R] @ dt_proj_weight[k]^T,
+   R multiply-adds per step and channel: no delta tensor is written or read), softplus(delta + bias), D and the
+   SiLU(z) gate fused (z read through the index table) and writes each output at its token's row (the reverse scatter
+   fused): (Bt, K, T, E).
 
 The scan is chunked over time: one program per (batch, direction, block of BD channels) loads a (CHUNK, BD, N) tile
 of decays and inputs and combines it with ``tl.associative_scan`` (the affine map h -> a h + b composes
 associatively), carrying the state from chunk to chunk; the state at the start of each chunk is stored for the
-backward pass. The backward pass walks the chunks in reverse: it recomputes the chunk's states from its stored start
-(one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse
-associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). Gradients of the input-dependent B / C are
+backward pass. The backward pass walks the chunks in reverse: it recomputes the chunk's delta and states from its
+stored start (one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a
+reverse associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). It writes d delta, from which two
+torch matmuls give the gradients of x_dbl[..., :R] and of dt_proj_weight. Gradients of the input-dependent B / C are
 summed over each channel block and written per block, those of per-channel parameters per program (summed
 afterwards in torch): deterministic, no atomics. Math in fp32; activations in the tokens' dtype.
 
@@ -148,17 +151,30 @@ def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, i
 # --- the selective scan: chunked associative scan, z gate and the scatter to token rows fused ----------------------
 
 @triton.jit
-def _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n, nmask, A, bias, rank, dstate,
-                       width_dbl, inner):
-    """Loads of one chunk: u, raw delta, dt = softplus(delta + bias) (CT, BD); B, C (CT, N); decays a and inputs b
+def _dt_raw(xdbl_ptr, dtw_ptr, dbl_rows, tmask, k, d, dmask, bias, rank, inner, CT: tl.constexpr, BD: tl.constexpr):
+    """delta + bias before the softplus, (CT, BD): x_dbl[t, :R] @ dt_proj_weight[k, d, :]^T + bias at the steps whose
+    x_dbl rows start at ``dbl_rows`` (bias alone where not tmask); one rank-1 update per r, from cached loads."""
+    raw = tl.zeros([CT, BD], dtype=tl.float32) + bias[None, :]
+    w_rows = dtw_ptr + (k * inner + d) * rank
+    for r in range(0, rank):
+        xr = tl.load(xdbl_ptr + dbl_rows + r, mask=tmask, other=0.0).to(tl.float32)
+        w = tl.load(w_rows + r, mask=dmask, other=0.0).to(tl.float32)
+        raw += xr[:, None] * w[None, :]
+    return raw
+
+
+@triton.jit
+def _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, seq_row, t, tmask, k, d, dmask, n, nmask, A, bias, rank, dstate,
+                       width_dbl, inner, CT: tl.constexpr, BD: tl.constexpr):
+    """Loads of one chunk: u, raw delta (+ bias), dt = softplus(raw) (CT, BD); B, C (CT, N); decays a and inputs b
     (CT, BD, N), the identity map (a = 1, b = 0) past the sequence's end."""
     m2 = tmask[:, None] & dmask[None, :]
-    act = ((seq_row + t) * inner)[:, None] + d[None, :]
-    u = tl.load(u_ptr + act, mask=m2, other=0.0).to(tl.float32)
-    raw = tl.load(delta_ptr + act, mask=m2, other=0.0).to(tl.float32) + bias[None, :]
+    u = tl.load(u_ptr + ((seq_row + t) * inner)[:, None] + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    dbl_rows = (seq_row + t) * width_dbl
+    raw = _dt_raw(xdbl_ptr, dtw_ptr, dbl_rows, tmask, k, d, dmask, bias, rank, inner, CT, BD)
     dt = softplus(raw)
     mb = tmask[:, None] & nmask[None, :]
-    dbl = ((seq_row + t) * width_dbl)[:, None] + n[None, :]
+    dbl = dbl_rows[:, None] + n[None, :]
     Bm = tl.load(xdbl_ptr + dbl + rank, mask=mb, other=0.0).to(tl.float32)
     Cm = tl.load(xdbl_ptr + dbl + rank + dstate, mask=mb, other=0.0).to(tl.float32)
     a = tl.exp(dt[:, :, None] * A[None, :, :])
@@ -181,7 +197,7 @@ def _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, ds
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr,
+def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr, out_ptr, ckpt_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
                      BN: tl.constexpr):
@@ -201,8 +217,8 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, 
         tl.store(ckpt_ptr + ((pid_bk * num_chunks + c) * inner + d)[:, None] * dstate + n[None, :], h0, mask=mdn)
         t = c * CT + rows
         tmask = t < length
-        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n,
-                                                      nmask, A, bias, rank, dstate, width_dbl, inner)
+        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, seq_row, t, tmask, k, d, dmask, n,
+                                                      nmask, A, bias, rank, dstate, width_dbl, inner, CT, BD)
         a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
         y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
@@ -218,7 +234,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, 
 
 
 @triton.jit
-def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, bias_ptr,
+def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr,
                      du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
@@ -247,8 +263,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, in
                      other=0.0)
         t = c * CT + rows
         tmask = t < length
-        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, delta_ptr, xdbl_ptr, seq_row, t, tmask, d, dmask, n,
-                                                      nmask, A, bias, rank, dstate, width_dbl, inner)
+        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, seq_row, t, tmask, k, d, dmask, n,
+                                                      nmask, A, bias, rank, dstate, width_dbl, inner, CT, BD)
         a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
         token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
@@ -266,8 +282,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, delta_ptr, xdbl_ptr, tok_ptr, in
         # decay of the next step, a_{t+1} (zero past the end: no gradient flows in from there)
         nxt = t + 1
         nmask_t = nxt < length
-        raw_next = tl.load(delta_ptr + ((seq_row + nxt) * inner)[:, None] + d[None, :],
-                           mask=nmask_t[:, None] & dmask[None, :], other=0.0).to(tl.float32) + bias[None, :]
+        raw_next = _dt_raw(xdbl_ptr, dtw_ptr, (seq_row + nxt) * width_dbl, nmask_t, k, d, dmask, bias, rank, inner,
+                           CT, BD)
         a_next = tl.where(nmask_t[:, None, None], tl.exp(softplus(raw_next)[:, :, None] * A[None, :, :]), 0.0)
         g_mul, g_add = tl.associative_scan((a_next, Cm[:, None, :] * dy[:, :, None]), 0, affine_combine,
                                            reverse=True)
@@ -392,7 +408,8 @@ def _conv_backward(ctx, du):
 multi_scan_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
-def _scan_launch(u: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor):
+def _scan_launch(u: torch.Tensor, A_log: torch.Tensor):
+    """Grid, chunks and the tile constants of the scan kernels for u (Bt, K, L, E)."""
     batch, num_dirs, length, inner = u.shape
     num_chunks = max(1, triton.cdiv(length, SCAN_CHUNK))
     grid = (batch * num_dirs, triton.cdiv(inner, SCAN_BLOCK_D))
@@ -402,28 +419,27 @@ def _scan_launch(u: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor):
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_fwd", mutates_args=())
-def multi_scan_scan_fwd(u: torch.Tensor, delta: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tensor,
-                        index: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor], dt_bias: torch.Tensor,
+def multi_scan_scan_fwd(u: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
+                        A_log: torch.Tensor, D: Optional[torch.Tensor], dt_weight: torch.Tensor, dt_bias: torch.Tensor,
                         gate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """u, delta (Bt, K, L, E), x_dbl (Bt, K, L, R + 2N) contiguous; tokens (Bt, T, C) (z = channels [E, 2E));
-    index int32 (K, L). -> y (Bt, K, T, E) in u's dtype at token rows, chunk start states (Bt*K, chunks, E, N) fp32.
-    """
+    """u (Bt, K, L, E), x_dbl (Bt, K, L, R + 2N) contiguous; tokens (Bt, T, C) (z = channels [E, 2E)); index int32
+    (K, L); A_log (K, E, N), D, dt_bias (K, E), dt_weight (K, E, R). -> y (Bt, K, T, E) in u's dtype at token rows,
+    chunk start states (Bt*K, chunks, E, N) fp32."""
     tokens = _tokens_view(tokens)
     batch, num_dirs, length, inner = u.shape
-    num_tokens, dstate = tokens.shape[1], A_log.shape[-1]
-    rank = x_dbl.shape[-1] - 2 * dstate
-    grid, num_chunks, blocks = _scan_launch(u, index, A_log)
+    num_tokens, dstate, rank = tokens.shape[1], A_log.shape[-1], dt_weight.shape[-1]
+    grid, num_chunks, blocks = _scan_launch(u, A_log)
     out = u.new_empty(batch, num_dirs, num_tokens, inner)
     ckpt = u.new_empty(batch * num_dirs, num_chunks, inner, dstate, dtype=torch.float32)
     _scan_fwd_kernel[grid](
-        u, delta, x_dbl, tokens, index, A_log, D, dt_bias, out, ckpt, num_tokens, length, inner, rank, dstate,
+        u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, out, ckpt, num_tokens, length, inner, rank, dstate,
         x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs, num_chunks,
         HAS_D=D is not None, GATE=gate, **blocks)
     return out, ckpt
 
 
 @multi_scan_scan_fwd.register_fake
-def _scan_fwd_fake(u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate):
+def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate):
     batch, num_dirs, length, inner = u.shape
     num_chunks = max(1, -(-length // SCAN_CHUNK))
     return (u.new_empty(batch, num_dirs, tokens.shape[1], inner),
@@ -431,60 +447,61 @@ def _scan_fwd_fake(u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate):
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_bwd", mutates_args=())
-def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
-                        x_dbl: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor,
-                        D: Optional[torch.Tensor], dt_bias: torch.Tensor, gate: bool
+def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor, x_dbl: torch.Tensor,
+                        tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor],
+                        dt_weight: torch.Tensor, dt_bias: torch.Tensor, gate: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                    torch.Tensor, torch.Tensor]:
-    """-> du, ddelta (u's dtype), d x_dbl (B / C slices; x_dbl's shape, fp32), d tokens (z channels; fp32),
-    d A_log (K, E, N), dD (K, E; empty without D), d dt_bias (K, E), all fp32."""
+    """-> du (u's dtype), d x_dbl (x_dbl's shape), d tokens (z channels), d A_log (K, E, N), dD (K, E; empty
+    without D), d dt_weight (K, E, R), d dt_bias (K, E); all but du fp32."""
     tokens = _tokens_view(tokens)
     dout = dout.contiguous()
     batch, num_dirs, length, inner = u.shape
-    num_tokens, dstate = tokens.shape[1], A_log.shape[-1]
-    rank = x_dbl.shape[-1] - 2 * dstate
-    grid, num_chunks, blocks = _scan_launch(u, index, A_log)
+    num_tokens, dstate, rank = tokens.shape[1], A_log.shape[-1], dt_weight.shape[-1]
+    grid, num_chunks, blocks = _scan_launch(u, A_log)
     f32 = dict(device=u.device, dtype=torch.float32)
-    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)   # d delta: the kernel's, in u's dtype
     dbc = torch.empty(batch, num_dirs, grid[1], length, 2 * dstate, **f32)
     dz = torch.zeros(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
     dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
     dD, dbias = torch.empty(batch, num_dirs, inner, **f32), torch.empty(batch, num_dirs, inner, **f32)
     _scan_bwd_kernel[grid](
-        dout, ckpt, u, delta, x_dbl, tokens, index, A_log, D, dt_bias, du, ddelta, dbc, dz, dA_log, dD, dbias,
+        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, ddelta, dbc, dz, dA_log, dD, dbias,
         num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs,
         num_chunks, HAS_D=D is not None, GATE=gate, **blocks)
-    dx_dbl = torch.zeros(x_dbl.shape, **f32)
-    dx_dbl[..., rank:] = dbc.sum(2)
+    ddelta = ddelta.float()
+    dx_dbl = torch.cat([torch.matmul(ddelta, dt_weight.float()), dbc.sum(2)], dim=-1)   # (Bt, K, L, R + 2N)
+    ddt_weight = torch.matmul(ddelta.transpose(-1, -2), x_dbl[..., :rank].float()).sum(0)    # (K, E, R)
     dtokens = torch.zeros(tokens.shape, **f32)
     if gate:
         dtokens[..., inner:2 * inner] = dz.sum(1)
-    return (du, ddelta, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0),
+    return (du, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0), ddt_weight,
             dbias.sum(0))
 
 
 @multi_scan_scan_bwd.register_fake
-def _scan_bwd_fake(dout, ckpt, u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate):
+def _scan_bwd_fake(dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate):
     f32 = dict(dtype=torch.float32)
     num_dirs, inner = A_log.shape[:2]
-    return (u.new_empty(u.shape), u.new_empty(u.shape), x_dbl.new_empty(x_dbl.shape, **f32),
-            tokens.new_empty(tokens.shape, **f32), A_log.new_empty(A_log.shape, **f32),
-            u.new_empty((num_dirs, inner) if D is not None else (0,), **f32), u.new_empty(num_dirs, inner, **f32))
+    return (u.new_empty(u.shape), x_dbl.new_empty(x_dbl.shape, **f32), tokens.new_empty(tokens.shape, **f32),
+            A_log.new_empty(A_log.shape, **f32), u.new_empty((num_dirs, inner) if D is not None else (0,), **f32),
+            dt_weight.new_empty(dt_weight.shape, **f32), u.new_empty(num_dirs, inner, **f32))
 
 
 def _scan_setup(ctx, inputs, output):
-    u, delta, x_dbl, tokens, index, A_log, D, dt_bias, gate = inputs
-    ctx.save_for_backward(output[1], u, delta, x_dbl, tokens, index, A_log, D, dt_bias)
+    u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate = inputs
+    ctx.save_for_backward(output[1], u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias)
     ctx.mark_non_differentiable(output[1])
     ctx.gate = gate
 
 
 def _scan_backward(ctx, dout, dckpt):
-    ckpt, u, delta, x_dbl, tokens, index, A_log, D, dt_bias = ctx.saved_tensors
-    du, ddelta, dx_dbl, dtokens, dA_log, dD, dbias = multi_scan_scan_bwd(dout, ckpt, u, delta, x_dbl, tokens, index,
-                                                                         A_log, D, dt_bias, ctx.gate)
-    return (du, ddelta, dx_dbl.to(x_dbl.dtype), dtokens.to(tokens.dtype) if ctx.gate else None, None,
-            dA_log.to(A_log.dtype), None if D is None else dD.to(D.dtype), dbias.to(dt_bias.dtype), None)
+    ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias = ctx.saved_tensors
+    du, dx_dbl, dtokens, dA_log, dD, ddt_weight, dbias = multi_scan_scan_bwd(
+        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, ctx.gate)
+    return (du, dx_dbl.to(x_dbl.dtype), dtokens.to(tokens.dtype) if ctx.gate else None, None,
+            dA_log.to(A_log.dtype), None if D is None else dD.to(D.dtype), ddt_weight.to(dt_weight.dtype),
+            dbias.to(dt_bias.dtype), None)
 
 
 multi_scan_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
@@ -495,7 +512,7 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
                             D: Optional[torch.Tensor] = None, conv_weight: Optional[torch.Tensor] = None,
                             conv_bias: Optional[torch.Tensor] = None, gate: bool = False) -> torch.Tensor:
     """triton backend of ``multi_scan_inner_fn`` (same arguments and result; inputs already validated)."""
-    inner, rank = x_proj_weight.shape[2], dt_proj_weight.shape[2]
+    inner = x_proj_weight.shape[2]
     index32 = index.to(torch.int32).contiguous()
 
     def dense(t):
@@ -503,9 +520,8 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
 
     u = multi_scan_conv_fwd(tokens, index32, conv_weight, dense(conv_bias), inner)    # (Bt, K, L, E)
     x_dbl = torch.matmul(u, x_proj_weight.to(u.dtype).transpose(1, 2))                 # (Bt, K, L, R + 2N)
-    delta = torch.matmul(x_dbl[..., :rank], dt_proj_weight.to(u.dtype).transpose(1, 2))
     with autocast_off(tokens.device.type):
-        y, _ = multi_scan_scan_fwd(u, delta.to(u.dtype).contiguous(), x_dbl.contiguous(), tokens, index32,
-                                   dense(A_log), dense(D), dense(dt_proj_bias), gate)
+        y, _ = multi_scan_scan_fwd(u, x_dbl.contiguous(), tokens, index32, dense(A_log), dense(D),
+                                   dense(dt_proj_weight), dense(dt_proj_bias), gate)
     return y
 
