@@ -135,10 +135,10 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
 
     def forward():
         with torch.no_grad():
-            multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True)
+            multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True, False)
 
     def forward_backward():
-        out, _ = multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True)
+        out, _ = multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True, False)
         out.backward(grad)
 
     return {"fused scan fwd": forward, "fused scan fwd+bwd": forward_backward}

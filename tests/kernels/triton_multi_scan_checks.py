@@ -116,7 +116,10 @@ def check_custom_ops():
     calls = [(multi_scan_triton.multi_scan_conv_fwd, (tokens, index, weights, per_dir[0], inner)),
              (multi_scan_triton.multi_scan_scan_fwd,
               (rand(batch, num_dirs, length, inner), rand(batch, num_dirs, length, rank + 2 * state), tokens, index,
-               rand(num_dirs, inner, state), per_dir[1], rand(num_dirs, inner, rank), per_dir[2], True)),
+               rand(num_dirs, inner, state), per_dir[1], rand(num_dirs, inner, rank), per_dir[2], True, False)),
+             (multi_scan_triton.multi_scan_scan_fwd,      # token-major: u is the tokens, x_dbl at token rows
+              (tokens, rand(batch, num_tokens, num_dirs, rank + 2 * state), tokens, index,
+               rand(num_dirs, inner, state), per_dir[1], rand(num_dirs, inner, rank), per_dir[2], True, True)),
              (attention_merge_triton.normalised_mean, (rand(batch, num_dirs, num_tokens, inner), 1e-5)),
              (attention_merge_triton.gated_sum, (rand(batch, num_dirs, num_tokens, inner),
                                                  torch.rand(batch, num_dirs, inner, generator=g).requires_grad_()))]
@@ -125,7 +128,7 @@ def check_custom_ops():
         results = torch.library.opcheck(op, args, test_utils=tests)
         if set(results.values()) != {"SUCCESS"}:
             sys.exit(f"opcheck {op}: {results}")
-    print(f"ok torch.library.opcheck of {len(calls)} custom ops")
+    print(f"ok torch.library.opcheck of {len(calls)} custom op calls")
 
 
 def main():
@@ -139,6 +142,10 @@ def main():
     check_scan("K=2 windowed, no gate, no conv, no D, N=3, dt rank 18, fp32", gate=False,
                directions=("h_flip", "w2_flip"), grid=(3, 5), cls_position=None, inner=7, state=3, width=0,
                with_d=False, seed=1, rank=18)
+    check_scan("K=4 3x5 no conv (token-major), gate, D, dt rank 3, fp32", directions=("v_flip", "w3", "h", "w2"),
+               grid=(3, 5), cls_position=None, inner=6, state=4, width=0, with_d=True, seed=3, rank=3)
+    check_scan("K=2 no conv (token-major), middle class token, gate, bf16", dtype=torch.bfloat16,
+               directions=("w2", "v"), grid=(3, 5), cls_position=8, inner=5, state=4, width=0, with_d=True, seed=4)
     check_scan("K=3 3x5, gate, conv W=3, bf16", dtype=torch.bfloat16, directions=("v", "w3", "h_flip"), grid=(3, 5),
                cls_position=None, inner=5, state=4, width=3, with_d=True, seed=2)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)

@@ -1,6 +1,6 @@
 """The ``triton`` backend of ``multi_scan_inner_fn``: the LocalMamba mixer's K-direction Mamba inner function.
 
-Three kernels with torch matmuls (cuBLAS) between them, forward and backward:
+Kernels with torch matmuls (cuBLAS) between them, forward and backward. With a conv (LocalVim):
 
 1. ``_conv_fwd_kernel`` reads the x channels of the token rows through the index table (no K gathered copies) and
    writes u = SiLU(depthwise causal conv(x_seq) + bias), (Bt, K, L, E), in sequence order;
@@ -9,6 +9,11 @@ Three kernels with torch matmuls (cuBLAS) between them, forward and backward:
    R multiply-adds per step and channel: no delta tensor is written or read), softplus(delta + bias), D and the
    SiLU(z) gate fused (z read through the index table) and writes each output at its token's row (the reverse scatter
    fused): (Bt, K, T, E).
+
+Without a conv (LocalVMamba) the scan is token-major: x_dbl = x @ x_proj_weight^T is one matmul on the token rows for
+all directions, (Bt, T, K, R + 2N) (the projection commutes with the reordering), and the scan reads u = x and x_dbl
+at the token rows the index gives: no sequence-order copy of x exists, and its backward writes every per-step
+gradient at token rows too.
 
 The scan is chunked over time: one program per (batch, direction, block of BD channels) loads a (CHUNK, BD, N) tile
 of decays and inputs and combines it with ``tl.associative_scan`` (the affine map h -> a h + b composes
@@ -62,36 +67,29 @@ def _conv_tap(tok_ptr, index_ptr, b, k, s, e, emask, w, num_tokens, length, s_tb
 
 @triton.jit
 def _conv_pre(tok_ptr, index_ptr, w_ptr, bias_ptr, b, k, s, e, emask, num_tokens, length, inner, s_tb, s_tt,
-              HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr,
-              BE: tl.constexpr):
+              HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
     """The causal depthwise conv's pre-activation (CT, BE) at sequence positions s and channels e of direction k of
-    batch b (the taps of :func:`_conv_tap`); without a conv (WIDTH 1) x itself. Shared by the forward and the
-    backward, which recomputes it."""
+    batch b (the taps of :func:`_conv_tap`). Shared by the forward and the backward, which recomputes it."""
     acc = tl.zeros([CT, BE], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + k * inner + e, mask=emask, other=0.0).to(tl.float32)[None, :]
     for w in tl.static_range(WIDTH):
         x = _conv_tap(tok_ptr, index_ptr, b, k, s, e, emask, w, num_tokens, length, s_tb, s_tt, WIDTH)
-        if HAS_CONV:
-            acc += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
-        else:
-            acc += x
+        acc += x * tl.load(w_ptr + (k * inner + e) * WIDTH + w, mask=emask, other=0.0).to(tl.float32)[None, :]
     return acc
 
 
 @triton.jit
 def _conv_fwd_kernel(tok_ptr, index_ptr, w_ptr, bias_ptr, u_ptr,
                      num_tokens, length, inner, s_tb, s_tt, num_dirs,
-                     HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
-                     CT: tl.constexpr, BE: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
     pid_bk = tl.program_id(0)
     s = tl.program_id(1) * CT + tl.arange(0, CT)
     e = tl.program_id(2) * BE + tl.arange(0, BE)
     emask = e < inner
     acc = _conv_pre(tok_ptr, index_ptr, w_ptr, bias_ptr, pid_bk // num_dirs, pid_bk % num_dirs, s, e, emask,
-                    num_tokens, length, inner, s_tb, s_tt, HAS_CONV, HAS_BIAS, WIDTH, CT, BE)
-    if HAS_CONV:
-        acc = acc * tl.sigmoid(acc)
+                    num_tokens, length, inner, s_tb, s_tt, HAS_BIAS, WIDTH, CT, BE)
+    acc = acc * tl.sigmoid(acc)
     out = u_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :]
     tl.store(out, acc.to(u_ptr.dtype.element_ty), mask=(s < length)[:, None] & emask[None, :])
 
@@ -99,8 +97,7 @@ def _conv_fwd_kernel(tok_ptr, index_ptr, w_ptr, bias_ptr, u_ptr,
 @triton.jit
 def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, dw_ptr, dbias_ptr,
                          num_tokens, length, inner, s_tb, s_tt, num_dirs, num_chunks,
-                         HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr,
-                         CT: tl.constexpr, BE: tl.constexpr):
+                         HAS_BIAS: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
     """dpre = du * SiLU'(pre) in sequence order, and per-program partial sums of the weight / bias gradients."""
     pid_bk = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -111,7 +108,7 @@ def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, 
     emask = e < inner
     smask = (s < length)[:, None] & emask[None, :]
     pre = _conv_pre(tok_ptr, index_ptr, w_ptr, bias_ptr, b, k, s, e, emask, num_tokens, length, inner, s_tb, s_tt,
-                    HAS_CONV, HAS_BIAS, WIDTH, CT, BE)
+                    HAS_BIAS, WIDTH, CT, BE)
     du = tl.load(du_ptr + ((pid_bk * length + s) * inner)[:, None] + e[None, :], mask=smask, other=0.0)
     sig = tl.sigmoid(pre)
     dpre = du.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
@@ -126,7 +123,7 @@ def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, 
 
 @triton.jit
 def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, inner, num_dirs,
-                       HAS_CONV: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
+                       WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
     """dx of each direction at its token's row, (Bt, K, T, E): sum_j w[W-1-j] dpre[s + j]."""
     pid_bk = tl.program_id(0)
     k = pid_bk % num_dirs
@@ -138,15 +135,11 @@ def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, i
         dst = s + j
         m = (dst < length)[:, None] & emask[None, :]
         d = tl.load(dpre_ptr + ((pid_bk * length + dst) * inner)[:, None] + e[None, :], mask=m, other=0.0)
-        d = d.to(tl.float32)
-        if HAS_CONV:
-            d = d * tl.load(w_ptr + (k * inner + e) * WIDTH + (WIDTH - 1 - j), mask=emask, other=0.0).to(
-                tl.float32)[None, :]
-        acc += d
+        w = tl.load(w_ptr + (k * inner + e) * WIDTH + (WIDTH - 1 - j), mask=emask, other=0.0)
+        acc += d.to(tl.float32) * w.to(tl.float32)[None, :]
     row = tl.load(index_ptr + k * length + s, mask=s < length, other=num_tokens)
     m = ((s < length) & (row < num_tokens))[:, None] & emask[None, :]
     tl.store(dx_ptr + ((pid_bk * num_tokens + row) * inner)[:, None] + e[None, :], acc, mask=m)
-
 
 # --- the selective scan: chunked associative scan, z gate and the scatter to token rows fused ----------------------
 
@@ -164,16 +157,37 @@ def _dt_raw(xdbl_ptr, dtw_ptr, dbl_rows, tmask, k, d, dmask, bias, rank, inner, 
 
 
 @triton.jit
-def _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, seq_row, t, tmask, k, d, dmask, n, nmask, A, bias, rank, dstate,
-                       width_dbl, inner, CT: tl.constexpr, BD: tl.constexpr):
-    """Loads of one chunk: u, raw delta (+ bias), dt = softplus(raw) (CT, BD); B, C (CT, N); decays a and inputs b
-    (CT, BD, N), the identity map (a = 1, b = 0) past the sequence's end."""
-    m2 = tmask[:, None] & dmask[None, :]
-    u = tl.load(u_ptr + ((seq_row + t) * inner)[:, None] + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    dbl_rows = (seq_row + t) * width_dbl
-    raw = _dt_raw(xdbl_ptr, dtw_ptr, dbl_rows, tmask, k, d, dmask, bias, rank, inner, CT, BD)
+def _step_rows(index_ptr, k, t, tmask, b, pid_bk, num_tokens, length, num_dirs, inner, width_dbl, s_tb, s_tt,
+               TOKEN_MAJOR: tl.constexpr):
+    """Where the steps t of direction k of batch b live: their token rows and which are real (token < T); the
+    offsets of their u rows and x_dbl rows; their position in the per-step gradients (length T or L) and the mask of
+    their loads. Sequence-major: u, x_dbl and the gradients in sequence order (Bt, K, L, .). Token-major (no conv):
+    u is the tokens' x channels, x_dbl is (Bt, T, K, .), the gradients (Bt, K, T, .), all at token rows."""
+    token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
+    real = tmask & (token < num_tokens)
+    if TOKEN_MAJOR:
+        u_rows = b * s_tb + token * s_tt
+        dbl_rows = ((b * num_tokens + token) * num_dirs + k) * width_dbl
+        pos = token
+        loaded = real
+    else:
+        u_rows = (pid_bk * length + t) * inner
+        dbl_rows = (pid_bk * length + t) * width_dbl
+        pos = t
+        loaded = tmask
+    return token, real, u_rows, dbl_rows, pos, loaded
+
+
+@triton.jit
+def _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, u_rows, dbl_rows, loaded, tmask, k, d, dmask, n, nmask, A, bias,
+                       rank, dstate, inner, CT: tl.constexpr, BD: tl.constexpr):
+    """Loads of one chunk (where ``loaded``; zeros elsewhere): u, raw delta (+ bias), dt = softplus(raw) (CT, BD);
+    B, C (CT, N); decays a and inputs b (CT, BD, N), the identity map (a = 1, b = 0) past the sequence's end."""
+    u = tl.load(u_ptr + u_rows[:, None] + d[None, :], mask=loaded[:, None] & dmask[None, :], other=0.0)
+    u = u.to(tl.float32)
+    raw = _dt_raw(xdbl_ptr, dtw_ptr, dbl_rows, loaded, k, d, dmask, bias, rank, inner, CT, BD)
     dt = softplus(raw)
-    mb = tmask[:, None] & nmask[None, :]
+    mb = loaded[:, None] & nmask[None, :]
     dbl = dbl_rows[:, None] + n[None, :]
     Bm = tl.load(xdbl_ptr + dbl + rank, mask=mb, other=0.0).to(tl.float32)
     Cm = tl.load(xdbl_ptr + dbl + rank + dstate, mask=mb, other=0.0).to(tl.float32)
@@ -199,8 +213,8 @@ def _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, ds
 @triton.jit
 def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr, out_ptr, ckpt_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
-                     HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
-                     BN: tl.constexpr):
+                     HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, CT: tl.constexpr,
+                     BD: tl.constexpr, BN: tl.constexpr):
     pid_bk = tl.program_id(0)
     b = pid_bk // num_dirs
     k = pid_bk % num_dirs
@@ -211,19 +225,19 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
     mdn = dmask[:, None] & nmask[None, :]
     A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
     rows = tl.arange(0, CT)
-    seq_row = pid_bk * length
     h0 = tl.zeros([BD, BN], dtype=tl.float32)
     for c in range(0, num_chunks):
         tl.store(ckpt_ptr + ((pid_bk * num_chunks + c) * inner + d)[:, None] * dstate + n[None, :], h0, mask=mdn)
         t = c * CT + rows
         tmask = t < length
-        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, seq_row, t, tmask, k, d, dmask, n,
-                                                      nmask, A, bias, rank, dstate, width_dbl, inner, CT, BD)
+        token, real, u_rows, dbl_rows, _, loaded = _step_rows(index_ptr, k, t, tmask, b, pid_bk, num_tokens, length,
+                                                              num_dirs, inner, width_dbl, s_tb, s_tt, TOKEN_MAJOR)
+        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, u_rows, dbl_rows, loaded, tmask, k,
+                                                      d, dmask, n, nmask, A, bias, rank, dstate, inner, CT, BD)
         a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
         y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
-        token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
-        m = (tmask & (token < num_tokens))[:, None] & dmask[None, :]
+        m = real[:, None] & dmask[None, :]
         if GATE:
             z = tl.load(tok_ptr + b * s_tb + token[:, None] * s_tt + inner + d[None, :], mask=m, other=0.0)
             z = z.to(tl.float32)
@@ -237,8 +251,8 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
 def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr,
                      du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
-                     HAS_D: tl.constexpr, GATE: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
-                     BN: tl.constexpr):
+                     HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, CT: tl.constexpr,
+                     BD: tl.constexpr, BN: tl.constexpr):
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = pid_bk // num_dirs
@@ -250,9 +264,11 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
     mdn = dmask[:, None] & nmask[None, :]
     A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
     rows = tl.arange(0, CT)
-    seq_row = pid_bk * length
-    # per-channel-block partial gradients of B and C: (Bt*K, blocks, L, 2N)
-    dbc_rows = dbc_ptr + (pid_bk * tl.num_programs(1) + pid_d) * length * 2 * dstate
+    grad_len = length
+    if TOKEN_MAJOR:
+        grad_len = num_tokens
+    # per-channel-block partial gradients of B and C: (Bt*K, blocks, T or L, 2N)
+    dbc_rows = dbc_ptr + (pid_bk * tl.num_programs(1) + pid_d) * grad_len * 2 * dstate
     g_in = tl.zeros([BD, BN], dtype=tl.float32)  # dL/dh at the first step of the chunk after this one
     dA = tl.zeros([BD, BN], dtype=tl.float32)
     dD = tl.zeros([BD], dtype=tl.float32)
@@ -263,12 +279,14 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
                      other=0.0)
         t = c * CT + rows
         tmask = t < length
-        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, seq_row, t, tmask, k, d, dmask, n,
-                                                      nmask, A, bias, rank, dstate, width_dbl, inner, CT, BD)
+        token, real, u_rows, dbl_rows, pos, loaded = _step_rows(index_ptr, k, t, tmask, b, pid_bk, num_tokens,
+                                                                length, num_dirs, inner, width_dbl, s_tb, s_tt,
+                                                                TOKEN_MAJOR)
+        u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, u_rows, dbl_rows, loaded, tmask, k,
+                                                      d, dmask, n, nmask, A, bias, rank, dstate, inner, CT, BD)
         a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
-        token = tl.load(index_ptr + k * length + t, mask=tmask, other=num_tokens)
-        m = (tmask & (token < num_tokens))[:, None] & dmask[None, :]
+        m = real[:, None] & dmask[None, :]
         dy = tl.load(dout_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :], mask=m, other=0.0)
         dy = dy.to(tl.float32)
         if GATE:
@@ -282,16 +300,17 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         # decay of the next step, a_{t+1} (zero past the end: no gradient flows in from there)
         nxt = t + 1
         nmask_t = nxt < length
-        raw_next = _dt_raw(xdbl_ptr, dtw_ptr, (seq_row + nxt) * width_dbl, nmask_t, k, d, dmask, bias, rank, inner,
-                           CT, BD)
+        _, _, _, dbl_next, _, loaded_next = _step_rows(index_ptr, k, nxt, nmask_t, b, pid_bk, num_tokens, length,
+                                                       num_dirs, inner, width_dbl, s_tb, s_tt, TOKEN_MAJOR)
+        raw_next = _dt_raw(xdbl_ptr, dtw_ptr, dbl_next, loaded_next, k, d, dmask, bias, rank, inner, CT, BD)
         a_next = tl.where(nmask_t[:, None, None], tl.exp(softplus(raw_next)[:, :, None] * A[None, :, :]), 0.0)
         g_mul, g_add = tl.associative_scan((a_next, Cm[:, None, :] * dy[:, :, None]), 0, affine_combine,
                                            reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
         g_in = _row_at(g, rows, 0)
         ah = h - bb                                  # a_t h_{t-1}
-        mb = tmask[:, None] & nmask[None, :]
-        dbc = ((t * 2 * dstate)[:, None] + n[None, :])
+        mb = loaded[:, None] & nmask[None, :]
+        dbc = ((pos * 2 * dstate)[:, None] + n[None, :])
         tl.store(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=mb)
         tl.store(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mask=mb)
         gB = tl.sum(g * Bm[:, None, :], axis=2)
@@ -299,9 +318,10 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
         draw = ddt * tl.sigmoid(raw)
         m2 = tmask[:, None] & dmask[None, :]
-        act = ((seq_row + t) * inner)[:, None] + d[None, :]
-        tl.store(du_ptr + act, (dy * Dv[None, :] + dt * gB).to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + act, draw.to(ddelta_ptr.dtype.element_ty), mask=m2)
+        act = ((pid_bk * grad_len + pos) * inner)[:, None] + d[None, :]
+        stored = loaded[:, None] & dmask[None, :]
+        tl.store(du_ptr + act, (dy * Dv[None, :] + dt * gB).to(du_ptr.dtype.element_ty), mask=stored)
+        tl.store(ddelta_ptr + act, draw.to(ddelta_ptr.dtype.element_ty), mask=stored)
         dA += tl.sum(gAh * dt[:, :, None], axis=0)
         dD += tl.sum(tl.where(m2, dy * u, 0.0), axis=0)
         dbias += tl.sum(tl.where(m2, draw, 0.0), axis=0)
@@ -317,10 +337,8 @@ def _tokens_view(tokens: torch.Tensor) -> torch.Tensor:
     return tokens if tokens.stride(-1) == 1 else tokens.contiguous()
 
 
-def _conv_params(conv_weight: Optional[torch.Tensor]):
-    """(weight (K, E, W) contiguous or None, width)."""
-    if conv_weight is None:
-        return None, 1
+def _conv_params(conv_weight: torch.Tensor):
+    """(weight (K, E, W) contiguous, width)."""
     weight = conv_weight.reshape(conv_weight.shape[0], conv_weight.shape[1], -1).contiguous()
     return weight, weight.shape[-1]
 
@@ -330,17 +348,17 @@ def _conv_grid(batch: int, num_dirs: int, length: int, inner: int):
 
 
 @torch.library.custom_op("localmamba::multi_scan_conv_triton_fwd", mutates_args=())
-def multi_scan_conv_fwd(tokens: torch.Tensor, index: torch.Tensor, conv_weight: Optional[torch.Tensor],
+def multi_scan_conv_fwd(tokens: torch.Tensor, index: torch.Tensor, conv_weight: torch.Tensor,
                         conv_bias: Optional[torch.Tensor], inner: int) -> torch.Tensor:
     """u (Bt, K, L, E) in the tokens' dtype: SiLU(conv(x_seq) + bias) with x_seq read through ``index`` (int32
-    (K, L)); x_seq itself without ``conv_weight``."""
+    (K, L))."""
     tokens = _tokens_view(tokens)
     (batch, num_tokens), (num_dirs, length) = tokens.shape[:2], index.shape
     weight, width = _conv_params(conv_weight)
     u = tokens.new_empty(batch, num_dirs, length, inner)
     _conv_fwd_kernel[_conv_grid(batch, num_dirs, length, inner)](
         tokens, index, weight, conv_bias, u, num_tokens, length, inner, tokens.stride(0), tokens.stride(1), num_dirs,
-        HAS_CONV=weight is not None, HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+        HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
     return u
 
 
@@ -351,33 +369,28 @@ def _conv_fwd_fake(tokens, index, conv_weight, conv_bias, inner):
 
 @torch.library.custom_op("localmamba::multi_scan_conv_triton_bwd", mutates_args=())
 def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
-                        conv_weight: Optional[torch.Tensor], conv_bias: Optional[torch.Tensor]
+                        conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor]
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> d tokens (x channels; fp32, tokens' shape), d conv_weight (K, E, W) fp32, d conv_bias (K, E) fp32 (empty
-    tensors for absent parameters)."""
+    without a bias)."""
     tokens = _tokens_view(tokens)
     du = du.contiguous()
     (batch, num_tokens), (num_dirs, length), inner = tokens.shape[:2], index.shape, du.shape[-1]
     weight, width = _conv_params(conv_weight)
     grid = _conv_grid(batch, num_dirs, length, inner)
     f32 = dict(device=du.device, dtype=torch.float32)
-    dweight, dbias = torch.zeros(0, **f32), torch.zeros(0, **f32)
-    if weight is None:
-        dpre = du
-    else:
-        dpre = torch.empty(batch, num_dirs, length, inner, **f32)
-        dw_part = torch.empty(batch, num_dirs, grid[1], inner, width, **f32)
-        db_part = torch.empty(batch, num_dirs, grid[1], inner, **f32) if conv_bias is not None else None
-        _conv_bwd_pre_kernel[grid](
-            du, tokens, index, weight, conv_bias, dpre, dw_part, db_part, num_tokens, length, inner,
-            tokens.stride(0), tokens.stride(1), num_dirs, grid[1],
-            HAS_CONV=True, HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
-        dweight = dw_part.sum((0, 2))
-        if db_part is not None:
-            dbias = db_part.sum((0, 2))
+    dpre = torch.empty(batch, num_dirs, length, inner, **f32)
+    dw_part = torch.empty(batch, num_dirs, grid[1], inner, width, **f32)
+    db_part = torch.empty(batch, num_dirs, grid[1], inner, **f32) if conv_bias is not None else None
+    _conv_bwd_pre_kernel[grid](
+        du, tokens, index, weight, conv_bias, dpre, dw_part, db_part, num_tokens, length, inner,
+        tokens.stride(0), tokens.stride(1), num_dirs, grid[1],
+        HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+    dweight = dw_part.sum((0, 2))
+    dbias = db_part.sum((0, 2)) if db_part is not None else torch.zeros(0, **f32)
     dx = torch.zeros(batch, num_dirs, num_tokens, inner, **f32)
     _conv_bwd_x_kernel[grid](dpre, index, weight, dx, num_tokens, length, inner, num_dirs,
-                             HAS_CONV=weight is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+                             WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
     dtokens = torch.zeros(tokens.shape, **f32)
     dtokens[..., :inner] = dx.sum(1)
     return dtokens, dweight, dbias
@@ -386,9 +399,7 @@ def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Ten
 @multi_scan_conv_bwd.register_fake
 def _conv_bwd_fake(du, tokens, index, conv_weight, conv_bias):
     f32 = dict(dtype=torch.float32)
-    return (tokens.new_empty(tokens.shape, **f32),
-            du.new_empty(conv_weight.shape[:2] + (conv_weight.shape[-1],), **f32) if conv_weight is not None
-            else du.new_empty(0, **f32),
+    return (tokens.new_empty(tokens.shape, **f32), du.new_empty(conv_weight.shape[:2] + (conv_weight.shape[-1],), **f32),
             du.new_empty(conv_bias.shape, **f32) if conv_bias is not None else du.new_empty(0, **f32))
 
 
@@ -400,108 +411,130 @@ def _conv_setup(ctx, inputs, output):
 def _conv_backward(ctx, du):
     tokens, index, conv_weight, conv_bias = ctx.saved_tensors
     dtokens, dweight, dbias = multi_scan_conv_bwd(du, tokens, index, conv_weight, conv_bias)
-    return (dtokens.to(tokens.dtype), None,
-            None if conv_weight is None else dweight.view(conv_weight.shape).to(conv_weight.dtype),
+    return (dtokens.to(tokens.dtype), None, dweight.view(conv_weight.shape).to(conv_weight.dtype),
             None if conv_bias is None else dbias.to(conv_bias.dtype), None)
 
 
 multi_scan_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
-def _scan_launch(u: torch.Tensor, A_log: torch.Tensor):
-    """Grid, chunks and the tile constants of the scan kernels for u (Bt, K, L, E)."""
-    batch, num_dirs, length, inner = u.shape
+def _scan_launch(batch: int, num_dirs: int, length: int, inner: int, dstate: int):
+    """Grid, chunks and the tile constants of the scan kernels."""
     num_chunks = max(1, triton.cdiv(length, SCAN_CHUNK))
     grid = (batch * num_dirs, triton.cdiv(inner, SCAN_BLOCK_D))
-    block_n = triton.next_power_of_2(A_log.shape[-1])
+    block_n = triton.next_power_of_2(dstate)
     return grid, num_chunks, dict(CT=SCAN_CHUNK, BD=SCAN_BLOCK_D, BN=block_n,
                                   num_warps=scan_warps(SCAN_BLOCK_D, block_n))
+
+
+def _scan_sizes(tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, dt_weight: torch.Tensor):
+    """(batch, K, L, T, E, N, R)."""
+    return (tokens.shape[0], *index.shape, tokens.shape[1], *A_log.shape[1:], dt_weight.shape[-1])
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_fwd", mutates_args=())
 def multi_scan_scan_fwd(u: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
                         A_log: torch.Tensor, D: Optional[torch.Tensor], dt_weight: torch.Tensor, dt_bias: torch.Tensor,
-                        gate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """u (Bt, K, L, E), x_dbl (Bt, K, L, R + 2N) contiguous; tokens (Bt, T, C) (z = channels [E, 2E)); index int32
-    (K, L); A_log (K, E, N), D, dt_bias (K, E), dt_weight (K, E, R). -> y (Bt, K, T, E) in u's dtype at token rows,
-    chunk start states (Bt*K, chunks, E, N) fp32."""
+                        gate: bool, token_major: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The scan of every direction -> y (Bt, K, T, E) in u's dtype at token rows, chunk start states
+    (Bt*K, chunks, E, N) fp32.
+
+    tokens (Bt, T, C) (z = channels [E, 2E)); index int32 (K, L); A_log (K, E, N), D, dt_bias (K, E), dt_weight
+    (K, E, R). Sequence-major: u (Bt, K, L, E) and x_dbl (Bt, K, L, R + 2N) contiguous, in sequence order.
+    ``token_major`` (no conv): u is ``tokens`` itself (x = channels [0, E)) and x_dbl (Bt, T, K, R + 2N) contiguous,
+    both read at the token rows the index gives."""
     tokens = _tokens_view(tokens)
-    batch, num_dirs, length, inner = u.shape
-    num_tokens, dstate, rank = tokens.shape[1], A_log.shape[-1], dt_weight.shape[-1]
-    grid, num_chunks, blocks = _scan_launch(u, A_log)
+    batch, num_dirs, length, num_tokens, inner, dstate, rank = _scan_sizes(tokens, index, A_log, dt_weight)
+    if token_major:
+        u = tokens
+    grid, num_chunks, blocks = _scan_launch(batch, num_dirs, length, inner, dstate)
     out = u.new_empty(batch, num_dirs, num_tokens, inner)
     ckpt = u.new_empty(batch * num_dirs, num_chunks, inner, dstate, dtype=torch.float32)
     _scan_fwd_kernel[grid](
         u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, out, ckpt, num_tokens, length, inner, rank, dstate,
         x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs, num_chunks,
-        HAS_D=D is not None, GATE=gate, **blocks)
+        HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major, **blocks)
     return out, ckpt
 
 
 @multi_scan_scan_fwd.register_fake
-def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate):
-    batch, num_dirs, length, inner = u.shape
+def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major):
+    batch, num_dirs, length, num_tokens, inner, dstate, _ = _scan_sizes(tokens, index, A_log, dt_weight)
     num_chunks = max(1, -(-length // SCAN_CHUNK))
-    return (u.new_empty(batch, num_dirs, tokens.shape[1], inner),
-            u.new_empty(batch * num_dirs, num_chunks, inner, A_log.shape[-1], dtype=torch.float32))
+    return (u.new_empty(batch, num_dirs, num_tokens, inner),
+            u.new_empty(batch * num_dirs, num_chunks, inner, dstate, dtype=torch.float32))
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_bwd", mutates_args=())
 def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor, x_dbl: torch.Tensor,
                         tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor],
-                        dt_weight: torch.Tensor, dt_bias: torch.Tensor, gate: bool
+                        dt_weight: torch.Tensor, dt_bias: torch.Tensor, gate: bool, token_major: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                    torch.Tensor, torch.Tensor]:
-    """-> du (u's dtype), d x_dbl (x_dbl's shape), d tokens (z channels), d A_log (K, E, N), dD (K, E; empty
-    without D), d dt_weight (K, E, R), d dt_bias (K, E); all but du fp32."""
+    """-> du, d x_dbl (x_dbl's shape), d tokens (z channels), d A_log (K, E, N), dD (K, E; empty without D),
+    d dt_weight (K, E, R), d dt_bias (K, E). du is in u's dtype (sequence-major), or (token-major) the whole
+    gradient of the tokens, x and z channels, fp32, with d tokens empty; the rest fp32."""
     tokens = _tokens_view(tokens)
     dout = dout.contiguous()
-    batch, num_dirs, length, inner = u.shape
-    num_tokens, dstate, rank = tokens.shape[1], A_log.shape[-1], dt_weight.shape[-1]
-    grid, num_chunks, blocks = _scan_launch(u, A_log)
+    batch, num_dirs, length, num_tokens, inner, dstate, rank = _scan_sizes(tokens, index, A_log, dt_weight)
+    if token_major:
+        u = tokens
+    grid, num_chunks, blocks = _scan_launch(batch, num_dirs, length, inner, dstate)
+    rows = num_tokens if token_major else length        # of the per-step gradients, in token or sequence order
     f32 = dict(device=u.device, dtype=torch.float32)
-    du, ddelta = torch.empty_like(u), torch.empty_like(u)   # d delta: the kernel's, in u's dtype
-    dbc = torch.empty(batch, num_dirs, grid[1], length, 2 * dstate, **f32)
+    act = dict(device=u.device, dtype=u.dtype)
+    du, ddelta = torch.empty(batch, num_dirs, rows, inner, **act), torch.empty(batch, num_dirs, rows, inner, **act)
+    dbc = torch.empty(batch, num_dirs, grid[1], rows, 2 * dstate, **f32)
     dz = torch.zeros(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
     dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
     dD, dbias = torch.empty(batch, num_dirs, inner, **f32), torch.empty(batch, num_dirs, inner, **f32)
     _scan_bwd_kernel[grid](
         dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, ddelta, dbc, dz, dA_log, dD, dbias,
         num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs,
-        num_chunks, HAS_D=D is not None, GATE=gate, **blocks)
+        num_chunks, HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major, **blocks)
     ddelta = ddelta.float()
-    dx_dbl = torch.cat([torch.matmul(ddelta, dt_weight.float()), dbc.sum(2)], dim=-1)   # (Bt, K, L, R + 2N)
-    ddt_weight = torch.matmul(ddelta.transpose(-1, -2), x_dbl[..., :rank].float()).sum(0)    # (K, E, R)
+    x_dt = x_dbl[..., :rank].float()
+    if token_major:
+        x_dt = x_dt.transpose(1, 2)                                                           # (Bt, K, T, R)
+    dx_dbl = torch.cat([torch.matmul(ddelta, dt_weight.float()), dbc.sum(2)], dim=-1)    # (Bt, K, rows, R + 2N)
+    ddt_weight = torch.matmul(ddelta.transpose(-1, -2), x_dt).sum(0)                     # (K, E, R)
     dtokens = torch.zeros(tokens.shape, **f32)
     if gate:
         dtokens[..., inner:2 * inner] = dz.sum(1)
+    if token_major:
+        dx_dbl = dx_dbl.transpose(1, 2).contiguous()                                          # (Bt, T, K, R + 2N)
+        dtokens[..., :inner] = du.sum(1, dtype=torch.float32)
+        du, dtokens = dtokens, dtokens.new_zeros(0)
     return (du, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0), ddt_weight,
             dbias.sum(0))
 
 
 @multi_scan_scan_bwd.register_fake
-def _scan_bwd_fake(dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate):
+def _scan_bwd_fake(dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major):
     f32 = dict(dtype=torch.float32)
     num_dirs, inner = A_log.shape[:2]
-    return (u.new_empty(u.shape), x_dbl.new_empty(x_dbl.shape, **f32), tokens.new_empty(tokens.shape, **f32),
-            A_log.new_empty(A_log.shape, **f32), u.new_empty((num_dirs, inner) if D is not None else (0,), **f32),
+    du = tokens.new_empty(tokens.shape, **f32) if token_major else u.new_empty(u.shape)
+    dtokens = tokens.new_empty(0, **f32) if token_major else tokens.new_empty(tokens.shape, **f32)
+    return (du, x_dbl.new_empty(x_dbl.shape, **f32), dtokens, A_log.new_empty(A_log.shape, **f32),
+            u.new_empty((num_dirs, inner) if D is not None else (0,), **f32),
             dt_weight.new_empty(dt_weight.shape, **f32), u.new_empty(num_dirs, inner, **f32))
 
 
 def _scan_setup(ctx, inputs, output):
-    u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate = inputs
+    u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major = inputs
     ctx.save_for_backward(output[1], u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias)
     ctx.mark_non_differentiable(output[1])
-    ctx.gate = gate
+    ctx.gate, ctx.token_major = gate, token_major
 
 
 def _scan_backward(ctx, dout, dckpt):
     ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias = ctx.saved_tensors
     du, dx_dbl, dtokens, dA_log, dD, ddt_weight, dbias = multi_scan_scan_bwd(
-        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, ctx.gate)
-    return (du, dx_dbl.to(x_dbl.dtype), dtokens.to(tokens.dtype) if ctx.gate else None, None,
+        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, ctx.gate, ctx.token_major)
+    return (du.to(u.dtype), dx_dbl.to(x_dbl.dtype),
+            dtokens.to(tokens.dtype) if ctx.gate and not ctx.token_major else None, None,
             dA_log.to(A_log.dtype), None if D is None else dD.to(D.dtype), ddt_weight.to(dt_weight.dtype),
-            dbias.to(dt_bias.dtype), None)
+            dbias.to(dt_bias.dtype), None, None)
 
 
 multi_scan_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
@@ -518,10 +551,15 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
     def dense(t):
         return None if t is None else t.contiguous()
 
-    u = multi_scan_conv_fwd(tokens, index32, conv_weight, dense(conv_bias), inner)    # (Bt, K, L, E)
-    x_dbl = torch.matmul(u, x_proj_weight.to(u.dtype).transpose(1, 2))                 # (Bt, K, L, R + 2N)
+    if conv_weight is None:   # token-major: the scan reads x and its projection at the token rows
+        width = x_proj_weight.shape[1]
+        x_dbl = torch.matmul(tokens[..., :inner], x_proj_weight.to(tokens.dtype).reshape(-1, inner).t())
+        u, x_dbl = tokens, x_dbl.view(*tokens.shape[:2], index.shape[0], width)           # (Bt, T, K, R + 2N)
+    else:
+        u = multi_scan_conv_fwd(tokens, index32, conv_weight, dense(conv_bias), inner)   # (Bt, K, L, E)
+        x_dbl = torch.matmul(u, x_proj_weight.to(u.dtype).transpose(1, 2))                # (Bt, K, L, R + 2N)
     with autocast_off(tokens.device.type):
         y, _ = multi_scan_scan_fwd(u, x_dbl.contiguous(), tokens, index32, dense(A_log), dense(D),
-                                   dense(dt_proj_weight), dense(dt_proj_bias), gate)
+                                   dense(dt_proj_weight), dense(dt_proj_bias), gate, conv_weight is None)
     return y
 
