@@ -388,7 +388,7 @@ def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Ten
         HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
     dweight = dw_part.sum((0, 2))
     dbias = db_part.sum((0, 2)) if db_part is not None else torch.zeros(0, **f32)
-    dx = torch.zeros(batch, num_dirs, num_tokens, inner, **f32)
+    dx = torch.empty(batch, num_dirs, num_tokens, inner, **f32)    # every token row is written (the index's contract)
     _conv_bwd_x_kernel[grid](dpre, index, weight, dx, num_tokens, length, inner, num_dirs,
                              WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
     dtokens = torch.zeros(tokens.shape, **f32)
@@ -485,7 +485,8 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
     act = dict(device=u.device, dtype=u.dtype)
     du, ddelta = torch.empty(batch, num_dirs, rows, inner, **act), torch.empty(batch, num_dirs, rows, inner, **act)
     dbc = torch.empty(batch, num_dirs, grid[1], rows, 2 * dstate, **f32)
-    dz = torch.zeros(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
+    # every token is at one position of every direction (multi_scan_inner_fn's contract): each row is written
+    dz = torch.empty(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
     dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
     dD, dbias = torch.empty(batch, num_dirs, inner, **f32), torch.empty(batch, num_dirs, inner, **f32)
     _scan_bwd_kernel[grid](
