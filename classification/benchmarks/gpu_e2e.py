@@ -150,7 +150,7 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
     def last(name: str) -> str:
         return os.path.join(workdir, name, "run", "last.pth.tar")
 
-    steps = [Step("kernel checks and op timings", kernel_check, 300 if not quick else 1800,
+    steps = [Step("kernel checks and op timings", kernel_check, 420 if not quick else 1800,
                   _all_of(_exited_ok, _says("ALL CHECKS PASSED", "ALL CHECKS PASSED")), env=interp)]
     for family, _ in PAIRS:
         for dtype in ("fp32", "bf16"):
