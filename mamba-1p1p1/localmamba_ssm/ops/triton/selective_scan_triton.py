@@ -63,11 +63,15 @@ def _step_at(tile, steps, which):
 
 
 @triton.jit
-def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, group_b, group_c, d, dmask, n, nmask,
-                  t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
-                  SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """One chunk from its start state h0 (BD, BN): u, raw delta, dt (CT, BD); B, C tiles; the inputs b and the
-    states h (CT, BD, BN)."""
+def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, bias, pid_b, group_b, group_c, d,
+                  dmask, n, nmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
+                  CT: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """Chunk c from its start state h0 (BD, BN): its steps t, their mask, the (CT, BD) mask and offsets of the
+    activations; u, raw delta, dt (CT, BD); B, C tiles; the inputs b and the states h (CT, BD, BN)."""
+    t = c * CT + steps
+    tmask = t < seqlen
+    m = tmask[:, None] & dmask[None, :]
+    offs = t[:, None] + row[None, :]
     u = tl.load(u_ptr + offs, mask=m, other=0.0).to(tl.float32)
     raw, dt = _step_dt(delta_ptr, offs, m, bias, SOFTPLUS)
     Bm = _bc_tile(B_ptr, pid_b, group_b, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, B_VAR)
@@ -75,7 +79,7 @@ def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, g
     a = tl.exp(dt[:, :, None] * A[None, :, :])
     b = (dt * u)[:, :, None] * Bm
     a_cum, b_cum = tl.associative_scan((a, b), 0, affine_combine)
-    return u, raw, dt, Bm, Cm, b, a_cum * h0[None, :, :] + b_cum
+    return t, tmask, m, offs, u, raw, dt, Bm, Cm, b, a_cum * h0[None, :, :] + b_cum
 
 
 @triton.jit
@@ -113,14 +117,10 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     h0 = tl.zeros([BD, BN], dtype=tl.float32)
     for c in range(0, n_chunks):
         tl.store(ckpt_ptr + states + c * dstate, h0, mask=mdn)
-        t = c * CT + steps
-        tmask = t < seqlen
-        m = tmask[:, None] & dmask[None, :]
-        offs = t[:, None] + row[None, :]
-        u, raw, dt, Bm, Cm, b, h = _chunk_states(
-            u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, (pid_d * BD) // cpg_b,
-            (pid_d * BD) // cpg_c, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
-            SOFTPLUS, B_VAR, C_VAR)
+        t, tmask, m, offs, u, raw, dt, Bm, Cm, b, h = _chunk_states(
+            u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, bias, pid_b, (pid_d * BD) // cpg_b,
+            (pid_d * BD) // cpg_c, d, dmask, n, nmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
+            CT, SOFTPLUS, B_VAR, C_VAR)
         y = tl.sum(h * Cm, axis=2) + Dv[None, :] * u
         if HAS_Z:
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -162,14 +162,10 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
         h0 = tl.load(ckpt_ptr + states + c * dstate, mask=mdn, other=0.0)
-        t = c * CT + steps
-        tmask = t < seqlen
-        m = tmask[:, None] & dmask[None, :]
-        offs = t[:, None] + row[None, :]
-        u, raw, dt, Bm, Cm, b, h = _chunk_states(
-            u_ptr, delta_ptr, B_ptr, C_ptr, h0, offs, m, A, bias, pid_b, (pid_d * BD) // cpg_b,
-            (pid_d * BD) // cpg_c, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
-            SOFTPLUS, B_VAR, C_VAR)
+        t, tmask, m, offs, u, raw, dt, Bm, Cm, b, h = _chunk_states(
+            u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, bias, pid_b, (pid_d * BD) // cpg_b,
+            (pid_d * BD) // cpg_c, d, dmask, n, nmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
+            CT, SOFTPLUS, B_VAR, C_VAR)
         dy = tl.load(dout_ptr + offs, mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
