@@ -39,6 +39,7 @@ from .timing import DTYPES, median_seconds, synchronize
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAIRS = (("local_vim_tiny", "deit_tiny_patch16_224"), ("local_vssm_tiny", "swin_tiny_patch4_window7_224"))
 SWEEP_SIZES = (224, 512, 768, 1024)
+MIN_STEP_SECONDS = 30  # under a time budget, a step starts only with at least this much of it left
 
 
 @dataclass
@@ -207,6 +208,22 @@ def report_line(step: Step, outcome: Outcome) -> str:
                                                                                               if note else "")
 
 
+class _Transcript:
+    """The log file, written as it grows (nothing when ``path`` is None)."""
+
+    def __init__(self, path: Optional[str], header: str):
+        self.path = path
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(header + "\n")
+
+    def add(self, *lines: str) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write("\n".join(lines) + "\n")
+
+
 def select_steps(steps: Sequence[Step], only: Sequence[str]) -> List[Step]:
     """The steps whose name contains one of ``only`` (all when empty), with the earlier steps they need."""
     if not only:
@@ -268,25 +285,6 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     if own_workdir and passed:
         shutil.rmtree(workdir, ignore_errors=True)
     return passed
-
-
-MIN_STEP_SECONDS = 30  # under a budget, a step starts only with at least this much of it left
-
-
-class _Transcript:
-    """The log file, written as it grows (nothing when ``path`` is None)."""
-
-    def __init__(self, path: Optional[str], header: str):
-        self.path = path
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(header + "\n")
-
-    def add(self, *lines: str) -> None:
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write("\n".join(lines) + "\n")
 
 
 def _peak_mib(step: Callable[[], None], device: torch.device) -> float:
