@@ -1,6 +1,6 @@
 """The fused Triton mixer kernels (multi_scan_inner, attention_merge) against their references on CPU, under the
-Triton interpreter: outputs and all gradients, fp32 and bf16, and torch.library.opcheck of their custom ops (the
-cases: triton_multi_scan_checks.py); and each kernel compiled for sm_90.
+Triton interpreter: outputs and all gradients, fp32 and bf16, torch.library.opcheck of their custom ops and
+torch.compile against eager (the cases: triton_multi_scan_checks.py); and each kernel compiled for sm_90.
 
 TRITON_INTERPRET must be set before the kernels are defined, so the checks run in a subprocess.
 """
@@ -24,7 +24,7 @@ def test_fused_mixer_kernels_match_reference_under_interpreter():
     script = Path(__file__).with_name("triton_multi_scan_checks.py")
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 8, result.stdout
+    assert result.stdout.count("ok ") == 9, result.stdout
 
 
 def test_fused_mixer_kernels_compile_for_hopper():
