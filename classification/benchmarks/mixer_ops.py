@@ -121,7 +121,7 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
                     rank: int = 12) -> Dict[str, Callable[[], None]]:
     """The fused scan kernel alone (one direction, identity index, z gate, its dt projection of rank ``rank``) at
     the selective-scan benchmark shape."""
-    from localmamba_ssm.ops.triton.multi_scan_triton import multi_scan_scan_fwd
+    from localmamba_ssm.ops.triton import multi_scan_triton as kernels
 
     g = torch.Generator().manual_seed(4)
 
@@ -133,13 +133,14 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
     A_log, D, bias = rand(1, dim, dstate, scale=0.5), rand(1, dim), rand(1, dim, scale=0.5)
     index = torch.arange(seqlen, device=device, dtype=torch.int32)[None]
     grad = torch.randn(batch, 1, seqlen, dim, generator=g).to(device)
+    inputs = (u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True, False, kernels.SCAN_CHUNK)
 
     def forward():
         with torch.no_grad():
-            multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True, False)
+            kernels.multi_scan_scan_fwd(*inputs)
 
     def forward_backward():
-        out, _ = multi_scan_scan_fwd(u, x_dbl, tokens, index, A_log, D, dt_weight, bias, True, False)
+        out, _ = kernels.multi_scan_scan_fwd(*inputs)
         out.backward(grad)
 
     return {"fused scan fwd": forward, "fused scan fwd+bwd": forward_backward}

@@ -418,12 +418,12 @@ def _conv_backward(ctx, du):
 multi_scan_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
-def _scan_launch(batch: int, num_dirs: int, length: int, inner: int, dstate: int):
-    """Grid, chunks and the tile constants of the scan kernels."""
-    num_chunks = max(1, triton.cdiv(length, SCAN_CHUNK))
+def _scan_launch(batch: int, num_dirs: int, length: int, inner: int, dstate: int, chunk: int):
+    """Grid, chunks and the tile constants of the scan kernels for chunks of ``chunk`` steps."""
+    num_chunks = max(1, triton.cdiv(length, chunk))
     grid = (batch * num_dirs, triton.cdiv(inner, SCAN_BLOCK_D))
     block_n = triton.next_power_of_2(dstate)
-    return grid, num_chunks, dict(CT=SCAN_CHUNK, BD=SCAN_BLOCK_D, BN=block_n,
+    return grid, num_chunks, dict(CT=chunk, BD=SCAN_BLOCK_D, BN=block_n,
                                   num_warps=scan_warps(SCAN_BLOCK_D, block_n))
 
 
@@ -435,19 +435,20 @@ def _scan_sizes(tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, 
 @torch.library.custom_op("localmamba::multi_scan_triton_fwd", mutates_args=())
 def multi_scan_scan_fwd(u: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
                         A_log: torch.Tensor, D: Optional[torch.Tensor], dt_weight: torch.Tensor, dt_bias: torch.Tensor,
-                        gate: bool, token_major: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                        gate: bool, token_major: bool, chunk: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The scan of every direction -> y (Bt, K, T, E) in u's dtype at token rows, chunk start states
     (Bt*K, chunks, E, N) fp32.
 
     tokens (Bt, T, C) (z = channels [E, 2E)); index int32 (K, L); A_log (K, E, N), D, dt_bias (K, E), dt_weight
     (K, E, R). Sequence-major: u (Bt, K, L, E) and x_dbl (Bt, K, L, R + 2N) contiguous, in sequence order.
     ``token_major`` (no conv): u is ``tokens`` itself (x = channels [0, E)) and x_dbl (Bt, T, K, R + 2N) contiguous,
-    both read at the token rows the index gives."""
+    both read at the token rows the index gives. ``chunk``: time steps per tile (an argument, not the module
+    constant read here, so that a compiled graph records it with the shapes it implies)."""
     tokens = _tokens_view(tokens)
     batch, num_dirs, length, num_tokens, inner, dstate, rank = _scan_sizes(tokens, index, A_log, dt_weight)
     if token_major:
         u = tokens
-    grid, num_chunks, blocks = _scan_launch(batch, num_dirs, length, inner, dstate)
+    grid, num_chunks, blocks = _scan_launch(batch, num_dirs, length, inner, dstate, chunk)
     out = u.new_empty(batch, num_dirs, num_tokens, inner)
     ckpt = u.new_empty(batch * num_dirs, num_chunks, inner, dstate, dtype=torch.float32)
     _scan_fwd_kernel[grid](
@@ -458,9 +459,9 @@ def multi_scan_scan_fwd(u: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tens
 
 
 @multi_scan_scan_fwd.register_fake
-def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major):
+def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major, chunk):
     batch, num_dirs, length, num_tokens, inner, dstate, _ = _scan_sizes(tokens, index, A_log, dt_weight)
-    num_chunks = max(1, -(-length // SCAN_CHUNK))
+    num_chunks = max(1, -(-length // chunk))
     return (u.new_empty(batch, num_dirs, num_tokens, inner),
             u.new_empty(batch * num_dirs, num_chunks, inner, dstate, dtype=torch.float32))
 
@@ -468,7 +469,7 @@ def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, 
 @torch.library.custom_op("localmamba::multi_scan_triton_bwd", mutates_args=())
 def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor, x_dbl: torch.Tensor,
                         tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor],
-                        dt_weight: torch.Tensor, dt_bias: torch.Tensor, gate: bool, token_major: bool
+                        dt_weight: torch.Tensor, dt_bias: torch.Tensor, gate: bool, token_major: bool, chunk: int
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                    torch.Tensor, torch.Tensor]:
     """-> du, d x_dbl (x_dbl's shape), d tokens (z channels), d A_log (K, E, N), dD (K, E; empty without D),
@@ -479,7 +480,7 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
     batch, num_dirs, length, num_tokens, inner, dstate, rank = _scan_sizes(tokens, index, A_log, dt_weight)
     if token_major:
         u = tokens
-    grid, num_chunks, blocks = _scan_launch(batch, num_dirs, length, inner, dstate)
+    grid, num_chunks, blocks = _scan_launch(batch, num_dirs, length, inner, dstate, chunk)
     rows = num_tokens if token_major else length        # of the per-step gradients, in token or sequence order
     f32 = dict(device=u.device, dtype=torch.float32)
     act = dict(device=u.device, dtype=u.dtype)
@@ -511,7 +512,7 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
 
 
 @multi_scan_scan_bwd.register_fake
-def _scan_bwd_fake(dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major):
+def _scan_bwd_fake(dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major, chunk):
     f32 = dict(dtype=torch.float32)
     num_dirs, inner = A_log.shape[:2]
     du = tokens.new_empty(tokens.shape, **f32) if token_major else u.new_empty(u.shape)
@@ -522,20 +523,20 @@ def _scan_bwd_fake(dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_
 
 
 def _scan_setup(ctx, inputs, output):
-    u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major = inputs
+    u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, token_major, chunk = inputs
     ctx.save_for_backward(output[1], u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias)
     ctx.mark_non_differentiable(output[1])
-    ctx.gate, ctx.token_major = gate, token_major
+    ctx.gate, ctx.token_major, ctx.chunk = gate, token_major, chunk
 
 
 def _scan_backward(ctx, dout, dckpt):
     ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias = ctx.saved_tensors
     du, dx_dbl, dtokens, dA_log, dD, ddt_weight, dbias = multi_scan_scan_bwd(
-        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, ctx.gate, ctx.token_major)
+        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, ctx.gate, ctx.token_major, ctx.chunk)
     return (du.to(u.dtype), dx_dbl.to(x_dbl.dtype),
             dtokens.to(tokens.dtype) if ctx.gate and not ctx.token_major else None, None,
             dA_log.to(A_log.dtype), None if D is None else dD.to(D.dtype), ddt_weight.to(dt_weight.dtype),
-            dbias.to(dt_bias.dtype), None, None)
+            dbias.to(dt_bias.dtype), None, None, None)
 
 
 multi_scan_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
@@ -561,6 +562,6 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
         x_dbl = torch.matmul(u, x_proj_weight.to(u.dtype).transpose(1, 2))                # (Bt, K, L, R + 2N)
     with autocast_off(tokens.device.type):
         y, _ = multi_scan_scan_fwd(u, x_dbl.contiguous(), tokens, index32, dense(A_log), dense(D),
-                                   dense(dt_proj_weight), dense(dt_proj_bias), gate, conv_weight is None)
+                                   dense(dt_proj_weight), dense(dt_proj_bias), gate, conv_weight is None, SCAN_CHUNK)
     return y
 

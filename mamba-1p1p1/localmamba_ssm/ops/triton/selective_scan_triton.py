@@ -244,15 +244,16 @@ def _launch_args(u, A, B, C):
 @torch.library.custom_op("localmamba::selective_scan_triton_fwd", mutates_args=())
 def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                               C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                              delta_bias: Optional[torch.Tensor], delta_softplus: bool
+                              delta_bias: Optional[torch.Tensor], delta_softplus: bool, chunk: int
                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """u, delta, z contiguous (Bt, Dm, L); A (Dm, N) fp32; B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L).
+    """u, delta, z contiguous (Bt, Dm, L); A (Dm, N) fp32; B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L); ``chunk``
+    time steps per tile (an argument, so that a compiled graph records it with the shapes it implies).
 
     Returns out (Bt, Dm, L) in u's dtype, last state (Bt, Dm, N) fp32 and the chunk checkpoints (Bt, Dm, chunks, N).
     """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    n_chunks = max(1, triton.cdiv(seqlen, CHUNK))
+    n_chunks = max(1, triton.cdiv(seqlen, chunk))
     out = torch.empty_like(u)
     last = u.new_empty(batch, dim, dstate, dtype=torch.float32)
     ckpt = u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32)
@@ -261,14 +262,14 @@ def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     _scan_fwd_kernel[(batch, dim // block)](
         u, delta, A, Bv, Cv, D, z, delta_bias, out, ckpt, last, dim, seqlen, dstate, n_chunks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=CHUNK, num_warps=scan_warps(block, bn))
+        B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=chunk, num_warps=scan_warps(block, bn))
     return out, last, ckpt
 
 
 @selective_scan_triton_fwd.register_fake
-def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
     batch, dim, seqlen = u.shape
-    n_chunks = max(1, triton.cdiv(seqlen, CHUNK))
+    n_chunks = max(1, triton.cdiv(seqlen, chunk))
     return (u.new_empty(u.shape), u.new_empty(batch, dim, A.shape[1], dtype=torch.float32),
             u.new_empty(batch, dim, n_chunks, A.shape[1], dtype=torch.float32))
 
@@ -277,7 +278,7 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], ckpt: torch.Tensor,
                               u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                               C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                              delta_bias: Optional[torch.Tensor], delta_softplus: bool
+                              delta_bias: Optional[torch.Tensor], delta_softplus: bool, chunk: int
                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                          torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward -> du, ddelta, dA, dB, dC (fp32, B/C's shapes), dD (Dm,), dz (empty without z), ddelta_bias (Dm,)."""
@@ -298,7 +299,7 @@ def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor],
         u, delta, A, Bv, Cv, D, z, delta_bias, dout, dlast, ckpt, du, ddelta, dz, dA, dB, dC, dD, dbias,
         dim, seqlen, dstate, n_chunks, n_dblocks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=CHUNK,
+        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=chunk,
         num_warps=scan_warps(block, bn))
     return (du, ddelta, dA.sum(0), _reduce_bc(dB, B, dim, block), _reduce_bc(dC, C, dim, block), dD.sum(0), dz,
             dbias.sum(0))
@@ -315,7 +316,7 @@ def _reduce_bc(grad: torch.Tensor, M: torch.Tensor, dim: int, block: int) -> tor
 
 
 @selective_scan_triton_bwd.register_fake
-def _bwd_fake(dout, dlast, ckpt, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _bwd_fake(dout, dlast, ckpt, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
     dim = u.shape[1]
     f32 = dict(dtype=torch.float32)
     dz = u.new_empty(u.shape) if z is not None else u.new_empty(0)
@@ -324,19 +325,19 @@ def _bwd_fake(dout, dlast, ckpt, u, delta, A, B, C, D, z, delta_bias, delta_soft
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.mark_non_differentiable(output[2])
-    ctx.delta_softplus = delta_softplus
+    ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
 
 
 def _backward(ctx, dout, dlast, dckpt):
     u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_triton_bwd(
         dout.contiguous(), None if dlast is None else dlast.contiguous(), ckpt, u, delta, A, B, C, D, z,
-        delta_bias, ctx.delta_softplus)
+        delta_bias, ctx.delta_softplus, ctx.chunk)
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD,
-            None if z is None else dz, None if delta_bias is None else dbias, None)
+            None if z is None else dz, None if delta_bias is None else dbias, None, None)
 
 
 selective_scan_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -361,5 +362,5 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
             return M.float() if M.dim() == 2 else M.to(dtype)
 
         out, last, _ = torch.ops.localmamba.selective_scan_triton_fwd(
-            act(u), act(delta), param(A), bc(B), bc(C), param(D), act(z), param(delta_bias), delta_softplus)
+            act(u), act(delta), param(A), bc(B), bc(C), param(D), act(z), param(delta_bias), delta_softplus, CHUNK)
     return (out, last) if return_last_state else out
