@@ -182,7 +182,8 @@ def test_attention_merge_backend_matches_reference(cpu_backend, shape):
 
 
 def test_reference_gradients_float64():
-    p = make_problem(batch=1, num_tokens=4, length=5, num_dirs=2, inner=3, rank=1, state=2, width=2, dtype=torch.float64)
+    p = make_problem(batch=1, num_tokens=4, length=5, num_dirs=2, inner=3, rank=1, state=2, width=2,
+                     dtype=torch.float64)
     names = [k for k, v in p.items() if torch.is_tensor(v) and v.requires_grad]
 
     def fn(*tensors):

@@ -26,8 +26,8 @@ def test_triton_kernels_match_reference_under_interpreter():
 
 def test_scan_and_conv1d_kernels_compile_for_hopper():
     """The interpreter does not lower kernels: compile each one for an H100/H200 (sm_90) at the default tiles, with
-    every optional input and with none (input-dependent and time-invariant B / C), without register spills and with every scan
-    a loop in registers."""
+    every optional input and with none (input-dependent and time-invariant B / C), without register spills and with
+    every scan a loop in registers."""
     pytest.importorskip("triton.backends.nvidia", reason="triton's NVIDIA backend is not installed")
     from localmamba_conv1d import triton_conv1d as conv
     from localmamba_ssm.ops.triton import selective_scan_triton as scan

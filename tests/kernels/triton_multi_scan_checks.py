@@ -2,8 +2,9 @@
 run by test_triton_multi_scan.py in a subprocess with TRITON_INTERPRET=1 and LOCALMAMBA_BACKEND=triton.
 
 Tiny odd shapes on real index tables (row, column, windowed with padding, flipped; a middle class token; a dt rank
-of 18); the kernels' tile sizes are shrunk so that every tiling path runs (several time chunks, partial channel blocks, several
-token blocks). Outputs and the gradients of every input are compared, fp32 tightly and bf16 loosely.
+of 18; with a conv and token-major); the kernels' tile sizes are shrunk so that every tiling path runs (several time
+chunks, partial channel blocks, several token blocks). Outputs and the gradients of every input are compared, fp32
+tightly and bf16 loosely; then torch.library.opcheck of the custom ops and torch.compile against eager.
 Prints one ``ok`` line per case; exits non-zero with a message at the first mismatch.
 """
 import os

@@ -38,18 +38,12 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, scan_warps, softplus
+from .scan_math import affine_combine, scan_warps, softplus, step_at
 
 SCAN_CHUNK = 16      # time steps per tile of the scan
 SCAN_BLOCK_D = 8     # channels per scan program
 CONV_CHUNK = 32      # time steps per conv program
 CONV_BLOCK_E = 32    # channels per conv program
-
-
-@triton.jit
-def _row_at(tile, rows, which):
-    """Row ``which`` of a (T, ...) tile whose row numbers are ``rows``."""
-    return tl.sum(tl.where((rows == which)[:, None, None], tile, 0.0), axis=0)
 
 
 # --- depthwise causal conv + SiLU, read through the index table -----------------------------------------------------
@@ -140,6 +134,7 @@ def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, i
     row = tl.load(index_ptr + k * length + s, mask=s < length, other=num_tokens)
     m = ((s < length) & (row < num_tokens))[:, None] & emask[None, :]
     tl.store(dx_ptr + ((pid_bk * num_tokens + row) * inner)[:, None] + e[None, :], acc, mask=m)
+
 
 # --- the selective scan: chunked associative scan, z gate and the scatter to token rows fused ----------------------
 
@@ -244,7 +239,7 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
             y = y * z * tl.sigmoid(z)
         tl.store(out_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :],
                  y.to(out_ptr.dtype.element_ty), mask=m)
-        h0 = _row_at(h, rows, CT - 1)
+        h0 = step_at(h, rows, CT - 1)
 
 
 @triton.jit
@@ -307,7 +302,7 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         g_mul, g_add = tl.associative_scan((a_next, Cm[:, None, :] * dy[:, :, None]), 0, affine_combine,
                                            reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
-        g_in = _row_at(g, rows, 0)
+        g_in = step_at(g, rows, 0)
         ah = h - bb                                  # a_t h_{t-1}
         mb = loaded[:, None] & nmask[None, :]
         dbc = ((pos * 2 * dstate)[:, None] + n[None, :])
@@ -399,7 +394,8 @@ def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Ten
 @multi_scan_conv_bwd.register_fake
 def _conv_bwd_fake(du, tokens, index, conv_weight, conv_bias):
     f32 = dict(dtype=torch.float32)
-    return (tokens.new_empty(tokens.shape, **f32), du.new_empty(conv_weight.shape[:2] + (conv_weight.shape[-1],), **f32),
+    dweight = du.new_empty(conv_weight.shape[:2] + (conv_weight.shape[-1],), **f32)
+    return (tokens.new_empty(tokens.shape, **f32), dweight,
             du.new_empty(conv_bias.shape, **f32) if conv_bias is not None else du.new_empty(0, **f32))
 
 

@@ -1,5 +1,5 @@
-"""Triton device functions shared by the scan kernels: the softplus of dt and the composition of the affine steps
-h -> a h + b that ``tl.associative_scan`` combines."""
+"""Triton device functions shared by the scan kernels: the softplus of dt, the composition of the affine steps
+h -> a h + b that ``tl.associative_scan`` combines, and one step of a (time, ...) tile."""
 import triton
 import triton.language as tl
 
@@ -14,6 +14,12 @@ def softplus(x):
 def affine_combine(a_first, b_first, a_then, b_then):
     """Compose h -> a_first h + b_first, then h -> a_then h + b_then."""
     return a_first * a_then, a_then * b_first + b_then
+
+
+@triton.jit
+def step_at(tile, steps, which):
+    """Step ``which`` of a (CT, BD, BN) tile whose steps (first axis) are numbered ``steps``: (BD, BN)."""
+    return tl.sum(tl.where((steps == which)[:, None, None], tile, 0.0), axis=0)
 
 
 def scan_warps(block_d: int, block_n: int) -> int:

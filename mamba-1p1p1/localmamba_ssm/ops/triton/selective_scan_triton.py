@@ -26,7 +26,7 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, scan_warps, softplus
+from .scan_math import affine_combine, scan_warps, softplus, step_at
 
 CHUNK = 16          # time steps per tile
 MAX_BLOCK_D = 8     # channels per program (a power of two dividing Dm and every group of B / C)
@@ -54,12 +54,6 @@ def _step_dt(delta_ptr, offs, m, bias, SOFTPLUS: tl.constexpr):
     if SOFTPLUS:
         dt = softplus(raw)
     return raw, tl.where(m, dt, 0.0)
-
-
-@triton.jit
-def _step_at(tile, steps, which):
-    """Step ``which`` of a (CT, BD, BN) tile whose steps are numbered ``steps``: (BD, BN)."""
-    return tl.sum(tl.where((steps == which)[:, None, None], tile, 0.0), axis=0)
 
 
 @triton.jit
@@ -126,7 +120,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
             y = y * z * tl.sigmoid(z)
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
-        h0 = _step_at(h, steps, CT - 1)
+        h0 = step_at(h, steps, CT - 1)
     tl.store(last_ptr + (pid_b * dim + d)[:, None] * dstate + n[None, :], h0, mask=mdn)
 
 
@@ -178,7 +172,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         a_next = tl.exp(dt_next[:, :, None] * A[None, :, :])
         g_mul, g_add = tl.associative_scan((a_next, Cm * dy[:, :, None]), 0, affine_combine, reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
-        g_in = _step_at(g, steps, 0)
+        g_in = step_at(g, steps, 0)
         gAh = g * (h - b)                                   # g_t a_t h_{t-1}
         gB = tl.sum(g * Bm, axis=2)
         ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
