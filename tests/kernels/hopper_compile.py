@@ -58,6 +58,9 @@ def scan_axis_spread(compiled) -> List[Tuple[int, int, int]]:
         lanes, warps = fields["threadsPerWarp"][axis], fields["warpsPerCTA"][axis]
         size = int(shape.split("x")[axis])
         spreads.append((size // (lanes * warps), lanes, warps))
+    scans = ttgir.count('"tt.scan"')
+    if len(spreads) != scans:   # a TTGIR this reader does not parse must not pass unread
+        raise ValueError(f"read {len(spreads)} of the {scans} tt.scan layouts in the TTGIR")
     return spreads
 
 
