@@ -21,7 +21,7 @@ def test_triton_kernels_match_reference_under_interpreter():
     script = Path(__file__).with_name("triton_interpreter_checks.py")
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 8, result.stdout
+    assert result.stdout.count("ok ") == 9, result.stdout
 
 
 def test_scan_and_conv1d_kernels_compile_for_hopper():
@@ -38,7 +38,8 @@ def test_scan_and_conv1d_kernels_compile_for_hopper():
         flags = dict(HAS_D=on, HAS_Z=on, HAS_BIAS=on, SOFTPLUS=on, B_VAR=on, C_VAR=on, BD=scan.MAX_BLOCK_D,
                      BN=block_n, CT=scan.CHUNK)
         assert_compiles_well(scan._scan_fwd_kernel, flags, warps)
-        assert_compiles_well(scan._scan_bwd_kernel, dict(flags, HAS_DLAST=on), warps)
+        for atomic in (True, False):
+            assert_compiles_well(scan._scan_bwd_kernel, dict(flags, HAS_DLAST=on, ATOMIC_BC=atomic), warps)
     for grad in (True, False):
         flags = dict(SIGN=-1 if grad else 1, HAS_BIAS=True, SILU=True, GRAD=grad, BW=4, BD=conv.BLOCK_D,
                      BT=conv.BLOCK_T)

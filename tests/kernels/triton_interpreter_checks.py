@@ -25,7 +25,18 @@ def close(name, actual, expected, tol):
         sys.exit(f"{name}: relative error {err:.2e} >= {tol:.0e}")
 
 
-def check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype=torch.float32):
+def check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype=torch.float32,
+               deterministic=False):
+    """Outputs and gradients against the reference; ``deterministic``: under
+    torch.use_deterministic_algorithms(True), where the B / C gradients are summed per block, not by atomics."""
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype):
     g = torch.Generator().manual_seed(0)
     batch = 2
     u = torch.randn(batch, dim, seqlen, generator=g)
@@ -89,8 +100,9 @@ def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     assert selected_backend("selective_scan", "cpu") == "triton"
     check_scan("grouped G=2", "var4", 2, dim=4, seqlen=7, dstate=3, softplus=True, use_z=True, with_last=True)
-    check_scan("grouped, blocks per group > 1", "var4", 2, dim=64, seqlen=5, dstate=4, softplus=True, use_z=False,
-               with_last=False)
+    for deterministic in (False, True):
+        check_scan(f"grouped, blocks per group > 1, deterministic={deterministic}", "var4", 2, dim=64, seqlen=5,
+                   dstate=4, softplus=True, use_z=False, with_last=False, deterministic=deterministic)
     check_scan("(Bt, N, L), no softplus, several chunks", "var3", 1, dim=2, seqlen=70, dstate=2, softplus=False,
                use_z=True, with_last=True)
     check_scan("time-invariant", "const", 1, dim=6, seqlen=5, dstate=5, softplus=True, use_z=True, with_last=False)

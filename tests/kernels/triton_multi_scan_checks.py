@@ -79,11 +79,18 @@ def scan_problem(directions, grid, cls_position, inner, state, width, gate, with
     )
 
 
-def check_scan(label, gate=True, dtype=torch.float32, **problem):
+def check_scan(label, gate=True, dtype=torch.float32, deterministic=False, **problem):
+    """``deterministic``: under torch.use_deterministic_algorithms(True), where the backward sums the B / C
+    gradients of the channel blocks in torch instead of with atomics."""
     p = scan_problem(gate=gate, dtype=dtype, **problem)
     args = [p[k] for k in SCAN_ARGS]
-    compare(f"multi_scan_inner {label}", lambda: multi_scan_inner_fn(*args, gate=gate),
-            lambda: multi_scan_inner_ref(*args, gate=gate), p, dtype)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        compare(f"multi_scan_inner {label}" + (", deterministic" if deterministic else ""),
+                lambda: multi_scan_inner_fn(*args, gate=gate), lambda: multi_scan_inner_ref(*args, gate=gate), p,
+                dtype)
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def check_merge(label, batch, num_dirs, num_tokens, channels, dtype):
@@ -162,13 +169,16 @@ def main():
         assert backends.selected_backend(op, "cpu") == "triton", op
     shrink_tiles()
     four = ("h", "v_flip", "w2", "w3_flip")
-    check_scan("K=4 3x5 middle class token, gate, conv W=4, fp32", directions=four, grid=(3, 5), cls_position=8,
-               inner=5, state=4, width=4, with_d=True, seed=0)
+    for deterministic in (False, True):
+        check_scan("K=4 3x5 middle class token, gate, conv W=4, fp32", directions=four, grid=(3, 5),
+                   cls_position=8, inner=5, state=4, width=4, with_d=True, seed=0, deterministic=deterministic)
     check_scan("K=2 windowed, no gate, no conv, no D, N=3, dt rank 18, fp32", gate=False,
                directions=("h_flip", "w2_flip"), grid=(3, 5), cls_position=None, inner=7, state=3, width=0,
                with_d=False, seed=1, rank=18)
-    check_scan("K=4 3x5 no conv (token-major), gate, D, dt rank 3, fp32", directions=("v_flip", "w3", "h", "w2"),
-               grid=(3, 5), cls_position=None, inner=6, state=4, width=0, with_d=True, seed=3, rank=3)
+    for deterministic in (False, True):
+        check_scan("K=4 3x5 no conv (token-major), gate, D, dt rank 3, fp32", directions=("v_flip", "w3", "h", "w2"),
+                   grid=(3, 5), cls_position=None, inner=6, state=4, width=0, with_d=True, seed=3, rank=3,
+                   deterministic=deterministic)
     check_scan("K=2 no conv (token-major), middle class token, gate, bf16", dtype=torch.bfloat16,
                directions=("w2", "v"), grid=(3, 5), cls_position=8, inner=5, state=4, width=0, with_d=True, seed=4)
     check_scan("K=3 3x5, gate, conv W=3, bf16", dtype=torch.bfloat16, directions=("v", "w3", "h_flip"), grid=(3, 5),

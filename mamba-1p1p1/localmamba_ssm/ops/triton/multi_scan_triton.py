@@ -22,8 +22,10 @@ backward pass. The backward pass walks the chunks in reverse: it recomputes the 
 stored start (one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a
 reverse associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). It writes d delta, from which two
 torch matmuls give the gradients of x_dbl[..., :R] and of dt_proj_weight. Gradients of the input-dependent B / C are
-summed over each channel block and written per block, those of per-channel parameters per program (summed
-afterwards in torch): deterministic, no atomics. Math in fp32; activations in the tokens' dtype.
+summed over each channel block, then added atomically into one buffer (by default) or, under
+``torch.use_deterministic_algorithms(True)``, written per block and summed in torch (``scan_math.atomic_reductions``);
+those of per-channel parameters are written per program and summed in torch. Math in fp32; activations in the
+tokens' dtype. The grid is (channel blocks, batch x directions): a (batch, direction)'s programs run side by side.
 
 Each pair of kernels is a torch.library custom op with autograd, so that ``torch.compile`` sees opaque ops.
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
@@ -38,7 +40,7 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, scan_warps, softplus, step_at
+from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
 
 SCAN_CHUNK = 16      # time steps per tile of the scan
 SCAN_BLOCK_D = 8     # channels per scan program
@@ -210,10 +212,10 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, CT: tl.constexpr,
                      BD: tl.constexpr, BN: tl.constexpr):
-    pid_bk = tl.program_id(0)
+    pid_bk = tl.program_id(1)
     b = pid_bk // num_dirs
     k = pid_bk % num_dirs
-    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    d = tl.program_id(0) * BD + tl.arange(0, BD)
     dmask = d < inner
     n = tl.arange(0, BN)
     nmask = n < dstate
@@ -246,10 +248,10 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
 def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr,
                      du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
-                     HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, CT: tl.constexpr,
-                     BD: tl.constexpr, BN: tl.constexpr):
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
+                     HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, ATOMIC_BC: tl.constexpr,
+                     CT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
     b = pid_bk // num_dirs
     k = pid_bk % num_dirs
     d = pid_d * BD + tl.arange(0, BD)
@@ -262,8 +264,13 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
     grad_len = length
     if TOKEN_MAJOR:
         grad_len = num_tokens
-    # per-channel-block partial gradients of B and C: (Bt*K, blocks, T or L, 2N)
-    dbc_rows = dbc_ptr + (pid_bk * tl.num_programs(1) + pid_d) * grad_len * 2 * dstate
+    # gradients of B and C, (Bt*K, blocks, T or L, 2N): one block summed by atomics, or each program's own
+    bc_block = pid_d
+    bc_blocks = tl.num_programs(0)
+    if ATOMIC_BC:
+        bc_block = 0
+        bc_blocks = 1
+    dbc_rows = dbc_ptr + (pid_bk * bc_blocks + bc_block) * grad_len * 2 * dstate
     g_in = tl.zeros([BD, BN], dtype=tl.float32)  # dL/dh at the first step of the chunk after this one
     dA = tl.zeros([BD, BN], dtype=tl.float32)
     dD = tl.zeros([BD], dtype=tl.float32)
@@ -306,8 +313,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         ah = h - bb                                  # a_t h_{t-1}
         mb = loaded[:, None] & nmask[None, :]
         dbc = ((pos * 2 * dstate)[:, None] + n[None, :])
-        tl.store(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=mb)
-        tl.store(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mask=mb)
+        store_or_add(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mb, ATOMIC_BC)
+        store_or_add(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mb, ATOMIC_BC)
         gB = tl.sum(g * Bm[:, None, :], axis=2)
         gAh = g * ah
         ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
@@ -415,9 +422,11 @@ multi_scan_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
 def _scan_launch(batch: int, num_dirs: int, length: int, inner: int, dstate: int, chunk: int):
-    """Grid, chunks and the tile constants of the scan kernels for chunks of ``chunk`` steps."""
+    """Grid, chunks and the tile constants of the scan kernels for chunks of ``chunk`` steps. The channel blocks
+    are the grid's first axis, so the programs of one (batch, direction), which read the same x_dbl, index and
+    (token-major) token rows, run side by side and share those rows in L2."""
     num_chunks = max(1, triton.cdiv(length, chunk))
-    grid = (batch * num_dirs, triton.cdiv(inner, SCAN_BLOCK_D))
+    grid = (triton.cdiv(inner, SCAN_BLOCK_D), batch * num_dirs)
     block_n = triton.next_power_of_2(dstate)
     return grid, num_chunks, dict(CT=chunk, BD=SCAN_BLOCK_D, BN=block_n,
                                   num_warps=scan_warps(SCAN_BLOCK_D, block_n))
@@ -481,7 +490,9 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
     f32 = dict(device=u.device, dtype=torch.float32)
     act = dict(device=u.device, dtype=u.dtype)
     du, ddelta = torch.empty(batch, num_dirs, rows, inner, **act), torch.empty(batch, num_dirs, rows, inner, **act)
-    dbc = torch.empty(batch, num_dirs, grid[1], rows, 2 * dstate, **f32)
+    atomic = atomic_reductions()
+    dbc = (torch.zeros(batch, num_dirs, 1, rows, 2 * dstate, **f32) if atomic
+           else torch.empty(batch, num_dirs, grid[0], rows, 2 * dstate, **f32))
     # every token is at one position of every direction (multi_scan_inner_fn's contract): each row is written
     dz = torch.empty(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
     dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
@@ -489,7 +500,7 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
     _scan_bwd_kernel[grid](
         dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, ddelta, dbc, dz, dA_log, dD, dbias,
         num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs,
-        num_chunks, HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major, **blocks)
+        num_chunks, HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major, ATOMIC_BC=atomic, **blocks)
     ddelta = ddelta.float()
     x_dt = x_dbl[..., :rank].float()
     if token_major:
@@ -560,4 +571,3 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
         y, _ = multi_scan_scan_fwd(u, x_dbl.contiguous(), tokens, index32, dense(A_log), dense(D),
                                    dense(dt_proj_weight), dense(dt_proj_bias), gate, conv_weight is None, SCAN_CHUNK)
     return y
-

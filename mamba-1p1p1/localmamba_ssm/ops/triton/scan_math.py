@@ -1,5 +1,7 @@
 """Triton device functions shared by the scan kernels: the softplus of dt, the composition of the affine steps
-h -> a h + b that ``tl.associative_scan`` combines, and one step of a (time, ...) tile."""
+h -> a h + b that ``tl.associative_scan`` combines, one step of a (time, ...) tile, the write of a gradient that
+several programs contribute to; and the launch choices both scans share."""
+import torch
 import triton
 import triton.language as tl
 
@@ -20,6 +22,23 @@ def affine_combine(a_first, b_first, a_then, b_then):
 def step_at(tile, steps, which):
     """Step ``which`` of a (CT, BD, BN) tile whose steps (first axis) are numbered ``steps``: (BD, BN)."""
     return tl.sum(tl.where((steps == which)[:, None, None], tile, 0.0), axis=0)
+
+
+@triton.jit
+def store_or_add(ptr, value, mask, ADD: tl.constexpr):
+    """Write a gradient that several programs contribute to: ``ADD``, add ``value`` atomically into a zeroed
+    buffer (the sum's order varies from run to run); else store it in this program's own slot (summed afterwards)."""
+    if ADD:
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+def atomic_reductions() -> bool:
+    """Whether the backward kernels sum the channel blocks' B / C gradients with atomics (one (.., L, N) buffer)
+    rather than into per-block slots summed afterwards (a buffer 2N/BD times the activations', read again): atomics,
+    unless ``torch.use_deterministic_algorithms(True)`` asks for bitwise-reproducible results."""
+    return not torch.are_deterministic_algorithms_enabled()
 
 
 def scan_warps(block_d: int, block_n: int) -> int:

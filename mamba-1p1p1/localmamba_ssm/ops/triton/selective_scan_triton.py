@@ -1,17 +1,19 @@
 """The ``triton`` backend of ``selective_scan_fn``: chunked associative-scan Triton kernels, forward and backward.
 
-One program per (batch element, block of BD channels). The sequence is cut into chunks of CT steps; a chunk's
-u, delta, z (CT, BD) and B, C (CT, N) rows are loaded as tiles, its decays a = exp(dt A) and inputs b = dt u B form a
+One program per (block of BD channels, batch element): the grid's first axis is the channel blocks, so the programs
+that read one batch element's B / C rows run side by side. The sequence is cut into chunks of CT steps; a chunk's u,
+delta, z (CT, BD) and B, C (CT, N) rows are loaded as tiles, its decays a = exp(dt A) and inputs b = dt u B form a
 (CT, BD, N) tile that ``tl.associative_scan`` combines along time (the affine maps h -> a h + b compose
 associatively), and the state is carried from chunk to chunk. Time is the tile's first axis: the compiler then keeps
-a (channel, state) pair's CT steps in one thread, and the scan is a sequential loop in registers (no shuffles; a test
-reads the layout). The forward pass stores the state at the start of every chunk; the backward pass walks the chunks
-in reverse, recomputes a chunk's states from its stored start (one forward scan) and runs the adjoint recurrence
-g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with the gradient of the last state; a_t h_{t-1} is
-recovered as h_t - b_t. Steps past the end are identities (dt = 0). Gradients of input-dependent B / C are summed
-over each channel block and written per block (every channel of a block is in one group; the blocks are summed
-afterwards), those of per-channel parameters per program: deterministic, no atomics. Inputs may be fp32 / fp16 /
-bf16; the math is fp32.
+a (channel, state) pair's CT steps in one thread, and the scan is a sequential loop in registers (no shuffles; a
+test reads the layout). The forward pass stores the state at the start of every chunk; the backward pass walks the
+chunks in reverse, recomputes a chunk's states from its stored start (one forward scan) and runs the adjoint
+recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with the gradient of the last state; a_t
+h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (dt = 0). Gradients of input-dependent B / C
+are summed over each channel block (every channel of a block is in one group), then added atomically into the
+group's rows or, under ``torch.use_deterministic_algorithms(True)``, written per block and the blocks summed
+afterwards (``scan_math.atomic_reductions``); those of per-channel parameters are written per program. Inputs may be
+fp32 / fp16 / bf16; the math is fp32.
 Wrapped as torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
@@ -26,7 +28,7 @@ import triton.language as tl
 
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, scan_warps, softplus, step_at
+from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
 
 CHUNK = 16          # time steps per tile
 MAX_BLOCK_D = 8     # channels per program (a power of two dividing Dm and every group of B / C)
@@ -97,8 +99,8 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                      B_VAR: tl.constexpr, C_VAR: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
                      CT: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < dim
     n = tl.arange(0, BN)
@@ -125,15 +127,26 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
 
 
 @triton.jit
+def _bc_grad_rows(pid_b, pid_d, n_dblocks, group, groups, n, dstate, seqlen, ATOMIC: tl.constexpr):
+    """Offsets of the rows (BN,) where the channel block pid_d writes its input-dependent B or C gradient: its
+    group's rows of the (Bt, G, N, L) gradient (ATOMIC: added), or its own rows of a (Bt, blocks, N, L) buffer."""
+    if ATOMIC:
+        slot = pid_b * groups + group
+    else:
+        slot = pid_b * n_dblocks + pid_d
+    return (slot * dstate + n) * seqlen
+
+
+@triton.jit
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, ckpt_ptr,
                      du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                      dim, seqlen, dstate, n_chunks, n_dblocks,
                      sBb, sBg, sBn, sBt, cpg_b, sCb, sCg, sCn, sCt, cpg_c,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     HAS_DLAST: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+                     HAS_DLAST: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, ATOMIC_BC: tl.constexpr,
                      BD: tl.constexpr, BN: tl.constexpr, CT: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < dim
     n = tl.arange(0, BN)
@@ -143,7 +156,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     row = (pid_b * dim + d) * seqlen
     states = (pid_b * dim + d)[:, None] * n_chunks * dstate + n[None, :]
     per_channel = (pid_b * dim + d)[:, None] * dstate + n[None, :]
-    block_rows = ((pid_b * n_dblocks + pid_d) * dstate + n) * seqlen  # rows of the per-block B / C gradients
+    rows_B = _bc_grad_rows(pid_b, pid_d, n_dblocks, (pid_d * BD) // cpg_b, dim // cpg_b, n, dstate, seqlen, ATOMIC_BC)
+    rows_C = _bc_grad_rows(pid_b, pid_d, n_dblocks, (pid_d * BD) // cpg_c, dim // cpg_c, n, dstate, seqlen, ATOMIC_BC)
     steps = tl.arange(0, CT)
     g_in = tl.zeros([BD, BN], dtype=tl.float32)  # dL/dh at the first step of the chunk after this one
     if HAS_DLAST:
@@ -187,13 +201,13 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         gbu = g * (dt * u)[:, :, None]
         hdy = h * dy[:, :, None]
         if B_VAR:
-            tl.store(dB_ptr + t[:, None] + block_rows[None, :], tl.sum(gbu, axis=1),
-                     mask=tmask[:, None] & nmask[None, :])
+            store_or_add(dB_ptr + t[:, None] + rows_B[None, :], tl.sum(gbu, axis=1),
+                         tmask[:, None] & nmask[None, :], ATOMIC_BC)
         else:
             dB_acc += tl.sum(gbu, axis=0)
         if C_VAR:
-            tl.store(dC_ptr + t[:, None] + block_rows[None, :], tl.sum(hdy, axis=1),
-                     mask=tmask[:, None] & nmask[None, :])
+            store_or_add(dC_ptr + t[:, None] + rows_C[None, :], tl.sum(hdy, axis=1),
+                         tmask[:, None] & nmask[None, :], ATOMIC_BC)
         else:
             dC_acc += tl.sum(hdy, axis=0)
     tl.store(dA_ptr + per_channel, dA, mask=mdn)
@@ -253,7 +267,7 @@ def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     ckpt = u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32)
     Bv, Cv, strides, block = _launch_args(u, A, B, C)
     bn = triton.next_power_of_2(dstate)
-    _scan_fwd_kernel[(batch, dim // block)](
+    _scan_fwd_kernel[(dim // block, batch)](
         u, delta, A, Bv, Cv, D, z, delta_bias, out, ckpt, last, dim, seqlen, dstate, n_chunks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=chunk, num_warps=scan_warps(block, bn))
@@ -286,25 +300,42 @@ def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor],
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     dz = torch.empty_like(u) if z is not None else u.new_zeros(0)
     dA = torch.empty(batch, dim, dstate, **f32)
-    dB, dC = (torch.empty((batch, n_dblocks, dstate, seqlen) if M.dim() >= 3 else (batch, dim, dstate), **f32)
-              for M in (B, C))  # every element is written
+    atomic = atomic_reductions()
+    dB, dC = (_bc_grad_buffer(M, batch, dim, n_dblocks, dstate, seqlen, atomic) for M in (B, C))
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
-    _scan_bwd_kernel[(batch, n_dblocks)](
+    _scan_bwd_kernel[(n_dblocks, batch)](
         u, delta, A, Bv, Cv, D, z, delta_bias, dout, dlast, ckpt, du, ddelta, dz, dA, dB, dC, dD, dbias,
         dim, seqlen, dstate, n_chunks, n_dblocks, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, BD=block, BN=bn, CT=chunk,
-        num_warps=scan_warps(block, bn))
-    return (du, ddelta, dA.sum(0), _reduce_bc(dB, B, dim, block), _reduce_bc(dC, C, dim, block), dD.sum(0), dz,
-            dbias.sum(0))
+        HAS_DLAST=dlast is not None, B_VAR=B.dim() >= 3, C_VAR=C.dim() >= 3, ATOMIC_BC=atomic, BD=block, BN=bn,
+        CT=chunk, num_warps=scan_warps(block, bn))
+    return (du, ddelta, dA.sum(0), _reduce_bc(dB, B), _reduce_bc(dC, C), dD.sum(0), dz, dbias.sum(0))
 
 
-def _reduce_bc(grad: torch.Tensor, M: torch.Tensor, dim: int, block: int) -> torch.Tensor:
-    """Per-block (Bt, blocks, N, L) or per-batch (Bt, Dm, N) gradient -> M's shape (fp32)."""
+def _groups(M: torch.Tensor) -> int:
+    """Groups of an input-dependent B or C: (Bt, N, L) has one, (Bt, G, N, L) has G."""
+    return 1 if M.dim() == 3 else M.shape[1]
+
+
+def _bc_grad_buffer(M: torch.Tensor, batch: int, dim: int, n_dblocks: int, dstate: int, seqlen: int,
+                    atomic: bool) -> torch.Tensor:
+    """fp32 buffer the backward kernel writes the gradient of B or C into: per batch element (Bt, Dm, N) for a
+    time-invariant one; for an input-dependent one its groups' rows (Bt, G, N, L), zeroed, which the channel blocks
+    add into (``atomic``), or a slot per block (Bt, blocks, N, L), every element written."""
+    f32 = dict(device=M.device, dtype=torch.float32)
+    if M.dim() == 2:
+        return torch.empty(batch, dim, dstate, **f32)
+    if atomic:
+        return torch.zeros(batch, _groups(M), dstate, seqlen, **f32)
+    return torch.empty(batch, n_dblocks, dstate, seqlen, **f32)
+
+
+def _reduce_bc(grad: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """The kernel's buffer of :func:`_bc_grad_buffer` -> the gradient in M's shape (fp32)."""
     if M.dim() == 2:
         return grad.sum(0)
-    groups = 1 if M.dim() == 3 else M.shape[1]
     batch, blocks = grad.shape[:2]
+    groups = _groups(M)
     summed = grad.reshape(batch, groups, blocks // groups, *grad.shape[2:]).sum(2)
     return summed[:, 0] if M.dim() == 3 else summed
 
