@@ -2,8 +2,9 @@
 
 Correctness: the triton backend (forced) against the reference backend for the selective scan (grouped, (Bt, N, L)
 and time-invariant B/C, with/without z, softplus, last state), the causal conv1d (widths 2-4, SiLU or not),
-mamba_inner_fn_no_out_proj, the scan under CUDA autocast and the fused mixer ops (multi_scan_inner, attention_merge:
-``mixer_ops``); outputs and all gradients, fp32 and bf16 inputs;
+mamba_inner_fn_no_out_proj, the scan under CUDA autocast and the fused mixer ops (multi_scan_inner with a conv and
+token-major, attention_merge: ``mixer_ops``); outputs and all gradients, fp32 and bf16 inputs; then the scans again
+under ``torch.use_deterministic_algorithms(True)`` (their backward's per-block B / C gradients, not atomics);
 relative error = max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on
 triton against every op on the reference). Timing: ``op_speed``'s interleaved medians for every backend
 available on the device (reference, triton, and the official ``mamba_ssm`` / ``causal_conv1d`` kernels as backend
@@ -12,7 +13,8 @@ path and the fused scan kernel alone (``mixer_ops.mixer_timings``).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+import contextlib
+from typing import Callable, ContextManager, List, Sequence, Tuple
 
 import torch
 from localmamba_conv1d import causal_conv1d_fn
@@ -20,7 +22,7 @@ from localmamba_kernel_runtime import backends
 from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn
 
 from .mixer_ops import correctness_cases as mixer_cases
-from .mixer_ops import SCAN_TILES, mixer_timings
+from .mixer_ops import SCAN_TILES, deterministic_algorithms, deterministic_cases, mixer_timings
 from .model_speed import build_model
 from .op_speed import OpShape, print_op_benchmark, scan_tile_sweep
 
@@ -157,23 +159,29 @@ def correctness(device: torch.device, quick: bool) -> bool:
                                lambda dt=dtype, w=width, s=silu: conv_problem(device, dt, w, s, dim, seqlen)))
     cases.append(("scan under autocast              fp32", lambda: autocast_problem(device, dim, seqlen, dstate)))
     cases += mixer_cases(device, quick)
-    ok = True
+    deterministic = [("scan grouped G=2, determ.      float32",
+                      lambda: scan_problem(device, torch.float32, "var4", 2, dim, seqlen, dstate, True, True, True))]
+    deterministic += deterministic_cases(device, quick)
     print(f"{'case':<40} {'out err':>9} {'grad err':>9}  result")
-    for name, make in cases:
-        fn, inputs, weights = make()
-        dtype = inputs[0].dtype
-        tol = TOLERANCE.get(dtype, 1e-2)
-        try:
-            out_err, grad_err, problems = compare(fn, inputs, weights)
-        except Exception as err:  # report and continue with the other cases
-            print(f"{name:<40} {'-':>9} {'-':>9}  ERROR {type(err).__name__}: {err}")
-            ok = False
-            continue
-        passed = out_err < tol and grad_err < 5 * tol and not problems
-        ok &= passed
-        verdict = "ok" if passed else f"FAIL {problems}".strip()
-        print(f"{name:<40} {out_err:9.2e} {grad_err:9.2e}  {verdict}")
+    ok = all([_check_case(name, make, contextlib.nullcontext) for name, make in cases] +
+             [_check_case(name, make, deterministic_algorithms) for name, make in deterministic])
     return ok
+
+
+def _check_case(name: str, make: Callable, mode: Callable[[], ContextManager]) -> bool:
+    """Print one row of the correctness table: the case of ``make`` compared under the context ``mode``."""
+    fn, inputs, weights = make()
+    tol = TOLERANCE.get(inputs[0].dtype, 1e-2)
+    try:
+        with mode():
+            out_err, grad_err, problems = compare(fn, inputs, weights)
+    except Exception as err:  # report and continue with the other cases
+        print(f"{name:<40} {'-':>9} {'-':>9}  ERROR {type(err).__name__}: {err}")
+        return False
+    passed = out_err < tol and grad_err < 5 * tol and not problems
+    verdict = "ok" if passed else f"FAIL {problems}".strip()
+    print(f"{name:<40} {out_err:9.2e} {grad_err:9.2e}  {verdict}")
+    return passed
 
 
 def model_check(device: torch.device, quick: bool) -> bool:

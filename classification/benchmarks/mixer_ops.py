@@ -1,14 +1,20 @@
-"""The fused mixer ops (``multi_scan_inner``, ``attention_merge``) at LocalVim-T's layer shape: problems for the GPU
-check (the triton backend against the reference, outputs and gradients) and their timings against the ``composed``
-path (one Triton conv and one Triton scan around plain gathers, transposes and scatters: what ran before the fused
-kernels) and, for the scan alone, the fused scan kernel at the selective-scan benchmark shape.
+"""The fused mixer ops (``multi_scan_inner``, ``attention_merge``) at LocalVim-T's and LocalVMamba-T's layer shapes:
+problems for the GPU check (the triton backend against the reference, outputs and gradients) and their timings
+against the ``composed`` path (one Triton conv and one Triton scan around plain gathers, transposes and scatters:
+what ran before the fused kernels), forward + backward also under ``torch.use_deterministic_algorithms(True)`` (the
+scans' B / C gradients summed per channel block instead of by atomics) and, for the scan alone, the fused scan
+kernel at the selective-scan benchmark shape.
 
-LocalVim-T layer: 14x14 grid plus the middle class token (T = 197), E = 384, N = 16, R = 12, conv width 4, directions
-``h v_flip w7 w7_flip`` (its first searched layer: windows with padding, L = 197 + padding).
+LocalVim-T layer: 14x14 grid plus the middle class token (T = 197), E = 384, N = 16, R = 12, conv width 4, z gate,
+directions ``h v_flip w7 w7_flip`` (its first searched layer: windows with padding, L = 197 + padding).
+LocalVMamba-T stage-1 layer (:data:`VSSM_LAYER`): 56x56 grid (T = 3136), E = 192, N = 16, R = 6, no conv, no gate
+(the token-major path), fp32 tokens as the model gives them, directions ``h h_flip w7 w7_flip``.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+import contextlib
+import warnings
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 from unittest import mock
 
 import torch
@@ -25,6 +31,23 @@ LAYER_DIRECTIONS = ("h", "v_flip", "w7", "w7_flip")
 # (time steps, channels) per program of the Triton scans, timed besides the default to pick the best on a GPU (the
 # backward spills registers at larger tiles: 32 x 8, 64 x 4)
 SCAN_TILES = ((16, 8), (32, 4), (16, 16))
+VSSM_LAYER = dict(grid=(56, 56), inner=192, state=16, rank=6, directions=("h", "h_flip", "w7", "w7_flip"),
+                  cls_token=False, conv=False, gate=False)
+QUICK_VSSM_LAYER = dict(VSSM_LAYER, grid=(3, 5), inner=12, state=4, rank=2)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` inside the block, the previous setting restored after. warn_only
+    (its warnings silenced): on CUDA, cuBLAS matmuls would otherwise raise without CUBLAS_WORKSPACE_CONFIG."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _autocast(device, dtype: torch.dtype):
@@ -34,9 +57,11 @@ def _autocast(device, dtype: torch.dtype):
 
 def mixer_problem(device, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, int] = (14, 14), inner: int = 384,
                   state: int = 16, rank: int = 12, directions: Sequence[str] = LAYER_DIRECTIONS,
-                  cls_token: bool = True, seed: int = 0, composed: bool = False):
-    """(fn, inputs needing gradients, output weights) of one ``multi_scan_inner_fn`` call with the z gate (of its
-    ``composed`` path on the dispatching conv and scan when ``composed``); tokens in ``dtype``, parameters fp32."""
+                  cls_token: bool = True, seed: int = 0, composed: bool = False, conv: bool = True,
+                  gate: bool = True):
+    """(fn, inputs needing gradients, output weights) of one ``multi_scan_inner_fn`` call, with a width-4 conv and
+    the z gate unless not ``conv`` / ``gate`` (of its ``composed`` path on the dispatching conv and scan when
+    ``composed``); tokens in ``dtype``, parameters fp32."""
     g = torch.Generator().manual_seed(seed)
     num_dirs = len(directions)
     cls_position = grid[0] * grid[1] // 2 if cls_token else None
@@ -46,20 +71,21 @@ def mixer_problem(device, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, i
     def rand(*shape, scale=1.0, dt=torch.float32):
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt).requires_grad_()
 
-    tokens = rand(batch, num_tokens, 2 * inner, dt=dtype)
+    tokens = rand(batch, num_tokens, 2 * inner if gate else inner, dt=dtype)
     params = [rand(num_dirs, rank + 2 * state, inner, scale=inner ** -0.5), rand(num_dirs, inner, rank,
                                                                                   scale=rank ** -0.5),
-              rand(num_dirs, inner, scale=0.5), rand(num_dirs, inner, state, scale=0.5), rand(num_dirs, inner),
-              rand(num_dirs, inner, 1, 4, scale=0.5), rand(num_dirs, inner, scale=0.1)]
+              rand(num_dirs, inner, scale=0.5), rand(num_dirs, inner, state, scale=0.5), rand(num_dirs, inner)]
+    conv_params = [rand(num_dirs, inner, 1, 4, scale=0.5), rand(num_dirs, inner, scale=0.1)] if conv else []
     weights = [torch.randn(batch, num_dirs, num_tokens, inner, generator=g).to(device)]
+    args = params + (conv_params or [None, None])
 
     def fn():
         with _autocast(device, dtype):
             if composed:
-                return multi_scan_inner_composed(tokens, index, *params, True, causal_conv1d_fn, selective_scan_fn)
-            return multi_scan_inner_fn(tokens, index, *params, gate=True)
+                return multi_scan_inner_composed(tokens, index, *args, gate, causal_conv1d_fn, selective_scan_fn)
+            return multi_scan_inner_fn(tokens, index, *args, gate=gate)
 
-    return fn, [tokens] + params, weights
+    return fn, [tokens] + params + conv_params, weights
 
 
 def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4, num_tokens: int = 197,
@@ -94,25 +120,43 @@ def correctness_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
                    lambda dt=dtype: mixer_problem(device, dt, **sizes)),
                   (f"attention_merge K=4             {name}",
                    lambda dt=dtype: merge_problem(device, dt, **merge_sizes))]
+    vssm = QUICK_VSSM_LAYER if quick else VSSM_LAYER
+    cases.append(("multi_scan_inner token-major     float32",
+                  lambda: mixer_problem(device, torch.float32, **vssm)))
     return cases
 
 
+def deterministic_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
+    """(name, problem maker) of the multi-direction scans to check again under :func:`deterministic_algorithms`
+    (their backward's other path: B / C gradients written per channel block, summed in torch), fp32."""
+    sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
+    vssm = QUICK_VSSM_LAYER if quick else VSSM_LAYER
+    return [("multi_scan_inner conv, determ.   float32", lambda: mixer_problem(device, torch.float32, **sizes)),
+            ("multi_scan_inner token-major, d. float32", lambda: mixer_problem(device, torch.float32, **vssm))]
+
+
+DETERMINISTIC = "deterministic"
+
+
 def _timed_steps(makers: Dict[str, Callable]) -> Dict[str, Callable[[], None]]:
-    """Forward and forward + backward step of each labelled problem, every op on the triton backend."""
+    """Forward and forward + backward step of each labelled problem, every op on the triton backend; the problem
+    labelled :data:`DETERMINISTIC` only forward + backward, under :func:`deterministic_algorithms`."""
     steps = {}
     for label, make in makers.items():
         fn, inputs, weights = make()
+        mode = deterministic_algorithms if label == DETERMINISTIC else contextlib.nullcontext
 
         def forward(fn=fn):
             with backends.forced_backend("triton"), torch.no_grad():
                 fn()
 
-        def forward_backward(fn=fn, weight=weights[0]):
-            with backends.forced_backend("triton"):
+        def forward_backward(fn=fn, weight=weights[0], mode=mode):
+            with backends.forced_backend("triton"), mode():
                 out = fn()
                 torch.autograd.backward(out, weight.to(out.dtype))
 
-        steps[f"{label} fwd"] = forward
+        if label != DETERMINISTIC:
+            steps[f"{label} fwd"] = forward
         steps[f"{label} fwd+bwd"] = forward_backward
     return steps
 
@@ -148,23 +192,33 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
 
 def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
     """Milliseconds of the fused ops (backend triton) against the composed path (multi_scan_inner; its conv and scan
-    on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``);
-    then the fused scan kernel alone at the selective-scan benchmark shape, at its default tiles and (unless
-    ``quick``) at the other :data:`SCAN_TILES`."""
+    on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``),
+    the multi-direction op forward + backward also deterministic, and at LocalVMamba-T's stage-1 layer (fp32, as the
+    model runs it); then the fused scan kernel alone at the selective-scan benchmark shape, at its default tiles and
+    (unless ``quick``) at the other :data:`SCAN_TILES`."""
     device = torch.device(device)
     rows = [["op", "dtype", "batch", "step", "ms", "vs fused"]]
     sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
     merge_sizes = dict(num_tokens=16, channels=16) if quick else {}
+    vssm = QUICK_VSSM_LAYER if quick else VSSM_LAYER
+
+    def scan_makers(dtype, batch, **problem):
+        def make(label):
+            return lambda: mixer_problem(device, dtype, batch, composed=label == "composed", **problem)
+
+        return {label: make(label) for label in ("fused", "composed", DETERMINISTIC)}
+
     for dtype_name in ("fp32", "bf16"):
         dtype = DTYPES[dtype_name]
         for batch in (2,) if quick else (8, 64):
-            for op, makers in (
-                    ("multi_scan_inner", {
-                        "fused": lambda: mixer_problem(device, dtype, batch, **sizes),
-                        "composed": lambda: mixer_problem(device, dtype, batch, composed=True, **sizes)}),
-                    ("attention_merge", {
-                        "fused": lambda: merge_problem(device, dtype, batch, **merge_sizes),
-                        "reference": lambda: merge_problem(device, dtype, batch, reference=True, **merge_sizes)})):
+            problems = [("multi_scan_inner", scan_makers(dtype, batch, **sizes)),
+                        ("attention_merge", {
+                            "fused": lambda: merge_problem(device, dtype, batch, **merge_sizes),
+                            "reference": lambda: merge_problem(device, dtype, batch, reference=True,
+                                                               **merge_sizes)})]
+            if dtype_name == "fp32":
+                problems.append(("multi_scan_inner LocalVMamba-T", scan_makers(dtype, batch, **vssm)))
+            for op, makers in problems:
                 seconds = median_seconds(_timed_steps(makers), repeats, 3, device)
                 for name, sec in seconds.items():
                     label, step = name.split(" ")
