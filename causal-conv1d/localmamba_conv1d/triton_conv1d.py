@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.launch_limits import batch_slices
 from localmamba_kernel_runtime.precision import autocast_off
 
 BLOCK_D = 16
@@ -109,7 +110,11 @@ causal_conv1d_triton_fwd.register_autograd(_backward, setup_context=_setup_conte
 
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          activation: Optional[str]) -> torch.Tensor:
-    """triton backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 math, output in x's dtype."""
+    """triton backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 math, output in x's dtype. A
+    batch too large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
+    slices = batch_slices(x.shape[0], x[0].numel())
+    if len(slices) > 1:
+        return torch.cat([causal_conv1d_triton(x[part], weight, bias, activation) for part in slices])
     with autocast_off(x.device.type):
         return torch.ops.localmamba.causal_conv1d_triton_fwd(
             x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), activation is not None)

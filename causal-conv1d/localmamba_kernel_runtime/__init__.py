@@ -6,6 +6,8 @@ it imports neither.
 - ``csrc/``: the C headers every kernel includes (``vector_math.h``: 8-wide vectors and polynomial math;
   ``kernel_args.h``: argument structs with a layout Python can check) and ``task_runner.c``.
 - ``precision``: fp32 compute under autocast; ``validation``: helpers of the argument checks.
+- ``launch_limits``: what one Triton kernel call can address (32-bit offsets, CUDA's grid) and the batch
+  slices that keep each call inside it.
 
 It ships with ``localmamba_conv1d`` (``pip install ./causal-conv1d`` installs both).
 """

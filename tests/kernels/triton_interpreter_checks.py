@@ -5,9 +5,11 @@ import os
 import sys
 
 import torch
+from batch_splitting import one_element_per_call
 
-from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend
+from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend, triton_conv1d
 from localmamba_ssm import selective_scan_fn, selective_scan_ref
+from localmamba_ssm.ops.triton import selective_scan_triton
 
 
 def grads_of(fn, inputs, weights):
@@ -26,12 +28,19 @@ def close(name, actual, expected, tol):
 
 
 def check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype=torch.float32,
-               deterministic=False):
+               deterministic=False, split=False):
     """Outputs and gradients against the reference; ``deterministic``: under
-    torch.use_deterministic_algorithms(True), where the B / C gradients are summed per block, not by atomics."""
+    torch.use_deterministic_algorithms(True), where the B / C gradients are summed per block, not by atomics;
+    ``split``: the batch run as one kernel call per element (as a batch too large for one call is)."""
     torch.use_deterministic_algorithms(deterministic)
     try:
-        _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype)
+        if split:
+            with one_element_per_call(selective_scan_triton) as counts:
+                _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype)
+            if max(counts) != 2:
+                sys.exit(f"{label}: the batch of 2 was split into {counts} calls, expected 2")
+        else:
+            _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_last, dtype)
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -80,7 +89,18 @@ def _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_la
     print(f"ok scan {label}")
 
 
-def check_conv(width, activation, with_bias, dtype=torch.float32):
+def check_conv(width, activation, with_bias, dtype=torch.float32, split=False):
+    """Outputs and gradients against the reference; ``split``: the batch run as one kernel call per element."""
+    if split:
+        with one_element_per_call(triton_conv1d) as counts:
+            _check_conv(width, activation, with_bias, dtype, ", batch split into one call per element")
+        if max(counts) != 2:
+            sys.exit(f"conv W={width}: the batch of 2 was split into {counts} calls, expected 2")
+    else:
+        _check_conv(width, activation, with_bias, dtype, "")
+
+
+def _check_conv(width, activation, with_bias, dtype, note):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 5, 9, generator=g).to(dtype).requires_grad_()
     w = torch.randn(5, width, generator=g).requires_grad_()
@@ -93,13 +113,15 @@ def check_conv(width, activation, with_bias, dtype=torch.float32):
     close(f"conv W={width} output", outs[0], outs_ref[0], tol)
     for gr, gr_ref in zip(grads, grads_ref):
         close(f"conv W={width} grad", gr, gr_ref, tol * 3)
-    print(f"ok conv1d W={width} act={activation} bias={with_bias} {dtype}")
+    print(f"ok conv1d W={width} act={activation} bias={with_bias} {dtype}{note}")
 
 
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     assert selected_backend("selective_scan", "cpu") == "triton"
     check_scan("grouped G=2", "var4", 2, dim=4, seqlen=7, dstate=3, softplus=True, use_z=True, with_last=True)
+    check_scan("grouped G=2, batch split into one call per element", "var4", 2, dim=4, seqlen=7, dstate=3,
+               softplus=True, use_z=True, with_last=True, split=True)
     for deterministic in (False, True):
         check_scan(f"grouped, blocks per group > 1, deterministic={deterministic}", "var4", 2, dim=64, seqlen=5,
                    dstate=4, softplus=True, use_z=False, with_last=False, deterministic=deterministic)
@@ -109,6 +131,7 @@ def main():
     check_scan("bf16", "var4", 1, dim=4, seqlen=6, dstate=4, softplus=True, use_z=True, with_last=False,
                dtype=torch.bfloat16)
     check_conv(4, "silu", True)
+    check_conv(4, "silu", True, split=True)
     check_conv(3, None, False)
     check_conv(2, "silu", False, dtype=torch.bfloat16)
 

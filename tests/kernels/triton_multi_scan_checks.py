@@ -11,6 +11,7 @@ import os
 import sys
 
 import torch
+from batch_splitting import one_element_per_call
 
 from classification.models.scan_maps import sequence_index
 from localmamba_kernel_runtime import backends
@@ -79,21 +80,37 @@ def scan_problem(directions, grid, cls_position, inner, state, width, gate, with
     )
 
 
-def check_scan(label, gate=True, dtype=torch.float32, deterministic=False, **problem):
+def split_batch(label, check, module):
+    """Run ``check`` with the batch of 2 split into one kernel call per element by ``module``'s wrapper (as a batch
+    too large for one call is)."""
+    with one_element_per_call(module) as counts:
+        check()
+    if max(counts) != 2:
+        sys.exit(f"{label}: the batch of 2 was split into {counts} calls, expected 2")
+
+
+def check_scan(label, gate=True, dtype=torch.float32, deterministic=False, split=False, **problem):
     """``deterministic``: under torch.use_deterministic_algorithms(True), where the backward sums the B / C
-    gradients of the channel blocks in torch instead of with atomics."""
+    gradients of the channel blocks in torch instead of with atomics; ``split``: one kernel call per batch element."""
     p = scan_problem(gate=gate, dtype=dtype, **problem)
     args = [p[k] for k in SCAN_ARGS]
+    label = f"multi_scan_inner {label}" + (", deterministic" if deterministic else "") + (", split" if split else "")
+
+    def check():
+        compare(label, lambda: multi_scan_inner_fn(*args, gate=gate), lambda: multi_scan_inner_ref(*args, gate=gate),
+                p, dtype)
+
     torch.use_deterministic_algorithms(deterministic)
     try:
-        compare(f"multi_scan_inner {label}" + (", deterministic" if deterministic else ""),
-                lambda: multi_scan_inner_fn(*args, gate=gate), lambda: multi_scan_inner_ref(*args, gate=gate), p,
-                dtype)
+        if split:
+            split_batch(label, check, multi_scan_triton)
+        else:
+            check()
     finally:
         torch.use_deterministic_algorithms(False)
 
 
-def check_merge(label, batch, num_dirs, num_tokens, channels, dtype):
+def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False):
     g = torch.Generator().manual_seed(3)
     reduced = max(1, channels // 4)
 
@@ -105,8 +122,15 @@ def check_merge(label, batch, num_dirs, num_tokens, channels, dtype):
              reduce_bias=rand(reduced, scale=0.1), select_weight=rand(channels, reduced, scale=reduced ** -0.5),
              select_bias=rand(channels, scale=0.1))
     args = list(p.values())
-    compare(f"attention_merge {label}", lambda: attention_merge_fn(*args), lambda: attention_merge_ref(*args), p,
-            dtype)
+    label = f"attention_merge {label}" + (", split" if split else "")
+
+    def check():
+        compare(label, lambda: attention_merge_fn(*args), lambda: attention_merge_ref(*args), p, dtype)
+
+    if split:
+        split_batch(label, check, attention_merge_triton)
+    else:
+        check()
 
 
 def check_custom_ops():
@@ -169,21 +193,23 @@ def main():
         assert backends.selected_backend(op, "cpu") == "triton", op
     shrink_tiles()
     four = ("h", "v_flip", "w2", "w3_flip")
-    for deterministic in (False, True):
+    for deterministic, split in ((False, False), (True, False), (False, True)):
         check_scan("K=4 3x5 middle class token, gate, conv W=4, fp32", directions=four, grid=(3, 5),
-                   cls_position=8, inner=5, state=4, width=4, with_d=True, seed=0, deterministic=deterministic)
+                   cls_position=8, inner=5, state=4, width=4, with_d=True, seed=0, deterministic=deterministic,
+                   split=split)
     check_scan("K=2 windowed, no gate, no conv, no D, N=3, dt rank 18, fp32", gate=False,
                directions=("h_flip", "w2_flip"), grid=(3, 5), cls_position=None, inner=7, state=3, width=0,
                with_d=False, seed=1, rank=18)
-    for deterministic in (False, True):
+    for deterministic, split in ((False, False), (True, False), (False, True)):
         check_scan("K=4 3x5 no conv (token-major), gate, D, dt rank 3, fp32", directions=("v_flip", "w3", "h", "w2"),
                    grid=(3, 5), cls_position=None, inner=6, state=4, width=0, with_d=True, seed=3, rank=3,
-                   deterministic=deterministic)
+                   deterministic=deterministic, split=split)
     check_scan("K=2 no conv (token-major), middle class token, gate, bf16", dtype=torch.bfloat16,
                directions=("w2", "v"), grid=(3, 5), cls_position=8, inner=5, state=4, width=0, with_d=True, seed=4)
     check_scan("K=3 3x5, gate, conv W=3, bf16", dtype=torch.bfloat16, directions=("v", "w3", "h_flip"), grid=(3, 5),
                cls_position=None, inner=5, state=4, width=3, with_d=True, seed=2)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)
+    check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
     check_custom_ops()
     check_compiled()

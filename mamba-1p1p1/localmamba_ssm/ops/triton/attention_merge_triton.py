@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.launch_limits import batch_slices
 from localmamba_kernel_runtime.precision import autocast_off
 
 ROWS = 16        # tokens per program of the normalisation kernels
@@ -191,7 +192,12 @@ gated_sum.register_autograd(_merge_backward, setup_context=_merge_setup)
 def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
                            reduce_weight: torch.Tensor, reduce_bias: torch.Tensor, select_weight: torch.Tensor,
                            select_bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """triton backend of ``attention_merge_fn`` (same arguments and result)."""
+    """triton backend of ``attention_merge_fn`` (same arguments and result). A batch too large for one kernel call
+    (``launch_limits``) runs as several calls on slices of it."""
+    slices = batch_slices(y.shape[0], y[0].numel())
+    if len(slices) > 1:
+        return torch.cat([attention_merge_triton(y[part], norm_weight, norm_bias, reduce_weight, reduce_bias,
+                                                 select_weight, select_bias, eps) for part in slices])
     y = y.contiguous()
     with autocast_off(y.device.type):
         summary = normalised_mean(y, eps) * norm_weight.float() + norm_bias.float()

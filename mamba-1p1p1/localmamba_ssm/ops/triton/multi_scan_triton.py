@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
 from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
@@ -553,8 +554,20 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
                             dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                             D: Optional[torch.Tensor] = None, conv_weight: Optional[torch.Tensor] = None,
                             conv_bias: Optional[torch.Tensor] = None, gate: bool = False) -> torch.Tensor:
-    """triton backend of ``multi_scan_inner_fn`` (same arguments and result; inputs already validated)."""
-    inner = x_proj_weight.shape[2]
+    """triton backend of ``multi_scan_inner_fn`` (same arguments and result; inputs already validated). A batch too
+    large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
+    tokens = _tokens_view(tokens)
+    (num_dirs, length), inner = index.shape, x_proj_weight.shape[2]
+    rows, dstate = max(length, tokens.shape[1]), A_log.shape[2]
+    slices = batch_slices(tokens.shape[0], max(
+        item_span(tokens),                                                    # the tokens (and their gradient)
+        num_dirs * rows * max(inner, x_proj_weight.shape[1]),                 # u, x_dbl, y and their gradients
+        num_dirs * triton.cdiv(length, SCAN_CHUNK) * inner * dstate,          # the chunk start states
+        num_dirs * triton.cdiv(inner, SCAN_BLOCK_D) * rows * 2 * dstate),     # per-block B / C gradients
+        item_grid_rows=num_dirs)
+    if len(slices) > 1:
+        return torch.cat([multi_scan_inner_triton(tokens[part], index, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                                                  A_log, D, conv_weight, conv_bias, gate) for part in slices])
     index32 = index.to(torch.int32).contiguous()
 
     def dense(t):

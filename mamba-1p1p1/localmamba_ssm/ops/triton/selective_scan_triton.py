@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
 from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
@@ -373,7 +374,21 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                           delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                           return_last_state: bool = False
                           ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-    """triton backend of ``selective_scan_fn`` (same arguments and result; inputs already validated)."""
+    """triton backend of ``selective_scan_fn`` (same arguments and result; inputs already validated). A batch too
+    large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    # per batch element: u-sized tensors, the chunk checkpoints, the backward's per-block B / C gradients, the span
+    # of input-dependent B / C (views of a wider tensor keep its strides)
+    spans = [item_span(M) for M in (B, C) if M.dim() >= 3]
+    slices = batch_slices(batch, max(dim * seqlen, dim * triton.cdiv(seqlen, CHUNK) * dstate,
+                                     dim // _block_d(dim, B, C) * dstate * seqlen, *spans), item_grid_rows=1)
+    if len(slices) > 1:
+        parts = [selective_scan_triton(u[rows], delta[rows], A, B if B.dim() == 2 else B[rows],
+                                       C if C.dim() == 2 else C[rows], D, None if z is None else z[rows], delta_bias,
+                                       delta_softplus, return_last_state=True) for rows in slices]
+        out, last = (torch.cat(outs) for outs in zip(*parts))
+        return (out, last) if return_last_state else out
     dtype = u.dtype
     with autocast_off(u.device.type):
 
