@@ -37,13 +37,14 @@ def test_fused_mixer_kernels_compile_for_hopper():
     conv = dict(HAS_BIAS=True, WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)
     tiles = dict(HAS_D=True, GATE=True, TOKEN_MAJOR=False, CT=scan.SCAN_CHUNK, BD=scan.SCAN_BLOCK_D, BN=16)
     token_major = dict(tiles, TOKEN_MAJOR=True)
-    backward, backward_token_major = dict(tiles, ATOMIC_BC=True), dict(token_major, ATOMIC_BC=True)
+    backward, backward_token_major = dict(tiles, ATOMIC=True), dict(token_major, ATOMIC=True)
     kernels = [(scan._conv_fwd_kernel, conv), (scan._conv_bwd_pre_kernel, conv),
-               (scan._conv_bwd_x_kernel, dict(WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)),
+               (scan._conv_bwd_x_kernel, dict(ATOMIC=True, WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)),
+               (scan._conv_bwd_x_kernel, dict(ATOMIC=False, WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)),
                (scan._scan_fwd_kernel, tiles), (scan._scan_bwd_kernel, backward),
-               (scan._scan_bwd_kernel, dict(backward, ATOMIC_BC=False)),
+               (scan._scan_bwd_kernel, dict(backward, ATOMIC=False)),
                (scan._scan_fwd_kernel, token_major), (scan._scan_bwd_kernel, backward_token_major),
-               (scan._scan_bwd_kernel, dict(backward_token_major, ATOMIC_BC=False)),
+               (scan._scan_bwd_kernel, dict(backward_token_major, ATOMIC=False)),
                (merge._norm_mean_kernel, dict(RT=merge.ROWS, BE=512)),
                (merge._norm_mean_bwd_kernel, dict(RT=merge.ROWS, BE=512)),
                (merge._merge_kernel, dict(RT=merge.MERGE_ROWS, BC=merge.MERGE_COLS)),

@@ -21,11 +21,13 @@ associatively), carrying the state from chunk to chunk; the state at the start o
 backward pass. The backward pass walks the chunks in reverse: it recomputes the chunk's delta and states from its
 stored start (one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a
 reverse associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). It writes d delta, from which two
-torch matmuls give the gradients of x_dbl[..., :R] and of dt_proj_weight. Gradients of the input-dependent B / C are
-summed over each channel block, then added atomically into one buffer (by default) or, under
-``torch.use_deterministic_algorithms(True)``, written per block and summed in torch (``scan_math.atomic_reductions``);
-those of per-channel parameters are written per program and summed in torch. Math in fp32; activations in the
-tokens' dtype. The grid is (channel blocks, batch x directions): a (batch, direction)'s programs run side by side.
+torch matmuls give the gradients of x_dbl[..., :R] and of dt_proj_weight. Sums over programs are atomic adds by
+default: the gradients of the input-dependent B / C (summed over each channel block first) into one buffer, and the
+tokens' gradients (z; x through the conv or, token-major, directly) over the directions into the tokens' gradient.
+Under ``torch.use_deterministic_algorithms(True)`` they are written per block or per direction and summed in torch
+(``scan_math.atomic_reductions``). Gradients of per-channel parameters are written per program and summed in torch.
+Math in fp32; activations in the tokens' dtype. The grid is (channel blocks, batch x directions): a (batch,
+direction)'s programs run side by side.
 
 Each pair of kernels is a torch.library custom op with autograd, so that ``torch.compile`` sees opaque ops.
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
@@ -119,9 +121,10 @@ def _conv_bwd_pre_kernel(du_ptr, tok_ptr, index_ptr, w_ptr, bias_ptr, dpre_ptr, 
 
 
 @triton.jit
-def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, inner, num_dirs,
-                       WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
-    """dx of each direction at its token's row, (Bt, K, T, E): sum_j w[W-1-j] dpre[s + j]."""
+def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, dtok_ptr, num_tokens, length, inner, num_dirs, dtok_cols,
+                       ATOMIC: tl.constexpr, WIDTH: tl.constexpr, CT: tl.constexpr, BE: tl.constexpr):
+    """dx = sum_j w[W-1-j] dpre[s + j] at its token's row: added atomically into the x channels of the tokens'
+    gradient (Bt, T, C) (ATOMIC), or written per direction (Bt, K, T, E)."""
     pid_bk = tl.program_id(0)
     k = pid_bk % num_dirs
     s = tl.program_id(1) * CT + tl.arange(0, CT)
@@ -136,7 +139,11 @@ def _conv_bwd_x_kernel(dpre_ptr, index_ptr, w_ptr, dx_ptr, num_tokens, length, i
         acc += d.to(tl.float32) * w.to(tl.float32)[None, :]
     row = tl.load(index_ptr + k * length + s, mask=s < length, other=num_tokens)
     m = ((s < length) & (row < num_tokens))[:, None] & emask[None, :]
-    tl.store(dx_ptr + ((pid_bk * num_tokens + row) * inner)[:, None] + e[None, :], acc, mask=m)
+    if ATOMIC:
+        dest = dtok_ptr + ((pid_bk // num_dirs * num_tokens + row) * dtok_cols)[:, None] + e[None, :]
+    else:
+        dest = dx_ptr + ((pid_bk * num_tokens + row) * inner)[:, None] + e[None, :]
+    store_or_add(dest, acc, m, ATOMIC)
 
 
 # --- the selective scan: chunked associative scan, z gate and the scatter to token rows fused ----------------------
@@ -247,9 +254,9 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
 
 @triton.jit
 def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr,
-                     du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
-                     num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
-                     HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, ATOMIC_BC: tl.constexpr,
+                     du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dtok_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
+                     num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks, dtok_cols,
+                     HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, ATOMIC: tl.constexpr,
                      CT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
@@ -268,7 +275,7 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
     # gradients of B and C, (Bt*K, blocks, T or L, 2N): one block summed by atomics, or each program's own
     bc_block = pid_d
     bc_blocks = tl.num_programs(0)
-    if ATOMIC_BC:
+    if ATOMIC:
         bc_block = 0
         bc_blocks = 1
     dbc_rows = dbc_ptr + (pid_bk * bc_blocks + bc_block) * grad_len * 2 * dstate
@@ -297,8 +304,11 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
             z = z.to(tl.float32)
             sz = tl.sigmoid(z)
             y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
-            tl.store(dz_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :],
-                     dy * y * sz * (1.0 + z * (1.0 - sz)), mask=m)
+            if ATOMIC:
+                dz_rows = dtok_ptr + (b * num_tokens + token) * dtok_cols + inner
+            else:
+                dz_rows = dz_ptr + (pid_bk * num_tokens + token) * inner
+            store_or_add(dz_rows[:, None] + d[None, :], dy * y * sz * (1.0 + z * (1.0 - sz)), m, ATOMIC)
             dy = dy * z * sz
         # decay of the next step, a_{t+1} (zero past the end: no gradient flows in from there)
         nxt = t + 1
@@ -314,8 +324,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         ah = h - bb                                  # a_t h_{t-1}
         mb = loaded[:, None] & nmask[None, :]
         dbc = ((pos * 2 * dstate)[:, None] + n[None, :])
-        store_or_add(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mb, ATOMIC_BC)
-        store_or_add(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mb, ATOMIC_BC)
+        store_or_add(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mb, ATOMIC)
+        store_or_add(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mb, ATOMIC)
         gB = tl.sum(g * Bm[:, None, :], axis=2)
         gAh = g * ah
         ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
@@ -323,7 +333,12 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         m2 = tmask[:, None] & dmask[None, :]
         act = ((pid_bk * grad_len + pos) * inner)[:, None] + d[None, :]
         stored = loaded[:, None] & dmask[None, :]
-        tl.store(du_ptr + act, (dy * Dv[None, :] + dt * gB).to(du_ptr.dtype.element_ty), mask=stored)
+        du = dy * Dv[None, :] + dt * gB
+        if TOKEN_MAJOR and ATOMIC:     # u is the tokens' x channels: add into their gradient
+            tl.atomic_add(dtok_ptr + ((b * num_tokens + token) * dtok_cols)[:, None] + d[None, :], du, mask=m,
+                          sem="relaxed")
+        else:
+            tl.store(du_ptr + act, du.to(du_ptr.dtype.element_ty), mask=stored)
         tl.store(ddelta_ptr + act, draw.to(ddelta_ptr.dtype.element_ty), mask=stored)
         dA += tl.sum(gAh * dt[:, :, None], axis=0)
         dD += tl.sum(tl.where(m2, dy * u, 0.0), axis=0)
@@ -391,11 +406,14 @@ def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Ten
         HAS_BIAS=conv_bias is not None, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
     dweight = dw_part.sum((0, 2))
     dbias = db_part.sum((0, 2)) if db_part is not None else torch.zeros(0, **f32)
-    dx = torch.empty(batch, num_dirs, num_tokens, inner, **f32)    # every token row is written (the index's contract)
-    _conv_bwd_x_kernel[grid](dpre, index, weight, dx, num_tokens, length, inner, num_dirs,
-                             WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+    atomic = atomic_reductions()
     dtokens = torch.zeros(tokens.shape, **f32)
-    dtokens[..., :inner] = dx.sum(1)
+    # per direction, every token row is written (the index's contract), then summed in torch; or added atomically
+    dx = torch.zeros(0, **f32) if atomic else torch.empty(batch, num_dirs, num_tokens, inner, **f32)
+    _conv_bwd_x_kernel[grid](dpre, index, weight, dx, dtokens, num_tokens, length, inner, num_dirs, tokens.shape[2],
+                             ATOMIC=atomic, WIDTH=width, CT=CONV_CHUNK, BE=CONV_BLOCK_E)
+    if not atomic:
+        dtokens[..., :inner] = dx.sum(1)
     return dtokens, dweight, dbias
 
 
@@ -490,30 +508,36 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
     rows = num_tokens if token_major else length        # of the per-step gradients, in token or sequence order
     f32 = dict(device=u.device, dtype=torch.float32)
     act = dict(device=u.device, dtype=u.dtype)
-    du, ddelta = torch.empty(batch, num_dirs, rows, inner, **act), torch.empty(batch, num_dirs, rows, inner, **act)
     atomic = atomic_reductions()
+    # the tokens' gradient: z channels (gate) and, token-major, x channels, summed over the directions atomically
+    # or, per direction, in torch (every token is at one position of every direction, multi_scan_inner_fn's
+    # contract, so each row of the per-direction buffers is written)
+    dtokens = torch.zeros(tokens.shape, **f32)
+    du = (torch.zeros(0, **f32) if token_major and atomic
+          else torch.empty(batch, num_dirs, rows, inner, **act))
+    ddelta = torch.empty(batch, num_dirs, rows, inner, **act)
     dbc = (torch.zeros(batch, num_dirs, 1, rows, 2 * dstate, **f32) if atomic
            else torch.empty(batch, num_dirs, grid[0], rows, 2 * dstate, **f32))
-    # every token is at one position of every direction (multi_scan_inner_fn's contract): each row is written
-    dz = torch.empty(batch, num_dirs, num_tokens, inner, **f32) if gate else torch.zeros(0, **f32)
+    dz = torch.empty(batch, num_dirs, num_tokens, inner, **f32) if gate and not atomic else torch.zeros(0, **f32)
     dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
     dD, dbias = torch.empty(batch, num_dirs, inner, **f32), torch.empty(batch, num_dirs, inner, **f32)
     _scan_bwd_kernel[grid](
-        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, ddelta, dbc, dz, dA_log, dD, dbias,
-        num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1), num_dirs,
-        num_chunks, HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major, ATOMIC_BC=atomic, **blocks)
+        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, ddelta, dbc, dz, dtokens, dA_log, dD,
+        dbias, num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1),
+        num_dirs, num_chunks, tokens.shape[2], HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major,
+        ATOMIC=atomic, **blocks)
     ddelta = ddelta.float()
     x_dt = x_dbl[..., :rank].float()
     if token_major:
         x_dt = x_dt.transpose(1, 2)                                                           # (Bt, K, T, R)
     dx_dbl = torch.cat([torch.matmul(ddelta, dt_weight.float()), dbc.sum(2)], dim=-1)    # (Bt, K, rows, R + 2N)
     ddt_weight = torch.matmul(ddelta.transpose(-1, -2), x_dt).sum(0)                     # (K, E, R)
-    dtokens = torch.zeros(tokens.shape, **f32)
-    if gate:
+    if gate and not atomic:
         dtokens[..., inner:2 * inner] = dz.sum(1)
     if token_major:
         dx_dbl = dx_dbl.transpose(1, 2).contiguous()                                          # (Bt, T, K, R + 2N)
-        dtokens[..., :inner] = du.sum(1, dtype=torch.float32)
+        if not atomic:
+            dtokens[..., :inner] = du.sum(1, dtype=torch.float32)
         du, dtokens = dtokens, dtokens.new_zeros(0)
     return (du, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0), ddt_weight,
             dbias.sum(0))

@@ -35,9 +35,10 @@ def store_or_add(ptr, value, mask, ADD: tl.constexpr):
 
 
 def atomic_reductions() -> bool:
-    """Whether the backward kernels sum the channel blocks' B / C gradients with atomics (one (.., L, N) buffer)
-    rather than into per-block slots summed afterwards (a buffer 2N/BD times the activations', read again): atomics,
-    unless ``torch.use_deterministic_algorithms(True)`` asks for bitwise-reproducible results."""
+    """Whether the backward kernels add up what several programs contribute to one gradient with atomics: the
+    channel blocks' B / C gradients into one (.., L, N) buffer (not per-block slots, 2N / BD times the activations,
+    summed afterwards) and the directions' token gradients into the tokens' gradient (not per-direction buffers).
+    Atomics, unless ``torch.use_deterministic_algorithms(True)`` asks for bitwise-reproducible results."""
     return not torch.are_deterministic_algorithms_enabled()
 
 
