@@ -9,6 +9,8 @@
                                                 # machine); what did not fit is listed with its --only command
     python tools/gpu_check.py --e2e --dry-run   # the commands it would run
     python tools/gpu_check.py --e2e --device cpu --quick    # the same plan at tiny sizes on the CPU
+    python tools/gpu_check.py --report LOG [LOG ...]        # the README's GPU figures from e2e logs: each target
+                                                # met or missed, throughput, memory and sweep as Markdown
 
 What is checked and timed: see ``classification.benchmarks.gpu_check`` and ``classification.benchmarks.gpu_e2e``.
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
 from classification.benchmarks.gpu_e2e import default_log_path, memory_and_resolution_sweep, run_e2e  # noqa: E402
+from classification.benchmarks.gpu_report import report  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -44,7 +47,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="--e2e: seconds for the whole run; each check's limit is cut to what is left, and the "
                              "checks that no longer fit are listed with the command that runs them")
     parser.add_argument("--sweep", action="store_true", help="peak memory and the resolution sweep only")
+    parser.add_argument("--report", nargs="+", metavar="LOG", default=None,
+                        help="print the targets and tables of these --e2e logs (a run split with --only: all its "
+                             "logs) and exit; needs no GPU")
     args = parser.parse_args(argv)
+    if args.report:
+        missing = [path for path in args.report if not os.path.isfile(path)]
+        if missing:
+            print(f"error: no such log: {', '.join(missing)}")
+            return 2
+        texts = []
+        for path in args.report:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        print(report(texts))
+        return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         print("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
         return 2

@@ -322,6 +322,7 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
             model = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    sweep_batch = 1 if quick else sweep_batch
     sweep = [["model", "dtype"] + [f"{s}px img/s | peak MiB" for s in sizes]]
     for name in models:
         for dtype in ("fp32",):
@@ -329,7 +330,7 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
             for size in sizes:
                 try:
                     model = build_model(name, size, device)
-                    images = torch.randn(sweep_batch if not quick else 1, 3, size, size, device=device)
+                    images = torch.randn(sweep_batch, 3, size, size, device=device)
                     step = inference_step(model, images, DTYPES[dtype])
                     seconds = median_seconds({name: step}, repeats, 2, device)[name]
                     cells.append(f"{images.shape[0] / seconds:.1f} | {_peak_mib(step, device):.0f}")

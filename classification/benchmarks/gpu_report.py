@@ -1,0 +1,180 @@
+"""The README's GPU figures from the logs of ``gpu_check --e2e`` (``python tools/gpu_check.py --report LOG ...``).
+
+Issue 12's targets come first, each with the measured figure and whether it holds: the model throughput ratios
+against timm's baselines (``tools/benchmark.py`` tables, fp32 and bf16) and the Triton selective scan at
+8x384x196x16 fp32 (the op table of the kernel check, per call and per CUDA-graph replay). Then the same ratio
+tables, the fused mixer ops' timings, the peak memory and the resolution sweep as Markdown, and the training speed
+of ``tools/dist_train.sh 1``.
+A run split over several logs (``--only``) is read as one: where a step is in more than one log, the last log wins.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+SECTION = re.compile(r"^===== (?P<name>[^:]+?)(?:: .*)?$")
+RATIO_ROW = re.compile(r"^(?P<metric>inference b\d+|train step b\d+)\s+(?P<ours>[\d.]+)\s+(?P<base>[\d.]+)\s+"
+                       r"(?P<ratio>[\d.]+)x\s*$")
+THROUGHPUT = re.compile(r"^throughput (?P<model>\S+) (?P<dtype>fp32|bf16|fp16)(?P<compiled> --compile \S+)?$")
+SCAN_SHAPE = "dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16"
+MIXER_HEADER = ["op", "dtype", "batch", "step", "ms", "vs fused"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A throughput target: ``model``'s img/s over its baseline's at ``metric`` (a row of the ratio table)."""
+
+    model: str
+    metric: str
+    minimum: float
+
+
+TARGETS = (Target("local_vssm_tiny", "inference b64", 0.6), Target("local_vssm_tiny", "train step b64", 0.3),
+           Target("local_vssm_tiny", "inference b1", 0.5), Target("local_vim_tiny", "inference b64", 0.3),
+           Target("local_vim_tiny", "train step b64", 0.25), Target("local_vim_tiny", "inference b1", 0.5))
+SCAN_LIMITS_MS = (("fwd", 0.1), ("fwd+bwd", 0.4))
+
+
+def read_sections(logs: Iterable[str]) -> Dict[str, str]:
+    """Step name -> its output, from the texts of one or more e2e logs (a later log's step replaces an earlier's)."""
+    sections: Dict[str, str] = {}
+    for text in logs:
+        name: Optional[str] = None
+        lines: List[str] = []
+        for line in text.splitlines() + ["===== summary"]:
+            header = SECTION.match(line)
+            if header:
+                if name is not None:
+                    sections[name] = "\n".join(lines)
+                name, lines = (None if header["name"] == "summary" else header["name"]), []
+            elif name is not None:
+                lines.append(line)
+    return sections
+
+
+def table_rows(text: str, first_line: int = 0) -> List[List[str]]:
+    """The text table (``tables.render_table``) starting at line ``first_line`` of ``text``: header and rows, each
+    a list of cells (cells are separated by two or more spaces); it ends at the first line that is not a row of
+    the header's width (a blank line, the step's PASS line)."""
+    lines = text.splitlines()[first_line:]
+    rows: List[List[str]] = []
+    for i, line in enumerate(lines):
+        if i == 1 and line.strip() and set(line.replace(" ", "")) == {"-"}:
+            continue
+        cells = re.split(r"\s{2,}", line.strip())
+        if not line.strip() or (rows and len(cells) != len(rows[0])):
+            break
+        rows.append(cells)
+    return rows
+
+
+def markdown(rows: List[List[str]]) -> str:
+    """Rows (header first) as a Markdown table (a '|' inside a cell escaped)."""
+    def line(cells: List[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(rows[0]), "|" + "|".join("---" for _ in rows[0]) + "|"] + [line(row) for row in rows[1:]])
+
+
+def throughput(sections: Dict[str, str]) -> Dict[Tuple[str, str, bool], Dict[str, Tuple[float, float, float]]]:
+    """(model, dtype, compiled) -> metric -> (ours img/s, baseline img/s, ratio), from the throughput steps."""
+    found = {}
+    for name, text in sections.items():
+        step = THROUGHPUT.match(name)
+        if step:
+            rows = {m["metric"]: (float(m["ours"]), float(m["base"]), float(m["ratio"]))
+                    for m in map(RATIO_ROW.match, text.splitlines()) if m}
+            found[(step["model"], step["dtype"], bool(step["compiled"]))] = rows
+    return found
+
+
+def scan_op_ms(sections: Dict[str, str]) -> Dict[str, Optional[float]]:
+    """The triton row of the selective scan's fp32 op table at the issue's shape: milliseconds of 'fwd', 'fwd+bwd'
+    and, on CUDA, 'fwd graph' and 'fwd+bwd graph' (None where absent)."""
+    text = sections.get("kernel checks and op timings", "")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("op=scan ") and SCAN_SHAPE in line:
+            rows = table_rows(text, i + 1)
+            header = rows[0]
+            for row in rows[1:]:
+                if row[0] == "triton":
+                    cells = dict(zip(header, row))
+
+                    def ms(column: str) -> Optional[float]:
+                        value = cells.get(column)
+                        return None if value in (None, "-") else float(value)
+
+                    return {"fwd": ms("fwd ms"), "fwd+bwd": ms("fwd+bwd ms"), "fwd graph": ms("fwd graph ms"),
+                            "fwd+bwd graph": ms("fwd+bwd graph ms")}
+    return {}
+
+
+def target_lines(sections: Dict[str, str]) -> List[str]:
+    """One line per target: the figure, the target and MEETS / MISSES (or NOT MEASURED). The scan's verdict is on
+    its time per call, as ``tools/benchmark.py`` measures it; the CUDA-graph replay is given beside it."""
+    measured = throughput(sections)
+    lines = []
+    for target in TARGETS:
+        for dtype in ("fp32", "bf16"):
+            row = measured.get((target.model, dtype, False), {}).get(target.metric)
+            if row is None:
+                lines.append(f"NOT MEASURED  {target.model} {dtype} {target.metric}: target >= {target.minimum}x")
+                continue
+            verdict = "MEETS " if row[2] >= target.minimum else "MISSES"
+            lines.append(f"{verdict}        {target.model} {dtype} {target.metric}: {row[2]:.3f}x "
+                         f"({row[0]:.1f} vs {row[1]:.1f} img/s), target >= {target.minimum}x")
+    scan = scan_op_ms(sections)
+    for step, limit in SCAN_LIMITS_MS:
+        value, graph = scan.get(step), scan.get(step + " graph")
+        if value is None:
+            lines.append(f"NOT MEASURED  selective_scan_fn triton {SCAN_SHAPE} {step}: target <= {limit} ms")
+            continue
+        verdict = "MEETS " if value <= limit else "MISSES"
+        replay = "" if graph is None else (f" ({graph:.4f} ms per CUDA-graph replay, which "
+                                           f"{'meets' if graph <= limit else 'misses'} it without host overhead)")
+        lines.append(f"{verdict}        selective_scan_fn triton {SCAN_SHAPE} {step}: {value:.4f} ms per call"
+                     f"{replay}, target <= {limit} ms")
+    return lines
+
+
+def ratio_tables(sections: Dict[str, str]) -> str:
+    """Every measured ratio as one Markdown table: model, dtype, compiled or not, metric, img/s of both, ratio."""
+    rows = [["model", "dtype", "torch.compile", "metric", "img/s", "baseline img/s", "ratio"]]
+    for (model, dtype, compiled), metrics in throughput(sections).items():
+        for metric, (ours, base, ratio) in metrics.items():
+            rows.append([model, dtype, "reduce-overhead" if compiled else "-", metric, f"{ours:.1f}", f"{base:.1f}",
+                         f"{ratio:.3f}x"])
+    return markdown(rows)
+
+
+def mixer_rows(sections: Dict[str, str]) -> List[List[str]]:
+    """The kernel check's table of the fused mixer ops (``mixer_ops.mixer_timings``): header and rows, or []."""
+    text = sections.get("kernel checks and op timings", "")
+    for i, line in enumerate(text.splitlines()):
+        if re.split(r"\s{2,}", line.strip()) == MIXER_HEADER:
+            return table_rows(text, i)
+    return []
+
+
+def report(logs: Iterable[str]) -> str:
+    """The whole report of :mod:`gpu_report` for the texts of the e2e logs."""
+    sections = read_sections(logs)
+    parts = ["Targets (issue 12):", *target_lines(sections), "", "Throughput against the baselines:",
+             ratio_tables(sections)]
+    mixers = mixer_rows(sections)
+    if mixers:
+        parts += ["", "Fused mixer ops (ms; [deterministic]: the backward's sums per block / direction, not atomic):",
+                  markdown(mixers)]
+    sweep = sections.get("peak memory and resolution sweep")
+    if sweep:
+        lines = sweep.splitlines()
+        starts = [0] + [i + 1 for i, line in enumerate(lines) if line.startswith("resolution sweep")]
+        titles = ["Peak memory:"] + [lines[i - 1].rstrip(":") + ":" for i in starts[1:]]
+        for title, start in zip(titles, starts):
+            parts += ["", title, markdown(table_rows(sweep, start))]
+    speeds = re.findall(r"Speed: ([0-9.]+) img/s", sections.get("tools/dist_train.sh 1", ""))
+    if speeds:
+        parts += ["", f"tools/dist_train.sh 1 (quickstart config): {speeds[-1]} img/s, its last logged training speed"]
+    return "\n".join(parts)

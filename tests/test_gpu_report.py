@@ -1,0 +1,125 @@
+"""``tools/gpu_check.py --report``: issue 12's targets and the README's tables read back from e2e logs. The logs are
+written by the real e2e runner and transcript, with step outputs made by the real table formatters (the commands
+themselves are not run)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from classification.benchmarks.gpu_e2e import Outcome, run_e2e
+from classification.benchmarks.gpu_report import read_sections, report, scan_op_ms, target_lines, throughput
+from classification.benchmarks.model_speed import format_model_table
+from classification.benchmarks.op_speed import format_op_table
+from classification.benchmarks.tables import render_table
+
+# img/s (ours, baseline) per model and dtype: inference b1, inference b64, train step b64
+SPEEDS = {("local_vim_tiny", "fp32"): ((300.0, 1000.0), (4000.0, 10000.0), (900.0, 4000.0)),
+          ("local_vim_tiny", "bf16"): ((520.0, 1000.0), (2000.0, 10000.0), (1100.0, 4000.0)),
+          ("local_vssm_tiny", "fp32"): ((450.0, 800.0), (1300.0, 2000.0), (200.0, 600.0)),
+          ("local_vssm_tiny", "bf16"): ((500.0, 800.0), (1000.0, 2000.0), (150.0, 600.0))}
+BASELINES = {"local_vim_tiny": "deit_tiny_patch16_224", "local_vssm_tiny": "swin_tiny_patch4_window7_224"}
+
+
+def ratio_table(model, dtype):
+    rows = [{"metric": metric, "model": model, "baseline": BASELINES[model], "model_img_s": ours,
+             "baseline_img_s": base, "ratio": ours / base}
+            for metric, (ours, base) in zip(("inference b1", "inference b64", "train step b64"), SPEEDS[model, dtype])]
+    return f"model={model} baseline={BASELINES[model]} device=cuda dtype={dtype}\n" + format_model_table(rows)
+
+
+def scan_table(fwd_ms, fwdbwd_ms, graph_ms):
+    row = dict(backend="triton", fwd_ms=fwd_ms, fwd_speedup=40.0, fwd_ns_per_update_core=None, fwdbwd_ms=fwdbwd_ms,
+               fwdbwd_speedup=30.0, bwd_over_fwd=3.0, fwd_graph_ms=graph_ms[0], fwdbwd_graph_ms=graph_ms[1])
+    reference = dict(row, backend="reference", fwd_ms=4.0, fwdbwd_ms=15.0, fwd_speedup=1.0, fwdbwd_speedup=1.0,
+                     fwd_graph_ms=None, fwdbwd_graph_ms=None)
+    return ("op=scan device=cuda dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16 threads=16 cpu_isa=avx2\n" +
+            format_op_table([row, reference]))
+
+
+def mixer_output():
+    return render_table([["op", "dtype", "batch", "step", "ms", "vs fused"],
+                         ["multi_scan_inner [fused]", "fp32", "64", "fwd+bwd", "1.250", "1.00x"],
+                         ["multi_scan_inner [deterministic]", "fp32", "64", "fwd+bwd", "1.500", "1.20x"]])
+
+
+def sweep_output():
+    memory = render_table([["model", "dtype", "inference b64 peak MiB", "train step b64 peak MiB"],
+                           ["local_vim_tiny", "fp32", "812", "5120"]])
+    sweep = render_table([["model", "dtype", "224px img/s | peak MiB", "1024px img/s | peak MiB"],
+                          ["local_vim_tiny", "fp32", "4100.0 | 90", "150.2 | 2100"]])
+    return memory + "\n\nresolution sweep, inference at batch 8:\n" + sweep
+
+
+def write_log(tmp_path, name, outputs):
+    """Run the quick e2e plan with a runner that returns ``outputs`` (step name -> output; the rest a bare pass)
+    and return the log's text; only the steps named in ``outputs`` run."""
+    def run(step):
+        return Outcome(0, outputs.get(step.name, "") + "\nALL CHECKS PASSED\nratio", 1.0)
+
+    log = tmp_path / name
+    run_e2e("cpu", quick=True, log_path=str(log), runner=run, workdir=str(tmp_path / "runs"),
+            only=[word for word in outputs])
+    return log.read_text()
+
+
+@pytest.fixture
+def logs(tmp_path):
+    """A run split over two logs: the kernel check and vim's throughput first, the rest in a second part; the
+    vssm bf16 step in both, the second with other figures (the later log wins)."""
+    first = {"kernel checks and op timings": scan_table(0.08, 0.5, (0.02, 0.35)) + "\n\n" + mixer_output(),
+             "throughput local_vim_tiny fp32": ratio_table("local_vim_tiny", "fp32"),
+             "throughput local_vim_tiny bf16": ratio_table("local_vim_tiny", "bf16"),
+             "throughput local_vssm_tiny bf16": ratio_table("local_vim_tiny", "bf16")}
+    second = {"throughput local_vssm_tiny fp32": ratio_table("local_vssm_tiny", "fp32"),
+              "throughput local_vssm_tiny bf16": ratio_table("local_vssm_tiny", "bf16"),
+              "peak memory and resolution sweep": sweep_output()}
+    return [write_log(tmp_path, "part1.log", first), write_log(tmp_path, "part2.log", second)]
+
+
+def test_ratios_and_the_scan_op_are_read_back(logs):
+    sections = read_sections(logs)
+    measured = throughput(sections)
+    assert measured["local_vim_tiny", "fp32", False]["inference b64"] == (4000.0, 10000.0, 0.4)
+    assert measured["local_vssm_tiny", "bf16", False]["train step b64"] == (150.0, 600.0, 0.25)   # the later log
+    assert scan_op_ms(sections) == {"fwd": 0.08, "fwd+bwd": 0.5, "fwd graph": 0.02, "fwd+bwd graph": 0.35}
+
+
+def test_each_target_is_met_or_missed_by_its_own_figure(logs):
+    lines = target_lines(read_sections(logs))
+    verdict = {" ".join(line.split(":")[0].split()[1:]): line.split()[0] for line in lines}
+    # vim: inference b64 0.4x (>= 0.3), train 0.225x (< 0.25), b1 0.3x (< 0.5); bf16 b1 0.52x (>= 0.5)
+    assert verdict["local_vim_tiny fp32 inference b64"] == "MEETS"
+    assert verdict["local_vim_tiny fp32 train step b64"] == "MISSES"
+    assert verdict["local_vim_tiny fp32 inference b1"] == "MISSES"
+    assert verdict["local_vim_tiny bf16 inference b1"] == "MEETS"
+    # vssm: fp32 inference b64 0.65x (>= 0.6), bf16 0.5x (< 0.6); train 0.333x / 0.25x against 0.3
+    assert verdict["local_vssm_tiny fp32 inference b64"] == "MEETS"
+    assert verdict["local_vssm_tiny bf16 inference b64"] == "MISSES"
+    assert verdict["local_vssm_tiny fp32 train step b64"] == "MEETS"
+    assert verdict["local_vssm_tiny bf16 train step b64"] == "MISSES"
+    scan = [line for line in lines if "selective_scan_fn" in line]
+    assert scan[0].startswith("MEETS") and "0.0800 ms per call" in scan[0]
+    assert scan[1].startswith("MISSES") and "0.3500 ms per CUDA-graph replay, which meets it" in scan[1]
+    assert len(lines) == 14
+
+
+def test_report_gives_markdown_tables_and_names_what_was_not_measured(tmp_path):
+    text = report([write_log(tmp_path, "sweep.log", {"peak memory and resolution sweep": sweep_output()})])
+    assert "| local_vim_tiny | fp32 | 4100.0 \\| 90 | 150.2 \\| 2100 |" in text
+    assert "| local_vim_tiny | fp32 | 812 | 5120 |" in text
+    assert text.count("NOT MEASURED") == 14
+
+
+def test_report_carries_the_mixer_timings(logs):
+    assert "| multi_scan_inner [deterministic] | fp32 | 64 | fwd+bwd | 1.500 | 1.20x |" in report(logs)
+
+
+def test_the_tool_prints_the_report_of_its_logs_and_refuses_a_missing_one(logs, tmp_path):
+    tool = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+    paths = [tmp_path / "part1.log", tmp_path / "part2.log"]
+    done = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == report(logs).strip()
+    missing = subprocess.run([sys.executable, str(tool), "--report", str(tmp_path / "nope.log")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such log" in missing.stdout
