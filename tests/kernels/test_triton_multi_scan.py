@@ -46,8 +46,8 @@ def test_fused_mixer_kernels_compile_for_hopper():
                (scan._scan_fwd_kernel, token_major), (scan._scan_bwd_kernel, backward_token_major),
                (scan._scan_bwd_kernel, dict(backward_token_major, ATOMIC=False)),
                (merge._norm_mean_kernel, dict(RT=merge.ROWS, BE=512)),
-               (merge._norm_mean_bwd_kernel, dict(RT=merge.ROWS, BE=512)),
                (merge._merge_kernel, dict(RT=merge.MERGE_ROWS, BC=merge.MERGE_COLS)),
-               (merge._merge_bwd_kernel, dict(RT=merge.MERGE_ROWS, BC=merge.MERGE_COLS))]
+               (merge._gate_grad_kernel, dict(RT=merge.MERGE_ROWS, BC=merge.MERGE_COLS)),
+               (merge._input_grad_kernel, dict(RT=merge.INPUT_GRAD_ROWS, BE=512))]
     for kernel, constexprs in kernels:
         assert_compiles_well(kernel, constexprs)

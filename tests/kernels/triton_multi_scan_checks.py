@@ -29,6 +29,7 @@ def shrink_tiles():
     multi_scan_triton.CONV_CHUNK = 8
     multi_scan_triton.CONV_BLOCK_E = 4
     attention_merge_triton.ROWS = 4
+    attention_merge_triton.INPUT_GRAD_ROWS = 4
     attention_merge_triton.MERGE_ROWS = 4
     attention_merge_triton.MERGE_COLS = 8
 
@@ -134,7 +135,7 @@ def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False
 
 
 def check_custom_ops():
-    """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the four custom ops, as
+    """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the custom ops, as
     ``torch.compile`` needs them (``torch.library.opcheck``; it runs backward through the fakes too)."""
     g = torch.Generator().manual_seed(5)
     index = sequence_index(("h", "w2_flip"), (3, 5)).to(torch.int32)
@@ -152,9 +153,9 @@ def check_custom_ops():
              (multi_scan_triton.multi_scan_scan_fwd,      # token-major: u is the tokens, x_dbl at token rows
               (tokens, rand(batch, num_tokens, num_dirs, rank + 2 * state), tokens, index,
                rand(num_dirs, inner, state), per_dir[1], rand(num_dirs, inner, rank), per_dir[2], True, True, 4)),
-             (attention_merge_triton.normalised_mean, (rand(batch, num_dirs, num_tokens, inner), 1e-5)),
-             (attention_merge_triton.gated_sum, (rand(batch, num_dirs, num_tokens, inner),
-                                                 torch.rand(batch, num_dirs, inner, generator=g).requires_grad_()))]
+             (attention_merge_triton.attention_merge_triton_fwd,
+              (rand(batch, num_dirs, num_tokens, inner), rand(inner), rand(inner), rand(2, inner), rand(2),
+               rand(inner, 2), rand(inner), 1e-5))]
     tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     for op, args in calls:
         results = torch.library.opcheck(op, args, test_utils=tests)

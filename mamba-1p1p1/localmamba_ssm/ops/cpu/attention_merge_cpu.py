@@ -1,8 +1,8 @@
 """The ``cpu`` backend of ``attention_merge_fn``: the C kernels ``csrc/attention_merge.c`` on token-major rows.
 
 The token mean of the LayerNorm-ed outputs and the gated sum over directions run in C, the small gate MLP in
-PyTorch; the backward is fused likewise. Both custom ops have fake implementations, so ``torch.compile`` traces
-through them.
+PyTorch (``channel_gate``); the backward is fused likewise. Both custom ops have fake implementations, so
+``torch.compile`` traces through them.
 """
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel
 from localmamba_kernel_runtime.precision import autocast_off
+
+from ..channel_gate import gate_backward, gate_forward
 
 SOURCES = (Path(__file__).resolve().with_name("csrc") / "attention_merge.c",)
 MIN_ROWS_PER_TASK = 64
@@ -64,8 +65,7 @@ def merge_forward(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, r
         return a
 
     ckernel.run_tasks(lib.attention_stats, make_stats, batch * num_dirs, 1)
-    hidden = F.linear(xbar * norm_w + norm_b, reduce_w, reduce_b)
-    gate = torch.sigmoid(F.linear(F.gelu(hidden), select_w, select_b)).contiguous()
+    gate, hidden = gate_forward(xbar, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b)
     out = y.new_empty(batch, num_tokens, dim)
 
     def make_merge(_):
@@ -110,15 +110,7 @@ def merge_backward(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar
         return a
 
     ckernel.run_tasks(lib.attention_gate_grad, make, batch * num_dirs, 1)
-    dlogit = (dgate * gate * (1 - gate)).flatten(0, 1)
-    act = F.gelu(hidden).flatten(0, 1)
-    dselect_w, dselect_b = dlogit.t() @ act, dlogit.sum(0)
-    dhidden = torch.ops.aten.gelu_backward(dlogit @ select_w, hidden.flatten(0, 1))
-    summary = (xbar * norm_w + norm_b).flatten(0, 1)
-    dreduce_w, dreduce_b = dhidden.t() @ summary, dhidden.sum(0)
-    dsummary = (dhidden @ reduce_w).view(batch, num_dirs, dim)
-    dnorm_w, dnorm_b = (dsummary * xbar).sum((0, 1)), dsummary.sum((0, 1))
-    dxbar = (dsummary * norm_w).contiguous()
+    dxbar, *param_grads = gate_backward(dgate, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
 
     def make_input(_):
         a = make(0)
@@ -126,7 +118,7 @@ def merge_backward(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar
         return a
 
     ckernel.run_tasks(lib.attention_input_grad, make_input, batch * num_dirs, 1)
-    return dnorm_w, dnorm_b, dreduce_w, dreduce_b, dselect_w, dselect_b
+    return tuple(param_grads)
 
 
 @torch.library.custom_op("localmamba::attention_merge_cpu_bwd", mutates_args=(), device_types="cpu")

@@ -1,33 +1,44 @@
 """The ``triton`` backend of ``attention_merge_fn``: LocalMamba's channel attention on each direction, summed.
 
-The gate of direction k depends on the mean over all tokens of LayerNorm(y_k), so the op takes two passes over y:
-``_norm_mean_kernel`` reads y once and writes mean_t((y_t - mu_t) / sigma_t) per (batch, direction) (partial sums
-per token block); the affine LayerNorm parameters, the two small linear layers, GELU and the sigmoid run in torch on
-(Bt, K, E) summaries; ``_merge_kernel`` reads y a second time and writes sum_k y_k * gate_k. Backward mirrors it:
-``_merge_bwd_kernel`` (dy = dout * gate_k and per-block partial sums of dgate), torch through the gate MLP, and
-``_norm_mean_bwd_kernel`` (the LayerNorm backward of a gradient that is the same for every token of a direction).
-Math in fp32; y and the output in y's dtype. Custom ops with autograd; CUDA tensors, or CPU under TRITON_INTERPRET=1.
+The gate of direction k depends on the mean over all tokens of LayerNorm(y_k), so each pass over y needs the one
+before it to have finished, and the op takes two passes each way (one kernel cannot wait for all the others):
+
+- forward: ``_norm_mean_kernel`` reads y once and writes mean_t((y_t - mu_t) / sigma_t) per (batch, direction)
+  (partial sums per token block); the gate MLP (``channel_gate``) runs in torch on those (Bt, K, E) summaries;
+  ``_merge_kernel`` reads y a second time and writes sum_k y_k * gate_k;
+- backward: ``_gate_grad_kernel`` reads dout and y for d gate_k = sum_t dout_t * y_k,t (partial sums per token
+  block); the MLP's backward in torch gives d xbar; ``_input_grad_kernel`` reads dout and y again and writes the
+  whole gradient of y once: dout * gate_k plus the LayerNorm backward of d xbar / T (a gradient that is the same for
+  every token of a direction; mu and sigma are recomputed from the row).
+
+One custom op each way, with autograd; math in fp32, y, its gradient and the output in y's dtype. CUDA tensors, or
+CPU under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from localmamba_kernel_runtime.launch_limits import batch_slices
 from localmamba_kernel_runtime.precision import autocast_off
 
-ROWS = 16        # tokens per program of the normalisation kernels
-MERGE_ROWS = 16  # tokens per program of the merge kernels
-MERGE_COLS = 64  # channels per program of the merge kernels
+from ..channel_gate import gate_backward, gate_forward
+
+ROWS = 16             # tokens per program of the normalisation kernel (whole rows)
+INPUT_GRAD_ROWS = 8   # tokens per program of the input-gradient kernel (whole rows of y and dout: 112 registers)
+MERGE_ROWS = 16       # tokens per program of the merge and gate-gradient kernels
+MERGE_COLS = 64       # channels per program of the merge and gate-gradient kernels
+
+_T = torch.Tensor
 
 
 @triton.jit
 def _normalised_rows(y_ptr, row0, t, num_tokens, e, channels, eps):
-    """(x - mean) / std of the rows t of one (batch, direction): (ROWS, BE) fp32 (zero on masked rows), and 1/std."""
+    """(x - mean) / std of the rows t of one (batch, direction): (ROWS, BE) fp32 (zero on masked rows), 1/std and
+    the mask."""
     m = (t < num_tokens)[:, None] & (e < channels)[None, :]
     x = tl.load(y_ptr + ((row0 + t) * channels)[:, None] + e[None, :], mask=m, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / channels
@@ -48,20 +59,6 @@ def _norm_mean_kernel(y_ptr, part_ptr, num_tokens, channels, eps, RT: tl.constex
 
 
 @triton.jit
-def _norm_mean_bwd_kernel(y_ptr, dmean_ptr, dy_ptr, num_tokens, channels, eps, RT: tl.constexpr,
-                          BE: tl.constexpr):
-    pid_bk = tl.program_id(0)
-    t = tl.program_id(1) * RT + tl.arange(0, RT)
-    e = tl.arange(0, BE)
-    xhat, rstd, m = _normalised_rows(y_ptr, pid_bk * num_tokens, t, num_tokens, e, channels, eps)
-    g = tl.load(dmean_ptr + pid_bk * channels + e, mask=e < channels, other=0.0) / num_tokens
-    g_mean = tl.sum(g, axis=0) / channels
-    proj = tl.sum(xhat * g[None, :], axis=1) / channels
-    dy = rstd[:, None] * (g[None, :] - g_mean - xhat * proj[:, None])
-    tl.store(dy_ptr + ((pid_bk * num_tokens + t) * channels)[:, None] + e[None, :], dy, mask=m)
-
-
-@triton.jit
 def _merge_kernel(y_ptr, gate_ptr, out_ptr, num_dirs, num_tokens, channels, RT: tl.constexpr, BC: tl.constexpr):
     b = tl.program_id(0)
     t = tl.program_id(1) * RT + tl.arange(0, RT)
@@ -78,115 +75,115 @@ def _merge_kernel(y_ptr, gate_ptr, out_ptr, num_dirs, num_tokens, channels, RT: 
 
 
 @triton.jit
-def _merge_bwd_kernel(dout_ptr, y_ptr, gate_ptr, dy_ptr, dgate_ptr, num_dirs, num_tokens, channels,
-                      RT: tl.constexpr, BC: tl.constexpr):
+def _gate_grad_kernel(dout_ptr, y_ptr, part_ptr, num_dirs, num_tokens, channels, RT: tl.constexpr,
+                      BC: tl.constexpr):
+    """Partial sums over a token block of dout * y_k: (Bt * K, blocks, E)."""
     pid_bk = tl.program_id(0)
     pid_t = tl.program_id(1)
-    b = pid_bk // num_dirs
     t = pid_t * RT + tl.arange(0, RT)
     e = tl.program_id(2) * BC + tl.arange(0, BC)
     m = (t < num_tokens)[:, None] & (e < channels)[None, :]
-    dout = tl.load(dout_ptr + ((b * num_tokens + t) * channels)[:, None] + e[None, :], mask=m, other=0.0)
-    dout = dout.to(tl.float32)
-    act = ((pid_bk * num_tokens + t) * channels)[:, None] + e[None, :]
-    y = tl.load(y_ptr + act, mask=m, other=0.0).to(tl.float32)
-    gate = tl.load(gate_ptr + pid_bk * channels + e, mask=e < channels, other=0.0)
-    tl.store(dy_ptr + act, dout * gate[None, :], mask=m)
-    tl.store(dgate_ptr + (pid_bk * tl.num_programs(1) + pid_t) * channels + e, tl.sum(dout * y, axis=0),
+    rows = ((pid_bk // num_dirs * num_tokens + t) * channels)[:, None] + e[None, :]
+    dout = tl.load(dout_ptr + rows, mask=m, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + ((pid_bk * num_tokens + t) * channels)[:, None] + e[None, :], mask=m, other=0.0)
+    tl.store(part_ptr + (pid_bk * tl.num_programs(1) + pid_t) * channels + e, tl.sum(dout * y.to(tl.float32), axis=0),
              mask=e < channels)
 
 
-@torch.library.custom_op("localmamba::normalised_mean_triton", mutates_args=())
-def normalised_mean(y: torch.Tensor, eps: float) -> torch.Tensor:
-    """y (Bt, K, T, E) contiguous -> mean over tokens of (y - mean_E) / std_E, (Bt, K, E) fp32."""
-    batch, num_dirs, num_tokens, channels = y.shape
-    blocks = triton.cdiv(num_tokens, ROWS)
-    part = torch.empty(batch, num_dirs, blocks, channels, device=y.device, dtype=torch.float32)
-    _norm_mean_kernel[(batch * num_dirs, blocks)](y, part, num_tokens, channels, eps, RT=ROWS,
-                                                   BE=triton.next_power_of_2(channels))
-    return part.sum(2) / num_tokens
+@triton.jit
+def _input_grad_kernel(dout_ptr, y_ptr, gate_ptr, dxbar_ptr, dy_ptr, num_dirs, num_tokens, channels, eps,
+                       RT: tl.constexpr, BE: tl.constexpr):
+    """dy_k = dout * gate_k + the LayerNorm backward of g = d xbar_k / T at the rows of one token block."""
+    pid_bk = tl.program_id(0)
+    t = tl.program_id(1) * RT + tl.arange(0, RT)
+    e = tl.arange(0, BE)
+    emask = e < channels
+    xhat, rstd, m = _normalised_rows(y_ptr, pid_bk * num_tokens, t, num_tokens, e, channels, eps)
+    g = tl.load(dxbar_ptr + pid_bk * channels + e, mask=emask, other=0.0) / num_tokens
+    g_mean = tl.sum(g, axis=0) / channels
+    proj = tl.sum(xhat * g[None, :], axis=1) / channels
+    gate = tl.load(gate_ptr + pid_bk * channels + e, mask=emask, other=0.0)
+    dout = tl.load(dout_ptr + ((pid_bk // num_dirs * num_tokens + t) * channels)[:, None] + e[None, :], mask=m,
+                   other=0.0).to(tl.float32)
+    dy = dout * gate[None, :] + rstd[:, None] * (g[None, :] - g_mean - xhat * proj[:, None])
+    tl.store(dy_ptr + ((pid_bk * num_tokens + t) * channels)[:, None] + e[None, :], dy.to(dy_ptr.dtype.element_ty),
+             mask=m)
 
 
-@normalised_mean.register_fake
-def _normalised_mean_fake(y, eps):
-    return y.new_empty(y.shape[:2] + y.shape[3:], dtype=torch.float32)
-
-
-@torch.library.custom_op("localmamba::normalised_mean_triton_bwd", mutates_args=())
-def normalised_mean_bwd(dmean: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Gradient of :func:`normalised_mean` with respect to y, fp32."""
-    batch, num_dirs, num_tokens, channels = y.shape
-    dy = torch.empty(y.shape, device=y.device, dtype=torch.float32)
-    _norm_mean_bwd_kernel[(batch * num_dirs, triton.cdiv(num_tokens, ROWS))](
-        y, dmean.float().contiguous(), dy, num_tokens, channels, eps, RT=ROWS, BE=triton.next_power_of_2(channels))
-    return dy
-
-
-@normalised_mean_bwd.register_fake
-def _normalised_mean_bwd_fake(dmean, y, eps):
-    return y.new_empty(y.shape, dtype=torch.float32)
-
-
-def _norm_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.eps = inputs[1]
-
-
-def _norm_backward(ctx, dmean):
-    (y,) = ctx.saved_tensors
-    return normalised_mean_bwd(dmean, y, ctx.eps).to(y.dtype), None
-
-
-normalised_mean.register_autograd(_norm_backward, setup_context=_norm_setup)
+def _token_blocks(num_tokens: int, rows: int) -> int:
+    return triton.cdiv(num_tokens, rows)
 
 
 def _merge_grid(batch: int, num_tokens: int, channels: int):
-    return batch, triton.cdiv(num_tokens, MERGE_ROWS), triton.cdiv(channels, MERGE_COLS)
+    return batch, _token_blocks(num_tokens, MERGE_ROWS), triton.cdiv(channels, MERGE_COLS)
 
 
-@torch.library.custom_op("localmamba::gated_sum_triton", mutates_args=())
-def gated_sum(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """y (Bt, K, T, E) contiguous, gate (Bt, K, E) fp32 -> sum_k y_k * gate_k, (Bt, T, E) in y's dtype."""
+@torch.library.custom_op("localmamba::attention_merge_triton_fwd", mutates_args=())
+def attention_merge_triton_fwd(y: _T, norm_w: _T, norm_b: _T, reduce_w: _T, reduce_b: _T, select_w: _T,
+                               select_b: _T, eps: float) -> Tuple[_T, _T, _T, _T]:
+    """Contiguous y (Bt, K, T, E), fp32 parameters -> merged (Bt, T, E) in y's dtype, and for the backward (fp32):
+    gate (Bt, K, E), the normalised token means xbar (Bt, K, E) and the MLP's hidden pre-activation (Bt, K, E')."""
     batch, num_dirs, num_tokens, channels = y.shape
+    blocks = _token_blocks(num_tokens, ROWS)
+    part = torch.empty(batch, num_dirs, blocks, channels, device=y.device, dtype=torch.float32)
+    _norm_mean_kernel[(batch * num_dirs, blocks)](y, part, num_tokens, channels, eps, RT=ROWS,
+                                                   BE=triton.next_power_of_2(channels))
+    xbar = part.sum(2) / num_tokens
+    gate, hidden = gate_forward(xbar, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b)
     out = y.new_empty(batch, num_tokens, channels)
     _merge_kernel[_merge_grid(batch, num_tokens, channels)](y, gate, out, num_dirs, num_tokens, channels,
                                                             RT=MERGE_ROWS, BC=MERGE_COLS)
-    return out
+    return out, gate, xbar, hidden
 
 
-@gated_sum.register_fake
-def _gated_sum_fake(y, gate):
-    return y.new_empty(y.shape[0], y.shape[2], y.shape[3])
+@attention_merge_triton_fwd.register_fake
+def _fwd_fake(y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps):
+    batch, num_dirs, num_tokens, channels = y.shape
+    f32 = dict(dtype=torch.float32)
+    return (y.new_empty(batch, num_tokens, channels), y.new_empty(batch, num_dirs, channels, **f32),
+            y.new_empty(batch, num_dirs, channels, **f32), y.new_empty(batch, num_dirs, reduce_w.shape[0], **f32))
 
 
-@torch.library.custom_op("localmamba::gated_sum_triton_bwd", mutates_args=())
-def gated_sum_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> dy (y's shape) and dgate (Bt, K, E), fp32."""
+@torch.library.custom_op("localmamba::attention_merge_triton_bwd", mutates_args=())
+def attention_merge_triton_bwd(dout: _T, y: _T, gate: _T, xbar: _T, hidden: _T, norm_w: _T, norm_b: _T,
+                               reduce_w: _T, select_w: _T, eps: float) -> Tuple[_T, _T, _T, _T, _T, _T, _T]:
+    """Backward -> dy (y's dtype), d norm_w, d norm_b, d reduce_w, d reduce_b, d select_w, d select_b (fp32)."""
     batch, num_dirs, num_tokens, channels = y.shape
     grid = _merge_grid(batch, num_tokens, channels)
-    dy = torch.empty(y.shape, device=y.device, dtype=torch.float32)
     part = torch.empty(batch, num_dirs, grid[1], channels, device=y.device, dtype=torch.float32)
-    _merge_bwd_kernel[(batch * num_dirs,) + grid[1:]](dout.contiguous(), y, gate, dy, part, num_dirs, num_tokens,
-                                                       channels, RT=MERGE_ROWS, BC=MERGE_COLS)
-    return dy, part.sum(2)
+    _gate_grad_kernel[(batch * num_dirs,) + grid[1:]](dout, y, part, num_dirs, num_tokens, channels,
+                                                       RT=MERGE_ROWS, BC=MERGE_COLS)
+    dxbar, *param_grads = gate_backward(part.sum(2), gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
+    dy = torch.empty_like(y)
+    _input_grad_kernel[(batch * num_dirs, _token_blocks(num_tokens, INPUT_GRAD_ROWS))](
+        dout, y, gate, dxbar, dy, num_dirs, num_tokens, channels, eps, RT=INPUT_GRAD_ROWS,
+        BE=triton.next_power_of_2(channels))
+    return (dy, *param_grads)
 
 
-@gated_sum_bwd.register_fake
-def _gated_sum_bwd_fake(dout, y, gate):
-    return y.new_empty(y.shape, dtype=torch.float32), gate.new_empty(gate.shape, dtype=torch.float32)
+@attention_merge_triton_bwd.register_fake
+def _bwd_fake(dout, y, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w, eps):
+    return (y.new_empty(y.shape), norm_w.new_empty(norm_w.shape), norm_w.new_empty(norm_w.shape),
+            reduce_w.new_empty(reduce_w.shape), reduce_w.new_empty(reduce_w.shape[0]),
+            select_w.new_empty(select_w.shape), select_w.new_empty(select_w.shape[0]))
 
 
-def _merge_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+def _setup(ctx, inputs, output):
+    y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps = inputs
+    _, gate, xbar, hidden = output
+    ctx.save_for_backward(y, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
+    ctx.eps = eps
+    ctx.set_materialize_grads(False)  # no zero gradients for the outputs kept for the backward
 
 
-def _merge_backward(ctx, dout):
-    y, gate = ctx.saved_tensors
-    dy, dgate = gated_sum_bwd(dout, y, gate)
-    return dy.to(y.dtype), dgate
+def _backward(ctx, dout, *unused):
+    y, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w = ctx.saved_tensors
+    grads = attention_merge_triton_bwd(dout.contiguous(), y, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w,
+                                       ctx.eps)
+    return grads + (None,)
 
 
-gated_sum.register_autograd(_merge_backward, setup_context=_merge_setup)
+attention_merge_triton_fwd.register_autograd(_backward, setup_context=_setup)
 
 
 def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
@@ -198,10 +195,7 @@ def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias
     if len(slices) > 1:
         return torch.cat([attention_merge_triton(y[part], norm_weight, norm_bias, reduce_weight, reduce_bias,
                                                  select_weight, select_bias, eps) for part in slices])
-    y = y.contiguous()
     with autocast_off(y.device.type):
-        summary = normalised_mean(y, eps) * norm_weight.float() + norm_bias.float()
-    hidden = F.gelu(F.linear(summary.to(reduce_weight.dtype), reduce_weight, reduce_bias))
-    gate = torch.sigmoid(F.linear(hidden, select_weight, select_bias))
-    with autocast_off(y.device.type):
-        return gated_sum(y, gate.float().contiguous())
+        return attention_merge_triton_fwd(
+            y.contiguous(), *(t.float().contiguous() for t in (norm_weight, norm_bias, reduce_weight, reduce_bias,
+                                                                select_weight, select_bias)), eps)[0]
