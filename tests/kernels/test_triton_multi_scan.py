@@ -37,7 +37,7 @@ def test_fused_mixer_kernels_compile_for_hopper():
     conv = dict(HAS_BIAS=True, WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)
     tiles = dict(HAS_D=True, GATE=True, TOKEN_MAJOR=False, CT=scan.SCAN_CHUNK, BD=scan.SCAN_BLOCK_D, BN=16)
     token_major = dict(tiles, TOKEN_MAJOR=True)
-    backward, backward_token_major = dict(tiles, ATOMIC=True), dict(token_major, ATOMIC=True)
+    backward, backward_token_major = dict(tiles, ATOMIC=True, RP=16), dict(token_major, ATOMIC=True, RP=16)
     kernels = [(scan._conv_fwd_kernel, conv), (scan._conv_bwd_pre_kernel, conv),
                (scan._conv_bwd_x_kernel, dict(ATOMIC=True, WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)),
                (scan._conv_bwd_x_kernel, dict(ATOMIC=False, WIDTH=4, CT=scan.CONV_CHUNK, BE=scan.CONV_BLOCK_E)),

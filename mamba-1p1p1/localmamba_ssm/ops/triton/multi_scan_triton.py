@@ -20,8 +20,9 @@ of decays and inputs and combines it with ``tl.associative_scan`` (the affine ma
 associatively), carrying the state from chunk to chunk; the state at the start of each chunk is stored for the
 backward pass. The backward pass walks the chunks in reverse: it recomputes the chunk's delta and states from its
 stored start (one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a
-reverse associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). It writes d delta, from which two
-torch matmuls give the gradients of x_dbl[..., :R] and of dt_proj_weight. Sums over programs are atomic adds by
+reverse associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). The dt projection's gradients are
+computed in the kernel too (R rank-1 steps per chunk): the whole gradient of x_dbl (its dt input, B and C) is written
+by the kernel and no d delta tensor exists. Sums over programs are atomic adds by
 default: the gradients of the input-dependent B / C (summed over each channel block first) into one buffer, and the
 tokens' gradients (z; x through the conv or, token-major, directly) over the directions into the tokens' gradient.
 Under ``torch.use_deterministic_algorithms(True)`` they are written per block or per direction and summed in torch
@@ -254,10 +255,10 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
 
 @triton.jit
 def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr,
-                     du_ptr, ddelta_ptr, dbc_ptr, dz_ptr, dtok_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
+                     du_ptr, dxdbl_ptr, ddtw_ptr, dz_ptr, dtok_ptr, dA_log_ptr, dD_ptr, dbias_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks, dtok_cols,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, ATOMIC: tl.constexpr,
-                     CT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+                     CT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr):
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     b = pid_bk // num_dirs
@@ -272,14 +273,16 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
     grad_len = length
     if TOKEN_MAJOR:
         grad_len = num_tokens
-    # gradients of B and C, (Bt*K, blocks, T or L, 2N): one block summed by atomics, or each program's own
-    bc_block = pid_d
-    bc_blocks = tl.num_programs(0)
+    # the gradient of x_dbl, (Bt*K, blocks, T or L, R + 2N): one block summed by atomics, or each program's own
+    block = pid_d
+    blocks = tl.num_programs(0)
     if ATOMIC:
-        bc_block = 0
-        bc_blocks = 1
-    dbc_rows = dbc_ptr + (pid_bk * bc_blocks + bc_block) * grad_len * 2 * dstate
+        block = 0
+        blocks = 1
+    dx_rows = dxdbl_ptr + (pid_bk * blocks + block) * grad_len * width_dbl
+    r_idx = tl.arange(0, RP)
     g_in = tl.zeros([BD, BN], dtype=tl.float32)  # dL/dh at the first step of the chunk after this one
+    ddt_w = tl.zeros([BD, RP], dtype=tl.float32)
     dA = tl.zeros([BD, BN], dtype=tl.float32)
     dD = tl.zeros([BD], dtype=tl.float32)
     dbias = tl.zeros([BD], dtype=tl.float32)
@@ -323,9 +326,10 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
         g_in = step_at(g, rows, 0)
         ah = h - bb                                  # a_t h_{t-1}
         mb = loaded[:, None] & nmask[None, :]
-        dbc = ((pos * 2 * dstate)[:, None] + n[None, :])
-        store_or_add(dbc_rows + dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mb, ATOMIC)
-        store_or_add(dbc_rows + dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mb, ATOMIC)
+        step_rows = dx_rows + pos * width_dbl
+        dbc = step_rows[:, None] + rank + n[None, :]
+        store_or_add(dbc, tl.sum(g * (dt * u)[:, :, None], axis=1), mb, ATOMIC)
+        store_or_add(dbc + dstate, tl.sum(h * dy[:, :, None], axis=1), mb, ATOMIC)
         gB = tl.sum(g * Bm[:, None, :], axis=2)
         gAh = g * ah
         ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
@@ -339,11 +343,21 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
                           sem="relaxed")
         else:
             tl.store(du_ptr + act, du.to(du_ptr.dtype.element_ty), mask=stored)
-        tl.store(ddelta_ptr + act, draw.to(ddelta_ptr.dtype.element_ty), mask=stored)
+        # the dt projection's gradients, column by column: d x_dbl[:, :R] = draw @ W and d W += draw^T x_dbl[:, :R]
+        dx_dt = tl.zeros([CT, RP], dtype=tl.float32)
+        w_rows = dtw_ptr + (k * inner + d) * rank
+        for r in range(0, rank):
+            w = tl.load(w_rows + r, mask=dmask, other=0.0).to(tl.float32)
+            dx_dt += tl.where(r_idx[None, :] == r, tl.sum(draw * w[None, :], axis=1)[:, None], 0.0)
+            xr = tl.load(xdbl_ptr + dbl_rows + r, mask=loaded, other=0.0).to(tl.float32)
+            ddt_w += tl.where(r_idx[None, :] == r, tl.sum(draw * xr[:, None], axis=0)[:, None], 0.0)
+        store_or_add(step_rows[:, None] + r_idx[None, :], dx_dt, loaded[:, None] & (r_idx < rank)[None, :], ATOMIC)
         dA += tl.sum(gAh * dt[:, :, None], axis=0)
         dD += tl.sum(tl.where(m2, dy * u, 0.0), axis=0)
         dbias += tl.sum(tl.where(m2, draw, 0.0), axis=0)
     per_channel = pid_bk * inner + d
+    tl.store(ddtw_ptr + per_channel[:, None] * rank + r_idx[None, :], ddt_w,
+             mask=dmask[:, None] & (r_idx < rank)[None, :])
     tl.store(dA_log_ptr + per_channel[:, None] * dstate + n[None, :], dA * A, mask=mdn)
     tl.store(dD_ptr + per_channel, dD, mask=dmask)
     tl.store(dbias_ptr + per_channel, dbias, mask=dmask)
@@ -497,8 +511,9 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                    torch.Tensor, torch.Tensor]:
     """-> du, d x_dbl (x_dbl's shape), d tokens (z channels), d A_log (K, E, N), dD (K, E; empty without D),
-    d dt_weight (K, E, R), d dt_bias (K, E). du is in u's dtype (sequence-major), or (token-major) the whole
-    gradient of the tokens, x and z channels, fp32, with d tokens empty; the rest fp32."""
+    d dt_weight (K, E, R), d dt_bias (K, E), all from one kernel (d x_dbl and d dt_weight too). du is in u's dtype
+    (sequence-major), or (token-major) the whole gradient of the tokens, x and z channels, fp32, with d tokens
+    empty; the rest fp32."""
     tokens = _tokens_view(tokens)
     dout = dout.contiguous()
     batch, num_dirs, length, num_tokens, inner, dstate, rank = _scan_sizes(tokens, index, A_log, dt_weight)
@@ -515,23 +530,19 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
     dtokens = torch.zeros(tokens.shape, **f32)
     du = (torch.zeros(0, **f32) if token_major and atomic
           else torch.empty(batch, num_dirs, rows, inner, **act))
-    ddelta = torch.empty(batch, num_dirs, rows, inner, **act)
-    dbc = (torch.zeros(batch, num_dirs, 1, rows, 2 * dstate, **f32) if atomic
-           else torch.empty(batch, num_dirs, grid[0], rows, 2 * dstate, **f32))
+    width = x_dbl.shape[-1]
+    dx_dbl = (torch.zeros(batch, num_dirs, 1, rows, width, **f32) if atomic
+              else torch.empty(batch, num_dirs, grid[0], rows, width, **f32))
+    ddt_weight = torch.empty(batch, num_dirs, inner, rank, **f32)
     dz = torch.empty(batch, num_dirs, num_tokens, inner, **f32) if gate and not atomic else torch.zeros(0, **f32)
     dA_log = torch.empty(batch, num_dirs, inner, dstate, **f32)
     dD, dbias = torch.empty(batch, num_dirs, inner, **f32), torch.empty(batch, num_dirs, inner, **f32)
     _scan_bwd_kernel[grid](
-        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, ddelta, dbc, dz, dtokens, dA_log, dD,
-        dbias, num_tokens, length, inner, rank, dstate, x_dbl.shape[-1], tokens.stride(0), tokens.stride(1),
+        dout, ckpt, u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, du, dx_dbl, ddt_weight, dz, dtokens,
+        dA_log, dD, dbias, num_tokens, length, inner, rank, dstate, width, tokens.stride(0), tokens.stride(1),
         num_dirs, num_chunks, tokens.shape[2], HAS_D=D is not None, GATE=gate, TOKEN_MAJOR=token_major,
-        ATOMIC=atomic, **blocks)
-    ddelta = ddelta.float()
-    x_dt = x_dbl[..., :rank].float()
-    if token_major:
-        x_dt = x_dt.transpose(1, 2)                                                           # (Bt, K, T, R)
-    dx_dbl = torch.cat([torch.matmul(ddelta, dt_weight.float()), dbc.sum(2)], dim=-1)    # (Bt, K, rows, R + 2N)
-    ddt_weight = torch.matmul(ddelta.transpose(-1, -2), x_dt).sum(0)                     # (K, E, R)
+        ATOMIC=atomic, RP=triton.next_power_of_2(rank), **blocks)
+    dx_dbl = dx_dbl.sum(2)                                                                    # (Bt, K, rows, R + 2N)
     if gate and not atomic:
         dtokens[..., inner:2 * inner] = dz.sum(1)
     if token_major:
@@ -539,7 +550,7 @@ def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor,
         if not atomic:
             dtokens[..., :inner] = du.sum(1, dtype=torch.float32)
         du, dtokens = dtokens, dtokens.new_zeros(0)
-    return (du, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0), ddt_weight,
+    return (du, dx_dbl, dtokens, dA_log.sum(0), dD.sum(0) if D is not None else dD.new_zeros(0), ddt_weight.sum(0),
             dbias.sum(0))
 
 
