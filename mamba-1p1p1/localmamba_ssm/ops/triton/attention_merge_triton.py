@@ -110,12 +110,8 @@ def _input_grad_kernel(dout_ptr, y_ptr, gate_ptr, dxbar_ptr, dy_ptr, num_dirs, n
              mask=m)
 
 
-def _token_blocks(num_tokens: int, rows: int) -> int:
-    return triton.cdiv(num_tokens, rows)
-
-
 def _merge_grid(batch: int, num_tokens: int, channels: int):
-    return batch, _token_blocks(num_tokens, MERGE_ROWS), triton.cdiv(channels, MERGE_COLS)
+    return batch, triton.cdiv(num_tokens, MERGE_ROWS), triton.cdiv(channels, MERGE_COLS)
 
 
 @torch.library.custom_op("localmamba::attention_merge_triton_fwd", mutates_args=())
@@ -124,7 +120,7 @@ def attention_merge_triton_fwd(y: _T, norm_w: _T, norm_b: _T, reduce_w: _T, redu
     """Contiguous y (Bt, K, T, E), fp32 parameters -> merged (Bt, T, E) in y's dtype, and for the backward (fp32):
     gate (Bt, K, E), the normalised token means xbar (Bt, K, E) and the MLP's hidden pre-activation (Bt, K, E')."""
     batch, num_dirs, num_tokens, channels = y.shape
-    blocks = _token_blocks(num_tokens, ROWS)
+    blocks = triton.cdiv(num_tokens, ROWS)
     part = torch.empty(batch, num_dirs, blocks, channels, device=y.device, dtype=torch.float32)
     _norm_mean_kernel[(batch * num_dirs, blocks)](y, part, num_tokens, channels, eps, RT=ROWS,
                                                    BE=triton.next_power_of_2(channels))
@@ -155,7 +151,7 @@ def attention_merge_triton_bwd(dout: _T, y: _T, gate: _T, xbar: _T, hidden: _T, 
                                                        RT=MERGE_ROWS, BC=MERGE_COLS)
     dxbar, *param_grads = gate_backward(part.sum(2), gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
     dy = torch.empty_like(y)
-    _input_grad_kernel[(batch * num_dirs, _token_blocks(num_tokens, INPUT_GRAD_ROWS))](
+    _input_grad_kernel[(batch * num_dirs, triton.cdiv(num_tokens, INPUT_GRAD_ROWS))](
         dout, y, gate, dxbar, dy, num_dirs, num_tokens, channels, eps, RT=INPUT_GRAD_ROWS,
         BE=triton.next_power_of_2(channels))
     return (dy, *param_grads)
