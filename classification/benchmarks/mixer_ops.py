@@ -33,7 +33,14 @@ LAYER_DIRECTIONS = ("h", "v_flip", "w7", "w7_flip")
 SCAN_TILES = ((16, 8), (32, 4), (16, 16))
 VSSM_LAYER = dict(grid=(56, 56), inner=192, state=16, rank=6, directions=("h", "h_flip", "w7", "w7_flip"),
                   cls_token=False, conv=False, gate=False)
-QUICK_VSSM_LAYER = dict(VSSM_LAYER, grid=(3, 5), inner=12, state=4, rank=2)
+QUICK_LAYER = dict(grid=(3, 5), inner=12, state=4, rank=2)        # tiny sizes of the --quick (CPU) runs
+QUICK_MERGE = dict(num_tokens=16, channels=16)
+QUICK_VSSM_LAYER = dict(VSSM_LAYER, **QUICK_LAYER)
+
+
+def _problem_sizes(quick: bool) -> Tuple[dict, dict, dict]:
+    """Keyword sizes of the LocalVim-T layer, the merge and the LocalVMamba-T layer problems (tiny when ``quick``)."""
+    return (QUICK_LAYER if quick else {}), (QUICK_MERGE if quick else {}), (QUICK_VSSM_LAYER if quick else VSSM_LAYER)
 
 
 @contextlib.contextmanager
@@ -111,8 +118,7 @@ def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4,
 
 def correctness_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
     """(name, problem maker) of the fused mixer ops for ``gpu_check.correctness``, fp32 and bf16."""
-    sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
-    merge_sizes = dict(num_tokens=16, channels=16) if quick else {}
+    sizes, merge_sizes, vssm = _problem_sizes(quick)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
@@ -120,7 +126,6 @@ def correctness_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
                    lambda dt=dtype: mixer_problem(device, dt, **sizes)),
                   (f"attention_merge K=4             {name}",
                    lambda dt=dtype: merge_problem(device, dt, **merge_sizes))]
-    vssm = QUICK_VSSM_LAYER if quick else VSSM_LAYER
     cases.append(("multi_scan_inner token-major     float32",
                   lambda: mixer_problem(device, torch.float32, **vssm)))
     return cases
@@ -129,8 +134,7 @@ def correctness_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
 def deterministic_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
     """(name, problem maker) of the multi-direction scans to check again under :func:`deterministic_algorithms`
     (their backward's other path: B / C gradients written per channel block, summed in torch), fp32."""
-    sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
-    vssm = QUICK_VSSM_LAYER if quick else VSSM_LAYER
+    sizes, _, vssm = _problem_sizes(quick)
     return [("multi_scan_inner conv, determ.   float32", lambda: mixer_problem(device, torch.float32, **sizes)),
             ("multi_scan_inner token-major, d. float32", lambda: mixer_problem(device, torch.float32, **vssm))]
 
@@ -198,9 +202,7 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
     (unless ``quick``) at the other :data:`SCAN_TILES`."""
     device = torch.device(device)
     rows = [["op", "dtype", "batch", "step", "ms", "vs fused"]]
-    sizes = dict(grid=(3, 5), inner=12, state=4, rank=2) if quick else {}
-    merge_sizes = dict(num_tokens=16, channels=16) if quick else {}
-    vssm = QUICK_VSSM_LAYER if quick else VSSM_LAYER
+    sizes, merge_sizes, vssm = _problem_sizes(quick)
 
     def scan_makers(dtype, batch, **problem):
         def make(label):
