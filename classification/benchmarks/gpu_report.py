@@ -53,16 +53,21 @@ def read_sections(logs: Iterable[str]) -> Dict[str, str]:
     return sections
 
 
+def _cells(line: str) -> List[str]:
+    """The cells of one line of a text table (``tables.render_table`` separates them by two or more spaces)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
 def table_rows(text: str, first_line: int = 0) -> List[List[str]]:
     """The text table (``tables.render_table``) starting at line ``first_line`` of ``text``: header and rows, each
-    a list of cells (cells are separated by two or more spaces); it ends at the first line that is not a row of
+    a list of cells; it ends at the first line that is not a row of
     the header's width (a blank line, the step's PASS line)."""
     lines = text.splitlines()[first_line:]
     rows: List[List[str]] = []
     for i, line in enumerate(lines):
         if i == 1 and line.strip() and set(line.replace(" ", "")) == {"-"}:
             continue
-        cells = re.split(r"\s{2,}", line.strip())
+        cells = _cells(line)
         if not line.strip() or (rows and len(cells) != len(rows[0])):
             break
         rows.append(cells)
@@ -153,7 +158,7 @@ def mixer_rows(sections: Dict[str, str]) -> List[List[str]]:
     """The kernel check's table of the fused mixer ops (``mixer_ops.mixer_timings``): header and rows, or []."""
     text = sections.get("kernel checks and op timings", "")
     for i, line in enumerate(text.splitlines()):
-        if re.split(r"\s{2,}", line.strip()) == MIXER_HEADER:
+        if _cells(line) == MIXER_HEADER:
             return table_rows(text, i)
     return []
 
