@@ -39,6 +39,20 @@ register_notrace_function(rms_norm_fn)
 register_notrace_function(layer_norm_fn)
 
 
+_POOL_TYPES = ('mean', 'none', 'max', 'all')
+_TIMM_POOL_NAMES = {'avg': 'mean', '': 'all'}
+
+
+def _check_pool_type(pool: str) -> str:
+    """A pooling name as ``final_pool_type`` stores it: one of _POOL_TYPES, or timm's 'avg' (mean) or '' (none:
+    the head sees all tokens); anything else is refused (ValueError)."""
+    pool = _TIMM_POOL_NAMES.get(pool, pool)
+    if pool not in _POOL_TYPES:
+        raise ValueError(f"final_pool_type must be one of {', '.join(map(repr, _POOL_TYPES))} (or timm's 'avg', ''), "
+                         f"got {pool!r}")
+    return pool
+
+
 def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
     """Token grid of an image: ceil(H / patch), ceil(W / patch) (the patch embedding zero-pads the remainder)."""
     return math.ceil(height / patch_size), math.ceil(width / patch_size)
@@ -180,7 +194,11 @@ class Block(nn.Module):
 
 def add_norm(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor], prenorm: bool,
              residual_in_fp32: bool) -> Any:
-    """Fused ``residual + x`` then RMSNorm/LayerNorm with ``norm``'s weights (returns (out, residual) if prenorm)."""
+    """Fused ``residual + x`` then RMSNorm/LayerNorm with ``norm``'s weights (returns (out, residual) if prenorm);
+    an ``nn.Identity`` norm (a final norm removed by ``prune_intermediate_layers``) gives the plain sum."""
+    if isinstance(norm, nn.Identity):
+        total = x if residual is None else residual + x
+        return (total, total) if prenorm else total
     fn = rms_norm_fn if isinstance(norm, RMSNorm) else layer_norm_fn
     return fn(x, norm.weight, norm.bias, residual=residual, prenorm=prenorm, residual_in_fp32=residual_in_fp32,
               eps=norm.eps)
@@ -236,8 +254,7 @@ class VisionMamba(nn.Module):
         keeps Mamba's dt initialisation instead of the original's overwrite of it (opt-in). ``channels`` is the
         original's name of ``in_chans``."""
         super().__init__()
-        if final_pool_type not in ('mean', 'none', 'max', 'all'):
-            raise ValueError(f"final_pool_type must be one of 'mean', 'none', 'max', 'all', got {final_pool_type!r}")
+        final_pool_type = _check_pool_type(final_pool_type)
         if if_cls_token and not use_middle_cls_token:
             raise ValueError('only the middle class token is supported (if_cls_token=True needs use_middle_cls_token)')
         if if_cls_token and if_rope:
@@ -304,7 +321,7 @@ class VisionMamba(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.final_pool_type = global_pool
+            self.final_pool_type = _check_pool_type(global_pool)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -435,12 +452,12 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     """Adapt an original or own checkpoint to ``model``: unwrap ``state_dict``/``model``, strip ``module.`` and resize
     position tables (``pos_embed``, RoPE ``freqs_cos``/``freqs_sin``) to the model's token grid."""
     state_dict = state_dict_from(state_dict)
+    targets = model.state_dict()
     out = {}
     for key, value in state_dict.items():
-        if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin'):
-            target = model.state_dict()[key]
-            if value.shape != target.shape:
-                value = _resize_checkpoint_table(value, target, model, key)
+        if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin') and key in targets:   # else the load names it
+            if value.shape != targets[key].shape:
+                value = _resize_checkpoint_table(value, targets[key], model, key)
         out[key] = value
     return out
 

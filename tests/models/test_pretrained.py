@@ -74,3 +74,12 @@ def test_pretrained_local_vim_resizes_the_tables_of_a_224_checkpoint(tmp_path):
     expected = torch.nn.functional.interpolate(weights['pos_embed'].view(1, 14, 14, 32).permute(0, 3, 1, 2),
                                                size=(16, 16), mode='bicubic', align_corners=False)
     torch.testing.assert_close(model.pos_embed.detach(), expected.permute(0, 2, 3, 1).reshape(1, 256, 32))
+
+
+def test_a_checkpoint_with_tables_the_model_lacks_is_refused_naming_the_keys(tmp_path):
+    """A RoPE checkpoint into a model built without RoPE: the strict load names the unexpected tables."""
+    path = tmp_path / 'local_vim_tiny.ckpt'
+    _released_file('local_vim_tiny', path)
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*rope\.freqs_cos'):
+        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                          if_rope=False, if_rope_residual=False, **TINY['local_vim_tiny'])

@@ -106,3 +106,24 @@ def test_an_empty_batch_is_refused_with_a_clear_error():
                           ('local_vssm_tiny', 'LocalVMamba: empty batch')):
         with pytest.raises(ValueError, match=message):
             _model(name)(torch.randn(0, 3, 64, 64))
+
+
+def test_local_vim_reset_classifier_takes_timm_pool_names_and_refuses_others():
+    model = _model('local_vim_tiny', num_classes=5)
+    image = torch.randn(2, 3, 64, 64)
+    model.reset_classifier(3, 'avg')                     # timm's name of the mean pooling
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), model.get_classifier()(model.forward_features(image).mean(1)))
+    with pytest.raises(ValueError, match="final_pool_type must be one of"):
+        model.reset_classifier(3, 'token')
+
+
+def test_local_vim_pruned_final_norm_leaves_the_residual_stream():
+    model = _model('local_vim_tiny_search', num_classes=5)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        hidden, residual, _, _ = model._layers(image)
+        assert model.prune_intermediate_layers([1], prune_norm=True) == [1]
+        features, intermediates = model.forward_intermediates(image, [1])
+    torch.testing.assert_close(features, residual + hidden, rtol=0, atol=0)
+    assert intermediates[0].shape == (2, 32, 4, 4)
