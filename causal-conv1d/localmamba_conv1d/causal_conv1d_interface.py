@@ -37,6 +37,9 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                          f"got {shape_str(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
         raise ValueError(f"bias must have shape (dim,)=({dim},), got {shape_str(bias)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
     return weight
 
 

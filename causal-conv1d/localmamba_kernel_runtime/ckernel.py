@@ -4,9 +4,10 @@ Each kernel library is built from ``.c`` files shipped with its package, plus th
 ``vector_math.h`` and ``kernel_args.h``, and ``task_runner.c``, linked into every library), with warnings on. A
 library goes to a per-user cache directory (``LOCALMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/localmamba``, else
 ``~/.cache/localmamba``) under a name hashed from its sources and headers, the compiler and the flags; it is written
-to a temporary file and renamed into place, so concurrent processes are safe. Only a C compiler is needed (``$CC``,
-``cc``, ``gcc`` or ``clang``), no torch headers. ``LOCALMAMBA_CPU_KERNEL=0`` disables every kernel (the cpu
-backends then use their PyTorch implementations).
+to a temporary file and renamed into place, so concurrent processes are safe; a cached file that does not load
+(truncated or overwritten) is rebuilt. Only a C compiler is needed (``$CC``, ``cc``, ``gcc`` or ``clang``), no torch
+headers. ``LOCALMAMBA_CPU_KERNEL=0`` disables every kernel (the cpu backends then use their PyTorch
+implementations).
 
 Instruction sets: on x86-64 each library is built for one of ``baseline`` (the compiler's default target),
 ``avx2`` (AVX2 + FMA, 8-lane vectors) and ``avx512`` (AVX-512 F/BW/VL/DQ, 16-lane vectors); the best one the CPU
@@ -199,7 +200,7 @@ def _compile_and_load(cc: str, name: str, sources: Sequence[Path], isa: str) -> 
     detail = ""
     for i, flags in enumerate(variants):
         try:
-            return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources))), ""
+            return _load_cached(name, cc, version, flags, sources), ""
         except (OSError, subprocess.SubprocessError) as err:
             detail = (getattr(err, "stderr", "") or str(err)).strip()
             if i + 1 < len(variants):
@@ -232,21 +233,34 @@ def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[s
     return lib
 
 
-def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path]) -> Path:
-    """Path of the library built from ``sources`` with ``flags``, building it unless it is in the cache."""
+def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path],
+                  rebuild: bool = False) -> Path:
+    """Path of the library built from ``sources`` with ``flags``, building it unless it is in the cache (or
+    ``rebuild``: the cached file replaced by a new build)."""
     key_parts = [_source_digest(sources), *(part.encode() for part in (cc, version, *flags, platform.machine()))]
     key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:16]
     filename = f"{name}_{key}.so"
     target = cache_dir() / filename
-    if not target.exists():
+    if rebuild or not target.exists():
         try:
             _build(cc, flags, sources, target)
         except OSError:  # cache directory not writable: build in a per-user temporary directory
             user = getattr(os, "getuid", lambda: "user")()
             target = Path(tempfile.gettempdir()) / f"localmamba-{user}" / filename
-            if not target.exists():
+            if rebuild or not target.exists():
                 _build(cc, flags, sources, target)
     return target
+
+
+def _load_cached(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path]) -> ctypes.CDLL:
+    """Load the library of :func:`_cached_build`; a cached file that does not load (truncated, overwritten) is
+    rebuilt once, rather than leaving the kernels on a build without OpenMP or for a lower instruction set."""
+    path = _cached_build(name, cc, version, flags, sources)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as err:
+        logger.warning("the cached CPU kernel %s does not load (%s); rebuilding it", path, err)
+    return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources, rebuild=True)))
 
 
 def load_library(name: str, sources: Sequence[Path],
@@ -361,9 +375,9 @@ def num_tasks(items: int, min_items_per_task: int) -> int:
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     with _LOCK:
+        # a bigger pool replaces the old one, which is not shut down: a concurrent caller may still submit to it
+        # (its workers exit once it is garbage collected)
         if _POOL["size"] < workers:
-            if _POOL["pool"] is not None:
-                _POOL["pool"].shutdown(wait=False)
             _POOL["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="localmamba-kernel")
             _POOL["size"] = workers
         return _POOL["pool"]

@@ -79,6 +79,14 @@ def _expect(name: str, t: Optional[torch.Tensor], shape: tuple) -> None:
         raise ValueError(f"multi_scan_inner: {name} must have shape {shape}, got {shape_str(t)}")
 
 
+def _check_devices(op: str, what: str, device: torch.device, **tensors: Optional[torch.Tensor]) -> None:
+    """Refuse a tensor on another device than ``device`` by name: the cpu kernels would read its memory as the
+    host's."""
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {what} on {device}")
+
+
 def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
                      gate) -> None:
     if torch.jit.is_tracing():
@@ -109,6 +117,15 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     if tokens.shape[2] < needed:
         raise ValueError(f"multi_scan_inner: tokens need at least {needed} channels (x{' and z' if gate else ''}), "
                          f"got {tokens.shape[2]}")
+    _check_devices("multi_scan_inner", "tokens are", tokens.device, index=index, x_proj_weight=x_proj_weight,
+                   dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight,
+                   conv_bias=conv_bias)
+
+
+def _check_attention_devices(anchor: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
+    """Refuse channel-attention weights on another device than ``anchor`` (the outputs, or the tokens)."""
+    names = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias")
+    _check_devices("attention_merge", "the outputs are", anchor.device, **dict(zip(names, weights)))
 
 
 def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
@@ -152,6 +169,7 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
     """
     if not torch.jit.is_tracing() and (y.dim() != 4 or norm_weight.shape != (y.shape[-1],)):
         raise ValueError(f"attention_merge: y must be (Bt, K, T, E) with E = norm_weight's size, got {shape_str(y)}")
+    _check_attention_devices(y, (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias))
     backend = backends.select(OP_MERGE, y.device, _fused_input_check(y, y.shape[-1]))
     args = (y, norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias, eps)
     if backend == "triton":
@@ -181,6 +199,7 @@ def multi_scan_attention_merge_fn(tokens: torch.Tensor, index: torch.Tensor, x_p
     inner = x_proj_weight.shape[-1]
     if type(tokens) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         _check_scan_args(*scan_args)
+        _check_attention_devices(tokens, attention_weights)
         if attention_weights[0].shape != (inner,):
             raise ValueError(f"attention_merge: norm_weight must have shape ({inner},) (E), "
                              f"got {shape_str(attention_weights[0])}")

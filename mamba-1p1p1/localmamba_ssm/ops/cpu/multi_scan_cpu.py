@@ -101,11 +101,11 @@ def scratch(name: str, *shape: int) -> torch.Tensor:
     memory held between calls."""
     numel = math.prod(shape)
     if numel * 4 > SCRATCH_MAX_BYTES:
-        return torch.empty(shape)
+        return torch.empty(shape, dtype=torch.float32)
     buffer = getattr(_SCRATCH, name, None)
     if buffer is None or buffer.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: a backward outside inference mode updates it in place
-            buffer = torch.empty(numel)
+            buffer = torch.empty(numel, dtype=torch.float32)
         setattr(_SCRATCH, name, buffer)
     return buffer[:numel].view(shape)
 
@@ -116,8 +116,13 @@ def _token_x(src: torch.Tensor, inner: int) -> torch.Tensor:
 
 
 def _check_index(index: torch.Tensor, num_tokens: int) -> None:
+    """Refuse an index table the kernels cannot read: values outside [0, T], or a direction that does not list every
+    token exactly once (the kernels would leave that token's output and gradient unwritten)."""
     if index.numel() and (int(index.min()) < 0 or int(index.max()) > num_tokens):
         raise ValueError(f"index values must lie in [0, {num_tokens}] (the token count marks padding)")
+    counts = index.new_zeros(index.shape[0], num_tokens + 1).scatter_add_(1, index, torch.ones_like(index))
+    if not bool((counts[:, :num_tokens] == 1).all()):
+        raise ValueError(f"index: every direction must list every token in [0, {num_tokens}) exactly once")
 
 
 def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
@@ -188,7 +193,7 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
     lib = load_kernel()
     batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
-    inner, rank, state = x_proj_w.shape[2], dt_w.shape[2], A_log.shape[2]
+    inner, width, rank, state = x_proj_w.shape[2], x_proj_w.shape[1], dt_w.shape[2], A_log.shape[2]
     conv_t, params = _channel_major(conv_w, dt_w, A_log, ckernel.vector_width(lib))
     used = inner * (2 if gate else 1)
     dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
@@ -213,11 +218,11 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
 
     ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1)
     if conv_w is None:
-        flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, -1), x_proj_w.reshape(-1, inner)
+        flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, num_dirs * width), x_proj_w.reshape(-1, inner)
         dx_proj_w = torch.mm(flat_dxdbl.t(), _token_x(src, inner)).view_as(x_proj_w)
         _token_x(dsrc, inner).addmm_(flat_dxdbl, flat_w)
     else:
-        flat_dxdbl = dxdbl.view(num_dirs, batch * length, -1)
+        flat_dxdbl = dxdbl.view(num_dirs, batch * length, width)
         dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
         du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
         ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)

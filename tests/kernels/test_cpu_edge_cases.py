@@ -1,0 +1,150 @@
+"""The cpu backends and the C kernel runtime at the edges a user meets: an empty batch, a changed default dtype, an
+index table that misses a token, a corrupt cached library, and thread pools shared by concurrent callers."""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime import ckernel
+from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn
+from localmamba_ssm.ops.cpu import multi_scan_cpu
+
+from test_multi_scan_inner import attention_problem, grads, make_problem
+
+pytestmark = pytest.mark.skipif(not multi_scan_cpu.kernel_available(), reason="the C kernels cannot be built here")
+
+
+def attention_weights(p):
+    """Channel-attention weights for the problem ``p`` (each needing its gradient)."""
+    return attention_problem(dim=p['x_proj_weight'].shape[2], num_dirs=p['index'].shape[0])[1:]
+
+
+def fused_call(p, gate, attention=None):
+    """multi_scan_inner_fn, or given ``attention`` weights the scan and the channel attention in one call
+    -> (output, the tensors whose gradients to compare)."""
+    if attention is None:
+        return multi_scan_inner_fn(**p, gate=gate), list(p.values())
+    out = multi_scan_attention_merge_fn(**p, gate=gate, attention_weights=attention)
+    return out, list(p.values()) + list(attention)
+
+
+@pytest.mark.parametrize('merge', [False, True])
+@pytest.mark.parametrize('conv', [True, False])
+def test_backward_of_an_empty_batch_gives_zero_gradients(force_backend, conv, merge):
+    """A batch of 0 images runs forward and backward as the reference does (it raised a reshape error)."""
+    force_backend("cpu")
+    p = make_problem(batch=0, conv=conv)
+    out, inputs = fused_call(p, True, attention_weights(p) if merge else None)
+    assert out.shape[0] == 0
+    inputs = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
+    for t, g in zip(inputs, grads(out, inputs, torch.ones_like(out))):
+        assert g is None or (g.shape == t.shape and not g.any())
+
+
+@pytest.mark.parametrize('merge', [False, True])
+def test_fp32_inputs_run_under_a_float64_default_dtype(force_backend, monkeypatch, merge):
+    """The kernels' reused fp32 buffers are fp32 whatever ``torch.set_default_dtype`` says (a float64 default made
+    them fp64: 'expected scalar type Float but found Double')."""
+    monkeypatch.setattr(multi_scan_cpu, "_SCRATCH", threading.local())   # buffers made afresh under the default
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem(conv=True).items()}
+    attention = [t.detach() for t in attention_weights(p)] if merge else None
+    force_backend("reference")
+    expected, _ = fused_call(p, True, attention)
+    force_backend("cpu")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            out, _ = fused_call(p, True, attention)
+    finally:
+        torch.set_default_dtype(previous)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('conv', [True, False])
+def test_an_index_that_misses_a_token_is_refused(force_backend, conv):
+    """A direction that does not list every token once would leave that token's output (and gradient) unwritten:
+    the cpu backend refuses it instead of returning uninitialised memory."""
+    force_backend("cpu")
+    p = make_problem(conv=conv)
+    index = p['index'].clone()
+    index[1, index[1] == 3] = p['tokens'].shape[1]        # direction 1 pads where token 3 was
+    p['index'] = index
+    with pytest.raises(ValueError, match="every token"):
+        multi_scan_inner_fn(**p, gate=True)
+    index[1, index[1] == p['tokens'].shape[1]] = 5         # token 5 twice, token 3 never
+    with pytest.raises(ValueError, match="every token"):
+        multi_scan_inner_fn(**p, gate=True)
+
+
+LOAD_AND_REPORT = ("from localmamba_conv1d.cpu_conv1d import load_kernel; "
+                   "from localmamba_kernel_runtime import ckernel; "
+                   "lib = load_kernel(); print(lib.lm_isa, ckernel.uses_openmp(lib.causal_conv1d_fwd))")
+
+
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
+    """A cached .so that does not load (truncated, overwritten) is rebuilt, not silently replaced by a build without
+    OpenMP or for a lower instruction set. (In fresh processes: one that loaded the library would reuse it.)"""
+    env = {**os.environ, "LOCALMAMBA_CACHE_DIR": str(tmp_path)}
+
+    def load_and_report() -> str:
+        return subprocess.run([sys.executable, "-c", LOAD_AND_REPORT], env=env, check=True, capture_output=True,
+                              text=True, timeout=300).stdout
+
+    fresh = load_and_report()
+    built = sorted(tmp_path.iterdir())
+    for path in built:
+        path.write_bytes(b"not a shared library")
+    assert load_and_report() == fresh
+    assert sorted(tmp_path.iterdir()) == built
+    assert load_and_report() == fresh
+
+
+def test_a_thread_pool_stays_usable_when_another_caller_grows_it():
+    """Without OpenMP, kernels run on a shared thread pool: a caller that got the pool can still submit to it after
+    a concurrent caller needing more workers made a bigger one (the old pool was shut down under it)."""
+    pool = ckernel._pool(1)
+    ckernel._pool(ckernel._POOL["size"] + 1)
+    assert pool.submit(sum, [1, 2]).result() == 3
+
+
+def test_conv1d_refuses_weights_on_another_device(force_backend):
+    """A weight or bias on another device than x is refused by name: the cpu kernel would read its memory as host
+    memory (it returned garbage for a meta weight, and would crash on a CUDA one)."""
+    force_backend("cpu")
+    x, w, b = torch.randn(2, 3, 5), torch.randn(3, 4), torch.randn(3)
+    with pytest.raises(ValueError, match="weight is on meta but x is on cpu"):
+        causal_conv1d_fn(x, w.to("meta"), b, "silu")
+    with pytest.raises(ValueError, match="bias is on meta but x is on cpu"):
+        causal_conv1d_fn(x, w, b.to("meta"), "silu")
+
+
+@pytest.mark.parametrize('name', ['index', 'dt_proj_weight', 'dt_proj_bias', 'A_log', 'D', 'conv_weight', 'conv_bias'])
+def test_multi_scan_refuses_inputs_on_another_device(force_backend, name):
+    """Every input of multi_scan_inner_fn on another device than the tokens is refused by name, before any kernel
+    reads it."""
+    force_backend("cpu")
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem().items()}
+    p[name] = p[name].to("meta")
+    with pytest.raises(ValueError, match=f"{name} is on meta but tokens are on cpu"):
+        multi_scan_inner_fn(**p, gate=True)
+
+
+@pytest.mark.parametrize('merge', [False, True])
+def test_attention_merge_refuses_weights_on_another_device(force_backend, merge):
+    """Channel-attention weights on another device than the outputs are refused by name (with meta weights the cpu
+    backend returned garbage on the cpu)."""
+    force_backend("cpu")
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem().items()}
+    y, *weights = [t.detach() for t in attention_problem(dim=p['x_proj_weight'].shape[2])]
+    weights[2] = weights[2].to("meta")
+    with pytest.raises(ValueError, match="reduce_weight is on meta but the outputs are on cpu"):
+        if merge:
+            multi_scan_attention_merge_fn(**p, gate=True, attention_weights=weights)
+        else:
+            attention_merge_fn(y, *weights)
