@@ -48,10 +48,16 @@ def build_eval_dataset(cfg: Namespace) -> Dataset:
 
 
 def _set_num_classes(cfg: Namespace, found: int) -> None:
-    if cfg.num_classes is None:
-        if found < 2:
-            raise DataError(f"{cfg.data_path or cfg.dataset}: {found} class found; classification needs at least 2")
-        cfg.num_classes = found
+    """Set `cfg.num_classes` to the dataset's `found` classes; an explicit value below it is refused."""
+    where = cfg.data_path or cfg.dataset
+    if cfg.num_classes is not None:
+        if cfg.num_classes < found:
+            raise DataError(f"--num-classes {cfg.num_classes} is fewer than the {found} classes of {where}: "
+                            f"its labels would not fit the classifier")
+        return
+    if found < 2:
+        raise DataError(f"{where}: {found} class found; classification needs at least 2")
+    cfg.num_classes = found
 
 
 def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,

@@ -133,8 +133,15 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageLis
     """The val dataset of an ImageNet-style tree; the class count or order comes from the train split's list or
     folder names, without listing its images (evaluation)."""
     if imagenet_layout(root) == "meta":
-        val = read_meta_file(os.path.join(root, "meta", "val.txt"), os.path.join(root, "val"))
-        count = num_classes or _meta_class_count(os.path.join(root, "meta", "train.txt"))
+        val_meta, train_meta = os.path.join(root, "meta", "val.txt"), os.path.join(root, "meta", "train.txt")
+        val = read_meta_file(val_meta, os.path.join(root, "val"))
+        if num_classes is not None and not os.path.isfile(train_meta):
+            return ImageListDataset(val, max(label for _, label in val) + 1)
+        count = _meta_class_count(train_meta)
+        bad = [(p, lbl) for p, lbl in val if lbl >= count]
+        if bad:
+            raise DataError(f"{val_meta}: label {bad[0][1]} of {bad[0][0]} is not a train label "
+                            f"(train has {count} classes)")
         return ImageListDataset(val, count)
     val_dir = os.path.join(root, "val")
     if not os.path.isdir(val_dir):

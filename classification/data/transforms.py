@@ -16,6 +16,7 @@ from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
 
+from .image_list import DataError
 from .rand_augment import rand_augment_transform
 
 
@@ -45,6 +46,24 @@ def _cifar_transform(cfg: Namespace, training: bool) -> Callable:
     if training and cfg.cutout_length:
         steps.append(Cutout(cfg.cutout_length))
     return T.Compose(steps)
+
+
+def check_auto_augment(aa: str | None, impl: str = "original") -> None:
+    """Refuse an `--aa` policy string that the chosen implementation cannot parse (DataError naming the flag)."""
+    if not aa:
+        return
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform
+    from timm.data.auto_augment import rand_augment_transform as timm_rand_augment_transform
+
+    try:
+        if aa.startswith("rand"):
+            (rand_augment_transform if impl == "original" else timm_rand_augment_transform)(aa)
+        elif aa.startswith("augmix"):
+            augment_and_mix_transform(aa)
+        else:
+            auto_augment_transform(aa)
+    except (ValueError, AssertionError, KeyError) as err:
+        raise DataError(f"--aa {aa!r}: {err}") from None
 
 
 def build_transform(cfg: Namespace, training: bool) -> Callable:

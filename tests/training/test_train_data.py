@@ -172,3 +172,22 @@ def test_evaluation_does_not_build_the_training_set(folder_tree, meta_tree, monk
     cfg = cfg_for("--data-path", root, "--img-size", "16")
     val = build_eval_dataset(cfg)
     assert (len(val), cfg.num_classes) == (6, 3) and val.samples[3][1] == lists["val"][3][1]
+
+
+@pytest.mark.parametrize("layout", ["meta", "folders"])
+def test_num_classes_below_the_datasets_labels_is_refused(layout, meta_tree, folder_tree):
+    from classification.data import build_eval_dataset
+
+    root = meta_tree[0] if layout == "meta" else folder_tree
+    with pytest.raises(DataError, match="--num-classes 2 is fewer than the 3 classes"):
+        build_datasets(cfg_for("--data-path", root, "--img-size", "16", "--num-classes", "2"))
+    with pytest.raises(DataError, match="--num-classes 2 is fewer than the 3 classes"):
+        build_eval_dataset(cfg_for("--data-path", root, "--img-size", "16", "--num-classes", "2"))
+    cfg = cfg_for("--data-path", root, "--img-size", "16", "--num-classes", "5")  # a larger head is allowed
+    assert len(build_eval_dataset(cfg)) == 6 and cfg.num_classes == 5
+
+
+def test_num_classes_below_the_cifar_classes_is_refused(tmp_path):
+    make_cifar(str(tmp_path), "cifar100")
+    with pytest.raises(DataError, match="--num-classes 10 is fewer than the 100 classes"):
+        build_datasets(cfg_for("--dataset", "cifar100", "--data-path", str(tmp_path), "--num-classes", "10"))
