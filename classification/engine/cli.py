@@ -48,7 +48,12 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and not isinstance(err, (ConfigError, DataError, CheckpointError)) and err.strerror:
         where = f": {err.filename}" if err.filename else ""
         return f"{err.strerror}{where}"
-    return str(err)
+    text = str(err)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        # re-raised by a DataLoader worker with its traceback: the last line is `module.Type: message`
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def run_cli(main: Callable[[], object]) -> None:

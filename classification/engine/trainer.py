@@ -32,6 +32,7 @@ from ..common.checkpoint_io import (CheckpointError, load_checkpoint, remove_tem
 from ..common.csv_log import CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup
+from ..data.transforms import check_auto_augment
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
 from .checkpoint import LAST, CheckpointManager, load_weights
@@ -43,7 +44,7 @@ from .experiment import (check_run_folder, delete_previous_run, experiment_dir, 
                          make_writable)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
-from .optim import build_optimizer
+from .optim import build_optimizer, param_groups
 from .scheduler import WarmupScheduler, build_scheduler
 
 METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
@@ -94,6 +95,8 @@ class Run:
         """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch and RNG from
         `ckpt` (read from `path`). A released {'state_dict'} file gives the weights only: training starts at epoch 0."""
         load_weights(self.model, state_dict_from(ckpt, source=path), path)
+        if self.ema is not None:
+            self.ema.set(self.model)  # the EMA starts from the loaded weights unless the checkpoint holds its own
         if not is_training_checkpoint(ckpt):
             self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0")
             return
@@ -102,11 +105,8 @@ class Run:
             raise ConfigError(f"{path} already finished epoch {start_epoch - 1} and --epochs {self.cfg.epochs} ends "
                               f"the run at epoch {self.cfg.epochs - 1}: nothing left to train (raise --epochs to "
                               f"continue it)")
-        if self.ema is not None:
-            if ckpt.get("ema_model") is not None:
-                load_weights(self.ema.module, state_dict_from(ckpt, "ema_model", source=path), path)
-            else:
-                self.ema.set(self.model)
+        if self.ema is not None and ckpt.get("ema_model") is not None:
+            load_weights(self.ema.module, state_dict_from(ckpt, "ema_model", source=path), path)
         self._load_optimizer_state(ckpt, path)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -124,16 +124,40 @@ class Run:
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}")
 
     def _load_optimizer_state(self, ckpt: dict, path: str) -> None:
-        """The checkpoint's optimizer state with this run's hyperparameters (the flags win, see the module doc)."""
+        """The checkpoint's optimizer state with this run's hyperparameters (the flags win, see the module doc).
+
+        Another `--opt` than the checkpoint's starts the optimizer's state afresh (one kind's moments mean nothing
+        to another); another parameter grouping (weight decay 0 or not, --opt-no-filter, --honor-no-weight-decay)
+        keeps each parameter's state."""
         if ckpt.get("optimizer") is None:
+            return
+        saved = ckpt.get("config") or {}
+        if saved.get("opt", self.cfg.opt) != self.cfg.opt:
+            self.log.warning(f"--opt changed on resume ({saved['opt']} -> {self.cfg.opt}): the optimizer state of "
+                             f"{path} is not used, {self.cfg.opt} starts afresh")
             return
         fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(self._regrouped(ckpt["optimizer"], saved))
         except (ValueError, KeyError) as err:
             raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from err
         for group, hyper in zip(self.optimizer.param_groups, fresh):
             group.update(hyper)
+
+    def _regrouped(self, state: dict, saved: dict) -> dict:
+        """`state` re-indexed to this run's parameter groups when the saved config grouped the parameters otherwise."""
+        if not {"weight_decay", "opt_no_filter"} <= saved.keys():
+            return state
+        old_groups = param_groups(self.model, self.cfg.lr, saved["weight_decay"], not saved["opt_no_filter"],
+                                  saved.get("honor_no_weight_decay", False))
+        old = [p for group in old_groups for p in group["params"]]
+        new = [p for group in self.optimizer.param_groups for p in group["params"]]
+        sizes = [len(group["params"]) for group in state["param_groups"]]
+        if sizes != [len(group["params"]) for group in old_groups] or [id(p) for p in old] == [id(p) for p in new]:
+            return state
+        position = {id(p): i for i, p in enumerate(new)}
+        return {"state": {position[id(old[int(i)])]: v for i, v in state["state"].items()},
+                "param_groups": self.optimizer.state_dict()["param_groups"]}
 
     def _log_changed_flags(self, saved: dict) -> None:
         for key in RESUME_LOGGED_FLAGS:
@@ -286,6 +310,7 @@ def train(cfg: Namespace) -> dict:
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
         check_model_flags(cfg)
+        check_auto_augment(cfg.aa, cfg.aa_impl)
         ckpt = _read_resume_checkpoint(cfg)
         exp_dir = experiment_dir(cfg, ckpt)
         if ckpt is None or not is_training_checkpoint(ckpt):

@@ -46,6 +46,10 @@ def assert_error(result, message):
     (["--model-kwargs", "depht=2"], "--model-kwargs: model vit_tiny_patch16_224 does not take 'depht'; did you "
                                     "mean depth"),
     (["--overwrite", "--resume", "x.pth.tar"], "give only one of them"),
+    (["--aa", "rand-inc1-m9"], "--aa 'rand-inc1-m9': unknown RandAugment section 'inc1'"),
+    (["--aa", "rand-m9-w1"], "--aa 'rand-m9-w1': only the weight set w0 exists"),
+    (["--aa", "foo", "--aa-impl", "timm"], "--aa 'foo': Unknown AA policy foo"),
+    (["--aa", "rand-x9", "--aa-impl", "timm"], "--aa 'rand-x9': "),
 ])
 def test_bad_flags(flags, message, monkeypatch, capsys, tmp_path):
     assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), *flags),
@@ -136,6 +140,21 @@ def test_empty_class_folder(tmp_path, monkeypatch, capsys):
     assert_error(cli(monkeypatch, capsys, "train.py", *flags, "-b", "2", "--data-path", str(tmp_path / "data"),
                      "--output", str(tmp_path / "out")),
                  f"class folder {tmp_path / 'data' / 'train' / 'c'} holds no image files")
+
+
+def test_unreadable_image_in_a_loader_worker(tmp_path):
+    """A DataLoader worker re-raises with the worker's traceback in the message; the user still sees one line."""
+    for name in ("a", "b"):
+        for i in range(2):
+            write_image(str(tmp_path / "data" / "train" / name / f"{i}.png"), seed=i, fmt="PNG")
+            write_image(str(tmp_path / "data" / "val" / name / f"{i}.png"), seed=i, fmt="PNG")
+    bad = tmp_path / "data" / "train" / "a" / "0.png"
+    bad.write_text("not an image\n")
+    flags = [f for f in TINY_RUN if f not in ("--dataset", "digits")]
+    flags[flags.index("-j") + 1] = "1"
+    proc = run_tool("train.py", *flags, "-b", "4", "--epochs", "1", "--data-path", str(tmp_path / "data"),
+                    "--output", str(tmp_path / "out"), check=False)
+    assert_one_line_error(proc, f"error: cannot read image {bad}: cannot identify image file")
 
 
 @pytest.mark.parametrize("debug_flag, debug_env", [(True, None), (False, "1")])

@@ -59,3 +59,77 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["state"][0].values(),
                                                  b["optimizer"]["state"][0].values()))
     assert rows(os.path.join(out, "straight", "metrics.csv")) == rows(metrics)
+
+
+def test_ema_starts_from_released_weights_given_to_resume(tmp_path):
+    """A released {'state_dict'} file given to --resume initialises the EMA too, not only the model."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "--epochs", "1", "-j", "0", "--warmup-epochs", "0",
+              "--output", str(tmp_path)]
+    train(parse_args([*common, "--experiment", "source"]))
+    weights = load(os.path.join(str(tmp_path), "source", "last.pth.tar"))["model"]
+    released = str(tmp_path / "released.pth")
+    torch.save({"state_dict": weights}, released)
+    # decay 1: the EMA keeps its starting weights, which must be the released ones
+    train(parse_args([*common, "--seed", "7", "--experiment", "finetune", "--resume", released, "--model-ema",
+                      "--model-ema-decay", "1.0"]))
+    ema = load(os.path.join(str(tmp_path), "finetune", "last.pth.tar"))["ema_model"]
+    assert list(ema) == list(weights)
+    assert all(torch.equal(ema[k], weights[k]) for k in weights)
+
+
+def _resumed_run(monkeypatch, argv):
+    """The Run of `train(argv)` right after it resumed (its training is skipped)."""
+    import classification.engine.trainer as trainer_mod
+    from classification.engine.config import parse_args
+
+    runs = []
+    monkeypatch.setattr(trainer_mod.Run, "fit", lambda self: runs.append(self) or {})
+    trainer_mod.train(parse_args(argv))
+    return runs[0]
+
+
+def test_resume_with_a_new_weight_decay_layout_keeps_each_parameters_moments(tmp_path, monkeypatch):
+    """Weight decay 0.05 -> 0 changes the two parameter groups into one: each moment follows its parameter."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0", "--opt", "adamw",
+              "--output", str(tmp_path), "--experiment", "run"]
+    train(parse_args([*common, "--epochs", "1", "--weight-decay", "0.05"]))
+    last = os.path.join(str(tmp_path), "run", "last.pth.tar")
+    saved = load(last)["optimizer"]["state"]
+    run = _resumed_run(monkeypatch, [*common, "--epochs", "2", "--weight-decay", "0", "--resume", last])
+    named = list(run.model.named_parameters())
+    skip = set(run.model.no_weight_decay())
+    exempt = [p.ndim == 1 or n.endswith(".bias") or n in skip for n, p in named]
+    old_order = [n for (n, _), e in zip(named, exempt) if e] + [n for (n, _), e in zip(named, exempt) if not e]
+    assert len(run.optimizer.param_groups) == 1 and run.optimizer.param_groups[0]["weight_decay"] == 0
+    for name, param in named:
+        state = run.optimizer.state[param]
+        assert torch.equal(state["exp_avg"], saved[old_order.index(name)]["exp_avg"]), name
+        assert torch.equal(state["exp_avg_sq"], saved[old_order.index(name)]["exp_avg_sq"]), name
+
+
+def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, monkeypatch):
+    """SGD momentum buffers are no AdamW moments: --opt adamw on an SGD run starts AdamW's state empty."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0",
+              "--output", str(tmp_path), "--experiment", "run"]
+    train(parse_args([*common, "--epochs", "1", "--opt", "sgd"]))
+    last = os.path.join(str(tmp_path), "run", "last.pth.tar")
+    run = _resumed_run(monkeypatch, [*common, "--epochs", "2", "--opt", "adamw", "--resume", last])
+    assert isinstance(run.optimizer, torch.optim.AdamW) and not run.optimizer.state
+    metrics = train_one_more_epoch(run)
+    assert metrics["train_loss"] > 0 and all("exp_avg" in s for s in run.optimizer.state.values())
+
+
+def train_one_more_epoch(run):
+    from classification.engine.trainer import train_one_epoch
+
+    run.open_outputs()
+    return train_one_epoch(run, run.start_epoch)
