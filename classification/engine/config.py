@@ -3,6 +3,10 @@
 The flags are the original toolbox's (same names, same defaults) minus the ones that do nothing for these models
 (NAS, KD, DBB, DyRep, auxiliary tower), plus a few of ours (marked "ours" in their help). A YAML file given with
 `-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys are errors.
+
+`--overwrite` and `--resume` say what one command does to a run folder, not how an experiment is configured: a
+config file may not set `overwrite` (deleting a run is asked for on the command line only), and `args.yaml` leaves
+both out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or continuing that one.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
+RUN_CONTROL_FLAGS = ("overwrite", "resume")     # per command, left out of args.yaml (see the module doc)
 
 
 class ConfigError(ValueError):
@@ -187,6 +192,13 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
         return None
     if action.nargs == 0 and not isinstance(value, bool):  # store_true flags
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    is_list = isinstance(value, (list, tuple))
+    if isinstance(action.nargs, int) and action.nargs > 0 and (not is_list or len(value) != action.nargs):
+        raise ConfigError(f"{where}: expected a list of {action.nargs} values, got {value!r}")
+    if action.nargs == "+" and (not is_list or not value):
+        raise ConfigError(f"{where}: expected a list of one or more values, got {value!r}")
+    if action.nargs is None and is_list:
+        raise ConfigError(f"{where}: expected one value, got the list {value!r}")
     try:
         if isinstance(value, (list, tuple)):
             value = [action.type(v) for v in value] if action.type else list(value)
@@ -235,6 +247,8 @@ def check_ranges(args: argparse.Namespace) -> None:
                 lo = "" if low is None else f"{'[' if low_in else '('}{low}"
                 hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
                 raise ConfigError(f"{_flag(dest)} must be in {lo or '(-inf'}, {hi}, got {item!r}")
+    if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
+        raise ConfigError(f"--cutmix-minmax takes two values (min max), got {args.cutmix_minmax!r}")
     if not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536:
         raise ConfigError(f"--dist-port must be a port number (1-65535), got {args.dist_port!r}")
     if args.overwrite and args.resume:
@@ -258,6 +272,9 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
                 close = difflib.get_close_matches(key, list(actions), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{known.config}: unknown key {key!r}{hint}")
+            if key == "overwrite" and value:
+                raise ConfigError(f"{known.config}: key 'overwrite': a config file cannot delete a run; give "
+                                  f"--overwrite on the command line")
             defaults[key] = _coerce(actions[key], value, f"{known.config}: key {key!r}")
         parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
@@ -270,8 +287,9 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
 
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The resolved flags as a plain dict that `-c` accepts again (internal fields left out)."""
-    skip = {"cli_model_kwargs"}
+    """The resolved flags as a plain dict that `-c` accepts again (internal fields and the run-control flags
+    `overwrite` / `resume` left out)."""
+    skip = {"cli_model_kwargs", *RUN_CONTROL_FLAGS}
     out = {}
     for key, value in sorted(vars(args).items()):
         if key in skip or key.startswith("_"):

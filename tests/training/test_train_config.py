@@ -74,6 +74,11 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ({"lr": "fast"}, r"'lr'.*bad value"),
     ({"model_ema": "yes"}, r"'model_ema'.*true or false"),
     ({"model_kwargs": [1, 2]}, r"model_kwargs must be a mapping"),
+    ({"image_mean": 0.5}, r"'image_mean'.*expected a list of 3 values, got 0.5"),
+    ({"image_mean": [0.5, 0.5]}, r"'image_mean'.*expected a list of 3 values, got \[0.5, 0.5\]"),
+    ({"scale": [0.08]}, r"'scale'.*expected a list of 2 values"),
+    ({"cutmix_minmax": 0.3}, r"'cutmix_minmax'.*expected a list of one or more values"),
+    ({"lr": [0.1]}, r"'lr'.*expected one value, got the list \[0.1\]"),
 ])
 def test_bad_values_name_the_key(tmp_path, data, pattern):
     cfg = write_yaml(tmp_path / "v.yaml", data)
@@ -91,3 +96,30 @@ def test_saved_config_round_trips(tmp_path):
     save_config(args, str(tmp_path / "args.yaml"))
     again = parse_args(["-c", str(tmp_path / "args.yaml")])
     assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml"), "cli_model_kwargs": []}
+
+
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--resume", "experiments/exp/last.pth.tar"]])
+def test_saved_config_leaves_out_what_the_command_did_to_its_folder(tmp_path, flags):
+    # reusing a run's args.yaml must start a new run, not delete or continue the one it came from
+    args = parse_args(["-c", RECIPE, "--lr", "2e-3", *flags])
+    save_config(args, str(tmp_path / "args.yaml"))
+    with open(tmp_path / "args.yaml") as f:
+        saved = yaml.safe_load(f)
+    assert "overwrite" not in saved and "resume" not in saved and saved["lr"] == 2e-3
+    again = parse_args(["-c", str(tmp_path / "args.yaml")])
+    assert (again.overwrite, again.resume, again.lr) == (False, "", 2e-3)
+
+
+def test_a_config_file_cannot_delete_a_run(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", {"overwrite": True, "epochs": 2})
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'overwrite': a config file cannot delete a run; give "
+                                          r"--overwrite on the command line"):
+        parse_args(["-c", cfg])
+    assert not parse_args(["-c", write_yaml(tmp_path / "d.yaml", {"overwrite": False})]).overwrite
+    assert parse_args(["-c", write_yaml(tmp_path / "e.yaml", {"epochs": 2}), "--overwrite"]).overwrite
+
+
+def test_cutmix_minmax_takes_two_values():
+    with pytest.raises(ConfigError, match=r"--cutmix-minmax takes two values \(min max\), got \[0.3\]"):
+        parse_args(["--cutmix-minmax", "0.3"])
+    assert parse_args(["--cutmix-minmax", "0.3", "0.8"]).cutmix_minmax == [0.3, 0.8]
