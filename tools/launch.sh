@@ -3,7 +3,8 @@
 #   tools/launch.sh torchrun GPUS ENTRY [ARGS...]            GPUS processes per node (torchrun)
 #   tools/launch.sh srun PARTITION GPUS ENTRY [ARGS...]      GPUS Slurm tasks, at most 8 per node
 # torchrun, several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default
-# 29500) set. srun: ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node.
+# 29500) set. srun: ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node,
+# its port MASTER_PORT if set, else the entry's --dist-port.
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
 set -eu
 usage() {
@@ -23,9 +24,9 @@ if [ ! -f "$ENTRY" ] && [ -f "$ROOT/$ENTRY" ]; then
     ENTRY="$ROOT/$ENTRY"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export MASTER_PORT="${MASTER_PORT:-29500}"
 
 if [ "$MODE" = torchrun ]; then
+    export MASTER_PORT="${MASTER_PORT:-29500}"
     set -x
     exec python -m torch.distributed.run \
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \

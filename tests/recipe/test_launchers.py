@@ -68,7 +68,10 @@ def test_slurm_run_and_slurm_train(shell, stub_path):
     assert argv == ["srun", "--job-name", "train", "--partition=part", "-n16", "--gres=gpu:8", "--ntasks-per-node=8",
                     "python", "-u", "tools/test.py", "-c", "c.yaml", "--model", "m", "--slurm",
                     "--amp"]
-    assert env == {"PYTHONPATH": REPO, "MASTER_PORT": "29500"}
+    assert env == {"PYTHONPATH": REPO, "MASTER_PORT": ""}     # the tasks take --dist-port (or the user's MASTER_PORT)
+    _, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m",
+                 MASTER_PORT="4321")
+    assert env["MASTER_PORT"] == "4321"
     argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m")
     assert argv[4:8] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "python"]
     assert argv[9:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]

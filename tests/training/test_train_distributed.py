@@ -51,3 +51,20 @@ def test_two_processes_equal_one_process(tmp_path):
     for col in ("train_loss", "test_loss", "top1", "top5"):
         assert float(row_two[col]) == pytest.approx(float(row_one[col]), rel=1e-3, abs=0.3), col
     assert one["top1"] == pytest.approx(float(row_one["top1"]))
+
+
+@pytest.mark.parametrize("master_port, expected", [(None, "4321"), ("1234", "1234")])
+def test_slurm_tasks_take_dist_port_unless_master_port_is_set(monkeypatch, master_port, expected):
+    from classification.engine.distributed import _slurm_environment
+
+    for key in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):   # set first, so that teardown restores them
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    if master_port is not None:
+        monkeypatch.setenv("MASTER_PORT", master_port)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert _slurm_environment("4321") == (5, 16, 1)
+    assert (os.environ["MASTER_PORT"], os.environ["RANK"], os.environ["WORLD_SIZE"]) == (expected, "5", "16")
