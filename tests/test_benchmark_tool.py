@@ -65,3 +65,30 @@ def test_images_per_second_of_each_model_and_its_mode():
 def test_table_layout():
     assert render_table([['name', 'ms'], ['scan', '1.5'], ['reference', '10.25']]).splitlines() == [
         'name          ms', '---------  -----', 'scan         1.5', 'reference  10.25']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--op', 'scan', '--repeats', '0'], '--repeats'),
+    (['--op', 'scan', '--warmup', '-1'], '--warmup'),
+    (['--op', 'scan', '--dim', '0'], '--dim'),
+    (['--op', 'scan', '--threads', '0'], '--threads'),
+    (['--model', 'local_vim_tiny', '--batch-sizes', '1', '0'], '--batch-sizes'),
+    (['--model', 'local_vim_tiny', '--train-batch', '-1'], '--train-batch'),
+    (['--op', 'scan', '--csv', 'NO_SUCH_DIR/out.csv'], 'NO_SUCH_DIR'),
+    (['--op', 'scan', '--backends', 'cpuu'], "'cpuu'"),
+    (['--op', 'scan', '--backends', 'triton'], 'triton'),  # not available for a CPU tensor
+    (['--op', 'scan', '--device', 'foo'], "'foo'"),
+])
+def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, tmp_path):
+    argv = [str(tmp_path / a) if a.startswith('NO_SUCH_DIR') else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err.splitlines()[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_cuda_without_a_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--op', 'scan', '--device', 'cuda'])
+    assert 'CUDA is not available' in capsys.readouterr().err

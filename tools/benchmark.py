@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError, benchmark_models, default_baseline,
-                                       format_model_table, print_op_benchmark, write_csv)  # noqa: E402
+from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError, benchmark_models,  # noqa: E402
+                                       default_baseline, format_model_table, parse_device, print_op_benchmark,
+                                       unavailable_backends, write_csv)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,7 +64,30 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(str(err))
     if args.repeats is None:
         args.repeats = 5 if args.model else 10
+    _check_args(parser, args)
     return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, in one line and before any timing, sizes out of range, a --csv in a missing folder, an unknown
+    --device and --backends that cannot run on it."""
+    threads = 1 if args.threads is None else args.threads
+    lows = (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--img-size", args.img_size, 1),
+            ("--batch-sizes", min(args.batch_sizes), 1), ("--train-batch", args.train_batch, 0),
+            ("--batch", args.batch, 1), ("--dim", args.dim, 1), ("--seqlen", args.seqlen, 1),
+            ("--dstate", args.dstate, 1), ("--width", args.width, 1), ("--threads", threads, 1))
+    for flag, value, low in lows:
+        if value < low:
+            parser.error(f"{flag} must be at least {low}")
+    if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
+        parser.error(f"--csv {args.csv}: its folder does not exist")
+    try:
+        args.device = str(parse_device(args.device))
+    except ValueError as err:
+        parser.error(str(err))
+    missing = unavailable_backends(args.op, args.device, args.backends) if args.op and args.backends else []
+    if missing:
+        parser.error(f"--backends {', '.join(map(repr, missing))}: not available for --op {args.op} on {args.device}")
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ from classification.engine.cli import run_cli  # noqa: E402
 def main() -> None:
     import torch
 
-    from classification.benchmarks import build_model, flops_row, images_per_second
+    from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
     from classification.engine.config import load_yaml
     from classification.engine.model_builder import resolve_model_name
 
@@ -46,9 +46,12 @@ def main() -> None:
     img_size = args.img_size or int(defaults.get("img_size") or 224)
     if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
         parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
+    try:
+        device = str(parse_device(args.device))
+    except ValueError as err:
+        parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     logger = logging.getLogger("speed_test")
 

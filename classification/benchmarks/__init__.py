@@ -12,15 +12,17 @@ backend registry directly, to time each backend in turn.
 - ``gpu_check``: the Triton backends against the reference, outputs and gradients, then timings.
 - ``timing``, ``tables``: interleaved medians; text tables and CSV files.
 """
+from ..engine.distributed import parse_device
 from ..engine.model_builder import UnknownModelError
 from .flops import count_params, flops_row, flops_rows, format_flops_table
 from .model_speed import benchmark_models, build_model, default_baseline, format_model_table, images_per_second
-from .op_speed import CASES, OpShape, benchmark_op, format_op_table, print_op_benchmark
+from .op_speed import CASES, OpShape, benchmark_op, format_op_table, print_op_benchmark, unavailable_backends
 from .tables import render_table, write_csv
 from .timing import DTYPES, median_seconds
 
 __all__ = [
     "CASES", "DTYPES", "OpShape", "UnknownModelError", "benchmark_models", "benchmark_op", "build_model",
     "count_params", "default_baseline", "flops_row", "flops_rows", "format_flops_table", "format_model_table",
-    "format_op_table", "images_per_second", "median_seconds", "print_op_benchmark", "render_table", "write_csv",
+    "format_op_table", "images_per_second", "median_seconds", "parse_device", "print_op_benchmark", "render_table",
+    "unavailable_backends", "write_csv",
 ]

@@ -42,11 +42,13 @@ class OpShape:
 @dataclass
 class Case:
     """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients;
-    ``updates``: state updates per forward (scans only)."""
+    ``updates``: state updates per forward (scans only); ``seqlen``: the sequence length where the op fixes its own
+    (``multi_scan``), else the shape's."""
 
     run: Callable[[], torch.Tensor]
     inputs: Sequence[torch.Tensor]
     updates: Optional[int] = None
+    seqlen: Optional[int] = None
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,8 @@ def multi_scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) ->
     fn, inputs, _ = mixer_problem(device, dtype, batch=shape.batch, grid=LAYER_GRID, inner=shape.dim,
                                   state=shape.dstate)
     seqlen = sequence_index(LAYER_DIRECTIONS, LAYER_GRID, LAYER_GRID[0] * LAYER_GRID[1] // 2).shape[1]
-    return Case(fn, inputs, updates=shape.batch * len(LAYER_DIRECTIONS) * shape.dim * seqlen * shape.dstate)
+    return Case(fn, inputs, updates=shape.batch * len(LAYER_DIRECTIONS) * shape.dim * seqlen * shape.dstate,
+                seqlen=seqlen)
 
 
 def inner_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
@@ -130,6 +133,13 @@ def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None
     return step
 
 
+def unavailable_backends(op: str, device: str, requested: Sequence[str]) -> List[str]:
+    """The names in ``requested`` that :func:`benchmark_op` cannot time for ``op`` on ``device`` (unknown names,
+    backends not available there); the reference is always timed."""
+    available = set(backends.available_backends(OP_NAMES[op], torch.device(device))) & set(backends.KERNEL_BACKENDS)
+    return [name for name in requested if name not in available | {"reference"}]
+
+
 def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
                  only_backends: Optional[Sequence[str]] = None, repeats: int = 10, warmup: int = 2,
                  backward: bool = True) -> List[Dict[str, object]]:
@@ -160,7 +170,7 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
         m = medians[name]
         fb = m.get("fwd+bwd")
         rows.append({"op": op, "backend": name, "device": device.type, "dtype": dtype,
-                     "shape": f"B={shape.batch} D={shape.dim} L={shape.seqlen} N={shape.dstate}",
+                     "shape": f"B={shape.batch} D={shape.dim} L={case.seqlen or shape.seqlen} N={shape.dstate}",
                      "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
                      "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
                      "fwd_ns_per_update_core": (None if case.updates is None
@@ -205,8 +215,9 @@ def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu",
                        backward: bool = True) -> List[Dict[str, object]]:
     """:func:`benchmark_op`, printed with a header line naming the problem; returns the rows."""
     rows = benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward)
+    seqlen = rows[0]["shape"].split("L=")[1].split()[0]
     print(f"op={op} device={torch.device(device).type} dtype={dtype} batch={shape.batch} dim={shape.dim} "
-          f"seqlen={shape.seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
+          f"seqlen={seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
           f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
     print(format_op_table(rows))
     return rows

@@ -34,8 +34,9 @@ class DistEnv:
         return self.rank == 0
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    """`--device` as a torch device; a name that is not auto/cpu/cuda/cuda:N, or CUDA without a GPU, is refused."""
+def parse_device(name: str) -> torch.device:
+    """`--device` as a torch device: auto (CUDA when present), cpu, cuda or cuda:N. Another name, CUDA without a GPU
+    or an index past the GPUs is refused (ConfigError, one line)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -49,6 +50,13 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
             raise ConfigError(f"--device {name} was asked for but CUDA is not available here (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    """:func:`parse_device`, with plain `cuda` taking GPU `local_rank` (mod the count), made the current device."""
+    device = parse_device(name)
+    if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

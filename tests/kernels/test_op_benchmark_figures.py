@@ -43,3 +43,13 @@ def test_graph_columns_appear_only_with_cuda_graph_figures():
     header, _, first, second = format_op_table(rows).splitlines()
     assert header.split()[-6:] == ["fwd", "graph", "ms", "fwd+bwd", "graph", "ms"]
     assert first.split()[-2:] == ["0.013", "0.250"] and second.split()[-2:] == ["-", "-"]
+
+
+def test_multi_scan_rows_name_the_sequence_length_they_ran(capsys):
+    from classification.benchmarks import print_op_benchmark
+
+    shape = OpShape(batch=1, dim=8, seqlen=50, dstate=4)  # --seqlen does not apply: the 14x14 grid + cls fixes L
+    rows = print_op_benchmark("multi_scan", shape, repeats=1, warmup=0, backward=False)
+    tokens = LAYER_GRID[0] * LAYER_GRID[1] + 1
+    assert all(r["shape"] == f"B=1 D=8 L={tokens} N=4" for r in rows)
+    assert f"seqlen={tokens} " in capsys.readouterr().out.splitlines()[0]

@@ -24,3 +24,10 @@ def test_speed_test_prints_params_flops_and_throughput(tmp_path):
     assert "Done, n_iters: 2, batch size: 3, image shape: (3, 32, 32), device: cpu" in log  # -c, then the CLI wins
     assert "total samples: 6," in log
     assert float(re.search(r"throughput: ([\d.]+) samples/second", log)[1]) > 0
+
+
+def test_speed_test_refuses_an_unknown_device_in_one_line():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "speed_test.py"), "--model", "local_vim_tiny",
+                           "--device", "foo"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("--device 'foo' is not one of auto, cpu, cuda, cuda:N")
