@@ -3,50 +3,87 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from .config import ConfigError
 
+METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "top1")  # top5 is drawn when present
+LR_COLUMNS = ("step", "lr")
+
 
 def read_csv(path: str) -> dict[str, list[float]]:
-    """Columns of a numeric CSV file with a header row."""
+    """Columns of a numeric CSV file with a header row; a row with a missing or empty cell (the partial last row
+    a killed run can leave) is skipped, a cell that is not a number is refused."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+        reader = csv.DictReader(f)
+        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
+        for row in reader:
+            if None in row or any(value in (None, "") for value in row.values()):
+                continue
+            try:
+                values = {name: float(value) for name, value in row.items()}
+            except ValueError as err:
+                raise ConfigError(f"{path}, line {reader.line_num}: {err}") from None
+            for name, value in values.items():
+                columns[name].append(value)
+    if not columns or not next(iter(columns.values())):
         raise ConfigError(f"{path} has no data rows")
-    return {key: [float(r[key]) for r in rows] for key in rows[0]}
+    return columns
 
 
-def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
-    """Write a 3-panel figure (loss, LR, top-1/top-5) and return its path."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = read_csv(metrics_path)
-    lr_path = os.path.join(os.path.dirname(metrics_path), "lr.csv")
-    lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
-    out = out or os.path.join(os.path.dirname(metrics_path) or ".", "curves.png")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(m["epoch"], m["train_loss"], label="train")
-    axes[0].plot(m["epoch"], m["test_loss"], label="test")
+    return plt
+
+
+def _require(columns: dict, names: Sequence[str], path: str) -> None:
+    """Refuse, in one line, a CSV file that lacks a column the figure needs."""
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise ConfigError(f"{path} has no column {', '.join(missing)} (columns: {', '.join(columns)})")
+
+
+def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]]):
+    """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None).
+    Curves carry a marker, so a run of one epoch shows its points."""
+    fig, axes = _pyplot().subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(m["epoch"], m["train_loss"], marker=".", label="train")
+    axes[0].plot(m["epoch"], m["test_loss"], marker=".", label="test")
     axes[0].set(title="loss", xlabel="epoch")
     axes[0].legend()
     if lr is not None:
-        axes[1].plot(lr["step"], lr["lr"])
+        axes[1].plot(lr["step"], lr["lr"], marker="." if len(lr["lr"]) == 1 else None)
         axes[1].set(title="learning rate", xlabel="iteration")
     else:
         axes[1].set(title="learning rate (no lr.csv)")
-    axes[2].plot(m["epoch"], m["top1"], label="top-1")
-    axes[2].plot(m["epoch"], m["top5"], label="top-5")
+    axes[2].plot(m["epoch"], m["top1"], marker=".", label="top-1")
+    if "top5" in m:
+        axes[2].plot(m["epoch"], m["top5"], marker=".", label="top-5")
     axes[2].set(title="accuracy (%)", xlabel="epoch")
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
+    """Write a 3-panel figure (loss, LR, top-1/top-5) and return its path."""
+    m = read_csv(metrics_path)
+    _require(m, METRICS_COLUMNS, metrics_path)
+    lr_path = os.path.join(os.path.dirname(metrics_path), "lr.csv")
+    lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
+    if lr is not None:
+        _require(lr, LR_COLUMNS, lr_path)
+    out = out or os.path.join(os.path.dirname(metrics_path) or ".", "curves.png")
+    fig = draw_run(m, lr)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out

@@ -66,3 +66,45 @@ def test_example_search_probs_are_seeded(tmp_path):
     assert first == again != other
     assert len(first) == 20 and all(len(layer) == 4 for layer in first)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_run_curves_of_a_one_epoch_run_are_visible(tmp_path):
+    from classification.engine.plotting import draw_run, read_csv
+
+    metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1,top5\n0,2.3,2.2,10,50\n"))
+    fig = draw_run(metrics, {"epoch": [0.0], "step": [0.0], "lr": [1e-6]})
+    loss, lr, acc = fig.axes
+    for ax in (loss, lr, acc):
+        for line in ax.get_lines():  # a single point drawn as a line without a marker is invisible
+            assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "", "None", " ")
+    assert [list(line.get_ydata()) for line in acc.get_lines()] == [[10.0], [50.0]]
+
+
+def test_run_curves_without_top5_and_with_a_missing_column(tmp_path):
+    from classification.engine.config import ConfigError
+    from classification.engine.plotting import draw_run, plot_run, read_csv
+
+    metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n1,2,1.9,12\n"))
+    acc = draw_run(metrics, None).axes[2]
+    assert [line.get_label() for line in acc.get_lines()] == ["top-1"]
+    assert [list(line.get_ydata()) for line in acc.get_lines()] == [[10.0, 12.0]]
+    bad = _write(tmp_path / "other.csv", "epoch,train_loss,top1\n0,2.3,10\n")
+    with pytest.raises(ConfigError, match="test_loss"):
+        plot_run(bad, str(tmp_path / "c.png"))
+
+
+def test_run_curves_skip_the_partial_last_row_of_a_killed_run(tmp_path):
+    from classification.engine.config import ConfigError
+    from classification.engine.plotting import read_csv
+
+    header = "epoch,train_loss,test_loss,top1,top5\n"
+    path = _write(tmp_path / "metrics.csv", header + "0,2.3,2.2,10,50\n1,2.1,2.0,12,55\n2,2.0,")
+    assert read_csv(path) == {"epoch": [0.0, 1.0], "train_loss": [2.3, 2.1], "test_loss": [2.2, 2.0],
+                              "top1": [10.0, 12.0], "top5": [50.0, 55.0]}
+    with pytest.raises(ConfigError, match="line 2"):
+        read_csv(_write(tmp_path / "bad.csv", "epoch,lr\n0,abc\n"))
