@@ -121,7 +121,8 @@ class MM_LocalVim(DenseBackbone):
             raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
         trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
         super().__init__(trunk, pretrained or pretrained_ckpt, pretrained_key, trust_checkpoint)
-        self.out_indices = [int(i) for i in out_indices]
+        # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the input).
+        self.out_indices = sorted(int(i) + trunk.depth if int(i) < 0 else int(i) for i in out_indices)
         for j in range(len(self.out_indices)):
             self.add_module(f'outnorm_{j}', nn.LayerNorm(trunk.embed_dim))
 

@@ -5,7 +5,8 @@ Imported by the det/seg entry points only (it needs mmengine).
 """
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -14,6 +15,15 @@ from mmengine.logging import HistoryBuffer
 
 HISTORY_BUFFER = '__history_buffer__'
 NDARRAY = '__ndarray__'
+
+
+def _map_values(mapping: dict, fn: Callable[[Any], Any]) -> dict:
+    """A copy of ``mapping`` of the same type (a Counter stays a Counter, an OrderedDict keeps its order) with
+    ``fn`` applied to every value."""
+    out = copy.copy(mapping)
+    for key, item in mapping.items():
+        out[key] = fn(item)
+    return out
 
 
 def to_plain(value: Any) -> Any:
@@ -28,7 +38,7 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
-        return type(value)((key, to_plain(item)) for key, item in value.items())
+        return _map_values(value, to_plain)
     if isinstance(value, (list, tuple)):
         return type(value)(to_plain(item) for item in value)
     return value
@@ -41,7 +51,7 @@ def from_plain(value: Any) -> Any:
             return HistoryBuffer(value['log'].numpy(), value['count'].numpy(), value[HISTORY_BUFFER])
         if NDARRAY in value:
             return value[NDARRAY].numpy()
-        return type(value)((key, from_plain(item)) for key, item in value.items())
+        return _map_values(value, from_plain)
     if isinstance(value, (list, tuple)):
         return type(value)(from_plain(item) for item in value)
     return value

@@ -46,6 +46,23 @@ def test_local_vim_maps_keep_the_row_major_layout_on_non_square_inputs(hw, grid)
     assert isinstance(single(x), torch.Tensor)
 
 
+def test_local_vim_outputs_follow_layer_order_as_the_original():
+    """The original collects the chosen layers in layer order and names their norms outnorm_0, outnorm_1, ... in that
+    order, whatever order out_indices is written in (as MM_LocalVSSM sorts its stages)."""
+    torch.manual_seed(0)
+    backbone = MM_LocalVim(out_indices=[1, 0], **VIM_ARGS).eval()
+    for j in range(2):
+        torch.nn.init.normal_(getattr(backbone, f'outnorm_{j}').bias)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = backbone(x)
+        ref = backbone.trunk.forward_intermediates(x, [0, 1], output_fmt='NCHW', intermediates_only=True)
+    assert backbone.out_indices == [0, 1]
+    for j in range(2):
+        torch.testing.assert_close(outs[j], _channel_norm(getattr(backbone, f'outnorm_{j}'), ref[j]))
+    assert MM_LocalVim(out_indices=[-1, 0], **VIM_ARGS).out_indices == [0, 1]
+
+
 def test_local_vssm_maps_on_non_square_inputs():
     torch.manual_seed(0)
     backbone = MM_LocalVSSM(out_indices=(3, 1), **VSSM_ARGS).eval()

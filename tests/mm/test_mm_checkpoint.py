@@ -39,17 +39,22 @@ def _message_hub_state():
     return hub.state_dict()
 
 
+def _saved_and_loaded(checkpoint: dict) -> dict:
+    """``checkpoint`` saved through the hook and loaded back with ``weights_only=True``, as the Runner does."""
+    PlainCheckpointHook().before_save_checkpoint(None, checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    PlainCheckpointHook().after_load_checkpoint(None, loaded)
+    return loaded
+
+
 def test_the_message_hub_round_trips_through_a_weights_only_file():
     checkpoint = {'meta': {'iter': 3, 'dataset_meta': {'classes': ('a', 'b'), 'palette': [[1, 2, 3]]}},
                   'state_dict': {'w': torch.ones(2)}, 'message_hub': _message_hub_state(),
                   'mask': np.arange(4, dtype=np.int32)}
-    saved = dict(checkpoint)
-    PlainCheckpointHook().before_save_checkpoint(None, saved)
-    buffer = io.BytesIO()
-    torch.save(saved, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=True)
-    PlainCheckpointHook().after_load_checkpoint(None, loaded)
+    loaded = _saved_and_loaded(dict(checkpoint))
     loss = loaded['message_hub']['log_scalars']['train/loss']
     assert isinstance(loss, HistoryBuffer) and loss.mean() == pytest.approx(2.75 / 3) and loss.current() == 0.5
     assert loss.data[1].tolist() == [1, 1, 1]
@@ -58,6 +63,29 @@ def test_the_message_hub_round_trips_through_a_weights_only_file():
     assert loaded['meta'] == checkpoint['meta'] and torch.equal(loaded['state_dict']['w'], torch.ones(2))
     assert loaded['mask'].dtype == np.int32 and loaded['mask'].tolist() == [0, 1, 2, 3]
     assert from_plain(to_plain([1, (2.0, 'x')])) == [1, (2.0, 'x')]
+
+
+def test_a_resumed_multistep_schedule_keeps_its_milestones():
+    """mmengine's MultiStepLR keeps its milestones in a Counter (every det config uses it): they must come back as
+    saved, so that a resumed run still decays its learning rate at them."""
+    from collections import Counter, OrderedDict
+
+    from mmengine.optim import MultiStepLR
+    param = torch.nn.Parameter(torch.ones(1))
+    scheduler = MultiStepLR(torch.optim.SGD([param], lr=1.0), milestones=[2, 3], by_epoch=False)
+    loaded = _saved_and_loaded({'param_schedulers': [scheduler.state_dict()], 'hub': OrderedDict(a=np.float64(1.5))})
+    assert loaded['param_schedulers'][0]['milestones'] == Counter({2: 1, 3: 1})
+    assert loaded['hub'] == OrderedDict(a=1.5) and type(loaded['hub']) is OrderedDict
+
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    resumed = MultiStepLR(optimizer, milestones=[2, 3], by_epoch=False)   # as the Runner builds it, then loads
+    resumed.load_state_dict(loaded['param_schedulers'][0])
+    lrs = []
+    for _ in range(3):
+        optimizer.step()
+        resumed.step()
+        lrs.append(optimizer.param_groups[0]['lr'])
+    assert lrs == pytest.approx([1.0, 0.1, 0.01])
 
 
 def test_mmengine_loads_refuse_pickled_code_unless_trusted(tmp_path):
