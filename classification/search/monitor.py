@@ -44,6 +44,3 @@ class SearchMonitor:
     def append_epoch(self, epoch: int) -> None:
         for layer, row in enumerate(self.current().tolist()):
             self.csv.append([epoch, layer] + [f"{p:.6f}" for p in row])
-
-    def truncate_from(self, epoch: int) -> None:
-        self.csv.truncate_from(epoch)

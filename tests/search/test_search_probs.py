@@ -61,3 +61,11 @@ def test_extraction_refuses_weights_without_one_entry_per_candidate(tmp_path):
     torch.save({'model': {'layers.0.mixer.multi_scan.weights': torch.zeros(7, 1, 1, 1)}}, path)
     with pytest.raises(CheckpointError, match=r'layers.0.mixer.multi_scan.weights has not 8 candidate weights'):
         extract(str(path), out_dir=str(tmp_path))
+
+
+def test_ema_extraction_of_a_run_without_ema_says_so(supernet, tmp_path):
+    path = tmp_path / 'no_ema.pth.tar'
+    torch.save({'epoch': 0, 'model': supernet.state_dict(), 'ema_model': None}, path)
+    with pytest.raises(CheckpointError, match=r'no_ema.pth.tar: holds no EMA weights \(trained without --model-ema\)'):
+        extract(str(path), out_dir=str(tmp_path), ema=True)
+    assert not (tmp_path / 'directions.yaml').exists()
