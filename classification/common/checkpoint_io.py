@@ -95,6 +95,8 @@ def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
             return strip_prefix(checkpoint[candidate])
     if key is None and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return strip_prefix(checkpoint)
+    if key == 'ema_model' and key in checkpoint and checkpoint[key] is None:
+        raise CheckpointError(f"{source}: holds no EMA weights (its run was trained without --model-ema)")
     raise CheckpointError(f"{source}: no {' or '.join(repr(k) for k in keys)} weights (keys: {sorted(checkpoint)})")
 
 

@@ -58,8 +58,6 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     if not 1 <= topk <= len(CANDIDATES):
         raise ValueError(f"--topk must be between 1 and {len(CANDIDATES)}, got {topk}")
     ckpt = load_checkpoint(ckpt_path, trust=trust)
-    if ema and "ema_model" in ckpt and ckpt["ema_model"] is None:
-        raise CheckpointError(f"{ckpt_path}: holds no EMA weights (trained without --model-ema): leave out --ema")
     weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
     try:
         probs = layer_probabilities(weights)

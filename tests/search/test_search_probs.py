@@ -7,7 +7,7 @@ import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
-from classification.common.checkpoint_io import CheckpointError
+from classification.common.checkpoint_io import CheckpointError, state_dict_from
 from classification.models.directions import CANDIDATES
 from classification.models.multi_scan import MultiScan
 from classification.search.extract import extract
@@ -66,6 +66,9 @@ def test_extraction_refuses_weights_without_one_entry_per_candidate(tmp_path):
 def test_ema_extraction_of_a_run_without_ema_says_so(supernet, tmp_path):
     path = tmp_path / 'no_ema.pth.tar'
     torch.save({'epoch': 0, 'model': supernet.state_dict(), 'ema_model': None}, path)
-    with pytest.raises(CheckpointError, match=r'no_ema.pth.tar: holds no EMA weights \(trained without --model-ema\)'):
+    message = r'no_ema.pth.tar: holds no EMA weights \(its run was trained without --model-ema\)$'
+    with pytest.raises(CheckpointError, match=message):
         extract(str(path), out_dir=str(tmp_path), ema=True)
     assert not (tmp_path / 'directions.yaml').exists()
+    with pytest.raises(CheckpointError, match=message):         # what tools/convert_ckpt.py ... ema_model meets too
+        state_dict_from(torch.load(path), 'ema_model', source=str(path))
