@@ -89,6 +89,9 @@ def init_distributed(device: str = "auto", slurm: bool = False, dist_port: str =
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and device.startswith("cuda:"):
+        raise ConfigError(f"--device {device} would put all {world} processes on one GPU: give --device cuda (each "
+                          f"process takes GPU LOCAL_RANK; CUDA_VISIBLE_DEVICES chooses which GPUs)")
     dev = _resolve_device(device, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -68,3 +68,14 @@ def test_slurm_tasks_take_dist_port_unless_master_port_is_set(monkeypatch, maste
     monkeypatch.setenv("SLURM_LOCALID", "1")
     assert _slurm_environment("4321") == (5, 16, 1)
     assert (os.environ["MASTER_PORT"], os.environ["RANK"], os.environ["WORLD_SIZE"]) == (expected, "5", "16")
+
+
+def test_a_numbered_gpu_for_several_processes_is_refused(monkeypatch):
+    """--device cuda:N under torchrun would put every rank on GPU N (NCCL then fails on duplicate GPUs)."""
+    from classification.engine.config import ConfigError
+    from classification.engine.distributed import init_distributed
+
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=r"--device cuda:1 would put all 2 processes on one GPU: give --device cuda"):
+        init_distributed("cuda:1")
