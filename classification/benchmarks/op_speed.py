@@ -9,7 +9,7 @@ forward's (backward = forward + backward minus forward)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from unittest import mock
 
@@ -42,13 +42,11 @@ class OpShape:
 @dataclass
 class Case:
     """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients;
-    ``updates``: state updates per forward (scans only); ``seqlen``: the sequence length where the op fixes its own
-    (``multi_scan``), else the shape's."""
+    ``updates``: state updates per forward (scans only)."""
 
     run: Callable[[], torch.Tensor]
     inputs: Sequence[torch.Tensor]
     updates: Optional[int] = None
-    seqlen: Optional[int] = None
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -76,9 +74,8 @@ def multi_scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) ->
     inner width and state size of ``shape`` (its seqlen does not apply: the grid and windows fix L)."""
     fn, inputs, _ = mixer_problem(device, dtype, batch=shape.batch, grid=LAYER_GRID, inner=shape.dim,
                                   state=shape.dstate)
-    seqlen = sequence_index(LAYER_DIRECTIONS, LAYER_GRID, LAYER_GRID[0] * LAYER_GRID[1] // 2).shape[1]
-    return Case(fn, inputs, updates=shape.batch * len(LAYER_DIRECTIONS) * shape.dim * seqlen * shape.dstate,
-                seqlen=seqlen)
+    seqlen = op_shape("multi_scan", shape).seqlen
+    return Case(fn, inputs, updates=shape.batch * len(LAYER_DIRECTIONS) * shape.dim * seqlen * shape.dstate)
 
 
 def inner_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
@@ -133,6 +130,15 @@ def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None
     return step
 
 
+def op_shape(op: str, shape: OpShape) -> OpShape:
+    """The problem ``op`` runs for ``shape``: ``multi_scan`` fixes its length (the LocalVim-T layer's tokens and
+    windows, with the class token), the other ops take ``shape`` as it is."""
+    if op != "multi_scan":
+        return shape
+    return replace(shape, seqlen=sequence_index(LAYER_DIRECTIONS, LAYER_GRID, LAYER_GRID[0] * LAYER_GRID[1] // 2)
+                   .shape[1])
+
+
 def unavailable_backends(op: str, device: str, requested: Sequence[str]) -> List[str]:
     """The names in ``requested`` that :func:`benchmark_op` cannot time for ``op`` on ``device`` (unknown names,
     backends not available there); the reference is always timed."""
@@ -145,7 +151,7 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
                  backward: bool = True) -> List[Dict[str, object]]:
     """Time ``op`` (a key of ``CASES``) on every backend available for ``device`` (or those of ``only_backends``)
     and the reference; one row per backend with milliseconds and the speedup over the reference."""
-    device = torch.device(device)
+    device, shape = torch.device(device), op_shape(op, shape)
     names = [b for b in backends.available_backends(OP_NAMES[op], device)
              if b in backends.KERNEL_BACKENDS and (not only_backends or b in only_backends)]  # composed: not forceable
     if "reference" not in names:
@@ -170,7 +176,7 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
         m = medians[name]
         fb = m.get("fwd+bwd")
         rows.append({"op": op, "backend": name, "device": device.type, "dtype": dtype,
-                     "shape": f"B={shape.batch} D={shape.dim} L={case.seqlen or shape.seqlen} N={shape.dstate}",
+                     "shape": f"B={shape.batch} D={shape.dim} L={shape.seqlen} N={shape.dstate}",
                      "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
                      "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
                      "fwd_ns_per_update_core": (None if case.updates is None
@@ -215,9 +221,9 @@ def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu",
                        backward: bool = True) -> List[Dict[str, object]]:
     """:func:`benchmark_op`, printed with a header line naming the problem; returns the rows."""
     rows = benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward)
-    seqlen = rows[0]["shape"].split("L=")[1].split()[0]
+    shape = op_shape(op, shape)
     print(f"op={op} device={torch.device(device).type} dtype={dtype} batch={shape.batch} dim={shape.dim} "
-          f"seqlen={seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
+          f"seqlen={shape.seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
           f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
     print(format_op_table(rows))
     return rows
