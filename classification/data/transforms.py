@@ -48,20 +48,21 @@ def _cifar_transform(cfg: Namespace, training: bool) -> Callable:
     return T.Compose(steps)
 
 
+def _own_rand_augment(aa: str | None, impl: str) -> bool:
+    """Whether `--aa` runs the original's RandAugment (``rand_augment.py``) rather than timm's augmentations."""
+    return bool(aa) and aa.startswith("rand") and impl == "original"
+
+
 def check_auto_augment(aa: str | None, impl: str = "original") -> None:
-    """Refuse an `--aa` policy string that the chosen implementation cannot parse (DataError naming the flag)."""
+    """Refuse an `--aa` policy string that the chosen implementation cannot parse (DataError naming the flag), by
+    parsing it as :func:`build_transform` will."""
     if not aa:
         return
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform
-    from timm.data.auto_augment import rand_augment_transform as timm_rand_augment_transform
-
     try:
-        if aa.startswith("rand"):
-            (rand_augment_transform if impl == "original" else timm_rand_augment_transform)(aa)
-        elif aa.startswith("augmix"):
-            augment_and_mix_transform(aa)
+        if _own_rand_augment(aa, impl):
+            rand_augment_transform(aa)
         else:
-            auto_augment_transform(aa)
+            create_transform(input_size=32, is_training=True, auto_augment=aa)
     except (ValueError, AssertionError, KeyError) as err:
         raise DataError(f"--aa {aa!r}: {err}") from None
 
@@ -74,7 +75,7 @@ def build_transform(cfg: Namespace, training: bool) -> Callable:
                   mean=tuple(cfg.image_mean), std=tuple(cfg.image_std))
     if not training:
         return create_transform(is_training=False, crop_pct=cfg.crop_pct, **common)
-    own_rand_augment = bool(cfg.aa) and cfg.aa.startswith("rand") and cfg.aa_impl == "original"
+    own_rand_augment = _own_rand_augment(cfg.aa, cfg.aa_impl)
     train = create_transform(
         is_training=True,
         scale=tuple(cfg.scale),
