@@ -488,8 +488,15 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def quarter_ends(depth: int) -> tuple[int, ...]:
+    """The last layer of each quarter of the trunk: ``features_only``'s default layers ((4, 9, 14, 19) at depth 20,
+    the original's detection/segmentation choice)."""
+    return tuple(sorted({max(depth * q // 4 - 1, 0) for q in range(1, 5)}))
+
+
 def _create_local_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
-    return build_local_mamba(VisionMamba, variant, pretrained, checkpoint_filter_fn, (4, 9, 14, 19), **kwargs)
+    return build_local_mamba(VisionMamba, variant, pretrained, checkpoint_filter_fn, quarter_ends(kwargs['depth']),
+                             **kwargs)
 
 
 _LOCAL_VIM_BASE = dict(patch_size=16, depth=20, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,

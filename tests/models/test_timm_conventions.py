@@ -85,6 +85,22 @@ def test_timm_fx_feature_extraction_matches_forward_intermediates(name):
         torch.testing.assert_close(graph_feature, want, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings('ignore:NOTE. The nodes obtained by tracing the model in eval mode')
+@pytest.mark.parametrize('feature_cls, shape', [('getter', (1, 32, 2, 2)), ('fx', (1, 4, 32))])
+def test_local_vim_default_feature_layers_follow_its_depth(feature_cls, shape):
+    """The last layer of each quarter: (4, 9, 14, 19) at the registered depth 20, (2, 5, 8, 11) at depth 12 (a fixed
+    (4, 9, 14, 19) was out of range there), every layer at depth 3; NCHW maps from the getter, the mixers' token
+    outputs from fx."""
+    assert timm.create_model('local_vim_tiny', features_only=True).feature_info.module_name() == [
+        f'layers.{i}.mixer' for i in (4, 9, 14, 19)]
+    for depth, layers in ((12, [2, 5, 8, 11]), (3, [0, 1, 2])):
+        model = timm.create_model('local_vim_tiny_wo_search', depth=depth, embed_dim=32, img_size=32,
+                                  features_only=True, feature_cls=feature_cls).eval()
+        assert [int(name.split('.')[1]) for name in model.feature_info.module_name()] == layers
+        with torch.no_grad():
+            assert [tuple(f.shape) for f in model(torch.randn(1, 3, 32, 32))] == [shape] * len(layers)
+
+
 def test_local_vim_builds_the_grid_its_image_size_gives(monkeypatch):
     """72 px is 4.5 patches: the build grid is 5x5 (as the padded input's), so a 72 px input resizes nothing."""
     model = _model('local_vim_tiny', img_size=72)
