@@ -13,6 +13,7 @@ from timm.models._builder import build_model_with_cfg
 from timm.models._registry import model_entrypoint
 
 from ..models.directions import load_directions, validate_directions
+from ..models.factory import SUPERNET_FINAL_MODELS, supernet_directions_error
 from .config import ConfigError
 
 logger = logging.getLogger("localmamba")
@@ -142,8 +143,12 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
 
 
 def check_model_flags(cfg: Namespace) -> None:
-    """Refuse an unknown model, a keyword it does not take, or a bad directions file, before anything is built."""
-    _accepted_model_kwargs(cfg, resolve_model_name(cfg.model), model_kwargs(cfg), warn=False)
+    """Refuse an unknown model, a keyword it does not take, a bad directions file, or directions for a search
+    supernet, before anything is built."""
+    name = resolve_model_name(cfg.model)
+    _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=False)
+    if cfg.directions and name in SUPERNET_FINAL_MODELS:
+        raise ConfigError(f"--directions: {supernet_directions_error(name)}")
 
 
 def build_model(cfg: Namespace) -> nn.Module:

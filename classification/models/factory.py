@@ -19,6 +19,19 @@ RELEASED_FILES = {
     'local_vssm_small': 'local_vssm_small.ckpt',
 }
 
+# Each search supernet, and the model that trains the directions searched with it.
+SUPERNET_FINAL_MODELS = {
+    'local_vim_tiny_search': 'local_vim_tiny',
+    'local_vssm_tiny_search': 'local_vssm_tiny',
+    'local_vssm_small_search': 'local_vssm_small',
+}
+
+
+def supernet_directions_error(variant: str) -> str:
+    """Why a search supernet takes no ``directions``, and which model does."""
+    return (f'{variant} is a search supernet (every layer weighs all candidate directions) and takes no directions; '
+            f'train searched directions with {SUPERNET_FINAL_MODELS[variant]}')
+
 
 def model_cfg(model_name: str, first_conv: str, classifier: str, pool_size: Optional[tuple[int, int]] = None,
               **kwargs: Any) -> dict:
@@ -38,7 +51,9 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
                       **kwargs: Any) -> nn.Module:
     """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
     included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
-    ``default_out_indices`` unless ``out_indices`` is given."""
+    ``default_out_indices`` unless ``out_indices`` is given. A search supernet refuses ``directions``."""
+    if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
+        raise ValueError(supernet_directions_error(variant))
     return build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

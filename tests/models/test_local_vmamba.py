@@ -209,6 +209,18 @@ def test_features_only_backbone():
     assert full.feature_info.channels() == [96, 192, 384, 768] and full.feature_info.reduction() == [4, 8, 16, 32]
 
 
+@pytest.mark.parametrize('supernet, final', [
+    ('local_vssm_tiny_search', 'local_vssm_tiny'),
+    ('local_vssm_small_search', 'local_vssm_small'),
+    ('local_vim_tiny_search', 'local_vim_tiny'),
+])
+def test_search_supernets_refuse_directions(supernet, final):
+    """A supernet given directions would build a fixed-direction model at the supernet's width under its name."""
+    directions = [['h', 'w7']] * 4
+    with pytest.raises(ValueError, match=f'{supernet} is a search supernet .* train searched directions with {final}'):
+        timm.create_model(supernet, directions=directions)
+
+
 def test_initialisation_follows_the_original():
     torch.manual_seed(0)
     model = timm.create_model('local_vssm_tiny', dims=(32, 64, 128, 256))

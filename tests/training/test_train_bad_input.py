@@ -121,6 +121,18 @@ def test_directions_file_must_exist(tmp_path):
         run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path / "missing.yaml"))
 
 
+def test_directions_for_a_search_supernet_are_refused_before_the_run_folder(tmp_path):
+    from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions
+
+    path = tmp_path / "searched.yaml"
+    save_directions(path, LOCAL_VIM_TINY_DIRECTIONS)
+    with pytest.raises(ConfigError, match="--directions: local_vim_tiny_search is a search supernet .* takes no "
+                                          "directions; train searched directions with local_vim_tiny"):
+        train(parse_args(["--dataset", "digits", "--model", "local_vim_tiny_search", "--directions", str(path),
+                          "--output", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists()
+
+
 def test_mixup_needs_an_even_batch(tmp_path):
     with pytest.raises(ConfigError, match="even batch size, got -b 5"):
         run(tmp_path, "--dataset", "digits", "-b", "5", "--mixup", "0.2")
