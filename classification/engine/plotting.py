@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from .config import ConfigError
 
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "top1")  # top5 is drawn when present
-LR_COLUMNS = ("step", "lr")
+LR_COLUMNS = ("epoch", "step", "lr")
 
 
 def read_csv(path: str) -> dict[str, list[float]]:
@@ -50,6 +50,20 @@ def _require(columns: dict, names: Sequence[str], path: str) -> None:
         raise ConfigError(f"{path} has no column {', '.join(missing)} (columns: {', '.join(columns)})")
 
 
+def epoch_positions(epochs: Sequence[float], steps: Sequence[float]) -> list[float]:
+    """Where each lr.csv row falls on an epoch axis: epoch + (step - the epoch's first step) / (steps in the epoch).
+
+    Every epoch's first and last iterations are logged, so the span of its rows is its length; it differs between
+    epochs when a run was resumed with another batch size, which is why the global step cannot be the axis.
+    """
+    first: dict[float, float] = {}
+    last: dict[float, float] = {}
+    for epoch, step in zip(epochs, steps):
+        first.setdefault(epoch, step)
+        last[epoch] = step
+    return [epoch + (step - first[epoch]) / (last[epoch] - first[epoch] + 1) for epoch, step in zip(epochs, steps)]
+
+
 def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]]):
     """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None).
     Curves carry a marker, so a run of one epoch shows its points."""
@@ -59,8 +73,8 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]]):
     axes[0].set(title="loss", xlabel="epoch")
     axes[0].legend()
     if lr is not None:
-        axes[1].plot(lr["step"], lr["lr"], marker="." if len(lr["lr"]) == 1 else None)
-        axes[1].set(title="learning rate", xlabel="iteration")
+        axes[1].plot(epoch_positions(lr["epoch"], lr["step"]), lr["lr"], marker="." if len(lr["lr"]) == 1 else None)
+        axes[1].set(title="learning rate", xlabel="epoch")
     else:
         axes[1].set(title="learning rate (no lr.csv)")
     axes[2].plot(m["epoch"], m["top1"], marker=".", label="top-1")

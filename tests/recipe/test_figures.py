@@ -108,3 +108,15 @@ def test_run_curves_skip_the_partial_last_row_of_a_killed_run(tmp_path):
                               "top1": [10.0, 12.0], "top5": [50.0, 55.0]}
     with pytest.raises(ConfigError, match="line 2"):
         read_csv(_write(tmp_path / "bad.csv", "epoch,lr\n0,abc\n"))
+
+
+def test_learning_rate_is_drawn_against_epochs_across_a_resume_with_another_batch_size(tmp_path):
+    """Epoch 0 ran 4 iterations (logged at 0, 2, 3), the resumed epoch 1 ran 2 (-b doubled: the schedule restarts
+    at step 2): on the global step the curve would go back; on the epoch axis it moves forward."""
+    from classification.engine.plotting import draw_run, epoch_positions, read_csv
+
+    lr = read_csv(_write(tmp_path / "lr.csv", "epoch,step,lr\n0,0,1\n0,2,0.9\n0,3,0.8\n1,2,0.7\n1,3,0.6\n"))
+    assert epoch_positions(lr["epoch"], lr["step"]) == [0.0, 0.5, 0.75, 1.0, 1.5]
+    metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n1,2,1.9,12\n"))
+    (curve,) = draw_run(metrics, lr).axes[1].get_lines()
+    assert list(curve.get_xdata()) == [0.0, 0.5, 0.75, 1.0, 1.5] and curve.axes.get_xlabel() == "epoch"
