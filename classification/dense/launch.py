@@ -15,6 +15,8 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fnmatch
 import os
 import os.path as osp
 import sys
@@ -23,6 +25,9 @@ from typing import Any, Callable, Optional, Sequence
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 
 TASKS = ('detection', 'segmentation')
+# What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
+# mmengine's CheckpointHook and the pointer --resume follows.
+RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +99,33 @@ def _load_config(args: argparse.Namespace):
     return cfg
 
 
+class WorkDirError(ValueError):
+    """A fresh run would write into another run's work_dir."""
+
+
+def previous_checkpoints(work_dir: str) -> list[str]:
+    """Names of the files in ``work_dir`` that show an earlier run (``RUN_CHECKPOINTS``)."""
+    if not osp.isdir(work_dir):
+        return []
+    return sorted(name for name in os.listdir(work_dir) if any(fnmatch.fnmatch(name, p) for p in RUN_CHECKPOINTS))
+
+
+def claim_work_dir(work_dir: str, overwrite: bool) -> list[str]:
+    """Refuse a fresh run in a ``work_dir`` that holds another run's checkpoints, unless ``overwrite``: then delete
+    them (the main rank; the logs' timestamped folders stay) and return their names."""
+    found = previous_checkpoints(work_dir)
+    if found and not overwrite:
+        shown = ', '.join(found[:4]) + (', ...' if len(found) > 4 else '')
+        raise WorkDirError(f'{work_dir} already holds a run ({shown}); continue it with --resume, start afresh there '
+                           f'with --overwrite (deletes its checkpoints), or choose another --work-dir')
+    if os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) != '0':
+        return []
+    for name in found:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(osp.join(work_dir, name))
+    return found
+
+
 def _cpu_distributed(cfg) -> None:
     """Start a gloo process group (mmengine's launchers call torch.cuda.set_device), wrap the model in CPU DDP and
     use BatchNorm instead of SyncBN (which needs a GPU)."""
@@ -128,13 +160,19 @@ def _build_runner(cfg):
 
 
 def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
-    """``train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr] [--cfg-options ...]``."""
+    """``train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --overwrite] [--amp] [--auto-scale-lr]
+    [--cfg-options ...]``.
+
+    A fresh run (no --resume) into a work_dir that holds another run's checkpoints is refused unless --overwrite.
+    """
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
     parser = argparse.ArgumentParser(description=f'Train a LocalMamba {task} model')
     parser.add_argument('config', help='config file, e.g. configs/local_mamba/....py')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from CKPT, or from the latest checkpoint in work_dir if no CKPT is given')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start afresh in a work_dir that holds another run, deleting its checkpoints')
     parser.add_argument('--amp', action='store_true', help='mixed-precision training (CUDA)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by total batch size / auto_scale_lr.base_batch_size')
@@ -152,6 +190,14 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    if not cfg.get('resume'):
+        try:
+            removed = claim_work_dir(cfg.work_dir, args.overwrite)
+        except WorkDirError as err:
+            print(f'error: {err}', file=sys.stderr)
+            sys.exit(2)
+        if removed:
+            print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
     _run(_build_runner(cfg).train)
 
 

@@ -1,11 +1,14 @@
 """segmentation/tools/train.py and test.py end to end on a tiny ADE20K-format folder: two iterations of a shrunk
 LocalVMamba UperNet (initialised from a tools/train.py classification checkpoint), then evaluation of the saved
-mmengine checkpoint (saved in a form that loads with weights_only=True)."""
+mmengine checkpoint (saved in a form that loads with weights_only=True); a second fresh run into that work_dir is
+refused, and --overwrite deletes the earlier run's checkpoints only."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import IMAGE_HW, REPO, require
@@ -49,10 +52,10 @@ def _ade_folder(root: str) -> None:
                 os.path.join(root, 'annotations', split, f'{i}.png'))
 
 
-def _run(script: str, *args: str) -> str:
+def _run(script: str, *args: str, status: int = 0) -> str:
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == status, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
 
@@ -70,9 +73,42 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert 'MM_LocalVSSM: loaded' in log and 'Iter(train) [2/2]' in log and 'mIoU' in log
     checkpoint = os.path.join(work, 'iter_2.pth')
     assert os.path.isfile(checkpoint)
+    again = _run('train.py', str(config), '--work-dir', work, status=2)
+    assert again.strip().splitlines()[-1] == (
+        f'error: {work} already holds a run (iter_2.pth, last_checkpoint); continue it with --resume, start afresh '
+        f'there with --overwrite (deletes its checkpoints), or choose another --work-dir')
 
     out = str(tmp_path / 'preds')
     log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work)
     assert 'mIoU' in log
     assert os.listdir(out) == ['0.png']
     assert Image.open(os.path.join(out, '0.png')).size == IMAGE_HW[::-1]
+
+
+def test_a_fresh_run_claims_its_work_dir(tmp_path, monkeypatch):
+    """Refused without --resume / --overwrite; --overwrite deletes the CheckpointHook's files and last_checkpoint on
+    the main rank only, and leaves the logs' folders and any other file."""
+    from classification.dense import launch
+
+    config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    work = tmp_path / 'work'
+    (work / '20261202_010203').mkdir(parents=True)
+    earlier = ['best_mIoU_iter_4.pth', 'epoch_1.pth', 'iter_4.pth', 'last_checkpoint']
+    for name in earlier + ['backbone.pth']:
+        (work / name).write_text('x')
+    started = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg: SimpleNamespace(train=lambda: started.append(cfg)))
+    monkeypatch.setenv('RANK', '0')
+    argv = [config, '--work-dir', str(work)]
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', argv)
+    assert exit_info.value.code == 2 and not started
+    launch.train_main('segmentation', argv + ['--resume'])
+    assert started[-1].resume and sorted(os.listdir(work)) == sorted(earlier + ['20261202_010203', 'backbone.pth'])
+    monkeypatch.setenv('RANK', '1')
+    launch.train_main('segmentation', argv + ['--overwrite'])
+    assert len(os.listdir(work)) == 6
+    monkeypatch.setenv('RANK', '0')
+    launch.train_main('segmentation', argv + ['--overwrite'])
+    assert not started[-1].resume and sorted(os.listdir(work)) == ['20261202_010203', 'backbone.pth']
