@@ -6,6 +6,10 @@
 # 29500) set. srun: ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node,
 # its port MASTER_PORT if set, else the entry's --dist-port.
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
+# Interruptions: tools/train.py stops on SIGINT, SIGTERM or SIGUSR1 after its current step, saving last.pth.tar.
+# For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
+# time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below) SIGUSR1 to its workers, and kills
+# those still running 30 s later (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
 set -eu
 usage() {
     echo "usage: $0 torchrun GPUS ENTRY [ARGS...] | $0 srun PARTITION GPUS ENTRY [ARGS...]" >&2
@@ -27,6 +31,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$MODE" = torchrun ]; then
     export MASTER_PORT="${MASTER_PORT:-29500}"
+    export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
     set -x
     exec python -m torch.distributed.run \
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
@@ -34,6 +39,10 @@ if [ "$MODE" = torchrun ]; then
         "$ENTRY" "$@"
 fi
 PER_NODE=$(( GPUS < 8 ? GPUS : 8 ))
+WARN=
+if [ "$(basename "$ENTRY")" = train.py ]; then
+    WARN=--signal=USR1@120
+fi
 set -x
 exec srun --job-name train --partition="$PARTITION" -n"$GPUS" --gres=gpu:"$PER_NODE" --ntasks-per-node="$PER_NODE" \
-    python -u "$ENTRY" "$@"
+    $WARN python -u "$ENTRY" "$@"

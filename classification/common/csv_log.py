@@ -4,13 +4,14 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from .checkpoint_io import TMP_PREFIX
 
 
 class CsvLog:
-    """A CSV file with a fixed header whose rows start with the epoch; `truncate_from(epoch)` drops later epochs.
+    """A CSV file with a fixed header whose rows start with the epoch; `truncate_from` drops the rows a resumed run
+    writes again.
 
     Each row goes to the file in one write, so a killed process leaves at most one partial last row, which
     `truncate_from` drops as well.
@@ -32,14 +33,16 @@ class CsvLog:
         if self.enabled:
             self._write_rows([list(row)], "a")
 
-    def truncate_from(self, epoch: int) -> None:
-        """Keep only complete rows of epochs before `epoch` (a resumed run writes the others again)."""
+    def truncate_from(self, epoch: int, step: Optional[int] = None) -> None:
+        """Keep only complete rows of epochs before `epoch`; with `step` (a run resumed in the middle of `epoch`), also
+        the rows of `epoch` whose second column (lr.csv's iteration) is below `step`."""
         if not self.enabled:
             return
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
-        kept = [self.header] + [r for r in rows[1:] if len(r) == len(self.header) and r[0].isdigit()
-                                and int(r[0]) < epoch]
+        complete = [r for r in rows[1:] if len(r) == len(self.header) and r[0].isdigit()]
+        kept = [self.header] + [r for r in complete if int(r[0]) < epoch or (
+            step is not None and int(r[0]) == epoch and r[1].isdigit() and int(r[1]) < step)]
         folder, name = os.path.split(self.path)
         tmp = os.path.join(folder, TMP_PREFIX + name)
         text = io.StringIO()

@@ -3,17 +3,24 @@
 The train sampler shards one permutation per epoch (seeded by seed + epoch) over the ranks exactly as
 `DistributedSampler` does, so batch t of every rank together is batch t of a single process with the global batch.
 It yields `(epoch, index)` pairs, and `SeededTransformDataset` seeds the augmentation of each sample from
-(seed, epoch, index): the images do not depend on how many workers or ranks decode them.
+(seed, epoch, index): the images do not depend on how many workers or ranks decode them. An epoch resumed in its
+middle starts its order further on (`set_epoch(epoch, start)`). Loader workers ignore the signals that stop a run
+(SIGINT, SIGTERM, SIGUSR1, which a terminal, torchrun or Slurm send to the whole process group): the main process
+handles them and ends the workers itself.
 """
 from __future__ import annotations
 
 import math
+import signal
 from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..common.rng import sample_seed, seeded
+
+# The signals that stop a training run cleanly (engine.signals); loader workers leave them to the main process.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 class ShardedSampler(Sampler):
@@ -26,10 +33,11 @@ class ShardedSampler(Sampler):
 
     def __init__(self, size: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         self.size, self.world_size, self.rank = size, world_size, rank
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Yield epoch `epoch`'s share from its position `start` on (> 0 for an epoch resumed in its middle)."""
+        self.epoch, self.start = epoch, start
 
     def _indices(self) -> list[int]:
         if not self.shuffle:
@@ -42,12 +50,14 @@ class ShardedSampler(Sampler):
         return order[self.rank:total:self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(self.epoch, i) for i in self._indices()])
+        return iter([(self.epoch, i) for i in self._indices()[self.start:]])
 
     def __len__(self) -> int:
         if not self.shuffle:
-            return len(range(self.rank, self.size, self.world_size))
-        return math.ceil(self.size / self.world_size)
+            full = len(range(self.rank, self.size, self.world_size))
+        else:
+            full = math.ceil(self.size / self.world_size)
+        return max(full - self.start, 0)
 
 
 class SeededTransformDataset(Dataset):
@@ -66,6 +76,11 @@ class SeededTransformDataset(Dataset):
             return self.transform(image), label
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers: int, training: bool,
                  world_size: int, rank: int, seed: int) -> DataLoader:
     """A DataLoader over `dataset` sharded for this rank; training loaders shuffle and drop the last partial batch."""
@@ -80,5 +95,6 @@ def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers
         drop_last=training,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_stop_signals,
         generator=generator,
     )

@@ -2,9 +2,12 @@
 
 A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler` (as the original) plus `scheduler`,
 `rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
-`model_name` and `config` for exact resume. Every value is a tensor or a plain
-Python value, so the file loads with `torch.load(weights_only=True)`. The released form is `{'state_dict': weights}`
-(tools/convert_ckpt.py). Reading, writing and weight lookup live in `classification.common.checkpoint_io`.
+`model_name` and `config` for exact resume. A run stopped by a signal in the middle of an epoch writes `last.pth.tar`
+alone, marked by `step` (the batches done in `epoch`, the epoch in progress) and holding `train_loss_sums` (each
+rank's running [loss sum, sample count]); in an epoch-end checkpoint both are None (absent in older files) and `epoch`
+is the epoch it finished. Every value is a tensor or a plain Python value, so the file loads with
+`torch.load(weights_only=True)`. The released form is `{'state_dict': weights}` (tools/convert_ckpt.py). Reading,
+writing and weight lookup live in `classification.common.checkpoint_io`.
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ class CheckpointManager:
     Ranking is by the score (top-1; the EMA's when EMA is on), ties keep the earlier epoch first, as the original.
     The kept list holds file names relative to `save_dir`, so a run resumes from any working directory.
     `last.pth.tar` is written last: it is the commit point of an epoch (everything the epoch wrote before it is
-    rewound or repaired by `reconcile` on resume). Only the main rank writes.
+    rewound or repaired by `reconcile` on resume), or of a stop in the middle of one (`save_last`). Only the main
+    rank writes.
     """
 
     def __init__(self, save_dir: str, keep_num: int = 10, enabled: bool = True):
@@ -73,13 +77,18 @@ class CheckpointManager:
         if self.ckpts:
             atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))
 
+    def save_last(self, payload: dict[str, Any]) -> None:
+        """Write `payload` as `last.pth.tar` only, with the kept list unchanged (a stop in the middle of an epoch, or
+        an epoch that does not enter the top k)."""
+        payload["checkpoints"] = self.state_dict()
+        if self.enabled:
+            atomic_save(payload, self.path(LAST))
+
     def update(self, epoch: int, score: float, payload: dict[str, Any]) -> list[list]:
         """Record `score` for `epoch` and write the checkpoint files; returns the kept list."""
         rank = sum(1 for _, s in self.ckpts if score <= s)
         if rank >= self.keep_num:
-            payload["checkpoints"] = self.state_dict()
-            if self.enabled:
-                atomic_save(payload, self.path(LAST))
+            self.save_last(payload)
             return self.ckpts
         name = f"checkpoint-{epoch}.pth.tar"
         self.ckpts.insert(rank, [name, score])

@@ -1,13 +1,15 @@
-"""Shared start-up of the command-line tools: user errors and Ctrl-C become one line instead of a traceback.
+"""Shared start-up of the command-line tools: user errors and interruptions become one line instead of a traceback.
 
 Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk) prints
-`error: <message>` and exits with status 2. Ctrl-C prints one line with the command that continues the run and exits
-with status 130 (the shell's convention for SIGINT). `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
+`error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1) prints one line
+with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
+SIGINT, 143 for SIGTERM, 138 for SIGUSR1). `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -20,11 +22,12 @@ DEBUG_ENV = "LOCALMAMBA_DEBUG"
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C during a training run; `resume_path` is the checkpoint to continue from (None before the first)."""
+    """A training run stopped by signal `signum`; `resume_path` is the checkpoint to continue from (None before the
+    first)."""
 
-    def __init__(self, resume_path: Optional[str]):
+    def __init__(self, resume_path: Optional[str], signum: int = signal.SIGINT):
         super().__init__(resume_path)
-        self.resume_path = resume_path
+        self.resume_path, self.signum = resume_path, int(signum)
 
 
 def resume_command(argv: Sequence[str], resume_path: str) -> str:
@@ -57,7 +60,8 @@ def _describe(err: BaseException) -> str:
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Call `main`; bad input exits with `error: <message>` (status 2), Ctrl-C with the resume command (130)."""
+    """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
+    (128 + the signal's number)."""
     if _debugging(sys.argv):
         main()
         return
@@ -68,6 +72,7 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.stderr.write(f"error: {_describe(err)}\n")
         sys.exit(2)
     except (KeyboardInterrupt, RunInterrupted) as err:
+        signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
         if main_rank:
             if not isinstance(err, RunInterrupted):
                 hint = ""
@@ -77,5 +82,6 @@ def run_cli(main: Callable[[], object]) -> None:
                 hint = f"; continue with: {resume_command(sys.argv, err.resume_path)}"
             else:
                 hint = "; no checkpoint was written yet, nothing to resume"
-            sys.stderr.write(f"\ninterrupted{hint}\n")
-        sys.exit(130)
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            sys.stderr.write(f"\ninterrupted{by}{hint}\n")
+        sys.exit(128 + signum)

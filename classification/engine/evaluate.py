@@ -72,7 +72,8 @@ def test(cfg: Namespace) -> dict:
         model.to(env.device)
         net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights
         epoch = ckpt.get("epoch", -1)
-        log.info(f"Loaded {cfg.resume} (epoch {epoch}) into {cfg.model}")
+        stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
+        log.info(f"Loaded {cfg.resume} (epoch {epoch}{stopped}) into {cfg.model}")
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)

@@ -6,6 +6,13 @@ rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv` row,
 `last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV files to it and repairs the
 checkpoint files, so a run killed at any instant continues exactly.
 
+SIGINT (Ctrl-C), SIGTERM or SIGUSR1 (`signals.StopSignals`) stops the run cleanly: after the current optimizer step
+every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, with the
+running train-loss sums), and the run exits through `RunInterrupted`. A signal during validation or the epoch end's
+writes stops it once they are done, before the next epoch. `--resume` from a mid-epoch checkpoint skips the batches
+already trained and keeps the epoch's `lr.csv` rows up to there: the run ends bit-identical to an uninterrupted one
+on a CPU. A second Ctrl-C aborts at once (the last committed `last.pth.tar` stays).
+
 On `--resume` the flags of the new command (optimizer and schedule flags included, e.g. `--lr`, `--epochs`) take
 effect: the optimizer's hyperparameters are the new flags', its state (moments) the checkpoint's, and the learning rate
 of each iteration is what the new schedule gives at that iteration. Changes are logged.
@@ -14,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from argparse import Namespace
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -38,7 +47,7 @@ from .amp import autocast, make_scaler
 from .checkpoint import LAST, CheckpointManager, load_weights
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
-from .distributed import DistEnv, all_gather_objects, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
 from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint,
                          make_writable)
@@ -46,12 +55,22 @@ from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
 from .scheduler import WarmupScheduler, build_scheduler
+from .signals import StopSignals
 
 METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
 LR_HEADER = ("epoch", "step", "lr")
 # Flags whose change on --resume is logged: they shape the optimizer or the learning-rate schedule.
 RESUME_LOGGED_FLAGS = ("lr", "warmup_lr", "min_lr", "epochs", "warmup_epochs", "sched", "decay_epochs", "decay_rate",
                        "decay_by_epoch", "opt", "weight_decay", "momentum", "opt_eps", "opt_betas", "batch_size")
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: `step` batches done, and this rank's running train loss (`loss.sum` over `loss.count`
+    samples)."""
+
+    step: int = 0
+    loss: AverageMeter = field(default_factory=AverageMeter)
 
 
 class Run:
@@ -78,7 +97,8 @@ class Run:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.ema = ModelEmaV2(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)
         self.manager = CheckpointManager(exp_dir, cfg.keep_num, enabled=env.is_main)
         self.metrics: CsvLog | None = None  # opened by open_outputs, once the inputs are checked
@@ -89,22 +109,30 @@ class Run:
             label_smoothing=cfg.smoothing)
         self.val_loss: Callable = nn.CrossEntropyLoss(label_smoothing=0.0 if mixing else cfg.smoothing)
         self.start_epoch = 0
+        self.start_progress = EpochProgress()  # of start_epoch: not 0 when resumed in the middle of it
         self.rng_to_restore = None
 
     def resume(self, ckpt: dict, path: str) -> None:
-        """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch and RNG from
-        `ckpt` (read from `path`). A released {'state_dict'} file gives the weights only: training starts at epoch 0."""
+        """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch (and the step
+        and running train loss of a mid-epoch checkpoint) and RNG from `ckpt` (read from `path`). A released
+        {'state_dict'} file gives the weights only: training starts at epoch 0."""
         load_weights(self.model, state_dict_from(ckpt, source=path), path)
         if self.ema is not None:
             self.ema.set(self.model)  # the EMA starts from the loaded weights unless the checkpoint holds its own
         if not is_training_checkpoint(ckpt):
             self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0")
             return
-        start_epoch = int(ckpt["epoch"]) + 1
+        step = ckpt.get("step")  # batches done in `epoch` by a run stopped in its middle; None: `epoch` finished
+        start_epoch = int(ckpt["epoch"]) + (1 if step is None else 0)
         if start_epoch >= self.cfg.epochs:
-            raise ConfigError(f"{path} already finished epoch {start_epoch - 1} and --epochs {self.cfg.epochs} ends "
-                              f"the run at epoch {self.cfg.epochs - 1}: nothing left to train (raise --epochs to "
-                              f"continue it)")
+            where = f"already finished epoch {start_epoch - 1}" if step is None else f"stopped in epoch {start_epoch}"
+            raise ConfigError(f"{path} {where} and --epochs {self.cfg.epochs} ends the run at epoch "
+                              f"{self.cfg.epochs - 1}: nothing left to train (raise --epochs to continue it)")
+        if step is not None:
+            self._check_same_batches(ckpt, path)
+            self.start_progress = EpochProgress(int(step))
+            loss_sum, loss_count = ckpt["train_loss_sums"][self.env.rank]
+            self.start_progress.loss.sum, self.start_progress.loss.count = loss_sum, loss_count
         if self.ema is not None and ckpt.get("ema_model") is not None:
             load_weights(self.ema.module, state_dict_from(ckpt, "ema_model", source=path), path)
         self._load_optimizer_state(ckpt, path)
@@ -112,7 +140,7 @@ class Run:
             self.scaler.load_state_dict(ckpt["scaler"])
         self._log_changed_flags(ckpt.get("config") or {})
         self.start_epoch = start_epoch
-        self.scheduler.set_step(self.start_epoch * len(self.train_loader))
+        self.scheduler.set_step(self.start_epoch * self.steps_per_epoch + self.start_progress.step)
         self.manager.load_state_dict(ckpt.get("checkpoints") or [])
         rng = ckpt.get("rng") or []
         if len(rng) == self.env.world_size:
@@ -121,7 +149,17 @@ class Run:
             self.log.warning(f"{path} holds RNG states of {len(rng)} processes, this run has "
                              f"{self.env.world_size}: random streams are reseeded, not restored")
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
-        self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}")
+        at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
+        self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
+
+    def _check_same_batches(self, ckpt: dict, path: str) -> None:
+        """A run stopped in the middle of an epoch continues it with the same batches: the same number of processes
+        and batch size."""
+        processes, batch_size = len(ckpt.get("rng") or []), (ckpt.get("config") or {}).get("batch_size")
+        if (processes, batch_size) != (self.env.world_size, self.cfg.batch_size):
+            raise ConfigError(f"{path} stopped in the middle of epoch {ckpt['epoch']} of a run of {processes} "
+                              f"process(es) with -b {batch_size}; continue it with the same (this run: "
+                              f"{self.env.world_size} with -b {self.cfg.batch_size})")
 
     def _load_optimizer_state(self, ckpt: dict, path: str) -> None:
         """The checkpoint's optimizer state with this run's hyperparameters (the flags win, see the module doc).
@@ -181,63 +219,98 @@ class Run:
         self.metrics = CsvLog(os.path.join(exp_dir, "metrics.csv"), METRICS_HEADER, enabled=env.is_main)
         self.lr_log = CsvLog(os.path.join(exp_dir, "lr.csv"), LR_HEADER, enabled=env.is_main)
         self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
-        for csv_log in (self.metrics, self.lr_log, self.search.csv if self.search is not None else None):
+        for csv_log in (self.metrics, self.search.csv if self.search is not None else None):
             if csv_log is not None:
                 csv_log.truncate_from(self.start_epoch)
-        if self.start_epoch > 0:
+        mid_epoch = self.start_progress.step > 0
+        self.lr_log.truncate_from(self.start_epoch, self.scheduler.t if mid_epoch else None)  # t: the next iteration
+        if self.start_epoch > 0 or mid_epoch:
             self.manager.reconcile()
         if env.is_main:
             save_config(cfg, os.path.join(exp_dir, "args.yaml"))
 
-    def checkpoint_payload(self, epoch: int) -> dict:
-        """The training checkpoint of the epoch just finished (RNG states of every rank included)."""
-        rng = all_gather_objects(get_rng_state())
+    def checkpoint_payload(self, epoch: int, progress: Optional[EpochProgress] = None) -> dict:
+        """The training checkpoint at the end of `epoch`, or with `progress` in its middle (RNG states and running
+        train-loss sums of every rank included). Every rank calls it."""
+        loss_sums = [progress.loss.sum, progress.loss.count] if progress is not None else None
+        states = all_gather_objects((get_rng_state(), loss_sums))
         return {
             "epoch": epoch,
+            "step": progress.step if progress is not None else None,
+            "train_loss_sums": [sums for _, sums in states] if progress is not None else None,
             "model": self.model.state_dict(),
             "ema_model": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
+            "rng": [rng for rng, _ in states],
             "model_name": canonical_model_name(self.cfg.model),
             "config": config_dict(self.cfg),
         }
 
     def fit(self) -> dict:
-        """Train from `start_epoch` to `epochs`; returns the last epoch's metrics."""
-        cfg, log = self.cfg, self.log
+        """Train from `start_epoch` to `epochs`; returns the last epoch's metrics. A stop signal ends it with
+        `RunInterrupted`, after the current step or, during an epoch's end, after its writes."""
         if self.rng_to_restore is not None:
             set_rng_state(self.rng_to_restore)
         metrics: dict = {}
-        for epoch in range(self.start_epoch, cfg.epochs):
-            self.train_loader.sampler.set_epoch(epoch)
-            metrics = train_one_epoch(self, epoch)
-            common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
-            test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
-            if self.ema is not None:
-                test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
-                                        suffix="(EMA)", **common)
-            metrics.update(test_metrics)
-            if self.search is not None:
-                self.search.append_epoch(epoch)
-            self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
-            kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
-            log.info("\n".join(["Checkpoints:"] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%"
-                                                    for p, s in kept]))
+        with StopSignals(self.env.device) as stop:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                signum = stop.agreed()
+                if signum is not None:  # received during the previous epoch's validation or writes
+                    self.log.info(f"{signal.Signals(signum).name}: stopping before epoch {epoch}")
+                    raise self.interrupted(signum)
+                progress = self.start_progress if epoch == self.start_epoch else EpochProgress()
+                metrics = self._finish_epoch(epoch, train_one_epoch(self, epoch, progress, stop))
         return metrics
 
+    def _finish_epoch(self, epoch: int, metrics: dict) -> dict:
+        """Validate, append the `metrics.csv` row and write the checkpoints (`last.pth.tar` last) of `epoch`, whose
+        training gave `metrics`; returns them with the validation's."""
+        cfg, log = self.cfg, self.log
+        common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
+        test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
+        if self.ema is not None:
+            test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
+                                    suffix="(EMA)", **common)
+        metrics.update(test_metrics)
+        if self.search is not None:
+            self.search.append_epoch(epoch)
+        self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
+        kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
+        log.info("\n".join(["Checkpoints:"] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%" for p, s in kept]))
+        return metrics
 
-def train_one_epoch(run: Run, epoch: int) -> dict:
-    """One pass over the training data; returns `train_loss` averaged over all samples of all ranks."""
+    def stop_mid_epoch(self, epoch: int, progress: EpochProgress, signum: int) -> RunInterrupted:
+        """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it); returns the exception that ends the
+        run."""
+        self.log.info(f"{signal.Signals(signum).name}: stopping in epoch {epoch} after step {progress.step} of "
+                      f"{self.steps_per_epoch}, saving {self.manager.path(LAST)}")
+        self.manager.save_last(self.checkpoint_payload(epoch, progress))
+        barrier()  # no rank exits before the file is written: a launcher ends all ranks when one exits
+        return self.interrupted(signum)
+
+    def interrupted(self, signum: int) -> RunInterrupted:
+        """The exception that ends the run stopped by `signum`, naming `last.pth.tar` if there is one."""
+        last = self.manager.path(LAST)
+        return RunInterrupted(last if os.path.isfile(last) else None, signum)
+
+
+def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = None,
+                    stop: Optional[StopSignals] = None) -> dict:
+    """One pass over epoch `epoch`'s training data from `progress` on (updated as it goes); returns `train_loss`
+    averaged over all samples of all ranks. When `stop` is agreed after a step other than the last, writes a
+    mid-epoch `last.pth.tar` and raises `RunInterrupted`."""
     cfg, env = run.cfg, run.env
+    progress = progress if progress is not None else EpochProgress()
     loader: DataLoader = run.train_loader
-    steps = len(loader)
+    loader.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
+    steps = run.steps_per_epoch
     run.net.train()
-    loss_m, batch_m, data_m = AverageMeter(), AverageMeter(), AverageMeter()
+    loss_m, batch_m, data_m = progress.loss, AverageMeter(), AverageMeter()
     bar = ProgressBar(steps, f"epoch {epoch}", enabled=env.is_main)
     start = time.time()
-    for idx, (images, target) in enumerate(loader):
+    for idx, (images, target) in enumerate(loader, start=progress.step):
         data_m.update(time.time() - start)
         images = images.to(env.device, non_blocking=True)
         target = target.to(env.device, non_blocking=True)
@@ -258,6 +331,11 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             run.lr_log.append([epoch, run.scheduler.t, lr])
         bar.update(idx + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
         run.scheduler.step()
+        progress.step = idx + 1
+        signum = stop.agreed() if stop is not None and progress.step < steps else None
+        if signum is not None:
+            bar.close()
+            raise run.stop_mid_epoch(epoch, progress, signum)
         start = time.time()
     bar.close()
     loss_sum, count = all_reduce_sum([loss_m.sum, loss_m.count], env.device)
@@ -283,7 +361,7 @@ def _backward_and_step(run: Run, loss: torch.Tensor) -> None:
 def _log_train_line(run: Run, epoch: int, idx: int, loss_m: AverageMeter, batch_m: AverageMeter,
                     data_m: AverageMeter, lr: float) -> None:
     cfg, env = run.cfg, run.env
-    steps = len(run.train_loader)
+    steps = run.steps_per_epoch
     loss_val, loss_sum, count = all_reduce_sum([loss_m.val, loss_m.sum, loss_m.count], env.device)
     speed = cfg.batch_size * env.world_size / max(batch_m.val, 1e-9)
     left_epoch = (steps - idx - 1) * batch_m.avg
@@ -329,8 +407,7 @@ def train(cfg: Namespace) -> dict:
         run.open_outputs()
         try:
             return run.fit()
-        except KeyboardInterrupt:
-            last = os.path.join(exp_dir, LAST)
-            raise RunInterrupted(last if os.path.isfile(last) else None) from None
+        except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
+            raise run.interrupted(signal.SIGINT) from None
     finally:
         shutdown()

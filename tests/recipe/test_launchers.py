@@ -73,8 +73,8 @@ def test_slurm_run_and_slurm_train(shell, stub_path):
                  MASTER_PORT="4321")
     assert env["MASTER_PORT"] == "4321"
     argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m")
-    assert argv[4:8] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "python"]
-    assert argv[9:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
+    assert argv[4:9] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--signal=USR1@120", "python"]  # training
+    assert argv[10:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
 
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])

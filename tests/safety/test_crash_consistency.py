@@ -1,46 +1,18 @@
 """A run killed at any file event of an epoch resumes to exactly the files of an uninterrupted run; leftover
 temporary files are removed; the kept-checkpoint ranking survives a resume from another working directory."""
-import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from safety_helpers import TINY_RUN, run_tool
-from training_helpers import tool_env
+from training_helpers import assert_same_run, snapshot, tool_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # keep 2: a later epoch evicts the worst kept one, so every event of the manager happens
 RUN = [*TINY_RUN, "--epochs", "4", "--keep-num", "2", "--model-ema", "--model-ema-decay", "0.5"]
-
-
-def rows(path):
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
-def snapshot(folder):
-    """What a finished run leaves: CSV rows, checkpoint file names, the kept list, best's epoch, the weights."""
-    last = torch.load(os.path.join(folder, "last.pth.tar"), map_location="cpu", weights_only=True)
-    best = torch.load(os.path.join(folder, "best.pth.tar"), map_location="cpu", weights_only=True)
-    return {
-        "metrics": rows(os.path.join(folder, "metrics.csv")),
-        "lr": rows(os.path.join(folder, "lr.csv")),
-        "files": sorted(n for n in os.listdir(folder) if n.endswith(".pth.tar")),
-        "kept": last["checkpoints"],
-        "best": best["epoch"],
-        "weights": {k: v for key in ("model", "ema_model") for k, v in
-                    ((f"{key}.{n}", t) for n, t in last[key].items())},
-    }
-
-
-def assert_same_run(a, b):
-    assert {k: v for k, v in a.items() if k != "weights"} == {k: v for k, v in b.items() if k != "weights"}
-    assert list(a["weights"]) == list(b["weights"])
-    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
 
 
 @pytest.fixture(scope="module")

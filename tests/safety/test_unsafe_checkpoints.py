@@ -44,8 +44,9 @@ def test_our_checkpoints_load_without_pickle(finished_run):
 
 
 def legacy_checkpoint(finished_run, path):
-    """The previous code's form: numpy's RNG state as an ndarray tuple (needs pickle to load)."""
+    """The previous code's form: numpy's RNG state as an ndarray tuple (needs pickle to load), no mid-epoch keys."""
     ckpt = torch.load(finished_run / "checkpoint-0.pth.tar", map_location="cpu", weights_only=True)
+    del ckpt["step"], ckpt["train_loss_sums"]
     ckpt["rng"] = [dict(ckpt["rng"][0], numpy=np.random.get_state())]
     ckpt["checkpoints"] = [[str(finished_run / "checkpoint-0.pth.tar"), ckpt["checkpoints"][0][1]]]
     torch.save(ckpt, path)

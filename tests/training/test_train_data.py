@@ -91,6 +91,16 @@ def test_two_shards_together_are_the_single_process_batches():
     assert [i for _, i in s] != [i for _, i in one] and all(e == 1 for e, _ in s)
 
 
+def test_a_resumed_epoch_starts_its_order_further_on_for_that_epoch_only():
+    sampler = ShardedSampler(20, 2, 1, shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    whole = list(sampler)
+    sampler.set_epoch(1, start=4)  # two batches of 2 done
+    assert list(sampler) == whole[4:] and len(sampler) == len(whole) - 4
+    sampler.set_epoch(2)
+    assert len(list(sampler)) == len(sampler) == len(whole)
+
+
 def test_eval_shards_cover_every_sample_once():
     parts = [[i for _, i in ShardedSampler(7, 3, r, shuffle=False)] for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(7))

@@ -1,4 +1,5 @@
-"""Two gloo processes on CPU (tools/dist_train.sh) train the same weights as one process with the same global batch."""
+"""Two gloo processes on CPU (tools/dist_train.sh) train the same weights as one process with the same global batch;
+when only one of them gets SIGTERM both stop at the same step, and the run resumes to the same files bit for bit."""
 import csv
 import os
 import subprocess
@@ -10,13 +11,14 @@ import yaml
 from classification.engine.config import parse_args
 from classification.engine.trainer import train
 
-from training_helpers import REPO, TINY_MODEL, free_port, tool_env
+from training_helpers import REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, assert_same_run, free_port, snapshot, tool_env
 
 # No mixup and no drop path: those draw from per-rank generators, which differ by design (seed + rank).
 # SGD, unlike Adam, is not invariant to the gradient's scale, so a wrong gradient average would show.
 RECIPE = {"dataset": "digits", "epochs": 1, "opt": "sgd", "lr": 0.05, "weight_decay": 0.05, "sched": "cosine",
           "warmup_epochs": 0, "aa": "rand-m9-mstd0.5", "reprob": 0.25, "workers": 0, "log_interval": 10,
           "model_ema": True, "model_ema_decay": 0.9}
+SKIP_ON_WINDOWS = pytest.mark.skipif(os.name == "nt", reason="POSIX shell script")
 
 
 def metrics(path):
@@ -24,33 +26,62 @@ def metrics(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.skipif(os.name == "nt", reason="POSIX shell script")
-def test_two_processes_equal_one_process(tmp_path):
-    config = tmp_path / "recipe.yaml"
-    config.write_text(yaml.safe_dump(RECIPE))
-    model_flags = TINY_MODEL[2:]  # dist_train.sh takes the model name positionally
-    env = tool_env()
-    env["MASTER_PORT"] = str(free_port())
-    proc = subprocess.run(["sh", os.path.join(REPO, "tools", "dist_train.sh"), "2", str(config), TINY_MODEL[1],
-                           *model_flags, "-b", "16", "--output", str(tmp_path), "--experiment", "two"],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "processes: 2" in proc.stdout
+def two_processes(entry, config, out, *flags, **env):
+    """tools/dist_run.sh ENTRY 2 CONFIG MODEL -b 16 (44 iterations per epoch) into `out`."""
+    return subprocess.run(["sh", os.path.join(REPO, "tools", "dist_run.sh"), entry, "2", str(config), TINY_MODEL[1],
+                           *TINY_MODEL[2:], "-b", "16", "--output", str(out), *flags], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**tool_env(), "MASTER_PORT": str(free_port()), **env})
 
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two(config):
+    """The folder of an uninterrupted run of two processes; the stdout of its launch."""
+    proc = two_processes("tools/train.py", config, config.parent, "--experiment", "two")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return config.parent / "two", proc.stdout
+
+
+@SKIP_ON_WINDOWS
+def test_two_processes_equal_one_process(two, config, tmp_path):
+    folder, stdout = two
+    assert "processes: 2" in stdout
     one = train(parse_args(["-c", str(config), *TINY_MODEL, "-b", "32", "--output", str(tmp_path),
                             "--experiment", "one"]))
 
-    a = torch.load(tmp_path / "two" / "last.pth.tar", map_location="cpu", weights_only=True)
+    a = torch.load(folder / "last.pth.tar", map_location="cpu", weights_only=True)
     b = torch.load(tmp_path / "one" / "last.pth.tar", map_location="cpu", weights_only=True)
     assert a["scheduler"] == b["scheduler"] == {"t": 44}  # same number of global steps
     assert len(a["rng"]) == 2 and len(b["rng"]) == 1
     for key in ("model", "ema_model"):
         for name, value in b[key].items():
             torch.testing.assert_close(a[key][name], value, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
-    (row_two,), (row_one,) = metrics(tmp_path / "two" / "metrics.csv"), metrics(tmp_path / "one" / "metrics.csv")
+    (row_two,), (row_one,) = metrics(folder / "metrics.csv"), metrics(tmp_path / "one" / "metrics.csv")
     for col in ("train_loss", "test_loss", "top1", "top5"):
         assert float(row_two[col]) == pytest.approx(float(row_one[col]), rel=1e-3, abs=0.3), col
     assert one["top1"] == pytest.approx(float(row_one["top1"]))
+
+
+@SKIP_ON_WINDOWS
+def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path):
+    cut = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "cut", SIGNAL_AT="SIGTERM step 20",
+                        SIGNAL_RANK="1")
+    assert cut.returncode != 0 and "exitcode  : 143" in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert "SIGTERM: stopping in epoch 0 after step 20 of 44" in cut.stdout  # logged by rank 0, told by rank 1
+    last = tmp_path / "cut" / "last.pth.tar"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], len(ckpt["rng"]), len(ckpt["train_loss_sums"])) == (0, 20, 2, 2)
+
+    again = two_processes("tools/train.py", config, tmp_path, "--resume", str(last))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "starting training at epoch 0, step 20 of 44" in again.stdout
+    assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
 
 
 @pytest.mark.parametrize("master_port, expected", [(None, "4321"), ("1234", "1234")])

@@ -1,6 +1,8 @@
-"""Helpers of the training tests: tiny real image trees, CIFAR pickles, a tiny model, and tool runners."""
+"""Helpers of the training tests: tiny real image trees, CIFAR pickles, a tiny model, tool runners, and snapshots of a
+run's folder to compare runs bit for bit."""
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 import socket
@@ -8,10 +10,13 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(REPO, "tools")
+# tools/train.py with a signal sent at a chosen moment (see its docstring)
+SIGNAL_AT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "signal_at.py")
 
 # A small timm ViT on 16x16 inputs: quick on two CPU cores, deterministic, no batch norm (so that a batch split over
 # two processes gives the same gradients as one process).
@@ -93,3 +98,30 @@ def run_tool(script: str, *args: str, check: bool = True, timeout: int = 300) ->
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def rows(path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def snapshot(folder) -> dict:
+    """What a finished run leaves: CSV rows, checkpoint file names, the kept list, best's epoch, the weights."""
+    last = torch.load(os.path.join(folder, "last.pth.tar"), map_location="cpu", weights_only=True)
+    best = torch.load(os.path.join(folder, "best.pth.tar"), map_location="cpu", weights_only=True)
+    return {
+        "metrics": rows(os.path.join(folder, "metrics.csv")),
+        "lr": rows(os.path.join(folder, "lr.csv")),
+        "files": sorted(n for n in os.listdir(folder) if n.endswith(".pth.tar")),
+        "kept": last["checkpoints"],
+        "best": best["epoch"],
+        "weights": {k: v for key in ("model", "ema_model") for k, v in
+                    ((f"{key}.{n}", t) for n, t in last[key].items())},
+    }
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    """Two snapshots are equal, the weights bit for bit."""
+    assert {k: v for k, v in a.items() if k != "weights"} == {k: v for k, v in b.items() if k != "weights"}
+    assert list(a["weights"]) == list(b["weights"])
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])

@@ -1,0 +1,53 @@
+"""Stopping a training run cleanly on SIGINT (Ctrl-C), SIGTERM (Slurm preemption, time limit, torchrun shutdown) or
+SIGUSR1 (Slurm's warning, `--signal=USR1@120`).
+
+While a `StopSignals` is active the first such signal only records its number; the training loop asks `agreed()`
+after each optimizer step, and every rank stops at the first step where any rank has been signalled (one all-reduce
+of the signal number per step, only when distributed). A second SIGINT raises KeyboardInterrupt at once.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from ..data.loader import STOP_SIGNALS
+
+
+class StopSignals:
+    """Context manager that turns the stop signals into a request, restoring the previous handlers on exit."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.signum: Optional[int] = None  # the first stop signal this process received
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
+            self._previous = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _receive(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.signum is None:
+            self.signum = signum
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def agreed(self) -> Optional[int]:
+        """The signal all ranks stop for (the highest number any rank received), or None to go on.
+
+        Every rank must call it at the same points of the loop."""
+        if not dist.is_initialized():
+            return self.signum
+        flag = torch.tensor([self.signum or 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None

@@ -1,0 +1,155 @@
+"""SIGTERM, SIGUSR1 or Ctrl-C stops a run after its current step with a mid-epoch last.pth.tar, and --resume from it
+ends bit-identical to an uninterrupted run, with and without loader workers (two DDP ranks: test_train_distributed.py).
+A signal during an epoch's end writes stops the run after them; a second Ctrl-C aborts at once; torchrun
+(tools/launch.sh) forwards SIGTERM and SIGUSR1 to its workers."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from classification.common.csv_log import CsvLog
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.evaluate import test as evaluate
+from classification.engine.trainer import train
+
+from safety_helpers import TINY_RUN
+from training_helpers import REPO, SIGNAL_AT_SCRIPT, assert_same_run, free_port, rows, snapshot, tool_env
+
+# 5 iterations per epoch; EMA and mixup/cutmix on: the EMA weights and the numpy and torch random streams must resume
+RUN = [*TINY_RUN, "--epochs", "2", "--model-ema", "--model-ema-decay", "0.9", "--mixup", "0.2", "--cutmix", "1.0"]
+MID_EPOCH_1 = 8  # the signal comes once 8 iterations are done: after step 3 of 5 of epoch 1
+POSIX_SIGNALS = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and process groups")
+
+
+def with_workers(flags, workers):
+    flags = list(flags)
+    flags[flags.index("-j") + 1] = str(workers)
+    return flags
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def signal_at(when, flags, out, **env):
+    """Run tools/train.py `flags` into `out`/run through signal_at.py (SIGNAL_AT=`when`), in its own process group."""
+    proc = subprocess.run([sys.executable, SIGNAL_AT_SCRIPT, *flags, "--output", str(out),
+                           "--experiment", "run"], capture_output=True, text=True, timeout=300,
+                          env={**tool_env(), "SIGNAL_AT": when, **env}, start_new_session=True)
+    return proc, out / "run"
+
+
+def resume(flags, folder):
+    train(parse_args([*flags, "--resume", str(folder / "last.pth.tar")]))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The folder of the uninterrupted run."""
+    out = tmp_path_factory.mktemp("straight")
+    train(parse_args([*RUN, "--output", str(out), "--experiment", "run"]))
+    return out / "run"
+
+
+@pytest.fixture(scope="module")
+def straight(straight_run):
+    return snapshot(straight_run)
+
+
+@POSIX_SIGNALS
+@pytest.mark.parametrize("name, workers, to", [("SIGTERM", 0, "self"), ("SIGUSR1", 2, "group")])
+def test_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(name, workers, to, straight, tmp_path):
+    """SIGUSR1 to the whole process group, as Slurm sends it: the loader workers get it too and must not die."""
+    flags = with_workers(RUN, workers)
+    proc, folder = signal_at(f"{name} step {MID_EPOCH_1}", flags, tmp_path, SIGNAL_TO=to)
+    assert proc.returncode == 128 + getattr(signal, name), proc.stderr[-2000:]
+    last = folder / "last.pth.tar"
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"interrupted by {name}; continue with: ")
+    assert proc.stderr.strip().endswith(f"--resume {last}") and "Traceback" not in proc.stderr
+    ckpt = load(last)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["scheduler"]["t"]) == (1, 3, MID_EPOCH_1)
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".pth.tar")) == [
+        "best.pth.tar", "checkpoint-0.pth.tar", "last.pth.tar"]  # epoch 1 is not taken for a finished one
+    assert [r[0] for r in rows(folder / "metrics.csv")[1:]] == ["0"]
+    resume(flags, folder)
+    assert_same_run(snapshot(folder), straight)
+
+
+@POSIX_SIGNALS
+def test_signal_during_the_epoch_end_stops_after_its_writes(straight, tmp_path):
+    proc, folder = signal_at("SIGTERM metrics 0", RUN, tmp_path)  # after validation, before the checkpoints
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    ckpt = load(folder / "last.pth.tar")  # epoch 0's, with every write of its end done
+    assert (ckpt["epoch"], ckpt["step"]) == (0, None)
+    assert [name for name, _ in ckpt["checkpoints"]] == ["checkpoint-0.pth.tar"]
+    assert (folder / "checkpoint-0.pth.tar").exists() and (folder / "best.pth.tar").exists()
+    assert {r[0] for r in rows(folder / "lr.csv")[1:]} == {"0"}  # stopped before epoch 1's first step
+    resume(RUN, folder)
+    assert_same_run(snapshot(folder), straight)
+
+
+@POSIX_SIGNALS
+def test_a_second_ctrl_c_aborts_at_once(tmp_path):
+    proc, folder = signal_at(f"SIGINT step {MID_EPOCH_1} 2", RUN, tmp_path)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted; continue with: ")
+    assert load(folder / "last.pth.tar")["step"] is None  # epoch 0's: no mid-epoch checkpoint was written
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+
+
+def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as_such(straight_run, tmp_path):
+    ckpt = load(straight_run / "last.pth.tar")
+    ckpt.update(step=3, train_loss_sums=[[6.9, 768]])  # as if stopped after step 3 of epoch 1
+    (tmp_path / "run").mkdir()
+    torch.save(ckpt, tmp_path / "run" / "last.pth.tar")
+    with pytest.raises(ConfigError, match=r"stopped in the middle of epoch 1 of a run of 1 process\(es\) with -b 256; "
+                                          r"continue it with the same \(this run: 1 with -b 128\)"):
+        train(parse_args([*RUN, "-b", "128", "--resume", str(tmp_path / "run" / "last.pth.tar")]))
+    out = tmp_path / "eval"
+    evaluate(parse_args([*RUN, "--resume", str(tmp_path / "run" / "last.pth.tar"), "--output", str(out)]))
+    (log,) = (out / "exp").glob("log_*.txt")
+    assert f"Loaded {tmp_path / 'run' / 'last.pth.tar'} (epoch 1, stopped after step 3) into" in log.read_text()
+
+
+WORKER = """import signal, sys, time
+def stop(signum, frame):
+    open(sys.argv[1], "w").write(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(sig, stop)
+open(sys.argv[1] + ".ready", "w").close()
+time.sleep(120)
+"""
+
+
+@POSIX_SIGNALS
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_torchrun_forwards_the_stop_signals_to_its_workers(name, tmp_path):
+    (tmp_path / "worker.py").write_text(WORKER)
+    got = tmp_path / "got"
+    proc = subprocess.Popen(["sh", os.path.join(REPO, "tools", "launch.sh"), "torchrun", "1",
+                             str(tmp_path / "worker.py"), str(got)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**tool_env(), "MASTER_PORT": str(free_port())})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "got.ready").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, name))  # to torchrun (launch.sh execs it), not to the worker
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert got.read_text() == name
+
+
+def test_lr_log_rewinds_to_a_step_of_an_epoch(tmp_path):
+    log = CsvLog(str(tmp_path / "lr.csv"), ("epoch", "step", "lr"))
+    for row in ([0, 0, 0.1], [0, 2, 0.1], [1, 5, 0.2], [1, 7, 0.3], [1, 9, 0.4], [2, 10, 0.5]):
+        log.append(row)
+    log.truncate_from(1, 8)
+    assert rows(tmp_path / "lr.csv")[1:] == [["0", "0", "0.1"], ["0", "2", "0.1"], ["1", "5", "0.2"], ["1", "7", "0.3"]]
+    log.truncate_from(1)
+    assert rows(tmp_path / "lr.csv")[1:] == [["0", "0", "0.1"], ["0", "2", "0.1"]]

@@ -1,0 +1,52 @@
+"""Run tools/train.py and send a signal at a chosen moment of it (the interruption tests).
+
+Usage: SIGNAL_AT="NAME EVENT N [COUNT]" python signal_at.py [train.py flags], or signal_at.py as the ENTRY of
+tools/dist_run.sh. Signal NAME (e.g. SIGTERM) is sent COUNT times (default 1) right after EVENT: `step` (the
+optimizer step that brings the schedule to iteration N, counted over the run) or `metrics` (epoch N's metrics.csv row,
+during the epoch end's writes). SIGNAL_RANK (default 0) is the only rank that sends it; SIGNAL_TO is `self` (default)
+or `group`: this process group, loader workers included, as a terminal, torchrun or Slurm signal a run (the process
+must then lead its group: start it with start_new_session=True).
+"""
+import os
+import runpy
+import signal
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from classification.common.csv_log import CsvLog  # noqa: E402
+from classification.engine.scheduler import WarmupScheduler  # noqa: E402
+
+NAME, EVENT, N, *COUNT = os.environ["SIGNAL_AT"].split()
+SIGNUM, N, COUNT = getattr(signal, NAME), int(N), int(COUNT[0]) if COUNT else 1
+TO_GROUP = os.environ.get("SIGNAL_TO", "self") == "group"
+SENDS = os.environ.get("RANK", "0") == os.environ.get("SIGNAL_RANK", "0")
+if TO_GROUP and os.getpgid(0) != os.getpid():
+    sys.exit("signal_at.py: SIGNAL_TO=group needs a process that leads its group (start_new_session=True)")
+
+
+def send() -> None:
+    for _ in range(COUNT):
+        if TO_GROUP:
+            os.killpg(os.getpgid(0), SIGNUM)
+        else:
+            os.kill(os.getpid(), SIGNUM)
+
+
+def after(function, matches):
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        if SENDS and matches(*args):
+            send()
+        return result
+    return wrapped
+
+
+WarmupScheduler.step = after(WarmupScheduler.step, lambda scheduler: EVENT == "step" and scheduler.t == N)
+CsvLog.append = after(CsvLog.append, lambda log, row: EVENT == "metrics" and log.path.endswith("metrics.csv")
+                      and int(row[0]) == N)
+
+train = os.path.join(REPO, "tools", "train.py")
+sys.argv = [train, *sys.argv[1:]]
+runpy.run_path(train, run_name="__main__")
