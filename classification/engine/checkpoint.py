@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 import torch
@@ -38,6 +39,25 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> list[str]:
+    """Initialise `model` from the weights of `ckpt` (training or released form) for fine-tuning: they pass through
+    the `checkpoint_filter_fn` of the model's module (timm's convention; LocalVim's resizes its position tables to
+    the model's token grid), the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its
+    shape differs (another class count), and every other weight must fit (`load_weights`). Returns the classifier
+    keys left at their initialisation."""
+    weights = dict(state_dict_from(ckpt, source=path))
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        weights = filter_fn(weights, model)
+    own = model.state_dict()
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    kept = [f"{classifier}.{name}" for name in ("weight", "bias")] if isinstance(classifier, str) else []
+    kept = [key for key in kept if key in own and key in weights and weights[key].shape != own[key].shape]
+    weights.update({key: own[key] for key in kept})
+    load_weights(model, weights, path)
+    return kept
 
 
 class CheckpointManager:

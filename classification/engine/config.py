@@ -55,6 +55,10 @@ def _add_data_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
     g.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the dataset's)")
     g.add_argument("--resume", default="", help="checkpoint to resume (train) or to evaluate (test)")
+    g.add_argument("--finetune", default="",
+                   help="ours (DeiT / Vim's flag): start a fresh run from this checkpoint's weights (training or "
+                        "released form); position tables are resized to the model's grid, a classifier of another "
+                        "shape keeps its initialisation")
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="ours: allow a checkpoint that needs pickle (it can run code): only files you trust")
     g.add_argument("-b", "--batch-size", type=int, default=32, help="batch size per process")

@@ -44,7 +44,7 @@ from ..data import build_datasets, build_loaders, build_mixup
 from ..data.transforms import check_auto_augment
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
-from .checkpoint import LAST, CheckpointManager, load_weights
+from .checkpoint import LAST, CheckpointManager, load_finetune_weights, load_weights
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
@@ -151,6 +151,15 @@ class Run:
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
         at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
+
+    def finetune(self, ckpt: dict, path: str) -> None:
+        """Start from the weights of `ckpt` (read from `path`) adapted to this model (`load_finetune_weights`); the
+        EMA starts from them too. Nothing else of `ckpt` is used: the run starts at epoch 0."""
+        kept = load_finetune_weights(self.model, ckpt, path)
+        if self.ema is not None:
+            self.ema.set(self.model)
+        fresh = f"; {', '.join(kept)} keep their initialisation (another shape)" if kept else ""
+        self.log.info(f"Fine-tuning from the weights of {path}{fresh}")
 
     def _check_same_batches(self, ckpt: dict, path: str) -> None:
         """A run stopped in the middle of an epoch continues it with the same batches: the same number of processes
@@ -379,6 +388,17 @@ def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
     return load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
 
 
+def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> dict | None:
+    """The --finetune checkpoint of a fresh run; None when there is none or when --resume continues a run (whose
+    first epoch was fine-tuned from it)."""
+    if not cfg.finetune or (resumed is not None and is_training_checkpoint(resumed)):
+        return None
+    if resumed is not None:
+        raise ConfigError(f"--finetune starts a run from weights and --resume {cfg.resume} (released weights, no "
+                          f"training state) does the same: give only one of them")
+    return load_checkpoint(cfg.finetune, trust=cfg.trust_checkpoint)
+
+
 def train(cfg: Namespace) -> dict:
     """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics.
 
@@ -390,6 +410,7 @@ def train(cfg: Namespace) -> dict:
         check_model_flags(cfg)
         check_auto_augment(cfg.aa, cfg.aa_impl)
         ckpt = _read_resume_checkpoint(cfg)
+        finetune = _read_finetune_checkpoint(cfg, ckpt)
         exp_dir = experiment_dir(cfg, ckpt)
         if ckpt is None or not is_training_checkpoint(ckpt):
             check_run_folder(exp_dir, cfg.overwrite)
@@ -403,7 +424,11 @@ def train(cfg: Namespace) -> dict:
         run = Run(cfg, env, exp_dir, log)
         if ckpt is not None:
             run.resume(ckpt, cfg.resume)
-        del ckpt
+            if cfg.finetune:
+                log.info(f"--finetune {cfg.finetune} is not read: the run continues from {cfg.resume}")
+        elif finetune is not None:
+            run.finetune(finetune, cfg.finetune)
+        del ckpt, finetune
         run.open_outputs()
         try:
             return run.fit()

@@ -1,0 +1,98 @@
+"""--finetune: a fresh run initialised from another run's or a released checkpoint, at another image size and class
+count (position tables resized to the model's grid, the classifier of another shape left at its initialisation)."""
+import glob
+import os
+
+import pytest
+import timm
+import torch
+
+import classification  # noqa: F401  (registers the models)
+from classification.common.checkpoint_io import CheckpointError
+from classification.engine.checkpoint import load_finetune_weights
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.trainer import train
+from classification.models.rope import resize_grid_table
+
+VIM = dict(depth=2, embed_dim=16, patch_size=4)
+RUN = ["--dataset", "digits", "--model", "local_vim_tiny_wo_search", "--model-kwargs", "depth=2", "embed_dim=16",
+       "patch_size=4", "--img-size", "16", "-b", "64", "--epochs", "1", "-j", "0", "--opt", "adamw",
+       "--lr", "1e-30", "--warmup-lr", "0", "--min-lr", "0", "--weight-decay", "0", "--smoothing", "0"]  # weights stay
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A released-form ({'state_dict'}) LocalVim checkpoint for 32 px images (8x8 grid) and 1000 classes."""
+    torch.manual_seed(1)
+    model = timm.create_model("local_vim_tiny_wo_search", img_size=32, **VIM)
+    path = str(tmp_path_factory.mktemp("released") / "local_vim.ckpt")
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path, model.state_dict()
+
+
+def test_weights_are_adapted_to_the_new_grid_and_class_count(released):
+    path, weights = released
+    torch.manual_seed(2)
+    model = timm.create_model("local_vim_tiny_wo_search", img_size=16, num_classes=10, **VIM)
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.")}
+    kept = load_finetune_weights(model, torch.load(path, weights_only=True), path)
+    assert kept == ["head.weight", "head.bias"]
+    loaded = model.state_dict()
+    for key, value in loaded.items():
+        if key.startswith("head."):
+            assert torch.equal(value, head[key])                       # the new classifier keeps its initialisation
+        elif key in ("pos_embed", "rope.freqs_cos", "rope.freqs_sin"):  # 64 tokens' tables resized to 16 tokens
+            assert value.shape[-2] == 16 and weights[key].shape[-2] == 64
+            torch.testing.assert_close(value, resize_grid_table(weights[key], (8, 8), (4, 4)), rtol=0, atol=0)
+        else:
+            assert torch.equal(value, weights[key]), key
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_file(released, tmp_path):
+    path, _ = released
+    model = timm.create_model("local_vim_tiny_wo_search", img_size=16, num_classes=10, depth=3, embed_dim=16,
+                              patch_size=4)
+    with pytest.raises(CheckpointError, match=r"local_vim.ckpt does not fit this model .*missing \(\d+\): layers.2"):
+        load_finetune_weights(model, torch.load(path, weights_only=True), path)
+
+
+def test_a_fine_tuning_run_starts_afresh_from_the_weights(released, tmp_path):
+    path, weights = released
+    out = str(tmp_path / "out")
+    metrics = train(parse_args([*RUN, "--finetune", path, "--output", out, "--experiment", "ft"]))
+    assert 0 <= metrics["top1"] <= 100
+    ckpt = torch.load(os.path.join(out, "ft", "last.pth.tar"), weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["model"]["head.weight"].shape == (10, 16)
+    assert torch.equal(ckpt["model"]["layers.1.mixer.in_proj.weight"], weights["layers.1.mixer.in_proj.weight"])
+    assert ckpt["config"]["finetune"] == path
+
+
+def test_finetune_with_resume(released, tmp_path):
+    """A released file given to both is refused; a fine-tuning run continued with its command line plus --resume (the
+    hint an interrupted run prints) resumes and does not read the --finetune file again."""
+    path, _ = released
+    out = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="--finetune starts a run from weights and --resume .* does the same: give "
+                                          "only one of them"):
+        train(parse_args([*RUN, "--finetune", path, "--resume", path, "--output", out]))
+    assert not os.path.exists(out)
+    flags = [*RUN, "--finetune", path, "--output", out, "--experiment", "ft"]
+    train(parse_args(flags))
+    train(parse_args([*flags, "--epochs", "2", "--resume", os.path.join(out, "ft", "last.pth.tar")]))
+    logs = "".join(open(log).read() for log in glob.glob(os.path.join(out, "ft", "log_*.txt")))
+    assert f"--finetune {path} is not read: the run continues from" in logs
+    assert torch.load(os.path.join(out, "ft", "last.pth.tar"), weights_only=True)["epoch"] == 1
+
+
+def test_local_vmamba_keeps_its_new_classifier(tmp_path):
+    """The classifier named by the model's pretrained_cfg ('classifier.head'); LocalVMamba has no position table."""
+    vssm = dict(dims=8, depths=(1, 1, 1, 1), directions=[["h", "w7"]] * 4)
+    torch.manual_seed(1)
+    source = timm.create_model("local_vssm_tiny", **vssm)
+    path = str(tmp_path / "vssm.pth.tar")
+    torch.save({"epoch": 3, "model": source.state_dict()}, path)
+    model = timm.create_model("local_vssm_tiny", num_classes=5, **vssm)
+    kept = load_finetune_weights(model, torch.load(path, weights_only=True), path)
+    assert kept == ["classifier.head.weight", "classifier.head.bias"] and model.classifier.head.out_features == 5
+    assert all(torch.equal(value, source.state_dict()[key]) for key, value in model.state_dict().items()
+               if not key.startswith("classifier.head."))
