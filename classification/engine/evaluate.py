@@ -64,7 +64,7 @@ def test(cfg: Namespace) -> dict:
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
-        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main)
+        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
         val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)

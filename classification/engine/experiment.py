@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional
 from .config import ConfigError
 
 # What a training run writes; `--overwrite` deletes exactly these.
-RUN_FILE_PATTERNS = ("*.pth.tar", "metrics.csv", "lr.csv", "search_probs.csv", "args.yaml", "log_*.txt")
+RUN_FILE_PATTERNS = ("*.pth.tar", "metrics.csv", "lr.csv", "search_probs.csv", "args.yaml", "log_*.txt",
+                     "eval_*.txt")
 CSV_FILES = ("metrics.csv", "lr.csv", "search_probs.csv")
 
 

@@ -22,8 +22,9 @@ class _BarAwareHandler(logging.StreamHandler):
             ProgressBar.active.redraw()
 
 
-def setup_logging(exp_dir: Optional[str], is_main: bool) -> logging.Logger:
-    """Console log on every rank (errors only off the main rank); on the main rank also `exp_dir/log_<time>.txt`."""
+def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") -> logging.Logger:
+    """Console log on every rank (errors only off the main rank); on the main rank also `exp_dir/<prefix>_<time>.txt`
+    (`log_` for training, `eval_` for tools/test.py)."""
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.ERROR)
@@ -32,7 +33,7 @@ def setup_logging(exp_dir: Optional[str], is_main: bool) -> logging.Logger:
     logger.addHandler(console)
     if is_main and exp_dir:
         os.makedirs(exp_dir, exist_ok=True)
-        path = os.path.join(exp_dir, f"log_{time.strftime('%Y%m%d_%H%M%S')}.txt")
+        path = os.path.join(exp_dir, f"{prefix}_{time.strftime('%Y%m%d_%H%M%S')}.txt")
         fh = logging.FileHandler(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%y-%m-%d %H:%M:%S"))
         logger.addHandler(fh)

@@ -111,7 +111,7 @@ def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as
         train(parse_args([*RUN, "-b", "128", "--resume", str(tmp_path / "run" / "last.pth.tar")]))
     out = tmp_path / "eval"
     evaluate(parse_args([*RUN, "--resume", str(tmp_path / "run" / "last.pth.tar"), "--output", str(out)]))
-    (log,) = (out / "exp").glob("log_*.txt")
+    (log,) = (out / "exp").glob("eval_*.txt")  # not taken for a training log
     assert f"Loaded {tmp_path / 'run' / 'last.pth.tar'} (epoch 1, stopped after step 3) into" in log.read_text()
 
 

@@ -28,6 +28,7 @@ def test_overwrite_starts_afresh(finished_run, tmp_path):
     folder = tmp_path / "again"
     run_tool("train.py", *TINY_RUN, "--epochs", "2", "--output", str(tmp_path), "--experiment", "again")
     (folder / "notes.txt").write_text("mine")
+    (folder / "eval_20261202_000000.txt").write_text("tools/test.py's log of the earlier run")
     old_logs = sorted(p.name for p in folder.glob("log_*.txt"))
     run_tool("train.py", *TINY_RUN, "--epochs", "1", "--keep-num", "1", "--output", str(tmp_path),
              "--experiment", "again", "--overwrite")
@@ -36,6 +37,7 @@ def test_overwrite_starts_afresh(finished_run, tmp_path):
     assert [n for n in names if n.endswith(".pth.tar")] == ["best.pth.tar", "checkpoint-0.pth.tar", "last.pth.tar"]
     assert (folder / "notes.txt").read_text() == "mine"  # only what a run writes is deleted
     assert len(list(folder.glob("log_*.txt"))) == 1 and not set(old_logs) & set(names)
+    assert not list(folder.glob("eval_*.txt"))
     assert {r[0] for r in rows(folder / "lr.csv")[1:]} == {"0"}
 
 
