@@ -54,7 +54,9 @@ def _add_data_model_flags(p: argparse.ArgumentParser) -> None:
                    help="ours: extra keyword arguments for the model constructor (update the YAML dict)")
     g.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
     g.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the dataset's)")
-    g.add_argument("--resume", default="", help="checkpoint to resume (train) or to evaluate (test)")
+    g.add_argument("--resume", default="",
+                   help="checkpoint to resume (train) or to evaluate (test); train: 'auto' (ours) continues "
+                        "<output>/<experiment>/last.pth.tar if it exists, else starts the run")
     g.add_argument("--finetune", default="",
                    help="ours (DeiT / Vim's flag): start a fresh run from this checkpoint's weights (training or "
                         "released form); position tables are resized to the model's grid, a classifier of another "

@@ -59,8 +59,8 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
 
 def test(cfg: Namespace) -> dict:
     """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema."""
-    if not cfg.resume:
-        raise ConfigError("tools/test.py needs --resume CHECKPOINT")
+    if not cfg.resume or cfg.resume == "auto":
+        raise ConfigError("tools/test.py needs --resume CHECKPOINT (a path; 'auto' is tools/train.py's)")
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)

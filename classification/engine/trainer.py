@@ -50,7 +50,7 @@ from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
 from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint,
-                         make_writable)
+                         make_writable, previous_run_files)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
@@ -388,6 +388,25 @@ def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
     return load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
 
 
+def _resolve_auto_resume(cfg: Namespace) -> str | None:
+    """`--resume auto` (a job that runs the same command at every start): `cfg.resume` becomes the run folder's
+    last.pth.tar when there is one, else "" (a fresh run; a folder with checkpoints but no last.pth.tar is refused).
+    Returns the line to log, or None without `auto`."""
+    if cfg.resume != "auto":
+        return None
+    folder = os.path.join(cfg.output, cfg.experiment)
+    last = os.path.join(folder, LAST)
+    if os.path.isfile(last):
+        cfg.resume = last
+        return f"--resume auto: continuing {last}"
+    checkpoints = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
+    if checkpoints:
+        raise ConfigError(f"--resume auto: {folder} holds {', '.join(checkpoints)} but no {LAST}; resume one of them "
+                          f"by its path, or start afresh with --overwrite")
+    cfg.resume = ""
+    return f"--resume auto: no {LAST} in {folder}, starting the run"
+
+
 def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> dict | None:
     """The --finetune checkpoint of a fresh run; None when there is none or when --resume continues a run (whose
     first epoch was fine-tuned from it)."""
@@ -409,14 +428,17 @@ def train(cfg: Namespace) -> dict:
     try:
         check_model_flags(cfg)
         check_auto_augment(cfg.aa, cfg.aa_impl)
+        auto = _resolve_auto_resume(cfg)
         ckpt = _read_resume_checkpoint(cfg)
         finetune = _read_finetune_checkpoint(cfg, ckpt)
         exp_dir = experiment_dir(cfg, ckpt)
         if ckpt is None or not is_training_checkpoint(ckpt):
-            check_run_folder(exp_dir, cfg.overwrite)
+            check_run_folder(exp_dir, cfg.overwrite or auto is not None)  # auto: rows of an uncommitted first epoch
         if env.is_main:
             make_writable(exp_dir)
         log = setup_logging(exp_dir, env.is_main)
+        if auto is not None:
+            log.info(auto)
         named = os.path.join(cfg.output, cfg.experiment)
         if os.path.abspath(named) != os.path.abspath(exp_dir):
             log.info(f"Continuing in the resumed checkpoint's folder {exp_dir} (not {named})")

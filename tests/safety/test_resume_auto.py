@@ -1,0 +1,51 @@
+"""--resume auto, for a job that runs the same command every time it starts (Slurm --requeue): it continues
+<output>/<experiment>/last.pth.tar when there is one and starts the run otherwise."""
+import pytest
+import torch
+
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.trainer import train
+
+from safety_helpers import TINY_RUN
+from training_helpers import rows
+
+
+def train_auto(out, epochs):
+    return train(parse_args([*TINY_RUN, "--epochs", str(epochs), "--output", str(out), "--experiment", "run",
+                             "--resume", "auto"]))
+
+
+def test_the_same_command_starts_the_run_then_continues_it(tmp_path):
+    folder = tmp_path / "run"
+    train_auto(tmp_path, 1)
+    first = torch.load(folder / "last.pth.tar", weights_only=True)
+    train_auto(tmp_path, 2)
+    assert [r[0] for r in rows(folder / "metrics.csv")[1:]] == ["0", "1"]
+    last = torch.load(folder / "last.pth.tar", weights_only=True)
+    assert last["epoch"] == 1 and not torch.equal(last["model"]["head.weight"], first["model"]["head.weight"])
+    logs = "".join(path.read_text() for path in folder.glob("log_*.txt"))
+    assert f"--resume auto: continuing {folder / 'last.pth.tar'}" in logs
+    assert "--resume auto: no last.pth.tar in" in logs
+
+
+def test_an_uncommitted_first_epoch_is_started_again(tmp_path):
+    """Killed before its first checkpoint, a run leaves rows but nothing to resume: the next start begins afresh."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "lr.csv").write_text("epoch,step,lr\n0,0,0.0001\n0,2,0.0001\n")
+    train_auto(tmp_path, 1)
+    assert [r[:2] for r in rows(folder / "lr.csv")[1:]] == [["0", "0"], ["0", "2"], ["0", "4"]]
+
+
+def test_checkpoints_without_last_are_refused(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({"epoch": 0}, folder / "checkpoint-0.pth.tar")
+    with pytest.raises(ConfigError, match=r"--resume auto: .*run holds checkpoint-0.pth.tar but no last.pth.tar"):
+        train_auto(tmp_path, 1)
+
+
+def test_evaluation_needs_a_path():
+    from classification.engine.evaluate import test as evaluate
+    with pytest.raises(ConfigError, match="tools/test.py needs --resume CHECKPOINT \\(a path; 'auto' is"):
+        evaluate(parse_args([*TINY_RUN, "--resume", "auto"]))
