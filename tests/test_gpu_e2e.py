@@ -2,6 +2,7 @@
 output, the report and log, the runner's kill) and the ``--compile`` plumbing of tools/benchmark.py and
 tools/test.py (with torch.compile replaced by a recorder: compiling is not what is tested)."""
 import os
+import signal
 import sys
 import time
 
@@ -28,9 +29,13 @@ def fake_runner(outputs):
         default = ("metric ratio\npeak MiB" if "benchmark.py" in step.argv[1] or "--sweep" in step.argv else
                    "ALL CHECKS PASSED" if "gpu_check.py" in step.argv[1] else
                    "{'top1': 50.0}" if "test.py" in step.argv[1] else
-                   "Resumed x, starting training at epoch 1\nTrain: 2 [0/56] Speed: 123.4 img/s")
-        killed = step.stop_when is not None
-        return Outcome(None if killed else 0, outputs.get(step.name, default), 1.5)
+                   "SIGTERM: stopping in epoch 1 after step 3 of 44" if step.stop_signal == signal.SIGTERM else
+                   "Resumed x, starting training at epoch 1, step 3 of 44\nTrain: 2 [0/56] Speed: 123.4 img/s")
+        if step.stop_when is None:
+            returncode = 0
+        else:
+            returncode = None if step.stop_signal == signal.SIGKILL else 128 + step.stop_signal
+        return Outcome(returncode, outputs.get(step.name, default), 1.5)
 
     return run, seen
 
@@ -45,6 +50,8 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     for expected in ("train 1 epoch --amp (fp16 + GradScaler)", "train 1 epoch --amp --amp-dtype bfloat16",
                      "tools/dist_train.sh 1", "train, killed after its first epoch",
                      "the killed run continues with --resume", "tools/test.py on the resumed checkpoint",
+                     "train, stopped by SIGTERM in its second epoch",
+                     "the stopped run continues from its mid-epoch checkpoint",
                      "tools/test.py --compile reduce-overhead", "throughput local_vssm_tiny bf16",
                      "peak memory and resolution sweep"):
         assert expected in names
@@ -54,7 +61,9 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     assert "bfloat16" in by_name["train 1 epoch --amp --amp-dtype bfloat16"].argv
     folders = [s.argv[s.argv.index("--output") + 1] for s in seen if "--output" in s.argv]
     resume = os.path.join(str(tmp_path / "runs"), "resume")
-    assert folders.count(resume) == 2 and len(set(folders)) == len(folders) - 1   # fresh folders, but the resume
+    stopped = os.path.join(str(tmp_path / "runs"), "stopped")
+    assert folders.count(resume) == 2 and folders.count(stopped) == 2
+    assert len(set(folders)) == len(folders) - 2   # fresh folders, but the resumed ones
     resumed = by_name["the killed run continues with --resume"].argv
     assert resumed[resumed.index("--resume") + 1] == os.path.join(resume, "run", "last.pth.tar")
     assert by_name["tools/test.py --compile reduce-overhead"].argv[-5:-4] == ["default"]   # CPU: inductor's mode
@@ -131,6 +140,19 @@ def test_runner_kills_on_its_condition_and_at_its_limit():
     assert stopped.returncode is None and stopped.seconds < 20 and "up" in stopped.output
     late = run_command(Step("limit", sleeper, 1, lambda o: None))
     assert late.returncode is not None and late.returncode < 0 and "killed after the 1 s limit" in late.output
+
+
+def test_runner_sends_a_handled_signal_and_awaits_the_exit(tmp_path):
+    """SIGTERM to the process group once the condition holds; the command's own exit status is the outcome."""
+    ready = tmp_path / "ready"
+    handler = [sys.executable, "-c", "import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: (print('stopping', flush=True), sys.exit(143)))\n"
+               f"open({str(ready)!r}, 'w').close()\ntime.sleep(60)"]
+    stopped = run_command(Step("term", handler, 30, lambda o: None, stop_when=ready.exists,
+                               stop_signal=signal.SIGTERM))
+    assert stopped.returncode == 143 and "stopping" in stopped.output and stopped.seconds < 20
+    assert gpu_e2e._exited_with(143)(stopped) is None
+    assert gpu_e2e._exited_with(143)(Outcome(0, "done", 1.0)) == "exit status 0, not 143: done"
 
 
 def test_dry_run_lists_the_commands(capsys):

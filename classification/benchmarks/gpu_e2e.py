@@ -7,7 +7,8 @@ throughput tables (``tools/benchmark.py``: fp32 and bf16, batch 1 and 64, a trai
 resolution sweep (:func:`memory_and_resolution_sweep`); then one quickstart epoch with ``--amp`` (fp16 +
 GradScaler) and with ``--amp-dtype bfloat16``, ``tools/dist_train.sh 1`` (torchrun; and ``dist_train.sh N`` on NCCL
 when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its first epoch and
-``--resume``d (it must continue at a later epoch and finish), ``tools/test.py`` on that checkpoint (also with
+``--resume``d (it must continue at a later epoch and finish), a run stopped by SIGTERM in its second epoch (it must
+save there and exit with 143) and resumed from that step, ``tools/test.py`` on the killed run's checkpoint (also with
 ``--compile reduce-overhead``), and the throughput under ``--compile reduce-overhead`` (compiling takes longest).
 Under a time budget each step's limit is cut to what is left and the steps that no longer fit are listed.
 
@@ -55,7 +56,8 @@ class Outcome:
 class Step:
     """One check: a command, its time limit, and ``verdict(outcome)`` -> None (PASS) or the reason it failed.
 
-    ``stop_when()`` (polled while the command runs) makes the runner kill the command's process group when true.
+    ``stop_when()`` (polled while the command runs) makes the runner send ``stop_signal`` to the command's process
+    group when true: SIGKILL (the returncode is then None), or a signal the command handles, whose exit it awaits.
     """
 
     name: str
@@ -64,13 +66,15 @@ class Step:
     verdict: Callable[[Outcome], Optional[str]]
     env: Dict[str, str] = field(default_factory=dict)
     stop_when: Optional[Callable[[], bool]] = None
+    stop_signal: int = signal.SIGKILL
     summary: Callable[[Outcome], str] = lambda outcome: ""
     needs: Tuple[str, ...] = ()  # names of earlier steps whose files this one reads
 
 
-def run_command(step: Step, poll: float = 0.2) -> Outcome:
-    """Run ``step.argv`` in the repository root in its own process group; kill the group at the time limit or when
-    ``step.stop_when()`` turns true (returncode None)."""
+def run_command(step: Step, poll: float = 0.2, stop_grace: float = 120) -> Outcome:
+    """Run ``step.argv`` in the repository root in its own process group; kill the group at the time limit, and when
+    ``step.stop_when()`` turns true send it ``step.stop_signal`` (SIGKILL: returncode None; another signal: the
+    command's own exit, awaited for ``stop_grace`` seconds)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -82,6 +86,13 @@ def run_command(step: Step, poll: float = 0.2) -> Outcome:
                 returncode = code
                 break
             if step.stop_when is not None and step.stop_when():
+                if step.stop_signal != signal.SIGKILL:
+                    os.killpg(proc.pid, step.stop_signal)
+                    try:
+                        returncode = proc.wait(timeout=stop_grace)
+                    except subprocess.TimeoutExpired:
+                        out.write(f"\n[gpu_check --e2e] no exit {stop_grace:.0f} s after "
+                                  f"{signal.Signals(step.stop_signal).name}\n")
                 break
             if time.perf_counter() - start > step.timeout:
                 returncode = -signal.SIGKILL
@@ -125,6 +136,19 @@ def train_speed(outcome: Outcome) -> str:
     """The last training speed a run logged ('Speed: X img/s'), or ''."""
     speeds = re.findall(r"Speed: ([0-9.]+) img/s", outcome.output)
     return f"last logged speed {speeds[-1]} img/s" if speeds else ""
+
+
+def _exited_with(status: int) -> Callable[[Outcome], Optional[str]]:
+    return lambda outcome: None if outcome.returncode == status else \
+        f"exit status {outcome.returncode}, not {status}: {(outcome.output.strip().splitlines() or [''])[-1][:200]}"
+
+
+def _has_row_of_epoch(csv_path: str, epoch: int) -> bool:
+    """Whether the CSV file a run appends to (lr.csv) holds a row of `epoch` yet: that epoch has begun."""
+    if not os.path.isfile(csv_path):
+        return False
+    with open(csv_path) as f:
+        return any(line.split(",", 1)[0] == str(epoch) for line in f)
 
 
 def was_killed(outcome: Outcome) -> Optional[str]:
@@ -185,6 +209,18 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                                                                                      "1 or 2'"),
                               _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed,
                       needs=(killed,)))
+    stopped, stopped_lr = last("stopped"), os.path.join(workdir, "stopped", "run", "lr.csv")
+    signalled = "train, stopped by SIGTERM in its second epoch"
+    stop_line = r"SIGTERM: stopping in epoch 1 after step"
+    steps.append(Step(signalled, train + ["--epochs", "3"] + run_dir("stopped"), 180,
+                      _all_of(_exited_with(128 + signal.SIGTERM), _says(stop_line, repr(stop_line))),
+                      stop_when=lambda: _has_row_of_epoch(stopped_lr, 1), stop_signal=signal.SIGTERM))
+    resumed_line = r"starting training at epoch 1, step \d+ of"
+    steps.append(Step("the stopped run continues from its mid-epoch checkpoint",
+                      train + ["--epochs", "3", "--resume", stopped] + run_dir("stopped"), 180,
+                      _all_of(_exited_ok, _says(resumed_line, repr(resumed_line)),
+                              _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed,
+                      needs=(signalled,)))
     test = [py, "tools/test.py", "-c", "configs/quickstart.yaml", "--model", model, "--resume", checkpoint] + common
     steps.append(Step("tools/test.py on the resumed checkpoint", test + run_dir("test"), 120,
                       _all_of(_exited_ok, _says(r"'top1'", "the metrics")), needs=(killed,)))
