@@ -207,6 +207,8 @@ def test_features_only_backbone():
     assert [tuple(f.shape) for f in feats] == [(1, 16, 13, 8), (1, 32, 7, 4)]
     full = timm.create_model('local_vssm_tiny', features_only=True)
     assert full.feature_info.channels() == [96, 192, 384, 768] and full.feature_info.reduction() == [4, 8, 16, 32]
+    three = timm.create_model('local_vssm_tiny_search', dims=(8, 16, 32), depths=(1, 1, 1), features_only=True)
+    assert [tuple(f.shape) for f in three(torch.randn(1, 3, 32, 32))] == [(1, 8, 8, 8), (1, 16, 4, 4), (1, 32, 2, 2)]
 
 
 @pytest.mark.parametrize('supernet, final', [
