@@ -8,8 +8,8 @@
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
 # Interruptions: tools/train.py stops on SIGINT, SIGTERM or SIGUSR1 after its current step, saving last.pth.tar.
 # For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
-# time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below) SIGUSR1 to its workers, and kills
-# those still running 30 s later (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
+# time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below, torch >= 2.9; an older torchrun dies on
+# SIGUSR1) SIGUSR1 to its workers, and kills those still running 30 s later (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
 set -eu
 usage() {
     echo "usage: $0 torchrun GPUS ENTRY [ARGS...] | $0 srun PARTITION GPUS ENTRY [ARGS...]" >&2
@@ -39,8 +39,9 @@ if [ "$MODE" = torchrun ]; then
         "$ENTRY" "$@"
 fi
 PER_NODE=$(( GPUS < 8 ? GPUS : 8 ))
-WARN=
-if [ "$(basename "$ENTRY")" = train.py ]; then
+WARN=  # tools/train.py only: det/seg's train.py has no handler, and SIGUSR1 would kill it
+ENTRY_DIR="$(cd "$(dirname "$ENTRY")" 2>/dev/null && pwd -P || true)"
+if [ "$ENTRY_DIR/$(basename "$ENTRY")" = "$(cd "$ROOT" && pwd -P)/tools/train.py" ]; then
     WARN=--signal=USR1@120
 fi
 set -x

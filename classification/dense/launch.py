@@ -178,6 +178,8 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
                         help='scale the lr by total batch size / auto_scale_lr.base_batch_size')
     _common_args(parser)
     args = parser.parse_args(argv)
+    if args.overwrite and args.resume is not None:
+        parser.error('--overwrite starts a run afresh and --resume continues one: give only one of them')
     cfg = _load_config(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

@@ -87,7 +87,8 @@ class CheckpointManager:
 
     def reconcile(self) -> None:
         """Make the folder match the resumed list: drop `checkpoint-N` files it does not hold (written or not yet
-        evicted when the run stopped) and copy the best of the list to `best.pth.tar`."""
+        evicted when the run stopped) and copy the best of the list to `best.pth.tar` (removed when the list is empty:
+        a run resumed in the middle of its first epoch)."""
         if not self.enabled or not os.path.isdir(self.save_dir):
             return
         kept = {name for name, _ in self.ckpts}
@@ -96,6 +97,8 @@ class CheckpointManager:
                 os.remove(self.path(name))
         if self.ckpts:
             atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))
+        elif os.path.exists(self.path(BEST)):
+            os.remove(self.path(BEST))
 
     def save_last(self, payload: dict[str, Any]) -> None:
         """Write `payload` as `last.pth.tar` only, with the kept list unchanged (a stop in the middle of an epoch, or

@@ -7,6 +7,7 @@ been checked.
 """
 from __future__ import annotations
 
+import csv
 import fnmatch
 import os
 from typing import Any, Mapping, Optional
@@ -43,6 +44,19 @@ def previous_run_files(folder: str) -> list[str]:
     names = sorted(os.listdir(folder))
     found = [n for n in names if n.endswith(".pth.tar") and not n.startswith(".tmp-")]
     found += [n for n in names if n in CSV_FILES and _has_rows(os.path.join(folder, n))]
+    return found
+
+
+def csv_files_past_first_epoch(folder: str) -> list[str]:
+    """Names of the CSV files in `folder` with a row of an epoch after 0: only a run that committed an epoch (wrote
+    `last.pth.tar`) writes them."""
+    found = []
+    for name in CSV_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                if any(row and row[0].isdigit() and int(row[0]) > 0 for row in csv.reader(f)):
+                    found.append(name)
     return found
 
 

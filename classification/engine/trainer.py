@@ -49,8 +49,8 @@ from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
-from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint,
-                         make_writable, previous_run_files)
+from .experiment import (check_run_folder, csv_files_past_first_epoch, delete_previous_run, experiment_dir,
+                         is_training_checkpoint, make_writable, previous_run_files)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
@@ -390,7 +390,8 @@ def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
 
 def _resolve_auto_resume(cfg: Namespace) -> str | None:
     """`--resume auto` (a job that runs the same command at every start): `cfg.resume` becomes the run folder's
-    last.pth.tar when there is one, else "" (a fresh run; a folder with checkpoints but no last.pth.tar is refused).
+    last.pth.tar when there is one, else "" (a fresh run). Without last.pth.tar, a folder with checkpoints or with CSV
+    rows past epoch 0 (an earlier run's, which a fresh start would erase) is refused.
     Returns the line to log, or None without `auto`."""
     if cfg.resume != "auto":
         return None
@@ -399,10 +400,11 @@ def _resolve_auto_resume(cfg: Namespace) -> str | None:
     if os.path.isfile(last):
         cfg.resume = last
         return f"--resume auto: continuing {last}"
-    checkpoints = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
-    if checkpoints:
-        raise ConfigError(f"--resume auto: {folder} holds {', '.join(checkpoints)} but no {LAST}; resume one of them "
-                          f"by its path, or start afresh with --overwrite")
+    found = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
+    found += [f"{name} (rows past epoch 0)" for name in csv_files_past_first_epoch(folder)]
+    if found:
+        raise ConfigError(f"--resume auto: {folder} holds {', '.join(found)} but no {LAST}; resume a checkpoint by "
+                          f"its path, or start afresh with --overwrite in place of --resume auto")
     cfg.resume = ""
     return f"--resume auto: no {LAST} in {folder}, starting the run"
 

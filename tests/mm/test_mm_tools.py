@@ -106,6 +106,9 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, monkeypatch):
     assert exit_info.value.code == 2 and not started
     launch.train_main('segmentation', argv + ['--resume'])
     assert started[-1].resume and sorted(os.listdir(work)) == sorted(earlier + ['20261202_010203', 'backbone.pth'])
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', argv + ['--resume', '--overwrite'])
+    assert exit_info.value.code == 2 and len(os.listdir(work)) == 6
     monkeypatch.setenv('RANK', '1')
     launch.train_main('segmentation', argv + ['--overwrite'])
     assert len(os.listdir(work)) == 6

@@ -77,6 +77,18 @@ def test_slurm_run_and_slurm_train(shell, stub_path):
     assert argv[10:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_srun_asks_for_the_stop_warning_for_the_classification_train_py_only(shell, stub_path, tmp_path):
+    """mmdet / mmseg's train.py has no SIGUSR1 handler: the warning would kill it two minutes before the time limit."""
+    for task in ("detection", "segmentation"):
+        argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", f"{task}/tools/train.py", "cfg.py",
+                      "--launcher", "slurm")
+        assert argv[4:7] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2"] and argv[7] == "python"
+    argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", os.path.join(REPO, "tools", "train.py"),
+                  cwd=tmp_path)
+    assert argv[7:9] == ["--signal=USR1@120", "python"]
+
+
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 @pytest.mark.parametrize("shell", SHELLS)
 def test_mm_launchers_keep_the_mm_argument_order_and_port(shell, stub_path, task):

@@ -49,3 +49,16 @@ def test_resume_from_another_working_directory_keeps_the_ranking(straight, tmp_p
     assert_same_run(snapshot(tmp_path / "first" / "run"), straight)
     assert len(straight["kept"]) == 2 and straight["files"] == sorted(
         ["best.pth.tar", "last.pth.tar"] + [name for name, _ in straight["kept"]])
+
+
+def test_reconcile_with_nothing_kept_removes_an_uncommitted_best(tmp_path):
+    """A run resumed in the middle of epoch 0 and killed during that epoch's end writes leaves checkpoint-0 and
+    best.pth.tar that its mid-epoch last.pth.tar does not hold: both go, as after any later epoch."""
+    from classification.engine.checkpoint import CheckpointManager
+
+    for name in ("checkpoint-0.pth.tar", "best.pth.tar", "last.pth.tar"):
+        (tmp_path / name).write_bytes(b"uncommitted")
+    manager = CheckpointManager(str(tmp_path))
+    manager.load_state_dict([])
+    manager.reconcile()
+    assert os.listdir(tmp_path) == ["last.pth.tar"]

@@ -45,6 +45,19 @@ def test_checkpoints_without_last_are_refused(tmp_path):
         train_auto(tmp_path, 1)
 
 
+def test_rows_of_a_later_epoch_without_last_are_refused(tmp_path):
+    """Only a first epoch is ever uncommitted: rows past epoch 0 with no last.pth.tar are a run whose checkpoints
+    were deleted, and starting afresh would erase its metrics."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    metrics = "epoch,train_loss,test_loss,top1,top5\n0,2.1,2.0,30.0,80.0\n1,1.5,1.4,60.0,95.0\n"
+    (folder / "metrics.csv").write_text(metrics)
+    with pytest.raises(ConfigError, match=r"--resume auto: .*run holds metrics.csv \(rows past epoch 0\) but no "
+                                          r"last.pth.tar"):
+        train_auto(tmp_path, 1)
+    assert (folder / "metrics.csv").read_text() == metrics
+
+
 def test_evaluation_needs_a_path():
     from classification.engine.evaluate import test as evaluate
     with pytest.raises(ConfigError, match="tools/test.py needs --resume CHECKPOINT \\(a path; 'auto' is"):
