@@ -2,8 +2,8 @@
 
 A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint or a CSV file with
 rows) is refused unless `--overwrite` is given. `--resume` of a training checkpoint continues in that checkpoint's own
-folder, whatever `--output` / `--experiment` say. Nothing in the folder is deleted before the new run's inputs have
-been checked.
+folder, whatever `--output` / `--experiment` say; `--resume auto` takes the folder's last.pth.tar when there is one
+and starts the run when there is none. Nothing in the folder is deleted before the new run's inputs have been checked.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import fnmatch
 import os
 from typing import Any, Mapping, Optional
 
+from .checkpoint import LAST
 from .config import ConfigError
 
 # What a training run writes; `--overwrite` deletes exactly these.
@@ -90,3 +91,24 @@ def delete_previous_run(folder: str, keep: tuple[str, ...] = ()) -> list[str]:
             os.remove(path)
             removed.append(name)
     return removed
+
+
+def resolve_auto_resume(cfg: Any) -> Optional[str]:
+    """`--resume auto` (a job that runs the same command at every start): `cfg.resume` becomes the run folder's
+    last.pth.tar when there is one, else "" (a fresh run). Without last.pth.tar, a folder with checkpoints or with CSV
+    rows past epoch 0 (an earlier run's, which a fresh start would erase) is refused.
+    Returns the line to log, or None without `auto`."""
+    if cfg.resume != "auto":
+        return None
+    folder = os.path.join(cfg.output, cfg.experiment)
+    last = os.path.join(folder, LAST)
+    if os.path.isfile(last):
+        cfg.resume = last
+        return f"--resume auto: continuing {last}"
+    found = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
+    found += [f"{name} (rows past epoch 0)" for name in csv_files_past_first_epoch(folder)]
+    if found:
+        raise ConfigError(f"--resume auto: {folder} holds {', '.join(found)} but no {LAST}; resume a checkpoint by "
+                          f"its path, or start afresh with --overwrite in place of --resume auto")
+    cfg.resume = ""
+    return f"--resume auto: no {LAST} in {folder}, starting the run"

@@ -49,8 +49,8 @@ from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
-from .experiment import (check_run_folder, csv_files_past_first_epoch, delete_previous_run, experiment_dir,
-                         is_training_checkpoint, make_writable, previous_run_files)
+from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint, make_writable,
+                         resolve_auto_resume)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
@@ -388,27 +388,6 @@ def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
     return load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
 
 
-def _resolve_auto_resume(cfg: Namespace) -> str | None:
-    """`--resume auto` (a job that runs the same command at every start): `cfg.resume` becomes the run folder's
-    last.pth.tar when there is one, else "" (a fresh run). Without last.pth.tar, a folder with checkpoints or with CSV
-    rows past epoch 0 (an earlier run's, which a fresh start would erase) is refused.
-    Returns the line to log, or None without `auto`."""
-    if cfg.resume != "auto":
-        return None
-    folder = os.path.join(cfg.output, cfg.experiment)
-    last = os.path.join(folder, LAST)
-    if os.path.isfile(last):
-        cfg.resume = last
-        return f"--resume auto: continuing {last}"
-    found = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
-    found += [f"{name} (rows past epoch 0)" for name in csv_files_past_first_epoch(folder)]
-    if found:
-        raise ConfigError(f"--resume auto: {folder} holds {', '.join(found)} but no {LAST}; resume a checkpoint by "
-                          f"its path, or start afresh with --overwrite in place of --resume auto")
-    cfg.resume = ""
-    return f"--resume auto: no {LAST} in {folder}, starting the run"
-
-
 def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> dict | None:
     """The --finetune checkpoint of a fresh run; None when there is none or when --resume continues a run (whose
     first epoch was fine-tuned from it)."""
@@ -430,7 +409,7 @@ def train(cfg: Namespace) -> dict:
     try:
         check_model_flags(cfg)
         check_auto_augment(cfg.aa, cfg.aa_impl)
-        auto = _resolve_auto_resume(cfg)
+        auto = resolve_auto_resume(cfg)
         ckpt = _read_resume_checkpoint(cfg)
         finetune = _read_finetune_checkpoint(cfg, ckpt)
         exp_dir = experiment_dir(cfg, ckpt)
