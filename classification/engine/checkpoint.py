@@ -53,8 +53,8 @@ def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) 
         weights = filter_fn(weights, model)
     own = model.state_dict()
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    kept = [f"{classifier}.{name}" for name in ("weight", "bias")] if isinstance(classifier, str) else []
-    kept = [key for key in kept if key in own and key in weights and weights[key].shape != own[key].shape]
+    head = [f"{classifier}.weight", f"{classifier}.bias"] if isinstance(classifier, str) else []
+    kept = [key for key in head if key in own and key in weights and weights[key].shape != own[key].shape]
     weights.update({key: own[key] for key in kept})
     load_weights(model, weights, path)
     return kept
