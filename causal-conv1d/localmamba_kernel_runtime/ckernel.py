@@ -21,7 +21,9 @@ per-channel buffers to the width.
 
 Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
 a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
-compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`.
+compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`. A kernel
+that cannot allocate its work buffers returns ``LM_OUT_OF_MEMORY`` (``kernel_args.h``) having written nothing, and
+its caller raises :class:`KernelOutOfMemoryError`.
 
 Threads: where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` and
 runs its tasks on OpenMP threads. The loader resolves ``libgomp.so.1`` to the copy torch already loaded, so the
@@ -74,6 +76,10 @@ _POOL: dict = {"pool": None, "size": 0}
 
 class KernelArgsMismatchError(RuntimeError):
     """A ctypes mirror of a kernel argument struct does not match the struct the C library was built with."""
+
+
+class KernelOutOfMemoryError(MemoryError):
+    """A CPU kernel could not allocate its work buffers (its outputs are not written)."""
 
 
 class UnsupportedISAError(ValueError):
@@ -271,7 +277,7 @@ def load_library(name: str, sources: Sequence[Path],
     (``lib.lm_isa`` is the one built); a requested instruction set gets no fallback.
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
-    ``void kernel(const Args *args, int64_t start, int64_t end)``. Each mirror is checked against the library
+    ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status (:func:`check_status`). Each mirror is checked against the library
     (:func:`check_args_layout`) before the library is returned.
     """
     if not kernels_enabled():
@@ -293,7 +299,7 @@ def load_library(name: str, sources: Sequence[Path],
                     for fn_name, struct in kernels.items():
                         fn = getattr(lib, fn_name)
                         fn.argtypes = [ctypes.POINTER(struct), ctypes.c_int64, ctypes.c_int64]
-                        fn.restype = None
+                        fn.restype = ctypes.c_int
                         fn.lm_runner = runner
                     lib.lm_vector_width.restype = ctypes.c_int64
                 _LIBS[key] = lib
@@ -341,7 +347,7 @@ def _openmp_runner(lib: ctypes.CDLL):
         return None
     runner = lib.lm_run_tasks
     runner.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64]
-    runner.restype = None
+    runner.restype = ctypes.c_int
     return runner
 
 
@@ -383,23 +389,37 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL["pool"]
 
 
+LM_OK, LM_OUT_OF_MEMORY = 0, 1  # a kernel's status, as kernel_args.h defines it
+
+
+def check_status(fn, status: int) -> None:
+    """Raise :class:`KernelOutOfMemoryError` when kernel ``fn`` returned ``LM_OUT_OF_MEMORY``."""
+    if status & LM_OUT_OF_MEMORY:
+        raise KernelOutOfMemoryError(f"out of memory: the CPU kernel {fn.__name__} could not allocate its work "
+                                     "buffers, so it computed nothing; free memory or use smaller inputs")
+    if status != LM_OK:
+        raise RuntimeError(f"the CPU kernel {fn.__name__} returned the unknown status {status}")
+
+
 def run_parallel(fn, args: List[ctypes.Structure], items: int) -> None:
     """Call ``fn(byref(args[i]), start_i, end_i)`` on len(args) contiguous slices of range(items), in parallel:
     on OpenMP threads when the library has them, else on a thread pool (ctypes releases the GIL during each call).
+    Raises :class:`KernelOutOfMemoryError` when a task could not allocate its work buffers.
     """
     tasks = len(args)
     if tasks == 1:
-        fn(ctypes.byref(args[0]), 0, items)
-        return
-    if uses_openmp(fn):
+        status = fn(ctypes.byref(args[0]), 0, items)
+    elif uses_openmp(fn):
         pointers = (ctypes.c_void_p * tasks)(*[ctypes.addressof(a) for a in args])
-        fn.lm_runner(ctypes.cast(fn, ctypes.c_void_p), pointers, tasks, items)
-        return
-    bounds = [items * i // tasks for i in range(tasks + 1)]
-    futures = [_pool(tasks - 1).submit(fn, ctypes.byref(args[i]), bounds[i], bounds[i + 1]) for i in range(1, tasks)]
-    fn(ctypes.byref(args[0]), bounds[0], bounds[1])
-    for future in futures:
-        future.result()
+        status = fn.lm_runner(ctypes.cast(fn, ctypes.c_void_p), pointers, tasks, items)
+    else:
+        bounds = [items * i // tasks for i in range(tasks + 1)]
+        futures = [_pool(tasks - 1).submit(fn, ctypes.byref(args[i]), bounds[i], bounds[i + 1])
+                   for i in range(1, tasks)]
+        status = fn(ctypes.byref(args[0]), bounds[0], bounds[1])
+        for future in futures:
+            status |= future.result()
+    check_status(fn, status)
 
 
 def run_tasks(fn, make_args: Callable[[int], ctypes.Structure], items: int, min_items_per_task: int) -> None:

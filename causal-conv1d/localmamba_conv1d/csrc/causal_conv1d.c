@@ -30,7 +30,7 @@ INLINE float dot(const float *a, const float *b, long n) {
     return hsum(acc + load_part(a + t, n - t) * load_part(b + t, n - t));
 }
 
-void causal_conv1d_fwd(const Conv1dArgs *c, int64_t start, int64_t end) {
+int causal_conv1d_fwd(const Conv1dArgs *c, int64_t start, int64_t end) {
     long L = c->seqlen, W = c->width;
     for (long r = start; r < end; r++) {
         long d = r % c->dim;
@@ -43,11 +43,13 @@ void causal_conv1d_fwd(const Conv1dArgs *c, int64_t start, int64_t end) {
                 store_part(o + t, a * sigmoid_v(a), n);
             }
     }
+    return LM_OK;
 }
 
-void causal_conv1d_bwd(const Conv1dArgs *c, int64_t start, int64_t end) {
+int causal_conv1d_bwd(const Conv1dArgs *c, int64_t start, int64_t end) {
     long L = c->seqlen, W = c->width;
     float *g = (float *)malloc(L * sizeof(float));
+    if (!g) return LM_OUT_OF_MEMORY;
     for (long r = start; r < end; r++) {
         long d = r % c->dim;
         const float *x = c->x + r * L, *w = c->weight + d * W, *dout = c->dout + r * L;
@@ -74,4 +76,5 @@ void causal_conv1d_bwd(const Conv1dArgs *c, int64_t start, int64_t end) {
         c->dbias[d] += gsum;
     }
     free(g);
+    return LM_OK;
 }

@@ -6,12 +6,17 @@
 
    declares the struct ScanArgs and exports  int64_t ScanArgs_layout(const char *const **names, const int64_t
    **offsets, const int64_t **sizes)  which returns sizeof(ScanArgs) and points at the fields' names, offsets and
-   sizes, in declaration order, each array ending with the entry of the last field (ScanArgs_fields() of them). */
+   sizes, in declaration order, each array ending with the entry of the last field (ScanArgs_fields() of them).
+
+   Every kernel is  int kernel(const ScanArgs *args, int64_t start, int64_t end)  and returns LM_OK, or
+   LM_OUT_OF_MEMORY when it could not allocate its work buffers (it then writes nothing); the Python side raises. */
 #ifndef LOCALMAMBA_KERNEL_ARGS_H
 #define LOCALMAMBA_KERNEL_ARGS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+enum { LM_OK = 0, LM_OUT_OF_MEMORY = 1 };
 
 #define KERNEL_ARGS_MEMBER(S, type, name) type name;
 #define KERNEL_ARGS_NAME(S, type, name) #name,

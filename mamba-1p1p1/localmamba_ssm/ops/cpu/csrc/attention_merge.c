@@ -23,7 +23,7 @@ INLINE float row_mean(const float *r, long E) {
 }
 
 /* Per (batch, direction): xbar = mean over tokens of (y - mu_t) * rstd_t, and each row's mu_t, rstd_t. */
-void attention_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+int attention_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim;
     for (long q = start; q < end; q++) {
         const float *y = a->y + q * T * E;
@@ -48,10 +48,11 @@ void attention_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
         }
         for (long c = 0; c < E; c++) xb[c] /= (float)T;
     }
+    return LM_OK;
 }
 
 /* out[b, t] = sum_k y[b, k, t] * gate[b, k]; items are (batch, token) rows. */
-void attention_weighted_sum(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+int attention_weighted_sum(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim, K = a->ndir;
     for (long q = start; q < end; q++) {
         long b = q / T, t = q % T;
@@ -64,10 +65,11 @@ void attention_weighted_sum(const AttentionMergeArgs *a, int64_t start, int64_t 
             stc(o + c0, acc, nc);
         }
     }
+    return LM_OK;
 }
 
 /* dgate[b, k] = sum_t dm[b, t] * y[b, k, t], per (batch, direction). */
-void attention_gate_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+int attention_gate_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim;
     for (long q = start; q < end; q++) {
         long b = q / a->ndir;
@@ -79,11 +81,12 @@ void attention_gate_grad(const AttentionMergeArgs *a, int64_t start, int64_t end
                 addc(dg + c0, ldc(a->dm + (b * T + t) * E + c0, nc) * ldc(a->y + (q * T + t) * E + c0, nc), nc);
             }
     }
+    return LM_OK;
 }
 
 /* dy = dm * gate + the LayerNorm-mean backward of dxbar (the gradient of xbar), per (batch, direction):
    dy_t = rstd_t / T * (dxbar - mean(dxbar) - xhat_t * mean(dxbar * xhat_t)). */
-void attention_input_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
+int attention_input_grad(const AttentionMergeArgs *a, int64_t start, int64_t end) {
     long T = a->ntok, E = a->dim;
     for (long q = start; q < end; q++) {
         long b = q / a->ndir;
@@ -109,4 +112,5 @@ void attention_input_grad(const AttentionMergeArgs *a, int64_t start, int64_t en
             }
         }
     }
+    return LM_OK;
 }

@@ -84,11 +84,11 @@ INLINE vf conv_pre(const MultiScanArgs *a, long k, const int64_t *idx, long b, l
 /* Tasks are (batch, direction) pairs in batch-major order, so the directions of one batch reuse its token rows
    while they are cached; each step prefetches the token row that enters the window PF steps later. */
 #define PF 2
-void multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+int multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, W = a->width, K = a->ndir;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     const float **rows = (const float **)malloc(W * sizeof(float *));
-    if (!zeros || !rows) { free(zeros); free(rows); return; }
+    if (!zeros || !rows) { free(zeros); free(rows); return LM_OUT_OF_MEMORY; }
     for (long item = start; item < end; item++) {
         long b = item / K, k = item % K, p = k * a->batch + b;
         const int64_t *idx = a->index + k * L;
@@ -117,15 +117,16 @@ void multi_scan_gather_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     }
     free(zeros);
     free(rows);
+    return LM_OK;
 }
 
 /* Tasks are batches: every direction adds to the same token rows. dx of position s needs the pre-activation
    gradients of positions s .. s + W - 1, so positions run backwards keeping the last W of them in a ring. */
-void multi_scan_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+int multi_scan_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, W = a->width, T = a->ntok;
     float *zeros = (float *)calloc(E + VW, sizeof(float));
     float *ring = (float *)calloc(W * E + VW, sizeof(float));
-    if (!zeros || !ring) { free(zeros); free(ring); return; }
+    if (!zeros || !ring) { free(zeros); free(ring); return LM_OUT_OF_MEMORY; }
     for (long b = start; b < end; b++)
         for (long k = 0; k < a->ndir; k++) {
             const int64_t *idx = a->index + k * L;
@@ -160,6 +161,7 @@ void multi_scan_gather_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
         }
     free(zeros);
     free(ring);
+    return LM_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -346,7 +348,7 @@ INLINE vf silu_v(vf z) { return z * sigmoid_v(z); }
 
 /* Forward scan of (direction, batch) pairs q = k * Bt + b: writes y[b, k] (gated) at every token row, and the
    chunk-start states to ckpt when given. */
-void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+int multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, T = a->ntok, K = a->ndir;
     long nb = (E + VW - 1) / VW, per_pair = multi_scan_checkpoint_floats(L, E, N);
     Block p;
@@ -356,7 +358,8 @@ void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t en
     const float *z[TC];
     vf *h = alloc_vf(nb * N);
     float *zeros = (float *)calloc(E + xdbl_width(a) + VW, sizeof(float));
-    if (!h || !zeros) goto done;
+    int status = h && zeros ? LM_OK : LM_OUT_OF_MEMORY;
+    if (status != LM_OK) goto done;
     for (long q = start; q < end; q++) {
         long k = q / a->batch, b = q % a->batch;
         long len = real_length(a->index + k * L, L, T);
@@ -387,10 +390,11 @@ void multi_scan_recurrence_fwd(const MultiScanArgs *a, int64_t start, int64_t en
     }
 done:
     free(h); free(zeros);
+    return status;
 }
 
 /* Tasks are batches (every direction's gradient adds to the same token rows). */
-void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
+int multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t end) {
     long L = a->seqlen, E = a->dim, N = a->nstate, R = a->rank, T = a->ntok, S = xdbl_width(a), K = a->ndir;
     long nb = (E + VW - 1) / VW, nchunks = (L + TC - 1) / TC;
     Block *p = (Block *)aligned_alloc(VBYTES, sizeof(Block));
@@ -403,8 +407,9 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
     vf *dAacc = alloc_vf(N), *ddtw = alloc_vf(R > 0 ? R : 1), *dyg = alloc_vf(TC), *sB = alloc_vf(TC);
     vf *sA = alloc_vf(TC);
     float *zeros = (float *)calloc(E + S + VW, sizeof(float));
-    if (!p || !c || !h || !g || !ckpt || !dBv || !dCv || !dxl || !dAacc || !ddtw || !dyg || !sB || !sA || !zeros)
-        goto done;
+    int status = p && c && h && g && ckpt && dBv && dCv && dxl && dAacc && ddtw && dyg && sB && sA && zeros
+                     ? LM_OK : LM_OUT_OF_MEMORY;
+    if (status != LM_OK) goto done;
     for (long b = start; b < end; b++)
         for (long k = 0; k < K; k++) {
             long q = k * a->batch + b;
@@ -503,4 +508,5 @@ void multi_scan_recurrence_bwd(const MultiScanArgs *a, int64_t start, int64_t en
 done:
     free(p); free(c); free(h); free(g); free(ckpt); free(dBv); free(dCv); free(dxl); free(dAacc); free(ddtw);
     free(dyg); free(sB); free(sA); free(zeros);
+    return status;
 }

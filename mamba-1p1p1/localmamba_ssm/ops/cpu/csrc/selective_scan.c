@@ -184,10 +184,10 @@ typedef void (*RowsFn)(const SelectiveScanArgs *, Work *, long, long, long);
 
 /* rows(a, w, start, end, nvec) with this call's work buffers; inlined into each entry point with rows fixed, so that
    nvec is a compile-time constant for the usual state sizes (N = 8, 16, 32). */
-INLINE void run_rows(const SelectiveScanArgs *a, int64_t start, int64_t end, RowsFn rows) {
+INLINE int run_rows(const SelectiveScanArgs *a, int64_t start, int64_t end, RowsFn rows) {
     Work w;
     float *mem = work_alloc(&w, a->seqlen, a->nstate);
-    if (!mem) return;
+    if (!mem) return LM_OUT_OF_MEMORY;
     switch (a->nstate / VW) {
     case 1: rows(a, &w, start, end, 1); break;
     case 2: rows(a, &w, start, end, 2); break;
@@ -195,10 +195,11 @@ INLINE void run_rows(const SelectiveScanArgs *a, int64_t start, int64_t end, Row
     default: rows(a, &w, start, end, a->nstate / VW); break;
     }
     free(mem);
+    return LM_OK;
 }
 
-void selective_scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
-    run_rows(a, start, end, forward_rows);
+int selective_scan_fwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
+    return run_rows(a, start, end, forward_rows);
 }
 
 /* Reverse-time pass of one row. g = dLoss/dh_t starts at dlast and is carried back through the decays.
@@ -278,6 +279,6 @@ static void backward_rows(const SelectiveScanArgs *a, Work *w, long start, long 
     }
 }
 
-void selective_scan_bwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
-    run_rows(a, start, end, backward_rows);
+int selective_scan_bwd(const SelectiveScanArgs *a, int64_t start, int64_t end) {
+    return run_rows(a, start, end, backward_rows);
 }
