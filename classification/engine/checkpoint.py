@@ -23,6 +23,7 @@ from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, lo
 
 LAST, BEST = "last.pth.tar", "best.pth.tar"
 EPOCH_FILE = re.compile(r"checkpoint-(\d+)\.pth\.tar$")
+POSITION_TABLES = ("pos_embed", "rope.freqs_cos", "rope.freqs_sin")  # sized for the image size a model is built for
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
@@ -37,20 +38,26 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
+        if any(key.split(":")[0] in POSITION_TABLES for key in shapes):
+            parts.append("its position tables are of another image size: give the --img-size it was trained at "
+                         "(or --model-kwargs img_size=N)")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
 
+def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` through the `checkpoint_filter_fn` of the model's module (timm's convention; LocalVim's resizes its
+    position tables to the model's token grid, so weights of one image size load into a model built for another)."""
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    return dict(weights) if filter_fn is None else filter_fn(dict(weights), model)
+
+
 def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> list[str]:
     """Initialise `model` from the weights of `ckpt` (training or released form) for fine-tuning: they pass through
-    the `checkpoint_filter_fn` of the model's module (timm's convention; LocalVim's resizes its position tables to
-    the model's token grid), the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its
-    shape differs (another class count), and every other weight must fit (`load_weights`). Returns the classifier
-    keys left at their initialisation."""
-    weights = dict(state_dict_from(ckpt, source=path))
-    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        weights = filter_fn(weights, model)
+    `fit_to_model`, the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its shape differs
+    (another class count), and every other weight must fit (`load_weights`). Returns the classifier keys left at
+    their initialisation."""
+    weights = fit_to_model(model, state_dict_from(ckpt, source=path))
     own = model.state_dict()
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     head = [f"{classifier}.weight", f"{classifier}.bias"] if isinstance(classifier, str) else []

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from ..common.checkpoint_io import load_checkpoint, state_dict_from
 from ..data import build_eval_dataset, build_loaders
 from .amp import autocast
-from .checkpoint import load_weights
+from .checkpoint import fit_to_model, load_weights
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import setup_logging
@@ -57,6 +57,12 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     return {"test_loss": loss_sum / count, "top1": c1_sum / count, "top5": c5_sum / count}
 
 
+def _load_at_model_size(model: nn.Module, ckpt: dict, path: str, key: str | None = None) -> None:
+    """Load the weights `key` of `ckpt` into `model`, built for the evaluated image size: LocalVim's position tables
+    are resized to its token grid (`fit_to_model`), every other weight must fit."""
+    load_weights(model, fit_to_model(model, state_dict_from(ckpt, key, source=path)), path)
+
+
 def test(cfg: Namespace) -> dict:
     """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema."""
     if not cfg.resume or cfg.resume == "auto":
@@ -68,7 +74,7 @@ def test(cfg: Namespace) -> dict:
         val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
-        load_weights(model, state_dict_from(ckpt, source=cfg.resume), cfg.resume)
+        _load_at_model_size(model, ckpt, cfg.resume)
         model.to(env.device)
         net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights
         epoch = ckpt.get("epoch", -1)
@@ -78,7 +84,7 @@ def test(cfg: Namespace) -> dict:
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
         if cfg.model_ema:
-            load_weights(model, state_dict_from(ckpt, "ema_model", source=cfg.resume), cfg.resume)
+            _load_at_model_size(model, ckpt, cfg.resume, "ema_model")
             metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
         log.info(str(metrics))
         return metrics

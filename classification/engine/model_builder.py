@@ -87,12 +87,17 @@ def accepted_kwargs(name: str) -> Optional[frozenset[str]]:
     return frozenset(names) | FRAMEWORK_KWARGS
 
 
+def takes_img_size(name: str) -> bool:
+    """Whether model `name` is built for one input size (`img_size`: position tables, fixed windows), such as
+    LocalVim, DeiT and Swin; LocalVMamba takes any size as it is."""
+    accepted = accepted_kwargs(resolve_model_name(name))
+    return accepted is not None and "img_size" in accepted
+
+
 def create_model_at_size(name: str, img_size: int, **kwargs: Any) -> nn.Module:
-    """`timm.create_model` for `img_size` inputs: the size goes to models that take one (position tables, fixed
-    windows) and is left out for the others (LocalVMamba takes any size as it is)."""
+    """`timm.create_model` for `img_size` inputs: the size goes to the models that take one (`takes_img_size`)."""
     name = resolve_model_name(name)
-    accepted = accepted_kwargs(name)
-    if accepted is None or "img_size" in accepted:
+    if takes_img_size(name):
         kwargs["img_size"] = img_size
     return timm.create_model(name, **kwargs)
 
@@ -108,10 +113,13 @@ def check_directions_file(path: str) -> None:
 
 
 def model_kwargs(cfg: Namespace) -> dict[str, Any]:
-    """Keyword arguments for `timm.create_model` besides the name."""
+    """Keyword arguments for `timm.create_model` besides the name: a model built for one input size is built for
+    `--img-size` (as DeiT and Vim do), unless `model_kwargs` gives its `img_size`."""
     kwargs: dict[str, Any] = dict(num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
     if cfg.drop > 0:
         kwargs["drop_rate"] = cfg.drop
+    if takes_img_size(cfg.model):
+        kwargs["img_size"] = cfg.img_size
     kwargs.update(cfg.model_kwargs)
     if cfg.directions:
         check_directions_file(cfg.directions)

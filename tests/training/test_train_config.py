@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from classification.engine.config import ConfigError, parse_args, save_config
+from classification.engine.model_builder import build_model
 
 from training_helpers import REPO
 
@@ -54,8 +55,10 @@ def test_model_kwargs_merge_key_by_key(tmp_path):
 def test_quickstart_config_is_local_vim_tiny_on_digits():
     args = parse_args(["-c", os.path.join(REPO, "configs", "quickstart.yaml"), "--model", "local_vim_small"])
     assert (args.model, args.dataset, args.img_size, args.threads) == ("local_vim_small", "digits", 16, 1)
-    assert args.model_kwargs == {"img_size": 16, "patch_size": 4} and args.cli_model_kwargs == []
-    assert parse_args(["-c", os.path.join(REPO, "configs", "quickstart.yaml")]).model == "local_vim_tiny"
+    assert args.model_kwargs == {"patch_size": 4} and args.cli_model_kwargs == []
+    quickstart = parse_args(["-c", os.path.join(REPO, "configs", "quickstart.yaml")])
+    assert quickstart.model == "local_vim_tiny"
+    assert build_model(quickstart).grid == (4, 4)  # 16 px images in 4 px patches: --img-size builds the model
 
 
 def test_base_inheritance_of_the_search_config():

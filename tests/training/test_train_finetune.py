@@ -11,6 +11,7 @@ import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
 from classification.engine.checkpoint import load_finetune_weights
 from classification.engine.config import ConfigError, parse_args
+from classification.engine.evaluate import test as evaluate
 from classification.engine.trainer import train
 from classification.models.rope import resize_grid_table
 
@@ -96,3 +97,26 @@ def test_local_vmamba_keeps_its_new_classifier(tmp_path):
     assert kept == ["classifier.head.weight", "classifier.head.bias"] and model.classifier.head.out_features == 5
     assert all(torch.equal(value, source.state_dict()[key]) for key, value in model.state_dict().items()
                if not key.startswith("classifier.head."))
+
+
+def test_evaluation_at_another_image_size_resizes_the_position_tables(tmp_path):
+    """tools/test.py at another --img-size builds the model for that size and resizes the checkpoint's position
+    tables to it: the same metrics as the model built for the checkpoint's size, which resizes them on the fly."""
+    torch.manual_seed(3)
+    model = timm.create_model("local_vim_tiny_wo_search", img_size=32, num_classes=10, **VIM)
+    path = str(tmp_path / "at32.ckpt")
+    torch.save({"state_dict": model.state_dict()}, path)
+    common = [*RUN, "--resume", path, "--output", str(tmp_path / "eval")]
+    at_16 = evaluate(parse_args(common))
+    with_32_tables = evaluate(parse_args([*common, "--model-kwargs", "img_size=32"]))
+    assert at_16 == with_32_tables and 0 <= at_16["top1"] <= 100
+
+
+def test_resuming_at_another_image_size_is_refused_naming_the_flag(tmp_path):
+    torch.manual_seed(3)
+    model = timm.create_model("local_vim_tiny_wo_search", img_size=32, num_classes=10, **VIM)
+    path = str(tmp_path / "at32.ckpt")
+    torch.save({"state_dict": model.state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"pos_embed: \(1, 64, 16\) vs \(1, 16, 16\).*its position tables are of "
+                                              r"another image size: give the --img-size it was trained at"):
+        train(parse_args([*RUN, "--resume", path, "--output", str(tmp_path / "out")]))

@@ -32,3 +32,19 @@ def test_config_kwargs_another_model_does_not_take_are_dropped_with_a_warning(tm
 def test_command_line_kwargs_are_never_dropped(tmp_path):
     with pytest.raises(ConfigError, match="--model-kwargs: model resnet10t does not take 'img_size'"):
         build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")
+
+
+@pytest.mark.parametrize("model_name, grid", [("local_vim_tiny_wo_search", (2, 2)), ("vit_tiny_patch16_224", (2, 2)),
+                                              ("local_vssm_tiny", None), ("resnet10t", None)])
+def test_img_size_builds_the_models_made_for_one_size(tmp_path, model_name, grid):
+    """--img-size reaches the models built for one input size (position tables of its token grid, as DeiT and Vim
+    build them), and no other; `model_kwargs` naming `img_size` wins."""
+    small = "{depth: 1}" if model_name in ("local_vim_tiny_wo_search", "vit_tiny_patch16_224") else "{}"
+    model = build(tmp_path, f"model: {model_name}\nmodel_kwargs: {small}\n", "--img-size", "32")
+    if grid is None:
+        assert not hasattr(model, "pos_embed")
+        return
+    assert model.pos_embed.shape[1] == grid[0] * grid[1] + (model_name == "vit_tiny_patch16_224")
+    model = build(tmp_path, f"model: {model_name}\nmodel_kwargs: {small}\n", "--img-size", "32", "--model-kwargs",
+                  "img_size=64")
+    assert model.pos_embed.shape[1] == 16 + (model_name == "vit_tiny_patch16_224")
