@@ -98,6 +98,12 @@ def test_mm_launchers_keep_the_mm_argument_order_and_port(shell, stub_path, task
     assert env["PYTHONPATH"] == REPO
     argv, _ = run(shell, stub_path, f"{task}/tools/dist_test.sh", "cfg.py", "w.pth", "8")
     assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", "cfg.py", "w.pth", "--launcher", "pytorch")
+    # MASTER_PORT (the name tools/dist_*.sh take) when PORT is unset
+    for script, args in (("dist_train.sh", ["cfg.py", "2"]), ("dist_test.sh", ["cfg.py", "w.pth", "8"])):
+        argv, _ = run(shell, stub_path, f"{task}/tools/{script}", *args, MASTER_PORT="4322")
+        assert "--master_port=4322" in argv
+        argv, _ = run(shell, stub_path, f"{task}/tools/{script}", *args, MASTER_PORT="4322", PORT="4321")
+        assert "--master_port=4321" in argv
 
 
 @pytest.mark.parametrize("script, args", [("tools/dist_run.sh", ["a", "1", "c"]), ("tools/slurm_run.sh", ["a"]),
