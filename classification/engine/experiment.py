@@ -3,7 +3,8 @@
 A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint or a CSV file with
 rows) is refused unless `--overwrite` is given. `--resume` of a training checkpoint continues in that checkpoint's own
 folder, whatever `--output` / `--experiment` say; `--resume auto` takes the folder's last.pth.tar when there is one
-and starts the run when there is none. Nothing in the folder is deleted before the new run's inputs have been checked.
+(and does nothing when that run has finished its epochs) and starts the run when there is none. Nothing in the
+folder is deleted before the new run's inputs have been checked.
 """
 from __future__ import annotations
 
@@ -112,3 +113,14 @@ def resolve_auto_resume(cfg: Any) -> Optional[str]:
                           f"its path, or start afresh with --overwrite in place of --resume auto")
     cfg.resume = ""
     return f"--resume auto: no {LAST} in {folder}, starting the run"
+
+
+def finished_run(cfg: Any, ckpt: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """For `--resume auto` (resolved to `cfg.resume`, read as `ckpt`): the line to print when that run has finished
+    its `--epochs` (a requeued job started after the end: nothing to do, not an error), else None."""
+    if ckpt is None or not is_training_checkpoint(ckpt) or ckpt.get("step") is not None:
+        return None
+    if int(ckpt["epoch"]) + 1 < cfg.epochs:
+        return None
+    return (f"--resume auto: {cfg.resume} has finished epoch {ckpt['epoch']}, the last of --epochs {cfg.epochs}: "
+            f"nothing left to train")

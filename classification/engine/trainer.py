@@ -49,8 +49,8 @@ from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
-from .experiment import (check_run_folder, delete_previous_run, experiment_dir, is_training_checkpoint, make_writable,
-                         resolve_auto_resume)
+from .experiment import (check_run_folder, delete_previous_run, experiment_dir, finished_run, is_training_checkpoint,
+                         make_writable, resolve_auto_resume)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
@@ -411,6 +411,11 @@ def train(cfg: Namespace) -> dict:
         check_auto_augment(cfg.aa, cfg.aa_impl)
         auto = resolve_auto_resume(cfg)
         ckpt = _read_resume_checkpoint(cfg)
+        finished = finished_run(cfg, ckpt) if auto is not None else None
+        if finished is not None:
+            if env.is_main:
+                print(finished, flush=True)
+            return {}
         finetune = _read_finetune_checkpoint(cfg, ckpt)
         exp_dir = experiment_dir(cfg, ckpt)
         if ckpt is None or not is_training_checkpoint(ckpt):

@@ -62,3 +62,18 @@ def test_evaluation_needs_a_path():
     from classification.engine.evaluate import test as evaluate
     with pytest.raises(ConfigError, match="tools/test.py needs --resume CHECKPOINT \\(a path; 'auto' is"):
         evaluate(parse_args([*TINY_RUN, "--resume", "auto"]))
+
+
+def test_a_finished_run_is_left_as_it_is(tmp_path, capsys):
+    """A requeued job that starts after its run has finished prints so and returns (exit status 0): nothing in the
+    folder changes. An explicit --resume of that checkpoint is refused (the command asks for more training)."""
+    folder = tmp_path / "run"
+    train_auto(tmp_path, 1)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    capsys.readouterr()
+    assert train_auto(tmp_path, 1) == {}
+    assert (f"--resume auto: {folder / 'last.pth.tar'} has finished epoch 0, the last of --epochs 1: nothing left to "
+            f"train") in capsys.readouterr().out
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    with pytest.raises(ConfigError, match="already finished epoch 0 and --epochs 1 ends the run"):
+        train(parse_args([*TINY_RUN, "--epochs", "1", "--resume", str(folder / "last.pth.tar")]))
