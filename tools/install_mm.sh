@@ -10,7 +10,8 @@
 #   TORCH_CUDA_ARCH_LIST  GPU architectures for the CUDA build (default: the visible GPUs'), e.g. "8.0;9.0".
 #   CUDA_HOME         the CUDA toolkit to compile with, when nvcc on PATH is not <CUDA_HOME>/bin/nvcc.
 #   MAX_JOBS          parallel compile jobs (default: number of CPUs)
-#   LOCALMAMBA_CACHE  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/localmamba); built wheels go to wheels/ under it.
+#   LOCALMAMBA_CACHE_DIR  cache root, shared with the compiled CPU kernels
+#                     (default: ${XDG_CACHE_HOME:-~/.cache}/localmamba); built wheels go to wheels/ under it.
 #
 # Why a build: mmdet 3.3.0 and mmseg 1.2.2 require mmcv < 2.2, and PyPI has no mmcv 2.1.0 wheels for current torch,
 # only its source. torch >= 2.14 headers need C++20, so the -std=c++14/-std=c++17 flags of mmcv's setup.py are raised.
@@ -23,7 +24,7 @@ PYTHON=${PYTHON:-python}
 MMCV_VERSION=2.1.0
 MMDET_VERSION=3.3.0
 MMSEG_VERSION=1.2.2
-CACHE_ROOT=${LOCALMAMBA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/localmamba}
+CACHE_ROOT=${LOCALMAMBA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/localmamba}
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "install_mm.sh: install torch first (pip install -e . installs it)" >&2
