@@ -27,9 +27,11 @@ from .model_builder import build_model
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int, log: logging.Logger,
-             log_interval: int = 50, amp: bool = False, amp_dtype: str = "float16", suffix: str = "") -> dict:
-    """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks."""
+def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int | None,
+             log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: str = "float16",
+             suffix: str = "") -> dict:
+    """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks. `epoch`
+    labels the log lines (None: weights of no epoch, a released file)."""
     model.eval()
     loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
     start = time.time()
@@ -46,7 +48,7 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
         top1_m.update(acc1.item(), n)
         top5_m.update(acc5.item(), n)
         if idx % log_interval == 0 or idx == len(loader) - 1:
-            log.info(f"Test{suffix}: {epoch} [{idx:>4d}/{len(loader)}] "
+            log.info(f"Test{suffix}: {'' if epoch is None else f'{epoch} '}[{idx:>4d}/{len(loader)}] "
                      f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "
                      f"Top-1: {top1_m.val:.3f}% ({top1_m.avg:.3f}%) "
                      f"Top-5: {top5_m.val:.3f}% ({top5_m.avg:.3f}%) "
@@ -77,9 +79,10 @@ def test(cfg: Namespace) -> dict:
         _load_at_model_size(model, ckpt, cfg.resume)
         model.to(env.device)
         net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights
-        epoch = ckpt.get("epoch", -1)
+        epoch = ckpt.get("epoch")
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
-        log.info(f"Loaded {cfg.resume} (epoch {epoch}{stopped}) into {cfg.model}")
+        what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"
+        log.info(f"Loaded {cfg.resume} ({what}) into {cfg.model}")
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)

@@ -81,6 +81,7 @@ def test_evaluation_reproduces_the_logged_metrics_for_both_checkpoint_forms(run_
     assert all(torch.equal(conv["state_dict"][k], v) for k, v in ema.items())
     out = run_tool("test.py", *common, "--resume", released).stdout
     assert f"'top1': {float(last['top1'])!r}" in out
+    assert f"Loaded {released} (released weights) into" in out and "Test: [   0/" in out  # no epoch in that file
 
 
 def test_plot_log_draws_a_png(run_dir, tmp_path, monkeypatch):
