@@ -277,8 +277,8 @@ def load_library(name: str, sources: Sequence[Path],
     (``lib.lm_isa`` is the one built); a requested instruction set gets no fallback.
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
-    ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status (:func:`check_status`). Each mirror is checked against the library
-    (:func:`check_args_layout`) before the library is returned.
+    ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status (:func:`check_status`). Each
+    mirror is checked against the library (:func:`check_args_layout`) before the library is returned.
     """
     if not kernels_enabled():
         return None
