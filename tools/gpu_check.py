@@ -34,7 +34,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for a CPU smoke test)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per figure (default 20; 1 with --quick)")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-models", action="store_true", help="leave out the whole-model logits check")
     parser.add_argument("--e2e", action="store_true", help="the end-to-end check (see classification.benchmarks."
@@ -71,7 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.sweep:
         print(memory_and_resolution_sweep(args.device, args.quick))
         return 0
-    return 0 if run_gpu_check(args.device, args.quick, args.repeats, args.skip_timing, not args.skip_models) else 1
+    repeats = args.repeats or (1 if args.quick else 20)
+    return 0 if run_gpu_check(args.device, args.quick, repeats, args.skip_timing, not args.skip_models) else 1
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from localmamba_conv1d import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
 from localmamba_ssm import MODEL_OPS, mamba_inner_fn_no_out_proj, selective_scan_fn
 
+from ..engine.model_builder import create_model_at_size
 from .mixer_ops import correctness_cases as mixer_cases
 from .mixer_ops import SCAN_TILES, deterministic_algorithms, deterministic_cases, mixer_timings
-from .model_speed import build_model
 from .op_speed import OpShape, print_op_benchmark, scan_tile_sweep
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -184,14 +184,21 @@ def _check_case(name: str, make: Callable, mode: Callable[[], ContextManager]) -
     return passed
 
 
+# ``quick``: each family with two blocks and a narrow width, so that the check takes seconds under the interpreter
+QUICK_MODELS = {"local_vim_tiny_wo_search": dict(depth=2, embed_dim=64),
+                "local_vssm_tiny": dict(dims=16, depths=(1, 1, 1, 1), directions=[["h", "w7"]] * 4)}
+
+
 def model_check(device: torch.device, quick: bool) -> bool:
-    """Logits of the registered models with every op forced to triton against the reference backend."""
+    """Logits of the registered models (LocalVim-T, LocalVMamba-T; two-block narrow versions when ``quick``) with
+    every op forced to triton against the reference backend."""
     ok = True
     size = 32 if quick else 224
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
-    for name in ("local_vim_tiny", "local_vssm_tiny"):
+    models = QUICK_MODELS if quick else dict.fromkeys(("local_vim_tiny", "local_vssm_tiny"), {})
+    for name, kwargs in models.items():
         torch.manual_seed(0)
-        model = build_model(name, size, device)
+        model = create_model_at_size(name, size, **kwargs).to(device).eval()
         logits = {}
         for backend in ("triton", "reference"):
             backends.force_backend(backend)

@@ -199,7 +199,7 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
     on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``),
     the multi-direction op forward + backward also deterministic, and at LocalVMamba-T's stage-1 layer (fp32, as the
     model runs it); then the fused scan kernel alone at the selective-scan benchmark shape, at its default tiles and
-    (unless ``quick``) at the other :data:`SCAN_TILES`."""
+    (unless ``quick``) at the other :data:`SCAN_TILES`. ``quick`` warms up once (the interpreter compiles nothing)."""
     device = torch.device(device)
     rows = [["op", "dtype", "batch", "step", "ms", "vs fused"]]
     sizes, merge_sizes, vssm = _problem_sizes(quick)
@@ -221,7 +221,7 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
             if dtype_name == "fp32":
                 problems.append(("multi_scan_inner LocalVMamba-T", scan_makers(dtype, batch, **vssm)))
             for op, makers in problems:
-                seconds = median_seconds(_timed_steps(makers), repeats, 3, device)
+                seconds = median_seconds(_timed_steps(makers), repeats, 1 if quick else 3, device)
                 for name, sec in seconds.items():
                     label, step = name.split(" ")
                     rows.append([f"{op} [{label}]", dtype_name, str(batch), step, f"{sec * 1e3:.3f}",
@@ -234,7 +234,7 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
     default = (kernels.SCAN_CHUNK, kernels.SCAN_BLOCK_D)
     for tiles in [default] + [t for t in SCAN_TILES if t != default and not quick]:
         with mock.patch.multiple(kernels, SCAN_CHUNK=tiles[0], SCAN_BLOCK_D=tiles[1]):
-            seconds = median_seconds(fused_scan_step(device, **shape), repeats, 3, device)
+            seconds = median_seconds(fused_scan_step(device, **shape), repeats, 1 if quick else 3, device)
         for name, sec in seconds.items():
             label = f"{name.rsplit(' ', 1)[0]} tiles {tiles[0]}x{tiles[1]}" + (" (default)" if tiles == default else "")
             rows.append([label, "fp32", size, name.rsplit(" ", 1)[1], f"{sec * 1e3:.3f}", "-"])
