@@ -121,8 +121,9 @@ def _train_classifier(out: str, model: str, directions: str, kwargs: list[str]) 
 
 @pytest.fixture(scope='session')
 def classification_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """``last.pth.tar`` of one-epoch tools/train.py runs (with EMA) of a 2-layer LocalVim (width 32, built for 224:
-    a 14x14 position grid) and a one-block-per-stage LocalVMamba (dims 16), trained on 32x32 digits, in parallel."""
+    """``last.pth.tar`` of one-epoch tools/train.py runs (with EMA) of a 2-layer LocalVim (width 32, built for 224 by
+    its model kwargs: a 14x14 position grid) and a one-block-per-stage LocalVMamba (dims 16), trained on 32x32 digits,
+    in parallel."""
     from classification.models.directions import (LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS,
                                                    save_directions)
     out = str(tmp_path_factory.mktemp('classification'))
@@ -130,7 +131,8 @@ def classification_checkpoints(tmp_path_factory) -> dict[str, str]:
     save_directions(vim_dirs, LOCAL_VIM_TINY_DIRECTIONS[:2])
     save_directions(vssm_dirs, LOCAL_VSSM_TINY_DIRECTIONS[:4])
     runs = {
-        'local_vim_tiny': _train_classifier(out, 'local_vim_tiny', vim_dirs, ['depth=2', 'embed_dim=32']),
+        'local_vim_tiny': _train_classifier(out, 'local_vim_tiny', vim_dirs, ['depth=2', 'embed_dim=32',
+                                                                               'img_size=224']),
         'local_vssm_tiny': _train_classifier(out, 'local_vssm_tiny', vssm_dirs, ['dims=16', 'depths=[1,1,1,1]']),
     }
     paths = {}
