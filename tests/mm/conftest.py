@@ -131,8 +131,8 @@ def classification_checkpoints(tmp_path_factory) -> dict[str, str]:
     save_directions(vim_dirs, LOCAL_VIM_TINY_DIRECTIONS[:2])
     save_directions(vssm_dirs, LOCAL_VSSM_TINY_DIRECTIONS[:4])
     runs = {
-        'local_vim_tiny': _train_classifier(out, 'local_vim_tiny', vim_dirs, ['depth=2', 'embed_dim=32',
-                                                                               'img_size=224']),
+        'local_vim_tiny': _train_classifier(out, 'local_vim_tiny', vim_dirs,
+                                            ['depth=2', 'embed_dim=32', 'img_size=224']),
         'local_vssm_tiny': _train_classifier(out, 'local_vssm_tiny', vssm_dirs, ['dims=16', 'depths=[1,1,1,1]']),
     }
     paths = {}
