@@ -27,6 +27,12 @@ def is_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:
     return "model" in ckpt and "epoch" in ckpt
 
 
+def next_epoch(ckpt: Mapping[str, Any]) -> int:
+    """The epoch a training checkpoint continues with: the one after `epoch`, or `epoch` itself when `step` marks a
+    stop in its middle."""
+    return int(ckpt["epoch"]) + (1 if ckpt.get("step") is None else 0)
+
+
 def experiment_dir(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> str:
     """The run's folder: the resumed training checkpoint's own, else `<output>/<experiment>`."""
     if resume_ckpt is not None and is_training_checkpoint(resume_ckpt):
@@ -120,7 +126,7 @@ def finished_run(cfg: Any, ckpt: Optional[Mapping[str, Any]]) -> Optional[str]:
     its `--epochs` (a requeued job started after the end: nothing to do, not an error), else None."""
     if ckpt is None or not is_training_checkpoint(ckpt) or ckpt.get("step") is not None:
         return None
-    if int(ckpt["epoch"]) + 1 < cfg.epochs:
+    if next_epoch(ckpt) < cfg.epochs:
         return None
     return (f"--resume auto: {cfg.resume} has finished epoch {ckpt['epoch']}, the last of --epochs {cfg.epochs}: "
             f"nothing left to train")

@@ -50,7 +50,7 @@ from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
 from .experiment import (check_run_folder, delete_previous_run, experiment_dir, finished_run, is_training_checkpoint,
-                         make_writable, resolve_auto_resume)
+                         make_writable, next_epoch, resolve_auto_resume)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
@@ -123,7 +123,7 @@ class Run:
             self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0")
             return
         step = ckpt.get("step")  # batches done in `epoch` by a run stopped in its middle; None: `epoch` finished
-        start_epoch = int(ckpt["epoch"]) + (1 if step is None else 0)
+        start_epoch = next_epoch(ckpt)
         if start_epoch >= self.cfg.epochs:
             where = f"already finished epoch {start_epoch - 1}" if step is None else f"stopped in epoch {start_epoch}"
             raise ConfigError(f"{path} {where} and --epochs {self.cfg.epochs} ends the run at epoch "
