@@ -10,6 +10,7 @@ Causal depthwise convs (LocalVim) run as :func:`traced_causal_conv1d`, one ``ate
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -109,7 +110,9 @@ def flop_analysis(model: nn.Module, input_shape: tuple[int, ...] = (3, 224, 224)
     """fvcore's analysis of one forward of ``model`` on a random ``(batch, *input_shape)`` input, in eval mode, on the
     model's device, already traced (so ``total()``, ``by_module()``, ``unsupported_ops()`` are ready); the scan is
     charged by :func:`scan_flop_handle`. fvcore counts one multiply-add as one FLOP."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore.nn scripts its focal loss at import, which torch now deprecates
+        warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     parameter = next(model.parameters())
     image = torch.randn(batch, *input_shape, device=parameter.device, dtype=parameter.dtype)

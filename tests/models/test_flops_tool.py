@@ -1,6 +1,8 @@
 """classification.benchmarks.flops and tools/flops.py: the original's FLOP figures, and fvcore's count with the scan
 handle checked against a hand count."""
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,14 @@ def test_cli_refuses_unknown_names_with_close_matches(tool, capsys):
     assert "unknown model 'local_vim_tny'" in err and 'local_vim_tiny' in err
     with pytest.raises(tool.UnknownModelError, match='LocalMamba models: local_vim_small'):
         tool.resolve_model_name('zzzz_qqqq')
+
+
+def test_counting_flops_raises_no_deprecation_from_fvcore():
+    """fvcore scripts a loss with ``torch.jit.script`` at import, which torch deprecates; a FLOP count in a fresh
+    process with FutureWarnings as errors still works (the import silences that one warning)."""
+    code = ('import torch; from classification.models.flop_count import count_flops; '
+            'print(count_flops(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)), (3, 2, 2)))')
+    run = subprocess.run([sys.executable, '-W', 'error::FutureWarning', '-c', code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ['60'] and 'FutureWarning' not in run.stderr
