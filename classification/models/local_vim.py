@@ -276,6 +276,8 @@ class VisionMamba(nn.Module):
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                       embed_dim=embed_dim, strict_img_size=False, dynamic_img_pad=True)
         self.grid = token_grid(*to_2tuple(img_size), patch_size)
+        # timm floors its grid even when it pads the remainder; say the padded grid the layers see
+        self.patch_embed.grid_size, self.patch_embed.num_patches = self.grid, self.grid[0] * self.grid[1]
         num_patches = self.grid[0] * self.grid[1]
         if if_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

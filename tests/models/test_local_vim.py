@@ -196,6 +196,15 @@ def test_odd_image_sizes_are_padded_and_position_tables_resized():
     assert [f.shape for f in feats] == [(1, 16, 13, 15)] * 2
 
 
+def test_a_model_built_for_an_odd_size_has_the_padded_grid_everywhere():
+    """At img_size 72 (4.5 patches) the layers see a padded 5 x 5 grid: the position table, the model's grid and
+    the patch embedding's metadata (timm floors its own to 4 x 4) all say so."""
+    model = timm.create_model('local_vim_tiny', img_size=72, embed_dim=16, num_classes=3)
+    assert model.grid == model.patch_embed.grid_size == (5, 5)
+    assert model.patch_embed.num_patches == 25 == model.pos_embed.shape[1]
+    assert model.patch_embed(torch.randn(1, 3, 72, 72)).shape == (1, 25, 16)
+
+
 def test_middle_class_token_model_pools_the_middle_token():
     model = timm.create_model('local_vim_tiny_middle_cls_token', img_size=64, embed_dim=16, num_classes=4).eval()
     image = torch.randn(2, 3, 64, 64)
