@@ -107,8 +107,25 @@ def _umask_mode() -> int:
 
 
 def _replace(tmp: str, path: str) -> None:
+    """Rename the written and synced ``tmp`` to ``path`` and sync the folder, so that after a crash of the machine
+    ``path`` holds either its old content or the new one, whole."""
     os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file what any other output of the run gets
     os.replace(tmp, path)
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (a folder can be synced on POSIX only; elsewhere this does nothing)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse to sync a folder; the rename stands, as durable as they make it
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -139,11 +156,13 @@ def _first_line(err: BaseException) -> str:
 
 
 def atomic_copy(src: str, dst: str) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file and a rename."""
+    """Copy ``src`` to ``dst`` through a synced temporary file and a rename (``dst`` is never left half written)."""
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=os.path.dirname(os.path.abspath(dst)))
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
         _replace(tmp, dst)
     except BaseException as err:
         if os.path.exists(tmp):

@@ -62,3 +62,25 @@ def test_reconcile_with_nothing_kept_removes_an_uncommitted_best(tmp_path):
     manager.load_state_dict([])
     manager.reconcile()
     assert os.listdir(tmp_path) == ["last.pth.tar"]
+
+
+@pytest.mark.parametrize("write", ["save", "copy"])
+def test_checkpoint_writes_are_synced_before_and_after_their_rename(write, tmp_path, monkeypatch):
+    """A machine crash (not only a killed process) must not leave last.pth.tar empty: the temporary file's data is
+    synced before the rename and the folder after it, for written and for copied checkpoints alone."""
+    from classification.common import checkpoint_io
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace",
+                        lambda src, dst: (events.append(("rename", str(dst))), real_replace(src, dst))[1])
+    src = tmp_path / "checkpoint-1.pth.tar"
+    checkpoint_io.atomic_save({"epoch": 1}, str(src))
+    if write == "copy":
+        events.clear()
+        checkpoint_io.atomic_copy(str(src), str(tmp_path / "last.pth.tar"))
+    target = str(src if write == "save" else tmp_path / "last.pth.tar")
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]
+    assert os.path.basename(events[0][1]).startswith(".tmp-") and events[1][1] == target
+    assert events[2][1] == str(tmp_path)
