@@ -8,7 +8,8 @@ import torch
 
 from kernel_formulas import direct_conv1d
 from localmamba_conv1d import causal_conv1d_fn, cpu_conv1d
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import backends, ckernel
+from localmamba_ssm import multi_scan_inner_fn, selective_scan_fn
 from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
 from test_multi_scan_inner import (assert_attention_merge_matches_reference, assert_backend_matches_reference,
                                    attention_problem, make_problem)
@@ -168,3 +169,42 @@ def test_summary_names_the_libraries_that_fell_back(monkeypatch):
     assert ckernel.isa_summary() == "avx512 (multi_scan: avx2, selective_scan: pytorch; avx512 build failed)"
     monkeypatch.setenv(ckernel.DISABLE_VAR, "0")
     assert ckernel.isa_summary() == "off"
+
+
+def nan_pattern(call, backend):
+    """Where ``call()`` gives NaN under ``backend`` (the C kernels' ISA kept as the fixture set it)."""
+    backends.force_backend(backend)
+    with torch.no_grad():
+        return call().isnan()
+
+
+@needs_compiler
+@pytest.mark.parametrize("softplus", [True, False])
+def test_a_nan_in_delta_reaches_the_scan_output_as_in_the_reference(cpu_isa, softplus):
+    """A NaN step size makes that channel's outputs NaN from its step on, as torch computes them; the kernels' clamps
+    (exp's input range, softplus's max) used to turn it into a decay of about 0, hiding a diverged run."""
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(2, 3, 21, generator=g), torch.rand(2, 3, 21, generator=g)
+    A, B, C = -torch.rand(3, 4, generator=g), torch.randn(2, 4, 21, generator=g), torch.randn(2, 4, 21, generator=g)
+    delta[1, 2, 5] = float("nan")
+
+    def call():
+        return selective_scan_fn(u, delta, A, B, C, delta_softplus=softplus)
+
+    expected = nan_pattern(call, "reference")
+    assert expected[1, 2, 5:].all() and expected.sum() == 16
+    assert torch.equal(nan_pattern(call, "cpu"), expected)
+
+
+@needs_compiler
+def test_a_nan_weight_reaches_the_multi_scan_output_as_in_the_reference(cpu_isa):
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem(conv=True).items()}
+    p["A_log"][1, 4, 2] = float("nan")
+    p["dt_proj_bias"][2, 7] = float("nan")
+
+    def call():
+        return multi_scan_inner_fn(**p, gate=True)
+
+    expected = nan_pattern(call, "reference")
+    assert expected.any() and not expected.all()
+    assert torch.equal(nan_pattern(call, "cpu"), expected)

@@ -33,9 +33,12 @@ INLINE vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mas
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
+/* max_v / min_v keep a NaN of their first operand (the data; the second is a bound), so that the clamps below pass
+   a NaN input on to the result, as torch does. The x86 instructions return their second operand when either is
+   NaN, hence the swapped operands; the generic versions pick the same way. */
 #if defined(__AVX512F__)
-INLINE vf max_v(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
-INLINE vf min_v(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+INLINE vf max_v(vf a, vf b) { return (vf)_mm512_max_ps((__m512)b, (__m512)a); }
+INLINE vf min_v(vf a, vf b) { return (vf)_mm512_min_ps((__m512)b, (__m512)a); }
 INLINE float hsum(vf v) {
     __m256 s = _mm256_add_ps(_mm512_castps512_ps256((__m512)v),
                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)));
@@ -43,12 +46,12 @@ INLINE float hsum(vf v) {
     return ((q[0] + q[2]) + (q[1] + q[3]));
 }
 #elif defined(__AVX__)
-INLINE vf max_v(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
-INLINE vf min_v(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+INLINE vf max_v(vf a, vf b) { return (vf)_mm256_max_ps((__m256)b, (__m256)a); }
+INLINE vf min_v(vf a, vf b) { return (vf)_mm256_min_ps((__m256)b, (__m256)a); }
 INLINE float hsum(vf v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 #else
-INLINE vf max_v(vf a, vf b) { return pick(a > b, a, b); }
-INLINE vf min_v(vf a, vf b) { return pick(a < b, a, b); }
+INLINE vf max_v(vf a, vf b) { return pick(b > a, b, a); }
+INLINE vf min_v(vf a, vf b) { return pick(b < a, b, a); }
 INLINE float hsum(vf v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 #endif
 
