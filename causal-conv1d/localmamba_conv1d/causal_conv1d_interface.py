@@ -32,8 +32,8 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         weight = weight[:, 0]
     if torch.jit.is_tracing():  # shapes are traced values during ONNX export
         return weight
-    if weight.dim() != 2 or weight.shape[0] != dim:
-        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim}, "
+    if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
+        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim} and width >= 1, "
                          f"got {shape_str(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
         raise ValueError(f"bias must have shape (dim,)=({dim},), got {shape_str(bias)}")

@@ -148,3 +148,46 @@ def test_attention_merge_refuses_weights_on_another_device(force_backend, merge)
             multi_scan_attention_merge_fn(**p, gate=True, attention_weights=weights)
         else:
             attention_merge_fn(y, *weights)
+
+
+@pytest.mark.parametrize('merge', [False, True])
+@pytest.mark.parametrize('name, shape, message', [
+    ('select_weight', (7, 5), r"select_weight must have shape \(12, 5\) for E = 12 channels, got \(7, 5\)"),
+    ('select_weight', (1, 5), r"select_weight must have shape \(12, 5\)"),
+    ('select_bias', (7,), r"select_bias must have shape \(12,\)"),
+    ('reduce_weight', (5, 7), r"reduce_weight must have shape \(5, 12\)"),
+    ('reduce_bias', (4,), r"reduce_bias must have shape \(5,\)"),
+    ('norm_bias', (1,), r"norm_bias must have shape \(12,\)"),
+])
+def test_attention_weights_that_do_not_fit_the_channels_are_refused(force_backend, merge, name, shape, message):
+    """A gate of another width than E was read by the kernels with E's row stride, past its end (garbage that
+    changed from call to call); every weight's shape is now checked against E and the bottleneck width E'."""
+    force_backend("cpu")
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem().items()}
+    y, *weights = [t.detach() for t in attention_problem(dim=p['x_proj_weight'].shape[2])]
+    position = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias").index(name)
+    weights[position] = torch.randn(shape)
+    with pytest.raises(ValueError, match=message):
+        if merge:
+            multi_scan_attention_merge_fn(**p, gate=True, attention_weights=weights)
+        else:
+            attention_merge_fn(y, *weights)
+
+
+def test_attention_merge_names_the_weights_it_misses(force_backend):
+    force_backend("cpu")
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem().items()}
+    weights = [t.detach() for t in attention_problem(dim=p['x_proj_weight'].shape[2])[1:]]
+    with pytest.raises(ValueError, match="expected the 6 weights norm_weight, .*select_bias, got 4"):
+        multi_scan_attention_merge_fn(**p, gate=True, attention_weights=weights[:4])
+
+
+def test_a_conv_of_width_zero_is_refused(force_backend):
+    """Width 0 ran the forward and killed the process with a division by zero in the backward (SIGFPE)."""
+    force_backend("cpu")
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem().items()}
+    p['conv_weight'] = torch.randn(*p['conv_weight'].shape[:-1], 0)
+    with pytest.raises(ValueError, match=r"conv_weight must have shape .* and W >= 1, got \(3, 12, 1, 0\)"):
+        multi_scan_inner_fn(**p, gate=True)
+    with pytest.raises(ValueError, match=r"width >= 1, got \(3, 0\)"):
+        causal_conv1d_fn(torch.randn(2, 3, 5), torch.randn(3, 0))

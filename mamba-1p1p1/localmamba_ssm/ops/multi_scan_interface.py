@@ -110,9 +110,10 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     for name, t in (("dt_proj_bias", dt_proj_bias), ("D", D), ("conv_bias", conv_bias)):
         _expect(name, t, (num_dirs, inner))
     if conv_weight is not None and (conv_weight.dim() not in (3, 4) or conv_weight.shape[:2] != (num_dirs, inner)
-                                    or (conv_weight.dim() == 4 and conv_weight.shape[2] != 1)):
+                                    or (conv_weight.dim() == 4 and conv_weight.shape[2] != 1)
+                                    or conv_weight.shape[-1] < 1):
         raise ValueError(f"multi_scan_inner: conv_weight must have shape (K, E, W) or (K, E, 1, W) with "
-                         f"(K, E)=({num_dirs}, {inner}), got {shape_str(conv_weight)}")
+                         f"(K, E)=({num_dirs}, {inner}) and W >= 1, got {shape_str(conv_weight)}")
     needed = inner * (2 if gate else 1)
     if tokens.shape[2] < needed:
         raise ValueError(f"multi_scan_inner: tokens need at least {needed} channels (x{' and z' if gate else ''}), "
@@ -122,10 +123,25 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
                    conv_bias=conv_bias)
 
 
-def _check_attention_devices(anchor: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
-    """Refuse channel-attention weights on another device than ``anchor`` (the outputs, or the tokens)."""
-    names = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias")
-    _check_devices("attention_merge", "the outputs are", anchor.device, **dict(zip(names, weights)))
+ATTENTION_WEIGHTS = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias")
+
+
+def _check_attention_weights(anchor: torch.Tensor, weights: Sequence[torch.Tensor], dim: int) -> None:
+    """Refuse channel-attention weights that do not fit E = ``dim`` channels (the kernels read them with the strides
+    of these shapes), or that lie on another device than ``anchor`` (the outputs, or the tokens)."""
+    if len(weights) != len(ATTENTION_WEIGHTS):
+        raise ValueError(f"attention_merge: expected the {len(ATTENTION_WEIGHTS)} weights "
+                         f"{', '.join(ATTENTION_WEIGHTS)}, got {len(weights)}")
+    named = dict(zip(ATTENTION_WEIGHTS, weights))
+    hidden = named["reduce_weight"].shape[0] if named["reduce_weight"].dim() == 2 else -1
+    expected = dict(norm_weight=(dim,), norm_bias=(dim,), reduce_weight=(hidden, dim), reduce_bias=(hidden,),
+                    select_weight=(dim, hidden), select_bias=(dim,))
+    for name, t in named.items():
+        if tuple(t.shape) != expected[name]:
+            shown = str(expected[name]).replace("-1", "E'")
+            raise ValueError(f"attention_merge: {name} must have shape {shown} for E = {dim} channels, "
+                             f"got {shape_str(t)}")
+    _check_devices("attention_merge", "the outputs are", anchor.device, **named)
 
 
 def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
@@ -167,9 +183,11 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
     gate_k = sigmoid(select(GELU(reduce(mean over tokens of LayerNorm(y_k; norm_weight, norm_bias, eps))))) with
     reduce (E', E) and select (E, E') linear layers; returns sum_k y_k * gate_k.
     """
-    if not torch.jit.is_tracing() and (y.dim() != 4 or norm_weight.shape != (y.shape[-1],)):
-        raise ValueError(f"attention_merge: y must be (Bt, K, T, E) with E = norm_weight's size, got {shape_str(y)}")
-    _check_attention_devices(y, (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias))
+    if not torch.jit.is_tracing():  # shapes are traced values during ONNX export
+        if y.dim() != 4:
+            raise ValueError(f"attention_merge: y must have shape (Bt, K, T, E), got {shape_str(y)}")
+        _check_attention_weights(y, (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias),
+                                 y.shape[-1])
     backend = backends.select(OP_MERGE, y.device, _fused_input_check(y, y.shape[-1]))
     args = (y, norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias, eps)
     if backend == "triton":
@@ -199,10 +217,7 @@ def multi_scan_attention_merge_fn(tokens: torch.Tensor, index: torch.Tensor, x_p
     inner = x_proj_weight.shape[-1]
     if type(tokens) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         _check_scan_args(*scan_args)
-        _check_attention_devices(tokens, attention_weights)
-        if attention_weights[0].shape != (inner,):
-            raise ValueError(f"attention_merge: norm_weight must have shape ({inner},) (E), "
-                             f"got {shape_str(attention_weights[0])}")
+        _check_attention_weights(tokens, attention_weights, inner)
         check = _fused_input_check(tokens, inner, A_log.shape[-1], dt_proj_weight.shape[-1])
         if (backends.select(OP_SCAN, tokens.device, check) == "cpu"
                 and backends.select(OP_MERGE, tokens.device, _fused_input_check(tokens, inner)) == "cpu"):
