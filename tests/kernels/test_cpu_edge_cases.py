@@ -191,3 +191,14 @@ def test_a_conv_of_width_zero_is_refused(force_backend):
         multi_scan_inner_fn(**p, gate=True)
     with pytest.raises(ValueError, match=r"width >= 1, got \(3, 0\)"):
         causal_conv1d_fn(torch.randn(2, 3, 5), torch.randn(3, 0))
+
+
+def test_attention_merge_without_tokens_gives_zero_weight_gradients(force_backend):
+    """No tokens: an empty output, on which nothing depends, so every gradient is 0 (the token mean divided by 0 made
+    the cpu kernel's weight gradients NaN, as 0 x NaN does in the backward of torch's composition)."""
+    force_backend("cpu")
+    y, *weights = attention_problem(num_tokens=0)
+    out = attention_merge_fn(y, *weights)
+    assert out.shape == (2, 0, 12)
+    for g in torch.autograd.grad(out.sum(), [y, *weights], allow_unused=True):
+        assert g is None or (torch.isfinite(g).all() and not g.any())

@@ -46,7 +46,8 @@ int attention_stats(const AttentionMergeArgs *a, int64_t start, int64_t end) {
                 addc(xb + c0, (ldc(r + c0, nc) - splat(mu)) * splat(rstd), nc);
             }
         }
-        for (long c = 0; c < E; c++) xb[c] /= (float)T;
+        if (T > 0) /* no tokens: a zero summary, whose gate then scales nothing (the weights' gradients are 0) */
+            for (long c = 0; c < E; c++) xb[c] /= (float)T;
     }
     return LM_OK;
 }
