@@ -30,6 +30,11 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$MODE" = torchrun ]; then
+    if [ "${NNODES:-1}" != 1 ] && { [ -z "${MASTER_ADDR:-}" ] || [ -z "${NODE_RANK:-}" ]; }; then
+        echo "$0: NNODES=$NNODES needs MASTER_ADDR (the address of the node with NODE_RANK=0) and NODE_RANK" \
+             "(this node's, from 0) set on every node" >&2
+        exit 2
+    fi
     export MASTER_PORT="${MASTER_PORT:-29500}"
     export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
     set -x

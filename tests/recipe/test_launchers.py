@@ -62,6 +62,17 @@ def test_dist_train_and_test_wrap_dist_run_with_multi_node_env(shell, stub_path,
     assert argv == torchrun("1", "tools/test.py", "-c", "c.yaml", "--model", "m", "--resume", "x.pth")
 
 
+@pytest.mark.parametrize("missing", ["MASTER_ADDR", "NODE_RANK"])
+def test_several_nodes_without_the_master_address_or_node_rank_are_refused(stub_path, missing):
+    """torchrun would wait for a master at 127.0.0.1, or start every node as rank 0, until its timeout."""
+    nodes = {k: v for k, v in dict(NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1").items() if k != missing}
+    environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "NODE_RANK")}
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/dist_train.sh"), "8", "c.yaml", "m"], capture_output=True,
+                          text=True, env={**environ, **nodes, "PATH": stub_path})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "NNODES=2 needs MASTER_ADDR (the address of the node with NODE_RANK=0) and NODE_RANK" in proc.stderr
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_slurm_run_and_slurm_train(shell, stub_path):
     argv, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m", "--amp")
