@@ -1,11 +1,13 @@
 """ImageNet-style datasets: the original meta-list layout and the common class-folder layout.
 
 Original layout: `<root>/{train,val}/...` images and `<root>/meta/{train,val}.txt`, one `relative/path label` per line.
-Class-folder layout: `<root>/{train,val}/<class>/<image>`; classes are the sorted train folder names.
-`find_imagenet_split` picks the layout automatically.
+Class-folder layout: `<root>/{train,val}/<class>/<image>`; classes are the sorted train folder names. Evaluation
+also takes `<root>/val/<class>/` alone (ImageNet val extracted to check released weights): classes are then the
+sorted val folder names, as torchvision's ImageFolder. `imagenet_layout` picks the layout automatically.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -16,6 +18,7 @@ from torch.utils.data import Dataset
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Pillow's modes of 16-bit grayscale files (PNG, TIFF, PGM); "I" is how some Pillow versions open them.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+logger = logging.getLogger("localmamba")
 
 
 class DataError(ValueError):
@@ -75,6 +78,11 @@ def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
     return samples
 
 
+def has_class_folders(split_dir: str) -> bool:
+    """Whether `split_dir` exists and holds at least one sub-folder."""
+    return os.path.isdir(split_dir) and any(e.is_dir() for e in os.scandir(split_dir))
+
+
 def class_folder_names(split_dir: str) -> list[str]:
     """The sorted sub-folder names of a split: the classes of the class-folder layout."""
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
@@ -111,11 +119,10 @@ def imagenet_layout(root: str) -> str:
         raise DataError(f"data path does not exist: {root} (set --data-path)")
     if os.path.isdir(os.path.join(root, "meta")):
         return "meta"
-    train = os.path.join(root, "train")
-    if os.path.isdir(train) and any(e.is_dir() for e in os.scandir(train)):
+    if has_class_folders(os.path.join(root, "train")) or has_class_folders(os.path.join(root, "val")):
         return "folders"
     raise DataError(f"{root}: expected meta/train.txt and meta/val.txt with train/ and val/ images, "
-                    f"or train/<class>/ and val/<class>/ folders")
+                    f"or train/<class>/ and val/<class>/ folders (val/<class>/ alone to evaluate)")
 
 
 def _meta_class_count(meta_path: str) -> int:
@@ -130,12 +137,15 @@ def _meta_class_count(meta_path: str) -> int:
 
 
 def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageListDataset:
-    """The val dataset of an ImageNet-style tree; the class count or order comes from the train split's list or
-    folder names, without listing its images (evaluation)."""
+    """The val dataset of an ImageNet-style tree (evaluation); the class count or order comes from the train split's
+    list or folder names, without listing its images, or from val's folder names when there is no train/<class>/."""
     if imagenet_layout(root) == "meta":
         val_meta, train_meta = os.path.join(root, "meta", "val.txt"), os.path.join(root, "meta", "train.txt")
         val = read_meta_file(val_meta, os.path.join(root, "val"))
-        if num_classes is not None and not os.path.isfile(train_meta):
+        if not os.path.isfile(train_meta):
+            if num_classes is None:
+                raise DataError(f"meta file not found: {train_meta}: evaluation reads the class count from it; "
+                                f"without it, give --num-classes (the model's number of classes)")
             return ImageListDataset(val, max(label for _, label in val) + 1)
         count = _meta_class_count(train_meta)
         bad = [(p, lbl) for p, lbl in val if lbl >= count]
@@ -146,7 +156,17 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageLis
     val_dir = os.path.join(root, "val")
     if not os.path.isdir(val_dir):
         raise DataError(f"validation folder not found: {val_dir}")
-    classes = class_folder_names(os.path.join(root, "train"))
+    if has_class_folders(os.path.join(root, "train")):
+        classes = class_folder_names(os.path.join(root, "train"))
+    else:
+        classes = class_folder_names(val_dir)
+        note = (f"{root}: no train/<class>/ folders: the {len(classes)} classes are the sorted folder names of val/ "
+                f"(as torchvision's ImageFolder); the labels are the model's only if val/ has a folder for every "
+                f"class it was trained on")
+        if num_classes is not None and num_classes != len(classes):
+            logger.warning(f"{note}; --num-classes {num_classes} differs from that count")
+        else:
+            logger.info(note)
     val, _ = scan_class_folders(val_dir, classes)
     return ImageListDataset(val, len(classes))
 
@@ -162,10 +182,13 @@ def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
             raise DataError(f"{os.path.join(root, 'meta', 'val.txt')}: label {bad[0][1]} of {bad[0][0]} "
                             f"is not a train label (train has {num_classes} classes)")
     else:
-        val_dir = os.path.join(root, "val")
+        val_dir, train_dir = os.path.join(root, "val"), os.path.join(root, "train")
+        if not has_class_folders(train_dir):
+            raise DataError(f"{train_dir}: no class folders: training needs train/<class>/ images (tools/test.py "
+                            f"evaluates with val/<class>/ alone)")
         if not os.path.isdir(val_dir):
             raise DataError(f"validation folder not found: {val_dir}")
-        train, classes = scan_class_folders(os.path.join(root, "train"))
+        train, classes = scan_class_folders(train_dir)
         val, _ = scan_class_folders(val_dir, classes)
         num_classes = len(classes)
     return ImageListDataset(train, num_classes), ImageListDataset(val, num_classes)

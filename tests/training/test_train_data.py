@@ -1,17 +1,18 @@
 """Datasets in every layout on tiny trees of real image files, the sampler's sharding, and per-sample seeding."""
+import logging
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from classification.data import DataError, ShardedSampler, build_datasets, build_loaders
+from classification.data import DataError, ShardedSampler, build_datasets, build_eval_dataset, build_loaders
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.image_list import imagenet_layout
 from classification.data.transforms import build_transform
 from classification.engine.config import parse_args
 
-from training_helpers import make_cifar
+from training_helpers import TINY_MODEL, make_cifar, make_meta_tree, write_image
 
 
 def cfg_for(*argv):
@@ -163,7 +164,6 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 
 def test_evaluation_does_not_build_the_training_set(folder_tree, meta_tree, monkeypatch):
     import classification.data as data
-    from classification.data import build_eval_dataset
 
     def no_train_set(*args, **kwargs):
         raise AssertionError("the training set was built")
@@ -186,8 +186,6 @@ def test_evaluation_does_not_build_the_training_set(folder_tree, meta_tree, monk
 
 @pytest.mark.parametrize("layout", ["meta", "folders"])
 def test_num_classes_below_the_datasets_labels_is_refused(layout, meta_tree, folder_tree):
-    from classification.data import build_eval_dataset
-
     root = meta_tree[0] if layout == "meta" else folder_tree
     with pytest.raises(DataError, match="--num-classes 2 is fewer than the 3 classes"):
         build_datasets(cfg_for("--data-path", root, "--img-size", "16", "--num-classes", "2"))
@@ -201,3 +199,75 @@ def test_num_classes_below_the_cifar_classes_is_refused(tmp_path):
     make_cifar(str(tmp_path), "cifar100")
     with pytest.raises(DataError, match="--num-classes 10 is fewer than the 100 classes"):
         build_datasets(cfg_for("--dataset", "cifar100", "--data-path", str(tmp_path), "--num-classes", "10"))
+
+
+def make_val_only_tree(root: str, train_leftover: bool) -> None:
+    """ImageNet val extracted as val/<class>/*.JPEG and no train/<class>/ folders (train/ absent, or holding only the
+    unextracted class tarballs)."""
+    for c, name in enumerate(("eel", "cat", "dog")):
+        for i in range(2):
+            write_image(os.path.join(root, "val", name, f"{i}.JPEG"), seed=10 * c + i)
+    if train_leftover:
+        os.makedirs(os.path.join(root, "train"))
+        open(os.path.join(root, "train", "n01440764.tar"), "wb").close()
+
+
+@pytest.fixture
+def localmamba_log(caplog, monkeypatch):
+    """caplog records of the `localmamba` logger (a run's setup_logging turns its propagation off)."""
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="localmamba")
+    return caplog
+
+
+@pytest.mark.parametrize("train_leftover", [False, True], ids=["no_train", "train_tarballs"])
+def test_evaluation_takes_the_classes_of_a_val_only_tree_from_its_folders(tmp_path, localmamba_log, train_leftover):
+    root = str(tmp_path)
+    make_val_only_tree(root, train_leftover)
+    cfg = cfg_for("--data-path", root, "--img-size", "16")
+    val = build_eval_dataset(cfg)
+    labels = {os.path.basename(os.path.dirname(p)): y for p, y in val.samples}
+    assert labels == {"cat": 0, "dog": 1, "eel": 2} and (len(val), cfg.num_classes) == (6, 3)  # sorted, as ImageFolder
+    assert val[5][0].size == (20, 20)
+    assert [(r.levelname, r.getMessage()) for r in localmamba_log.records] == [
+        ("INFO", f"{root}: no train/<class>/ folders: the 3 classes are the sorted folder names of val/ (as "
+                 f"torchvision's ImageFolder); the labels are the model's only if val/ has a folder for every class "
+                 f"it was trained on")]
+    with pytest.raises(DataError, match=rf"^{os.path.join(root, 'train')}: no class folders: training needs "
+                                        rf"train/<class>/ images \(tools/test.py evaluates with val/<class>/ alone\)$"):
+        build_datasets(cfg_for("--data-path", root, "--img-size", "16"))
+
+
+def test_a_val_only_tree_warns_when_num_classes_differs_from_its_folders(tmp_path, localmamba_log):
+    make_val_only_tree(str(tmp_path), train_leftover=False)
+    cfg = cfg_for("--data-path", str(tmp_path), "--img-size", "16", "--num-classes", "5")
+    assert len(build_eval_dataset(cfg)) == 6 and cfg.num_classes == 5
+    (record,) = localmamba_log.records
+    assert record.levelname == "WARNING" and record.getMessage().endswith("; --num-classes 5 differs from that count")
+
+
+def test_tools_test_evaluates_released_weights_on_a_val_only_tree(tmp_path):
+    from classification.engine.evaluate import test as evaluate
+    from classification.engine.model_builder import build_model
+
+    root = str(tmp_path / "imagenet")
+    make_val_only_tree(root, train_leftover=False)
+    released = str(tmp_path / "released.pth")
+    torch.save({"state_dict": build_model(cfg_for(*TINY_MODEL, "--num-classes", "3")).state_dict()}, released)
+    out = tmp_path / "out"
+    metrics = evaluate(cfg_for(*TINY_MODEL, "--data-path", root, "--resume", released, "--output", str(out)))
+    assert set(metrics) == {"test_loss", "top1", "top5"} and metrics["top5"] == 100.0  # 3 classes: all in the top 5
+    (log_file,) = (out / "exp").glob("eval_*.txt")
+    assert "no train/<class>/ folders: the 3 classes are the sorted folder names of val/" in log_file.read_text()
+
+
+def test_meta_tree_without_train_list_evaluates_with_num_classes(tmp_path):
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    os.remove(os.path.join(root, "meta", "train.txt"))
+    with pytest.raises(DataError, match=r"meta file not found: .*train\.txt: evaluation reads the class count from "
+                                        r"it; without it, give --num-classes \(the model's number of classes\)$"):
+        build_eval_dataset(cfg_for("--data-path", root, "--img-size", "16"))
+    cfg = cfg_for("--data-path", root, "--img-size", "16", "--num-classes", "3")
+    val = build_eval_dataset(cfg)
+    assert (len(val), cfg.num_classes) == (6, 3) and [y for _, y in val.samples] == [y for _, y in lists["val"]]
