@@ -2,7 +2,9 @@
 
 The flags are the original toolbox's (same names, same defaults) minus the ones that do nothing for these models
 (NAS, KD, DBB, DyRep, auxiliary tower), plus a few of ours (marked "ours" in their help). A YAML file given with
-`-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys are errors.
+`-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys are errors. A YAML value
+is read from its text as argparse reads the same word (`experiment: 20240501` is the name '20240501', `epochs: 7.9`
+is refused as `--epochs 7.9` is); `null` is taken only by a flag whose default is None.
 
 `--overwrite` and `--resume` say what one command does to a run folder, not how an experiment is configured: a
 config file may not set `overwrite` (deleting a run is asked for on the command line only), and `args.yaml` leaves
@@ -171,33 +173,94 @@ def build_parser(description: str = "LocalMamba training") -> argparse.ArgumentP
 
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML config; a `_base_: other.yaml` key (relative to this file) is loaded first and updated."""
+    return _read_yaml(path)[0]
+
+
+def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`load_yaml`'s values, and per key the text its value is written as (`_written_texts`)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
+        loader = yaml.SafeLoader(f)
         try:
-            cfg = yaml.safe_load(f) or {}
+            node = loader.get_single_node()
+            cfg = (loader.construct_document(node) if node is not None else None) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        finally:
+            loader.dispose()
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__}")
+    texts = _written_texts(node) if isinstance(node, yaml.MappingNode) else {}
     base = cfg.pop("_base_", None)
+    texts.pop("_base_", None)
     if base is None:
-        return cfg
-    merged = load_yaml(os.path.join(os.path.dirname(path), base))
+        return cfg, texts
+    merged, merged_texts = _read_yaml(os.path.join(os.path.dirname(path), base))
     merged.update(cfg)
-    return merged
+    merged_texts.update(texts)
+    return merged, merged_texts
 
 
-def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
-    """Convert and check one YAML value as argparse would convert the same text on the command line."""
+def _written_texts(node: yaml.MappingNode) -> dict[str, Any]:
+    """Per key of a YAML mapping, its value as written in the file (`20240501`, `2024.10`, `1e-3`): the text that
+    argparse would convert; a list for a list (None for an item that is not a scalar), None for a mapping."""
+    texts: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        if isinstance(value_node, yaml.ScalarNode):
+            texts[key_node.value] = value_node.value
+        elif isinstance(value_node, yaml.SequenceNode):
+            texts[key_node.value] = [item.value if isinstance(item, yaml.ScalarNode) else None
+                                     for item in value_node.value]
+        else:
+            texts[key_node.value] = None
+    return texts
+
+
+KINDS = {None: "text", int: "an integer", float: "a number"}   # what a flag of each argparse `type` takes
+
+
+def _convert(action: argparse.Action, value: Any, text: str | None, where: str) -> Any:
+    """One YAML scalar of a flag, converted from its written `text` as argparse converts a command-line word.
+
+    YAML's own reading is not used: it makes `20240501` an int and `2024-05-01` a date for a text flag, `0300` the
+    octal 192 and `7.9` a float for an int flag. YAML booleans and nulls are refused: `model: true` is surely a
+    mistake, and argparse could not read `true` as a number either.
+    """
+    kind = KINDS.get(action.type, "a value")
+    if isinstance(value, bool):
+        hint = " (quote it if you mean the word)" if action.type is None else ""
+        raise ConfigError(f"{where}: {text} is a YAML boolean, not {kind}{hint}")
+    if value is None:
+        raise ConfigError(f"{where}: expected {kind}, got null")
+    if text is None:
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+    if action.type is None:
+        return text
+    try:
+        return action.type(text)
+    except ValueError as err:
+        raise ConfigError(f"{where}: bad value {text!r}: expected {kind}") from err
+
+
+def _coerce(action: argparse.Action, value: Any, text: Any, where: str) -> Any:
+    """Convert and check one YAML value as argparse would convert the same text on the command line; `text` is the
+    value as written (`_written_texts`). `null` is taken only by a flag whose default is None."""
     if action.dest == "model_kwargs":
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"{where}: model_kwargs must be a mapping, got {value!r}")
         return dict(value or {})
     if value is None:
+        if action.default is not None:
+            raise ConfigError(f"{where}: null is not a value of this flag (its default is {action.default!r}): "
+                              f"give a value or leave the key out")
         return None
-    if action.nargs == 0 and not isinstance(value, bool):  # store_true flags
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if action.nargs == 0:  # store_true flags
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
     is_list = isinstance(value, (list, tuple))
     if isinstance(action.nargs, int) and action.nargs > 0 and (not is_list or len(value) != action.nargs):
         raise ConfigError(f"{where}: expected a list of {action.nargs} values, got {value!r}")
@@ -205,13 +268,10 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a list of one or more values, got {value!r}")
     if action.nargs is None and is_list:
         raise ConfigError(f"{where}: expected one value, got the list {value!r}")
-    try:
-        if isinstance(value, (list, tuple)):
-            value = [action.type(v) for v in value] if action.type else list(value)
-        elif action.type is not None:
-            value = action.type(value)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: bad value {value!r} ({err})") from err
+    if is_list:
+        value = [_convert(action, item, item_text, where) for item, item_text in zip(value, text)]
+    else:
+        value = _convert(action, value, text, where)
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {list(action.choices)}")
     return value
@@ -268,7 +328,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        cfg = load_yaml(known.config)
+        cfg, texts = _read_yaml(known.config)
         actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
         defaults = {}
         for key, value in cfg.items():
@@ -281,7 +341,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
             if key == "overwrite" and value:
                 raise ConfigError(f"{known.config}: key 'overwrite': a config file cannot delete a run; give "
                                   f"--overwrite on the command line")
-            defaults[key] = _coerce(actions[key], value, f"{known.config}: key {key!r}")
+            defaults[key] = _coerce(actions[key], value, texts.get(key), f"{known.config}: key {key!r}")
         parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs or {})

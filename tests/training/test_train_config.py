@@ -1,4 +1,5 @@
 """Config handling: YAML then command line, the command line wins; unknown keys are errors naming the key."""
+import glob
 import os
 
 import pytest
@@ -30,8 +31,8 @@ def test_shipped_recipe_values():
     args = parse_args(["-c", RECIPE])
     assert args.lr == 1e-3 and isinstance(args.lr, float)  # YAML reads '1e-3' as text; it must become a float
     assert (args.min_lr, args.warmup_lr, args.opt_eps) == (1e-6, 1e-7, 1e-8)
-    assert (args.opt, args.sched, args.warmup_epochs, args.epochs, args.weight_decay) == ("adamw", "cosine", 20, 300,
-                                                                                           0.04)
+    assert (args.opt, args.sched, args.warmup_epochs, args.epochs) == ("adamw", "cosine", 20, 300)
+    assert args.weight_decay == 0.04 and args.opt_betas is None  # opt_betas: null keeps the default
     assert (args.aa, args.reprob, args.remode, args.mixup, args.cutmix) == ("rand-m9-mstd0.5", 0.25, "pixel", 0.2, 1.0)
     assert (args.interpolation, args.batch_size, args.workers, args.model_ema_decay) == ("bicubic", 128, 16, 0.999)
 
@@ -126,3 +127,78 @@ def test_cutmix_minmax_takes_two_values():
     with pytest.raises(ConfigError, match=r"--cutmix-minmax takes two values \(min max\), got \[0.3\]"):
         parse_args(["--cutmix-minmax", "0.3"])
     assert parse_args(["--cutmix-minmax", "0.3", "0.8"]).cutmix_minmax == [0.3, 0.8]
+
+
+def parse_yaml_text(tmp_path, text):
+    """parse_args on a config file holding `text` as written (not dumped by yaml, which would quote it)."""
+    path = tmp_path / "t.yaml"
+    path.write_text(text + "\n")
+    return parse_args(["-c", str(path)])
+
+
+@pytest.mark.parametrize("key, text, expected", [
+    ("experiment", "20240501", "20240501"),   # YAML: the int 20240501 (os.path.join then failed)
+    ("data_path", "2024-05-01", "2024-05-01"),  # YAML: a date
+    ("output", "2024.10", "2024.10"),         # YAML: the float 2024.1
+    ("model", "0300", "0300"),                # YAML 1.1: the octal 192
+    ("dist_port", "29500", "29500"),
+    ("epochs", "0300", 300),                  # argparse reads 300, YAML the octal 192
+    ("lr", "1e-3", 1e-3),                     # YAML: the text '1e-3'
+    ("image_mean", "[0.5, .25, 1]", [0.5, 0.25, 1.0]),
+])
+def test_yaml_value_is_read_as_the_command_line_reads_its_text(tmp_path, key, text, expected):
+    from_yaml = getattr(parse_yaml_text(tmp_path, f"{key}: {text}"), key)
+    words = text.strip("[]").split(", ") if text.startswith("[") else [text]
+    from_cli = getattr(parse_args(["--" + key.replace("_", "-"), *words]), key)
+    assert from_yaml == from_cli == expected and type(from_yaml) is type(expected)
+
+
+@pytest.mark.parametrize("key, text", [("epochs", "7.9"), ("warmup_epochs", "2.5"), ("epochs", "300.0"),
+                                       ("seed", "1e3"), ("lr", "fast")])
+def test_yaml_refuses_what_the_command_line_refuses(tmp_path, key, text):
+    # a float for an int flag was truncated (7.9 -> 7); a whole float (300.0) is refused as argparse refuses it
+    with pytest.raises(SystemExit):
+        parse_args(["--" + key.replace("_", "-"), text])
+    kind = "a number" if key == "lr" else "an integer"
+    with pytest.raises(ConfigError, match=rf"^\S*t\.yaml: key '{key}': bad value '{text}': expected {kind}$"):
+        parse_yaml_text(tmp_path, f"{key}: {text}")
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("epochs: true", r"key 'epochs': true is a YAML boolean, not an integer$"),  # bool is an int: was 1
+    ("lr: yes", r"key 'lr': yes is a YAML boolean, not a number$"),
+    ("model: true", r"key 'model': true is a YAML boolean, not text \(quote it if you mean the word\)$"),
+    ("experiment: no", r"key 'experiment': no is a YAML boolean, not text"),
+    ("image_mean: [0.5, true, 0.5]", r"key 'image_mean': true is a YAML boolean, not a number$"),
+    ("image_mean: [0.5, null, 0.5]", r"key 'image_mean': expected a number, got null$"),
+])
+def test_yaml_booleans_are_refused_for_value_flags(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=r"t\.yaml: " + pattern) as err:
+        parse_yaml_text(tmp_path, text)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, default", [("epochs: null", "200"), ("lr: ~", "0.01"), ("batch_size:", "32"),
+                                           ("model: null", "'local_vim_tiny'"), ("resume: null", "''"),
+                                           ("model_ema: null", "False")])
+def test_null_is_refused_for_a_flag_that_needs_a_value(tmp_path, text, default):
+    key = text.split(":")[0]
+    with pytest.raises(ConfigError, match=rf"t\.yaml: key '{key}': null is not a value of this flag \(its default "
+                                          rf"is {default}\): give a value or leave the key out$"):
+        parse_yaml_text(tmp_path, text)
+
+
+def test_null_is_taken_by_a_flag_whose_default_is_none(tmp_path):
+    args = parse_yaml_text(tmp_path, "opt_betas: null\nnum_classes: ~\naa: null\ndecay_rate:\nimg_size: null")
+    assert (args.opt_betas, args.num_classes, args.aa, args.decay_rate, args.img_size) == (None,) * 5
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)),
+                         ids=lambda p: os.path.relpath(p, REPO))
+def test_every_shipped_config_parses(path):
+    with open(path) as f:
+        written = yaml.safe_load(f)
+    args = parse_args(["-c", path])
+    assert args.config == path and args.epochs >= 1 and isinstance(args.model, str)
+    assert all(getattr(args, key) is None for key, value in written.items() if value is None)  # opt_betas: null
+
