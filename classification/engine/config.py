@@ -20,6 +20,9 @@ from typing import Any, Sequence
 import yaml
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
+# On/off flags of an experiment's config take `--no-NAME` too, so that the command line can switch off what a YAML
+# file switches on (the run-control and --debug / --trust-checkpoint flags are plain `store_true`).
+SWITCH = argparse.BooleanOptionalAction
 RUN_CONTROL_FLAGS = ("overwrite", "resume")     # per command, left out of args.yaml (see the module doc)
 
 
@@ -75,17 +78,17 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opt", default="sgd", choices=("sgd", "adamw", "rmsprop", "rmsproptf"), help="optimizer")
     g.add_argument("--opt-eps", type=float, default=1e-8, help="optimizer epsilon")
     g.add_argument("--opt-betas", type=float, nargs=2, default=None, help="AdamW betas (default 0.9 0.999)")
-    g.add_argument("--opt-no-filter", action="store_true", help="weight-decay every parameter (one group)")
-    g.add_argument("--honor-no-weight-decay", action="store_true",
+    g.add_argument("--opt-no-filter", action=SWITCH, default=False, help="weight-decay every parameter (one group)")
+    g.add_argument("--honor-no-weight-decay", action=SWITCH, default=False,
                    help="ours: also exclude parameters flagged _no_weight_decay (A_log, D) and search weights")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD / RMSprop momentum")
-    g.add_argument("--sgd-no-nesterov", action="store_true", help="plain momentum SGD")
+    g.add_argument("--sgd-no-nesterov", action=SWITCH, default=False, help="plain momentum SGD")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
-    g.add_argument("--clip-grad-norm", action="store_true", help="clip the gradient norm")
+    g.add_argument("--clip-grad-norm", action=SWITCH, default=False, help="clip the gradient norm")
     g.add_argument("--clip-grad-max-norm", type=float, default=5.0, help="max gradient norm when clipping")
-    g.add_argument("--amp", action="store_true",
+    g.add_argument("--amp", action=SWITCH, default=False,
                    help="mixed precision training (bf16 autocast on CPU); evaluation stays fp32, as the original")
-    g.add_argument("--amp-eval", action="store_true",
+    g.add_argument("--amp-eval", action=SWITCH, default=False,
                    help="ours: evaluate under autocast (validation in training, tools/test.py); default fp32")
     g.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                    help="ours: tools/test.py evaluates the model under torch.compile in this mode (reduce-overhead: "
@@ -104,7 +107,7 @@ def _add_schedule_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=200, help="epochs to train")
     g.add_argument("--warmup-epochs", type=int, default=3, help="warmup epochs (LR constant within an epoch)")
     g.add_argument("--decay-rate", "--dr", type=float, default=None, help="step schedule: decay factor")
-    g.add_argument("--decay-by-epoch", "--decay_by_epoch", action="store_true",
+    g.add_argument("--decay-by-epoch", "--decay_by_epoch", action=SWITCH, default=False,
                    help="cosine / linear: decay once per epoch instead of every iteration")
 
 
@@ -138,7 +141,7 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("EMA")
-    g.add_argument("--model-ema", action="store_true", help="keep and validate an EMA of the weights")
+    g.add_argument("--model-ema", action=SWITCH, default=False, help="keep and validate an EMA of the weights")
     g.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay per step")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=42, help="random seed (rank r uses seed + r)")
@@ -153,7 +156,7 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="ours: auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--keep-num", type=int, default=10, help="ours: how many best checkpoints to keep")
     g.add_argument("--threads", type=int, default=0, help="ours: CPU threads per process (0: torch's default)")
-    g.add_argument("--slurm", action="store_true", help="take ranks from SLURM_* (tools/slurm_train.sh)")
+    g.add_argument("--slurm", action=SWITCH, default=False, help="take ranks from SLURM_* (tools/slurm_train.sh)")
     g.add_argument("--dist-port", default="29500", help="master port of --slurm runs without MASTER_PORT")
     g.add_argument("--local-rank", "--local_rank", type=int, default=0,
                    help="accepted for torch.distributed.launch; the LOCAL_RANK variable is used")

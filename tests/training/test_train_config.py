@@ -202,3 +202,10 @@ def test_every_shipped_config_parses(path):
     assert args.config == path and args.epochs >= 1 and isinstance(args.model, str)
     assert all(getattr(args, key) is None for key, value in written.items() if value is None)  # opt_betas: null
 
+
+def test_the_command_line_switches_off_what_a_yaml_file_switches_on(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model_ema: true\namp: true\nclip_grad_norm: true\n")
+    args = parse_args(["-c", str(cfg_file), "--no-model-ema", "--no-clip-grad-norm"])
+    assert (args.model_ema, args.amp, args.clip_grad_norm) == (False, True, False)
+    assert parse_args([]).model_ema is False and parse_args(["--model-ema"]).model_ema is True
