@@ -59,9 +59,6 @@ from .signals import StopSignals
 
 METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
 LR_HEADER = ("epoch", "step", "lr")
-# Flags whose change on --resume is logged: they shape the optimizer or the learning-rate schedule.
-RESUME_LOGGED_FLAGS = ("lr", "warmup_lr", "min_lr", "epochs", "warmup_epochs", "sched", "decay_epochs", "decay_rate",
-                       "decay_by_epoch", "opt", "weight_decay", "momentum", "opt_eps", "opt_betas", "batch_size")
 
 
 @dataclass
@@ -207,10 +204,13 @@ class Run:
                 "param_groups": self.optimizer.state_dict()["param_groups"]}
 
     def _log_changed_flags(self, saved: dict) -> None:
-        for key in RESUME_LOGGED_FLAGS:
-            old, new = saved.get(key), getattr(self.cfg, key)
-            if key in saved and old != (list(new) if isinstance(new, tuple) else new):
-                self.log.info(f"--{key.replace('_', '-')} changed on resume: {old} -> {new} (the new value is used)")
+        """Log every flag whose value differs from the one the checkpoint's run had (`saved`: its config), but the
+        folder's (`--output`, `--experiment`: the run continues in its checkpoint's folder, or a branch's)."""
+        now = config_dict(self.cfg)
+        for key in sorted(now.keys() & saved.keys() - {"output", "experiment"}):
+            if now[key] != saved[key]:
+                self.log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value "
+                              f"is used)")
 
     def open_outputs(self) -> None:
         """Prepare the folder once the inputs are checked: remove leftover temporary files, delete an earlier run

@@ -1,4 +1,5 @@
-"""--lr and the schedule flags given with --resume take effect: the resumed iterations follow the new schedule."""
+"""--lr and the schedule flags given with --resume take effect: the resumed iterations follow the new schedule; the
+log names every flag that changed."""
 import csv
 import os
 import subprocess
@@ -20,9 +21,13 @@ def test_new_lr_on_resume_takes_effect(tmp_path):
                            str(tmp_path), "--experiment", "run"], capture_output=True, env=tool_env(), timeout=300)
     assert proc.returncode == -9
     folder = tmp_path / "run"
-    log = run_tool("train.py", *RUN, "--lr", "6e-3", "--min-lr", "2e-5", "--resume", str(folder / "last.pth.tar"))
-    assert "--lr changed on resume: 0.003 -> 0.006 (the new value is used)" in log.stdout
-    assert "--min-lr changed on resume: 1e-05 -> 2e-05" in log.stdout
+    log = run_tool("train.py", *RUN, "--lr", "6e-3", "--min-lr", "2e-5", "--smoothing", "0.2", "--resume",
+                   str(folder / "last.pth.tar"))
+    changes = [line.split("INFO ")[-1].split("] ")[-1] for line in log.stdout.splitlines() if "changed on resume" in line]
+    # every changed flag is named (not only the optimizer's and the schedule's), and nothing else
+    assert changes == ["--lr changed on resume: 0.003 -> 0.006 (the new value is used)",
+                       "--min-lr changed on resume: 1e-05 -> 2e-05 (the new value is used)",
+                       "--smoothing changed on resume: 0.1 -> 0.2 (the new value is used)"], changes
     new = WarmupScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=6e-3), "cosine", 6e-3, 5, 3,
                           warmup_epochs=1, warmup_lr=1e-4, min_lr=2e-5)
     old = WarmupScheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-3), "cosine", 3e-3, 5, 3,
