@@ -2,19 +2,20 @@
 
 A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler` (as the original) plus `scheduler`,
 `rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
-`model_name` and `config` for exact resume. A run stopped by a signal in the middle of an epoch writes `last.pth.tar`
-alone, marked by `step` (the batches done in `epoch`, the epoch in progress) and holding `train_loss_sums` (each
-rank's running [loss sum, sample count]); in an epoch-end checkpoint both are None (absent in older files) and `epoch`
-is the epoch it finished. Every value is a tensor or a plain Python value, so the file loads with
-`torch.load(weights_only=True)`. The released form is `{'state_dict': weights}` (tools/convert_ckpt.py). Reading,
-writing and weight lookup live in `classification.common.checkpoint_io`.
+`model_name`, `directions` (the scan directions per layer, see `scan_directions`) and `config` for exact resume. A
+run stopped by a signal in the middle of an epoch writes `last.pth.tar` alone, marked by `step` (the batches done in
+`epoch`, the epoch in progress) and holding `train_loss_sums` (each rank's running [loss sum, sample count]); in an
+epoch-end checkpoint both are None (absent in older files) and `epoch` is the epoch it finished. Every value is a
+tensor or a plain Python value, so the file loads with `torch.load(weights_only=True)`. The released form is
+`{'state_dict': weights}` (tools/convert_ckpt.py). Reading, writing and weight lookup live in
+`classification.common.checkpoint_io`.
 """
 from __future__ import annotations
 
 import os
 import re
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,36 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
                          "(or --model-kwargs img_size=N)")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+def scan_directions(model: nn.Module) -> Optional[list[list[str]]]:
+    """The model's scan directions, one list per layer (LocalVim, LocalVMamba); None for a search supernet or another
+    family. Saved in training checkpoints: two direction tables give weights of the same keys and shapes."""
+    table = getattr(model, "directions", None)
+    return None if table is None else [list(layer) for layer in table]
+
+
+def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any], path: str) -> None:
+    """Refuse a training checkpoint of another model than `model_name` or of other scan directions than the model's:
+    the weights would load (another direction table has the same keys and shapes) and compute something else.
+    Checkpoints written before these entries were saved are not checked."""
+    saved_name = ckpt.get("model_name")
+    if saved_name is not None and saved_name != model_name:
+        raise CheckpointError(f"{path} is a checkpoint of {saved_name}, not of {model_name}: give --model {saved_name}")
+    if "directions" not in ckpt:
+        return
+    saved, own = ckpt["directions"], scan_directions(model)
+    if saved == own:
+        return
+    used = (ckpt.get("config") or {}).get("directions")
+    hint = f"--directions {used}, as its run did" if used else "no --directions (its run used the model's own)"
+    if saved is None or own is None:
+        where = f"{'a search supernet' if saved is None else 'a fixed direction table'} vs this model's " \
+                f"{'search supernet' if own is None else 'fixed table'}"
+    else:
+        layer = next(i for i, (a, b) in enumerate(zip(saved, own)) if a != b)
+        where = f"layer {layer}: {saved[layer]} vs {own[layer]} here"
+    raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}")
 
 
 def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -44,7 +44,8 @@ from ..data import build_datasets, build_loaders, build_mixup
 from ..data.transforms import check_auto_augment
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
-from .checkpoint import LAST, CheckpointManager, load_finetune_weights, load_weights
+from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
+                         scan_directions)
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
@@ -113,6 +114,8 @@ class Run:
         """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch (and the step
         and running train loss of a mid-epoch checkpoint) and RNG from `ckpt` (read from `path`). A released
         {'state_dict'} file gives the weights only: training starts at epoch 0."""
+        if is_training_checkpoint(ckpt):
+            check_same_model(self.model, canonical_model_name(self.cfg.model), ckpt, path)
         load_weights(self.model, state_dict_from(ckpt, source=path), path)
         if self.ema is not None:
             self.ema.set(self.model)  # the EMA starts from the loaded weights unless the checkpoint holds its own
@@ -254,6 +257,7 @@ class Run:
             "scheduler": self.scheduler.state_dict(),
             "rng": [rng for rng, _ in states],
             "model_name": canonical_model_name(self.cfg.model),
+            "directions": scan_directions(self.model),
             "config": config_dict(self.cfg),
         }
 

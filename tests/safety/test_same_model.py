@@ -1,0 +1,69 @@
+"""A training checkpoint is resumed or evaluated only by the model it was trained as: its model name and its scan
+directions (two direction tables give weights of the same keys and shapes, which load and compute something else)."""
+import pytest
+import timm
+
+import classification  # noqa: F401  (registers the models)
+from classification.common.checkpoint_io import CheckpointError
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions
+from classification.engine.checkpoint import check_same_model, scan_directions
+
+from safety_helpers import assert_one_line_error, run_tool
+
+SMALL = dict(embed_dim=16, num_classes=3)
+LOCAL_VIM = ["--dataset", "digits", "--model", "local_vim_tiny", "--model-kwargs", "embed_dim=16", "patch_size=4",
+             "--img-size", "16", "-b", "256", "-j", "0", "--epochs", "1", "--warmup-epochs", "0"]
+
+
+def test_the_direction_table_is_saved_per_layer():
+    assert scan_directions(timm.create_model("local_vim_tiny", **SMALL)) == [list(t) for t in LOCAL_VIM_TINY_DIRECTIONS]
+    assert scan_directions(timm.create_model("local_vim_tiny_search", **SMALL)) is None
+    assert scan_directions(timm.create_model("resnet10t", num_classes=3)) is None
+
+
+def test_other_directions_are_refused_naming_the_first_different_layer_and_the_file():
+    searched = timm.create_model("local_vim_tiny", **SMALL)
+    uniform = timm.create_model("local_vim_tiny", directions=[["h", "h_flip", "w2", "w2_flip"]] * 20, **SMALL)
+    ckpt = {"model_name": "local_vim_tiny", "directions": scan_directions(searched),
+            "config": {"directions": "search/directions.yaml"}}
+    check_same_model(searched, "local_vim_tiny", ckpt, "run/last.pth.tar")
+    with pytest.raises(CheckpointError, match=r"run/last.pth.tar was trained with other scan directions \(layer 0: "
+                                              r"\['h', 'v_flip', 'w7', 'w7_flip'\] vs \['h', 'h_flip', 'w2', "
+                                              r"'w2_flip'\] here\); give --directions search/directions.yaml, as its "
+                                              r"run did"):
+        check_same_model(uniform, "local_vim_tiny", ckpt, "run/last.pth.tar")
+    ckpt["config"] = {"directions": None}
+    with pytest.raises(CheckpointError, match=r"give no --directions \(its run used the model's own\)"):
+        check_same_model(uniform, "local_vim_tiny", ckpt, "run/last.pth.tar")
+
+
+def test_a_supernet_checkpoint_is_refused_by_a_fixed_table_and_a_renamed_model_by_name():
+    supernet = timm.create_model("local_vim_tiny_search", **SMALL)
+    fixed = timm.create_model("local_vim_tiny", **SMALL)
+    ckpt = {"model_name": "local_vim_tiny", "directions": None, "config": {}}
+    with pytest.raises(CheckpointError, match="a search supernet vs this model's fixed table"):
+        check_same_model(fixed, "local_vim_tiny", ckpt, "x")
+    with pytest.raises(CheckpointError, match="x is a checkpoint of local_vim_tiny, not of local_vim_tiny_search: "
+                                              "give --model local_vim_tiny"):
+        check_same_model(supernet, "local_vim_tiny_search", ckpt, "x")
+
+
+def test_checkpoints_from_before_the_entries_are_not_checked():
+    check_same_model(timm.create_model("local_vim_tiny", **SMALL), "local_vim_tiny", {"epoch": 3, "model": {}}, "x")
+
+
+def test_resume_and_test_refuse_a_run_of_other_directions(tmp_path):
+    """End to end: a LocalVim run trained with a directions file; resuming or evaluating it without that file (the
+    registered table: same keys and shapes) stops with one line naming the file, before anything is written."""
+    table = tmp_path / "directions.yaml"
+    save_directions(table, [["h", "v", "w2", "w2_flip"]] * 20)
+    run_tool("train.py", *LOCAL_VIM, "--directions", str(table), "--output", str(tmp_path), "--experiment", "run")
+    last = tmp_path / "run" / "last.pth.tar"
+    expected = f"{last} was trained with other scan directions (layer 0: ['h', 'v', 'w2', 'w2_flip'] vs"
+    for tool, flags in (("train.py", ["--epochs", "2"]), ("test.py", [])):
+        proc = run_tool(tool, *LOCAL_VIM, *flags, "--resume", str(last), "--output", str(tmp_path), check=False)
+        assert_one_line_error(proc, expected)
+        assert f"give --directions {table}, as its run did" in proc.stderr
+    metrics = run_tool("test.py", *LOCAL_VIM, "--directions", str(table), "--resume", str(last), "--output",
+                       str(tmp_path))
+    assert metrics.returncode == 0
