@@ -30,22 +30,23 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that only loads by running pickled code; the message names the opt-in flag."""
 
 
-def _read(path: str, trust: bool) -> Any:
+def _read(path: str, trust: bool, mmap: bool) -> Any:
     with warnings.catch_warnings():  # torch warns about any pickle protocol but 2 before it refuses or reads the file
         warnings.filterwarnings('ignore', message='Detected pickle protocol', category=UserWarning)
         if path.startswith(('http://', 'https://')):
             return torch.hub.load_state_dict_from_url(path, map_location='cpu', weights_only=not trust)
-        return torch.load(path, map_location='cpu', weights_only=not trust)
+        return torch.load(path, map_location='cpu', weights_only=not trust, mmap=mmap)
 
 
 # torch.save writes a zip archive; files of torch < 1.6 are a pickle stream (protocol 2 starts with 0x80).
 CHECKPOINT_MAGIC = (b'PK\x03\x04', b'\x80')
 
 
-def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
 
-    ``trust=True`` unpickles arbitrary objects: only for files from a trusted source. Errors name the file.
+    ``trust=True`` unpickles arbitrary objects: only for files from a trusted source. ``mmap=True`` maps a file's
+    tensors instead of reading them (for a look at its plain entries). Errors name the file.
     """
     is_url = path.startswith(('http://', 'https://'))
     if not is_url and not os.path.isfile(path):
@@ -56,8 +57,9 @@ def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
         if not head.startswith(CHECKPOINT_MAGIC):
             raise CheckpointError(f'{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle; '
                                   f'it starts with {head!r})')
+        mmap = mmap and head == CHECKPOINT_MAGIC[0]  # only an archive can be mapped
     try:
-        ckpt = _read(path, trust)
+        ckpt = _read(path, trust, mmap)
     except pickle.UnpicklingError as err:
         if 'Weights only load failed' in str(err) or 'weights_only' in str(err):
             raise UnsafeCheckpointError(

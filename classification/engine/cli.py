@@ -31,14 +31,15 @@ class RunInterrupted(Exception):
 
 
 def resume_command(argv: Sequence[str], resume_path: str) -> str:
-    """The command line `argv` (script first) with any `--resume`/`--overwrite` replaced by `--resume resume_path`."""
+    """The command line `argv` (script first) with any `--resume`/`--overwrite`/`--rewind`/`--branch` replaced by
+    `--resume resume_path` (the run's own last.pth.tar, which continues it in place)."""
     kept, skip = [], False
     for item in argv[1:]:
         if skip:
             skip = False
         elif item == "--resume":
             skip = True
-        elif not item.startswith("--resume=") and item != "--overwrite":
+        elif not item.startswith("--resume=") and item not in ("--overwrite", "--rewind", "--branch"):
             kept.append(item)
     return shlex.join(["python", argv[0], *kept, "--resume", resume_path])
 

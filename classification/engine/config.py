@@ -6,9 +6,10 @@ The flags are the original toolbox's (same names, same defaults) minus the ones 
 is read from its text as argparse reads the same word (`experiment: 20240501` is the name '20240501', `epochs: 7.9`
 is refused as `--epochs 7.9` is); `null` is taken only by a flag whose default is None.
 
-`--overwrite` and `--resume` say what one command does to a run folder, not how an experiment is configured: a
-config file may not set `overwrite` (deleting a run is asked for on the command line only), and `args.yaml` leaves
-both out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or continuing that one.
+`--overwrite`, `--resume`, `--rewind` and `--branch` say what one command does to a run folder, not how an experiment
+is configured: a config file may not set `overwrite` or `rewind` (deleting a run is asked for on the command line
+only), and `args.yaml` leaves them out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or
+continuing that one.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
 # On/off flags of an experiment's config take `--no-NAME` too, so that the command line can switch off what a YAML
 # file switches on (the run-control and --debug / --trust-checkpoint flags are plain `store_true`).
 SWITCH = argparse.BooleanOptionalAction
-RUN_CONTROL_FLAGS = ("overwrite", "resume")     # per command, left out of args.yaml (see the module doc)
+RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch")  # per command, left out of args.yaml (module doc)
 
 
 class ConfigError(ValueError):
@@ -151,6 +152,12 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="ours: start afresh in an experiment folder that holds a run (its checkpoints, CSV files, "
                         "logs and args.yaml are deleted once the new run's inputs are checked)")
+    g.add_argument("--rewind", action="store_true",
+                   help="ours: with --resume of an earlier checkpoint of a run (not its last.pth.tar), continue the "
+                        "run from it in its folder, deleting the checkpoints and CSV rows written after it")
+    g.add_argument("--branch", action="store_true",
+                   help="ours: with --resume of a training checkpoint, continue from it in <output>/<experiment> "
+                        "(a new folder, given the run's CSV history up to the checkpoint); the run is left as it is")
     g.add_argument("--debug", action="store_true", help="ours: show the traceback of errors (also LOCALMAMBA_DEBUG=1)")
     g.add_argument("--output", default="experiments", help="ours: root folder of the runs")
     g.add_argument("--device", default="auto", help="ours: auto (CUDA when present), cpu, cuda or cuda:N")
@@ -322,6 +329,13 @@ def check_ranges(args: argparse.Namespace) -> None:
         raise ConfigError(f"--dist-port must be a port number (1-65535), got {args.dist_port!r}")
     if args.overwrite and args.resume:
         raise ConfigError("--overwrite starts a run afresh and --resume continues one: give only one of them")
+    for flag in ("rewind", "branch"):
+        if getattr(args, flag) and args.resume in ("", "auto"):
+            raise ConfigError(f"--{flag} continues a run from one of its checkpoints: give that checkpoint with "
+                              f"--resume")
+    if args.rewind and args.branch:
+        raise ConfigError("--rewind continues a run in its own folder and --branch in a new one: give only one of "
+                          "them")
 
 
 def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training") -> argparse.Namespace:
@@ -341,9 +355,9 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
                 close = difflib.get_close_matches(key, list(actions), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{known.config}: unknown key {key!r}{hint}")
-            if key == "overwrite" and value:
-                raise ConfigError(f"{known.config}: key 'overwrite': a config file cannot delete a run; give "
-                                  f"--overwrite on the command line")
+            if key in ("overwrite", "rewind") and value:
+                raise ConfigError(f"{known.config}: key {key!r}: a config file cannot delete a run; give "
+                                  f"--{key} on the command line")
             defaults[key] = _coerce(actions[key], value, texts.get(key), f"{known.config}: key {key!r}")
         parser.set_defaults(**defaults)
     args = parser.parse_args(argv)

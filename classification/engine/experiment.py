@@ -3,16 +3,23 @@
 A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint or a CSV file with
 rows) is refused unless `--overwrite` is given. `--resume` of a training checkpoint continues in that checkpoint's own
 folder, whatever `--output` / `--experiment` say; `--resume auto` takes the folder's last.pth.tar when there is one
-(and does nothing when that run has finished its epochs) and starts the run when there is none. Nothing in the
-folder is deleted before the new run's inputs have been checked.
+(and does nothing when that run has finished its epochs) and starts the run when there is none.
+
+A checkpoint behind its folder's last.pth.tar (an earlier epoch, best.pth.tar) would rewind that run, deleting what
+it did after the checkpoint: that needs `--rewind`. `--branch` instead continues from any training checkpoint in
+`<output>/<experiment>` (a folder without a run), taking the CSV history up to the checkpoint and leaving the
+original run as it is. Nothing in any folder is deleted before the new run's inputs have been checked.
 """
 from __future__ import annotations
 
 import csv
 import fnmatch
 import os
+import shutil
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from .checkpoint import LAST
 from .config import ConfigError
 
@@ -33,11 +40,81 @@ def next_epoch(ckpt: Mapping[str, Any]) -> int:
     return int(ckpt["epoch"]) + (1 if ckpt.get("step") is None else 0)
 
 
-def experiment_dir(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> str:
-    """The run's folder: the resumed training checkpoint's own, else `<output>/<experiment>`."""
-    if resume_ckpt is not None and is_training_checkpoint(resume_ckpt):
-        return os.path.dirname(os.path.abspath(cfg.resume))
-    return os.path.join(cfg.output, cfg.experiment)
+def progress_of(ckpt: Mapping[str, Any]) -> tuple[int, int]:
+    """How far a training checkpoint's run got, as (the epoch it continues with, batches done in that epoch)."""
+    return next_epoch(ckpt), int(ckpt.get("step") or 0)
+
+
+def describe_progress(ckpt: Mapping[str, Any]) -> str:
+    """`epoch N` for an epoch-end checkpoint, `epoch N, step S` for one written in the middle of epoch N."""
+    step = ckpt.get("step")
+    return f"epoch {ckpt['epoch']}" + (f", step {step}" if step is not None else "")
+
+
+def later_progress(path: str, ckpt: Mapping[str, Any], trust: bool) -> Optional[str]:
+    """What the run in the folder of the training checkpoint `path` (read as `ckpt`) did after it: a description of
+    its last.pth.tar when that is further on (or cannot be read), else None."""
+    last = os.path.join(os.path.dirname(os.path.abspath(path)), LAST)
+    if not os.path.isfile(last) or os.path.samefile(last, path):
+        return None
+    try:
+        saved = load_checkpoint(last, trust=trust, mmap=True)
+    except CheckpointError as err:
+        return f"its {LAST} cannot be read ({err})"
+    if not is_training_checkpoint(saved) or progress_of(saved) <= progress_of(ckpt):
+        return None
+    return f"its {LAST} has gone on to {describe_progress(saved)}"
+
+
+@dataclass
+class RunFolder:
+    """Where a run writes: `path`; for `--branch`, the folder of the run it continues (`branch_of`, whose CSV
+    history it copies); for `--rewind`, what the rewound run did after the checkpoint (`rewinds`)."""
+
+    path: str
+    branch_of: Optional[str] = None
+    rewinds: Optional[str] = None
+
+
+def choose_run_folder(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> RunFolder:
+    """The run's folder: `<output>/<experiment>` for a fresh run or a `--branch`, else the resumed training
+    checkpoint's own, where one behind the folder's last.pth.tar needs `--rewind` (see the module doc)."""
+    named = os.path.join(cfg.output, cfg.experiment)
+    if resume_ckpt is None or not is_training_checkpoint(resume_ckpt):
+        if cfg.branch or cfg.rewind:
+            raise ConfigError(f"--{'branch' if cfg.branch else 'rewind'} continues a run from one of its training "
+                              f"checkpoints; {cfg.resume or '--resume'} is released weights (no training state)")
+        return RunFolder(named)
+    own = os.path.dirname(os.path.abspath(cfg.resume))
+    if cfg.branch:
+        if os.path.abspath(named) == own or previous_run_files(named):
+            raise ConfigError(f"--branch continues {cfg.resume} in a new folder, and {named} "
+                              f"{'is its own' if os.path.abspath(named) == own else 'holds a run'}: give "
+                              f"--experiment NEW")
+        return RunFolder(named, branch_of=own)
+    later = later_progress(cfg.resume, resume_ckpt, cfg.trust_checkpoint)
+    if later is None:
+        return RunFolder(own)
+    if not cfg.rewind:
+        raise ConfigError(f"{cfg.resume} ({describe_progress(resume_ckpt)}) is behind the run in {own}: {later}. "
+                          f"Continuing from it there would delete what came after: give --branch --experiment NEW "
+                          f"to continue from it in a new folder (the run stays as it is), or --rewind to continue "
+                          f"from it in {own}, deleting the later checkpoints and CSV rows")
+    return RunFolder(own, rewinds=later)
+
+
+def start_branch(folder: RunFolder) -> list[str]:
+    """Copy the CSV files of the run a `--branch` continues into the branch's folder (they are then rewound to the
+    resumed checkpoint like any resumed run's); returns their names."""
+    if folder.branch_of is None:
+        return []
+    copied = []
+    for name in CSV_FILES:
+        src = os.path.join(folder.branch_of, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(folder.path, name))
+            copied.append(name)
+    return copied
 
 
 def _has_rows(path: str) -> bool:

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 
 from timm.utils import AverageMeter
 
-from ..common.checkpoint_io import (CheckpointError, load_checkpoint, remove_temporary_files, state_dict_from)
+from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
+                                    state_dict_from)
 from ..common.csv_log import CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup
@@ -50,8 +51,8 @@ from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
-from .experiment import (check_run_folder, delete_previous_run, experiment_dir, finished_run, is_training_checkpoint,
-                         make_writable, next_epoch, resolve_auto_resume)
+from .experiment import (RunFolder, check_run_folder, choose_run_folder, delete_previous_run, finished_run,
+                         is_training_checkpoint, make_writable, next_epoch, resolve_auto_resume, start_branch)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer, param_groups
@@ -215,9 +216,10 @@ class Run:
                 self.log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value "
                               f"is used)")
 
-    def open_outputs(self) -> None:
+    def open_outputs(self, folder: RunFolder) -> None:
         """Prepare the folder once the inputs are checked: remove leftover temporary files, delete an earlier run
-        (--overwrite), rewind the CSV files and repair the checkpoint files to the resumed epoch, write args.yaml."""
+        (--overwrite), take a branch's CSV history or make a rewound run's last.pth.tar the resumed checkpoint, rewind
+        the CSV files and repair the checkpoint files to the resumed epoch, write args.yaml."""
         cfg, env, exp_dir = self.cfg, self.env, self.exp_dir
         if env.is_main:
             leftovers = remove_temporary_files(exp_dir)
@@ -228,6 +230,11 @@ class Run:
                 removed = delete_previous_run(exp_dir, keep=tuple(current))
                 if removed:
                     self.log.info(f"--overwrite: deleted the earlier run's files {removed}")
+            copied = start_branch(folder)
+            if copied:
+                self.log.info(f"Branch: took {', '.join(copied)} of {folder.branch_of} up to the resumed checkpoint")
+            if folder.rewinds is not None:  # from here on, an interrupted rewind resumes from the rewound point
+                atomic_copy(cfg.resume, self.manager.path(LAST))
         self.metrics = CsvLog(os.path.join(exp_dir, "metrics.csv"), METRICS_HEADER, enabled=env.is_main)
         self.lr_log = CsvLog(os.path.join(exp_dir, "lr.csv"), LR_HEADER, enabled=env.is_main)
         self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
@@ -421,7 +428,8 @@ def train(cfg: Namespace) -> dict:
                 print(finished, flush=True)
             return {}
         finetune = _read_finetune_checkpoint(cfg, ckpt)
-        exp_dir = experiment_dir(cfg, ckpt)
+        folder = choose_run_folder(cfg, ckpt)
+        exp_dir = folder.path
         if ckpt is None or not is_training_checkpoint(ckpt):
             check_run_folder(exp_dir, cfg.overwrite or auto is not None)  # auto: rows of an uncommitted first epoch
         if env.is_main:
@@ -430,8 +438,14 @@ def train(cfg: Namespace) -> dict:
         if auto is not None:
             log.info(auto)
         named = os.path.join(cfg.output, cfg.experiment)
-        if os.path.abspath(named) != os.path.abspath(exp_dir):
+        if folder.branch_of is not None:
+            log.info(f"--branch: continuing from {cfg.resume} in {exp_dir}; the run in {folder.branch_of} is left "
+                     f"as it is")
+        elif os.path.abspath(named) != os.path.abspath(exp_dir):
             log.info(f"Continuing in the resumed checkpoint's folder {exp_dir} (not {named})")
+        if folder.rewinds is not None:
+            log.info(f"--rewind: continuing {exp_dir} from {cfg.resume} ({folder.rewinds}); the checkpoints and CSV "
+                     f"rows after it are deleted")
         seed_everything(cfg.seed + env.rank)
         run = Run(cfg, env, exp_dir, log)
         if ckpt is not None:
@@ -441,7 +455,7 @@ def train(cfg: Namespace) -> dict:
         elif finetune is not None:
             run.finetune(finetune, cfg.finetune)
         del ckpt, finetune
-        run.open_outputs()
+        run.open_outputs(folder)
         try:
             return run.fit()
         except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)

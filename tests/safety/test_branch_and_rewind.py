@@ -1,0 +1,120 @@
+"""Resuming a checkpoint that is behind its run (an earlier epoch, best.pth.tar) never deletes that run's later work
+silently: it is refused unless --rewind; --branch continues from any checkpoint in a new folder. Both continue
+exactly."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from safety_helpers import TINY_RUN, assert_one_line_error, digests, run_tool
+from training_helpers import assert_same_run, rows, snapshot, tool_env
+
+KILL_AT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_at.py")
+
+RUN = [*TINY_RUN, "--epochs", "3", "--model-ema", "--model-ema-decay", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    """A finished 3-epoch run (checkpoint-0..2, last.pth.tar at epoch 2) and its snapshot."""
+    out = tmp_path_factory.mktemp("three")
+    run_tool("train.py", *RUN, "--output", str(out), "--experiment", "run")
+    return out / "run", snapshot(out / "run")
+
+
+@pytest.fixture
+def copy_of_run(three_epochs, tmp_path):
+    shutil.copytree(three_epochs[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_an_earlier_checkpoint_in_its_own_folder_is_refused_and_changes_nothing(copy_of_run):
+    before = digests(copy_of_run)
+    proc = run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-0.pth.tar"), check=False)
+    assert_one_line_error(proc, f"{copy_of_run / 'checkpoint-0.pth.tar'} (epoch 0) is behind the run in "
+                                f"{copy_of_run}: its last.pth.tar has gone on to epoch 2")
+    assert "--branch --experiment NEW" in proc.stderr and "--rewind" in proc.stderr
+    assert digests(copy_of_run) == before
+
+
+def test_a_branch_continues_exactly_in_a_new_folder_and_leaves_the_run_as_it_is(three_epochs, copy_of_run):
+    before = digests(copy_of_run)
+    out = copy_of_run.parent
+    run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-0.pth.tar"), "--branch", "--output",
+             str(out), "--experiment", "branch")
+    assert digests(copy_of_run) == before
+    branch, original = snapshot(out / "branch"), three_epochs[1]
+    # the same flags: the branch retrains epochs 1 and 2 to the bit, with the history of epoch 0 copied
+    assert branch["metrics"] == original["metrics"] and branch["lr"] == original["lr"]
+    assert all(torch.equal(branch["weights"][k], original["weights"][k]) for k in original["weights"])
+    assert branch["files"] == ["best.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar"]
+
+
+def test_a_branch_of_the_latest_checkpoint_goes_on_in_a_new_folder(copy_of_run):
+    """--branch forks a run at any checkpoint, its last one included: here two more epochs in a new folder."""
+    before = digests(copy_of_run)
+    out = copy_of_run.parent
+    run_tool("train.py", *RUN, "--epochs", "5", "--resume", str(copy_of_run / "last.pth.tar"), "--branch",
+             "--output", str(out), "--experiment", "longer")
+    assert digests(copy_of_run) == before
+    assert [r[0] for r in rows(out / "longer" / "metrics.csv")] == ["epoch", "0", "1", "2", "3", "4"]
+    assert rows(out / "longer" / "metrics.csv")[:4] == rows(copy_of_run / "metrics.csv")
+
+
+@pytest.mark.parametrize("target", ["taken", "own"])
+def test_a_branch_into_a_folder_with_a_run_is_refused(copy_of_run, tmp_path, target):
+    shutil.copytree(copy_of_run, tmp_path / "taken")
+    before = digests(tmp_path)
+    experiment = "taken" if target == "taken" else copy_of_run.name
+    proc = run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-1.pth.tar"), "--branch",
+                    "--output", str(tmp_path), "--experiment", experiment, check=False)
+    reason = "holds a run" if target == "taken" else "is its own"
+    assert_one_line_error(proc, f"--branch continues {copy_of_run / 'checkpoint-1.pth.tar'} in a new folder, and "
+                                f"{tmp_path / experiment} {reason}: give --experiment NEW")
+    assert digests(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rewind"], "--rewind continues a run from one of its checkpoints: give that checkpoint with --resume"),
+    (["--branch", "--resume", "auto"], "--branch continues a run from one of its checkpoints"),
+    (["--rewind", "--branch", "--resume", "x.pth.tar"], "give only one of them"),
+])
+def test_rewind_and_branch_need_one_checkpoint(flags, message, tmp_path):
+    proc = run_tool("train.py", *RUN, *flags, "--output", str(tmp_path), check=False)
+    assert_one_line_error(proc, message)
+
+
+def test_rewind_continues_exactly_from_the_earlier_checkpoint(three_epochs, copy_of_run):
+    """--rewind from epoch 0 retrains epochs 1 and 2: the folder ends as the uninterrupted run left it."""
+    (copy_of_run / "notes.txt").write_text("mine")
+    run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-0.pth.tar"), "--rewind")
+    assert_same_run(snapshot(copy_of_run), three_epochs[1])
+    assert (copy_of_run / "notes.txt").read_text() == "mine"
+
+
+def test_a_rewind_killed_in_its_first_epoch_resumes_from_the_rewound_point(three_epochs, copy_of_run):
+    """A rewound run's last.pth.tar is the resumed checkpoint from its start: killed right after the next epoch's
+    metrics row, it continues from there (not from the later epoch the old last.pth.tar held) and ends exactly."""
+    proc = subprocess.run([sys.executable, KILL_AT, "metrics", "1", *RUN, "--resume",
+                           str(copy_of_run / "checkpoint-0.pth.tar"), "--rewind"], capture_output=True, text=True,
+                          env=tool_env(), timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert torch.load(copy_of_run / "last.pth.tar", map_location="cpu", weights_only=True)["epoch"] == 0
+    run_tool("train.py", *RUN, "--resume", str(copy_of_run / "last.pth.tar"))
+    assert_same_run(snapshot(copy_of_run), three_epochs[1])
+
+
+def test_an_unreadable_last_checkpoint_counts_as_later_work(copy_of_run):
+    (copy_of_run / "last.pth.tar").write_bytes(b"PK\x03\x04 truncated by a crash")
+    proc = run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-1.pth.tar"), check=False)
+    assert_one_line_error(proc, "its last.pth.tar cannot be read")
+
+
+def test_the_latest_checkpoint_by_another_name_continues_in_place(copy_of_run):
+    """checkpoint-2 is where last.pth.tar stands: resuming it is no rewind (and here nothing is left to train)."""
+    proc = run_tool("train.py", *RUN, "--epochs", "4", "--resume", str(copy_of_run / "checkpoint-2.pth.tar"))
+    assert proc.returncode == 0
+    assert [r[0] for r in rows(copy_of_run / "metrics.csv")] == ["epoch", "0", "1", "2", "3"]
