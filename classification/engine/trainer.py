@@ -37,8 +37,7 @@ from torch.utils.data import DataLoader
 
 from timm.utils import AverageMeter
 
-from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
-                                    state_dict_from)
+from ..common.checkpoint_io import atomic_copy, load_checkpoint, remove_temporary_files, state_dict_from
 from ..common.csv_log import CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup
@@ -55,7 +54,8 @@ from .experiment import (RunFolder, check_run_folder, choose_run_folder, delete_
                          is_training_checkpoint, make_writable, next_epoch, resolve_auto_resume, start_branch)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging
 from .model_builder import build_model, canonical_model_name, check_model_flags
-from .optim import build_optimizer, param_groups
+from .optim import build_optimizer
+from .resume import check_same_batches, load_optimizer_state, log_changed_flags
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
 
@@ -130,16 +130,16 @@ class Run:
             raise ConfigError(f"{path} {where} and --epochs {self.cfg.epochs} ends the run at epoch "
                               f"{self.cfg.epochs - 1}: nothing left to train (raise --epochs to continue it)")
         if step is not None:
-            self._check_same_batches(ckpt, path)
+            check_same_batches(ckpt, path, self.env.world_size, self.cfg.batch_size)
             self.start_progress = EpochProgress(int(step))
             loss_sum, loss_count = ckpt["train_loss_sums"][self.env.rank]
             self.start_progress.loss.sum, self.start_progress.loss.count = loss_sum, loss_count
         if self.ema is not None and ckpt.get("ema_model") is not None:
             load_weights(self.ema.module, state_dict_from(ckpt, "ema_model", source=path), path)
-        self._load_optimizer_state(ckpt, path)
+        load_optimizer_state(self.optimizer, self.model, self.cfg, ckpt, path, self.log)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        self._log_changed_flags(ckpt.get("config") or {})
+        log_changed_flags(self.cfg, ckpt.get("config") or {}, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.steps_per_epoch + self.start_progress.step)
         self.manager.load_state_dict(ckpt.get("checkpoints") or [])
@@ -161,60 +161,6 @@ class Run:
             self.ema.set(self.model)
         fresh = f"; {', '.join(kept)} keep their initialisation (another shape)" if kept else ""
         self.log.info(f"Fine-tuning from the weights of {path}{fresh}")
-
-    def _check_same_batches(self, ckpt: dict, path: str) -> None:
-        """A run stopped in the middle of an epoch continues it with the same batches: the same number of processes
-        and batch size."""
-        processes, batch_size = len(ckpt.get("rng") or []), (ckpt.get("config") or {}).get("batch_size")
-        if (processes, batch_size) != (self.env.world_size, self.cfg.batch_size):
-            raise ConfigError(f"{path} stopped in the middle of epoch {ckpt['epoch']} of a run of {processes} "
-                              f"process(es) with -b {batch_size}; continue it with the same (this run: "
-                              f"{self.env.world_size} with -b {self.cfg.batch_size})")
-
-    def _load_optimizer_state(self, ckpt: dict, path: str) -> None:
-        """The checkpoint's optimizer state with this run's hyperparameters (the flags win, see the module doc).
-
-        Another `--opt` than the checkpoint's starts the optimizer's state afresh (one kind's moments mean nothing
-        to another); another parameter grouping (weight decay 0 or not, --opt-no-filter, --honor-no-weight-decay)
-        keeps each parameter's state."""
-        if ckpt.get("optimizer") is None:
-            return
-        saved = ckpt.get("config") or {}
-        if saved.get("opt", self.cfg.opt) != self.cfg.opt:
-            self.log.warning(f"--opt changed on resume ({saved['opt']} -> {self.cfg.opt}): the optimizer state of "
-                             f"{path} is not used, {self.cfg.opt} starts afresh")
-            return
-        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        try:
-            self.optimizer.load_state_dict(self._regrouped(ckpt["optimizer"], saved))
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from err
-        for group, hyper in zip(self.optimizer.param_groups, fresh):
-            group.update(hyper)
-
-    def _regrouped(self, state: dict, saved: dict) -> dict:
-        """`state` re-indexed to this run's parameter groups when the saved config grouped the parameters otherwise."""
-        if not {"weight_decay", "opt_no_filter"} <= saved.keys():
-            return state
-        old_groups = param_groups(self.model, self.cfg.lr, saved["weight_decay"], not saved["opt_no_filter"],
-                                  saved.get("honor_no_weight_decay", False))
-        old = [p for group in old_groups for p in group["params"]]
-        new = [p for group in self.optimizer.param_groups for p in group["params"]]
-        sizes = [len(group["params"]) for group in state["param_groups"]]
-        if sizes != [len(group["params"]) for group in old_groups] or [id(p) for p in old] == [id(p) for p in new]:
-            return state
-        position = {id(p): i for i, p in enumerate(new)}
-        return {"state": {position[id(old[int(i)])]: v for i, v in state["state"].items()},
-                "param_groups": self.optimizer.state_dict()["param_groups"]}
-
-    def _log_changed_flags(self, saved: dict) -> None:
-        """Log every flag whose value differs from the one the checkpoint's run had (`saved`: its config), but the
-        folder's (`--output`, `--experiment`: the run continues in its checkpoint's folder, or a branch's)."""
-        now = config_dict(self.cfg)
-        for key in sorted(now.keys() & saved.keys() - {"output", "experiment"}):
-            if now[key] != saved[key]:
-                self.log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value "
-                              f"is used)")
 
     def open_outputs(self, folder: RunFolder) -> None:
         """Prepare the folder once the inputs are checked: remove leftover temporary files, delete an earlier run

@@ -1,0 +1,81 @@
+"""What `--resume` takes from a training checkpoint besides the weights, and what it checks first.
+
+The flags of the new command win (see `trainer`'s module doc): the optimizer keeps the checkpoint's state (moments)
+under this run's hyperparameters, re-indexed when the parameters are grouped otherwise; another `--opt` starts its
+state afresh. A run stopped in the middle of an epoch continues only with the same processes and batch size, and every
+changed flag is logged.
+"""
+from __future__ import annotations
+
+import logging
+from argparse import Namespace
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from ..common.checkpoint_io import CheckpointError
+from .config import ConfigError, config_dict
+from .optim import param_groups
+
+# Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
+# they say.
+FOLDER_FLAGS = {"output", "experiment"}
+
+
+def check_same_batches(ckpt: Mapping[str, Any], path: str, world_size: int, batch_size: int) -> None:
+    """A run stopped in the middle of an epoch continues it with the same batches: the same number of processes
+    and batch size."""
+    processes, saved_batch = len(ckpt.get("rng") or []), (ckpt.get("config") or {}).get("batch_size")
+    if (processes, saved_batch) != (world_size, batch_size):
+        raise ConfigError(f"{path} stopped in the middle of epoch {ckpt['epoch']} of a run of {processes} "
+                          f"process(es) with -b {saved_batch}; continue it with the same (this run: "
+                          f"{world_size} with -b {batch_size})")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: Namespace,
+                         ckpt: Mapping[str, Any], path: str, log: logging.Logger) -> None:
+    """Load the checkpoint's optimizer state into `optimizer` (built from `cfg` for `model`), keeping this run's
+    hyperparameters. Another `--opt` than the checkpoint's starts the state afresh (one kind's moments mean nothing to
+    another); another parameter grouping (weight decay 0 or not, --opt-no-filter, --honor-no-weight-decay) keeps
+    each parameter's state."""
+    if ckpt.get("optimizer") is None:
+        return
+    saved = ckpt.get("config") or {}
+    if saved.get("opt", cfg.opt) != cfg.opt:
+        log.warning(f"--opt changed on resume ({saved['opt']} -> {cfg.opt}): the optimizer state of {path} is not "
+                    f"used, {cfg.opt} starts afresh")
+        return
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(_regrouped(ckpt["optimizer"], saved, optimizer, model, cfg))
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: optimizer state does not fit ({err})") from err
+    for group, hyper in zip(optimizer.param_groups, fresh):
+        group.update(hyper)
+
+
+def _regrouped(state: dict, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer, model: nn.Module,
+               cfg: Namespace) -> dict:
+    """`state` re-indexed to `optimizer`'s parameter groups when the saved config grouped the parameters otherwise."""
+    if not {"weight_decay", "opt_no_filter"} <= saved.keys():
+        return state
+    old_groups = param_groups(model, cfg.lr, saved["weight_decay"], not saved["opt_no_filter"],
+                              saved.get("honor_no_weight_decay", False))
+    old = [p for group in old_groups for p in group["params"]]
+    new = [p for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(group["params"]) for group in state["param_groups"]]
+    if sizes != [len(group["params"]) for group in old_groups] or [id(p) for p in old] == [id(p) for p in new]:
+        return state
+    position = {id(p): i for i, p in enumerate(new)}
+    return {"state": {position[id(old[int(i)])]: v for i, v in state["state"].items()},
+            "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def log_changed_flags(cfg: Namespace, saved: Mapping[str, Any], log: logging.Logger) -> None:
+    """Log every flag whose value differs from the one the checkpoint's run had (`saved`: its config), but the
+    folder's (`FOLDER_FLAGS`)."""
+    now = config_dict(cfg)
+    for key in sorted(now.keys() & saved.keys() - FOLDER_FLAGS):
+        if now[key] != saved[key]:
+            log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value is used)")
