@@ -5,9 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
+from argparse import Namespace
 
 import pytest
 import torch
+
+from classification.engine.config import ConfigError
+from classification.engine.experiment import RunFolder, choose_run_folder
 
 from safety_helpers import TINY_RUN, assert_one_line_error, digests, run_tool
 from training_helpers import assert_same_run, rows, snapshot, tool_env
@@ -118,3 +122,16 @@ def test_the_latest_checkpoint_by_another_name_continues_in_place(copy_of_run):
     proc = run_tool("train.py", *RUN, "--epochs", "4", "--resume", str(copy_of_run / "checkpoint-2.pth.tar"))
     assert proc.returncode == 0
     assert [r[0] for r in rows(copy_of_run / "metrics.csv")] == ["epoch", "0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("flag", ["branch", "rewind"])
+def test_branch_and_rewind_refuse_released_weights(flag, tmp_path):
+    """Released weights carry no run to continue: --branch / --rewind of one is refused (without them it starts a
+    fresh run from the weights)."""
+    cfg = Namespace(output=str(tmp_path), experiment="new", resume="weights.pth", trust_checkpoint=False,
+                    branch=flag == "branch", rewind=flag == "rewind")
+    with pytest.raises(ConfigError, match=f"--{flag} continues a run from one of its training checkpoints; "
+                                          f"weights.pth is released weights"):
+        choose_run_folder(cfg, {"state_dict": {}})
+    cfg.branch = cfg.rewind = False
+    assert choose_run_folder(cfg, {"state_dict": {}}) == RunFolder(str(tmp_path / "new"))
