@@ -56,17 +56,29 @@ def _check_grid(grid: Sequence[int]) -> Grid:
     return int(grid[0]), int(grid[1])
 
 
-def _cached_table(build: Callable[..., T]) -> Callable[..., T]:
-    """Cache an index-table builder per arguments; tables are built outside inference mode, so that one first made
-    under ``torch.inference_mode`` (evaluation) can later serve a training step."""
-    cached = functools.lru_cache(maxsize=None)(build)
+def _cached_table(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Cache an index-table builder per arguments, the ``maxsize`` most recently used tables (a detector trained at
+    many input sizes would otherwise keep the tables of every size it met); tables are built outside inference mode,
+    so that one first made under ``torch.inference_mode`` (evaluation) can later serve a training step. The cached
+    function's ``cache_info`` is the wrapper's."""
+    def decorate(build: Callable[..., T]) -> Callable[..., T]:
+        cached = functools.lru_cache(maxsize=maxsize)(build)
 
-    @functools.wraps(build)
-    def wrapper(*args):
-        with torch.inference_mode(False):
-            return cached(*args)
+        @functools.wraps(build)
+        def wrapper(*args):
+            with torch.inference_mode(False):
+                return cached(*args)
 
-    return wrapper
+        wrapper.cache_info = cached.cache_info
+        return wrapper
+
+    return decorate
+
+
+# Cached tables: per (direction, grid) on the CPU, and per layer's (directions, grid, class token, device) stacked on
+# its device; a model at one input size needs one entry per distinct direction set and grid (LocalVMamba-T: 15).
+DIRECTION_TABLES_KEPT = 1024
+LAYER_TABLES_KEPT = 128
 
 
 def scan_length(name: str, grid: Grid) -> int:
@@ -79,7 +91,7 @@ def scan_length(name: str, grid: Grid) -> int:
     return -(-height // window) * window * (-(-width // window) * window)
 
 
-@_cached_table
+@_cached_table(DIRECTION_TABLES_KEPT)
 def scan_index(name: str, grid: Grid) -> torch.Tensor:
     """Index table of one direction: (L_k,) int64; value ``H*W`` marks a padding zero."""
     kind, window, flip = parse_direction(name)
@@ -133,7 +145,7 @@ def _(names: str, height: int, width: int, cls_position: int, device: torch.devi
     return torch.empty(len(names.split(',')), length, dtype=torch.long, device=device)
 
 
-@_cached_table
+@_cached_table(LAYER_TABLES_KEPT)
 def _sequence_index(names: tuple[str, ...], grid: Grid, cls_position: Optional[int],
                     device: torch.device) -> torch.Tensor:
     tables = []

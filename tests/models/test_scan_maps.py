@@ -93,3 +93,20 @@ def test_tables_first_built_in_inference_mode_serve_training():
     gathered.sum().backward()
     assert torch.equal(x.grad, torch.full_like(x, 2.0))             # each token read once per direction
     assert not index.is_inference()
+
+
+def test_the_table_caches_keep_the_most_recent_tables_only():
+    """A detector trained at many input sizes meets a new grid at every size: the caches keep a bounded number of
+    tables (they kept every table ever built), the most recent ones."""
+    from classification.models.scan_maps import LAYER_TABLES_KEPT, _sequence_index
+
+    first = sequence_index(('h', 'w2'), (1, 1))
+    for width in range(2, LAYER_TABLES_KEPT + 40):
+        sequence_index(('h', 'w2'), (3, width))
+    info = _sequence_index.cache_info()
+    assert info.maxsize == LAYER_TABLES_KEPT and info.currsize == LAYER_TABLES_KEPT
+    assert scan_index.cache_info().currsize <= scan_index.cache_info().maxsize
+    hits = _sequence_index.cache_info().hits
+    sequence_index(('h', 'w2'), (3, LAYER_TABLES_KEPT + 39))
+    assert _sequence_index.cache_info().hits == hits + 1
+    assert torch.equal(sequence_index(('h', 'w2'), (1, 1)), first)  # evicted, rebuilt the same
