@@ -306,7 +306,8 @@ class VSSM(nn.Module):
 
         ``indices``: last n stages if int, all if None, else the listed stages. Stage i gives
         (B, dims[i], H/4/2^i, W/4/2^i) in NCHW (or channel-last with 'NHWC'). ``norm`` applies the final norm to
-        the last stage's output, the only one it is sized for.
+        the last stage's output, the only one it is sized for; the returned features are normalised only when the
+        last stage ran (not after ``stop_early`` before it, nor in a model pruned to fewer stages).
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
@@ -317,21 +318,22 @@ class VSSM(nn.Module):
         for i, stage in enumerate(stages):
             x = self._blocks(stage, x)
             if i in take:
-                y = self.classifier.norm(x) if norm and i == len(self.layers) - 1 else x
+                y = self.classifier.norm(x) if norm and i == len(self.dims) - 1 else x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
             x = stage.downsample(x)
         if intermediates_only:
             return intermediates
-        return self.classifier.norm(x), intermediates
+        return (self.classifier.norm(x) if len(stages) == len(self.dims) else x), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        """Drop stages after the last wanted one and its downsampling (timm API); returns the kept indices."""
+        """Drop stages after the last wanted one and its downsampling (timm API); returns the kept indices. The final
+        norm goes with the last stage (it is sized for it), or on request."""
         take, last = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:last + 1]
         self.layers[-1].downsample = nn.Identity()
         self.num_features = self.head_hidden_size = self.dims[last]
-        if prune_norm:
+        if prune_norm or last < len(self.dims) - 1:
             self.classifier.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0)

@@ -199,6 +199,27 @@ def test_intermediates_are_stage_outputs_before_downsampling():
                                   for i in range(4)]
 
 
+def test_the_final_norm_applies_only_where_the_last_stage_ran():
+    """Stopping early at stage 1, or a model pruned to two stages with norm kept (timm's feature getter with
+    norm=True), must not run the final norm (sized for stage 3) on a stage-1 or stage-2 map: it raised a shape error."""
+    from timm.models._features import FeatureGetterNet
+
+    torch.manual_seed(0)
+    model = timm.create_model('local_vssm_tiny', dims=8, num_classes=0).eval()
+    image = torch.randn(1, 3, 64, 64)
+    _, feats = model.forward_intermediates(image)
+    final, early = model.forward_intermediates(image, indices=[1], norm=True, stop_early=True)
+    torch.testing.assert_close(early[0], feats[1])
+    x = model.patch_embed(image)
+    for stage in model.layers[:2]:
+        x = stage.downsample(stage.blocks(x))
+    torch.testing.assert_close(final, x)                    # unnormalised: the final norm is stage 3's
+    getter = FeatureGetterNet(model, out_indices=(0, 1), norm=True).eval()
+    for got, expected in zip(getter(image), feats[:2]):
+        torch.testing.assert_close(got, expected)
+    assert isinstance(model.classifier.norm, torch.nn.Identity)
+
+
 def test_features_only_backbone():
     model = timm.create_model('local_vssm_small', dims=8, depths=(1, 1, 1, 1),
                               directions=[['h', 'w7']] * 4, features_only=True, out_indices=(1, 2))
