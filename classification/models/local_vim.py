@@ -246,15 +246,16 @@ class VisionMamba(nn.Module):
             bimamba_type: str = 'v2',
             keep_dt_init: bool = False,
             channels: Optional[int] = None,
+            global_pool: Optional[str] = None,
     ):
         """``directions``: one list per layer, or a directions-file path; None uses ``default_directions``, and if
         that is None too the model is a search supernet. ``fused_add_norm`` and ``bimamba_type`` are accepted for
         config compatibility (the add + norm is always fused; the mixer is always MultiMamba). ``if_*`` and
         ``use_middle_cls_token`` keep the original's names, as its entrypoints and configs pass them. ``keep_dt_init``
         keeps Mamba's dt initialisation instead of the original's overwrite of it (opt-in). ``channels`` is the
-        original's name of ``in_chans``."""
+        original's name of ``in_chans``; ``global_pool`` is timm's name of ``final_pool_type`` and wins over it."""
         super().__init__()
-        final_pool_type = _check_pool_type(final_pool_type)
+        final_pool_type = _check_pool_type(final_pool_type if global_pool is None else global_pool)
         if if_cls_token and not use_middle_cls_token:
             raise ValueError('only the middle class token is supported (if_cls_token=True needs use_middle_cls_token)')
         if if_cls_token and if_rope:
@@ -289,6 +290,9 @@ class VisionMamba(nn.Module):
         if if_rope:
             if self.grid[0] != self.grid[1]:
                 raise ValueError(f'RoPE needs a square build grid (img_size), got {self.grid}')
+            if embed_dim % 4:
+                raise ValueError(f'RoPE rotates pairs of channels in each half of embed_dim: embed_dim must be a '
+                                 f'multiple of 4, got {embed_dim}')
             self.rope = VisionRotaryEmbedding(dim=embed_dim // 2, pt_seq_len=pt_hw_seq_len, ft_seq_len=self.grid[0])
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 

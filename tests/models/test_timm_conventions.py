@@ -51,6 +51,24 @@ def test_reset_classifier_without_pooling_returns_the_features_of_both_families(
         vssm.reset_classifier(0, 'max')
 
 
+@pytest.mark.parametrize('name', ['local_vim_tiny', 'local_vssm_tiny'])
+def test_both_families_take_timms_global_pool_argument(name):
+    """`timm.create_model(name, global_pool=...)`, as timm's own models take it (LocalVim refused the keyword)."""
+    image = torch.randn(1, 3, 64, 64)
+    unpooled = _model(name, num_classes=0, global_pool='')
+    with torch.no_grad():
+        torch.testing.assert_close(unpooled(image), unpooled.forward_features(image), rtol=0, atol=0)
+        pooled = _model(name, num_classes=0, global_pool='avg')
+        tokens = pooled.forward_features(image)
+        expected = tokens.mean(dim=1) if name == 'local_vim_tiny' else tokens.mean(dim=(1, 2))
+        torch.testing.assert_close(pooled(image), expected)
+
+
+def test_rope_refuses_a_width_it_cannot_rotate():
+    with pytest.raises(ValueError, match='embed_dim must be a multiple of 4, got 18'):
+        timm.create_model('local_vim_tiny', embed_dim=18)
+
+
 @pytest.mark.parametrize('name', sorted(MODELS))
 def test_symbolic_trace_gives_the_same_outputs_at_any_size(name):
     model = _model(name, num_classes=10)
