@@ -1,7 +1,8 @@
 """Searched directions of a supernet: `python tools/vis_search_prob.py CKPT [--topk 4] [--out DIR] [--ema]`.
 
 Prints every layer's candidate probabilities and top-k list as the original does, and writes DIR/directions.yaml
-(for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder.
+(for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder;
+a directions.yaml there with other directions is replaced only with `--overwrite`.
 """
 import argparse
 import os
@@ -22,13 +23,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for directions.yaml and search_probs.png")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights (ema_model)")
     parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a directions.yaml in --out that holds other directions")
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="allow a checkpoint that needs pickle (it can run code): only files you trust")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
     if not 1 <= args.topk <= 8:
         parser.error(f"--topk must be between 1 and 8, got {args.topk}")
-    result = extract(args.ckpt, args.topk, args.out, args.ema, args.supernet, trust=args.trust_checkpoint)
+    result = extract(args.ckpt, args.topk, args.out, args.ema, args.supernet, trust=args.trust_checkpoint,
+                     overwrite=args.overwrite)
     print(result["printout"])
     print(f"wrote {result['directions_file']} and {result['heatmap']}", file=sys.stderr)
 

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
-from ..models.directions import CANDIDATES, save_directions
+from ..models.directions import CANDIDATES, load_directions, save_directions
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from .probs import chosen_directions, layer_probabilities
 
@@ -49,9 +49,24 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     plt.close(fig)
 
 
+def _check_replaceable(directions_file: str, chosen: list[list[str]], overwrite: bool) -> None:
+    """Refuse to replace a directions file that holds other directions (a searched model may have been trained
+    with it), unless ``overwrite``."""
+    if overwrite or not os.path.isfile(directions_file):
+        return
+    try:
+        held = load_directions(directions_file)
+    except ValueError:
+        held = None
+    if held != chosen:
+        raise FileExistsError(f"{directions_file} already holds other directions (a model trained with "
+                              f"--directions reads them): give another --out, or --overwrite to replace it")
+
+
 def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: bool = False,
-            supernet: Optional[str] = None, trust: bool = False) -> dict:
+            supernet: Optional[str] = None, trust: bool = False, overwrite: bool = False) -> dict:
     """Read a supernet checkpoint, choose the top-k directions per layer, write directions.yaml and the heat map.
+    An existing directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError).
 
     Returns {'probs', 'directions', 'printout', 'directions_file', 'heatmap'}.
     """
@@ -70,6 +85,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     os.makedirs(out_dir, exist_ok=True)
     name = supernet or ckpt.get("model_name")
     directions_file = os.path.join(out_dir, "directions.yaml")
+    _check_replaceable(directions_file, chosen, overwrite)
     save_directions(directions_file, chosen, supernet=name, topk=topk)
     heatmap = os.path.join(out_dir, "search_probs.png")
     plot_heatmap(probs, chosen, heatmap, title=f"{name or 'supernet'}: top-{topk} per layer (red)")

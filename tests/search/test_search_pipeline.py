@@ -147,3 +147,20 @@ def test_extraction_refuses_a_model_without_search_weights(tmp_path):
     torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 0}, path)
     with pytest.raises(CheckpointError, match=f"{path}: no '\\*multi_scan.weights' entries"):
         extract(str(path))
+
+
+def test_extraction_does_not_replace_other_directions_unless_asked(supernet, monkeypatch, capsys):
+    """A directions.yaml a searched model may have been trained with is not replaced by other directions (top-2
+    here) without --overwrite; the same directions again are written as before."""
+    from classification.search.extract import extract
+
+    out, exp = supernet
+    dest = out / "kept"
+    first = extract(str(exp / "last.pth.tar"), 4, str(dest))["directions"]
+    assert extract(str(exp / "last.pth.tar"), 4, str(dest))["directions"] == first
+    with pytest.raises(FileExistsError, match="directions.yaml already holds other directions .* give another --out, "
+                                              "or --overwrite to replace it"):
+        extract(str(exp / "last.pth.tar"), 2, str(dest))
+    assert load_directions(dest / "directions.yaml") == first
+    vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--topk", "2", "--out", str(dest), "--overwrite")
+    assert [len(layer) for layer in load_directions(dest / "directions.yaml")] == [2] * len(first)
