@@ -98,6 +98,9 @@ class Run:
         self.optimizer = build_optimizer(self.model, cfg)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        if 0 < cfg.epochs <= cfg.warmup_epochs:
+            log.warning(f"--warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: the whole run is warmup, its "
+                        f"learning rate stays below --lr {cfg.lr}")
         self.scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)
         self.manager = CheckpointManager(exp_dir, cfg.keep_num, enabled=env.is_main)
         self.metrics: CsvLog | None = None  # opened by open_outputs, once the inputs are checked
