@@ -7,6 +7,7 @@ Wrapped as torch.library custom ops ``localmamba::causal_conv1d_triton_fwd`` / `
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -112,7 +113,7 @@ def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                          activation: Optional[str]) -> torch.Tensor:
     """triton backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 math, output in x's dtype. A
     batch too large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
-    slices = batch_slices(x.shape[0], x[0].numel())
+    slices = batch_slices(x.shape[0], math.prod(x.shape[1:]))
     if len(slices) > 1:
         return torch.cat([causal_conv1d_triton(x[part], weight, bias, activation) for part in slices])
     with autocast_off(x.device.type):

@@ -8,7 +8,7 @@ import torch
 from batch_splitting import one_element_per_call
 
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend, triton_conv1d
-from localmamba_ssm import selective_scan_fn, selective_scan_ref
+from localmamba_ssm import attention_merge_fn, selective_scan_fn, selective_scan_ref
 from localmamba_ssm.ops.triton import selective_scan_triton
 
 
@@ -116,6 +116,23 @@ def _check_conv(width, activation, with_bias, dtype, note):
     print(f"ok conv1d W={width} act={activation} bias={with_bias} {dtype}{note}")
 
 
+def check_empty_batch():
+    """A batch of 0 gives empty outputs and zero gradients, as the references do (the conv and attention-merge
+    wrappers indexed the batch's first element to size their launches, an IndexError)."""
+    x, weight = torch.randn(0, 5, 9, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    y = torch.randn(0, 2, 9, 8, requires_grad=True)
+    merge = [t.requires_grad_() for t in (torch.randn(8), torch.randn(8), torch.randn(2, 8), torch.randn(2),
+                                          torch.randn(8, 2), torch.randn(8))]
+    for out, inputs in ((causal_conv1d_fn(x, weight, None, "silu"), [x, weight]),
+                        (attention_merge_fn(y, *merge), [y, *merge])):
+        if out.shape[0] != 0:
+            sys.exit(f"empty batch: output of shape {tuple(out.shape)}")
+        for grad in torch.autograd.grad(out.sum(), inputs, allow_unused=True):
+            if grad is not None and grad.any():
+                sys.exit("empty batch: a non-zero gradient")
+    print("ok empty batch (conv1d, attention merge)")
+
+
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     assert selected_backend("selective_scan", "cpu") == "triton"
@@ -134,6 +151,7 @@ def main():
     check_conv(4, "silu", True, split=True)
     check_conv(3, None, False)
     check_conv(2, "silu", False, dtype=torch.bfloat16)
+    check_empty_batch()
 
 
 if __name__ == "__main__":

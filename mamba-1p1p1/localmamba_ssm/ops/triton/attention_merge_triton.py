@@ -16,6 +16,7 @@ CPU under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -187,7 +188,7 @@ def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias
                            select_bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """triton backend of ``attention_merge_fn`` (same arguments and result). A batch too large for one kernel call
     (``launch_limits``) runs as several calls on slices of it."""
-    slices = batch_slices(y.shape[0], y[0].numel())
+    slices = batch_slices(y.shape[0], math.prod(y.shape[1:]))
     if len(slices) > 1:
         return torch.cat([attention_merge_triton(y[part], norm_weight, norm_bias, reduce_weight, reduce_bias,
                                                  select_weight, select_bias, eps) for part in slices])
