@@ -56,7 +56,7 @@ def scan_directions(model: nn.Module) -> Optional[list[list[str]]]:
 def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any], path: str) -> None:
     """Refuse a training checkpoint of another model than `model_name` or of other scan directions than the model's:
     the weights would load (another direction table has the same keys and shapes) and compute something else.
-    Checkpoints written before these entries were saved are not checked."""
+    Released weights and checkpoints written before these entries were saved carry no record: they are not checked."""
     saved_name = ckpt.get("model_name")
     if saved_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} is a checkpoint of {saved_name}, not of {model_name}: give --model {saved_name}")

@@ -22,7 +22,6 @@ from .amp import autocast
 from .checkpoint import check_same_model, fit_to_model, load_weights
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from .experiment import is_training_checkpoint
 from .logs import setup_logging
 from .model_builder import build_model, canonical_model_name
 
@@ -77,8 +76,7 @@ def test(cfg: Namespace) -> dict:
         val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
-        if is_training_checkpoint(ckpt):
-            check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
+        check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
         _load_at_model_size(model, ckpt, cfg.resume)
         model.to(env.device)
         net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights

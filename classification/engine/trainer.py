@@ -118,8 +118,7 @@ class Run:
         """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch (and the step
         and running train loss of a mid-epoch checkpoint) and RNG from `ckpt` (read from `path`). A released
         {'state_dict'} file gives the weights only: training starts at epoch 0."""
-        if is_training_checkpoint(ckpt):
-            check_same_model(self.model, canonical_model_name(self.cfg.model), ckpt, path)
+        check_same_model(self.model, canonical_model_name(self.cfg.model), ckpt, path)
         load_weights(self.model, state_dict_from(ckpt, source=path), path)
         if self.ema is not None:
             self.ema.set(self.model)  # the EMA starts from the loaded weights unless the checkpoint holds its own

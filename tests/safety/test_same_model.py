@@ -48,8 +48,10 @@ def test_a_supernet_checkpoint_is_refused_by_a_fixed_table_and_a_renamed_model_b
         check_same_model(supernet, "local_vim_tiny_search", ckpt, "x")
 
 
-def test_checkpoints_from_before_the_entries_are_not_checked():
-    check_same_model(timm.create_model("local_vim_tiny", **SMALL), "local_vim_tiny", {"epoch": 3, "model": {}}, "x")
+def test_released_weights_and_checkpoints_from_before_the_entries_are_not_checked():
+    model = timm.create_model("local_vim_tiny", **SMALL)
+    check_same_model(model, "local_vim_tiny", {"epoch": 3, "model": {}}, "x")
+    check_same_model(model, "local_vim_tiny", {"state_dict": model.state_dict()}, "x")
 
 
 def test_resume_and_test_refuse_a_run_of_other_directions(tmp_path):
