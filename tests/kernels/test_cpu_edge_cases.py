@@ -10,7 +10,7 @@ import torch
 
 from localmamba_conv1d import causal_conv1d_fn
 from localmamba_kernel_runtime import ckernel
-from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn
+from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn, selective_scan_fn
 from localmamba_ssm.ops.cpu import multi_scan_cpu
 
 from test_multi_scan_inner import attention_problem, grads, make_problem
@@ -202,3 +202,20 @@ def test_attention_merge_without_tokens_gives_zero_weight_gradients(force_backen
     assert out.shape == (2, 0, 12)
     for g in torch.autograd.grad(out.sum(), [y, *weights], allow_unused=True):
         assert g is None or (torch.isfinite(g).all() and not g.any())
+
+
+@pytest.mark.parametrize('backend', ['reference', 'cpu'])
+def test_integer_inputs_and_an_empty_sequence_are_refused_by_name(force_backend, backend):
+    """The cpu backend computed integer tokens in fp32 and returned them as integers; a scan of length 0 raised an
+    IndexError (the reference a stack error)."""
+    force_backend(backend)
+    p = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in make_problem().items()}
+    p['tokens'] = (p['tokens'] * 10).long()
+    with pytest.raises(ValueError, match="multi_scan_inner: tokens must be a floating-point tensor, got torch.int64"):
+        multi_scan_inner_fn(**p, gate=True)
+    y, *weights = [t.detach() for t in attention_problem()]
+    with pytest.raises(ValueError, match="attention_merge: y must be a floating-point tensor, got torch.int32"):
+        attention_merge_fn(y.int(), *weights)
+    u = torch.randn(2, 3, 0)
+    with pytest.raises(ValueError, match=r"u needs at least one step \(L >= 1\), got \(2, 3, 0\)"):
+        selective_scan_fn(u, u, -torch.rand(3, 4), torch.randn(2, 4, 0), torch.randn(2, 4, 0))

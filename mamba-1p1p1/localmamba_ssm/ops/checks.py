@@ -34,6 +34,8 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must have shape (Bt, Dm, L), got {shape_str(u)}")
     batch, dim, seqlen = u.shape
+    if seqlen < 1:
+        raise ValueError(f"selective_scan: u needs at least one step (L >= 1), got {shape_str(u)}")
     if tuple(delta.shape) != tuple(u.shape):
         raise ValueError(f"selective_scan: delta must have shape (Bt, Dm, L)={tuple(u.shape)}, got {shape_str(delta)}")
     if A.dim() != 2 or A.shape[0] != dim:

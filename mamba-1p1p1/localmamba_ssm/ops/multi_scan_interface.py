@@ -93,6 +93,8 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
         return
     if tokens.dim() != 3:
         raise ValueError(f"multi_scan_inner: tokens must have shape (Bt, T, C), got {shape_str(tokens)}")
+    if not tokens.is_floating_point():
+        raise ValueError(f"multi_scan_inner: tokens must be a floating-point tensor, got {tokens.dtype}")
     if index.dim() != 2 or index.dtype != torch.long:
         raise ValueError(f"multi_scan_inner: index must be an int64 (K, L) table, got {index.dtype} {shape_str(index)}")
     if x_proj_weight.dim() != 3:
@@ -186,6 +188,8 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
     if not torch.jit.is_tracing():  # shapes are traced values during ONNX export
         if y.dim() != 4:
             raise ValueError(f"attention_merge: y must have shape (Bt, K, T, E), got {shape_str(y)}")
+        if not y.is_floating_point():
+            raise ValueError(f"attention_merge: y must be a floating-point tensor, got {y.dtype}")
         _check_attention_weights(y, (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias),
                                  y.shape[-1])
     backend = backends.select(OP_MERGE, y.device, _fused_input_check(y, y.shape[-1]))
