@@ -89,6 +89,34 @@ def _check_scan(label, bc, groups, dim, seqlen, dstate, softplus, use_z, with_la
     print(f"ok scan {label}")
 
 
+def check_scan_infinite_decay():
+    """A = -inf in one (channel, state) pair (its state forgets everything at every step) at a length that is no
+    multiple of the chunk: NaN exactly where the reference has it (the delta gradient of that channel, inf * 0)
+    and the same values elsewhere. The steps past the end had decay exp(0 * -inf) = NaN, which reached the last
+    state and the u, A and B gradients."""
+    g = torch.Generator().manual_seed(2)
+    batch, dim, seqlen, dstate = 2, 4, 7, 3
+    A = -torch.rand(dim, dstate, generator=g) - 0.1
+    A[1, 2] = float("-inf")
+    values = [torch.randn(batch, dim, seqlen, generator=g), torch.randn(batch, dim, seqlen, generator=g), A,
+              torch.randn(batch, 1, dstate, seqlen, generator=g), torch.randn(batch, 1, dstate, seqlen, generator=g),
+              torch.randn(dim, generator=g)]
+    weights = [torch.randn(batch, dim, seqlen, generator=g), torch.randn(batch, dim, dstate, generator=g)]
+    results = []
+    for fn in (selective_scan_fn, selective_scan_ref):
+        inputs = [v.clone().requires_grad_() for v in values]
+        results.append(grads_of(lambda: fn(*inputs, None, None, True, return_last_state=True), inputs, weights))
+    (outs, grads), (outs_ref, grads_ref) = results
+    for name, actual, expected in zip(["output", "last state"] + [f"grad {n}" for n in "u delta A B C D".split()],
+                                      outs + grads, outs_ref + grads_ref):
+        if not torch.equal(actual.isnan(), expected.isnan()):
+            sys.exit(f"A = -inf, {name}: NaN at {int(actual.isnan().sum())} places, the reference at "
+                     f"{int(expected.isnan().sum())}")
+        finite = ~expected.isnan()
+        close(f"A = -inf, {name}", actual[finite], expected[finite], 3e-4)
+    print("ok scan A = -inf")
+
+
 def check_conv(width, activation, with_bias, dtype=torch.float32, split=False):
     """Outputs and gradients against the reference; ``split``: the batch run as one kernel call per element."""
     if split:
@@ -147,6 +175,7 @@ def main():
     check_scan("time-invariant", "const", 1, dim=6, seqlen=5, dstate=5, softplus=True, use_z=True, with_last=False)
     check_scan("bf16", "var4", 1, dim=4, seqlen=6, dstate=4, softplus=True, use_z=True, with_last=False,
                dtype=torch.bfloat16)
+    check_scan_infinite_decay()
     check_conv(4, "silu", True)
     check_conv(4, "silu", True, split=True)
     check_conv(3, None, False)

@@ -9,11 +9,11 @@ a (channel, state) pair's CT steps in one thread, and the scan is a sequential l
 test reads the layout). The forward pass stores the state at the start of every chunk; the backward pass walks the
 chunks in reverse, recomputes a chunk's states from its stored start (one forward scan) and runs the adjoint
 recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with the gradient of the last state; a_t
-h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (dt = 0). Gradients of input-dependent B / C
-are summed over each channel block (every channel of a block is in one group), then added atomically into the
-group's rows or, under ``torch.use_deterministic_algorithms(True)``, written per block and the blocks summed
-afterwards (``scan_math.atomic_reductions``); those of per-channel parameters are written per program. Inputs may be
-fp32 / fp16 / bf16; the math is fp32.
+h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (decay 1, input 0, whatever A holds). Gradients
+of input-dependent B / C are summed over each channel block (every channel of a block is in one group), then added
+atomically into the group's rows or, under ``torch.use_deterministic_algorithms(True)``, written per block and the
+blocks summed afterwards (``scan_math.atomic_reductions``); those of per-channel parameters are written per program.
+Inputs may be fp32 / fp16 / bf16; the math is fp32.
 Wrapped as torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
@@ -73,7 +73,7 @@ def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, 
     raw, dt = _step_dt(delta_ptr, offs, m, bias, SOFTPLUS)
     Bm = _bc_tile(B_ptr, pid_b, group_b, d, dmask, n, nmask, t, tmask, sBb, sBg, sBn, sBt, B_VAR)
     Cm = _bc_tile(C_ptr, pid_b, group_c, d, dmask, n, nmask, t, tmask, sCb, sCg, sCn, sCt, C_VAR)
-    a = tl.exp(dt[:, :, None] * A[None, :, :])
+    a = tl.where(m[:, :, None], tl.exp(dt[:, :, None] * A[None, :, :]), 1.0)
     b = (dt * u)[:, :, None] * Bm
     a_cum, b_cum = tl.associative_scan((a, b), 0, affine_combine)
     return t, tmask, m, offs, u, raw, dt, Bm, Cm, b, a_cum * h0[None, :, :] + b_cum
@@ -183,8 +183,9 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             tl.store(dz_ptr + offs, (dy * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m)
             dy = dy * z * sz
         # the next step's decay a_{t+1}; 1 past the end, which carries the last state's gradient into step L - 1
-        _, dt_next = _step_dt(delta_ptr, offs + 1, (t + 1 < seqlen)[:, None] & dmask[None, :], bias, SOFTPLUS)
-        a_next = tl.exp(dt_next[:, :, None] * A[None, :, :])
+        m_next = (t + 1 < seqlen)[:, None] & dmask[None, :]
+        _, dt_next = _step_dt(delta_ptr, offs + 1, m_next, bias, SOFTPLUS)
+        a_next = tl.where(m_next[:, :, None], tl.exp(dt_next[:, :, None] * A[None, :, :]), 1.0)
         g_mul, g_add = tl.associative_scan((a_next, Cm * dy[:, :, None]), 0, affine_combine, reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
         g_in = step_at(g, steps, 0)
