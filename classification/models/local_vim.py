@@ -371,16 +371,22 @@ class VisionMamba(nn.Module):
         return add_norm(self.norm_f, self.drop_path(hidden), residual, prenorm=False,
                         residual_in_fp32=self.residual_in_fp32)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool tokens (B, L, C) -> (B, C) (mean, or the middle class token), then the classifier."""
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L, C) -> (B, C): the middle class token, else the mean / max / last token; pooling 'all'
+        (timm's '') keeps every token (B, L, C), class token or not, as timm's unpooled models do."""
+        if self.final_pool_type == 'all':
+            return x
         if self.has_cls_token:
-            x = x[:, (x.shape[1] - 1) // 2]
-        elif self.final_pool_type == 'mean':
-            x = x.mean(dim=1)
-        elif self.final_pool_type == 'max':
-            x = x.max(dim=1).values
-        elif self.final_pool_type == 'none':
-            x = x[:, -1]
+            return x[:, (x.shape[1] - 1) // 2]
+        if self.final_pool_type == 'mean':
+            return x.mean(dim=1)
+        if self.final_pool_type == 'max':
+            return x.max(dim=1).values
+        return x[:, -1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool tokens (B, L, C) (see ``pool``), then the classifier."""
+        x = self.pool(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def test_local_vmamba_declares_channel_last_features_and_its_pool_size():
 
 def test_reset_classifier_without_pooling_returns_the_features_of_both_families():
     image = torch.randn(2, 3, 64, 64)
-    for name in ('local_vssm_tiny', 'local_vim_tiny'):
+    for name in ('local_vssm_tiny', 'local_vim_tiny', 'local_vim_tiny_middle_cls_token'):
         model = _model(name, num_classes=5)
         model.reset_classifier(0, '')
         with torch.no_grad():
