@@ -11,7 +11,7 @@ import pickle
 import shutil
 import tempfile
 import warnings
-from typing import Any, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Mapping, Optional
 
 import torch
 
@@ -130,26 +130,39 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _write_atomically(path: str, write: Callable[[BinaryIO], Any], suffix: str) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder (created if missing), sync it, rename it to ``path``;
+    on any failure the temporary file is removed and the error raised."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: ``path`` is never left half written.
 
     A failed write (disk full, file too large, permissions) raises :class:`CheckpointError` naming ``path``.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=folder)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(err, (OSError, RuntimeError)):  # torch's stream writer reports a failed write as RuntimeError
-            raise CheckpointError(f'cannot write checkpoint {path}: {_first_line(err)}') from err
-        raise
+        _write_atomically(path, lambda f: torch.save(obj, f), '.pth.tar')
+    except (OSError, RuntimeError) as err:  # torch's stream writer reports a failed write as RuntimeError
+        raise CheckpointError(f'cannot write checkpoint {path}: {_first_line(err)}') from err
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) as :func:`atomic_save` writes a checkpoint: a run's small files (``args.yaml``,
+    ``directions.yaml``) are never left half written by a crash either."""
+    _write_atomically(path, lambda f: f.write(text.encode('utf-8')), os.path.splitext(path)[1])
 
 
 def _first_line(err: BaseException) -> str:

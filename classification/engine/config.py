@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..common import atomic_write_text
+
 DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
 # On/off flags of an experiment's config take `--no-NAME` too, so that the command line can switch off what a YAML
 # file switches on (the run-control and --debug / --trust-checkpoint flags are plain `store_true`).
@@ -383,6 +385,4 @@ def config_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 def save_config(args: argparse.Namespace, path: str) -> None:
     """Write the resolved config as YAML (`args.yaml`)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_dict(args), f, default_flow_style=False, sort_keys=True)
+    atomic_write_text(path, yaml.safe_dump(config_dict(args), default_flow_style=False, sort_keys=True))

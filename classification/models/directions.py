@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 
 import yaml
 
+from ..common import atomic_write_text
 from .scan_maps import parse_direction
 
 # The candidate set of the search supernets, in the order of their ``multi_scan.weights`` (softmax index).
@@ -159,8 +160,7 @@ def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence
     """Write a directions file that ``load_directions`` and ``--directions`` read back."""
     validate_directions(directions, len(directions), source=os.fspath(path))
     data = {'supernet': supernet, 'topk': topk, 'directions': [list(layer) for layer in directions]}
-    with open(path, 'w', encoding='utf-8') as f:
-        yaml.safe_dump(data, f, default_flow_style=None, sort_keys=False)
+    atomic_write_text(os.fspath(path), yaml.safe_dump(data, default_flow_style=None, sort_keys=False))
 
 
 def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTable], depth: int) -> Optional[DirectionTable]:

@@ -64,10 +64,11 @@ def test_reconcile_with_nothing_kept_removes_an_uncommitted_best(tmp_path):
     assert os.listdir(tmp_path) == ["last.pth.tar"]
 
 
-@pytest.mark.parametrize("write", ["save", "copy"])
+@pytest.mark.parametrize("write", ["save", "copy", "text"])
 def test_checkpoint_writes_are_synced_before_and_after_their_rename(write, tmp_path, monkeypatch):
     """A machine crash (not only a killed process) must not leave last.pth.tar empty: the temporary file's data is
-    synced before the rename and the folder after it, for written and for copied checkpoints alone."""
+    synced before the rename and the folder after it, for written and for copied checkpoints alike, and for the
+    run's text files (args.yaml)."""
     from classification.common import checkpoint_io
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -77,10 +78,40 @@ def test_checkpoint_writes_are_synced_before_and_after_their_rename(write, tmp_p
                         lambda src, dst: (events.append(("rename", str(dst))), real_replace(src, dst))[1])
     src = tmp_path / "checkpoint-1.pth.tar"
     checkpoint_io.atomic_save({"epoch": 1}, str(src))
+    targets = {"save": src, "copy": tmp_path / "last.pth.tar", "text": tmp_path / "args.yaml"}
     if write == "copy":
         events.clear()
-        checkpoint_io.atomic_copy(str(src), str(tmp_path / "last.pth.tar"))
-    target = str(src if write == "save" else tmp_path / "last.pth.tar")
+        checkpoint_io.atomic_copy(str(src), str(targets["copy"]))
+    elif write == "text":
+        events.clear()
+        checkpoint_io.atomic_write_text(str(targets["text"]), "epochs: 2\n")
+        assert targets["text"].read_text() == "epochs: 2\n"
+    target = str(targets[write])
     assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"]
     assert os.path.basename(events[0][1]).startswith(".tmp-") and events[1][1] == target
     assert events[2][1] == str(tmp_path)
+
+
+def test_a_failed_rewrite_of_args_or_directions_keeps_the_old_file(tmp_path, monkeypatch):
+    """args.yaml and directions.yaml are replaced whole or not at all: a write that fails (here its sync) leaves the
+    previous file as it was and no temporary file (they were truncated first, then written in place)."""
+    import argparse
+
+    from classification.engine.config import save_config
+    from classification.models.directions import load_directions, save_directions
+    args_file, directions_file = tmp_path / "args.yaml", tmp_path / "directions.yaml"
+    save_config(argparse.Namespace(epochs=2, model="local_vim_tiny"), str(args_file))
+    save_directions(directions_file, [["h", "v"]] * 2, topk=2)
+    before = {path: path.read_bytes() for path in (args_file, directions_file)}
+
+    def failing_sync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_sync)
+    with pytest.raises(OSError, match="No space"):
+        save_config(argparse.Namespace(epochs=300, model="local_vim_small"), str(args_file))
+    with pytest.raises(OSError, match="No space"):
+        save_directions(directions_file, [["w2", "w2_flip"]] * 2, topk=2)
+    assert {path: path.read_bytes() for path in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["args.yaml", "directions.yaml"]
+    assert load_directions(str(directions_file)) == [["h", "v"]] * 2
