@@ -4,7 +4,8 @@
 #   tools/launch.sh srun PARTITION GPUS ENTRY [ARGS...]      GPUS Slurm tasks, at most 8 per node
 # torchrun, several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default
 # 29500) set. srun: ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node,
-# its port MASTER_PORT if set, else the entry's --dist-port.
+# its port MASTER_PORT if set, else the entry's --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
+# mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
 # Interruptions: tools/train.py stops on SIGINT, SIGTERM or SIGUSR1 after its current step, saving last.pth.tar.
 # For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
@@ -50,5 +51,6 @@ if [ "$ENTRY_DIR/$(basename "$ENTRY")" = "$(cd "$ROOT" && pwd -P)/tools/train.py
     WARN=--signal=USR1@120
 fi
 set -x
+# SRUN_ARGS: more srun flags, split on spaces (e.g. "--mpi=pmi2 --time=2-00:00:00")
 exec srun --job-name train --partition="$PARTITION" -n"$GPUS" --gres=gpu:"$PER_NODE" --ntasks-per-node="$PER_NODE" \
-    $WARN python -u "$ENTRY" "$@"
+    --cpus-per-task="${CPUS_PER_TASK:-5}" $WARN ${SRUN_ARGS:-} python -u "$ENTRY" "$@"

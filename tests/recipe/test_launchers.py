@@ -29,7 +29,8 @@ def stub_path(tmp_path):
 
 
 def run(shell, stub_path, script, *args, cwd=REPO, **env):
-    environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "PORT", "NNODES", "PYTHONPATH")}
+    unset = ("MASTER_PORT", "PORT", "NNODES", "PYTHONPATH", "CPUS_PER_TASK", "SRUN_ARGS")
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
     environ.update(PATH=stub_path, **env)
     proc = subprocess.run([shell, os.path.join(REPO, script), *args], cwd=cwd, env=environ,
                           capture_output=True, text=True, check=True)
@@ -77,15 +78,16 @@ def test_several_nodes_without_the_master_address_or_node_rank_are_refused(stub_
 def test_slurm_run_and_slurm_train(shell, stub_path):
     argv, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m", "--amp")
     assert argv == ["srun", "--job-name", "train", "--partition=part", "-n16", "--gres=gpu:8", "--ntasks-per-node=8",
-                    "python", "-u", "tools/test.py", "-c", "c.yaml", "--model", "m", "--slurm",
+                    "--cpus-per-task=5", "python", "-u", "tools/test.py", "-c", "c.yaml", "--model", "m", "--slurm",
                     "--amp"]
     assert env == {"PYTHONPATH": REPO, "MASTER_PORT": ""}     # the tasks take --dist-port (or the user's MASTER_PORT)
     _, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m",
                  MASTER_PORT="4321")
     assert env["MASTER_PORT"] == "4321"
     argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m")
-    assert argv[4:9] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--signal=USR1@120", "python"]  # training
-    assert argv[10:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
+    assert argv[4:10] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--cpus-per-task=5", "--signal=USR1@120",
+                          "python"]                                                            # training
+    assert argv[11:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -94,10 +96,19 @@ def test_srun_asks_for_the_stop_warning_for_the_classification_train_py_only(she
     for task in ("detection", "segmentation"):
         argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", f"{task}/tools/train.py", "cfg.py",
                       "--launcher", "slurm")
-        assert argv[4:7] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2"] and argv[7] == "python"
+        assert argv[4:8] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--cpus-per-task=5"] and argv[8] == "python"
     argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", os.path.join(REPO, "tools", "train.py"),
                   cwd=tmp_path)
-    assert argv[7:9] == ["--signal=USR1@120", "python"]
+    assert argv[8:10] == ["--signal=USR1@120", "python"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_srun_gives_each_task_cpus_for_its_loader_and_takes_more_flags(shell, stub_path):
+    """Slurm's default is one core per task, where a rank's 16 loader workers would share it; CPUS_PER_TASK and
+    SRUN_ARGS (split on spaces) as mmdet's and mmseg's launchers take them."""
+    argv, _ = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "p", "2", "c.yaml", "m",
+                  CPUS_PER_TASK="12", SRUN_ARGS="--mpi=pmi2 --time=2-00:00:00")
+    assert argv[7:11] == ["--cpus-per-task=12", "--mpi=pmi2", "--time=2-00:00:00", "python"]
 
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
