@@ -1,6 +1,7 @@
 """Write a training checkpoint's weights in the released form: `python tools/convert_ckpt.py IN OUT [KEY]`.
 
-KEY is `model` (default) or `ema_model`; the output is `{'state_dict': weights}` without `module.` prefixes.
+KEY is `model` (default) or `ema_model`; the output is `{'state_dict': weights}` without `module.` prefixes. An existing
+OUT is replaced only with `--overwrite`, and never when it is IN.
 """
 import argparse
 import os
@@ -19,11 +20,12 @@ def main() -> None:
     parser.add_argument("src", help="training checkpoint (e.g. experiments/NAME/best.pth.tar)")
     parser.add_argument("dst", help="output file")
     parser.add_argument("key", nargs="?", default="model", help="weights to take: model (default) or ema_model")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (never IN itself)")
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="allow a checkpoint that needs pickle (it can run code): only files you trust")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
-    n = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint)
+    n = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint, overwrite=args.overwrite)
     print(f"wrote {n} tensors from {args.src}[{args.key!r}] to {args.dst}")
 
 

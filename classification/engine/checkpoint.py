@@ -167,11 +167,18 @@ class CheckpointManager:
         return self.ckpts
 
 
-def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False) -> int:
+def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False, overwrite: bool = False) -> int:
     """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped); returns the tensor count.
 
-    A checkpoint without tensors under `key` is refused rather than written empty.
+    A checkpoint without tensors under `key` is refused rather than written empty; an existing `dst` is replaced only
+    with `overwrite`, and never when it is `src` (the training state would be lost).
     """
+    if os.path.exists(dst):
+        if os.path.exists(src) and os.path.samefile(src, dst):
+            raise CheckpointError(f"{dst} is the checkpoint being converted: writing it would replace its training "
+                                  f"state with the weights alone; give another output file")
+        if not overwrite:
+            raise CheckpointError(f"{dst} exists; give another output file, or --overwrite to replace it")
     weights = state_dict_from(load_checkpoint(src, trust=trust), key, source=src)
     tensors = sum(isinstance(v, torch.Tensor) for v in weights.values())
     if tensors == 0:

@@ -59,10 +59,10 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     return {"test_loss": loss_sum / count, "top1": c1_sum / count, "top5": c5_sum / count}
 
 
-def _load_at_model_size(model: nn.Module, ckpt: dict, path: str, key: str | None = None) -> None:
-    """Load the weights `key` of `ckpt` into `model`, built for the evaluated image size: LocalVim's position tables
+def _load_at_model_size(model: nn.Module, weights: dict, path: str) -> None:
+    """Load `weights` (read from `path`) into `model`, built for the evaluated image size: LocalVim's position tables
     are resized to its token grid (`fit_to_model`), every other weight must fit."""
-    load_weights(model, fit_to_model(model, state_dict_from(ckpt, key, source=path)), path)
+    load_weights(model, fit_to_model(model, weights), path)
 
 
 def test(cfg: Namespace) -> dict:
@@ -72,12 +72,14 @@ def test(cfg: Namespace) -> dict:
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
+        weights = state_dict_from(ckpt, source=cfg.resume)
+        ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None
         log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
         val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-        _load_at_model_size(model, ckpt, cfg.resume)
+        _load_at_model_size(model, weights, cfg.resume)
         model.to(env.device)
         net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights
         epoch = ckpt.get("epoch")
@@ -87,8 +89,8 @@ def test(cfg: Namespace) -> dict:
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
-        if cfg.model_ema:
-            _load_at_model_size(model, ckpt, cfg.resume, "ema_model")
+        if ema_weights is not None:
+            _load_at_model_size(model, ema_weights, cfg.resume)
             metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
         log.info(str(metrics))
         return metrics

@@ -1,7 +1,7 @@
 """The folder of a run: where it goes, when an existing one is refused, and what `--overwrite` deletes.
 
-A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint or a CSV file with
-rows) is refused unless `--overwrite` is given. `--resume` of a training checkpoint continues in that checkpoint's own
+A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint, or a CSV file with
+rows past epoch 0) is refused unless `--overwrite` is given, which never deletes the run's own inputs. `--resume` of a training checkpoint continues in that checkpoint's own
 folder, whatever `--output` / `--experiment` say; `--resume auto` takes the folder's last.pth.tar when there is one
 (and does nothing when that run has finished its epochs) and starts the run when there is none.
 
@@ -146,12 +146,16 @@ def csv_files_past_first_epoch(folder: str) -> list[str]:
 
 
 def check_run_folder(folder: str, overwrite: bool) -> None:
-    """Refuse to start a fresh run in a folder that holds another run, unless `overwrite`."""
-    found = previous_run_files(folder)
+    """Refuse to start a fresh run in a folder that holds another run, unless `overwrite`. CSV rows of a first epoch
+    that never reached a checkpoint are no run (nothing continues them): a fresh run rewrites them, as `--resume auto`
+    does."""
+    found = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
+    found += csv_files_past_first_epoch(folder)
     if found and not overwrite:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-        raise ConfigError(f"{folder} already holds a run ({shown}); continue it with --resume "
-                          f"{os.path.join(folder, 'last.pth.tar')}, start afresh there with --overwrite, "
+        last = os.path.join(folder, LAST)
+        resume = f"continue it with --resume {last}, " if os.path.isfile(last) else ""
+        raise ConfigError(f"{folder} already holds a run ({shown}); {resume}start afresh there with --overwrite, "
                           f"or choose another --experiment")
 
 
@@ -165,15 +169,28 @@ def make_writable(folder: str) -> None:
         raise ConfigError(f"--output: the run folder {folder} is not writable")
 
 
-def delete_previous_run(folder: str, keep: tuple[str, ...] = ()) -> list[str]:
-    """Delete what an earlier run wrote into `folder` (`RUN_FILE_PATTERNS`), except the paths in `keep`."""
-    keep_abs = {os.path.abspath(p) for p in keep}
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if any(fnmatch.fnmatch(name, p) for p in RUN_FILE_PATTERNS) and os.path.abspath(path) not in keep_abs:
-            os.remove(path)
-            removed.append(name)
+def _run_file_names(folder: str) -> list[str]:
+    """Names of the files in `folder` that `--overwrite` deletes (`RUN_FILE_PATTERNS`)."""
+    return [name for name in sorted(os.listdir(folder)) if any(fnmatch.fnmatch(name, p) for p in RUN_FILE_PATTERNS)]
+
+
+def check_overwrite_spares(folder: str, inputs: Mapping[str, Optional[str]]) -> None:
+    """Refuse `--overwrite` of `folder` when it would delete one of the run's inputs (`{flag: path}`, e.g. the
+    --finetune weights kept in the folder of the run they came from)."""
+    if not os.path.isdir(folder):
+        return
+    doomed = {os.path.join(os.path.abspath(folder), name) for name in _run_file_names(folder)}
+    for flag, path in inputs.items():
+        if path and os.path.abspath(path) in doomed:
+            raise ConfigError(f"--overwrite would delete {flag} {path}, which lies in the run folder {folder}: move "
+                              f"it out of the folder first, or choose another --experiment")
+
+
+def delete_previous_run(folder: str) -> list[str]:
+    """Delete what an earlier run wrote into `folder` (`RUN_FILE_PATTERNS`); returns the names."""
+    removed = _run_file_names(folder)
+    for name in removed:
+        os.remove(os.path.join(folder, name))
     return removed
 
 

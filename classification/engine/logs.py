@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 import time
@@ -22,9 +23,11 @@ class _BarAwareHandler(logging.StreamHandler):
             ProgressBar.active.redraw()
 
 
-def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") -> logging.Logger:
+def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log",
+                  defer_file: bool = False) -> logging.Logger:
     """Console log on every rank (errors only off the main rank); on the main rank also `exp_dir/<prefix>_<time>.txt`
-    (`log_` for training, `eval_` for tools/test.py)."""
+    (`log_` for training, `eval_` for tools/test.py). With `defer_file` the file's records wait in memory until
+    `start_log_file`: a run refused before it may change its folder leaves no log file there."""
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.ERROR)
@@ -32,12 +35,38 @@ def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") ->
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logger.addHandler(console)
     if is_main and exp_dir:
-        os.makedirs(exp_dir, exist_ok=True)
         path = os.path.join(exp_dir, f"{prefix}_{time.strftime('%Y%m%d_%H%M%S')}.txt")
-        fh = logging.FileHandler(path)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%y-%m-%d %H:%M:%S"))
-        logger.addHandler(fh)
+        if defer_file:
+            logger.addHandler(_PendingLogFile(path))
+        else:
+            logger.addHandler(_log_file(path))
     return logger
+
+
+def start_log_file(log: logging.Logger) -> None:
+    """Write the records held back by `setup_logging(defer_file=True)` to the log file, and log into it from now
+    on."""
+    for handler in list(log.handlers):
+        if isinstance(handler, _PendingLogFile):
+            handler.setTarget(_log_file(handler.path))
+            handler.flush()
+            log.addHandler(handler.target)
+            log.removeHandler(handler)
+
+
+class _PendingLogFile(logging.handlers.MemoryHandler):
+    """The records meant for the log file `path`, held until `start_log_file` (never written without it)."""
+
+    def __init__(self, path: str):
+        super().__init__(capacity=sys.maxsize, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
+        self.path = path
+
+
+def _log_file(path: str) -> logging.FileHandler:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%y-%m-%d %H:%M:%S"))
+    return handler
 
 
 class ProgressBar:

@@ -50,9 +50,10 @@ from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import validate
-from .experiment import (RunFolder, check_run_folder, choose_run_folder, delete_previous_run, finished_run,
-                         is_training_checkpoint, make_writable, next_epoch, resolve_auto_resume, start_branch)
-from .logs import ProgressBar, format_eta, memory_mb, setup_logging
+from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, choose_run_folder, delete_previous_run,
+                         finished_run, is_training_checkpoint, make_writable, next_epoch, resolve_auto_resume,
+                         start_branch)
+from .logs import ProgressBar, format_eta, memory_mb, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
 from .resume import check_same_batches, load_optimizer_state, log_changed_flags
@@ -173,11 +174,10 @@ class Run:
             leftovers = remove_temporary_files(exp_dir)
             if leftovers:
                 self.log.info(f"Removed {len(leftovers)} temporary file(s) of an interrupted write: {leftovers}")
-            if cfg.overwrite:
-                current = [h.baseFilename for h in self.log.handlers if isinstance(h, logging.FileHandler)]
-                removed = delete_previous_run(exp_dir, keep=tuple(current))
-                if removed:
-                    self.log.info(f"--overwrite: deleted the earlier run's files {removed}")
+            removed = delete_previous_run(exp_dir) if cfg.overwrite else []
+            start_log_file(self.log)
+            if removed:
+                self.log.info(f"--overwrite: deleted the earlier run's files {removed}")
             copied = start_branch(folder)
             if copied:
                 self.log.info(f"Branch: took {', '.join(copied)} of {folder.branch_of} up to the resumed checkpoint")
@@ -380,9 +380,11 @@ def train(cfg: Namespace) -> dict:
         exp_dir = folder.path
         if ckpt is None or not is_training_checkpoint(ckpt):
             check_run_folder(exp_dir, cfg.overwrite or auto is not None)  # auto: rows of an uncommitted first epoch
+            if cfg.overwrite:
+                check_overwrite_spares(exp_dir, {"--finetune": cfg.finetune, "--resume": cfg.resume})
         if env.is_main:
             make_writable(exp_dir)
-        log = setup_logging(exp_dir, env.is_main)
+        log = setup_logging(exp_dir, env.is_main, defer_file=True)
         if auto is not None:
             log.info(auto)
         named = os.path.join(cfg.output, cfg.experiment)

@@ -74,3 +74,72 @@ def test_checkpoints_get_the_umask_permissions(tmp_path):
         os.umask(old)
     modes = {name: mode & 0o777 for name, (_, mode) in digests(tmp_path / "group").items()}
     assert modes["last.pth.tar"] == modes["best.pth.tar"] == modes["metrics.csv"] == 0o664, modes
+
+
+def test_convert_never_replaces_its_input_or_an_existing_file(finished_run, tmp_path):
+    """tools/convert_ckpt.py IN IN replaced the training checkpoint by its weights alone, and any existing OUT (a
+    mistyped last.pth.tar) was replaced without a word."""
+    ckpt, other = tmp_path / "last.pth.tar", tmp_path / "other.pth.tar"
+    ckpt.write_bytes((finished_run / "last.pth.tar").read_bytes())
+    other.write_bytes(b"kept")
+    before = digests(tmp_path)
+    for dst, extra, message in ((ckpt, [], "is the checkpoint being converted"),
+                                (ckpt, ["--overwrite"], "is the checkpoint being converted"),
+                                (other, [], f"{other} exists; give another output file, or --overwrite")):
+        assert_one_line_error(run_tool("convert_ckpt.py", str(ckpt), str(dst), *extra, check=False), message)
+    assert digests(tmp_path) == before
+    run_tool("convert_ckpt.py", str(ckpt), str(other), "--overwrite")
+    assert set(torch.load(other, weights_only=True)) == {"state_dict"}
+
+
+def test_overwrite_refuses_to_delete_its_own_finetune_weights(finished_run, tmp_path):
+    """--overwrite of the folder that holds the --finetune weights loaded them, then deleted them with the old run."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("best.pth.tar", "metrics.csv"):
+        (folder / name).write_bytes((finished_run / name).read_bytes())
+    before = digests(folder)
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "run",
+                    "--overwrite", "--finetune", str(folder / "best.pth.tar"), check=False)
+    assert_one_line_error(proc, f"--overwrite would delete --finetune {folder / 'best.pth.tar'}, which lies in the "
+                                f"run folder")
+    assert digests(folder) == before
+
+
+def test_a_first_epoch_that_crashed_before_its_checkpoint_is_no_run(finished_run, tmp_path):
+    """A run that failed in epoch 0 (a broken image) leaves lr.csv rows and no checkpoint: the rerun was refused and
+    told to --resume a last.pth.tar that does not exist. Rows past epoch 0 without checkpoints are still a run."""
+    first_epoch = [row for row in rows(finished_run / "lr.csv") if row[0] in ("epoch", "0")]
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    with open(crashed / "lr.csv", "w", newline="") as f:
+        csv.writer(f).writerows(first_epoch)
+    run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "crashed")
+    assert [r[0] for r in rows(crashed / "metrics.csv")] == ["epoch", "0"]
+    assert rows(crashed / "lr.csv") == rows(finished_run / "lr.csv")[:len(first_epoch)]  # rewritten, same steps
+    pruned = tmp_path / "pruned"
+    pruned.mkdir()
+    (pruned / "metrics.csv").write_bytes((finished_run / "metrics.csv").read_bytes())
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "pruned",
+                    check=False)
+    assert_one_line_error(proc, f"{pruned} already holds a run (metrics.csv); start afresh there with --overwrite")
+    assert "--resume" not in proc.stderr
+
+
+def test_a_refused_resume_leaves_no_log_file(finished_run, tmp_path):
+    """Nothing in the folder changes before the resumed checkpoint has been read and checked: a resume that is
+    refused (here: the run has finished its epochs) wrote a log_*.txt into the run's folder."""
+    before = digests(finished_run)
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "2", "--resume", str(finished_run / "last.pth.tar"),
+                    check=False)
+    assert_one_line_error(proc, "nothing left to train")
+    assert digests(finished_run) == before
+
+
+def test_test_py_refuses_missing_ema_weights_before_evaluating(finished_run, tmp_path):
+    """tools/test.py --model-ema on a run trained without EMA evaluated the whole validation set first, then failed
+    (a full ImageNet pass lost)."""
+    proc = run_tool("test.py", *TINY_RUN, "--resume", str(finished_run / "last.pth.tar"), "--model-ema",
+                    "--output", str(tmp_path), check=False)
+    assert_one_line_error(proc, "holds no EMA weights (its run was trained without --model-ema)")
+    assert "Test: " not in proc.stdout
