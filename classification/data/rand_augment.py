@@ -6,9 +6,9 @@ level-to-argument rules are the original's. Randomness comes from the global gen
 the op choice, python's `random` for apply / magnitude / sign / filter), which the loader seeds per sample.
 
 Config strings: `rand-m9-mstd0.5` -> sections `m` (int magnitude, default 10), `n` (ops per image, default 2),
-`mstd` (float magnitude std, default 0: no noise), `w` (index of a choice-weight set; only 0 exists). A section
-without a digit is ignored and any other key is an error, as in the original (it has no `inc` / `mmax`; timm's
-implementation, `--aa-impl timm`, does).
+`mstd` (float magnitude std, default 0: no noise), `w` (index of a choice-weight set; only 0 exists). Any other key
+is an error, as in the original (it has no `inc` / `mmax`; timm's implementation, `--aa-impl timm`, does), and so is a
+section without a number (`inc`, `mX`), which the original skipped: a typo changed nothing and went unseen.
 """
 from __future__ import annotations
 
@@ -267,7 +267,8 @@ def rand_augment_transform(config_str: str, fill: tuple = DEFAULT_FILL,
     for section in sections[1:]:
         parts = re.split(r"(\d.*)", section)
         if len(parts) < 2:
-            continue
+            raise ValueError(f"RandAugment section {section!r} in {config_str!r} has no value: the original's "
+                             "grammar has m<int>, n<int>, mstd<float>, w<int> (use --aa-impl timm for timm's)")
         key, value = parts[:2]
         if key == "m":
             magnitude = int(value)

@@ -113,7 +113,7 @@ def test_weighted_choice_w0_without_replacement():
 
 @pytest.mark.parametrize("config, expected", [
     ("rand-m9-mstd0.5", (9, 2, 0.5, False)), ("rand-n3-m7", (7, 3, 0.0, False)), ("rand", (10, 2, 0.0, False)),
-    ("rand-m5-w0", (5, 2, 0.0, True)), ("rand-m9-x-mstd1.5", (9, 2, 1.5, False))])
+    ("rand-m5-w0", (5, 2, 0.0, True)), ("rand-m9-n1-mstd1.5", (9, 1, 1.5, False))])
 def test_config_grammar(config, expected):
     transform = ra.rand_augment_transform(config)
     magnitude, layers, std, weighted = expected
@@ -127,6 +127,13 @@ def test_config_grammar(config, expected):
 @pytest.mark.parametrize("config", ["rand-m9-inc1", "rand-m9-mmax10", "rand-w1", "augmix-m5", "rand-m9.5"])
 def test_config_outside_the_originals_grammar_is_refused(config):
     with pytest.raises(ValueError):
+        ra.rand_augment_transform(config)
+
+
+@pytest.mark.parametrize("config", ["rand-m9-inc", "rand-m9-mmax", "rand-mX-n2", "rand-m9-x-mstd1.5", "rand--m9"])
+def test_a_section_without_a_number_is_refused(config):
+    """The original skips it: `rand-mX-n2` ran at magnitude 10 and `rand-m9-inc` without timm's `inc`, unseen."""
+    with pytest.raises(ValueError, match="has no value"):
         ra.rand_augment_transform(config)
 
 
