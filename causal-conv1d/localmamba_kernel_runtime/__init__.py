@@ -5,6 +5,7 @@ it imports neither.
 - ``ckernel``: builds the C kernels on first use (cached), checks their argument structs, runs them on threads.
 - ``csrc/``: the C headers every kernel includes (``vector_math.h``: 8-wide vectors and polynomial math;
   ``kernel_args.h``: argument structs with a layout Python can check) and ``task_runner.c``.
+- ``settings``: the environment variables checked at once (what a tool refuses before it starts).
 - ``precision``: fp32 compute under autocast; ``validation``: helpers of the argument checks.
 - ``launch_limits``: what one Triton kernel call can address (32-bit offsets, CUDA's grid) and the batch
   slices that keep each call inside it.

@@ -52,10 +52,14 @@ class BackendUnavailableError(RuntimeError):
     """Raised when ``LOCALMAMBA_BACKEND`` forces a backend that cannot run the given inputs."""
 
 
+class BackendChoiceError(ValueError):
+    """``LOCALMAMBA_BACKEND`` (or a forced value) names no backend."""
+
+
 def _parse_choice(value: str, source: str) -> str:
     value = value.strip().lower() or "auto"
     if value not in CHOICES:
-        raise ValueError(f"{source}={value!r} is not a valid backend; valid values are: {', '.join(CHOICES)}")
+        raise BackendChoiceError(f"{source}={value!r} is not a valid backend; valid values are: {', '.join(CHOICES)}")
     return value
 
 

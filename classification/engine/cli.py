@@ -1,6 +1,7 @@
 """Shared start-up of the command-line tools: user errors and interruptions become one line instead of a traceback.
 
-Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk) prints
+Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk, a kernel
+environment variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``) prints
 `error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1) prints one line
 with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
 SIGINT, 143 for SIGTERM, 138 for SIGUSR1). `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
@@ -13,11 +14,13 @@ import signal
 import sys
 from typing import Callable, Optional, Sequence
 
+from localmamba_kernel_runtime.settings import SETTING_ERRORS
+
 from ..common.checkpoint_io import CheckpointError
 from ..data import DataError
 from .config import ConfigError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError, *SETTING_ERRORS)
 DEBUG_ENV = "LOCALMAMBA_DEBUG"
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from localmamba_kernel_runtime.settings import check_settings
 from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
@@ -22,7 +23,7 @@ from .amp import autocast
 from .checkpoint import check_same_model, fit_to_model, load_weights
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from .logs import setup_logging
+from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name
 
 
@@ -71,10 +72,11 @@ def test(cfg: Namespace) -> dict:
         raise ConfigError("tools/test.py needs --resume CHECKPOINT (a path; 'auto' is tools/train.py's)")
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
+        check_settings(env.device)
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
         weights = state_dict_from(ckpt, source=cfg.resume)
         ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None
-        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
+        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval", defer_file=True)
         val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
@@ -86,6 +88,7 @@ def test(cfg: Namespace) -> dict:
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"
         log.info(f"Loaded {cfg.resume} ({what}) into {cfg.model}")
+        start_log_file(log)  # the inputs are checked: an evaluation refused before this leaves no eval log
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from localmamba_kernel_runtime.settings import check_settings
 from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV2
@@ -366,6 +367,7 @@ def train(cfg: Namespace) -> dict:
     """
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
+        check_settings(env.device)
         check_model_flags(cfg)
         check_auto_augment(cfg.aa, cfg.aa_impl)
         auto = resolve_auto_resume(cfg)

@@ -183,3 +183,18 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
     prefix = "interrupted; continue with: "
     assert lines[-1].startswith(prefix)
     assert shlex.split(lines[-1][len(prefix):]) == ["python", *argv[:1], *argv[1:], "--resume", str(last)]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("LOCALMAMBA_BACKEND", "foo", "LOCALMAMBA_BACKEND='foo' is not a valid backend; valid values are: auto, cuda"),
+    ("LOCALMAMBA_CPU_ISA", "foo", "LOCALMAMBA_CPU_ISA='foo' is not an instruction set; valid values are: baseline"),
+    ("LOCALMAMBA_BACKEND", "triton", "LOCALMAMBA_BACKEND=triton cannot run op")])
+def test_bad_kernel_environment_variables(variable, value, message, tmp_path):
+    """They ended in a traceback at the first forward pass; an unknown value is now refused before the run starts
+    (nothing is written), a backend that cannot run an op when that op is first called."""
+    env = {k: v for k, v in tool_env().items() if k != "TRITON_INTERPRET"}
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path / "out"), check=False,
+                    env={**env, variable: value})
+    assert_one_line_error(proc, message)
+    if value == "foo":
+        assert not (tmp_path / "out").exists()

@@ -1,0 +1,21 @@
+"""The kernels' environment variables checked in one call, so that a tool can refuse a bad value before it starts."""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from . import backends, ckernel
+
+# What a bad LOCALMAMBA_BACKEND / LOCALMAMBA_CPU_ISA raises, here or at an op's first call (the forced backend's
+# inability to run an op is known only then).
+SETTING_ERRORS = (backends.BackendChoiceError, backends.BackendUnavailableError, ckernel.UnsupportedISAError)
+
+
+def check_settings(device: Union[str, torch.device]) -> None:
+    """Raise :class:`backends.BackendChoiceError` for a ``LOCALMAMBA_BACKEND`` that names no backend, and, for ops
+    on a CPU ``device`` with the C kernels enabled, :class:`ckernel.UnsupportedISAError` for a
+    ``LOCALMAMBA_CPU_ISA`` this CPU cannot run; nothing is built."""
+    backends.requested_backend()
+    if torch.device(device).type == "cpu" and ckernel.kernels_enabled():
+        ckernel.selected_isa()
