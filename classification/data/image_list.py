@@ -59,10 +59,11 @@ class ImageListDataset(Dataset):
 
 
 def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
-    """Parse a `relative/path label` list; the image path is `image_root/relative/path`."""
+    """Parse a `relative/path label` list; the image path is `image_root/relative/path`. The first and the last listed
+    images must exist (two file checks catch a list written for another root before a whole epoch has run)."""
     if not os.path.isfile(meta_path):
         raise DataError(f"meta file not found: {meta_path}")
-    samples = []
+    samples, lines = [], []
     with open(meta_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             text = line.strip()
@@ -73,8 +74,13 @@ def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
                 raise DataError(f"{meta_path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
                                 f"got {text!r}")
             samples.append((os.path.join(image_root, parts[0]), int(parts[1])))
+            lines.append(lineno)
     if not samples:
         raise DataError(f"meta file is empty: {meta_path}")
+    for index in (0, -1):
+        if not os.path.isfile(samples[index][0]):
+            raise DataError(f"{meta_path}:{lines[index]}: image not found: {samples[index][0]} (the list's paths are "
+                            f"relative to {image_root})")
     return samples
 
 

@@ -51,6 +51,20 @@ def test_malformed_meta_line_is_located(tmp_path):
         run(tmp_path, "--data-path", str(root))
 
 
+def test_meta_list_of_another_root_is_refused_before_training(tmp_path):
+    """A val.txt whose paths start with val/ (the list of another layout) failed only at validation, after a whole
+    training epoch."""
+    root = tmp_path / "data"
+    make_meta_tree(str(root), classes=2, per_class=2, val_per_class=1)
+    val_list = root / "meta" / "val.txt"
+    val_list.write_text("".join(f"val/{line}\n" for line in val_list.read_text().split("\n") if line))
+    first = val_list.read_text().split()[0]
+    with pytest.raises(DataError, match=rf"{val_list}:1: image not found: {root / 'val' / first} \(the list's paths "
+                                        rf"are relative to {root / 'val'}\)"):
+        run(tmp_path, "--data-path", str(root))
+    assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]  # no log, no CSV file
+
+
 def test_unreadable_image_is_named(tmp_path):
     root = tmp_path / "data"
     for c in ("a", "b"):
