@@ -133,6 +133,17 @@ def test_only_brings_the_steps_a_step_needs():
         s.name for s in steps if s.name.startswith("throughput")]
 
 
+def test_only_refuses_a_word_in_no_step_name_before_making_a_folder(tmp_path, monkeypatch):
+    steps = gpu_e2e.plan("cpu", "runs", quick=True)
+    with pytest.raises(gpu_e2e.UnknownCheck, match=r"^--only nomatch matches no check; the checks: kernel checks"):
+        gpu_e2e.select_steps(steps, ["throughput", "nomatch"])
+    monkeypatch.setattr(gpu_e2e.tempfile, "mkdtemp", lambda **kwargs: pytest.fail("made a run folder"))
+    with pytest.raises(gpu_e2e.UnknownCheck):
+        run_e2e("cpu", quick=True, log_path=str(tmp_path / "e2e.log"), only=["nomatch"],
+                runner=lambda step: pytest.fail("ran a step"))
+    assert not (tmp_path / "e2e.log").exists()
+
+
 def test_runner_kills_on_its_condition_and_at_its_limit():
     sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     start = time.perf_counter()

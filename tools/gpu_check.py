@@ -1,7 +1,8 @@
 """One-shot check of the GPU backends: every Triton kernel against the reference, then timings.
 
     python tools/gpu_check.py                   # on a CUDA machine: correctness table, timing table, exit code
-    TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick    # smoke test of this script on CPU
+    TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick    # smoke test of this script on CPU (refused
+                                                # without TRITON_INTERPRET=1)
     python tools/gpu_check.py --e2e             # everything on one GPU in a few minutes: kernels, AMP training,
                                                 # dist_train.sh, kill + --resume, test.py, throughput, memory sweep;
                                                 # one PASS/FAIL line per check, log in docs/measurements/
@@ -25,9 +26,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from localmamba_kernel_runtime.backends import triton_interpreter  # noqa: E402
+
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
-from classification.benchmarks.gpu_e2e import default_log_path, memory_and_resolution_sweep, run_e2e  # noqa: E402
-from classification.benchmarks.gpu_report import report  # noqa: E402
+from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, run_e2e  # noqa: E402
+from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
+from classification.benchmarks.gpu_report import read_sections, report  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,6 +65,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in args.report:
             with open(path, encoding="utf-8") as f:
                 texts.append(f.read())
+        not_e2e = [path for path, text in zip(args.report, texts) if not read_sections([text])]
+        if not_e2e:
+            print(f"error: not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
+            return 2
         print(report(texts))
         return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
@@ -68,10 +76,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))
-        return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
+        try:
+            return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
+        except UnknownCheck as err:
+            print(f"error: {err}")
+            return 2
     if args.sweep:
         print(memory_and_resolution_sweep(args.device, args.quick))
         return 0
+    if torch.device(args.device).type == "cpu" and not triton_interpreter():
+        print("error: the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
+              "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
+        return 2
     repeats = args.repeats or (1 if args.quick else 20)
     return 0 if run_gpu_check(args.device, args.quick, repeats, args.skip_timing, not args.skip_models) else 1
 

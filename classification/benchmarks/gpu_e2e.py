@@ -260,8 +260,17 @@ class _Transcript:
                 f.write("\n".join(lines) + "\n")
 
 
+class UnknownCheck(ValueError):
+    """A word of ``--only`` that is in no check's name."""
+
+
 def select_steps(steps: Sequence[Step], only: Sequence[str]) -> List[Step]:
-    """The steps whose name contains one of ``only`` (all when empty), with the earlier steps they need."""
+    """The steps whose name contains one of ``only`` (all when empty), with the earlier steps they need;
+    :class:`UnknownCheck` naming every check when a word of ``only`` is in none of their names."""
+    unknown = [word for word in only if not any(word in s.name for s in steps)]
+    if unknown:
+        raise UnknownCheck(f"--only {' '.join(map(shlex.quote, unknown))} matches no check; the checks: "
+                           + "; ".join(s.name for s in steps))
     if not only:
         return list(steps)
     wanted = {s.name for s in steps if any(word in s.name for word in only)}
@@ -278,10 +287,13 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     need); print one line per step as it ends, then the summary. Within ``budget`` seconds: each step's limit is
     cut to what is left, and once too little is left the remaining steps are reported as SKIP with the command that
     runs them. The transcript (every step's full output, then the summary) is written to ``log_path`` as the steps
-    end, so a run killed from outside keeps what it did. True when every step ran and passed."""
+    end, so a run killed from outside keeps what it did. True when every step ran and passed; :class:`UnknownCheck`
+    (before anything runs or a folder is made) for a word of ``only`` in no step's name."""
     own_workdir = workdir is None
     if dry_run:
         workdir = workdir or os.path.join(tempfile.gettempdir(), "localmamba_e2e_XXXX")
+    elif own_workdir:
+        select_steps(plan(device, "", quick), only)   # refuses an unknown word before the folder is made
     workdir = workdir or tempfile.mkdtemp(prefix="localmamba_e2e_")
     steps = select_steps(plan(device, workdir, quick), only)
     if dry_run:
