@@ -95,11 +95,13 @@ def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
     for candidate in keys:
         if isinstance(checkpoint.get(candidate), Mapping):
             return strip_prefix(checkpoint[candidate])
-    if key is None and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+    if key is None and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):  # empty: no weights at all
         return strip_prefix(checkpoint)
     if key == 'ema_model' and key in checkpoint and checkpoint[key] is None:
         raise CheckpointError(f"{source}: holds no EMA weights (its run was trained without --model-ema)")
-    raise CheckpointError(f"{source}: no {' or '.join(repr(k) for k in keys)} weights (keys: {sorted(checkpoint)})")
+    names = sorted(map(str, checkpoint))
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    raise CheckpointError(f"{source}: no {' or '.join(repr(k) for k in keys)} weights (keys: {shown})")
 
 
 def _umask_mode() -> int:

@@ -29,6 +29,8 @@ POSITION_TABLES = ("pos_embed", "rope.freqs_cos", "rope.freqs_sin")  # sized for
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
     """Strictly load `state_dict` into `model`; a mismatch raises naming the file and the first differing keys."""
+    if not state_dict:
+        raise CheckpointError(f"{path} holds no weights")
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -39,9 +41,17 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
-        if any(key.split(":")[0] in POSITION_TABLES for key in shapes):
+        differing = {key.split(":")[0] for key in shapes}
+        classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+        if not missing and not unexpected and differing <= set(POSITION_TABLES) and all(
+                state_dict[key].shape[-1] == own[key].shape[-1] for key in differing):   # more tokens, same width
             parts.append("its position tables are of another image size: give the --img-size it was trained at "
                          "(or --model-kwargs img_size=N)")
+        elif not missing and not unexpected and differing <= {f"{classifier}.weight", f"{classifier}.bias"}:
+            classes = state_dict[f"{classifier}.weight" if f"{classifier}.weight" in differing
+                                 else f"{classifier}.bias"].shape[0]
+            parts.append(f"its classifier has {classes} classes: give --num-classes {classes} (or evaluate on the "
+                         f"dataset it was trained on)")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 

@@ -102,6 +102,28 @@ def test_checkpoint_of_another_model_is_refused(tiny_ckpt, tmp_path):
         train(parse_args([*other, "-b", "256", "--epochs", "2", "--resume", tiny_ckpt]))
 
 
+def test_checkpoint_mismatch_hints_name_the_cause(tiny_ckpt, tmp_path):
+    """Only the classifier differs: the hint names --num-classes; position tables and other weights differ (another
+    width): no image-size hint (it was given whenever a position table differed); no weights: said so, with the
+    file (a filter lost its name)."""
+    weights = torch.load(tiny_ckpt, weights_only=True)["model"]
+    common = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path / "eval")]
+    cases = {
+        "classes": ({**weights, "head.weight": weights["head.weight"][:3], "head.bias": weights["head.bias"][:3]},
+                    r"head.weight: \(3, 32\) vs \(10, 32\).*its classifier has 3 classes: give --num-classes 3"),
+        "wider": ({k: torch.cat([v, v], dim=-1) if k in ("pos_embed", "patch_embed.proj.bias") else v
+                   for k, v in weights.items()},
+                  r"shape mismatch \(2\): pos_embed: \(1, 16, 64\) vs \(1, 16, 32\), patch_embed"),
+        "empty": ({}, "holds no weights"),
+    }
+    for name, (state_dict, message) in cases.items():
+        path = tmp_path / f"{name}.pth"
+        torch.save({"state_dict": state_dict}, path)
+        with pytest.raises(CheckpointError, match=rf"{path}.*{message}") as info:
+            evaluate(parse_args([*common, "--resume", str(path)]))
+        assert "--img-size" not in str(info.value)
+
+
 def test_missing_or_corrupt_checkpoint(tiny_ckpt, tmp_path):
     flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path)]
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pth"):
