@@ -20,7 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="training checkpoint of a *_search model (last.pth.tar, best.pth.tar, ...)")
     parser.add_argument("--topk", type=int, default=4, help="directions kept per layer (default 4)")
-    parser.add_argument("--out", default=None, help="folder for directions.yaml and search_probs.png")
+    parser.add_argument("--out", default=None,
+                        help="folder for directions.yaml and search_probs.png (default: the checkpoint's folder)")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights (ema_model)")
     parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
     parser.add_argument("--overwrite", action="store_true",
