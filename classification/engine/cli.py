@@ -4,7 +4,9 @@ Bad input (config, data, checkpoint, a file or folder that cannot be read or wri
 environment variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``) prints
 `error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1) prints one line
 with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
-SIGINT, 143 for SIGTERM, 138 for SIGUSR1). `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
+SIGINT, 143 for SIGTERM, 138 for SIGUSR1). In a distributed run, a rank whose collective fails because another rank
+stopped says so in one line (status 1), so that the other rank's error is not buried under its traceback.
+`--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -63,6 +65,14 @@ def _describe(err: BaseException) -> str:
     return text
 
 
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _lost_a_peer(err: RuntimeError) -> bool:
+    """True for a collective of a distributed run that failed because another rank exited (gloo's message for it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(text in str(err) for text in PEER_LOST)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
     (128 + the signal's number)."""
@@ -75,6 +85,13 @@ def run_cli(main: Callable[[], object]) -> None:
     except USER_ERRORS as err:
         sys.stderr.write(f"error: {_describe(err)}\n")
         sys.exit(2)
+    except RuntimeError as err:
+        if not _lost_a_peer(err):
+            raise
+        rank = os.environ.get("RANK", "?")
+        sys.stderr.write(f"error: rank {rank} lost another rank, which stopped first (its own error is above or "
+                         f"below): {str(err).strip().splitlines()[0][:200]}\n")
+        sys.exit(1)
     except (KeyboardInterrupt, RunInterrupted) as err:
         signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
         if main_rank:

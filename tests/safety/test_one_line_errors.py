@@ -198,3 +198,27 @@ def test_bad_kernel_environment_variables(variable, value, message, tmp_path):
     assert_one_line_error(proc, message)
     if value == "foo":
         assert not (tmp_path / "out").exists()
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
+    """The rank whose collective broke because another rank stopped printed a 25-line gloo traceback around the other
+    rank's one-line error; outside a distributed run the same error is no user error and keeps its traceback."""
+    from classification.engine.cli import run_cli
+
+    def broken_collective():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:9143. This is "
+                           "typically caused by a remote worker crashing.")
+
+    monkeypatch.delenv("LOCALMAMBA_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["tools/test.py"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as info:
+        run_cli(broken_collective)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: rank 1 lost another rank, which stopped first (its own error is above or below): "
+                          "[gloo/transport/tcp/pair.cc:561] Connection closed by peer")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        run_cli(broken_collective)
