@@ -69,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse, in one line and before any timing, sizes out of range, a --csv in a missing folder, an unknown
-    --device and --backends that cannot run on it."""
+    """Refuse, in one line and before any timing, sizes out of range, a --csv that cannot be written (a missing
+    folder, a folder, no permission), an unknown --device and --backends that cannot run on it."""
     threads = 1 if args.threads is None else args.threads
     lows = (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--img-size", args.img_size, 1),
             ("--batch-sizes", min(args.batch_sizes), 1), ("--train-batch", args.train_batch, 0),
@@ -79,8 +79,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for flag, value, low in lows:
         if value < low:
             parser.error(f"{flag} must be at least {low}")
-    if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
-        parser.error(f"--csv {args.csv}: its folder does not exist")
+    if args.csv:
+        folder = os.path.dirname(os.path.abspath(args.csv))
+        if not os.path.isdir(folder):
+            parser.error(f"--csv {args.csv}: its folder does not exist")
+        if os.path.isdir(args.csv):
+            parser.error(f"--csv {args.csv}: is a folder, not a file")
+        if not os.access(args.csv if os.path.exists(args.csv) else folder, os.W_OK):
+            parser.error(f"--csv {args.csv}: not writable")
     try:
         args.device = str(parse_device(args.device))
     except ValueError as err:

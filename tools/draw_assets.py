@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--grid", type=int, nargs=2, default=(14, 14), help="token grid of the scan-order figure")
     parser.add_argument("--seed", type=int, default=0, help="seed of the example search weights")
     args = parser.parse_args()
+    if min(args.grid) < 1:
+        parser.error(f"--grid must be two positive sizes (H W), got {' '.join(map(str, args.grid))}")
     os.makedirs(args.out, exist_ok=True)
     figures.draw_scan_orders(os.path.join(args.out, "scan_orders.png"), grid=tuple(args.grid))
     figures.draw_example_search_probs(os.path.join(args.out, "search_probs.png"), seed=args.seed)

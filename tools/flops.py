@@ -29,10 +29,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      epilog='\n'.join(__doc__.splitlines()[2:]))
     parser.add_argument('models', nargs='+', metavar='MODEL', help='timm model name(s), with or without timm_')
     parser.add_argument('--img-size', type=int, default=224, help='square input size (default 224)')
-    parser.add_argument('--num-classes', type=int, default=None, help='classifier size (default: the model\'s)')
+    parser.add_argument('--num-classes', type=int, default=None,
+                        help='classifier size (0: none; default: the model\'s)')
     args = parser.parse_args(argv)
     if args.img_size < 1:
         parser.error(f'--img-size must be positive, got {args.img_size}')
+    if args.num_classes is not None and args.num_classes < 0:
+        parser.error(f'--num-classes must be 0 (no classifier) or more, got {args.num_classes}')
     try:
         names = [resolve_model_name(name) for name in args.models]
     except UnknownModelError as err:

@@ -16,7 +16,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("metrics", help="metrics.csv of a run")
-    parser.add_argument("--out", default=None, help="PNG to write (default: curves.png beside metrics.csv)")
+    parser.add_argument("--out", default=None,
+                        help="figure to write, in the format of its extension (.png added to a name without one; "
+                             "default: curves.png beside metrics.csv)")
     args = parser.parse_args()
     print(f"wrote {plot_run(args.metrics, args.out)}")
 

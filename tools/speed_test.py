@@ -7,23 +7,29 @@ FLOPs as the original's `get_flops`: the model's own `flops()` (LocalVim's analy
 count), else fvcore's count with the scan handle. Inference in eval mode on random images (batch, 3, 224, 224),
 after `--warmup-iters` untimed forwards (default 100, as the original), timed over `--iters` forwards (default 1000);
 the throughput is batch / median seconds per forward (the original divides by the mean). `-c` reads `model`,
-`batch_size` and `img_size` from a YAML config; the command line wins.
+`batch_size` and `img_size` from a YAML config, checked as tools/train.py checks it; the command line wins.
 """
 import argparse
 import logging
 import os
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.engine.cli import run_cli  # noqa: E402
 
 
+def _first_given(*values: Optional[int]) -> int:
+    """The first value that is not None (command line, config, default)."""
+    return next(value for value in values if value is not None)
+
+
 def main() -> None:
     import torch
 
     from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
-    from classification.engine.config import load_yaml
+    from classification.engine.config import read_config
     from classification.engine.model_builder import resolve_model_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,12 +44,12 @@ def main() -> None:
     parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                         help="ours: time the model under torch.compile in this mode (reduce-overhead: CUDA graphs)")
     args = parser.parse_args()
-    defaults = load_yaml(args.config) if args.config else {}
+    defaults = read_config(args.config) if args.config else {}
     model_name = args.model or defaults.get("model")
     if not model_name:
         parser.error("--model is required (or a config with a model key)")
-    batch = args.batch_size or int(defaults.get("batch_size", 128))
-    img_size = args.img_size or int(defaults.get("img_size") or 224)
+    batch = _first_given(args.batch_size, defaults.get("batch_size"), 128)
+    img_size = _first_given(args.img_size, defaults.get("img_size"), 224)
     if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
         parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
     try:

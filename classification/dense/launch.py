@@ -20,7 +20,7 @@ import fnmatch
 import os
 import os.path as osp
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 
@@ -62,14 +62,29 @@ def _route_checkpoint_loads(trust: bool) -> None:
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=loader, force=True)
 
 
+def _exit_error(message: str) -> NoReturn:
+    """End the process with ``error: message`` (exit status 2), as the classification tools do."""
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
 def _run(step: Callable[[], Any]) -> None:
     """Run the Runner's train or test; a checkpoint that cannot be read ends the process with its one-line message
     (exit status 2) instead of a traceback."""
     try:
         step()
     except CheckpointError as err:
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+        _exit_error(str(err))
+
+
+def check_config_file(path: str) -> None:
+    """End the process in one line (exit status 2) if the config file does not exist or sets nothing (it is empty
+    or holds only comments), which mmengine reports with a traceback."""
+    if not osp.isfile(path):
+        _exit_error(f'config file not found: {path}')
+    with open(path, encoding='utf-8', errors='replace') as f:
+        if all(not line.strip() or line.lstrip().startswith('#') for line in f):
+            _exit_error(f'{path}: the config is empty')
 
 
 def _load_config(args: argparse.Namespace):
@@ -81,6 +96,7 @@ def _load_config(args: argparse.Namespace):
     _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    check_config_file(args.config)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
@@ -196,8 +212,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         try:
             removed = claim_work_dir(cfg.work_dir, args.overwrite)
         except WorkDirError as err:
-            print(f'error: {err}', file=sys.stderr)
-            sys.exit(2)
+            _exit_error(str(err))
         if removed:
             print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
     _run(_build_runner(cfg).train)

@@ -183,32 +183,48 @@ def build_parser(description: str = "LocalMamba training") -> argparse.ArgumentP
     return parser
 
 
-def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML config; a `_base_: other.yaml` key (relative to this file) is loaded first and updated."""
-    return _read_yaml(path)[0]
-
-
-def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`load_yaml`'s values, and per key the text its value is written as (`_written_texts`)."""
+def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A YAML config's values, and per key the text its value is written as (`_written_texts`). A `_base_` key
+    names a file, or a list of files, relative to this one: they are read first, in order, and each later one and
+    then this file update them. `chain` holds the files that include this one (a cycle is refused)."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        loader = yaml.SafeLoader(f)
-        try:
-            node = loader.get_single_node()
-            cfg = (loader.construct_document(node) if node is not None else None) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        finally:
-            loader.dispose()
+        where = "" if os.path.isabs(path) else f" (relative to the current directory {os.getcwd()})"
+        raise ConfigError(f"config file not found: {path}{where}")
+    chain = (*chain, path)
+    if any(os.path.samefile(path, other) for other in chain[:-1]):
+        raise ConfigError(f"{chain[0]}: _base_ cycle: {' -> '.join(chain)}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loader = yaml.SafeLoader(f)
+            try:
+                node = loader.get_single_node()
+                cfg = (loader.construct_document(node) if node is not None else None) or {}
+            finally:
+                loader.dispose()
+    except (UnicodeDecodeError, yaml.reader.ReaderError) as err:
+        raise ConfigError(f"{path}: not a YAML text file (a checkpoint or other binary file?)") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__}")
+    for key in cfg:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: key {key!r} is not a flag name")
     texts = _written_texts(node) if isinstance(node, yaml.MappingNode) else {}
-    base = cfg.pop("_base_", None)
+    bases = cfg.pop("_base_", None)
     texts.pop("_base_", None)
-    if base is None:
+    if bases is None:
         return cfg, texts
-    merged, merged_texts = _read_yaml(os.path.join(os.path.dirname(path), base))
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
+    merged: dict[str, Any] = {}
+    merged_texts: dict[str, Any] = {}
+    for base in bases:
+        values, base_texts = _read_yaml(os.path.join(os.path.dirname(path), base), chain)
+        merged.update(values)
+        merged_texts.update(base_texts)
     merged.update(cfg)
     merged_texts.update(texts)
     return merged, merged_texts
@@ -340,6 +356,27 @@ def check_ranges(args: argparse.Namespace) -> None:
                           "them")
 
 
+def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
+    """The flag values a YAML config gives (its `_base_` files merged), each converted and checked as `parse_args`
+    converts the same text on the command line (`parser`: `build_parser()`'s). Errors name the file and the key."""
+    cfg, texts = _read_yaml(path)
+    parser = parser or build_parser()
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in cfg.items():
+        if key == "config":
+            continue
+        if key not in actions:
+            close = difflib.get_close_matches(key, list(actions), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+        if key in ("overwrite", "rewind") and value:
+            raise ConfigError(f"{path}: key {key!r}: a config file cannot delete a run; give --{key} on the command "
+                              f"line")
+        values[key] = _coerce(actions[key], value, texts.get(key), f"{path}: key {key!r}")
+    return values
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training") -> argparse.Namespace:
     """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key."""
     parser = build_parser(description)
@@ -347,21 +384,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        cfg, texts = _read_yaml(known.config)
-        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-        defaults = {}
-        for key, value in cfg.items():
-            if key == "config":
-                continue
-            if key not in actions:
-                close = difflib.get_close_matches(key, list(actions), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{known.config}: unknown key {key!r}{hint}")
-            if key in ("overwrite", "rewind") and value:
-                raise ConfigError(f"{known.config}: key {key!r}: a config file cannot delete a run; give "
-                                  f"--{key} on the command line")
-            defaults[key] = _coerce(actions[key], value, texts.get(key), f"{known.config}: key {key!r}")
-        parser.set_defaults(**defaults)
+        parser.set_defaults(**read_config(known.config, parser))
     args = parser.parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs or {})
     args.cli_model_kwargs = list(getattr(args, "_cli_model_kwargs", []))

@@ -16,18 +16,21 @@ def read_csv(path: str) -> dict[str, list[float]]:
     a killed run can leave) is skipped, a cell that is not a number is refused."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
-        for row in reader:
-            if None in row or any(value in (None, "") for value in row.values()):
-                continue
-            try:
-                values = {name: float(value) for name, value in row.items()}
-            except ValueError as err:
-                raise ConfigError(f"{path}, line {reader.line_num}: {err}") from None
-            for name, value in values.items():
-                columns[name].append(value)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
+            for row in reader:
+                if None in row or any(value in (None, "") for value in row.values()):
+                    continue
+                try:
+                    values = {name: float(value) for name, value in row.items()}
+                except ValueError as err:
+                    raise ConfigError(f"{path}, line {reader.line_num}: {err}") from None
+                for name, value in values.items():
+                    columns[name].append(value)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{path} is not a CSV text file ({err})") from None
     if not columns or not next(iter(columns.values())):
         raise ConfigError(f"{path} has no data rows")
     return columns
@@ -88,15 +91,30 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]]):
     return fig
 
 
+def _figure_path(out: str) -> str:
+    """The file matplotlib writes for `out`: `.png` is added to a name without an extension; an extension that is
+    not a format matplotlib writes is refused."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    ext = os.path.splitext(out)[1]
+    if not ext:
+        return out + ".png"
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if ext[1:].lower() not in formats:
+        raise ConfigError(f"{out}: matplotlib cannot write {ext!r} files (formats: {', '.join(formats)})")
+    return out
+
+
 def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
-    """Write a 3-panel figure (loss, LR, top-1/top-5) and return its path."""
+    """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`_figure_path`; default curves.png beside
+    metrics.csv) and return its path."""
+    out = _figure_path(out or os.path.join(os.path.dirname(metrics_path) or ".", "curves.png"))
     m = read_csv(metrics_path)
     _require(m, METRICS_COLUMNS, metrics_path)
     lr_path = os.path.join(os.path.dirname(metrics_path), "lr.csv")
     lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
     if lr is not None:
         _require(lr, LR_COLUMNS, lr_path)
-    out = out or os.path.join(os.path.dirname(metrics_path) or ".", "curves.png")
     fig = draw_run(m, lr)
     fig.savefig(out, dpi=100)
     _pyplot().close(fig)

@@ -1,0 +1,211 @@
+"""Bad input to the tools (config files, output paths, sizes) ends in one line, `error: ...` and exit status 2, before
+any work; `_base_` lists are merged in order."""
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from classification.engine.config import parse_args
+
+from training_helpers import REPO, TOOLS, tool_env
+
+METRICS = "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n1,2.0,1.9,12\n"
+# small work wherever a tool would start it (where the check is missing)
+QUICK_SPEED_TEST = ("--device", "cpu", "--iters", "1", "--warmup-iters", "0")
+QUICK_BENCHMARK = ("--op", "scan", "--repeats", "1", "--warmup", "0", "--batch", "1", "--dim", "4", "--seqlen", "8")
+
+
+def run_tool(monkeypatch, capsys, script: str, *argv: str) -> tuple[int, str]:
+    """Run `script` (relative to the repository) as `python script argv` in this process; its exit status and last
+    line of stderr (the tool must end with SystemExit)."""
+    path = os.path.join(REPO, script)
+    monkeypatch.setattr(sys, "argv", [path, *argv])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv("LOCALMAMBA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(path, run_name="__main__")
+    err = capsys.readouterr().err.strip()
+    return exit_info.value.code, err.splitlines()[-1] if err else ""
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def checkpoint(tmp_path) -> str:
+    path = str(tmp_path / "last.pth.tar")
+    torch.save({"epoch": 1, "model": {"w": torch.zeros(3)}}, path)
+    return path
+
+
+# --- tools/train.py -c (classification/engine/config.py) ---
+
+def test_binary_config_is_not_a_yaml_text_file(tmp_path, monkeypatch, capsys):
+    ckpt = checkpoint(tmp_path)
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", ckpt, "--output", str(tmp_path / "out"))
+    assert (code, line) == (2, f"error: {ckpt}: not a YAML text file (a checkpoint or other binary file?)")
+
+
+def test_base_list_is_merged_in_order_then_the_file(tmp_path):
+    write(tmp_path / "a.yaml", "lr: 0.5\nepochs: 3\nseed: 1\n")
+    write(tmp_path / "b.yaml", "epochs: 4\nwarmup_epochs: 1\n")
+    config = write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\nseed: 7\n")
+    args = parse_args(["-c", config])
+    assert (args.lr, args.epochs, args.warmup_epochs, args.seed) == (0.5, 4, 1, 7)
+
+
+def test_base_that_is_not_a_file_name_is_refused(tmp_path, monkeypatch, capsys):
+    config = write(tmp_path / "c.yaml", "_base_: [a.yaml, 3]\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", config)
+    assert (code, line) == (2, f"error: {config}: _base_ must be a file name or a list of file names, "
+                               f"got ['a.yaml', 3]")
+
+
+def test_self_including_base_names_the_cycle(tmp_path, monkeypatch, capsys):
+    config = write(tmp_path / "self.yaml", "_base_: self.yaml\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", config)
+    assert (code, line) == (2, f"error: {config}: _base_ cycle: {config} -> {config}")
+
+
+def test_base_cycle_through_two_files_names_the_chain(tmp_path, monkeypatch, capsys):
+    a = write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    b = write(tmp_path / "b.yaml", "_base_: [a.yaml]\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", a)
+    assert (code, line) == (2, f"error: {a}: _base_ cycle: {a} -> {b} -> {a}")
+
+
+def test_a_base_read_twice_is_not_a_cycle(tmp_path):
+    write(tmp_path / "a.yaml", "lr: 0.5\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\nepochs: 4\n")
+    config = write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\n")
+    args = parse_args(["-c", config])
+    assert (args.lr, args.epochs) == (0.5, 4)
+
+
+@pytest.mark.parametrize("text, key", [("1: 2\n", "1"), ("null: 2\n", "None"), ("lr: 0.1\ntrue: 2\n", "True")])
+def test_key_that_is_not_text_is_named(tmp_path, monkeypatch, capsys, text, key):
+    config = write(tmp_path / "c.yaml", text)
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", config)
+    assert (code, line) == (2, f"error: {config}: key {key} is not a flag name")
+
+
+# --- tools/speed_test.py -c ---
+
+@pytest.mark.parametrize("text, message", [
+    ("model: local_vim_tiny\nbatch_size: abc\n", "key 'batch_size': bad value 'abc': expected an integer"),
+    ("model: [a]\n", "key 'model': expected one value, got the list ['a']"),
+    ("model: local_vim_tiny\nimg_size: 7.9\n", "key 'img_size': bad value '7.9': expected an integer"),
+    ("model: local_vim_tiny\nimg_size: 32\nbach_size: 1\n", "unknown key 'bach_size' (did you mean 'batch_size'?)"),
+])
+def test_speed_test_checks_its_config_as_train_does(tmp_path, monkeypatch, capsys, text, message):
+    config = write(tmp_path / "speed.yaml", text)
+    code, line = run_tool(monkeypatch, capsys, "tools/speed_test.py", "-c", config, *QUICK_SPEED_TEST)
+    assert (code, line) == (2, f"error: {config}: {message}")
+
+
+def test_speed_test_refuses_batch_zero_on_the_command_line(monkeypatch, capsys):
+    code, line = run_tool(monkeypatch, capsys, "tools/speed_test.py", "--model", "local_vim_tiny", "-b", "0",
+                          "--img-size", "32", *QUICK_SPEED_TEST)
+    assert code == 2 and line.endswith("error: batch size, image size and --iters must be positive, --warmup-iters "
+                                       "not negative")
+
+
+# --- tools/plot_log.py ---
+
+def test_plot_log_refuses_an_output_format_up_front(tmp_path, monkeypatch, capsys):
+    metrics = write(tmp_path / "metrics.csv", METRICS)
+    out = str(tmp_path / "curves.txt")
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", metrics, "--out", out)
+    assert code == 2 and line.startswith(f"error: {out}: matplotlib cannot write '.txt' files (formats: ")
+    assert "png" in line and not os.path.exists(out)
+
+
+def test_plot_log_refuses_a_binary_file_in_one_line(tmp_path, monkeypatch, capsys):
+    ckpt = checkpoint(tmp_path)
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", ckpt, "--out", str(tmp_path / "c.png"))
+    assert code == 2 and line.startswith(f"error: {ckpt} is not a CSV text file (")
+
+
+def test_plot_log_prints_the_file_it_wrote_for_a_name_without_extension(tmp_path, monkeypatch, capsys):
+    metrics = write(tmp_path / "metrics.csv", METRICS)
+    monkeypatch.setattr(sys, "argv", ["plot_log.py", metrics, "--out", str(tmp_path / "noext")])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runpy.run_path(os.path.join(TOOLS, "plot_log.py"), run_name="__main__")
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'noext.png'}\n"
+    assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "noext.png"]
+
+
+# --- tools/benchmark.py --csv ---
+
+def test_benchmark_refuses_a_csv_path_that_is_a_folder(tmp_path, monkeypatch, capsys):
+    code, line = run_tool(monkeypatch, capsys, "tools/benchmark.py", *QUICK_BENCHMARK, "--csv", str(tmp_path))
+    assert (code, line) == (2, f"benchmark.py: error: --csv {tmp_path}: is a folder, not a file")
+
+
+def test_benchmark_refuses_an_unwritable_csv_path(tmp_path, monkeypatch, capsys):
+    # root may write anywhere: the permission check itself is what is tested
+    folder = str(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: path != folder and real_access(path, mode))
+    out = str(tmp_path / "out.csv")
+    code, line = run_tool(monkeypatch, capsys, "tools/benchmark.py", *QUICK_BENCHMARK, "--csv", out)
+    assert (code, line) == (2, f"benchmark.py: error: --csv {out}: not writable")
+
+
+# --- sizes and counts ---
+
+def test_draw_assets_refuses_an_empty_grid(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "assets"
+    code, line = run_tool(monkeypatch, capsys, "tools/draw_assets.py", "--grid", "0", "0", "--out", str(out))
+    assert (code, line) == (2, "draw_assets.py: error: --grid must be two positive sizes (H W), got 0 0")
+    assert not out.exists()
+
+
+def test_mm_flops_refuses_a_non_positive_shape(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mmengine")
+    config = write(tmp_path / "cfg.py", "model = dict(type='Nothing')\n")
+    code, line = run_tool(monkeypatch, capsys, "detection/tools/analysis_tools/mamba_get_flops.py", config,
+                          "--shape", "0", "64")
+    assert (code, line) == (2, "mamba_get_flops.py: error: --shape must be two positive sizes (H W), got 0 64")
+
+
+def test_flops_refuses_a_negative_class_count(monkeypatch, capsys):
+    code, line = run_tool(monkeypatch, capsys, "tools/flops.py", "local_vim_tiny", "--num-classes", "-1",
+                          "--img-size", "32")
+    assert (code, line) == (2, "flops.py: error: --num-classes must be 0 (no classifier) or more, got -1")
+
+
+# --- detection / segmentation tools (classification/dense/launch.py), in a process of their own ---
+
+@pytest.mark.parametrize("script, name, text, message", [
+    ("detection/tools/train.py", "nosuch.py", None, "config file not found: {config}"),
+    ("detection/tools/train.py", "empty.yaml", "", "{config}: the config is empty"),
+    ("segmentation/tools/test.py", "empty.py", "# nothing set\n\n", "{config}: the config is empty"),
+])
+def test_dense_tools_refuse_a_missing_or_empty_config(tmp_path, script, name, text, message):
+    pytest.importorskip("mmengine")
+    config = str(tmp_path / name)
+    if text is not None:
+        write(tmp_path / name, text)
+    argv = [config, "--work-dir", str(tmp_path / "work")] if "train" in script else [config, "ckpt.pth"]
+    proc = subprocess.run([sys.executable, os.path.join(REPO, script), *argv], capture_output=True, text=True,
+                          env=tool_env(), timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: " + message.format(config=config)
+
+
+def test_a_missing_config_names_the_directory_it_was_looked_for_in(tmp_path, monkeypatch):
+    """A relative -c path is taken from the current directory (not the repository, as the launchers' entry scripts
+    are): the error says where it looked."""
+    from classification.engine.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"config file not found: configs/quickstart.yaml \\(relative to the current "
+                                          f"directory {tmp_path}\\)"):
+        parse_args(["-c", "configs/quickstart.yaml"])
