@@ -76,7 +76,7 @@ def test(cfg: Namespace) -> dict:
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
         weights = state_dict_from(ckpt, source=cfg.resume)
         ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None
-        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval", defer_file=True)
+        log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
         val_set = build_eval_dataset(cfg)
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)

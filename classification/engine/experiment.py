@@ -1,9 +1,10 @@
 """The folder of a run: where it goes, when an existing one is refused, and what `--overwrite` deletes.
 
 A fresh run writes into `<output>/<experiment>/`; a folder that already holds a run (a checkpoint, or a CSV file with
-rows past epoch 0) is refused unless `--overwrite` is given, which never deletes the run's own inputs. `--resume` of a training checkpoint continues in that checkpoint's own
-folder, whatever `--output` / `--experiment` say; `--resume auto` takes the folder's last.pth.tar when there is one
-(and does nothing when that run has finished its epochs) and starts the run when there is none.
+rows past epoch 0) is refused unless `--overwrite` is given, which never deletes the run's own inputs. `--resume` of a
+training checkpoint continues in that checkpoint's own folder, whatever `--output` / `--experiment` say; `--resume
+auto` takes the folder's last.pth.tar when there is one (and does nothing when that run has finished its epochs) and
+starts the run when there is none.
 
 A checkpoint behind its folder's last.pth.tar (an earlier epoch, best.pth.tar) would rewind that run, deleting what
 it did after the checkpoint: that needs `--rewind`. `--branch` instead continues from any training checkpoint in

@@ -23,11 +23,10 @@ class _BarAwareHandler(logging.StreamHandler):
             ProgressBar.active.redraw()
 
 
-def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log",
-                  defer_file: bool = False) -> logging.Logger:
+def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") -> logging.Logger:
     """Console log on every rank (errors only off the main rank); on the main rank also `exp_dir/<prefix>_<time>.txt`
-    (`log_` for training, `eval_` for tools/test.py). With `defer_file` the file's records wait in memory until
-    `start_log_file`: a run refused before it may change its folder leaves no log file there."""
+    (`log_` for training, `eval_` for tools/test.py), whose records wait in memory until `start_log_file`: a run
+    refused before it may change its folder leaves no log file there."""
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.ERROR)
@@ -35,17 +34,12 @@ def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log",
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logger.addHandler(console)
     if is_main and exp_dir:
-        path = os.path.join(exp_dir, f"{prefix}_{time.strftime('%Y%m%d_%H%M%S')}.txt")
-        if defer_file:
-            logger.addHandler(_PendingLogFile(path))
-        else:
-            logger.addHandler(_log_file(path))
+        logger.addHandler(_PendingLogFile(os.path.join(exp_dir, f"{prefix}_{time.strftime('%Y%m%d_%H%M%S')}.txt")))
     return logger
 
 
 def start_log_file(log: logging.Logger) -> None:
-    """Write the records held back by `setup_logging(defer_file=True)` to the log file, and log into it from now
-    on."""
+    """Write the records `setup_logging` held back to the log file, and log into it from now on."""
     for handler in list(log.handlers):
         if isinstance(handler, _PendingLogFile):
             handler.setTarget(_log_file(handler.path))

@@ -386,7 +386,7 @@ def train(cfg: Namespace) -> dict:
                 check_overwrite_spares(exp_dir, {"--finetune": cfg.finetune, "--resume": cfg.resume})
         if env.is_main:
             make_writable(exp_dir)
-        log = setup_logging(exp_dir, env.is_main, defer_file=True)
+        log = setup_logging(exp_dir, env.is_main)
         if auto is not None:
             log.info(auto)
         named = os.path.join(cfg.output, cfg.experiment)
