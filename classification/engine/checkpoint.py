@@ -48,8 +48,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
             parts.append("its position tables are of another image size: give the --img-size it was trained at "
                          "(or --model-kwargs img_size=N)")
         elif not missing and not unexpected and differing <= {f"{classifier}.weight", f"{classifier}.bias"}:
-            classes = state_dict[f"{classifier}.weight" if f"{classifier}.weight" in differing
-                                 else f"{classifier}.bias"].shape[0]
+            classes = state_dict[next(iter(differing))].shape[0]   # the weight's rows or the bias's length
             parts.append(f"its classifier has {classes} classes: give --num-classes {classes} (or evaluate on the "
                          f"dataset it was trained on)")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))

@@ -146,12 +146,17 @@ def csv_files_past_first_epoch(folder: str) -> list[str]:
     return found
 
 
+def committed_run_files(folder: str) -> tuple[list[str], list[str]]:
+    """What shows that `folder` holds a run a fresh start would erase: its checkpoints, and its CSV files with rows
+    past epoch 0. CSV rows of a first epoch that never reached a checkpoint are no run (nothing continues them)."""
+    checkpoints = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
+    return checkpoints, csv_files_past_first_epoch(folder)
+
+
 def check_run_folder(folder: str, overwrite: bool) -> None:
-    """Refuse to start a fresh run in a folder that holds another run, unless `overwrite`. CSV rows of a first epoch
-    that never reached a checkpoint are no run (nothing continues them): a fresh run rewrites them, as `--resume auto`
-    does."""
-    found = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
-    found += csv_files_past_first_epoch(folder)
+    """Refuse to start a fresh run in a folder that holds another run (`committed_run_files`), unless `overwrite`."""
+    checkpoints, csv_files = committed_run_files(folder)
+    found = checkpoints + csv_files
     if found and not overwrite:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         last = os.path.join(folder, LAST)
@@ -207,8 +212,8 @@ def resolve_auto_resume(cfg: Any) -> Optional[str]:
     if os.path.isfile(last):
         cfg.resume = last
         return f"--resume auto: continuing {last}"
-    found = [name for name in previous_run_files(folder) if name.endswith(".pth.tar")]
-    found += [f"{name} (rows past epoch 0)" for name in csv_files_past_first_epoch(folder)]
+    checkpoints, csv_files = committed_run_files(folder)
+    found = checkpoints + [f"{name} (rows past epoch 0)" for name in csv_files]
     if found:
         raise ConfigError(f"--resume auto: {folder} holds {', '.join(found)} but no {LAST}; resume a checkpoint by "
                           f"its path, or start afresh with --overwrite in place of --resume auto")

@@ -381,7 +381,7 @@ def train(cfg: Namespace) -> dict:
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
         if ckpt is None or not is_training_checkpoint(ckpt):
-            check_run_folder(exp_dir, cfg.overwrite or auto is not None)  # auto: rows of an uncommitted first epoch
+            check_run_folder(exp_dir, cfg.overwrite)
             if cfg.overwrite:
                 check_overwrite_spares(exp_dir, {"--finetune": cfg.finetune, "--resume": cfg.resume})
         if env.is_main:
