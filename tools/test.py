@@ -11,7 +11,7 @@ def main() -> None:
     from classification.engine.config import parse_args
     from classification.engine.evaluate import test
 
-    test(parse_args(description="LocalMamba evaluation"))
+    test(parse_args(description="LocalMamba evaluation", evaluation=True))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,10 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--clip-grad-norm", action=SWITCH, default=False, help="clip the gradient norm")
     g.add_argument("--clip-grad-max-norm", type=float, default=5.0, help="max gradient norm when clipping")
+
+
+def _add_precision_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision and compilation")
     g.add_argument("--amp", action=SWITCH, default=False,
                    help="mixed precision training (bf16 autocast on CPU); evaluation stays fp32, as the original")
     g.add_argument("--amp-eval", action=SWITCH, default=False,
@@ -171,15 +175,42 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
                    help="accepted for torch.distributed.launch; the LOCAL_RANK variable is used")
 
 
-def build_parser(description: str = "LocalMamba training") -> argparse.ArgumentParser:
-    """The full parser shared by training and evaluation (as the original)."""
-    parser = argparse.ArgumentParser(description=description)
+# The flags that change what `tools/test.py` does; its --help shows only these (`build_parser`).
+EVALUATION_FLAGS = frozenset((
+    "help", "config", "dataset", "data_path", "model", "model_kwargs", "directions", "num_classes", "resume",
+    "trust_checkpoint", "batch_size", "val_batch_size_multiplier", "amp_eval", "amp_dtype", "compile", "img_size",
+    "crop_pct", "image_mean", "image_std", "interpolation", "model_ema", "log_interval", "workers", "experiment",
+    "debug", "output", "device", "threads", "slurm", "dist_port", "local_rank"))
+EVALUATION_HELP = {
+    "resume": "the checkpoint to evaluate (training or released form)",
+    "model_ema": "also evaluate the checkpoint's EMA weights",
+    "batch_size": "batch size per process; evaluation batches are this x --val-batch-size-multiplier",
+    "experiment": "run name: the eval log goes to <output>/<experiment>/",
+}
+EVALUATION_GROUP_TITLES = {"augmentation and regularisation": "input transform"}
+
+
+def build_parser(description: str = "LocalMamba training", evaluation: bool = False) -> argparse.ArgumentParser:
+    """The full parser shared by training and evaluation (as the original): both read the same config files.
+    `evaluation`: the help lists only `EVALUATION_FLAGS`; the training flags are still accepted."""
+    epilog = ("The training flags (optimizer, schedule, augmentation, mixup, run-folder control) are accepted too, "
+              "so that a training config or a run's args.yaml works with -c; they do not change an evaluation."
+              if evaluation else None)
+    parser = argparse.ArgumentParser(description=description, epilog=epilog)
     parser.add_argument("-c", "--config", default="", help="YAML file of defaults; command-line flags win")
     _add_data_model_flags(parser)
     _add_optim_flags(parser)
+    _add_precision_flags(parser)
     _add_schedule_flags(parser)
     _add_augment_flags(parser)
     _add_misc_flags(parser)
+    if evaluation:
+        for action in parser._actions:
+            action.help = EVALUATION_HELP.get(action.dest, action.help)
+            if action.dest not in EVALUATION_FLAGS:
+                action.help = argparse.SUPPRESS
+        for group in parser._action_groups:
+            group.title = EVALUATION_GROUP_TITLES.get(group.title, group.title)
     return parser
 
 
@@ -377,9 +408,11 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
     return values
 
 
-def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training") -> argparse.Namespace:
-    """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key."""
-    parser = build_parser(description)
+def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training",
+               evaluation: bool = False) -> argparse.Namespace:
+    """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key.
+    `evaluation`: tools/test.py's parser (`build_parser`)."""
+    parser = build_parser(description, evaluation)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)

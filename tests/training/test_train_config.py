@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from classification.engine.config import ConfigError, parse_args, save_config
+from classification.engine.config import EVALUATION_FLAGS, ConfigError, build_parser, parse_args, save_config
 from classification.engine.model_builder import build_model
 
 from training_helpers import REPO
@@ -209,3 +209,20 @@ def test_the_command_line_switches_off_what_a_yaml_file_switches_on(tmp_path):
     args = parse_args(["-c", str(cfg_file), "--no-model-ema", "--no-clip-grad-norm"])
     assert (args.model_ema, args.amp, args.clip_grad_norm) == (False, True, False)
     assert parse_args([]).model_ema is False and parse_args(["--model-ema"]).model_ema is True
+
+
+def test_evaluation_help_lists_only_what_changes_an_evaluation():
+    help_text = build_parser("LocalMamba evaluation", evaluation=True).format_help()
+    for flag in ("--resume", "--crop-pct", "--interpolation", "--amp-eval", "--model-ema", "--data-path"):
+        assert flag in help_text
+    for flag in ("--lr", "--opt", "--mixup", "--sched", "--warmup-epochs", "--overwrite", "--aa", "--reprob"):
+        assert flag not in help_text, flag
+    assert "schedule:" not in help_text and "mixup:" not in help_text  # groups with no listed flag are gone
+    train_help = build_parser().format_help()
+    assert "--lr" in train_help and "--mixup" in train_help
+    assert EVALUATION_FLAGS <= {action.dest for action in build_parser()._actions}  # no stale names
+
+
+def test_evaluation_parser_still_reads_a_training_config():
+    args = parse_args(["-c", RECIPE, "--lr", "0.5"], evaluation=True)
+    assert (args.opt, args.sched, args.lr, args.interpolation) == ("adamw", "cosine", 0.5, "bicubic")
