@@ -5,9 +5,11 @@ OUT is replaced only with `--overwrite`, and never when it is IN.
 """
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C during the imports stops quietly; run_cli restores it
 
 from classification.engine.cli import run_cli  # noqa: E402
 

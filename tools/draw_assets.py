@@ -6,10 +6,12 @@ speed.png (the whole-model table of README.md's "Speed" section).
 """
 import argparse
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C during the imports stops quietly; run_cli restores it
 
 from classification.engine.cli import run_cli  # noqa: E402
 

@@ -12,10 +12,12 @@ the throughput is batch / median seconds per forward (the original divides by th
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C during the imports stops quietly; run_cli restores it
 
 from classification.engine.cli import run_cli  # noqa: E402
 

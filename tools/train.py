@@ -1,8 +1,10 @@
 """Train a classification model: `python tools/train.py [-c CONFIG] --model NAME [flags]` (see --help)."""
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C during the imports stops quietly; run_cli restores it
 
 from classification.engine.cli import run_cli  # noqa: E402
 

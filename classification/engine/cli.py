@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
@@ -75,7 +76,10 @@ def _lost_a_peer(err: RuntimeError) -> bool:
 
 def run_cli(main: Callable[[], object]) -> None:
     """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
-    (128 + the signal's number)."""
+    (128 + the signal's number). A tool may let Ctrl-C stop it quietly while it imports (`SIG_DFL`); from here on
+    Ctrl-C raises KeyboardInterrupt again."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if _debugging(sys.argv):
         main()
         return

@@ -185,6 +185,20 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
     assert shlex.split(lines[-1][len(prefix):]) == ["python", *argv[:1], *argv[1:], "--resume", str(last)]
 
 
+@pytest.mark.parametrize("tool", ["train.py", "convert_ckpt.py"])
+def test_ctrl_c_while_a_tool_imports_stops_quietly(tool, tmp_path):
+    """Ctrl-C in the first seconds (torch and timm still importing, before run_cli) printed a KeyboardInterrupt
+    traceback; the process now stops as the shell expects, with nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, os.path.join(TOOLS, tool), "--help"], env=tool_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    assert proc.poll() is None, "the tool finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
 @pytest.mark.parametrize("variable, value, message", [
     ("LOCALMAMBA_BACKEND", "foo", "LOCALMAMBA_BACKEND='foo' is not a valid backend; valid values are: auto, cuda"),
     ("LOCALMAMBA_CPU_ISA", "foo", "LOCALMAMBA_CPU_ISA='foo' is not an instruction set; valid values are: baseline"),
