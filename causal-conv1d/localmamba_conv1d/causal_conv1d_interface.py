@@ -37,7 +37,9 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                          f"got {shape_str(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
         raise ValueError(f"bias must have shape (dim,)=({dim},), got {shape_str(bias)}")
-    for name, t in (("weight", weight), ("bias", bias)):
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
     return weight
@@ -105,6 +107,8 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     expected = (x.shape[0], x.shape[1], weight.shape[-1])
     if tuple(conv_state.shape) != expected:
         raise ValueError(f"conv_state must have shape (batch, dim, width)={expected}, got {shape_str(conv_state)}")
+    if not conv_state.is_floating_point():
+        raise ValueError(f"conv_state must be a floating-point tensor, got {conv_state.dtype}")
     backend = backends.select(OP_UPDATE, x.device, _input_check(x, weight))
     if backend == "cuda":
         official = backends.optional_module(OFFICIAL_MODULE)

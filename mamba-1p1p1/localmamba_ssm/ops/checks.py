@@ -1,7 +1,8 @@
 """Argument validation for the selective-scan ops: clear ValueErrors naming the argument and the expected shape."""
 from __future__ import annotations
 
-from typing import Optional
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -41,6 +42,8 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"selective_scan: A must have shape (Dm, N) with Dm={dim}, got {shape_str(A)}")
     dstate = A.shape[1]
+    if dstate < 1:
+        raise ValueError(f"selective_scan: A needs at least one state (N >= 1), got {shape_str(A)}")
     _check_bc("B", B, batch, dim, dstate, seqlen)
     _check_bc("C", C, batch, dim, dstate, seqlen)
     for name, t in (("D", D), ("delta_bias", delta_bias)):
@@ -58,7 +61,8 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
 
 def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, x_proj_weight: torch.Tensor,
                      delta_proj_weight: torch.Tensor, A: torch.Tensor, B: Optional[torch.Tensor],
-                     C: Optional[torch.Tensor]) -> None:
+                     C: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor] = None,
+                     C_proj_bias: Optional[torch.Tensor] = None) -> None:
     """Validate the projection weights of the Mamba inner functions (the scan checks the rest)."""
     if torch.jit.is_tracing():
         return
@@ -78,3 +82,35 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, x_proj_weigh
     if x_proj_weight.dim() != 2 or x_proj_weight.shape[1] != dim or x_proj_weight.shape[0] < rows:
         raise ValueError(f"mamba_inner: x_proj_weight must have shape (R + N*(B is None) + N*(C is None), E)="
                          f"({rows}, {dim}), got {shape_str(x_proj_weight)}")
+    for name, t in (("B_proj_bias", B_proj_bias), ("C_proj_bias", C_proj_bias)):
+        if t is not None and tuple(t.shape) != (A.shape[1],):
+            raise ValueError(f"mamba_inner: {name} must have shape (N,)=({A.shape[1]},), got {shape_str(t)}")
+
+
+def check_index_table(index: torch.Tensor, num_tokens: int) -> None:
+    """Refuse an index table (K, L) the multi-direction kernels cannot read: values outside [0, T], or a direction
+    that does not list every token in [0, T) exactly once (its output would be left unwritten)."""
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) > num_tokens):
+        raise ValueError(f"index values must lie in [0, {num_tokens}] (the token count marks padding)")
+    counts = index.new_zeros(index.shape[0], num_tokens + 1).scatter_add_(1, index, torch.ones_like(index))
+    if not bool((counts[:, :num_tokens] == 1).all()):
+        raise ValueError(f"index: every direction must list every token in [0, {num_tokens}) exactly once")
+
+
+# id(index) -> (weak reference to it, its version counter, T) of the tables already found valid
+_VALID_TABLES: Dict[int, Tuple[weakref.ref, int, int]] = {}
+
+
+def check_index_table_once(index: torch.Tensor, num_tokens: int) -> None:
+    """:func:`check_index_table`, skipped for a table already found valid for T tokens and not modified in place
+    since (a model passes the same cached table at every call: no host sync per call on a GPU). An inference-mode
+    tensor keeps no version counter, so it is checked at every call."""
+    if index.is_inference():
+        check_index_table(index, num_tokens)
+        return
+    key = id(index)
+    seen = _VALID_TABLES.get(key)
+    if seen is not None and seen[0]() is index and seen[1:] == (index._version, num_tokens):
+        return
+    check_index_table(index, num_tokens)
+    _VALID_TABLES[key] = (weakref.ref(index, lambda _: _VALID_TABLES.pop(key, None)), index._version, num_tokens)

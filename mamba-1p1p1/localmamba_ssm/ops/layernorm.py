@@ -115,6 +115,11 @@ def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     weight, bias (H,). Output in x's dtype; residual_out in residual's dtype (fp32 if residual is None and
     ``residual_in_fp32``, else x's dtype). Returns ``(out, residual_out)`` when ``prenorm``.
     """
+    if x.dim() < 1:
+        raise ValueError(f"layer_norm_fn: x must have at least one dimension (..., H), got shape {tuple(x.shape)}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"layer_norm_fn: {name} must be a floating-point tensor, got {t.dtype}")
     hidden = x.shape[-1]
     if tuple(weight.shape) != (hidden,):
         raise ValueError(f"layer_norm_fn: weight must have shape (H,)=({hidden},), got {tuple(weight.shape)}")

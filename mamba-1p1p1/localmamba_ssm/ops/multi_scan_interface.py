@@ -21,6 +21,7 @@ from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
 from localmamba_kernel_runtime.validation import shape_str
 
+from .checks import check_index_table_once
 from .cpu import attention_merge_cpu, multi_scan_cpu, scan_merge_cpu
 from .cpu.selective_scan_cpu import MAX_STATE
 from .reference import attention_merge_ref, multi_scan_inner_composed, multi_scan_inner_ref
@@ -108,6 +109,8 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
         raise ValueError(f"multi_scan_inner: dt_proj_weight must have shape (K, E, R)=({num_dirs}, {inner}, R), "
                          f"got {shape_str(dt_proj_weight)}")
     rank, state = dt_proj_weight.shape[2], A_log.shape[2]
+    if state < 1:
+        raise ValueError(f"multi_scan_inner: A_log needs at least one state (N >= 1), got {shape_str(A_log)}")
     _expect("x_proj_weight", x_proj_weight, (num_dirs, rank + 2 * state, inner))
     for name, t in (("dt_proj_bias", dt_proj_bias), ("D", D), ("conv_bias", conv_bias)):
         _expect(name, t, (num_dirs, inner))
@@ -123,6 +126,8 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     _check_devices("multi_scan_inner", "tokens are", tokens.device, index=index, x_proj_weight=x_proj_weight,
                    dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight,
                    conv_bias=conv_bias)
+    if not torch.compiler.is_compiling():
+        check_index_table_once(index, tokens.shape[1])
 
 
 ATTENTION_WEIGHTS = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias")

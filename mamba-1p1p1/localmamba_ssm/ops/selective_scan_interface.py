@@ -92,7 +92,7 @@ def mamba_inner_fn_no_out_proj(xz: torch.Tensor, conv1d_weight: torch.Tensor, co
     B, C = x_dbl[R:R+N], x_dbl[-N:] as (Bt, 1, N, L) unless given; then the selective scan with z gating.
     conv1d_weight is (E, W) or (E, 1, W); x_proj_weight (R + 2N, E); delta_proj_weight (E, R); A (E, N).
     """
-    check_inner_args(xz, conv1d_weight, x_proj_weight, delta_proj_weight, A, B, C)
+    check_inner_args(xz, conv1d_weight, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias, C_proj_bias)
     u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
                                            B_proj_bias, C_proj_bias, causal_conv1d_fn)
     return selective_scan_fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)

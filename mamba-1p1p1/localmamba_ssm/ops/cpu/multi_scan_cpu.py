@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from localmamba_kernel_runtime import ckernel
 from localmamba_kernel_runtime.precision import autocast_off
 
+from ..checks import check_index_table
+
 SOURCES = (Path(__file__).resolve().with_name("csrc") / "multi_scan.c",)
 MAX_RANK = 256
 
@@ -115,16 +117,6 @@ def _token_x(src: torch.Tensor, inner: int) -> torch.Tensor:
     return src[:, :, :inner].view(-1, inner)
 
 
-def _check_index(index: torch.Tensor, num_tokens: int) -> None:
-    """Refuse an index table the kernels cannot read: values outside [0, T], or a direction that does not list every
-    token exactly once (the kernels would leave that token's output and gradient unwritten)."""
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) > num_tokens):
-        raise ValueError(f"index values must lie in [0, {num_tokens}] (the token count marks padding)")
-    counts = index.new_zeros(index.shape[0], num_tokens + 1).scatter_add_(1, index, torch.ones_like(index))
-    if not bool((counts[:, :num_tokens] == 1).all()):
-        raise ValueError(f"index: every direction must list every token in [0, {num_tokens}) exactly once")
-
-
 def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.Tensor],
                  conv_b: Optional[torch.Tensor], x_proj_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor,
                  A_log: torch.Tensor, D: Optional[torch.Tensor], gate: bool, save_states: bool,
@@ -132,7 +124,7 @@ def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.
     """The forward of ``multi_scan_cpu_fwd`` as a plain function writing its output to ``y`` (Bt, K, T, E);
     returns u, xdbl and the chunk states (see there)."""
     lib = load_kernel()
-    _check_index(index, src.shape[1])
+    check_index_table(index, src.shape[1])
     batch, num_tokens = src.shape[:2]
     num_dirs, length = index.shape
     inner, width, rank, state = x_proj_w.shape[2], x_proj_w.shape[1], dt_w.shape[2], A_log.shape[2]

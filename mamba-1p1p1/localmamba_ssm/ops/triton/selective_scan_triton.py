@@ -13,7 +13,7 @@ h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (decay 1, i
 of input-dependent B / C are summed over each channel block (every channel of a block is in one group), then added
 atomically into the group's rows or, under ``torch.use_deterministic_algorithms(True)``, written per block and the
 blocks summed afterwards (``scan_math.atomic_reductions``); those of per-channel parameters are written per program.
-Inputs may be fp32 / fp16 / bf16; the math is fp32.
+Inputs may be fp32 / fp16 / bf16, each in its own dtype (u, delta, z and B / C need not share one); the math is fp32.
 Wrapped as torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd.
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
@@ -31,6 +31,7 @@ from localmamba_kernel_runtime.precision import autocast_off
 
 from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
 
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CHUNK = 16          # time steps per tile
 MAX_BLOCK_D = 8     # channels per program (a power of two dividing Dm and every group of B / C)
 
@@ -299,8 +300,8 @@ def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor],
     n_dblocks = dim // block
     bn = triton.next_power_of_2(dstate)
     f32 = dict(device=u.device, dtype=torch.float32)
-    du, ddelta = torch.empty_like(u), torch.empty_like(u)
-    dz = torch.empty_like(u) if z is not None else u.new_zeros(0)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else u.new_zeros(0)
     dA = torch.empty(batch, dim, dstate, **f32)
     atomic = atomic_reductions()
     dB, dC = (_bc_grad_buffer(M, batch, dim, n_dblocks, dstate, seqlen, atomic) for M in (B, C))
@@ -346,9 +347,10 @@ def _reduce_bc(grad: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 def _bwd_fake(dout, dlast, ckpt, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
     dim = u.shape[1]
     f32 = dict(dtype=torch.float32)
-    dz = u.new_empty(u.shape) if z is not None else u.new_empty(0)
-    return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape, **f32), B.new_empty(B.shape, **f32),
-            C.new_empty(C.shape, **f32), u.new_empty(dim, **f32), dz, u.new_empty(dim, **f32))
+    dz = z.new_empty(z.shape) if z is not None else u.new_empty(0)
+    return (u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape, **f32),
+            B.new_empty(B.shape, **f32), C.new_empty(C.shape, **f32), u.new_empty(dim, **f32), dz,
+            u.new_empty(dim, **f32))
 
 
 def _setup_context(ctx, inputs, output):
@@ -368,6 +370,12 @@ def _backward(ctx, dout, dlast, dckpt):
 
 
 selective_scan_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _kernel_dtype(t: torch.Tensor) -> torch.Tensor:
+    """An activation as the kernels read it: fp32 / fp16 / bf16 kept (each is loaded as fp32, so a wider delta or
+    B than u keeps its precision, as on the reference), anything else cast to fp32."""
+    return t if t.dtype in KERNEL_DTYPES else t.float()
 
 
 def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -390,17 +398,16 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                        delta_softplus, return_last_state=True) for rows in slices]
         out, last = (torch.cat(outs) for outs in zip(*parts))
         return (out, last) if return_last_state else out
-    dtype = u.dtype
     with autocast_off(u.device.type):
 
         def act(t):
-            return None if t is None else t.to(dtype).contiguous()
+            return None if t is None else _kernel_dtype(t).contiguous()
 
         def param(t):
             return None if t is None else t.float().contiguous()
 
         def bc(M):
-            return M.float() if M.dim() == 2 else M.to(dtype)
+            return M.float() if M.dim() == 2 else _kernel_dtype(M)
 
         out, last, _ = torch.ops.localmamba.selective_scan_triton_fwd(
             act(u), act(delta), param(A), bc(B), bc(C), param(D), act(z), param(delta_bias), delta_softplus, CHUNK)

@@ -1,0 +1,166 @@
+"""The kernel packages' public APIs on inputs a user may pass: integer tensors, an empty state, bias shapes, index
+tables that miss tokens, and mixed dtypes on the Triton scan. Each op either computes what its reference computes or
+raises one ValueError that names the argument.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_update
+from localmamba_ssm import (layer_norm_fn, mamba_inner_fn_no_out_proj, multi_scan_inner_fn, rms_norm_fn,
+                            selective_scan_fn)
+
+from test_multi_scan_inner import make_problem
+
+
+def scan_inputs(batch=2, dim=3, seqlen=5, dstate=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, dim, seqlen, generator=g), torch.rand(batch, dim, seqlen, generator=g),
+            -torch.rand(dim, dstate, generator=g) - 0.5, torch.randn(batch, dstate, seqlen, generator=g),
+            torch.randn(batch, dstate, seqlen, generator=g))
+
+
+@pytest.mark.parametrize("integer", ["x", "weight", "bias"])
+def test_causal_conv1d_refuses_integer_tensors(cpu_backend, integer):
+    """An integer x used to come back as a truncated integer output; an integer weight or bias was used silently."""
+    args = dict(x=torch.randn(2, 3, 5), weight=torch.randn(3, 4), bias=torch.randn(3))
+    args[integer] = args[integer].round().long()
+    with pytest.raises(ValueError, match=rf"^{integer} must be a floating-point tensor, got torch.int64$"):
+        causal_conv1d_fn(**args, activation="silu")
+
+
+def test_causal_conv1d_update_refuses_an_integer_state(cpu_backend):
+    """An integer conv_state used to truncate the new input into the state in place."""
+    state = torch.zeros(2, 3, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^conv_state must be a floating-point tensor, got torch.int64$"):
+        causal_conv1d_update(torch.randn(2, 3), state, torch.randn(3, 4))
+    assert not state.any()
+
+
+@pytest.mark.parametrize("norm", [layer_norm_fn, rms_norm_fn])
+def test_fused_norms_refuse_integer_and_scalar_inputs(norm):
+    """An integer x used to come back as a truncated integer output; a 0-d x raised a bare IndexError."""
+    with pytest.raises(ValueError, match=r"^layer_norm_fn: x must be a floating-point tensor, got torch.int64$"):
+        norm(torch.ones(2, 4, dtype=torch.long), torch.ones(4), None)
+    with pytest.raises(ValueError, match=r"^layer_norm_fn: residual must be a floating-point tensor, got torch.int32"):
+        norm(torch.ones(2, 4), torch.ones(4), None, residual=torch.ones(2, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"^layer_norm_fn: x must have at least one dimension \(\.\.\., H\), got "
+                                         r"shape \(\)$"):
+        norm(torch.tensor(1.0), torch.ones(1), None)
+
+
+def test_selective_scan_refuses_an_empty_state(cpu_backend):
+    """N = 0 ran on the CPU backends but crashed inside the Triton kernels; all backends now refuse it."""
+    u, delta, A, B, C = scan_inputs(dstate=0)
+    with pytest.raises(ValueError, match=r"^selective_scan: A needs at least one state \(N >= 1\), got \(3, 0\)$"):
+        selective_scan_fn(u, delta, A, B, C)
+
+
+@pytest.mark.parametrize("name", ["B_proj_bias", "C_proj_bias"])
+def test_mamba_inner_checks_projection_bias_shapes(cpu_backend, name):
+    """A wrong B_proj_bias / C_proj_bias used to surface as a bare broadcasting error."""
+    g = torch.Generator().manual_seed(0)
+    inner, rank, dstate = 4, 2, 3
+    args = dict(xz=torch.randn(2, 2 * inner, 6, generator=g), conv1d_weight=torch.randn(inner, 4, generator=g),
+                conv1d_bias=None, x_proj_weight=torch.randn(rank + 2 * dstate, inner, generator=g),
+                delta_proj_weight=torch.randn(inner, rank, generator=g), A=-torch.rand(inner, dstate, generator=g))
+    with pytest.raises(ValueError, match=rf"^mamba_inner: {name} must have shape \(N,\)=\(3,\), got \(5\)$"):
+        mamba_inner_fn_no_out_proj(**args, **{name: torch.randn(5)})
+
+
+@pytest.mark.parametrize("backend", ["reference", "composed", "cpu"])
+@pytest.mark.parametrize("defect, message", [
+    ("out of range", r"^index values must lie in \[0, 11\] \(the token count marks padding\)$"),
+    ("missing token", r"^index: every direction must list every token in \[0, 11\) exactly once$"),
+])
+def test_multi_scan_inner_refuses_bad_index_tables_on_every_backend(force_backend, backend, defect, message):
+    """Only the cpu backend checked the table: the others raised a bare IndexError, or (a direction that misses
+    tokens) returned outputs, and the Triton kernels read out of bounds or left rows unwritten."""
+    force_backend(backend)
+    p = make_problem()
+    index = p["index"].clone()
+    index[0] = 99 if defect == "out of range" else 11
+    with pytest.raises(ValueError, match=message):
+        multi_scan_inner_fn(**dict(p, index=index), gate=True)
+
+
+def test_multi_scan_inner_checks_a_table_again_after_an_in_place_change(force_backend):
+    """The check of a table is cached per tensor; writing into the table makes the next call check it again."""
+    force_backend("composed")
+    p = make_problem()
+    index = p["index"].clone()
+    multi_scan_inner_fn(**dict(p, index=index), gate=True)
+    index[1, :] = 11
+    with pytest.raises(ValueError, match=r"every direction must list every token"):
+        multi_scan_inner_fn(**dict(p, index=index), gate=True)
+
+
+def test_multi_scan_inner_checks_an_inference_mode_table_at_every_call(force_backend):
+    """A table made under torch.inference_mode has no version counter: it is checked at every call, not cached."""
+    force_backend("composed")
+    p = make_problem()
+    with torch.inference_mode():
+        index = p["index"].clone()
+        good = multi_scan_inner_fn(**dict(p, index=index), gate=True)
+        assert torch.equal(good, multi_scan_inner_fn(**p, gate=True))
+        index[1, :] = 11
+        with pytest.raises(ValueError, match=r"every direction must list every token"):
+            multi_scan_inner_fn(**dict(p, index=index), gate=True)
+
+
+def test_multi_scan_inner_refuses_an_empty_state(cpu_backend):
+    """N = 0 crashed inside the Triton kernels; all backends now refuse it."""
+    p = make_problem(state=0)
+    with pytest.raises(ValueError, match=r"^multi_scan_inner: A_log needs at least one state \(N >= 1\), got "
+                                         r"\(3, 12, 0\)$"):
+        multi_scan_inner_fn(**p, gate=True)
+
+
+TRITON_CHECKS = textwrap.dedent("""
+    import torch
+    from localmamba_ssm import multi_scan_inner_fn, selective_scan_fn, selective_scan_ref
+    from test_multi_scan_inner import make_problem
+
+    # u in bf16, the rest fp32: delta, z and B used to be rounded to bf16 before the kernels read them
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 2, 6, generator=g).bfloat16().requires_grad_()
+    delta = (torch.rand(1, 2, 6, generator=g) * 0.5).requires_grad_()
+    A = -torch.rand(2, 3, generator=g) - 0.5
+    B, C = torch.randn(1, 3, 6, generator=g).requires_grad_(), torch.randn(1, 3, 6, generator=g)
+    z = torch.randn(1, 2, 6, generator=g).requires_grad_()
+    out, last = selective_scan_fn(u, delta, A, B, C, z=z, delta_softplus=True, return_last_state=True)
+    out_ref, last_ref = selective_scan_ref(u, delta, A, B, C, z=z, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.float().sum() + last.sum(), (delta, z, B))
+    grads_ref = torch.autograd.grad(out_ref.float().sum() + last_ref.sum(), (delta, z, B))
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert grad.dtype == torch.float32, grad.dtype
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+    print("ok mixed dtypes")
+
+    p = make_problem(batch=1, num_tokens=3, length=4, num_dirs=2, inner=2, rank=1, state=2, width=2)
+    index = p["index"].clone()
+    index[0] = 3
+    try:
+        multi_scan_inner_fn(**dict(p, index=index), gate=True)
+    except ValueError as e:
+        assert "every direction must list every token in [0, 3) exactly once" in str(e), e
+        print("ok index table")
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernels_under_interpreter_keep_wide_inputs_and_refuse_bad_tables():
+    """Under the Triton interpreter (set before the kernels are defined: a subprocess), at tiny shapes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, TRITON_INTERPRET="1", LOCALMAMBA_BACKEND="triton",
+               PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", TRITON_CHECKS], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["ok", "mixed", "dtypes", "ok", "index", "table"], result.stdout
