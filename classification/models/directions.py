@@ -169,7 +169,8 @@ def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTab
     ``None`` selects ``default``; a ``None`` result means a search supernet (every layer takes all CANDIDATES).
     """
     if directions is None:
-        return None if default is None else validate_directions(default, depth)
+        return None if default is None else validate_directions(
+            default, depth, source="the model's default directions (pass directions= for another depth)")
     if isinstance(directions, (str, os.PathLike)):
         return validate_directions(load_directions(directions), depth, source=os.fspath(directions))
     return validate_directions(directions, depth)

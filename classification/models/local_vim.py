@@ -15,7 +15,7 @@ import torch
 import torch.fx
 from timm.layers import (DropPath, PatchEmbed, calculate_drop_path_rates, register_notrace_function, to_2tuple,
                          trunc_normal_)
-from timm.models import generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -271,6 +271,7 @@ class VisionMamba(nn.Module):
         self.rope_residual = if_rope_residual
         self.has_cls_token = if_cls_token
         self.num_prefix_tokens = 1 if if_cls_token else 0
+        self.grad_checkpointing = False
         self.directions = resolve_directions(directions, default_directions, depth)
         self.is_search = self.directions is None
 
@@ -321,6 +322,18 @@ class VisionMamba(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {'pos_embed', 'cls_token', 'dist_token'}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay: the embeddings, then one group per layer (``norm_f`` joins
+        the last); the head, unmatched, comes last."""
+        return dict(stem=r'^cls_token|^pos_embed|^patch_embed',
+                    blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer in the backward pass instead of keeping its activations (timm API)."""
+        self.grad_checkpointing = enable
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -360,7 +373,10 @@ class VisionMamba(nn.Module):
                 hidden = apply_rotary(hidden, *rope_tables)
                 if residual is not None and self.rope_residual:
                     residual = apply_rotary(residual, *rope_tables)
-            hidden, residual = layer(hidden, residual, grid, position)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                hidden, residual = checkpoint(layer, hidden, residual, grid, position)
+            else:
+                hidden, residual = layer(hidden, residual, grid, position)
             if i in take:
                 taken[i] = hidden
         return hidden, residual, grid, taken

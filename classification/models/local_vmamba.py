@@ -113,12 +113,15 @@ class SS2D(nn.Module):
 
         Per direction: scan the map, project, selective scan (in fp32), reverse; all K directions run as one
         ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
-        table. Then the shared channel attention per direction, the merge and ``out_norm``.
+        table. Then the shared channel attention per direction, the merge and ``out_norm``. The scan runs in fp32;
+        its output takes the dtype of the block's weights (a no-op in fp32 and under autocast), so that a model cast
+        to half, bfloat16 or double norms it with its own weights.
         """
         attn = self.multi_scan.attn
         attention = self.multi_scan.fused_attention(attn)
         ys = ss2d_scan(x, self.directions, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
                        self.Ds, self.trace_scan, attention, attn.norm.eps)     # (B, H*W, E), search: (B, K, H*W, E)
+        ys = ys.to(self.out_norm.weight.dtype)
         merged = ys if attention is not None else self.multi_scan.attend_and_merge(ys, attn)        # (B, H*W, E)
         return self.out_norm(merged).unflatten(1, (x.shape[2], x.shape[3])).to(x.dtype)
 
@@ -256,6 +259,17 @@ class VSSM(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Empty, as the original (``A_logs``/``Ds`` carry ``_no_weight_decay`` for an opt-in optimiser rule)."""
         return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay: the patch embedding, then one group per stage (``coarse``)
+        or per block, a stage's downsampling and the final norm joining the block before them; the head, unmatched,
+        comes last."""
+        return dict(stem=r'^patch_embed', blocks=r'^layers\.(\d+)' if coarse else [
+            (r'^layers\.(\d+)\.blocks\.(\d+)', None),
+            (r'^layers\.(\d+)\.downsample', (99999,)),
+            (r'^classifier\.norm', (99999,)),
+        ])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -29,7 +29,7 @@ T = TypeVar('T')
 
 Grid = tuple[int, int]
 
-_DIRECTION_RE = re.compile(r'^(?:(h)|(v)|w(\d+))(_flip)?$')
+_DIRECTION_RE = re.compile(r'(?:(h)|(v)|w([1-9][0-9]*))(_flip)?')     # one name per window size (w2, never w02)
 VALID_DIRECTIONS_HELP = "h, h_flip, v, v_flip, wK, wK_flip (K >= 1 a window size, e.g. w2, w7_flip)"
 
 
@@ -42,8 +42,8 @@ class Direction(NamedTuple):
 
 def parse_direction(name: str) -> Direction:
     """Parse a direction name such as ``'v_flip'`` or ``'w7'``; raise ``ValueError`` listing the valid choices."""
-    match = _DIRECTION_RE.match(name) if isinstance(name, str) else None
-    if match is None or (match.group(3) is not None and int(match.group(3)) < 1):
+    match = _DIRECTION_RE.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
         raise ValueError(f'unknown scan direction {name!r}: valid directions are {VALID_DIRECTIONS_HELP}')
     horizontal, vertical, window, flip = match.groups()
     kind = 'h' if horizontal else 'v' if vertical else 'w'
