@@ -37,7 +37,7 @@ def ss2d_scan(x: torch.Tensor, directions: tuple[str, ...], x_proj_weight: torch
               dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
               traced: bool = False, attention: Optional[tuple[torch.Tensor, ...]] = None,
               eps: float = 1e-5) -> torch.Tensor:
-    """The scan of an SS2D block: the map x (B, E, H, W) as token rows in fp32, the block's index table, and
+    """The scan of an SS2D block: the map x (B, E, H, W) as token rows in the weights' dtype (fp32 under autocast), the block's index table, and
     :func:`scan_all_directions` with its stacked parameters (``A_logs`` (K*E, N) and ``Ds`` (K*E) viewed per
     direction) -> (B, K, H*W, E), or with ``attention`` (the channel attention's weights and eps) attended and
     summed -> (B, H*W, E). One call in a torch.fx trace. An empty batch is refused (ValueError), since the scan
@@ -45,7 +45,7 @@ def ss2d_scan(x: torch.Tensor, directions: tuple[str, ...], x_proj_weight: torch
     if x.shape[0] == 0:
         raise ValueError('LocalVMamba: empty batch (batch size 0)')
     num_dirs, inner = len(directions), x.shape[1]
-    tokens = x.permute(0, 2, 3, 1).flatten(1, 2).float()
+    tokens = x.permute(0, 2, 3, 1).flatten(1, 2).to(x_proj_weight.dtype)   # fp32 under autocast, as the weights
     index = sequence_index(directions, (x.shape[2], x.shape[3]), None, x.device)
     return scan_all_directions(tokens, index, x_proj_weight, dt_projs_weight, dt_projs_bias,
                                A_logs.view(num_dirs, inner, -1), Ds.view(num_dirs, inner), traced=traced,
@@ -113,15 +113,13 @@ class SS2D(nn.Module):
 
         Per direction: scan the map, project, selective scan (in fp32), reverse; all K directions run as one
         ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
-        table. Then the shared channel attention per direction, the merge and ``out_norm``. The scan runs in fp32;
-        its output takes the dtype of the block's weights (a no-op in fp32 and under autocast), so that a model cast
-        to half, bfloat16 or double norms it with its own weights.
+        table. Then the shared channel attention per direction, the merge and ``out_norm``. The token rows take the
+        dtype of the block's weights: fp32 under autocast, the model's own when it is cast to half, bfloat16 or double.
         """
         attn = self.multi_scan.attn
         attention = self.multi_scan.fused_attention(attn)
         ys = ss2d_scan(x, self.directions, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
                        self.Ds, self.trace_scan, attention, attn.norm.eps)     # (B, H*W, E), search: (B, K, H*W, E)
-        ys = ys.to(self.out_norm.weight.dtype)
         merged = ys if attention is not None else self.multi_scan.attend_and_merge(ys, attn)        # (B, H*W, E)
         return self.out_norm(merged).unflatten(1, (x.shape[2], x.shape[3])).to(x.dtype)
 

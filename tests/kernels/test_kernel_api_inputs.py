@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_update
-from localmamba_ssm import (layer_norm_fn, mamba_inner_fn_no_out_proj, multi_scan_inner_fn, rms_norm_fn,
-                            selective_scan_fn)
+from localmamba_ssm import (attention_merge_fn, layer_norm_fn, mamba_inner_fn_no_out_proj, multi_scan_inner_fn,
+                            rms_norm_fn, selective_scan_fn)
 
 from test_multi_scan_inner import make_problem
 
@@ -164,3 +164,39 @@ def test_triton_kernels_under_interpreter_keep_wide_inputs_and_refuse_bad_tables
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["ok", "mixed", "dtypes", "ok", "index", "table"], result.stdout
+
+
+@pytest.mark.parametrize("backend", ["reference", "composed", "cpu"])
+@pytest.mark.parametrize("cast", ["tokens", "x_proj_weight"])
+def test_multi_scan_inner_refuses_mixed_dtypes_outside_autocast_on_every_backend(force_backend, backend, cast):
+    """bf16 tokens with fp32 weights (or the reverse) ran on cpu but raised a bare matmul error on the plain-op
+    backends; every backend now refuses it by name, and autocast still runs it."""
+    force_backend(backend)
+    p = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in make_problem().items()}
+    mixed = dict(p, **{cast: p[cast].bfloat16()})
+    weight, tokens = ("float32", "bfloat16") if cast == "tokens" else ("bfloat16", "float32")
+    with pytest.raises(ValueError, match=rf"^multi_scan_inner: x_proj_weight is torch.{weight} but tokens are "
+                                         rf"torch.{tokens}: cast them to one dtype, or run under torch.autocast$"):
+        multi_scan_inner_fn(**mixed, gate=True)
+    if cast == "tokens":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = multi_scan_inner_fn(**mixed, gate=True)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_attention_merge_refuses_mixed_dtypes_outside_autocast(force_backend, backend):
+    """bf16 outputs with fp32 attention weights raised a bare `mat1 and mat2` / `mixed dtype` error."""
+    force_backend(backend)
+    g = torch.Generator().manual_seed(0)
+    dim, hidden = 8, 2
+    weights = (torch.ones(dim), torch.zeros(dim), torch.randn(hidden, dim, generator=g), torch.zeros(hidden),
+               torch.randn(dim, hidden, generator=g), torch.zeros(dim))
+    y = torch.randn(2, 3, 5, dim, generator=g)
+    with pytest.raises(ValueError, match=r"^attention_merge: norm_weight is torch.float32 but the outputs are "
+                                         r"torch.bfloat16: cast them to one dtype, or run under torch.autocast$"):
+        attention_merge_fn(y.bfloat16(), *weights)
+    expected = attention_merge_fn(y, *weights)
+    cast = attention_merge_fn(y.bfloat16(), *(w.bfloat16() for w in weights))
+    assert cast.dtype == torch.bfloat16
+    torch.testing.assert_close(cast.float(), expected, rtol=2e-2, atol=5e-2)

@@ -88,6 +88,17 @@ def _check_devices(op: str, what: str, device: torch.device, **tensors: Optional
             raise ValueError(f"{op}: {name} is on {t.device} but {what} on {device}")
 
 
+def _check_dtypes(op: str, what: str, anchor: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
+    """Outside autocast, refuse a weight whose dtype is not ``anchor``'s by name: the backends would disagree (the
+    plain ops fail on the first matmul, the fused kernels compute in fp32 anyway)."""
+    if torch.is_autocast_enabled(anchor.device.type):
+        return
+    for name, t in tensors.items():
+        if t is not None and t.dtype != anchor.dtype:
+            raise ValueError(f"{op}: {name} is {t.dtype} but {what} {anchor.dtype}: cast them to one dtype, or run "
+                             f"under torch.autocast")
+
+
 def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
                      gate) -> None:
     if torch.jit.is_tracing():
@@ -126,6 +137,8 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
     _check_devices("multi_scan_inner", "tokens are", tokens.device, index=index, x_proj_weight=x_proj_weight,
                    dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight,
                    conv_bias=conv_bias)
+    _check_dtypes("multi_scan_inner", "tokens are", tokens, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
+                  dt_proj_bias=dt_proj_bias, D=D, conv_weight=conv_weight, conv_bias=conv_bias)
     if not torch.compiler.is_compiling():
         check_index_table_once(index, tokens.shape[1])
 
@@ -149,6 +162,7 @@ def _check_attention_weights(anchor: torch.Tensor, weights: Sequence[torch.Tenso
             raise ValueError(f"attention_merge: {name} must have shape {shown} for E = {dim} channels, "
                              f"got {shape_str(t)}")
     _check_devices("attention_merge", "the outputs are", anchor.device, **named)
+    _check_dtypes("attention_merge", "the outputs are", anchor, **named)
 
 
 def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
