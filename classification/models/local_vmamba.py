@@ -37,11 +37,11 @@ def ss2d_scan(x: torch.Tensor, directions: tuple[str, ...], x_proj_weight: torch
               dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
               traced: bool = False, attention: Optional[tuple[torch.Tensor, ...]] = None,
               eps: float = 1e-5) -> torch.Tensor:
-    """The scan of an SS2D block: the map x (B, E, H, W) as token rows in the weights' dtype (fp32 under autocast), the block's index table, and
-    :func:`scan_all_directions` with its stacked parameters (``A_logs`` (K*E, N) and ``Ds`` (K*E) viewed per
-    direction) -> (B, K, H*W, E), or with ``attention`` (the channel attention's weights and eps) attended and
-    summed -> (B, H*W, E). One call in a torch.fx trace. An empty batch is refused (ValueError), since the scan
-    kernels need at least one sequence."""
+    """The scan of an SS2D block: the map x (B, E, H, W) as token rows in the weights' dtype (fp32 under autocast),
+    the block's index table, and :func:`scan_all_directions` with its stacked parameters (``A_logs`` (K*E, N) and
+    ``Ds`` (K*E) viewed per direction) -> (B, K, H*W, E), or with ``attention`` (the channel attention's weights and
+    eps) attended and summed -> (B, H*W, E). One call in a torch.fx trace. An empty batch is refused (ValueError),
+    since the scan kernels need at least one sequence."""
     if x.shape[0] == 0:
         raise ValueError('LocalVMamba: empty batch (batch size 0)')
     num_dirs, inner = len(directions), x.shape[1]
