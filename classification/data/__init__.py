@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from argparse import Namespace
-from typing import Optional
+from typing import Optional, Sequence
 
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
@@ -32,11 +32,12 @@ def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
     return train, val
 
 
-def build_eval_dataset(cfg: Namespace) -> Dataset:
-    """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults as above."""
+def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None) -> Dataset:
+    """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults as above.
+    `classes` (the class names a checkpoint was trained with) fix the labels of a class-folder tree."""
     resolve_dataset_defaults(cfg)
     if cfg.dataset == "imagenet":
-        val = build_imagenet_val(cfg.data_path, cfg.num_classes)
+        val = build_imagenet_val(cfg.data_path, cfg.num_classes, classes)
     elif cfg.dataset in ("cifar10", "cifar100"):
         val = build_cifar_test(cfg.data_path, cfg.dataset)
     elif cfg.dataset == "digits":

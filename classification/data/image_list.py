@@ -40,15 +40,17 @@ def load_rgb(path: str) -> Image.Image:
                 img = to_8bit(img)
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
+        raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from err
 
 
 class ImageListDataset(Dataset):
-    """(image file, label) pairs decoded lazily; `__getitem__` returns (PIL RGB image, int label)."""
+    """(image file, label) pairs decoded lazily; `__getitem__` returns (PIL RGB image, int label). `classes` names
+    the labels in order (the class-folder layout; None for a meta list)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], num_classes: int):
+    def __init__(self, samples: Sequence[tuple[str, int]], num_classes: int, classes: Optional[Sequence[str]] = None):
         self.samples = list(samples)
         self.num_classes = num_classes
+        self.classes = list(classes) if classes is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,23 +60,34 @@ class ImageListDataset(Dataset):
         return load_rgb(path), label
 
 
+def _meta_lines(meta_path: str) -> list[str]:
+    """The lines of a meta list read as UTF-8 text (a leading byte-order mark, as Windows editors write, dropped)."""
+    if not os.path.isfile(meta_path):
+        raise DataError(f"meta file not found: {meta_path}")
+    with open(meta_path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError as err:
+        lineno = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{meta_path}:{lineno}: not UTF-8 text (byte {data[err.start]:#04x}); save the list as "
+                        f"UTF-8") from None
+
+
 def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
     """Parse a `relative/path label` list; the image path is `image_root/relative/path`. The first and the last listed
     images must exist (two file checks catch a list written for another root before a whole epoch has run)."""
-    if not os.path.isfile(meta_path):
-        raise DataError(f"meta file not found: {meta_path}")
     samples, lines = [], []
-    with open(meta_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
-                continue
-            parts = text.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-                raise DataError(f"{meta_path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
-                                f"got {text!r}")
-            samples.append((os.path.join(image_root, parts[0]), int(parts[1])))
-            lines.append(lineno)
+    for lineno, line in enumerate(_meta_lines(meta_path), 1):
+        text = line.strip()
+        if not text:
+            continue
+        parts = text.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+            raise DataError(f"{meta_path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
+                            f"got {text!r}")
+        samples.append((os.path.join(image_root, parts[0]), int(parts[1])))
+        lines.append(lineno)
     if not samples:
         raise DataError(f"meta file is empty: {meta_path}")
     for index in (0, -1):
@@ -94,23 +107,45 @@ def class_folder_names(split_dir: str) -> list[str]:
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
 
 
-def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
-    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (the train split's)."""
+def _image_files(folder: str) -> list[str]:
+    """The image files under `folder` in torchvision ImageFolder's order (sub-folders by path, files by name), linked
+    folders followed as it does (each real folder once). A link to an image that does not exist is refused here
+    rather than when it is first read; only links cost a file-system call beyond listing the folders."""
+    by_folder, seen, pending = [], set(), [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            continue
+        seen.add(real)
+        files = []
+        for entry in os.scandir(current):
+            if entry.is_dir():
+                pending.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to "
+                                    f"does not exist; remove the link or restore the image")
+                files.append(entry.path)
+        by_folder.append((current, sorted(files)))
+    return [path for _, files in sorted(by_folder) for path in files]
+
+
+def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
+                       source: str = "the train split") -> tuple[list[tuple[str, int]], list[str]]:
+    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`)."""
     found = class_folder_names(split_dir)
     defines_classes = classes is None
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{split_dir}: class folders {unknown[:5]} do not exist in the train split")
+        raise DataError(f"{split_dir}: class folders {unknown[:5]} are not classes of {source}")
     index = {name: i for i, name in enumerate(classes)}
     samples = []
     for name in found:
         before = len(samples)
-        for dirpath, _, files in sorted(os.walk(os.path.join(split_dir, name))):
-            for fname in sorted(files):
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(dirpath, fname), index[name]))
+        samples += [(path, index[name]) for path in _image_files(os.path.join(split_dir, name))]
         if defines_classes and len(samples) == before:
             raise DataError(f"class folder {os.path.join(split_dir, name)} holds no image files: it would add a "
                             f"class that never appears in training; remove it or add images")
@@ -133,18 +168,17 @@ def imagenet_layout(root: str) -> str:
 
 def _meta_class_count(meta_path: str) -> int:
     """Largest label + 1 of a meta list, read without building its samples."""
-    if not os.path.isfile(meta_path):
-        raise DataError(f"meta file not found: {meta_path}")
-    with open(meta_path, encoding="utf-8") as f:
-        labels = [line.rsplit(maxsplit=1)[-1] for line in f if line.strip()]
+    labels = [line.rsplit(maxsplit=1)[-1] for line in _meta_lines(meta_path) if line.strip()]
     if not labels or not all(lbl.isdigit() for lbl in labels):
         raise DataError(f"{meta_path}: expected '<relative/path> <label>' lines with labels >= 0")
     return max(int(lbl) for lbl in labels) + 1
 
 
-def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageListDataset:
+def build_imagenet_val(root: str, num_classes: Optional[int] = None,
+                       classes: Optional[Sequence[str]] = None) -> ImageListDataset:
     """The val dataset of an ImageNet-style tree (evaluation); the class count or order comes from the train split's
-    list or folder names, without listing its images, or from val's folder names when there is no train/<class>/."""
+    list or folder names, without listing its images, or from val's folder names when there is no train/<class>/.
+    `classes`, the class names a checkpoint was trained with, fix the order of the class-folder layout instead."""
     if imagenet_layout(root) == "meta":
         val_meta, train_meta = os.path.join(root, "meta", "val.txt"), os.path.join(root, "meta", "train.txt")
         val = read_meta_file(val_meta, os.path.join(root, "val"))
@@ -162,7 +196,11 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageLis
     val_dir = os.path.join(root, "val")
     if not os.path.isdir(val_dir):
         raise DataError(f"validation folder not found: {val_dir}")
-    if has_class_folders(os.path.join(root, "train")):
+    source = "the train split"
+    if classes is not None:
+        _note_changed_train_folders(os.path.join(root, "train"), classes)
+        source = "the checkpoint"
+    elif has_class_folders(os.path.join(root, "train")):
         classes = class_folder_names(os.path.join(root, "train"))
     else:
         classes = class_folder_names(val_dir)
@@ -173,8 +211,19 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None) -> ImageLis
             logger.warning(f"{note}; --num-classes {num_classes} differs from that count")
         else:
             logger.info(note)
-    val, _ = scan_class_folders(val_dir, classes)
-    return ImageListDataset(val, len(classes))
+    val, _ = scan_class_folders(val_dir, classes, source)
+    return ImageListDataset(val, len(classes), classes)
+
+
+def _note_changed_train_folders(train_dir: str, classes: Sequence[str]) -> None:
+    """Log a warning when the class folders of `train_dir` are no longer the `classes` a checkpoint was trained on."""
+    if not has_class_folders(train_dir):
+        return
+    now = class_folder_names(train_dir)
+    if now != list(classes):
+        added, gone = sorted(set(now) - set(classes)), sorted(set(classes) - set(now))
+        logger.warning(f"{train_dir}: its class folders are not those the checkpoint was trained on (added "
+                       f"{added[:5]}, removed {gone[:5]}); the labels follow the checkpoint's {len(classes)} classes")
 
 
 def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
@@ -196,5 +245,5 @@ def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
             raise DataError(f"validation folder not found: {val_dir}")
         train, classes = scan_class_folders(train_dir)
         val, _ = scan_class_folders(val_dir, classes)
-        num_classes = len(classes)
+        return ImageListDataset(train, len(classes), classes), ImageListDataset(val, len(classes), classes)
     return ImageListDataset(train, num_classes), ImageListDataset(val, num_classes)

@@ -77,7 +77,7 @@ def test(cfg: Namespace) -> dict:
         weights = state_dict_from(ckpt, source=cfg.resume)
         ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None
         log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
-        val_set = build_eval_dataset(cfg)
+        val_set = build_eval_dataset(cfg, ckpt.get("classes"))
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)

@@ -173,6 +173,11 @@ def build_model(cfg: Namespace) -> nn.Module:
     except ValueError as err:
         if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
             raise ConfigError(str(err)) from err
+        if cfg.model_kwargs:  # e.g. depth=2 for a model whose searched directions have 20 layers
+            given = " ".join(f"{k}={v}" for k, v in cfg.model_kwargs.items())
+            hint = ("; give --directions FILE with one list of directions per layer (tools/vis_search_prob.py "
+                    "writes one)" if "directions" in str(err) else "")
+            raise ConfigError(f"model {name} with model_kwargs {given}: {err}{hint}") from err
         raise
     except TypeError as err:  # a model whose class takes **kwargs and hands an unknown one down
         if "unexpected keyword argument" in str(err):

@@ -41,7 +41,7 @@ from timm.utils import AverageMeter
 from ..common.checkpoint_io import atomic_copy, load_checkpoint, remove_temporary_files, state_dict_from
 from ..common.csv_log import CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
-from ..data import build_datasets, build_loaders, build_mixup
+from ..data import DataError, build_datasets, build_loaders, build_mixup
 from ..data.transforms import check_auto_augment
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
@@ -80,6 +80,7 @@ class Run:
     def __init__(self, cfg: Namespace, env: DistEnv, exp_dir: str, log: logging.Logger):
         self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
         train_set, val_set = build_datasets(cfg)
+        self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if the data has
         self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank)
         self.mixup = build_mixup(cfg)
         if self.mixup is not None and cfg.batch_size % 2:
@@ -121,6 +122,7 @@ class Run:
         and running train loss of a mid-epoch checkpoint) and RNG from `ckpt` (read from `path`). A released
         {'state_dict'} file gives the weights only: training starts at epoch 0."""
         check_same_model(self.model, canonical_model_name(self.cfg.model), ckpt, path)
+        check_same_classes(ckpt.get("classes"), self.classes, path)
         load_weights(self.model, state_dict_from(ckpt, source=path), path)
         if self.ema is not None:
             self.ema.set(self.model)  # the EMA starts from the loaded weights unless the checkpoint holds its own
@@ -214,6 +216,7 @@ class Run:
             "rng": [rng for rng, _ in states],
             "model_name": canonical_model_name(self.cfg.model),
             "directions": scan_directions(self.model),
+            "classes": self.classes,
             "config": config_dict(self.cfg),
         }
 
@@ -263,6 +266,17 @@ class Run:
         """The exception that ends the run stopped by `signum`, naming `last.pth.tar` if there is one."""
         last = self.manager.path(LAST)
         return RunInterrupted(last if os.path.isfile(last) else None, signum)
+
+
+def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:
+    """Refuse to continue the run of checkpoint `path`, trained on the class folders `trained`, on data whose class
+    folders are `found` (others: its labels would mean other classes); None on either side: no check."""
+    if trained is None or found is None or list(trained) == list(found):
+        return
+    added, gone = sorted(set(found) - set(trained)), sorted(set(trained) - set(found))
+    raise DataError(f"{path} was trained on other class folders than those of the data (added {added[:5]}, "
+                    f"removed {gone[:5]}): its labels would change meaning; restore the folders or start a new run "
+                    f"(--finetune {path})")
 
 
 def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = None,

@@ -173,7 +173,7 @@ def test_evaluation_does_not_build_the_training_set(folder_tree, meta_tree, monk
     monkeypatch.setattr(data, "build_imagenet", no_train_set)
     monkeypatch.setattr(data, "build_cifar", no_train_set)
     monkeypatch.setattr(data.image_list, "scan_class_folders",
-                        lambda split_dir, classes=None: scanned.append(split_dir) or scan(split_dir, classes))
+                        lambda split_dir, *rest: scanned.append(split_dir) or scan(split_dir, *rest))
     cfg = cfg_for("--data-path", folder_tree, "--img-size", "16")
     val = build_eval_dataset(cfg)
     assert (len(val), cfg.num_classes) == (6, 3) and sorted(y for _, y in val.samples) == [0, 0, 1, 1, 2, 2]

@@ -1,0 +1,158 @@
+"""A researcher's own image folders: what real data holds (mixed formats and modes, links, stray files, odd names, a
+meta list saved by another editor) is listed as torchvision's ImageFolder lists it, refused at start in one line, or
+labelled the same way in training, resuming and tools/test.py."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from classification.data import DataError, build_datasets
+from classification.data.defaults import resolve_dataset_defaults
+from classification.data.image_list import load_rgb, scan_class_folders
+from classification.data.transforms import build_transform
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.evaluate import test as evaluate
+from classification.engine.model_builder import build_model
+from classification.engine.trainer import train
+
+from training_helpers import TINY_MODEL, make_meta_tree, write_image
+
+MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16")
+
+
+def write_mode_image(path: str, mode: str, seed: int) -> None:
+    """A 12x12 image of Pillow mode `mode` saved as the extension of `path` says (JPEG for CMYK, PNG otherwise)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (12, 12), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).convert(mode)
+    img.save(path)
+
+
+def make_own_tree(root: str) -> None:
+    """train/ and val/ class folders named with a space and an accent, images of every mode with upper-case
+    extensions, stray files (.DS_Store, a .txt), a linked image and a linked sub-folder; 'dog' has no val folder."""
+    for split, n in (("train", 4), ("val", 2)):
+        for c, name in enumerate(("Banana split", "apple", "café", "dog")):
+            if split == "val" and name == "dog":
+                continue
+            for i in range(n):
+                mode = MODES[(c + i) % len(MODES)]
+                ext = ".JPG" if mode == "CMYK" else (".PNG" if i % 2 else ".png")
+                write_mode_image(os.path.join(root, split, name, f"{i}{ext}"), mode, seed=10 * c + i)
+        with open(os.path.join(root, split, "apple", ".DS_Store"), "wb") as f:
+            f.write(b"\0\1\2")
+        with open(os.path.join(root, split, "apple", "notes.txt"), "w") as f:
+            f.write("shot on a sunny day")
+    write_image(os.path.join(root, "elsewhere", "extra.jpeg"), seed=99)
+    os.symlink(os.path.join(root, "elsewhere"), os.path.join(root, "train", "dog", "more"))
+    os.symlink(os.path.join(root, "train", "apple", "0.png"), os.path.join(root, "train", "dog", "copy.png"))
+
+
+@pytest.fixture(scope="module")
+def own_tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("own"))
+    make_own_tree(root)
+    return root
+
+
+def test_the_images_and_classes_are_imagefolders(own_tree):
+    """Same classes, files and labels as torchvision's ImageFolder: linked folders are followed, stray files
+    skipped; val takes train's class indices."""
+    train_dir = os.path.join(own_tree, "train")
+    samples, classes = scan_class_folders(train_dir)
+    reference = ImageFolder(train_dir)
+    assert classes == reference.classes == ["Banana split", "apple", "café", "dog"]
+    assert samples == reference.samples and len(samples) == 18
+    assert os.path.join(train_dir, "dog", "more", "extra.jpeg") in [p for p, _ in samples]
+    cfg = parse_args(["--data-path", own_tree, "-j", "0", "--img-size", "16"])
+    train_set, val_set = build_datasets(cfg)
+    assert cfg.num_classes == 4 and train_set.classes == val_set.classes == classes
+    assert sorted(y for _, y in val_set.samples) == [0, 0, 1, 1, 2, 2]
+    transform = build_transform(cfg, training=False)
+    assert all(transform(image).shape == (3, 16, 16) for image, _ in train_set)  # every mode decodes
+
+
+def test_a_broken_link_is_refused_at_start(tmp_path):
+    root = tmp_path / "data"
+    make_own_tree(str(root))
+    link = root / "train" / "dog" / "gone.jpg"
+    os.symlink(tmp_path / "deleted.jpg", link)
+    with pytest.raises(DataError, match=rf"^broken link {link} -> {tmp_path / 'deleted.jpg'}: the image it points "
+                                        rf"to does not exist; remove the link or restore the image$"):
+        build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+
+
+def test_an_unreadable_image_says_what_to_do(tmp_path):
+    path = tmp_path / "half.jpg"
+    write_image(str(tmp_path / "full.jpg"), seed=1, size=64)
+    path.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    with pytest.raises(DataError, match=rf"^cannot read image {path}: .*; remove or replace the file$"):
+        load_rgb(str(path))
+
+
+def test_a_meta_list_saved_with_a_byte_order_mark_is_read(tmp_path):
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    meta = tmp_path / "meta" / "train.txt"
+    meta.write_text(meta.read_text(), encoding="utf-8-sig")  # as Windows Notepad saves it
+    train_set, _ = build_datasets(parse_args(["--data-path", root, "-j", "0"]))
+    assert train_set.samples == [(os.path.join(root, "train", rel), y) for rel, y in lists["train"]]
+
+
+def test_a_meta_list_that_is_not_utf8_is_one_line(tmp_path):
+    root = str(tmp_path)
+    make_meta_tree(root)
+    meta = tmp_path / "meta" / "val.txt"
+    meta.write_bytes(meta.read_bytes() + "caf\u00e9/1.JPEG 0\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"^{meta}:7: not UTF-8 text \(byte 0xe9\); save the list as UTF-8$"):
+        build_datasets(parse_args(["--data-path", root, "-j", "0"]))
+
+
+def test_model_kwargs_of_another_depth_than_the_searched_directions_are_a_config_error():
+    cfg = parse_args(["--model", "local_vim_tiny", "--model-kwargs", "depth=2", "embed_dim=16", "--num-classes", "4"])
+    with pytest.raises(ConfigError, match=r"^model local_vim_tiny with model_kwargs depth=2 embed_dim=16: .*has 20 "
+                                          r"layers, but the model has depth 2; give --directions FILE with one list "
+                                          r"of directions per layer \(tools/vis_search_prob.py writes one\)$"):
+        build_model(cfg)
+
+
+def test_the_checkpoint_keeps_its_class_names_for_test_and_resume(tmp_path):
+    """A class folder added to train/ after training ('aardvark', sorted first): tools/test.py labels val by the
+    checkpoint's classes (the log warns), --resume is refused."""
+    root = tmp_path / "data"
+    make_own_tree(str(root))
+    run = [*TINY_MODEL, "--data-path", str(root), "-b", "4", "-j", "0", "--warmup-epochs", "0", "--output",
+           str(tmp_path / "out"), "--experiment", "own"]
+    train(parse_args([*run, "--epochs", "1"]))
+    last = str(tmp_path / "out" / "own" / "last.pth.tar")
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["classes"] == ["Banana split", "apple", "café", "dog"]
+    write_image(str(root / "train" / "aardvark" / "0.jpg"), seed=7)
+    metrics = evaluate(parse_args([*run, "--resume", last, "--experiment", "eval"]))
+    model = build_model(parse_args([*TINY_MODEL, "--num-classes", "4"])).eval()
+    model.load_state_dict(ckpt["model"])
+    eval_cfg = parse_args([*TINY_MODEL, "--data-path", str(root)])
+    resolve_dataset_defaults(eval_cfg)
+    transform = build_transform(eval_cfg, training=False)
+    losses, correct = [], []
+    for label, name in enumerate(ckpt["classes"][:3]):  # no val/dog/
+        for fname in sorted(os.listdir(root / "val" / name)):
+            if fname.lower().endswith((".png", ".jpg")):
+                with torch.no_grad():
+                    logits = model(transform(load_rgb(str(root / "val" / name / fname)))[None])[0]
+                losses.append(-torch.log_softmax(logits, 0)[label].item())
+                correct.append(logits.argmax().item() == label)
+    assert len(losses) == 6 and metrics["test_loss"] == pytest.approx(np.mean(losses), abs=1e-5)
+    assert metrics["top1"] == pytest.approx(100 * np.mean(correct))
+    log_text = next((tmp_path / "out" / "eval").glob("eval_*.txt")).read_text()
+    assert "its class folders are not those the checkpoint was trained on (added ['aardvark'], removed [])" in log_text
+    with pytest.raises(DataError, match=rf"^{last} was trained on other class folders than those of the data \(added "
+                                        rf"\['aardvark'\], removed \[\]\): its labels would change meaning; "
+                                        rf"restore the folders or start a new run \(--finetune {last}\)$"):
+        train(parse_args([*run, "--epochs", "2", "--resume", last]))
