@@ -233,18 +233,27 @@ class Run:
                     self.log.info(f"{signal.Signals(signum).name}: stopping before epoch {epoch}")
                     raise self.interrupted(signum)
                 progress = self.start_progress if epoch == self.start_epoch else EpochProgress()
-                metrics = self._finish_epoch(epoch, train_one_epoch(self, epoch, progress, stop))
+                train_metrics = train_one_epoch(self, epoch, progress, stop)
+                self.manager.save_last(self.checkpoint_payload(epoch, progress))  # see _finish_epoch
+                metrics = self._finish_epoch(epoch, train_metrics)
         return metrics
 
     def _finish_epoch(self, epoch: int, metrics: dict) -> dict:
         """Validate, append the `metrics.csv` row and write the checkpoints (`last.pth.tar` last) of `epoch`, whose
-        training gave `metrics`; returns them with the validation's."""
+        training gave `metrics`; returns them with the validation's. `last.pth.tar` already holds the epoch's trained
+        state, marked as stopped after its last step: a validation that fails (an unreadable image) or is killed
+        loses no training, and `--resume` goes straight to the validation."""
         cfg, log = self.cfg, self.log
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
-        test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
-        if self.ema is not None:
-            test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
-                                    suffix="(EMA)", **common)
+        try:
+            test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
+            if self.ema is not None:
+                test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
+                                        suffix="(EMA)", **common)
+        except Exception:
+            log.error(f"Validation of epoch {epoch} failed; its training is saved: once the cause is fixed, continue "
+                      f"with --resume {self.manager.path(LAST)}")
+            raise
         metrics.update(test_metrics)
         if self.search is not None:
             self.search.append_epoch(epoch)

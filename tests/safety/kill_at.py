@@ -1,8 +1,10 @@
 """Run tools/train.py, SIGKILLing itself right after one file event of one epoch (the crash-consistency tests).
 
-Usage: python kill_at.py EVENT EPOCH [train.py flags]; EVENT is `metrics` (its metrics.csv row appended),
-`checkpoint` (checkpoint-EPOCH.pth.tar written), `best` (copied to best.pth.tar) or `last` (last.pth.tar written,
-before old checkpoints are evicted).
+Usage: python kill_at.py EVENT EPOCH [train.py flags]; EVENT is `lr` (the epoch's first lr.csv row appended, in its
+first training step), `trained` (last.pth.tar written after the epoch's
+last step, before its validation), `metrics` (its metrics.csv row appended), `checkpoint` (checkpoint-EPOCH.pth.tar
+written), `best` (copied to best.pth.tar) or `last` (the epoch's own last.pth.tar written, before old checkpoints are
+evicted).
 """
 import os
 import runpy
@@ -33,11 +35,12 @@ def after(function, matches):
 
 
 append = CsvLog.append
-CsvLog.append = after(append, lambda log, row: EVENT == "metrics" and log.path.endswith("metrics.csv")
-                      and int(row[0]) == EPOCH)
+CsvLog.append = after(append, lambda log, row: log.path.endswith(
+    {"metrics": "metrics.csv", "lr": "lr.csv"}.get(EVENT, "(no csv)")) and int(row[0]) == EPOCH)
 checkpoint.atomic_save = after(checkpoint.atomic_save, lambda obj, path: (
     (EVENT == "checkpoint" and path.endswith(EPOCH_FILE))
-    or (EVENT == "last" and path.endswith("last.pth.tar") and obj["epoch"] == EPOCH)))
+    or (path.endswith("last.pth.tar") and obj["epoch"] == EPOCH
+        and EVENT == ("trained" if obj["step"] is not None else "last"))))
 checkpoint.atomic_copy = after(checkpoint.atomic_copy, lambda src, dst: src.endswith(EPOCH_FILE) and (
     (EVENT == "best" and dst.endswith("best.pth.tar")) or (EVENT == "last" and dst.endswith("last.pth.tar"))))
 

@@ -100,9 +100,9 @@ def test_rewind_continues_exactly_from_the_earlier_checkpoint(three_epochs, copy
 
 
 def test_a_rewind_killed_in_its_first_epoch_resumes_from_the_rewound_point(three_epochs, copy_of_run):
-    """A rewound run's last.pth.tar is the resumed checkpoint from its start: killed right after the next epoch's
-    metrics row, it continues from there (not from the later epoch the old last.pth.tar held) and ends exactly."""
-    proc = subprocess.run([sys.executable, KILL_AT, "metrics", "1", *RUN, "--resume",
+    """A rewound run's last.pth.tar is the resumed checkpoint from its start: killed in the next epoch's first step,
+    it continues from there (not from the later epoch the old last.pth.tar held) and ends exactly."""
+    proc = subprocess.run([sys.executable, KILL_AT, "lr", "1", *RUN, "--resume",
                            str(copy_of_run / "checkpoint-0.pth.tar"), "--rewind"], capture_output=True, text=True,
                           env=tool_env(), timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]

@@ -31,7 +31,8 @@ def kill_at(event, epoch, out, cwd=None):
     return out / "run"
 
 
-@pytest.mark.parametrize("event, epoch", [("metrics", 1), ("checkpoint", 1), ("best", 1), ("last", 2)])
+@pytest.mark.parametrize("event, epoch", [("trained", 1), ("metrics", 1), ("checkpoint", 1), ("best", 1),
+                                          ("last", 2)])
 def test_kill_at_any_file_event_resumes_exactly(event, epoch, straight, tmp_path):
     folder = kill_at(event, epoch, tmp_path)
     (folder / ".tmp-left-by-a-killed-write.pth.tar").write_bytes(b"partial")

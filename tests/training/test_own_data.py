@@ -18,7 +18,7 @@ from classification.engine.evaluate import test as evaluate
 from classification.engine.model_builder import build_model
 from classification.engine.trainer import train
 
-from training_helpers import TINY_MODEL, make_meta_tree, write_image
+from training_helpers import TINY_MODEL, make_folder_tree, make_meta_tree, rows, write_image
 
 MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16")
 
@@ -156,3 +156,31 @@ def test_the_checkpoint_keeps_its_class_names_for_test_and_resume(tmp_path):
                                         rf"\['aardvark'\], removed \[\]\): its labels would change meaning; "
                                         rf"restore the folders or start a new run \(--finetune {last}\)$"):
         train(parse_args([*run, "--epochs", "2", "--resume", last]))
+
+
+def test_an_unreadable_val_image_loses_no_training(tmp_path):
+    """An image that cannot be decoded shows only when validation reads it, after a whole epoch of training: the
+    epoch's training is in last.pth.tar (marked as stopped after its last step), and --resume, once the file is
+    fixed, validates without training the epoch again."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=3, val_per_class=1)
+    bad = root / "val" / "dog" / "0.png"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:40])
+    run = [*TINY_MODEL, "--data-path", str(root), "-b", "3", "-j", "0", "--warmup-epochs", "0", "--output",
+           str(tmp_path / "out"), "--experiment", "run", "--epochs", "1"]
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png"):
+        train(parse_args(run))
+    last = tmp_path / "out" / "run" / "last.pth.tar"
+    ckpt = torch.load(last, weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 3)   # 9 images in batches of 3: all 3 steps trained
+    log = next((tmp_path / "out" / "run").glob("log_*.txt")).read_text()
+    assert f"Validation of epoch 0 failed; its training is saved: once the cause is fixed, continue with --resume " \
+           f"{last}" in log
+    lr_rows = rows(tmp_path / "out" / "run" / "lr.csv")
+    bad.write_bytes(good)
+    metrics = train(parse_args([*run, "--resume", str(last)]))
+    assert metrics["train_loss"] == pytest.approx(ckpt["train_loss_sums"][0][0] / ckpt["train_loss_sums"][0][1])
+    assert rows(tmp_path / "out" / "run" / "lr.csv") == lr_rows                  # no step was trained again
+    assert [row[0] for row in rows(tmp_path / "out" / "run" / "metrics.csv")[1:]] == ["0"]
+    assert torch.load(last, weights_only=True)["step"] is None
