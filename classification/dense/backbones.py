@@ -14,12 +14,13 @@ go to mmengine's current logger when mmengine is installed.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from ..common import UnsafeCheckpointError, load_checkpoint, state_dict_from
+from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint, state_dict_from
 from ..models.directions import DirectionsArg
 from ..models.local_vim import VisionMamba, checkpoint_filter_fn
 from ..models.local_vmamba import VSSM
@@ -80,22 +81,47 @@ class DenseBackbone(nn.Module):
     def load_pretrained(self, path: str, key: Optional[str] = None) -> Any:
         """Load classification weights from a file or URL (``key``: container entry, e.g. 'ema_model'; default: the
         first of 'state_dict', 'model', 'ema_model'). Missing and unexpected keys are logged by name and returned."""
+        name = type(self).__name__
+        if not path.startswith(('http://', 'https://')) and not os.path.isfile(path):
+            raise CheckpointError(f'{name}: pretrained checkpoint not found: {path} (set the backbone\'s pretrained '
+                                  f'or pretrained_ckpt to a classification checkpoint, or to None to train from '
+                                  f'scratch)')
         try:
             checkpoint = load_checkpoint(path, trust=self.trust_checkpoint)
         except UnsafeCheckpointError:
             raise UnsafeCheckpointError(
                 f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; if '
-                f'you trust its source, set trust_checkpoint=True on the backbone '
-                f'(--cfg-options model.backbone.trust_checkpoint=True)') from None
+                f'you trust its source, pass --trust-checkpoint to the det/seg tools or set trust_checkpoint=True on '
+                f'the backbone (--cfg-options model.backbone.trust_checkpoint=True)') from None
         weights = self.adapt_state_dict(state_dict_from(checkpoint, key, source=path))
+        self.check_fit(weights, path)
         result = self.load_state_dict(weights, strict=False)
-        _log(f'{type(self).__name__}: loaded {len(weights) - len(result.unexpected_keys)} tensors from {path}')
+        _log(f'{name}: loaded {len(weights) - len(result.unexpected_keys)} tensors from {path}')
         if result.missing_keys:
             _log(f'missing keys (left as initialised): {result.missing_keys}')
         if result.unexpected_keys:
             _log(f'unexpected keys (ignored): {result.unexpected_keys}')
         self.load_result = result
         return result
+
+    def check_fit(self, weights: dict[str, torch.Tensor], path: str) -> None:
+        """Refuse (:class:`CheckpointError`) weights of another model: none of their names is one of this backbone's,
+        or some tensor has another shape than here (torch would stop with a long RuntimeError)."""
+        name = type(self).__name__
+        own = self.state_dict()
+        common = [k for k in weights if k in own]
+        if not common:
+            shown = f' ({", ".join(list(weights)[:3])}, ...)' if weights else ''
+            raise CheckpointError(f'{path}: none of its {len(weights)} tensors{shown} belongs to {name}: a checkpoint '
+                                  f'of another model family?')
+        resized = [k for k in common if weights[k].shape != own[k].shape]
+        if resized:
+            shown = '; '.join(f'{k}: checkpoint {tuple(weights[k].shape)}, backbone {tuple(own[k].shape)}'
+                              for k in resized[:3])
+            more = f' and {len(resized) - 3} more' if len(resized) > 3 else ''
+            raise CheckpointError(f'{path}: {len(resized)} tensors do not fit {name}\'s shapes ({shown}{more}); build '
+                                  f'the backbone as the checkpoint\'s model was built (patch_size, embed_dim, depth, '
+                                  f'dims, ...)')
 
     def init_weights(self) -> None:
         """Called by the mmengine Runner before training: load ``pretrained`` if set; the weights are otherwise

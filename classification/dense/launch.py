@@ -11,6 +11,13 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   ``--trust-checkpoint`` is given. Nothing changes torch's default for other loads.
 * Without CUDA, ``AmpOptimWrapper`` (which needs a GPU) is replaced by ``OptimWrapper``, and distributed runs (which
   mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN.
+* ``--trust-checkpoint`` also lets the LocalMamba backbones load pretrained weights that need pickle.
+* A checkpoint that is tested or resumed must fit the model (mmengine would load what fits and go on with the rest as
+  initialised); pretrained backbone weights of another model are refused by the backbone.
+* User errors end in one line (``error: ...``, exit status 2) instead of a traceback: a config file that does not
+  exist, a ``--cfg-options`` item without ``=``, a misspelt ``--cfg-options`` key that a class refuses as an unexpected
+  keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C ends in one line too
+  (exit status 130), naming the checkpoint ``--resume`` would continue from.
 """
 from __future__ import annotations
 
@@ -19,7 +26,10 @@ import contextlib
 import fnmatch
 import os
 import os.path as osp
+import re
+import signal
 import sys
+import tempfile
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
@@ -28,14 +38,30 @@ TASKS = ('detection', 'segmentation')
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
 # mmengine's CheckpointHook and the pointer --resume follows.
 RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
+# The backbones whose pretrained loads --trust-checkpoint also opens to pickle.
+BACKBONES = ('MM_LocalVim', 'MM_LocalVSSM')
+UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def add_cfg_options(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """Add mmengine's ``--cfg-options KEY=VALUE ...``; an item without ``=`` is a usage error (exit status 2), not
+    mmengine's ValueError traceback."""
+    from mmengine.config import DictAction
+
+    class CfgOptions(DictAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            for item in values:
+                if '=' not in item:
+                    raise argparse.ArgumentError(self, f'expected KEY=VALUE items, got {item!r}')
+            super().__call__(parser, namespace, values, option_string)
+
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions, metavar='KEY=VALUE', help=help_text)
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
-    from mmengine.config import DictAction
     parser.add_argument('--work-dir', help='folder for logs and checkpoints (default: ./work_dirs/<config name>)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. model.backbone.pretrained=PATH '
-                             'train_dataloader.batch_size=4')
+    add_cfg_options(parser, 'override config entries, e.g. model.backbone.pretrained=PATH '
+                            'train_dataloader.batch_size=4')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (dist_train.sh / dist_test.sh pass pytorch)')
     parser.add_argument(TRUST_FLAG, action='store_true',
@@ -68,13 +94,63 @@ def _exit_error(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def _run(step: Callable[[], Any]) -> None:
-    """Run the Runner's train or test; a checkpoint that cannot be read ends the process with its one-line message
-    (exit status 2) instead of a traceback."""
+def _run(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> None:
+    """Build the Runner and train or test (``step``). A checkpoint that cannot be used, or an unexpected keyword
+    argument that is the last part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a
+    misspelling), end the process with one line (exit status 2); Ctrl-C with one line naming ``resume_from`` (the
+    work_dir whose latest checkpoint --resume continues from, for training) and exit status 130."""
     try:
         step()
     except CheckpointError as err:
         _exit_error(str(err))
+    except TypeError as err:
+        found = UNEXPECTED_KEYWORD.search(str(err))
+        typos = [key for key in new_options if found and key.rsplit('.', 1)[-1] == found.group(1)]
+        if not typos:
+            raise
+        _exit_error(f'{str(err).strip().splitlines()[-1]}: --cfg-options {typos[0]} is not a key of the config '
+                    f'(misspelt?)')
+    except KeyboardInterrupt:
+        if os.environ.get('RANK', '0') == '0':
+            print(f'\ninterrupted{_resume_hint(resume_from) if resume_from else ""}', file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+def _resume_hint(work_dir: str) -> str:
+    """How to continue an interrupted training run in ``work_dir``."""
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return '; no checkpoint was saved yet, nothing to resume'
+    with open(pointer, encoding='utf-8') as f:
+        return f'; continue from {f.read().strip()} with the same command plus --resume'
+
+
+def new_option_keys(cfg, options: dict) -> list[str]:
+    """The keys of ``options`` (``--cfg-options``) that name no entry of ``cfg``: new entries, or misspelt ones."""
+    new, tree = [], cfg.to_dict()
+    for key in options:
+        node: Any = tree
+        for part in key.split('.'):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                new.append(key)
+                break
+    return new
+
+
+def check_work_dir(work_dir: str) -> None:
+    """End the process in one line (exit status 2) if ``work_dir`` cannot be created or written to."""
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
+        _exit_error(f'work_dir {work_dir} is a file, not a folder')
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=work_dir):
+            pass
+    except OSError as err:
+        _exit_error(f'cannot write to work_dir {work_dir}: {err.strerror or err}')
 
 
 def check_config_file(path: str) -> None:
@@ -88,7 +164,8 @@ def check_config_file(path: str) -> None:
 
 
 def _load_config(args: argparse.Namespace):
-    """Read the config, apply CLI overrides and the CPU adjustments; set work_dir."""
+    """Read the config, apply CLI overrides and the CPU adjustments; set work_dir. Sets ``args.new_options`` to the
+    ``--cfg-options`` keys the config did not have."""
     import torch
     from mmengine.config import Config
     from mmengine.logging import print_log
@@ -99,8 +176,11 @@ def _load_config(args: argparse.Namespace):
     check_config_file(args.config)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    args.new_options = new_option_keys(cfg, args.cfg_options) if args.cfg_options else []
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if args.trust_checkpoint:
+        _walk_dicts(cfg.model, _trust_backbone)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -151,27 +231,43 @@ def _cpu_distributed(cfg) -> None:
     cfg.setdefault('model_wrapper_cfg', dict(
         type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False)))
-    _replace_sync_bn(cfg.model)
+    _walk_dicts(cfg.model, _replace_sync_bn)
 
 
-def _replace_sync_bn(node) -> None:
+def _walk_dicts(node: Any, visit: Callable[[dict], None]) -> None:
+    """Call ``visit`` on every dict in a config tree (dicts, lists, tuples), parents before children."""
     if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
+        visit(node)
         for value in node.values():
-            _replace_sync_bn(value)
+            _walk_dicts(value, visit)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            _replace_sync_bn(value)
+            _walk_dicts(value, visit)
 
 
-def _build_runner(cfg):
+def _replace_sync_bn(node: dict) -> None:
+    if node.get('type') == 'SyncBN':
+        node['type'] = 'BN'
+
+
+def _trust_backbone(node: dict) -> None:
+    kind = node.get('type')
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    if name.rsplit('.', 1)[-1] in BACKBONES:
+        node['trust_checkpoint'] = True
+
+
+def _build_runner(cfg, fit_source: Optional[str] = None):
+    """mmengine's Runner with the weights-only checkpoint hook, and, given ``fit_source`` (the checkpoint to test or
+    resume, as named in errors), the check that its weights fit the model."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .mm_checkpoint import PlainCheckpointHook
+    from .mm_checkpoint import CheckpointFitHook, PlainCheckpointHook
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.register_hook(PlainCheckpointHook())
+    if fit_source is not None:
+        runner.register_hook(CheckpointFitHook(fit_source))
     return runner
 
 
@@ -202,7 +298,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+            _exit_error('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
@@ -215,7 +311,9 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
             _exit_error(str(err))
         if removed:
             print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
-    _run(_build_runner(cfg).train)
+    check_work_dir(cfg.work_dir)
+    fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
+    _run(lambda: _build_runner(cfg, fit_source).train(), args.new_options, resume_from=cfg.work_dir)
 
 
 def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -233,6 +331,8 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
     _common_args(parser)
     args = parser.parse_args(argv)
+    if args.out and task == 'detection' and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out must be a .pkl file for detection, got {args.out}')
     cfg = _load_config(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -247,17 +347,20 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
                 cfg.visualizer.save_dir = args.show_dir
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise ValueError('--tta needs tta_model and tta_pipeline in the config')
+            _exit_error('--tta needs tta_model and tta_pipeline in the config')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     if args.out and task == 'segmentation':
         cfg.test_evaluator.output_dir = args.out
         cfg.test_evaluator.keep_results = True
-    runner = _build_runner(cfg)
-    if args.out and task == 'detection':
-        from mmdet.evaluation import DumpDetResults
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError('--out must be a .pkl file for detection')
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    _run(runner.test)
+    check_work_dir(cfg.work_dir)
+
+    def test() -> None:
+        runner = _build_runner(cfg, args.checkpoint)
+        if args.out and task == 'detection':
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        runner.test()
+
+    _run(test, args.new_options)

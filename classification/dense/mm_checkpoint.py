@@ -1,17 +1,22 @@
 """mmengine checkpoints that ``torch.load(weights_only=True)`` reads: the message hub's ``HistoryBuffer`` objects and
-numpy values are saved as tensors and plain values, and turned back into them when a checkpoint is loaded.
+numpy values are saved as tensors and plain values, and turned back into them when a checkpoint is loaded. Also the
+check that a tested or resumed checkpoint fits the model (mmengine loads what fits and leaves the rest as initialised).
 
 Imported by the det/seg entry points only (it needs mmengine).
 """
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
+from mmengine.model import BaseTTAModel, is_model_wrapper
+
+from ..common import CheckpointError
 
 HISTORY_BUFFER = '__history_buffer__'
 NDARRAY = '__ndarray__'
@@ -68,3 +73,39 @@ class PlainCheckpointHook(Hook):
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         checkpoint.update(from_plain(dict(checkpoint)))
+
+
+def misfit(model: torch.nn.Module, state_dict: dict) -> str:
+    """What keeps ``state_dict`` (``module.`` prefixes stripped, as mmengine loads it) from being all of ``model``'s
+    weights: tensors of other shapes and weights it lacks, described in one line; '' when it fits."""
+    weights = {re.sub(r'^module\.', '', key): value for key, value in state_dict.items()
+               if isinstance(value, torch.Tensor)}
+    own = model.state_dict()
+    resized = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in weights]
+    parts = []
+    if resized:
+        parts.append(f'{len(resized)} tensors of other shapes (' + '; '.join(
+            f'{k}: checkpoint {tuple(weights[k].shape)}, model {tuple(own[k].shape)}' for k in resized[:2]) + ')')
+    if missing:
+        parts.append(f'{len(missing)} of the model\'s {len(own)} tensors missing ({", ".join(missing[:3])})')
+    return ', '.join(parts)
+
+
+class CheckpointFitHook(Hook):
+    """Refuses (:class:`CheckpointError`) a checkpoint that does not fit the model, before mmengine loads it: for
+    testing and resuming, where a checkpoint of another config would be evaluated or trained on with part of the model
+    as initialised. ``source`` names the checkpoint in the message."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        model = runner.model
+        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
+        problem = misfit(model, checkpoint.get('state_dict', checkpoint))
+        if problem:
+            raise CheckpointError(f'{self.source} does not fit the model of this config: {problem}')

@@ -98,7 +98,8 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, monkeypatch):
     for name in earlier + ['backbone.pth']:
         (work / name).write_text('x')
     started = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg: SimpleNamespace(train=lambda: started.append(cfg)))
+    monkeypatch.setattr(launch, '_build_runner',
+                        lambda cfg, fit_source=None: SimpleNamespace(train=lambda: started.append(cfg)))
     monkeypatch.setenv('RANK', '0')
     argv = [config, '--work-dir', str(work)]
     with pytest.raises(SystemExit) as exit_info:

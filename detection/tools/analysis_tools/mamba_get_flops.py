@@ -71,15 +71,15 @@ def complexity(cfg, height: int, width: int) -> dict:
 
 
 def main() -> None:
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
 
-    from classification.dense.launch import check_config_file
+    from classification.dense.launch import add_cfg_options, check_config_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='an mmdet or mmseg config, e.g. detection/configs/local_mamba/*.py')
     parser.add_argument('--shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
                         help='input size (default 1280 800 for detection, 512 2048 for segmentation)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries')
+    add_cfg_options(parser, 'override config entries')
     args = parser.parse_args()
     if args.shape and min(args.shape) < 1:
         parser.error(f"--shape must be two positive sizes (H W), got {' '.join(map(str, args.shape))}")

@@ -1,0 +1,186 @@
+"""What a researcher fine-tuning the det/seg backbones meets when an input is wrong: pretrained weights of another
+model, a tested or resumed checkpoint that does not fit, --trust-checkpoint, a --cfg-options item without '=' or with
+a misspelt key, a work_dir that cannot be written, Ctrl-C. Each ends in one line, never in a traceback."""
+import argparse
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import IMAGE_HW, REPO, det_config, require, tiny_vim_backbone, tiny_vssm_backbone
+
+require('mmseg')
+
+from classification.common import CheckpointError  # noqa: E402
+from classification.dense import MM_LocalVim, MM_LocalVSSM, launch  # noqa: E402
+from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
+from classification.models.local_vim import VisionMamba  # noqa: E402
+
+SEG_CONFIG = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+
+
+def _backbone_args(kind: str) -> dict:
+    """Keyword arguments of a tiny backbone from the detection configs (without its 'type')."""
+    if kind == 'vim':
+        cfg = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py').model.backbone
+        args = tiny_vim_backbone(cfg, depth=2, out_indices=[1])
+    else:
+        args = tiny_vssm_backbone(det_config('mask_rcnn_local_vssm_tiny_fpn_coco.py').model.backbone)
+    args.pop('type')
+    return args
+
+
+def _run_tool(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
+    vssm_file = tmp_path / 'vssm.pth'
+    torch.save({'model': MM_LocalVSSM(**_backbone_args('vssm')).state_dict()}, vssm_file)
+    with pytest.raises(CheckpointError) as family:
+        MM_LocalVim(**dict(_backbone_args('vim'), pretrained=str(vssm_file))).init_weights()
+    assert str(family.value) == (f'{vssm_file}: none of its 97 tensors (patch_embed.0.weight, patch_embed.0.bias, '
+                                 f'patch_embed.2.weight, ...) belongs to MM_LocalVim: a checkpoint of another model '
+                                 f'family?')
+
+    vim_args = _backbone_args('vim')
+    coarse = VisionMamba(**{k: vim_args[k] for k in ('embed_dim', 'depth', 'directions')}, patch_size=8)
+    coarse_file = tmp_path / 'patch8.pth'
+    torch.save({'state_dict': coarse.state_dict()}, coarse_file)
+    with pytest.raises(CheckpointError) as shapes:
+        MM_LocalVim(**dict(vim_args, pretrained=str(coarse_file))).init_weights()
+    assert str(shapes.value) == (
+        f"{coarse_file}: 1 tensors do not fit MM_LocalVim's shapes (patch_embed.proj.weight: checkpoint "
+        f"(32, 3, 8, 8), backbone (32, 3, 16, 16)); build the backbone as the checkpoint's model was built "
+        f"(patch_size, embed_dim, depth, dims, ...)")
+
+    missing = tmp_path / 'nope.pth'
+    with pytest.raises(CheckpointError) as absent:
+        MM_LocalVSSM(**dict(_backbone_args('vssm'), pretrained=str(missing))).init_weights()
+    assert str(absent.value) == (f"MM_LocalVSSM: pretrained checkpoint not found: {missing} (set the backbone's "
+                                 f"pretrained or pretrained_ckpt to a classification checkpoint, or to None to train "
+                                 f"from scratch)")
+
+
+def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
+    from classification.dense.mm_checkpoint import CheckpointFitHook
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    wrapped = SimpleNamespace(model=model)
+    hook = CheckpointFitHook('run/iter_2.pth')
+    hook.after_load_checkpoint(wrapped, {'state_dict': {f'module.{k}': v for k, v in model.state_dict().items()}})
+    other = {'0.weight': torch.zeros(3, 4), '0.bias': torch.zeros(3), 'head.weight': torch.zeros(1)}
+    with pytest.raises(CheckpointError) as misfit:
+        hook.after_load_checkpoint(wrapped, {'state_dict': other, 'meta': {}})
+    assert str(misfit.value) == ("run/iter_2.pth does not fit the model of this config: 1 tensors of other shapes "
+                                 "(0.weight: checkpoint (3, 4), model (3, 2)), 2 of the model's 4 tensors missing "
+                                 "(1.weight, 1.bias)")
+
+
+def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
+        train=lambda: built.append(fit_source), test=lambda: built.append(fit_source)))
+    work = str(tmp_path / 'work')
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', work])
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', work, '--resume'])
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', work, '--resume', 'run/iter_2.pth'])
+    launch.test_main('segmentation', [SEG_CONFIG, 'run/iter_4.pth', '--work-dir', work])
+    assert built == [None, f'the latest checkpoint in {work}', 'run/iter_2.pth', 'run/iter_4.pth']
+
+
+def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
+    from test_mm_tools import TINY_CONFIG, _ade_folder
+    root = str(tmp_path / 'ade')
+    _ade_folder(root)
+    config = tmp_path / 'tiny_upernet_local_vssm.py'
+    config.write_text(TINY_CONFIG.format(base=SEG_CONFIG, hw=IMAGE_HW, root=root, ckpt=None,
+                                         directions=[list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]]))
+    checkpoint = tmp_path / 'classifier.pth'
+    torch.save({'model': {'patch_embed.0.weight': torch.zeros(1)}, 'epoch': 3}, checkpoint)
+    proc = _run_tool('test.py', str(config), str(checkpoint), '--work-dir', str(tmp_path / 'work'))
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {checkpoint} does not fit the model of this config: 179 of the model's 179 tensors missing "
+        f"(backbone.patch_embed.0.weight, backbone.patch_embed.0.bias, backbone.patch_embed.2.weight)")
+
+
+def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path):
+    proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                     '--cfg-options', 'model.backbone.pretraned=x')
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
+        "model.backbone.pretraned is not a key of the config (misspelt?)")
+
+
+def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [SEG_CONFIG, '--cfg-options', 'train_cfg.max_iters'])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        ": error: argument --cfg-options: expected KEY=VALUE items, got 'train_cfg.max_iters'")
+
+
+def test_detection_results_go_to_a_pickle_file(capsys):
+    config = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    with pytest.raises(SystemExit) as exit_info:
+        launch.test_main('detection', [config, 'ckpt.pth', '--out', 'results.json'])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        ': error: --out must be a .pkl file for detection, got results.json')
+
+
+def test_a_work_dir_that_cannot_be_written_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    for work, message in ((blocker, f'work_dir {blocker} is a file, not a folder'),
+                          (blocker / 'run', f'cannot write to work_dir {blocker / "run"}: Not a directory')):
+        for main, argv in ((launch.train_main, [SEG_CONFIG]), (launch.test_main, [SEG_CONFIG, 'ckpt.pth'])):
+            with pytest.raises(SystemExit) as exit_info:
+                main('segmentation', argv + ['--work-dir', str(work)])
+            assert exit_info.value.code == 2
+            assert capsys.readouterr().err.splitlines()[-1] == f'error: {message}'
+
+
+def test_trust_checkpoint_reaches_the_backbones(monkeypatch):
+    from mmengine.runner import CheckpointLoader
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    schemes = dict(CheckpointLoader._schemes)
+    args = dict(config=SEG_CONFIG, launcher='none', cfg_options=None, work_dir=None, local_rank=0)
+    try:
+        trusted = launch._load_config(argparse.Namespace(trust_checkpoint=True, **args))
+        plain = launch._load_config(argparse.Namespace(trust_checkpoint=False, **args))
+    finally:
+        CheckpointLoader._schemes = schemes
+    assert trusted.model.backbone.trust_checkpoint is True and trusted.model.decode_head.get('trust_checkpoint') is None
+    assert 'trust_checkpoint' not in plain.model.backbone
+
+
+def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(train=interrupted))
+    monkeypatch.setenv('RANK', '0')
+    work = tmp_path / 'work'
+    for pointer, hint in ((None, 'no checkpoint was saved yet, nothing to resume'),
+                          (f'{work}/iter_8.pth', f'continue from {work}/iter_8.pth with the same command plus '
+                                                 f'--resume')):
+        if pointer:
+            (work / 'last_checkpoint').write_text(pointer)
+        argv = [SEG_CONFIG, '--work-dir', str(work)] + (['--resume'] if pointer else [])
+        try:
+            launch.train_main('segmentation', argv)
+            status = 'no exit'
+        except SystemExit as exit_info:
+            status = exit_info.code
+        except KeyboardInterrupt:
+            status = 'KeyboardInterrupt escaped'
+        assert status == 130
+        assert capsys.readouterr().err.splitlines()[-1] == f'interrupted; {hint}'
