@@ -250,11 +250,30 @@ def _replace_sync_bn(node: dict) -> None:
         node['type'] = 'BN'
 
 
-def _trust_backbone(node: dict) -> None:
+def _is_backbone(node: dict) -> bool:
+    """True for the config dict of one of our backbones (its type a registry name or the class)."""
     kind = node.get('type')
     name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
-    if name.rsplit('.', 1)[-1] in BACKBONES:
+    return name.rsplit('.', 1)[-1] in BACKBONES
+
+
+def _trust_backbone(node: dict) -> None:
+    if _is_backbone(node):
         node['trust_checkpoint'] = True
+
+
+def _skip_pretrained(node: dict) -> None:
+    if _is_backbone(node):
+        for key in ('pretrained', 'pretrained_ckpt'):
+            if node.get(key) is not None:
+                node[key] = None
+
+
+def resumes_a_checkpoint(cfg) -> bool:
+    """True when the run continues from a checkpoint: ``--resume CKPT``, or ``--resume`` with a ``last_checkpoint``
+    in the work_dir (without one, mmengine starts the run afresh)."""
+    return bool(cfg.get('resume')) and bool(cfg.get('load_from')
+                                            or osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')))
 
 
 def _build_runner(cfg, fit_source: Optional[str] = None):
@@ -311,6 +330,8 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
             _exit_error(str(err))
         if removed:
             print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
+    if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
+        _walk_dicts(cfg.model, _skip_pretrained)
     check_work_dir(cfg.work_dir)
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
     _run(lambda: _build_runner(cfg, fit_source).train(), args.new_options, resume_from=cfg.work_dir)

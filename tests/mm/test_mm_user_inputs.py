@@ -93,6 +93,22 @@ def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, m
     assert built == [None, f'the latest checkpoint in {work}', 'run/iter_2.pth', 'run/iter_4.pth']
 
 
+def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, monkeypatch):
+    """mmengine initialises the weights before it resumes: a resumed run read the backbone's pretrained file for
+    nothing, and failed where that file was not at hand (another machine). A fresh start, and --resume with no
+    checkpoint in the work_dir (mmengine then starts afresh), still load it."""
+    pretrained = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
+        train=lambda: pretrained.append(cfg.model.backbone.pretrained)))
+    work = tmp_path / 'work'
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work)])
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume', 'run/iter_2.pth'])
+    (work / 'last_checkpoint').write_text(f'{work}/iter_8.pth')
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
+    assert pretrained == ['checkpoints/local_vssm_tiny.pth'] * 2 + [None, None]
+
+
 def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
     from test_mm_tools import TINY_CONFIG, _ade_folder
     root = str(tmp_path / 'ade')
