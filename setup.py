@@ -34,7 +34,7 @@ setup(
     package_data=KERNEL_SOURCES,
     include_package_data=True,
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",
         "torchvision>=0.16",
         "timm>=1.0.9",
         "numpy>=1.23",

@@ -13,6 +13,6 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["localmamba_conv1d*", "localmamba_kernel_runtime*"]),
     package_data={"localmamba_conv1d": ["csrc/*.c"], "localmamba_kernel_runtime": ["csrc/*.c", "csrc/*.h"]},
-    install_requires=["torch>=2.1"],
+    install_requires=["torch>=2.4"],
     extras_require={"triton": ["triton>=2.1"]},
 )

@@ -21,6 +21,6 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["localmamba_ssm*"]),
     package_data={"localmamba_ssm.ops.cpu": ["csrc/*.c"]},
-    install_requires=["torch>=2.1", CONV1D_REQUIREMENT],
+    install_requires=["torch>=2.4", CONV1D_REQUIREMENT],
     extras_require={"triton": ["triton>=2.1"]},
 )

@@ -13,9 +13,10 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.fx
+import torch.utils.checkpoint
 from timm.layers import (DropPath, PatchEmbed, calculate_drop_path_rates, register_notrace_function, to_2tuple,
                          trunc_normal_)
-from timm.models import checkpoint, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -374,7 +375,8 @@ class VisionMamba(nn.Module):
                 if residual is not None and self.rope_residual:
                     residual = apply_rotary(residual, *rope_tables)
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                hidden, residual = checkpoint(layer, hidden, residual, grid, position)
+                hidden, residual = torch.utils.checkpoint.checkpoint(layer, hidden, residual, grid, position,
+                                                                     use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual, grid, position)
             if i in take:

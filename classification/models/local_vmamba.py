@@ -263,11 +263,11 @@ class VSSM(nn.Module):
         """Parameter groups for timm's layer-wise decay: the patch embedding, then one group per stage (``coarse``)
         or per block, a stage's downsampling and the final norm joining the block before them; the head, unmatched,
         comes last."""
-        return dict(stem=r'^patch_embed', blocks=r'^layers\.(\d+)' if coarse else [
-            (r'^layers\.(\d+)\.blocks\.(\d+)', None),
-            (r'^layers\.(\d+)\.downsample', (99999,)),
-            (r'^classifier\.norm', (99999,)),
-        ])
+        final_norm = (r'^classifier\.norm', (99999,))
+        if coarse:
+            return dict(stem=r'^patch_embed', blocks=[(r'^layers\.(\d+)', None), final_norm])
+        return dict(stem=r'^patch_embed', blocks=[(r'^layers\.(\d+)\.blocks\.(\d+)', None),
+                                                  (r'^layers\.(\d+)\.downsample', (99999,)), final_norm])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -6,6 +6,7 @@ import re
 import pytest
 import timm
 import torch
+from timm.models import group_parameters
 from timm.optim import param_groups_layer_decay
 
 import classification  # noqa: F401  (registers the models)
@@ -80,6 +81,15 @@ def test_layer_decay_gives_each_local_vmamba_block_one_scale():
                 'layers.2.downsample': 0.5 ** 2, 'layers.3.': 0.5, 'classifier.norm': 0.5, 'classifier.head': 1.0}
     for name, scale in scales.items():
         assert scale == next(v for p, v in expected.items() if name.startswith(p)), name
+
+
+def test_coarse_groups_of_local_vmamba_are_its_stages():
+    """One group per stage, the final norm with the last stage (not the head, which no rule matches)."""
+    model = _model('local_vssm_tiny', **VSSM)
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    prefixes = [sorted({'.'.join(name.split('.')[:2]) for name in names}) for names in groups.values()]
+    assert prefixes == [['patch_embed.0', 'patch_embed.2'], ['layers.0'], ['layers.1'], ['layers.2'],
+                        ['classifier.norm', 'layers.3'], ['classifier.head']]
 
 
 @pytest.mark.parametrize('name', ['w02', 'w2\n', 'h\n', 'w\u0662'])
