@@ -184,6 +184,17 @@ def test_multi_scan_inner_refuses_mixed_dtypes_outside_autocast_on_every_backend
         assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("backend", ["reference", "composed", "cpu"])
+def test_multi_scan_inner_takes_fp32_scan_parameters_with_bf16_tokens(force_backend, backend):
+    """A_log, D and dt_proj_bias kept in fp32 beside a bf16 model (as Mamba keeps them) run on every backend."""
+    force_backend(backend)
+    p = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in make_problem().items()}
+    narrow = {k: p[k].bfloat16() for k in ("tokens", "x_proj_weight", "dt_proj_weight", "conv_weight", "conv_bias")}
+    out = multi_scan_inner_fn(**dict(p, **narrow), gate=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), multi_scan_inner_fn(**p, gate=True), rtol=0.1, atol=0.1)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_attention_merge_refuses_mixed_dtypes_outside_autocast(force_backend, backend):
     """bf16 outputs with fp32 attention weights raised a bare `mat1 and mat2` / `mixed dtype` error."""

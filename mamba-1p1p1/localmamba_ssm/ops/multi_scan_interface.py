@@ -89,8 +89,9 @@ def _check_devices(op: str, what: str, device: torch.device, **tensors: Optional
 
 
 def _check_dtypes(op: str, what: str, anchor: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
-    """Outside autocast, refuse a weight whose dtype is not ``anchor``'s by name: the backends would disagree (the
-    plain ops fail on the first matmul, the fused kernels compute in fp32 anyway)."""
+    """Outside autocast, refuse a weight whose dtype is not ``anchor``'s by name: the weights that multiply the
+    activations (a matmul, a convolution, a norm), where the plain-op backends fail and the fused kernels, which
+    compute in fp32, would not."""
     if torch.is_autocast_enabled(anchor.device.type):
         return
     for name, t in tensors.items():
@@ -138,7 +139,7 @@ def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias,
                    dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight,
                    conv_bias=conv_bias)
     _check_dtypes("multi_scan_inner", "tokens are", tokens, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
-                  dt_proj_bias=dt_proj_bias, D=D, conv_weight=conv_weight, conv_bias=conv_bias)
+                  conv_weight=conv_weight, conv_bias=conv_bias)   # A_log, D and dt_proj_bias may be kept in fp32
     if not torch.compiler.is_compiling():
         check_index_table_once(index, tokens.shape[1])
 
