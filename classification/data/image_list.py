@@ -7,6 +7,7 @@ sorted val folder names, as torchvision's ImageFolder. `imagenet_layout` picks t
 """
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from typing import Optional, Sequence
@@ -66,8 +67,9 @@ def _meta_lines(meta_path: str) -> list[str]:
         raise DataError(f"meta file not found: {meta_path}")
     with open(meta_path, "rb") as f:
         data = f.read()
+    data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
     try:
-        return data.decode("utf-8-sig").split("\n")
+        return data.decode("utf-8").split("\n")
     except UnicodeDecodeError as err:
         lineno = data[:err.start].count(b"\n") + 1
         raise DataError(f"{meta_path}:{lineno}: not UTF-8 text (byte {data[err.start]:#04x}); save the list as "
@@ -109,8 +111,9 @@ def class_folder_names(split_dir: str) -> list[str]:
 
 def _image_files(folder: str) -> list[str]:
     """The image files under `folder` in torchvision ImageFolder's order (sub-folders by path, files by name), linked
-    folders followed as it does (each real folder once). A link to an image that does not exist is refused here
-    rather than when it is first read; only links cost a file-system call beyond listing the folders."""
+    folders followed as it does, but each real folder once (by its first path in sorted order; ImageFolder would
+    list it again, or loop). A link to an image that does not exist, or a folder that cannot be read, is refused
+    here rather than when it is first read; only links cost a file-system call beyond listing the folders."""
     by_folder, seen, pending = [], set(), [folder]
     while pending:
         current = pending.pop()
@@ -119,7 +122,11 @@ def _image_files(folder: str) -> list[str]:
             continue
         seen.add(real)
         files = []
-        for entry in os.scandir(current):
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name, reverse=True)   # popped in order
+        except OSError as err:
+            raise DataError(f"cannot list {current}: {err.strerror or err}") from None
+        for entry in entries:
             if entry.is_dir():
                 pending.append(entry.path)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):

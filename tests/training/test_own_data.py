@@ -1,6 +1,7 @@
 """A researcher's own image folders: what real data holds (mixed formats and modes, links, stray files, odd names, a
 meta list saved by another editor) is listed as torchvision's ImageFolder lists it, refused at start in one line, or
 labelled the same way in training, resuming and tools/test.py."""
+import codecs
 import os
 
 import numpy as np
@@ -109,9 +110,11 @@ def test_a_meta_list_that_is_not_utf8_is_one_line(tmp_path):
     root = str(tmp_path)
     make_meta_tree(root)
     meta = tmp_path / "meta" / "val.txt"
-    meta.write_bytes(meta.read_bytes() + "caf\u00e9/1.JPEG 0\n".encode("latin-1"))
-    with pytest.raises(DataError, match=rf"^{meta}:7: not UTF-8 text \(byte 0xe9\); save the list as UTF-8$"):
-        build_datasets(parse_args(["--data-path", root, "-j", "0"]))
+    original = meta.read_bytes()
+    for bom in (b"", codecs.BOM_UTF8):   # the line and byte named are the file's, with or without a leading BOM
+        meta.write_bytes(bom + original + "caf\u00e9/1.JPEG 0\n".encode("latin-1"))
+        with pytest.raises(DataError, match=rf"^{meta}:7: not UTF-8 text \(byte 0xe9\); save the list as UTF-8$"):
+            build_datasets(parse_args(["--data-path", root, "-j", "0"]))
 
 
 def test_model_kwargs_of_another_depth_than_the_searched_directions_are_a_config_error():
@@ -184,3 +187,26 @@ def test_an_unreadable_val_image_loses_no_training(tmp_path):
     assert rows(tmp_path / "out" / "run" / "lr.csv") == lr_rows                  # no step was trained again
     assert [row[0] for row in rows(tmp_path / "out" / "run" / "metrics.csv")[1:]] == ["0"]
     assert torch.load(last, weights_only=True)["step"] is None
+
+
+def test_a_folder_linked_twice_is_listed_once_under_its_first_name(tmp_path, monkeypatch):
+    """Two links in one class to the same real folder: its images are listed once, under the link that sorts first
+    (os.scandir's order is the file system's); a folder that cannot be listed is one line, not a traceback."""
+    write_image(str(tmp_path / "shared" / "x.jpg"), seed=1)
+    write_image(str(tmp_path / "train" / "cat" / "y.jpg"), seed=2)
+    for name in ("zz_link", "aa_link", "mm_link"):
+        os.symlink(tmp_path / "shared", tmp_path / "train" / "cat" / name)
+    samples, classes = scan_class_folders(str(tmp_path / "train"))
+    assert classes == ["cat"]
+    assert samples == [(str(tmp_path / "train" / "cat" / "y.jpg"), 0),
+                       (str(tmp_path / "train" / "cat" / "aa_link" / "x.jpg"), 0)]
+    scandir = os.scandir
+
+    def unreadable(path):
+        if os.path.basename(path) == "aa_link":
+            raise PermissionError(13, "Permission denied", path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", unreadable)
+    with pytest.raises(DataError, match=r"^cannot list .*aa_link: Permission denied$"):
+        scan_class_folders(str(tmp_path / "train"))
