@@ -10,7 +10,8 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C during the imports stops quietly; run_cli restores it
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored by a parent shell: Ctrl-C during
+    signal.signal(signal.SIGINT, signal.SIG_DFL)                  # the imports stops quietly (run_cli restores it)
 
 from classification.engine.cli import run_cli  # noqa: E402
 

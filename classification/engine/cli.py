@@ -77,8 +77,8 @@ def _lost_a_peer(err: RuntimeError) -> bool:
 def run_cli(main: Callable[[], object]) -> None:
     """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
     (128 + the signal's number). A tool may let Ctrl-C stop it quietly while it imports (`SIG_DFL`); from here on
-    Ctrl-C raises KeyboardInterrupt again."""
-    if threading.current_thread() is threading.main_thread():
+    Ctrl-C raises KeyboardInterrupt again (a SIGINT that a parent shell ignores stays ignored)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if _debugging(sys.argv):
         main()
