@@ -122,7 +122,7 @@ def _resume_hint(work_dir: str) -> str:
     if not osp.isfile(pointer):
         return '; no checkpoint was saved yet, nothing to resume'
     with open(pointer, encoding='utf-8') as f:
-        return f'; continue from {f.read().strip()} with the same command plus --resume'
+        return f'; the command with --resume (and no path) continues from {f.read().strip()}'
 
 
 def new_option_keys(cfg, options: dict) -> list[str]:

@@ -186,8 +186,8 @@ def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, monke
     monkeypatch.setenv('RANK', '0')
     work = tmp_path / 'work'
     for pointer, hint in ((None, 'no checkpoint was saved yet, nothing to resume'),
-                          (f'{work}/iter_8.pth', f'continue from {work}/iter_8.pth with the same command plus '
-                                                 f'--resume')):
+                          (f'{work}/iter_8.pth', f'the command with --resume (and no path) continues from '
+                                                 f'{work}/iter_8.pth')):
         if pointer:
             (work / 'last_checkpoint').write_text(pointer)
         argv = [SEG_CONFIG, '--work-dir', str(work)] + (['--resume'] if pointer else [])
