@@ -83,7 +83,6 @@ def run_cli(main: Callable[[], object]) -> None:
     if _debugging(sys.argv):
         main()
         return
-    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         main()
     except USER_ERRORS as err:
@@ -98,7 +97,7 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.exit(1)
     except (KeyboardInterrupt, RunInterrupted) as err:
         signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
-        if main_rank:
+        if os.environ.get("RANK", "0") == "0":  # read now: under --slurm, main() sets RANK from SLURM_PROCID
             if not isinstance(err, RunInterrupted):
                 hint = ""
             elif err.resume_path and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -63,14 +63,47 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+SLURM_TASK_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS")
+
+
+def _slurm_int(name: str) -> int:
+    """The integer value of the srun variable `name` (ConfigError, one line, when it is not one)."""
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--slurm: {name}={value!r} is not an integer") from None
+
+
+def _slurm_master_address(nodes: str) -> str:
+    """The first host of the Slurm node list `nodes`, as `scontrol show hostnames` expands it."""
+    hint = "set MASTER_ADDR to the address of the job's first node"
+    try:
+        proc = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ConfigError(f"--slurm: cannot run 'scontrol show hostnames {nodes}' to find the master node ({err}); "
+                          f"{hint}") from None
+    hosts = proc.stdout.split()
+    if proc.returncode != 0 or not hosts:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}, no host name"])[-1]
+        raise ConfigError(f"--slurm: 'scontrol show hostnames {nodes}' failed ({why}); {hint}")
+    return hosts[0]
+
+
 def _slurm_environment(port: str) -> tuple[int, int, int]:
-    """Fill MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the SLURM_* variables of an srun task."""
-    rank = int(os.environ["SLURM_PROCID"])
-    world = int(os.environ["SLURM_NTASKS"])
-    local = int(os.environ.get("SLURM_LOCALID", rank % max(torch.cuda.device_count(), 1)))
+    """Fill MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the SLURM_* variables of an srun task; outside srun
+    (a variable missing) or without a master address, ConfigError (one line)."""
+    missing = [name for name in (*SLURM_TASK_VARIABLES, "SLURM_NODELIST") if name not in os.environ]
+    if "MASTER_ADDR" in os.environ and "SLURM_NODELIST" in missing:
+        missing.remove("SLURM_NODELIST")
+    if missing:
+        raise ConfigError(f"--slurm runs as an srun task (tools/slurm_train.sh), but {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not set; without Slurm, launch with "
+                          f"tools/dist_train.sh and no --slurm")
+    rank, world = (_slurm_int(name) for name in SLURM_TASK_VARIABLES)
+    local = _slurm_int("SLURM_LOCALID") if "SLURM_LOCALID" in os.environ else rank % max(torch.cuda.device_count(), 1)
     if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ["SLURM_NODELIST"]
-        os.environ["MASTER_ADDR"] = subprocess.getoutput(f"scontrol show hostname {nodes} | head -n1").strip()
+        os.environ["MASTER_ADDR"] = _slurm_master_address(os.environ["SLURM_NODELIST"])
     os.environ.setdefault("MASTER_PORT", str(port))
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
     return rank, world, local

@@ -2,7 +2,9 @@
 when only one of them gets SIGTERM both stop at the same step, and the run resumes to the same files bit for bit."""
 import csv
 import os
+import stat
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -84,13 +86,30 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
     assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
 
 
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST")
+
+
+@pytest.fixture
+def no_launcher_env(monkeypatch) -> None:
+    """No torchrun or srun variable set; teardown restores those that _slurm_environment writes."""
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", *SLURM_VARIABLES):
+        monkeypatch.setenv(key, "")  # set first, so that teardown restores them
+        monkeypatch.delenv(key)
+
+
+def fake_scontrol(folder, script: str) -> str:
+    """A folder holding an executable `scontrol` that runs the shell `script`."""
+    path = folder / "scontrol"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(folder)
+
+
 @pytest.mark.parametrize("master_port, expected", [(None, "4321"), ("1234", "1234")])
+@pytest.mark.usefixtures("no_launcher_env")
 def test_slurm_tasks_take_dist_port_unless_master_port_is_set(monkeypatch, master_port, expected):
     from classification.engine.distributed import _slurm_environment
 
-    for key in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):   # set first, so that teardown restores them
-        monkeypatch.setenv(key, "")
-        monkeypatch.delenv(key)
     if master_port is not None:
         monkeypatch.setenv("MASTER_PORT", master_port)
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
@@ -110,3 +129,68 @@ def test_a_numbered_gpu_for_several_processes_is_refused(monkeypatch):
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=r"--device cuda:1 would put all 2 processes on one GPU: give --device cuda"):
         init_distributed("cuda:1")
+
+
+@pytest.mark.usefixtures("no_launcher_env")
+def test_slurm_without_srun_variables_is_refused_in_one_line(monkeypatch):
+    """`--slurm` outside srun: a ConfigError naming the missing variables (was a KeyError traceback)."""
+    from classification.engine.config import ConfigError
+    from classification.engine.distributed import _slurm_environment
+
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    expected = (r"^--slurm runs as an srun task \(tools/slurm_train.sh\), but SLURM_PROCID, SLURM_NODELIST are not "
+                r"set; without Slurm, launch with tools/dist_train.sh and no --slurm$")
+    with pytest.raises(ConfigError, match=expected):
+        _slurm_environment("29500")
+
+
+@SKIP_ON_WINDOWS
+@pytest.mark.parametrize("script, expected", [
+    ("echo 'scontrol: error: Invalid node name list' >&2; exit 1",
+     "'scontrol show hostnames node[01-02]' failed (scontrol: error: Invalid node name list); set MASTER_ADDR"),
+    (None, "cannot run 'scontrol show hostnames node[01-02]' to find the master node"),
+    ("printf 'node01\\nnode02\\n'", None),
+])
+@pytest.mark.usefixtures("no_launcher_env")
+def test_slurm_master_address_comes_from_scontrol_or_a_one_line_error(monkeypatch, tmp_path, script, expected):
+    """A failing or absent scontrol is refused (its message used to become MASTER_ADDR, and the rendezvous with that
+    name retried for 30 minutes); a working one gives the node list's first host."""
+    from classification.engine.config import ConfigError
+    from classification.engine.distributed import _slurm_environment
+
+    for key, value in (("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), ("SLURM_NODELIST", "node[01-02]")):
+        monkeypatch.setenv(key, value)
+    path = fake_scontrol(tmp_path, script) + os.pathsep + os.environ["PATH"] if script else str(tmp_path)
+    monkeypatch.setenv("PATH", path)  # no script: a PATH without scontrol
+    if expected is None:
+        assert _slurm_environment("29500") == (1, 2, 1 % max(torch.cuda.device_count(), 1))
+        assert os.environ["MASTER_ADDR"] == "node01"
+    else:
+        with pytest.raises(ConfigError, match=r"^--slurm: ") as err:
+            _slurm_environment("29500")
+        assert expected in str(err.value)
+        assert "MASTER_ADDR" not in os.environ
+
+
+@SKIP_ON_WINDOWS
+def test_an_interrupted_slurm_run_names_the_resume_command_once(config, tmp_path):
+    """Two srun tasks (SLURM_* set by hand) both get SIGTERM, as from scancel: both exit 143, and one `interrupted`
+    line is printed (every task printed it: RANK was read before --slurm had set it)."""
+    env = {**tool_env(), "SLURM_NTASKS": "2", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "SIGNAL_AT": "SIGTERM step 5"}
+    command = [sys.executable, SIGNAL_AT_SCRIPT, "-c", str(config), *TINY_MODEL, "-b", "16", "--output",
+               str(tmp_path), "--experiment", "cut", "--slurm"]
+    tasks = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}) for rank in (0, 1)]
+    try:
+        outputs = [task.communicate(timeout=120) for task in tasks]
+    finally:
+        for task in tasks:
+            task.kill()
+    last = tmp_path / "cut" / "last.pth.tar"
+    assert [task.returncode for task in tasks] == [143, 143], [err[-2000:] for _, err in outputs]
+    lines = [line for _, err in outputs for line in err.splitlines() if line.startswith("interrupted")]
+    assert lines == [f"interrupted by SIGTERM; continue with your launch command (dist_train.sh, srun) plus --resume "
+                     f"{last}"]
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], len(ckpt["rng"])) == (0, 5, 2)
