@@ -92,8 +92,9 @@ def run_cli(main: Callable[[], object]) -> None:
         if not _lost_a_peer(err):
             raise
         rank = os.environ.get("RANK", "?")
-        sys.stderr.write(f"error: rank {rank} lost another rank, which stopped first (its own error is above or "
-                         f"below): {str(err).strip().splitlines()[0][:200]}\n")
+        sys.stderr.write(f"error: rank {rank} lost another rank, which stopped first (its error, if it printed one, "
+                         f"is above or below; the launcher's report names its exit status): "
+                         f"{str(err).strip().splitlines()[0]}\n")
         sys.exit(1)
     except (KeyboardInterrupt, RunInterrupted) as err:
         signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
