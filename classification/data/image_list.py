@@ -138,6 +138,15 @@ def _image_files(folder: str) -> list[str]:
     return [path for _, files in sorted(by_folder) for path in files]
 
 
+def _note_hidden_class_folders(split_dir: str, classes: Sequence[str]) -> None:
+    """Warn about class folders that tools leave behind (`.ipynb_checkpoints`, `__MACOSX`, any dot-folder): like
+    torchvision's ImageFolder we keep them as classes, which shifts the labels of every class sorted after them."""
+    hidden = [name for name in classes if name.startswith(".") or name == "__MACOSX"]
+    if hidden:
+        logger.warning(f"{split_dir}: the folders {hidden[:5]} count as classes (as in torchvision's ImageFolder), "
+                       f"making {len(classes)} classes; remove them if they hold no class of your data")
+
+
 def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
                        source: str = "the train split") -> tuple[list[tuple[str, int]], list[str]]:
     """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`)."""
@@ -148,6 +157,8 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataError(f"{split_dir}: class folders {unknown[:5]} are not classes of {source}")
+    if defines_classes:
+        _note_hidden_class_folders(split_dir, found)
     index = {name: i for i, name in enumerate(classes)}
     samples = []
     for name in found:
@@ -211,6 +222,7 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
         classes = class_folder_names(os.path.join(root, "train"))
     else:
         classes = class_folder_names(val_dir)
+        _note_hidden_class_folders(val_dir, classes)
         note = (f"{root}: no train/<class>/ folders: the {len(classes)} classes are the sorted folder names of val/ "
                 f"(as torchvision's ImageFolder); the labels are the model's only if val/ has a folder for every "
                 f"class it was trained on")

@@ -2,6 +2,7 @@
 meta list saved by another editor) is listed as torchvision's ImageFolder lists it, refused at start in one line, or
 labelled the same way in training, resuming and tools/test.py."""
 import codecs
+import logging
 import os
 
 import numpy as np
@@ -210,3 +211,26 @@ def test_a_folder_linked_twice_is_listed_once_under_its_first_name(tmp_path, mon
     monkeypatch.setattr(os, "scandir", unreadable)
     with pytest.raises(DataError, match=r"^cannot list .*aa_link: Permission denied$"):
         scan_class_folders(str(tmp_path / "train"))
+
+
+@pytest.mark.parametrize("leftover", [".ipynb_checkpoints", "__MACOSX"])
+def test_a_folder_left_by_a_tool_is_a_class_with_a_warning(tmp_path, caplog, monkeypatch, leftover):
+    """As in ImageFolder, a notebook's or an archiver's folder with images is a class (index 0: sorted first), so every
+    real class moves up one label; the warning names it and the class count it makes."""
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="localmamba")
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2)
+    write_image(str(root / "train" / leftover / "copy.png"), seed=5)
+    samples, classes = scan_class_folders(str(root / "train"))
+    assert classes == ImageFolder(str(root / "train")).classes and classes[0] == leftover and len(classes) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{root / 'train'}: the folders ['{leftover}'] count as classes (as in torchvision's "
+                        f"ImageFolder), making 3 classes; remove them if they hold no class of your data"]
+
+
+def test_plain_class_folders_give_no_warning(own_tree, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="localmamba")
+    scan_class_folders(os.path.join(own_tree, "train"))
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
