@@ -46,6 +46,14 @@ def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
     return directions
 
 
+def missing_pretrained_message(backbone: str, path: str) -> Optional[str]:
+    """The error for a backbone's ``pretrained`` file that does not exist (None when it does, or is a URL)."""
+    if path.startswith(('http://', 'https://')) or os.path.isfile(path):
+        return None
+    return (f'{backbone}: pretrained checkpoint not found: {path} (set the backbone\'s pretrained or pretrained_ckpt '
+            f'to a classification checkpoint, or to None to train from scratch)')
+
+
 class DenseBackbone(nn.Module):
     """A classification trunk without its classifier and final norm, whose parts this module owns under their own
     names, plus the loading of pretrained classification weights in ``init_weights``.
@@ -82,10 +90,9 @@ class DenseBackbone(nn.Module):
         """Load classification weights from a file or URL (``key``: container entry, e.g. 'ema_model'; default: the
         first of 'state_dict', 'model', 'ema_model'). Missing and unexpected keys are logged by name and returned."""
         name = type(self).__name__
-        if not path.startswith(('http://', 'https://')) and not os.path.isfile(path):
-            raise CheckpointError(f'{name}: pretrained checkpoint not found: {path} (set the backbone\'s pretrained '
-                                  f'or pretrained_ckpt to a classification checkpoint, or to None to train from '
-                                  f'scratch)')
+        missing = missing_pretrained_message(name, path)
+        if missing:
+            raise CheckpointError(missing)
         try:
             checkpoint = load_checkpoint(path, trust=self.trust_checkpoint)
         except UnsafeCheckpointError:

@@ -250,11 +250,16 @@ def _replace_sync_bn(node: dict) -> None:
         node['type'] = 'BN'
 
 
-def _is_backbone(node: dict) -> bool:
-    """True for the config dict of one of our backbones (its type a registry name or the class)."""
+def _backbone_name(node: dict) -> str:
+    """The class name a config dict's ``type`` names (a registry name, scoped or not, or the class itself)."""
     kind = node.get('type')
     name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
-    return name.rsplit('.', 1)[-1] in BACKBONES
+    return name.rsplit('.', 1)[-1]
+
+
+def _is_backbone(node: dict) -> bool:
+    """True for the config dict of one of our backbones."""
+    return _backbone_name(node) in BACKBONES
 
 
 def _trust_backbone(node: dict) -> None:
@@ -267,6 +272,21 @@ def _skip_pretrained(node: dict) -> None:
         for key in ('pretrained', 'pretrained_ckpt'):
             if node.get(key) is not None:
                 node[key] = None
+
+
+def check_pretrained_files(model_cfg: Any) -> None:
+    """Stop in one line when a backbone's ``pretrained`` file does not exist: the backbone would find out only in
+    ``init_weights``, after the datasets are built."""
+    from .backbones import missing_pretrained_message
+
+    def check(node: dict) -> None:
+        if not _is_backbone(node):
+            return
+        for key in ('pretrained', 'pretrained_ckpt'):
+            message = node.get(key) and missing_pretrained_message(_backbone_name(node), node[key])
+            if message:
+                _exit_error(message)
+    _walk_dicts(model_cfg, check)
 
 
 def resumes_a_checkpoint(cfg) -> bool:
@@ -323,6 +343,10 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
+        _walk_dicts(cfg.model, _skip_pretrained)
+    else:
+        check_pretrained_files(cfg.model)
     if not cfg.get('resume'):
         try:
             removed = claim_work_dir(cfg.work_dir, args.overwrite)
@@ -330,8 +354,6 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
             _exit_error(str(err))
         if removed:
             print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
-    if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
-        _walk_dicts(cfg.model, _skip_pretrained)
     check_work_dir(cfg.work_dir)
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
     _run(lambda: _build_runner(cfg, fit_source).train(), args.new_options, resume_from=cfg.work_dir)

@@ -35,6 +35,16 @@ def seg_config(name: str):
     return Config.fromfile(os.path.join(REPO, 'segmentation', 'configs', 'local_mamba', name))
 
 
+@pytest.fixture
+def seg_pretrained_at_hand(tmp_path, monkeypatch):
+    """Run from a folder that holds the ADE20K configs' relative ``checkpoints/local_vssm_tiny.pth`` (an empty file:
+    the tests that use this fixture never build the model), so that a fresh start passes the pretrained-file check."""
+    (tmp_path / 'checkpoints').mkdir()
+    (tmp_path / 'checkpoints' / 'local_vssm_tiny.pth').write_bytes(b'')
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def tiny_vim_backbone(cfg_backbone: dict, depth: int, out_indices: list[int], width: int = 32) -> dict:
     """The config's LocalVim backbone, narrow and shallow, built for a 64x64 grid (inputs are resized on the fly)."""
     backbone = copy.deepcopy(dict(cfg_backbone))

@@ -34,9 +34,9 @@ def _backbone_args(kind: str) -> dict:
     return args
 
 
-def _run_tool(script: str, *args: str) -> subprocess.CompletedProcess:
+def _run_tool(script: str, *args: str, cwd: str = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
@@ -67,6 +67,29 @@ def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
                                  f"from scratch)")
 
 
+def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    """The backbone found a missing pretrained file only in init_weights, after mmengine had built the datasets
+    (minutes for COCO); --overwrite had already deleted the earlier run's checkpoints by then. A resumed run never
+    reads that file."""
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'iter_4.pth').write_text('x')
+    for argv in ([], ['--overwrite'], ['--resume'], ['--cfg-options', 'model.backbone.pretrained=elsewhere/vssm.pth']):
+        with pytest.raises(SystemExit) as exit_info:
+            launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work)] + argv)
+        assert exit_info.value.code == 2
+        path = argv[-1].split('=')[1] if argv[:1] == ['--cfg-options'] else 'checkpoints/local_vssm_tiny.pth'
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"error: MM_LocalVSSM: pretrained checkpoint not found: {path} (set the backbone's pretrained or "
+            f"pretrained_ckpt to a classification checkpoint, or to None to train from scratch)")
+    assert os.listdir(work) == ['iter_4.pth']
+    (work / 'last_checkpoint').write_text(f'{work}/iter_4.pth')
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(train=lambda: None))
+    launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
+
+
 def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
     from classification.dense.mm_checkpoint import CheckpointFitHook
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
@@ -81,7 +104,7 @@ def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
                                  "(1.weight, 1.bias)")
 
 
-def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, monkeypatch):
+def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, seg_pretrained_at_hand, monkeypatch):
     built = []
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
         train=lambda: built.append(fit_source), test=lambda: built.append(fit_source)))
@@ -93,7 +116,7 @@ def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, m
     assert built == [None, f'the latest checkpoint in {work}', 'run/iter_2.pth', 'run/iter_4.pth']
 
 
-def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, monkeypatch):
+def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, seg_pretrained_at_hand, monkeypatch):
     """mmengine initialises the weights before it resumes: a resumed run read the backbone's pretrained file for
     nothing, and failed where that file was not at hand (another machine). A fresh start, and --resume with no
     checkpoint in the work_dir (mmengine then starts afresh), still load it."""
@@ -125,9 +148,9 @@ def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
         f"(backbone.patch_embed.0.weight, backbone.patch_embed.0.bias, backbone.patch_embed.2.weight)")
 
 
-def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path):
+def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, seg_pretrained_at_hand):
     proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
-                     '--cfg-options', 'model.backbone.pretraned=x')
+                     '--cfg-options', 'model.backbone.pretraned=x', cwd=str(tmp_path))
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
@@ -151,7 +174,7 @@ def test_detection_results_go_to_a_pickle_file(capsys):
         ': error: --out must be a .pkl file for detection, got results.json')
 
 
-def test_a_work_dir_that_cannot_be_written_ends_in_one_line(tmp_path, monkeypatch, capsys):
+def test_a_work_dir_that_cannot_be_written_ends_in_one_line(tmp_path, seg_pretrained_at_hand, monkeypatch, capsys):
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
     blocker = tmp_path / 'a_file'
     blocker.write_text('x')
@@ -178,7 +201,7 @@ def test_trust_checkpoint_reaches_the_backbones(monkeypatch):
     assert 'trust_checkpoint' not in plain.model.backbone
 
 
-def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, seg_pretrained_at_hand, monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt
 
