@@ -289,6 +289,61 @@ def check_pretrained_files(model_cfg: Any) -> None:
     _walk_dicts(model_cfg, check)
 
 
+def _datasets(node: Any, where: str):
+    """(config key, dict) of each dataset config under a dataloader's ``dataset``, wrapped ones included
+    (``dataset`` of RepeatDataset and the like, ``datasets`` of ConcatDataset)."""
+    if not isinstance(node, dict):
+        return
+    yield where, node
+    yield from _datasets(node.get('dataset'), f'{where}.dataset')
+    for i, inner in enumerate(node.get('datasets') or ()):
+        yield from _datasets(inner, f'{where}.datasets.{i}')
+
+
+def _missing_data_path(dataset: dict, where: str) -> Optional[str]:
+    """What a local dataset config names that does not exist (its data_root, ann_file or data_prefix folders, joined
+    to data_root as mmengine's BaseDataset joins them), or None. Datasets read through another storage backend are
+    not checked."""
+    if dataset.get('backend_args'):
+        return None
+    root = dataset.get('data_root') or ''
+    if root and '://' not in root and not osp.isdir(root):
+        return (f'{where}.data_root: {root} is not a folder (put the dataset there, or give its place with '
+                f'--cfg-options {where}.data_root=PATH)')
+
+    def local(path: str) -> Optional[str]:
+        if not isinstance(path, str) or not path or '://' in path:
+            return None
+        return path if osp.isabs(path) or not root else osp.join(root, path)
+    ann_file = local(dataset.get('ann_file'))
+    if ann_file and not osp.isfile(ann_file):
+        return f'{where}.ann_file: {ann_file} not found'
+    for key, prefix in (dataset.get('data_prefix') or {}).items():
+        folder = local(prefix)
+        if folder and not osp.isdir(folder):
+            return f'{where}.data_prefix.{key}: {folder} is not a folder'
+    return None
+
+
+def check_checkpoint_file(path: str, flag: str) -> None:
+    """Stop in one line when a local checkpoint given to ``flag`` does not exist (mmengine finds out after building
+    the datasets and the model)."""
+    if '://' not in path and not osp.isfile(path):
+        _exit_error(f'{flag}: checkpoint not found: {path}')
+
+
+def check_data_paths(cfg, loaders: Sequence[str]) -> None:
+    """Stop in one line when a dataset of one of ``loaders`` (config keys) names a local path that does not exist:
+    mmengine finds out with a traceback, after building the model."""
+    for loader in loaders:
+        if not cfg.get(loader):
+            continue
+        for where, dataset in _datasets(cfg[loader].get('dataset'), f'{loader}.dataset'):
+            message = _missing_data_path(dataset, where)
+            if message:
+                _exit_error(message)
+
+
 def resumes_a_checkpoint(cfg) -> bool:
     """True when the run continues from a checkpoint: ``--resume CKPT``, or ``--resume`` with a ``last_checkpoint``
     in the work_dir (without one, mmengine starts the run afresh)."""
@@ -342,11 +397,13 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
+        check_checkpoint_file(args.resume, '--resume')
         cfg.resume, cfg.load_from = True, args.resume
     if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
         _walk_dicts(cfg.model, _skip_pretrained)
     else:
         check_pretrained_files(cfg.model)
+    check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     if not cfg.get('resume'):
         try:
             removed = claim_work_dir(cfg.work_dir, args.overwrite)
@@ -397,6 +454,8 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.out and task == 'segmentation':
         cfg.test_evaluator.output_dir = args.out
         cfg.test_evaluator.keep_results = True
+    check_checkpoint_file(args.checkpoint, 'checkpoint')
+    check_data_paths(cfg, ['test_dataloader'])
     check_work_dir(cfg.work_dir)
 
     def test() -> None:

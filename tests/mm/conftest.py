@@ -36,11 +36,15 @@ def seg_config(name: str):
 
 
 @pytest.fixture
-def seg_pretrained_at_hand(tmp_path, monkeypatch):
-    """Run from a folder that holds the ADE20K configs' relative ``checkpoints/local_vssm_tiny.pth`` (an empty file:
-    the tests that use this fixture never build the model), so that a fresh start passes the pretrained-file check."""
+def ade_inputs_at_hand(tmp_path, monkeypatch):
+    """Run from a folder that holds what the ADE20K configs name by relative paths: the pretrained
+    ``checkpoints/local_vssm_tiny.pth`` (an empty file) and the data folders (empty), for the tests that stop before
+    the model or the datasets are built."""
     (tmp_path / 'checkpoints').mkdir()
     (tmp_path / 'checkpoints' / 'local_vssm_tiny.pth').write_bytes(b'')
+    for kind in ('images', 'annotations'):
+        for split in ('training', 'validation'):
+            (tmp_path / 'data' / 'ade' / 'ADEChallengeData2016' / kind / split).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -85,7 +85,7 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert Image.open(os.path.join(out, '0.png')).size == IMAGE_HW[::-1]
 
 
-def test_a_fresh_run_claims_its_work_dir(tmp_path, seg_pretrained_at_hand, monkeypatch):
+def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypatch):
     """Refused without --resume / --overwrite; --overwrite deletes the CheckpointHook's files and last_checkpoint on
     the main rank only, and leaves the logs' folders and any other file."""
     from classification.dense import launch

@@ -67,12 +67,13 @@ def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
                                  f"from scratch)")
 
 
-def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(tmp_path, monkeypatch, capsys):
+def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
+        tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
     """The backbone found a missing pretrained file only in init_weights, after mmengine had built the datasets
     (minutes for COCO); --overwrite had already deleted the earlier run's checkpoints by then. A resumed run never
     reads that file."""
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'checkpoints' / 'local_vssm_tiny.pth').unlink()
     work = tmp_path / 'work'
     work.mkdir()
     (work / 'iter_4.pth').write_text('x')
@@ -90,6 +91,38 @@ def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
 
 
+def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ade_inputs_at_hand, monkeypatch,
+                                                                    capsys):
+    """mmengine found a missing data folder, annotation file or checkpoint with a traceback, after building the model
+    (and, for the checkpoint, the datasets)."""
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    ade = 'data/ade/ADEChallengeData2016'
+    coco = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    (tmp_path / 'data' / 'coco' / 'annotations').mkdir(parents=True)
+    (tmp_path / 'ckpt.pth').write_bytes(b'')
+    work = ['--work-dir', str(tmp_path / 'work')]
+    cases = [
+        (launch.test_main, 'segmentation', [SEG_CONFIG, 'nosuch.pth'], 'checkpoint: checkpoint not found: nosuch.pth'),
+        (launch.train_main, 'segmentation', [SEG_CONFIG, '--resume', 'run/nosuch.pth'],
+         '--resume: checkpoint not found: run/nosuch.pth'),
+        (launch.test_main, 'segmentation', [SEG_CONFIG, 'ckpt.pth', '--cfg-options', 'test_dataloader.dataset.'
+                                            'data_prefix.img_path=images/test'],
+         f'test_dataloader.dataset.data_prefix.img_path: {ade}/images/test is not a folder'),
+        (launch.train_main, 'segmentation', [SEG_CONFIG, '--cfg-options', 'train_dataloader.dataset.data_root=ade'],
+         'train_dataloader.dataset.data_root: ade is not a folder (put the dataset there, or give its place with '
+         '--cfg-options train_dataloader.dataset.data_root=PATH)'),
+        (launch.train_main, 'segmentation', [SEG_CONFIG, '--cfg-options', 'val_dataloader.dataset.data_root=ade'],
+         'val_dataloader.dataset.data_root: ade is not a folder (put the dataset there, or give its place with '
+         '--cfg-options val_dataloader.dataset.data_root=PATH)'),
+        (launch.train_main, 'detection', [coco, '--cfg-options', 'model.backbone.pretrained=None'],
+         'train_dataloader.dataset.ann_file: data/coco/annotations/instances_train2017.json not found'),
+    ]
+    for main, task, argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(task, argv + work)
+        assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
+
+
 def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
     from classification.dense.mm_checkpoint import CheckpointFitHook
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
@@ -104,11 +137,14 @@ def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
                                  "(1.weight, 1.bias)")
 
 
-def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, seg_pretrained_at_hand, monkeypatch):
+def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, ade_inputs_at_hand, monkeypatch):
     built = []
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
         train=lambda: built.append(fit_source), test=lambda: built.append(fit_source)))
     work = str(tmp_path / 'work')
+    (tmp_path / 'run').mkdir()
+    for name in ('iter_2.pth', 'iter_4.pth'):
+        (tmp_path / 'run' / name).write_bytes(b'')
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', work])
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', work, '--resume'])
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', work, '--resume', 'run/iter_2.pth'])
@@ -116,7 +152,7 @@ def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, s
     assert built == [None, f'the latest checkpoint in {work}', 'run/iter_2.pth', 'run/iter_4.pth']
 
 
-def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, seg_pretrained_at_hand, monkeypatch):
+def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, ade_inputs_at_hand, monkeypatch):
     """mmengine initialises the weights before it resumes: a resumed run read the backbone's pretrained file for
     nothing, and failed where that file was not at hand (another machine). A fresh start, and --resume with no
     checkpoint in the work_dir (mmengine then starts afresh), still load it."""
@@ -124,6 +160,8 @@ def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, seg_pretraine
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
         train=lambda: pretrained.append(cfg.model.backbone.pretrained)))
     work = tmp_path / 'work'
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'iter_2.pth').write_bytes(b'')
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work)])
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume', 'run/iter_2.pth'])
@@ -148,7 +186,7 @@ def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
         f"(backbone.patch_embed.0.weight, backbone.patch_embed.0.bias, backbone.patch_embed.2.weight)")
 
 
-def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, seg_pretrained_at_hand):
+def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_hand):
     proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
                      '--cfg-options', 'model.backbone.pretraned=x', cwd=str(tmp_path))
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
@@ -174,10 +212,11 @@ def test_detection_results_go_to_a_pickle_file(capsys):
         ': error: --out must be a .pkl file for detection, got results.json')
 
 
-def test_a_work_dir_that_cannot_be_written_ends_in_one_line(tmp_path, seg_pretrained_at_hand, monkeypatch, capsys):
+def test_a_work_dir_that_cannot_be_written_ends_in_one_line(tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
     blocker = tmp_path / 'a_file'
     blocker.write_text('x')
+    (tmp_path / 'ckpt.pth').write_bytes(b'')
     for work, message in ((blocker, f'work_dir {blocker} is a file, not a folder'),
                           (blocker / 'run', f'cannot write to work_dir {blocker / "run"}: Not a directory')):
         for main, argv in ((launch.train_main, [SEG_CONFIG]), (launch.test_main, [SEG_CONFIG, 'ckpt.pth'])):
@@ -201,7 +240,7 @@ def test_trust_checkpoint_reaches_the_backbones(monkeypatch):
     assert 'trust_checkpoint' not in plain.model.backbone
 
 
-def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, seg_pretrained_at_hand, monkeypatch, capsys):
+def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt
 
