@@ -7,6 +7,8 @@
 # its port MASTER_PORT if set, else the entry's --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
 # mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
+# torchrun runs as classification.engine.torchrun: a failed launch ends in one line with the failed worker's exit
+# status, not in torchrun's ChildFailedError traceback with status 1.
 # Interruptions: tools/train.py stops on SIGINT, SIGTERM or SIGUSR1 after its current step, saving last.pth.tar.
 # For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
 # time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below, torch >= 2.9; an older torchrun dies on
@@ -39,7 +41,7 @@ if [ "$MODE" = torchrun ]; then
     export MASTER_PORT="${MASTER_PORT:-29500}"
     export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
     set -x
-    exec python -m torch.distributed.run \
+    exec python -m classification.engine.torchrun \
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
         "$ENTRY" "$@"

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TORCHRUN = ["python", "-m", "torch.distributed.run"]
+TORCHRUN = ["python", "-m", "classification.engine.torchrun"]
 SHELLS = [s for s in ("sh", "bash") if shutil.which(s)]
 
 STUB = """#!/bin/sh

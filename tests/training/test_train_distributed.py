@@ -2,15 +2,18 @@
 when only one of them gets SIGTERM both stop at the same step, and the run resumes to the same files bit for bit."""
 import csv
 import os
+import re
 import stat
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
 from classification.engine.config import parse_args
+from classification.engine.torchrun import exit_status, failure_line
 from classification.engine.trainer import train
 
 from training_helpers import REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, assert_same_run, free_port, snapshot, tool_env
@@ -74,7 +77,9 @@ def test_two_processes_equal_one_process(two, config, tmp_path):
 def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path):
     cut = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "cut", SIGNAL_AT="SIGTERM step 20",
                         SIGNAL_RANK="1")
-    assert cut.returncode != 0 and "exitcode  : 143" in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert cut.returncode == 143 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert re.fullmatch(rf"error: {SIGNAL_AT_SCRIPT} failed in 2 processes: rank (0|1) \(first\) exit status 143, rank "
+                        rf"(0|1) exit status 143; the workers' own errors are above", cut.stderr.splitlines()[-1])
     assert "SIGTERM: stopping in epoch 0 after step 20 of 44" in cut.stdout  # logged by rank 0, told by rank 1
     last = tmp_path / "cut" / "last.pth.tar"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
@@ -84,6 +89,17 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting training at epoch 0, step 20 of 44" in again.stdout
     assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
+
+
+def test_the_launch_ends_in_one_line_naming_the_failed_ranks():
+    """torchrun ended a failed launch with a ChildFailedError traceback and status 1, whatever the workers' status."""
+    failures = {rank: SimpleNamespace(exitcode=code) for rank, code in enumerate([2, -15, 1, 2, -9, 2])}
+    assert failure_line("tools/train.py", failures, first_rank=3) == (
+        "error: tools/train.py failed in 6 processes: rank 3 (first) exit status 2, rank 0 exit status 2, rank 1 "
+        "ended by SIGTERM, rank 2 exit status 1 and 2 more; the workers' own errors are above")
+    assert failure_line("t.py", {5: SimpleNamespace(exitcode=-200)}, 5) == (
+        "error: t.py failed in 1 process: rank 5 ended by signal 200; the workers' own errors are above")
+    assert [exit_status(code) for code in (2, 0, -15, -9)] == [2, 0, 143, 137]
 
 
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST")
