@@ -23,7 +23,7 @@ from .amp import autocast
 from .checkpoint import check_same_model, fit_to_model, load_weights
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from .logs import setup_logging, start_log_file
+from .logs import ProgressBar, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name
 
 
@@ -34,27 +34,35 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks. `epoch`
     labels the log lines (None: weights of no epoch, a released file)."""
     model.eval()
-    loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
+    steps = len(loader)
+    bar = ProgressBar(steps, f"test{suffix}", enabled=env.is_main)
     start = time.time()
-    for idx, (images, target) in enumerate(loader):
-        images = images.to(env.device, non_blocking=True)
-        target = target.to(env.device, non_blocking=True)
-        with autocast(env.device, amp, amp_dtype):
-            output = model(images)
-        output = output.float()
-        loss = loss_fn(output, target)
-        n = images.shape[0]
-        acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        loss_m.update(loss.item(), n)
-        top1_m.update(acc1.item(), n)
-        top5_m.update(acc5.item(), n)
-        if idx % log_interval == 0 or idx == len(loader) - 1:
-            log.info(f"Test{suffix}: {'' if epoch is None else f'{epoch} '}[{idx:>4d}/{len(loader)}] "
-                     f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "
-                     f"Top-1: {top1_m.val:.3f}% ({top1_m.avg:.3f}%) "
-                     f"Top-5: {top5_m.val:.3f}% ({top5_m.avg:.3f}%) "
-                     f"Time: {time.time() - start:.2f}s")
-        start = time.time()
+    try:
+        for idx, (images, target) in enumerate(loader):
+            images = images.to(env.device, non_blocking=True)
+            target = target.to(env.device, non_blocking=True)
+            with autocast(env.device, amp, amp_dtype):
+                output = model(images)
+            output = output.float()
+            loss = loss_fn(output, target)
+            n = images.shape[0]
+            acc1, acc5 = accuracy(output, target, topk=(1, 5))
+            loss_m.update(loss.item(), n)
+            top1_m.update(acc1.item(), n)
+            top5_m.update(acc5.item(), n)
+            batch_m.update(time.time() - start)
+            eta = format_eta((steps - idx - 1) * batch_m.avg)
+            if idx % log_interval == 0 or idx == steps - 1:
+                log.info(f"Test{suffix}: {'' if epoch is None else f'{epoch} '}[{idx:>4d}/{steps}] "
+                         f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "
+                         f"Top-1: {top1_m.val:.3f}% ({top1_m.avg:.3f}%) "
+                         f"Top-5: {top5_m.val:.3f}% ({top5_m.avg:.3f}%) "
+                         f"Time: {batch_m.val:.2f}s ETA: {eta}")
+            bar.update(idx + 1, f"top-1 {top1_m.avg:.2f}% ETA {eta}")
+            start = time.time()
+    finally:
+        bar.close()
     loss_sum, c1_sum, c5_sum, count = all_reduce_sum([loss_m.sum, top1_m.sum, top5_m.sum, loss_m.count], env.device)
     count = max(count, 1)
     return {"test_loss": loss_sum / count, "top1": c1_sum / count, "top5": c5_sum / count}

@@ -1,4 +1,7 @@
-"""Evaluation runs in fp32 even when training uses --amp (as the original); --amp-eval evaluates under autocast."""
+"""Evaluation runs in fp32 even when training uses --amp (as the original); --amp-eval evaluates under autocast. Its
+log lines give the time left."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -37,3 +40,19 @@ def test_precision_of_training_and_evaluation(amp_eval, monkeypatch, tmp_path):
     seen.clear()
     evaluate_mod.test(parse_args([*flags, "--resume", str(tmp_path / "run" / "last.pth.tar")]))
     assert seen == [expected]
+
+
+def test_validation_logs_its_eta(monkeypatch):
+    """Each Test line gives the time left at the mean batch time so far (a clock that advances 1 s a reading makes
+    every batch take 1 s: 3 batches left after the first of 4)."""
+    clock = iter(range(100))
+    monkeypatch.setattr(evaluate_mod, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    lines = []
+    log = SimpleNamespace(info=lines.append)
+    model = torch.nn.Linear(3, 5)
+    loader = [(torch.randn(2, 3), torch.tensor([0, 4])) for _ in range(4)]
+    env = SimpleNamespace(device=torch.device("cpu"), is_main=True)
+    evaluate_mod.validate(model, loader, torch.nn.CrossEntropyLoss(), env, epoch=7, log=log, log_interval=2)
+    etas = ["1.00s ETA: 0:00:03", "1.00s ETA: 0:00:01", "1.00s ETA: 0:00:00"]
+    assert [line.split("Time: ")[1] for line in lines] == etas
+    assert [line.split(" [")[0] for line in lines] == ["Test: 7"] * 3
