@@ -2,8 +2,10 @@
 checkpoint, if any) and the one build path through timm's ``build_model_with_cfg``."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
@@ -51,11 +53,15 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
                       **kwargs: Any) -> nn.Module:
     """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
     included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
-    ``default_out_indices`` unless ``out_indices`` is given. A search supernet refuses ``directions``."""
+    ``default_out_indices`` unless ``out_indices`` is given. A search supernet refuses ``directions``. timm's
+    ``device`` builds the model there (``'meta'``: no memory, no initialisation), ``dtype`` casts it once built."""
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))
-    return build_model_with_cfg(
-        model_cls, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
-        **kwargs)
+    device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            model_cls, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
+            **kwargs)
+    return model if dtype is None else model.to(dtype)

@@ -54,6 +54,17 @@ def _check_pool_type(pool: str) -> str:
     return pool
 
 
+def _check_input_size_options(dynamic_img_size: bool, dynamic_img_pad: bool) -> None:
+    """Refuse (ValueError) timm's fixed-size or unpadded input options: LocalVim takes any image size and zero-pads
+    it to a multiple of the patch, as the original."""
+    if not dynamic_img_size:
+        raise ValueError("LocalVim takes any input size (its position tables follow the input's token grid): "
+                         "dynamic_img_size=False, a fixed input size, is not supported")
+    if not dynamic_img_pad:
+        raise ValueError('LocalVim zero-pads images to a multiple of the patch size, as the original: '
+                         'dynamic_img_pad=False is not supported')
+
+
 def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
     """Token grid of an image: ceil(H / patch), ceil(W / patch) (the patch embedding zero-pads the remainder)."""
     return math.ceil(height / patch_size), math.ceil(width / patch_size)
@@ -62,8 +73,12 @@ def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
 @register_notrace_function
 @torch.fx.wrap
 def token_grid_of(images: torch.Tensor, patch_size: int) -> tuple[int, int]:
-    """:func:`token_grid` of a batch of images (B, C, H, W), as one call in a torch.fx trace; an empty batch is
-    refused (ValueError), since the scan kernels need at least one sequence."""
+    """:func:`token_grid` of a batch of images (B, C, H, W), as one call in a torch.fx trace. Refused (ValueError):
+    an empty batch, since the scan kernels need at least one sequence, and anything but a 4-d input with H, W >= 1
+    (any smaller image is zero-padded to one patch)."""
+    if images.dim() != 4 or images.shape[-2] < 1 or images.shape[-1] < 1:
+        raise ValueError(f'LocalVim: images must be (B, C, H, W) with H, W >= 1 (smaller sides are zero-padded to '
+                         f'the {patch_size}-pixel patch), got shape {tuple(images.shape)}')
     if images.shape[0] == 0:
         raise ValueError(f'LocalVim: empty batch (input of shape {tuple(images.shape)})')
     return token_grid(images.shape[-2], images.shape[-1], patch_size)
@@ -220,6 +235,8 @@ class VisionMamba(nn.Module):
     patch size, and position tables are resized bicubically when the token grid differs from the built one (the
     built grid is ``ceil(img_size / patch_size)``, the grid of an ``img_size`` input, so that input needs none)."""
 
+    dynamic_img_size = True     # timm's flag of a model that takes any input size
+
     def __init__(
             self,
             img_size: Union[int, tuple[int, int]] = 224,
@@ -248,14 +265,19 @@ class VisionMamba(nn.Module):
             keep_dt_init: bool = False,
             channels: Optional[int] = None,
             global_pool: Optional[str] = None,
+            dynamic_img_size: bool = True,
+            dynamic_img_pad: bool = True,
     ):
         """``directions``: one list per layer, or a directions-file path; None uses ``default_directions``, and if
         that is None too the model is a search supernet. ``fused_add_norm`` and ``bimamba_type`` are accepted for
         config compatibility (the add + norm is always fused; the mixer is always MultiMamba). ``if_*`` and
         ``use_middle_cls_token`` keep the original's names, as its entrypoints and configs pass them. ``keep_dt_init``
         keeps Mamba's dt initialisation instead of the original's overwrite of it (opt-in). ``channels`` is the
-        original's name of ``in_chans``; ``global_pool`` is timm's name of ``final_pool_type`` and wins over it."""
+        original's name of ``in_chans``; ``global_pool`` is timm's name of ``final_pool_type`` and wins over it.
+        ``dynamic_img_size`` and ``dynamic_img_pad`` are timm's names of what the model always does (any input size,
+        zero-padded to a multiple of the patch); False is refused."""
         super().__init__()
+        _check_input_size_options(dynamic_img_size, dynamic_img_pad)
         final_pool_type = _check_pool_type(final_pool_type if global_pool is None else global_pool)
         if if_cls_token and not use_middle_cls_token:
             raise ValueError('only the middle class token is supported (if_cls_token=True needs use_middle_cls_token)')

@@ -54,6 +54,18 @@ def ss2d_scan(x: torch.Tensor, directions: tuple[str, ...], x_proj_weight: torch
 
 @register_notrace_function
 @torch.fx.wrap
+def checked_images(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``images`` if they are (B, C, H, W) with H, W >= ``patch_size`` (the patch embedding needs one whole patch;
+    it drops any remainder, and later stages pad odd maps, so every larger size runs), else ValueError. One call in
+    a torch.fx trace."""
+    if images.dim() != 4 or images.shape[-2] < patch_size or images.shape[-1] < patch_size:
+        raise ValueError(f'LocalVMamba: images must be (B, C, H, W) with H, W >= {patch_size} (the patch size), '
+                         f'got shape {tuple(images.shape)}')
+    return images
+
+
+@register_notrace_function
+@torch.fx.wrap
 def pad_to_even(x: torch.Tensor) -> torch.Tensor:
     """Zero-pad a map (B, H, W, C) at the bottom/right to even H and W (one call in a torch.fx trace)."""
     height, width = x.shape[1], x.shape[2]
@@ -190,6 +202,7 @@ class VSSM(nn.Module):
     remainder, odd maps are padded at each merge), square or not. Features are channel-last (``output_fmt``)."""
 
     output_fmt = 'NHWC'
+    dynamic_img_size = True     # timm's flag of a model that takes any input size
 
     def __init__(
             self,
@@ -211,13 +224,18 @@ class VSSM(nn.Module):
             use_checkpoint: bool = False,
             directions: DirectionsArg = None,
             default_directions: Optional[DirectionTable] = None,
+            dynamic_img_size: bool = True,
+            dynamic_img_pad: bool = False,
     ):
         """``directions``: one list per block over all stages, or a directions-file path; None uses
         ``default_directions``, and if that is None too the model is a search supernet. ``drop_rate`` is a dropout
         before the head (absent from the original, 0 by default); ``global_pool`` is 'avg' (the original) or ''
         (no pooling: the head sees the (B, H, W, C) map); ``use_checkpoint`` turns on gradient checkpointing of the
-        blocks (per block, as the original)."""
+        blocks (per block, as the original). ``dynamic_img_size`` and ``dynamic_img_pad`` are timm's names of what the
+        model always does (any input size; the pixels past a multiple of the patch size dropped, not padded); the
+        opposite values are refused."""
         super().__init__()
+        _check_input_size_options(dynamic_img_size, dynamic_img_pad)
         depths = tuple(depths)
         dims = [dims * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths):
@@ -227,6 +245,7 @@ class VSSM(nn.Module):
         self.dims = dims
         self.depths = depths
         self.num_features = self.head_hidden_size = dims[-1]
+        self.patch_size = patch_size
         self.grad_checkpointing = use_checkpoint
         self.directions = resolve_directions(directions, default_directions, sum(depths))
         self.is_search = self.directions is None
@@ -290,7 +309,7 @@ class VSSM(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised last-stage map (B, H/32, W/32, C) (channel-last)."""
-        x = self.patch_embed(x)
+        x = self.patch_embed(checked_images(x, self.patch_size))
         for stage in self.layers:
             x = stage.downsample(self._blocks(stage, x))
         return self.classifier.norm(x)
@@ -318,21 +337,23 @@ class VSSM(nn.Module):
 
         ``indices``: last n stages if int, all if None, else the listed stages. Stage i gives
         (B, dims[i], H/4/2^i, W/4/2^i) in NCHW (or channel-last with 'NHWC'). ``norm`` applies the final norm to
-        the last stage's output, the only one it is sized for; the returned features are normalised only when the
-        last stage ran (not after ``stop_early`` before it, nor in a model pruned to fewer stages).
+        the last stage's output, the only one it is sized for. The returned features are the output of the last
+        stage run (channel-last, without the downsampling that feeds the next stage), normalised only when it is the
+        model's last stage (not after ``stop_early`` before it, nor in a model pruned to fewer stages).
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, last = feature_take_indices(len(self.layers), indices)
         stages = self.layers[:last + 1] if stop_early or intermediates_only else self.layers
-        x = self.patch_embed(x)
+        x = self.patch_embed(checked_images(x, self.patch_size))
         intermediates = []
         for i, stage in enumerate(stages):
             x = self._blocks(stage, x)
             if i in take:
                 y = self.classifier.norm(x) if norm and i == len(self.dims) - 1 else x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
-            x = stage.downsample(x)
+            if i + 1 < len(stages):
+                x = stage.downsample(x)
         if intermediates_only:
             return intermediates
         return (self.classifier.norm(x) if len(stages) == len(self.dims) else x), intermediates
@@ -355,6 +376,17 @@ class VSSM(nn.Module):
         """FLOPs as the original's ``VSSM.flops`` counts them: fvcore (one multiply-add = one FLOP) with the scan
         charged ``9*B*L*D*N + B*D*L`` per grouped call (L the padded length, D = K*E). Runs on the model's device."""
         return count_flops(self, input_shape)
+
+
+def _check_input_size_options(dynamic_img_size: bool, dynamic_img_pad: bool) -> None:
+    """Refuse (ValueError) timm's fixed-size or padding input options: LocalVMamba takes any image of at least one
+    patch and, as the original's patch convolution, drops the rows and columns past a multiple of the patch size."""
+    if not dynamic_img_size:
+        raise ValueError('LocalVMamba takes any input size (no parameter depends on it): dynamic_img_size=False, a '
+                         'fixed input size, is not supported')
+    if dynamic_img_pad:
+        raise ValueError("LocalVMamba's patch embedding drops the remainder of an image past a multiple of the patch "
+                         "size, as the original: dynamic_img_pad=True (zero-padding instead) is not supported")
 
 
 def _check_global_pool(global_pool: str) -> str:

@@ -7,7 +7,7 @@ call.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,13 @@ class MultiScan(nn.Module):
 
     def extra_repr(self) -> str:
         return ('search over ' if self.search else '') + ', '.join(self.directions)
+
+    def __prepare_scriptable__(self) -> NoReturn:
+        """``torch.jit.script`` calls this on every submodule before compiling: every LocalMamba mixer holds a
+        MultiScan, so scripting a model (or a layer) stops here with the reason, not deep inside the ops."""
+        raise RuntimeError('torch.jit.script cannot compile LocalMamba models: their scan ops choose a backend (cuda, '
+                           'triton, cpu or reference) in Python at each call; use torch.compile or torch.export '
+                           '(or torch.fx.symbolic_trace) instead')
 
 
 class MultiScanAttn(MultiScan):

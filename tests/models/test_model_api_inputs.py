@@ -38,15 +38,17 @@ def test_local_vmamba_cast_to_another_dtype_runs_in_it(name, kwargs, dtype, atol
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=atol)
 
 
-def test_local_vim_gradient_checkpointing_recomputes_each_layer_with_the_same_gradients():
+@pytest.mark.parametrize('name, kwargs, mixer', [
+    ('local_vim_tiny', VIM, 'layers.1.mixer'), ('local_vssm_tiny', VSSM, 'layers.2.blocks.1.op')])
+def test_gradient_checkpointing_recomputes_each_layer_with_the_same_gradients(name, kwargs, mixer):
     """`set_grad_checkpointing()` (timm's train.py --grad-checkpointing) exists on LocalVim as on LocalVMamba."""
     image = torch.randn(2, 3, 32, 32)
     grads, mixer_calls = [], []
     for enable in (False, True):
-        model = _model('local_vim_tiny', num_classes=5, drop_path_rate=0., **VIM).train()
+        model = _model(name, num_classes=5, drop_path_rate=0., **kwargs).train()
         model.set_grad_checkpointing(enable)
         calls = []
-        model.layers[1].mixer.register_forward_pre_hook(lambda *_: calls.append(1))
+        model.get_submodule(mixer).register_forward_pre_hook(lambda *_: calls.append(1))
         model(image).square().sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
         mixer_calls.append(len(calls))

@@ -49,6 +49,21 @@ def test_pretrained_loads_a_released_file_through_timm(name, tmp_path):
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
+def test_pretrained_for_other_classes_loads_the_trunk_and_leaves_a_new_head(name, tmp_path):
+    """Fine-tuning: ``num_classes=10`` drops the released 1000-class head (named by ``pretrained_cfg['classifier']``)
+    and loads every other weight."""
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10,
+                              **TINY[name])
+    head = model.pretrained_cfg['classifier'] + '.'
+    assert model.get_classifier() is model.get_submodule(head[:-1]) and model.get_classifier().out_features == 10
+    for key, value in model.state_dict().items():
+        if not key.startswith(head):
+            torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
 def test_pretrained_downloads_a_file_url_into_the_hub_cache(name, tmp_path):
     path = tmp_path / f'{name}.ckpt'
     weights = _released_file(name, path)
