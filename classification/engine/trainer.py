@@ -302,34 +302,35 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     loss_m, batch_m, data_m = progress.loss, AverageMeter(), AverageMeter()
     bar = ProgressBar(steps, f"epoch {epoch}", enabled=env.is_main)
     start = time.time()
-    for idx, (images, target) in enumerate(loader, start=progress.step):
-        data_m.update(time.time() - start)
-        images = images.to(env.device, non_blocking=True)
-        target = target.to(env.device, non_blocking=True)
-        if run.mixup is not None:
-            images, target = run.mixup(images, target)
-        with autocast(env.device, cfg.amp, cfg.amp_dtype):
-            output = run.net(images)
-        loss = run.train_loss(output.float(), target)
-        run.optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(run, loss)
-        if run.ema is not None:
-            run.ema.update(run.model)
-        loss_m.update(loss.item(), images.shape[0])
-        batch_m.update(time.time() - start)
-        lr = run.optimizer.param_groups[0]["lr"]
-        if idx % cfg.log_interval == 0 or idx == steps - 1:
-            _log_train_line(run, epoch, idx, loss_m, batch_m, data_m, lr)
-            run.lr_log.append([epoch, run.scheduler.t, lr])
-        bar.update(idx + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
-        run.scheduler.step()
-        progress.step = idx + 1
-        signum = stop.agreed() if stop is not None and progress.step < steps else None
-        if signum is not None:
-            bar.close()
-            raise run.stop_mid_epoch(epoch, progress, signum)
-        start = time.time()
-    bar.close()
+    try:
+        for idx, (images, target) in enumerate(loader, start=progress.step):
+            data_m.update(time.time() - start)
+            images = images.to(env.device, non_blocking=True)
+            target = target.to(env.device, non_blocking=True)
+            if run.mixup is not None:
+                images, target = run.mixup(images, target)
+            with autocast(env.device, cfg.amp, cfg.amp_dtype):
+                output = run.net(images)
+            loss = run.train_loss(output.float(), target)
+            run.optimizer.zero_grad(set_to_none=True)
+            _backward_and_step(run, loss)
+            if run.ema is not None:
+                run.ema.update(run.model)
+            loss_m.update(loss.item(), images.shape[0])
+            batch_m.update(time.time() - start)
+            lr = run.optimizer.param_groups[0]["lr"]
+            if idx % cfg.log_interval == 0 or idx == steps - 1:
+                _log_train_line(run, epoch, idx, loss_m, batch_m, data_m, lr)
+                run.lr_log.append([epoch, run.scheduler.t, lr])
+            bar.update(idx + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
+            run.scheduler.step()
+            progress.step = idx + 1
+            signum = stop.agreed() if stop is not None and progress.step < steps else None
+            if signum is not None:
+                raise run.stop_mid_epoch(epoch, progress, signum)
+            start = time.time()
+    finally:
+        bar.close()
     loss_sum, count = all_reduce_sum([loss_m.sum, loss_m.count], env.device)
     return {"train_loss": loss_sum / max(count, 1)}
 

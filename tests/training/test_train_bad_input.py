@@ -1,6 +1,8 @@
 """Bad input gives an error naming the file or key; an interrupted save leaves the previous checkpoint intact."""
+import io
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from classification.data import DataError
 from classification.engine.cli import run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
+from classification.engine.logs import ProgressBar
 from classification.engine.trainer import train
 
 from training_helpers import TINY_MODEL, make_meta_tree, write_image
@@ -65,7 +68,17 @@ def test_meta_list_of_another_root_is_refused_before_training(tmp_path):
     assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]  # no log, no CSV file
 
 
-def test_unreadable_image_is_named(tmp_path):
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so progress bars draw into it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_unreadable_image_is_named(tmp_path, monkeypatch):
+    """On a terminal the epoch's progress bar is cleared before the error is printed (it stayed on the line)."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     root = tmp_path / "data"
     for c in ("a", "b"):
         for i in range(4):
@@ -74,6 +87,7 @@ def test_unreadable_image_is_named(tmp_path):
     (root / "train" / "b" / "3.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError, match=f"cannot read image {root / 'train' / 'b' / '3.png'}"):
         run(tmp_path, "--data-path", str(root))
+    assert ProgressBar.active is None and terminal.getvalue().endswith("\r\x1b[K")
 
 
 def test_unknown_config_key_exits_with_a_message(tmp_path, capsys):
