@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from classification.benchmarks import OpShape, benchmark_op, images_per_second, render_table
+from classification.benchmarks import OpShape, benchmark_op, images_per_second, median_seconds, render_table
+from classification.benchmarks import timing
 from localmamba_kernel_runtime import backends
 
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
@@ -92,3 +93,52 @@ def test_cuda_without_a_gpu_is_refused(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(['--op', 'scan', '--device', 'cuda'])
     assert 'CUDA is not available' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv, model, baseline', [
+    (['--model', 'timm_local_vim_tiny'], 'local_vim_tiny', 'deit_tiny_patch16_224'),
+    (['--model', 'timm_local_vssm_tiny', '--baseline', 'timm_resnet18'], 'local_vssm_tiny', 'resnet18'),
+])
+def test_model_names_are_taken_with_the_original_timm_prefix(argv, model, baseline):
+    args = benchmark.parse_args(argv)
+    assert (args.model, args.baseline) == (model, baseline)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'local_vim_tny'], "--model: unknown model 'local_vim_tny'; did you mean local_vim_tiny"),
+    (['--model', 'local_vim_tiny', '--baseline', 'deit_tny_patch16_224'],
+     "--baseline: unknown model 'deit_tny_patch16_224'; did you mean deit_tiny_patch16_224"),
+])
+def test_unknown_model_names_end_in_one_line_with_close_matches(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(argv)
+    assert exit_info.value.code == 2 and f'error: {message}' in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_progress_reports_the_first_call_every_tenth_and_an_eta():
+    now = iter(float(t) for t in range(0, 100, 2))              # every call to the clock 2 s later
+    lines = []
+    report = timing.progress_reporter(lines.append, clock=lambda: next(now))
+    for done in range(1, 26):
+        report(done, 25)
+    assert [line.split(',')[0] for line in lines] == ['forwards 1/25', 'forwards 3/25', 'forwards 6/25',
+                                                      'forwards 9/25', 'forwards 12/25', 'forwards 15/25',
+                                                      'forwards 18/25', 'forwards 21/25', 'forwards 24/25',
+                                                      'forwards 25/25']
+    assert lines[0] == 'forwards 1/25, elapsed 0:00:02, ETA 0:00:48'   # 2 s for 1 of 25: 48 s for the other 24
+    assert lines[-1] == 'forwards 25/25, elapsed 0:00:20, ETA 0:00:00'
+
+
+def test_median_seconds_reports_progress_over_warmup_and_timed_repeats():
+    calls = []
+    median_seconds({'a': lambda: None, 'b': lambda: None}, repeats=3, warmup=2,
+                   progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_an_image_size_the_baseline_cannot_take_ends_in_one_line(capsys):
+    assert benchmark.main(['--model', 'local_vim_tiny', '--img-size', '8', '--batch-sizes', '1', '--train-batch',
+                           '0', '--repeats', '1', '--warmup', '0']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: --img-size 8: model deit_tiny_patch16_224 cannot take 8x8 images (')
+    assert len(err.splitlines()) == 1

@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError, benchmark_models,  # noqa: E402
                                        default_baseline, format_model_table, parse_device, print_op_benchmark,
                                        unavailable_backends, write_csv)
+from classification.engine.config import ConfigError  # noqa: E402
+from classification.engine.model_builder import resolve_model_name  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
+    for flag in ("model", "baseline"):
+        if getattr(args, flag):
+            try:
+                setattr(args, flag, resolve_model_name(getattr(args, flag)))
+            except UnknownModelError as err:
+                parser.error(f"--{flag}: {err}")
     if args.model and not args.baseline:
         try:
             args.baseline = default_baseline(args.model)
@@ -104,8 +112,9 @@ def main(argv=None) -> int:
         try:
             rows = benchmark_models(args.model, args.baseline, args.batch_sizes, args.train_batch, args.img_size,
                                     args.device, args.dtype, args.repeats, args.warmup, compile_mode=args.compile)
-        except UnknownModelError as err:
-            raise SystemExit(str(err)) from err
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(format_model_table(rows))
     else:
         rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),

@@ -1,5 +1,9 @@
 """Parameters and FLOPs of models: `python tools/flops.py MODEL [MODEL ...] [--img-size 224] [--num-classes N]`.
 
+A searched or resized model is counted as it was trained: `--directions FILE` (a directions.yaml written by
+tools/vis_search_prob.py) and `--model-kwargs KEY=VALUE ...` (e.g. `embed_dim=96 depth=12`) build every MODEL with
+them.
+
 Two conventions, both counting one multiply-add as one FLOP:
 
 * original -- what the original code reports for the model: LocalVim (`local_vim_*`) its analytic
@@ -20,6 +24,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks import UnknownModelError, flops_rows, format_flops_table  # noqa: E402
+from classification.engine.config import ConfigError, KeyValueAction  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
 
 
@@ -31,6 +36,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument('--img-size', type=int, default=224, help='square input size (default 224)')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='classifier size (0: none; default: the model\'s)')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueAction, metavar='KEY=VALUE',
+                        help='keyword arguments for the model constructor (e.g. embed_dim=96 depth=12)')
+    parser.add_argument('--directions', default=None,
+                        help='directions.yaml written by tools/vis_search_prob.py (one list per layer)')
     args = parser.parse_args(argv)
     if args.img_size < 1:
         parser.error(f'--img-size must be positive, got {args.img_size}')
@@ -38,10 +47,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f'--num-classes must be 0 (no classifier) or more, got {args.num_classes}')
     try:
         names = [resolve_model_name(name) for name in args.models]
-    except UnknownModelError as err:
+        rows = flops_rows(names, args.img_size, args.num_classes, args.model_kwargs, args.directions)
+    except (UnknownModelError, ConfigError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    rows = flops_rows(names, args.img_size, args.num_classes)
     for row in rows:
         if row['unsupported']:
             print(f"warning: {row['model']}: ops not counted: {row['unsupported']}", file=sys.stderr)

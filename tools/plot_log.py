@@ -1,6 +1,7 @@
 """Plot a run's curves: `python tools/plot_log.py experiments/NAME/metrics.csv [--out curves.png]`.
 
-Draws train/test loss, top-1 (and top-5) from metrics.csv and the learning rate from lr.csv beside it.
+Draws train/test loss, top-1 (and top-5) from metrics.csv and the learning rate from lr.csv beside it; the run's
+folder (experiments/NAME) stands for its metrics.csv.
 """
 import argparse
 import os
@@ -18,10 +19,11 @@ def main() -> None:
     from classification.engine.plotting import plot_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("metrics", help="metrics.csv of a run")
+    parser.add_argument("metrics", help="metrics.csv of a run, or the run's folder")
     parser.add_argument("--out", default=None,
                         help="figure to write, in the format of its extension (.png added to a name without one; "
-                             "default: curves.png beside metrics.csv)")
+                             "a folder gets curves.png; default: curves.png beside metrics.csv)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
     print(f"wrote {plot_run(args.metrics, args.out)}")
 

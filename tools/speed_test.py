@@ -6,8 +6,10 @@
 FLOPs as the original's `get_flops`: the model's own `flops()` (LocalVim's analytic count, LocalVMamba's fvcore
 count), else fvcore's count with the scan handle. Inference in eval mode on random images (batch, 3, 224, 224),
 after `--warmup-iters` untimed forwards (default 100, as the original), timed over `--iters` forwards (default 1000);
-the throughput is batch / median seconds per forward (the original divides by the mean). `-c` reads `model`,
-`batch_size` and `img_size` from a YAML config, checked as tools/train.py checks it; the command line wins.
+the throughput is batch / median seconds per forward (the original divides by the mean). Progress and an ETA are
+logged after the first forward and every tenth of them. `-c` reads `model`, `model_kwargs`, `directions`,
+`num_classes`, `batch_size`, `img_size` and `threads` from a YAML config (a run's `args.yaml` times that run's model
+as it ran), checked as tools/train.py checks it; the command line wins (`--model-kwargs` updates the config's).
 """
 import argparse
 import logging
@@ -32,20 +34,28 @@ def main() -> None:
     import torch
 
     from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
-    from classification.engine.config import read_config
+    from classification.benchmarks.timing import progress_reporter
+    from classification.engine.config import KeyValueAction, read_config
     from classification.engine.model_builder import resolve_model_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", default=None, help="YAML config (its model, batch_size, img_size)")
+    parser.add_argument("-c", "--config", default=None,
+                        help="YAML config, e.g. a run's args.yaml (its model, model_kwargs, directions, num_classes, "
+                             "batch_size, img_size, threads)")
     parser.add_argument("--model", default=None, help="model name, with or without timm_")
+    parser.add_argument("--model-kwargs", nargs="*", default={}, action=KeyValueAction, metavar="KEY=VALUE",
+                        help="ours: keyword arguments for the model constructor (update the config's model_kwargs)")
+    parser.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
+    parser.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the model's)")
     parser.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default 128, as the original)")
     parser.add_argument("--img-size", type=int, default=None, help="square input size (default 224)")
     parser.add_argument("--iters", type=int, default=1000, help="timed forwards (default 1000)")
     parser.add_argument("--warmup-iters", type=int, default=100, help="untimed forwards first (default 100)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's, else torch's)")
     parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                         help="ours: time the model under torch.compile in this mode (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
     defaults = read_config(args.config) if args.config else {}
     model_name = args.model or defaults.get("model")
@@ -55,24 +65,33 @@ def main() -> None:
     img_size = _first_given(args.img_size, defaults.get("img_size"), 224)
     if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
         parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
+    threads = args.threads if args.threads is not None else defaults.get("threads")
+    if threads is not None and threads < 1:
+        parser.error(f"--threads must be positive, got {threads}")
+    num_classes = args.num_classes if args.num_classes is not None else defaults.get("num_classes")
+    if num_classes is not None and num_classes < 1:
+        parser.error(f"--num-classes must be positive, got {num_classes}")
+    model_kwargs = {**defaults.get("model_kwargs", {}), **args.model_kwargs}
+    directions = args.directions or defaults.get("directions")
     try:
         device = str(parse_device(args.device))
     except ValueError as err:
         parser.error(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     logger = logging.getLogger("speed_test")
 
     name = resolve_model_name(model_name)
+    built = dict(num_classes=num_classes, model_kwargs=model_kwargs, directions=directions)
     with torch.no_grad():
-        row = flops_row(name, img_size)
+        row = flops_row(name, img_size, **built)
     flops = row["original"] if row["original"] is not None else row["fvcore"]
     logger.info(f"Model {name} created, params: {row['params']}, FLOPs: {flops}")
-    model = build_model(name, img_size, device)
+    model = build_model(name, img_size, device, **built)
     logger.info("Start measuring speed.")
     speed = images_per_second({name: model}, batch, img_size, repeats=args.iters, warmup=args.warmup_iters,
-                              compile_mode=args.compile)[name]
+                              compile_mode=args.compile, progress=progress_reporter(logger.info))[name]
     shape = (3, img_size, img_size)
     logger.info(f"Done, n_iters: {args.iters}, batch size: {batch}, image shape: {shape}, device: {device}")
     logger.info(f"total samples: {batch * args.iters}, throughput: {speed:.3f} samples/second.")

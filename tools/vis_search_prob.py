@@ -2,7 +2,8 @@
 
 Prints every layer's candidate probabilities and top-k list as the original does, and writes DIR/directions.yaml
 (for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder;
-a directions.yaml there with other directions is replaced only with `--overwrite`.
+a directions.yaml there with other directions is replaced only with `--overwrite`. A checkpoint saved before the end
+of its search run (an interrupted run's last.pth.tar, an early best.pth.tar) gets a note saying so.
 """
 import argparse
 import os
@@ -39,6 +40,9 @@ def main() -> None:
                      overwrite=args.overwrite)
     print(result["printout"])
     print(f"wrote {result['directions_file']} and {result['heatmap']}", file=sys.stderr)
+    if result["unfinished"]:
+        print(f"note: {args.ckpt} is not the end of its search run ({result['unfinished']}): these directions are "
+              f"the search's state then, not its result", file=sys.stderr)
 
 
 if __name__ == "__main__":

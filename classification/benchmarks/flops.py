@@ -10,7 +10,7 @@ Runs on CPU. Any other timm model gets the fvcore count only.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from ..engine.model_builder import resolve_model_name
 from ..models.flop_count import flop_analysis
 from ..models.local_vim import VisionMamba
 from ..models.local_vmamba import VSSM
-from .model_speed import build_model
+from .model_speed import build_model, check_image_size
 from .tables import render_table
 
 
@@ -44,18 +44,22 @@ def original_flops(model: nn.Module, img_size: int = 224, fvcore_total: Optional
     return None
 
 
-def flops_row(name: str, img_size: int = 224, num_classes: Optional[int] = None) -> dict:
-    """Params and both FLOP counts of one model: dict(model, img_size, params, original, fvcore, unsupported)."""
-    model = build_model(name, img_size, num_classes=num_classes)
+def flops_row(name: str, img_size: int = 224, num_classes: Optional[int] = None,
+              model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None) -> dict:
+    """Params and both FLOP counts of one model (built as :func:`build_model` builds it): dict(model, img_size, params,
+    original, fvcore, unsupported)."""
+    model = build_model(name, img_size, num_classes=num_classes, model_kwargs=model_kwargs, directions=directions)
+    check_image_size(model, resolve_model_name(name), img_size)
     total, unsupported = fvcore_flops(model, img_size)
     return dict(model=resolve_model_name(name), img_size=img_size, params=count_params(model),
                 original=original_flops(model, img_size, total), fvcore=total, unsupported=unsupported)
 
 
-def flops_rows(names: List[str], img_size: int = 224, num_classes: Optional[int] = None) -> List[dict]:
+def flops_rows(names: List[str], img_size: int = 224, num_classes: Optional[int] = None,
+               model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None) -> List[dict]:
     """:func:`flops_row` of each model (names already resolved, or resolvable), without autograd."""
     with torch.no_grad():
-        return [flops_row(name, img_size, num_classes) for name in names]
+        return [flops_row(name, img_size, num_classes, model_kwargs, directions) for name in names]
 
 
 def format_flops_table(rows: List[dict]) -> str:

@@ -3,12 +3,13 @@
 same process on the same random images."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from ..engine.model_builder import create_model_at_size
+from ..engine.config import ConfigError
+from ..engine.model_builder import check_directions_file, create_model_at_size, resolve_model_name
 from .tables import render_table
 from .timing import DTYPES, median_seconds
 
@@ -24,11 +25,41 @@ def default_baseline(model: str) -> str:
 
 
 def build_model(name: str, img_size: int = 224, device: Union[str, torch.device] = "cpu",
-                num_classes: Optional[int] = None) -> nn.Module:
+                num_classes: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None,
+                directions: Optional[str] = None) -> nn.Module:
     """A registered model (LocalMamba or timm) at ``img_size`` on ``device``, in eval mode, with its own classifier
-    size unless ``num_classes`` is given; unknown names raise ``UnknownModelError`` with close matches."""
-    kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-    return create_model_at_size(name, img_size, **kwargs).to(device).eval()
+    size unless ``num_classes`` is given, built with ``model_kwargs`` (an ``img_size`` there wins, as in training) and
+    a ``directions`` file, as a training run's config gives them. Unknown names raise ``UnknownModelError`` with
+    close matches; a bad directions file, or keyword arguments the model refuses, raise ``ConfigError``."""
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if directions:
+        check_directions_file(directions)
+        kwargs["directions"] = directions
+    size = kwargs.pop("img_size", img_size)
+    try:
+        model = create_model_at_size(name, size, **kwargs)
+    except (TypeError, ValueError) as err:  # a keyword the model does not take, directions of another depth
+        if not model_kwargs and not directions:
+            raise
+        given = {**(model_kwargs or {}), **({"directions": directions} if directions else {})}
+        raise ConfigError(f"model {resolve_model_name(name)} with "
+                          f"{' '.join(f'{key}={value}' for key, value in given.items())}: {err}") from err
+    return model.to(device).eval()
+
+
+def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
+    """Run ``model`` on one ``img_size`` image; ``ConfigError`` in one line when it cannot take that size (smaller
+    than a patch or a window), before any timing or FLOP count."""
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, img_size, img_size, device=device))
+    except (ValueError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--img-size {img_size}: model {name} cannot take {img_size}x{img_size} images "
+                          f"({reason})") from err
 
 
 def _print_now(line: str) -> None:
@@ -64,10 +95,12 @@ def train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Ca
 
 def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int = 224, train: bool = False,
                       dtype: str = "fp32", repeats: int = 5, warmup: int = 2,
-                      compile_mode: Optional[str] = None) -> Dict[str, float]:
+                      compile_mode: Optional[str] = None,
+                      progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
     """Images per second of each model on the same random (batch, 3, img_size, img_size) images, timed interleaved:
     inference, or a training step when ``train`` (1000-class targets; the models are left in that mode). Inference
-    runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup)."""
+    runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup).
+    ``progress``: as :func:`median_seconds` takes it."""
     device = next(next(iter(models.values())).parameters()).device
     images = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
     make_step = train_step if train else inference_step
@@ -76,7 +109,7 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
     if compile_mode is not None and not train:
         models = {name: torch.compile(model, mode=compile_mode) for name, model in models.items()}
     steps = {name: make_step(model, images, DTYPES[dtype]) for name, model in models.items()}
-    return {name: batch / seconds for name, seconds in median_seconds(steps, repeats, warmup, device).items()}
+    return {name: batch / seconds for name, seconds in median_seconds(steps, repeats, warmup, device, progress).items()}
 
 
 def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Sequence[int] = (1, 8),
@@ -92,6 +125,8 @@ def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Se
 
     baseline = baseline or default_baseline(model)
     models = {name: build_model(name, img_size, device) for name in (model, baseline)}
+    for name, built in models.items():
+        check_image_size(built, name, img_size)
     backends_used = ", ".join(f"{op}={b}" for op, b in backend_summary(device).items())
     log(f"model={model} baseline={baseline} device={torch.device(device).type} dtype={dtype} img={img_size} "
         f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)"
@@ -113,4 +148,4 @@ def format_model_table(rows: List[Dict[str, object]]) -> str:
     """The rows of :func:`benchmark_models` as a text table."""
     header = ["metric", f"{rows[0]['model']} img/s", f"{rows[0]['baseline']} img/s", "ratio"]
     return render_table([header] + [[str(r["metric"]), f"{r['model_img_s']:.2f}", f"{r['baseline_img_s']:.2f}",
-                                      f"{r['ratio']:.3f}x"] for r in rows])
+                                     f"{r['ratio']:.3f}x"] for r in rows])

@@ -1,11 +1,14 @@
 """Interleaved median timings: every repeat times every contender in turn, so machine noise hits all alike."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from typing import Callable, Dict, List, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
+
+from ..engine.logs import format_eta
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -18,8 +21,10 @@ def synchronize(device: Union[str, torch.device]) -> None:
 
 
 def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
-                   device: Union[str, torch.device] = "cpu") -> Dict[str, float]:
-    """Median seconds of each step, the steps interleaved in every repeat after ``warmup`` untimed ones."""
+                   device: Union[str, torch.device] = "cpu",
+                   progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
+    """Median seconds of each step, the steps interleaved in every repeat after ``warmup`` untimed ones;
+    ``progress(done, total)`` is called after each repeat (warmup included)."""
     samples: Dict[str, List[float]] = {name: [] for name in steps}
     for repeat in range(warmup + repeats):
         for name, step in steps.items():
@@ -29,7 +34,24 @@ def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, warmup: i
             synchronize(device)
             if repeat >= warmup:
                 samples[name].append(time.perf_counter() - start)
+        if progress is not None:
+            progress(repeat + 1, warmup + repeats)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def progress_reporter(log: Callable[[str], None], what: str = "forwards",
+                      clock: Callable[[], float] = time.perf_counter) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback for :func:`median_seconds` that logs `done/total`, the elapsed time and
+    an ETA after the first call and after every tenth of ``total``."""
+    start = clock()
+
+    def report(done: int, total: int) -> None:
+        if done != 1 and done % max(1, math.ceil(total / 10)) and done != total:
+            return
+        elapsed = clock() - start
+        log(f"{what} {done}/{total}, elapsed {format_eta(elapsed)}, ETA {format_eta(elapsed / done * (total - done))}")
+
+    return report
 
 
 def cuda_graph_seconds(step: Callable[[], None], repeats: int, warmup: int = 3,

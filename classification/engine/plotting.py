@@ -107,8 +107,12 @@ def _figure_path(out: str) -> str:
 
 def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`_figure_path`; default curves.png beside
-    metrics.csv) and return its path."""
-    out = _figure_path(out or os.path.join(os.path.dirname(metrics_path) or ".", "curves.png"))
+    metrics.csv; an existing folder gets curves.png) and return its path. `metrics_path` is a run's metrics.csv
+    or the run's folder."""
+    if os.path.isdir(metrics_path):
+        metrics_path = os.path.join(metrics_path, "metrics.csv")
+    out = out or os.path.dirname(metrics_path) or "."
+    out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) else out)
     m = read_csv(metrics_path)
     _require(m, METRICS_COLUMNS, metrics_path)
     lr_path = os.path.join(os.path.dirname(metrics_path), "lr.csv")

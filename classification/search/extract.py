@@ -6,7 +6,7 @@ literal per layer (the top-k candidates in canonical order) followed by a comma.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -22,7 +22,8 @@ def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str
 
 
 def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, title: str = "") -> None:
-    """Layers x candidates image of the probabilities, each cell annotated, chosen cells outlined."""
+    """Layers x candidates image of the probabilities, each cell annotated to 4 decimals (a search's probabilities
+    stay near 1/8, where 3 would show a chosen and a dropped cell alike), chosen cells outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +36,7 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     for layer, names in enumerate(chosen):
         for j, name in enumerate(CANDIDATES):
             value = grid[layer, j]
-            ax.text(j, layer, f"{value:.3f}", ha="center", va="center", fontsize=7,
+            ax.text(j, layer, f"{value:.4f}", ha="center", va="center", fontsize=7,
                     color="black" if value > grid.mean() else "white",
                     fontweight="bold" if name in names else "normal")
             if name in names:
@@ -63,15 +64,47 @@ def _check_replaceable(directions_file: str, chosen: list[list[str]], overwrite:
                               f"--directions reads them): give another --out, or --overwrite to replace it")
 
 
+def unfinished_search(ckpt: Mapping[str, Any]) -> Optional[str]:
+    """Why a training checkpoint does not hold the end of its search run (saved in the middle of an epoch, or with
+    epochs of the run still to come, as an interrupted run's last.pth.tar or an early best.pth.tar); None when it
+    does, or when it does not say (released weights)."""
+    epoch, step = ckpt.get("epoch"), ckpt.get("step")
+    epochs = (ckpt.get("config") or {}).get("epochs")
+    if not isinstance(epoch, int):
+        return None
+    of_run = f" of epochs 0-{epochs - 1}" if isinstance(epochs, int) else ""
+    if step:
+        return f"saved in the middle of epoch {epoch}{of_run}, after its step {step}"
+    if isinstance(epochs, int) and epoch + 1 < epochs:
+        return f"saved after epoch {epoch}{of_run}"
+    return None
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """Refuse an ``--out`` that names a file (an existing one, or a new .yaml / .png name) instead of a folder."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"--out {out_dir}: is a file; --out names the folder that gets directions.yaml and "
+                                 f"search_probs.png")
+    if not os.path.exists(out_dir) and os.path.splitext(out_dir)[1].lower() in (".yaml", ".yml", ".png"):
+        raise NotADirectoryError(f"--out {out_dir}: names a file; --out is the folder that gets directions.yaml and "
+                                 f"search_probs.png (e.g. --out {os.path.dirname(out_dir) or '.'})")
+
+
 def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: bool = False,
             supernet: Optional[str] = None, trust: bool = False, overwrite: bool = False) -> dict:
     """Read a supernet checkpoint, choose the top-k directions per layer, write directions.yaml and the heat map.
     An existing directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError).
 
-    Returns {'probs', 'directions', 'printout', 'directions_file', 'heatmap'}.
+    Returns {'probs', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'}; 'unfinished' is
+    :func:`unfinished_search`'s note (None for the end of a search run).
     """
     if not 1 <= topk <= len(CANDIDATES):
         raise ValueError(f"--topk must be between 1 and {len(CANDIDATES)}, got {topk}")
+    if os.path.isdir(ckpt_path):
+        raise CheckpointError(f"{ckpt_path} is a folder: give a checkpoint file in it, e.g. "
+                              f"{os.path.join(ckpt_path, 'last.pth.tar')}")
+    if out_dir:
+        _check_out_dir(out_dir)
     ckpt = load_checkpoint(ckpt_path, trust=trust)
     weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
     try:
@@ -88,6 +121,10 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     _check_replaceable(directions_file, chosen, overwrite)
     save_directions(directions_file, chosen, supernet=name, topk=topk)
     heatmap = os.path.join(out_dir, "search_probs.png")
-    plot_heatmap(probs, chosen, heatmap, title=f"{name or 'supernet'}: top-{topk} per layer (red)")
+    unfinished = unfinished_search(ckpt)
+    title = f"{name or 'supernet'}: top-{topk} per layer (red)"
+    if unfinished:
+        title += f"\nunfinished search: {unfinished}"
+    plot_heatmap(probs, chosen, heatmap, title=title)
     return {"probs": probs, "directions": chosen, "printout": original_printout(probs, chosen),
-            "directions_file": directions_file, "heatmap": heatmap}
+            "directions_file": directions_file, "heatmap": heatmap, "unfinished": unfinished}

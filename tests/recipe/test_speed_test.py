@@ -1,8 +1,12 @@
 """tools/speed_test.py on a tiny CPU run prints the model's own parameter and FLOP counts, then a throughput."""
 import os
 import re
+import runpy
 import subprocess
 import sys
+
+import pytest
+import torch
 
 from classification.engine.model_builder import create_model_at_size
 
@@ -31,3 +35,73 @@ def test_speed_test_refuses_an_unknown_device_in_one_line():
                            "--device", "foo"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("--device 'foo' is not one of auto, cpu, cuda, cuda:N")
+
+
+def test_speed_test_times_the_model_a_run_config_describes(tmp_path):
+    """A run's args.yaml (`-c`) gives the model's kwargs, its directions file and class count, as training built it:
+    the parameter and FLOP counts are those of that model, and progress with an ETA is logged as the forwards run."""
+    directions = tmp_path / "directions.yaml"
+    directions.write_text("supernet: local_vim_tiny_search\ntopk: 2\ndirections:\n- [h, w2]\n- [v_flip, w7]\n")
+    config = tmp_path / "args.yaml"
+    config.write_text(f"model: local_vim_tiny\nmodel_kwargs: {{patch_size: 4, embed_dim: 16, depth: 3}}\n"
+                      f"directions: {directions}\nnum_classes: 3\nimg_size: 16\nbatch_size: 2\n")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "speed_test.py"), "-c", str(config),
+                           "--model-kwargs", "depth=2", "--iters", "3", "--warmup-iters", "1", "--device", "cpu",
+                           "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    params, flops = map(int, re.search(r"Model local_vim_tiny created, params: (\d+), FLOPs: (\d+)", log).groups())
+    model = create_model_at_size("local_vim_tiny", 16, patch_size=4, embed_dim=16, depth=2, num_classes=3,
+                                 directions=str(directions))               # --model-kwargs updates the config's
+    assert params == sum(p.numel() for p in model.parameters())
+    assert flops == int(model.flops((3, 16, 16)))
+    assert re.findall(r"forwards (\d+)/4, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d", log) == ["1", "2", "3", "4"]
+    assert "Done, n_iters: 3, batch size: 2, image shape: (3, 16, 16), device: cpu" in log
+
+
+def test_speed_test_refuses_model_kwargs_the_model_does_not_take_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vssm_tiny", "--model-kwargs", "embed_dim=16",
+                                      "--device", "cpu"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "error: model local_vssm_tiny with embed_dim=16: VSSM.__init__() got an unexpected keyword argument")
+
+
+def test_speed_test_refuses_threads_below_one_before_building_anything(monkeypatch, capsys):
+    for threads in ("0", "-1"):                     # 0 was ignored silently, -1 a traceback from torch
+        monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vim_tiny", "--threads", threads,
+                                          "--img-size", "16", "-b", "1", "--iters", "1", "--warmup-iters", "0"])
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"speed_test.py: error: --threads must be positive, got " \
+                                                           f"{threads}"
+
+
+def test_speed_test_runs_on_the_config_threads_unless_told_otherwise(tmp_path, monkeypatch):
+    """A run's args.yaml holds the thread count it trained with (on a busy 2-core machine, two threads ran a tiny
+    model 10x slower than one); --threads still wins."""
+    config = tmp_path / "args.yaml"
+    config.write_text("model: local_vim_tiny\nmodel_kwargs: {patch_size: 4, embed_dim: 16}\nimg_size: 16\n"
+                      "batch_size: 1\nthreads: 1\n")
+    before = torch.get_num_threads()
+    try:
+        for extra, expected in (([], 1), (["--threads", "3"], 3)):
+            torch.set_num_threads(2)
+            monkeypatch.setattr(sys, "argv", ["speed_test.py", "-c", str(config), "--iters", "1", "--warmup-iters",
+                                              "0", "--device", "cpu", *extra])
+            runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_speed_test_takes_debug_for_the_traceback(monkeypatch):
+    from classification.engine.model_builder import UnknownModelError
+
+    monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vim_tny", "--debug"])
+    with pytest.raises(UnknownModelError, match="did you mean local_vim_tiny"):
+        runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")

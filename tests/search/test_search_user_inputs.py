@@ -1,0 +1,108 @@
+"""tools/vis_search_prob.py as a researcher meets it: checkpoints that are not the end of their search, a run's
+folder given for its checkpoint, an --out that names a file, and a heat map whose numbers tell the chosen cells
+from the dropped ones."""
+import os
+import runpy
+import sys
+
+import matplotlib.figure
+import pytest
+import timm
+import torch
+
+import classification  # noqa: F401  (registers the models)
+from classification.common.checkpoint_io import CheckpointError
+from classification.models.multi_scan import MultiScan
+from classification.search import extract as extraction
+from classification.search.extract import extract
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# a search still near uniform: top-4 is h, v_flip, w2, w7; v_flip (chosen, 0.12537) and w7_flip (dropped, 0.12462)
+# read alike to 3 decimals
+NEAR_UNIFORM = [0.006, -0.006, -0.005, 0.003, 0.004, -0.004, 0.005, -0.003]
+
+
+@pytest.fixture(scope="module")
+def supernet_weights():
+    torch.manual_seed(0)
+    model = timm.create_model("local_vim_tiny_search", depth=2, embed_dim=16)
+    with torch.no_grad():
+        for layer in (m for m in model.modules() if isinstance(m, MultiScan)):
+            layer.weights.copy_(torch.tensor(NEAR_UNIFORM).view(8, 1, 1, 1))
+    return model.state_dict()
+
+
+def save_run_checkpoint(path, weights, epoch, step=None, epochs=3):
+    torch.save({"model": weights, "ema_model": None, "epoch": epoch, "step": step,
+                "model_name": "local_vim_tiny_search", "config": {"epochs": epochs}}, path)
+    return str(path)
+
+
+def vis(monkeypatch, capsys, *argv):
+    """Run the tool; returns (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["vis_search_prob.py", *argv])
+    try:
+        runpy.run_path(os.path.join(REPO, "tools", "vis_search_prob.py"), run_name="__main__")
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.mark.parametrize("epoch, step, epochs, note", [
+    (1, 22, 3, "saved in the middle of epoch 1 of epochs 0-2, after its step 22"),   # an interrupted run's last
+    (0, None, 3, "saved after epoch 0 of epochs 0-2"),                                 # an early best.pth.tar
+    (2, None, 3, None),                                                                # the run's end
+])
+def test_a_checkpoint_before_the_end_of_its_search_is_named_so(supernet_weights, tmp_path, monkeypatch, capsys,
+                                                               epoch, step, epochs, note):
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", supernet_weights, epoch, step, epochs)
+    assert extraction.unfinished_search(torch.load(ckpt, weights_only=True)) == note
+    assert extract(ckpt, out_dir=str(tmp_path / "api"))["unfinished"] == note
+    status, printed, err = vis(monkeypatch, capsys, ckpt, "--out", str(tmp_path / "cli"))
+    assert status == 0 and len(printed.splitlines()) == 4               # the original's printout is unchanged
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert notes == ([f"note: {ckpt} is not the end of its search run ({note}): these directions are the search's "
+                      f"state then, not its result"] if note else [])
+
+
+def test_released_weights_carry_no_search_progress(supernet_weights):
+    assert extraction.unfinished_search({"state_dict": supernet_weights}) is None
+
+
+def test_a_run_folder_is_refused_naming_the_checkpoint_to_give(tmp_path, monkeypatch, capsys):
+    status, _, err = vis(monkeypatch, capsys, str(tmp_path))
+    assert status == 2
+    assert err.strip() == f"error: {tmp_path} is a folder: give a checkpoint file in it, e.g. {tmp_path}/last.pth.tar"
+    with pytest.raises(CheckpointError, match="is a folder"):
+        extract(str(tmp_path))
+
+
+def test_an_out_that_names_a_file_is_refused_before_anything_is_written(supernet_weights, tmp_path, monkeypatch,
+                                                                        capsys):
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", supernet_weights, 2)
+    status, _, err = vis(monkeypatch, capsys, ckpt, "--out", ckpt)
+    assert status == 2 and err.strip() == (f"error: --out {ckpt}: is a file; --out names the folder that gets "
+                                           f"directions.yaml and search_probs.png")
+    new_yaml = tmp_path / "searched" / "directions.yaml"
+    status, _, err = vis(monkeypatch, capsys, ckpt, "--out", str(new_yaml))
+    assert status == 2 and err.strip() == (f"error: --out {new_yaml}: names a file; --out is the folder that gets "
+                                           f"directions.yaml and search_probs.png (e.g. --out {new_yaml.parent})")
+    assert sorted(os.listdir(tmp_path)) == ["last.pth.tar"]
+
+
+def test_heat_map_numbers_tell_chosen_cells_from_dropped_ones(supernet_weights, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: drawn.append([t.get_text() for t in fig.axes[0].texts]))
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", supernet_weights, 2)
+    result = extract(ckpt, topk=4, out_dir=str(tmp_path))
+    probs = result["probs"][0].tolist()
+    assert result["directions"][0] == ["h", "v_flip", "w2", "w7"]
+    shown = drawn[0][:8]                                                # layer 0, candidates in canonical order
+    assert shown == [f"{p:.4f}" for p in probs]
+    assert f"{probs[3]:.3f}" == f"{probs[7]:.3f}"                       # what 3 decimals would have shown
+    chosen = {shown[i] for i in (0, 3, 4, 6)}
+    dropped = {shown[i] for i in (1, 2, 5, 7)}
+    assert not chosen & dropped                                         # no chosen cell reads like a dropped one
