@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.models._builder import build_model_with_cfg
 from timm.models._registry import model_entrypoint
 
-from ..models.directions import load_directions, validate_directions
+from ..models.directions import directions_supernet, load_directions, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, supernet_directions_error
 from .config import ConfigError
 
@@ -123,8 +123,26 @@ def model_kwargs(cfg: Namespace) -> dict[str, Any]:
     kwargs.update(cfg.model_kwargs)
     if cfg.directions:
         check_directions_file(cfg.directions)
+        _note_another_family(cfg.directions, canonical_model_name(cfg.model))
         kwargs["directions"] = cfg.directions
     return kwargs
+
+
+FAMILIES = {"local_vim": "LocalVim", "local_vssm": "LocalVMamba"}
+
+
+def _family(name: str) -> Optional[str]:
+    return next((family for prefix, family in FAMILIES.items() if name.startswith(prefix)), None)
+
+
+def _note_another_family(path: str, model: str) -> None:
+    """Warn when a directions file was searched by a supernet of the other family than `model`'s (its layer count
+    may still fit, e.g. with --model-kwargs): the directions are used as given."""
+    supernet = directions_supernet(path)
+    searched, trained = _family(supernet or ""), _family(model)
+    if searched and trained and searched != trained:
+        logger.warning(f"{path} holds the directions searched by {supernet} (a {searched} supernet), but {model} is "
+                       f"a {trained} model: its layers take them as given")
 
 
 def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], warn: bool) -> dict[str, Any]:

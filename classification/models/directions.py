@@ -155,6 +155,14 @@ def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
     return [[str(name) for name in layer] for layer in data]
 
 
+def directions_supernet(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The supernet a directions file names as its source (None when it names none, or is a plain list)."""
+    with open(os.fspath(path), encoding='utf-8') as f:
+        data = yaml.safe_load(f)
+    supernet = data.get('supernet') if isinstance(data, dict) else None
+    return str(supernet) if supernet else None
+
+
 def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence[str]],
                     supernet: Optional[str] = None, topk: Optional[int] = None) -> None:
     """Write a directions file that ``load_directions`` and ``--directions`` read back."""

@@ -48,3 +48,22 @@ def test_img_size_builds_the_models_made_for_one_size(tmp_path, model_name, grid
     model = build(tmp_path, f"model: {model_name}\nmodel_kwargs: {small}\n", "--img-size", "32", "--model-kwargs",
                   "img_size=64")
     assert model.pos_embed.shape[1] == 16 + (model_name == "vit_tiny_patch16_224")
+
+
+@pytest.mark.parametrize("supernet, warned", [("local_vssm_tiny_search", True), ("local_vim_tiny_search", False),
+                                              (None, False)])
+def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_path, caplog, monkeypatch, supernet,
+                                                                          warned):
+    """A LocalVMamba search's file fits a LocalVim of the same layer count and trained it without a word."""
+    from classification.models.directions import save_directions
+    path = tmp_path / "directions.yaml"
+    save_directions(path, [["h", "v_flip"], ["w2", "w7"]], supernet=supernet, topk=2)
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="localmamba"):
+        model = build(tmp_path, "{}\n", "--model", "local_vim_tiny_wo_search", "--directions", str(path),
+                      "--model-kwargs", "depth=2", "embed_dim=32", "--img-size", "16")
+    assert model.layers[1].mixer.multi_scan.directions == ("w2", "w7")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ([f"{path} holds the directions searched by local_vssm_tiny_search (a LocalVMamba supernet), "
+                         f"but local_vim_tiny_wo_search is a LocalVim model: its layers take them as given"]
+                        if warned else [])
