@@ -21,6 +21,9 @@ RELEASED_FILES = {
     'local_vssm_small': 'local_vssm_small.ckpt',
 }
 
+# timm's pretrained_filter_fn: (checkpoint state_dict, model) -> the state_dict to load.
+CheckpointFilter = Callable[[dict, nn.Module], dict]
+
 # Each search supernet, and the model that trains the directions searched with it.
 SUPERNET_FINAL_MODELS = {
     'local_vim_tiny_search': 'local_vim_tiny',
@@ -48,8 +51,26 @@ def model_cfg(model_name: str, first_conv: str, classifier: str, pool_size: Opti
     }
 
 
+def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter) -> CheckpointFilter:
+    """``checkpoint_filter_fn`` that also keeps a checkpoint's classifier when it has the model's class count.
+
+    timm drops the classifier whenever the model's ``num_classes`` differs from the pretrained_cfg's (1000, the
+    release's), so a user's own 10-class checkpoint (``pretrained_cfg_overlay=dict(file=...)``) lost its trained head
+    in a 10-class model. When the head fits, the pretrained_cfg that timm is loading with (the model's own) takes the
+    model's class count, which is then the truth about the weights loaded."""
+    def filter_fn(state_dict: dict, model: nn.Module) -> dict:
+        state_dict = checkpoint_filter_fn(state_dict, model)
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        head = state_dict.get(f"{cfg.get('classifier')}.weight")
+        num_classes = getattr(model, 'num_classes', None)
+        if head is not None and head.dim() == 2 and head.shape[0] == num_classes != cfg.get('num_classes'):
+            cfg['num_classes'] = num_classes
+        return state_dict
+    return filter_fn
+
+
 def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool,
-                      checkpoint_filter_fn: Callable[[dict, nn.Module], dict], default_out_indices: Sequence[int],
+                      checkpoint_filter_fn: CheckpointFilter, default_out_indices: Sequence[int],
                       **kwargs: Any) -> nn.Module:
     """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
     included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
@@ -61,7 +82,7 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(
             model_cls, variant, pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
+            pretrained_filter_fn=keeping_a_fitting_head(checkpoint_filter_fn),
             feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
             **kwargs)
     return model if dtype is None else model.to(dtype)

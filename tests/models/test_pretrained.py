@@ -29,10 +29,10 @@ def test_release_urls(name):
     assert (cfg.tag == 'in1k') == bool(URLS[name])
 
 
-def _released_file(name, path):
+def _released_file(name, path, **kwargs):
     """A checkpoint of the tiny variant in the released form (as tools/convert_ckpt.py writes it) and its weights."""
     torch.manual_seed(1)
-    weights = timm.create_model(name, **TINY[name]).state_dict()
+    weights = timm.create_model(name, **TINY[name], **kwargs).state_dict()
     torch.save({'state_dict': {'module.' + k: v for k, v in weights.items()}}, path)
     return weights
 
@@ -61,6 +61,24 @@ def test_pretrained_for_other_classes_loads_the_trunk_and_leaves_a_new_head(name
     for key, value in model.state_dict().items():
         if not key.startswith(head):
             torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_pretrained_keeps_the_head_of_an_own_checkpoint_with_the_models_classes(name, tmp_path):
+    """A user's 10-class checkpoint (tools/convert_ckpt.py) into a 10-class model loads whole: timm dropped its head
+    because 10 differs from the release's 1000 in the pretrained_cfg, which now says 10. Into a 5-class model the
+    head is dropped and the pretrained_cfg keeps the release's count."""
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path, num_classes=10)
+    torch.manual_seed(2)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10,
+                              **TINY[name])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+    assert model.pretrained_cfg['num_classes'] == 10
+    other = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=5,
+                              **TINY[name])
+    assert other.get_classifier().out_features == 5 and other.pretrained_cfg['num_classes'] == 1000
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
