@@ -65,9 +65,9 @@ def main() -> None:
     img_size = _first_given(args.img_size, defaults.get("img_size"), 224)
     if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
         parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
-    threads = args.threads if args.threads is not None else defaults.get("threads")
-    if threads is not None and threads < 1:
-        parser.error(f"--threads must be positive, got {threads}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    threads = args.threads if args.threads is not None else (defaults.get("threads") or None)  # 0: torch's default
     num_classes = args.num_classes if args.num_classes is not None else defaults.get("num_classes")
     if num_classes is not None and num_classes < 1:
         parser.error(f"--num-classes must be positive, got {num_classes}")

@@ -1,4 +1,5 @@
 """tools/speed_test.py on a tiny CPU run prints the model's own parameter and FLOP counts, then a throughput."""
+import logging
 import os
 import re
 import runpy
@@ -6,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 
 from classification.engine.model_builder import create_model_at_size
@@ -97,6 +99,31 @@ def test_speed_test_runs_on_the_config_threads_unless_told_otherwise(tmp_path, m
             assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_speed_test_reads_the_args_yaml_a_run_writes(tmp_path, monkeypatch):
+    """A run trained without --threads writes threads: 0 (torch's default), which speed_test refused as a thread
+    count; it now keeps torch's thread count, and times the run's model."""
+    from classification.engine.config import parse_args, save_config
+
+    config = tmp_path / "args.yaml"
+    save_config(parse_args(["--model", "local_vim_tiny_wo_search", "--model-kwargs", "patch_size=4", "embed_dim=16",
+                            "depth=2", "--img-size", "16", "-b", "1", "--num-classes", "3"]), str(config))
+    before = torch.get_num_threads()
+    lines = []
+    monkeypatch.setattr(logging.Logger, "info", lambda self, message, *a, **k: lines.append(message))
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(sys, "argv", ["speed_test.py", "-c", str(config), "--iters", "1", "--warmup-iters", "0",
+                                          "--device", "cpu"])
+        runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    params = sum(p.numel() for p in timm.create_model("local_vim_tiny_wo_search", patch_size=4, embed_dim=16, depth=2,
+                                                      img_size=16, num_classes=3).parameters())
+    created = [line for line in lines if str(line).startswith("Model ")]
+    assert len(created) == 1 and created[0].startswith(f"Model local_vim_tiny_wo_search created, params: {params}, ")
 
 
 def test_speed_test_takes_debug_for_the_traceback(monkeypatch):
