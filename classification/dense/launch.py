@@ -29,17 +29,17 @@ import os.path as osp
 import re
 import signal
 import sys
-import tempfile
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
+from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
+                         walk_dicts, work_dir_problem)
 
 TASKS = ('detection', 'segmentation')
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
 # mmengine's CheckpointHook and the pointer --resume follows.
 RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
 # The backbones whose pretrained loads --trust-checkpoint also opens to pickle.
-BACKBONES = ('MM_LocalVim', 'MM_LocalVSSM')
 UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
@@ -94,6 +94,18 @@ def _exit_error(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _stop_on(problem: Optional[str]) -> None:
+    """End the process with ``problem`` (one of the ``run_inputs`` checks' messages) unless it is None."""
+    if problem:
+        _exit_error(problem)
+
+
+def check_config_file(path: str) -> None:
+    """End the process in one line (exit status 2) if the config file does not exist or sets nothing, which mmengine
+    reports with a traceback."""
+    _stop_on(config_file_problem(path))
+
+
 def _run(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> None:
     """Build the Runner and train or test (``step``). A checkpoint that cannot be used, or an unexpected keyword
     argument that is the last part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a
@@ -141,28 +153,6 @@ def new_option_keys(cfg, options: dict) -> list[str]:
     return new
 
 
-def check_work_dir(work_dir: str) -> None:
-    """End the process in one line (exit status 2) if ``work_dir`` cannot be created or written to."""
-    if osp.exists(work_dir) and not osp.isdir(work_dir):
-        _exit_error(f'work_dir {work_dir} is a file, not a folder')
-    try:
-        os.makedirs(work_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=work_dir):
-            pass
-    except OSError as err:
-        _exit_error(f'cannot write to work_dir {work_dir}: {err.strerror or err}')
-
-
-def check_config_file(path: str) -> None:
-    """End the process in one line (exit status 2) if the config file does not exist or sets nothing (it is empty
-    or holds only comments), which mmengine reports with a traceback."""
-    if not osp.isfile(path):
-        _exit_error(f'config file not found: {path}')
-    with open(path, encoding='utf-8', errors='replace') as f:
-        if all(not line.strip() or line.lstrip().startswith('#') for line in f):
-            _exit_error(f'{path}: the config is empty')
-
-
 def _load_config(args: argparse.Namespace):
     """Read the config, apply CLI overrides and the CPU adjustments; set work_dir. Sets ``args.new_options`` to the
     ``--cfg-options`` keys the config did not have."""
@@ -180,7 +170,7 @@ def _load_config(args: argparse.Namespace):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     if args.trust_checkpoint:
-        _walk_dicts(cfg.model, _trust_backbone)
+        walk_dicts(cfg.model, _trust_backbone)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -231,18 +221,7 @@ def _cpu_distributed(cfg) -> None:
     cfg.setdefault('model_wrapper_cfg', dict(
         type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False)))
-    _walk_dicts(cfg.model, _replace_sync_bn)
-
-
-def _walk_dicts(node: Any, visit: Callable[[dict], None]) -> None:
-    """Call ``visit`` on every dict in a config tree (dicts, lists, tuples), parents before children."""
-    if isinstance(node, dict):
-        visit(node)
-        for value in node.values():
-            _walk_dicts(value, visit)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _walk_dicts(value, visit)
+    walk_dicts(cfg.model, _replace_sync_bn)
 
 
 def _replace_sync_bn(node: dict) -> None:
@@ -250,98 +229,16 @@ def _replace_sync_bn(node: dict) -> None:
         node['type'] = 'BN'
 
 
-def _backbone_name(node: dict) -> str:
-    """The class name a config dict's ``type`` names (a registry name, scoped or not, or the class itself)."""
-    kind = node.get('type')
-    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
-    return name.rsplit('.', 1)[-1]
-
-
-def _is_backbone(node: dict) -> bool:
-    """True for the config dict of one of our backbones."""
-    return _backbone_name(node) in BACKBONES
-
-
 def _trust_backbone(node: dict) -> None:
-    if _is_backbone(node):
+    if is_backbone(node):
         node['trust_checkpoint'] = True
 
 
 def _skip_pretrained(node: dict) -> None:
-    if _is_backbone(node):
+    if is_backbone(node):
         for key in ('pretrained', 'pretrained_ckpt'):
             if node.get(key) is not None:
                 node[key] = None
-
-
-def check_pretrained_files(model_cfg: Any) -> None:
-    """Stop in one line when a backbone's ``pretrained`` file does not exist: the backbone would find out only in
-    ``init_weights``, after the datasets are built."""
-    from .backbones import missing_pretrained_message
-
-    def check(node: dict) -> None:
-        if not _is_backbone(node):
-            return
-        for key in ('pretrained', 'pretrained_ckpt'):
-            message = node.get(key) and missing_pretrained_message(_backbone_name(node), node[key])
-            if message:
-                _exit_error(message)
-    _walk_dicts(model_cfg, check)
-
-
-def _datasets(node: Any, where: str):
-    """(config key, dict) of each dataset config under a dataloader's ``dataset``, wrapped ones included
-    (``dataset`` of RepeatDataset and the like, ``datasets`` of ConcatDataset)."""
-    if not isinstance(node, dict):
-        return
-    yield where, node
-    yield from _datasets(node.get('dataset'), f'{where}.dataset')
-    for i, inner in enumerate(node.get('datasets') or ()):
-        yield from _datasets(inner, f'{where}.datasets.{i}')
-
-
-def _missing_data_path(dataset: dict, where: str) -> Optional[str]:
-    """What a local dataset config names that does not exist (its data_root, ann_file or data_prefix folders, joined
-    to data_root as mmengine's BaseDataset joins them), or None. Datasets read through another storage backend are
-    not checked."""
-    if dataset.get('backend_args'):
-        return None
-    root = dataset.get('data_root') or ''
-    if root and '://' not in root and not osp.isdir(root):
-        return (f'{where}.data_root: {root} is not a folder (put the dataset there, or give its place with '
-                f'--cfg-options {where}.data_root=PATH)')
-
-    def local(path: str) -> Optional[str]:
-        if not isinstance(path, str) or not path or '://' in path:
-            return None
-        return path if osp.isabs(path) or not root else osp.join(root, path)
-    ann_file = local(dataset.get('ann_file'))
-    if ann_file and not osp.isfile(ann_file):
-        return f'{where}.ann_file: {ann_file} not found'
-    for key, prefix in (dataset.get('data_prefix') or {}).items():
-        folder = local(prefix)
-        if folder and not osp.isdir(folder):
-            return f'{where}.data_prefix.{key}: {folder} is not a folder'
-    return None
-
-
-def check_checkpoint_file(path: str, flag: str) -> None:
-    """Stop in one line when a local checkpoint given to ``flag`` does not exist (mmengine finds out after building
-    the datasets and the model)."""
-    if '://' not in path and not osp.isfile(path):
-        _exit_error(f'{flag}: checkpoint not found: {path}')
-
-
-def check_data_paths(cfg, loaders: Sequence[str]) -> None:
-    """Stop in one line when a dataset of one of ``loaders`` (config keys) names a local path that does not exist:
-    mmengine finds out with a traceback, after building the model."""
-    for loader in loaders:
-        if not cfg.get(loader):
-            continue
-        for where, dataset in _datasets(cfg[loader].get('dataset'), f'{loader}.dataset'):
-            message = _missing_data_path(dataset, where)
-            if message:
-                _exit_error(message)
 
 
 def resumes_a_checkpoint(cfg) -> bool:
@@ -397,13 +294,13 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
-        check_checkpoint_file(args.resume, '--resume')
+        _stop_on(missing_checkpoint(args.resume, '--resume'))
         cfg.resume, cfg.load_from = True, args.resume
     if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
-        _walk_dicts(cfg.model, _skip_pretrained)
+        walk_dicts(cfg.model, _skip_pretrained)
     else:
-        check_pretrained_files(cfg.model)
-    check_data_paths(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
+        _stop_on(missing_pretrained(cfg.model))
+    _stop_on(missing_data_path(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])))
     if not cfg.get('resume'):
         try:
             removed = claim_work_dir(cfg.work_dir, args.overwrite)
@@ -411,7 +308,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
             _exit_error(str(err))
         if removed:
             print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
-    check_work_dir(cfg.work_dir)
+    _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
     _run(lambda: _build_runner(cfg, fit_source).train(), args.new_options, resume_from=cfg.work_dir)
 
@@ -454,9 +351,9 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.out and task == 'segmentation':
         cfg.test_evaluator.output_dir = args.out
         cfg.test_evaluator.keep_results = True
-    check_checkpoint_file(args.checkpoint, 'checkpoint')
-    check_data_paths(cfg, ['test_dataloader'])
-    check_work_dir(cfg.work_dir)
+    _stop_on(missing_checkpoint(args.checkpoint, 'checkpoint'))
+    _stop_on(missing_data_path(cfg, ['test_dataloader'], images_only=True))
+    _stop_on(work_dir_problem(cfg.work_dir))
 
     def test() -> None:
         runner = _build_runner(cfg, args.checkpoint)

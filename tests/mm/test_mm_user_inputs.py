@@ -123,6 +123,27 @@ def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ad
         assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
 
 
+def test_the_data_check_passes_what_mmengine_reads_elsewhere_or_never(tmp_path):
+    """A data_root read through a storage backend (a URI, or backend_args) is not checked; a test set's annotation
+    folder (format_only test sets have none) is not required; wrapped datasets are each checked, by their key."""
+    from classification.dense.run_inputs import missing_data_path
+    (tmp_path / 'ade' / 'images').mkdir(parents=True)
+    ade = dict(type='ADE20KDataset', data_root=str(tmp_path / 'ade'),
+               data_prefix=dict(img_path='images', seg_map_path='annotations'))
+    remote = dict(type='CocoDataset', data_root='s3://bucket/coco/', ann_file='annotations/train.json',
+                  data_prefix=dict(img='train2017/'))
+    assert missing_data_path({'train_dataloader': dict(dataset=remote)}, ['train_dataloader']) is None
+    assert missing_data_path({'test_dataloader': dict(dataset=ade)}, ['test_dataloader'], images_only=True) is None
+    assert missing_data_path({'test_dataloader': dict(dataset=ade)}, ['test_dataloader']) == (
+        f"test_dataloader.dataset.data_prefix.seg_map_path: {tmp_path / 'ade' / 'annotations'} is not a folder")
+    concat = dict(type='ConcatDataset', datasets=[dict(ade, data_prefix=dict(img_path='images')),
+                                                  dict(type='RepeatDataset', times=2, dataset=dict(
+                                                      ade, data_root=str(tmp_path / 'gone')))])
+    assert missing_data_path({'train_dataloader': dict(dataset=concat)}, ['train_dataloader']) == (
+        f"train_dataloader.dataset.datasets.1.dataset.data_root: {tmp_path / 'gone'} is not a folder (put the dataset "
+        f"there, or give its place with --cfg-options train_dataloader.dataset.datasets.1.dataset.data_root=PATH)")
+
+
 def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
     from classification.dense.mm_checkpoint import CheckpointFitHook
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))

@@ -1,0 +1,133 @@
+"""What a det/seg run reads, checked before mmengine builds anything: each check returns the one-line error for the
+first missing input (None when all is there), which mmengine would otherwise report with a traceback, often after
+building the datasets and the model. Also the walk over config trees that finds our backbones in them."""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import tempfile
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+# The backbone classes registered by the det/seg plugins.
+BACKBONES = ('MM_LocalVim', 'MM_LocalVSSM')
+# data_prefix keys of image folders (mmdet, mmseg): the only ones a test set without annotations reads.
+IMAGE_PREFIXES = ('img', 'img_path')
+
+
+def walk_dicts(node: Any, visit: Callable[[dict], None]) -> None:
+    """Call ``visit`` on every dict in a config tree (dicts, lists, tuples), parents before children."""
+    if isinstance(node, dict):
+        visit(node)
+        for value in node.values():
+            walk_dicts(value, visit)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            walk_dicts(value, visit)
+
+
+def type_name(node: dict) -> str:
+    """The class name a config dict's ``type`` names (a registry name, scoped or not, or the class itself)."""
+    kind = node.get('type')
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    return name.rsplit('.', 1)[-1]
+
+
+def is_backbone(node: dict) -> bool:
+    """True for the config dict of one of our backbones."""
+    return type_name(node) in BACKBONES
+
+
+def config_file_problem(path: str) -> Optional[str]:
+    """A config file that does not exist, or sets nothing (empty, or only comments)."""
+    if not osp.isfile(path):
+        return f'config file not found: {path}'
+    with open(path, encoding='utf-8', errors='replace') as f:
+        if all(not line.strip() or line.lstrip().startswith('#') for line in f):
+            return f'{path}: the config is empty'
+    return None
+
+
+def work_dir_problem(work_dir: str) -> Optional[str]:
+    """A work_dir that cannot be created or written to (it is created when it can be)."""
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
+        return f'work_dir {work_dir} is a file, not a folder'
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=work_dir):
+            pass
+    except OSError as err:
+        return f'cannot write to work_dir {work_dir}: {err.strerror or err}'
+    return None
+
+
+def missing_checkpoint(path: str, flag: str) -> Optional[str]:
+    """A local checkpoint given to ``flag`` that does not exist (URLs are not checked)."""
+    if '://' not in path and not osp.isfile(path):
+        return f'{flag}: checkpoint not found: {path}'
+    return None
+
+
+def missing_pretrained(model_cfg: Any) -> Optional[str]:
+    """A backbone's ``pretrained`` file that does not exist (the backbone finds out in ``init_weights``, after the
+    datasets are built)."""
+    from .backbones import missing_pretrained_message
+
+    found: list[str] = []
+
+    def check(node: dict) -> None:
+        if is_backbone(node):
+            for key in ('pretrained', 'pretrained_ckpt'):
+                message = node.get(key) and missing_pretrained_message(type_name(node), node[key])
+                if message:
+                    found.append(message)
+    walk_dicts(model_cfg, check)
+    return found[0] if found else None
+
+
+def _datasets(node: Any, where: str) -> Iterator[tuple[str, dict]]:
+    """(config key, dict) of each dataset config under a dataloader's ``dataset``, wrapped ones included
+    (``dataset`` of RepeatDataset and the like, ``datasets`` of ConcatDataset)."""
+    if not isinstance(node, dict):
+        return
+    yield where, node
+    yield from _datasets(node.get('dataset'), f'{where}.dataset')
+    for i, inner in enumerate(node.get('datasets') or ()):
+        yield from _datasets(inner, f'{where}.datasets.{i}')
+
+
+def _missing_dataset_path(dataset: dict, where: str, prefixes: Optional[Sequence[str]]) -> Optional[str]:
+    """What a local dataset config names that does not exist: its data_root, ann_file or data_prefix folders (only
+    those keyed by ``prefixes`` unless None), joined to data_root as mmengine's BaseDataset joins them. Datasets read
+    through another storage backend (``backend_args``, or a URI) are not checked."""
+    root = dataset.get('data_root') or ''
+    if dataset.get('backend_args') or '://' in root:
+        return None
+    if root and not osp.isdir(root):
+        return (f'{where}.data_root: {root} is not a folder (put the dataset there, or give its place with '
+                f'--cfg-options {where}.data_root=PATH)')
+
+    def local(path: Any) -> Optional[str]:
+        if not isinstance(path, str) or not path or '://' in path:
+            return None
+        return path if osp.isabs(path) or not root else osp.join(root, path)
+    ann_file = local(dataset.get('ann_file'))
+    if ann_file and not osp.isfile(ann_file):
+        return f'{where}.ann_file: {ann_file} not found'
+    for key, prefix in (dataset.get('data_prefix') or {}).items():
+        folder = local(prefix) if prefixes is None or key in prefixes else None
+        if folder and not osp.isdir(folder):
+            return f'{where}.data_prefix.{key}: {folder} is not a folder'
+    return None
+
+
+def missing_data_path(cfg: Any, loaders: Sequence[str], images_only: bool = False) -> Optional[str]:
+    """A local path that a dataset of one of ``loaders`` (config keys) names and that does not exist. With
+    ``images_only`` (a test set, which may have no annotations) of the data_prefix folders only the image ones."""
+    for loader in loaders:
+        if not cfg.get(loader):
+            continue
+        for where, dataset in _datasets(cfg[loader].get('dataset'), f'{loader}.dataset'):
+            message = _missing_dataset_path(dataset, where, IMAGE_PREFIXES if images_only else None)
+            if message:
+                return message
+    return None
