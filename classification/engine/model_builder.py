@@ -123,7 +123,6 @@ def model_kwargs(cfg: Namespace) -> dict[str, Any]:
     kwargs.update(cfg.model_kwargs)
     if cfg.directions:
         check_directions_file(cfg.directions)
-        _note_another_family(cfg.directions, canonical_model_name(cfg.model))
         kwargs["directions"] = cfg.directions
     return kwargs
 
@@ -186,6 +185,8 @@ def build_model(cfg: Namespace) -> nn.Module:
     """
     name = resolve_model_name(cfg.model)
     kwargs = _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=True)
+    if cfg.directions:
+        _note_another_family(cfg.directions, name)
     try:
         return timm.create_model(name, **kwargs)
     except ValueError as err:

@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from classification.engine.config import ConfigError, parse_args
-from classification.engine.model_builder import build_model
+from classification.engine.model_builder import build_model, check_model_flags
 
 
 def build(tmp_path, yaml_text, *argv):
@@ -59,9 +59,11 @@ def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_pat
     path = tmp_path / "directions.yaml"
     save_directions(path, [["h", "v_flip"], ["w2", "w7"]], supernet=supernet, topk=2)
     monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    argv = ["--model", "local_vim_tiny_wo_search", "--directions", str(path), "--model-kwargs", "depth=2",
+            "embed_dim=32", "--img-size", "16"]
     with caplog.at_level(logging.WARNING, logger="localmamba"):
-        model = build(tmp_path, "{}\n", "--model", "local_vim_tiny_wo_search", "--directions", str(path),
-                      "--model-kwargs", "depth=2", "embed_dim=32", "--img-size", "16")
+        check_model_flags(parse_args(argv))    # as train() checks the flags first: no second copy of the warning
+        model = build(tmp_path, "{}\n", *argv)
     assert model.layers[1].mixer.multi_scan.directions == ("w2", "w7")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ([f"{path} holds the directions searched by local_vssm_tiny_search (a LocalVMamba supernet), "
