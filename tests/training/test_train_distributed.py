@@ -102,6 +102,25 @@ def test_the_launch_ends_in_one_line_naming_the_failed_ranks():
     assert [exit_status(code) for code in (2, 0, -15, -9)] == [2, 0, 143, 137]
 
 
+def test_a_signalled_launch_ends_in_one_line_with_the_signals_status(monkeypatch, capsys):
+    """torchrun stopped by SIGTERM (after passing it on) raised SignalException: a traceback and status 1."""
+    import signal
+
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    from classification.engine import torchrun
+
+    def stopped(argv):
+        assert argv == ["--nproc_per_node=2", "train.py"]
+        raise SignalException("Process 1 got signal: 15", signal.SIGTERM)
+    monkeypatch.setattr(torch.distributed.run, "main", stopped)
+    assert torchrun.main(["--nproc_per_node=2", "train.py"]) == 143
+    assert capsys.readouterr().err == "torchrun: stopped by SIGTERM, which it passed on to the workers\n"
+    monkeypatch.setattr(torch.distributed.run, "main", lambda argv: None)
+    assert torchrun.main([]) == 0
+
+
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST")
 
 
