@@ -220,6 +220,7 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
         source = "the checkpoint"
     elif has_class_folders(os.path.join(root, "train")):
         classes = class_folder_names(os.path.join(root, "train"))
+        _note_hidden_class_folders(os.path.join(root, "train"), classes)
     else:
         classes = class_folder_names(val_dir)
         _note_hidden_class_folders(val_dir, classes)

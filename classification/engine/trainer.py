@@ -207,6 +207,7 @@ class Run:
         return {
             "epoch": epoch,
             "step": progress.step if progress is not None else None,
+            "steps_per_epoch": self.steps_per_epoch,
             "train_loss_sums": [sums for _, sums in states] if progress is not None else None,
             "model": self.model.state_dict(),
             "ema_model": self.ema.module.state_dict() if self.ema is not None else None,

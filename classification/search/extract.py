@@ -73,7 +73,7 @@ def unfinished_search(ckpt: Mapping[str, Any]) -> Optional[str]:
     if not isinstance(epoch, int):
         return None
     of_run = f" of epochs 0-{epochs - 1}" if isinstance(epochs, int) else ""
-    if step:
+    if step and step != ckpt.get("steps_per_epoch"):  # all steps done: the epoch trained, its validation failed
         return f"saved in the middle of epoch {epoch}{of_run}, after its step {step}"
     if isinstance(epochs, int) and epoch + 1 < epochs:
         return f"saved after epoch {epoch}{of_run}"

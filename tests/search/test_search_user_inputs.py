@@ -33,7 +33,7 @@ def supernet_weights():
 
 
 def save_run_checkpoint(path, weights, epoch, step=None, epochs=3):
-    torch.save({"model": weights, "ema_model": None, "epoch": epoch, "step": step,
+    torch.save({"model": weights, "ema_model": None, "epoch": epoch, "step": step, "steps_per_epoch": 44,
                 "model_name": "local_vim_tiny_search", "config": {"epochs": epochs}}, path)
     return str(path)
 
@@ -54,6 +54,7 @@ def vis(monkeypatch, capsys, *argv):
     (1, 22, 3, "saved in the middle of epoch 1 of epochs 0-2, after its step 22"),   # an interrupted run's last
     (0, None, 3, "saved after epoch 0 of epochs 0-2"),                                 # an early best.pth.tar
     (2, None, 3, None),                                                                # the run's end
+    (2, 44, 3, None),                                      # the last epoch trained whole, its validation failed
 ])
 def test_a_checkpoint_before_the_end_of_its_search_is_named_so(supernet_weights, tmp_path, monkeypatch, capsys,
                                                                epoch, step, epochs, note):

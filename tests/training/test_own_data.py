@@ -13,7 +13,7 @@ from torchvision.datasets import ImageFolder
 
 from classification.data import DataError, build_datasets
 from classification.data.defaults import resolve_dataset_defaults
-from classification.data.image_list import load_rgb, scan_class_folders
+from classification.data.image_list import build_imagenet_val, load_rgb, scan_class_folders
 from classification.data.transforms import build_transform
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
@@ -177,7 +177,7 @@ def test_an_unreadable_val_image_loses_no_training(tmp_path):
         train(parse_args(run))
     last = tmp_path / "out" / "run" / "last.pth.tar"
     ckpt = torch.load(last, weights_only=True)
-    assert (ckpt["epoch"], ckpt["step"]) == (0, 3)   # 9 images in batches of 3: all 3 steps trained
+    assert (ckpt["epoch"], ckpt["step"], ckpt["steps_per_epoch"]) == (0, 3, 3)  # 9 images, batches of 3: all trained
     log = next((tmp_path / "out" / "run").glob("log_*.txt")).read_text()
     assert f"Validation of epoch 0 failed; its training is saved: once the cause is fixed, continue with --resume " \
            f"{last}" in log
@@ -227,6 +227,20 @@ def test_a_folder_left_by_a_tool_is_a_class_with_a_warning(tmp_path, caplog, mon
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"{root / 'train'}: the folders ['{leftover}'] count as classes (as in torchvision's "
                         f"ImageFolder), making 3 classes; remove them if they hold no class of your data"]
+
+
+def test_evaluating_released_weights_warns_of_a_leftover_train_folder(tmp_path, caplog, monkeypatch):
+    """Without the class names of a training checkpoint, tools/test.py numbers the classes by train/'s folders."""
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="localmamba")
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=1)
+    write_image(str(root / "train" / ".ipynb_checkpoints" / "copy.png"), seed=5)
+    val = build_imagenet_val(str(root))
+    assert val.classes == [".ipynb_checkpoints", "cat", "dog"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{root / 'train'}: the folders ['.ipynb_checkpoints'] count as classes (as in torchvision's ImageFolder), "
+        f"making 3 classes; remove them if they hold no class of your data"]
 
 
 def test_plain_class_folders_give_no_warning(own_tree, caplog, monkeypatch):
