@@ -79,6 +79,9 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
+    if pretrained and device is not None and torch.device(device).type == 'meta':
+        raise ValueError(f"{variant}: pretrained weights cannot load into a model on the 'meta' device, which holds no "
+                         f"values; build it on another device, or without pretrained=True")
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(
             model_cls, variant, pretrained,

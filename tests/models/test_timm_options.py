@@ -122,6 +122,8 @@ def test_create_model_takes_timms_device_and_dtype(name):
     allocates nothing; a dtype gives the default model's weights cast to it."""
     meta = timm.create_model(name, device='meta', **MODELS[name])
     assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {'meta'}
+    with pytest.raises(ValueError, match=r"pretrained weights cannot load into a model on the 'meta' device"):
+        timm.create_model(name, device='meta', pretrained=True, **MODELS[name])  # it loaded nothing, silently
     model = _model(name)
     double = _model(name, dtype=torch.float64)
     assert double.state_dict().keys() == model.state_dict().keys()
