@@ -15,15 +15,24 @@ from classification.engine.model_builder import create_model_at_size
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def speed_test_log(config, *flags: str) -> str:
+    """stdout and stderr of tools/speed_test.py -c CONFIG FLAGS on the CPU with one thread, which must succeed."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "speed_test.py"), "-c", str(config), *flags,
+                           "--device", "cpu", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def logged_counts(log: str, model: str) -> tuple[int, int]:
+    """The parameter and FLOP counts speed_test logged for `model`."""
+    return tuple(map(int, re.search(rf"Model {model} created, params: (\d+), FLOPs: (\d+)", log).groups()))
+
+
 def test_speed_test_prints_params_flops_and_throughput(tmp_path):
     config = tmp_path / "speed.yaml"
     config.write_text("model: timm_local_vim_tiny\nbatch_size: 3\nimg_size: 224\n")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "speed_test.py"), "-c", str(config),
-                           "--img-size", "32", "--iters", "2", "--warmup-iters", "1", "--device", "cpu",
-                           "--threads", "1"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    params, flops = map(int, re.search(r"Model local_vim_tiny created, params: (\d+), FLOPs: (\d+)", log).groups())
+    log = speed_test_log(config, "--img-size", "32", "--iters", "2", "--warmup-iters", "1")
+    params, flops = logged_counts(log, "local_vim_tiny")
     model = create_model_at_size("local_vim_tiny", 32)
     assert params == sum(p.numel() for p in model.parameters())
     assert flops == int(model.flops((3, 32, 32)))  # the original's get_flops: the model's own flops()
@@ -47,12 +56,8 @@ def test_speed_test_times_the_model_a_run_config_describes(tmp_path):
     config = tmp_path / "args.yaml"
     config.write_text(f"model: local_vim_tiny\nmodel_kwargs: {{patch_size: 4, embed_dim: 16, depth: 3}}\n"
                       f"directions: {directions}\nnum_classes: 3\nimg_size: 16\nbatch_size: 2\n")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "speed_test.py"), "-c", str(config),
-                           "--model-kwargs", "depth=2", "--iters", "3", "--warmup-iters", "1", "--device", "cpu",
-                           "--threads", "1"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    params, flops = map(int, re.search(r"Model local_vim_tiny created, params: (\d+), FLOPs: (\d+)", log).groups())
+    log = speed_test_log(config, "--model-kwargs", "depth=2", "--iters", "3", "--warmup-iters", "1")
+    params, flops = logged_counts(log, "local_vim_tiny")
     model = create_model_at_size("local_vim_tiny", 16, patch_size=4, embed_dim=16, depth=2, num_classes=3,
                                  directions=str(directions))               # --model-kwargs updates the config's
     assert params == sum(p.numel() for p in model.parameters())
