@@ -78,8 +78,10 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
     cut = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "cut", SIGNAL_AT="SIGTERM step 20",
                         SIGNAL_RANK="1")
     assert cut.returncode == 143 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    # the other rank exits by itself too, or is stopped by torchrun's SIGTERM first
     assert re.fullmatch(rf"error: {SIGNAL_AT_SCRIPT} failed in 2 processes: rank (0|1) \(first\) exit status 143, rank "
-                        rf"(0|1) exit status 143; the workers' own errors are above", cut.stderr.splitlines()[-1])
+                        rf"(0|1) (exit status 143|ended by SIGTERM); the workers' own errors are above",
+                        cut.stderr.splitlines()[-1])
     assert "SIGTERM: stopping in epoch 0 after step 20 of 44" in cut.stdout  # logged by rank 0, told by rank 1
     last = tmp_path / "cut" / "last.pth.tar"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
