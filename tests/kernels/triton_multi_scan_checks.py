@@ -111,6 +111,43 @@ def check_scan(label, gate=True, dtype=torch.float32, deterministic=False, split
         torch.use_deterministic_algorithms(False)
 
 
+def check_scan_dt_extremes():
+    """fp32 precision at the ends of dt's range, each channel and each A_log / dt bias entry to its own scale (fp64
+    reference): dt biases near -12 and -7 (softplus was log(1 + e^x): 14% off at -12) and near 1 and 2 with
+    A = -1 .. -8 (a_t h_{t-1} was recovered as h_t - b_t, which cancels where e^{dt A} is near 0: the A_log gradient
+    of such a state up to 100% off); with a conv and token-major."""
+    g = torch.Generator().manual_seed(8)
+    index = sequence_index(("h", "v_flip"), (2, 3))
+    inner, state, rank, num_dirs = 4, 8, 2, 2
+    bias = torch.tensor([-12.0, -7.0, 0.5, 2.0]).repeat(num_dirs, 1)
+    values = dict(tokens=torch.randn(1, 6, 2 * inner, generator=g),
+                  x_proj_weight=torch.randn(num_dirs, rank + 2 * state, inner, generator=g) * 0.5,
+                  dt_proj_weight=torch.randn(num_dirs, inner, rank, generator=g) * 0.05, dt_proj_bias=bias,
+                  A_log=torch.arange(1.0, state + 1).log().repeat(num_dirs, inner, 1),
+                  conv_weight=torch.randn(num_dirs, inner, 3, generator=g) * 0.5)
+    weight = torch.randn(1, num_dirs, 6, inner, generator=g, dtype=torch.float64)
+    for with_conv in (True, False):
+        results = []
+        for fn, dtype in ((multi_scan_inner_fn, torch.float32), (multi_scan_inner_ref, torch.float64)):
+            p = {k: v.to(dtype, copy=True).requires_grad_() for k, v in values.items()}
+            conv = p["conv_weight"] if with_conv else None
+            out = fn(p["tokens"], index, p["x_proj_weight"], p["dt_proj_weight"], p["dt_proj_bias"], p["A_log"],
+                     None, conv, None, gate=True)
+            names = ["tokens", "dt_proj_bias", "A_log"]
+            grads = torch.autograd.grad((out.double() * weight).sum(), [p[k] for k in names])
+            results.append(dict(output=out, **dict(zip(names, grads))))
+        actual, expected = results
+        for name, dims, tol in (("output", (0, 1, 2), 1e-4), ("tokens", (0, 1), 1e-4), ("dt_proj_bias", (), 1e-4),
+                                ("A_log", (), 1e-3)):
+            diff = (actual[name].double() - expected[name]).abs()
+            scale = expected[name].abs().amax(dim=dims, keepdim=True) if dims else expected[name].abs()
+            err = (diff / scale.clamp_min(1e-30)).max().item()
+            if not err < tol:
+                sys.exit(f"multi_scan_inner dt extremes, conv {with_conv}: {name} relative error {err:.2e} >= "
+                         f"{tol:.0e}")
+    print("ok multi_scan_inner dt extremes (conv and token-major)")
+
+
 def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False):
     g = torch.Generator().manual_seed(3)
     reduced = max(1, channels // 4)
@@ -209,6 +246,7 @@ def main():
                directions=("w2", "v"), grid=(3, 5), cls_position=8, inner=5, state=4, width=0, with_d=True, seed=4)
     check_scan("K=3 3x5, gate, conv W=3, bf16", dtype=torch.bfloat16, directions=("v", "w3", "h_flip"), grid=(3, 5),
                cls_position=None, inner=5, state=4, width=3, with_d=True, seed=2)
+    check_scan_dt_extremes()
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)

@@ -20,12 +20,12 @@ of decays and inputs and combines it with ``tl.associative_scan`` (the affine ma
 associatively), carrying the state from chunk to chunk; the state at the start of each chunk is stored for the
 backward pass. The backward pass walks the chunks in reverse: it recomputes the chunk's delta and states from its
 stored start (one forward associative scan), then runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a
-reverse associative scan. a_t h_{t-1} is recovered as h_t - b_t (no division). The dt projection's gradients are
-computed in the kernel too (R rank-1 steps per chunk): the whole gradient of x_dbl (its dt input, B and C) is written
-by the kernel and no d delta tensor exists. Sums over programs are atomic adds by
-default: the gradients of the input-dependent B / C (summed over each channel block first) into one buffer, and the
-tokens' gradients (z; x through the conv or, token-major, directly) over the directions into the tokens' gradient.
-Under ``torch.use_deterministic_algorithms(True)`` they are written per block or per direction and summed in torch
+reverse associative scan; the recomputing scan also yields a_t h_{t-1} (``states_and_decayed``). The dt projection's
+gradients are computed in the kernel too (R rank-1 steps per chunk): the whole gradient of x_dbl (its dt input, B
+and C) is written by the kernel and no d delta tensor exists. Sums over programs are atomic adds by default: the
+gradients of the input-dependent B / C (summed over each channel block first) into one buffer, and the tokens'
+gradients (z; x through the conv or, token-major, directly) over the directions into the tokens' gradient. Under
+``torch.use_deterministic_algorithms(True)`` they are written per block or per direction and summed in torch
 (``scan_math.atomic_reductions``). Gradients of per-channel parameters are written per program and summed in torch.
 Math in fp32; activations in the tokens' dtype. The grid is (channel blocks, batch x directions): a (batch,
 direction)'s programs run side by side.
@@ -44,7 +44,8 @@ import triton.language as tl
 from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
+from .scan_math import (affine_combine, atomic_reductions, scan_warps, softplus, states_and_decayed, step_at,
+                        store_or_add)
 
 SCAN_CHUNK = 16      # time steps per tile of the scan
 SCAN_BLOCK_D = 8     # channels per scan program
@@ -239,7 +240,7 @@ def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_
         token, real, u_rows, dbl_rows, _, loaded = _step_rows(index_ptr, k, t, tmask, b, pid_bk, num_tokens, length,
                                                               num_dirs, inner, width_dbl, s_tb, s_tt, TOKEN_MAJOR)
         u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, u_rows, dbl_rows, loaded, tmask, k,
-                                                      d, dmask, n, nmask, A, bias, rank, dstate, inner, CT, BD)
+                                                       d, dmask, n, nmask, A, bias, rank, dstate, inner, CT, BD)
         a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
         h = a_cum * h0[None, :, :] + b_cum
         y = tl.sum(h * Cm[:, None, :], axis=2) + Dv[None, :] * u
@@ -296,9 +297,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
                                                                 length, num_dirs, inner, width_dbl, s_tb, s_tt,
                                                                 TOKEN_MAJOR)
         u, raw, dt, Bm, Cm, a, bb = _scan_chunk_inputs(u_ptr, xdbl_ptr, dtw_ptr, u_rows, dbl_rows, loaded, tmask, k,
-                                                      d, dmask, n, nmask, A, bias, rank, dstate, inner, CT, BD)
-        a_cum, b_cum = tl.associative_scan((a, bb), 0, affine_combine)
-        h = a_cum * h0[None, :, :] + b_cum
+                                                       d, dmask, n, nmask, A, bias, rank, dstate, inner, CT, BD)
+        h, ah = states_and_decayed(a, bb, h0[None, :, :])     # and a_t h_{t-1}
         m = real[:, None] & dmask[None, :]
         dy = tl.load(dout_ptr + ((pid_bk * num_tokens + token) * inner)[:, None] + d[None, :], mask=m, other=0.0)
         dy = dy.to(tl.float32)
@@ -324,7 +324,6 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
                                            reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
         g_in = step_at(g, rows, 0)
-        ah = h - bb                                  # a_t h_{t-1}
         mb = loaded[:, None] & nmask[None, :]
         step_rows = dx_rows + pos * width_dbl
         dbc = step_rows[:, None] + rank + n[None, :]

@@ -1,6 +1,7 @@
 """Triton device functions shared by the scan kernels: the softplus of dt, the composition of the affine steps
-h -> a h + b that ``tl.associative_scan`` combines, one step of a (time, ...) tile, the write of a gradient that
-several programs contribute to; and the launch choices both scans share."""
+h -> a h + b that ``tl.associative_scan`` combines (and the backward's scan that also yields a_t h_{t-1}), one step
+of a (time, ...) tile, the write of a gradient that several programs contribute to; and the launch choices both
+scans share."""
 import torch
 import triton
 import triton.language as tl
@@ -8,14 +9,38 @@ import triton.language as tl
 
 @triton.jit
 def softplus(x):
-    """log(1 + e^x) in fp32, exact to rounding: x itself above 20, e^x below -15."""
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+    """log(1 + e^x) in fp32, exact to rounding: x itself above 20 (as torch's softplus); below, log1p(e^x) as
+    log(u) * e^x / (u - 1) with u = 1 + e^x rounded (the quotient undoes the rounding of u), e^x where u rounds to 1.
+    log(1 + e^x) alone loses the relative precision of a small e^x: 14% off at x = -12, 2e-4 at x = -7."""
+    e = tl.exp(tl.where(x > 20.0, 20.0, x))      # (not tl.minimum, which may drop a NaN)
+    u = 1.0 + e
+    rounded = u - 1.0
+    exact = rounded == 0.0
+    return tl.where(x > 20.0, x, tl.where(exact, e, tl.log(u) * (e / tl.where(exact, 1.0, rounded))))
 
 
 @triton.jit
 def affine_combine(a_first, b_first, a_then, b_then):
     """Compose h -> a_first h + b_first, then h -> a_then h + b_then."""
     return a_first * a_then, a_then * b_first + b_then
+
+
+@triton.jit
+def _combine_with_decayed(a_first, b_first, q_first, a_then, b_then, q_then):
+    """Compose two runs of steps, each given as its map h -> a h + b and as h -> a h + q, the map through all its
+    steps but the last followed by that last step's decay alone (whose factor is a as well)."""
+    carried = a_then * b_first
+    return a_first * a_then, carried + b_then, carried + q_then
+
+
+@triton.jit
+def states_and_decayed(a, b, h0):
+    """The states h_t of a (CT, ...) tile of steps h_t = a_t h_{t-1} + b_t from h0 (time first), and a_t h_{t-1}
+    (what the gradients of A and dt need), from one associative scan. a_t h_{t-1} is scanned for, not recovered as
+    h_t - b_t: that difference cancels to noise where a_t h_{t-1} << b_t (a decay e^{dt A} near 0), which made the
+    A gradient of such a state up to 100% wrong."""
+    a_cum, b_cum, q_cum = tl.associative_scan((a, b, tl.zeros_like(b)), 0, _combine_with_decayed)
+    return a_cum * h0 + b_cum, a_cum * h0 + q_cum
 
 
 @triton.jit

@@ -8,14 +8,15 @@ associatively), and the state is carried from chunk to chunk. Time is the tile's
 a (channel, state) pair's CT steps in one thread, and the scan is a sequential loop in registers (no shuffles; a
 test reads the layout). The forward pass stores the state at the start of every chunk; the backward pass walks the
 chunks in reverse, recomputes a chunk's states from its stored start (one forward scan) and runs the adjoint
-recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with the gradient of the last state; a_t
-h_{t-1} is recovered as h_t - b_t. Steps past the end are identities (decay 1, input 0, whatever A holds). Gradients
-of input-dependent B / C are summed over each channel block (every channel of a block is in one group), then added
-atomically into the group's rows or, under ``torch.use_deterministic_algorithms(True)``, written per block and the
-blocks summed afterwards (``scan_math.atomic_reductions``); those of per-channel parameters are written per program.
-Inputs may be fp32 / fp16 / bf16, each in its own dtype (u, delta, z and B / C need not share one); the math is fp32.
-Wrapped as torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd.
-Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
+recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, seeded with the gradient of the last state; the
+recomputing scan also yields a_t h_{t-1} (``scan_math.states_and_decayed``). Steps past the end are identities
+(decay 1, input 0, whatever A holds). Gradients of input-dependent B / C are summed over each channel block (every
+channel of a block is in one group), then added atomically into the group's rows or, under
+``torch.use_deterministic_algorithms(True)``, written per block and the blocks summed afterwards
+(``scan_math.atomic_reductions``); those of per-channel parameters are written per program. Inputs may be fp32 /
+fp16 / bf16, each in its own dtype (u, delta, z and B / C need not share one); the math is fp32. Wrapped as
+torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd. Runs on CUDA tensors,
+or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import triton.language as tl
 from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import affine_combine, atomic_reductions, scan_warps, softplus, step_at, store_or_add
+from .scan_math import (affine_combine, atomic_reductions, scan_warps, softplus, states_and_decayed, step_at,
+                        store_or_add)
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CHUNK = 16          # time steps per tile
@@ -63,9 +65,11 @@ def _step_dt(delta_ptr, offs, m, bias, SOFTPLUS: tl.constexpr):
 @triton.jit
 def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, bias, pid_b, group_b, group_c, d,
                   dmask, n, nmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
-                  CT: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+                  CT: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+                  DECAYED: tl.constexpr):
     """Chunk c from its start state h0 (BD, BN): its steps t, their mask, the (CT, BD) mask and offsets of the
-    activations; u, raw delta, dt (CT, BD); B, C tiles; the inputs b and the states h (CT, BD, BN)."""
+    activations; u, raw delta, dt (CT, BD); B, C tiles; the states h and (``DECAYED``, for the backward) a_t h_{t-1},
+    else the inputs b (CT, BD, BN)."""
     t = c * CT + steps
     tmask = t < seqlen
     m = tmask[:, None] & dmask[None, :]
@@ -76,8 +80,12 @@ def _chunk_states(u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, 
     Cm = _bc_tile(C_ptr, pid_b, group_c, d, dmask, n, nmask, t, tmask, sCb, sCg, sCn, sCt, C_VAR)
     a = tl.where(m[:, :, None], tl.exp(dt[:, :, None] * A[None, :, :]), 1.0)
     b = (dt * u)[:, :, None] * Bm
-    a_cum, b_cum = tl.associative_scan((a, b), 0, affine_combine)
-    return t, tmask, m, offs, u, raw, dt, Bm, Cm, b, a_cum * h0[None, :, :] + b_cum
+    if DECAYED:
+        h, b = states_and_decayed(a, b, h0[None, :, :])
+    else:
+        a_cum, b_cum = tl.associative_scan((a, b), 0, affine_combine)
+        h = a_cum * h0[None, :, :] + b_cum
+    return t, tmask, m, offs, u, raw, dt, Bm, Cm, b, h
 
 
 @triton.jit
@@ -118,7 +126,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         t, tmask, m, offs, u, raw, dt, Bm, Cm, b, h = _chunk_states(
             u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, bias, pid_b, (pid_d * BD) // cpg_b,
             (pid_d * BD) // cpg_c, d, dmask, n, nmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
-            CT, SOFTPLUS, B_VAR, C_VAR)
+            CT, SOFTPLUS, B_VAR, C_VAR, False)
         y = tl.sum(h * Cm, axis=2) + Dv[None, :] * u
         if HAS_Z:
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -172,10 +180,10 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
         h0 = tl.load(ckpt_ptr + states + c * dstate, mask=mdn, other=0.0)
-        t, tmask, m, offs, u, raw, dt, Bm, Cm, b, h = _chunk_states(
+        t, tmask, m, offs, u, raw, dt, Bm, Cm, ah, h = _chunk_states(
             u_ptr, delta_ptr, B_ptr, C_ptr, h0, c, steps, row, seqlen, A, bias, pid_b, (pid_d * BD) // cpg_b,
             (pid_d * BD) // cpg_c, d, dmask, n, nmask, sBb, sBg, sBn, sBt, sCb, sCg, sCn, sCt,
-            CT, SOFTPLUS, B_VAR, C_VAR)
+            CT, SOFTPLUS, B_VAR, C_VAR, True)
         dy = tl.load(dout_ptr + offs, mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -190,7 +198,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         g_mul, g_add = tl.associative_scan((a_next, Cm * dy[:, :, None]), 0, affine_combine, reverse=True)
         g = g_mul * g_in[None, :, :] + g_add
         g_in = step_at(g, steps, 0)
-        gAh = g * (h - b)                                   # g_t a_t h_{t-1}
+        gAh = g * ah                                        # g_t a_t h_{t-1}
         gB = tl.sum(g * Bm, axis=2)
         ddt = gB * u + tl.sum(gAh * A[None, :, :], axis=2)
         if SOFTPLUS:
