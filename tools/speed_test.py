@@ -9,7 +9,9 @@ after `--warmup-iters` untimed forwards (default 100, as the original), timed ov
 the throughput is batch / median seconds per forward (the original divides by the mean). Progress and an ETA are
 logged after the first forward and every tenth of them. `-c` reads `model`, `model_kwargs`, `directions`,
 `num_classes`, `batch_size`, `img_size` and `threads` from a YAML config (a run's `args.yaml` times that run's model
-as it ran), checked as tools/train.py checks it; the command line wins (`--model-kwargs` updates the config's).
+as it ran), checked as tools/train.py checks it: config `model_kwargs` the model does not take are dropped with a
+warning, as training drops them; the command line wins (`--model-kwargs` updates the config's, and is refused where
+the model does not take a key).
 """
 import argparse
 import logging
@@ -36,7 +38,7 @@ def main() -> None:
     from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
     from classification.benchmarks.timing import progress_reporter
     from classification.engine.config import KeyValueAction, read_config
-    from classification.engine.model_builder import resolve_model_name
+    from classification.engine.model_builder import config_kwargs_taken, resolve_model_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default=None,
@@ -71,7 +73,6 @@ def main() -> None:
     num_classes = args.num_classes if args.num_classes is not None else defaults.get("num_classes")
     if num_classes is not None and num_classes < 1:
         parser.error(f"--num-classes must be positive, got {num_classes}")
-    model_kwargs = {**defaults.get("model_kwargs", {}), **args.model_kwargs}
     directions = args.directions or defaults.get("directions")
     try:
         device = str(parse_device(args.device))
@@ -83,6 +84,7 @@ def main() -> None:
     logger = logging.getLogger("speed_test")
 
     name = resolve_model_name(model_name)
+    model_kwargs = {**config_kwargs_taken(name, defaults.get("model_kwargs", {})), **args.model_kwargs}
     built = dict(num_classes=num_classes, model_kwargs=model_kwargs, directions=directions)
     with torch.no_grad():
         row = flops_row(name, img_size, **built)

@@ -5,7 +5,7 @@ import difflib
 import inspect
 import logging
 from argparse import Namespace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import timm
 import torch.nn as nn
@@ -144,6 +144,21 @@ def _note_another_family(path: str, model: str) -> None:
                        f"a {trained} model: its layers take them as given")
 
 
+def _note_dropped(name: str, key: str) -> None:
+    logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
+
+
+def config_kwargs_taken(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A config file's `model_kwargs` without the keys model `name` does not take, each dropped with a warning, as
+    training drops them (a config written for one family, run with another `--model`)."""
+    accepted = accepted_kwargs(name)
+    if accepted is None:
+        return dict(kwargs)
+    for key in [k for k in kwargs if k not in accepted]:
+        _note_dropped(name, key)
+    return {key: value for key, value in kwargs.items() if key in accepted}
+
+
 def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], warn: bool) -> dict[str, Any]:
     """`kwargs` without the keys model `name` does not take: YAML `model_kwargs` keys are dropped (with a warning
     when `warn`), flags left at 0 silently; any other key raises `ConfigError` naming it and close matches."""
@@ -157,7 +172,7 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
             kept.pop(key)
         elif key in from_yaml:
             if warn:
-                logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
+                _note_dropped(name, key)
             kept.pop(key)
         else:
             close = difflib.get_close_matches(key, sorted(accepted), n=3)
