@@ -12,6 +12,7 @@ tensor or a plain Python value, so the file loads with `torch.load(weights_only=
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -21,6 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
+
+logger = logging.getLogger("localmamba")
 
 LAST, BEST = "last.pth.tar", "best.pth.tar"
 EPOCH_FILE = re.compile(r"checkpoint-(\d+)\.pth\.tar$")
@@ -89,7 +92,14 @@ def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[
     """`weights` through the `checkpoint_filter_fn` of the model's module (timm's convention; LocalVim's resizes its
     position tables to the model's token grid, so weights of one image size load into a model built for another)."""
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    return dict(weights) if filter_fn is None else filter_fn(dict(weights), model)
+    if filter_fn is None:
+        return dict(weights)
+    fitted = filter_fn(dict(weights), model)
+    resized = [f"{key} {tuple(weights[key].shape)} -> {tuple(value.shape)}" for key, value in fitted.items()
+               if key in weights and tuple(weights[key].shape) != tuple(value.shape)]
+    if resized:
+        logger.info(f"checkpoint weights resized to the model's token grid at this image size: {', '.join(resized)}")
+    return fitted
 
 
 def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> list[str]:
