@@ -62,12 +62,17 @@ def test_packages_import_downwards_only(package, forbidden):
     assert offenders(package, forbidden) == set()
 
 
+ENGINE, DATA, SEARCH, MODELS, DENSE, BENCHMARKS = (f"classification.{name}" for name in (
+    "engine", "data", "search", "models", "dense", "benchmarks"))
+
+
 @pytest.mark.parametrize("subpackage, forbidden", [
-    ("common", {"classification.models", "classification.data", "classification.search", "classification.engine",
-                "classification.dense", "classification.benchmarks"}),
-    ("data", {"classification.engine", "classification.search"}),
-    ("search", {"classification.engine"}),
-    ("models", {"classification.engine", "classification.data", "classification.search"}),
+    ("common", {MODELS, DATA, SEARCH, ENGINE, DENSE, BENCHMARKS}),
+    ("data", {ENGINE, SEARCH, DENSE, BENCHMARKS}),
+    ("search", {ENGINE, DENSE, BENCHMARKS}),
+    ("models", {ENGINE, DATA, SEARCH, DENSE, BENCHMARKS}),
+    ("dense", {ENGINE, DATA, SEARCH, BENCHMARKS}),     # the det/seg backbones stand on the models' public API
+    ("engine", {DENSE, BENCHMARKS}),                   # nothing in the library imports the benchmarks
 ])
 def test_inside_classification_imports_run_one_way(subpackage, forbidden):
     assert offenders("classification", forbidden, subpackage) == set()
@@ -84,3 +89,12 @@ def test_no_tool_imports_another_tool():
              for name in imported_modules(path) if name.split(".")[0] in tools | {"tools"}}
     assert found == set()
 
+
+def test_only_the_tools_import_the_benchmarks():
+    """`classification.benchmarks` sits on top of the library: no other part of it, and no mm plugin, imports it."""
+    library = [path for path in PACKAGE_DIRS["classification"].rglob("*.py") if "benchmarks" not in path.parts]
+    plugins = [*(REPO / "detection").rglob("*.py"), *(REPO / "segmentation").rglob("*.py")]
+    imports = [(path, name) for path in library for name in imported_modules(path, "classification")]
+    imports += [(path, name) for path in plugins for name in imported_modules(path)]
+    found = {f"{path.relative_to(REPO)}: {name}" for path, name in imports if name.startswith(BENCHMARKS)}
+    assert found == set()

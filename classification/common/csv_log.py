@@ -8,6 +8,12 @@ from typing import Optional, Sequence
 
 from .checkpoint_io import TMP_PREFIX
 
+# The CSV files of a run folder, and the headers of the two the training loop writes.
+METRICS_CSV, LR_CSV, SEARCH_PROBS_CSV = "metrics.csv", "lr.csv", "search_probs.csv"
+RUN_CSV_FILES = (METRICS_CSV, LR_CSV, SEARCH_PROBS_CSV)
+METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
+LR_HEADER = ("epoch", "step", "lr")
+
 
 class CsvLog:
     """A CSV file with a fixed header whose rows start with the epoch; `truncate_from` drops the rows a resumed run

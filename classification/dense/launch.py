@@ -39,7 +39,7 @@ TASKS = ('detection', 'segmentation')
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
 # mmengine's CheckpointHook and the pointer --resume follows.
 RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
-# The backbones whose pretrained loads --trust-checkpoint also opens to pickle.
+# The keyword a constructor refused, in its TypeError: traced back to the --cfg-options key that added it.
 UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
 

@@ -20,14 +20,13 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint
+from ..common.checkpoint_io import TMP_PREFIX, CheckpointError, load_checkpoint
+from ..common.csv_log import RUN_CSV_FILES
 from .checkpoint import LAST
 from .config import ConfigError
 
 # What a training run writes; `--overwrite` deletes exactly these.
-RUN_FILE_PATTERNS = ("*.pth.tar", "metrics.csv", "lr.csv", "search_probs.csv", "args.yaml", "log_*.txt",
-                     "eval_*.txt")
-CSV_FILES = ("metrics.csv", "lr.csv", "search_probs.csv")
+RUN_FILE_PATTERNS = ("*.pth.tar", *RUN_CSV_FILES, "args.yaml", "log_*.txt", "eval_*.txt")
 
 
 def is_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:
@@ -110,7 +109,7 @@ def start_branch(folder: RunFolder) -> list[str]:
     if folder.branch_of is None:
         return []
     copied = []
-    for name in CSV_FILES:
+    for name in RUN_CSV_FILES:
         src = os.path.join(folder.branch_of, name)
         if os.path.isfile(src):
             shutil.copyfile(src, os.path.join(folder.path, name))
@@ -128,8 +127,8 @@ def previous_run_files(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
     names = sorted(os.listdir(folder))
-    found = [n for n in names if n.endswith(".pth.tar") and not n.startswith(".tmp-")]
-    found += [n for n in names if n in CSV_FILES and _has_rows(os.path.join(folder, n))]
+    found = [n for n in names if n.endswith(".pth.tar") and not n.startswith(TMP_PREFIX)]
+    found += [n for n in names if n in RUN_CSV_FILES and _has_rows(os.path.join(folder, n))]
     return found
 
 
@@ -137,7 +136,7 @@ def csv_files_past_first_epoch(folder: str) -> list[str]:
     """Names of the CSV files in `folder` with a row of an epoch after 0: only a run that committed an epoch (wrote
     `last.pth.tar`) writes them."""
     found = []
-    for name in CSV_FILES:
+    for name in RUN_CSV_FILES:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             with open(path, newline="") as f:

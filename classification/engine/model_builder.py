@@ -144,19 +144,14 @@ def _note_another_family(path: str, model: str) -> None:
                        f"a {trained} model: its layers take them as given")
 
 
-def _note_dropped(name: str, key: str) -> None:
-    logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
-
-
-def config_kwargs_taken(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """A config file's `model_kwargs` without the keys model `name` does not take, each dropped with a warning, as
-    training drops them (a config written for one family, run with another `--model`)."""
+def config_kwargs_taken(name: str, kwargs: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
+    """A config file's `model_kwargs` without the keys model `name` does not take, each dropped with a warning (when
+    `warn`): a config written for one family still runs with another `--model`, in training and in speed_test."""
     accepted = accepted_kwargs(name)
-    if accepted is None:
-        return dict(kwargs)
-    for key in [k for k in kwargs if k not in accepted]:
-        _note_dropped(name, key)
-    return {key: value for key, value in kwargs.items() if key in accepted}
+    dropped = [] if accepted is None else [key for key in kwargs if key not in accepted]
+    for key in dropped if warn else ():
+        logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
+    return {key: value for key, value in kwargs.items() if key not in dropped}
 
 
 def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], warn: bool) -> dict[str, Any]:
@@ -166,13 +161,10 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
     if accepted is None:
         return kwargs
     from_yaml = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
-    kept = dict(kwargs)
-    for key in [k for k in kwargs if k not in accepted]:
-        if key not in cfg.model_kwargs and not kwargs[key]:  # a flag left at 0 for a model without it
-            kept.pop(key)
-        elif key in from_yaml:
-            if warn:
-                _note_dropped(name, key)
+    taken = config_kwargs_taken(name, {key: value for key, value in kwargs.items() if key in from_yaml}, warn)
+    kept = {key: value for key, value in kwargs.items() if key not in from_yaml or key in taken}
+    for key in [k for k in kept if k not in accepted]:
+        if key not in cfg.model_kwargs and not kept[key]:  # a flag left at 0 for a model without it
             kept.pop(key)
         else:
             close = difflib.get_close_matches(key, sorted(accepted), n=3)

@@ -5,10 +5,10 @@ import csv
 import os
 from typing import Optional, Sequence
 
+from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER
 from .config import ConfigError
 
-METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "top1")  # top5 is drawn when present
-LR_COLUMNS = ("epoch", "step", "lr")
+METRICS_COLUMNS = METRICS_HEADER[:4]  # top5 is drawn when present
 
 
 def read_csv(path: str) -> dict[str, list[float]]:
@@ -110,15 +110,15 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     metrics.csv; an existing folder gets curves.png) and return its path. `metrics_path` is a run's metrics.csv
     or the run's folder."""
     if os.path.isdir(metrics_path):
-        metrics_path = os.path.join(metrics_path, "metrics.csv")
+        metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."
     out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) else out)
     m = read_csv(metrics_path)
     _require(m, METRICS_COLUMNS, metrics_path)
-    lr_path = os.path.join(os.path.dirname(metrics_path), "lr.csv")
+    lr_path = os.path.join(os.path.dirname(metrics_path), LR_CSV)
     lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
     if lr is not None:
-        _require(lr, LR_COLUMNS, lr_path)
+        _require(lr, LR_HEADER, lr_path)
     fig = draw_run(m, lr)
     fig.savefig(out, dpi=100)
     _pyplot().close(fig)

@@ -32,14 +32,12 @@ import torch.nn as nn
 from localmamba_kernel_runtime.settings import check_settings
 from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
-from timm.utils import ModelEmaV2
+from timm.utils import AverageMeter, ModelEmaV2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from timm.utils import AverageMeter
-
 from ..common.checkpoint_io import atomic_copy, load_checkpoint, remove_temporary_files, state_dict_from
-from ..common.csv_log import CsvLog
+from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import DataError, build_datasets, build_loaders, build_mixup
 from ..data.transforms import check_auto_augment
@@ -60,9 +58,6 @@ from .optim import build_optimizer
 from .resume import check_same_batches, load_optimizer_state, log_changed_flags
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
-
-METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
-LR_HEADER = ("epoch", "step", "lr")
 
 
 @dataclass
@@ -186,8 +181,8 @@ class Run:
                 self.log.info(f"Branch: took {', '.join(copied)} of {folder.branch_of} up to the resumed checkpoint")
             if folder.rewinds is not None:  # from here on, an interrupted rewind resumes from the rewound point
                 atomic_copy(cfg.resume, self.manager.path(LAST))
-        self.metrics = CsvLog(os.path.join(exp_dir, "metrics.csv"), METRICS_HEADER, enabled=env.is_main)
-        self.lr_log = CsvLog(os.path.join(exp_dir, "lr.csv"), LR_HEADER, enabled=env.is_main)
+        self.metrics = CsvLog(os.path.join(exp_dir, METRICS_CSV), METRICS_HEADER, enabled=env.is_main)
+        self.lr_log = CsvLog(os.path.join(exp_dir, LR_CSV), LR_HEADER, enabled=env.is_main)
         self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
         for csv_log in (self.metrics, self.search.csv if self.search is not None else None):
             if csv_log is not None:
