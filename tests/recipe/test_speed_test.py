@@ -30,10 +30,11 @@ def logged_counts(log: str, model: str) -> tuple[int, int]:
 
 def test_speed_test_prints_params_flops_and_throughput(tmp_path):
     config = tmp_path / "speed.yaml"
-    config.write_text("model: timm_local_vim_tiny\nbatch_size: 3\nimg_size: 224\n")
+    config.write_text("model: timm_local_vim_tiny_wo_search\nmodel_kwargs: {embed_dim: 16, depth: 2}\nbatch_size: 3\n"
+                      "img_size: 224\n")
     log = speed_test_log(config, "--img-size", "32", "--iters", "2", "--warmup-iters", "1")
-    params, flops = logged_counts(log, "local_vim_tiny")
-    model = create_model_at_size("local_vim_tiny", 32)
+    params, flops = logged_counts(log, "local_vim_tiny_wo_search")
+    model = create_model_at_size("local_vim_tiny_wo_search", 32, embed_dim=16, depth=2)
     assert params == sum(p.numel() for p in model.parameters())
     assert flops == int(model.flops((3, 32, 32)))  # the original's get_flops: the model's own flops()
     assert "Done, n_iters: 2, batch size: 3, image shape: (3, 32, 32), device: cpu" in log  # -c, then the CLI wins
@@ -41,11 +42,13 @@ def test_speed_test_prints_params_flops_and_throughput(tmp_path):
     assert float(re.search(r"throughput: ([\d.]+) samples/second", log)[1]) > 0
 
 
-def test_speed_test_refuses_an_unknown_device_in_one_line():
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "speed_test.py"), "--model", "local_vim_tiny",
-                           "--device", "foo"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].endswith("--device 'foo' is not one of auto, cpu, cuda, cuda:N")
+def test_speed_test_refuses_an_unknown_device_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vim_tiny", "--device", "foo"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("--device 'foo' is not one of auto, cpu, cuda, cuda:N")
 
 
 def test_speed_test_times_the_model_a_run_config_describes(tmp_path):
