@@ -1,5 +1,5 @@
-"""tools/gpu_check.py's refusals of input that cannot give a result: one `error: ...` line and exit status 2 before
-anything runs (nothing here runs a check: dry runs, logs written under tmp_path, the kernel check replaced)."""
+"""tools/gpu_check.py's refusals of input that cannot give a result: one `error: ...` line on stderr and exit status 2
+before anything runs (nothing here runs a check: dry runs, logs written under tmp_path, the kernel check replaced)."""
 import importlib.util
 from pathlib import Path
 
@@ -26,13 +26,13 @@ def kernel_check_calls(monkeypatch):
 def test_an_only_word_that_matches_no_check_is_refused_with_the_check_names(tmp_path, capsys):
     log = tmp_path / "e2e.log"
     assert gpu_check_tool.main(["--e2e", "--device", "cpu", "--quick", "--only", "nomatch", "--log", str(log)]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().err.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("error: --only nomatch matches no check; the checks: ")
     assert "tools/dist_train.sh 1; train, killed after its first epoch" in out[0] and not log.exists()
     # one unknown word beside a known one is refused too, dry run or not
     assert gpu_check_tool.main(["--e2e", "--device", "cpu", "--quick", "--dry-run", "--only", "throughput",
                                 "trian"]) == 2
-    assert capsys.readouterr().out.startswith("error: --only trian matches no check; the checks: kernel checks")
+    assert capsys.readouterr().err.startswith("error: --only trian matches no check; the checks: kernel checks")
 
 
 def test_report_refuses_a_log_that_is_not_from_e2e(tmp_path, capsys):
@@ -40,7 +40,7 @@ def test_report_refuses_a_log_that_is_not_from_e2e(tmp_path, capsys):
     e2e.write_text(E2E_LOG)
     kernels.write_text("torch 2.11.0, device NVIDIA H200\ncase  out err  grad err  result\nALL CHECKS PASSED\n")
     assert gpu_check_tool.main(["--report", str(e2e), str(kernels)]) == 2
-    assert capsys.readouterr().out == f"error: not a --e2e log (no '===== <check>' output in it): {kernels}\n"
+    assert capsys.readouterr().err == f"error: not a --e2e log (no '===== <check>' output in it): {kernels}\n"
     assert gpu_check_tool.main(["--report", str(e2e)]) == 0
     assert "tools/dist_train.sh 1 (quickstart config): 12.5 img/s" in capsys.readouterr().out
 
@@ -48,7 +48,7 @@ def test_report_refuses_a_log_that_is_not_from_e2e(tmp_path, capsys):
 def test_the_cpu_kernel_check_needs_the_triton_interpreter(monkeypatch, capsys, kernel_check_calls):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert gpu_check_tool.main(["--device", "cpu", "--quick"]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().err.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("error: ") and "set TRITON_INTERPRET=1" in out[0]
     assert kernel_check_calls == []
     # --e2e sets it for its kernel step itself

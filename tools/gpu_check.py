@@ -34,6 +34,12 @@ from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noq
 from classification.benchmarks.gpu_report import read_sections, report  # noqa: E402
 
 
+def _refuse(message: str) -> int:
+    """Print `error: message` to stderr; the exit status of input that cannot give a result."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -59,35 +65,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.report:
         missing = [path for path in args.report if not os.path.isfile(path)]
         if missing:
-            print(f"error: no such log: {', '.join(missing)}")
-            return 2
+            return _refuse(f"no such log: {', '.join(missing)}")
         texts = []
         for path in args.report:
             with open(path, encoding="utf-8") as f:
                 texts.append(f.read())
         not_e2e = [path for path, text in zip(args.report, texts) if not read_sections([text])]
         if not_e2e:
-            print(f"error: not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
-            return 2
+            return _refuse(f"not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
         print(report(texts))
         return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
-        print("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
-        return 2
+        return _refuse("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))
         try:
             return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
         except UnknownCheck as err:
-            print(f"error: {err}")
-            return 2
+            return _refuse(str(err))
     if args.sweep:
         print(memory_and_resolution_sweep(args.device, args.quick))
         return 0
     if torch.device(args.device).type == "cpu" and not triton_interpreter():
-        print("error: the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
-              "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
-        return 2
+        return _refuse("the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
+                       "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
     repeats = args.repeats or (1 if args.quick else 20)
     return 0 if run_gpu_check(args.device, args.quick, repeats, args.skip_timing, not args.skip_models) else 1
 
