@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..engine.config import ConfigError
-from ..engine.model_builder import check_directions_file, create_model_at_size, resolve_model_name
+from ..engine.model_builder import (check_directions_file, create_model_at_size, model_build_error,
+                                    resolve_model_name)
 from .tables import render_table
 from .timing import DTYPES, median_seconds
 
@@ -44,8 +45,7 @@ def build_model(name: str, img_size: int = 224, device: Union[str, torch.device]
         if not model_kwargs and not directions:
             raise
         given = {**(model_kwargs or {}), **({"directions": directions} if directions else {})}
-        raise ConfigError(f"model {resolve_model_name(name)} with "
-                          f"{' '.join(f'{key}={value}' for key, value in given.items())}: {err}") from err
+        raise model_build_error(resolve_model_name(name), given, err) from err
     return model.to(device).eval()
 
 

@@ -174,6 +174,13 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
     return kept
 
 
+def model_build_error(name: str, given: Mapping[str, Any], err: Exception, hint: str = "") -> ConfigError:
+    """The one-line error of a model that `given` keyword arguments (model_kwargs, a directions file) could not
+    build: `model NAME with KEY=VALUE ...: <the model's error><hint>`."""
+    settings = " ".join(f"{key}={value}" for key, value in given.items())
+    return ConfigError(f"model {name} with {settings}: {err}{hint}")
+
+
 def check_model_flags(cfg: Namespace) -> None:
     """Refuse an unknown model, a keyword it does not take, a bad directions file, or directions for a search
     supernet, before anything is built."""
@@ -200,10 +207,9 @@ def build_model(cfg: Namespace) -> nn.Module:
         if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
             raise ConfigError(str(err)) from err
         if cfg.model_kwargs:  # e.g. depth=2 for a model whose searched directions have 20 layers
-            given = " ".join(f"{k}={v}" for k, v in cfg.model_kwargs.items())
             hint = ("; give --directions FILE with one list of directions per layer (tools/vis_search_prob.py "
                     "writes one)" if "directions" in str(err) else "")
-            raise ConfigError(f"model {name} with model_kwargs {given}: {err}{hint}") from err
+            raise model_build_error(name, cfg.model_kwargs, err, hint) from err
         raise
     except TypeError as err:  # a model whose class takes **kwargs and hands an unknown one down
         if "unexpected keyword argument" in str(err):
