@@ -15,65 +15,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, ROOT)
 
-DEFAULT_SHAPES = {'mmdet': (1280, 800), 'mmseg': (512, 2048)}
-
-
-def build_model(cfg):
-    """The config's model (mmdet or mmseg by its default_scope), CPU, eval mode, weights as constructed."""
-    from mmengine.registry import init_default_scope
-    from mmengine.utils import import_modules_from_strings
-
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
-    if scope == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        from mmdet.registry import MODELS
-    return MODELS.build(cfg.model).eval(), scope
-
-
-def random_image_samples(scope: str, height: int, width: int) -> list:
-    """One data sample whose metadata describes an unscaled, unpadded H x W image."""
-    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
-                batch_input_shape=(height, width), scale_factor=(1.0, 1.0))
-    if scope == 'mmseg':
-        from mmseg.structures import SegDataSample
-        return [SegDataSample(metainfo=meta)]
-    from mmdet.structures import DetDataSample
-    return [DetDataSample(metainfo=meta)]
-
-
-def complexity(cfg, height: int, width: int) -> dict:
-    """dict(params, flops, scan_flops, uncounted) of one forward of the config's model on a (1, 3, H, W) image."""
-    import torch
-
-    from classification.models.flop_count import SCAN_OP, flop_analysis
-
-    model, scope = build_model(cfg)
-    samples = random_image_samples(scope, height, width)
-
-    class TensorForward(torch.nn.Module):
-        """The mm model's 'tensor' forward with fixed data samples: one image tensor in, as fvcore traces it."""
-
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, image):
-            return self.model(image, samples, mode='tensor')
-
-    analysis = flop_analysis(TensorForward(), (3, height, width))
-    scan_key = SCAN_OP.split('::', 1)[1]  # fvcore's by_operator() drops the 'prim::' namespace
-    return dict(params=sum(p.numel() for p in model.parameters()), flops=int(analysis.total()),
-                scan_flops=int(analysis.by_operator().get(scan_key, 0)), uncounted=dict(analysis.unsupported_ops()))
-
 
 def main() -> None:
     from mmengine.config import Config
 
     from classification.dense.launch import add_cfg_options, check_config_file
+    from classification.dense.mm_flops import DEFAULT_SHAPES, complexity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='an mmdet or mmseg config, e.g. detection/configs/local_mamba/*.py')
