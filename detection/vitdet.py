@@ -14,6 +14,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from mmdet.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
@@ -22,19 +23,12 @@ __all__ = ['LN2d', 'SimpleFPN', 'LayerDecayOptimizerConstructor', 'Fp16Compresss
 
 
 @MODELS.register_module()
-class LN2d(nn.Module):
-    """LayerNorm over the channels of an NCHW map (eps 1e-6, as ViTDet)."""
+class LN2d(LayerNorm2d):
+    """LayerNorm over the channels of an NCHW map (eps 1e-6, as ViTDet): timm's ``LayerNorm2d`` under the name the
+    configs' ``norm_cfg=dict(type='LN2d')`` give. ``_abbr_`` keeps the attribute name mmcv's ``build_norm_layer``
+    gives the layer, so its state_dict keys, those of ViTDet's own LN2d (``norm_layer``, not ``ln``)."""
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(normalized_shape))
-        self.bias = nn.Parameter(torch.zeros(normalized_shape))
-        self.eps = eps
-        self.normalized_shape = (normalized_shape,)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+    _abbr_ = 'norm_layer'
 
 
 @MODELS.register_module()

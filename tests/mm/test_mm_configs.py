@@ -68,6 +68,8 @@ def test_detection_config_builds(path):
     if 'local_vim' in name:
         assert _as_table(cfg.model.backbone.directions) == LOCAL_VIM_TINY_DIRECTIONS
         assert type(model.neck).__name__ == 'SimpleFPN' and model.backbone.out_indices == [19]
+        keys = model.neck.state_dict()   # ViTDet's LN2d layers sit under mmcv's 'norm_layer' (the checkpoints' keys)
+        assert {'lateral_convs.0.norm_layer.weight', 'fpn_convs.3.norm_layer.bias'} <= set(keys)
         _check_backbone(model.backbone, f'local_vim_{size}_searched' if size == 'small' else 'local_vim_tiny',
                         rms_norm=False)
     else:
