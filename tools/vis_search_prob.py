@@ -3,7 +3,8 @@
 Prints every layer's candidate probabilities and top-k list as the original does, and writes DIR/directions.yaml
 (for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder;
 a directions.yaml there with other directions is replaced only with `--overwrite`. A checkpoint saved before the end
-of its search run (an interrupted run's last.pth.tar, an early best.pth.tar) gets a note saying so.
+of its search run (an interrupted run's last.pth.tar, an early best.pth.tar) gets a note saying so. The candidates
+are the supernet's, as its training checkpoint records them (`--candidates` for a file that does not).
 """
 import argparse
 import os
@@ -28,16 +29,21 @@ def main() -> None:
                         help="folder for directions.yaml and search_probs.png (default: the checkpoint's folder)")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights (ema_model)")
     parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
+    parser.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
+                        help="the supernet's candidates, in order, for a checkpoint that does not record them "
+                             "(default: the checkpoint's, else the original 8)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a directions.yaml in --out that holds other directions")
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="allow a checkpoint that needs pickle (it can run code): only files you trust")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
-    if not 1 <= args.topk <= 8:
-        parser.error(f"--topk must be between 1 and 8, got {args.topk}")
+    if args.topk < 1:
+        parser.error(f"--topk must be at least 1, got {args.topk}")
+    if args.candidates is not None and (len(args.candidates) < 2 or len(set(args.candidates)) < len(args.candidates)):
+        parser.error(f"--candidates must name at least 2 distinct directions, got {' '.join(args.candidates)}")
     result = extract(args.ckpt, args.topk, args.out, args.ema, args.supernet, trust=args.trust_checkpoint,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, candidates=args.candidates)
     print(result["printout"])
     print(f"wrote {result['directions_file']} and {result['heatmap']}", file=sys.stderr)
     if result["unfinished"]:

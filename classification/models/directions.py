@@ -1,8 +1,10 @@
 """Scan-direction tables of the released models, and reading, checking and writing direction files.
 
 A *direction* names one scan order of a token grid (see :mod:`classification.models.scan_maps`): ``h``, ``h_flip``,
-``v``, ``v_flip``, ``wK`` or ``wK_flip`` for a window size ``K >= 1``. A model takes one tuple of directions per layer
-(LocalVim) or per block (LocalVMamba); the order inside a tuple fixes the ``_k`` suffix of that layer's parameters.
+``v``, ``v_flip``, ``wK`` or ``wK_flip`` for a window size ``K >= 1``, or one added with ``register_direction``. A
+model takes one tuple of directions per layer (LocalVim) or per block (LocalVMamba); the order inside a tuple fixes
+the ``_k`` suffix of that layer's parameters. A search supernet takes one tuple of *candidates*, the same in every
+layer (``candidates=``, default :data:`CANDIDATES`); its order is the order of the search weights.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import yaml
 from ..common import atomic_write_text
 from .scan_maps import parse_direction
 
-# The candidate set of the search supernets, in the order of their ``multi_scan.weights`` (softmax index).
+# The original's candidate set of the search supernets (their default ``candidates``), in the order of their
+# ``multi_scan.weights`` (softmax index).
 CANDIDATES: tuple[str, ...] = ('h', 'h_flip', 'v', 'v_flip', 'w2', 'w2_flip', 'w7', 'w7_flip')
 
 DirectionTable = tuple[tuple[str, ...], ...]
@@ -111,11 +114,12 @@ h v w7 w7_flip
 """)
 
 
-def validate_directions(directions: Sequence[Sequence[str]], depth: int, source: str = 'directions') -> DirectionTable:
+def validate_directions(directions: Sequence[Sequence[str]], depth: int, source: str = 'directions',
+                        check_names: bool = True) -> DirectionTable:
     """Check a per-layer direction table and return it as a tuple of tuples.
 
     Raises ``ValueError`` naming ``source`` when the table does not have ``depth`` layers, a layer is empty or
-    repeats a direction, or a name is not a valid direction.
+    repeats a direction, or (with ``check_names``) a name is not a known direction.
     """
     if isinstance(directions, (str, bytes)) or not isinstance(directions, Sequence):
         raise ValueError(f'{source}: expected a list of per-layer lists of direction names, got {type(directions).__name__}')
@@ -126,11 +130,39 @@ def validate_directions(directions: Sequence[Sequence[str]], depth: int, source:
         if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence) or len(layer) == 0:
             raise ValueError(f'{source}: layer {i} must be a non-empty list of direction names, got {layer!r}')
         for name in layer:
-            parse_direction(name)
+            if check_names:
+                parse_direction(name)
+            elif not isinstance(name, str) or not name:
+                raise ValueError(f'{source}: layer {i} holds {name!r}, not a direction name')
         if len(set(layer)) != len(layer):
             raise ValueError(f'{source}: layer {i} repeats a direction: {list(layer)}')
         table.append(tuple(layer))
     return tuple(table)
+
+
+def validate_candidates(candidates: Sequence[str], source: str = 'candidates') -> tuple[str, ...]:
+    """Check a search supernet's candidate list (at least two known directions, none repeated) and return it as a
+    tuple; ``ValueError`` naming ``source`` says what is wrong."""
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
+        raise ValueError(f'{source}: expected a list of direction names, got {candidates!r}')
+    if len(candidates) < 2:
+        raise ValueError(f'{source}: a search needs at least 2 candidate directions, got {list(candidates)}')
+    for name in candidates:
+        parse_direction(name)
+    if len(set(candidates)) != len(candidates):
+        raise ValueError(f'{source}: repeats a direction: {list(candidates)}')
+    return tuple(candidates)
+
+
+def resolve_candidates(candidates: Optional[Sequence[str]], is_search: bool) -> Optional[tuple[str, ...]]:
+    """A model's ``candidates`` argument as its checked search set: :data:`CANDIDATES` when None; None for a model
+    with fixed directions, which refuses candidates (ValueError)."""
+    if not is_search:
+        if candidates is not None:
+            raise ValueError('candidates= is the search set of a search supernet (a *_search model); a model with '
+                             'fixed directions takes directions=')
+        return None
+    return CANDIDATES if candidates is None else validate_candidates(candidates)
 
 
 def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
@@ -164,9 +196,10 @@ def directions_supernet(path: Union[str, os.PathLike]) -> Optional[str]:
 
 
 def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence[str]],
-                    supernet: Optional[str] = None, topk: Optional[int] = None) -> None:
-    """Write a directions file that ``load_directions`` and ``--directions`` read back."""
-    validate_directions(directions, len(directions), source=os.fspath(path))
+                    supernet: Optional[str] = None, topk: Optional[int] = None, check_names: bool = True) -> None:
+    """Write a directions file that ``load_directions`` and ``--directions`` read back (``check_names=False``: the
+    names need not be registered in this process, as the searched names of a supernet's checkpoint)."""
+    validate_directions(directions, len(directions), source=os.fspath(path), check_names=check_names)
     data = {'supernet': supernet, 'topk': topk, 'directions': [list(layer) for layer in directions]}
     atomic_write_text(os.fspath(path), yaml.safe_dump(data, default_flow_style=None, sort_keys=False))
 
@@ -174,7 +207,7 @@ def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence
 def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTable], depth: int) -> Optional[DirectionTable]:
     """Turn a model's ``directions`` argument (None, a table or a file path) into a checked table.
 
-    ``None`` selects ``default``; a ``None`` result means a search supernet (every layer takes all CANDIDATES).
+    ``None`` selects ``default``; a ``None`` result means a search supernet (every layer takes all its candidates).
     """
     if directions is None:
         return None if default is None else validate_directions(

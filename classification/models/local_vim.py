@@ -24,7 +24,7 @@ from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
 
 from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
-                         resolve_directions)
+                         resolve_candidates, resolve_directions)
 from .factory import build_local_mamba, model_cfg
 from .multi_scan import ChannelAttention, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
@@ -122,7 +122,8 @@ class MultiMamba(nn.Module):
 
     Parameters keep the original names so released checkpoints load unchanged: ``in_proj``, per direction k
     ``A_log_k``, ``D_k``, ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, then ``out_proj`` and the shared ``attn``
-    (a :class:`ChannelAttention`). ``directions=None`` builds a search-supernet layer over all candidates.
+    (a :class:`ChannelAttention`). ``directions=None`` builds a search-supernet layer over ``candidates`` (default
+    the original's 8).
     ``trace_scan`` (set while counting FLOPs, see ``flop_count``) runs the conv and the scan as ops that fvcore's
     trace can charge.
     """
@@ -131,7 +132,8 @@ class MultiMamba(nn.Module):
 
     def __init__(self, d_model: int, directions: Optional[Sequence[str]] = None, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, dt_rank: Union[int, str] = 'auto', dt_min: float = 0.001, dt_max: float = 0.1,
-                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 candidates: Optional[Sequence[str]] = None):
         super().__init__()
         self.d_model = d_model
         self.d_state = d_state
@@ -139,7 +141,7 @@ class MultiMamba(nn.Module):
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank_of(d_model, dt_rank)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.multi_scan = MultiScan(self.d_inner, directions)
+        self.multi_scan = MultiScan(self.d_inner, directions, candidates)
         for k in range(self.num_directions):
             a_log = nn.Parameter(a_log_init(self.d_inner, d_state))
             a_log._no_weight_decay = True
@@ -194,10 +196,11 @@ class Block(nn.Module):
     """Add -> Norm -> Mixer. Takes and returns (hidden, residual); residual is kept in fp32 if asked."""
 
     def __init__(self, dim: int, directions: Optional[Sequence[str]], ssm_cfg: dict, norm_layer: type,
-                 norm_epsilon: float, residual_in_fp32: bool, drop_path: float):
+                 norm_epsilon: float, residual_in_fp32: bool, drop_path: float,
+                 candidates: Optional[Sequence[str]] = None):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
-        self.mixer = MultiMamba(dim, directions, **ssm_cfg)
+        self.mixer = MultiMamba(dim, directions, **ssm_cfg, candidates=candidates)
         self.norm = norm_layer(dim, eps=norm_epsilon)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
@@ -260,6 +263,7 @@ class VisionMamba(nn.Module):
             use_middle_cls_token: bool = False,
             directions: DirectionsArg = None,
             default_directions: Optional[DirectionTable] = None,
+            candidates: Optional[Sequence[str]] = None,
             pt_hw_seq_len: int = 14,
             bimamba_type: str = 'v2',
             keep_dt_init: bool = False,
@@ -269,8 +273,10 @@ class VisionMamba(nn.Module):
             dynamic_img_pad: bool = True,
     ):
         """``directions``: one list per layer, or a directions-file path; None uses ``default_directions``, and if
-        that is None too the model is a search supernet. ``fused_add_norm`` and ``bimamba_type`` are accepted for
-        config compatibility (the add + norm is always fused; the mixer is always MultiMamba). ``if_*`` and
+        that is None too the model is a search supernet, every layer searching over ``candidates`` (default the
+        original's 8, ``CANDIDATES``; kept as ``model.candidates``, None with fixed directions). ``fused_add_norm``
+        and ``bimamba_type`` are accepted for config compatibility (the add + norm is always fused; the mixer is
+        always MultiMamba). ``if_*`` and
         ``use_middle_cls_token`` keep the original's names, as its entrypoints and configs pass them. ``keep_dt_init``
         keeps Mamba's dt initialisation instead of the original's overwrite of it (opt-in). ``channels`` is the
         original's name of ``in_chans``; ``global_pool`` is timm's name of ``final_pool_type`` and wins over it.
@@ -297,6 +303,7 @@ class VisionMamba(nn.Module):
         self.grad_checkpointing = False
         self.directions = resolve_directions(directions, default_directions, depth)
         self.is_search = self.directions is None
+        self.candidates = resolve_candidates(candidates, self.is_search)
 
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                       embed_dim=embed_dim, strict_img_size=False, dynamic_img_pad=True)
@@ -325,7 +332,7 @@ class VisionMamba(nn.Module):
         norm_layer = RMSNorm if rms_norm else nn.LayerNorm
         self.layers = nn.ModuleList([
             Block(embed_dim, None if self.is_search else self.directions[i], dict(ssm_cfg or {}), norm_layer,
-                  norm_epsilon, residual_in_fp32, block_rates[i])
+                  norm_epsilon, residual_in_fp32, block_rates[i], self.candidates)
             for i in range(depth)])
         self.norm_f = norm_layer(embed_dim, eps=norm_epsilon)
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'layers.{i}.mixer')
@@ -563,7 +570,8 @@ def _uniform(directions: tuple[str, ...], kwargs: dict) -> DirectionTable:
 
 @register_model
 def local_vim_tiny_search(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
-    """LocalVim-T search supernet (width 128, all 8 candidate directions in every layer)."""
+    """LocalVim-T search supernet (width 128, every layer weighs all candidates: ``candidates=``, default the
+    original's 8)."""
     args = dict(_LOCAL_VIM_BASE, **_ROPE, embed_dim=128, default_directions=None)
     return _create_local_vim('local_vim_tiny_search', pretrained, **dict(args, **kwargs))
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..common import state_dict_from
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
-                         DirectionTable, resolve_directions)
+                         DirectionTable, resolve_candidates, resolve_directions)
 from .factory import build_local_mamba, model_cfg
 from .flop_count import count_flops
 from .multi_scan import MultiScanAttn, scan_all_directions
@@ -78,8 +78,9 @@ class SS2D(nn.Module):
     Parameters keep the original names and layouts: per-direction projections stacked along a leading K axis
     (``x_proj_weight`` (K, R + 2N, E), ``dt_projs_weight`` (K, E, R), ``dt_projs_bias`` (K, E)) and the scan
     parameters of all directions concatenated along channels (``A_logs`` (K*E, N), row k*E + c; ``Ds`` (K*E)).
-    ``directions=None`` builds a search-supernet block over all candidates. ``trace_scan`` (set while counting
-    FLOPs, see ``flop_count``) runs the scan as an op that fvcore's trace can charge.
+    ``directions=None`` builds a search-supernet block over ``candidates`` (default the original's 8).
+    ``trace_scan`` (set while counting FLOPs, see ``flop_count``) runs the scan as an op that fvcore's trace can
+    charge.
     """
 
     trace_scan = False
@@ -87,7 +88,7 @@ class SS2D(nn.Module):
     def __init__(self, d_model: int, directions: Optional[Sequence[str]] = None, d_state: int = 16,
                  ssm_ratio: float = 2.0, dt_rank: Union[int, str] = 'auto', d_conv: int = 3, conv_bias: bool = True,
                  dropout: float = 0., bias: bool = False, dt_min: float = 0.001, dt_max: float = 0.1,
-                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4):
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4, candidates: Optional[Sequence[str]] = None):
         super().__init__()
         if d_conv < 3 or d_conv % 2 == 0:
             raise ValueError(f'd_conv must be an odd kernel size >= 3 (the original\'s no-conv variant, d_conv < 2, '
@@ -96,7 +97,8 @@ class SS2D(nn.Module):
         self.d_inner = inner = int(ssm_ratio * d_model)
         self.d_state = d_state
         self.dt_rank = dt_rank_of(d_model, dt_rank)
-        num_dirs = len(CANDIDATES if directions is None else directions)
+        searched = CANDIDATES if candidates is None else candidates
+        num_dirs = len(searched if directions is None else directions)
 
         self.out_norm = nn.LayerNorm(inner)
         self.in_proj = nn.Linear(d_model, 2 * inner, bias=bias)
@@ -114,7 +116,7 @@ class SS2D(nn.Module):
         self.Ds._no_weight_decay = True
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
-        self.multi_scan = MultiScanAttn(inner, directions)
+        self.multi_scan = MultiScanAttn(inner, directions, candidates)
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -224,16 +226,18 @@ class VSSM(nn.Module):
             use_checkpoint: bool = False,
             directions: DirectionsArg = None,
             default_directions: Optional[DirectionTable] = None,
+            candidates: Optional[Sequence[str]] = None,
             dynamic_img_size: bool = True,
             dynamic_img_pad: bool = False,
     ):
         """``directions``: one list per block over all stages, or a directions-file path; None uses
-        ``default_directions``, and if that is None too the model is a search supernet. ``drop_rate`` is a dropout
-        before the head (absent from the original, 0 by default); ``global_pool`` is 'avg' (the original) or ''
-        (no pooling: the head sees the (B, H, W, C) map); ``use_checkpoint`` turns on gradient checkpointing of the
-        blocks (per block, as the original). ``dynamic_img_size`` and ``dynamic_img_pad`` are timm's names of what the
-        model always does (any input size; the pixels past a multiple of the patch size dropped, not padded); the
-        opposite values are refused."""
+        ``default_directions``, and if that is None too the model is a search supernet, every block searching over
+        ``candidates`` (default the original's 8, ``CANDIDATES``; kept as ``model.candidates``, None with fixed
+        directions). ``drop_rate`` is a dropout before the head (absent from the original, 0 by default);
+        ``global_pool`` is 'avg' (the original) or '' (no pooling: the head sees the (B, H, W, C) map);
+        ``use_checkpoint`` turns on gradient checkpointing of the blocks (per block, as the original).
+        ``dynamic_img_size`` and ``dynamic_img_pad`` are timm's names of what the model always does (any input size;
+        the pixels past a multiple of the patch size dropped, not padded); the opposite values are refused."""
         super().__init__()
         _check_input_size_options(dynamic_img_size, dynamic_img_pad)
         depths = tuple(depths)
@@ -249,6 +253,7 @@ class VSSM(nn.Module):
         self.grad_checkpointing = use_checkpoint
         self.directions = resolve_directions(directions, default_directions, sum(depths))
         self.is_search = self.directions is None
+        self.candidates = resolve_candidates(candidates, self.is_search)
 
         self.patch_embed = nn.Sequential(
             nn.Conv2d(in_chans, dims[0], kernel_size=patch_size, stride=patch_size),
@@ -262,7 +267,7 @@ class VSSM(nn.Module):
             first = sum(depths[:i])
             blocks = nn.Sequential(*[
                 VSSBlock(dims[i], None if self.is_search else self.directions[first + j], rates[first + j],
-                         **ssm_kwargs)
+                         **ssm_kwargs, candidates=self.candidates)
                 for j in range(depth)])
             downsample = PatchMerging2D(dims[i], dims[i + 1]) if i < len(depths) - 1 else nn.Identity()
             self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=downsample)))
@@ -424,7 +429,8 @@ _SUPERNET = dict(dims=(32, 64, 128, 256), drop_path_rate=0.1, default_directions
 
 @register_model
 def local_vssm_tiny_search(pretrained: bool = False, **kwargs: Any) -> VSSM:
-    """LocalVMamba-T search supernet (dims 32..256, all 8 candidate directions in every block)."""
+    """LocalVMamba-T search supernet (dims 32..256, every block weighs all candidates: ``candidates=``, default the
+    original's 8)."""
     args = dict(_SUPERNET, depths=(2, 2, 9, 2))
     return _create_local_vssm('local_vssm_tiny_search', pretrained, **dict(args, **kwargs))
 
@@ -438,7 +444,8 @@ def local_vssm_tiny(pretrained: bool = False, **kwargs: Any) -> VSSM:
 
 @register_model
 def local_vssm_small_search(pretrained: bool = False, **kwargs: Any) -> VSSM:
-    """LocalVMamba-S search supernet (dims 32..256, all 8 candidate directions in every block)."""
+    """LocalVMamba-S search supernet (dims 32..256, every block weighs all candidates: ``candidates=``, default the
+    original's 8)."""
     args = dict(_SUPERNET, depths=(2, 2, 27, 2))
     return _create_local_vssm('local_vssm_small_search', pretrained, **dict(args, **kwargs))
 

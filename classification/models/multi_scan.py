@@ -16,7 +16,7 @@ from torch import nn
 from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn
 from localmamba_ssm.ops.reference import multi_scan_inner_composed
 
-from .directions import CANDIDATES
+from .directions import CANDIDATES, validate_candidates
 from .flop_count import traced_causal_conv1d, traced_selective_scan
 from .scan_maps import parse_direction
 
@@ -73,29 +73,41 @@ class ChannelAttention(nn.Module):
                 self.channel_select.weight, self.channel_select.bias)
 
 
+def search_probabilities(weights: torch.Tensor) -> torch.Tensor:
+    """Softmax over one search layer's weights (K, 1, 1, 1) in float32, (K,) in candidate order."""
+    return torch.softmax(weights.detach().view(-1).float(), dim=0)
+
+
 class MultiScan(nn.Module):
     """The direction set of one layer and how their outputs are merged.
 
     With fixed ``directions`` the merge is a plain sum. With ``directions=None`` the layer is a search-supernet layer:
-    it scans all :data:`CANDIDATES` and merges them as ``sum_k softmax(weights)_k * LayerNorm(a_k)`` where ``weights``
-    (8, 1, 1, 1) are the architecture parameters; :meth:`probabilities` is that softmax, as the search reads it.
+    it scans all ``candidates`` (default :data:`CANDIDATES`) and merges them as
+    ``sum_k softmax(weights)_k * LayerNorm(a_k)`` where ``weights`` (K, 1, 1, 1) are the architecture parameters;
+    :meth:`probabilities` is that softmax, as the search reads it.
     """
 
-    def __init__(self, channels: int, directions: Optional[Sequence[str]] = None):
+    def __init__(self, channels: int, directions: Optional[Sequence[str]] = None,
+                 candidates: Optional[Sequence[str]] = None):
         super().__init__()
         self.search = directions is None
-        self.directions = tuple(CANDIDATES if directions is None else directions)
-        for name in self.directions:
-            parse_direction(name)
         if self.search:
-            self.weights = nn.Parameter(1e-3 * torch.randn(len(CANDIDATES), 1, 1, 1))
+            self.directions = CANDIDATES if candidates is None else validate_candidates(candidates)
+            self.weights = nn.Parameter(1e-3 * torch.randn(len(self.directions), 1, 1, 1))
+        else:
+            if candidates is not None:
+                raise ValueError('candidates are the directions of a search layer (directions=None); a layer with '
+                                 'fixed directions takes none')
+            self.directions = tuple(directions)
+            for name in self.directions:
+                parse_direction(name)
         self.channels = channels
 
     def probabilities(self) -> torch.Tensor:
-        """Softmax over the search weights in float32, (8,) in CANDIDATES order (search layers only)."""
+        """Softmax over the search weights in float32, (K,) in candidate order (search layers only)."""
         if not self.search:
             raise RuntimeError('probabilities() is only defined for search-supernet layers (directions=None)')
-        return torch.softmax(self.weights.detach().view(-1).float(), dim=0)
+        return search_probabilities(self.weights)
 
     def merge(self, outputs: torch.Tensor) -> torch.Tensor:
         """Merge per-direction outputs (B, K, L, C) into (B, L, C)."""
@@ -128,11 +140,23 @@ class MultiScan(nn.Module):
 class MultiScanAttn(MultiScan):
     """:class:`MultiScan` that owns the shared channel attention (LocalVMamba keeps it here: keys ``attn.*``)."""
 
-    def __init__(self, channels: int, directions: Optional[Sequence[str]] = None):
-        super().__init__(channels, directions)
+    def __init__(self, channels: int, directions: Optional[Sequence[str]] = None,
+                 candidates: Optional[Sequence[str]] = None):
+        super().__init__(channels, directions, candidates)
         self.attn = ChannelAttention(channels)
 
 
 def search_layers(model: nn.Module) -> list[MultiScan]:
     """The search-supernet layers of a model, in layer order (empty for a model with fixed directions)."""
     return [module for module in model.modules() if isinstance(module, MultiScan) and module.search]
+
+
+def search_candidates(model: nn.Module) -> tuple[str, ...]:
+    """The candidates a supernet searches over, in the order of its search weights (ValueError for a model without
+    search layers, or whose layers search over different candidates)."""
+    found = {layer.directions for layer in search_layers(model)}
+    if not found:
+        raise ValueError('not a search supernet: the model has no search layers')
+    if len(found) > 1:
+        raise ValueError(f'the search layers search over different candidates: {sorted(found)}')
+    return found.pop()

@@ -12,7 +12,11 @@ Tokens of an ``H x W`` grid are numbered row-major (``i * W + j``). A direction 
 ======== ===================================================================================================
 
 Every map is an index table: position ``s`` of the sequence reads token ``index[s]``, where the value ``H * W``
-stands for a padding zero. :func:`sequence_index` stacks the tables of a layer's directions for the fused mixer ops
+stands for a padding zero. :func:`register_direction` adds a direction of one's own (any table that reads every
+token exactly once), with its ``_flip`` and, if asked, a ``K`` parameter as ``wK`` has; modules named in the
+environment variable ``LOCALMAMBA_DIRECTION_MODULES`` are imported the first time a name is not known, so that a
+process started by a tool (training, extraction, torchrun's ranks) knows the same directions.
+:func:`sequence_index` stacks the tables of a layer's directions for the fused mixer ops
 (``localmamba_ssm.multi_scan_inner_fn``), which gather, scan and scatter back by them in one go (the scatter is the
 exact inverse for any grid; the original's ``v`` reverse was only right for square grids); under
 ``torch.compile`` it is an opaque op that copies the cached table (computed once per grid, outside the graph).
@@ -20,34 +24,122 @@ exact inverse for any grid; the original's ``v`` reverse was only right for squa
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 import re
 from typing import Callable, NamedTuple, Optional, Sequence, TypeVar
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 T = TypeVar('T')
 
 Grid = tuple[int, int]
+# A direction's table builder: (grid) -> (L,) integer table, or (grid, K) -> table for a parametrised one.
+IndexFn = Callable[..., torch.Tensor]
 
-_DIRECTION_RE = re.compile(r'(?:(h)|(v)|w([1-9][0-9]*))(_flip)?')     # one name per window size (w2, never w02)
-VALID_DIRECTIONS_HELP = "h, h_flip, v, v_flip, wK, wK_flip (K >= 1 a window size, e.g. w2, w7_flip)"
+FLIP_SUFFIX = '_flip'
+DIRECTION_MODULES_ENV = 'LOCALMAMBA_DIRECTION_MODULES'
+# The grid (and K) a registered table is checked on when it is registered; every grid is checked when first built.
+PROBE_GRID, PROBE_PARAMETER = (4, 6), 2
+
+_NAME_RE = re.compile(r'[a-z][a-z0-9_]*')
+_PARAMETER_RE = re.compile(r'(.*[^0-9])([1-9][0-9]*)')                 # one name per K (w2, never w02)
 
 
 class Direction(NamedTuple):
-    """A parsed direction name: ``kind`` is 'h', 'v' or 'w'; ``window`` is K for 'w' (else 0)."""
+    """A parsed direction name: ``kind`` is the registered name ('h', 'v', 'w' or one registered by the user);
+    ``window`` is the name's integer parameter (K of 'wK'; 0 for an unparametrised direction)."""
     kind: str
     window: int
     flip: bool
 
 
+class _Registered(NamedTuple):
+    index_fn: IndexFn
+    parametrized: bool
+    length_fn: Optional[Callable[..., int]]     # built-ins only: the length by arithmetic (user tables are built)
+
+
+def _row_major(grid: Grid) -> torch.Tensor:
+    return torch.arange(grid[0] * grid[1])
+
+
+def _column_major(grid: Grid) -> torch.Tensor:
+    return torch.arange(grid[0] * grid[1]).view(grid).t().reshape(-1)
+
+
+def _windows(grid: Grid, window: int) -> torch.Tensor:
+    height, width = grid
+    rows, cols = -(-height // window), -(-width // window)
+    padded = torch.full((rows * window, cols * window), height * width, dtype=torch.long)
+    padded[:height, :width] = torch.arange(height * width).view(height, width)
+    return padded.view(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1)
+
+
+def _windows_length(grid: Grid, window: int) -> int:
+    return -(-grid[0] // window) * window * (-(-grid[1] // window) * window)
+
+
+_BUILTIN: dict[str, _Registered] = {
+    'h': _Registered(_row_major, False, lambda grid: grid[0] * grid[1]),
+    'v': _Registered(_column_major, False, lambda grid: grid[0] * grid[1]),
+    'w': _Registered(_windows, True, _windows_length),
+}
+_REGISTRY: dict[str, _Registered] = dict(_BUILTIN)
+_imported_modules: set[str] = set()
+
+
+def _lookup(base: str) -> Optional[tuple[str, int]]:
+    """(registered name, parameter) of an unflipped name, None if no registration makes it."""
+    entry = _REGISTRY.get(base)
+    if entry is not None and not entry.parametrized:
+        return base, 0
+    match = _PARAMETER_RE.fullmatch(base)
+    if match is not None and match[1] in _REGISTRY and _REGISTRY[match[1]].parametrized:
+        return match[1], int(match[2])
+    return None
+
+
+def import_direction_modules() -> None:
+    """Import the modules named (comma-separated) in ``LOCALMAMBA_DIRECTION_MODULES``, each once, so that their
+    ``register_direction`` calls run; done by itself the first time a direction name is not known."""
+    for module in filter(None, (m.strip() for m in os.environ.get(DIRECTION_MODULES_ENV, '').split(','))):
+        if module in _imported_modules:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(f'{DIRECTION_MODULES_ENV}: cannot import {module!r} ({err}); it must be importable '
+                              f'(on PYTHONPATH) by every process that builds a model') from err
+        _imported_modules.add(module)
+
+
+def list_directions() -> list[str]:
+    """The registered directions, parametrised ones as ``nameK`` (each also exists as ``*_flip``)."""
+    import_direction_modules()
+    return [name + 'K' if entry.parametrized else name for name, entry in _REGISTRY.items()]
+
+
+def _valid_directions_help() -> str:
+    own = [f'{name}K' if entry.parametrized else name for name, entry in _REGISTRY.items() if name not in _BUILTIN]
+    registered = f", and the registered {', '.join(f'{n}, {n}{FLIP_SUFFIX}' for n in own)}" if own else ''
+    return f'h, h_flip, v, v_flip, wK, wK_flip (K >= 1 a window size, e.g. w2, w7_flip){registered}'
+
+
 def parse_direction(name: str) -> Direction:
     """Parse a direction name such as ``'v_flip'`` or ``'w7'``; raise ``ValueError`` listing the valid choices."""
-    match = _DIRECTION_RE.fullmatch(name) if isinstance(name, str) else None
-    if match is None:
-        raise ValueError(f'unknown scan direction {name!r}: valid directions are {VALID_DIRECTIONS_HELP}')
-    horizontal, vertical, window, flip = match.groups()
-    kind = 'h' if horizontal else 'v' if vertical else 'w'
-    return Direction(kind, int(window) if window else 0, flip is not None)
+    found = None
+    if isinstance(name, str):
+        flip = name.endswith(FLIP_SUFFIX)
+        base = name[:-len(FLIP_SUFFIX)] if flip else name
+        found = _lookup(base)
+        if found is None and os.environ.get(DIRECTION_MODULES_ENV):
+            import_direction_modules()
+            found = _lookup(base)
+    if found is None:
+        raise ValueError(f'unknown scan direction {name!r}: valid directions are {_valid_directions_help()}')
+    return Direction(found[0], found[1], flip)
 
 
 def _check_grid(grid: Sequence[int]) -> Grid:
@@ -59,17 +151,19 @@ def _check_grid(grid: Sequence[int]) -> Grid:
 def _cached_table(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Cache an index-table builder per arguments, the ``maxsize`` most recently used tables (a detector trained at
     many input sizes would otherwise keep the tables of every size it met); tables are built outside inference mode,
-    so that one first made under ``torch.inference_mode`` (evaluation) can later serve a training step. The cached
-    function's ``cache_info`` is the wrapper's."""
+    so that one first made under ``torch.inference_mode`` (evaluation) can later serve a training step, and outside
+    any fake-tensor mode (a compiled graph's shape function may ask for a registered table's length). The cached
+    function's ``cache_info`` and ``cache_clear`` are the wrapper's."""
     def decorate(build: Callable[..., T]) -> Callable[..., T]:
         cached = functools.lru_cache(maxsize=maxsize)(build)
 
         @functools.wraps(build)
         def wrapper(*args):
-            with torch.inference_mode(False):
+            with torch.inference_mode(False), unset_fake_temporarily():
                 return cached(*args)
 
         wrapper.cache_info = cached.cache_info
+        wrapper.cache_clear = cached.cache_clear
         return wrapper
 
     return decorate
@@ -82,31 +176,117 @@ LAYER_TABLES_KEPT = 128
 
 
 def scan_length(name: str, grid: Grid) -> int:
-    """Sequence length of a direction on a grid (grows with window padding), by arithmetic alone (no table is built,
-    so it is safe under fake tensors)."""
+    """Sequence length of a direction on a grid (grows with window padding): by arithmetic alone for the built-in
+    directions (no table is built, so it is safe under fake tensors), from the (cached) table for registered ones."""
     kind, window, _ = parse_direction(name)
-    height, width = _check_grid(grid)
-    if kind != 'w':
-        return height * width
-    return -(-height // window) * window * (-(-width // window) * window)
+    grid = _check_grid(grid)
+    length_fn = _REGISTRY[kind].length_fn
+    if length_fn is None:
+        return scan_index(name, grid).numel()
+    return length_fn(grid, window) if window else length_fn(grid)
+
+
+def _checked_table(table: object, grid: Grid, name: str) -> torch.Tensor:
+    """A registered direction's table as (L,) int64 on the CPU, or ValueError saying in one line what is wrong."""
+    where = f'scan direction {name!r} on grid {grid}'
+    num_tokens = grid[0] * grid[1]
+    if not isinstance(table, torch.Tensor):
+        raise ValueError(f'{where}: index_fn must return a 1-D integer tensor, got {type(table).__name__}')
+    if table.dim() != 1 or table.dtype.is_floating_point or table.dtype.is_complex or table.dtype == torch.bool:
+        raise ValueError(f'{where}: index_fn must return a 1-D integer tensor, got {table.dim()}-D {table.dtype}')
+    table = table.detach().to('cpu', torch.long).clone()
+    wrong = table[(table < 0) | (table > num_tokens)]
+    if wrong.numel():
+        raise ValueError(f'{where}: values must be token indices 0..{num_tokens - 1} or {num_tokens} (a padding '
+                         f'zero), found {wrong[:5].tolist()}')
+    counts = torch.bincount(table, minlength=num_tokens + 1)[:num_tokens]
+    for problem, tokens in (('misses', counts == 0), ('repeats', counts > 1)):
+        if tokens.any():
+            listed = tokens.nonzero().view(-1)
+            raise ValueError(f'{where}: the table {problem} token(s) {listed[:5].tolist()}'
+                             f'{" ..." if listed.numel() > 5 else ""} (each of the {num_tokens} tokens must be read '
+                             f'exactly once)')
+    return table
 
 
 @_cached_table(DIRECTION_TABLES_KEPT)
 def scan_index(name: str, grid: Grid) -> torch.Tensor:
     """Index table of one direction: (L_k,) int64; value ``H*W`` marks a padding zero."""
     kind, window, flip = parse_direction(name)
-    height, width = _check_grid(grid)
-    tokens = torch.arange(height * width).view(height, width)
-    if kind == 'h':
-        index = tokens.reshape(-1)
-    elif kind == 'v':
-        index = tokens.t().reshape(-1)
-    else:
-        rows, cols = -(-height // window), -(-width // window)
-        padded = torch.full((rows * window, cols * window), height * width, dtype=torch.long)
-        padded[:height, :width] = tokens
-        index = padded.view(rows, window, cols, window).permute(0, 2, 1, 3).reshape(-1)
+    grid = _check_grid(grid)
+    entry = _REGISTRY[kind]
+    index = entry.index_fn(grid, window) if entry.parametrized else entry.index_fn(grid)
+    if kind not in _BUILTIN:
+        index = _checked_table(index, grid, name)
     return index.flip(0) if flip else index
+
+
+def register_direction(name: str, index_fn: IndexFn, *, parametrized: bool = False, overwrite: bool = False) -> None:
+    """Register a scan direction ``name`` and its reverse ``name_flip`` for every model, file and search.
+
+    ``index_fn(grid)`` returns the (L,) integer table of an ``(H, W)`` grid: position ``s`` reads token
+    ``table[s]`` (row-major ``i * W + j``), ``H * W`` reads a padding zero; each token appears exactly once. With
+    ``parametrized``, the names ``{name}K`` (K >= 1, as ``wK``) call ``index_fn(grid, K)``. ``name`` is lowercase
+    letters, digits and ``_`` (not ending in ``_flip``; a parametrised one not in a digit) and may not make a name
+    that another registration makes. The table is checked on a 4 x 6 grid (K = 2) now, and on each grid when first
+    built (tables are cached per grid). Registering the same function again does nothing; ``overwrite`` replaces
+    another. Raises ``ValueError`` saying what is wrong.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(FLIP_SUFFIX):
+        raise ValueError(f'register_direction: name must be lowercase letters, digits and _, starting with a letter '
+                         f'and not ending in {FLIP_SUFFIX!r} (the reverse is made by itself), got {name!r}')
+    if not callable(index_fn):
+        raise ValueError(f'register_direction({name!r}): index_fn must be callable, got {type(index_fn).__name__}')
+    if parametrized and name[-1].isdigit():
+        raise ValueError(f'register_direction({name!r}): a parametrised name may not end in a digit (its names are '
+                         f'{name}K)')
+    if name in _BUILTIN:
+        raise ValueError(f'register_direction: {name!r} is a built-in direction')
+    new = _Registered(index_fn, parametrized, None)
+    if _REGISTRY.get(name) == new:
+        return
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f'register_direction: {name!r} is already registered (overwrite=True replaces it)')
+    clash = _clashing_registration(name, parametrized)
+    if clash is not None:
+        raise ValueError(f'register_direction: {name}{"K" if parametrized else ""} would make names that the '
+                         f'registered {clash} makes too')
+    probe = f'{name}{PROBE_PARAMETER}' if parametrized else name
+    try:
+        table = index_fn(PROBE_GRID, PROBE_PARAMETER) if parametrized else index_fn(PROBE_GRID)
+    except Exception as err:
+        raise ValueError(f'register_direction({name!r}): index_fn failed on the {PROBE_GRID} grid: '
+                         f'{type(err).__name__}: {err}') from err
+    _checked_table(table, PROBE_GRID, probe)
+    _REGISTRY[name] = new
+    _clear_tables()
+
+
+def _clashing_registration(name: str, parametrized: bool) -> Optional[str]:
+    """Another registration (shown as ``name`` or ``nameK``) that makes one of the names ``name`` would make."""
+    if not parametrized:
+        found = _lookup(name)                                   # 'w3' is made by wK
+        return f'{found[0]}K' if found is not None and found[0] != name else None
+    for other, entry in _REGISTRY.items():
+        match = _PARAMETER_RE.fullmatch(other)
+        if other != name and not entry.parametrized and match is not None and match[1] == name:
+            return other                                        # a fixed 'zw3' is made by zwK
+    return None
+
+
+def unregister_direction(name: str) -> None:
+    """Remove a direction registered with :func:`register_direction` (its cached tables too)."""
+    if name in _BUILTIN:
+        raise ValueError(f'unregister_direction: {name!r} is a built-in direction')
+    if name not in _REGISTRY:
+        raise ValueError(f'unregister_direction: {name!r} is not registered (registered: {list_directions()})')
+    del _REGISTRY[name]
+    _clear_tables()
+
+
+def _clear_tables() -> None:
+    scan_index.cache_clear()
+    _sequence_index.cache_clear()
 
 
 def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Optional[int] = None,

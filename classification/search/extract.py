@@ -1,12 +1,13 @@
 """Turn a trained supernet checkpoint into searched directions: printout, directions.yaml and a heat map.
 
 The printout is the original `tools/vis_search_prob.py`'s: every layer's probability tensor, then one Python list
-literal per layer (the top-k candidates in canonical order) followed by a comma.
+literal per layer (the top-k candidates in canonical order) followed by a comma. The candidates are the supernet's
+(`candidates=` of its run, recorded in a training checkpoint's config; the original 8 when it records none), or given.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
@@ -16,14 +17,39 @@ from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from .probs import chosen_directions, layer_probabilities
 
 
+def checkpoint_candidates(ckpt: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
+    """The candidates a training checkpoint's supernet searched over (`candidates` in its run's `model_kwargs`),
+    None when it does not say (the default candidates, or a released / converted file)."""
+    model_kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
+    found = model_kwargs.get("candidates") if isinstance(model_kwargs, Mapping) else None
+    return None if found is None else tuple(str(name) for name in found)
+
+
+def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path: str) -> tuple[str, ...]:
+    """``given`` candidates, else the checkpoint's, else CANDIDATES; given ones that differ from the checkpoint's
+    record are refused."""
+    recorded = checkpoint_candidates(ckpt)
+    if given is None:
+        return recorded or CANDIDATES
+    given = tuple(given)
+    if len(given) < 2 or len(set(given)) != len(given) or not all(isinstance(n, str) and n for n in given):
+        raise ValueError(f"candidates must be at least 2 distinct direction names, got {list(given)}")
+    if recorded is not None and recorded != given:
+        raise CheckpointError(f"{path}: its supernet searched over {', '.join(recorded)}, not the candidates given "
+                              f"({', '.join(given)})")
+    return given
+
+
 def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str:
     """The text the original prints: the probability tensors, then `['h', ...],` lines."""
     return "\n".join([str(p) for p in probs] + [str(c) + "," for c in chosen])
 
 
-def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, title: str = "") -> None:
-    """Layers x candidates image of the probabilities, each cell annotated to 4 decimals (a search's probabilities
-    stay near 1/8, where 3 would show a chosen and a dropped cell alike), chosen cells outlined."""
+def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, title: str = "",
+                 candidates: Sequence[str] = CANDIDATES) -> None:
+    """Layers x candidates image of the probabilities (columns: ``candidates``, in the probabilities' order), each
+    cell annotated to 4 decimals (a search's probabilities stay near 1/K, where 3 would show a chosen and a dropped
+    cell alike), chosen cells outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,17 +57,17 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     from matplotlib.patches import Rectangle
 
     grid = torch.stack(probs).numpy()
-    fig, ax = plt.subplots(figsize=(1.0 * len(CANDIDATES) + 2, 0.45 * len(probs) + 1.5))
+    fig, ax = plt.subplots(figsize=(1.0 * len(candidates) + 2, 0.45 * len(probs) + 1.5))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for layer, names in enumerate(chosen):
-        for j, name in enumerate(CANDIDATES):
+        for j, name in enumerate(candidates):
             value = grid[layer, j]
             ax.text(j, layer, f"{value:.4f}", ha="center", va="center", fontsize=7,
                     color="black" if value > grid.mean() else "white",
                     fontweight="bold" if name in names else "normal")
             if name in names:
                 ax.add_patch(Rectangle((j - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(len(CANDIDATES)), CANDIDATES)
+    ax.set_xticks(range(len(candidates)), candidates)
     ax.set_yticks(range(len(probs)), [str(i) for i in range(len(probs))])
     ax.set(xlabel="candidate direction", ylabel="layer", title=title or "search probabilities (chosen: red)")
     fig.colorbar(image, ax=ax, fraction=0.04)
@@ -91,15 +117,18 @@ def _check_out_dir(out_dir: str) -> None:
 
 
 def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: bool = False,
-            supernet: Optional[str] = None, trust: bool = False, overwrite: bool = False) -> dict:
+            supernet: Optional[str] = None, trust: bool = False, overwrite: bool = False,
+            candidates: Optional[Sequence[str]] = None) -> dict:
     """Read a supernet checkpoint, choose the top-k directions per layer, write directions.yaml and the heat map.
     An existing directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError).
+    ``candidates`` names the supernet's candidates for a file that does not record them (see module doc); the
+    names need not be registered in this process.
 
-    Returns {'probs', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'}; 'unfinished' is
-    :func:`unfinished_search`'s note (None for the end of a search run).
+    Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
+    'unfinished' is :func:`unfinished_search`'s note (None for the end of a search run).
     """
-    if not 1 <= topk <= len(CANDIDATES):
-        raise ValueError(f"--topk must be between 1 and {len(CANDIDATES)}, got {topk}")
+    if topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {topk}")
     if os.path.isdir(ckpt_path):
         raise CheckpointError(f"{ckpt_path} is a folder: give a checkpoint file in it, e.g. "
                               f"{os.path.join(ckpt_path, 'last.pth.tar')}")
@@ -107,24 +136,29 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         _check_out_dir(out_dir)
     ckpt = load_checkpoint(ckpt_path, trust=trust)
     weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
+    candidates = _candidates_of(ckpt, candidates, ckpt_path)
     try:
-        probs = layer_probabilities(weights)
+        probs = layer_probabilities(weights, candidates)
     except ValueError as err:
         raise CheckpointError(f"{ckpt_path}: {err}") from None
     if not probs:
         raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
-    chosen = chosen_directions(probs, topk)
+    if topk > len(candidates):
+        raise CheckpointError(f"{ckpt_path}: its supernet has {len(candidates)} candidates ({', '.join(candidates)}): "
+                              f"--topk must be between 1 and {len(candidates)}, got {topk}")
+    chosen = chosen_directions(probs, topk, candidates)
     out_dir = out_dir or os.path.dirname(os.path.abspath(ckpt_path))
     os.makedirs(out_dir, exist_ok=True)
     name = supernet or ckpt.get("model_name")
     directions_file = os.path.join(out_dir, "directions.yaml")
     _check_replaceable(directions_file, chosen, overwrite)
-    save_directions(directions_file, chosen, supernet=name, topk=topk)
+    save_directions(directions_file, chosen, supernet=name, topk=topk, check_names=False)
     heatmap = os.path.join(out_dir, "search_probs.png")
     unfinished = unfinished_search(ckpt)
     title = f"{name or 'supernet'}: top-{topk} per layer (red)"
     if unfinished:
         title += f"\nunfinished search: {unfinished}"
-    plot_heatmap(probs, chosen, heatmap, title=title)
-    return {"probs": probs, "directions": chosen, "printout": original_printout(probs, chosen),
+    plot_heatmap(probs, chosen, heatmap, title=title, candidates=candidates)
+    return {"probs": probs, "candidates": candidates, "directions": chosen,
+            "printout": original_printout(probs, chosen),
             "directions_file": directions_file, "heatmap": heatmap, "unfinished": unfinished}

@@ -9,19 +9,20 @@ import torch
 import torch.nn as nn
 
 from ..common.csv_log import CsvLog
-from ..models.directions import CANDIDATES
-from ..models.multi_scan import search_layers
+from ..models.multi_scan import search_candidates, search_layers
 from .probs import layer_probabilities
 
 logger = logging.getLogger("localmamba")
 
 
 class SearchMonitor:
-    """Logs softmax(multi_scan.weights) of every layer and appends them to `search_probs.csv` each epoch."""
+    """Logs softmax(multi_scan.weights) of every layer and appends them to `search_probs.csv` each epoch, one column
+    per candidate of the supernet (its `candidates`, in the order of its search weights)."""
 
     def __init__(self, model: nn.Module, exp_dir: str, enabled: bool = True):
         self.model = model
-        self.csv = CsvLog(os.path.join(exp_dir, "search_probs.csv"), ("epoch", "layer") + CANDIDATES,
+        self.candidates = search_candidates(model)
+        self.csv = CsvLog(os.path.join(exp_dir, "search_probs.csv"), ("epoch", "layer") + self.candidates,
                           enabled=enabled)
 
     @classmethod
@@ -32,12 +33,12 @@ class SearchMonitor:
         return cls(model, exp_dir, enabled)
 
     def current(self) -> torch.Tensor:
-        """(layers, 8) candidate probabilities."""
+        """(layers, candidates) probabilities."""
         return torch.stack(layer_probabilities(self.model))
 
     def log_probs(self) -> None:
         probs = self.current()
-        lines = [f"  layer {i:>2d}: " + " ".join(f"{n}={p:.4f}" for n, p in zip(CANDIDATES, row.tolist()))
+        lines = [f"  layer {i:>2d}: " + " ".join(f"{n}={p:.4f}" for n, p in zip(self.candidates, row.tolist()))
                  for i, row in enumerate(probs)]
         logger.info("Search probabilities:\n" + "\n".join(lines))
 

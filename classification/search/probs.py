@@ -1,41 +1,43 @@
 """Candidate probabilities of a search supernet and the top-k directions they select.
 
-The probabilities are always :meth:`MultiScan.probabilities` of the supernet's search layers: those of a live model,
-or of layers holding the weights read from a checkpoint file.
+The probabilities are always the softmax of a search layer's weights (:func:`search_probabilities`, what
+:meth:`MultiScan.probabilities` computes): of a live model's layers, or of the weights read from a checkpoint file.
+Their order is the supernet's candidate order: the model's ``candidates`` (default ``CANDIDATES``).
 """
 from __future__ import annotations
 
-from typing import Mapping, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..models.directions import CANDIDATES
-from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX, MultiScan, search_layers
+from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX, search_layers, search_probabilities
 
 
-def layers_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> list[MultiScan]:
-    """The search layers saved in a supernet state dict (its ``*multi_scan.weights`` entries, in state-dict order),
-    as :class:`MultiScan` layers holding those weights; ValueError names an entry without one weight per candidate."""
-    layers = []
-    for name, weights in state_dict.items():
+def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]],
+                        candidates: Optional[Sequence[str]] = None) -> list[torch.Tensor]:
+    """Per search layer of a supernet (a model, or a state dict read from a checkpoint: its ``*multi_scan.weights``
+    entries in state-dict order), the softmax over its candidate weights: float32 on the CPU, as the original computes
+    it. A state dict's layers must hold one weight per candidate (``candidates``, default ``CANDIDATES``); a
+    ValueError names an entry that does not."""
+    if isinstance(source, nn.Module):
+        return [layer.probabilities().cpu() for layer in search_layers(source)]
+    candidates = CANDIDATES if candidates is None else tuple(candidates)
+    probs = []
+    for name, weights in source.items():
         if not name.endswith(SEARCH_WEIGHT_SUFFIX):
             continue
-        if weights.numel() != len(CANDIDATES):
-            raise ValueError(f"{name} has not {len(CANDIDATES)} candidate weights (shape {tuple(weights.shape)})")
-        layer = MultiScan(channels=0)
-        layer.load_state_dict({'weights': weights.reshape(layer.weights.shape)})
-        layers.append(layer)
-    return layers
+        if weights.numel() != len(candidates):
+            raise ValueError(f"{name} has not {len(candidates)} candidate weights (shape {tuple(weights.shape)}) for "
+                             f"the candidates {', '.join(candidates)}: a supernet searched over other candidates "
+                             f"needs them named (extract(candidates=...), vis_search_prob.py --candidates)")
+        probs.append(search_probabilities(weights).cpu())
+    return probs
 
 
-def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """Per search layer of a supernet (a model, or a state dict read from a checkpoint), the softmax over its 8
-    candidate weights: float32 on the CPU, as the original computes it."""
-    layers = search_layers(source) if isinstance(source, nn.Module) else layers_from_state_dict(source)
-    return [layer.probabilities().cpu() for layer in layers]
-
-
-def chosen_directions(probs: list[torch.Tensor], k: int = 4) -> list[list[str]]:
-    """Per layer, the k most probable candidates sorted in candidate (canonical) order."""
-    return [[CANDIDATES[i] for i in p.topk(k)[1].sort()[0].tolist()] for p in probs]
+def chosen_directions(probs: list[torch.Tensor], k: int = 4,
+                      candidates: Sequence[str] = CANDIDATES) -> list[list[str]]:
+    """Per layer, the k most probable of ``candidates`` (the order of the probabilities) sorted in candidate
+    (canonical) order."""
+    return [[candidates[i] for i in p.topk(k)[1].sort()[0].tolist()] for p in probs]
