@@ -65,13 +65,26 @@ def scan_directions(model: nn.Module) -> Optional[list[list[str]]]:
     return None if table is None else [list(layer) for layer in table]
 
 
+def search_candidates(model: nn.Module) -> Optional[list[str]]:
+    """The candidate directions a search supernet weighs, in the order of its search weights; None for a model with
+    fixed directions or another family. Saved in training checkpoints: two candidate lists of one length give weights
+    of the same keys and shapes."""
+    candidates = getattr(model, "candidates", None)
+    return None if candidates is None else list(candidates)
+
+
 def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any], path: str) -> None:
-    """Refuse a training checkpoint of another model than `model_name` or of other scan directions than the model's:
-    the weights would load (another direction table has the same keys and shapes) and compute something else.
+    """Refuse a training checkpoint of another model than `model_name`, of other scan directions than the model's, or
+    of a search over other candidates: the weights would load (same keys and shapes) and compute something else.
     Released weights and checkpoints written before these entries were saved carry no record: they are not checked."""
     saved_name = ckpt.get("model_name")
     if saved_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} is a checkpoint of {saved_name}, not of {model_name}: give --model {saved_name}")
+    saved_candidates, own_candidates = ckpt.get("candidates"), search_candidates(model)
+    if saved_candidates is not None and own_candidates is not None and saved_candidates != own_candidates:
+        raise CheckpointError(f"{path} is a search over the candidates {' '.join(saved_candidates)}, this model "
+                              f"searches over {' '.join(own_candidates)}: give --model-kwargs "
+                              f"\"candidates=[{', '.join(saved_candidates)}]\", as its run did")
     if "directions" not in ckpt:
         return
     saved, own = ckpt["directions"], scan_directions(model)

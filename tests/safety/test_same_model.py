@@ -1,12 +1,13 @@
 """A training checkpoint is resumed or evaluated only by the model it was trained as: its model name and its scan
-directions (two direction tables give weights of the same keys and shapes, which load and compute something else)."""
+directions, or a supernet's candidates (two direction tables, or candidate lists, give weights of the same keys and
+shapes, which load and compute something else)."""
 import pytest
 import timm
 
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
 from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions
-from classification.engine.checkpoint import check_same_model, scan_directions
+from classification.engine.checkpoint import check_same_model, scan_directions, search_candidates
 
 from safety_helpers import assert_one_line_error, run_tool
 
@@ -69,3 +70,33 @@ def test_resume_and_test_refuse_a_run_of_other_directions(tmp_path):
     metrics = run_tool("test.py", *LOCAL_VIM, "--directions", str(table), "--resume", str(last), "--output",
                        str(tmp_path))
     assert metrics.returncode == 0
+
+
+def test_a_search_over_other_candidates_is_refused_naming_them():
+    """Two candidate lists of one length give supernet weights of the same keys and shapes: the checkpoint's list
+    (saved by training) must be the model's."""
+    ours = timm.create_model("local_vim_tiny_search", candidates=["h", "v", "w2"], **SMALL)
+    other = timm.create_model("local_vim_tiny_search", candidates=["h", "v", "w3"], **SMALL)
+    assert search_candidates(ours) == ["h", "v", "w2"] and search_candidates(timm.create_model("local_vim_tiny",
+                                                                                               **SMALL)) is None
+    ckpt = {"model_name": "local_vim_tiny_search", "directions": None, "candidates": ["h", "v", "w2"]}
+    check_same_model(ours, "local_vim_tiny_search", ckpt, "x")
+    refusal = r'^x is a search over the candidates h v w2, this model searches over h v w3: give --model-kwargs ' \
+              r'"candidates=\[h, v, w2\]", as its run did$'
+    with pytest.raises(CheckpointError, match=refusal):
+        check_same_model(other, "local_vim_tiny_search", ckpt, "x")
+
+
+def test_resume_refuses_a_supernet_of_other_candidates(tmp_path):
+    """End to end: the training checkpoint records the candidates; resuming with another list of the same length
+    stops in one line, and with the run's list it continues."""
+    def supernet(candidates: str) -> list[str]:
+        return [*LOCAL_VIM[:3], "local_vim_tiny_search", "--model-kwargs", "embed_dim=16", "patch_size=4", "depth=2",
+                f"candidates=[{candidates}]", *LOCAL_VIM[7:], "--output", str(tmp_path)]
+
+    run_tool("train.py", *supernet("h, v_flip"), "--experiment", "run")
+    last = tmp_path / "run" / "last.pth.tar"
+    proc = run_tool("train.py", *supernet("h, v"), "--epochs", "2", "--resume", str(last), check=False)
+    assert_one_line_error(proc, f"{last} is a search over the candidates h v_flip, this model searches over h v: "
+                                f'give --model-kwargs "candidates=[h, v_flip]", as its run did')
+    run_tool("train.py", *supernet("h, v_flip"), "--epochs", "2", "--resume", str(last))
