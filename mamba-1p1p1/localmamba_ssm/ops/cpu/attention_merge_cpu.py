@@ -110,7 +110,8 @@ def merge_backward(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar
         return a
 
     ckernel.run_tasks(lib.attention_gate_grad, make, batch * num_dirs, 1)
-    dxbar, *param_grads = gate_backward(dgate, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
+    with autocast_off(y.device.type):   # a backward called under autocast: the gate MLP's gradients stay fp32
+        dxbar, *param_grads = gate_backward(dgate, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
 
     def make_input(_):
         a = make(0)

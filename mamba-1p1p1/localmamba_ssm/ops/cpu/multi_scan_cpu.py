@@ -209,15 +209,16 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
         return a
 
     ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1)
-    if conv_w is None:
-        flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, num_dirs * width), x_proj_w.reshape(-1, inner)
-        dx_proj_w = torch.mm(flat_dxdbl.t(), _token_x(src, inner)).view_as(x_proj_w)
-        _token_x(dsrc, inner).addmm_(flat_dxdbl, flat_w)
-    else:
-        flat_dxdbl = dxdbl.view(num_dirs, batch * length, width)
-        dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
-        du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
-        ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)
+    with autocast_off(src.device.type):   # a backward called under autocast: the projection's gradients stay fp32
+        if conv_w is None:
+            flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, num_dirs * width), x_proj_w.reshape(-1, inner)
+            dx_proj_w = torch.mm(flat_dxdbl.t(), _token_x(src, inner)).view_as(x_proj_w)
+            _token_x(dsrc, inner).addmm_(flat_dxdbl, flat_w)
+        else:
+            flat_dxdbl = dxdbl.view(num_dirs, batch * length, width)
+            dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
+            du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
+            ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)
     A = -torch.exp(A_log)
     return (dsrc,
             src.new_zeros(0) if dconv_w is None else dconv_w.sum(0).transpose(1, 2).contiguous(),

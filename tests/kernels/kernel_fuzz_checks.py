@@ -1,15 +1,21 @@
-"""Randomised differential fuzz of the Triton backend of every public op against its reference, on CPU under the
-Triton interpreter. It runs for minutes: the suite runs ten of its cases (test_triton_fuzz.py), and keeps the
-defects it found as tiny deterministic cases in triton_interpreter_checks.py / triton_multi_scan_checks.py.
+"""Randomised differential fuzz of the Triton or the cpu (C kernel) backend of every public op against its reference.
+It runs for minutes: the suite runs ten cases of each backend (test_triton_fuzz.py, test_cpu_fuzz.py), and keeps the
+defects it found as tiny deterministic cases in triton_interpreter_checks.py / triton_multi_scan_checks.py and the
+test_cpu_*.py files.
 
-Run: ``python tests/kernels/triton_fuzz_checks.py [--budget SECONDS] [--seed S] [--shard I/N] [--ops a,b]
-[--log FILE]`` (TRITON_INTERPRET=1 is set here, before triton is imported). Each case draws shapes (odd sizes,
-lengths off the tile sizes, batch 1, N = 1), optional arguments, dtypes (mixed where the contract accepts them) and
-a memory layout per input (contiguous, transposed, every-other-element slices, a batch expanded with stride 0, all
-dims permuted), runs the op on the triton backend and on the reference with the same tensors, and compares the
-outputs and the gradient of every input (after the views: the gradient reaches the leaf the view was taken of).
-It also flags NaN / inf where the reference is finite, dtype / shape / gradient-presence differences, crashes and
-inputs modified in place. One JSON line per case goes to the log; a summary of the failures is printed at the end.
+Run: ``python tests/kernels/kernel_fuzz_checks.py [--backend triton|cpu] [--isa baseline|avx2|avx512|off]
+[--budget SECONDS] [--seed S] [--shard I/N] [--ops a,b] [--log FILE]``. The triton backend runs on CPU under the
+Triton interpreter (TRITON_INTERPRET=1 is set here, before triton is imported); the cpu backend needs no triton, runs
+its C kernels built for ``--isa`` (``off``: their PyTorch fallback) and draws a thread count per case (1 to 3, so
+that the kernels' work splits unevenly). Each case draws shapes (odd sizes, lengths off the tile and vector sizes,
+batch 1, N = 1), optional arguments, dtypes (mixed where the contract accepts them; fp64 where the cpu backend takes
+it) and a memory layout per input (contiguous, transposed, every-other-element slices, a batch expanded with stride
+0, all dims permuted), runs the op on the backend and on the reference with the same tensors, and compares the
+outputs and the gradient of every input (after the views: the gradient reaches the leaf the view was taken of), and
+the outputs of a second call without autograd. It also flags NaN / inf where the reference is finite (and finite
+values where it overflows; NaN and inf count as one, their choice follows the order of the sums), dtype / shape /
+gradient-presence differences, crashes and inputs modified in place. One JSON line per case goes to the log; a
+summary of the failures is printed at the end.
 """
 from __future__ import annotations
 
@@ -21,19 +27,16 @@ import random
 import sys
 import time
 import traceback
+from typing import Optional
 
-os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from batch_splitting import one_element_per_call
 
-import torch  # noqa: E402
-from batch_splitting import one_element_per_call  # noqa: E402
-
-from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update  # noqa: E402
-from localmamba_conv1d import causal_conv1d_update_ref  # noqa: E402
-from localmamba_kernel_runtime import backends  # noqa: E402
-from localmamba_ssm import (attention_merge_fn, attention_merge_ref, mamba_inner_fn_no_out_proj,  # noqa: E402
+from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+from localmamba_kernel_runtime import backends, ckernel
+from localmamba_ssm import (attention_merge_fn, attention_merge_ref, mamba_inner_fn_no_out_proj,
                             mamba_inner_no_out_proj_ref, multi_scan_attention_merge_fn, multi_scan_inner_fn,
                             multi_scan_inner_ref, selective_scan_fn, selective_scan_ref)
-from localmamba_ssm.ops.triton import attention_merge_triton, multi_scan_triton, selective_scan_triton  # noqa: E402
 
 F32, BF16, F16, F64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
 DTYPE_NAME = {F32: "fp32", BF16: "bf16", F16: "fp16", F64: "fp64"}
@@ -43,6 +46,7 @@ LAYOUTS = ("contig", "transposed", "sliced", "expanded", "permuted", "swap01")
 
 
 GOLD = {"on": False}   # build every input in fp64 (from the values of its dtype): the fp64 reference
+RUN = {"backend": "triton"}   # the backend under test (main() sets it from --backend)
 
 
 # --- inputs in a memory layout ------------------------------------------------------------------------------------
@@ -121,8 +125,8 @@ def rel_err(actual, expected):
 
 
 def compare_tensors(label, actual, expected, problems):
-    """Structural differences (shape, dtype, NaN / inf places) into ``problems``; the relative error of the finite
-    values, or None."""
+    """Structural differences (shape, dtype, places of NaN / inf) into ``problems``; the relative error of the
+    finite values, or None."""
     if actual.shape != expected.shape:
         problems.append(f"{label}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
         return None
@@ -131,10 +135,11 @@ def compare_tensors(label, actual, expected, problems):
     if actual.numel() == 0:
         return None
     a, e = actual.detach().double(), expected.detach().double()
-    if not torch.equal(torch.isnan(a), torch.isnan(e)):
-        problems.append(f"{label}: NaN at {int(torch.isnan(a).sum())} places, reference at {int(torch.isnan(e).sum())}")
-    if not torch.equal(torch.isinf(a), torch.isinf(e)):
-        problems.append(f"{label}: inf at {int(torch.isinf(a).sum())} places, reference at {int(torch.isinf(e).sum())}")
+    # where both overflow, NaN or inf depends on the order of the sums (inf - inf): only finiteness must agree
+    if not torch.equal(torch.isfinite(a), torch.isfinite(e)):
+        problems.append(f"{label}: NaN / inf at {int((~torch.isfinite(a)).sum())} places, reference at "
+                        f"{int((~torch.isfinite(e)).sum())} (NaN {int(torch.isnan(a).sum())}, reference "
+                        f"{int(torch.isnan(e).sum())})")
     both = torch.isfinite(a) & torch.isfinite(e)
     return rel_err(a[both], e[both]) if both.any() else None
 
@@ -156,11 +161,22 @@ def forward_backward(f, leaves, weights_of, context=contextlib.nullcontext):
     return results
 
 
+def forward_only(f, context, inference_mode=False):
+    """Outputs of ``f`` called without autograd (the ops' inference paths), under ``torch.no_grad`` or
+    ``torch.inference_mode``: {label: tensor}."""
+    with context(), (torch.inference_mode() if inference_mode else torch.no_grad()):
+        outs = f()
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {f"out{i} no_grad": o for i, o in enumerate(outs)}
+
+
 def differential(fn, ref, inputs: Inputs, tol, seed=0, context=contextlib.nullcontext, gold=None):
-    """Run ``fn`` (triton; forward and backward inside ``context()``) and ``ref`` on the same views; compare outputs
-    and gradients (gradients at twice ``tol``); check the leaves were not modified. A value off by more than the
-    tolerance is judged again against ``gold(weights_of)`` (the reference in fp64 on the same rounded values): it
-    passes if the triton error there is within the tolerance or twice the reference's own. -> (problems, errors)."""
+    """Run ``fn`` (the backend under test; forward and backward inside ``context()``, then the forward alone without
+    autograd) and ``ref`` on the same views; compare outputs and gradients (gradients at twice ``tol``); check the
+    leaves were not modified. A value off by more than the tolerance is judged again against ``gold(weights_of)``
+    (the reference in fp64 on the same rounded values): it passes if the backend's error there is within the
+    tolerance or twice the reference's own. -> (problems, errors)."""
+    backend = RUN["backend"]
     problems, errors = [], {}
     before = inputs.snapshot()
     leaves = inputs.grad_leaves()
@@ -173,8 +189,10 @@ def differential(fn, ref, inputs: Inputs, tol, seed=0, context=contextlib.nullco
         return drawn
 
     tri = forward_backward(fn, leaves, weights_of, context)
+    tri.update(forward_only(fn, context, inference_mode=seed % 2 == 1))
     after = inputs.snapshot()
     refd = forward_backward(ref, leaves, weights_of)
+    refd.update({f"{k} no_grad": v for k, v in refd.items() if k.startswith("out")})
     if set(tri) != set(refd):
         problems.append(f"results {sorted(tri)}, reference {sorted(refd)}")
     numeric = {}
@@ -183,7 +201,7 @@ def differential(fn, ref, inputs: Inputs, tol, seed=0, context=contextlib.nullco
         if (a is None) != (e is None):
             other = a if a is not None else e     # an unused input: None on one side, zeros on the other is fine
             if other.abs().max().item() != 0:
-                problems.append(f"{label}: presence differs (triton {a is not None}, reference {e is not None})")
+                problems.append(f"{label}: presence differs ({backend} {a is not None}, reference {e is not None})")
             continue
         if a is None:
             continue
@@ -197,7 +215,7 @@ def differential(fn, ref, inputs: Inputs, tol, seed=0, context=contextlib.nullco
     if numeric and gold is not None:
         golden = gold(weights_of)
         for label, limit in list(numeric.items()):
-            g = golden.get(label)
+            g = golden.get(label.replace(" no_grad", ""))
             if g is None:
                 continue
             err_tri = rel_err(tri[label], g)
@@ -208,11 +226,11 @@ def differential(fn, ref, inputs: Inputs, tol, seed=0, context=contextlib.nullco
                 del numeric[label]
     for label, limit in numeric.items():
         problems.append(f"{label}: relative error {errors[label]:.2e} >= {limit:.1e}"
-                        + (f" (fp64: triton {errors[label + ' vs fp64']:.2e}, reference "
+                        + (f" (fp64: {backend} {errors[label + ' vs fp64']:.2e}, reference "
                            f"{errors[label + ' ref vs fp64']:.2e})" if label + " vs fp64" in errors else ""))
     for k, t in before.items():
         if not torch.equal(torch.nan_to_num(t, nan=1234.5), torch.nan_to_num(after[k], nan=1234.5)):
-            problems.append(f"input {k} modified in place by the triton op")
+            problems.append(f"input {k} modified in place by the {backend} op")
     return problems, errors
 
 
@@ -243,8 +261,50 @@ def split(p, module):
     return one_element_per_call(module) if p["split"] else contextlib.nullcontext()
 
 
-def triton_only():
-    return backends.forced_backend("triton")
+@contextlib.contextmanager
+def num_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def backend_context(rng, p, triton_patches=lambda: (), autocast=True):
+    """The context a case runs its op in: the backend under test forced; for triton also the contexts
+    ``triton_patches()`` returns (tile sizes, batch splitting; called inside, so triton is imported only then), for
+    cpu a thread count drawn here (``p["threads"]``) and, where ``autocast`` (an op that computes in fp32 under
+    autocast), sometimes a bf16 autocast region (``p["autocast"]``)."""
+    if RUN["backend"] == "cpu":
+        p["threads"] = pick(rng, [1, 2, 2, 3])
+        p["autocast"] = autocast and rng.random() < 0.15
+
+    @contextlib.contextmanager
+    def context():
+        with contextlib.ExitStack() as stack:
+            if RUN["backend"] == "cpu":
+                stack.enter_context(num_threads(p["threads"]))
+                if p["autocast"]:
+                    stack.enter_context(torch.autocast("cpu", dtype=BF16))
+            else:
+                for patch in triton_patches():
+                    stack.enter_context(patch)
+            stack.enter_context(backends.forced_backend(RUN["backend"]))
+            yield
+
+    return context
+
+
+def on_cpu():
+    return RUN["backend"] == "cpu"
+
+
+def triton_module(name):
+    """A module of ``localmamba_ssm.ops.triton`` (imports triton)."""
+    import importlib
+
+    return importlib.import_module(f"localmamba_ssm.ops.triton.{name}")
 
 
 def pick(rng, seq):
@@ -259,10 +319,10 @@ def tol_of(*dtypes):
 
 def case_selective_scan(rng, g):
     batch = pick(rng, [1, 1, 2, 3])
-    dim = pick(rng, [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 17, 24, 48])
-    seqlen = pick(rng, [1, 2, 3, 5, 7, 15, 16, 17, 31, 33, 70])
-    dstate = pick(rng, [1, 1, 2, 3, 4, 5, 7, 8, 16, 17, 33])
-    dtype = pick(rng, [F32, F32, BF16, F16])
+    dim = pick(rng, [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 17, 24, 48] + ([33, 65] if on_cpu() else []))
+    seqlen = pick(rng, [1, 2, 3, 5, 7, 15, 16, 17, 31, 33, 70] + ([9, 64, 65, 130] if on_cpu() else []))
+    dstate = pick(rng, [1, 1, 2, 3, 4, 5, 7, 8, 16, 17, 33] + ([15, 32, 48, 257] if on_cpu() else []))
+    dtype = pick(rng, [F32, F32, BF16, F16] + ([F32, F64] if on_cpu() else []))
     mixed = rng.random() < 0.3
 
     def dt_of(base):
@@ -293,7 +353,7 @@ def case_selective_scan(rng, g):
                     fn=None if softplus else torch.abs)
     p["mamba_A"] = rng.random() < 0.2
     if p["positive_A"] and not p["delta_shift"]:   # (e^{22 A} overflows: inf and NaN by the order of the sums)
-        A = inp.add("A", (dim, dstate), dtypes["A"], lay["A"], scale=0.3)
+        A = inp.add("A", (dim, dstate), dtypes["A"], lay["A"], scale=0.3 * min(1.0, 8 / seqlen))   # (growth too)
     elif p["mamba_A"]:    # about Mamba's initialisation, -1 .. -N
         A = inp.add("A", (dim, dstate), dtypes["A"], lay["A"], scale=0.01,
                     fn=lambda v: v - 100 * (torch.arange(1, v.shape[0] + 1, dtype=F64)[:, None]
@@ -313,18 +373,20 @@ def case_selective_scan(rng, g):
     B, C = bc("B", p["B"]), bc("C", p["C"])
     D = inp.add("D", (dim,), dtypes["D"], lay["D"]) if p["D"] else None
     z = inp.add("z", (batch, dim, seqlen), dtypes["z"], lay["z"]) if p["z"] else None
-    bias = inp.add("bias", (dim,), dtypes["bias"], lay["bias"], scale=0.5) if p["delta_bias"] else None
+    bias = (inp.add("bias", (dim,), dtypes["bias"], lay["bias"], scale=0.5, fn=None if softplus else torch.abs)
+            if p["delta_bias"] else None)   # (without softplus a negative dt grows the state until it overflows)
 
     def call(f):
         return lambda: f(u, delta, A, B, C, D, z, bias, softplus, p["last"])
 
     p["split"] = rng.random() < 0.15
 
-    @contextlib.contextmanager
-    def context():
-        with patched(selective_scan_triton, CHUNK=p["chunk"], MAX_BLOCK_D=p["max_block_d"]), \
-                deterministic(p["deterministic"]), split(p, selective_scan_triton), backends.forced_backend("triton"):
-            yield
+    def triton_patches():
+        module = triton_module("selective_scan_triton")
+        return (patched(module, CHUNK=p["chunk"], MAX_BLOCK_D=p["max_block_d"]), deterministic(p["deterministic"]),
+                split(p, module))
+
+    context = backend_context(rng, p, triton_patches)
 
     tol = tol_of(*dtypes.values()) * (4 if seqlen > 16 and dtype != F32 else 1)
     return p, inp, call(selective_scan_fn), call(selective_scan_ref), tol, context
@@ -375,17 +437,17 @@ def case_mamba_inner(rng, g):
         return lambda: f(xz, cw, cb, xpw, dpw, A, B, C, D, db, bpb, cpb, p["softplus"])
 
     return (p, inp, call(mamba_inner_fn_no_out_proj), call(mamba_inner_no_out_proj_ref),
-            tol_of(dtype) * (2 if dtype != F32 else 1), triton_only)
+            tol_of(dtype) * (2 if dtype != F32 else 1), backend_context(rng, p, autocast=False))
 
 
 def case_conv(rng, g):
     batch = pick(rng, [1, 1, 2, 3])
-    dim = pick(rng, [1, 2, 3, 5, 7, 16, 17, 33])
+    dim = pick(rng, [1, 2, 3, 5, 7, 16, 17, 33] + ([40, 65] if on_cpu() else []))
     seqlen = pick(rng, [1, 2, 3, 4, 7, 17, 63, 64, 65, 130])
     width = pick(rng, [1, 2, 3, 4, 5, 7, 9, 16])
-    dtype = pick(rng, [F32, F32, BF16, F16])
+    dtype = pick(rng, [F32, F32, BF16, F16] + ([F64] if on_cpu() else []))
     mixed = rng.random() < 0.3
-    wdtype = pick(rng, [F32, BF16, F16]) if mixed else dtype
+    wdtype = pick(rng, [F32, BF16, F16] + ([F64] if on_cpu() else [])) if mixed else dtype
     bdtype = pick(rng, [F32, BF16, F16, F64]) if mixed else wdtype
     p = dict(batch=batch, dim=dim, seqlen=seqlen, width=width, dtype=DTYPE_NAME[dtype], wdtype=DTYPE_NAME[wdtype],
              bdtype=DTYPE_NAME[bdtype], bias=rng.random() < 0.6, w3=rng.random() < 0.3,
@@ -402,21 +464,18 @@ def case_conv(rng, g):
     def ref():
         return causal_conv1d_ref(x, w[:, 0] if p["w3"] else w, b, p["activation"])
 
-    from localmamba_conv1d import triton_conv1d
-
     p["split"] = rng.random() < 0.15
 
-    @contextlib.contextmanager
-    def context():
-        with patched(triton_conv1d, BLOCK_D=p["block_d"], BLOCK_T=p["block_t"]), split(p, triton_conv1d), \
-                backends.forced_backend("triton"):
-            yield
+    def triton_patches():
+        from localmamba_conv1d import triton_conv1d
 
-    return p, inp, call(causal_conv1d_fn), ref, tol_of(dtype, wdtype), context
+        return patched(triton_conv1d, BLOCK_D=p["block_d"], BLOCK_T=p["block_t"]), split(p, triton_conv1d)
+
+    return p, inp, call(causal_conv1d_fn), ref, tol_of(dtype, wdtype), backend_context(rng, p, triton_patches)
 
 
 def case_conv_update(rng, g):
-    """No triton backend: the forced choice must still give the reference's result and state."""
+    """No triton or cpu backend: the forced choice must still give the reference's result and state."""
     batch, dim, width = pick(rng, [1, 2]), pick(rng, [1, 3, 8]), pick(rng, [2, 3, 4])
     dtype = pick(rng, [F32, BF16])
     p = dict(batch=batch, dim=dim, width=width, dtype=DTYPE_NAME[dtype], bias=rng.random() < 0.5,
@@ -429,14 +488,14 @@ def case_conv_update(rng, g):
     states = {}
 
     def fn():
-        states["triton"] = state0.clone()
-        return causal_conv1d_update(x, states["triton"], w, b, p["activation"]), states["triton"]
+        states["backend"] = state0.clone()
+        return causal_conv1d_update(x, states["backend"], w, b, p["activation"]), states["backend"]
 
     def ref():
         states["ref"] = state0.clone()
         return causal_conv1d_update_ref(x, states["ref"], w, b, p["activation"]), states["ref"]
 
-    return p, inp, fn, ref, tol_of(dtype), triton_only
+    return p, inp, fn, ref, tol_of(dtype), backend_context(rng, p, autocast=False)
 
 
 def random_index(rng, num_dirs, num_tokens, pad_max):
@@ -476,8 +535,10 @@ def multi_scan_problem(rng, g, p, dtype):
 def multi_scan_params(rng):
     dtype = pick(rng, [F32, F32, BF16, F16])
     return dtype, dict(
-        batch=pick(rng, [1, 1, 2, 3]), K=pick(rng, [1, 2, 3, 4]), T=pick(rng, [1, 2, 3, 5, 7, 11, 17, 20]),
-        pad=pick(rng, [0, 0, 1, 3, 8]), E=pick(rng, [1, 2, 3, 5, 8, 9, 17]), N=pick(rng, [1, 2, 3, 4, 7, 16, 17]),
+        batch=pick(rng, [1, 1, 2, 3]), K=pick(rng, [1, 2, 3, 4]),
+        T=pick(rng, [1, 2, 3, 5, 7, 11, 17, 20] + ([16, 33, 40] if on_cpu() else [])),
+        pad=pick(rng, [0, 0, 1, 3, 8]), E=pick(rng, [1, 2, 3, 5, 8, 9, 17] + ([16, 31, 33] if on_cpu() else [])),
+        N=pick(rng, [1, 2, 3, 4, 7, 16, 17] + ([8, 9, 24] if on_cpu() else [])),
         R=pick(rng, [1, 2, 3, 5, 18, 33]), W=pick(rng, [0, 0, 1, 2, 3, 4]), w4=rng.random() < 0.5,
         bias_shift=pick(rng, [0.0] * 5 + [-12.0, -7.0, 22.0]),
         conv_bias=rng.random() < 0.7, gate=rng.random() < 0.7, D=rng.random() < 0.7,
@@ -495,12 +556,12 @@ def case_multi_scan(rng, g):
 
     p["split"] = rng.random() < 0.15
 
-    @contextlib.contextmanager
-    def context():
-        with patched(multi_scan_triton, SCAN_CHUNK=chunk, SCAN_BLOCK_D=block_d, CONV_CHUNK=conv_chunk,
-                     CONV_BLOCK_E=conv_block), deterministic(p["deterministic"]), split(p, multi_scan_triton), \
-                backends.forced_backend("triton"):
-            yield
+    def triton_patches():
+        module = triton_module("multi_scan_triton")
+        return (patched(module, SCAN_CHUNK=chunk, SCAN_BLOCK_D=block_d, CONV_CHUNK=conv_chunk,
+                        CONV_BLOCK_E=conv_block), deterministic(p["deterministic"]), split(p, module))
+
+    context = backend_context(rng, p, triton_patches)
 
     def fn():
         return multi_scan_inner_fn(*args[:-1], gate=args[-1])
@@ -537,11 +598,12 @@ def case_merge(rng, g):
 
     p["split"] = rng.random() < 0.15
 
-    @contextlib.contextmanager
-    def context():
-        with patched(attention_merge_triton, ROWS=rows, INPUT_GRAD_ROWS=grad_rows, MERGE_ROWS=merge_rows,
-                     MERGE_COLS=cols), split(p, attention_merge_triton), backends.forced_backend("triton"):
-            yield
+    def triton_patches():
+        module = triton_module("attention_merge_triton")
+        return (patched(module, ROWS=rows, INPUT_GRAD_ROWS=grad_rows, MERGE_ROWS=merge_rows, MERGE_COLS=cols),
+                split(p, module))
+
+    context = backend_context(rng, p, triton_patches)
 
     def fn():
         return attention_merge_fn(y, *w, eps=p["eps"])
@@ -566,12 +628,14 @@ def case_scan_merge(rng, g):
     def ref():
         return attention_merge_ref(multi_scan_inner_ref(*args[:-1], gate=args[-1]), *w, eps=p["eps"])
 
-    return p, inp, fn, ref, tol_of(dtype) * (2 if dtype != F32 else 1), triton_only
+    return p, inp, fn, ref, tol_of(dtype) * (2 if dtype != F32 else 1), backend_context(rng, p)
 
 
 CASES = dict(selective_scan=case_selective_scan, mamba_inner=case_mamba_inner, conv1d=case_conv,
              conv1d_update=case_conv_update, multi_scan=case_multi_scan, attention_merge=case_merge,
              multi_scan_attention_merge=case_scan_merge)
+# the ops whose cpu backend has a PyTorch fallback (the fused ones have none: forced, they refuse to run)
+FALLBACK_OPS = ("selective_scan", "mamba_inner", "conv1d", "conv1d_update")
 WEIGHTS = dict(selective_scan=6, mamba_inner=2, conv1d=4, conv1d_update=1, multi_scan=5, attention_merge=4,
                multi_scan_attention_merge=1)
 
@@ -586,26 +650,46 @@ def jsonable(v):
     return v
 
 
+def select_backend(backend: str, isa: Optional[str]) -> None:
+    """Set up the process for ``backend``: the Triton interpreter (before triton is imported), or the instruction set
+    of the C kernels (``off``: their PyTorch fallback)."""
+    RUN["backend"] = backend
+    if backend == "triton":
+        os.environ["TRITON_INTERPRET"] = "1"
+        return
+    if isa == "off":
+        os.environ[ckernel.DISABLE_VAR] = "0"
+    elif isa:
+        os.environ[ckernel.ISA_VAR] = isa
+    ckernel.reset()
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", choices=("triton", "cpu"), default="triton")
+    parser.add_argument("--isa", choices=(*ckernel.ISAS, "off"), default=None,
+                        help="cpu backend: build the C kernels for this instruction set (off: the PyTorch fallback)")
     parser.add_argument("--budget", type=float, default=540.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard", default="0/1")
-    parser.add_argument("--ops", default=",".join(CASES))
-    parser.add_argument("--log", default="triton_fuzz.jsonl")
+    parser.add_argument("--ops", default=None, help="default: every op (with --isa off: those with a fallback)")
+    parser.add_argument("--log", default=None, help="default: <backend>_fuzz.jsonl")
     parser.add_argument("--max-cases", type=int, default=100000)
     parser.add_argument("--only", type=int, default=None, help="rerun one case number (prints the traceback)")
     args = parser.parse_args()
+    select_backend(args.backend, args.isa)
     torch.set_num_threads(1)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    ops = args.ops.split(",")
+    ops = args.ops.split(",") if args.ops else list(FALLBACK_OPS if args.isa == "off" else CASES)
     population = [op for op in ops for _ in range(WEIGHTS[op])]
     import localmamba_conv1d
     import localmamba_ssm
-    print(f"fuzzing the triton backend of {localmamba_ssm.__file__} and {localmamba_conv1d.__file__}", flush=True)
+    isa = f" (C kernels: {ckernel.isa_summary()})" if args.backend == "cpu" else ""
+    print(f"fuzzing the {args.backend} backend{isa} of {localmamba_ssm.__file__} and {localmamba_conv1d.__file__}",
+          flush=True)
     start = time.time()
     failures, counts, n = [], {}, 0
-    with open(args.log, "a") as log:
+    with open(args.log or f"{args.backend}_fuzz.jsonl", "a") as log:
         for case in range(args.max_cases):
             if args.only is None and time.time() - start > args.budget:
                 break
