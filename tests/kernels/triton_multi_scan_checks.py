@@ -171,6 +171,26 @@ def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False
         check()
 
 
+def check_merge_backward_under_autocast():
+    """fp32 inputs with the forward and the backward both under bf16 autocast: the gate MLP's gradients are computed
+    in fp32 as without autocast (its matmuls ran in bf16 there, 1e-3 to 1e-2 off)."""
+    g = torch.Generator().manual_seed(5)
+    batch, num_dirs, num_tokens, channels, reduced = 2, 3, 11, 13, 3
+    shapes = dict(y=(batch, num_dirs, num_tokens, channels), norm_weight=(channels,), norm_bias=(channels,),
+                  reduce_weight=(reduced, channels), reduce_bias=(reduced,), select_weight=(channels, reduced),
+                  select_bias=(channels,))
+    p = {name: torch.randn(shape, generator=g).requires_grad_() for name, shape in shapes.items()}
+    weight = torch.randn(shapes["y"][0], num_tokens, channels, generator=g)
+    expected = torch.autograd.grad((attention_merge_ref(*p.values()) * weight).sum(), list(p.values()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = torch.autograd.grad((attention_merge_fn(*p.values()) * weight).sum(), list(p.values()))
+    for name, grad, grad_ref in zip(p, grads, expected):
+        err = relative_error(grad, grad_ref)
+        if grad.dtype != torch.float32 or not err < 2 * TOLERANCE[torch.float32]:
+            sys.exit(f"attention_merge backward under autocast, grad {name}: {grad.dtype}, relative error {err:.2e}")
+    print(f"ok attention_merge backward under bf16 autocast ({len(grads)} gradients in fp32)")
+
+
 def check_custom_ops():
     """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the custom ops, as
     ``torch.compile`` needs them (``torch.library.opcheck``; it runs backward through the fakes too)."""
@@ -250,6 +270,7 @@ def main():
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
+    check_merge_backward_under_autocast()
     check_custom_ops()
     check_compiled()
 

@@ -150,7 +150,8 @@ def attention_merge_triton_bwd(dout: _T, y: _T, gate: _T, xbar: _T, hidden: _T, 
     part = torch.empty(batch, num_dirs, grid[1], channels, device=y.device, dtype=torch.float32)
     _gate_grad_kernel[(batch * num_dirs,) + grid[1:]](dout, y, part, num_dirs, num_tokens, channels,
                                                        RT=MERGE_ROWS, BC=MERGE_COLS)
-    dxbar, *param_grads = gate_backward(part.sum(2), gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
+    with autocast_off(y.device.type):   # a backward called under autocast: the gate MLP's gradients stay fp32
+        dxbar, *param_grads = gate_backward(part.sum(2), gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
     dy = torch.empty_like(y)
     _input_grad_kernel[(batch * num_dirs, triton.cdiv(num_tokens, INPUT_GRAD_ROWS))](
         dout, y, gate, dxbar, dy, num_dirs, num_tokens, channels, eps, RT=INPUT_GRAD_ROWS,
