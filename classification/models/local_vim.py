@@ -558,8 +558,8 @@ def _create_local_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> 
                              **kwargs)
 
 
-_LOCAL_VIM_BASE = dict(patch_size=16, depth=20, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,
-                       final_pool_type='mean', if_abs_pos_embed=True, bimamba_type='v2')
+_LOCAL_VIM_BASE = dict(patch_size=16, depth=20, rms_norm=True, residual_in_fp32=True, final_pool_type='mean',
+                       if_abs_pos_embed=True)
 _ROPE = dict(if_rope=True, if_rope_residual=True)
 
 

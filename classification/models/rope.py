@@ -37,7 +37,8 @@ class VisionRotaryEmbedding(nn.Module):
     """Rotary embedding over a square token grid: the first C/2 channels rotate with the row, the rest with the column.
 
     ``dim`` is half the embedding width. Frequencies are ``1 / 10000^(2i/dim)``; positions ``arange(ft) / ft * pt``
-    (integers at the pre-training grid). Buffers ``freqs_cos`` / ``freqs_sin`` have shape (ft*ft, 2*dim).
+    (integers at the pre-training grid). Buffers ``freqs_cos`` / ``freqs_sin`` have shape (ft*ft, 2*dim);
+    :meth:`tables` gives them for a grid, and :func:`apply_rotary` rotates tokens by them.
     """
 
     def __init__(self, dim: int, pt_seq_len: int = 14, ft_seq_len: Optional[int] = None, theta: float = 10000.0):
@@ -57,7 +58,3 @@ class VisionRotaryEmbedding(nn.Module):
         """cos and sin tables (H*W, C) for a token grid, resized bicubically when it differs from the built grid."""
         return (resize_grid_table(self.freqs_cos, self.grid, grid),
                 resize_grid_table(self.freqs_sin, self.grid, grid))
-
-    def forward(self, x: torch.Tensor, grid: Optional[tuple[int, int]] = None) -> torch.Tensor:
-        """Rotate tokens x (B, H*W, C)."""
-        return apply_rotary(x, *self.tables(grid or self.grid))
