@@ -34,7 +34,7 @@ class Conv1dArgs(ctypes.Structure):
 KERNELS = ("causal_conv1d_fwd", "causal_conv1d_bwd")
 
 
-def load_kernel():
+def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled conv1d kernel (built on first use), or None when unavailable or disabled."""
     return ckernel.load_library("causal_conv1d", SOURCES, dict.fromkeys(KERNELS, Conv1dArgs))
 
@@ -52,13 +52,13 @@ def causal_conv1d_cpu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     if lib is None or x.numel() == 0:
         return causal_conv1d_ref(x, weight, bias, "silu" if silu else None)
     out = torch.empty_like(x)
-    rows = x.shape[0] * x.shape[1]
-    args = []
-    for _ in range(ckernel.num_tasks(rows, MIN_ROWS_PER_TASK)):
+
+    def make(_: int) -> Conv1dArgs:
         a = _args(x, weight, bias, silu)
         a.out = out.data_ptr()
-        args.append(a)
-    ckernel.run_parallel(lib.causal_conv1d_fwd, args, rows)
+        return a
+
+    ckernel.run_tasks(lib.causal_conv1d_fwd, make, x.shape[0] * x.shape[1], MIN_ROWS_PER_TASK)
     return out
 
 
@@ -79,12 +79,13 @@ def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     dx = torch.empty_like(x)
     dweight = weight.new_zeros((tasks,) + weight.shape)
     dbias = x.new_zeros(tasks, x.shape[1])
-    args = []
-    for i in range(tasks):
+
+    def make(i: int) -> Conv1dArgs:   # task i adds into its own slices of the weight and bias gradients
         a = _args(x, weight, bias, silu)
         a.dout, a.dx, a.dweight, a.dbias = dout.data_ptr(), dx.data_ptr(), dweight[i].data_ptr(), dbias[i].data_ptr()
-        args.append(a)
-    ckernel.run_parallel(lib.causal_conv1d_bwd, args, rows)
+        return a
+
+    ckernel.run_tasks(lib.causal_conv1d_bwd, make, rows, MIN_ROWS_PER_TASK)
     return dx, dweight.sum(0), dbias.sum(0)
 
 

@@ -20,11 +20,13 @@ Nothing here imports triton or the official packages at import time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
 import os
 import threading
+from types import ModuleType
 from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
@@ -43,8 +45,7 @@ Check = Callable[[torch.device, bool], Optional[str]]
 _REGISTRY: Dict[str, Dict[str, Check]] = {}
 _LOGGED: set = set()
 _LOCK = threading.Lock()
-_MODULES: Dict[str, object] = {}  # import name -> module, or None when it cannot be imported
-_TRITON: Dict[str, bool] = {}
+_MODULES: Dict[str, Optional[ModuleType]] = {}  # import name -> module, or None when it cannot be imported
 _REQUESTED: Dict[str, str] = {}  # "choice" -> the requested backend, once read or forced
 
 
@@ -180,7 +181,7 @@ def selected_backend(op: str, device: Union[None, str, torch.device] = None) -> 
 
 def _log_once(op: str, backend: str, device: torch.device, how: str) -> None:
     key = (op, backend, device.type)
-    if key in _LOGGED or _is_compiling():
+    if key in _LOGGED or torch.compiler.is_compiling():
         return
     with _LOCK:
         if key in _LOGGED:
@@ -189,12 +190,7 @@ def _log_once(op: str, backend: str, device: torch.device, how: str) -> None:
     logger.info("op '%s' on %s uses backend '%s' (%s)", op, device.type, backend, how)
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
-def optional_module(name: str):
+def optional_module(name: str) -> Optional[ModuleType]:
     """Import ``name`` if possible (cached); return None when it or one of its dependencies is missing."""
     if name not in _MODULES:
         try:
@@ -204,11 +200,14 @@ def optional_module(name: str):
     return _MODULES[name]
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
     """True when the ``triton`` package is installed (it is not imported here)."""
-    if "installed" not in _TRITON:
-        _TRITON["installed"] = importlib.util.find_spec("triton") is not None
-    return _TRITON["installed"]
+    return _triton_installed()
 
 
 def triton_interpreter() -> bool:
@@ -220,7 +219,7 @@ def reset_caches() -> None:
     """Forget cached imports, logged choices and the forced backend (for tests that install fake packages or set
     ``LOCALMAMBA_BACKEND``)."""
     _MODULES.clear()
-    _TRITON.clear()
+    _triton_installed.cache_clear()
     _LOGGED.clear()
     _REQUESTED.clear()
 

@@ -46,11 +46,12 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 
 logger = logging.getLogger("localmamba")
+T = TypeVar("T")
 
 DISABLE_VAR = "LOCALMAMBA_CPU_KERNEL"
 ISA_VAR = "LOCALMAMBA_CPU_ISA"
@@ -356,14 +357,14 @@ def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def constant_under_compile(fn):
+def constant_under_compile(fn: Callable[..., T]) -> Callable[..., T]:
     """``torch.compiler.assume_constant_result(fn)`` without importing dynamo (which imports triton) at package
     import: dynamo then runs ``fn`` at trace time, so a kernel load (a build under a lock) stays out of the graph."""
     fn._dynamo_marked_constant = True
     return fn
 
 
-def uses_openmp(fn) -> bool:
+def uses_openmp(fn: Callable[..., int]) -> bool:
     """Whether a loaded kernel function runs its tasks on OpenMP threads (shared with torch)."""
     return getattr(fn, "lm_runner", None) is not None
 
@@ -392,7 +393,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 LM_OK, LM_OUT_OF_MEMORY = 0, 1  # a kernel's status, as kernel_args.h defines it
 
 
-def check_status(fn, status: int) -> None:
+def check_status(fn: Callable[..., int], status: int) -> None:
     """Raise :class:`KernelOutOfMemoryError` when kernel ``fn`` returned ``LM_OUT_OF_MEMORY``."""
     if status & LM_OUT_OF_MEMORY:
         raise KernelOutOfMemoryError(f"out of memory: the CPU kernel {fn.__name__} could not allocate its work "
@@ -401,7 +402,7 @@ def check_status(fn, status: int) -> None:
         raise RuntimeError(f"the CPU kernel {fn.__name__} returned the unknown status {status}")
 
 
-def run_parallel(fn, args: List[ctypes.Structure], items: int) -> None:
+def run_parallel(fn: Callable[..., int], args: List[ctypes.Structure], items: int) -> None:
     """Call ``fn(byref(args[i]), start_i, end_i)`` on len(args) contiguous slices of range(items), in parallel:
     on OpenMP threads when the library has them, else on a thread pool (ctypes releases the GIL during each call).
     Raises :class:`KernelOutOfMemoryError` when a task could not allocate its work buffers.
@@ -422,7 +423,8 @@ def run_parallel(fn, args: List[ctypes.Structure], items: int) -> None:
     check_status(fn, status)
 
 
-def run_tasks(fn, make_args: Callable[[int], ctypes.Structure], items: int, min_items_per_task: int) -> None:
+def run_tasks(fn: Callable[..., int], make_args: Callable[[int], ctypes.Structure], items: int,
+              min_items_per_task: int) -> None:
     """Run kernel ``fn`` over ``items`` in ``num_tasks(items, min_items_per_task)`` parallel tasks; ``make_args(i)``
     gives task i its arguments (its own accumulators, where the kernel adds to some)."""
     tasks = num_tasks(items, min_items_per_task)

@@ -5,7 +5,7 @@ Python loop over the sequence), are differentiable by autograd, run on any devic
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -74,9 +74,15 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return (out, state) if return_last_state else out
 
 
-def inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                       B_proj_bias, C_proj_bias, conv_fn):
-    """Shared front half of the inner functions: conv + SiLU, x_proj, dt_proj; B/C from x_dbl when not given."""
+_T = torch.Tensor
+OptionalTensor = Optional[torch.Tensor]
+
+
+def inner_projections(xz: _T, conv1d_weight: _T, conv1d_bias: OptionalTensor, x_proj_weight: _T,
+                      delta_proj_weight: _T, A: _T, B: OptionalTensor, C: OptionalTensor, B_proj_bias: OptionalTensor,
+                      C_proj_bias: OptionalTensor, conv_fn: Callable[..., _T]) -> Tuple[_T, _T, _T, _T, _T]:
+    """Shared front half of the inner functions: conv + SiLU, x_proj, dt_proj; B/C from x_dbl when not given.
+    xz (Bt, 2E, L) -> u, delta, B, C, z for the scan."""
     rank = delta_proj_weight.shape[1]
     dstate = A.shape[-1]
     x, z = xz.chunk(2, dim=1)
@@ -130,8 +136,9 @@ def sequence_positions(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return table.scatter(1, index, positions)[:, :num_tokens]
 
 
-def multi_scan_inner_composed(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,
-                              conv_bias, gate, conv_fn, scan_fn):
+def multi_scan_inner_composed(tokens: _T, index: _T, x_proj_weight: _T, dt_proj_weight: _T, dt_proj_bias: _T,
+                              A_log: _T, D: OptionalTensor, conv_weight: OptionalTensor, conv_bias: OptionalTensor,
+                              gate: bool, conv_fn: Callable[..., _T], scan_fn: Callable[..., _T]) -> _T:
     """``multi_scan_inner_fn`` composed of plain ops around ``conv_fn`` and ``scan_fn`` (all directions batched as
     one grouped scan: the conv and the scan are per channel, B and C one group per direction)."""
     batch, num_tokens = tokens.shape[:2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -34,7 +34,7 @@ class AttentionMergeArgs(ctypes.Structure):
 KERNELS = ("attention_stats", "attention_weighted_sum", "attention_gate_grad", "attention_input_grad")
 
 
-def load_kernel():
+def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled channel-attention kernels (built on first use), or None when unavailable or disabled."""
     return ckernel.load_library("attention_merge", SOURCES, dict.fromkeys(KERNELS, AttentionMergeArgs))
 

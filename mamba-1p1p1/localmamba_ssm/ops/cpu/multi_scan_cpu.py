@@ -43,7 +43,7 @@ class MultiScanArgs(ctypes.Structure):
 KERNELS = ("multi_scan_gather_fwd", "multi_scan_gather_bwd", "multi_scan_recurrence_fwd", "multi_scan_recurrence_bwd")
 
 
-def load_kernel():
+def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled multi-direction kernels (built on first use), or None when unavailable or disabled."""
     lib = ckernel.load_library("multi_scan", SOURCES, dict.fromkeys(KERNELS, MultiScanArgs))
     if lib is not None:

@@ -35,7 +35,7 @@ class SelectiveScanArgs(ctypes.Structure):
                     "ddelta", "dz", "dA", "dB", "dC", "dD", "ddelta_bias")])
 
 
-def load_kernel():
+def load_kernel() -> Optional[ctypes.CDLL]:
     """The compiled scan kernel (built on first use), or None when unavailable or disabled."""
     return ckernel.load_library("selective_scan", SOURCES,
                                 {"selective_scan_fwd": SelectiveScanArgs, "selective_scan_bwd": SelectiveScanArgs})
@@ -76,13 +76,13 @@ def selective_scan_cpu_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         return torch_scan.scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out = torch.empty_like(u)
     last = u.new_empty(u.shape[0], u.shape[1], A.shape[1])
-    pairs = u.shape[0] * u.shape[1]
-    args = []
-    for _ in range(ckernel.num_tasks(pairs, MIN_PAIRS_PER_TASK)):
+
+    def make(_: int) -> SelectiveScanArgs:
         a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         a.out, a.last_state = out.data_ptr(), last.data_ptr()
-        args.append(a)
-    ckernel.run_parallel(lib.selective_scan_fwd, args, pairs)
+        return a
+
+    ckernel.run_tasks(lib.selective_scan_fwd, make, u.shape[0] * u.shape[1], MIN_PAIRS_PER_TASK)
     return out, last
 
 
@@ -110,15 +110,16 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
     dC = C.new_zeros((tasks,) + C.shape)
     dD = u.new_zeros(tasks, u.shape[1])
     dbias = u.new_zeros(tasks, u.shape[1])
-    args = []
-    for i in range(tasks):
+
+    def make(i: int) -> SelectiveScanArgs:   # task i adds into its own slices of the parameter gradients
         a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         a.dout, a.dlast = dout.data_ptr(), ckernel.data_ptr(dlast)
         a.du, a.ddelta, a.dz = du.data_ptr(), ddelta.data_ptr(), ckernel.data_ptr(dz if z is not None else None)
         a.dA, a.dB, a.dC, a.dD, a.ddelta_bias = (dA[i].data_ptr(), dB[i].data_ptr(), dC[i].data_ptr(),
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
-        args.append(a)
-    ckernel.run_parallel(lib.selective_scan_bwd, args, pairs)
+        return a
+
+    ckernel.run_tasks(lib.selective_scan_bwd, make, pairs, MIN_PAIRS_PER_TASK)
     return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)
 
 
