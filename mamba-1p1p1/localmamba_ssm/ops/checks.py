@@ -1,8 +1,9 @@
-"""Argument validation for the selective-scan ops: clear ValueErrors naming the argument and the expected shape."""
+"""Argument validation for the selective-scan and multi-direction ops: clear ValueErrors naming the argument and the
+expected shape."""
 from __future__ import annotations
 
 import weakref
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -114,3 +115,98 @@ def check_index_table_once(index: torch.Tensor, num_tokens: int) -> None:
         return
     check_index_table(index, num_tokens)
     _VALID_TABLES[key] = (weakref.ref(index, lambda _: _VALID_TABLES.pop(key, None)), index._version, num_tokens)
+
+
+def _expect(name: str, t: Optional[torch.Tensor], shape: tuple) -> None:
+    if t is not None and tuple(t.shape) != shape:
+        raise ValueError(f"multi_scan_inner: {name} must have shape {shape}, got {shape_str(t)}")
+
+
+def _check_devices(op: str, what: str, device: torch.device, **tensors: Optional[torch.Tensor]) -> None:
+    """Refuse a tensor on another device than ``device`` by name: the cpu kernels would read its memory as the
+    host's."""
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {what} on {device}")
+
+
+def _check_dtypes(op: str, what: str, anchor: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
+    """Outside autocast, refuse a weight whose dtype is not ``anchor``'s by name: the weights that multiply the
+    activations (a matmul, a convolution, a norm), where the plain-op backends fail and the fused kernels, which
+    compute in fp32, would not."""
+    if torch.is_autocast_enabled(anchor.device.type):
+        return
+    for name, t in tensors.items():
+        if t is not None and t.dtype != anchor.dtype:
+            raise ValueError(f"{op}: {name} is {t.dtype} but {what} {anchor.dtype}: cast them to one dtype, or run "
+                             f"under torch.autocast")
+
+
+def check_multi_scan_args(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
+                          dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                          D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
+                          conv_bias: Optional[torch.Tensor], gate: bool) -> None:
+    """Validate ``multi_scan_inner_fn`` inputs: shapes, dtypes and devices by name, and the index table (once per
+    table). Skipped while ``torch.jit`` traces."""
+    if torch.jit.is_tracing():
+        return
+    if tokens.dim() != 3:
+        raise ValueError(f"multi_scan_inner: tokens must have shape (Bt, T, C), got {shape_str(tokens)}")
+    if not tokens.is_floating_point():
+        raise ValueError(f"multi_scan_inner: tokens must be a floating-point tensor, got {tokens.dtype}")
+    if index.dim() != 2 or index.dtype != torch.long:
+        raise ValueError(f"multi_scan_inner: index must be an int64 (K, L) table, got {index.dtype} {shape_str(index)}")
+    if x_proj_weight.dim() != 3:
+        raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), "
+                         f"got {shape_str(x_proj_weight)}")
+    num_dirs, inner = index.shape[0], x_proj_weight.shape[2]
+    if A_log.dim() != 3 or A_log.shape[:2] != (num_dirs, inner):
+        raise ValueError(f"multi_scan_inner: A_log must have shape (K, E, N)=({num_dirs}, {inner}, N), "
+                         f"got {shape_str(A_log)}")
+    if dt_proj_weight.dim() != 3 or dt_proj_weight.shape[:2] != (num_dirs, inner):
+        raise ValueError(f"multi_scan_inner: dt_proj_weight must have shape (K, E, R)=({num_dirs}, {inner}, R), "
+                         f"got {shape_str(dt_proj_weight)}")
+    rank, state = dt_proj_weight.shape[2], A_log.shape[2]
+    if state < 1:
+        raise ValueError(f"multi_scan_inner: A_log needs at least one state (N >= 1), got {shape_str(A_log)}")
+    _expect("x_proj_weight", x_proj_weight, (num_dirs, rank + 2 * state, inner))
+    for name, t in (("dt_proj_bias", dt_proj_bias), ("D", D), ("conv_bias", conv_bias)):
+        _expect(name, t, (num_dirs, inner))
+    if conv_weight is not None and (conv_weight.dim() not in (3, 4) or conv_weight.shape[:2] != (num_dirs, inner)
+                                    or (conv_weight.dim() == 4 and conv_weight.shape[2] != 1)
+                                    or conv_weight.shape[-1] < 1):
+        raise ValueError(f"multi_scan_inner: conv_weight must have shape (K, E, W) or (K, E, 1, W) with "
+                         f"(K, E)=({num_dirs}, {inner}) and W >= 1, got {shape_str(conv_weight)}")
+    needed = inner * (2 if gate else 1)
+    if tokens.shape[2] < needed:
+        raise ValueError(f"multi_scan_inner: tokens need at least {needed} channels (x{' and z' if gate else ''}), "
+                         f"got {tokens.shape[2]}")
+    _check_devices("multi_scan_inner", "tokens are", tokens.device, index=index, x_proj_weight=x_proj_weight,
+                   dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight,
+                   conv_bias=conv_bias)
+    _check_dtypes("multi_scan_inner", "tokens are", tokens, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
+                  conv_weight=conv_weight, conv_bias=conv_bias)   # A_log, D and dt_proj_bias may be kept in fp32
+    if not torch.compiler.is_compiling():
+        check_index_table_once(index, tokens.shape[1])
+
+
+ATTENTION_WEIGHTS = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias")
+
+
+def check_attention_weights(anchor: torch.Tensor, weights: Sequence[torch.Tensor], dim: int) -> None:
+    """Refuse channel-attention weights that do not fit E = ``dim`` channels (the kernels read them with the strides
+    of these shapes), or that lie on another device than ``anchor`` (the outputs, or the tokens)."""
+    if len(weights) != len(ATTENTION_WEIGHTS):
+        raise ValueError(f"attention_merge: expected the {len(ATTENTION_WEIGHTS)} weights "
+                         f"{', '.join(ATTENTION_WEIGHTS)}, got {len(weights)}")
+    named = dict(zip(ATTENTION_WEIGHTS, weights))
+    hidden = named["reduce_weight"].shape[0] if named["reduce_weight"].dim() == 2 else -1
+    expected = dict(norm_weight=(dim,), norm_bias=(dim,), reduce_weight=(hidden, dim), reduce_bias=(hidden,),
+                    select_weight=(dim, hidden), select_bias=(dim,))
+    for name, t in named.items():
+        if tuple(t.shape) != expected[name]:
+            shown = str(expected[name]).replace("-1", "E'")
+            raise ValueError(f"attention_merge: {name} must have shape {shown} for E = {dim} channels, "
+                             f"got {shape_str(t)}")
+    _check_devices("attention_merge", "the outputs are", anchor.device, **named)
+    _check_dtypes("attention_merge", "the outputs are", anchor, **named)

@@ -21,7 +21,7 @@ from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
 from localmamba_kernel_runtime.validation import shape_str
 
-from .checks import check_index_table_once
+from .checks import check_attention_weights, check_multi_scan_args
 from .cpu import attention_merge_cpu, multi_scan_cpu, scan_merge_cpu
 from .cpu.selective_scan_cpu import MAX_STATE
 from .reference import attention_merge_ref, multi_scan_inner_composed, multi_scan_inner_ref
@@ -75,97 +75,6 @@ def _fused_input_check(t: torch.Tensor, inner: int, state: int = 0, rank: int = 
     return check
 
 
-def _expect(name: str, t: Optional[torch.Tensor], shape: tuple) -> None:
-    if t is not None and tuple(t.shape) != shape:
-        raise ValueError(f"multi_scan_inner: {name} must have shape {shape}, got {shape_str(t)}")
-
-
-def _check_devices(op: str, what: str, device: torch.device, **tensors: Optional[torch.Tensor]) -> None:
-    """Refuse a tensor on another device than ``device`` by name: the cpu kernels would read its memory as the
-    host's."""
-    for name, t in tensors.items():
-        if t is not None and t.device != device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {what} on {device}")
-
-
-def _check_dtypes(op: str, what: str, anchor: torch.Tensor, **tensors: Optional[torch.Tensor]) -> None:
-    """Outside autocast, refuse a weight whose dtype is not ``anchor``'s by name: the weights that multiply the
-    activations (a matmul, a convolution, a norm), where the plain-op backends fail and the fused kernels, which
-    compute in fp32, would not."""
-    if torch.is_autocast_enabled(anchor.device.type):
-        return
-    for name, t in tensors.items():
-        if t is not None and t.dtype != anchor.dtype:
-            raise ValueError(f"{op}: {name} is {t.dtype} but {what} {anchor.dtype}: cast them to one dtype, or run "
-                             f"under torch.autocast")
-
-
-def _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
-                     gate) -> None:
-    if torch.jit.is_tracing():
-        return
-    if tokens.dim() != 3:
-        raise ValueError(f"multi_scan_inner: tokens must have shape (Bt, T, C), got {shape_str(tokens)}")
-    if not tokens.is_floating_point():
-        raise ValueError(f"multi_scan_inner: tokens must be a floating-point tensor, got {tokens.dtype}")
-    if index.dim() != 2 or index.dtype != torch.long:
-        raise ValueError(f"multi_scan_inner: index must be an int64 (K, L) table, got {index.dtype} {shape_str(index)}")
-    if x_proj_weight.dim() != 3:
-        raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), "
-                         f"got {shape_str(x_proj_weight)}")
-    num_dirs, inner = index.shape[0], x_proj_weight.shape[2]
-    if A_log.dim() != 3 or A_log.shape[:2] != (num_dirs, inner):
-        raise ValueError(f"multi_scan_inner: A_log must have shape (K, E, N)=({num_dirs}, {inner}, N), "
-                         f"got {shape_str(A_log)}")
-    if dt_proj_weight.dim() != 3 or dt_proj_weight.shape[:2] != (num_dirs, inner):
-        raise ValueError(f"multi_scan_inner: dt_proj_weight must have shape (K, E, R)=({num_dirs}, {inner}, R), "
-                         f"got {shape_str(dt_proj_weight)}")
-    rank, state = dt_proj_weight.shape[2], A_log.shape[2]
-    if state < 1:
-        raise ValueError(f"multi_scan_inner: A_log needs at least one state (N >= 1), got {shape_str(A_log)}")
-    _expect("x_proj_weight", x_proj_weight, (num_dirs, rank + 2 * state, inner))
-    for name, t in (("dt_proj_bias", dt_proj_bias), ("D", D), ("conv_bias", conv_bias)):
-        _expect(name, t, (num_dirs, inner))
-    if conv_weight is not None and (conv_weight.dim() not in (3, 4) or conv_weight.shape[:2] != (num_dirs, inner)
-                                    or (conv_weight.dim() == 4 and conv_weight.shape[2] != 1)
-                                    or conv_weight.shape[-1] < 1):
-        raise ValueError(f"multi_scan_inner: conv_weight must have shape (K, E, W) or (K, E, 1, W) with "
-                         f"(K, E)=({num_dirs}, {inner}) and W >= 1, got {shape_str(conv_weight)}")
-    needed = inner * (2 if gate else 1)
-    if tokens.shape[2] < needed:
-        raise ValueError(f"multi_scan_inner: tokens need at least {needed} channels (x{' and z' if gate else ''}), "
-                         f"got {tokens.shape[2]}")
-    _check_devices("multi_scan_inner", "tokens are", tokens.device, index=index, x_proj_weight=x_proj_weight,
-                   dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight,
-                   conv_bias=conv_bias)
-    _check_dtypes("multi_scan_inner", "tokens are", tokens, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
-                  conv_weight=conv_weight, conv_bias=conv_bias)   # A_log, D and dt_proj_bias may be kept in fp32
-    if not torch.compiler.is_compiling():
-        check_index_table_once(index, tokens.shape[1])
-
-
-ATTENTION_WEIGHTS = ("norm_weight", "norm_bias", "reduce_weight", "reduce_bias", "select_weight", "select_bias")
-
-
-def _check_attention_weights(anchor: torch.Tensor, weights: Sequence[torch.Tensor], dim: int) -> None:
-    """Refuse channel-attention weights that do not fit E = ``dim`` channels (the kernels read them with the strides
-    of these shapes), or that lie on another device than ``anchor`` (the outputs, or the tokens)."""
-    if len(weights) != len(ATTENTION_WEIGHTS):
-        raise ValueError(f"attention_merge: expected the {len(ATTENTION_WEIGHTS)} weights "
-                         f"{', '.join(ATTENTION_WEIGHTS)}, got {len(weights)}")
-    named = dict(zip(ATTENTION_WEIGHTS, weights))
-    hidden = named["reduce_weight"].shape[0] if named["reduce_weight"].dim() == 2 else -1
-    expected = dict(norm_weight=(dim,), norm_bias=(dim,), reduce_weight=(hidden, dim), reduce_bias=(hidden,),
-                    select_weight=(dim, hidden), select_bias=(dim,))
-    for name, t in named.items():
-        if tuple(t.shape) != expected[name]:
-            shown = str(expected[name]).replace("-1", "E'")
-            raise ValueError(f"attention_merge: {name} must have shape {shown} for E = {dim} channels, "
-                             f"got {shape_str(t)}")
-    _check_devices("attention_merge", "the outputs are", anchor.device, **named)
-    _check_dtypes("attention_merge", "the outputs are", anchor, **named)
-
-
 def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                         dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                         D: Optional[torch.Tensor] = None, conv_weight: Optional[torch.Tensor] = None,
@@ -181,8 +90,8 @@ def multi_scan_inner_fn(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight
     Returns (Bt, K, T, E): direction k's output at the position of each token. Scan in fp32; output in the tokens'
     dtype.
     """
-    _check_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias,
-                     gate)
+    check_multi_scan_args(tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight,
+                          conv_bias, gate)
     backend = backends.select(OP_SCAN, tokens.device, _fused_input_check(
         tokens, x_proj_weight.shape[2], A_log.shape[2], dt_proj_weight.shape[2]))
     args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
@@ -210,8 +119,8 @@ def attention_merge_fn(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
             raise ValueError(f"attention_merge: y must have shape (Bt, K, T, E), got {shape_str(y)}")
         if not y.is_floating_point():
             raise ValueError(f"attention_merge: y must be a floating-point tensor, got {y.dtype}")
-        _check_attention_weights(y, (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias),
-                                 y.shape[-1])
+        check_attention_weights(y, (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias),
+                                y.shape[-1])
     backend = backends.select(OP_MERGE, y.device, _fused_input_check(y, y.shape[-1]))
     args = (y, norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight, select_bias, eps)
     if backend == "triton":
@@ -240,8 +149,8 @@ def multi_scan_attention_merge_fn(tokens: torch.Tensor, index: torch.Tensor, x_p
     scan_args = (tokens, index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias, gate)
     inner = x_proj_weight.shape[-1]
     if type(tokens) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
-        _check_scan_args(*scan_args)
-        _check_attention_weights(tokens, attention_weights, inner)
+        check_multi_scan_args(*scan_args)
+        check_attention_weights(tokens, attention_weights, inner)
         check = _fused_input_check(tokens, inner, A_log.shape[-1], dt_proj_weight.shape[-1])
         if (backends.select(OP_SCAN, tokens.device, check) == "cpu"
                 and backends.select(OP_MERGE, tokens.device, _fused_input_check(tokens, inner)) == "cpu"):
