@@ -8,28 +8,23 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
+from .common.plots import pyplot
 from .models.directions import CANDIDATES
 from .models.multi_scan import search_layers
 from .models.scan_maps import scan_index
 from .search.extract import plot_heatmap
 from .search.probs import chosen_directions, layer_probabilities
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["scan_order_grid", "draw_scan_orders", "draw_example_search_probs", "read_speed_table",
            "draw_speed_chart"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def scan_order_grid(name: str, grid: tuple[int, int]) -> np.ndarray:
@@ -43,10 +38,10 @@ def scan_order_grid(name: str, grid: tuple[int, int]) -> np.ndarray:
 
 
 def draw_scan_orders(path: str, names: Sequence[str] = CANDIDATES, grid: tuple[int, int] = (14, 14),
-                     columns: int = 4):
+                     columns: int = 4) -> Figure:
     """One panel per direction: cells coloured and numbered by scan position, the path drawn through them.
     Returns the matplotlib figure (already saved to `path`)."""
-    plt = _pyplot()
+    plt = pyplot()
     height, width = grid
     rows = -(-len(names) // columns)
     cell = 0.32 if max(grid) > 8 else 0.5
@@ -117,7 +112,7 @@ def read_speed_table(readme: str) -> tuple[list[str], list[dict]]:
 
 def draw_speed_chart(path: str, settings: Sequence[str], rows: Sequence[dict], caption: str = "") -> None:
     """Grouped bars: each model's speed as a multiple of its timm baseline, per setting, images/s on the bars."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.9 * len(rows) + 1.6))
     height = 0.8 / len(settings)
     for k, setting in enumerate(settings):

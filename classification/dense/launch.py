@@ -29,11 +29,14 @@ import os.path as osp
 import re
 import signal
 import sys
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          walk_dicts, work_dir_problem)
+
+if TYPE_CHECKING:   # mmengine is imported where a run starts
+    from mmengine.config import Config
 
 TASKS = ('detection', 'segmentation')
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
@@ -137,7 +140,7 @@ def _resume_hint(work_dir: str) -> str:
         return f'; the command with --resume (and no path) continues from {f.read().strip()}'
 
 
-def new_option_keys(cfg, options: dict) -> list[str]:
+def new_option_keys(cfg: Config, options: dict) -> list[str]:
     """The keys of ``options`` (``--cfg-options``) that name no entry of ``cfg``: new entries, or misspelt ones."""
     new, tree = [], cfg.to_dict()
     for key in options:
@@ -241,7 +244,7 @@ def _skip_pretrained(node: dict) -> None:
                 node[key] = None
 
 
-def resumes_a_checkpoint(cfg) -> bool:
+def resumes_a_checkpoint(cfg: Config) -> bool:
     """True when the run continues from a checkpoint: ``--resume CKPT``, or ``--resume`` with a ``last_checkpoint``
     in the work_dir (without one, mmengine starts the run afresh)."""
     return bool(cfg.get('resume')) and bool(cfg.get('load_from')

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Optional
 
+import torch
+
 LOGGER_NAME = "localmamba"
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -104,10 +106,8 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def memory_mb(device) -> float:
+def memory_mb(device: torch.device | str) -> float:
     """Peak memory in MB: CUDA max allocated on a CUDA device, else the process's peak resident size."""
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

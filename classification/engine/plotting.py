@@ -6,6 +6,7 @@ import os
 from typing import Optional, Sequence
 
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER
+from ..common.plots import pyplot
 from .config import ConfigError
 
 METRICS_COLUMNS = METRICS_HEADER[:4]  # top5 is drawn when present
@@ -36,16 +37,6 @@ def read_csv(path: str) -> dict[str, list[float]]:
     return columns
 
 
-def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _require(columns: dict, names: Sequence[str], path: str) -> None:
     """Refuse, in one line, a CSV file that lacks a column the figure needs."""
     missing = [name for name in names if name not in columns]
@@ -70,7 +61,7 @@ def epoch_positions(epochs: Sequence[float], steps: Sequence[float]) -> list[flo
 def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]]):
     """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None).
     Curves carry a marker, so a run of one epoch shows its points."""
-    fig, axes = _pyplot().subplots(1, 3, figsize=(15, 4))
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
     axes[0].plot(m["epoch"], m["train_loss"], marker=".", label="train")
     axes[0].plot(m["epoch"], m["test_loss"], marker=".", label="test")
     axes[0].set(title="loss", xlabel="epoch")
@@ -121,5 +112,5 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
         _require(lr, LR_HEADER, lr_path)
     fig = draw_run(m, lr)
     fig.savefig(out, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out

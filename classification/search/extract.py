@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
+from ..common.plots import pyplot
 from ..models.directions import CANDIDATES, load_directions, save_directions
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from .probs import chosen_directions, layer_probabilities
@@ -50,10 +51,7 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     """Layers x candidates image of the probabilities (columns: ``candidates``, in the probabilities' order), each
     cell annotated to 4 decimals (a search's probabilities stay near 1/K, where 3 would show a chosen and a dropped
     cell alike), chosen cells outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     grid = torch.stack(probs).numpy()
