@@ -14,7 +14,7 @@ path and the fused scan kernel alone (``mixer_ops.mixer_timings``).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, List, Sequence, Tuple
+from typing import Any, Callable, ContextManager, List, Sequence, Tuple
 
 import torch
 from localmamba_conv1d import causal_conv1d_fn
@@ -27,6 +27,10 @@ from .mixer_ops import SCAN_TILES, deterministic_algorithms, deterministic_cases
 from .op_speed import OpShape, print_op_benchmark, scan_tile_sweep
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
+# A correctness problem: the op call, the inputs whose gradients are compared, the output weights of the loss.
+Problem = Tuple[Callable[[], Any], List[torch.Tensor], List[torch.Tensor]]
 
 
 def _run(fn: Callable, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]):
@@ -42,7 +46,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
 
-def compare(fn: Callable, inputs, weights) -> Tuple[float, float, str]:
+def compare(fn: Callable[[], Any], inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
+            ) -> Tuple[float, float, str]:
     """(worst output error, worst gradient error, problems) of the triton backend against the reference."""
     backends.force_backend("triton")
     outs, grads = _run(fn, inputs, weights)
@@ -63,8 +68,10 @@ def compare(fn: Callable, inputs, weights) -> Tuple[float, float, str]:
     return out_err, grad_err, ", ".join(problems)
 
 
-def scan_problem(device, dtype, bc: str, groups: int, dim: int, seqlen: int, dstate: int, softplus: bool,
-                 use_z: bool, last: bool, batch: int = 2):
+def scan_problem(device: torch.device, dtype: torch.dtype, bc: str, groups: int, dim: int, seqlen: int, dstate: int,
+                 softplus: bool, use_z: bool, last: bool, batch: int = 2) -> Problem:
+    """selective_scan_fn with B/C ``bc`` ('const' (D, N), 'var3' (B, N, L), else (B, groups, N, L)), optional z,
+    softplus and last state."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape, scale=1.0, dt=dtype):
@@ -93,7 +100,9 @@ def scan_problem(device, dtype, bc: str, groups: int, dim: int, seqlen: int, dst
     return fn, inputs, weights
 
 
-def conv_problem(device, dtype, width: int, silu: bool, dim: int, seqlen: int, batch: int = 2):
+def conv_problem(device: torch.device, dtype: torch.dtype, width: int, silu: bool, dim: int, seqlen: int,
+                 batch: int = 2) -> Problem:
+    """causal_conv1d_fn of x (B, D, L) with a (D, width) kernel, with or without SiLU."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, dim, seqlen, generator=g).to(device=device, dtype=dtype).requires_grad_()
     w = torch.randn(dim, width, generator=g).to(device).requires_grad_()
@@ -102,7 +111,9 @@ def conv_problem(device, dtype, width: int, silu: bool, dim: int, seqlen: int, b
     return (lambda: causal_conv1d_fn(x, w, b, activation="silu" if silu else None)), [x, w, b], weights
 
 
-def inner_problem(device, dtype, dim: int, seqlen: int, dstate: int, batch: int = 2):
+def inner_problem(device: torch.device, dtype: torch.dtype, dim: int, seqlen: int, dstate: int,
+                  batch: int = 2) -> Problem:
+    """mamba_inner_fn_no_out_proj at width ``dim`` (autocast to ``dtype`` when it is 16-bit)."""
     g = torch.Generator().manual_seed(2)
     rank = max(1, dim // 32)
 
@@ -123,7 +134,8 @@ def inner_problem(device, dtype, dim: int, seqlen: int, dstate: int, batch: int 
     return fn, inputs, weights
 
 
-def autocast_problem(device, dim: int, seqlen: int, dstate: int):
+def autocast_problem(device: torch.device, dim: int, seqlen: int, dstate: int) -> Problem:
+    """The fp32 scan problem called under autocast (fp16 on CUDA, bf16 elsewhere): the scan still computes in fp32."""
     fn, inputs, weights = scan_problem(device, torch.float32, "var4", 1, dim, seqlen, dstate, True, True, False)
 
     def under_autocast():
