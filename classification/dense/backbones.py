@@ -54,6 +54,14 @@ def missing_pretrained_message(backbone: str, path: str) -> Optional[str]:
             f'to a classification checkpoint, or to None to train from scratch)')
 
 
+def _pretrained_file(pretrained: Optional[str], pretrained_ckpt: Optional[str]) -> Optional[str]:
+    """The classification weights a config names, by mmengine's ``pretrained`` or the original's ``pretrained_ckpt``;
+    two different files are refused."""
+    if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
+        raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
+    return pretrained or pretrained_ckpt
+
+
 class DenseBackbone(nn.Module):
     """A classification trunk without its classifier and final norm, whose parts this module owns under their own
     names, plus the loading of pretrained classification weights in ``init_weights``.
@@ -150,10 +158,9 @@ class MM_LocalVim(DenseBackbone):
     def __init__(self, out_indices: Sequence[int] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
                  directions: DirectionsArg = None, trust_checkpoint: bool = False, **kwargs: Any):
-        if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
-            raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
+        weights = _pretrained_file(pretrained, pretrained_ckpt)
         trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
-        super().__init__(trunk, pretrained or pretrained_ckpt, pretrained_key, trust_checkpoint)
+        super().__init__(trunk, weights, pretrained_key, trust_checkpoint)
         # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the input).
         self.out_indices = sorted(int(i) + trunk.depth if int(i) < 0 else int(i) for i in out_indices)
         for j in range(len(self.out_indices)):
@@ -186,10 +193,9 @@ class MM_LocalVSSM(DenseBackbone):
         if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
             raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and the '
                              f"versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
-        if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
-            raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
+        weights = _pretrained_file(pretrained, pretrained_ckpt)
         trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
-        super().__init__(trunk, pretrained or pretrained_ckpt, pretrained_key, trust_checkpoint)
+        super().__init__(trunk, weights, pretrained_key, trust_checkpoint)
         self.out_indices = sorted(int(i) for i in out_indices)
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))
