@@ -28,9 +28,6 @@ def main() -> None:
                         help="allow a checkpoint that needs pickle (it can run code): only files you trust")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
-    if os.path.isdir(args.dst):
-        raise IsADirectoryError(f"{args.dst} is a folder: give the output file's path, e.g. "
-                                f"{os.path.join(args.dst, 'released.ckpt')}")
     n = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint, overwrite=args.overwrite)
     print(f"wrote {n} tensors from {args.src}[{args.key!r}] to {args.dst}")
 

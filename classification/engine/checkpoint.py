@@ -203,8 +203,11 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped); returns the tensor count.
 
     A checkpoint without tensors under `key` is refused rather than written empty; an existing `dst` is replaced only
-    with `overwrite`, and never when it is `src` (the training state would be lost).
+    with `overwrite`, and never when it is `src` (the training state would be lost); a folder is refused.
     """
+    if os.path.isdir(dst):
+        raise IsADirectoryError(f"{dst} is a folder: give the output file's path, e.g. "
+                                f"{os.path.join(dst, 'released.ckpt')}")
     if os.path.exists(dst):
         if os.path.exists(src) and os.path.samefile(src, dst):
             raise CheckpointError(f"{dst} is the checkpoint being converted: writing it would replace its training "
