@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -70,12 +70,13 @@ def draw_scan_orders(path: str, names: Sequence[str] = CANDIDATES, grid: tuple[i
 
 
 def draw_example_search_probs(path: str, model_name: str = "local_vim_tiny_search", seed: int = 0,
-                              topk: int = 4) -> list[list[str]]:
-    """The search heat map of `model_name` with its search weights drawn from N(0, 1) under `seed` (an illustration
-    of `tools/vis_search_prob.py`'s output, not a trained search). Returns the top-k directions per layer."""
+                              topk: int = 4, **model_kwargs: Any) -> list[list[str]]:
+    """The search heat map of `model_name` (built with `model_kwargs`) with its search weights drawn from N(0, 1)
+    under `seed` (an illustration of `tools/vis_search_prob.py`'s output, not a trained search). Returns the top-k
+    directions per layer."""
     import timm
 
-    model = timm.create_model(model_name)
+    model = timm.create_model(model_name, **model_kwargs)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in search_layers(model):
