@@ -138,7 +138,9 @@ def parse_direction(name: str) -> Direction:
             import_direction_modules()
             found = _lookup(base)
     if found is None:
-        raise ValueError(f'unknown scan direction {name!r}: valid directions are {_valid_directions_help()}')
+        raise ValueError(f'unknown scan direction {name!r}: valid directions are {_valid_directions_help()} (a '
+                         f'direction of your own: register_direction, and in the tools name its module in '
+                         f'{DIRECTION_MODULES_ENV})')
     return Direction(found[0], found[1], flip)
 
 

@@ -67,7 +67,9 @@ def test_tables_flips_lengths_and_the_list_of_names():
     assert scan_index('h', grid).tolist() == list(range(12))                      # built-ins unchanged
     assert list_directions() == ['h', 'v', 'wK', 'snake', 'diag', 'cwK']
     with pytest.raises(ValueError, match=r"valid directions are h, h_flip, v, v_flip, wK, wK_flip \(.*\), and the "
-                                         r"registered snake, snake_flip, diag, diag_flip, cwK, cwK_flip$"):
+                                         r"registered snake, snake_flip, diag, diag_flip, cwK, cwK_flip \(a direction "
+                                         r"of your own: register_direction, and in the tools name its module in "
+                                         r"LOCALMAMBA_DIRECTION_MODULES\)$"):
         parse_direction('spiral')
     for bad in ('cw', 'cw0', 'cw02', 'snake2', 'snake_flip_flip'):
         with pytest.raises(ValueError, match='unknown scan direction'):
