@@ -74,10 +74,15 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
                       **kwargs: Any) -> nn.Module:
     """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
     included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
-    ``default_out_indices`` unless ``out_indices`` is given. A search supernet refuses ``directions``. timm's
+    ``default_out_indices`` unless ``out_indices`` is given (timm's ``feature_cls`` 'fx' and 'hook' work too; 'dict'
+    and 'list' are refused, as for timm's ViT). A search supernet refuses ``directions``. timm's
     ``device`` builds the model there (``'meta'``: no memory, no initialisation), ``dtype`` casts it once built."""
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))
+    if kwargs.get('features_only') and kwargs.get('feature_cls') in ('dict', 'list'):
+        raise ValueError(f"{variant}: features_only with feature_cls={kwargs['feature_cls']!r} needs the feature "
+                         f"layers as top-level children, which these models nest; use the default (forward_"
+                         f"intermediates: normed NCHW maps), or feature_cls='fx' / 'hook' (the layers' raw outputs)")
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
     if pretrained and device is not None and torch.device(device).type == 'meta':
         raise ValueError(f"{variant}: pretrained weights cannot load into a model on the 'meta' device, which holds no "

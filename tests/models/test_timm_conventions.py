@@ -119,6 +119,26 @@ def test_local_vim_default_feature_layers_follow_its_depth(feature_cls, shape):
             assert [tuple(f.shape) for f in model(torch.randn(1, 3, 32, 32))] == [shape] * len(layers)
 
 
+@pytest.mark.filterwarnings('ignore:NOTE. The nodes obtained by tracing the model in eval mode')
+@pytest.mark.parametrize('name, small', [('local_vim_tiny_wo_search', dict(depth=2, embed_dim=16)),
+                                         ('local_vssm_tiny', dict(dims=[8, 16, 24, 32]))])
+def test_feature_classes_each_work_or_are_refused_in_one_line(name, small):
+    """'hook' gives the feature layers' raw outputs as 'fx' does; 'dict' and 'list', which need the layers as
+    top-level children, are refused naming what works (timm's assertion that the layers are not present before)."""
+    images = torch.randn(1, 3, 32, 32)
+    outputs = []
+    for feature_cls in ('hook', 'fx'):
+        torch.manual_seed(0)                       # the same weights
+        with torch.no_grad():
+            outputs.append(timm.create_model(name, features_only=True, feature_cls=feature_cls, **small).eval()(images))
+    hooked, traced = outputs
+    assert len(hooked) == len(traced) and all(torch.equal(a, b) for a, b in zip(hooked, traced))
+    for feature_cls in ('dict', 'list'):
+        with pytest.raises(ValueError, match=rf"^{name}: features_only with feature_cls='{feature_cls}' needs the "
+                                             r"feature layers as top-level children.*feature_cls='fx' / 'hook'"):
+            timm.create_model(name, features_only=True, feature_cls=feature_cls, **small)
+
+
 def test_local_vim_builds_the_grid_its_image_size_gives(monkeypatch):
     """72 px is 4.5 patches: the build grid is 5x5 (as the padded input's), so a 72 px input resizes nothing."""
     model = _model('local_vim_tiny', img_size=72)
