@@ -146,9 +146,13 @@ def _note_another_family(path: str, model: str) -> None:
 
 def config_kwargs_taken(name: str, kwargs: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
     """A config file's `model_kwargs` without the keys model `name` does not take, each dropped with a warning (when
-    `warn`): a config written for one family still runs with another `--model`, in training and in speed_test."""
+    `warn`): a config written for one family still runs with another `--model`, in training and in speed_test. A
+    search run's `candidates` is dropped for a model that is not a search supernet (its class takes the keyword but
+    refuses it with fixed directions), so the searched model trains from the search's args.yaml."""
     accepted = accepted_kwargs(name)
     dropped = [] if accepted is None else [key for key in kwargs if key not in accepted]
+    if "candidates" in kwargs and name not in SUPERNET_FINAL_MODELS:
+        dropped.append("candidates")
     for key in dropped if warn else ():
         logger.warning("model %s does not take %r from the config's model_kwargs; ignored", name, key)
     return {key: value for key, value in kwargs.items() if key not in dropped}
@@ -208,7 +212,7 @@ def build_model(cfg: Namespace) -> nn.Module:
             raise ConfigError(str(err)) from err
         if cfg.model_kwargs:  # e.g. depth=2 for a model whose searched directions have 20 layers
             hint = ("; give --directions FILE with one list of directions per layer (tools/vis_search_prob.py "
-                    "writes one)" if "directions" in str(err) else "")
+                    "writes one)" if "directions" in str(err) and not cfg.directions else "")
             raise model_build_error(name, cfg.model_kwargs, err, hint) from err
         raise
     except TypeError as err:  # a model whose class takes **kwargs and hands an unknown one down

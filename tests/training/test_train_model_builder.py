@@ -29,6 +29,25 @@ def test_config_kwargs_another_model_does_not_take_are_dropped_with_a_warning(tm
     assert "does not take 'img_size'" in caplog.text and "does not take 'patch_size'" in caplog.text
 
 
+def test_a_search_runs_candidates_are_dropped_for_the_searched_model(tmp_path, caplog, monkeypatch):
+    """The args.yaml of a search over your own candidates trains the searched model (`-c args.yaml --model
+    local_vim_tiny --directions FILE`): its `candidates` is dropped with a warning (the model refused it, and the
+    error's hint asked for the --directions it had been given); a supernet still takes it, a flag is still refused."""
+    search = "model_kwargs: {embed_dim: 16, patch_size: 4, depth: 2, candidates: [h, v_flip, w2]}\nimg_size: 16\n"
+    directions = tmp_path / "directions.yaml"
+    directions.write_text("directions:\n- [h, w2]\n- [v_flip, w2]\n")
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="localmamba"):
+        model = build(tmp_path, search, "--model", "local_vim_tiny", "--directions", str(directions))
+    assert model.directions == (("h", "w2"), ("v_flip", "w2")) and model.candidates is None
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "model local_vim_tiny does not take 'candidates' from the config's model_kwargs; ignored"]
+    assert build(tmp_path, search, "--model", "local_vim_tiny_search").candidates == ("h", "v_flip", "w2")
+    with pytest.raises(ConfigError, match=r"candidates= is the search set of a search supernet(?!.*give --directions)"):
+        build(tmp_path, "{}\n", "--model", "local_vim_tiny", "--directions", str(directions), "--model-kwargs",
+              "embed_dim=16", "patch_size=4", "depth=2", "candidates=[h, v]", "--img-size", "16")
+
+
 def test_command_line_kwargs_are_never_dropped(tmp_path):
     with pytest.raises(ConfigError, match="--model-kwargs: model resnet10t does not take 'img_size'"):
         build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")
