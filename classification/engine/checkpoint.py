@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
+from ..models.directions import CANDIDATES
 
 logger = logging.getLogger("localmamba")
 
@@ -81,6 +82,8 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     if saved_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} is a checkpoint of {saved_name}, not of {model_name}: give --model {saved_name}")
     saved_candidates, own_candidates = ckpt.get("candidates"), search_candidates(model)
+    if saved_candidates is None and "directions" in ckpt and ckpt["directions"] is None:
+        saved_candidates = list(CANDIDATES)   # a supernet's checkpoint from before candidates= searched the original 8
     if saved_candidates is not None and own_candidates is not None and saved_candidates != own_candidates:
         raise CheckpointError(f"{path} is a search over the candidates {' '.join(saved_candidates)}, this model "
                               f"searches over {' '.join(own_candidates)}: give --model-kwargs "

@@ -87,6 +87,18 @@ def test_a_search_over_other_candidates_is_refused_naming_them():
         check_same_model(other, "local_vim_tiny_search", ckpt, "x")
 
 
+def test_a_supernet_checkpoint_from_before_candidates_were_saved_searched_the_original_eight():
+    """A supernet's training checkpoint written before `candidates` was recorded (`directions: None`, no entry) could
+    only search the 8 originals: a supernet over 8 others (same keys and shapes) is refused, the default takes it."""
+    old = {"model_name": "local_vim_tiny_search", "directions": None, "config": {}}
+    check_same_model(timm.create_model("local_vim_tiny_search", **SMALL), "local_vim_tiny_search", old, "x")
+    others = timm.create_model("local_vim_tiny_search", candidates=["h", "h_flip", "v", "v_flip", "w3", "w3_flip",
+                                                                    "w5", "w5_flip"], **SMALL)
+    with pytest.raises(CheckpointError, match=r"^x is a search over the candidates h h_flip v v_flip w2 w2_flip w7 "
+                                              r"w7_flip, this model searches over .* w5_flip"):
+        check_same_model(others, "local_vim_tiny_search", old, "x")
+
+
 def test_resume_refuses_a_supernet_of_other_candidates(tmp_path):
     """End to end: the training checkpoint records the candidates; resuming with another list of the same length
     stops in one line, and with the run's list it continues."""
