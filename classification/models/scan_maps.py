@@ -217,22 +217,36 @@ def scan_index(name: str, grid: Grid) -> torch.Tensor:
     kind, window, flip = parse_direction(name)
     grid = _check_grid(grid)
     entry = _REGISTRY[kind]
-    index = entry.index_fn(grid, window) if entry.parametrized else entry.index_fn(grid)
-    if kind not in _BUILTIN:
-        index = _checked_table(index, grid, name)
+    if kind in _BUILTIN:
+        index = entry.index_fn(grid, window) if entry.parametrized else entry.index_fn(grid)
+    else:
+        index = _checked_table(_call_index_fn(entry, grid, window, name), grid, name)
     return index.flip(0) if flip else index
 
 
-def register_direction(name: str, index_fn: IndexFn, *, parametrized: bool = False, overwrite: bool = False) -> None:
+def _call_index_fn(entry: _Registered, grid: Grid, window: int, name: str) -> object:
+    """A registered ``index_fn``'s table of ``grid``; its failure becomes one ValueError naming the direction and
+    the grid."""
+    try:
+        return entry.index_fn(grid, window) if entry.parametrized else entry.index_fn(grid)
+    except Exception as err:
+        raise ValueError(f'scan direction {name!r} on grid {grid}: index_fn failed: {type(err).__name__}: {err}') \
+            from err
+
+
+def register_direction(name: str, index_fn: IndexFn, *, parametrized: bool = False, overwrite: bool = False,
+                       probe_grid: Sequence[int] = PROBE_GRID) -> None:
     """Register a scan direction ``name`` and its reverse ``name_flip`` for every model, file and search.
 
     ``index_fn(grid)`` returns the (L,) integer table of an ``(H, W)`` grid: position ``s`` reads token
     ``table[s]`` (row-major ``i * W + j``), ``H * W`` reads a padding zero; each token appears exactly once. With
     ``parametrized``, the names ``{name}K`` (K >= 1, as ``wK``) call ``index_fn(grid, K)``. ``name`` is lowercase
     letters, digits and ``_`` (not ending in ``_flip``; a parametrised one not in a digit) and may not make a name
-    that another registration makes. The table is checked on a 4 x 6 grid (K = 2) now, and on each grid when first
-    built (tables are cached per grid). Registering the same function again does nothing; ``overwrite`` replaces
-    another. Raises ``ValueError`` saying what is wrong.
+    that another registration makes. The table is checked on ``probe_grid`` (default 4 x 6; K = 2) now (give a grid
+    it is defined on, e.g. a square one for a spiral), and on each grid when first built (tables are cached per grid;
+    an ``index_fn`` that fails there is a ValueError naming the direction and grid). Registering the same function
+    again does nothing; ``overwrite`` replaces another (compile a model again after replacing a direction it uses:
+    compiled graphs keep the table lengths they were traced with). Raises ``ValueError`` saying what is wrong.
     """
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(FLIP_SUFFIX):
         raise ValueError(f'register_direction: name must be lowercase letters, digits and _, starting with a letter '
@@ -253,13 +267,14 @@ def register_direction(name: str, index_fn: IndexFn, *, parametrized: bool = Fal
     if clash is not None:
         raise ValueError(f'register_direction: {name}{"K" if parametrized else ""} would make names that the '
                          f'registered {clash} makes too')
+    grid = _check_grid(probe_grid)
     probe = f'{name}{PROBE_PARAMETER}' if parametrized else name
     try:
-        table = index_fn(PROBE_GRID, PROBE_PARAMETER) if parametrized else index_fn(PROBE_GRID)
+        table = index_fn(grid, PROBE_PARAMETER) if parametrized else index_fn(grid)
     except Exception as err:
-        raise ValueError(f'register_direction({name!r}): index_fn failed on the {PROBE_GRID} grid: '
-                         f'{type(err).__name__}: {err}') from err
-    _checked_table(table, PROBE_GRID, probe)
+        raise ValueError(f'register_direction({name!r}): index_fn failed on the {grid} grid (probe_grid= gives '
+                         f'one it is defined on): {type(err).__name__}: {err}') from err
+    _checked_table(table, grid, probe)
     _REGISTRY[name] = new
     _clear_tables()
 

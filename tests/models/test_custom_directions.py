@@ -98,7 +98,7 @@ def identity_table(grid):
     ('zig', lambda grid: identity_table(grid).float(), {}, 'must return a 1-D integer tensor, got 1-D torch.float32'),
     ('zig', lambda grid: identity_table(grid).view(grid), {}, 'must return a 1-D integer tensor, got 2-D'),
     ('zig', lambda grid: list(range(24)), {}, 'must return a 1-D integer tensor, got list'),
-    ('zig', lambda grid: 1 / 0, {}, r'index_fn failed on the \(4, 6\) grid: ZeroDivisionError'),
+    ('zig', lambda grid: 1 / 0, {}, r'index_fn failed on the \(4, 6\) grid .*: ZeroDivisionError'),
     ('zig', lambda grid: identity_table(grid), {'parametrized': True}, 'index_fn failed on the'),   # takes no K
 ])
 def test_bad_registrations_are_refused_in_one_line(name, fn, kwargs, match):
@@ -106,6 +106,28 @@ def test_bad_registrations_are_refused_in_one_line(name, fn, kwargs, match):
         register_direction(name, fn, **kwargs)
     assert '\n' not in str(error.value)
     assert 'zig' not in list_directions()
+
+
+def spiral(grid):
+    """Clockwise from the top-left corner inwards; defined on square grids only (a square reshape)."""
+    cells = torch.arange(grid[0] * grid[1]).view(grid[0], grid[0])
+    order = []
+    while cells.numel():
+        order.append(cells[0])
+        cells = cells[1:].t().flip(0)          # the rest, turned so that its right column becomes the top row
+    return torch.cat(order)
+
+
+def test_a_direction_of_some_grids_only_registers_on_its_probe_grid_and_fails_elsewhere_by_name():
+    with pytest.raises(ValueError, match=r"index_fn failed on the \(4, 6\) grid \(probe_grid= gives one"):
+        register_direction('spiral', spiral)
+    register_direction('spiral', spiral, probe_grid=(3, 3))
+    assert scan_index('spiral', (3, 3)).tolist() == [0, 1, 2, 5, 8, 7, 6, 3, 4]
+    model = timm.create_model('local_vim_tiny', img_size=32, patch_size=16, embed_dim=16, depth=1,
+                              directions=[['spiral']])
+    with pytest.raises(ValueError, match=r"^scan direction 'spiral' on grid \(2, 3\): index_fn failed: RuntimeError"):
+        model(torch.randn(1, 3, 32, 48))     # a raw reshape error before, naming neither the direction nor the grid
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
 
 
 def test_a_parametrised_name_clashing_with_a_registered_one_is_refused():
