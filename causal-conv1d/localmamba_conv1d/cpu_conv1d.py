@@ -85,7 +85,7 @@ def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Ten
         a.dout, a.dx, a.dweight, a.dbias = dout.data_ptr(), dx.data_ptr(), dweight[i].data_ptr(), dbias[i].data_ptr()
         return a
 
-    ckernel.run_tasks(lib.causal_conv1d_bwd, make, rows, MIN_ROWS_PER_TASK)
+    ckernel.run_tasks(lib.causal_conv1d_bwd, make, rows, MIN_ROWS_PER_TASK, tasks)
     return dx, dweight.sum(0), dbias.sum(0)
 
 

@@ -20,7 +20,6 @@ Nothing here imports triton or the official packages at import time.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import logging
@@ -46,6 +45,7 @@ _REGISTRY: Dict[str, Dict[str, Check]] = {}
 _LOGGED: set = set()
 _LOCK = threading.Lock()
 _MODULES: Dict[str, Optional[ModuleType]] = {}  # import name -> module, or None when it cannot be imported
+_TRITON: Dict[str, bool] = {}
 _REQUESTED: Dict[str, str] = {}  # "choice" -> the requested backend, once read or forced
 
 
@@ -200,14 +200,12 @@ def optional_module(name: str) -> Optional[ModuleType]:
     return _MODULES[name]
 
 
-@functools.cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def triton_importable() -> bool:
-    """True when the ``triton`` package is installed (it is not imported here)."""
-    return _triton_installed()
+    """True when the ``triton`` package is installed (it is not imported here). Cached in a plain dict: dynamo warns
+    about every ``functools`` cache it meets while compiling a model."""
+    if "installed" not in _TRITON:
+        _TRITON["installed"] = importlib.util.find_spec("triton") is not None
+    return _TRITON["installed"]
 
 
 def triton_interpreter() -> bool:
@@ -219,7 +217,7 @@ def reset_caches() -> None:
     """Forget cached imports, logged choices and the forced backend (for tests that install fake packages or set
     ``LOCALMAMBA_BACKEND``)."""
     _MODULES.clear()
-    _triton_installed.cache_clear()
+    _TRITON.clear()
     _LOGGED.clear()
     _REQUESTED.clear()
 

@@ -424,8 +424,9 @@ def run_parallel(fn: Callable[..., int], args: List[ctypes.Structure], items: in
 
 
 def run_tasks(fn: Callable[..., int], make_args: Callable[[int], ctypes.Structure], items: int,
-              min_items_per_task: int) -> None:
+              min_items_per_task: int, tasks: Optional[int] = None) -> None:
     """Run kernel ``fn`` over ``items`` in ``num_tasks(items, min_items_per_task)`` parallel tasks; ``make_args(i)``
-    gives task i its arguments (its own accumulators, where the kernel adds to some)."""
-    tasks = num_tasks(items, min_items_per_task)
+    gives task i its arguments (its own accumulators, where the kernel adds to some). A caller that sized per-task
+    accumulators passes that ``tasks`` count (the thread count may change in between)."""
+    tasks = num_tasks(items, min_items_per_task) if tasks is None else tasks
     run_parallel(fn, [make_args(i) for i in range(tasks)], items)

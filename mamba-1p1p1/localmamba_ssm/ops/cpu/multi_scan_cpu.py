@@ -208,7 +208,7 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
         a.ckpt = ckpt.data_ptr() if ckpt.numel() else None
         return a
 
-    ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1)
+    ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1, tasks)
     with autocast_off(src.device.type):   # a backward called under autocast: the projection's gradients stay fp32
         if conv_w is None:
             flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, num_dirs * width), x_proj_w.reshape(-1, inner)
@@ -218,7 +218,7 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
             flat_dxdbl = dxdbl.view(num_dirs, batch * length, width)
             dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
             du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
-            ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1)
+            ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1, tasks)
     A = -torch.exp(A_log)
     return (dsrc,
             src.new_zeros(0) if dconv_w is None else dconv_w.sum(0).transpose(1, 2).contiguous(),

@@ -119,7 +119,7 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
         return a
 
-    ckernel.run_tasks(lib.selective_scan_bwd, make, pairs, MIN_PAIRS_PER_TASK)
+    ckernel.run_tasks(lib.selective_scan_bwd, make, pairs, MIN_PAIRS_PER_TASK, tasks)
     return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)
 
 
