@@ -6,6 +6,7 @@ literal per layer (the top-k candidates in canonical order) followed by a comma.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -15,7 +16,10 @@ from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_
 from ..common.plots import pyplot
 from ..models.directions import CANDIDATES, load_directions, save_directions
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
+from ..models.scan_maps import parse_direction
 from .probs import chosen_directions, layer_probabilities
+
+logger = logging.getLogger("localmamba")
 
 
 def checkpoint_candidates(ckpt: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
@@ -24,6 +28,16 @@ def checkpoint_candidates(ckpt: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
     model_kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
     found = model_kwargs.get("candidates") if isinstance(model_kwargs, Mapping) else None
     return None if found is None else tuple(str(name) for name in found)
+
+
+def _is_known_direction(name: str) -> bool:
+    """Whether ``name`` is a built-in or registered direction here (modules in LOCALMAMBA_DIRECTION_MODULES
+    imported)."""
+    try:
+        parse_direction(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path: str) -> tuple[str, ...]:
@@ -38,6 +52,10 @@ def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path
     if recorded is not None and recorded != given:
         raise CheckpointError(f"{path}: its supernet searched over {', '.join(recorded)}, not the candidates given "
                               f"({', '.join(given)})")
+    unknown = [name for name in given if not _is_known_direction(name)]
+    if unknown:   # extraction needs no tables; the run that trains the searched directions will
+        logger.warning(f"candidates {', '.join(unknown)} are not directions known here (a typo, or a direction of your "
+                       f"own: the run that trains the result must register it, LOCALMAMBA_DIRECTION_MODULES)")
     return given
 
 
