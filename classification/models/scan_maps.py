@@ -296,7 +296,8 @@ def unregister_direction(name: str) -> None:
     if name in _BUILTIN:
         raise ValueError(f'unregister_direction: {name!r} is a built-in direction')
     if name not in _REGISTRY:
-        raise ValueError(f'unregister_direction: {name!r} is not registered (registered: {list_directions()})')
+        own = [other for other in _REGISTRY if other not in _BUILTIN]
+        raise ValueError(f'unregister_direction: {name!r} is not registered (registered: {", ".join(own) or "none"})')
     del _REGISTRY[name]
     _clear_tables()
 

@@ -157,6 +157,8 @@ def test_registering_again_is_a_no_op_and_overwrite_replaces_the_cached_tables()
         sequence_index(('snake',), (2, 3))
     with pytest.raises(ValueError, match="'v' is a built-in direction"):
         unregister_direction('v')
+    with pytest.raises(ValueError, match=r"^unregister_direction: 'snake' is not registered \(registered: diag, cw\)$"):
+        unregister_direction('snake')        # the built-ins, which cannot be unregistered, are not listed
 
 
 @pytest.mark.parametrize('directions,grid,cls', [
