@@ -114,8 +114,11 @@ def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     """triton backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 math, output in x's dtype. A
     batch too large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
     slices = batch_slices(x.shape[0], math.prod(x.shape[1:]))
-    if len(slices) > 1:
-        return torch.cat([causal_conv1d_triton(x[part], weight, bias, activation) for part in slices])
+    # fp32 compute under any autocast; the split's torch.cat too is outside it (autocast refuses fp16 parts in a
+    # bf16 region and the reverse)
     with autocast_off(x.device.type):
+        if len(slices) > 1:   # the parts get the weight and bias in fp32: their gradients summed in fp32 (one call)
+            weight, bias = weight.float(), None if bias is None else bias.float()
+            return torch.cat([causal_conv1d_triton(x[part], weight, bias, activation) for part in slices])
         return torch.ops.localmamba.causal_conv1d_triton_fwd(
             x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), activation is not None)

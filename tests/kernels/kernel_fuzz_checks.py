@@ -3,11 +3,11 @@ It runs for minutes: the suite runs ten cases of each backend (test_triton_fuzz.
 defects it found as tiny deterministic cases in triton_interpreter_checks.py / triton_multi_scan_checks.py and the
 test_cpu_*.py files.
 
-Run: ``python tests/kernels/kernel_fuzz_checks.py [--backend triton|cpu] [--isa baseline|avx2|avx512|off]
-[--budget SECONDS] [--seed S] [--shard I/N] [--ops a,b] [--log FILE]``. The triton backend runs on CPU under the
-Triton interpreter (TRITON_INTERPRET=1 is set here, before triton is imported); the cpu backend needs no triton, runs
-its C kernels built for ``--isa`` (``off``: their PyTorch fallback) and draws a thread count per case (1 to 3, so
-that the kernels' work splits unevenly). Each case draws shapes (odd sizes, lengths off the tile and vector sizes,
+Run: ``python tests/kernels/kernel_fuzz_checks.py [--backend triton|cpu] [--isa baseline|avx2|avx512|off] [--budget
+SECONDS] [--seed S] [--shard I/N] [--ops a,b] [--autocast SHARE] [--log FILE]``. The triton backend runs on CPU under
+the Triton interpreter (TRITON_INTERPRET=1 is set here, before triton is imported); the cpu backend needs no triton,
+runs its C kernels built for ``--isa`` (``off``: their PyTorch fallback) and draws a thread count per case (1 to 3,
+so that the kernels' work splits unevenly). Each case draws shapes (odd sizes, lengths off the tile and vector sizes,
 batch 1, N = 1), optional arguments, dtypes (mixed where the contract accepts them; fp64 where the cpu backend takes
 it) and a memory layout per input (contiguous, transposed, every-other-element slices, a batch expanded with stride
 0, all dims permuted), runs the op on the backend and on the reference with the same tensors, and compares the
@@ -16,6 +16,17 @@ the outputs of a second call without autograd. It also flags NaN / inf where the
 values where it overflows; NaN and inf count as one, their choice follows the order of the sums), dtype / shape /
 gradient-presence differences, crashes and inputs modified in place. One JSON line per case goes to the log; a
 summary of the failures is printed at the end.
+
+Autocast: a share of the cases (``--autocast``, 0.15 by default) runs the op under a bf16 or fp16 CPU autocast
+region, forward and backward, for every op whose contract covers it. What the contract says decides the reference:
+the scan, the conv and the attention merge compute in fp32 under autocast and return their input's dtype, so they
+are compared with the reference outside autocast at the usual tolerance; ``mamba_inner_fn_no_out_proj`` runs its
+projections as plain ops under the ambient autocast, and so does the Triton ``multi_scan_inner``'s x projection
+(tensor cores on a GPU), so their reference runs in the same autocast region and the tolerance is that of the
+autocast dtype (the projections' rounding differs with the order of the sums). The cpu ``multi_scan_inner``
+computes all in fp32 under autocast: the plain reference. Under autocast the weights that multiply the activations
+are sometimes fp32 or of the autocast dtype (as in mixed-precision training, which only autocast accepts); a
+reference of plain ops outside autocast takes them in the activations' dtype.
 """
 from __future__ import annotations
 
@@ -46,7 +57,8 @@ LAYOUTS = ("contig", "transposed", "sliced", "expanded", "permuted", "swap01")
 
 
 GOLD = {"on": False}   # build every input in fp64 (from the values of its dtype): the fp64 reference
-RUN = {"backend": "triton"}   # the backend under test (main() sets it from --backend)
+RUN = {"backend": "triton", "autocast": 0.15}   # the backend under test, the share of autocast cases (main() sets them)
+AUTOCAST_DTYPES = {"bf16": BF16, "fp16": F16}
 
 
 # --- inputs in a memory layout ------------------------------------------------------------------------------------
@@ -183,9 +195,9 @@ def differential(fn, ref, inputs: Inputs, tol, seed=0, context=contextlib.nullco
     drawn = []
 
     def weights_of(outs):
-        if not drawn:
+        if not drawn:   # rounded to the backend's output dtypes: the fp64 reference gets the same output gradients
             g = torch.Generator().manual_seed(seed + 1)
-            drawn.extend(torch.randn(o.shape, generator=g, dtype=F64) for o in outs)
+            drawn.extend(torch.randn(o.shape, generator=g, dtype=F64).to(o.dtype).to(F64) for o in outs)
         return drawn
 
     tri = forward_backward(fn, leaves, weights_of, context)
@@ -274,26 +286,65 @@ def num_threads(n):
 def backend_context(rng, p, triton_patches=lambda: (), autocast=True):
     """The context a case runs its op in: the backend under test forced; for triton also the contexts
     ``triton_patches()`` returns (tile sizes, batch splitting; called inside, so triton is imported only then), for
-    cpu a thread count drawn here (``p["threads"]``) and, where ``autocast`` (an op that computes in fp32 under
-    autocast), sometimes a bf16 autocast region (``p["autocast"]``)."""
+    cpu a thread count drawn here (``p["threads"]``); and, where ``autocast`` (an op whose contract covers autocast),
+    sometimes an autocast region (``p["autocast"]``, see :func:`draw_autocast`)."""
     if RUN["backend"] == "cpu":
         p["threads"] = pick(rng, [1, 2, 2, 3])
-        p["autocast"] = autocast and rng.random() < 0.15
+    if "autocast" not in p:
+        draw_autocast(rng, p, autocast)
 
     @contextlib.contextmanager
     def context():
         with contextlib.ExitStack() as stack:
             if RUN["backend"] == "cpu":
                 stack.enter_context(num_threads(p["threads"]))
-                if p["autocast"]:
-                    stack.enter_context(torch.autocast("cpu", dtype=BF16))
             else:
                 for patch in triton_patches():
                     stack.enter_context(patch)
+            stack.enter_context(autocast_region(p))
             stack.enter_context(backends.forced_backend(RUN["backend"]))
             yield
 
     return context
+
+
+def draw_autocast(rng, p, autocast=True, dtype=None):
+    """``p["autocast"]``: for a share of the cases the name of a bf16 or fp16 autocast region, else None (a case
+    that needs it before :func:`backend_context` draws it first). ``dtype``: the activations' dtype of an op whose
+    plain ops run in the region, which then must be the half type of half activations (torch's autocast refuses fp16
+    tensors in a bf16 region and the reverse, e.g. in the backward of a split: for the reference too)."""
+    p["autocast"] = None
+    if autocast and rng.random() < RUN["autocast"]:
+        p["autocast"] = DTYPE_NAME[dtype] if dtype in (BF16, F16) else pick(rng, ["bf16", "bf16", "fp16"])
+
+
+def weight_dtype(rng, p, dtype):
+    """The dtype of the weights that multiply the activations (projections, conv, norm): the activations' own, or
+    under autocast (where the contract accepts others, as in mixed-precision training) sometimes fp32 or the
+    autocast dtype."""
+    if not p["autocast"]:
+        return dtype
+    return pick(rng, [dtype, F32, F32, AUTOCAST_DTYPES[p["autocast"]]])
+
+
+def cast_all(tensors, dtype):
+    """``tensors`` (None kept) in ``dtype``: mixed-dtype weights for a reference of plain ops that needs one dtype."""
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def autocast_region(p):
+    """The autocast region ``p["autocast"]`` names (the inputs are CPU tensors on both backends), or none."""
+    if not p.get("autocast"):
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=AUTOCAST_DTYPES[p["autocast"]])
+
+
+def ambient_tolerance(p, tol, *dtypes):
+    """The tolerance of an op whose projections follow the ambient autocast: as if its activations were of the
+    autocast dtype (the doubled one of low-precision activations), else ``tol``."""
+    if not p.get("autocast"):
+        return tol
+    return max(tol, 2 * tol_of(AUTOCAST_DTYPES[p["autocast"]], *dtypes))
 
 
 def on_cpu():
@@ -410,13 +461,16 @@ def case_mamba_inner(rng, g):
         p["B_proj_bias"] = False
     if p["C_given"] is not None:
         p["C_proj_bias"] = False
+    draw_autocast(rng, p, dtype=dtype)
+    wdtype = weight_dtype(rng, p, dtype)
+    p["weight_dtype"] = DTYPE_NAME[wdtype]
     inp = Inputs(g)
     xz = inp.add("xz", (batch, 2 * inner, seqlen), dtype, p["xz_layout"])
-    cw = inp.add("conv_weight", (inner, 1, width) if p["w3"] else (inner, width), dtype, scale=0.5)
-    cb = inp.add("conv_bias", (inner,), dtype, scale=0.1) if p["conv_bias"] else None
+    cw = inp.add("conv_weight", (inner, 1, width) if p["w3"] else (inner, width), wdtype, scale=0.5)
+    cb = inp.add("conv_bias", (inner,), wdtype, scale=0.1) if p["conv_bias"] else None
     rows = rank + dstate * ((p["B_given"] is None) + (p["C_given"] is None))
-    xpw = inp.add("x_proj_weight", (rows, inner), dtype, scale=inner ** -0.5)
-    dpw = inp.add("delta_proj_weight", (inner, rank), dtype, scale=rank ** -0.5)
+    xpw = inp.add("x_proj_weight", (rows, inner), wdtype, scale=inner ** -0.5)
+    dpw = inp.add("delta_proj_weight", (inner, rank), wdtype, scale=rank ** -0.5)
     A = inp.add("A", (inner, dstate), F32, fn=lambda v: -(v.abs() + 0.1))
     B = C = None
     if p["B_given"] == "const":
@@ -433,11 +487,15 @@ def case_mamba_inner(rng, g):
     bpb = inp.add("B_proj_bias", (dstate,), dtype) if p["B_proj_bias"] else None
     cpb = inp.add("C_proj_bias", (dstate,), dtype) if p["C_proj_bias"] else None
 
-    def call(f):
-        return lambda: f(xz, cw, cb, xpw, dpw, A, B, C, D, db, bpb, cpb, p["softplus"])
+    def fn():
+        return mamba_inner_fn_no_out_proj(xz, cw, cb, xpw, dpw, A, B, C, D, db, bpb, cpb, p["softplus"])
 
-    return (p, inp, call(mamba_inner_fn_no_out_proj), call(mamba_inner_no_out_proj_ref),
-            tol_of(dtype) * (2 if dtype != F32 else 1), backend_context(rng, p, autocast=False))
+    def ref():   # the projections are plain ops, under the same autocast as the backend's
+        with autocast_region(p):
+            return mamba_inner_no_out_proj_ref(xz, cw, cb, xpw, dpw, A, B, C, D, db, bpb, cpb, p["softplus"])
+
+    context = backend_context(rng, p)
+    return p, inp, fn, ref, ambient_tolerance(p, tol_of(dtype) * (2 if dtype != F32 else 1), dtype), context
 
 
 def case_conv(rng, g):
@@ -471,7 +529,8 @@ def case_conv(rng, g):
 
         return patched(triton_conv1d, BLOCK_D=p["block_d"], BLOCK_T=p["block_t"]), split(p, triton_conv1d)
 
-    return p, inp, call(causal_conv1d_fn), ref, tol_of(dtype, wdtype), backend_context(rng, p, triton_patches)
+    context = backend_context(rng, p, triton_patches)
+    return p, inp, call(causal_conv1d_fn), ref, tol_of(dtype, wdtype), context
 
 
 def case_conv_update(rng, g):
@@ -517,24 +576,24 @@ def multi_scan_problem(rng, g, p, dtype):
     p["index"] = random_index(rng, K, T, p["pad"]).tolist()
     index = torch.tensor(p["index"])
     channels = (2 * E if p["gate"] else E) + p["extra_channels"]
-    pdt = p["param_dtype"]
+    pdt, wdt = p["param_dtype"], p["weight_dtype"]
     tokens = inp.add("tokens", (p["batch"], T, channels), dtype, p["tokens_layout"])
-    xpw = inp.add("x_proj_weight", (K, R + 2 * N, E), dtype, scale=E ** -0.5)
-    dtw = inp.add("dt_proj_weight", (K, E, R), dtype, scale=R ** -0.5)
+    xpw = inp.add("x_proj_weight", (K, R + 2 * N, E), wdt, scale=E ** -0.5)
+    dtw = inp.add("dt_proj_weight", (K, E, R), wdt, scale=R ** -0.5)
     dtb = inp.add("dt_proj_bias", (K, E), pdt, scale=0.5, shift=p["bias_shift"], layout=pick(rng, LAYOUTS))
     alog = inp.add("A_log", (K, E, N), pdt, scale=0.5, layout=pick(rng, LAYOUTS))
     D = inp.add("D", (K, E), pdt, layout=pick(rng, LAYOUTS)) if p["D"] else None
     cw = cb = None
     if W:
-        cw = inp.add("conv_weight", (K, E, 1, W) if p["w4"] else (K, E, W), dtype, scale=0.5,
+        cw = inp.add("conv_weight", (K, E, 1, W) if p["w4"] else (K, E, W), wdt, scale=0.5,
                      layout=pick(rng, LAYOUTS))
-        cb = inp.add("conv_bias", (K, E), dtype, scale=0.1) if p["conv_bias"] else None
+        cb = inp.add("conv_bias", (K, E), wdt, scale=0.1) if p["conv_bias"] else None
     return inp, (tokens, index, xpw, dtw, dtb, alog, D, cw, cb, p["gate"])
 
 
 def multi_scan_params(rng):
     dtype = pick(rng, [F32, F32, BF16, F16])
-    return dtype, dict(
+    p = dict(
         batch=pick(rng, [1, 1, 2, 3]), K=pick(rng, [1, 2, 3, 4]),
         T=pick(rng, [1, 2, 3, 5, 7, 11, 17, 20] + ([16, 33, 40] if on_cpu() else [])),
         pad=pick(rng, [0, 0, 1, 3, 8]), E=pick(rng, [1, 2, 3, 5, 8, 9, 17] + ([16, 31, 33] if on_cpu() else [])),
@@ -546,12 +605,33 @@ def multi_scan_params(rng):
         tokens_layout=pick(rng, LAYOUTS),
         param_dtype=pick(rng, [dtype, F32, F32, BF16, F64]), deterministic=rng.random() < 0.3,
         tiles=pick(rng, [(16, 8, 32, 32), (16, 8, 32, 32), (4, 4, 8, 4), (8, 2, 4, 8), (2, 8, 2, 2)]))
+    draw_autocast(rng, p)
+    p["weight_dtype"] = weight_dtype(rng, p, dtype)
+    return dtype, p
+
+
+def multi_scan_reference(args):
+    """``multi_scan_inner_ref`` on ``args`` with the weights that multiply the tokens in the tokens' dtype."""
+    tokens, index, xpw, dtw, dtb, alog, D, cw, cb, gate = args
+    xpw, dtw, cw, cb = cast_all((xpw, dtw, cw, cb), tokens.dtype)
+    return multi_scan_inner_ref(tokens, index, xpw, dtw, dtb, alog, D, cw, cb, gate=gate)
+
+
+def projection_autocast(p):
+    """The autocast region of the reference ``multi_scan_inner``: the backend's, on triton (whose x projection runs
+    under the ambient autocast), none on cpu (which computes all in fp32 under autocast)."""
+    return contextlib.nullcontext() if on_cpu() else autocast_region(p)
+
+
+def multi_scan_tolerance(p, dtype):
+    tol = tol_of(dtype) * (2 if dtype != F32 else 1)
+    return tol if on_cpu() else ambient_tolerance(p, tol, dtype)
 
 
 def case_multi_scan(rng, g):
     dtype, p = multi_scan_params(rng)
     inp, args = multi_scan_problem(rng, g, p, dtype)
-    p["param_dtype"] = DTYPE_NAME[p["param_dtype"]]
+    p["param_dtype"], p["weight_dtype"] = DTYPE_NAME[p["param_dtype"]], DTYPE_NAME[p["weight_dtype"]]
     chunk, block_d, conv_chunk, conv_block = p["tiles"]
 
     p["split"] = rng.random() < 0.15
@@ -567,9 +647,10 @@ def case_multi_scan(rng, g):
         return multi_scan_inner_fn(*args[:-1], gate=args[-1])
 
     def ref():
-        return multi_scan_inner_ref(*args[:-1], gate=args[-1])
+        with projection_autocast(p):
+            return multi_scan_reference(args)
 
-    return p, inp, fn, ref, tol_of(dtype) * (2 if dtype != F32 else 1), context
+    return p, inp, fn, ref, multi_scan_tolerance(p, dtype), context
 
 
 def merge_weights(inp, E, hidden, dtype, rng):
@@ -591,9 +672,12 @@ def case_merge(rng, g):
              dtype=DTYPE_NAME[dtype],
              y_layout=pick(rng, LAYOUTS), eps=pick(rng, [1e-5, 1e-5, 1e-6, 1e-2]), tiles=pick(rng, MERGE_TILES),
              shift=pick(rng, [0.0, 0.0, 3.0]))
+    draw_autocast(rng, p)
+    wdtype = weight_dtype(rng, p, dtype)
+    p["weight_dtype"] = DTYPE_NAME[wdtype]
     inp = Inputs(g)
     y = inp.add("y", (p["batch"], p["K"], p["T"], p["E"]), dtype, p["y_layout"], shift=p["shift"])
-    w = merge_weights(inp, p["E"], p["hidden"], dtype, rng)
+    w = merge_weights(inp, p["E"], p["hidden"], wdtype, rng)
     rows, grad_rows, merge_rows, cols = p["tiles"]
 
     p["split"] = rng.random() < 0.15
@@ -609,7 +693,7 @@ def case_merge(rng, g):
         return attention_merge_fn(y, *w, eps=p["eps"])
 
     def ref():
-        return attention_merge_ref(y, *w, eps=p["eps"])
+        return attention_merge_ref(y, *cast_all(w, y.dtype), eps=p["eps"])
 
     return p, inp, fn, ref, tol_of(dtype) * (2 if dtype != F32 else 1), context
 
@@ -619,16 +703,20 @@ def case_scan_merge(rng, g):
     p["hidden"] = pick(rng, [1, 2, 3])
     p["eps"] = pick(rng, [1e-5, 1e-2])
     inp, args = multi_scan_problem(rng, g, p, dtype)
-    w = merge_weights(inp, p["E"], p["hidden"], dtype, rng)
-    p["param_dtype"] = DTYPE_NAME[p["param_dtype"]]
+    w = merge_weights(inp, p["E"], p["hidden"], p["weight_dtype"], rng)
+    p["param_dtype"], p["weight_dtype"] = DTYPE_NAME[p["param_dtype"]], DTYPE_NAME[p["weight_dtype"]]
+
+    context = backend_context(rng, p)
 
     def fn():
         return multi_scan_attention_merge_fn(*args[:-1], gate=args[-1], attention_weights=w, eps=p["eps"])
 
-    def ref():
-        return attention_merge_ref(multi_scan_inner_ref(*args[:-1], gate=args[-1]), *w, eps=p["eps"])
+    def ref():   # the merge computes in fp32 under autocast
+        with projection_autocast(p):
+            y = multi_scan_reference(args)
+        return attention_merge_ref(y, *cast_all(w, y.dtype), eps=p["eps"])
 
-    return p, inp, fn, ref, tol_of(dtype) * (2 if dtype != F32 else 1), backend_context(rng, p)
+    return p, inp, fn, ref, multi_scan_tolerance(p, dtype), context
 
 
 CASES = dict(selective_scan=case_selective_scan, mamba_inner=case_mamba_inner, conv1d=case_conv,
@@ -675,9 +763,13 @@ def main():
     parser.add_argument("--ops", default=None, help="default: every op (with --isa off: those with a fallback)")
     parser.add_argument("--log", default=None, help="default: <backend>_fuzz.jsonl")
     parser.add_argument("--max-cases", type=int, default=100000)
+    parser.add_argument("--autocast", type=float, default=RUN["autocast"],
+                        help="the share of the cases of ops that take autocast run under a bf16 / fp16 region "
+                             "(a case's draws depend on it: --only needs the share of the run)")
     parser.add_argument("--only", type=int, default=None, help="rerun one case number (prints the traceback)")
     args = parser.parse_args()
     select_backend(args.backend, args.isa)
+    RUN["autocast"] = args.autocast
     torch.set_num_threads(1)
     shard, shards = (int(x) for x in args.shard.split("/"))
     ops = args.ops.split(",") if args.ops else list(FALLBACK_OPS if args.isa == "off" else CASES)

@@ -197,6 +197,66 @@ def check_empty_batch():
     print("ok empty batch (conv1d, attention merge)")
 
 
+def check_split_batch_under_other_half_autocast():
+    """fp16 inputs in a bf16 autocast region with the batch split into one kernel call per element: the scan and the
+    conv compute in fp32 under any autocast, so they give the results of the one-call path outside autocast (the
+    split path joined its parts with a torch.cat under the autocast, which refuses fp16 tensors in a bf16 region)."""
+    g = torch.Generator().manual_seed(4)
+    u, delta, z = (torch.randn(2, 4, 6, generator=g).half().requires_grad_() for _ in range(3))
+    A = -torch.rand(4, 3, generator=g) - 0.1
+    B, C = (torch.randn(2, 1, 3, 6, generator=g).half().requires_grad_() for _ in range(2))
+    w = torch.randn(4, 3, generator=g).half().requires_grad_()
+    weights = [torch.randn(2, 4, 6, generator=g)]
+    ops = (("scan", selective_scan_triton, lambda: selective_scan_fn(u, delta, A, B, C, z=z, delta_softplus=True),
+            [u, delta, z, B, C]),
+           ("conv1d", triton_conv1d, lambda: causal_conv1d_fn(u, w, None, "silu"), [u, w]))
+    for name, module, fn, inputs in ops:
+        outs_ref, grads_ref = grads_of(fn, inputs, weights)
+        with one_element_per_call(module) as counts, torch.autocast("cpu", dtype=torch.bfloat16):
+            outs, grads = grads_of(fn, inputs, weights)
+        if max(counts) != 2:
+            sys.exit(f"{name} under autocast: the batch of 2 was split into {counts} calls, expected 2")
+        for label, actual, expected in zip(["output"] + [f"grad {i}" for i in range(len(inputs))],
+                                           outs + grads, outs_ref + grads_ref):
+            if actual.dtype != expected.dtype:
+                sys.exit(f"{name} split under bf16 autocast: {label} {actual.dtype}, expected {expected.dtype}")
+            close(f"{name} split under bf16 autocast: {label}", actual, expected, 1e-3)
+    print("ok scan and conv1d, fp16 batch split into one call per element under bf16 autocast")
+
+
+def check_split_batch_sums_shared_gradients_in_fp32():
+    """fp16 parameters shared by the batch (A, D, the dt bias, a time-invariant B; the conv's weight and bias), the
+    batch split into one kernel call per element: their gradients are the one-call path's, summed over the batch in
+    fp32 and rounded once. Both elements have the same inputs and output weights w and -0.99 w, so the sum cancels
+    to 1% of each part: the split path rounded each part to fp16 before summing them (5% off here; beyond 65504 an
+    inf, and NaN where two such parts cancel)."""
+    g = torch.Generator().manual_seed(6)
+
+    def pair(*shape):
+        return torch.randn(1, *shape, generator=g).expand(2, *shape).contiguous().requires_grad_()
+
+    def half(*shape, shift=0.0):
+        return (torch.randn(*shape, generator=g) + shift).half().requires_grad_()
+
+    u, delta, C = pair(4, 6), pair(4, 6), pair(3, 6)
+    A, B, D, bias = half(4, 3, shift=-1.0), half(4, 3), half(4), half(4)
+    w, b = half(4, 3), half(4)
+    weight = torch.randn(1, 4, 6, generator=g)
+    weights = [torch.cat([weight, -0.99 * weight])]
+    ops = (("scan", selective_scan_triton, lambda: selective_scan_fn(u, delta, A, B, C, D, delta_bias=bias,
+                                                                     delta_softplus=True), [A, B, D, bias]),
+           ("conv1d", triton_conv1d, lambda: causal_conv1d_fn(u, w, b, "silu"), [w, b]))
+    for name, module, fn, shared in ops:
+        _, expected = grads_of(fn, shared, weights)
+        with one_element_per_call(module) as counts:
+            _, actual = grads_of(fn, shared, weights)
+        if max(counts) != 2:
+            sys.exit(f"{name}: the batch of 2 was split into {counts} calls, expected 2")
+        for i, (grad, grad_ref) in enumerate(zip(actual, expected)):
+            close(f"{name} split, fp16 shared parameter {i}: gradient", grad, grad_ref, 2e-3)
+    print("ok scan and conv1d, batch split into one call per element: fp16 shared parameters' gradients")
+
+
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     assert selected_backend("selective_scan", "cpu") == "triton"
@@ -218,6 +278,8 @@ def main():
     check_conv(3, None, False)
     check_conv(2, "silu", False, dtype=torch.bfloat16)
     check_empty_batch()
+    check_split_batch_under_other_half_autocast()
+    check_split_batch_sums_shared_gradients_in_fp32()
 
 
 if __name__ == "__main__":

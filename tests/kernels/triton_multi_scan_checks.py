@@ -15,7 +15,8 @@ from batch_splitting import one_element_per_call
 
 from classification.models.scan_maps import sequence_index
 from localmamba_kernel_runtime import backends
-from localmamba_ssm import attention_merge_fn, attention_merge_ref, multi_scan_inner_fn, multi_scan_inner_ref
+from localmamba_ssm import (attention_merge_fn, attention_merge_ref, multi_scan_attention_merge_fn, multi_scan_inner_fn,
+                            multi_scan_inner_ref)
 from localmamba_ssm.ops.triton import attention_merge_triton, multi_scan_triton
 
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
@@ -191,6 +192,70 @@ def check_merge_backward_under_autocast():
     print(f"ok attention_merge backward under bf16 autocast ({len(grads)} gradients in fp32)")
 
 
+def check_split_batch_under_other_half_autocast():
+    """fp16 tokens and weights in a bf16 autocast region (which the x projection follows, the rest computing in fp32)
+    with the batch split into one kernel call per element by both ops: the outputs and gradients of the one-call
+    path in that region (the split path joined its parts with a torch.cat under the autocast, which refuses fp16
+    tensors in a bf16 region)."""
+    p = scan_problem(("h", "w2_flip"), (3, 5), None, inner=5, state=4, width=3, gate=True, with_d=True,
+                     dtype=torch.float16, seed=9)
+    g = torch.Generator().manual_seed(9)
+    merge = [(torch.randn(shape, generator=g) * 0.3).half().requires_grad_()
+             for shape in ((5,), (5,), (2, 5), (2,), (5, 2), (5,))]
+    inputs = [t for t in p.values() if t is not None and t.requires_grad] + merge
+    weight = torch.randn(2, 15, 5, generator=g)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = multi_scan_attention_merge_fn(*(p[k] for k in SCAN_ARGS), gate=True, attention_weights=merge)
+            return (out, *torch.autograd.grad((out.float() * weight).sum(), inputs))
+
+    expected = run()
+    with one_element_per_call(multi_scan_triton, attention_merge_triton) as counts:
+        actual = run()
+    if counts.count(2) != 2:     # each op's batch of 2 in two calls (and each part in one)
+        sys.exit(f"split under autocast: the batches were split into {counts} calls, expected 2 for each op")
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        err = relative_error(a, e)
+        if a.dtype != e.dtype or not err < 1e-2:
+            sys.exit(f"split under bf16 autocast, result {i}: {a.dtype} (expected {e.dtype}), relative error "
+                     f"{err:.2e}")
+    print(f"ok multi_scan_inner + attention_merge, fp16 batch split under bf16 autocast ({len(inputs)} gradients)")
+
+
+def check_split_batch_sums_shared_gradients_in_fp32():
+    """fp16 tokens and parameters, the batch split into one kernel call per element: the gradients of the
+    parameters the kernels read (all but the x projection's weight, whose gradient each part's fp16 matmul rounds)
+    and of the attention weights are the one-call path's, summed over the batch in fp32 and rounded once. Both
+    elements have the same inputs and output weights w and -0.99 w, so the sum cancels to 1% of each part: the
+    split path rounded each part to fp16 before summing them (several % off; beyond 65504 an inf, NaN where two
+    such parts cancel)."""
+    p = scan_problem(("h", "w2_flip"), (3, 5), None, inner=5, state=4, width=3, gate=True, with_d=True,
+                     dtype=torch.float16, seed=10)
+    p["tokens"] = p["tokens"].detach()[:1].expand(2, -1, -1).contiguous().requires_grad_()
+    g = torch.Generator().manual_seed(10)
+    y = torch.randn(1, 2, 15, 5, generator=g).half().expand(2, -1, -1, -1).contiguous()
+    merge = [(torch.randn(shape, generator=g) * 0.3).half().requires_grad_()
+             for shape in ((5,), (5,), (2, 5), (2,), (5, 2), (5,))]
+    shared = [p[k] for k in ("dt_proj_weight", "dt_proj_bias", "A_log", "D", "conv_weight", "conv_bias")]
+    ops = (("multi_scan_inner", multi_scan_triton, lambda: multi_scan_inner_fn(*(p[k] for k in SCAN_ARGS), gate=True),
+            shared, (1, 2, 15, 5)),
+           ("attention_merge", attention_merge_triton, lambda: attention_merge_fn(y, *merge), merge, (1, 15, 5)))
+    for name, module, fn, params, shape in ops:
+        weight = torch.randn(shape, generator=g)
+        weight = torch.cat([weight, -0.99 * weight])
+        expected = torch.autograd.grad((fn().float() * weight).sum(), params)
+        with one_element_per_call(module):
+            actual = torch.autograd.grad((fn().float() * weight).sum(), params)
+        for i, (grad, grad_ref) in enumerate(zip(actual, expected)):
+            err = relative_error(grad, grad_ref)
+            if grad.dtype != grad_ref.dtype or not err < 2e-3:
+                sys.exit(f"{name} split, fp16 shared parameter {i}: gradient {grad.dtype}, relative error {err:.2e} "
+                         f"to the one-call path's")
+    print("ok multi_scan_inner and attention_merge, batch split into one call per element: fp16 shared parameters' "
+          "gradients")
+
+
 def check_custom_ops():
     """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the custom ops, as
     ``torch.compile`` needs them (``torch.library.opcheck``; it runs backward through the fakes too)."""
@@ -271,6 +336,8 @@ def main():
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
     check_merge_backward_under_autocast()
+    check_split_batch_under_other_half_autocast()
+    check_split_batch_sums_shared_gradients_in_fp32()
     check_custom_ops()
     check_compiled()
 

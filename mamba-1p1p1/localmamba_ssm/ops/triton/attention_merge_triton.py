@@ -190,10 +190,13 @@ def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias
     """triton backend of ``attention_merge_fn`` (same arguments and result). A batch too large for one kernel call
     (``launch_limits``) runs as several calls on slices of it."""
     slices = batch_slices(y.shape[0], math.prod(y.shape[1:]))
-    if len(slices) > 1:
-        return torch.cat([attention_merge_triton(y[part], norm_weight, norm_bias, reduce_weight, reduce_bias,
-                                                 select_weight, select_bias, eps) for part in slices])
+    # fp32 compute under any autocast; the split's torch.cat too is outside it (autocast refuses fp16 parts in a
+    # bf16 region and the reverse)
     with autocast_off(y.device.type):
+        if len(slices) > 1:   # the parts get the weights in fp32: their gradients summed in fp32 (as on one call)
+            weights = [t.float() for t in (norm_weight, norm_bias, reduce_weight, reduce_bias, select_weight,
+                                           select_bias)]
+            return torch.cat([attention_merge_triton(y[part], *weights, eps) for part in slices])
         return attention_merge_triton_fwd(
             y.contiguous(), *(t.float().contiguous() for t in (norm_weight, norm_bias, reduce_weight, reduce_bias,
                                                                 select_weight, select_bias)), eps)[0]

@@ -600,8 +600,16 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
         num_dirs * triton.cdiv(inner, SCAN_BLOCK_D) * rows * 2 * dstate),     # per-block B / C gradients
         item_grid_rows=num_dirs)
     if len(slices) > 1:
-        return torch.cat([multi_scan_inner_triton(tokens[part], index, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                                                  A_log, D, conv_weight, conv_bias, gate) for part in slices])
+        # the parts get the parameters the kernels read in fp32, so that their gradients are summed over the parts
+        # in fp32 and rounded to the parameters' dtype once, as on one call (each part's x projection runs in the
+        # tokens' dtype, or under the ambient autocast, and rounds its weight's gradient there); their torch.cat
+        # outside autocast, which refuses fp16 parts in a bf16 region and the reverse
+        dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias = (
+            None if t is None else t.float() for t in (dt_proj_weight, dt_proj_bias, A_log, D, conv_weight, conv_bias))
+        parts = [multi_scan_inner_triton(tokens[part], index, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+                                         conv_weight, conv_bias, gate) for part in slices]
+        with autocast_off(tokens.device.type):
+            return torch.cat(parts)
     index32 = index.to(torch.int32).contiguous()
 
     def dense(t):

@@ -400,13 +400,19 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     spans = [item_span(M) for M in (B, C) if M.dim() >= 3]
     slices = batch_slices(batch, max(dim * seqlen, dim * triton.cdiv(seqlen, CHUNK) * dstate,
                                      dim // _block_d(dim, B, C) * dstate * seqlen, *spans), item_grid_rows=1)
-    if len(slices) > 1:
-        parts = [selective_scan_triton(u[rows], delta[rows], A, B if B.dim() == 2 else B[rows],
-                                       C if C.dim() == 2 else C[rows], D, None if z is None else z[rows], delta_bias,
-                                       delta_softplus, return_last_state=True) for rows in slices]
-        out, last = (torch.cat(outs) for outs in zip(*parts))
-        return (out, last) if return_last_state else out
+    # fp32 compute under any autocast; the split's torch.cat too is outside it (autocast refuses fp16 parts in a
+    # bf16 region and the reverse)
     with autocast_off(u.device.type):
+        if len(slices) > 1:
+            # the parts get the parameters shared by the batch in fp32, so that their gradients are summed over
+            # the parts in fp32 and rounded to the parameters' dtype once, as on one call
+            A, D, delta_bias = (None if t is None else t.float() for t in (A, D, delta_bias))
+            B, C = (M.float() if M.dim() == 2 else M for M in (B, C))
+            parts = [selective_scan_triton(u[rows], delta[rows], A, B if B.dim() == 2 else B[rows],
+                                           C if C.dim() == 2 else C[rows], D, None if z is None else z[rows],
+                                           delta_bias, delta_softplus, return_last_state=True) for rows in slices]
+            out, last = (torch.cat(outs) for outs in zip(*parts))
+            return (out, last) if return_last_state else out
 
         def act(t):
             return None if t is None else _kernel_dtype(t).contiguous()
