@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..common.csv_log import CsvLog
+from ..common.csv_log import SEARCH_PROBS_CSV, CsvLog
 from ..models.multi_scan import search_candidates, search_layers
 from .probs import layer_probabilities
 
@@ -22,7 +22,7 @@ class SearchMonitor:
     def __init__(self, model: nn.Module, exp_dir: str, enabled: bool = True):
         self.model = model
         self.candidates = search_candidates(model)
-        self.csv = CsvLog(os.path.join(exp_dir, "search_probs.csv"), ("epoch", "layer") + self.candidates,
+        self.csv = CsvLog(os.path.join(exp_dir, SEARCH_PROBS_CSV), ("epoch", "layer") + self.candidates,
                           enabled=enabled)
 
     @classmethod
