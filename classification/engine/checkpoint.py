@@ -66,7 +66,7 @@ def scan_directions(model: nn.Module) -> Optional[list[list[str]]]:
     return None if table is None else [list(layer) for layer in table]
 
 
-def search_candidates(model: nn.Module) -> Optional[list[str]]:
+def saved_search_candidates(model: nn.Module) -> Optional[list[str]]:
     """The candidate directions a search supernet weighs, in the order of its search weights; None for a model with
     fixed directions or another family. Saved in training checkpoints: two candidate lists of one length give weights
     of the same keys and shapes."""
@@ -81,7 +81,7 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     saved_name = ckpt.get("model_name")
     if saved_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} is a checkpoint of {saved_name}, not of {model_name}: give --model {saved_name}")
-    saved_candidates, own_candidates = ckpt.get("candidates"), search_candidates(model)
+    saved_candidates, own_candidates = ckpt.get("candidates"), saved_search_candidates(model)
     if saved_candidates is None and "directions" in ckpt and ckpt["directions"] is None:
         saved_candidates = list(CANDIDATES)   # a supernet's checkpoint from before candidates= searched the original 8
     if saved_candidates is not None and own_candidates is not None and saved_candidates != own_candidates:

@@ -44,7 +44,7 @@ from ..data.transforms import check_auto_augment
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
-                         scan_directions, search_candidates)
+                         scan_directions, saved_search_candidates)
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
@@ -212,7 +212,7 @@ class Run:
             "rng": [rng for rng, _ in states],
             "model_name": canonical_model_name(self.cfg.model),
             "directions": scan_directions(self.model),
-            "candidates": search_candidates(self.model),
+            "candidates": saved_search_candidates(self.model),
             "classes": self.classes,
             "config": config_dict(self.cfg),
         }

@@ -7,7 +7,7 @@ import timm
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
 from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions
-from classification.engine.checkpoint import check_same_model, scan_directions, search_candidates
+from classification.engine.checkpoint import check_same_model, scan_directions, saved_search_candidates
 
 from safety_helpers import assert_one_line_error, run_tool
 
@@ -77,8 +77,8 @@ def test_a_search_over_other_candidates_is_refused_naming_them():
     (saved by training) must be the model's."""
     ours = timm.create_model("local_vim_tiny_search", candidates=["h", "v", "w2"], **SMALL)
     other = timm.create_model("local_vim_tiny_search", candidates=["h", "v", "w3"], **SMALL)
-    assert search_candidates(ours) == ["h", "v", "w2"] and search_candidates(timm.create_model("local_vim_tiny",
-                                                                                               **SMALL)) is None
+    assert saved_search_candidates(ours) == ["h", "v", "w2"]
+    assert saved_search_candidates(timm.create_model("local_vim_tiny", **SMALL)) is None
     ckpt = {"model_name": "local_vim_tiny_search", "directions": None, "candidates": ["h", "v", "w2"]}
     check_same_model(ours, "local_vim_tiny_search", ckpt, "x")
     refusal = r'^x is a search over the candidates h v w2, this model searches over h v w3: give --model-kwargs ' \
