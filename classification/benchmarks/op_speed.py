@@ -8,18 +8,16 @@ For the scans the table also gives the forward's nanoseconds per state update pe
 forward's (backward = forward + backward minus forward)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from unittest import mock
 
 import torch
-from localmamba_conv1d import causal_conv1d_fn
 from localmamba_kernel_runtime import backends, ckernel
-from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
 
 from ..models.scan_maps import sequence_index
 from .mixer_ops import LAYER_DIRECTIONS, SCAN_TILES, mixer_problem
+from .op_problems import conv_problem, inner_problem, scan_problem
 from .tables import render_table
 from .timing import DTYPES, cuda_graph_seconds, median_seconds
 
@@ -49,24 +47,11 @@ class Case:
     updates: Optional[int] = None
 
 
-def _leaf(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().requires_grad_()
-
-
 def scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
     """selective_scan_fn with z, D, delta_bias, softplus and variable B/C of shape (Bt, 1, N, L)."""
-    g = torch.Generator().manual_seed(0)
-    bt, dm, seqlen, n = shape.batch, shape.dim, shape.seqlen, shape.dstate
-
-    def rand(*size, scale=1.0, dt=dtype):
-        return _leaf((torch.randn(*size, generator=g) * scale).to(device=device, dtype=dt))
-
-    u, delta, z = rand(bt, dm, seqlen), rand(bt, dm, seqlen, scale=0.5), rand(bt, dm, seqlen)
-    B, C = rand(bt, 1, n, seqlen), rand(bt, 1, n, seqlen)
-    A = _leaf(-torch.exp(torch.randn(dm, n, generator=g) * 0.5).to(device))
-    D, bias = rand(dm, dt=torch.float32), rand(dm, scale=0.5, dt=torch.float32)
-    return Case(lambda: selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True),
-                [u, delta, A, B, C, D, z, bias], updates=bt * dm * seqlen * n)
+    fn, inputs, _ = scan_problem(device, dtype, "var4", 1, shape.dim, shape.seqlen, shape.dstate, softplus=True,
+                                 use_z=True, last=False, batch=shape.batch)
+    return Case(fn, inputs, updates=shape.batch * shape.dim * shape.seqlen * shape.dstate)
 
 
 def multi_scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
@@ -80,35 +65,15 @@ def multi_scan_case(shape: OpShape, device: torch.device, dtype: torch.dtype) ->
 
 def inner_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
     """mamba_inner_fn_no_out_proj with LocalVim-T sizes: E = dim, R = ceil(E / 32) (autocast for bf16/fp16)."""
-    g = torch.Generator().manual_seed(0)
-    bt, e, seqlen, n = shape.batch, shape.dim, shape.seqlen, shape.dstate
-    rank = math.ceil(e / 32)
-
-    def rand(*size, scale=1.0, dt=torch.float32):
-        return _leaf((torch.randn(*size, generator=g) * scale).to(device=device, dtype=dt))
-
-    xz = rand(bt, 2 * e, seqlen, dt=dtype)
-    conv_w, conv_b = rand(e, 1, shape.width, scale=0.5), rand(e, scale=0.1)
-    x_proj, dt_proj = rand(rank + 2 * n, e, scale=e ** -0.5), rand(e, rank, scale=rank ** -0.5)
-    A = _leaf(-torch.exp(torch.randn(e, n, generator=g) * 0.5).to(device))
-    D, dt_bias = rand(e), rand(e, scale=0.5)
-    params = [xz, conv_w, conv_b, x_proj, dt_proj, A, D, dt_bias]
-
-    def run():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, x_proj, dt_proj, A, None, None, D, dt_bias,
-                                              delta_softplus=True)
-
-    return Case(run, params)
+    fn, inputs, _ = inner_problem(device, dtype, shape.dim, shape.seqlen, shape.dstate, batch=shape.batch,
+                                  width=shape.width)
+    return Case(fn, inputs)
 
 
 def conv1d_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
     """causal_conv1d_fn with SiLU: x (Bt, dim, L), weight (dim, width), bias."""
-    g = torch.Generator().manual_seed(0)
-    x = _leaf(torch.randn(shape.batch, shape.dim, shape.seqlen, generator=g).to(device=device, dtype=dtype))
-    w = _leaf(torch.randn(shape.dim, shape.width, generator=g).to(device))
-    b = _leaf(torch.randn(shape.dim, generator=g).to(device))
-    return Case(lambda: causal_conv1d_fn(x, w, b, activation="silu"), [x, w, b])
+    fn, inputs, _ = conv_problem(device, dtype, shape.width, True, shape.dim, shape.seqlen, batch=shape.batch)
+    return Case(fn, inputs)
 
 
 CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case, "multi_scan": multi_scan_case}
