@@ -38,9 +38,11 @@ def states_and_decayed(a, b, h0):
     """The states h_t of a (CT, ...) tile of steps h_t = a_t h_{t-1} + b_t from h0 (time first), and a_t h_{t-1}
     (what the gradients of A and dt need), from one associative scan. a_t h_{t-1} is scanned for, not recovered as
     h_t - b_t: that difference cancels to noise where a_t h_{t-1} << b_t (a decay e^{dt A} near 0), which made the
-    A gradient of such a state up to 100% wrong."""
-    a_cum, b_cum, q_cum = tl.associative_scan((a, b, tl.zeros_like(b)), 0, _combine_with_decayed)
-    return a_cum * h0 + b_cum, a_cum * h0 + q_cum
+    A gradient of such a state up to 100% wrong. h_t is then a_t h_{t-1} + b_t, so that the scan's b_cum is not kept
+    beside a_t h_{t-1}: the selective scan's backward spilled registers on sm_90 with triton 3.6 (N = 4, one warp)."""
+    a_cum, _, q_cum = tl.associative_scan((a, b, tl.zeros_like(b)), 0, _combine_with_decayed)
+    ah = a_cum * h0 + q_cum
+    return ah + b, ah
 
 
 @triton.jit
