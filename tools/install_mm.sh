@@ -3,6 +3,7 @@
 # mmcv 2.1.0 with its compiled ops (built from PyPI's source release), mmengine, mmdet 3.3.0, mmsegmentation 1.2.2.
 #
 # Usage: bash tools/install_mm.sh            (run with the Python environment that already has torch)
+#        bash tools/install_mm.sh --help     (this text; the script takes no other argument)
 # Environment:
 #   PYTHON            interpreter to install into (default: python)
 #   FORCE_CUDA        1 builds the CUDA ops even when no GPU is visible (needs nvcc); 0 builds CPU ops only.
@@ -19,6 +20,16 @@
 # removed, so setuptools < 81 is installed. The wheel is cached per mmcv/torch/python/ops variant, so later runs
 # install in seconds.
 set -euo pipefail
+
+if [[ $# -gt 0 ]]; then
+    if [[ $# -eq 1 && ( "$1" == "-h" || "$1" == "--help" ) ]]; then
+        sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"  # the comment block above
+        exit 0
+    fi
+    echo "install_mm.sh: unexpected argument(s) $*: it takes none; settings come from environment variables" \
+         "(bash tools/install_mm.sh --help)" >&2
+    exit 2
+fi
 
 PYTHON=${PYTHON:-python}
 MMCV_VERSION=2.1.0

@@ -143,3 +143,18 @@ def test_the_original_readme_evaluation_config_path_is_the_recipe():
     recipe = vars(parse_args(["-c", os.path.join(REPO, "configs/strategies/local_mamba/config.yaml")]))
     assert {k: v for k, v in named.items() if k != "config"} == {k: v for k, v in recipe.items() if k != "config"}
     assert (named["aa"], named["lr"], named["epochs"]) == ("rand-m9-mstd0.5", 1e-3, 300)
+
+
+def test_install_mm_prints_its_usage_for_help_and_refuses_other_arguments():
+    """`install_mm.sh --help` started the install (it read no argument); PYTHON=false: nothing may run past the
+    argument check."""
+    script, env = os.path.join(REPO, "tools", "install_mm.sh"), {**os.environ, "PYTHON": "false"}
+    shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, env=env)
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert shown.stdout.startswith("Install the OpenMMLab stack used by detection/ and segmentation/:\n")
+    assert "Usage: bash tools/install_mm.sh " in shown.stdout and "  FORCE_CUDA " in shown.stdout
+    assert "#" not in shown.stdout.replace("<CUDA_HOME>", "") and "set -euo" not in shown.stdout
+    refused = subprocess.run(["bash", script, "--cuda"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == ("install_mm.sh: unexpected argument(s) --cuda: it takes none; settings come from "
+                              "environment variables (bash tools/install_mm.sh --help)\n")
