@@ -46,8 +46,10 @@ def original_flops(model: nn.Module, img_size: int = 224, fvcore_total: Optional
 
 def flops_row(name: str, img_size: int = 224, num_classes: Optional[int] = None,
               model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None) -> dict:
-    """Params and both FLOP counts of one model (built as :func:`build_model` builds it): dict(model, img_size, params,
-    original, fvcore, unsupported)."""
+    """Params and both FLOP counts of one model (built as :func:`build_model` builds it), at the size it is built for
+    (an ``img_size`` in ``model_kwargs`` wins over ``img_size``): dict(model, img_size, params, original, fvcore,
+    unsupported)."""
+    img_size = int((model_kwargs or {}).get("img_size", img_size))
     model = build_model(name, img_size, num_classes=num_classes, model_kwargs=model_kwargs, directions=directions)
     check_image_size(model, resolve_model_name(name), img_size)
     total, unsupported = fvcore_flops(model, img_size)

@@ -116,6 +116,15 @@ def test_cli_prints_a_table(tool, capsys):
     assert float(row[3]) > 0 and float(row[4]) > float(row[3])
 
 
+def test_an_img_size_in_model_kwargs_is_the_size_counted(tool, capsys):
+    """`--model-kwargs img_size=32` built the model for 32 px but counted it at --img-size's default 224."""
+    assert tool.main(['local_vim_tiny', '--model-kwargs', 'img_size=32', '--num-classes', '10']) == 0
+    by_kwargs = capsys.readouterr().out.splitlines()[2].split()
+    assert tool.main(['local_vim_tiny', '--img-size', '32', '--num-classes', '10']) == 0
+    by_flag = capsys.readouterr().out.splitlines()[2].split()
+    assert by_kwargs[1] == '32' and by_kwargs == by_flag
+
+
 def test_cli_refuses_unknown_names_with_close_matches(tool, capsys):
     assert tool.main(['local_vim_tny']) == 2
     err = capsys.readouterr().err
