@@ -45,7 +45,7 @@ _REGISTRY: Dict[str, Dict[str, Check]] = {}
 _LOGGED: set = set()
 _LOCK = threading.Lock()
 _MODULES: Dict[str, Optional[ModuleType]] = {}  # import name -> module, or None when it cannot be imported
-_TRITON: Dict[str, bool] = {}
+_TRITON: Dict[str, bool] = {}  # "installed": whether the triton package is (`_find_triton`)
 _REQUESTED: Dict[str, str] = {}  # "choice" -> the requested backend, once read or forced
 
 
@@ -200,11 +200,18 @@ def optional_module(name: str) -> Optional[ModuleType]:
     return _MODULES[name]
 
 
+def _find_triton() -> None:
+    """Look for the ``triton`` package (without importing it), once at import and at `reset_caches`: never inside a
+    compiled model, where torch 2.11's dynamo cannot trace ``importlib.util.find_spec`` and breaks the graph."""
+    _TRITON["installed"] = importlib.util.find_spec("triton") is not None
+
+
+_find_triton()
+
+
 def triton_importable() -> bool:
-    """True when the ``triton`` package is installed (it is not imported here). Cached in a plain dict: dynamo warns
+    """True when the ``triton`` package is installed (it is not imported here). Kept in a plain dict: dynamo warns
     about every ``functools`` cache it meets while compiling a model."""
-    if "installed" not in _TRITON:
-        _TRITON["installed"] = importlib.util.find_spec("triton") is not None
     return _TRITON["installed"]
 
 
@@ -217,7 +224,7 @@ def reset_caches() -> None:
     """Forget cached imports, logged choices and the forced backend (for tests that install fake packages or set
     ``LOCALMAMBA_BACKEND``)."""
     _MODULES.clear()
-    _TRITON.clear()
+    _find_triton()
     _LOGGED.clear()
     _REQUESTED.clear()
 

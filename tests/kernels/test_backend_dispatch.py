@@ -1,4 +1,5 @@
 """Backend selection: env-var validation, forced backends, and dispatch to (fake) official packages."""
+import importlib.util
 import logging
 import sys
 import types
@@ -101,6 +102,22 @@ def test_without_official_packages_cuda_falls_to_next(monkeypatch):
     monkeypatch.setattr(backends, "triton_importable", lambda: False)
     assert selected_backend("selective_scan", "cuda") == "reference"
     assert selected_backend("causal_conv1d", "cuda") == "reference"
+
+
+def test_choosing_a_backend_never_looks_for_triton(monkeypatch):
+    """The choice runs inside compiled models, where torch 2.11's dynamo cannot trace importlib.util.find_spec (a
+    graph break on the first compile of a process): triton is looked for at import and by reset_caches only."""
+    backends.reset_caches()
+    found = backends.triton_importable()
+
+    def traced_find_spec(name, *args):
+        raise AssertionError(f"find_spec({name!r}) called while choosing a backend")
+
+    with monkeypatch.context() as patched:  # undone before the teardown's reset_caches
+        patched.setattr(importlib.util, "find_spec", traced_find_spec)
+        for device in ("cpu", "cuda"):
+            selected_backend("selective_scan", device)
+        assert backends.triton_importable() == found
 
 
 def test_official_scan_wrapper_casts_as_the_kernel_requires(monkeypatch):
