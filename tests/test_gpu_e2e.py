@@ -66,6 +66,16 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     assert len(set(folders)) == len(folders) - 2   # fresh folders, but the resumed ones
     resumed = by_name["the killed run continues with --resume"].argv
     assert resumed[resumed.index("--resume") + 1] == os.path.join(resume, "run", "last.pth.tar")
+    killed = by_name["train, killed after its first epoch"].stop_when
+    os.makedirs(os.path.join(resume, "run"), exist_ok=True)
+    with open(os.path.join(resume, "run", "last.pth.tar"), "w") as f:   # written before epoch 0's validation
+        f.write("training of epoch 0, not yet validated")
+    with open(os.path.join(resume, "run", "lr.csv"), "w") as f:
+        f.write("epoch,step,lr\n0,0,0.1\n")
+    assert not killed()
+    with open(os.path.join(resume, "run", "lr.csv"), "a") as f:
+        f.write("1,56,0.05\n")
+    assert killed()   # epoch 0 is committed: the resume starts at epoch 1
     assert by_name["tools/test.py --compile reduce-overhead"].argv[-5:-4] == ["default"]   # CPU: inductor's mode
     runs = [s.argv for s in seen if "--output" in s.argv]   # training, dist_train and test: the one quickstart model
     models = {argv[argv.index("--model") + 1] if "--model" in argv else argv[argv.index("configs/quickstart.yaml") + 1]

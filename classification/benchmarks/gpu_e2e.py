@@ -199,10 +199,12 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                           ["sh", "tools/dist_train.sh", str(procs), "configs/quickstart.yaml", model,
                            "--epochs", "1"] + common + run_dir(folder),
                           240, _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
-    checkpoint = last("resume")
+    checkpoint, resume_lr = last("resume"), os.path.join(workdir, "resume", "run", "lr.csv")
     killed = "train, killed after its first epoch"
+    # killed once epoch 1 logs a step: last.pth.tar already exists during epoch 0's validation (its training saved)
     steps.append(Step(killed, train + ["--epochs", "3"] + run_dir("resume"), 180,
-                      _all_of(was_killed, _file_exists(checkpoint)), stop_when=lambda: os.path.isfile(checkpoint)))
+                      _all_of(was_killed, _file_exists(checkpoint)),
+                      stop_when=lambda: _has_row_of_epoch(resume_lr, 1)))
     steps.append(Step("the killed run continues with --resume",
                       train + ["--epochs", "3", "--resume", checkpoint] + run_dir("resume"), 180,
                       _all_of(_exited_ok, _says(r"starting training at epoch [12]\b", "'starting training at epoch "
