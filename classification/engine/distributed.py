@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -160,3 +160,11 @@ def barrier() -> None:
     """Wait for all ranks (no-op in a single process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def share_refusal(error: Optional[ConfigError]) -> None:
+    """Raise on every rank the ConfigError of the first rank that has one (a check that only rank 0 makes, such as the
+    run folder's lock); without it the other ranks would wait in their next collective until rank 0's exit broke it."""
+    refusals = [text for text in all_gather_objects(str(error) if error is not None else None) if text is not None]
+    if refusals:
+        raise ConfigError(refusals[0])

@@ -47,15 +47,17 @@ from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetun
                          scan_directions, saved_search_candidates)
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
-from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
+from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, share_refusal,
+                          shutdown)
 from .evaluate import validate
 from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, choose_run_folder, delete_previous_run,
-                         finished_run, is_training_checkpoint, make_writable, next_epoch, resolve_auto_resume,
+                         finished_run, is_training_checkpoint, next_epoch, resolve_auto_resume,
                          start_branch)
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
 from .resume import check_same_batches, load_optimizer_state, log_changed_flags
+from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
 
@@ -380,13 +382,33 @@ def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> dict | No
     return load_checkpoint(cfg.finetune, trust=cfg.trust_checkpoint)
 
 
+def _claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool) -> Optional[str]:
+    """On rank 0, create the run folder and take its lock (`RunLock`), then refuse a `fresh` run in a folder that
+    holds another run (checked under the lock, so two runs started together cannot both pass); every rank raises
+    rank 0's refusal. Returns the warning of a file system that cannot lock, else None."""
+    refusal, unlocked = None, None
+    if env.is_main:
+        try:
+            unlocked = lock.acquire()
+            if fresh:
+                check_run_folder(lock.folder, cfg.overwrite)
+                if cfg.overwrite:
+                    check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume})
+        except ConfigError as err:
+            refusal = err
+    share_refusal(refusal)
+    return unlocked
+
+
 def train(cfg: Namespace) -> dict:
     """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics.
 
-    Order: device, model flags, the --resume checkpoint, the run folder (refused when it holds another run), data and
-    model, the resumed state; only then is anything in the folder changed (`Run.open_outputs`).
+    Order: device, model flags, the --resume checkpoint, the run folder (locked for the run's life; refused when
+    another live run holds it, or when a fresh run would erase the run it holds), data and model, the resumed state;
+    only then is anything in the folder changed (`Run.open_outputs`).
     """
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
+    lock: Optional[RunLock] = None
     try:
         check_settings(env.device)
         check_model_flags(cfg)
@@ -401,13 +423,11 @@ def train(cfg: Namespace) -> dict:
         finetune = _read_finetune_checkpoint(cfg, ckpt)
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
-        if ckpt is None or not is_training_checkpoint(ckpt):
-            check_run_folder(exp_dir, cfg.overwrite)
-            if cfg.overwrite:
-                check_overwrite_spares(exp_dir, {"--finetune": cfg.finetune, "--resume": cfg.resume})
-        if env.is_main:
-            make_writable(exp_dir)
+        lock = RunLock(exp_dir)
+        unlocked = _claim_run_folder(cfg, env, lock, fresh=ckpt is None or not is_training_checkpoint(ckpt))
         log = setup_logging(exp_dir, env.is_main)
+        if unlocked is not None:
+            log.warning(unlocked)
         if auto is not None:
             log.info(auto)
         named = os.path.join(cfg.output, cfg.experiment)
@@ -434,4 +454,6 @@ def train(cfg: Namespace) -> dict:
         except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
             raise run.interrupted(signal.SIGINT) from None
     finally:
+        if lock is not None:
+            lock.release()
         shutdown()

@@ -1,0 +1,109 @@
+"""The lock that keeps two runs out of one run folder.
+
+A run holds an exclusive lock on `<folder>/.run.lock` from before it checks the folder until it ends, so a second
+run started there (the same command twice, a requeued job while the first still runs, a `--resume` of a live run) is
+refused in one line naming the holder, instead of both writing checkpoints and CSV rows into the folder. It is a
+POSIX record lock (`lockf`): it belongs to the process, not to the file descriptor (which forked data loader workers
+inherit and may outlive a killed run by seconds), and the kernel drops it when that process dies however it dies, so
+a crashed run never blocks its `--resume`; it also holds across NFS clients. Rank 0 holds it for a distributed run.
+The lock file is deleted when the run ends; a file left by a killed run holds no lock.
+"""
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import os
+import socket
+from typing import Optional
+
+from .config import ConfigError
+from .experiment import make_writable
+
+LOCK_FILE = ".run.lock"
+
+# lockf errors that mean "another process holds it"; and those that mean "this file system cannot lock"
+HELD = (errno.EACCES, errno.EAGAIN)
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+# Lock files held by this process: POSIX locks never conflict within a process, and closing any descriptor of the
+# file drops them, so a second lock of the same folder in this process is refused here.
+_held_here: set[str] = set()
+
+
+def _holder_line() -> str:
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {started}"
+
+
+class RunLock:
+    """An exclusive lock on the run folder `folder`, held between `acquire` and `release`."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_FILE)
+        self._fd: Optional[int] = None
+        self._created_folder = False
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> Optional[str]:
+        """Create the folder when needed and take the lock; ConfigError (one line, naming the holder) when another
+        run holds it. Returns a warning to log when the file system cannot lock (the run then goes on unlocked)."""
+        self._created_folder = not os.path.isdir(self.folder)
+        make_writable(self.folder)
+        if os.path.realpath(self.path) in _held_here:
+            self._refuse(_holder_line())
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 4096).decode(errors="replace").strip()
+                os.close(fd)
+                if err.errno in HELD:
+                    self._refuse(holder or "its holder has not written its name yet")
+                if err.errno not in UNSUPPORTED:
+                    raise
+                return (f"{self.folder}: its file system cannot lock {LOCK_FILE} ({err.strerror}), so a second run "
+                        f"started in this folder would not be refused")
+            if self._is_current(fd):
+                break
+            os.close(fd)  # the file was deleted by the run that held it, after we opened it: open the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, (_holder_line() + "\n").encode())
+        self._fd = fd
+        _held_here.add(os.path.realpath(self.path))
+        return None
+
+    def _refuse(self, holder: str) -> None:
+        self.release()
+        raise ConfigError(f"{self.folder} is in use by another run ({holder}): two runs in one folder would mix their "
+                          f"checkpoints and CSV rows; let that run end or stop it, or choose another --experiment")
+
+    def _is_current(self, fd: int) -> bool:
+        """True when `fd` is still the file at `path` (not one a releasing run deleted)."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Delete the lock file and drop the lock; remove the folder when `acquire` created it and nothing was
+        written there since (a run refused before its first write leaves no empty folder)."""
+        if self._fd is not None:
+            _held_here.discard(os.path.realpath(self.path))
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)  # closing the file drops the lock
+            self._fd = None
+        if self._created_folder:
+            self._created_folder = False
+            try:
+                os.rmdir(self.folder)
+            except OSError:  # not empty: the run wrote there
+                pass
