@@ -1,9 +1,10 @@
 """Stopping a training run cleanly on SIGINT (Ctrl-C), SIGTERM (Slurm preemption, time limit, torchrun shutdown) or
 SIGUSR1 (Slurm's warning, `--signal=USR1@120`).
 
-While a `StopSignals` is active the first such signal only records its number; the training loop asks `agreed()`
-after each optimizer step, and every rank stops at the first step where any rank has been signalled (one all-reduce
-of the signal number per step, only when distributed). A second SIGINT raises KeyboardInterrupt at once.
+While a `StopSignals` is active the first such signal only records its number; the training loop asks
+`agreed_with()` once it holds the next batch, before that batch's step, and every rank stops before the first step
+where any rank has been signalled or could not read its batch (one all-reduce per step, only when distributed). A
+second SIGINT raises KeyboardInterrupt at once.
 """
 from __future__ import annotations
 
@@ -46,8 +47,13 @@ class StopSignals:
         """The signal all ranks stop for (the highest number any rank received), or None to go on.
 
         Every rank must call it at the same points of the loop."""
+        return self.agreed_with(False)[0]
+
+    def agreed_with(self, failed: bool) -> tuple[Optional[int], bool]:
+        """`agreed()`, and whether any rank `failed` (could not read its next batch), from the same all-reduce."""
         if not dist.is_initialized():
-            return self.signum
-        flag = torch.tensor([self.signum or 0], dtype=torch.int32, device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
+            return self.signum, failed
+        flags = torch.tensor([self.signum or 0, int(failed)], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum, any_failed = flags.tolist()
+        return signum or None, bool(any_failed)

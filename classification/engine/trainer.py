@@ -25,7 +25,7 @@ import signal
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -261,14 +261,34 @@ class Run:
         log.info("\n".join(["Checkpoints:"] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%" for p, s in kept]))
         return metrics
 
+    def save_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
+        """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it)."""
+        self.manager.save_last(self.checkpoint_payload(epoch, progress))
+        barrier()  # no rank exits before the file is written: a launcher ends all ranks when one exits
+
     def stop_mid_epoch(self, epoch: int, progress: EpochProgress, signum: int) -> RunInterrupted:
         """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it); returns the exception that ends the
         run."""
         self.log.info(f"{signal.Signals(signum).name}: stopping in epoch {epoch} after step {progress.step} of "
                       f"{self.steps_per_epoch}, saving {self.manager.path(LAST)}")
-        self.manager.save_last(self.checkpoint_payload(epoch, progress))
-        barrier()  # no rank exits before the file is written: a launcher ends all ranks when one exits
+        self.save_mid_epoch(epoch, progress)
         return self.interrupted(signum)
+
+    def stop_for_unread_batch(self, epoch: int, progress: EpochProgress, error: Optional[Exception]) -> Exception:
+        """Save the training of `epoch` up to `progress` when one of its steps is done (every rank calls it), log
+        how to continue, and return the error to raise: this rank's `error` reading its next batch, or, on a rank
+        that read its batch, a DataError pointing at the rank that could not."""
+        last = self.manager.path(LAST)
+        if progress.step > 0:
+            self.save_mid_epoch(epoch, progress)
+        resume = (f"its training up to step {progress.step} is saved: once the cause is fixed, continue with "
+                  f"--resume {last}" if os.path.isfile(last) else "nothing was trained yet")
+        self.log.error(f"Reading the training data of epoch {epoch} failed after step {progress.step} of "
+                       f"{self.steps_per_epoch}; {resume}")
+        if error is not None:
+            return error
+        return DataError(f"another rank could not read its training batch {progress.step} of epoch {epoch} (its "
+                         f"error names the cause)")
 
     def interrupted(self, signum: int) -> RunInterrupted:
         """The exception that ends the run stopped by `signum`, naming `last.pth.tar` if there is one."""
@@ -291,7 +311,8 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
                     stop: Optional[StopSignals] = None) -> dict:
     """One pass over epoch `epoch`'s training data from `progress` on (updated as it goes); returns `train_loss`
     averaged over all samples of all ranks. When `stop` is agreed after a step other than the last, writes a
-    mid-epoch `last.pth.tar` and raises `RunInterrupted`."""
+    mid-epoch `last.pth.tar` and raises `RunInterrupted`; when a rank cannot read its next batch (an unreadable
+    image), every rank writes it too and raises (see `Run.stop_for_unread_batch`)."""
     cfg, env = run.cfg, run.env
     progress = progress if progress is not None else EpochProgress()
     loader: DataLoader = run.train_loader
@@ -301,8 +322,15 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     loss_m, batch_m, data_m = progress.loss, AverageMeter(), AverageMeter()
     bar = ProgressBar(steps, f"epoch {epoch}", enabled=env.is_main)
     start = time.time()
+    batches, first = iter(loader), progress.step
     try:
-        for idx, (images, target) in enumerate(loader, start=progress.step):
+        for idx in range(first, steps):
+            images, target, error = _next_batch(batches)
+            signum, failed = stop.agreed_with(error is not None) if stop is not None else (None, error is not None)
+            if failed:
+                raise run.stop_for_unread_batch(epoch, progress, error)
+            if signum is not None and idx > first:
+                raise run.stop_mid_epoch(epoch, progress, signum)
             data_m.update(time.time() - start)
             images = images.to(env.device, non_blocking=True)
             target = target.to(env.device, non_blocking=True)
@@ -324,14 +352,21 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
             bar.update(idx + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
             run.scheduler.step()
             progress.step = idx + 1
-            signum = stop.agreed() if stop is not None and progress.step < steps else None
-            if signum is not None:
-                raise run.stop_mid_epoch(epoch, progress, signum)
             start = time.time()
     finally:
         bar.close()
     loss_sum, count = all_reduce_sum([loss_m.sum, loss_m.count], env.device)
     return {"train_loss": loss_sum / max(count, 1)}
+
+
+def _next_batch(batches: Iterator) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[Exception]]:
+    """The next (images, target) of the loader iterator `batches`, and None; or (None, None, the error) when it
+    cannot be read (an unreadable image, a failed read)."""
+    try:
+        images, target = next(batches)
+    except Exception as err:  # noqa: BLE001 - every rank must hear of it before the step's collectives
+        return None, None, err
+    return images, target, None
 
 
 def _backward_and_step(run: Run, loss: torch.Tensor) -> None:

@@ -18,9 +18,10 @@ from classification.data.transforms import build_transform
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.model_builder import build_model
+from classification.engine.scheduler import WarmupScheduler
 from classification.engine.trainer import train
 
-from training_helpers import TINY_MODEL, make_folder_tree, make_meta_tree, rows, write_image
+from training_helpers import TINY_MODEL, assert_same_run, make_folder_tree, make_meta_tree, rows, snapshot, write_image
 
 MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16")
 
@@ -188,6 +189,38 @@ def test_an_unreadable_val_image_loses_no_training(tmp_path):
     assert rows(tmp_path / "out" / "run" / "lr.csv") == lr_rows                  # no step was trained again
     assert [row[0] for row in rows(tmp_path / "out" / "run" / "metrics.csv")[1:]] == ["0"]
     assert torch.load(last, weights_only=True)["step"] is None
+
+
+def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
+    """The images become unreadable after step 2 of 4: the two steps are saved in last.pth.tar, the log says how
+    to continue, and --resume, once the files are back, ends with the weights of a run that never failed."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=4, val_per_class=1)
+    run = [*TINY_MODEL, "--data-path", str(root), "-b", "3", "-j", "0", "--warmup-epochs", "0", "--epochs", "1",
+           "--model-ema", "--output", str(tmp_path / "out")]
+    train(parse_args([*run, "--experiment", "whole"]))
+    images = {path: path.read_bytes() for path in (root / "train").rglob("*.png")}
+    step = WarmupScheduler.step
+
+    def step_then_break_the_images(scheduler):
+        step(scheduler)
+        if scheduler.t == 2:
+            for path in images:
+                path.write_bytes(b"not an image")
+
+    monkeypatch.setattr(WarmupScheduler, "step", step_then_break_the_images)
+    with pytest.raises(DataError, match=r"^cannot read image .*\.png"):
+        train(parse_args([*run, "--experiment", "broken"]))
+    monkeypatch.undo()
+    folder = tmp_path / "out" / "broken"
+    last = folder / "last.pth.tar"
+    assert (torch.load(last, weights_only=True)["epoch"], torch.load(last, weights_only=True)["step"]) == (0, 2)
+    assert (f"Reading the training data of epoch 0 failed after step 2 of 4; its training up to step 2 is saved: "
+            f"once the cause is fixed, continue with --resume {last}") in next(folder.glob("log_*.txt")).read_text()
+    for path, data in images.items():
+        path.write_bytes(data)
+    train(parse_args([*run, "--experiment", "broken", "--resume", str(last)]))
+    assert_same_run(snapshot(folder), snapshot(tmp_path / "out" / "whole"))
 
 
 def test_a_folder_linked_twice_is_listed_once_under_its_first_name(tmp_path, monkeypatch):

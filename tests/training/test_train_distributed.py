@@ -16,7 +16,8 @@ from classification.engine.config import parse_args
 from classification.engine.torchrun import exit_status, failure_line
 from classification.engine.trainer import train
 
-from training_helpers import REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, assert_same_run, free_port, snapshot, tool_env
+from training_helpers import (READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT,
+                              TINY_MODEL, assert_same_run, free_port, snapshot, tool_env)
 
 # No mixup and no drop path: those draw from per-rank generators, which differ by design (seed + rank).
 # SGD, unlike Adam, is not invariant to the gradient's scale, so a wrong gradient average would show.
@@ -90,6 +91,25 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
     again = two_processes("tools/train.py", config, tmp_path, "--resume", str(last))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting training at epoch 0, step 20 of 44" in again.stdout
+    assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
+
+
+@SKIP_ON_WINDOWS
+def test_a_batch_one_rank_cannot_read_stops_both_with_the_steps_saved(two, config, tmp_path):
+    """Rank 1 cannot read its batch after step 20: both ranks save the 20 steps and stop (rank 1 with its error,
+    rank 0 pointing at it) instead of rank 0 waiting in the step's all-reduce; --resume ends as the run that never
+    failed."""
+    cut = two_processes(READ_FAILS_AT_SCRIPT, config, tmp_path, "--experiment", "cut", READ_FAILS_AT="20 1")
+    assert cut.returncode != 0 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert "error: cannot read image /data/train/broken.png: truncated file" in cut.stderr
+    assert "error: another rank could not read its training batch 20 of epoch 0" in cut.stderr
+    last = tmp_path / "cut" / "last.pth.tar"
+    assert (f"Reading the training data of epoch 0 failed after step 20 of 44; its training up to step 20 is saved: "
+            f"once the cause is fixed, continue with --resume {last}") in cut.stdout
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], len(ckpt["rng"])) == (0, 20, 2)
+    again = two_processes("tools/train.py", config, tmp_path, "--resume", str(last))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
 
 
