@@ -2,6 +2,7 @@
 import csv
 import os
 import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -164,3 +165,48 @@ def test_extraction_does_not_replace_other_directions_unless_asked(supernet, mon
     assert load_directions(dest / "directions.yaml") == first
     vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--topk", "2", "--out", str(dest), "--overwrite")
     assert [len(layer) for layer in load_directions(dest / "directions.yaml")] == [2] * len(first)
+
+
+MY_SCANS = '''
+import torch
+
+from classification.models import register_direction
+
+
+def snake(grid):
+    tokens = torch.arange(grid[0] * grid[1]).view(grid).clone()
+    tokens[1::2] = tokens[1::2].flip(1)
+    return tokens.reshape(-1)
+
+
+register_direction('snake', snake)
+'''
+
+
+def test_a_direction_of_ones_own_reaches_every_tool_through_the_environment(tmp_path):
+    """README's tools journey, each tool its own process: a search over candidates that include a registered
+    direction, its extraction, and the searched model's training, with the direction module named only in
+    LOCALMAMBA_DIRECTION_MODULES (and found on PYTHONPATH)."""
+    (tmp_path / "my_scans.py").write_text(MY_SCANS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), REPO]),
+           "LOCALMAMBA_DIRECTION_MODULES": "my_scans", "OMP_NUM_THREADS": "1"}
+
+    def tool(script, *args):
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args], capture_output=True,
+                              text=True, env=env, cwd=str(tmp_path), timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc
+
+    out = str(tmp_path / "runs")
+    tool("train.py", *RUN, "--model", "local_vim_tiny_search", "--model-kwargs",
+         "candidates=[h, v, snake, snake_flip]", "--output", out, "--experiment", "search")
+    tool("vis_search_prob.py", os.path.join(out, "search", "last.pth.tar"), "--topk", "2", "--out",
+         os.path.join(out, "search"))
+    directions = load_directions(os.path.join(out, "search", "directions.yaml"))  # one list per layer
+    assert len(directions) == 2 and all(len(layer) == 2 for layer in directions)
+    assert {name for layer in directions for name in layer} <= {"h", "v", "snake", "snake_flip"}
+    searched = os.path.join(out, "search", "directions.yaml")
+    tool("train.py", *RUN, "--model", "local_vim_tiny", "--directions", searched, "--output", out,
+         "--experiment", "searched")
+    ckpt = torch.load(os.path.join(out, "searched", "last.pth.tar"), map_location="cpu", weights_only=True)
+    assert ckpt["directions"] == directions
