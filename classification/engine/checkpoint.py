@@ -93,6 +93,14 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     saved, own = ckpt["directions"], scan_directions(model)
     if saved == own:
         return
+    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "args.yaml")
+    whole = f" (or -c {run_config}, its run's whole config)" if os.path.isfile(run_config) else ""
+    if saved is not None and own is not None and len(saved) != len(own):
+        kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
+        given = " ".join(f"{key}={value}" for key, value in kwargs.items())
+        build = f"give --model-kwargs {given}, as its run did" if given else "build the model as its run did"
+        raise CheckpointError(f"{path} holds a model of {len(saved)} layers, this model has {len(own)}: "
+                              f"{build}{whole}")
     used = (ckpt.get("config") or {}).get("directions")
     hint = f"--directions {used}, as its run did" if used else "no --directions (its run used the model's own)"
     if saved is None or own is None:
@@ -101,7 +109,7 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     else:
         layer = next(i for i, (a, b) in enumerate(zip(saved, own)) if a != b)
         where = f"layer {layer}: {saved[layer]} vs {own[layer]} here"
-    raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}")
+    raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
 
 
 def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

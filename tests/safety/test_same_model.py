@@ -38,6 +38,24 @@ def test_other_directions_are_refused_naming_the_first_different_layer_and_the_f
         check_same_model(uniform, "local_vim_tiny", ckpt, "run/last.pth.tar")
 
 
+def test_a_checkpoint_of_another_depth_is_refused_naming_its_model_kwargs_and_its_run_config(tmp_path):
+    """Its first layers' directions equal the model's: the check looked for a differing layer and raised
+    StopIteration (a traceback) instead of saying the depths differ."""
+    deep = timm.create_model("local_vim_tiny", **SMALL)
+    shallow = timm.create_model("local_vim_tiny", directions=scan_directions(deep)[:4], depth=4, **SMALL)
+    ckpt = {"model_name": "local_vim_tiny", "directions": scan_directions(shallow),
+            "config": {"model_kwargs": {"depth": 4, "embed_dim": 64}}}
+    path = tmp_path / "run" / "last.pth.tar"
+    with pytest.raises(CheckpointError, match=rf"^{path} holds a model of 4 layers, this model has 20: give "
+                                              rf"--model-kwargs depth=4 embed_dim=64, as its run did$"):
+        check_same_model(deep, "local_vim_tiny", ckpt, str(path))
+    path.parent.mkdir()
+    (path.parent / "args.yaml").write_text("model: local_vim_tiny\n")
+    with pytest.raises(CheckpointError, match=rf"as its run did \(or -c {path.parent / 'args.yaml'}, its run's "
+                                              rf"whole config\)$"):
+        check_same_model(deep, "local_vim_tiny", ckpt, str(path))
+
+
 def test_a_supernet_checkpoint_is_refused_by_a_fixed_table_and_a_renamed_model_by_name():
     supernet = timm.create_model("local_vim_tiny_search", **SMALL)
     fixed = timm.create_model("local_vim_tiny", **SMALL)
