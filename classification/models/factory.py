@@ -3,7 +3,7 @@ checkpoint, if any) and the one build path through timm's ``build_model_with_cfg
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -65,8 +65,32 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter) -> Checkpoint
         num_classes = getattr(model, 'num_classes', None)
         if head is not None and head.dim() == 2 and head.shape[0] == num_classes != cfg.get('num_classes'):
             cfg['num_classes'] = num_classes
+        if num_classes != cfg.get('num_classes'):  # timm drops the classifier and loads the rest non-strictly
+            check_trunk_fits(state_dict, model, cfg.get('classifier'))
         return state_dict
     return filter_fn
+
+
+def check_trunk_fits(state_dict: dict, model: nn.Module, classifier: Union[None, str, Sequence[str]]) -> None:
+    """Refuse (ValueError) pretrained weights that do not fit ``model`` apart from its ``classifier`` module(s): timm
+    loads them with ``strict=False`` when the class counts differ, which left a checkpoint of another model or size
+    silently unloaded (random weights) where a same-class-count load stops."""
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+
+    def trunk(names):
+        return [name for name in names if not any(name.startswith(f'{head}.') for head in heads)]
+
+    own = model.state_dict()
+    missing = trunk(name for name in own if name not in state_dict)
+    unexpected = trunk(name for name in state_dict if name not in own)
+    resized = trunk(name for name in own if name in state_dict and state_dict[name].shape != own[name].shape)
+    problems = [f'{what} {", ".join(names[:3])}{", ..." if len(names) > 3 else ""} ({len(names)})'
+                for what, names in (('missing', missing), ('unexpected', unexpected), ('other shapes', resized))
+                if names]
+    if problems:
+        raise ValueError(f'{type(model).__name__}: the pretrained weights do not fit this model apart from its '
+                         f'classifier: {"; ".join(problems)}: a checkpoint of another model or size (build the model '
+                         f'as the checkpoint\'s was built)')
 
 
 def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool,

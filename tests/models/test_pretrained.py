@@ -116,3 +116,25 @@ def test_a_checkpoint_with_tables_the_model_lacks_is_refused_naming_the_keys(tmp
     with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*rope\.freqs_cos'):
         timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
                           if_rope=False, if_rope_residual=False, **TINY['local_vim_tiny'])
+
+
+def test_weights_of_another_model_for_another_class_count_are_refused_not_skipped(tmp_path):
+    """timm loads non-strictly when the class counts differ (its head is dropped): a checkpoint of the other family,
+    or of fewer layers, left the model random (or half random) without a word."""
+    vssm = tmp_path / 'local_vssm_small.ckpt'
+    _released_file('local_vssm_small', vssm)
+    with pytest.raises(ValueError, match=r"VisionMamba: the pretrained weights do not fit this model apart from its "
+                                         r"classifier: missing pos_embed, .*; unexpected .*a checkpoint of another "
+                                         r"model or size"):
+        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(vssm)),
+                          num_classes=5, **TINY['local_vim_tiny'])
+    shallow = tmp_path / 'local_vim_tiny.ckpt'
+    _released_file('local_vim_tiny', shallow)
+    deeper = dict(TINY['local_vim_tiny'], depth=3, directions=LOCAL_VIM_TINY_DIRECTIONS[:3])
+    with pytest.raises(ValueError, match=r"classifier: missing layers\.2\.[^;]*\(\d+\): a checkpoint"):
+        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(shallow)),
+                          num_classes=5, **deeper)
+    wider = dict(TINY['local_vim_tiny'], embed_dim=48)
+    with pytest.raises(ValueError, match=r"classifier: other shapes pos_embed, "):
+        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(shallow)),
+                          num_classes=5, **wider)
