@@ -4,6 +4,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import os
+import traceback
 from argparse import Namespace
 from typing import Any, Callable, Mapping, Optional
 
@@ -185,6 +187,15 @@ def model_build_error(name: str, given: Mapping[str, Any], err: Exception, hint:
     return ConfigError(f"model {name} with {settings}: {err}{hint}")
 
 
+def _assertion_hint(err: AssertionError) -> str:
+    """What to add to a model's failed assertion: where it failed, when its message says nothing."""
+    if str(err):
+        return ""
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    return (f"the model's constructor refused them (assert at {os.path.basename(frame.filename)}:{frame.lineno}: "
+            f"{frame.line})")
+
+
 def check_model_flags(cfg: Namespace) -> None:
     """Refuse an unknown model, a keyword it does not take, a bad directions file, or directions for a search
     supernet, before anything is built."""
@@ -219,3 +230,7 @@ def build_model(cfg: Namespace) -> nn.Module:
         if "unexpected keyword argument" in str(err):
             raise ConfigError(f"--model-kwargs: model {name}: {err}") from err
         raise
+    except AssertionError as err:  # timm's own models check some kwargs with assert (a bare one, often)
+        if not cfg.model_kwargs:
+            raise
+        raise model_build_error(name, cfg.model_kwargs, err, _assertion_hint(err)) from err

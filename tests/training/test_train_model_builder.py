@@ -88,3 +88,20 @@ def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_pat
     assert warnings == ([f"{path} holds the directions searched by local_vssm_tiny_search (a LocalVMamba supernet), "
                          f"but local_vim_tiny_wo_search is a LocalVim model: its layers take them as given"]
                         if warned else [])
+
+
+def test_kwargs_a_timm_model_refuses_by_assert_are_one_line(tmp_path, monkeypatch):
+    """timm's ViT asserts that its width divides by its heads: the AssertionError was a traceback (exit 1)."""
+    with pytest.raises(ConfigError, match=r"^model deit_tiny_patch16_224 with img_size=16 embed_dim=64: dim should "
+                                          r"be divisible by num_heads$"):
+        build(tmp_path, "model: deit_tiny_patch16_224\nmodel_kwargs: {img_size: 16}\n", "--model-kwargs",
+              "embed_dim=64")
+
+    module = "def create_model(name, **kwargs):\n    assert kwargs['embed_dim'] % 3 == 0\n"
+    (tmp_path / "refusing.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))  # a module pytest does not rewrite: its assert has no message
+    from refusing import create_model
+    monkeypatch.setattr("classification.engine.model_builder.timm.create_model", create_model)
+    with pytest.raises(ConfigError, match=r"embed_dim=64: the model's constructor refused them \(assert at "
+                                          r"refusing\.py:2: assert kwargs\['embed_dim'\] % 3 == 0\)$"):
+        build(tmp_path, "model: deit_tiny_patch16_224\n", "--model-kwargs", "embed_dim=64")
