@@ -22,7 +22,8 @@ def main() -> None:
     parser.add_argument("metrics", help="metrics.csv of a run, or the run's folder")
     parser.add_argument("--out", default=None,
                         help="figure to write, in the format of its extension (.png added to a name without one; "
-                             "a folder gets curves.png; default: curves.png beside metrics.csv)")
+                             "a folder, or a name ending in /, gets curves.png; missing folders are created; default: "
+                             "curves.png beside metrics.csv)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
     print(f"wrote {plot_run(args.metrics, args.out)}")

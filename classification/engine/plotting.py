@@ -98,12 +98,12 @@ def _figure_path(out: str) -> str:
 
 def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`_figure_path`; default curves.png beside
-    metrics.csv; an existing folder gets curves.png) and return its path. `metrics_path` is a run's metrics.csv
-    or the run's folder."""
+    metrics.csv; a folder, existing or ending in `/`, gets curves.png; missing folders are created) and return its
+    path. `metrics_path` is a run's metrics.csv or the run's folder."""
     if os.path.isdir(metrics_path):
         metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."
-    out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) else out)
+    out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) or out.endswith(os.sep) else out)
     m = read_csv(metrics_path)
     _require(m, METRICS_COLUMNS, metrics_path)
     lr_path = os.path.join(os.path.dirname(metrics_path), LR_CSV)
@@ -111,6 +111,7 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     if lr is not None:
         _require(lr, LR_HEADER, lr_path)
     fig = draw_run(m, lr)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     fig.savefig(out, dpi=100)
     pyplot().close(fig)
     return out

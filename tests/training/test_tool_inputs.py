@@ -141,6 +141,17 @@ def test_plot_log_prints_the_file_it_wrote_for_a_name_without_extension(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "noext.png"]
 
 
+@pytest.mark.parametrize("out, written", [("new/", "new/curves.png"), ("new/deeper/run.svg", "new/deeper/run.svg")])
+def test_plot_log_writes_into_a_folder_it_creates(tmp_path, monkeypatch, capsys, out, written):
+    """`--out plots/` for a folder not there yet wrote `plots/.png.png`, which failed (no such folder)."""
+    metrics = write(tmp_path / "metrics.csv", METRICS)
+    monkeypatch.setattr(sys, "argv", ["plot_log.py", metrics, "--out", os.path.join(str(tmp_path), out)])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runpy.run_path(os.path.join(TOOLS, "plot_log.py"), run_name="__main__")
+    assert capsys.readouterr().out == f"wrote {tmp_path / written}\n"
+    assert os.path.getsize(tmp_path / written) > 1000
+
+
 # --- tools/benchmark.py --csv ---
 
 def test_benchmark_refuses_a_csv_path_that_is_a_folder(tmp_path, monkeypatch, capsys):
