@@ -429,13 +429,16 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
     """The resolved flags as a plain dict that `-c` accepts again (internal fields and the run-control flags
-    `overwrite` / `resume` left out)."""
+    `overwrite` / `resume` left out), from any working directory: the `--directions` file is named by its absolute
+    path (a checkpoint's refusal hint names it too)."""
     skip = {"cli_model_kwargs", *RUN_CONTROL_FLAGS}
     out = {}
     for key, value in sorted(vars(args).items()):
         if key in skip or key.startswith("_"):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
+    if out.get("directions"):
+        out["directions"] = os.path.abspath(out["directions"])
     return out
 
 

@@ -90,6 +90,24 @@ def test_resume_and_test_refuse_a_run_of_other_directions(tmp_path):
     assert metrics.returncode == 0
 
 
+def test_a_run_with_a_relative_directions_path_is_reused_from_any_folder(tmp_path):
+    """`--directions search/directions.yaml` was saved as typed: `-c RUN/args.yaml` from another folder could not
+    find the file, and the refusal's hint named a path that did not work there."""
+    (tmp_path / "search").mkdir()
+    save_directions(tmp_path / "search" / "directions.yaml", [["h", "v", "w2", "w2_flip"]] * 20)
+    run_tool("train.py", *LOCAL_VIM, "--directions", "search/directions.yaml", "--output", "runs", "--experiment",
+             "run", cwd=str(tmp_path))
+    run = tmp_path / "runs" / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--resume", str(run / "last.pth.tar"), "--output",
+                    str(elsewhere), cwd=str(elsewhere))
+    assert "Top-1" in proc.stdout
+    proc = run_tool("test.py", *LOCAL_VIM, "--resume", str(run / "last.pth.tar"), "--output", str(elsewhere),
+                    cwd=str(elsewhere), check=False)
+    assert f"give --directions {tmp_path / 'search' / 'directions.yaml'}, as its run did" in proc.stderr
+
+
 def test_a_search_over_other_candidates_is_refused_naming_them():
     """Two candidate lists of one length give supernet weights of the same keys and shapes: the checkpoint's list
     (saved by training) must be the model's."""
