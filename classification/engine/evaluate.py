@@ -75,7 +75,8 @@ def _load_at_model_size(model: nn.Module, weights: dict, path: str) -> None:
 
 
 def test(cfg: Namespace) -> dict:
-    """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema."""
+    """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema, whose
+    metrics are then returned (each result is logged on a line of its own, `Model: {...}` and `EMA: {...}`)."""
     if not cfg.resume or cfg.resume == "auto":
         raise ConfigError("tools/test.py needs --resume CHECKPOINT (a path; 'auto' is tools/train.py's)")
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
@@ -100,10 +101,11 @@ def test(cfg: Namespace) -> dict:
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
+        log.info(f"{'Model: ' if ema_weights is not None else ''}{metrics}")
         if ema_weights is not None:
             _load_at_model_size(model, ema_weights, cfg.resume)
             metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
-        log.info(str(metrics))
+            log.info(f"EMA: {metrics}")
         return metrics
     finally:
         shutdown()

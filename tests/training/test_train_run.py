@@ -88,8 +88,17 @@ def test_evaluation_reproduces_the_logged_metrics_for_both_checkpoint_forms(run_
     assert list(conv) == ["state_dict"] and list(conv["state_dict"]) == list(ema)
     assert all(torch.equal(conv["state_dict"][k], v) for k, v in ema.items())
     out = run_tool("test.py", *common, "--resume", released).stdout
-    assert f"'top1': {float(last['top1'])!r}" in out
+    assert f"'top1': {float(last['top1'])!r}" in out and "EMA: {" not in out and "Model: {" not in out
     assert f"Loaded {released} (released weights) into" in out and "Test: [   0/" in out  # no epoch in that file
+
+    # both results of --model-ema on lines of their own, named (the model's was not in the summary at all)
+    both = run_tool("test.py", *common, "--resume", os.path.join(exp, "last.pth.tar"), "--model-ema").stdout
+    model_line = next(line for line in both.splitlines() if " Model: {" in line)
+    ema_line = next(line for line in both.splitlines() if " EMA: {" in line)
+    assert f"'top1': {ema_metrics['top1']!r}" in ema_line and "'top1': " in model_line
+    plain = run_tool("test.py", *common, "--resume", os.path.join(exp, "last.pth.tar")).stdout
+    model_metrics = next(line for line in plain.splitlines() if "{'test_loss'" in line).split(" INFO ", 1)[1]
+    assert model_line.split(" Model: ", 1)[1] == model_metrics
 
 
 def test_plot_log_draws_a_png(run_dir, tmp_path, monkeypatch):
