@@ -88,13 +88,12 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
         raise CheckpointError(f"{path} is a search over the candidates {' '.join(saved_candidates)}, this model "
                               f"searches over {' '.join(own_candidates)}: give --model-kwargs "
                               f"\"candidates=[{', '.join(saved_candidates)}]\", as its run did")
-    if "directions" not in ckpt:
-        return
-    saved, own = ckpt["directions"], scan_directions(model)
-    if saved == own:
+    where = directions_difference(model, ckpt)
+    if where is None:
         return
     run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "args.yaml")
     whole = f" (or -c {run_config}, its run's whole config)" if os.path.isfile(run_config) else ""
+    saved, own = ckpt["directions"], scan_directions(model)
     if saved is not None and own is not None and len(saved) != len(own):
         kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
         given = " ".join(f"{key}={value}" for key, value in kwargs.items())
@@ -103,13 +102,24 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
                               f"{build}{whole}")
     used = (ckpt.get("config") or {}).get("directions")
     hint = f"--directions {used}, as its run did" if used else "no --directions (its run used the model's own)"
-    if saved is None or own is None:
-        where = f"{'a search supernet' if saved is None else 'a fixed direction table'} vs this model's " \
-                f"{'search supernet' if own is None else 'fixed table'}"
-    else:
-        layer = next(i for i, (a, b) in enumerate(zip(saved, own)) if a != b)
-        where = f"layer {layer}: {saved[layer]} vs {own[layer]} here"
     raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
+
+
+def directions_difference(model: nn.Module, ckpt: Mapping[str, Any]) -> Optional[str]:
+    """Where the scan directions a training checkpoint records (`directions`) differ from `model`'s: `layer 3: [...]
+    vs [...] here`, the layer counts, or a supernet vs a fixed table; None when they are the same or unrecorded."""
+    if "directions" not in ckpt:
+        return None
+    saved, own = ckpt["directions"], scan_directions(model)
+    if saved == own:
+        return None
+    if saved is None or own is None:
+        return (f"{'a search supernet' if saved is None else 'a fixed direction table'} vs this model's "
+                f"{'search supernet' if own is None else 'fixed table'}")
+    if len(saved) != len(own):
+        return f"{len(saved)} layers vs {len(own)} here"
+    layer = next(i for i, (a, b) in enumerate(zip(saved, own)) if a != b)
+    return f"layer {layer}: {saved[layer]} vs {own[layer]} here"
 
 
 def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -43,8 +43,8 @@ from ..data import DataError, build_datasets, build_loaders, build_mixup
 from ..data.transforms import check_auto_augment
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
-from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
-                         scan_directions, saved_search_candidates)
+from .checkpoint import (LAST, CheckpointManager, check_same_model, directions_difference, load_finetune_weights,
+                         load_weights, scan_directions, saved_search_candidates)
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, share_refusal,
@@ -164,6 +164,10 @@ class Run:
             self.ema.set(self.model)
         fresh = f"; {', '.join(kept)} keep their initialisation (another shape)" if kept else ""
         self.log.info(f"Fine-tuning from the weights of {path}{fresh}")
+        other = directions_difference(self.model, ckpt)
+        if other is not None:
+            self.log.warning(f"{path} was trained with other scan directions ({other}): its weights fine-tune this "
+                             f"model's directions (give --directions as its run did to keep them)")
 
     def open_outputs(self, folder: RunFolder) -> None:
         """Prepare the folder once the inputs are checked: remove leftover temporary files, delete an earlier run

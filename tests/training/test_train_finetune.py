@@ -14,6 +14,7 @@ from classification.engine.checkpoint import load_finetune_weights
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.trainer import train
+from classification.models.directions import save_directions
 from classification.models.rope import resize_grid_table
 
 VIM = dict(depth=2, embed_dim=16, patch_size=4)
@@ -72,6 +73,23 @@ def test_a_fine_tuning_run_starts_afresh_from_the_weights(released, tmp_path):
     assert ckpt["epoch"] == 0 and ckpt["model"]["head.weight"].shape == (10, 16)
     assert torch.equal(ckpt["model"]["layers.1.mixer.in_proj.weight"], weights["layers.1.mixer.in_proj.weight"])
     assert ckpt["config"]["finetune"] == path
+
+
+def test_fine_tuning_a_run_of_other_directions_warns_naming_them(tmp_path):
+    """A run trained with its own --directions, fine-tuned by a model of the default table (same shapes): the
+    weights load, and the log says the directions differ (it said nothing)."""
+    out = str(tmp_path / "out")
+    table = tmp_path / "directions.yaml"
+    save_directions(table, [["h", "v", "w2", "w2_flip"]] * 2)
+    train(parse_args([*RUN, "--directions", str(table), "--output", out, "--experiment", "own"]))
+    source = os.path.join(out, "own", "last.pth.tar")
+    train(parse_args([*RUN, "--finetune", source, "--output", out, "--experiment", "ft"]))
+    log = open(glob.glob(os.path.join(out, "ft", "log_*.txt"))[0]).read()
+    assert (f"WARNING {source} was trained with other scan directions (layer 0: ['h', 'v', 'w2', 'w2_flip'] vs "
+            f"['h', 'h_flip', 'w2', 'w2_flip'] here): its weights fine-tune this model's directions") in log
+    train(parse_args([*RUN, "--directions", str(table), "--finetune", source, "--output", out, "--experiment",
+                      "same"]))
+    assert "other scan directions" not in open(glob.glob(os.path.join(out, "same", "log_*.txt"))[0]).read()
 
 
 def test_finetune_with_resume(released, tmp_path):
