@@ -213,5 +213,11 @@ def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTab
         return None if default is None else validate_directions(
             default, depth, source="the model's default directions (pass directions= for another depth)")
     if isinstance(directions, (str, os.PathLike)):
-        return validate_directions(load_directions(directions), depth, source=os.fspath(directions))
+        table = load_directions(directions)
+        if isinstance(table, Sequence) and not isinstance(table, str) and len(table) != depth:
+            n = len(table)
+            raise ValueError(f'{os.fspath(directions)}: has {n} layers, but the model has depth {depth}: build the '
+                             f'model with the {n} layers of the supernet that searched them (LocalVim: depth={n}; '
+                             f'LocalVMamba: depths summing to {n})')
+        return validate_directions(table, depth, source=os.fspath(directions))
     return validate_directions(directions, depth)
