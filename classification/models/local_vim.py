@@ -447,11 +447,14 @@ class VisionMamba(nn.Module):
             stop_early: bool = False,
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
-    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+            return_prefix_tokens: bool = False,
+    ) -> Union[list, tuple[torch.Tensor, list]]:
         """Mixer outputs of the chosen layers (as the original det/seg backbone takes them).
 
         ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are (B, C, H/16, W/16);
-        a middle class token is dropped from them. ``norm`` applies ``norm_f`` to each.
+        a middle class token is dropped from them, and with ``return_prefix_tokens`` each intermediate is the pair
+        (map, the class token (B, 1, C), or (B, 0, C) without one), as timm's ViT gives it. ``norm`` applies
+        ``norm_f`` to each.
         """
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
@@ -461,11 +464,13 @@ class VisionMamba(nn.Module):
         intermediates = []
         for i in take:
             y = self.norm_f(taken[i]) if norm else taken[i]
+            prefix = y[:, :0]
             if position is not None:
+                prefix = y[:, position:position + 1]
                 y = torch.cat([y[:, :position], y[:, position + 1:]], dim=1)
             if output_fmt == 'NCHW':
                 y = y.transpose(1, 2).unflatten(2, grid)
-            intermediates.append(y)
+            intermediates.append((y, prefix) if return_prefix_tokens else y)
         if intermediates_only:
             return intermediates
         features = add_norm(self.norm_f, self.drop_path(hidden), residual, prenorm=False,

@@ -214,6 +214,30 @@ def test_middle_class_token_model_pools_the_middle_token():
     assert model(torch.randn(1, 3, 48, 80)).shape == (1, 4)    # 3 x 5 grid: resized positions, cls at 7
 
 
+def test_intermediates_return_the_class_token_beside_the_map_as_timm_vit():
+    """timm's `return_prefix_tokens=True` was a TypeError: each intermediate is (map, class token), the token taken
+    from the middle of the layer's sequence; a model without one gives an empty (B, 0, C) prefix."""
+    model = timm.create_model('local_vim_tiny_middle_cls_token', img_size=64, embed_dim=16, depth=3,
+                              directions=[['h', 'v']] * 3).eval()
+    image = torch.randn(2, 3, 64, 64)
+    maps = model.forward_intermediates(image, indices=[0, 2], norm=True, intermediates_only=True)
+    pairs = model.forward_intermediates(image, indices=[0, 2], norm=True, intermediates_only=True,
+                                        return_prefix_tokens=True)
+    plain = model.forward_intermediates(image, indices=[0, 2], norm=True, output_fmt='NLC', intermediates_only=True,
+                                        return_prefix_tokens=True)
+    for (grid_map, token), expected_map, (nlc, same_token) in zip(pairs, maps, plain):
+        torch.testing.assert_close(grid_map, expected_map, rtol=0, atol=0)
+        assert token.shape == (2, 1, 16) and torch.equal(token, same_token)
+        # the token is what the map leaves out: the layer's sequence is the 8 tokens before it, it, the 8 after
+        assert nlc.shape == (2, 16, 16)
+    sequence = model._layers(image, [2], 3)[3][2]
+    torch.testing.assert_close(plain[1][1], model.norm_f(sequence)[:, 8:9])
+    no_cls = timm.create_model('local_vim_tiny', img_size=64, embed_dim=16, depth=1, directions=[['h']]).eval()
+    (grid_map, token), = no_cls.forward_intermediates(image, indices=1, intermediates_only=True,
+                                                      return_prefix_tokens=True)
+    assert grid_map.shape == (2, 16, 4, 4) and token.shape == (2, 0, 16)
+
+
 @pytest.mark.parametrize('directions,match', [
     ([['h', 'x']] * 20, 'valid directions are h, h_flip'),
     ([['h', 'wq']] * 20, 'valid directions are h, h_flip'),
