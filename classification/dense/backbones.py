@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint, state_dict_from
-from ..models.directions import DirectionsArg
+from ..models.directions import DirectionsArg, directions_difference
 from ..models.local_vim import VisionMamba, checkpoint_filter_fn
 from ..models.local_vmamba import VSSM
 
@@ -30,14 +30,14 @@ __all__ = ['MM_LocalVim', 'MM_LocalVSSM', 'register']
 logger = logging.getLogger(__name__)
 
 
-def _log(message: str) -> None:
+def _log(message: str, level: int = logging.INFO) -> None:
     """A line in mmengine's current log (the Runner's) when mmengine is installed, else in this module's logger."""
     try:
         from mmengine.logging import print_log
     except ImportError:
-        logger.info(message)
+        logger.log(level, message)
         return
-    print_log(message, logger='current')
+    print_log(message, logger='current', level=level)
 
 
 def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
@@ -112,6 +112,11 @@ class DenseBackbone(nn.Module):
         self.check_fit(weights, path)
         result = self.load_state_dict(weights, strict=False)
         _log(f'{name}: loaded {len(weights) - len(result.unexpected_keys)} tensors from {path}')
+        other = directions_difference(self.trunk, checkpoint)
+        if other is not None:
+            _log(f"{name}: {path} was trained with other scan directions ({other}): its weights fine-tune this "
+                 f"backbone's directions (set the backbone's directions= to its run's directions.yaml to keep "
+                 f"them)", logging.WARNING)
         if result.missing_keys:
             _log(f'missing keys (left as initialised): {result.missing_keys}')
         if result.unexpected_keys:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
-from ..models.directions import CANDIDATES
+from ..models.directions import CANDIDATES, directions_difference, scan_directions
 
 logger = logging.getLogger("localmamba")
 
@@ -57,13 +57,6 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
                          f"dataset it was trained on)")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
-
-
-def scan_directions(model: nn.Module) -> Optional[list[list[str]]]:
-    """The model's scan directions, one list per layer (LocalVim, LocalVMamba); None for a search supernet or another
-    family. Saved in training checkpoints: two direction tables give weights of the same keys and shapes."""
-    table = getattr(model, "directions", None)
-    return None if table is None else [list(layer) for layer in table]
 
 
 def saved_search_candidates(model: nn.Module) -> Optional[list[str]]:
@@ -103,23 +96,6 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     used = (ckpt.get("config") or {}).get("directions")
     hint = f"--directions {used}, as its run did" if used else "no --directions (its run used the model's own)"
     raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
-
-
-def directions_difference(model: nn.Module, ckpt: Mapping[str, Any]) -> Optional[str]:
-    """Where the scan directions a training checkpoint records (`directions`) differ from `model`'s: `layer 3: [...]
-    vs [...] here`, the layer counts, or a supernet vs a fixed table; None when they are the same or unrecorded."""
-    if "directions" not in ckpt:
-        return None
-    saved, own = ckpt["directions"], scan_directions(model)
-    if saved == own:
-        return None
-    if saved is None or own is None:
-        return (f"{'a search supernet' if saved is None else 'a fixed direction table'} vs this model's "
-                f"{'search supernet' if own is None else 'fixed table'}")
-    if len(saved) != len(own):
-        return f"{len(saved)} layers vs {len(own)} here"
-    layer = next(i for i, (a, b) in enumerate(zip(saved, own)) if a != b)
-    return f"layer {layer}: {saved[layer]} vs {own[layer]} here"
 
 
 def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

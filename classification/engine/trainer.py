@@ -41,10 +41,11 @@ from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, Csv
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import DataError, build_datasets, build_loaders, build_mixup
 from ..data.transforms import check_auto_augment
+from ..models.directions import directions_difference, scan_directions
 from ..search.monitor import SearchMonitor
 from .amp import autocast, make_scaler
-from .checkpoint import (LAST, CheckpointManager, check_same_model, directions_difference, load_finetune_weights,
-                         load_weights, scan_directions, saved_search_candidates)
+from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
+                         saved_search_candidates)
 from .cli import RunInterrupted
 from .config import ConfigError, config_dict, save_config
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, share_refusal,

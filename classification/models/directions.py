@@ -9,9 +9,10 @@ layer (``candidates=``, default :data:`CANDIDATES`); its order is the order of t
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
+from torch import nn
 
 from ..common import atomic_write_text
 from .scan_maps import parse_direction
@@ -221,3 +222,27 @@ def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTab
                              f'LocalVMamba: depths summing to {n})')
         return validate_directions(table, depth, source=os.fspath(directions))
     return validate_directions(directions, depth)
+
+
+def scan_directions(model: nn.Module) -> Optional[list[list[str]]]:
+    """The model's scan directions, one list per layer (LocalVim, LocalVMamba); None for a search supernet or another
+    family. Saved in training checkpoints: two direction tables give weights of the same keys and shapes."""
+    table = getattr(model, "directions", None)
+    return None if table is None else [list(layer) for layer in table]
+
+
+def directions_difference(model: nn.Module, ckpt: Mapping[str, Any]) -> Optional[str]:
+    """Where the scan directions a training checkpoint records (`directions`) differ from `model`'s: `layer 3: [...]
+    vs [...] here`, the layer counts, or a supernet vs a fixed table; None when they are the same or unrecorded."""
+    if "directions" not in ckpt:
+        return None
+    saved, own = ckpt["directions"], scan_directions(model)
+    if saved == own:
+        return None
+    if saved is None or own is None:
+        return (f"{'a search supernet' if saved is None else 'a fixed direction table'} vs this model's "
+                f"{'search supernet' if own is None else 'fixed table'}")
+    if len(saved) != len(own):
+        return f"{len(saved)} layers vs {len(own)} here"
+    layer = next(i for i, (a, b) in enumerate(zip(saved, own)) if a != b)
+    return f"layer {layer}: {saved[layer]} vs {own[layer]} here"

@@ -67,6 +67,28 @@ def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
                                  f"from scratch)")
 
 
+def test_pretrained_weights_of_other_scan_directions_are_named_in_a_warning(tmp_path, monkeypatch):
+    """A classification run trained with its own --directions, loaded by a backbone of the config's table (the same
+    keys and shapes): it loaded without a word."""
+    from classification.dense import backbones
+
+    logged = []
+    monkeypatch.setattr(backbones, '_log', lambda message, level=20: logged.append((level, message)))
+    args = _backbone_args('vim')
+    own = [['h', 'v']] * len(args['directions'])
+    trained = VisionMamba(**{k: args[k] for k in ('embed_dim', 'depth')}, directions=own)
+    path = tmp_path / 'run.pth.tar'
+    torch.save({'model': trained.state_dict(), 'epoch': 3, 'directions': own}, path)
+    MM_LocalVim(**dict(args, pretrained=str(path))).init_weights()
+    warnings = [message for level, message in logged if level == 30]
+    assert warnings == [f"MM_LocalVim: {path} was trained with other scan directions (layer 0: ['h', 'v'] vs "
+                        f"{list(args['directions'][0])} here): its weights fine-tune this backbone's directions (set "
+                        f"the backbone's directions= to its run's directions.yaml to keep them)"]
+    logged.clear()
+    MM_LocalVim(**dict(args, directions=own, pretrained=str(path))).init_weights()
+    assert [message for level, message in logged if level == 30] == []
+
+
 def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
         tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
     """The backbone found a missing pretrained file only in init_weights, after mmengine had built the datasets

@@ -6,8 +6,8 @@ import timm
 
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
-from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions
-from classification.engine.checkpoint import check_same_model, scan_directions, saved_search_candidates
+from classification.engine.checkpoint import check_same_model, saved_search_candidates
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions, scan_directions
 
 from safety_helpers import assert_one_line_error, run_tool
 
