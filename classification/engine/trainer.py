@@ -286,8 +286,11 @@ class Run:
         last = self.manager.path(LAST)
         if progress.step > 0:
             self.save_mid_epoch(epoch, progress)
-        resume = (f"its training up to step {progress.step} is saved: once the cause is fixed, continue with "
-                  f"--resume {last}" if os.path.isfile(last) else "nothing was trained yet")
+            saved = f"its training up to step {progress.step} is saved"
+        else:
+            saved = "the epochs before it are saved"
+        resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
+                  else "nothing was trained yet")
         self.log.error(f"Reading the training data of epoch {epoch} failed after step {progress.step} of "
                        f"{self.steps_per_epoch}; {resume}")
         if error is not None:

@@ -223,6 +223,31 @@ def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
     assert_same_run(snapshot(folder), snapshot(tmp_path / "out" / "whole"))
 
 
+def test_an_unreadable_train_image_at_an_epochs_start_names_the_last_epoch_end(tmp_path, monkeypatch):
+    """The first batch of epoch 1 cannot be read: nothing of epoch 1 is trained, last.pth.tar stays epoch 0's end,
+    and the log says so (not "up to step 0")."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=4, val_per_class=1)
+    step = WarmupScheduler.step
+
+    def step_then_break_the_images(scheduler):
+        step(scheduler)
+        if scheduler.t == 4:  # the last step of epoch 0 (12 images, batches of 3)
+            for path in (root / "train").rglob("*.png"):
+                path.write_bytes(b"not an image")
+
+    monkeypatch.setattr(WarmupScheduler, "step", step_then_break_the_images)
+    with pytest.raises(DataError, match=r"^cannot read image "):
+        train(parse_args([*TINY_MODEL, "--data-path", str(root), "-b", "3", "-j", "0", "--warmup-epochs", "0",
+                          "--epochs", "2", "--output", str(tmp_path / "out"), "--experiment", "run"]))
+    folder = tmp_path / "out" / "run"
+    ckpt = torch.load(folder / "last.pth.tar", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, None)
+    assert (f"Reading the training data of epoch 1 failed after step 0 of 4; the epochs before it are saved: once "
+            f"the cause is fixed, continue with --resume {folder / 'last.pth.tar'}"
+            ) in next(folder.glob("log_*.txt")).read_text()
+
+
 def test_a_folder_linked_twice_is_listed_once_under_its_first_name(tmp_path, monkeypatch):
     """Two links in one class to the same real folder: its images are listed once, under the link that sorts first
     (os.scandir's order is the file system's); a folder that cannot be listed is one line, not a traceback."""
