@@ -116,16 +116,16 @@ h v w7 w7_flip
 
 
 def validate_directions(directions: Sequence[Sequence[str]], depth: int, source: str = 'directions',
-                        check_names: bool = True) -> DirectionTable:
+                        check_names: bool = True, depth_hint: str = '') -> DirectionTable:
     """Check a per-layer direction table and return it as a tuple of tuples.
 
-    Raises ``ValueError`` naming ``source`` when the table does not have ``depth`` layers, a layer is empty or
-    repeats a direction, or (with ``check_names``) a name is not a known direction.
+    Raises ``ValueError`` naming ``source`` when the table does not have ``depth`` layers (``depth_hint`` ends that
+    message), a layer is empty or repeats a direction, or (with ``check_names``) a name is not a known direction.
     """
     if isinstance(directions, (str, bytes)) or not isinstance(directions, Sequence):
         raise ValueError(f'{source}: expected a list of per-layer lists of direction names, got {type(directions).__name__}')
     if len(directions) != depth:
-        raise ValueError(f'{source}: has {len(directions)} layers, but the model has depth {depth}')
+        raise ValueError(f'{source}: has {len(directions)} layers, but the model has depth {depth}{depth_hint}')
     table = []
     for i, layer in enumerate(directions):
         if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence) or len(layer) == 0:
@@ -215,12 +215,10 @@ def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTab
             default, depth, source="the model's default directions (pass directions= for another depth)")
     if isinstance(directions, (str, os.PathLike)):
         table = load_directions(directions)
-        if isinstance(table, Sequence) and not isinstance(table, str) and len(table) != depth:
-            n = len(table)
-            raise ValueError(f'{os.fspath(directions)}: has {n} layers, but the model has depth {depth}: build the '
-                             f'model with the {n} layers of the supernet that searched them (LocalVim: depth={n}; '
-                             f'LocalVMamba: depths summing to {n})')
-        return validate_directions(table, depth, source=os.fspath(directions))
+        n = len(table)
+        hint = (f': build the model with the {n} layers of the supernet that searched them (LocalVim: depth={n}; '
+                f'LocalVMamba: depths summing to {n})')
+        return validate_directions(table, depth, source=os.fspath(directions), depth_hint=hint)
     return validate_directions(directions, depth)
 
 
