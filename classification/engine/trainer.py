@@ -334,12 +334,12 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     try:
         for idx in range(first, steps):
             images, target, error = _next_batch(batches)
+            data_m.update(time.time() - start)  # the loading alone, not the agreement below
             signum, failed = stop.agreed_with(error is not None) if stop is not None else (None, error is not None)
             if failed:
                 raise run.stop_for_unread_batch(epoch, progress, error)
             if signum is not None and idx > first:
                 raise run.stop_mid_epoch(epoch, progress, signum)
-            data_m.update(time.time() - start)
             images = images.to(env.device, non_blocking=True)
             target = target.to(env.device, non_blocking=True)
             if run.mixup is not None:
