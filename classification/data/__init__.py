@@ -1,6 +1,7 @@
 """Datasets, transforms and loaders for classification training and evaluation."""
 from __future__ import annotations
 
+import logging
 from argparse import Namespace
 from typing import Optional, Sequence
 
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .defaults import DATASET_DEFAULTS, resolve_dataset_defaults
 from .image_list import DataError, build_imagenet, build_imagenet_val
-from .loader import ShardedSampler, build_loader
+from .loader import ShardedSampler, build_loader, loader_workers, usable_cpus
 from .small_datasets import build_cifar, build_cifar_test, build_digits
 from .transforms import build_transform
 
@@ -63,7 +64,11 @@ def _set_num_classes(cfg: Namespace, found: int) -> None:
 
 def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,
                   rank: int) -> tuple[Optional[DataLoader], DataLoader]:
-    """Train loader (None when `train` is None) and val loader for this rank."""
+    """Train loader (None when `train` is None) and val loader for this rank; logs when -j is cut to the CPUs."""
+    if loader_workers(cfg.workers) < cfg.workers:
+        logging.getLogger("localmamba.data").info(
+            f"-j {cfg.workers}: this process may use {usable_cpus()} CPUs, so each loader starts "
+            f"{loader_workers(cfg.workers)} worker processes")
     train_loader = None
     if train is not None:
         train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,

@@ -11,6 +11,7 @@ handles them and ends the workers itself.
 from __future__ import annotations
 
 import math
+import os
 import signal
 from typing import Callable, Iterator
 
@@ -81,9 +82,22 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loader_workers(requested: int) -> int:
+    """The loader processes to start for `requested` (-j): at most one per usable CPU, as more only contend for
+    them (the images do not depend on the count, see the module's docstring)."""
+    return min(requested, usable_cpus())
+
+
 def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers: int, training: bool,
                  world_size: int, rank: int, seed: int) -> DataLoader:
-    """A DataLoader over `dataset` sharded for this rank; training loaders shuffle and drop the last partial batch."""
+    """A DataLoader over `dataset` sharded for this rank; training loaders shuffle and drop the last partial batch.
+    It starts `loader_workers(workers)` processes."""
+    workers = loader_workers(workers)
     sampler = ShardedSampler(len(dataset), world_size, rank, shuffle=training, seed=seed)
     generator = torch.Generator()  # keeps DataLoader seeding away from the global torch generator
     generator.manual_seed(seed)

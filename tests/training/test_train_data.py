@@ -123,6 +123,24 @@ def test_augmentation_does_not_depend_on_workers_or_global_rng(folder_tree):
     assert not torch.equal(next(iter(loader2))[0], first[0])  # a new epoch draws new augmentations
 
 
+def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, caplog):
+    """-j 16 (the shipped ImageNet config) on a process that may use 2 CPUs starts 2 workers per loader, and says so;
+    -j within the CPUs is kept as asked."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5})
+    cfg = cfg_for("--data-path", folder_tree, "--img-size", "16", "-b", "4")
+    train, val = build_datasets(cfg)
+    cfg.workers = 16
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        loaders = build_loaders(cfg, train, val, 1, 0)
+    assert [loader.num_workers for loader in loaders] == [2, 2]
+    assert "-j 16: this process may use 2 CPUs, so each loader starts 2 worker processes" in caplog.text
+    caplog.clear()
+    cfg.workers = 1
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        loaders = build_loaders(cfg, train, val, 1, 0)
+    assert [loader.num_workers for loader in loaders] == [1, 1] and "-j" not in caplog.text
+
+
 def transform_names(cfg, training=True):
     resolve_dataset_defaults(cfg)
     return [type(t).__name__ for t in build_transform(cfg, training).transforms]
