@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=4, help="directions kept per layer (default 4)")
     parser.add_argument("--out", default=None,
                         help="folder for directions.yaml and search_probs.png (default: the checkpoint's folder)")
-    parser.add_argument("--ema", action="store_true", help="use the EMA weights (ema_model)")
+    parser.add_argument("--ema", "--model-ema", dest="ema", action="store_true",
+                        help="use the EMA weights (ema_model); --model-ema as in tools/test.py")
     parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
     parser.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
                         help="the supernet's candidates, in order, for a checkpoint that does not record them "

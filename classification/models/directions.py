@@ -197,11 +197,15 @@ def directions_supernet(path: Union[str, os.PathLike]) -> Optional[str]:
 
 
 def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence[str]],
-                    supernet: Optional[str] = None, topk: Optional[int] = None, check_names: bool = True) -> None:
+                    supernet: Optional[str] = None, topk: Optional[int] = None, check_names: bool = True,
+                    searched_from: Optional[Mapping[str, Any]] = None) -> None:
     """Write a directions file that ``load_directions`` and ``--directions`` read back (``check_names=False``: the
-    names need not be registered in this process, as the searched names of a supernet's checkpoint)."""
+    names need not be registered in this process, as the searched names of a supernet's checkpoint).
+    ``searched_from``: where the directions come from (plain YAML values), kept under that key for the reader."""
     validate_directions(directions, len(directions), source=os.fspath(path), check_names=check_names)
     data = {'supernet': supernet, 'topk': topk, 'directions': [list(layer) for layer in directions]}
+    if searched_from:
+        data['searched_from'] = dict(searched_from)
     atomic_write_text(os.fspath(path), yaml.safe_dump(data, default_flow_style=None, sort_keys=False))
 
 

@@ -6,6 +6,7 @@ literal per layer (the top-k candidates in canonical order) followed by a comma.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -122,6 +123,25 @@ def unfinished_search(ckpt: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def search_record(ckpt_path: str, ckpt: Mapping[str, Any], ema: bool, unfinished: Optional[str]) -> dict:
+    """What a directions file keeps of the search its directions come from (`searched_from`): the checkpoint (absolute
+    path) and its weights, its epoch and the run's epochs, whether the search had finished (`unfinished_search`'s
+    note if not), and the supernet run's `model_kwargs` (its depth or width when they differ from the name's)."""
+    config = ckpt.get("config") or {}
+    record: dict[str, Any] = {"checkpoint": os.path.abspath(ckpt_path), "weights": "ema_model" if ema else "model"}
+    if isinstance(ckpt.get("epoch"), int):
+        record["epoch"] = ckpt["epoch"]
+        if isinstance(config.get("epochs"), int):
+            record["epochs"] = config["epochs"]
+        record["finished"] = unfinished is None
+        if unfinished:
+            record["unfinished"] = unfinished
+    model_kwargs = config.get("model_kwargs")
+    if isinstance(model_kwargs, Mapping) and model_kwargs:
+        record["model_kwargs"] = json.loads(json.dumps(model_kwargs, default=str))  # plain YAML values
+    return record
+
+
 def _check_out_dir(out_dir: str) -> None:
     """Refuse an ``--out`` that names a file (an existing one, or a new .yaml / .png name) instead of a folder."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -168,9 +188,10 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     name = supernet or ckpt.get("model_name")
     directions_file = os.path.join(out_dir, "directions.yaml")
     _check_replaceable(directions_file, chosen, overwrite)
-    save_directions(directions_file, chosen, supernet=name, topk=topk, check_names=False)
-    heatmap = os.path.join(out_dir, "search_probs.png")
     unfinished = unfinished_search(ckpt)
+    save_directions(directions_file, chosen, supernet=name, topk=topk, check_names=False,
+                    searched_from=search_record(ckpt_path, ckpt, ema, unfinished))
+    heatmap = os.path.join(out_dir, "search_probs.png")
     title = f"{name or 'supernet'}: top-{topk} per layer (red)"
     if unfinished:
         title += f"\nunfinished search: {unfinished}"

@@ -80,7 +80,7 @@ def test_extraction_prints_as_the_original_and_writes_the_file(supernet, monkeyp
     for use_ema, key in ((False, "model"), (True, "ema_model")):
         dest = out / f"extracted_{key}"
         printed = vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--out", str(dest),
-                      *(["--ema"] if use_ema else [])).splitlines()
+                      *(["--model-ema"] if use_ema else [])).splitlines()
         weights = [v for k, v in ckpt[key].items() if k.endswith("multi_scan.weights")]
         expected = [by_hand(w)[0] for w in weights]
         assert printed[:2] == [str(w.view(-1).softmax(-1)) for w in weights]
@@ -89,6 +89,9 @@ def test_extraction_prints_as_the_original_and_writes_the_file(supernet, monkeyp
         with open(dest / "directions.yaml") as f:
             meta = yaml.safe_load(f)
         assert (meta["supernet"], meta["topk"]) == ("local_vim_tiny_search", 4)
+        assert meta["searched_from"] == {
+            "checkpoint": str(exp / "last.pth.tar"), "weights": key, "epoch": 0, "epochs": 1, "finished": True,
+            "model_kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 2}}
         assert (dest / "search_probs.png").read_bytes()[:4] == b"\x89PNG"
     printed = vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--topk", "2", "--out", str(out / "k2"))
     assert printed.splitlines()[2:] == [str(by_hand(w, 2)[0]) + "," for w in weights]

@@ -9,6 +9,7 @@ import matplotlib.figure
 import pytest
 import timm
 import torch
+import yaml
 
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
@@ -66,10 +67,18 @@ def test_a_checkpoint_before_the_end_of_its_search_is_named_so(supernet_weights,
     notes = [line for line in err.splitlines() if line.startswith("note:")]
     assert notes == ([f"note: {ckpt} is not the end of its search run ({note}): these directions are the search's "
                       f"state then, not its result"] if note else [])
+    with open(tmp_path / "cli" / "directions.yaml") as f:
+        record = yaml.safe_load(f)["searched_from"]
+    assert record == {"checkpoint": ckpt, "weights": "model", "epoch": epoch, "epochs": epochs,
+                      "finished": note is None, **({"unfinished": note} if note else {})}
 
 
-def test_released_weights_carry_no_search_progress(supernet_weights):
+def test_released_weights_carry_no_search_progress(supernet_weights, tmp_path):
     assert extraction.unfinished_search({"state_dict": supernet_weights}) is None
+    torch.save({"state_dict": supernet_weights}, tmp_path / "released.pth")
+    extract(str(tmp_path / "released.pth"))
+    with open(tmp_path / "directions.yaml") as f:
+        assert yaml.safe_load(f)["searched_from"] == {"checkpoint": str(tmp_path / "released.pth"), "weights": "model"}
 
 
 def test_a_run_folder_is_refused_naming_the_checkpoint_to_give(tmp_path, monkeypatch, capsys):
