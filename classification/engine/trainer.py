@@ -25,7 +25,7 @@ import signal
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -143,6 +143,7 @@ class Run:
         load_optimizer_state(self.optimizer, self.model, self.cfg, ckpt, path, self.log)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
+        self._keep_run_start(ckpt.get("config") or {}, path)
         log_changed_flags(self.cfg, ckpt.get("config") or {}, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.steps_per_epoch + self.start_progress.step)
@@ -156,6 +157,16 @@ class Run:
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
         at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
+
+    def _keep_run_start(self, saved: Mapping[str, Any], path: str) -> None:
+        """Keep the weights the resumed run started from (`--finetune` of its config, `saved`) in this run's config,
+        which args.yaml records: the flag means nothing to a run that continues, and a run copied from its args.yaml
+        must start as it did. Another --finetune given here is logged as not read."""
+        own = saved.get("finetune", self.cfg.finetune)
+        if self.cfg.finetune:
+            start = "" if own == self.cfg.finetune else f", which started from {own or 'scratch'}"
+            self.log.info(f"--finetune {self.cfg.finetune} is not read: the run continues from {path}{start}")
+        self.cfg.finetune = own
 
     def finetune(self, ckpt: dict, path: str) -> None:
         """Start from the weights of `ckpt` (read from `path`) adapted to this model (`load_finetune_weights`); the
@@ -486,8 +497,6 @@ def train(cfg: Namespace) -> dict:
         run = Run(cfg, env, exp_dir, log)
         if ckpt is not None:
             run.resume(ckpt, cfg.resume)
-            if cfg.finetune:
-                log.info(f"--finetune {cfg.finetune} is not read: the run continues from {cfg.resume}")
         elif finetune is not None:
             run.finetune(finetune, cfg.finetune)
         del ckpt, finetune

@@ -3,10 +3,12 @@ count (position tables resized to the model's grid, the classifier of another sh
 import glob
 import logging
 import os
+import shutil
 
 import pytest
 import timm
 import torch
+import yaml
 
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
@@ -107,6 +109,23 @@ def test_finetune_with_resume(released, tmp_path):
     logs = "".join(open(log).read() for log in glob.glob(os.path.join(out, "ft", "log_*.txt")))
     assert f"--finetune {path} is not read: the run continues from" in logs
     assert torch.load(os.path.join(out, "ft", "last.pth.tar"), weights_only=True)["epoch"] == 1
+
+
+def test_a_resumed_run_keeps_its_own_start_in_args_yaml(released, tmp_path):
+    """args.yaml says what a run started from, whatever --finetune a resume is given (it is not read): a run copied
+    from it with -c starts as the run did. It recorded the resume's --finetune, or '' for a resume without one."""
+    path, _ = released
+    out = str(tmp_path / "out")
+    train(parse_args([*RUN, "--finetune", path, "--output", out, "--experiment", "ft"]))
+    last, args_yaml = os.path.join(out, "ft", "last.pth.tar"), os.path.join(out, "ft", "args.yaml")
+    train(parse_args([*RUN, "--epochs", "2", "--resume", last]))
+    assert yaml.safe_load(open(args_yaml))["finetune"] == path
+    other = os.path.join(out, "ft", "other.pth.tar")
+    shutil.copy(path, other)
+    train(parse_args([*RUN, "--epochs", "3", "--resume", last, "--finetune", other]))
+    assert yaml.safe_load(open(args_yaml))["finetune"] == path
+    logs = "".join(open(log).read() for log in glob.glob(os.path.join(out, "ft", "log_*.txt")))
+    assert f"--finetune {other} is not read: the run continues from {last}, which started from {path}" in logs
 
 
 def test_local_vmamba_keeps_its_new_classifier(tmp_path):
