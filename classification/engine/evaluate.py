@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from argparse import Namespace
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ from localmamba_kernel_runtime.settings import check_settings
 from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
-from ..common.checkpoint_io import load_checkpoint, state_dict_from
+from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..data import build_eval_dataset, build_loaders
 from .amp import autocast
 from .checkpoint import check_same_model, fit_to_model, load_weights
@@ -74,6 +74,21 @@ def _load_at_model_size(model: nn.Module, weights: dict, path: str) -> None:
     load_weights(model, fit_to_model(model, weights), path)
 
 
+# The input transform a checkpoint's run validated with (its config), as tools/test.py's flags name it.
+INPUT_FLAGS = ("img_size", "crop_pct", "interpolation", "image_mean", "image_std")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def other_inputs(cfg: Namespace, saved: Mapping[str, Any]) -> list[str]:
+    """`--flag run's -> this evaluation's` for each input flag (`INPUT_FLAGS`) whose value differs from the one the
+    checkpoint's run (config `saved`) validated with; empty for a released file, which records none."""
+    return [f"--{key.replace('_', '-')} {_plain(saved[key])} -> {_plain(getattr(cfg, key))}" for key in INPUT_FLAGS
+            if saved.get(key) is not None and _plain(saved[key]) != _plain(getattr(cfg, key))]
+
+
 def test(cfg: Namespace) -> dict:
     """Evaluate the checkpoint `cfg.resume` (training or released form); also its EMA weights with --model-ema, whose
     metrics are then returned (each result is logged on a line of its own, `Model: {...}` and `EMA: {...}`)."""
@@ -84,9 +99,18 @@ def test(cfg: Namespace) -> dict:
         check_settings(env.device)
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
         weights = state_dict_from(ckpt, source=cfg.resume)
-        ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None
+        try:
+            ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}: evaluate its weights alone with --no-model-ema (a config's "
+                                  f"'model_ema: true' asks for the EMA's)") from None
         log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
         val_set = build_eval_dataset(cfg, ckpt.get("classes"))
+        changed = other_inputs(cfg, ckpt.get("config") or {})
+        if changed:
+            log.warning(f"{cfg.resume} was validated by its run with other inputs than these ({', '.join(changed)}): "
+                        f"the accuracy is of other images; give its run's values (or -c its args.yaml) to evaluate "
+                        f"as it was trained")
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)

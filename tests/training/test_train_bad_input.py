@@ -138,6 +138,29 @@ def test_checkpoint_mismatch_hints_name_the_cause(tiny_ckpt, tmp_path):
         assert "--img-size" not in str(info.value)
 
 
+def test_evaluation_with_other_inputs_than_the_run_warns_naming_them(tiny_ckpt, tmp_path, capsys):
+    """tools/test.py at another crop or interpolation than the checkpoint's run validated with gave other accuracy
+    without a word; now a warning names each flag, the run's value and this one. The run's own inputs: no warning."""
+    saved = torch.load(tiny_ckpt, weights_only=True)["config"]
+    other = {"bilinear": "bicubic", "bicubic": "bilinear"}[saved["interpolation"]]
+    flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path), "--resume", tiny_ckpt]
+    evaluate(parse_args(flags))
+    assert "other inputs" not in capsys.readouterr().out
+    evaluate(parse_args([*flags, "--crop-pct", "0.5", "--interpolation", other]))
+    assert (f"{tiny_ckpt} was validated by its run with other inputs than these (--crop-pct {saved['crop_pct']} -> "
+            f"0.5, --interpolation {saved['interpolation']} -> {other}): the accuracy is of other images") in \
+        capsys.readouterr().out
+
+
+def test_evaluating_the_ema_of_a_file_without_one_names_the_flag(tiny_ckpt, tmp_path):
+    flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path), "--model-ema"]
+    released = tmp_path / "released.pth"
+    torch.save({"state_dict": torch.load(tiny_ckpt, weights_only=True)["model"]}, released)
+    for path, why in ((tiny_ckpt, "holds no EMA weights"), (str(released), "no 'ema_model' weights")):
+        with pytest.raises(CheckpointError, match=f"{why}.*: evaluate its weights alone with --no-model-ema"):
+            evaluate(parse_args([*flags, "--resume", path]))
+
+
 def test_missing_or_corrupt_checkpoint(tiny_ckpt, tmp_path):
     flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path)]
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pth"):
