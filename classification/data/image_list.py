@@ -41,7 +41,8 @@ def load_rgb(path: str) -> Image.Image:
                 img = to_8bit(img)
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from err
+        raise DataError(f"cannot read image {path}: {err}; replace the file with a readable image, or remove it "
+                        f"(the data's order then changes)") from err
 
 
 class ImageListDataset(Dataset):

@@ -79,6 +79,7 @@ class Run:
         self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
         train_set, val_set = build_datasets(cfg)
         self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if the data has
+        self.train_images = len(train_set)
         self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank)
         self.mixup = build_mixup(cfg)
         if self.mixup is not None and cfg.batch_size % 2:
@@ -135,6 +136,7 @@ class Run:
                               f"{self.cfg.epochs - 1}: nothing left to train (raise --epochs to continue it)")
         if step is not None:
             check_same_batches(ckpt, path, self.env.world_size, self.cfg.batch_size)
+            self._warn_other_epoch_order(ckpt, path)
             self.start_progress = EpochProgress(int(step))
             loss_sum, loss_count = ckpt["train_loss_sums"][self.env.rank]
             self.start_progress.loss.sum, self.start_progress.loss.count = loss_sum, loss_count
@@ -157,6 +159,15 @@ class Run:
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
         at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
+
+    def _warn_other_epoch_order(self, ckpt: Mapping[str, Any], path: str) -> None:
+        """Warn when a run stopped in the middle of an epoch resumes on a training set of another size (an unreadable
+        image removed): the epoch's order is drawn from the size, so its rest is not the rest it began."""
+        saved = ckpt.get("train_images")
+        if saved is not None and saved != self.train_images:
+            self.log.warning(f"{path} stopped in the middle of epoch {ckpt['epoch']} with {saved} training images, the "
+                             f"data now has {self.train_images}: the rest of the epoch follows another order (some "
+                             f"images are trained twice in it, others not at all); the epochs after it are as usual")
 
     def _keep_run_start(self, saved: Mapping[str, Any], path: str) -> None:
         """Keep the weights the resumed run started from (`--finetune` of its config, `saved`) in this run's config,
@@ -232,6 +243,7 @@ class Run:
             "directions": scan_directions(self.model),
             "candidates": saved_search_candidates(self.model),
             "classes": self.classes,
+            "train_images": self.train_images,
             "config": config_dict(self.cfg),
         }
 

@@ -95,7 +95,8 @@ def test_an_unreadable_image_says_what_to_do(tmp_path):
     path = tmp_path / "half.jpg"
     write_image(str(tmp_path / "full.jpg"), seed=1, size=64)
     path.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
-    with pytest.raises(DataError, match=rf"^cannot read image {path}: .*; remove or replace the file$"):
+    with pytest.raises(DataError, match=rf"^cannot read image {path}: .*; replace the file with a readable image, or "
+                                        rf"remove it \(the data's order then changes\)$"):
         load_rgb(str(path))
 
 
@@ -191,14 +192,9 @@ def test_an_unreadable_val_image_loses_no_training(tmp_path):
     assert torch.load(last, weights_only=True)["step"] is None
 
 
-def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
-    """The images become unreadable after step 2 of 4: the two steps are saved in last.pth.tar, the log says how
-    to continue, and --resume, once the files are back, ends with the weights of a run that never failed."""
-    root = tmp_path / "data"
-    make_folder_tree(str(root), per_class=4, val_per_class=1)
-    run = [*TINY_MODEL, "--data-path", str(root), "-b", "3", "-j", "0", "--warmup-epochs", "0", "--epochs", "1",
-           "--model-ema", "--output", str(tmp_path / "out")]
-    train(parse_args([*run, "--experiment", "whole"]))
+def break_the_images_after_step_two(root, run, monkeypatch) -> dict:
+    """Train `run` as experiment 'broken' on `root`, whose training images become unreadable after step 2; returns
+    their contents, to put back."""
     images = {path: path.read_bytes() for path in (root / "train").rglob("*.png")}
     step = WarmupScheduler.step
 
@@ -212,6 +208,37 @@ def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^cannot read image .*\.png"):
         train(parse_args([*run, "--experiment", "broken"]))
     monkeypatch.undo()
+    return images
+
+
+def test_a_removed_image_warns_that_the_resumed_epoch_has_another_order(tmp_path, monkeypatch):
+    """The unreadable file removed instead of replaced: the epoch's order is drawn from the data's size, so the
+    epoch resumed at step 2 is not the one it began; the resume says so (it said nothing)."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=4, val_per_class=1)
+    run = [*TINY_MODEL, "--data-path", str(root), "-b", "3", "-j", "0", "--warmup-epochs", "0", "--epochs", "1",
+           "--output", str(tmp_path / "out")]
+    images = break_the_images_after_step_two(root, run, monkeypatch)
+    removed, *kept = sorted(images)
+    removed.unlink()
+    for path in kept:
+        path.write_bytes(images[path])
+    last = tmp_path / "out" / "broken" / "last.pth.tar"
+    train(parse_args([*run, "--experiment", "broken", "--resume", str(last)]))
+    log = "".join(path.read_text() for path in (tmp_path / "out" / "broken").glob("log_*.txt"))
+    assert (f"WARNING {last} stopped in the middle of epoch 0 with 12 training images, the data now has 11: the rest "
+            f"of the epoch follows another order") in log
+
+
+def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
+    """The images become unreadable after step 2 of 4: the two steps are saved in last.pth.tar, the log says how
+    to continue, and --resume, once the files are back, ends with the weights of a run that never failed."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=4, val_per_class=1)
+    run = [*TINY_MODEL, "--data-path", str(root), "-b", "3", "-j", "0", "--warmup-epochs", "0", "--epochs", "1",
+           "--model-ema", "--output", str(tmp_path / "out")]
+    train(parse_args([*run, "--experiment", "whole"]))
+    images = break_the_images_after_step_two(root, run, monkeypatch)
     folder = tmp_path / "out" / "broken"
     last = folder / "last.pth.tar"
     assert (torch.load(last, weights_only=True)["epoch"], torch.load(last, weights_only=True)["step"]) == (0, 2)
@@ -221,6 +248,7 @@ def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
         path.write_bytes(data)
     train(parse_args([*run, "--experiment", "broken", "--resume", str(last)]))
     assert_same_run(snapshot(folder), snapshot(tmp_path / "out" / "whole"))
+    assert "another order" not in "".join(path.read_text() for path in folder.glob("log_*.txt"))
 
 
 def test_an_unreadable_train_image_at_an_epochs_start_names_the_last_epoch_end(tmp_path, monkeypatch):
