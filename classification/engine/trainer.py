@@ -146,6 +146,7 @@ class Run:
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         self._keep_run_start(ckpt.get("config") or {}, path)
+        self._warn_ema_switch(ckpt.get("config") or {}, path, start_epoch)
         log_changed_flags(self.cfg, ckpt.get("config") or {}, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.steps_per_epoch + self.start_progress.step)
@@ -168,6 +169,19 @@ class Run:
             self.log.warning(f"{path} stopped in the middle of epoch {ckpt['epoch']} with {saved} training images, the "
                              f"data now has {self.train_images}: the rest of the epoch follows another order (some "
                              f"images are trained twice in it, others not at all); the epochs after it are as usual")
+
+    def _warn_ema_switch(self, saved: Mapping[str, Any], path: str, start_epoch: int) -> None:
+        """Warn when --model-ema is switched on or off on resume (its run's config: `saved`): the validation columns
+        of metrics.csv, and the ranking of the kept checkpoints, change from one weights' accuracy to the other's."""
+        if saved.get("model_ema") is None or bool(saved["model_ema"]) == bool(self.cfg.model_ema):
+            return
+        if self.cfg.model_ema:
+            what = "the EMA's (which starts from the resumed weights)", "the model's"
+        else:
+            what = "the model's", "the EMA's (whose weights are dropped)"
+        self.log.warning(f"--model-ema {'on' if self.cfg.model_ema else 'off'} where the run of {path} had it "
+                         f"{'off' if self.cfg.model_ema else 'on'}: from epoch {start_epoch} the validation columns of "
+                         f"metrics.csv and the ranking of the kept checkpoints are {what[0]}, before it {what[1]}")
 
     def _keep_run_start(self, saved: Mapping[str, Any], path: str) -> None:
         """Keep the weights the resumed run started from (`--finetune` of its config, `saved`) in this run's config,

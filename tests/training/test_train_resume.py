@@ -80,6 +80,29 @@ def test_ema_starts_from_released_weights_given_to_resume(tmp_path):
     assert all(torch.equal(ema[k], weights[k]) for k in weights)
 
 
+def test_switching_the_ema_on_resume_warns_that_the_metrics_change_weights(tmp_path):
+    """metrics.csv's validation columns are the EMA's with --model-ema: a resume that switches it mixes two weights'
+    accuracies in one column (and in the checkpoint ranking); it is now said, each way."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0",
+              "--output", str(tmp_path), "--experiment", "run"]
+    train(parse_args([*common, "--epochs", "1"]))
+    last = os.path.join(str(tmp_path), "run", "last.pth.tar")
+    train(parse_args([*common, "--epochs", "2", "--resume", last, "--model-ema"]))
+    train(parse_args([*common, "--epochs", "3", "--resume", last]))
+    logs = sorted(os.path.join(str(tmp_path), "run", name) for name in os.listdir(os.path.join(str(tmp_path), "run"))
+                  if name.startswith("log_"))
+    text = "".join(open(path).read() for path in logs)
+    assert (f"WARNING --model-ema on where the run of {last} had it off: from epoch 1 the validation columns of "
+            f"metrics.csv and the ranking of the kept checkpoints are the EMA's (which starts from the resumed "
+            f"weights), before it the model's") in text
+    assert (f"WARNING --model-ema off where the run of {last} had it on: from epoch 2 the validation columns of "
+            f"metrics.csv and the ranking of the kept checkpoints are the model's, before it the EMA's (whose weights "
+            f"are dropped)") in text
+
+
 def _resumed_run(monkeypatch, argv):
     """The Run of `train(argv)` right after it resumed (its training is skipped)."""
     import classification.engine.trainer as trainer_mod
