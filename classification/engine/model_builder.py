@@ -210,14 +210,15 @@ def build_model(cfg: Namespace) -> nn.Module:
 
     Keys of `model_kwargs` that came from the YAML file (not from `--model-kwargs`) and that the chosen model does not
     take are dropped with a warning, so a config written for one model family still runs with another `--model`.
-    A key given on the command line that the model does not take is refused (`ConfigError`) with the ones it takes.
+    A key given on the command line that the model does not take is refused (`ConfigError`) with the ones it takes,
+    and so is an `--img-size` smaller than one patch of the model (it would fail in its first forward).
     """
     name = resolve_model_name(cfg.model)
     kwargs = _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=True)
     if cfg.directions:
         _note_another_family(cfg.directions, name)
     try:
-        return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
     except ValueError as err:
         if cfg.directions and cfg.directions in str(err):  # e.g. a file for another depth
             raise ConfigError(str(err)) from err
@@ -234,3 +235,7 @@ def build_model(cfg: Namespace) -> nn.Module:
         if not cfg.model_kwargs:
             raise
         raise model_build_error(name, cfg.model_kwargs, err, _assertion_hint(err)) from err
+    patch_size = getattr(model, "patch_size", None)  # LocalVim's and LocalVMamba's patch embedding
+    if isinstance(patch_size, int) and getattr(cfg, "img_size", None) is not None and cfg.img_size < patch_size:
+        raise ConfigError(f"--img-size {cfg.img_size} is smaller than one patch of {cfg.model} ({patch_size} pixels)")
+    return model

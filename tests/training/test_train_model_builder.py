@@ -105,3 +105,14 @@ def test_kwargs_a_timm_model_refuses_by_assert_are_one_line(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match=r"embed_dim=64: the model's constructor refused them \(assert at "
                                           r"refusing\.py:2: assert kwargs\['embed_dim'\] % 3 == 0\)$"):
         build(tmp_path, "model: deit_tiny_patch16_224\n", "--model-kwargs", "embed_dim=64")
+
+
+@pytest.mark.parametrize("model, kwargs, patch", [("local_vssm_tiny", ["dims=8"], 4),
+                                                  ("local_vim_tiny_wo_search", ["depth=2", "embed_dim=16", "patch_size=8"], 8)])
+def test_an_image_size_below_one_patch_is_refused_before_training(model, kwargs, patch):
+    """LocalVMamba at --img-size 2 failed in its first forward with a traceback; now the model's build refuses it in
+    one line. One patch is enough."""
+    with pytest.raises(ConfigError, match=rf"^--img-size {patch - 1} is smaller than one patch of {model} \({patch} "
+                                          r"pixels\)$"):
+        build_model(parse_args(["--model", model, "--model-kwargs", *kwargs, "--img-size", str(patch - 1)]))
+    assert build_model(parse_args(["--model", model, "--model-kwargs", *kwargs, "--img-size", str(patch)])) is not None
