@@ -107,8 +107,8 @@ def test_kwargs_a_timm_model_refuses_by_assert_are_one_line(tmp_path, monkeypatc
         build(tmp_path, "model: deit_tiny_patch16_224\n", "--model-kwargs", "embed_dim=64")
 
 
-@pytest.mark.parametrize("model, kwargs, patch", [("local_vssm_tiny", ["dims=8"], 4),
-                                                  ("local_vim_tiny_wo_search", ["depth=2", "embed_dim=16", "patch_size=8"], 8)])
+@pytest.mark.parametrize("model, kwargs, patch", [
+    ("local_vssm_tiny", ["dims=8"], 4), ("local_vim_tiny_wo_search", ["depth=2", "embed_dim=16", "patch_size=8"], 8)])
 def test_an_image_size_below_one_patch_is_refused_before_training(model, kwargs, patch):
     """LocalVMamba at --img-size 2 failed in its first forward with a traceback; now the model's build refuses it in
     one line. One patch is enough."""
