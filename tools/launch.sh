@@ -27,6 +27,12 @@ case "$MODE" in
     srun) [ $# -ge 3 ] || usage; PARTITION=$1; GPUS=$2; ENTRY=$3; shift 3 ;;
     *) usage ;;
 esac
+case "$GPUS" in
+    ''|*[!0-9]*|0*)
+        echo "error: the number of processes (GPUS) must be a whole number from 1, got '$GPUS': check the order of" \
+             "the arguments (tools/dist_train.sh GPUS CONFIG MODEL; the det/seg dist_train.sh CONFIG GPUS)" >&2
+        exit 2 ;;
+esac
 if [ ! -f "$ENTRY" ] && [ -f "$ROOT/$ENTRY" ]; then
     ENTRY="$ROOT/$ENTRY"
 fi

@@ -158,3 +158,18 @@ def test_install_mm_prints_its_usage_for_help_and_refuses_other_arguments():
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr == ("install_mm.sh: unexpected argument(s) --cuda: it takes none; settings come from "
                               "environment variables (bash tools/install_mm.sh --help)\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("gpus", ["c.yaml", "0", "two", "-1", ""])
+def test_a_process_count_that_is_not_a_whole_number_is_one_line(shell, stub_path, gpus):
+    """mmdet's argument order given to tools/dist_train.sh put the config where the process count goes: torchrun
+    failed with a 30-line traceback (a bare AssertionError for 0)."""
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ["PATH"] = stub_path
+    proc = subprocess.run([shell, os.path.join(REPO, "tools/dist_train.sh"), gpus, "c.yaml", "m"], cwd=REPO,
+                          env=environ, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (f"error: the number of processes (GPUS) must be a whole number from 1, got '{gpus}': check "
+                           f"the order of the arguments (tools/dist_train.sh GPUS CONFIG MODEL; the det/seg "
+                           f"dist_train.sh CONFIG GPUS)\n")
