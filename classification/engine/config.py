@@ -47,7 +47,12 @@ class KeyValueAction(argparse.Action):
             if "=" not in item:
                 parser.error(f"{option_string} expects key=value items, got {item!r}")
             key, value = item.split("=", 1)
-            merged[key] = yaml.safe_load(value)
+            try:
+                merged[key] = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                parser.error(f"{option_string} {item}: the value is not YAML ({problem}), as a config file's "
+                             f"model_kwargs value must be (e.g. {key}=[1, 2])")
             from_cli.add(key)
         setattr(namespace, self.dest, merged)
         setattr(namespace, "_cli_" + self.dest, sorted(from_cli))

@@ -53,6 +53,19 @@ def test_model_kwargs_merge_key_by_key(tmp_path):
     assert sorted(args.cli_model_kwargs) == ["depth", "patch_size"]
 
 
+@pytest.mark.parametrize("item, problem", [("depths=[1,1,1", "expected ',' or ']', but got '<stream end>'"),
+                                           ("directions=[[h,v]]*4", "expected '<document start>', but found '<alias>'")])
+def test_a_model_kwargs_value_that_is_not_yaml_is_one_line(capsys, item, problem):
+    """It was yaml's ParserError traceback."""
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--model-kwargs", item])
+    assert stop.value.code == 2
+    key = item.split("=")[0]
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --model-kwargs {item}: the value is not YAML ({problem}), as a config file's model_kwargs value "
+        f"must be (e.g. {key}=[1, 2])")
+
+
 def test_quickstart_config_is_local_vim_tiny_on_digits():
     args = parse_args(["-c", os.path.join(REPO, "configs", "quickstart.yaml"), "--model", "local_vim_small"])
     assert (args.model, args.dataset, args.img_size, args.threads) == ("local_vim_small", "digits", 16, 1)
