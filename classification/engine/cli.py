@@ -1,7 +1,7 @@
 """Shared start-up of the command-line tools: user errors and interruptions become one line instead of a traceback.
 
 Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk, a kernel
-environment variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``) prints
+environment variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``, ``LOCALMAMBA_DIRECTION_MODULES``) prints
 `error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1) prints one line
 with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
 SIGINT, 143 for SIGTERM, 138 for SIGUSR1). In a distributed run, a rank whose collective fails because another rank
@@ -21,9 +21,10 @@ from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
 from ..common.checkpoint_io import CheckpointError
 from ..data import DataError
+from ..models.scan_maps import DirectionModuleError
 from .config import ConfigError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError, *SETTING_ERRORS)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DirectionModuleError, OSError, *SETTING_ERRORS)
 DEBUG_ENV = "LOCALMAMBA_DEBUG"
 
 

@@ -101,6 +101,10 @@ def _lookup(base: str) -> Optional[tuple[str, int]]:
     return None
 
 
+class DirectionModuleError(ImportError):
+    """A module named in ``LOCALMAMBA_DIRECTION_MODULES`` that cannot be imported (the message names it)."""
+
+
 def import_direction_modules() -> None:
     """Import the modules named (comma-separated) in ``LOCALMAMBA_DIRECTION_MODULES``, each once, so that their
     ``register_direction`` calls run; done by itself the first time a direction name is not known."""
@@ -110,7 +114,7 @@ def import_direction_modules() -> None:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ImportError(f'{DIRECTION_MODULES_ENV}: cannot import {module!r} ({err}); it must be importable '
+            raise DirectionModuleError(f'{DIRECTION_MODULES_ENV}: cannot import {module!r} ({err}); it must be importable '
                               f'(on PYTHONPATH) by every process that builds a model') from err
         _imported_modules.add(module)
 

@@ -57,6 +57,19 @@ def test_bad_flags(flags, message, monkeypatch, capsys, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_a_direction_module_that_cannot_be_imported_is_one_line(monkeypatch, capsys, tmp_path):
+    """LOCALMAMBA_DIRECTION_MODULES naming a module that is not there: its message was the end of a chained
+    traceback."""
+    directions = tmp_path / "directions.yaml"
+    directions.write_text("directions: [[h, snake_demo]]\n")
+    monkeypatch.setenv("LOCALMAMBA_DIRECTION_MODULES", "no_such_scans_module")
+    monkeypatch.setattr("classification.models.scan_maps._imported_modules", set())
+    assert_error(cli(monkeypatch, capsys, "train.py", "--dataset", "digits", "--model", "local_vim_tiny",
+                     "--directions", str(directions), "--output", str(tmp_path / "out")),
+                 "LOCALMAMBA_DIRECTION_MODULES: cannot import 'no_such_scans_module' (No module named "
+                 "'no_such_scans_module'); it must be importable")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu(monkeypatch, capsys, tmp_path):
     assert_error(cli(monkeypatch, capsys, "test.py", *TINY_RUN, "--device", "cuda", "--resume", "x.pth.tar"),
