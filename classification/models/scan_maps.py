@@ -114,8 +114,8 @@ def import_direction_modules() -> None:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise DirectionModuleError(f'{DIRECTION_MODULES_ENV}: cannot import {module!r} ({err}); it must be importable '
-                              f'(on PYTHONPATH) by every process that builds a model') from err
+            raise DirectionModuleError(f'{DIRECTION_MODULES_ENV}: cannot import {module!r} ({err}); it must be '
+                                       f'importable (on PYTHONPATH) by every process that builds a model') from err
         _imported_modules.add(module)
 
 
