@@ -196,8 +196,17 @@ class CheckpointManager:
         return self.ckpts
 
 
+# What a released file written by `convert_checkpoint` keeps of its run besides the weights: what `check_same_model`
+# and `tools/test.py` check (the model, its scan directions or search candidates, the class folders) and, of the
+# run's config, what builds the model and its inputs (not its paths).
+RELEASED_RECORD = ("model_name", "directions", "candidates", "classes")
+RELEASED_CONFIG = ("model", "model_kwargs", "directions", "num_classes", "img_size", "crop_pct", "interpolation",
+                   "image_mean", "image_std")
+
+
 def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False, overwrite: bool = False) -> int:
-    """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped); returns the tensor count.
+    """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped), with the run's record
+    (`RELEASED_RECORD`, `RELEASED_CONFIG`) beside it; returns the tensor count.
 
     A checkpoint without tensors under `key` is refused rather than written empty; an existing `dst` is replaced only
     with `overwrite`, and never when it is `src` (the training state would be lost); a folder is refused.
@@ -211,9 +220,12 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
                                   f"state with the weights alone; give another output file")
         if not overwrite:
             raise CheckpointError(f"{dst} exists; give another output file, or --overwrite to replace it")
-    weights = state_dict_from(load_checkpoint(src, trust=trust), key, source=src)
+    ckpt = load_checkpoint(src, trust=trust)
+    weights = state_dict_from(ckpt, key, source=src)
     tensors = sum(isinstance(v, torch.Tensor) for v in weights.values())
     if tensors == 0:
         raise CheckpointError(f"{src}: {key!r} holds no tensors; nothing to convert")
-    atomic_save({"state_dict": weights}, dst)
+    record = {name: ckpt[name] for name in RELEASED_RECORD if name in ckpt}
+    config = {name: value for name, value in (ckpt.get("config") or {}).items() if name in RELEASED_CONFIG}
+    atomic_save({"state_dict": weights, **record, **({"config": config} if config else {})}, dst)
     return tensors

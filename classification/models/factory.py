@@ -3,12 +3,16 @@ checkpoint, if any) and the one build path through timm's ``build_model_with_cfg
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Sequence, Union
+import os
+import warnings
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
+
+from .directions import directions_difference
 
 # Assets of the original's v1.0.0 GitHub release (each a ``{'state_dict': ...}`` file with a ``log_*.txt`` beside it).
 RELEASE_URL = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/'
@@ -93,13 +97,28 @@ def check_trunk_fits(state_dict: dict, model: nn.Module, classifier: Union[None,
                          f'as the checkpoint\'s was built)')
 
 
+def warn_of_other_directions(model: nn.Module) -> None:
+    """Warn when the file the model's weights came from (``pretrained_cfg['file']``, a training checkpoint) records
+    other scan directions than the model's: the weights load (same keys and shapes) and compute something else. A
+    file that records none (released weights) is not checked."""
+    path = (getattr(model, 'pretrained_cfg', None) or {}).get('file')
+    if not path or not os.path.isfile(path):
+        return
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)  # timm has just read it so
+    other = directions_difference(model, checkpoint) if isinstance(checkpoint, Mapping) else None
+    if other is not None:
+        warnings.warn(f'{path} was trained with other scan directions ({other}): build the model with the '
+                      f'directions= of its run (its --directions file) to compute what it learned', stacklevel=3)
+
+
 def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool,
                       checkpoint_filter_fn: CheckpointFilter, default_out_indices: Sequence[int],
                       **kwargs: Any) -> nn.Module:
     """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
     included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
     ``default_out_indices`` unless ``out_indices`` is given (timm's ``feature_cls`` 'fx' and 'hook' work too; 'dict'
-    and 'list' are refused, as for timm's ViT). A search supernet refuses ``directions``. timm's
+    and 'list' are refused, as for timm's ViT). A search supernet refuses ``directions``; a training checkpoint of other
+    directions than the model's is loaded with a warning (`warn_of_other_directions`). timm's
     ``device`` builds the model there (``'meta'``: no memory, no initialisation), ``dtype`` casts it once built."""
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))
@@ -117,4 +136,6 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
             pretrained_filter_fn=keeping_a_fitting_head(checkpoint_filter_fn),
             feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
             **kwargs)
+    if pretrained:
+        warn_of_other_directions(model)
     return model if dtype is None else model.to(dtype)

@@ -1,11 +1,14 @@
 """Released weights by name: the v1.0.0 release URLs in the pretrained_cfg table, and timm's pretrained loading (a
 file overlay and a file:// URL, no network) of a checkpoint in the released ``{'state_dict': ...}`` form."""
+import re
+import warnings
+
 import pytest
 import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
-from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS
+from classification.models.directions import CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS
 
 RELEASE = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/'
 URLS = {
@@ -138,3 +141,22 @@ def test_weights_of_another_model_for_another_class_count_are_refused_not_skippe
     with pytest.raises(ValueError, match=r"classifier: other shapes pos_embed, "):
         timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(shallow)),
                           num_classes=5, **wider)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, tmp_path):
+    """A checkpoint that records its run's scan directions (a training one, or tools/convert_ckpt.py's output) loaded
+    into a model of other directions: same keys and shapes, so it loaded without a word and computed something
+    else. Now a warning names the first layer that differs; the model of its own directions loads silently."""
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path)
+    own = [list(layer) for layer in TINY[name]['directions']]
+    torch.save({'state_dict': weights, 'directions': own}, path)
+    other = [[d for d in CANDIDATES if d not in own[0]][:len(own[0])], *own[1:]]
+    with pytest.warns(UserWarning, match=re.escape(f"{path} was trained with other scan directions (layer 0: {own[0]} "
+                                                   f"vs {other[0]} here)")):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                          **{**TINY[name], 'directions': other})
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name])

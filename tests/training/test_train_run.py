@@ -85,7 +85,13 @@ def test_evaluation_reproduces_the_logged_metrics_for_both_checkpoint_forms(run_
     run_script(monkeypatch, "convert_ckpt.py", os.path.join(exp, "last.pth.tar"), released, "ema_model")
     conv = torch.load(released, map_location="cpu")
     ema = torch.load(os.path.join(exp, "last.pth.tar"), map_location="cpu", weights_only=True)["ema_model"]
-    assert list(conv) == ["state_dict"] and list(conv["state_dict"]) == list(ema)
+    assert list(conv["state_dict"]) == list(ema)
+    run = torch.load(os.path.join(exp, "last.pth.tar"), map_location="cpu", weights_only=True)
+    assert {key: conv[key] for key in conv if key != "state_dict"} == {  # the run's record, without its paths
+        "model_name": "vit_tiny_patch16_224", "directions": None, "candidates": None, "classes": None,
+        "config": {key: run["config"][key] for key in ("model", "model_kwargs", "directions", "num_classes",
+                                                         "img_size", "crop_pct", "interpolation", "image_mean",
+                                                         "image_std")}}
     assert all(torch.equal(conv["state_dict"][k], v) for k, v in ema.items())
     out = run_tool("test.py", *common, "--resume", released).stdout
     assert f"'top1': {float(last['top1'])!r}" in out and "EMA: {" not in out and "Model: {" not in out
