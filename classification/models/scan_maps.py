@@ -23,11 +23,12 @@ exact inverse for any grid; the original's ``v`` reverse was only right for squa
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import re
-from typing import Callable, NamedTuple, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, TypeVar
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -154,18 +155,30 @@ def _check_grid(grid: Sequence[int]) -> Grid:
     return int(grid[0]), int(grid[1])
 
 
+@contextlib.contextmanager
+def _not_traced() -> Iterator[None]:
+    """Run the block unrecorded by a ``torch.jit.trace`` in progress: a table built during a trace is then a constant
+    of the graph, as it is when the trace finds it cached (its check run would otherwise see two graphs)."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
 def _cached_table(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Cache an index-table builder per arguments, the ``maxsize`` most recently used tables (a detector trained at
     many input sizes would otherwise keep the tables of every size it met); tables are built outside inference mode,
-    so that one first made under ``torch.inference_mode`` (evaluation) can later serve a training step, and outside
-    any fake-tensor mode (a compiled graph's shape function may ask for a registered table's length). The cached
-    function's ``cache_info`` and ``cache_clear`` are the wrapper's."""
+    so that one first made under ``torch.inference_mode`` (evaluation) can later serve a training step, outside any
+    fake-tensor mode (a compiled graph's shape function may ask for a registered table's length) and unrecorded by
+    ``torch.jit.trace``. The cached function's ``cache_info`` and ``cache_clear`` are the wrapper's."""
     def decorate(build: Callable[..., T]) -> Callable[..., T]:
         cached = functools.lru_cache(maxsize=maxsize)(build)
 
         @functools.wraps(build)
         def wrapper(*args):
-            with torch.inference_mode(False), unset_fake_temporarily():
+            with torch.inference_mode(False), unset_fake_temporarily(), _not_traced():
                 return cached(*args)
 
         wrapper.cache_info = cached.cache_info

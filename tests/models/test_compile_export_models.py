@@ -139,3 +139,17 @@ def test_reference_backend_model_exports_to_onnx(family, monkeypatch, tmp_path):
     session = onnxruntime.InferenceSession(str(path))
     (out,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('family', ['local_vim_cls', 'local_vssm'])
+def test_jit_trace_of_a_fresh_model_passes_its_check(family):
+    """torch.jit.trace checks a trace by tracing again: a model whose index tables were first built inside the
+    trace gave two graphs (TracingCheckError). The traced model computes the model's outputs on another input."""
+    model, image = MODELS[family]()
+    model.eval()
+    scan_maps._sequence_index.cache_clear()
+    scan_maps.scan_index.cache_clear()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, image)
+        other = torch.randn_like(image)
+        torch.testing.assert_close(traced(other), model(other), rtol=1e-5, atol=1e-6)
