@@ -381,6 +381,10 @@ def check_ranges(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cutmix-minmax takes two values (min max), got {args.cutmix_minmax!r}")
     if not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536:
         raise ConfigError(f"--dist-port must be a port number (1-65535), got {args.dist_port!r}")
+    name = os.path.normpath(args.experiment) if args.experiment else ""
+    if not name or name == "." or os.path.isabs(name) or name.split(os.sep)[0] == "..":
+        raise ConfigError(f"--experiment must name a folder inside --output {args.output} (e.g. my_run or "
+                          f"ablations/my_run), got {args.experiment!r}")
     if args.overwrite and args.resume:
         raise ConfigError("--overwrite starts a run afresh and --resume continues one: give only one of them")
     for flag in ("rewind", "branch"):

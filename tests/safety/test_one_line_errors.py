@@ -46,6 +46,11 @@ def assert_error(result, message):
     (["--model-kwargs", "depht=2"], "--model-kwargs: model vit_tiny_patch16_224 does not take 'depht'; did you "
                                     "mean depth"),
     (["--overwrite", "--resume", "x.pth.tar"], "give only one of them"),
+    (["--experiment", ""], "--experiment must name a folder inside --output"),
+    (["--experiment", "../escape"], "--experiment must name a folder inside --output"),
+    (["--experiment", "runs/../../escape"], "--experiment must name a folder inside --output"),
+    (["--experiment", "/tmp/escape"], "--experiment must name a folder inside --output"),
+    (["--experiment", "./"], "--experiment must name a folder inside --output"),
     (["--aa", "rand-inc1-m9"], "--aa 'rand-inc1-m9': unknown RandAugment section 'inc1'"),
     (["--aa", "rand-m9-w1"], "--aa 'rand-m9-w1': only the weight set w0 exists"),
     (["--aa", "foo", "--aa-impl", "timm"], "--aa 'foo': Unknown AA policy foo"),
