@@ -335,6 +335,20 @@ class Run:
         return DataError(f"another rank could not read its training batch {progress.step} of epoch {epoch} (its "
                          f"error names the cause)")
 
+    def aborted(self) -> RunInterrupted:
+        """After a second Ctrl-C, which stops at once (a checkpoint being written is abandoned): log what
+        `last.pth.tar` holds, as the first Ctrl-C's line said it would save the run's progress there."""
+        last = self.manager.path(LAST)
+        if self.env.is_main:
+            held = "nothing was saved yet"
+            if os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
+                ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+                step = ckpt.get("step")
+                end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
+                held = f"{last} holds the run up to {end}; the training after it is lost"
+            self.log.warning(f"Second SIGINT: stopped at once, without saving; {held}")
+        return self.interrupted(signal.SIGINT)
+
     def interrupted(self, signum: int) -> RunInterrupted:
         """The exception that ends the run stopped by `signum`, naming `last.pth.tar` if there is one."""
         last = self.manager.path(LAST)
@@ -530,7 +544,7 @@ def train(cfg: Namespace) -> dict:
         try:
             return run.fit()
         except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
-            raise run.interrupted(signal.SIGINT) from None
+            raise run.aborted() from None
     finally:
         if lock is not None:
             lock.release()

@@ -99,6 +99,9 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("interrupted; continue with: ")
     assert load(folder / "last.pth.tar")["step"] is None  # epoch 0's: no mid-epoch checkpoint was written
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+    # the first Ctrl-C's line said it was saving there: the second one's says what the file holds
+    assert (f"WARNING Second SIGINT: stopped at once, without saving; {folder / 'last.pth.tar'} holds the run up to "
+            f"epoch 0; the training after it is lost") in proc.stdout
 
 
 def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as_such(straight_run, tmp_path):
