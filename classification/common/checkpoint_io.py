@@ -49,6 +49,9 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
     tensors instead of reading them (for a look at its plain entries). Errors name the file.
     """
     is_url = path.startswith(('http://', 'https://'))
+    if not is_url and os.path.isdir(path):
+        raise CheckpointError(f'{path} is a folder: give a checkpoint file in it, e.g. '
+                              f'{os.path.join(path, "last.pth.tar")}')
     if not is_url and not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     if not is_url:

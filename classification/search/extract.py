@@ -165,9 +165,6 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     """
     if topk < 1:
         raise ValueError(f"--topk must be at least 1, got {topk}")
-    if os.path.isdir(ckpt_path):
-        raise CheckpointError(f"{ckpt_path} is a folder: give a checkpoint file in it, e.g. "
-                              f"{os.path.join(ckpt_path, 'last.pth.tar')}")
     if out_dir:
         _check_out_dir(out_dir)
     ckpt = load_checkpoint(ckpt_path, trust=trust)

@@ -165,6 +165,9 @@ def test_missing_or_corrupt_checkpoint(tiny_ckpt, tmp_path):
     flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path)]
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pth"):
         evaluate(parse_args([*flags, "--resume", str(tmp_path / "nope.pth")]))
+    with pytest.raises(CheckpointError, match=f"^{tmp_path} is a folder: give a checkpoint file in it, e.g. "
+                                              f"{tmp_path}/last.pth.tar$"):
+        evaluate(parse_args([*flags, "--resume", str(tmp_path)]))
     broken = tmp_path / "broken.pth.tar"
     broken.write_bytes(open(tiny_ckpt, "rb").read()[:1000])
     with pytest.raises(CheckpointError, match=f"cannot read checkpoint {broken}"):
