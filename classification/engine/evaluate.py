@@ -121,6 +121,9 @@ def test(cfg: Namespace) -> dict:
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"
         log.info(f"Loaded {cfg.resume} ({what}) into {cfg.model}")
+        log.info(f"Evaluating on the {len(val_set)} images of {cfg.data_path or cfg.dataset} (val) at --img-size "
+                 f"{cfg.img_size}, --crop-pct {cfg.crop_pct}, --interpolation {cfg.interpolation}, in batches of "
+                 f"{val_loader.batch_size} on {env.world_size} process(es)")
         start_log_file(log)  # the inputs are checked: an evaluation refused before this leaves no eval log
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)

@@ -10,7 +10,7 @@ import yaml
 
 from classification.common import checkpoint_io as ckpt_mod
 from classification.common.checkpoint_io import CheckpointError, atomic_save
-from classification.data import DataError
+from classification.data import DataError, build_eval_dataset
 from classification.engine.cli import run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
@@ -145,7 +145,13 @@ def test_evaluation_with_other_inputs_than_the_run_warns_naming_them(tiny_ckpt, 
     other = {"bilinear": "bicubic", "bicubic": "bilinear"}[saved["interpolation"]]
     flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path), "--resume", tiny_ckpt]
     evaluate(parse_args(flags))
-    assert "other inputs" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "other inputs" not in out
+    cfg = parse_args(flags)
+    images = len(build_eval_dataset(cfg))
+    batch = int(cfg.batch_size * cfg.val_batch_size_multiplier)
+    assert (f"Evaluating on the {images} images of digits (val) at --img-size 16, --crop-pct {saved['crop_pct']}, "
+            f"--interpolation {saved['interpolation']}, in batches of {batch} on 1 process(es)") in out  # the eval log's
     evaluate(parse_args([*flags, "--crop-pct", "0.5", "--interpolation", other]))
     assert (f"{tiny_ckpt} was validated by its run with other inputs than these (--crop-pct {saved['crop_pct']} -> "
             f"0.5, --interpolation {saved['interpolation']} -> {other}): the accuracy is of other images") in \
