@@ -151,7 +151,7 @@ def test_evaluation_with_other_inputs_than_the_run_warns_naming_them(tiny_ckpt, 
     images = len(build_eval_dataset(cfg))
     batch = int(cfg.batch_size * cfg.val_batch_size_multiplier)
     assert (f"Evaluating on the {images} images of digits (val) at --img-size 16, --crop-pct {saved['crop_pct']}, "
-            f"--interpolation {saved['interpolation']}, in batches of {batch} on 1 process(es)") in out  # the eval log's
+            f"--interpolation {saved['interpolation']}, in batches of {batch} on 1 process(es)") in out
     evaluate(parse_args([*flags, "--crop-pct", "0.5", "--interpolation", other]))
     assert (f"{tiny_ckpt} was validated by its run with other inputs than these (--crop-pct {saved['crop_pct']} -> "
             f"0.5, --interpolation {saved['interpolation']} -> {other}): the accuracy is of other images") in \
