@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from classification.benchmarks import OpShape, benchmark_op, images_per_second, median_seconds, render_table
+from classification.benchmarks import (OpShape, benchmark_op, format_op_table, images_per_second, median_seconds,
+                                       render_table)
 from classification.benchmarks import timing
 from localmamba_kernel_runtime import backends
 
@@ -68,8 +69,33 @@ def test_table_layout():
         'name          ms', '---------  -----', 'scan         1.5', 'reference  10.25']
 
 
+def op_row(backend, fwd_ms, fwdbwd_ms, reference_ms=(8.0, 20.0)):
+    """A row of benchmark_op with hand-made timings (milliseconds of forward and of forward + backward)."""
+    return {'backend': backend, 'fwd_ms': fwd_ms, 'fwd_speedup': reference_ms[0] / fwd_ms,
+            'fwd_ns_per_update_core': None, 'fwdbwd_ms': fwdbwd_ms,
+            'fwdbwd_speedup': None if fwdbwd_ms is None else reference_ms[1] / fwdbwd_ms,
+            'bwd_over_fwd': None if fwdbwd_ms is None else (fwdbwd_ms - fwd_ms) / fwd_ms}
+
+
+def test_op_table_gives_no_backward_ratio_where_noise_made_forward_and_backward_no_slower_than_forward():
+    rows = [op_row('cpu', 2.0, 1.5), op_row('triton', 2.0, 2.0), op_row('reference', 8.0, 20.0)]
+    assert format_op_table(rows).splitlines() == [
+        'backend    fwd ms  fwd speedup  fwd ns/update/core  fwd+bwd ms  fwd+bwd speedup                      bwd/fwd',
+        '---------  ------  -----------  ------------------  ----------  ---------------  ---------------------------',
+        'cpu         2.000         4.0x                   -       1.500            13.3x  n/a (noise: fwd+bwd <= fwd)',
+        'triton      2.000         4.0x                   -       2.000            10.0x  n/a (noise: fwd+bwd <= fwd)',
+        'reference   8.000         1.0x                   -      20.000             1.0x                        1.50x']
+
+
+def test_op_table_without_backward_timings_has_no_ratio():
+    assert format_op_table([op_row('cpu', 2.0, None), op_row('reference', 8.0, None)]).splitlines()[2:] == [
+        'cpu         2.000         4.0x                   -           -                -        -',
+        'reference   8.000         1.0x                   -           -                -        -']
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--op', 'scan', '--repeats', '0'], '--repeats'),
+    (['--op', 'scan', '--repeats', '-3'], '--repeats must be at least 1'),
     (['--op', 'scan', '--warmup', '-1'], '--warmup'),
     (['--op', 'scan', '--dim', '0'], '--dim'),
     (['--op', 'scan', '--threads', '0'], '--threads'),

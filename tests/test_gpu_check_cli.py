@@ -1,9 +1,14 @@
 """tools/gpu_check.py's refusals of input that cannot give a result: one `error: ...` line on stderr and exit status 2
-before anything runs (nothing here runs a check: dry runs, logs written under tmp_path, the kernel check replaced)."""
+before anything runs (nothing here runs a check: dry runs, logs written under tmp_path, the kernel check replaced);
+and the layout of its correctness table."""
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+
+from classification.benchmarks.gpu_check import CHECK_HEADER, check_line, checked_models, column_widths
+from classification.benchmarks.gpu_check import correctness_cases
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check_tool", TOOL)
@@ -56,3 +61,61 @@ def test_the_cpu_kernel_check_needs_the_triton_interpreter(monkeypatch, capsys, 
     assert "TRITON_INTERPRET=1 " in capsys.readouterr().out
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert gpu_check_tool.main(["--device", "cpu", "--quick"]) == 0 and len(kernel_check_calls) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dry-run"], "--dry-run needs --e2e"),
+    (["--device", "cpu", "--only", "kernel"], "--only needs --e2e"),
+    (["--log", "e2e.log"], "--log needs --e2e"),
+    (["--budget", "0"], "--budget needs --e2e"),
+    (["--device", "foo"], "--device 'foo' is not one of cpu, cuda, cuda:N"),
+    (["--device", "cuda:x", "--e2e", "--dry-run"], "--device 'cuda:x' is not one of cpu, cuda, cuda:N"),
+    (["--device", "meta"], "--device 'meta' is not one of cpu, cuda, cuda:N"),
+    (["--device", "cpu", "--repeats", "0"], "--repeats must be at least 1"),
+    (["--device", "cpu", "--quick", "--repeats", "-2"], "--repeats must be at least 1"),
+])
+def test_arguments_that_cannot_run_are_refused_in_one_line(argv, message, monkeypatch, capsys, kernel_check_calls):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gpu_check_tool.main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert kernel_check_calls == []
+
+
+@pytest.mark.parametrize("argv, repeats", [(["--quick"], 1), ([], 20), (["--quick", "--repeats", "3"], 3)])
+def test_the_kernel_check_times_the_repeats_asked_for(argv, repeats, monkeypatch, kernel_check_calls):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gpu_check_tool.main(["--device", "cpu"] + argv) == 0
+    assert kernel_check_calls == [("cpu", "--quick" in argv, repeats, False, True)]
+
+
+def test_correctness_table_columns_line_up_whatever_the_case_name():
+    widths = column_widths([("conv1d W=2 silu=True", "float32"), ("multi_scan_inner token-major, determ.", "float32"),
+                            ("attention_merge K=4", "bfloat16")])
+    assert widths == (37, 8)
+    assert [check_line(cells, widths) for cells in [
+        CHECK_HEADER,
+        ("conv1d W=2 silu=True", "float32", "7.26e-08", "2.50e-07", "ok"),
+        ("multi_scan_inner token-major, determ.", "float32", "1.27e-07", "3.88e-07", "ok"),
+        ("attention_merge K=4", "bfloat16", "-", "-", "ERROR RuntimeError: boom"),
+    ]] == [
+        "case                                   dtype       out err   grad err  result",
+        "conv1d W=2 silu=True                   float32    7.26e-08   2.50e-07  ok",
+        "multi_scan_inner token-major, determ.  float32    1.27e-07   3.88e-07  ok",
+        "attention_merge K=4                    bfloat16          -          -  ERROR RuntimeError: boom",
+    ]
+
+
+def test_every_row_of_the_quick_correctness_table_lines_up_with_its_header():
+    cases, deterministic = correctness_cases(torch.device("cpu"), quick=True)    # makers only: nothing runs
+    labels = [(case, dtype) for case, dtype, _ in cases + deterministic]
+    labels += [(f"model {name}", "float32") for name in checked_models(quick=True)]
+    assert {"conv1d W=2 silu=True", "multi_scan_inner K=4 cls, gate", "model local_vssm_tiny"} <= dict(labels).keys()
+    widths = column_widths(labels)
+    header = check_line(CHECK_HEADER, widths)
+    dtype_at, result_at = header.index("dtype"), header.index("result")
+    out_err_end, grad_err_end = header.index("out err") + len("out err"), header.index("grad err") + len("grad err")
+    for case, dtype in labels:
+        line = check_line((case, dtype, "1.00e-07", "2.00e-07", "ok"), widths)
+        assert line[:dtype_at].rstrip() == case and line[dtype_at:].startswith(dtype + " ")
+        assert line[out_err_end - 8:out_err_end] == "1.00e-07" and line[grad_err_end - 8:grad_err_end] == "2.00e-07"
+        assert line[result_at:] == "ok"

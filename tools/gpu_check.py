@@ -40,9 +40,28 @@ def _refuse(message: str) -> int:
     return 2
 
 
+def _argument_error(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the arguments before anything runs (an unknown --device, --repeats below 1, an --e2e option
+    without --e2e), or None."""
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError:
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        return f"--device {args.device!r} is not one of cpu, cuda, cuda:N"
+    if args.repeats is not None and args.repeats < 1:
+        return "--repeats must be at least 1"
+    e2e_options = {"--dry-run": args.dry_run, "--only": bool(args.only), "--log": args.log is not None,
+                   "--budget": args.budget is not None}
+    given = [flag for flag, present in e2e_options.items() if present]
+    if given and not args.e2e:
+        return f"{given[0]} needs --e2e"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for a CPU smoke test)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per figure (default 20; 1 with --quick)")
@@ -62,6 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="print the targets and tables of these --e2e logs (a run split with --only: all its "
                              "logs) and exit; needs no GPU")
     args = parser.parse_args(argv)
+    error = _argument_error(args)
+    if error:
+        return _refuse(error)
     if args.report:
         missing = [path for path in args.report if not os.path.isfile(path)]
         if missing:
@@ -89,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if torch.device(args.device).type == "cpu" and not triton_interpreter():
         return _refuse("the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
                        "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
-    repeats = args.repeats or (1 if args.quick else 20)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 20)
     return 0 if run_gpu_check(args.device, args.quick, repeats, args.skip_timing, not args.skip_models) else 1
 
 

@@ -14,7 +14,7 @@ path and the fused scan kernel alone (``mixer_ops.mixer_timings``).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, List, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Sequence, Tuple
 
 import torch
 from localmamba_kernel_runtime import backends
@@ -75,54 +75,70 @@ def autocast_problem(device: torch.device, dim: int, seqlen: int, dstate: int) -
     return under_autocast, inputs, weights
 
 
-def correctness(device: torch.device, quick: bool) -> bool:
+CheckCase = Tuple[str, str, Callable[[], Problem]]    # (case, dtype, problem maker) of the correctness table
+CHECK_HEADER = ("case", "dtype", "out err", "grad err", "result")
+
+
+def correctness_cases(device: torch.device, quick: bool) -> Tuple[List[CheckCase], List[CheckCase]]:
+    """The rows of the correctness table: (cases checked as they are, the scans checked again under
+    ``torch.use_deterministic_algorithms(True)``)."""
     dim, seqlen, dstate = (8, 9, 4) if quick else (384, 196, 16)
-    cases: List[Tuple[str, Callable]] = []
-    dtypes = [torch.float32, torch.bfloat16]
-    for dtype in dtypes:
+    cases: List[CheckCase] = []
+    for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
         cases += [
-            (f"scan grouped G=1, z, softplus  {name}",
+            ("scan grouped G=1, z, softplus", name,
              lambda dt=dtype: scan_problem(device, dt, "var4", 1, dim, seqlen, dstate, True, True, False)),
-            (f"scan grouped G=2, last state   {name}",
+            ("scan grouped G=2, last state", name,
              lambda dt=dtype: scan_problem(device, dt, "var4", 2, dim, seqlen, dstate, True, True, True)),
-            (f"scan (Bt,N,L), no z/softplus   {name}",
+            ("scan (Bt,N,L), no z/softplus", name,
              lambda dt=dtype: scan_problem(device, dt, "var3", 1, dim, seqlen, dstate, False, False, True)),
-            (f"scan time-invariant B/C, N=5   {name}",
+            ("scan time-invariant B/C, N=5", name,
              lambda dt=dtype: scan_problem(device, dt, "const", 1, dim, seqlen, 5, True, True, False)),
-            (f"scan long L=777, N=12          {name}",
+            ("scan long L=777, N=12", name,
              lambda dt=dtype: scan_problem(device, dt, "var4", 1, 16, 40 if quick else 777, 12, True, True, True)),
-            (f"inner no out_proj              {name}",
-             lambda dt=dtype: inner_problem(device, dt, dim, seqlen, dstate)),
+            ("inner no out_proj", name, lambda dt=dtype: inner_problem(device, dt, dim, seqlen, dstate)),
         ]
         for width in (2, 3, 4):
             for silu in (True, False):
-                cases.append((f"conv1d W={width} silu={silu!s:<5}      {name}",
-                               lambda dt=dtype, w=width, s=silu: conv_problem(device, dt, w, s, dim, seqlen)))
-    cases.append(("scan under autocast              fp32", lambda: autocast_problem(device, dim, seqlen, dstate)))
+                cases.append((f"conv1d W={width} silu={silu}", name,
+                              lambda dt=dtype, w=width, s=silu: conv_problem(device, dt, w, s, dim, seqlen)))
+    cases.append(("scan under autocast", "float32", lambda: autocast_problem(device, dim, seqlen, dstate)))
     cases += mixer_cases(device, quick)
-    deterministic = [("scan grouped G=2, determ.      float32",
-                      lambda: scan_problem(device, torch.float32, "var4", 2, dim, seqlen, dstate, True, True, True))]
+    deterministic: List[CheckCase] = [
+        ("scan grouped G=2, determ.", "float32",
+         lambda: scan_problem(device, torch.float32, "var4", 2, dim, seqlen, dstate, True, True, True))]
     deterministic += deterministic_cases(device, quick)
-    print(f"{'case':<40} {'out err':>9} {'grad err':>9}  result")
-    ok = all([_check_case(name, make, contextlib.nullcontext) for name, make in cases] +
-             [_check_case(name, make, deterministic_algorithms) for name, make in deterministic])
-    return ok
+    return cases, deterministic
 
 
-def _check_case(name: str, make: Callable, mode: Callable[[], ContextManager]) -> bool:
-    """Print one row of the correctness table: the case of ``make`` compared under the context ``mode``."""
+def column_widths(labels: Sequence[Tuple[str, str]]) -> Tuple[int, int]:
+    """Widths of the correctness table's case and dtype columns for rows labelled (case, dtype) and the header."""
+    labels = [CHECK_HEADER[:2], *labels]
+    return max(len(case) for case, _ in labels), max(len(dtype) for _, dtype in labels)
+
+
+def check_line(cells: Sequence[str], widths: Tuple[int, int]) -> str:
+    """A line of the correctness table (the cells of ``CHECK_HEADER``): case and dtype left-aligned in ``widths``,
+    the errors right-aligned, two spaces between columns."""
+    case, dtype, out_err, grad_err, result = cells
+    return f"{case:<{widths[0]}}  {dtype:<{widths[1]}}  {out_err:>9}  {grad_err:>9}  {result}"
+
+
+def _check_case(check: CheckCase, widths: Tuple[int, int], mode: Callable[[], ContextManager]) -> bool:
+    """Print one row of the correctness table: the problem of ``check`` compared under the context ``mode``."""
+    case, dtype, make = check
     fn, inputs, weights = make()
     tol = TOLERANCE.get(inputs[0].dtype, 1e-2)
     try:
         with mode():
             out_err, grad_err, problems = compare(fn, inputs, weights)
     except Exception as err:  # report and continue with the other cases
-        print(f"{name:<40} {'-':>9} {'-':>9}  ERROR {type(err).__name__}: {err}")
+        print(check_line((case, dtype, "-", "-", f"ERROR {type(err).__name__}: {err}"), widths))
         return False
     passed = out_err < tol and grad_err < 5 * tol and not problems
     verdict = "ok" if passed else f"FAIL {problems}".strip()
-    print(f"{name:<40} {out_err:9.2e} {grad_err:9.2e}  {verdict}")
+    print(check_line((case, dtype, f"{out_err:.2e}", f"{grad_err:.2e}", verdict), widths))
     return passed
 
 
@@ -131,14 +147,19 @@ QUICK_MODELS = {"local_vim_tiny_wo_search": dict(depth=2, embed_dim=64),
                 "local_vssm_tiny": dict(dims=16, depths=(1, 1, 1, 1), directions=[["h", "w7"]] * 4)}
 
 
-def model_check(device: torch.device, quick: bool) -> bool:
-    """Logits of the registered models (LocalVim-T, LocalVMamba-T; two-block narrow versions when ``quick``) with
-    every op forced to triton against the reference backend."""
+def checked_models(quick: bool) -> Dict[str, dict]:
+    """Registered model -> keyword arguments of the model check (LocalVim-T, LocalVMamba-T; two-block narrow
+    versions when ``quick``)."""
+    return QUICK_MODELS if quick else dict.fromkeys(("local_vim_tiny", "local_vssm_tiny"), {})
+
+
+def model_check(device: torch.device, quick: bool, widths: Tuple[int, int]) -> bool:
+    """Logits of :func:`checked_models` with every op forced to triton against the reference backend, one row of
+    the correctness table each."""
     ok = True
     size = 32 if quick else 224
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
-    models = QUICK_MODELS if quick else dict.fromkeys(("local_vim_tiny", "local_vssm_tiny"), {})
-    for name, kwargs in models.items():
+    for name, kwargs in checked_models(quick).items():
         torch.manual_seed(0)
         model = create_model_at_size(name, size, **kwargs).to(device).eval()
         logits = {}
@@ -149,7 +170,7 @@ def model_check(device: torch.device, quick: bool) -> bool:
         err = _rel(logits["triton"], logits["reference"])
         passed = err < 1e-3
         ok &= passed
-        print(f"model {name:<33} {err:9.2e} {'-':>9}  {'ok' if passed else 'FAIL'}")
+        print(check_line((f"model {name}", "float32", f"{err:.2e}", "-", "ok" if passed else "FAIL"), widths))
     return ok
 
 
@@ -176,10 +197,15 @@ def run_gpu_check(device: str = "cuda", quick: bool = False, repeats: int = 20, 
     for op in MODEL_OPS:
         print(f"  {op}: auto backend '{backends.selected_backend(op, device)}', "
               f"available {list(backends.available_backends(op, device))}")
+    cases, deterministic = correctness_cases(device, quick)
+    widths = column_widths([(case, dtype) for case, dtype, _ in cases + deterministic] +
+                           [(f"model {name}", "float32") for name in (checked_models(quick) if models else ())])
+    print(check_line(CHECK_HEADER, widths))
     with backends.restoring_choice():
-        ok = correctness(device, quick)
+        ok = all([_check_case(check, widths, contextlib.nullcontext) for check in cases] +
+                 [_check_case(check, widths, deterministic_algorithms) for check in deterministic])
         try:
-            ok &= model_check(device, quick) if models else True
+            ok &= model_check(device, quick, widths) if models else True
         except Exception as err:  # report and go on to the timings
             print(f"model check ERROR {type(err).__name__}: {err}")
             ok = False

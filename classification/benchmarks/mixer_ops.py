@@ -79,9 +79,9 @@ def mixer_problem(device, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, i
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt).requires_grad_()
 
     tokens = rand(batch, num_tokens, 2 * inner if gate else inner, dt=dtype)
-    params = [rand(num_dirs, rank + 2 * state, inner, scale=inner ** -0.5), rand(num_dirs, inner, rank,
-                                                                                  scale=rank ** -0.5),
-              rand(num_dirs, inner, scale=0.5), rand(num_dirs, inner, state, scale=0.5), rand(num_dirs, inner)]
+    params = [rand(num_dirs, rank + 2 * state, inner, scale=inner ** -0.5),
+              rand(num_dirs, inner, rank, scale=rank ** -0.5), rand(num_dirs, inner, scale=0.5),
+              rand(num_dirs, inner, state, scale=0.5), rand(num_dirs, inner)]
     conv_params = [rand(num_dirs, inner, 1, 4, scale=0.5), rand(num_dirs, inner, scale=0.1)] if conv else []
     weights = [torch.randn(batch, num_dirs, num_tokens, inner, generator=g).to(device)]
     args = params + (conv_params or [None, None])
@@ -109,6 +109,7 @@ def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4,
               rand(channels, scale=0.1), rand(reduced, channels, scale=channels ** -0.5), rand(reduced, scale=0.1),
               rand(channels, reduced, scale=reduced ** -0.5), rand(channels, scale=0.1)]
     weights = [torch.randn(batch, num_tokens, channels, generator=g).to(device)]
+
     def fn():
         with _autocast(device, dtype):
             return (attention_merge_ref if reference else attention_merge_fn)(*inputs)
@@ -116,27 +117,26 @@ def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4,
     return fn, inputs, weights
 
 
-def correctness_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
-    """(name, problem maker) of the fused mixer ops for ``gpu_check.correctness``, fp32 and bf16."""
+def correctness_cases(device, quick: bool) -> List[Tuple[str, str, Callable]]:
+    """(case, dtype, problem maker) of the fused mixer ops for ``gpu_check.correctness_cases``, fp32 and bf16."""
     sizes, merge_sizes, vssm = _problem_sizes(quick)
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
-        cases += [(f"multi_scan_inner K=4 cls, gate  {name}",
-                   lambda dt=dtype: mixer_problem(device, dt, **sizes)),
-                  (f"attention_merge K=4             {name}",
-                   lambda dt=dtype: merge_problem(device, dt, **merge_sizes))]
-    cases.append(("multi_scan_inner token-major     float32",
-                  lambda: mixer_problem(device, torch.float32, **vssm)))
+        cases += [("multi_scan_inner K=4 cls, gate", name, lambda dt=dtype: mixer_problem(device, dt, **sizes)),
+                  ("attention_merge K=4", name, lambda dt=dtype: merge_problem(device, dt, **merge_sizes))]
+    cases.append(("multi_scan_inner token-major", "float32", lambda: mixer_problem(device, torch.float32, **vssm)))
     return cases
 
 
-def deterministic_cases(device, quick: bool) -> List[Tuple[str, Callable]]:
-    """(name, problem maker) of the multi-direction scans to check again under :func:`deterministic_algorithms`
-    (their backward's other path: B / C gradients written per channel block, summed in torch), fp32."""
+def deterministic_cases(device, quick: bool) -> List[Tuple[str, str, Callable]]:
+    """(case, dtype, problem maker) of the multi-direction scans to check again under
+    :func:`deterministic_algorithms` (their backward's other path: B / C gradients written per channel block, summed
+    in torch), fp32."""
     sizes, _, vssm = _problem_sizes(quick)
-    return [("multi_scan_inner conv, determ.   float32", lambda: mixer_problem(device, torch.float32, **sizes)),
-            ("multi_scan_inner token-major, d. float32", lambda: mixer_problem(device, torch.float32, **vssm))]
+    return [("multi_scan_inner conv, determ.", "float32", lambda: mixer_problem(device, torch.float32, **sizes)),
+            ("multi_scan_inner token-major, determ.", "float32",
+             lambda: mixer_problem(device, torch.float32, **vssm))]
 
 
 DETERMINISTIC = "deterministic"
@@ -226,8 +226,8 @@ def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
                     label, step = name.split(" ")
                     rows.append([f"{op} [{label}]", dtype_name, str(batch), step, f"{sec * 1e3:.3f}",
                                  f"{sec / seconds['fused ' + step]:.2f}x"])
-    shape = dict(batch=2, dim=16, seqlen=9, dstate=4, rank=2) if quick else dict(batch=8, dim=384, seqlen=196,
-                                                                                  dstate=16, rank=12)
+    shape = (dict(batch=2, dim=16, seqlen=9, dstate=4, rank=2) if quick
+             else dict(batch=8, dim=384, seqlen=196, dstate=16, rank=12))
     size = "x".join(str(shape[k]) for k in ("batch", "dim", "seqlen", "dstate"))
     from localmamba_ssm.ops.triton import multi_scan_triton as kernels
 

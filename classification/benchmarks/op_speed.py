@@ -5,7 +5,8 @@ multi-direction op at a LocalVim-T layer (``mixer_ops.mixer_problem``: 14x14 gri
 
 For the scans the table also gives the forward's nanoseconds per state update per core, time * threads /
 (updates), updates = B * D * L * N (times the directions for ``multi_scan``), and the backward's time over the
-forward's (backward = forward + backward minus forward)."""
+forward's (backward = forward + backward minus forward; the two are timed in separate loops, so where noise makes
+forward + backward no slower than forward the table says so instead of giving a ratio)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from .timing import DTYPES, cuda_graph_seconds, median_seconds
 OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d",
             "multi_scan": "multi_scan_inner"}
 LAYER_GRID = (14, 14)
+NOISY_BACKWARD = "n/a (noise: fwd+bwd <= fwd)"
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,14 @@ def _graph_ms(step: Callable[[], None], repeats: int, device: torch.device) -> O
         return None
 
 
+def _backward_ratio_cell(bwd_over_fwd: Optional[float]) -> str:
+    """The bwd/fwd cell: '-' without a backward timing, :data:`NOISY_BACKWARD` where the backward's time (forward +
+    backward minus forward) is not positive, else the ratio."""
+    if bwd_over_fwd is None:
+        return "-"
+    return f"{bwd_over_fwd:.2f}x" if bwd_over_fwd > 0 else NOISY_BACKWARD
+
+
 def format_op_table(rows: List[Dict[str, object]]) -> str:
     """The rows of :func:`benchmark_op` as a text table; on CUDA with the CUDA-graph replay times (the device's time
     without the host's launch overhead) as two more columns."""
@@ -175,7 +185,7 @@ def format_op_table(rows: List[Dict[str, object]]) -> str:
     for r in rows:
         table.append([str(r["backend"]), f"{r['fwd_ms']:.3f}", f"{r['fwd_speedup']:.1f}x",
                       fmt(r["fwd_ns_per_update_core"], ".3f"), fmt(r["fwdbwd_ms"], ".3f"),
-                      fmt(r["fwdbwd_speedup"], ".1f", "x"), fmt(r["bwd_over_fwd"], ".2f", "x")])
+                      fmt(r["fwdbwd_speedup"], ".1f", "x"), _backward_ratio_cell(r["bwd_over_fwd"])])
         if graphed:
             table[-1] += [fmt(r.get("fwd_graph_ms"), ".3f"), fmt(r.get("fwdbwd_graph_ms"), ".3f")]
     return render_table(table)
