@@ -46,20 +46,32 @@ def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
     return directions
 
 
-def missing_pretrained_message(backbone: str, path: str) -> Optional[str]:
-    """The error for a backbone's ``pretrained`` file that does not exist (None when it does, or is a URL)."""
+def missing_pretrained_message(backbone: str, path: str, key: str) -> Optional[str]:
+    """The error for a backbone's pretrained file that does not exist (None when it does, or is a URL); ``key``
+    names the setting that holds ``path``, e.g. 'model.backbone.pretrained'."""
     if path.startswith(('http://', 'https://')) or os.path.isfile(path):
         return None
-    return (f'{backbone}: pretrained checkpoint not found: {path} (set the backbone\'s pretrained or pretrained_ckpt '
-            f'to a classification checkpoint, or to None to train from scratch)')
+    return (f'{backbone}: pretrained checkpoint not found: {path} (set {key} to your file, or to None to start from '
+            f'random weights)')
 
 
-def _pretrained_file(pretrained: Optional[str], pretrained_ckpt: Optional[str]) -> Optional[str]:
-    """The classification weights a config names, by mmengine's ``pretrained`` or the original's ``pretrained_ckpt``;
-    two different files are refused."""
+def two_pretrained_message(backbone: str, pretrained: Any, pretrained_ckpt: Any, where: str = '') -> Optional[str]:
+    """The error for a backbone given two different files by ``pretrained`` and ``pretrained_ckpt`` (None otherwise);
+    ``where`` goes before both names, e.g. 'model.backbone.'."""
     if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
-        raise ValueError(f'pass one of pretrained={pretrained!r} and pretrained_ckpt={pretrained_ckpt!r}')
-    return pretrained or pretrained_ckpt
+        return (f'{backbone}: pass one of {where}pretrained={pretrained!r} and {where}pretrained_ckpt='
+                f'{pretrained_ckpt!r} (set the other to None)')
+    return None
+
+
+def _pretrained_file(backbone: str, pretrained: Optional[str],
+                     pretrained_ckpt: Optional[str]) -> tuple[Optional[str], str]:
+    """The classification weights a config names, by mmengine's ``pretrained`` or the original's ``pretrained_ckpt``,
+    and the name of the argument that names them; two different files are refused."""
+    conflict = two_pretrained_message(backbone, pretrained, pretrained_ckpt)
+    if conflict:
+        raise ValueError(conflict)
+    return (pretrained, 'pretrained') if pretrained or not pretrained_ckpt else (pretrained_ckpt, 'pretrained_ckpt')
 
 
 class DenseBackbone(nn.Module):
@@ -69,8 +81,8 @@ class DenseBackbone(nn.Module):
     Subclasses add their output norms and a ``forward`` on ``self.trunk.forward_intermediates``.
     """
 
-    def __init__(self, trunk: nn.Module, pretrained: Optional[str], pretrained_key: Optional[str],
-                 trust_checkpoint: bool):
+    def __init__(self, trunk: nn.Module, pretrained: Optional[str], pretrained_arg: str,
+                 pretrained_key: Optional[str], trust_checkpoint: bool):
         super().__init__()
         trunk.prune_intermediate_layers(prune_norm=True, prune_head=True)   # default indices keep every layer
         for name, module in trunk.named_children():
@@ -81,6 +93,7 @@ class DenseBackbone(nn.Module):
             self.register_buffer(name, buffer)
         self._trunk = (trunk,)      # not a child: its parts are registered above, so they are not saved twice
         self.pretrained = pretrained
+        self.pretrained_arg = pretrained_arg     # the argument that named it, for errors
         self.pretrained_key = pretrained_key
         self.trust_checkpoint = trust_checkpoint
         self.load_result: Optional[Any] = None
@@ -98,7 +111,7 @@ class DenseBackbone(nn.Module):
         """Load classification weights from a file or URL (``key``: container entry, e.g. 'ema_model'; default: the
         first of 'state_dict', 'model', 'ema_model'). Missing and unexpected keys are logged by name and returned."""
         name = type(self).__name__
-        missing = missing_pretrained_message(name, path)
+        missing = missing_pretrained_message(name, path, f"the backbone's {self.pretrained_arg}")
         if missing:
             raise CheckpointError(missing)
         try:
@@ -163,9 +176,9 @@ class MM_LocalVim(DenseBackbone):
     def __init__(self, out_indices: Sequence[int] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
                  directions: DirectionsArg = None, trust_checkpoint: bool = False, **kwargs: Any):
-        weights = _pretrained_file(pretrained, pretrained_ckpt)
+        weights, weights_arg = _pretrained_file('MM_LocalVim', pretrained, pretrained_ckpt)
         trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
-        super().__init__(trunk, weights, pretrained_key, trust_checkpoint)
+        super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint)
         # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the input).
         self.out_indices = sorted(int(i) + trunk.depth if int(i) < 0 else int(i) for i in out_indices)
         for j in range(len(self.out_indices)):
@@ -198,9 +211,9 @@ class MM_LocalVSSM(DenseBackbone):
         if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
             raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and the '
                              f"versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
-        weights = _pretrained_file(pretrained, pretrained_ckpt)
+        weights, weights_arg = _pretrained_file('MM_LocalVSSM', pretrained, pretrained_ckpt)
         trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
-        super().__init__(trunk, weights, pretrained_key, trust_checkpoint)
+        super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint)
         self.out_indices = sorted(int(i) for i in out_indices)
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))

@@ -16,13 +16,8 @@ IMAGE_PREFIXES = ('img', 'img_path')
 
 def walk_dicts(node: Any, visit: Callable[[dict], None]) -> None:
     """Call ``visit`` on every dict in a config tree (dicts, lists, tuples), parents before children."""
-    if isinstance(node, dict):
-        visit(node)
-        for value in node.values():
-            walk_dicts(value, visit)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            walk_dicts(value, visit)
+    for _, found in keyed_dicts(node, ''):
+        visit(found)
 
 
 def type_name(node: dict) -> str:
@@ -67,21 +62,34 @@ def missing_checkpoint(path: str, flag: str) -> Optional[str]:
     return None
 
 
+def keyed_dicts(node: Any, where: str) -> Iterator[tuple[str, dict]]:
+    """(config key, dict) of every dict in the config tree ``node`` (dicts, lists, tuples) that sits at the key
+    ``where``, parents before children; list items are keyed by their index, as ``--cfg-options`` names them."""
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from keyed_dicts(value, f'{where}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from keyed_dicts(value, f'{where}.{i}')
+
+
 def missing_pretrained(model_cfg: Any) -> Optional[str]:
-    """A backbone's ``pretrained`` file that does not exist (the backbone finds out in ``init_weights``, after the
-    datasets are built)."""
-    from .backbones import missing_pretrained_message
+    """A backbone given two different pretrained files, or whose pretrained file does not exist (the backbone finds
+    out in ``init_weights``, after the datasets are built), named by its key under ``model`` (``model_cfg``)."""
+    from .backbones import missing_pretrained_message, two_pretrained_message
 
-    found: list[str] = []
-
-    def check(node: dict) -> None:
-        if is_backbone(node):
-            for key in ('pretrained', 'pretrained_ckpt'):
-                message = node.get(key) and missing_pretrained_message(type_name(node), node[key])
-                if message:
-                    found.append(message)
-    walk_dicts(model_cfg, check)
-    return found[0] if found else None
+    for where, node in keyed_dicts(model_cfg, 'model'):
+        if not is_backbone(node):
+            continue
+        name = type_name(node)
+        message = two_pretrained_message(name, node.get('pretrained'), node.get('pretrained_ckpt'), f'{where}.')
+        for key in ('pretrained', 'pretrained_ckpt'):
+            if not message and node.get(key):
+                message = missing_pretrained_message(name, node[key], f'{where}.{key}')
+        if message:
+            return message
+    return None
 
 
 def _datasets(node: Any, where: str) -> Iterator[tuple[str, dict]]:

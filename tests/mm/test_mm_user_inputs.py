@@ -63,8 +63,15 @@ def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointError) as absent:
         MM_LocalVSSM(**dict(_backbone_args('vssm'), pretrained=str(missing))).init_weights()
     assert str(absent.value) == (f"MM_LocalVSSM: pretrained checkpoint not found: {missing} (set the backbone's "
-                                 f"pretrained or pretrained_ckpt to a classification checkpoint, or to None to train "
-                                 f"from scratch)")
+                                 f"pretrained to your file, or to None to start from random weights)")
+    with pytest.raises(CheckpointError) as absent:
+        MM_LocalVim(**dict(_backbone_args('vim'), pretrained_ckpt=str(missing))).init_weights()
+    assert str(absent.value) == (f"MM_LocalVim: pretrained checkpoint not found: {missing} (set the backbone's "
+                                 f"pretrained_ckpt to your file, or to None to start from random weights)")
+    with pytest.raises(ValueError) as both:
+        MM_LocalVSSM(**dict(_backbone_args('vssm'), pretrained=str(missing), pretrained_ckpt='other.pth'))
+    assert str(both.value) == (f"MM_LocalVSSM: pass one of pretrained='{missing}' and pretrained_ckpt='other.pth' "
+                               f"(set the other to None)")
 
 
 def test_pretrained_weights_of_other_scan_directions_are_named_in_a_warning(tmp_path, monkeypatch):
@@ -105,12 +112,46 @@ def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
         assert exit_info.value.code == 2
         path = argv[-1].split('=')[1] if argv[:1] == ['--cfg-options'] else 'checkpoints/local_vssm_tiny.pth'
         assert capsys.readouterr().err.splitlines()[-1] == (
-            f"error: MM_LocalVSSM: pretrained checkpoint not found: {path} (set the backbone's pretrained or "
-            f"pretrained_ckpt to a classification checkpoint, or to None to train from scratch)")
+            f"error: MM_LocalVSSM: pretrained checkpoint not found: {path} (set model.backbone.pretrained to your "
+            f"file, or to None to start from random weights)")
     assert os.listdir(work) == ['iter_4.pth']
     (work / 'last_checkpoint').write_text(f'{work}/iter_4.pth')
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(train=lambda: None))
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
+
+
+@pytest.mark.parametrize('task, config, name, key, path', [
+    ('detection', 'mask_rcnn_local_vssm_tiny_fpn_coco.py', 'MM_LocalVSSM', 'pretrained',
+     'checkpoints/local_vssm_tiny.pth'),
+    ('detection', 'vitdet_cascade_mask-rcnn_local_vim_small_lsj-100e.py', 'MM_LocalVim', 'pretrained_ckpt',
+     'checkpoints/local_vim_small_searched.pth'),
+    ('segmentation', 'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py', 'MM_LocalVSSM', 'pretrained',
+     'checkpoints/local_vssm_tiny.pth'),
+    ('segmentation', 'upernet_local_vim-small_8xb2-160k_ade20k-512x512.py', 'MM_LocalVim', 'pretrained_ckpt',
+     'checkpoints/local_vim_small_searched.pth'),
+])
+def test_a_missing_pretrained_file_is_named_by_the_key_the_config_set(tmp_path, monkeypatch, capsys, task, config,
+                                                                      name, key, path):
+    """The message told users to set "pretrained or pretrained_ckpt", while the LocalVMamba configs set pretrained and
+    the LocalVim ones pretrained_ckpt: the other key changed nothing (setting it to None), or was refused only after
+    the missing file (setting it to a file)."""
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'mine.pth').write_bytes(b'')
+    other = 'pretrained_ckpt' if key == 'pretrained' else 'pretrained'
+    argv = [os.path.join(REPO, task, 'configs', 'local_mamba', config), '--work-dir', str(tmp_path / 'work'),
+            '--cfg-options']
+    for option, message in (
+            (f'{other}=None', f'{name}: pretrained checkpoint not found: {path} (set model.backbone.{key} to your '
+                              f'file, or to None to start from random weights)'),
+            (f'{other}=mine.pth', f"{name}: pass one of model.backbone.pretrained='{path}' and "
+                                  f"model.backbone.pretrained_ckpt='mine.pth' (set the other to None)"
+             if key == 'pretrained' else
+             f"{name}: pass one of model.backbone.pretrained='mine.pth' and "
+             f"model.backbone.pretrained_ckpt='{path}' (set the other to None)")):
+        with pytest.raises(SystemExit) as exit_info:
+            launch.train_main(task, argv + [f'model.backbone.{option}'])
+        assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
 
 
 def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ade_inputs_at_hand, monkeypatch,
