@@ -124,6 +124,8 @@ def validate_directions(directions: Sequence[Sequence[str]], depth: int, source:
     """
     if isinstance(directions, (str, bytes)) or not isinstance(directions, Sequence):
         raise ValueError(f'{source}: expected a list of per-layer lists of direction names, got {type(directions).__name__}')
+    if len(directions) == 0:
+        raise ValueError(f'{source}: holds no layers (one list of direction names per layer)')
     if len(directions) != depth:
         raise ValueError(f'{source}: has {len(directions)} layers, but the model has depth {depth}{depth_hint}')
     table = []
@@ -132,7 +134,10 @@ def validate_directions(directions: Sequence[Sequence[str]], depth: int, source:
             raise ValueError(f'{source}: layer {i} must be a non-empty list of direction names, got {layer!r}')
         for name in layer:
             if check_names:
-                parse_direction(name)
+                try:
+                    parse_direction(name)
+                except ValueError as err:
+                    raise ValueError(f'{source}: layer {i}: {err}') from None
             elif not isinstance(name, str) or not name:
                 raise ValueError(f'{source}: layer {i} holds {name!r}, not a direction name')
         if len(set(layer)) != len(layer):
