@@ -29,9 +29,10 @@ def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]],
         if not name.endswith(SEARCH_WEIGHT_SUFFIX):
             continue
         if weights.numel() != len(candidates):
-            raise ValueError(f"{name} has not {len(candidates)} candidate weights (shape {tuple(weights.shape)}) for "
-                             f"the candidates {', '.join(candidates)}: a supernet searched over other candidates "
-                             f"needs them named (extract(candidates=...), vis_search_prob.py --candidates)")
+            raise ValueError(f"{name} holds {weights.numel()} candidate weights (shape {tuple(weights.shape)}), not "
+                             f"one for each of the {len(candidates)} candidates {', '.join(candidates)}: name the "
+                             f"{weights.numel()} its supernet searched over, in order (extract(candidates=...), "
+                             f"vis_search_prob.py --candidates)")
         probs.append(search_probabilities(weights).cpu())
     return probs
 

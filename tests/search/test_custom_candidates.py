@@ -130,8 +130,13 @@ def test_vis_tool_reads_recorded_candidates_or_takes_them_named(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         vis(monkeypatch, capsys, str(bare), '--out', str(tmp_path / 'a'))
     assert exit_info.value.code == 2
-    assert ('has not 8 candidate weights (shape (3, 1, 1, 1)) for the candidates h, h_flip, v, v_flip, w2, w2_flip, '
-            'w7, w7_flip: a supernet searched over other candidates needs them named') in capsys.readouterr().err
+    assert ('holds 3 candidate weights (shape (3, 1, 1, 1)), not one for each of the 8 candidates h, h_flip, v, '
+            'v_flip, w2, w2_flip, w7, w7_flip: name the 3 its supernet searched over, in order'
+            ) in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # named, but not as many as the weights
+        vis(monkeypatch, capsys, str(bare), '--candidates', 'h', 'v', '--out', str(tmp_path / 'a'))
+    assert ('holds 3 candidate weights (shape (3, 1, 1, 1)), not one for each of the 2 candidates h, v: name the 3 '
+            'its supernet searched over') in capsys.readouterr().err
     printed = vis(monkeypatch, capsys, str(bare), '--topk', '2', '--candidates', *THREE, '--out', str(tmp_path / 'b'))
     assert printed.out.splitlines()[2:] == ["['v_flip', 'snake'],"] * 2
     assert heatmap_columns == [THREE]

@@ -59,7 +59,7 @@ def test_extraction_from_a_checkpoint_file_gives_the_live_model_probabilities(su
 def test_extraction_refuses_weights_without_one_entry_per_candidate(tmp_path):
     path = tmp_path / 'bad.pth.tar'
     torch.save({'model': {'layers.0.mixer.multi_scan.weights': torch.zeros(7, 1, 1, 1)}}, path)
-    with pytest.raises(CheckpointError, match=r'layers.0.mixer.multi_scan.weights has not 8 candidate weights'):
+    with pytest.raises(CheckpointError, match=r'layers.0.mixer.multi_scan.weights holds 7 candidate weights'):
         extract(str(path), out_dir=str(tmp_path))
 
 
