@@ -168,6 +168,10 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     if out_dir:
         _check_out_dir(out_dir)
     ckpt = load_checkpoint(ckpt_path, trust=trust)
+    recorded = ckpt.get("model_name")
+    if supernet and recorded and supernet.removeprefix("timm_") != recorded:
+        raise CheckpointError(f"{ckpt_path} is a checkpoint of {recorded}, not of {supernet}: leave out --supernet "
+                              f"(it names the supernet of a file that does not record it)")
     weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
     candidates = _candidates_of(ckpt, candidates, ckpt_path)
     try:

@@ -116,3 +116,17 @@ def test_heat_map_numbers_tell_chosen_cells_from_dropped_ones(supernet_weights, 
     chosen = {shown[i] for i in (0, 3, 4, 6)}
     dropped = {shown[i] for i in (1, 2, 5, 7)}
     assert not chosen & dropped                                         # no chosen cell reads like a dropped one
+
+
+def test_a_supernet_name_other_than_the_checkpoints_is_refused(supernet_weights, tmp_path, monkeypatch, capsys):
+    """--supernet names the supernet of a file that does not record it: another family's name was written into
+    directions.yaml for a LocalVim search."""
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", supernet_weights, 2)
+    out = str(tmp_path / "o")
+    status, _, err = vis(monkeypatch, capsys, ckpt, "--supernet", "local_vssm_tiny_search", "--out", out)
+    assert status == 2 and err == (f"error: {ckpt} is a checkpoint of local_vim_tiny_search, not of "
+                                   f"local_vssm_tiny_search: leave out --supernet (it names the supernet of a file "
+                                   f"that does not record it)\n")
+    assert not (tmp_path / "o").exists()
+    status, _, _ = vis(monkeypatch, capsys, ckpt, "--supernet", "timm_local_vim_tiny_search", "--out", out)
+    assert status == 0
