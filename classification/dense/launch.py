@@ -335,6 +335,7 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f'--out must be a .pkl file for detection, got {args.out}')
     cfg = _load_config(args)
     cfg.load_from = args.checkpoint
+    walk_dicts(cfg.model, _skip_pretrained)  # the checkpoint holds every weight: the backbone's file is not read
     if args.show or args.show_dir:
         hook = cfg.default_hooks.visualization
         hook.draw = True

@@ -254,6 +254,19 @@ def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, ade_inputs_at
     assert pretrained == ['checkpoints/local_vssm_tiny.pth'] * 2 + [None, None]
 
 
+def test_a_tested_checkpoint_does_not_read_the_pretrained_file(tmp_path, ade_inputs_at_hand, monkeypatch):
+    """The checkpoint holds every weight: test.py builds the backbone without its pretrained file(s), so a config
+    that names two of them (refused when the backbone was built: a traceback) tests as well."""
+    backbones = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
+        test=lambda: backbones.append(dict(cfg.model.backbone))))
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'iter_2.pth').write_bytes(b'')
+    launch.test_main('segmentation', [SEG_CONFIG, 'run/iter_2.pth', '--work-dir', str(tmp_path / 'work'),
+                                      '--cfg-options', 'model.backbone.pretrained_ckpt=other.pth'])
+    assert (backbones[0]['pretrained'], backbones[0]['pretrained_ckpt']) == (None, None)
+
+
 def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
     from test_mm_tools import TINY_CONFIG, _ade_folder
     root = str(tmp_path / 'ade')
