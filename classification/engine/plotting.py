@@ -5,6 +5,8 @@ import csv
 import os
 from typing import Optional, Sequence
 
+import yaml
+
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER
 from ..common.plots import pyplot
 from .config import ConfigError
@@ -58,23 +60,30 @@ def epoch_positions(epochs: Sequence[float], steps: Sequence[float]) -> list[flo
     return [epoch + (step - first[epoch]) / (last[epoch] - first[epoch] + 1) for epoch, step in zip(epochs, steps)]
 
 
-def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]]):
-    """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None).
-    Curves carry a marker, so a run of one epoch shows its points."""
+EPOCH_AXIS = "epochs trained"
+
+
+def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], ema: bool = False):
+    """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None),
+    on one axis of epochs trained: epoch e's metrics at e + 1 (its end), its learning rates from e to e + 1. `ema`:
+    the validation columns are the EMA weights' (a --model-ema run), as the titles then say. Curves carry a marker,
+    so a run of one epoch shows its points."""
     fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(m["epoch"], m["train_loss"], marker=".", label="train")
-    axes[0].plot(m["epoch"], m["test_loss"], marker=".", label="test")
-    axes[0].set(title="loss", xlabel="epoch")
+    ends = [epoch + 1 for epoch in m["epoch"]]
+    of = " (test: the EMA weights)" if ema else ""
+    axes[0].plot(ends, m["train_loss"], marker=".", label="train")
+    axes[0].plot(ends, m["test_loss"], marker=".", label="test")
+    axes[0].set(title="loss" + of, xlabel=EPOCH_AXIS)
     axes[0].legend()
     if lr is not None:
         axes[1].plot(epoch_positions(lr["epoch"], lr["step"]), lr["lr"], marker="." if len(lr["lr"]) == 1 else None)
-        axes[1].set(title="learning rate", xlabel="epoch")
+        axes[1].set(title="learning rate", xlabel=EPOCH_AXIS)
     else:
         axes[1].set(title="learning rate (no lr.csv)")
-    axes[2].plot(m["epoch"], m["top1"], marker=".", label="top-1")
+    axes[2].plot(ends, m["top1"], marker=".", label="top-1")
     if "top5" in m:
-        axes[2].plot(m["epoch"], m["top5"], marker=".", label="top-5")
-    axes[2].set(title="accuracy (%)", xlabel="epoch")
+        axes[2].plot(ends, m["top5"], marker=".", label="top-5")
+    axes[2].set(title="accuracy (%)" + (" of the EMA weights" if ema else ""), xlabel=EPOCH_AXIS)
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -96,6 +105,16 @@ def _figure_path(out: str) -> str:
     return out
 
 
+def _run_used_ema(folder: str) -> bool:
+    """Whether the run in `folder` validated its EMA weights (`model_ema` of its args.yaml; False without one)."""
+    path = os.path.join(folder or ".", "args.yaml")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        saved = yaml.safe_load(f)
+    return isinstance(saved, dict) and bool(saved.get("model_ema"))
+
+
 def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`_figure_path`; default curves.png beside
     metrics.csv; a folder, existing or ending in `/`, gets curves.png; missing folders are created) and return its
@@ -110,7 +129,7 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
     if lr is not None:
         _require(lr, LR_HEADER, lr_path)
-    fig = draw_run(m, lr)
+    fig = draw_run(m, lr, ema=_run_used_ema(os.path.dirname(metrics_path)))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     fig.savefig(out, dpi=100)
     pyplot().close(fig)

@@ -119,5 +119,25 @@ def test_learning_rate_is_drawn_against_epochs_across_a_resume_with_another_batc
     lr = read_csv(_write(tmp_path / "lr.csv", "epoch,step,lr\n0,0,1\n0,2,0.9\n0,3,0.8\n1,2,0.7\n1,3,0.6\n"))
     assert epoch_positions(lr["epoch"], lr["step"]) == [0.0, 0.5, 0.75, 1.0, 1.5]
     metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n1,2,1.9,12\n"))
-    (curve,) = draw_run(metrics, lr).axes[1].get_lines()
-    assert list(curve.get_xdata()) == [0.0, 0.5, 0.75, 1.0, 1.5] and curve.axes.get_xlabel() == "epoch"
+    loss, rates, acc = draw_run(metrics, lr).axes
+    (curve,) = rates.get_lines()
+    assert list(curve.get_xdata()) == [0.0, 0.5, 0.75, 1.0, 1.5]
+    # epoch e's metrics at its end, e + 1, on the same axis (they were at e, the start of its learning rates)
+    assert [list(line.get_xdata()) for line in loss.get_lines() + acc.get_lines()] == [[1.0, 2.0]] * 3
+    assert {ax.get_xlabel() for ax in (loss, rates, acc)} == {"epochs trained"}
+
+
+def test_the_curves_of_an_ema_run_say_whose_accuracy_they_show(tmp_path, monkeypatch):
+    """metrics.csv's validation columns are the EMA's in a --model-ema run (its args.yaml says so)."""
+    from classification.engine import plotting
+
+    drawn = []
+    monkeypatch.setattr(plotting, "draw_run", lambda *args, draw=plotting.draw_run, **kwargs: drawn.append(
+        draw(*args, **kwargs)) or drawn[-1])
+    _write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n")
+    for ema in (False, True):
+        (tmp_path / "args.yaml").write_text(f"model: local_vim_tiny\nmodel_ema: {str(ema).lower()}\n")
+        plotting.plot_run(str(tmp_path))
+    titles = [[ax.get_title() for ax in fig.axes] for fig in drawn]
+    assert titles == [["loss", "learning rate (no lr.csv)", "accuracy (%)"],
+                      ["loss (test: the EMA weights)", "learning rate (no lr.csv)", "accuracy (%) of the EMA weights"]]
