@@ -158,6 +158,9 @@ class Run:
             self.log.warning(f"{path} holds RNG states of {len(rng)} processes, this run has "
                              f"{self.env.world_size}: random streams are reseeded, not restored")
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
+        if step is not None and step >= self.steps_per_epoch:  # stopped during the epoch's validation or writes
+            self.log.info(f"Resumed {path}: the training of epoch {self.start_epoch} is done, validating it")
+            return
         at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
 

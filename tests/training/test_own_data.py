@@ -190,6 +190,8 @@ def test_an_unreadable_val_image_loses_no_training(tmp_path):
     assert rows(tmp_path / "out" / "run" / "lr.csv") == lr_rows                  # no step was trained again
     assert [row[0] for row in rows(tmp_path / "out" / "run" / "metrics.csv")[1:]] == ["0"]
     assert torch.load(last, weights_only=True)["step"] is None
+    logs = "".join(path.read_text() for path in (tmp_path / "out" / "run").glob("log_*.txt"))
+    assert f"Resumed {last}: the training of epoch 0 is done, validating it" in logs  # not "starting training"
 
 
 def break_the_images_after_step_two(root, run, monkeypatch) -> dict:
