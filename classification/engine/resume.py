@@ -8,6 +8,7 @@ changed flag is logged.
 from __future__ import annotations
 
 import logging
+import os
 from argparse import Namespace
 from typing import Any, Mapping
 
@@ -72,10 +73,17 @@ def _regrouped(state: dict, saved: Mapping[str, Any], optimizer: torch.optim.Opt
             "param_groups": optimizer.state_dict()["param_groups"]}
 
 
+def _same_value(old: Any, new: Any) -> bool:
+    """Equal values, or the same path written two ways (relative and absolute)."""
+    if old == new:
+        return True
+    return isinstance(old, str) and isinstance(new, str) and bool(old) and os.path.abspath(old) == os.path.abspath(new)
+
+
 def log_changed_flags(cfg: Namespace, saved: Mapping[str, Any], log: logging.Logger) -> None:
     """Log every flag whose value differs from the one the checkpoint's run had (`saved`: its config), but the
-    folder's (`FOLDER_FLAGS`)."""
+    folder's (`FOLDER_FLAGS`); a path given relative once and absolute once is the same value."""
     now = config_dict(cfg)
     for key in sorted(now.keys() & saved.keys() - FOLDER_FLAGS):
-        if now[key] != saved[key]:
+        if not _same_value(saved[key], now[key]):
             log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value is used)")

@@ -37,3 +37,26 @@ def test_new_lr_on_resume_takes_effect(tmp_path):
     assert [e for e, _, _ in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert all(lr == old.lr_at(t) for e, t, lr in rows if e == 0)
     assert all(lr == new.lr_at(t) and lr != old.lr_at(t) for e, t, lr in rows if e > 0)
+
+
+def test_a_path_given_relative_once_and_absolute_once_is_not_a_change(tmp_path, monkeypatch):
+    """`-c int.yaml` then `-c /abs/int.yaml` logged '--config changed on resume'; a path to another file still is."""
+    import logging
+
+    from classification.engine.config import config_dict, parse_args
+    from classification.engine.resume import log_changed_flags
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "int.yaml").write_text("lr: 0.001\n")
+    (tmp_path / "other.yaml").write_text("lr: 0.001\n")
+    saved = config_dict(parse_args(["-c", "int.yaml"]))
+    records = []
+    log = logging.getLogger("test_resume_flags")
+    keep = logging.Handler()
+    keep.emit = lambda record: records.append(record.getMessage())
+    log.addHandler(keep)
+    log.setLevel(logging.INFO)
+    log_changed_flags(parse_args(["-c", str(tmp_path / "int.yaml")]), saved, log)
+    assert records == []
+    log_changed_flags(parse_args(["-c", "other.yaml"]), saved, log)
+    assert records == ["--config changed on resume: int.yaml -> other.yaml (the new value is used)"]
