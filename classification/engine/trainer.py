@@ -345,7 +345,7 @@ class Run:
         if self.env.is_main:
             held = "nothing was saved yet"
             if os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
-                ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+                ckpt = load_checkpoint(last, mmap=True)
                 step = ckpt.get("step")
                 end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
                 held = f"{last} holds the run up to {end}; the training after it is lost"
