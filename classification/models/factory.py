@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
 
+from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from .directions import directions_difference
 
 # Assets of the original's v1.0.0 GitHub release (each a ``{'state_dict': ...}`` file with a ``log_*.txt`` beside it).
@@ -104,8 +105,11 @@ def warn_of_other_directions(model: nn.Module) -> None:
     path = (getattr(model, 'pretrained_cfg', None) or {}).get('file')
     if not path or not os.path.isfile(path):
         return
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)  # timm has just read it so
-    other = directions_difference(model, checkpoint) if isinstance(checkpoint, Mapping) else None
+    try:
+        checkpoint = load_checkpoint(path, mmap=True)
+    except CheckpointError:  # a file that needs pickle, which timm may have read: not looked at again
+        return
+    other = directions_difference(model, checkpoint)
     if other is not None:
         warnings.warn(f'{path} was trained with other scan directions ({other}): build the model with the '
                       f'directions= of its run (its --directions file) to compute what it learned', stacklevel=3)
