@@ -160,6 +160,9 @@ def _not_traced() -> Iterator[None]:
     """Run the block unrecorded by a ``torch.jit.trace`` in progress: a table built during a trace is then a constant
     of the graph, as it is when the trace finds it cached (its check run would otherwise see two graphs)."""
     state = torch._C._get_tracing_state()
+    if state is None:  # no trace (setting none would fail where tracing is excluded, as in a compiled graph's op)
+        yield
+        return
     torch._C._set_tracing_state(None)
     try:
         yield
