@@ -127,6 +127,7 @@ def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, cap
     """-j 16 (the shipped ImageNet config) on a process that may use 2 CPUs starts 2 workers per loader, and says so;
     -j within the CPUs is kept as asked."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5})
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)  # a run's setup_logging turns it off
     cfg = cfg_for("--data-path", folder_tree, "--img-size", "16", "-b", "4")
     train, val = build_datasets(cfg)
     cfg.workers = 16
