@@ -199,9 +199,10 @@ class CheckpointManager:
 # What a released file written by `convert_checkpoint` keeps of its run besides the weights: what `check_same_model`
 # and `tools/test.py` check (the model, its scan directions or search candidates, the class folders) and, of the
 # run's config, what builds the model and its inputs (not its paths).
+# The input transform a run validated with, as the flags name it (tools/test.py compares them with its own).
+INPUT_FLAGS = ("img_size", "crop_pct", "interpolation", "image_mean", "image_std")
 RELEASED_RECORD = ("model_name", "directions", "candidates", "classes")
-RELEASED_CONFIG = ("model", "model_kwargs", "directions", "num_classes", "img_size", "crop_pct", "interpolation",
-                   "image_mean", "image_std")
+RELEASED_CONFIG = ("model", "model_kwargs", "directions", "num_classes", *INPUT_FLAGS)
 
 
 def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False, overwrite: bool = False) -> int:

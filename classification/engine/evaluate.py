@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..data import build_eval_dataset, build_loaders
 from .amp import autocast
-from .checkpoint import check_same_model, fit_to_model, load_weights
+from .checkpoint import INPUT_FLAGS, check_same_model, fit_to_model, load_weights
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, format_eta, setup_logging, start_log_file
@@ -72,10 +72,6 @@ def _load_at_model_size(model: nn.Module, weights: dict, path: str) -> None:
     """Load `weights` (read from `path`) into `model`, built for the evaluated image size: LocalVim's position tables
     are resized to its token grid (`fit_to_model`), every other weight must fit."""
     load_weights(model, fit_to_model(model, weights), path)
-
-
-# The input transform a checkpoint's run validated with (its config), as tools/test.py's flags name it.
-INPUT_FLAGS = ("img_size", "crop_pct", "interpolation", "image_mean", "image_std")
 
 
 def _plain(value: Any) -> Any:
