@@ -65,10 +65,11 @@ def _set_num_classes(cfg: Namespace, found: int) -> None:
 def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,
                   rank: int) -> tuple[Optional[DataLoader], DataLoader]:
     """Train loader (None when `train` is None) and val loader for this rank; logs when -j is cut to the CPUs."""
-    if loader_workers(cfg.workers) < cfg.workers:
+    workers = loader_workers(cfg.workers)
+    if workers < cfg.workers:
         logging.getLogger("localmamba.data").info(
-            f"-j {cfg.workers}: this process may use {usable_cpus()} CPUs, so each loader starts "
-            f"{loader_workers(cfg.workers)} worker processes")
+            f"-j {cfg.workers}: this process may use {usable_cpus()} CPUs, so each loader starts {workers} worker "
+            f"processes")
     train_loader = None
     if train is not None:
         train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,

@@ -145,9 +145,10 @@ class Run:
         load_optimizer_state(self.optimizer, self.model, self.cfg, ckpt, path, self.log)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        self._keep_run_start(ckpt.get("config") or {}, path)
-        self._warn_ema_switch(ckpt.get("config") or {}, path, start_epoch)
-        log_changed_flags(self.cfg, ckpt.get("config") or {}, self.log)
+        saved = ckpt.get("config") or {}
+        self._keep_run_start(saved, path)
+        self._warn_ema_switch(saved, path, start_epoch)
+        log_changed_flags(self.cfg, saved, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.steps_per_epoch + self.start_progress.step)
         self.manager.load_state_dict(ckpt.get("checkpoints") or [])
