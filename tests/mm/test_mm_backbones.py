@@ -85,6 +85,23 @@ def test_backbones_reject_what_they_cannot_build():
         MM_LocalVSSM(pretrained='no/such.pth', **VSSM_ARGS).init_weights()
 
 
+@pytest.mark.parametrize('backbone, kwargs, out_indices, message', [
+    (MM_LocalVSSM, VSSM_ARGS, (0, 4), r'\[4\] out of range for its 4 stages \(0 to 3'),
+    (MM_LocalVSSM, VSSM_ARGS, (1, -3), 'names a stage twice'),
+    (MM_LocalVim, VIM_ARGS, (1, 5, -3), r'\[5, -3\] out of range for its 2 layers'),
+    (MM_LocalVim, VIM_ARGS, (), 'out_indices is empty'),
+])
+def test_out_indices_outside_the_model_are_refused_when_it_is_built(backbone, kwargs, out_indices, message):
+    with pytest.raises(ValueError, match=message):
+        backbone(out_indices=out_indices, **kwargs)
+
+
+def test_negative_out_indices_count_from_the_last_stage():
+    backbone = MM_LocalVSSM(out_indices=(-1, 0), **VSSM_ARGS)
+    assert backbone.out_indices == [0, 3]
+    assert [tuple(f.shape) for f in backbone(torch.randn(1, 3, 64, 64))] == [(1, 16, 16, 16), (1, 128, 2, 2)]
+
+
 def _weights(path, key):
     return torch.load(path, map_location='cpu', weights_only=False)[key]
 
