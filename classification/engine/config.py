@@ -28,6 +28,8 @@ DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
 SWITCH = argparse.BooleanOptionalAction
 RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch")  # per command, left out of args.yaml (module doc)
 
+DEFAULT_EXPERIMENT = "exp"  # the run folder under --output when neither the flags nor the config name one
+
 
 class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the message names the file and key."""
@@ -159,7 +161,7 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=42, help="random seed (rank r uses seed + r)")
     g.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
     g.add_argument("-j", "--workers", type=int, default=4, help="data loading processes per rank")
-    g.add_argument("--experiment", default="exp", help="run name: outputs go to <output>/<experiment>/")
+    g.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="run name: outputs go to <output>/<experiment>/")
     g.add_argument("--overwrite", action="store_true",
                    help="ours: start afresh in an experiment folder that holds a run (its checkpoints, CSV files, "
                         "logs and args.yaml are deleted once the new run's inputs are checked)")

@@ -47,7 +47,7 @@ from .amp import autocast, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
 from .cli import RunInterrupted
-from .config import ConfigError, config_dict, save_config
+from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
 from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, share_refusal,
                           shutdown)
 from .evaluate import validate
@@ -533,7 +533,8 @@ def train(cfg: Namespace) -> dict:
             log.info(f"--branch: continuing from {cfg.resume} in {exp_dir}; the run in {folder.branch_of} is left "
                      f"as it is")
         elif os.path.abspath(named) != os.path.abspath(exp_dir):
-            log.info(f"Continuing in the resumed checkpoint's folder {exp_dir} (not {named})")
+            other = "" if cfg.experiment == DEFAULT_EXPERIMENT else f" (not {named}, which --experiment names)"
+            log.info(f"Continuing in the resumed checkpoint's folder {exp_dir}{other}")
         if folder.rewinds is not None:
             log.info(f"--rewind: continuing {exp_dir} from {cfg.resume} ({folder.rewinds}); the checkpoints and CSV "
                      f"rows after it are deleted")

@@ -157,3 +157,27 @@ def train_one_more_epoch(run):
 
     run.open_outputs(RunFolder(run.exp_dir))
     return train_one_epoch(run, run.start_epoch)
+
+
+def test_a_resume_says_which_folder_it_continues_in(tmp_path, monkeypatch):
+    """Resuming a checkpoint of another folder continues there; the folder --experiment named is mentioned only when
+    the user named one (without --experiment the default 'exp' is no folder the user meant)."""
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0",
+              "--output", str(tmp_path)]
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    train(parse_args([*common, "--epochs", "1", "--experiment", "run"]))
+    run_dir = os.path.join(str(tmp_path), "run")
+    last = os.path.join(run_dir, "last.pth.tar")
+
+    def log_text():
+        logs = sorted(n for n in os.listdir(run_dir) if n.startswith("log_"))
+        return "".join(open(os.path.join(run_dir, n)).read() for n in logs)
+
+    _resumed_run(monkeypatch, [*common, "--epochs", "2", "--resume", last])
+    assert f"Continuing in the resumed checkpoint's folder {run_dir}\n" in log_text()
+    _resumed_run(monkeypatch, [*common, "--epochs", "2", "--resume", last, "--experiment", "other"])
+    named = os.path.join(str(tmp_path), "other")
+    assert (f"Continuing in the resumed checkpoint's folder {run_dir} (not {named}, which --experiment names)"
+            in log_text())
