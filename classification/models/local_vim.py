@@ -54,6 +54,14 @@ def _check_pool_type(pool: str) -> str:
     return pool
 
 
+def _check_timm_pool(global_pool: Optional[str], has_cls_token: bool) -> None:
+    """Refuse (ValueError) timm's ``global_pool`` asking a class-token model to pool its tokens: such a model always
+    takes its middle class token (or keeps every token with '')."""
+    if has_cls_token and global_pool not in (None, ''):
+        raise ValueError(f"global_pool={global_pool!r}: a model with a class token classifies its middle class token "
+                         f"and pools no tokens (global_pool='' keeps them all)")
+
+
 def _check_input_size_options(dynamic_img_size: bool, dynamic_img_pad: bool) -> None:
     """Refuse (ValueError) timm's fixed-size or unpadded input options: LocalVim takes any image size and zero-pads
     it to a multiple of the patch, as the original."""
@@ -284,6 +292,7 @@ class VisionMamba(nn.Module):
         zero-padded to a multiple of the patch); False is refused."""
         super().__init__()
         _check_input_size_options(dynamic_img_size, dynamic_img_pad)
+        _check_timm_pool(global_pool, if_cls_token)
         final_pool_type = _check_pool_type(final_pool_type if global_pool is None else global_pool)
         if if_cls_token and not use_middle_cls_token:
             raise ValueError('only the middle class token is supported (if_cls_token=True needs use_middle_cls_token)')
@@ -370,6 +379,7 @@ class VisionMamba(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
+            _check_timm_pool(global_pool, self.has_cls_token)
             self.final_pool_type = _check_pool_type(global_pool)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -64,6 +64,21 @@ def test_both_families_take_timms_global_pool_argument(name):
         torch.testing.assert_close(pooled(image), expected)
 
 
+@pytest.mark.parametrize('pool', ['avg', 'max'])
+def test_a_class_token_model_refuses_a_pooling_it_would_ignore(pool):
+    """The middle class token is what LocalVim-T (middle cls token) classifies, as in the original: timm's
+    global_pool='avg' / 'max' used to be accepted, stored and ignored."""
+    with pytest.raises(ValueError, match=f"global_pool='{pool}': a model with a class token classifies its middle"):
+        _model('local_vim_tiny_middle_cls_token', num_classes=0, global_pool=pool)
+    model = _model('local_vim_tiny_middle_cls_token', num_classes=3)
+    with pytest.raises(ValueError, match='pools no tokens'):
+        model.reset_classifier(0, pool)
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens = model.forward_features(image)
+        torch.testing.assert_close(model(image), model.head(tokens[:, (tokens.shape[1] - 1) // 2]))
+
+
 def test_rope_refuses_a_width_it_cannot_rotate():
     with pytest.raises(ValueError, match='embed_dim must be a multiple of 4, got 18'):
         timm.create_model('local_vim_tiny', embed_dim=18)
