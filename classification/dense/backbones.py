@@ -22,6 +22,7 @@ from torch import nn
 
 from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint, state_dict_from
 from ..models.directions import DirectionsArg, directions_difference
+from ..models.factory import checked_out_indices
 from ..models.local_vim import VisionMamba, checkpoint_filter_fn
 from ..models.local_vmamba import VSSM
 
@@ -44,21 +45,6 @@ def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
     if directions is None:
         raise ValueError(f'{name} needs directions= (one list per layer/block, or a directions file)')
     return directions
-
-
-def _checked_out_indices(name: str, out_indices: Sequence[int], count: int, unit: str) -> list[int]:
-    """``out_indices`` as sorted non-negative indices below ``count`` (negative ones count from the end); a
-    ValueError naming the backbone says which index does not exist or repeats."""
-    absolute = [int(i) + count if int(i) < 0 else int(i) for i in out_indices]
-    if not absolute:
-        raise ValueError(f'{name}: out_indices is empty: name at least one of its {count} {unit}s')
-    wrong = [i for i, a in zip(out_indices, absolute) if not 0 <= a < count]
-    if wrong:
-        raise ValueError(f'{name}: out_indices {tuple(out_indices)}: {wrong} out of range for its {count} {unit}s '
-                         f'(0 to {count - 1}, or -1 to -{count} from the end)')
-    if len(set(absolute)) != len(absolute):
-        raise ValueError(f'{name}: out_indices {tuple(out_indices)} names a {unit} twice')
-    return sorted(absolute)
 
 
 def missing_pretrained_message(backbone: str, path: str, key: str) -> Optional[str]:
@@ -195,7 +181,7 @@ class MM_LocalVim(DenseBackbone):
         trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint)
         # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the input).
-        self.out_indices = _checked_out_indices('MM_LocalVim', out_indices, trunk.depth, 'layer')
+        self.out_indices = checked_out_indices('MM_LocalVim', out_indices, trunk.depth, 'layer')
         for j in range(len(self.out_indices)):
             self.add_module(f'outnorm_{j}', nn.LayerNorm(trunk.embed_dim))
 
@@ -229,7 +215,7 @@ class MM_LocalVSSM(DenseBackbone):
         weights, weights_arg = _pretrained_file('MM_LocalVSSM', pretrained, pretrained_ckpt)
         trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint)
-        self.out_indices = _checked_out_indices('MM_LocalVSSM', out_indices, len(trunk.dims), 'stage')
+        self.out_indices = checked_out_indices('MM_LocalVSSM', out_indices, len(trunk.dims), 'stage')
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))
 

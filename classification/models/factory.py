@@ -115,21 +115,41 @@ def warn_of_other_directions(model: nn.Module) -> None:
                       f'directions= of its run (its --directions file) to compute what it learned', stacklevel=3)
 
 
+def checked_out_indices(name: str, out_indices: Sequence[int], count: int, unit: str) -> list[int]:
+    """``out_indices`` as sorted non-negative indices below ``count`` (negative ones count from the end); a
+    ValueError naming the model says which index does not exist or repeats."""
+    absolute = [int(i) + count if int(i) < 0 else int(i) for i in out_indices]
+    if not absolute:
+        raise ValueError(f'{name}: out_indices is empty: name at least one of its {count} {unit}s')
+    wrong = [i for i, a in zip(out_indices, absolute) if not 0 <= a < count]
+    if wrong:
+        raise ValueError(f'{name}: out_indices {tuple(out_indices)}: {wrong} out of range for its {count} {unit}s '
+                         f'(0 to {count - 1}, or -1 to -{count} from the end)')
+    if len(set(absolute)) != len(absolute):
+        raise ValueError(f'{name}: out_indices {tuple(out_indices)} names a {unit} twice')
+    return sorted(absolute)
+
+
 def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool,
                       checkpoint_filter_fn: CheckpointFilter, default_out_indices: Sequence[int],
-                      **kwargs: Any) -> nn.Module:
+                      feature_count: int, feature_unit: str, **kwargs: Any) -> nn.Module:
     """``build_model_with_cfg`` for a LocalMamba variant: pretrained weights (released ``{'state_dict': ...}`` files
     included) pass through ``checkpoint_filter_fn``; ``features_only`` uses ``forward_intermediates`` and takes
-    ``default_out_indices`` unless ``out_indices`` is given (timm's ``feature_cls`` 'fx' and 'hook' work too; 'dict'
-    and 'list' are refused, as for timm's ViT). A search supernet refuses ``directions``; a training checkpoint of other
-    directions than the model's is loaded with a warning (`warn_of_other_directions`). timm's
+    ``default_out_indices`` unless ``out_indices`` is given (a list of ``feature_count`` layers or stages, the
+    ``feature_unit``: checked and sorted by :func:`checked_out_indices`; the maps are not normalised; timm's
+    ``feature_cls`` 'fx' and 'hook' work too; 'dict' and 'list' are refused, as for timm's ViT). A search supernet
+    refuses ``directions``; a training checkpoint of other directions than the model's is loaded with a warning
+    (`warn_of_other_directions`). timm's
     ``device`` builds the model there (``'meta'``: no memory, no initialisation), ``dtype`` casts it once built."""
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))
     if kwargs.get('features_only') and kwargs.get('feature_cls') in ('dict', 'list'):
         raise ValueError(f"{variant}: features_only with feature_cls={kwargs['feature_cls']!r} needs the feature "
                          f"layers as top-level children, which these models nest; use the default (forward_"
-                         f"intermediates: normed NCHW maps), or feature_cls='fx' / 'hook' (the layers' raw outputs)")
+                         f"intermediates: NCHW maps, not normalised), or feature_cls='fx' / 'hook' (the layers' raw "
+                         f"outputs)")
+    if kwargs.get('features_only') and isinstance(kwargs.get('out_indices'), Sequence):
+        kwargs['out_indices'] = tuple(checked_out_indices(variant, kwargs['out_indices'], feature_count, feature_unit))
     device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
     if pretrained and device is not None and torch.device(device).type == 'meta':
         raise ValueError(f"{variant}: pretrained weights cannot load into a model on the 'meta' device, which holds no "

@@ -570,7 +570,7 @@ def quarter_ends(depth: int) -> tuple[int, ...]:
 
 def _create_local_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
     return build_local_mamba(VisionMamba, variant, pretrained, checkpoint_filter_fn, quarter_ends(kwargs['depth']),
-                             **kwargs)
+                             kwargs['depth'], 'layer', **kwargs)
 
 
 _LOCAL_VIM_BASE = dict(patch_size=16, depth=20, rms_norm=True, residual_in_fp32=True, final_pool_type='mean',

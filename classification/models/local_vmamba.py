@@ -420,7 +420,7 @@ default_cfgs = generate_default_cfgs({
 def _create_local_vssm(variant: str, pretrained: bool = False, **kwargs: Any) -> VSSM:
     """``features_only`` takes every stage by default (four for the registered variants)."""
     stages = tuple(range(len(kwargs['depths'])))
-    return build_local_mamba(VSSM, variant, pretrained, checkpoint_filter_fn, stages, **kwargs)
+    return build_local_mamba(VSSM, variant, pretrained, checkpoint_filter_fn, stages, len(stages), 'stage', **kwargs)
 
 
 _FINAL = dict(dims=(96, 192, 384, 768), drop_path_rate=0.2)

@@ -154,6 +154,20 @@ def test_feature_classes_each_work_or_are_refused_in_one_line(name, small):
             timm.create_model(name, features_only=True, feature_cls=feature_cls, **small)
 
 
+@pytest.mark.parametrize('name, count, unit', [('local_vim_tiny', 2, 'layer'), ('local_vssm_tiny', 4, 'stage')])
+def test_features_only_checks_and_orders_its_out_indices(name, count, unit):
+    """Out-of-range, repeated and empty out_indices are refused in one line (timm's assertion, or a bare max() of an
+    empty list, before); indices given from the end come back in the model's order, as feature_info lists them."""
+    for bad, message in (((0, count), 'out of range'), ((1, 1 - count), f'names a {unit} twice'), ((), 'is empty')):
+        with pytest.raises(ValueError, match=rf"^{name}: out_indices .*{message}"):
+            _model(name, features_only=True, out_indices=bad)
+    model = _model(name, features_only=True, out_indices=(-1, -2))
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == model.feature_info.channels()
+    assert model.feature_info.channels() == sorted(model.feature_info.channels())
+
+
 def test_local_vim_builds_the_grid_its_image_size_gives(monkeypatch):
     """72 px is 4.5 patches: the build grid is 5x5 (as the padded input's), so a 72 px input resizes nothing."""
     model = _model('local_vim_tiny', img_size=72)
