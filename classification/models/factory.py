@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint
+from ..common.checkpoint_io import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from .directions import directions_difference
 
 # Assets of the original's v1.0.0 GitHub release (each a ``{'state_dict': ...}`` file with a ``log_*.txt`` beside it).
@@ -25,6 +27,9 @@ RELEASED_FILES = {
     'local_vim_small': 'local_vim_small.ckpt',
     'local_vssm_small': 'local_vssm_small.ckpt',
 }
+
+# Where timm and this package live: frames there are not the user's (`_stacklevel_of_caller`).
+_LIBRARY_DIRS = (os.path.dirname(timm.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # timm's pretrained_filter_fn: (checkpoint state_dict, model) -> the state_dict to load.
 CheckpointFilter = Callable[[dict, nn.Module], dict]
@@ -98,21 +103,49 @@ def check_trunk_fits(state_dict: dict, model: nn.Module, classifier: Union[None,
                          f'as the checkpoint\'s was built)')
 
 
-def warn_of_other_directions(model: nn.Module) -> None:
-    """Warn when the file the model's weights came from (``pretrained_cfg['file']``, a training checkpoint) records
-    other scan directions than the model's: the weights load (same keys and shapes) and compute something else. A
-    file that records none (released weights) is not checked."""
-    path = (getattr(model, 'pretrained_cfg', None) or {}).get('file')
-    if not path or not os.path.isfile(path):
-        return
+def _pretrained_file(kwargs: Mapping[str, Any]) -> Optional[str]:
+    """The local file named by timm's ``pretrained_cfg_overlay`` or ``pretrained_cfg`` (``file``), if any."""
+    for cfg in (kwargs.get('pretrained_cfg_overlay'), kwargs.get('pretrained_cfg')):
+        path = cfg.get('file') if isinstance(cfg, Mapping) else getattr(cfg, 'file', None)
+        if path:
+            return os.fspath(path)
+    return None
+
+
+def read_pretrained_file(variant: str, kwargs: Mapping[str, Any]) -> Optional[tuple[str, dict[str, Any]]]:
+    """The local pretrained file of a ``create_model`` call (``kwargs``) and its checkpoint dict (tensors
+    memory-mapped), read before timm reads it so that a missing, unreadable or foreign file ends in one
+    :class:`CheckpointError` naming it; None without such a file, or when the file needs pickle (timm reads it as it
+    can)."""
+    path = _pretrained_file(kwargs)
+    if path is None:
+        return None
     try:
-        checkpoint = load_checkpoint(path, mmap=True)
-    except CheckpointError:  # a file that needs pickle, which timm may have read: not looked at again
-        return
+        return path, load_checkpoint(path, mmap=True)
+    except UnsafeCheckpointError:
+        return None
+    except CheckpointError as err:
+        raise CheckpointError(f'{variant}: pretrained file: {err}') from None
+
+
+def _stacklevel_of_caller() -> int:
+    """``warnings.warn``'s stacklevel for the caller's first frame outside timm and this package: the line of the
+    user's code that built the model."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_of_other_directions(model: nn.Module, checkpoint: Mapping[str, Any], path: str) -> None:
+    """Warn when the file the model's weights came from (a training checkpoint) records other scan directions than
+    the model's: the weights load (same keys and shapes) and compute something else. A file that records none
+    (released weights) is not checked."""
     other = directions_difference(model, checkpoint)
     if other is not None:
         warnings.warn(f'{path} was trained with other scan directions ({other}): build the model with the '
-                      f'directions= of its run (its --directions file) to compute what it learned', stacklevel=3)
+                      f'directions= of its run (its --directions file) to compute what it learned',
+                      stacklevel=_stacklevel_of_caller())
 
 
 def checked_out_indices(name: str, out_indices: Sequence[int], count: int, unit: str) -> list[int]:
@@ -139,7 +172,7 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     ``feature_unit``: checked and sorted by :func:`checked_out_indices`; the maps are not normalised; timm's
     ``feature_cls`` 'fx' and 'hook' work too; 'dict' and 'list' are refused, as for timm's ViT). A search supernet
     refuses ``directions``; a training checkpoint of other directions than the model's is loaded with a warning
-    (`warn_of_other_directions`). timm's
+    (`warn_of_other_directions`); a missing or unreadable local file is one `CheckpointError`. timm's
     ``device`` builds the model there (``'meta'``: no memory, no initialisation), ``dtype`` casts it once built."""
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))
@@ -154,12 +187,13 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     if pretrained and device is not None and torch.device(device).type == 'meta':
         raise ValueError(f"{variant}: pretrained weights cannot load into a model on the 'meta' device, which holds no "
                          f"values; build it on another device, or without pretrained=True")
+    pretrained_file = read_pretrained_file(variant, kwargs) if pretrained else None
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(
             model_cls, variant, pretrained,
             pretrained_filter_fn=keeping_a_fitting_head(checkpoint_filter_fn),
             feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
             **kwargs)
-    if pretrained:
-        warn_of_other_directions(model)
+    if pretrained_file is not None:
+        warn_of_other_directions(model, pretrained_file[1], pretrained_file[0])
     return model if dtype is None else model.to(dtype)

@@ -8,6 +8,7 @@ import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
+from classification.common import CheckpointError
 from classification.models.directions import CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS
 
 RELEASE = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/'
@@ -143,6 +144,18 @@ def test_weights_of_another_model_for_another_class_count_are_refused_not_skippe
                           num_classes=5, **wider)
 
 
+def test_a_pretrained_file_that_cannot_be_read_is_named_in_one_line(tmp_path):
+    """timm raised FileNotFoundError with an empty message for a missing file, and KeyError: 101 after a long
+    traceback for a text file."""
+    text = tmp_path / 'notes.txt'
+    text.write_text('hello')
+    for path, message in ((tmp_path / 'missing.ckpt', 'not found'), (tmp_path, 'is a folder'),
+                          (text, 'is not a PyTorch checkpoint')):
+        with pytest.raises(CheckpointError, match=rf"^local_vim_tiny: pretrained file: .*{message}"):
+            timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **TINY['local_vim_tiny'])
+
+
 @pytest.mark.parametrize('name', sorted(TINY))
 def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, tmp_path):
     """A checkpoint that records its run's scan directions (a training one, or tools/convert_ckpt.py's output) loaded
@@ -154,9 +167,10 @@ def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, tmp_pa
     torch.save({'state_dict': weights, 'directions': own}, path)
     other = [[d for d in CANDIDATES if d not in own[0]][:len(own[0])], *own[1:]]
     with pytest.warns(UserWarning, match=re.escape(f"{path} was trained with other scan directions (layer 0: {own[0]} "
-                                                   f"vs {other[0]} here)")):
+                                                   f"vs {other[0]} here)")) as caught:
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
                           **{**TINY[name], 'directions': other})
+    assert [w.filename for w in caught if 'scan directions' in str(w.message)] == [__file__]   # the user's line
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name])
