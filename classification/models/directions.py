@@ -177,6 +177,8 @@ def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
     The file is YAML: ``{supernet: <name>, topk: <k>, directions: [[...], ...]}``; a plain list of lists is accepted too.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f'directions file {path} is a folder: give the directions.yaml in it')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'directions file not found: {path}')
     with open(path, encoding='utf-8') as f:

@@ -201,6 +201,8 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(tiny_ckpt, tmp_path, mo
 def test_directions_file_must_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match="directions file not found: .*missing.yaml"):
         run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match=f"directions file {tmp_path} is a folder: give the directions.yaml in it"):
+        run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path))
 
 
 def test_directions_for_a_search_supernet_are_refused_before_the_run_folder(tmp_path):
