@@ -5,9 +5,11 @@ Each kernel library is built from ``.c`` files shipped with its package, plus th
 library goes to a per-user cache directory (``LOCALMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/localmamba``, else
 ``~/.cache/localmamba``) under a name hashed from its sources and headers, the compiler and the flags; it is written
 to a temporary file and renamed into place, so concurrent processes are safe; a cached file that does not load
-(truncated or overwritten) is rebuilt. Only a C compiler is needed (``$CC``, ``cc``, ``gcc`` or ``clang``), no torch
-headers. ``LOCALMAMBA_CPU_KERNEL=0`` disables every kernel (the cpu backends then use their PyTorch
-implementations).
+(truncated or overwritten) is rebuilt. Only a C compiler is needed (``$CC``, else ``cc``, ``gcc`` or ``clang``; a
+``$CC`` may hold a launcher, as ``ccache gcc``; one whose first word names no executable raises
+:class:`KernelSettingError`), no torch headers. ``LOCALMAMBA_CPU_KERNEL=0``
+(or false / off / no) disables every kernel (the cpu backends then use their PyTorch implementations); a value that is
+neither a true nor a false spelling raises :class:`KernelSettingError`.
 
 Instruction sets: on x86-64 each library is built for one of ``baseline`` (the compiler's default target),
 ``avx2`` (AVX2 + FMA, 8-lane vectors) and ``avx512`` (AVX-512 F/BW/VL/DQ, 16-lane vectors); the best one the CPU
@@ -39,6 +41,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,6 +58,10 @@ T = TypeVar("T")
 
 DISABLE_VAR = "LOCALMAMBA_CPU_KERNEL"
 ISA_VAR = "LOCALMAMBA_CPU_ISA"
+COMPILER_VAR = "CC"
+SWITCH_ON: Tuple[str, ...] = ("1", "true", "on", "yes")
+SWITCH_OFF: Tuple[str, ...] = ("0", "false", "off", "no")
+NO_COMPILER = "no C compiler found"
 ISAS: Tuple[str, ...] = ("baseline", "avx2", "avx512")  # worst to best
 ISA_FLAGS: Dict[str, Tuple[str, ...]] = {
     "baseline": (),
@@ -72,6 +79,7 @@ TASK_RUNNER = RUNTIME_SOURCES / "task_runner.c"
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Wno-psabi")
 _LOCK = threading.Lock()
 _LIBS: Dict[Tuple[str, str], Optional[ctypes.CDLL]] = {}  # (name, requested isa) -> library, None: PyTorch
+_NO_COMPILER: set = set()  # the (name, requested isa) keys of _LIBS left on PyTorch because no compiler was found
 _POOL: dict = {"pool": None, "size": 0}
 
 
@@ -87,16 +95,38 @@ class UnsupportedISAError(ValueError):
     """``LOCALMAMBA_CPU_ISA`` names an unknown instruction set or one this CPU lacks."""
 
 
+class KernelSettingError(ValueError):
+    """``LOCALMAMBA_CPU_KERNEL`` is neither a true nor a false spelling, or ``$CC`` names no executable."""
+
+
 def kernels_enabled() -> bool:
-    """False when ``LOCALMAMBA_CPU_KERNEL`` is 0 / false / off / no."""
-    return os.environ.get(DISABLE_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
+    """False when ``LOCALMAMBA_CPU_KERNEL`` is 0 / false / off / no, True when it is unset, empty, 1 / true / on /
+    yes (any case); any other value raises :class:`KernelSettingError`."""
+    value = os.environ.get(DISABLE_VAR, "").strip().lower()
+    if value in ("", *SWITCH_ON):
+        return True
+    if value in SWITCH_OFF:
+        return False
+    raise KernelSettingError(f"{DISABLE_VAR}={value!r} is not a valid value; valid values are: "
+                             f"{', '.join(SWITCH_ON)} (the C kernels on), {', '.join(SWITCH_OFF)} (off)")
 
 
-def compiler() -> Optional[str]:
-    """Path of the C compiler to use: ``$CC``, else the first of cc, gcc, clang found; None without one."""
-    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
+def compiler() -> Optional[Tuple[str, ...]]:
+    """The C compiler command to use: ``$CC`` when set, split as a shell would (``ccache gcc`` works; one whose
+    first word names no executable raises :class:`KernelSettingError`, as a bad ``LOCALMAMBA_CPU_ISA`` does), else
+    the first of cc, gcc, clang found; None without one."""
+    words = shlex.split(os.environ.get(COMPILER_VAR, ""))
+    if words:
+        path = shutil.which(words[0])
+        if path is None:
+            raise KernelSettingError(f"{COMPILER_VAR}={os.environ[COMPILER_VAR]!r} is not an executable C compiler "
+                                     "(a name on PATH or a path); point it at one, or unset it to use cc, gcc or "
+                                     "clang")
+        return (path, *words[1:])
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path is not None:
+            return (path,)
     return None
 
 
@@ -130,9 +160,10 @@ def selected_isa() -> str:
 
 def isa_summary() -> str:
     """The instruction set the loaded kernels were built for, e.g. ``avx512``; ``avx2 (avx512 build failed)`` after
-    a fallback, ``pytorch (avx512 build failed)`` when no library loaded, ``avx512 (multi_scan: avx2; avx512 build
-    failed)`` when only some fell back; ``off`` when ``LOCALMAMBA_CPU_KERNEL`` disables them. Before any kernel has
-    loaded: the instruction set they will be built for (nothing is built here)."""
+    a fallback, ``pytorch (avx512 build failed)`` when no library loaded, ``pytorch (no C compiler found)`` when none
+    was built for want of a compiler, ``avx512 (multi_scan: avx2; avx512 build failed)`` when only some fell back;
+    ``off`` when ``LOCALMAMBA_CPU_KERNEL`` disables them. Before any kernel has loaded: the instruction set they will
+    be built for (nothing is built here)."""
     if not kernels_enabled():
         return "off"
     requested = selected_isa()
@@ -141,10 +172,12 @@ def isa_summary() -> str:
     fallbacks = {name: isa for name, isa in sorted(used.items()) if isa != requested}
     if not fallbacks:
         return requested
+    reasons = sorted({NO_COMPILER if (name, requested) in _NO_COMPILER else f"{requested} build failed"
+                      for name in fallbacks})
     if len(fallbacks) == len(used) and len(set(fallbacks.values())) == 1:
-        return f"{next(iter(fallbacks.values()))} ({requested} build failed)"
+        return f"{next(iter(fallbacks.values()))} ({'; '.join(reasons)})"
     parts = ", ".join(f"{name}: {isa}" for name, isa in fallbacks.items())
-    return f"{requested} ({parts}; {requested} build failed)"
+    return f"{requested} ({parts}; {'; '.join(reasons)})"
 
 
 def compile_flags(isa: Optional[str] = None) -> List[str]:
@@ -167,12 +200,12 @@ def cache_dir() -> Path:
     return Path(base) / "localmamba"
 
 
-def _build(cc: str, flags: List[str], sources: Sequence[Path], target: Path) -> None:
+def _build(cc: Sequence[str], flags: List[str], sources: Sequence[Path], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_lib = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([cc, *flags, "-I", str(RUNTIME_SOURCES), *map(str, sources), "-o", tmp_lib],
+        result = subprocess.run([*cc, *flags, "-I", str(RUNTIME_SOURCES), *map(str, sources), "-o", tmp_lib],
                                 check=True, capture_output=True, text=True, timeout=120)
         if result.stderr.strip():
             logger.warning("compiler warnings building %s:\n%s", target.name, result.stderr.strip())
@@ -194,12 +227,12 @@ def _first_error_line(output: str) -> str:
     return next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no output")
 
 
-def _compile_and_load(cc: str, name: str, sources: Sequence[Path], isa: str) -> Tuple[Optional[ctypes.CDLL], str]:
+def _compile_and_load(cc: Sequence[str], name: str, sources: Sequence[Path], isa: str) -> Tuple[Optional[ctypes.CDLL], str]:
     """(the library built for ``isa`` and loaded, "") or (None, the compiler's first error line). Built with OpenMP
     where torch uses GNU OpenMP, else (or when that build fails) without."""
     sources = [*sources, TASK_RUNNER]
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
     flags = compile_flags(isa)
@@ -217,10 +250,11 @@ def _compile_and_load(cc: str, name: str, sources: Sequence[Path], isa: str) -> 
 
 def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[str]) -> Optional[ctypes.CDLL]:
     """The library built for the first of ``isas`` that builds and loads (``lib.lm_isa`` says which), or None;
-    one warning when the first fails."""
+    one warning when the first fails, or when there is no compiler (then the key is noted in ``_NO_COMPILER``)."""
     cc = compiler()
     if cc is None:
-        logger.warning("no C compiler found: the cpu backend of %s uses its (slower) PyTorch implementation", name)
+        logger.warning("%s: the cpu backend of %s uses its (slower) PyTorch implementation", NO_COMPILER, name)
+        _NO_COMPILER.add((name, isas[0]))
         return None
     failed, first_error = [], ""
     for isa in isas:
@@ -240,11 +274,11 @@ def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[s
     return lib
 
 
-def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path],
+def _cached_build(name: str, cc: Sequence[str], version: str, flags: List[str], sources: Sequence[Path],
                   rebuild: bool = False) -> Path:
     """Path of the library built from ``sources`` with ``flags``, building it unless it is in the cache (or
     ``rebuild``: the cached file replaced by a new build)."""
-    key_parts = [_source_digest(sources), *(part.encode() for part in (cc, version, *flags, platform.machine()))]
+    key_parts = [_source_digest(sources), *(part.encode() for part in (*cc, version, *flags, platform.machine()))]
     key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:16]
     filename = f"{name}_{key}.so"
     target = cache_dir() / filename
@@ -259,7 +293,7 @@ def _cached_build(name: str, cc: str, version: str, flags: List[str], sources: S
     return target
 
 
-def _load_cached(name: str, cc: str, version: str, flags: List[str], sources: Sequence[Path]) -> ctypes.CDLL:
+def _load_cached(name: str, cc: Sequence[str], version: str, flags: List[str], sources: Sequence[Path]) -> ctypes.CDLL:
     """Load the library of :func:`_cached_build`; a cached file that does not load (truncated, overwritten) is
     rebuilt once, rather than leaving the kernels on a build without OpenMP or for a lower instruction set."""
     path = _cached_build(name, cc, version, flags, sources)
@@ -373,6 +407,7 @@ def reset() -> None:
     """Forget loaded kernels so that the next call re-reads the environment (for tests)."""
     with _LOCK:
         _LIBS.clear()
+        _NO_COMPILER.clear()
 
 
 def num_tasks(items: int, min_items_per_task: int) -> int:
