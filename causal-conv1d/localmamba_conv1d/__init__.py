@@ -2,11 +2,12 @@
 from localmamba_kernel_runtime.backends import selected_backend
 
 from .causal_conv1d_interface import causal_conv1d_fn, causal_conv1d_update
-from .reference import causal_conv1d_ref, causal_conv1d_update_ref
+from .reference import UnsupportedActivationError, causal_conv1d_ref, causal_conv1d_update_ref
 
 __version__ = "1.0.0"
 
 __all__ = [
+    "UnsupportedActivationError",
     "causal_conv1d_fn",
     "causal_conv1d_ref",
     "causal_conv1d_update",

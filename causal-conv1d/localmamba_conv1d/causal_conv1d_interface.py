@@ -1,7 +1,8 @@
 """Public causal depthwise conv1d ops with per-call backend dispatch (see ``localmamba_kernel_runtime.backends``).
 
-Signatures follow causal-conv1d 1.0.0: ``causal_conv1d_fn(x, weight, bias=None, activation=None)`` and
-``causal_conv1d_update(x, conv_state, weight, bias=None, activation=None)``.
+Signatures follow causal-conv1d 1.0.0 (the copy the original code ships): ``causal_conv1d_fn(x, weight, bias=None,
+activation=None)`` and ``causal_conv1d_update(x, conv_state, weight, bias=None, activation=None)``; the keywords
+``seq_idx`` (1.1) and ``initial_states`` (1.2) of newer releases are accepted only as None.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from localmamba_kernel_runtime import backends
 from localmamba_kernel_runtime.validation import shape_str
 
 from .cpu_conv1d import causal_conv1d_cpu
-from .reference import causal_conv1d_ref, causal_conv1d_update_ref
+from .reference import causal_conv1d_ref, causal_conv1d_update_ref, check_activation
 
 OP = "causal_conv1d"
 OP_UPDATE = "causal_conv1d_update"
@@ -21,38 +22,55 @@ OFFICIAL_MODULE = "causal_conv1d.causal_conv1d_interface"
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+def _check_args(op: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 activation: Optional[str]) -> torch.Tensor:
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    """Validate the arguments of ``op`` (errors start with its name); return weight as (D, W)."""
+    check_activation(op, activation)
     if x.dim() != 3:
-        raise ValueError(f"x must have shape (batch, dim, seqlen), got {shape_str(x)}")
+        raise ValueError(f"{op}: x must have shape (batch, dim, seqlen), got {shape_str(x)}")
     dim = x.shape[1]
     if weight.dim() == 3 and weight.shape[1] == 1:
         weight = weight[:, 0]
     if torch.jit.is_tracing():  # shapes are traced values during ONNX export
         return weight
     if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
-        raise ValueError(f"weight must have shape (dim, width) or (dim, 1, width) with dim={dim} and width >= 1, "
-                         f"got {shape_str(weight)}")
+        raise ValueError(f"{op}: weight must have shape (dim, width) or (dim, 1, width) with dim={dim} and "
+                         f"width >= 1, got {shape_str(weight)}")
     if bias is not None and tuple(bias.shape) != (dim,):
-        raise ValueError(f"bias must have shape (dim,)=({dim},), got {shape_str(bias)}")
+        raise ValueError(f"{op}: bias must have shape (dim,)=({dim},), got {shape_str(bias)}")
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None and not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
         if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
     return weight
+
+
+def _official_layout(x: torch.Tensor) -> torch.Tensor:
+    """x as the official kernel accepts it: time-contiguous, or channel-last (a (B, L, D) tensor transposed) with
+    D and the batch and time strides multiples of 8 (it TORCH_CHECKs those); anything else is made contiguous."""
+    if x.stride(1) == 1 and x.stride(2) > 1:
+        if x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0:
+            return x
+        return x.contiguous()
+    return x if x.stride(2) == 1 else x.contiguous()
 
 
 def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    activation: Optional[str]) -> torch.Tensor:
-    """cuda backend: the official package, through its Python-level function only (its bindings changed per release)."""
+    """cuda backend: the official package, through its Python-level function only (its bindings changed per release).
+    Its kernel needs bias in weight's dtype (cast) and a layout it accepts (:func:`_official_layout`)."""
     official = backends.optional_module(OFFICIAL_MODULE)
-    if x.stride(-1) != 1 and x.stride(1) != 1:
-        x = x.contiguous()
     bias = None if bias is None else bias.to(weight.dtype)
-    return official.causal_conv1d_fn(x, weight.contiguous(), bias, activation=activation)
+    return official.causal_conv1d_fn(_official_layout(x), weight.contiguous(), bias, activation=activation)
+
+
+def _update_official(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     activation: Optional[str]) -> torch.Tensor:
+    """cuda backend of the update: the official function, with bias cast to weight's dtype as its kernel requires."""
+    official = backends.optional_module(OFFICIAL_MODULE)
+    bias = None if bias is None else bias.to(weight.dtype)
+    return official.causal_conv1d_update(x, conv_state, weight.contiguous(), bias, activation=activation)
 
 
 def _conv_triton(x, weight, bias, activation):
@@ -86,14 +104,37 @@ def _input_check(x: torch.Tensor, weight: torch.Tensor) -> Callable[[str], Optio
     return check
 
 
+def _update_input_check(x: torch.Tensor, conv_state: torch.Tensor,
+                        weight: torch.Tensor) -> Callable[[str], Optional[str]]:
+    """:func:`_input_check`, and the official update's conv_state dtype (the state is updated in place: no cast)."""
+    conv_check = _input_check(x, weight)
+
+    def check(backend: str) -> Optional[str]:
+        reason = conv_check(backend)
+        if reason is None and backend == "cuda" and conv_state.dtype != x.dtype:
+            reason = f"the official kernel needs conv_state in x's dtype {x.dtype}, got {conv_state.dtype}"
+        return reason
+
+    return check
+
+
+def _refuse_newer_argument(name: str, value: object) -> None:
+    if value is not None:
+        raise NotImplementedError(f"causal_conv1d_fn: {name} is not supported: this package follows the "
+                                  f"causal-conv1d 1.0.0 API, which has no {name} (pass None)")
+
+
 def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     activation: Optional[str] = None) -> torch.Tensor:
+                     activation: Optional[str] = None, *, seq_idx: Optional[torch.Tensor] = None,
+                     initial_states: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal depthwise conv1d: x (B, D, L), weight (D, W) or (D, 1, W), bias (D,) or None -> (B, D, L).
 
     ``activation`` is None, 'silu' or 'swish' (same as 'silu'). Zero history on the left; fp32 compute; output in
-    x's dtype.
+    x's dtype. ``seq_idx`` and ``initial_states`` (keywords of causal-conv1d >= 1.1) must be None.
     """
-    weight = _check_args(x, weight, bias, activation)
+    _refuse_newer_argument("seq_idx", seq_idx)
+    _refuse_newer_argument("initial_states", initial_states)
+    weight = _check_args("causal_conv1d_fn", x, weight, bias, activation)
     backend = backends.select(OP, x.device, _input_check(x, weight))
     return _IMPLS[backend](x, weight, bias, activation)
 
@@ -102,15 +143,17 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
                          bias: Optional[torch.Tensor] = None, activation: Optional[str] = None) -> torch.Tensor:
     """One decoding step: x (B, D), conv_state (B, D, W) updated in place, weight (D, W), bias (D,) -> (B, D)."""
     if x.dim() != 2:
-        raise ValueError(f"x must have shape (batch, dim), got {shape_str(x)}")
-    weight = _check_args(x.unsqueeze(-1), weight, bias, activation)
+        raise ValueError(f"{OP_UPDATE}: x must have shape (batch, dim), got {shape_str(x)}")
+    weight = _check_args(OP_UPDATE, x.unsqueeze(-1), weight, bias, activation)
     expected = (x.shape[0], x.shape[1], weight.shape[-1])
     if tuple(conv_state.shape) != expected:
-        raise ValueError(f"conv_state must have shape (batch, dim, width)={expected}, got {shape_str(conv_state)}")
+        raise ValueError(f"{OP_UPDATE}: conv_state must have shape (batch, dim, width)={expected}, "
+                         f"got {shape_str(conv_state)}")
     if not conv_state.is_floating_point():
-        raise ValueError(f"conv_state must be a floating-point tensor, got {conv_state.dtype}")
-    backend = backends.select(OP_UPDATE, x.device, _input_check(x, weight))
+        raise ValueError(f"{OP_UPDATE}: conv_state must be a floating-point tensor, got {conv_state.dtype}")
+    if conv_state.device != x.device:
+        raise ValueError(f"{OP_UPDATE}: conv_state is on {conv_state.device} but x is on {x.device}")
+    backend = backends.select(OP_UPDATE, x.device, _update_input_check(x, conv_state, weight))
     if backend == "cuda":
-        official = backends.optional_module(OFFICIAL_MODULE)
-        return official.causal_conv1d_update(x, conv_state, weight.contiguous(), bias, activation=activation)
+        return _update_official(x, conv_state, weight, bias, activation)
     return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)

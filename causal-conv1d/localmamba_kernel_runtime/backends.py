@@ -10,7 +10,8 @@ composition of other dispatching ops (which then choose their own backends), and
 ``composed``: the fused multi-direction ops as compositions whose parts choose automatically) forces a backend; it
 is read once, at the first choice, and can be changed afterwards only through :func:`force_backend` /
 :func:`forced_backend` (what tests and tools that time each backend in turn use). A forced backend that an op
-implements but cannot run on the given inputs raises :class:`BackendUnavailableError`; a forced backend that an op
+implements but cannot run on the given inputs raises :class:`BackendUnavailableError`, which names what forced it
+(the variable, or a call of :func:`force_backend`) and why it cannot run; a forced backend that an op
 does not implement makes the op use its ``composed`` path, so that the forced backend reaches the ops it is composed
 of, or else its automatic choice. The choice is logged once per (op, backend, device type) on the ``localmamba``
 logger.
@@ -46,7 +47,9 @@ _LOGGED: set = set()
 _LOCK = threading.Lock()
 _MODULES: Dict[str, Optional[ModuleType]] = {}  # import name -> module, or None when it cannot be imported
 _TRITON: Dict[str, bool] = {}  # "installed": whether the triton package is (`_find_triton`)
-_REQUESTED: Dict[str, str] = {}  # "choice" -> the requested backend, once read or forced
+# "choice" -> the requested backend, once read or forced; "source" -> what forced it, as error messages name it
+_REQUESTED: Dict[str, str] = {}
+FORCED_IN_PYTHON = "forced in Python by force_backend() or forced_backend()"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -68,7 +71,8 @@ def requested_backend() -> str:
     """The forced backend (``auto`` when none): ``LOCALMAMBA_BACKEND`` as read at the first choice, or the value
     given to :func:`force_backend` since; unknown values are refused."""
     if "choice" not in _REQUESTED:
-        _REQUESTED["choice"] = _parse_choice(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
+        choice = _parse_choice(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
+        _REQUESTED.update(choice=choice, source=f"{ENV_VAR}={choice}")
     return _REQUESTED["choice"]
 
 
@@ -76,19 +80,22 @@ def force_backend(name: Optional[str]) -> None:
     """Force backend ``name`` (``auto``: the automatic choice) for every op from now on; None forgets the forced
     value, so that the next choice reads ``LOCALMAMBA_BACKEND`` again."""
     if name is None:
-        _REQUESTED.pop("choice", None)
+        _REQUESTED.clear()
     else:
-        _REQUESTED["choice"] = _parse_choice(name, "forced backend")
+        choice = _parse_choice(name, "forced backend")
+        _REQUESTED.update(choice=choice, source=f"backend {choice!r} ({FORCED_IN_PYTHON})")
 
 
 @contextlib.contextmanager
 def restoring_choice() -> Iterator[None]:
-    """Put the forced backend back as it was on exit (for tools that force each backend in turn)."""
-    previous = _REQUESTED.get("choice")
+    """Put the forced backend (and what forced it) back as it was on exit (for tools that force each backend in
+    turn)."""
+    previous = dict(_REQUESTED)
     try:
         yield
     finally:
-        force_backend(previous)
+        _REQUESTED.clear()
+        _REQUESTED.update(previous)
 
 
 @contextlib.contextmanager
@@ -160,7 +167,7 @@ def select(op: str, device: Union[None, str, torch.device],
         reason = reason_against(requested, True)
         if reason is not None:
             raise BackendUnavailableError(
-                f"{ENV_VAR}={requested} cannot run op '{op}' on {device.type} inputs: {reason}")
+                f"{_REQUESTED['source']} cannot run op '{op}' on {device.type} inputs: {reason}")
         chosen, how = requested, "forced"
     elif requested != "auto" and COMPOSED in table and reason_against(COMPOSED, False) is None:
         chosen, how = COMPOSED, f"op has no '{requested}' backend; its parts run the forced one"

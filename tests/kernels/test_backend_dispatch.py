@@ -256,3 +256,97 @@ def test_restoring_choice_puts_back_what_was_forced():
         backends.force_backend("cpu")
         assert backends.requested_backend() == "cpu"
     assert backends.requested_backend() == "reference"
+
+
+LAST_STATE_REASON = "the official kernel does not backpropagate through the last state"
+
+
+def test_official_scan_is_skipped_when_the_last_state_needs_a_gradient(monkeypatch, force_backend):
+    """mamba_ssm's selective_scan_fn ignores the last state's gradient (its 1.1.1 docstring says so); our other
+    backends propagate it, so the automatic choice passes over `cuda` then, and a forced `cuda` says why."""
+    install_fake(monkeypatch, "mamba_ssm.ops.selective_scan_interface", selective_scan_fn=lambda *a: None)
+    u, delta, A, B, C = scan_inputs()
+    inputs = (u, delta, A, B, C, None, None, None)
+
+    def reason(return_last_state):
+        return selective_scan_interface._input_check(u, A, inputs, return_last_state)("cuda")
+
+    assert reason(True) is None and reason(False) is None          # nothing requires grad
+    delta.requires_grad_()
+    assert reason(False) is None
+    assert reason(True) == LAST_STATE_REASON
+    with torch.no_grad():
+        assert reason(True) is None
+    for backend in ("triton", "cpu", "reference"):
+        assert selective_scan_interface._input_check(u, A, inputs, True)(backend) is None
+
+    cuda = torch.device("cuda")
+    assert backends.select("selective_scan", cuda, selective_scan_interface._input_check(u, A, inputs, False)) == "cuda"
+    check = selective_scan_interface._input_check(u, A, inputs, True)
+    assert backends.select("selective_scan", cuda, check) in ("triton", "reference")
+    force_backend("cuda")
+    with pytest.raises(backends.BackendUnavailableError,
+                       match=rf"^LOCALMAMBA_BACKEND=cuda cannot run op 'selective_scan' on cuda inputs: "
+                             rf"{LAST_STATE_REASON}$"):
+        backends.select("selective_scan", cuda, check)
+
+
+def test_official_conv1d_gets_a_layout_its_kernel_accepts(monkeypatch):
+    """The official kernel TORCH_CHECKs a channel-last x (a (B, L, D) tensor transposed) unless D % 8 == 0 and its
+    batch and time strides are multiples of 8: such an x is passed contiguous; one it accepts keeps its layout."""
+    seen = []
+
+    def fake_conv(x, weight, bias=None, activation=None):
+        seen.append((x.stride(), None if bias is None else bias.dtype))
+        return x
+
+    install_fake(monkeypatch, "causal_conv1d.causal_conv1d_interface", causal_conv1d_fn=fake_conv)
+    from localmamba_conv1d import causal_conv1d_interface as conv_interface
+
+    for dim in (6, 8):
+        x = torch.randn(2, 5, dim).transpose(1, 2)         # channel-last (B, D, L) view
+        out = conv_interface._conv_official(x, torch.randn(dim, 4), torch.randn(dim, dtype=torch.float64), "silu")
+        torch.testing.assert_close(out, x, rtol=0, atol=0)
+    assert seen == [((30, 5, 1), torch.float32), ((40, 1, 8), torch.float32)]
+
+
+def test_official_conv1d_update_needs_the_state_in_x_dtype(monkeypatch, force_backend):
+    """The official update TORCH_CHECKs conv_state's dtype against x's (the state is updated in place, so it is not
+    cast: the next backend runs) and bias's against weight's (cast)."""
+    from localmamba_conv1d import causal_conv1d_interface as conv_interface
+
+    calls = []
+
+    def fake_update(x, conv_state, weight, bias=None, activation=None):
+        calls.append((conv_state.dtype, bias.dtype))
+        return x
+
+    install_fake(monkeypatch, "causal_conv1d.causal_conv1d_interface", causal_conv1d_update=fake_update)
+    x, weight = torch.randn(2, 3), torch.randn(3, 4)
+    state = torch.zeros(2, 3, 4, dtype=torch.bfloat16)
+    check = conv_interface._update_input_check(x, state, weight)
+    assert check("cuda") == "the official kernel needs conv_state in x's dtype torch.float32, got torch.bfloat16"
+    assert check("reference") is None
+    assert conv_interface._update_input_check(x, state.float(), weight)("cuda") is None
+    assert backends.select("causal_conv1d_update", torch.device("cuda"), check) == "reference"
+    conv_interface._update_official(x, state.float(), weight, torch.zeros(3, dtype=torch.float64), "silu")
+    assert calls == [(torch.float32, torch.float32)]
+
+
+def test_a_backend_forced_in_python_is_named_as_such(force_backend):
+    """`with forced_backend("triton")` on fp64 inputs said "LOCALMAMBA_BACKEND=triton cannot run ..." with the
+    variable unset."""
+    u, delta, A, B, C = (t.double() for t in scan_inputs())
+    with backends.forced_backend("triton"):
+        with pytest.raises(backends.BackendUnavailableError,
+                           match=r"^backend 'triton' \(forced in Python by force_backend\(\) or forced_backend\(\)\) "
+                                 r"cannot run op 'selective_scan' on cpu inputs: ") as info:
+            selective_scan_fn(u, delta, A, B, C)
+    assert "LOCALMAMBA_BACKEND" not in str(info.value)
+    force_backend("triton")
+    with pytest.raises(backends.BackendUnavailableError, match=r"^LOCALMAMBA_BACKEND=triton cannot run op"):
+        selective_scan_fn(u, delta, A, B, C)
+    with backends.forced_backend("cpu"):
+        pass
+    with pytest.raises(backends.BackendUnavailableError, match=r"^LOCALMAMBA_BACKEND=triton cannot run op"):
+        selective_scan_fn(u, delta, A, B, C)   # the restored choice keeps its source

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from kernel_formulas import direct_conv1d
-from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+from localmamba_conv1d import (UnsupportedActivationError, causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update,
+                               causal_conv1d_update_ref)
 
 BT, DM, L = 2, 6, 13
 
@@ -92,3 +93,56 @@ def test_cpu_backend_gradients_match_reference(force_backend, c_kernel, width, s
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
     for grad, grad_ref in zip(grads, grads_ref):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_conv1d_takes_the_newer_keywords_only_as_none():
+    """Callers written for causal-conv1d >= 1.1 pass seq_idx= (1.1) and initial_states= (1.2) by keyword; None
+    computes as before, a tensor is refused in one line (this package follows the 1.0.0 API)."""
+    x, w, b = make()
+    expected = causal_conv1d_fn(x, w, b, "silu")
+    torch.testing.assert_close(causal_conv1d_fn(x, w, b, activation="silu", seq_idx=None, initial_states=None),
+                               expected, rtol=0, atol=0)
+    for name, value in (("seq_idx", torch.zeros(BT, L, dtype=torch.int32)), ("initial_states", torch.zeros(BT, DM, 3))):
+        with pytest.raises(NotImplementedError, match=rf"^causal_conv1d_fn: {name} is not supported: this package "
+                                                      rf"follows the causal-conv1d 1.0.0 API, which has no {name} "
+                                                      rf"\(pass None\)$"):
+            causal_conv1d_fn(x, w, b, activation="silu", **{name: value})
+    with pytest.raises(TypeError):
+        causal_conv1d_fn(x, w, b, "silu", None)   # keyword-only: the 1.0.0 positional order stays
+
+
+@pytest.mark.parametrize("fn", [causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref],
+                         ids=lambda fn: fn.__name__)
+def test_bad_activation_is_a_value_error_and_a_not_implemented_error(fn):
+    """Our contract names ValueError; the official functions raise NotImplementedError, which ported code catches."""
+    x, w, b = make()
+    args = (x, w, b) if fn in (causal_conv1d_fn, causal_conv1d_ref) else (x[:, :, 0], torch.zeros(BT, DM, 4), w, b)
+    with pytest.raises(UnsupportedActivationError,
+                       match=rf"^{fn.__name__}: activation must be None, 'silu' or 'swish', got 'relu'$") as info:
+        fn(*args, activation="relu")
+    assert isinstance(info.value, ValueError) and isinstance(info.value, NotImplementedError)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(x=torch.zeros(DM, L)), r"x must have shape \(batch, dim, seqlen\), got \(6, 13\)"),
+    (dict(weight=torch.zeros(DM + 1, 4)), r"weight must have shape \(dim, width\) or \(dim, 1, width\) with dim=6"),
+    (dict(bias=torch.zeros(DM + 1)), r"bias must have shape \(dim,\)=\(6,\), got \(7\)"),
+    (dict(bias=torch.zeros(DM, device="meta")), r"bias is on meta but x is on cpu"),
+])
+def test_conv1d_errors_name_the_op(kwargs, message):
+    x, w, b = make()
+    args = dict(x=x, weight=w, bias=b)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=rf"^causal_conv1d_fn: {message}"):
+        causal_conv1d_fn(**args)
+
+
+def test_conv1d_update_checks_the_state_device_and_names_the_op():
+    """A conv_state on another device ended in torch's own device error (or the cpu path read it as host memory)."""
+    x, w, b = make()
+    with pytest.raises(ValueError, match=r"^causal_conv1d_update: conv_state is on meta but x is on cpu$"):
+        causal_conv1d_update(x[:, :, 0], torch.zeros(BT, DM, 4, device="meta"), w, b)
+    with pytest.raises(ValueError, match=r"^causal_conv1d_update: x must have shape \(batch, dim\), got \(2, 6, 13\)$"):
+        causal_conv1d_update(x, torch.zeros(BT, DM, 4), w, b)
+    with pytest.raises(ValueError, match=r"^causal_conv1d_update: weight is on meta but x is on cpu$"):
+        causal_conv1d_update(x[:, :, 0], torch.zeros(BT, DM, 4), w.to("meta"), b)

@@ -30,14 +30,16 @@ def test_causal_conv1d_refuses_integer_tensors(cpu_backend, integer):
     """An integer x used to come back as a truncated integer output; an integer weight or bias was used silently."""
     args = dict(x=torch.randn(2, 3, 5), weight=torch.randn(3, 4), bias=torch.randn(3))
     args[integer] = args[integer].round().long()
-    with pytest.raises(ValueError, match=rf"^{integer} must be a floating-point tensor, got torch.int64$"):
+    with pytest.raises(ValueError,
+                       match=rf"^causal_conv1d_fn: {integer} must be a floating-point tensor, got torch.int64$"):
         causal_conv1d_fn(**args, activation="silu")
 
 
 def test_causal_conv1d_update_refuses_an_integer_state(cpu_backend):
     """An integer conv_state used to truncate the new input into the state in place."""
     state = torch.zeros(2, 3, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"^conv_state must be a floating-point tensor, got torch.int64$"):
+    with pytest.raises(ValueError,
+                       match=r"^causal_conv1d_update: conv_state must be a floating-point tensor, got torch.int64$"):
         causal_conv1d_update(torch.randn(2, 3), state, torch.randn(3, 4))
     assert not state.any()
 
@@ -52,6 +54,35 @@ def test_fused_norms_refuse_integer_and_scalar_inputs(norm):
     with pytest.raises(ValueError, match=r"^layer_norm_fn: x must have at least one dimension \(\.\.\., H\), got "
                                          r"shape \(\)$"):
         norm(torch.tensor(1.0), torch.ones(1), None)
+
+
+@pytest.mark.parametrize("norm", [layer_norm_fn, rms_norm_fn])
+@pytest.mark.parametrize("name", ["weight", "bias", "residual"])
+def test_fused_norms_refuse_a_tensor_on_another_device(norm, name):
+    """A residual (or weight, bias) on another device ended in torch's "Tensor on device meta is not on the expected
+    device cpu!"; it is now refused by name, as the other ops do."""
+    args = dict(x=torch.ones(2, 4), weight=torch.ones(4), bias=torch.zeros(4), residual=torch.ones(2, 4))
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=rf"^layer_norm_fn: {name} is on meta but x is on cpu$"):
+        norm(**args)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_selective_scan_refuses_a_delta_softplus_that_is_not_a_bool(cpu_backend, value):
+    """delta_softplus="yes" failed deep inside torch.library on the cpu backend (and ran as True on the reference)."""
+    with pytest.raises(ValueError, match=rf"^selective_scan: delta_softplus must be a bool, got {value!r}$"):
+        selective_scan_fn(*scan_inputs(), delta_softplus=value)
+
+
+@pytest.mark.parametrize("name", ["x_proj_weight", "A_log", "dt_proj_weight", "D", "conv_weight"])
+def test_multi_scan_inner_names_a_direction_count_mismatch(cpu_backend, name):
+    """An index of 2 directions against weights of 3 reported "A_log must have shape (K, E, N)=(2, 12, N)"."""
+    p = make_problem(num_dirs=3)
+    p = dict(p, index=p["index"][:2]) if name == "x_proj_weight" else dict(p, **{name: p[name][:2]})
+    index_dirs, weight_dirs = (2, 3) if name == "x_proj_weight" else (3, 2)
+    with pytest.raises(ValueError, match=rf"^multi_scan_inner: the index has {index_dirs} directions but {name} has "
+                                         rf"weights for {weight_dirs} \(shape \({weight_dirs}, "):
+        multi_scan_inner_fn(**p, gate=True)
 
 
 def test_selective_scan_refuses_an_empty_state(cpu_backend):

@@ -24,13 +24,17 @@ def _check_bc(name: str, M: torch.Tensor, batch: int, dim: int, dstate: int, seq
 
 
 def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor]) -> None:
-    """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape.
+                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                    delta_softplus: bool = False) -> None:
+    """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape or a
+    ``delta_softplus`` that is not a bool.
 
-    Skipped while ``torch.jit`` traces (ONNX export), where shapes are traced values.
+    Shapes are skipped while ``torch.jit`` traces (ONNX export), where they are traced values.
     """
     if A.is_complex():
         raise NotImplementedError("selective_scan: complex A is not supported (A must be real fp32 of shape (Dm, N))")
+    if not isinstance(delta_softplus, bool):
+        raise ValueError(f"selective_scan: delta_softplus must be a bool, got {delta_softplus!r}")
     if torch.jit.is_tracing():
         return
     if u.dim() != 3:
@@ -142,6 +146,14 @@ def _check_dtypes(op: str, what: str, anchor: torch.Tensor, **tensors: Optional[
                              f"under torch.autocast")
 
 
+def _check_direction_count(num_dirs: int, **weights: Optional[torch.Tensor]) -> None:
+    """Refuse per-direction weights for another number of directions than the index table's rows, saying both."""
+    for name, t in weights.items():
+        if t is not None and t.dim() >= 1 and t.shape[0] != num_dirs:
+            raise ValueError(f"multi_scan_inner: the index has {num_dirs} directions but {name} has weights for "
+                             f"{t.shape[0]} (shape {shape_str(t)})")
+
+
 def check_multi_scan_args(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                           dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                           D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
@@ -160,6 +172,8 @@ def check_multi_scan_args(tokens: torch.Tensor, index: torch.Tensor, x_proj_weig
         raise ValueError(f"multi_scan_inner: x_proj_weight must have shape (K, R + 2N, E), "
                          f"got {shape_str(x_proj_weight)}")
     num_dirs, inner = index.shape[0], x_proj_weight.shape[2]
+    _check_direction_count(num_dirs, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
+                           dt_proj_bias=dt_proj_bias, A_log=A_log, D=D, conv_weight=conv_weight, conv_bias=conv_bias)
     if A_log.dim() != 3 or A_log.shape[:2] != (num_dirs, inner):
         raise ValueError(f"multi_scan_inner: A_log must have shape (K, E, N)=({num_dirs}, {inner}, N), "
                          f"got {shape_str(A_log)}")

@@ -120,6 +120,8 @@ def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
         if t is not None and not t.is_floating_point():
             raise ValueError(f"layer_norm_fn: {name} must be a floating-point tensor, got {t.dtype}")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"layer_norm_fn: {name} is on {t.device} but x is on {x.device}")
     hidden = x.shape[-1]
     if tuple(weight.shape) != (hidden,):
         raise ValueError(f"layer_norm_fn: weight must have shape (H,)=({hidden},), got {tuple(weight.shape)}")

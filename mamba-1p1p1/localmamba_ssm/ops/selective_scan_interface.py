@@ -4,7 +4,7 @@ Signatures follow mamba_ssm 1.1.1 plus Vim's ``mamba_inner_fn_no_out_proj``.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +53,21 @@ _IMPLS: Dict[str, Callable[..., ScanResult]] = {
 backends.register_kernel_backends(OP, OFFICIAL_MODULE)
 
 
-def _input_check(u: torch.Tensor, A: torch.Tensor) -> Callable[[str], Optional[str]]:
+LAST_STATE_GRADIENT = "the official kernel does not backpropagate through the last state"
+
+
+def _input_check(u: torch.Tensor, A: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]],
+                 return_last_state: bool) -> Callable[[str], Optional[str]]:
+    """Input constraints per backend. The official kernel ignores the last state's gradient (mamba_ssm 1.1.1 says
+    so), which the other backends propagate: it is passed over when that gradient may be asked for."""
     def check(backend: str) -> Optional[str]:
         if backend in ("cuda", "triton") and u.dtype not in _FLOAT_TYPES:
             return f"needs fp32/fp16/bf16 inputs, got {u.dtype}"
         if backend == "cuda" and A.shape[1] > 256:
             return f"the official kernel supports N <= 256, got N={A.shape[1]}"
+        if backend == "cuda" and return_last_state and torch.is_grad_enabled() \
+                and any(t is not None and t.requires_grad for t in inputs):
+            return LAST_STATE_GRADIENT
         return None
 
     return check
@@ -72,11 +81,12 @@ def selective_scan_fn(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
 
     u, delta (Bt, Dm, L); A (Dm, N) real; B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L) with Dm % G == 0 (channel block g
     uses group g); D, delta_bias (Dm,); z (Bt, Dm, L). ``delta = softplus(delta + delta_bias)`` when
-    ``delta_softplus``. Computed in fp32 (also under autocast), returned in u's dtype; with ``return_last_state`` also
-    returns the final state (Bt, Dm, N).
+    ``delta_softplus`` (a bool). Computed in fp32 (also under autocast), returned in u's dtype; with
+    ``return_last_state`` also returns the final state (Bt, Dm, N), whose gradient reaches the inputs.
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    backend = backends.select(OP, u.device, _input_check(u, A))
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    backend = backends.select(OP, u.device, _input_check(u, A, inputs, return_last_state))
     return _IMPLS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
