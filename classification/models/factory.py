@@ -67,7 +67,9 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter) -> Checkpoint
     timm drops the classifier whenever the model's ``num_classes`` differs from the pretrained_cfg's (1000, the
     release's), so a user's own 10-class checkpoint (``pretrained_cfg_overlay=dict(file=...)``) lost its trained head
     in a 10-class model. When the head fits, the pretrained_cfg that timm is loading with (the model's own) takes the
-    model's class count, which is then the truth about the weights loaded."""
+    model's class count, which is then the truth about the weights loaded. A head of another class count than the
+    model's, where timm would load strictly (the model keeps the pretrained_cfg's count), is refused in one line
+    naming both counts (ValueError; torch's size mismatch before)."""
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         state_dict = checkpoint_filter_fn(state_dict, model)
         cfg = getattr(model, 'pretrained_cfg', None) or {}
@@ -75,6 +77,10 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter) -> Checkpoint
         num_classes = getattr(model, 'num_classes', None)
         if head is not None and head.dim() == 2 and head.shape[0] == num_classes != cfg.get('num_classes'):
             cfg['num_classes'] = num_classes
+        elif head is not None and head.dim() == 2 and head.shape[0] != num_classes == cfg.get('num_classes'):
+            raise ValueError(f'{type(model).__name__}: the pretrained classifier has {head.shape[0]} classes and this '
+                             f'model {num_classes}: pass num_classes={head.shape[0]} to keep it, or the number of '
+                             f'your classes to train a new one on the pretrained trunk')
         if num_classes != cfg.get('num_classes'):  # timm drops the classifier and loads the rest non-strictly
             check_trunk_fits(state_dict, model, cfg.get('classifier'))
         return state_dict

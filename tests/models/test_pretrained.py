@@ -83,6 +83,9 @@ def test_pretrained_keeps_the_head_of_an_own_checkpoint_with_the_models_classes(
     other = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=5,
                               **TINY[name])
     assert other.get_classifier().out_features == 5 and other.pretrained_cfg['num_classes'] == 1000
+    with pytest.raises(ValueError, match=r"the pretrained classifier has 10 classes and this model 1000: pass "
+                                         r"num_classes=10 to keep it"):   # torch's size mismatch before
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name])
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
