@@ -1,6 +1,6 @@
 """Speed, FLOP and GPU-correctness measurements of the models and the kernel ops (what ``tools/benchmark.py``,
-``tools/flops.py`` and ``tools/gpu_check.py`` run). The only part of the library that uses the kernel packages'
-backend registry directly, to time each backend in turn.
+``tools/flops.py``, ``tools/speed_test.py`` and ``tools/gpu_check.py`` run). The only part of the library that uses
+the kernel packages' backend registry directly, to time each backend in turn.
 
     from classification.benchmarks import build_model, flops_row, images_per_second
     images_per_second({"local_vim_tiny": build_model("local_vim_tiny")}, batch=8)   # {'local_vim_tiny': img/s}

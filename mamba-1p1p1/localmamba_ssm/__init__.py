@@ -2,7 +2,8 @@
 fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``, ``attention_merge_fn``, and the two in one
 call, ``multi_scan_attention_merge_fn``).
 
-Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``; override with the environment
+Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``, and ``composed`` for the fused
+multi-direction ops (plain ops around the scan and conv, which choose their own); override with the environment
 variable ``LOCALMAMBA_BACKEND`` and query with :func:`selected_backend`.
 """
 from typing import Dict, Union
