@@ -31,7 +31,7 @@ def test_c_source_compiles_without_warnings(source, isa, tmp_path):
     no CPU support for it)."""
     flags = [f for f in ckernel.compile_flags(isa) if f not in ("-shared",)]
     assert set(ckernel.ISA_FLAGS[isa]) <= set(flags)
-    cmd = [ckernel.compiler(), *flags, "-fopenmp", "-Werror", "-I", str(ckernel.RUNTIME_SOURCES), "-c", str(source),
+    cmd = [*ckernel.compiler(), *flags, "-fopenmp", "-Werror", "-I", str(ckernel.RUNTIME_SOURCES), "-c", str(source),
            "-o", str(tmp_path / "out.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
