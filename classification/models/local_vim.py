@@ -524,7 +524,9 @@ class VisionMamba(nn.Module):
 
 def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     """Adapt an original or own checkpoint to ``model``: unwrap ``state_dict``/``model``, strip ``module.`` and resize
-    position tables (``pos_embed``, RoPE ``freqs_cos``/``freqs_sin``) to the model's token grid."""
+    position tables (``pos_embed``, RoPE ``freqs_cos``/``freqs_sin``) of another size to the model's token grid. A
+    table is taken as a square grid, as every released and ``tools/train.py`` checkpoint's is (the file does not
+    record its grid)."""
     state_dict = state_dict_from(state_dict)
     targets = model.state_dict()
     out = {}
@@ -542,7 +544,8 @@ def _resize_checkpoint_table(value: torch.Tensor, target: torch.Tensor, model: V
     tokens = value.shape[-2] - extra
     side = int(round(math.sqrt(tokens)))
     if side * side != tokens:
-        raise ValueError(f'{key}: cannot infer a square grid from {tuple(value.shape)}')
+        raise ValueError(f'{key}: the checkpoint\'s table {tuple(value.shape)} holds {tokens} tokens, not a square '
+                         f'grid, and only square tables are resized: build the model at the checkpoint\'s img_size')
     if value.dim() == 2:
         return position_table(value.unsqueeze(0), (side, side), model.grid, bool(extra))[0]
     return position_table(value, (side, side), model.grid, bool(extra))

@@ -116,6 +116,19 @@ def test_pretrained_local_vim_resizes_the_tables_of_a_224_checkpoint(tmp_path):
     torch.testing.assert_close(model.pos_embed.detach(), expected.permute(0, 2, 3, 1).reshape(1, 256, 32))
 
 
+def test_a_table_of_a_non_square_grid_is_refused_with_the_way_out():
+    """A (2, 4)-grid class-token model's table (9 rows) into a (4, 8) one: no square grid holds 8 tokens; the error
+    says only square tables resize and to build the model at the checkpoint's size."""
+    from classification.models.local_vim import checkpoint_filter_fn
+
+    kwargs = dict(depth=2, embed_dim=32, directions=LOCAL_VIM_TINY_DIRECTIONS[:2])
+    small = timm.create_model('local_vim_tiny_middle_cls_token', img_size=(32, 64), **kwargs)
+    large = timm.create_model('local_vim_tiny_middle_cls_token', img_size=(64, 128), **kwargs)
+    with pytest.raises(ValueError, match=r"pos_embed: the checkpoint's table \(1, 9, 32\) holds 8 tokens, not a "
+                                         r"square grid, and only square tables are resized: build the model at"):
+        checkpoint_filter_fn(small.state_dict(), large)
+
+
 def test_a_checkpoint_with_tables_the_model_lacks_is_refused_naming_the_keys(tmp_path):
     """A RoPE checkpoint into a model built without RoPE: the strict load names the unexpected tables."""
     path = tmp_path / 'local_vim_tiny.ckpt'
