@@ -3,8 +3,10 @@ SIGUSR1 (Slurm's warning, `--signal=USR1@120`).
 
 While a `StopSignals` is active the first such signal only records its number; the training loop asks
 `agreed_with()` once it holds the next batch, before that batch's step, and every rank stops before the first step
-where any rank has been signalled or could not read its batch (one all-reduce per step, only when distributed). A
-second SIGINT raises KeyboardInterrupt at once.
+where any rank has been signalled or could not read its batch (one all-reduce per step, only when distributed). After a
+SIGINT, a second SIGINT or a SIGTERM raises KeyboardInterrupt at once: a second Ctrl-C, which torchrun passes on to its
+workers as SIGTERM. Other second signals (Slurm's SIGTERM at the time limit after its SIGUSR1 warning) let the run
+finish its stop.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class StopSignals:
     def _receive(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.signum is None:
             self.signum = signum
-        elif signum == signal.SIGINT:
+        elif self.signum == signal.SIGINT and signum in (signal.SIGINT, signal.SIGTERM):
             raise KeyboardInterrupt
 
     def agreed(self) -> Optional[int]:

@@ -350,7 +350,7 @@ class Run:
                 step = ckpt.get("step")
                 end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
                 held = f"{last} holds the run up to {end}; the training after it is lost"
-            self.log.warning(f"Second SIGINT: stopped at once, without saving; {held}")
+            self.log.warning(f"Second Ctrl-C: stopped at once, without saving; {held}")
         return self.interrupted(signal.SIGINT)
 
     def interrupted(self, signum: int) -> RunInterrupted:
@@ -533,7 +533,7 @@ def train(cfg: Namespace) -> dict:
             log.info(f"--branch: continuing from {cfg.resume} in {exp_dir}; the run in {folder.branch_of} is left "
                      f"as it is")
         elif os.path.abspath(named) != os.path.abspath(exp_dir):
-            other = "" if cfg.experiment == DEFAULT_EXPERIMENT else f" (not {named}, which --experiment names)"
+            other = "" if cfg.experiment == DEFAULT_EXPERIMENT else f" (not {named}, where --experiment points)"
             log.info(f"Continuing in the resumed checkpoint's folder {exp_dir}{other}")
         if folder.rewinds is not None:
             log.info(f"--rewind: continuing {exp_dir} from {cfg.resume} ({folder.rewinds}); the checkpoints and CSV "

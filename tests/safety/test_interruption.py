@@ -100,8 +100,32 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     assert load(folder / "last.pth.tar")["step"] is None  # epoch 0's: no mid-epoch checkpoint was written
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
     # the first Ctrl-C's line said it was saving there: the second one's says what the file holds
-    assert (f"WARNING Second SIGINT: stopped at once, without saving; {folder / 'last.pth.tar'} holds the run up to "
+    assert (f"WARNING Second Ctrl-C: stopped at once, without saving; {folder / 'last.pth.tar'} holds the run up to "
             f"epoch 0; the training after it is lost") in proc.stdout
+
+
+@POSIX_SIGNALS
+@pytest.mark.parametrize("first, second, aborts", [
+    ("SIGINT", "SIGINT", True),
+    ("SIGINT", "SIGTERM", True),      # a second Ctrl-C under torchrun reaches the workers as SIGTERM
+    ("SIGUSR1", "SIGTERM", False),    # Slurm's time limit after its warning: the stop goes on (its save included)
+    ("SIGTERM", "SIGTERM", False),
+])
+def test_which_second_signal_aborts_at_once(first, second, aborts):
+    from classification.engine.signals import StopSignals
+
+    def send(name):
+        os.kill(os.getpid(), getattr(signal, name))
+        time.sleep(0.05)                                 # the handler runs at the next bytecode of the main thread
+
+    with StopSignals(torch.device("cpu")) as stop:
+        send(first)
+        if aborts:
+            with pytest.raises(KeyboardInterrupt):
+                send(second)
+        else:
+            send(second)
+        assert stop.signum == getattr(signal, first)
 
 
 def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as_such(straight_run, tmp_path):

@@ -179,5 +179,5 @@ def test_a_resume_says_which_folder_it_continues_in(tmp_path, monkeypatch):
     assert f"Continuing in the resumed checkpoint's folder {run_dir}\n" in log_text()
     _resumed_run(monkeypatch, [*common, "--epochs", "2", "--resume", last, "--experiment", "other"])
     named = os.path.join(str(tmp_path), "other")
-    assert (f"Continuing in the resumed checkpoint's folder {run_dir} (not {named}, which --experiment names)"
+    assert (f"Continuing in the resumed checkpoint's folder {run_dir} (not {named}, where --experiment points)"
             in log_text())
