@@ -37,6 +37,7 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
     steps = len(loader)
     bar = ProgressBar(steps, f"test{suffix}", enabled=env.is_main)
+    correct1 = correct5 = 0     # exact counts: timm's float32 percentages summed drift with the batch size
     start = time.time()
     try:
         for idx, (images, target) in enumerate(loader):
@@ -51,6 +52,8 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
             loss_m.update(loss.item(), n)
             top1_m.update(acc1.item(), n)
             top5_m.update(acc5.item(), n)
+            correct1 += round(acc1.item() * n / 100)
+            correct5 += round(acc5.item() * n / 100)
             batch_m.update(time.time() - start)
             eta = format_eta((steps - idx - 1) * batch_m.avg)
             if idx % log_interval == 0 or idx == steps - 1:
@@ -63,9 +66,14 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
             start = time.time()
     finally:
         bar.close()
-    loss_sum, c1_sum, c5_sum, count = all_reduce_sum([loss_m.sum, top1_m.sum, top5_m.sum, loss_m.count], env.device)
+    loss_sum, c1_sum, c5_sum, count = all_reduce_sum([loss_m.sum, correct1, correct5, loss_m.count], env.device)
     count = max(count, 1)
-    return {"test_loss": loss_sum / count, "top1": c1_sum / count, "top5": c5_sum / count}
+    metrics = {"test_loss": loss_sum / count, "top1": 100 * c1_sum / count, "top5": 100 * c5_sum / count}
+    if env.world_size > 1:      # the lines above are rank 0's share
+        log.info(f"Test{suffix}: {'' if epoch is None else f'{epoch} '}all {env.world_size} processes, "
+                 f"{round(count)} images: Loss: {metrics['test_loss']:.3f} Top-1: {metrics['top1']:.3f}% "
+                 f"Top-5: {metrics['top5']:.3f}%")
+    return metrics
 
 
 def _load_at_model_size(model: nn.Module, weights: dict, path: str) -> None:

@@ -72,6 +72,10 @@ def test_two_processes_equal_one_process(two, config, tmp_path):
     for col in ("train_loss", "test_loss", "top1", "top5"):
         assert float(row_two[col]) == pytest.approx(float(row_one[col]), rel=1e-3, abs=0.3), col
     assert one["top1"] == pytest.approx(float(row_one["top1"]))
+    # the Test lines are rank 0's share; the line after them gives the figures of all ranks, as metrics.csv has them
+    # (the EMA's: the recipe keeps one)
+    assert (f"Test(EMA): 0 all 2 processes, 360 images: Loss: {float(row_two['test_loss']):.3f} "
+            f"Top-1: {float(row_two['top1']):.3f}% Top-5: {float(row_two['top5']):.3f}%") in stdout
 
 
 @SKIP_ON_WINDOWS
