@@ -2,9 +2,10 @@
 # The one launcher behind every dist_*.sh / slurm_*.sh script: runs an entry script with its arguments as given.
 #   tools/launch.sh torchrun GPUS ENTRY [ARGS...]            GPUS processes per node (torchrun)
 #   tools/launch.sh srun PARTITION GPUS ENTRY [ARGS...]      GPUS Slurm tasks, at most 8 per node
-# torchrun, several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default
-# 29500) set. srun: ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node,
-# its port MASTER_PORT if set, else the entry's --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
+# torchrun, one node: the rendezvous takes a free port unless MASTER_PORT is set. Several nodes: run it on every node
+# with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default 29500) set. srun: ranks come from SLURM_PROCID /
+# SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node, its port MASTER_PORT if set, else the entry's
+# --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
 # mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
 # torchrun runs as classification.engine.torchrun: a failed launch ends in one line with the failed worker's exit
@@ -44,7 +45,10 @@ if [ "$MODE" = torchrun ]; then
              "(this node's, from 0) set on every node" >&2
         exit 2
     fi
-    export MASTER_PORT="${MASTER_PORT:-29500}"
+    # One node: a free port unless MASTER_PORT names one (two jobs on a node no longer meet at 29500).
+    if [ -z "${MASTER_PORT:-}" ]; then
+        if [ "${NNODES:-1}" = 1 ]; then MASTER_PORT=auto; else MASTER_PORT=29500; fi
+    fi
     export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
     set -x
     exec python -m classification.engine.torchrun \

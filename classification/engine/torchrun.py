@@ -3,11 +3,13 @@
 It is ``torch.distributed.run`` unchanged, except for how a launch that failed ends: when a worker fails, or torchrun
 itself is stopped by a signal, it prints one line and exits with the worker's status (128 + N for signal N), where
 torchrun prints a ChildFailedError or SignalException traceback and exits with 1. Each worker prints its own error
-above that line.
+above that line. ``--master_port=auto`` takes a free port of this machine (a one-node launch), and a master port
+in use ends in one line naming it, where torchrun printed a DistNetworkError traceback.
 """
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
@@ -41,18 +43,46 @@ def failure_line(entry: str, failures: Mapping[int, Any], first_rank: int) -> st
             f"errors are above")
 
 
+AUTO_PORT = "--master_port=auto"
+
+
+def free_port() -> int:
+    """A TCP port no process on this machine listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_a_port(argv: Sequence[str]) -> list[str]:
+    """``argv`` with its first ``--master_port=auto`` (torchrun's, before the entry script's arguments) replaced by a
+    free port."""
+    argv = list(argv)
+    if AUTO_PORT in argv:
+        argv[argv.index(AUTO_PORT)] = f"--master_port={free_port()}"
+    return argv
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run torchrun with ``argv`` (default: this process's arguments); the exit status of the launch."""
+    from torch.distributed import DistNetworkError
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    argv = with_a_port(sys.argv[1:] if argv is None else argv)
     try:
-        torchrun_main(list(argv) if argv is not None else None)
+        torchrun_main(argv)
     except ChildFailedError as err:
         first_rank, first = err.get_first_failure()
         print(failure_line(err.name, err.failures, first_rank), file=sys.stderr)
         return exit_status(first.exitcode)
+    except DistNetworkError as err:
+        if "EADDRINUSE" not in str(err) and "address already in use" not in str(err):
+            raise
+        port = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--master_port=")), "29500")
+        print(f"error: the master port {port} is in use (another run on this machine?): set MASTER_PORT to a free "
+              f"port, or leave it unset on one node to take one", file=sys.stderr)
+        return 1
     except SignalException as err:
         print(f"torchrun: stopped by {err.sigval.name}, which it passed on to the workers", file=sys.stderr)
         return 128 + int(err.sigval)

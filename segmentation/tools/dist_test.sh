@@ -11,6 +11,6 @@ fi
 HERE="$(dirname "$0")"
 CONFIG=$1 CHECKPOINT=$2 GPUS=$3
 shift 3
-export MASTER_PORT="${PORT:-${MASTER_PORT:-29500}}"  # mmdet/mmseg's PORT, else MASTER_PORT
+export MASTER_PORT="${PORT:-${MASTER_PORT:-}}"  # mmdet/mmseg's PORT, else MASTER_PORT
 exec sh "$HERE/../../tools/launch.sh" torchrun "$GPUS" "$HERE/test.py" "$CONFIG" \
     "$CHECKPOINT" --launcher pytorch "$@"

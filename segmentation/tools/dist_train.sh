@@ -10,6 +10,6 @@ fi
 HERE="$(dirname "$0")"
 CONFIG=$1 GPUS=$2
 shift 2
-export MASTER_PORT="${PORT:-${MASTER_PORT:-29500}}"  # mmdet/mmseg's PORT, else MASTER_PORT
+export MASTER_PORT="${PORT:-${MASTER_PORT:-}}"  # mmdet/mmseg's PORT, else MASTER_PORT
 exec sh "$HERE/../../tools/launch.sh" torchrun "$GPUS" "$HERE/train.py" "$CONFIG" \
     --launcher pytorch "$@"

@@ -38,7 +38,7 @@ def run(shell, stub_path, script, *args, cwd=REPO, **env):
     return lines[:-2], dict(line.split("=", 1) for line in lines[-2:])
 
 
-def torchrun(gpus, entry, *args, nnodes="1", node_rank="0", addr="127.0.0.1", port="29500"):
+def torchrun(gpus, entry, *args, nnodes="1", node_rank="0", addr="127.0.0.1", port="auto"):
     return [*TORCHRUN, f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={gpus}",
             f"--master_addr={addr}", f"--master_port={port}", entry, *args]
 
@@ -49,7 +49,7 @@ def test_dist_run_runs_the_originals_readme_command_from_the_root(shell, stub_pa
                     "--resume", "my ckpt.pth")
     assert argv == torchrun("8", "tools/test.py", "-c", "cfg.yaml", "--model", "local_vim_tiny",
                             "--resume", "my ckpt.pth")
-    assert env == {"PYTHONPATH": REPO, "MASTER_PORT": "29500"}
+    assert env == {"PYTHONPATH": REPO, "MASTER_PORT": ""}      # one node: torchrun.py takes a free port
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -61,6 +61,9 @@ def test_dist_train_and_test_wrap_dist_run_with_multi_node_env(shell, stub_path,
                             nnodes="2", node_rank="1", addr="10.0.0.1", port="1234")
     argv, _ = run(shell, stub_path, "tools/dist_test.sh", "1", "c.yaml", "m", "--resume", "x.pth")
     assert argv == torchrun("1", "tools/test.py", "-c", "c.yaml", "--model", "m", "--resume", "x.pth")
+    nodes.pop("MASTER_PORT")      # several nodes agree on torchrun's default port
+    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", "c.yaml", "m", **nodes)
+    assert "--master_port=29500" in argv
 
 
 @pytest.mark.parametrize("missing", ["MASTER_ADDR", "NODE_RANK"])

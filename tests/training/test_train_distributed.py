@@ -128,6 +128,30 @@ def test_the_launch_ends_in_one_line_naming_the_failed_ranks():
     assert [exit_status(code) for code in (2, 0, -15, -9)] == [2, 0, 143, 137]
 
 
+def test_a_one_node_launch_takes_a_free_port_and_a_busy_one_is_one_line(tmp_path):
+    """Two dist_train.sh runs on one node both took port 29500: the second ended in a DistNetworkError traceback."""
+    import socket
+
+    from classification.engine.torchrun import with_a_port
+
+    argv = with_a_port(["--nnodes=1", "--master_port=auto", "x.py", "--master_port=auto"])
+    port = int(argv[1].split("=")[1])
+    assert argv[0] == "--nnodes=1" and argv[2:] == ["x.py", "--master_port=auto"] and port > 0   # the script's own
+    script = tmp_path / "x.py"
+    script.write_text("print('ran')\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "classification.engine.torchrun", "--nproc_per_node=1",
+                               "--master_addr=127.0.0.1", f"--master_port={taken}", str(script)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO, env=tool_env())
+    assert proc.returncode == 1 and "ran" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: the master port {taken} is in use (another run on this machine?): set MASTER_PORT to a free port, "
+        f"or leave it unset on one node to take one")
+
+
 def test_a_signalled_launch_ends_in_one_line_with_the_signals_status(monkeypatch, capsys):
     """torchrun stopped by SIGTERM (after passing it on) raised SignalException: a traceback and status 1."""
     import signal
