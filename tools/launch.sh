@@ -31,7 +31,8 @@ esac
 case "$GPUS" in
     ''|*[!0-9]*|0*)
         echo "error: the number of processes (GPUS) must be a whole number from 1, got '$GPUS': check the order of" \
-             "the arguments (tools/dist_train.sh GPUS CONFIG MODEL; the det/seg dist_train.sh CONFIG GPUS)" >&2
+             "the arguments (tools/dist_train.sh GPUS CONFIG MODEL; tools/slurm_train.sh PARTITION GPUS CONFIG" \
+             "MODEL; the det/seg dist_train.sh CONFIG GPUS)" >&2
         exit 2 ;;
 esac
 if [ ! -f "$ENTRY" ] && [ -f "$ROOT/$ENTRY" ]; then
@@ -55,6 +56,11 @@ if [ "$MODE" = torchrun ]; then
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
         "$ENTRY" "$@"
+fi
+if ! command -v srun >/dev/null 2>&1; then
+    echo "error: srun not found: the slurm_*.sh scripts submit to Slurm; on a machine without it use" \
+         "tools/dist_train.sh / tools/dist_run.sh (torchrun)" >&2
+    exit 127
 fi
 PER_NODE=$(( GPUS < 8 ? GPUS : 8 ))
 WARN=  # tools/train.py only: det/seg's train.py has no handler, and SIGUSR1 would kill it

@@ -174,5 +174,19 @@ def test_a_process_count_that_is_not_a_whole_number_is_one_line(shell, stub_path
                           env=environ, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: the number of processes (GPUS) must be a whole number from 1, got '{gpus}': check "
-                           f"the order of the arguments (tools/dist_train.sh GPUS CONFIG MODEL; the det/seg "
-                           f"dist_train.sh CONFIG GPUS)\n")
+                           f"the order of the arguments (tools/dist_train.sh GPUS CONFIG MODEL; tools/slurm_train.sh "
+                           f"PARTITION GPUS CONFIG MODEL; the det/seg dist_train.sh CONFIG GPUS)\n")
+
+
+def test_the_slurm_scripts_without_srun_say_what_to_use(tmp_path):
+    """Without Slurm the script ended in the shell's 'exec: srun: not found' (status 127)."""
+    bin_dir = tmp_path / "bin"                  # a PATH with python but no srun
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(shutil.which("python"))
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/slurm_train.sh"), "part", "2", "c.yaml", "m"], cwd=REPO,
+                          env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 127 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: srun not found: the slurm_*.sh scripts submit to Slurm; on a machine without it use "
+        "tools/dist_train.sh / tools/dist_run.sh (torchrun)")
