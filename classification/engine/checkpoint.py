@@ -89,8 +89,10 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     saved, own = ckpt["directions"], scan_directions(model)
     if saved is not None and own is not None and len(saved) != len(own):
         kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
+        used = (ckpt.get("config") or {}).get("directions")
         given = " ".join(f"{key}={value}" for key, value in kwargs.items())
-        build = f"give --model-kwargs {given}, as its run did" if given else "build the model as its run did"
+        flags = " ".join([*([f"--model-kwargs {given}"] if given else []), *([f"--directions {used}"] if used else [])])
+        build = f"give {flags}, as its run did" if flags else "build the model as its run did"
         raise CheckpointError(f"{path} holds a model of {len(saved)} layers, this model has {len(own)}: "
                               f"{build}{whole}")
     used = (ckpt.get("config") or {}).get("directions")

@@ -49,6 +49,11 @@ def test_a_checkpoint_of_another_depth_is_refused_naming_its_model_kwargs_and_it
     with pytest.raises(CheckpointError, match=rf"^{path} holds a model of 4 layers, this model has 20: give "
                                               rf"--model-kwargs depth=4 embed_dim=64, as its run did$"):
         check_same_model(deep, "local_vim_tiny", ckpt, str(path))
+    ckpt["config"]["directions"] = "dirs4.yaml"       # another depth needs its directions too
+    with pytest.raises(CheckpointError, match=r"give --model-kwargs depth=4 embed_dim=64 --directions dirs4.yaml, as "
+                                              r"its run did$"):
+        check_same_model(deep, "local_vim_tiny", ckpt, str(path))
+    del ckpt["config"]["directions"]
     path.parent.mkdir()
     (path.parent / "args.yaml").write_text("model: local_vim_tiny\n")
     with pytest.raises(CheckpointError, match=rf"as its run did \(or -c {path.parent / 'args.yaml'}, its run's "
