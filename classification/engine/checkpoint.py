@@ -87,15 +87,14 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "args.yaml")
     whole = f" (or -c {run_config}, its run's whole config)" if os.path.isfile(run_config) else ""
     saved, own = ckpt["directions"], scan_directions(model)
+    used = (ckpt.get("config") or {}).get("directions")
     if saved is not None and own is not None and len(saved) != len(own):
         kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
-        used = (ckpt.get("config") or {}).get("directions")
         given = " ".join(f"{key}={value}" for key, value in kwargs.items())
         flags = " ".join([*([f"--model-kwargs {given}"] if given else []), *([f"--directions {used}"] if used else [])])
         build = f"give {flags}, as its run did" if flags else "build the model as its run did"
         raise CheckpointError(f"{path} holds a model of {len(saved)} layers, this model has {len(own)}: "
                               f"{build}{whole}")
-    used = (ckpt.get("config") or {}).get("directions")
     hint = f"--directions {used}, as its run did" if used else "no --directions (its run used the model's own)"
     raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
 
