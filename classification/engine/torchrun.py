@@ -30,8 +30,18 @@ def _how_it_ended(exitcode: int) -> str:
         return f"ended by signal {-exitcode}"
 
 
+STOP_STATUSES = {128 + int(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+
+
+def stopped_cleanly(failures: Mapping[int, Any]) -> bool:
+    """Whether every failed worker ended with a stop signal's status (130, 143, 138), as tools/train.py exits once it
+    has stopped and saved on SIGINT, SIGTERM or SIGUSR1, or was ended by one of those signals."""
+    return all(exit_status(failure.exitcode) in STOP_STATUSES for failure in failures.values())
+
+
 def failure_line(entry: str, failures: Mapping[int, Any], first_rank: int) -> str:
-    """One line naming the failed ranks of ``entry`` and how each ended, the first failure first.
+    """One line naming the failed ranks of ``entry`` and how each ended, the first failure first; not an error when
+    every one stopped on a signal (`stopped_cleanly`).
 
     ``failures``: global rank -> torch's ProcessFailure (its ``exitcode``), as in ``ChildFailedError.failures``."""
     ranks = [first_rank] + sorted(rank for rank in failures if rank != first_rank)
@@ -39,6 +49,9 @@ def failure_line(entry: str, failures: Mapping[int, Any], first_rank: int) -> st
              f"{_how_it_ended(failures[rank].exitcode)}" for rank in ranks[:SHOWN_RANKS]]
     more = f" and {len(ranks) - SHOWN_RANKS} more" if len(ranks) > SHOWN_RANKS else ""
     plural = "es" if len(ranks) > 1 else ""
+    if stopped_cleanly(failures):
+        return (f"{entry} stopped on a signal in {len(ranks)} process{plural}: {', '.join(shown)}{more}; the "
+                f"workers' lines above say where they stopped")
     return (f"error: {entry} failed in {len(ranks)} process{plural}: {', '.join(shown)}{more}; the workers' own "
             f"errors are above")
 

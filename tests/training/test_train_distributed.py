@@ -84,9 +84,10 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
                         SIGNAL_RANK="1")
     assert cut.returncode == 143 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
     # the other rank exits by itself too, or is stopped by torchrun's SIGTERM first
-    assert re.fullmatch(rf"error: {SIGNAL_AT_SCRIPT} failed in 2 processes: rank (0|1) \(first\) exit status 143, rank "
-                        rf"(0|1) (exit status 143|ended by SIGTERM); the workers' own errors are above",
-                        cut.stderr.splitlines()[-1])
+    # a clean stop, not an error (it said "failed ... the workers' own errors are above")
+    assert re.fullmatch(rf"{SIGNAL_AT_SCRIPT} stopped on a signal in 2 processes: rank (0|1) \(first\) exit status "
+                        rf"143, rank (0|1) (exit status 143|ended by SIGTERM); the workers' lines above say where "
+                        rf"they stopped", cut.stderr.splitlines()[-1])
     assert "SIGTERM: stopping in epoch 0 after step 20 of 44" in cut.stdout  # logged by rank 0, told by rank 1
     last = tmp_path / "cut" / "last.pth.tar"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
@@ -126,6 +127,10 @@ def test_the_launch_ends_in_one_line_naming_the_failed_ranks():
     assert failure_line("t.py", {5: SimpleNamespace(exitcode=-200)}, 5) == (
         "error: t.py failed in 1 process: rank 5 ended by signal 200; the workers' own errors are above")
     assert [exit_status(code) for code in (2, 0, -15, -9)] == [2, 0, 143, 137]
+    stopped = {0: SimpleNamespace(exitcode=143), 1: SimpleNamespace(exitcode=-15), 2: SimpleNamespace(exitcode=130)}
+    assert failure_line("t.py", stopped, 0) == (
+        "t.py stopped on a signal in 3 processes: rank 0 (first) exit status 143, rank 1 ended by SIGTERM, rank 2 exit "
+        "status 130; the workers' lines above say where they stopped")
 
 
 def test_a_one_node_launch_takes_a_free_port_and_a_busy_one_is_one_line(tmp_path):
