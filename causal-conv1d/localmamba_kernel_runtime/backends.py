@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from types import ModuleType
-from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -46,6 +46,7 @@ _REGISTRY: Dict[str, Dict[str, Check]] = {}
 _LOGGED: set = set()
 _LOCK = threading.Lock()
 _MODULES: Dict[str, Optional[ModuleType]] = {}  # import name -> module, or None when it cannot be imported
+_IMPORT_ERRORS: Dict[str, str] = {}  # import name -> why an installed module failed to import (absent ones: none)
 _TRITON: Dict[str, bool] = {}  # "installed": whether the triton package is (`_find_triton`)
 # "choice" -> the requested backend, once read or forced; "source" -> what forced it, as error messages name it
 _REQUESTED: Dict[str, str] = {}
@@ -198,13 +199,33 @@ def _log_once(op: str, backend: str, device: torch.device, how: str) -> None:
 
 
 def optional_module(name: str) -> Optional[ModuleType]:
-    """Import ``name`` if possible (cached); return None when it or one of its dependencies is missing."""
+    """Import ``name`` if possible (cached); return None when it or one of its dependencies is missing. A module that
+    is installed but fails to import (a CUDA build against another torch...) counts as absent too, with a warning
+    the first time that names the error (`import_error` gives it later)."""
     if name not in _MODULES:
         try:
             _MODULES[name] = importlib.import_module(name)
-        except Exception:  # a broken optional install (missing CUDA library...) counts as absent
+        except Exception as err:
             _MODULES[name] = None
+            if not _is_absent(name, err):
+                _IMPORT_ERRORS[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                logger.warning("%s is installed but cannot be imported (%s): its kernels are not used",
+                               name, _IMPORT_ERRORS[name])
     return _MODULES[name]
+
+
+def _is_absent(name: str, err: Exception) -> bool:
+    """True when `err`, raised importing `name`, says that `name` (or a package above it) is not installed, rather
+    than that an installed module failed."""
+    if not isinstance(err, ModuleNotFoundError):
+        return False
+    parts = name.split(".")
+    return err.name is None or err.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def import_error(name: str) -> Optional[str]:
+    """Why the installed module ``name`` failed to import in `optional_module` (None when it imported or is absent)."""
+    return _IMPORT_ERRORS.get(name)
 
 
 def _find_triton() -> None:
@@ -231,20 +252,34 @@ def reset_caches() -> None:
     """Forget cached imports, logged choices and the forced backend (for tests that install fake packages or set
     ``LOCALMAMBA_BACKEND``)."""
     _MODULES.clear()
+    _IMPORT_ERRORS.clear()
     _find_triton()
     _LOGGED.clear()
     _REQUESTED.clear()
 
 
-def check_official(module_name: str) -> Check:
-    """Check for the ``cuda`` backend: CUDA inputs and the official package ``module_name`` importable."""
+def official_module(module_names: Sequence[str], attribute: Optional[str] = None) -> Optional[ModuleType]:
+    """The first of ``module_names`` that imports (and has ``attribute`` when given: official packages moved their
+    ops between versions), or None."""
+    for name in module_names:
+        module = optional_module(name)
+        if module is not None and (attribute is None or hasattr(module, attribute)):
+            return module
+    return None
+
+
+def check_official(module_names: Union[str, Sequence[str]], attribute: Optional[str] = None) -> Check:
+    """Check for the ``cuda`` backend: CUDA inputs and one of the official modules ``module_names`` importable (and
+    holding ``attribute`` when given); the reason names the import error of an installed but broken one."""
+    names = (module_names,) if isinstance(module_names, str) else tuple(module_names)
 
     def check(device: torch.device, forced: bool) -> Optional[str]:
         if device.type != "cuda":
             return "the official kernels need CUDA tensors"
-        if optional_module(module_name) is None:
-            return f"cannot import {module_name}"
-        return None
+        if official_module(names, attribute) is not None:
+            return None
+        errors = [f"{name}: {import_error(name)}" for name in names if import_error(name) is not None]
+        return f"cannot import {' or '.join(names)}" + (f" ({'; '.join(errors)})" if errors else "")
 
     return check
 

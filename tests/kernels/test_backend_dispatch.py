@@ -104,6 +104,64 @@ def test_without_official_packages_cuda_falls_to_next(monkeypatch):
     assert selected_backend("causal_conv1d", "cuda") == "reference"
 
 
+def loaded_mamba_ssm_modules():
+    return [name for name in sys.modules if name == "mamba_ssm" or name.startswith("mamba_ssm.")]
+
+
+@pytest.fixture
+def broken_official_package(tmp_path, monkeypatch):
+    """Put an official-looking ``mamba_ssm`` on sys.path whose import fails the way a CUDA build for another torch
+    does: one of its own extension modules cannot be found. Its modules leave sys.modules afterwards."""
+    package = tmp_path / "mamba_ssm"
+    (package / "ops").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "ops" / "__init__.py").write_text("")
+    (package / "ops" / "selective_scan_interface.py").write_text("import selective_scan_cuda_missing_ext\n")
+    for name in loaded_mamba_ssm_modules():
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in loaded_mamba_ssm_modules():
+        del sys.modules[name]
+
+
+def test_a_broken_official_install_is_named_not_taken_for_absent(broken_official_package, caplog, force_backend):
+    """An installed mamba_ssm whose import fails (its CUDA extension missing) was silently treated as not installed,
+    and forcing the cuda backend then said only "cannot import": the warning and the refusal now name the error."""
+    with caplog.at_level(logging.WARNING, logger="localmamba"):
+        assert selected_backend("selective_scan", "cuda") != "cuda"
+        selected_backend("selective_scan", "cuda")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["mamba_ssm.ops.selective_scan_interface is installed but cannot be imported "
+                        "(ModuleNotFoundError: No module named 'selective_scan_cuda_missing_ext'): its kernels are "
+                        "not used"]
+    force_backend("cuda")
+    with pytest.raises(backends.BackendUnavailableError,
+                       match=r"cannot import mamba_ssm.ops.selective_scan_interface \(mamba_ssm.ops.selective_scan"
+                             r"_interface: ModuleNotFoundError: No module named 'selective_scan_cuda_missing_ext'\)"):
+        selected_backend("selective_scan", "cuda")
+
+
+def test_an_absent_official_package_is_no_warning(monkeypatch, caplog):
+    for name in ("mamba_ssm", "causal_conv1d"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with caplog.at_level(logging.WARNING, logger="localmamba"):
+        for op in ("selective_scan", "causal_conv1d", "layer_norm"):
+            assert selected_backend(op, "cuda") != "cuda"
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert backends.import_error("mamba_ssm.ops.selective_scan_interface") is None
+
+
+def test_layer_norm_takes_either_official_module_name(monkeypatch):
+    """mamba_ssm renamed ops/triton/layernorm.py to layer_norm.py: either one, holding layer_norm_fn, is taken."""
+    install_fake(monkeypatch, "mamba_ssm.ops.triton.layer_norm", layer_norm_fn=lambda *a, **k: None)
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops.triton.layernorm", None)
+    assert selected_backend("layer_norm", "cuda") == "cuda"
+    backends.reset_caches()
+    monkeypatch.delattr(sys.modules["mamba_ssm.ops.triton.layer_norm"], "layer_norm_fn")
+    assert selected_backend("layer_norm", "cuda") == "reference"
+
+
 def test_choosing_a_backend_never_looks_for_triton(monkeypatch):
     """The choice runs inside compiled models, where torch 2.11's dynamo cannot trace importlib.util.find_spec (a
     graph break on the first compile of a process): triton is looked for at import and by reset_caches only."""

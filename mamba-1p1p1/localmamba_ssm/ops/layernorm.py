@@ -20,23 +20,7 @@ _OFFICIAL_MODULES = ("mamba_ssm.ops.triton.layer_norm", "mamba_ssm.ops.triton.la
 NormResult = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
-def _official_module():
-    for name in _OFFICIAL_MODULES:
-        module = backends.optional_module(name)
-        if module is not None and hasattr(module, "layer_norm_fn"):
-            return module
-    return None
-
-
-def _check_official(device: torch.device, forced: bool) -> Optional[str]:
-    if device.type != "cuda":
-        return "the official kernels need CUDA tensors"
-    if _official_module() is None:
-        return "cannot import mamba_ssm.ops.triton.layer_norm(layernorm)"
-    return None
-
-
-backends.register(OP, "cuda", _check_official)
+backends.register(OP, "cuda", backends.check_official(_OFFICIAL_MODULES, "layer_norm_fn"))
 backends.register(OP, "reference", backends.check_any)
 
 
@@ -100,8 +84,9 @@ def _add_norm_torch(x, weight, bias, residual, eps, prenorm, residual_in_fp32, i
 
 
 def _add_norm_official(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm):
-    return _official_module().layer_norm_fn(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm,
-                                            residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)
+    official = backends.official_module(_OFFICIAL_MODULES, "layer_norm_fn")
+    return official.layer_norm_fn(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm,
+                                  residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)
 
 
 _IMPLS = {"cuda": _add_norm_official, "reference": _add_norm_torch}
