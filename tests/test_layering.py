@@ -15,6 +15,7 @@ PACKAGE_DIRS = {
     "localmamba_ssm": REPO / "mamba-1p1p1" / "localmamba_ssm",
     "classification": REPO / "classification",
     "segmentation": REPO / "segmentation",
+    "detection": REPO / "detection",
 }
 
 
@@ -56,7 +57,8 @@ def offenders(package: str, forbidden: set[str], subpackage: str = "") -> set[st
     ("localmamba_conv1d", LIBRARY | {"localmamba_ssm"}),
     ("localmamba_ssm", LIBRARY),
     ("classification", PLUGINS_AND_TOOLS),
-    ("segmentation", {"detection"}),
+    ("segmentation", {"detection", "tools"}),
+    ("detection", {"segmentation", "tools"}),
 ])
 def test_packages_import_downwards_only(package, forbidden):
     assert offenders(package, forbidden) == set()

@@ -359,7 +359,7 @@ class VisionMamba(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {'pos_embed', 'cls_token', 'dist_token'}
+        return {'pos_embed', 'cls_token'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -461,7 +461,7 @@ class VisionMamba(nn.Module):
     ) -> Union[list, tuple[torch.Tensor, list]]:
         """Mixer outputs of the chosen layers (as the original det/seg backbone takes them).
 
-        ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are (B, C, H/16, W/16);
+        ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are (B, C, ceil(H / patch_size), ceil(W / patch_size));
         a middle class token is dropped from them, and with ``return_prefix_tokens`` each intermediate is the pair
         (map, the class token (B, 1, C), or (B, 0, C) without one), as timm's ViT gives it. ``norm`` applies
         ``norm_f`` to each.
@@ -533,12 +533,12 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     for key, value in state_dict.items():
         if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin') and key in targets:   # else the load names it
             if value.shape != targets[key].shape:
-                value = _resize_checkpoint_table(value, targets[key], model, key)
+                value = _resize_checkpoint_table(value, model, key)
         out[key] = value
     return out
 
 
-def _resize_checkpoint_table(value: torch.Tensor, target: torch.Tensor, model: VisionMamba, key: str) -> torch.Tensor:
+def _resize_checkpoint_table(value: torch.Tensor, model: VisionMamba, key: str) -> torch.Tensor:
     """Resize a square per-token table from a checkpoint to the model's grid (class token kept in the middle)."""
     extra = model.num_prefix_tokens if key == 'pos_embed' else 0
     tokens = value.shape[-2] - extra

@@ -313,7 +313,8 @@ class VSSM(nn.Module):
         return stage.blocks(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalised last-stage map (B, H/32, W/32, C) (channel-last)."""
+        """Images (B, C, H, W) -> normalised last-stage map (B, h, w, C) (channel-last; h = floor(H / patch_size)
+        halved with ceil at each merge, 7 for 224-pixel images)."""
         x = self.patch_embed(checked_images(x, self.patch_size))
         for stage in self.layers:
             x = stage.downsample(self._blocks(stage, x))
@@ -341,7 +342,7 @@ class VSSM(nn.Module):
         """Stage outputs before their downsampling (as the original det/seg backbone takes them).
 
         ``indices``: last n stages if int, all if None, else the listed stages. Stage i gives
-        (B, dims[i], H/4/2^i, W/4/2^i) in NCHW (or channel-last with 'NHWC'). ``norm`` applies the final norm to
+        (B, dims[i], h_i, w_i) in NCHW (h_0 = floor(H / patch_size), each next one ceil(h_i / 2)) (or channel-last with 'NHWC'). ``norm`` applies the final norm to
         the last stage's output, the only one it is sized for. The returned features are the output of the last
         stage run (channel-last, without the downsampling that feeds the next stage), normalised only when it is the
         model's last stage (not after ``stop_early`` before it, nor in a model pruned to fewer stages).

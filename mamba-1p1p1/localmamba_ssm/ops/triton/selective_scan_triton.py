@@ -252,7 +252,7 @@ def _block_d(dim: int, B: torch.Tensor, C: torch.Tensor) -> int:
     return block
 
 
-def _launch_args(u, A, B, C):
+def _launch_args(u, B, C):
     dim = u.shape[1]
     Bv, sB, cpg_b, _ = _bc_view(B, dim)
     Cv, sC, cpg_c, _ = _bc_view(C, dim)
@@ -276,7 +276,7 @@ def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     out = torch.empty_like(u)
     last = u.new_empty(batch, dim, dstate, dtype=torch.float32)
     ckpt = u.new_empty(batch, dim, n_chunks, dstate, dtype=torch.float32)
-    Bv, Cv, strides, block = _launch_args(u, A, B, C)
+    Bv, Cv, strides, block = _launch_args(u, B, C)
     bn = triton.next_power_of_2(dstate)
     _scan_fwd_kernel[(dim // block, batch)](
         u, delta, A, Bv, Cv, D, z, delta_bias, out, ckpt, last, dim, seqlen, dstate, n_chunks, *strides,
@@ -304,7 +304,7 @@ def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor],
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     n_chunks = ckpt.shape[2]
-    Bv, Cv, strides, block = _launch_args(u, A, B, C)
+    Bv, Cv, strides, block = _launch_args(u, B, C)
     n_dblocks = dim // block
     bn = triton.next_power_of_2(dstate)
     f32 = dict(device=u.device, dtype=torch.float32)
