@@ -182,16 +182,16 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_evaluation_does_not_build_the_training_set(folder_tree, meta_tree, monkeypatch):
-    import classification.data as data
+    from classification.data import builders, image_list
 
     def no_train_set(*args, **kwargs):
         raise AssertionError("the training set was built")
 
     scanned = []
-    scan = data.image_list.scan_class_folders
-    monkeypatch.setattr(data, "build_imagenet", no_train_set)
-    monkeypatch.setattr(data, "build_cifar", no_train_set)
-    monkeypatch.setattr(data.image_list, "scan_class_folders",
+    scan = image_list.scan_class_folders
+    monkeypatch.setattr(builders, "build_imagenet", no_train_set)
+    monkeypatch.setattr(builders, "build_cifar", no_train_set)
+    monkeypatch.setattr(image_list, "scan_class_folders",
                         lambda split_dir, *rest: scanned.append(split_dir) or scan(split_dir, *rest))
     cfg = cfg_for("--data-path", folder_tree, "--img-size", "16")
     val = build_eval_dataset(cfg)

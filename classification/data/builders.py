@@ -1,0 +1,89 @@
+"""Build the datasets, loaders and Mixup of a run from its config (`cfg`: the flags of tools/train.py)."""
+from __future__ import annotations
+
+import logging
+from argparse import Namespace
+from typing import Optional, Sequence
+
+from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset
+
+from .defaults import resolve_dataset_defaults
+from .image_list import DataError, build_imagenet, build_imagenet_val
+from .loader import build_loader, loader_workers, usable_cpus
+from .small_datasets import build_cifar, build_cifar_test, build_digits
+from .transforms import build_transform
+
+
+def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
+    """Untransformed train and val datasets of `cfg.dataset`; fills unset data flags and `num_classes` in `cfg`."""
+    resolve_dataset_defaults(cfg)
+    if cfg.dataset == "imagenet":
+        train, val = build_imagenet(cfg.data_path)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        train, val = build_cifar(cfg.data_path, cfg.dataset)
+    elif cfg.dataset == "digits":
+        train, val = build_digits(cfg.img_size)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}")
+    _set_num_classes(cfg, train.num_classes)
+    return train, val
+
+
+def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None) -> Dataset:
+    """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults as above.
+    `classes` (the class names a checkpoint was trained with) fix the labels of a class-folder tree."""
+    resolve_dataset_defaults(cfg)
+    if cfg.dataset == "imagenet":
+        val = build_imagenet_val(cfg.data_path, cfg.num_classes, classes)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        val = build_cifar_test(cfg.data_path, cfg.dataset)
+    elif cfg.dataset == "digits":
+        _, val = build_digits(cfg.img_size)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}")
+    _set_num_classes(cfg, val.num_classes)
+    return val
+
+
+def _set_num_classes(cfg: Namespace, found: int) -> None:
+    """Set `cfg.num_classes` to the dataset's `found` classes; an explicit value below it is refused."""
+    where = cfg.data_path or cfg.dataset
+    if cfg.num_classes is not None:
+        if cfg.num_classes < found:
+            raise DataError(f"--num-classes {cfg.num_classes} is fewer than the {found} classes of {where}: "
+                            f"its labels would not fit the classifier")
+        return
+    if found < 2:
+        raise DataError(f"{where}: {found} class found; classification needs at least 2")
+    cfg.num_classes = found
+
+
+def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,
+                  rank: int) -> tuple[Optional[DataLoader], DataLoader]:
+    """Train loader (None when `train` is None) and val loader for this rank; logs when -j is cut to the CPUs."""
+    workers = loader_workers(cfg.workers)
+    if workers < cfg.workers:
+        logging.getLogger("localmamba.data").info(
+            f"-j {cfg.workers}: this process may use {usable_cpus()} CPUs, so each loader starts {workers} worker "
+            f"processes")
+    train_loader = None
+    if train is not None:
+        train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,
+                                    True, world_size, rank, cfg.seed)
+        if len(train_loader) == 0:
+            raise DataError(f"{len(train)} training images are fewer than one batch of {cfg.batch_size} "
+                            f"on each of {world_size} process(es)")
+    val_batch = max(1, int(cfg.batch_size * cfg.val_batch_size_multiplier))
+    val_loader = build_loader(val, build_transform(cfg, training=False), val_batch, cfg.workers, False,
+                              world_size, rank, cfg.seed)
+    return train_loader, val_loader
+
+
+def build_mixup(cfg: Namespace) -> Optional[Mixup]:
+    """timm Mixup/CutMix with label smoothing when `--mixup`, `--cutmix` or `--cutmix-minmax` is set, else None."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0 and cfg.cutmix_minmax is None:
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)
