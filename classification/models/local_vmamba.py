@@ -122,8 +122,9 @@ class SS2D(nn.Module):
     def directions(self) -> tuple[str, ...]:
         return self.multi_scan.directions
 
-    def scan_directions(self, x: torch.Tensor) -> torch.Tensor:
-        """The original's ``forward_core``: (B, E, H, W) conv output -> normalised merged scan (B, H, W, E).
+    def forward_core(self, x: torch.Tensor) -> torch.Tensor:
+        """The scan of all directions, as the original names it: (B, E, H, W) conv output -> normalised merged scan
+        (B, H, W, E).
 
         Per direction: scan the map, project, selective scan (in fp32), reverse; all K directions run as one
         ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
@@ -140,7 +141,7 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.scan_directions(x) * self.act(z)
+        y = self.forward_core(x) * self.act(z)
         return self.dropout(self.out_proj(y))
 
 
