@@ -10,18 +10,30 @@ from __future__ import annotations
 import logging
 import os
 from argparse import Namespace
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError
+from ..data import DataError
 from .config import ConfigError, config_dict
 from .optim import param_groups
 
 # Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
 # they say.
 FOLDER_FLAGS = {"output", "experiment"}
+
+
+def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:
+    """Refuse to continue the run of checkpoint `path`, trained on the class folders `trained`, on data whose class
+    folders are `found` (others: its labels would mean other classes); None on either side: no check."""
+    if trained is None or found is None or list(trained) == list(found):
+        return
+    added, gone = sorted(set(found) - set(trained)), sorted(set(trained) - set(found))
+    raise DataError(f"{path} was trained on other class folders than those of the data (added {added[:5]}, "
+                    f"removed {gone[:5]}): its labels would change meaning; restore the folders or start a new run "
+                    f"(--finetune {path})")
 
 
 def check_same_batches(ckpt: Mapping[str, Any], path: str, world_size: int, batch_size: int) -> None:

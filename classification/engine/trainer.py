@@ -57,7 +57,7 @@ from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, ch
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
-from .resume import check_same_batches, load_optimizer_state, log_changed_flags
+from .resume import check_same_batches, check_same_classes, load_optimizer_state, log_changed_flags
 from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
@@ -357,17 +357,6 @@ class Run:
         """The exception that ends the run stopped by `signum`, naming `last.pth.tar` if there is one."""
         last = self.manager.path(LAST)
         return RunInterrupted(last if os.path.isfile(last) else None, signum)
-
-
-def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:
-    """Refuse to continue the run of checkpoint `path`, trained on the class folders `trained`, on data whose class
-    folders are `found` (others: its labels would mean other classes); None on either side: no check."""
-    if trained is None or found is None or list(trained) == list(found):
-        return
-    added, gone = sorted(set(found) - set(trained)), sorted(set(trained) - set(found))
-    raise DataError(f"{path} was trained on other class folders than those of the data (added {added[:5]}, "
-                    f"removed {gone[:5]}): its labels would change meaning; restore the folders or start a new run "
-                    f"(--finetune {path})")
 
 
 def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = None,
