@@ -87,7 +87,6 @@ class Run:
         self.model = build_model(cfg).to(env.device)
         if env.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the original
-        log.info(self.model)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
                  f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
@@ -535,6 +534,7 @@ def train(cfg: Namespace) -> dict:
             run.finetune(finetune, cfg.finetune)
         del ckpt, finetune
         run.open_outputs(folder)
+        log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
         try:
             return run.fit()
         except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)

@@ -134,6 +134,7 @@ def test_a_refused_resume_leaves_no_log_file(finished_run, tmp_path):
                     check=False)
     assert_one_line_error(proc, "nothing left to train")
     assert digests(finished_run) == before
+    assert "VisionTransformer(" not in proc.stdout  # the model's layout (hundreds of lines) came before the refusal
 
 
 def test_test_py_refuses_missing_ema_weights_before_evaluating(finished_run, tmp_path):
