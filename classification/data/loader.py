@@ -6,11 +6,15 @@ It yields `(epoch, index)` pairs, and `SeededTransformDataset` seeds the augment
 (seed, epoch, index): the images do not depend on how many workers or ranks decode them. An epoch resumed in its
 middle starts its order further on (`set_epoch(epoch, start)`). Loader workers ignore the signals that stop a run
 (SIGINT, SIGTERM, SIGUSR1, which a terminal, torchrun or Slurm send to the whole process group): the main process
-handles them and ends the workers itself.
+handles them and ends the workers itself; those still alive when the interpreter exits (a run that ends on an error
+holds its loaders in the traceback) are killed then, as the SIGTERM by which multiprocessing ends them at exit would
+leave it waiting on them for ever.
 """
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing
 import os
 import signal
 from typing import Callable, Iterator
@@ -82,6 +86,15 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _kill_workers_left_at_exit() -> None:
+    """Kill the daemonic child processes (the loader workers) still alive at exit: multiprocessing's own exit
+    handler, which runs after this one, would SIGTERM them, which they ignore, and wait for them for ever."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
+
+
 def usable_cpus() -> int:
     """How many CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -98,6 +111,9 @@ def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers
     """A DataLoader over `dataset` sharded for this rank; training loaders shuffle and drop the last partial batch.
     It starts `loader_workers(workers)` processes."""
     workers = loader_workers(workers)
+    if workers > 0:
+        atexit.unregister(_kill_workers_left_at_exit)  # registered once, and after multiprocessing's: run before it
+        atexit.register(_kill_workers_left_at_exit)
     sampler = ShardedSampler(len(dataset), world_size, rank, shuffle=training, seed=seed)
     generator = torch.Generator()  # keeps DataLoader seeding away from the global torch generator
     generator.manual_seed(seed)

@@ -4,6 +4,8 @@ labelled the same way in training, resuming and tools/test.py."""
 import codecs
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +23,8 @@ from classification.engine.model_builder import build_model
 from classification.engine.scheduler import WarmupScheduler
 from classification.engine.trainer import train
 
-from training_helpers import TINY_MODEL, assert_same_run, make_folder_tree, make_meta_tree, rows, snapshot, write_image
+from training_helpers import (REPO, TINY_MODEL, TOOLS, assert_same_run, make_folder_tree, make_meta_tree, rows,
+                              snapshot, tool_env, write_image)
 
 MODES = ("RGB", "L", "P", "RGBA", "CMYK", "I;16")
 
@@ -251,6 +254,20 @@ def test_an_unreadable_train_image_loses_no_step(tmp_path, monkeypatch):
     train(parse_args([*run, "--experiment", "broken", "--resume", str(last)]))
     assert_same_run(snapshot(folder), snapshot(tmp_path / "out" / "whole"))
     assert "another order" not in "".join(path.read_text() for path in folder.glob("log_*.txt"))
+
+
+def test_an_unreadable_train_image_with_loader_workers_ends_the_run(tmp_path):
+    """With loader workers (-j 2) the run printed its error line and then never exited: the workers, kept alive by
+    the error's traceback, ignore SIGTERM, and multiprocessing waited for them at exit."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=4, val_per_class=1)
+    empty = sorted((root / "train" / "dog").glob("*.png"))[0]
+    empty.write_bytes(b"")
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS, "train.py"), *TINY_MODEL, "--data-path", str(root),
+                           "-b", "3", "-j", "2", "--epochs", "1", "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=tool_env(), timeout=180, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: cannot read image {empty}: "), proc.stderr[-2000:]
 
 
 def test_an_unreadable_train_image_at_an_epochs_start_names_the_last_epoch_end(tmp_path, monkeypatch):
