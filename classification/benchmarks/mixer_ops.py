@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple, Union
 from unittest import mock
 
 import torch
@@ -26,6 +26,8 @@ from localmamba_ssm.ops.reference import multi_scan_inner_composed
 from ..models.scan_maps import sequence_index
 from .tables import render_table
 from .timing import DTYPES, median_seconds
+
+DeviceLike = Union[str, torch.device]
 
 LAYER_DIRECTIONS = ("h", "v_flip", "w7", "w7_flip")
 # (time steps, channels) per program of the Triton scans, timed besides the default to pick the best on a GPU (the
@@ -57,13 +59,13 @@ def deterministic_algorithms() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _autocast(device, dtype: torch.dtype):
+def _autocast(device: DeviceLike, dtype: torch.dtype):
     """Autocast to ``dtype`` unless fp32: half activations meet fp32 parameters as in a model trained with AMP."""
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def mixer_problem(device, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, int] = (14, 14), inner: int = 384,
-                  state: int = 16, rank: int = 12, directions: Sequence[str] = LAYER_DIRECTIONS,
+def mixer_problem(device: DeviceLike, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, int] = (14, 14),
+                  inner: int = 384, state: int = 16, rank: int = 12, directions: Sequence[str] = LAYER_DIRECTIONS,
                   cls_token: bool = True, seed: int = 0, composed: bool = False, conv: bool = True,
                   gate: bool = True):
     """(fn, inputs needing gradients, output weights) of one ``multi_scan_inner_fn`` call, with a width-4 conv and
@@ -95,7 +97,7 @@ def mixer_problem(device, dtype: torch.dtype, batch: int = 2, grid: Tuple[int, i
     return fn, [tokens] + params + conv_params, weights
 
 
-def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4, num_tokens: int = 197,
+def merge_problem(device: DeviceLike, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4, num_tokens: int = 197,
                   channels: int = 192, seed: int = 1, reference: bool = False):
     """(fn, inputs, output weights) of one ``attention_merge_fn`` call (LocalVim-T: C = 192, C' = 24; the plain-op
     reference when ``reference``)."""
@@ -117,7 +119,7 @@ def merge_problem(device, dtype: torch.dtype, batch: int = 2, num_dirs: int = 4,
     return fn, inputs, weights
 
 
-def correctness_cases(device, quick: bool) -> List[Tuple[str, str, Callable]]:
+def correctness_cases(device: DeviceLike, quick: bool) -> List[Tuple[str, str, Callable]]:
     """(case, dtype, problem maker) of the fused mixer ops for ``gpu_check.correctness_cases``, fp32 and bf16."""
     sizes, merge_sizes, vssm = _problem_sizes(quick)
     cases = []
@@ -129,7 +131,7 @@ def correctness_cases(device, quick: bool) -> List[Tuple[str, str, Callable]]:
     return cases
 
 
-def deterministic_cases(device, quick: bool) -> List[Tuple[str, str, Callable]]:
+def deterministic_cases(device: DeviceLike, quick: bool) -> List[Tuple[str, str, Callable]]:
     """(case, dtype, problem maker) of the multi-direction scans to check again under
     :func:`deterministic_algorithms` (their backward's other path: B / C gradients written per channel block, summed
     in torch), fp32."""
@@ -165,7 +167,7 @@ def _timed_steps(makers: Dict[str, Callable]) -> Dict[str, Callable[[], None]]:
     return steps
 
 
-def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, dstate: int = 16,
+def fused_scan_step(device: DeviceLike, batch: int = 8, dim: int = 384, seqlen: int = 196, dstate: int = 16,
                     rank: int = 12) -> Dict[str, Callable[[], None]]:
     """The fused scan kernel alone (one direction, identity index, z gate, its dt projection of rank ``rank``) at
     the selective-scan benchmark shape."""
@@ -194,7 +196,7 @@ def fused_scan_step(device, batch: int = 8, dim: int = 384, seqlen: int = 196, d
     return {"fused scan fwd": forward, "fused scan fwd+bwd": forward_backward}
 
 
-def mixer_timings(device, quick: bool = False, repeats: int = 20) -> str:
+def mixer_timings(device: DeviceLike, quick: bool = False, repeats: int = 20) -> str:
     """Milliseconds of the fused ops (backend triton) against the composed path (multi_scan_inner; its conv and scan
     on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``),
     the multi-direction op forward + backward also deterministic, and at LocalVMamba-T's stage-1 layer (fp32, as the

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import yaml
 
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER
 from ..common.plots import pyplot
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_COLUMNS = METRICS_HEADER[:4]  # top5 is drawn when present
 
@@ -63,7 +66,7 @@ def epoch_positions(epochs: Sequence[float], steps: Sequence[float]) -> list[flo
 EPOCH_AXIS = "epochs trained"
 
 
-def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], ema: bool = False):
+def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], ema: bool = False) -> Figure:
     """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None),
     on one axis of epochs trained: epoch e's metrics at e + 1 (its end), its learning rates from e to e + 1. `ema`:
     the validation columns are the EMA weights' (a --model-ema run), as the titles then say. Curves carry a marker,

@@ -57,7 +57,7 @@ def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 def scan_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor,
              A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-             delta_bias: Optional[torch.Tensor], softplus: bool):
+             delta_bias: Optional[torch.Tensor], softplus: bool) -> Tuple[torch.Tensor, ...]:
     """Backward: returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (dD, ddelta_bias of shape (Dm,); dz empty
     when z is None)."""
     raw, dt, decay, Bx, Cx, hs, y = _states(u, delta, A, B, C, D, delta_bias, softplus)
