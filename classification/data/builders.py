@@ -14,6 +14,8 @@ from .loader import build_loader, loader_workers, usable_cpus
 from .small_datasets import build_cifar, build_cifar_test, build_digits
 from .transforms import build_transform
 
+logger = logging.getLogger("localmamba.data")
+
 
 def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
     """Untransformed train and val datasets of `cfg.dataset`; fills unset data flags and `num_classes` in `cfg`."""
@@ -26,7 +28,7 @@ def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
         train, val = build_digits(cfg.img_size)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}")
-    _set_num_classes(cfg, train.num_classes)
+    _set_num_classes(cfg, train.num_classes, training=True)
     return train, val
 
 
@@ -46,17 +48,30 @@ def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None) 
     return val
 
 
-def _set_num_classes(cfg: Namespace, found: int) -> None:
-    """Set `cfg.num_classes` to the dataset's `found` classes; an explicit value below it is refused."""
+def _set_num_classes(cfg: Namespace, found: int, training: bool = False) -> None:
+    """Set `cfg.num_classes` to the dataset's `found` classes; an explicit value below it is refused, one above it
+    logged when `training` (its extra outputs get no training data)."""
     where = cfg.data_path or cfg.dataset
     if cfg.num_classes is not None:
         if cfg.num_classes < found:
             raise DataError(f"--num-classes {cfg.num_classes} is fewer than the {found} classes of {where}: "
                             f"its labels would not fit the classifier")
+        if training and cfg.num_classes > found:
+            logger.info(f"--num-classes {cfg.num_classes} is more than the {found} classes of {where}: outputs "
+                        f"{found} to {cfg.num_classes - 1} have no training data")
         return
     if found < 2:
         raise DataError(f"{where}: {found} class found; classification needs at least 2")
     cfg.num_classes = found
+
+
+def class_summary(dataset: Dataset, shown: int = 10) -> str:
+    """One log line of a dataset's classes: their count, and the first `shown` names when the data has names."""
+    names = getattr(dataset, "classes", None)
+    if not names:
+        return f"Classes: {dataset.num_classes}"
+    more = ", ..." if len(names) > shown else ""
+    return f"Classes: {len(names)} ({', '.join(names[:shown])}{more})"
 
 
 def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,
@@ -64,7 +79,7 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
     """Train loader (None when `train` is None) and val loader for this rank; logs when -j is cut to the CPUs."""
     workers = loader_workers(cfg.workers)
     if workers < cfg.workers:
-        logging.getLogger("localmamba.data").info(
+        logger.info(
             f"-j {cfg.workers}: this process may use {usable_cpus()} CPUs, so each loader starts {workers} worker "
             f"processes")
     train_loader = None

@@ -17,8 +17,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# Pillow's modes of 16-bit grayscale files (PNG, TIFF, PGM); "I" is how some Pillow versions open them.
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Image types that are not read (torchvision's ImageFolder skips them too); the listing says how many were skipped.
+UNREAD_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".jp2", ".j2k", ".jxl", ".heic", ".heif", ".avif", ".svg", ".ico",
+                           ".tga", ".psd", ".dng", ".cr2", ".nef", ".arw", ".exr", ".hdr", ".apng", ".dib", ".pcx")
+# Pillow's modes of 16-bit grayscale files (PNG, TIFF, PGM).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Formats whose 32-bit integer mode "I" holds at most 16 bits: Pillow opens 16-bit PGM (and, in some versions, PNG)
+# files as "I".
+SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 logger = logging.getLogger("localmamba")
 
 
@@ -32,17 +38,53 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
 
 
+def _holds_sixteen_bits(img: Image.Image) -> bool:
+    """Whether an image of mode "I" (32-bit integers) stores at most 16 bits per sample, by its format."""
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258, 32)  # BitsPerSample
+        return max(bits if isinstance(bits, tuple) else (bits,)) <= 16
+    return img.format in SIXTEEN_BIT_I_FORMATS
+
+
+def _float_to_8bit(img: Image.Image, path: str) -> Image.Image:
+    """A float image (mode F) as 8 bits by its range: 0..1 is scaled by 255, 0..255 kept (Pillow's conversion);
+    other ranges have no defined scale and are refused."""
+    values = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"cannot use image {path}: its float pixels (Pillow mode F) hold NaN or infinite values; "
+                        f"save it with finite values in 0..1, or with 8 or 16 bits per sample")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= 1:
+        return Image.fromarray(np.round(values * 255.0).astype(np.uint8), "L")
+    if low >= 0 and high <= 255:
+        return img.convert("L")
+    raise DataError(f"cannot use image {path}: its float pixels (Pillow mode F) range from {low:g} to {high:g}, "
+                    f"within neither 0..1 nor 0..255, so they have no defined 8-bit scale; rescale them to 0..1 or "
+                    f"save the image with 8 or 16 bits per sample")
+
+
+def _as_rgb(img: Image.Image, path: str) -> Image.Image:
+    """A decoded image as 8-bit RGB: 16-bit grayscale scaled, float by its range, 32-bit integers refused."""
+    if img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and _holds_sixteen_bits(img)):
+        img = to_8bit(img)
+    elif img.mode == "I":
+        raise DataError(f"cannot use image {path}: its 32-bit integer pixels (Pillow mode I) have no defined 8-bit "
+                        f"scale; save it with 8 or 16 bits per sample")
+    elif img.mode == "F":
+        img = _float_to_8bit(img, path)
+    return img.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image file as RGB (16-bit grayscale scaled to 8 bits); errors name the file."""
+    """Decode an image file as RGB (16-bit grayscale scaled to 8 bits, float by its range); errors name the file."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
-            if img.mode in SIXTEEN_BIT_MODES:
-                img = to_8bit(img)
-            return img.convert("RGB")
+            img.load()
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}; replace the file with a readable image, or remove it "
                         f"(the data's order then changes)") from err
+    return _as_rgb(img, path)
 
 
 class ImageListDataset(Dataset):
@@ -77,27 +119,86 @@ def _meta_lines(meta_path: str) -> list[str]:
                         f"UTF-8") from None
 
 
-def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
-    """Parse a `relative/path label` list; the image path is `image_root/relative/path`. The first and the last listed
-    images must exist (two file checks catch a list written for another root before a whole epoch has run)."""
-    samples, lines = [], []
+def _label(text: str) -> Optional[int]:
+    """The label written as `text` if it is a decimal number in ASCII digits ('²' or '٣' are digits to Python)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _meta_entries(meta_path: str) -> list[tuple[str, int, int]]:
+    """The (relative path, label, line number) entries of a `relative/path label` list; a bad line is refused."""
+    entries = []
     for lineno, line in enumerate(_meta_lines(meta_path), 1):
         text = line.strip()
         if not text:
             continue
         parts = text.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+        label = _label(parts[-1]) if len(parts) == 2 else None
+        if label is None:
             raise DataError(f"{meta_path}:{lineno}: expected '<relative/path> <label>' with a label >= 0, "
                             f"got {text!r}")
-        samples.append((os.path.join(image_root, parts[0]), int(parts[1])))
-        lines.append(lineno)
-    if not samples:
+        entries.append((parts[0], label, lineno))
+    if not entries:
         raise DataError(f"meta file is empty: {meta_path}")
-    for index in (0, -1):
-        if not os.path.isfile(samples[index][0]):
-            raise DataError(f"{meta_path}:{lines[index]}: image not found: {samples[index][0]} (the list's paths are "
-                            f"relative to {image_root})")
+    return entries
+
+
+def _missing_files(paths: Sequence[str]) -> list[int]:
+    """Indices of the `paths` not found in their folders. Each folder is listed once instead of one file-system call per
+    path: ImageNet's 1.28M training images lie in 1,000 folders, and a stat each costs minutes on a cluster's file
+    system."""
+    listed: dict[str, Optional[set[str]]] = {}
+    missing = []
+    for i, path in enumerate(paths):
+        folder, name = os.path.split(path)
+        if folder not in listed:
+            try:
+                listed[folder] = set(os.listdir(folder or "."))
+            except OSError:
+                listed[folder] = None
+        names = listed[folder]
+        if names is None or name not in names:
+            missing.append(i)
+    return missing
+
+
+def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
+    """Parse a `relative/path label` list; the image path is `image_root/relative/path`. Every listed image must exist
+    (checked at start, not when it is first read: the val list's only after a whole training epoch)."""
+    entries = _meta_entries(meta_path)
+    samples = [(os.path.join(image_root, rel), label) for rel, label, _ in entries]
+    missing = _missing_files([path for path, _ in samples])
+    if missing:
+        first = missing[0]
+        more = (f"; {len(missing)} of its {len(samples)} images are missing: restore them or remove their lines"
+                if len(missing) > 1 else "; restore it or remove its line")
+        raise DataError(f"{meta_path}:{entries[first][2]}: image not found: {samples[first][0]} (the list's paths are "
+                        f"relative to {image_root}){more}")
     return samples
+
+
+def _first_few(names: Sequence, count: int = 5) -> str:
+    """The first `count` of `names`, comma-separated, with ', ...' when there are more."""
+    return ", ".join(str(name) for name in names[:count]) + (", ..." if len(names) > count else "")
+
+
+def _note_unmeasured(where: str, absent: Sequence, total: int, kind: str = "classes") -> None:
+    """Log the `absent` classes (of `total`) that the val split `where` has no image of: their accuracy is not
+    measured."""
+    if absent:
+        logger.info(f"{where}: no images of {len(absent)} of the {total} {kind} ({_first_few(absent)}): "
+                    f"their accuracy is not measured")
+
+
+def _meta_num_classes(meta_path: str, labels: set[int]) -> int:
+    """The class count of a train list's `labels`: the largest + 1, as ImageNet's label files mean; a warning names
+    the labels below it that are never used (their outputs get no training data)."""
+    count = max(labels) + 1
+    if len(labels) < count:
+        unused = sorted(set(range(count)) - labels)
+        logger.warning(f"{meta_path}: its labels use {len(labels)} of the {count} classes 0..{count - 1} (unused: "
+                       f"{_first_few(unused)}); the model gets {count} outputs (largest label + 1), those of unused "
+                       f"labels are never trained; renumber the labels 0..{len(labels) - 1} for {len(labels)} outputs")
+    return count
 
 
 def has_class_folders(split_dir: str) -> bool:
@@ -110,17 +211,39 @@ def class_folder_names(split_dir: str) -> list[str]:
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
 
 
-def _image_files(folder: str) -> list[str]:
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path `path` is `folder` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_link(link: str, real: str, guards: dict[str, str], folder: str) -> None:
+    """Refuse a linked folder (at real path `real`) that is or holds the split folder or a class folder other than
+    the class `folder` it lies in (`guards`: real path -> what to call it): its images would be listed again."""
+    own = os.path.realpath(folder)
+    for guarded, shown in guards.items():
+        if guarded != own and _inside(guarded, real):
+            target = f" -> {os.readlink(link)}" if os.path.islink(link) else ""
+            what = "is" if guarded == real else "holds"
+            raise DataError(f"{link}{target}: the linked folder {what} {shown}, whose images would be listed again "
+                            f"as class {os.path.basename(folder)!r}; remove the link (links in a class folder must "
+                            f"lead to images of that class only)")
+
+
+def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> list[str]:
     """The image files under `folder` in torchvision ImageFolder's order (sub-folders by path, files by name), linked
     folders followed as it does, but each real folder once (by its first path in sorted order; ImageFolder would
-    list it again, or loop). A link to an image that does not exist, or a folder that cannot be read, is refused
-    here rather than when it is first read; only links cost a file-system call beyond listing the folders."""
-    by_folder, seen, pending = [], set(), [folder]
+    list it again, or loop). A link to an image that does not exist, a linked folder that is or holds a folder of
+    `guards` (real path -> folder as named: the split and the other classes), or a folder that cannot be read, is
+    refused here rather than when it is first read; only links cost a file-system call beyond listing the folders.
+    Hidden files ('.' names, such as macOS's '._x.jpg') and images of types not read are added to `skipped`."""
+    by_folder, seen, pending = [], set(), [(folder, os.path.islink(folder))]
     while pending:
-        current = pending.pop()
+        current, linked = pending.pop()
         real = os.path.realpath(current)
         if real in seen:  # a link back up the tree, or a second link to the same folder
             continue
+        if linked:
+            _check_link(current, real, guards, folder)
         seen.add(real)
         files = []
         try:
@@ -128,15 +251,43 @@ def _image_files(folder: str) -> list[str]:
         except OSError as err:
             raise DataError(f"cannot list {current}: {err.strerror or err}") from None
         for entry in entries:
+            lower = entry.name.lower()
             if entry.is_dir():
-                pending.append(entry.path)
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                if entry.is_symlink() and not os.path.exists(entry.path):
-                    raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to "
-                                    f"does not exist; remove the link or restore the image")
+                pending.append((entry.path, entry.is_symlink()))
+            elif not lower.endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS):
+                continue  # not an image (notes, .DS_Store, Thumbs.db): nothing to say
+            elif entry.name.startswith(".") or lower.endswith(UNREAD_IMAGE_EXTENSIONS):
+                skipped.append(entry.path)
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to does "
+                                f"not exist; remove the link or restore the image")
+            else:
                 files.append(entry.path)
         by_folder.append((current, sorted(files)))
     return [path for _, files in sorted(by_folder) for path in files]
+
+
+def _note_skipped_files(split_dir: str, skipped: Sequence[str]) -> None:
+    """Log how many files named like images were skipped under `split_dir`: hidden ones, unread types, and images
+    that lie in the split folder itself, beside the class folders (well-known non-image files are not counted)."""
+    hidden = [path for path in skipped if os.path.basename(path).startswith(".")]
+    if hidden:
+        logger.info(f"{split_dir}: skipped {len(hidden)} hidden files named like images (names starting with '.', "
+                    f"such as the '._' files macOS leaves), e.g. {os.path.relpath(hidden[0], split_dir)}")
+    types: dict[str, int] = {}
+    for path in skipped:
+        if not os.path.basename(path).startswith("."):
+            ext = os.path.splitext(path)[1].lower()
+            types[ext] = types.get(ext, 0) + 1
+    if types:
+        counts = ", ".join(f"{ext}: {n}" for ext, n in sorted(types.items()))
+        logger.info(f"{split_dir}: skipped {sum(types.values())} image files of types that are not read ({counts}); "
+                    f"convert them to one of {', '.join(IMAGE_EXTENSIONS)} to use them")
+    loose = sorted(e.name for e in os.scandir(split_dir) if not e.is_dir() and not e.name.startswith(".")
+                   and e.name.lower().endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS))
+    if loose:
+        logger.info(f"{split_dir}: not used: {len(loose)} image files beside the class folders, in no class "
+                    f"({_first_few(loose, 3)}); move them into their class folders")
 
 
 def _note_hidden_class_folders(split_dir: str, classes: Sequence[str]) -> None:
@@ -150,31 +301,49 @@ def _note_hidden_class_folders(split_dir: str, classes: Sequence[str]) -> None:
 
 def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
                        source: str = "the train split") -> tuple[list[tuple[str, int]], list[str]]:
-    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`)."""
+    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`): then folders of
+    other names that hold no image files (left by tools) are ignored, and the classes without images are logged."""
     found = class_folder_names(split_dir)
     defines_classes = classes is None
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{split_dir}: class folders {unknown[:5]} are not classes of {source}")
+        empty = [name for name in unknown if not _image_files(os.path.join(split_dir, name), {}, [])]
+        if len(empty) < len(unknown):
+            raise DataError(f"{split_dir}: class folders {[n for n in unknown if n not in empty][:5]} are not classes "
+                            f"of {source}")
+        logger.info(f"{split_dir}: ignoring the folders {empty[:5]}: they hold no image files and are not classes of "
+                    f"{source}")
+        found = [name for name in found if name not in unknown]
     if defines_classes:
         _note_hidden_class_folders(split_dir, found)
     index = {name: i for i, name in enumerate(classes)}
-    samples = []
+    guards = {os.path.realpath(split_dir): f"the split folder {split_dir}"}  # named first when a link holds it
+    guards.update((os.path.realpath(os.path.join(split_dir, name)), f"the class folder {os.path.join(split_dir, name)}")
+                  for name in found)
+    samples, skipped, with_images = [], [], set()
     for name in found:
-        before = len(samples)
-        samples += [(path, index[name]) for path in _image_files(os.path.join(split_dir, name))]
-        if defines_classes and len(samples) == before:
-            raise DataError(f"class folder {os.path.join(split_dir, name)} holds no image files: it would add a "
-                            f"class that never appears in training; remove it or add images")
+        before, folder = len(samples), os.path.join(split_dir, name)
+        samples += [(path, index[name]) for path in _image_files(folder, guards, skipped)]
+        if len(samples) > before:
+            with_images.add(name)
+        elif defines_classes:
+            raise DataError(f"class folder {folder} holds no image files: it would add a class that never "
+                            f"appears in training; remove it or add images")
+    _note_skipped_files(split_dir, skipped)
     if not samples:
         raise DataError(f"no image files found under {split_dir}")
+    if not defines_classes:
+        _note_unmeasured(split_dir, [name for name in classes if name not in with_images], len(classes))
     return samples, list(classes)
 
 
 def imagenet_layout(root: str) -> str:
     """'meta' or 'folders', from what lies under `root`; a DataError says what was expected."""
+    if os.path.isfile(root):
+        raise DataError(f"data path {root} is a file, not a folder: give the folder that holds train/ and val/ (or "
+                        f"meta/) as --data-path")
     if not os.path.isdir(root):
         raise DataError(f"data path does not exist: {root} (set --data-path)")
     if os.path.isdir(os.path.join(root, "meta")):
@@ -186,11 +355,8 @@ def imagenet_layout(root: str) -> str:
 
 
 def _meta_class_count(meta_path: str) -> int:
-    """Largest label + 1 of a meta list, read without building its samples."""
-    labels = [line.rsplit(maxsplit=1)[-1] for line in _meta_lines(meta_path) if line.strip()]
-    if not labels or not all(lbl.isdigit() for lbl in labels):
-        raise DataError(f"{meta_path}: expected '<relative/path> <label>' lines with labels >= 0")
-    return max(int(lbl) for lbl in labels) + 1
+    """Largest label + 1 of a meta list, read without checking its images."""
+    return max(label for _, label, _ in _meta_entries(meta_path)) + 1
 
 
 def build_imagenet_val(root: str, num_classes: Optional[int] = None,
@@ -250,13 +416,16 @@ def _note_changed_train_folders(train_dir: str, classes: Sequence[str]) -> None:
 def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
     """Train and val datasets of an ImageNet-style tree in either layout."""
     if imagenet_layout(root) == "meta":
-        train = read_meta_file(os.path.join(root, "meta", "train.txt"), os.path.join(root, "train"))
-        val = read_meta_file(os.path.join(root, "meta", "val.txt"), os.path.join(root, "val"))
-        num_classes = max(label for _, label in train) + 1
+        train_meta, val_meta = os.path.join(root, "meta", "train.txt"), os.path.join(root, "meta", "val.txt")
+        train = read_meta_file(train_meta, os.path.join(root, "train"))
+        val = read_meta_file(val_meta, os.path.join(root, "val"))
+        labels = {label for _, label in train}
+        num_classes = _meta_num_classes(train_meta, labels)
         bad = [(p, lbl) for p, lbl in val if lbl >= num_classes]
         if bad:
-            raise DataError(f"{os.path.join(root, 'meta', 'val.txt')}: label {bad[0][1]} of {bad[0][0]} "
+            raise DataError(f"{val_meta}: label {bad[0][1]} of {bad[0][0]} "
                             f"is not a train label (train has {num_classes} classes)")
+        _note_unmeasured(val_meta, sorted(labels - {label for _, label in val}), len(labels), "train labels")
     else:
         val_dir, train_dir = os.path.join(root, "val"), os.path.join(root, "train")
         if not has_class_folders(train_dir):

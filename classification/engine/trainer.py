@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from ..common.checkpoint_io import atomic_copy, load_checkpoint, remove_temporary_files, state_dict_from
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
-from ..data import DataError, build_datasets, build_loaders, build_mixup
+from ..data import DataError, build_datasets, build_loaders, build_mixup, class_summary
 from ..data.transforms import check_auto_augment
 from ..models.directions import directions_difference, scan_directions
 from ..search.monitor import SearchMonitor
@@ -90,6 +90,7 @@ class Run:
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
                  f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
+        log.info(class_summary(train_set))
         log.info(f"Kernel backends on {env.device}: {backend_summary(env.device)}")
         self.net = self.model
         if env.distributed:

@@ -4,6 +4,8 @@ labelled the same way in training, resuming and tools/test.py."""
 import codecs
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from classification.data import DataError, build_datasets
+from classification.data import DataError, build_datasets, build_eval_dataset
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.image_list import build_imagenet_val, load_rgb, scan_class_folders
 from classification.data.transforms import build_transform
@@ -353,3 +355,204 @@ def test_plain_class_folders_give_no_warning(own_tree, caplog, monkeypatch):
     caplog.set_level(logging.WARNING, logger="localmamba")
     scan_class_folders(os.path.join(own_tree, "train"))
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.fixture
+def data_log(caplog, monkeypatch):
+    """caplog records of the `localmamba` loggers (a run's setup_logging turns their propagation off)."""
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="localmamba")
+    return caplog
+
+
+def messages(caplog, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+def test_meta_labels_with_gaps_warn_of_the_unused_ones(tmp_path, data_log):
+    """Labels 0, 5, 10: the head keeps the largest label + 1 = 11 outputs (as ImageNet's label files mean), and a
+    warning names the unused labels (it said nothing); a train label without val images is named too."""
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    for split in ("train", "val"):
+        (tmp_path / "meta" / f"{split}.txt").write_text("".join(f"{rel} {5 * y}\n" for rel, y in lists[split]
+                                                                if split == "train" or y < 2))
+    cfg = parse_args(["--data-path", root, "-j", "0"])
+    train_set, val_set = build_datasets(cfg)
+    assert cfg.num_classes == train_set.num_classes == 11 and [y for _, y in val_set.samples] == [0, 0, 5, 5]
+    assert messages(data_log, logging.WARNING) == [
+        f"{tmp_path / 'meta' / 'train.txt'}: its labels use 3 of the 11 classes 0..10 (unused: 1, 2, 3, 4, 6, ...); "
+        f"the model gets 11 outputs (largest label + 1), those of unused labels are never trained; renumber the "
+        f"labels 0..2 for 3 outputs"]
+    assert messages(data_log, logging.INFO) == [
+        f"{tmp_path / 'meta' / 'val.txt'}: no images of 1 of the 3 train labels (10): their accuracy is not measured"]
+
+
+def test_an_image_missing_in_the_middle_of_a_meta_list_is_refused_at_start(tmp_path):
+    """Only the first and the last listed images were checked: one in the middle failed when it was read (the val
+    list's after a whole training epoch)."""
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    for i in (4, 6):  # lines 5 and 7
+        os.remove(tmp_path / "train" / lists["train"][i][0])
+    first = tmp_path / "train" / lists["train"][4][0]
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'meta' / 'train.txt'}:5: image not found: {first} \(the "
+                                        rf"list's paths are relative to {tmp_path / 'train'}\); 2 of its 12 images "
+                                        rf"are missing: restore them or remove their lines$"):
+        build_datasets(parse_args(["--data-path", root, "-j", "0"]))
+    missing = tmp_path / "val" / lists["val"][3][0]
+    os.remove(missing)
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'meta' / 'val.txt'}:4: image not found: {missing} \(the "
+                                        rf"list's paths are relative to {tmp_path / 'val'}\); restore it or remove "
+                                        rf"its line$"):
+        build_eval_dataset(parse_args(["--data-path", root, "-j", "0"]))
+
+
+@pytest.mark.parametrize("label", ["\u00b2", "\u0663"], ids=["superscript_two", "arabic_indic_three"])
+def test_a_unicode_digit_label_is_a_one_line_error(tmp_path, label):
+    """Python's isdigit takes '²' (then int() raised a bare ValueError) and int() reads '٣' as 3: a label is ASCII
+    digits, in training and evaluation alike."""
+    root = str(tmp_path)
+    make_meta_tree(root)
+    meta = tmp_path / "meta" / "train.txt"
+    with open(meta, "a", encoding="utf-8") as f:
+        f.write(f"n0000/img_0.JPEG {label}\n")
+    message = rf"^{meta}:13: expected '<relative/path> <label>' with a label >= 0, got 'n0000/img_0\.JPEG {label}'$"
+    with pytest.raises(DataError, match=message):
+        build_datasets(parse_args(["--data-path", root, "-j", "0"]))
+    with pytest.raises(DataError, match=message):
+        build_eval_dataset(parse_args(["--data-path", root, "-j", "0"]))
+
+
+def test_the_training_log_names_the_classes(tmp_path):
+    """The log said how many images were found, never which classes; a head larger than the classes is noted."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=tuple(f"c{i:02d}" for i in range(12)), per_class=1, val_per_class=1)
+    train(parse_args([*TINY_MODEL, "--data-path", str(root), "-b", "4", "-j", "0", "--epochs", "1", "--num-classes",
+                      "14", "--output", str(tmp_path / "out"), "--experiment", "run"]))
+    log = next((tmp_path / "out" / "run").glob("log_*.txt")).read_text()
+    assert " INFO Classes: 12 (c00, c01, c02, c03, c04, c05, c06, c07, c08, c09, ...)\n" in log
+    assert f" INFO --num-classes 14 is more than the 12 classes of {root}: outputs 12 to 13 have no training data\n" \
+        in log
+    from classification.data.builders import class_summary
+    from classification.data.image_list import ImageListDataset
+
+    assert class_summary(ImageListDataset([], 11)) == "Classes: 11"  # a meta list: no names
+    assert class_summary(ImageListDataset([], 2, ["cat", "dog"])) == "Classes: 2 (cat, dog)"
+
+
+def test_hidden_files_in_class_folders_are_skipped(tmp_path, data_log):
+    """macOS's AppleDouble files ('._0.png', not images) were listed, and failed only when sampled."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
+    (root / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    write_image(str(root / "train" / "dog" / ".copy.jpg"), seed=3)
+    samples, _ = scan_class_folders(str(root / "train"))
+    assert samples == [(str(root / "train" / c / f"{i}.png"), y) for y, c in enumerate(("cat", "dog")) for i in (0, 1)]
+    assert messages(data_log, logging.INFO) == [
+        f"{root / 'train'}: skipped 2 hidden files named like images (names starting with '.', such as the '._' "
+        f"files macOS leaves), e.g. cat/._0.png"]
+
+
+def test_skipped_image_types_and_loose_images_are_counted(tmp_path, data_log):
+    """Images of types not read, and images beside the class folders, were skipped without a word; well-known
+    non-image files are still not mentioned."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
+    train_dir = root / "train"
+    write_image(str(train_dir / "cat" / "a.gif"), seed=1, fmt="GIF")
+    write_image(str(train_dir / "dog" / "b.GIF"), seed=2, fmt="GIF")
+    write_image(str(train_dir / "dog" / "c.jfif"), seed=3)
+    write_image(str(train_dir / "x.jpg"), seed=4)
+    for name in ("cat/README.txt", "cat/Thumbs.db", "dog/desktop.ini", ".DS_Store", "notes.txt"):
+        (train_dir / name).write_bytes(b"not an image")
+    samples, _ = scan_class_folders(str(train_dir))
+    assert len(samples) == 4
+    assert messages(data_log, logging.INFO) == [
+        f"{train_dir}: skipped 3 image files of types that are not read (.gif: 2, .jfif: 1); convert them to one of "
+        f".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp to use them",
+        f"{train_dir}: not used: 1 image files beside the class folders, in no class (x.jpg); move them into their "
+        f"class folders"]
+
+
+def test_a_link_to_the_split_or_another_class_is_refused(tmp_path):
+    """train/cat/up -> .. listed the other classes' images again, labelled cat."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
+    link = root / "train" / "cat" / "up"
+    for target, what in ((os.path.join("..", ".."), f"holds the split folder {root / 'train'}"),
+                         ("..", f"is the split folder {root / 'train'}"),
+                         (os.path.join("..", "dog"), f"is the class folder {root / 'train' / 'dog'}")):
+        os.symlink(target, link)
+        with pytest.raises(DataError, match=rf"^{link} -> {re.escape(target)}: the linked folder {what}, whose images "
+                                            rf"would be listed again as class 'cat'; remove the link \(links in a "
+                                            rf"class folder must lead to images of that class only\)$"):
+            build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+        os.remove(link)
+
+
+def test_val_folders_without_images_are_ignored(tmp_path, data_log):
+    """A notebook's or an archiver's empty folder in val/ stopped training and evaluation; val's missing classes are
+    named."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), per_class=2, val_per_class=1)
+    val_dir = root / "val"
+    (val_dir / ".ipynb_checkpoints").mkdir()
+    (val_dir / "__MACOSX" / "cat").mkdir(parents=True)
+    (val_dir / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    shutil.rmtree(val_dir / "eel")
+    cfg = parse_args(["--data-path", str(root), "-j", "0"])
+    _, val_set = build_datasets(cfg)
+    assert sorted(y for _, y in val_set.samples) == [0, 1] and cfg.num_classes == 3
+    assert messages(data_log, logging.INFO) == [
+        f"{val_dir}: ignoring the folders ['.ipynb_checkpoints', '__MACOSX']: they hold no image files and are not "
+        f"classes of the train split",
+        f"{val_dir}: no images of 1 of the 3 classes (eel): their accuracy is not measured"]
+    write_image(str(val_dir / "__MACOSX" / "x.jpg"), seed=1)
+    with pytest.raises(DataError, match=rf"^{val_dir}: class folders \['__MACOSX'\] are not classes of the train "
+                                        rf"split$"):
+        build_eval_dataset(parse_args(["--data-path", str(root), "-j", "0"]))
+
+
+def test_a_data_path_that_is_a_file_says_so(tmp_path):
+    path = tmp_path / "train.tar"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^data path {path} is a file, not a folder: give the folder that holds "
+                                        rf"train/ and val/ \(or meta/\) as --data-path$"):
+        build_datasets(parse_args(["--data-path", str(path), "-j", "0"]))
+
+
+def test_float_and_32_bit_images_are_scaled_by_their_range_or_refused(tmp_path):
+    """A float TIFF in 0..1 became black (Pillow clips to 0..255), and 32-bit integers were scaled as 16-bit; a
+    16-bit PGM (which Pillow opens as 32-bit mode I) is still scaled by 1/257."""
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    assert Image.open(tmp_path / "unit.tif").mode == "F"
+    rgb = np.asarray(load_rgb(str(tmp_path / "unit.tif")))
+    assert rgb.shape == (8, 8, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
+    assert np.array_equal(rgb[..., 0], np.round(unit.astype(np.float64) * 255).astype(np.uint8))
+    byte_range = (np.arange(64, dtype=np.float32) * 4).reshape(8, 8)  # 0 .. 252, as Pillow reads it
+    Image.fromarray(byte_range).save(tmp_path / "bytes.tif")
+    assert np.array_equal(np.asarray(load_rgb(str(tmp_path / "bytes.tif")))[..., 1], byte_range.astype(np.uint8))
+    Image.fromarray(unit * 3 - 1).save(tmp_path / "wide.tif")
+    with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'wide.tif'}: its float pixels \(Pillow mode "
+                                        rf"F\) range from -1 to 2, within neither 0\.\.1 nor 0\.\.255, so they have no "
+                                        rf"defined 8-bit scale; rescale them to 0\.\.1 or save the image with 8 or 16 "
+                                        rf"bits per sample$"):
+        load_rgb(str(tmp_path / "wide.tif"))
+    Image.fromarray(np.where(unit > 0.5, np.nan, unit).astype(np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'nan.tif'}: its float pixels \(Pillow mode "
+                                        rf"F\) hold NaN or infinite values; save it with finite values in 0\.\.1, or "
+                                        rf"with 8 or 16 bits per sample$"):
+        load_rgb(str(tmp_path / "nan.tif"))
+    Image.fromarray((np.arange(64, dtype=np.int32) * 1000).reshape(8, 8)).save(tmp_path / "deep.tif")
+    assert Image.open(tmp_path / "deep.tif").mode == "I"
+    with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'deep.tif'}: its 32-bit integer pixels "
+                                        rf"\(Pillow mode I\) have no defined 8-bit scale; save it with 8 or 16 bits "
+                                        rf"per sample$"):
+        load_rgb(str(tmp_path / "deep.tif"))
+    sixteen = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)
+    Image.fromarray(sixteen).save(tmp_path / "deep.pgm")
+    assert Image.open(tmp_path / "deep.pgm").mode == "I"
+    rgb = np.asarray(load_rgb(str(tmp_path / "deep.pgm")))
+    assert np.array_equal(rgb[..., 0], np.round(sixteen / 257.0).astype(np.uint8))
