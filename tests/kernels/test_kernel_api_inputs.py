@@ -223,7 +223,9 @@ def test_multi_scan_inner_takes_fp32_scan_parameters_with_bf16_tokens(force_back
     narrow = {k: p[k].bfloat16() for k in ("tokens", "x_proj_weight", "dt_proj_weight", "conv_weight", "conv_bias")}
     out = multi_scan_inner_fn(**dict(p, **narrow), gate=True)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), multi_scan_inner_fn(**p, gate=True), rtol=0.1, atol=0.1)
+    # bf16 rounding of the tokens and projections, carried through the scan: measured at most 0.018 x (1 + |fp32|)
+    # over seeds 0-5 on these backends (0.011 at this seed)
+    torch.testing.assert_close(out.float(), multi_scan_inner_fn(**p, gate=True), rtol=0.03, atol=0.03)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

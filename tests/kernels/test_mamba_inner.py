@@ -70,7 +70,9 @@ def test_inner_autocast_bf16(cpu_backend):
         assert call(mamba_inner_fn_no_out_proj, xz, *params).dtype == torch.float32
         out = call(mamba_inner_fn_no_out_proj, xz.bfloat16(), *params)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1)
+    # bf16 rounding of xz and of the projections, carried through the scan: measured at most 0.016 x (1 + |expected|)
+    # over seeds 0-4 on both CPU backends (0.013 at this seed; outputs up to 6.4 here)
+    torch.testing.assert_close(out.float(), expected, rtol=0.03, atol=0.03)
 
 
 @pytest.mark.parametrize("index,bad,pattern", [

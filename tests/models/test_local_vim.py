@@ -6,10 +6,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 import classification  # noqa: F401  (registers the models)
 from classification.models.directions import CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS
-from classification.models.local_vim import MultiMamba
+from classification.models.local_vim import MultiMamba, checkpoint_filter_fn, position_table
 from localmamba_ssm import mamba_inner_no_out_proj_ref
 from scan_reference import reverse, scan
 
@@ -48,8 +49,9 @@ def expected_keys(width, rope, cls, search, depth=20, tokens=196, classes=1000):
                      (f'{p}dt_proj_{k}.weight', (inner, rank)), (f'{p}dt_proj_{k}.bias', (inner,))]
         keys += [(f'{p}out_proj.weight', (width, inner)), (f'{p}attn.norm.weight', (inner,)),
                  (f'{p}attn.norm.bias', (inner,)), (f'{p}attn.global_reduce.weight', (inner // 8, inner)),
-                 (f'{p}attn.global_reduce.bias', (inner // 8,)), (f'{p}attn.channel_select.weight', (inner, inner // 8)),
-                 (f'{p}attn.channel_select.bias', (inner,)), (f'layers.{i}.norm.weight', (width,))]
+                 (f'{p}attn.global_reduce.bias', (inner // 8,)),
+                 (f'{p}attn.channel_select.weight', (inner, inner // 8)), (f'{p}attn.channel_select.bias', (inner,)),
+                 (f'layers.{i}.norm.weight', (width,))]
     keys.append(('norm_f.weight', (width,)))
     return keys
 
@@ -135,6 +137,32 @@ def rotate(x, cos, sin):
     return x * cos + torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2) * sin
 
 
+def forward_by_hand(model, image, grid, path_scales=None, final_scale=1.0):
+    """The original's forward (facts §3.1) written out: patch embedding, the middle class token inserted at H*W // 2,
+    the position table, RoPE on hidden and residual before every layer, ``residual += drop_path(hidden)`` from the
+    second layer on (here a scaling by ``path_scales[i]``, as the stand-ins of the drop-path test), add + RMSNorm,
+    the final add + norm (drop path: ``final_scale``), the head on the middle token or on the mean of the tokens.
+    ``grid`` must be the model's built grid (its tables are used as they are)."""
+    x = model.patch_embed.proj(image).flatten(2).transpose(1, 2)
+    middle = grid[0] * grid[1] // 2 if model.has_cls_token else None
+    if middle is not None:
+        x = torch.cat([x[:, :middle], model.cls_token.expand(len(x), -1, -1), x[:, middle:]], dim=1)
+    x = x + model.pos_embed
+    rope = (model.rope.freqs_cos, model.rope.freqs_sin) if model.rope is not None else None
+    hidden, residual = x, None
+    for i, layer in enumerate(model.layers):
+        if rope is not None:
+            hidden = rotate(hidden, *rope)
+        if residual is None:
+            residual = hidden
+        else:
+            scale = 1.0 if path_scales is None else path_scales[i]
+            residual = (rotate(residual, *rope) if rope is not None else residual) + scale * hidden
+        hidden = layer.mixer(rms_norm(residual, layer.norm.weight), grid, middle)
+    tokens = rms_norm(residual + final_scale * hidden, model.norm_f.weight)
+    return model.head(tokens[:, middle] if middle is not None else tokens.mean(1))
+
+
 def test_layer_loop_follows_the_original_order():
     """RoPE on hidden and residual before every layer, add + RMSNorm, final norm, mean pooling (facts §3.1)."""
     torch.manual_seed(0)
@@ -142,15 +170,103 @@ def test_layer_loop_follows_the_original_order():
                               directions=[['h', 'w2'], ['v_flip'], ['w3_flip', 'h']], drop_path_rate=0.0,
                               num_classes=7).eval()
     image = torch.randn(2, 3, 32, 32)
-    x = model.patch_embed.proj(image).flatten(2).transpose(1, 2) + model.pos_embed
-    cos, sin = model.rope.freqs_cos, model.rope.freqs_sin
-    hidden, residual = x, None
-    for layer in model.layers:
-        hidden = rotate(hidden, cos, sin)
-        residual = hidden if residual is None else rotate(residual, cos, sin) + hidden
-        hidden = layer.mixer(rms_norm(residual, layer.norm.weight), (4, 4))
-    logits = model.head(rms_norm(residual + hidden, model.norm_f.weight).mean(1))
-    torch.testing.assert_close(model(image), logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model(image), forward_by_hand(model, image, (4, 4)), rtol=1e-4, atol=1e-5)
+
+
+def perturbed(model):
+    """``model`` with noise on every parameter: at initialisation the mixers' outputs (out_proj scaled down, zero
+    class token) are too small beside the residual for a misplaced term to show."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+class Scale(torch.nn.Module):
+    """A deterministic stand-in for DropPath: multiplies by ``factor`` and counts its calls."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor, self.calls = factor, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.factor * x
+
+
+def test_drop_path_wraps_each_mixer_output_where_it_joins_the_residual():
+    """Stochastic depth (facts §3.1): every layer after the first adds ``drop_path(hidden)`` to the residual, and the
+    final add before norm_f too. A Block that skipped its drop path (or wrapped the residual instead) trained
+    LocalVim without stochastic depth, unseen by the output shapes. The DropPath modules are replaced by distinct
+    scalings, each called once per forward, whose effect must match the hand-written loop."""
+    torch.manual_seed(0)
+    model = timm.create_model('local_vim_tiny', img_size=32, patch_size=8, embed_dim=16, depth=3,
+                              directions=[['h', 'w2'], ['v_flip'], ['w3_flip', 'h']], drop_path_rate=0.2,
+                              num_classes=7).eval()
+    perturbed(model)
+    assert [type(m) for m in (model.layers[2].drop_path, model.drop_path)] == [DropPath, DropPath]
+    stand_ins = {1: Scale(2.0), 2: Scale(3.0)}
+    for i, module in stand_ins.items():
+        model.layers[i].drop_path = module
+    model.drop_path = final = Scale(5.0)
+    image = torch.randn(2, 3, 32, 32)
+    logits = model(image)
+    assert [m.calls for m in (*stand_ins.values(), final)] == [1, 1, 1]
+    expected = forward_by_hand(model, image, (4, 4), path_scales=[None, 2.0, 3.0], final_scale=5.0)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(logits, forward_by_hand(model, image, (4, 4)), rtol=1e-3, atol=1e-3)
+
+
+def test_middle_class_token_model_at_an_odd_grid_follows_the_original():
+    """The released 77.8% model's layout at a 3 x 5 grid (15 patches, 16 tokens): the class token is inserted at
+    15 // 2 = 7, the mixers keep it there, and the head reads token (16 - 1) // 2 = 7. An even grid (4 x 4) cannot
+    tell 7 from 8 (17 tokens: both rules give 8), so an off-by-one in the insertion or the pooling went unseen."""
+    torch.manual_seed(0)
+    model = timm.create_model('local_vim_tiny_middle_cls_token', img_size=(24, 40), patch_size=8, embed_dim=16,
+                              depth=2, directions=[['h', 'w2'], ['v_flip', 'h_flip']], drop_path_rate=0.0,
+                              num_classes=5).eval()
+    assert model.grid == (3, 5) and model.pos_embed.shape == (1, 16, 16)
+    perturbed(model)
+    image = torch.randn(2, 3, 24, 40)
+    torch.testing.assert_close(model(image), forward_by_hand(model, image, (3, 5)), rtol=1e-4, atol=1e-5)
+    tokens = model.forward_features(image)
+    torch.testing.assert_close(model.forward_head(tokens), model.head(tokens[:, 7]))
+
+
+def bicubic_rows(rows, old_grid, new_grid):
+    """A per-token table (1, H*W, C) resized as timm resizes position embeddings: bicubic, align_corners=False."""
+    grid = rows.unflatten(1, old_grid).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=new_grid, mode='bicubic', align_corners=False)
+    return resized.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def test_position_table_moves_the_class_row_to_the_new_middle():
+    """A 4 x 4 table with its class row at 16 // 2 = 8, for a 3 x 5 grid: the class row goes to 15 // 2 = 7 (where
+    the model inserts the token), the 16 grid rows are resized bicubically around it. (15 + 1) // 2 = 8 put it one
+    row late, and every token after it got its neighbour's position."""
+    torch.manual_seed(0)
+    table = torch.randn(1, 17, 6)
+    grid_rows = torch.cat([table[:, :8], table[:, 9:]], dim=1)
+    resized = bicubic_rows(grid_rows, (4, 4), (3, 5))
+    expected = torch.cat([resized[:, :7], table[:, 8:9], resized[:, 7:]], dim=1)
+    got = position_table(table, (4, 4), (3, 5), True)
+    assert got.shape == (1, 16, 6) and torch.equal(got[:, 7], table[:, 8])
+    torch.testing.assert_close(got, expected)
+
+
+def test_checkpoint_table_with_a_middle_class_row_resizes_for_another_image_size():
+    """The released middle-class-token table (197 rows: 14 x 14 grid, class row at 98) into a model built for 256
+    (16 x 16 grid, 257 rows): the class row lands at 128, the grid rows are resized bicubically. A resize that took
+    the class row for a grid row refused the table (197 is no square) or resized it into the grid."""
+    torch.manual_seed(0)
+    model = timm.create_model('local_vim_tiny_middle_cls_token', img_size=256, embed_dim=8, depth=1,
+                              directions=[['h']], num_classes=3)
+    table = torch.randn(1, 197, 8)
+    got = checkpoint_filter_fn({'pos_embed': table}, model)['pos_embed']
+    assert got.shape == model.pos_embed.shape == (1, 257, 8)
+    assert torch.equal(got[:, 128], table[:, 98])
+    resized = bicubic_rows(torch.cat([table[:, :98], table[:, 99:]], dim=1), (14, 14), (16, 16))
+    torch.testing.assert_close(torch.cat([got[:, :128], got[:, 129:]], dim=1), resized)
 
 
 def test_rope_tables_match_the_formula():

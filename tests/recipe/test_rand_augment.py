@@ -232,6 +232,21 @@ def test_affine_ops_use_the_fill_colour():
     assert (pixels(op("ShearY", img, 2.0)) == pixels(op("ShearX", rgb(RAMP.T.copy()), 2.0)).T).all()
 
 
+def test_relative_translations_scale_by_their_own_side():
+    """On a non-square image (8 high, 16 wide) TranslateXRel 0.25 shifts by a quarter of the width (4 pixels) and
+    TranslateYRel by a quarter of the height (2): a rule taking the other side shifts by 2 and 4 (unseen on the
+    square ramp above)."""
+    wide = (np.arange(128).reshape(8, 16) + 60).astype(np.uint8)     # pixel (y, x) = 16 y + x + 60
+    img = rgb(wide)
+    assert img.size == (16, 8)
+    shifted = np.asarray(op("TranslateXRel", img, 0.25))               # out[y, x] = in[y, x + 4]
+    np.testing.assert_array_equal(shifted[:, :12, 0], wide[:, 4:])
+    assert (shifted[:, 12:] == FILL).all()
+    shifted = np.asarray(op("TranslateYRel", img, 0.25))               # out[y, x] = in[y + 2, x]
+    np.testing.assert_array_equal(shifted[:6, :, 0], wide[2:])
+    assert (shifted[6:] == FILL).all()
+
+
 def test_rotate_is_bicubic_with_fill():
     img = rgb(RAMP)
     np.testing.assert_array_equal(pixels(op("Rotate", img, 90.0)), np.rot90(RAMP))  # counter-clockwise

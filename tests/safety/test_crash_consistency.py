@@ -65,6 +65,21 @@ def test_reconcile_with_nothing_kept_removes_an_uncommitted_best(tmp_path):
     assert os.listdir(tmp_path) == ["last.pth.tar"]
 
 
+def test_a_tied_score_keeps_the_earlier_epoch_first(tmp_path):
+    """Ties rank the earlier epoch first (the class's promise, as the original): a later epoch reaching the same
+    top-1 neither takes best.pth.tar nor pushes the earlier one down, and with the list full it is not kept."""
+    import torch
+
+    from classification.engine.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(str(tmp_path), keep_num=2)
+    for epoch in range(3):
+        manager.update(epoch, 50.0, {"epoch": epoch})
+    assert manager.ckpts == [["checkpoint-0.pth.tar", 50.0], ["checkpoint-1.pth.tar", 50.0]]
+    epoch_of = {name: torch.load(tmp_path / name, weights_only=True)["epoch"] for name in os.listdir(tmp_path)}
+    assert epoch_of == {"checkpoint-0.pth.tar": 0, "checkpoint-1.pth.tar": 1, "best.pth.tar": 0, "last.pth.tar": 2}
+
+
 @pytest.mark.parametrize("write", ["save", "copy", "text"])
 def test_checkpoint_writes_are_synced_before_and_after_their_rename(write, tmp_path, monkeypatch):
     """A machine crash (not only a killed process) must not leave last.pth.tar empty: the temporary file's data is

@@ -2,9 +2,11 @@
 import math
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 
+import classification  # noqa: F401  (registers the models)
 from classification.engine.config import parse_args
 from classification.engine.optim import build_optimizer, param_groups
 from classification.engine.scheduler import WarmupScheduler
@@ -42,6 +44,28 @@ def test_original_groups_decay_A_log_and_search_weights():
     assert names(m, decay) == ["A_log", "fc.weight", "multi_scan.weights"]
     assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.04)
     assert no_decay["initial_lr"] == decay["initial_lr"] == 1e-3
+
+
+@pytest.mark.parametrize("name, kwargs, exempt_tables", [
+    ("local_vssm_tiny", dict(dims=8, depths=(1, 1, 1, 1), directions=[["h", "w2"]] * 4), set()),
+    ("local_vim_tiny_middle_cls_token", dict(img_size=32, embed_dim=16, depth=2, directions=[["h", "w2"], ["v"]]),
+     {"pos_embed", "cls_token"}),
+])
+def test_real_models_decay_every_tensor_of_two_or_more_dims_but_the_listed_tables(name, kwargs, exempt_tables):
+    """The original's rule on the released models (facts §5.5): every bias and norm there is 1-D, so the no-decay
+    group is the 1-D parameters plus the names of `no_weight_decay()` (VSSM: none; LocalVim: pos_embed, cls_token),
+    and everything else decays, A_logs and the 2-D `dt_projs_bias` included. A name test on `bias` instead of
+    `.bias` exempted `dt_projs_bias` from the decay the published runs gave it."""
+    model = timm.create_model(name, num_classes=3, **kwargs)
+    assert set(model.no_weight_decay()) == exempt_tables
+    params = dict(model.named_parameters())
+    no_decay, decay = param_groups(model, lr=1e-3, weight_decay=0.04)
+    assert names(model, no_decay) == sorted(n for n, p in params.items() if p.ndim == 1 or n in exempt_tables)
+    assert names(model, decay) == sorted(n for n, p in params.items() if p.ndim >= 2 and n not in exempt_tables)
+    assert len(no_decay["params"]) + len(decay["params"]) == len(params)
+    if name.startswith("local_vssm"):
+        two_dim = [n for n in names(model, decay) if n.endswith(("dt_projs_bias", "x_proj_weight", "A_logs"))]
+        assert len(two_dim) == 3 * 4 and all(params[n].ndim >= 2 for n in two_dim)
 
 
 def test_honor_no_weight_decay_is_opt_in():

@@ -1,0 +1,86 @@
+"""One training step as a run configures it: the label-smoothed losses (plain and with mixup) and gradient clipping,
+against values computed by hand."""
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from classification.data import build_mixup
+from classification.engine.config import parse_args
+from classification.engine.distributed import DistEnv
+from classification.engine.trainer import Run, _backward_and_step
+
+from training_helpers import TINY_MODEL
+
+
+def make_run(tmp_path, *flags):
+    """The Run of a tiny model on the digits (10 classes), on the CPU, with `flags` added."""
+    cfg = parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "32", "-j", "0", "--device", "cpu",
+                      "--output", str(tmp_path), *flags])
+    return Run(cfg, DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")), str(tmp_path),
+               logging.getLogger("localmamba.test"))
+
+
+def test_train_loss_is_label_smoothed_as_configured(tmp_path):
+    """--smoothing 0.1 without mixup: the train loss is cross-entropy against 0.9 on the label plus 0.1 / 10 on every
+    class. A loss built without the flag's smoothing trained every run as --smoothing 0, unseen by any metric."""
+    run = make_run(tmp_path, "--smoothing", "0.1")
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0, 1.0, -2.0, 0.3, 0.0, 1.5, -0.5]] * 2
+                          + [[0.0] * 9 + [3.0], [1.0, 0.0, -1.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    target = torch.tensor([0, 3, 9, 3])
+    log_p = F.log_softmax(logits, dim=1)
+    by_hand = (-(1 - 0.1) * log_p[torch.arange(4), target] - 0.1 / 10 * log_p.sum(1)).mean()
+    assert run.mixup is None
+    torch.testing.assert_close(run.train_loss(logits, target), by_hand)
+    assert abs(by_hand - F.cross_entropy(logits, target)) > 0.05      # the smoothing is what is measured
+
+
+def test_mixup_targets_are_label_smoothed(tmp_path):
+    """--mixup 0.8 --smoothing 0.1 on 10 classes: timm's Mixup mixes one-hot targets of 0.91 on the label and 0.01
+    elsewhere with weights lam (the sample) and 1 - lam (the batch flipped). Mixup built without the smoothing gave
+    0 / 1 targets (smallest entry 0)."""
+    cfg = parse_args(["--mixup", "0.8", "--smoothing", "0.1"])
+    cfg.num_classes = 10
+    mixup = build_mixup(cfg)
+    images = torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])   # image 0 mixed reads 1 - lam everywhere
+    np.random.seed(0)
+    mixed, soft = mixup(images.clone(), torch.tensor([3, 5]))
+    lam = 1 - mixed[0, 0, 0, 0].item()
+    assert 0 < lam < 1 and torch.allclose(mixed[0], torch.full((3, 4, 4), 1 - lam))
+    on, off = 1 - 0.1 + 0.1 / 10, 0.1 / 10
+    expected = torch.full((2, 10), off)
+    expected[0, 3] = expected[1, 5] = lam * on + (1 - lam) * off
+    expected[0, 5] = expected[1, 3] = lam * off + (1 - lam) * on
+    torch.testing.assert_close(soft, expected)
+    assert soft.min().item() == np.float32(0.01)
+
+
+def test_gradient_clipping_without_a_grad_scaler(tmp_path):
+    """--clip-grad-norm in an fp32 run (no GradScaler): the step uses the gradient rescaled to norm 0.01 (torch's
+    clip: factor max_norm / (norm + 1e-6)), so plain SGD moves the weights by lr x 0.01 in all. Clipping done only
+    in the AMP branch let fp32 runs step with the raw gradient (here a norm over 100 times larger)."""
+    torch.manual_seed(0)
+    run = make_run(tmp_path, "--opt", "sgd", "--lr", "1.0", "--momentum", "0", "--sgd-no-nesterov",
+                   "--weight-decay", "0", "--warmup-epochs", "0", "--smoothing", "0", "--clip-grad-norm",
+                   "--clip-grad-max-norm", "0.01")
+    assert run.scaler is None
+    images, target = torch.randn(8, 3, 16, 16), torch.arange(8)
+    reference = copy.deepcopy(run.model)
+    F.cross_entropy(reference(images), target).backward()
+    grads = [p.grad for p in reference.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    lr = run.optimizer.param_groups[0]["lr"]
+    expected = [p.detach() - lr * g * (0.01 / (norm + 1e-6)) for p, g in zip(reference.parameters(), grads)]
+    before = [p.detach().clone() for p in run.model.parameters()]
+
+    run.optimizer.zero_grad(set_to_none=True)
+    _backward_and_step(run, run.train_loss(run.net(images), target))
+
+    assert norm > 1.0 and 0.9 < lr <= 1.0
+    steps = [(p.detach() - b).flatten() for p, b in zip(run.model.parameters(), before)]
+    assert torch.linalg.vector_norm(torch.cat(steps)).item() == pytest.approx(0.01 * lr, rel=1e-3)
+    for param, want in zip(run.model.parameters(), expected):
+        torch.testing.assert_close(param.detach(), want, rtol=0, atol=2e-7)
