@@ -23,7 +23,8 @@ def test_new_lr_on_resume_takes_effect(tmp_path):
     folder = tmp_path / "run"
     log = run_tool("train.py", *RUN, "--lr", "6e-3", "--min-lr", "2e-5", "--smoothing", "0.2", "--resume",
                    str(folder / "last.pth.tar"))
-    changes = [line.split("INFO ")[-1].split("] ")[-1] for line in log.stdout.splitlines() if "changed on resume" in line]
+    changes = [line.split("INFO ")[-1].split("] ")[-1] for line in log.stdout.splitlines()
+               if "changed on resume" in line]
     # every changed flag is named (not only the optimizer's and the schedule's), and nothing else
     assert changes == ["--lr changed on resume: 0.003 -> 0.006 (the new value is used)",
                        "--min-lr changed on resume: 1e-05 -> 2e-05 (the new value is used)",

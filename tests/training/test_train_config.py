@@ -53,8 +53,10 @@ def test_model_kwargs_merge_key_by_key(tmp_path):
     assert sorted(args.cli_model_kwargs) == ["depth", "patch_size"]
 
 
-@pytest.mark.parametrize("item, problem", [("depths=[1,1,1", "expected ',' or ']', but got '<stream end>'"),
-                                           ("directions=[[h,v]]*4", "expected '<document start>', but found '<alias>'")])
+@pytest.mark.parametrize("item, problem", [
+    ("depths=[1,1,1", "expected ',' or ']', but got '<stream end>'"),
+    ("directions=[[h,v]]*4", "expected '<document start>', but found '<alias>'"),
+])
 def test_a_model_kwargs_value_that_is_not_yaml_is_one_line(capsys, item, problem):
     """It was yaml's ParserError traceback."""
     with pytest.raises(SystemExit) as stop:
