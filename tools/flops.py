@@ -33,7 +33,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog='\n'.join(__doc__.splitlines()[2:]))
     parser.add_argument('models', nargs='+', metavar='MODEL', help='timm model name(s), with or without timm_')
-    parser.add_argument('--img-size', type=int, default=224, help='square input size (default 224; an img_size in --model-kwargs wins)')
+    parser.add_argument('--img-size', type=int, default=224,
+                        help='square input size (default 224; an img_size in --model-kwargs wins)')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='classifier size (0: none; default: the model\'s)')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueAction, metavar='KEY=VALUE',

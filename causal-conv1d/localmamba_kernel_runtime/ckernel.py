@@ -227,7 +227,8 @@ def _first_error_line(output: str) -> str:
     return next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no output")
 
 
-def _compile_and_load(cc: Sequence[str], name: str, sources: Sequence[Path], isa: str) -> Tuple[Optional[ctypes.CDLL], str]:
+def _compile_and_load(cc: Sequence[str], name: str, sources: Sequence[Path],
+                      isa: str) -> Tuple[Optional[ctypes.CDLL], str]:
     """(the library built for ``isa`` and loaded, "") or (None, the compiler's first error line). Built with OpenMP
     where torch uses GNU OpenMP, else (or when that build fails) without."""
     sources = [*sources, TASK_RUNNER]

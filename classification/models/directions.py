@@ -123,7 +123,8 @@ def validate_directions(directions: Sequence[Sequence[str]], depth: int, source:
     message), a layer is empty or repeats a direction, or (with ``check_names``) a name is not a known direction.
     """
     if isinstance(directions, (str, bytes)) or not isinstance(directions, Sequence):
-        raise ValueError(f'{source}: expected a list of per-layer lists of direction names, got {type(directions).__name__}')
+        raise ValueError(f'{source}: expected a list of per-layer lists of direction names, '
+                         f'got {type(directions).__name__}')
     if len(directions) == 0:
         raise ValueError(f'{source}: holds no layers (one list of direction names per layer)')
     if len(directions) != depth:
@@ -174,7 +175,8 @@ def resolve_candidates(candidates: Optional[Sequence[str]], is_search: bool) -> 
 def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
     """Read the per-layer lists of a directions file written by ``tools/vis_search_prob.py``.
 
-    The file is YAML: ``{supernet: <name>, topk: <k>, directions: [[...], ...]}``; a plain list of lists is accepted too.
+    The file is YAML: ``{supernet: <name>, topk: <k>, directions: [[...], ...]}``; a plain list of lists is accepted
+    too.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -216,7 +218,8 @@ def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence
     atomic_write_text(os.fspath(path), yaml.safe_dump(data, default_flow_style=None, sort_keys=False))
 
 
-def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTable], depth: int) -> Optional[DirectionTable]:
+def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTable],
+                       depth: int) -> Optional[DirectionTable]:
     """Turn a model's ``directions`` argument (None, a table or a file path) into a checked table.
 
     ``None`` selects ``default``; a ``None`` result means a search supernet (every layer takes all its candidates).

@@ -461,10 +461,10 @@ class VisionMamba(nn.Module):
     ) -> Union[list, tuple[torch.Tensor, list]]:
         """Mixer outputs of the chosen layers (as the original det/seg backbone takes them).
 
-        ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are (B, C, ceil(H / patch_size), ceil(W / patch_size));
-        a middle class token is dropped from them, and with ``return_prefix_tokens`` each intermediate is the pair
-        (map, the class token (B, 1, C), or (B, 0, C) without one), as timm's ViT gives it. ``norm`` applies
-        ``norm_f`` to each.
+        ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are
+        (B, C, ceil(H / patch_size), ceil(W / patch_size)); a middle class token is dropped from them, and with
+        ``return_prefix_tokens`` each intermediate is the pair (map, the class token (B, 1, C), or (B, 0, C) without
+        one), as timm's ViT gives it. ``norm`` applies ``norm_f`` to each.
         """
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")

@@ -342,11 +342,12 @@ class VSSM(nn.Module):
     ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
         """Stage outputs before their downsampling (as the original det/seg backbone takes them).
 
-        ``indices``: last n stages if int, all if None, else the listed stages. Stage i gives
-        (B, dims[i], h_i, w_i) in NCHW (h_0 = floor(H / patch_size), each next one ceil(h_i / 2)) (or channel-last with 'NHWC'). ``norm`` applies the final norm to
-        the last stage's output, the only one it is sized for. The returned features are the output of the last
-        stage run (channel-last, without the downsampling that feeds the next stage), normalised only when it is the
-        model's last stage (not after ``stop_early`` before it, nor in a model pruned to fewer stages).
+        ``indices``: last n stages if int, all if None, else the listed stages. Stage i gives (B, dims[i], h_i, w_i)
+        in NCHW, or channel-last with 'NHWC' (h_0 = floor(H / patch_size), each next one ceil(h_i / 2)). ``norm``
+        applies the final norm to the last stage's output, the only one it is sized for. The returned features are
+        the output of the last stage run (channel-last, without the downsampling that feeds the next stage),
+        normalised only when it is the model's last stage (not after ``stop_early`` before it, nor in a model pruned
+        to fewer stages).
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
