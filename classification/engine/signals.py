@@ -7,9 +7,15 @@ where any rank has been signalled or could not read its batch (one all-reduce pe
 SIGINT, a second SIGINT or a SIGTERM raises KeyboardInterrupt at once: a second Ctrl-C, which torchrun passes on to its
 workers as SIGTERM. Other second signals (Slurm's SIGTERM at the time limit after its SIGUSR1 warning) let the run
 finish its stop.
+
+A torchrun worker also stops, as on SIGHUP, when its launcher is gone (torchrun killed with SIGKILL, which it cannot
+pass on): the worker, whose parent it was, is then adopted by another process, which the check at every step sees.
+The workers would otherwise train on unseen, holding the run folder.
 """
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -20,6 +26,9 @@ import torch.distributed as dist
 
 from ..data.loader import STOP_SIGNALS
 
+# torchrun sets it in the environment of its workers
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
+
 
 class StopSignals:
     """Context manager that turns the stop signals into a request, restoring the previous handlers on exit."""
@@ -28,6 +37,7 @@ class StopSignals:
         self.device = device
         self.signum: Optional[int] = None  # the first stop signal this process received
         self._previous: dict[int, object] = {}
+        self._launcher = os.getppid() if os.environ.get(TORCHRUN_ENV) else None  # torchrun's pid, in its workers
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
@@ -53,9 +63,17 @@ class StopSignals:
 
     def agreed_with(self, failed: bool) -> tuple[Optional[int], bool]:
         """`agreed()`, and whether any rank `failed` (could not read its next batch), from the same all-reduce."""
+        self._check_launcher()
         if not dist.is_initialized():
             return self.signum, failed
         flags = torch.tensor([self.signum or 0, int(failed)], dtype=torch.int32, device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         signum, any_failed = flags.tolist()
         return signum or None, bool(any_failed)
+
+    def _check_launcher(self) -> None:
+        """Record a stop (SIGHUP) when the torchrun that started this worker is no longer its parent."""
+        if self.signum is None and self._launcher is not None and os.getppid() != self._launcher:
+            self.signum = signal.SIGHUP
+            logging.getLogger("localmamba").warning(
+                f"the launcher of this worker (torchrun, pid {self._launcher}) is gone: stopping as on SIGHUP")

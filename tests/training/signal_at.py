@@ -3,9 +3,10 @@
 Usage: SIGNAL_AT="NAME EVENT N [COUNT]" python signal_at.py [train.py flags], or signal_at.py as the ENTRY of
 tools/dist_run.sh. Signal NAME (e.g. SIGTERM) is sent COUNT times (default 1) right after EVENT: `step` (the
 optimizer step that brings the schedule to iteration N, counted over the run) or `metrics` (epoch N's metrics.csv row,
-during the epoch end's writes). SIGNAL_RANK (default 0) is the only rank that sends it; SIGNAL_TO is `self` (default)
-or `group`: this process group, loader workers included, as a terminal, torchrun or Slurm signal a run (the process
-must then lead its group: start it with start_new_session=True).
+during the epoch end's writes). SIGNAL_RANK (default 0) is the only rank that sends it; SIGNAL_TO is `self` (default),
+`group`: this process group, loader workers included, as a terminal, torchrun or Slurm signal a run (the process
+must then lead its group: start it with start_new_session=True), or `parent`: the process that started this one (under
+tools/dist_run.sh, torchrun).
 """
 import os
 import runpy
@@ -20,7 +21,8 @@ from classification.engine.scheduler import WarmupScheduler  # noqa: E402
 
 NAME, EVENT, N, *COUNT = os.environ["SIGNAL_AT"].split()
 SIGNUM, N, COUNT = getattr(signal, NAME), int(N), int(COUNT[0]) if COUNT else 1
-TO_GROUP = os.environ.get("SIGNAL_TO", "self") == "group"
+TO = os.environ.get("SIGNAL_TO", "self")
+TO_GROUP = TO == "group"
 SENDS = os.environ.get("RANK", "0") == os.environ.get("SIGNAL_RANK", "0")
 if TO_GROUP and os.getpgid(0) != os.getpid():
     sys.exit("signal_at.py: SIGNAL_TO=group needs a process that leads its group (start_new_session=True)")
@@ -30,6 +32,8 @@ def send() -> None:
     for _ in range(COUNT):
         if TO_GROUP:
             os.killpg(os.getpgid(0), SIGNUM)
+        elif TO == "parent":
+            os.kill(os.getppid(), SIGNUM)
         else:
             os.kill(os.getpid(), SIGNUM)
 

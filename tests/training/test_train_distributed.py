@@ -3,6 +3,7 @@ when only one of them gets SIGTERM both stop at the same step, and the run resum
 import csv
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -97,6 +98,39 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting training at epoch 0, step 20 of 44" in again.stdout
     assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
+
+
+def kill_processes_naming(text: str) -> None:
+    """SIGKILL the processes whose command line holds `text` (workers a failed test left running)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds left-over workers through /proc")
+def test_workers_whose_torchrun_is_killed_stop_and_save(two, config, tmp_path):
+    """torchrun killed with SIGKILL (it cannot pass that on): its workers trained on, unseen, to the end of the run.
+    They now see that their launcher is gone, stop together as on SIGHUP after their current step, and save it: the
+    run resumes to the files of a run never stopped."""
+    try:
+        cut = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "orphaned",
+                            SIGNAL_AT="SIGKILL step 20", SIGNAL_TO="parent")
+    finally:
+        kill_processes_naming(str(tmp_path / "orphaned"))
+    assert cut.returncode == -signal.SIGKILL, cut.stdout[-3000:] + cut.stderr[-3000:]   # torchrun's own status
+    assert "is gone: stopping as on SIGHUP" in cut.stdout, cut.stdout[-3000:] + cut.stderr[-3000:]
+    stopped = re.search(r"SIGHUP: stopping in epoch 0 after step (\d+) of 44", cut.stdout)
+    last = tmp_path / "orphaned" / "last.pth.tar"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert stopped and (ckpt["epoch"], ckpt["step"]) == (0, int(stopped.group(1))) and ckpt["step"] >= 20
+
+    again = two_processes("tools/train.py", config, tmp_path, "--resume", str(last))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert_same_run(snapshot(tmp_path / "orphaned"), snapshot(two[0]))
 
 
 @SKIP_ON_WINDOWS
