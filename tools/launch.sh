@@ -10,7 +10,7 @@
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
 # torchrun runs as classification.engine.torchrun: a failed launch ends in one line with the failed worker's exit
 # status, not in torchrun's ChildFailedError traceback with status 1.
-# Interruptions: tools/train.py stops on SIGINT, SIGTERM or SIGUSR1 after its current step, saving last.pth.tar.
+# Interruptions: tools/train.py stops on SIGINT, SIGTERM, SIGUSR1 or SIGHUP after its current step, saving last.pth.tar.
 # For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
 # time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below, torch >= 2.9; an older torchrun dies on
 # SIGUSR1) SIGUSR1 to its workers, and kills those still running 30 s later (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).

@@ -5,10 +5,10 @@ The train sampler shards one permutation per epoch (seeded by seed + epoch) over
 It yields `(epoch, index)` pairs, and `SeededTransformDataset` seeds the augmentation of each sample from
 (seed, epoch, index): the images do not depend on how many workers or ranks decode them. An epoch resumed in its
 middle starts its order further on (`set_epoch(epoch, start)`). Loader workers ignore the signals that stop a run
-(SIGINT, SIGTERM, SIGUSR1, which a terminal, torchrun or Slurm send to the whole process group): the main process
-handles them and ends the workers itself; those still alive when the interpreter exits (a run that ends on an error
-holds its loaders in the traceback) are killed then, as the SIGTERM by which multiprocessing ends them at exit would
-leave it waiting on them for ever.
+(SIGINT, SIGTERM, SIGUSR1, SIGHUP, which a terminal, torchrun or Slurm send to the whole process group): the main
+process handles them and ends the workers itself; those still alive when the interpreter exits (a run that ends on an
+error holds its loaders in the traceback) are killed then, as the SIGTERM by which multiprocessing ends them at exit
+would leave it waiting on them for ever.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..common.rng import sample_seed, seeded
 
 # The signals that stop a training run cleanly (engine.signals); loader workers leave them to the main process.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")
+                     if hasattr(signal, name))
 
 
 class ShardedSampler(Sampler):

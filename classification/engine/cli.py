@@ -2,10 +2,11 @@
 
 Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk, a kernel
 environment variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``, ``LOCALMAMBA_DIRECTION_MODULES``) prints
-`error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1) prints one line
-with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
-SIGINT, 143 for SIGTERM, 138 for SIGUSR1). In a distributed run, a rank whose collective fails because another rank
-stopped says so in one line (status 1), so that the other rank's error is not buried under its traceback.
+`error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1, SIGHUP) prints one
+line with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
+SIGINT, 143 for SIGTERM, 138 for SIGUSR1, 129 for SIGHUP). In a distributed run, a rank whose collective fails
+because another rank stopped says so in one line (status 1), so that the other rank's error is not buried under its
+traceback.
 `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
@@ -75,6 +76,15 @@ def _lost_a_peer(err: RuntimeError) -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(text in str(err) for text in PEER_LOST)
 
 
+def _write_if_possible(stream: TextIO, text: str) -> None:
+    """Write `text` to `stream` unless it is gone (a terminal that hung up: the run stopped on SIGHUP)."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        pass
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
     (128 + the signal's number). A tool may let Ctrl-C stop it quietly while it imports (`SIG_DFL`); from here on
@@ -109,5 +119,5 @@ def run_cli(main: Callable[[], object]) -> None:
             else:
                 hint = "; no checkpoint was written yet, nothing to resume"
             by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-            sys.stderr.write(f"\ninterrupted{by}{hint}\n")
+            _write_if_possible(sys.stderr, f"\ninterrupted{by}{hint}\n")
         sys.exit(128 + signum)

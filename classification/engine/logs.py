@@ -81,18 +81,23 @@ class ProgressBar:
         self.redraw()
 
     def redraw(self) -> None:
-        if not self.enabled:
-            return
         width = 30
         filled = int(width * self.done / max(self.total, 1))
-        sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{self.done}/{self.total} {self.text}\033[K")
-        sys.stderr.flush()
+        bar = '#' * filled + '.' * (width - filled)
+        self._write(f"\r{self.prefix} [{bar}] {self.done}/{self.total} {self.text}\033[K")
 
     def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
+        self._write("\r\033[K")
+
+    def _write(self, text: str) -> None:
+        """Draw on the terminal; one that has hung up (SIGHUP, the run then stopping) ends the bar, not the run."""
+        if not self.enabled:
+            return
+        try:
+            sys.stderr.write(text)
             sys.stderr.flush()
+        except OSError:
+            self.enabled = False
 
     def close(self) -> None:
         self.clear()

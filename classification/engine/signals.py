@@ -1,5 +1,5 @@
-"""Stopping a training run cleanly on SIGINT (Ctrl-C), SIGTERM (Slurm preemption, time limit, torchrun shutdown) or
-SIGUSR1 (Slurm's warning, `--signal=USR1@120`).
+"""Stopping a training run cleanly on SIGINT (Ctrl-C), SIGTERM (Slurm preemption, time limit, torchrun shutdown),
+SIGUSR1 (Slurm's warning, `--signal=USR1@120`) or SIGHUP (its terminal hung up: an ssh connection lost).
 
 While a `StopSignals` is active the first such signal only records its number; the training loop asks
 `agreed_with()` once it holds the next batch, before that batch's step, and every rank stops before the first step

@@ -30,12 +30,12 @@ def _how_it_ended(exitcode: int) -> str:
         return f"ended by signal {-exitcode}"
 
 
-STOP_STATUSES = {128 + int(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+STOP_STATUSES = {128 + int(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
 
 
 def stopped_cleanly(failures: Mapping[int, Any]) -> bool:
-    """Whether every failed worker ended with a stop signal's status (130, 143, 138), as tools/train.py exits once it
-    has stopped and saved on SIGINT, SIGTERM or SIGUSR1, or was ended by one of those signals."""
+    """Whether every failed worker ended with a stop signal's status (130, 143, 138, 129), as tools/train.py exits once
+    it has stopped and saved on SIGINT, SIGTERM, SIGUSR1 or SIGHUP, or was ended by one of those signals."""
     return all(exit_status(failure.exitcode) in STOP_STATUSES for failure in failures.values())
 
 

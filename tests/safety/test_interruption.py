@@ -3,6 +3,8 @@ ends bit-identical to an uninterrupted run, with and without loader workers (two
 A signal during an epoch's end writes stops the run after them; a second Ctrl-C aborts at once; torchrun
 (tools/launch.sh) forwards SIGTERM and SIGUSR1 to its workers."""
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -75,6 +77,44 @@ def test_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(name, workers
     assert sorted(n for n in os.listdir(folder) if n.endswith(".pth.tar")) == [
         "best.pth.tar", "checkpoint-0.pth.tar", "last.pth.tar"]  # epoch 1 is not taken for a finished one
     assert [r[0] for r in rows(folder / "metrics.csv")[1:]] == ["0"]
+    resume(flags, folder)
+    assert_same_run(snapshot(folder), straight)
+
+
+def run_on_a_terminal_and_hang_up(argv, marker: bytes, timeout: float = 240):
+    """Run `argv` on a pseudo-terminal of its own (it leads the session the terminal controls, as a login shell's
+    command does) and hang the terminal up, as a lost ssh connection does, once `marker` is in its output; returns
+    (the output up to then, the exit status)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(argv[0], argv, tool_env())
+    output, deadline = b"", time.time() + timeout
+    while marker not in output and time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        try:
+            chunk = os.read(fd, 65536) if ready else b""
+        except OSError:  # the child ended and closed the terminal
+            break
+        if ready and not chunk:
+            break
+        output += chunk
+    os.close(fd)  # the hang-up: the kernel sends SIGHUP to the terminal's foreground process group
+    _, status = os.waitpid(pid, 0)
+    return output.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+@POSIX_SIGNALS
+def test_a_terminal_hang_up_stops_and_saves_like_the_other_signals(straight, tmp_path):
+    """A run started in a terminal whose connection is lost (SIGHUP to it and its loader workers) died at once,
+    losing the epoch in progress. It now stops cleanly, saves, and resumes to the uninterrupted run's files."""
+    flags = with_workers(RUN, 2)
+    argv = [sys.executable, os.path.join(REPO, "tools", "train.py"), *flags, "--output", str(tmp_path),
+            "--experiment", "run"]
+    output, status = run_on_a_terminal_and_hang_up(argv, b"Train: 0 [")
+    assert "Train: 0 [" in output and status == 128 + signal.SIGHUP, (status, output[-2000:])
+    folder = tmp_path / "run"
+    log = "".join(path.read_text() for path in folder.glob("log_*.txt"))
+    assert "INFO SIGHUP: stopping " in log, log[-2000:]
     resume(flags, folder)
     assert_same_run(snapshot(folder), straight)
 
