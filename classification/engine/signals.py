@@ -40,8 +40,10 @@ class StopSignals:
         self._launcher = os.getppid() if os.environ.get(TORCHRUN_ENV) else None  # torchrun's pid, in its workers
 
     def __enter__(self) -> StopSignals:
+        """Catch the stop signals, but those the process was started ignoring (SIGHUP under `nohup`) stay ignored."""
         if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
-            self._previous = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS
+                              if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc_info) -> None:

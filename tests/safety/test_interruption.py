@@ -81,16 +81,22 @@ def test_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(name, workers
     assert_same_run(snapshot(folder), straight)
 
 
-def run_on_a_terminal_and_hang_up(argv, marker: bytes, timeout: float = 240):
+def run_on_a_terminal_and_hang_up(argv, marker: str, nohup_output=None, timeout: float = 240):
     """Run `argv` on a pseudo-terminal of its own (it leads the session the terminal controls, as a login shell's
     command does) and hang the terminal up, as a lost ssh connection does, once `marker` is in its output; returns
-    (the output up to then, the exit status)."""
+    (the output up to then, the exit status). With `nohup_output`, run it as `nohup` does: SIGHUP ignored, output
+    into that file."""
     pid, fd = pty.fork()
     if pid == 0:
+        if nohup_output is not None:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            out = os.open(nohup_output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
         os.execve(argv[0], argv, tool_env())
     output, deadline = b"", time.time() + timeout
-    while marker not in output and time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
+    while marker.encode() not in output and time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
         try:
             chunk = os.read(fd, 65536) if ready else b""
         except OSError:  # the child ended and closed the terminal
@@ -98,6 +104,8 @@ def run_on_a_terminal_and_hang_up(argv, marker: bytes, timeout: float = 240):
         if ready and not chunk:
             break
         output += chunk
+        if nohup_output is not None and os.path.isfile(nohup_output):
+            output = open(nohup_output, "rb").read()
     os.close(fd)  # the hang-up: the kernel sends SIGHUP to the terminal's foreground process group
     _, status = os.waitpid(pid, 0)
     return output.decode(errors="replace"), os.waitstatus_to_exitcode(status)
@@ -110,13 +118,24 @@ def test_a_terminal_hang_up_stops_and_saves_like_the_other_signals(straight, tmp
     flags = with_workers(RUN, 2)
     argv = [sys.executable, os.path.join(REPO, "tools", "train.py"), *flags, "--output", str(tmp_path),
             "--experiment", "run"]
-    output, status = run_on_a_terminal_and_hang_up(argv, b"Train: 0 [")
+    output, status = run_on_a_terminal_and_hang_up(argv, "Train: 0 [")
     assert "Train: 0 [" in output and status == 128 + signal.SIGHUP, (status, output[-2000:])
     folder = tmp_path / "run"
     log = "".join(path.read_text() for path in folder.glob("log_*.txt"))
     assert "INFO SIGHUP: stopping " in log, log[-2000:]
     resume(flags, folder)
     assert_same_run(snapshot(folder), straight)
+
+
+@POSIX_SIGNALS
+def test_a_run_under_nohup_goes_on_after_a_hang_up(straight, tmp_path):
+    """`nohup` makes a run ignore SIGHUP: catching it as a stop signal must not undo that."""
+    flags = with_workers(RUN, 2)
+    argv = [sys.executable, os.path.join(REPO, "tools", "train.py"), *flags, "--output", str(tmp_path),
+            "--experiment", "run"]
+    output, status = run_on_a_terminal_and_hang_up(argv, "Train: 0 [", nohup_output=tmp_path / "nohup.out")
+    assert "Train: 0 [" in output and status == 0, (status, (tmp_path / "nohup.out").read_text()[-2000:])
+    assert_same_run(snapshot(tmp_path / "run"), straight)
 
 
 @POSIX_SIGNALS
