@@ -70,8 +70,10 @@ def test_two_processes_equal_one_process(two, config, tmp_path):
         for name, value in b[key].items():
             torch.testing.assert_close(a[key][name], value, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     (row_two,), (row_one,) = metrics(folder / "metrics.csv"), metrics(tmp_path / "one" / "metrics.csv")
-    for col in ("train_loss", "test_loss", "top1", "top5"):
-        assert float(row_two[col]) == pytest.approx(float(row_one[col]), rel=1e-3, abs=0.3), col
+    for col in ("train_loss", "test_loss"):    # the means over both ranks' samples (rank 0's alone: 2e-3 away)
+        assert float(row_two[col]) == pytest.approx(float(row_one[col]), rel=1e-4), col
+    for col in ("top1", "top5"):               # percentages of 360 images: at most one prediction may flip
+        assert float(row_two[col]) == pytest.approx(float(row_one[col]), abs=100 / 360 + 1e-6), col
     assert one["top1"] == pytest.approx(float(row_one["top1"]))
     # the Test lines are rank 0's share; the line after them gives the figures of all ranks, as metrics.csv has them
     # (the EMA's: the recipe keeps one)
