@@ -11,6 +11,7 @@ import torch
 pytest.importorskip('mmseg', reason='mmseg is not installed: run `bash tools/install_mm.sh`')
 pytest.importorskip('mmdet', reason='mmdet is not installed: run `bash tools/install_mm.sh`')
 
+from classification.dense.mm_flops import DEFAULT_SHAPES  # noqa: E402
 from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
 from classification.models.flop_count import flop_analysis  # noqa: E402
 
@@ -97,3 +98,9 @@ def test_detector_flops_include_the_backbone_scans(tmp_path):
     assert result['scans'] == backbone.by_operator()[SCAN] > 0
     neck = flop_analysis(torch.nn.Sequential(model.backbone, model.neck), (3, *HW))
     assert result['flops'] > int(neck.total()) > int(backbone.total())  # plus the RPN and RoI heads
+
+
+def test_default_shapes_are_the_original_tools():
+    """Guards against a changed default input of mamba_get_flops.py: mmdet's get_flops counts at (H, W) =
+    (1280, 800), the segmentation tool at (512, 2048), as the tool's --shape help says."""
+    assert DEFAULT_SHAPES == {'mmdet': (1280, 800), 'mmseg': (512, 2048)}

@@ -1,0 +1,45 @@
+"""Extraction with --topk equal to the supernet's candidate count keeps every candidate."""
+import pytest
+import torch
+
+from classification.common.checkpoint_io import CheckpointError
+from classification.models.directions import load_directions
+from classification.search.extract import extract, plot_heatmap
+
+THREE = ['h', 'v_flip', 'snake']
+
+
+def test_topk_equal_to_the_candidate_count_keeps_them_all(tmp_path):
+    """Guards against refusing topk == K (an off-by-one `topk >= K` bound): all K candidates are chosen in every
+    layer; topk = K + 1 is still refused."""
+    weights = {'layers.0.mixer.multi_scan.weights': torch.tensor([0., 2., 1.]).view(3, 1, 1, 1),
+               'layers.1.mixer.multi_scan.weights': torch.tensor([3., -1., 0.]).view(3, 1, 1, 1)}
+    path = tmp_path / 'last.pth.tar'
+    torch.save({'model': weights, 'config': {'model_kwargs': {'candidates': THREE}}}, path)
+    result = extract(str(path), topk=3, out_dir=str(tmp_path / 'out'))
+    assert result['candidates'] == tuple(THREE)
+    assert result['directions'] == [THREE, THREE]  # chosen names are listed in the candidates' order
+    assert load_directions(tmp_path / 'out' / 'directions.yaml') == result['directions']
+    torch.testing.assert_close(result['probs'][0], torch.softmax(torch.tensor([0., 2., 1.]), 0))
+    with pytest.raises(CheckpointError, match='--topk must be between 1 and 3, got 4'):
+        extract(str(path), topk=4, out_dir=str(tmp_path / 'out4'))
+
+
+def test_heatmap_outlines_the_chosen_cells_at_column_candidate_row_layer(tmp_path, monkeypatch):
+    """Guards against the outline's x and y being swapped: the chosen cell of layer l, candidate j is the unit square
+    centred at (x=j, y=l) of the imshow grid."""
+    import matplotlib.patches
+
+    drawn = []
+
+    class Recording(matplotlib.patches.Rectangle):
+        def __init__(self, xy, *args, **kwargs):
+            if kwargs.get('edgecolor') == 'red':  # the outlines (matplotlib makes other rectangles too)
+                drawn.append(tuple(xy))
+            super().__init__(xy, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.patches, 'Rectangle', Recording)
+    probs = [torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.6, 0.3, 0.1])]
+    plot_heatmap(probs, [['snake'], ['h']], str(tmp_path / 'map.png'), candidates=THREE)
+    assert drawn == [(1.5, -0.5), (-0.5, 0.5)]
+    assert (tmp_path / 'map.png').stat().st_size > 0
