@@ -40,10 +40,12 @@ class StopSignals:
         self._launcher = os.getppid() if os.environ.get(TORCHRUN_ENV) else None  # torchrun's pid, in its workers
 
     def __enter__(self) -> StopSignals:
-        """Catch the stop signals, but those the process was started ignoring (SIGHUP under `nohup`) stay ignored."""
+        """Catch the stop signals; a SIGHUP the process was started ignoring (under `nohup`) stays ignored. (The
+        others are caught even so: a shell starts background jobs with SIGINT ignored, and `kill -INT` still means
+        stop.)"""
         if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
             self._previous = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS
-                              if signal.getsignal(sig) is not signal.SIG_IGN}
+                              if not (sig == getattr(signal, "SIGHUP", None) and _ignored(sig))}
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -79,3 +81,7 @@ class StopSignals:
             self.signum = signal.SIGHUP
             logging.getLogger("localmamba").warning(
                 f"the launcher of this worker (torchrun, pid {self._launcher}) is gone: stopping as on SIGHUP")
+
+
+def _ignored(sig: int) -> bool:
+    return signal.getsignal(sig) is signal.SIG_IGN

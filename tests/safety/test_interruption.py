@@ -139,6 +139,18 @@ def test_a_run_under_nohup_goes_on_after_a_hang_up(straight, tmp_path):
 
 
 @POSIX_SIGNALS
+def test_a_run_started_with_sigint_ignored_still_stops_on_it(tmp_path):
+    """A shell starts the background jobs of a script with SIGINT ignored; `kill -INT` must still stop the run and
+    save it (only SIGHUP, which nohup ignores on purpose, stays ignored)."""
+    proc = subprocess.run([sys.executable, SIGNAL_AT_SCRIPT, *RUN, "--output", str(tmp_path), "--experiment", "run"],
+                          capture_output=True, text=True, timeout=300, env={**tool_env(), "SIGNAL_AT": "SIGINT step 8"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
+    ckpt = load(tmp_path / "run" / "last.pth.tar")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 3)
+
+
+@POSIX_SIGNALS
 def test_signal_during_the_epoch_end_stops_after_its_writes(straight, tmp_path):
     proc, folder = signal_at("SIGTERM metrics 0", RUN, tmp_path)  # after validation, before the checkpoints
     assert proc.returncode == 143, proc.stderr[-2000:]
