@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Callable, Optional, Sequence, TextIO
+from typing import Callable, Optional, Sequence
 
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
@@ -24,6 +24,7 @@ from ..common.checkpoint_io import CheckpointError
 from ..data import DataError
 from ..models.scan_maps import DirectionModuleError
 from .config import ConfigError
+from .logs import write_if_possible
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DirectionModuleError, OSError, *SETTING_ERRORS)
 DEBUG_ENV = "LOCALMAMBA_DEBUG"
@@ -76,15 +77,6 @@ def _lost_a_peer(err: RuntimeError) -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(text in str(err) for text in PEER_LOST)
 
 
-def _write_if_possible(stream: TextIO, text: str) -> None:
-    """Write `text` to `stream` unless it is gone (a terminal that hung up: the run stopped on SIGHUP)."""
-    try:
-        stream.write(text)
-        stream.flush()
-    except OSError:
-        pass
-
-
 def run_cli(main: Callable[[], object]) -> None:
     """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
     (128 + the signal's number). A tool may let Ctrl-C stop it quietly while it imports (`SIG_DFL`); from here on
@@ -119,5 +111,5 @@ def run_cli(main: Callable[[], object]) -> None:
             else:
                 hint = "; no checkpoint was written yet, nothing to resume"
             by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-            _write_if_possible(sys.stderr, f"\ninterrupted{by}{hint}\n")
+            write_if_possible(sys.stderr, f"\ninterrupted{by}{hint}\n")
         sys.exit(128 + signum)

@@ -6,7 +6,7 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import Optional
+from typing import Optional, TextIO
 
 import torch
 
@@ -65,6 +65,17 @@ def _log_file(path: str) -> logging.FileHandler:
     return handler
 
 
+def write_if_possible(stream: TextIO, text: str) -> bool:
+    """Write `text` to `stream` unless it is gone (a terminal that hung up: the run stops on SIGHUP); whether it
+    was written."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        return False
+    return True
+
+
 class ProgressBar:
     """A one-line `\\r` progress bar on stderr, drawn only when stderr is a terminal."""
 
@@ -91,13 +102,8 @@ class ProgressBar:
 
     def _write(self, text: str) -> None:
         """Draw on the terminal; one that has hung up (SIGHUP, the run then stopping) ends the bar, not the run."""
-        if not self.enabled:
-            return
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        except OSError:
-            self.enabled = False
+        if self.enabled:
+            self.enabled = write_if_possible(sys.stderr, text)
 
     def close(self) -> None:
         self.clear()

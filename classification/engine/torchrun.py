@@ -13,6 +13,9 @@ import socket
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from ..data.loader import STOP_SIGNALS
+from .logs import write_if_possible
+
 SHOWN_RANKS = 4
 
 
@@ -30,12 +33,13 @@ def _how_it_ended(exitcode: int) -> str:
         return f"ended by signal {-exitcode}"
 
 
-STOP_STATUSES = {128 + int(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
+STOP_STATUSES = {128 + int(sig) for sig in STOP_SIGNALS}
 
 
 def stopped_cleanly(failures: Mapping[int, Any]) -> bool:
-    """Whether every failed worker ended with a stop signal's status (130, 143, 138, 129), as tools/train.py exits once
-    it has stopped and saved on SIGINT, SIGTERM, SIGUSR1 or SIGHUP, or was ended by one of those signals."""
+    """Whether every failed worker ended with a stop signal's status (130, 143, 138, 129: `STOP_SIGNALS`), as
+    tools/train.py exits once it has stopped and saved on SIGINT, SIGTERM, SIGUSR1 or SIGHUP, or was ended by one of
+    those signals."""
     return all(exit_status(failure.exitcode) in STOP_STATUSES for failure in failures.values())
 
 
@@ -87,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torchrun_main(argv)
     except ChildFailedError as err:
         first_rank, first = err.get_first_failure()
-        print(failure_line(err.name, err.failures, first_rank), file=sys.stderr)
+        write_if_possible(sys.stderr, failure_line(err.name, err.failures, first_rank) + "\n")
         return exit_status(first.exitcode)
     except DistNetworkError as err:
         if "EADDRINUSE" not in str(err) and "address already in use" not in str(err):
@@ -97,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"port, or leave it unset on one node to take one", file=sys.stderr)
         return 1
     except SignalException as err:
-        print(f"torchrun: stopped by {err.sigval.name}, which it passed on to the workers", file=sys.stderr)
+        write_if_possible(sys.stderr, f"torchrun: stopped by {err.sigval.name}, which it passed on to the workers\n")
         return 128 + int(err.sigval)
     return 0
 
