@@ -6,8 +6,8 @@ rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv` row,
 `last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV files to it and repairs the
 checkpoint files, so a run killed at any instant continues exactly.
 
-SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGHUP (`signals.StopSignals`) stops the run cleanly: after the current optimizer step
-every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, with the
+SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGHUP (`signals.StopSignals`) stops the run cleanly: after the current optimizer
+step every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, with the
 running train-loss sums), and the run exits through `RunInterrupted`. A signal during validation or the epoch end's
 writes stops it once they are done, before the next epoch. `--resume` from a mid-epoch checkpoint skips the batches
 already trained and keeps the epoch's `lr.csv` rows up to there: the run ends bit-identical to an uninterrupted one
