@@ -166,8 +166,8 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
     common = ["--device", device, "--warmup-epochs", "0"] + (["--model-kwargs", "depth=2"] if quick else [])
     train = [py, "tools/train.py", "-c", "configs/quickstart.yaml", "--model", model] + common
     interp = {} if cuda else {"TRITON_INTERPRET": "1"}
-    kernel_check = [py, "tools/gpu_check.py", "--device", device] + (["--quick", "--skip-timing", "--skip-models"]
-                                                                    if quick else ["--repeats", "10"])
+    kernel_options = ["--quick", "--skip-timing", "--skip-models"] if quick else ["--repeats", "10"]
+    kernel_check = [py, "tools/gpu_check.py", "--device", device] + kernel_options
 
     def run_dir(name: str) -> List[str]:
         return ["--output", os.path.join(workdir, name), "--experiment", "run"]
@@ -207,8 +207,8 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                       stop_when=lambda: _has_row_of_epoch(resume_lr, 1)))
     steps.append(Step("the killed run continues with --resume",
                       train + ["--epochs", "3", "--resume", checkpoint] + run_dir("resume"), 180,
-                      _all_of(_exited_ok, _says(r"starting training at epoch [12]\b", "'starting training at epoch "
-                                                                                     "1 or 2'"),
+                      _all_of(_exited_ok,
+                              _says(r"starting training at epoch [12]\b", "'starting training at epoch 1 or 2'"),
                               _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed,
                       needs=(killed,)))
     stopped, stopped_lr = last("stopped"), os.path.join(workdir, "stopped", "run", "lr.csv")
@@ -242,8 +242,8 @@ def report_line(step: Step, outcome: Outcome) -> str:
     """'PASS|FAIL  seconds  name  (summary or reason)'."""
     reason = step.verdict(outcome)
     note = reason if reason is not None else step.summary(outcome)
-    return f"{'PASS' if reason is None else 'FAIL'}  {outcome.seconds:7.1f} s  {step.name}" + (f"  ({note})"
-                                                                                              if note else "")
+    line = f"{'PASS' if reason is None else 'FAIL'}  {outcome.seconds:7.1f} s  {step.name}"
+    return f"{line}  ({note})" if note else line
 
 
 class _Transcript:

@@ -139,7 +139,7 @@ def classification_checkpoints(tmp_path_factory) -> dict[str, str]:
     its model kwargs: a 14x14 position grid) and a one-block-per-stage LocalVMamba (dims 16), trained on 32x32 digits,
     in parallel."""
     from classification.models.directions import (LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS,
-                                                   save_directions)
+                                                  save_directions)
     out = str(tmp_path_factory.mktemp('classification'))
     vim_dirs, vssm_dirs = os.path.join(out, 'vim.yaml'), os.path.join(out, 'vssm.yaml')
     save_directions(vim_dirs, LOCAL_VIM_TINY_DIRECTIONS[:2])

@@ -9,7 +9,7 @@ import pytest
 from conftest import DET_CONFIGS, SEG_CONFIGS, det_config, require, seg_config
 
 from classification.models.directions import (LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS,
-                                               LOCAL_VSSM_TINY_DIRECTIONS)
+                                              LOCAL_VSSM_TINY_DIRECTIONS)
 
 EXPECTED_DET = {
     'lsj-100e_coco-instance.py', 'vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py',

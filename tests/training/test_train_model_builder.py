@@ -72,7 +72,7 @@ def test_img_size_builds_the_models_made_for_one_size(tmp_path, model_name, grid
 @pytest.mark.parametrize("supernet, warned", [("local_vssm_tiny_search", True), ("local_vim_tiny_search", False),
                                               (None, False)])
 def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_path, caplog, monkeypatch, supernet,
-                                                                          warned):
+                                                                         warned):
     """A LocalVMamba search's file fits a LocalVim of the same layer count and trained it without a word."""
     from classification.models.directions import save_directions
     path = tmp_path / "directions.yaml"

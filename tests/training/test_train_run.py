@@ -90,8 +90,8 @@ def test_evaluation_reproduces_the_logged_metrics_for_both_checkpoint_forms(run_
     assert {key: conv[key] for key in conv if key != "state_dict"} == {  # the run's record, without its paths
         "model_name": "vit_tiny_patch16_224", "directions": None, "candidates": None, "classes": None,
         "config": {key: run["config"][key] for key in ("model", "model_kwargs", "directions", "num_classes",
-                                                         "img_size", "crop_pct", "interpolation", "image_mean",
-                                                         "image_std")}}
+                                                       "img_size", "crop_pct", "interpolation", "image_mean",
+                                                       "image_std")}}
     assert all(torch.equal(conv["state_dict"][k], v) for k, v in ema.items())
     out = run_tool("test.py", *common, "--resume", released).stdout
     assert f"'top1': {float(last['top1'])!r}" in out and "EMA: {" not in out and "Model: {" not in out

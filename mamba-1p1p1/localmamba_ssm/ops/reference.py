@@ -113,7 +113,7 @@ def mamba_inner_no_out_proj_ref(xz: torch.Tensor, conv1d_weight: torch.Tensor, c
                                 delta_softplus: bool = True) -> torch.Tensor:
     """Reference of ``mamba_inner_fn_no_out_proj``: xz (Bt, 2E, L) -> z-gated scan output (Bt, E, L)."""
     u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                                           B_proj_bias, C_proj_bias, causal_conv1d_ref)
+                                          B_proj_bias, C_proj_bias, causal_conv1d_ref)
     return selective_scan_ref(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 

@@ -104,7 +104,7 @@ def mamba_inner_fn_no_out_proj(xz: torch.Tensor, conv1d_weight: torch.Tensor, co
     """
     check_inner_args(xz, conv1d_weight, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias, C_proj_bias)
     u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
-                                           B_proj_bias, C_proj_bias, causal_conv1d_fn)
+                                          B_proj_bias, C_proj_bias, causal_conv1d_fn)
     return selective_scan_fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 

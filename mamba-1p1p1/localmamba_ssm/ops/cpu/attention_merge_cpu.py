@@ -163,6 +163,6 @@ def attention_merge_cpu(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: t
     with autocast_off(y.device.type):
         out = torch.ops.localmamba.attention_merge_cpu_fwd(
             y.float().contiguous(), *(t.float().contiguous() for t in (norm_weight, norm_bias, reduce_weight,
-                                                                        reduce_bias, select_weight, select_bias)),
+                                                                       reduce_bias, select_weight, select_bias)),
             eps)[0]
     return out.to(y.dtype)

@@ -133,7 +133,7 @@ def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.
     if conv_w is None:
         u = src.new_empty(0)
         xdbl = torch.mm(_token_x(src, inner), x_proj_w.reshape(-1, inner).t()).view(batch, num_tokens, num_dirs,
-                                                                                     width)
+                                                                                    width)
     else:
         shape = (num_dirs, batch, length, inner)
         u = src.new_empty(shape) if save_states else scratch("sequences", *shape)

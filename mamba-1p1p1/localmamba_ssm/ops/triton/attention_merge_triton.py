@@ -124,7 +124,7 @@ def attention_merge_triton_fwd(y: _T, norm_w: _T, norm_b: _T, reduce_w: _T, redu
     blocks = triton.cdiv(num_tokens, ROWS)
     part = torch.empty(batch, num_dirs, blocks, channels, device=y.device, dtype=torch.float32)
     _norm_mean_kernel[(batch * num_dirs, blocks)](y, part, num_tokens, channels, eps, RT=ROWS,
-                                                   BE=triton.next_power_of_2(channels))
+                                                  BE=triton.next_power_of_2(channels))
     xbar = part.sum(2) / num_tokens
     gate, hidden = gate_forward(xbar, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b)
     out = y.new_empty(batch, num_tokens, channels)
@@ -149,7 +149,7 @@ def attention_merge_triton_bwd(dout: _T, y: _T, gate: _T, xbar: _T, hidden: _T, 
     grid = _merge_grid(batch, num_tokens, channels)
     part = torch.empty(batch, num_dirs, grid[1], channels, device=y.device, dtype=torch.float32)
     _gate_grad_kernel[(batch * num_dirs,) + grid[1:]](dout, y, part, num_dirs, num_tokens, channels,
-                                                       RT=MERGE_ROWS, BC=MERGE_COLS)
+                                                      RT=MERGE_ROWS, BC=MERGE_COLS)
     with autocast_off(y.device.type):   # a backward called under autocast: the gate MLP's gradients stay fp32
         dxbar, *param_grads = gate_backward(part.sum(2), gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
     dy = torch.empty_like(y)
@@ -199,4 +199,4 @@ def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias
             return torch.cat([attention_merge_triton(y[part], *weights, eps) for part in slices])
         return attention_merge_triton_fwd(
             y.contiguous(), *(t.float().contiguous() for t in (norm_weight, norm_bias, reduce_weight, reduce_bias,
-                                                                select_weight, select_bias)), eps)[0]
+                                                               select_weight, select_bias)), eps)[0]
