@@ -224,7 +224,8 @@ def build_parser(description: str = "LocalMamba training", evaluation: bool = Fa
 def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """A YAML config's values, and per key the text its value is written as (`_written_texts`). A `_base_` key
     names a file, or a list of files, relative to this one: they are read first, in order, and each later one and
-    then this file update them. `chain` holds the files that include this one (a cycle is refused)."""
+    then this file update them (`_merge_values`: mappings key by key). `chain` holds the files that include this one
+    (a cycle is refused)."""
     if not os.path.isfile(path):
         where = "" if os.path.isabs(path) else f" (relative to the current directory {os.getcwd()})"
         raise ConfigError(f"config file not found: {path}{where}")
@@ -252,7 +253,7 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     bases = cfg.pop("_base_", None)
     texts.pop("_base_", None)
     if bases is None:
-        return cfg, texts
+        return _merge_values({}, cfg, path), texts
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
@@ -261,11 +262,27 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     merged_texts: dict[str, Any] = {}
     for base in bases:
         values, base_texts = _read_yaml(os.path.join(os.path.dirname(path), base), chain)
-        merged.update(values)
+        merged = _merge_values(merged, values, path)
         merged_texts.update(base_texts)
-    merged.update(cfg)
     merged_texts.update(texts)
-    return merged, merged_texts
+    return _merge_values(merged, cfg, path), merged_texts
+
+
+def _merge_values(base: dict[str, Any], update: dict[str, Any], path: str) -> dict[str, Any]:
+    """`base` updated by `update` as mmengine merges configs: a mapping over a mapping (`model_kwargs`) is merged key
+    by key, so a file that sets one model argument keeps its base's others, unless it holds `_delete_: true`, which
+    replaces the base's mapping whole; any other value replaces the base's. `_delete_` keys never reach the result."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict):
+            value = dict(value)
+            delete = value.pop("_delete_", False)
+            if not isinstance(delete, bool):
+                raise ConfigError(f"{path}: key {key!r}: _delete_ is true or false, got {delete!r}")
+            inherited = merged.get(key)
+            value = _merge_values({} if delete or not isinstance(inherited, dict) else inherited, value, path)
+        merged[key] = value
+    return merged
 
 
 def _written_texts(node: yaml.MappingNode) -> dict[str, Any]:

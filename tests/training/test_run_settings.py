@@ -1,4 +1,4 @@
-"""Settings of a run checked against hand-computed values: `_base_` precedence, `--model-kwargs` values,
+"""Settings of a run checked against hand-computed values: `_base_` precedence and merging, `--model-kwargs` values,
 `--decay-by-epoch`, the CSV rewind of a resume, `module.` stripping and the kept-checkpoint list of a resumed run."""
 import math
 import os
@@ -9,7 +9,7 @@ import torch
 from classification.common.checkpoint_io import state_dict_from
 from classification.common.csv_log import LR_HEADER, CsvLog
 from classification.engine.checkpoint import BEST, CheckpointManager
-from classification.engine.config import parse_args
+from classification.engine.config import ConfigError, parse_args
 from classification.engine.scheduler import build_scheduler
 
 
@@ -21,6 +21,27 @@ def test_child_config_values_win_over_its_base(tmp_path):
     cfg = parse_args(["-c", str(tmp_path / "child.yaml")])
     assert cfg.model_ema is False and cfg.model_kwargs == {"depth": 2} and cfg.lr == 2.0e-3
     assert cfg.seed == 7  # a value only the base gives is kept
+
+
+def test_child_model_kwargs_are_merged_into_the_bases_key_by_key(tmp_path):
+    """A file that sets one model argument keeps the others of its base (mmengine's merge): with a shallow merge,
+    `depth: 4` over the quick start's `patch_size: 4` trained a 16-pixel-patch model on 16-pixel images."""
+    (tmp_path / "base.yaml").write_text("model_kwargs: {patch_size: 4, depth: 20}\n")
+    (tmp_path / "mid.yaml").write_text("_base_: base.yaml\nmodel_kwargs: {depth: 4, drop_path_rate: 0.1}\n")
+    (tmp_path / "child.yaml").write_text("_base_: mid.yaml\nmodel_kwargs: {depth: 2}\n")
+    cfg = parse_args(["-c", str(tmp_path / "child.yaml")])
+    assert cfg.model_kwargs == {"patch_size": 4, "depth": 2, "drop_path_rate": 0.1}
+
+
+def test_delete_replaces_the_bases_model_kwargs_whole(tmp_path):
+    (tmp_path / "base.yaml").write_text("model_kwargs: {patch_size: 4, depth: 20}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel_kwargs: {_delete_: true, depth: 2}\n")
+    assert parse_args(["-c", str(tmp_path / "child.yaml")]).model_kwargs == {"depth": 2}
+    (tmp_path / "alone.yaml").write_text("model_kwargs: {_delete_: true, depth: 3}\n")
+    assert parse_args(["-c", str(tmp_path / "alone.yaml")]).model_kwargs == {"depth": 3}
+    (tmp_path / "bad.yaml").write_text("_base_: base.yaml\nmodel_kwargs: {_delete_: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: key 'model_kwargs': _delete_ is true or false, got 1"):
+        parse_args(["-c", str(tmp_path / "bad.yaml")])
 
 
 def lrs(kind, by_epoch, total=20):
