@@ -34,12 +34,18 @@ _LIBRARY_DIRS = (os.path.dirname(timm.__file__), os.path.dirname(os.path.dirname
 # timm's pretrained_filter_fn: (checkpoint state_dict, model) -> the state_dict to load.
 CheckpointFilter = Callable[[dict, nn.Module], dict]
 
-# Each search supernet, and the model that trains the directions searched with it.
-SUPERNET_FINAL_MODELS = {
-    'local_vim_tiny_search': 'local_vim_tiny',
-    'local_vssm_tiny_search': 'local_vssm_tiny',
-    'local_vssm_small_search': 'local_vssm_small',
-}
+# Each search supernet, and the model that trains the directions searched with it (filled by `supernet_of`).
+SUPERNET_FINAL_MODELS: dict[str, str] = {}
+EntryPoint = Callable[..., nn.Module]
+
+
+def supernet_of(final_model: str) -> Callable[[EntryPoint], EntryPoint]:
+    """Declare the decorated entrypoint (under ``@register_model``) a search supernet whose searched directions
+    ``final_model`` trains: the tools then give it ``candidates`` from a config and refuse ``directions`` for it."""
+    def declare(entrypoint: EntryPoint) -> EntryPoint:
+        SUPERNET_FINAL_MODELS[entrypoint.__name__] = final_model
+        return entrypoint
+    return declare
 
 
 def supernet_directions_error(variant: str) -> str:

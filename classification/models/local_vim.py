@@ -25,7 +25,7 @@ from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
 from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, model_cfg
+from .factory import build_local_mamba, model_cfg, supernet_of
 from .multi_scan import ChannelAttention, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
@@ -587,6 +587,7 @@ def _uniform(directions: tuple[str, ...], kwargs: dict) -> DirectionTable:
 
 
 @register_model
+@supernet_of('local_vim_tiny')
 def local_vim_tiny_search(pretrained: bool = False, **kwargs: Any) -> VisionMamba:
     """LocalVim-T search supernet (width 128, every layer weighs all candidates: ``candidates=``, default the
     original's 8)."""

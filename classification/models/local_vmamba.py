@@ -22,7 +22,7 @@ from torch import nn
 from ..common import state_dict_from
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
                          DirectionTable, resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, model_cfg
+from .factory import build_local_mamba, model_cfg, supernet_of
 from .flop_count import count_flops
 from .multi_scan import MultiScanAttn, scan_all_directions
 from .scan_maps import sequence_index
@@ -431,6 +431,7 @@ _SUPERNET = dict(dims=(32, 64, 128, 256), drop_path_rate=0.1, default_directions
 
 
 @register_model
+@supernet_of('local_vssm_tiny')
 def local_vssm_tiny_search(pretrained: bool = False, **kwargs: Any) -> VSSM:
     """LocalVMamba-T search supernet (dims 32..256, every block weighs all candidates: ``candidates=``, default the
     original's 8)."""
@@ -446,6 +447,7 @@ def local_vssm_tiny(pretrained: bool = False, **kwargs: Any) -> VSSM:
 
 
 @register_model
+@supernet_of('local_vssm_small')
 def local_vssm_small_search(pretrained: bool = False, **kwargs: Any) -> VSSM:
     """LocalVMamba-S search supernet (dims 32..256, every block weighs all candidates: ``candidates=``, default the
     original's 8)."""

@@ -1,9 +1,13 @@
 """Generic checks over every registered LocalMamba model, timm style, at small sizes."""
+import os
+import re
+
 import pytest
 import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
+from classification.models.factory import SUPERNET_FINAL_MODELS
 
 EXPECTED_NAMES = {
     'local_vim_tiny', 'local_vim_tiny_middle_cls_token', 'local_vim_small', 'local_vim_small_searched',
@@ -29,13 +33,45 @@ def registered():
 def small_model(name, **kwargs):
     family = next(prefix for prefix in SMALL if name.startswith(prefix))
     model_kwargs, size = SMALL[family]
-    if not name.endswith('_search'):
+    if name not in SUPERNET_FINAL_MODELS:
         model_kwargs = dict(model_kwargs, directions=SHORT_TABLE[family])
     return timm.create_model(name, **model_kwargs, **kwargs), size
 
 
 def test_every_expected_name_is_registered():
     assert EXPECTED_NAMES <= set(registered())
+
+
+def readme_model_rows():
+    """The README's Models table: name -> its params column as an int."""
+    readme = open(os.path.join(os.path.dirname(__file__), '..', '..', 'README.md'), encoding='utf-8').read()
+    section = readme.split('\n## Models\n', 1)[1].split('\n## ', 1)[0]
+    rows = re.findall(r'^\| `(\w+)` \| [^|]+ \| ([\d,]+) \|', section, re.MULTILINE)
+    return {name: int(params.replace(',', '')) for name, params in rows}
+
+
+def test_readme_models_table_lists_every_registered_model_with_its_parameters():
+    """A model added without its README row (or a row left for a removed one) fails here; the parameter counts are
+    those of the models as registered, at 1000 classes (built on the meta device: nothing allocated)."""
+    rows = readme_model_rows()
+    assert sorted(rows) == registered(), 'add a README Models row per model (figures from `python tools/flops.py NAME`)'
+    for name, params in rows.items():
+        model = timm.create_model(name, device='meta')
+        assert sum(p.numel() for p in model.parameters()) == params, name
+
+
+@pytest.mark.parametrize('name', registered())
+def test_supernets_are_declared_with_their_final_model(name):
+    """The tools read `SUPERNET_FINAL_MODELS` to give a supernet a config's `candidates` and to refuse it
+    `directions`: a model that builds as a supernet must be declared there (`@supernet_of`) with a registered
+    fixed-direction model, and no other model may be."""
+    model = timm.create_model(name, device='meta')
+    assert model.is_search == (name in SUPERNET_FINAL_MODELS), (
+        f"{name} builds {'a search supernet' if model.is_search else 'fixed directions'}, but is "
+        f"{'' if name in SUPERNET_FINAL_MODELS else 'not '}declared a supernet: "
+        f"{'add' if model.is_search else 'remove'} @supernet_of(<final model>) under its @register_model")
+    if model.is_search:
+        assert not timm.create_model(SUPERNET_FINAL_MODELS[name], device='meta').is_search
 
 
 @pytest.mark.parametrize('name', registered())
