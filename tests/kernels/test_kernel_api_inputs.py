@@ -14,6 +14,7 @@ import torch
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_update
 from localmamba_ssm import (attention_merge_fn, layer_norm_fn, mamba_inner_fn_no_out_proj, multi_scan_inner_fn,
                             rms_norm_fn, selective_scan_fn)
+from localmamba_ssm.ops.checks import check_index_table
 
 from test_multi_scan_inner import make_problem
 
@@ -244,3 +245,10 @@ def test_attention_merge_refuses_mixed_dtypes_outside_autocast(force_backend, ba
     cast = attention_merge_fn(y.bfloat16(), *(w.bfloat16() for w in weights))
     assert cast.dtype == torch.bfloat16
     torch.testing.assert_close(cast.float(), expected, rtol=2e-2, atol=5e-2)
+
+
+def test_index_table_value_above_the_padding_marker_is_refused():
+    """T (=3) marks padding; 4 would read past the token rows."""
+    check_index_table(torch.tensor([[0, 1, 2, 3]]), 3)
+    with pytest.raises(ValueError, match=r"index values must lie in \[0, 3\]"):
+        check_index_table(torch.tensor([[0, 1, 2, 4]]), 3)

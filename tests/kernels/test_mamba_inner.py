@@ -87,3 +87,19 @@ def test_inner_bad_shapes(index, bad, pattern):
     args[index] = bad
     with pytest.raises(ValueError, match=pattern):
         call(mamba_inner_fn_no_out_proj, *args)
+
+
+def test_mamba_inner_no_out_proj_applies_softplus_by_default():
+    """The default delta_softplus=True of mamba_ssm (Vim calls it without the flag)."""
+    g = torch.Generator().manual_seed(0)
+    dim, dstate, rank, L = 4, 3, 2, 5
+    xz = torch.randn(1, 2 * dim, L, generator=g)
+    conv_w, conv_b = torch.randn(dim, 4, generator=g) * 0.5, torch.randn(dim, generator=g) * 0.5
+    x_proj = torch.randn(rank + 2 * dstate, dim, generator=g) * 0.5
+    dt_proj = torch.randn(dim, rank, generator=g) * 0.5
+    A = -torch.rand(dim, dstate, generator=g) * 2 - 0.1
+    D, dt_bias = torch.randn(dim, generator=g), torch.randn(dim, generator=g) * 0.5
+    args = (xz, conv_w, conv_b, x_proj, dt_proj, A, None, None, D, dt_bias)
+    default = mamba_inner_fn_no_out_proj(*args)
+    torch.testing.assert_close(default, mamba_inner_fn_no_out_proj(*args, delta_softplus=True))
+    assert not torch.allclose(default, mamba_inner_fn_no_out_proj(*args, delta_softplus=False))

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from classification.common import UnsafeCheckpointError
+from classification.common import CheckpointError, UnsafeCheckpointError
 from classification.dense import MM_LocalVim, MM_LocalVSSM
 from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
 from classification.models.local_vim import VisionMamba
@@ -99,3 +99,15 @@ def test_each_direction_keeps_its_own_a_log_from_a_local_vim_checkpoint(tmp_path
     backbone.init_weights()
     for k in range(4):
         assert torch.equal(getattr(backbone.layers[0].mixer, f'A_log_{k}'), torch.full((64, 16), float(k)))
+
+
+def test_backbone_refuses_pretrained_weights_of_other_shapes_in_one_named_error(tmp_path):
+    """A checkpoint of a wider model is a CheckpointError naming the tensors, not torch's long size-mismatch
+    RuntimeError."""
+    args = dict(depths=(1, 1, 1, 1), directions=LOCAL_VSSM_TINY_DIRECTIONS[:4])
+    wide = MM_LocalVSSM(dims=32, **args)
+    path = tmp_path / "wide.pth"
+    torch.save({"state_dict": wide.state_dict()}, path)
+    narrow = MM_LocalVSSM(dims=16, pretrained=str(path), **args)
+    with pytest.raises(CheckpointError, match=r"tensors do not fit MM_LocalVSSM's shapes"):
+        narrow.init_weights()

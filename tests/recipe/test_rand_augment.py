@@ -304,3 +304,13 @@ def test_seeded_pipeline_is_deterministic():
         with seeded(123):
             runs.append(transform(image))
     assert runs[0].shape == (3, 16, 16) and (runs[0] == runs[1]).all()
+
+
+def test_zero_magnitude_std_draws_nothing_from_python_random():
+    """Without mstd the magnitude is fixed and takes no draw, so the sign / apply draws of a seeded run stay those
+    of the original."""
+    op = ra.RandAugmentOp("Rotate", magnitude=9, magnitude_std=0.0)
+    random.seed(0)
+    before = random.getstate()
+    assert op.sample_magnitude() == 9
+    assert random.getstate() == before

@@ -5,8 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from classification.engine.config import ConfigError
+from classification.engine.resume import check_same_batches
 from classification.engine.scheduler import WarmupScheduler
 
 from safety_helpers import TINY_RUN, run_tool
@@ -61,3 +64,20 @@ def test_a_path_given_relative_once_and_absolute_once_is_not_a_change(tmp_path, 
     assert records == []
     log_changed_flags(parse_args(["-c", "other.yaml"]), saved, log)
     assert records == ["--config changed on resume: int.yaml -> other.yaml (the new value is used)"]
+
+
+MID_EPOCH = {"epoch": 3, "step": 7, "rng": [{"torch": None}], "config": {"batch_size": 32}}
+
+
+def test_mid_epoch_resume_with_the_same_processes_and_batch_size_is_accepted():
+    check_same_batches(MID_EPOCH, "last.pth.tar", world_size=1, batch_size=32)
+
+
+def test_mid_epoch_resume_with_another_batch_size_is_refused():
+    with pytest.raises(ConfigError, match=r"-b 32.*1 with -b 16"):
+        check_same_batches(MID_EPOCH, "last.pth.tar", world_size=1, batch_size=16)
+
+
+def test_mid_epoch_resume_with_another_process_count_is_refused():
+    with pytest.raises(ConfigError, match=r"1 process\(es\) with -b 32"):
+        check_same_batches(MID_EPOCH, "last.pth.tar", world_size=2, batch_size=32)

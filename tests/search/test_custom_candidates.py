@@ -206,3 +206,11 @@ def test_a_search_run_configured_like_search_yaml_trains_extracts_and_trains_the
                       '--experiment', 'searched']))
     searched = torch.load(tmp_path / 'searched' / 'last.pth.tar', map_location='cpu', weights_only=True)
     assert searched['directions'] == [top2(w, THREE) for w in weights]
+
+
+def test_extract_refuses_a_single_candidate(tmp_path):
+    ckpt = tmp_path / "supernet.pth.tar"
+    torch.save({"state_dict": {"blocks.0.mixer.multi_scan.weights": torch.zeros(1, 1, 1, 1)}}, ckpt)
+    with pytest.raises(ValueError, match="at least 2 distinct direction names"):
+        extract(str(ckpt), topk=1, out_dir=str(tmp_path / "out"), candidates=["h"])
+    assert not os.path.exists(tmp_path / "out" / "directions.yaml")

@@ -241,3 +241,9 @@ def test_evaluation_help_lists_only_what_changes_an_evaluation():
 def test_evaluation_parser_still_reads_a_training_config():
     args = parse_args(["-c", RECIPE, "--lr", "0.5"], evaluation=True)
     assert (args.opt, args.sched, args.lr, args.interpolation) == ("adamw", "cosine", 0.5, "bicubic")
+
+
+def test_label_smoothing_of_one_is_refused():
+    assert parse_args(["--smoothing", "0.99"]).smoothing == 0.99
+    with pytest.raises(ConfigError, match=r"--smoothing must be in \[0, 1\), got 1\.0"):
+        parse_args(["--smoothing", "1"])

@@ -9,7 +9,7 @@ import torch.nn as nn
 import classification  # noqa: F401  (registers the models)
 from classification.engine.config import parse_args
 from classification.engine.optim import build_optimizer, param_groups
-from classification.engine.scheduler import WarmupScheduler
+from classification.engine.scheduler import WarmupScheduler, build_scheduler
 
 
 class Toy(nn.Module):
@@ -139,3 +139,15 @@ def test_decay_by_epoch_and_no_warmup():
     # without warmup the original's scheduler has already stepped once before the first iteration
     assert s.lr_at(0) == s.lr_at(1) == pytest.approx(cosine(1, span=50))
     assert s.lr_at(2) == pytest.approx(cosine(2, span=50))
+
+
+def test_step_schedule_without_decay_rate_flag_decays_by_a_tenth():
+    cfg = parse_args(["--sched", "step", "--lr", "0.01", "--epochs", "4", "--warmup-epochs", "0",
+                      "--decay-epochs", "1"])
+    assert cfg.decay_rate is None
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10)
+    # no warmup: u = t; step_size = 1 epoch = 10 iterations; lr * 0.1 ** (u // 10)
+    assert sched.lr_at(9) == pytest.approx(0.01)
+    assert sched.lr_at(10) == pytest.approx(0.01 * 0.1)
+    assert sched.lr_at(25) == pytest.approx(0.01 * 0.1 ** 2)
