@@ -41,10 +41,10 @@ def imported_modules(path: Path, package: str = "") -> set[str]:
 
 def offenders(package: str, forbidden: set[str], subpackage: str = "") -> set[str]:
     """`file: module` for every import of a forbidden name (a top-level package, or `package.sub`) in `package`
-    (or only in its `subpackage` folder)."""
+    (or only in its `subpackage`: a folder or one module)."""
     folder = PACKAGE_DIRS[package] / subpackage
     found = set()
-    for path in folder.rglob("*.py"):
+    for path in ([folder] if folder.is_file() else folder.rglob("*.py")):
         for name in imported_modules(path, package):
             pieces = name.split(".")
             if pieces[0] in forbidden or ".".join(pieces[:2]) in forbidden:
@@ -61,23 +61,38 @@ def offenders(package: str, forbidden: set[str], subpackage: str = "") -> set[st
     ("detection", {"segmentation", "tools"}),
 ])
 def test_packages_import_downwards_only(package, forbidden):
-    assert offenders(package, forbidden) == set()
+    assert offenders(package, forbidden) == set(), f"{package} must not import {sorted(forbidden)} (README, Layout)"
 
 
-ENGINE, DATA, SEARCH, MODELS, DENSE, BENCHMARKS = (f"classification.{name}" for name in (
-    "engine", "data", "search", "models", "dense", "benchmarks"))
+ENGINE, DATA, SEARCH, MODELS, DENSE, BENCHMARKS, FIGURES = (f"classification.{name}" for name in (
+    "engine", "data", "search", "models", "dense", "benchmarks", "figures"))
+# Each part of `classification` (a subpackage, or a module beside them) and what it must not import.
+CLASSIFICATION_RULES = {
+    "common": {MODELS, DATA, SEARCH, ENGINE, DENSE, BENCHMARKS, FIGURES},
+    "data": {ENGINE, SEARCH, DENSE, BENCHMARKS, FIGURES},
+    "search": {ENGINE, DENSE, BENCHMARKS, FIGURES},
+    "models": {ENGINE, DATA, SEARCH, DENSE, BENCHMARKS, FIGURES},
+    "dense": {ENGINE, DATA, SEARCH, BENCHMARKS, FIGURES},    # the det/seg backbones stand on the models' public API
+    "engine": {DENSE, BENCHMARKS, FIGURES},                 # nothing in the library imports the benchmarks
+    "benchmarks": {DENSE, FIGURES},
+    "figures.py": {ENGINE, DATA, DENSE, BENCHMARKS},        # the README's figures, drawn by tools/draw_assets.py
+    "__init__.py": {ENGINE, DATA, SEARCH, DENSE, BENCHMARKS, FIGURES},   # `import classification` registers models
+}
 
 
-@pytest.mark.parametrize("subpackage, forbidden", [
-    ("common", {MODELS, DATA, SEARCH, ENGINE, DENSE, BENCHMARKS}),
-    ("data", {ENGINE, SEARCH, DENSE, BENCHMARKS}),
-    ("search", {ENGINE, DENSE, BENCHMARKS}),
-    ("models", {ENGINE, DATA, SEARCH, DENSE, BENCHMARKS}),
-    ("dense", {ENGINE, DATA, SEARCH, BENCHMARKS}),     # the det/seg backbones stand on the models' public API
-    ("engine", {DENSE, BENCHMARKS}),                   # nothing in the library imports the benchmarks
-])
-def test_inside_classification_imports_run_one_way(subpackage, forbidden):
-    assert offenders("classification", forbidden, subpackage) == set()
+@pytest.mark.parametrize("part, forbidden", sorted(CLASSIFICATION_RULES.items()))
+def test_inside_classification_imports_run_one_way(part, forbidden):
+    found = offenders("classification", forbidden, part)
+    assert found == set(), f"classification/{part} must not import {sorted(forbidden)} (README, Layout)"
+
+
+def test_every_part_of_classification_has_its_rule():
+    """A new subpackage or module of `classification` gets its place in README's Layout and its rule above, so that
+    no code escapes the layering by living in a folder nobody listed."""
+    folder = PACKAGE_DIRS["classification"]
+    parts = {path.name for path in folder.iterdir()
+             if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists())}
+    assert parts - set(CLASSIFICATION_RULES) == set(), "add them to README's Layout and to CLASSIFICATION_RULES"
 
 
 def test_the_checker_sees_relative_imports():

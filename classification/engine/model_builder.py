@@ -224,7 +224,7 @@ def build_model(cfg: Namespace) -> nn.Module:
             raise ConfigError(str(err)) from err
         if cfg.model_kwargs:  # e.g. depth=2 for a model whose searched directions have 20 layers
             hint = ("; give --directions FILE with one list of directions per layer (tools/vis_search_prob.py "
-                    "writes one)" if "directions" in str(err) and not cfg.directions else "")
+                    "writes one)" if "default directions" in str(err) and not cfg.directions else "")
             raise model_build_error(name, cfg.model_kwargs, err, hint) from err
         raise
     except TypeError as err:  # a model whose class takes **kwargs and hands an unknown one down

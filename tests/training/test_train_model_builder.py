@@ -48,6 +48,18 @@ def test_a_search_runs_candidates_are_dropped_for_the_searched_model(tmp_path, c
               "embed_dim=16", "patch_size=4", "depth=2", "candidates=[h, v]", "--img-size", "16")
 
 
+def test_an_unknown_search_candidate_is_not_answered_with_a_directions_file_hint(tmp_path):
+    """The hint to give --directions FILE is for a fixed model whose default table does not fit its depth; a
+    supernet's unknown candidate only names the valid directions."""
+    with pytest.raises(ConfigError, match=r"unknown scan direction 'zz': valid directions are h, .*"
+                                          r"LOCALMAMBA_DIRECTION_MODULES\)$"):
+        build(tmp_path, "{}\n", "--model", "local_vim_tiny_search", "--model-kwargs", "embed_dim=16", "patch_size=4",
+              "depth=2", "candidates=[h, zz]", "--img-size", "16")
+    with pytest.raises(ConfigError, match=r"depth 2; give --directions FILE"):
+        build(tmp_path, "{}\n", "--model", "local_vim_tiny", "--model-kwargs", "embed_dim=16", "patch_size=4",
+              "depth=2", "--img-size", "16")
+
+
 def test_command_line_kwargs_are_never_dropped(tmp_path):
     with pytest.raises(ConfigError, match="--model-kwargs: model resnet10t does not take 'img_size'"):
         build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")
