@@ -5,21 +5,28 @@ Each kernel library is built from ``.c`` files shipped with its package, plus th
 library goes to a per-user cache directory (``LOCALMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/localmamba``, else
 ``~/.cache/localmamba``) under a name hashed from its sources and headers, the compiler and the flags; it is written
 to a temporary file and renamed into place, so concurrent processes are safe; a cached file that does not load
-(truncated or overwritten) is rebuilt. Only a C compiler is needed (``$CC``, else ``cc``, ``gcc`` or ``clang``; a
-``$CC`` may hold a launcher, as ``ccache gcc``; one whose first word names no executable raises
-:class:`KernelSettingError`), no torch headers. ``LOCALMAMBA_CPU_KERNEL=0``
-(or false / off / no) disables every kernel (the cpu backends then use their PyTorch implementations); a value that is
-neither a true nor a false spelling raises :class:`KernelSettingError`.
+(truncated or overwritten) is rebuilt. The headers hashed are every ``*.h`` of ``csrc/`` and of each source's folder
+(a header beside a kernel's ``.c`` that changes rebuilds it). A build (seconds to a minute) logs one INFO line on the
+``localmamba`` logger, naming the library and instruction set. Only a C compiler is needed (``$CC``, else ``cc``,
+``gcc`` or ``clang``; a ``$CC`` may hold a launcher, as ``ccache gcc``; one whose first word names no executable
+raises :class:`KernelSettingError`), no torch headers.
+
+``LOCALMAMBA_CPU_KERNEL``: unset, empty, ``1`` (or true / on / yes) builds the kernels, and a library that does not
+build or load leaves its cpu backend on its PyTorch implementation, with one warning holding the compiler's errors;
+``require`` builds them too, but such a library (or no C compiler) raises :class:`KernelBuildError`, carrying the
+compiler's full output (the fallback to a lower instruction set still applies); ``0`` (or false / off / no) disables
+every kernel (the cpu backends then use their PyTorch implementations). Any other value raises
+:class:`KernelSettingError`, listing these.
 
 Instruction sets: on x86-64 each library is built for one of ``baseline`` (the compiler's default target),
 ``avx2`` (AVX2 + FMA, 8-lane vectors) and ``avx512`` (AVX-512 F/BW/VL/DQ, 16-lane vectors); the best one the CPU
 reports (``/proc/cpuinfo`` flags) is chosen at load. When that build fails (a compiler or assembler without AVX-512,
 say), the library is built for the next lower instruction set the CPU runs, with one warning naming both and the
-compiler's first error line. ``LOCALMAMBA_CPU_ISA=baseline|avx2|avx512`` forces one (an unknown value, or one this CPU
-lacks, raises :class:`UnsupportedISAError`), and a forced build that fails falls back to PyTorch, not to another
-instruction set. Other machines build ``baseline`` only. Each library tells its vector width (:func:`vector_width`)
-and the instruction set it was built for (``lib.lm_isa``; :func:`isa_summary` for all of them); callers pad
-per-channel buffers to the width.
+compiler's errors (at most :data:`ERROR_LINES` lines). ``LOCALMAMBA_CPU_ISA=baseline|avx2|avx512`` forces one
+(an unknown value, or one this CPU lacks, raises :class:`UnsupportedISAError`), and a forced build that fails falls
+back to PyTorch (or raises, under ``require``), not to another instruction set. Other machines build ``baseline``
+only. Each library tells its vector width (:func:`vector_width`) and the instruction set it was built for
+(``lib.lm_isa``; :func:`isa_summary` for all of them); callers pad per-channel buffers to the width.
 
 Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
 a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
@@ -61,6 +68,8 @@ ISA_VAR = "LOCALMAMBA_CPU_ISA"
 COMPILER_VAR = "CC"
 SWITCH_ON: Tuple[str, ...] = ("1", "true", "on", "yes")
 SWITCH_OFF: Tuple[str, ...] = ("0", "false", "off", "no")
+SWITCH_REQUIRE: Tuple[str, ...] = ("require",)  # on, and a library that does not build raises KernelBuildError
+ERROR_LINES = 20  # of compiler output in the warning of a failed build (KernelBuildError carries it all)
 NO_COMPILER = "no C compiler found"
 ISAS: Tuple[str, ...] = ("baseline", "avx2", "avx512")  # worst to best
 ISA_FLAGS: Dict[str, Tuple[str, ...]] = {
@@ -80,6 +89,7 @@ WARNING_FLAGS = ("-Wall", "-Wextra", "-Wno-psabi")
 _LOCK = threading.Lock()
 _LIBS: Dict[Tuple[str, str], Optional[ctypes.CDLL]] = {}  # (name, requested isa) -> library, None: PyTorch
 _NO_COMPILER: set = set()  # the (name, requested isa) keys of _LIBS left on PyTorch because no compiler was found
+_FAILURES: Dict[Tuple[str, str], str] = {}  # (name, requested isa) -> why no library loaded (full compiler output)
 _POOL: dict = {"pool": None, "size": 0}
 
 
@@ -96,19 +106,38 @@ class UnsupportedISAError(ValueError):
 
 
 class KernelSettingError(ValueError):
-    """``LOCALMAMBA_CPU_KERNEL`` is neither a true nor a false spelling, or ``$CC`` names no executable."""
+    """``LOCALMAMBA_CPU_KERNEL`` is not one of its spellings, or ``$CC`` names no executable."""
+
+
+class KernelBuildError(RuntimeError):
+    """Under ``LOCALMAMBA_CPU_KERNEL=require``, a kernel library did not build or load (the message holds the
+    compiler's full output), or no C compiler was found."""
 
 
 def kernels_enabled() -> bool:
     """False when ``LOCALMAMBA_CPU_KERNEL`` is 0 / false / off / no, True when it is unset, empty, 1 / true / on /
-    yes (any case); any other value raises :class:`KernelSettingError`."""
+    yes or require (any case); any other value raises :class:`KernelSettingError`."""
     value = os.environ.get(DISABLE_VAR, "").strip().lower()
-    if value in ("", *SWITCH_ON):
+    if value in ("", *SWITCH_ON, *SWITCH_REQUIRE):
         return True
     if value in SWITCH_OFF:
         return False
     raise KernelSettingError(f"{DISABLE_VAR}={value!r} is not a valid value; valid values are: "
-                             f"{', '.join(SWITCH_ON)} (the C kernels on), {', '.join(SWITCH_OFF)} (off)")
+                             f"{', '.join(SWITCH_ON)} (the C kernels on), {', '.join(SWITCH_REQUIRE)} (on, and a "
+                             f"kernel that does not build raises an error), {', '.join(SWITCH_OFF)} (off)")
+
+
+def kernels_required() -> bool:
+    """True under ``LOCALMAMBA_CPU_KERNEL=require``: a library that does not build or load raises
+    :class:`KernelBuildError` instead of leaving its backend on PyTorch (a bad value raises
+    :class:`KernelSettingError`)."""
+    return kernels_enabled() and os.environ.get(DISABLE_VAR, "").strip().lower() in SWITCH_REQUIRE
+
+
+def build_failures() -> Dict[Tuple[str, str], str]:
+    """Why each library that did not build or load since :func:`reset` did not: the compiler's full output (or
+    that no compiler was found), by (name, requested instruction set)."""
+    return dict(_FAILURES)
 
 
 def compiler() -> Optional[Tuple[str, ...]]:
@@ -216,21 +245,33 @@ def _build(cc: Sequence[str], flags: List[str], sources: Sequence[Path], target:
 
 
 def _source_digest(sources: Sequence[Path]) -> bytes:
-    """The library's identity: its sources and every header it can include (this package's ``csrc/``)."""
-    files = [*sources, *sorted(RUNTIME_SOURCES.glob("*.h"))]
+    """The library's identity: its sources and every header it can include (each ``*.h`` of this package's
+    ``csrc/`` and of each source's directory)."""
+    folders = dict.fromkeys([RUNTIME_SOURCES, *(Path(source).parent for source in sources)])
+    headers = dict.fromkeys(header for folder in folders for header in sorted(folder.glob("*.h")))
+    files = [*sources, *headers]
     return b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in files)
 
 
-def _first_error_line(output: str) -> str:
-    """The first line of compiler output that reports an error (else its first line)."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    return next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no output")
+def _error_excerpt(output: str, limit: int = ERROR_LINES) -> str:
+    """Compiler output for a warning: all of it when it has at most ``limit`` lines, else ``limit`` lines from its
+    first error on (its first lines when none reports one) and how many lines are left out."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    if len(lines) > limit:
+        start = next((i for i, line in enumerate(lines) if "error" in line.lower()), 0)
+        start = min(start, len(lines) - limit)
+        shown = lines[start:start + limit]
+        lines = [*shown, f"... ({len(lines) - limit} more lines; {DISABLE_VAR}=require raises an error holding "
+                         "them all)"]
+    return "\n".join(lines)
 
 
 def _compile_and_load(cc: Sequence[str], name: str, sources: Sequence[Path],
                       isa: str) -> Tuple[Optional[ctypes.CDLL], str]:
-    """(the library built for ``isa`` and loaded, "") or (None, the compiler's first error line). Built with OpenMP
-    where torch uses GNU OpenMP, else (or when that build fails) without."""
+    """(the library built for ``isa`` and loaded, "") or (None, the compiler's full output, or why it did not
+    load). Built with OpenMP where torch uses GNU OpenMP, else (or when that build fails) without."""
     sources = [*sources, TASK_RUNNER]
     try:
         version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -241,21 +282,27 @@ def _compile_and_load(cc: Sequence[str], name: str, sources: Sequence[Path],
     detail = ""
     for i, flags in enumerate(variants):
         try:
-            return _load_cached(name, cc, version, flags, sources), ""
+            return _load_cached(name, cc, version, flags, sources, isa), ""
         except (OSError, subprocess.SubprocessError) as err:
             detail = (getattr(err, "stderr", "") or str(err)).strip()
             if i + 1 < len(variants):
                 logger.debug("building the CPU kernel %s with %s failed (%s); trying without", name, flags, detail)
-    return None, _first_error_line(detail)
+    return None, detail or "no output"
 
 
 def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[str]) -> Optional[ctypes.CDLL]:
-    """The library built for the first of ``isas`` that builds and loads (``lib.lm_isa`` says which), or None;
-    one warning when the first fails, or when there is no compiler (then the key is noted in ``_NO_COMPILER``)."""
+    """The library built for the first of ``isas`` that builds and loads (``lib.lm_isa`` says which), or None
+    (why, noted in ``_FAILURES``); one warning with the compiler's errors when the first fails, or when there is no
+    compiler (then the key is noted in ``_NO_COMPILER``); none under ``LOCALMAMBA_CPU_KERNEL=require`` when nothing
+    loaded (:func:`load_library` raises)."""
+    required = kernels_required()
     cc = compiler()
     if cc is None:
-        logger.warning("%s: the cpu backend of %s uses its (slower) PyTorch implementation", NO_COMPILER, name)
+        if not required:
+            logger.warning("%s: the cpu backend of %s uses its (slower) PyTorch implementation", NO_COMPILER, name)
         _NO_COMPILER.add((name, isas[0]))
+        _FAILURES[(name, isas[0])] = (f"{NO_COMPILER} to build the CPU kernel {name} (set {COMPILER_VAR}, or "
+                                      "install cc, gcc or clang)")
         return None
     failed, first_error = [], ""
     for isa in isas:
@@ -266,24 +313,29 @@ def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[s
         failed.append(isa)
         first_error = first_error or error
     if failed and lib is not None:
-        logger.warning("building the CPU kernel %s for %s failed (%s); using its %s build instead", name,
-                       " and ".join(failed), first_error, lib.lm_isa)
+        logger.warning("building the CPU kernel %s for %s failed; using its %s build instead; the compiler said:\n%s",
+                       name, " and ".join(failed), lib.lm_isa, _error_excerpt(first_error))
     elif failed:
+        _FAILURES[(name, isas[0])] = (f"building the CPU kernel {name} for {' and '.join(failed)} failed; the "
+                                      f"compiler said:\n{first_error}")
         forced = f" ({ISA_VAR} asks for that one only)" if os.environ.get(ISA_VAR, "").strip() else ""
-        logger.warning("building the CPU kernel %s for %s failed (%s)%s; using the PyTorch implementation", name,
-                       " and ".join(failed), first_error, forced)
+        if not required:
+            logger.warning("building the CPU kernel %s for %s failed%s; using the PyTorch implementation; the "
+                           "compiler said:\n%s", name, " and ".join(failed), forced, _error_excerpt(first_error))
     return lib
 
 
 def _cached_build(name: str, cc: Sequence[str], version: str, flags: List[str], sources: Sequence[Path],
-                  rebuild: bool = False) -> Path:
-    """Path of the library built from ``sources`` with ``flags``, building it unless it is in the cache (or
-    ``rebuild``: the cached file replaced by a new build)."""
+                  isa: str, rebuild: bool = False) -> Path:
+    """Path of the library built from ``sources`` with ``flags`` (for ``isa``), building it unless it is in the
+    cache (or ``rebuild``: the cached file replaced by a new build); a build logs one INFO line."""
     key_parts = [_source_digest(sources), *(part.encode() for part in (*cc, version, *flags, platform.machine()))]
     key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:16]
     filename = f"{name}_{key}.so"
     target = cache_dir() / filename
     if rebuild or not target.exists():
+        logger.info("compiling the CPU kernel %s for %s%s (seconds to a minute; it is cached afterwards, in %s)",
+                    name, isa, " with OpenMP" if "-fopenmp" in flags else "", target.parent)
         try:
             _build(cc, flags, sources, target)
         except OSError:  # cache directory not writable: build in a per-user temporary directory
@@ -294,23 +346,26 @@ def _cached_build(name: str, cc: Sequence[str], version: str, flags: List[str], 
     return target
 
 
-def _load_cached(name: str, cc: Sequence[str], version: str, flags: List[str], sources: Sequence[Path]) -> ctypes.CDLL:
+def _load_cached(name: str, cc: Sequence[str], version: str, flags: List[str], sources: Sequence[Path],
+                 isa: str) -> ctypes.CDLL:
     """Load the library of :func:`_cached_build`; a cached file that does not load (truncated, overwritten) is
     rebuilt once, rather than leaving the kernels on a build without OpenMP or for a lower instruction set."""
-    path = _cached_build(name, cc, version, flags, sources)
+    path = _cached_build(name, cc, version, flags, sources, isa)
     try:
         return ctypes.CDLL(str(path))
     except OSError as err:
         logger.warning("the cached CPU kernel %s does not load (%s); rebuilding it", path, err)
-    return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources, rebuild=True)))
+    return ctypes.CDLL(str(_cached_build(name, cc, version, flags, sources, isa, rebuild=True)))
 
 
 def load_library(name: str, sources: Sequence[Path],
                  kernels: Mapping[str, Type[ctypes.Structure]], isa: Optional[str] = None) -> Optional[ctypes.CDLL]:
     """Compile (once per process and requested instruction set, cached on disk) and load the C ``sources`` for
-    ``isa``; None when disabled or building fails. With neither ``isa`` nor ``LOCALMAMBA_CPU_ISA`` given, the best
-    instruction set of the CPU is requested, and a failed build falls back to the next lower one the CPU runs
-    (``lib.lm_isa`` is the one built); a requested instruction set gets no fallback.
+    ``isa``; None when disabled or building fails (under ``LOCALMAMBA_CPU_KERNEL=require``, a failed build or no
+    compiler raises :class:`KernelBuildError` with the compiler's full output, at every call). With neither ``isa``
+    nor ``LOCALMAMBA_CPU_ISA`` given, the best instruction set of the CPU is requested, and a failed build falls back
+    to the next lower one the CPU runs (``lib.lm_isa`` is the one built); a requested instruction set gets no
+    fallback.
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
     ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status (:func:`check_status`). Each
@@ -339,7 +394,11 @@ def load_library(name: str, sources: Sequence[Path],
                         fn.lm_runner = runner
                     lib.lm_vector_width.restype = ctypes.c_int64
                 _LIBS[key] = lib
-    return _LIBS[key]
+    lib = _LIBS[key]
+    if lib is None and kernels_required():
+        reason = _FAILURES.get(key, f"the CPU kernel {name} did not load")
+        raise KernelBuildError(f"{DISABLE_VAR}=require, but {reason}")
+    return lib
 
 
 def vector_width(lib: ctypes.CDLL) -> int:
@@ -409,6 +468,7 @@ def reset() -> None:
     with _LOCK:
         _LIBS.clear()
         _NO_COMPILER.clear()
+        _FAILURES.clear()
 
 
 def num_tasks(items: int, min_items_per_task: int) -> int:

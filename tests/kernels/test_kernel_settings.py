@@ -60,7 +60,8 @@ def test_a_cc_of_several_words_is_a_command(fresh_kernels, monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize("value, enabled", [("", True), ("1", True), (" TRUE ", True), ("on", True), ("yes", True),
-                                            ("0", False), ("False", False), ("off", False), ("NO", False)])
+                                            ("require", True), ("0", False), ("False", False), ("off", False),
+                                            ("NO", False)])
 def test_cpu_kernel_switch_accepts_the_usual_spellings(fresh_kernels, monkeypatch, value, enabled):
     monkeypatch.setenv(ckernel.DISABLE_VAR, value)
     assert ckernel.kernels_enabled() is enabled
@@ -68,10 +69,11 @@ def test_cpu_kernel_switch_accepts_the_usual_spellings(fresh_kernels, monkeypatc
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_cpu_kernel_switch_refuses_other_values(fresh_kernels, monkeypatch, device):
-    """LOCALMAMBA_CPU_KERNEL=2 used to leave the kernels on without a word."""
+    """LOCALMAMBA_CPU_KERNEL=2 used to leave the kernels on without a word; the message lists every spelling,
+    require (strict: a kernel that does not build raises) among them."""
     monkeypatch.setenv(ckernel.DISABLE_VAR, "2")
     message = (r"^LOCALMAMBA_CPU_KERNEL='2' is not a valid value; valid values are: 1, true, on, yes \(the C kernels "
-               r"on\), 0, false, off, no \(off\)$")
+               r"on\), require \(on, and a kernel that does not build raises an error\), 0, false, off, no \(off\)$")
     with pytest.raises(ckernel.KernelSettingError, match=message):
         ckernel.kernels_enabled()
     with pytest.raises(settings.SETTING_ERRORS, match=message):
