@@ -101,14 +101,15 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
 def _add_precision_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("precision and compilation")
     g.add_argument("--amp", action=SWITCH, default=False,
-                   help="mixed precision training (bf16 autocast on CPU); evaluation stays fp32, as the original")
+                   help="mixed precision training (autocast, --amp-dtype); evaluation stays fp32, as the original")
     g.add_argument("--amp-eval", action=SWITCH, default=False,
                    help="ours: evaluate under autocast (validation in training, tools/test.py); default fp32")
     g.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                    help="ours: tools/test.py evaluates the model under torch.compile in this mode (reduce-overhead: "
                         "CUDA graphs, for small batches); default: eager")
-    g.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"),
-                   help="ours: autocast dtype on CUDA (fp16 uses a GradScaler)")
+    g.add_argument("--amp-dtype", default=None, choices=("float16", "bfloat16"),
+                   help="ours: autocast dtype of --amp / --amp-eval (float16 trains with a GradScaler); default: "
+                        "float16 on CUDA, as the original, bfloat16 on the CPU")
 
 
 def _add_schedule_flags(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from argparse import Namespace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..data import build_eval_dataset, build_loaders
-from .amp import autocast
+from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, check_same_model, fit_to_model, load_weights
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
@@ -29,7 +29,7 @@ from .model_builder import build_model, canonical_model_name
 
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int | None,
-             log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: str = "float16",
+             log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: Optional[str] = None,
              suffix: str = "") -> dict:
     """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks. `epoch`
     labels the log lines (None: weights of no epoch, a released file)."""
@@ -125,6 +125,7 @@ def test(cfg: Namespace) -> dict:
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"
         log.info(f"Loaded {cfg.resume} ({what}) into {cfg.model}")
+        log_precision(log, env.device, None, cfg.amp_eval, cfg.amp_dtype)
         log.info(f"Evaluating on the {len(val_set)} images of {cfg.data_path or cfg.dataset} (val) at --img-size "
                  f"{cfg.img_size}, --crop-pct {cfg.crop_pct}, --interpolation {cfg.interpolation}, in batches of "
                  f"{val_loader.batch_size} on {env.world_size} process(es)")

@@ -43,7 +43,7 @@ from ..data import DataError, build_datasets, build_loaders, build_mixup, class_
 from ..data.transforms import check_auto_augment
 from ..models.directions import directions_difference, scan_directions
 from ..search.monitor import SearchMonitor
-from .amp import autocast, make_scaler
+from .amp import autocast, log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
 from .cli import RunInterrupted
@@ -92,6 +92,9 @@ class Run:
                  f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
         log.info(class_summary(train_set))
         log.info(f"Kernel backends on {env.device}: {backend_summary(env.device)}")
+        log_precision(log, env.device, cfg.amp, cfg.amp_eval, cfg.amp_dtype)
+        if cfg.compile is not None:
+            log.warning(f"--compile {cfg.compile} is tools/test.py's: training and its validation run eager")
         self.net = self.model
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None

@@ -24,7 +24,7 @@ def test_defaults_without_config_are_the_originals():
     assert (args.opt, args.lr, args.sched, args.epochs, args.warmup_epochs) == ("sgd", 0.01, "step", 200, 3)
     assert (args.batch_size, args.smoothing, args.model_ema_decay, args.workers) == (32, 0.1, 0.9998, 4)
     assert (args.output, args.experiment, args.device, args.num_classes) == ("experiments", "exp", "auto", None)
-    assert (args.threads, args.keep_num, args.amp_dtype, args.honor_no_weight_decay) == (0, 10, "float16", False)
+    assert (args.threads, args.keep_num, args.amp_dtype, args.honor_no_weight_decay) == (0, 10, None, False)
 
 
 def test_shipped_recipe_values():

@@ -42,6 +42,45 @@ def test_precision_of_training_and_evaluation(amp_eval, monkeypatch, tmp_path):
     assert seen == [expected]
 
 
+def test_fp16_on_the_cpu_trains_under_fp16_autocast_with_a_grad_scaler(monkeypatch, tmp_path):
+    """--amp-dtype float16 is honoured on the CPU (it used to run bf16 while args.yaml said float16), with a
+    GradScaler whose state the checkpoint keeps; the log names the precision."""
+    seen = []
+    monkeypatch.setattr(trainer_mod, "build_model", recording(trainer_mod.build_model, seen))
+    trainer_mod.train(parse_args([*RUN, "--amp-dtype", "float16", "--output", str(tmp_path), "--experiment", "r"]))
+    assert {s for s in seen if s[0]} == {(True, True, torch.float16)}
+    scaler = torch.load(tmp_path / "r" / "last.pth.tar", weights_only=False)["scaler"]
+    assert scaler is not None and scaler["scale"] > 0
+    log_text = next((tmp_path / "r").glob("log_*.txt")).read_text()
+    assert "Precision on cpu: training in float16 autocast with a GradScaler, evaluation in fp32" in log_text
+
+
+@pytest.mark.parametrize("device, given, expected, scaled", [
+    ("cpu", None, torch.bfloat16, False), ("cuda", None, torch.float16, True), ("cpu", "float16", torch.float16, True),
+    ("cuda", "bfloat16", torch.bfloat16, False)])
+def test_amp_dtype_defaults_per_device(device, given, expected, scaled):
+    from classification.engine.amp import amp_dtype, make_scaler
+
+    assert amp_dtype(torch.device(device), given) == expected
+    if device == "cpu" or not scaled:
+        assert (make_scaler(torch.device(device), True, given) is not None) == scaled
+        assert make_scaler(torch.device(device), False, given) is None
+
+
+def test_emulated_half_precision_on_the_cpu_is_warned_about(monkeypatch):
+    from classification.engine import amp
+
+    warnings = []
+    log = SimpleNamespace(info=lambda line: None, warning=warnings.append)
+    monkeypatch.setattr(amp, "_cpu_computes_natively", lambda dtype: False)
+    amp.log_precision(log, torch.device("cpu"), True, False, None)
+    assert warnings and "no native bfloat16 matrix products" in warnings[0]
+    monkeypatch.setattr(amp, "_cpu_computes_natively", lambda dtype: True)
+    warnings.clear()
+    amp.log_precision(log, torch.device("cpu"), True, True, None)
+    assert warnings == []
+
+
 def test_validation_logs_its_eta(monkeypatch):
     """Each Test line gives the time left at the mean batch time so far (a clock that advances 1 s a reading makes
     every batch take 1 s: 3 batches left after the first of 4)."""
