@@ -32,9 +32,10 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 
 ENV_VAR = "LOCALMAMBA_BACKEND"
-KERNEL_BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
 COMPOSED = "composed"
-BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", COMPOSED, "reference")  # automatic-selection order
+REFERENCE = "reference"
+KERNEL_BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", REFERENCE)
+BACKENDS: Tuple[str, ...] = ("cuda", "triton", "cpu", COMPOSED, REFERENCE)  # automatic-selection order
 CHOICES: Tuple[str, ...] = ("auto",) + KERNEL_BACKENDS + (COMPOSED,)
 
 logger = logging.getLogger("localmamba")
@@ -121,7 +122,7 @@ def register_kernel_backends(op: str, official_module: str, cpu: bool = True) ->
     register(op, "triton", check_triton)
     if cpu:
         register(op, "cpu", check_cpu)
-    register(op, "reference", check_any)
+    register(op, REFERENCE, check_any)
 
 
 def implemented_backends(op: str) -> Tuple[str, ...]:
@@ -150,7 +151,8 @@ def _as_device(device: Union[None, str, torch.device]) -> torch.device:
 
 def select(op: str, device: Union[None, str, torch.device],
            input_check: Optional[Callable[[str], Optional[str]]] = None, log: bool = True) -> str:
-    """Choose the backend for one call of ``op`` on ``device``.
+    """Choose the backend for one call of ``op`` on ``device`` (automatically, the first of ``BACKENDS`` that can
+    run it; during a TorchScript-based ONNX export, the reference, whose plain ops export).
 
     ``input_check(backend)`` may add input-specific constraints (dtype, sizes); it returns None or a reason.
     """
@@ -172,6 +174,8 @@ def select(op: str, device: Union[None, str, torch.device],
         chosen, how = requested, "forced"
     elif requested != "auto" and COMPOSED in table and reason_against(COMPOSED, False) is None:
         chosen, how = COMPOSED, f"op has no '{requested}' backend; its parts run the forced one"
+    elif requested == "auto" and REFERENCE in table and torch.onnx.is_in_onnx_export():
+        chosen, how = REFERENCE, "auto; ONNX export records plain PyTorch ops only"
     else:
         chosen = next((b for b in BACKENDS if b in table and reason_against(b, False) is None), None)
         if chosen is None:

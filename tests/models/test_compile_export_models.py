@@ -125,11 +125,14 @@ def test_many_index_tables_in_one_compiled_graph_keep_their_values():
 
 @pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None or importlib.util.find_spec('onnx') is None,
                     reason='onnx / onnxruntime not installed')
+@pytest.mark.parametrize('requested', ['reference', 'auto'])
 @pytest.mark.parametrize('family', ['local_vim_cls', 'local_vssm', 'local_vssm_search'])
-def test_reference_backend_model_exports_to_onnx(family, monkeypatch, tmp_path):
+def test_model_exports_to_onnx(family, requested, monkeypatch, tmp_path):
+    """With the reference forced, or automatically (the export then picks the reference: the C kernels' custom ops
+    have no ONNX form)."""
     import onnxruntime
 
-    monkeypatch.setattr(backends, 'requested_backend', lambda: 'reference')
+    monkeypatch.setattr(backends, 'requested_backend', lambda: requested)
     model, image = MODELS[family]()
     model.eval()
     path = tmp_path / 'model.onnx'
