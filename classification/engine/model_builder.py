@@ -227,10 +227,15 @@ def build_model(cfg: Namespace) -> nn.Module:
                     "writes one)" if "default directions" in str(err) and not cfg.directions else "")
             raise model_build_error(name, cfg.model_kwargs, err, hint) from err
         raise
-    except TypeError as err:  # a model whose class takes **kwargs and hands an unknown one down
+    except TypeError as err:  # an unknown keyword handed down by **kwargs, or a value of the wrong type
         if "unexpected keyword argument" in str(err):
             raise ConfigError(f"--model-kwargs: model {name}: {err}") from err
-        raise
+        if not cfg.model_kwargs:
+            raise
+        texts = [key for key, value in cfg.model_kwargs.items() if isinstance(value, str) and "," in value]
+        hint = (f" ({', '.join(texts)}: a list is written in brackets, e.g. {texts[0]}=[1,1])" if texts else
+                " (a value of the wrong type?)")
+        raise model_build_error(name, cfg.model_kwargs, err, hint) from err
     except AssertionError as err:  # timm's own models check some kwargs with assert (a bare one, often)
         if not cfg.model_kwargs:
             raise

@@ -60,6 +60,13 @@ def test_an_unknown_search_candidate_is_not_answered_with_a_directions_file_hint
               "depth=2", "--img-size", "16")
 
 
+def test_a_list_written_without_brackets_is_one_line(tmp_path):
+    """`depths=1,1` reads as the text '1,1' and ended in a TypeError traceback deep in the model."""
+    with pytest.raises(ConfigError, match=r"^model local_vssm_tiny with depths=1,1 dims=8: .*\(depths: a list is "
+                                          r"written in brackets, e.g. depths=\[1,1\]\)$"):
+        build(tmp_path, "{}\n", "--model", "local_vssm_tiny", "--model-kwargs", "depths=1,1", "dims=8")
+
+
 def test_command_line_kwargs_are_never_dropped(tmp_path):
     with pytest.raises(ConfigError, match="--model-kwargs: model resnet10t does not take 'img_size'"):
         build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")
