@@ -445,10 +445,11 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**read_config(known.config, parser))
+    config_values = read_config(known.config, parser) if known.config else {}
+    parser.set_defaults(**config_values)
     args = parser.parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs or {})
+    args.config_model = config_values.get("model") if config_values.get("model") == args.model else None
     args.cli_model_kwargs = list(getattr(args, "_cli_model_kwargs", []))
     if hasattr(args, "_cli_model_kwargs"):
         delattr(args, "_cli_model_kwargs")
@@ -460,7 +461,7 @@ def config_dict(args: argparse.Namespace) -> dict[str, Any]:
     """The resolved flags as a plain dict that `-c` accepts again (internal fields and the run-control flags
     `overwrite` / `resume` left out), from any working directory: the `--directions` file is named by its absolute
     path (a checkpoint's refusal hint names it too)."""
-    skip = {"cli_model_kwargs", *RUN_CONTROL_FLAGS}
+    skip = {"cli_model_kwargs", "config_model", *RUN_CONTROL_FLAGS}
     out = {}
     for key, value in sorted(vars(args).items()):
         if key in skip or key.startswith("_"):

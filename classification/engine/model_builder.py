@@ -162,11 +162,18 @@ def config_kwargs_taken(name: str, kwargs: Mapping[str, Any], warn: bool = True)
 
 def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], warn: bool) -> dict[str, Any]:
     """`kwargs` without the keys model `name` does not take: YAML `model_kwargs` keys are dropped (with a warning
-    when `warn`), flags left at 0 silently; any other key raises `ConfigError` naming it and close matches."""
+    when `warn`), unless the config names this model and the key is a near miss of one it takes (a typo: refused);
+    flags left at 0 silently; any other key raises `ConfigError` naming it and close matches."""
     accepted = accepted_kwargs(name)
     if accepted is None:
         return kwargs
     from_yaml = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
+    if getattr(cfg, "config_model", None) is not None:  # the config names this model: a near miss is a typo
+        for key in sorted(key for key in from_yaml if key not in accepted):
+            close = difflib.get_close_matches(key, sorted(accepted), n=3)
+            if close:
+                raise ConfigError(f"{cfg.config}: model_kwargs: model {name} (the config's model) does not take "
+                                  f"{key!r}; did you mean {', '.join(close)}?")
     taken = config_kwargs_taken(name, {key: value for key, value in kwargs.items() if key in from_yaml}, warn)
     kept = {key: value for key, value in kwargs.items() if key not in from_yaml or key in taken}
     for key in [k for k in kept if k not in accepted]:

@@ -114,7 +114,8 @@ def test_saved_config_round_trips(tmp_path):
     args = parse_args(["-c", RECIPE, "--model-kwargs", "img_size=28", "--lr", "2e-3"])
     save_config(args, str(tmp_path / "args.yaml"))
     again = parse_args(["-c", str(tmp_path / "args.yaml")])
-    assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml"), "cli_model_kwargs": []}
+    assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml"), "cli_model_kwargs": [],
+                           "config_model": args.model}  # args.yaml names the model its model_kwargs are for
 
 
 @pytest.mark.parametrize("flags", [["--overwrite"], ["--resume", "experiments/exp/last.pth.tar"]])

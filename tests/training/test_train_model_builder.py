@@ -67,6 +67,22 @@ def test_a_list_written_without_brackets_is_one_line(tmp_path):
         build(tmp_path, "{}\n", "--model", "local_vssm_tiny", "--model-kwargs", "depths=1,1", "dims=8")
 
 
+def test_a_typo_in_the_model_kwargs_of_a_config_that_names_the_model_is_refused(tmp_path, caplog, monkeypatch):
+    """`dpeth: 4` beside `model: local_vim_tiny_wo_search` trained depth 24 after a warning; a key with no near miss,
+    or a config for another --model, is still dropped with a warning (a run's args.yaml keeps such keys)."""
+    config = "model: local_vim_tiny_wo_search\nmodel_kwargs: {patch_size: 4, embed_dim: 16, dpeth: 2}\n"
+    with pytest.raises(ConfigError, match=r"c.yaml: model_kwargs: model local_vim_tiny_wo_search \(the config's "
+                                          r"model\) does not take 'dpeth'; did you mean depth\?"):
+        build(tmp_path, config)
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="localmamba"):
+        model = build(tmp_path, "model: resnet10t\nmodel_kwargs: {patch_size: 4}\n")
+        assert type(model).__name__ == "ResNet"
+        model = build(tmp_path, config, "--model", "resnet10t")
+        assert type(model).__name__ == "ResNet"
+    assert caplog.text.count("does not take 'patch_size'") == 2 and "does not take 'dpeth'" in caplog.text
+
+
 def test_command_line_kwargs_are_never_dropped(tmp_path):
     with pytest.raises(ConfigError, match="--model-kwargs: model resnet10t does not take 'img_size'"):
         build(tmp_path, "{}\n", "--model", "resnet10t", "--model-kwargs", "img_size=16")
