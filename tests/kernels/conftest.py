@@ -1,4 +1,7 @@
-"""Fixtures for the kernel tests: run a test under a forced ``LOCALMAMBA_BACKEND``."""
+"""Fixtures for the kernel tests: run a test under a forced ``LOCALMAMBA_BACKEND``, with the C kernels of each
+instruction set required to build, or with no kernel loaded and a private cache."""
+import logging
+
 import pytest
 
 from localmamba_kernel_runtime import backends, ckernel
@@ -66,6 +69,19 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.kernel_call_report = report
     return report
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """No kernel loaded yet, an empty private kernel cache, no forced instruction set or switch, the "localmamba"
+    logger's records reaching caplog; reset again afterwards."""
+    monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path / "cache"))
+    for name in (ckernel.ISA_VAR, ckernel.DISABLE_VAR, "CC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
+    ckernel.reset()
+    yield
+    ckernel.reset()
 
 
 @pytest.fixture(params=[*ckernel.ISAS, "off"])

@@ -20,19 +20,6 @@ needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C com
 TINY_C = '#include "tiny.h"\nint tiny_value(void) { return TINY_VALUE; }\n'
 
 
-@pytest.fixture
-def fresh_kernels(monkeypatch, tmp_path):
-    """No kernel loaded yet, an empty private kernel cache, no forced instruction set or switch, the "localmamba"
-    logger's records reaching caplog; reset again afterwards."""
-    monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path / "cache"))
-    for name in (ckernel.ISA_VAR, ckernel.DISABLE_VAR, "CC"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    ckernel.reset()
-    yield
-    ckernel.reset()
-
-
 def broken_source(folder: Path, errors: int) -> Path:
     """A C file with ``errors`` functions, the i-th using the undeclared name ``undeclared_i`` (one error each)."""
     source = folder / "broken.c"

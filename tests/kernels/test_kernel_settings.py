@@ -1,23 +1,9 @@
 """The C kernels' settings: the compiler ($CC, or none on PATH) and ``LOCALMAMBA_CPU_KERNEL``, as the summary
 reports them and as a tool checks them before it starts."""
-import logging
-
 import pytest
 
 from localmamba_conv1d import cpu_conv1d
 from localmamba_kernel_runtime import ckernel, settings
-
-
-@pytest.fixture
-def fresh_kernels(monkeypatch, tmp_path):
-    """No kernel loaded yet, an empty kernel cache, no forced instruction set or switch; reset again afterwards."""
-    monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path / "cache"))
-    for name in (ckernel.ISA_VAR, ckernel.DISABLE_VAR, "CC"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    ckernel.reset()
-    yield
-    ckernel.reset()
 
 
 def test_summary_says_when_no_compiler_was_found(fresh_kernels, monkeypatch, tmp_path, caplog):
