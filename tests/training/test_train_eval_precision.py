@@ -49,7 +49,7 @@ def test_fp16_on_the_cpu_trains_under_fp16_autocast_with_a_grad_scaler(monkeypat
     monkeypatch.setattr(trainer_mod, "build_model", recording(trainer_mod.build_model, seen))
     trainer_mod.train(parse_args([*RUN, "--amp-dtype", "float16", "--output", str(tmp_path), "--experiment", "r"]))
     assert {s for s in seen if s[0]} == {(True, True, torch.float16)}
-    scaler = torch.load(tmp_path / "r" / "last.pth.tar", weights_only=False)["scaler"]
+    scaler = torch.load(tmp_path / "r" / "last.pth.tar", weights_only=True)["scaler"]
     assert scaler is not None and scaler["scale"] > 0
     log_text = next((tmp_path / "r").glob("log_*.txt")).read_text()
     assert "Precision on cpu: training in float16 autocast with a GradScaler, evaluation in fp32" in log_text
