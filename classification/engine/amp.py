@@ -45,11 +45,12 @@ def log_precision(log: logging.Logger, device: torch.device, train_amp: Optional
                   dtype: Optional[str]) -> None:
     """Log the precision of training (`train_amp`; None for an evaluation alone) and evaluation, and warn when
     autocast on a CPU is emulated (a step then takes several times as long as in fp32)."""
-    half = str(amp_dtype(device, dtype)).replace("torch.", "")
-    scaled = " with a GradScaler" if amp_dtype(device, dtype) == torch.float16 else ""
+    autocast_dtype = amp_dtype(device, dtype)
+    half = str(autocast_dtype).replace("torch.", "")
+    scaled = " with a GradScaler" if autocast_dtype == torch.float16 else ""
     parts = [] if train_amp is None else [f"training in {f'{half} autocast{scaled}' if train_amp else 'fp32'}"]
     parts.append(f"evaluation in {f'{half} autocast' if eval_amp else 'fp32'}")
     log.info(f"Precision on {device.type}: {', '.join(parts)}")
-    if device.type == "cpu" and (train_amp or eval_amp) and not _cpu_computes_natively(amp_dtype(device, dtype)):
+    if device.type == "cpu" and (train_amp or eval_amp) and not _cpu_computes_natively(autocast_dtype):
         log.warning(f"this CPU has no native {half} matrix products (oneDNN emulates them): autocast runs several "
                     f"times slower than fp32 here; leave out --amp{' and --amp-eval' if eval_amp else ''} for speed")
