@@ -744,6 +744,8 @@ def select_backend(backend: str, isa: Optional[str]) -> None:
     RUN["backend"] = backend
     if backend == "triton":
         os.environ["TRITON_INTERPRET"] = "1"
+        from fast_interpreter import use_fast_interpreter     # imports triton: after the interpreter is chosen
+        use_fast_interpreter()
         return
     if isa == "off":
         os.environ[ckernel.DISABLE_VAR] = "0"

@@ -6,6 +6,7 @@ import sys
 
 import torch
 from batch_splitting import one_element_per_call
+from fast_interpreter import use_fast_interpreter
 
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend, triton_conv1d
 from localmamba_ssm import attention_merge_fn, selective_scan_fn, selective_scan_ref
@@ -260,6 +261,7 @@ def check_split_batch_sums_shared_gradients_in_fp32():
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     assert selected_backend("selective_scan", "cpu") == "triton"
+    use_fast_interpreter()
     check_scan("grouped G=2", "var4", 2, dim=4, seqlen=7, dstate=3, softplus=True, use_z=True, with_last=True)
     check_scan("grouped G=2, batch split into one call per element", "var4", 2, dim=4, seqlen=7, dstate=3,
                softplus=True, use_z=True, with_last=True, split=True)

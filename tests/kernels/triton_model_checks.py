@@ -5,6 +5,7 @@ import sys
 
 import timm
 import torch
+from fast_interpreter import use_fast_interpreter
 
 import classification.models  # noqa: F401  (registers the models)
 from localmamba_kernel_runtime import backends
@@ -33,6 +34,7 @@ def relative_error(actual, expected):
 
 
 def main():
+    use_fast_interpreter()
     for name, kwargs in MODELS.items():
         torch.manual_seed(0)
         model = timm.create_model(name, **kwargs).eval()     # eval: no stochastic depth, the same graph twice

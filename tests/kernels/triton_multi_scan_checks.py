@@ -2,9 +2,11 @@
 run by test_triton_multi_scan.py in a subprocess with TRITON_INTERPRET=1 and LOCALMAMBA_BACKEND=triton.
 
 Tiny odd shapes on real index tables (row, column, windowed with padding, flipped; a middle class token; a dt rank
-of 18; with a conv and token-major); the kernels' tile sizes are shrunk so that every tiling path runs (several time
-chunks, partial channel blocks, several token blocks). Outputs and the gradients of every input are compared, fp32
-tightly and bf16 loosely; then torch.library.opcheck of the custom ops and torch.compile against eager.
+of 18; with a conv and token-major). First the checks of the wrappers at the default tiles: a batch split into one
+call per element, torch.library.opcheck of the custom ops, torch.compile against eager. Then the kernels' tile sizes
+are shrunk so that every tiling path runs (several time chunks, partial channel blocks, several token blocks) and the
+outputs and the gradients of every input are compared, fp32 tightly and bf16 loosely. The interpreter is sped up by
+fast_interpreter.py (the same results).
 Prints one ``ok`` line per case; exits non-zero with a message at the first mismatch.
 """
 import os
@@ -12,6 +14,7 @@ import sys
 
 import torch
 from batch_splitting import one_element_per_call
+from fast_interpreter import use_fast_interpreter
 
 from classification.models.scan_maps import sequence_index
 from localmamba_kernel_runtime import backends
@@ -314,6 +317,11 @@ def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     for op in ("multi_scan_inner", "attention_merge"):
         assert backends.selected_backend(op, "cpu") == "triton", op
+    use_fast_interpreter()
+    check_split_batch_under_other_half_autocast()       # these four are about the wrappers: at the default tiles
+    check_split_batch_sums_shared_gradients_in_fp32()
+    check_custom_ops()
+    check_compiled()
     shrink_tiles()
     four = ("h", "v_flip", "w2", "w3_flip")
     for deterministic, split in ((False, False), (True, False), (False, True)):
@@ -336,10 +344,6 @@ def main():
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
     check_merge_backward_under_autocast()
-    check_split_batch_under_other_half_autocast()
-    check_split_batch_sums_shared_gradients_in_fp32()
-    check_custom_ops()
-    check_compiled()
 
 
 if __name__ == "__main__":

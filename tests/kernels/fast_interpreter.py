@@ -1,0 +1,74 @@
+"""The Triton interpreter made faster for the interpreter tests, with the same results.
+
+- ``tl.associative_scan``: the interpreter calls a user combine function once per element: a (16, 8, 16) tile is
+  2048 Python calls of it per scan, where our scan kernels spent nearly all their interpreted time. The combine
+  function is elementwise, so the same scan can call it once per position along the scanned axis on the whole slice
+  across the other axes: the same operations on every element in the same order, each partial result rounded to the
+  input's dtype as the interpreter stores it, so bit for bit the same values (fast_interpreter_checks.py compares).
+- Each call of a ``@triton.jit`` device function inside a kernel (ours, or triton's own ``tl.zeros``, ``tl.sum``)
+  patched the ``triton.language`` namespaces for the interpreter again: thousands of times per launch, a third of
+  the time left. They are patched once per launch instead, ``triton.language`` and ``triton.language.core`` both.
+- The int32 overflow check of every integer add, subtract and multiply (a third of the rest): the tests' shapes are
+  tiny, so no index comes near 2^31 and the check cannot fire.
+"""
+import dataclasses
+
+import numpy as np
+import triton.language as tl
+from triton.language import core
+from triton.runtime import interpreter
+
+
+def _scan_slice_by_slice(self, inputs):
+    """``ScanOps.generic_scan`` with one combine call per position along ``self.axis`` (the reversal, if any, is
+    done by the caller, as for the method this replaces)."""
+    dtypes = [arg.dtype for arg in inputs]
+    data = [np.moveaxis(arg.handle.data, self.axis, 0) for arg in inputs]
+    outputs = [np.empty_like(d) for d in data]
+    for position in range(len(data[0])):
+        current = [d[position] for d in data]
+        if position > 0:
+            accumulated = [self.to_tensor(o[position - 1], t) for o, t in zip(outputs, dtypes)]
+            combined = self.combine_fn.fn(*accumulated, *(self.to_tensor(c, t) for c, t in zip(current, dtypes)))
+            combined = combined if isinstance(combined, tuple) else (combined,)
+            current = [c.handle.data if hasattr(c, "handle") else c for c in combined]
+        for output, value in zip(outputs, current):
+            row = output[position:position + 1]
+            row[...] = np.reshape(value, row.shape) if np.size(value) == row.size else value
+    return [self.to_tensor(np.moveaxis(o, 0, self.axis), t) for o, t in zip(outputs, dtypes)]
+
+
+def _sees_both_languages():
+    """A function whose globals hold both language modules, for ``interpreter._patch_lang`` to patch both."""
+    return tl, core
+
+
+_LAUNCH = interpreter.GridExecutor.__call__
+
+
+def _launch_with_languages_patched(self, *args, **kwargs):
+    """``GridExecutor.__call__`` (a kernel launch) inside one patch of both language modules."""
+    scope = interpreter._patch_lang(_sees_both_languages)
+    try:
+        return _LAUNCH(self, *args, **kwargs)
+    finally:
+        scope.restore()
+
+
+def _call_device_function(self, *args, **kwargs):
+    """``InterpretedFunction.__call__`` (a device function called by a kernel) without patching the languages: the
+    launch has."""
+    try:
+        return self.rewrite()(*args, **kwargs)
+    except Exception as e:
+        raise interpreter.InterpreterError(repr(e)) from e
+
+
+def use_fast_interpreter() -> None:
+    """Scan slice by slice, patch the language once per launch and skip the int32 overflow check (see the module
+    docstring); call before any kernel runs."""
+    interpreter.ScanOps.generic_scan = _scan_slice_by_slice
+    interpreter.GridExecutor.__call__ = _launch_with_languages_patched
+    interpreter.InterpretedFunction.__call__ = _call_device_function
+    builder = interpreter.interpreter_builder
+    builder.options = dataclasses.replace(builder.options, sanitize_overflow=False)
