@@ -95,6 +95,7 @@ def problem(length):
 
 selective_scan_fn(*problem(64))  # builds the kernel and starts the threads before the limit
 inputs = problem(2**20)  # 1 MB per row; the kernel's work buffers take over 200 MB per task
+before = selective_scan_fn(*inputs)
 
 def vm_bytes():
     with open("/proc/self/status") as status:
@@ -109,17 +110,20 @@ except ckernel.KernelOutOfMemoryError as err:
     print("raised:", err)
 resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 out = selective_scan_fn(*inputs)
-print("matches after the limit is lifted:", torch.allclose(out, selective_scan_ref(*inputs), atol=1e-4))
+prefix = [t[..., :4096] if t.dim() == 3 else t for t in inputs]   # (the reference takes a minute for all 2**20 steps)
+print("matches after the limit is lifted:", torch.equal(out, before),
+      torch.allclose(out[..., :4096], selective_scan_ref(*prefix), atol=1e-4))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status are Linux's")
 def test_the_op_raises_when_memory_runs_out_and_runs_again_after():
     """Under an address-space limit that the inputs and outputs fit but the work buffers do not, the public op raises
-    a MemoryError instead of returning an unwritten output; without the limit the same call matches the reference."""
+    a MemoryError instead of returning an unwritten output; without the limit the same call returns what it did before
+    the limit, which matches the reference (over its first 4096 steps)."""
     result = subprocess.run([sys.executable, "-c", OP_UNDER_ADDRESS_LIMIT], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("raised: out of memory: the CPU kernel selective_scan_fwd"), result.stdout
-    assert lines[1] == "matches after the limit is lifted: True", result.stdout
+    assert lines[1] == "matches after the limit is lifted: True True", result.stdout
