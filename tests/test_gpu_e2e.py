@@ -203,7 +203,9 @@ def test_benchmark_compiles_inference_only(compile_calls):
     assert compile_calls == ["reduce-overhead"]
 
 
-def test_test_tool_evaluates_the_compiled_model(compile_calls, tmp_path):
+def test_test_tool_evaluates_the_compiled_model(compile_calls, monkeypatch, tmp_path):
+    """The compiled model gets every batch at the full batch size (a smaller last batch compiled it again), and the
+    metrics are the eager model's."""
     model = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "depth=1",
              "embed_dim=32", "num_heads=2", "class_token=false", "global_pool=avg", "--img-size", "16"]
     common = ["--dataset", "digits", *model, "-b", "256", "-j", "0", "--device", "cpu", "--output", str(tmp_path)]
@@ -216,6 +218,16 @@ def test_test_tool_evaluates_the_compiled_model(compile_calls, tmp_path):
                                                    num_classes=10).state_dict()}, ckpt)
     eager = evaluate_module.test(parse_args([*common, "--resume", str(ckpt)]))
     assert compile_calls == []
+    compiled_batches = []
+    original_call = torch.nn.Module.__call__
+
+    def call(module, *args, **kwargs):
+        if type(module).__name__ == "VisionTransformer":
+            compiled_batches.append(args[0].shape[0])
+        return original_call(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", call)
     compiled = evaluate_module.test(parse_args([*common, "--resume", str(ckpt), "--compile", "reduce-overhead",
                                                 "--experiment", "compiled"]))
     assert compile_calls == ["reduce-overhead"] and compiled == eager
+    assert len(compiled_batches) > 1 and set(compiled_batches) == {256}, compiled_batches

@@ -106,7 +106,8 @@ def _add_precision_flags(p: argparse.ArgumentParser) -> None:
                    help="ours: evaluate under autocast (validation in training, tools/test.py); default fp32")
     g.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                    help="ours: tools/test.py evaluates the model under torch.compile in this mode (reduce-overhead: "
-                        "CUDA graphs, for small batches); default: eager")
+                        "CUDA graphs, for small batches; a smaller last batch is padded: one compilation); "
+                        "default: eager")
     g.add_argument("--amp-dtype", default=None, choices=("float16", "bfloat16"),
                    help="ours: autocast dtype of --amp / --amp-eval (float16 trains with a GradScaler); default: "
                         "float16 on CUDA, as the original, bfloat16 on the CPU")

@@ -27,6 +27,24 @@ from .logs import ProgressBar, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name
 
 
+class FixedBatch(nn.Module):
+    """``net`` run on batches of exactly ``batch_size`` images: a smaller (last) batch is padded with zeros and its
+    outputs cut back, so that a compiled ``net`` sees one input shape (one compilation, one CUDA graph, where the
+    last batch compiled it again). Exact in eval mode, where each image's output depends on that image alone."""
+
+    def __init__(self, net: nn.Module, batch_size: int):
+        super().__init__()
+        self.net = net
+        self.batch_size = batch_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, ...) with B <= batch_size -> the outputs of ``net``, (B, ...)."""
+        missing = self.batch_size - images.shape[0]
+        if missing <= 0:
+            return self.net(images)
+        return self.net(torch.cat([images, images.new_zeros(missing, *images.shape[1:])]))[:images.shape[0]]
+
+
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int | None,
              log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: Optional[str] = None,
@@ -120,7 +138,9 @@ def test(cfg: Namespace) -> dict:
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
         _load_at_model_size(model, weights, cfg.resume)
         model.to(env.device)
-        net = model if cfg.compile is None else torch.compile(model, mode=cfg.compile)  # shares model's weights
+        net = model                      # compiled: shares model's weights, one input shape
+        if cfg.compile is not None:
+            net = FixedBatch(torch.compile(model, mode=cfg.compile), val_loader.batch_size)
         epoch = ckpt.get("epoch")
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"
