@@ -5,7 +5,9 @@ Each kernel library is built from ``.c`` files shipped with its package, plus th
 library goes to a per-user cache directory (``LOCALMAMBA_CACHE_DIR``, else ``$XDG_CACHE_HOME/localmamba``, else
 ``~/.cache/localmamba``) under a name hashed from its sources and headers, the compiler and the flags; it is written
 to a temporary file and renamed into place, so concurrent processes are safe; a cached file that does not load
-(truncated or overwritten) is rebuilt. The headers hashed are every ``*.h`` of ``csrc/`` and of each source's folder
+(truncated or overwritten) is rebuilt. A build the compiler refuses is remembered there too (a ``.failed`` file
+holding its output): no process compiles it again until its sources, headers, compiler or flags change or that
+file is deleted. The headers hashed are every ``*.h`` of ``csrc/`` and of each source's folder
 (a header beside a kernel's ``.c`` that changes rebuilds it). A build (seconds to a minute) logs one INFO line on the
 ``localmamba`` logger, naming the library and instruction set. Only a C compiler is needed (``$CC``, else ``cc``,
 ``gcc`` or ``clang``; a ``$CC`` may hold a launcher, as ``ccache gcc``; one whose first word names no executable
@@ -312,32 +314,56 @@ def _load_first_that_builds(name: str, sources: Sequence[Path], isas: Sequence[s
             break
         failed.append(isa)
         first_error = first_error or error
+    retry = f"(remembered: delete {name}_*.failed in {cache_dir()} to build it again)"
     if failed and lib is not None:
-        logger.warning("building the CPU kernel %s for %s failed; using its %s build instead; the compiler said:\n%s",
-                       name, " and ".join(failed), lib.lm_isa, _error_excerpt(first_error))
+        logger.warning("building the CPU kernel %s for %s failed %s; using its %s build instead; the compiler "
+                       "said:\n%s", name, " and ".join(failed), retry, lib.lm_isa, _error_excerpt(first_error))
     elif failed:
         _FAILURES[(name, isas[0])] = (f"building the CPU kernel {name} for {' and '.join(failed)} failed; the "
                                       f"compiler said:\n{first_error}")
         forced = f" ({ISA_VAR} asks for that one only)" if os.environ.get(ISA_VAR, "").strip() else ""
         if not required:
-            logger.warning("building the CPU kernel %s for %s failed%s; using the PyTorch implementation; the "
-                           "compiler said:\n%s", name, " and ".join(failed), forced, _error_excerpt(first_error))
+            logger.warning("building the CPU kernel %s for %s failed%s %s; using the PyTorch implementation; the "
+                           "compiler said:\n%s", name, " and ".join(failed), forced, retry,
+                           _error_excerpt(first_error))
     return lib
+
+
+def _note_failed_build(marker: Path, output: str) -> None:
+    """Keep the compiler's output of a failed build in ``marker`` (written whole or not at all; an unwritable cache
+    keeps nothing)."""
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".failed.tmp", dir=marker.parent)
+        with os.fdopen(fd, "w") as file:
+            file.write(output)
+        os.replace(tmp, marker)
+    except OSError:
+        pass
 
 
 def _cached_build(name: str, cc: Sequence[str], version: str, flags: List[str], sources: Sequence[Path],
                   isa: str, rebuild: bool = False) -> Path:
     """Path of the library built from ``sources`` with ``flags`` (for ``isa``), building it unless it is in the
-    cache (or ``rebuild``: the cached file replaced by a new build); a build logs one INFO line."""
+    cache (or ``rebuild``: the cached file replaced by a new build); a build logs one INFO line. A build the compiler
+    refused is remembered beside where its library would be (``.failed``, holding the compiler's output) and raises
+    again without compiling, in every process, until its sources, headers, compiler or flags change or the file is
+    deleted (a compiler without AVX-512 would otherwise be run again at every start)."""
     key_parts = [_source_digest(sources), *(part.encode() for part in (*cc, version, *flags, platform.machine()))]
     key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:16]
     filename = f"{name}_{key}.so"
     target = cache_dir() / filename
+    failed = target.with_suffix(".failed")
+    if not rebuild and not target.exists() and failed.exists():
+        raise subprocess.CalledProcessError(1, [*cc, *flags], stderr=f"{failed.read_text().rstrip()}\n(this build "
+                                            f"failed before, with this output; delete {failed} to try it again)")
     if rebuild or not target.exists():
         logger.info("compiling the CPU kernel %s for %s%s (seconds to a minute; it is cached afterwards, in %s)",
                     name, isa, " with OpenMP" if "-fopenmp" in flags else "", target.parent)
         try:
             _build(cc, flags, sources, target)
+        except subprocess.CalledProcessError as err:
+            _note_failed_build(failed, err.stderr or "")
+            raise
         except OSError:  # cache directory not writable: build in a per-user temporary directory
             user = getattr(os, "getuid", lambda: "user")()
             target = Path(tempfile.gettempdir()) / f"localmamba-{user}" / filename

@@ -199,6 +199,40 @@ def test_error_excerpt_starts_at_the_first_error():
     assert ckernel._error_excerpt("") == "no output"
 
 
+@needs_compiler
+def test_a_failed_build_is_remembered_across_processes(fresh_kernels, monkeypatch, tmp_path, caplog):
+    """A build the compiler refused ran again in every new process (seconds per library where the compiler lacks
+    AVX-512): it is remembered in the cache with the compiler's output, which a new process (here: after
+    ckernel.reset()) reports without compiling; deleting the .failed files builds again, as does a changed source."""
+    builds = []
+    real_build = ckernel._build
+    monkeypatch.setattr(ckernel, "_build", lambda *args: builds.append(args) or real_build(*args))
+    source = broken_source(tmp_path, 2)
+    with caplog.at_level("WARNING", logger="localmamba"):
+        assert ckernel.load_library("broken", [source], {}, isa="baseline") is None
+    variants = len(builds)          # with and without OpenMP where torch uses GNU OpenMP
+    markers = sorted((tmp_path / "cache").glob("broken_*.failed"))
+    assert variants >= 1 and len(markers) == variants and "undeclared_1" in markers[0].read_text()
+    assert f"(remembered: delete broken_*.failed in {tmp_path / 'cache'} to build it again)" in caplog.text
+    ckernel.reset()
+    monkeypatch.setenv(ckernel.DISABLE_VAR, "require")
+    with pytest.raises(ckernel.KernelBuildError) as raised:
+        ckernel.load_library("broken", [source], {}, isa="baseline")
+    assert len(builds) == variants, "compiled again"
+    message = str(raised.value)
+    assert "undeclared_1" in message and any(f"failed before, with this output; delete {m}" in message
+                                             for m in markers), message
+    for marker in markers:
+        marker.unlink()
+    ckernel.reset()
+    with pytest.raises(ckernel.KernelBuildError, match="undeclared_1"):
+        ckernel.load_library("broken", [source], {}, isa="baseline")
+    assert len(builds) == 2 * variants
+    source.write_text("int broken_fixed(void) { return 7; }\n")
+    ckernel.reset()
+    assert ckernel.load_library("broken", [source], {}, isa="baseline").broken_fixed() == 7
+
+
 # 4. a header beside a source is part of the library's identity
 
 @needs_compiler
