@@ -73,6 +73,8 @@ class StopSignals:
         flags = torch.tensor([self.signum or 0, int(failed)], dtype=torch.int32, device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         signum, any_failed = flags.tolist()
+        if signum and self.signum is None:
+            self._check_launcher()  # another rank saw the launcher gone first: say so here too (rank 0 logs)
         return signum or None, bool(any_failed)
 
     def _check_launcher(self) -> None:
