@@ -138,8 +138,8 @@ def test(cfg: Namespace) -> dict:
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
         _load_at_model_size(model, weights, cfg.resume)
         model.to(env.device)
-        net = model                      # compiled: shares model's weights, one input shape
-        if cfg.compile is not None:
+        net = model
+        if cfg.compile is not None:     # shares model's weights; every batch at one shape: one compilation
             net = FixedBatch(torch.compile(model, mode=cfg.compile), val_loader.batch_size)
         epoch = ckpt.get("epoch")
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
