@@ -1,4 +1,6 @@
 """Fixtures shared by every test folder."""
+import logging
+
 import pytest
 import torch
 
@@ -11,3 +13,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def localmamba_log(caplog, monkeypatch):
+    """caplog, holding each record of the "localmamba" logger once, from INFO up. A run's setup_logging turns the
+    logger's propagation off; pytest >= 9.2 then hangs its capture handler on the logger itself, older pytest needs
+    the propagation back (doing both would capture every record twice)."""
+    logger = logging.getLogger("localmamba")
+    if caplog.handler not in logger.handlers:
+        monkeypatch.setattr(logger, "propagate", True)
+    caplog.set_level(logging.INFO, logger="localmamba")
+    return caplog

@@ -1,6 +1,5 @@
 """Fixtures for the kernel tests: run a test under a forced ``LOCALMAMBA_BACKEND``, with the C kernels of each
 instruction set required to build, or with no kernel loaded and a private cache."""
-import logging
 
 import pytest
 
@@ -72,13 +71,12 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def fresh_kernels(monkeypatch, tmp_path):
+def fresh_kernels(monkeypatch, tmp_path, localmamba_log):
     """No kernel loaded yet, an empty private kernel cache, no forced instruction set or switch, the "localmamba"
     logger's records reaching caplog; reset again afterwards."""
     monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path / "cache"))
     for name in (ckernel.ISA_VAR, ckernel.DISABLE_VAR, "CC"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
     ckernel.reset()
     yield
     ckernel.reset()

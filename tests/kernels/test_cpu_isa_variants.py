@@ -1,6 +1,5 @@
 """The C kernels built for each instruction set (baseline, AVX2+FMA, AVX-512) against the references, and the choice
 of instruction set (``LOCALMAMBA_CPU_ISA``). A variant this CPU cannot run is skipped with that reason."""
-import logging
 from types import SimpleNamespace
 
 import pytest
@@ -107,7 +106,7 @@ def test_multi_scan_backward_recomputes_the_states_the_forward_did_not_save(cpu_
 
 
 @pytest.fixture
-def failing_top_isa(monkeypatch, tmp_path):
+def failing_top_isa(monkeypatch, tmp_path, localmamba_log):
     """The best instruction set of this CPU made to fail to build (an option no compiler knows), with a fresh
     kernel cache and the "localmamba" logger's records reaching caplog (a training test before may have stopped
     their propagation); yields (that isa, the next lower one the CPU runs)."""
@@ -119,7 +118,6 @@ def failing_top_isa(monkeypatch, tmp_path):
     monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(ckernel.ISA_VAR, raising=False)
     monkeypatch.delenv(ckernel.DISABLE_VAR, raising=False)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
     ckernel.reset()
     yield top, lower
     ckernel.reset()

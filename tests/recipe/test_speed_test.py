@@ -80,22 +80,22 @@ def test_speed_test_refuses_model_kwargs_the_model_does_not_take_in_one_line(mon
         "error: model local_vssm_tiny with embed_dim=16: VSSM.__init__() got an unexpected keyword argument")
 
 
-def test_speed_test_drops_config_model_kwargs_another_model_does_not_take(tmp_path, monkeypatch, caplog):
+def test_speed_test_drops_config_model_kwargs_another_model_does_not_take(tmp_path, monkeypatch, localmamba_log):
     """A LocalVim config (embed_dim) timed with `--model local_vssm_tiny`: as training does, the keys the
     model does not take are dropped with a warning naming each (speed_test refused the whole run), the rest kept."""
     config = tmp_path / "args.yaml"
     config.write_text("model: local_vim_tiny\nmodel_kwargs: {embed_dim: 16, dims: [8, 16, 24, 32]}"
                       "\nimg_size: 32\nbatch_size: 1\nnum_classes: 3\n")
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
     monkeypatch.setattr(sys, "argv", ["speed_test.py", "-c", str(config), "--model", "local_vssm_tiny", "--iters",
                                       "1", "--warmup-iters", "0", "--device", "cpu", "--threads", "1"])
-    with caplog.at_level(logging.INFO):
+    with localmamba_log.at_level(logging.INFO):
         runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
     assert warnings == ["model local_vssm_tiny does not take 'embed_dim' from the config's model_kwargs; ignored"]
     model = timm.create_model("local_vssm_tiny", dims=[8, 16, 24, 32], num_classes=3)
     params = sum(p.numel() for p in model.parameters())
-    assert any(r.getMessage().startswith(f"Model local_vssm_tiny created, params: {params}, ") for r in caplog.records)
+    created = f"Model local_vssm_tiny created, params: {params}, "
+    assert any(r.getMessage().startswith(created) for r in localmamba_log.records)
 
 
 def test_speed_test_refuses_threads_below_one_before_building_anything(monkeypatch, capsys):

@@ -2,7 +2,6 @@
 ends bit-identical to an uninterrupted run, with and without loader workers (two DDP ranks: test_train_distributed.py).
 A signal during an epoch's end writes stops the run after them; a second Ctrl-C aborts at once; torchrun
 (tools/launch.sh) forwards SIGTERM and SIGUSR1 to its workers."""
-import logging
 import os
 import pty
 import select
@@ -200,7 +199,7 @@ def test_which_second_signal_aborts_at_once(first, second, aborts):
         assert stop.signum == getattr(signal, first)
 
 
-def test_rank_0_says_the_launcher_is_gone_when_another_rank_saw_it_first(monkeypatch, caplog):
+def test_rank_0_says_the_launcher_is_gone_when_another_rank_saw_it_first(monkeypatch, localmamba_log):
     """torchrun killed: the rank that checks its parent first stops the others through the step's all-reduce. When
     that was not rank 0, the only rank that logs, the run stopped "on SIGHUP" without saying why (a race that the
     2-process test of a killed torchrun lost now and then)."""
@@ -215,11 +214,10 @@ def test_rank_0_says_the_launcher_is_gone_when_another_rank_saw_it_first(monkeyp
     monkeypatch.setattr(signals.os, "getppid", lambda: next(parents))
     monkeypatch.setattr(signals.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(signals.dist, "all_reduce", another_rank_flags_sighup)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)   # (a run's logging set it off)
     stop = signals.StopSignals(torch.device("cpu"))
-    with caplog.at_level("WARNING", logger="localmamba"):
+    with localmamba_log.at_level("WARNING", logger="localmamba"):
         assert stop.agreed_with(False) == (signal.SIGHUP, False)
-    assert "the launcher of this worker (torchrun, pid 4242) is gone: stopping as on SIGHUP" in caplog.text
+    assert "the launcher of this worker (torchrun, pid 4242) is gone: stopping as on SIGHUP" in localmamba_log.text
 
 
 def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as_such(straight_run, tmp_path):

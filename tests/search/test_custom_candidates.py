@@ -153,18 +153,17 @@ def test_vis_tool_reads_recorded_candidates_or_takes_them_named(tmp_path, monkey
         extract(str(recorded), topk=2, out_dir=str(tmp_path / 'e'), candidates=['h', 'snake', 'v_flip'])
 
 
-def test_given_candidates_unknown_here_are_extracted_with_a_warning(tmp_path, monkeypatch, caplog):
+def test_given_candidates_unknown_here_are_extracted_with_a_warning(tmp_path, localmamba_log):
     """A typo in --candidates went into directions.yaml silently and failed only in the next run; names unknown here
     are still written (the directions may be registered only where the result trains) but named in a warning."""
     torch.manual_seed(0)
     model = timm.create_model('local_vim_tiny_search', candidates=THREE, **VIM)
     bare = tmp_path / 'released.pth'
     torch.save({'state_dict': model.state_dict()}, bare)
-    monkeypatch.setattr(logging.getLogger('localmamba'), 'propagate', True)
-    with caplog.at_level(logging.WARNING, logger='localmamba'):
+    with localmamba_log.at_level(logging.WARNING, logger='localmamba'):
         result = extract(str(bare), topk=2, out_dir=str(tmp_path / 'x'), candidates=['h', 'v_fip', 'snake'])
     assert result['candidates'] == ('h', 'v_fip', 'snake')
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in localmamba_log.records] == [
         'candidates v_fip are not directions known here (a typo, or a direction of your own: the run that trains '
         'the result must register it, LOCALMAMBA_DIRECTION_MODULES)']
 

@@ -321,55 +321,44 @@ def test_a_folder_linked_twice_is_listed_once_under_its_first_name(tmp_path, mon
 
 
 @pytest.mark.parametrize("leftover", [".ipynb_checkpoints", "__MACOSX"])
-def test_a_folder_left_by_a_tool_is_a_class_with_a_warning(tmp_path, caplog, monkeypatch, leftover):
+def test_a_folder_left_by_a_tool_is_a_class_with_a_warning(tmp_path, localmamba_log, leftover):
     """As in ImageFolder, a notebook's or an archiver's folder with images is a class (index 0: sorted first), so every
     real class moves up one label; the warning names it and the class count it makes."""
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="localmamba")
+    localmamba_log.set_level(logging.WARNING, logger="localmamba")
     root = tmp_path / "data"
     make_folder_tree(str(root), classes=("cat", "dog"), per_class=2)
     write_image(str(root / "train" / leftover / "copy.png"), seed=5)
     samples, classes = scan_class_folders(str(root / "train"))
     assert classes == ImageFolder(str(root / "train")).classes and classes[0] == leftover and len(classes) == 3
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
     assert warnings == [f"{root / 'train'}: the folders ['{leftover}'] count as classes (as in torchvision's "
                         f"ImageFolder), making 3 classes; remove them if they hold no class of your data"]
 
 
-def test_evaluating_released_weights_warns_of_a_leftover_train_folder(tmp_path, caplog, monkeypatch):
+def test_evaluating_released_weights_warns_of_a_leftover_train_folder(tmp_path, localmamba_log):
     """Without the class names of a training checkpoint, tools/test.py numbers the classes by train/'s folders."""
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="localmamba")
+    localmamba_log.set_level(logging.WARNING, logger="localmamba")
     root = tmp_path / "data"
     make_folder_tree(str(root), classes=("cat", "dog"), per_class=1)
     write_image(str(root / "train" / ".ipynb_checkpoints" / "copy.png"), seed=5)
     val = build_imagenet_val(str(root))
     assert val.classes == [".ipynb_checkpoints", "cat", "dog"]
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+    assert [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING] == [
         f"{root / 'train'}: the folders ['.ipynb_checkpoints'] count as classes (as in torchvision's ImageFolder), "
         f"making 3 classes; remove them if they hold no class of your data"]
 
 
-def test_plain_class_folders_give_no_warning(own_tree, caplog, monkeypatch):
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="localmamba")
+def test_plain_class_folders_give_no_warning(own_tree, localmamba_log):
+    localmamba_log.set_level(logging.WARNING, logger="localmamba")
     scan_class_folders(os.path.join(own_tree, "train"))
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
-
-
-@pytest.fixture
-def data_log(caplog, monkeypatch):
-    """caplog records of the `localmamba` loggers (a run's setup_logging turns their propagation off)."""
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="localmamba")
-    return caplog
+    assert [r for r in localmamba_log.records if r.levelno >= logging.WARNING] == []
 
 
 def messages(caplog, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level]
 
 
-def test_meta_labels_with_gaps_warn_of_the_unused_ones(tmp_path, data_log):
+def test_meta_labels_with_gaps_warn_of_the_unused_ones(tmp_path, localmamba_log):
     """Labels 0, 5, 10: the head keeps the largest label + 1 = 11 outputs (as ImageNet's label files mean), and a
     warning names the unused labels (it said nothing); a train label without val images is named too."""
     root = str(tmp_path)
@@ -380,11 +369,11 @@ def test_meta_labels_with_gaps_warn_of_the_unused_ones(tmp_path, data_log):
     cfg = parse_args(["--data-path", root, "-j", "0"])
     train_set, val_set = build_datasets(cfg)
     assert cfg.num_classes == train_set.num_classes == 11 and [y for _, y in val_set.samples] == [0, 0, 5, 5]
-    assert messages(data_log, logging.WARNING) == [
+    assert messages(localmamba_log, logging.WARNING) == [
         f"{tmp_path / 'meta' / 'train.txt'}: its labels use 3 of the 11 classes 0..10 (unused: 1, 2, 3, 4, 6, ...); "
         f"the model gets 11 outputs (largest label + 1), those of unused labels are never trained; renumber the "
         f"labels 0..2 for 3 outputs"]
-    assert messages(data_log, logging.INFO) == [
+    assert messages(localmamba_log, logging.INFO) == [
         f"{tmp_path / 'meta' / 'val.txt'}: no images of 1 of the 3 train labels (10): their accuracy is not measured"]
 
 
@@ -441,7 +430,7 @@ def test_the_training_log_names_the_classes(tmp_path):
     assert class_summary(ImageListDataset([], 2, ["cat", "dog"])) == "Classes: 2 (cat, dog)"
 
 
-def test_hidden_files_in_class_folders_are_skipped(tmp_path, data_log):
+def test_hidden_files_in_class_folders_are_skipped(tmp_path, localmamba_log):
     """macOS's AppleDouble files ('._0.png', not images) were listed, and failed only when sampled."""
     root = tmp_path / "data"
     make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
@@ -449,12 +438,12 @@ def test_hidden_files_in_class_folders_are_skipped(tmp_path, data_log):
     write_image(str(root / "train" / "dog" / ".copy.jpg"), seed=3)
     samples, _ = scan_class_folders(str(root / "train"))
     assert samples == [(str(root / "train" / c / f"{i}.png"), y) for y, c in enumerate(("cat", "dog")) for i in (0, 1)]
-    assert messages(data_log, logging.INFO) == [
+    assert messages(localmamba_log, logging.INFO) == [
         f"{root / 'train'}: skipped 2 hidden files named like images (names starting with '.', such as the '._' "
         f"files macOS leaves), e.g. cat/._0.png"]
 
 
-def test_skipped_image_types_and_loose_images_are_counted(tmp_path, data_log):
+def test_skipped_image_types_and_loose_images_are_counted(tmp_path, localmamba_log):
     """Images of types not read, and images beside the class folders, were skipped without a word; well-known
     non-image files are still not mentioned."""
     root = tmp_path / "data"
@@ -468,7 +457,7 @@ def test_skipped_image_types_and_loose_images_are_counted(tmp_path, data_log):
         (train_dir / name).write_bytes(b"not an image")
     samples, _ = scan_class_folders(str(train_dir))
     assert len(samples) == 4
-    assert messages(data_log, logging.INFO) == [
+    assert messages(localmamba_log, logging.INFO) == [
         f"{train_dir}: skipped 3 image files of types that are not read (.gif: 2, .jfif: 1); convert them to one of "
         f".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp to use them",
         f"{train_dir}: not used: 1 image files beside the class folders, in no class (x.jpg); move them into their "
@@ -491,7 +480,7 @@ def test_a_link_to_the_split_or_another_class_is_refused(tmp_path):
         os.remove(link)
 
 
-def test_val_folders_without_images_are_ignored(tmp_path, data_log):
+def test_val_folders_without_images_are_ignored(tmp_path, localmamba_log):
     """A notebook's or an archiver's empty folder in val/ stopped training and evaluation; val's missing classes are
     named."""
     root = tmp_path / "data"
@@ -504,7 +493,7 @@ def test_val_folders_without_images_are_ignored(tmp_path, data_log):
     cfg = parse_args(["--data-path", str(root), "-j", "0"])
     _, val_set = build_datasets(cfg)
     assert sorted(y for _, y in val_set.samples) == [0, 1] and cfg.num_classes == 3
-    assert messages(data_log, logging.INFO) == [
+    assert messages(localmamba_log, logging.INFO) == [
         f"{val_dir}: ignoring the folders ['.ipynb_checkpoints', '__MACOSX']: they hold no image files and are not "
         f"classes of the train split",
         f"{val_dir}: no images of 1 of the 3 classes (eel): their accuracy is not measured"]

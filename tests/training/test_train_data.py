@@ -126,23 +126,22 @@ def test_augmentation_does_not_depend_on_workers_or_global_rng(folder_tree):
     assert not torch.equal(data[(1, 5)][0], data[(0, 5)][0])  # a new epoch draws new augmentations
 
 
-def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, caplog):
+def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, localmamba_log):
     """-j 16 (the shipped ImageNet config) on a process that may use 2 CPUs starts 2 workers per loader, and says so;
     -j within the CPUs is kept as asked."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5})
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)  # a run's setup_logging turns it off
     cfg = cfg_for("--data-path", folder_tree, "--img-size", "16", "-b", "4")
     train, val = build_datasets(cfg)
     cfg.workers = 16
-    with caplog.at_level(logging.INFO, logger="localmamba"):
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
         loaders = build_loaders(cfg, train, val, 1, 0)
     assert [loader.num_workers for loader in loaders] == [2, 2]
-    assert "-j 16: this process may use 2 CPUs, so each loader starts 2 worker processes" in caplog.text
-    caplog.clear()
+    assert "-j 16: this process may use 2 CPUs, so each loader starts 2 worker processes" in localmamba_log.text
+    localmamba_log.clear()
     cfg.workers = 1
-    with caplog.at_level(logging.INFO, logger="localmamba"):
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
         loaders = build_loaders(cfg, train, val, 1, 0)
-    assert [loader.num_workers for loader in loaders] == [1, 1] and "-j" not in caplog.text
+    assert [loader.num_workers for loader in loaders] == [1, 1] and "-j" not in localmamba_log.text
 
 
 def transform_names(cfg, training=True):
@@ -232,14 +231,6 @@ def make_val_only_tree(root: str, train_leftover: bool) -> None:
     if train_leftover:
         os.makedirs(os.path.join(root, "train"))
         open(os.path.join(root, "train", "n01440764.tar"), "wb").close()
-
-
-@pytest.fixture
-def localmamba_log(caplog, monkeypatch):
-    """caplog records of the `localmamba` logger (a run's setup_logging turns its propagation off)."""
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="localmamba")
-    return caplog
 
 
 @pytest.mark.parametrize("train_leftover", [False, True], ids=["no_train", "train_tarballs"])

@@ -35,16 +35,15 @@ def released(tmp_path_factory):
     return path, model.state_dict()
 
 
-def test_weights_are_adapted_to_the_new_grid_and_class_count(released, monkeypatch, caplog):
+def test_weights_are_adapted_to_the_new_grid_and_class_count(released, localmamba_log):
     path, weights = released
     torch.manual_seed(2)
     model = timm.create_model("local_vim_tiny_wo_search", img_size=16, num_classes=10, **VIM)
     head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.")}
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="localmamba"):
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
         kept = load_finetune_weights(model, torch.load(path, weights_only=True), path)
     assert kept == ["head.weight", "head.bias"]
-    assert [r.getMessage() for r in caplog.records] == [   # said once, not resized in silence
+    assert [r.getMessage() for r in localmamba_log.records] == [   # said once, not resized in silence
         "checkpoint weights resized to the model's token grid at this image size: pos_embed (1, 64, 16) -> "
         "(1, 16, 16), rope.freqs_cos (64, 16) -> (16, 16), rope.freqs_sin (64, 16) -> (16, 16)"]
     loaded = model.state_dict()

@@ -21,26 +21,24 @@ def test_timm_prefix_and_num_classes(tmp_path):
     assert len(model.blocks) == 1 and model.patch_embed.img_size == (16, 16)
 
 
-def test_config_kwargs_another_model_does_not_take_are_dropped_with_a_warning(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="localmamba"):
+def test_config_kwargs_another_model_does_not_take_are_dropped_with_a_warning(tmp_path, localmamba_log):
+    with localmamba_log.at_level(logging.WARNING, logger="localmamba"):
         model = build(tmp_path, "model_kwargs: {img_size: 16, patch_size: 4}\n", "--model", "resnet10t")
     assert type(model).__name__ == "ResNet" and model.fc.out_features == 7
-    assert "does not take 'img_size'" in caplog.text and "does not take 'patch_size'" in caplog.text
+    assert "does not take 'img_size'" in localmamba_log.text and "does not take 'patch_size'" in localmamba_log.text
 
 
-def test_a_search_runs_candidates_are_dropped_for_the_searched_model(tmp_path, caplog, monkeypatch):
+def test_a_search_runs_candidates_are_dropped_for_the_searched_model(tmp_path, localmamba_log):
     """The args.yaml of a search over your own candidates trains the searched model (`-c args.yaml --model
     local_vim_tiny --directions FILE`): its `candidates` is dropped with a warning (the model refused it, and the
     error's hint asked for the --directions it had been given); a supernet still takes it, a flag is still refused."""
     search = "model_kwargs: {embed_dim: 16, patch_size: 4, depth: 2, candidates: [h, v_flip, w2]}\nimg_size: 16\n"
     directions = tmp_path / "directions.yaml"
     directions.write_text("directions:\n- [h, w2]\n- [v_flip, w2]\n")
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="localmamba"):
+    with localmamba_log.at_level(logging.WARNING, logger="localmamba"):
         model = build(tmp_path, search, "--model", "local_vim_tiny", "--directions", str(directions))
     assert model.directions == (("h", "w2"), ("v_flip", "w2")) and model.candidates is None
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+    assert [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING] == [
         "model local_vim_tiny does not take 'candidates' from the config's model_kwargs; ignored"]
     assert build(tmp_path, search, "--model", "local_vim_tiny_search").candidates == ("h", "v_flip", "w2")
     with pytest.raises(ConfigError, match=r"candidates= is the search set of a search supernet(?!.*give --directions)"):
@@ -67,20 +65,20 @@ def test_a_list_written_without_brackets_is_one_line(tmp_path):
         build(tmp_path, "{}\n", "--model", "local_vssm_tiny", "--model-kwargs", "depths=1,1", "dims=8")
 
 
-def test_a_typo_in_the_model_kwargs_of_a_config_that_names_the_model_is_refused(tmp_path, caplog, monkeypatch):
+def test_a_typo_in_the_model_kwargs_of_a_config_that_names_the_model_is_refused(tmp_path, localmamba_log):
     """`dpeth: 4` beside `model: local_vim_tiny_wo_search` trained depth 24 after a warning; a key with no near miss,
     or a config for another --model, is still dropped with a warning (a run's args.yaml keeps such keys)."""
     config = "model: local_vim_tiny_wo_search\nmodel_kwargs: {patch_size: 4, embed_dim: 16, dpeth: 2}\n"
     with pytest.raises(ConfigError, match=r"c.yaml: model_kwargs: model local_vim_tiny_wo_search \(the config's "
                                           r"model\) does not take 'dpeth'; did you mean depth\?"):
         build(tmp_path, config)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="localmamba"):
+    with localmamba_log.at_level(logging.WARNING, logger="localmamba"):
         model = build(tmp_path, "model: resnet10t\nmodel_kwargs: {patch_size: 4}\n")
         assert type(model).__name__ == "ResNet"
         model = build(tmp_path, config, "--model", "resnet10t")
         assert type(model).__name__ == "ResNet"
-    assert caplog.text.count("does not take 'patch_size'") == 2 and "does not take 'dpeth'" in caplog.text
+    log = localmamba_log.text
+    assert log.count("does not take 'patch_size'") == 2 and "does not take 'dpeth'" in log
 
 
 def test_command_line_kwargs_are_never_dropped(tmp_path):
@@ -106,20 +104,19 @@ def test_img_size_builds_the_models_made_for_one_size(tmp_path, model_name, grid
 
 @pytest.mark.parametrize("supernet, warned", [("local_vssm_tiny_search", True), ("local_vim_tiny_search", False),
                                               (None, False)])
-def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_path, caplog, monkeypatch, supernet,
+def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_path, localmamba_log, supernet,
                                                                          warned):
     """A LocalVMamba search's file fits a LocalVim of the same layer count and trained it without a word."""
     from classification.models.directions import save_directions
     path = tmp_path / "directions.yaml"
     save_directions(path, [["h", "v_flip"], ["w2", "w7"]], supernet=supernet, topk=2)
-    monkeypatch.setattr(logging.getLogger("localmamba"), "propagate", True)
     argv = ["--model", "local_vim_tiny_wo_search", "--directions", str(path), "--model-kwargs", "depth=2",
             "embed_dim=32", "--img-size", "16"]
-    with caplog.at_level(logging.WARNING, logger="localmamba"):
+    with localmamba_log.at_level(logging.WARNING, logger="localmamba"):
         check_model_flags(parse_args(argv))    # as train() checks the flags first: no second copy of the warning
         model = build(tmp_path, "{}\n", *argv)
     assert model.layers[1].mixer.multi_scan.directions == ("w2", "w7")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
     assert warnings == ([f"{path} holds the directions searched by local_vssm_tiny_search (a LocalVMamba supernet), "
                          f"but local_vim_tiny_wo_search is a LocalVim model: its layers take them as given"]
                         if warned else [])
