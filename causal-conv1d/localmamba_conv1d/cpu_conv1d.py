@@ -5,8 +5,6 @@ Wrapped as torch.library custom ops ``localmamba::causal_conv1d_cpu_fwd`` / ``_b
 and autograd, parallel over (batch, channel) rows. Without a working compiler (or with ``LOCALMAMBA_CPU_KERNEL=0``)
 the ops compute the same in PyTorch; fp64 inputs use the reference formula (autograd).
 """
-from __future__ import annotations
-
 import ctypes
 from pathlib import Path
 from typing import Optional, Tuple

@@ -5,8 +5,6 @@ SIGN = -1 plus bias and SiLU it is the forward conv; in GRAD mode it returns ``d
 SIGN = +1 on that gradient it is the input gradient. Weight and bias gradients are reductions done in PyTorch.
 Wrapped as torch.library custom ops ``localmamba::causal_conv1d_triton_fwd`` / ``_bwd`` with autograd.
 """
-from __future__ import annotations
-
 import math
 from typing import Optional, Tuple
 

@@ -21,8 +21,6 @@ process started by a tool (training, extraction, torchrun's ranks) knows the sam
 exact inverse for any grid; the original's ``v`` reverse was only right for square grids); under
 ``torch.compile`` it is an opaque op that copies the cached table (computed once per grid, outside the graph).
 """
-from __future__ import annotations
-
 import contextlib
 import functools
 import importlib

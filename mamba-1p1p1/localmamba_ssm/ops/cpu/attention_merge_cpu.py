@@ -4,8 +4,6 @@ The token mean of the LayerNorm-ed outputs and the gated sum over directions run
 PyTorch (``channel_gate``); the backward is fused likewise. Both custom ops have fake implementations, so
 ``torch.compile`` traces through them.
 """
-from __future__ import annotations
-
 import ctypes
 from pathlib import Path
 from typing import Optional, Tuple

@@ -8,8 +8,6 @@ directions. dt's low-rank projection, softplus, D and the SiLU(z) gate are compu
 ``multi_scan_cpu_bwd`` writes the gradient of the token rows (x and gate halves) and the parameter gradients. Both
 have fake implementations, so ``torch.compile`` traces through them. See ``csrc/multi_scan.c`` for the layouts.
 """
-from __future__ import annotations
-
 import ctypes
 import math
 import threading

@@ -6,8 +6,6 @@
 ``selective_scan_cpu_bwd``. Both have fake implementations, so ``torch.compile`` traces through them.
 The kernel parallelises over (batch, channel) pairs on ``torch.get_num_threads()`` threads (``ckernel.run_parallel``).
 """
-from __future__ import annotations
-
 import ctypes
 from pathlib import Path
 from typing import Optional, Tuple, Union

@@ -14,8 +14,6 @@ before it to have finished, and the op takes two passes each way (one kernel can
 One custom op each way, with autograd; math in fp32, y, its gradient and the output in y's dtype. CUDA tensors, or
 CPU under TRITON_INTERPRET=1.
 """
-from __future__ import annotations
-
 import math
 from typing import Tuple
 

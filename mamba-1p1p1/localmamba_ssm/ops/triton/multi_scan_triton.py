@@ -33,8 +33,6 @@ direction)'s programs run side by side.
 Each pair of kernels is a torch.library custom op with autograd, so that ``torch.compile`` sees opaque ops.
 Runs CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
-from __future__ import annotations
-
 from typing import Optional, Tuple
 
 import torch

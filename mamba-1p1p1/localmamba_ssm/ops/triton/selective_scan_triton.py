@@ -18,8 +18,6 @@ fp16 / bf16, each in its own dtype (u, delta, z and B / C need not share one); t
 torch.library custom ops (``localmamba::selective_scan_triton_fwd`` / ``_bwd``) with autograd. Runs on CUDA tensors,
 or on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 """
-from __future__ import annotations
-
 import math
 from typing import Optional, Tuple, Union
 
