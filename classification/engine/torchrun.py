@@ -81,7 +81,6 @@ def with_a_port(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run torchrun with ``argv`` (default: this process's arguments); the exit status of the launch."""
-    from torch.distributed import DistNetworkError
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
@@ -93,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         first_rank, first = err.get_first_failure()
         write_if_possible(sys.stderr, failure_line(err.name, err.failures, first_rank) + "\n")
         return exit_status(first.exitcode)
-    except DistNetworkError as err:
+    except RuntimeError as err:   # torch 2.11 raises its subclass DistNetworkError, torch 2.4.1 a RuntimeError
         if "EADDRINUSE" not in str(err) and "address already in use" not in str(err):
             raise
         port = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--master_port=")), "29500")
