@@ -35,7 +35,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
-        "torchvision>=0.16",
+        "torchvision>=0.19",   # the release of torch 2.4
         "timm>=1.0.9",
         "numpy>=1.23",
         "pyyaml>=6.0",
