@@ -68,7 +68,7 @@ def traced_causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                          activation: Optional[str] = None) -> torch.Tensor:
     """``causal_conv1d_fn`` as the original Mamba computes it (``nn.Conv1d`` padded by W - 1 both sides, cut to L):
     one convolution node in a trace. x (B, D, L), weight (D, W)."""
-    length, width = x.shape[-1], weight.shape[-1]
+    length, width = x.shape[-1], int(weight.shape[-1])   # (torch 2.4 traces a size as a tensor: conv1d needs an int)
     out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
                    padding=width - 1, groups=x.shape[1])[..., :length]
     return F.silu(out) if activation in ('silu', 'swish') else out
