@@ -1,22 +1,20 @@
 """What the oldest torch that setup.py allows (2.4) needs of our code, which CI, on the newest, cannot see."""
 import ast
-import os
-import subprocess
+from pathlib import Path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("classification", "mamba-1p1p1", "causal-conv1d")
 
 
-def modules_defining_custom_ops() -> list[str]:
-    """The tracked Python files of the library that register a ``torch.library.custom_op``."""
-    files = subprocess.run(["git", "ls-files", "--", *(f"{p}/*.py" for p in PACKAGES)], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    return [f for f in files if "torch.library.custom_op(" in open(os.path.join(ROOT, f), encoding="utf-8").read()]
+def modules_defining_custom_ops() -> list[Path]:
+    """The library's Python files that register a ``torch.library.custom_op``."""
+    return [path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+            if "torch.library.custom_op(" in path.read_text(encoding="utf-8")]
 
 
-def stringifies_annotations(path: str) -> bool:
+def stringifies_annotations(path: Path) -> bool:
     """True when the module starts with ``from __future__ import annotations``."""
-    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     return any(isinstance(node, ast.ImportFrom) and node.module == "__future__"
                and any(alias.name == "annotations" for alias in node.names) for node in tree.body)
 

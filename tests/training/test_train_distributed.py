@@ -212,6 +212,29 @@ def test_a_signalled_launch_ends_in_one_line_with_the_signals_status(monkeypatch
     assert torchrun.main([]) == 0
 
 
+@pytest.mark.parametrize("error", [RuntimeError, torch.distributed.DistNetworkError], ids=lambda e: e.__name__)
+def test_a_busy_port_is_one_line_whichever_error_torch_raises(monkeypatch, capsys, error):
+    """torch 2.4 raises a plain RuntimeError for a port in use, newer torch its subclass DistNetworkError; another
+    RuntimeError is not taken for a busy port."""
+    import torch.distributed.run
+
+    from classification.engine import torchrun
+
+    def busy(argv):
+        raise error("The server socket has failed to listen on any local network address. useIpv6: 0, code: -98, "
+                    "name: EADDRINUSE, message: address already in use")
+    monkeypatch.setattr(torch.distributed.run, "main", busy)
+    assert torchrun.main(["--master_port=29511", "train.py"]) == 1
+    assert capsys.readouterr().err == ("error: the master port 29511 is in use (another run on this machine?): set "
+                                       "MASTER_PORT to a free port, or leave it unset on one node to take one\n")
+
+    def broken(argv):
+        raise error("something else")
+    monkeypatch.setattr(torch.distributed.run, "main", broken)
+    with pytest.raises(error, match="something else"):
+        torchrun.main(["train.py"])
+
+
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST")
 
 
