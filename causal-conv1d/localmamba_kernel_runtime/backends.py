@@ -69,12 +69,22 @@ def _parse_choice(value: str, source: str) -> str:
     return value
 
 
+def _environment_choice() -> str:
+    """``LOCALMAMBA_BACKEND`` as set now: a constant to dynamo, which then need not trace ``os.environ`` (torch 2.4's
+    cannot) where the first choice happens inside a compiled function."""
+    return os.environ.get(ENV_VAR, "auto")
+
+
+# What torch.compiler.assume_constant_result(fn) sets; calling it here would import dynamo (and triton) at import.
+_environment_choice._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def requested_backend() -> str:
     """The forced backend (``auto`` when none): ``LOCALMAMBA_BACKEND`` as read at the first choice, or the value
     given to :func:`force_backend` since; unknown values are refused."""
     if "choice" not in _REQUESTED:
-        choice = _parse_choice(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
-        _REQUESTED.update(choice=choice, source=f"{ENV_VAR}={choice}")
+        choice = _parse_choice(_environment_choice(), ENV_VAR)
+        _REQUESTED["choice"], _REQUESTED["source"] = choice, f"{ENV_VAR}={choice}"  # no update(): torch 2.4's dynamo
     return _REQUESTED["choice"]
 
 
@@ -177,9 +187,10 @@ def select(op: str, device: Union[None, str, torch.device],
     elif requested == "auto" and REFERENCE in table and torch.onnx.is_in_onnx_export():
         chosen, how = REFERENCE, "auto; ONNX export records plain PyTorch ops only"
     else:
-        chosen = next((b for b in BACKENDS if b in table and reason_against(b, False) is None), None)
-        if chosen is None:
+        usable = [b for b in BACKENDS if b in table and reason_against(b, False) is None]  # torch 2.4's dynamo
+        if not usable:                                                         # cannot trace next(iterator, default)
             raise BackendUnavailableError(f"no backend of op '{op}' can run on {device.type} inputs")
+        chosen = usable[0]
         how = "auto" if requested == "auto" else f"auto; op has no '{requested}' backend"
     if log:
         _log_once(op, chosen, device, how)
