@@ -187,10 +187,13 @@ def select(op: str, device: Union[None, str, torch.device],
     elif requested == "auto" and REFERENCE in table and torch.onnx.is_in_onnx_export():
         chosen, how = REFERENCE, "auto; ONNX export records plain PyTorch ops only"
     else:
-        usable = [b for b in BACKENDS if b in table and reason_against(b, False) is None]  # torch 2.4's dynamo
-        if not usable:                                                         # cannot trace next(iterator, default)
+        chosen = None                   # the first usable backend (a loop: torch 2.4's dynamo cannot trace next(it, d))
+        for backend in BACKENDS:
+            if backend in table and reason_against(backend, False) is None:
+                chosen = backend
+                break
+        if chosen is None:
             raise BackendUnavailableError(f"no backend of op '{op}' can run on {device.type} inputs")
-        chosen = usable[0]
         how = "auto" if requested == "auto" else f"auto; op has no '{requested}' backend"
     if log:
         _log_once(op, chosen, device, how)
