@@ -64,11 +64,24 @@ def _call_device_function(self, *args, **kwargs):
         raise interpreter.InterpreterError(repr(e)) from e
 
 
-def use_fast_interpreter() -> None:
+def fast_interpreter_supported() -> bool:
+    """True when this triton's interpreter has what is replaced here: language patches that can be undone, the
+    device functions' ``rewrite`` and the overflow check's option (3.6 and 3.8 have; 3.0 to 3.2 do not)."""
+    options = interpreter.interpreter_builder.options
+    return (hasattr(interpreter, "_LangPatchScope") and hasattr(interpreter.InterpretedFunction, "rewrite")
+            and dataclasses.is_dataclass(options)
+            and "sanitize_overflow" in {field.name for field in dataclasses.fields(options)})
+
+
+def use_fast_interpreter() -> bool:
     """Scan slice by slice, patch the language once per launch and skip the int32 overflow check (see the module
-    docstring); call before any kernel runs."""
+    docstring); call before any kernel runs. False, with the interpreter left as it is (the same results, slower),
+    where :func:`fast_interpreter_supported` is not."""
+    if not fast_interpreter_supported():
+        return False
     interpreter.ScanOps.generic_scan = _scan_slice_by_slice
     interpreter.GridExecutor.__call__ = _launch_with_languages_patched
     interpreter.InterpretedFunction.__call__ = _call_device_function
     builder = interpreter.interpreter_builder
     builder.options = dataclasses.replace(builder.options, sanitize_overflow=False)
+    return True

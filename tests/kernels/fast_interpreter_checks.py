@@ -58,7 +58,9 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 def main():
     elementwise = run_cases()
-    use_fast_interpreter()
+    if not use_fast_interpreter():
+        print("unsupported: this triton's interpreter lacks what fast_interpreter replaces (triton 3.0 to 3.2)")
+        return
     if interpreter.ScanOps.generic_scan.__module__ != "fast_interpreter":
         sys.exit("the interpreter's scan was not replaced")
     for (label, expected), (_, actual) in zip(elementwise, run_cases()):

@@ -23,4 +23,6 @@ def test_slice_by_slice_scan_is_bitwise_the_interpreters():
     result = subprocess.run([sys.executable, str(here / "fast_interpreter_checks.py")], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    if result.stdout.startswith("unsupported: "):
+        pytest.skip(result.stdout.strip())
     assert result.stdout.count("same ") == 9, result.stdout
