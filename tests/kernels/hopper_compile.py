@@ -1,8 +1,9 @@
 """Compile a Triton kernel for an H100/H200 (sm_90) without a GPU: PTX, then a cubin with the ptxas that ships with
 triton. The interpreter runs kernels but never lowers them; this catches what only the compiler rejects.
 
-Works with triton 3.0 (torch 2.4's) to 3.8, whose compile entry points differ: constexprs inside the signature from
-3.3, beside it before (keyed by argument name in 3.2, by position in 3.0 and 3.1)."""
+Works with triton 3.0 (torch 2.4's) to 3.8, whose compile entry points differ: constexprs inside the signature in 3.6
+and 3.8, beside it in 3.0 to 3.2 (keyed by argument name in 3.2, by position in 3.0 and 3.1)."""
+import inspect
 import re
 import subprocess
 import tempfile
@@ -31,7 +32,7 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int = 4):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if triton_version() >= (3, 3):
+    if "constexprs" in inspect.signature(ASTSource).parameters:
         signature = {name: "constexpr" if name in constexprs else _argument_type(name) for name in kernel.arg_names}
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     else:
@@ -48,7 +49,7 @@ def _ptxas() -> str:
 
     if hasattr(compiler, "get_ptxas"):
         return compiler.get_ptxas(90).path
-    return compiler._path_to_binary("ptxas")[0]        # triton < 3.3
+    return compiler._path_to_binary("ptxas")[0]        # triton 3.0 to 3.2
 
 
 def register_usage(compiled) -> Tuple[int, int]:
