@@ -14,5 +14,5 @@ setup(
     packages=find_packages(include=["localmamba_conv1d*", "localmamba_kernel_runtime*"]),
     package_data={"localmamba_conv1d": ["csrc/*.c"], "localmamba_kernel_runtime": ["csrc/*.c", "csrc/*.h"]},
     install_requires=["torch>=2.4"],
-    extras_require={"triton": ["triton>=2.1"]},
+    extras_require={"triton": ["triton>=3.0"]},   # as the root setup.py
 )

@@ -22,5 +22,5 @@ setup(
     packages=find_packages(include=["localmamba_ssm*"]),
     package_data={"localmamba_ssm.ops.cpu": ["csrc/*.c"]},
     install_requires=["torch>=2.4", CONV1D_REQUIREMENT],
-    extras_require={"triton": ["triton>=2.1"]},
+    extras_require={"triton": ["triton>=3.0"]},   # as the root setup.py
 )
