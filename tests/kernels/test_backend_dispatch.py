@@ -77,7 +77,8 @@ def test_choice_is_logged_once(caplog):
     with caplog.at_level(logging.INFO, logger="localmamba"):
         selective_scan_fn(*scan_inputs())
         selective_scan_fn(*scan_inputs())
-    records = [r for r in caplog.records if "selective_scan" in r.getMessage()]
+    # the dispatch lines only: a first call may also log that the CPU kernel is being compiled
+    records = [r for r in caplog.records if r.getMessage().startswith("op 'selective_scan' on cpu uses backend")]
     assert len(records) == 1 and records[0].name == "localmamba"
 
 
