@@ -12,6 +12,7 @@
   tiny, so no index comes near 2^31 and the check cannot fire.
 """
 import dataclasses
+import importlib
 
 import numpy as np
 import triton.language as tl
@@ -55,6 +56,17 @@ def _launch_with_languages_patched(self, *args, **kwargs):
         scope.restore()
 
 
+def _import_gluon_unpatched() -> None:
+    """Import ``triton.experimental.gluon`` now if this triton has it. Triton imports it on the first kernel launch,
+    while converting the arguments; our launch has the languages patched by then, and gluon reads
+    ``tl.static_print``, which the patch replaces by the builtin ``print``, whose signature Python 3.10's ``inspect``
+    cannot read (every interpreted kernel then failed with ``no signature found for builtin``)."""
+    try:
+        importlib.import_module("triton.experimental.gluon")
+    except ImportError:
+        pass
+
+
 def _call_device_function(self, *args, **kwargs):
     """``InterpretedFunction.__call__`` (a device function called by a kernel) without patching the languages: the
     launch has."""
@@ -79,6 +91,7 @@ def use_fast_interpreter() -> bool:
     where :func:`fast_interpreter_supported` is not."""
     if not fast_interpreter_supported():
         return False
+    _import_gluon_unpatched()
     interpreter.ScanOps.generic_scan = _scan_slice_by_slice
     interpreter.GridExecutor.__call__ = _launch_with_languages_patched
     interpreter.InterpretedFunction.__call__ = _call_device_function
