@@ -58,9 +58,10 @@ def _launch_with_languages_patched(self, *args, **kwargs):
 
 def _import_gluon_unpatched() -> None:
     """Import ``triton.experimental.gluon`` now if this triton has it. Triton imports it on the first kernel launch,
-    while converting the arguments; our launch has the languages patched by then, and gluon reads
-    ``tl.static_print``, which the patch replaces by the builtin ``print``, whose signature Python 3.10's ``inspect``
-    cannot read (every interpreted kernel then failed with ``no signature found for builtin``)."""
+    while converting the arguments, inside the launch's patch; gluon reads ``triton.language.core.static_print``,
+    which our patch (unlike triton's, which leaves ``core`` alone) has replaced by the builtin ``print``, and Python
+    3.10's ``inspect`` cannot read print's signature: every interpreted kernel failed with ``no signature found for
+    builtin``."""
     try:
         importlib.import_module("triton.experimental.gluon")
     except ImportError:
