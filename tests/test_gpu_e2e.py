@@ -176,6 +176,12 @@ def test_runner_sends_a_handled_signal_and_awaits_the_exit(tmp_path):
     assert gpu_e2e._exited_with(143)(Outcome(0, "done", 1.0)) == "exit status 0, not 143: done"
 
 
+def test_peak_memory_cell_is_a_dash_off_cuda_without_running_the_step():
+    calls = []
+    assert gpu_e2e.peak_mib_cell(lambda: calls.append(1), torch.device("cpu")) == "-"
+    assert calls == []
+
+
 def test_dry_run_lists_the_commands(capsys):
     assert run_e2e("cuda", dry_run=True)
     out = capsys.readouterr().out

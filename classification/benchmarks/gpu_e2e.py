@@ -337,14 +337,16 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     return passed
 
 
-def _peak_mib(step: Callable[[], None], device: torch.device) -> float:
+def peak_mib_cell(step: Callable[[], None], device: torch.device) -> str:
+    """The CUDA allocator's peak MiB over one call of ``step``, as a table cell; ``-`` off CUDA, where no per-step
+    figure exists (the process's peak resident size counts everything before it)."""
     if device.type != "cuda":
-        return float("nan")
+        return "-"
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     step()
     synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return f"{torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f}"
 
 
 def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repeats: int = 5,
@@ -363,10 +365,10 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
             try:
                 model = build_model(name, sizes[0], device)
                 images = torch.randn(batch, 3, sizes[0], sizes[0], device=device)
-                infer = _peak_mib(inference_step(model, images, DTYPES[dtype]), device)
+                infer = peak_mib_cell(inference_step(model, images, DTYPES[dtype]), device)
                 model.train()
-                train = _peak_mib(train_step(model, images, DTYPES[dtype]), device)
-                memory.append([name, dtype, f"{infer:.0f}", f"{train:.0f}"])
+                train = peak_mib_cell(train_step(model, images, DTYPES[dtype]), device)
+                memory.append([name, dtype, infer, train])
             except Exception as err:  # report and go on with the other models
                 memory.append([name, dtype, f"error: {type(err).__name__}", "-"])
             model = None
@@ -383,7 +385,7 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
                     images = torch.randn(sweep_batch, 3, size, size, device=device)
                     step = inference_step(model, images, DTYPES[dtype])
                     seconds = median_seconds({name: step}, repeats, 2, device)[name]
-                    cells.append(f"{images.shape[0] / seconds:.1f} | {_peak_mib(step, device):.0f}")
+                    cells.append(f"{images.shape[0] / seconds:.1f} | {peak_mib_cell(step, device)}")
                 except Exception as err:  # one size a model cannot take does not hide the others
                     cells.append(f"error: {type(err).__name__}")
                     if device.type == "cuda":
