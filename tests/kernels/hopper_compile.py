@@ -47,9 +47,11 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int = 4):
 def _ptxas() -> str:
     from triton.backends.nvidia import compiler
 
-    if hasattr(compiler, "get_ptxas"):
-        return compiler.get_ptxas(90).path
-    return compiler._path_to_binary("ptxas")[0]        # triton 3.0 to 3.2
+    if not hasattr(compiler, "get_ptxas"):
+        return compiler._path_to_binary("ptxas")[0]        # triton 3.0 to 3.2
+    takes_arch = bool(inspect.signature(compiler.get_ptxas).parameters)    # not in triton 3.4 and 3.5
+    tool = compiler.get_ptxas(90) if takes_arch else compiler.get_ptxas()
+    return tool[0] if isinstance(tool, tuple) else tool.path             # triton 3.3: (path, version)
 
 
 def register_usage(compiled) -> Tuple[int, int]:
