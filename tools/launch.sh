@@ -12,8 +12,9 @@
 # status, not in torchrun's ChildFailedError traceback with status 1.
 # Interruptions: tools/train.py stops on SIGINT, SIGTERM, SIGUSR1 or SIGHUP after its current step, saving last.pth.tar.
 # For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
-# time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below, torch >= 2.9; an older torchrun dies on
-# SIGUSR1) SIGUSR1 to its workers, and kills those still running 30 s later (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
+# time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below: torch >= 2.10 reads it, our torchrun
+# wrapper does on older torch) SIGUSR1 to its workers, and kills those still running 30 s later
+# (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
 set -eu
 usage() {
     echo "usage: $0 torchrun GPUS ENTRY [ARGS...] | $0 srun PARTITION GPUS ENTRY [ARGS...]" >&2

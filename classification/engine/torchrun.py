@@ -3,14 +3,18 @@
 It is ``torch.distributed.run`` unchanged, except for how a launch that failed ends: when a worker fails, or torchrun
 itself is stopped by a signal, it prints one line and exits with the worker's status (128 + N for signal N), where
 torchrun prints a ChildFailedError or SignalException traceback and exits with 1. Each worker prints its own error
-above that line. ``--master_port=auto`` takes a free port of this machine (a one-node launch), and a master port
-in use ends in one line naming it, where torchrun printed a DistNetworkError traceback.
+above that line. On torch before 2.10 it also passes on the signals ``PET_SIGNALS_TO_HANDLE`` names, as 2.10's
+torchrun does (:func:`pass_on_the_named_signals`). ``--master_port=auto`` takes a free port of this machine (a
+one-node launch), and a master port in use ends in one line naming it, where torchrun printed a DistNetworkError
+traceback.
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any, Mapping, Optional, Sequence
 
 from ..data.loader import STOP_SIGNALS
@@ -79,6 +83,34 @@ def with_a_port(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+SIGNALS_TO_HANDLE = "PET_SIGNALS_TO_HANDLE"
+
+
+def pass_on_the_named_signals() -> list[str]:
+    """Make torchrun pass on the signals that ``PET_SIGNALS_TO_HANDLE`` names (comma-separated, e.g. tools/launch.sh's
+    ``SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1``) on a torch that does not read it; the names of the signals handed over.
+
+    torch 2.10 added that setting (``--signals_to_handle``). Before it, torchrun passed on SIGINT, SIGTERM, SIGHUP
+    and SIGQUIT only and died on SIGUSR1 (Slurm's warning before the time limit), its workers left to notice that
+    their launcher was gone. Here torchrun's own handler takes the other named signals too: it raises
+    ``SignalException``, on which torchrun sends that signal to its workers and waits for them, as 2.10 does."""
+    import dataclasses
+
+    from torch.distributed.elastic.multiprocessing.api import _terminate_process_handler
+    from torch.distributed.launcher.api import LaunchConfig
+
+    if ("signals_to_handle" in {field.name for field in dataclasses.fields(LaunchConfig)}   # torch >= 2.10
+            or threading.current_thread() is not threading.main_thread()):     # where no handler can be set
+        return []
+    handed_over = []
+    for name in filter(None, (part.strip() for part in os.environ.get(SIGNALS_TO_HANDLE, "").split(","))):
+        sig = getattr(signal, name, None)
+        if isinstance(sig, signal.Signals) and sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, _terminate_process_handler)
+            handed_over.append(name)
+    return handed_over
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run torchrun with ``argv`` (default: this process's arguments); the exit status of the launch."""
     from torch.distributed.elastic.multiprocessing import SignalException
@@ -86,6 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from torch.distributed.run import main as torchrun_main
 
     argv = with_a_port(sys.argv[1:] if argv is None else argv)
+    pass_on_the_named_signals()
     try:
         torchrun_main(argv)
     except ChildFailedError as err:

@@ -264,6 +264,31 @@ def test_torchrun_forwards_the_stop_signals_to_its_workers(name, tmp_path):
     assert got.read_text() == name
 
 
+def test_the_wrapper_hands_the_named_signals_to_torchrun_where_torch_does_not(monkeypatch):
+    """On torch before 2.10 (a LaunchConfig without ``signals_to_handle``) the wrapper gives the signals named in
+    PET_SIGNALS_TO_HANDLE to torchrun's own handler, skipping those no handler can take and unknown names; on a torch
+    that reads the setting itself it leaves every handler alone."""
+    import dataclasses
+
+    import torch.distributed.launcher.api as launcher
+    from torch.distributed.elastic.multiprocessing.api import _terminate_process_handler
+
+    from classification.engine import torchrun
+
+    old_torch_config = dataclasses.make_dataclass("LaunchConfig", [("min_nodes", int), ("max_nodes", int)])
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    monkeypatch.setenv("PET_SIGNALS_TO_HANDLE", "SIGTERM, SIGUSR1,SIGKILL,SIGNOPE")
+    try:
+        new_torch = "signals_to_handle" in {field.name for field in dataclasses.fields(launcher.LaunchConfig)}
+        assert torchrun.pass_on_the_named_signals() == ([] if new_torch else ["SIGTERM", "SIGUSR1"])
+        monkeypatch.setattr(launcher, "LaunchConfig", old_torch_config)
+        assert torchrun.pass_on_the_named_signals() == ["SIGTERM", "SIGUSR1"]
+        assert signal.getsignal(signal.SIGUSR1) is _terminate_process_handler
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def test_lr_log_rewinds_to_a_step_of_an_epoch(tmp_path):
     log = CsvLog(str(tmp_path / "lr.csv"), ("epoch", "step", "lr"))
     for row in ([0, 0, 0.1], [0, 2, 0.1], [1, 5, 0.2], [1, 7, 0.3], [1, 9, 0.4], [2, 10, 0.5]):
