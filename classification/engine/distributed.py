@@ -6,6 +6,7 @@ environment variable is required. Under torchrun (WORLD_SIZE > 1) the backend is
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -138,22 +139,48 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a list of numbers over all ranks (float64); identity in a single process."""
+# The tensors of each helper's last collective, held until the process ends. When a gloo thread drops the last
+# reference to a finished collective's tensor, freeing it takes the GIL; a rank that went from its last collective
+# straight to the process group's teardown, which joins those threads while holding the GIL, deadlocked there (torch
+# 2.8: one rank of a finished two-process run never exited, 3 runs in 31 on a loaded 2-core machine; not seen on
+# 2.10 or later). A tensor still referenced here is not freed by that thread.
+_LAST_COLLECTIVE: dict[str, tuple[torch.Tensor, ...]] = {}
+
+
+def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """``values`` summed (``op="sum"``) or their maximum (``"max"``) over all ranks, elementwise, in float64; the
+    values themselves in a single process."""
+    if op not in ("sum", "max"):
+        raise ValueError(f"all_reduce takes op 'sum' or 'max', not {op!r}")
     if not dist.is_initialized():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op.upper()))
+    _LAST_COLLECTIVE["all_reduce"] = (t,)
     return t.tolist()
 
 
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a list of numbers over all ranks (float64); identity in a single process."""
+    return all_reduce(values, device, "sum")
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order; `[obj]` in a single process."""
+    """Every rank's picklable `obj`, in rank order; `[obj]` in a single process."""
     if not dist.is_initialized():
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = max(int(n) for n in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[:payload.numel()] = payload
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    _LAST_COLLECTIVE["all_gather_objects"] = (size, *sizes, padded, *gathered)
+    return [pickle.loads(t[:int(n)].cpu().numpy().tobytes()) for t, n in zip(gathered, sizes)]
 
 
 def barrier() -> None:

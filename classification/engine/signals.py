@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.loader import STOP_SIGNALS
+from .distributed import all_reduce
 
 # torchrun sets it in the environment of its workers
 TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
@@ -70,9 +71,7 @@ class StopSignals:
         self._check_launcher()
         if not dist.is_initialized():
             return self.signum, failed
-        flags = torch.tensor([self.signum or 0, int(failed)], dtype=torch.int32, device=self.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        signum, any_failed = flags.tolist()
+        signum, any_failed = map(int, all_reduce([self.signum or 0, int(failed)], self.device, "max"))
         if signum and self.signum is None:
             self._check_launcher()  # another rank saw the launcher gone first: say so here too (rank 0 logs)
         return signum or None, bool(any_failed)
