@@ -142,7 +142,7 @@ def shutdown() -> None:
 # The tensors of each helper's last collective, held until the process ends. When a gloo thread drops the last
 # reference to a finished collective's tensor, freeing it takes the GIL; a rank that went from its last collective
 # straight to the process group's teardown, which joins those threads while holding the GIL, deadlocked there (torch
-# 2.8: one rank of a finished two-process run never exited, 3 runs in 31 on a loaded 2-core machine; not seen on
+# 2.8: one rank of a finished two-process run never exited, 5 runs in 51 on a loaded 2-core machine; not seen on
 # 2.10 or later). A tensor still referenced here is not freed by that thread.
 _LAST_COLLECTIVE: dict[str, tuple[torch.Tensor, ...]] = {}
 
