@@ -12,9 +12,11 @@ section without a number (`inc`, `mX`), which the original skipped: a typo chang
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
+from fractions import Fraction
 from typing import Callable, Sequence, Union
 
 import numpy as np
@@ -132,23 +134,46 @@ def blur(img: Image.Image, radius: float, fill: tuple, resample: Resample) -> Im
     return img.filter(ImageFilter.GaussianBlur(abs(radius)))
 
 
-def skew_coefficients(width: int, height: int, amount: float) -> np.ndarray:
+def skew_coefficients(width: int, height: int, amount: float) -> tuple[float, ...]:
     """The 8 PIL PERSPECTIVE coefficients of Skew: the output corners TL, TR, BR, BL moved by
     `s = ceil(max(width, height) * amount)` pixels (left, up, right, down) show the input's corners."""
-    s = math.ceil(max(width, height) * amount)
+    return _perspective_coefficients(width, height, math.ceil(max(width, height) * amount))
+
+
+@functools.lru_cache(maxsize=1024)
+def _perspective_coefficients(width: int, height: int, s: int) -> tuple[float, ...]:
+    """The 8 x 8 system of the four point pairs, solved exactly in rationals and rounded once.
+
+    A floating-point solve (the original's `np.linalg.solve`) is not reproducible: its last bits depend on the BLAS
+    build and its thread count (numpy 1.26's OpenBLAS gave other bits with OMP_NUM_THREADS=2 than with 1), and those
+    bits decide whether a pixel on the border samples the image or the black outside, so the same seeded sample came
+    out differently in two processes. Here the integer corners give the same exact answer everywhere.
+    """
     source = [(0, 0), (width, 0), (width, height), (0, height)]
     target = [(-s, 0), (width, -s), (width + s, height), (0, height + s)]
-    rows, rhs = [], []
+    rows = []
     for (x, y), (u, v) in zip(target, source):
-        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-        rhs += [u, v]
-    return np.linalg.solve(np.array(rows, dtype=np.float64), np.array(rhs, dtype=np.float64))
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y, u])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y, v])
+    return tuple(float(c) for c in _solve_exactly([[Fraction(a) for a in row] for row in rows]))
+
+
+def _solve_exactly(rows: list[list[Fraction]]) -> list[Fraction]:
+    """Gauss-Jordan elimination on an augmented n x (n + 1) matrix of a nonsingular system; the n unknowns."""
+    n = len(rows)
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if rows[r][col] != 0)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(n):
+            if r != col and rows[r][col] != 0:
+                factor = rows[r][col] / rows[col][col]
+                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col])]
+    return [rows[r][n] / rows[r][r] for r in range(n)]
 
 
 def skew(img: Image.Image, amount: float, fill: tuple, resample: Resample) -> Image.Image:
     """Perspective skew (bicubic, black outside the source)."""
-    return img.transform(img.size, Image.Transform.PERSPECTIVE, tuple(skew_coefficients(*img.size, amount)),
+    return img.transform(img.size, Image.Transform.PERSPECTIVE, skew_coefficients(*img.size, amount),
                          resample=Image.Resampling.BICUBIC)
 
 

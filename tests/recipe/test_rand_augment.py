@@ -1,6 +1,8 @@
 """The original's RandAugment: op pool and order, level rules, every op on tiny images against hand-computed pixels,
 unclamped magnitudes, choice frequencies, the config grammar, and which implementation the recipe builds."""
+import math
 import random
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -165,6 +167,19 @@ def test_skew_moves_the_four_corners_as_the_original():
     inward = pixels(ra.skew(white, -0.27, FILL, BICUBIC))  # corners pulled in: black (not the fill) at the corners
     assert inward[0, 0] == inward[0, 7] == inward[7, 7] == inward[7, 0] == 0
     assert (inward[3:5, 2:6] == 200).all()
+
+
+@pytest.mark.parametrize("width, height, amount", [(8, 8, 0.27), (16, 16, 0.3 * 1.0183), (224, 224, -0.243),
+                                                   (17, 40, 0.11), (300, 200, -0.3)])
+def test_skew_coefficients_are_the_exact_solution_rounded_once(width, height, amount):
+    """The skewed corners form a parallelogram, so the map is affine: its perspective terms are exactly 0 and the
+    rest is the closed form below, rounded once. A floating-point solve misses both in the last bits, and which bits
+    it gets depends on the BLAS and its thread count (numpy 1.26: OMP_NUM_THREADS=1 and 2 differed)."""
+    s = math.ceil(max(width, height) * amount)
+    den = (width + s) * (height + s) + s * s
+    a, d = Fraction(width * (height + s), den), Fraction(height * s, den)
+    exact = (a, -a * s / (height + s), a * s, d, Fraction(height * (width + s), den), d * s, 0, 0)
+    assert tuple(ra.skew_coefficients(width, height, amount)) == tuple(float(c) for c in exact)
 
 
 def test_distort_is_the_identity_below_two_tiles_and_moves_inner_corners():
