@@ -144,10 +144,10 @@ def skew_coefficients(width: int, height: int, amount: float) -> tuple[float, ..
 def _perspective_coefficients(width: int, height: int, s: int) -> tuple[float, ...]:
     """The 8 x 8 system of the four point pairs, solved exactly in rationals and rounded once.
 
-    A floating-point solve (the original's `np.linalg.solve`) is not reproducible: its last bits depend on the BLAS
-    build and its thread count (numpy 1.26's OpenBLAS gave other bits with OMP_NUM_THREADS=2 than with 1), and those
-    bits decide whether a pixel on the border samples the image or the black outside, so the same seeded sample came
-    out differently in two processes. Here the integer corners give the same exact answer everywhere.
+    A floating-point solve (the original's float32 pseudo-inverse, or `np.linalg.solve`) is not reproducible: its last
+    bits depend on the BLAS build and its thread count (numpy 1.26's OpenBLAS gave other bits with OMP_NUM_THREADS=2
+    than with 1), and those bits decide whether a pixel on the border samples the image or the black outside, so the
+    same seeded sample came out differently in two processes. The integer corners give one exact answer everywhere.
     """
     source = [(0, 0), (width, 0), (width, height), (0, height)]
     target = [(-s, 0), (width, -s), (width + s, height), (0, height + s)]
