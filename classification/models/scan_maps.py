@@ -337,11 +337,12 @@ def sequence_index(names: Sequence[str], grid: Sequence[int], cls_position: Opti
 
     Under ``torch.compile`` the table comes from the opaque op ``localmamba::sequence_index`` (a copy of the cached
     table; its shape is known without building it), so that no table is built inside the graph and a model may ask
-    for many tables in one graph (``assume_constant_result`` mixes up the second one with the first).
+    for many tables in one graph (``assume_constant_result`` mixes up the second one with the first). An ONNX export
+    gets the cached table itself, a constant of the ONNX graph (the exporter has no form for the opaque op).
     """
     names, grid = tuple(names), _check_grid(grid)
     device = torch.device('cpu') if device is None else torch.device(device)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
         return _sequence_index_op(','.join(names), grid[0], grid[1], -1 if cls_position is None else cls_position,
                                   device)
     return _sequence_index(names, grid, cls_position, device)

@@ -1,4 +1,4 @@
-"""Whole models under torch.compile (no graph break, same outputs and gradients) and ONNX export of the reference.
+"""Whole models under torch.compile (no graph break, same outputs and gradients) and ONNX export (both exporters).
 
 Small models (a few layers, 32 px); the default backend on this machine is ``cpu`` (C kernels, or their PyTorch
 fallback without a compiler). The graph-break test starts cold, with no kernel loaded in the process: the kernels'
@@ -141,6 +141,31 @@ def test_model_exports_to_onnx(family, requested, monkeypatch, tmp_path):
         torch.onnx.export(model, (image,), str(path), dynamo=False)
     session = onnxruntime.InferenceSession(str(path))
     (out,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None or importlib.util.find_spec('onnxscript') is None,
+                    reason='onnxscript / onnxruntime not installed')
+@pytest.mark.skipif(torch.__version__ < '2.8', reason='before torch 2.8 the torch.export-based ONNX exporter does not '
+                    'set torch.onnx.is_in_onnx_export(), which the ops and index tables read to export plain ops')
+@pytest.mark.parametrize('family', ['local_vim_cls', 'local_vssm', 'local_vssm_search'])
+def test_model_exports_with_the_default_onnx_exporter(family, tmp_path):
+    """torch.onnx.export as torch >= 2.9 runs it by default (dynamo=True): from cold index-table caches, with a
+    dynamic batch; the ONNX model at another batch size computes the model's logits, and the model still runs after
+    the export (no table built during it was cached as a traced value)."""
+    import onnxruntime
+
+    model, image = MODELS[family]()
+    model.eval()
+    scan_maps._sequence_index.cache_clear()
+    scan_maps.scan_index.cache_clear()
+    path = tmp_path / 'model.onnx'
+    torch.onnx.export(model, (image,), str(path), dynamo=True, dynamic_shapes=({0: 'batch'},), verbose=False)
+    other = torch.randn(3, *image.shape[1:])
+    session = onnxruntime.InferenceSession(str(path))
+    (out,) = session.run(None, {session.get_inputs()[0].name: other.numpy()})
+    with torch.no_grad():
+        expected = model(other)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
 
 
