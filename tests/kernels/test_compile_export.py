@@ -88,3 +88,43 @@ def test_reference_backend_exports_to_onnx(force_backend, tmp_path):
     with torch.no_grad():
         expected = model(xz)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+
+
+class ScanModule(torch.nn.Module):
+    """The scan with grouped B and C, D, z and softplus, for export."""
+
+    def __init__(self):
+        super().__init__()
+        _, _, A, _, _, D, _, bias = (torch.nn.Parameter(t.detach()) for t in scan_inputs())
+        self.A, self.D, self.bias = A, D, bias
+
+    def forward(self, u, delta, B, C, z):
+        return selective_scan_fn(u, delta, self.A, B, C, self.D, z, self.bias, delta_softplus=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+                    reason="onnx / onnxruntime not installed")
+def test_exported_scan_graph_grows_with_the_log_of_the_length(tmp_path):
+    """The exported scan pairs steps instead of unrolling its loop: each doubling of L adds the same nodes (one more
+    level), so L = 256 has 4 levels more than L = 16; onnxruntime's output matches the model at every length, odd ones
+    (padded) included."""
+    import onnx
+    import onnxruntime
+
+    model = ScanModule().eval()
+    nodes = {}
+    for seqlen in (16, 32, 64, 256, 45):
+        g = torch.Generator().manual_seed(seqlen)
+        u, delta, z = (torch.randn(BT, E, seqlen, generator=g) for _ in range(3))
+        B, C = torch.randn(BT, 2, N, seqlen, generator=g), torch.randn(BT, 2, N, seqlen, generator=g)
+        path = str(tmp_path / f"scan{seqlen}.onnx")
+        torch.onnx.export(model, (u, delta, B, C, z), path, dynamo=False)
+        nodes[seqlen] = len(onnx.load(path).graph.node)
+        session = onnxruntime.InferenceSession(path)
+        (out,) = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), (u, delta, B, C, z))})
+        with torch.no_grad():
+            expected = model(u, delta, B, C, z)
+        torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+    per_level = nodes[32] - nodes[16]
+    assert per_level > 0 and nodes[64] - nodes[32] == per_level, nodes
+    assert nodes[256] == nodes[16] + 4 * per_level, nodes

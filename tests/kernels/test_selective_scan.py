@@ -4,6 +4,7 @@ import torch
 
 from kernel_formulas import direct_scan
 from localmamba_ssm import selective_scan_fn, selective_scan_ref
+from localmamba_ssm.ops.reference import linear_recurrence
 
 BT, DM, L, N = 2, 6, 13, 5
 
@@ -57,6 +58,36 @@ def test_reference_matches_direct_formula():
     out, last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last.double(), expected_last, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bc_kind,groups", CASES)
+def test_reference_during_an_onnx_export_matches_direct_formula(monkeypatch, bc_kind, groups):
+    """Under an ONNX export the reference solves the recurrence by pairing steps instead of its loop."""
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    u, delta, A, B, C, D, z, bias = make_inputs(bc_kind, groups)
+    expected, expected_last = direct_scan(u, delta, A, B, C, D, z, bias, True)
+    out, last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last.double(), expected_last, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 3, 6, 7, 64, 100])
+def test_linear_recurrence_matches_the_step_by_step_states_and_gradients(seqlen):
+    g = torch.Generator().manual_seed(seqlen)
+    decay = torch.rand(2, 3, seqlen, generator=g, dtype=torch.float64).requires_grad_()
+    drive = torch.randn(2, 3, seqlen, generator=g, dtype=torch.float64).requires_grad_()
+    weights = torch.randn(2, 3, seqlen, generator=g, dtype=torch.float64)
+    state, expected = torch.zeros(2, 3, dtype=torch.float64), []
+    for t in range(seqlen):
+        state = decay[..., t] * state + drive[..., t]
+        expected.append(state)
+    expected = torch.stack(expected, dim=-1)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (decay, drive))
+    states = linear_recurrence(decay, drive)
+    grads = torch.autograd.grad((states * weights).sum(), (decay, drive))
+    torch.testing.assert_close(states, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected_grads):   # at L = 1 decay's gradient is zero (the state before is zero)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bc_kind,groups", [("const", 1), ("var3", 1), ("var4", 2)])

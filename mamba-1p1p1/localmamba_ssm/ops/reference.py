@@ -1,7 +1,9 @@
 """Plain-PyTorch references: the sequential selective scan and the Mamba inner functions built on it.
 
 They follow mamba_ssm 1.1.1's formulation (all decays ``exp(delta * A)`` and inputs ``delta * B * u`` first, then one
-Python loop over the sequence), are differentiable by autograd, run on any device and export to ONNX.
+Python loop over the sequence), are differentiable by autograd, run on any device and export to ONNX. During an ONNX
+export the scan solves its recurrence by :func:`linear_recurrence` instead of the loop: the same sums in another order
+in O(log L) graph ops instead of O(L), so the exported graph does not grow with the number of tokens.
 """
 from __future__ import annotations
 
@@ -22,11 +24,72 @@ def _per_channel(M: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
     return M
 
 
+def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+    """States of ``h_t = decay_t * h_{t-1} + drive_t`` with ``h_{-1} = 0`` along the last dim: (..., L) -> (..., L).
+
+    Steps 2i and 2i+1 compose into one step of a half-length recurrence, solved the same way, whose states are the odd
+    steps'; each even step is then one step from the odd state before it. O(L) work in O(log L) tensor ops.
+    """
+    seqlen = decay.shape[-1]
+    if seqlen <= 1:  # one step from the zero state; decay stays in the graph (a zero gradient, not None)
+        return decay * torch.zeros_like(drive) + drive
+    if seqlen % 2:  # a trailing identity step (decay 1, drive 0), dropped again below
+        decay = F.pad(decay, (0, 1), value=1.0)
+        drive = F.pad(drive, (0, 1))
+    decay_even, decay_odd = decay.unflatten(-1, (-1, 2)).unbind(-1)
+    drive_even, drive_odd = drive.unflatten(-1, (-1, 2)).unbind(-1)
+    states_odd = linear_recurrence(decay_odd * decay_even, decay_odd * drive_even + drive_odd)
+    states_even = drive_even + decay_even * F.pad(states_odd[..., :-1], (1, 0))
+    return torch.stack((states_even, states_odd), dim=-1).flatten(-2)[..., :seqlen]
+
+
+def _scan_by_loop(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """mamba_ssm's loop over the sequence: u, delta (Bt, Dm, L); A (Dm, N); B, C (Dm, N), (Bt, N, L) or per channel
+    (Bt, Dm, N, L) -> the outputs <h_t, C_t> (Bt, Dm, L) and the last state (Bt, Dm, N)."""
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    if B.dim() == 2:
+        drive = torch.einsum("bdl,dn,bdl->bdln", delta, B, u)
+    elif B.dim() == 3:
+        drive = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    else:
+        drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    state = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]))
+    ys = []
+    # unbind, not indexing: the backward of one index per step would fill a full-size gradient every step
+    steps = zip(decay.unbind(2), drive.unbind(2), [C] * u.shape[2] if C.dim() == 2 else C.unbind(-1))
+    for decay_t, drive_t, C_t in steps:
+        state = decay_t * state + drive_t
+        if C.dim() == 2:
+            ys.append(torch.einsum("bdn,dn->bd", state, C_t))
+        elif C.dim() == 3:
+            ys.append(torch.einsum("bdn,bn->bd", state, C_t))
+        else:
+            ys.append(torch.einsum("bdn,bdn->bd", state, C_t))
+    return torch.stack(ys, dim=2), state
+
+
+def _time_last(M: torch.Tensor) -> torch.Tensor:
+    """B or C as (Dm, N), (Bt, N, L) or (Bt, Dm, N, L), viewed to broadcast against (Bt, Dm, N, L)."""
+    if M.dim() == 2:
+        return M[:, :, None]
+    return M[:, None] if M.dim() == 3 else M
+
+
+def _scan_by_pairs(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_scan_by_loop` with the states from :func:`linear_recurrence`, all in (Bt, Dm, N, L) by broadcasting
+    (no einsum: onnxruntime's CPU Einsum is several times slower than its Mul on these)."""
+    decay = torch.exp(delta[:, :, None] * A[:, :, None])
+    states = linear_recurrence(decay, (delta * u)[:, :, None] * _time_last(B))
+    return (states * _time_last(C)).sum(dim=2), states[..., -1]
+
+
 def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                        delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                        return_last_state: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-    """Sequential selective scan.
+    """Selective scan by mamba_ssm's loop over the sequence; during an ONNX export by :func:`linear_recurrence`.
 
     u, delta (Bt, Dm, L); A (Dm, N); B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L); D, delta_bias (Dm,); z (Bt, Dm, L).
     Returns out (Bt, Dm, L) in u's dtype, and the last state (Bt, Dm, N) if ``return_last_state``.
@@ -42,30 +105,12 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
             delta = delta + delta_bias.to(dtype)[:, None]
         if delta_softplus:
             delta = F.softplus(delta)
-        batch, dim, seqlen = u.shape
+        dim = u.shape[1]
         A = A.to(dtype)
         B = _per_channel(B, dim, dtype)
         C = _per_channel(C, dim, dtype)
-        decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-        if B.dim() == 2:
-            drive = torch.einsum("bdl,dn,bdl->bdln", delta, B, u)
-        elif B.dim() == 3:
-            drive = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-        else:
-            drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
-        state = u.new_zeros((batch, dim, A.shape[1]))
-        ys = []
-        # unbind, not indexing: the backward of one index per step would fill a full-size gradient every step
-        steps = zip(decay.unbind(2), drive.unbind(2), [C] * seqlen if C.dim() == 2 else C.unbind(-1))
-        for decay_t, drive_t, C_t in steps:
-            state = decay_t * state + drive_t
-            if C.dim() == 2:
-                ys.append(torch.einsum("bdn,dn->bd", state, C_t))
-            elif C.dim() == 3:
-                ys.append(torch.einsum("bdn,bn->bd", state, C_t))
-            else:
-                ys.append(torch.einsum("bdn,bdn->bd", state, C_t))
-        out = torch.stack(ys, dim=2)
+        scan = _scan_by_pairs if torch.onnx.is_in_onnx_export() else _scan_by_loop
+        out, state = scan(u, delta, A, B, C)
         if D is not None:
             out = out + u * D.to(dtype)[:, None]
         if z is not None:
