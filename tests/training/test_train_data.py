@@ -1,5 +1,6 @@
 """Datasets in every layout on tiny trees of real image files, the sampler's sharding, and per-sample seeding."""
 import logging
+import multiprocessing
 import os
 
 import numpy as np
@@ -124,6 +125,27 @@ def test_augmentation_does_not_depend_on_workers_or_global_rng(folder_tree):
     data = loader2.dataset  # the same sample in two epochs (the loader's order changes between epochs as well)
     assert torch.equal(data[(0, 5)][0], data[(0, 5)][0])
     assert not torch.equal(data[(1, 5)][0], data[(0, 5)][0])  # a new epoch draws new augmentations
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_loader_workers_started_by_forkserver_or_spawn_give_the_same_images(folder_tree, start_method):
+    """Python 3.14 starts processes by forkserver on Linux (macOS by spawn): the dataset and its transform are pickled
+    to the workers, which must give the images of the main process."""
+    cfg = cfg_for("--data-path", folder_tree, "--img-size", "16", "-b", "4", "--aa", "rand-m9-mstd0.5",
+                  "--reprob", "0.5")
+    train, val = build_datasets(cfg)
+    expected = [x for x, _ in build_loaders(cfg, train, val, 1, 0)[0]]
+    cfg.workers = 1
+    previous = multiprocessing.get_start_method()
+    multiprocessing.set_start_method(start_method, force=True)
+    try:
+        loader, _ = build_loaders(cfg, train, val, 1, 0)
+        got = [x for x, _ in loader]
+        worker = loader._iterator._workers[0]     # started the asked way (multiprocessing.popen_forkserver, ...)
+        assert f"popen_{start_method}" in type(worker._popen).__module__
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, localmamba_log):
