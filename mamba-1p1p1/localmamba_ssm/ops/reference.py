@@ -36,8 +36,8 @@ def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
     if seqlen % 2:  # a trailing identity step (decay 1, drive 0), dropped again below
         decay = F.pad(decay, (0, 1), value=1.0)
         drive = F.pad(drive, (0, 1))
-    decay_even, decay_odd = decay.unflatten(-1, (-1, 2)).unbind(-1)
-    drive_even, drive_odd = drive.unflatten(-1, (-1, 2)).unbind(-1)
+    decay_even, decay_odd = decay[..., 0::2], decay[..., 1::2]
+    drive_even, drive_odd = drive[..., 0::2], drive[..., 1::2]
     states_odd = linear_recurrence(decay_odd * decay_even, decay_odd * drive_even + drive_odd)
     states_even = drive_even + decay_even * F.pad(states_odd[..., :-1], (1, 0))
     return torch.stack((states_even, states_odd), dim=-1).flatten(-2)[..., :seqlen]
