@@ -1,0 +1,121 @@
+"""ONNX export of a model and its weights (``tools/export_onnx.py``), checked by onnxruntime against the model.
+
+The graph takes any batch size: it is exported with a dynamic batch from an example batch of 2, since
+``torch.export`` specialises a batch of 1 (the ONNX model would then fail at other sizes). The ops record their
+plain-PyTorch reference during an export, the scan as O(log L) paired steps.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from argparse import Namespace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..common.checkpoint_io import load_checkpoint, state_dict_from
+from .checkpoint import check_same_model, fit_to_model, load_weights
+from .config import ConfigError
+from .model_builder import build_model, canonical_model_name
+
+EXPORTERS = ("dynamo", "torchscript")
+CHECK_BATCH = 3     # another size than the example's: the batch dim must be dynamic
+
+
+def onnx_files(path: str) -> list[str]:
+    """The files an export to ``path`` writes: the model, and the weights' external-data file beside it."""
+    return [path, path + ".data"]
+
+
+def export_model(model: nn.Module, path: str, img_size: int, exporter: str = "dynamo", example_batch: int = 2,
+                 optimize: bool = False) -> None:
+    """Write ``model`` (eval mode, on the CPU) to ``path`` for (batch, 3, img_size, img_size) images, batch dynamic.
+
+    ``exporter``: 'dynamo' (``torch.export``-based, torch >= 2.8 and onnxscript) or 'torchscript'; ``optimize``:
+    onnxscript's graph optimisation of the dynamo export (minutes for a full-size model).
+    """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if example_batch < 2:
+        raise ConfigError(f"--example-batch must be 2 or more (torch.export fixes a batch of 1), got {example_batch}")
+    image = torch.randn(example_batch, 3, img_size, img_size)
+    with torch.no_grad():
+        if exporter == "dynamo":
+            torch.onnx.export(model, (image,), path, dynamo=True, dynamic_shapes=({0: "batch"},), optimize=optimize,
+                              input_names=["image"], output_names=["logits"], verbose=False)
+        else:
+            torch.onnx.export(model, (image,), path, dynamo=False, input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def onnxruntime_difference(model: nn.Module, path: str, img_size: int, batch: int = CHECK_BATCH) -> float:
+    """Largest absolute difference between onnxruntime's outputs of the ONNX model at ``path`` and ``model``'s, on
+    ``batch`` random images."""
+    import onnxruntime
+
+    image = torch.randn(batch, 3, img_size, img_size)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    with torch.no_grad():
+        expected = model(image)
+    return (torch.from_numpy(out) - expected).abs().max().item()
+
+
+def _saved_classes(model: nn.Module, weights: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes of the classifier in ``weights`` (None if it has none under the model's name for it)."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    bias = weights.get(f"{classifier}.bias")
+    return None if bias is None else bias.shape[0]
+
+
+def load_model(cfg: Namespace, ema: bool) -> nn.Module:
+    """``cfg.model`` built as ``tools/test.py`` builds it, with the weights of ``cfg.resume`` (its EMA's if ``ema``)
+    when given, in eval mode on the CPU. Without ``--num-classes`` the classifier takes the checkpoint's size."""
+    model = build_model(cfg)
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
+        weights = state_dict_from(ckpt, "ema_model" if ema else None, source=cfg.resume)
+        classes = _saved_classes(model, weights)
+        if cfg.num_classes is None and classes is not None and classes != getattr(model, "num_classes", classes):
+            cfg.num_classes = classes
+            model = build_model(cfg)
+        check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
+        load_weights(model, fit_to_model(model, weights), cfg.resume)
+    elif ema:
+        raise ConfigError("--ema needs --resume CHECKPOINT (the EMA weights are in a training checkpoint)")
+    return model.eval()
+
+
+def export(cfg: Namespace, path: str, exporter: str, example_batch: int, check: bool, overwrite: bool,
+           ema: bool, optimize: bool = False) -> dict[str, Any]:
+    """Export ``cfg.model`` (with ``cfg.resume``'s weights) to ``path``; returns the facts to report: seconds, bytes
+    written, and with ``check`` onnxruntime's largest difference from the model at batch ``CHECK_BATCH``."""
+    if not path.endswith(".onnx"):
+        raise ConfigError(f"the ONNX file's name must end in .onnx, got {path!r}")
+    if exporter == "dynamo" and (importlib.util.find_spec("onnxscript") is None or torch.__version__ < "2.8"):
+        raise ConfigError("the dynamo exporter needs torch >= 2.8 and onnxscript (pip install onnxscript): install "
+                          "them or give --exporter torchscript")
+    if check and importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("the check runs onnxruntime, which is not installed: pip install onnxruntime, or give "
+                          "--no-check")
+    present = [name for name in onnx_files(path) if os.path.exists(name)]
+    if present and not overwrite:
+        raise ConfigError(f"{present[0]} exists: give --overwrite to replace it, or another path")
+    model = load_model(cfg, ema)
+    for name in present:
+        os.remove(name)
+    start = time.perf_counter()
+    try:
+        export_model(model, path, cfg.img_size, exporter, example_batch, optimize)
+    except BaseException:
+        for name in onnx_files(path):     # no half-written model left behind
+            if os.path.exists(name):
+                os.remove(name)
+        raise
+    report: dict[str, Any] = dict(seconds=time.perf_counter() - start,
+                                  bytes=sum(os.path.getsize(name) for name in onnx_files(path) if os.path.exists(name)))
+    if check:
+        report["max_abs_difference"] = onnxruntime_difference(model, path, cfg.img_size)
+    return report

@@ -1,0 +1,98 @@
+"""tools/export_onnx.py: a checkpoint of a small searched model exported by both exporters runs in onnxruntime at
+another batch size than the export's with the model's outputs; an existing file is kept; bad flags are one-line
+errors."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import yaml
+
+import classification.models  # noqa: F401  (registers the models)
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.onnx_export import export, load_model, onnxruntime_difference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIRECTIONS = [['h', 'w2_flip'], ['v_flip', 'w3']]
+SMALL = ['local_vssm_tiny', '--model-kwargs', 'dims=[8,16]', 'depths=[1,1]', '--img-size', '28']
+
+needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None,
+                                       reason='onnxruntime not installed')
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A training-style checkpoint of the small model with 5 classes, and its directions file."""
+    directions = tmp_path / 'directions.yaml'
+    directions.write_text(yaml.safe_dump({'directions': DIRECTIONS}))
+    torch.manual_seed(0)
+    model = timm.create_model('local_vssm_tiny', dims=(8, 16), depths=(1, 1), num_classes=5, directions=DIRECTIONS)
+    path = tmp_path / 'model.pth.tar'
+    torch.save({'model': model.state_dict(), 'ema_model': {k: v + 1 for k, v in model.state_dict().items()},
+                'model_name': 'local_vssm_tiny', 'directions': DIRECTIONS}, path)
+    return ['--model', *SMALL, '--directions', str(directions), '--resume', str(path)], model
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize('exporter', [
+    'torchscript',
+    pytest.param('dynamo', marks=pytest.mark.skipif(
+        torch.__version__ < '2.8' or importlib.util.find_spec('onnxscript') is None,
+        reason='the torch.export-based exporter needs torch >= 2.8 and onnxscript'))])
+def test_exported_checkpoint_computes_the_models_outputs_at_another_batch(checkpoint, exporter, tmp_path):
+    flags, trained = checkpoint
+    cfg = parse_args(flags, evaluation=True)
+    path = str(tmp_path / 'model.onnx')
+    report = export(cfg, path, exporter, example_batch=2, check=True, overwrite=False, ema=False)
+    assert cfg.num_classes == 5 and report['bytes'] == sum(
+        os.path.getsize(p) for p in (path, path + '.data') if os.path.exists(p))
+    assert report['max_abs_difference'] < 1e-5              # onnxruntime at batch 3, against the loaded model
+    assert onnxruntime_difference(trained.eval(), path, 28, batch=1) < 1e-5   # the checkpoint's weights, at batch 1
+
+
+def test_the_ema_weights_are_loaded_when_asked(checkpoint):
+    flags, trained = checkpoint
+    model = load_model(parse_args(flags, evaluation=True), ema=True)
+    torch.testing.assert_close(model.classifier.head.bias, trained.classifier.head.bias + 1)
+    with pytest.raises(ConfigError, match='--ema needs --resume'):
+        load_model(parse_args(['--model', *SMALL, '--directions', flags[flags.index('--directions') + 1]],
+                              evaluation=True), ema=True)
+
+
+@needs_onnxruntime
+def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_path):
+    flags, _ = checkpoint
+    existing = tmp_path / 'old.onnx'
+    existing.write_text('keep me')
+
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    refused = run('--onnx', str(existing), '--exporter', 'torchscript')
+    assert refused.returncode == 2 and f'error: {existing} exists: give --overwrite' in refused.stderr
+    assert existing.read_text() == 'keep me'
+    one = run('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
+    assert one.returncode == 2 and 'error: --example-batch must be 2 or more' in one.stderr
+    assert not os.path.exists(tmp_path / 'one.onnx')
+    done = run('--onnx', str(existing), '--exporter', 'torchscript', '--overwrite')
+    assert done.returncode == 0, done.stderr
+    assert 'onnxruntime vs the model, batch 3: largest difference of the outputs' in done.stdout
+    assert existing.read_bytes()[:20] != b'keep me'
+
+
+@pytest.mark.parametrize('missing, exporter, pattern', [
+    ('onnxruntime', 'torchscript', 'the check runs onnxruntime, which is not installed: .* or give --no-check'),
+    ('onnxscript', 'dynamo', 'the dynamo exporter needs torch >= 2.8 and onnxscript .* give --exporter torchscript')])
+def test_a_missing_package_is_named_before_anything_is_written(checkpoint, missing, exporter, pattern, monkeypatch,
+                                                               tmp_path):
+    flags, _ = checkpoint
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *args: None if name == missing else
+                        find_spec(name, *args))
+    with pytest.raises(ConfigError, match=pattern):
+        export(parse_args(flags, evaluation=True), str(tmp_path / 'm.onnx'), exporter, 2, True, False, False)
+    assert not (tmp_path / 'm.onnx').exists()

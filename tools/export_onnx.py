@@ -1,0 +1,58 @@
+"""Export a model to ONNX: `python tools/export_onnx.py [-c CONFIG] --model NAME [--resume CKPT] --onnx FILE.onnx`.
+
+The model flags are tools/test.py's (`-c`, `--model`, `--img-size`, `--num-classes`, `--model-kwargs`,
+`--directions`, `--resume`, `--trust-checkpoint`): a run's args.yaml and its checkpoint export what it trained.
+The graph takes any batch size. onnxruntime then runs it on random images against the model and the largest
+difference of the outputs is printed (`--no-check` skips this).
+"""
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored by a parent shell: Ctrl-C during
+    signal.signal(signal.SIGINT, signal.SIG_DFL)                  # the imports stops quietly (run_cli restores it)
+
+from classification.engine.cli import run_cli  # noqa: E402
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+                                     epilog="\n".join(__doc__.splitlines()[2:]) + "\nModel flags: tools/test.py -h.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", required=True, metavar="FILE.onnx", help="where to write the ONNX model")
+    parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                        help="torch.onnx.export's torch.export-based exporter (dynamo=True, torch >= 2.8, needs "
+                             "onnxscript; the default) or its TorchScript one (dynamo=False)")
+    parser.add_argument("--example-batch", type=int, default=2,
+                        help="batch of the example images the export traces (2 or more; default 2)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="run onnxscript's graph optimisation on the dynamo export (minutes for a full-size model; "
+                             "onnxruntime gains little)")
+    parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="do not run the ONNX model by onnxruntime against the model")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE.onnx")
+    return parser
+
+
+def main() -> None:
+    from classification.engine.config import parse_args
+    from classification.engine.onnx_export import CHECK_BATCH, export
+
+    options, model_flags = export_parser().parse_known_args()
+    cfg = parse_args(model_flags, description="LocalMamba ONNX export", evaluation=True)
+    weights = f"{cfg.resume}{' (EMA)' if options.ema else ''}" if cfg.resume else "random weights"
+    print(f"Exporting {cfg.model} at {cfg.img_size}x{cfg.img_size} with {weights} to {options.onnx} "
+          f"({options.exporter} exporter)...", flush=True)
+    report = export(cfg, options.onnx, options.exporter, options.example_batch, options.check, options.overwrite,
+                    options.ema, options.optimize)
+    print(f"Wrote {options.onnx} in {report['seconds']:.1f} s ({report['bytes'] / 1e6:.1f} MB)")
+    if options.check:
+        print(f"onnxruntime vs the model, batch {CHECK_BATCH}: largest difference of the outputs "
+              f"{report['max_abs_difference']:.2e}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
