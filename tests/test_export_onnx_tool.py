@@ -13,6 +13,7 @@ import yaml
 
 import classification.models  # noqa: F401  (registers the models)
 from classification.engine.config import ConfigError, parse_args
+from classification.engine import onnx_export
 from classification.engine.onnx_export import export, load_model, onnxruntime_difference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,3 +97,20 @@ def test_a_missing_package_is_named_before_anything_is_written(checkpoint, missi
     with pytest.raises(ConfigError, match=pattern):
         export(parse_args(flags, evaluation=True), str(tmp_path / 'm.onnx'), exporter, 2, True, False, False)
     assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_a_failed_export_leaves_the_existing_file_and_no_staging_folder(checkpoint, monkeypatch, tmp_path):
+    flags, _ = checkpoint
+    existing = tmp_path / 'm.onnx'
+    existing.write_text('keep me')
+
+    def half_written(model, path, *args):
+        with open(path, 'w') as f:
+            f.write('half')
+        raise RuntimeError('the exporter failed')
+
+    monkeypatch.setattr(onnx_export, 'export_model', half_written)
+    with pytest.raises(RuntimeError, match='the exporter failed'):
+        export(parse_args(flags, evaluation=True), str(existing), 'torchscript', 2, False, True, False)
+    assert existing.read_text() == 'keep me'
+    assert sorted(os.listdir(tmp_path)) == ['directions.yaml', 'm.onnx', 'model.pth.tar']

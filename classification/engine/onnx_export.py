@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import time
 from argparse import Namespace
 from typing import Any
@@ -29,6 +30,20 @@ def onnx_files(path: str) -> list[str]:
     return [path, path + ".data"]
 
 
+def check_export_options(exporter: str, example_batch: int, check: bool) -> None:
+    """Refuse an unknown exporter, an example batch below 2, or a missing package, naming the fix."""
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if example_batch < 2:
+        raise ConfigError(f"--example-batch must be 2 or more (torch.export fixes a batch of 1), got {example_batch}")
+    if exporter == "dynamo" and (importlib.util.find_spec("onnxscript") is None or torch.__version__ < "2.8"):
+        raise ConfigError("the dynamo exporter needs torch >= 2.8 and onnxscript (pip install onnxscript): install "
+                          "them or give --exporter torchscript")
+    if check and importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("the check runs onnxruntime, which is not installed: pip install onnxruntime, or give "
+                          "--no-check")
+
+
 def export_model(model: nn.Module, path: str, img_size: int, exporter: str = "dynamo", example_batch: int = 2,
                  optimize: bool = False) -> None:
     """Write ``model`` (eval mode, on the CPU) to ``path`` for (batch, 3, img_size, img_size) images, batch dynamic.
@@ -36,10 +51,7 @@ def export_model(model: nn.Module, path: str, img_size: int, exporter: str = "dy
     ``exporter``: 'dynamo' (``torch.export``-based, torch >= 2.8 and onnxscript) or 'torchscript'; ``optimize``:
     onnxscript's graph optimisation of the dynamo export (minutes for a full-size model).
     """
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if example_batch < 2:
-        raise ConfigError(f"--example-batch must be 2 or more (torch.export fixes a batch of 1), got {example_batch}")
+    check_export_options(exporter, example_batch, check=False)
     image = torch.randn(example_batch, 3, img_size, img_size)
     with torch.no_grad():
         if exporter == "dynamo":
@@ -91,31 +103,29 @@ def load_model(cfg: Namespace, ema: bool) -> nn.Module:
 def export(cfg: Namespace, path: str, exporter: str, example_batch: int, check: bool, overwrite: bool,
            ema: bool, optimize: bool = False) -> dict[str, Any]:
     """Export ``cfg.model`` (with ``cfg.resume``'s weights) to ``path``; returns the facts to report: seconds, bytes
-    written, and with ``check`` onnxruntime's largest difference from the model at batch ``CHECK_BATCH``."""
+    written, and with ``check`` onnxruntime's largest difference from the model at batch ``CHECK_BATCH``.
+
+    The files are written in a staging folder beside ``path`` and moved there when complete (an interrupted or
+    failed export leaves an existing file as it was); the weights' file keeps its name, which the model refers to."""
     if not path.endswith(".onnx"):
         raise ConfigError(f"the ONNX file's name must end in .onnx, got {path!r}")
-    if exporter == "dynamo" and (importlib.util.find_spec("onnxscript") is None or torch.__version__ < "2.8"):
-        raise ConfigError("the dynamo exporter needs torch >= 2.8 and onnxscript (pip install onnxscript): install "
-                          "them or give --exporter torchscript")
-    if check and importlib.util.find_spec("onnxruntime") is None:
-        raise ConfigError("the check runs onnxruntime, which is not installed: pip install onnxruntime, or give "
-                          "--no-check")
+    check_export_options(exporter, example_batch, check)
     present = [name for name in onnx_files(path) if os.path.exists(name)]
     if present and not overwrite:
         raise ConfigError(f"{present[0]} exists: give --overwrite to replace it, or another path")
     model = load_model(cfg, ema)
-    for name in present:
-        os.remove(name)
-    start = time.perf_counter()
-    try:
-        export_model(model, path, cfg.img_size, exporter, example_batch, optimize)
-    except BaseException:
-        for name in onnx_files(path):     # no half-written model left behind
-            if os.path.exists(name):
-                os.remove(name)
-        raise
-    report: dict[str, Any] = dict(seconds=time.perf_counter() - start,
-                                  bytes=sum(os.path.getsize(name) for name in onnx_files(path) if os.path.exists(name)))
-    if check:
-        report["max_abs_difference"] = onnxruntime_difference(model, path, cfg.img_size)
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as staging:
+        staged = os.path.join(staging, os.path.basename(path))
+        start = time.perf_counter()
+        export_model(model, staged, cfg.img_size, exporter, example_batch, optimize)
+        report: dict[str, Any] = dict(seconds=time.perf_counter() - start)
+        if check:
+            report["max_abs_difference"] = onnxruntime_difference(model, staged, cfg.img_size)
+        written = [name for name in onnx_files(staged) if os.path.exists(name)]
+        report["bytes"] = sum(os.path.getsize(name) for name in written)
+        for name in present:
+            os.remove(name)
+        for name in written:
+            os.replace(name, os.path.join(folder, os.path.basename(name)))
     return report
