@@ -113,6 +113,12 @@ def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[
     return fitted
 
 
+def load_at_model_size(model: nn.Module, weights: Mapping[str, torch.Tensor], path: str) -> None:
+    """Load `weights` (read from `path`) into `model`, built for the image size at hand: LocalVim's position tables
+    are resized to its token grid (`fit_to_model`), every other weight must fit."""
+    load_weights(model, fit_to_model(model, weights), path)
+
+
 def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> list[str]:
     """Initialise `model` from the weights of `ckpt` (training or released form) for fine-tuning: they pass through
     `fit_to_model`, the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its shape differs

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..data import build_eval_dataset, build_loaders
 from .amp import autocast, log_precision
-from .checkpoint import INPUT_FLAGS, check_same_model, fit_to_model, load_weights
+from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, format_eta, setup_logging, start_log_file
@@ -94,12 +94,6 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     return metrics
 
 
-def _load_at_model_size(model: nn.Module, weights: dict, path: str) -> None:
-    """Load `weights` (read from `path`) into `model`, built for the evaluated image size: LocalVim's position tables
-    are resized to its token grid (`fit_to_model`), every other weight must fit."""
-    load_weights(model, fit_to_model(model, weights), path)
-
-
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -136,7 +130,7 @@ def test(cfg: Namespace) -> dict:
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-        _load_at_model_size(model, weights, cfg.resume)
+        load_at_model_size(model, weights, cfg.resume)
         model.to(env.device)
         net = model
         if cfg.compile is not None:     # shares model's weights; every batch at one shape: one compilation
@@ -155,7 +149,7 @@ def test(cfg: Namespace) -> dict:
         metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
         log.info(f"{'Model: ' if ema_weights is not None else ''}{metrics}")
         if ema_weights is not None:
-            _load_at_model_size(model, ema_weights, cfg.resume)
+            load_at_model_size(model, ema_weights, cfg.resume)
             metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
             log.info(f"EMA: {metrics}")
         return metrics

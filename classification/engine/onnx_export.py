@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import load_checkpoint, state_dict_from
-from .checkpoint import check_same_model, fit_to_model, load_weights
+from .checkpoint import check_same_model, load_at_model_size
 from .config import ConfigError
 from .model_builder import build_model, canonical_model_name
 
@@ -94,7 +94,7 @@ def load_model(cfg: Namespace, ema: bool) -> nn.Module:
             cfg.num_classes = classes
             model = build_model(cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-        load_weights(model, fit_to_model(model, weights), cfg.resume)
+        load_at_model_size(model, weights, cfg.resume)
     elif ema:
         raise ConfigError("--ema needs --resume CHECKPOINT (the EMA weights are in a training checkpoint)")
     return model.eval()
