@@ -21,7 +21,12 @@ _spec.loader.exec_module(benchmark)
 @pytest.mark.parametrize('model, baseline', [('local_vim_tiny', 'deit_tiny_patch16_224'),
                                              ('local_vssm_small', 'swin_tiny_patch4_window7_224')])
 def test_default_baselines(model, baseline):
-    assert benchmark.parse_args(['--model', model]).baseline == baseline
+    assert benchmark.parse_args(['--model', model]).baselines == [baseline]
+
+
+def test_several_models_each_get_their_own_baseline():
+    assert benchmark.parse_args(['--model', 'local_vim_tiny', 'local_vssm_tiny']).baselines == [
+        'deit_tiny_patch16_224', 'swin_tiny_patch4_window7_224']
 
 
 def test_unknown_family_needs_a_baseline(capsys):
@@ -105,6 +110,12 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--op', 'scan', '--backends', 'cpuu'], "'cpuu'"),
     (['--op', 'scan', '--backends', 'triton'], 'triton'),  # not available for a CPU tensor
     (['--op', 'scan', '--device', 'foo'], "'foo'"),
+    (['--op', 'scan', '--sweep', '224'], '--sweep needs --model'),
+    (['--model', 'local_vim_tiny', '--sweep', '224', '0'], '--sweep must be at least 1'),
+    (['--model', 'local_vim_tiny', '--sweep', '224', '--sweep-batch', '0'], '--sweep-batch must be at least 1'),
+    (['--model', 'local_vim_tiny', '--plot', 'sweep.png'], '--plot draws a resolution sweep: give --sweep SIZE'),
+    (['--model', 'local_vim_tiny', '--sweep', '224', '--plot', 'NO_SUCH_DIR/s.png'], 'NO_SUCH_DIR'),
+    (['--model', 'local_vim_tiny', 'local_vssm_tiny', '--baseline', 'resnet18'], '--baseline takes one --model'),
 ])
 def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, tmp_path):
     argv = [str(tmp_path / a) if a.startswith('NO_SUCH_DIR') else a for a in argv]
@@ -127,7 +138,7 @@ def test_cuda_without_a_gpu_is_refused(capsys):
 ])
 def test_model_names_are_taken_with_the_original_timm_prefix(argv, model, baseline):
     args = benchmark.parse_args(argv)
-    assert (args.model, args.baseline) == (model, baseline)
+    assert (args.model, args.baselines) == ([model], [baseline])
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -73,6 +73,7 @@ def test_the_cpu_kernel_check_needs_the_triton_interpreter(monkeypatch, capsys, 
     (["--device", "meta"], "--device 'meta' is not one of cpu, cuda, cuda:N"),
     (["--device", "cpu", "--repeats", "0"], "--repeats must be at least 1"),
     (["--device", "cpu", "--quick", "--repeats", "-2"], "--repeats must be at least 1"),
+    (["--device", "cpu", "--plot", "sweep.png"], "--plot draws the sweep of --report logs: give --report LOG ..."),
 ])
 def test_arguments_that_cannot_run_are_refused_in_one_line(argv, message, monkeypatch, capsys, kernel_check_calls):
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -11,6 +11,7 @@ from classification.benchmarks.gpu_e2e import Outcome, run_e2e
 from classification.benchmarks.gpu_report import read_sections, report, scan_op_ms, target_lines, throughput
 from classification.benchmarks.model_speed import format_model_table
 from classification.benchmarks.op_speed import format_op_table
+from classification.benchmarks.resolution_sweep import format_sweep_table
 from classification.benchmarks.tables import render_table
 
 # img/s (ours, baseline) per model and dtype: inference b1, inference b64, train step b64
@@ -46,9 +47,12 @@ def mixer_output():
 def sweep_output():
     memory = render_table([["model", "dtype", "inference b64 peak MiB", "train step b64 peak MiB"],
                            ["local_vim_tiny", "fp32", "812", "5120"]])
-    sweep = render_table([["model", "dtype", "224px img/s | peak MiB", "1024px img/s | peak MiB"],
-                          ["local_vim_tiny", "fp32", "4100.0 | 90", "150.2 | 2100"]])
-    return memory + "\n\nresolution sweep, inference at batch 8:\n" + sweep
+    rows = [{"model": "local_vim_tiny", "baseline": "deit_tiny_patch16_224", "device": "cuda", "dtype": "fp32",
+             "batch": 8, "img_size": size, "model_img_s": ours, "baseline_img_s": base, "ratio": ours / base,
+             "model_peak_mib": ours_mib, "baseline_peak_mib": base_mib}
+            for size, ours, base, ours_mib, base_mib in ((256, 4100.0, 8200.0, 90.0, 60.0),
+                                                         (1024, 150.2, 75.1, 2100.0, 2500.0))]
+    return memory + "\n\n" + format_sweep_table(rows)
 
 
 def write_log(tmp_path, name, outputs):
@@ -106,7 +110,9 @@ def test_each_target_is_met_or_missed_by_its_own_figure(logs):
 
 def test_report_gives_markdown_tables_and_names_what_was_not_measured(tmp_path):
     text = report([write_log(tmp_path, "sweep.log", {"peak memory and resolution sweep": sweep_output()})])
-    assert "| local_vim_tiny | fp32 | 4100.0 \\| 90 | 150.2 \\| 2100 |" in text
+    assert "| 1024 | 150.20 | 75.10 | 2.000x | 2100.0 | 2500.0 |" in text
+    assert ("local_vim_tiny overtakes deit_tiny_patch16_224 at about 512 px (ratio 1, interpolated on log scales)"
+            in text)
     assert "| local_vim_tiny | fp32 | 812 | 5120 |" in text
     assert text.count("NOT MEASURED") == 14
 
@@ -120,6 +126,13 @@ def test_the_tool_prints_the_report_of_its_logs_and_refuses_a_missing_one(logs, 
     paths = [tmp_path / "part1.log", tmp_path / "part2.log"]
     done = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == report(logs).strip()
+    figure = tmp_path / "sweep.png"
+    drawn = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths), "--plot", str(figure)],
+                           capture_output=True, text=True)
+    assert drawn.returncode == 0 and drawn.stdout.strip().endswith(f"plot: {figure}") and figure.stat().st_size
+    no_sweep = subprocess.run([sys.executable, str(tool), "--report", str(paths[0]), "--plot", str(figure)],
+                              capture_output=True, text=True)
+    assert no_sweep.returncode == 2 and no_sweep.stderr.startswith("error: --plot: no resolution sweep table in ")
     missing = subprocess.run([sys.executable, str(tool), "--report", str(tmp_path / "nope.log")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no such log: ")

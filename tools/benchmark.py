@@ -5,6 +5,7 @@
     python tools/benchmark.py --op conv1d --device cuda --dtype bf16
     python tools/benchmark.py --model local_vim_tiny --threads 2        # vs deit_tiny_patch16_224
     python tools/benchmark.py --model local_vssm_tiny --csv vssm.csv    # vs swin_tiny_patch4_window7_224
+    python tools/benchmark.py --model local_vim_tiny local_vssm_tiny --sweep 224 512 768 1024 --plot sweep.png
 
 ``--op``: each available backend of a kernel op against the plain-PyTorch reference; the table gives milliseconds
 and the speedup over the reference, for the forward pass (under no_grad) and for forward + backward. Defaults:
@@ -13,7 +14,12 @@ batch 8, dim 384 (LocalVim-T inner width E), seqlen 196, dstate 16, z/D/delta_bi
 ``--model``: images per second of a registered model against a timm baseline (``deit_tiny_patch16_224`` for
 LocalVim, ``swin_tiny_patch4_window7_224`` for LocalVMamba; ``--baseline`` picks another): inference at each
 ``--batch-sizes`` (eval mode, inference_mode) and one training step (forward, cross-entropy, backward, AdamW step)
-at ``--train-batch``. Both models run on the same random images.
+at ``--train-batch``. Both models run on the same random images. Several ``--model`` names: each against its own
+baseline, in turn.
+
+``--sweep SIZE ...``: instead, inference at each image size (batch ``--sweep-batch``, default 1), the ratio, each
+forward's peak memory above its weights and images, and the size where the ratio crosses 1; ``--plot`` draws
+img/s and memory against size for every model and baseline.
 
 Runs are interleaved (every repeat times every contender in turn) and summarised by medians.
 """
@@ -28,7 +34,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError, benchmark_models,  # noqa: E402
-                                       default_baseline, format_model_table, parse_device, print_op_benchmark,
+                                       default_baseline, format_model_table, format_sweep_table, parse_device,
+                                       plot_resolution_sweep, print_op_benchmark, resolution_sweep,
                                        unavailable_backends, write_csv)
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -38,11 +45,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--op", choices=sorted(CASES), help="kernel op to benchmark")
-    mode.add_argument("--model", help="registered model to benchmark against a timm baseline")
-    parser.add_argument("--baseline", default=None, help="timm model to compare --model with (default by family)")
+    mode.add_argument("--model", nargs="+", help="registered model(s) to benchmark against a timm baseline")
+    parser.add_argument("--baseline", default=None,
+                        help="timm model to compare --model with (default by family; one --model only)")
     parser.add_argument("--img-size", type=int, default=224, help="--model: image size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="--model: inference batch sizes")
     parser.add_argument("--train-batch", type=int, default=8, help="--model: training-step batch (0: skip)")
+    parser.add_argument("--sweep", type=int, nargs="+", default=None, metavar="SIZE",
+                        help="--model: inference at each of these image sizes instead (a resolution sweep)")
+    parser.add_argument("--sweep-batch", type=int, default=1, help="--sweep: batch size")
+    parser.add_argument("--plot", default=None, help="--sweep: also draw the sweep into this PNG file")
     parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                         help="--model: time inference under torch.compile in this mode (reduce-overhead: CUDA graphs)")
     parser.add_argument("--batch", type=int, default=8)
@@ -59,17 +71,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
-    for flag in ("model", "baseline"):
-        if getattr(args, flag):
-            try:
-                setattr(args, flag, resolve_model_name(getattr(args, flag)))
-            except UnknownModelError as err:
-                parser.error(f"--{flag}: {err}")
-    if args.model and not args.baseline:
+    try:
+        args.model = [resolve_model_name(name) for name in args.model or []]
+    except UnknownModelError as err:
+        parser.error(f"--model: {err}")
+    if args.baseline:
+        if len(args.model) != 1:
+            parser.error("--baseline takes one --model; several models are each compared with their default")
         try:
-            args.baseline = default_baseline(args.model)
-        except ValueError as err:
-            parser.error(str(err))
+            args.baseline = resolve_model_name(args.baseline)
+        except UnknownModelError as err:
+            parser.error(f"--baseline: {err}")
+    try:
+        args.baselines = [args.baseline] if args.baseline else [default_baseline(name) for name in args.model]
+    except ValueError as err:
+        parser.error(str(err))
     if args.repeats is None:
         args.repeats = 5 if args.model else 10
     _check_args(parser, args)
@@ -83,18 +99,27 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     lows = (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--img-size", args.img_size, 1),
             ("--batch-sizes", min(args.batch_sizes), 1), ("--train-batch", args.train_batch, 0),
             ("--batch", args.batch, 1), ("--dim", args.dim, 1), ("--seqlen", args.seqlen, 1),
-            ("--dstate", args.dstate, 1), ("--width", args.width, 1), ("--threads", threads, 1))
+            ("--dstate", args.dstate, 1), ("--width", args.width, 1), ("--threads", threads, 1),
+            ("--sweep", min(args.sweep or [1]), 1), ("--sweep-batch", args.sweep_batch, 1))
     for flag, value, low in lows:
         if value < low:
             parser.error(f"{flag} must be at least {low}")
-    if args.csv:
-        folder = os.path.dirname(os.path.abspath(args.csv))
-        if not os.path.isdir(folder):
-            parser.error(f"--csv {args.csv}: its folder does not exist")
-        if os.path.isdir(args.csv):
-            parser.error(f"--csv {args.csv}: is a folder, not a file")
-        if not os.access(args.csv if os.path.exists(args.csv) else folder, os.W_OK):
-            parser.error(f"--csv {args.csv}: not writable")
+    if args.sweep and not args.model:
+        parser.error("--sweep needs --model")
+    if args.plot and not args.sweep:
+        parser.error("--plot draws a resolution sweep: give --sweep SIZE ...")
+    if args.sweep:
+        args.sweep = sorted(set(args.sweep))
+    for flag in ("csv", "plot"):
+        path = getattr(args, flag)
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                parser.error(f"--{flag} {path}: its folder does not exist")
+            if os.path.isdir(path):
+                parser.error(f"--{flag} {path}: is a folder, not a file")
+            if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+                parser.error(f"--{flag} {path}: not writable")
     try:
         args.device = str(parse_device(args.device))
     except ValueError as err:
@@ -104,18 +129,34 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--backends {', '.join(map(repr, missing))}: not available for --op {args.op} on {args.device}")
 
 
+def _compare(args: argparse.Namespace, model: str, baseline: str) -> list:
+    """Benchmark one model against its baseline as the arguments ask; print its table; return its rows."""
+    if args.sweep:
+        rows = resolution_sweep(model, baseline, args.sweep, args.sweep_batch, args.device, args.dtype,
+                                args.repeats, args.warmup, log=print, compile_mode=args.compile)
+        print(format_sweep_table(rows))
+    else:
+        rows = benchmark_models(model, baseline, args.batch_sizes, args.train_batch, args.img_size, args.device,
+                                args.dtype, args.repeats, args.warmup, compile_mode=args.compile)
+        print(format_model_table(rows))
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.model:
-        try:
-            rows = benchmark_models(args.model, args.baseline, args.batch_sizes, args.train_batch, args.img_size,
-                                    args.device, args.dtype, args.repeats, args.warmup, compile_mode=args.compile)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(format_model_table(rows))
+        rows = []
+        for model, baseline in zip(args.model, args.baselines):
+            try:
+                rows += _compare(args, model, baseline)
+            except ConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        if args.plot:
+            plot_resolution_sweep(rows, args.plot)
+            print(f"plot: {args.plot}")
     else:
         rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),
                                   args.device, args.dtype, args.backends, args.repeats, args.warmup,

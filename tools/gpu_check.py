@@ -12,6 +12,7 @@
     python tools/gpu_check.py --e2e --device cpu --quick    # the same plan at tiny sizes on the CPU
     python tools/gpu_check.py --report LOG [LOG ...]        # the README's GPU figures from e2e logs: each target
                                                 # met or missed, throughput, memory and sweep as Markdown
+    python tools/gpu_check.py --report LOG --plot sweep.png  # also draw the resolution sweep of the logs
 
 What is checked and timed: see ``classification.benchmarks.gpu_check`` and ``classification.benchmarks.gpu_e2e``.
 """
@@ -31,7 +32,8 @@ from localmamba_kernel_runtime.backends import triton_interpreter  # noqa: E402
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
 from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, run_e2e  # noqa: E402
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
-from classification.benchmarks.gpu_report import read_sections, report  # noqa: E402
+from classification.benchmarks.gpu_report import read_sections, report, sweep_rows  # noqa: E402
+from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
 
 
 def _refuse(message: str) -> int:
@@ -56,6 +58,10 @@ def _argument_error(args: argparse.Namespace) -> Optional[str]:
     given = [flag for flag, present in e2e_options.items() if present]
     if given and not args.e2e:
         return f"{given[0]} needs --e2e"
+    if args.plot and not args.report:
+        return "--plot draws the sweep of --report logs: give --report LOG ..."
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        return f"--plot {args.plot}: its folder does not exist"
     return None
 
 
@@ -80,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--report", nargs="+", metavar="LOG", default=None,
                         help="print the targets and tables of these --e2e logs (a run split with --only: all its "
                              "logs) and exit; needs no GPU")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="--report: also draw the logs' resolution sweep into this file")
     args = parser.parse_args(argv)
     error = _argument_error(args)
     if error:
@@ -96,6 +104,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not_e2e:
             return _refuse(f"not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
         print(report(texts))
+        if args.plot:
+            rows = sweep_rows(read_sections(texts))
+            if not rows:
+                return _refuse(f"--plot: no resolution sweep table in {', '.join(args.report)}")
+            plot_resolution_sweep(rows, args.plot, title=f"inference against image size, {rows[0]['device']} "
+                                                         f"(from {os.path.basename(args.report[-1])})")
+            print(f"plot: {args.plot}")
         return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         return _refuse("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")

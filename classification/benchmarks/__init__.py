@@ -8,6 +8,8 @@ the kernel packages' backend registry directly, to time each backend in turn.
 
 - ``op_speed``: kernel ops, every backend against the reference (``benchmark_op``).
 - ``model_speed``: images per second of models, against a timm baseline (``images_per_second``, ``benchmark_models``).
+- ``resolution_sweep``: inference img/s and peak memory against image size, the size where a model overtakes its
+  baseline, and its figure (``resolution_sweep``, ``plot_resolution_sweep``); ``peak_memory``: a forward's peak.
 - ``flops``: parameters and FLOPs in the original's and in fvcore's convention (``flops_row``, ``flops_rows``).
 - ``gpu_check``: the Triton backends against the reference, outputs and gradients, then timings.
 - ``timing``, ``tables``: interleaved medians; text tables and CSV files.
@@ -16,13 +18,16 @@ from ..engine.distributed import parse_device
 from ..engine.model_builder import UnknownModelError
 from .flops import count_params, flops_row, flops_rows, format_flops_table
 from .model_speed import benchmark_models, build_model, default_baseline, format_model_table, images_per_second
+from .resolution_sweep import (crossing_size, device_description, format_sweep_table, plot_resolution_sweep,
+                               read_sweep_csv, resolution_sweep)
 from .op_speed import CASES, OpShape, benchmark_op, format_op_table, print_op_benchmark, unavailable_backends
 from .tables import render_table, write_csv
 from .timing import DTYPES, median_seconds
 
 __all__ = [
     "CASES", "DTYPES", "OpShape", "UnknownModelError", "benchmark_models", "benchmark_op", "build_model",
-    "count_params", "default_baseline", "flops_row", "flops_rows", "format_flops_table", "format_model_table",
-    "format_op_table", "images_per_second", "median_seconds", "parse_device", "print_op_benchmark", "render_table",
-    "unavailable_backends", "write_csv",
+    "count_params", "crossing_size", "default_baseline", "device_description", "flops_row", "flops_rows",
+    "format_flops_table", "format_model_table", "format_op_table", "format_sweep_table", "images_per_second",
+    "median_seconds", "parse_device", "plot_resolution_sweep", "print_op_benchmark", "read_sweep_csv",
+    "render_table", "resolution_sweep", "unavailable_backends", "write_csv",
 ]

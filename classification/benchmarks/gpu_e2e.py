@@ -34,12 +34,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .model_speed import build_model
+from .peak_memory import cuda_peak_mib
+from .resolution_sweep import SWEEP_SIZES, format_sweep_table, resolution_sweep
 from .tables import render_table
-from .timing import DTYPES, median_seconds, synchronize
+from .timing import DTYPES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAIRS = (("local_vim_tiny", "deit_tiny_patch16_224"), ("local_vssm_tiny", "swin_tiny_patch4_window7_224"))
-SWEEP_SIZES = (224, 512, 768, 1024)
 MIN_STEP_SECONDS = 30  # under a time budget, a step starts only with at least this much of it left
 
 
@@ -342,18 +343,15 @@ def peak_mib_cell(step: Callable[[], None], device: torch.device) -> str:
     figure exists (the process's peak resident size counts everything before it)."""
     if device.type != "cuda":
         return "-"
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    synchronize(device)
-    return f"{torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f}"
+    return f"{cuda_peak_mib(step, device, above_current=False):.0f}"
 
 
 def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repeats: int = 5,
                                 sweep_batch: int = 8) -> str:
-    """Two tables: peak memory of each model of :data:`PAIRS` for inference and a training step at batch 64, fp32
-    and bf16; then fp32 inference img/s and peak memory at each of :data:`SWEEP_SIZES` (batch ``sweep_batch``), so
-    that the resolution where LocalVim-T / LocalVMamba-T cross DeiT-T / Swin-T shows."""
+    """Peak memory of each model of :data:`PAIRS` for inference and a training step at batch 64, fp32 and bf16, as
+    one table; then each pair's :func:`resolution_sweep` (fp32 inference at batch ``sweep_batch`` and each of
+    :data:`SWEEP_SIZES`; each forward's peak memory on CUDA), so that the resolution where LocalVim-T /
+    LocalVMamba-T cross DeiT-T / Swin-T shows."""
     from .model_speed import inference_step, train_step
 
     device = torch.device(device)
@@ -374,24 +372,17 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
             model = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    sweep_batch = 1 if quick else sweep_batch
-    sweep = [["model", "dtype"] + [f"{s}px img/s | peak MiB" for s in sizes]]
-    for name in models:
-        for dtype in ("fp32",):
-            cells = []
-            for size in sizes:
-                try:
-                    model = build_model(name, size, device)
-                    images = torch.randn(sweep_batch, 3, size, size, device=device)
-                    step = inference_step(model, images, DTYPES[dtype])
-                    seconds = median_seconds({name: step}, repeats, 2, device)[name]
-                    cells.append(f"{images.shape[0] / seconds:.1f} | {peak_mib_cell(step, device)}")
-                except Exception as err:  # one size a model cannot take does not hide the others
-                    cells.append(f"error: {type(err).__name__}")
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-            sweep.append([name, dtype] + cells)
-    return render_table(memory) + f"\n\nresolution sweep, inference at batch {sweep_batch}:\n" + render_table(sweep)
+    parts = [render_table(memory)]
+    for model, baseline in PAIRS:
+        try:
+            rows = resolution_sweep(model, baseline, sizes, 1 if quick else sweep_batch, str(device), "fp32",
+                                    repeats, 2, memory=device.type == "cuda")
+            parts.append(format_sweep_table(rows))
+        except Exception as err:  # one pair that fails (out of memory at 1024 px) does not hide the other
+            parts.append(f"resolution sweep, {model} against {baseline}: error: {type(err).__name__}: {err}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return "\n\n".join(parts)
 
 
 def default_log_path(device: str) -> str:

@@ -19,6 +19,8 @@ RATIO_ROW = re.compile(r"^(?P<metric>inference b\d+|train step b\d+)\s+(?P<ours>
 THROUGHPUT = re.compile(r"^throughput (?P<model>\S+) (?P<dtype>fp32|bf16|fp16)(?P<compiled> --compile \S+)?$")
 SCAN_SHAPE = "dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16"
 MIXER_HEADER = ["op", "dtype", "batch", "step", "ms", "vs fused"]
+SWEEP_TITLE = re.compile(r"^resolution sweep, (?P<model>\S+) against (?P<baseline>\S+): inference at batch "
+                         r"(?P<batch>\d+), (?P<dtype>\w+), (?P<device>\w+)")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,26 @@ def mixer_rows(sections: Dict[str, str]) -> List[List[str]]:
     return []
 
 
+def sweep_rows(sections: Dict[str, str]) -> List[Dict[str, object]]:
+    """The rows of every :func:`~.resolution_sweep.format_sweep_table` in the sweep step's output, as
+    :func:`~.resolution_sweep.resolution_sweep` returned them (numbers as printed; ``None`` for ``-``)."""
+    lines = sections.get("peak memory and resolution sweep", "").splitlines()
+    rows: List[Dict[str, object]] = []
+    for i, line in enumerate(lines):
+        title = SWEEP_TITLE.match(line)
+        table = table_rows("\n".join(lines), i + 1) if title else []
+        if not table or table[0][0] != "img px":
+            continue
+        for cells in table[1:]:
+            size, ours, base, ratio, ours_mib, base_mib = cells
+            rows.append({"model": title["model"], "baseline": title["baseline"], "device": title["device"],
+                         "dtype": title["dtype"], "batch": int(title["batch"]), "img_size": int(size),
+                         "model_img_s": float(ours), "baseline_img_s": float(base), "ratio": float(ratio.rstrip("x")),
+                         "model_peak_mib": None if ours_mib == "-" else float(ours_mib),
+                         "baseline_peak_mib": None if base_mib == "-" else float(base_mib)})
+    return rows
+
+
 def report(logs: Iterable[str]) -> str:
     """The whole report of :mod:`gpu_report` for the texts of the e2e logs."""
     sections = read_sections(logs)
@@ -178,7 +200,11 @@ def report(logs: Iterable[str]) -> str:
         starts = [0] + [i + 1 for i, line in enumerate(lines) if line.startswith("resolution sweep")]
         titles = ["Peak memory:"] + [lines[i - 1].rstrip(":") + ":" for i in starts[1:]]
         for title, start in zip(titles, starts):
-            parts += ["", title, markdown(table_rows(sweep, start))]
+            rows = table_rows(sweep, start)
+            parts += ["", title] + ([markdown(rows)] if rows else [])
+            after = start + len(rows) + 1  # the crossing sentence under a sweep table
+            if start and rows and after < len(lines) and lines[after].strip():
+                parts.append(lines[after].strip())
     speeds = re.findall(r"Speed: ([0-9.]+) img/s", sections.get("tools/dist_train.sh 1", ""))
     if speeds:
         parts += ["", f"tools/dist_train.sh 1 (quickstart config): {speeds[-1]} img/s, its last logged training speed"]

@@ -62,6 +62,20 @@ def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
                           f"({reason})") from err
 
 
+def settings_line(model: str, baseline: str, device: Union[str, torch.device], dtype: str, sizes: str,
+                  repeats: int) -> str:
+    """The first line a model benchmark prints: what is compared, where, at which ``sizes`` (e.g. ``img=224``)."""
+    return (f"model={model} baseline={baseline} device={torch.device(device).type} dtype={dtype} {sizes} "
+            f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)")
+
+
+def backends_line(device: Union[str, torch.device]) -> str:
+    """The kernel backend each op runs on ``device`` (and the CPU kernels' instruction set), in one line."""
+    from localmamba_ssm import backend_summary
+
+    return "backends: " + ", ".join(f"{op}={b}" for op, b in backend_summary(device).items())
+
+
 def _print_now(line: str) -> None:
     print(line, flush=True)
 
@@ -119,18 +133,14 @@ def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Se
     """Images/s of ``model`` and its baseline (by family unless given) for inference at each batch size and, unless
     ``train_batch`` is 0, a training step; ``log`` (default: print) gets a header line and one line per measurement
     as they come. ``compile_mode``: inference under ``torch.compile`` in that mode (training steps stay eager)."""
-    from localmamba_ssm import backend_summary
-
     log = log or _print_now
 
     baseline = baseline or default_baseline(model)
     models = {name: build_model(name, img_size, device) for name in (model, baseline)}
     for name, built in models.items():
         check_image_size(built, name, img_size)
-    backends_used = ", ".join(f"{op}={b}" for op, b in backend_summary(device).items())
-    log(f"model={model} baseline={baseline} device={torch.device(device).type} dtype={dtype} img={img_size} "
-        f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)"
-        f"{'' if compile_mode is None else f' compile={compile_mode} (inference)'}\nbackends: {backends_used}")
+    log(settings_line(model, baseline, device, dtype, f"img={img_size}", repeats)
+        + ("" if compile_mode is None else f" compile={compile_mode} (inference)") + f"\n{backends_line(device)}")
     plans = [(f"inference b{b}", b, False) for b in batch_sizes]
     if train_batch > 0:
         plans.append((f"train step b{train_batch}", train_batch, True))

@@ -1,0 +1,105 @@
+"""Peak memory of one inference forward: the memory it needs above what the process held before it (weights and
+images). On CUDA the caching allocator's peak; on a Linux CPU the peak resident size, measured in a fresh process
+whose allocator hands freed blocks back to the system, because a process that has run other models keeps their freed
+memory and reuses it, which would hide part of the peak."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Callable, Optional, Union
+
+import torch
+
+from .timing import DTYPES, synchronize
+
+PROC_STATUS = "/proc/self/status"
+PROC_CLEAR_REFS = "/proc/self/clear_refs"
+RESET_PEAK_RSS = "5"  # clear_refs: set the peak resident size (VmHWM) to the current one (Linux 4.0+)
+# glibc: blocks of 128 KiB and more are mapped and unmapped on their own (the fixed value turns off glibc's raising
+# of the threshold after frees), so freed tensors leave the resident size at once
+CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _status_kib(field: str) -> int:
+    with open(PROC_STATUS) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{PROC_STATUS} has no {field}")
+
+
+def rss_peak_supported() -> bool:
+    """Whether this process can reset and read its peak resident size (Linux with /proc)."""
+    try:
+        _status_kib("VmHWM")
+        return os.access(PROC_CLEAR_REFS, os.W_OK)
+    except OSError:
+        return False
+
+
+def rss_peak_mib(step: Callable[[], None]) -> float:
+    """MiB by which the resident size of this process peaked above its size before ``step`` while ``step`` ran."""
+    with open(PROC_CLEAR_REFS, "w") as f:
+        f.write(RESET_PEAK_RSS)
+    before = _status_kib("VmRSS")
+    step()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def cuda_peak_mib(step: Callable[[], None], device: Union[str, torch.device], above_current: bool = True) -> float:
+    """MiB of the CUDA allocator's peak of allocated memory while ``step`` ran: above its level before ``step``, or
+    in all (``above_current=False``: the tensors held before count too)."""
+    synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if above_current else 0
+    step()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+
+
+def _forward_step(name: str, img_size: int, batch: int, dtype: str, device: Union[str, torch.device]):
+    from .model_speed import build_model, inference_step
+
+    model = build_model(name, img_size, device)
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    step = inference_step(model, images, DTYPES[dtype])
+    step()  # once untimed: lazily built kernels, caches and workspaces are not the forward's memory
+    return step
+
+
+def measure_here(name: str, img_size: int, batch: int, dtype: str = "fp32", threads: Optional[int] = None) -> float:
+    """:func:`rss_peak_mib` of one CPU forward of ``name`` in this process (the child of :func:`forward_peak_mib`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return rss_peak_mib(_forward_step(name, img_size, batch, dtype, "cpu"))
+
+
+def _child_command(name: str, img_size: int, batch: int, dtype: str, threads: int) -> list:
+    code = ("import json, sys; from classification.benchmarks.peak_memory import measure_here; "
+            "print(json.dumps(measure_here(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], "
+            "int(sys.argv[5]))))")
+    return [sys.executable, "-c", code, name, str(img_size), str(batch), dtype, str(threads)]
+
+
+def forward_peak_mib(name: str, img_size: int, batch: int = 1, dtype: str = "fp32",
+                     device: Union[str, torch.device] = "cpu") -> Optional[float]:
+    """MiB one inference forward of model ``name`` on (batch, 3, img_size, img_size) images needs above its weights
+    and images: on CUDA in this process, on a Linux CPU in a fresh Python process (same thread count); ``None`` where
+    neither can be measured."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return cuda_peak_mib(_forward_step(name, img_size, batch, dtype, device), device)
+    if device.type != "cpu" or not rss_peak_supported():
+        return None
+    env = dict(os.environ, **CHILD_MALLOC_ENV)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(_child_command(name, img_size, batch, dtype, torch.get_num_threads()), env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()
+        raise RuntimeError(f"peak memory of {name} at {img_size}px: {lines[-1]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1]))

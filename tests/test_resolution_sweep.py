@@ -1,0 +1,114 @@
+"""The resolution sweep (``tools/benchmark.py --sweep``): where a model's img/s ratio to its baseline crosses 1, the
+table and figure, and the peak memory of a forward measured in a fresh process (timings themselves not checked)."""
+import csv
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from classification.benchmarks import crossing_size, format_sweep_table
+from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep
+from classification.benchmarks.gpu_report import read_sections, sweep_rows
+from classification.benchmarks.peak_memory import CHILD_MALLOC_ENV, forward_peak_mib, rss_peak_supported
+
+TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+_spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+needs_proc_peak = pytest.mark.skipif(not rss_peak_supported(),
+                                     reason='needs Linux /proc/self/clear_refs to reset the peak resident size')
+
+
+def sweep_row(size, ours, base, ours_mib=None, base_mib=None):
+    return {'model': 'local_vim_tiny', 'baseline': 'deit_tiny_patch16_224', 'device': 'cpu', 'dtype': 'fp32',
+            'batch': 1, 'img_size': size, 'model_img_s': ours, 'baseline_img_s': base, 'ratio': ours / base,
+            'model_peak_mib': ours_mib, 'baseline_peak_mib': base_mib}
+
+
+def test_crossing_is_interpolated_on_log_scales():
+    assert crossing_size([256, 1024], [0.5, 2.0]) == pytest.approx(512)       # log-midpoint of both axes
+    # between 512 (0.5) and 1024 (2): halfway in log ratio, so the geometric mean of the sizes
+    assert crossing_size([224, 512, 1024], [0.25, 0.5, 2.0]) == pytest.approx(math.sqrt(512 * 1024))
+    assert crossing_size([224, 512], [1.6, 0.4]) == pytest.approx(224 * (512 / 224) ** (math.log(1.6) / math.log(4)))
+    assert crossing_size([224, 512, 768], [0.5, 1.0, 1.5]) == 512                # reached exactly at a size
+    assert crossing_size([224, 512], [0.3, 0.9]) is None
+    assert crossing_size([512], [1.0]) == 512 and crossing_size([512], [0.9]) is None
+    assert crossing_size([224, 512], [1.2, 3.0]) is None
+
+
+def test_sweep_table_and_its_crossing_sentence():
+    rows = [sweep_row(224, 20.0, 50.0, 1.25, 1.5), sweep_row(1024, 1.0, 0.5, 36.0, None)]
+    lines = format_sweep_table(rows).splitlines()
+    assert lines[0] == ('resolution sweep, local_vim_tiny against deit_tiny_patch16_224: inference at batch 1, fp32, '
+                        'cpu; peak MiB above weights and images:')
+    assert lines[3].split() == ['224', '20.00', '50.00', '0.400x', '1.2', '1.5']
+    assert lines[4].split() == ['1024', '1.00', '0.50', '2.000x', '36.0', '-']
+    # ratio 0.4 -> 2: log(0.4) / log(0.4 / 2) = 0.569 of the way from 224 to 1024 on a log axis
+    size = 224 * (1024 / 224) ** (math.log(0.4) / math.log(0.2))
+    assert lines[5] == (f'local_vim_tiny overtakes deit_tiny_patch16_224 at about {size:.0f} px '
+                        '(ratio 1, interpolated on log scales)')
+
+
+def test_sweep_tables_are_read_back_from_a_log():
+    rows = [sweep_row(224, 20.0, 50.0, 1.25, 1.5), sweep_row(1024, 1.0, 0.5, 36.0, None)]
+    section = 'peak MiB table\n\n' + format_sweep_table(rows) + '\nPASS'
+    assert sweep_rows(read_sections(['===== peak memory and resolution sweep\n' + section])) == [
+        dict(rows[0], model_peak_mib=1.2), rows[1]]
+
+
+@needs_proc_peak
+def test_rss_peak_is_the_largest_live_memory_of_a_step_not_its_total():
+    code = '''
+import torch
+from classification.benchmarks.peak_memory import rss_peak_mib
+kept = []
+print(rss_peak_mib(lambda: kept.append(torch.ones(16 * 2 ** 20))))        # 64 MiB kept
+def churn():
+    for _ in range(4):
+        torch.ones(4 * 2 ** 20).add_(1)                                    # 16 MiB, freed each time
+print(rss_peak_mib(churn))
+'''
+    env = dict(os.environ, **CHILD_MALLOC_ENV)
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    kept, churned = map(float, done.stdout.split())
+    assert 63 < kept < 70
+    assert 15 < churned < 20
+
+
+@needs_proc_peak
+def test_a_failing_memory_child_is_named_in_one_line():
+    with pytest.raises(RuntimeError, match=r"^peak memory of no_such_model at 32px: .*no_such_model"):
+        forward_peak_mib('no_such_model', 32)
+
+
+def test_sweep_tool_writes_rows_csv_and_figure(tmp_path, capsys):
+    out, figure = tmp_path / 'sweep.csv', tmp_path / 'sweep.png'
+    assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '64', '32', '64', '--repeats', '1',
+                           '--warmup', '0', '--csv', str(out), '--plot', str(figure)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r['img_size']) for r in rows] == [32, 64]           # sorted, once each
+    for r in rows:
+        assert (r['model'], r['baseline'], r['batch']) == ('local_vim_tiny', 'deit_tiny_patch16_224', '1')
+        assert float(r['ratio']) == pytest.approx(float(r['model_img_s']) / float(r['baseline_img_s']))
+        if rss_peak_supported():
+            assert float(r['model_peak_mib']) >= 0 and float(r['baseline_peak_mib']) >= 0
+    text = capsys.readouterr().out
+    assert 'resolution sweep, local_vim_tiny against deit_tiny_patch16_224' in text and f'plot: {figure}' in text
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(figure)).shape[:2]
+    assert (width, height) == ((1320, 495) if rss_peak_supported() else (715, 495))   # a memory panel beside speed
+
+
+def test_the_gpu_checks_sweep_gives_one_readable_table_per_pair_on_the_cpu():
+    sections = read_sections(['===== peak memory and resolution sweep\n' +
+                              memory_and_resolution_sweep('cpu', quick=True, repeats=1)])
+    rows = sweep_rows(sections)
+    vim, vssm = ('local_vim_tiny', 'deit_tiny_patch16_224'), ('local_vssm_tiny', 'swin_tiny_patch4_window7_224')
+    assert [(r['model'], r['baseline'], r['img_size']) for r in rows] == [
+        (*vim, 32), (*vim, 64), (*vssm, 32), (*vssm, 64)]
+    assert all(r['model_peak_mib'] is None and r['batch'] == 1 for r in rows)   # memory is measured on CUDA only here
