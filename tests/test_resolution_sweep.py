@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from classification.benchmarks import crossing_size, format_sweep_table
+from classification.benchmarks import crossing_size, format_sweep_table, read_sweep_csv
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep
 from classification.benchmarks.gpu_report import read_sections, sweep_rows
 from classification.benchmarks.peak_memory import CHILD_MALLOC_ENV, forward_peak_mib, rss_peak_supported
 
-TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / 'tools' / 'benchmark.py'
 _spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
 benchmark = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark)
@@ -112,3 +113,20 @@ def test_the_gpu_checks_sweep_gives_one_readable_table_per_pair_on_the_cpu():
     assert [(r['model'], r['baseline'], r['img_size']) for r in rows] == [
         (*vim, 32), (*vim, 64), (*vssm, 32), (*vssm, 64)]
     assert all(r['model_peak_mib'] is None and r['batch'] == 1 for r in rows)   # memory is measured on CUDA only here
+
+
+def test_the_readme_sweep_table_is_the_committed_measurement():
+    rows = read_sweep_csv(str(REPO / 'docs' / 'measurements' / 'cpu_resolution_sweep.csv'))
+    readme = (REPO / 'README.md').read_text(encoding='utf-8')
+    by_size = {}
+    for r in rows:
+        by_size.setdefault(r['img_size'], []).append(r)
+    for size, (vim, vssm) in by_size.items():
+        line = next(line for line in readme.splitlines() if line.startswith(f'| {size}² |'))
+        cells = [c.strip().strip('*') for c in line.strip('|').split('|')]
+        assert cells[1] == f"{vim['ratio']:.3f}×" and cells[4] == f"{vssm['ratio']:.3f}×"
+        assert cells[2] == f"{vim['model_img_s']:.2f} / {vim['baseline_img_s']:.2f}"
+        assert cells[6] == f"{vssm['model_peak_mib']:.1f} / {vssm['baseline_peak_mib']:.1f}"
+    vim_rows = [r for r in rows if r['model'] == 'local_vim_tiny']
+    crossing = crossing_size([r['img_size'] for r in vim_rows], [r['ratio'] for r in vim_rows])
+    assert f'LocalVim-T overtakes DeiT-Ti at about **{crossing:.0f} px**' in readme

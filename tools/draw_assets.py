@@ -2,7 +2,8 @@
 
 Writes scan_orders.png (every candidate direction's order on the 14x14 LocalVim grid, from `scan_maps`),
 search_probs.png (the heat map `vis_search_prob.py` draws, for a supernet with seeded random search weights) and
-speed.png (the whole-model table of README.md's "Speed" section).
+speed.png (the whole-model table of README.md's "Speed" section) and resolution_sweep.png (the CPU resolution
+sweep in docs/measurements/cpu_resolution_sweep.csv, written by `tools/benchmark.py --sweep ... --csv`).
 """
 import argparse
 import os
@@ -10,6 +11,7 @@ import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_SWEEP = os.path.join(ROOT, "docs", "measurements", "cpu_resolution_sweep.csv")
 sys.path.insert(0, ROOT)
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored by a parent shell: Ctrl-C during
     signal.signal(signal.SIGINT, signal.SIG_DFL)                  # the imports stops quietly (run_cli restores it)
@@ -19,6 +21,7 @@ from classification.engine.cli import run_cli  # noqa: E402
 
 def main() -> None:
     from classification import figures
+    from classification.benchmarks import plot_resolution_sweep, read_sweep_csv
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "assets"), help="output folder (default: assets/)")
@@ -34,7 +37,8 @@ def main() -> None:
         settings, rows = figures.read_speed_table(f.read())
     figures.draw_speed_chart(os.path.join(args.out, "speed.png"), settings, rows,
                              caption="README speed table: 2-core CPU, fp32, 224², images/s on the bars")
-    print(f"wrote scan_orders.png, search_probs.png, speed.png into {args.out}")
+    plot_resolution_sweep(read_sweep_csv(CPU_SWEEP), os.path.join(args.out, "resolution_sweep.png"))
+    print(f"wrote scan_orders.png, search_probs.png, speed.png, resolution_sweep.png into {args.out}")
 
 
 if __name__ == "__main__":
