@@ -116,6 +116,8 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--model', 'local_vim_tiny', '--plot', 'sweep.png'], '--plot draws a resolution sweep: give --sweep SIZE'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--plot', 'NO_SUCH_DIR/s.png'], 'NO_SUCH_DIR'),
     (['--model', 'local_vim_tiny', 'local_vssm_tiny', '--baseline', 'resnet18'], '--baseline takes one --model'),
+    (['--model', 'local_vim_tiny', '--sweep', '224', '--img-size', '512'], '--img-size sets the batch table, not'),
+    (['--model', 'local_vim_tiny', '--sweep', '224', '--batch-sizes', '8'], 'its batch is --sweep-batch'),
 ])
 def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, tmp_path):
     argv = [str(tmp_path / a) if a.startswith('NO_SUCH_DIR') else a for a in argv]

@@ -48,9 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--model", nargs="+", help="registered model(s) to benchmark against a timm baseline")
     parser.add_argument("--baseline", default=None,
                         help="timm model to compare --model with (default by family; one --model only)")
-    parser.add_argument("--img-size", type=int, default=224, help="--model: image size")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="--model: inference batch sizes")
-    parser.add_argument("--train-batch", type=int, default=8, help="--model: training-step batch (0: skip)")
+    parser.add_argument("--img-size", type=int, default=None, help="--model: image size (default 224)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="--model: inference batch sizes (default 1 8)")
+    parser.add_argument("--train-batch", type=int, default=None,
+                        help="--model: training-step batch (default 8; 0: skip)")
     parser.add_argument("--sweep", type=int, nargs="+", default=None, metavar="SIZE",
                         help="--model: inference at each of these image sizes instead (a resolution sweep)")
     parser.add_argument("--sweep-batch", type=int, default=1, help="--sweep: batch size")
@@ -88,6 +90,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(str(err))
     if args.repeats is None:
         args.repeats = 5 if args.model else 10
+    table_flags = {"--img-size": args.img_size, "--batch-sizes": args.batch_sizes, "--train-batch": args.train_batch}
+    given = [flag for flag, value in table_flags.items() if value is not None]
+    if args.sweep and given:
+        parser.error(f"{given[0]} sets the batch table, not --sweep (its sizes are the sweep's; its batch is "
+                     "--sweep-batch)")
+    args.img_size = 224 if args.img_size is None else args.img_size
+    args.batch_sizes = [1, 8] if args.batch_sizes is None else args.batch_sizes
+    args.train_batch = 8 if args.train_batch is None else args.train_batch
     _check_args(parser, args)
     return args
 
