@@ -67,7 +67,7 @@ def _forward_step(name: str, img_size: int, batch: int, dtype: str, device: Unio
     model = build_model(name, img_size, device)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     step = inference_step(model, images, DTYPES[dtype])
-    step()  # once untimed: lazily built kernels, caches and workspaces are not the forward's memory
+    step()  # once before the measured call: lazily built kernels, caches and workspaces are not the forward's
     return step
 
 
