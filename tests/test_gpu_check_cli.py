@@ -74,6 +74,7 @@ def test_the_cpu_kernel_check_needs_the_triton_interpreter(monkeypatch, capsys, 
     (["--device", "cpu", "--repeats", "0"], "--repeats must be at least 1"),
     (["--device", "cpu", "--quick", "--repeats", "-2"], "--repeats must be at least 1"),
     (["--device", "cpu", "--plot", "sweep.png"], "--plot draws the sweep of --report logs: give --report LOG ..."),
+    (["--report", "e2e.log", "--plot", "no_dir/sweep.png"], "--plot no_dir/sweep.png: its folder does not exist"),
 ])
 def test_arguments_that_cannot_run_are_refused_in_one_line(argv, message, monkeypatch, capsys, kernel_check_calls):
     monkeypatch.setenv("TRITON_INTERPRET", "1")

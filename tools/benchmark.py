@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError, benchmark_models,  # noqa: E402
                                        default_baseline, format_model_table, format_sweep_table, parse_device,
-                                       plot_resolution_sweep, print_op_benchmark, resolution_sweep,
-                                       unavailable_backends, write_csv)
+                                       output_file_problem, plot_resolution_sweep, print_op_benchmark,
+                                       resolution_sweep, unavailable_backends, write_csv)
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
 
@@ -120,16 +120,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--plot draws a resolution sweep: give --sweep SIZE ...")
     if args.sweep:
         args.sweep = sorted(set(args.sweep))
-    for flag in ("csv", "plot"):
-        path = getattr(args, flag)
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                parser.error(f"--{flag} {path}: its folder does not exist")
-            if os.path.isdir(path):
-                parser.error(f"--{flag} {path}: is a folder, not a file")
-            if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-                parser.error(f"--{flag} {path}: not writable")
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot)):
+        problem = path and output_file_problem(flag, path)
+        if problem:
+            parser.error(problem)
     try:
         args.device = str(parse_device(args.device))
     except ValueError as err:

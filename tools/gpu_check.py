@@ -34,6 +34,7 @@ from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, ru
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
 from classification.benchmarks.gpu_report import read_sections, report, sweep_rows  # noqa: E402
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
+from classification.benchmarks.tables import output_file_problem  # noqa: E402
 
 
 def _refuse(message: str) -> int:
@@ -60,9 +61,7 @@ def _argument_error(args: argparse.Namespace) -> Optional[str]:
         return f"{given[0]} needs --e2e"
     if args.plot and not args.report:
         return "--plot draws the sweep of --report logs: give --report LOG ..."
-    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-        return f"--plot {args.plot}: its folder does not exist"
-    return None
+    return output_file_problem("--plot", args.plot) if args.plot else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

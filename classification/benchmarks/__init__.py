@@ -21,13 +21,13 @@ from .model_speed import benchmark_models, build_model, default_baseline, format
 from .resolution_sweep import (crossing_size, device_description, format_sweep_table, plot_resolution_sweep,
                                read_sweep_csv, resolution_sweep)
 from .op_speed import CASES, OpShape, benchmark_op, format_op_table, print_op_benchmark, unavailable_backends
-from .tables import render_table, write_csv
+from .tables import output_file_problem, render_table, write_csv
 from .timing import DTYPES, median_seconds
 
 __all__ = [
     "CASES", "DTYPES", "OpShape", "UnknownModelError", "benchmark_models", "benchmark_op", "build_model",
     "count_params", "crossing_size", "default_baseline", "device_description", "flops_row", "flops_rows",
     "format_flops_table", "format_model_table", "format_op_table", "format_sweep_table", "images_per_second",
-    "median_seconds", "parse_device", "plot_resolution_sweep", "print_op_benchmark", "read_sweep_csv",
-    "render_table", "resolution_sweep", "unavailable_backends", "write_csv",
+    "median_seconds", "output_file_problem", "parse_device", "plot_resolution_sweep", "print_op_benchmark",
+    "read_sweep_csv", "render_table", "resolution_sweep", "unavailable_backends", "write_csv",
 ]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import csv
-from typing import Dict, List, Sequence
+import os
+from typing import Dict, List, Optional, Sequence
 
 
 def render_table(lines: Sequence[Sequence[str]]) -> str:
@@ -20,3 +21,16 @@ def write_csv(path: str, rows: List[Dict[str, object]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def output_file_problem(flag: str, path: str) -> Optional[str]:
+    """Why ``path``, given by option ``flag``, cannot be written (its folder missing, a folder itself, no
+    permission), as one line; ``None`` when it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"{flag} {path}: its folder does not exist"
+    if os.path.isdir(path):
+        return f"{flag} {path}: is a folder, not a file"
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        return f"{flag} {path}: not writable"
+    return None
