@@ -168,11 +168,11 @@ def mixer_rows(sections: Dict[str, str]) -> List[List[str]]:
 def sweep_rows(sections: Dict[str, str]) -> List[Dict[str, object]]:
     """The rows of every :func:`~.resolution_sweep.format_sweep_table` in the sweep step's output, as
     :func:`~.resolution_sweep.resolution_sweep` returned them (numbers as printed; ``None`` for ``-``)."""
-    lines = sections.get("peak memory and resolution sweep", "").splitlines()
+    text = sections.get("peak memory and resolution sweep", "")
     rows: List[Dict[str, object]] = []
-    for i, line in enumerate(lines):
+    for i, line in enumerate(text.splitlines()):
         title = SWEEP_TITLE.match(line)
-        table = table_rows("\n".join(lines), i + 1) if title else []
+        table = table_rows(text, i + 1) if title else []
         if not table or table[0][0] != "img px":
             continue
         for cells in table[1:]:
