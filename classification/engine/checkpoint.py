@@ -31,6 +31,13 @@ EPOCH_FILE = re.compile(r"checkpoint-(\d+)\.pth\.tar$")
 POSITION_TABLES = ("pos_embed", "rope.freqs_cos", "rope.freqs_sin")  # sized for the image size a model is built for
 
 
+def classifier_name(model: nn.Module) -> Optional[str]:
+    """The name of `model`'s classifier module (timm's `pretrained_cfg['classifier']`, e.g. 'head'), or None when its
+    config names one module by no single string."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    return classifier if isinstance(classifier, str) else None
+
+
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
     """Strictly load `state_dict` into `model`; a mismatch raises naming the file and the first differing keys."""
     if not state_dict:
@@ -46,7 +53,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
         differing = {key.split(":")[0] for key in shapes}
-        classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+        classifier = classifier_name(model) or "head"
         if not missing and not unexpected and differing <= set(POSITION_TABLES) and all(
                 state_dict[key].shape[-1] == own[key].shape[-1] for key in differing):   # more tokens, same width
             parts.append("its position tables are of another image size: give the --img-size it was trained at "
@@ -126,8 +133,8 @@ def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) 
     their initialisation."""
     weights = fit_to_model(model, state_dict_from(ckpt, source=path))
     own = model.state_dict()
-    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    head = [f"{classifier}.weight", f"{classifier}.bias"] if isinstance(classifier, str) else []
+    classifier = classifier_name(model)
+    head = [f"{classifier}.weight", f"{classifier}.bias"] if classifier else []
     kept = [key for key in head if key in own and key in weights and weights[key].shape != own[key].shape]
     weights.update({key: own[key] for key in kept})
     load_weights(model, weights, path)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import load_checkpoint, state_dict_from
-from .checkpoint import check_same_model, load_at_model_size
+from .checkpoint import check_same_model, classifier_name, load_at_model_size
 from .config import ConfigError
 from .model_builder import build_model, canonical_model_name
 
@@ -77,7 +77,7 @@ def onnxruntime_difference(model: nn.Module, path: str, img_size: int, batch: in
 
 def _saved_classes(model: nn.Module, weights: dict[str, torch.Tensor]) -> int | None:
     """The number of classes of the classifier in ``weights`` (None if it has none under the model's name for it)."""
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    classifier = classifier_name(model) or "head"
     bias = weights.get(f"{classifier}.bias")
     return None if bias is None else bias.shape[0]
 
