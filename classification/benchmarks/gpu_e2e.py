@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .model_speed import build_model
+from .model_speed import build_model, inference_step, train_step
 from .peak_memory import cuda_peak_mib
 from .resolution_sweep import SWEEP_SIZES, format_sweep_table, resolution_sweep
 from .tables import render_table
@@ -352,8 +352,6 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
     one table; then each pair's :func:`resolution_sweep` (fp32 inference at batch ``sweep_batch`` and each of
     :data:`SWEEP_SIZES`; each forward's peak memory on CUDA), so that the resolution where LocalVim-T /
     LocalVMamba-T cross DeiT-T / Swin-T shows."""
-    from .model_speed import inference_step, train_step
-
     device = torch.device(device)
     batch, sizes = (2, (32, 64)) if quick else (64, SWEEP_SIZES)
     models = [name for pair in PAIRS for name in pair]

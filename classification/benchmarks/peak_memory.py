@@ -12,6 +12,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .model_speed import build_model, inference_step
 from .timing import DTYPES, synchronize
 
 PROC_STATUS = "/proc/self/status"
@@ -62,8 +63,6 @@ def cuda_peak_mib(step: Callable[[], None], device: Union[str, torch.device], ab
 
 
 def _forward_step(name: str, img_size: int, batch: int, dtype: str, device: Union[str, torch.device]):
-    from .model_speed import build_model, inference_step
-
     model = build_model(name, img_size, device)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     step = inference_step(model, images, DTYPES[dtype])
