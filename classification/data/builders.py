@@ -86,9 +86,10 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
     if train is not None:
         train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,
                                     True, world_size, rank, cfg.seed)
-        if len(train_loader) == 0:
-            raise DataError(f"{len(train)} training images are fewer than one batch of {cfg.batch_size} "
-                            f"on each of {world_size} process(es)")
+        if len(train_loader) < cfg.grad_accum_steps:
+            step = "one batch" if cfg.grad_accum_steps == 1 else f"--grad-accum-steps {cfg.grad_accum_steps} batches"
+            raise DataError(f"{len(train)} training images are fewer than {step} of {cfg.batch_size} on each of "
+                            f"{world_size} process(es)")
     val_batch = max(1, int(cfg.batch_size * cfg.val_batch_size_multiplier))
     val_loader = build_loader(val, build_transform(cfg, training=False), val_batch, cfg.workers, False,
                               world_size, rank, cfg.seed)

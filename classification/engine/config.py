@@ -96,6 +96,10 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--clip-grad-norm", action=SWITCH, default=False, help="clip the gradient norm")
     g.add_argument("--clip-grad-max-norm", type=float, default=5.0, help="max gradient norm when clipping")
+    g.add_argument("--grad-accum-steps", type=int, default=1,
+                   help="ours: one optimizer step per N batches, their gradients averaged: the step of a global batch "
+                        "of -b x processes x N (an epoch's last batches that do not fill N are not trained); the LR "
+                        "schedule, the EMA and clipping count optimizer steps")
 
 
 def _add_precision_flags(p: argparse.ArgumentParser) -> None:
@@ -368,6 +372,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("smoothing", 0, 1, True, False), ("num_classes", 2, None, True, True),
     ("opt_eps", 0, None, False, True), ("opt_betas", 0, 1, True, False), ("momentum", 0, 1, True, False),
     ("weight_decay", 0, None, True, True), ("clip_grad_max_norm", 0, None, False, True),
+    ("grad_accum_steps", 1, None, True, True),
     ("decay_epochs", 0, None, False, True), ("lr", 0, None, False, True), ("warmup_lr", 0, None, True, True),
     ("min_lr", 0, None, True, True), ("epochs", 1, None, True, True), ("warmup_epochs", 0, None, True, True),
     ("decay_rate", 0, None, False, True), ("img_size", 1, None, True, True), ("crop_pct", 0, 1, False, True),

@@ -36,14 +36,19 @@ def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]],
                     f"(--finetune {path})")
 
 
-def check_same_batches(ckpt: Mapping[str, Any], path: str, world_size: int, batch_size: int) -> None:
-    """A run stopped in the middle of an epoch continues it with the same batches: the same number of processes
-    and batch size."""
-    processes, saved_batch = len(ckpt.get("rng") or []), (ckpt.get("config") or {}).get("batch_size")
-    if (processes, saved_batch) != (world_size, batch_size):
+def check_same_batches(ckpt: Mapping[str, Any], path: str, world_size: int, batch_size: int,
+                       grad_accum_steps: int = 1) -> None:
+    """A run stopped in the middle of an epoch continues it with the same batches and optimizer steps: the same
+    number of processes, batch size and --grad-accum-steps."""
+    saved = ckpt.get("config") or {}
+    processes, saved_batch, saved_accum = len(ckpt.get("rng") or []), saved.get("batch_size"), saved.get(
+        "grad_accum_steps", 1)
+    if (processes, saved_batch, saved_accum) != (world_size, batch_size, grad_accum_steps):
+        accumulated = saved_accum != 1 or grad_accum_steps != 1
+        then, now = (f" --grad-accum-steps {n}" if accumulated else "" for n in (saved_accum, grad_accum_steps))
         raise ConfigError(f"{path} stopped in the middle of epoch {ckpt['epoch']} of a run of {processes} "
-                          f"process(es) with -b {saved_batch}; continue it with the same (this run: "
-                          f"{world_size} with -b {batch_size})")
+                          f"process(es) with -b {saved_batch}{then}; continue it with the same (this run: "
+                          f"{world_size} with -b {batch_size}{now})")
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: Namespace,

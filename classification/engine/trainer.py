@@ -1,21 +1,24 @@
 """The training loop: `train(cfg)` runs a whole experiment, `train_one_epoch` one pass over the data.
 
-Per iteration (as the original): mixup, forward under autocast, backward (scaled for fp16), optional gradient
-clipping, optimizer step, EMA update, LR schedule step. Per epoch: validate the model (and the EMA, whose metrics then
-rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv` row, then save the checkpoints with
-`last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV files to it and repairs the
-checkpoint files, so a run killed at any instant continues exactly.
+Per iteration (as the original): mixup, forward under autocast, backward (scaled for fp16), optional gradient clipping,
+optimizer step, EMA update, LR schedule step. With `--grad-accum-steps N` an iteration takes N batches, the gradient of
+each loss / N summed (all-reduced across processes only at the last): one step of the global batch -b x processes x N,
+which the schedule, the EMA, clipping, the log lines and `lr.csv` count; the batches at the end of an epoch that do not
+fill an iteration are not trained, as a loader of the large batch drops them. Per epoch: validate the model (and the
+EMA, whose metrics then rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv` row, then save the
+checkpoints with `last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV files to it and
+repairs the checkpoint files, so a run killed at any instant continues exactly.
 
 SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGHUP (`signals.StopSignals`) stops the run cleanly: after the current optimizer
-step every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, with the
-running train-loss sums), and the run exits through `RunInterrupted`. A signal during validation or the epoch end's
-writes stops it once they are done, before the next epoch. `--resume` from a mid-epoch checkpoint skips the batches
-already trained and keeps the epoch's `lr.csv` rows up to there: the run ends bit-identical to an uninterrupted one
-on a CPU. A second Ctrl-C aborts at once (the last committed `last.pth.tar` stays).
+step every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, the
+batches done, with the running train-loss sums), and the run exits through `RunInterrupted`. A signal during validation
+or the epoch end's writes stops it once they are done, before the next epoch. `--resume` from a mid-epoch checkpoint
+skips the batches already trained and keeps the epoch's `lr.csv` rows up to there: the run ends bit-identical to an
+uninterrupted one on a CPU. A second Ctrl-C aborts at once (the last committed `last.pth.tar` stays).
 
-On `--resume` the flags of the new command (optimizer and schedule flags included, e.g. `--lr`, `--epochs`) take
-effect: the optimizer's hyperparameters are the new flags', its state (moments) the checkpoint's, and the learning rate
-of each iteration is what the new schedule gives at that iteration. Changes are logged.
+On `--resume` the flags of the new command (optimizer and schedule flags included, e.g. `--lr`, `--epochs`) take effect:
+the optimizer's hyperparameters are the new flags', its state (moments) the checkpoint's, and the learning rate of each
+iteration is what the new schedule gives at that iteration. Changes are logged.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import os
 import signal
 import time
 from argparse import Namespace
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -101,8 +105,9 @@ class Run:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.ema = ModelEmaV2(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         self.optimizer = build_optimizer(self.model, cfg)
-        self.steps_per_epoch = len(self.train_loader)
-        self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.updates_per_epoch = len(self.train_loader) // cfg.grad_accum_steps  # optimizer steps
+        self.steps_per_epoch = self.updates_per_epoch * cfg.grad_accum_steps  # batches trained in an epoch
+        self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
         if 0 < cfg.epochs <= cfg.warmup_epochs:
             log.warning(f"--warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: the whole run is warmup, its "
                         f"learning rate stays below --lr {cfg.lr}")
@@ -138,7 +143,7 @@ class Run:
             raise ConfigError(f"{path} {where} and --epochs {self.cfg.epochs} ends the run at epoch "
                               f"{self.cfg.epochs - 1}: nothing left to train (raise --epochs to continue it)")
         if step is not None:
-            check_same_batches(ckpt, path, self.env.world_size, self.cfg.batch_size)
+            check_same_batches(ckpt, path, self.env.world_size, self.cfg.batch_size, self.cfg.grad_accum_steps)
             self._warn_other_epoch_order(ckpt, path)
             self.start_progress = EpochProgress(int(step))
             loss_sum, loss_count = ckpt["train_loss_sums"][self.env.rank]
@@ -153,7 +158,8 @@ class Run:
         self._warn_ema_switch(saved, path, start_epoch)
         log_changed_flags(self.cfg, saved, self.log)
         self.start_epoch = start_epoch
-        self.scheduler.set_step(self.start_epoch * self.steps_per_epoch + self.start_progress.step)
+        self.scheduler.set_step(self.start_epoch * self.updates_per_epoch
+                                + self.start_progress.step // self.cfg.grad_accum_steps)
         self.manager.load_state_dict(ckpt.get("checkpoints") or [])
         rng = ckpt.get("rng") or []
         if len(rng) == self.env.world_size:
@@ -365,48 +371,48 @@ class Run:
 def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = None,
                     stop: Optional[StopSignals] = None) -> dict:
     """One pass over epoch `epoch`'s training data from `progress` on (updated as it goes); returns `train_loss`
-    averaged over all samples of all ranks. When `stop` is agreed after a step other than the last, writes a
-    mid-epoch `last.pth.tar` and raises `RunInterrupted`; when a rank cannot read its next batch (an unreadable
-    image), every rank writes it too and raises (see `Run.stop_for_unread_batch`)."""
+    averaged over all samples of all ranks. Each optimizer step takes `--grad-accum-steps` batches. When `stop` is
+    agreed before a step other than the first one here, writes a mid-epoch `last.pth.tar` and raises `RunInterrupted`;
+    when a rank cannot read its next batch (an unreadable image), every rank writes it too (up to the last optimizer
+    step) and raises (see `Run.stop_for_unread_batch`)."""
     cfg, env = run.cfg, run.env
     progress = progress if progress is not None else EpochProgress()
+    accum = cfg.grad_accum_steps
     loader: DataLoader = run.train_loader
     loader.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
-    steps = run.steps_per_epoch
+    updates = run.updates_per_epoch
     run.net.train()
-    loss_m, batch_m, data_m = progress.loss, AverageMeter(), AverageMeter()
-    bar = ProgressBar(steps, f"epoch {epoch}", enabled=env.is_main)
+    loss_m, update_m, data_m = progress.loss, AverageMeter(), AverageMeter()
+    bar = ProgressBar(updates, f"epoch {epoch}", enabled=env.is_main)
     start = time.time()
-    batches, first = iter(loader), progress.step
+    batches, first = iter(loader), progress.step // accum
     try:
-        for idx in range(first, steps):
-            images, target, error = _next_batch(batches)
-            data_m.update(time.time() - start)  # the loading alone, not the agreement below
-            signum, failed = stop.agreed_with(error is not None) if stop is not None else (None, error is not None)
-            if failed:
-                raise run.stop_for_unread_batch(epoch, progress, error)
-            if signum is not None and idx > first:
-                raise run.stop_mid_epoch(epoch, progress, signum)
-            images = images.to(env.device, non_blocking=True)
-            target = target.to(env.device, non_blocking=True)
-            if run.mixup is not None:
-                images, target = run.mixup(images, target)
-            with autocast(env.device, cfg.amp, cfg.amp_dtype):
-                output = run.net(images)
-            loss = run.train_loss(output.float(), target)
+        for update in range(first, updates):
             run.optimizer.zero_grad(set_to_none=True)
-            _backward_and_step(run, loss)
+            loading = 0.0
+            for part in range(accum):
+                fetch = time.time()
+                images, target, error = _next_batch(batches)
+                loading += time.time() - fetch  # the loading alone, not the agreement below
+                signum, failed = stop.agreed_with(error is not None) if stop is not None else (None, error is not None)
+                if failed:
+                    raise run.stop_for_unread_batch(epoch, progress, error)
+                if signum is not None and part == 0 and update > first:
+                    raise run.stop_mid_epoch(epoch, progress, signum)
+                loss = _forward_backward(run, images, target, sync=part == accum - 1)
+                loss_m.update(loss, images.shape[0])
+            _optimizer_step(run)
             if run.ema is not None:
                 run.ema.update(run.model)
-            loss_m.update(loss.item(), images.shape[0])
-            batch_m.update(time.time() - start)
+            data_m.update(loading)
+            update_m.update(time.time() - start)
             lr = run.optimizer.param_groups[0]["lr"]
-            if idx % cfg.log_interval == 0 or idx == steps - 1:
-                _log_train_line(run, epoch, idx, loss_m, batch_m, data_m, lr)
+            if update % cfg.log_interval == 0 or update == updates - 1:
+                _log_train_line(run, epoch, update, loss_m, update_m, data_m, lr)
                 run.lr_log.append([epoch, run.scheduler.t, lr])
-            bar.update(idx + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
+            bar.update(update + 1, f"loss {loss_m.avg:.3f} lr {lr:.2e}")
             run.scheduler.step()
-            progress.step = idx + 1
+            progress.step = (update + 1) * accum
             start = time.time()
     finally:
         bar.close()
@@ -424,28 +430,45 @@ def _next_batch(batches: Iterator) -> tuple[Optional[torch.Tensor], Optional[tor
     return images, target, None
 
 
-def _backward_and_step(run: Run, loss: torch.Tensor) -> None:
+def _forward_backward(run: Run, images: torch.Tensor, target: torch.Tensor, sync: bool) -> float:
+    """Mixup, forward and backward of one batch, adding its share (loss / --grad-accum-steps) to the gradients;
+    under DDP they are all-reduced only when `sync` (the optimizer step's last batch). Returns the batch's loss."""
+    cfg, env = run.cfg, run.env
+    images = images.to(env.device, non_blocking=True)
+    target = target.to(env.device, non_blocking=True)
+    if run.mixup is not None:
+        images, target = run.mixup(images, target)
+    deferred = not sync and isinstance(run.net, DistributedDataParallel)
+    with run.net.no_sync() if deferred else nullcontext():
+        with autocast(env.device, cfg.amp, cfg.amp_dtype):
+            output = run.net(images)
+        loss = run.train_loss(output.float(), target)
+        share = loss / cfg.grad_accum_steps
+        (run.scaler.scale(share) if run.scaler is not None else share).backward()
+    return loss.item()
+
+
+def _optimizer_step(run: Run) -> None:
+    """Clip (if asked, on the unscaled gradients) and step the optimizer (through the GradScaler for fp16)."""
     cfg = run.cfg
-    if run.scaler is not None:
-        run.scaler.scale(loss).backward()
-        if cfg.clip_grad_norm:
-            run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_max_norm)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        return
-    loss.backward()
+    if run.scaler is not None and cfg.clip_grad_norm:
+        run.scaler.unscale_(run.optimizer)
     if cfg.clip_grad_norm:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_max_norm)
-    run.optimizer.step()
+    if run.scaler is None:
+        run.optimizer.step()
+        return
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
 
 
 def _log_train_line(run: Run, epoch: int, idx: int, loss_m: AverageMeter, batch_m: AverageMeter,
                     data_m: AverageMeter, lr: float) -> None:
+    """The line of iteration `idx` (one optimizer step; `batch_m`: its time, `data_m`: its loading)."""
     cfg, env = run.cfg, run.env
-    steps = run.steps_per_epoch
+    steps = run.updates_per_epoch
     loss_val, loss_sum, count = all_reduce_sum([loss_m.val, loss_m.sum, loss_m.count], env.device)
-    speed = cfg.batch_size * env.world_size / max(batch_m.val, 1e-9)
+    speed = cfg.batch_size * env.world_size * cfg.grad_accum_steps / max(batch_m.val, 1e-9)
     left_epoch = (steps - idx - 1) * batch_m.avg
     left_run = left_epoch + (cfg.epochs - epoch - 1) * steps * batch_m.avg
     run.log.info(f"Train: {epoch} [{idx:>4d}/{steps}] "

@@ -81,6 +81,32 @@ def test_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(name, workers
     assert_same_run(snapshot(folder), straight)
 
 
+# -b 128: 11 batches an epoch, 5 optimizer steps of 2 batches; the 11th batch is not trained
+ACCUMULATED = [*RUN, "-b", "128", "--grad-accum-steps", "2"]
+
+
+@POSIX_SIGNALS
+def test_a_run_with_accumulated_steps_stops_between_steps_and_resumes_exactly(tmp_path):
+    """With --grad-accum-steps 2 a signal after the 8th optimizer step (step 3 of 5 in epoch 1) saves the run after
+    its 6th batch of 10; --resume ends bit-identical to the run never stopped, and refuses another accumulation
+    in the middle of the epoch. The schedule and lr.csv count optimizer steps."""
+    out = tmp_path / "straight"
+    train(parse_args([*ACCUMULATED, "--output", str(out), "--experiment", "run"]))
+    proc, folder = signal_at(f"SIGTERM step {MID_EPOCH_1}", ACCUMULATED, tmp_path)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "SIGTERM: stopping in epoch 1 after step 6 of 10" in proc.stdout
+    ckpt = load(folder / "last.pth.tar")
+    assert (ckpt["epoch"], ckpt["step"], ckpt["steps_per_epoch"], ckpt["scheduler"]["t"]) == (1, 6, 10, MID_EPOCH_1)
+    with pytest.raises(ConfigError, match=r"with -b 128 --grad-accum-steps 2; continue it with the same \(this "
+                                          r"run: 1 with -b 128 --grad-accum-steps 1\)"):
+        resume([*ACCUMULATED, "--grad-accum-steps", "1"], folder)
+    resume(ACCUMULATED, folder)
+    assert_same_run(snapshot(folder), snapshot(out / "run"))
+    # --log-interval 2: optimizer steps 0, 2 and 4 (the last) of each epoch
+    assert [row[:2] for row in rows(out / "run" / "lr.csv")[1:]] == [
+        ["0", "0"], ["0", "2"], ["0", "4"], ["1", "5"], ["1", "7"], ["1", "9"]]
+
+
 def run_on_a_terminal_and_hang_up(argv, marker: str, nohup_output=None, timeout: float = 240):
     """Run `argv` on a pseudo-terminal of its own (it leads the session the terminal controls, as a login shell's
     command does) and hang the terminal up, as a lost ssh connection does, once `marker` is in its output; returns

@@ -81,3 +81,16 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused():
 def test_mid_epoch_resume_with_another_process_count_is_refused():
     with pytest.raises(ConfigError, match=r"1 process\(es\) with -b 32"):
         check_same_batches(MID_EPOCH, "last.pth.tar", world_size=2, batch_size=32)
+
+
+def test_mid_epoch_resume_with_other_accumulation_steps_is_refused():
+    """The checkpoint's step counts batches and its schedule optimizer steps: another --grad-accum-steps would
+    continue the epoch with its schedule at another place (and a step split across the stop)."""
+    with pytest.raises(ConfigError, match=r"1 process\(es\) with -b 32 --grad-accum-steps 1; continue it with the "
+                                          r"same \(this run: 1 with -b 32 --grad-accum-steps 2\)"):
+        check_same_batches(MID_EPOCH, "last.pth.tar", world_size=1, batch_size=32, grad_accum_steps=2)
+    accumulated = {**MID_EPOCH, "step": 8, "config": {"batch_size": 32, "grad_accum_steps": 4}}
+    check_same_batches(accumulated, "last.pth.tar", world_size=1, batch_size=32, grad_accum_steps=4)
+    with pytest.raises(ConfigError, match=r"-b 32 --grad-accum-steps 4; .*\(this run: 1 with -b 32 "
+                                          r"--grad-accum-steps 1\)"):
+        check_same_batches(accumulated, "last.pth.tar", world_size=1, batch_size=32)

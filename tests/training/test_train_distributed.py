@@ -82,6 +82,92 @@ def test_two_processes_equal_one_process(two, config, tmp_path):
 
 
 @SKIP_ON_WINDOWS
+def test_accumulated_steps_of_two_processes_equal_one_process_with_the_global_batch(config, tmp_path):
+    """Two processes of -b 16 with --grad-accum-steps 2 (44 batches each, 22 optimizer steps) train what one process
+    of -b 64 trains: each step averages the same 64 images' gradients (all-reduced once, at its second batch)."""
+    proc = two_processes("tools/train.py", config, tmp_path, "--experiment", "accumulated", "--grad-accum-steps", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"Train: 0 \[  21/22\] .* Speed: [0-9.]+ img/s", proc.stdout), proc.stdout[-3000:]
+    train(parse_args(["-c", str(config), *TINY_MODEL, "-b", "64", "--output", str(tmp_path), "--experiment", "one"]))
+
+    a = torch.load(tmp_path / "accumulated" / "last.pth.tar", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "one" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert a["scheduler"] == b["scheduler"] == {"t": 22}
+    assert (a["steps_per_epoch"], b["steps_per_epoch"]) == (44, 22)
+    for key in ("model", "ema_model"):
+        for name, value in b[key].items():
+            torch.testing.assert_close(a[key][name], value, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+    (row_two,) = metrics(tmp_path / "accumulated" / "metrics.csv")
+    (row_one,) = metrics(tmp_path / "one" / "metrics.csv")
+    assert float(row_two["train_loss"]) == pytest.approx(float(row_one["train_loss"]), rel=1e-4)
+    with open(tmp_path / "accumulated" / "lr.csv") as f2, open(tmp_path / "one" / "lr.csv") as f1:
+        assert f2.read() == f1.read()
+
+
+def _deferred_all_reduce_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import logging
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from classification.engine.distributed import DistEnv
+    from classification.engine.trainer import Run, _forward_backward
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        cfg = parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "4", "-j", "0", "--device", "cpu",
+                          "--smoothing", "0", "--grad-accum-steps", "2", "--output", out_dir,
+                          "--experiment", f"rank{rank}"])
+        torch.manual_seed(0)
+        run = Run(cfg, DistEnv(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu")), out_dir,
+                  logging.getLogger("localmamba.test"))
+        assert isinstance(run.net, DistributedDataParallel)
+        reductions = []
+
+        def count(state, bucket):
+            reductions.append(bucket.index())
+            return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0] / 2)
+
+        run.net.register_comm_hook(None, count)
+        initial = {n: t.clone() for n, t in run.model.state_dict().items()}
+        generator = torch.Generator().manual_seed(1)
+        parts = [(torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 10, (4,), generator=generator))
+                 for _ in range(4)]  # rank r trains parts 2r and 2r + 1
+        _forward_backward(run, *parts[2 * rank], sync=False)
+        after_first = len(reductions)
+        _forward_backward(run, *parts[2 * rank + 1], sync=True)
+        grads = {n: p.grad.clone() for n, p in run.model.named_parameters()}
+        torch.save({"after_first": after_first, "after_second": len(reductions), "grads": grads, "initial": initial},
+                   os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_accumulating_batches_all_reduce_only_at_the_steps_last_batch(tmp_path):
+    """Under DDP the first of two accumulated batches keeps its gradient local (`no_sync`: no bucket is reduced);
+    the second reduces the sum once, so every rank holds the mean over all 4 batches of both ranks' gradients, each
+    batch's loss / 2 (checked against one process on the four batches)."""
+    import torch.multiprocessing as mp
+
+    from classification.engine.model_builder import build_model
+
+    mp.spawn(_deferred_all_reduce_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    results = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [r["after_first"] for r in results] == [0, 0]
+    assert all(r["after_second"] >= 1 for r in results)
+    model = build_model(parse_args([*TINY_MODEL, "--num-classes", "10"]))
+    model.load_state_dict(results[0]["initial"])
+    generator = torch.Generator().manual_seed(1)
+    parts = [(torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 10, (4,), generator=generator))
+             for _ in range(4)]
+    images, target = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+    torch.nn.functional.cross_entropy(model(images), target).backward()
+    for name, param in model.named_parameters():
+        for result in results:
+            torch.testing.assert_close(result["grads"][name], param.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@SKIP_ON_WINDOWS
 def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path):
     cut = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "cut", SIGNAL_AT="SIGTERM step 20",
                         SIGNAL_RANK="1")

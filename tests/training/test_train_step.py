@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from classification.data import build_mixup
 from classification.engine.config import parse_args
 from classification.engine.distributed import DistEnv
-from classification.engine.trainer import Run, _backward_and_step
+from classification.engine.trainer import Run, _forward_backward, _optimizer_step
 
 from training_helpers import TINY_MODEL
 
@@ -58,14 +58,20 @@ def test_mixup_targets_are_label_smoothed(tmp_path):
     assert soft.min().item() == np.float32(0.01)
 
 
-def test_gradient_clipping_without_a_grad_scaler(tmp_path):
-    """--clip-grad-norm in an fp32 run (no GradScaler): the step uses the gradient rescaled to norm 0.01 (torch's
-    clip: factor max_norm / (norm + 1e-6)), so plain SGD moves the weights by lr x 0.01 in all. Clipping done only
-    in the AMP branch let fp32 runs step with the raw gradient (here a norm over 100 times larger)."""
+@pytest.mark.parametrize("accum", [1, 2, 4])
+@pytest.mark.parametrize("clip", [True, False])
+def test_one_optimizer_step_from_the_batch_or_its_parts(tmp_path, accum, clip):
+    """An fp32 step of plain SGD (no GradScaler) moves the weights by lr x the batch's mean-loss gradient. With
+    --clip-grad-norm that gradient is rescaled to norm 0.01 (torch's clip: factor max_norm / (norm + 1e-6)), so the
+    weights move by lr x 0.01 in all; clipping done only in the AMP branch let fp32 runs step with the raw gradient
+    (here a norm over 100 times larger). With --grad-accum-steps the batch of 8 comes as `accum` parts and the step
+    is the same: the mean of the parts' gradients (a sum moves the weights `accum` times as far without clipping),
+    clipped as a whole (clipping each part's gives another step)."""
     torch.manual_seed(0)
+    clipping = ["--clip-grad-norm", "--clip-grad-max-norm", "0.01"] if clip else []
     run = make_run(tmp_path, "--opt", "sgd", "--lr", "1.0", "--momentum", "0", "--sgd-no-nesterov",
-                   "--weight-decay", "0", "--warmup-epochs", "0", "--smoothing", "0", "--clip-grad-norm",
-                   "--clip-grad-max-norm", "0.01")
+                   "--weight-decay", "0", "--warmup-epochs", "0", "--smoothing", "0", "--grad-accum-steps",
+                   str(accum), *clipping)
     assert run.scaler is None
     images, target = torch.randn(8, 3, 16, 16), torch.arange(8)
     reference = copy.deepcopy(run.model)
@@ -73,14 +79,18 @@ def test_gradient_clipping_without_a_grad_scaler(tmp_path):
     grads = [p.grad for p in reference.parameters()]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     lr = run.optimizer.param_groups[0]["lr"]
-    expected = [p.detach() - lr * g * (0.01 / (norm + 1e-6)) for p, g in zip(reference.parameters(), grads)]
+    factor = 0.01 / (norm + 1e-6) if clip else 1.0
+    expected = [p.detach() - lr * g * factor for p, g in zip(reference.parameters(), grads)]
     before = [p.detach().clone() for p in run.model.parameters()]
 
     run.optimizer.zero_grad(set_to_none=True)
-    _backward_and_step(run, run.train_loss(run.net(images), target))
+    for part_images, part_target in zip(images.chunk(accum), target.chunk(accum)):
+        _forward_backward(run, part_images, part_target, sync=True)
+    _optimizer_step(run)
 
     assert norm > 1.0 and 0.9 < lr <= 1.0
     steps = [(p.detach() - b).flatten() for p, b in zip(run.model.parameters(), before)]
-    assert torch.linalg.vector_norm(torch.cat(steps)).item() == pytest.approx(0.01 * lr, rel=1e-3)
+    assert torch.linalg.vector_norm(torch.cat(steps)).item() == pytest.approx((0.01 if clip else norm.item()) * lr,
+                                                                              rel=1e-3)
     for param, want in zip(run.model.parameters(), expected):
-        torch.testing.assert_close(param.detach(), want, rtol=0, atol=2e-7)
+        torch.testing.assert_close(param.detach(), want, rtol=1e-5, atol=2e-7)
