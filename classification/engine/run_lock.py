@@ -43,7 +43,7 @@ class RunLock:
         self.folder = folder
         self.path = os.path.join(folder, LOCK_FILE)
         self._fd: Optional[int] = None
-        self._created_folder = False
+        self._created_folders: list[str] = []  # deepest first
 
     @property
     def held(self) -> bool:
@@ -52,7 +52,7 @@ class RunLock:
     def acquire(self) -> Optional[str]:
         """Create the folder when needed and take the lock; ConfigError (one line, naming the holder) when another
         run holds it. Returns a warning to log when the file system cannot lock (the run then goes on unlocked)."""
-        self._created_folder = not os.path.isdir(self.folder)
+        self._created_folders = _missing_folders(self.folder)
         make_writable(self.folder)
         if os.path.realpath(self.path) in _held_here:
             self._refuse(_holder_line())
@@ -91,8 +91,9 @@ class RunLock:
             return False
 
     def release(self) -> None:
-        """Delete the lock file and drop the lock; remove the folder when `acquire` created it and nothing was
-        written there since (a run refused before its first write leaves no empty folder)."""
+        """Delete the lock file and drop the lock; remove the folders `acquire` created (the run folder and any missing
+        parent, such as a new `--output`) when nothing was written there since (a run refused before its first write
+        leaves no empty folder)."""
         if self._fd is not None:
             _held_here.discard(os.path.realpath(self.path))
             try:
@@ -101,9 +102,18 @@ class RunLock:
                 pass
             os.close(self._fd)  # closing the file drops the lock
             self._fd = None
-        if self._created_folder:
-            self._created_folder = False
+        created, self._created_folders = self._created_folders, []
+        for folder in created:
             try:
-                os.rmdir(self.folder)
+                os.rmdir(folder)
             except OSError:  # not empty: the run wrote there
-                pass
+                break
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those of its parents that do not exist, deepest first (empty when `folder` exists)."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing

@@ -231,11 +231,13 @@ def test_bad_config_values_are_config_errors():
 
 def test_too_few_batches_for_one_step_are_refused_before_the_run_folder(tmp_path):
     """8 training images in batches of 4 make 2 batches an epoch: not one optimizer step of 3. Without the check the
-    epoch trained nothing and the schedule divided by zero steps."""
+    epoch trained nothing and the schedule divided by zero steps. The refused run leaves no folder, not even the
+    --output folder it created above its run folder (that one was left behind, empty)."""
     root = tmp_path / "data"
     make_meta_tree(str(root), classes=2, per_class=4, val_per_class=1)
     with pytest.raises(DataError, match=r"8 training images are fewer than --grad-accum-steps 3 batches of 4 on "
                                         r"each of 1 process\(es\)"):
         run(tmp_path, "--data-path", str(root), "--grad-accum-steps", "3")
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match=r"--grad-accum-steps must be in \[1, inf\), got 0"):
         parse_args(["--grad-accum-steps", "0"])
