@@ -108,6 +108,12 @@ class Run:
         self.updates_per_epoch = len(self.train_loader) // cfg.grad_accum_steps  # optimizer steps
         self.steps_per_epoch = self.updates_per_epoch * cfg.grad_accum_steps  # batches trained in an epoch
         self.scheduler: WarmupScheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
+        if cfg.grad_accum_steps > 1:
+            dropped = len(self.train_loader) - self.steps_per_epoch
+            log.info(f"--grad-accum-steps {cfg.grad_accum_steps}: an optimizer step of {cfg.grad_accum_steps} batches "
+                     f"of {cfg.batch_size} on each of {env.world_size} process(es), "
+                     f"{cfg.grad_accum_steps * cfg.batch_size * env.world_size} images; {self.updates_per_epoch} "
+                     f"steps an epoch" + (f" (its last {dropped} batch(es) not trained)" if dropped else ""))
         if 0 < cfg.epochs <= cfg.warmup_epochs:
             log.warning(f"--warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: the whole run is warmup, its "
                         f"learning rate stays below --lr {cfg.lr}")

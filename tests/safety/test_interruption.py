@@ -95,6 +95,8 @@ def test_a_run_with_accumulated_steps_stops_between_steps_and_resumes_exactly(tm
     proc, folder = signal_at(f"SIGTERM step {MID_EPOCH_1}", ACCUMULATED, tmp_path)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "SIGTERM: stopping in epoch 1 after step 6 of 10" in proc.stdout
+    assert ("--grad-accum-steps 2: an optimizer step of 2 batches of 128 on each of 1 process(es), 256 images; 5 steps "
+            "an epoch (its last 1 batch(es) not trained)") in proc.stdout
     ckpt = load(folder / "last.pth.tar")
     assert (ckpt["epoch"], ckpt["step"], ckpt["steps_per_epoch"], ckpt["scheduler"]["t"]) == (1, 6, 10, MID_EPOCH_1)
     with pytest.raises(ConfigError, match=r"with -b 128 --grad-accum-steps 2; continue it with the same \(this "

@@ -87,6 +87,8 @@ def test_accumulated_steps_of_two_processes_equal_one_process_with_the_global_ba
     of -b 64 trains: each step averages the same 64 images' gradients (all-reduced once, at its second batch)."""
     proc = two_processes("tools/train.py", config, tmp_path, "--experiment", "accumulated", "--grad-accum-steps", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ("--grad-accum-steps 2: an optimizer step of 2 batches of 16 on each of 2 process(es), 64 images; 22 steps "
+            "an epoch\n") in proc.stdout   # 718 images a process: 44 batches, none left over
     assert re.search(r"Train: 0 \[  21/22\] .* Speed: [0-9.]+ img/s", proc.stdout), proc.stdout[-3000:]
     train(parse_args(["-c", str(config), *TINY_MODEL, "-b", "64", "--output", str(tmp_path), "--experiment", "one"]))
 
