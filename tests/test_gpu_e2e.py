@@ -31,6 +31,8 @@ def fake_runner(outputs):
                    "{'top1': 50.0}" if "test.py" in step.argv[1] else
                    "SIGTERM: stopping in epoch 1 after step 3 of 44" if step.stop_signal == signal.SIGTERM else
                    "Resumed x, starting training at epoch 1, step 3 of 44\nTrain: 2 [0/56] Speed: 123.4 img/s")
+        if "--grad-accum-steps" in step.argv:
+            default = "--grad-accum-steps 2: an optimizer step of 2 batches of 32 on each of 1 process(es)\n" + default
         if step.stop_when is None:
             returncode = 0
         else:
@@ -48,6 +50,7 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     assert len(lines) == len(seen) and all(line.startswith("PASS") for line in lines)
     names = [s.name for s in seen]
     for expected in ("train 1 epoch --amp (fp16 + GradScaler)", "train 1 epoch --amp --amp-dtype bfloat16",
+                     "train 1 epoch --amp --grad-accum-steps 2",
                      "tools/dist_train.sh 1", "train, killed after its first epoch",
                      "the killed run continues with --resume", "tools/test.py on the resumed checkpoint",
                      "train, stopped by SIGTERM in its second epoch",
@@ -87,10 +90,12 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
 
 
 def test_e2e_fails_a_resume_that_starts_over_and_a_run_that_was_not_killed(tmp_path, capsys):
-    run, _ = fake_runner({"the killed run continues with --resume": "Train: 0 [0/56]\nTrain: 2 [0/56]"})
+    run, _ = fake_runner({"the killed run continues with --resume": "Train: 0 [0/56]\nTrain: 2 [0/56]",
+                          "train 1 epoch --amp --grad-accum-steps 2": "Train: 0 [0/22] Speed: 60.0 img/s"})
     assert not run_e2e("cpu", quick=True, runner=run, workdir=str(tmp_path))
     out = capsys.readouterr().out
     assert "FAIL" in out and "the killed run continues with --resume  (output does not show 'starting training" in out
+    assert "train 1 epoch --amp --grad-accum-steps 2  (output does not show '--grad-accum-steps 2: an optimizer" in out
     step = [s for s in gpu_e2e.plan("cpu", str(tmp_path), quick=True) if s.stop_when is not None][0]
     assert gpu_e2e.report_line(step, Outcome(0, "", 3.0)).startswith("FAIL")     # ended before the kill
 

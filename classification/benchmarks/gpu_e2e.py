@@ -1,16 +1,17 @@
 """The GPU end-to-end check (``tools/gpu_check.py --e2e``): one command that runs every user-facing path on CUDA and
 prints one PASS/FAIL line per check with its time, then writes the whole transcript to ``docs/measurements/``.
 
-Steps (each a subprocess with its own time limit, run folders under a fresh temporary directory), the figures
-first: kernel checks (``tools/gpu_check.py``: the Triton backends against the reference, op timings), the model
-throughput tables (``tools/benchmark.py``: fp32 and bf16, batch 1 and 64, a training step at 64), the peak memory and
-resolution sweep (:func:`memory_and_resolution_sweep`); then one quickstart epoch with ``--amp`` (fp16 +
-GradScaler) and with ``--amp-dtype bfloat16``, ``tools/dist_train.sh 1`` (torchrun; and ``dist_train.sh N`` on NCCL
-when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its first epoch and
-``--resume``d (it must continue at a later epoch and finish), a run stopped by SIGTERM in its second epoch (it must
-save there and exit with 143) and resumed from that step, ``tools/test.py`` on the killed run's checkpoint (also with
-``--compile reduce-overhead``), and the throughput under ``--compile reduce-overhead`` (compiling takes longest).
-Under a time budget each step's limit is cut to what is left and the steps that no longer fit are listed.
+Steps (each a subprocess with its own time limit, run folders under a fresh temporary directory), the figures first:
+kernel checks (``tools/gpu_check.py``: the Triton backends against the reference, op timings), the model throughput
+tables (``tools/benchmark.py``: fp32 and bf16, batch 1 and 64, a training step at 64), the peak memory and resolution
+sweep (:func:`memory_and_resolution_sweep`); then one quickstart epoch with ``--amp`` (fp16 + GradScaler), with
+``--amp-dtype bfloat16`` and with ``--amp --grad-accum-steps 2``, ``tools/dist_train.sh 1`` (torchrun; and
+``dist_train.sh N`` on NCCL when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its
+first epoch and ``--resume``d (it must continue at a later epoch and finish), a run stopped by SIGTERM in its second
+epoch (it must save there and exit with 143) and resumed from that step, ``tools/test.py`` on the killed run's
+checkpoint (also with ``--compile reduce-overhead``), and the throughput under ``--compile reduce-overhead`` (compiling
+takes longest). Under a time budget each step's limit is cut to what is left and the steps that no longer fit are
+listed.
 
 ``--device cpu --quick`` runs the same plan at tiny sizes on the CPU (Triton under the interpreter), and ``--dry-run``
 prints the commands only: the plan, the checks of each step's output and the report are code paths the CPU tests
@@ -193,6 +194,11 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                                  ["--amp", "--amp-dtype", "bfloat16"])):
         steps.append(Step(name, train + ["--epochs", "1"] + extra + run_dir(folder), 180,
                           _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
+    accumulated = "--grad-accum-steps 2: an optimizer step of 2 batches"
+    accumulating = train + ["--epochs", "1", "--amp", "--grad-accum-steps", "2"] + run_dir("amp_accum")
+    steps.append(Step("train 1 epoch --amp --grad-accum-steps 2", accumulating, 180,
+                      _all_of(_exited_ok, _file_exists(last("amp_accum")), _says(accumulated, repr(accumulated))),
+                      summary=train_speed))
     gpus = max(1, torch.cuda.device_count()) if cuda else 1
     for procs in sorted({1, gpus}):
         folder = f"dist{procs}"
