@@ -1,12 +1,12 @@
 """Shared start-up of the command-line tools: user errors and interruptions become one line instead of a traceback.
 
-Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk, a kernel
-environment variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``, ``LOCALMAMBA_DIRECTION_MODULES``) prints
-`error: <message>` and exits with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1, SIGHUP) prints one
-line with the command that continues it and exits with the shell's status for the signal, 128 + its number (130 for
-SIGINT, 143 for SIGTERM, 138 for SIGUSR1, 129 for SIGHUP). In a distributed run, a rank whose collective fails
-because another rank stopped says so in one line (status 1), so that the other rank's error is not buried under its
-traceback.
+Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk, a kernel environment
+variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``, ``LOCALMAMBA_DIRECTION_MODULES``) and a training loss that is
+no longer finite print `error: <message>` and exit with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1,
+SIGHUP) prints one line with the command that continues it and exits with the shell's status for the signal, 128 + its
+number (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1, 129 for SIGHUP). In a distributed run, a rank whose collective
+fails because another rank stopped says so in one line (status 1), so that the other rank's error is not buried under
+its traceback.
 `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
@@ -26,8 +26,15 @@ from ..models.scan_maps import DirectionModuleError
 from .config import ConfigError
 from .logs import write_if_possible
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, DirectionModuleError, OSError, *SETTING_ERRORS)
 DEBUG_ENV = "LOCALMAMBA_DEBUG"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss of a step is not finite (inf or NaN): the run stopped before that step's update."""
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DirectionModuleError, OSError, TrainingDiverged,
+               *SETTING_ERRORS)
 
 
 class RunInterrupted(Exception):

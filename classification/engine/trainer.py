@@ -23,6 +23,7 @@ iteration is what the new schedule gives at that iteration. Changes are logged.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -50,10 +51,10 @@ from ..search.monitor import SearchMonitor
 from .amp import autocast, log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
-from .cli import RunInterrupted
+from .cli import RunInterrupted, TrainingDiverged
 from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
-from .distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier, init_distributed, share_refusal,
-                          shutdown)
+from .distributed import (DistEnv, all_gather_objects, all_reduce, all_reduce_sum, barrier, init_distributed,
+                          share_refusal, shutdown)
 from .evaluate import validate
 from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, choose_run_folder, delete_previous_run,
                          finished_run, is_training_checkpoint, next_epoch, resolve_auto_resume,
@@ -65,6 +66,10 @@ from .resume import check_same_batches, check_same_classes, load_optimizer_state
 from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
+
+
+# fp16 steps in a row whose loss is not finite (each skipped by the GradScaler) before the run stops as diverged
+NON_FINITE_STEPS_TO_STOP = 10
 
 
 @dataclass
@@ -129,6 +134,7 @@ class Run:
         self.start_epoch = 0
         self.start_progress = EpochProgress()  # of start_epoch: not 0 when resumed in the middle of it
         self.rng_to_restore = None
+        self.non_finite_steps = 0  # the last optimizer steps' losses not finite, in a row (see train_one_epoch)
 
     def resume(self, ckpt: dict, path: str) -> None:
         """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch (and the step
@@ -354,6 +360,25 @@ class Run:
         return DataError(f"another rank could not read its training batch {progress.step} of epoch {epoch} (its "
                          f"error names the cause)")
 
+    def stop_for_non_finite_loss(self, epoch: int, progress: EpochProgress, loss: Optional[float]) -> Exception:
+        """Save the training of `epoch` up to `progress` (every rank calls it: the weights before the step whose
+        loss is not finite), log how to continue, and return the error to raise: naming this rank's `loss`, or,
+        where this rank's was finite (None), another rank's."""
+        last = self.manager.path(LAST)
+        if progress.step > 0:
+            self.save_mid_epoch(epoch, progress)
+        where = f"epoch {epoch} after step {progress.step} of {self.steps_per_epoch}"
+        if self.non_finite_steps > 1:
+            where += f", the {self.non_finite_steps}th step in a row"
+        saved = (f"{last} holds the run before it" if os.path.isfile(last)
+                 else "nothing was saved yet")
+        advice = ("lower --lr, add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then "
+                  f"--resume {last} (or an earlier checkpoint-<epoch>.pth.tar with --rewind)" if os.path.isfile(last)
+                  else "lower --lr or add --clip-grad-norm")
+        self.log.error(f"The training loss is not finite in {where}; the step was not taken and {saved}")
+        what = f"the training loss is {loss}" if loss is not None else "another rank's training loss is not finite"
+        return TrainingDiverged(f"{what} in {where} (the step was not taken; {saved}): {advice}")
+
     def aborted(self) -> RunInterrupted:
         """After a second Ctrl-C, which stops at once (a checkpoint being written is abandoned): log what
         `last.pth.tar` holds, as the first Ctrl-C's line said it would save the run's progress there."""
@@ -380,7 +405,10 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     averaged over all samples of all ranks. Each optimizer step takes `--grad-accum-steps` batches. When `stop` is
     agreed before a step other than the first one here, writes a mid-epoch `last.pth.tar` and raises `RunInterrupted`;
     when a rank cannot read its next batch (an unreadable image), every rank writes it too (up to the last optimizer
-    step) and raises (see `Run.stop_for_unread_batch`)."""
+    step) and raises (see `Run.stop_for_unread_batch`); so it does, without taking the step, when the loss of a batch
+    of the step is not finite on any rank (`TrainingDiverged`). Under a GradScaler (fp16), which skips a step whose
+    gradients are not finite, as the original's did, the run stops only at the `NON_FINITE_STEPS_TO_STOP`-th such step
+    in a row; a non-finite loss never enters the running train loss."""
     cfg, env = run.cfg, run.env
     progress = progress if progress is not None else EpochProgress()
     accum = cfg.grad_accum_steps
@@ -395,7 +423,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     try:
         for update in range(first, updates):
             run.optimizer.zero_grad(set_to_none=True)
-            loading = 0.0
+            loading, losses = 0.0, []
             for part in range(accum):
                 fetch = time.time()
                 images, target, error = _next_batch(batches)
@@ -405,8 +433,20 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
                     raise run.stop_for_unread_batch(epoch, progress, error)
                 if signum is not None and part == 0 and update > first:
                     raise run.stop_mid_epoch(epoch, progress, signum)
-                loss = _forward_backward(run, images, target, sync=part == accum - 1)
-                loss_m.update(loss, images.shape[0])
+                losses.append((_forward_backward(run, images, target, sync=part == accum - 1), images.shape[0]))
+            not_finite = next((loss for loss, _ in losses if not math.isfinite(loss)), None)
+            if all_reduce([float(not_finite is not None)], env.device, "max")[0]:
+                run.non_finite_steps += 1
+                if run.scaler is None or run.non_finite_steps >= NON_FINITE_STEPS_TO_STOP:
+                    raise run.stop_for_non_finite_loss(epoch, progress, not_finite)
+                run.log.warning(f"The training loss is not finite in epoch {epoch} after step {progress.step} of "
+                                f"{run.steps_per_epoch}: the GradScaler skips the step ({run.non_finite_steps} in a "
+                                f"row; the run stops at {NON_FINITE_STEPS_TO_STOP})")
+            else:
+                run.non_finite_steps = 0
+            for loss, count in losses:
+                if math.isfinite(loss):
+                    loss_m.update(loss, count)
             _optimizer_step(run)
             if run.ema is not None:
                 run.ema.update(run.model)

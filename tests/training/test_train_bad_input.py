@@ -7,11 +7,12 @@ import sys
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from classification.common import checkpoint_io as ckpt_mod
 from classification.common.checkpoint_io import CheckpointError, atomic_save
 from classification.data import DataError, build_eval_dataset
-from classification.engine.cli import run_cli
+from classification.engine.cli import TrainingDiverged, run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.logs import ProgressBar
@@ -241,3 +242,62 @@ def test_too_few_batches_for_one_step_are_refused_before_the_run_folder(tmp_path
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match=r"--grad-accum-steps must be in \[1, inf\), got 0"):
         parse_args(["--grad-accum-steps", "0"])
+
+
+def test_a_diverging_run_stops_before_its_first_non_finite_step(tmp_path):
+    """SGD at lr 1e4 blows the tiny model up within a few steps. The run stops at the first step whose loss is not
+    finite, without taking it: last.pth.tar holds finite weights after the steps before it, and no epoch is
+    recorded. A run that trained on NaN weights for the rest of its epochs (or stopped at its first step) fails."""
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDiverged, match=r"the training loss is (nan|inf) in epoch 0 after step \d+ of 22 "
+                                               r"\(the step was not taken; .* holds the run before it\): lower --lr"
+                       ) as stop:
+        train(parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "64", "--epochs", "2", "-j", "0", "--opt", "sgd",
+                          "--lr", "1e4", "--warmup-epochs", "0", "--output", str(out), "--experiment", "run"]))
+    step = int(str(stop.value).split(" after step ")[1].split()[0])
+    ckpt = torch.load(out / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert 0 < step < 22 and (ckpt["epoch"], ckpt["step"], ckpt["scheduler"]["t"]) == (0, step, step)
+    assert all(torch.isfinite(value).all() for value in ckpt["model"].values())
+    assert (out / "run" / "metrics.csv").read_text().count("\n") == 1   # the header alone
+
+
+def nan_training_losses(monkeypatch, steps):
+    """The training losses (those computed with gradients) of the steps in `steps` (0-based calls) are NaN."""
+    calls, forward = [], nn.CrossEntropyLoss.forward
+
+    def maybe_nan(module, logits, target):
+        loss = forward(module, logits, target)
+        if torch.is_grad_enabled():
+            calls.append(len(calls))
+            if calls[-1] in steps:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", maybe_nan)
+
+
+FP16_RUN = ["--dataset", "digits", *TINY_MODEL, "-b", "64", "--epochs", "1", "-j", "0", "--opt", "adamw", "--lr",
+            "1e-3", "--warmup-epochs", "0", "--amp", "--amp-dtype", "float16", "--experiment", "run"]
+
+
+def test_under_a_grad_scaler_a_step_with_a_non_finite_loss_is_skipped(tmp_path, monkeypatch):
+    """fp16 with its GradScaler: a NaN loss in step 5 gives NaN gradients, which the scaler skips (halving its scale,
+    as in the original's runs); the run goes on, and the NaN stays out of the epoch's train loss."""
+    nan_training_losses(monkeypatch, {5})
+    metrics = train(parse_args([*FP16_RUN, "--output", str(tmp_path)]))
+    (log,) = (tmp_path / "run").glob("log_*.txt")
+    assert ("WARNING The training loss is not finite in epoch 0 after step 5 of 22: the GradScaler skips the step (1 "
+            "in a row; the run stops at 10)\n") in log.read_text()
+    ckpt = torch.load(tmp_path / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["scaler"]["scale"] == 2.0 ** 15   # 2 ** 16 halved once (no growth before 2000 good steps)
+    assert all(torch.isfinite(value).all() for value in ckpt["model"].values())
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+def test_under_a_grad_scaler_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
+    nan_training_losses(monkeypatch, set(range(3, 22)))
+    with pytest.raises(TrainingDiverged, match=r"the training loss is nan in epoch 0 after step 12 of 22, the 10th "
+                                               r"step in a row \(the step was not taken"):
+        train(parse_args([*FP16_RUN, "--output", str(tmp_path)]))
+    ckpt = torch.load(tmp_path / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert (ckpt["step"], ckpt["scaler"]["scale"]) == (12, 2.0 ** 16 / 2 ** 9)   # 9 steps skipped before

@@ -17,7 +17,7 @@ from classification.engine.config import parse_args
 from classification.engine.torchrun import exit_status, failure_line
 from classification.engine.trainer import train
 
-from training_helpers import (READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT,
+from training_helpers import (LOSS_FAILS_AT_SCRIPT, READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT,
                               TINY_MODEL, assert_same_run, free_port, snapshot, tool_env)
 
 # No mixup and no drop path: those draw from per-rank generators, which differ by design (seed + rank).
@@ -241,6 +241,31 @@ def test_a_batch_one_rank_cannot_read_stops_both_with_the_steps_saved(two, confi
     again = two_processes("tools/train.py", config, tmp_path, "--resume", str(last))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
+
+
+@SKIP_ON_WINDOWS
+def test_a_loss_one_rank_finds_not_finite_stops_both_before_the_step(two, config, tmp_path):
+    """Rank 1's training loss is NaN in step 20: both ranks agree, neither takes the step (whose gradients hold the
+    NaN), both save the 20 steps before it and stop in one line each instead of training on NaN weights; the saved
+    run equals the 20 steps of the run that never failed."""
+    cut = two_processes(LOSS_FAILS_AT_SCRIPT, config, tmp_path, "--experiment", "cut", LOSS_FAILS_AT="20 1")
+    assert cut.returncode != 0 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    last = tmp_path / "cut" / "last.pth.tar"
+    where = (f"in epoch 0 after step 20 of 44 (the step was not taken; {last} holds the run before it): lower --lr, "
+             f"add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then --resume {last} (or an "
+             f"earlier checkpoint-<epoch>.pth.tar with --rewind)")
+    assert f"error: the training loss is nan {where}" in cut.stderr
+    assert f"error: another rank's training loss is not finite {where}" in cut.stderr
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["scheduler"]["t"], len(ckpt["rng"])) == (0, 20, 20, 2)
+    assert all(torch.isfinite(value).all() for value in ckpt["model"].values())
+    stopped = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "stopped", SIGNAL_AT="SIGTERM step 20")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    reference = torch.load(tmp_path / "stopped" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert reference["step"] == 20
+    for key in ("model", "ema_model"):
+        assert all(torch.equal(ckpt[key][name], value) for name, value in reference[key].items()), key
+    assert ckpt["train_loss_sums"] == reference["train_loss_sums"]   # the NaN batch is not in the running loss
 
 
 def test_the_launch_ends_in_one_line_naming_the_failed_ranks():

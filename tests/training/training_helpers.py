@@ -18,6 +18,7 @@ TOOLS = os.path.join(REPO, "tools")
 # tools/train.py with a signal sent at a chosen moment (see its docstring)
 SIGNAL_AT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "signal_at.py")
 READ_FAILS_AT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "read_fails_at.py")
+LOSS_FAILS_AT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loss_fails_at.py")
 
 # A small timm ViT on 16x16 inputs: quick on two CPU cores, deterministic, no batch norm (so that a batch split over
 # two processes gives the same gradients as one process).
