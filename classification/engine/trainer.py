@@ -4,10 +4,11 @@ Per iteration (as the original): mixup, forward under autocast, backward (scaled
 optimizer step, EMA update, LR schedule step. With `--grad-accum-steps N` an iteration takes N batches, the gradient of
 each loss / N summed (all-reduced across processes only at the last): one step of the global batch -b x processes x N,
 which the schedule, the EMA, clipping, the log lines and `lr.csv` count; the batches at the end of an epoch that do not
-fill an iteration are not trained, as a loader of the large batch drops them. Per epoch: validate the model (and the
-EMA, whose metrics then rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv` row, then save the
-checkpoints with `last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV files to it and
-repairs the checkpoint files, so a run killed at any instant continues exactly.
+fill an iteration are not trained, as a loader of the large batch drops them. A loss that is not finite stops the run
+before its step's update (under fp16's GradScaler only the 10th in a row; see `train_one_epoch`). Per epoch: validate
+the model (and the EMA, whose metrics then rank the checkpoints) in fp32 unless `--amp-eval`, append the `metrics.csv`
+row, then save the checkpoints with `last.pth.tar` last. That file commits the epoch: `--resume` from it rewinds the CSV
+files to it and repairs the checkpoint files, so a run killed at any instant continues exactly.
 
 SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGHUP (`signals.StopSignals`) stops the run cleanly: after the current optimizer
 step every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, the
@@ -434,16 +435,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
                 if signum is not None and part == 0 and update > first:
                     raise run.stop_mid_epoch(epoch, progress, signum)
                 losses.append((_forward_backward(run, images, target, sync=part == accum - 1), images.shape[0]))
-            not_finite = next((loss for loss, _ in losses if not math.isfinite(loss)), None)
-            if all_reduce([float(not_finite is not None)], env.device, "max")[0]:
-                run.non_finite_steps += 1
-                if run.scaler is None or run.non_finite_steps >= NON_FINITE_STEPS_TO_STOP:
-                    raise run.stop_for_non_finite_loss(epoch, progress, not_finite)
-                run.log.warning(f"The training loss is not finite in epoch {epoch} after step {progress.step} of "
-                                f"{run.steps_per_epoch}: the GradScaler skips the step ({run.non_finite_steps} in a "
-                                f"row; the run stops at {NON_FINITE_STEPS_TO_STOP})")
-            else:
-                run.non_finite_steps = 0
+            _check_finite(run, epoch, progress, [loss for loss, _ in losses])
             for loss, count in losses:
                 if math.isfinite(loss):
                     loss_m.update(loss, count)
@@ -464,6 +456,23 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
         bar.close()
     loss_sum, count = all_reduce_sum([loss_m.sum, loss_m.count], env.device)
     return {"train_loss": loss_sum / max(count, 1)}
+
+
+def _check_finite(run: Run, epoch: int, progress: EpochProgress, losses: list[float]) -> None:
+    """Before the optimizer step after `progress` whose batches gave this rank `losses`: when a loss is not finite on
+    any rank (one all-reduce, so that all ranks agree), stop the run with its steps before it saved
+    (`Run.stop_for_non_finite_loss`), unless a GradScaler is to skip the step: then warn, and stop at the
+    `NON_FINITE_STEPS_TO_STOP`-th such step in a row."""
+    not_finite = next((loss for loss in losses if not math.isfinite(loss)), None)
+    if not all_reduce([float(not_finite is not None)], run.env.device, "max")[0]:
+        run.non_finite_steps = 0
+        return
+    run.non_finite_steps += 1
+    if run.scaler is None or run.non_finite_steps >= NON_FINITE_STEPS_TO_STOP:
+        raise run.stop_for_non_finite_loss(epoch, progress, not_finite)
+    run.log.warning(f"The training loss is not finite in epoch {epoch} after step {progress.step} of "
+                    f"{run.steps_per_epoch}: the GradScaler skips the step ({run.non_finite_steps} in a row; the "
+                    f"run stops at {NON_FINITE_STEPS_TO_STOP})")
 
 
 def _next_batch(batches: Iterator) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[Exception]]:
