@@ -4,28 +4,14 @@ Usage: READ_FAILS_AT="N RANK" python read_fails_at.py [train.py flags], or read_
 tools/dist_run.sh: on rank RANK, once the optimizer step that brings the schedule to iteration N is done, reading the
 next batch raises the DataError of an unreadable image.
 """
-import os
-import runpy
-import sys
+from fault_harness import Reached, run_train, step_and_faulty_rank
+from torch.utils.data import dataloader
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
+from classification.data import DataError
 
-from torch.utils.data import dataloader  # noqa: E402
-
-from classification.data import DataError  # noqa: E402
-from classification.engine.scheduler import WarmupScheduler  # noqa: E402
-
-N, RANK = (int(value) for value in os.environ["READ_FAILS_AT"].split())
-BROKEN = os.environ.get("RANK", "0") == str(RANK)
-reached = False
-step, next_batch = WarmupScheduler.step, dataloader._BaseDataLoaderIter.__next__
-
-
-def step_and_count(scheduler):
-    global reached
-    step(scheduler)
-    reached = reached or scheduler.t == N
+N, BROKEN = step_and_faulty_rank("READ_FAILS_AT")
+reached = Reached(N)
+next_batch = dataloader._BaseDataLoaderIter.__next__
 
 
 def next_or_fail(loader_iter):
@@ -34,9 +20,5 @@ def next_or_fail(loader_iter):
     return next_batch(loader_iter)
 
 
-WarmupScheduler.step = step_and_count
 dataloader._BaseDataLoaderIter.__next__ = next_or_fail
-
-train = os.path.join(REPO, "tools", "train.py")
-sys.argv = [train, *sys.argv[1:]]
-runpy.run_path(train, run_name="__main__")
+run_train()

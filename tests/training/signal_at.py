@@ -9,15 +9,13 @@ must then lead its group: start it with start_new_session=True), or `parent`: th
 tools/dist_run.sh, torchrun).
 """
 import os
-import runpy
 import signal
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
+from fault_harness import run_train
 
-from classification.common.csv_log import CsvLog  # noqa: E402
-from classification.engine.scheduler import WarmupScheduler  # noqa: E402
+from classification.common.csv_log import CsvLog
+from classification.engine.scheduler import WarmupScheduler
 
 NAME, EVENT, N, *COUNT = os.environ["SIGNAL_AT"].split()
 SIGNUM, N, COUNT = getattr(signal, NAME), int(N), int(COUNT[0]) if COUNT else 1
@@ -51,6 +49,4 @@ WarmupScheduler.step = after(WarmupScheduler.step, lambda scheduler: EVENT == "s
 CsvLog.append = after(CsvLog.append, lambda log, row: EVENT == "metrics" and log.path.endswith("metrics.csv")
                       and int(row[0]) == N)
 
-train = os.path.join(REPO, "tools", "train.py")
-sys.argv = [train, *sys.argv[1:]]
-runpy.run_path(train, run_name="__main__")
+run_train()
