@@ -370,7 +370,7 @@ class Run:
             self.save_mid_epoch(epoch, progress)
         where = f"epoch {epoch} after step {progress.step} of {self.steps_per_epoch}"
         if self.non_finite_steps > 1:
-            where += f", the {self.non_finite_steps}th step in a row"
+            where += f", {self.non_finite_steps} steps in a row"
         saved = (f"{last} holds the run before it" if os.path.isfile(last)
                  else "nothing was saved yet")
         advice = ("lower --lr, add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then "
