@@ -2,8 +2,9 @@
 
 The flags of the new command win (see `trainer`'s module doc): the optimizer keeps the checkpoint's state (moments)
 under this run's hyperparameters, re-indexed when the parameters are grouped otherwise; another `--opt` starts its
-state afresh. A run stopped in the middle of an epoch continues only with the same processes and batch size, and every
-changed flag is logged.
+state afresh. A run stopped in the middle of an epoch continues only with the same processes, batch size and
+--grad-accum-steps. Every changed flag is logged, and so are the changes whose effect is not obvious: another training
+set size in the middle of an epoch, the EMA switched on or off, a --finetune that a continued run does not read.
 """
 from __future__ import annotations
 
@@ -49,6 +50,44 @@ def check_same_batches(ckpt: Mapping[str, Any], path: str, world_size: int, batc
         raise ConfigError(f"{path} stopped in the middle of epoch {ckpt['epoch']} of a run of {processes} "
                           f"process(es) with -b {saved_batch}{then}; continue it with the same (this run: "
                           f"{world_size} with -b {batch_size}{now})")
+
+
+def warn_other_epoch_order(ckpt: Mapping[str, Any], path: str, train_images: int, log: logging.Logger) -> None:
+    """Warn when a run stopped in the middle of an epoch resumes on a training set of another size (`train_images`
+    now; an unreadable image removed): the epoch's order is drawn from the size, so its rest is not the rest it
+    began."""
+    saved = ckpt.get("train_images")
+    if saved is not None and saved != train_images:
+        log.warning(f"{path} stopped in the middle of epoch {ckpt['epoch']} with {saved} training images, the data "
+                    f"now has {train_images}: the rest of the epoch follows another order (some images are trained "
+                    f"twice in it, others not at all); the epochs after it are as usual")
+
+
+def warn_ema_switch(saved: Mapping[str, Any], path: str, start_epoch: int, model_ema: bool,
+                    log: logging.Logger) -> None:
+    """Warn when --model-ema (now `model_ema`) is switched on or off on resume (its run's config: `saved`): the
+    validation columns of metrics.csv, and the ranking of the kept checkpoints, change from one weights' accuracy to
+    the other's."""
+    if saved.get("model_ema") is None or bool(saved["model_ema"]) == bool(model_ema):
+        return
+    if model_ema:
+        what = "the EMA's (which starts from the resumed weights)", "the model's"
+    else:
+        what = "the model's", "the EMA's (whose weights are dropped)"
+    log.warning(f"--model-ema {'on' if model_ema else 'off'} where the run of {path} had it "
+                f"{'off' if model_ema else 'on'}: from epoch {start_epoch} the validation columns of metrics.csv and "
+                f"the ranking of the kept checkpoints are {what[0]}, before it {what[1]}")
+
+
+def keep_run_start(cfg: Namespace, saved: Mapping[str, Any], path: str, log: logging.Logger) -> None:
+    """Keep the weights the resumed run started from (`--finetune` of its config, `saved`) in this run's `cfg`,
+    which args.yaml records: the flag means nothing to a run that continues, and a run copied from its args.yaml
+    must start as it did. Another --finetune given here is logged as not read."""
+    own = saved.get("finetune", cfg.finetune)
+    if cfg.finetune:
+        start = "" if own == cfg.finetune else f", which started from {own or 'scratch'}"
+        log.info(f"--finetune {cfg.finetune} is not read: the run continues from {path}{start}")
+    cfg.finetune = own
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: Namespace,

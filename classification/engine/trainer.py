@@ -31,7 +31,7 @@ import time
 from argparse import Namespace
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -63,7 +63,8 @@ from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, ch
 from .logs import ProgressBar, format_eta, memory_mb, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
-from .resume import check_same_batches, check_same_classes, load_optimizer_state, log_changed_flags
+from .resume import (check_same_batches, check_same_classes, keep_run_start, load_optimizer_state, log_changed_flags,
+                     warn_ema_switch, warn_other_epoch_order)
 from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
@@ -157,7 +158,7 @@ class Run:
                               f"{self.cfg.epochs - 1}: nothing left to train (raise --epochs to continue it)")
         if step is not None:
             check_same_batches(ckpt, path, self.env.world_size, self.cfg.batch_size, self.cfg.grad_accum_steps)
-            self._warn_other_epoch_order(ckpt, path)
+            warn_other_epoch_order(ckpt, path, self.train_images, self.log)
             self.start_progress = EpochProgress(int(step))
             loss_sum, loss_count = ckpt["train_loss_sums"][self.env.rank]
             self.start_progress.loss.sum, self.start_progress.loss.count = loss_sum, loss_count
@@ -167,8 +168,8 @@ class Run:
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         saved = ckpt.get("config") or {}
-        self._keep_run_start(saved, path)
-        self._warn_ema_switch(saved, path, start_epoch)
+        keep_run_start(self.cfg, saved, path, self.log)
+        warn_ema_switch(saved, path, start_epoch, self.cfg.model_ema, self.log)
         log_changed_flags(self.cfg, saved, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.updates_per_epoch
@@ -186,38 +187,6 @@ class Run:
             return
         at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
-
-    def _warn_other_epoch_order(self, ckpt: Mapping[str, Any], path: str) -> None:
-        """Warn when a run stopped in the middle of an epoch resumes on a training set of another size (an unreadable
-        image removed): the epoch's order is drawn from the size, so its rest is not the rest it began."""
-        saved = ckpt.get("train_images")
-        if saved is not None and saved != self.train_images:
-            self.log.warning(f"{path} stopped in the middle of epoch {ckpt['epoch']} with {saved} training images, the "
-                             f"data now has {self.train_images}: the rest of the epoch follows another order (some "
-                             f"images are trained twice in it, others not at all); the epochs after it are as usual")
-
-    def _warn_ema_switch(self, saved: Mapping[str, Any], path: str, start_epoch: int) -> None:
-        """Warn when --model-ema is switched on or off on resume (its run's config: `saved`): the validation columns
-        of metrics.csv, and the ranking of the kept checkpoints, change from one weights' accuracy to the other's."""
-        if saved.get("model_ema") is None or bool(saved["model_ema"]) == bool(self.cfg.model_ema):
-            return
-        if self.cfg.model_ema:
-            what = "the EMA's (which starts from the resumed weights)", "the model's"
-        else:
-            what = "the model's", "the EMA's (whose weights are dropped)"
-        self.log.warning(f"--model-ema {'on' if self.cfg.model_ema else 'off'} where the run of {path} had it "
-                         f"{'off' if self.cfg.model_ema else 'on'}: from epoch {start_epoch} the validation columns of "
-                         f"metrics.csv and the ranking of the kept checkpoints are {what[0]}, before it {what[1]}")
-
-    def _keep_run_start(self, saved: Mapping[str, Any], path: str) -> None:
-        """Keep the weights the resumed run started from (`--finetune` of its config, `saved`) in this run's config,
-        which args.yaml records: the flag means nothing to a run that continues, and a run copied from its args.yaml
-        must start as it did. Another --finetune given here is logged as not read."""
-        own = saved.get("finetune", self.cfg.finetune)
-        if self.cfg.finetune:
-            start = "" if own == self.cfg.finetune else f", which started from {own or 'scratch'}"
-            self.log.info(f"--finetune {self.cfg.finetune} is not read: the run continues from {path}{start}")
-        self.cfg.finetune = own
 
     def finetune(self, ckpt: dict, path: str) -> None:
         """Start from the weights of `ckpt` (read from `path`) adapted to this model (`load_finetune_weights`); the
