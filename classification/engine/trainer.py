@@ -340,11 +340,12 @@ class Run:
         where = f"epoch {epoch} after step {progress.step} of {self.steps_per_epoch}"
         if self.non_finite_steps > 1:
             where += f", {self.non_finite_steps} steps in a row"
-        saved = (f"{last} holds the run before it" if os.path.isfile(last)
-                 else "nothing was saved yet")
-        advice = ("lower --lr, add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then "
-                  f"--resume {last} (or an earlier checkpoint-<epoch>.pth.tar with --rewind)" if os.path.isfile(last)
-                  else "lower --lr or add --clip-grad-norm")
+        if os.path.isfile(last):
+            saved = f"{last} holds the run before it"
+            advice = ("lower --lr, add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then "
+                      f"--resume {last} (or an earlier checkpoint-<epoch>.pth.tar with --rewind)")
+        else:
+            saved, advice = "nothing was saved yet", "lower --lr or add --clip-grad-norm"
         self.log.error(f"The training loss is not finite in {where}; the step was not taken and {saved}")
         what = f"the training loss is {loss}" if loss is not None else "another rank's training loss is not finite"
         return TrainingDiverged(f"{what} in {where} (the step was not taken; {saved}): {advice}")
