@@ -113,7 +113,8 @@ def _deferred_all_reduce_worker(rank: int, init_file: str, out_dir: str) -> None
     from torch.nn.parallel import DistributedDataParallel
 
     from classification.engine.distributed import DistEnv
-    from classification.engine.trainer import Run, _forward_backward
+    from classification.engine.train_loop import _forward_backward
+    from classification.engine.trainer import Run
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:

@@ -153,7 +153,7 @@ def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, monkeyp
 
 def train_one_more_epoch(run):
     from classification.engine.experiment import RunFolder
-    from classification.engine.trainer import train_one_epoch
+    from classification.engine.train_loop import train_one_epoch
 
     run.open_outputs(RunFolder(run.exp_dir))
     return train_one_epoch(run, run.start_epoch)

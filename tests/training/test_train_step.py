@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from classification.data import build_mixup
 from classification.engine.config import parse_args
 from classification.engine.distributed import DistEnv
-from classification.engine.trainer import Run, _forward_backward, _optimizer_step
+from classification.engine.train_loop import _forward_backward, _optimizer_step
+from classification.engine.trainer import Run
 
 from training_helpers import TINY_MODEL
 
