@@ -43,13 +43,15 @@ def checkpoint(tmp_path):
     pytest.param('dynamo', marks=pytest.mark.skipif(
         torch.__version__ < '2.8' or importlib.util.find_spec('onnxscript') is None,
         reason='the torch.export-based exporter needs torch >= 2.8 and onnxscript'))])
-def test_exported_checkpoint_computes_the_models_outputs_at_another_batch(checkpoint, exporter, tmp_path):
+def test_exported_checkpoint_computes_the_models_outputs_at_another_batch(checkpoint, exporter, tmp_path, capfd):
     flags, trained = checkpoint
     cfg = parse_args(flags, evaluation=True)
     path = str(tmp_path / 'model.onnx')
     report = export(cfg, path, exporter, example_batch=2, check=True, overwrite=False, ema=False)
-    assert cfg.num_classes == 5 and report['bytes'] == sum(
-        os.path.getsize(p) for p in (path, path + '.data') if os.path.exists(p))
+    written = [p for p in (path, path + '.data') if os.path.exists(p)]
+    assert cfg.num_classes == 5 and report['bytes'] == sum(os.path.getsize(p) for p in written)
+    assert report['files'] == written and (exporter == 'torchscript' or len(written) == 2)
+    assert '[W:onnxruntime' not in capfd.readouterr().err   # its optimiser's notes stay out of the check's output
     assert report['max_abs_difference'] < 1e-5              # onnxruntime at batch 3, against the loaded model
     assert onnxruntime_difference(trained.eval(), path, 28, batch=1) < 1e-5   # the checkpoint's weights, at batch 1
 
@@ -82,6 +84,7 @@ def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_p
     done = run('--onnx', str(existing), '--exporter', 'torchscript', '--overwrite')
     assert done.returncode == 0, done.stderr
     assert 'onnxruntime vs the model, batch 3: largest difference of the outputs' in done.stdout
+    assert f'Wrote {existing} in ' in done.stdout           # one file: no weights file to name
     assert existing.read_bytes()[:20] != b'keep me'
 
 

@@ -48,7 +48,10 @@ def main() -> None:
           f"({options.exporter} exporter)...", flush=True)
     report = export(cfg, options.onnx, options.exporter, options.example_batch, options.check, options.overwrite,
                     options.ema, options.optimize)
-    print(f"Wrote {options.onnx} in {report['seconds']:.1f} s ({report['bytes'] / 1e6:.1f} MB)")
+    model_file, *data_files = report["files"]
+    weights_file = f" and its weights {data_files[0]} (the model reads them from there: keep the two together)" \
+        if data_files else ""
+    print(f"Wrote {model_file}{weights_file} in {report['seconds']:.1f} s ({report['bytes'] / 1e6:.1f} MB)")
     if options.check:
         print(f"onnxruntime vs the model, batch {CHECK_BATCH}: largest difference of the outputs "
               f"{report['max_abs_difference']:.2e}")
