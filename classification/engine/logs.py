@@ -41,13 +41,14 @@ def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") ->
 
 
 def start_log_file(log: logging.Logger) -> None:
-    """Write the records `setup_logging` held back to the log file, and log into it from now on."""
+    """Write the records `setup_logging` held back to the log file, and log into it from now on (saying where)."""
     for handler in list(log.handlers):
         if isinstance(handler, _PendingLogFile):
             handler.setTarget(_log_file(handler.path))
             handler.flush()
             log.addHandler(handler.target)
             log.removeHandler(handler)
+            log.info(f"Logging to {handler.path}")
 
 
 class _PendingLogFile(logging.handlers.MemoryHandler):

@@ -260,6 +260,7 @@ def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as
     evaluate(parse_args([*RUN, "--resume", str(tmp_path / "run" / "last.pth.tar"), "--output", str(out)]))
     (log,) = (out / "exp").glob("eval_*.txt")  # not taken for a training log
     assert f"Loaded {tmp_path / 'run' / 'last.pth.tar'} (epoch 1, stopped after step 3) into" in log.read_text()
+    assert f"INFO Logging to {log}\n" in log.read_text()  # and on the console: where to find it
 
 
 WORKER = """import signal, sys, time
