@@ -189,9 +189,14 @@ class Run:
             if leftovers:
                 self.log.info(f"Removed {len(leftovers)} temporary file(s) of an interrupted write: {leftovers}")
             removed = delete_previous_run(exp_dir) if cfg.overwrite else []
+            kept = sorted(name for name in os.listdir(exp_dir) if not name.startswith(".")) if removed else []
             start_log_file(self.log)
             if removed:
                 self.log.info(f"--overwrite: deleted the earlier run's files {removed}")
+            if kept:
+                self.log.warning(f"--overwrite: kept {kept}, which no run writes (tools/vis_search_prob.py's "
+                                 f"directions.yaml, plots, your files): those made from the deleted run describe it, "
+                                 f"not the run starting here")
             copied = start_branch(folder)
             if copied:
                 self.log.info(f"Branch: took {', '.join(copied)} of {folder.branch_of} up to the resumed checkpoint")

@@ -37,6 +37,8 @@ def test_overwrite_starts_afresh(finished_run, tmp_path):
     assert [n for n in names if n.endswith(".pth.tar")] == ["best.pth.tar", "checkpoint-0.pth.tar", "last.pth.tar"]
     assert (folder / "notes.txt").read_text() == "mine"  # only what a run writes is deleted
     assert len(list(folder.glob("log_*.txt"))) == 1 and not set(old_logs) & set(names)
+    (log,) = folder.glob("log_*.txt")
+    assert "WARNING --overwrite: kept ['notes.txt'], which no run writes" in log.read_text()  # it may be stale
     assert not list(folder.glob("eval_*.txt"))
     assert {r[0] for r in rows(folder / "lr.csv")[1:]} == {"0"}
 
