@@ -162,7 +162,8 @@ def _as_device(device: Union[None, str, torch.device]) -> torch.device:
 def select(op: str, device: Union[None, str, torch.device],
            input_check: Optional[Callable[[str], Optional[str]]] = None, log: bool = True) -> str:
     """Choose the backend for one call of ``op`` on ``device`` (automatically, the first of ``BACKENDS`` that can
-    run it; during a TorchScript-based ONNX export, the reference, whose plain ops export).
+    run it; during a TorchScript-based ONNX export, the reference, whose plain ops export). The choice is logged once,
+    naming the first backend passed over for these inputs rather than for the device, and why.
 
     ``input_check(backend)`` may add input-specific constraints (dtype, sizes); it returns None or a reason.
     """
@@ -187,14 +188,18 @@ def select(op: str, device: Union[None, str, torch.device],
     elif requested == "auto" and REFERENCE in table and torch.onnx.is_in_onnx_export():
         chosen, how = REFERENCE, "auto; ONNX export records plain PyTorch ops only"
     else:
-        chosen = None                   # the first usable backend (a loop: torch 2.4's dynamo cannot trace next(it, d))
+        chosen, passed_over = None, ""  # the first usable backend (a loop: torch 2.4's dynamo cannot trace next(it, d))
         for backend in BACKENDS:
-            if backend in table and reason_against(backend, False) is None:
+            if backend not in table or table[backend](device, False) is not None:
+                continue
+            reason = input_check(backend) if input_check is not None else None
+            if reason is None:
                 chosen = backend
                 break
+            passed_over = passed_over or f"; not '{backend}': {reason}"  # it runs on the device, not these inputs
         if chosen is None:
             raise BackendUnavailableError(f"no backend of op '{op}' can run on {device.type} inputs")
-        how = "auto" if requested == "auto" else f"auto; op has no '{requested}' backend"
+        how = ("auto" if requested == "auto" else f"auto; op has no '{requested}' backend") + passed_over
     if log:
         _log_once(op, chosen, device, how)
     return chosen

@@ -254,9 +254,19 @@ def test_composed_path_is_named_and_logged(caplog):
     with caplog.at_level(logging.INFO, logger="localmamba"):
         localmamba_ssm.multi_scan_inner_fn(**multi_scan_inputs(torch.float64))
         localmamba_ssm.multi_scan_inner_fn(**multi_scan_inputs())
-    assert "op 'multi_scan_inner' on cpu uses backend 'composed' (auto)" in caplog.text
+    assert ("op 'multi_scan_inner' on cpu uses backend 'composed' (auto; not 'cpu': the fused kernels compute in "
+            "fp32, not fp64)") in caplog.text
     assert "op 'multi_scan_inner' on cpu uses backend 'cpu' (auto)" in caplog.text
     assert "op 'selective_scan' on cpu uses backend 'cpu' (auto)" in caplog.text   # a part of the composition
+
+
+def test_a_backend_passed_over_for_the_inputs_is_named_with_its_reason(caplog):
+    """A backend that runs on the device but not on these inputs is named; one that cannot run on the device is not
+    (on the CPU, cuda and triton: every line would name them)."""
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        chosen = backends.select("attention_merge", "cpu", lambda backend: "traced" if backend == "cpu" else None)
+    assert chosen == "reference"
+    assert "op 'attention_merge' on cpu uses backend 'reference' (auto; not 'cpu': traced)" in caplog.text
 
 
 def test_cpu_without_its_kernels_is_composed_not_cpu(monkeypatch, force_backend):
