@@ -22,7 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", help="training checkpoint (e.g. experiments/NAME/best.pth.tar)")
     parser.add_argument("dst", help="output file")
-    parser.add_argument("key", nargs="?", default="model", help="weights to take: model (default) or ema_model")
+    parser.add_argument("key", nargs="?", default="model", choices=("model", "ema_model"),
+                        help="weights to take: model (default) or ema_model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (never IN itself)")
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="allow a checkpoint that needs pickle (it can run code): only files you trust")

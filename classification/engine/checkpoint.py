@@ -223,7 +223,8 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped), with the run's record
     (`RELEASED_RECORD`, `RELEASED_CONFIG`) beside it; returns the tensor count.
 
-    A checkpoint without tensors under `key` is refused rather than written empty; an existing `dst` is replaced only
+    A checkpoint without tensors under `key`, or already in the released form, is refused rather than written; an
+    existing `dst` is replaced only
     with `overwrite`, and never when it is `src` (the training state would be lost); a folder is refused.
     """
     if os.path.isdir(dst):
@@ -236,6 +237,9 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
         if not overwrite:
             raise CheckpointError(f"{dst} exists; give another output file, or --overwrite to replace it")
     ckpt = load_checkpoint(src, trust=trust)
+    if "state_dict" in ckpt and key not in ckpt:
+        raise CheckpointError(f"{src} is in the released form already ({{'state_dict': weights}}): it loads as it is "
+                              f"(tools/test.py --resume, --finetune, timm's pretrained_cfg_overlay)")
     weights = state_dict_from(ckpt, key, source=src)
     tensors = sum(isinstance(v, torch.Tensor) for v in weights.values())
     if tensors == 0:

@@ -106,6 +106,22 @@ def test_convert_ckpt_refuses_a_folder_as_its_output_in_one_line(tmp_path, monke
     assert sorted(os.listdir(tmp_path)) == ["best.pth.tar"]
 
 
+def test_convert_ckpt_names_a_released_file_and_the_keys_it_takes(tmp_path, monkeypatch, capsys):
+    src, out = tmp_path / "best.pth.tar", tmp_path / "released.ckpt"
+    torch.save({"model": {"head.weight": torch.ones(2, 2)}, "ema_model": None, "epoch": 0}, src)
+    assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(out)) == (
+        0, f"wrote 1 tensors from {src}['model'] to {out}\n", "")
+    status, _, err = run_tool(monkeypatch, capsys, "convert_ckpt.py", str(out), str(tmp_path / "again.ckpt"))
+    assert status == 2 and err == (f"error: {out} is in the released form already ({{'state_dict': weights}}): it "
+                                   f"loads as it is (tools/test.py --resume, --finetune, timm's "
+                                   f"pretrained_cfg_overlay)\n")
+    status, _, err = run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(tmp_path / "x.ckpt"), "modle")
+    assert status == 2 and "invalid choice: 'modle' (choose from" in err and "'ema_model'" in err
+    status, _, err = run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(tmp_path / "x.ckpt"), "ema_model")
+    assert status == 2 and err == f"error: {src}: holds no EMA weights (its run was trained without --model-ema)\n"
+    assert sorted(os.listdir(tmp_path)) == ["best.pth.tar", "released.ckpt"]
+
+
 def test_debug_shows_the_error_itself_in_plot_log(tmp_path, monkeypatch, capsys):
     """`--debug` (cli.py: every tool's way to the traceback) is a flag of the tool, not an unrecognized argument."""
     missing = str(tmp_path / "metrics.csv")
