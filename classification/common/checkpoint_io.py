@@ -42,6 +42,20 @@ def _read(path: str, trust: bool, mmap: bool) -> Any:
 CHECKPOINT_MAGIC = (b'PK\x03\x04', b'\x80')
 
 
+CHECKPOINT_SUFFIXES = ('.pth.tar', '.pth', '.pt', '.ckpt')
+
+
+def _folder_given(folder: str) -> str:
+    """The error for a folder given as a checkpoint: naming its checkpoint files (``last.pth.tar`` first), if any."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(CHECKPOINT_SUFFIXES)
+                   and os.path.isfile(os.path.join(folder, name)))
+    if not names:
+        return f'{folder} is a folder, holding no checkpoint file ({", ".join("*" + s for s in CHECKPOINT_SUFFIXES)})'
+    names.sort(key=lambda name: name != 'last.pth.tar')
+    shown = ', '.join(names[:4]) + (f', ... ({len(names)} in all)' if len(names) > 4 else '')
+    return f'{folder} is a folder: give a checkpoint file in it, e.g. {os.path.join(folder, names[0])} ({shown})'
+
+
 def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
 
@@ -50,8 +64,7 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
     """
     is_url = path.startswith(('http://', 'https://'))
     if not is_url and os.path.isdir(path):
-        raise CheckpointError(f'{path} is a folder: give a checkpoint file in it, e.g. '
-                              f'{os.path.join(path, "last.pth.tar")}')
+        raise CheckpointError(_folder_given(path))
     if not is_url and not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     if not is_url:

@@ -82,9 +82,11 @@ def test_released_weights_carry_no_search_progress(supernet_weights, tmp_path):
 
 
 def test_a_run_folder_is_refused_naming_the_checkpoint_to_give(tmp_path, monkeypatch, capsys):
+    (tmp_path / "last.pth.tar").write_bytes(b"")
     status, _, err = vis(monkeypatch, capsys, str(tmp_path))
     assert status == 2
-    assert err.strip() == f"error: {tmp_path} is a folder: give a checkpoint file in it, e.g. {tmp_path}/last.pth.tar"
+    assert err.strip() == (f"error: {tmp_path} is a folder: give a checkpoint file in it, e.g. {tmp_path}/last.pth.tar "
+                           f"(last.pth.tar)")
     with pytest.raises(CheckpointError, match="is a folder"):
         extract(str(tmp_path))
 

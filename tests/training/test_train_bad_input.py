@@ -1,6 +1,7 @@
 """Bad input gives an error naming the file or key; an interrupted save leaves the previous checkpoint intact."""
 import io
 import os
+import re
 import shutil
 import sys
 
@@ -172,8 +173,14 @@ def test_missing_or_corrupt_checkpoint(tiny_ckpt, tmp_path):
     flags = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--output", str(tmp_path)]
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pth"):
         evaluate(parse_args([*flags, "--resume", str(tmp_path / "nope.pth")]))
-    with pytest.raises(CheckpointError, match=f"^{tmp_path} is a folder: give a checkpoint file in it, e.g. "
-                                              f"{tmp_path}/last.pth.tar$"):
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path} is a folder, holding no checkpoint file "
+                                                        f"(*.pth.tar, *.pth, *.pt, *.ckpt)")):
+        evaluate(parse_args([*flags, "--resume", str(tmp_path)]))
+    for name in ("checkpoint-3.pth.tar", "last.pth.tar", "released.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path} is a folder: give a checkpoint file in it, e.g. "
+                                                        f"{tmp_path}/last.pth.tar (last.pth.tar, checkpoint-3.pth.tar, "
+                                                        f"released.ckpt)")):
         evaluate(parse_args([*flags, "--resume", str(tmp_path)]))
     broken = tmp_path / "broken.pth.tar"
     broken.write_bytes(open(tiny_ckpt, "rb").read()[:1000])
