@@ -126,18 +126,25 @@ def load_at_model_size(model: nn.Module, weights: Mapping[str, torch.Tensor], pa
     load_weights(model, fit_to_model(model, weights), path)
 
 
-def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> list[str]:
-    """Initialise `model` from the weights of `ckpt` (training or released form) for fine-tuning: they pass through
-    `fit_to_model`, the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its shape differs
-    (another class count), and every other weight must fit (`load_weights`). Returns the classifier keys left at
-    their initialisation."""
+def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str,
+                          model_name: Optional[str] = None) -> list[str]:
+    """Initialise `model` (`model_name`) from the weights of `ckpt` (training or released form) for fine-tuning: they
+    pass through `fit_to_model`, the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its
+    shape differs (another class count), and every other weight must fit (`load_weights`; the error names the model of
+    a training checkpoint when it is another). Returns the classifier keys left at their initialisation."""
     weights = fit_to_model(model, state_dict_from(ckpt, source=path))
     own = model.state_dict()
     classifier = classifier_name(model)
     head = [f"{classifier}.weight", f"{classifier}.bias"] if classifier else []
     kept = [key for key in head if key in own and key in weights and weights[key].shape != own[key].shape]
     weights.update({key: own[key] for key in kept})
-    load_weights(model, weights, path)
+    try:
+        load_weights(model, weights, path)
+    except CheckpointError as err:
+        saved_name = ckpt.get("model_name")
+        if saved_name is None or model_name is None or saved_name == model_name:
+            raise
+        raise CheckpointError(f"{err}; it holds {saved_name}'s weights, this model is {model_name}") from None
     return kept
 
 

@@ -169,7 +169,7 @@ class Run:
     def finetune(self, ckpt: dict, path: str) -> None:
         """Start from the weights of `ckpt` (read from `path`) adapted to this model (`load_finetune_weights`); the
         EMA starts from them too. Nothing else of `ckpt` is used: the run starts at epoch 0."""
-        kept = load_finetune_weights(self.model, ckpt, path)
+        kept = load_finetune_weights(self.model, ckpt, path, canonical_model_name(self.cfg.model))
         if self.ema is not None:
             self.ema.set(self.model)
         fresh = f"; {', '.join(kept)} keep their initialisation (another shape)" if kept else ""

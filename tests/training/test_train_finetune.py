@@ -63,6 +63,10 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_file(released, tmp_
                               patch_size=4)
     with pytest.raises(CheckpointError, match=r"local_vim.ckpt does not fit this model .*missing \(\d+\): layers.2"):
         load_finetune_weights(model, torch.load(path, weights_only=True), path)
+    trained = {"model": torch.load(path, weights_only=True)["state_dict"], "epoch": 4, "model_name": "local_vim_tiny"}
+    with pytest.raises(CheckpointError, match=r"local_vim.ckpt does not fit this model .*layers.2.*; it holds "
+                                              r"local_vim_tiny's weights, this model is local_vim_tiny_wo_search$"):
+        load_finetune_weights(model, trained, path, "local_vim_tiny_wo_search")
 
 
 def test_a_fine_tuning_run_starts_afresh_from_the_weights(released, tmp_path):
