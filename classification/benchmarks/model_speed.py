@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..engine.config import ConfigError
-from ..engine.model_builder import (check_directions_file, create_model_at_size, model_build_error,
-                                    resolve_model_name)
+from ..engine.model_builder import (accepted_kwargs, check_directions_file, create_model_at_size, model_build_error,
+                                    not_taken_error, resolve_model_name)
 from .tables import render_table
 from .timing import DTYPES, median_seconds
 
@@ -31,7 +31,12 @@ def build_model(name: str, img_size: int = 224, device: Union[str, torch.device]
     """A registered model (LocalMamba or timm) at ``img_size`` on ``device``, in eval mode, with its own classifier
     size unless ``num_classes`` is given, built with ``model_kwargs`` (an ``img_size`` there wins, as in training) and
     a ``directions`` file, as a training run's config gives them. Unknown names raise ``UnknownModelError`` with
-    close matches; a bad directions file, or keyword arguments the model refuses, raise ``ConfigError``."""
+    close matches; a bad directions file, a keyword the model does not take (with close matches) or keyword
+    arguments the model refuses raise ``ConfigError``."""
+    accepted = accepted_kwargs(name)
+    for key in model_kwargs or {}:
+        if accepted is not None and key not in accepted:
+            raise not_taken_error(resolve_model_name(name), key, accepted)
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

@@ -180,11 +180,17 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
         if key not in cfg.model_kwargs and not kept[key]:  # a flag left at 0 for a model without it
             kept.pop(key)
         else:
-            close = difflib.get_close_matches(key, sorted(accepted), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
             flag = "--model-kwargs" if key in cfg.model_kwargs else f"--{key.replace('_', '-')}"
-            raise ConfigError(f"{flag}: model {name} does not take {key!r}{hint}")
+            raise not_taken_error(name, key, accepted, flag)
     return kept
+
+
+def not_taken_error(name: str, key: str, accepted: frozenset[str], flag: str = "--model-kwargs") -> ConfigError:
+    """The one-line error of a keyword `key` (given by `flag`) that model `name`, taking `accepted`, does not take;
+    naming the close matches."""
+    close = difflib.get_close_matches(key, sorted(accepted), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{flag}: model {name} does not take {key!r}{hint}")
 
 
 def model_build_error(name: str, given: Mapping[str, Any], err: Exception, hint: str = "") -> ConfigError:
