@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1000, help="timed forwards (default 1000)")
     parser.add_argument("--warmup-iters", type=int, default=100, help="untimed forwards first (default 100)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's, else torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads, 0: torch's default, as in training (default: the config's, else torch's)")
     parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                         help="ours: time the model under torch.compile in this mode (reduce-overhead: CUDA graphs)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
@@ -67,9 +68,9 @@ def main() -> None:
     img_size = _first_given(args.img_size, defaults.get("img_size"), 224)
     if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
         parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be positive, got {args.threads}")
-    threads = args.threads if args.threads is not None else (defaults.get("threads") or None)  # 0: torch's default
+    if args.threads is not None and args.threads < 0:
+        parser.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
+    threads = (args.threads if args.threads is not None else defaults.get("threads")) or None  # 0: torch's default
     num_classes = args.num_classes if args.num_classes is not None else defaults.get("num_classes")
     if num_classes is not None and num_classes < 1:
         parser.error(f"--num-classes must be positive, got {num_classes}")
