@@ -278,7 +278,8 @@ class Run:
             self.search.append_epoch(epoch)
         self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
         kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
-        log.info("\n".join(["Checkpoints:"] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%" for p, s in kept]))
+        ranked = "Checkpoints, by the EMA's top-1:" if self.ema is not None else "Checkpoints, by top-1:"
+        log.info("\n".join([ranked] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%" for p, s in kept]))
         return metrics
 
     def save_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:

@@ -44,6 +44,7 @@ def test_outputs_of_a_run(run_dir):
         saved = yaml.safe_load(f)
     assert (saved["num_classes"], saved["img_size"], saved["model_kwargs"]["embed_dim"]) == (10, 16, 32)
     assert "Train: 1 [  20/44]" in log and "Test(EMA): 1" in log and "img/s" in log and "ETA" in log
+    assert log.count("INFO Checkpoints, by the EMA's top-1:\n") == EPOCHS     # the EMA's score ranks them
     assert not any(f.startswith(".tmp") for f in os.listdir(exp))
     assert "the whole run is warmup" not in log
 
@@ -53,6 +54,7 @@ def test_a_run_that_is_all_warmup_says_so(tmp_path):
     proc = run_tool("train.py", "--dataset", "digits", *TINY_MODEL, "-b", "512", "--epochs", "1", "--warmup-epochs",
                     "2", "-j", "0", "--output", str(tmp_path), "--experiment", "warm")
     assert "--warmup-epochs 2 >= --epochs 1: the whole run is warmup, its learning rate stays below --lr" in proc.stdout
+    assert "INFO Checkpoints, by top-1:\n" in proc.stdout       # no EMA: the model's own score
 
 
 def test_checkpoint_contents(run_dir):
