@@ -231,8 +231,8 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     (`RELEASED_RECORD`, `RELEASED_CONFIG`) beside it; returns the tensor count.
 
     A checkpoint without tensors under `key`, or already in the released form, is refused rather than written; an
-    existing `dst` is replaced only
-    with `overwrite`, and never when it is `src` (the training state would be lost); a folder is refused.
+    existing `dst` is replaced only with `overwrite`, and never when it is `src` (the training state would be lost);
+    a folder is refused.
     """
     if os.path.isdir(dst):
         raise IsADirectoryError(f"{dst} is a folder: give the output file's path, e.g. "
