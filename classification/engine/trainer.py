@@ -424,6 +424,7 @@ def train(cfg: Namespace) -> dict:
         elif os.path.abspath(named) != os.path.abspath(exp_dir):
             other = "" if cfg.experiment == DEFAULT_EXPERIMENT else f" (not {named}, where --experiment points)"
             log.info(f"Continuing in the resumed checkpoint's folder {exp_dir}{other}")
+            cfg.output, cfg.experiment = os.path.split(os.path.normpath(exp_dir))  # what args.yaml and checkpoints say
         if folder.rewinds is not None:
             log.info(f"--rewind: continuing {exp_dir} from {cfg.resume} ({folder.rewinds}); the checkpoints and CSV "
                      f"rows after it are deleted")

@@ -181,3 +181,22 @@ def test_a_resume_says_which_folder_it_continues_in(tmp_path, monkeypatch):
     named = os.path.join(str(tmp_path), "other")
     assert (f"Continuing in the resumed checkpoint's folder {run_dir} (not {named}, where --experiment points)"
             in log_text())
+
+
+def test_a_resumed_runs_config_names_its_own_folder(tmp_path, monkeypatch):
+    """args.yaml and the checkpoints of a run resumed from another --output / --experiment name the folder it lives
+    in (they named the command's: -c args.yaml --resume auto then started a fresh run in that other folder)."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0"]
+    train(parse_args([*common, "--epochs", "1", "--output", str(tmp_path / "runs"), "--experiment", "run"]))
+    run_dir = tmp_path / "runs" / "run"
+    monkeypatch.chdir(tmp_path)
+    train(parse_args([*common, "--epochs", "2", "--resume", str(run_dir / "last.pth.tar")]))   # default --output
+    config = str(run_dir / "args.yaml")
+    saved = parse_args(["-c", config])
+    assert (saved.output, saved.experiment) == (str(tmp_path / "runs"), "run")
+    assert load(run_dir / "last.pth.tar")["config"]["experiment"] == "run"
+    train(parse_args(["-c", config, "--resume", "auto", "--epochs", "3"]))
+    assert load(run_dir / "last.pth.tar")["epoch"] == 2 and not (tmp_path / "experiments").exists()
