@@ -381,7 +381,7 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
     val_dir = os.path.join(root, "val")
     if not os.path.isdir(val_dir):
         raise DataError(f"validation folder not found: {val_dir}")
-    source = "the train split"
+    source, val_names_classes = "the train split", False
     if classes is not None:
         _note_changed_train_folders(os.path.join(root, "train"), classes)
         source = "the checkpoint"
@@ -398,8 +398,22 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
             logger.warning(f"{note}; --num-classes {num_classes} differs from that count")
         else:
             logger.info(note)
+        val_names_classes = True
     val, _ = scan_class_folders(val_dir, classes, source)
+    if val_names_classes:
+        _refuse_empty_val_classes(val_dir, classes, {label for _, label in val})
     return ImageListDataset(val, len(classes), classes)
+
+
+def _refuse_empty_val_classes(val_dir: str, classes: Sequence[str], labels: set[int]) -> None:
+    """Where val/'s folder names are the classes (no train/<class>/), refuse a class folder without images (whose
+    `labels` index is absent): a folder that is no class of the model shifts the labels of those after it."""
+    empty = [name for i, name in enumerate(classes) if i not in labels]
+    if empty:
+        raise DataError(f"{val_dir}: class folder(s) {_first_few(empty)} hold no image files; without train/<class>/ "
+                        f"folders the classes are val/'s folder names, and one that is no class of the model shifts "
+                        f"the labels after it: remove it, or name every class of the model by train/<class>/ folders "
+                        f"(empty ones do)")
 
 
 def _note_changed_train_folders(train_dir: str, classes: Sequence[str]) -> None:

@@ -273,6 +273,21 @@ def test_evaluation_takes_the_classes_of_a_val_only_tree_from_its_folders(tmp_pa
         build_datasets(cfg_for("--data-path", root, "--img-size", "16"))
 
 
+def test_a_val_only_tree_refuses_an_empty_class_folder(tmp_path):
+    """An empty val/ folder (no class of the model) would shift the labels of the classes after it: refused by name;
+    with train/<class>/ folders naming the classes (empty ones do) it is a class without images, as anywhere."""
+    root = str(tmp_path)
+    make_val_only_tree(root, train_leftover=False)
+    os.makedirs(os.path.join(root, "val", "ant"))
+    with pytest.raises(DataError, match=rf"^{os.path.join(root, 'val')}: class folder\(s\) ant hold no image files; "
+                                        rf"without train/<class>/ folders the classes are val/'s folder names"):
+        build_eval_dataset(cfg_for("--data-path", root, "--img-size", "16"))
+    for name in ("ant", "cat", "dog", "eel"):
+        os.makedirs(os.path.join(root, "train", name))
+    cfg = cfg_for("--data-path", root, "--img-size", "16")
+    assert len(build_eval_dataset(cfg)) == 6 and cfg.num_classes == 4
+
+
 def test_a_val_only_tree_warns_when_num_classes_differs_from_its_folders(tmp_path, localmamba_log):
     make_val_only_tree(str(tmp_path), train_leftover=False)
     cfg = cfg_for("--data-path", str(tmp_path), "--img-size", "16", "--num-classes", "5")
