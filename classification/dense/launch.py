@@ -22,7 +22,6 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import os
 import os.path as osp
@@ -200,18 +199,13 @@ def previous_checkpoints(work_dir: str) -> list[str]:
 
 
 def claim_work_dir(work_dir: str, overwrite: bool) -> list[str]:
-    """Refuse a fresh run in a ``work_dir`` that holds another run's checkpoints, unless ``overwrite``: then delete
-    them (the main rank; the logs' timestamped folders stay) and return their names."""
+    """Refuse a fresh run in a ``work_dir`` that holds another run's checkpoints, unless ``overwrite``: then return
+    their names, which the run deletes once it has started (``EarlierRunDeletion``; the logs' folders stay)."""
     found = previous_checkpoints(work_dir)
     if found and not overwrite:
         shown = ', '.join(found[:4]) + (', ...' if len(found) > 4 else '')
         raise WorkDirError(f'{work_dir} already holds a run ({shown}); continue it with --resume, start afresh there '
                            f'with --overwrite (deletes its checkpoints), or choose another --work-dir')
-    if os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) != '0':
-        return []
-    for name in found:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(osp.join(work_dir, name))
     return found
 
 
@@ -251,17 +245,20 @@ def resumes_a_checkpoint(cfg: Config) -> bool:
                                             or osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')))
 
 
-def _build_runner(cfg, fit_source: Optional[str] = None):
+def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = ()):
     """mmengine's Runner with the weights-only checkpoint hook, and, given ``fit_source`` (the checkpoint to test or
-    resume, as named in errors), the check that its weights fit the model."""
+    resume, as named in errors), the check that its weights fit the model; ``overwritten``: the earlier run's
+    checkpoint files in the work_dir, deleted once the run has started."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .mm_checkpoint import CheckpointFitHook, PlainCheckpointHook
+    from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.register_hook(PlainCheckpointHook())
     if fit_source is not None:
         runner.register_hook(CheckpointFitHook(fit_source))
+    if overwritten:
+        runner.register_hook(EarlierRunDeletion(cfg.work_dir, overwritten))
     return runner
 
 
@@ -304,16 +301,15 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     else:
         _stop_on(missing_pretrained(cfg.model))
     _stop_on(missing_data_path(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])))
+    overwritten: list[str] = []
     if not cfg.get('resume'):
         try:
-            removed = claim_work_dir(cfg.work_dir, args.overwrite)
+            overwritten = claim_work_dir(cfg.work_dir, args.overwrite)
         except WorkDirError as err:
             _exit_error(str(err))
-        if removed:
-            print(f'--overwrite: deleted the earlier run\'s checkpoints {removed} in {cfg.work_dir}', file=sys.stderr)
     _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
-    _run(lambda: _build_runner(cfg, fit_source).train(), args.new_options, resume_from=cfg.work_dir)
+    _run(lambda: _build_runner(cfg, fit_source, overwritten).train(), args.new_options, resume_from=cfg.work_dir)
 
 
 def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:

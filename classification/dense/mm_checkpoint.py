@@ -6,9 +6,12 @@ Imported by the det/seg entry points only (it needs mmengine).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import re
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +76,25 @@ class PlainCheckpointHook(Hook):
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         checkpoint.update(from_plain(dict(checkpoint)))
+
+
+class EarlierRunDeletion(Hook):
+    """``--overwrite``: delete the earlier run's checkpoint files ``names`` in ``work_dir`` (on the main rank) once
+    the new run has started training, its weights initialised: a run that fails to start (a pretrained file the
+    backbone refuses) leaves them."""
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, work_dir: str, names: Sequence[str]):
+        self.work_dir, self.names = work_dir, list(names)
+
+    def before_train(self, runner: Any) -> None:
+        if runner.rank != 0:
+            return
+        for name in self.names:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.work_dir, name))
+        print(f"--overwrite: deleted the earlier run's checkpoints {self.names} in {self.work_dir}", file=sys.stderr)
 
 
 def misfit(model: torch.nn.Module, state_dict: dict) -> str:

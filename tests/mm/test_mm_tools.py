@@ -1,7 +1,7 @@
 """segmentation/tools/train.py and test.py end to end on a tiny ADE20K-format folder: two iterations of a shrunk
 LocalVMamba UperNet (initialised from a tools/train.py classification checkpoint), then evaluation of the saved
 mmengine checkpoint (saved in a form that loads with weights_only=True); a second fresh run into that work_dir is
-refused, and --overwrite deletes the earlier run's checkpoints only."""
+refused, and --overwrite deletes the earlier run's checkpoints only, once the new run has started."""
 import os
 import subprocess
 import sys
@@ -77,6 +77,11 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert again.strip().splitlines()[-1] == (
         f'error: {work} already holds a run (iter_2.pth, last_checkpoint); continue it with --resume, start afresh '
         f'there with --overwrite (deletes its checkpoints), or choose another --work-dir')
+    vim = classification_checkpoints['local_vim_tiny']     # another family's weights: the backbone refuses them
+    refused = _run('train.py', str(config), '--work-dir', work, '--overwrite', '--cfg-options',
+                   f'model.backbone.pretrained={vim}', status=2)
+    assert 'a checkpoint of another model family?' in refused.strip().splitlines()[-1]
+    assert "--overwrite: deleted" not in refused and os.path.isfile(checkpoint)   # the run it would replace stays
 
     out = str(tmp_path / 'preds')
     log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work)
@@ -85,10 +90,11 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert Image.open(os.path.join(out, '0.png')).size == IMAGE_HW[::-1]
 
 
-def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypatch):
+def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
     """Refused without --resume / --overwrite; --overwrite deletes the CheckpointHook's files and last_checkpoint on
-    the main rank only, and leaves the logs' folders and any other file."""
+    the main rank only, once the run has started, and leaves the logs' folders and any other file."""
     from classification.dense import launch
+    from classification.dense.mm_checkpoint import EarlierRunDeletion
 
     config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
                           'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
@@ -98,21 +104,24 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypat
     for name in earlier + ['backbone.pth']:
         (work / name).write_text('x')
     started = []
-    monkeypatch.setattr(launch, '_build_runner',
-                        lambda cfg, fit_source=None: SimpleNamespace(train=lambda: started.append(cfg)))
-    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(): SimpleNamespace(
+        train=lambda: started.append((cfg, overwritten))))
     argv = [config, '--work-dir', str(work)]
     with pytest.raises(SystemExit) as exit_info:
         launch.train_main('segmentation', argv)
     assert exit_info.value.code == 2 and not started
     launch.train_main('segmentation', argv + ['--resume'])
-    assert started[-1].resume and sorted(os.listdir(work)) == sorted(earlier + ['20261202_010203', 'backbone.pth'])
+    assert started[-1][0].resume and started[-1][1] == []
     with pytest.raises(SystemExit) as exit_info:
         launch.train_main('segmentation', argv + ['--resume', '--overwrite'])
-    assert exit_info.value.code == 2 and len(os.listdir(work)) == 6
-    monkeypatch.setenv('RANK', '1')
+    assert exit_info.value.code == 2 and len(started) == 1
     launch.train_main('segmentation', argv + ['--overwrite'])
+    assert not started[-1][0].resume and started[-1][1] == sorted(earlier)
+    assert len(os.listdir(work)) == 6     # deleted only once the run has started: by the hook, at before_train
+    deletion = EarlierRunDeletion(str(work), started[-1][1])
+    deletion.before_train(SimpleNamespace(rank=1))
     assert len(os.listdir(work)) == 6
-    monkeypatch.setenv('RANK', '0')
-    launch.train_main('segmentation', argv + ['--overwrite'])
-    assert not started[-1].resume and sorted(os.listdir(work)) == ['20261202_010203', 'backbone.pth']
+    deletion.before_train(SimpleNamespace(rank=0))
+    assert sorted(os.listdir(work)) == ['20261202_010203', 'backbone.pth']
+    assert capsys.readouterr().err.endswith(f"--overwrite: deleted the earlier run's checkpoints {sorted(earlier)} "
+                                            f"in {work}\n")

@@ -101,7 +101,7 @@ def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
     """The backbone found a missing pretrained file only in init_weights, after mmengine had built the datasets
     (minutes for COCO); --overwrite had already deleted the earlier run's checkpoints by then. A resumed run never
     reads that file."""
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
     (tmp_path / 'checkpoints' / 'local_vssm_tiny.pth').unlink()
     work = tmp_path / 'work'
     work.mkdir()
@@ -116,7 +116,7 @@ def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
             f"file, or to None to start from random weights)")
     assert os.listdir(work) == ['iter_4.pth']
     (work / 'last_checkpoint').write_text(f'{work}/iter_4.pth')
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(train=lambda: None))
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(train=lambda: None))
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
 
 
@@ -135,7 +135,7 @@ def test_a_missing_pretrained_file_is_named_by_the_key_the_config_set(tmp_path, 
     """The message told users to set "pretrained or pretrained_ckpt", while the LocalVMamba configs set pretrained and
     the LocalVim ones pretrained_ckpt: the other key changed nothing (setting it to None), or was refused only after
     the missing file (setting it to a file)."""
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'mine.pth').write_bytes(b'')
     other = 'pretrained_ckpt' if key == 'pretrained' else 'pretrained'
@@ -158,7 +158,7 @@ def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ad
                                                                     capsys):
     """mmengine found a missing data folder, annotation file or checkpoint with a traceback, after building the model
     (and, for the checkpoint, the datasets)."""
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
     ade = 'data/ade/ADEChallengeData2016'
     coco = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
     (tmp_path / 'data' / 'coco' / 'annotations').mkdir(parents=True)
@@ -223,7 +223,7 @@ def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
 
 def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, ade_inputs_at_hand, monkeypatch):
     built = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, *_: SimpleNamespace(
         train=lambda: built.append(fit_source), test=lambda: built.append(fit_source)))
     work = str(tmp_path / 'work')
     (tmp_path / 'run').mkdir()
@@ -241,7 +241,7 @@ def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, ade_inputs_at
     nothing, and failed where that file was not at hand (another machine). A fresh start, and --resume with no
     checkpoint in the work_dir (mmengine then starts afresh), still load it."""
     pretrained = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(
         train=lambda: pretrained.append(cfg.model.backbone.pretrained)))
     work = tmp_path / 'work'
     (tmp_path / 'run').mkdir()
@@ -258,7 +258,7 @@ def test_a_tested_checkpoint_does_not_read_the_pretrained_file(tmp_path, ade_inp
     """The checkpoint holds every weight: test.py builds the backbone without its pretrained file(s), so a config
     that names two of them (refused when the backbone was built: a traceback) tests as well."""
     backbones = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(
         test=lambda: backbones.append(dict(cfg.model.backbone))))
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'iter_2.pth').write_bytes(b'')
@@ -310,7 +310,7 @@ def test_detection_results_go_to_a_pickle_file(capsys):
 
 
 def test_a_work_dir_that_cannot_be_written_ends_in_one_line(tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: pytest.fail('the runner was built'))
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
     blocker = tmp_path / 'a_file'
     blocker.write_text('x')
     (tmp_path / 'ckpt.pth').write_bytes(b'')
@@ -341,7 +341,7 @@ def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, ade_i
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None: SimpleNamespace(train=interrupted))
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(train=interrupted))
     monkeypatch.setenv('RANK', '0')
     work = tmp_path / 'work'
     for pointer, hint in ((None, 'no checkpoint was saved yet, nothing to resume'),
