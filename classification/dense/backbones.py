@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence, Union
+import re
+from collections import Counter
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -63,6 +65,20 @@ def two_pretrained_message(backbone: str, pretrained: Any, pretrained_ckpt: Any,
         return (f'{backbone}: pass one of {where}pretrained={pretrained!r} and {where}pretrained_ckpt='
                 f'{pretrained_ckpt!r} (set the other to None)')
     return None
+
+
+# The layer (LocalVim) or stage and block (LocalVMamba) a trunk weight belongs to.
+_BLOCK_KEY = re.compile(r'^layers\.(\d+)(?:\.blocks\.(\d+))?\.')
+
+
+def _layer_layout(keys: Iterable[str]) -> str:
+    """The depth that the weight names ``keys`` describe: ``depth 12`` (layers), or ``depths (2, 2, 9, 2)`` (blocks
+    per stage)."""
+    found = {(int(m.group(1)), m.group(2)) for m in map(_BLOCK_KEY.match, keys) if m}
+    blocks = Counter(stage for stage, block in found if block is not None)
+    if not blocks:
+        return f'depth {len(found)}'
+    return f'depths {tuple(blocks[stage] for stage in range(max(stage for stage, _ in found) + 1))}'
 
 
 def _pretrained_file(backbone: str, pretrained: Optional[str],
@@ -140,7 +156,8 @@ class DenseBackbone(nn.Module):
 
     def check_fit(self, weights: dict[str, torch.Tensor], path: str) -> None:
         """Refuse (:class:`CheckpointError`) weights of another model: none of their names is one of this backbone's,
-        or some tensor has another shape than here (torch would stop with a long RuntimeError)."""
+        they hold another number of layers or blocks (the rest would stay initialised, or be dropped), or some tensor
+        has another shape than here (torch would stop with a long RuntimeError)."""
         name = type(self).__name__
         own = self.state_dict()
         common = [k for k in weights if k in own]
@@ -148,6 +165,10 @@ class DenseBackbone(nn.Module):
             shown = f' ({", ".join(list(weights)[:3])}, ...)' if weights else ''
             raise CheckpointError(f'{path}: none of its {len(weights)} tensors{shown} belongs to {name}: a checkpoint '
                                   f'of another model family?')
+        theirs, ours = _layer_layout(weights), _layer_layout(own)
+        if theirs != ours:
+            raise CheckpointError(f'{path} holds a model of {theirs}, {name} has {ours}: build the backbone as the '
+                                  f'checkpoint\'s model was built (its depth / depths)')
         resized = [k for k in common if weights[k].shape != own[k].shape]
         if resized:
             shown = '; '.join(f'{k}: checkpoint {tuple(weights[k].shape)}, backbone {tuple(own[k].shape)}'

@@ -2,6 +2,7 @@
 public API with the original det/seg state_dict keys, safe pretrained loading, and no import of mm* or detection."""
 import argparse
 import copy
+import re
 import subprocess
 import sys
 
@@ -111,3 +112,30 @@ def test_backbone_refuses_pretrained_weights_of_other_shapes_in_one_named_error(
     narrow = MM_LocalVSSM(dims=16, pretrained=str(path), **args)
     with pytest.raises(CheckpointError, match=r"tensors do not fit MM_LocalVSSM's shapes"):
         narrow.init_weights()
+
+
+def _vim(depth):
+    return MM_LocalVim(out_indices=[1], depth=depth, embed_dim=16, patch_size=16,
+                       directions=LOCAL_VIM_TINY_DIRECTIONS[:depth])
+
+
+def _vssm(depths):
+    return MM_LocalVSSM(dims=8, depths=depths, directions=LOCAL_VSSM_TINY_DIRECTIONS[:sum(depths)])
+
+
+@pytest.mark.parametrize('saved, backbone, theirs, ours', [
+    (lambda: _vim(2), lambda: _vim(3), 'depth 2', 'depth 3'),
+    (lambda: _vim(3), lambda: _vim(2), 'depth 3', 'depth 2'),
+    (lambda: _vssm((1, 1, 1, 1)), lambda: _vssm((1, 1, 2, 1)), 'depths (1, 1, 1, 1)', 'depths (1, 1, 2, 1)'),
+    (lambda: _vssm((1, 1, 2, 1)), lambda: _vssm((1, 1, 1, 1)), 'depths (1, 1, 2, 1)', 'depths (1, 1, 1, 1)'),
+], ids=['vim_shallower', 'vim_deeper', 'vssm_shallower', 'vssm_deeper'])
+def test_backbone_refuses_pretrained_weights_of_another_depth(tmp_path, saved, backbone, theirs, ours):
+    """Weights of fewer layers left the backbone's others initialised, of more dropped theirs, each with a log line of
+    keys only (and a warning of other scan directions): refused by name."""
+    path = tmp_path / 'other_depth.pth'
+    torch.save({'state_dict': saved().state_dict()}, path)
+    model = backbone()
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} holds a model of {theirs}, {type(model).__name__} "
+                                                        f"has {ours}: build the backbone as the checkpoint's model was "
+                                                        f"built")):
+        model.load_pretrained(str(path))
