@@ -80,9 +80,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
                     raise run.stop_mid_epoch(epoch, progress, signum)
                 losses.append((_forward_backward(run, images, target, sync=part == accum - 1), images.shape[0]))
             _check_finite(run, epoch, progress, [loss for loss, _ in losses])
-            for loss, count in losses:
-                if math.isfinite(loss):
-                    loss_m.update(loss, count)
+            _add_step_loss(loss_m, losses)
             _optimizer_step(run)
             if run.ema is not None:
                 run.ema.update(run.model)
@@ -117,6 +115,18 @@ def _check_finite(run: Run, epoch: int, progress: EpochProgress, losses: list[fl
     run.log.warning(f"The training loss is not finite in epoch {epoch} after step {progress.step} of "
                     f"{run.steps_per_epoch}: the GradScaler skips the step ({run.non_finite_steps} in a row; the "
                     f"run stops at {NON_FINITE_STEPS_TO_STOP})")
+
+
+def _add_step_loss(loss_m: AverageMeter, losses: list[tuple[float, int]]) -> None:
+    """Add an optimizer step's batches, (loss, images) each, to the running train loss: their mean over the images
+    becomes `loss_m.val` (the log line's step loss); a loss that is not finite (a step the GradScaler skips) is left
+    out."""
+    finite = [(loss, count) for loss, count in losses if math.isfinite(loss)]
+    if len(finite) == 1:
+        loss_m.update(*finite[0])
+    elif finite:
+        images = sum(count for _, count in finite)
+        loss_m.update(sum(loss * count for loss, count in finite) / images, images)
 
 
 def _next_batch(batches: Iterator) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[Exception]]:

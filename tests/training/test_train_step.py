@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.utils import AverageMeter
 
 from classification.data import build_mixup
 from classification.engine.config import parse_args
 from classification.engine.distributed import DistEnv
-from classification.engine.train_loop import _forward_backward, _optimizer_step
+from classification.engine.train_loop import _add_step_loss, _forward_backward, _optimizer_step
 from classification.engine.trainer import Run
 
 from training_helpers import TINY_MODEL
@@ -95,3 +96,17 @@ def test_one_optimizer_step_from_the_batch_or_its_parts(tmp_path, accum, clip):
                                                                               rel=1e-3)
     for param, want in zip(run.model.parameters(), expected):
         torch.testing.assert_close(param.detach(), want, rtol=1e-5, atol=2e-7)
+
+
+def test_the_running_loss_takes_a_steps_batches_as_one():
+    """The log line's loss (`val`) of an accumulated step is its batches' mean over their images (it was the last
+    batch's); the running sums are the images'; a loss that is not finite stays out; one batch is taken as it is."""
+    meter = AverageMeter()
+    _add_step_loss(meter, [(2.0, 8), (1.0, 8), (4.0, 4)])
+    assert (meter.val, meter.sum, meter.count) == (2.0, 40.0, 20)
+    _add_step_loss(meter, [(float('nan'), 8), (3.0, 8)])
+    assert (meter.val, meter.sum, meter.count) == (3.0, 64.0, 28)
+    _add_step_loss(meter, [(0.1, 3)])
+    assert (meter.val, meter.sum, meter.count) == (0.1, 64.0 + 0.1 * 3, 31)
+    _add_step_loss(meter, [(float('inf'), 3)])
+    assert meter.count == 31
