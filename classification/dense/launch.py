@@ -351,7 +351,7 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.out and task == 'segmentation':
         cfg.test_evaluator.output_dir = args.out
         cfg.test_evaluator.keep_results = True
-    _stop_on(missing_checkpoint(args.checkpoint, 'checkpoint'))
+    _stop_on(missing_checkpoint(args.checkpoint))
     _stop_on(missing_data_path(cfg, ['test_dataloader'], images_only=True))
     _stop_on(work_dir_problem(cfg.work_dir))
 

@@ -55,10 +55,11 @@ def work_dir_problem(work_dir: str) -> Optional[str]:
     return None
 
 
-def missing_checkpoint(path: str, flag: str) -> Optional[str]:
-    """A local checkpoint given to ``flag`` that does not exist (URLs are not checked)."""
+def missing_checkpoint(path: str, flag: Optional[str] = None) -> Optional[str]:
+    """A local checkpoint given to ``flag`` (None: the positional CHECKPOINT) that does not exist (URLs are not
+    checked)."""
     if '://' not in path and not osp.isfile(path):
-        return f'{flag}: checkpoint not found: {path}'
+        return f'{flag + ": " if flag else ""}checkpoint not found: {path}'
     return None
 
 

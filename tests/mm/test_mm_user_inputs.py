@@ -165,7 +165,7 @@ def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ad
     (tmp_path / 'ckpt.pth').write_bytes(b'')
     work = ['--work-dir', str(tmp_path / 'work')]
     cases = [
-        (launch.test_main, 'segmentation', [SEG_CONFIG, 'nosuch.pth'], 'checkpoint: checkpoint not found: nosuch.pth'),
+        (launch.test_main, 'segmentation', [SEG_CONFIG, 'nosuch.pth'], 'checkpoint not found: nosuch.pth'),
         (launch.train_main, 'segmentation', [SEG_CONFIG, '--resume', 'run/nosuch.pth'],
          '--resume: checkpoint not found: run/nosuch.pth'),
         (launch.test_main, 'segmentation', [SEG_CONFIG, 'ckpt.pth', '--cfg-options', 'test_dataloader.dataset.'
