@@ -64,6 +64,7 @@ def test_detection_config_builds(path):
     model = MODELS.build(cfg.model)
     name = os.path.basename(path)
     assert type(model).__name__ == 'MaskRCNN'
+    assert cfg.get('pretrained') is None         # no leftover of the base's Swin weights beside the backbone's file
     size = 'tiny' if 'tiny' in name else 'small'
     if 'local_vim' in name:
         assert _as_table(cfg.model.backbone.directions) == LOCAL_VIM_TINY_DIRECTIONS
