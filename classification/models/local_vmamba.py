@@ -9,6 +9,7 @@ softmax-weights) them, then normalises and gates by SiLU(z).
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -72,6 +73,18 @@ def pad_to_even(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, width % 2, 0, height % 2)) if height % 2 or width % 2 else x
 
 
+def grad_in_strides_of(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` laid out in the strides of ``param`` (a copy only when they differ).
+
+    A tensor with a size-1 dimension is contiguous under several strides: the depthwise conv of SS2D, which runs on a
+    channels-last view, gives its (E, 1, k, k) weight a gradient whose size-1 dimension has stride 1, and DDP, which
+    compares strides one by one with its bucket's view of the parameter, then warns 'Grad strides do not match bucket
+    view strides' once per process. SS2D hooks this onto each parameter with a size-1 dimension."""
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_strided(grad.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
 class SS2D(nn.Module):
     """LocalVMamba mixer: selective scan of a 2-D map along several directions. (B, H, W, C) -> (B, H, W, C).
 
@@ -117,6 +130,9 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
         self.multi_scan = MultiScanAttn(inner, directions, candidates)
+        for param in self.parameters():
+            if 1 in param.shape:
+                param.register_hook(partial(grad_in_strides_of, param))
 
     @property
     def directions(self) -> tuple[str, ...]:

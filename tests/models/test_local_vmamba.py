@@ -1,6 +1,10 @@
 """LocalVMamba: faithful keys and parameter counts, the model's math against a per-direction composition of reference
 ops on non-square inputs, intermediates for det/seg, initialisation, FLOPs and bad input."""
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -257,6 +261,45 @@ def test_initialisation_follows_the_original():
     assert op.in_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert not op.multi_scan.attn.global_reduce.bias.any()
     assert torch.equal(op.out_norm.weight, torch.ones(256)) and not op.out_norm.bias.any()
+
+
+def test_gradients_keep_their_parameters_strides():
+    """SS2D's depthwise conv runs on a channels-last view, whose weight gradient torch lays out with stride 1 on the
+    weight's size-1 dimension; DDP compares strides one by one and warned 'Grad strides do not match bucket view
+    strides'."""
+    model = timm.create_model('local_vssm_tiny', dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_classes=3,
+                              directions=[['h', 'v_flip', 'w2']] * 4)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    conv = model.layers[0].blocks[0].op.conv2d.weight
+    assert conv.stride() == (9, 9, 3, 1) and conv.grad.stride() == (9, 9, 3, 1)
+    for name, param in model.named_parameters():
+        assert param.grad.stride() == param.stride(), name
+
+
+def test_ddp_training_gives_no_gradient_layout_warning(tmp_path):
+    """One gloo process is enough: DDP's reducer checks each gradient against its bucket from the second backward
+    on (a warning once per process, hence a process of its own)."""
+    script = tmp_path / 'ddp.py'
+    script.write_text(
+        "import os, timm, torch, torch.distributed as dist\n"
+        "import classification\n"
+        "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=os.environ['PORT'])\n"
+        "dist.init_process_group('gloo', rank=0, world_size=1)\n"
+        "model = timm.create_model('local_vssm_tiny', dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_classes=3,\n"
+        "                          directions=[['h', 'v_flip', 'w2']] * 4)\n"
+        "ddp = torch.nn.parallel.DistributedDataParallel(model)\n"
+        "for _ in range(2):\n"
+        "    model.zero_grad()\n"
+        "    ddp(torch.randn(2, 3, 32, 32)).sum().backward()\n"
+        "print(float(model.layers[0].blocks[0].op.conv2d.weight.grad.abs().sum()) > 0)\n"
+        "dist.destroy_process_group()\n")
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PORT': str(port), 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0 and proc.stdout.strip() == 'True', proc.stderr[-3000:]
+    assert 'Grad strides' not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_bf16_autocast_runs_the_scan_in_fp32(monkeypatch):
