@@ -60,8 +60,8 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
                          "(or --model-kwargs img_size=N)")
         elif not missing and not unexpected and differing <= {f"{classifier}.weight", f"{classifier}.bias"}:
             classes = state_dict[next(iter(differing))].shape[0]   # the weight's rows or the bias's length
-            parts.append(f"its classifier has {classes} classes: give --num-classes {classes} (or evaluate on the "
-                         f"dataset it was trained on)")
+            parts.append(f"its classifier has {classes} classes: give --num-classes {classes} (or use the data set "
+                         f"it was trained on)")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
@@ -72,6 +72,12 @@ def saved_search_candidates(model: nn.Module) -> Optional[list[str]]:
     of the same keys and shapes."""
     candidates = getattr(model, "candidates", None)
     return None if candidates is None else list(candidates)
+
+
+def run_config_beside(path: str) -> Optional[str]:
+    """The `args.yaml` of the run whose folder holds checkpoint `path`, or None when there is none."""
+    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "args.yaml")
+    return run_config if os.path.isfile(run_config) else None
 
 
 def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any], path: str) -> None:
@@ -91,8 +97,8 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     where = directions_difference(model, ckpt)
     if where is None:
         return
-    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "args.yaml")
-    whole = f" (or -c {run_config}, its run's whole config)" if os.path.isfile(run_config) else ""
+    run_config = run_config_beside(path)
+    whole = f" (or -c {run_config}, its run's whole config)" if run_config else ""
     saved, own = ckpt["directions"], scan_directions(model)
     used = (ckpt.get("config") or {}).get("directions")
     if saved is not None and own is not None and len(saved) != len(own):

@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError
 from ..data import DataError
+from .checkpoint import run_config_beside
 from .config import ConfigError, config_dict
+from .experiment import is_training_checkpoint
 from .optim import param_groups
 
 # Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
@@ -77,6 +79,17 @@ def warn_ema_switch(saved: Mapping[str, Any], path: str, start_epoch: int, model
     log.warning(f"--model-ema {'on' if model_ema else 'off'} where the run of {path} had it "
                 f"{'off' if model_ema else 'on'}: from epoch {start_epoch} the validation columns of metrics.csv and "
                 f"the ranking of the kept checkpoints are {what[0]}, before it {what[1]}")
+
+
+def misfit_remedy(ckpt: Mapping[str, Any], path: str) -> str:
+    """What to give when the weights of `ckpt`, the --resume file `path`, do not fit the model the command built."""
+    if not is_training_checkpoint(ckpt):
+        return (f"--resume trains released weights on at their own model, classes and image size; to train them at "
+                f"others, give --finetune {path} instead")
+    run_config = run_config_beside(path)
+    if run_config is None:
+        return "give the model, data and image size its run was trained with"
+    return f"to continue its run, give its config: -c {run_config} --resume {path}"
 
 
 def keep_run_start(cfg: Namespace, saved: Mapping[str, Any], path: str, log: logging.Logger) -> None:

@@ -33,7 +33,8 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV2
 from torch.nn.parallel import DistributedDataParallel
 
-from ..common.checkpoint_io import atomic_copy, load_checkpoint, remove_temporary_files, state_dict_from
+from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
+                                    state_dict_from)
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import DataError, build_datasets, build_loaders, build_mixup, class_summary
@@ -54,7 +55,7 @@ from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
 from .resume import (check_same_batches, check_same_classes, keep_run_start, load_optimizer_state, log_changed_flags,
-                     warn_ema_switch, warn_other_epoch_order)
+                     misfit_remedy, warn_ema_switch, warn_other_epoch_order)
 from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
@@ -122,11 +123,16 @@ class Run:
         {'state_dict'} file gives the weights only: training starts at epoch 0."""
         check_same_model(self.model, canonical_model_name(self.cfg.model), ckpt, path)
         check_same_classes(ckpt.get("classes"), self.classes, path)
-        load_weights(self.model, state_dict_from(ckpt, source=path), path)
+        try:
+            load_weights(self.model, state_dict_from(ckpt, source=path), path)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}; {misfit_remedy(ckpt, path)}") from None
         if self.ema is not None:
             self.ema.set(self.model)  # the EMA starts from the loaded weights unless the checkpoint holds its own
         if not is_training_checkpoint(ckpt):
-            self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0")
+            self.log.info(f"Loaded weights from {path}; no training state in it, starting at epoch 0 (args.yaml "
+                          f"records it as the run's --finetune, which starts a copy of the run from the same weights)")
+            self.cfg.finetune = path
             return
         step = ckpt.get("step")  # batches done in `epoch` by a run stopped in its middle; None: `epoch` finished
         start_epoch = next_epoch(ckpt)

@@ -164,5 +164,31 @@ def test_resuming_at_another_image_size_is_refused_naming_the_flag(tmp_path):
     path = str(tmp_path / "at32.ckpt")
     torch.save({"state_dict": model.state_dict()}, path)
     with pytest.raises(CheckpointError, match=r"pos_embed: \(1, 64, 16\) vs \(1, 16, 16\).*its position tables are of "
-                                              r"another image size: give the --img-size it was trained at"):
+                                              r"another image size: give the --img-size it was trained at.*; --resume "
+                                              rf"trains released weights on .*, give --finetune {path} instead$"):
         train(parse_args([*RUN, "--resume", path, "--output", str(tmp_path / "out")]))
+    out = str(tmp_path / "run")
+    train(parse_args([*RUN, "--output", out, "--experiment", "r"]))   # a run's checkpoint, resumed at another size
+    last = os.path.join(out, "r", "last.pth.tar")
+    with pytest.raises(CheckpointError, match=rf"{last} does not fit .*; to continue its run, give its config: -c "
+                                              rf"{os.path.join(out, 'r', 'args.yaml')} --resume {last}$"):
+        train(parse_args([*RUN, "--img-size", "32", "--epochs", "2", "--resume", last]))
+
+
+def test_a_run_resumed_from_released_weights_records_them_as_its_start(tmp_path):
+    """--resume of a released file starts a fresh run from its weights, as --finetune of that file does: args.yaml
+    records it as --finetune, so a run copied with -c starts from the same weights."""
+    torch.manual_seed(4)
+    path = str(tmp_path / "at16.ckpt")
+    torch.save({"state_dict": timm.create_model("local_vim_tiny_wo_search", img_size=16, num_classes=10,
+                                                **VIM).state_dict()}, path)
+    out = str(tmp_path / "out")
+    first = train(parse_args([*RUN, "--resume", path, "--output", out, "--experiment", "a"]))
+    args_yaml = os.path.join(out, "a", "args.yaml")
+    assert yaml.safe_load(open(args_yaml))["finetune"] == path
+    logs = "".join(open(log).read() for log in glob.glob(os.path.join(out, "a", "log_*.txt")))
+    assert "starting at epoch 0 (args.yaml records it as the run's --finetune" in logs
+    copy = train(parse_args(["-c", args_yaml, "--experiment", "b"]))
+    assert first == copy
+    scratch = train(parse_args([*RUN, "--output", out, "--experiment", "d"]))
+    assert scratch != first
