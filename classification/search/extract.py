@@ -24,10 +24,13 @@ logger = logging.getLogger("localmamba")
 
 
 def checkpoint_candidates(ckpt: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
-    """The candidates a training checkpoint's supernet searched over (`candidates` in its run's `model_kwargs`),
-    None when it does not say (the default candidates, or a released / converted file)."""
-    model_kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
-    found = model_kwargs.get("candidates") if isinstance(model_kwargs, Mapping) else None
+    """The candidates a checkpoint's supernet searched over: its `candidates` entry (our training checkpoints and the
+    files `convert_ckpt.py` writes of them), else `candidates` in its run's `model_kwargs` (checkpoints written before
+    that entry); None when it says neither (a released file)."""
+    found = ckpt.get("candidates")
+    if found is None:
+        model_kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
+        found = model_kwargs.get("candidates") if isinstance(model_kwargs, Mapping) else None
     return None if found is None else tuple(str(name) for name in found)
 
 

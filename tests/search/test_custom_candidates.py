@@ -153,6 +153,21 @@ def test_vis_tool_reads_recorded_candidates_or_takes_them_named(tmp_path, monkey
         extract(str(recorded), topk=2, out_dir=str(tmp_path / 'e'), candidates=['h', 'snake', 'v_flip'])
 
 
+def test_candidates_given_against_a_checkpoints_own_record_are_refused(tmp_path):
+    """A run of the default candidates records them in the checkpoint's `candidates` entry (and `convert_ckpt.py`
+    keeps it) but not in its model_kwargs: another order given was taken, relabelling every probability."""
+    model = timm.create_model('local_vim_tiny_search', **VIM)
+    reordered = ['h', 'v', 'w2', 'w7', 'h_flip', 'v_flip', 'w2_flip', 'w7_flip']
+    for name, ckpt in (('last.pth.tar', {'model': model.state_dict(), 'epoch': 0, 'config': {'model_kwargs': {}},
+                                         'candidates': list(CANDIDATES)}),
+                       ('converted.pth', {'state_dict': model.state_dict(), 'candidates': list(CANDIDATES)})):
+        torch.save(ckpt, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"{name}: its supernet searched over h, h_flip, v, .*, not the "
+                                                  r"candidates given \(h, v, w2, "):
+            extract(str(tmp_path / name), topk=2, out_dir=str(tmp_path / 'out'), candidates=reordered)
+    assert not (tmp_path / 'out').exists()
+
+
 def test_given_candidates_unknown_here_are_extracted_with_a_warning(tmp_path, localmamba_log):
     """A typo in --candidates went into directions.yaml silently and failed only in the next run; names unknown here
     are still written (the directions may be registered only where the result trains) but named in a warning."""
