@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
-from ..models.directions import CANDIDATES, directions_difference, scan_directions
+from ..models.directions import CANDIDATES, directions_difference, load_directions, scan_directions
 
 logger = logging.getLogger("localmamba")
 
@@ -108,8 +108,21 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
         build = f"give {flags}, as its run did" if flags else "build the model as its run did"
         raise CheckpointError(f"{path} holds a model of {len(saved)} layers, this model has {len(own)}: "
                               f"{build}{whole}")
+    if used and saved is not None and _directions_in(used) != saved:
+        state = "is gone" if not os.path.exists(used) else "now holds other directions"
+        also = f", with -c {run_config} if you like" if run_config else ""
+        raise CheckpointError(f"{path} was trained with other scan directions ({where}); the file its run was given, "
+                              f"{used}, {state}: give --directions {path} (the checkpoint holds its own){also}")
     hint = f"--directions {used}, as its run did" if used else "no --directions (its run used the model's own)"
     raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
+
+
+def _directions_in(path: str) -> Optional[list[list[str]]]:
+    """The directions the file at `path` holds now; None when it cannot be read."""
+    try:
+        return load_directions(path)
+    except (OSError, ValueError):
+        return None
 
 
 def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import yaml
 from torch import nn
 
-from ..common import atomic_write_text
+from ..common import CheckpointError, atomic_write_text, load_checkpoint
+from ..common.checkpoint_io import CHECKPOINT_MAGIC
 from .scan_maps import parse_direction
 
 # The original's candidate set of the search supernets (their default ``candidates``), in the order of their
@@ -173,21 +174,27 @@ def resolve_candidates(candidates: Optional[Sequence[str]], is_search: bool) -> 
 
 
 def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
-    """Read the per-layer lists of a directions file written by ``tools/vis_search_prob.py``.
+    """Read the per-layer lists of a directions file written by ``tools/vis_search_prob.py``, or those a training
+    checkpoint was trained with.
 
     The file is YAML: ``{supernet: <name>, topk: <k>, directions: [[...], ...]}``; a plain list of lists is accepted
-    too.
+    too. A checkpoint (``torch.save``) gives its ``directions`` entry, which our training checkpoints and the files
+    ``convert_ckpt.py`` writes of them hold: the directions of a run whose directions file has changed since.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f'directions file {path} is a folder: give the directions.yaml in it')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'directions file not found: {path}')
+    if _is_checkpoint(path):
+        return _checkpoint_directions(path)
     with open(path, encoding='utf-8') as f:
         try:
             data = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ValueError(f'{path}: not a valid YAML file: {e}') from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f'{path}: neither a directions YAML file nor a checkpoint (not UTF-8 text: {e})') from e
     if isinstance(data, dict):
         if 'directions' not in data:
             raise ValueError(f'{path}: no "directions" key (found keys: {sorted(data)})')
@@ -197,8 +204,28 @@ def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
     return [[str(name) for name in layer] for layer in data]
 
 
+def _is_checkpoint(path: str) -> bool:
+    with open(path, 'rb') as f:
+        return f.read(4).startswith(CHECKPOINT_MAGIC)
+
+
+def _checkpoint_directions(path: str) -> list[list[str]]:
+    """The ``directions`` entry of the checkpoint at ``path``; ValueError when it holds none."""
+    try:
+        table = load_checkpoint(path, mmap=True).get('directions')
+    except CheckpointError as e:
+        raise ValueError(str(e)) from e
+    if not isinstance(table, list) or not all(isinstance(layer, list) for layer in table):
+        raise ValueError(f'{path}: a checkpoint that records no scan directions (a released file, or a search '
+                         f'supernet\'s): give a directions file')
+    return [[str(name) for name in layer] for layer in table]
+
+
 def directions_supernet(path: Union[str, os.PathLike]) -> Optional[str]:
-    """The supernet a directions file names as its source (None when it names none, or is a plain list)."""
+    """The supernet a directions file names as its source (None when it names none, is a plain list, or is a
+    checkpoint)."""
+    if _is_checkpoint(os.fspath(path)):
+        return None
     with open(os.fspath(path), encoding='utf-8') as f:
         data = yaml.safe_load(f)
     supernet = data.get('supernet') if isinstance(data, dict) else None

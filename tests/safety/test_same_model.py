@@ -3,11 +3,13 @@ directions, or a supernet's candidates (two direction tables, or candidate lists
 shapes, which load and compute something else)."""
 import pytest
 import timm
+import torch
 
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError
 from classification.engine.checkpoint import check_same_model, saved_search_candidates
-from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions, scan_directions
+from classification.models.directions import (LOCAL_VIM_TINY_DIRECTIONS, load_directions, save_directions,
+                                              scan_directions)
 
 from safety_helpers import assert_one_line_error, run_tool
 
@@ -22,16 +24,21 @@ def test_the_direction_table_is_saved_per_layer():
     assert scan_directions(timm.create_model("resnet10t", num_classes=3)) is None
 
 
-def test_other_directions_are_refused_naming_the_first_different_layer_and_the_file():
+def test_other_directions_are_refused_naming_the_first_different_layer_and_the_file(tmp_path):
     searched = timm.create_model("local_vim_tiny", **SMALL)
     uniform = timm.create_model("local_vim_tiny", directions=[["h", "h_flip", "w2", "w2_flip"]] * 20, **SMALL)
+    table = tmp_path / "directions.yaml"
+    save_directions(table, scan_directions(searched))
     ckpt = {"model_name": "local_vim_tiny", "directions": scan_directions(searched),
-            "config": {"directions": "search/directions.yaml"}}
+            "config": {"directions": str(table)}}
     check_same_model(searched, "local_vim_tiny", ckpt, "run/last.pth.tar")
     with pytest.raises(CheckpointError, match=r"run/last.pth.tar was trained with other scan directions \(layer 0: "
                                               r"\['h', 'v_flip', 'w7', 'w7_flip'\] vs \['h', 'h_flip', 'w2', "
-                                              r"'w2_flip'\] here\); give --directions search/directions.yaml, as its "
-                                              r"run did"):
+                                              rf"'w2_flip'\] here\); give --directions {table}, as its run did$"):
+        check_same_model(uniform, "local_vim_tiny", ckpt, "run/last.pth.tar")
+    table.unlink()     # the file named is gone: the checkpoint, which holds the directions, is named instead
+    with pytest.raises(CheckpointError, match=rf"here\); the file its run was given, {table}, is gone: give "
+                                              r"--directions run/last.pth.tar \(the checkpoint holds its own\)$"):
         check_same_model(uniform, "local_vim_tiny", ckpt, "run/last.pth.tar")
     ckpt["config"] = {"directions": None}
     with pytest.raises(CheckpointError, match=r"give no --directions \(its run used the model's own\)"):
@@ -93,6 +100,40 @@ def test_resume_and_test_refuse_a_run_of_other_directions(tmp_path):
     metrics = run_tool("test.py", *LOCAL_VIM, "--directions", str(table), "--resume", str(last), "--output",
                        str(tmp_path))
     assert metrics.returncode == 0
+
+
+def test_a_run_whose_directions_file_changed_continues_with_the_checkpoints_own(tmp_path):
+    """The file a run was trained with was overwritten (a later vis_search_prob.py --overwrite): -c its args.yaml,
+    which names that file, failed to resume or evaluate it, and the refusal pointed back to the same file."""
+    table = tmp_path / "directions.yaml"
+    save_directions(table, [["h", "v", "w2", "w2_flip"]] * 20)
+    run_tool("train.py", *LOCAL_VIM, "--directions", str(table), "--output", str(tmp_path), "--experiment", "run")
+    run = tmp_path / "run"
+    last = run / "last.pth.tar"
+    save_directions(table, [["h_flip", "v_flip", "w7", "w7_flip"]] * 20)
+    proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--resume", str(last), check=False)
+    assert_one_line_error(proc, f"{last} was trained with other scan directions (layer 0: ['h', 'v', 'w2', 'w2_flip']")
+    assert (f"the file its run was given, {table}, now holds other directions: give --directions {last} (the "
+            f"checkpoint holds its own), with -c {run / 'args.yaml'} if you like") in proc.stderr
+    proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--directions", str(last), "--resume", str(last))
+    assert "Top-1" in proc.stdout
+    run_tool("train.py", "-c", str(run / "args.yaml"), "--directions", str(last), "--resume", str(last), "--epochs",
+             "2")
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "a checkpoint that records no scan directions"),
+    (b"\x81\x82 not text", "neither a directions YAML file nor a checkpoint"),
+])
+def test_a_directions_file_that_holds_none_is_refused_by_name(tmp_path, content, match):
+    path = tmp_path / "file.bin"
+    if content is None:
+        torch.save({"state_dict": timm.create_model("local_vim_tiny", **SMALL).state_dict()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{path}: {match}"):
+        load_directions(path)
 
 
 def test_a_run_with_a_relative_directions_path_is_reused_from_any_folder(tmp_path):
