@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_update
-from localmamba_ssm import (attention_merge_fn, layer_norm_fn, mamba_inner_fn_no_out_proj, multi_scan_inner_fn,
-                            rms_norm_fn, selective_scan_fn)
+from localmamba_ssm import (attention_merge_fn, layer_norm_fn, mamba_inner_fn, mamba_inner_fn_no_out_proj,
+                            multi_scan_inner_fn, rms_norm_fn, selective_scan_fn)
 from localmamba_ssm.ops.checks import check_index_table
 
 from test_multi_scan_inner import make_problem
@@ -68,11 +68,13 @@ def test_fused_norms_refuse_a_tensor_on_another_device(norm, name):
         norm(**args)
 
 
+@pytest.mark.parametrize("flag", ["delta_softplus", "return_last_state"])
 @pytest.mark.parametrize("value", ["yes", 1, None])
-def test_selective_scan_refuses_a_delta_softplus_that_is_not_a_bool(cpu_backend, value):
-    """delta_softplus="yes" failed deep inside torch.library on the cpu backend (and ran as True on the reference)."""
-    with pytest.raises(ValueError, match=rf"^selective_scan: delta_softplus must be a bool, got {value!r}$"):
-        selective_scan_fn(*scan_inputs(), delta_softplus=value)
+def test_selective_scan_refuses_flags_that_are_not_bools(cpu_backend, flag, value):
+    """delta_softplus="yes" failed deep inside torch.library on the cpu backend (and ran as True on the reference);
+    return_last_state="no" returned the last state."""
+    with pytest.raises(ValueError, match=rf"^selective_scan: {flag} must be a bool, got {value!r}$"):
+        selective_scan_fn(*scan_inputs(), **{flag: value})
 
 
 @pytest.mark.parametrize("name", ["x_proj_weight", "A_log", "dt_proj_weight", "D", "conv_weight"])
@@ -103,6 +105,46 @@ def test_mamba_inner_checks_projection_bias_shapes(cpu_backend, name):
                 delta_proj_weight=torch.randn(inner, rank, generator=g), A=-torch.rand(inner, dstate, generator=g))
     with pytest.raises(ValueError, match=rf"^mamba_inner: {name} must have shape \(N,\)=\(3,\), got \(5\)$"):
         mamba_inner_fn_no_out_proj(**args, **{name: torch.randn(5)})
+
+
+def inner_args(inner=4, rank=2, dstate=3, dim=5):
+    """Arguments of mamba_inner_fn: xz (2, 2*inner, 6), weights in fp32."""
+    g = torch.Generator().manual_seed(0)
+    return dict(xz=torch.randn(2, 2 * inner, 6, generator=g), conv1d_weight=torch.randn(inner, 4, generator=g),
+                conv1d_bias=torch.randn(inner, generator=g),
+                x_proj_weight=torch.randn(rank + 2 * dstate, inner, generator=g),
+                delta_proj_weight=torch.randn(inner, rank, generator=g), out_proj_weight=torch.randn(dim, inner),
+                out_proj_bias=torch.randn(dim), A=-torch.rand(inner, dstate, generator=g))
+
+
+@pytest.mark.parametrize("backend", ["reference", "composed", "cpu"])
+@pytest.mark.parametrize("name", ["xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight",
+                                  "out_proj_weight", "out_proj_bias"])
+def test_mamba_inner_refuses_mixed_dtypes_outside_autocast(force_backend, backend, name):
+    """bf16 xz with fp32 weights (or one weight cast) ended in F.linear's 'expected scalar type Float but found
+    BFloat16'; refused by name, as multi_scan_inner_fn does. Under autocast the same call runs."""
+    force_backend(backend)
+    args = inner_args()
+    args[name] = args[name].bfloat16()
+    anchor = "bfloat16" if name == "xz" else "float32"
+    other = "float32" if name == "xz" else "bfloat16"
+    shown = "conv1d_weight" if name == "xz" else name
+    with pytest.raises(ValueError, match=rf"^mamba_inner: {shown} is torch.{other} but xz is torch.{anchor}: cast "
+                                         r"them to one dtype, or run under torch.autocast$"):
+        mamba_inner_fn(**args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mamba_inner_fn(**args).shape == (2, 6, 5)
+
+
+@pytest.mark.parametrize("name, shape, message", [
+    ("conv1d_bias", (5,), r"conv1d_bias must have shape \(E,\)=\(4,\), got \(5\)"),
+    ("out_proj_weight", (5, 3), r"out_proj_weight must have shape \(C, E\) with E=4, got \(5, 3\)"),
+    ("out_proj_bias", (4,), r"out_proj_bias must have shape \(C,\)=\(5,\), got \(4\)"),
+])
+def test_mamba_inner_checks_conv_bias_and_out_proj_shapes(cpu_backend, name, shape, message):
+    args = dict(inner_args(), **{name: torch.randn(shape)})
+    with pytest.raises(ValueError, match=rf"^mamba_inner: {message}$"):
+        mamba_inner_fn(**args)
 
 
 @pytest.mark.parametrize("backend", ["reference", "composed", "cpu"])

@@ -25,16 +25,17 @@ def _check_bc(name: str, M: torch.Tensor, batch: int, dim: int, dstate: int, seq
 
 def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                    delta_softplus: bool = False) -> None:
+                    delta_softplus: bool = False, return_last_state: bool = False) -> None:
     """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape or a
-    ``delta_softplus`` that is not a bool.
+    ``delta_softplus`` / ``return_last_state`` that is not a bool.
 
     Shapes are skipped while ``torch.jit`` traces (ONNX export), where they are traced values.
     """
     if A.is_complex():
         raise NotImplementedError("selective_scan: complex A is not supported (A must be real fp32 of shape (Dm, N))")
-    if not isinstance(delta_softplus, bool):
-        raise ValueError(f"selective_scan: delta_softplus must be a bool, got {delta_softplus!r}")
+    for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"selective_scan: {name} must be a bool, got {flag!r}")
     if torch.jit.is_tracing():
         return
     if u.dim() != 3:
@@ -64,11 +65,13 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
             raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
 
 
-def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, x_proj_weight: torch.Tensor,
-                     delta_proj_weight: torch.Tensor, A: torch.Tensor, B: Optional[torch.Tensor],
-                     C: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor] = None,
-                     C_proj_bias: Optional[torch.Tensor] = None) -> None:
-    """Validate the projection weights of the Mamba inner functions (the scan checks the rest)."""
+def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                     x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, A: torch.Tensor,
+                     B: Optional[torch.Tensor], C: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor] = None,
+                     C_proj_bias: Optional[torch.Tensor] = None, out_proj_weight: Optional[torch.Tensor] = None,
+                     out_proj_bias: Optional[torch.Tensor] = None) -> None:
+    """Validate the projection and conv weights of the Mamba inner functions by name: shapes, devices, and outside
+    autocast their dtypes against ``xz``'s (the scan checks the rest)."""
     if torch.jit.is_tracing():
         return
     if xz.dim() != 3 or xz.shape[1] % 2:
@@ -90,6 +93,19 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, x_proj_weigh
     for name, t in (("B_proj_bias", B_proj_bias), ("C_proj_bias", C_proj_bias)):
         if t is not None and tuple(t.shape) != (A.shape[1],):
             raise ValueError(f"mamba_inner: {name} must have shape (N,)=({A.shape[1]},), got {shape_str(t)}")
+    if conv1d_bias is not None and tuple(conv1d_bias.shape) != (dim,):
+        raise ValueError(f"mamba_inner: conv1d_bias must have shape (E,)=({dim},), got {shape_str(conv1d_bias)}")
+    if out_proj_weight is not None and (out_proj_weight.dim() != 2 or out_proj_weight.shape[1] != dim):
+        raise ValueError(f"mamba_inner: out_proj_weight must have shape (C, E) with E={dim}, "
+                         f"got {shape_str(out_proj_weight)}")
+    if out_proj_bias is not None and tuple(out_proj_bias.shape) != (out_proj_weight.shape[0],):
+        raise ValueError(f"mamba_inner: out_proj_bias must have shape (C,)=({out_proj_weight.shape[0]},), "
+                         f"got {shape_str(out_proj_bias)}")
+    weights = dict(conv1d_weight=conv1d_weight, conv1d_bias=conv1d_bias, x_proj_weight=x_proj_weight,
+                   delta_proj_weight=delta_proj_weight, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias)
+    _check_devices("mamba_inner", "xz is", xz.device, A=A, B=B, C=C, B_proj_bias=B_proj_bias,
+                   C_proj_bias=C_proj_bias, **weights)
+    _check_dtypes("mamba_inner", "xz is", xz, **weights)   # A, B, C and the scan's own parameters may be fp32
 
 
 def check_index_table(index: torch.Tensor, num_tokens: int) -> None:

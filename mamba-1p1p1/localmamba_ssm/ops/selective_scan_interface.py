@@ -84,7 +84,7 @@ def selective_scan_fn(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     ``delta_softplus`` (a bool). Computed in fp32 (also under autocast), returned in u's dtype; with
     ``return_last_state`` also returns the final state (Bt, Dm, N), whose gradient reaches the inputs.
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     backend = backends.select(OP, u.device, _input_check(u, A, inputs, return_last_state))
     return _IMPLS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -102,7 +102,18 @@ def mamba_inner_fn_no_out_proj(xz: torch.Tensor, conv1d_weight: torch.Tensor, co
     B, C = x_dbl[R:R+N], x_dbl[-N:] as (Bt, 1, N, L) unless given; then the selective scan with z gating.
     conv1d_weight is (E, W) or (E, 1, W); x_proj_weight (R + 2N, E); delta_proj_weight (E, R); A (E, N).
     """
-    check_inner_args(xz, conv1d_weight, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias, C_proj_bias)
+    check_inner_args(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias,
+                     C_proj_bias)
+    return _inner_scan(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D, delta_bias,
+                       B_proj_bias, C_proj_bias, delta_softplus)
+
+
+def _inner_scan(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, A: torch.Tensor,
+                B: Optional[torch.Tensor], C: Optional[torch.Tensor], D: Optional[torch.Tensor],
+                delta_bias: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor],
+                C_proj_bias: Optional[torch.Tensor], delta_softplus: bool) -> torch.Tensor:
+    """The inner function's projections and scan on checked arguments (see :func:`mamba_inner_fn_no_out_proj`)."""
     u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
                                           B_proj_bias, C_proj_bias, causal_conv1d_fn)
     return selective_scan_fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
@@ -115,6 +126,8 @@ def mamba_inner_fn(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: O
                    delta_bias: Optional[torch.Tensor] = None, B_proj_bias: Optional[torch.Tensor] = None,
                    C_proj_bias: Optional[torch.Tensor] = None, delta_softplus: bool = True) -> torch.Tensor:
     """mamba_ssm's ``mamba_inner_fn``: :func:`mamba_inner_fn_no_out_proj` followed by out_proj -> (Bt, L, C)."""
-    y = mamba_inner_fn_no_out_proj(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D,
-                                   delta_bias, B_proj_bias, C_proj_bias, delta_softplus)
+    check_inner_args(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias,
+                     C_proj_bias, out_proj_weight, out_proj_bias)
+    y = _inner_scan(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D, delta_bias,
+                    B_proj_bias, C_proj_bias, delta_softplus)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
