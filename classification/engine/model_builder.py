@@ -10,11 +10,12 @@ from argparse import Namespace
 from typing import Any, Callable, Mapping, Optional
 
 import timm
+import torch
 import torch.nn as nn
 from timm.models._builder import build_model_with_cfg
 from timm.models._registry import model_entrypoint
 
-from ..models.directions import directions_supernet, load_directions, validate_directions
+from ..models.directions import directions_record, load_directions, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, supernet_directions_error
 from .config import ConfigError
 
@@ -136,14 +137,38 @@ def _family(name: str) -> Optional[str]:
     return next((family for prefix, family in FAMILIES.items() if name.startswith(prefix)), None)
 
 
-def _note_another_family(path: str, model: str) -> None:
-    """Warn when a directions file was searched by a supernet of the other family than `model`'s (its layer count
-    may still fit, e.g. with --model-kwargs): the directions are used as given."""
-    supernet = directions_supernet(path)
-    searched, trained = _family(supernet or ""), _family(model)
+def _note_directions_source(path: str, name: str, model: nn.Module) -> None:
+    """Warn when what a directions file says of its search does not match model `name` (built as `model`); its
+    directions are used as given, since its layer count fits: a supernet of the other family (e.g. with
+    --model-kwargs), a LocalVMamba search whose stages split the layers otherwise (each stage then takes another
+    stage's directions), a search that had not finished."""
+    record = directions_record(path)
+    supernet = str(record.get("supernet") or "")
+    searched, trained = _family(supernet), _family(name)
     if searched and trained and searched != trained:
-        logger.warning(f"{path} holds the directions searched by {supernet} (a {searched} supernet), but {model} is "
+        logger.warning(f"{path} holds the directions searched by {supernet} (a {searched} supernet), but {name} is "
                        f"a {trained} model: its layers take them as given")
+    source = record.get("searched_from") if isinstance(record.get("searched_from"), dict) else {}
+    searched_kwargs = source.get("model_kwargs") if isinstance(source.get("model_kwargs"), dict) else {}
+    own_depths = getattr(model, "depths", None)
+    searched_depths = None
+    if searched == trained == "LocalVMamba" and own_depths is not None:
+        searched_depths = searched_kwargs.get("depths") or _default_depths(supernet)
+    if searched_depths is not None and tuple(searched_depths) != tuple(own_depths):
+        logger.warning(f"{path} was searched with stage depths {tuple(searched_depths)}, {name} has "
+                       f"{tuple(own_depths)}: its stages take the directions searched for other stages' blocks")
+    if source.get("finished") is False:
+        logger.warning(f"{path} holds the directions of an unfinished search "
+                       f"({source.get('unfinished') or 'its checkpoint was saved before the end of its run'})")
+
+
+def _default_depths(supernet: str) -> Optional[tuple[int, ...]]:
+    """The stage depths registered model `supernet` is built with (None for a name not registered here, or a model
+    without stages)."""
+    if not supernet or supernet not in timm.list_models():
+        return None
+    with torch.device("meta"):
+        return getattr(timm.create_model(supernet), "depths", None)
 
 
 def config_kwargs_taken(name: str, kwargs: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
@@ -228,8 +253,6 @@ def build_model(cfg: Namespace) -> nn.Module:
     """
     name = resolve_model_name(cfg.model)
     kwargs = _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=True)
-    if cfg.directions:
-        _note_another_family(cfg.directions, name)
     try:
         model = timm.create_model(name, **kwargs)
     except ValueError as err:
@@ -256,4 +279,6 @@ def build_model(cfg: Namespace) -> nn.Module:
     patch_size = getattr(model, "patch_size", None)  # LocalVim's and LocalVMamba's patch embedding
     if isinstance(patch_size, int) and getattr(cfg, "img_size", None) is not None and cfg.img_size < patch_size:
         raise ConfigError(f"--img-size {cfg.img_size} is smaller than one patch of {cfg.model} ({patch_size} pixels)")
+    if cfg.directions:
+        _note_directions_source(cfg.directions, name, model)
     return model

@@ -221,15 +221,14 @@ def _checkpoint_directions(path: str) -> list[list[str]]:
     return [[str(name) for name in layer] for layer in table]
 
 
-def directions_supernet(path: Union[str, os.PathLike]) -> Optional[str]:
-    """The supernet a directions file names as its source (None when it names none, is a plain list, or is a
-    checkpoint)."""
+def directions_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """What a directions file says besides its table (``supernet``, ``topk``, ``searched_from``, as
+    ``save_directions`` writes them); empty for a plain list or a checkpoint."""
     if _is_checkpoint(os.fspath(path)):
-        return None
+        return {}
     with open(os.fspath(path), encoding='utf-8') as f:
         data = yaml.safe_load(f)
-    supernet = data.get('supernet') if isinstance(data, dict) else None
-    return str(supernet) if supernet else None
+    return {key: value for key, value in data.items() if key != 'directions'} if isinstance(data, dict) else {}
 
 
 def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence[str]],

@@ -122,6 +122,33 @@ def test_directions_searched_by_the_other_family_are_used_with_a_warning(tmp_pat
                         if warned else [])
 
 
+@pytest.mark.parametrize("searched_from, expected", [
+    ({"model_kwargs": {"depths": [1, 1, 2, 1]}, "finished": True}, []),
+    ({"model_kwargs": {"depths": [2, 1, 1, 1]}, "finished": True},
+     ["{path} was searched with stage depths (2, 1, 1, 1), local_vssm_tiny has (1, 1, 2, 1): its stages take the "
+      "directions searched for other stages' blocks"]),
+    ({"finished": True}, ["{path} was searched with stage depths (2, 2, 9, 2), local_vssm_tiny has (1, 1, 2, 1): "
+                          "its stages take the directions searched for other stages' blocks"]),
+    ({"model_kwargs": {"depths": [1, 1, 2, 1]}, "finished": False, "unfinished": "saved after epoch 3 of epochs 0-7"},
+     ["{path} holds the directions of an unfinished search (saved after epoch 3 of epochs 0-7)"]),
+])
+def test_directions_of_another_stage_split_or_an_unfinished_search_are_used_with_a_warning(
+        tmp_path, localmamba_log, searched_from, expected):
+    """Five LocalVMamba layers searched as stages (2, 1, 1, 1) fit a model of stages (1, 1, 2, 1) and trained it
+    without a word, each stage on another stage's directions; so did the file of a search stopped halfway, whose
+    extraction printed a note."""
+    from classification.models.directions import save_directions
+    path = tmp_path / "directions.yaml"
+    save_directions(path, [["h", "v_flip"]] * 5, supernet="local_vssm_tiny_search", topk=2,
+                    searched_from=searched_from)
+    argv = ["--model", "local_vssm_tiny", "--directions", str(path), "--model-kwargs", "depths=[1,1,2,1]",
+            "dims=8", "--img-size", "32"]
+    with localmamba_log.at_level(logging.WARNING, logger="localmamba"):
+        build(tmp_path, "{}\n", *argv)
+    warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
+    assert warnings == [message.format(path=path) for message in expected]
+
+
 def test_kwargs_a_timm_model_refuses_by_assert_are_one_line(tmp_path, monkeypatch):
     """timm's ViT asserts that its width divides by its heads: the AssertionError was a traceback (exit 1)."""
     with pytest.raises(ConfigError, match=r"^model deit_tiny_patch16_224 with img_size=16 embed_dim=64: dim should "
