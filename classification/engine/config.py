@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -255,6 +255,7 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     for key in cfg:
         if not isinstance(key, str):
             raise ConfigError(f"{path}: key {key!r} is not a flag name")
+    _refuse_repeated_keys(node, path)
     texts = _written_texts(node) if isinstance(node, yaml.MappingNode) else {}
     bases = cfg.pop("_base_", None)
     texts.pop("_base_", None)
@@ -289,6 +290,24 @@ def _merge_values(base: dict[str, Any], update: dict[str, Any], path: str) -> di
             value = _merge_values({} if delete or not isinstance(inherited, dict) else inherited, value, path)
         merged[key] = value
     return merged
+
+
+def _refuse_repeated_keys(node: Optional[yaml.Node], path: str) -> None:
+    """Refuse a key written twice in one mapping of the file (YAML keeps the last one without a word)."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_repeated_keys(item, path)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            line = key_node.start_mark.line + 1
+            if key_node.value in lines:
+                raise ConfigError(f"{path}: key {key_node.value!r} is given twice (lines {lines[key_node.value]} and "
+                                  f"{line}): keep one")
+            lines[key_node.value] = line
+        _refuse_repeated_keys(value_node, path)
 
 
 def _written_texts(node: yaml.MappingNode) -> dict[str, Any]:

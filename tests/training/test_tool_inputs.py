@@ -52,6 +52,18 @@ def test_binary_config_is_not_a_yaml_text_file(tmp_path, monkeypatch, capsys):
     assert (code, line) == (2, f"error: {ckpt}: not a YAML text file (a checkpoint or other binary file?)")
 
 
+@pytest.mark.parametrize("text, key, lines", [
+    ("lr: 0.001\nepochs: 3\nlr: 0.005\n", "lr", (1, 3)),
+    ("model_kwargs:\n  depth: 4\n  embed_dim: 32\n  depth: 6\n", "depth", (2, 4)),
+])
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path, monkeypatch, capsys, text, key, lines):
+    """YAML keeps the last of two equal keys: the run trained at the second lr without a word."""
+    config = write(tmp_path / "dup.yaml", text)
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", config)
+    assert (code, line) == (2, f"error: {config}: key {key!r} is given twice (lines {lines[0]} and {lines[1]}): "
+                               f"keep one")
+
+
 def test_base_list_is_merged_in_order_then_the_file(tmp_path):
     write(tmp_path / "a.yaml", "lr: 0.5\nepochs: 3\nseed: 1\n")
     write(tmp_path / "b.yaml", "epochs: 4\nwarmup_epochs: 1\n")
