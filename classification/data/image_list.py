@@ -345,7 +345,8 @@ def imagenet_layout(root: str) -> str:
         raise DataError(f"data path {root} is a file, not a folder: give the folder that holds train/ and val/ (or "
                         f"meta/) as --data-path")
     if not os.path.isdir(root):
-        raise DataError(f"data path does not exist: {root} (set --data-path)")
+        where = "" if os.path.isabs(root) else f", relative to the current directory {os.getcwd()}"
+        raise DataError(f"data path does not exist: {root} (set --data-path{where})")
     if os.path.isdir(os.path.join(root, "meta")):
         return "meta"
     if has_class_folders(os.path.join(root, "train")) or has_class_folders(os.path.join(root, "val")):

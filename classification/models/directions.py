@@ -185,7 +185,8 @@ def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
     if os.path.isdir(path):
         raise ValueError(f'directions file {path} is a folder: give the directions.yaml in it')
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'directions file not found: {path}')
+        where = '' if os.path.isabs(path) else f' (relative to the current directory {os.getcwd()})'
+        raise FileNotFoundError(f'directions file not found: {path}{where}')
     if _is_checkpoint(path):
         return _checkpoint_directions(path)
     with open(path, encoding='utf-8') as f:

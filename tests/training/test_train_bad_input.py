@@ -29,8 +29,11 @@ def run(tmp_path, *argv):
 
 
 def test_missing_data_path(tmp_path):
-    with pytest.raises(DataError, match=f"data path does not exist: {tmp_path / 'nowhere'}"):
+    with pytest.raises(DataError, match=rf"^data path does not exist: {tmp_path / 'nowhere'} \(set --data-path\)$"):
         run(tmp_path, "--data-path", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=rf"^data path does not exist: data/nowhere \(set --data-path, relative to the "
+                                        rf"current directory {os.getcwd()}\)$"):
+        run(tmp_path, "--data-path", "data/nowhere")
 
 
 def test_data_path_without_any_layout(tmp_path):
@@ -211,6 +214,9 @@ def test_directions_file_must_exist(tmp_path):
         run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match=f"directions file {tmp_path} is a folder: give the directions.yaml in it"):
         run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=rf"^directions file not found: search/missing.yaml \(relative to the "
+                                                rf"current directory {os.getcwd()}\)$"):   # a config's relative path
+        run(tmp_path, "--dataset", "digits", "--directions", "search/missing.yaml")
 
 
 def test_directions_for_a_search_supernet_are_refused_before_the_run_folder(tmp_path):
