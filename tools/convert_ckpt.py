@@ -29,7 +29,9 @@ def main() -> None:
                         help="allow a checkpoint that needs pickle (it can run code): only files you trust")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
-    n = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint, overwrite=args.overwrite)
+    n, note = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint, overwrite=args.overwrite)
+    if note:
+        print(f"note: {note}")
     print(f"wrote {n} tensors from {args.src}[{args.key!r}] to {args.dst}")
 
 

@@ -245,9 +245,11 @@ RELEASED_RECORD = ("model_name", "directions", "candidates", "classes")
 RELEASED_CONFIG = ("model", "model_kwargs", "directions", "num_classes", *INPUT_FLAGS)
 
 
-def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False, overwrite: bool = False) -> int:
+def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = False,
+                       overwrite: bool = False) -> tuple[int, Optional[str]]:
     """Write the released form `{'state_dict': ckpt[key]}` (prefixes `module.` stripped), with the run's record
-    (`RELEASED_RECORD`, `RELEASED_CONFIG`) beside it; returns the tensor count.
+    (`RELEASED_RECORD`, `RELEASED_CONFIG`) beside it; returns the tensor count and, for a checkpoint a stopped run
+    saved in the middle of an epoch, a note saying so (None otherwise).
 
     A checkpoint without tensors under `key`, or already in the released form, is refused rather than written; an
     existing `dst` is replaced only with `overwrite`, and never when it is `src` (the training state would be lost);
@@ -273,4 +275,7 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     record = {name: ckpt[name] for name in RELEASED_RECORD if name in ckpt}
     config = {name: value for name, value in (ckpt.get("config") or {}).items() if name in RELEASED_CONFIG}
     atomic_save({"state_dict": weights, **record, **({"config": config} if config else {})}, dst)
-    return tensors
+    step, steps = ckpt.get("step"), ckpt.get("steps_per_epoch")
+    partial = step is not None and step != steps and isinstance(ckpt.get("epoch"), int)
+    return tensors, (f"{src} was saved in the middle of epoch {ckpt['epoch']}, after its step {step}"
+                     f"{f' of {steps}' if steps else ''}: the weights are of a part of that epoch" if partial else None)

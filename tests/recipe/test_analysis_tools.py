@@ -128,6 +128,16 @@ def test_convert_ckpt_names_a_released_file_and_the_keys_it_takes(tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["best.pth.tar", "released.ckpt"]
 
 
+def test_convert_ckpt_notes_a_checkpoint_saved_in_the_middle_of_an_epoch(tmp_path, monkeypatch, capsys):
+    """A stopped run's last.pth.tar holds the weights of a part of an epoch: converted without a word, they could pass
+    for an epoch's (vis_search_prob.py notes the same)."""
+    src, out = tmp_path / "last.pth.tar", tmp_path / "released.ckpt"
+    torch.save({"model": {"head.weight": torch.ones(2, 2)}, "epoch": 3, "step": 8, "steps_per_epoch": 44}, src)
+    assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(out)) == (
+        0, f"note: {src} was saved in the middle of epoch 3, after its step 8 of 44: the weights are of a part of that "
+           f"epoch\nwrote 1 tensors from {src}['model'] to {out}\n", "")
+
+
 def test_debug_shows_the_error_itself_in_plot_log(tmp_path, monkeypatch, capsys):
     """`--debug` (cli.py: every tool's way to the traceback) is a flag of the tool, not an unrecognized argument."""
     missing = str(tmp_path / "metrics.csv")
