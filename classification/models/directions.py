@@ -129,7 +129,7 @@ def validate_directions(directions: Sequence[Sequence[str]], depth: int, source:
     if len(directions) == 0:
         raise ValueError(f'{source}: holds no layers (one list of direction names per layer)')
     if len(directions) != depth:
-        raise ValueError(f'{source}: has {len(directions)} layers, but the model has depth {depth}{depth_hint}')
+        raise ValueError(f'{source}: has {len(directions)} layers, but the model has {depth} layers{depth_hint}')
     table = []
     for i, layer in enumerate(directions):
         if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence) or len(layer) == 0:

@@ -358,7 +358,7 @@ def test_intermediates_return_the_class_token_beside_the_map_as_timm_vit():
     ([['h', 'x']] * 20, 'valid directions are h, h_flip'),
     ([['h', 'wq']] * 20, 'valid directions are h, h_flip'),
     ([['h', 'w0']] * 20, 'valid directions are h, h_flip'),
-    ([['h']] * 19, 'has 19 layers, but the model has depth 20'),
+    ([['h']] * 19, 'has 19 layers, but the model has 20 layers'),
     ([['h', 'h']] * 20, 'repeats a direction'),
     ([[]] * 20, 'non-empty list'),
 ])

@@ -347,8 +347,8 @@ def test_flop_analysis_charges_each_grouped_scan_at_its_padded_length():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(directions=[['h', 'x']] * 15), 'valid directions are h, h_flip'),
-    (dict(directions=[['h']] * 14), 'has 14 layers, but the model has depth 15'),
-    (dict(depths=(2, 2, 2, 2)), 'has 15 layers, but the model has depth 8'),
+    (dict(directions=[['h']] * 14), 'has 14 layers, but the model has 15 layers'),
+    (dict(depths=(2, 2, 2, 2)), 'has 15 layers, but the model has 8 layers'),
     (dict(dims=(8, 16, 32)), 'one entry per stage'),
     (dict(ssm_conv=4), 'odd kernel size'),
 ])

@@ -104,5 +104,5 @@ def test_a_window_size_has_one_direction_name(name):
 
 def test_a_depth_the_default_directions_do_not_fit_names_them_not_the_users_argument():
     with pytest.raises(ValueError, match=r"^the model's default directions \(pass directions= for another depth\): "
-                                         r"has 20 layers, but the model has depth 3$"):
+                                         r"has 20 layers, but the model has 3 layers$"):
         timm.create_model('local_vim_tiny', depth=3, embed_dim=32)

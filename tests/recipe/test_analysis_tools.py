@@ -46,7 +46,7 @@ def test_flops_refuses_a_directions_file_of_another_depth_in_one_line(flops_tool
     directions.write_text(SEARCHED)
     assert flops_tool.main(["local_vim_tiny", "--img-size", "16", "--directions", str(directions)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: model local_vim_tiny with directions={directions}: "
-                                               f"{directions}: has 2 layers, but the model has depth 20: build "
+                                               f"{directions}: has 2 layers, but the model has 20 layers: build "
                                                f"the model with the 2 layers of the supernet that searched them "
                                                f"(LocalVim: depth=2; LocalVMamba: depths summing to 2)")
 

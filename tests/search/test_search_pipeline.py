@@ -129,7 +129,7 @@ def test_directions_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("text, pattern", [
-    ("directions: [[h, v], [h, v], [h, v]]\n", r"has 3 layers, but the model has depth 2"),
+    ("directions: [[h, v], [h, v], [h, v]]\n", r"has 3 layers, but the model has 2 layers"),
     ("directions: [[h, v], [h, diagonal]]\n", r"bad_directions.yaml: layer 1: unknown scan direction 'diagonal'"),
     ("directions: []\n", r"bad_directions.yaml: holds no layers"),
     ("supernet: x\n", r'no "directions" key'),

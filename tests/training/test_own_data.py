@@ -128,7 +128,7 @@ def test_a_meta_list_that_is_not_utf8_is_one_line(tmp_path):
 def test_model_kwargs_of_another_depth_than_the_searched_directions_are_a_config_error():
     cfg = parse_args(["--model", "local_vim_tiny", "--model-kwargs", "depth=2", "embed_dim=16", "--num-classes", "4"])
     with pytest.raises(ConfigError, match=r"^model local_vim_tiny with depth=2 embed_dim=16: .*has 20 "
-                                          r"layers, but the model has depth 2; give --directions FILE with one list "
+                                          r"layers, but the model has 2 layers; give --directions FILE with one list "
                                           r"of directions per layer \(tools/vis_search_prob.py writes one\)$"):
         build_model(cfg)
 
