@@ -67,7 +67,7 @@ def model_cfg(model_name: str, first_conv: str, classifier: str, pool_size: Opti
     }
 
 
-def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter) -> CheckpointFilter:
+def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only: bool = False) -> CheckpointFilter:
     """``checkpoint_filter_fn`` that also keeps a checkpoint's classifier when it has the model's class count.
 
     timm drops the classifier whenever the model's ``num_classes`` differs from the pretrained_cfg's (1000, the
@@ -75,10 +75,14 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter) -> Checkpoint
     in a 10-class model. When the head fits, the pretrained_cfg that timm is loading with (the model's own) takes the
     model's class count, which is then the truth about the weights loaded. A head of another class count than the
     model's, where timm would load strictly (the model keeps the pretrained_cfg's count), is refused in one line
-    naming both counts (ValueError; torch's size mismatch before)."""
+    naming both counts (ValueError; torch's size mismatch before). For a ``features_only`` model timm loads with no
+    classes: it drops any classifier and loads the rest non-strictly, so only the trunk is checked."""
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         state_dict = checkpoint_filter_fn(state_dict, model)
         cfg = getattr(model, 'pretrained_cfg', None) or {}
+        if features_only:
+            check_trunk_fits(state_dict, model, cfg.get('classifier'))
+            return state_dict
         head = state_dict.get(f"{cfg.get('classifier')}.weight")
         num_classes = getattr(model, 'num_classes', None)
         if head is not None and head.dim() == 2 and head.shape[0] == num_classes != cfg.get('num_classes'):
@@ -203,7 +207,7 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(
             model_cls, variant, pretrained,
-            pretrained_filter_fn=keeping_a_fitting_head(checkpoint_filter_fn),
+            pretrained_filter_fn=keeping_a_fitting_head(checkpoint_filter_fn, bool(kwargs.get('features_only'))),
             feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
             **kwargs)
     if pretrained_file is not None:

@@ -68,6 +68,34 @@ def test_pretrained_for_other_classes_loads_the_trunk_and_leaves_a_new_head(name
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
+@pytest.mark.parametrize('classes', [1000, 10])
+def test_a_feature_model_loads_the_trunk_of_a_checkpoint_of_any_class_count(name, classes, tmp_path):
+    """timm loads a features_only model without a classifier: a 10-class file was refused, telling to pass
+    num_classes=10, as timm's own ViT does not."""
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path, num_classes=classes)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), features_only=True,
+                              **TINY[name])
+    own = {key.removeprefix('model.'): value for key, value in model.state_dict().items()}   # FeatureGetterNet's
+    assert own and all(torch.equal(value, weights[key]) for key, value in own.items())
+
+
+@pytest.mark.parametrize('name, deeper', [
+    ('local_vim_tiny', dict(depth=3, directions=LOCAL_VIM_TINY_DIRECTIONS[:3])),
+    ('local_vssm_small', dict(depths=(1, 1, 2, 1), directions=LOCAL_VSSM_SMALL_DIRECTIONS[:5])),
+])
+def test_a_feature_model_refuses_weights_of_another_depth(name, deeper, tmp_path):
+    """The extra layer or block of a deeper feature model kept its initialisation without a word (timm loads a feature
+    model non-strictly); a classifier model of that depth is refused."""
+    path = tmp_path / f'{name}.ckpt'
+    _released_file(name, path)
+    with pytest.raises(ValueError, match=r'the pretrained weights do not fit this model apart from its classifier: '
+                                         r'missing layers\.'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), features_only=True,
+                          **dict(TINY[name], **deeper))
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
 def test_pretrained_keeps_the_head_of_an_own_checkpoint_with_the_models_classes(name, tmp_path):
     """A user's 10-class checkpoint (tools/convert_ckpt.py) into a 10-class model loads whole: timm dropped its head
     because 10 differs from the release's 1000 in the pretrained_cfg, which now says 10. Into a 5-class model the
