@@ -88,6 +88,30 @@ def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_p
     assert existing.read_bytes()[:20] != b'keep me'
 
 
+def test_without_img_size_the_export_takes_the_runs_size_and_bad_flags_come_first(checkpoint, tmp_path):
+    """Without -c or --img-size the tool printed 'at NonexNone' and died in torch.randn; a bad flag was refused only
+    after that line."""
+    flags, _ = checkpoint
+    flags = [flag for flag in flags if flag not in ('--img-size', '28')]
+    path = flags[flags.index('--resume') + 1]
+    ckpt = torch.load(path, weights_only=True)
+    torch.save(dict(ckpt, config={'img_size': 28}), path)
+
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    one = run('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
+    assert one.returncode == 2 and one.stdout == '' and 'error: --example-batch must be 2 or more' in one.stderr
+    done = run('--onnx', str(tmp_path / 'm.onnx'), '--exporter', 'torchscript', '--no-check')
+    assert done.returncode == 0, done.stderr
+    assert (f'Exporting local_vssm_tiny at 28x28 (the size its run was trained at) with {path} to '
+            f'{tmp_path / "m.onnx"}') in done.stdout
+    args = parse_args(flags, evaluation=True)
+    torch.save(ckpt, path)                                  # no recorded config: the dataset's default
+    assert onnx_export.resolve_export_size(args) == "--dataset imagenet's default size" and args.img_size == 224
+
+
 @pytest.mark.parametrize('missing, exporter, pattern', [
     ('onnxruntime', 'torchscript', 'the check runs onnxruntime, which is not installed: .* or give --no-check'),
     ('onnxscript', 'dynamo', 'the dynamo exporter needs torch >= 2.8 and onnxscript .* give --exporter torchscript')])

@@ -11,12 +11,13 @@ import os
 import tempfile
 import time
 from argparse import Namespace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import load_checkpoint, state_dict_from
+from ..data.defaults import resolve_dataset_defaults
 from .checkpoint import check_same_model, classifier_name, load_at_model_size
 from .config import ConfigError
 from .model_builder import build_model, canonical_model_name
@@ -60,6 +61,21 @@ def export_model(model: nn.Module, path: str, img_size: int, exporter: str = "dy
         else:
             torch.onnx.export(model, (image,), path, dynamo=False, input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def resolve_export_size(cfg: Namespace) -> Optional[str]:
+    """Set ``cfg.img_size`` when neither the command nor its config gives one: the size the ``--resume`` checkpoint's
+    run was trained at (its recorded config), else the dataset's default, as ``tools/test.py`` would evaluate at.
+    Returns where the size came from (None when it was given)."""
+    if cfg.img_size is not None:
+        return None
+    if cfg.resume:
+        saved = (load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint, mmap=True).get("config") or {}).get("img_size")
+        if isinstance(saved, int):
+            cfg.img_size = saved
+            return "the size its run was trained at"
+    resolve_dataset_defaults(cfg)
+    return f"--dataset {cfg.dataset}'s default size"
 
 
 def onnxruntime_difference(model: nn.Module, path: str, img_size: int, batch: int = CHECK_BATCH) -> float:
