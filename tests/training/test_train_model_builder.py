@@ -53,7 +53,7 @@ def test_an_unknown_search_candidate_is_not_answered_with_a_directions_file_hint
                                           r"LOCALMAMBA_DIRECTION_MODULES\)$"):
         build(tmp_path, "{}\n", "--model", "local_vim_tiny_search", "--model-kwargs", "embed_dim=16", "patch_size=4",
               "depth=2", "candidates=[h, zz]", "--img-size", "16")
-    with pytest.raises(ConfigError, match=r"depth 2; give --directions FILE"):
+    with pytest.raises(ConfigError, match=r"the model has 2 layers; give --directions FILE"):
         build(tmp_path, "{}\n", "--model", "local_vim_tiny", "--model-kwargs", "embed_dim=16", "patch_size=4",
               "depth=2", "--img-size", "16")
 
