@@ -198,6 +198,18 @@ def previous_checkpoints(work_dir: str) -> list[str]:
     return sorted(name for name in os.listdir(work_dir) if any(fnmatch.fnmatch(name, p) for p in RUN_CHECKPOINTS))
 
 
+def check_resume_folder(work_dir: str, checkpoint: str) -> None:
+    """Refuse ``--resume checkpoint`` of another run into a ``work_dir`` that holds a run's checkpoints: mmengine
+    would write the resumed run's checkpoints over that run's, file by file."""
+    found = previous_checkpoints(work_dir)
+    own = osp.realpath(osp.dirname(osp.abspath(checkpoint)))
+    if found and own != osp.realpath(work_dir):
+        shown = ', '.join(found[:4]) + (', ...' if len(found) > 4 else '')
+        raise WorkDirError(f'--resume {checkpoint} continues a run of another folder than {work_dir}, which holds a '
+                           f'run ({shown}) its checkpoints would overwrite: give --work-dir {osp.dirname(checkpoint)} '
+                           f'to continue it in its own folder, or a --work-dir of its own')
+
+
 def claim_work_dir(work_dir: str, overwrite: bool) -> list[str]:
     """Refuse a fresh run in a ``work_dir`` that holds another run's checkpoints, unless ``overwrite``: then return
     their names, which the run deletes once it has started (``EarlierRunDeletion``; the logs' folders stay)."""
@@ -284,6 +296,9 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.overwrite and args.resume is not None:
         parser.error('--overwrite starts a run afresh and --resume continues one: give only one of them')
     cfg = _load_config(args)
+    import torch
+    if args.amp and not torch.cuda.is_available():
+        _exit_error("--amp needs CUDA (mmengine's AmpOptimWrapper trains on GPUs); this machine has none")
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -302,11 +317,13 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         _stop_on(missing_pretrained(cfg.model))
     _stop_on(missing_data_path(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])))
     overwritten: list[str] = []
-    if not cfg.get('resume'):
-        try:
+    try:
+        if not cfg.get('resume'):
             overwritten = claim_work_dir(cfg.work_dir, args.overwrite)
-        except WorkDirError as err:
-            _exit_error(str(err))
+        elif cfg.load_from:
+            check_resume_folder(cfg.work_dir, cfg.load_from)
+    except WorkDirError as err:
+        _exit_error(str(err))
     _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
     _run(lambda: _build_runner(cfg, fit_source, overwritten).train(), args.new_options, resume_from=cfg.work_dir)

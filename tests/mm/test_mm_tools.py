@@ -125,3 +125,38 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypat
     assert sorted(os.listdir(work)) == ['20261202_010203', 'backbone.pth']
     assert capsys.readouterr().err.endswith(f"--overwrite: deleted the earlier run's checkpoints {sorted(earlier)} "
                                             f"in {work}\n")
+
+
+def test_resuming_another_runs_checkpoint_into_a_work_dir_that_holds_a_run_is_refused(
+        tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
+    """mmengine wrote the resumed run's checkpoints over the other run's, file by file (iter_11.pth replaced, and
+    last_checkpoint pointing at it); resuming into the checkpoint's own folder, or into a new one, goes on. --amp on
+    a machine without CUDA is one line, not mmengine's AssertionError."""
+    from classification.dense import launch
+
+    config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    run, other = tmp_path / 'run', tmp_path / 'other'
+    for folder, names in ((run, ['iter_11.pth', 'last_checkpoint']), (other, ['iter_10.pth'])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text('x')
+    started = []
+    monkeypatch.setattr(launch, 'missing_checkpoint', lambda path, flag: None)
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(): SimpleNamespace(
+        train=lambda: started.append(cfg.work_dir)))
+    resume = ['--resume', str(other / 'iter_10.pth')]
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [config, '--work-dir', str(run), *resume])
+    assert exit_info.value.code == 2 and not started
+    assert capsys.readouterr().err.endswith(
+        f"error: --resume {other / 'iter_10.pth'} continues a run of another folder than {run}, which holds a run "
+        f"(iter_11.pth, last_checkpoint) its checkpoints would overwrite: give --work-dir {other} to continue it in "
+        f"its own folder, or a --work-dir of its own\n")
+    launch.train_main('segmentation', [config, '--work-dir', str(other), *resume])
+    launch.train_main('segmentation', [config, '--work-dir', str(tmp_path / 'new'), *resume])
+    assert started == [str(other), str(tmp_path / 'new')]
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [config, '--work-dir', str(tmp_path / 'amp'), '--amp'])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.endswith(
+        "error: --amp needs CUDA (mmengine's AmpOptimWrapper trains on GPUs); this machine has none\n")
