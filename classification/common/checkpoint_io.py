@@ -83,6 +83,9 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
                 f'if you trust its source, pass {TRUST_FLAG}') from None
         raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({err})') from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
+        if is_url and isinstance(err, OSError):  # urllib's URLError / HTTPError: no network, a wrong address
+            raise CheckpointError(f'cannot download checkpoint {path}: {type(err).__name__}: {_first_line(err)} (no '
+                                  f'network here? download it and give the local file)') from None
         raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({type(err).__name__}: '
                               f'{_first_line(err)})') from None
     if not isinstance(ckpt, dict):

@@ -62,3 +62,20 @@ def test_legacy_checkpoint_is_refused_then_trusted_on_request(finished_run, tmp_
     run_tool("train.py", *TINY_RUN, "--epochs", "2", "--resume", legacy, TRUST_FLAG)
     resumed = torch.load(legacy, map_location="cpu", weights_only=True)  # rewritten in the safe form
     assert resumed["epoch"] == 1 and isinstance(resumed["rng"][0]["numpy"], dict)
+
+
+def test_a_checkpoint_url_that_cannot_be_fetched_is_named_as_a_download_error(monkeypatch):
+    """Offline, a release URL was reported as 'not a PyTorch checkpoint (URLError: ...)'."""
+    import urllib.error
+
+    from classification.common import CheckpointError, load_checkpoint
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    url = "https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vim_tiny.ckpt"
+    with pytest.raises(CheckpointError, match=rf"^cannot download checkpoint {url}: URLError: <urlopen error \[Errno "
+                                              r"-2\] Name or service not known> \(no network here\? download it and "
+                                              r"give the local file\)$"):
+        load_checkpoint(url)
