@@ -314,6 +314,9 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
         walk_dicts(cfg.model, _skip_pretrained)
     else:
+        if cfg.get('resume'):   # mmengine then logs "Auto resumed from the latest checkpoint None."
+            print(f'--resume: {cfg.work_dir} holds no checkpoint (no last_checkpoint): the run starts afresh',
+                  file=sys.stderr)
         _stop_on(missing_pretrained(cfg.model))
     _stop_on(missing_data_path(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])))
     overwritten: list[str] = []

@@ -155,7 +155,10 @@ def test_resuming_another_runs_checkpoint_into_a_work_dir_that_holds_a_run_is_re
         f"its own folder, or a --work-dir of its own\n")
     launch.train_main('segmentation', [config, '--work-dir', str(other), *resume])
     launch.train_main('segmentation', [config, '--work-dir', str(tmp_path / 'new'), *resume])
-    assert started == [str(other), str(tmp_path / 'new')]
+    launch.train_main('segmentation', [config, '--work-dir', str(tmp_path / 'empty'), '--resume'])
+    assert started == [str(other), str(tmp_path / 'new'), str(tmp_path / 'empty')]
+    assert capsys.readouterr().err.endswith(f"--resume: {tmp_path / 'empty'} holds no checkpoint (no last_checkpoint): "
+                                            f"the run starts afresh\n")
     with pytest.raises(SystemExit) as exit_info:
         launch.train_main('segmentation', [config, '--work-dir', str(tmp_path / 'amp'), '--amp'])
     assert exit_info.value.code == 2 and capsys.readouterr().err.endswith(
