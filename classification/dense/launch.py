@@ -198,16 +198,20 @@ def previous_checkpoints(work_dir: str) -> list[str]:
     return sorted(name for name in os.listdir(work_dir) if any(fnmatch.fnmatch(name, p) for p in RUN_CHECKPOINTS))
 
 
+def _first_names(names: Sequence[str]) -> str:
+    """The first four of a work_dir's checkpoint ``names``, for an error line."""
+    return ', '.join(names[:4]) + (', ...' if len(names) > 4 else '')
+
+
 def check_resume_folder(work_dir: str, checkpoint: str) -> None:
     """Refuse ``--resume checkpoint`` of another run into a ``work_dir`` that holds a run's checkpoints: mmengine
     would write the resumed run's checkpoints over that run's, file by file."""
     found = previous_checkpoints(work_dir)
     own = osp.realpath(osp.dirname(osp.abspath(checkpoint)))
     if found and own != osp.realpath(work_dir):
-        shown = ', '.join(found[:4]) + (', ...' if len(found) > 4 else '')
         raise WorkDirError(f'--resume {checkpoint} continues a run of another folder than {work_dir}, which holds a '
-                           f'run ({shown}) its checkpoints would overwrite: give --work-dir {osp.dirname(checkpoint)} '
-                           f'to continue it in its own folder, or a --work-dir of its own')
+                           f'run ({_first_names(found)}) its checkpoints would overwrite: give --work-dir '
+                           f'{osp.dirname(checkpoint)} to continue it in its own folder, or a --work-dir of its own')
 
 
 def claim_work_dir(work_dir: str, overwrite: bool) -> list[str]:
@@ -215,9 +219,8 @@ def claim_work_dir(work_dir: str, overwrite: bool) -> list[str]:
     their names, which the run deletes once it has started (``EarlierRunDeletion``; the logs' folders stay)."""
     found = previous_checkpoints(work_dir)
     if found and not overwrite:
-        shown = ', '.join(found[:4]) + (', ...' if len(found) > 4 else '')
-        raise WorkDirError(f'{work_dir} already holds a run ({shown}); continue it with --resume, start afresh there '
-                           f'with --overwrite (deletes its checkpoints), or choose another --work-dir')
+        raise WorkDirError(f'{work_dir} already holds a run ({_first_names(found)}); continue it with --resume, start '
+                           f'afresh there with --overwrite (deletes its checkpoints), or choose another --work-dir')
     return found
 
 
