@@ -13,7 +13,8 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN.
 * ``--trust-checkpoint`` also lets the LocalMamba backbones load pretrained weights that need pickle.
 * A checkpoint that is tested or resumed must fit the model (mmengine would load what fits and go on with the rest as
-  initialised); pretrained backbone weights of another model are refused by the backbone.
+  initialised) and its backbone's scan directions, which every checkpoint records; pretrained backbone weights of
+  another model are refused by the backbone.
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: a config file that does not
   exist, a ``--cfg-options`` item without ``=``, a misspelt ``--cfg-options`` key that a class refuses as an unexpected
   keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C ends in one line too
@@ -267,9 +268,10 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook
+    from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook, ScanDirectionsHook
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.register_hook(PlainCheckpointHook())
+    runner.register_hook(ScanDirectionsHook())
     if fit_source is not None:
         runner.register_hook(CheckpointFitHook(fit_source))
     if overwritten:

@@ -1,6 +1,7 @@
 """mmengine checkpoints that ``torch.load(weights_only=True)`` reads: the message hub's ``HistoryBuffer`` objects and
 numpy values are saved as tensors and plain values, and turned back into them when a checkpoint is loaded. Also the
-check that a tested or resumed checkpoint fits the model (mmengine loads what fits and leaves the rest as initialised).
+check that a tested or resumed checkpoint fits the model (mmengine loads what fits and leaves the rest as initialised),
+and the backbone's scan directions, recorded in every checkpoint and checked where one is tested or resumed.
 
 Imported by the det/seg entry points only (it needs mmengine).
 """
@@ -11,7 +12,7 @@ import copy
 import os
 import re
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from ..common import CheckpointError
+from ..models.directions import directions_difference, scan_directions
 
 HISTORY_BUFFER = '__history_buffer__'
 NDARRAY = '__ndarray__'
@@ -78,6 +80,30 @@ class PlainCheckpointHook(Hook):
         checkpoint.update(from_plain(dict(checkpoint)))
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The detector or segmentor inside DDP and TTA wrappers."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def backbone_trunk(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The classification model a LocalMamba backbone of ``model`` (wrapped or not) is built on; None for other
+    backbones."""
+    return getattr(getattr(_unwrapped(model), 'backbone', None), 'trunk', None)
+
+
+class ScanDirectionsHook(Hook):
+    """Records the backbone's scan directions in every checkpoint (``directions``, as the classification checkpoints
+    hold them): two direction tables give weights of the same names and shapes, so only this entry tells a checkpoint's
+    directions. ``model.backbone.directions=CKPT`` reads them back."""
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        trunk = backbone_trunk(runner.model)
+        if trunk is not None:
+            checkpoint['directions'] = scan_directions(trunk)
+
+
 class EarlierRunDeletion(Hook):
     """``--overwrite``: delete the earlier run's checkpoint files ``names`` in ``work_dir`` (on the main rank) once
     the new run has started training, its weights initialised: a run that fails to start (a pretrained file the
@@ -117,7 +143,8 @@ def misfit(model: torch.nn.Module, state_dict: dict) -> str:
 class CheckpointFitHook(Hook):
     """Refuses (:class:`CheckpointError`) a checkpoint that does not fit the model, before mmengine loads it: for
     testing and resuming, where a checkpoint of another config would be evaluated or trained on with part of the model
-    as initialised. ``source`` names the checkpoint in the message."""
+    as initialised, or with other scan directions than its run's (same weight shapes, other results). ``source`` names
+    the checkpoint in the message."""
 
     priority = 'VERY_LOW'
 
@@ -125,9 +152,14 @@ class CheckpointFitHook(Hook):
         self.source = source
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        model = runner.model
-        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-            model = model.module
+        model = _unwrapped(runner.model)
         problem = misfit(model, checkpoint.get('state_dict', checkpoint))
         if problem:
             raise CheckpointError(f'{self.source} does not fit the model of this config: {problem}')
+        trunk = backbone_trunk(model)
+        other = None if trunk is None else directions_difference(trunk, checkpoint)
+        if other is not None:
+            path = self.source if os.path.isfile(self.source) else 'CHECKPOINT'
+            raise CheckpointError(f"{self.source} was trained with other scan directions than this config's backbone "
+                                  f"({other}): give the backbone its run's directions, e.g. --cfg-options "
+                                  f"model.backbone.directions={path} (the checkpoint holds them)")

@@ -15,7 +15,9 @@ from conftest import IMAGE_HW, REPO, require
 
 require('mmseg')
 
-from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
+import torch  # noqa: E402
+
+from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS, save_directions  # noqa: E402
 
 TINY_CONFIG = """
 _base_ = {base!r}
@@ -63,10 +65,11 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     root, work = str(tmp_path / 'ade'), str(tmp_path / 'work')
     _ade_folder(root)
     config = tmp_path / 'tiny_upernet_local_vssm.py'
+    directions = [list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]]
     config.write_text(TINY_CONFIG.format(
         base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
                           'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'),
-        hw=IMAGE_HW, directions=[list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]], root=root,
+        hw=IMAGE_HW, directions=directions, root=root,
         ckpt=classification_checkpoints['local_vssm_tiny']))
 
     log = _run('train.py', str(config), '--work-dir', work)
@@ -88,6 +91,21 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert 'mIoU' in log
     assert os.listdir(out) == ['0.png']
     assert Image.open(os.path.join(out, '0.png')).size == IMAGE_HW[::-1]
+
+    # the checkpoint records its backbone's directions: a config with others is refused, the checkpoint gives them
+    assert torch.load(checkpoint, weights_only=True)['directions'] == directions
+    swapped = [directions[1], directions[0], *directions[2:]]
+    assert swapped != directions
+    save_directions(tmp_path / 'swapped.yaml', swapped)
+    other = ['--cfg-options', f'model.backbone.directions={tmp_path / "swapped.yaml"}']
+    refused = _run('test.py', str(config), checkpoint, '--work-dir', work, *other, status=2)
+    assert refused.strip().splitlines()[-1] == (
+        f"error: {checkpoint} was trained with other scan directions than this config's backbone (layer 0: "
+        f"{directions[0]} vs {directions[1]} here): give the backbone its run's directions, e.g. --cfg-options "
+        f"model.backbone.directions={checkpoint} (the checkpoint holds them)")
+    log = _run('test.py', str(config), checkpoint, '--work-dir', work, '--cfg-options',
+               f'model.backbone.directions={checkpoint}')
+    assert 'mIoU' in log
 
 
 def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
