@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 METRICS_COLUMNS = METRICS_HEADER[:4]  # top5 is drawn when present
 
 
-def read_csv(path: str) -> dict[str, list[float]]:
+def read_csv(path: str, allow_empty: bool = False) -> dict[str, list[float]]:
     """Columns of a numeric CSV file with a header row; a row with a missing or empty cell (the partial last row
-    a killed run can leave) is skipped, a cell that is not a number is refused."""
+    a killed run can leave) is skipped, a cell that is not a number is refused. A file without data rows is refused
+    unless ``allow_empty`` (then its columns are empty)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     try:
@@ -37,7 +38,9 @@ def read_csv(path: str) -> dict[str, list[float]]:
                     columns[name].append(value)
     except (UnicodeDecodeError, csv.Error) as err:
         raise ConfigError(f"{path} is not a CSV text file ({err})") from None
-    if not columns or not next(iter(columns.values())):
+    if not columns:
+        raise ConfigError(f"{path} has no header row")
+    if not allow_empty and not next(iter(columns.values())):
         raise ConfigError(f"{path} has no data rows")
     return columns
 
@@ -70,7 +73,8 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], em
     """The 3-panel figure (loss, LR, top-1/top-5) of a run's metrics.csv and lr.csv columns (``lr`` may be None),
     on one axis of epochs trained: epoch e's metrics at e + 1 (its end), its learning rates from e to e + 1. `ema`:
     the validation columns are the EMA weights' (a --model-ema run), as the titles then say. Curves carry a marker,
-    so a run of one epoch shows its points."""
+    so a run of one epoch shows its points; a run stopped in its first epoch (no metrics rows) shows its learning
+    rates, and the other panels say that no epoch has finished."""
     fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
     ends = [epoch + 1 for epoch in m["epoch"]]
     of = " (test: the EMA weights)" if ema else ""
@@ -88,6 +92,9 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], em
         axes[2].plot(ends, m["top5"], marker=".", label="top-5")
     axes[2].set(title="accuracy (%)" + (" of the EMA weights" if ema else ""), xlabel=EPOCH_AXIS)
     axes[2].legend()
+    if not ends:
+        for ax in (axes[0], axes[2]):
+            ax.text(0.5, 0.5, "no epoch finished yet", ha="center", va="center", transform=ax.transAxes)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -126,12 +133,15 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
         metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."
     out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) or out.endswith(os.sep) else out)
-    m = read_csv(metrics_path)
+    m = read_csv(metrics_path, allow_empty=True)
     _require(m, METRICS_COLUMNS, metrics_path)
     lr_path = os.path.join(os.path.dirname(metrics_path), LR_CSV)
     lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
     if lr is not None:
         _require(lr, LR_HEADER, lr_path)
+    if not m["epoch"] and lr is None:
+        raise ConfigError(f"{metrics_path} has no data rows (no epoch has finished) and no {LR_CSV} is beside it: "
+                          f"nothing to draw yet")
     fig = draw_run(m, lr, ema=_run_used_ema(os.path.dirname(metrics_path)))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     fig.savefig(out, dpi=100)

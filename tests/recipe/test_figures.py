@@ -111,6 +111,24 @@ def test_run_curves_skip_the_partial_last_row_of_a_killed_run(tmp_path):
         read_csv(_write(tmp_path / "bad.csv", "epoch,lr\n0,abc\n"))
 
 
+def test_a_run_stopped_in_its_first_epoch_draws_its_learning_rates(tmp_path, monkeypatch):
+    from classification.engine import plotting
+    from classification.engine.config import ConfigError
+
+    _write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1,top5\n")
+    with pytest.raises(ConfigError, match="no epoch has finished"):
+        plotting.plot_run(str(tmp_path))
+    _write(tmp_path / "lr.csv", "epoch,step,lr\n0,0,0.1\n0,5,0.2\n")
+    drawn = []
+    monkeypatch.setattr(plotting, "draw_run", lambda *args, draw=plotting.draw_run, **kwargs: drawn.append(
+        draw(*args, **kwargs)) or drawn[-1])
+    assert plotting.plot_run(str(tmp_path)) == str(tmp_path / "curves.png")
+    loss, rates, acc = drawn[0].axes
+    assert [list(line.get_ydata()) for line in rates.get_lines()] == [[0.1, 0.2]]
+    assert [t.get_text() for t in loss.texts + acc.texts] == ["no epoch finished yet"] * 2
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_learning_rate_is_drawn_against_epochs_across_a_resume_with_another_batch_size(tmp_path):
     """Epoch 0 ran 4 iterations (logged at 0, 2, 3), the resumed epoch 1 ran 2 (-b doubled: the schedule restarts
     at step 2): on the global step the curve would go back; on the epoch axis it moves forward."""
