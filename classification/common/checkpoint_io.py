@@ -169,13 +169,43 @@ def _write_atomically(path: str, write: Callable[[BinaryIO], Any], suffix: str) 
         raise
 
 
+class _InterruptRecordingWriter:
+    """A binary file's ``write`` that remembers a KeyboardInterrupt raised in it (a second Ctrl-C during a save):
+    torch's stream writer turns any exception of a write into a RuntimeError, which would read as a failed write."""
+
+    def __init__(self, f: BinaryIO):
+        self.file, self.interrupt = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except KeyboardInterrupt as err:
+            self.interrupt = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(obj: Any, f: BinaryIO) -> None:
+    """``torch.save(obj, f)``; a KeyboardInterrupt during a write stays a KeyboardInterrupt."""
+    writer = _InterruptRecordingWriter(f)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError:
+        if writer.interrupt is not None:
+            raise writer.interrupt from None
+        raise
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: ``path`` is never left half written.
 
-    A failed write (disk full, file too large, permissions) raises :class:`CheckpointError` naming ``path``.
+    A failed write (disk full, file too large, permissions) raises :class:`CheckpointError` naming ``path``; Ctrl-C
+    during the write raises KeyboardInterrupt.
     """
     try:
-        _write_atomically(path, lambda f: torch.save(obj, f), '.pth.tar')
+        _write_atomically(path, lambda f: _torch_save(obj, f), '.pth.tar')
     except (OSError, RuntimeError) as err:  # torch's stream writer reports a failed write as RuntimeError
         raise CheckpointError(f'cannot write checkpoint {path}: {_first_line(err)}') from err
 

@@ -209,6 +209,39 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(tiny_ckpt, tmp_path, mo
     assert torch.load(target, map_location="cpu", weights_only=True)["epoch"] == 0
 
 
+@pytest.mark.parametrize("error, raised", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                           (OSError(28, "No space left on device"), CheckpointError)])
+def test_ctrl_c_inside_a_write_of_the_save_is_an_interrupt_not_a_failed_write(tmp_path, monkeypatch, error, raised):
+    """torch's stream writer turned the KeyboardInterrupt of a second Ctrl-C, raised in the file's write, into a
+    RuntimeError: the run ended with 'cannot write checkpoint ...: unexpected pos' (status 2) instead of 130. A
+    write that fails (a full disk) is still a CheckpointError. Either way no temporary file is left."""
+    real_fdopen, writes = os.fdopen, []
+
+    class FailingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            writes.append(len(data))
+            if len(writes) == 3:
+                raise error
+            return self.f.write(data)
+
+    monkeypatch.setattr(ckpt_mod.os, "fdopen", lambda *args: FailingFile(real_fdopen(*args)))
+    with pytest.raises(raised):
+        atomic_save({"weights": torch.zeros(1000)}, str(tmp_path / "last.pth.tar"))
+    assert len(writes) == 3 and os.listdir(tmp_path) == []
+
+
 def test_directions_file_must_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match="directions file not found: .*missing.yaml"):
         run(tmp_path, "--dataset", "digits", "--directions", str(tmp_path / "missing.yaml"))
