@@ -10,7 +10,8 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-from typing import Optional, Sequence
+import unicodedata
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -299,15 +300,33 @@ def _note_hidden_class_folders(split_dir: str, classes: Sequence[str]) -> None:
                        f"making {len(classes)} classes; remove them if they hold no class of your data")
 
 
+def _class_labels(classes: Sequence[str]) -> Callable[[str], Optional[int]]:
+    """The label of a folder name among `classes`: the class of that name, else the class whose name is the same
+    text in another Unicode normalization (a copy made on macOS names `café` with a combining accent, NFD, which
+    looks the same as the composed NFC name another system wrote); None for no class."""
+    index = {name: i for i, name in enumerate(classes)}
+    composed: dict[str, int] = {}
+    for name, i in index.items():
+        composed.setdefault(unicodedata.normalize("NFC", name), i)
+    return lambda name: index[name] if name in index else composed.get(unicodedata.normalize("NFC", name))
+
+
 def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
                        source: str = "the train split") -> tuple[list[tuple[str, int]], list[str]]:
-    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`): then folders of
-    other names that hold no image files (left by tools) are ignored, and the classes without images are logged."""
+    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`; a folder name
+    matches its class in any Unicode normalization): then folders of other names that hold no image files (left by
+    tools) are ignored, and the classes without images are logged."""
     found = class_folder_names(split_dir)
     defines_classes = classes is None
     if classes is None:
         classes = found
-    unknown = sorted(set(found) - set(classes))
+    label_of = _class_labels(classes)
+    unknown = sorted(name for name in found if label_of(name) is None)
+    renamed = [name for name in found if name not in unknown and classes[label_of(name)] != name]
+    if renamed:
+        logger.info(f"{split_dir}: the folders {renamed[:5]} are the classes "
+                    f"{[classes[label_of(name)] for name in renamed[:5]]} of {source} in another Unicode "
+                    f"normalization (as a copy made on macOS names them)")
     if unknown:
         empty = [name for name in unknown if not _image_files(os.path.join(split_dir, name), {}, [])]
         if len(empty) < len(unknown):
@@ -318,16 +337,15 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
         found = [name for name in found if name not in unknown]
     if defines_classes:
         _note_hidden_class_folders(split_dir, found)
-    index = {name: i for i, name in enumerate(classes)}
     guards = {os.path.realpath(split_dir): f"the split folder {split_dir}"}  # named first when a link holds it
     guards.update((os.path.realpath(os.path.join(split_dir, name)), f"the class folder {os.path.join(split_dir, name)}")
                   for name in found)
     samples, skipped, with_images = [], [], set()
     for name in found:
         before, folder = len(samples), os.path.join(split_dir, name)
-        samples += [(path, index[name]) for path in _image_files(folder, guards, skipped)]
+        samples += [(path, label_of(name)) for path in _image_files(folder, guards, skipped)]
         if len(samples) > before:
-            with_images.add(name)
+            with_images.add(label_of(name))
         elif defines_classes:
             raise DataError(f"class folder {folder} holds no image files: it would add a class that never "
                             f"appears in training; remove it or add images")
@@ -335,7 +353,7 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
     if not samples:
         raise DataError(f"no image files found under {split_dir}")
     if not defines_classes:
-        _note_unmeasured(split_dir, [name for name in classes if name not in with_images], len(classes))
+        _note_unmeasured(split_dir, [name for i, name in enumerate(classes) if i not in with_images], len(classes))
     return samples, list(classes)
 
 

@@ -503,6 +503,23 @@ def test_val_folders_without_images_are_ignored(tmp_path, localmamba_log):
         build_eval_dataset(parse_args(["--data-path", str(root), "-j", "0"]))
 
 
+def test_a_val_class_folder_in_another_unicode_normalization_is_its_train_class(tmp_path, localmamba_log):
+    """A val/ copied on macOS names `café` decomposed (NFD): it looks like the train class `café` (NFC) and was
+    refused as no class of the train split."""
+    import unicodedata
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert composed != decomposed
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("bee", composed, "eel"), per_class=2, val_per_class=1)
+    os.rename(root / "val" / composed, root / "val" / decomposed)
+    _, val_set = build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+    assert [(os.path.basename(os.path.dirname(p)), y) for p, y in val_set.samples] == [
+        ("bee", 0), (decomposed, 1), ("eel", 2)]
+    assert messages(localmamba_log, logging.INFO)[-1] == (
+        f"{root / 'val'}: the folders [{decomposed!r}] are the classes [{composed!r}] of the train split in another "
+        f"Unicode normalization (as a copy made on macOS names them)")
+
+
 def test_a_data_path_that_is_a_file_says_so(tmp_path):
     path = tmp_path / "train.tar"
     path.write_bytes(b"")
