@@ -25,6 +25,22 @@ class _BarAwareHandler(logging.StreamHandler):
             ProgressBar.active.redraw()
 
 
+class _Formatter(logging.Formatter):
+    """``%(asctime)s %(levelname)s %(message)s``, where bytes of a file name that are not UTF-8 (Python keeps them as
+    lone surrogates: a Latin-1 class folder from an old archive) are written as ``\\xNN``: a UTF-8 log file or
+    console cannot write them as they are."""
+
+    def __init__(self, datefmt: str):
+        super().__init__("%(asctime)s %(levelname)s %(message)s", datefmt=datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:   # a surrogate that stands for no byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") -> logging.Logger:
     """Console log on every rank (errors only off the main rank); on the main rank also `exp_dir/<prefix>_<time>.txt`
     (`log_` for training, `eval_` for tools/test.py), whose records wait in memory until `start_log_file`: a run
@@ -33,7 +49,7 @@ def setup_logging(exp_dir: Optional[str], is_main: bool, prefix: str = "log") ->
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.ERROR)
     console = _BarAwareHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    console.setFormatter(_Formatter(datefmt="%H:%M:%S"))
     logger.addHandler(console)
     if is_main and exp_dir:
         logger.addHandler(_PendingLogFile(os.path.join(exp_dir, f"{prefix}_{time.strftime('%Y%m%d_%H%M%S')}.txt")))
@@ -61,8 +77,8 @@ class _PendingLogFile(logging.handlers.MemoryHandler):
 
 def _log_file(path: str) -> logging.FileHandler:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%y-%m-%d %H:%M:%S"))
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_Formatter(datefmt="%y-%m-%d %H:%M:%S"))
     return handler
 
 

@@ -520,6 +520,32 @@ def test_a_val_class_folder_in_another_unicode_normalization_is_its_train_class(
         f"Unicode normalization (as a copy made on macOS names them)")
 
 
+def test_a_class_folder_name_that_is_not_utf8_is_logged_escaped(tmp_path, capsys):
+    """A Latin-1 folder name (`caf\\xe9`, from an old archive) is a class; logging it printed '--- Logging error ---'
+    with a UnicodeEncodeError traceback and left the line out of the log file."""
+    from classification.data import class_summary
+    from classification.engine.logs import setup_logging, start_log_file
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("bee", "eel"), per_class=2, val_per_class=1)
+    for split in ("train", "val"):
+        os.rename(os.path.join(os.fsencode(root), os.fsencode(split), b"eel"),
+                  os.path.join(os.fsencode(root), os.fsencode(split), b"caf\xe9"))
+    log = setup_logging(str(tmp_path / "run"), is_main=True)
+    try:
+        cfg = parse_args(["--data-path", str(root), "-j", "0"])
+        train_set, _ = build_datasets(cfg)
+        log.info(class_summary(train_set))
+        start_log_file(log)
+    finally:
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+    (log_file,) = (tmp_path / "run").iterdir()
+    assert log_file.read_text(encoding="utf-8").splitlines()[0].endswith("Classes: 2 (bee, caf\\xe9)")
+    out, err = capsys.readouterr()
+    assert "Logging error" not in err and out.splitlines()[-2].endswith("Classes: 2 (bee, caf\\xe9)")
+
+
 def test_a_data_path_that_is_a_file_says_so(tmp_path):
     path = tmp_path / "train.tar"
     path.write_bytes(b"")
