@@ -65,11 +65,12 @@ def flops_rows(names: List[str], img_size: int = 224, num_classes: Optional[int]
 
 
 def format_flops_table(rows: List[dict]) -> str:
-    """Rows of :func:`flops_row` as a text table (params in millions, GFLOPs in both conventions)."""
-    header = ("model", "img", "params (M)", "GFLOPs original", "GFLOPs fvcore+scan")
+    """Rows of :func:`flops_row` as a text table (exact parameter counts, as the README's model table gives them;
+    GFLOPs in both conventions)."""
+    header = ("model", "img", "params", "GFLOPs original", "GFLOPs fvcore+scan")
     lines = [list(header)]
     for row in rows:
         original = "-" if row["original"] is None else f"{row['original'] / 1e9:.3f}"
-        lines.append([row["model"], str(row["img_size"]), f"{row['params'] / 1e6:.2f}", original,
+        lines.append([row["model"], str(row["img_size"]), f"{row['params']:,}", original,
                       f"{row['fvcore'] / 1e9:.3f}"])
     return render_table(lines)

@@ -45,6 +45,13 @@ class FixedBatch(nn.Module):
         return self.net(torch.cat([images, images.new_zeros(missing, *images.shape[1:])]))[:images.shape[0]]
 
 
+def log_top5_meaning(log: logging.Logger, num_classes: int) -> None:
+    """Say that top-5 accuracy measures nothing for a model of 5 or fewer classes (timm's accuracy takes the top
+    min(5, classes): every image counts as right)."""
+    if num_classes <= 5:
+        log.info(f"The model has {num_classes} classes: its top-5 accuracy is 100 % by definition")
+
+
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int | None,
              log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: Optional[str] = None,
@@ -143,6 +150,7 @@ def test(cfg: Namespace) -> dict:
         log.info(f"Evaluating on the {len(val_set)} images of {cfg.data_path or cfg.dataset} (val) at --img-size "
                  f"{cfg.img_size}, --crop-pct {cfg.crop_pct}, --interpolation {cfg.interpolation}, in batches of "
                  f"{val_loader.batch_size} on {env.world_size} process(es)")
+        log_top5_meaning(log, cfg.num_classes)
         start_log_file(log)  # the inputs are checked: an evaluation refused before this leaves no eval log
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)

@@ -112,8 +112,8 @@ def _check_finite(run: Run, epoch: int, progress: EpochProgress, losses: list[fl
     run.non_finite_steps += 1
     if run.scaler is None or run.non_finite_steps >= NON_FINITE_STEPS_TO_STOP:
         raise run.stop_for_non_finite_loss(epoch, progress, not_finite)
-    run.log.warning(f"The training loss is not finite in epoch {epoch} after step {progress.step} of "
-                    f"{run.steps_per_epoch}: the GradScaler skips the step ({run.non_finite_steps} in a row; the "
+    run.log.warning(f"The training loss is not finite in epoch {epoch} after {run.epoch_position(progress.step)}: "
+                    f"the GradScaler skips the step ({run.non_finite_steps} in a row; the "
                     f"run stops at {NON_FINITE_STEPS_TO_STOP})")
 
 

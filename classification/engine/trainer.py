@@ -47,7 +47,7 @@ from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetun
 from .cli import RunInterrupted, TrainingDiverged
 from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, barrier, init_distributed, share_refusal, shutdown
-from .evaluate import validate
+from .evaluate import log_top5_meaning, validate
 from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, choose_run_folder, delete_previous_run,
                          finished_run, is_training_checkpoint, next_epoch, resolve_auto_resume,
                          start_branch)
@@ -81,6 +81,7 @@ class Run:
         log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
                  f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
         log.info(class_summary(train_set))
+        log_top5_meaning(log, cfg.num_classes)
         log.info(f"Kernel backends on {env.device}: {backend_summary(env.device)}")
         log_precision(log, env.device, cfg.amp, cfg.amp_eval, cfg.amp_dtype)
         if cfg.compile is not None:
@@ -169,7 +170,7 @@ class Run:
         if step is not None and step >= self.steps_per_epoch:  # stopped during the epoch's validation or writes
             self.log.info(f"Resumed {path}: the training of epoch {self.start_epoch} is done, validating it")
             return
-        at_step = f", step {step} of {self.steps_per_epoch}" if step is not None else ""
+        at_step = f", {self.epoch_position(step)}" if step is not None else ""
         self.log.info(f"Resumed {path}, starting training at epoch {self.start_epoch}{at_step}")
 
     def finetune(self, ckpt: dict, path: str) -> None:
@@ -288,6 +289,14 @@ class Run:
         log.info("\n".join([ranked] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%" for p, s in kept]))
         return metrics
 
+    def epoch_position(self, step: int) -> str:
+        """Where `step` batches of an epoch stand, for log lines: `step 4 of 10`; with --grad-accum-steps, whose log
+        lines count optimizer steps, `batch 4 of 10 (optimizer step 2 of 5)`."""
+        accum = self.cfg.grad_accum_steps
+        if accum == 1:
+            return f"step {step} of {self.steps_per_epoch}"
+        return f"batch {step} of {self.steps_per_epoch} (optimizer step {step // accum} of {self.updates_per_epoch})"
+
     def save_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
         """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it)."""
         self.manager.save_last(self.checkpoint_payload(epoch, progress))
@@ -296,8 +305,8 @@ class Run:
     def stop_mid_epoch(self, epoch: int, progress: EpochProgress, signum: int) -> RunInterrupted:
         """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it); returns the exception that ends the
         run."""
-        self.log.info(f"{signal.Signals(signum).name}: stopping in epoch {epoch} after step {progress.step} of "
-                      f"{self.steps_per_epoch}, saving {self.manager.path(LAST)}")
+        self.log.info(f"{signal.Signals(signum).name}: stopping in epoch {epoch} after "
+                      f"{self.epoch_position(progress.step)}, saving {self.manager.path(LAST)}")
         self.save_mid_epoch(epoch, progress)
         return self.interrupted(signum)
 
@@ -308,13 +317,14 @@ class Run:
         last = self.manager.path(LAST)
         if progress.step > 0:
             self.save_mid_epoch(epoch, progress)
-            saved = f"its training up to step {progress.step} is saved"
+            unit = "step" if self.cfg.grad_accum_steps == 1 else "batch"
+            saved = f"its training up to {unit} {progress.step} is saved"
         else:
             saved = "the epochs before it are saved"
         resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
                   else "nothing was trained yet")
-        self.log.error(f"Reading the training data of epoch {epoch} failed after step {progress.step} of "
-                       f"{self.steps_per_epoch}; {resume}")
+        self.log.error(f"Reading the training data of epoch {epoch} failed after "
+                       f"{self.epoch_position(progress.step)}; {resume}")
         if error is not None:
             return error
         return DataError(f"another rank could not read its training batch {progress.step} of epoch {epoch} (its "
@@ -327,7 +337,7 @@ class Run:
         last = self.manager.path(LAST)
         if progress.step > 0:
             self.save_mid_epoch(epoch, progress)
-        where = f"epoch {epoch} after step {progress.step} of {self.steps_per_epoch}"
+        where = f"epoch {epoch} after {self.epoch_position(progress.step)}"
         if self.non_finite_steps > 1:
             where += f", {self.non_finite_steps} steps in a row"
         if os.path.isfile(last):

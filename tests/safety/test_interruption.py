@@ -94,7 +94,7 @@ def test_a_run_with_accumulated_steps_stops_between_steps_and_resumes_exactly(tm
     train(parse_args([*ACCUMULATED, "--output", str(out), "--experiment", "run"]))
     proc, folder = signal_at(f"SIGTERM step {MID_EPOCH_1}", ACCUMULATED, tmp_path)
     assert proc.returncode == 143, proc.stderr[-2000:]
-    assert "SIGTERM: stopping in epoch 1 after step 6 of 10" in proc.stdout
+    assert "SIGTERM: stopping in epoch 1 after batch 6 of 10 (optimizer step 3 of 5)" in proc.stdout  # as logged
     assert ("--grad-accum-steps 2: an optimizer step of 2 batches of 128 on each of 1 process(es), 256 images; 5 steps "
             "an epoch (its last 1 batch(es) not trained)") in proc.stdout
     ckpt = load(folder / "last.pth.tar")
@@ -104,6 +104,8 @@ def test_a_run_with_accumulated_steps_stops_between_steps_and_resumes_exactly(tm
         resume([*ACCUMULATED, "--grad-accum-steps", "1"], folder)
     resume(ACCUMULATED, folder)
     assert_same_run(snapshot(folder), snapshot(out / "run"))
+    assert "starting training at epoch 1, batch 6 of 10 (optimizer step 3 of 5)" in "".join(
+        path.read_text() for path in folder.glob("log_*.txt"))
     # --log-interval 2: optimizer steps 0, 2 and 4 (the last) of each epoch
     assert [row[:2] for row in rows(out / "run" / "lr.csv")[1:]] == [
         ["0", "0"], ["0", "2"], ["0", "4"], ["1", "5"], ["1", "7"], ["1", "9"]]

@@ -423,6 +423,7 @@ def test_the_training_log_names_the_classes(tmp_path):
     assert " INFO Classes: 12 (c00, c01, c02, c03, c04, c05, c06, c07, c08, c09, ...)\n" in log
     assert f" INFO --num-classes 14 is more than the 12 classes of {root}: outputs 12 to 13 have no training data\n" \
         in log
+    assert "top-5" not in log
     from classification.data.builders import class_summary
     from classification.data.image_list import ImageListDataset
 
@@ -518,6 +519,17 @@ def test_a_val_class_folder_in_another_unicode_normalization_is_its_train_class(
     assert messages(localmamba_log, logging.INFO)[-1] == (
         f"{root / 'val'}: the folders [{decomposed!r}] are the classes [{composed!r}] of the train split in another "
         f"Unicode normalization (as a copy made on macOS names them)")
+
+
+def test_top5_of_five_classes_or_fewer_is_said_to_be_100_percent(tmp_path):
+    """timm's accuracy takes the top min(5, classes): a 3-class run logged 'Top-5: 100.000%' with no word why."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("bee", "cat", "eel"), per_class=2, val_per_class=1)
+    metrics = train(parse_args([*TINY_MODEL, "--data-path", str(root), "-b", "2", "-j", "0", "--epochs", "1",
+                                "--output", str(tmp_path / "out"), "--experiment", "run"]))
+    log = next((tmp_path / "out" / "run").glob("log_*.txt")).read_text()
+    assert " INFO The model has 3 classes: its top-5 accuracy is 100 % by definition\n" in log
+    assert metrics["top5"] == 100.0
 
 
 def test_a_class_folder_name_that_is_not_utf8_is_logged_escaped(tmp_path, capsys):
