@@ -88,8 +88,11 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
                                     True, world_size, rank, cfg.seed)
         if len(train_loader) < cfg.grad_accum_steps:
             step = "one batch" if cfg.grad_accum_steps == 1 else f"--grad-accum-steps {cfg.grad_accum_steps} batches"
+            fit = len(train) // (world_size * cfg.grad_accum_steps)
+            remedy = (f"give -b {fit} or less" if fit else "use fewer processes") + (
+                " (or fewer --grad-accum-steps)" if cfg.grad_accum_steps > 1 else "")
             raise DataError(f"{len(train)} training images are fewer than {step} of {cfg.batch_size} on each of "
-                            f"{world_size} process(es)")
+                            f"{world_size} process(es): {remedy}")
     val_batch = max(1, int(cfg.batch_size * cfg.val_batch_size_multiplier))
     val_loader = build_loader(val, build_transform(cfg, training=False), val_batch, cfg.workers, False,
                               world_size, rank, cfg.seed)

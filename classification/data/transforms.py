@@ -64,7 +64,10 @@ def check_auto_augment(aa: str | None, impl: str = "original") -> None:
         else:
             create_transform(input_size=32, is_training=True, auto_augment=aa)
     except (ValueError, AssertionError, KeyError) as err:
-        raise DataError(f"--aa {aa!r}: {err}") from None
+        known = (" (policies: 'rand-m9-mstd0.5' as the recipe, or any 'rand-...'; 'augmix-...'; timm's "
+                 "AutoAugment policies 'original', 'originalr', 'v0', 'v0r', '3a')"
+                 if str(err).startswith("Unknown AA policy") else "")
+        raise DataError(f"--aa {aa!r}: {err}{known}") from None
 
 
 def build_transform(cfg: Namespace, training: bool) -> Callable:

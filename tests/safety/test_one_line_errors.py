@@ -53,7 +53,10 @@ def assert_error(result, message):
     (["--experiment", "./"], "--experiment must name a folder inside --output"),
     (["--aa", "rand-inc1-m9"], "--aa 'rand-inc1-m9': unknown RandAugment section 'inc1'"),
     (["--aa", "rand-m9-w1"], "--aa 'rand-m9-w1': only the weight set w0 exists"),
-    (["--aa", "foo", "--aa-impl", "timm"], "--aa 'foo': Unknown AA policy foo"),
+    (["--aa", "foo", "--aa-impl", "timm"], "--aa 'foo': Unknown AA policy foo (policies: 'rand-m9-mstd0.5' as the "
+                                           "recipe, or any 'rand-...'; 'augmix-...'; timm's AutoAugment policies "
+                                           "'original', 'originalr', 'v0', 'v0r', '3a')"),
+    (["--aa", "autoaug"], "--aa 'autoaug': Unknown AA policy autoaug (policies: "),
     (["--aa", "rand-x9", "--aa-impl", "timm"], "--aa 'rand-x9': "),
 ])
 def test_bad_flags(flags, message, monkeypatch, capsys, tmp_path):

@@ -282,10 +282,13 @@ def test_too_few_batches_for_one_step_are_refused_before_the_run_folder(tmp_path
     --output folder it created above its run folder (that one was left behind, empty)."""
     root = tmp_path / "data"
     make_meta_tree(str(root), classes=2, per_class=4, val_per_class=1)
-    with pytest.raises(DataError, match=r"8 training images are fewer than --grad-accum-steps 3 batches of 4 on "
-                                        r"each of 1 process\(es\)"):
+    with pytest.raises(DataError, match=r"^8 training images are fewer than --grad-accum-steps 3 batches of 4 on "
+                                        r"each of 1 process\(es\): give -b 2 or less \(or fewer --grad-accum-steps\)$"):
         run(tmp_path, "--data-path", str(root), "--grad-accum-steps", "3")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match=r"^8 training images are fewer than one batch of 16 on each of 1 "
+                                        r"process\(es\): give -b 8 or less$"):
+        run(tmp_path, "--data-path", str(root), "-b", "16")
     with pytest.raises(ConfigError, match=r"--grad-accum-steps must be in \[1, inf\), got 0"):
         parse_args(["--grad-accum-steps", "0"])
 
