@@ -81,6 +81,12 @@ def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_p
     one = run('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
     assert one.returncode == 2 and 'error: --example-batch must be 2 or more' in one.stderr
     assert not os.path.exists(tmp_path / 'one.onnx')
+    inside_a_file = run('--onnx', str(existing / 'sub' / 'm.onnx'), '--exporter', 'torchscript')
+    assert (inside_a_file.returncode, inside_a_file.stdout, inside_a_file.stderr.strip().splitlines()[-1]) == (
+        2, '', f'error: cannot write {existing / "sub" / "m.onnx"}: {existing} is a file, not a folder')
+    unoptimised = run('--onnx', str(tmp_path / 'one.onnx'), '--exporter', 'torchscript', '--optimize')
+    assert unoptimised.returncode == 2 and unoptimised.stderr.strip().splitlines()[-1] == (
+        'error: --optimize optimises the dynamo export, not the torchscript one: drop it, or give --exporter dynamo')
     done = run('--onnx', str(existing), '--exporter', 'torchscript', '--overwrite')
     assert done.returncode == 0, done.stderr
     assert 'onnxruntime vs the model, batch 3: largest difference of the outputs' in done.stdout
@@ -103,10 +109,11 @@ def test_without_img_size_the_export_takes_the_runs_size_and_bad_flags_come_firs
 
     one = run('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
     assert one.returncode == 2 and one.stdout == '' and 'error: --example-batch must be 2 or more' in one.stderr
-    done = run('--onnx', str(tmp_path / 'm.onnx'), '--exporter', 'torchscript', '--no-check')
-    assert done.returncode == 0, done.stderr
+    done = run('--onnx', str(tmp_path / 'new' / 'm.onnx'), '--exporter', 'torchscript', '--no-check')
+    assert done.returncode == 0, done.stderr     # the missing folder is made (its staging folder went there first)
     assert (f'Exporting local_vssm_tiny at 28x28 (the size its run was trained at) with {path} to '
-            f'{tmp_path / "m.onnx"}') in done.stdout
+            f'{tmp_path / "new" / "m.onnx"}') in done.stdout
+    assert os.listdir(tmp_path / 'new') == ['m.onnx']
     args = parse_args(flags, evaluation=True)
     torch.save(ckpt, path)                                  # no recorded config: the dataset's default
     assert onnx_export.resolve_export_size(args) == "--dataset imagenet's default size" and args.img_size == 224

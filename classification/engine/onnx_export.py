@@ -31,10 +31,14 @@ def onnx_files(path: str) -> list[str]:
     return [path, path + ".data"]
 
 
-def check_export_options(exporter: str, example_batch: int, check: bool) -> None:
-    """Refuse an unknown exporter, an example batch below 2, or a missing package, naming the fix."""
+def check_export_options(exporter: str, example_batch: int, check: bool, optimize: bool = False) -> None:
+    """Refuse an unknown exporter, an example batch below 2, --optimize without the dynamo exporter, or a missing
+    package, naming the fix."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"--exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if optimize and exporter != "dynamo":
+        raise ConfigError(f"--optimize optimises the dynamo export, not the {exporter} one: drop it, or give "
+                          f"--exporter dynamo")
     if example_batch < 2:
         raise ConfigError(f"--example-batch must be 2 or more (torch.export fixes a batch of 1), got {example_batch}")
     if exporter == "dynamo" and (importlib.util.find_spec("onnxscript") is None or torch.__version__ < "2.8"):
@@ -118,6 +122,23 @@ def load_model(cfg: Namespace, ema: bool) -> nn.Module:
     return model.eval()
 
 
+def check_onnx_path(path: str, overwrite: bool) -> str:
+    """Refuse an ONNX file name that does not end in .onnx, files of an earlier export there (unless ``overwrite``),
+    or a folder that cannot be made because a file stands in its way; returns the folder (made when written)."""
+    if not path.endswith(".onnx"):
+        raise ConfigError(f"the ONNX file's name must end in .onnx, got {path!r}")
+    present = [name for name in onnx_files(path) if os.path.exists(name)]
+    if present and not overwrite:
+        raise ConfigError(f"{present[0]} exists: give --overwrite to replace it, or another path")
+    folder = os.path.dirname(os.path.abspath(path))
+    above = folder
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise ConfigError(f"cannot write {path}: {above} is a file, not a folder")
+    return folder
+
+
 def export(cfg: Namespace, path: str, exporter: str, example_batch: int, check: bool, overwrite: bool,
            ema: bool, optimize: bool = False) -> dict[str, Any]:
     """Export ``cfg.model`` (with ``cfg.resume``'s weights) to ``path``; returns the facts to report: seconds, the
@@ -125,15 +146,12 @@ def export(cfg: Namespace, path: str, exporter: str, example_batch: int, check: 
     and with ``check`` onnxruntime's largest difference from the model at batch ``CHECK_BATCH``.
 
     The files are written in a staging folder beside ``path`` and moved there when complete (an interrupted or
-    failed export leaves an existing file as it was); the weights' file keeps its name, which the model refers to."""
-    if not path.endswith(".onnx"):
-        raise ConfigError(f"the ONNX file's name must end in .onnx, got {path!r}")
-    check_export_options(exporter, example_batch, check)
-    present = [name for name in onnx_files(path) if os.path.exists(name)]
-    if present and not overwrite:
-        raise ConfigError(f"{present[0]} exists: give --overwrite to replace it, or another path")
+    failed export leaves an existing file as it was); the weights' file keeps its name, which the model refers to.
+    Missing folders of ``path`` are made."""
+    check_export_options(exporter, example_batch, check, optimize)
+    folder = check_onnx_path(path, overwrite)
     model = load_model(cfg, ema)
-    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as staging:
         staged = os.path.join(staging, os.path.basename(path))
         start = time.perf_counter()
@@ -144,8 +162,9 @@ def export(cfg: Namespace, path: str, exporter: str, example_batch: int, check: 
         written = [name for name in onnx_files(staged) if os.path.exists(name)]
         report["bytes"] = sum(os.path.getsize(name) for name in written)
         report["files"] = [os.path.join(os.path.dirname(path), os.path.basename(name)) for name in written]
-        for name in present:
-            os.remove(name)
+        for name in onnx_files(path):   # an earlier export's files (--overwrite), its weights' file too
+            if os.path.exists(name):
+                os.remove(name)
         for name in written:
             os.replace(name, os.path.join(folder, os.path.basename(name)))
     return report
