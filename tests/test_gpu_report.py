@@ -117,6 +117,18 @@ def test_report_gives_markdown_tables_and_names_what_was_not_measured(tmp_path):
     assert text.count("NOT MEASURED") == 14
 
 
+def test_the_targets_of_a_cpu_run_are_not_judged(logs):
+    """The logs above are of a CPU run (the e2e runner's header says device cpu): a rehearsal's figures were graded
+    against the GPU targets. The same figures from a GPU's log are."""
+    cpu = report(logs).splitlines()
+    assert cpu[0] == ("Targets (issue 12), not judged: these logs are of a CPU run, and the targets are for an "
+                      "H100 / H200:")
+    assert cpu[1].startswith("NOT JUDGED    local_vssm_tiny fp32 inference b64: 0.650x")
+    assert not any(line.startswith(("MEETS", "MISSES")) for line in cpu)
+    gpu = report([text.replace("  device cpu  ", "  device NVIDIA H200  ") for text in logs]).splitlines()
+    assert gpu[0] == "Targets (issue 12):" and gpu[1].startswith("MEETS         local_vssm_tiny fp32 inference b64")
+
+
 def test_report_carries_the_mixer_timings(logs):
     assert "| multi_scan_inner [deterministic] | fp32 | 64 | fwd+bwd | 1.500 | 1.20x |" in report(logs)
 
@@ -136,3 +148,9 @@ def test_the_tool_prints_the_report_of_its_logs_and_refuses_a_missing_one(logs, 
     missing = subprocess.run([sys.executable, str(tool), "--report", str(tmp_path / "nope.log")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no such log: ")
+    binary = tmp_path / "model.ckpt"
+    binary.write_bytes(b"PK\x03\x04\x80\xff" * 20)
+    for path, message in ((binary, f"not a --e2e log (no '===== <check>' output in it): {binary}"),
+                          (tmp_path, f"--report takes log files, not folders: {tmp_path}")):
+        refused = subprocess.run([sys.executable, str(tool), "--report", str(path)], capture_output=True, text=True)
+        assert (refused.returncode, refused.stderr.strip()) == (2, f"error: {message}")

@@ -92,13 +92,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if error:
         return _refuse(error)
     if args.report:
+        folders = [path for path in args.report if os.path.isdir(path)]
+        if folders:
+            return _refuse(f"--report takes log files, not folders: {', '.join(folders)}")
         missing = [path for path in args.report if not os.path.isfile(path)]
         if missing:
             return _refuse(f"no such log: {', '.join(missing)}")
         texts = []
         for path in args.report:
-            with open(path, encoding="utf-8") as f:
-                texts.append(f.read())
+            with open(path, "rb") as f:
+                texts.append(f.read().decode("utf-8", errors="replace"))
         not_e2e = [path for path, text in zip(args.report, texts) if not read_sections([text])]
         if not_e2e:
             return _refuse(f"not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
