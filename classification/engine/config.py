@@ -439,6 +439,9 @@ def check_ranges(args: argparse.Namespace) -> None:
     if args.rewind and args.branch:
         raise ConfigError("--rewind continues a run in its own folder and --branch in a new one: give only one of "
                           "them")
+    if args.dataset == "digits" and args.data_path:
+        raise ConfigError(f"--data-path {args.data_path}: --dataset digits is scikit-learn's bundled images and "
+                          f"reads no folder; for your images give --dataset imagenet (class folders or meta lists)")
 
 
 def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:

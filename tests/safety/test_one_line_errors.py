@@ -57,6 +57,8 @@ def assert_error(result, message):
                                            "recipe, or any 'rand-...'; 'augmix-...'; timm's AutoAugment policies "
                                            "'original', 'originalr', 'v0', 'v0r', '3a')"),
     (["--aa", "autoaug"], "--aa 'autoaug': Unknown AA policy autoaug (policies: "),
+    (["--data-path", "mine"], "--data-path mine: --dataset digits is scikit-learn's bundled images and reads no "
+                              "folder; for your images give --dataset imagenet (class folders or meta lists)"),
     (["--aa", "rand-x9", "--aa-impl", "timm"], "--aa 'rand-x9': "),
 ])
 def test_bad_flags(flags, message, monkeypatch, capsys, tmp_path):
