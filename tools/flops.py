@@ -1,8 +1,8 @@
 """Parameters and FLOPs of models: `python tools/flops.py MODEL [MODEL ...] [--img-size 224] [--num-classes N]`.
 
 A searched or resized model is counted as it was trained: `--directions FILE` (a directions.yaml written by
-tools/vis_search_prob.py) and `--model-kwargs KEY=VALUE ...` (e.g. `embed_dim=96 depth=12`) build every MODEL with
-them.
+tools/vis_search_prob.py) and `--model-kwargs KEY=VALUE ...` (e.g. `embed_dim=96`; another `depth` needs
+`--directions` of that many layers, or a `*_search` supernet) build every MODEL with them.
 
 Two conventions, both counting one multiply-add as one FLOP:
 
@@ -38,7 +38,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument('--num-classes', type=int, default=None,
                         help='classifier size (0: none; default: the model\'s)')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValueAction, metavar='KEY=VALUE',
-                        help='keyword arguments for the model constructor (e.g. embed_dim=96 depth=12)')
+                        help='keyword arguments for the model constructor (e.g. embed_dim=96; depth=12 with '
+                             '--directions of 12 layers)')
     parser.add_argument('--directions', default=None,
                         help='directions.yaml written by tools/vis_search_prob.py (one list per layer)')
     args = parser.parse_args(argv)

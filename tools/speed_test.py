@@ -66,8 +66,10 @@ def main() -> None:
         parser.error("--model is required (or a config with a model key)")
     batch = _first_given(args.batch_size, defaults.get("batch_size"), 128)
     img_size = _first_given(args.img_size, defaults.get("img_size"), 224)
-    if min(batch, img_size, args.iters) < 1 or args.warmup_iters < 0:
-        parser.error("batch size, image size and --iters must be positive, --warmup-iters not negative")
+    for flag, value, least in (("-b/--batch-size", batch, 1), ("--img-size", img_size, 1), ("--iters", args.iters, 1),
+                               ("--warmup-iters", args.warmup_iters, 0)):
+        if value < least:
+            parser.error(f"{flag} must be {least} or more, got {value}")
     if args.threads is not None and args.threads < 0:
         parser.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
     threads = (args.threads if args.threads is not None else defaults.get("threads")) or None  # 0: torch's default

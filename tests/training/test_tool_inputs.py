@@ -124,8 +124,7 @@ def test_speed_test_checks_its_config_as_train_does(tmp_path, monkeypatch, capsy
 def test_speed_test_refuses_batch_zero_on_the_command_line(monkeypatch, capsys):
     code, line = run_tool(monkeypatch, capsys, "tools/speed_test.py", "--model", "local_vim_tiny", "-b", "0",
                           "--img-size", "32", *QUICK_SPEED_TEST)
-    assert code == 2 and line.endswith("error: batch size, image size and --iters must be positive, --warmup-iters "
-                                       "not negative")
+    assert code == 2 and line.endswith("error: -b/--batch-size must be 1 or more, got 0")
 
 
 # --- tools/plot_log.py ---
