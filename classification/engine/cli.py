@@ -67,6 +67,8 @@ def _debugging(argv: Sequence[str]) -> bool:
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and not isinstance(err, (ConfigError, DataError, CheckpointError)) and err.strerror:
         where = f": {err.filename}" if err.filename else ""
+        if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:   # os.makedirs met a file
+            where += " (a file stands where the path needs a folder)"
         return f"{err.strerror}{where}"
     text = str(err)
     if text.startswith("Caught ") and "\nOriginal Traceback" in text:

@@ -133,6 +133,8 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
         metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."
     out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) or out.endswith(os.sep) else out)
+    if not metrics_path.endswith(".csv"):
+        raise ConfigError(f"{metrics_path} is not a run's {METRICS_CSV}: give the run's folder or its {METRICS_CSV}")
     m = read_csv(metrics_path, allow_empty=True)
     _require(m, METRICS_COLUMNS, metrics_path)
     lr_path = os.path.join(os.path.dirname(metrics_path), LR_CSV)

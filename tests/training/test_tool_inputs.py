@@ -140,7 +140,23 @@ def test_plot_log_refuses_an_output_format_up_front(tmp_path, monkeypatch, capsy
 def test_plot_log_refuses_a_binary_file_in_one_line(tmp_path, monkeypatch, capsys):
     ckpt = checkpoint(tmp_path)
     code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", ckpt, "--out", str(tmp_path / "c.png"))
-    assert code == 2 and line.startswith(f"error: {ckpt} is not a CSV text file (")
+    assert (code, line) == (2, f"error: {ckpt} is not a run's metrics.csv: give the run's folder or its metrics.csv")
+    binary = tmp_path / "metrics.csv"
+    binary.write_bytes(open(ckpt, "rb").read())
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", str(binary), "--out", str(tmp_path / "c.png"))
+    assert code == 2 and line.startswith(f"error: {binary} is not a CSV text file (")
+
+
+def test_plot_log_refuses_a_run_log_and_an_output_below_a_file_in_one_line(tmp_path, monkeypatch, capsys):
+    """A run's log_*.txt was read as CSV ('line 3: could not convert string to float'); --out below a file said
+    only 'File exists'."""
+    log = write(tmp_path / "log_20261205_070000.txt", "26-12-05 07:00:00 INFO Logging to x\n" * 3)
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", log)
+    assert (code, line) == (2, f"error: {log} is not a run's metrics.csv: give the run's folder or its metrics.csv")
+    metrics = write(tmp_path / "metrics.csv", METRICS)
+    in_the_way = write(tmp_path / "plots", "")
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", metrics, "--out", f"{in_the_way}/c.png")
+    assert (code, line) == (2, f"error: File exists: {in_the_way} (a file stands where the path needs a folder)")
 
 
 def test_plot_log_prints_the_file_it_wrote_for_a_name_without_extension(tmp_path, monkeypatch, capsys):
