@@ -110,7 +110,11 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--op', 'scan', '--backends', 'cpuu'], "'cpuu'"),
     (['--op', 'scan', '--backends', 'triton'], 'triton'),  # not available for a CPU tensor
     (['--op', 'scan', '--device', 'foo'], "'foo'"),
-    (['--op', 'scan', '--sweep', '224'], '--sweep needs --model'),
+    (['--op', 'scan', '--sweep', '224'], '--sweep is a flag of --model, not of --op'),
+    (['--op', 'scan', '--img-size', '32'], '--img-size is a flag of --model, not of --op'),
+    (['--model', 'local_vim_tiny', '--dim', '4'], '--dim is a flag of --op, not of --model'),
+    (['--model', 'local_vim_tiny', '--no-backward'], '--no-backward is a flag of --op, not of --model'),
+    (['--model', 'local_vim_tiny', '--sweep-batch', '2'], '--sweep-batch is the batch of --sweep: give --sweep'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '0'], '--sweep must be at least 1'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--sweep-batch', '0'], '--sweep-batch must be at least 1'),
     (['--model', 'local_vim_tiny', '--plot', 'sweep.png'], '--plot draws a resolution sweep: give --sweep SIZE'),

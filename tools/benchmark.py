@@ -55,22 +55,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="--model: training-step batch (default 8; 0: skip)")
     parser.add_argument("--sweep", type=int, nargs="+", default=None, metavar="SIZE",
                         help="--model: inference at each of these image sizes instead (a resolution sweep)")
-    parser.add_argument("--sweep-batch", type=int, default=1, help="--sweep: batch size")
+    parser.add_argument("--sweep-batch", type=int, default=None, help="--sweep: batch size (default 1)")
     parser.add_argument("--plot", default=None, help="--sweep: also draw the sweep into this PNG file")
     parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                         help="--model: time inference under torch.compile in this mode (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--dim", type=int, default=384, help="channels (E, the inner width; 384 for LocalVim-T)")
-    parser.add_argument("--seqlen", type=int, default=196)
-    parser.add_argument("--dstate", type=int, default=16)
-    parser.add_argument("--width", type=int, default=4, help="conv1d kernel width")
+    parser.add_argument("--batch", type=int, default=None, help="--op: batch (default 8)")
+    parser.add_argument("--dim", type=int, default=None,
+                        help="--op: channels (E, the inner width; default 384, LocalVim-T's)")
+    parser.add_argument("--seqlen", type=int, default=None, help="--op: sequence length (default 196)")
+    parser.add_argument("--dstate", type=int, default=None, help="--op: state size (default 16)")
+    parser.add_argument("--width", type=int, default=None, help="--op: conv1d kernel width (default 4)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 10 for --op, 5 for --model)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: unchanged")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the activations")
-    parser.add_argument("--backends", nargs="*", default=None, help="subset of backends to time (plus reference)")
-    parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    parser.add_argument("--backends", nargs="*", default=None,
+                        help="--op: subset of backends to time (plus reference)")
+    parser.add_argument("--no-backward", action="store_true", help="--op: time the forward pass only")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
     try:
@@ -95,6 +97,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sweep and given:
         parser.error(f"{given[0]} sets the batch table, not --sweep (its sizes are the sweep's; its batch is "
                      "--sweep-batch)")
+    op_flags = {"--batch": args.batch, "--dim": args.dim, "--seqlen": args.seqlen, "--dstate": args.dstate,
+                "--width": args.width, "--backends": args.backends, "--no-backward": args.no_backward or None}
+    model_flags = {**table_flags, "--sweep": args.sweep, "--sweep-batch": args.sweep_batch, "--compile": args.compile}
+    wrong = [flag for flag, value in (op_flags if args.model else model_flags).items() if value is not None]
+    if wrong:
+        parser.error(f"{wrong[0]} is a flag of --{'op' if args.model else 'model'}, not of --"
+                     f"{'model' if args.model else 'op'}")
+    if args.sweep_batch is not None and not args.sweep:
+        parser.error("--sweep-batch is the batch of --sweep: give --sweep SIZE ...")
+    for flag, default in (("batch", 8), ("dim", 384), ("seqlen", 196), ("dstate", 16), ("width", 4),
+                          ("sweep_batch", 1)):
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     args.img_size = 224 if args.img_size is None else args.img_size
     args.batch_sizes = [1, 8] if args.batch_sizes is None else args.batch_sizes
     args.train_batch = 8 if args.train_batch is None else args.train_batch
@@ -114,8 +129,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for flag, value, low in lows:
         if value < low:
             parser.error(f"{flag} must be at least {low}")
-    if args.sweep and not args.model:
-        parser.error("--sweep needs --model")
     if args.plot and not args.sweep:
         parser.error("--plot draws a resolution sweep: give --sweep SIZE ...")
     if args.sweep:
