@@ -59,6 +59,11 @@ def _argument_error(args: argparse.Namespace) -> Optional[str]:
     given = [flag for flag, present in e2e_options.items() if present]
     if given and not args.e2e:
         return f"{given[0]} needs --e2e"
+    if args.budget is not None and args.budget <= 0:
+        return f"--budget must be a positive number of seconds, got {args.budget:g}"
+    runs = [flag for flag, present in (("--e2e", args.e2e), ("--sweep", args.sweep)) if present]
+    if args.report and runs:
+        return f"--report reads logs and runs nothing: drop {runs[0]}"
     if args.plot and not args.report:
         return "--plot draws the sweep of --report logs: give --report LOG ..."
     return output_file_problem("--plot", args.plot) if args.plot else None
