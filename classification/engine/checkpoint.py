@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
-from ..models.directions import CANDIDATES, directions_difference, load_directions, scan_directions
+from ..models.directions import (CANDIDATES, checkpoint_candidates, directions_difference, load_directions,
+                                 scan_directions)
 
 logger = logging.getLogger("localmamba")
 
@@ -87,10 +88,10 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     saved_name = ckpt.get("model_name")
     if saved_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} is a checkpoint of {saved_name}, not of {model_name}: give --model {saved_name}")
-    saved_candidates, own_candidates = ckpt.get("candidates"), saved_search_candidates(model)
+    saved_candidates, own_candidates = checkpoint_candidates(ckpt), saved_search_candidates(model)
     if saved_candidates is None and "directions" in ckpt and ckpt["directions"] is None:
-        saved_candidates = list(CANDIDATES)   # a supernet's checkpoint from before candidates= searched the original 8
-    if saved_candidates is not None and own_candidates is not None and saved_candidates != own_candidates:
+        saved_candidates = CANDIDATES   # a supernet's checkpoint that records no candidates searched the original 8
+    if saved_candidates is not None and own_candidates is not None and list(saved_candidates) != own_candidates:
         raise CheckpointError(f"{path} is a search over the candidates {' '.join(saved_candidates)}, this model "
                               f"searches over {' '.join(own_candidates)}: give --model-kwargs "
                               f"\"candidates=[{', '.join(saved_candidates)}]\", as its run did")

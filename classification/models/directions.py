@@ -162,6 +162,17 @@ def validate_candidates(candidates: Sequence[str], source: str = 'candidates') -
     return tuple(candidates)
 
 
+def checkpoint_candidates(ckpt: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
+    """The candidates a checkpoint's supernet searched over: its `candidates` entry (our training checkpoints and the
+    files `convert_ckpt.py` writes of them), else `candidates` in its run's `model_kwargs` (checkpoints written before
+    that entry); None when it says neither (a released file)."""
+    found = ckpt.get("candidates")
+    if found is None:
+        model_kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
+        found = model_kwargs.get("candidates") if isinstance(model_kwargs, Mapping) else None
+    return None if found is None else tuple(str(name) for name in found)
+
+
 def resolve_candidates(candidates: Optional[Sequence[str]], is_search: bool) -> Optional[tuple[str, ...]]:
     """A model's ``candidates`` argument as its checked search set: :data:`CANDIDATES` when None; None for a model
     with fixed directions, which refuses candidates (ValueError)."""

@@ -15,23 +15,12 @@ import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..common.plots import pyplot
-from ..models.directions import CANDIDATES, load_directions, save_directions
+from ..models.directions import CANDIDATES, checkpoint_candidates, load_directions, save_directions
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from ..models.scan_maps import parse_direction
 from .probs import chosen_directions, layer_probabilities
 
 logger = logging.getLogger("localmamba")
-
-
-def checkpoint_candidates(ckpt: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
-    """The candidates a checkpoint's supernet searched over: its `candidates` entry (our training checkpoints and the
-    files `convert_ckpt.py` writes of them), else `candidates` in its run's `model_kwargs` (checkpoints written before
-    that entry); None when it says neither (a released file)."""
-    found = ckpt.get("candidates")
-    if found is None:
-        model_kwargs = (ckpt.get("config") or {}).get("model_kwargs") or {}
-        found = model_kwargs.get("candidates") if isinstance(model_kwargs, Mapping) else None
-    return None if found is None else tuple(str(name) for name in found)
 
 
 def _is_known_direction(name: str) -> bool:

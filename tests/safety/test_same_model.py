@@ -179,6 +179,15 @@ def test_a_supernet_checkpoint_from_before_candidates_were_saved_searched_the_or
     with pytest.raises(CheckpointError, match=r"^x is a search over the candidates h h_flip v v_flip w2 w2_flip w7 "
                                               r"w7_flip, this model searches over .* w5_flip"):
         check_same_model(others, "local_vim_tiny_search", old, "x")
+    # its run's model_kwargs name the candidates (as vis_search_prob.py reads them): those, not the original 8
+    three = ["h", "v_flip", "w3"]
+    recorded = dict(old, config={"model_kwargs": {"candidates": three}})
+    check_same_model(timm.create_model("local_vim_tiny_search", candidates=three, **SMALL), "local_vim_tiny_search",
+                     recorded, "x")
+    with pytest.raises(CheckpointError, match=r"^x is a search over the candidates h v_flip w3, this model searches "
+                                              r"over h v w3"):
+        check_same_model(timm.create_model("local_vim_tiny_search", candidates=["h", "v", "w3"], **SMALL),
+                         "local_vim_tiny_search", recorded, "x")
 
 
 def test_resume_refuses_a_supernet_of_other_candidates(tmp_path):
