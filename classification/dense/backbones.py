@@ -221,7 +221,8 @@ class MM_LocalVim(DenseBackbone):
 class MM_LocalVSSM(DenseBackbone):
     """LocalVMamba backbone: LayerNorm'd outputs of the stages in ``out_indices`` (before their downsampling).
 
-    Stage i gives (B, dims[i], H/4/2^i, W/4/2^i) (strides 4/8/16/32). Other keyword arguments are those of
+    Stage i gives (B, dims[i], h_i, w_i) (strides 4/8/16/32): h_0 = floor(H / 4), each later stage ceil(h_{i-1} / 2)
+    (the same for w). Other keyword arguments are those of
     :class:`~classification.models.local_vmamba.VSSM`; ``mlp_ratio``, ``downsample_version`` and
     ``patchembed_version`` are accepted for the original configs and must keep the only values it supports.
     """

@@ -2,7 +2,9 @@
 
 A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler` (as the original) plus `scheduler`,
 `rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
-`model_name`, `directions` (the scan directions per layer, see `scan_directions`) and `config` for exact resume. A
+`model_name`, `directions` (the scan directions per layer, see `scan_directions`), `candidates` (a search supernet's,
+else None), `classes` (the class folders' names, else None), `train_images`, `steps_per_epoch` (batches an epoch
+trains) and `config` for exact resume. A
 run stopped by a signal in the middle of an epoch writes `last.pth.tar` alone, marked by `step` (the batches done in
 `epoch`, the epoch in progress) and holding `train_loss_sums` (each rank's running [loss sum, sample count]); in an
 epoch-end checkpoint both are None (absent in older files) and `epoch` is the epoch it finished. Every value is a
@@ -237,11 +239,11 @@ class CheckpointManager:
         return self.ckpts
 
 
+# The input transform a run validated with, as the flags name it (tools/test.py compares them with its own).
+INPUT_FLAGS = ("img_size", "crop_pct", "interpolation", "image_mean", "image_std")
 # What a released file written by `convert_checkpoint` keeps of its run besides the weights: what `check_same_model`
 # and `tools/test.py` check (the model, its scan directions or search candidates, the class folders) and, of the
 # run's config, what builds the model and its inputs (not its paths).
-# The input transform a run validated with, as the flags name it (tools/test.py compares them with its own).
-INPUT_FLAGS = ("img_size", "crop_pct", "interpolation", "image_mean", "image_std")
 RELEASED_RECORD = ("model_name", "directions", "candidates", "classes")
 RELEASED_CONFIG = ("model", "model_kwargs", "directions", "num_classes", *INPUT_FLAGS)
 

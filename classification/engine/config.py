@@ -487,8 +487,8 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
     """The resolved flags as a plain dict that `-c` accepts again (internal fields and the run-control flags
-    `overwrite` / `resume` left out), from any working directory: the `--directions` file is named by its absolute
-    path (a checkpoint's refusal hint names it too)."""
+    `RUN_CONTROL_FLAGS`, `overwrite` / `resume` / `rewind` / `branch`, left out), from any working directory: the
+    `--directions` file is named by its absolute path (a checkpoint's refusal hint names it too)."""
     skip = {"cli_model_kwargs", "config_model", *RUN_CONTROL_FLAGS}
     out = {}
     for key, value in sorted(vars(args).items()):

@@ -171,19 +171,20 @@ def _optimizer_step(run: Run) -> None:
     run.scaler.update()
 
 
-def _log_train_line(run: Run, epoch: int, idx: int, loss_m: AverageMeter, batch_m: AverageMeter,
+def _log_train_line(run: Run, epoch: int, update: int, loss_m: AverageMeter, step_m: AverageMeter,
                     data_m: AverageMeter, lr: float) -> None:
-    """The line of iteration `idx` (one optimizer step; `batch_m`: its time, `data_m`: its loading)."""
+    """The line of optimizer step `update` of the epoch (`step_m`: its time, of all its --grad-accum-steps batches;
+    `data_m`: their loading)."""
     cfg, env = run.cfg, run.env
     steps = run.updates_per_epoch
     loss_val, loss_sum, count = all_reduce_sum([loss_m.val, loss_m.sum, loss_m.count], env.device)
-    speed = cfg.batch_size * env.world_size * cfg.grad_accum_steps / max(batch_m.val, 1e-9)
-    left_epoch = (steps - idx - 1) * batch_m.avg
-    left_run = left_epoch + (cfg.epochs - epoch - 1) * steps * batch_m.avg
-    run.log.info(f"Train: {epoch} [{idx:>4d}/{steps}] "
+    speed = cfg.batch_size * env.world_size * cfg.grad_accum_steps / max(step_m.val, 1e-9)
+    left_epoch = (steps - update - 1) * step_m.avg
+    left_run = left_epoch + (cfg.epochs - epoch - 1) * steps * step_m.avg
+    run.log.info(f"Train: {epoch} [{update:>4d}/{steps}] "
                  f"Loss: {loss_val / env.world_size:.3f} ({loss_sum / max(count, 1):.3f}) "
                  f"LR: {lr:.3e} Mem: {memory_mb(env.device):.0f} "
-                 f"Time: {batch_m.val:.2f}s ({batch_m.avg:.2f}s) Data: {data_m.val:.2f}s "
+                 f"Time: {step_m.val:.2f}s ({step_m.avg:.2f}s) Data: {data_m.val:.2f}s "
                  f"Speed: {speed:.1f} img/s ETA: {format_eta(left_epoch)} (run {format_eta(left_run)})")
     if run.search is not None:
         run.search.log_probs()

@@ -45,8 +45,8 @@ _TIMM_POOL_NAMES = {'avg': 'mean', '': 'all'}
 
 
 def _check_pool_type(pool: str) -> str:
-    """A pooling name as ``final_pool_type`` stores it: one of _POOL_TYPES, or timm's 'avg' (mean) or '' (none:
-    the head sees all tokens); anything else is refused (ValueError)."""
+    """A pooling name as ``final_pool_type`` stores it: one of _POOL_TYPES, or timm's 'avg' (mean) or '' (no
+    pooling: 'all', the head sees all tokens); anything else is refused (ValueError)."""
     pool = _TIMM_POOL_NAMES.get(pool, pool)
     if pool not in _POOL_TYPES:
         raise ValueError(f"final_pool_type must be one of {', '.join(map(repr, _POOL_TYPES))} (or timm's 'avg', ''), "
@@ -186,9 +186,10 @@ class MultiMamba(nn.Module):
         """hidden: (B, L, C) with L = H*W (+1 with a middle class token at ``cls_position``).
 
         Per direction this is the original's ``mamba_inner_fn_no_out_proj`` on the scanned x and z (the class token
-        inserted at sequence position ``cls_position``), reversed to token order; all directions run as one
-        ``multi_scan_inner_fn`` call on the in_proj output, which reads the sequences through the layer's index
-        table. Then the shared channel attention per direction, the merge, and out_proj.
+        inserted at sequence position ``cls_position``), reversed to token order, then the shared channel attention
+        per direction and the merge: with fixed directions all of it is one ``multi_scan_attention_merge_fn`` call on
+        the in_proj output, which reads the sequences through the layer's index table (a search layer: one
+        ``multi_scan_inner_fn`` call, then its weighted merge). Then out_proj.
         """
         xz = self.in_proj(hidden)                                                    # (B, L, 2E)
         attention = self.multi_scan.fused_attention(self.attn)
@@ -220,7 +221,7 @@ class Block(nn.Module):
 
 
 def add_norm(norm: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor], prenorm: bool,
-             residual_in_fp32: bool) -> Any:
+             residual_in_fp32: bool) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Fused ``residual + x`` then RMSNorm/LayerNorm with ``norm``'s weights (returns (out, residual) if prenorm);
     an ``nn.Identity`` norm (a final norm removed by ``prune_intermediate_layers``) gives the plain sum."""
     if isinstance(norm, nn.Identity):
@@ -429,8 +430,9 @@ class VisionMamba(nn.Module):
                         residual_in_fp32=self.residual_in_fp32)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, L, C) -> (B, C): the middle class token, else the mean / max / last token; pooling 'all'
-        (timm's '') keeps every token (B, L, C), class token or not, as timm's unpooled models do."""
+        """Tokens (B, L, C) -> (B, C): the middle class token, else the mean / max / last token ('none', the
+        original's name for it); pooling 'all' (timm's '') keeps every token (B, L, C), class token or not, as timm's
+        unpooled models do."""
         if self.final_pool_type == 'all':
             return x
         if self.has_cls_token:

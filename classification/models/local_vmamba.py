@@ -142,9 +142,10 @@ class SS2D(nn.Module):
         """The scan of all directions, as the original names it: (B, E, H, W) conv output -> normalised merged scan
         (B, H, W, E).
 
-        Per direction: scan the map, project, selective scan (in fp32), reverse; all K directions run as one
-        ``multi_scan_inner_fn`` call on the map's token rows, which reads the sequences through the block's index
-        table. Then the shared channel attention per direction, the merge and ``out_norm``. The token rows take the
+        Per direction: scan the map, project, selective scan (in fp32), reverse, then the shared channel attention
+        per direction and the merge: with fixed directions all of it is one ``multi_scan_attention_merge_fn`` call on
+        the map's token rows, which reads the sequences through the block's index table (a search block: one
+        ``multi_scan_inner_fn`` call, then its weighted merge). Then ``out_norm``. The token rows take the
         dtype of the block's weights: fp32 under autocast, the model's own when it is cast to half, bfloat16 or double.
         """
         attn = self.multi_scan.attn

@@ -9,7 +9,8 @@ on token-major buffers, fp32 compute), ``composed`` (plain ops around ``causal_c
 which choose their own backends: what runs for fp64 and under ``torch.jit`` tracing) and ``reference`` (the
 composition on the reference conv and scan). ``attention_merge``: ``triton`` (``triton/attention_merge_triton.py``),
 ``cpu`` (C kernels) and ``reference`` (plain ops, on any device). ``multi_scan_attention_merge_fn`` is the two in
-one call, which on the ``cpu`` backends without autograd keeps the directions' outputs in a reused buffer.
+one call, which on the ``cpu`` backends keeps the directions' outputs (and in the backward their gradient) in a
+reused buffer.
 """
 from __future__ import annotations
 
