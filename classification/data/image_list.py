@@ -386,6 +386,10 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
     if imagenet_layout(root) == "meta":
         val_meta, train_meta = os.path.join(root, "meta", "val.txt"), os.path.join(root, "meta", "train.txt")
         val = read_meta_file(val_meta, os.path.join(root, "val"))
+        if classes is not None:
+            logger.warning(f"{root}: the checkpoint was trained on named classes ({_first_few(list(classes), 3)}), "
+                           f"the meta lists give numbers: label i is taken as its i-th class in that (sorted) order; "
+                           f"the accuracy is right only if your labels were numbered so")
         if not os.path.isfile(train_meta):
             if num_classes is None:
                 raise DataError(f"meta file not found: {train_meta}: evaluation reads the class count from it; "

@@ -558,6 +558,17 @@ def test_a_class_folder_name_that_is_not_utf8_is_logged_escaped(tmp_path, capsys
     assert "Logging error" not in err and out.splitlines()[-2].endswith("Classes: 2 (bee, caf\\xe9)")
 
 
+def test_a_checkpoint_of_named_classes_on_meta_lists_warns_that_labels_are_taken_by_order(tmp_path, localmamba_log):
+    """Evaluated on a meta tree (numbers, no names), a class-folder checkpoint's names went unused without a word."""
+    root = tmp_path / "data"
+    make_meta_tree(str(root), classes=2, per_class=2, val_per_class=1)
+    val = build_imagenet_val(str(root), None, ["cat", "dog"])
+    assert val.num_classes == 2
+    assert messages(localmamba_log, logging.WARNING) == [
+        f"{root}: the checkpoint was trained on named classes (cat, dog), the meta lists give numbers: label i is "
+        f"taken as its i-th class in that (sorted) order; the accuracy is right only if your labels were numbered so"]
+
+
 def test_a_data_path_that_is_a_file_says_so(tmp_path):
     path = tmp_path / "train.tar"
     path.write_bytes(b"")
