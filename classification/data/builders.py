@@ -5,12 +5,12 @@ import logging
 from argparse import Namespace
 from typing import Optional, Sequence
 
-from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 
 from .defaults import resolve_dataset_defaults
 from .image_list import DataError, build_imagenet, build_imagenet_val
 from .loader import build_loader, loader_workers, usable_cpus
+from .mixup import OriginalMixup
 from .small_datasets import build_cifar, build_cifar_test, build_digits
 from .transforms import build_transform
 
@@ -99,10 +99,11 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
     return train_loader, val_loader
 
 
-def build_mixup(cfg: Namespace) -> Optional[Mixup]:
-    """timm Mixup/CutMix with label smoothing when `--mixup`, `--cutmix` or `--cutmix-minmax` is set, else None."""
+def build_mixup(cfg: Namespace) -> Optional[OriginalMixup]:
+    """Mixup/CutMix (timm's, with the original's CutMix boxes) with label smoothing when `--mixup`, `--cutmix` or
+    `--cutmix-minmax` is set, else None."""
     if cfg.mixup <= 0 and cfg.cutmix <= 0 and cfg.cutmix_minmax is None:
         return None
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
-                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)
+    return OriginalMixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                         prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                         label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)
