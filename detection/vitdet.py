@@ -24,9 +24,11 @@ __all__ = ['LN2d', 'SimpleFPN', 'LayerDecayOptimizerConstructor', 'Fp16Compresss
 
 @MODELS.register_module()
 class LN2d(LayerNorm2d):
-    """LayerNorm over the channels of an NCHW map (eps 1e-6, as ViTDet): timm's ``LayerNorm2d`` under the name the
-    configs' ``norm_cfg=dict(type='LN2d')`` give. ``_abbr_`` keeps the attribute name mmcv's ``build_norm_layer``
-    gives the layer, so its state_dict keys, those of ViTDet's own LN2d (``norm_layer``, not ``ln``)."""
+    """LayerNorm over the channels of an NCHW map: timm's ``LayerNorm2d`` under the name the configs'
+    ``norm_cfg=dict(type='LN2d')`` give. mmcv's ``build_norm_layer`` builds it with eps 1e-5, as it built the
+    original's (whose own default, 1e-6, that call overrides). ``_abbr_`` keeps the attribute name mmcv's
+    ``build_norm_layer`` gives the layer, so its state_dict keys, those of ViTDet's own LN2d (``norm_layer``, not
+    ``ln``)."""
 
     _abbr_ = 'norm_layer'
 
@@ -92,7 +94,8 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """Layer-wise learning-rate decay: a parameter of layer id ``k`` gets ``lr * decay_rate ** (num_layers + 1 - k)``.
 
     ``paramwise_cfg``: ``num_layers``, ``decay_rate``, ``decay_type`` ('layer_wise', the only one), ``layer_key``.
-    Weight decay is 0 for ``pos_embed`` and for norm parameters under ``backbone.<layer_key>``.
+    Weight decay is 0 for ``pos_embed`` and for norm parameters under ``backbone.<layer_key>``. Groups are named as
+    the original's: ``layer_<id>_decay``, ``layer_<id>_no_decay`` (norms), ``layer_<id>_no_decay_pos_embed``.
 
     The default ``layer_key='blocks'`` is the rule of the original LocalVim configs (ViT naming). LocalVim names its
     layers ``layers``, so with it every backbone layer, the neck and the heads get scale 1 and only the patch and
@@ -114,13 +117,18 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            no_decay = 'pos_embed' in name or (name.startswith(f'backbone.{layer_key}') and 'norm' in name)
+            if name.startswith(f'backbone.{layer_key}') and 'norm' in name:
+                kind = 'no_decay'
+            elif 'pos_embed' in name:
+                kind = 'no_decay_pos_embed'
+            else:
+                kind = 'decay'
             lid = layer_id(name, num_layers, layer_key)
-            group_name = f"layer_{lid}_{'no_decay' if no_decay else 'decay'}"
+            group_name = f'layer_{lid}_{kind}'
             if group_name not in groups:
                 scale = decay_rate ** (num_layers + 1 - lid)
                 groups[group_name] = dict(params=[], param_names=[], lr_scale=scale, group_name=group_name,
-                                          lr=scale * self.base_lr, weight_decay=0. if no_decay else self.base_wd)
+                                          lr=scale * self.base_lr, weight_decay=self.base_wd if kind == 'decay' else 0.)
             groups[group_name]['params'].append(param)
             groups[group_name]['param_names'].append(name)
         if get_dist_info()[0] == 0:

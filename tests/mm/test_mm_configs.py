@@ -120,6 +120,7 @@ def test_vitdet_layer_decay_reproduces_the_original_groups():
     assert scale['backbone.pos_embed'] == pytest.approx(0.7 ** 13)
     assert all(s == 1.0 for n, s in scale.items() if 'patch_embed' not in n and 'pos_embed' not in n)
     assert [n for n, d in decay.items() if d == 0] == ['backbone.pos_embed']
+    assert {g['group_name'] for g in groups} == {'layer_0_decay', 'layer_0_no_decay_pos_embed', 'layer_13_decay'}
     assert cfg.optim_wrapper.type == 'OptimWrapper' and cfg.optim_wrapper.clip_grad.max_norm == 35
 
     cfg.optim_wrapper.paramwise_cfg.update(layer_key='layers', num_layers=2)
