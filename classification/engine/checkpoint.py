@@ -4,7 +4,7 @@ A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler`
 `rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
 `model_name`, `directions` (the scan directions per layer, see `scan_directions`), `candidates` (a search supernet's,
 else None), `classes` (the class folders' names, else None), `train_images`, `steps_per_epoch` (batches an epoch
-trains) and `config` for exact resume. A
+trains) and `config` for exact resume, and `run_id` (the run that wrote it: kept by `--resume`, new for `--branch`). A
 run stopped by a signal in the middle of an epoch writes `last.pth.tar` alone, marked by `step` (the batches done in
 `epoch`, the epoch in progress) and holding `train_loss_sums` (each rank's running [loss sum, sample count]); in an
 epoch-end checkpoint both are None (absent in older files) and `epoch` is the epoch it finished. Every value is a

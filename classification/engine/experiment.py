@@ -7,7 +7,9 @@ auto` takes the folder's last.pth.tar when there is one (and does nothing when t
 starts the run when there is none.
 
 A checkpoint behind its folder's last.pth.tar (an earlier epoch, best.pth.tar) would rewind that run, deleting what
-it did after the checkpoint: that needs `--rewind`. `--branch` instead continues from any training checkpoint in
+it did after the checkpoint: that needs `--rewind`. Every checkpoint names its run (`run_id`, kept by `--resume` and
+`--rewind`, new for a fresh run and a `--branch`); one of another run than the folder's last.pth.tar (a copy brought
+into the folder) is refused there. `--branch` instead continues from any training checkpoint in
 `<output>/<experiment>` (a folder without a run), taking the CSV history up to the checkpoint and leaving the
 original run as it is. Nothing in any folder is deleted before the new run's inputs have been checked.
 """
@@ -51,19 +53,37 @@ def describe_progress(ckpt: Mapping[str, Any]) -> str:
     return f"epoch {ckpt['epoch']}" + (f", step {step}" if step is not None else "")
 
 
-def later_progress(path: str, ckpt: Mapping[str, Any], trust: bool) -> Optional[str]:
-    """What the run in the folder of the training checkpoint `path` (read as `ckpt`) did after it: a description of
-    its last.pth.tar when that is further on (or cannot be read), else None."""
+def _folder_last(path: str, trust: bool) -> tuple[Optional[Mapping[str, Any]], Optional[str]]:
+    """The training checkpoint `last.pth.tar` beside the checkpoint `path` (None when there is none, or it is `path`
+    itself), and why it cannot be read (None when it can)."""
     last = os.path.join(os.path.dirname(os.path.abspath(path)), LAST)
     if not os.path.isfile(last) or os.path.samefile(last, path):
-        return None
+        return None, None
     try:
         saved = load_checkpoint(last, trust=trust, mmap=True)
     except CheckpointError as err:
-        return f"its {LAST} cannot be read ({err})"
-    if not is_training_checkpoint(saved) or progress_of(saved) <= progress_of(ckpt):
+        return None, f"its {LAST} cannot be read ({err})"
+    return (saved if is_training_checkpoint(saved) else None), None
+
+
+def later_progress(ckpt: Mapping[str, Any], last: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """What the run in the folder of the training checkpoint `ckpt` did after it, from the folder's `last.pth.tar`
+    (`last`, None when there is none): a description when that is further on, else None."""
+    if last is None or progress_of(last) <= progress_of(ckpt):
         return None
-    return f"its {LAST} has gone on to {describe_progress(saved)}"
+    return f"its {LAST} has gone on to {describe_progress(last)}"
+
+
+def check_same_run(path: str, ckpt: Mapping[str, Any], last: Optional[Mapping[str, Any]]) -> None:
+    """Refuse to continue the checkpoint `path` (read as `ckpt`) in its folder when the folder's `last.pth.tar`
+    (`last`) is another run's (another `run_id`): the two runs' checkpoints and CSV rows would mix. Checkpoints
+    written before run ids were recorded are not compared."""
+    mine, theirs = ckpt.get("run_id"), (last or {}).get("run_id")
+    if mine and theirs and mine != theirs:
+        folder = os.path.dirname(os.path.abspath(path))
+        raise ConfigError(f"{path} is a checkpoint of another run than the one in {folder} (its {LAST} has another "
+                          f"run id): continuing it there would mix the two runs' checkpoints and CSV rows; give "
+                          f"--branch --experiment NEW to continue it in a new folder")
 
 
 @dataclass
@@ -92,7 +112,9 @@ def choose_run_folder(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> Run
                               f"{'is its own' if os.path.abspath(named) == own else 'holds a run'}: give "
                               f"--experiment NEW")
         return RunFolder(named, branch_of=own)
-    later = later_progress(cfg.resume, resume_ckpt, cfg.trust_checkpoint)
+    last, unreadable = _folder_last(cfg.resume, cfg.trust_checkpoint)
+    check_same_run(cfg.resume, resume_ckpt, last)
+    later = unreadable or later_progress(resume_ckpt, last)
     if later is None:
         return RunFolder(own)
     if not cfg.rewind:

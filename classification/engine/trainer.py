@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import uuid
 from argparse import Namespace
 from typing import Callable, Optional
 
@@ -67,6 +68,7 @@ class Run:
 
     def __init__(self, cfg: Namespace, env: DistEnv, exp_dir: str, log: logging.Logger):
         self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
+        self.run_id = uuid.uuid4().hex  # names the run in its checkpoints (only rank 0's writes them)
         train_set, val_set = build_datasets(cfg)
         self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if the data has
         self.train_images = len(train_set)
@@ -135,6 +137,8 @@ class Run:
                           f"records it as the run's --finetune, which starts a copy of the run from the same weights)")
             self.cfg.finetune = path
             return
+        if not self.cfg.branch:
+            self.run_id = ckpt.get("run_id") or self.run_id
         step = ckpt.get("step")  # batches done in `epoch` by a run stopped in its middle; None: `epoch` finished
         start_epoch = next_epoch(ckpt)
         if start_epoch >= self.cfg.epochs:
@@ -244,6 +248,7 @@ class Run:
             "classes": self.classes,
             "train_images": self.train_images,
             "config": config_dict(self.cfg),
+            "run_id": self.run_id,
         }
 
     def fit(self) -> dict:

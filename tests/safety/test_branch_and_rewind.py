@@ -21,6 +21,11 @@ KILL_AT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_at.py")
 RUN = [*TINY_RUN, "--epochs", "3", "--model-ema", "--model-ema-decay", "0.5"]
 
 
+def run_id(path) -> str:
+    """The `run_id` a checkpoint records (None in files written before run ids)."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("run_id")
+
+
 @pytest.fixture(scope="module")
 def three_epochs(tmp_path_factory):
     """A finished 3-epoch run (checkpoint-0..2, last.pth.tar at epoch 2) and its snapshot."""
@@ -55,6 +60,7 @@ def test_a_branch_continues_exactly_in_a_new_folder_and_leaves_the_run_as_it_is(
     assert branch["metrics"] == original["metrics"] and branch["lr"] == original["lr"]
     assert all(torch.equal(branch["weights"][k], original["weights"][k]) for k in original["weights"])
     assert branch["files"] == ["best.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar"]
+    assert run_id(out / "branch" / "last.pth.tar") not in (None, run_id(copy_of_run / "last.pth.tar"))
 
 
 def test_a_branch_of_the_latest_checkpoint_goes_on_in_a_new_folder(copy_of_run):
@@ -94,9 +100,11 @@ def test_rewind_and_branch_need_one_checkpoint(flags, message, tmp_path):
 def test_rewind_continues_exactly_from_the_earlier_checkpoint(three_epochs, copy_of_run):
     """--rewind from epoch 0 retrains epochs 1 and 2: the folder ends as the uninterrupted run left it."""
     (copy_of_run / "notes.txt").write_text("mine")
+    started = run_id(copy_of_run / "checkpoint-0.pth.tar")
     run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-0.pth.tar"), "--rewind")
     assert_same_run(snapshot(copy_of_run), three_epochs[1])
     assert (copy_of_run / "notes.txt").read_text() == "mine"
+    assert run_id(copy_of_run / "last.pth.tar") == run_id(copy_of_run / "checkpoint-2.pth.tar") == started
 
 
 def test_a_rewind_killed_in_its_first_epoch_resumes_from_the_rewound_point(three_epochs, copy_of_run):
@@ -122,6 +130,22 @@ def test_the_latest_checkpoint_by_another_name_continues_in_place(copy_of_run):
     proc = run_tool("train.py", *RUN, "--epochs", "4", "--resume", str(copy_of_run / "checkpoint-2.pth.tar"))
     assert proc.returncode == 0
     assert [r[0] for r in rows(copy_of_run / "metrics.csv")] == ["epoch", "0", "1", "2", "3"]
+    assert run_id(copy_of_run / "checkpoint-3.pth.tar") == run_id(copy_of_run / "checkpoint-0.pth.tar") is not None
+
+
+def test_a_checkpoint_of_another_run_brought_into_the_folder_is_refused_and_changes_nothing(copy_of_run):
+    """A copy of another run's checkpoint, as far on as the folder's run (so no rewind), would mix the two runs'
+    checkpoints and CSV rows: refused, pointing to --branch."""
+    foreign = torch.load(copy_of_run / "checkpoint-2.pth.tar", map_location="cpu", weights_only=True)
+    foreign["run_id"] = "another run"
+    torch.save(foreign, copy_of_run / "from_the_cluster.pth.tar")
+    before = digests(copy_of_run)
+    proc = run_tool("train.py", *RUN, "--epochs", "4", "--resume", str(copy_of_run / "from_the_cluster.pth.tar"),
+                    check=False)
+    assert_one_line_error(proc, f"{copy_of_run / 'from_the_cluster.pth.tar'} is a checkpoint of another run than "
+                                f"the one in {copy_of_run} (its last.pth.tar has another run id)")
+    assert "--branch --experiment NEW" in proc.stderr
+    assert digests(copy_of_run) == before
 
 
 @pytest.mark.parametrize("flag", ["branch", "rewind"])
