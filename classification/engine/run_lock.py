@@ -98,7 +98,7 @@ class RunLock:
             _held_here.discard(os.path.realpath(self.path))
             try:
                 os.unlink(self.path)
-            except FileNotFoundError:
+            except OSError:  # gone, or the folder became read-only: the lock drops with the file's closing anyway
                 pass
             os.close(self._fd)  # closing the file drops the lock
             self._fd = None

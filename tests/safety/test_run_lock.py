@@ -1,6 +1,7 @@
 """Two runs never share a folder: a live run's lock refuses a second one (one process or two), a killed run's lock
 file blocks nothing (even while a process it forked lives on), and the lock leaves no file (nor an empty folder of a
 refused run) behind."""
+import errno
 import os
 import signal
 import socket
@@ -60,6 +61,24 @@ def test_a_second_lock_is_refused_naming_the_holder_until_the_first_is_released(
     second = RunLock(folder)
     assert second.acquire() is None
     second.release()
+
+
+def test_a_lock_file_that_cannot_be_deleted_is_released_without_an_error(tmp_path, monkeypatch):
+    """A run folder that became read-only (or a full disk's remount) must not replace the run's own error with one
+    about the lock file: the lock drops and a later run takes the folder (the left file holds no lock)."""
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    folder = str(tmp_path / "run")
+    lock = RunLock(folder)
+    lock.acquire()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "unlink", read_only)
+        lock.release()
+    assert not lock.held and os.path.exists(os.path.join(folder, LOCK_FILE))
+    again = RunLock(folder)
+    assert again.acquire() is None
+    again.release()
 
 
 def test_release_removes_only_an_empty_folder_that_acquire_created(tmp_path):
