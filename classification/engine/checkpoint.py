@@ -195,6 +195,14 @@ class CheckpointManager:
         entries = [[os.path.basename(str(name)), float(score)] for name, score in ckpts]
         self.ckpts = [item for item in entries if os.path.isfile(self.path(item[0]))][: self.keep_num]
 
+    def latest(self) -> Optional[tuple[int, str]]:
+        """The kept `checkpoint-<epoch>.pth.tar` of the latest epoch, as (epoch, path); None when none is kept."""
+        epochs = [(int(found.group(1)), name) for name, _ in self.ckpts if (found := EPOCH_FILE.match(name))]
+        if not epochs:
+            return None
+        epoch, name = max(epochs)
+        return epoch, self.path(name)
+
     def reconcile(self) -> None:
         """Make the folder match the resumed list: drop `checkpoint-N` files it does not hold (written or not yet
         evicted when the run stopped) and copy the best of the list to `best.pth.tar` (removed when the list is empty:

@@ -347,13 +347,25 @@ class Run:
             where += f", {self.non_finite_steps} steps in a row"
         if os.path.isfile(last):
             saved = f"{last} holds the run before it"
-            advice = ("lower --lr, add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then "
-                      f"--resume {last} (or an earlier checkpoint-<epoch>.pth.tar with --rewind)")
+            advice = self._divergence_advice(last)
         else:
             saved, advice = "nothing was saved yet", "lower --lr or add --clip-grad-norm"
         self.log.error(f"The training loss is not finite in {where}; the step was not taken and {saved}")
         what = f"the training loss is {loss}" if loss is not None else "another rank's training loss is not finite"
         return TrainingDiverged(f"{what} in {where} (the step was not taken; {saved}): {advice}")
+
+    def _divergence_advice(self, last: str) -> str:
+        """How to go on after a non-finite loss, the run saved in `last`. `--resume` of `last` continues exactly: the
+        same weights meet the same batch and give the same loss, whatever the new --lr. The way on is an earlier
+        epoch's checkpoint with --rewind, or, under fp16 autocast, `last` in another precision."""
+        earlier = self.manager.latest()
+        rewind = (f"--resume {earlier[1]} --rewind (the end of epoch {earlier[0]})" if earlier
+                  else "a fresh run (no epoch checkpoint was kept)")
+        advice = (f"--resume {last} would meet the same loss again (the same weights and batch), so continue from "
+                  f"{rewind} with a lower --lr or --clip-grad-norm")
+        if self.scaler is not None:  # fp16 autocast
+            advice += f", or --resume {last} with --amp-dtype bfloat16 or without --amp"
+        return advice
 
     def aborted(self) -> RunInterrupted:
         """After a second Ctrl-C, which stops at once (a checkpoint being written is abandoned): log what

@@ -296,18 +296,34 @@ def test_too_few_batches_for_one_step_are_refused_before_the_run_folder(tmp_path
 def test_a_diverging_run_stops_before_its_first_non_finite_step(tmp_path):
     """SGD at lr 1e4 blows the tiny model up within a few steps. The run stops at the first step whose loss is not
     finite, without taking it: last.pth.tar holds finite weights after the steps before it, and no epoch is
-    recorded. A run that trained on NaN weights for the rest of its epochs (or stopped at its first step) fails."""
-    out = tmp_path / "out"
+    recorded. A run that trained on NaN weights for the rest of its epochs (or stopped at its first step) fails.
+    Resuming last.pth.tar meets the same loss at the same step whatever the --lr (the same weights and batch), so the
+    advice is an earlier epoch's checkpoint with --rewind, which then trains on."""
+    out, run_dir = tmp_path / "out", tmp_path / "out" / "run"
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "64", "--epochs", "2", "-j", "0", "--opt", "sgd",
+              "--warmup-epochs", "0", "--output", str(out), "--experiment", "run"]
     with pytest.raises(TrainingDiverged, match=r"the training loss is (nan|inf) in epoch 0 after step \d+ of 22 "
-                                               r"\(the step was not taken; .* holds the run before it\): lower --lr"
-                       ) as stop:
-        train(parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "64", "--epochs", "2", "-j", "0", "--opt", "sgd",
-                          "--lr", "1e4", "--warmup-epochs", "0", "--output", str(out), "--experiment", "run"]))
+                                               r"\(the step was not taken; .* holds the run before it\): --resume "
+                                               r".*last.pth.tar would meet the same loss again \(the same weights and "
+                                               r"batch\), so continue from a fresh run \(no epoch checkpoint was "
+                                               r"kept\) with a lower --lr or --clip-grad-norm$") as stop:
+        train(parse_args([*common, "--lr", "1e4"]))
     step = int(str(stop.value).split(" after step ")[1].split()[0])
-    ckpt = torch.load(out / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
+    ckpt = torch.load(run_dir / "last.pth.tar", map_location="cpu", weights_only=True)
     assert 0 < step < 22 and (ckpt["epoch"], ckpt["step"], ckpt["scheduler"]["t"]) == (0, step, step)
     assert all(torch.isfinite(value).all() for value in ckpt["model"].values())
-    assert (out / "run" / "metrics.csv").read_text().count("\n") == 1   # the header alone
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 1   # the header alone
+    with pytest.raises(TrainingDiverged, match=rf" in epoch 0 after step {step} of 22 "):
+        train(parse_args([*common, "--lr", "1e-3", "--resume", str(run_dir / "last.pth.tar")]))
+
+    shutil.rmtree(run_dir)
+    train(parse_args([*common, "--lr", "0.05", "--epochs", "1"]))
+    earlier = run_dir / "checkpoint-0.pth.tar"
+    with pytest.raises(TrainingDiverged, match=re.escape(f"so continue from --resume {earlier} --rewind (the end of "
+                                                         f"epoch 0) with a lower --lr")):
+        train(parse_args([*common, "--lr", "1e4", "--resume", str(run_dir / "last.pth.tar")]))
+    train(parse_args([*common, "--lr", "0.05", "--resume", str(run_dir / "checkpoint-0.pth.tar"), "--rewind"]))
+    assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()] == ["epoch", "0", "1"]
 
 
 def nan_training_losses(monkeypatch, steps):
@@ -346,7 +362,8 @@ def test_under_a_grad_scaler_a_step_with_a_non_finite_loss_is_skipped(tmp_path, 
 def test_under_a_grad_scaler_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
     nan_training_losses(monkeypatch, set(range(3, 22)))
     with pytest.raises(TrainingDiverged, match=r"the training loss is nan in epoch 0 after step 12 of 22, 10 steps "
-                                               r"in a row \(the step was not taken"):
+                                               r"in a row \(the step was not taken.* or --resume .*last.pth.tar with "
+                                               r"--amp-dtype bfloat16 or without --amp$"):
         train(parse_args([*FP16_RUN, "--output", str(tmp_path)]))
     ckpt = torch.load(tmp_path / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
     assert (ckpt["step"], ckpt["scaler"]["scale"]) == (12, 2.0 ** 16 / 2 ** 9)   # 9 steps skipped before

@@ -252,9 +252,9 @@ def test_a_loss_one_rank_finds_not_finite_stops_both_before_the_step(two, config
     cut = two_processes(LOSS_FAILS_AT_SCRIPT, config, tmp_path, "--experiment", "cut", LOSS_FAILS_AT="20 1")
     assert cut.returncode != 0 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
     last = tmp_path / "cut" / "last.pth.tar"
-    where = (f"in epoch 0 after step 20 of 44 (the step was not taken; {last} holds the run before it): lower --lr, "
-             f"add --clip-grad-norm, or train without --amp / with --amp-dtype bfloat16, then --resume {last} (or an "
-             f"earlier checkpoint-<epoch>.pth.tar with --rewind)")
+    where = (f"in epoch 0 after step 20 of 44 (the step was not taken; {last} holds the run before it): --resume "
+             f"{last} would meet the same loss again (the same weights and batch), so continue from a fresh run (no "
+             f"epoch checkpoint was kept) with a lower --lr or --clip-grad-norm")
     assert f"error: the training loss is nan {where}" in cut.stderr
     assert f"error: another rank's training loss is not finite {where}" in cut.stderr
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
