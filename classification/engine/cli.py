@@ -109,7 +109,7 @@ def run_cli(main: Callable[[], object]) -> None:
                          f"{str(err).strip().splitlines()[0]}\n")
         sys.exit(1)
     except (KeyboardInterrupt, RunInterrupted) as err:
-        signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
+        signum = getattr(err, "signum", signal.SIGINT)  # RunInterrupted, StopSignalReceived; Ctrl-C otherwise
         if os.environ.get("RANK", "0") == "0":  # read now: under --slurm, main() sets RANK from SLURM_PROCID
             if not isinstance(err, RunInterrupted):
                 hint = ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from argparse import Namespace
 from typing import Any, Callable, Mapping, Optional
@@ -25,6 +26,7 @@ from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name
+from .signals import interrupt_on_stop_signals
 
 
 class FixedBatch(nn.Module):
@@ -154,12 +156,19 @@ def test(cfg: Namespace) -> dict:
         start_log_file(log)  # the inputs are checked: an evaluation refused before this leaves no eval log
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
-        metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
-        log.info(f"{'Model: ' if ema_weights is not None else ''}{metrics}")
-        if ema_weights is not None:
-            load_at_model_size(model, ema_weights, cfg.resume)
-            metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
-            log.info(f"EMA: {metrics}")
+        with interrupt_on_stop_signals():
+            try:
+                metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
+                log.info(f"{'Model: ' if ema_weights is not None else ''}{metrics}")
+                if ema_weights is not None:
+                    load_at_model_size(model, ema_weights, cfg.resume)
+                    metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
+                    log.info(f"EMA: {metrics}")
+            except KeyboardInterrupt as stop:
+                by = signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
+                log.warning(f"Evaluation stopped by {by}: no result (the running figures above are of part of the "
+                            f"images)")
+                raise
         return metrics
     finally:
         shutdown()

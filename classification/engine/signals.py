@@ -14,12 +14,13 @@ The workers would otherwise train on unseen, holding the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 from types import FrameType
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -86,3 +87,30 @@ class StopSignals:
 
 def _ignored(sig: int) -> bool:
     return signal.getsignal(sig) is signal.SIG_IGN
+
+
+class StopSignalReceived(KeyboardInterrupt):
+    """A stop signal (`signum`) where there is nothing to save: it ends the work at once, as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+@contextlib.contextmanager
+def interrupt_on_stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM, SIGUSR1 and SIGHUP raise `StopSignalReceived` (SIGINT raises KeyboardInterrupt
+    already), so that work such as an evaluation can say it was cut short; a SIGHUP the process was started ignoring
+    (under `nohup`) stays ignored. The previous handlers come back after it."""
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
+        raise StopSignalReceived(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS
+                    if sig != signal.SIGINT and not (sig == getattr(signal, "SIGHUP", None) and _ignored(sig))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

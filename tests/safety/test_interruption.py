@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from classification.common.csv_log import CsvLog
+from classification.engine.cli import run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.trainer import train
@@ -263,6 +264,36 @@ def test_a_mid_epoch_checkpoint_continues_with_the_same_batches_and_evaluates_as
     (log,) = (out / "exp").glob("eval_*.txt")  # not taken for a training log
     assert f"Loaded {tmp_path / 'run' / 'last.pth.tar'} (epoch 1, stopped after step 3) into" in log.read_text()
     assert f"INFO Logging to {log}\n" in log.read_text()  # and on the console: where to find it
+
+
+@POSIX_SIGNALS
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_during_an_evaluation_ends_it_saying_there_is_no_result(straight_run, tmp_path, monkeypatch,
+                                                                              capsys, name):
+    """tools/test.py stopped by SIGTERM (a job's time limit) died silently with its log ending on a running top-1 (a
+    reader could take it for the result); now its log and its last line say it stopped, with the signal's status."""
+    from classification.engine import evaluate as evaluate_module
+    real_accuracy, calls = evaluate_module.accuracy, []
+
+    def signal_at_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), getattr(signal, name))
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "accuracy", signal_at_the_second_batch)
+    out = tmp_path / "eval"
+    argv = ["test.py", *RUN, "-b", "32", "--resume", str(straight_run / "last.pth.tar"), "--output", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: evaluate(parse_args(argv[1:])))
+    assert stop.value.code == 128 + getattr(signal, name)
+    by = "" if name == "SIGINT" else f" by {name}"
+    assert capsys.readouterr().err.endswith(f"\ninterrupted{by}\n")
+    (log,) = (out / "exp").glob("eval_*.txt")
+    assert log.read_text().endswith(f"WARNING Evaluation stopped by {name}: no result (the running figures above are "
+                                    f"of part of the images)\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are restored
 
 
 WORKER = """import signal, sys, time
