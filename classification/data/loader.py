@@ -96,6 +96,16 @@ def _kill_workers_left_at_exit() -> None:
             child.join()
 
 
+def lost_worker(err: BaseException) -> str | None:
+    """One line for torch's error of a loader worker process that died (killed: the out-of-memory killer's usual
+    victim); None for any other error."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not text.startswith("DataLoader worker (pid"):
+        return None
+    return (f"{text.splitlines()[0].rstrip('. ')}: a data loader process died, most often killed by the system's "
+            f"out-of-memory killer (`dmesg` says); fewer -j or a smaller -b take less memory")
+
+
 def usable_cpus() -> int:
     """How many CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -19,7 +19,8 @@ from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
-from ..data import build_eval_dataset, build_loaders
+from ..data import DataError, build_eval_dataset, build_loaders
+from ..data.loader import lost_worker
 from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
@@ -164,6 +165,11 @@ def test(cfg: Namespace) -> dict:
                     load_at_model_size(model, ema_weights, cfg.resume)
                     metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
                     log.info(f"EMA: {metrics}")
+            except RuntimeError as err:
+                why = lost_worker(err)
+                if why is None:
+                    raise
+                raise DataError(why) from None
             except KeyboardInterrupt as stop:
                 by = signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
                 log.warning(f"Evaluation stopped by {by}: no result (the running figures above are of part of the "

@@ -39,6 +39,7 @@ from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoin
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import DataError, build_datasets, build_loaders, build_mixup, class_summary
+from ..data.loader import lost_worker
 from ..data.transforms import check_auto_augment
 from ..models.directions import directions_difference, scan_directions
 from ..search.monitor import SearchMonitor
@@ -367,18 +368,24 @@ class Run:
             advice += f", or --resume {last} with --amp-dtype bfloat16 or without --amp"
         return advice
 
+    def saved_so_far(self, resume_hint: bool = False) -> str:
+        """What `last.pth.tar` holds, for a run that stops without saving: `<path> holds the run up to ...; the
+        training after it is lost` (with `resume_hint`, and that --resume continues from it), or that nothing was
+        saved yet."""
+        last = self.manager.path(LAST)
+        if not os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
+            return "nothing was saved yet"
+        ckpt = load_checkpoint(last, mmap=True)
+        step = ckpt.get("step")
+        end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
+        return f"{last} holds the run up to {end}; the training after it is lost" + (
+            f": --resume {last} continues from there" if resume_hint else "")
+
     def aborted(self) -> RunInterrupted:
         """After a second Ctrl-C, which stops at once (a checkpoint being written is abandoned): log what
         `last.pth.tar` holds, as the first Ctrl-C's line said it would save the run's progress there."""
-        last = self.manager.path(LAST)
         if self.env.is_main:
-            held = "nothing was saved yet"
-            if os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
-                ckpt = load_checkpoint(last, mmap=True)
-                step = ckpt.get("step")
-                end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
-                held = f"{last} holds the run up to {end}; the training after it is lost"
-            self.log.warning(f"Second Ctrl-C: stopped at once, without saving; {held}")
+            self.log.warning(f"Second Ctrl-C: stopped at once, without saving; {self.saved_so_far()}")
         return self.interrupted(signal.SIGINT)
 
     def interrupted(self, signum: int) -> RunInterrupted:
@@ -474,6 +481,11 @@ def train(cfg: Namespace) -> dict:
             return run.fit()
         except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
             raise run.aborted() from None
+        except RuntimeError as err:  # raised wherever the run was (even within a step): nothing more is saved
+            why = lost_worker(err)
+            if why is None:
+                raise
+            raise DataError(f"{why}; {run.saved_so_far(resume_hint=True)}") from None
     finally:
         if lock is not None:
             lock.release()

@@ -3,6 +3,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import sys
 
 import pytest
@@ -324,6 +325,41 @@ def test_a_diverging_run_stops_before_its_first_non_finite_step(tmp_path):
         train(parse_args([*common, "--lr", "1e4", "--resume", str(run_dir / "last.pth.tar")]))
     train(parse_args([*common, "--lr", "0.05", "--resume", str(run_dir / "checkpoint-0.pth.tar"), "--rewind"]))
     assert [row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()] == ["epoch", "0", "1"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals; loader workers forked with the test's patch")
+def test_a_killed_loader_worker_ends_the_run_in_one_line_naming_what_is_saved(tmp_path, monkeypatch):
+    """A loader worker killed (the out-of-memory killer's usual victim) ended the run in torch's traceback; now in one
+    line naming the cause and the first epoch's last.pth.tar to continue from."""
+    from classification.data.small_datasets import ArrayImageDataset
+    read, reads = ArrayImageDataset.__getitem__, []
+
+    def killed_in_the_second_epoch(dataset, index):
+        reads.append(index)   # in the worker: one list per persistent worker process, over the epochs
+        if torch.utils.data.get_worker_info() is not None and len(dataset) > 1000 and len(reads) > len(dataset):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(dataset, index)
+
+    monkeypatch.setattr(ArrayImageDataset, "__getitem__", killed_in_the_second_epoch)
+    out = tmp_path / "out"
+    last = out / "run" / "last.pth.tar"
+    with pytest.raises(DataError, match=rf"^DataLoader worker \(pid\(?s?\)? \d+\) (is killed by signal: Killed|exited "
+                                        rf"unexpectedly).*: a data loader process died, most often killed by the "
+                                        rf"system's out-of-memory killer \(`dmesg` says\); fewer -j or a smaller -b "
+                                        rf"take less memory; {re.escape(str(last))} holds the run up to epoch 0; the "
+                                        rf"training after it is lost: --resume {re.escape(str(last))} continues from "
+                                        rf"there$"):
+        train(parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "64", "--epochs", "2", "-j", "1", "--output",
+                          str(out), "--experiment", "run"]))
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+
+
+def test_only_torchs_error_for_a_dead_loader_worker_is_taken_for_one():
+    from classification.data.loader import lost_worker
+    assert lost_worker(RuntimeError("DataLoader worker (pid(s) 41, 42) exited unexpectedly")).startswith(
+        "DataLoader worker (pid(s) 41, 42) exited unexpectedly: a data loader process died, most often killed by ")
+    assert lost_worker(RuntimeError("CUDA out of memory")) is None
+    assert lost_worker(ValueError("DataLoader worker (pid 4) is killed by signal: Killed.")) is None
 
 
 def nan_training_losses(monkeypatch, steps):
