@@ -108,6 +108,25 @@ def test_checkpoint_writes_are_synced_before_and_after_their_rename(write, tmp_p
     assert events[2][1] == str(tmp_path)
 
 
+def test_a_copy_onto_a_full_disk_names_the_checkpoint_and_the_reason_alone(tmp_path, monkeypatch):
+    """The copy to last.pth.tar / best.pth.tar failing on a full disk said `cannot write checkpoint last.pth.tar:
+    [Errno 28] No space left on device: 'checkpoint-0.pth.tar' -> '.tmp-x.pth.tar'`, naming two other files."""
+    import shutil
+
+    from classification.common import checkpoint_io
+    src, dst = tmp_path / "checkpoint-0.pth.tar", tmp_path / "last.pth.tar"
+    checkpoint_io.atomic_save({"epoch": 0}, str(src))
+
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device", source, None, target)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        checkpoint_io.atomic_copy(str(src), str(dst))
+    assert str(failed.value) == f"cannot write checkpoint {dst}: No space left on device"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth.tar"]
+
+
 def test_a_failed_rewrite_of_args_or_directions_keeps_the_old_file(tmp_path, monkeypatch):
     """args.yaml and directions.yaml are replaced whole or not at all: a write that fails (here its sync) leaves the
     previous file as it was and no temporary file (they were truncated first, then written in place)."""
