@@ -210,3 +210,25 @@ def test_local_vim_pruned_final_norm_leaves_the_residual_stream():
         features, intermediates = model.forward_intermediates(image, [1])
     torch.testing.assert_close(features, residual + hidden, rtol=0, atol=0)
     assert intermediates[0].shape == (2, 32, 4, 4)
+
+
+@pytest.mark.parametrize('name', sorted(timm.list_models('local_*')))
+def test_an_unknown_keyword_is_a_type_error_naming_it(name):
+    """The original's entrypoints swallowed unknown keywords (`**kwargs`): a misspelt `drop_path_rat=` built the
+    default model without a word (README, Deviations)."""
+    with pytest.raises(TypeError, match="drop_path_rat"):
+        timm.create_model(name, drop_path_rat=0.3)
+
+
+@pytest.mark.parametrize('name, small, dropout', [
+    ('local_vim_tiny_wo_search', ['depth=2', 'embed_dim=32'], 'pos_drop'),
+    ('local_vssm_tiny_search', ['depths=[1,1,1,1]', 'dims=16'], 'head_drop'),
+])
+def test_the_drop_flag_reaches_the_model_as_its_drop_rate(name, small, dropout):
+    """`--drop` was not passed to the model by the original's train.py; here it is its `drop_rate` (README,
+    Deviations)."""
+    from classification.engine.config import parse_args
+    from classification.engine.model_builder import build_model
+    flags = ['--model', name, '--model-kwargs', *small]
+    assert getattr(build_model(parse_args([*flags, '--drop', '0.25'])), dropout).p == 0.25
+    assert getattr(build_model(parse_args(flags)), dropout).p == 0.0
