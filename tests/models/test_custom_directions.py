@@ -93,6 +93,7 @@ def identity_table(grid):
     ('zig', 'not a function', {}, 'index_fn must be callable'),
     ('zig', lambda grid: identity_table(grid)[:-1], {}, r"'zig' on grid \(4, 6\): the table misses token\(s\) \[23\]"),
     ('zig', lambda grid: torch.cat([identity_table(grid), torch.tensor([5, 5])]), {}, r'repeats token\(s\) \[5\]'),
+    ('zig', lambda grid: torch.cat([identity_table(grid), torch.tensor([5])]), {}, r'repeats token\(s\) \[5\]'),
     ('zig', lambda grid: identity_table(grid) - 1, {}, r'values must be token indices 0..23 or 24 .*found \[-1\]'),
     ('zig', lambda grid: identity_table(grid) + 2, {}, r'found \[25\]'),
     ('zig', lambda grid: identity_table(grid).float(), {}, 'must return a 1-D integer tensor, got 1-D torch.float32'),

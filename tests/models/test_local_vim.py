@@ -1,5 +1,6 @@
 """LocalVim: faithful keys and parameter counts, the mixer's math against a per-direction composition of reference
 ops, the layer loop against the original's order of operations, and bad input."""
+import hashlib
 import math
 
 import pytest
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 import classification  # noqa: F401  (registers the models)
-from classification.models.directions import CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS
+from classification.models.directions import (CANDIDATES, LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_SMALL_DIRECTIONS,
+                                              LOCAL_VSSM_TINY_DIRECTIONS)
 from classification.models.local_vim import MultiMamba, checkpoint_filter_fn, position_table
 from localmamba_ssm import mamba_inner_no_out_proj_ref
 from scan_reference import reverse, scan
@@ -78,6 +80,19 @@ def test_directions_of_registered_models():
     assert timm.create_model('local_vim_small_searched', embed_dim=16).directions == LOCAL_VIM_TINY_DIRECTIONS
     search = timm.create_model('local_vim_tiny_search', embed_dim=16)
     assert search.directions is None and search.layers[0].mixer.directions == CANDIDATES
+
+
+@pytest.mark.parametrize('table, digest', [
+    (LOCAL_VIM_TINY_DIRECTIONS, '9d9f0b73243b823bb83ebffa273ef602ce5494e1cdea3ccdbeb911bdecad2056'),
+    (LOCAL_VSSM_TINY_DIRECTIONS, 'e744718d01dbc9e10d903f44b42a7309da1455e7af575c644806ac5dd08a895f'),
+    (LOCAL_VSSM_SMALL_DIRECTIONS, 'cb2e31bbbbe8ddabf0c7718d57f663aaa94b39d7ed91ca453af7bbb3d052e789'),
+])
+def test_searched_direction_tables_are_the_released_ones(table, digest):
+    """The models, the det/seg configs and these checks all read the same constants, so a swapped row or a
+    `x` / `x_flip` slip would move them together: each table is pinned to the SHA-256 of the original's own
+    (hunto/LocalMamba 75e5d1f, `lib/models/local_vim.py` local_vim_tiny, `local_vmamba.py` local_vssm_tiny /
+    local_vssm_small), one layer per line, directions joined by spaces."""
+    assert hashlib.sha256('\n'.join(' '.join(layer) for layer in table).encode()).hexdigest() == digest
 
 
 def mixer_by_reference(mixer, hidden, grid, cls_position=None):

@@ -335,6 +335,23 @@ def test_a_folder_left_by_a_tool_is_a_class_with_a_warning(tmp_path, localmamba_
                         f"ImageFolder), making 3 classes; remove them if they hold no class of your data"]
 
 
+def test_meta_lists_take_paths_with_spaces_and_the_train_lists_class_count(tmp_path):
+    """A listed path may hold spaces (the label is the last field); evaluation counts the classes of train.txt, so a
+    val list without the highest class keeps the model's class count and its label check."""
+    from classification.data.image_list import read_meta_file
+    root = tmp_path / "data"
+    make_meta_tree(str(root), classes=4, per_class=1, val_per_class=1)
+    write_image(str(root / "val" / "my photos" / "a b.JPEG"), seed=7)
+    (root / "meta" / "val.txt").write_text("my photos/a b.JPEG 2\nILSVRC_val_0_0.JPEG 0\nILSVRC_val_1_0.JPEG 1\n")
+    assert read_meta_file(str(root / "meta" / "val.txt"), str(root / "val"))[0] == (
+        os.path.join(str(root / "val"), "my photos/a b.JPEG"), 2)
+    val = build_imagenet_val(str(root))
+    assert val.num_classes == 4 and len(val) == 3
+    (root / "meta" / "val.txt").write_text("ILSVRC_val_0_0.JPEG 4\n")
+    with pytest.raises(DataError, match=r"label 4 of .* is not a train label \(train has 4 classes\)"):
+        build_imagenet_val(str(root))
+
+
 def test_evaluating_released_weights_warns_of_a_leftover_train_folder(tmp_path, localmamba_log):
     """Without the class names of a training checkpoint, tools/test.py numbers the classes by train/'s folders."""
     localmamba_log.set_level(logging.WARNING, logger="localmamba")

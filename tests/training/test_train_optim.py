@@ -89,6 +89,39 @@ def test_adamw_from_flags():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.05] and opt.defaults["eps"] == 1e-6
 
 
+def test_sgd_and_rmsprop_from_flags():
+    """The original's optimizers: SGD with Nesterov momentum 0.9 unless --sgd-no-nesterov; RMSprop and RMSpropTF
+    take --opt-eps and --momentum."""
+    sgd = build_optimizer(Toy(), parse_args(["--opt", "sgd"]))
+    assert isinstance(sgd, torch.optim.SGD) and (sgd.defaults["nesterov"], sgd.defaults["momentum"]) == (True, 0.9)
+    assert build_optimizer(Toy(), parse_args(["--opt", "sgd", "--sgd-no-nesterov"])).defaults["nesterov"] is False
+    for name in ("rmsprop", "rmsproptf"):
+        opt = build_optimizer(Toy(), parse_args(["--opt", name, "--opt-eps", "1e-3", "--momentum", "0.5"]))
+        assert (opt.defaults["eps"], opt.defaults["momentum"]) == (1e-3, 0.5)
+
+
+def test_a_no_weight_decay_entry_with_the_g_prefix_matches_by_substring():
+    """timm's and the original's rule: `[g]pos` in `no_weight_decay()` exempts every name containing `pos`."""
+    model = Toy()
+    model.no_weight_decay = lambda: {"[g]pos"}
+    no_decay, _ = param_groups(model, lr=1e-3, weight_decay=0.04)
+    assert "pos_embed" in names(model, no_decay)
+    model.no_weight_decay = lambda: {"pos"}
+    assert "pos_embed" not in names(model, param_groups(model, lr=1e-3, weight_decay=0.04)[0])
+
+
+def test_groups_of_another_initial_lr_keep_their_ratio_to_the_schedule():
+    params = [nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD([{"params": [params[0]], "initial_lr": 1e-3}, {"params": [params[1]], "initial_lr": 1e-4}],
+                          lr=1e-3)
+    sched = WarmupScheduler(opt, "cosine", lr=1e-3, steps_per_epoch=10, epochs=5, warmup_epochs=2, warmup_lr=1e-7,
+                            min_lr=1e-6)
+    for _ in range(45):
+        first, second = (group["lr"] for group in opt.param_groups)
+        assert second == pytest.approx(first / 10)
+        sched.step()
+
+
 def make(kind, warmup=2, **kw):
     opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "initial_lr": 1e-3}], lr=1e-3)
     args = dict(lr=1e-3, steps_per_epoch=10, epochs=5, warmup_epochs=warmup, warmup_lr=1e-7, min_lr=1e-6)
@@ -130,6 +163,13 @@ def test_resume_jump_equals_stepping():
 def test_step_and_linear(kind, t, expected):
     s, _ = make(kind, decay_epochs=1, decay_rate=0.5)
     assert s.lr_at(t) == pytest.approx(expected)
+
+
+def test_a_fractional_decay_epochs_counts_its_iterations():
+    """--decay-epochs is a float: 1.5 epochs of 10 iterations decay every 15 iterations (not every 10)."""
+    s, _ = make("step", warmup=0, decay_epochs=1.5, decay_rate=0.5)
+    assert s.lr_at(14) == pytest.approx(1e-3) and s.lr_at(15) == pytest.approx(0.5e-3)
+    assert s.lr_at(29) == pytest.approx(0.5e-3) and s.lr_at(30) == pytest.approx(0.25e-3)
 
 
 def test_decay_by_epoch_and_no_warmup():
