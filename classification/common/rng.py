@@ -59,15 +59,17 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with python/numpy/torch-CPU generators seeded by `seed`; restore the previous states after."""
-    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+def seeded(seed: int, restore: bool = True) -> Iterator[None]:
+    """Run a block with python/numpy/torch-CPU generators seeded by `seed`; restore the previous states after, unless
+    `restore` is False (where nothing draws from them but such blocks, which reseed: a loader worker)."""
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if restore else None
     random.seed(seed)
     np.random.seed(seed)
     torch.random.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
