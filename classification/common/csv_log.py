@@ -56,3 +56,23 @@ class CsvLog:
         with open(tmp, "w", newline="") as f:
             f.write(text.getvalue())
         os.replace(tmp, self.path)
+
+
+def epoch_scores(path: str, column: str = "top1") -> dict[int, float]:
+    """`column` of each epoch's row of a metrics.csv (the last row of an epoch written twice), skipping what is no
+    data row: a repeated header (the original code wrote one at every start), a partial last row. Empty when the
+    file does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    scores = {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or column not in rows[0]:
+        return {}
+    at = rows[0].index(column)
+    for row in rows[1:]:
+        try:
+            scores[int(row[0])] = float(row[at])
+        except (ValueError, IndexError):
+            continue
+    return scores

@@ -183,6 +183,7 @@ class CheckpointManager:
     def __init__(self, save_dir: str, keep_num: int = 10, enabled: bool = True):
         self.save_dir, self.keep_num, self.enabled = save_dir, keep_num, enabled
         self.ckpts: list[list] = []  # [[file name, score], ...] best first
+        self.left_alone: set[str] = set()  # checkpoint files of the original code's run that `adopt` did not rank
 
     def path(self, name: str) -> str:
         return os.path.join(self.save_dir, name)
@@ -203,6 +204,19 @@ class CheckpointManager:
         epoch, name = max(epochs)
         return epoch, self.path(name)
 
+    def adopt(self, before_epoch: int, scores: Mapping[int, float]) -> list[list]:
+        """Rank the `checkpoint-<epoch>.pth.tar` files that a run of the original code (whose checkpoints hold no kept
+        list) left in the folder, for epochs before `before_epoch`, by their `scores` (its metrics.csv's top-1, the
+        score it ranked them by). Those without a score or past `keep_num` are left alone: not ranked, never deleted.
+        Returns the kept list."""
+        names = sorted(os.listdir(self.save_dir)) if os.path.isdir(self.save_dir) else []
+        found = [(int(m.group(1)), name) for name in names if (m := EPOCH_FILE.match(name))]
+        ranked = sorted(((-scores[epoch], epoch, name) for epoch, name in found
+                         if epoch < before_epoch and epoch in scores))[: self.keep_num]
+        self.ckpts = [[name, -negative] for negative, _, name in ranked]
+        self.left_alone = {name for _, name in found} - {name for name, _ in self.ckpts}
+        return self.ckpts
+
     def reconcile(self) -> None:
         """Make the folder match the resumed list: drop `checkpoint-N` files it does not hold (written or not yet
         evicted when the run stopped) and copy the best of the list to `best.pth.tar` (removed when the list is empty:
@@ -211,7 +225,7 @@ class CheckpointManager:
             return
         kept = {name for name, _ in self.ckpts}
         for name in os.listdir(self.save_dir):
-            if EPOCH_FILE.match(name) and name not in kept:
+            if EPOCH_FILE.match(name) and name not in kept and name not in self.left_alone:
                 os.remove(self.path(name))
         if self.ckpts:
             atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))

@@ -2,7 +2,9 @@
 
 The flags are the original toolbox's (same names, same defaults) minus the ones that do nothing for these models
 (NAS, KD, DBB, DyRep, auxiliary tower), plus a few of ours (marked "ours" in their help). A YAML file given with
-`-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys are errors. A YAML value
+`-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys are errors, but for the
+keys of those left-out flags at their off values (`ORIGINAL_FEATURES_OFF`: the original's `args.yaml` lists them all),
+which are skipped; switched on, they are refused by name. A YAML value
 is read from its text as argparse reads the same word (`experiment: 20240501` is the name '20240501', `epochs: 7.9`
 is refused as `--epochs 7.9` is); `null` is taken only by a flag whose default is None.
 
@@ -29,6 +31,21 @@ SWITCH = argparse.BooleanOptionalAction
 RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch")  # per command, left out of args.yaml (module doc)
 
 DEFAULT_EXPERIMENT = "exp"  # the run folder under --output when neither the flags nor the config name one
+
+# The original toolbox's flags of features this code leaves out, with the values that leave them off (its defaults):
+# the args.yaml of each of its runs holds them all.
+ORIGINAL_FEATURES_OFF: dict[str, tuple[str, Any]] = {
+    "model_config": ("model config files", ""), "drop_path_strategy": ("drop-path strategies", "const"),
+    "auxiliary": ("auxiliary tower", False), "auxiliary_weight": ("auxiliary tower", 0.4),
+    "kd": ("knowledge distillation", ""), "teacher_model": ("knowledge distillation", ""),
+    "teacher_pretrained": ("knowledge distillation", True), "teacher_ckpt": ("knowledge distillation", ""),
+    "kd_loss_weight": ("knowledge distillation", 1.0), "ori_loss_weight": ("knowledge distillation", 1.0),
+    "teacher_module": ("knowledge distillation", ""), "student_module": ("knowledge distillation", ""),
+    "kd_loss_kwargs": ("knowledge distillation", None), "dbb": ("DBB", False), "dyrep": ("DyRep", False),
+    "dyrep_adjust_interval": ("DyRep", 10), "dyrep_max_adjust_epochs": ("DyRep", 100),
+    "dyrep_recal_bn_iters": ("DyRep", 20), "dyrep_recal_bn_every_epoch": ("DyRep", False),
+    "edgenn_config": ("EdgeNN", ""),
+}
 
 
 class ConfigError(ValueError):
@@ -452,8 +469,11 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     values = {}
     for key, value in cfg.items():
-        if key == "config":
+        if key == "config" or (key in ORIGINAL_FEATURES_OFF and value in (ORIGINAL_FEATURES_OFF[key][1], None, {})):
             continue
+        if key in ORIGINAL_FEATURES_OFF:
+            raise ConfigError(f"{path}: key {key!r} is {value!r}: the original's {ORIGINAL_FEATURES_OFF[key][0]} is "
+                              f"not part of this code (remove the key, or give it {ORIGINAL_FEATURES_OFF[key][1]!r})")
         if key not in actions:
             close = difflib.get_close_matches(key, list(actions), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -65,12 +65,15 @@ def warn_other_epoch_order(ckpt: Mapping[str, Any], path: str, train_images: int
                     f"twice in it, others not at all); the epochs after it are as usual")
 
 
-def warn_ema_switch(saved: Mapping[str, Any], path: str, start_epoch: int, model_ema: bool,
+def warn_ema_switch(ckpt: Mapping[str, Any], path: str, start_epoch: int, model_ema: bool,
                     log: logging.Logger) -> None:
-    """Warn when --model-ema (now `model_ema`) is switched on or off on resume (its run's config: `saved`): the
-    validation columns of metrics.csv, and the ranking of the kept checkpoints, change from one weights' accuracy to
-    the other's."""
-    if saved.get("model_ema") is None or bool(saved["model_ema"]) == bool(model_ema):
+    """Warn when --model-ema (now `model_ema`) is switched on or off on resume (its run's config says whether it was
+    on; a file without one, the original code's, by holding EMA weights or not): the validation columns of
+    metrics.csv, and the ranking of the kept checkpoints, change from one weights' accuracy to the other's."""
+    had = (ckpt.get("config") or {}).get("model_ema")
+    if had is None and "config" not in ckpt:
+        had = ckpt.get("ema_model") is not None
+    if had is None or bool(had) == bool(model_ema):
         return
     if model_ema:
         what = "the EMA's (which starts from the resumed weights)", "the model's"
@@ -103,6 +106,20 @@ def keep_run_start(cfg: Namespace, saved: Mapping[str, Any], path: str, log: log
     cfg.finetune = own
 
 
+def saved_optimizer_kind(ckpt: Mapping[str, Any]) -> Optional[str]:
+    """The `--opt` of a training checkpoint: its config's, or, in a file without one (the original code's), the kind
+    its optimizer state's hyperparameters show; None when they show none of ours."""
+    kind = (ckpt.get("config") or {}).get("opt")
+    if kind is not None:
+        return kind
+    groups = (ckpt.get("optimizer") or {}).get("param_groups") or [{}]
+    keys = set(groups[0])
+    for key, name in (("betas", "adamw"), ("nesterov", "sgd"), ("lr_in_momentum", "rmsproptf"), ("alpha", "rmsprop")):
+        if key in keys:
+            return name
+    return None
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: Namespace,
                          ckpt: Mapping[str, Any], path: str, log: logging.Logger) -> None:
     """Load the checkpoint's optimizer state into `optimizer` (built from `cfg` for `model`), keeping this run's
@@ -112,8 +129,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, cfg
     if ckpt.get("optimizer") is None:
         return
     saved = ckpt.get("config") or {}
-    if saved.get("opt", cfg.opt) != cfg.opt:
-        log.warning(f"--opt changed on resume ({saved['opt']} -> {cfg.opt}): the optimizer state of {path} is not "
+    kind = saved_optimizer_kind(ckpt)
+    if kind not in (None, cfg.opt):
+        log.warning(f"--opt changed on resume ({kind} -> {cfg.opt}): the optimizer state of {path} is not "
                     f"used, {cfg.opt} starts afresh")
         return
     fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]

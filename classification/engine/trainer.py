@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
                                     state_dict_from)
-from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
+from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog, epoch_scores
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import DataError, build_datasets, build_loaders, build_mixup, class_summary
 from ..data.loader import lost_worker
@@ -62,6 +62,9 @@ from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
 from .train_loop import EpochProgress, train_one_epoch
+
+
+ORIGINAL_ARGS = "args_original.yaml"  # the args.yaml of an original code's run that this code continues
 
 
 class Run:
@@ -120,6 +123,7 @@ class Run:
         self.start_progress = EpochProgress()  # of start_epoch: not 0 when resumed in the middle of it
         self.rng_to_restore = None
         self.non_finite_steps = 0  # the last optimizer steps' losses not finite, in a row (see train_one_epoch)
+        self.original_run = False  # resumed from a checkpoint of the original code (see resume)
 
     def resume(self, ckpt: dict, path: str) -> None:
         """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch (and the step
@@ -159,18 +163,27 @@ class Run:
             self.scaler.load_state_dict(ckpt["scaler"])
         saved = ckpt.get("config") or {}
         keep_run_start(self.cfg, saved, path, self.log)
-        warn_ema_switch(saved, path, start_epoch, self.cfg.model_ema, self.log)
+        warn_ema_switch(ckpt, path, start_epoch, self.cfg.model_ema, self.log)
         log_changed_flags(self.cfg, saved, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.updates_per_epoch
                                 + self.start_progress.step // self.cfg.grad_accum_steps)
-        self.manager.load_state_dict(ckpt.get("checkpoints") or [])
+        self.original_run = ckpt.get("checkpoints") is None  # the original code's checkpoints record no kept list
+        if self.original_run:
+            kept = self.manager.adopt(start_epoch, epoch_scores(os.path.join(self.exp_dir, METRICS_CSV)))
+            alone = sorted(self.manager.left_alone)
+            self.log.info(f"{path} records no kept checkpoints (the original code's): ranked its folder's "
+                          f"{[name for name, _ in kept]} by metrics.csv's top-1"
+                          + (f"; {alone} are left as they are (never deleted)" if alone else ""))
+        else:
+            self.manager.load_state_dict(ckpt["checkpoints"])
         rng = ckpt.get("rng") or []
         if len(rng) == self.env.world_size:
             self.rng_to_restore = rng[self.env.rank]
         else:
-            self.log.warning(f"{path} holds RNG states of {len(rng)} processes, this run has "
-                             f"{self.env.world_size}: random streams are reseeded, not restored")
+            held = f"RNG states of {len(rng)} processes" if rng else "no RNG states (the original code saves none)"
+            self.log.warning(f"{path} holds {held}, this run has {self.env.world_size} process(es): random streams "
+                             f"are reseeded, not restored")
             seed_everything(self.cfg.seed + self.env.rank + self.start_epoch)
         if step is not None and step >= self.steps_per_epoch:  # stopped during the epoch's validation or writes
             self.log.info(f"Resumed {path}: the training of epoch {self.start_epoch} is done, validating it")
@@ -225,7 +238,11 @@ class Run:
         if self.start_epoch > 0 or mid_epoch:
             self.manager.reconcile()
         if env.is_main:
-            save_config(cfg, os.path.join(exp_dir, "args.yaml"))
+            args_file, original_args = os.path.join(exp_dir, "args.yaml"), os.path.join(exp_dir, ORIGINAL_ARGS)
+            if self.original_run and os.path.isfile(args_file) and not os.path.exists(original_args):
+                atomic_copy(args_file, original_args)
+                self.log.info(f"The original code's args.yaml is kept as {original_args}")
+            save_config(cfg, args_file)
 
     def checkpoint_payload(self, epoch: int, progress: Optional[EpochProgress] = None) -> dict:
         """The training checkpoint at the end of `epoch`, or with `progress` in its middle (RNG states and running

@@ -118,16 +118,18 @@ def unfinished_search(ckpt: Mapping[str, Any]) -> Optional[str]:
 def search_record(ckpt_path: str, ckpt: Mapping[str, Any], ema: bool, unfinished: Optional[str]) -> dict:
     """What a directions file keeps of the search its directions come from (`searched_from`): the checkpoint (absolute
     path) and its weights, its epoch and the run's epochs, whether the search had finished (`unfinished_search`'s
-    note if not), and the supernet run's `model_kwargs` (its depth or width when they differ from the name's)."""
+    note if not; left out when the checkpoint does not say, as the original code's do not), and the supernet run's
+    `model_kwargs` (its depth or width when they differ from the name's)."""
     config = ckpt.get("config") or {}
     record: dict[str, Any] = {"checkpoint": os.path.abspath(ckpt_path), "weights": "ema_model" if ema else "model"}
     if isinstance(ckpt.get("epoch"), int):
         record["epoch"] = ckpt["epoch"]
         if isinstance(config.get("epochs"), int):
             record["epochs"] = config["epochs"]
-        record["finished"] = unfinished is None
         if unfinished:
-            record["unfinished"] = unfinished
+            record.update(finished=False, unfinished=unfinished)
+        elif isinstance(config.get("epochs"), int):  # the original code's checkpoint does not say how long its run was
+            record["finished"] = True
     model_kwargs = config.get("model_kwargs")
     if isinstance(model_kwargs, Mapping) and model_kwargs:
         record["model_kwargs"] = json.loads(json.dumps(model_kwargs, default=str))  # plain YAML values

@@ -73,6 +73,17 @@ def test_a_checkpoint_before_the_end_of_its_search_is_named_so(supernet_weights,
                       "finished": note is None, **({"unfinished": note} if note else {})}
 
 
+def test_a_checkpoint_of_the_original_code_is_not_recorded_as_a_finished_search(supernet_weights, tmp_path):
+    """The original's checkpoints hold the epoch but not the run's length: whether the search had finished is
+    unknown, and the directions file does not claim it had."""
+    path = tmp_path / "last.pth.tar"
+    torch.save({"model": supernet_weights, "ema_model": None, "epoch": 4, "optimizer": None}, path)
+    extract(str(path), out_dir=str(tmp_path / "out"))
+    with open(tmp_path / "out" / "directions.yaml") as f:
+        record = yaml.safe_load(f)["searched_from"]
+    assert record == {"checkpoint": str(path), "weights": "model", "epoch": 4}
+
+
 def test_released_weights_carry_no_search_progress(supernet_weights, tmp_path):
     assert extraction.unfinished_search({"state_dict": supernet_weights}) is None
     torch.save({"state_dict": supernet_weights}, tmp_path / "released.pth")

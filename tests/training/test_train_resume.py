@@ -200,3 +200,51 @@ def test_a_resumed_runs_config_names_its_own_folder(tmp_path, monkeypatch):
     assert load(run_dir / "last.pth.tar")["config"]["experiment"] == "run"
     train(parse_args(["-c", config, "--resume", "auto", "--epochs", "3"]))
     assert load(run_dir / "last.pth.tar")["epoch"] == 2 and not (tmp_path / "experiments").exists()
+
+
+ORIGINAL_KEYS = ("epoch", "model", "ema_model", "optimizer", "scaler")   # what the original's checkpoints hold
+
+
+def test_a_run_of_the_original_code_continues_in_its_folder_without_losing_its_checkpoints(tmp_path):
+    """A folder as the original code leaves it (checkpoints without a kept list, config, RNG or run id; its own
+    args.yaml with the flags of its left-out features; a header in metrics.csv at every start): --resume ranks its
+    checkpoint files by metrics.csv's top-1 instead of deleting them all, keeps its args.yaml, and says that the
+    optimizer kind and the EMA it had (read from the state) change."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    common = ["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0", "--output",
+              str(tmp_path), "--experiment", "orig"]
+    train(parse_args([*common, "--epochs", "3", "--opt", "adamw", "--lr", "3e-3", "--model-ema"]))
+    run = tmp_path / "orig"
+    for name in ("checkpoint-0.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "best.pth.tar",
+                 "last.pth.tar"):
+        ckpt = load(run / name)
+        torch.save({key: ckpt[key] for key in ORIGINAL_KEYS}, run / name)
+    scores = {int(row[0]): float(row[3]) for row in rows(run / "metrics.csv")[1:]}
+    original_args = "model: vit_tiny_patch16_224\nopt: adamw\nkd: ''\ndyrep: false\nauxiliary_weight: 0.4\n"
+    (run / "args.yaml").write_text(original_args)
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text + text.splitlines()[0] + "\n")   # the header its next start would write
+    for name in os.listdir(run):
+        if name.startswith("log_"):
+            os.remove(run / name)
+
+    train(parse_args([*common, "--epochs", "4", "--opt", "sgd", "--lr", "1e-3", "--resume",
+                      str(run / "last.pth.tar")]))
+    files = sorted(name for name in os.listdir(run) if name.endswith(".pth.tar"))
+    assert files == ["best.pth.tar", *[f"checkpoint-{e}.pth.tar" for e in range(4)], "last.pth.tar"]
+    assert (run / "args_original.yaml").read_text() == original_args
+    last = load(run / "last.pth.tar")
+    scores[3] = float(rows(run / "metrics.csv")[-1][3])
+    ranked = sorted(scores, key=lambda epoch: (-scores[epoch], epoch))
+    assert last["checkpoints"] == [[f"checkpoint-{e}.pth.tar", scores[e]] for e in ranked]
+    assert load(run / "best.pth.tar")["epoch"] == ranked[0]
+    (log,) = [run / name for name in os.listdir(run) if name.startswith("log_")]
+    text = log.read_text()
+    assert (f"{run / 'last.pth.tar'} records no kept checkpoints (the original code's): ranked its folder's "
+            f"{[f'checkpoint-{e}.pth.tar' for e in sorted(range(3), key=lambda e: (-scores[e], e))]} by "
+            f"metrics.csv's top-1") in text
+    assert f"--opt changed on resume (adamw -> sgd): the optimizer state of {run / 'last.pth.tar'} is not used" in text
+    assert f"--model-ema off where the run of {run / 'last.pth.tar'} had it on" in text
+    assert "holds no RNG states (the original code saves none)" in text
