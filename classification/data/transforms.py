@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
 from torchvision import transforms as T
 
@@ -70,6 +71,25 @@ def check_auto_augment(aa: str | None, impl: str = "original") -> None:
         raise DataError(f"--aa {aa!r}: {err}{known}") from None
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's Posterize op, with 0 bits kept giving the black image it gave before Pillow 13 (which refuses 0 bits,
+    so that a timm policy that draws it, e.g. `rand-m9-mstd0.5-inc1` at its top magnitude, ended the run)."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return timm_auto_augment.posterize(img, bits_to_keep)
+
+
+def _with_posterize_of_zero_bits(transform: T.Compose) -> T.Compose:
+    """`transform` with every timm augmentation op that posterizes using `_posterize` (RandAugment, AutoAugment's
+    sub-policies, AugMix)."""
+    for step in transform.transforms:
+        ops = getattr(step, "ops", None) or [op for policy in getattr(step, "policy", []) for op in policy]
+        for op in ops:
+            if getattr(op, "aug_fn", None) is timm_auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
 def build_transform(cfg: Namespace, training: bool) -> Callable:
     """The PIL -> normalised float CHW tensor transform for one split (cfg holds resolved dataset defaults)."""
     if cfg.dataset in ("cifar10", "cifar100"):
@@ -93,7 +113,7 @@ def build_transform(cfg: Namespace, training: bool) -> Callable:
         **common,
     )
     if not own_rand_augment:
-        return train
+        return _with_posterize_of_zero_bits(train)
     # the original's RandAugment between flip and to-tensor, where timm puts its own (colour jitter stays off)
     crop_flip, _, to_tensor = train
     resample = Image.Resampling.BICUBIC if cfg.interpolation == "bicubic" else Image.Resampling.BILINEAR

@@ -309,6 +309,22 @@ def test_aa_impl_timm_builds_timms():
     assert not any(isinstance(t, ra.RandAugment) for t in transform.transforms)
 
 
+@pytest.mark.parametrize("policy, op_name, magnitude", [
+    ("rand-m9-mstd0.5-inc1", "PosterizeIncreasing", 10), ("rand-m9", "Posterize", 0)])
+def test_timms_posterize_of_zero_bits_gives_a_black_image_instead_of_ending_the_run(policy, op_name, magnitude):
+    """Pillow 13 refuses to posterize to 0 bits, which timm's ops draw at these magnitudes (`inc1` at its top, the
+    plain op at its bottom): one image in ~2000 of `rand-m9-mstd0.5-inc1` ended the run with a ValueError. The op
+    gives the black image it gave on older Pillow."""
+    transform = train_transform("--aa", policy, "--aa-impl", "timm")
+    (op,) = [op for op in transform.transforms[2].ops if op.name == op_name]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, magnitude, 0
+    assert op.level_fn(magnitude, op.hparams) == (0,)   # 0 bits kept
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert not np.asarray(op(image)).any()
+    op.magnitude = 5  # 2 bits kept: what Pillow computes
+    assert np.array_equal(np.asarray(op(image)), np.asarray(image) & 0b11000000)
+
+
 def test_seeded_pipeline_is_deterministic():
     from classification.common.rng import seeded
 
