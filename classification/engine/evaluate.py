@@ -76,12 +76,12 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
             output = output.float()
             loss = loss_fn(output, target)
             n = images.shape[0]
-            acc1, acc5 = accuracy(output, target, topk=(1, 5))
-            loss_m.update(loss.item(), n)
-            top1_m.update(acc1.item(), n)
-            top5_m.update(acc5.item(), n)
-            correct1 += round(acc1.item() * n / 100)
-            correct5 += round(acc5.item() * n / 100)
+            batch_loss, acc1, acc5 = torch.stack([loss, *accuracy(output, target, topk=(1, 5))]).tolist()  # one sync
+            loss_m.update(batch_loss, n)
+            top1_m.update(acc1, n)
+            top5_m.update(acc5, n)
+            correct1 += round(acc1 * n / 100)
+            correct5 += round(acc5 * n / 100)
             batch_m.update(time.time() - start)
             eta = format_eta((steps - idx - 1) * batch_m.avg)
             if idx % log_interval == 0 or idx == steps - 1:

@@ -98,11 +98,17 @@ def test_unreadable_image_is_named(tmp_path, monkeypatch):
 
 def test_unknown_config_key_exits_with_a_message(tmp_path, capsys):
     cfg = tmp_path / "typo.yaml"
-    cfg.write_text(yaml.safe_dump({"lr": 0.1, "teacher_model": "resnet50"}))  # a KD flag we do not have
+    cfg.write_text(yaml.safe_dump({"lr": 0.1, "warmup_epoch": 3}))
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: parse_args(["-c", str(cfg)]))
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"error: {cfg}: unknown key 'teacher_model'\n"
+    assert capsys.readouterr().err == f"error: {cfg}: unknown key 'warmup_epoch' (did you mean 'warmup_epochs'?)\n"
+    cfg.write_text(yaml.safe_dump({"lr": 0.1, "teacher_model": "resnet50"}))  # a KD flag of the original's
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: parse_args(["-c", str(cfg)]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {cfg}: key 'teacher_model' is 'resnet50': the original's knowledge "
+                                       f"distillation is not part of this code (remove the key, or give it '')\n")
 
 
 @pytest.fixture(scope="module")
