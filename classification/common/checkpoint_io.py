@@ -217,8 +217,8 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def _first_line(err: BaseException) -> str:
-    """The reason of a failed write in one line: an OSError's own text (`No space left on device`) without the
-    temporary file names it carries, else the error's first line."""
+    """Why a read, download or write failed, in one line: an OSError's own text (`No space left on device`) without
+    the file names it carries (the caller names the checkpoint), else the error's first line."""
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     text = str(err).strip()

@@ -60,19 +60,22 @@ class CsvLog:
 
 def epoch_scores(path: str, column: str = "top1") -> dict[int, float]:
     """`column` of each epoch's row of a metrics.csv (the last row of an epoch written twice), skipping what is no
-    data row: a repeated header (the original code wrote one at every start), a partial last row. Empty when the
-    file does not exist."""
+    complete data row: a repeated header (the original code wrote one at every start), a partial last row. Empty when
+    the file does not exist or has no such column."""
     if not os.path.isfile(path):
         return {}
-    scores = {}
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    if not rows or column not in rows[0]:
+    header = rows[0] if rows else []
+    if "epoch" not in header or column not in header:
         return {}
-    at = rows[0].index(column)
+    epoch_at, value_at = header.index("epoch"), header.index(column)
+    scores = {}
     for row in rows[1:]:
+        if len(row) != len(header):
+            continue
         try:
-            scores[int(row[0])] = float(row[at])
-        except (ValueError, IndexError):
+            scores[int(row[epoch_at])] = float(row[value_at])
+        except ValueError:
             continue
     return scores

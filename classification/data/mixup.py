@@ -1,9 +1,10 @@
 """Mixup / CutMix with the original's CutMix boxes (its copy of timm's, `lib/dataset/mixup.py`).
 
 timm's `Mixup` draws the same λ and pairs the same images (image i with image n - 1 - i); only its CutMix box
-differs in current timm: a box of odd size `cut` spans `cut // 2` pixels above its centre and `(cut + 1) // 2`
-below (one pixel more than the original's `cut // 2` each side, on 44 % of the recipe's 224 px boxes), and the
-min-max box may touch the image's far edge (the original's cannot). Random draws are those of the original, in its
+differs in current timm: a box of odd size `cut` spans `cut // 2` pixels above its centre and `(cut + 1) // 2` below
+(one pixel more than the original's `cut // 2` each side, on 44 % of the recipe's 224 px boxes), and the min-max box
+may touch the image's far edge (the original's cannot). timm offers no hook for the box, so `OriginalMixup` restates
+timm 1.0.31's `_mix_batch` / `_mix_elem` / `_mix_pair` around it. Random draws are those of the original, in its
 order, from NumPy's global generator.
 """
 from __future__ import annotations

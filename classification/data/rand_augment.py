@@ -182,9 +182,19 @@ def rotate(img: Image.Image, degrees: float, fill: tuple, resample: Resample) ->
     return img.rotate(degrees, resample=Image.Resampling.BICUBIC, fillcolor=fill)
 
 
+def posterize_bits(img: Image.Image, bits: int) -> Image.Image:
+    """Keep the `bits` most significant bits of every channel: 8 or more keep the image, 0 or fewer (a magnitude below
+    2.5, never clamped) give the black image Pillow gave before version 13, which refuses them."""
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits)
+
+
 def posterize(img: Image.Image, bits: int, fill: tuple, resample: Resample) -> Image.Image:
-    """Keep the `bits` most significant bits of every channel (8 or more: unchanged)."""
-    return img if bits >= 8 else ImageOps.posterize(img, bits)
+    """The PosterizeTpu op: `posterize_bits`."""
+    return posterize_bits(img, bits)
 
 
 def solarize_add(img: Image.Image, add: int, fill: tuple, resample: Resample, threshold: int = 128) -> Image.Image:

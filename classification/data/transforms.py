@@ -18,7 +18,7 @@ from timm.data import create_transform
 from torchvision import transforms as T
 
 from .image_list import DataError
-from .rand_augment import rand_augment_transform
+from .rand_augment import posterize_bits, rand_augment_transform
 
 
 class Cutout:
@@ -74,9 +74,7 @@ def check_auto_augment(aa: str | None, impl: str = "original") -> None:
 def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     """timm's Posterize op, with 0 bits kept giving the black image it gave before Pillow 13 (which refuses 0 bits,
     so that a timm policy that draws it, e.g. `rand-m9-mstd0.5-inc1` at its top magnitude, ended the run)."""
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return timm_auto_augment.posterize(img, bits_to_keep)
+    return posterize_bits(img, bits_to_keep)
 
 
 def _with_posterize_of_zero_bits(transform: T.Compose) -> T.Compose:

@@ -2,6 +2,7 @@
 
 A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler` (as the original) plus `scheduler`,
 `rng` (one entry per rank), `checkpoints` (the kept top-k list, file names relative to the run's folder),
+`left_alone` (only in a run that continues one of the original code: its checkpoint files that are not ranked),
 `model_name`, `directions` (the scan directions per layer, see `scan_directions`), `candidates` (a search supernet's,
 else None), `classes` (the class folders' names, else None), `train_images`, `steps_per_epoch` (batches an epoch
 trains) and `config` for exact resume, and `run_id` (the run that wrote it: kept by `--resume`, new for `--branch`). A
@@ -18,7 +19,7 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -191,14 +192,24 @@ class CheckpointManager:
     def state_dict(self) -> list[list]:
         return [list(item) for item in self.ckpts]
 
-    def load_state_dict(self, ckpts: list[list]) -> None:
-        """Adopt a resumed run's list (names; full paths of earlier versions are reduced to their file names)."""
+    def load_state_dict(self, ckpts: list[list], left_alone: Sequence[str] = ()) -> None:
+        """Adopt a resumed run's list (names; full paths of earlier versions are reduced to their file names) and the
+        original code's files it leaves alone (`adopt`)."""
         entries = [[os.path.basename(str(name)), float(score)] for name, score in ckpts]
         self.ckpts = [item for item in entries if os.path.isfile(self.path(item[0]))][: self.keep_num]
+        self.left_alone = set(left_alone)
 
-    def latest(self) -> Optional[tuple[int, str]]:
-        """The kept `checkpoint-<epoch>.pth.tar` of the latest epoch, as (epoch, path); None when none is kept."""
-        epochs = [(int(found.group(1)), name) for name, _ in self.ckpts if (found := EPOCH_FILE.match(name))]
+    def _record(self, payload: dict[str, Any]) -> None:
+        """Put the kept list (and the original code's files left alone, if any) into a checkpoint's `payload`."""
+        payload["checkpoints"] = self.state_dict()
+        if self.left_alone:
+            payload["left_alone"] = sorted(self.left_alone)
+
+    def latest(self, before_epoch: int) -> Optional[tuple[int, str]]:
+        """The kept `checkpoint-<epoch>.pth.tar` of the latest epoch before `before_epoch`, as (epoch, path); None
+        when none is kept."""
+        epochs = [(int(found.group(1)), name) for name, _ in self.ckpts
+                  if (found := EPOCH_FILE.match(name)) and int(found.group(1)) < before_epoch]
         if not epochs:
             return None
         epoch, name = max(epochs)
@@ -207,14 +218,15 @@ class CheckpointManager:
     def adopt(self, before_epoch: int, scores: Mapping[int, float]) -> list[list]:
         """Rank the `checkpoint-<epoch>.pth.tar` files that a run of the original code (whose checkpoints hold no kept
         list) left in the folder, for epochs before `before_epoch`, by their `scores` (its metrics.csv's top-1, the
-        score it ranked them by). Those without a score or past `keep_num` are left alone: not ranked, never deleted.
+        score it ranked them by). Those of these epochs without a score or past `keep_num` are left alone: never
+        ranked or deleted (the list travels in this run's checkpoints); those of later epochs go as a rewind's do.
         Returns the kept list."""
         names = sorted(os.listdir(self.save_dir)) if os.path.isdir(self.save_dir) else []
-        found = [(int(m.group(1)), name) for name in names if (m := EPOCH_FILE.match(name))]
-        ranked = sorted(((-scores[epoch], epoch, name) for epoch, name in found
-                         if epoch < before_epoch and epoch in scores))[: self.keep_num]
+        earlier = [(int(m.group(1)), name) for name in names
+                   if (m := EPOCH_FILE.match(name)) and int(m.group(1)) < before_epoch]
+        ranked = sorted((-scores[epoch], epoch, name) for epoch, name in earlier if epoch in scores)[: self.keep_num]
         self.ckpts = [[name, -negative] for negative, _, name in ranked]
-        self.left_alone = {name for _, name in found} - {name for name, _ in self.ckpts}
+        self.left_alone = {name for _, name in earlier} - {name for name, _ in self.ckpts}
         return self.ckpts
 
     def reconcile(self) -> None:
@@ -235,7 +247,7 @@ class CheckpointManager:
     def save_last(self, payload: dict[str, Any]) -> None:
         """Write `payload` as `last.pth.tar` only, with the kept list unchanged (a stop in the middle of an epoch, or
         an epoch that does not enter the top k)."""
-        payload["checkpoints"] = self.state_dict()
+        self._record(payload)
         if self.enabled:
             atomic_save(payload, self.path(LAST))
 
@@ -249,7 +261,7 @@ class CheckpointManager:
         self.ckpts.insert(rank, [name, score])
         evicted = self.ckpts[self.keep_num:]
         self.ckpts = self.ckpts[: self.keep_num]
-        payload["checkpoints"] = self.state_dict()
+        self._record(payload)
         if self.enabled:
             atomic_save(payload, self.path(name))
             if rank == 0:

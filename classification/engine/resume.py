@@ -5,6 +5,8 @@ under this run's hyperparameters, re-indexed when the parameters are grouped oth
 state afresh. A run stopped in the middle of an epoch continues only with the same processes, batch size and
 --grad-accum-steps. Every changed flag is logged, and so are the changes whose effect is not obvious: another training
 set size in the middle of an epoch, the EMA switched on or off, a --finetune that a continued run does not read.
+A checkpoint of the original code (no config, kept list or RNG states) continues too: its optimizer kind and EMA are
+read from its state, its folder's checkpoint files ranked by its metrics.csv, its args.yaml kept.
 """
 from __future__ import annotations
 
@@ -16,12 +18,16 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ..common.checkpoint_io import CheckpointError
+from ..common.checkpoint_io import CheckpointError, atomic_copy
+from ..common.csv_log import METRICS_CSV, epoch_scores
 from ..data import DataError
-from .checkpoint import run_config_beside
+from .checkpoint import CheckpointManager, run_config_beside
 from .config import ConfigError, config_dict
 from .experiment import is_training_checkpoint
 from .optim import param_groups
+
+# Where the args.yaml of an original code's run that this code continues is kept.
+ORIGINAL_ARGS = "args_original.yaml"
 
 # Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
 # they say.
@@ -93,6 +99,26 @@ def misfit_remedy(ckpt: Mapping[str, Any], path: str) -> str:
     if run_config is None:
         return "give the model, data and image size its run was trained with"
     return f"to continue its run, give its config: -c {run_config} --resume {path}"
+
+
+def adopt_original_checkpoints(manager: CheckpointManager, start_epoch: int, path: str, log: logging.Logger) -> None:
+    """A run of the original code continued from its checkpoint `path` (which records no kept list): rank the
+    checkpoint files of its folder by its metrics.csv's top-1 (`CheckpointManager.adopt`) instead of deleting them as
+    files of no list, and say so."""
+    kept = manager.adopt(start_epoch, epoch_scores(os.path.join(manager.save_dir, METRICS_CSV)))
+    alone = sorted(manager.left_alone)
+    if kept or alone:
+        log.info(f"{path} records no kept checkpoints (the original code's): ranked its folder's "
+                 f"{[name for name, _ in kept]} by metrics.csv's top-1"
+                 + (f"; {alone} are left as they are (never deleted)" if alone else ""))
+
+
+def keep_original_args(exp_dir: str, log: logging.Logger) -> None:
+    """Keep the args.yaml of an original code's run in `exp_dir` as `ORIGINAL_ARGS` before this run writes its own."""
+    args_file, kept = os.path.join(exp_dir, "args.yaml"), os.path.join(exp_dir, ORIGINAL_ARGS)
+    if os.path.isfile(args_file) and not os.path.exists(kept):
+        atomic_copy(args_file, kept)
+        log.info(f"The original code's args.yaml is kept as {kept}")
 
 
 def keep_run_start(cfg: Namespace, saved: Mapping[str, Any], path: str, log: logging.Logger) -> None:

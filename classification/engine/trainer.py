@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
                                     state_dict_from)
-from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog, epoch_scores
+from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import DataError, build_datasets, build_loaders, build_mixup, class_summary
 from ..data.loader import lost_worker
@@ -56,15 +56,13 @@ from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, ch
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
-from .resume import (check_same_batches, check_same_classes, keep_run_start, load_optimizer_state, log_changed_flags,
-                     misfit_remedy, warn_ema_switch, warn_other_epoch_order)
+from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_original_args,
+                     keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy, warn_ema_switch,
+                     warn_other_epoch_order)
 from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
 from .train_loop import EpochProgress, train_one_epoch
-
-
-ORIGINAL_ARGS = "args_original.yaml"  # the args.yaml of an original code's run that this code continues
 
 
 class Run:
@@ -170,13 +168,9 @@ class Run:
                                 + self.start_progress.step // self.cfg.grad_accum_steps)
         self.original_run = ckpt.get("checkpoints") is None  # the original code's checkpoints record no kept list
         if self.original_run:
-            kept = self.manager.adopt(start_epoch, epoch_scores(os.path.join(self.exp_dir, METRICS_CSV)))
-            alone = sorted(self.manager.left_alone)
-            self.log.info(f"{path} records no kept checkpoints (the original code's): ranked its folder's "
-                          f"{[name for name, _ in kept]} by metrics.csv's top-1"
-                          + (f"; {alone} are left as they are (never deleted)" if alone else ""))
+            adopt_original_checkpoints(self.manager, start_epoch, path, self.log)
         else:
-            self.manager.load_state_dict(ckpt["checkpoints"])
+            self.manager.load_state_dict(ckpt["checkpoints"], ckpt.get("left_alone") or ())
         rng = ckpt.get("rng") or []
         if len(rng) == self.env.world_size:
             self.rng_to_restore = rng[self.env.rank]
@@ -238,11 +232,9 @@ class Run:
         if self.start_epoch > 0 or mid_epoch:
             self.manager.reconcile()
         if env.is_main:
-            args_file, original_args = os.path.join(exp_dir, "args.yaml"), os.path.join(exp_dir, ORIGINAL_ARGS)
-            if self.original_run and os.path.isfile(args_file) and not os.path.exists(original_args):
-                atomic_copy(args_file, original_args)
-                self.log.info(f"The original code's args.yaml is kept as {original_args}")
-            save_config(cfg, args_file)
+            if self.original_run:
+                keep_original_args(exp_dir, self.log)
+            save_config(cfg, os.path.join(exp_dir, "args.yaml"))
 
     def checkpoint_payload(self, epoch: int, progress: Optional[EpochProgress] = None) -> dict:
         """The training checkpoint at the end of `epoch`, or with `progress` in its middle (RNG states and running
@@ -365,18 +357,20 @@ class Run:
             where += f", {self.non_finite_steps} steps in a row"
         if os.path.isfile(last):
             saved = f"{last} holds the run before it"
-            advice = self._divergence_advice(last)
+            # last.pth.tar holds this epoch's steps before it, or, at its first step, the end of the epoch before
+            advice = self._divergence_advice(last, epoch if progress.step > 0 else epoch - 1)
         else:
             saved, advice = "nothing was saved yet", "lower --lr or add --clip-grad-norm"
         self.log.error(f"The training loss is not finite in {where}; the step was not taken and {saved}")
         what = f"the training loss is {loss}" if loss is not None else "another rank's training loss is not finite"
         return TrainingDiverged(f"{what} in {where} (the step was not taken; {saved}): {advice}")
 
-    def _divergence_advice(self, last: str) -> str:
+    def _divergence_advice(self, last: str, before_epoch: int) -> str:
         """How to go on after a non-finite loss, the run saved in `last`. `--resume` of `last` continues exactly: the
-        same weights meet the same batch and give the same loss, whatever the new --lr. The way on is an earlier
-        epoch's checkpoint with --rewind, or, under fp16 autocast, `last` in another precision."""
-        earlier = self.manager.latest()
+        same weights meet the same batch and give the same loss, whatever the new --lr. The way on is the latest kept
+        checkpoint of an epoch before `before_epoch` (whose ends are not `last`'s state) with --rewind, or, under fp16
+        autocast, `last` in another precision."""
+        earlier = self.manager.latest(before_epoch)
         rewind = (f"--resume {earlier[1]} --rewind (the end of epoch {earlier[0]})" if earlier
                   else "a fresh run (no epoch checkpoint was kept)")
         advice = (f"--resume {last} would meet the same loss again (the same weights and batch), so continue from "
@@ -498,7 +492,8 @@ def train(cfg: Namespace) -> dict:
             return run.fit()
         except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
             raise run.aborted() from None
-        except RuntimeError as err:  # raised wherever the run was (even within a step): nothing more is saved
+        except RuntimeError as err:  # torch raises it where the run is (even within a step): nothing more is saved
+            # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
             why = lost_worker(err)
             if why is None:
                 raise

@@ -214,6 +214,10 @@ def test_posterize_tpu_solarize_solarize_add_invert_on_known_values():
     np.testing.assert_array_equal(pixels(op("PosterizeTpu", img, 3)),  # keep 3 bits: & 0b11100000
                                   [[0, 0, 0, 32], [96, 128, 192, 224], [224, 224, 64, 96]])
     np.testing.assert_array_equal(pixels(op("PosterizeTpu", img, 8)), values)
+    # magnitudes below 2.5 (never clamped) keep 0 or fewer bits: black, as Pillow gave before 13 (which refuses them)
+    assert [ra.LEVEL_RULES["PosterizeTpu"](m) for m in (2.4, -3.0)] == [(0,), (-1,)]
+    for bits in (0, -1):
+        assert not pixels(op("PosterizeTpu", img, bits)).any()
     np.testing.assert_array_equal(pixels(op("Solarize", img, 230)),  # invert >= 230
                                   [[0, 20, 31, 37], [127, 128, 200, 229], [25, 0, 64, 96]])
     np.testing.assert_array_equal(pixels(op("SolarizeAdd", img, 99)),  # +99 below 128, saturating

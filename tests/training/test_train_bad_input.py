@@ -401,6 +401,19 @@ def test_under_a_grad_scaler_a_step_with_a_non_finite_loss_is_skipped(tmp_path, 
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
 
 
+def test_a_loss_not_finite_at_an_epochs_first_step_names_no_checkpoint_of_the_same_weights(tmp_path, monkeypatch):
+    """At the first step of epoch 1 last.pth.tar is the end of epoch 0, and so is checkpoint-0: rewinding to it would
+    meet the same loss again. The advice names only an earlier epoch's checkpoint (here none)."""
+    out = tmp_path / "out"
+    nan_training_losses(monkeypatch, {22})   # 22 steps an epoch: the first of epoch 1
+    with pytest.raises(TrainingDiverged, match=r"in epoch 1 after step 0 of 22 .*continue from a fresh run \(no "
+                                               r"epoch checkpoint was kept\)"):
+        train(parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "64", "--epochs", "2", "-j", "0", "--opt",
+                          "adamw", "--lr", "1e-3", "--warmup-epochs", "0", "--output", str(out), "--experiment",
+                          "run"]))
+    assert (out / "run" / "checkpoint-0.pth.tar").exists()
+
+
 def test_under_a_grad_scaler_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
     nan_training_losses(monkeypatch, set(range(3, 22)))
     with pytest.raises(TrainingDiverged, match=r"the training loss is nan in epoch 0 after step 12 of 22, 10 steps "

@@ -248,3 +248,30 @@ def test_a_run_of_the_original_code_continues_in_its_folder_without_losing_its_c
     assert f"--opt changed on resume (adamw -> sgd): the optimizer state of {run / 'last.pth.tar'} is not used" in text
     assert f"--model-ema off where the run of {run / 'last.pth.tar'} had it on" in text
     assert "holds no RNG states (the original code saves none)" in text
+
+
+def test_the_original_codes_files_are_ranked_left_alone_or_rewound_as_their_epochs_say(tmp_path):
+    """`adopt` ranks the files of epochs before the resumed one that metrics.csv scores; one without a score is left
+    alone through later resumes (the list travels in the checkpoints); those of later epochs go, as a rewind's."""
+    from classification.common.csv_log import epoch_scores
+    from classification.engine.checkpoint import CheckpointManager
+
+    for epoch in range(5):
+        torch.save({"epoch": epoch}, tmp_path / f"checkpoint-{epoch}.pth.tar")
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss,test_loss,top1,top5\n0,2,2,40,90\n2,1,1,60,95\n"
+                                          "epoch,train_loss,test_loss,top1,top5\n3,1,1,50,95\n4,1,1,70")
+    assert epoch_scores(str(tmp_path / "metrics.csv")) == {0: 40.0, 2: 60.0, 3: 50.0}   # the partial row skipped
+    manager = CheckpointManager(str(tmp_path), keep_num=10)
+    assert manager.adopt(4, epoch_scores(str(tmp_path / "metrics.csv"))) == [
+        ["checkpoint-2.pth.tar", 60.0], ["checkpoint-3.pth.tar", 50.0], ["checkpoint-0.pth.tar", 40.0]]
+    manager.reconcile()   # a rewind to epoch 4: its own file goes; epoch 1's, never scored, stays
+    assert sorted(os.listdir(tmp_path)) == ["best.pth.tar", *[f"checkpoint-{e}.pth.tar" for e in range(4)],
+                                            "metrics.csv"]
+    payload = {}
+    manager.save_last(payload)
+    assert payload["left_alone"] == ["checkpoint-1.pth.tar"]
+    again = CheckpointManager(str(tmp_path), keep_num=10)
+    again.load_state_dict(payload["checkpoints"], payload["left_alone"])
+    again.reconcile()   # a later resume of this code's own checkpoint
+    assert (tmp_path / "checkpoint-1.pth.tar").exists()
+    assert load(tmp_path / "best.pth.tar")["epoch"] == 2
