@@ -46,8 +46,7 @@ class StopSignals:
         others are caught even so: a shell starts background jobs with SIGINT ignored, and `kill -INT` still means
         stop.)"""
         if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
-            self._previous = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS
-                              if not (sig == getattr(signal, "SIGHUP", None) and _ignored(sig))}
+            self._previous = {sig: signal.signal(sig, self._receive) for sig in _signals_to_catch()}
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -85,8 +84,10 @@ class StopSignals:
                 f"the launcher of this worker (torchrun, pid {self._launcher}) is gone: stopping as on SIGHUP")
 
 
-def _ignored(sig: int) -> bool:
-    return signal.getsignal(sig) is signal.SIG_IGN
+def _signals_to_catch() -> list[int]:
+    """The stop signals, but a SIGHUP the process was started ignoring (under `nohup`), which stays ignored."""
+    return [sig for sig in STOP_SIGNALS
+            if not (sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) is signal.SIG_IGN)]
 
 
 class StopSignalReceived(KeyboardInterrupt):
@@ -107,8 +108,7 @@ def interrupt_on_stop_signals() -> Iterator[None]:
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS
-                    if sig != signal.SIGINT and not (sig == getattr(signal, "SIGHUP", None) and _ignored(sig))}
+        previous = {sig: signal.signal(sig, stop) for sig in _signals_to_catch() if sig != signal.SIGINT}
     try:
         yield
     finally:
