@@ -16,9 +16,10 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   initialised) and its backbone's scan directions, which every checkpoint records; pretrained backbone weights of
   another model are refused by the backbone.
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: a config file that does not
-  exist, a ``--cfg-options`` item without ``=``, a misspelt ``--cfg-options`` key that a class refuses as an unexpected
-  keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C ends in one line too
-  (exit status 130), naming the checkpoint ``--resume`` would continue from.
+  exist, a ``--cfg-options`` item without ``=`` or with text where the config holds a number or a boolean, a
+  misspelt ``--cfg-options`` key that a class refuses as an unexpected keyword argument, a work_dir that cannot be
+  written, a checkpoint that cannot be used. Ctrl-C ends in one line too (exit status 130), naming the checkpoint
+  ``--resume`` would continue from.
 """
 from __future__ import annotations
 
@@ -140,20 +141,42 @@ def _resume_hint(work_dir: str) -> str:
         return f'; the command with --resume (and no path) continues from {f.read().strip()}'
 
 
+_ABSENT = object()
+
+
+def _config_entry(tree: dict, key: str) -> Any:
+    """The value of the dotted ``key`` (list items keyed by their index) in ``tree``, or ``_ABSENT``."""
+    node: Any = tree
+    for part in key.split('.'):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _ABSENT
+    return node
+
+
 def new_option_keys(cfg: Config, options: dict) -> list[str]:
     """The keys of ``options`` (``--cfg-options``) that name no entry of ``cfg``: new entries, or misspelt ones."""
-    new, tree = [], cfg.to_dict()
-    for key in options:
-        node: Any = tree
-        for part in key.split('.'):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                new.append(key)
-                break
-    return new
+    tree = cfg.to_dict()
+    return [key for key in options if _config_entry(tree, key) is _ABSENT]
+
+
+def wrong_type_option(cfg: Config, options: dict) -> Optional[str]:
+    """Why the first ``--cfg-options`` item that gives text where ``cfg`` holds a number or a boolean is refused
+    (``max_iters=8O000``, ``find_unused_parameters=yes``: mmengine would pass the text on to fail deep in a run), or
+    None when every item fits."""
+    tree = cfg.to_dict()
+    for key, value in options.items():
+        old = _config_entry(tree, key)
+        if not isinstance(value, str) or old is _ABSENT:
+            continue
+        if isinstance(old, bool):
+            return f'--cfg-options {key}={value}: the config holds True or False there ({old}), not text'
+        if isinstance(old, (int, float)):
+            return f'--cfg-options {key}={value}: the config holds a number there ({old}), not text'
+    return None
 
 
 def _load_config(args: argparse.Namespace):
@@ -171,6 +194,7 @@ def _load_config(args: argparse.Namespace):
     cfg.launcher = args.launcher
     args.new_options = new_option_keys(cfg, args.cfg_options) if args.cfg_options else []
     if args.cfg_options:
+        _stop_on(wrong_type_option(cfg, args.cfg_options))
         cfg.merge_from_dict(args.cfg_options)
     if args.trust_checkpoint:
         walk_dicts(cfg.model, _trust_backbone)

@@ -300,6 +300,28 @@ def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
         ": error: argument --cfg-options: expected KEY=VALUE items, got 'train_cfg.max_iters'")
 
 
+@pytest.mark.parametrize('item, message', [
+    ('train_cfg.max_iters=16O000', 'the config holds a number there (160000), not text'),
+    ('optim_wrapper.optimizer.lr=6e-5x', 'the config holds a number there (6e-05), not text'),
+    ('default_hooks.checkpoint.by_epoch=no', 'the config holds True or False there (False), not text'),
+])
+def test_cfg_options_text_for_a_number_is_refused_before_the_run(capsys, item, message):
+    """mmengine passes ``max_iters=16O000`` on as the text '16O000', which fails deep inside the run: refused in one
+    line where the config holds a number or a boolean."""
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', 'unused', '--cfg-options', item])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f'error: --cfg-options {item}: {message}'
+
+
+def test_cfg_options_that_fit_the_config_pass_the_type_check():
+    from mmengine.config import Config
+    cfg = Config.fromfile(SEG_CONFIG)
+    assert launch.wrong_type_option(cfg, {'model.backbone.pretrained': 'other.pth', 'train_cfg.max_iters': 80000,
+                                          'optim_wrapper.optimizer.lr': None, 'new.key': 'text',
+                                          'default_hooks.checkpoint.by_epoch': True}) is None
+
+
 def test_detection_results_go_to_a_pickle_file(capsys):
     config = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
     with pytest.raises(SystemExit) as exit_info:
