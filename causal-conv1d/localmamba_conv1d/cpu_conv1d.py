@@ -14,6 +14,7 @@ import torch
 from localmamba_kernel_runtime import ckernel
 from localmamba_kernel_runtime.precision import autocast_off
 
+from .backward import register_autograd, weight_grad
 from .reference import causal_conv1d_ref
 
 MIN_ROWS_PER_TASK = 64
@@ -97,9 +98,7 @@ def _bwd_torch(dout, x, weight, bias, silu):
         grad = dout * s * (1 + pre * (1 - s))
     padded = torch.nn.functional.pad(grad, (0, width - 1))
     dx = sum(weight[:, k, None] * padded[..., width - 1 - k:width - 1 - k + seqlen] for k in range(width))
-    dweight = torch.stack([(grad[..., width - 1 - k:] * x[..., :max(seqlen - (width - 1 - k), 0)]).sum(dim=(0, 2))
-                           for k in range(width)], dim=1)
-    return dx, dweight, grad.sum(dim=(0, 2))
+    return dx, weight_grad(grad, x, width), grad.sum(dim=(0, 2))
 
 
 @causal_conv1d_cpu_bwd.register_fake
@@ -107,19 +106,7 @@ def _bwd_fake(dout, x, weight, bias, silu):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(x.shape[1])
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, silu = inputs
-    ctx.save_for_backward(x, weight, bias)
-    ctx.silu = silu
-
-
-def _backward(ctx, dout):
-    x, weight, bias = ctx.saved_tensors
-    dx, dweight, dbias = causal_conv1d_cpu_bwd(dout.contiguous(), x, weight, bias, ctx.silu)
-    return dx, dweight, None if bias is None else dbias, None
-
-
-causal_conv1d_cpu_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(causal_conv1d_cpu_fwd, causal_conv1d_cpu_bwd, cast_param_grads=False)
 
 
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

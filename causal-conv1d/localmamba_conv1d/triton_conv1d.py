@@ -15,6 +15,8 @@ import triton.language as tl
 from localmamba_kernel_runtime.launch_limits import batch_slices
 from localmamba_kernel_runtime.precision import autocast_off
 
+from .backward import register_autograd, weight_grad
+
 BLOCK_D = 16
 BLOCK_T = 64
 
@@ -79,11 +81,7 @@ def causal_conv1d_triton_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.
     _launch(x, weight, bias, dout, gact, -1, silu, True)
     dx = torch.empty_like(x)
     _launch(gact, weight, None, None, dx, 1, False, False)
-    seqlen, width = x.shape[2], weight.shape[1]
-    xf = x.float()
-    dweight = torch.stack([(gact[..., width - 1 - k:] * xf[..., :max(seqlen - (width - 1 - k), 0)]).sum(dim=(0, 2))
-                           for k in range(width)], dim=1)
-    return dx, dweight, gact.sum(dim=(0, 2))
+    return dx, weight_grad(gact, x.float(), weight.shape[1]), gact.sum(dim=(0, 2))
 
 
 @causal_conv1d_triton_bwd.register_fake
@@ -92,19 +90,7 @@ def _bwd_fake(dout, x, weight, bias, silu):
     return x.new_empty(x.shape), weight.new_empty(weight.shape, **f32), x.new_empty(x.shape[1], **f32)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, silu = inputs
-    ctx.save_for_backward(x, weight, bias)
-    ctx.silu = silu
-
-
-def _backward(ctx, dout):
-    x, weight, bias = ctx.saved_tensors
-    dx, dweight, dbias = causal_conv1d_triton_bwd(dout.contiguous(), x, weight, bias, ctx.silu)
-    return dx, dweight.to(weight.dtype), None if bias is None else dbias.to(bias.dtype), None
-
-
-causal_conv1d_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(causal_conv1d_triton_fwd, causal_conv1d_triton_bwd, cast_param_grads=True)
 
 
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
