@@ -42,8 +42,8 @@ import triton.language as tl
 from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import (affine_combine, atomic_reductions, scan_warps, softplus, states_and_decayed, step_at,
-                        store_or_add)
+from .scan_math import (affine_combine, atomic_reductions, channel_block, scan_warps, softplus, states_and_decayed,
+                        step_at, store_or_add)
 
 SCAN_CHUNK = 16      # time steps per tile of the scan
 SCAN_BLOCK_D = 8     # channels per scan program
@@ -216,19 +216,26 @@ def _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, ds
 
 
 @triton.jit
+def _program_block(A_log_ptr, bias_ptr, D_ptr, inner, dstate, num_dirs, HAS_D: tl.constexpr, BD: tl.constexpr,
+                   BN: tl.constexpr):
+    """What a program of either scan kernel works on: channel block pid_d of direction k of batch element b
+    (pid_bk = b * K + k; the grid's axes), its channels d and state lanes n with their masks (``channel_block``),
+    and the direction's parameters A, the dt bias and D for them (``_direction_params``)."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    k = pid_bk % num_dirs
+    d, dmask, n, nmask, mdn = channel_block(pid_d, inner, dstate, BD, BN)
+    A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
+    return pid_d, pid_bk, pid_bk // num_dirs, k, d, dmask, n, nmask, mdn, A, bias, Dv
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_log_ptr, D_ptr, dtw_ptr, bias_ptr, out_ptr, ckpt_ptr,
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, CT: tl.constexpr,
                      BD: tl.constexpr, BN: tl.constexpr):
-    pid_bk = tl.program_id(1)
-    b = pid_bk // num_dirs
-    k = pid_bk % num_dirs
-    d = tl.program_id(0) * BD + tl.arange(0, BD)
-    dmask = d < inner
-    n = tl.arange(0, BN)
-    nmask = n < dstate
-    mdn = dmask[:, None] & nmask[None, :]
-    A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
+    pid_d, pid_bk, b, k, d, dmask, n, nmask, mdn, A, bias, Dv = _program_block(
+        A_log_ptr, bias_ptr, D_ptr, inner, dstate, num_dirs, HAS_D, BD, BN)
     rows = tl.arange(0, CT)
     h0 = tl.zeros([BD, BN], dtype=tl.float32)
     for c in range(0, num_chunks):
@@ -258,16 +265,8 @@ def _scan_bwd_kernel(dout_ptr, ckpt_ptr, u_ptr, xdbl_ptr, tok_ptr, index_ptr, A_
                      num_tokens, length, inner, rank, dstate, width_dbl, s_tb, s_tt, num_dirs, num_chunks, dtok_cols,
                      HAS_D: tl.constexpr, GATE: tl.constexpr, TOKEN_MAJOR: tl.constexpr, ATOMIC: tl.constexpr,
                      CT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, RP: tl.constexpr):
-    pid_d = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    b = pid_bk // num_dirs
-    k = pid_bk % num_dirs
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < inner
-    n = tl.arange(0, BN)
-    nmask = n < dstate
-    mdn = dmask[:, None] & nmask[None, :]
-    A, bias, Dv = _direction_params(A_log_ptr, bias_ptr, D_ptr, k, d, dmask, n, mdn, inner, dstate, HAS_D, BD)
+    pid_d, pid_bk, b, k, d, dmask, n, nmask, mdn, A, bias, Dv = _program_block(
+        A_log_ptr, bias_ptr, D_ptr, inner, dstate, num_dirs, HAS_D, BD, BN)
     rows = tl.arange(0, CT)
     grad_len = length
     if TOKEN_MAJOR:

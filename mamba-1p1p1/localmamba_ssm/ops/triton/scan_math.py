@@ -1,7 +1,7 @@
-"""Triton device functions shared by the scan kernels: the softplus of dt, the composition of the affine steps
-h -> a h + b that ``tl.associative_scan`` combines (and the backward's scan that also yields a_t h_{t-1}), one step
-of a (time, ...) tile, the write of a gradient that several programs contribute to; and the launch choices both
-scans share."""
+"""Triton device functions shared by the scan kernels: a program's channel block and state lanes, the softplus of
+dt, the composition of the affine steps h -> a h + b that ``tl.associative_scan`` combines (and the backward's scan
+that also yields a_t h_{t-1}), one step of a (time, ...) tile, the write of a gradient that several programs
+contribute to; and the launch choices both scans share."""
 import torch
 import triton
 import triton.language as tl
@@ -17,6 +17,17 @@ def softplus(x):
     rounded = u - 1.0
     exact = rounded == 0.0
     return tl.where(x > 20.0, x, tl.where(exact, e, tl.log(u) * (e / tl.where(exact, 1.0, rounded))))
+
+
+@triton.jit
+def channel_block(pid_d, dim, dstate, BD: tl.constexpr, BN: tl.constexpr):
+    """The channels d (BD,) of channel block ``pid_d`` and the state lanes n (BN,): d, its mask d < dim, n, its mask
+    n < dstate, and the (BD, BN) mask of both."""
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < dim
+    n = tl.arange(0, BN)
+    nmask = n < dstate
+    return d, dmask, n, nmask, dmask[:, None] & nmask[None, :]
 
 
 @triton.jit

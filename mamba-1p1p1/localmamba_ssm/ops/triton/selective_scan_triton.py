@@ -28,8 +28,8 @@ import triton.language as tl
 from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
-from .scan_math import (affine_combine, atomic_reductions, scan_warps, softplus, states_and_decayed, step_at,
-                        store_or_add)
+from .scan_math import (affine_combine, atomic_reductions, channel_block, scan_warps, softplus, states_and_decayed,
+                        step_at, store_or_add)
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CHUNK = 16          # time steps per tile
@@ -101,22 +101,30 @@ def _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D: tl.
 
 
 @triton.jit
+def _program_block(A_ptr, D_ptr, bias_ptr, dim, seqlen, dstate, n_chunks, HAS_D: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """What a program of either kernel works on: channel block pid_d of batch element pid_b (the grid's axes), its
+    channels d and state lanes n with their masks (``channel_block``), their parameters A, D and delta bias
+    (``_channel_params``), the offsets of its activation rows (BD,) and of its chunk start states (BD, BN)
+    (chunk c's at + c * dstate)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    d, dmask, n, nmask, mdn = channel_block(pid_d, dim, dstate, BD, BN)
+    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D, HAS_BIAS, BD)
+    row = (pid_b * dim + d) * seqlen
+    states = (pid_b * dim + d)[:, None] * n_chunks * dstate + n[None, :]
+    return pid_d, pid_b, d, dmask, n, nmask, mdn, A, Dv, bias, row, states
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, last_ptr,
                      dim, seqlen, dstate, n_chunks,
                      sBb, sBg, sBn, sBt, cpg_b, sCb, sCg, sCn, sCt, cpg_c,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                      B_VAR: tl.constexpr, C_VAR: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
                      CT: tl.constexpr):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < dim
-    n = tl.arange(0, BN)
-    nmask = n < dstate
-    mdn = dmask[:, None] & nmask[None, :]
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D, HAS_BIAS, BD)
-    row = (pid_b * dim + d) * seqlen
-    states = (pid_b * dim + d)[:, None] * n_chunks * dstate + n[None, :]
+    pid_d, pid_b, d, dmask, n, nmask, mdn, A, Dv, bias, row, states = _program_block(
+        A_ptr, D_ptr, bias_ptr, dim, seqlen, dstate, n_chunks, HAS_D, HAS_BIAS, BD, BN)
     steps = tl.arange(0, CT)
     h0 = tl.zeros([BD, BN], dtype=tl.float32)
     for c in range(0, n_chunks):
@@ -153,16 +161,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                      HAS_DLAST: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, ATOMIC_BC: tl.constexpr,
                      BD: tl.constexpr, BN: tl.constexpr, CT: tl.constexpr):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < dim
-    n = tl.arange(0, BN)
-    nmask = n < dstate
-    mdn = dmask[:, None] & nmask[None, :]
-    A, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, d, dmask, n, mdn, dstate, HAS_D, HAS_BIAS, BD)
-    row = (pid_b * dim + d) * seqlen
-    states = (pid_b * dim + d)[:, None] * n_chunks * dstate + n[None, :]
+    pid_d, pid_b, d, dmask, n, nmask, mdn, A, Dv, bias, row, states = _program_block(
+        A_ptr, D_ptr, bias_ptr, dim, seqlen, dstate, n_chunks, HAS_D, HAS_BIAS, BD, BN)
     per_channel = (pid_b * dim + d)[:, None] * dstate + n[None, :]
     rows_B = _bc_grad_rows(pid_b, pid_d, n_dblocks, (pid_d * BD) // cpg_b, dim // cpg_b, n, dstate, seqlen, ATOMIC_BC)
     rows_C = _bc_grad_rows(pid_b, pid_d, n_dblocks, (pid_d * BD) // cpg_c, dim // cpg_c, n, dstate, seqlen, ATOMIC_BC)
