@@ -1,5 +1,6 @@
 """What both model families register with timm: the pretrained_cfg of a variant (with the URL of its released
-checkpoint, if any) and the one build path through timm's ``build_model_with_cfg``."""
+checkpoint, if any), the check of timm's input-size options, and the one build path through timm's
+``build_model_with_cfg``."""
 from __future__ import annotations
 
 import contextlib
@@ -46,6 +47,19 @@ def supernet_of(final_model: str) -> Callable[[EntryPoint], EntryPoint]:
         SUPERNET_FINAL_MODELS[entrypoint.__name__] = final_model
         return entrypoint
     return declare
+
+
+def check_input_size_options(family: str, dynamic_img_size: bool, dynamic_img_pad: bool, *, any_size_because: str,
+                             pads: bool, pad_refusal: str) -> None:
+    """Refuse (ValueError) timm's input options asking a model ``family`` for what it does not do: a fixed input size
+    (``dynamic_img_size=False``; both families take any size, ``any_size_because``), or the other treatment of an
+    image's remainder past a multiple of the patch size (``dynamic_img_pad`` other than ``pads``: zero-padded if True,
+    dropped if False), refused with the family's ``pad_refusal``."""
+    if not dynamic_img_size:
+        raise ValueError(f'{family} takes any input size ({any_size_because}): dynamic_img_size=False, a fixed input '
+                         f'size, is not supported')
+    if bool(dynamic_img_pad) != pads:
+        raise ValueError(pad_refusal)
 
 
 def supernet_directions_error(variant: str) -> str:

@@ -25,7 +25,7 @@ from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
 from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, model_cfg, supernet_of
+from .factory import build_local_mamba, check_input_size_options, model_cfg, supernet_of
 from .multi_scan import ChannelAttention, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
@@ -60,17 +60,6 @@ def _check_timm_pool(global_pool: Optional[str], has_cls_token: bool) -> None:
     if has_cls_token and global_pool not in (None, ''):
         raise ValueError(f"global_pool={global_pool!r}: a model with a class token classifies its middle class token "
                          f"and pools no tokens (global_pool='' keeps them all)")
-
-
-def _check_input_size_options(dynamic_img_size: bool, dynamic_img_pad: bool) -> None:
-    """Refuse (ValueError) timm's fixed-size or unpadded input options: LocalVim takes any image size and zero-pads
-    it to a multiple of the patch, as the original."""
-    if not dynamic_img_size:
-        raise ValueError("LocalVim takes any input size (its position tables follow the input's token grid): "
-                         "dynamic_img_size=False, a fixed input size, is not supported")
-    if not dynamic_img_pad:
-        raise ValueError('LocalVim zero-pads images to a multiple of the patch size, as the original: '
-                         'dynamic_img_pad=False is not supported')
 
 
 def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -292,7 +281,10 @@ class VisionMamba(nn.Module):
         ``dynamic_img_size`` and ``dynamic_img_pad`` are timm's names of what the model always does (any input size,
         zero-padded to a multiple of the patch); False is refused."""
         super().__init__()
-        _check_input_size_options(dynamic_img_size, dynamic_img_pad)
+        check_input_size_options('LocalVim', dynamic_img_size, dynamic_img_pad, pads=True,
+                                 any_size_because="its position tables follow the input's token grid",
+                                 pad_refusal='LocalVim zero-pads images to a multiple of the patch size, as the '
+                                             'original: dynamic_img_pad=False is not supported')
         _check_timm_pool(global_pool, if_cls_token)
         final_pool_type = _check_pool_type(final_pool_type if global_pool is None else global_pool)
         if if_cls_token and not use_middle_cls_token:

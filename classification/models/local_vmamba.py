@@ -23,7 +23,7 @@ from torch import nn
 from ..common import state_dict_from
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
                          DirectionTable, resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, model_cfg, supernet_of
+from .factory import build_local_mamba, check_input_size_options, model_cfg, supernet_of
 from .flop_count import count_flops
 from .multi_scan import MultiScanAttn, scan_all_directions
 from .scan_maps import sequence_index
@@ -257,7 +257,11 @@ class VSSM(nn.Module):
         ``dynamic_img_size`` and ``dynamic_img_pad`` are timm's names of what the model always does (any input size;
         the pixels past a multiple of the patch size dropped, not padded); the opposite values are refused."""
         super().__init__()
-        _check_input_size_options(dynamic_img_size, dynamic_img_pad)
+        check_input_size_options('LocalVMamba', dynamic_img_size, dynamic_img_pad, pads=False,
+                                 any_size_because='no parameter depends on it',
+                                 pad_refusal="LocalVMamba's patch embedding drops the remainder of an image past a "
+                                             "multiple of the patch size, as the original: dynamic_img_pad=True "
+                                             "(zero-padding instead) is not supported")
         depths = tuple(depths)
         dims = [dims * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths):
@@ -401,17 +405,6 @@ class VSSM(nn.Module):
         """FLOPs as the original's ``VSSM.flops`` counts them: fvcore (one multiply-add = one FLOP) with the scan
         charged ``9*B*L*D*N + B*D*L`` per grouped call (L the padded length, D = K*E). Runs on the model's device."""
         return count_flops(self, input_shape)
-
-
-def _check_input_size_options(dynamic_img_size: bool, dynamic_img_pad: bool) -> None:
-    """Refuse (ValueError) timm's fixed-size or padding input options: LocalVMamba takes any image of at least one
-    patch and, as the original's patch convolution, drops the rows and columns past a multiple of the patch size."""
-    if not dynamic_img_size:
-        raise ValueError('LocalVMamba takes any input size (no parameter depends on it): dynamic_img_size=False, a '
-                         'fixed input size, is not supported')
-    if dynamic_img_pad:
-        raise ValueError("LocalVMamba's patch embedding drops the remainder of an image past a multiple of the patch "
-                         "size, as the original: dynamic_img_pad=True (zero-padding instead) is not supported")
 
 
 def _check_global_pool(global_pool: str) -> str:
