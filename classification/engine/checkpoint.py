@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,13 @@ logger = logging.getLogger("localmamba")
 LAST, BEST = "last.pth.tar", "best.pth.tar"
 EPOCH_FILE = re.compile(r"checkpoint-(\d+)\.pth\.tar$")
 POSITION_TABLES = ("pos_embed", "rope.freqs_cos", "rope.freqs_sin")  # sized for the image size a model is built for
+
+
+def _epoch_files(names: Iterable[str], before_epoch: Optional[int] = None) -> list[tuple[int, str]]:
+    """(epoch, name) of each `checkpoint-<epoch>.pth.tar` file name among `names`, in their order; only those of
+    epochs before `before_epoch` when it is given."""
+    found = [(int(match.group(1)), name) for name in names if (match := EPOCH_FILE.match(name))]
+    return [(epoch, name) for epoch, name in found if before_epoch is None or epoch < before_epoch]
 
 
 def classifier_name(model: nn.Module) -> Optional[str]:
@@ -208,8 +215,7 @@ class CheckpointManager:
     def latest(self, before_epoch: int) -> Optional[tuple[int, str]]:
         """The kept `checkpoint-<epoch>.pth.tar` of the latest epoch before `before_epoch`, as (epoch, path); None
         when none is kept."""
-        epochs = [(int(found.group(1)), name) for name, _ in self.ckpts
-                  if (found := EPOCH_FILE.match(name)) and int(found.group(1)) < before_epoch]
+        epochs = _epoch_files((name for name, _ in self.ckpts), before_epoch)
         if not epochs:
             return None
         epoch, name = max(epochs)
@@ -222,8 +228,7 @@ class CheckpointManager:
         ranked or deleted (the list travels in this run's checkpoints); those of later epochs go as a rewind's do.
         Returns the kept list."""
         names = sorted(os.listdir(self.save_dir)) if os.path.isdir(self.save_dir) else []
-        earlier = [(int(m.group(1)), name) for name in names
-                   if (m := EPOCH_FILE.match(name)) and int(m.group(1)) < before_epoch]
+        earlier = _epoch_files(names, before_epoch)
         ranked = sorted((-scores[epoch], epoch, name) for epoch, name in earlier if epoch in scores)[: self.keep_num]
         self.ckpts = [[name, -negative] for negative, _, name in ranked]
         self.left_alone = {name for _, name in earlier} - {name for name, _ in self.ckpts}
@@ -236,8 +241,8 @@ class CheckpointManager:
         if not self.enabled or not os.path.isdir(self.save_dir):
             return
         kept = {name for name, _ in self.ckpts}
-        for name in os.listdir(self.save_dir):
-            if EPOCH_FILE.match(name) and name not in kept and name not in self.left_alone:
+        for _, name in _epoch_files(os.listdir(self.save_dir)):
+            if name not in kept and name not in self.left_alone:
                 os.remove(self.path(name))
         if self.ckpts:
             atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))
