@@ -15,6 +15,12 @@ METRICS_HEADER = ("epoch", "train_loss", "test_loss", "top1", "top5")
 LR_HEADER = ("epoch", "step", "lr")
 
 
+def _complete_rows(rows: list[list[str]], header: Sequence[str]) -> list[list[str]]:
+    """The rows of a CSV file read as `rows` (its first one the header line), less that first one, that have as many
+    fields as `header`: a killed write leaves a partial last row."""
+    return [row for row in rows[1:] if len(row) == len(header)]
+
+
 class CsvLog:
     """A CSV file with a fixed header whose rows start with the epoch; `truncate_from` drops the rows a resumed run
     writes again.
@@ -46,7 +52,7 @@ class CsvLog:
             return
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
-        complete = [r for r in rows[1:] if len(r) == len(self.header) and r[0].isdigit()]
+        complete = [r for r in _complete_rows(rows, self.header) if r[0].isdigit()]
         kept = [self.header] + [r for r in complete if int(r[0]) < epoch or (
             step is not None and int(r[0]) == epoch and r[1].isdigit() and int(r[1]) < step)]
         folder, name = os.path.split(self.path)
@@ -71,9 +77,7 @@ def epoch_scores(path: str, column: str = "top1") -> dict[int, float]:
         return {}
     epoch_at, value_at = header.index("epoch"), header.index(column)
     scores = {}
-    for row in rows[1:]:
-        if len(row) != len(header):
-            continue
+    for row in _complete_rows(rows, header):
         try:
             scores[int(row[epoch_at])] = float(row[value_at])
         except ValueError:
