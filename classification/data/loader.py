@@ -17,12 +17,14 @@ import math
 import multiprocessing
 import os
 import signal
-from typing import Callable, Iterator
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..common.rng import sample_seed, seeded
+from .image_list import DataError
 
 # The signals that stop a training run cleanly (engine.signals); loader workers leave them to the main process.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")
@@ -107,6 +109,19 @@ def lost_worker(err: BaseException) -> str | None:
         return None
     return (f"{text.splitlines()[0].rstrip('. ')}: a data loader process died, most often killed by the system's "
             f"out-of-memory killer (`dmesg` says); fewer -j or a smaller -b take less memory")
+
+
+@contextmanager
+def lost_worker_as_data_error(saved: Optional[Callable[[], str]] = None) -> Iterator[None]:
+    """Raise torch's error of a dead loader worker within the block as a `DataError` of `lost_worker`'s line, followed
+    by `; ` and what `saved()` says (called only then) when given; any other error passes unchanged."""
+    try:
+        yield
+    except RuntimeError as err:
+        why = lost_worker(err)
+        if why is None:
+            raise
+        raise DataError(why if saved is None else f"{why}; {saved()}") from None
 
 
 def usable_cpus() -> int:

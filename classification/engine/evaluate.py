@@ -19,8 +19,8 @@ from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
-from ..data import DataError, build_eval_dataset, build_loaders
-from ..data.loader import lost_worker
+from ..data import build_eval_dataset, build_loaders
+from ..data.loader import lost_worker_as_data_error
 from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
@@ -157,7 +157,7 @@ def test(cfg: Namespace) -> dict:
         start_log_file(log)  # the inputs are checked: an evaluation refused before this leaves no eval log
         loss_fn = nn.CrossEntropyLoss()
         common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
-        with interrupt_on_stop_signals():
+        with interrupt_on_stop_signals(), lost_worker_as_data_error():
             try:
                 metrics = validate(net, val_loader, loss_fn, env, epoch, log, **common)
                 log.info(f"{'Model: ' if ema_weights is not None else ''}{metrics}")
@@ -165,11 +165,6 @@ def test(cfg: Namespace) -> dict:
                     load_at_model_size(model, ema_weights, cfg.resume)
                     metrics = validate(net, val_loader, loss_fn, env, epoch, log, suffix="(EMA)", **common)
                     log.info(f"EMA: {metrics}")
-            except RuntimeError as err:
-                why = lost_worker(err)
-                if why is None:
-                    raise
-                raise DataError(why) from None
             except KeyboardInterrupt as stop:
                 by = signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
                 log.warning(f"Evaluation stopped by {by}: no result (the running figures above are of part of the "
