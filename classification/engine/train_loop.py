@@ -26,8 +26,9 @@ from .amp import autocast
 from .distributed import all_reduce, all_reduce_sum
 from .logs import ProgressBar, format_eta, memory_mb
 from .signals import StopSignals
+from .stopping import stop_for_non_finite_loss, stop_for_unread_batch, stop_mid_epoch
 
-if TYPE_CHECKING:  # the loop reads a Run's state and calls its stops; trainer.py imports this module
+if TYPE_CHECKING:  # the loop reads a Run's state; trainer.py imports this module
     from .trainer import Run
 
 
@@ -50,10 +51,10 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     averaged over all samples of all ranks. Each optimizer step takes `--grad-accum-steps` batches. When `stop` is
     agreed before a step other than the first one here, writes a mid-epoch `last.pth.tar` and raises `RunInterrupted`;
     when a rank cannot read its next batch (an unreadable image), every rank writes it too (up to the last optimizer
-    step) and raises (see `Run.stop_for_unread_batch`); so it does, without taking the step, when the loss of a batch
-    of the step is not finite on any rank (`TrainingDiverged`). Under a GradScaler (fp16), which skips a step whose
-    gradients are not finite, as the original's did, the run stops only at the `NON_FINITE_STEPS_TO_STOP`-th such step
-    in a row; a non-finite loss never enters the running train loss."""
+    step) and raises (see `stopping.stop_for_unread_batch`); so it does, without taking the step, when the loss of a
+    batch of the step is not finite on any rank (`TrainingDiverged`). Under a GradScaler (fp16), which skips a step
+    whose gradients are not finite, as the original's did, the run stops only at the `NON_FINITE_STEPS_TO_STOP`-th
+    such step in a row; a non-finite loss never enters the running train loss."""
     cfg, env = run.cfg, run.env
     progress = progress if progress is not None else EpochProgress()
     accum = cfg.grad_accum_steps
@@ -75,9 +76,9 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
                 loading += time.time() - fetch  # the loading alone, not the agreement below
                 signum, failed = stop.agreed_with(error is not None) if stop is not None else (None, error is not None)
                 if failed:
-                    raise run.stop_for_unread_batch(epoch, progress, error)
+                    raise stop_for_unread_batch(run, epoch, progress, error)
                 if signum is not None and part == 0 and update > first:
-                    raise run.stop_mid_epoch(epoch, progress, signum)
+                    raise stop_mid_epoch(run, epoch, progress, signum)
                 losses.append((_forward_backward(run, images, target, sync=part == accum - 1), images.shape[0]))
             _check_finite(run, epoch, progress, [loss for loss, _ in losses])
             _add_step_loss(loss_m, losses)
@@ -103,7 +104,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
 def _check_finite(run: Run, epoch: int, progress: EpochProgress, losses: list[float]) -> None:
     """Before the optimizer step after `progress` whose batches gave this rank `losses`: when a loss is not finite on
     any rank (one all-reduce, so that all ranks agree), stop the run with its steps before it saved
-    (`Run.stop_for_non_finite_loss`), unless a GradScaler is to skip the step: then warn, and stop at the
+    (`stopping.stop_for_non_finite_loss`), unless a GradScaler is to skip the step: then warn, and stop at the
     `NON_FINITE_STEPS_TO_STOP`-th such step in a row."""
     not_finite = next((loss for loss in losses if not math.isfinite(loss)), None)
     if not all_reduce([float(not_finite is not None)], run.env.device, "max")[0]:
@@ -111,7 +112,7 @@ def _check_finite(run: Run, epoch: int, progress: EpochProgress, losses: list[fl
         return
     run.non_finite_steps += 1
     if run.scaler is None or run.non_finite_steps >= NON_FINITE_STEPS_TO_STOP:
-        raise run.stop_for_non_finite_loss(epoch, progress, not_finite)
+        raise stop_for_non_finite_loss(run, epoch, progress, not_finite)
     run.log.warning(f"The training loss is not finite in epoch {epoch} after {run.epoch_position(progress.step)}: "
                     f"the GradScaler skips the step ({run.non_finite_steps} in a row; the "
                     f"run stops at {NON_FINITE_STEPS_TO_STOP})")

@@ -38,17 +38,16 @@ from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoin
                                     state_dict_from)
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
-from ..data import DataError, build_datasets, build_loaders, build_mixup, class_summary
-from ..data.loader import lost_worker
+from ..data import build_datasets, build_loaders, build_mixup, class_summary
+from ..data.loader import lost_worker_as_data_error
 from ..data.transforms import check_auto_augment
 from ..models.directions import directions_difference, scan_directions
 from ..search.monitor import SearchMonitor
 from .amp import log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
-from .cli import RunInterrupted, TrainingDiverged
 from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
-from .distributed import DistEnv, all_gather_objects, barrier, init_distributed, share_refusal, shutdown
+from .distributed import DistEnv, all_gather_objects, init_distributed, share_refusal, shutdown
 from .evaluate import log_top5_meaning, validate
 from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, choose_run_folder, delete_previous_run,
                          finished_run, is_training_checkpoint, next_epoch, resolve_auto_resume,
@@ -62,6 +61,7 @@ from .resume import (adopt_original_checkpoints, check_same_batches, check_same_
 from .run_lock import RunLock
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
+from .stopping import aborted, interrupted, saved_so_far
 from .train_loop import EpochProgress, train_one_epoch
 
 
@@ -272,7 +272,7 @@ class Run:
                 signum = stop.agreed()
                 if signum is not None:  # received during the previous epoch's validation or writes
                     self.log.info(f"{signal.Signals(signum).name}: stopping before epoch {epoch}")
-                    raise self.interrupted(signum)
+                    raise interrupted(self, signum)
                 progress = self.start_progress if epoch == self.start_epoch else EpochProgress()
                 train_metrics = train_one_epoch(self, epoch, progress, stop)
                 self.manager.save_last(self.checkpoint_payload(epoch, progress))  # see _finish_epoch
@@ -311,98 +311,6 @@ class Run:
         if accum == 1:
             return f"step {step} of {self.steps_per_epoch}"
         return f"batch {step} of {self.steps_per_epoch} (optimizer step {step // accum} of {self.updates_per_epoch})"
-
-    def save_mid_epoch(self, epoch: int, progress: EpochProgress) -> None:
-        """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it)."""
-        self.manager.save_last(self.checkpoint_payload(epoch, progress))
-        barrier()  # no rank exits before the file is written: a launcher ends all ranks when one exits
-
-    def stop_mid_epoch(self, epoch: int, progress: EpochProgress, signum: int) -> RunInterrupted:
-        """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it); returns the exception that ends the
-        run."""
-        self.log.info(f"{signal.Signals(signum).name}: stopping in epoch {epoch} after "
-                      f"{self.epoch_position(progress.step)}, saving {self.manager.path(LAST)}")
-        self.save_mid_epoch(epoch, progress)
-        return self.interrupted(signum)
-
-    def stop_for_unread_batch(self, epoch: int, progress: EpochProgress, error: Optional[Exception]) -> Exception:
-        """Save the training of `epoch` up to `progress` when one of its steps is done (every rank calls it), log
-        how to continue, and return the error to raise: this rank's `error` reading its next batch, or, on a rank
-        that read its batch, a DataError pointing at the rank that could not."""
-        last = self.manager.path(LAST)
-        if progress.step > 0:
-            self.save_mid_epoch(epoch, progress)
-            unit = "step" if self.cfg.grad_accum_steps == 1 else "batch"
-            saved = f"its training up to {unit} {progress.step} is saved"
-        else:
-            saved = "the epochs before it are saved"
-        resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
-                  else "nothing was trained yet")
-        self.log.error(f"Reading the training data of epoch {epoch} failed after "
-                       f"{self.epoch_position(progress.step)}; {resume}")
-        if error is not None:
-            return error
-        return DataError(f"another rank could not read its training batch {progress.step} of epoch {epoch} (its "
-                         f"error names the cause)")
-
-    def stop_for_non_finite_loss(self, epoch: int, progress: EpochProgress, loss: Optional[float]) -> Exception:
-        """Save the training of `epoch` up to `progress` (every rank calls it: the weights before the step whose
-        loss is not finite), log how to continue, and return the error to raise: naming this rank's `loss`, or,
-        where this rank's was finite (None), another rank's."""
-        last = self.manager.path(LAST)
-        if progress.step > 0:
-            self.save_mid_epoch(epoch, progress)
-        where = f"epoch {epoch} after {self.epoch_position(progress.step)}"
-        if self.non_finite_steps > 1:
-            where += f", {self.non_finite_steps} steps in a row"
-        if os.path.isfile(last):
-            saved = f"{last} holds the run before it"
-            # last.pth.tar holds this epoch's steps before it, or, at its first step, the end of the epoch before
-            advice = self._divergence_advice(last, epoch if progress.step > 0 else epoch - 1)
-        else:
-            saved, advice = "nothing was saved yet", "lower --lr or add --clip-grad-norm"
-        self.log.error(f"The training loss is not finite in {where}; the step was not taken and {saved}")
-        what = f"the training loss is {loss}" if loss is not None else "another rank's training loss is not finite"
-        return TrainingDiverged(f"{what} in {where} (the step was not taken; {saved}): {advice}")
-
-    def _divergence_advice(self, last: str, before_epoch: int) -> str:
-        """How to go on after a non-finite loss, the run saved in `last`. `--resume` of `last` continues exactly: the
-        same weights meet the same batch and give the same loss, whatever the new --lr. The way on is the latest kept
-        checkpoint of an epoch before `before_epoch` (whose ends are not `last`'s state) with --rewind, or, under fp16
-        autocast, `last` in another precision."""
-        earlier = self.manager.latest(before_epoch)
-        rewind = (f"--resume {earlier[1]} --rewind (the end of epoch {earlier[0]})" if earlier
-                  else "a fresh run (no epoch checkpoint was kept)")
-        advice = (f"--resume {last} would meet the same loss again (the same weights and batch), so continue from "
-                  f"{rewind} with a lower --lr or --clip-grad-norm")
-        if self.scaler is not None:  # fp16 autocast
-            advice += f", or --resume {last} with --amp-dtype bfloat16 or without --amp"
-        return advice
-
-    def saved_so_far(self, resume_hint: bool = False) -> str:
-        """What `last.pth.tar` holds, for a run that stops without saving: `<path> holds the run up to ...; the
-        training after it is lost` (with `resume_hint`, and that --resume continues from it), or that nothing was
-        saved yet."""
-        last = self.manager.path(LAST)
-        if not os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
-            return "nothing was saved yet"
-        ckpt = load_checkpoint(last, mmap=True)
-        step = ckpt.get("step")
-        end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
-        return f"{last} holds the run up to {end}; the training after it is lost" + (
-            f": --resume {last} continues from there" if resume_hint else "")
-
-    def aborted(self) -> RunInterrupted:
-        """After a second Ctrl-C, which stops at once (a checkpoint being written is abandoned): log what
-        `last.pth.tar` holds, as the first Ctrl-C's line said it would save the run's progress there."""
-        if self.env.is_main:
-            self.log.warning(f"Second Ctrl-C: stopped at once, without saving; {self.saved_so_far()}")
-        return self.interrupted(signal.SIGINT)
-
-    def interrupted(self, signum: int) -> RunInterrupted:
-        """The exception that ends the run stopped by `signum`, naming `last.pth.tar` if there is one."""
-        last = self.manager.path(LAST)
-        return RunInterrupted(last if os.path.isfile(last) else None, signum)
 
 
 def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
@@ -489,15 +397,12 @@ def train(cfg: Namespace) -> dict:
         run.open_outputs(folder)
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
         try:
-            return run.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
-            raise run.aborted() from None
-        except RuntimeError as err:  # torch raises it where the run is (even within a step): nothing more is saved
+            # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved
             # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
-            why = lost_worker(err)
-            if why is None:
-                raise
-            raise DataError(f"{why}; {run.saved_so_far(resume_hint=True)}") from None
+            with lost_worker_as_data_error(saved=lambda: saved_so_far(run, resume_hint=True)):
+                return run.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
+            raise aborted(run) from None
     finally:
         if lock is not None:
             lock.release()
