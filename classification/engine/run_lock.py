@@ -6,7 +6,8 @@ refused in one line naming the holder, instead of both writing checkpoints and C
 POSIX record lock (`lockf`): it belongs to the process, not to the file descriptor (which forked data loader workers
 inherit and may outlive a killed run by seconds), and the kernel drops it when that process dies however it dies, so
 a crashed run never blocks its `--resume`; it also holds across NFS clients. Rank 0 holds it for a distributed run.
-The lock file is deleted when the run ends; a file left by a killed run holds no lock.
+The lock file is deleted when the run ends; a file left by a killed run holds no lock. `claim_run_folder` takes it
+at a run's start and checks the folder under it.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import errno
 import fcntl
 import os
 import socket
+from argparse import Namespace
 from typing import Optional
 
 from .config import ConfigError
-from .experiment import make_writable
+from .distributed import DistEnv, share_refusal
+from .experiment import check_overwrite_spares, check_run_folder, make_writable
 
 LOCK_FILE = ".run.lock"
 
@@ -117,3 +120,21 @@ def _missing_folders(folder: str) -> list[str]:
         missing.append(path)
         path = os.path.dirname(path)
     return missing
+
+
+def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool) -> Optional[str]:
+    """On rank 0, create the run folder and take its lock (`lock`), then refuse a `fresh` run in a folder that
+    holds another run (checked under the lock, so two runs started together cannot both pass); every rank raises
+    rank 0's refusal. Returns the warning of a file system that cannot lock, else None."""
+    refusal, unlocked = None, None
+    if env.is_main:
+        try:
+            unlocked = lock.acquire()
+            if fresh:
+                check_run_folder(lock.folder, cfg.overwrite)
+                if cfg.overwrite:
+                    check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume})
+        except ConfigError as err:
+            refusal = err
+    share_refusal(refusal)
+    return unlocked

@@ -47,18 +47,17 @@ from .amp import log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
 from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
-from .distributed import DistEnv, all_gather_objects, init_distributed, share_refusal, shutdown
+from .distributed import DistEnv, all_gather_objects, init_distributed, shutdown
 from .evaluate import log_top5_meaning, validate
-from .experiment import (RunFolder, check_overwrite_spares, check_run_folder, choose_run_folder, delete_previous_run,
-                         finished_run, is_training_checkpoint, next_epoch, resolve_auto_resume,
-                         start_branch)
+from .experiment import (RunFolder, choose_run_folder, delete_previous_run, finished_run, is_training_checkpoint,
+                         next_epoch, resolve_auto_resume, start_branch)
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer
 from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_original_args,
                      keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy, warn_ema_switch,
                      warn_other_epoch_order)
-from .run_lock import RunLock
+from .run_lock import RunLock, claim_run_folder
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
 from .stopping import aborted, interrupted, saved_so_far
@@ -328,24 +327,6 @@ def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> dict | No
     return load_checkpoint(cfg.finetune, trust=cfg.trust_checkpoint)
 
 
-def _claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool) -> Optional[str]:
-    """On rank 0, create the run folder and take its lock (`RunLock`), then refuse a `fresh` run in a folder that
-    holds another run (checked under the lock, so two runs started together cannot both pass); every rank raises
-    rank 0's refusal. Returns the warning of a file system that cannot lock, else None."""
-    refusal, unlocked = None, None
-    if env.is_main:
-        try:
-            unlocked = lock.acquire()
-            if fresh:
-                check_run_folder(lock.folder, cfg.overwrite)
-                if cfg.overwrite:
-                    check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume})
-        except ConfigError as err:
-            refusal = err
-    share_refusal(refusal)
-    return unlocked
-
-
 def train(cfg: Namespace) -> dict:
     """Run the experiment described by `cfg` (tools/train.py); returns the last epoch's metrics.
 
@@ -370,7 +351,7 @@ def train(cfg: Namespace) -> dict:
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
         lock = RunLock(exp_dir)
-        unlocked = _claim_run_folder(cfg, env, lock, fresh=ckpt is None or not is_training_checkpoint(ckpt))
+        unlocked = claim_run_folder(cfg, env, lock, fresh=ckpt is None or not is_training_checkpoint(ckpt))
         log = setup_logging(exp_dir, env.is_main)
         if unlocked is not None:
             log.warning(unlocked)
