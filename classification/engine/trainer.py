@@ -377,13 +377,13 @@ def train(cfg: Namespace) -> dict:
         del ckpt, finetune
         run.open_outputs(folder)
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
-        try:
-            # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved
-            # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
-            with lost_worker_as_data_error(saved=lambda: saved_so_far(run, resume_hint=True)):
+        # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved
+        # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
+        with lost_worker_as_data_error(saved=lambda: saved_so_far(run, resume_hint=True)):
+            try:
                 return run.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
-            raise aborted(run) from None
+            except KeyboardInterrupt:  # a second Ctrl-C (the first one stops the run cleanly)
+                raise aborted(run) from None
     finally:
         if lock is not None:
             lock.release()
