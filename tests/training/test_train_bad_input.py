@@ -368,6 +368,23 @@ def test_only_torchs_error_for_a_dead_loader_worker_is_taken_for_one():
     assert lost_worker(ValueError("DataLoader worker (pid 4) is killed by signal: Killed.")) is None
 
 
+def test_a_dead_loader_workers_error_becomes_a_data_error_naming_what_is_saved_only_when_asked():
+    """tools/test.py's evaluation raises the one line alone; the training adds what is saved, read only then."""
+    from classification.data.loader import lost_worker, lost_worker_as_data_error
+    dead = RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed.")
+    with pytest.raises(DataError) as alone, lost_worker_as_data_error():
+        raise dead
+    assert str(alone.value) == lost_worker(dead) and alone.value.__cause__ is None
+    with pytest.raises(DataError) as saved, lost_worker_as_data_error(saved=lambda: "epoch 0 is saved"):
+        raise dead
+    assert str(saved.value) == f"{lost_worker(dead)}; epoch 0 is saved"
+    asked = []
+    with pytest.raises(RuntimeError, match="^CUDA out of memory$"), \
+            lost_worker_as_data_error(saved=lambda: asked.append(1) or ""):
+        raise RuntimeError("CUDA out of memory")
+    assert asked == []
+
+
 def nan_training_losses(monkeypatch, steps):
     """The training losses (those computed with gradients) of the steps in `steps` (0-based calls) are NaN."""
     calls, forward = [], nn.CrossEntropyLoss.forward
