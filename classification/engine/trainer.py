@@ -31,7 +31,6 @@ import torch.nn as nn
 from localmamba_kernel_runtime.settings import check_settings
 from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
-from timm.utils import ModelEmaV2
 from torch.nn.parallel import DistributedDataParallel
 
 from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
@@ -48,6 +47,7 @@ from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetun
                          saved_search_candidates)
 from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, init_distributed, shutdown
+from .ema import ForeachModelEma
 from .evaluate import log_top5_meaning, validate
 from .experiment import (RunFolder, choose_run_folder, delete_previous_run, finished_run, is_training_checkpoint,
                          next_epoch, resolve_auto_resume, start_branch)
@@ -93,7 +93,7 @@ class Run:
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.ema = ModelEmaV2(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        self.ema = ForeachModelEma(self.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         self.optimizer = build_optimizer(self.model, cfg)
         self.updates_per_epoch = len(self.train_loader) // cfg.grad_accum_steps  # optimizer steps
         self.steps_per_epoch = self.updates_per_epoch * cfg.grad_accum_steps  # batches trained in an epoch
