@@ -4,7 +4,7 @@ ModelEmaV2.update takes `state_dict()` of both models (a detached alias of each 
 `decay * ema + (1 - decay) * model` tensor by tensor: four ops and three temporaries per tensor, each op a kernel
 launch on a GPU, for the 748 tensors of local_vim_tiny. The original code keeps that EMA, and runs, checkpoints and
 exact resumes hold its values, so `ForeachModelEma` rounds the same products and sum in the same order with
-multi-tensor ops: `ema * decay + model * (1 - decay)`, copied into the EMA. Other forms round otherwise
+multi-tensor ops: `ema * decay + model * (1 - decay)`, into the EMA's tensors. Other forms round otherwise
 (tests/training/test_ema.py): `ema.add_(model, alpha=1 - decay)` and timm's ModelEmaV3 (a lerp) in float32; on the CPU
 (torch 2.14) the in-place `torch._foreach_mul_(ema, decay)` in bfloat16 and float16, which multiplies by `decay`
 rounded to the tensors' dtype where `decay * ema` and `torch._foreach_mul` multiply in float32.
@@ -20,8 +20,13 @@ from timm.utils import ModelEmaV2
 
 # On the CPU the multi-tensor ops take the tensors in chunks of at most this many elements, so that a chunk's tensors
 # stay in the cache from one op to the next: ops over a whole model at once stream it from memory three times and are
-# no faster than ModelEmaV2. Other devices take each group of tensors whole (one kernel launch per op and group).
+# no faster than ModelEmaV2. Other devices take each group of tensors whole (a few kernel launches per op and group).
 CPU_CHUNK_NUMEL = 2 ** 17
+
+# The dtypes whose EMA tensors take `*= decay` in place: `torch._foreach_mul_` rounds `decay` to the tensors' dtype,
+# for these the dtype that `decay * ema` multiplies in; the others (bfloat16, float16) take `torch._foreach_mul` and a
+# copy.
+SCALED_IN_PLACE = (torch.float32, torch.float64)
 
 TensorPairs = tuple[list[torch.Tensor], list[torch.Tensor]]
 
@@ -48,12 +53,17 @@ class ForeachModelEma(ModelEmaV2):
             else:
                 ema_v.copy_(self.decay * ema_v + (1. - self.decay) * model_v)
             seen.add(id(ema_v))
-        for (device, _, _), (ema_group, model_group) in groups.items():
+        for (device, ema_dtype, _), (ema_group, model_group) in groups.items():
             max_numel = CPU_CHUNK_NUMEL if device.type == "cpu" else None
             for ema_chunk, model_chunk in _chunks(ema_group, model_group, max_numel):
-                new_values = torch._foreach_mul(ema_chunk, self.decay)
-                torch._foreach_add_(new_values, torch._foreach_mul(model_chunk, 1. - self.decay))
-                torch._foreach_copy_(ema_chunk, new_values)
+                scaled_model = torch._foreach_mul(model_chunk, 1. - self.decay)
+                if ema_dtype in SCALED_IN_PLACE:
+                    torch._foreach_mul_(ema_chunk, self.decay)
+                    torch._foreach_add_(ema_chunk, scaled_model)
+                else:
+                    new_values = torch._foreach_mul(ema_chunk, self.decay)
+                    torch._foreach_add_(new_values, scaled_model)
+                    torch._foreach_copy_(ema_chunk, new_values)
 
 
 def _chunks(ema_values: list[torch.Tensor], model_values: list[torch.Tensor],

@@ -73,7 +73,7 @@ def differing_tensors(got: dict, expected: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("decay", [0.9998, 0.9])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("make_model", [tiny_local_vssm, tiny_local_vim])
 def test_foreach_ema_is_model_ema_v2_bit_for_bit(make_model, dtype, decay):
     model = make_model().to(dtype)
