@@ -24,7 +24,8 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks import UnknownModelError, flops_rows, format_flops_table  # noqa: E402
-from classification.engine.config import ConfigError, KeyValueAction  # noqa: E402
+from classification.engine.config import ConfigError  # noqa: E402
+from classification.engine.flags import KeyValueAction  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
 
 

@@ -37,7 +37,8 @@ def main() -> None:
 
     from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
     from classification.benchmarks.timing import progress_reporter
-    from classification.engine.config import KeyValueAction, read_config
+    from classification.engine.config import read_config
+    from classification.engine.flags import KeyValueAction
     from classification.engine.model_builder import config_kwargs_taken, resolve_model_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -45,12 +45,13 @@ from ..search.monitor import SearchMonitor
 from .amp import log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
-from .config import DEFAULT_EXPERIMENT, ConfigError, config_dict, save_config
+from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, init_distributed, shutdown
 from .ema import ForeachModelEma
 from .evaluate import log_top5_meaning, validate
 from .experiment import (RunFolder, choose_run_folder, delete_previous_run, finished_run, is_training_checkpoint,
                          next_epoch, resolve_auto_resume, start_branch)
+from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_model_flags
 from .optim import build_optimizer

@@ -5,7 +5,8 @@ import os
 import pytest
 import yaml
 
-from classification.engine.config import EVALUATION_FLAGS, ConfigError, build_parser, parse_args, save_config
+from classification.engine.config import ConfigError, parse_args, save_config
+from classification.engine.flags import EVALUATION_FLAGS, build_parser
 from classification.engine.model_builder import build_model
 
 from training_helpers import REPO
