@@ -30,7 +30,8 @@ def fake_runner(outputs):
                    "ALL CHECKS PASSED" if "gpu_check.py" in step.argv[1] else
                    "{'top1': 50.0}" if "test.py" in step.argv[1] else
                    "SIGTERM: stopping in epoch 1 after step 3 of 44" if step.stop_signal == signal.SIGTERM else
-                   "Resumed x, starting training at epoch 1, step 3 of 44\nTrain: 2 [0/56] Speed: 123.4 img/s")
+                   "Resumed x, starting training at epoch 1, step 3 of 44\nTrain: 2 [0/56] Speed: 123.4 img/s\n"
+                   "Test(EMA): 0 all 1 processes, 128 images: {'top1': 10.0}")
         if "--grad-accum-steps" in step.argv:
             default = "--grad-accum-steps 2: an optimizer step of 2 batches of 32 on each of 1 process(es)\n" + default
         if step.stop_when is None:
@@ -49,7 +50,7 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("PASS", "FAIL")]
     assert len(lines) == len(seen) and all(line.startswith("PASS") for line in lines)
     names = [s.name for s in seen]
-    for expected in ("train 1 epoch --amp (fp16 + GradScaler)", "train 1 epoch --amp --amp-dtype bfloat16",
+    for expected in ("train 1 epoch --amp (fp16 + GradScaler)", "train 1 epoch --amp --amp-dtype bfloat16 --model-ema",
                      "train 1 epoch --amp --grad-accum-steps 2",
                      "tools/dist_train.sh 1", "train, killed after its first epoch",
                      "the killed run continues with --resume", "tools/test.py on the resumed checkpoint",
@@ -61,7 +62,8 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
     by_name = {s.name: s for s in seen}
     fp16 = by_name["train 1 epoch --amp (fp16 + GradScaler)"].argv
     assert fp16[fp16.index("--device") + 1] == "cpu" and "--amp" in fp16 and "--amp-dtype" not in fp16
-    assert "bfloat16" in by_name["train 1 epoch --amp --amp-dtype bfloat16"].argv
+    bf16 = by_name["train 1 epoch --amp --amp-dtype bfloat16 --model-ema"].argv
+    assert "bfloat16" in bf16 and "--model-ema" in bf16
     folders = [s.argv[s.argv.index("--output") + 1] for s in seen if "--output" in s.argv]
     resume = os.path.join(str(tmp_path / "runs"), "resume")
     stopped = os.path.join(str(tmp_path / "runs"), "stopped")
@@ -91,9 +93,11 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
 
 def test_e2e_fails_a_resume_that_starts_over_and_a_run_that_was_not_killed(tmp_path, capsys):
     run, _ = fake_runner({"the killed run continues with --resume": "Train: 0 [0/56]\nTrain: 2 [0/56]",
-                          "train 1 epoch --amp --grad-accum-steps 2": "Train: 0 [0/22] Speed: 60.0 img/s"})
+                          "train 1 epoch --amp --grad-accum-steps 2": "Train: 0 [0/22] Speed: 60.0 img/s",
+                          "train 1 epoch --amp --amp-dtype bfloat16 --model-ema": "Test: 0 all 1 processes"})
     assert not run_e2e("cpu", quick=True, runner=run, workdir=str(tmp_path))
     out = capsys.readouterr().out
+    assert "train 1 epoch --amp --amp-dtype bfloat16 --model-ema  (output does not show the EMA's validation)" in out
     assert "FAIL" in out and "the killed run continues with --resume  (output does not show 'starting training" in out
     assert "train 1 epoch --amp --grad-accum-steps 2  (output does not show '--grad-accum-steps 2: an optimizer" in out
     step = [s for s in gpu_e2e.plan("cpu", str(tmp_path), quick=True) if s.stop_when is not None][0]

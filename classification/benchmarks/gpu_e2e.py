@@ -5,13 +5,13 @@ Steps (each a subprocess with its own time limit, run folders under a fresh temp
 kernel checks (``tools/gpu_check.py``: the Triton backends against the reference, op timings), the model throughput
 tables (``tools/benchmark.py``: fp32 and bf16, batch 1 and 64, a training step at 64), the peak memory and resolution
 sweep (:func:`memory_and_resolution_sweep`); then one quickstart epoch with ``--amp`` (fp16 + GradScaler), with
-``--amp-dtype bfloat16`` and with ``--amp --grad-accum-steps 2``, ``tools/dist_train.sh 1`` (torchrun; and
-``dist_train.sh N`` on NCCL when N >= 2 GPUs are visible: one process group needs two GPUs), a run killed after its
-first epoch and ``--resume``d (it must continue at a later epoch and finish), a run stopped by SIGTERM in its second
-epoch (it must save there and exit with 143) and resumed from that step, ``tools/test.py`` on the killed run's
-checkpoint (also with ``--compile reduce-overhead``), and the throughput under ``--compile reduce-overhead`` (compiling
-takes longest). Under a time budget each step's limit is cut to what is left and the steps that no longer fit are
-listed.
+``--amp-dtype bfloat16 --model-ema`` (the EMA's multi-tensor update on CUDA) and with ``--amp --grad-accum-steps 2``,
+``tools/dist_train.sh 1`` (torchrun; and ``dist_train.sh N`` on NCCL when N >= 2 GPUs are visible: one process group
+needs two GPUs), a run killed after its first epoch and ``--resume``d (it must continue at a later epoch and finish),
+a run stopped by SIGTERM in its second epoch (it must save there and exit with 143) and resumed from that step,
+``tools/test.py`` on the killed run's checkpoint (also with ``--compile reduce-overhead``), and the throughput under
+``--compile reduce-overhead`` (compiling takes longest). Under a time budget each step's limit is cut to what is left
+and the steps that no longer fit are listed.
 
 ``--device cpu --quick`` runs the same plan at tiny sizes on the CPU (Triton under the interpreter), and ``--dry-run``
 prints the commands only: the plan, the checks of each step's output and the report are code paths the CPU tests
@@ -189,11 +189,13 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
     steps.append(Step("peak memory and resolution sweep", [py, "tools/gpu_check.py", "--device", device, "--sweep"]
                       + (["--quick"] if quick else []), 300 if not quick else 900,
                       _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
-    for name, folder, extra in (("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"]),
-                                ("train 1 epoch --amp --amp-dtype bfloat16", "amp_bf16",
-                                 ["--amp", "--amp-dtype", "bfloat16"])):
+    ema_line = r"Test\(EMA\): 0 all"
+    for name, folder, extra, shows in (
+            ("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"], ()),
+            ("train 1 epoch --amp --amp-dtype bfloat16 --model-ema", "amp_bf16",
+             ["--amp", "--amp-dtype", "bfloat16", "--model-ema"], (_says(ema_line, "the EMA's validation"),))):
         steps.append(Step(name, train + ["--epochs", "1"] + extra + run_dir(folder), 180,
-                          _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
+                          _all_of(_exited_ok, _file_exists(last(folder)), *shows), summary=train_speed))
     accumulated = "--grad-accum-steps 2: an optimizer step of 2 batches"
     accumulating = train + ["--epochs", "1", "--amp", "--grad-accum-steps", "2"] + run_dir("amp_accum")
     steps.append(Step("train 1 epoch --amp --grad-accum-steps 2", accumulating, 180,
