@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from classification.benchmarks.gpu_check import CHECK_HEADER, check_line, checked_models, column_widths
-from classification.benchmarks.gpu_check import correctness_cases
+from classification.benchmarks.gpu_check import correctness_cases, ema_check
+from classification.engine.ema import ForeachModelEma
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check_tool", TOOL)
@@ -123,3 +124,21 @@ def test_every_row_of_the_quick_correctness_table_lines_up_with_its_header():
         assert line[:dtype_at].rstrip() == case and line[dtype_at:].startswith(dtype + " ")
         assert line[out_err_end - 8:out_err_end] == "1.00e-07" and line[grad_err_end - 8:grad_err_end] == "2.00e-07"
         assert line[result_at:] == "ok"
+
+
+def test_the_ema_row_passes_only_for_the_values_of_timms_ema(monkeypatch, capsys):
+    """The GPU check's EMA row (run on the CPU here): 0 difference from ModelEmaV2 passes; an update that rounds
+    otherwise (a fused multiply-add) fails it."""
+    widths = (40, 8)
+    assert ema_check(torch.device("cpu"), quick=True, widths=widths)
+    assert capsys.readouterr().out.split() == ["EMA", "update", "local_vim_tiny_wo_search", "float32", "0.00e+00",
+                                               "-", "ok"]
+
+    def fused_update(self, model):
+        with torch.no_grad():
+            for ema_v, model_v in zip(self.module.state_dict().values(), model.state_dict().values()):
+                ema_v.mul_(self.decay).add_(model_v, alpha=1. - self.decay)
+
+    monkeypatch.setattr(ForeachModelEma, "update", fused_update)
+    assert not ema_check(torch.device("cpu"), quick=True, widths=widths)
+    assert capsys.readouterr().out.split()[-1] == "FAIL"

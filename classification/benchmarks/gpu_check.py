@@ -6,7 +6,8 @@ mamba_inner_fn_no_out_proj, the scan under CUDA autocast and the fused mixer ops
 token-major, attention_merge: ``mixer_ops``); outputs and all gradients, fp32 and bf16 inputs; then the scans again
 under ``torch.use_deterministic_algorithms(True)`` (their backward's per-block B / C gradients, not atomics);
 relative error = max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on
-triton against every op on the reference). Timing: ``op_speed``'s interleaved medians for every backend
+triton against every op on the reference), and `--model-ema`'s multi-tensor update against timm's ModelEmaV2 (bit
+for bit). Timing: ``op_speed``'s interleaved medians for every backend
 available on the device (reference, triton, and the official ``mamba_ssm`` / ``causal_conv1d`` kernels as backend
 ``cuda`` when importable) at the LocalVim-T shape and at batch 64, then the fused mixer ops against their composed
 path and the fused scan kernel alone (``mixer_ops.mixer_timings``).
@@ -19,7 +20,9 @@ from typing import Any, Callable, ContextManager, Dict, List, Sequence, Tuple
 import torch
 from localmamba_kernel_runtime import backends
 from localmamba_ssm import MODEL_OPS
+from timm.utils import ModelEmaV2
 
+from ..engine.ema import ForeachModelEma
 from ..engine.model_builder import create_model_at_size
 from .mixer_ops import correctness_cases as mixer_cases
 from .mixer_ops import SCAN_TILES, deterministic_algorithms, deterministic_cases, mixer_timings
@@ -174,6 +177,26 @@ def model_check(device: torch.device, quick: bool, widths: Tuple[int, int]) -> b
     return ok
 
 
+def ema_check(device: torch.device, quick: bool, widths: Tuple[int, int]) -> bool:
+    """`--model-ema`'s multi-tensor update (`ForeachModelEma`) against timm's ModelEmaV2 on ``device``: the EMA
+    weights of the first checked model after three updates towards changed weights, bit for bit (its row's "out
+    err" is the largest difference, which must be 0)."""
+    name, kwargs = next(iter(checked_models(quick).items()))
+    torch.manual_seed(0)
+    model = create_model_at_size(name, 32 if quick else 224, **kwargs).to(device)
+    emas = [ModelEmaV2(model, decay=0.9998), ForeachModelEma(model, decay=0.9998)]
+    with torch.no_grad():
+        for _ in range(3):
+            for param in model.parameters():
+                param.add_(torch.randn_like(param), alpha=1e-2)
+            for ema in emas:
+                ema.update(model)
+    pairs = zip(emas[0].module.state_dict().values(), emas[1].module.state_dict().values())
+    diff = max(float((a.double() - b.double()).abs().max()) for a, b in pairs)
+    print(check_line((f"EMA update {name}", "float32", f"{diff:.2e}", "-", "ok" if diff == 0 else "FAIL"), widths))
+    return diff == 0
+
+
 def timings(device: torch.device, quick: bool, repeats: int) -> None:
     """The op benchmarks of every backend available on ``device``, fp32 and bf16, at the LocalVim-T shape and at
     batch 64 (a tiny shape when ``quick``)."""
@@ -199,13 +222,15 @@ def run_gpu_check(device: str = "cuda", quick: bool = False, repeats: int = 20, 
               f"available {list(backends.available_backends(op, device))}")
     cases, deterministic = correctness_cases(device, quick)
     widths = column_widths([(case, dtype) for case, dtype, _ in cases + deterministic] +
-                           [(f"model {name}", "float32") for name in (checked_models(quick) if models else ())])
+                           [(f"model {name}", "float32") for name in (checked_models(quick) if models else ())] +
+                           [(f"EMA update {next(iter(checked_models(quick)))}", "float32")])
     print(check_line(CHECK_HEADER, widths))
     with backends.restoring_choice():
         ok = all([_check_case(check, widths, contextlib.nullcontext) for check in cases] +
                  [_check_case(check, widths, deterministic_algorithms) for check in deterministic])
         try:
             ok &= model_check(device, quick, widths) if models else True
+            ok &= ema_check(device, quick, widths)
         except Exception as err:  # report and go on to the timings
             print(f"model check ERROR {type(err).__name__}: {err}")
             ok = False
