@@ -6,6 +6,10 @@
 #   tools/mm_dist_run.sh SCRIPT test CONFIG CHECKPOINT GPUS [test.py flags]
 # Several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and PORT or MASTER_PORT) set.
 set -eu
+if [ $# -lt 2 ]; then
+    echo "usage: $0 SCRIPT train|test ARGS..." >&2
+    exit 2
+fi
 SCRIPT=$1 MODE=$2
 shift 2
 HERE="$(dirname "$SCRIPT")"

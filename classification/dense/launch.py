@@ -150,7 +150,7 @@ def _config_entry(tree: dict, key: str) -> Any:
     for part in key.split('.'):
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, (list, tuple)) and part.isdecimal() and int(part) < len(node):
             node = node[int(part)]
         else:
             return _ABSENT

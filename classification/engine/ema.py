@@ -38,21 +38,23 @@ class ForeachModelEma(ModelEmaV2):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step towards `model`'s weights, as ModelEmaV2.update. Tensors that are not floating point (integer
-        buffers) and the repeats of a tensor the state_dict names twice (tied weights, which ModelEmaV2 updates once
-        per name) take ModelEmaV2's own expression."""
+        buffers) take ModelEmaV2's own expression; a model whose state_dict entries share memory (tied weights, a
+        buffer that is a view of another), which ModelEmaV2 updates once per name, one after the other, takes
+        ModelEmaV2's update whole."""
+        ema_values = list(self.module.state_dict(keep_vars=True).values())
+        if _shares_memory(ema_values):
+            super().update(model)
+            return
         groups: dict[tuple[torch.device, torch.dtype, torch.dtype], TensorPairs] = defaultdict(lambda: ([], []))
-        seen: set[int] = set()
-        model_values = model.state_dict(keep_vars=True).values()
-        for ema_v, model_v in zip(self.module.state_dict(keep_vars=True).values(), model_values):
+        for ema_v, model_v in zip(ema_values, model.state_dict(keep_vars=True).values()):
             if self.device is not None:
                 model_v = model_v.to(device=self.device)
-            if ema_v.is_floating_point() and id(ema_v) not in seen:
+            if ema_v.is_floating_point():
                 ema_group, model_group = groups[(ema_v.device, ema_v.dtype, model_v.dtype)]
                 ema_group.append(ema_v)
                 model_group.append(model_v)
             else:
                 ema_v.copy_(self.decay * ema_v + (1. - self.decay) * model_v)
-            seen.add(id(ema_v))
         for (device, ema_dtype, _), (ema_group, model_group) in groups.items():
             max_numel = CPU_CHUNK_NUMEL if device.type == "cpu" else None
             for ema_chunk, model_chunk in _chunks(ema_group, model_group, max_numel):
@@ -64,6 +66,12 @@ class ForeachModelEma(ModelEmaV2):
                     new_values = torch._foreach_mul(ema_chunk, self.decay)
                     torch._foreach_add_(new_values, scaled_model)
                     torch._foreach_copy_(ema_chunk, new_values)
+
+
+def _shares_memory(tensors: list[torch.Tensor]) -> bool:
+    """True when two of `tensors` (with elements) lie in one storage: the same tensor twice, or views of one."""
+    storages = [t.untyped_storage().data_ptr() for t in tensors if t.numel()]
+    return len(set(storages)) < len(storages)
 
 
 def _chunks(ema_values: list[torch.Tensor], model_values: list[torch.Tensor],

@@ -25,17 +25,23 @@ def tiny_local_vim() -> nn.Module:
                              directions=[["h", "w3_flip"], ["v", "w2", "h_flip"]])
 
 
-class TiedWithBatchNorm(nn.Module):
-    """An integer buffer (BatchNorm's num_batches_tracked) and a weight that the state_dict names twice."""
+class WithBatchNorm(nn.Module):
+    """An integer buffer (BatchNorm's num_batches_tracked); with `shared`, also a weight that the state_dict names
+    twice (tied) and a buffer that is a view of another."""
 
-    def __init__(self):
+    def __init__(self, shared: bool = False):
         super().__init__()
         self.embed = nn.Linear(6, 6)
         self.norm = nn.BatchNorm1d(6)
         self.head = nn.Linear(6, 6)
-        self.head.weight = self.embed.weight
+        if shared:
+            self.head.weight = self.embed.weight
+            self.register_buffer("table", torch.randn(4, 3))
+            self.register_buffer("row", self.table[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "table"):
+            self.table.add_(1.0)
         return self.head(self.norm(self.embed(x)))
 
 
@@ -59,7 +65,7 @@ def ema_after_steps(model: nn.Module, make_ema: Callable[[nn.Module], nn.Module]
         for _ in range(steps):
             for param in model.parameters():
                 param.add_(torch.randn(param.shape, generator=generator).to(param.dtype), alpha=0.05)
-            if isinstance(model, TiedWithBatchNorm):
+            if isinstance(model, WithBatchNorm):
                 model.train()(torch.randn(4, 6, generator=generator))
             ema.update(model)
     return ema.module.state_dict()
@@ -89,11 +95,13 @@ def test_foreach_ema_is_model_ema_v2_bit_for_bit_in_small_chunks(monkeypatch):
     assert differing_tensors(ema_after_steps(model, lambda m: ForeachModelEma(m, decay=0.9998)), expected) == []
 
 
-def test_foreach_ema_keeps_model_ema_v2_integer_buffers_and_tied_weights():
+@pytest.mark.parametrize("shared", [False, True], ids=["integer_buffer", "tied_weight_and_view"])
+def test_foreach_ema_keeps_model_ema_v2_integer_buffers_and_shared_memory(shared):
     """ModelEmaV2 computes an integer buffer's EMA in float32 and truncates it (the step count 1, ..., 6 gives 0, 1, 2,
-    ..., 5 at decay 0.5), and updates a tied weight once per name: twice a step."""
+    ..., 5 at decay 0.5), and updates the entries of shared memory once per name, one after the other: a tied weight
+    twice a step, a view's elements once as the view and once as part of its base."""
     torch.manual_seed(0)
-    model = TiedWithBatchNorm()
+    model = WithBatchNorm(shared)
     expected = ema_after_steps(model, lambda m: ModelEmaV2(m, decay=0.5))
     got = ema_after_steps(model, lambda m: ForeachModelEma(m, decay=0.5))
     assert differing_tensors(got, expected) == []
