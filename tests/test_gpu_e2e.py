@@ -31,7 +31,7 @@ def fake_runner(outputs):
                    "{'top1': 50.0}" if "test.py" in step.argv[1] else
                    "SIGTERM: stopping in epoch 1 after step 3 of 44" if step.stop_signal == signal.SIGTERM else
                    "Resumed x, starting training at epoch 1, step 3 of 44\nTrain: 2 [0/56] Speed: 123.4 img/s\n"
-                   "Test(EMA): 0 all 1 processes, 128 images: {'top1': 10.0}")
+                   "Test(EMA): 0 [  11/12] Loss: 2.294 (2.316) Top-1: 12.500% (10.000%)")
         if "--grad-accum-steps" in step.argv:
             default = "--grad-accum-steps 2: an optimizer step of 2 batches of 32 on each of 1 process(es)\n" + default
         if step.stop_when is None:
@@ -94,7 +94,7 @@ def test_e2e_plan_passes_on_good_outputs_and_writes_the_log(tmp_path, capsys):
 def test_e2e_fails_a_resume_that_starts_over_and_a_run_that_was_not_killed(tmp_path, capsys):
     run, _ = fake_runner({"the killed run continues with --resume": "Train: 0 [0/56]\nTrain: 2 [0/56]",
                           "train 1 epoch --amp --grad-accum-steps 2": "Train: 0 [0/22] Speed: 60.0 img/s",
-                          "train 1 epoch --amp --amp-dtype bfloat16 --model-ema": "Test: 0 all 1 processes"})
+                          "train 1 epoch --amp --amp-dtype bfloat16 --model-ema": "Test: 0 [  11/12] Loss: 0.777"})
     assert not run_e2e("cpu", quick=True, runner=run, workdir=str(tmp_path))
     out = capsys.readouterr().out
     assert "train 1 epoch --amp --amp-dtype bfloat16 --model-ema  (output does not show the EMA's validation)" in out

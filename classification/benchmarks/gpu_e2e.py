@@ -189,7 +189,7 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
     steps.append(Step("peak memory and resolution sweep", [py, "tools/gpu_check.py", "--device", device, "--sweep"]
                       + (["--quick"] if quick else []), 300 if not quick else 900,
                       _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
-    ema_line = r"Test\(EMA\): 0 all"
+    ema_line = r"Test\(EMA\): 0 \["   # a validation line of the EMA weights after epoch 0
     for name, folder, extra, shows in (
             ("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"], ()),
             ("train 1 epoch --amp --amp-dtype bfloat16 --model-ema", "amp_bf16",
