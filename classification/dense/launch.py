@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
-                         walk_dicts, work_dir_problem)
+                         new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
 if TYPE_CHECKING:   # mmengine is imported where a run starts
     from mmengine.config import Config
@@ -139,44 +139,6 @@ def _resume_hint(work_dir: str) -> str:
         return '; no checkpoint was saved yet, nothing to resume'
     with open(pointer, encoding='utf-8') as f:
         return f'; the command with --resume (and no path) continues from {f.read().strip()}'
-
-
-_ABSENT = object()
-
-
-def _config_entry(tree: dict, key: str) -> Any:
-    """The value of the dotted ``key`` (list items keyed by their index) in ``tree``, or ``_ABSENT``."""
-    node: Any = tree
-    for part in key.split('.'):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and part.isdecimal() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _ABSENT
-    return node
-
-
-def new_option_keys(cfg: Config, options: dict) -> list[str]:
-    """The keys of ``options`` (``--cfg-options``) that name no entry of ``cfg``: new entries, or misspelt ones."""
-    tree = cfg.to_dict()
-    return [key for key in options if _config_entry(tree, key) is _ABSENT]
-
-
-def wrong_type_option(cfg: Config, options: dict) -> Optional[str]:
-    """Why the first ``--cfg-options`` item that gives text where ``cfg`` holds a number or a boolean is refused
-    (``max_iters=8O000``, ``find_unused_parameters=yes``: mmengine would pass the text on to fail deep in a run), or
-    None when every item fits."""
-    tree = cfg.to_dict()
-    for key, value in options.items():
-        old = _config_entry(tree, key)
-        if not isinstance(value, str) or old is _ABSENT:
-            continue
-        if isinstance(old, bool):
-            return f'--cfg-options {key}={value}: the config holds True or False there ({old}), not text'
-        if isinstance(old, (int, float)):
-            return f'--cfg-options {key}={value}: the config holds a number there ({old}), not text'
-    return None
 
 
 def _load_config(args: argparse.Namespace):

@@ -1,12 +1,16 @@
 """What a det/seg run reads, checked before mmengine builds anything: each check returns the one-line error for the
-first missing input (None when all is there), which mmengine would otherwise report with a traceback, often after
-building the datasets and the model. Also the walk over config trees that finds our backbones in them."""
+first missing input or ``--cfg-options`` value of the wrong kind (None when all is right), which mmengine would
+otherwise report with a traceback, often after building the datasets and the model. Also the walk over config trees
+that finds our backbones in them."""
 from __future__ import annotations
 
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+
+if TYPE_CHECKING:   # mmengine is imported where a run starts
+    from mmengine.config import Config
 
 # The backbone classes registered by the det/seg plugins.
 BACKBONES = ('MM_LocalVim', 'MM_LocalVSSM')
@@ -139,4 +143,42 @@ def missing_data_path(cfg: Any, loaders: Sequence[str], images_only: bool = Fals
             message = _missing_dataset_path(dataset, where, IMAGE_PREFIXES if images_only else None)
             if message:
                 return message
+    return None
+
+
+_ABSENT = object()
+
+
+def _config_entry(tree: dict, key: str) -> Any:
+    """The value of the dotted ``key`` (list items keyed by their index) in ``tree``, or ``_ABSENT``."""
+    node: Any = tree
+    for part in key.split('.'):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdecimal() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _ABSENT
+    return node
+
+
+def new_option_keys(cfg: Config, options: dict) -> list[str]:
+    """The keys of ``options`` (``--cfg-options``) that name no entry of ``cfg``: new entries, or misspelt ones."""
+    tree = cfg.to_dict()
+    return [key for key in options if _config_entry(tree, key) is _ABSENT]
+
+
+def wrong_type_option(cfg: Config, options: dict) -> Optional[str]:
+    """Why the first ``--cfg-options`` item that gives text where ``cfg`` holds a number or a boolean is refused
+    (``max_iters=8O000``, ``find_unused_parameters=yes``: mmengine would pass the text on to fail deep in a run), or
+    None when every item fits."""
+    tree = cfg.to_dict()
+    for key, value in options.items():
+        old = _config_entry(tree, key)
+        if not isinstance(value, str) or old is _ABSENT:
+            continue
+        if isinstance(old, bool):
+            return f'--cfg-options {key}={value}: the config holds True or False there ({old}), not text'
+        if isinstance(old, (int, float)):
+            return f'--cfg-options {key}={value}: the config holds a number there ({old}), not text'
     return None

@@ -15,7 +15,7 @@ from conftest import IMAGE_HW, REPO, det_config, require, tiny_vim_backbone, tin
 require('mmseg')
 
 from classification.common import CheckpointError  # noqa: E402
-from classification.dense import MM_LocalVim, MM_LocalVSSM, launch  # noqa: E402
+from classification.dense import MM_LocalVim, MM_LocalVSSM, launch, run_inputs  # noqa: E402
 from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
 from classification.models.local_vim import VisionMamba  # noqa: E402
 
@@ -317,9 +317,9 @@ def test_cfg_options_text_for_a_number_is_refused_before_the_run(capsys, item, m
 def test_cfg_options_that_fit_the_config_pass_the_type_check():
     from mmengine.config import Config
     cfg = Config.fromfile(SEG_CONFIG)
-    assert launch.wrong_type_option(cfg, {'model.backbone.pretrained': 'other.pth', 'train_cfg.max_iters': 80000,
-                                          'optim_wrapper.optimizer.lr': None, 'new.key': 'text',
-                                          'default_hooks.checkpoint.by_epoch': True}) is None
+    fitting = {'model.backbone.pretrained': 'other.pth', 'train_cfg.max_iters': 80000,
+               'optim_wrapper.optimizer.lr': None, 'new.key': 'text', 'default_hooks.checkpoint.by_epoch': True}
+    assert run_inputs.wrong_type_option(cfg, fitting) is None
 
 
 def test_detection_results_go_to_a_pickle_file(capsys):
