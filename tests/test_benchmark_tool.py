@@ -122,6 +122,10 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--model', 'local_vim_tiny', 'local_vssm_tiny', '--baseline', 'resnet18'], '--baseline takes one --model'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--img-size', '512'], '--img-size sets the batch table, not'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--batch-sizes', '8'], 'its batch is --sweep-batch'),
+    (['--ema', 'local_vim_tiny', '--dim', '4'], '--dim is a flag of --op, not of --ema'),
+    (['--ema', 'local_vim_tiny', '--train-batch', '4'], '--train-batch is a flag of --model, not of --ema'),
+    (['--ema', 'local_vim_tiny', '--baseline', 'resnet18'], "--baseline is a flag of --model: --ema's baseline is"),
+    (['--ema', 'local_vim_tny'], "--ema: unknown model 'local_vim_tny'; did you mean local_vim_tiny"),
 ])
 def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, tmp_path):
     argv = [str(tmp_path / a) if a.startswith('NO_SUCH_DIR') else a for a in argv]
@@ -185,3 +189,17 @@ def test_an_image_size_the_baseline_cannot_take_ends_in_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: --img-size 8: model deit_tiny_patch16_224 cannot take 8x8 images (')
     assert len(err.splitlines()) == 1
+
+
+def test_ema_rows_time_both_updates_and_compare_their_weights(tmp_path, capsys):
+    out = tmp_path / 'ema.csv'
+    benchmark.main(['--ema', 'timm_local_vim_tiny', '--repeats', '1', '--warmup', '0', '--csv', str(out)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ['model', 'tensors', 'ModelEmaV2', 'ms', 'ForeachModelEma', 'ms', 'ratio', 'equal',
+                                'bit', 'for', 'bit']
+    cells = table[2].split()
+    assert cells[:2] == ['local_vim_tiny', '748'] and cells[-1] == 'yes'
+    with open(out) as f:
+        row, = list(csv.DictReader(f))
+    assert float(row['ratio']) == pytest.approx(float(row['model_ema_v2_ms']) / float(row['foreach_ms']))
+    assert (row['device'], row['dtype'], row['equal']) == ('cpu', 'fp32', 'True')

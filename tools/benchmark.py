@@ -6,6 +6,7 @@
     python tools/benchmark.py --model local_vim_tiny --threads 2        # vs deit_tiny_patch16_224
     python tools/benchmark.py --model local_vssm_tiny --csv vssm.csv    # vs swin_tiny_patch4_window7_224
     python tools/benchmark.py --model local_vim_tiny local_vssm_tiny --sweep 224 512 768 1024 --plot sweep.png
+    python tools/benchmark.py --ema local_vim_tiny --threads 1     # --model-ema's update vs timm's ModelEmaV2
 
 ``--op``: each available backend of a kernel op against the plain-PyTorch reference; the table gives milliseconds
 and the speedup over the reference, for the forward pass (under no_grad) and for forward + backward. Defaults:
@@ -20,6 +21,9 @@ baseline, in turn.
 ``--sweep SIZE ...``: instead, inference at each image size (batch ``--sweep-batch``, default 1), the ratio, each
 forward's peak memory above its weights and images, and the size where the ratio crosses 1; ``--plot`` draws
 img/s and memory against size for every model and baseline.
+
+``--ema``: milliseconds per update of ``--model-ema``'s EMA (multi-tensor ops) against timm's ModelEmaV2, whose
+values it keeps (the table says whether both EMAs end equal bit for bit), on the model's weights in ``--dtype``.
 
 Runs are interleaved (every repeat times every contender in turn) and summarised by medians.
 """
@@ -37,6 +41,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        default_baseline, format_model_table, format_sweep_table, parse_device,
                                        output_file_problem, plot_resolution_sweep, print_op_benchmark,
                                        resolution_sweep, unavailable_backends, write_csv)
+from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
 
@@ -46,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--op", choices=sorted(CASES), help="kernel op to benchmark")
     mode.add_argument("--model", nargs="+", help="registered model(s) to benchmark against a timm baseline")
+    mode.add_argument("--ema", nargs="+", metavar="MODEL",
+                      help="time --model-ema's update on these models' weights against timm's ModelEmaV2")
     parser.add_argument("--baseline", default=None,
                         help="timm model to compare --model with (default by family; one --model only)")
     parser.add_argument("--img-size", type=int, default=None, help="--model: image size (default 224)")
@@ -75,10 +82,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-backward", action="store_true", help="--op: time the forward pass only")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
-    try:
-        args.model = [resolve_model_name(name) for name in args.model or []]
-    except UnknownModelError as err:
-        parser.error(f"--model: {err}")
+    for flag in ("model", "ema"):
+        try:
+            setattr(args, flag, [resolve_model_name(name) for name in getattr(args, flag) or []])
+        except UnknownModelError as err:
+            parser.error(f"--{flag}: {err}")
+    if args.ema and args.baseline:
+        parser.error("--baseline is a flag of --model: --ema's baseline is timm's ModelEmaV2")
     if args.baseline:
         if len(args.model) != 1:
             parser.error("--baseline takes one --model; several models are each compared with their default")
@@ -100,10 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     op_flags = {"--batch": args.batch, "--dim": args.dim, "--seqlen": args.seqlen, "--dstate": args.dstate,
                 "--width": args.width, "--backends": args.backends, "--no-backward": args.no_backward or None}
     model_flags = {**table_flags, "--sweep": args.sweep, "--sweep-batch": args.sweep_batch, "--compile": args.compile}
-    wrong = [flag for flag, value in (op_flags if args.model else model_flags).items() if value is not None]
+    mode = "model" if args.model else "ema" if args.ema else "op"
+    others = {"op": op_flags, "model": model_flags}
+    wrong = [(flag, owner) for owner, flags in others.items() if owner != mode
+             for flag, value in flags.items() if value is not None]
     if wrong:
-        parser.error(f"{wrong[0]} is a flag of --{'op' if args.model else 'model'}, not of --"
-                     f"{'model' if args.model else 'op'}")
+        parser.error(f"{wrong[0][0]} is a flag of --{wrong[0][1]}, not of --{mode}")
     if args.sweep_batch is not None and not args.sweep:
         parser.error("--sweep-batch is the batch of --sweep: give --sweep SIZE ...")
     for flag, default in (("batch", 8), ("dim", 384), ("seqlen", 196), ("dstate", 16), ("width", 4),
@@ -174,6 +186,10 @@ def main(argv=None) -> int:
         if args.plot:
             plot_resolution_sweep(rows, args.plot)
             print(f"plot: {args.plot}")
+    elif args.ema:
+        rows = [row for model in args.ema
+                for row in benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup)]
+        print(format_ema_table(rows))
     else:
         rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),
                                   args.device, args.dtype, args.backends, args.repeats, args.warmup,

@@ -10,6 +10,7 @@ the kernel packages' backend registry directly, to time each backend in turn.
 - ``model_speed``: images per second of models, against a timm baseline (``images_per_second``, ``benchmark_models``).
 - ``resolution_sweep``: inference img/s and peak memory against image size, the size where a model overtakes its
   baseline, and its figure (``resolution_sweep``, ``plot_resolution_sweep``); ``peak_memory``: a forward's peak.
+- ``ema_speed``: the update of ``--model-ema`` against timm's ModelEmaV2 (``benchmark_ema``).
 - ``flops``: parameters and FLOPs in the original's and in fvcore's convention (``flops_row``, ``flops_rows``).
 - ``gpu_check``: the Triton backends against the reference, outputs and gradients, then timings.
 - ``timing``, ``tables``: interleaved medians; text tables and CSV files.
