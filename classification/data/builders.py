@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .defaults import resolve_dataset_defaults
-from .image_list import DataError, build_imagenet, build_imagenet_val
+from .errors import DataError
+from .image_list import build_imagenet, build_imagenet_val
 from .loader import build_loader, loader_workers, usable_cpus
 from .mixup import OriginalMixup
 from .small_datasets import build_cifar, build_cifar_test, build_digits

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Image types that are not read (torchvision's ImageFolder skips them too); the listing says how many were skipped.
 UNREAD_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".jp2", ".j2k", ".jxl", ".heic", ".heif", ".avif", ".svg", ".ico",
@@ -27,10 +29,6 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # files as "I".
 SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 logger = logging.getLogger("localmamba")
-
-
-class DataError(ValueError):
-    """Unusable dataset input; the message names the file or folder."""
 
 
 def to_8bit(img: Image.Image) -> Image.Image:

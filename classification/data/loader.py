@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..common.rng import sample_seed, seeded
-from .image_list import DataError
+from .errors import DataError
 
 # The signals that stop a training run cleanly (engine.signals); loader workers leave them to the main process.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")

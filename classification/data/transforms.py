@@ -17,7 +17,7 @@ from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
 from torchvision import transforms as T
 
-from .image_list import DataError
+from .errors import DataError
 from .rand_augment import posterize_bits, rand_augment_transform
 
 
