@@ -195,7 +195,7 @@ def test_cifar_transform_is_the_originals():
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    from classification.data.image_list import load_rgb
+    from classification.data.image_decoding import load_rgb
 
     values = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)  # 0 .. 65520
     Image.fromarray(values).save(tmp_path / "deep.png")
