@@ -1,5 +1,5 @@
-"""ImageNet-style datasets: the original meta-list layout and the common class-folder layout (images are decoded by
-`image_decoding.load_rgb`).
+"""ImageNet-style datasets: the original meta-list layout, read here, and the common class-folder layout (listed by
+`class_folders`); images are decoded by `image_decoding.load_rgb`.
 
 Original layout: `<root>/{train,val}/...` images and `<root>/meta/{train,val}.txt`, one `relative/path label` per line.
 Class-folder layout: `<root>/{train,val}/<class>/<image>`; classes are the sorted train folder names. Evaluation
@@ -11,18 +11,15 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-import unicodedata
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch.utils.data import Dataset
 
+from .class_folders import (class_folder_names, first_few, has_class_folders, note_hidden_class_folders,
+                            note_unmeasured, scan_class_folders)
 from .errors import DataError
 from .image_decoding import load_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# Image types that are not read (torchvision's ImageFolder skips them too); the listing says how many were skipped.
-UNREAD_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".jp2", ".j2k", ".jxl", ".heic", ".heif", ".avif", ".svg", ".ico",
-                           ".tga", ".psd", ".dng", ".cr2", ".nef", ".arw", ".exr", ".hdr", ".apng", ".dib", ".pcx")
 logger = logging.getLogger("localmamba")
 
 
@@ -115,19 +112,6 @@ def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
     return samples
 
 
-def _first_few(names: Sequence, count: int = 5) -> str:
-    """The first `count` of `names`, comma-separated, with ', ...' when there are more."""
-    return ", ".join(str(name) for name in names[:count]) + (", ..." if len(names) > count else "")
-
-
-def _note_unmeasured(where: str, absent: Sequence, total: int, kind: str = "classes") -> None:
-    """Log the `absent` classes (of `total`) that the val split `where` has no image of: their accuracy is not
-    measured."""
-    if absent:
-        logger.info(f"{where}: no images of {len(absent)} of the {total} {kind} ({_first_few(absent)}): "
-                    f"their accuracy is not measured")
-
-
 def _meta_num_classes(meta_path: str, labels: set[int]) -> int:
     """The class count of a train list's `labels`: the largest + 1, as ImageNet's label files mean; a warning names
     the labels below it that are never used (their outputs get no training data)."""
@@ -135,164 +119,9 @@ def _meta_num_classes(meta_path: str, labels: set[int]) -> int:
     if len(labels) < count:
         unused = sorted(set(range(count)) - labels)
         logger.warning(f"{meta_path}: its labels use {len(labels)} of the {count} classes 0..{count - 1} (unused: "
-                       f"{_first_few(unused)}); the model gets {count} outputs (largest label + 1), those of unused "
+                       f"{first_few(unused)}); the model gets {count} outputs (largest label + 1), those of unused "
                        f"labels are never trained; renumber the labels 0..{len(labels) - 1} for {len(labels)} outputs")
     return count
-
-
-def has_class_folders(split_dir: str) -> bool:
-    """Whether `split_dir` exists and holds at least one sub-folder."""
-    return os.path.isdir(split_dir) and any(e.is_dir() for e in os.scandir(split_dir))
-
-
-def class_folder_names(split_dir: str) -> list[str]:
-    """The sorted sub-folder names of a split: the classes of the class-folder layout."""
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether real path `path` is `folder` or lies under it."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _check_link(link: str, real: str, guards: dict[str, str], folder: str) -> None:
-    """Refuse a linked folder (at real path `real`) that is or holds the split folder or a class folder other than
-    the class `folder` it lies in (`guards`: real path -> what to call it): its images would be listed again."""
-    own = os.path.realpath(folder)
-    for guarded, shown in guards.items():
-        if guarded != own and _inside(guarded, real):
-            target = f" -> {os.readlink(link)}" if os.path.islink(link) else ""
-            what = "is" if guarded == real else "holds"
-            raise DataError(f"{link}{target}: the linked folder {what} {shown}, whose images would be listed again "
-                            f"as class {os.path.basename(folder)!r}; remove the link (links in a class folder must "
-                            f"lead to images of that class only)")
-
-
-def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> list[str]:
-    """The image files under `folder` in torchvision ImageFolder's order (sub-folders by path, files by name), linked
-    folders followed as it does, but each real folder once (by its first path in sorted order; ImageFolder would
-    list it again, or loop). A link to an image that does not exist, a linked folder that is or holds a folder of
-    `guards` (real path -> folder as named: the split and the other classes), or a folder that cannot be read, is
-    refused here rather than when it is first read; only links cost a file-system call beyond listing the folders.
-    Hidden files ('.' names, such as macOS's '._x.jpg') and images of types not read are added to `skipped`."""
-    by_folder, seen, pending = [], set(), [(folder, os.path.islink(folder))]
-    while pending:
-        current, linked = pending.pop()
-        real = os.path.realpath(current)
-        if real in seen:  # a link back up the tree, or a second link to the same folder
-            continue
-        if linked:
-            _check_link(current, real, guards, folder)
-        seen.add(real)
-        files = []
-        try:
-            entries = sorted(os.scandir(current), key=lambda entry: entry.name, reverse=True)   # popped in order
-        except OSError as err:
-            raise DataError(f"cannot list {current}: {err.strerror or err}") from None
-        for entry in entries:
-            lower = entry.name.lower()
-            if entry.is_dir():
-                pending.append((entry.path, entry.is_symlink()))
-            elif not lower.endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS):
-                continue  # not an image (notes, .DS_Store, Thumbs.db): nothing to say
-            elif entry.name.startswith(".") or lower.endswith(UNREAD_IMAGE_EXTENSIONS):
-                skipped.append(entry.path)
-            elif entry.is_symlink() and not os.path.exists(entry.path):
-                raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to does "
-                                f"not exist; remove the link or restore the image")
-            else:
-                files.append(entry.path)
-        by_folder.append((current, sorted(files)))
-    return [path for _, files in sorted(by_folder) for path in files]
-
-
-def _note_skipped_files(split_dir: str, skipped: Sequence[str]) -> None:
-    """Log how many files named like images were skipped under `split_dir`: hidden ones, unread types, and images
-    that lie in the split folder itself, beside the class folders (well-known non-image files are not counted)."""
-    hidden = [path for path in skipped if os.path.basename(path).startswith(".")]
-    if hidden:
-        logger.info(f"{split_dir}: skipped {len(hidden)} hidden files named like images (names starting with '.', "
-                    f"such as the '._' files macOS leaves), e.g. {os.path.relpath(hidden[0], split_dir)}")
-    types: dict[str, int] = {}
-    for path in skipped:
-        if not os.path.basename(path).startswith("."):
-            ext = os.path.splitext(path)[1].lower()
-            types[ext] = types.get(ext, 0) + 1
-    if types:
-        counts = ", ".join(f"{ext}: {n}" for ext, n in sorted(types.items()))
-        logger.info(f"{split_dir}: skipped {sum(types.values())} image files of types that are not read ({counts}); "
-                    f"convert them to one of {', '.join(IMAGE_EXTENSIONS)} to use them")
-    loose = sorted(e.name for e in os.scandir(split_dir) if not e.is_dir() and not e.name.startswith(".")
-                   and e.name.lower().endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS))
-    if loose:
-        logger.info(f"{split_dir}: not used: {len(loose)} image files beside the class folders, in no class "
-                    f"({_first_few(loose, 3)}); move them into their class folders")
-
-
-def _note_hidden_class_folders(split_dir: str, classes: Sequence[str]) -> None:
-    """Warn about class folders that tools leave behind (`.ipynb_checkpoints`, `__MACOSX`, any dot-folder): like
-    torchvision's ImageFolder we keep them as classes, which shifts the labels of every class sorted after them."""
-    hidden = [name for name in classes if name.startswith(".") or name == "__MACOSX"]
-    if hidden:
-        logger.warning(f"{split_dir}: the folders {hidden[:5]} count as classes (as in torchvision's ImageFolder), "
-                       f"making {len(classes)} classes; remove them if they hold no class of your data")
-
-
-def _class_labels(classes: Sequence[str]) -> Callable[[str], Optional[int]]:
-    """The label of a folder name among `classes`: the class of that name, else the class whose name is the same
-    text in another Unicode normalization (a copy made on macOS names `café` with a combining accent, NFD, which
-    looks the same as the composed NFC name another system wrote); None for no class."""
-    index = {name: i for i, name in enumerate(classes)}
-    composed: dict[str, int] = {}
-    for name, i in index.items():
-        composed.setdefault(unicodedata.normalize("NFC", name), i)
-    return lambda name: index[name] if name in index else composed.get(unicodedata.normalize("NFC", name))
-
-
-def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
-                       source: str = "the train split") -> tuple[list[tuple[str, int]], list[str]]:
-    """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`; a folder name
-    matches its class in any Unicode normalization): then folders of other names that hold no image files (left by
-    tools) are ignored, and the classes without images are logged."""
-    found = class_folder_names(split_dir)
-    defines_classes = classes is None
-    if classes is None:
-        classes = found
-    label_of = _class_labels(classes)
-    unknown = sorted(name for name in found if label_of(name) is None)
-    renamed = [name for name in found if name not in unknown and classes[label_of(name)] != name]
-    if renamed:
-        logger.info(f"{split_dir}: the folders {renamed[:5]} are the classes "
-                    f"{[classes[label_of(name)] for name in renamed[:5]]} of {source} in another Unicode "
-                    f"normalization (as a copy made on macOS names them)")
-    if unknown:
-        empty = [name for name in unknown if not _image_files(os.path.join(split_dir, name), {}, [])]
-        if len(empty) < len(unknown):
-            raise DataError(f"{split_dir}: class folders {[n for n in unknown if n not in empty][:5]} are not classes "
-                            f"of {source}")
-        logger.info(f"{split_dir}: ignoring the folders {empty[:5]}: they hold no image files and are not classes of "
-                    f"{source}")
-        found = [name for name in found if name not in unknown]
-    if defines_classes:
-        _note_hidden_class_folders(split_dir, found)
-    guards = {os.path.realpath(split_dir): f"the split folder {split_dir}"}  # named first when a link holds it
-    guards.update((os.path.realpath(os.path.join(split_dir, name)), f"the class folder {os.path.join(split_dir, name)}")
-                  for name in found)
-    samples, skipped, with_images = [], [], set()
-    for name in found:
-        before, folder = len(samples), os.path.join(split_dir, name)
-        samples += [(path, label_of(name)) for path in _image_files(folder, guards, skipped)]
-        if len(samples) > before:
-            with_images.add(label_of(name))
-        elif defines_classes:
-            raise DataError(f"class folder {folder} holds no image files: it would add a class that never "
-                            f"appears in training; remove it or add images")
-    _note_skipped_files(split_dir, skipped)
-    if not samples:
-        raise DataError(f"no image files found under {split_dir}")
-    if not defines_classes:
-        _note_unmeasured(split_dir, [name for i, name in enumerate(classes) if i not in with_images], len(classes))
-    return samples, list(classes)
 
 
 def imagenet_layout(root: str) -> str:
@@ -325,7 +154,7 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
         val_meta, train_meta = os.path.join(root, "meta", "val.txt"), os.path.join(root, "meta", "train.txt")
         val = read_meta_file(val_meta, os.path.join(root, "val"))
         if classes is not None:
-            logger.warning(f"{root}: the checkpoint was trained on named classes ({_first_few(list(classes), 3)}), "
+            logger.warning(f"{root}: the checkpoint was trained on named classes ({first_few(list(classes), 3)}), "
                            f"the meta lists give numbers: label i is taken as its i-th class in that (sorted) order; "
                            f"the accuracy is right only if your labels were numbered so")
         if not os.path.isfile(train_meta):
@@ -348,10 +177,10 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
         source = "the checkpoint"
     elif has_class_folders(os.path.join(root, "train")):
         classes = class_folder_names(os.path.join(root, "train"))
-        _note_hidden_class_folders(os.path.join(root, "train"), classes)
+        note_hidden_class_folders(os.path.join(root, "train"), classes)
     else:
         classes = class_folder_names(val_dir)
-        _note_hidden_class_folders(val_dir, classes)
+        note_hidden_class_folders(val_dir, classes)
         note = (f"{root}: no train/<class>/ folders: the {len(classes)} classes are the sorted folder names of val/ "
                 f"(as torchvision's ImageFolder); the labels are the model's only if val/ has a folder for every "
                 f"class it was trained on")
@@ -371,7 +200,7 @@ def _refuse_empty_val_classes(val_dir: str, classes: Sequence[str], labels: set[
     `labels` index is absent): a folder that is no class of the model shifts the labels of those after it."""
     empty = [name for i, name in enumerate(classes) if i not in labels]
     if empty:
-        raise DataError(f"{val_dir}: class folder(s) {_first_few(empty)} hold no image files; without train/<class>/ "
+        raise DataError(f"{val_dir}: class folder(s) {first_few(empty)} hold no image files; without train/<class>/ "
                         f"folders the classes are val/'s folder names, and one that is no class of the model shifts "
                         f"the labels after it: remove it, or name every class of the model by train/<class>/ folders "
                         f"(empty ones do)")
@@ -400,7 +229,7 @@ def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
         if bad:
             raise DataError(f"{val_meta}: label {bad[0][1]} of {bad[0][0]} "
                             f"is not a train label (train has {num_classes} classes)")
-        _note_unmeasured(val_meta, sorted(labels - {label for _, label in val}), len(labels), "train labels")
+        note_unmeasured(val_meta, sorted(labels - {label for _, label in val}), len(labels), "train labels")
     else:
         val_dir, train_dir = os.path.join(root, "val"), os.path.join(root, "train")
         if not has_class_folders(train_dir):

@@ -17,8 +17,9 @@ from torchvision.datasets import ImageFolder
 
 from classification.data import DataError, build_datasets, build_eval_dataset
 from classification.data.defaults import resolve_dataset_defaults
+from classification.data.class_folders import scan_class_folders
 from classification.data.image_decoding import load_rgb
-from classification.data.image_list import build_imagenet_val, scan_class_folders
+from classification.data.image_list import build_imagenet_val
 from classification.data.transforms import build_transform
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
