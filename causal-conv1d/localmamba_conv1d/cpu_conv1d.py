@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, task_runner
 from localmamba_kernel_runtime.precision import autocast_off
 
 from .backward import register_autograd, weight_grad
@@ -57,7 +57,7 @@ def causal_conv1d_cpu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         a.out = out.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.causal_conv1d_fwd, make, x.shape[0] * x.shape[1], MIN_ROWS_PER_TASK)
+    task_runner.run_tasks(lib.causal_conv1d_fwd, make, x.shape[0] * x.shape[1], MIN_ROWS_PER_TASK)
     return out
 
 
@@ -74,7 +74,7 @@ def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     if lib is None or x.numel() == 0:
         return _bwd_torch(dout, x, weight, bias, silu)
     rows = x.shape[0] * x.shape[1]
-    tasks = ckernel.num_tasks(rows, MIN_ROWS_PER_TASK)
+    tasks = task_runner.num_tasks(rows, MIN_ROWS_PER_TASK)
     dx = torch.empty_like(x)
     dweight = weight.new_zeros((tasks,) + weight.shape)
     dbias = x.new_zeros(tasks, x.shape[1])
@@ -84,7 +84,7 @@ def causal_conv1d_cpu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Ten
         a.dout, a.dx, a.dweight, a.dbias = dout.data_ptr(), dx.data_ptr(), dweight[i].data_ptr(), dbias[i].data_ptr()
         return a
 
-    ckernel.run_tasks(lib.causal_conv1d_bwd, make, rows, MIN_ROWS_PER_TASK, tasks)
+    task_runner.run_tasks(lib.causal_conv1d_bwd, make, rows, MIN_ROWS_PER_TASK, tasks)
     return dx, dweight.sum(0), dbias.sum(0)
 
 

@@ -2,7 +2,8 @@
 it imports neither.
 
 - ``backends``: the per-call backend registry and ``LOCALMAMBA_BACKEND``.
-- ``ckernel``: builds the C kernels on first use (cached), checks their argument structs, runs them on threads.
+- ``ckernel``: builds the C kernels on first use (cached), loads them, checks their argument structs.
+- ``task_runner``: runs a loaded kernel over its items on threads and checks the status it returns.
 - ``csrc/``: the C headers every kernel includes (``vector_math.h``: 8-wide vectors and polynomial math;
   ``kernel_args.h``: argument structs with a layout Python can check) and ``task_runner.c``.
 - ``settings``: the environment variables checked at once (what a tool refuses before it starts).

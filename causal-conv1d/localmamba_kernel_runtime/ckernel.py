@@ -1,4 +1,4 @@
-"""Compile the C kernels on first use, load them with ctypes, check their argument structs, run them on threads.
+"""Compile the C kernels on first use, load them with ctypes, check their argument structs.
 
 Each kernel library is built from ``.c`` files shipped with its package, plus this package's ``csrc/`` (the headers
 ``vector_math.h`` and ``kernel_args.h``, and ``task_runner.c``, linked into every library), with warnings on. A
@@ -32,15 +32,10 @@ only. Each library tells its vector width (:func:`vector_width`) and the instruc
 
 Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
 a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
-compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`. A kernel
-that cannot allocate its work buffers returns ``LM_OUT_OF_MEMORY`` (``kernel_args.h``) having written nothing, and
-its caller raises :class:`KernelOutOfMemoryError`.
+compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`.
 
-Threads: where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` and
-runs its tasks on OpenMP threads. The loader resolves ``libgomp.so.1`` to the copy torch already loaded, so the
-kernels and torch share one thread team: no thread of ours competes with torch's workers while they spin-wait after
-an op (with a separate pool that contention made a whole model a third slower on 2 cores). Elsewhere, or when the
-compiler lacks OpenMP, the tasks run on a Python thread pool (ctypes releases the GIL).
+Where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` (without, when
+that build fails); :mod:`.task_runner` runs its kernels on threads.
 """
 from __future__ import annotations
 
@@ -56,11 +51,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
+
+from .task_runner import openmp_runner
 
 logger = logging.getLogger("localmamba")
 T = TypeVar("T")
@@ -92,15 +88,10 @@ _LOCK = threading.Lock()
 _LIBS: Dict[Tuple[str, str], Optional[ctypes.CDLL]] = {}  # (name, requested isa) -> library, None: PyTorch
 _NO_COMPILER: set = set()  # the (name, requested isa) keys of _LIBS left on PyTorch because no compiler was found
 _FAILURES: Dict[Tuple[str, str], str] = {}  # (name, requested isa) -> why no library loaded (full compiler output)
-_POOL: dict = {"pool": None, "size": 0}
 
 
 class KernelArgsMismatchError(RuntimeError):
     """A ctypes mirror of a kernel argument struct does not match the struct the C library was built with."""
-
-
-class KernelOutOfMemoryError(MemoryError):
-    """A CPU kernel could not allocate its work buffers (its outputs are not written)."""
 
 
 class UnsupportedISAError(ValueError):
@@ -394,8 +385,9 @@ def load_library(name: str, sources: Sequence[Path],
     fallback.
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
-    ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status (:func:`check_status`). Each
-    mirror is checked against the library (:func:`check_args_layout`) before the library is returned.
+    ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status
+    (:func:`.task_runner.check_status`). Each mirror is checked against the library (:func:`check_args_layout`)
+    before the library is returned.
     """
     if not kernels_enabled():
         return None
@@ -412,7 +404,7 @@ def load_library(name: str, sources: Sequence[Path],
                 if lib is not None:
                     for struct in set(kernels.values()):
                         check_args_layout(lib, struct)
-                    runner = _openmp_runner(lib)
+                    runner = openmp_runner(lib)
                     for fn_name, struct in kernels.items():
                         fn = getattr(lib, fn_name)
                         fn.argtypes = [ctypes.POINTER(struct), ctypes.c_int64, ctypes.c_int64]
@@ -461,17 +453,6 @@ def check_args_layout(lib: ctypes.CDLL, struct: Type[ctypes.Structure]) -> None:
     raise KernelArgsMismatchError(f"the ctypes mirror of {struct.__name__} does not match the C struct: {difference}")
 
 
-def _openmp_runner(lib: ctypes.CDLL):
-    """The library's ``lm_run_tasks`` when it was built with OpenMP, else None."""
-    lib.lm_openmp.restype = ctypes.c_int
-    if not lib.lm_openmp():
-        return None
-    runner = lib.lm_run_tasks
-    runner.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64]
-    runner.restype = ctypes.c_int
-    return runner
-
-
 def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     """A tensor's data address for a kernel argument; None (a NULL pointer) for a missing tensor."""
     return None if t is None else t.data_ptr()
@@ -484,71 +465,9 @@ def constant_under_compile(fn: Callable[..., T]) -> Callable[..., T]:
     return fn
 
 
-def uses_openmp(fn: Callable[..., int]) -> bool:
-    """Whether a loaded kernel function runs its tasks on OpenMP threads (shared with torch)."""
-    return getattr(fn, "lm_runner", None) is not None
-
-
 def reset() -> None:
     """Forget loaded kernels so that the next call re-reads the environment (for tests)."""
     with _LOCK:
         _LIBS.clear()
         _NO_COMPILER.clear()
         _FAILURES.clear()
-
-
-def num_tasks(items: int, min_items_per_task: int) -> int:
-    """How many parallel calls to split ``items`` into: at most ``torch.get_num_threads()``."""
-    return max(1, min(torch.get_num_threads(), items // min_items_per_task))
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _LOCK:
-        # a bigger pool replaces the old one, which is not shut down: a concurrent caller may still submit to it
-        # (its workers exit once it is garbage collected)
-        if _POOL["size"] < workers:
-            _POOL["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="localmamba-kernel")
-            _POOL["size"] = workers
-        return _POOL["pool"]
-
-
-LM_OK, LM_OUT_OF_MEMORY = 0, 1  # a kernel's status, as kernel_args.h defines it
-
-
-def check_status(fn: Callable[..., int], status: int) -> None:
-    """Raise :class:`KernelOutOfMemoryError` when kernel ``fn`` returned ``LM_OUT_OF_MEMORY``."""
-    if status & LM_OUT_OF_MEMORY:
-        raise KernelOutOfMemoryError(f"out of memory: the CPU kernel {fn.__name__} could not allocate its work "
-                                     "buffers, so it computed nothing; free memory or use smaller inputs")
-    if status != LM_OK:
-        raise RuntimeError(f"the CPU kernel {fn.__name__} returned the unknown status {status}")
-
-
-def run_parallel(fn: Callable[..., int], args: List[ctypes.Structure], items: int) -> None:
-    """Call ``fn(byref(args[i]), start_i, end_i)`` on len(args) contiguous slices of range(items), in parallel:
-    on OpenMP threads when the library has them, else on a thread pool (ctypes releases the GIL during each call).
-    Raises :class:`KernelOutOfMemoryError` when a task could not allocate its work buffers.
-    """
-    tasks = len(args)
-    if tasks == 1:
-        status = fn(ctypes.byref(args[0]), 0, items)
-    elif uses_openmp(fn):
-        pointers = (ctypes.c_void_p * tasks)(*[ctypes.addressof(a) for a in args])
-        status = fn.lm_runner(ctypes.cast(fn, ctypes.c_void_p), pointers, tasks, items)
-    else:
-        bounds = [items * i // tasks for i in range(tasks + 1)]
-        futures = [_pool(tasks - 1).submit(fn, ctypes.byref(args[i]), bounds[i], bounds[i + 1])
-                   for i in range(1, tasks)]
-        status = fn(ctypes.byref(args[0]), bounds[0], bounds[1])
-        for future in futures:
-            status |= future.result()
-    check_status(fn, status)
-
-
-def run_tasks(fn: Callable[..., int], make_args: Callable[[int], ctypes.Structure], items: int,
-              min_items_per_task: int, tasks: Optional[int] = None) -> None:
-    """Run kernel ``fn`` over ``items`` in ``num_tasks(items, min_items_per_task)`` parallel tasks; ``make_args(i)``
-    gives task i its arguments (its own accumulators, where the kernel adds to some). A caller that sized per-task
-    accumulators passes that ``tasks`` count (the thread count may change in between)."""
-    tasks = num_tasks(items, min_items_per_task) if tasks is None else tasks
-    run_parallel(fn, [make_args(i) for i in range(tasks)], items)

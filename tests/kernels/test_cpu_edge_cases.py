@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from localmamba_conv1d import causal_conv1d_fn
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import task_runner
 from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn, selective_scan_fn
 from localmamba_ssm.ops.cpu import multi_scan_cpu
 
@@ -83,8 +83,8 @@ def test_an_index_that_misses_a_token_is_refused(force_backend, conv):
 
 
 LOAD_AND_REPORT = ("from localmamba_conv1d.cpu_conv1d import load_kernel; "
-                   "from localmamba_kernel_runtime import ckernel; "
-                   "lib = load_kernel(); print(lib.lm_isa, ckernel.uses_openmp(lib.causal_conv1d_fwd))")
+                   "from localmamba_kernel_runtime import task_runner; "
+                   "lib = load_kernel(); print(lib.lm_isa, task_runner.uses_openmp(lib.causal_conv1d_fwd))")
 
 
 def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
@@ -108,8 +108,8 @@ def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
 def test_a_thread_pool_stays_usable_when_another_caller_grows_it():
     """Without OpenMP, kernels run on a shared thread pool: a caller that got the pool can still submit to it after
     a concurrent caller needing more workers made a bigger one (the old pool was shut down under it)."""
-    pool = ckernel._pool(1)
-    ckernel._pool(ckernel._POOL["size"] + 1)
+    pool = task_runner._pool(1)
+    task_runner._pool(task_runner._POOL["size"] + 1)
     assert pool.submit(sum, [1, 2]).result() == 3
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from localmamba_conv1d import cpu_conv1d
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, task_runner
 from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
 
 pytestmark = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
@@ -47,15 +47,15 @@ def test_a_kernel_reports_a_failed_allocation(load, name, small, huge):
     """An empty range of items runs nothing but the kernel's allocations: LM_OK at a small size, LM_OUT_OF_MEMORY
     when the buffers cannot exist."""
     fn = getattr(load(), name)
-    assert fn(ctypes.byref(small), 0, 0) == ckernel.LM_OK
-    assert fn(ctypes.byref(huge), 0, 0) == ckernel.LM_OUT_OF_MEMORY
+    assert fn(ctypes.byref(small), 0, 0) == task_runner.LM_OK
+    assert fn(ctypes.byref(huge), 0, 0) == task_runner.LM_OUT_OF_MEMORY
 
 
 @pytest.mark.parametrize("load, name", NOT_ALLOCATING, ids=[case[1] for case in NOT_ALLOCATING])
 def test_a_kernel_without_work_buffers_returns_ok(load, name):
     struct = {cpu_conv1d.load_kernel: cpu_conv1d.Conv1dArgs,
               attention_merge_cpu.load_kernel: attention_merge_cpu.AttentionMergeArgs}[load]
-    assert getattr(load(), name)(ctypes.byref(struct()), 0, 0) == ckernel.LM_OK
+    assert getattr(load(), name)(ctypes.byref(struct()), 0, 0) == task_runner.LM_OK
 
 
 @pytest.mark.parametrize("threads", ["openmp", "thread pool"])
@@ -65,25 +65,25 @@ def test_run_parallel_raises_when_any_task_runs_out_of_memory(monkeypatch, tasks
     fn = selective_scan_cpu.load_kernel().selective_scan_fwd
     if threads == "thread pool":
         monkeypatch.setattr(fn, "lm_runner", None)
-    elif not ckernel.uses_openmp(fn):
+    elif not task_runner.uses_openmp(fn):
         pytest.skip("torch on this platform does not run on GNU OpenMP, so the kernels use the thread pool")
-    ckernel.run_parallel(fn, [_scan(16) for _ in range(tasks)], 0)
+    task_runner.run_parallel(fn, [_scan(16) for _ in range(tasks)], 0)
     args = [_scan(16) for _ in range(tasks - 1)] + [_scan(HUGE_SEQLEN)]
-    with pytest.raises(ckernel.KernelOutOfMemoryError, match="selective_scan_fwd could not allocate"):
-        ckernel.run_parallel(fn, args, 0)
+    with pytest.raises(task_runner.KernelOutOfMemoryError, match="selective_scan_fwd could not allocate"):
+        task_runner.run_parallel(fn, args, 0)
 
 
 def test_an_unknown_status_is_an_error():
     fn = selective_scan_cpu.load_kernel().selective_scan_fwd
-    ckernel.check_status(fn, ckernel.LM_OK)
+    task_runner.check_status(fn, task_runner.LM_OK)
     with pytest.raises(RuntimeError, match="unknown status 2"):
-        ckernel.check_status(fn, 2)
+        task_runner.check_status(fn, 2)
 
 
 OP_UNDER_ADDRESS_LIMIT = r"""
 import resource
 import torch
-from localmamba_kernel_runtime import backends, ckernel
+from localmamba_kernel_runtime import backends, task_runner
 from localmamba_ssm import selective_scan_fn, selective_scan_ref
 
 backends.force_backend("cpu")
@@ -106,7 +106,7 @@ resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + 100 * 2**20, hard))
 try:
     selective_scan_fn(*inputs)
     print("no error")
-except ckernel.KernelOutOfMemoryError as err:
+except task_runner.KernelOutOfMemoryError as err:
     print("raised:", err)
 resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 out = selective_scan_fn(*inputs)

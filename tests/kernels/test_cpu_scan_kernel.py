@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from localmamba_ssm import selective_scan_ref
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, task_runner
 from localmamba_ssm.ops.cpu.selective_scan_cpu import load_kernel, selective_scan_cpu
 
 
@@ -116,7 +116,7 @@ def test_kernels_share_torchs_openmp_threads():
     from localmamba_ssm.ops.cpu.multi_scan_cpu import load_kernel
 
     lib = load_kernel()
-    assert lib is not None and ckernel.uses_openmp(lib.multi_scan_recurrence_fwd)
+    assert lib is not None and task_runner.uses_openmp(lib.multi_scan_recurrence_fwd)
     with open('/proc/self/maps') as maps:
         gomp = {line.split()[-1] for line in maps if 'libgomp' in line}
     assert len(gomp) == 1, gomp

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, task_runner
 from localmamba_kernel_runtime.precision import autocast_off
 
 from ..channel_gate import gate_backward, gate_forward
@@ -62,7 +62,7 @@ def merge_forward(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, r
         a.xbar, a.mu_out, a.rstd_out = xbar.data_ptr(), mu.data_ptr(), rstd.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attention_stats, make_stats, batch * num_dirs, 1)
+    task_runner.run_tasks(lib.attention_stats, make_stats, batch * num_dirs, 1)
     gate, hidden = gate_forward(xbar, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b)
     out = y.new_empty(batch, num_tokens, dim)
 
@@ -71,7 +71,7 @@ def merge_forward(y: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, r
         a.gate, a.out = gate.data_ptr(), out.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attention_weighted_sum, make_merge, batch * num_tokens, MIN_ROWS_PER_TASK)
+    task_runner.run_tasks(lib.attention_weighted_sum, make_merge, batch * num_tokens, MIN_ROWS_PER_TASK)
     return out, gate, xbar, mu, rstd, hidden
 
 
@@ -107,7 +107,7 @@ def merge_backward(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar
         a.dm, a.gate, a.dgate = dout.data_ptr(), gate.data_ptr(), dgate.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attention_gate_grad, make, batch * num_dirs, 1)
+    task_runner.run_tasks(lib.attention_gate_grad, make, batch * num_dirs, 1)
     with autocast_off(y.device.type):   # a backward called under autocast: the gate MLP's gradients stay fp32
         dxbar, *param_grads = gate_backward(dgate, gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
 
@@ -116,7 +116,7 @@ def merge_backward(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, xbar
         a.dxbar, a.mu, a.rstd, a.dy = dxbar.data_ptr(), mu.data_ptr(), rstd.data_ptr(), dy.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.attention_input_grad, make_input, batch * num_dirs, 1)
+    task_runner.run_tasks(lib.attention_input_grad, make_input, batch * num_dirs, 1)
     return tuple(param_grads)
 
 

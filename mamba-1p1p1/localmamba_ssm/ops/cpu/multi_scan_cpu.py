@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, task_runner
 from localmamba_kernel_runtime.precision import autocast_off
 
 from ..checks import check_index_table_once
@@ -136,7 +136,7 @@ def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.
         shape = (num_dirs, batch, length, inner)
         u = src.new_empty(shape) if save_states else scratch("sequences", *shape)
         gather = _multi_scan_args(src, index, conv_t, conv_b, params, dt_b, D, gate, inner, rank, state, u)
-        ckernel.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
+        task_runner.run_tasks(lib.multi_scan_gather_fwd, lambda _: gather, num_dirs * batch, 1)
         xdbl = torch.bmm(u.view(num_dirs, batch * length, inner), x_proj_w.transpose(1, 2))
         xdbl = xdbl.view(num_dirs, batch, length, width)
 
@@ -145,7 +145,7 @@ def scan_forward(src: torch.Tensor, index: torch.Tensor, conv_w: Optional[torch.
         a.y, a.ckpt = y.data_ptr(), ckpt.data_ptr() if save_states else None
         return a
 
-    ckernel.run_tasks(lib.multi_scan_recurrence_fwd, make, num_dirs * batch, 1)
+    task_runner.run_tasks(lib.multi_scan_recurrence_fwd, make, num_dirs * batch, 1)
     return u if save_states else src.new_empty(0), xdbl, ckpt
 
 
@@ -188,7 +188,7 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
     used = inner * (2 if gate else 1)
     dsrc = torch.zeros_like(src) if src.shape[2] > used else torch.empty_like(src)
     du, dxdbl = scratch("sequences", *u.shape), torch.empty_like(xdbl)
-    tasks = ckernel.num_tasks(batch, 1)
+    tasks = task_runner.num_tasks(batch, 1)
     dA = src.new_zeros(tasks, num_dirs, state, inner)
     ddt_w = src.new_zeros(tasks, num_dirs, rank, inner)
     ddt_b = dt_b.new_zeros((tasks,) + dt_b.shape)
@@ -206,7 +206,7 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
         a.ckpt = ckpt.data_ptr() if ckpt.numel() else None
         return a
 
-    ckernel.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1, tasks)
+    task_runner.run_tasks(lib.multi_scan_recurrence_bwd, make, batch, 1, tasks)
     with autocast_off(src.device.type):   # a backward called under autocast: the projection's gradients stay fp32
         if conv_w is None:
             flat_dxdbl, flat_w = dxdbl.view(batch * num_tokens, num_dirs * width), x_proj_w.reshape(-1, inner)
@@ -216,7 +216,7 @@ def scan_backward(dy: torch.Tensor, src: torch.Tensor, index: torch.Tensor, conv
             flat_dxdbl = dxdbl.view(num_dirs, batch * length, width)
             dx_proj_w = torch.bmm(flat_dxdbl.transpose(1, 2), u.view(num_dirs, batch * length, inner))
             du.view(num_dirs, batch * length, inner).baddbmm_(flat_dxdbl, x_proj_w)
-            ckernel.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1, tasks)
+            task_runner.run_tasks(lib.multi_scan_gather_bwd, make, batch, 1, tasks)
     A = -torch.exp(A_log)
     return (dsrc,
             src.new_zeros(0) if dconv_w is None else dconv_w.sum(0).transpose(1, 2).contiguous(),

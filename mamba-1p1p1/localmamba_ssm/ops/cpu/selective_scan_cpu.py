@@ -4,7 +4,8 @@
 ``selective_scan_cpu`` prepares the kernel layout with differentiable torch ops (fp32 cast, A padded to Np, B/C to
 (Bt, G, L, Np)), then calls ``torch.ops.localmamba.selective_scan_cpu_fwd`` whose backward is the custom op
 ``selective_scan_cpu_bwd``. Both have fake implementations, so ``torch.compile`` traces through them.
-The kernel parallelises over (batch, channel) pairs on ``torch.get_num_threads()`` threads (``ckernel.run_parallel``).
+The kernel parallelises over (batch, channel) pairs on ``torch.get_num_threads()`` threads
+(``task_runner.run_parallel``).
 """
 import ctypes
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, task_runner
 from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 
 from . import torch_scan
@@ -80,7 +81,7 @@ def selective_scan_cpu_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
         a.out, a.last_state = out.data_ptr(), last.data_ptr()
         return a
 
-    ckernel.run_tasks(lib.selective_scan_fwd, make, u.shape[0] * u.shape[1], MIN_PAIRS_PER_TASK)
+    task_runner.run_tasks(lib.selective_scan_fwd, make, u.shape[0] * u.shape[1], MIN_PAIRS_PER_TASK)
     return out, last
 
 
@@ -100,7 +101,7 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
     if lib is None:
         return torch_scan.scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     pairs = u.shape[0] * u.shape[1]
-    tasks = ckernel.num_tasks(pairs, MIN_PAIRS_PER_TASK)
+    tasks = task_runner.num_tasks(pairs, MIN_PAIRS_PER_TASK)
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     dz = torch.empty_like(u) if z is not None else u.new_zeros(0)
     dA = A.new_zeros((tasks,) + A.shape)
@@ -117,7 +118,7 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
         return a
 
-    ckernel.run_tasks(lib.selective_scan_bwd, make, pairs, MIN_PAIRS_PER_TASK, tasks)
+    task_runner.run_tasks(lib.selective_scan_bwd, make, pairs, MIN_PAIRS_PER_TASK, tasks)
     return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)
 
 
