@@ -2,7 +2,8 @@
 it imports neither.
 
 - ``backends``: the per-call backend registry and ``LOCALMAMBA_BACKEND``.
-- ``ckernel``: builds the C kernels on first use (cached), loads them, checks their argument structs.
+- ``ckernel``: builds the C kernels on first use (cached) and loads them.
+- ``kernel_args``: checks a kernel's ctypes argument struct against the C struct it mirrors.
 - ``task_runner``: runs a loaded kernel over its items on threads and checks the status it returns.
 - ``csrc/``: the C headers every kernel includes (``vector_math.h``: 8-wide vectors and polynomial math;
   ``kernel_args.h``: argument structs with a layout Python can check) and ``task_runner.c``.

@@ -30,9 +30,7 @@ back to PyTorch (or raises, under ``require``), not to another instruction set. 
 only. Each library tells its vector width (:func:`vector_width`) and the instruction set it was built for
 (``lib.lm_isa``; :func:`isa_summary` for all of them); callers pad per-channel buffers to the width.
 
-Arguments reach a kernel as one struct, declared in C with ``DECLARE_KERNEL_ARGS`` (``kernel_args.h``) and mirrored by
-a ``ctypes.Structure`` of the same name; at load the mirror's size and every field's name, offset and size are
-compared with the layout the library reports, and a mismatch raises :class:`KernelArgsMismatchError`.
+Each kernel's argument struct is checked against its ctypes mirror at load (:mod:`.kernel_args`).
 
 Where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` (without, when
 that build fails); :mod:`.task_runner` runs its kernels on threads.
@@ -56,6 +54,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 
 import torch
 
+from .kernel_args import check_args_layout
 from .task_runner import openmp_runner
 
 logger = logging.getLogger("localmamba")
@@ -88,10 +87,6 @@ _LOCK = threading.Lock()
 _LIBS: Dict[Tuple[str, str], Optional[ctypes.CDLL]] = {}  # (name, requested isa) -> library, None: PyTorch
 _NO_COMPILER: set = set()  # the (name, requested isa) keys of _LIBS left on PyTorch because no compiler was found
 _FAILURES: Dict[Tuple[str, str], str] = {}  # (name, requested isa) -> why no library loaded (full compiler output)
-
-
-class KernelArgsMismatchError(RuntimeError):
-    """A ctypes mirror of a kernel argument struct does not match the struct the C library was built with."""
 
 
 class UnsupportedISAError(ValueError):
@@ -386,8 +381,8 @@ def load_library(name: str, sources: Sequence[Path],
 
     ``kernels`` maps each exported kernel to its argument struct's ctypes mirror: every kernel is
     ``int kernel(const Args *args, int64_t start, int64_t end)``, returning a status
-    (:func:`.task_runner.check_status`). Each mirror is checked against the library (:func:`check_args_layout`)
-    before the library is returned.
+    (:func:`.task_runner.check_status`). Each mirror is checked against the library
+    (:func:`.kernel_args.check_args_layout`) before the library is returned.
     """
     if not kernels_enabled():
         return None
@@ -422,40 +417,6 @@ def load_library(name: str, sources: Sequence[Path],
 def vector_width(lib: ctypes.CDLL) -> int:
     """Float lanes per vector in ``lib`` (8, or 16 when built for AVX-512): per-channel buffers are padded to it."""
     return int(lib.lm_vector_width())
-
-
-def args_layout(lib: ctypes.CDLL, struct_name: str) -> Tuple[int, List[Tuple[str, int, int]]]:
-    """(size, [(field name, offset, size), ...]) of the C struct ``struct_name`` as ``lib`` was built."""
-    count = getattr(lib, f"{struct_name}_fields")
-    count.restype = ctypes.c_int64
-    layout = getattr(lib, f"{struct_name}_layout")
-    layout.restype = ctypes.c_int64
-    names = ctypes.POINTER(ctypes.c_char_p)()
-    offsets, sizes = ctypes.POINTER(ctypes.c_int64)(), ctypes.POINTER(ctypes.c_int64)()
-    size = layout(ctypes.byref(names), ctypes.byref(offsets), ctypes.byref(sizes))
-    return size, [(names[i].decode(), offsets[i], sizes[i]) for i in range(count())]
-
-
-def check_args_layout(lib: ctypes.CDLL, struct: Type[ctypes.Structure]) -> None:
-    """Raise :class:`KernelArgsMismatchError` unless the ctypes ``struct`` has the layout of the C struct of the same
-    name in ``lib``: the same size, and the same fields in the same order at the same offsets with the same sizes."""
-    c_size, c_fields = args_layout(lib, struct.__name__)
-    py_fields = [(name, getattr(struct, name).offset, getattr(struct, name).size) for name, *_ in struct._fields_]
-    if c_size == ctypes.sizeof(struct) and c_fields == py_fields:
-        return
-    for i, (c_field, py_field) in enumerate(zip(c_fields, py_fields)):
-        if c_field != py_field:
-            difference = f"field {i} is {c_field} in C but {py_field} in Python (name, offset, size)"
-            break
-    else:
-        difference = (f"C has {len(c_fields)} fields and {c_size} bytes, the mirror {len(py_fields)} fields and "
-                      f"{ctypes.sizeof(struct)} bytes")
-    raise KernelArgsMismatchError(f"the ctypes mirror of {struct.__name__} does not match the C struct: {difference}")
-
-
-def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    """A tensor's data address for a kernel argument; None (a NULL pointer) for a missing tensor."""
-    return None if t is None else t.data_ptr()
 
 
 def constant_under_compile(fn: Callable[..., T]) -> Callable[..., T]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from localmamba_conv1d import cpu_conv1d
-from localmamba_kernel_runtime import ckernel
+from localmamba_kernel_runtime import ckernel, kernel_args
 from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,14 +46,14 @@ def test_args_mirrors_match_the_c_structs(module):
                if isinstance(cls, type) and issubclass(cls, ctypes.Structure) and cls.__module__ == module.__name__}
     assert mirrors
     for struct in mirrors:
-        ckernel.check_args_layout(lib, struct)
-        size, fields = ckernel.args_layout(lib, struct.__name__)
+        kernel_args.check_args_layout(lib, struct)
+        size, fields = kernel_args.args_layout(lib, struct.__name__)
         assert size == ctypes.sizeof(struct) and [name for name, _, _ in fields] == [f[0] for f in struct._fields_]
 
 
 @needs_compiler
 def test_multi_scan_args_has_its_36_fields_with_an_int64_index():
-    size, fields = ckernel.args_layout(multi_scan_cpu.load_kernel(), "MultiScanArgs")
+    size, fields = kernel_args.args_layout(multi_scan_cpu.load_kernel(), "MultiScanArgs")
     assert len(fields) == 36 and size == 13 * 8 + 23 * ctypes.sizeof(ctypes.c_void_p)
     assert dict((name, offset) for name, offset, _ in fields)["index"] == 13 * 8
 
@@ -64,18 +64,19 @@ def test_a_wrong_mirror_is_refused_by_field():
     fields = list(multi_scan_cpu.MultiScanArgs._fields_)
     swapped = fields[:2] + [fields[3], fields[2]] + fields[4:]
     wrong = type("MultiScanArgs", (ctypes.Structure,), {"_fields_": swapped})
-    with pytest.raises(ckernel.KernelArgsMismatchError, match=r"MultiScanArgs.*field 2 is \('seqlen', 16, 8\) in C "
-                                                              r"but \('ntok', 16, 8\) in Python"):
-        ckernel.check_args_layout(lib, wrong)
+    with pytest.raises(kernel_args.KernelArgsMismatchError,
+                       match=r"MultiScanArgs.*field 2 is \('seqlen', 16, 8\) in C but \('ntok', 16, 8\) in Python"):
+        kernel_args.check_args_layout(lib, wrong)
     short = type("MultiScanArgs", (ctypes.Structure,), {"_fields_": fields[:-1]})
-    with pytest.raises(ckernel.KernelArgsMismatchError, match="C has 36 fields and 288 bytes, the mirror 35 fields"):
-        ckernel.check_args_layout(lib, short)
+    with pytest.raises(kernel_args.KernelArgsMismatchError,
+                       match="C has 36 fields and 288 bytes, the mirror 35 fields"):
+        kernel_args.check_args_layout(lib, short)
     narrow = type("AttentionMergeArgs", (ctypes.Structure,),
                   {"_fields_": [(n, ctypes.c_int32) if t is ctypes.c_int64 else (n, t)
                                 for n, t in attention_merge_cpu.AttentionMergeArgs._fields_]})
-    with pytest.raises(ckernel.KernelArgsMismatchError, match=r"field 0 is \('batch', 0, 8\) in C but "
-                                                              r"\('batch', 0, 4\)"):
-        ckernel.check_args_layout(attention_merge_cpu.load_kernel(), narrow)
+    with pytest.raises(kernel_args.KernelArgsMismatchError,
+                       match=r"field 0 is \('batch', 0, 8\) in C but \('batch', 0, 4\)"):
+        kernel_args.check_args_layout(attention_merge_cpu.load_kernel(), narrow)
 
 
 @pytest.mark.parametrize("setup_dir", [REPO, REPO / "causal-conv1d", REPO / "mamba-1p1p1"],

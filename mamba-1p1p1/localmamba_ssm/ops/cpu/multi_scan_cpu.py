@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel, task_runner
+from localmamba_kernel_runtime.kernel_args import data_ptr
 from localmamba_kernel_runtime.precision import autocast_off
 
 from ..checks import check_index_table_once
@@ -72,9 +73,9 @@ def _multi_scan_args(src, index, conv_w, conv_b, params, dt_b, D, gate, inner, r
                          nstate=state, rank=rank, width=0 if conv_w is None else conv_w.shape[1],
                          silu=int(conv_w is not None), gate=int(gate), src_stride=src.shape[2], pdim=A_t.shape[2],
                          token_major=int(conv_w is None), index=index.data_ptr(), src=src.data_ptr(),
-                         conv_w=ckernel.data_ptr(conv_w), conv_b=ckernel.data_ptr(conv_b),
-                         u=None if conv_w is None else u.data_ptr(), xdbl=ckernel.data_ptr(xdbl), dt_w=dt_t.data_ptr(),
-                         dt_b=dt_b.data_ptr(), A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=ckernel.data_ptr(D))
+                         conv_w=data_ptr(conv_w), conv_b=data_ptr(conv_b),
+                         u=None if conv_w is None else u.data_ptr(), xdbl=data_ptr(xdbl), dt_w=dt_t.data_ptr(),
+                         dt_b=dt_b.data_ptr(), A=A_t.data_ptr(), A2=A2_t.data_ptr(), D=data_ptr(D))
 
 
 def _channel_major(conv_w, dt_w, A_log, lanes: int):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel, task_runner
+from localmamba_kernel_runtime.kernel_args import data_ptr
 from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 
 from . import torch_scan
@@ -55,7 +56,7 @@ def _base_args(u, delta, A, B, C, D, z, delta_bias, softplus) -> SelectiveScanAr
     return SelectiveScanArgs(batch=u.shape[0], dim=u.shape[1], seqlen=u.shape[2], nstate=A.shape[1],
                              groups_b=_groups(B), groups_c=_groups(C), softplus=int(softplus), u=u.data_ptr(),
                              delta=delta.data_ptr(), A=A.data_ptr(), B=B.data_ptr(), C=C.data_ptr(),
-                             D=ckernel.data_ptr(D), z=ckernel.data_ptr(z), delta_bias=ckernel.data_ptr(delta_bias))
+                             D=data_ptr(D), z=data_ptr(z), delta_bias=data_ptr(delta_bias))
 
 
 def _use_kernel(u: torch.Tensor, A: torch.Tensor):
@@ -112,8 +113,8 @@ def selective_scan_cpu_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], u:
 
     def make(i: int) -> SelectiveScanArgs:   # task i adds into its own slices of the parameter gradients
         a = _base_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        a.dout, a.dlast = dout.data_ptr(), ckernel.data_ptr(dlast)
-        a.du, a.ddelta, a.dz = du.data_ptr(), ddelta.data_ptr(), ckernel.data_ptr(dz if z is not None else None)
+        a.dout, a.dlast = dout.data_ptr(), data_ptr(dlast)
+        a.du, a.ddelta, a.dz = du.data_ptr(), ddelta.data_ptr(), data_ptr(dz if z is not None else None)
         a.dA, a.dB, a.dC, a.dD, a.ddelta_bias = (dA[i].data_ptr(), dB[i].data_ptr(), dC[i].data_ptr(),
                                                  dD[i].data_ptr(), dbias[i].data_ptr())
         return a
