@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -230,7 +231,8 @@ def _flag(dest: str) -> str:
 
 
 def check_ranges(args: argparse.Namespace) -> None:
-    """Refuse a numeric flag outside its range (`RANGES`); the message names the flag and the value."""
+    """Refuse a numeric flag outside its range (`RANGES`) or not finite (`nan`, `inf`: float() reads them); the
+    message names the flag and the value."""
     for dest, low, high, low_in, high_in in RANGES:
         value = getattr(args, dest, None)
         if value is None:
@@ -238,7 +240,7 @@ def check_ranges(args: argparse.Namespace) -> None:
         for item in (value if isinstance(value, (list, tuple)) else [value]):
             bad_low = low is not None and (item < low if low_in else item <= low)
             bad_high = high is not None and (item > high if high_in else item >= high)
-            if bad_low or bad_high:
+            if bad_low or bad_high or not math.isfinite(item):
                 lo = "" if low is None else f"{'[' if low_in else '('}{low}"
                 hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
                 raise ConfigError(f"{_flag(dest)} must be in {lo or '(-inf'}, {hi}, got {item!r}")

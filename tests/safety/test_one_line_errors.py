@@ -42,6 +42,9 @@ def assert_error(result, message):
     (["--keep-num", "0"], "--keep-num must be in [1, inf), got 0"),
     (["--lr", "0"], "--lr must be in (0, inf), got 0.0"),
     (["--reprob", "1.5"], "--reprob must be in [0, 1], got 1.5"),
+    (["--lr", "nan"], "--lr must be in (0, inf), got nan"),
+    (["--lr", "inf"], "--lr must be in (0, inf), got inf"),
+    (["--model-ema-decay", "nan"], "--model-ema-decay must be in [0, 1], got nan"),
     (["--device", "foo"], "--device 'foo' is not one of auto, cpu, cuda, cuda:N"),
     (["--model-kwargs", "depht=2"], "--model-kwargs: model vit_tiny_patch16_224 does not take 'depht'; did you "
                                     "mean depth"),
