@@ -45,7 +45,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_no_dec
 
 
 def build_optimizer(model: nn.Module, cfg: Namespace) -> torch.optim.Optimizer:
-    """AdamW / SGD (Nesterov unless --sgd-no-nesterov) / RMSprop / RMSpropTF over `param_groups`."""
+    """AdamW / SGD (Nesterov unless --sgd-no-nesterov or --momentum 0) / RMSprop / RMSpropTF over `param_groups`."""
     filtered = cfg.weight_decay != 0 and not cfg.opt_no_filter
     groups = param_groups(model, cfg.lr, cfg.weight_decay, not cfg.opt_no_filter, cfg.honor_no_weight_decay)
     wd = 0.0 if filtered else cfg.weight_decay
@@ -53,8 +53,9 @@ def build_optimizer(model: nn.Module, cfg: Namespace) -> torch.optim.Optimizer:
         betas = tuple(cfg.opt_betas) if cfg.opt_betas else (0.9, 0.999)
         return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.opt_eps, betas=betas, weight_decay=wd)
     if cfg.opt == "sgd":
+        # Nesterov without momentum is plain SGD's update, which torch refuses to build as Nesterov
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd,
-                               nesterov=not cfg.sgd_no_nesterov)
+                               nesterov=not cfg.sgd_no_nesterov and cfg.momentum > 0)
     if cfg.opt == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum, weight_decay=wd)
     if cfg.opt == "rmsproptf":

@@ -100,6 +100,20 @@ def test_sgd_and_rmsprop_from_flags():
         assert (opt.defaults["eps"], opt.defaults["momentum"]) == (1e-3, 0.5)
 
 
+def test_sgd_without_momentum_is_plain_sgd():
+    """--opt sgd --momentum 0 (Nesterov by default): torch refuses Nesterov without momentum, which ended the run in
+    a traceback; the update of Nesterov momentum 0 is plain SGD's, p - lr * (g + wd * p)."""
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0]]))
+    opt = build_optimizer(model, parse_args(["--opt", "sgd", "--momentum", "0", "--lr", "0.5",
+                                             "--weight-decay", "0.1"]))
+    model(torch.tensor([[3.0, 4.0]])).sum().backward()     # gradient (3, 4)
+    opt.step()
+    assert opt.defaults["nesterov"] is False
+    torch.testing.assert_close(model.weight, torch.tensor([[1.0 - 0.5 * (3.0 + 0.1), -2.0 - 0.5 * (4.0 - 0.2)]]))
+
+
 def test_a_no_weight_decay_entry_with_the_g_prefix_matches_by_substring():
     """timm's and the original's rule: `[g]pos` in `no_weight_decay()` exempts every name containing `pos`."""
     model = Toy()
