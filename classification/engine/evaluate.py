@@ -26,7 +26,7 @@ from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, format_eta, setup_logging, start_log_file
-from .model_builder import build_model, canonical_model_name
+from .model_builder import build_model, canonical_model_name, check_input_size
 from .signals import interrupt_on_stop_signals
 
 
@@ -139,6 +139,7 @@ def test(cfg: Namespace) -> dict:
                         f"as it was trained")
         _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
         model = build_model(cfg)
+        check_input_size(model, cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
         load_at_model_size(model, weights, cfg.resume)
         model.to(env.device)

@@ -243,6 +243,19 @@ def check_model_flags(cfg: Namespace) -> None:
         raise ConfigError(f"--directions: {supernet_directions_error(name)}")
 
 
+def check_input_size(model: nn.Module, cfg: Namespace) -> None:
+    """Refuse an `--img-size` that `model` cannot take: a timm model whose patch embedding is strict about its size
+    (ViT, DeiT, Swin), built for another one by `model_kwargs`' `img_size`, failed its first forward in a traceback."""
+    patch_embed = getattr(model, "patch_embed", None)
+    built_for = getattr(patch_embed, "img_size", None)
+    if not getattr(patch_embed, "strict_img_size", False) or built_for is None:
+        return
+    if tuple(built_for) != (cfg.img_size, cfg.img_size):
+        raise ConfigError(f"--img-size {cfg.img_size}: model {cfg.model} is built for {built_for[0]}x{built_for[1]} "
+                          f"inputs (model_kwargs img_size) and takes no other size: give --model-kwargs "
+                          f"img_size={cfg.img_size}, or leave img_size out of model_kwargs")
+
+
 def build_model(cfg: Namespace) -> nn.Module:
     """`timm.create_model` for `cfg.model`.
 

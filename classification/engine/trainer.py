@@ -53,7 +53,7 @@ from .experiment import (RunFolder, choose_run_folder, delete_previous_run, fini
                          next_epoch, resolve_auto_resume, start_branch)
 from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
-from .model_builder import build_model, canonical_model_name, check_model_flags
+from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags
 from .optim import build_optimizer
 from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_original_args,
                      keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy, warn_ema_switch,
@@ -79,6 +79,7 @@ class Run:
         if self.mixup is not None and cfg.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
         self.model = build_model(cfg).to(env.device)
+        check_input_size(self.model, cfg)
         if env.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the original
         n_params = sum(p.numel() for p in self.model.parameters())

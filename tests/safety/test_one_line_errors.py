@@ -89,6 +89,21 @@ def test_cuda_without_a_gpu(monkeypatch, capsys, tmp_path):
                  "--device cuda was asked for but CUDA is not available")
 
 
+def test_an_img_size_the_models_kwargs_do_not_build_it_for_is_one_line(monkeypatch, capsys, tmp_path):
+    """A ViT built for 16 px by model_kwargs' img_size, given --img-size 32 on the command line: its first forward
+    failed in a traceback (AssertionError: Input height (32) doesn't match model (16)), in training after its run
+    folder was written, and in tools/test.py."""
+    message = ("--img-size 32: model vit_tiny_patch16_224 is built for 16x16 inputs (model_kwargs img_size) and takes "
+               "no other size: give --model-kwargs img_size=32, or leave img_size out of model_kwargs")
+    assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--img-size", "32", "--output", str(tmp_path)),
+                 message)
+    assert not os.listdir(tmp_path)
+    checkpoint = tmp_path / "weights.pth"
+    torch.save({"state_dict": {}}, checkpoint)
+    assert_error(cli(monkeypatch, capsys, "test.py", *TINY_RUN, "--img-size", "32", "--resume", str(checkpoint),
+                     "--output", str(tmp_path / "eval")), message)
+
+
 def test_output_that_is_a_file(monkeypatch, capsys, tmp_path):
     (tmp_path / "file").write_text("")
     assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--output", str(tmp_path / "file")),
