@@ -85,6 +85,7 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
             f"processes")
     train_loader = None
     if train is not None:
+        _note_unused_on_cifar(cfg)
         train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,
                                     True, world_size, rank, cfg.seed)
         if len(train_loader) < cfg.grad_accum_steps:
@@ -98,6 +99,18 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
     val_loader = build_loader(val, build_transform(cfg, training=False), val_batch, cfg.workers, False,
                               world_size, rank, cfg.seed)
     return train_loader, val_loader
+
+
+def _note_unused_on_cifar(cfg: Namespace) -> None:
+    """Warn of the augmentation flags set for a CIFAR run that its transform (the original's: random crop with
+    padding, flip, --cutout-length) does not apply, e.g. the recipe config's `aa` and `reprob`."""
+    if cfg.dataset not in ("cifar10", "cifar100"):
+        return
+    unused = [f"--{key.replace('_', '-')} {getattr(cfg, key)}" for key in ("aa", "reprob", "color_jitter")
+              if getattr(cfg, key)]
+    if unused:
+        logger.warning(f"--dataset {cfg.dataset} trains with the original's CIFAR transform (random crop with 4-pixel "
+                       f"padding, flip, --cutout-length): {', '.join(unused)} not applied")
 
 
 def build_mixup(cfg: Namespace) -> Optional[OriginalMixup]:

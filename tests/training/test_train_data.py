@@ -192,6 +192,26 @@ def test_cifar_transform_is_the_originals():
     assert transform_names(cfg, training=False) == ["ToTensor", "Normalize"]
 
 
+def test_a_cifar_run_warns_of_the_augmentation_flags_its_transform_does_not_apply(tmp_path, localmamba_log):
+    """The recipe config's aa and reprob (README: fine-tuning on cifar100 with it) were dropped without a word."""
+    make_cifar(str(tmp_path), "cifar10")
+    cfg = cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path), "--aa", "rand-m9-mstd0.5", "--reprob",
+                  "0.25", "--color-jitter", "0.3", "--cutout-length", "8")
+    train, val = build_datasets(cfg)
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
+        build_loaders(cfg, train, val, 1, 0)
+    assert [(r.levelname, r.getMessage()) for r in localmamba_log.records] == [
+        ("WARNING", "--dataset cifar10 trains with the original's CIFAR transform (random crop with 4-pixel padding, "
+                    "flip, --cutout-length): --aa rand-m9-mstd0.5, --reprob 0.25, --color-jitter 0.3 not applied")]
+    localmamba_log.clear()
+    plain = cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path))
+    resolve_dataset_defaults(plain)
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
+        build_loaders(plain, train, val, 1, 0)
+        build_loaders(cfg, None, val, 1, 0)     # evaluation
+    assert not localmamba_log.records
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from PIL import Image
 
