@@ -115,9 +115,16 @@ def _note_unused_on_cifar(cfg: Namespace) -> None:
 
 def build_mixup(cfg: Namespace) -> Optional[OriginalMixup]:
     """Mixup/CutMix (timm's, with the original's CutMix boxes) with label smoothing when `--mixup`, `--cutmix` or
-    `--cutmix-minmax` is set, else None."""
+    `--cutmix-minmax` is set, else None. A `--cutmix-minmax` that leaves no box side to draw at `--img-size` is
+    refused (a DataError naming the flag)."""
     if cfg.mixup <= 0 and cfg.cutmix <= 0 and cfg.cutmix_minmax is None:
         return None
+    if cfg.cutmix_minmax is not None:
+        low, high = (int(cfg.img_size * ratio) for ratio in cfg.cutmix_minmax)
+        if low >= high:  # the box side is drawn from range(low, high)
+            raise DataError(f"--cutmix-minmax {' '.join(map(str, cfg.cutmix_minmax))}: at --img-size {cfg.img_size} "
+                            f"no CutMix box side lies in [{low}, {high}) pixels: give a max one pixel "
+                            f"(1/{cfg.img_size}) or more above the min")
     return OriginalMixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
                          prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                          label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)

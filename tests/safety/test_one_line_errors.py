@@ -45,6 +45,10 @@ def assert_error(result, message):
     (["--lr", "nan"], "--lr must be in (0, inf), got nan"),
     (["--lr", "inf"], "--lr must be in (0, inf), got inf"),
     (["--model-ema-decay", "nan"], "--model-ema-decay must be in [0, 1], got nan"),
+    (["--cutmix-minmax", "0.8", "0.2"], "--cutmix-minmax 0.8 0.2: at --img-size 16 no CutMix box side lies in "
+                                        "[12, 3) pixels: give a max one pixel (1/16) or more above the min"),
+    (["--cutmix-minmax", "0.3", "0.31"], "--cutmix-minmax 0.3 0.31: at --img-size 16 no CutMix box side lies in "
+                                         "[4, 4) pixels"),
     (["--device", "foo"], "--device 'foo' is not one of auto, cpu, cuda, cuda:N"),
     (["--model-kwargs", "depht=2"], "--model-kwargs: model vit_tiny_patch16_224 does not take 'depht'; did you "
                                     "mean depth"),
