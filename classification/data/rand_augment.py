@@ -122,9 +122,13 @@ def distort(img: Image.Image, shift: int, fill: tuple, resample: Resample) -> Im
 
 def zoom(img: Image.Image, factor: float, fill: tuple, resample: Resample) -> Image.Image:
     """Shrink by `factor` (bicubic) and cut the centred original-size box out of it: the picture sits in the middle
-    of a black canvas (the fill colour is not used, as in the original)."""
+    of a black canvas (the fill colour is not used, as in the original). A factor that leaves less than a pixel (a
+    magnitude near 0 or below, never clamped; Pillow refuses to resize to it) gives the black canvas alone."""
     w, h = img.size
-    small = img.resize((int(round(w * factor)), int(round(h * factor))), resample=Image.Resampling.BICUBIC)
+    size = (int(round(w * factor)), int(round(h * factor)))
+    if min(size) < 1:
+        return Image.new(img.mode, img.size)
+    small = img.resize(size, resample=Image.Resampling.BICUBIC)
     cx, cy = small.size[0] / 2, small.size[1] / 2
     return small.crop((math.floor(cx - w / 2), math.floor(cy - h / 2), math.floor(cx + w / 2), math.floor(cy + h / 2)))
 
@@ -322,5 +326,8 @@ def rand_augment_transform(config_str: str, fill: tuple = DEFAULT_FILL,
             raise ValueError(f"only the weight set w0 exists, got w{weight_idx}")
         weights = np.array([CHOICE_WEIGHTS_0[name] for name in RAND_OPS])
         choice_weights = weights / weights.sum()
+        if num_layers > np.count_nonzero(weights):  # w0 draws without replacement
+            raise ValueError(f"the weight set w0 draws n different ops of its {np.count_nonzero(weights)}, got "
+                             f"n{num_layers}")
     ops = [RandAugmentOp(name, magnitude, magnitude_std, 0.5, fill, resample) for name in RAND_OPS]
     return RandAugment(ops, num_layers, choice_weights)

@@ -95,6 +95,22 @@ def test_uniform_choice_with_replacement_histogram():
     assert repeats / 5000 == pytest.approx(1 - (18 / 19) * (17 / 19), abs=0.02)  # with replacement
 
 
+@pytest.mark.parametrize("magnitude", [0.0, 0.1, -2.0])
+def test_zoom_to_less_than_a_pixel_gives_the_black_canvas(magnitude):
+    """`rand-m0`, or a magnitude drawn near 0 or below (`rand-m1-mstd1`), made Zoom resize to 0 or fewer pixels,
+    which Pillow refuses: the run stopped at that image. The picture shrunk to nothing leaves the black canvas."""
+    white = Image.new("RGB", (8, 8), (200, 100, 50))
+    out = ra.RandAugmentOp("Zoom").apply(white, magnitude)    # factor 0.4 m / 10: round(8 x factor) = 0 or less
+    assert out.size == (8, 8) and out.mode == "RGB" and not np.asarray(out).any()
+
+
+def test_w0_with_more_layers_than_its_ops_is_refused():
+    """w0 draws without replacement from its 13 ops of non-zero weight: n14 failed at the first image."""
+    with pytest.raises(ValueError, match=r"^the weight set w0 draws n different ops of its 13, got n14$"):
+        ra.rand_augment_transform("rand-n14-m9-w0")
+    assert ra.rand_augment_transform("rand-n13-m9-w0").num_layers == 13
+
+
 def test_weighted_choice_w0_without_replacement():
     transform = ra.rand_augment_transform("rand-m9-mstd0.5-w0", FILL, BICUBIC)
     weights = np.array([ra.CHOICE_WEIGHTS_0[n] for n in ra.RAND_OPS])
