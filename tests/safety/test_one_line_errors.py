@@ -45,6 +45,7 @@ def assert_error(result, message):
     (["--lr", "nan"], "--lr must be in (0, inf), got nan"),
     (["--lr", "inf"], "--lr must be in (0, inf), got inf"),
     (["--model-ema-decay", "nan"], "--model-ema-decay must be in [0, 1], got nan"),
+    (["--image-mean", "124", "116", "104"], "--image-mean must be in [0, 1], got 124.0"),  # of 0..1 pixels
     (["--cutmix-minmax", "0.8", "0.2"], "--cutmix-minmax 0.8 0.2: at --img-size 16 no CutMix box side lies in "
                                         "[12, 3) pixels: give a max one pixel (1/16) or more above the min"),
     (["--cutmix-minmax", "0.3", "0.31"], "--cutmix-minmax 0.3 0.31: at --img-size 16 no CutMix box side lies in "
