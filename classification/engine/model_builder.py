@@ -252,8 +252,8 @@ def check_input_size(model: nn.Module, cfg: Namespace) -> None:
         return
     if tuple(built_for) != (cfg.img_size, cfg.img_size):
         raise ConfigError(f"--img-size {cfg.img_size}: model {cfg.model} is built for {built_for[0]}x{built_for[1]} "
-                          f"inputs (model_kwargs img_size) and takes no other size: give --model-kwargs "
-                          f"img_size={cfg.img_size}, or leave img_size out of model_kwargs")
+                          f"inputs (model_kwargs img_size) and takes no other size: give both the same size "
+                          f"(--img-size {built_for[0]}, or --model-kwargs img_size={cfg.img_size})")
 
 
 def build_model(cfg: Namespace) -> nn.Module:

@@ -99,7 +99,7 @@ def test_an_img_size_the_models_kwargs_do_not_build_it_for_is_one_line(monkeypat
     failed in a traceback (AssertionError: Input height (32) doesn't match model (16)), in training after its run
     folder was written, and in tools/test.py."""
     message = ("--img-size 32: model vit_tiny_patch16_224 is built for 16x16 inputs (model_kwargs img_size) and takes "
-               "no other size: give --model-kwargs img_size=32, or leave img_size out of model_kwargs")
+               "no other size: give both the same size (--img-size 16, or --model-kwargs img_size=32)")
     assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--img-size", "32", "--output", str(tmp_path)),
                  message)
     assert not os.listdir(tmp_path)
