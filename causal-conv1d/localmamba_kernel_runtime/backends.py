@@ -13,7 +13,8 @@ is read once, at the first choice, and can be changed afterwards only through :f
 implements but cannot run on the given inputs raises :class:`BackendUnavailableError`, which names what forced it
 (the variable, or a call of :func:`force_backend`) and why it cannot run; a forced backend that an op
 does not implement makes the op use its ``composed`` path, so that the forced backend reaches the ops it is composed
-of, or else its automatic choice. The choice is logged once per (op, backend, device type) on the ``localmamba``
+of, or else its automatic choice. During an ONNX export every op runs its ``reference`` (the kernels' custom ops have
+no ONNX form), whatever is forced. The choice is logged once per (op, backend, device type) on the ``localmamba``
 logger.
 
 Nothing here imports triton or the official packages at import time.
@@ -162,8 +163,8 @@ def _as_device(device: Union[None, str, torch.device]) -> torch.device:
 def select(op: str, device: Union[None, str, torch.device],
            input_check: Optional[Callable[[str], Optional[str]]] = None, log: bool = True) -> str:
     """Choose the backend for one call of ``op`` on ``device`` (automatically, the first of ``BACKENDS`` that can
-    run it; during a TorchScript-based ONNX export, the reference, whose plain ops export). The choice is logged once,
-    naming the first backend passed over for these inputs rather than for the device, and why.
+    run it; during an ONNX export, the reference, whose plain ops export, even where a backend is forced). The choice
+    is logged once, naming the first backend passed over for these inputs rather than for the device, and why.
 
     ``input_check(backend)`` may add input-specific constraints (dtype, sizes); it returns None or a reason.
     """
@@ -177,7 +178,9 @@ def select(op: str, device: Union[None, str, torch.device],
             reason = input_check(backend)
         return reason
 
-    if requested != "auto" and requested in table:
+    if REFERENCE in table and torch.onnx.is_in_onnx_export():
+        chosen, how = REFERENCE, "ONNX export records plain PyTorch ops only, whatever backend is forced"
+    elif requested != "auto" and requested in table:
         reason = reason_against(requested, True)
         if reason is not None:
             raise BackendUnavailableError(
@@ -185,8 +188,6 @@ def select(op: str, device: Union[None, str, torch.device],
         chosen, how = requested, "forced"
     elif requested != "auto" and COMPOSED in table and reason_against(COMPOSED, False) is None:
         chosen, how = COMPOSED, f"op has no '{requested}' backend; its parts run the forced one"
-    elif requested == "auto" and REFERENCE in table and torch.onnx.is_in_onnx_export():
-        chosen, how = REFERENCE, "auto; ONNX export records plain PyTorch ops only"
     else:
         chosen, passed_over = None, ""  # the first usable backend (a loop: torch 2.4's dynamo cannot trace next(it, d))
         for backend in BACKENDS:

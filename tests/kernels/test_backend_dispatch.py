@@ -65,6 +65,27 @@ def test_forced_backend_that_cannot_run_raises(force_backend):
         selected_backend("causal_conv1d", "cuda")
 
 
+@pytest.mark.parametrize("forced", ["cpu", "triton", "cuda"])
+def test_an_onnx_export_runs_the_reference_whatever_backend_is_forced(force_backend, monkeypatch, forced):
+    """A forced kernel backend's custom ops have no ONNX form (the export failed in the exporter: "unrecognized
+    namespace localmamba::causal_conv1d_cpu_fwd"); during an export the ops run their reference, as on auto."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    force_backend(forced)
+    assert selected_backend("causal_conv1d", "cpu") == "reference"
+    torch.testing.assert_close(causal_conv1d_fn(torch.ones(1, 1, 3), torch.ones(1, 2)), torch.tensor([[[1., 2., 2.]]]))
+
+
+def test_an_op_without_the_forced_backend_exports_its_reference(force_backend, monkeypatch):
+    """The automatic choice an op falls back to, lacking the forced backend, is the reference during an export."""
+    monkeypatch.setitem(backends._REGISTRY, "export_probe", {"cuda": backends.check_any,
+                                                             "reference": backends.check_any})
+    force_backend("cpu")
+    assert backends.select("export_probe", "cpu") == "cuda"
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert backends.select("export_probe", "cpu") == "reference"
+
+
 def test_forced_backend_missing_from_op_falls_back(force_backend, caplog):
     force_backend("cpu")
     x, w, state = torch.randn(2, 3), torch.randn(3, 4), torch.zeros(2, 3, 4)
