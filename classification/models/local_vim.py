@@ -523,21 +523,27 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     record its grid)."""
     state_dict = state_dict_from(state_dict)
     targets = model.state_dict()
+    other_class_token = ('cls_token' in state_dict) != model.has_cls_token
     out = {}
     for key, value in state_dict.items():
         if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin') and key in targets:   # else the load names it
             if value.shape != targets[key].shape:
-                value = _resize_checkpoint_table(value, model, key)
+                value = _resize_checkpoint_table(value, model, key, other_class_token)
         out[key] = value
     return out
 
 
-def _resize_checkpoint_table(value: torch.Tensor, model: VisionMamba, key: str) -> torch.Tensor:
-    """Resize a square per-token table from a checkpoint to the model's grid (class token kept in the middle)."""
+def _resize_checkpoint_table(value: torch.Tensor, model: VisionMamba, key: str,
+                             other_class_token: bool = False) -> torch.Tensor:
+    """Resize a square per-token table from a checkpoint to the model's grid (class token kept in the middle). A table
+    of no square grid from a checkpoint with a class token where the model has none, or the other way round, is kept
+    as it is: the load then names ``cls_token`` and the table."""
     extra = model.num_prefix_tokens if key == 'pos_embed' else 0
     tokens = value.shape[-2] - extra
     side = int(round(math.sqrt(tokens)))
     if side * side != tokens:
+        if other_class_token:
+            return value
         raise ValueError(f'{key}: the checkpoint\'s table {tuple(value.shape)} holds {tokens} tokens, not a square '
                          f'grid, and only square tables are resized: build the model at the checkpoint\'s img_size')
     if value.dim() == 2:

@@ -166,6 +166,24 @@ def test_a_checkpoint_with_tables_the_model_lacks_is_refused_naming_the_keys(tmp
                           if_rope=False, if_rope_residual=False, **TINY['local_vim_tiny'])
 
 
+@pytest.mark.parametrize('saved, built', [
+    ('local_vim_tiny_middle_cls_token', 'local_vim_tiny'),
+    ('local_vim_tiny', 'local_vim_tiny_middle_cls_token'),
+])
+@pytest.mark.parametrize('classes', [1000, 10])
+def test_a_class_token_in_the_checkpoint_but_not_the_model_or_back_is_named(saved, built, classes, tmp_path):
+    """The middle-class-token release into the RoPE model (or back), at the same image size: the position table's
+    class row was counted as a grid token (17 rows of a 4x4 grid), and the error asked to build the model at the
+    checkpoint's img_size, which it was. The load now names the class token and the table of another shape."""
+    path = tmp_path / f'{saved}.ckpt'
+    kwargs = dict(TINY['local_vim_tiny'], img_size=64)
+    torch.save({'state_dict': timm.create_model(saved, **kwargs).state_dict()}, path)
+    with pytest.raises((RuntimeError, ValueError), match=r'cls_token[\s\S]*pos_embed') as err:
+        timm.create_model(built, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=classes,
+                          **kwargs)
+    assert 'square' not in str(err.value)
+
+
 def test_weights_of_another_model_for_another_class_count_are_refused_not_skipped(tmp_path):
     """timm loads non-strictly when the class counts differ (its head is dropped): a checkpoint of the other family,
     or of fewer layers, left the model random (or half random) without a word."""
