@@ -572,6 +572,9 @@ def quarter_ends(depth: int) -> tuple[int, ...]:
 
 
 def _create_local_vim(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionMamba:
+    """``channels`` (the original's name) goes in as ``in_chans``, the name timm reads to adapt pretrained weights."""
+    if kwargs.get('channels') is not None:
+        kwargs['in_chans'] = kwargs.pop('channels')
     return build_local_mamba(VisionMamba, variant, pretrained, checkpoint_filter_fn, quarter_ends(kwargs['depth']),
                              kwargs['depth'], 'layer', **kwargs)
 

@@ -133,6 +133,20 @@ def test_pretrained_downloads_a_file_url_into_the_hub_cache(name, tmp_path):
         torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize('channel_kwarg', ['in_chans', 'channels'])
+def test_pretrained_local_vim_adapts_its_patch_embedding_to_one_input_channel(channel_kwarg, tmp_path):
+    """timm sums a 3-channel patch embedding over its input channels for a 1-channel model. ``channels=``, the
+    original's name of ``in_chans``, built a 1-channel model that timm took for a 3-channel one: the load stopped with
+    'Pretrained patch_embed.proj weight shape (32, 3, 16, 16) is inconsistent with input_size[0]=3'."""
+    path = tmp_path / 'local_vim_tiny.ckpt'
+    weights = _released_file('local_vim_tiny', path)
+    model = timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **{channel_kwarg: 1}, **TINY['local_vim_tiny'])
+    torch.testing.assert_close(model.patch_embed.proj.weight.detach(),
+                               weights['patch_embed.proj.weight'].sum(dim=1, keepdim=True))
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1000)
+
+
 def test_pretrained_local_vim_resizes_the_tables_of_a_224_checkpoint(tmp_path):
     path = tmp_path / 'local_vim_tiny.ckpt'
     weights = _released_file('local_vim_tiny', path)
