@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
+import timm
 import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
@@ -50,6 +52,17 @@ def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path
         logger.warning(f"candidates {', '.join(unknown)} are not directions known here (a typo, or a direction of your "
                        f"own: the run that trains the result must register it, LOCALMAMBA_DIRECTION_MODULES)")
     return given
+
+
+def _search_weight_pattern(name: str) -> Optional[str]:
+    """How registered model ``name`` names its search weights, layer numbers as N (LocalVim's
+    ``layers.N.mixer.multi_scan.weights``, LocalVMamba's ``layers.N.blocks.N.op.multi_scan.weights``); None for a
+    name not registered here, or a model without search weights."""
+    if name not in timm.list_models():
+        return None
+    with torch.device("meta"):
+        keys = [key for key in timm.create_model(name).state_dict() if key.endswith(SEARCH_WEIGHT_SUFFIX)]
+    return re.sub(r"\d+", "N", keys[0]) if keys else None
 
 
 def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str:
@@ -152,7 +165,8 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     """Read a supernet checkpoint, choose the top-k directions per layer, write directions.yaml and the heat map.
     An existing directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError).
     ``candidates`` names the supernet's candidates for a file that does not record them (see module doc); the
-    names need not be registered in this process.
+    names need not be registered in this process. ``supernet`` names the supernet of a file that does not record it:
+    a registered one whose search weights are named otherwise than the file's (the other family) is refused.
 
     Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
     'unfinished' is :func:`unfinished_search`'s note (None for the end of a search run).
@@ -174,6 +188,12 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         raise CheckpointError(f"{ckpt_path}: {err}") from None
     if not probs:
         raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
+    if supernet and not recorded:
+        found = next(key for key in weights if key.endswith(SEARCH_WEIGHT_SUFFIX))
+        expected = _search_weight_pattern(supernet.removeprefix("timm_"))
+        if expected is not None and re.sub(r"\d+", "N", found) != expected:
+            raise CheckpointError(f"{ckpt_path}: its search weights ({found}, ...) are not those of {supernet} "
+                                  f"({expected}): give the supernet it was trained as, or leave out --supernet")
     if topk > len(candidates):
         raise CheckpointError(f"{ckpt_path}: its supernet has {len(candidates)} candidates ({', '.join(candidates)}): "
                               f"--topk must be between 1 and {len(candidates)}, got {topk}")
