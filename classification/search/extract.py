@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 import timm
@@ -54,15 +53,13 @@ def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path
     return given
 
 
-def _search_weight_pattern(name: str) -> Optional[str]:
-    """How registered model ``name`` names its search weights, layer numbers as N (LocalVim's
-    ``layers.N.mixer.multi_scan.weights``, LocalVMamba's ``layers.N.blocks.N.op.multi_scan.weights``); None for a
-    name not registered here, or a model without search weights."""
+def _search_weight_names(name: str) -> Optional[list[str]]:
+    """The state-dict names of registered model ``name``'s search weights, in layer order; None for a name not
+    registered here."""
     if name not in timm.list_models():
         return None
     with torch.device("meta"):
-        keys = [key for key in timm.create_model(name).state_dict() if key.endswith(SEARCH_WEIGHT_SUFFIX)]
-    return re.sub(r"\d+", "N", keys[0]) if keys else None
+        return [key for key in timm.create_model(name).state_dict() if key.endswith(SEARCH_WEIGHT_SUFFIX)]
 
 
 def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str:
@@ -166,7 +163,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     An existing directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError).
     ``candidates`` names the supernet's candidates for a file that does not record them (see module doc); the
     names need not be registered in this process. ``supernet`` names the supernet of a file that does not record it:
-    a registered one whose search weights are named otherwise than the file's (the other family) is refused.
+    a registered one whose search weights are not the file's (the other family, another depth) is refused.
 
     Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
     'unfinished' is :func:`unfinished_search`'s note (None for the end of a search run).
@@ -189,11 +186,12 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     if not probs:
         raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
     if supernet and not recorded:
-        found = next(key for key in weights if key.endswith(SEARCH_WEIGHT_SUFFIX))
-        expected = _search_weight_pattern(supernet.removeprefix("timm_"))
-        if expected is not None and re.sub(r"\d+", "N", found) != expected:
-            raise CheckpointError(f"{ckpt_path}: its search weights ({found}, ...) are not those of {supernet} "
-                                  f"({expected}): give the supernet it was trained as, or leave out --supernet")
+        found = [key for key in weights if key.endswith(SEARCH_WEIGHT_SUFFIX)]
+        expected = _search_weight_names(supernet.removeprefix("timm_"))
+        if expected is not None and found != expected:
+            raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "
+                                  f"those of {supernet} ({len(expected)}{': ' + expected[0] if expected else ''} "
+                                  f"...): give the supernet it was trained as, or leave out --supernet")
     if topk > len(candidates):
         raise CheckpointError(f"{ckpt_path}: its supernet has {len(candidates)} candidates ({', '.join(candidates)}): "
                               f"--topk must be between 1 and {len(candidates)}, got {topk}")
