@@ -145,10 +145,10 @@ def _pretrained_file(kwargs: Mapping[str, Any]) -> Optional[str]:
 def read_pretrained_file(variant: str, kwargs: Mapping[str, Any]) -> Optional[tuple[str, dict[str, Any]]]:
     """The local pretrained file of a ``create_model`` call (``kwargs``) and its checkpoint dict (tensors
     memory-mapped), read before timm reads it so that a missing, unreadable or foreign file ends in one
-    :class:`CheckpointError` naming it; None without such a file, or when the file needs pickle (timm reads it as it
-    can)."""
+    :class:`CheckpointError` naming it; None without such a file, for a ``.safetensors`` file (tensors only, which
+    timm reads), or when the file needs pickle (timm reads it as it can)."""
     path = _pretrained_file(kwargs)
-    if path is None:
+    if path is None or (path.endswith('.safetensors') and os.path.isfile(path)):
         return None
     try:
         return path, load_checkpoint(path, mmap=True)

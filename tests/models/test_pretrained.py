@@ -53,6 +53,23 @@ def test_pretrained_loads_a_released_file_through_timm(name, tmp_path):
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
+def test_pretrained_loads_a_safetensors_file_as_timm_does(name, tmp_path):
+    """timm's own format (``safetensors.torch.save_file``, the Hugging Face hub's model.safetensors): timm loads it
+    for its own models, and ours refused it as 'not a PyTorch checkpoint'."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    weights = timm.create_model(name, **TINY[name]).state_dict()
+    path = tmp_path / 'model.safetensors'
+    save_file(weights, str(path))
+    torch.manual_seed(2)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name])
+    assert model.state_dict().keys() == weights.keys()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
 def test_pretrained_for_other_classes_loads_the_trunk_and_leaves_a_new_head(name, tmp_path):
     """Fine-tuning: ``num_classes=10`` drops the released 1000-class head (named by ``pretrained_cfg['classifier']``)
     and loads every other weight."""
