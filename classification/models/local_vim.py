@@ -455,10 +455,10 @@ class VisionMamba(nn.Module):
     ) -> Union[list, tuple[torch.Tensor, list]]:
         """Mixer outputs of the chosen layers (as the original det/seg backbone takes them).
 
-        ``indices``: last n layers if int, all if None, else the listed layers. NCHW maps are
-        (B, C, ceil(H / patch_size), ceil(W / patch_size)); a middle class token is dropped from them, and with
-        ``return_prefix_tokens`` each intermediate is the pair (map, the class token (B, 1, C), or (B, 0, C) without
-        one), as timm's ViT gives it. ``norm`` applies ``norm_f`` to each.
+        ``indices``: last n layers if int, all if None, else the listed layers, returned in layer order (as timm's
+        ViT). NCHW maps are (B, C, ceil(H / patch_size), ceil(W / patch_size)); a middle class token is dropped from
+        them, and with ``return_prefix_tokens`` each intermediate is the pair (map, the class token (B, 1, C), or
+        (B, 0, C) without one), as timm's ViT gives it. ``norm`` applies ``norm_f`` to each.
         """
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
@@ -466,7 +466,7 @@ class VisionMamba(nn.Module):
         hidden, residual, grid, taken = self._layers(x, take, last + 1 if stop_early or intermediates_only else None)
         position = self.cls_position(grid)
         intermediates = []
-        for i in take:
+        for i in sorted(taken):
             y = self.norm_f(taken[i]) if norm else taken[i]
             prefix = y[:, :0]
             if position is not None:

@@ -94,6 +94,23 @@ def test_symbolic_trace_gives_the_same_outputs_at_any_size(name):
             torch.testing.assert_close(graph(image), model(image), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_intermediates_come_in_layer_order_whatever_the_order_of_the_indices(name):
+    """timm's ViT returns the taken blocks in block order (indices=[1, 0] gives block 0 first, as [0, 1] does), as
+    LocalVMamba does; LocalVim returned them in the order listed (layer 1 first), negative indices too."""
+    vit = timm.create_model('vit_tiny_patch16_224', img_size=32, depth=2).eval()
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        vit_order = vit.forward_intermediates(image, indices=[1, 0], intermediates_only=True)
+        assert [torch.equal(a, b) for a, b in zip(vit_order, vit.forward_intermediates(
+            image, indices=[0, 1], intermediates_only=True))] == [True, True]
+        model = _model(name)
+        in_order = model.forward_intermediates(image, indices=[0, 1], intermediates_only=True)
+        for indices in ([1, 0], [1 - len(model.layers), 0]):
+            taken = model.forward_intermediates(image, indices=indices, intermediates_only=True)
+            assert [torch.equal(a, b) for a, b in zip(taken, in_order)] == [True, True]
+
+
 @pytest.mark.filterwarnings('ignore:NOTE. The nodes obtained by tracing the model in eval mode')
 @pytest.mark.parametrize('name', sorted(MODELS))
 def test_timm_fx_feature_extraction_matches_forward_intermediates(name):
