@@ -75,30 +75,14 @@ class InnerModule(torch.nn.Module):
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
                     reason="onnx / onnxruntime not installed")
-def test_reference_backend_exports_to_onnx(force_backend, tmp_path):
+@pytest.mark.parametrize("backend, dynamo", [("reference", False), ("cpu", False), ("cpu", True)])
+def test_inner_function_exports_to_onnx(force_backend, tmp_path, backend, dynamo):
+    """The export records the reference ops; a forced kernel backend (LOCALMAMBA_BACKEND=cpu, say, set for training)
+    does not reach it: its custom ops have no ONNX form, and the exporters failed on them ("unrecognized namespace
+    localmamba::causal_conv1d_cpu_fwd")."""
     import onnxruntime
 
-    force_backend("reference")
-    model = InnerModule().eval()
-    xz = torch.randn(BT, 2 * E, L)
-    path = tmp_path / "inner.onnx"
-    torch.onnx.export(model, (xz,), str(path), dynamo=False)
-    session = onnxruntime.InferenceSession(str(path))
-    (out,) = session.run(None, {session.get_inputs()[0].name: xz.numpy()})
-    with torch.no_grad():
-        expected = model(xz)
-    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-                    reason="onnx / onnxruntime not installed")
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_export_with_the_cpu_backend_forced_records_the_reference(force_backend, tmp_path, dynamo):
-    """LOCALMAMBA_BACKEND=cpu (say, set for training) does not reach the export: its custom ops have no ONNX form,
-    and the exporters failed on them ("unrecognized namespace localmamba::causal_conv1d_cpu_fwd")."""
-    import onnxruntime
-
-    force_backend("cpu")
+    force_backend(backend)
     model = InnerModule().eval()
     xz = torch.randn(BT, 2 * E, L)
     path = tmp_path / "inner.onnx"
