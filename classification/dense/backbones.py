@@ -121,7 +121,8 @@ class DenseBackbone(nn.Module):
         return self._trunk[0]
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Turn classification weights into weights for this backbone (the trunk's ``checkpoint_filter_fn``)."""
+        """Turn classification weights into weights for this backbone (the trunk's ``checkpoint_filter_fn``); a
+        ValueError names what keeps them from this backbone (the file's name is put before it)."""
         return state_dict
 
     def load_pretrained(self, path: str, key: Optional[str] = None) -> Any:
@@ -138,7 +139,10 @@ class DenseBackbone(nn.Module):
                 f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; if '
                 f'you trust its source, pass --trust-checkpoint to the det/seg tools or set trust_checkpoint=True on '
                 f'the backbone (--cfg-options model.backbone.trust_checkpoint=True)') from None
-        weights = self.adapt_state_dict(state_dict_from(checkpoint, key, source=path))
+        try:
+            weights = self.adapt_state_dict(state_dict_from(checkpoint, key, source=path))
+        except ValueError as err:   # weights of a model this backbone is not built as
+            raise CheckpointError(f'{path}: {err}') from None
         self.check_fit(weights, path)
         result = self.load_state_dict(weights, strict=False)
         _log(f'{name}: loaded {len(weights) - len(result.unexpected_keys)} tensors from {path}')
@@ -207,7 +211,17 @@ class MM_LocalVim(DenseBackbone):
             self.add_module(f'outnorm_{j}', nn.LayerNorm(trunk.embed_dim))
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Resize ``pos_embed`` and the RoPE tables of a 14x14 (or any square) checkpoint to this model's grid."""
+        """Resize ``pos_embed`` and the RoPE tables of a 14x14 (or any square) checkpoint to this model's grid;
+        weights of a model with a middle class token for a backbone without one, or the other way round, are refused
+        (their position tables hold another number of tokens)."""
+        has_cls_token = 'cls_token' in state_dict
+        if has_cls_token and not self.trunk.has_cls_token:
+            raise ValueError("its model has a middle class token (cls_token) and MM_LocalVim has none: build the "
+                             "backbone as the checkpoint's model was built (if_cls_token=True, "
+                             "use_middle_cls_token=True, if_rope=False)")
+        if self.trunk.has_cls_token and not has_cls_token:
+            raise ValueError("its model has no class token and MM_LocalVim has one: build the backbone as the "
+                             "checkpoint's model was built (if_cls_token=False)")
         return checkpoint_filter_fn(state_dict, self.trunk)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:

@@ -74,6 +74,36 @@ def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
                                f"(set the other to None)")
 
 
+def test_pretrained_weights_with_another_class_token_layout_are_refused_in_one_line(tmp_path):
+    """local_vim_tiny_middle_cls_token weights (a class token in the middle, no RoPE) for the configs' backbone, and
+    the other way round: the position table was taken for a non-square grid and resizing it ended in a ValueError
+    traceback whose advice (another img_size) did not help. Built as the checkpoint's model, the backbone loads it."""
+    args = _backbone_args('vim')
+    layout = {k: args[k] for k in ('embed_dim', 'depth', 'directions', 'img_size')}
+    cls_args = dict(if_cls_token=True, use_middle_cls_token=True, if_rope=False)
+    cls_file, plain_file = tmp_path / 'cls.pth', tmp_path / 'plain.pth'
+    cls_model = VisionMamba(**layout, **cls_args)
+    torch.save({'model': cls_model.state_dict()}, cls_file)
+    torch.save({'model': VisionMamba(**layout).state_dict()}, plain_file)
+    with pytest.raises(CheckpointError) as with_token:
+        MM_LocalVim(**dict(args, pretrained=str(cls_file))).init_weights()
+    assert str(with_token.value) == (
+        f'{cls_file}: its model has a middle class token (cls_token) and MM_LocalVim has none: build the backbone '
+        f'as the checkpoint\'s model was built (if_cls_token=True, use_middle_cls_token=True, if_rope=False)')
+    with pytest.raises(CheckpointError) as without_token:
+        MM_LocalVim(**dict(args, **cls_args, pretrained=str(plain_file))).init_weights()
+    assert str(without_token.value) == (
+        f'{plain_file}: its model has no class token and MM_LocalVim has one: build the backbone as the '
+        f'checkpoint\'s model was built (if_cls_token=False)')
+
+    backbone = MM_LocalVim(**dict(args, **cls_args, pretrained=str(cls_file)))
+    backbone.init_weights()
+    assert sorted(backbone.load_result.missing_keys) == ['layers.0.norm.bias', 'layers.1.norm.bias',
+                                                         'outnorm_0.bias', 'outnorm_0.weight']
+    torch.testing.assert_close(backbone.cls_token, cls_model.cls_token)
+    torch.testing.assert_close(backbone.pos_embed, cls_model.pos_embed)
+
+
 def test_pretrained_weights_of_other_scan_directions_are_named_in_a_warning(tmp_path, monkeypatch):
     """A classification run trained with its own --directions, loaded by a backbone of the config's table (the same
     keys and shapes): it loaded without a word."""
