@@ -133,9 +133,25 @@ def _missing_dataset_path(dataset: dict, where: str, prefixes: Optional[Sequence
     return None
 
 
+def _missing_evaluator_file(evaluator: Any, where: str) -> Optional[str]:
+    """A local ``ann_file`` that a metric of the evaluator config ``evaluator`` (a dict, or a list of them) reads and
+    that does not exist: COCO's metrics read their own copy of the annotations, at the path the config gave them."""
+    metrics = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    for i, metric in enumerate(metrics):
+        ann_file = metric.get('ann_file') if isinstance(metric, dict) else None
+        if not isinstance(ann_file, str) or not ann_file or '://' in ann_file or metric.get('backend_args'):
+            continue
+        if not osp.isfile(ann_file):
+            key = f'{where}.{i}' if metric is not evaluator else where
+            return (f'{key}.ann_file: {ann_file} not found (the evaluator reads the annotations itself: give their '
+                    f'place with --cfg-options {key}.ann_file=PATH)')
+    return None
+
+
 def missing_data_path(cfg: Any, loaders: Sequence[str], images_only: bool = False) -> Optional[str]:
-    """A local path that a dataset of one of ``loaders`` (config keys) names and that does not exist. With
-    ``images_only`` (a test set, which may have no annotations) of the data_prefix folders only the image ones."""
+    """A local path that a dataset of one of ``loaders`` (config keys), or the evaluator beside it
+    (``val_dataloader``: ``val_evaluator``), names and that does not exist. With ``images_only`` (a test set, which
+    may have no annotations) of the data_prefix folders only the image ones."""
     for loader in loaders:
         if not cfg.get(loader):
             continue
@@ -143,6 +159,10 @@ def missing_data_path(cfg: Any, loaders: Sequence[str], images_only: bool = Fals
             message = _missing_dataset_path(dataset, where, IMAGE_PREFIXES if images_only else None)
             if message:
                 return message
+        evaluator = loader.replace('_dataloader', '_evaluator')
+        message = _missing_evaluator_file(cfg.get(evaluator), evaluator)
+        if message:
+            return message
     return None
 
 

@@ -216,6 +216,50 @@ def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ad
         assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
 
 
+def test_a_coco_evaluators_missing_annotation_file_stops_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    """CocoMetric reads its own ann_file (data_root + the file, fixed when the config was read): COCO moved with
+    --cfg-options ...dataset.data_root=PATH, as the data check advises, left the evaluators at data/coco/, and
+    mmengine stopped with pycocotools' FileNotFoundError traceback when it built them."""
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
+    monkeypatch.chdir(tmp_path)
+    coco = tmp_path / 'coco'
+    for folder in ('annotations', 'train2017', 'val2017'):
+        (coco / folder).mkdir(parents=True)
+    for split in ('train2017', 'val2017'):
+        (coco / 'annotations' / f'instances_{split}.json').write_text('{}')
+    (tmp_path / 'ckpt.pth').write_bytes(b'')
+    config = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    work = ['--work-dir', str(tmp_path / 'work')]
+    moved = [f'{loader}.dataset.data_root={coco}/' for loader in ('train_dataloader', 'val_dataloader',
+                                                                  'test_dataloader')]
+    cases = [(launch.train_main, [config, *work, '--cfg-options', 'model.backbone.pretrained=None', *moved], 'val'),
+             (launch.test_main, [config, 'ckpt.pth', *work, '--cfg-options', *moved], 'test')]
+    for main, argv, split in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main('detection', argv)
+        assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (
+            2, f'error: {split}_evaluator.ann_file: data/coco/annotations/instances_val2017.json not found (the '
+               f'evaluator reads the annotations itself: give their place with --cfg-options '
+               f'{split}_evaluator.ann_file=PATH)')
+
+    built = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(
+        train=lambda: built.append(cfg), test=lambda: built.append(cfg)))
+    for main, argv, split in cases:
+        main('detection', argv + [f'{split}_evaluator.ann_file={coco}/annotations/instances_val2017.json'])
+    assert len(built) == 2
+
+    from classification.dense.run_inputs import missing_data_path
+    metrics = [dict(type='CocoMetric', ann_file=str(coco / 'annotations' / 'instances_val2017.json')),
+               dict(type='CocoMetric', ann_file='gone.json'),
+               dict(type='CocoMetric', ann_file='s3://bucket/coco/val.json')]
+    assert missing_data_path({'val_dataloader': dict(batch_size=1), 'val_evaluator': metrics}, ['val_dataloader']) == (
+        'val_evaluator.1.ann_file: gone.json not found (the evaluator reads the annotations itself: give their place '
+        'with --cfg-options val_evaluator.1.ann_file=PATH)')
+    found = missing_data_path({'val_dataloader': dict(batch_size=1), 'val_evaluator': metrics[::2]}, ['val_dataloader'])
+    assert found is None
+
+
 def test_the_data_check_passes_what_mmengine_reads_elsewhere_or_never(tmp_path):
     """A data_root read through a storage backend (a URI, or backend_args) is not checked; a test set's annotation
     folder (format_only test sets have none) is not required; wrapped datasets are each checked, by their key."""
