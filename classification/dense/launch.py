@@ -112,7 +112,7 @@ def check_config_file(path: str) -> None:
 
 def _run(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> None:
     """Build the Runner and train or test (``step``). A checkpoint that cannot be used, or an unexpected keyword
-    argument that is the last part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a
+    argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a
     misspelling), end the process with one line (exit status 2); Ctrl-C with one line naming ``resume_from`` (the
     work_dir whose latest checkpoint --resume continues from, for training) and exit status 130."""
     try:
@@ -121,11 +121,13 @@ def _run(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: 
         _exit_error(str(err))
     except TypeError as err:
         found = UNEXPECTED_KEYWORD.search(str(err))
-        typos = [key for key in new_options if found and key.rsplit('.', 1)[-1] == found.group(1)]
+        # the key up to the refused keyword: model.backbone.init_cfg for model.backbone.init_cfg.type
+        typos = [parts[:parts.index(found.group(1)) + 1] for parts in (key.split('.') for key in new_options)
+                 if found and found.group(1) in parts]
         if not typos:
             raise
-        _exit_error(f'{str(err).strip().splitlines()[-1]}: --cfg-options {typos[0]} is not a key of the config '
-                    f'(misspelt?)')
+        _exit_error(f'{str(err).strip().splitlines()[-1]}: --cfg-options {".".join(typos[0])} is not a key of the '
+                    f'config (misspelt?)')
     except KeyboardInterrupt:
         if os.environ.get('RANK', '0') == '0':
             print(f'\ninterrupted{_resume_hint(resume_from) if resume_from else ""}', file=sys.stderr)

@@ -365,6 +365,16 @@ def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_han
         "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
         "model.backbone.pretraned is not a key of the config (misspelt?)")
 
+    # a new dict under a class's arguments (mmdet's init_cfg idiom, which the backbones do not take): the refused
+    # keyword is a middle part of the keys, and the TypeError ended in a traceback
+    proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                     'model.backbone.init_cfg.type=Pretrained', 'model.backbone.init_cfg.checkpoint=x.pth',
+                     cwd=str(tmp_path))
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: VSSM.__init__() got an unexpected keyword argument 'init_cfg': --cfg-options "
+        "model.backbone.init_cfg is not a key of the config (misspelt?)")
+
 
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
