@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from collections import Counter
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -58,13 +58,38 @@ def missing_pretrained_message(backbone: str, path: str, key: str) -> Optional[s
             f'random weights)')
 
 
-def two_pretrained_message(backbone: str, pretrained: Any, pretrained_ckpt: Any, where: str = '') -> Optional[str]:
-    """The error for a backbone given two different files by ``pretrained`` and ``pretrained_ckpt`` (None otherwise);
-    ``where`` goes before both names, e.g. 'model.backbone.'."""
-    if pretrained and pretrained_ckpt and pretrained != pretrained_ckpt:
-        return (f'{backbone}: pass one of {where}pretrained={pretrained!r} and {where}pretrained_ckpt='
-                f'{pretrained_ckpt!r} (set the other to None)')
-    return None
+# The keys of mmengine's ``init_cfg=dict(type='Pretrained', ...)`` a backbone takes (map_location: the file is always
+# read to the CPU, and the Runner moves the model).
+PRETRAINED_INIT_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
+
+
+def init_cfg_message(backbone: str, init_cfg: Any, where: str = '') -> Optional[str]:
+    """The error for an ``init_cfg`` other than mmengine's ``dict(type='Pretrained', checkpoint=FILE)`` (with
+    ``prefix`` / ``map_location`` if wanted), None for that one or None; ``where`` goes before the name."""
+    if init_cfg is None or (isinstance(init_cfg, Mapping) and init_cfg.get('type') == 'Pretrained'
+                            and init_cfg.get('checkpoint') and set(init_cfg) <= set(PRETRAINED_INIT_KEYS)):
+        return None
+    return (f"{backbone}: {where}init_cfg={init_cfg!r}: the backbone starts from its classification model's "
+            f"initialisation, and the one init_cfg it takes is dict(type='Pretrained', checkpoint=FILE) (with prefix= "
+            f"and map_location= if wanted); or give pretrained=FILE")
+
+
+def pretrained_files(settings: Mapping[str, Any]) -> dict[str, str]:
+    """The pretrained files a backbone's settings (its keyword arguments) name, by setting: mmengine's
+    ``pretrained``, the original's ``pretrained_ckpt`` and ``init_cfg.checkpoint``; unset ones left out."""
+    init_cfg = settings.get('init_cfg')
+    files = {'pretrained': settings.get('pretrained'), 'pretrained_ckpt': settings.get('pretrained_ckpt'),
+             'init_cfg.checkpoint': init_cfg.get('checkpoint') if isinstance(init_cfg, Mapping) else None}
+    return {setting: path for setting, path in files.items() if path}
+
+
+def two_pretrained_message(backbone: str, files: Mapping[str, str], where: str = '') -> Optional[str]:
+    """The error for a backbone given different files by two of its settings (``pretrained_files``; None
+    otherwise); ``where`` goes before each setting's name, e.g. 'model.backbone.'."""
+    if len(set(files.values())) < 2:
+        return None
+    named = ' and '.join(f'{where}{setting}={path!r}' for setting, path in files.items())
+    return f'{backbone}: pass one of {named} (set the other{"s" if len(files) > 2 else ""} to None)'
 
 
 # The layer (LocalVim) or stage and block (LocalVMamba) a trunk weight belongs to.
@@ -81,14 +106,18 @@ def _layer_layout(keys: Iterable[str]) -> str:
     return f'depths {tuple(blocks[stage] for stage in range(max(stage for stage, _ in found) + 1))}'
 
 
-def _pretrained_file(backbone: str, pretrained: Optional[str],
-                     pretrained_ckpt: Optional[str]) -> tuple[Optional[str], str]:
-    """The classification weights a config names, by mmengine's ``pretrained`` or the original's ``pretrained_ckpt``,
-    and the name of the argument that names them; two different files are refused."""
-    conflict = two_pretrained_message(backbone, pretrained, pretrained_ckpt)
-    if conflict:
-        raise ValueError(conflict)
-    return (pretrained, 'pretrained') if pretrained or not pretrained_ckpt else (pretrained_ckpt, 'pretrained_ckpt')
+def _pretrained_source(backbone: str, pretrained: Optional[str], pretrained_ckpt: Optional[str],
+                       init_cfg: Optional[Mapping[str, Any]]) -> tuple[Optional[str], str, str]:
+    """The classification weights a config names (by mmengine's ``pretrained``, the original's ``pretrained_ckpt`` or
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)``), the setting that names them and the key prefix of the
+    tensors to take (``init_cfg``'s ``prefix``, '' for all); another ``init_cfg`` and two different files are
+    refused (ValueError)."""
+    files = pretrained_files(dict(pretrained=pretrained, pretrained_ckpt=pretrained_ckpt, init_cfg=init_cfg))
+    problem = init_cfg_message(backbone, init_cfg) or two_pretrained_message(backbone, files)
+    if problem:
+        raise ValueError(problem)
+    setting, path = next(iter(files.items()), ('pretrained', None))
+    return path, setting, (init_cfg or {}).get('prefix') or ''
 
 
 class DenseBackbone(nn.Module):
@@ -99,7 +128,7 @@ class DenseBackbone(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, pretrained: Optional[str], pretrained_arg: str,
-                 pretrained_key: Optional[str], trust_checkpoint: bool):
+                 pretrained_key: Optional[str], trust_checkpoint: bool, pretrained_prefix: str = ''):
         super().__init__()
         trunk.prune_intermediate_layers(prune_norm=True, prune_head=True)   # default indices keep every layer
         for name, module in trunk.named_children():
@@ -112,6 +141,7 @@ class DenseBackbone(nn.Module):
         self.pretrained = pretrained
         self.pretrained_arg = pretrained_arg     # the argument that named it, for errors
         self.pretrained_key = pretrained_key
+        self.pretrained_prefix = pretrained_prefix   # take only the tensors under it (init_cfg's prefix)
         self.trust_checkpoint = trust_checkpoint
         self.load_result: Optional[Any] = None
 
@@ -127,7 +157,9 @@ class DenseBackbone(nn.Module):
 
     def load_pretrained(self, path: str, key: Optional[str] = None) -> Any:
         """Load classification weights from a file or URL (``key``: container entry, e.g. 'ema_model'; default: the
-        first of 'state_dict', 'model', 'ema_model'). Missing and unexpected keys are logged by name and returned."""
+        first of 'state_dict', 'model', 'ema_model'); with ``pretrained_prefix``, its tensors under that prefix, which
+        is cut off (e.g. 'backbone.' of a det/seg checkpoint). Missing and unexpected keys are logged by name and
+        returned."""
         name = type(self).__name__
         missing = missing_pretrained_message(name, path, f"the backbone's {self.pretrained_arg}")
         if missing:
@@ -139,8 +171,15 @@ class DenseBackbone(nn.Module):
                 f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; if '
                 f'you trust its source, pass --trust-checkpoint to the det/seg tools or set trust_checkpoint=True on '
                 f'the backbone (--cfg-options model.backbone.trust_checkpoint=True)') from None
+        weights = state_dict_from(checkpoint, key, source=path)
+        if self.pretrained_prefix:
+            weights = {name[len(self.pretrained_prefix):]: value for name, value in weights.items()
+                       if name.startswith(self.pretrained_prefix)}
+            if not weights:
+                raise CheckpointError(f'{path}: none of its tensors is under the init_cfg prefix '
+                                      f'{self.pretrained_prefix!r}')
         try:
-            weights = self.adapt_state_dict(state_dict_from(checkpoint, key, source=path))
+            weights = self.adapt_state_dict(weights)
         except ValueError as err:   # weights of a model this backbone is not built as
             raise CheckpointError(f'{path}: {err}') from None
         self.check_fit(weights, path)
@@ -201,10 +240,11 @@ class MM_LocalVim(DenseBackbone):
 
     def __init__(self, out_indices: Sequence[int] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
-                 directions: DirectionsArg = None, trust_checkpoint: bool = False, **kwargs: Any):
-        weights, weights_arg = _pretrained_file('MM_LocalVim', pretrained, pretrained_ckpt)
+                 directions: DirectionsArg = None, trust_checkpoint: bool = False,
+                 init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
+        weights, weights_arg, prefix = _pretrained_source('MM_LocalVim', pretrained, pretrained_ckpt, init_cfg)
         trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
-        super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint)
+        super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
         # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the input).
         self.out_indices = checked_out_indices('MM_LocalVim', out_indices, trunk.depth, 'layer')
         for j in range(len(self.out_indices)):
@@ -244,13 +284,14 @@ class MM_LocalVSSM(DenseBackbone):
     def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: Optional[str] = None,
                  pretrained_ckpt: Optional[str] = None, pretrained_key: Optional[str] = None,
                  directions: DirectionsArg = None, mlp_ratio: float = 0.0, downsample_version: str = 'v1',
-                 patchembed_version: str = 'v1', trust_checkpoint: bool = False, **kwargs: Any):
+                 patchembed_version: str = 'v1', trust_checkpoint: bool = False,
+                 init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
             raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and the '
                              f"versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
-        weights, weights_arg = _pretrained_file('MM_LocalVSSM', pretrained, pretrained_ckpt)
+        weights, weights_arg, prefix = _pretrained_source('MM_LocalVSSM', pretrained, pretrained_ckpt, init_cfg)
         trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
-        super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint)
+        super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
         self.out_indices = checked_out_indices('MM_LocalVSSM', out_indices, len(trunk.dims), 'stage')
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))

@@ -237,7 +237,7 @@ def _trust_backbone(node: dict) -> None:
 
 def _skip_pretrained(node: dict) -> None:
     if is_backbone(node):
-        for key in ('pretrained', 'pretrained_ckpt'):
+        for key in ('pretrained', 'pretrained_ckpt', 'init_cfg'):
             if node.get(key) is not None:
                 node[key] = None
 

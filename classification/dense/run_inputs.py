@@ -80,18 +80,19 @@ def keyed_dicts(node: Any, where: str) -> Iterator[tuple[str, dict]]:
 
 
 def missing_pretrained(model_cfg: Any) -> Optional[str]:
-    """A backbone given two different pretrained files, or whose pretrained file does not exist (the backbone finds
-    out in ``init_weights``, after the datasets are built), named by its key under ``model`` (``model_cfg``)."""
-    from .backbones import missing_pretrained_message, two_pretrained_message
+    """A backbone given an init_cfg it does not take, two different pretrained files, or a pretrained file that does
+    not exist (the backbone finds out in ``init_weights``, after the datasets are built), named by its key under
+    ``model`` (``model_cfg``)."""
+    from .backbones import init_cfg_message, missing_pretrained_message, pretrained_files, two_pretrained_message
 
     for where, node in keyed_dicts(model_cfg, 'model'):
         if not is_backbone(node):
             continue
-        name = type_name(node)
-        message = two_pretrained_message(name, node.get('pretrained'), node.get('pretrained_ckpt'), f'{where}.')
-        for key in ('pretrained', 'pretrained_ckpt'):
-            if not message and node.get(key):
-                message = missing_pretrained_message(name, node[key], f'{where}.{key}')
+        name, files = type_name(node), pretrained_files(node)
+        message = init_cfg_message(name, node.get('init_cfg'), f'{where}.') \
+            or two_pretrained_message(name, files, f'{where}.')
+        for setting, path in files.items():
+            message = message or missing_pretrained_message(name, path, f'{where}.{setting}')
         if message:
             return message
     return None

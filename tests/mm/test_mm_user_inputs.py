@@ -184,6 +184,27 @@ def test_a_missing_pretrained_file_is_named_by_the_key_the_config_set(tmp_path, 
         assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
 
 
+def test_an_init_cfg_of_the_backbone_is_checked_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    """mmdet's idiom for a backbone's weights, init_cfg=dict(type='Pretrained', checkpoint=...), was a TypeError
+    traceback; now its file is checked as pretrained's is, and another init_cfg is refused in one line."""
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    argv = [config, '--work-dir', str(tmp_path / 'work'), '--cfg-options', 'model.backbone.pretrained=None']
+    for options, message in (
+            (['model.backbone.init_cfg.type=Pretrained', 'model.backbone.init_cfg.checkpoint=coco/mask_rcnn.pth'],
+             'MM_LocalVSSM: pretrained checkpoint not found: coco/mask_rcnn.pth (set '
+             'model.backbone.init_cfg.checkpoint to your file, or to None to start from random weights)'),
+            (['model.backbone.init_cfg.type=Kaiming'],
+             "MM_LocalVSSM: model.backbone.init_cfg={'type': 'Kaiming'}: the backbone starts from its classification "
+             "model's initialisation, and the one init_cfg it takes is dict(type='Pretrained', checkpoint=FILE) (with "
+             "prefix= and map_location= if wanted); or give pretrained=FILE")):
+        with pytest.raises(SystemExit) as exit_info:
+            launch.train_main('segmentation', argv + options)
+        assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
+
+
 def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ade_inputs_at_hand, monkeypatch,
                                                                     capsys):
     """mmengine found a missing data folder, annotation file or checkpoint with a traceback, after building the model
@@ -365,15 +386,15 @@ def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_han
         "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
         "model.backbone.pretraned is not a key of the config (misspelt?)")
 
-    # a new dict under a class's arguments (mmdet's init_cfg idiom, which the backbones do not take): the refused
+    # a new dict under a class's arguments (mmdet's norm_cfg idiom, which the backbones do not take): the refused
     # keyword is a middle part of the keys, and the TypeError ended in a traceback
     proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-                     'model.backbone.init_cfg.type=Pretrained', 'model.backbone.init_cfg.checkpoint=x.pth',
+                     'model.backbone.norm_cfg.type=SyncBN', 'model.backbone.norm_cfg.requires_grad=True',
                      cwd=str(tmp_path))
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: VSSM.__init__() got an unexpected keyword argument 'init_cfg': --cfg-options "
-        "model.backbone.init_cfg is not a key of the config (misspelt?)")
+        "error: VSSM.__init__() got an unexpected keyword argument 'norm_cfg': --cfg-options "
+        "model.backbone.norm_cfg is not a key of the config (misspelt?)")
 
 
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):

@@ -139,3 +139,49 @@ def test_backbone_refuses_pretrained_weights_of_another_depth(tmp_path, saved, b
                                                         f"has {ours}: build the backbone as the checkpoint's model was "
                                                         f"built")):
         model.load_pretrained(str(path))
+
+
+def test_mmengines_pretrained_init_cfg_loads_the_file_and_its_prefix_takes_a_det_checkpoints_backbone(tmp_path):
+    """``init_cfg=dict(type='Pretrained', checkpoint=...)``, mmdet's way of naming a backbone's weights, loads them as
+    ``pretrained=`` does; its ``prefix`` takes the backbone of a detector's checkpoint (keys ``backbone.*``)."""
+    torch.manual_seed(0)
+    weights = VSSM(**VSSM_ARGS).state_dict()
+    path = tmp_path / 'local_vssm.pth'
+    torch.save({'state_dict': weights}, path)
+    backbone = MM_LocalVSSM(init_cfg=dict(type='Pretrained', checkpoint=str(path)), **VSSM_ARGS)
+    backbone.init_weights()
+    assert torch.equal(backbone.state_dict()['patch_embed.0.weight'], weights['patch_embed.0.weight'])
+    assert backbone.pretrained_arg == 'init_cfg.checkpoint'
+
+    torch.manual_seed(1)
+    trained = MM_LocalVSSM(**VSSM_ARGS).state_dict()
+    detector = tmp_path / 'mask_rcnn.pth'
+    torch.save({'state_dict': {**{f'backbone.{k}': v for k, v in trained.items()},
+                               'neck.conv.weight': torch.zeros(2)}}, detector)
+    init_cfg = dict(type='Pretrained', checkpoint=str(detector), prefix='backbone.', map_location='cpu')
+    from_detector = MM_LocalVSSM(init_cfg=init_cfg, **VSSM_ARGS)
+    from_detector.init_weights()
+    assert from_detector.load_result.missing_keys == [] and from_detector.load_result.unexpected_keys == []
+    for key, value in trained.items():
+        assert torch.equal(from_detector.state_dict()[key], value), key
+    with pytest.raises(CheckpointError, match="none of its tensors is under the init_cfg prefix 'model.'"):
+        MM_LocalVSSM(init_cfg={**init_cfg, 'prefix': 'model.'}, **VSSM_ARGS).init_weights()
+
+
+@pytest.mark.parametrize('init_cfg, pretrained', [
+    (dict(type='Kaiming', layer='Conv2d'), None),
+    (dict(type='Pretrained'), None),
+    (dict(type='Pretrained', checkpoint='a.pth', revise_keys=[]), None),
+    ([dict(type='Pretrained', checkpoint='a.pth')], None),
+    (dict(type='Pretrained', checkpoint='a.pth'), 'b.pth'),
+])
+def test_an_init_cfg_the_backbone_does_not_take_is_refused_by_name(init_cfg, pretrained):
+    with pytest.raises(ValueError) as err:
+        MM_LocalVim(init_cfg=init_cfg, pretrained=pretrained, **VIM_ARGS)
+    if pretrained:
+        assert str(err.value) == ("MM_LocalVim: pass one of pretrained='b.pth' and init_cfg.checkpoint='a.pth' (set "
+                                  "the other to None)")
+    else:
+        assert str(err.value).startswith(f"MM_LocalVim: init_cfg={init_cfg!r}: the backbone starts from its "
+                                         f"classification model's initialisation, and the one init_cfg it takes is "
+                                         f"dict(type='Pretrained', checkpoint=FILE)")
