@@ -119,6 +119,8 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--model', 'local_vim_tiny', '--sweep', '224', '--sweep-batch', '0'], '--sweep-batch must be at least 1'),
     (['--model', 'local_vim_tiny', '--plot', 'sweep.png'], '--plot draws a resolution sweep: give --sweep SIZE'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--plot', 'NO_SUCH_DIR/s.png'], 'NO_SUCH_DIR'),
+    (['--model', 'local_vim_tiny', '--sweep', '224', '--plot', 'sweep.txt'],
+     "--plot sweep.txt: matplotlib cannot write '.txt' files"),
     (['--model', 'local_vim_tiny', 'local_vssm_tiny', '--baseline', 'resnet18'], '--baseline takes one --model'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--img-size', '512'], '--img-size sets the batch table, not'),
     (['--model', 'local_vim_tiny', '--sweep', '224', '--batch-sizes', '8'], 'its batch is --sweep-batch'),
@@ -133,6 +135,11 @@ def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, 
         benchmark.parse_args(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err.splitlines()[-1]
+
+
+def test_a_plot_name_without_extension_is_the_png_file_matplotlib_writes(tmp_path):
+    args = benchmark.parse_args(['--model', 'local_vim_tiny', '--sweep', '224', '--plot', str(tmp_path / 'sweep')])
+    assert args.plot == str(tmp_path / 'sweep.png')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')

@@ -43,6 +43,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        resolution_sweep, unavailable_backends, write_csv)
 from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
+from classification.engine.plotting import figure_path  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
 
 
@@ -131,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, in one line and before any timing, sizes out of range, a --csv that cannot be written (a missing
-    folder, a folder, no permission), an unknown --device and --backends that cannot run on it."""
+    folder, a folder, no permission), a --plot format matplotlib cannot write (a name without extension becomes the
+    .png file it writes), an unknown --device and --backends that cannot run on it."""
     threads = 1 if args.threads is None else args.threads
     lows = (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--img-size", args.img_size, 1),
             ("--batch-sizes", min(args.batch_sizes), 1), ("--train-batch", args.train_batch, 0),
@@ -143,6 +145,11 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"{flag} must be at least {low}")
     if args.plot and not args.sweep:
         parser.error("--plot draws a resolution sweep: give --sweep SIZE ...")
+    if args.plot:
+        try:
+            args.plot = figure_path(args.plot)
+        except ConfigError as err:
+            parser.error(f"--plot {err}")
     if args.sweep:
         args.sweep = sorted(set(args.sweep))
     for flag, path in (("--csv", args.csv), ("--plot", args.plot)):

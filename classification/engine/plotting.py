@@ -101,7 +101,7 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], em
     return fig
 
 
-def _figure_path(out: str) -> str:
+def figure_path(out: str) -> str:
     """The file matplotlib writes for `out`: `.png` is added to a name without an extension; an extension that is
     not a format matplotlib writes is refused."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -126,13 +126,13 @@ def _run_used_ema(folder: str) -> bool:
 
 
 def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
-    """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`_figure_path`; default curves.png beside
+    """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`figure_path`; default curves.png beside
     metrics.csv; a folder, existing or ending in `/`, gets curves.png; missing folders are created) and return its
     path. `metrics_path` is a run's metrics.csv or the run's folder."""
     if os.path.isdir(metrics_path):
         metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."
-    out = _figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) or out.endswith(os.sep) else out)
+    out = figure_path(os.path.join(out, "curves.png") if os.path.isdir(out) or out.endswith(os.sep) else out)
     if not metrics_path.endswith(".csv"):
         raise ConfigError(f"{metrics_path} is not a run's {METRICS_CSV}: give the run's folder or its {METRICS_CSV}")
     m = read_csv(metrics_path, allow_empty=True)
