@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
     parser.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the model's)")
     parser.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default 128, as the original)")
-    parser.add_argument("--img-size", type=int, default=None, help="square input size (default 224)")
+    parser.add_argument("--img-size", type=int, default=None, help="square input size (default 224; an img_size in "
+                        "model_kwargs wins: the model is built for it)")
     parser.add_argument("--iters", type=int, default=1000, help="timed forwards (default 1000)")
     parser.add_argument("--warmup-iters", type=int, default=100, help="untimed forwards first (default 100)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
@@ -61,12 +62,16 @@ def main() -> None:
                         help="ours: time the model under torch.compile in this mode (reduce-overhead: CUDA graphs)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logger = logging.getLogger("speed_test")
     defaults = read_config(args.config) if args.config else {}
     model_name = args.model or defaults.get("model")
     if not model_name:
         parser.error("--model is required (or a config with a model key)")
+    name = resolve_model_name(model_name)
+    model_kwargs = {**config_kwargs_taken(name, defaults.get("model_kwargs", {})), **args.model_kwargs}
     batch = _first_given(args.batch_size, defaults.get("batch_size"), 128)
-    img_size = _first_given(args.img_size, defaults.get("img_size"), 224)
+    img_size = _first_given(model_kwargs.get("img_size"), args.img_size, defaults.get("img_size"), 224)
     for flag, value, least in (("-b/--batch-size", batch, 1), ("--img-size", img_size, 1), ("--iters", args.iters, 1),
                                ("--warmup-iters", args.warmup_iters, 0)):
         if value < least:
@@ -84,11 +89,6 @@ def main() -> None:
         parser.error(str(err))
     if threads is not None:
         torch.set_num_threads(threads)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    logger = logging.getLogger("speed_test")
-
-    name = resolve_model_name(model_name)
-    model_kwargs = {**config_kwargs_taken(name, defaults.get("model_kwargs", {})), **args.model_kwargs}
     built = dict(num_classes=num_classes, model_kwargs=model_kwargs, directions=directions)
     with torch.no_grad():
         row = flops_row(name, img_size, **built)

@@ -42,6 +42,22 @@ def test_speed_test_prints_params_flops_and_throughput(tmp_path):
     assert float(re.search(r"throughput: ([\d.]+) samples/second", log)[1]) > 0
 
 
+@pytest.mark.parametrize("model, kwargs", [("local_vim_tiny_wo_search", ["embed_dim=16", "depth=2"]),
+                                           ("deit_tiny_patch16_224", ["embed_dim=16", "depth=1", "num_heads=1"])])
+def test_an_img_size_in_model_kwargs_is_the_size_counted_and_timed(tmp_path, model, kwargs):
+    """The model is built for model_kwargs' img_size and its FLOPs counted there: the images are of that size too (they
+    were 224 pixels: a LocalVim was timed at another size than counted, a DeiT failed in a traceback)."""
+    config = tmp_path / "speed.yaml"
+    config.write_text(f"model: {model}\nbatch_size: 1\n")
+    log = speed_test_log(config, "--model-kwargs", "img_size=32", *kwargs, "--iters", "1", "--warmup-iters", "0")
+    built = create_model_at_size(model, 32, **{k: int(v) for k, v in (kv.split("=") for kv in kwargs)})
+    params, flops = logged_counts(log, model)
+    assert params == sum(p.numel() for p in built.parameters())
+    if hasattr(built, "flops"):
+        assert flops == int(built.flops((3, 32, 32)))
+    assert "Done, n_iters: 1, batch size: 1, image shape: (3, 32, 32), device: cpu" in log
+
+
 def test_speed_test_refuses_an_unknown_device_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vim_tiny", "--device", "foo"])
     with pytest.raises(SystemExit) as stop:
