@@ -129,6 +129,15 @@ def test_the_targets_of_a_cpu_run_are_not_judged(logs):
     assert gpu[0] == "Targets (issue 12):" and gpu[1].startswith("MEETS         local_vssm_tiny fp32 inference b64")
 
 
+def test_the_tool_names_the_png_file_it_draws_for_a_plot_name_without_extension(logs, tmp_path):
+    tool = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+    paths = [tmp_path / "part1.log", tmp_path / "part2.log"]
+    drawn = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths), "--plot", str(tmp_path / "sweep")],
+                           capture_output=True, text=True)
+    assert drawn.returncode == 0 and drawn.stdout.strip().endswith(f"plot: {tmp_path / 'sweep.png'}")
+    assert (tmp_path / "sweep.png").stat().st_size
+
+
 def test_report_carries_the_mixer_timings(logs):
     assert "| multi_scan_inner [deterministic] | fp32 | 64 | fwd+bwd | 1.500 | 1.20x |" in report(logs)
 

@@ -35,6 +35,8 @@ from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noq
 from classification.benchmarks.gpu_report import read_sections, report, sweep_rows  # noqa: E402
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
 from classification.benchmarks.tables import output_file_problem  # noqa: E402
+from classification.engine.config import ConfigError  # noqa: E402
+from classification.engine.plotting import figure_path  # noqa: E402
 
 
 def _refuse(message: str) -> int:
@@ -45,7 +47,8 @@ def _refuse(message: str) -> int:
 
 def _argument_error(args: argparse.Namespace) -> Optional[str]:
     """What is wrong with the arguments before anything runs (an unknown --device, --repeats below 1, an --e2e option
-    without --e2e), or None."""
+    without --e2e, a --plot format matplotlib cannot write), or None; a --plot name without extension becomes the
+    .png file matplotlib writes."""
     try:
         device_type = torch.device(args.device).type
     except RuntimeError:
@@ -66,7 +69,13 @@ def _argument_error(args: argparse.Namespace) -> Optional[str]:
         return f"--report reads logs and runs nothing: drop {runs[0]}"
     if args.plot and not args.report:
         return "--plot draws the sweep of --report logs: give --report LOG ..."
-    return output_file_problem("--plot", args.plot) if args.plot else None
+    if not args.plot:
+        return None
+    try:
+        args.plot = figure_path(args.plot)
+    except ConfigError as err:
+        return f"--plot {err}"
+    return output_file_problem("--plot", args.plot)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
