@@ -88,7 +88,8 @@ def test_arguments_that_cannot_run_are_refused_in_one_line(argv, message, monkey
 
 def test_a_plot_format_matplotlib_cannot_write_is_refused_before_the_logs_are_read(capsys, kernel_check_calls):
     assert gpu_check_tool.main(["--report", "e2e.log", "--plot", "sweep.txt"]) == 2   # a traceback after the report
-    assert capsys.readouterr().err.startswith("error: --plot sweep.txt: matplotlib cannot write '.txt' files (formats: ")
+    err = capsys.readouterr().err
+    assert err.startswith("error: --plot sweep.txt: matplotlib cannot write '.txt' files (formats: ")
 
 
 @pytest.mark.parametrize("argv, repeats", [(["--quick"], 1), ([], 20), (["--quick", "--repeats", "3"], 3)])
