@@ -7,4 +7,4 @@ if [ $# -lt 3 ]; then
     echo "usage: $0 GPUS CONFIG MODEL --resume CKPT [test.py flags]" >&2
     exit 2
 fi
-exec sh "$(dirname "$0")/dist_run.sh" tools/test.py "$@"
+exec sh "$(dirname "$0")/dist_run.sh" "$(dirname "$0")/test.py" "$@"

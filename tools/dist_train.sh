@@ -9,4 +9,4 @@ if [ $# -lt 3 ]; then
     echo "usage: $0 GPUS CONFIG MODEL [train.py flags]" >&2
     exit 2
 fi
-exec sh "$(dirname "$0")/dist_run.sh" tools/train.py "$@"
+exec sh "$(dirname "$0")/dist_run.sh" "$(dirname "$0")/train.py" "$@"

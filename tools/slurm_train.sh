@@ -8,4 +8,4 @@ if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION GPUS CONFIG MODEL [train.py flags]" >&2
     exit 2
 fi
-exec sh "$(dirname "$0")/slurm_run.sh" tools/train.py "$@"
+exec sh "$(dirname "$0")/slurm_run.sh" "$(dirname "$0")/train.py" "$@"

@@ -60,10 +60,25 @@ def test_dist_train_and_test_wrap_dist_run_with_multi_node_env(shell, stub_path,
     assert argv == torchrun("4", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m", "-b", "8",
                             nnodes="2", node_rank="1", addr="10.0.0.1", port="1234")
     argv, _ = run(shell, stub_path, "tools/dist_test.sh", "1", "c.yaml", "m", "--resume", "x.pth")
-    assert argv == torchrun("1", "tools/test.py", "-c", "c.yaml", "--model", "m", "--resume", "x.pth")
+    assert argv == torchrun("1", os.path.join(REPO, "tools/test.py"), "-c", "c.yaml", "--model", "m", "--resume",
+                            "x.pth")
     nodes.pop("MASTER_PORT")      # several nodes agree on torchrun's default port
     argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", "c.yaml", "m", **nodes)
     assert "--master_port=29500" in argv
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_train_and_test_scripts_run_ours_from_a_folder_with_its_own_tools(shell, stub_path, tmp_path):
+    """From detection/ (or a project of the user's) the cwd's tools/train.py and tools/test.py were run instead."""
+    (tmp_path / "tools").mkdir()
+    for name in ("train.py", "test.py"):
+        (tmp_path / "tools" / name).write_text("")
+    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", "c.yaml", "m", cwd=tmp_path)
+    assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m")
+    argv, _ = run(shell, stub_path, "tools/dist_test.sh", "2", "c.yaml", "m", cwd=tmp_path)
+    assert argv == torchrun("2", os.path.join(REPO, "tools/test.py"), "-c", "c.yaml", "--model", "m")
+    argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m", cwd=tmp_path)
+    assert argv[8:12] == ["--signal=USR1@120", "python", "-u", os.path.join(REPO, "tools/train.py")]
 
 
 @pytest.mark.parametrize("missing", ["MASTER_ADDR", "NODE_RANK"])
@@ -90,7 +105,7 @@ def test_slurm_run_and_slurm_train(shell, stub_path):
     argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m")
     assert argv[4:10] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--cpus-per-task=5", "--signal=USR1@120",
                           "python"]                                                            # training
-    assert argv[11:] == ["tools/train.py", "-c", "c.yaml", "--model", "m", "--slurm"]
+    assert argv[11:] == [os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m", "--slurm"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
