@@ -42,6 +42,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        output_file_problem, plot_resolution_sweep, print_op_benchmark,
                                        resolution_sweep, unavailable_backends, write_csv)
 from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
+from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -117,6 +118,11 @@ def parse_args(argv=None) -> argparse.Namespace:
              for flag, value in flags.items() if value is not None]
     if wrong:
         parser.error(f"{wrong[0][0]} is a flag of --{wrong[0][1]}, not of --{mode}")
+    unused = [size for size in OpShape.__dataclass_fields__ if args.op and getattr(args, size) is not None
+              and size not in OP_SIZES[args.op]]
+    if unused:
+        parser.error(f"--{unused[0]} does not apply to --op {args.op} (its sizes: "
+                     f"{' '.join('--' + size for size in OP_SIZES[args.op])})")
     if args.sweep_batch is not None and not args.sweep:
         parser.error("--sweep-batch is the batch of --sweep: give --sweep SIZE ...")
     for flag, default in (("batch", 8), ("dim", 384), ("seqlen", 196), ("dstate", 16), ("width", 4),

@@ -79,6 +79,9 @@ def conv1d_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Cas
 
 
 CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case, "multi_scan": multi_scan_case}
+# The OpShape fields each op's problem takes (multi_scan's length is its layer's; the scans have no conv1d).
+OP_SIZES = {"scan": ("batch", "dim", "seqlen", "dstate"), "inner": ("batch", "dim", "seqlen", "dstate", "width"),
+            "conv1d": ("batch", "dim", "seqlen", "width"), "multi_scan": ("batch", "dim", "dstate")}
 
 
 def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
