@@ -291,6 +291,16 @@ def select_steps(steps: Sequence[Step], only: Sequence[str]) -> List[Step]:
     return [s for s in steps if s.name in wanted]
 
 
+def next_part_path(log_path: str) -> str:
+    """A log beside ``log_path`` for the rest of its run, that no file holds yet: ``<name>_part2.log`` (or part 3,
+    ...), so that the rest does not replace the transcript of the part that ran."""
+    stem, ext = os.path.splitext(log_path)
+    part = 2
+    while os.path.exists(f"{stem}_part{part}{ext}"):
+        part += 1
+    return f"{stem}_part{part}{ext}"
+
+
 def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, log_path: Optional[str] = None,
             runner: Callable[[Step], Outcome] = run_command, workdir: Optional[str] = None,
             only: Sequence[str] = (), budget: Optional[float] = None) -> bool:
@@ -335,8 +345,10 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     total = sum(float(line.split()[1]) for line in lines)
     summary = [f"{sum(line.startswith('PASS') for line in lines)}/{len(lines)} checks passed in {total:.0f} s"]
     if skipped:
+        log_flag = f" --log {shlex.quote(next_part_path(log_path))}" if log_path else ""
         summary.append("not run for the time budget; to run them: python tools/gpu_check.py --e2e --device "
-                       f"{device} --only " + " ".join(shlex.quote(s.name) for s in skipped))
+                       f"{device}{' --quick' if quick else ''} --only "
+                       + " ".join(shlex.quote(s.name) for s in skipped) + log_flag)
     print("\n".join(summary))
     log.add("\n===== summary", header, *lines, *summary)
     if log_path:
