@@ -52,18 +52,25 @@ def _require(columns: dict, names: Sequence[str], path: str) -> None:
         raise ConfigError(f"{path} has no column {', '.join(missing)} (columns: {', '.join(columns)})")
 
 
-def epoch_positions(epochs: Sequence[float], steps: Sequence[float]) -> list[float]:
+def epoch_positions(epochs: Sequence[float], steps: Sequence[float], finished: Sequence[float] = ()) -> list[float]:
     """Where each lr.csv row falls on an epoch axis: epoch + (step - the epoch's first step) / (steps in the epoch).
 
-    Every epoch's first and last iterations are logged, so the span of its rows is its length; it differs between
-    epochs when a run was resumed with another batch size, which is why the global step cannot be the axis.
+    Every epoch's first and last iterations are logged, so the span of a finished epoch's rows is its length; it
+    differs between epochs when a run was resumed with another batch size, which is why the global step cannot be the
+    axis. An epoch not in `finished` (in progress) is taken to be as long as the last finished epoch before it.
     """
     first: dict[float, float] = {}
     last: dict[float, float] = {}
     for epoch, step in zip(epochs, steps):
         first.setdefault(epoch, step)
         last[epoch] = step
-    return [epoch + (step - first[epoch]) / (last[epoch] - first[epoch] + 1) for epoch, step in zip(epochs, steps)]
+    length: dict[float, float] = {}
+    finished_length = 0.0
+    for epoch in first:
+        length[epoch] = max(last[epoch] - first[epoch] + 1, 0.0 if epoch in finished else finished_length)
+        if epoch in finished:
+            finished_length = length[epoch]
+    return [epoch + (step - first[epoch]) / length[epoch] for epoch, step in zip(epochs, steps)]
 
 
 EPOCH_AXIS = "epochs trained"
@@ -83,7 +90,8 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], em
     axes[0].set(title="loss" + of, xlabel=EPOCH_AXIS)
     axes[0].legend()
     if lr is not None:
-        axes[1].plot(epoch_positions(lr["epoch"], lr["step"]), lr["lr"], marker="." if len(lr["lr"]) == 1 else None)
+        axes[1].plot(epoch_positions(lr["epoch"], lr["step"], finished=m["epoch"]), lr["lr"],
+                     marker="." if len(lr["lr"]) == 1 else None)
         axes[1].set(title="learning rate", xlabel=EPOCH_AXIS)
     else:
         axes[1].set(title="learning rate (no lr.csv)")

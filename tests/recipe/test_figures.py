@@ -145,6 +145,18 @@ def test_learning_rate_is_drawn_against_epochs_across_a_resume_with_another_batc
     assert {ax.get_xlabel() for ax in (loss, rates, acc)} == {"epochs trained"}
 
 
+def test_the_learning_rate_of_an_epoch_in_progress_is_drawn_at_its_share_of_an_epoch(tmp_path):
+    """A running training: epoch 0 ran 4 iterations, epoch 1 has done 2 of its 4 (no metrics row yet). Its rows were
+    spread over the whole epoch (1.0, 1.5: half done drawn as nearly done); the finished epoch's length places them."""
+    from classification.engine.plotting import draw_run, epoch_positions, read_csv
+
+    lr = read_csv(_write(tmp_path / "lr.csv", "epoch,step,lr\n0,0,1\n0,2,0.9\n0,3,0.8\n1,4,0.7\n1,5,0.6\n"))
+    assert epoch_positions(lr["epoch"], lr["step"], finished=[0.0]) == [0.0, 0.5, 0.75, 1.0, 1.25]
+    metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n"))
+    (curve,) = draw_run(metrics, lr).axes[1].get_lines()
+    assert list(curve.get_xdata()) == [0.0, 0.5, 0.75, 1.0, 1.25]
+
+
 def test_the_curves_of_an_ema_run_say_whose_accuracy_they_show(tmp_path, monkeypatch):
     """metrics.csv's validation columns are the EMA's in a --model-ema run (its args.yaml says so)."""
     from classification.engine import plotting
