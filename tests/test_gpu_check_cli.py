@@ -41,6 +41,19 @@ def test_an_only_word_that_matches_no_check_is_refused_with_the_check_names(tmp_
     assert capsys.readouterr().err.startswith("error: --only trian matches no check; the checks: kernel checks")
 
 
+def test_a_part_rerun_with_only_keeps_the_whole_runs_default_log(tmp_path, monkeypatch):
+    """`--e2e --only WORD` wrote its part into the default log, replacing the whole run's transcript; a whole run
+    still replaces it, and --log is taken as given."""
+    whole = tmp_path / "cpu_e2e.log"
+    whole.write_text(E2E_LOG)
+    logs = []
+    monkeypatch.setattr(gpu_check_tool, "default_log_path", lambda device: str(whole))
+    monkeypatch.setattr(gpu_check_tool, "run_e2e", lambda *args, **kwargs: logs.append(args[3]) or True)
+    for extra in (["--only", "sweep"], [], ["--only", "sweep", "--log", str(whole)]):
+        assert gpu_check_tool.main(["--e2e", "--device", "cpu", "--quick", *extra]) == 0
+    assert logs == [str(tmp_path / "cpu_e2e_part2.log"), str(whole), str(whole)]
+
+
 def test_report_refuses_a_log_that_is_not_from_e2e(tmp_path, capsys):
     e2e, kernels = tmp_path / "e2e.log", tmp_path / "kernels.log"
     e2e.write_text(E2E_LOG)

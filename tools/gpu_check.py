@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from localmamba_kernel_runtime.backends import triton_interpreter  # noqa: E402
 
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
-from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, run_e2e  # noqa: E402
+from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, next_part_path, run_e2e  # noqa: E402
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
 from classification.benchmarks.gpu_report import read_sections, report, sweep_rows  # noqa: E402
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
@@ -91,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="--e2e: print the commands only")
     parser.add_argument("--only", nargs="+", default=(), help="--e2e: only the checks whose name contains a word")
     parser.add_argument("--log", default=None, help="--e2e: transcript file (default docs/measurements/"
-                                                    "<device>_e2e.log)")
+                                                    "<device>_e2e.log; with --only, where that one exists, "
+                                                    "<device>_e2e_part2.log or the next free part)")
     parser.add_argument("--budget", type=float, default=None,
                         help="--e2e: seconds for the whole run; each check's limit is cut to what is left, and the "
                              "checks that no longer fit are listed with the command that runs them")
@@ -132,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _refuse("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))
+        if log and args.only and not args.log and os.path.exists(log):   # a part: the whole run's transcript stays
+            log = next_part_path(log)
         try:
             return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
         except UnknownCheck as err:
