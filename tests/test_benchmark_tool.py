@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from classification.benchmarks import (OpShape, benchmark_op, format_op_table, images_per_second, median_seconds,
-                                       render_table)
+                                       print_op_benchmark, render_table)
 from classification.benchmarks import timing
 from localmamba_kernel_runtime import backends
 
@@ -59,6 +59,18 @@ def test_op_rows_time_each_available_backend_and_leave_the_choice_alone():
     for r in rows:
         assert r['fwd_speedup'] == pytest.approx(reference['fwd_ms'] / r['fwd_ms'])
         assert r['shape'] == 'B=1 D=8 L=5 N=4'
+
+
+def test_an_op_is_described_by_the_sizes_of_its_problem_only(capsys):
+    """conv1d's header printed the state size it has no use for, and no op's named its conv width."""
+    backends.force_backend('reference')
+    try:
+        rows = print_op_benchmark('conv1d', OpShape(batch=1, dim=8, seqlen=5, dstate=4, width=3), repeats=1, warmup=0,
+                                  only_backends=['reference'])
+    finally:
+        backends.force_backend(None)
+    assert [r['shape'] for r in rows] == ['B=1 D=8 L=5 W=3']
+    assert ' batch=1 dim=8 seqlen=5 width=3 threads=' in capsys.readouterr().out.splitlines()[0]
 
 
 def test_images_per_second_of_each_model_and_its_mode():

@@ -82,6 +82,13 @@ CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case, "multi_s
 # The OpShape fields each op's problem takes (multi_scan's length is its layer's; the scans have no conv1d).
 OP_SIZES = {"scan": ("batch", "dim", "seqlen", "dstate"), "inner": ("batch", "dim", "seqlen", "dstate", "width"),
             "conv1d": ("batch", "dim", "seqlen", "width"), "multi_scan": ("batch", "dim", "dstate")}
+SIZE_LETTERS = {"batch": "B", "dim": "D", "seqlen": "L", "dstate": "N", "width": "W"}
+
+
+def problem_sizes(op: str) -> tuple[str, ...]:
+    """The OpShape fields of ``op``'s problem, in ``SIZE_LETTERS``' order: ``OP_SIZES``, and multi_scan's length
+    (fixed by its layer, not a flag)."""
+    return tuple(name for name in SIZE_LETTERS if name in OP_SIZES[op] or (op, name) == ("multi_scan", "seqlen"))
 
 
 def _backend_step(case: Case, backend: str, backward: bool) -> Callable[[], None]:
@@ -146,7 +153,7 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
         m = medians[name]
         fb = m.get("fwd+bwd")
         rows.append({"op": op, "backend": name, "device": device.type, "dtype": dtype,
-                     "shape": f"B={shape.batch} D={shape.dim} L={shape.seqlen} N={shape.dstate}",
+                     "shape": " ".join(f"{SIZE_LETTERS[name]}={getattr(shape, name)}" for name in problem_sizes(op)),
                      "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
                      "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
                      "fwd_ns_per_update_core": (None if case.updates is None
@@ -200,8 +207,8 @@ def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu",
     """:func:`benchmark_op`, printed with a header line naming the problem; returns the rows."""
     rows = benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward)
     shape = op_shape(op, shape)
-    print(f"op={op} device={torch.device(device).type} dtype={dtype} batch={shape.batch} dim={shape.dim} "
-          f"seqlen={shape.seqlen} dstate={shape.dstate} threads={torch.get_num_threads()} "
+    sizes = " ".join(f"{name}={getattr(shape, name)}" for name in problem_sizes(op))
+    print(f"op={op} device={torch.device(device).type} dtype={dtype} {sizes} threads={torch.get_num_threads()} "
           f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
     print(format_op_table(rows))
     return rows
