@@ -139,6 +139,14 @@ def test_the_command_for_what_the_budget_left_keeps_the_log_and_the_sizes(tmp_pa
     assert rerun[0].endswith(f" --log {tmp_path / 'e2e_part3.log'}")
 
 
+def test_the_log_for_the_rest_of_a_part_is_the_next_part_of_the_same_name(tmp_path):
+    """A part's own rest went to e2e_part2_part2.log."""
+    (tmp_path / "e2e_part2.log").write_text("the second part\n")
+    assert gpu_e2e.next_part_path(str(tmp_path / "e2e_part2.log")) == str(tmp_path / "e2e_part3.log")
+    assert gpu_e2e.next_part_path(str(tmp_path / "e2e.log")) == str(tmp_path / "e2e_part3.log")
+    assert gpu_e2e.next_part_path(str(tmp_path / "my_part2_run.log")) == str(tmp_path / "my_part2_run_part2.log")
+
+
 def test_log_keeps_the_finished_steps_of_a_run_killed_from_outside(tmp_path):
     fake, _ = fake_runner({})
     calls = []

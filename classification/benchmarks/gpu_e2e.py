@@ -293,8 +293,10 @@ def select_steps(steps: Sequence[Step], only: Sequence[str]) -> List[Step]:
 
 def next_part_path(log_path: str) -> str:
     """A log beside ``log_path`` for the rest of its run, that no file holds yet: ``<name>_part2.log`` (or part 3,
-    ...), so that the rest does not replace the transcript of the part that ran."""
+    ...; a part's log gives the next part of the same name), so that the rest does not replace the transcript of the
+    part that ran."""
     stem, ext = os.path.splitext(log_path)
+    stem = re.sub(r"_part\d+$", "", stem)
     part = 2
     while os.path.exists(f"{stem}_part{part}{ext}"):
         part += 1
