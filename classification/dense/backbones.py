@@ -65,9 +65,10 @@ PRETRAINED_INIT_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
 
 def init_cfg_message(backbone: str, init_cfg: Any, where: str = '') -> Optional[str]:
     """The error for an ``init_cfg`` other than mmengine's ``dict(type='Pretrained', checkpoint=FILE)`` (with
-    ``prefix`` / ``map_location`` if wanted), None for that one or None; ``where`` goes before the name."""
+    ``prefix`` / ``map_location`` if wanted; ``checkpoint=None``: no file, as ``pretrained=None``), None for that one
+    or None; ``where`` goes before the name."""
     if init_cfg is None or (isinstance(init_cfg, Mapping) and init_cfg.get('type') == 'Pretrained'
-                            and init_cfg.get('checkpoint') and set(init_cfg) <= set(PRETRAINED_INIT_KEYS)):
+                            and 'checkpoint' in init_cfg and set(init_cfg) <= set(PRETRAINED_INIT_KEYS)):
         return None
     return (f"{backbone}: {where}init_cfg={init_cfg!r}: the backbone starts from its classification model's "
             f"initialisation, and the one init_cfg it takes is dict(type='Pretrained', checkpoint=FILE) (with prefix= "
@@ -106,18 +107,28 @@ def _layer_layout(keys: Iterable[str]) -> str:
     return f'depths {tuple(blocks[stage] for stage in range(max(stage for stage, _ in found) + 1))}'
 
 
+def _prefix_of_own_keys(weights: Mapping[str, Any], own: Mapping[str, Any]) -> Optional[str]:
+    """The first part of the weights' names (with its dot, e.g. 'backbone.' of a det/seg checkpoint) under which some
+    are ``own`` names; None when there is none."""
+    for prefix in dict.fromkeys(name.split('.', 1)[0] + '.' for name in weights if '.' in name):
+        if any(name.startswith(prefix) and name[len(prefix):] in own for name in weights):
+            return prefix
+    return None
+
+
 def _pretrained_source(backbone: str, pretrained: Optional[str], pretrained_ckpt: Optional[str],
                        init_cfg: Optional[Mapping[str, Any]]) -> tuple[Optional[str], str, str]:
     """The classification weights a config names (by mmengine's ``pretrained``, the original's ``pretrained_ckpt`` or
     ``init_cfg=dict(type='Pretrained', checkpoint=...)``), the setting that names them and the key prefix of the
-    tensors to take (``init_cfg``'s ``prefix``, '' for all); another ``init_cfg`` and two different files are
-    refused (ValueError)."""
+    tensors to take (``init_cfg``'s ``prefix``, ending in a dot as mmengine makes it; '' for all); another
+    ``init_cfg`` and two different files are refused (ValueError)."""
     files = pretrained_files(dict(pretrained=pretrained, pretrained_ckpt=pretrained_ckpt, init_cfg=init_cfg))
     problem = init_cfg_message(backbone, init_cfg) or two_pretrained_message(backbone, files)
     if problem:
         raise ValueError(problem)
     setting, path = next(iter(files.items()), ('pretrained', None))
-    return path, setting, (init_cfg or {}).get('prefix') or ''
+    prefix = (init_cfg or {}).get('prefix') or ''
+    return path, setting, prefix if not prefix or prefix.endswith('.') else f'{prefix}.'
 
 
 class DenseBackbone(nn.Module):
@@ -206,8 +217,10 @@ class DenseBackbone(nn.Module):
         common = [k for k in weights if k in own]
         if not common:
             shown = f' ({", ".join(list(weights)[:3])}, ...)' if weights else ''
-            raise CheckpointError(f'{path}: none of its {len(weights)} tensors{shown} belongs to {name}: a checkpoint '
-                                  f'of another model family?')
+            prefix = _prefix_of_own_keys(weights, own)
+            hint = (f"its tensors under {prefix!r} are {name}'s: take them with init_cfg=dict(type='Pretrained', "
+                    f"checkpoint=..., prefix={prefix!r})" if prefix else 'a checkpoint of another model family?')
+            raise CheckpointError(f'{path}: none of its {len(weights)} tensors{shown} belongs to {name}: {hint}')
         theirs, ours = _layer_layout(weights), _layer_layout(own)
         if theirs != ours:
             raise CheckpointError(f'{path} holds a model of {theirs}, {name} has {ours}: build the backbone as the '
@@ -254,6 +267,8 @@ class MM_LocalVim(DenseBackbone):
         """Resize ``pos_embed`` and the RoPE tables of a 14x14 (or any square) checkpoint to this model's grid;
         weights of a model with a middle class token for a backbone without one, or the other way round, are refused
         (their position tables hold another number of tokens)."""
+        if 'patch_embed.proj.weight' not in state_dict:   # not a LocalVim's weights: check_fit names them
+            return checkpoint_filter_fn(state_dict, self.trunk)
         has_cls_token = 'cls_token' in state_dict
         if has_cls_token and not self.trunk.has_cls_token:
             raise ValueError("its model has a middle class token (cls_token) and MM_LocalVim has none: build the "

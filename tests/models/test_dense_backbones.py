@@ -158,14 +158,18 @@ def test_mmengines_pretrained_init_cfg_loads_the_file_and_its_prefix_takes_a_det
     detector = tmp_path / 'mask_rcnn.pth'
     torch.save({'state_dict': {**{f'backbone.{k}': v for k, v in trained.items()},
                                'neck.conv.weight': torch.zeros(2)}}, detector)
-    init_cfg = dict(type='Pretrained', checkpoint=str(detector), prefix='backbone.', map_location='cpu')
-    from_detector = MM_LocalVSSM(init_cfg=init_cfg, **VSSM_ARGS)
-    from_detector.init_weights()
-    assert from_detector.load_result.missing_keys == [] and from_detector.load_result.unexpected_keys == []
-    for key, value in trained.items():
-        assert torch.equal(from_detector.state_dict()[key], value), key
+    for prefix in ('backbone.', 'backbone'):   # mmengine puts the dot after a prefix without one
+        init_cfg = dict(type='Pretrained', checkpoint=str(detector), prefix=prefix, map_location='cpu')
+        from_detector = MM_LocalVSSM(init_cfg=init_cfg, **VSSM_ARGS)
+        from_detector.init_weights()
+        assert from_detector.load_result.missing_keys == [] and from_detector.load_result.unexpected_keys == []
+        for key, value in trained.items():
+            assert torch.equal(from_detector.state_dict()[key], value), key
     with pytest.raises(CheckpointError, match="none of its tensors is under the init_cfg prefix 'model.'"):
-        MM_LocalVSSM(init_cfg={**init_cfg, 'prefix': 'model.'}, **VSSM_ARGS).init_weights()
+        MM_LocalVSSM(init_cfg={**init_cfg, 'prefix': 'model'}, **VSSM_ARGS).init_weights()
+    # as the messages advise: its checkpoint set to None starts from the model's own initialisation
+    unloaded = MM_LocalVSSM(init_cfg=dict(type='Pretrained', checkpoint=None), **VSSM_ARGS)
+    assert unloaded.pretrained is None
 
 
 @pytest.mark.parametrize('init_cfg, pretrained', [
@@ -185,3 +189,22 @@ def test_an_init_cfg_the_backbone_does_not_take_is_refused_by_name(init_cfg, pre
         assert str(err.value).startswith(f"MM_LocalVim: init_cfg={init_cfg!r}: the backbone starts from its "
                                          f"classification model's initialisation, and the one init_cfg it takes is "
                                          f"dict(type='Pretrained', checkpoint=FILE)")
+
+
+def test_a_det_checkpoint_given_as_pretrained_is_named_with_the_prefix_that_takes_its_backbone(tmp_path):
+    """A detector's checkpoint (backbone.* keys) given as pretrained= was called 'another model family' (and a LocalVim
+    one 'a model with no class token')."""
+    torch.manual_seed(0)
+    cases = [(MM_LocalVSSM, VSSM_ARGS),
+             (MM_LocalVim, dict(VIM_ARGS, out_indices=[1], if_cls_token=True, use_middle_cls_token=True,
+                                if_rope=False, if_rope_residual=False))]
+    for backbone_class, args in cases:
+        trained = backbone_class(**args).state_dict()
+        path = tmp_path / f'{backbone_class.__name__}_det.pth'
+        torch.save({'state_dict': {'neck.conv.weight': torch.zeros(2),
+                                   **{f'backbone.{k}': v for k, v in trained.items()}}}, path)
+        with pytest.raises(CheckpointError) as err:
+            backbone_class(pretrained=str(path), **args).init_weights()
+        assert str(err.value).endswith(
+            f"belongs to {backbone_class.__name__}: its tensors under 'backbone.' are {backbone_class.__name__}'s: "
+            f"take them with init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')")
