@@ -36,6 +36,7 @@ def main() -> None:
     import torch
 
     from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
+    from classification.benchmarks.model_speed import square_side
     from classification.benchmarks.timing import progress_reporter
     from classification.engine.config import read_config
     from classification.engine.flags import KeyValueAction
@@ -71,7 +72,11 @@ def main() -> None:
     name = resolve_model_name(model_name)
     model_kwargs = {**config_kwargs_taken(name, defaults.get("model_kwargs", {})), **args.model_kwargs}
     batch = _first_given(args.batch_size, defaults.get("batch_size"), 128)
-    img_size = _first_given(model_kwargs.get("img_size"), args.img_size, defaults.get("img_size"), 224)
+    built_size = None if model_kwargs.get("img_size") is None else square_side(model_kwargs["img_size"])
+    if built_size is not None and args.img_size not in (None, built_size):
+        parser.error(f"--img-size {args.img_size} and model_kwargs img_size={model_kwargs['img_size']!r}: the model "
+                     f"is built for the images it is timed on: give one size")
+    img_size = _first_given(built_size, args.img_size, defaults.get("img_size"), 224)
     for flag, value, least in (("-b/--batch-size", batch, 1), ("--img-size", img_size, 1), ("--iters", args.iters, 1),
                                ("--warmup-iters", args.warmup_iters, 0)):
         if value < least:

@@ -19,7 +19,7 @@ from ..engine.model_builder import resolve_model_name
 from ..models.flop_count import flop_analysis
 from ..models.local_vim import VisionMamba
 from ..models.local_vmamba import VSSM
-from .model_speed import build_model, check_image_size
+from .model_speed import build_model, check_image_size, square_side
 from .tables import render_table
 
 
@@ -49,7 +49,7 @@ def flops_row(name: str, img_size: int = 224, num_classes: Optional[int] = None,
     """Params and both FLOP counts of one model (built as :func:`build_model` builds it), at the size it is built for
     (an ``img_size`` in ``model_kwargs`` wins over ``img_size``): dict(model, img_size, params, original, fvcore,
     unsupported)."""
-    img_size = int((model_kwargs or {}).get("img_size", img_size))
+    img_size = square_side((model_kwargs or {}).get("img_size", img_size))
     model = build_model(name, img_size, num_classes=num_classes, model_kwargs=model_kwargs, directions=directions)
     check_image_size(model, resolve_model_name(name), img_size)
     total, unsupported = fvcore_flops(model, img_size)

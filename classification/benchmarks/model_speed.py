@@ -54,6 +54,17 @@ def build_model(name: str, img_size: int = 224, device: Union[str, torch.device]
     return model.to(device).eval()
 
 
+def square_side(img_size: Any) -> int:
+    """The side of a square input size given as a number or as a pair of one number (as model_kwargs' ``img_size``
+    may be); ``ConfigError`` for any other value (the images timed and counted are square)."""
+    if isinstance(img_size, (list, tuple)) and len(img_size) == 2 and img_size[0] == img_size[1]:
+        img_size = img_size[0]
+    if not isinstance(img_size, int) or isinstance(img_size, bool):
+        raise ConfigError(f"model_kwargs img_size={img_size!r}: the images timed and counted are square: give one "
+                          f"size")
+    return img_size
+
+
 def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
     """Run ``model`` on one ``img_size`` image; ``ConfigError`` in one line when it cannot take that size (smaller
     than a patch or a window), before any timing or FLOP count."""

@@ -123,6 +123,12 @@ def test_an_img_size_in_model_kwargs_is_the_size_counted(tool, capsys):
     assert tool.main(['local_vim_tiny', '--img-size', '32', '--num-classes', '10']) == 0
     by_flag = capsys.readouterr().out.splitlines()[2].split()
     assert by_kwargs[1] == '32' and by_kwargs == by_flag
+    # LocalVim takes a pair too (a TypeError traceback); the count is of square images
+    assert tool.main(['local_vim_tiny', '--model-kwargs', 'img_size=[32,32]', '--num-classes', '10']) == 0
+    assert capsys.readouterr().out.splitlines()[2].split() == by_flag
+    assert tool.main(['local_vim_tiny', '--model-kwargs', 'img_size=[32,48]']) == 2
+    assert capsys.readouterr().err.strip() == ("error: model_kwargs img_size=[32, 48]: the images timed and counted "
+                                               "are square: give one size")
 
 
 def test_cli_refuses_unknown_names_with_close_matches(tool, capsys):

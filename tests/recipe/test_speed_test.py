@@ -49,13 +49,30 @@ def test_an_img_size_in_model_kwargs_is_the_size_counted_and_timed(tmp_path, mod
     were 224 pixels: a LocalVim was timed at another size than counted, a DeiT failed in a traceback)."""
     config = tmp_path / "speed.yaml"
     config.write_text(f"model: {model}\nbatch_size: 1\n")
-    log = speed_test_log(config, "--model-kwargs", "img_size=32", *kwargs, "--iters", "1", "--warmup-iters", "0")
+    size = "[32,32]" if model.startswith("local") else "32"   # LocalVim takes a pair too
+    log = speed_test_log(config, "--model-kwargs", f"img_size={size}", *kwargs, "--iters", "1", "--warmup-iters", "0")
     built = create_model_at_size(model, 32, **{k: int(v) for k, v in (kv.split("=") for kv in kwargs)})
     params, flops = logged_counts(log, model)
     assert params == sum(p.numel() for p in built.parameters())
     if hasattr(built, "flops"):
         assert flops == int(built.flops((3, 32, 32)))
     assert "Done, n_iters: 1, batch size: 1, image shape: (3, 32, 32), device: cpu" in log
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--model-kwargs", "img_size=[32,48]"],
+     "model_kwargs img_size=[32, 48]: the images timed and counted are square: give one size"),
+    (["--model-kwargs", "img_size=32", "--img-size", "64"], "--img-size 64 and model_kwargs img_size=32: the model is "
+                                                            "built for the images it is timed on: give one size"),
+])
+def test_an_img_size_the_images_cannot_take_is_refused_in_one_line(monkeypatch, capsys, options, message):
+    """A pair ended in a TypeError traceback; an --img-size beside model_kwargs' was dropped without a word."""
+    monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vim_tiny", *options])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(f"error: {message}")
 
 
 def test_speed_test_refuses_an_unknown_device_in_one_line(monkeypatch, capsys):
