@@ -54,8 +54,9 @@ def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path
 
 
 def _search_weight_names(name: str) -> Optional[list[str]]:
-    """The state-dict names of registered model ``name``'s search weights, in layer order; None for a name not
-    registered here."""
+    """The state-dict names of registered model ``name``'s search weights (a pretrained tag, ``.untrained``, left
+    aside), in layer order; None for a name not registered here."""
+    name = timm.models.split_model_name_tag(name)[0]
     if name not in timm.list_models():
         return None
     with torch.device("meta"):

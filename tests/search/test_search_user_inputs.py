@@ -149,6 +149,7 @@ def test_a_supernet_name_other_than_the_checkpoints_is_refused(supernet_weights,
     ("local_vim_tiny_search", "local_vssm_tiny_search"),
     ("local_vssm_tiny_search", "timm_local_vim_tiny_search"),
     ("local_vssm_tiny_search", "local_vssm_small_search"),
+    ("local_vssm_tiny_search", "local_vim_tiny_search.untrained"),
 ])
 def test_a_supernet_name_of_other_search_layers_is_refused_for_a_file_that_records_none(
         name, other, tmp_path, monkeypatch, capsys):
