@@ -52,8 +52,8 @@ def main() -> None:
     parser.add_argument("--directions", default=None, help="ours: directions.yaml written by tools/vis_search_prob.py")
     parser.add_argument("--num-classes", type=int, default=None, help="ours: classifier size (default: the model's)")
     parser.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default 128, as the original)")
-    parser.add_argument("--img-size", type=int, default=None, help="square input size (default 224; an img_size in "
-                        "model_kwargs wins: the model is built for it)")
+    parser.add_argument("--img-size", type=int, default=None, help="square input size (default 224, or model_kwargs' "
+                        "img_size, for which the model is built: another size beside it is refused)")
     parser.add_argument("--iters", type=int, default=1000, help="timed forwards (default 1000)")
     parser.add_argument("--warmup-iters", type=int, default=100, help="untimed forwards first (default 100)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
