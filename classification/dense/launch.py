@@ -121,7 +121,7 @@ def _run(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: 
         _exit_error(str(err))
     except TypeError as err:
         found = UNEXPECTED_KEYWORD.search(str(err))
-        # the key up to the refused keyword: model.backbone.init_cfg for model.backbone.init_cfg.type
+        # the key up to the refused keyword: model.backbone.norm_cfg for model.backbone.norm_cfg.type
         typos = [parts[:parts.index(found.group(1)) + 1] for parts in (key.split('.') for key in new_options)
                  if found and found.group(1) in parts]
         if not typos:
