@@ -54,12 +54,19 @@ def _check_pool_type(pool: str) -> str:
     return pool
 
 
-def _check_timm_pool(global_pool: Optional[str], has_cls_token: bool) -> None:
-    """Refuse (ValueError) timm's ``global_pool`` asking a class-token model to pool its tokens: such a model always
-    takes its middle class token (or keeps every token with '')."""
-    if has_cls_token and global_pool not in (None, ''):
+def _timm_pool_type(global_pool: str, has_cls_token: bool) -> str:
+    """``final_pool_type`` for timm's ``global_pool``. A class-token model takes 'token' (its middle class token, stored
+    as the original's default 'mean', which such a model never uses) or '' (every token), and refuses any pooling of
+    its tokens (ValueError); a model without one takes every pooling but 'token'."""
+    if has_cls_token and global_pool == 'token':
+        return 'mean'
+    if has_cls_token and global_pool != '':
         raise ValueError(f"global_pool={global_pool!r}: a model with a class token classifies its middle class token "
-                         f"and pools no tokens (global_pool='' keeps them all)")
+                         f"and pools no tokens (global_pool='token' takes the class token, '' keeps every token)")
+    if global_pool == 'token':
+        raise ValueError("global_pool='token': this model has no class token (build it with if_cls_token=True, "
+                         "use_middle_cls_token=True, or pool with 'avg', 'max' or '')")
+    return _check_pool_type(global_pool)
 
 
 def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -285,8 +292,8 @@ class VisionMamba(nn.Module):
                                  any_size_because="its position tables follow the input's token grid",
                                  pad_refusal='LocalVim zero-pads images to a multiple of the patch size, as the '
                                              'original: dynamic_img_pad=False is not supported')
-        _check_timm_pool(global_pool, if_cls_token)
-        final_pool_type = _check_pool_type(final_pool_type if global_pool is None else global_pool)
+        final_pool_type = (_check_pool_type(final_pool_type) if global_pool is None
+                           else _timm_pool_type(global_pool, if_cls_token))
         if if_cls_token and not use_middle_cls_token:
             raise ValueError('only the middle class token is supported (if_cls_token=True needs use_middle_cls_token)')
         if if_cls_token and if_rope:
@@ -372,8 +379,7 @@ class VisionMamba(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            _check_timm_pool(global_pool, self.has_cls_token)
-            self.final_pool_type = _check_pool_type(global_pool)
+            self.final_pool_type = _timm_pool_type(global_pool, self.has_cls_token)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:

@@ -79,6 +79,25 @@ def test_a_class_token_model_refuses_a_pooling_it_would_ignore(pool):
         torch.testing.assert_close(model(image), model.head(tokens[:, (tokens.shape[1] - 1) // 2]))
 
 
+def test_timms_token_pool_is_the_class_token_and_needs_one():
+    """timm's global_pool='token' names what a class-token model does (it was refused as a pooling of tokens); with
+    reset_classifier it also brings back the class token after '' (every token). A model without a class token refuses
+    it, naming the poolings it has."""
+    image = torch.randn(1, 3, 64, 64)
+    model = _model('local_vim_tiny_middle_cls_token', num_classes=0, global_pool='token')
+    with torch.no_grad():
+        tokens = model.forward_features(image)
+        torch.testing.assert_close(model(image), tokens[:, (tokens.shape[1] - 1) // 2])
+        model.reset_classifier(0, '')
+        torch.testing.assert_close(model(image), tokens)
+        model.reset_classifier(0, 'token')
+        torch.testing.assert_close(model(image), tokens[:, (tokens.shape[1] - 1) // 2])
+    with pytest.raises(ValueError, match="global_pool='token': this model has no class token"):
+        _model('local_vim_tiny', num_classes=0, global_pool='token')
+    with pytest.raises(ValueError, match="global_pool='token': this model has no class token"):
+        _model('local_vim_tiny', num_classes=3).reset_classifier(0, 'token')
+
+
 def test_rope_refuses_a_width_it_cannot_rotate():
     with pytest.raises(ValueError, match='embed_dim must be a multiple of 4, got 18'):
         timm.create_model('local_vim_tiny', embed_dim=18)
@@ -215,7 +234,7 @@ def test_local_vim_reset_classifier_takes_timm_pool_names_and_refuses_others():
     with torch.no_grad():
         torch.testing.assert_close(model(image), model.get_classifier()(model.forward_features(image).mean(1)))
     with pytest.raises(ValueError, match="final_pool_type must be one of"):
-        model.reset_classifier(3, 'token')
+        model.reset_classifier(3, 'avgmax')
 
 
 def test_local_vim_pruned_final_norm_leaves_the_residual_stream():
