@@ -268,8 +268,9 @@ def triton_importable() -> bool:
 
 
 def triton_interpreter() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (slowly; for tests)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when ``TRITON_INTERPRET`` turns Triton's interpreter on (1, true, yes, on or y, any case, as Triton >= 3.3
+    reads it): Triton kernels then run on CPU tensors (slowly; for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
 
 
 def reset_caches() -> None:

@@ -56,6 +56,15 @@ def test_env_value_is_case_insensitive(force_backend):
     assert selected_backend("selective_scan", "cpu") == "reference"
 
 
+@pytest.mark.parametrize("value, interprets", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                               ("0", False), ("false", False), ("", False), ("2", False)])
+def test_the_interpreter_switch_reads_the_values_triton_reads(monkeypatch, value, interprets):
+    """Triton >= 3.3 runs its interpreter for TRITON_INTERPRET=true / yes / on as for 1; the check that lets forced
+    Triton kernels take CPU tensors read only "1", and refused them under an interpreter that was running."""
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert backends.triton_interpreter() is interprets
+
+
 def test_forced_backend_that_cannot_run_raises(force_backend):
     force_backend("cuda")
     with pytest.raises(backends.BackendUnavailableError, match="cuda.*selective_scan"):
