@@ -163,7 +163,8 @@ def _as_device(device: Union[None, str, torch.device]) -> torch.device:
 def select(op: str, device: Union[None, str, torch.device],
            input_check: Optional[Callable[[str], Optional[str]]] = None, log: bool = True) -> str:
     """Choose the backend for one call of ``op`` on ``device`` (automatically, the first of ``BACKENDS`` that can
-    run it; during an ONNX export, the reference, whose plain ops export, even where a backend is forced). The choice
+    run it; during an ONNX export or under a ``torch.func`` transform, the reference, whose plain ops export and
+    transform, even where a backend is forced: custom ops have neither an ONNX form nor ``torch.func.grad``). The choice
     is logged once, naming the first backend passed over for these inputs rather than for the device, and why.
 
     ``input_check(backend)`` may add input-specific constraints (dtype, sizes); it returns None or a reason.
@@ -180,6 +181,8 @@ def select(op: str, device: Union[None, str, torch.device],
 
     if REFERENCE in table and torch.onnx.is_in_onnx_export():
         chosen, how = REFERENCE, "ONNX export records plain PyTorch ops only, whatever backend is forced"
+    elif REFERENCE in table and torch._C._are_functorch_transforms_active():
+        chosen, how = REFERENCE, "torch.func transforms (grad, vmap, jvp) take plain PyTorch ops, whatever is forced"
     elif requested != "auto" and requested in table:
         reason = reason_against(requested, True)
         if reason is not None:

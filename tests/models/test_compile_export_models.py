@@ -184,3 +184,25 @@ def test_jit_trace_of_a_fresh_model_passes_its_check(family):
         traced = torch.jit.trace(model, image)
         other = torch.randn_like(image)
         torch.testing.assert_close(traced(other), model(other), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('family', ['local_vim_cls', 'local_vssm_search'])
+@pytest.mark.parametrize('forced', ['auto', 'cpu'])
+def test_torch_func_transforms_run_and_match_the_kernels(family, forced, monkeypatch):
+    """``torch.func.grad`` / ``vmap`` (per-sample gradients, Jacobians) failed on the default CPU kernels: custom ops'
+    autograd formulas are not transformable ("must override the setup_context staticmethod"). Under a transform the
+    reference runs; its gradients are the kernels' (an ordinary backward on the ``cpu`` backend), per sample."""
+    monkeypatch.setattr(backends, 'requested_backend', lambda: forced)
+    model, image = MODELS[family]()
+    model.eval()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p, x):
+        return torch.func.functional_call(model, p, (x[None],)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, image)
+    for i in range(image.shape[0]):
+        model.zero_grad()
+        loss(dict(model.named_parameters()), image[i]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-4, atol=1e-5, msg=name)
