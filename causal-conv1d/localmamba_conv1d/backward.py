@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
+
 
 def weight_grad(grad: torch.Tensor, x: torch.Tensor, width: int) -> torch.Tensor:
     """dweight (D, W) of the causal conv from the gradient of its pre-activation ``grad`` and its input ``x``, both
@@ -17,7 +19,7 @@ def register_autograd(fwd_op, bwd_op, cast_param_grads: bool) -> None:
     """Autograd of the custom op ``fwd_op`` (x, weight, bias, silu) through ``bwd_op`` (dout, x, weight, bias, silu)
     -> (dx, dweight, dbias): the inputs are saved, dout made contiguous, bias's gradient is None without a bias, and
     (``cast_param_grads``, for a backward op that returns them in fp32) the weight and bias gradients are cast to
-    their parameters' dtypes."""
+    their parameters' dtypes. A second derivative through ``bwd_op`` is refused in one line."""
     def setup_context(ctx, inputs, output):
         x, weight, bias, silu = inputs
         ctx.save_for_backward(x, weight, bias)
@@ -32,3 +34,4 @@ def register_autograd(fwd_op, bwd_op, cast_param_grads: bool) -> None:
         return dx, dweight, None if bias is None else dbias, None
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
+    refuse_second_derivative(bwd_op)

@@ -9,6 +9,7 @@ it imports neither.
   ``kernel_args.h``: argument structs with a layout Python can check) and ``task_runner.c``.
 - ``settings``: the environment variables checked at once (what a tool refuses before it starts).
 - ``precision``: fp32 compute under autocast; ``validation``: helpers of the argument checks.
+- ``derivatives``: the one-line refusal of a second derivative through a kernel backward.
 - ``launch_limits``: what one Triton kernel call can address (32-bit offsets, CUDA's grid) and the batch
   slices that keep each call inside it.
 

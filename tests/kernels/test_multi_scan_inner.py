@@ -212,24 +212,6 @@ def test_scan_and_merge_in_one_call_equals_the_two_references(cpu_backend, gate,
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_a_second_derivative_through_the_fused_scan_and_merge_raises(force_backend):
-    """The fused cpu node's backward is kernels: a gradient penalty through it took that backward's result as a
-    constant, and its parameter gradients were silently wrong (off by 150 % on a model). It raises, as the single
-    ops' backwards do; the reference backend gives the second derivative."""
-    p = make_problem(gate=False, conv=False)
-    attention = attention_problem(2, 3, 11, 12, seed=6)[1:]
-    force_backend('cpu')
-    out = multi_scan_attention_merge_fn(**p, attention_weights=attention)
-    (dtokens,) = torch.autograd.grad(out.pow(2).sum(), p['tokens'], create_graph=True)
-    with pytest.raises(RuntimeError, match='differentiate twice'):
-        dtokens.pow(2).sum().backward()
-    force_backend('reference')
-    out = multi_scan_attention_merge_fn(**p, attention_weights=attention)
-    (dtokens,) = torch.autograd.grad(out.pow(2).sum(), p['tokens'], create_graph=True)
-    dtokens.pow(2).sum().backward()
-    assert p['A_log'].grad is not None and p['A_log'].grad.abs().sum() > 0
-
-
 def test_scan_and_merge_without_autograd_keeps_the_outputs_in_one_reused_buffer(force_backend):
     """On the cpu backends and without autograd, the directions' outputs are written to the per-thread scratch
     buffer (no fresh tensor per call)."""

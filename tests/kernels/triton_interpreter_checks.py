@@ -2,12 +2,15 @@
 TRITON_INTERPRET=1 (the interpreter must be chosen before the kernels are defined) and LOCALMAMBA_BACKEND=triton.
 Exits non-zero with a message on the first mismatch."""
 import os
+import re
 import sys
 
 import torch
 from batch_splitting import one_element_per_call
 from fast_interpreter import use_fast_interpreter
+from second_derivative_problems import PROBLEMS, penalty
 
+from localmamba_kernel_runtime.derivatives import SECOND_DERIVATIVE_ADVICE
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend, triton_conv1d
 from localmamba_ssm import attention_merge_fn, selective_scan_fn, selective_scan_ref
 from localmamba_ssm.ops.triton import selective_scan_triton
@@ -258,6 +261,23 @@ def check_split_batch_sums_shared_gradients_in_fp32():
     print("ok scan and conv1d, batch split into one call per element: fp16 shared parameters' gradients")
 
 
+def check_second_derivatives_refused(names):
+    """A second derivative through each Triton backward of ``names`` (second_derivative_problems.PROBLEMS) raises
+    the one line naming its op and the references."""
+    for name in names:
+        fn, inputs = PROBLEMS[name]()
+        loss, _ = penalty(fn, inputs)
+        try:
+            loss.backward()
+        except RuntimeError as err:
+            if not re.fullmatch(r"a second derivative through localmamba::\w+_triton_bwd: "
+                                + re.escape(SECOND_DERIVATIVE_ADVICE), str(err)):
+                sys.exit(f"{name}: second derivative: {err}")
+        else:
+            sys.exit(f"{name}: a second derivative through the Triton kernels was not refused")
+    print(f"ok second derivatives refused ({', '.join(names)})")
+
+
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     assert selected_backend("selective_scan", "cpu") == "triton"
@@ -282,6 +302,7 @@ def main():
     check_empty_batch()
     check_split_batch_under_other_half_autocast()
     check_split_batch_sums_shared_gradients_in_fp32()
+    check_second_derivatives_refused(('selective_scan', 'causal_conv1d'))
 
 
 if __name__ == "__main__":

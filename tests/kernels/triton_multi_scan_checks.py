@@ -10,14 +10,17 @@ fast_interpreter.py (the same results).
 Prints one ``ok`` line per case; exits non-zero with a message at the first mismatch.
 """
 import os
+import re
 import sys
 
 import torch
 from batch_splitting import one_element_per_call
 from fast_interpreter import use_fast_interpreter
+from second_derivative_problems import PROBLEMS, penalty
 
 from classification.models.scan_maps import sequence_index
 from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime.derivatives import SECOND_DERIVATIVE_ADVICE
 from localmamba_ssm import (attention_merge_fn, attention_merge_ref, multi_scan_attention_merge_fn, multi_scan_inner_fn,
                             multi_scan_inner_ref)
 from localmamba_ssm.ops.triton import attention_merge_triton, multi_scan_triton
@@ -313,6 +316,23 @@ def check_compiled():
     print("ok torch.compile of the triton multi_scan_inner_fn (conv and token-major) matches eager")
 
 
+def check_second_derivatives_refused(names):
+    """A second derivative through each Triton backward of ``names`` (second_derivative_problems.PROBLEMS) raises
+    the one line naming its op and the references."""
+    for name in names:
+        fn, inputs = PROBLEMS[name]()
+        loss, _ = penalty(fn, inputs)
+        try:
+            loss.backward()
+        except RuntimeError as err:
+            if not re.fullmatch(r"a second derivative through localmamba::\w+_triton_bwd: "
+                                + re.escape(SECOND_DERIVATIVE_ADVICE), str(err)):
+                sys.exit(f"{name}: second derivative: {err}")
+        else:
+            sys.exit(f"{name}: a second derivative through the Triton kernels was not refused")
+    print(f"ok second derivatives refused ({', '.join(names)})")
+
+
 def main():
     assert os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("LOCALMAMBA_BACKEND") == "triton"
     for op in ("multi_scan_inner", "attention_merge"):
@@ -344,6 +364,8 @@ def main():
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
     check_merge_backward_under_autocast()
+    check_second_derivatives_refused(('multi_scan_inner conv', 'multi_scan_inner token-major', 'attention_merge',
+                                      'multi_scan_attention_merge'))
 
 
 if __name__ == "__main__":

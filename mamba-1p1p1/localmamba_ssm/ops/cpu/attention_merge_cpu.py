@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from localmamba_kernel_runtime import ckernel, task_runner
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
 from localmamba_kernel_runtime.precision import autocast_off
 
 from ..channel_gate import gate_backward, gate_forward
@@ -152,6 +153,7 @@ def _attention_backward(ctx, dout, *unused):
 
 
 attention_merge_cpu_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
+refuse_second_derivative(attention_merge_cpu_bwd)
 
 
 def attention_merge_cpu(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel, task_runner
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
 from localmamba_kernel_runtime.kernel_args import data_ptr
 from localmamba_kernel_runtime.precision import autocast_off
 
@@ -263,6 +264,7 @@ def _multi_scan_backward(ctx, dy, du_unused, dxdbl_unused, dckpt_unused):
 
 
 multi_scan_cpu_fwd.register_autograd(_multi_scan_backward, setup_context=_multi_scan_setup)
+refuse_second_derivative(multi_scan_cpu_bwd)
 
 
 def kernel_inputs(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,

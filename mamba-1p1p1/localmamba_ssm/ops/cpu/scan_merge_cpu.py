@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
-
+from localmamba_kernel_runtime.derivatives import first_derivative_only
 from localmamba_kernel_runtime.precision import autocast_off
 
 from . import attention_merge_cpu, multi_scan_cpu
@@ -23,7 +22,7 @@ class _ScanAttentionMerge(torch.autograd.Function):
     """The two forwards (outputs, chunk states and attention statistics kept) and the two backwards, on kernel
     inputs (``multi_scan_cpu.kernel_inputs``) and fp32 attention weights. The backward is kernels without a gradient
     of their own: differentiating its result (a second derivative) raises, as the single ops' backwards do, instead
-    of treating it as a constant."""
+    of treating it as a constant (``localmamba_kernel_runtime.derivatives``)."""
 
     @staticmethod
     def forward(ctx, src, index, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, gate, eps, *attention):
@@ -37,7 +36,7 @@ class _ScanAttentionMerge(torch.autograd.Function):
         return merged
 
     @staticmethod
-    @once_differentiable
+    @first_derivative_only("localmamba::multi_scan_attention_merge_cpu")
     def backward(ctx, dmerged):
         saved = ctx.saved_tensors
         scan_inputs, (u, xdbl, ckpt, y), statistics, attention = saved[:9], saved[9:13], saved[13:18], saved[18:]

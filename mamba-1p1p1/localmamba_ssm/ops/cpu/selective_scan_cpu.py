@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel, task_runner
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
 from localmamba_kernel_runtime.kernel_args import data_ptr
 from localmamba_kernel_runtime.precision import autocast_off, compute_dtype
 
@@ -149,6 +150,7 @@ def _backward(ctx, dout, dlast):
 
 
 selective_scan_cpu_fwd.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_derivative(selective_scan_cpu_bwd)
 
 
 def _kernel_layout_bc(M: torch.Tensor, dtype: torch.dtype, padded: int) -> torch.Tensor:

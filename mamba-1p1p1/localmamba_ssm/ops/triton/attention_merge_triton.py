@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
 from localmamba_kernel_runtime.launch_limits import batch_slices
 from localmamba_kernel_runtime.precision import autocast_off
 
@@ -180,6 +181,7 @@ def _backward(ctx, dout, *unused):
 
 
 attention_merge_triton_fwd.register_autograd(_backward, setup_context=_setup)
+refuse_second_derivative(attention_merge_triton_bwd)
 
 
 def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,

@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
 from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
@@ -448,6 +449,7 @@ def _conv_backward(ctx, du):
 
 
 multi_scan_conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
+refuse_second_derivative(multi_scan_conv_bwd)
 
 
 def _scan_launch(batch: int, num_dirs: int, length: int, inner: int, dstate: int, chunk: int):
@@ -579,6 +581,7 @@ def _scan_backward(ctx, dout, dckpt):
 
 
 multi_scan_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
+refuse_second_derivative(multi_scan_scan_bwd)
 
 
 def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,

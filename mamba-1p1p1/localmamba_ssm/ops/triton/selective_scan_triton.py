@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from localmamba_kernel_runtime.derivatives import refuse_second_derivative
 from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
 from localmamba_kernel_runtime.precision import autocast_off
 
@@ -376,6 +377,7 @@ def _backward(ctx, dout, dlast, dckpt):
 
 
 selective_scan_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_derivative(selective_scan_triton_bwd)
 
 
 def _kernel_dtype(t: torch.Tensor) -> torch.Tensor:
