@@ -2,10 +2,14 @@
 kernels, ``triton_interpreter_checks.py`` / ``triton_multi_scan_checks.py`` on the Triton ones): each a function of
 its inputs (fp32, those that take a gradient marked) and the inputs, with the penalty (the squared norm of a
 gradient) built on them."""
+import re
+import sys
+
 import torch
 
 from classification.models.scan_maps import sequence_index
 from localmamba_conv1d import causal_conv1d_fn
+from localmamba_kernel_runtime.derivatives import SECOND_DERIVATIVE_ADVICE
 from localmamba_ssm import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn, selective_scan_fn
 
 
@@ -109,3 +113,20 @@ PROBLEMS = {
     'attention_merge': attention_problem,
     'multi_scan_attention_merge': mixer_problem,
 }
+
+
+def check_second_derivatives_refused(names):
+    """For the Triton interpreter checks: a second derivative through the Triton backward of each of ``names`` (keys
+    of PROBLEMS) raises the one line naming its op and the references; any other outcome exits with a message."""
+    for name in names:
+        fn, inputs = PROBLEMS[name]()
+        loss, _ = penalty(fn, inputs)
+        try:
+            loss.backward()
+        except RuntimeError as err:
+            if not re.fullmatch(r"a second derivative through localmamba::\w+_triton_bwd: "
+                                + re.escape(SECOND_DERIVATIVE_ADVICE), str(err)):
+                sys.exit(f"{name}: second derivative: {err}")
+        else:
+            sys.exit(f"{name}: a second derivative through the Triton kernels was not refused")
+    print(f"ok second derivatives refused ({', '.join(names)})")

@@ -2,15 +2,13 @@
 TRITON_INTERPRET=1 (the interpreter must be chosen before the kernels are defined) and LOCALMAMBA_BACKEND=triton.
 Exits non-zero with a message on the first mismatch."""
 import os
-import re
 import sys
 
 import torch
 from batch_splitting import one_element_per_call
 from fast_interpreter import use_fast_interpreter
-from second_derivative_problems import PROBLEMS, penalty
+from second_derivative_problems import check_second_derivatives_refused
 
-from localmamba_kernel_runtime.derivatives import SECOND_DERIVATIVE_ADVICE
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_ref, selected_backend, triton_conv1d
 from localmamba_ssm import attention_merge_fn, selective_scan_fn, selective_scan_ref
 from localmamba_ssm.ops.triton import selective_scan_triton
@@ -259,23 +257,6 @@ def check_split_batch_sums_shared_gradients_in_fp32():
         for i, (grad, grad_ref) in enumerate(zip(actual, expected)):
             close(f"{name} split, fp16 shared parameter {i}: gradient", grad, grad_ref, 2e-3)
     print("ok scan and conv1d, batch split into one call per element: fp16 shared parameters' gradients")
-
-
-def check_second_derivatives_refused(names):
-    """A second derivative through each Triton backward of ``names`` (second_derivative_problems.PROBLEMS) raises
-    the one line naming its op and the references."""
-    for name in names:
-        fn, inputs = PROBLEMS[name]()
-        loss, _ = penalty(fn, inputs)
-        try:
-            loss.backward()
-        except RuntimeError as err:
-            if not re.fullmatch(r"a second derivative through localmamba::\w+_triton_bwd: "
-                                + re.escape(SECOND_DERIVATIVE_ADVICE), str(err)):
-                sys.exit(f"{name}: second derivative: {err}")
-        else:
-            sys.exit(f"{name}: a second derivative through the Triton kernels was not refused")
-    print(f"ok second derivatives refused ({', '.join(names)})")
 
 
 def main():

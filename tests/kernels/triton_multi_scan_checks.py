@@ -10,17 +10,15 @@ fast_interpreter.py (the same results).
 Prints one ``ok`` line per case; exits non-zero with a message at the first mismatch.
 """
 import os
-import re
 import sys
 
 import torch
 from batch_splitting import one_element_per_call
 from fast_interpreter import use_fast_interpreter
-from second_derivative_problems import PROBLEMS, penalty
+from second_derivative_problems import check_second_derivatives_refused
 
 from classification.models.scan_maps import sequence_index
 from localmamba_kernel_runtime import backends
-from localmamba_kernel_runtime.derivatives import SECOND_DERIVATIVE_ADVICE
 from localmamba_ssm import (attention_merge_fn, attention_merge_ref, multi_scan_attention_merge_fn, multi_scan_inner_fn,
                             multi_scan_inner_ref)
 from localmamba_ssm.ops.triton import attention_merge_triton, multi_scan_triton
@@ -314,23 +312,6 @@ def check_compiled():
             if not err < 1e-6:
                 sys.exit(f"torch.compile, conv width {width}: {name} relative error {err:.2e}")
     print("ok torch.compile of the triton multi_scan_inner_fn (conv and token-major) matches eager")
-
-
-def check_second_derivatives_refused(names):
-    """A second derivative through each Triton backward of ``names`` (second_derivative_problems.PROBLEMS) raises
-    the one line naming its op and the references."""
-    for name in names:
-        fn, inputs = PROBLEMS[name]()
-        loss, _ = penalty(fn, inputs)
-        try:
-            loss.backward()
-        except RuntimeError as err:
-            if not re.fullmatch(r"a second derivative through localmamba::\w+_triton_bwd: "
-                                + re.escape(SECOND_DERIVATIVE_ADVICE), str(err)):
-                sys.exit(f"{name}: second derivative: {err}")
-        else:
-            sys.exit(f"{name}: a second derivative through the Triton kernels was not refused")
-    print(f"ok second derivatives refused ({', '.join(names)})")
 
 
 def main():
