@@ -110,13 +110,25 @@ def check_config_file(path: str) -> None:
     _stop_on(config_file_problem(path))
 
 
-def _run(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> None:
-    """Build the Runner and train or test (``step``). A checkpoint that cannot be used, or an unexpected keyword
+def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
+    """Merge ``--cfg-options`` into ``cfg``, a value of another type than the config's ending the process in one line
+    (exit status 2); returns the keys the config did not have (misspellings, as :func:`run_step` names them)."""
+    if not options:
+        return []
+    new_options = new_option_keys(cfg, options)
+    _stop_on(wrong_type_option(cfg, options))
+    cfg.merge_from_dict(options)
+    return new_options
+
+
+def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
+    """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
+    cannot be used, or an unexpected keyword
     argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a
     misspelling), end the process with one line (exit status 2); Ctrl-C with one line naming ``resume_from`` (the
     work_dir whose latest checkpoint --resume continues from, for training) and exit status 130."""
     try:
-        step()
+        return step()
     except CheckpointError as err:
         _exit_error(str(err))
     except TypeError as err:
@@ -156,10 +168,7 @@ def _load_config(args: argparse.Namespace):
     check_config_file(args.config)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
-    args.new_options = new_option_keys(cfg, args.cfg_options) if args.cfg_options else []
-    if args.cfg_options:
-        _stop_on(wrong_type_option(cfg, args.cfg_options))
-        cfg.merge_from_dict(args.cfg_options)
+    args.new_options = merge_cfg_options(cfg, args.cfg_options)
     if args.trust_checkpoint:
         walk_dicts(cfg.model, _trust_backbone)
     if args.work_dir:
@@ -322,7 +331,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         _exit_error(str(err))
     _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
-    _run(lambda: _build_runner(cfg, fit_source, overwritten).train(), args.new_options, resume_from=cfg.work_dir)
+    run_step(lambda: _build_runner(cfg, fit_source, overwritten).train(), args.new_options, resume_from=cfg.work_dir)
 
 
 def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -375,4 +384,4 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         runner.test()
 
-    _run(test, args.new_options)
+    run_step(test, args.new_options)

@@ -104,3 +104,20 @@ def test_default_shapes_are_the_original_tools():
     """Guards against a changed default input of mamba_get_flops.py: mmdet's get_flops counts at (H, W) =
     (1280, 800), the segmentation tool at (512, 2048), as the tool's --shape help says."""
     assert DEFAULT_SHAPES == {'mmdet': (1280, 800), 'mmseg': (512, 2048)}
+
+
+@pytest.mark.parametrize('option, message', [
+    ('model.backbone.drop_path_rate=abc',
+     'error: --cfg-options model.backbone.drop_path_rate=abc: the config holds a number there (0.1), not text'),
+    ('model.backbone.drop_path_rat=0.1',
+     "error: VSSM.__init__() got an unexpected keyword argument 'drop_path_rat': --cfg-options "
+     "model.backbone.drop_path_rat is not a key of the config (misspelt?)"),
+])
+def test_a_wrong_cfg_option_is_one_line_as_in_the_train_and_test_tools(tmp_path, option, message):
+    """A value of the wrong type, or a misspelt key, was a traceback from the model's build or its trace."""
+    config = write(tmp_path, TINY_SEG,
+                   'segmentation/configs/local_mamba/upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    proc = subprocess.run([sys.executable, TOOL, config, '--shape', *map(str, HW), '--cfg-options', option],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == message

@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 def main() -> None:
     from mmengine.config import Config
 
-    from classification.dense.launch import add_cfg_options, check_config_file
+    from classification.dense.launch import add_cfg_options, check_config_file, merge_cfg_options, run_step
     from classification.dense.mm_flops import DEFAULT_SHAPES, complexity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,10 +32,9 @@ def main() -> None:
         parser.error(f"--shape must be two positive sizes (H W), got {' '.join(map(str, args.shape))}")
     check_config_file(args.config)
     cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    new_options = merge_cfg_options(cfg, args.cfg_options)
     height, width = args.shape or DEFAULT_SHAPES[cfg.get('default_scope', 'mmdet')]
-    result = complexity(cfg, height, width)
+    result = run_step(lambda: complexity(cfg, height, width), new_options)
     line = '=' * 30
     print(f"{line}\nInput shape: (3, {height}, {width})\tFlops: {result['flops'] / 1e9:.3f} G\t"
           f"Params: {result['params'] / 1e6:.3f} M\n{line}")
