@@ -3,7 +3,7 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['detection.local_mamba'], allow_failed_imports=False)
-pretrained = None  # the base's Swin-T weights URL, which nothing here reads: the backbone's own pretrained= below is
+pretrained = None  # the base's Swin-T weights URL, which nothing here reads: the backbone's pretrained= is its file
 
 # The searched LocalVMamba-T directions, one list per block over all stages.
 from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS as directions  # noqa: E402
