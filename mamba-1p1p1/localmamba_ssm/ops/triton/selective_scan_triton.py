@@ -240,7 +240,7 @@ def _bc_view(M: torch.Tensor, dim: int):
 
 
 def _block_d(dim: int, B: torch.Tensor, C: torch.Tensor) -> int:
-    """Channels per program: a power of two <= 16 dividing Dm and every variable group size."""
+    """Channels per program: a power of two <= ``MAX_BLOCK_D`` dividing Dm and every variable group size."""
     size = dim
     for M in (B, C):
         if M.dim() >= 3:
