@@ -190,7 +190,8 @@ def _cached_table(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]
 
 
 # Cached tables: per (direction, grid) on the CPU, and per layer's (directions, grid, class token, device) stacked on
-# its device; a model at one input size needs one entry per distinct direction set and grid (LocalVMamba-T: 15).
+# its device; a model at one input size needs one entry per distinct direction set and grid (LocalVim-T: 15,
+# LocalVMamba-T: 14).
 DIRECTION_TABLES_KEPT = 1024
 LAYER_TABLES_KEPT = 128
 
