@@ -39,11 +39,19 @@ def _holder_line() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}, since {started}"
 
 
-class RunLock:
-    """An exclusive lock on the run folder `folder`, held between `acquire` and `release`."""
+# What a run refused by a live run's lock can do instead of waiting: a fresh run (or a branch) goes to another folder;
+# a resumed run continues in its checkpoint's folder whatever --experiment says, so it branches from the checkpoint.
+ELSEWHERE = "choose another --experiment"
+RESUMED_ELSEWHERE = "give --branch --experiment NEW to continue from its checkpoint in a new folder"
 
-    def __init__(self, folder: str):
+
+class RunLock:
+    """An exclusive lock on the run folder `folder`, held between `acquire` and `release`; a refusal advises
+    `elsewhere` (`ELSEWHERE`, or `RESUMED_ELSEWHERE` for a run resumed in its checkpoint's folder)."""
+
+    def __init__(self, folder: str, elsewhere: str = ELSEWHERE):
         self.folder = folder
+        self.elsewhere = elsewhere
         self.path = os.path.join(folder, LOCK_FILE)
         self._fd: Optional[int] = None
         self._created_folders: list[str] = []  # deepest first
@@ -84,7 +92,7 @@ class RunLock:
     def _refuse(self, holder: str) -> None:
         self.release()
         raise ConfigError(f"{self.folder} is in use by another run ({holder}): two runs in one folder would mix their "
-                          f"checkpoints and CSV rows; let that run end or stop it, or choose another --experiment")
+                          f"checkpoints and CSV rows; let that run end or stop it, or {self.elsewhere}")
 
     def _is_current(self, fd: int) -> bool:
         """True when `fd` is still the file at `path` (not one a releasing run deleted)."""

@@ -58,7 +58,7 @@ from .optim import build_optimizer
 from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_original_args,
                      keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy, warn_ema_switch,
                      warn_other_epoch_order)
-from .run_lock import RunLock, claim_run_folder
+from .run_lock import ELSEWHERE, RESUMED_ELSEWHERE, RunLock, claim_run_folder
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
 from .stopping import aborted, interrupted, saved_so_far
@@ -352,8 +352,9 @@ def train(cfg: Namespace) -> dict:
         finetune = _read_finetune_checkpoint(cfg, ckpt)
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
-        lock = RunLock(exp_dir)
-        unlocked = claim_run_folder(cfg, env, lock, fresh=ckpt is None or not is_training_checkpoint(ckpt))
+        fresh = ckpt is None or not is_training_checkpoint(ckpt)
+        lock = RunLock(exp_dir, ELSEWHERE if fresh or folder.branch_of else RESUMED_ELSEWHERE)
+        unlocked = claim_run_folder(cfg, env, lock, fresh=fresh)
         log = setup_logging(exp_dir, env.is_main)
         if unlocked is not None:
             log.warning(unlocked)

@@ -121,6 +121,22 @@ def test_resume_of_a_live_run_is_refused(finished_run, holder):
     assert digests(finished_run) == before
 
 
+def test_resume_of_a_live_run_advises_a_branch_which_goes_ahead(finished_run, holder, tmp_path):
+    """--resume continues in its checkpoint's folder whatever --experiment says, so the refusal must not send the user
+    to another --experiment (refused the same) but to --branch, which continues from the checkpoint in a new folder."""
+    live = holder(finished_run)
+    resume = ("--epochs", "3", "--resume", str(finished_run / "last.pth.tar"), "--output", str(tmp_path),
+              "--experiment", "elsewhere")
+    proc = run_tool("train.py", *TINY_RUN, *resume, check=False)
+    assert_one_line_error(proc, f"{finished_run} is in use by another run (pid {live.pid} on ")
+    assert "give --branch --experiment NEW" in proc.stderr and "choose another --experiment" not in proc.stderr
+    run_tool("train.py", *TINY_RUN, *resume, "--branch")
+    assert (tmp_path / "elsewhere" / "last.pth.tar").is_file()
+    live.kill()
+    live.wait()
+    os.remove(finished_run / LOCK_FILE)
+
+
 def test_a_refused_fresh_run_leaves_no_folder(tmp_path):
     proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "bad",
                     "--dataset", "imagenet", "--data-path", str(tmp_path / "missing"), check=False)
