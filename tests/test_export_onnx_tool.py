@@ -66,6 +66,22 @@ def test_the_ema_weights_are_loaded_when_asked(checkpoint):
 
 
 @needs_onnxruntime
+def test_the_tool_takes_model_ema_as_tools_test_py_spells_it(checkpoint, tmp_path):
+    """The epilog sends the model flags to tools/test.py -h, whose --model-ema evaluates the EMA weights: the export
+    took that flag as a model flag and exported the model's weights without a word."""
+    flags, trained = checkpoint
+    path = tmp_path / 'ema.onnx'
+    done = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, '--onnx', str(path),
+                           '--exporter', 'torchscript', '--no-check', '--model-ema'],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ' (EMA) to ' in done.stdout
+    ema_model = load_model(parse_args(flags, evaluation=True), ema=True)
+    assert onnxruntime_difference(ema_model, str(path), 28, batch=1) < 1e-3   # its weights are the model's + 1
+    assert onnxruntime_difference(trained.eval(), str(path), 28, batch=1) > 1
+
+
+@needs_onnxruntime
 def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_path):
     flags, _ = checkpoint
     existing = tmp_path / 'old.onnx'

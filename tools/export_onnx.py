@@ -30,7 +30,8 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimize", action="store_true",
                         help="run onnxscript's graph optimisation on the dynamo export (minutes for a full-size model; "
                              "onnxruntime gains little)")
-    parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
+    parser.add_argument("--ema", "--model-ema", dest="ema", action="store_true",
+                        help="export the checkpoint's EMA weights; --model-ema as in tools/test.py")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="do not run the ONNX model by onnxruntime against the model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE.onnx")
