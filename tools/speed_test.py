@@ -3,15 +3,15 @@
     python tools/speed_test.py -c configs/strategies/local_mamba/config.yaml --model local_vim_tiny -b 128
     python tools/speed_test.py --model local_vssm_tiny -b 8 --device cpu --iters 20 --warmup-iters 3
 
-FLOPs as the original's `get_flops`: the model's own `flops()` (LocalVim's analytic count, LocalVMamba's fvcore
-count), else fvcore's count with the scan handle. Inference in eval mode on random images (batch, 3, 224, 224),
-after `--warmup-iters` untimed forwards (default 100, as the original), timed over `--iters` forwards (default 1000);
-the throughput is batch / median seconds per forward (the original divides by the mean). Progress and an ETA are
-logged after the first forward and every tenth of them. `-c` reads `model`, `model_kwargs`, `directions`,
-`num_classes`, `batch_size`, `img_size` and `threads` from a YAML config (a run's `args.yaml` times that run's model
-as it ran), checked as tools/train.py checks it: config `model_kwargs` the model does not take are dropped with a
-warning, as training drops them; the command line wins (`--model-kwargs` updates the config's, and is refused where
-the model does not take a key).
+FLOPs as the original's `get_flops`: the model's own `flops()` (LocalVim's analytic count, LocalVMamba's fvcore count),
+else fvcore's count with the scan handle. Inference in eval mode on random images (batch, 3, S, S), S the `--img-size`
+(default 224), after `--warmup-iters` untimed forwards (default 100, as the original), timed over `--iters` forwards
+(default 1000); the throughput is batch / median seconds per forward (the original divides by the mean). Progress and an
+ETA are logged after the first forward and every tenth of them. `-c` reads `model`, `model_kwargs`, `directions`,
+`num_classes`, `batch_size`, `img_size` and `threads` from a YAML config (a run's `args.yaml` times that run's model as
+it ran), checked as tools/train.py checks it: config `model_kwargs` the model does not take are dropped with a warning,
+as training drops them; the command line wins (`--model-kwargs` updates the config's, and is refused where the model
+does not take a key).
 """
 import argparse
 import logging
