@@ -35,6 +35,14 @@ def test_unknown_family_needs_a_baseline(capsys):
     assert 'pass --baseline' in capsys.readouterr().err
 
 
+def test_an_unknown_family_among_several_models_is_sent_to_a_command_of_its_own(capsys):
+    """--baseline takes one --model: the advice to pass it must say so, or following it meets a second refusal."""
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--model', 'local_vim_tiny', 'resnet18'])
+    assert "no default baseline for 'resnet18': pass --baseline, in a command with it alone as --model (--baseline " \
+           "takes one --model)" in capsys.readouterr().err
+
+
 def test_model_rows_and_csv(tmp_path):
     out = tmp_path / 'bench.csv'
     benchmark.main(['--model', 'local_vim_tiny', '--img-size', '32', '--batch-sizes', '1', '2', '--train-batch', '2',

@@ -101,7 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         args.baselines = [args.baseline] if args.baseline else [default_baseline(name) for name in args.model]
     except ValueError as err:
-        parser.error(str(err))
+        alone = ", in a command with it alone as --model (--baseline takes one --model)" if len(args.model) > 1 else ""
+        parser.error(f"{err}{alone}")
     if args.repeats is None:
         args.repeats = 5 if args.model else 10
     table_flags = {"--img-size": args.img_size, "--batch-sizes": args.batch_sizes, "--train-batch": args.train_batch}
