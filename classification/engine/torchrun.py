@@ -129,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "EADDRINUSE" not in str(err) and "address already in use" not in str(err):
             raise
         port = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--master_port=")), "29500")
-        print(f"error: the master port {port} is in use (another run on this machine?): set MASTER_PORT to a free "
+        variable = "PORT" if os.environ.get("PORT") == port else "MASTER_PORT"  # det/seg's dist_*.sh take PORT first
+        print(f"error: the master port {port} is in use (another run on this machine?): set {variable} to a free "
               f"port, or leave it unset on one node to take one", file=sys.stderr)
         return 1
     except SignalException as err:

@@ -327,6 +327,24 @@ def test_a_signalled_launch_ends_in_one_line_with_the_signals_status(monkeypatch
     assert torchrun.main([]) == 0
 
 
+def test_a_busy_port_given_as_the_det_seg_scripts_port_names_port(monkeypatch, capsys):
+    """detection/ and segmentation/'s dist_*.sh take PORT before MASTER_PORT (tools/mm_dist_run.sh): setting or
+    unsetting MASTER_PORT, as the line advised, left the busy PORT in place."""
+    import torch.distributed.run
+
+    from classification.engine import torchrun
+
+    def busy(argv):
+        raise RuntimeError("The server socket has failed to listen on any local network address. code: -98, name: "
+                           "EADDRINUSE, message: address already in use")
+    monkeypatch.setattr(torch.distributed.run, "main", busy)
+    monkeypatch.setenv("PORT", "29511")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    assert torchrun.main(["--master_port=29511", "train.py"]) == 1
+    assert capsys.readouterr().err == ("error: the master port 29511 is in use (another run on this machine?): set "
+                                       "PORT to a free port, or leave it unset on one node to take one\n")
+
+
 @pytest.mark.parametrize("error", [RuntimeError, torch.distributed.DistNetworkError], ids=lambda e: e.__name__)
 def test_a_busy_port_is_one_line_whichever_error_torch_raises(monkeypatch, capsys, error):
     """torch 2.4 raises a plain RuntimeError for a port in use, newer torch its subclass DistNetworkError; another
