@@ -32,7 +32,7 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     Shapes are skipped while ``torch.jit`` traces (ONNX export), where they are traced values.
     """
     if A.is_complex():
-        raise NotImplementedError("selective_scan: complex A is not supported (A must be real fp32 of shape (Dm, N))")
+        raise NotImplementedError("selective_scan: complex A is not supported (A must be real, of shape (Dm, N))")
     for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
         if not isinstance(flag, bool):
             raise ValueError(f"selective_scan: {name} must be a bool, got {flag!r}")
