@@ -85,9 +85,15 @@ def saved_search_candidates(model: nn.Module) -> Optional[list[str]]:
     return None if candidates is None else list(candidates)
 
 
+def checkpoint_folder(path: str) -> str:
+    """The folder that holds checkpoint `path`: that of the file it names, through symbolic links (a link elsewhere
+    to a run's last.pth.tar names that run's folder)."""
+    return os.path.dirname(os.path.realpath(path))
+
+
 def run_config_beside(path: str) -> Optional[str]:
     """The `args.yaml` of the run whose folder holds checkpoint `path`, or None when there is none."""
-    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "args.yaml")
+    run_config = os.path.join(checkpoint_folder(path), "args.yaml")
     return run_config if os.path.isfile(run_config) else None
 
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 
 from ..common.checkpoint_io import TMP_PREFIX, CheckpointError, load_checkpoint
 from ..common.csv_log import RUN_CSV_FILES
-from .checkpoint import LAST
+from .checkpoint import LAST, checkpoint_folder
 from .config import ConfigError
 
 # What a training run writes; `--overwrite` deletes exactly these.
@@ -56,7 +56,7 @@ def describe_progress(ckpt: Mapping[str, Any]) -> str:
 def _folder_last(path: str, trust: bool) -> tuple[Optional[Mapping[str, Any]], Optional[str]]:
     """The training checkpoint `last.pth.tar` beside the checkpoint `path` (None when there is none, or it is `path`
     itself), and why it cannot be read (None when it can)."""
-    last = os.path.join(os.path.dirname(os.path.abspath(path)), LAST)
+    last = os.path.join(checkpoint_folder(path), LAST)
     if not os.path.isfile(last) or os.path.samefile(last, path):
         return None, None
     try:
@@ -80,7 +80,7 @@ def check_same_run(path: str, ckpt: Mapping[str, Any], last: Optional[Mapping[st
     written before run ids were recorded are not compared."""
     mine, theirs = ckpt.get("run_id"), (last or {}).get("run_id")
     if mine and theirs and mine != theirs:
-        folder = os.path.dirname(os.path.abspath(path))
+        folder = checkpoint_folder(path)
         raise ConfigError(f"{path} is a checkpoint of another run than the one in {folder} (its {LAST} has another "
                           f"run id): continuing it there would mix the two runs' checkpoints and CSV rows; give "
                           f"--branch --experiment NEW to continue it in a new folder")
@@ -105,11 +105,11 @@ def choose_run_folder(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> Run
             raise ConfigError(f"--{'branch' if cfg.branch else 'rewind'} continues a run from one of its training "
                               f"checkpoints; {cfg.resume or '--resume'} is released weights (no training state)")
         return RunFolder(named)
-    own = os.path.dirname(os.path.abspath(cfg.resume))
+    own = checkpoint_folder(cfg.resume)
     if cfg.branch:
-        if os.path.abspath(named) == own or previous_run_files(named):
+        if os.path.realpath(named) == own or previous_run_files(named):
             raise ConfigError(f"--branch continues {cfg.resume} in a new folder, and {named} "
-                              f"{'is its own' if os.path.abspath(named) == own else 'holds a run'}: give "
+                              f"{'is its own' if os.path.realpath(named) == own else 'holds a run'}: give "
                               f"--experiment NEW")
         return RunFolder(named, branch_of=own)
     last, unreadable = _folder_last(cfg.resume, cfg.trust_checkpoint)
@@ -206,9 +206,9 @@ def check_overwrite_spares(folder: str, inputs: Mapping[str, Optional[str]]) -> 
     --finetune weights kept in the folder of the run they came from)."""
     if not os.path.isdir(folder):
         return
-    doomed = {os.path.join(os.path.abspath(folder), name) for name in _run_file_names(folder)}
+    doomed = {os.path.join(os.path.realpath(folder), name) for name in _run_file_names(folder)}
     for flag, path in inputs.items():
-        if path and os.path.abspath(path) in doomed:
+        if path and os.path.realpath(path) in doomed:
             raise ConfigError(f"--overwrite would delete {flag} {path}, which lies in the run folder {folder}: move "
                               f"it out of the folder first, or choose another --experiment")
 

@@ -364,7 +364,7 @@ def train(cfg: Namespace) -> dict:
         if folder.branch_of is not None:
             log.info(f"--branch: continuing from {cfg.resume} in {exp_dir}; the run in {folder.branch_of} is left "
                      f"as it is")
-        elif os.path.abspath(named) != os.path.abspath(exp_dir):
+        elif os.path.realpath(named) != os.path.realpath(exp_dir):
             other = "" if cfg.experiment == DEFAULT_EXPERIMENT else f" (not {named}, where --experiment points)"
             log.info(f"Continuing in the resumed checkpoint's folder {exp_dir}{other}")
             cfg.output, cfg.experiment = os.path.split(os.path.normpath(exp_dir))  # what args.yaml and checkpoints say

@@ -53,6 +53,33 @@ def test_resume_continues_in_the_checkpoints_own_folder(finished_run, tmp_path):
     assert torch.load(src / "last.pth.tar", map_location="cpu", weights_only=True)["epoch"] == 1
 
 
+def test_resume_through_a_link_continues_in_the_folder_of_the_checkpoint_it_names(finished_run, tmp_path):
+    """A checkpoint given by a symbolic link elsewhere (`ln -s RUN/last.pth.tar latest.pth.tar`): the run went on in
+    the link's folder, starting its CSV files and kept checkpoints afresh there, and its own folder stayed behind."""
+    src, links = tmp_path / "src", tmp_path / "links"
+    run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "src")
+    links.mkdir()
+    (links / "latest.pth.tar").symlink_to(src / "last.pth.tar")
+    run_tool("train.py", *TINY_RUN, "--epochs", "2", "--output", str(tmp_path), "--experiment", "src",
+             "--resume", str(links / "latest.pth.tar"))
+    assert os.listdir(links) == ["latest.pth.tar"]
+    assert [r[0] for r in rows(src / "metrics.csv")] == ["epoch", "0", "1"]
+    assert torch.load(src / "last.pth.tar", map_location="cpu", weights_only=True)["epoch"] == 1
+
+
+def test_overwrite_refuses_to_delete_its_finetune_weights_given_by_a_link(finished_run, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "best.pth.tar").write_bytes((finished_run / "best.pth.tar").read_bytes())
+    (tmp_path / "weights.pth.tar").symlink_to(folder / "best.pth.tar")
+    before = digests(folder)
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "run",
+                    "--overwrite", "--finetune", str(tmp_path / "weights.pth.tar"), check=False)
+    assert_one_line_error(proc, f"--overwrite would delete --finetune {tmp_path / 'weights.pth.tar'}, which lies in "
+                                f"the run folder")
+    assert digests(folder) == before
+
+
 def test_failed_resume_touches_nothing(finished_run, tmp_path):
     run = tmp_path / "run"
     run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "run")
