@@ -11,7 +11,8 @@ is refused as `--epochs 7.9` is); `null` is taken only by a flag whose default i
 `--overwrite`, `--resume`, `--rewind` and `--branch` say what one command does to a run folder, not how an experiment
 is configured: a config file may not set `overwrite` or `rewind` (deleting a run is asked for on the command line
 only), and `args.yaml` leaves them out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or
-continuing that one.
+continuing that one. `--trust-checkpoint` (unpickle a checkpoint, which can run code) is per command too: left out of
+`args.yaml`, and refused in a config file, so that no later command reading the file trusts a checkpoint unasked.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import yaml
 from ..common import atomic_write_text
 from .flags import build_parser
 
-RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch")  # per command, left out of args.yaml (module doc)
+# per command, left out of args.yaml (module doc)
+RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch", "trust_checkpoint")
 
 # The original toolbox's flags of features this code leaves out, with the values that leave them off (its defaults):
 # the args.yaml of each of its runs holds them all.
@@ -287,6 +289,9 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
         if key in ("overwrite", "rewind") and value:
             raise ConfigError(f"{path}: key {key!r}: a config file cannot delete a run; give --{key} on the command "
                               f"line")
+        if key == "trust_checkpoint" and value:
+            raise ConfigError(f"{path}: key {key!r}: a config file cannot let checkpoints run code; remove the key "
+                              f"and give --trust-checkpoint on the command line for a file you trust")
         values[key] = _coerce(actions[key], value, texts.get(key), f"{path}: key {key!r}")
     return values
 
@@ -312,9 +317,10 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
 
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The resolved flags as a plain dict that `-c` accepts again (internal fields and the run-control flags
-    `RUN_CONTROL_FLAGS`, `overwrite` / `resume` / `rewind` / `branch`, left out), from any working directory: the
-    `--directions` file is named by its absolute path (a checkpoint's refusal hint names it too)."""
+    """The resolved flags as a plain dict that `-c` accepts again (internal fields and the per-command flags
+    `RUN_CONTROL_FLAGS`, `overwrite` / `resume` / `rewind` / `branch` / `trust_checkpoint`, left out), from any
+    working directory: the `--directions` file is named by its absolute path (a checkpoint's refusal hint names it
+    too)."""
     skip = {"cli_model_kwargs", "config_model", *RUN_CONTROL_FLAGS}
     out = {}
     for key, value in sorted(vars(args).items()):

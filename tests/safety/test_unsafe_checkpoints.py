@@ -37,6 +37,16 @@ def test_crafted_checkpoint_runs_no_code(tool, payload, tmp_path):
     assert not os.path.exists(tmp_path / "exp")  # refused before any run folder or log file was made
 
 
+def test_the_trust_of_one_command_does_not_pass_to_a_run_of_its_args_yaml(payload, tmp_path):
+    """A run started with --trust-checkpoint wrote it into args.yaml: tools/test.py -c that args.yaml unpickled a
+    crafted checkpoint without the flag."""
+    ckpt, marker = payload
+    run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "trusted", TRUST_FLAG)
+    proc = run_tool("test.py", "-c", str(tmp_path / "trusted" / "args.yaml"), "--resume", ckpt, check=False)
+    assert not os.path.exists(marker), "the payload ran"
+    assert_one_line_error(proc, f"{ckpt} holds pickled objects")
+
+
 def test_our_checkpoints_load_without_pickle(finished_run):
     for name in ("last.pth.tar", "best.pth.tar", "checkpoint-1.pth.tar"):
         ckpt = torch.load(finished_run / name, map_location="cpu", weights_only=True)

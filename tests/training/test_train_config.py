@@ -153,6 +153,23 @@ def test_a_config_file_cannot_delete_a_run(tmp_path):
     assert parse_args(["-c", write_yaml(tmp_path / "e.yaml", {"epochs": 2}), "--overwrite"]).overwrite
 
 
+def test_a_config_file_cannot_let_a_checkpoint_run_code(tmp_path):
+    """--trust-checkpoint holds for its own command: args.yaml recorded it, and every later `-c args.yaml` (test.py
+    of a downloaded file, a new run's --finetune) then unpickled any checkpoint without being asked."""
+    args = parse_args(["-c", RECIPE, "--trust-checkpoint"])
+    save_config(args, str(tmp_path / "args.yaml"))
+    with open(tmp_path / "args.yaml") as f:
+        assert "trust_checkpoint" not in yaml.safe_load(f)
+    assert not parse_args(["-c", str(tmp_path / "args.yaml")]).trust_checkpoint
+    cfg = write_yaml(tmp_path / "c.yaml", {"trust_checkpoint": True, "epochs": 2})
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'trust_checkpoint': a config file cannot let checkpoints "
+                                          r"run code; remove the key and give --trust-checkpoint on the command "
+                                          r"line for a file you trust"):
+        parse_args(["-c", cfg])
+    assert not parse_args(["-c", write_yaml(tmp_path / "d.yaml", {"trust_checkpoint": False})]).trust_checkpoint
+    assert parse_args(["-c", write_yaml(tmp_path / "e.yaml", {"epochs": 2}), "--trust-checkpoint"]).trust_checkpoint
+
+
 def test_cutmix_minmax_takes_two_values():
     with pytest.raises(ConfigError, match=r"--cutmix-minmax takes two values \(min max\), got \[0.3\]"):
         parse_args(["--cutmix-minmax", "0.3"])
