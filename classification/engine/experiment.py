@@ -203,12 +203,13 @@ def _run_file_names(folder: str) -> list[str]:
 
 def check_overwrite_spares(folder: str, inputs: Mapping[str, Optional[str]]) -> None:
     """Refuse `--overwrite` of `folder` when it would delete one of the run's inputs (`{flag: path}`, e.g. the
-    --finetune weights kept in the folder of the run they came from)."""
+    --finetune weights kept in the folder of the run they came from, or a link to them there or elsewhere)."""
     if not os.path.isdir(folder):
         return
     doomed = {os.path.join(os.path.realpath(folder), name) for name in _run_file_names(folder)}
     for flag, path in inputs.items():
-        if path and os.path.realpath(path) in doomed:
+        if path and {os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path)),
+                     os.path.realpath(path)} & doomed:
             raise ConfigError(f"--overwrite would delete {flag} {path}, which lies in the run folder {folder}: move "
                               f"it out of the folder first, or choose another --experiment")
 

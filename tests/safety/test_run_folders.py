@@ -3,6 +3,7 @@
 import csv
 import os
 
+import pytest
 import torch
 import yaml
 
@@ -78,6 +79,19 @@ def test_overwrite_refuses_to_delete_its_finetune_weights_given_by_a_link(finish
     assert_one_line_error(proc, f"--overwrite would delete --finetune {tmp_path / 'weights.pth.tar'}, which lies in "
                                 f"the run folder")
     assert digests(folder) == before
+
+
+def test_overwrite_refuses_to_delete_a_link_in_the_folder_that_is_its_finetune_weights(tmp_path):
+    from classification.engine.config import ConfigError
+    from classification.engine.experiment import check_overwrite_spares
+
+    (tmp_path / "weights.pth.tar").write_bytes(b"weights")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pth.tar").symlink_to(tmp_path / "weights.pth.tar")
+    for given in (tmp_path / "run" / "best.pth.tar", tmp_path / "run" / ".." / "run" / "best.pth.tar"):
+        with pytest.raises(ConfigError, match="--overwrite would delete --finetune"):
+            check_overwrite_spares(str(tmp_path / "run"), {"--finetune": str(given)})
+    check_overwrite_spares(str(tmp_path / "run"), {"--finetune": str(tmp_path / "weights.pth.tar")})
 
 
 def test_failed_resume_touches_nothing(finished_run, tmp_path):
