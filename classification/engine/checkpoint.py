@@ -205,11 +205,16 @@ class CheckpointManager:
     def state_dict(self) -> list[list]:
         return [list(item) for item in self.ckpts]
 
-    def load_state_dict(self, ckpts: list[list], left_alone: Sequence[str] = ()) -> None:
+    def load_state_dict(self, ckpts: list[list], left_alone: Sequence[str] = (), keep_missing: bool = False) -> None:
         """Adopt a resumed run's list (names; full paths of earlier versions are reduced to their file names) and the
-        original code's files it leaves alone (`adopt`)."""
+        original code's files it leaves alone (`adopt`). Entries whose files are not in the folder are dropped (a
+        branch's new folder, a rewind past evictions), unless `keep_missing` (the run continued in its own folder,
+        whose files a user deleted to free space): they keep their ranks, so `best.pth.tar`, the copy of the best
+        one, is neither removed nor replaced by a worse epoch."""
         entries = [[os.path.basename(str(name)), float(score)] for name, score in ckpts]
-        self.ckpts = [item for item in entries if os.path.isfile(self.path(item[0]))][: self.keep_num]
+        if not keep_missing:
+            entries = [item for item in entries if os.path.isfile(self.path(item[0]))]
+        self.ckpts = entries[: self.keep_num]
         self.left_alone = set(left_alone)
 
     def _record(self, payload: dict[str, Any]) -> None:
@@ -221,7 +226,7 @@ class CheckpointManager:
     def latest(self, before_epoch: int) -> Optional[tuple[int, str]]:
         """The kept `checkpoint-<epoch>.pth.tar` of the latest epoch before `before_epoch`, as (epoch, path); None
         when none is kept."""
-        epochs = _epoch_files((name for name, _ in self.ckpts), before_epoch)
+        epochs = _epoch_files((name for name, _ in self.ckpts if os.path.isfile(self.path(name))), before_epoch)
         if not epochs:
             return None
         epoch, name = max(epochs)
@@ -243,7 +248,7 @@ class CheckpointManager:
     def reconcile(self) -> None:
         """Make the folder match the resumed list: drop `checkpoint-N` files it does not hold (written or not yet
         evicted when the run stopped) and copy the best of the list to `best.pth.tar` (removed when the list is empty:
-        a run resumed in the middle of its first epoch)."""
+        a run resumed in the middle of its first epoch; left as it is when the best's own file was deleted)."""
         if not self.enabled or not os.path.isdir(self.save_dir):
             return
         kept = {name for name, _ in self.ckpts}
@@ -251,7 +256,8 @@ class CheckpointManager:
             if name not in kept and name not in self.left_alone:
                 os.remove(self.path(name))
         if self.ckpts:
-            atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))
+            if os.path.isfile(self.path(self.ckpts[0][0])):
+                atomic_copy(self.path(self.ckpts[0][0]), self.path(BEST))
         elif os.path.exists(self.path(BEST)):
             os.remove(self.path(BEST))
 

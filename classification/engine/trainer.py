@@ -171,7 +171,8 @@ class Run:
         if self.original_run:
             adopt_original_checkpoints(self.manager, start_epoch, path, self.log)
         else:
-            self.manager.load_state_dict(ckpt["checkpoints"], ckpt.get("left_alone") or ())
+            self.manager.load_state_dict(ckpt["checkpoints"], ckpt.get("left_alone") or (),
+                                         keep_missing=not (self.cfg.branch or self.cfg.rewind))
         rng = ckpt.get("rng") or []
         if len(rng) == self.env.world_size:
             self.rng_to_restore = rng[self.env.rank]
@@ -302,7 +303,8 @@ class Run:
         self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
         kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
         ranked = "Checkpoints, by the EMA's top-1:" if self.ema is not None else "Checkpoints, by top-1:"
-        log.info("\n".join([ranked] + [f"        {os.path.join(self.exp_dir, p)} : {s:.3f}%" for p, s in kept]))
+        deleted = {p: "" if os.path.isfile(self.manager.path(p)) else " (file deleted)" for p, _ in kept}
+        log.info("\n".join([ranked] + [f"        {self.manager.path(p)} : {s:.3f}%{deleted[p]}" for p, s in kept]))
         return metrics
 
     def epoch_position(self, step: int) -> str:

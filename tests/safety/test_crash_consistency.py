@@ -80,6 +80,41 @@ def test_a_tied_score_keeps_the_earlier_epoch_first(tmp_path):
     assert epoch_of == {"checkpoint-0.pth.tar": 0, "checkpoint-1.pth.tar": 1, "best.pth.tar": 0, "last.pth.tar": 2}
 
 
+@pytest.mark.parametrize("keep_missing", [True, False])
+def test_checkpoint_files_deleted_by_hand_keep_their_rank_and_best(tmp_path, keep_missing):
+    """A user frees disk space by deleting the checkpoint-N files, keeping best.pth.tar and last.pth.tar; a resume
+    in the run's own folder (keep_missing) dropped their entries: best.pth.tar was removed, then replaced by a worse
+    epoch. A branch's new folder (keep_missing=False) starts its ranking afresh from the files it has."""
+    import torch
+
+    from classification.engine.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(str(tmp_path), keep_num=3)
+    for epoch, score in enumerate([40.0, 70.0, 60.0]):
+        manager.update(epoch, score, {"epoch": epoch})
+    for epoch in range(3):
+        os.remove(tmp_path / f"checkpoint-{epoch}.pth.tar")
+    resumed = CheckpointManager(str(tmp_path), keep_num=3)
+    resumed.load_state_dict(manager.state_dict(), keep_missing=keep_missing)
+    resumed.reconcile()
+
+    def best_epoch():
+        path = tmp_path / "best.pth.tar"
+        return torch.load(path, weights_only=True)["epoch"] if path.exists() else None
+
+    if keep_missing:
+        assert best_epoch() == 1 and resumed.latest(before_epoch=3) is None
+        resumed.update(3, 65.0, {"epoch": 3})                     # worse than the deleted best: kept second
+        assert best_epoch() == 1 and [name for name, _ in resumed.ckpts] == [
+            "checkpoint-1.pth.tar", "checkpoint-3.pth.tar", "checkpoint-2.pth.tar"]
+        resumed.update(4, 75.0, {"epoch": 4})                     # better: it takes best.pth.tar
+        assert best_epoch() == 4 and resumed.ckpts[0] == ["checkpoint-4.pth.tar", 75.0]
+    else:
+        assert best_epoch() is None and resumed.ckpts == []
+        resumed.update(3, 65.0, {"epoch": 3})
+        assert best_epoch() == 3
+
+
 @pytest.mark.parametrize("write", ["save", "copy", "text"])
 def test_checkpoint_writes_are_synced_before_and_after_their_rename(write, tmp_path, monkeypatch):
     """A machine crash (not only a killed process) must not leave last.pth.tar empty: the temporary file's data is

@@ -68,6 +68,22 @@ def test_resume_through_a_link_continues_in_the_folder_of_the_checkpoint_it_name
     assert torch.load(src / "last.pth.tar", map_location="cpu", weights_only=True)["epoch"] == 1
 
 
+def test_checkpoints_deleted_to_free_space_keep_the_best(tmp_path):
+    """`rm checkpoint-*.pth.tar`, keeping best.pth.tar and last.pth.tar, then --resume: best.pth.tar was deleted at
+    the resume, or replaced by a worse later epoch. It stays the best epoch's of metrics.csv, the later epoch
+    included (here with a learning rate that spoils it)."""
+    folder = tmp_path / "run"
+    run_tool("train.py", *TINY_RUN, "--epochs", "3", "--output", str(tmp_path), "--experiment", "run")
+    for path in folder.glob("checkpoint-*.pth.tar"):
+        path.unlink()
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "4", "--lr", "5", "--resume", str(folder / "last.pth.tar"))
+    top1 = {int(row[0]): float(row[3]) for row in rows(folder / "metrics.csv")[1:]}
+    best = max(sorted(top1), key=lambda epoch: top1[epoch])                        # ties: the earlier epoch
+    assert sorted(top1) == [0, 1, 2, 3]
+    assert torch.load(folder / "best.pth.tar", map_location="cpu", weights_only=True)["epoch"] == best
+    assert "(file deleted)" in proc.stdout + proc.stderr
+
+
 def test_overwrite_refuses_to_delete_its_finetune_weights_given_by_a_link(finished_run, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
