@@ -15,6 +15,7 @@ import classification  # noqa: F401  (registers the models)
 from classification.benchmarks import build_model
 from classification.engine.config import ConfigError
 from classification.engine.plotting import plot_run
+from localmamba_kernel_runtime.backends import forced_backend
 
 REPO = Path(__file__).resolve().parents[2]
 SEARCHED = "supernet: local_vim_tiny_search\ntopk: 2\ndirections:\n- [h, w2]\n- [v_flip, w7, w7_flip]\n"
@@ -152,3 +153,14 @@ def test_an_image_size_a_model_cannot_take_ends_in_one_line(flops_tool, capsys):
     assert capsys.readouterr().err.strip() == (
         "error: --img-size 2: model local_vssm_tiny cannot take 2x2 images (LocalVMamba: images must be "
         "(B, C, H, W) with H, W >= 4 (the patch size), got shape (1, 3, 2, 2))")
+
+
+def test_a_kernel_setting_the_model_cannot_run_is_not_blamed_on_the_image_size(flops_tool, monkeypatch, capsys):
+    """A forced backend that cannot run on these inputs (LOCALMAMBA_BACKEND=triton on a CPU) fails the size check's
+    forward: the tool says so as tools/train.py does, not that the model cannot take images of that size."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with forced_backend("triton"):
+        assert flops_tool.main(["local_vssm_tiny", "--img-size", "32"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: backend 'triton' (forced in Python by force_backend() or forced_backend()) cannot run op "
+        "'multi_scan_inner' on cpu inputs: triton kernels need CUDA tensors (or TRITON_INTERPRET=1 with CPU tensors)")
