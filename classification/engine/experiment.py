@@ -250,5 +250,6 @@ def finished_run(cfg: Any, ckpt: Optional[Mapping[str, Any]]) -> Optional[str]:
         return None
     if next_epoch(ckpt) < cfg.epochs:
         return None
-    return (f"--resume auto: {cfg.resume} has finished epoch {ckpt['epoch']}, the last of --epochs {cfg.epochs}: "
-            f"nothing left to train")
+    past = f", past epoch {cfg.epochs - 1}" if ckpt["epoch"] > cfg.epochs - 1 else ""
+    return (f"--resume auto: {cfg.resume} has finished epoch {ckpt['epoch']}{past}, the last of --epochs "
+            f"{cfg.epochs}: nothing left to train")

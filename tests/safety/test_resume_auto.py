@@ -77,3 +77,14 @@ def test_a_finished_run_is_left_as_it_is(tmp_path, capsys):
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     with pytest.raises(ConfigError, match="already finished epoch 0 and --epochs 1 ends the run"):
         train(parse_args([*TINY_RUN, "--epochs", "1", "--resume", str(folder / "last.pth.tar")]))
+
+
+def test_a_run_gone_past_a_lower_epochs_is_not_said_to_end_there(tmp_path, capsys):
+    """A job whose --epochs is lower than the epochs its run has trained: the line says where --epochs ends the run,
+    not that the run's last epoch is the last of those --epochs."""
+    folder = tmp_path / "run"
+    train_auto(tmp_path, 2)
+    capsys.readouterr()
+    assert train_auto(tmp_path, 1) == {}
+    assert (f"--resume auto: {folder / 'last.pth.tar'} has finished epoch 1, past epoch 0, the last of --epochs 1: "
+            f"nothing left to train") in capsys.readouterr().out
