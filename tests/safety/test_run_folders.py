@@ -84,19 +84,6 @@ def test_checkpoints_deleted_to_free_space_keep_the_best(tmp_path):
     assert "(file deleted)" in proc.stdout + proc.stderr
 
 
-def test_overwrite_refuses_to_delete_its_finetune_weights_given_by_a_link(finished_run, tmp_path):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "best.pth.tar").write_bytes((finished_run / "best.pth.tar").read_bytes())
-    (tmp_path / "weights.pth.tar").symlink_to(folder / "best.pth.tar")
-    before = digests(folder)
-    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "run",
-                    "--overwrite", "--finetune", str(tmp_path / "weights.pth.tar"), check=False)
-    assert_one_line_error(proc, f"--overwrite would delete --finetune {tmp_path / 'weights.pth.tar'}, which lies in "
-                                f"the run folder")
-    assert digests(folder) == before
-
-
 def test_overwrite_refuses_to_delete_a_link_in_the_folder_that_is_its_finetune_weights(tmp_path):
     from classification.engine.config import ConfigError
     from classification.engine.experiment import check_overwrite_spares
@@ -151,17 +138,22 @@ def test_convert_never_replaces_its_input_or_an_existing_file(finished_run, tmp_
     assert list(torch.load(other, weights_only=True))[0] == "state_dict"  # the run's record beside it
 
 
-def test_overwrite_refuses_to_delete_its_own_finetune_weights(finished_run, tmp_path):
-    """--overwrite of the folder that holds the --finetune weights loaded them, then deleted them with the old run."""
+@pytest.mark.parametrize("through_link", [False, True])
+def test_overwrite_refuses_to_delete_its_own_finetune_weights(finished_run, tmp_path, through_link):
+    """--overwrite of the folder that holds the --finetune weights loaded them, then deleted them with the old run;
+    so did weights given by a symbolic link elsewhere into the folder."""
     folder = tmp_path / "run"
     folder.mkdir()
     for name in ("best.pth.tar", "metrics.csv"):
         (folder / name).write_bytes((finished_run / name).read_bytes())
+    weights = folder / "best.pth.tar"
+    if through_link:
+        weights = tmp_path / "weights.pth.tar"
+        weights.symlink_to(folder / "best.pth.tar")
     before = digests(folder)
     proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path), "--experiment", "run",
-                    "--overwrite", "--finetune", str(folder / "best.pth.tar"), check=False)
-    assert_one_line_error(proc, f"--overwrite would delete --finetune {folder / 'best.pth.tar'}, which lies in the "
-                                f"run folder")
+                    "--overwrite", "--finetune", str(weights), check=False)
+    assert_one_line_error(proc, f"--overwrite would delete --finetune {weights}, which lies in the run folder")
     assert digests(folder) == before
 
 
