@@ -81,6 +81,19 @@ print(rss_peak_mib(churn))
 
 
 @needs_proc_peak
+def test_a_step_that_stays_below_the_resident_size_peaks_at_zero(monkeypatch):
+    """The peak read after a step can be a few pages below the resident size read before it: a sweep row read
+    -0.078 MiB (the sweep tool's test failed on `>= 0`)."""
+    from classification.benchmarks import peak_memory
+
+    sizes = {"VmRSS": 50_080, "VmHWM": 50_000}                              # KiB: the peak 80 KiB below
+    monkeypatch.setattr(peak_memory, "_status_kib", sizes.__getitem__)
+    assert peak_memory.rss_peak_mib(lambda: None) == 0.0
+    sizes["VmHWM"] = 50_080 + 2048
+    assert peak_memory.rss_peak_mib(lambda: None) == 2.0
+
+
+@needs_proc_peak
 def test_a_failing_memory_child_is_named_in_one_line():
     with pytest.raises(RuntimeError, match=r"^peak memory of no_such_model at 32px: .*no_such_model"):
         forward_peak_mib('no_such_model', 32)

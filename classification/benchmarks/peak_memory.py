@@ -42,12 +42,14 @@ def rss_peak_supported() -> bool:
 
 
 def rss_peak_mib(step: Callable[[], None]) -> float:
-    """MiB by which the resident size of this process peaked above its size before ``step`` while ``step`` ran."""
+    """MiB by which the resident size of this process peaked above its size before ``step`` while ``step`` ran; 0 for
+    a step that stays below it (the peak read after such a step can be a few pages below the size read before it:
+    a sweep row read -0.078 MiB)."""
     with open(PROC_CLEAR_REFS, "w") as f:
         f.write(RESET_PEAK_RSS)
     before = _status_kib("VmRSS")
     step()
-    return (_status_kib("VmHWM") - before) / 1024
+    return max(0.0, (_status_kib("VmHWM") - before) / 1024)
 
 
 def cuda_peak_mib(step: Callable[[], None], device: Union[str, torch.device], above_current: bool = True) -> float:
