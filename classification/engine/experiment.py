@@ -201,6 +201,13 @@ def _run_file_names(folder: str) -> list[str]:
     return [name for name in sorted(os.listdir(folder)) if any(fnmatch.fnmatch(name, p) for p in RUN_FILE_PATTERNS)]
 
 
+def _entry_and_target(path: str) -> set[str]:
+    """Where `path` is: its folder entry (the folder resolved through links, the name kept: a link itself) and, for
+    a link, the file it leads to."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return {os.path.join(folder, os.path.basename(path)), os.path.realpath(path)}
+
+
 def check_overwrite_spares(folder: str, inputs: Mapping[str, Optional[str]]) -> None:
     """Refuse `--overwrite` of `folder` when it would delete one of the run's inputs (`{flag: path}`, e.g. the
     --finetune weights kept in the folder of the run they came from, or a link to them there or elsewhere)."""
@@ -208,8 +215,7 @@ def check_overwrite_spares(folder: str, inputs: Mapping[str, Optional[str]]) -> 
         return
     doomed = {os.path.join(os.path.realpath(folder), name) for name in _run_file_names(folder)}
     for flag, path in inputs.items():
-        if path and {os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path)),
-                     os.path.realpath(path)} & doomed:
+        if path and _entry_and_target(path) & doomed:
             raise ConfigError(f"--overwrite would delete {flag} {path}, which lies in the run folder {folder}: move "
                               f"it out of the folder first, or choose another --experiment")
 
