@@ -123,10 +123,10 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
 
 def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
     """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
-    cannot be used, or an unexpected keyword
-    argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a
-    misspelling), end the process with one line (exit status 2); Ctrl-C with one line naming ``resume_from`` (the
-    work_dir whose latest checkpoint --resume continues from, for training) and exit status 130."""
+    cannot be used, or an unexpected keyword argument that is a part of one of ``new_options`` (``--cfg-options`` keys
+    the config did not have: a misspelling), end the process with one line (exit status 2); Ctrl-C with one line
+    naming ``resume_from`` (the work_dir whose latest checkpoint --resume continues from, for training) and exit
+    status 130."""
     try:
         return step()
     except CheckpointError as err:
