@@ -80,6 +80,15 @@ def _environment_choice() -> str:
 _environment_choice._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
+def _functorch_transforms_active() -> bool:
+    """Whether a ``torch.func`` transform is running: a constant to dynamo as well (torch 2.4's breaks the graph at
+    this call, so a compiled model ran in pieces)."""
+    return torch._C._are_functorch_transforms_active()
+
+
+_functorch_transforms_active._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def requested_backend() -> str:
     """The forced backend (``auto`` when none): ``LOCALMAMBA_BACKEND`` as read at the first choice, or the value
     given to :func:`force_backend` since; unknown values are refused."""
@@ -181,7 +190,7 @@ def select(op: str, device: Union[None, str, torch.device],
 
     if REFERENCE in table and torch.onnx.is_in_onnx_export():
         chosen, how = REFERENCE, "ONNX export records plain PyTorch ops only, whatever backend is forced"
-    elif REFERENCE in table and torch._C._are_functorch_transforms_active():
+    elif REFERENCE in table and _functorch_transforms_active():
         chosen, how = REFERENCE, "torch.func transforms (grad, vmap, jvp) take plain PyTorch ops, whatever is forced"
     elif requested != "auto" and requested in table:
         reason = reason_against(requested, True)
