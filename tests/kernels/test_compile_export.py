@@ -75,7 +75,10 @@ class InnerModule(torch.nn.Module):
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
                     reason="onnx / onnxruntime not installed")
-@pytest.mark.parametrize("backend, dynamo", [("reference", False), ("cpu", False), ("cpu", True)])
+@pytest.mark.parametrize("backend, dynamo", [
+    ("reference", False), ("cpu", False),
+    pytest.param("cpu", True, marks=pytest.mark.skipif(
+        torch.__version__ < "2.8", reason="the torch.export-based exporter needs torch >= 2.8 (export_onnx.py)"))])
 def test_inner_function_exports_to_onnx(force_backend, tmp_path, backend, dynamo):
     """The export records the reference ops; a forced kernel backend (LOCALMAMBA_BACKEND=cpu, say, set for training)
     does not reach it: its custom ops have no ONNX form, and the exporters failed on them ("unrecognized namespace
