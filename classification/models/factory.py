@@ -95,7 +95,7 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only
         state_dict = checkpoint_filter_fn(state_dict, model)
         cfg = getattr(model, 'pretrained_cfg', None) or {}
         if features_only:
-            check_trunk_fits(state_dict, model, cfg.get('classifier'))
+            check_trunk_fits(state_dict, model, cfg.get('classifier'), cfg.get('first_conv'))
             return state_dict
         head = state_dict.get(f"{cfg.get('classifier')}.weight")
         num_classes = getattr(model, 'num_classes', None)
@@ -106,24 +106,33 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only
                              f'model {num_classes}: pass num_classes={head.shape[0]} to keep it, or the number of '
                              f'your classes to train a new one on the pretrained trunk')
         if num_classes != cfg.get('num_classes'):  # timm drops the classifier and loads the rest non-strictly
-            check_trunk_fits(state_dict, model, cfg.get('classifier'))
+            check_trunk_fits(state_dict, model, cfg.get('classifier'), cfg.get('first_conv'))
         return state_dict
     return filter_fn
 
 
-def check_trunk_fits(state_dict: dict, model: nn.Module, classifier: Union[None, str, Sequence[str]]) -> None:
+def check_trunk_fits(state_dict: dict, model: nn.Module, classifier: Union[None, str, Sequence[str]],
+                     first_conv: Union[None, str, Sequence[str]] = None) -> None:
     """Refuse (ValueError) pretrained weights that do not fit ``model`` apart from its ``classifier`` module(s): timm
     loads them with ``strict=False`` when the class counts differ, which left a checkpoint of another model or size
-    silently unloaded (random weights) where a same-class-count load stops."""
+    silently unloaded (random weights) where a same-class-count load stops. A ``first_conv`` weight of another
+    input-channel count is left to timm, which adapts it to the model's ``in_chans`` after this check."""
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    input_convs = {f'{conv}.weight' for conv in ((first_conv,) if isinstance(first_conv, str) else first_conv or ())}
 
     def trunk(names):
         return [name for name in names if not any(name.startswith(f'{head}.') for head in heads)]
 
+    def other_shape(name: str) -> bool:
+        saved, wanted = state_dict[name].shape, own[name].shape
+        if name in input_convs and len(saved) == len(wanted) > 1:   # (out, in, ...): timm adapts ``in``
+            return saved[:1] + saved[2:] != wanted[:1] + wanted[2:]
+        return saved != wanted
+
     own = model.state_dict()
     missing = trunk(name for name in own if name not in state_dict)
     unexpected = trunk(name for name in state_dict if name not in own)
-    resized = trunk(name for name in own if name in state_dict and state_dict[name].shape != own[name].shape)
+    resized = trunk(name for name in own if name in state_dict and other_shape(name))
     problems = [f'{what} {", ".join(names[:3])}{", ..." if len(names) > 3 else ""} ({len(names)})'
                 for what, names in (('missing', missing), ('unexpected', unexpected), ('other shapes', resized))
                 if names]

@@ -164,6 +164,23 @@ def test_pretrained_local_vim_adapts_its_patch_embedding_to_one_input_channel(ch
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1000)
 
 
+@pytest.mark.parametrize('name, first_conv', [('local_vim_tiny', 'patch_embed.proj.weight'),
+                                              ('local_vssm_small', 'patch_embed.0.weight')])
+@pytest.mark.parametrize('head', [dict(num_classes=10), dict(features_only=True)])
+def test_pretrained_trunk_of_a_one_channel_model_takes_the_adapted_first_conv(name, first_conv, head, tmp_path):
+    """Released weights for 1-channel images and a new head (10 classes, or features_only): the trunk check took the
+    3-channel first conv for a weight of another model ('other shapes patch_embed...') before timm could sum it over
+    its input channels, as it does for a 1000-class model."""
+    path = tmp_path / f'{name}.ckpt'
+    weights = _released_file(name, path)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), in_chans=1,
+                              **head, **TINY[name])
+    own = {key.removeprefix('model.'): value for key, value in model.state_dict().items()}   # FeatureGetterNet's
+    torch.testing.assert_close(own[first_conv], weights[first_conv].sum(dim=1, keepdim=True))
+    assert all(torch.equal(value, weights[key]) for key, value in own.items()
+               if key != first_conv and not key.startswith(('head.', 'classifier.head.')))
+
+
 def test_pretrained_local_vim_resizes_the_tables_of_a_224_checkpoint(tmp_path):
     path = tmp_path / 'local_vim_tiny.ckpt'
     weights = _released_file('local_vim_tiny', path)
