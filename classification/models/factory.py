@@ -187,6 +187,16 @@ def warn_of_other_directions(model: nn.Module, checkpoint: Mapping[str, Any], pa
                       stacklevel=_stacklevel_of_caller())
 
 
+def warning_of_other_directions(filter_fn: CheckpointFilter, checkpoint: Mapping[str, Any],
+                                path: str) -> CheckpointFilter:
+    """``filter_fn`` that first calls :func:`warn_of_other_directions` with the model it loads into: the model
+    itself, whose directions a ``features_only`` wrapper built after the load no longer shows."""
+    def filter_fn_warning(state_dict: dict, model: nn.Module) -> dict:
+        warn_of_other_directions(model, checkpoint, path)
+        return filter_fn(state_dict, model)
+    return filter_fn_warning
+
+
 def checked_out_indices(name: str, out_indices: Sequence[int], count: int, unit: str) -> list[int]:
     """``out_indices`` as sorted non-negative indices below ``count`` (negative ones count from the end); a
     ValueError naming the model says which index does not exist or repeats."""
@@ -226,13 +236,13 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     if pretrained and device is not None and torch.device(device).type == 'meta':
         raise ValueError(f"{variant}: pretrained weights cannot load into a model on the 'meta' device, which holds no "
                          f"values; build it on another device, or without pretrained=True")
+    filter_fn = keeping_a_fitting_head(checkpoint_filter_fn, bool(kwargs.get('features_only')))
     pretrained_file = read_pretrained_file(variant, kwargs) if pretrained else None
+    if pretrained_file is not None:
+        filter_fn = warning_of_other_directions(filter_fn, pretrained_file[1], pretrained_file[0])
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(
-            model_cls, variant, pretrained,
-            pretrained_filter_fn=keeping_a_fitting_head(checkpoint_filter_fn, bool(kwargs.get('features_only'))),
+            model_cls, variant, pretrained, pretrained_filter_fn=filter_fn,
             feature_cfg=dict(feature_cls='getter', out_indices=tuple(default_out_indices)),
             **kwargs)
-    if pretrained_file is not None:
-        warn_of_other_directions(model, pretrained_file[1], pretrained_file[0])
     return model if dtype is None else model.to(dtype)

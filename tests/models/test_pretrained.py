@@ -267,10 +267,13 @@ def test_a_pretrained_file_that_cannot_be_read_is_named_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
-def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, tmp_path):
+@pytest.mark.parametrize('features', [{}, dict(features_only=True), dict(features_only=True, feature_cls='hook')])
+def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, features, tmp_path):
     """A checkpoint that records its run's scan directions (a training one, or tools/convert_ckpt.py's output) loaded
     into a model of other directions: same keys and shapes, so it loaded without a word and computed something
-    else. Now a warning names the first layer that differs; the model of its own directions loads silently."""
+    else. Now a warning names the first layer that differs; the model of its own directions loads silently. A
+    features_only model was compared by its wrapper, which has no directions: its own directions were called 'a
+    search supernet'."""
     path = tmp_path / f'{name}.ckpt'
     weights = _released_file(name, path)
     own = [list(layer) for layer in TINY[name]['directions']]
@@ -279,8 +282,9 @@ def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, tmp_pa
     with pytest.warns(UserWarning, match=re.escape(f"{path} was trained with other scan directions (layer 0: {own[0]} "
                                                    f"vs {other[0]} here)")) as caught:
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                          **{**TINY[name], 'directions': other})
+                          **{**TINY[name], 'directions': other}, **features)
     assert [w.filename for w in caught if 'scan directions' in str(w.message)] == [__file__]   # the user's line
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name])
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name],
+                          **features)
