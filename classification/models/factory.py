@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg
 from torch import nn
 
 from ..common.checkpoint_io import CheckpointError, UnsafeCheckpointError, load_checkpoint
-from .directions import directions_difference
+from .directions import checkpoint_candidates, directions_difference
 
 # Assets of the original's v1.0.0 GitHub release (each a ``{'state_dict': ...}`` file with a ``log_*.txt`` beside it).
 RELEASE_URL = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/'
@@ -178,12 +178,17 @@ def _stacklevel_of_caller() -> int:
 
 def warn_of_other_directions(model: nn.Module, checkpoint: Mapping[str, Any], path: str) -> None:
     """Warn when the file the model's weights came from (a training checkpoint) records other scan directions than
-    the model's: the weights load (same keys and shapes) and compute something else. A file that records none
-    (released weights) is not checked."""
+    the model's, or a search supernet's other candidates (as many): the weights load (same keys and shapes) and
+    compute something else. A file that records none (released weights) is not checked."""
     other = directions_difference(model, checkpoint)
     if other is not None:
         warnings.warn(f'{path} was trained with other scan directions ({other}): build the model with the '
                       f'directions= of its run (its --directions file) to compute what it learned',
+                      stacklevel=_stacklevel_of_caller())
+    searched, own = checkpoint_candidates(checkpoint), getattr(model, 'candidates', None)
+    if searched is not None and own is not None and tuple(searched) != tuple(own):
+        warnings.warn(f'{path} is a search over other candidates ({", ".join(searched)} vs {", ".join(own)} here): '
+                      f'build the model with the candidates= of its run, {list(searched)}',
                       stacklevel=_stacklevel_of_caller())
 
 
@@ -220,8 +225,8 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     ``default_out_indices`` unless ``out_indices`` is given (a list of ``feature_count`` layers or stages, the
     ``feature_unit``: checked and sorted by :func:`checked_out_indices`; the maps are not normalised; timm's
     ``feature_cls`` 'fx' and 'hook' work too; 'dict' and 'list' are refused, as for timm's ViT). A search supernet
-    refuses ``directions``; a training checkpoint of other directions than the model's is loaded with a warning
-    (`warn_of_other_directions`); a missing or unreadable local file is one `CheckpointError`. timm's
+    refuses ``directions``; a training checkpoint of other directions (or candidates) than the model's is loaded
+    with a warning (`warn_of_other_directions`); a missing or unreadable local file is one `CheckpointError`. timm's
     ``device`` builds the model there (``'meta'``: no memory, no initialisation), ``dtype`` casts it once built."""
     if variant in SUPERNET_FINAL_MODELS and kwargs.get('directions') is not None:
         raise ValueError(supernet_directions_error(variant))

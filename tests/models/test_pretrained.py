@@ -288,3 +288,24 @@ def test_pretrained_file_of_other_scan_directions_warns_naming_them(name, featur
         warnings.simplefilter('error')
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY[name],
                           **features)
+
+
+@pytest.mark.parametrize('name, small', [('local_vim_tiny_search', dict(depth=2, embed_dim=16)),
+                                         ('local_vssm_tiny_search', dict(depths=(1, 1, 1, 1), dims=16))])
+def test_pretrained_search_over_other_candidates_warns_naming_them(name, small, tmp_path):
+    """A supernet's training checkpoint (it records its candidates) into a supernet of as many other candidates: the
+    search weights and branches loaded without a word, each under another direction. A warning names both lists;
+    the supernet of the run's candidates loads silently."""
+    searched = ['h', 'v', 'w3', 'w3_flip']
+    path = tmp_path / f'{name}.pth'
+    weights = timm.create_model(name, candidates=searched, **small).state_dict()
+    torch.save({'model': weights, 'model_name': name, 'directions': None, 'candidates': searched}, path)
+    with pytest.warns(UserWarning, match=re.escape(f"{path} is a search over other candidates (h, v, w3, w3_flip vs "
+                                                   f"h, h_flip, v, v_flip here): build the model with the "
+                                                   f"candidates= of its run, {searched}")):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                          candidates=['h', 'h_flip', 'v', 'v_flip'], **small)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), candidates=searched,
+                          **small)
