@@ -180,8 +180,8 @@ class DenseBackbone(nn.Module):
         except UnsafeCheckpointError:
             raise UnsafeCheckpointError(
                 f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; if '
-                f'you trust its source, pass --trust-checkpoint to the det/seg tools or set trust_checkpoint=True on '
-                f'the backbone (--cfg-options model.backbone.trust_checkpoint=True)') from None
+                f'you trust its source, pass --trust-checkpoint to the det/seg tools (for that command only) or build '
+                f'the backbone with trust_checkpoint=True') from None
         weights = state_dict_from(checkpoint, key, source=path)
         if self.pretrained_prefix:
             weights = {name[len(self.pretrained_prefix):]: value for name, value in weights.items()

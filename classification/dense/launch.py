@@ -11,7 +11,9 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   ``--trust-checkpoint`` is given. Nothing changes torch's default for other loads.
 * Without CUDA, ``AmpOptimWrapper`` (which needs a GPU) is replaced by ``OptimWrapper``, and distributed runs (which
   mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN.
-* ``--trust-checkpoint`` also lets the LocalMamba backbones load pretrained weights that need pickle.
+* ``--trust-checkpoint`` also lets the LocalMamba backbones load pretrained weights that need pickle. It holds for its
+  own command only: it is set on the built backbones, not in the config, which mmengine saves into the work_dir and
+  every checkpoint (a later run of that saved config would trust the file again unasked).
 * A checkpoint that is tested or resumed must fit the model (mmengine would load what fits and go on with the rest as
   initialised) and its backbone's scan directions, which every checkpoint records; pretrained backbone weights of
   another model are refused by the backbone.
@@ -169,8 +171,6 @@ def _load_config(args: argparse.Namespace):
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     args.new_options = merge_cfg_options(cfg, args.cfg_options)
-    if args.trust_checkpoint:
-        walk_dicts(cfg.model, _trust_backbone)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -239,11 +239,6 @@ def _replace_sync_bn(node: dict) -> None:
         node['type'] = 'BN'
 
 
-def _trust_backbone(node: dict) -> None:
-    if is_backbone(node):
-        node['trust_checkpoint'] = True
-
-
 def _skip_pretrained(node: dict) -> None:
     if is_backbone(node):
         for key in ('pretrained', 'pretrained_ckpt', 'init_cfg'):
@@ -258,15 +253,21 @@ def resumes_a_checkpoint(cfg: Config) -> bool:
                                             or osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')))
 
 
-def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = ()):
+def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = (), trust: bool = False):
     """mmengine's Runner with the weights-only checkpoint hook, and, given ``fit_source`` (the checkpoint to test or
     resume, as named in errors), the check that its weights fit the model; ``overwritten``: the earlier run's
-    checkpoint files in the work_dir, deleted once the run has started."""
+    checkpoint files in the work_dir, deleted once the run has started; ``trust``: the backbones may load pretrained
+    weights that need pickle (``--trust-checkpoint``)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from .backbones import DenseBackbone
     from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook, ScanDirectionsHook
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if trust:   # on the modules, which load their weights in runner.train(): the saved config leaves it out
+        for module in runner.model.modules():
+            if isinstance(module, DenseBackbone):
+                module.trust_checkpoint = True
     runner.register_hook(PlainCheckpointHook())
     runner.register_hook(ScanDirectionsHook())
     if fit_source is not None:
@@ -331,7 +332,8 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         _exit_error(str(err))
     _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
-    run_step(lambda: _build_runner(cfg, fit_source, overwritten).train(), args.new_options, resume_from=cfg.work_dir)
+    run_step(lambda: _build_runner(cfg, fit_source, overwritten, args.trust_checkpoint).train(), args.new_options,
+             resume_from=cfg.work_dir)
 
 
 def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:

@@ -151,3 +151,42 @@ def test_the_test_tool_refuses_a_crafted_checkpoint_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {crafted} holds pickled objects')
     assert '--trust-checkpoint' in proc.stderr and 'Traceback' not in proc.stderr and not marker.exists()
+
+
+def test_the_trust_of_one_command_does_not_pass_to_a_run_of_its_saved_config(tmp_path):
+    """--trust-checkpoint went into the backbone's config, which mmengine saves in the work_dir (and in every
+    checkpoint's meta): a later run of that saved config unpickled the backbone's file again without being asked."""
+    require('mmseg')
+    from test_mm_tools import TINY_CONFIG, _ade_folder
+
+    from classification.dense.backbones import MM_LocalVSSM
+    from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS
+    root = str(tmp_path / 'ade')
+    _ade_folder(root)
+    directions = [list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]]
+    marker = tmp_path / 'marker'
+    pretrained = tmp_path / 'pretrained.pth'
+    weights = MM_LocalVSSM(dims=16, depths=(1, 1, 1, 1), directions=directions).state_dict()
+    torch.save({'model': weights, 'payload': _Payload(str(marker))}, pretrained)
+    config = tmp_path / 'tiny_upernet_local_vssm.py'
+    config.write_text(TINY_CONFIG.format(
+        base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'),
+        hw=IMAGE_HW, directions=directions, root=root, ckpt=str(pretrained)))
+    train = os.path.join(REPO, 'segmentation', 'tools', 'train.py')
+
+    def run(config_file, work_dir, *flags):
+        return subprocess.run([sys.executable, train, str(config_file), '--work-dir', str(work_dir), *flags],
+                              capture_output=True, text=True, timeout=600)
+
+    trusted = run(config, tmp_path / 'trusted', '--trust-checkpoint')
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert marker.exists() and 'MM_LocalVSSM: loaded' in trusted.stdout + trusted.stderr
+    saved = tmp_path / 'trusted' / config.name
+    assert 'trust_checkpoint' not in saved.read_text()
+    assert 'trust_checkpoint' not in torch.load(tmp_path / 'trusted' / 'iter_2.pth', weights_only=True)['meta']['cfg']
+    marker.unlink()
+    again = run(saved, tmp_path / 'again')
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert again.stderr.strip().splitlines()[-1].startswith(f'error: {pretrained} holds pickled objects')
+    assert 'Traceback' not in again.stderr and not marker.exists()
