@@ -122,7 +122,7 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypat
     for name in earlier + ['backbone.pth']:
         (work / name).write_text('x')
     started = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(): SimpleNamespace(
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(), *_: SimpleNamespace(
         train=lambda: started.append((cfg, overwritten))))
     argv = [config, '--work-dir', str(work)]
     with pytest.raises(SystemExit) as exit_info:
@@ -161,7 +161,7 @@ def test_resuming_another_runs_checkpoint_into_a_work_dir_that_holds_a_run_is_re
             (folder / name).write_text('x')
     started = []
     monkeypatch.setattr(launch, 'missing_checkpoint', lambda path, flag: None)
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(): SimpleNamespace(
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(), *_: SimpleNamespace(
         train=lambda: started.append(cfg.work_dir)))
     resume = ['--resume', str(other / 'iter_10.pth')]
     with pytest.raises(SystemExit) as exit_info:
