@@ -17,6 +17,9 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 * A checkpoint that is tested or resumed must fit the model (mmengine would load what fits and go on with the rest as
   initialised) and its backbone's scan directions, which every checkpoint records; pretrained backbone weights of
   another model are refused by the backbone.
+* A test run saves its config as ``<timestamp>.py`` beside its log folder: mmengine names the copy after the config
+  file, so ``test.py work_dirs/X/X.py CKPT`` (whose default work_dir is work_dirs/X) wrote the test's config (no
+  pretrained backbone file, ``load_from`` the tested checkpoint) over the training run's.
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: a config file that does not
   exist, a ``--cfg-options`` item without ``=`` or with text where the config holds a number or a boolean, a
   misspelt ``--cfg-options`` key that a class refuses as an unexpected keyword argument, a work_dir that cannot be
@@ -246,6 +249,13 @@ def _skip_pretrained(node: dict) -> None:
                 node[key] = None
 
 
+def _unnamed(cfg: Config) -> Config:
+    """``cfg`` without its file's name, after which mmengine's Runner names the copy it saves in the work_dir: a test
+    run's copy is then ``<timestamp>.py``, beside its log folder, and leaves the training run's alone."""
+    from mmengine.config import Config
+    return Config(cfg.to_dict())
+
+
 def resumes_a_checkpoint(cfg: Config) -> bool:
     """True when the run continues from a checkpoint: ``--resume CKPT``, or ``--resume`` with a ``last_checkpoint``
     in the work_dir (without one, mmengine starts the run afresh)."""
@@ -380,7 +390,7 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     _stop_on(work_dir_problem(cfg.work_dir))
 
     def test() -> None:
-        runner = _build_runner(cfg, args.checkpoint)
+        runner = _build_runner(_unnamed(cfg), args.checkpoint)
         if args.out and task == 'detection':
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

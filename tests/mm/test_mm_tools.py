@@ -86,11 +86,21 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert 'a checkpoint of another model family?' in refused.strip().splitlines()[-1]
     assert "--overwrite: deleted" not in refused and os.path.isfile(checkpoint)   # the run it would replace stays
 
+    saved_config = os.path.join(work, config.name)     # the training's resolved config, beside its checkpoints
+    with open(saved_config, encoding='utf-8') as f:
+        trained = f.read()
     out = str(tmp_path / 'preds')
     log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work)
     assert 'mIoU' in log
     assert os.listdir(out) == ['0.png']
     assert Image.open(os.path.join(out, '0.png')).size == IMAGE_HW[::-1]
+    # the test run saves its own config beside its log folder; the training run's stays as it was
+    with open(saved_config, encoding='utf-8') as f:
+        assert f.read() == trained
+    tested = [name for name in os.listdir(work) if name.endswith('.py') and name != config.name]
+    assert len(tested) == 1 and os.path.isdir(os.path.join(work, tested[0][:-3]))
+    with open(os.path.join(work, tested[0]), encoding='utf-8') as f:
+        assert f"load_from = '{checkpoint}'" in f.read()
 
     # the checkpoint records its backbone's directions: a config with others is refused, the checkpoint gives them
     assert torch.load(checkpoint, weights_only=True)['directions'] == directions
