@@ -356,7 +356,8 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--out', help='detection: a .pkl file for the raw results; segmentation: a folder for the '
                                       'predicted maps')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
-    parser.add_argument('--show-dir', help='save images with predictions drawn to this folder')
+    parser.add_argument('--show-dir', help='save every image with its predictions drawn: detection in DIR (under '
+                                           'work_dir/<timestamp>/ if relative), segmentation in DIR/vis_data/vis_image')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
     _common_args(parser)
@@ -369,6 +370,8 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.show or args.show_dir:
         hook = cfg.default_hooks.visualization
         hook.draw = True
+        if task == 'segmentation':
+            hook.interval = 1   # mmseg's hook draws every 50th image by default: of a small test set none
         if args.show:
             hook.show, hook.wait_time = True, args.wait_time
         if args.show_dir:

@@ -90,9 +90,12 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     with open(saved_config, encoding='utf-8') as f:
         trained = f.read()
     out = str(tmp_path / 'preds')
-    log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work)
+    shown = str(tmp_path / 'shown')
+    log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work, '--show-dir', shown)
     assert 'mIoU' in log
     assert os.listdir(out) == ['0.png']
+    # every image drawn (mmseg's hook draws every 50th: of a small test set none)
+    assert os.listdir(os.path.join(shown, 'vis_data', 'vis_image')) == ['test_0.jpg_0.png']
     assert Image.open(os.path.join(out, '0.png')).size == IMAGE_HW[::-1]
     # the test run saves its own config beside its log folder; the training run's stays as it was
     with open(saved_config, encoding='utf-8') as f:
