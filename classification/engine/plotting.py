@@ -74,6 +74,7 @@ def epoch_positions(epochs: Sequence[float], steps: Sequence[float], finished: S
 
 
 EPOCH_AXIS = "epochs trained"
+FIRST_EPOCH_AXIS = "iterations (no epoch finished yet)"
 
 
 def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], ema: bool = False) -> Figure:
@@ -81,7 +82,7 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], em
     on one axis of epochs trained: epoch e's metrics at e + 1 (its end), its learning rates from e to e + 1. `ema`:
     the validation columns are the EMA weights' (a --model-ema run), as the titles then say. Curves carry a marker,
     so a run of one epoch shows its points; a run stopped in its first epoch (no metrics rows) shows its learning
-    rates, and the other panels say that no epoch has finished."""
+    rates against its iterations, and the other panels say that no epoch has finished."""
     fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
     ends = [epoch + 1 for epoch in m["epoch"]]
     of = " (test: the EMA weights)" if ema else ""
@@ -90,9 +91,11 @@ def draw_run(m: dict[str, list[float]], lr: Optional[dict[str, list[float]]], em
     axes[0].set(title="loss" + of, xlabel=EPOCH_AXIS)
     axes[0].legend()
     if lr is not None:
-        axes[1].plot(epoch_positions(lr["epoch"], lr["step"], finished=m["epoch"]), lr["lr"],
-                     marker="." if len(lr["lr"]) == 1 else None)
-        axes[1].set(title="learning rate", xlabel=EPOCH_AXIS)
+        # no finished epoch gives an epoch's length: the first epoch's rows are drawn at their iterations
+        at, xlabel = ((epoch_positions(lr["epoch"], lr["step"], finished=m["epoch"]), EPOCH_AXIS) if ends
+                      else (lr["step"], FIRST_EPOCH_AXIS))
+        axes[1].plot(at, lr["lr"], marker="." if len(lr["lr"]) == 1 else None)
+        axes[1].set(title="learning rate", xlabel=xlabel)
     else:
         axes[1].set(title="learning rate (no lr.csv)")
     axes[2].plot(ends, m["top1"], marker=".", label="top-1")

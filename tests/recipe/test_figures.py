@@ -157,6 +157,19 @@ def test_the_learning_rate_of_an_epoch_in_progress_is_drawn_at_its_share_of_an_e
     assert list(curve.get_xdata()) == [0.0, 0.5, 0.75, 1.0, 1.25]
 
 
+def test_the_learning_rate_of_a_first_epoch_in_progress_is_drawn_at_its_iterations(tmp_path):
+    """No epoch has finished: nothing gives an epoch's length. The rows of 6 iterations done were drawn over
+    0 .. 0.83 epochs, as if the epoch were nearly done; they are drawn at their iterations, on an axis that says so."""
+    from classification.engine.plotting import draw_run, read_csv
+
+    lr = read_csv(_write(tmp_path / "lr.csv", "epoch,step,lr\n0,0,0.1\n0,2,0.15\n0,5,0.2\n"))
+    metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n"), allow_empty=True)
+    rates = draw_run(metrics, lr).axes[1]
+    (curve,) = rates.get_lines()
+    assert list(curve.get_xdata()) == [0.0, 2.0, 5.0]
+    assert rates.get_xlabel() == "iterations (no epoch finished yet)"
+
+
 def test_the_curves_of_an_ema_run_say_whose_accuracy_they_show(tmp_path, monkeypatch):
     """metrics.csv's validation columns are the EMA's in a --model-ema run (its args.yaml says so)."""
     from classification.engine import plotting
