@@ -160,6 +160,21 @@ def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, 
     assert exit_info.value.code == 2 and message in err.splitlines()[-1]
 
 
+@pytest.mark.parametrize('variable, value, message', [
+    ('CC', '/nonexistent', "CC='/nonexistent' is not an executable C compiler"),
+    ('LOCALMAMBA_CPU_ISA', 'bogus', "LOCALMAMBA_CPU_ISA='bogus' is not an instruction set"),
+    ('LOCALMAMBA_BACKEND', 'bogus', "LOCALMAMBA_BACKEND"),
+])
+def test_a_bad_kernel_setting_ends_in_one_line_before_any_timing(variable, value, message, monkeypatch, capsys):
+    """--op timed the ops into the setting's traceback, where tools/train.py and the other tools print one line."""
+    monkeypatch.setenv('LOCALMAMBA_CPU_KERNEL', 'require')
+    monkeypatch.setenv(variable, value)
+    with backends.restoring_choice(), pytest.raises(SystemExit) as exit_info:
+        backends.force_backend(None)  # LOCALMAMBA_BACKEND is read again
+        benchmark.parse_args(['--op', 'conv1d', '--batch', '1', '--dim', '4', '--seqlen', '8'])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_a_plot_name_without_extension_is_the_png_file_matplotlib_writes(tmp_path):
     args = benchmark.parse_args(['--model', 'local_vim_tiny', '--sweep', '224', '--plot', str(tmp_path / 'sweep')])
     assert args.plot == str(tmp_path / 'sweep.png')

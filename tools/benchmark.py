@@ -34,6 +34,7 @@ import os
 import sys
 
 import torch
+from localmamba_kernel_runtime.settings import SETTING_ERRORS, check_settings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,7 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, in one line and before any timing, sizes out of range, a --csv that cannot be written (a missing
     folder, a folder, no permission), a --plot format matplotlib cannot write (a name without extension becomes the
-    .png file it writes), an unknown --device and --backends that cannot run on it."""
+    .png file it writes), an unknown --device, a bad kernel setting (LOCALMAMBA_BACKEND, LOCALMAMBA_CPU_ISA,
+    LOCALMAMBA_CPU_KERNEL, CC) and --backends that cannot run on it."""
     threads = 1 if args.threads is None else args.threads
     lows = (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--img-size", args.img_size, 1),
             ("--batch-sizes", min(args.batch_sizes), 1), ("--train-batch", args.train_batch, 0),
@@ -165,7 +167,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(problem)
     try:
         args.device = str(parse_device(args.device))
-    except ValueError as err:
+        check_settings(args.device)
+    except (ValueError, *SETTING_ERRORS) as err:
         parser.error(str(err))
     missing = unavailable_backends(args.op, args.device, args.backends) if args.op and args.backends else []
     if missing:
