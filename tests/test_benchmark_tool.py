@@ -236,6 +236,25 @@ def test_an_image_size_the_baseline_cannot_take_ends_in_one_line(capsys):
     assert len(err.splitlines()) == 1
 
 
+def test_a_kernel_that_does_not_build_is_not_blamed_on_the_image_size():
+    """Under LOCALMAMBA_CPU_KERNEL=require a failed build raised in the first forward read `--img-size 32: model ...
+    cannot take 32x32 images (... the compiler said:)`, the compiler's output cut off; it is the build's error,
+    whole."""
+    from classification.benchmarks.model_speed import check_image_size
+    from classification.engine.config import ConfigError
+    from localmamba_kernel_runtime.ckernel import KernelBuildError
+
+    class BuildFails(torch.nn.Linear):
+        def forward(self, x):
+            raise KernelBuildError('LOCALMAMBA_CPU_KERNEL=require, but building failed; the compiler said:\n'
+                                   'scan.c:1: error: bad')
+
+    with pytest.raises(ConfigError) as raised:
+        check_image_size(BuildFails(1, 1), 'local_vim_tiny', 32)
+    assert str(raised.value) == ('LOCALMAMBA_CPU_KERNEL=require, but building failed; the compiler said:\n'
+                                 'scan.c:1: error: bad')
+
+
 def test_ema_rows_time_both_updates_and_compare_their_weights(tmp_path, capsys):
     out = tmp_path / 'ema.csv'
     benchmark.main(['--ema', 'timm_local_vim_tiny', '--repeats', '1', '--warmup', '0', '--csv', str(out)])

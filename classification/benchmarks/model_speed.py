@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
+from localmamba_kernel_runtime.ckernel import KernelBuildError
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 from torch import nn
 
@@ -68,12 +69,13 @@ def square_side(img_size: Any) -> int:
 
 def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
     """Run ``model`` on one ``img_size`` image; ``ConfigError`` in one line when it cannot take that size (smaller
-    than a patch or a window) or a kernel setting cannot run it, before any timing or FLOP count."""
+    than a patch or a window) or a kernel setting cannot run it (a kernel that does not build under
+    ``LOCALMAMBA_CPU_KERNEL=require``: its error whole), before any timing or FLOP count."""
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, img_size, img_size, device=device))
-    except SETTING_ERRORS as err:  # a kernel setting these inputs cannot run, whatever their size
+    except (*SETTING_ERRORS, KernelBuildError) as err:  # a kernel setting these inputs cannot run, whatever their size
         raise ConfigError(str(err)) from err
     except (ValueError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
