@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import yaml
 from torch import nn
 
-from ..common import CheckpointError, atomic_write_text, load_checkpoint
+from ..common import TRUST_FLAG, CheckpointError, UnsafeCheckpointError, atomic_write_text, load_checkpoint
 from ..common.checkpoint_io import CHECKPOINT_MAGIC
 from .scan_maps import parse_direction
 
@@ -222,9 +222,15 @@ def _is_checkpoint(path: str) -> bool:
 
 
 def _checkpoint_directions(path: str) -> list[list[str]]:
-    """The ``directions`` entry of the checkpoint at ``path``; ValueError when it holds none."""
+    """The ``directions`` entry of the checkpoint at ``path``; ValueError when it holds none, or when it needs pickle
+    (``--directions`` takes no ``--trust-checkpoint``: the error names the conversion that gives a file it reads)."""
     try:
         table = load_checkpoint(path, mmap=True).get('directions')
+    except UnsafeCheckpointError as e:
+        raise ValueError(f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run '
+                         f'code; --directions reads checkpoints without pickle: if you trust its source, python '
+                         f'tools/convert_ckpt.py {path} OUT {TRUST_FLAG} writes its weights and directions to OUT, '
+                         f'which --directions reads') from e
     except CheckpointError as e:
         raise ValueError(str(e)) from e
     if not isinstance(table, list) or not all(isinstance(layer, list) for layer in table):

@@ -136,6 +136,29 @@ def test_a_directions_file_that_holds_none_is_refused_by_name(tmp_path, content,
         load_directions(path)
 
 
+def test_a_directions_checkpoint_that_needs_pickle_gets_advice_that_works(tmp_path):
+    """A checkpoint of the previous code (numpy's RNG state as an ndarray: it needs pickle) given as --directions was
+    refused with 'pass --trust-checkpoint', which --directions does not take (flops.py and speed_test.py have no such
+    flag; train.py's reaches --resume and --finetune only): the same refusal came back. The advised conversion
+    writes a file that --directions reads."""
+    import numpy as np
+
+    from classification.engine.checkpoint import convert_checkpoint
+
+    table = [["h", "v", "w2", "w2_flip"]] * 20
+    legacy = tmp_path / "last.pth.tar"
+    torch.save({"model": {"w": torch.ones(2)}, "directions": table, "rng": np.random.get_state()}, legacy)
+    with pytest.raises(ValueError) as raised:
+        load_directions(legacy)
+    out = tmp_path / "released.pth"
+    assert str(raised.value) == (f"{legacy} holds pickled objects beyond tensors and plain containers, and loading "
+                                 f"it could run code; --directions reads checkpoints without pickle: if you trust its "
+                                 f"source, python tools/convert_ckpt.py {legacy} OUT --trust-checkpoint writes its "
+                                 f"weights and directions to OUT, which --directions reads")
+    convert_checkpoint(str(legacy), str(out), trust=True)
+    assert load_directions(out) == table
+
+
 def test_a_run_with_a_relative_directions_path_is_reused_from_any_folder(tmp_path):
     """`--directions search/directions.yaml` was saved as typed: `-c RUN/args.yaml` from another folder could not
     find the file, and the refusal's hint named a path that did not work there."""
