@@ -54,6 +54,23 @@ def test_model_rows_and_csv(tmp_path):
         assert float(r['ratio']) == pytest.approx(float(r['model_img_s']) / float(r['baseline_img_s']))
 
 
+def test_an_interrupted_csv_write_leaves_the_previous_file_whole(tmp_path):
+    """--csv was written in place: Ctrl-C (or a full disk) in the write left the header and part of the rows, which
+    a later plot or report read as the whole table."""
+    from classification.benchmarks import write_csv
+
+    class Interrupted:
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    out = tmp_path / 'bench.csv'
+    write_csv(str(out), [{'model': 'a', 'ratio': 1.5}])
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(str(out), [{'model': 'b', 'ratio': 2.0}, {'model': 'c', 'ratio': Interrupted()}])
+    assert out.read_bytes() == b'model,ratio\r\na,1.5\r\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['bench.csv']
+
+
 def test_op_rows_time_each_available_backend_and_leave_the_choice_alone():
     backends.force_backend('reference')
     try:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Dict, List, Optional, Sequence
+
+from ..common.checkpoint_io import atomic_write_text
 
 
 def render_table(lines: Sequence[Sequence[str]]) -> str:
@@ -16,11 +19,13 @@ def render_table(lines: Sequence[Sequence[str]]) -> str:
 
 
 def write_csv(path: str, rows: List[Dict[str, object]]) -> None:
-    """Rows (dicts with the same keys) as a CSV file with a header line."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    """Rows (dicts with the same keys) as a CSV file with a header line, written through a temporary file and a
+    rename: an interrupted or failed write leaves the file as it was, not half written."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def output_file_problem(flag: str, path: str) -> Optional[str]:

@@ -213,7 +213,12 @@ def atomic_save(obj: Any, path: str) -> None:
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` (UTF-8) as :func:`atomic_save` writes a checkpoint: a run's small files (``args.yaml``,
     ``directions.yaml``) are never left half written by a crash either."""
-    _write_atomically(path, lambda f: f.write(text.encode('utf-8')), os.path.splitext(path)[1])
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` as :func:`atomic_save` writes a checkpoint (the tools' figures and tables)."""
+    _write_atomically(path, lambda f: f.write(data), os.path.splitext(path)[1])
 
 
 def _first_line(err: BaseException) -> str:
