@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from .common.plots import pyplot
+from .common.plots import pyplot, save_figure
 from .models.directions import CANDIDATES
 from .models.multi_scan import search_layers
 from .models.scan_maps import scan_index
@@ -64,7 +64,7 @@ def draw_scan_orders(path: str, names: Sequence[str] = CANDIDATES, grid: tuple[i
     fig.suptitle(f"scan order of each direction on a {height}x{width} token grid (number: position in the sequence;"
                  " dot: first token)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return fig
 
@@ -132,5 +132,5 @@ def draw_speed_chart(path: str, settings: Sequence[str], rows: Sequence[dict], c
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -129,7 +129,7 @@ def plot_resolution_sweep(rows: Sequence[Dict[str, object]], path: str, title: s
     """A PNG of sweep rows (one or more models, each with its baseline): img/s against image size on log scales,
     each model solid and its baseline dashed in the same colour, the crossing marked; beside it, peak MiB against
     size where any was measured. The title names the rows' device unless ``title`` is given."""
-    from ..common.plots import pyplot
+    from ..common.plots import pyplot, save_figure
 
     plt = pyplot()
     groups: Dict[str, List[Dict[str, object]]] = {}
@@ -171,5 +171,5 @@ def plot_resolution_sweep(rows: Sequence[Dict[str, object]], path: str, title: s
     fig.suptitle(title or f"inference against image size: {first.get('device_name') or first['device']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import yaml
 
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER
-from ..common.plots import pyplot
+from ..common.plots import pyplot, save_figure
 from .config import ConfigError
 
 if TYPE_CHECKING:
@@ -157,6 +157,6 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
                           f"nothing to draw yet")
     fig = draw_run(m, lr, ema=_run_used_ema(os.path.dirname(metrics_path)))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     pyplot().close(fig)
     return out

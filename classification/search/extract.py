@@ -15,7 +15,7 @@ import timm
 import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
-from ..common.plots import pyplot
+from ..common.plots import pyplot, save_figure
 from ..models.directions import CANDIDATES, checkpoint_candidates, load_directions, save_directions
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from ..models.scan_maps import parse_direction
@@ -92,7 +92,7 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     ax.set(xlabel="candidate direction", ylabel="layer", title=title or "search probabilities (chosen: red)")
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -170,6 +170,40 @@ def test_the_learning_rate_of_a_first_epoch_in_progress_is_drawn_at_its_iteratio
     assert rates.get_xlabel() == "iterations (no epoch finished yet)"
 
 
+def test_an_interrupted_plot_leaves_the_previous_figure_whole(tmp_path, monkeypatch):
+    """The figure was written in place: Ctrl-C (or a full disk) in the write left a half-written curves.png in
+    place of the previous one. It is written to a temporary file, renamed when whole."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from classification.engine import plotting
+
+    savefig, print_pil, saved_to = Figure.savefig, FigureCanvasAgg._print_pil, []
+
+    def recorded_savefig(fig, target, *args, **kwargs):
+        saved_to.append(target)
+        return savefig(fig, target, *args, **kwargs)
+
+    def interrupted(canvas, target, *args):  # the image's write begins, then Ctrl-C
+        if target is not saved_to[-1]:  # a dry run of matplotlib's own
+            return print_pil(canvas, target, *args)
+        if isinstance(target, str):
+            with open(target, "wb") as f:
+                f.write(b"partial")
+        else:
+            target.write(b"partial")
+        raise KeyboardInterrupt
+
+    _write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n")
+    (tmp_path / "curves.png").write_bytes(b"previous")
+    monkeypatch.setattr(Figure, "savefig", recorded_savefig)
+    monkeypatch.setattr(FigureCanvasAgg, "_print_pil", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plotting.plot_run(str(tmp_path))
+    assert (tmp_path / "curves.png").read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["curves.png", "metrics.csv"]
+
+
 def test_the_curves_of_an_ema_run_say_whose_accuracy_they_show(tmp_path, monkeypatch):
     """metrics.csv's validation columns are the EMA's in a --model-ema run (its args.yaml says so)."""
     from classification.engine import plotting
