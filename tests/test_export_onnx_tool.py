@@ -110,6 +110,23 @@ def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_p
     assert existing.read_bytes()[:20] != b'keep me'
 
 
+@pytest.mark.parametrize('args, meant', [(['--exp', 'torchscript'], '--exporter'), (['--over'], '--overwrite'),
+                                         (['--example=3'], '--example-batch')])
+def test_an_abbreviated_export_flag_is_refused_not_taken_for_a_model_flag(checkpoint, tmp_path, args, meant):
+    """The export's flags are not abbreviated, so the model flags' parser took `--exp torchscript` for --experiment
+    and the dynamo exporter ran; `--over` became tools/test.py's --overwrite and the export refused to replace the
+    file."""
+    flags, _ = checkpoint
+    done = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, '--onnx',
+                           str(tmp_path / 'm.onnx'), '--no-check', *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    name = args[0].split('=')[0]
+    assert (done.returncode, done.stdout) == (2, '')
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f'error: {name}: give the flag in full ({meant}): the export\'s flags are not abbreviated')
+    assert not os.path.exists(tmp_path / 'm.onnx')
+
+
 def test_without_img_size_the_export_takes_the_runs_size_and_bad_flags_come_first(checkpoint, tmp_path):
     """Without -c or --img-size the tool printed 'at NonexNone' and died in torch.randn; a bad flag was refused only
     after that line."""

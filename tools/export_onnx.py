@@ -38,12 +38,30 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refuse_abbreviated_export_flags(parser: argparse.ArgumentParser, model_flags: list[str]) -> None:
+    """Refuse a flag left for the model flags that abbreviates one of the export's own (which are not abbreviated):
+    tools/test.py's parser took it for one of its flags (`--exp torchscript` set --experiment, and the default
+    exporter ran)."""
+    from classification.engine.flags import build_parser
+
+    model_options = {flag for action in build_parser(evaluation=True)._actions for flag in action.option_strings}
+    export_options = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    for item in model_flags:
+        name = item.split("=", 1)[0]
+        meant = [flag for flag in export_options if flag.startswith(name)] if name.startswith("--") else []
+        if meant and name not in model_options:
+            parser.error(f"{name}: give the flag in full ({' or '.join(meant)}): the export's flags are not "
+                         f"abbreviated")
+
+
 def main() -> None:
     from classification.engine.config import parse_args
     from classification.engine.onnx_export import (CHECK_BATCH, check_export_options, check_onnx_path, export,
                                                    resolve_export_size)
 
-    options, model_flags = export_parser().parse_known_args()
+    parser = export_parser()
+    options, model_flags = parser.parse_known_args()
+    refuse_abbreviated_export_flags(parser, model_flags)
     cfg = parse_args(model_flags, description="LocalMamba ONNX export", evaluation=True)
     check_export_options(options.exporter, options.example_batch, options.check, options.optimize)
     check_onnx_path(options.onnx, options.overwrite)
