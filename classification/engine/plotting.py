@@ -19,8 +19,9 @@ METRICS_COLUMNS = METRICS_HEADER[:4]  # top5 is drawn when present
 
 def read_csv(path: str, allow_empty: bool = False) -> dict[str, list[float]]:
     """Columns of a numeric CSV file with a header row; a row with a missing or empty cell (the partial last row
-    a killed run can leave) is skipped, a cell that is not a number is refused. A file without data rows is refused
-    unless ``allow_empty`` (then its columns are empty)."""
+    a killed run can leave) and a repeated header row (the original code wrote one at every start) are skipped, a
+    cell that is not a number is refused. A file without data rows is refused unless ``allow_empty`` (then its
+    columns are empty)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     try:
@@ -28,7 +29,8 @@ def read_csv(path: str, allow_empty: bool = False) -> dict[str, list[float]]:
             reader = csv.DictReader(f)
             columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
             for row in reader:
-                if None in row or any(value in (None, "") for value in row.values()):
+                partial = None in row or any(value in (None, "") for value in row.values())
+                if partial or list(row.values()) == reader.fieldnames:
                     continue
                 try:
                     values = {name: float(value) for name, value in row.items()}

@@ -111,6 +111,17 @@ def test_run_curves_skip_the_partial_last_row_of_a_killed_run(tmp_path):
         read_csv(_write(tmp_path / "bad.csv", "epoch,lr\n0,abc\n"))
 
 
+def test_run_curves_skip_the_header_the_original_code_wrote_again_at_each_start(tmp_path):
+    """The original code's metrics.csv of a resumed run holds its header twice: plot_log refused it (`line 4: could
+    not convert string to float: 'epoch'`)."""
+    from classification.engine.plotting import read_csv
+
+    header = "epoch,train_loss,test_loss,top1,top5\n"
+    path = _write(tmp_path / "metrics.csv", header + "0,2.3,2.2,10,50\n1,2.1,2.0,12,55\n" + header + "2,2,1.9,14,60\n")
+    assert read_csv(path) == {"epoch": [0.0, 1.0, 2.0], "train_loss": [2.3, 2.1, 2.0], "test_loss": [2.2, 2.0, 1.9],
+                              "top1": [10.0, 12.0, 14.0], "top5": [50.0, 55.0, 60.0]}
+
+
 def test_a_run_stopped_in_its_first_epoch_draws_its_learning_rates(tmp_path, monkeypatch):
     from classification.engine import plotting
     from classification.engine.config import ConfigError
