@@ -41,6 +41,18 @@ def test_crossing_is_interpolated_on_log_scales():
     assert crossing_size([224, 512], [1.2, 3.0]) is None
 
 
+@pytest.mark.parametrize('ratios, verb', [((1.25, 0.8, 1.1), 'falls behind'), ((0.8, 1.25, 0.9), 'overtakes')])
+def test_the_crossing_sentence_says_which_way_the_first_crossing_goes(ratios, verb):
+    """The sentence names the first crossing (the log-midpoint of 224 and 512 here): it took its direction from the
+    ratio at the last size, which a later crossing back turns the other way ('overtakes' where the model falls
+    behind)."""
+    from classification.benchmarks.resolution_sweep import crossing_line
+
+    rows = [sweep_row(size, 10.0 * ratio, 10.0) for size, ratio in zip((224, 512, 768), ratios)]
+    assert crossing_line(rows) == (f'local_vim_tiny {verb} deit_tiny_patch16_224 at about 339 px (ratio 1, '
+                                   f'interpolated on log scales)')
+
+
 def test_sweep_table_and_its_crossing_sentence():
     rows = [sweep_row(224, 20.0, 50.0, 1.25, 1.5), sweep_row(1024, 1.0, 0.5, 36.0, None)]
     lines = format_sweep_table(rows).splitlines()

@@ -85,14 +85,16 @@ def _mib(value: Optional[float]) -> str:
 
 
 def crossing_line(rows: Sequence[Dict[str, object]]) -> str:
-    """One sentence: where the ratio of one model's sweep rows crosses 1, or that it does not in the sizes run."""
+    """One sentence: where the ratio of one model's sweep rows first crosses 1, and which way (the ratio at the next
+    size says), or that it does not in the sizes run."""
     model, baseline = rows[0]["model"], rows[0]["baseline"]
     sizes = [int(r["img_size"]) for r in rows]
-    size = crossing_size(sizes, [float(r["ratio"]) for r in rows])
+    ratios = [float(r["ratio"]) for r in rows]
+    size = crossing_size(sizes, ratios)
     if size is None:
-        side = "faster" if float(rows[0]["ratio"]) > 1 else "slower"
+        side = "faster" if ratios[0] > 1 else "slower"
         return f"{model} is {side} than {baseline} at every size from {sizes[0]} to {sizes[-1]} px"
-    faster_after = float(rows[-1]["ratio"]) > 1
+    faster_after = next((r for s, r in zip(sizes, ratios) if s > size and r != 1), ratios[-1]) > 1
     return (f"{model} {'overtakes' if faster_after else 'falls behind'} {baseline} at about {size:.0f} px "
             f"(ratio 1, interpolated on log scales)")
 
