@@ -2,6 +2,7 @@
 themselves are not checked)."""
 import csv
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,18 @@ def test_an_interrupted_csv_write_leaves_the_previous_file_whole(tmp_path):
         write_csv(str(out), [{'model': 'b', 'ratio': 2.0}, {'model': 'c', 'ratio': Interrupted()}])
     assert out.read_bytes() == b'model,ratio\r\na,1.5\r\n'
     assert sorted(path.name for path in tmp_path.iterdir()) == ['bench.csv']
+
+
+def test_an_output_file_in_a_folder_that_cannot_be_written_is_refused_before_any_timing(tmp_path, monkeypatch):
+    """The file is written beside itself and renamed: a writable file in a read-only folder passed the check and the
+    write failed after the timing."""
+    from classification.benchmarks import output_file_problem
+    from classification.benchmarks import tables
+
+    out = tmp_path / 'bench.csv'
+    out.write_text('old')
+    monkeypatch.setattr(tables.os, 'access', lambda path, mode: os.fspath(path) != str(tmp_path))
+    assert output_file_problem('--csv', str(out)) == f'--csv {out}: not writable'
 
 
 def test_op_rows_time_each_available_backend_and_leave_the_choice_alone():

@@ -30,12 +30,13 @@ def write_csv(path: str, rows: List[Dict[str, object]]) -> None:
 
 def output_file_problem(flag: str, path: str) -> Optional[str]:
     """Why ``path``, given by option ``flag``, cannot be written (its folder missing, a folder itself, no
-    permission), as one line; ``None`` when it can."""
+    permission: on the file, or on its folder, where it is written beside itself and renamed), as one line; ``None``
+    when it can."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return f"{flag} {path}: its folder does not exist"
     if os.path.isdir(path):
         return f"{flag} {path}: is a folder, not a file"
-    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"{flag} {path}: not writable"
     return None
