@@ -129,12 +129,17 @@ def figure_path(out: str) -> str:
 
 
 def _run_used_ema(folder: str) -> bool:
-    """Whether the run in `folder` validated its EMA weights (`model_ema` of its args.yaml; False without one)."""
+    """Whether the run in `folder` validated its EMA weights (`model_ema` of its args.yaml; False without one); an
+    args.yaml that is no YAML text is refused in one line."""
     path = os.path.join(folder or ".", "args.yaml")
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
-        saved = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]}): it says whether the run's "
+                          f"validation columns are its EMA's; repair it or move it away") from err
     return isinstance(saved, dict) and bool(saved.get("model_ema"))
 
 

@@ -122,6 +122,18 @@ def test_run_curves_skip_the_header_the_original_code_wrote_again_at_each_start(
                               "top1": [10.0, 12.0, 14.0], "top5": [50.0, 55.0, 60.0]}
 
 
+@pytest.mark.parametrize("content", [b"model: [unclosed\n", b"\x80\x81 not text"])
+def test_an_args_yaml_that_is_no_yaml_is_refused_in_one_line(tmp_path, content):
+    """plot_log reads the run's args.yaml for model_ema: a broken one ended in yaml's traceback."""
+    from classification.engine import plotting
+    from classification.engine.config import ConfigError
+
+    _write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1\n0,2.3,2.2,10\n")
+    (tmp_path / "args.yaml").write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'args.yaml'}: not valid YAML \(.*\): it says whether"):
+        plotting.plot_run(str(tmp_path))
+
+
 def test_a_run_stopped_in_its_first_epoch_draws_its_learning_rates(tmp_path, monkeypatch):
     from classification.engine import plotting
     from classification.engine.config import ConfigError
