@@ -48,8 +48,10 @@ def refuse_abbreviated_export_flags(parser: argparse.ArgumentParser, model_flags
     export_options = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
     for item in model_flags:
         name = item.split("=", 1)[0]
-        meant = [flag for flag in export_options if flag.startswith(name)] if name.startswith("--") else []
-        if meant and name not in model_options:
+        if name == "--" or not name.startswith("--") or name in model_options:
+            continue
+        meant = [flag for flag in export_options if flag.startswith(name)]
+        if meant:
             parser.error(f"{name}: give the flag in full ({' or '.join(meant)}): the export's flags are not "
                          f"abbreviated")
 
