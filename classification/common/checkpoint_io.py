@@ -11,6 +11,7 @@ import pickle
 import shutil
 import tempfile
 import warnings
+import zipfile
 from typing import Any, BinaryIO, Callable, Mapping, Optional
 
 import torch
@@ -56,6 +57,14 @@ def _folder_given(folder: str) -> str:
     return f'{folder} is a folder: give a checkpoint file in it, e.g. {os.path.join(folder, names[0])} ({shown})'
 
 
+def _cut_short(path: str, head: bytes, err: BaseException) -> bool:
+    """Whether the checkpoint file `path` (starting with `head`) failed to read (`err`) because it ends early: an
+    archive without the directory a zip file ends with, a pickle stream that runs out."""
+    if head == CHECKPOINT_MAGIC[0]:
+        return not zipfile.is_zipfile(path)
+    return isinstance(err, EOFError) or 'EOF' in str(err)
+
+
 def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
 
@@ -83,6 +92,10 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
                 f'if you trust its source, pass {TRUST_FLAG}') from None
         raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({err})') from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
+        if not is_url and _cut_short(path, head, err):
+            raise CheckpointError(f'{path} looks truncated ({os.path.getsize(path):,} bytes, its end is missing: a '
+                                  f'copy or a write that did not finish); copy it again or give another checkpoint'
+                                  ) from None
         if is_url and isinstance(err, OSError):  # urllib's URLError / HTTPError: no network, a wrong address
             raise CheckpointError(f'cannot download checkpoint {path}: {type(err).__name__}: {_first_line(err)} (no '
                                   f'network here? download it and give the local file)') from None

@@ -167,6 +167,22 @@ def test_text_file_as_checkpoint(tmp_path, monkeypatch, capsys):
                      f"{text} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle")
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["archive", "torch<1.6 pickle"])
+def test_a_truncated_checkpoint_is_named_with_its_size(legacy, finished_run, tmp_path, monkeypatch, capsys):
+    """A checkpoint cut short (a partial copy, a write killed elsewhere) was 'not a PyTorch checkpoint' with torch's
+    text about a zip central directory or an unexpected EOF."""
+    whole = tmp_path / "whole.pth.tar"
+    torch.save(torch.load(finished_run / "last.pth.tar", weights_only=True), whole,
+               _use_new_zipfile_serialization=not legacy)
+    cut = tmp_path / "cut.pth.tar"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    size = f"{cut.stat().st_size:,} bytes"
+    for script, argv in (("train.py", [*TINY_RUN, "--epochs", "3", "--resume", str(cut)]),
+                         ("test.py", [*TINY_RUN, "--resume", str(cut)])):
+        assert_error(cli(monkeypatch, capsys, script, *argv),
+                     f"{cut} looks truncated ({size}, its end is missing: a copy or a write that did not finish)")
+
+
 def test_convert_refuses_a_checkpoint_without_tensors(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty.pth.tar"
     torch.save({"model": {}, "epoch": 0}, empty)
