@@ -205,17 +205,20 @@ class CheckpointManager:
     def state_dict(self) -> list[list]:
         return [list(item) for item in self.ckpts]
 
-    def load_state_dict(self, ckpts: list[list], left_alone: Sequence[str] = (), keep_missing: bool = False) -> None:
+    def load_state_dict(self, ckpts: list[list], left_alone: Sequence[str] = (),
+                        keep_missing: bool = False) -> list[str]:
         """Adopt a resumed run's list (names; full paths of earlier versions are reduced to their file names) and the
         original code's files it leaves alone (`adopt`). Entries whose files are not in the folder are dropped (a
         branch's new folder, a rewind past evictions), unless `keep_missing` (the run continued in its own folder,
         whose files a user deleted to free space): they keep their ranks, so `best.pth.tar`, the copy of the best
-        one, is neither removed nor replaced by a worse epoch."""
+        one, is neither removed nor replaced by a worse epoch. Returns the files of the folder ranked past `keep_num`
+        (a lowered --keep-num), which `reconcile` deletes."""
         entries = [[os.path.basename(str(name)), float(score)] for name, score in ckpts]
         if not keep_missing:
             entries = [item for item in entries if os.path.isfile(self.path(item[0]))]
-        self.ckpts = entries[: self.keep_num]
+        self.ckpts, past = entries[: self.keep_num], entries[self.keep_num:]
         self.left_alone = set(left_alone)
+        return [name for name, _ in past if os.path.isfile(self.path(name))]
 
     def _record(self, payload: dict[str, Any]) -> None:
         """Put the kept list (and the original code's files left alone, if any) into a checkpoint's `payload`."""

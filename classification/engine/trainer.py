@@ -171,8 +171,12 @@ class Run:
         if self.original_run:
             adopt_original_checkpoints(self.manager, start_epoch, path, self.log)
         else:
-            self.manager.load_state_dict(ckpt["checkpoints"], ckpt.get("left_alone") or (),
-                                         keep_missing=not (self.cfg.branch or self.cfg.rewind))
+            past = self.manager.load_state_dict(ckpt["checkpoints"], ckpt.get("left_alone") or (),
+                                                keep_missing=not (self.cfg.branch or self.cfg.rewind))
+            if past:
+                self.log.warning(f"--keep-num {self.cfg.keep_num} keeps fewer checkpoints than the run of {path}: "
+                                 f"those ranked past the best {self.cfg.keep_num} are deleted: "
+                                 f"{', '.join(self.manager.path(name) for name in past)}")
         rng = ckpt.get("rng") or []
         if len(rng) == self.env.world_size:
             self.rng_to_restore = rng[self.env.rank]

@@ -43,6 +43,19 @@ def test_new_lr_on_resume_takes_effect(tmp_path):
     assert all(lr == new.lr_at(t) and lr != old.lr_at(t) for e, t, lr in rows if e > 0)
 
 
+def test_a_lower_keep_num_on_resume_names_the_checkpoints_it_deletes(tmp_path):
+    """--keep-num lowered at a --resume deleted the checkpoints ranked past it with only '--keep-num changed on
+    resume' in the log."""
+    run_tool("train.py", *RUN, "--epochs", "2", "--output", str(tmp_path), "--experiment", "run")
+    folder = tmp_path / "run"
+    ranked = [name for name, _ in torch.load(folder / "last.pth.tar", weights_only=True)["checkpoints"]]
+    assert sorted(ranked) == ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar"]
+    log = run_tool("train.py", *RUN, "--keep-num", "1", "--resume", str(folder / "last.pth.tar")).stdout
+    assert (f"--keep-num 1 keeps fewer checkpoints than the run of {folder / 'last.pth.tar'}: those ranked past the "
+            f"best 1 are deleted: {folder / ranked[1]}\n") in log, log
+    assert not (folder / ranked[1]).exists()
+
+
 def test_a_path_given_relative_once_and_absolute_once_is_not_a_change(tmp_path, monkeypatch):
     """`-c int.yaml` then `-c /abs/int.yaml` logged '--config changed on resume'; a path to another file still is."""
     import logging
