@@ -35,13 +35,15 @@ class ShardedSampler(Sampler):
     """Rank `rank`'s share of `range(size)`: every `world_size`-th item of a (shuffled, padded) order.
 
     Shuffled: the permutation of epoch e is `randperm(size)` from a generator seeded with `seed + e`, padded with its
-    head to a multiple of `world_size` (as torch's DistributedSampler). Not shuffled: no padding, so each sample is
-    counted once when metrics are summed over ranks.
+    head to a multiple of `world_size` (as torch's DistributedSampler); `epoch_seeds` maps an epoch begun under
+    another seed (a run resumed in its middle with a new --seed) to that seed. Not shuffled: no padding, so each
+    sample is counted once when metrics are summed over ranks.
     """
 
     def __init__(self, size: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         self.size, self.world_size, self.rank = size, world_size, rank
         self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, 0, 0
+        self.epoch_seeds: dict[int, int] = {}
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Yield epoch `epoch`'s share from its position `start` on (> 0 for an epoch resumed in its middle)."""
@@ -51,7 +53,7 @@ class ShardedSampler(Sampler):
         if not self.shuffle:
             return list(range(self.rank, self.size, self.world_size))
         g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
+        g.manual_seed(self.epoch_seeds.get(self.epoch, self.seed) + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
         total = math.ceil(self.size / self.world_size) * self.world_size
         order += (order * math.ceil(total / max(len(order), 1)))[: total - len(order)]
@@ -69,10 +71,12 @@ class ShardedSampler(Sampler):
 
 
 class SeededTransformDataset(Dataset):
-    """Wraps a (PIL image, label) dataset; item `(epoch, index)` is transformed under a seed of (seed, epoch, index)."""
+    """Wraps a (PIL image, label) dataset; item `(epoch, index)` is transformed under a seed of (seed, epoch, index),
+    where `epoch_seeds` replaces `seed` for an epoch begun under another one (as `ShardedSampler`'s)."""
 
     def __init__(self, base: Dataset, transform: Callable, seed: int):
         self.base, self.transform, self.seed = base, transform, seed
+        self.epoch_seeds: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.base)
@@ -83,7 +87,7 @@ class SeededTransformDataset(Dataset):
         # a loader worker draws from its generators only here, each time reseeded: saving and restoring their states
         # (0.2 ms a sample) matters only in the main process (-j 0), whose states a resumed run restores
         in_worker = torch.utils.data.get_worker_info() is not None
-        with seeded(sample_seed(self.seed, epoch, index), restore=not in_worker):
+        with seeded(sample_seed(self.epoch_seeds.get(epoch, self.seed), epoch, index), restore=not in_worker):
             return self.transform(image), label
 
 

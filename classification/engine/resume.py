@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, atomic_copy
 from ..common.csv_log import METRICS_CSV, epoch_scores
@@ -69,6 +70,20 @@ def warn_other_epoch_order(ckpt: Mapping[str, Any], path: str, train_images: int
         log.warning(f"{path} stopped in the middle of epoch {ckpt['epoch']} with {saved} training images, the data "
                     f"now has {train_images}: the rest of the epoch follows another order (some images are trained "
                     f"twice in it, others not at all); the epochs after it are as usual")
+
+
+def keep_epoch_seed(ckpt: Mapping[str, Any], loader: DataLoader, seed: int, log: logging.Logger) -> None:
+    """A run stopped in the middle of an epoch, resumed with another --seed (now `seed`): the rest of the epoch keeps
+    the order and augmentation of the seed it began with (the checkpoint's `epoch_seed`; in older files its config's),
+    so that each image is trained once in it; the new seed takes effect from the next epoch. `loader`: the training
+    loader, before its first iteration (its workers copy its dataset then)."""
+    began = ckpt.get("epoch_seed", (ckpt.get("config") or {}).get("seed"))
+    if began is None or began == seed:
+        return
+    epoch = int(ckpt["epoch"])
+    loader.sampler.epoch_seeds[epoch] = loader.dataset.epoch_seeds[epoch] = began
+    log.info(f"--seed {seed}: the rest of epoch {epoch} keeps the order and augmentation of --seed {began}, which it "
+             f"began with; the new seed takes effect from epoch {epoch + 1}")
 
 
 def warn_ema_switch(ckpt: Mapping[str, Any], path: str, start_epoch: int, model_ema: bool,

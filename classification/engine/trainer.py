@@ -55,9 +55,9 @@ from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags
 from .optim import build_optimizer
-from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_original_args,
-                     keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy, warn_ema_switch,
-                     warn_other_epoch_order)
+from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_epoch_seed,
+                     keep_original_args, keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy,
+                     warn_ema_switch, warn_other_epoch_order)
 from .run_lock import ELSEWHERE, RESUMED_ELSEWHERE, RunLock, claim_run_folder
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
@@ -164,6 +164,8 @@ class Run:
         keep_run_start(self.cfg, saved, path, self.log)
         warn_ema_switch(ckpt, path, start_epoch, self.cfg.model_ema, self.log)
         log_changed_flags(self.cfg, saved, self.log)
+        if step is not None and step < self.steps_per_epoch:
+            keep_epoch_seed(ckpt, self.train_loader, self.cfg.seed, self.log)
         self.start_epoch = start_epoch
         self.scheduler.set_step(self.start_epoch * self.updates_per_epoch
                                 + self.start_progress.step // self.cfg.grad_accum_steps)
@@ -263,6 +265,7 @@ class Run:
             "candidates": saved_search_candidates(self.model),
             "classes": self.classes,
             "train_images": self.train_images,
+            "epoch_seed": self.train_loader.sampler.epoch_seeds.get(epoch, self.cfg.seed),
             "config": config_dict(self.cfg),
             "run_id": self.run_id,
         }

@@ -82,6 +82,24 @@ def test_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(name, workers
     assert_same_run(snapshot(folder), straight)
 
 
+@POSIX_SIGNALS
+def test_a_new_seed_at_a_mid_epoch_resume_takes_effect_from_the_next_epoch(straight, tmp_path):
+    """--seed changed at a --resume in the middle of an epoch reordered the rest of it (some images trained twice in
+    it, others never): the epoch ends as begun, also when stopped again in it, whose checkpoint keeps its seed."""
+    proc, folder = signal_at(f"SIGTERM step {MID_EPOCH_1}", RUN, tmp_path)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    again, _ = signal_at(f"SIGTERM step {MID_EPOCH_1 + 1}", [*RUN, "--seed", "1", "--resume",
+                                                             str(folder / "last.pth.tar")], tmp_path)
+    assert again.returncode == 143, again.stderr[-2000:]
+    assert ("--seed changed on resume: 42 -> 1 (the new value is used)\n" in again.stdout
+            and "--seed 1: the rest of epoch 1 keeps the order and augmentation of --seed 42, which it began with; the "
+                "new seed takes effect from epoch 2\n" in again.stdout)
+    ckpt = load(folder / "last.pth.tar")
+    assert (ckpt["epoch"], ckpt["step"], ckpt["config"]["seed"], ckpt["epoch_seed"]) == (1, 4, 1, 42)
+    resume([*RUN, "--seed", "1"], folder)
+    assert_same_run(snapshot(folder), straight)
+
+
 # -b 128: 11 batches an epoch, 5 optimizer steps of 2 batches; the 11th batch is not trained
 ACCUMULATED = [*RUN, "-b", "128", "--grad-accum-steps", "2"]
 

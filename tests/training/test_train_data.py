@@ -103,6 +103,19 @@ def test_a_resumed_epoch_starts_its_order_further_on_for_that_epoch_only():
     assert len(list(sampler)) == len(sampler) == len(whole)
 
 
+def test_an_epoch_seed_decides_the_order_of_its_epoch_only():
+    """An epoch resumed in its middle with a new --seed keeps the order of the seed it began with (epoch_seeds); the
+    epochs after it follow the new seed."""
+    began, new = ShardedSampler(20, 2, 1, seed=3), ShardedSampler(20, 2, 1, seed=4)
+    new.epoch_seeds[1] = 3
+    for epoch, expected in ((1, began), (2, ShardedSampler(20, 2, 1, seed=4))):
+        for sampler in (new, expected):
+            sampler.set_epoch(epoch)
+        assert list(new) == list(expected)
+    began.set_epoch(2)
+    assert list(new) != list(began)
+
+
 def test_eval_shards_cover_every_sample_once():
     parts = [[i for _, i in ShardedSampler(7, 3, r, shuffle=False)] for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(7))
