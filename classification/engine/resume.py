@@ -3,7 +3,8 @@
 The flags of the new command win (see `trainer`'s module doc): the optimizer keeps the checkpoint's state (moments)
 under this run's hyperparameters, re-indexed when the parameters are grouped otherwise; another `--opt` starts its
 state afresh. A run stopped in the middle of an epoch continues only with the same processes, batch size and
---grad-accum-steps. Every changed flag is logged, and so are the changes whose effect is not obvious: another training
+--grad-accum-steps, and finishes that epoch under the --seed it began with (a new one takes effect from the next
+epoch). Every changed flag is logged, and so are the changes whose effect is not obvious: another training
 set size in the middle of an epoch, the EMA switched on or off, a --finetune that a continued run does not read.
 A checkpoint of the original code (no config, kept list or RNG states) continues too: its optimizer kind and EMA are
 read from its state, its folder's checkpoint files ranked by its metrics.csv, its args.yaml kept.
