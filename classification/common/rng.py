@@ -45,12 +45,14 @@ def _numpy_state(saved: Any) -> tuple:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states captured by `get_rng_state`."""
+    """Restore states captured by `get_rng_state`; of its CUDA states (one per device the process saw), those of the
+    devices this process sees (a resumed job may be given fewer: torch fails on a state of a device it does not
+    have)."""
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

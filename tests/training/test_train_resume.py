@@ -61,6 +61,26 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     assert rows(os.path.join(out, "straight", "metrics.csv")) == rows(metrics)
 
 
+def test_a_resume_seeing_fewer_gpus_than_its_checkpoint_restores_the_states_of_those_it_sees(monkeypatch):
+    """A run saved where its process saw 2 GPUs (CUDA_VISIBLE_DEVICES=0,1) and resumed where it sees 1: torch's
+    set_rng_state_all failed with IndexError on the second device's state (torch.cuda.default_generators[1])."""
+    from classification.common.rng import get_rng_state, set_rng_state
+
+    state = {**get_rng_state(), "cuda": [torch.full((16,), 1, dtype=torch.uint8),
+                                         torch.full((16,), 2, dtype=torch.uint8)]}
+
+    def set_rng_state_all(states):  # as torch's where one GPU is seen: default_generators[i] for the i-th state
+        for index, new_state in enumerate(states):
+            restored[("cuda:0",)[index]] = new_state
+
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_rng_state_all)
+    set_rng_state(state)
+    assert list(restored) == ["cuda:0"] and torch.equal(restored["cuda:0"], state["cuda"][0])
+
+
 def test_ema_starts_from_released_weights_given_to_resume(tmp_path):
     """A released {'state_dict'} file given to --resume initialises the EMA too, not only the model."""
     from classification.engine.config import parse_args
