@@ -208,6 +208,10 @@ def _coerce(action: argparse.Action, value: Any, text: Any, where: str) -> Any:
     return value
 
 
+# The largest --seed: torch seeds a generator with an unsigned 64-bit integer, and a run seeds with --seed plus the
+# rank and the epoch.
+MAX_SEED = 2 ** 63 - 1
+
 # Allowed ranges of the numeric flags: (dest, low, high, low included, high included); None leaves a side open.
 RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("batch_size", 1, None, True, True), ("val_batch_size_multiplier", 0, None, False, True),
@@ -224,7 +228,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("reprob", 0, 1, True, True), ("drop", 0, 1, True, False), ("drop_path_rate", 0, 1, True, False),
     ("mixup", 0, None, True, True), ("cutmix", 0, None, True, True), ("cutmix_minmax", 0, 1, False, True),
     ("mixup_prob", 0, 1, True, True), ("mixup_switch_prob", 0, 1, True, True), ("model_ema_decay", 0, 1, True, True),
-    ("seed", 0, None, True, True), ("log_interval", 1, None, True, True), ("workers", 0, None, True, True),
+    ("seed", 0, MAX_SEED, True, True), ("log_interval", 1, None, True, True), ("workers", 0, None, True, True),
     ("keep_num", 1, None, True, True), ("threads", 0, None, True, True),
 )
 

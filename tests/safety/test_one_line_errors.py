@@ -40,6 +40,7 @@ def assert_error(result, message):
     (["--num-classes", "0"], "--num-classes must be in [2, inf), got 0"),
     (["--epochs", "0"], "--epochs must be in [1, inf), got 0"),
     (["--keep-num", "0"], "--keep-num must be in [1, inf), got 0"),
+    (["--seed", str(2 ** 64)], f"--seed must be in [0, {2 ** 63 - 1}], got {2 ** 64}"),  # torch's seeds are 64-bit
     (["--lr", "0"], "--lr must be in (0, inf), got 0.0"),
     (["--reprob", "1.5"], "--reprob must be in [0, 1], got 1.5"),
     (["--lr", "nan"], "--lr must be in (0, inf), got nan"),
