@@ -57,6 +57,12 @@ def _folder_given(folder: str) -> str:
     return f'{folder} is a folder: give a checkpoint file in it, e.g. {os.path.join(folder, names[0])} ({shown})'
 
 
+def _truncated(path: str) -> CheckpointError:
+    """The error for the checkpoint file `path` cut short, naming its size."""
+    return CheckpointError(f'{path} looks truncated ({os.path.getsize(path):,} bytes, its end is missing: a copy or a '
+                           f'write that did not finish); copy it again or give another checkpoint')
+
+
 def _cut_short(path: str, head: bytes, err: BaseException) -> bool:
     """Whether the checkpoint file `path` (starting with `head`) failed to read (`err`) because it ends early: an
     archive without the directory a zip file ends with, a pickle stream that runs out."""
@@ -79,6 +85,8 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
     if not is_url:
         with open(path, 'rb') as f:
             head = f.read(4)
+        if head != CHECKPOINT_MAGIC[0] and CHECKPOINT_MAGIC[0].startswith(head):  # empty, or cut in its first bytes
+            raise _truncated(path)
         if not head.startswith(CHECKPOINT_MAGIC):
             raise CheckpointError(f'{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle; '
                                   f'it starts with {head!r})')
@@ -93,9 +101,7 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
         raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({err})') from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
         if not is_url and _cut_short(path, head, err):
-            raise CheckpointError(f'{path} looks truncated ({os.path.getsize(path):,} bytes, its end is missing: a '
-                                  f'copy or a write that did not finish); copy it again or give another checkpoint'
-                                  ) from None
+            raise _truncated(path) from None
         if is_url and isinstance(err, OSError):  # urllib's URLError / HTTPError: no network, a wrong address
             raise CheckpointError(f'cannot download checkpoint {path}: {type(err).__name__}: {_first_line(err)} (no '
                                   f'network here? download it and give the local file)') from None

@@ -168,15 +168,17 @@ def test_text_file_as_checkpoint(tmp_path, monkeypatch, capsys):
                      f"{text} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle")
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["archive", "torch<1.6 pickle"])
-def test_a_truncated_checkpoint_is_named_with_its_size(legacy, finished_run, tmp_path, monkeypatch, capsys):
-    """A checkpoint cut short (a partial copy, a write killed elsewhere) was 'not a PyTorch checkpoint' with torch's
-    text about a zip central directory or an unexpected EOF."""
+@pytest.mark.parametrize("legacy, kept", [(False, 1 / 2), (True, 1 / 2), (False, 0), (False, 3)],
+                         ids=["archive", "torch<1.6 pickle", "empty", "3 bytes"])
+def test_a_truncated_checkpoint_is_named_with_its_size(legacy, kept, finished_run, tmp_path, monkeypatch, capsys):
+    """A checkpoint cut short (a partial copy, a write killed elsewhere; `kept`: the part of it, or the bytes, kept)
+    was 'not a PyTorch checkpoint' with torch's text about a zip central directory or an unexpected EOF, or with the
+    few bytes it starts with."""
     whole = tmp_path / "whole.pth.tar"
     torch.save(torch.load(finished_run / "last.pth.tar", weights_only=True), whole,
                _use_new_zipfile_serialization=not legacy)
     cut = tmp_path / "cut.pth.tar"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * kept) if kept < 1 else kept])
     size = f"{cut.stat().st_size:,} bytes"
     for script, argv in (("train.py", [*TINY_RUN, "--epochs", "3", "--resume", str(cut)]),
                          ("test.py", [*TINY_RUN, "--resume", str(cut)])):
