@@ -10,7 +10,9 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   ``weights_only=True``; a file that needs pickle (one written by plain mmengine) is refused unless
   ``--trust-checkpoint`` is given. Nothing changes torch's default for other loads.
 * Without CUDA, ``AmpOptimWrapper`` (which needs a GPU) is replaced by ``OptimWrapper``, and distributed runs (which
-  mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN.
+  mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN,
+  for the Runner only: the config saved in the work_dir and in every checkpoint keeps what was asked (the log shows
+  what ran), so that a GPU run of that saved copy, or a ``--resume`` on a GPU machine, trains with AMP and SyncBN.
 * ``--trust-checkpoint`` also lets the LocalMamba backbones load pretrained weights that need pickle. It holds for its
   own command only: it is set on the built backbones, not in the config, which mmengine saves into the work_dir and
   every checkpoint (a later run of that saved config would trust the file again unasked).
@@ -29,6 +31,7 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 from __future__ import annotations
 
 import argparse
+import copy
 import fnmatch
 import os
 import os.path as osp
@@ -161,11 +164,9 @@ def _resume_hint(work_dir: str) -> str:
 
 
 def _load_config(args: argparse.Namespace):
-    """Read the config, apply CLI overrides and the CPU adjustments; set work_dir. Sets ``args.new_options`` to the
-    ``--cfg-options`` keys the config did not have."""
-    import torch
+    """Read the config, apply CLI overrides; set work_dir. Sets ``args.new_options`` to the ``--cfg-options`` keys the
+    config did not have."""
     from mmengine.config import Config
-    from mmengine.logging import print_log
 
     _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
@@ -178,14 +179,25 @@ def _load_config(args: argparse.Namespace):
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if not torch.cuda.is_available():
-        if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
-            cfg.optim_wrapper.type = 'OptimWrapper'
-            cfg.optim_wrapper.pop('loss_scale', None)
-            print_log('no CUDA: AmpOptimWrapper replaced by OptimWrapper', logger='current')
-        if args.launcher != 'none':
-            _cpu_distributed(cfg)
     return cfg
+
+
+def _for_this_machine(cfg: Config) -> Config:
+    """A copy of ``cfg`` that runs here: without CUDA, ``OptimWrapper`` for ``AmpOptimWrapper`` and, in a distributed
+    run, :func:`_cpu_distributed`. ``cfg`` stays as asked: it is what the work_dir and the checkpoints keep, so that
+    a GPU run of the saved copy trains with AMP and SyncBN again."""
+    import torch
+    from mmengine.logging import print_log
+
+    machine_cfg = copy.deepcopy(cfg)
+    if not torch.cuda.is_available():
+        if machine_cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
+            machine_cfg.optim_wrapper.type = 'OptimWrapper'
+            machine_cfg.optim_wrapper.pop('loss_scale', None)
+            print_log('no CUDA: AmpOptimWrapper replaced by OptimWrapper', logger='current')
+        if machine_cfg.launcher != 'none':
+            _cpu_distributed(machine_cfg)
+    return machine_cfg
 
 
 class WorkDirError(ValueError):
@@ -273,7 +285,10 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
 
     from .backbones import DenseBackbone
     from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook, ScanDirectionsHook
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    machine_cfg = _for_this_machine(cfg)
+    runner = RUNNERS.build(machine_cfg) if 'runner_type' in cfg else Runner.from_cfg(machine_cfg)
+    runner.cfg = copy.deepcopy(cfg)     # in every checkpoint, and in the work_dir's copy, over the one just dumped
+    runner.dump_config()
     if trust:   # on the modules, which load their weights in runner.train(): the saved config leaves it out
         for module in runner.model.modules():
             if isinstance(module, DenseBackbone):

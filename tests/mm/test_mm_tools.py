@@ -194,3 +194,44 @@ def test_resuming_another_runs_checkpoint_into_a_work_dir_that_holds_a_run_is_re
         launch.train_main('segmentation', [config, '--work-dir', str(tmp_path / 'amp'), '--amp'])
     assert exit_info.value.code == 2 and capsys.readouterr().err.endswith(
         "error: --amp needs CUDA (mmengine's AmpOptimWrapper trains on GPUs); this machine has none\n")
+
+
+def test_the_cpu_substitutions_stay_out_of_the_saved_config(tmp_path):
+    """Without CUDA the Runner trains with OptimWrapper, BatchNorm and CPU DDP; the work_dir's copy of the config and
+    the checkpoints' held them too, so a GPU run of that copy (or a --resume there) went on without AMP and SyncBN."""
+    from classification.dense.backbones import MM_LocalVSSM
+    root = str(tmp_path / 'ade')
+    _ade_folder(root)
+    directions = [list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]]
+    pretrained = tmp_path / 'pretrained.pth'
+    torch.save({'model': MM_LocalVSSM(dims=16, depths=(1, 1, 1, 1), directions=directions).state_dict()}, pretrained)
+    config = tmp_path / 'tiny_upernet_local_vssm_small.py'     # AmpOptimWrapper and SyncBN
+    config.write_text(TINY_CONFIG.format(
+        base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py'),
+        hw=IMAGE_HW, directions=directions, root=root, ckpt=str(pretrained)))
+    work = tmp_path / 'work'
+    code = f"""
+import argparse, sys
+import torch
+from classification.dense import launch
+args = argparse.Namespace(config={str(config)!r}, launcher='pytorch', cfg_options=None, work_dir={str(work)!r},
+                          local_rank=0, trust_checkpoint=False)
+cfg = launch._load_config(args)
+runner = launch._build_runner(cfg)
+bn = {{type(m).__name__ for m in runner.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}}
+print(type(runner.model).__name__, runner.optim_wrapper['type'], sorted(bn))
+runner.train()
+"""
+    env = dict(os.environ, RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT='29517',
+               CUDA_VISIBLE_DEVICES='')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "MMDistributedDataParallel OptimWrapper ['BatchNorm2d']" in proc.stdout
+    assert 'no CUDA: AmpOptimWrapper replaced by OptimWrapper' in proc.stdout + proc.stderr
+    from mmengine.config import Config
+    saved = Config.fromfile(work / config.name)
+    meta = Config.fromstring(torch.load(work / 'iter_2.pth', weights_only=True)['meta']['cfg'], '.py')
+    for kept in (saved, meta):
+        assert kept.optim_wrapper.type == 'AmpOptimWrapper' and 'model_wrapper_cfg' not in kept
+        assert kept.model.decode_head.norm_cfg.type == kept.model.auxiliary_head.norm_cfg.type == 'SyncBN'
