@@ -31,6 +31,7 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import fnmatch
 import os
@@ -275,10 +276,30 @@ def resumes_a_checkpoint(cfg: Config) -> bool:
                                             or osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')))
 
 
+def _file_content(path: str) -> Optional[bytes]:
+    """The bytes of the file ``path``; None when there is none."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _put_back(path: str, content: Optional[bytes]) -> None:
+    """Make the file ``path`` hold ``content`` again (:func:`_file_content`; None: no file)."""
+    if content is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    else:
+        with open(path, 'wb') as f:
+            f.write(content)
+
+
 def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = (), trust: bool = False):
     """mmengine's Runner with the weights-only checkpoint hook, and, given ``fit_source`` (the checkpoint to test or
     resume, as named in errors), the check that its weights fit the model; ``overwritten``: the earlier run's
-    checkpoint files in the work_dir, deleted once the run has started; ``trust``: the backbones may load pretrained
+    checkpoint files in the work_dir, deleted once the run has started, when its config replaces the earlier run's
+    copy; ``trust``: the backbones may load pretrained
     weights that need pickle (``--trust-checkpoint``)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
@@ -286,9 +307,15 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     from .backbones import DenseBackbone
     from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook, ScanDirectionsHook
     machine_cfg = _for_this_machine(cfg)
+    saved_copy = osp.join(cfg.work_dir, osp.basename(cfg.filename or ''))
+    earlier_copy = _file_content(saved_copy) if overwritten else None
     runner = RUNNERS.build(machine_cfg) if 'runner_type' in cfg else Runner.from_cfg(machine_cfg)
     runner.cfg = copy.deepcopy(cfg)     # in every checkpoint, and in the work_dir's copy, over the one just dumped
-    runner.dump_config()
+    if overwritten:     # the earlier run's copy stays beside its checkpoints until EarlierRunDeletion deletes them
+        if runner.rank == 0:
+            _put_back(saved_copy, earlier_copy)
+    else:
+        runner.dump_config()
     if trust:   # on the modules, which load their weights in runner.train(): the saved config leaves it out
         for module in runner.model.modules():
             if isinstance(module, DenseBackbone):

@@ -106,8 +106,8 @@ class ScanDirectionsHook(Hook):
 
 class EarlierRunDeletion(Hook):
     """``--overwrite``: delete the earlier run's checkpoint files ``names`` in ``work_dir`` (on the main rank) once
-    the new run has started training, its weights initialised: a run that fails to start (a pretrained file the
-    backbone refuses) leaves them."""
+    the new run has started training, its weights initialised, and save the new run's config in their place: a run
+    that fails to start (a pretrained file the backbone refuses) leaves them, and the earlier run's config."""
 
     priority = 'VERY_HIGH'
 
@@ -120,6 +120,7 @@ class EarlierRunDeletion(Hook):
         for name in self.names:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.work_dir, name))
+        runner.dump_config()
         print(f"--overwrite: deleted the earlier run's checkpoints {self.names} in {self.work_dir}", file=sys.stderr)
 
 

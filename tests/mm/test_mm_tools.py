@@ -80,15 +80,16 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert again.strip().splitlines()[-1] == (
         f'error: {work} already holds a run (iter_2.pth, last_checkpoint); continue it with --resume, start afresh '
         f'there with --overwrite (deletes its checkpoints), or choose another --work-dir')
+    saved_config = os.path.join(work, config.name)     # the training's resolved config, beside its checkpoints
+    with open(saved_config, encoding='utf-8') as f:
+        trained = f.read()
     vim = classification_checkpoints['local_vim_tiny']     # another family's weights: the backbone refuses them
     refused = _run('train.py', str(config), '--work-dir', work, '--overwrite', '--cfg-options',
                    f'model.backbone.pretrained={vim}', status=2)
     assert 'a checkpoint of another model family?' in refused.strip().splitlines()[-1]
     assert "--overwrite: deleted" not in refused and os.path.isfile(checkpoint)   # the run it would replace stays
-
-    saved_config = os.path.join(work, config.name)     # the training's resolved config, beside its checkpoints
-    with open(saved_config, encoding='utf-8') as f:
-        trained = f.read()
+    with open(saved_config, encoding='utf-8') as f:    # and its config, not the one of the run that did not start
+        assert f.read() == trained
     out = str(tmp_path / 'preds')
     shown = str(tmp_path / 'shown')
     log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work, '--show-dir', shown)
@@ -150,10 +151,11 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypat
     assert not started[-1][0].resume and started[-1][1] == sorted(earlier)
     assert len(os.listdir(work)) == 6     # deleted only once the run has started: by the hook, at before_train
     deletion = EarlierRunDeletion(str(work), started[-1][1])
-    deletion.before_train(SimpleNamespace(rank=1))
-    assert len(os.listdir(work)) == 6
-    deletion.before_train(SimpleNamespace(rank=0))
-    assert sorted(os.listdir(work)) == ['20261202_010203', 'backbone.pth']
+    dumped = []
+    deletion.before_train(SimpleNamespace(rank=1, dump_config=lambda: dumped.append(1)))
+    assert len(os.listdir(work)) == 6 and not dumped
+    deletion.before_train(SimpleNamespace(rank=0, dump_config=lambda: dumped.append(0)))
+    assert sorted(os.listdir(work)) == ['20261202_010203', 'backbone.pth'] and dumped == [0]   # its config replaces
     assert capsys.readouterr().err.endswith(f"--overwrite: deleted the earlier run's checkpoints {sorted(earlier)} "
                                             f"in {work}\n")
 
