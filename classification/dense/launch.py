@@ -14,8 +14,9 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   for the Runner only: the config saved in the work_dir and in every checkpoint keeps what was asked (the log shows
   what ran), so that a GPU run of that saved copy, or a ``--resume`` on a GPU machine, trains with AMP and SyncBN.
 * ``--trust-checkpoint`` also lets the LocalMamba backbones load pretrained weights that need pickle. It holds for its
-  own command only: it is set on the built backbones, not in the config, which mmengine saves into the work_dir and
-  every checkpoint (a later run of that saved config would trust the file again unasked).
+  own command only: it is set on the built backbones (in the model config of a ``FlexibleRunner``, which builds the
+  model in ``train()``), not in the config, which mmengine saves into the work_dir and every checkpoint (a later run
+  of that saved config would trust the file again unasked).
 * A checkpoint that is tested or resumed must fit the model (mmengine would load what fits and go on with the rest as
   initialised) and its backbone's scan directions, which every checkpoint records; pretrained backbone weights of
   another model are refused by the backbone.
@@ -255,6 +256,11 @@ def _replace_sync_bn(node: dict) -> None:
         node['type'] = 'BN'
 
 
+def _trust_backbone(node: dict) -> None:
+    if is_backbone(node):
+        node['trust_checkpoint'] = True
+
+
 def _skip_pretrained(node: dict) -> None:
     if is_backbone(node):
         for key in ('pretrained', 'pretrained_ckpt', 'init_cfg'):
@@ -301,6 +307,7 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     checkpoint files in the work_dir, deleted once the run has started, when its config replaces the earlier run's
     copy; ``trust``: the backbones may load pretrained
     weights that need pickle (``--trust-checkpoint``)."""
+    import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
@@ -317,9 +324,13 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     else:
         runner.dump_config()
     if trust:   # on the modules, which load their weights in runner.train(): the saved config leaves it out
-        for module in runner.model.modules():
-            if isinstance(module, DenseBackbone):
-                module.trust_checkpoint = True
+        if isinstance(runner.model, torch.nn.Module):
+            for module in runner.model.modules():
+                if isinstance(module, DenseBackbone):
+                    module.trust_checkpoint = True
+        else:   # a FlexibleRunner builds the model in train(), from this config of it
+            runner.model = copy.deepcopy(runner.model)
+            walk_dicts(runner.model, _trust_backbone)
     runner.register_hook(PlainCheckpointHook())
     runner.register_hook(ScanDirectionsHook())
     if fit_source is not None:

@@ -190,3 +190,8 @@ def test_the_trust_of_one_command_does_not_pass_to_a_run_of_its_saved_config(tmp
     assert again.returncode == 2, again.stderr[-3000:]
     assert again.stderr.strip().splitlines()[-1].startswith(f'error: {pretrained} holds pickled objects')
     assert 'Traceback' not in again.stderr and not marker.exists()
+    # a FlexibleRunner builds the model in train(): from its own copy of the model's config, given the trust there
+    flexible = run(config, tmp_path / 'flexible', '--trust-checkpoint', '--cfg-options', 'runner_type=FlexibleRunner')
+    assert flexible.returncode == 0, flexible.stderr[-3000:]
+    assert marker.exists() and 'MM_LocalVSSM: loaded' in flexible.stdout + flexible.stderr
+    assert 'trust_checkpoint' not in (tmp_path / 'flexible' / config.name).read_text()
