@@ -344,7 +344,8 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     """``train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --overwrite] [--amp] [--auto-scale-lr]
     [--cfg-options ...]``.
 
-    A fresh run (no --resume) into a work_dir that holds another run's checkpoints is refused unless --overwrite.
+    A fresh run (no --resume) into a work_dir that holds another run's checkpoints is refused unless --overwrite, and
+    so is --resume (no CKPT) into one whose checkpoints lack the ``last_checkpoint`` that names the one to continue.
     """
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
@@ -381,6 +382,11 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         walk_dicts(cfg.model, _skip_pretrained)
     else:
         if cfg.get('resume'):   # mmengine then logs "Auto resumed from the latest checkpoint None."
+            found = previous_checkpoints(cfg.work_dir)
+            if found:   # copied without the pointer: a fresh run there would write its checkpoints over them
+                _exit_error(f'--resume: {cfg.work_dir} holds checkpoints ({_first_names(found)}) but no '
+                            f'last_checkpoint, which names the one to continue from: give it, --resume '
+                            f'{cfg.work_dir}/CHECKPOINT')
             print(f'--resume: {cfg.work_dir} holds no checkpoint (no last_checkpoint): the run starts afresh',
                   file=sys.stderr)
         _stop_on(missing_pretrained(cfg.model))

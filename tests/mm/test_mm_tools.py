@@ -237,3 +237,23 @@ runner.train()
     for kept in (saved, meta):
         assert kept.optim_wrapper.type == 'AmpOptimWrapper' and 'model_wrapper_cfg' not in kept
         assert kept.model.decode_head.norm_cfg.type == kept.model.auxiliary_head.norm_cfg.type == 'SyncBN'
+
+
+def test_resume_without_last_checkpoint_into_a_folder_of_checkpoints_is_refused(
+        tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
+    """Checkpoints copied without mmengine's last_checkpoint pointer: --resume said the work_dir 'holds no checkpoint'
+    and started afresh there, to write its own iter_16000.pth over the one copied."""
+    from classification.dense import launch
+
+    config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    work = tmp_path / 'copied'
+    work.mkdir()
+    (work / 'iter_16000.pth').write_text('x')
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('the runner was built'))
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [config, '--work-dir', str(work), '--resume'])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'error: --resume: {work} holds checkpoints (iter_16000.pth) but no last_checkpoint, which names the one to '
+        f'continue from: give it, --resume {work}/CHECKPOINT')
