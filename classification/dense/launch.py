@@ -381,6 +381,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if resumes_a_checkpoint(cfg):  # it holds every weight: the backbone's pretrained file is not read (nor needed)
         walk_dicts(cfg.model, _skip_pretrained)
     else:
+        _stop_on(missing_pretrained(cfg.model))
         if cfg.get('resume'):   # mmengine then logs "Auto resumed from the latest checkpoint None."
             found = previous_checkpoints(cfg.work_dir)
             if found:   # copied without the pointer: a fresh run there would write its checkpoints over them
@@ -389,7 +390,6 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
                             f'{cfg.work_dir}/CHECKPOINT')
             print(f'--resume: {cfg.work_dir} holds no checkpoint (no last_checkpoint): the run starts afresh',
                   file=sys.stderr)
-        _stop_on(missing_pretrained(cfg.model))
     _stop_on(missing_data_path(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])))
     overwritten: list[str] = []
     try:
