@@ -1,7 +1,8 @@
 """Shared start-up of the command-line tools: user errors and interruptions become one line instead of a traceback.
 
 Bad input (config, data, checkpoint, a file or folder that cannot be read or written, a full disk, a kernel environment
-variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``, ``LOCALMAMBA_DIRECTION_MODULES``) and a training loss that is
+variable: ``LOCALMAMBA_BACKEND``, ``LOCALMAMBA_CPU_ISA``, ``LOCALMAMBA_DIRECTION_MODULES``; a C kernel that does not
+build under ``LOCALMAMBA_CPU_KERNEL=require``, whose message holds the compiler's output) and a training loss that is
 no longer finite print `error: <message>` and exit with status 2. An interrupted training run (Ctrl-C, SIGTERM, SIGUSR1,
 SIGHUP) prints one line with the command that continues it and exits with the shell's status for the signal, 128 + its
 number (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1, 129 for SIGHUP). In a distributed run, a rank whose collective
@@ -18,6 +19,7 @@ import sys
 import threading
 from typing import Callable, Optional, Sequence
 
+from localmamba_kernel_runtime.ckernel import KernelBuildError
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
 from ..common.checkpoint_io import CheckpointError
@@ -34,7 +36,7 @@ class TrainingDiverged(RuntimeError):
 
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DirectionModuleError, OSError, TrainingDiverged,
-               *SETTING_ERRORS)
+               KernelBuildError, *SETTING_ERRORS)
 
 
 class RunInterrupted(Exception):

@@ -301,6 +301,18 @@ def test_bad_kernel_environment_variables(variable, value, message, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_a_kernel_that_does_not_build_under_require_is_an_error_without_traceback(tmp_path):
+    """LOCALMAMBA_CPU_KERNEL=require with a compiler that runs and fails: train.py ended in a KernelBuildError
+    traceback; it is now `error: ` with the compiler's full output (as README documents for `require`), status 2."""
+    env = {**tool_env(), "CC": "false", "LOCALMAMBA_CPU_KERNEL": "require",
+           "LOCALMAMBA_CACHE_DIR": str(tmp_path / "kernel-cache")}
+    proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path / "out"), check=False, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: LOCALMAMBA_CPU_KERNEL=require, but building the CPU kernel "), proc.stderr
+    assert "the compiler said:" in proc.stderr and "/false" in proc.stderr and "non-zero exit status 1" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
     """The rank whose collective broke because another rank stopped printed a 25-line gloo traceback around the other
     rank's one-line error; outside a distributed run the same error is no user error and keeps its traceback."""
