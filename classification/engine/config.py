@@ -305,10 +305,8 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
     """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key.
     `evaluation`: tools/test.py's parser (`build_parser`)."""
     parser = build_parser(description, evaluation)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config", default="")
-    known, _ = pre.parse_known_args(argv)
-    config_values = read_config(known.config, parser) if known.config else {}
+    config = parser.parse_known_args(argv)[0].config  # by the parser itself: `--co` is as ambiguous here as later
+    config_values = read_config(config, parser) if config else {}
     parser.set_defaults(**config_values)
     args = parser.parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs or {})

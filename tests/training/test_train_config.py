@@ -124,6 +124,17 @@ def test_missing_config_file_is_named(tmp_path):
         parse_args(["-c", str(tmp_path / "nope.yaml")])
 
 
+def test_abbreviations_of_config_are_read_as_the_parser_reads_them(tmp_path, capsys):
+    """`-c/--config` was read by a first parser of its own: `--co default` (ambiguous: --compile, --color-jitter, ...)
+    was taken as a config path, ending in a misleading "config file not found: default"."""
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--co", "default"])
+    assert stop.value.code == 2
+    assert "error: ambiguous option: --co could match --config, " in capsys.readouterr().err
+    cfg = write_yaml(tmp_path / "c.yaml", {"lr": 0.5})
+    assert parse_args(["--conf", cfg]).lr == parse_args([f"--config={cfg}"]).lr == parse_args([f"-c{cfg}"]).lr == 0.5
+
+
 def test_saved_config_round_trips(tmp_path):
     args = parse_args(["-c", RECIPE, "--model-kwargs", "img_size=28", "--lr", "2e-3"])
     save_config(args, str(tmp_path / "args.yaml"))
