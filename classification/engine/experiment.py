@@ -186,14 +186,17 @@ def check_run_folder(folder: str, overwrite: bool) -> None:
                           f"or choose another --experiment")
 
 
-def make_writable(folder: str) -> None:
-    """Create `folder` (and parents); refuse one that cannot be created or written, naming it."""
+def make_writable(folder: str, named_by: str = "--output", elsewhere: str = "") -> None:
+    """Create `folder` (and parents); refuse one that cannot be created or written, naming it and what the command
+    named it by (`named_by`: `--output`, or `--resume CHECKPOINT` for a run continued in its checkpoint's folder), with
+    `elsewhere`, what to give instead, when there is such advice."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"--output: cannot create the run folder {folder}: {err.strerror or err}") from err
+        raise ConfigError(f"{named_by}: cannot create the run folder {folder}: {err.strerror or err}") from err
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output: the run folder {folder} is not writable")
+        advice = f"; {elsewhere}" if elsewhere else ""
+        raise ConfigError(f"{named_by}: the run folder {folder} is not writable{advice}")
 
 
 def _run_file_names(folder: str) -> list[str]:

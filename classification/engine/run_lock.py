@@ -47,11 +47,13 @@ RESUMED_ELSEWHERE = "give --branch --experiment NEW to continue from its checkpo
 
 class RunLock:
     """An exclusive lock on the run folder `folder`, held between `acquire` and `release`; a refusal advises
-    `elsewhere` (`ELSEWHERE`, or `RESUMED_ELSEWHERE` for a run resumed in its checkpoint's folder)."""
+    `elsewhere` (`ELSEWHERE`, or `RESUMED_ELSEWHERE` for a run resumed in its checkpoint's folder). `resumed`: that
+    checkpoint, which named the folder (an unwritable one is blamed on it, not on --output)."""
 
-    def __init__(self, folder: str, elsewhere: str = ELSEWHERE):
+    def __init__(self, folder: str, elsewhere: str = ELSEWHERE, resumed: Optional[str] = None):
         self.folder = folder
         self.elsewhere = elsewhere
+        self.resumed = resumed
         self.path = os.path.join(folder, LOCK_FILE)
         self._fd: Optional[int] = None
         self._created_folders: list[str] = []  # deepest first
@@ -64,7 +66,10 @@ class RunLock:
         """Create the folder when needed and take the lock; ConfigError (one line, naming the holder) when another
         run holds it. Returns a warning to log when the file system cannot lock (the run then goes on unlocked)."""
         self._created_folders = _missing_folders(self.folder)
-        make_writable(self.folder)
+        if self.resumed is None:
+            make_writable(self.folder)
+        else:
+            make_writable(self.folder, f"--resume {self.resumed}", self.elsewhere)
         if os.path.realpath(self.path) in _held_here:
             self._refuse(_holder_line())
         while True:

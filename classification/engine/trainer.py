@@ -362,7 +362,10 @@ def train(cfg: Namespace) -> dict:
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
         fresh = ckpt is None or not is_training_checkpoint(ckpt)
-        lock = RunLock(exp_dir, ELSEWHERE if fresh or folder.branch_of else RESUMED_ELSEWHERE)
+        if fresh or folder.branch_of:
+            lock = RunLock(exp_dir, ELSEWHERE)
+        else:
+            lock = RunLock(exp_dir, RESUMED_ELSEWHERE, resumed=cfg.resume)
         unlocked = claim_run_folder(cfg, env, lock, fresh=fresh)
         log = setup_logging(exp_dir, env.is_main)
         if unlocked is not None:

@@ -139,6 +139,18 @@ def test_output_that_is_not_writable(monkeypatch, capsys, tmp_path):
                      f"--output: the run folder {tmp_path / 'ro' / 'exp'} is not writable")
 
 
+def test_a_resumed_run_whose_folder_is_not_writable_names_its_checkpoint(finished_run, monkeypatch, capsys):
+    """A resumed run continues in its checkpoint's folder: an unwritable one was blamed on --output, which the command
+    did not give; the message names --resume and the way on (os.access mocked: this may run as root)."""
+    folder, real_access = str(finished_run), os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: os.path.realpath(path) != os.path.realpath(folder)
+                        and real_access(path, mode, **kw))
+    last = finished_run / "last.pth.tar"
+    code, err = cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--epochs", "3", "--resume", str(last))
+    assert_error((code, err), f"--resume {last}: the run folder {folder} is not writable; give --branch --experiment "
+                              f"NEW to continue from its checkpoint in a new folder")
+
+
 def limit_file_size():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
