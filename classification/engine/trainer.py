@@ -383,6 +383,10 @@ def train(cfg: Namespace) -> dict:
         if folder.rewinds is not None:
             log.info(f"--rewind: continuing {exp_dir} from {cfg.resume} ({folder.rewinds}); the checkpoints and CSV "
                      f"rows after it are deleted")
+        elif cfg.rewind:  # the resume in place keeps the ranks of checkpoint files deleted by hand, as without it
+            log.info(f"--rewind: nothing to rewind, {cfg.resume} is where the run in {exp_dir} stands: it continues "
+                     f"as with --resume alone")
+            cfg.rewind = False
         seed_everything(cfg.seed + env.rank)
         run = Run(cfg, env, exp_dir, log)
         if ckpt is not None:

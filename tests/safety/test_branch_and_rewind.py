@@ -107,6 +107,21 @@ def test_rewind_continues_exactly_from_the_earlier_checkpoint(three_epochs, copy
     assert run_id(copy_of_run / "last.pth.tar") == run_id(copy_of_run / "checkpoint-2.pth.tar") == started
 
 
+def test_rewind_with_nothing_to_rewind_keeps_the_ranks_of_checkpoints_deleted_by_hand(three_epochs, copy_of_run):
+    """--rewind of the run's own last.pth.tar rewinds nothing; it turned off what a resume in place does for the
+    checkpoint-N files a user deleted (their entries keep their ranks, best.pth.tar stays the best): their entries were
+    dropped and best.pth.tar removed. It now continues as a plain --resume, and says so."""
+    kept = three_epochs[1]["kept"]
+    for name, _ in kept:
+        os.remove(copy_of_run / name)
+    proc = run_tool("train.py", *RUN, "--epochs", "4", "--resume", str(copy_of_run / "last.pth.tar"), "--rewind")
+    assert f"--rewind: nothing to rewind, {copy_of_run / 'last.pth.tar'} is where the run" in proc.stdout
+    ranked = torch.load(copy_of_run / "last.pth.tar", map_location="cpu", weights_only=True)["checkpoints"]
+    assert sorted(name for name, _ in ranked) == sorted([name for name, _ in kept] + ["checkpoint-3.pth.tar"])
+    best = torch.load(copy_of_run / "best.pth.tar", map_location="cpu", weights_only=True)["epoch"]
+    assert f"checkpoint-{best}.pth.tar" == ranked[0][0]
+
+
 def test_a_rewind_killed_in_its_first_epoch_resumes_from_the_rewound_point(three_epochs, copy_of_run):
     """A rewound run's last.pth.tar is the resumed checkpoint from its start: killed in the next epoch's first step,
     it continues from there (not from the later epoch the old last.pth.tar held) and ends exactly."""
