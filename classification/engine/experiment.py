@@ -10,8 +10,9 @@ A checkpoint behind its folder's last.pth.tar (an earlier epoch, best.pth.tar) w
 it did after the checkpoint: that needs `--rewind`. Every checkpoint names its run (`run_id`, kept by `--resume` and
 `--rewind`, new for a fresh run and a `--branch`); one of another run than the folder's last.pth.tar (a copy brought
 into the folder) is refused there. `--branch` instead continues from any training checkpoint in
-`<output>/<experiment>` (a folder without a run), taking the CSV history up to the checkpoint and leaving the
-original run as it is. Nothing in any folder is deleted before the new run's inputs have been checked.
+`<output>/<experiment>` (a folder without a run; that of a branch of the same run stopped before its first
+checkpoint holds none), taking the CSV history up to the checkpoint and leaving the original run as it is.
+Nothing in any folder is deleted before the new run's inputs have been checked.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..common.checkpoint_io import TMP_PREFIX, CheckpointError, load_checkpoint
-from ..common.csv_log import RUN_CSV_FILES
+from ..common.csv_log import LR_CSV, RUN_CSV_FILES
 from .checkpoint import LAST, checkpoint_folder
 from .config import ConfigError
 
@@ -107,7 +108,7 @@ def choose_run_folder(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> Run
         return RunFolder(named)
     own = checkpoint_folder(cfg.resume)
     if cfg.branch:
-        if os.path.realpath(named) == own or previous_run_files(named):
+        if os.path.realpath(named) == own or branch_would_overwrite(named, own):
             raise ConfigError(f"--branch continues {cfg.resume} in a new folder, and {named} "
                               f"{'is its own' if os.path.realpath(named) == own else 'holds a run'}: give "
                               f"--experiment NEW")
@@ -152,6 +153,28 @@ def previous_run_files(folder: str) -> list[str]:
     found = [n for n in names if n.endswith(".pth.tar") and not n.startswith(TMP_PREFIX)]
     found += [n for n in names if n in RUN_CSV_FILES and _has_rows(os.path.join(folder, n))]
     return found
+
+
+def _csv_rows(path: str) -> list[list[str]]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def branch_would_overwrite(folder: str, source: str) -> list[str]:
+    """Names of the files in `folder` that show a run a `--branch` of the run in `source` would overwrite
+    (`previous_run_files`); none when `folder` holds no checkpoint and the rows of its CSV files but lr.csv begin
+    those of `source`'s: a branch of that run stopped before its first checkpoint (its lr.csv rows of that epoch are of
+    no checkpoint), whose history the branch copies again."""
+    found = previous_run_files(folder)
+    if any(name.endswith(".pth.tar") for name in found):
+        return found
+    for name in found:
+        mine, theirs = _csv_rows(os.path.join(folder, name)), _csv_rows(os.path.join(source, name))
+        if name != LR_CSV and mine != theirs[:len(mine)]:
+            return found
+    return []
 
 
 def csv_files_past_first_epoch(folder: str) -> list[str]:

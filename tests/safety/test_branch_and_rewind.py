@@ -87,6 +87,33 @@ def test_a_branch_into_a_folder_with_a_run_is_refused(copy_of_run, tmp_path, tar
     assert digests(tmp_path) == before
 
 
+def test_a_branch_killed_before_its_first_checkpoint_runs_again_with_the_same_command(three_epochs, copy_of_run):
+    """A branch SIGKILLed in its first epoch leaves its folder with the copied CSV rows and no checkpoint: the same
+    command was refused (the folder "holds a run") until the folder was deleted by hand. It now runs, exactly."""
+    out = copy_of_run.parent
+    branch = [*RUN, "--resume", str(copy_of_run / "checkpoint-0.pth.tar"), "--branch", "--output", str(out),
+              "--experiment", "branch"]
+    proc = subprocess.run([sys.executable, KILL_AT, "lr", "1", *branch], capture_output=True, text=True,
+                          env=tool_env(), timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert rows(out / "branch" / "metrics.csv") == rows(copy_of_run / "metrics.csv")[:2]
+    run_tool("train.py", *branch)
+    done, original = snapshot(out / "branch"), three_epochs[1]
+    assert done["metrics"] == original["metrics"] and done["lr"] == original["lr"]
+    assert all(torch.equal(done["weights"][k], original["weights"][k]) for k in original["weights"])
+    assert done["files"] == ["best.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar"]
+
+
+def test_a_branch_into_a_folder_of_other_csv_rows_without_checkpoints_is_refused(copy_of_run, tmp_path):
+    """CSV rows that are not the history of the run branched from (another run's, its checkpoints deleted) are a run:
+    a branch would overwrite them."""
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.csv").write_text("epoch,train_loss,test_loss,top1,top5\n0,1.0,1.0,50.0,90.0\n")
+    proc = run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-1.pth.tar"), "--branch",
+                    "--output", str(tmp_path), "--experiment", "other", check=False)
+    assert_one_line_error(proc, f"{tmp_path / 'other'} holds a run: give --experiment NEW")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--rewind"], "--rewind continues a run from one of its checkpoints: give that checkpoint with --resume"),
     (["--branch", "--resume", "auto"], "--branch continues a run from one of its checkpoints"),
