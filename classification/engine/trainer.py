@@ -33,8 +33,7 @@ from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
 from torch.nn.parallel import DistributedDataParallel
 
-from ..common.checkpoint_io import (CheckpointError, atomic_copy, load_checkpoint, remove_temporary_files,
-                                    state_dict_from)
+from ..common.checkpoint_io import CheckpointError, load_checkpoint, remove_temporary_files, state_dict_from
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup, class_summary
@@ -228,7 +227,7 @@ class Run:
             if copied:
                 self.log.info(f"Branch: took {', '.join(copied)} of {folder.branch_of} up to the resumed checkpoint")
             if folder.rewinds is not None:  # from here on, an interrupted rewind resumes from the rewound point
-                atomic_copy(cfg.resume, self.manager.path(LAST))
+                self.manager.save_last(load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint))  # with its kept list
         self.metrics = CsvLog(os.path.join(exp_dir, METRICS_CSV), METRICS_HEADER, enabled=env.is_main)
         self.lr_log = CsvLog(os.path.join(exp_dir, LR_CSV), LR_HEADER, enabled=env.is_main)
         self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)

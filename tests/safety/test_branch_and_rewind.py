@@ -161,6 +161,22 @@ def test_a_rewind_killed_in_its_first_epoch_resumes_from_the_rewound_point(three
     assert_same_run(snapshot(copy_of_run), three_epochs[1])
 
 
+def test_a_rewind_killed_early_keeps_the_list_it_rewound_to(copy_of_run):
+    """A rewind drops the kept entries whose files are gone (evicted after the checkpoint by the later epochs it
+    rewinds); its last.pth.tar was a plain copy of the checkpoint, still listing them, so a rewind killed early and
+    then resumed (which keeps the ranks of missing files: deleted by hand) ranked the new epochs below files that do
+    not exist. The rewound point's last.pth.tar now holds the list the rewind kept."""
+    os.remove(copy_of_run / "checkpoint-0.pth.tar")   # as if evicted by epoch 2
+    listed = torch.load(copy_of_run / "checkpoint-1.pth.tar", map_location="cpu", weights_only=True)["checkpoints"]
+    assert sorted(name for name, _ in listed) == ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar"]
+    proc = subprocess.run([sys.executable, KILL_AT, "lr", "2", *RUN, "--resume",
+                           str(copy_of_run / "checkpoint-1.pth.tar"), "--rewind"], capture_output=True, text=True,
+                          env=tool_env(), timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    last = torch.load(copy_of_run / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 1 and last["checkpoints"] == [item for item in listed if item[0] != "checkpoint-0.pth.tar"]
+
+
 def test_an_unreadable_last_checkpoint_counts_as_later_work(copy_of_run):
     (copy_of_run / "last.pth.tar").write_bytes(b"PK\x03\x04 truncated by a crash")
     proc = run_tool("train.py", *RUN, "--resume", str(copy_of_run / "checkpoint-1.pth.tar"), check=False)
