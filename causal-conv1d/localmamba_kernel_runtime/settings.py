@@ -8,9 +8,10 @@ import torch
 from . import backends, ckernel
 
 # What a bad LOCALMAMBA_BACKEND / LOCALMAMBA_CPU_ISA / LOCALMAMBA_CPU_KERNEL / CC raises, here or at an op's first
-# call (the forced backend's inability to run an op is known only then).
+# call (the forced backend's inability to run an op is known only then, and so is a C kernel that does not build
+# under LOCALMAMBA_CPU_KERNEL=require, whose error carries the compiler's output).
 SETTING_ERRORS = (backends.BackendChoiceError, backends.BackendUnavailableError, ckernel.UnsupportedISAError,
-                  ckernel.KernelSettingError)
+                  ckernel.KernelSettingError, ckernel.KernelBuildError)
 
 
 def check_settings(device: Union[str, torch.device]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-from localmamba_kernel_runtime.ckernel import KernelBuildError
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 from torch import nn
 
@@ -75,7 +74,7 @@ def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, img_size, img_size, device=device))
-    except (*SETTING_ERRORS, KernelBuildError) as err:  # a kernel setting these inputs cannot run, whatever their size
+    except SETTING_ERRORS as err:  # a kernel setting these inputs cannot run, whatever their size
         raise ConfigError(str(err)) from err
     except (ValueError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

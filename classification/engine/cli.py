@@ -19,7 +19,6 @@ import sys
 import threading
 from typing import Callable, Optional, Sequence
 
-from localmamba_kernel_runtime.ckernel import KernelBuildError
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
 from ..common.checkpoint_io import CheckpointError
@@ -36,7 +35,7 @@ class TrainingDiverged(RuntimeError):
 
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DirectionModuleError, OSError, TrainingDiverged,
-               KernelBuildError, *SETTING_ERRORS)
+               *SETTING_ERRORS)
 
 
 class RunInterrupted(Exception):
