@@ -43,6 +43,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
+from ..common.checkpoint_io import atomic_write_bytes
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
@@ -297,8 +298,7 @@ def _put_back(path: str, content: Optional[bytes]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
     else:
-        with open(path, 'wb') as f:
-            f.write(content)
+        atomic_write_bytes(path, content)
 
 
 def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = (), trust: bool = False):
