@@ -24,7 +24,7 @@ import os
 import signal
 import uuid
 from argparse import Namespace
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -205,10 +205,11 @@ class Run:
             self.log.warning(f"{path} was trained with other scan directions ({other}): its weights fine-tune this "
                              f"model's directions (give --directions as its run did to keep them)")
 
-    def open_outputs(self, folder: RunFolder) -> None:
+    def open_outputs(self, folder: RunFolder, resumed: Optional[Mapping[str, Any]] = None) -> None:
         """Prepare the folder once the inputs are checked: remove leftover temporary files, delete an earlier run
-        (--overwrite), take a branch's CSV history or make a rewound run's last.pth.tar the resumed checkpoint, rewind
-        the CSV files and repair the checkpoint files to the resumed epoch, write args.yaml."""
+        (--overwrite), take a branch's CSV history or make a rewound run's last.pth.tar the resumed checkpoint
+        (`resumed`, as read), rewind the CSV files and repair the checkpoint files to the resumed epoch, write
+        args.yaml."""
         cfg, env, exp_dir = self.cfg, self.env, self.exp_dir
         if env.is_main:
             leftovers = remove_temporary_files(exp_dir)
@@ -227,7 +228,7 @@ class Run:
             if copied:
                 self.log.info(f"Branch: took {', '.join(copied)} of {folder.branch_of} up to the resumed checkpoint")
             if folder.rewinds is not None:  # from here on, an interrupted rewind resumes from the rewound point
-                self.manager.save_last(load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint))  # with its kept list
+                self.manager.save_last(dict(resumed))  # with the kept list of the rewind
         self.metrics = CsvLog(os.path.join(exp_dir, METRICS_CSV), METRICS_HEADER, enabled=env.is_main)
         self.lr_log = CsvLog(os.path.join(exp_dir, LR_CSV), LR_HEADER, enabled=env.is_main)
         self.search = SearchMonitor.for_model(self.model, exp_dir, enabled=env.is_main)
@@ -392,8 +393,8 @@ def train(cfg: Namespace) -> dict:
             run.resume(ckpt, cfg.resume)
         elif finetune is not None:
             run.finetune(finetune, cfg.finetune)
+        run.open_outputs(folder, ckpt)
         del ckpt, finetune
-        run.open_outputs(folder)
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
         # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved
         # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
