@@ -1,5 +1,5 @@
-"""Reading one image file as an 8-bit RGB PIL image: 16-bit grayscale scaled to 8 bits, float pixels by their range,
-32-bit integer pixels refused; errors name the file."""
+"""Reading one image file as an 8-bit RGB PIL image: integer grayscale of up to 16 bits scaled by its bit depth, float
+pixels by their range, 32-bit integer pixels and negative signed ones refused; errors name the file."""
 import numpy as np
 from PIL import Image
 
@@ -10,20 +10,38 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # Formats whose 32-bit integer mode "I" holds at most 16 bits: Pillow opens 16-bit PGM (and, in some versions, PNG)
 # files as "I".
 SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+TIFF_BITS_PER_SAMPLE, TIFF_SAMPLE_FORMAT, TIFF_SIGNED = 258, 339, 2
 
 
-def to_8bit(img: Image.Image) -> Image.Image:
-    """A 16-bit grayscale image scaled to 8 bits (value / 257, rounded); Pillow's own conversion clips at 255."""
+def to_8bit(img: Image.Image, bits: int = 16) -> Image.Image:
+    """A grayscale image of non-negative integers of `bits` bits scaled to 8 bits (value * 255 / (2**bits - 1),
+    rounded: 16 bits by 1/257); Pillow's own conversion clips at 255."""
     values = np.asarray(img, dtype=np.float64)
-    return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+    return Image.fromarray(np.clip(np.round(values * 255.0 / (2 ** bits - 1)), 0, 255).astype(np.uint8), "L")
 
 
-def _holds_sixteen_bits(img: Image.Image) -> bool:
-    """Whether an image of mode "I" (32-bit integers) stores at most 16 bits per sample, by its format."""
-    if img.format == "TIFF":
-        bits = img.tag_v2.get(258, 32)  # BitsPerSample
-        return max(bits if isinstance(bits, tuple) else (bits,)) <= 16
-    return img.format in SIXTEEN_BIT_I_FORMATS
+def _tiff_tag(img: Image.Image, tag: int, default: int) -> int:
+    """The largest value of a TIFF tag (one per sample) of `img`, or `default` when absent or not a TIFF."""
+    value = img.tag_v2.get(tag, default) if img.format == "TIFF" else default
+    return max(value) if isinstance(value, tuple) else value
+
+
+def _gray_depth(img: Image.Image) -> tuple[int, bool]:
+    """(bits per sample, signed) of an integer grayscale image (mode I;16* or I): a TIFF's BitsPerSample and
+    SampleFormat (12-bit TIFFs open as I;16, signed 16-bit ones as I), else 16 bits for the 16-bit files and 32 for
+    other mode-I images, unsigned."""
+    default = 16 if img.mode in SIXTEEN_BIT_MODES or img.format in SIXTEEN_BIT_I_FORMATS else 32
+    return _tiff_tag(img, TIFF_BITS_PER_SAMPLE, default), _tiff_tag(img, TIFF_SAMPLE_FORMAT, 1) == TIFF_SIGNED
+
+
+def _signed_to_8bit(img: Image.Image, bits: int, path: str) -> Image.Image:
+    """A signed integer image whose values are non-negative, scaled by its `bits` value bits; a negative value has no
+    defined 8-bit scale and is refused."""
+    low = int(np.asarray(img).min())
+    if low < 0:
+        raise DataError(f"cannot use image {path}: its signed {bits + 1}-bit pixels go down to {low}, and negative "
+                        f"values have no defined 8-bit scale; save it unsigned, with 8 or 16 bits per sample")
+    return to_8bit(img, bits)
 
 
 def _float_to_8bit(img: Image.Image, path: str) -> Image.Image:
@@ -44,19 +62,23 @@ def _float_to_8bit(img: Image.Image, path: str) -> Image.Image:
 
 
 def _as_rgb(img: Image.Image, path: str) -> Image.Image:
-    """A decoded image as 8-bit RGB: 16-bit grayscale scaled, float by its range, 32-bit integers refused."""
-    if img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and _holds_sixteen_bits(img)):
-        img = to_8bit(img)
-    elif img.mode == "I":
-        raise DataError(f"cannot use image {path}: its 32-bit integer pixels (Pillow mode I) have no defined 8-bit "
-                        f"scale; save it with 8 or 16 bits per sample")
+    """A decoded image as 8-bit RGB: integer grayscale scaled by its bits, float by its range, 32-bit integers
+    refused; gray with premultiplied alpha (mode La, which Pillow converts to LA only) unpremultiplied as RGBa is."""
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+        bits, signed = _gray_depth(img)
+        if bits > 16:
+            raise DataError(f"cannot use image {path}: its 32-bit integer pixels (Pillow mode I) have no defined "
+                            f"8-bit scale; save it with 8 or 16 bits per sample")
+        img = _signed_to_8bit(img, bits - 1, path) if signed else to_8bit(img, bits)
     elif img.mode == "F":
         img = _float_to_8bit(img, path)
+    elif img.mode == "La":
+        img = img.convert("LA")
     return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image (0.6 ms at 500 px)
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image file as RGB (16-bit grayscale scaled to 8 bits, float by its range); errors name the file."""
+    """Decode an image file as RGB (integer grayscale scaled by its bits, float by its range); errors name the file."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)

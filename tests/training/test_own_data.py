@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -630,3 +631,50 @@ def test_float_and_32_bit_images_are_scaled_by_their_range_or_refused(tmp_path):
     assert Image.open(tmp_path / "deep.pgm").mode == "I"
     rgb = np.asarray(load_rgb(str(tmp_path / "deep.pgm")))
     assert np.array_equal(rgb[..., 0], np.round(sixteen / 257.0).astype(np.uint8))
+
+
+def write_gray_tiff(path: str, samples: np.ndarray, bits: int, signed: bool = False, alpha: str = "") -> None:
+    """An uncompressed little-endian grayscale TIFF of `samples` (H, W) or, with `alpha` ('associated' or
+    'unassociated'), (H, W, 2) gray + alpha; `bits` 8, 12 (packed, most significant bit first, W even) or 16."""
+    height, width = samples.shape[:2]
+    per_pixel = samples.shape[2] if samples.ndim == 3 else 1
+    if bits == 12:
+        pairs = samples.astype(np.uint16).reshape(-1, 2)
+        data = np.stack([pairs[:, 0] >> 4, (pairs[:, 0] & 15) << 4 | pairs[:, 1] >> 8, pairs[:, 1] & 255],
+                        axis=1).astype(np.uint8).tobytes()
+    else:
+        data = samples.astype(f"<{'i' if signed else 'u'}{bits // 8}").tobytes()
+    tags = {256: width, 257: height, 258: bits, 259: 1, 262: 1, 273: 0, 277: per_pixel, 278: height,
+            279: len(data), 339: 2 if signed else 1}
+    if alpha:
+        tags[338] = 1 if alpha == "associated" else 2  # ExtraSamples
+    start = 8 + 2 + 12 * len(tags) + 4
+    tags[273] = start  # StripOffsets: the pixels follow the directory
+    directory = b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in sorted(tags.items()))
+    with open(path, "wb") as f:
+        f.write(b"II*\0" + struct.pack("<IH", 8, len(tags)) + directory + struct.pack("<I", 0) + data)
+
+
+def test_twelve_bit_signed_and_premultiplied_gray_tiffs_are_read_by_their_depth(tmp_path):
+    """A 12-bit TIFF (microscopes, X-ray) was scaled as 16-bit, its white becoming 16 of 255; a signed 16-bit one
+    lost its sign (negative values became black, white 127); gray with premultiplied alpha (Pillow mode La) ended the
+    run with a traceback (Pillow converts it to LA only)."""
+    twelve = np.array([[0, 1000, 2048, 4095]])
+    write_gray_tiff(str(tmp_path / "twelve.tif"), twelve, 12)
+    assert Image.open(tmp_path / "twelve.tif").mode == "I;16"
+    rgb = np.asarray(load_rgb(str(tmp_path / "twelve.tif")))
+    assert rgb.shape == (1, 4, 3) and rgb[..., 0].tolist() == [[0, 62, 128, 255]]  # round(v * 255 / 4095)
+    write_gray_tiff(str(tmp_path / "signed.tif"), np.array([[0, 1000, 32767]]), 16, signed=True)
+    assert Image.open(tmp_path / "signed.tif").mode == "I"
+    assert np.asarray(load_rgb(str(tmp_path / "signed.tif")))[..., 2].tolist() == [[0, 8, 255]]  # v * 255 / 32767
+    write_gray_tiff(str(tmp_path / "negative.tif"), np.array([[-1000, 0, 32767]]), 16, signed=True)
+    with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'negative.tif'}: its signed 16-bit pixels go "
+                                        rf"down to -1000, and negative values have no defined 8-bit scale; save it "
+                                        rf"unsigned, with 8 or 16 bits per sample$"):
+        load_rgb(str(tmp_path / "negative.tif"))
+    gray_alpha = np.array([[[50, 128], [200, 255]]])  # gray premultiplied by alpha: 50 at alpha 128 is 99.6 unmixed
+    write_gray_tiff(str(tmp_path / "premultiplied.tif"), gray_alpha, 8, alpha="associated")
+    assert Image.open(tmp_path / "premultiplied.tif").mode == "La"
+    assert np.asarray(load_rgb(str(tmp_path / "premultiplied.tif")))[..., 1].tolist() == [[99, 200]]
+    write_gray_tiff(str(tmp_path / "straight.tif"), gray_alpha, 8, alpha="unassociated")
+    assert np.asarray(load_rgb(str(tmp_path / "straight.tif")))[..., 1].tolist() == [[50, 200]]
