@@ -125,16 +125,21 @@ def _meta_num_classes(meta_path: str, labels: set[int]) -> int:
 
 
 def imagenet_layout(root: str) -> str:
-    """'meta' or 'folders', from what lies under `root`; a DataError says what was expected."""
+    """'meta' when `root/meta/` holds train.txt or val.txt, else 'folders' when train/ or val/ holds class folders
+    (a meta/ folder of other files beside them, such as a dataset's notes, does not count); a DataError says what was
+    expected."""
     if os.path.isfile(root):
         raise DataError(f"data path {root} is a file, not a folder: give the folder that holds train/ and val/ (or "
                         f"meta/) as --data-path")
     if not os.path.isdir(root):
         where = "" if os.path.isabs(root) else f", relative to the current directory {os.getcwd()}"
         raise DataError(f"data path does not exist: {root} (set --data-path{where})")
-    if os.path.isdir(os.path.join(root, "meta")):
+    if any(os.path.isfile(os.path.join(root, "meta", name)) for name in ("train.txt", "val.txt")):
         return "meta"
     if has_class_folders(os.path.join(root, "train")) or has_class_folders(os.path.join(root, "val")):
+        if os.path.isdir(os.path.join(root, "meta")):
+            logger.info(f"{root}: meta/ holds no train.txt or val.txt: the images are read from the class folders "
+                        f"of train/ and val/")
         return "folders"
     raise DataError(f"{root}: expected meta/train.txt and meta/val.txt with train/ and val/ images, "
                     f"or train/<class>/ and val/<class>/ folders (val/<class>/ alone to evaluate)")

@@ -678,3 +678,18 @@ def test_twelve_bit_signed_and_premultiplied_gray_tiffs_are_read_by_their_depth(
     assert np.asarray(load_rgb(str(tmp_path / "premultiplied.tif")))[..., 1].tolist() == [[99, 200]]
     write_gray_tiff(str(tmp_path / "straight.tif"), gray_alpha, 8, alpha="unassociated")
     assert np.asarray(load_rgb(str(tmp_path / "straight.tif")))[..., 1].tolist() == [[50, 200]]
+
+
+def test_a_meta_folder_of_other_files_beside_class_folders_leaves_them_the_layout(tmp_path, localmamba_log):
+    """A meta/ folder holding a dataset's own notes (no train.txt or val.txt) made class folders a meta-list tree:
+    training stopped on 'meta file not found: .../meta/train.txt'."""
+    root = str(tmp_path / "data")
+    make_folder_tree(root, classes=("cat", "dog"), per_class=2, val_per_class=1)
+    os.makedirs(os.path.join(root, "meta"))
+    with open(os.path.join(root, "meta", "classes.csv"), "w") as f:
+        f.write("cat,dog\n")
+    train_set, val_set = build_datasets(parse_args(["--data-path", root, "-j", "0"]))
+    assert train_set.classes == ["cat", "dog"] and (len(train_set), len(val_set)) == (4, 2)
+    assert f"{root}: meta/ holds no train.txt or val.txt: the images are read from the class folders of train/ and " \
+           f"val/" in localmamba_log.text
+    assert build_eval_dataset(parse_args(["--data-path", root, "-j", "0"])).classes == ["cat", "dog"]
