@@ -30,14 +30,28 @@ def note_unmeasured(where: str, absent: Sequence, total: int, kind: str = "class
                     f"their accuracy is not measured")
 
 
+def _broken_link(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a link to nothing (its target removed, or on a drive that is not mounted)."""
+    return entry.is_symlink() and not os.path.exists(entry.path)
+
+
 def has_class_folders(split_dir: str) -> bool:
-    """Whether `split_dir` exists and holds at least one sub-folder."""
-    return os.path.isdir(split_dir) and any(e.is_dir() for e in os.scandir(split_dir))
+    """Whether `split_dir` exists and holds at least one sub-folder (or a broken link, which `class_folder_names`
+    refuses)."""
+    return os.path.isdir(split_dir) and any(e.is_dir() or _broken_link(e) for e in os.scandir(split_dir))
 
 
 def class_folder_names(split_dir: str) -> list[str]:
-    """The sorted sub-folder names of a split: the classes of the class-folder layout."""
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    """The sorted sub-folder names of a split: the classes of the class-folder layout. A broken link in the split is
+    refused: ImageFolder drops it unseen, so a class folder linked from a drive that is not mounted left the classes,
+    shifting the labels of those after it."""
+    entries = sorted(os.scandir(split_dir), key=lambda entry: entry.name)
+    broken = [entry.path for entry in entries if _broken_link(entry)]
+    if broken:
+        raise DataError(f"broken link {broken[0]} -> {os.readlink(broken[0])}: what it points to does not exist "
+                        f"(a folder on a drive that is not mounted?); restore it, or remove the link if it is no "
+                        f"class" + (f" ({len(broken)} broken links in {split_dir})" if len(broken) > 1 else ""))
+    return [entry.name for entry in entries if entry.is_dir()]
 
 
 def _inside(path: str, folder: str) -> bool:

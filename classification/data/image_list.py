@@ -215,7 +215,11 @@ def _note_changed_train_folders(train_dir: str, classes: Sequence[str]) -> None:
     """Log a warning when the class folders of `train_dir` are no longer the `classes` a checkpoint was trained on."""
     if not has_class_folders(train_dir):
         return
-    now = class_folder_names(train_dir)
+    try:
+        now = class_folder_names(train_dir)
+    except DataError as err:  # a broken link: evaluation reads no training image
+        logger.warning(f"{err}; the labels follow the checkpoint's {len(classes)} classes")
+        return
     if now != list(classes):
         added, gone = sorted(set(now) - set(classes)), sorted(set(classes) - set(now))
         logger.warning(f"{train_dir}: its class folders are not those the checkpoint was trained on (added "

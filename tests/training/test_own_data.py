@@ -99,6 +99,33 @@ def test_a_broken_link_is_refused_at_start(tmp_path):
         build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_class_folder_linked_from_a_missing_drive_is_refused_not_dropped(tmp_path, split, localmamba_log):
+    """A class folder that is a broken link (its drive not mounted) was dropped unseen, as ImageFolder drops it:
+    training built a model of one class fewer, every later class's label shifted, and evaluation left it out."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "eel"), per_class=2, val_per_class=1)
+    for side in ("train", "val"):
+        os.symlink(tmp_path / "data2" / side / "dog", root / side / "dog")
+        if side != split:
+            shutil.copytree(root / side / "cat", tmp_path / "data2" / side / "dog")
+    link = root / split / "dog"
+    message = (rf"^broken link {link} -> {tmp_path / 'data2' / split / 'dog'}: what it points to does not exist \(a "
+               rf"folder on a drive that is not mounted\?\); restore it, or remove the link if it is no class$")
+    with pytest.raises(DataError, match=message):
+        build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+    if split == "val":
+        with pytest.raises(DataError, match=message):
+            build_eval_dataset(parse_args(["--data-path", str(root), "-j", "0"]), classes=["cat", "dog", "eel"])
+    else:  # a checkpoint's classes label val/; the broken train/ link is only logged
+        assert len(build_eval_dataset(parse_args(["--data-path", str(root), "-j", "0"]),
+                                      classes=["cat", "dog", "eel"])) == 3
+        assert f"broken link {link}" in localmamba_log.text
+    shutil.copytree(root / split / "cat", tmp_path / "data2" / split / "dog")  # the drive is back
+    train_set, val_set = build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+    assert train_set.classes == ["cat", "dog", "eel"] and sorted(label for _, label in val_set.samples) == [0, 1, 2]
+
+
 def test_an_unreadable_image_says_what_to_do(tmp_path):
     path = tmp_path / "half.jpg"
     write_image(str(tmp_path / "full.jpg"), seed=1, size=64)
