@@ -35,6 +35,12 @@ def _broken_link(entry: os.DirEntry) -> bool:
     return entry.is_symlink() and not os.path.exists(entry.path)
 
 
+def _broken_folder_link(path: str, unless: str = "") -> DataError:
+    """The error of a broken link `path` that is not named like an image: most likely a linked folder."""
+    return DataError(f"broken link {path} -> {os.readlink(path)}: what it points to does not exist (a folder on a "
+                     f"drive that is not mounted?); restore it, or remove the link{unless}")
+
+
 def has_class_folders(split_dir: str) -> bool:
     """Whether `split_dir` exists and holds at least one sub-folder (or a broken link, which `class_folder_names`
     refuses)."""
@@ -48,9 +54,7 @@ def class_folder_names(split_dir: str) -> list[str]:
     entries = sorted(os.scandir(split_dir), key=lambda entry: entry.name)
     broken = [entry.path for entry in entries if _broken_link(entry)]
     if broken:
-        raise DataError(f"broken link {broken[0]} -> {os.readlink(broken[0])}: what it points to does not exist "
-                        f"(a folder on a drive that is not mounted?); restore it, or remove the link if it is no "
-                        f"class" + (f" ({len(broken)} broken links in {split_dir})" if len(broken) > 1 else ""))
+        raise _broken_folder_link(broken[0], " if it is no class")
     return [entry.name for entry in entries if entry.is_dir()]
 
 
@@ -97,13 +101,15 @@ def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> lis
             lower = entry.name.lower()
             if entry.is_dir():
                 pending.append((entry.path, entry.is_symlink()))
+            elif _broken_link(entry) and not entry.name.startswith("."):
+                if lower.endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS):
+                    raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to "
+                                    f"does not exist; remove the link or restore the image")
+                raise _broken_folder_link(entry.path)
             elif not lower.endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS):
                 continue  # not an image (notes, .DS_Store, Thumbs.db): nothing to say
             elif entry.name.startswith(".") or lower.endswith(UNREAD_IMAGE_EXTENSIONS):
                 skipped.append(entry.path)
-            elif entry.is_symlink() and not os.path.exists(entry.path):
-                raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to does "
-                                f"not exist; remove the link or restore the image")
             else:
                 files.append(entry.path)
         by_folder.append((current, sorted(files)))

@@ -126,6 +126,18 @@ def test_a_class_folder_linked_from_a_missing_drive_is_refused_not_dropped(tmp_p
     assert train_set.classes == ["cat", "dog", "eel"] and sorted(label for _, label in val_set.samples) == [0, 1, 2]
 
 
+def test_a_broken_link_to_a_folder_inside_a_class_is_refused(tmp_path):
+    """A sub-folder of a class linked from a drive that is not mounted lost its images unseen."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
+    link = root / "train" / "dog" / "batch2"
+    os.symlink(tmp_path / "drive2" / "dog", link)
+    with pytest.raises(DataError, match=rf"^broken link {link} -> {tmp_path / 'drive2' / 'dog'}: what it points to "
+                                        rf"does not exist \(a folder on a drive that is not mounted\?\); restore "
+                                        rf"it, or remove the link$"):
+        build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+
+
 def test_an_unreadable_image_says_what_to_do(tmp_path):
     path = tmp_path / "half.jpg"
     write_image(str(tmp_path / "full.jpg"), seed=1, size=64)
