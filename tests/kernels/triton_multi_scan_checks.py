@@ -11,11 +11,13 @@ Prints one ``ok`` line per case; exits non-zero with a message at the first mism
 """
 import os
 import sys
+from unittest import mock
 
 import torch
 from batch_splitting import one_element_per_call
 from fast_interpreter import use_fast_interpreter
 from second_derivative_problems import check_second_derivatives_refused
+from triton.runtime import interpreter
 
 from classification.models.scan_maps import sequence_index
 from localmamba_kernel_runtime import backends
@@ -260,6 +262,51 @@ def check_split_batch_sums_shared_gradients_in_fp32():
           "gradients")
 
 
+def tensor_span(t):
+    """Elements from a tensor's first to its last, as a kernel's offsets address them."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if t.numel() else 0
+
+
+def check_launches_fit_the_split():
+    """Every tensor a kernel of multi_scan_inner_fn reads or writes, forward and backward, conv and token-major,
+    atomic and deterministic, is no larger than the per-element size its wrapper gives ``batch_slices`` (what keeps
+    the kernels' 32-bit offsets in range). The per-block x_dbl gradients of the deterministic backward hold
+    R + 2N columns, but were counted as 2N: a batch the split let through overflowed the offsets."""
+    p = scan_problem(directions=("h", "w2_flip"), grid=(3, 5), cls_position=None, inner=9, state=2, width=3,
+                     gate=True, with_d=True, dtype=torch.float32, seed=5, rank=2)
+    launch = interpreter.GridExecutor.__call__
+    bounds, spans = [], []
+
+    def one_per_call(batch, item_elements, item_grid_rows=None):
+        bounds.append(item_elements)
+        return [slice(i, i + 1) for i in range(batch)]
+
+    def recording_launch(executor, *args, **kwargs):
+        spans.extend((tensor_span(a), executor.fn.__name__, tuple(a.shape))
+                     for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        return launch(executor, *args, **kwargs)
+
+    with mock.patch.object(multi_scan_triton, "batch_slices", one_per_call), \
+            mock.patch.object(interpreter.GridExecutor, "__call__", recording_launch):
+        for conv in (True, False):
+            args = [p[k] for k in SCAN_ARGS]
+            if not conv:
+                args[-2:] = [None, None]
+            for deterministic in (False, True):
+                torch.use_deterministic_algorithms(deterministic)
+                try:
+                    multi_scan_inner_fn(*args, gate=True).sum().backward()
+                finally:
+                    torch.use_deterministic_algorithms(False)
+                largest = max(spans)
+                if largest[0] > min(bounds):
+                    sys.exit(f"multi_scan_inner conv={conv} deterministic={deterministic}: {largest[1]} addresses "
+                             f"a tensor {largest[2]} of {largest[0]} elements, the split allows {min(bounds)}")
+                bounds.clear()
+                spans.clear()
+    print("ok multi_scan_inner: every kernel's tensors fit the batch split (conv, token-major, deterministic)")
+
+
 def check_custom_ops():
     """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the custom ops, as
     ``torch.compile`` needs them (``torch.library.opcheck``; it runs backward through the fakes too)."""
@@ -323,6 +370,7 @@ def main():
     check_split_batch_sums_shared_gradients_in_fp32()
     check_custom_ops()
     check_compiled()
+    check_launches_fit_the_split()
     shrink_tiles()
     four = ("h", "v_flip", "w2", "w3_flip")
     for deterministic, split in ((False, False), (True, False), (False, True)):

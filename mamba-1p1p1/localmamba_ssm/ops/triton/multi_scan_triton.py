@@ -591,13 +591,16 @@ def multi_scan_inner_triton(tokens: torch.Tensor, index: torch.Tensor, x_proj_we
     """triton backend of ``multi_scan_inner_fn`` (same arguments and result; inputs already validated). A batch too
     large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
     tokens = _tokens_view(tokens)
-    (num_dirs, length), inner = index.shape, x_proj_weight.shape[2]
-    rows, dstate = max(length, tokens.shape[1]), A_log.shape[2]
+    (num_dirs, length), (width, inner) = index.shape, x_proj_weight.shape[1:]
+    rows, dstate, rank = max(length, tokens.shape[1]), A_log.shape[2], dt_proj_weight.shape[-1]
+    conv_width = 0 if conv_weight is None else conv_weight.shape[-1]
     slices = batch_slices(tokens.shape[0], max(
         item_span(tokens),                                                    # the tokens (and their gradient)
-        num_dirs * rows * max(inner, x_proj_weight.shape[1]),                 # u, x_dbl, y and their gradients
+        num_dirs * rows * max(inner, width),                                  # u, x_dbl, y and their gradients
         num_dirs * triton.cdiv(length, SCAN_CHUNK) * inner * dstate,          # the chunk start states
-        num_dirs * triton.cdiv(inner, SCAN_BLOCK_D) * rows * 2 * dstate),     # per-block B / C gradients
+        num_dirs * triton.cdiv(inner, SCAN_BLOCK_D) * rows * width,           # per-block x_dbl gradients
+        num_dirs * inner * rank,                                              # per-element dt_proj gradients
+        num_dirs * triton.cdiv(length, CONV_CHUNK) * inner * conv_width),     # per-program conv weight gradients
         item_grid_rows=num_dirs)
     if len(slices) > 1:
         # the parts get the parameters the kernels read in fp32, so that their gradients are summed over the parts
