@@ -25,9 +25,9 @@ BLOCK_T = 64
 def _conv_kernel(src_ptr, w_ptr, bias_ptr, dout_ptr, out_ptr, dim, seqlen, width,
                  SIGN: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, GRAD: tl.constexpr,
                  BW: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
-    pid_b = tl.program_id(0)
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
     d = tl.program_id(1) * BD + tl.arange(0, BD)
-    t = tl.program_id(2) * BT + tl.arange(0, BT)
+    pid_b = tl.program_id(2)
     dmask = d < dim
     row = (pid_b * dim + d)[:, None] * seqlen
     acc = tl.zeros([BD, BT], dtype=tl.float32)
@@ -51,8 +51,10 @@ def _conv_kernel(src_ptr, w_ptr, bias_ptr, dout_ptr, out_ptr, dim, seqlen, width
 
 
 def _launch(src, weight, bias, dout, out, sign, silu, grad):
+    """One kernel call over src (B, D, L): the time blocks on the grid's first axis (2^31 - 1 programs; CUDA caps
+    the others at 65,535, which a sequence of 4.2M steps passed), the batch on its third (``batch_slices``)."""
     batch, dim, seqlen = src.shape
-    grid = (batch, triton.cdiv(dim, BLOCK_D), triton.cdiv(seqlen, BLOCK_T))
+    grid = (triton.cdiv(seqlen, BLOCK_T), triton.cdiv(dim, BLOCK_D), batch)
     _conv_kernel[grid](src, weight, bias, dout, out, dim, seqlen, weight.shape[1], SIGN=sign,
                        HAS_BIAS=bias is not None, SILU=silu, GRAD=grad, BW=triton.next_power_of_2(weight.shape[1]),
                        BD=BLOCK_D, BT=BLOCK_T)
@@ -97,7 +99,7 @@ def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                          activation: Optional[str]) -> torch.Tensor:
     """triton backend of ``causal_conv1d_fn`` (validated inputs; weight (D, W)); fp32 math, output in x's dtype. A
     batch too large for one kernel call (``launch_limits``) runs as several calls on slices of it."""
-    slices = batch_slices(x.shape[0], math.prod(x.shape[1:]))
+    slices = batch_slices(x.shape[0], math.prod(x.shape[1:]), item_grid_rows=1)
     # fp32 compute under any autocast; the split's torch.cat too is outside it (autocast refuses fp16 parts in a
     # bf16 region and the reverse)
     with autocast_off(x.device.type):

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hopper_compile import assert_compiles_well
+
+from localmamba_kernel_runtime.launch_limits import MAX_GRID_AXIS
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -44,3 +47,31 @@ def test_scan_and_conv1d_kernels_compile_for_hopper():
         flags = dict(SIGN=-1 if grad else 1, HAS_BIAS=True, SILU=True, GRAD=grad, BW=4, BD=conv.BLOCK_D,
                      BT=conv.BLOCK_T)
         assert_compiles_well(conv._conv_kernel, flags)
+
+
+class _GridRecorder:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` records the grid and runs nothing."""
+
+    def __init__(self):
+        self.grids = []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64 * MAX_GRID_AXIS + 1), (MAX_GRID_AXIS + 1, 1, 1)])
+def test_conv1d_grids_fit_cuda_limits(shape, monkeypatch):
+    """Every causal conv1d launch, forward and backward, has at most 65,535 programs on the grid's second and third
+    axes (CUDA's limit; the first allows 2^31 - 1): a sequence of 4.2M steps had 65,536 time blocks on the third
+    axis, which CUDA refuses to launch; a batch past 65,535 is split into calls."""
+    from localmamba_conv1d import triton_conv1d as conv
+
+    kernel = _GridRecorder()
+    monkeypatch.setattr(conv, "_conv_kernel", kernel)
+    x = torch.zeros(shape, requires_grad=True)
+    weight = torch.zeros(1, 4, requires_grad=True)
+    conv.causal_conv1d_triton(x, weight, None, "silu").sum().backward()
+    assert len(kernel.grids) >= 3
+    for grid in kernel.grids:
+        assert grid[0] < 2 ** 31 and max(grid[1:]) <= MAX_GRID_AXIS, grid
