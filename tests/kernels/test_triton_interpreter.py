@@ -1,5 +1,5 @@
-"""Triton kernels (selective scan, causal conv1d) against the references on CPU, under the Triton interpreter; and
-each kernel compiled for sm_90.
+"""Triton kernels (selective scan, causal conv1d) against the references on CPU, under the Triton interpreter; each
+kernel compiled for sm_90; and the launches' grids within CUDA's limits.
 
 TRITON_INTERPRET must be set before the kernels are defined, so the checks run in a subprocess; the rest of the
 suite is unaffected.
@@ -73,5 +73,23 @@ def test_conv1d_grids_fit_cuda_limits(shape, monkeypatch):
     weight = torch.zeros(1, 4, requires_grad=True)
     conv.causal_conv1d_triton(x, weight, None, "silu").sum().backward()
     assert len(kernel.grids) >= 3
+    for grid in kernel.grids:
+        assert grid[0] < 2 ** 31 and max(grid[1:]) <= MAX_GRID_AXIS, grid
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 16 * MAX_GRID_AXIS + 1, 1), (MAX_GRID_AXIS // 2 + 1, 2, 1, 1)])
+def test_attention_merge_grids_fit_cuda_limits(shape, monkeypatch):
+    """Every attention merge launch, forward and backward, has at most 65,535 programs on the grid's second and third
+    axes: 1M tokens had 65,536 token blocks on the second axis (the backward's kernel of 8-token blocks from 524k
+    tokens on); batch x directions past 65,535 are split into calls."""
+    from localmamba_ssm.ops.triton import attention_merge_triton as merge
+
+    kernel = _GridRecorder()
+    for name in ("_norm_mean_kernel", "_merge_kernel", "_gate_grad_kernel", "_input_grad_kernel"):
+        monkeypatch.setattr(merge, name, kernel)
+    y = torch.zeros(shape, requires_grad=True)
+    weights = [torch.zeros(s, requires_grad=True) for s in ((1,), (1,), (1, 1), (1,), (1, 1), (1,))]
+    merge.attention_merge_triton(y, *weights).sum().backward()
+    assert len(kernel.grids) >= 4
     for grid in kernel.grids:
         assert grid[0] < 2 ** 31 and max(grid[1:]) <= MAX_GRID_AXIS, grid

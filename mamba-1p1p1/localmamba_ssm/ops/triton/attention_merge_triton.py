@@ -49,19 +49,19 @@ def _normalised_rows(y_ptr, row0, t, num_tokens, e, channels, eps):
 
 @triton.jit
 def _norm_mean_kernel(y_ptr, part_ptr, num_tokens, channels, eps, RT: tl.constexpr, BE: tl.constexpr):
-    pid_bk = tl.program_id(0)
-    pid_t = tl.program_id(1)
+    pid_t = tl.program_id(0)
+    pid_bk = tl.program_id(1)
     t = pid_t * RT + tl.arange(0, RT)
     e = tl.arange(0, BE)
     xhat, _, _ = _normalised_rows(y_ptr, pid_bk * num_tokens, t, num_tokens, e, channels, eps)
-    tl.store(part_ptr + (pid_bk * tl.num_programs(1) + pid_t) * channels + e, tl.sum(xhat, axis=0),
+    tl.store(part_ptr + (pid_bk * tl.num_programs(0) + pid_t) * channels + e, tl.sum(xhat, axis=0),
              mask=e < channels)
 
 
 @triton.jit
 def _merge_kernel(y_ptr, gate_ptr, out_ptr, num_dirs, num_tokens, channels, RT: tl.constexpr, BC: tl.constexpr):
-    b = tl.program_id(0)
-    t = tl.program_id(1) * RT + tl.arange(0, RT)
+    t = tl.program_id(0) * RT + tl.arange(0, RT)
+    b = tl.program_id(1)
     e = tl.program_id(2) * BC + tl.arange(0, BC)
     m = (t < num_tokens)[:, None] & (e < channels)[None, :]
     acc = tl.zeros([RT, BC], dtype=tl.float32)
@@ -78,15 +78,15 @@ def _merge_kernel(y_ptr, gate_ptr, out_ptr, num_dirs, num_tokens, channels, RT: 
 def _gate_grad_kernel(dout_ptr, y_ptr, part_ptr, num_dirs, num_tokens, channels, RT: tl.constexpr,
                       BC: tl.constexpr):
     """Partial sums over a token block of dout * y_k: (Bt * K, blocks, E)."""
-    pid_bk = tl.program_id(0)
-    pid_t = tl.program_id(1)
+    pid_t = tl.program_id(0)
+    pid_bk = tl.program_id(1)
     t = pid_t * RT + tl.arange(0, RT)
     e = tl.program_id(2) * BC + tl.arange(0, BC)
     m = (t < num_tokens)[:, None] & (e < channels)[None, :]
     rows = ((pid_bk // num_dirs * num_tokens + t) * channels)[:, None] + e[None, :]
     dout = tl.load(dout_ptr + rows, mask=m, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + ((pid_bk * num_tokens + t) * channels)[:, None] + e[None, :], mask=m, other=0.0)
-    tl.store(part_ptr + (pid_bk * tl.num_programs(1) + pid_t) * channels + e, tl.sum(dout * y.to(tl.float32), axis=0),
+    tl.store(part_ptr + (pid_bk * tl.num_programs(0) + pid_t) * channels + e, tl.sum(dout * y.to(tl.float32), axis=0),
              mask=e < channels)
 
 
@@ -94,8 +94,8 @@ def _gate_grad_kernel(dout_ptr, y_ptr, part_ptr, num_dirs, num_tokens, channels,
 def _input_grad_kernel(dout_ptr, y_ptr, gate_ptr, dxbar_ptr, dy_ptr, num_dirs, num_tokens, channels, eps,
                        RT: tl.constexpr, BE: tl.constexpr):
     """dy_k = dout * gate_k + the LayerNorm backward of g = d xbar_k / T at the rows of one token block."""
-    pid_bk = tl.program_id(0)
-    t = tl.program_id(1) * RT + tl.arange(0, RT)
+    t = tl.program_id(0) * RT + tl.arange(0, RT)
+    pid_bk = tl.program_id(1)
     e = tl.arange(0, BE)
     emask = e < channels
     xhat, rstd, m = _normalised_rows(y_ptr, pid_bk * num_tokens, t, num_tokens, e, channels, eps)
@@ -110,8 +110,11 @@ def _input_grad_kernel(dout_ptr, y_ptr, gate_ptr, dxbar_ptr, dy_ptr, num_dirs, n
              mask=m)
 
 
-def _merge_grid(batch: int, num_tokens: int, channels: int):
-    return batch, triton.cdiv(num_tokens, MERGE_ROWS), triton.cdiv(channels, MERGE_COLS)
+def _merge_grid(rows: int, num_tokens: int, channels: int):
+    """Grid of the merge and gate-gradient kernels over ``rows`` (Bt, or Bt * K) rows of tokens: the token blocks on
+    the first axis (2^31 - 1 programs; CUDA caps the others at 65,535, which 1M tokens passed), the rows on the second
+    (``batch_slices``)."""
+    return triton.cdiv(num_tokens, MERGE_ROWS), rows, triton.cdiv(channels, MERGE_COLS)
 
 
 @torch.library.custom_op("localmamba::attention_merge_triton_fwd", mutates_args=())
@@ -122,7 +125,7 @@ def attention_merge_triton_fwd(y: _T, norm_w: _T, norm_b: _T, reduce_w: _T, redu
     batch, num_dirs, num_tokens, channels = y.shape
     blocks = triton.cdiv(num_tokens, ROWS)
     part = torch.empty(batch, num_dirs, blocks, channels, device=y.device, dtype=torch.float32)
-    _norm_mean_kernel[(batch * num_dirs, blocks)](y, part, num_tokens, channels, eps, RT=ROWS,
+    _norm_mean_kernel[(blocks, batch * num_dirs)](y, part, num_tokens, channels, eps, RT=ROWS,
                                                   BE=triton.next_power_of_2(channels))
     xbar = part.sum(2) / num_tokens
     gate, hidden = gate_forward(xbar, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b)
@@ -145,14 +148,13 @@ def attention_merge_triton_bwd(dout: _T, y: _T, gate: _T, xbar: _T, hidden: _T, 
                                reduce_w: _T, select_w: _T, eps: float) -> Tuple[_T, _T, _T, _T, _T, _T, _T]:
     """Backward -> dy (y's dtype), d norm_w, d norm_b, d reduce_w, d reduce_b, d select_w, d select_b (fp32)."""
     batch, num_dirs, num_tokens, channels = y.shape
-    grid = _merge_grid(batch, num_tokens, channels)
-    part = torch.empty(batch, num_dirs, grid[1], channels, device=y.device, dtype=torch.float32)
-    _gate_grad_kernel[(batch * num_dirs,) + grid[1:]](dout, y, part, num_dirs, num_tokens, channels,
-                                                      RT=MERGE_ROWS, BC=MERGE_COLS)
+    grid = _merge_grid(batch * num_dirs, num_tokens, channels)
+    part = torch.empty(batch, num_dirs, grid[0], channels, device=y.device, dtype=torch.float32)
+    _gate_grad_kernel[grid](dout, y, part, num_dirs, num_tokens, channels, RT=MERGE_ROWS, BC=MERGE_COLS)
     with autocast_off(y.device.type):   # a backward called under autocast: the gate MLP's gradients stay fp32
         dxbar, *param_grads = gate_backward(part.sum(2), gate, xbar, hidden, norm_w, norm_b, reduce_w, select_w)
     dy = torch.empty_like(y)
-    _input_grad_kernel[(batch * num_dirs, triton.cdiv(num_tokens, INPUT_GRAD_ROWS))](
+    _input_grad_kernel[(triton.cdiv(num_tokens, INPUT_GRAD_ROWS), batch * num_dirs)](
         dout, y, gate, dxbar, dy, num_dirs, num_tokens, channels, eps, RT=INPUT_GRAD_ROWS,
         BE=triton.next_power_of_2(channels))
     return (dy, *param_grads)
@@ -189,7 +191,7 @@ def attention_merge_triton(y: torch.Tensor, norm_weight: torch.Tensor, norm_bias
                            select_bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """triton backend of ``attention_merge_fn`` (same arguments and result). A batch too large for one kernel call
     (``launch_limits``) runs as several calls on slices of it."""
-    slices = batch_slices(y.shape[0], math.prod(y.shape[1:]))
+    slices = batch_slices(y.shape[0], math.prod(y.shape[1:]), item_grid_rows=y.shape[1])
     # fp32 compute under any autocast; the split's torch.cat too is outside it (autocast refuses fp16 parts in a
     # bf16 region and the reverse)
     with autocast_off(y.device.type):
