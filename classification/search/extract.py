@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -61,6 +62,26 @@ def _search_weight_names(name: str) -> Optional[list[str]]:
         return None
     with torch.device("meta"):
         return [key for key in timm.create_model(name).state_dict() if key.endswith(SEARCH_WEIGHT_SUFFIX)]
+
+
+def _check_finite(weights: Mapping[str, torch.Tensor], probs: list[torch.Tensor], candidates: Sequence[str],
+                  path: str) -> None:
+    """Refuse search weights whose probabilities are not finite (a weight that is NaN or +inf, from a diverged
+    search): their top-k would be chosen among NaN, as if they ranked the candidates."""
+    bad = [(name, layer) for (name, layer), p in zip(_search_weights(weights), probs) if not torch.isfinite(p).all()]
+    if not bad:
+        return
+    name, layer = bad[0]
+    values = ", ".join(f"{candidate}={value:g}" for candidate, value in zip(candidates, layer.view(-1).tolist())
+                       if not math.isfinite(value))
+    more = f" (and {len(bad) - 1} more search layer{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+    raise CheckpointError(f"{path}: {name} holds search weights that are not finite ({values}){more}: the search "
+                          f"diverged before this checkpoint; extract from an earlier one (checkpoint-N.pth.tar)")
+
+
+def _search_weights(weights: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The ``*multi_scan.weights`` entries of a state dict, in state-dict (layer) order."""
+    return [(name, value) for name, value in weights.items() if name.endswith(SEARCH_WEIGHT_SUFFIX)]
 
 
 def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str:
@@ -186,8 +207,9 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         raise CheckpointError(f"{ckpt_path}: {err}") from None
     if not probs:
         raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
+    _check_finite(weights, probs, candidates, ckpt_path)
     if supernet and not recorded:
-        found = [key for key in weights if key.endswith(SEARCH_WEIGHT_SUFFIX)]
+        found = [key for key, _ in _search_weights(weights)]
         expected = _search_weight_names(supernet.removeprefix("timm_"))
         if expected is not None and found != expected:
             raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "

@@ -168,3 +168,32 @@ def test_a_supernet_name_of_other_search_layers_is_refused_for_a_file_that_recor
     assert not (tmp_path / "o").exists()
     status, _, _ = vis(monkeypatch, capsys, str(ckpt), "--supernet", name, "--out", out)
     assert status == 0 and yaml.safe_load(open(os.path.join(out, "directions.yaml")))["supernet"] == name
+
+
+def test_search_weights_that_are_not_finite_are_refused_naming_the_layer(supernet_weights, tmp_path,
+                                                                         monkeypatch, capsys):
+    """A diverged search (a NaN or +inf weight: every probability of its layer NaN) gave a directions.yaml whose lists
+    torch.topk had picked among NaN (`w2 w2_flip w7 w7_flip` in every such layer), with exit status 0."""
+    weights = dict(supernet_weights)
+    weights["layers.0.mixer.multi_scan.weights"] = torch.tensor([0., float("nan"), 1., 2., 3., 4., 5., 6.]).view(
+        8, 1, 1, 1)
+    weights["layers.1.mixer.multi_scan.weights"] = torch.tensor([float("inf"), 0., 0., 0., 0., 0., 0., 0.]).view(
+        8, 1, 1, 1)
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", weights, 2)
+    out = tmp_path / "out"
+    status, printed, err = vis(monkeypatch, capsys, ckpt, "--out", str(out))
+    assert status == 2 and printed == ""
+    assert err == (f"error: {ckpt}: layers.0.mixer.multi_scan.weights holds search weights that are not finite "
+                   f"(h_flip=nan) (and 1 more search layer): the search diverged before this checkpoint; extract "
+                   f"from an earlier one (checkpoint-N.pth.tar)\n")
+    assert not out.exists()
+    weights["layers.0.mixer.multi_scan.weights"] = supernet_weights["layers.0.mixer.multi_scan.weights"]
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", weights, 2)
+    with pytest.raises(CheckpointError, match=r"layers\.1\.mixer\.multi_scan\.weights holds search weights that are "
+                                              r"not finite \(h=inf\): the search diverged"):
+        extract(ckpt, out_dir=str(out))
+    # a -inf weight is a candidate of probability 0: the others are ranked as usual
+    weights["layers.1.mixer.multi_scan.weights"] = torch.tensor([float("-inf"), 0., 3., 0., 2., 0., 1., 4.]).view(
+        8, 1, 1, 1)
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", weights, 2)
+    assert extract(ckpt, out_dir=str(out))["directions"][1] == ["v", "w2", "w7", "w7_flip"]
