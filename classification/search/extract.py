@@ -54,10 +54,15 @@ def _candidates_of(ckpt: Mapping[str, Any], given: Optional[Sequence[str]], path
     return given
 
 
+def _architecture_name(name: str) -> str:
+    """A model name as registered: the original's ``timm_`` prefix and a pretrained tag (``.untrained``) left aside,
+    as training and the directions-file checks name the supernet."""
+    return timm.models.split_model_name_tag(name.removeprefix("timm_"))[0]
+
+
 def _search_weight_names(name: str) -> Optional[list[str]]:
-    """The state-dict names of registered model ``name``'s search weights (a pretrained tag, ``.untrained``, left
-    aside), in layer order; None for a name not registered here."""
-    name = timm.models.split_model_name_tag(name)[0]
+    """The state-dict names of registered model ``name``'s search weights (``name`` as :func:`_architecture_name`
+    gives it), in layer order; None for a name not registered here."""
     if name not in timm.list_models():
         return None
     with torch.device("meta"):
@@ -196,7 +201,8 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         _check_out_dir(out_dir)
     ckpt = load_checkpoint(ckpt_path, trust=trust)
     recorded = ckpt.get("model_name")
-    if supernet and recorded and supernet.removeprefix("timm_") != recorded:
+    architecture = _architecture_name(supernet) if supernet else None
+    if architecture and recorded and architecture != recorded:
         raise CheckpointError(f"{ckpt_path} is a checkpoint of {recorded}, not of {supernet}: leave out --supernet "
                               f"(it names the supernet of a file that does not record it)")
     weights = state_dict_from(ckpt, "ema_model" if ema else None, source=ckpt_path)
@@ -210,7 +216,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     _check_finite(weights, probs, candidates, ckpt_path)
     if supernet and not recorded:
         found = [key for key, _ in _search_weights(weights)]
-        expected = _search_weight_names(supernet.removeprefix("timm_"))
+        expected = _search_weight_names(architecture)
         if expected is not None and found != expected:
             raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "
                                   f"those of {supernet} ({len(expected)}{': ' + expected[0] if expected else ''} "
@@ -221,7 +227,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     chosen = chosen_directions(probs, topk, candidates)
     out_dir = out_dir or os.path.dirname(os.path.abspath(ckpt_path))
     os.makedirs(out_dir, exist_ok=True)
-    name = supernet or ckpt.get("model_name")
+    name = architecture or recorded
     directions_file = os.path.join(out_dir, "directions.yaml")
     _check_replaceable(directions_file, chosen, overwrite)
     unfinished = unfinished_search(ckpt)

@@ -1,6 +1,7 @@
 """tools/vis_search_prob.py as a researcher meets it: checkpoints that are not the end of their search, a run's
 folder given for its checkpoint, an --out that names a file, and a heat map whose numbers tell the chosen cells
 from the dropped ones."""
+import logging
 import os
 import runpy
 import sys
@@ -197,3 +198,31 @@ def test_search_weights_that_are_not_finite_are_refused_naming_the_layer(superne
         8, 1, 1, 1)
     ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", weights, 2)
     assert extract(ckpt, out_dir=str(out))["directions"][1] == ["v", "w2", "w7", "w7_flip"]
+
+
+@pytest.mark.parametrize("given", ["local_vssm_tiny_search", "timm_local_vssm_tiny_search",
+                                   "local_vssm_tiny_search.untrained"])
+def test_the_supernet_named_in_the_originals_spelling_is_recorded_as_registered(given, tmp_path, monkeypatch,
+                                                                                capsys, localmamba_log):
+    """`--supernet timm_local_vssm_tiny_search` (the original README's spelling) for a file of the original code went
+    into directions.yaml as given, and the searched model's build then no longer warned that its stages split the
+    layers otherwise than the search's (2, 2, 9, 2): the check knows the supernet by its registered name."""
+    from classification.engine.config import parse_args
+    from classification.engine.model_builder import build_model
+
+    weights = timm.create_model("local_vssm_tiny_search", dims=4).state_dict()
+    ckpt = tmp_path / "checkpoint.pth.tar"
+    torch.save({"model": weights, "ema_model": None, "epoch": 99, "optimizer": None}, ckpt)
+    out = tmp_path / "o"
+    status, _, _ = vis(monkeypatch, capsys, str(ckpt), "--supernet", given, "--out", str(out))
+    assert status == 0
+    path = out / "directions.yaml"
+    assert yaml.safe_load(path.read_text())["supernet"] == "local_vssm_tiny_search"
+    cfg = parse_args(["--model", "local_vssm_tiny", "--directions", str(path), "--model-kwargs", "dims=4",
+                      "depths=[2,2,2,9]", "--img-size", "32"])
+    cfg.num_classes = 10
+    localmamba_log.clear()
+    build_model(cfg)
+    warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{path} was searched with stage depths (2, 2, 9, 2), local_vssm_tiny has (2, 2, 2, 9): its "
+                        f"stages take the directions searched for other stages' blocks"]
