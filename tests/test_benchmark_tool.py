@@ -297,3 +297,81 @@ def test_ema_rows_time_both_updates_and_compare_their_weights(tmp_path, capsys):
         row, = list(csv.DictReader(f))
     assert float(row['ratio']) == pytest.approx(float(row['model_ema_v2_ms']) / float(row['foreach_ms']))
     assert (row['device'], row['dtype'], row['equal']) == ('cpu', 'fp32', 'True')
+
+
+def _fake_timings(monkeypatch, fail):
+    """benchmark_models without models or timings: every model 'takes' 2 img/s, every baseline 4; ``fail(model,
+    batch, train)`` raises for the measurement that is to fail."""
+    from classification.benchmarks import model_speed
+
+    def images_per_second(models, batch, img_size, train, *args):
+        model, baseline = models
+        fail(model, batch, train)
+        return {model: 2.0, baseline: 4.0}
+
+    monkeypatch.setattr(model_speed, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(model_speed, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(model_speed, 'images_per_second', images_per_second)
+
+
+def test_a_model_that_fails_keeps_the_rows_of_the_models_before_it(tmp_path, monkeypatch, capsys):
+    """`--model A B` where B fails: A's rows were dropped from --csv (the run ended before writing it)."""
+    from classification.engine.config import ConfigError
+
+    def fail(model, batch, train):
+        if model == 'local_vssm_tiny':
+            raise ConfigError('--img-size 8: model local_vssm_tiny cannot take 8x8 images')
+
+    _fake_timings(monkeypatch, fail)
+    out = tmp_path / 'bench.csv'
+    assert benchmark.main(['--model', 'local_vim_tiny', 'local_vssm_tiny', '--batch-sizes', '1', '--train-batch', '2',
+                           '--csv', str(out)]) == 2
+    rows = list(csv.DictReader(out.open()))
+    assert [(r['model'], r['metric'], float(r['ratio'])) for r in rows] == [
+        ('local_vim_tiny', 'inference b1', 0.5), ('local_vim_tiny', 'train step b2', 0.5)]
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        'error: --img-size 8: model local_vssm_tiny cannot take 8x8 images; the 2 rows that ended are in the table '
+        f'above and in {out}']
+    assert 'local_vim_tiny img/s' in captured.out
+
+
+def test_ctrl_c_keeps_the_rows_that_ended_in_the_table_and_the_csv(tmp_path, monkeypatch, capsys):
+    def fail(model, batch, train):
+        if train:
+            raise KeyboardInterrupt
+
+    _fake_timings(monkeypatch, fail)
+    out = tmp_path / 'bench.csv'
+    assert benchmark.main(['--model', 'local_vim_tiny', 'local_vssm_tiny', '--batch-sizes', '1', '8',
+                           '--csv', str(out)]) == 130
+    rows = list(csv.DictReader(out.open()))
+    assert [(r['model'], r['metric'], float(r['model_img_s'])) for r in rows] == [
+        ('local_vim_tiny', 'inference b1', 2.0), ('local_vim_tiny', 'inference b8', 2.0)]
+    captured = capsys.readouterr()
+    table = captured.out[captured.out.index('metric '):].splitlines()
+    assert [line.split()[:2] for line in table[2:]] == [['inference', 'b1'], ['inference', 'b8']]
+    assert captured.err.splitlines() == [f'interrupted (Ctrl-C); the 2 rows that ended are in the table above and '
+                                         f'in {out}']
+
+
+def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkeypatch, capsys):
+    from classification.engine.config import ConfigError
+
+    resolution_sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
+
+    def images_per_second(models, batch, size, **kwargs):
+        if size == 64:
+            raise ConfigError('--img-size 64: too large')
+        model, baseline = models
+        return {model: 3.0, baseline: 2.0}
+
+    monkeypatch.setattr(resolution_sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(resolution_sweep, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(resolution_sweep, 'images_per_second', images_per_second)
+    monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args: 1.5)
+    out = tmp_path / 'sweep.csv'
+    assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '32', '64', '--csv', str(out)]) == 2
+    rows = list(csv.DictReader(out.open()))
+    assert [(r['img_size'], float(r['ratio']), float(r['model_peak_mib'])) for r in rows] == [('32', 1.5, 1.5)]
+    assert capsys.readouterr().err.startswith('error: --img-size 64: too large; the 1 rows that ended')

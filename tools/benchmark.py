@@ -175,32 +175,44 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--backends {', '.join(map(repr, missing))}: not available for --op {args.op} on {args.device}")
 
 
-def _compare(args: argparse.Namespace, model: str, baseline: str) -> list:
-    """Benchmark one model against its baseline as the arguments ask; print its table; return its rows."""
-    if args.sweep:
-        rows = resolution_sweep(model, baseline, args.sweep, args.sweep_batch, args.device, args.dtype,
-                                args.repeats, args.warmup, log=print, compile_mode=args.compile)
-        print(format_sweep_table(rows))
-    else:
-        rows = benchmark_models(model, baseline, args.batch_sizes, args.train_batch, args.img_size, args.device,
-                                args.dtype, args.repeats, args.warmup, compile_mode=args.compile)
-        print(format_model_table(rows))
-    return rows
+def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) -> None:
+    """Benchmark one model against its baseline as the arguments ask, appending each row to ``rows`` as it ends;
+    print the table of its rows, also of those that ended before a failure or Ctrl-C."""
+    start = len(rows)
+    try:
+        if args.sweep:
+            resolution_sweep(model, baseline, args.sweep, args.sweep_batch, args.device, args.dtype, args.repeats,
+                             args.warmup, log=print, compile_mode=args.compile, finished=rows)
+        else:
+            benchmark_models(model, baseline, args.batch_sizes, args.train_batch, args.img_size, args.device,
+                             args.dtype, args.repeats, args.warmup, compile_mode=args.compile, finished=rows)
+    finally:
+        if len(rows) > start:
+            print((format_sweep_table if args.sweep else format_model_table)(rows[start:]), flush=True)
+
+
+def _compare_all(args: argparse.Namespace) -> tuple:
+    """Each --model against its baseline in turn: (the rows that ended, the one-line failure that stopped the rest or
+    None, the exit status). A model that cannot be run or Ctrl-C stops the run; the rows before it are kept."""
+    rows: list = []
+    try:
+        for model, baseline in zip(args.model, args.baselines):
+            _compare(args, model, baseline, rows)
+    except ConfigError as err:
+        return rows, f"error: {err}", 2
+    except KeyboardInterrupt:
+        return rows, "interrupted (Ctrl-C)", 130
+    return rows, None, 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    failure, status = None, 0
     if args.model:
-        rows = []
-        for model, baseline in zip(args.model, args.baselines):
-            try:
-                rows += _compare(args, model, baseline)
-            except ConfigError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-        if args.plot:
+        rows, failure, status = _compare_all(args)
+        if args.plot and rows:
             plot_resolution_sweep(rows, args.plot)
             print(f"plot: {args.plot}")
     elif args.ema:
@@ -211,9 +223,13 @@ def main(argv=None) -> int:
         rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),
                                   args.device, args.dtype, args.backends, args.repeats, args.warmup,
                                   backward=not args.no_backward)
-    if args.csv:
+    if args.csv and rows:
         write_csv(args.csv, rows)
-    return 0
+    if failure:
+        kept = f"; the {len(rows)} rows that ended are in the table above" if rows else ""
+        kept += f" and in {args.csv}" if rows and args.csv else ""
+        print(failure + kept, file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

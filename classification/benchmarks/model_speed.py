@@ -149,10 +149,13 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
 def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Sequence[int] = (1, 8),
                      train_batch: int = 8, img_size: int = 224, device: str = "cpu", dtype: str = "fp32",
                      repeats: int = 5, warmup: int = 2, log: Optional[Callable[[str], None]] = None,
-                     compile_mode: Optional[str] = None) -> List[Dict[str, object]]:
+                     compile_mode: Optional[str] = None,
+                     finished: Optional[List[Dict[str, object]]] = None) -> List[Dict[str, object]]:
     """Images/s of ``model`` and its baseline (by family unless given) for inference at each batch size and, unless
     ``train_batch`` is 0, a training step; ``log`` (default: print) gets a header line and one line per measurement
-    as they come. ``compile_mode``: inference under ``torch.compile`` in that mode (training steps stay eager)."""
+    as they come. ``compile_mode``: inference under ``torch.compile`` in that mode (training steps stay eager).
+    ``finished``: a list each row is also appended to as it ends, which keeps them where a later one fails or is
+    interrupted."""
     log = log or _print_now
 
     baseline = baseline or default_baseline(model)
@@ -170,6 +173,8 @@ def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Se
         rows.append({"metric": metric, "model": model, "baseline": baseline, "device": torch.device(device).type,
                      "dtype": dtype, "threads": torch.get_num_threads(), "model_img_s": ips[model],
                      "baseline_img_s": ips[baseline], "ratio": ips[model] / ips[baseline]})
+        if finished is not None:
+            finished.append(rows[-1])
         log(f"  {metric}: {ips[model]:.2f} vs {ips[baseline]:.2f} img/s")
     return rows
 

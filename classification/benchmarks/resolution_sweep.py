@@ -35,12 +35,14 @@ def crossing_size(sizes: Sequence[float], ratios: Sequence[float]) -> Optional[f
 def resolution_sweep(model: str, baseline: Optional[str] = None, sizes: Sequence[int] = SWEEP_SIZES,
                      batch: int = 1, device: str = "cpu", dtype: str = "fp32", repeats: int = 5, warmup: int = 2,
                      memory: bool = True, log: Optional[Callable[[str], None]] = None,
-                     compile_mode: Optional[str] = None) -> List[Dict[str, object]]:
+                     compile_mode: Optional[str] = None,
+                     finished: Optional[List[Dict[str, object]]] = None) -> List[Dict[str, object]]:
     """One row per image size: inference img/s of ``model`` and ``baseline`` (by family unless given) on the same
     (batch, 3, size, size) images, their ratio and, unless ``memory`` is off, each forward's peak MiB above its
     weights and images (:func:`forward_peak_mib`; ``None`` where it cannot be measured), with the device's
     :func:`device_description`. ``compile_mode``: timed under ``torch.compile`` in that mode (memory stays eager). A
-    size a model cannot take raises ``ConfigError``; ``log`` gets one line per size as it ends."""
+    size a model cannot take raises ``ConfigError``; ``log`` gets one line per size as it ends. ``finished``: a list
+    each row is also appended to as it ends, which keeps them where a later size fails or is interrupted."""
     baseline = baseline or default_baseline(model)
     if log is not None:
         log(settings_line(model, baseline, device, dtype, f"batch={batch} img={','.join(map(str, sizes))}", repeats)
@@ -61,6 +63,8 @@ def resolution_sweep(model: str, baseline: Optional[str] = None, sizes: Sequence
                      "device_name": device_name, "dtype": dtype, "batch": batch, "img_size": size,
                      "model_img_s": ips[model], "baseline_img_s": ips[baseline], "ratio": ips[model] / ips[baseline],
                      "model_peak_mib": peaks[model], "baseline_peak_mib": peaks[baseline]})
+        if finished is not None:
+            finished.append(rows[-1])
         if log is not None:
             log(f"  {size}px: {ips[model]:.2f} vs {ips[baseline]:.2f} img/s ({ips[model] / ips[baseline]:.3f}x)"
                 + "".join(f", {name} peak {_mib(peaks[name])} MiB" for name in (model, baseline) if memory))
