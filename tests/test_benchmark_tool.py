@@ -375,3 +375,14 @@ def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkey
     rows = list(csv.DictReader(out.open()))
     assert [(r['img_size'], float(r['ratio']), float(r['model_peak_mib'])) for r in rows] == [('32', 1.5, 1.5)]
     assert capsys.readouterr().err.startswith('error: --img-size 64: too large; the 1 rows that ended')
+
+
+@pytest.mark.parametrize('size', ['-32', '[-32,-32]'])
+def test_flops_of_a_negative_model_kwargs_image_size_end_in_one_line(size, capsys):
+    """`flops.py MODEL --model-kwargs img_size=-32` ended in the model's RuntimeError traceback."""
+    spec = importlib.util.spec_from_file_location('flops_tool', TOOL.parent / 'flops.py')
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    assert flops.main(['local_vim_tiny', '--model-kwargs', f'img_size={size}']) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: model_kwargs img_size={[-32, -32] if '[' in size else -32}: an image side must be at least 1 pixel"]

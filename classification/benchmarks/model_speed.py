@@ -57,12 +57,15 @@ def build_model(name: str, img_size: int = 224, device: Union[str, torch.device]
 
 def square_side(img_size: Any) -> int:
     """The side of a square input size given as a number or as a pair of one number (as model_kwargs' ``img_size``
-    may be); ``ConfigError`` for any other value (the images timed and counted are square)."""
+    may be); ``ConfigError`` for any other value (the images timed and counted are square) and for a side below 1."""
+    given = img_size
     if isinstance(img_size, (list, tuple)) and len(img_size) == 2 and img_size[0] == img_size[1]:
         img_size = img_size[0]
     if not isinstance(img_size, int) or isinstance(img_size, bool):
-        raise ConfigError(f"model_kwargs img_size={img_size!r}: the images timed and counted are square: give one "
+        raise ConfigError(f"model_kwargs img_size={given!r}: the images timed and counted are square: give one "
                           f"size")
+    if img_size < 1:
+        raise ConfigError(f"model_kwargs img_size={given!r}: an image side must be at least 1 pixel")
     return img_size
 
 

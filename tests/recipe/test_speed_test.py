@@ -62,6 +62,7 @@ def test_an_img_size_in_model_kwargs_is_the_size_counted_and_timed(tmp_path, mod
 @pytest.mark.parametrize("options, message", [
     (["--model-kwargs", "img_size=[32,48]"],
      "model_kwargs img_size=[32, 48]: the images timed and counted are square: give one size"),
+    (["--model-kwargs", "img_size=-32"], "model_kwargs img_size=-32: an image side must be at least 1 pixel"),
     (["--model-kwargs", "img_size=32", "--img-size", "64"], "--img-size 64 and model_kwargs img_size=32: the model is "
                                                             "built for the images it is timed on: give one size"),
 ])
