@@ -374,7 +374,7 @@ def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkey
     assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '32', '64', '--csv', str(out)]) == 2
     rows = list(csv.DictReader(out.open()))
     assert [(r['img_size'], float(r['ratio']), float(r['model_peak_mib'])) for r in rows] == [('32', 1.5, 1.5)]
-    assert capsys.readouterr().err.startswith('error: --img-size 64: too large; the 1 rows that ended')
+    assert capsys.readouterr().err.startswith('error: --img-size 64: too large; the row that ended is')
 
 
 @pytest.mark.parametrize('size', ['-32', '[-32,-32]'])

@@ -155,3 +155,52 @@ def test_the_readme_sweep_table_is_the_committed_measurement():
     vim_rows = [r for r in rows if r['model'] == 'local_vim_tiny']
     crossing = crossing_size([r['img_size'] for r in vim_rows], [r['ratio'] for r in vim_rows])
     assert f'LocalVim-T overtakes DeiT-Ti at about **{crossing:.0f} px**' in readme
+
+
+@needs_proc_peak
+def test_a_memory_child_killed_by_the_out_of_memory_killer_is_named_so(monkeypatch):
+    """A child killed by SIGKILL printed nothing: the error read `exit status -9`, in a RuntimeError traceback."""
+    from classification.benchmarks import peak_memory
+
+    monkeypatch.setattr(peak_memory.subprocess, 'run',
+                        lambda *args, **kwargs: subprocess.CompletedProcess(args, -9, stdout='', stderr=''))
+    with pytest.raises(peak_memory.PeakMemoryError) as raised:
+        forward_peak_mib('local_vim_tiny', 1024)
+    assert str(raised.value) == ('peak memory of local_vim_tiny at 1024px: killed by SIGKILL (most often the '
+                                 'out-of-memory killer: try a smaller --sweep size or --sweep-batch)')
+
+
+@pytest.mark.parametrize('failure, message', [
+    ('peak', 'error: peak memory of deit_tiny_patch16_224 at 64px: killed by SIGKILL'),
+    ('cuda', 'error: CUDA out of memory. Tried to allocate 2.00 GiB.'),
+])
+def test_a_sweep_stopped_by_memory_keeps_the_sizes_before_it_and_ends_in_one_line(failure, message, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """The memory child's RuntimeError and CUDA's out-of-memory error ended the sweep in a traceback, its finished
+    sizes lost with it."""
+    import torch
+    from classification.benchmarks.peak_memory import PeakMemoryError
+
+    sweep = sys.modules['classification.benchmarks.resolution_sweep']
+
+    def images_per_second(models, batch, size, **kwargs):
+        if failure == 'cuda' and size == 64:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB.\nmore advice')
+        model, baseline = models
+        return {model: 1.0, baseline: 4.0}
+
+    def forward_peak_mib(name, size, *args):
+        if failure == 'peak' and size == 64 and name.startswith('deit'):
+            raise PeakMemoryError(f'peak memory of {name} at {size}px: killed by SIGKILL')
+        return 2.0
+
+    monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(sweep, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
+    monkeypatch.setattr(sweep, 'forward_peak_mib', forward_peak_mib)
+    out = tmp_path / 'sweep.csv'
+    assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '32', '64', '128', '--csv', str(out)]) == 2
+    rows = list(csv.DictReader(out.open()))
+    assert [(r['img_size'], float(r['ratio'])) for r in rows] == [('32', 0.25)]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f'{message}; the row that ended is in the table above and in {out}']

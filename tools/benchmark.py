@@ -44,6 +44,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        resolution_sweep, unavailable_backends, write_csv)
 from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
 from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
+from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -193,13 +194,16 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
 
 def _compare_all(args: argparse.Namespace) -> tuple:
     """Each --model against its baseline in turn: (the rows that ended, the one-line failure that stopped the rest or
-    None, the exit status). A model that cannot be run or Ctrl-C stops the run; the rows before it are kept."""
+    None, the exit status). A model that cannot be run, a peak memory that cannot be measured, CUDA out of memory or
+    Ctrl-C stops the run; the rows before it are kept."""
     rows: list = []
     try:
         for model, baseline in zip(args.model, args.baselines):
             _compare(args, model, baseline, rows)
-    except ConfigError as err:
+    except (ConfigError, PeakMemoryError) as err:
         return rows, f"error: {err}", 2
+    except torch.cuda.OutOfMemoryError as err:
+        return rows, f"error: {str(err).strip().splitlines()[0]}", 2
     except KeyboardInterrupt:
         return rows, "interrupted (Ctrl-C)", 130
     return rows, None, 0
@@ -226,7 +230,8 @@ def main(argv=None) -> int:
     if args.csv and rows:
         write_csv(args.csv, rows)
     if failure:
-        kept = f"; the {len(rows)} rows that ended are in the table above" if rows else ""
+        kept = (f"; the {len(rows)} rows that ended are in the table above" if len(rows) > 1
+                else "; the row that ended is in the table above" if rows else "")
         kept += f" and in {args.csv}" if rows and args.csv else ""
         print(failure + kept, file=sys.stderr)
     return status

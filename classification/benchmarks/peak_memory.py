@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Callable, Optional, Union
@@ -22,6 +23,11 @@ RESET_PEAK_RSS = "5"  # clear_refs: set the peak resident size (VmHWM) to the cu
 # of the threshold after frees), so freed tensors leave the resident size at once
 CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class PeakMemoryError(RuntimeError):
+    """The fresh process that measures a forward's peak memory failed (its last line of error, or the signal that
+    killed it)."""
 
 
 def _status_kib(field: str) -> int:
@@ -90,7 +96,8 @@ def forward_peak_mib(name: str, img_size: int, batch: int = 1, dtype: str = "fp3
                      device: Union[str, torch.device] = "cpu") -> Optional[float]:
     """MiB one inference forward of model ``name`` on (batch, 3, img_size, img_size) images needs above its weights
     and images: on CUDA in this process, on a Linux CPU in a fresh Python process (same thread count); ``None`` where
-    neither can be measured."""
+    neither can be measured. ``PeakMemoryError`` where the fresh process fails (its last line of error, or the signal
+    that killed it)."""
     device = torch.device(device)
     if device.type == "cuda":
         return cuda_peak_mib(_forward_step(name, img_size, batch, dtype, device), device)
@@ -101,6 +108,20 @@ def forward_peak_mib(name: str, img_size: int, batch: int = 1, dtype: str = "fp3
     done = subprocess.run(_child_command(name, img_size, batch, dtype, torch.get_num_threads()), env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:
-        lines = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()
-        raise RuntimeError(f"peak memory of {name} at {img_size}px: {lines[-1]}")
+        lines = (done.stderr.strip() or _exit_reason(done.returncode)).splitlines()
+        raise PeakMemoryError(f"peak memory of {name} at {img_size}px: {lines[-1]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _exit_reason(returncode: int) -> str:
+    """Why a child process that printed no error ended: the signal that killed it (SIGKILL: most often the kernel's
+    out-of-memory killer), or its exit status."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    oom = " (most often the out-of-memory killer: try a smaller --sweep size or --sweep-batch)" \
+        if name == "SIGKILL" else ""
+    return f"killed by {name}{oom}"
