@@ -204,3 +204,29 @@ def test_a_sweep_stopped_by_memory_keeps_the_sizes_before_it_and_ends_in_one_lin
     assert [(r['img_size'], float(r['ratio'])) for r in rows] == [('32', 0.25)]
     err = capsys.readouterr().err.splitlines()
     assert err == [f'{message}; the row that ended is in the table above and in {out}']
+
+
+def test_the_gpu_checks_sweep_keeps_the_sizes_before_one_that_fails(monkeypatch):
+    """A pair whose sweep ran out of memory at its last size lost the table of its other sizes: the log (and
+    --report) had only the error line."""
+    import torch
+    from classification.benchmarks import gpu_e2e
+
+    sweep = sys.modules['classification.benchmarks.resolution_sweep']
+
+    def images_per_second(models, batch, size, **kwargs):
+        model, baseline = models
+        if model == 'local_vim_tiny' and size == 64:
+            raise RuntimeError('CUDA out of memory')
+        return {model: 3.0, baseline: 4.0}
+
+    monkeypatch.setattr(gpu_e2e, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(sweep, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
+    text = memory_and_resolution_sweep('cpu', quick=True, repeats=1)
+    rows = sweep_rows(read_sections(['===== peak memory and resolution sweep\n' + text]))
+    assert [(r['model'], r['img_size'], r['ratio']) for r in rows] == [
+        ('local_vim_tiny', 32, 0.75), ('local_vssm_tiny', 32, 0.75), ('local_vssm_tiny', 64, 0.75)]
+    assert ('resolution sweep, local_vim_tiny against deit_tiny_patch16_224: error: RuntimeError: CUDA out of memory'
+            in text.splitlines())

@@ -394,12 +394,15 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
                 torch.cuda.empty_cache()
     parts = [render_table(memory)]
     for model, baseline in PAIRS:
+        rows: List[Dict[str, object]] = []
         try:
-            rows = resolution_sweep(model, baseline, sizes, 1 if quick else sweep_batch, str(device), "fp32",
-                                    repeats, 2, memory=device.type == "cuda")
+            resolution_sweep(model, baseline, sizes, 1 if quick else sweep_batch, str(device), "fp32", repeats, 2,
+                             memory=device.type == "cuda", finished=rows)
             parts.append(format_sweep_table(rows))
-        except Exception as err:  # one pair that fails (out of memory at 1024 px) does not hide the other
-            parts.append(f"resolution sweep, {model} against {baseline}: error: {type(err).__name__}: {err}")
+        except Exception as err:
+            # a size that fails (out of memory at 1024 px) hides neither the sizes before it nor the other pair
+            failed = f"resolution sweep, {model} against {baseline}: error: {type(err).__name__}: {err}"
+            parts.append("\n".join([format_sweep_table(rows), "", failed]) if rows else failed)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return "\n\n".join(parts)
