@@ -3,8 +3,9 @@ and forward + backward, interleaved medians. Defaults: the selective scan at the
 width 384, L = 196, N = 16) with z, D, delta_bias, softplus and variable B/C; ``multi_scan`` is the fused
 multi-direction op at a LocalVim-T layer (``mixer_ops.mixer_problem``: 14x14 grid and class token, four directions).
 
-For the scans the table also gives the forward's nanoseconds per state update per core, time * threads /
-(updates), updates = B * D * L * N (times the directions for ``multi_scan``), and the backward's time over the
+For the scans the table also gives, on the CPU, the forward's nanoseconds per state update per core, time * threads
+/ (updates), updates = B * D * L * N (times the directions for ``multi_scan``; none on a GPU, whose cores are not
+the CPU threads), and the backward's time over the
 forward's (backward = forward + backward minus forward; the two are timed in separate loops, so where noise makes
 forward + backward no slower than forward the table says so instead of giving a ratio)."""
 from __future__ import annotations
@@ -156,7 +157,7 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
                      "shape": " ".join(f"{SIZE_LETTERS[name]}={getattr(shape, name)}" for name in problem_sizes(op)),
                      "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
                      "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
-                     "fwd_ns_per_update_core": (None if case.updates is None
+                     "fwd_ns_per_update_core": (None if case.updates is None or device.type != "cpu"
                                                 else m["fwd"] * 1e6 * threads / case.updates),
                      "bwd_over_fwd": None if fb is None else (fb - m["fwd"]) / m["fwd"],
                      "fwd_graph_ms": m.get("fwd graph"), "fwdbwd_graph_ms": m.get("fwd+bwd graph")})

@@ -53,3 +53,18 @@ def test_multi_scan_rows_name_the_sequence_length_they_ran(capsys):
     tokens = LAYER_GRID[0] * LAYER_GRID[1] + 1
     assert all(r["shape"] == f"B=1 D=8 L={tokens} N=4" for r in rows)
     assert f"seqlen={tokens} " in capsys.readouterr().out.splitlines()[0]
+
+
+def test_a_gpu_row_gives_no_per_core_figure(monkeypatch):
+    """On CUDA the figure was the GPU's time times the CPU's thread count (16 on the H100 machine): 16x too large,
+    and per no core at all."""
+    from classification.benchmarks import op_speed
+    from classification.benchmarks.op_speed import Case
+
+    monkeypatch.setitem(op_speed.CASES, "scan", lambda *args: Case(lambda: torch.zeros(1), [], updates=1000))
+    monkeypatch.setattr(op_speed.backends, "available_backends", lambda *args: ["triton", "reference"])
+    monkeypatch.setattr(op_speed, "median_seconds", lambda steps, *args: {name: 2e-3 for name in steps})
+    monkeypatch.setattr(op_speed, "_graph_ms", lambda *args: 1.0)
+    rows = benchmark_op("scan", OpShape(batch=1, dim=8, seqlen=5, dstate=4), device="cuda", backward=False)
+    assert [(r["backend"], r["fwd_ms"], r["fwd_ns_per_update_core"]) for r in rows] == [
+        ("triton", 2.0, None), ("reference", 2.0, None)]
