@@ -91,6 +91,10 @@ def test_the_cpu_kernel_check_needs_the_triton_interpreter(monkeypatch, capsys, 
     (["--device", "cpu", "--quick", "--repeats", "-2"], "--repeats must be at least 1"),
     (["--device", "cpu", "--plot", "sweep.png"], "--plot draws the sweep of --report logs: give --report LOG ..."),
     (["--report", "e2e.log", "--plot", "no_dir/sweep.png"], "--plot no_dir/sweep.png: its folder does not exist"),
+    (["--e2e", "--dry-run", "--repeats", "50"],
+     "--repeats is not an option of --e2e: it times the kernel check and --sweep"),
+    (["--report", "e2e.log", "--repeats", "50"],
+     "--repeats is not an option of --report: it times the kernel check and --sweep"),
 ])
 def test_arguments_that_cannot_run_are_refused_in_one_line(argv, message, monkeypatch, capsys, kernel_check_calls):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -110,6 +114,16 @@ def test_the_kernel_check_times_the_repeats_asked_for(argv, repeats, monkeypatch
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert gpu_check_tool.main(["--device", "cpu"] + argv) == 0
     assert kernel_check_calls == [("cpu", "--quick" in argv, repeats, False, True)]
+
+
+@pytest.mark.parametrize("argv, repeats", [([], 5), (["--repeats", "12"], 12)])
+def test_the_sweep_times_the_repeats_asked_for(argv, repeats, monkeypatch, capsys):
+    """`--sweep --repeats 12` timed 5 repeats per figure, the flag dropped without a word."""
+    calls = []
+    monkeypatch.setattr(gpu_check_tool, "memory_and_resolution_sweep",
+                        lambda device, quick, repeats=5: calls.append((device, quick, repeats)) or "table")
+    assert gpu_check_tool.main(["--device", "cpu", "--sweep"] + argv) == 0
+    assert calls == [("cpu", False, repeats)] and capsys.readouterr().out == "table\n"
 
 
 def test_correctness_table_columns_line_up_whatever_the_case_name():

@@ -64,6 +64,9 @@ def _argument_error(args: argparse.Namespace) -> Optional[str]:
         return f"{given[0]} needs --e2e"
     if args.budget is not None and args.budget <= 0:
         return f"--budget must be a positive number of seconds, got {args.budget:g}"
+    if args.repeats is not None and (args.e2e or args.report):
+        return (f"--repeats is not an option of {'--e2e' if args.e2e else '--report'}: it times the kernel check and "
+                "--sweep")
     runs = [flag for flag, present in (("--e2e", args.e2e), ("--sweep", args.sweep)) if present]
     if args.report and runs:
         return f"--report reads logs and runs nothing: drop {runs[0]}"
@@ -83,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (for a CPU smoke test)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls per figure (default 20; 1 with --quick)")
+                        help="timed calls per figure (default 20, 1 with --quick; --sweep: 5)")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-models", action="store_true", help="leave out the whole-model logits check")
     parser.add_argument("--e2e", action="store_true", help="the end-to-end check (see classification.benchmarks."
@@ -140,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except UnknownCheck as err:
             return _refuse(str(err))
     if args.sweep:
-        print(memory_and_resolution_sweep(args.device, args.quick))
+        repeats = {} if args.repeats is None else {"repeats": args.repeats}
+        print(memory_and_resolution_sweep(args.device, args.quick, **repeats))
         return 0
     if torch.device(args.device).type == "cpu" and not triton_interpreter():
         return _refuse("the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
