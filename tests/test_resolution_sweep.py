@@ -230,3 +230,10 @@ def test_the_gpu_checks_sweep_keeps_the_sizes_before_one_that_fails(monkeypatch)
         ('local_vim_tiny', 32, 0.75), ('local_vssm_tiny', 32, 0.75), ('local_vssm_tiny', 64, 0.75)]
     assert ('resolution sweep, local_vim_tiny against deit_tiny_patch16_224: error: RuntimeError: CUDA out of memory'
             in text.splitlines())
+
+
+def test_a_sweep_size_a_model_cannot_take_is_blamed_on_sweep(capsys):
+    """The error named --img-size, a flag the sweep refuses, for a size given by --sweep."""
+    assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '8', '--repeats', '1', '--warmup', '0']) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith('error: --sweep 8: model deit_tiny_patch16_224 cannot take 8x8 images (')

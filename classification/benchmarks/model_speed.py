@@ -69,10 +69,10 @@ def square_side(img_size: Any) -> int:
     return img_size
 
 
-def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
-    """Run ``model`` on one ``img_size`` image; ``ConfigError`` in one line when it cannot take that size (smaller
-    than a patch or a window) or a kernel setting cannot run it (a kernel that does not build under
-    ``LOCALMAMBA_CPU_KERNEL=require``: its error whole), before any timing or FLOP count."""
+def check_image_size(model: nn.Module, name: str, img_size: int, flag: str = "--img-size") -> None:
+    """Run ``model`` on one ``img_size`` image; ``ConfigError`` in one line, naming the ``flag`` that gave the size,
+    when it cannot take that size (smaller than a patch or a window) or a kernel setting cannot run it (a kernel that
+    does not build under ``LOCALMAMBA_CPU_KERNEL=require``: its error whole), before any timing or FLOP count."""
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
@@ -81,7 +81,7 @@ def check_image_size(model: nn.Module, name: str, img_size: int) -> None:
         raise ConfigError(str(err)) from err
     except (ValueError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--img-size {img_size}: model {name} cannot take {img_size}x{img_size} images "
+        raise ConfigError(f"{flag} {img_size}: model {name} cannot take {img_size}x{img_size} images "
                           f"({reason})") from err
 
 

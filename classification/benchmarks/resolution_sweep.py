@@ -51,7 +51,7 @@ def resolution_sweep(model: str, baseline: Optional[str] = None, sizes: Sequence
     for size in sizes:
         models = {name: build_model(name, size, device) for name in (model, baseline)}
         for name in models:
-            check_image_size(models[name], name, size)
+            check_image_size(models[name], name, size, flag="--sweep")
         ips = images_per_second(models, batch, size, dtype=dtype, repeats=repeats, warmup=warmup,
                                 compile_mode=compile_mode)
         del models
