@@ -310,7 +310,7 @@ def _fake_timings(monkeypatch, fail):
         return {model: 2.0, baseline: 4.0}
 
     monkeypatch.setattr(model_speed, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(model_speed, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(model_speed, 'check_image_size', lambda *args, **kwargs: None)
     monkeypatch.setattr(model_speed, 'images_per_second', images_per_second)
 
 
@@ -367,7 +367,7 @@ def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkey
         return {model: 3.0, baseline: 2.0}
 
     monkeypatch.setattr(resolution_sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(resolution_sweep, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(resolution_sweep, 'check_image_size', lambda *args, **kwargs: None)
     monkeypatch.setattr(resolution_sweep, 'images_per_second', images_per_second)
     monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args: 1.5)
     out = tmp_path / 'sweep.csv'

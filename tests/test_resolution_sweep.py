@@ -195,7 +195,7 @@ def test_a_sweep_stopped_by_memory_keeps_the_sizes_before_it_and_ends_in_one_lin
         return 2.0
 
     monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(sweep, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
     monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
     monkeypatch.setattr(sweep, 'forward_peak_mib', forward_peak_mib)
     out = tmp_path / 'sweep.csv'
@@ -222,7 +222,7 @@ def test_the_gpu_checks_sweep_keeps_the_sizes_before_one_that_fails(monkeypatch)
 
     monkeypatch.setattr(gpu_e2e, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
     monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(sweep, 'check_image_size', lambda *args: None)
+    monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
     monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
     text = memory_and_resolution_sweep('cpu', quick=True, repeats=1)
     rows = sweep_rows(read_sections(['===== peak memory and resolution sweep\n' + text]))
