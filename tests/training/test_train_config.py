@@ -140,7 +140,8 @@ def test_saved_config_round_trips(tmp_path):
     save_config(args, str(tmp_path / "args.yaml"))
     again = parse_args(["-c", str(tmp_path / "args.yaml")])
     assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml"), "cli_model_kwargs": [],
-                           "config_model": args.model}  # args.yaml names the model its model_kwargs are for
+                           "config_model": args.model,  # args.yaml names the model its model_kwargs are for
+                           "output": os.path.abspath(args.output)}  # and the folder of its run from anywhere
 
 
 @pytest.mark.parametrize("flags", [["--overwrite"], ["--resume", "experiments/exp/last.pth.tar"]])

@@ -222,6 +222,24 @@ def test_a_resumed_runs_config_names_its_own_folder(tmp_path, monkeypatch):
     assert load(run_dir / "last.pth.tar")["epoch"] == 2 and not (tmp_path / "experiments").exists()
 
 
+def test_a_runs_config_resumes_it_from_another_working_directory(tmp_path, monkeypatch):
+    """A fresh run given a relative --output recorded it relative in args.yaml: `-c RUN/args.yaml --resume auto` from
+    another working directory found no last.pth.tar there and trained a new run from scratch in a new folder."""
+    from classification.engine.config import parse_args
+    from classification.engine.trainer import train
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    train(parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0",
+                      "--epochs", "1", "--output", "runs", "--experiment", "run"]))
+    run_dir = tmp_path / "here" / "runs" / "run"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    train(parse_args(["-c", str(run_dir / "args.yaml"), "--resume", "auto", "--epochs", "2"]))
+    assert load(run_dir / "last.pth.tar")["epoch"] == 1
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
 ORIGINAL_KEYS = ("epoch", "model", "ema_model", "optimizer", "scaler")   # what the original's checkpoints hold
 
 
