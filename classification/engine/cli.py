@@ -25,6 +25,7 @@ from ..common.checkpoint_io import CheckpointError
 from ..data import DataError
 from ..models.scan_maps import DirectionModuleError
 from .config import ConfigError
+from .flags import build_parser
 from .logs import write_if_possible
 
 DEBUG_ENV = "LOCALMAMBA_DEBUG"
@@ -47,16 +48,35 @@ class RunInterrupted(Exception):
         self.resume_path, self.signum = resume_path, int(signum)
 
 
+# What one command does to a run folder: the command that continues an interrupted run leaves them out.
+FOLDER_ACTION_FLAGS = ("--resume", "--overwrite", "--rewind", "--branch")
+
+
+def _long_flag(word: str, flags: Sequence[str]) -> Optional[str]:
+    """The long flag among `flags` that the command-line `word` names as argparse reads it: in full, as an unambiguous
+    prefix (`--overw`), either with `=VALUE`; None for any other word."""
+    name = word.split("=", 1)[0]
+    if not name.startswith("--") or name == "--":
+        return None
+    if name in flags:
+        return name
+    matches = [flag for flag in flags if flag.startswith(name)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def resume_command(argv: Sequence[str], resume_path: str) -> str:
-    """The command line `argv` (script first) with any `--resume`/`--overwrite`/`--rewind`/`--branch` replaced by
-    `--resume resume_path` (the run's own last.pth.tar, which continues it in place)."""
+    """The command line `argv` (script first) with any `--resume`/`--overwrite`/`--rewind`/`--branch`, in full or
+    abbreviated as argparse takes them, replaced by `--resume resume_path` (the run's own last.pth.tar, which
+    continues it in place)."""
+    flags = [flag for flag in build_parser()._option_string_actions if flag.startswith("--")]
     kept, skip = [], False
     for item in argv[1:]:
+        flag = _long_flag(item, flags)
         if skip:
             skip = False
-        elif item == "--resume":
+        elif flag == "--resume" and "=" not in item:
             skip = True
-        elif not item.startswith("--resume=") and item not in ("--overwrite", "--rewind", "--branch"):
+        elif flag not in FOLDER_ACTION_FLAGS:
             kept.append(item)
     return shlex.join(["python", argv[0], *kept, "--resume", resume_path])
 

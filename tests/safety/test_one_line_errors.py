@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from classification.engine.config import ConfigError
+from classification.engine.cli import resume_command
+from classification.engine.config import ConfigError, parse_args
 
 from safety_helpers import TINY_RUN, assert_one_line_error, run_tool
 from training_helpers import TOOLS, tool_env, write_image
@@ -260,6 +261,17 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
     prefix = "interrupted; continue with: "
     assert lines[-1].startswith(prefix)
     assert shlex.split(lines[-1][len(prefix):]) == ["python", *argv[:1], *argv[1:], "--resume", str(last)]
+
+
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--overw"], ["--res", "auto"], ["--resu=auto"],
+                                   ["--rewi", "--resume", "runs/exp/checkpoint-0.pth.tar"],
+                                   ["--bra", "--experiment", "b", "--resume", "runs/a/last.pth.tar"]])
+def test_the_resume_command_leaves_out_the_folder_flags_however_they_are_abbreviated(flags):
+    """argparse takes an unambiguous prefix of a flag: the command printed for a run started with `--overw` kept it,
+    and was refused (`--overwrite starts a run afresh and --resume continues one`); with `--bra` it branched again."""
+    words = shlex.split(resume_command(["tools/train.py", *TINY_RUN, *flags], "runs/b/last.pth.tar"))
+    args = parse_args(words[2:])
+    assert (args.resume, args.overwrite, args.rewind, args.branch) == ("runs/b/last.pth.tar", False, False, False)
 
 
 # Runs a tool with Ctrl-C arriving while it imports torch (the first seconds, before run_cli).
