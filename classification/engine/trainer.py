@@ -123,10 +123,11 @@ class Run:
         self.non_finite_steps = 0  # the last optimizer steps' losses not finite, in a row (see train_one_epoch)
         self.original_run = False  # resumed from a checkpoint of the original code (see resume)
 
-    def resume(self, ckpt: dict, path: str) -> None:
+    def resume(self, ckpt: dict, path: str, rewound: bool = False) -> None:
         """Restore model, EMA, optimizer state, scaler, schedule position, kept-checkpoint list, epoch (and the step
-        and running train loss of a mid-epoch checkpoint) and RNG from `ckpt` (read from `path`). A released
-        {'state_dict'} file gives the weights only: training starts at epoch 0."""
+        and running train loss of a mid-epoch checkpoint) and RNG from `ckpt` (read from `path`); `rewound`: the run
+        in its folder had gone further (`--rewind`), so kept entries whose files are gone were evicted after it. A
+        released {'state_dict'} file gives the weights only: training starts at epoch 0."""
         check_same_model(self.model, canonical_model_name(self.cfg.model), ckpt, path)
         check_same_classes(ckpt.get("classes"), self.classes, path)
         try:
@@ -173,7 +174,7 @@ class Run:
             adopt_original_checkpoints(self.manager, start_epoch, path, self.log)
         else:
             past = self.manager.load_state_dict(ckpt["checkpoints"], ckpt.get("left_alone") or (),
-                                                keep_missing=not (self.cfg.branch or self.cfg.rewind))
+                                                keep_missing=not (self.cfg.branch or rewound))
             if past:
                 self.log.warning(f"--keep-num {self.cfg.keep_num} keeps fewer checkpoints than the run of {path}: "
                                  f"those ranked past the best {self.cfg.keep_num} are deleted: "
@@ -386,11 +387,10 @@ def train(cfg: Namespace) -> dict:
         elif cfg.rewind:  # the resume in place keeps the ranks of checkpoint files deleted by hand, as without it
             log.info(f"--rewind: nothing to rewind, {cfg.resume} is where the run in {exp_dir} stands: it continues "
                      f"as with --resume alone")
-            cfg.rewind = False
         seed_everything(cfg.seed + env.rank)
         run = Run(cfg, env, exp_dir, log)
         if ckpt is not None:
-            run.resume(ckpt, cfg.resume)
+            run.resume(ckpt, cfg.resume, rewound=folder.rewinds is not None)
         elif finetune is not None:
             run.finetune(finetune, cfg.finetune)
         run.open_outputs(folder, ckpt)

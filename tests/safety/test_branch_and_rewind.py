@@ -10,8 +10,9 @@ from argparse import Namespace
 import pytest
 import torch
 
-from classification.engine.config import ConfigError
+from classification.engine.config import ConfigError, parse_args
 from classification.engine.experiment import RunFolder, choose_run_folder
+from classification.engine.trainer import train
 
 from safety_helpers import TINY_RUN, assert_one_line_error, digests, run_tool
 from training_helpers import assert_same_run, rows, snapshot, tool_env
@@ -147,6 +148,14 @@ def test_rewind_with_nothing_to_rewind_keeps_the_ranks_of_checkpoints_deleted_by
     assert sorted(name for name, _ in ranked) == sorted([name for name, _ in kept] + ["checkpoint-3.pth.tar"])
     best = torch.load(copy_of_run / "best.pth.tar", map_location="cpu", weights_only=True)["epoch"]
     assert f"checkpoint-{best}.pth.tar" == ranked[0][0]
+
+
+def test_a_rewind_with_nothing_to_rewind_leaves_the_given_config_as_it_is(copy_of_run):
+    """train() turned the caller's `cfg.rewind` off when there was nothing to rewind (what a resume in place keeps is
+    now told by the run folder): a script that trains the same config again then ran another command."""
+    cfg = parse_args([*RUN, "--epochs", "4", "--resume", str(copy_of_run / "last.pth.tar"), "--rewind"])
+    train(cfg)
+    assert cfg.rewind and torch.load(copy_of_run / "last.pth.tar", map_location="cpu", weights_only=True)["epoch"] == 3
 
 
 def test_a_rewind_killed_in_its_first_epoch_resumes_from_the_rewound_point(three_epochs, copy_of_run):
