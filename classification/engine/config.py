@@ -321,15 +321,16 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
     """The resolved flags as a plain dict that `-c` accepts again (internal fields and the per-command flags
     `RUN_CONTROL_FLAGS`, `overwrite` / `resume` / `rewind` / `branch` / `trust_checkpoint`, left out), from any
-    working directory: `--output` and the `--directions` file are named by their absolute paths (so `-c
-    RUN/args.yaml --resume auto` finds the run's folder, and a checkpoint's refusal hint names the file)."""
+    working directory: `--output`, `--data-path` and the `--directions` file are named by their absolute paths (so
+    `-c RUN/args.yaml --resume auto` finds the run's folder and data, and a checkpoint's refusal hint names the
+    file)."""
     skip = {"cli_model_kwargs", "config_model", *RUN_CONTROL_FLAGS}
     out = {}
     for key, value in sorted(vars(args).items()):
         if key in skip or key.startswith("_"):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
-    for key in ("output", "directions"):
+    for key in ("output", "data_path", "directions"):
         if out.get(key):
             out[key] = os.path.abspath(out[key])
     return out

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from training_helpers import TINY_MODEL, TOOLS, run_tool, tool_env
+from training_helpers import TINY_MODEL, TOOLS, make_folder_tree, run_tool, tool_env
 
 EPOCHS = 2
 # every source of randomness on: RandAugment, random erasing, mixup/cutmix, drop path, EMA, a loader worker
@@ -224,15 +224,16 @@ def test_a_resumed_runs_config_names_its_own_folder(tmp_path, monkeypatch):
 
 def test_a_runs_config_resumes_it_from_another_working_directory(tmp_path, monkeypatch):
     """A fresh run given a relative --output recorded it relative in args.yaml: `-c RUN/args.yaml --resume auto` from
-    another working directory found no last.pth.tar there and trained a new run from scratch in a new folder."""
+    another working directory found no last.pth.tar there and trained a new run from scratch in a new folder (here
+    its relative --data-path was not found there either)."""
     from classification.engine.config import parse_args
     from classification.engine.trainer import train
 
-    (tmp_path / "here").mkdir()
     (tmp_path / "elsewhere").mkdir()
+    make_folder_tree(str(tmp_path / "here" / "data"))
     monkeypatch.chdir(tmp_path / "here")
-    train(parse_args(["--dataset", "digits", *TINY_MODEL, "-b", "512", "-j", "0", "--warmup-epochs", "0",
-                      "--epochs", "1", "--output", "runs", "--experiment", "run"]))
+    train(parse_args(["--dataset", "imagenet", "--data-path", "data", *TINY_MODEL, "-b", "4", "-j", "0",
+                      "--warmup-epochs", "0", "--epochs", "1", "--output", "runs", "--experiment", "run"]))
     run_dir = tmp_path / "here" / "runs" / "run"
     monkeypatch.chdir(tmp_path / "elsewhere")
     train(parse_args(["-c", str(run_dir / "args.yaml"), "--resume", "auto", "--epochs", "2"]))
