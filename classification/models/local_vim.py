@@ -526,7 +526,8 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     """Adapt an original or own checkpoint to ``model``: unwrap ``state_dict``/``model``, strip ``module.`` and resize
     position tables (``pos_embed``, RoPE ``freqs_cos``/``freqs_sin``) of another size to the model's token grid. A
     table is taken as a square grid, as every released and ``tools/train.py`` checkpoint's is (the file does not
-    record its grid)."""
+    record its grid): one of a square token count is resized for a model of an oblong grid even when that grid holds
+    as many tokens (the 14 x 14 release for a 7 x 28 grid); one of another count and the model's shape is kept."""
     state_dict = state_dict_from(state_dict)
     targets = model.state_dict()
     other_class_token = ('cls_token' in state_dict) != model.has_cls_token
@@ -535,8 +536,20 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
         if key in ('pos_embed', 'rope.freqs_cos', 'rope.freqs_sin') and key in targets:   # else the load names it
             if value.shape != targets[key].shape:
                 value = _resize_checkpoint_table(value, model, key, other_class_token)
+            elif _square_grid_side(value, model, key) is not None:
+                value = _resize_checkpoint_table(value, model, key)
         out[key] = value
     return out
+
+
+def _square_grid_side(value: torch.Tensor, model: VisionMamba, key: str) -> Optional[int]:
+    """The side of the square grid that a checkpoint table of the model's shape holds where the model's grid is
+    oblong (as many tokens, other rows and columns); None when the model's grid is square or the count no square."""
+    if model.grid[0] == model.grid[1]:
+        return None
+    tokens = value.shape[-2] - (model.num_prefix_tokens if key == 'pos_embed' else 0)
+    side = math.isqrt(tokens)
+    return side if side * side == tokens else None
 
 
 def _resize_checkpoint_table(value: torch.Tensor, model: VisionMamba, key: str,

@@ -205,6 +205,31 @@ def test_a_table_of_a_non_square_grid_is_refused_with_the_way_out():
         checkpoint_filter_fn(small.state_dict(), large)
 
 
+def test_a_square_table_is_resized_for_an_oblong_grid_of_as_many_tokens(tmp_path):
+    """The 14 x 14 middle-class-token table (197 rows) into a model built for 112 x 448 (a 7 x 28 grid, also 196
+    tokens): the shapes agree, and the 14 x 14 rows were loaded as they were, read as rows of 28. They are now resized
+    bicubically to 7 x 28, the class row kept in the middle; an oblong table of no square count still loads as it is."""
+    kwargs = dict(depth=2, embed_dim=32, directions=LOCAL_VIM_TINY_DIRECTIONS[:2])
+    path = tmp_path / 'local_vim_tiny_middle_cls_token.ckpt'
+    torch.manual_seed(1)
+    table = torch.randn(1, 197, 32)
+    weights = dict(timm.create_model('local_vim_tiny_middle_cls_token', **kwargs).state_dict(), pos_embed=table)
+    torch.save({'state_dict': weights}, path)
+    model = timm.create_model('local_vim_tiny_middle_cls_token', pretrained=True, img_size=(112, 448),
+                              pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    grid_rows = torch.cat([table[:, :98], table[:, 99:]], dim=1).view(1, 14, 14, 32).permute(0, 3, 1, 2)
+    resized = torch.nn.functional.interpolate(grid_rows, size=(7, 28), mode='bicubic', align_corners=False)
+    resized = resized.permute(0, 2, 3, 1).reshape(1, 196, 32)
+    assert model.grid == (7, 28)
+    torch.testing.assert_close(model.pos_embed.detach(), torch.cat([resized[:, :98], table[:, 98:99], resized[:, 98:]],
+                                                                   dim=1))
+    oblong = timm.create_model('local_vim_tiny_middle_cls_token', img_size=(32, 64), **kwargs).state_dict()
+    torch.save({'state_dict': oblong}, path)
+    reloaded = timm.create_model('local_vim_tiny_middle_cls_token', pretrained=True, img_size=(32, 64),
+                                 pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    assert torch.equal(reloaded.pos_embed, oblong['pos_embed'])
+
+
 def test_a_checkpoint_with_tables_the_model_lacks_is_refused_naming_the_keys(tmp_path):
     """A RoPE checkpoint into a model built without RoPE: the strict load names the unexpected tables."""
     path = tmp_path / 'local_vim_tiny.ckpt'
