@@ -81,7 +81,8 @@ def model_cfg(model_name: str, first_conv: str, classifier: str, pool_size: Opti
     }
 
 
-def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only: bool = False) -> CheckpointFilter:
+def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only: bool = False,
+                           strict: bool = True) -> CheckpointFilter:
     """``checkpoint_filter_fn`` that also keeps a checkpoint's classifier when it has the model's class count.
 
     timm drops the classifier whenever the model's ``num_classes`` differs from the pretrained_cfg's (1000, the
@@ -90,7 +91,10 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only
     model's class count, which is then the truth about the weights loaded. A head of another class count than the
     model's, where timm would load strictly (the model keeps the pretrained_cfg's count), is refused in one line
     naming both counts (ValueError; torch's size mismatch before). For a ``features_only`` model timm loads with no
-    classes: it drops any classifier and loads the rest non-strictly, so only the trunk is checked."""
+    classes: it drops any classifier and loads the rest non-strictly, so only the trunk is checked. A ``strict``
+    load (timm's ``pretrained_strict``) of the model's class count checks the trunk too: a file of another model
+    (LocalVMamba-S's for LocalVim-S, as the original README links it) is the same one-line ValueError, not torch's
+    list of every key."""
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         state_dict = checkpoint_filter_fn(state_dict, model)
         cfg = getattr(model, 'pretrained_cfg', None) or {}
@@ -105,7 +109,7 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only
             raise ValueError(f'{type(model).__name__}: the pretrained classifier has {head.shape[0]} classes and this '
                              f'model {num_classes}: pass num_classes={head.shape[0]} to keep it, or the number of '
                              f'your classes to train a new one on the pretrained trunk')
-        if num_classes != cfg.get('num_classes'):  # timm drops the classifier and loads the rest non-strictly
+        if strict or num_classes != cfg.get('num_classes'):  # else timm drops the classifier, loads non-strictly
             check_trunk_fits(state_dict, model, cfg.get('classifier'), cfg.get('first_conv'))
         return state_dict
     return filter_fn
@@ -241,7 +245,8 @@ def build_local_mamba(model_cls: type[nn.Module], variant: str, pretrained: bool
     if pretrained and device is not None and torch.device(device).type == 'meta':
         raise ValueError(f"{variant}: pretrained weights cannot load into a model on the 'meta' device, which holds no "
                          f"values; build it on another device, or without pretrained=True")
-    filter_fn = keeping_a_fitting_head(checkpoint_filter_fn, bool(kwargs.get('features_only')))
+    filter_fn = keeping_a_fitting_head(checkpoint_filter_fn, bool(kwargs.get('features_only')),
+                                       kwargs.get('pretrained_strict', True))
     pretrained_file = read_pretrained_file(variant, kwargs) if pretrained else None
     if pretrained_file is not None:
         filter_fn = warning_of_other_directions(filter_fn, pretrained_file[1], pretrained_file[0])

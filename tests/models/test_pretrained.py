@@ -231,12 +231,32 @@ def test_a_square_table_is_resized_for_an_oblong_grid_of_as_many_tokens(tmp_path
 
 
 def test_a_checkpoint_with_tables_the_model_lacks_is_refused_naming_the_keys(tmp_path):
-    """A RoPE checkpoint into a model built without RoPE: the strict load names the unexpected tables."""
+    """A RoPE checkpoint into a model built without RoPE: the strict load names the unexpected tables; timm's
+    ``pretrained_strict=False`` loads the rest."""
     path = tmp_path / 'local_vim_tiny.ckpt'
-    _released_file('local_vim_tiny', path)
-    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*rope\.freqs_cos'):
-        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                          if_rope=False, if_rope_residual=False, **TINY['local_vim_tiny'])
+    weights = _released_file('local_vim_tiny', path)
+    kwargs = dict(TINY['local_vim_tiny'], if_rope=False, if_rope_residual=False)
+    with pytest.raises(ValueError, match=r'^VisionMamba: the pretrained weights do not fit this model apart from its '
+                                         r'classifier: unexpected rope\.freqs_cos, rope\.freqs_sin \(2\): a '):
+        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    model = timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              pretrained_strict=False, **kwargs)
+    assert all(torch.equal(value, weights[key]) for key, value in model.state_dict().items())
+
+
+def test_weights_of_another_model_for_the_same_class_count_are_refused_in_one_line(tmp_path):
+    """LocalVMamba-S's file into LocalVim, as the original README links local_vssm_small.ckpt for LocalVim-S: at the
+    release's 1000 classes timm loads strictly, and torch's RuntimeError listed every key of both models."""
+    vssm = tmp_path / 'local_vssm_small.ckpt'
+    _released_file('local_vssm_small', vssm)
+    with pytest.raises(ValueError) as err:
+        timm.create_model('local_vim_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(vssm)),
+                          **TINY['local_vim_tiny'])
+    assert re.fullmatch(r"VisionMamba: the pretrained weights do not fit this model apart from its classifier: "
+                        r"missing pos_embed, patch_embed\.proj\.weight, patch_embed\.proj\.bias, \.\.\. \(\d+\); "
+                        r"unexpected patch_embed\.0\.weight, patch_embed\.0\.bias, patch_embed\.2\.weight, \.\.\. "
+                        r"\(\d+\): a checkpoint of another model or size \(build the model as the checkpoint's was "
+                        r"built\)", str(err.value))
 
 
 @pytest.mark.parametrize('saved, built', [
