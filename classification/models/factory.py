@@ -90,16 +90,17 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only
     in a 10-class model. When the head fits, the pretrained_cfg that timm is loading with (the model's own) takes the
     model's class count, which is then the truth about the weights loaded. A head of another class count than the
     model's, where timm would load strictly (the model keeps the pretrained_cfg's count), is refused in one line
-    naming both counts (ValueError; torch's size mismatch before). For a ``features_only`` model timm loads with no
-    classes: it drops any classifier and loads the rest non-strictly, so only the trunk is checked. A ``strict``
-    load (timm's ``pretrained_strict``) of the model's class count checks the trunk too: a file of another model
-    (LocalVMamba-S's for LocalVim-S, as the original README links it) is the same one-line ValueError, not torch's
-    list of every key."""
+    naming both counts (ValueError; torch's size mismatch before). The trunk (all but the classifier) must fit
+    (`check_trunk_fits`), whether timm drops the classifier and loads the rest non-strictly (another class count, a
+    ``features_only`` model) or loads strictly: a file of another model (LocalVMamba-S's for LocalVim-S, as the
+    original README links it) is one ValueError, not layers left random nor torch's list of every key; with timm's
+    ``pretrained_strict=False`` (``strict``), the user's own partial load, it is not checked."""
     def filter_fn(state_dict: dict, model: nn.Module) -> dict:
         state_dict = checkpoint_filter_fn(state_dict, model)
         cfg = getattr(model, 'pretrained_cfg', None) or {}
         if features_only:
-            check_trunk_fits(state_dict, model, cfg.get('classifier'), cfg.get('first_conv'))
+            if strict:
+                check_trunk_fits(state_dict, model, cfg.get('classifier'), cfg.get('first_conv'))
             return state_dict
         head = state_dict.get(f"{cfg.get('classifier')}.weight")
         num_classes = getattr(model, 'num_classes', None)
@@ -109,7 +110,7 @@ def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only
             raise ValueError(f'{type(model).__name__}: the pretrained classifier has {head.shape[0]} classes and this '
                              f'model {num_classes}: pass num_classes={head.shape[0]} to keep it, or the number of '
                              f'your classes to train a new one on the pretrained trunk')
-        if strict or num_classes != cfg.get('num_classes'):  # else timm drops the classifier, loads non-strictly
+        if strict:
             check_trunk_fits(state_dict, model, cfg.get('classifier'), cfg.get('first_conv'))
         return state_dict
     return filter_fn
