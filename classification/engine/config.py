@@ -10,8 +10,9 @@ is refused as `--epochs 7.9` is); `null` is taken only by a flag whose default i
 
 `--overwrite`, `--resume`, `--rewind` and `--branch` say what one command does to a run folder, not how an experiment
 is configured: a config file may not set `overwrite` or `rewind` (deleting a run is asked for on the command line
-only), and `args.yaml` leaves them out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or
-continuing that one. `--trust-checkpoint` (unpickle a checkpoint, which can run code) is per command too: left out of
+only) or `branch` (the command printed to continue the branch, which keeps `-c`, would branch again), and
+`args.yaml` leaves them out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or continuing
+that one. `--trust-checkpoint` (unpickle a checkpoint, which can run code) is per command too: left out of
 `args.yaml`, and refused in a config file, so that no later command reading the file trusts a checkpoint unasked.
 """
 from __future__ import annotations
@@ -293,6 +294,9 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
         if key in ("overwrite", "rewind") and value:
             raise ConfigError(f"{path}: key {key!r}: a config file cannot delete a run; give --{key} on the command "
                               f"line")
+        if key == "branch" and value:
+            raise ConfigError(f"{path}: key 'branch': a config file cannot branch a run (the command that continues "
+                              f"the branch would branch it again); give --branch on the command line")
         if key == "trust_checkpoint" and value:
             raise ConfigError(f"{path}: key {key!r}: a config file cannot let checkpoints run code; remove the key "
                               f"and give --trust-checkpoint on the command line for a file you trust")

@@ -165,6 +165,19 @@ def test_a_config_file_cannot_delete_a_run(tmp_path):
     assert parse_args(["-c", write_yaml(tmp_path / "e.yaml", {"epochs": 2}), "--overwrite"]).overwrite
 
 
+def test_a_config_file_cannot_branch_a_run(tmp_path):
+    """`branch: true` in a file held for every command reading it: the continue command printed after Ctrl-C keeps
+    `-c` and drops --branch, and branched again from the branch's own checkpoint, which was refused."""
+    cfg = write_yaml(tmp_path / "c.yaml", {"branch": True, "epochs": 2})
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'branch': a config file cannot branch a run \(the command "
+                                          r"that continues the branch would branch it again\); give --branch on the "
+                                          r"command line"):
+        parse_args(["-c", cfg, "--resume", "experiments/exp/last.pth.tar"])
+    assert not parse_args(["-c", write_yaml(tmp_path / "d.yaml", {"branch": False})]).branch
+    assert parse_args(["-c", write_yaml(tmp_path / "e.yaml", {"epochs": 2}), "--resume",
+                       "experiments/exp/last.pth.tar", "--branch"]).branch
+
+
 def test_a_config_file_cannot_let_a_checkpoint_run_code(tmp_path):
     """--trust-checkpoint holds for its own command: args.yaml recorded it, and every later `-c args.yaml` (test.py
     of a downloaded file, a new run's --finetune) then unpickled any checkpoint without being asked."""
