@@ -181,6 +181,8 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--ema', 'local_vim_tiny', '--train-batch', '4'], '--train-batch is a flag of --model, not of --ema'),
     (['--ema', 'local_vim_tiny', '--baseline', 'resnet18'], "--baseline is a flag of --model: --ema's baseline is"),
     (['--ema', 'local_vim_tny'], "--ema: unknown model 'local_vim_tny'; did you mean local_vim_tiny"),
+    (['--model', 'local_vim_tiny', '--compile', 'default', '--warmup', '1'],
+     "--compile default compiles in the warmup calls: --warmup 1 would time the compilation; give --warmup 2 or more"),
 ])
 def test_bad_arguments_end_in_one_line_before_any_timing(argv, message, capsys, tmp_path):
     argv = [str(tmp_path / a) if a.startswith('NO_SUCH_DIR') else a for a in argv]

@@ -233,8 +233,10 @@ def compile_calls(monkeypatch):
 
 def test_benchmark_compiles_inference_only(compile_calls):
     models = {"m": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1000))}
-    images_per_second(models, batch=2, img_size=8, repeats=1, warmup=0, compile_mode="reduce-overhead")
+    images_per_second(models, batch=2, img_size=8, repeats=1, warmup=2, compile_mode="reduce-overhead")
     assert compile_calls == ["reduce-overhead"]
+    with pytest.raises(ValueError, match="torch.compile compiles in the warmup calls: 1 would time the compilation"):
+        images_per_second(models, batch=2, img_size=8, repeats=1, warmup=1, compile_mode="default")
     images_per_second(models, batch=2, img_size=8, train=True, repeats=1, warmup=0, compile_mode="reduce-overhead")
     assert compile_calls == ["reduce-overhead"]
 

@@ -43,6 +43,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        output_file_problem, plot_resolution_sweep, print_op_benchmark,
                                        resolution_sweep, unavailable_backends, write_csv)
 from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
+from classification.benchmarks.model_speed import COMPILE_WARMUP  # noqa: E402
 from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
@@ -153,6 +154,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for flag, value, low in lows:
         if value < low:
             parser.error(f"{flag} must be at least {low}")
+    if args.compile and args.warmup < COMPILE_WARMUP:
+        parser.error(f"--compile {args.compile} compiles in the warmup calls: --warmup {args.warmup} would time the "
+                     f"compilation; give --warmup {COMPILE_WARMUP} or more")
     if args.plot and not args.sweep:
         parser.error("--plot draws a resolution sweep: give --sweep SIZE ...")
     if args.plot:

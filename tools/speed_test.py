@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from classification.benchmarks import build_model, flops_row, images_per_second, parse_device
-    from classification.benchmarks.model_speed import square_side
+    from classification.benchmarks.model_speed import COMPILE_WARMUP, square_side
     from classification.benchmarks.timing import progress_reporter
     from classification.engine.config import read_config
     from classification.engine.flags import KeyValueAction
@@ -81,6 +81,9 @@ def main() -> None:
                                ("--warmup-iters", args.warmup_iters, 0)):
         if value < least:
             parser.error(f"{flag} must be {least} or more, got {value}")
+    if args.compile and args.warmup_iters < COMPILE_WARMUP:
+        parser.error(f"--compile {args.compile} compiles in the warmup forwards: --warmup-iters {args.warmup_iters} "
+                     f"would time the compilation; give --warmup-iters {COMPILE_WARMUP} or more")
     if args.threads is not None and args.threads < 0:
         parser.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
     threads = (args.threads if args.threads is not None else defaults.get("threads")) or None  # 0: torch's default

@@ -130,13 +130,19 @@ def train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Ca
     return step
 
 
+# untimed calls a compiled model needs before its timing: torch.compile compiles in the first, and mode
+# "reduce-overhead" records its CUDA graphs in the second
+COMPILE_WARMUP = 2
+
+
 def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int = 224, train: bool = False,
                       dtype: str = "fp32", repeats: int = 5, warmup: int = 2,
                       compile_mode: Optional[str] = None,
                       progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
     """Images per second of each model on the same random (batch, 3, img_size, img_size) images, timed interleaved:
     inference, or a training step when ``train`` (1000-class targets; the models are left in that mode). Inference
-    runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup).
+    runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup: at least
+    ``COMPILE_WARMUP`` calls, or a ValueError).
     ``progress``: as :func:`median_seconds` takes it."""
     device = next(next(iter(models.values())).parameters()).device
     images = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -144,6 +150,9 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
     for model in models.values():
         model.train(train)
     if compile_mode is not None and not train:
+        if warmup < COMPILE_WARMUP:
+            raise ValueError(f"torch.compile compiles in the warmup calls: {warmup} would time the compilation; give "
+                             f"{COMPILE_WARMUP} or more")
         models = {name: torch.compile(model, mode=compile_mode) for name, model in models.items()}
     steps = {name: make_step(model, images, DTYPES[dtype]) for name, model in models.items()}
     return {name: batch / seconds for name, seconds in median_seconds(steps, repeats, warmup, device, progress).items()}

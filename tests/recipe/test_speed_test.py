@@ -142,6 +142,18 @@ def test_speed_test_refuses_negative_threads_before_building_anything(monkeypatc
                                                         "or more, got -1")
 
 
+def test_speed_test_refuses_a_compiled_model_without_the_warmup_it_compiles_in(monkeypatch, capsys):
+    """With --warmup-iters 0 the compilation fell into the timed forwards: the speed was the compiler's."""
+    monkeypatch.setattr(sys, "argv", ["speed_test.py", "--model", "local_vim_tiny", "--compile", "default",
+                                      "--img-size", "16", "-b", "1", "--iters", "1", "--warmup-iters", "0"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(os.path.join(REPO, "tools", "speed_test.py"), run_name="__main__")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "speed_test.py: error: --compile default compiles in the warmup forwards: --warmup-iters 0 would time the "
+        "compilation; give --warmup-iters 2 or more")
+
+
 def test_speed_test_runs_on_the_config_threads_unless_told_otherwise(tmp_path, monkeypatch):
     """A run's args.yaml holds the thread count it trained with (on a busy 2-core machine, two threads ran a tiny
     model 10x slower than one); --threads still wins, 0 (torch's default, as tools/train.py takes it) too."""
