@@ -181,6 +181,10 @@ def test_op_table_without_backward_timings_has_no_ratio():
     (['--ema', 'local_vim_tiny', '--train-batch', '4'], '--train-batch is a flag of --model, not of --ema'),
     (['--ema', 'local_vim_tiny', '--baseline', 'resnet18'], "--baseline is a flag of --model: --ema's baseline is"),
     (['--ema', 'local_vim_tny'], "--ema: unknown model 'local_vim_tny'; did you mean local_vim_tiny"),
+    (['--model', 'local_vim_tiny', 'timm_local_vim_tiny'],
+     "--model: timm_local_vim_tiny is local_vim_tiny, given already: give each model once"),
+    (['--ema', 'local_vssm_tiny', 'local_vssm_tiny'],
+     "--ema: local_vssm_tiny given twice: give each model once"),
     (['--model', 'local_vim_tiny', '--compile', 'default', '--warmup', '1'],
      "--compile default compiles in the warmup calls: --warmup 1 would time the compilation; give --warmup 2 or more"),
 ])

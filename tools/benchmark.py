@@ -88,10 +88,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
     for flag in ("model", "ema"):
+        given = getattr(args, flag) or []
         try:
-            setattr(args, flag, [resolve_model_name(name) for name in getattr(args, flag) or []])
+            setattr(args, flag, [resolve_model_name(name) for name in given])
         except UnknownModelError as err:
             parser.error(f"--{flag}: {err}")
+        twice = [(given[i], name) for i, name in enumerate(getattr(args, flag)) if name in getattr(args, flag)[:i]]
+        if twice:
+            spelled, name = twice[0]
+            again = f"{name} given twice" if spelled == name else f"{spelled} is {name}, given already"
+            parser.error(f"--{flag}: {again}: give each model once")
     if args.ema and args.baseline:
         parser.error("--baseline is a flag of --model: --ema's baseline is timm's ModelEmaV2")
     if args.baseline:
