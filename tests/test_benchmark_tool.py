@@ -361,6 +361,22 @@ def test_ctrl_c_keeps_the_rows_that_ended_in_the_table_and_the_csv(tmp_path, mon
                                          f'in {out}']
 
 
+def test_ctrl_c_in_ema_keeps_the_rows_of_the_models_before_it(tmp_path, monkeypatch, capsys):
+    def benchmark_ema(model, *args):
+        if model == 'local_vssm_tiny':
+            raise KeyboardInterrupt
+        return [{'model': model, 'tensors': 3, 'device': 'cpu', 'dtype': 'fp32', 'model_ema_v2_ms': 4.0,
+                 'foreach_ms': 1.0, 'ratio': 4.0, 'equal': True}]
+
+    monkeypatch.setattr(benchmark, 'benchmark_ema', benchmark_ema)
+    out = tmp_path / 'ema.csv'
+    assert benchmark.main(['--ema', 'local_vim_tiny', 'local_vssm_tiny', '--csv', str(out)]) == 130
+    assert [(r['model'], float(r['ratio'])) for r in csv.DictReader(out.open())] == [('local_vim_tiny', 4.0)]
+    captured = capsys.readouterr()
+    assert 'local_vim_tiny' in captured.out and 'local_vssm_tiny' not in captured.out
+    assert captured.err.splitlines() == [f'interrupted (Ctrl-C); the row that ended is in the table above and in {out}']
+
+
 def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkeypatch, capsys):
     from classification.engine.config import ConfigError
 

@@ -202,14 +202,27 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
             print((format_sweep_table if args.sweep else format_model_table)(rows[start:]), flush=True)
 
 
-def _compare_all(args: argparse.Namespace) -> tuple:
-    """Each --model against its baseline in turn: (the rows that ended, the one-line failure that stopped the rest or
-    None, the exit status). A model that cannot be run, a peak memory that cannot be measured, CUDA out of memory or
-    Ctrl-C stops the run; the rows before it are kept."""
+def _ema_one(args: argparse.Namespace, model: str, rows: list) -> None:
+    """Time the EMA updates of one --ema model, appending its row to ``rows``."""
+    rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup))
+
+
+def _run_all(args: argparse.Namespace) -> tuple:
+    """Each --model against its baseline, or each --ema model, in turn: (the rows that ended, the one-line failure
+    that stopped the rest or None, the exit status). A model that cannot be run, a peak memory that cannot be
+    measured, CUDA out of memory or Ctrl-C stops the run; the rows before it are kept."""
     rows: list = []
     try:
-        for model, baseline in zip(args.model, args.baselines):
-            _compare(args, model, baseline, rows)
+        if args.model:
+            for model, baseline in zip(args.model, args.baselines):
+                _compare(args, model, baseline, rows)
+        else:
+            try:
+                for model in args.ema:
+                    _ema_one(args, model, rows)
+            finally:
+                if rows:
+                    print(format_ema_table(rows), flush=True)
     except (ConfigError, PeakMemoryError) as err:
         return rows, f"error: {err}", 2
     except torch.cuda.OutOfMemoryError as err:
@@ -224,15 +237,11 @@ def main(argv=None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     failure, status = None, 0
-    if args.model:
-        rows, failure, status = _compare_all(args)
+    if args.model or args.ema:
+        rows, failure, status = _run_all(args)
         if args.plot and rows:
             plot_resolution_sweep(rows, args.plot)
             print(f"plot: {args.plot}")
-    elif args.ema:
-        rows = [row for model in args.ema
-                for row in benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup)]
-        print(format_ema_table(rows))
     else:
         rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),
                                   args.device, args.dtype, args.backends, args.repeats, args.warmup,
