@@ -20,7 +20,7 @@ from ..common.plots import pyplot, save_figure
 from ..models.directions import CANDIDATES, checkpoint_candidates, load_directions, save_directions
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from ..models.scan_maps import parse_direction
-from .probs import chosen_directions, layer_probabilities
+from .probs import chosen_directions, layer_probabilities, search_weight_entries
 
 logger = logging.getLogger("localmamba")
 
@@ -66,14 +66,15 @@ def _search_weight_names(name: str) -> Optional[list[str]]:
     if name not in timm.list_models():
         return None
     with torch.device("meta"):
-        return [key for key in timm.create_model(name).state_dict() if key.endswith(SEARCH_WEIGHT_SUFFIX)]
+        return [key for key, _ in search_weight_entries(timm.create_model(name).state_dict())]
 
 
 def _check_finite(weights: Mapping[str, torch.Tensor], probs: list[torch.Tensor], candidates: Sequence[str],
                   path: str) -> None:
     """Refuse search weights whose probabilities are not finite (a weight that is NaN or +inf, from a diverged
     search): their top-k would be chosen among NaN, as if they ranked the candidates."""
-    bad = [(name, layer) for (name, layer), p in zip(_search_weights(weights), probs) if not torch.isfinite(p).all()]
+    bad = [(name, layer) for (name, layer), p in zip(search_weight_entries(weights), probs)
+           if not torch.isfinite(p).all()]
     if not bad:
         return
     name, layer = bad[0]
@@ -82,11 +83,6 @@ def _check_finite(weights: Mapping[str, torch.Tensor], probs: list[torch.Tensor]
     more = f" (and {len(bad) - 1} more search layer{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
     raise CheckpointError(f"{path}: {name} holds search weights that are not finite ({values}){more}: the search "
                           f"diverged before this checkpoint; extract from an earlier one (checkpoint-N.pth.tar)")
-
-
-def _search_weights(weights: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """The ``*multi_scan.weights`` entries of a state dict, in state-dict (layer) order."""
-    return [(name, value) for name, value in weights.items() if name.endswith(SEARCH_WEIGHT_SUFFIX)]
 
 
 def original_printout(probs: list[torch.Tensor], chosen: list[list[str]]) -> str:
@@ -215,7 +211,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
     _check_finite(weights, probs, candidates, ckpt_path)
     if supernet and not recorded:
-        found = [key for key, _ in _search_weights(weights)]
+        found = [key for key, _ in search_weight_entries(weights)]
         expected = _search_weight_names(architecture)
         if expected is not None and found != expected:
             raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "

@@ -15,6 +15,11 @@ from ..models.directions import CANDIDATES
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX, search_layers, search_probabilities
 
 
+def search_weight_entries(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The ``*multi_scan.weights`` entries of a supernet's state dict, (name, weights) in state-dict (layer) order."""
+    return [(name, value) for name, value in state_dict.items() if name.endswith(SEARCH_WEIGHT_SUFFIX)]
+
+
 def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]],
                         candidates: Optional[Sequence[str]] = None) -> list[torch.Tensor]:
     """Per search layer of a supernet (a model, or a state dict read from a checkpoint: its ``*multi_scan.weights``
@@ -25,9 +30,7 @@ def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]],
         return [layer.probabilities().cpu() for layer in search_layers(source)]
     candidates = CANDIDATES if candidates is None else tuple(candidates)
     probs = []
-    for name, weights in source.items():
-        if not name.endswith(SEARCH_WEIGHT_SUFFIX):
-            continue
+    for name, weights in search_weight_entries(source):
         if weights.numel() != len(candidates):
             raise ValueError(f"{name} holds {weights.numel()} candidate weights (shape {tuple(weights.shape)}), not "
                              f"one for each of the {len(candidates)} candidates {', '.join(candidates)}: name the "
