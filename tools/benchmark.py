@@ -202,11 +202,6 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
             print((format_sweep_table if args.sweep else format_model_table)(rows[start:]), flush=True)
 
 
-def _ema_one(args: argparse.Namespace, model: str, rows: list) -> None:
-    """Time the EMA updates of one --ema model, appending its row to ``rows``."""
-    rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup))
-
-
 def _run_all(args: argparse.Namespace) -> tuple:
     """Each --model against its baseline, or each --ema model, in turn: (the rows that ended, the one-line failure
     that stopped the rest or None, the exit status). A model that cannot be run, a peak memory that cannot be
@@ -219,7 +214,7 @@ def _run_all(args: argparse.Namespace) -> tuple:
         else:
             try:
                 for model in args.ema:
-                    _ema_one(args, model, rows)
+                    rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup))
             finally:
                 if rows:
                     print(format_ema_table(rows), flush=True)
