@@ -13,6 +13,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ..engine.torchrun import how_it_ended
 from .model_speed import build_model, inference_step
 from .timing import DTYPES, synchronize
 
@@ -116,12 +117,6 @@ def forward_peak_mib(name: str, img_size: int, batch: int = 1, dtype: str = "fp3
 def _exit_reason(returncode: int) -> str:
     """Why a child process that printed no error ended: the signal that killed it (SIGKILL: most often the kernel's
     out-of-memory killer), or its exit status."""
-    if returncode >= 0:
-        return f"exit status {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
     oom = " (most often the out-of-memory killer: try a smaller --sweep size or --sweep-batch)" \
-        if name == "SIGKILL" else ""
-    return f"killed by {name}{oom}"
+        if returncode == -signal.SIGKILL else ""
+    return how_it_ended(returncode, "killed") + oom

@@ -28,13 +28,15 @@ def exit_status(exitcode: int) -> int:
     return 128 - exitcode if exitcode < 0 else exitcode
 
 
-def _how_it_ended(exitcode: int) -> str:
+def how_it_ended(exitcode: int, verb: str = "ended") -> str:
+    """A process's end from its exit code (-N: killed by signal N, as subprocess and multiprocessing report it):
+    `exit status 1`, `ended by SIGKILL` (`verb` says how), `ended by signal 99` for a number with no name."""
     if exitcode >= 0:
         return f"exit status {exitcode}"
     try:
-        return f"ended by {signal.Signals(-exitcode).name}"
+        return f"{verb} by {signal.Signals(-exitcode).name}"
     except ValueError:
-        return f"ended by signal {-exitcode}"
+        return f"{verb} by signal {-exitcode}"
 
 
 STOP_STATUSES = {128 + int(sig) for sig in STOP_SIGNALS}
@@ -54,7 +56,7 @@ def failure_line(entry: str, failures: Mapping[int, Any], first_rank: int) -> st
     ``failures``: global rank -> torch's ProcessFailure (its ``exitcode``), as in ``ChildFailedError.failures``."""
     ranks = [first_rank] + sorted(rank for rank in failures if rank != first_rank)
     shown = [f"rank {rank}{' (first)' if rank == first_rank and len(ranks) > 1 else ''} "
-             f"{_how_it_ended(failures[rank].exitcode)}" for rank in ranks[:SHOWN_RANKS]]
+             f"{how_it_ended(failures[rank].exitcode)}" for rank in ranks[:SHOWN_RANKS]]
     more = f" and {len(ranks) - SHOWN_RANKS} more" if len(ranks) > SHOWN_RANKS else ""
     plural = "es" if len(ranks) > 1 else ""
     if stopped_cleanly(failures):
