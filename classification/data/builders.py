@@ -103,14 +103,20 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
 
 def _note_unused_on_cifar(cfg: Namespace) -> None:
     """Warn of the augmentation flags set for a CIFAR run that its transform (the original's: random crop with
-    padding, flip, --cutout-length) does not apply, e.g. the recipe config's `aa` and `reprob`."""
+    padding, flip, --cutout-length) does not apply, e.g. the recipe config's `aa` and `reprob`, and the
+    random-resized-crop range `--scale` / `--ratio` (no CIFAR default fills them, so only a user's value warns)."""
     if cfg.dataset not in ("cifar10", "cifar100"):
         return
-    unused = [f"--{key.replace('_', '-')} {getattr(cfg, key)}" for key in ("aa", "reprob", "color_jitter")
-              if getattr(cfg, key)]
+    unused = [f"--{key.replace('_', '-')} {_flag_value(getattr(cfg, key))}"
+              for key in ("aa", "reprob", "color_jitter", "scale", "ratio") if getattr(cfg, key)]
     if unused:
         logger.warning(f"--dataset {cfg.dataset} trains with the original's CIFAR transform (random crop with 4-pixel "
                        f"padding, flip, --cutout-length): {', '.join(unused)} not applied")
+
+
+def _flag_value(value: object) -> str:
+    """A flag's value as the command line writes it (a list as its space-separated items)."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def build_mixup(cfg: Namespace) -> Optional[OriginalMixup]:
@@ -122,7 +128,7 @@ def build_mixup(cfg: Namespace) -> Optional[OriginalMixup]:
     if cfg.cutmix_minmax is not None:
         low, high = (int(cfg.img_size * ratio) for ratio in cfg.cutmix_minmax)
         if low >= high:  # the box side is drawn from range(low, high)
-            raise DataError(f"--cutmix-minmax {' '.join(map(str, cfg.cutmix_minmax))}: at --img-size {cfg.img_size} "
+            raise DataError(f"--cutmix-minmax {_flag_value(cfg.cutmix_minmax)}: at --img-size {cfg.img_size} "
                             f"no CutMix box side lies in [{low}, {high}) pixels: give a max one pixel "
                             f"(1/{cfg.img_size}) or more above the min")
     return OriginalMixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,

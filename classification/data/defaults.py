@@ -13,9 +13,10 @@ CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "imagenet": dict(data_path="data/imagenet", img_size=224, crop_pct=0.875, hflip=0.5, scale=(0.08, 1.0),
                      image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD),
-    "cifar10": dict(data_path="data/cifar", img_size=32, crop_pct=1.0, hflip=0.5, scale=(0.08, 1.0),
+    # no scale: the CIFAR transform (the original's random crop with padding) has no random-resized crop
+    "cifar10": dict(data_path="data/cifar", img_size=32, crop_pct=1.0, hflip=0.5,
                     image_mean=CIFAR_MEAN, image_std=CIFAR_STD),
-    "cifar100": dict(data_path="data/cifar", img_size=32, crop_pct=1.0, hflip=0.5, scale=(0.08, 1.0),
+    "cifar100": dict(data_path="data/cifar", img_size=32, crop_pct=1.0, hflip=0.5,
                      image_mean=CIFAR_MEAN, image_std=CIFAR_STD),
     # handwritten digits are not mirror-symmetric and only 8x8 pixels: no flip, mild crops
     "digits": dict(data_path="", img_size=32, crop_pct=1.0, hflip=0.0, scale=(0.6, 1.0),

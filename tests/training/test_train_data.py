@@ -225,6 +225,20 @@ def test_a_cifar_run_warns_of_the_augmentation_flags_its_transform_does_not_appl
     assert not localmamba_log.records
 
 
+def test_a_cifar_run_warns_of_the_crop_range_it_does_not_read(tmp_path, localmamba_log):
+    """--scale / --ratio (random-resized crop) were dropped without a word: the filled-in default scale hid them."""
+    make_cifar(str(tmp_path), "cifar10")
+    cfg = cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path), "--scale", "0.5", "1.0", "--ratio", "0.9",
+                  "1.1")
+    train, val = build_datasets(cfg)
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
+        build_loaders(cfg, train, val, 1, 0)
+    assert [r.getMessage() for r in localmamba_log.records] == [
+        "--dataset cifar10 trains with the original's CIFAR transform (random crop with 4-pixel padding, flip, "
+        "--cutout-length): --scale 0.5 1.0, --ratio 0.9 1.1 not applied"]
+    assert transform_names(cfg) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from PIL import Image
 
