@@ -95,9 +95,10 @@ def _affine(img: Image.Image, matrix: tuple, fill: tuple, resample: Resample) ->
 
 
 def distort_mesh(width: int, height: int, shift: int) -> list[tuple[tuple, tuple]]:
-    """PIL MESH data of Distort: `int(shift / 10)` x `int(shift / 10)` tiles (at least one), every inner grid corner
-    taken from `shift` pixels right and down. Each entry is (output box, source quad UL, LL, LR, UR)."""
-    tiles = max(int(0.1 * shift), 1)
+    """PIL MESH data of Distort: `int(shift / 10)` x `int(shift / 10)` tiles (at least one, and at most the shorter
+    side's pixels: a tile of no pixel made Pillow divide by zero), every inner grid corner taken from `shift` pixels
+    right and down. Each entry is (output box, source quad UL, LL, LR, UR)."""
+    tiles = max(min(int(0.1 * shift), width, height), 1)
     xs = [k * (width // tiles) for k in range(tiles)] + [width]
     ys = [k * (height // tiles) for k in range(tiles)] + [height]
 

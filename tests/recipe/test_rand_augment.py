@@ -213,6 +213,29 @@ def test_distort_is_the_identity_below_two_tiles_and_moves_inner_corners():
     assert ra.distort_mesh(8, 8, 5) == [((0, 0, 8, 8), (0, 0, 0, 8, 8, 8, 8, 0))]
 
 
+@pytest.mark.parametrize("width, height, shift, tiles", [
+    (1, 1, 20, 1), (1, 5, 30, 1), (5, 1, 20, 1), (2, 3, 30, 2), (3, 2, 30, 2), (3, 3, 30, 3)])
+def test_distort_of_an_image_narrower_than_its_tiles_takes_one_tile_per_pixel(width, height, shift, tiles):
+    """Pillow divided by zero on the tiles of no pixel (a 1-pixel side from magnitude 10 on)."""
+    img = Image.fromarray(np.arange(width * height * 3, dtype=np.uint8).reshape(height, width, 3))
+    mesh = ra.distort_mesh(width, height, shift)
+    assert len(mesh) == tiles * tiles and all(right > left and bottom > top for (left, top, right, bottom), _ in mesh)
+    out = ra.distort(img, shift, FILL, BICUBIC)
+    assert out.size == img.size
+    if tiles == 1:  # no inner corner: the identity
+        assert (np.asarray(out) == np.asarray(img)).all()
+
+
+@pytest.mark.parametrize("name", ra.RAND_OPS)
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1), (2, 3)])
+def test_every_op_keeps_a_tiny_image_at_any_magnitude(name, size):
+    img = Image.fromarray(np.full((size[1], size[0], 3), 77, np.uint8))
+    for magnitude in (-5, 0, 9, 10, 30):
+        random.seed(0)
+        out = ra.RandAugmentOp(name, magnitude, prob=1.0)(img)
+        assert out.size == img.size and out.mode == img.mode
+
+
 def test_blur_radius_sign_does_not_matter():
     impulse = np.zeros((8, 8), np.uint8)
     impulse[3:5, 3:5] = 255
