@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from .defaults import resolve_dataset_defaults
+from .defaults import note_filled_from_dataset, resolve_dataset_defaults
 from .errors import DataError
 from .image_list import build_imagenet, build_imagenet_val
 from .loader import build_loader, loader_workers, usable_cpus
@@ -64,6 +64,7 @@ def _set_num_classes(cfg: Namespace, found: int, training: bool = False) -> None
     if found < 2:
         raise DataError(f"{where}: {found} class found; classification needs at least 2")
     cfg.num_classes = found
+    note_filled_from_dataset(cfg, ["num_classes"])
 
 
 def class_summary(dataset: Dataset, shown: int = 10) -> str:

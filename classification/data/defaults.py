@@ -24,8 +24,21 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# The flags that a dataset fills when unset: its defaults above, and `num_classes` from its data.
+DATASET_FILLED_FLAGS = frozenset({key for defaults in DATASET_DEFAULTS.values() for key in defaults} | {"num_classes"})
+
+
 def resolve_dataset_defaults(cfg: Namespace) -> None:
-    """Fill unset data flags of `cfg` in place with the dataset's defaults."""
+    """Fill unset data flags of `cfg` in place with the dataset's defaults (`note_filled_from_dataset`)."""
+    filled = []
     for key, value in DATASET_DEFAULTS[cfg.dataset].items():
         if getattr(cfg, key) in (None, ""):
             setattr(cfg, key, list(value) if isinstance(value, tuple) else value)
+            filled.append(key)
+    note_filled_from_dataset(cfg, filled)
+
+
+def note_filled_from_dataset(cfg: Namespace, keys: list[str]) -> None:
+    """Add `keys` to `cfg.filled_from_dataset`, the flags whose values the dataset filled: a run's args.yaml lists
+    them, so that `-c args.yaml --dataset OTHER` has OTHER fill them again rather than keep the first one's."""
+    cfg.filled_from_dataset = sorted({*getattr(cfg, "filled_from_dataset", ()), *keys})

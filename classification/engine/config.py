@@ -14,6 +14,10 @@ only) or `branch` (the command printed to continue the branch, which keeps `-c`,
 `args.yaml` leaves them out, so that `-c experiments/NAME/args.yaml` starts a new run rather than deleting or continuing
 that one. `--trust-checkpoint` (unpickle a checkpoint, which can run code) is per command too: left out of
 `args.yaml`, and refused in a config file, so that no later command reading the file trusts a checkpoint unasked.
+
+`args.yaml` records the dataset's defaults that the run filled in (image size, mean / std, crop, data path, classes)
+and lists their names as `filled_from_dataset`: `-c RUN/args.yaml --dataset OTHER` has OTHER fill them again (unless
+the command line gives them), where it kept the first dataset's before.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ..common import atomic_write_text
+from ..data.defaults import DATASET_FILLED_FLAGS
 from .flags import build_parser
 
 # per command, left out of args.yaml (module doc)
@@ -274,6 +279,14 @@ def check_ranges(args: argparse.Namespace) -> None:
                           f"reads no folder; for your images give --dataset imagenet (class folders or meta lists)")
 
 
+def _filled_flags(value: Any, where: str) -> list[str]:
+    """The `filled_from_dataset` list of an args.yaml: names of flags that a dataset fills (`DATASET_FILLED_FLAGS`)."""
+    if not isinstance(value, list) or not all(isinstance(key, str) and key in DATASET_FILLED_FLAGS for key in value):
+        raise ConfigError(f"{where}: expected a list of the flags a dataset fills "
+                          f"({', '.join(sorted(DATASET_FILLED_FLAGS))}), got {value!r}")
+    return value
+
+
 def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
     """The flag values a YAML config gives (its `_base_` files merged), each converted and checked as `parse_args`
     converts the same text on the command line (`parser`: `build_parser()`'s). Errors name the file and the key."""
@@ -282,6 +295,9 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     values = {}
     for key, value in cfg.items():
+        if key == "filled_from_dataset":
+            values[key] = _filled_flags(value, f"{path}: key {key!r}")
+            continue
         if key == "config" or (key in ORIGINAL_FEATURES_OFF and value in (ORIGINAL_FEATURES_OFF[key][1], None, {})):
             continue
         if key in ORIGINAL_FEATURES_OFF:
@@ -307,12 +323,19 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
 def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training",
                evaluation: bool = False) -> argparse.Namespace:
     """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key.
-    `evaluation`: tools/test.py's parser (`build_parser`)."""
+    `evaluation`: tools/test.py's parser (`build_parser`). The values that FILE's run filled from its dataset's
+    defaults (its `filled_from_dataset` list) are read with that dataset only: another `--dataset` fills its own."""
     parser = build_parser(description, evaluation)
     config = parser.parse_known_args(argv)[0].config  # by the parser itself: `--co` is as ambiguous here as later
     config_values = read_config(config, parser) if config else {}
+    filled = config_values.pop("filled_from_dataset", [])
+    own_defaults = {key: parser.get_default(key) for key in filled}
     parser.set_defaults(**config_values)
+    if filled and parser.parse_known_args(argv)[0].dataset != parser.get_default("dataset"):
+        parser.set_defaults(**own_defaults)  # the config's dataset filled them: another --dataset fills its own
+        filled = []
     args = parser.parse_args(argv)
+    args.filled_from_dataset = [key for key in filled if getattr(args, key) == config_values.get(key)]
     args.model_kwargs = dict(args.model_kwargs or {})
     args.config_model = config_values.get("model") if config_values.get("model") == args.model else None
     args.cli_model_kwargs = list(getattr(args, "_cli_model_kwargs", []))

@@ -211,8 +211,9 @@ def _same_value(old: Any, new: Any) -> bool:
 
 def log_changed_flags(cfg: Namespace, saved: Mapping[str, Any], log: logging.Logger) -> None:
     """Log every flag whose value differs from the one the checkpoint's run had (`saved`: its config), but the
-    folder's (`FOLDER_FLAGS`); a path given relative once and absolute once is the same value."""
+    folder's (`FOLDER_FLAGS`); a path given relative once and absolute once is the same value. The list of the flags
+    filled from the dataset (`filled_from_dataset`) is no flag: not compared."""
     now = config_dict(cfg)
-    for key in sorted(now.keys() & saved.keys() - FOLDER_FLAGS):
+    for key in sorted(now.keys() & saved.keys() - FOLDER_FLAGS - {"filled_from_dataset"}):
         if not _same_value(saved[key], now[key]):
             log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value is used)")

@@ -5,11 +5,13 @@ import os
 import pytest
 import yaml
 
+from classification.data import build_datasets
+from classification.data.defaults import CIFAR_MEAN, resolve_dataset_defaults
 from classification.engine.config import ConfigError, parse_args, save_config
 from classification.engine.flags import EVALUATION_FLAGS, build_parser
 from classification.engine.model_builder import build_model
 
-from training_helpers import REPO
+from training_helpers import REPO, make_cifar
 
 RECIPE = os.path.join(REPO, "configs", "strategies", "local_mamba", "config.yaml")
 
@@ -142,6 +144,31 @@ def test_saved_config_round_trips(tmp_path):
     assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml"), "cli_model_kwargs": [],
                            "config_model": args.model,  # args.yaml names the model its model_kwargs are for
                            "output": os.path.abspath(args.output)}  # and the folder of its run from anywhere
+
+
+def test_a_runs_args_yaml_for_another_dataset_fills_that_datasets_defaults(tmp_path):
+    """args.yaml records the values its run filled from its dataset; they were kept for another --dataset (a CIFAR
+    run's 32-pixel size, CIFAR mean and 10 classes for ImageNet)."""
+    make_cifar(str(tmp_path), "cifar10")
+    run = parse_args(["--dataset", "cifar10", "--data-path", str(tmp_path), "--hflip", "0.25"])
+    build_datasets(run)
+    assert run.filled_from_dataset == ["crop_pct", "image_mean", "image_std", "img_size", "num_classes"]
+    save_config(run, str(tmp_path / "args.yaml"))
+    other = parse_args(["-c", str(tmp_path / "args.yaml"), "--dataset", "imagenet", "--crop-pct", "1.0"])
+    assert (other.img_size, other.image_mean, other.num_classes, other.filled_from_dataset) == (None, None, None, [])
+    assert (other.crop_pct, other.hflip, other.data_path) == (1.0, 0.25, str(tmp_path))  # given, not filled
+    resolve_dataset_defaults(other)
+    assert (other.img_size, other.image_std, other.crop_pct) == (224, [0.229, 0.224, 0.225], 1.0)
+    assert other.filled_from_dataset == ["image_mean", "image_std", "img_size", "scale"]
+    same = parse_args(["-c", str(tmp_path / "args.yaml"), "--img-size", "64"])  # its own dataset keeps them
+    assert (same.img_size, same.image_mean, same.num_classes) == (64, list(CIFAR_MEAN), 10)
+    assert same.filled_from_dataset == ["crop_pct", "image_mean", "image_std", "num_classes"]
+
+
+def test_filled_from_dataset_names_only_flags_a_dataset_fills(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'filled_from_dataset': expected a list of the flags a "
+                                          r"dataset fills \(crop_pct, data_path, .*got \['lr'\]"):
+        parse_args(["-c", write_yaml(tmp_path / "c.yaml", {"filled_from_dataset": ["lr"]})])
 
 
 @pytest.mark.parametrize("flags", [["--overwrite"], ["--resume", "experiments/exp/last.pth.tar"]])
