@@ -46,6 +46,7 @@ from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table 
 from classification.benchmarks.model_speed import COMPILE_WARMUP  # noqa: E402
 from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
+from classification.benchmarks.stopping import run_stopping_in_one_line, where_rows_are  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -202,29 +203,20 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
             print((format_sweep_table if args.sweep else format_model_table)(rows[start:]), flush=True)
 
 
-def _run_all(args: argparse.Namespace) -> tuple:
-    """Each --model against its baseline, or each --ema model, in turn: (the rows that ended, the one-line failure
-    that stopped the rest or None, the exit status). A model that cannot be run, a peak memory that cannot be
-    measured, CUDA out of memory or Ctrl-C stops the run; the rows before it are kept."""
-    rows: list = []
+def _run_all(args: argparse.Namespace, rows: list) -> None:
+    """Each --model against its baseline, or each --ema model, in turn, appending each row to ``rows`` as it ends;
+    a model that cannot be run, a peak memory that cannot be measured, CUDA out of memory or Ctrl-C stops the run
+    (:func:`run_stopping_in_one_line` says so) and the rows before it are kept."""
+    if args.model:
+        for model, baseline in zip(args.model, args.baselines):
+            _compare(args, model, baseline, rows)
+        return
     try:
-        if args.model:
-            for model, baseline in zip(args.model, args.baselines):
-                _compare(args, model, baseline, rows)
-        else:
-            try:
-                for model in args.ema:
-                    rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup))
-            finally:
-                if rows:
-                    print(format_ema_table(rows), flush=True)
-    except (ConfigError, PeakMemoryError) as err:
-        return rows, f"error: {err}", 2
-    except torch.cuda.OutOfMemoryError as err:
-        return rows, f"error: {str(err).strip().splitlines()[0]}", 2
-    except KeyboardInterrupt:
-        return rows, "interrupted (Ctrl-C)", 130
-    return rows, None, 0
+        for model in args.ema:
+            rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup))
+    finally:
+        if rows:
+            print(format_ema_table(rows), flush=True)
 
 
 def main(argv=None) -> int:
@@ -233,7 +225,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     failure, status = None, 0
     if args.model or args.ema:
-        rows, failure, status = _run_all(args)
+        rows: list = []
+        failure, status = run_stopping_in_one_line(lambda: _run_all(args, rows), (ConfigError, PeakMemoryError))
         if args.plot and rows:
             plot_resolution_sweep(rows, args.plot)
             print(f"plot: {args.plot}")
@@ -244,10 +237,7 @@ def main(argv=None) -> int:
     if args.csv and rows:
         write_csv(args.csv, rows)
     if failure:
-        kept = (f"; the {len(rows)} rows that ended are in the table above" if len(rows) > 1
-                else "; the row that ended is in the table above" if rows else "")
-        kept += f" and in {args.csv}" if rows and args.csv else ""
-        print(failure + kept, file=sys.stderr)
+        print(failure + where_rows_are(rows, args.csv), file=sys.stderr)
     return status
 
 

@@ -14,6 +14,7 @@ the kernel packages' backend registry directly, to time each backend in turn.
 - ``flops``: parameters and FLOPs in the original's and in fvcore's convention (``flops_row``, ``flops_rows``).
 - ``gpu_check``: the Triton backends against the reference, outputs and gradients, then timings.
 - ``timing``, ``tables``: interleaved medians; text tables and CSV files.
+- ``stopping``: a tool's run stopped by Ctrl-C or an error ends in one line and keeps the rows that ended.
 """
 from ..engine.distributed import parse_device
 from ..engine.model_builder import UnknownModelError
