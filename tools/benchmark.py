@@ -204,9 +204,14 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
 
 
 def _run_all(args: argparse.Namespace, rows: list) -> None:
-    """Each --model against its baseline, or each --ema model, in turn, appending each row to ``rows`` as it ends;
-    a model that cannot be run, a peak memory that cannot be measured, CUDA out of memory or Ctrl-C stops the run
-    (:func:`run_stopping_in_one_line` says so) and the rows before it are kept."""
+    """Each --model against its baseline, each --ema model in turn, or the --op's backends, appending each row to
+    ``rows`` as it ends; a model that cannot be run, a peak memory that cannot be measured, CUDA out of memory or
+    Ctrl-C stops the run (:func:`run_stopping_in_one_line` says so) and the rows before it are kept."""
+    if args.op:
+        print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width), args.device,
+                           args.dtype, args.backends, args.repeats, args.warmup, backward=not args.no_backward,
+                           finished=rows)
+        return
     if args.model:
         for model, baseline in zip(args.model, args.baselines):
             _compare(args, model, baseline, rows)
@@ -223,17 +228,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    failure, status = None, 0
-    if args.model or args.ema:
-        rows: list = []
-        failure, status = run_stopping_in_one_line(lambda: _run_all(args, rows), (ConfigError, PeakMemoryError))
-        if args.plot and rows:
-            plot_resolution_sweep(rows, args.plot)
-            print(f"plot: {args.plot}")
-    else:
-        rows = print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width),
-                                  args.device, args.dtype, args.backends, args.repeats, args.warmup,
-                                  backward=not args.no_backward)
+    rows: list = []
+    failure, status = run_stopping_in_one_line(lambda: _run_all(args, rows), (ConfigError, PeakMemoryError))
+    if args.plot and rows:
+        plot_resolution_sweep(rows, args.plot)
+        print(f"plot: {args.plot}")
     if args.csv and rows:
         write_csv(args.csv, rows)
     if failure:

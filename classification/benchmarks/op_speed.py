@@ -126,9 +126,11 @@ def unavailable_backends(op: str, device: str, requested: Sequence[str]) -> List
 
 def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
                  only_backends: Optional[Sequence[str]] = None, repeats: int = 10, warmup: int = 2,
-                 backward: bool = True) -> List[Dict[str, object]]:
+                 backward: bool = True, finished: Optional[List[Dict[str, object]]] = None) -> List[Dict[str, object]]:
     """Time ``op`` (a key of ``CASES``) on every backend available for ``device`` (or those of ``only_backends``)
-    and the reference; one row per backend with milliseconds and the speedup over the reference."""
+    and the reference; one row per backend with milliseconds and the speedup over the reference. ``finished``: a
+    list the rows are also appended to once the forward timings end (their forward + backward figures are filled in
+    when those end), which keeps the forward figures where Ctrl-C stops the forward + backward timings."""
     device, shape = torch.device(device), op_shape(op, shape)
     names = [b for b in backends.available_backends(OP_NAMES[op], device)
              if b in backends.KERNEL_BACKENDS and (not only_backends or b in only_backends)]  # composed: not forceable
@@ -136,6 +138,7 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
         names.append("reference")
     case = CASES[op](shape, device, DTYPES[dtype])
     medians: Dict[str, Dict[str, float]] = {name: {} for name in names}
+    rows: List[Dict[str, object]] = []
     with backends.restoring_choice():
         for mode, with_backward in (("fwd", False), ("fwd+bwd", True)):
             if with_backward and not backward:
@@ -147,21 +150,31 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
                 for name, step in steps.items():
                     if name != "reference":
                         medians[name][mode + " graph"] = _graph_ms(step, repeats, device)
-    ref = medians["reference"]
-    threads = torch.get_num_threads()
-    rows = []
-    for name in names:
-        m = medians[name]
-        fb = m.get("fwd+bwd")
-        rows.append({"op": op, "backend": name, "device": device.type, "dtype": dtype,
-                     "shape": " ".join(f"{SIZE_LETTERS[name]}={getattr(shape, name)}" for name in problem_sizes(op)),
-                     "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
-                     "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
-                     "fwd_ns_per_update_core": (None if case.updates is None or device.type != "cpu"
-                                                else m["fwd"] * 1e6 * threads / case.updates),
-                     "bwd_over_fwd": None if fb is None else (fb - m["fwd"]) / m["fwd"],
-                     "fwd_graph_ms": m.get("fwd graph"), "fwdbwd_graph_ms": m.get("fwd+bwd graph")})
+            timed = [_op_row(op, name, shape, device, dtype, medians, case.updates) for name in names]
+            if rows:  # forward + backward: the rows of the forward timings get its figures
+                for row, figures in zip(rows, timed):
+                    row.update(figures)
+            else:
+                rows = timed
+                if finished is not None:
+                    finished.extend(rows)
     return rows
+
+
+def _op_row(op: str, name: str, shape: OpShape, device: torch.device, dtype: str,
+            medians: Dict[str, Dict[str, float]], updates: Optional[int]) -> Dict[str, object]:
+    """The row of backend ``name`` from the milliseconds timed so far (``medians``: backend -> mode -> ms); the
+    forward + backward figures are None until that mode is timed."""
+    m, ref, threads = medians[name], medians["reference"], torch.get_num_threads()
+    fb = m.get("fwd+bwd")
+    return {"op": op, "backend": name, "device": device.type, "dtype": dtype,
+            "shape": " ".join(f"{SIZE_LETTERS[size]}={getattr(shape, size)}" for size in problem_sizes(op)),
+            "threads": threads, "fwd_ms": m["fwd"], "fwd_speedup": ref["fwd"] / m["fwd"],
+            "fwdbwd_ms": fb, "fwdbwd_speedup": None if fb is None else ref["fwd+bwd"] / fb,
+            "fwd_ns_per_update_core": (None if updates is None or device.type != "cpu"
+                                       else m["fwd"] * 1e6 * threads / updates),
+            "bwd_over_fwd": None if fb is None else (fb - m["fwd"]) / m["fwd"],
+            "fwd_graph_ms": m.get("fwd graph"), "fwdbwd_graph_ms": m.get("fwd+bwd graph")}
 
 
 def _graph_ms(step: Callable[[], None], repeats: int, device: torch.device) -> Optional[float]:
@@ -204,14 +217,22 @@ def format_op_table(rows: List[Dict[str, object]]) -> str:
 
 def print_op_benchmark(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype: str = "fp32",
                        only_backends: Optional[Sequence[str]] = None, repeats: int = 10, warmup: int = 2,
-                       backward: bool = True) -> List[Dict[str, object]]:
-    """:func:`benchmark_op`, printed with a header line naming the problem; returns the rows."""
-    rows = benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward)
-    shape = op_shape(op, shape)
-    sizes = " ".join(f"{name}={getattr(shape, name)}" for name in problem_sizes(op))
-    print(f"op={op} device={torch.device(device).type} dtype={dtype} {sizes} threads={torch.get_num_threads()} "
-          f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
-    print(format_op_table(rows))
+                       backward: bool = True, finished: Optional[List[Dict[str, object]]] = None
+                       ) -> List[Dict[str, object]]:
+    """:func:`benchmark_op`, printed with a header line naming the problem; returns the rows. ``finished``: as
+    :func:`benchmark_op`'s; the rows it holds are printed also where the timings stop early (Ctrl-C)."""
+    rows: List[Dict[str, object]] = []
+    try:
+        benchmark_op(op, shape, device, dtype, only_backends, repeats, warmup, backward, finished=rows)
+    finally:
+        if finished is not None:
+            finished.extend(rows)
+        if rows:
+            shape = op_shape(op, shape)
+            sizes = " ".join(f"{name}={getattr(shape, name)}" for name in problem_sizes(op))
+            print(f"op={op} device={torch.device(device).type} dtype={dtype} {sizes} threads={torch.get_num_threads()} "
+                  f"cpu_isa={ckernel.isa_summary()} repeats={repeats} (medians, interleaved; fwd under no_grad)")
+            print(format_op_table(rows), flush=True)
     return rows
 
 
