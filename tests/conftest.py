@@ -25,3 +25,18 @@ def localmamba_log(caplog, monkeypatch):
         monkeypatch.setattr(logger, "propagate", True)
     caplog.set_level(logging.INFO, logger="localmamba")
     return caplog
+
+
+@pytest.fixture
+def status_after_ctrl_c():
+    """``status_after_ctrl_c(main, argv)``: a tool's ``main(argv)`` exit status, for a test whose stand-in raises
+    KeyboardInterrupt; an interrupt that escapes ``main`` (the traceback the tool would end in) fails the test instead
+    of stopping pytest."""
+
+    def status(main, argv):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped main(): the tool ends in a traceback")
+
+    return status

@@ -342,24 +342,16 @@ def test_a_model_that_fails_keeps_the_rows_of_the_models_before_it(tmp_path, mon
     assert 'local_vim_tiny img/s' in captured.out
 
 
-def _status_after_ctrl_c(main, argv):
-    """``main(argv)``'s exit status; a KeyboardInterrupt that escapes it (the traceback the tool would end in) fails
-    the test instead of stopping pytest."""
-    try:
-        return main(argv)
-    except KeyboardInterrupt:
-        pytest.fail('Ctrl-C escaped main(): the tool ends in a traceback')
-
-
-def test_ctrl_c_keeps_the_rows_that_ended_in_the_table_and_the_csv(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_keeps_the_rows_that_ended_in_the_table_and_the_csv(tmp_path, monkeypatch, capsys,
+                                                                   status_after_ctrl_c):
     def fail(model, batch, train):
         if train:
             raise KeyboardInterrupt
 
     _fake_timings(monkeypatch, fail)
     out = tmp_path / 'bench.csv'
-    assert _status_after_ctrl_c(benchmark.main, ['--model', 'local_vim_tiny', 'local_vssm_tiny', '--batch-sizes', '1',
-                                                 '8', '--csv', str(out)]) == 130
+    assert status_after_ctrl_c(benchmark.main, ['--model', 'local_vim_tiny', 'local_vssm_tiny', '--batch-sizes', '1',
+                                                '8', '--csv', str(out)]) == 130
     rows = list(csv.DictReader(out.open()))
     assert [(r['model'], r['metric'], float(r['model_img_s'])) for r in rows] == [
         ('local_vim_tiny', 'inference b1', 2.0), ('local_vim_tiny', 'inference b8', 2.0)]
@@ -370,7 +362,7 @@ def test_ctrl_c_keeps_the_rows_that_ended_in_the_table_and_the_csv(tmp_path, mon
                                          f'in {out}']
 
 
-def test_ctrl_c_in_ema_keeps_the_rows_of_the_models_before_it(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_in_ema_keeps_the_rows_of_the_models_before_it(tmp_path, monkeypatch, capsys, status_after_ctrl_c):
     def benchmark_ema(model, *args):
         if model == 'local_vssm_tiny':
             raise KeyboardInterrupt
@@ -380,14 +372,14 @@ def test_ctrl_c_in_ema_keeps_the_rows_of_the_models_before_it(tmp_path, monkeypa
     monkeypatch.setattr(benchmark, 'benchmark_ema', benchmark_ema)
     out = tmp_path / 'ema.csv'
     argv = ['--ema', 'local_vim_tiny', 'local_vssm_tiny', '--csv', str(out)]
-    assert _status_after_ctrl_c(benchmark.main, argv) == 130
+    assert status_after_ctrl_c(benchmark.main, argv) == 130
     assert [(r['model'], float(r['ratio'])) for r in csv.DictReader(out.open())] == [('local_vim_tiny', 4.0)]
     captured = capsys.readouterr()
     assert 'local_vim_tiny' in captured.out and 'local_vssm_tiny' not in captured.out
     assert captured.err.splitlines() == [f'interrupted (Ctrl-C); the row that ended is in the table above and in {out}']
 
 
-def test_ctrl_c_in_the_op_benchmark_keeps_the_forward_timings(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_in_the_op_benchmark_keeps_the_forward_timings(tmp_path, monkeypatch, capsys, status_after_ctrl_c):
     """`--op` ended Ctrl-C in a traceback, losing the forward timings that had ended: now the forward figures of
     each backend are in the table and the CSV, one line says it was interrupted, and the exit status is 130."""
     from classification.benchmarks import op_speed
@@ -402,8 +394,8 @@ def test_ctrl_c_in_the_op_benchmark_keeps_the_forward_timings(tmp_path, monkeypa
 
     monkeypatch.setattr(op_speed, 'median_seconds', median_seconds)
     out = tmp_path / 'op.csv'
-    assert _status_after_ctrl_c(benchmark.main, ['--op', 'conv1d', '--dim', '4', '--seqlen', '8', '--batch', '1',
-                                                 '--backends', 'cpu', '--csv', str(out)]) == 130
+    assert status_after_ctrl_c(benchmark.main, ['--op', 'conv1d', '--dim', '4', '--seqlen', '8', '--batch', '1',
+                                                '--backends', 'cpu', '--csv', str(out)]) == 130
     rows = list(csv.DictReader(out.open()))
     assert [(r['backend'], float(r['fwd_ms']), float(r['fwd_speedup']), r['fwdbwd_ms']) for r in rows] == [
         ('cpu', 1.0, 2.0, ''), ('reference', 2.0, 1.0, '')]
