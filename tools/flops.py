@@ -24,6 +24,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from classification.benchmarks import UnknownModelError, flops_rows, format_flops_table  # noqa: E402
+from classification.benchmarks.stopping import run_stopping_in_one_line, where_rows_are  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.flags import KeyValueAction  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -48,17 +49,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f'--img-size must be positive, got {args.img_size}')
     if args.num_classes is not None and args.num_classes < 0:
         parser.error(f'--num-classes must be 0 (no classifier) or more, got {args.num_classes}')
-    try:
+    rows: list = []
+
+    def count() -> None:
         names = [resolve_model_name(name) for name in args.models]
-        rows = flops_rows(names, args.img_size, args.num_classes, args.model_kwargs, args.directions)
-    except (UnknownModelError, ConfigError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+        flops_rows(names, args.img_size, args.num_classes, args.model_kwargs, args.directions, finished=rows)
+
+    failure, status = run_stopping_in_one_line(count, (UnknownModelError, ConfigError, FileNotFoundError))
     for row in rows:
         if row['unsupported']:
             print(f"warning: {row['model']}: ops not counted: {row['unsupported']}", file=sys.stderr)
-    print(format_flops_table(rows))
-    return 0
+    if rows:
+        print(format_flops_table(rows))
+    if failure:
+        print(failure + where_rows_are(rows), file=sys.stderr)
+    return status
 
 
 if __name__ == '__main__':

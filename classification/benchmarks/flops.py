@@ -58,10 +58,17 @@ def flops_row(name: str, img_size: int = 224, num_classes: Optional[int] = None,
 
 
 def flops_rows(names: List[str], img_size: int = 224, num_classes: Optional[int] = None,
-               model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None) -> List[dict]:
-    """:func:`flops_row` of each model (names already resolved, or resolvable), without autograd."""
+               model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None,
+               finished: Optional[List[dict]] = None) -> List[dict]:
+    """:func:`flops_row` of each model (names already resolved, or resolvable), without autograd. ``finished``: a
+    list each row is also appended to as it ends, which keeps them where a later model fails or Ctrl-C stops."""
+    rows = []
     with torch.no_grad():
-        return [flops_row(name, img_size, num_classes, model_kwargs, directions) for name in names]
+        for name in names:
+            rows.append(flops_row(name, img_size, num_classes, model_kwargs, directions))
+            if finished is not None:
+                finished.append(rows[-1])
+    return rows
 
 
 def format_flops_table(rows: List[dict]) -> str:

@@ -139,6 +139,23 @@ def test_cli_refuses_unknown_names_with_close_matches(tool, capsys):
         tool.resolve_model_name('zzzz_qqqq')
 
 
+def test_ctrl_c_in_flops_keeps_the_rows_of_the_models_before_it(tool, monkeypatch, capsys, status_after_ctrl_c):
+    """`flops.py A B` ended Ctrl-C in B in a traceback, and A's counts were lost: now A's row is printed, one line
+    says it was interrupted, and the exit status is 130."""
+
+    def flops_row(name, *args):
+        if name == 'local_vssm_tiny':
+            raise KeyboardInterrupt
+        return dict(model=name, img_size=224, params=7_000_000, original=1.5e9, fvcore=1.6e9, unsupported={})
+
+    monkeypatch.setattr(flops, 'flops_row', flops_row)
+    assert status_after_ctrl_c(tool.main, ['local_vim_tiny', 'local_vssm_tiny']) == 130
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert [line.split() for line in table[2:]] == [['local_vim_tiny', '224', '7,000,000', '1.500', '1.600']]
+    assert captured.err.splitlines() == ['interrupted (Ctrl-C); the row that ended is in the table above']
+
+
 def test_counting_flops_raises_no_deprecation_from_fvcore():
     """fvcore scripts a loss with ``torch.jit.script`` at import, which torch deprecates; a FLOP count in a fresh
     process with FutureWarnings as errors still works (the import silences that one warning)."""
