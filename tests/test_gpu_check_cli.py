@@ -77,6 +77,36 @@ def test_the_cpu_kernel_check_needs_the_triton_interpreter(monkeypatch, capsys, 
     assert gpu_check_tool.main(["--device", "cpu", "--quick"]) == 0 and len(kernel_check_calls) == 1
 
 
+def test_ctrl_c_in_the_kernel_check_ends_in_one_line(monkeypatch, capsys, status_after_ctrl_c):
+    """Ctrl-C in the kernel check ended in a traceback: now the lines printed so far stay, one line says it was
+    interrupted, and the exit status is 130."""
+    def run_gpu_check(*args):
+        print("selective_scan fp32  1.2e-07  3.4e-07  ok")
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(gpu_check_tool, "run_gpu_check", run_gpu_check)
+    assert status_after_ctrl_c(gpu_check_tool.main, ["--device", "cpu", "--quick"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["selective_scan fp32  1.2e-07  3.4e-07  ok"]
+    assert captured.err.splitlines() == ["interrupted (Ctrl-C)"]
+
+
+def test_ctrl_c_in_e2e_says_where_the_checks_that_ended_are(tmp_path, monkeypatch, capsys, status_after_ctrl_c):
+    """Ctrl-C in `--e2e` ended in a traceback: now one line says it was interrupted and names the transcript, which
+    holds the checks that ended; the exit status is 130."""
+    log = tmp_path / "e2e.log"
+
+    def run_e2e(device, quick, dry_run, log_path, **kwargs):
+        Path(log_path).write_text(E2E_LOG)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check_tool, "run_e2e", run_e2e)
+    assert status_after_ctrl_c(gpu_check_tool.main, ["--e2e", "--device", "cpu", "--quick", "--log", str(log)]) == 130
+    assert capsys.readouterr().err.splitlines() == [f"interrupted (Ctrl-C); the checks that ended are in {log}"]
+    assert log.read_text() == E2E_LOG
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dry-run"], "--dry-run needs --e2e"),
     (["--device", "cpu", "--only", "kernel"], "--only needs --e2e"),

@@ -34,6 +34,7 @@ from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, ne
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
 from classification.benchmarks.gpu_report import read_sections, report, sweep_rows  # noqa: E402
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
+from classification.benchmarks.stopping import INTERRUPTED_STATUS, run_stopping_in_one_line  # noqa: E402
 from classification.benchmarks.tables import output_file_problem  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
@@ -134,21 +135,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         return _refuse("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
+    log = None
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))
         if log and args.only and not args.log and os.path.exists(log):   # a part: the whole run's transcript stays
             log = next_part_path(log)
-        try:
-            return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
-        except UnknownCheck as err:
-            return _refuse(str(err))
+    elif not args.sweep and torch.device(args.device).type == "cpu" and not triton_interpreter():
+        return _refuse("the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
+                       "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
+    failure, status = run_stopping_in_one_line(lambda: _run_checks(args, log), (UnknownCheck,))
+    if failure:
+        kept = f"; the checks that ended are in {log}" if log and status == INTERRUPTED_STATUS else ""
+        print(failure + kept, file=sys.stderr)
+    return status
+
+
+def _run_checks(args: argparse.Namespace, log: Optional[str]) -> int:
+    """The --e2e checks (their transcript in ``log``), the --sweep, or the kernel check: 0 where every check passed,
+    1 where one failed."""
+    if args.e2e:
+        return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
     if args.sweep:
         repeats = {} if args.repeats is None else {"repeats": args.repeats}
         print(memory_and_resolution_sweep(args.device, args.quick, **repeats))
         return 0
-    if torch.device(args.device).type == "cpu" and not triton_interpreter():
-        return _refuse("the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
-                       "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 20)
     return 0 if run_gpu_check(args.device, args.quick, repeats, args.skip_timing, not args.skip_models) else 1
 
