@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C during the
+    signal.signal(signal.SIGINT, signal.SIG_DFL)      # imports stops quietly (run_stopping_in_one_line restores it)
 
 import torch
 from localmamba_kernel_runtime.settings import SETTING_ERRORS, check_settings

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Optional
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C during the
+    signal.signal(signal.SIGINT, signal.SIG_DFL)      # imports stops quietly (run_stopping_in_one_line restores it)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

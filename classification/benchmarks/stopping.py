@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence, Tuple, Type
 
 import torch
 
+from ..engine.cli import raise_on_ctrl_c
+
 INTERRUPTED = "interrupted (Ctrl-C)"
 INTERRUPTED_STATUS = 130  # a shell's 128 + SIGINT
 ERROR_STATUS = 2
@@ -23,7 +25,9 @@ ERROR_STATUS = 2
 def run_stopping_in_one_line(run: Callable[[], Optional[int]], errors: Tuple[Type[BaseException], ...] = ()
                              ) -> Tuple[Optional[str], int]:
     """Call ``run``: (None, the exit status it returns, 0 for None); where Ctrl-C, one of ``errors`` or CUDA out of
-    memory stops it, (the one line that says so, 130 for Ctrl-C, else 2)."""
+    memory stops it, (the one line that says so, 130 for Ctrl-C, else 2). Ctrl-C raises KeyboardInterrupt again in
+    ``run`` where the tool let it stop the process quietly while it imported."""
+    raise_on_ctrl_c()
     try:
         return None, run() or 0
     except errors as err:

@@ -107,12 +107,17 @@ def _lost_a_peer(err: RuntimeError) -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(text in str(err) for text in PEER_LOST)
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
-    (128 + the signal's number). A tool may let Ctrl-C stop it quietly while it imports (`SIG_DFL`); from here on
-    Ctrl-C raises KeyboardInterrupt again (a SIGINT that a parent shell ignores stays ignored)."""
+def raise_on_ctrl_c() -> None:
+    """A tool may let Ctrl-C stop it quietly while it imports (`SIG_DFL`); from here on Ctrl-C raises
+    KeyboardInterrupt again (a SIGINT that a parent shell ignores stays ignored)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Call `main`; bad input exits with `error: <message>` (status 2), an interruption with the resume command
+    (128 + the signal's number). Ctrl-C raises KeyboardInterrupt again (:func:`raise_on_ctrl_c`)."""
+    raise_on_ctrl_c()
     if _debugging(sys.argv):
         main()
         return

@@ -287,7 +287,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("tool", ["train.py", "convert_ckpt.py"])
+@pytest.mark.parametrize("tool", ["train.py", "convert_ckpt.py", "benchmark.py", "flops.py", "gpu_check.py"])
 def test_ctrl_c_while_a_tool_imports_stops_quietly(tool):
     """Ctrl-C in the first seconds (torch and timm still importing, before run_cli) printed a KeyboardInterrupt
     traceback; the process now stops as the shell expects, with nothing on stderr."""
@@ -298,6 +298,31 @@ def test_ctrl_c_while_a_tool_imports_stops_quietly(tool):
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == -signal.SIGINT, proc.stderr[-2000:]
     assert proc.stderr == "" and proc.stdout == ""
+
+
+# Runs tools/flops.py with a real Ctrl-C (SIGINT) arriving in the count of its second model.
+INTERRUPT_IN_THE_SECOND_COUNT = """
+import os, runpy, signal, sys
+from classification.benchmarks import flops
+def flops_row(name, *args):
+    if name == "local_vssm_tiny":
+        os.kill(os.getpid(), signal.SIGINT)
+    return dict(model=name, img_size=224, params=7, original=None, fvcore=1e9, unsupported={})
+flops.flops_row = flops_row
+sys.argv = [sys.argv[1], "local_vim_tiny", "local_vssm_tiny"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_ctrl_c_after_a_benchmark_tools_quiet_start_ends_in_one_line():
+    """The quiet start (SIGINT at its default while the tool imports) is undone before the work, so that Ctrl-C
+    in it keeps the rows that ended and ends in one line with status 130."""
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_IN_THE_SECOND_COUNT, os.path.join(TOOLS, "flops.py")],
+                          env=tool_env(), capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == ["interrupted (Ctrl-C); the row that ended is in the table above"]
+    assert "local_vim_tiny" in proc.stdout and "local_vssm_tiny" not in proc.stdout
 
 
 def test_a_tool_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
