@@ -31,9 +31,9 @@ SCAN_ARGS = ("tokens", "index", "x_proj_weight", "dt_proj_weight", "dt_proj_bias
 
 
 def shrink_tiles():
-    multi_scan_triton.SCAN_CHUNK = 4      # 25 steps: 7 chunks, the last one partial
-    multi_scan_triton.SCAN_BLOCK_D = 4    # 5 or 7 channels: a full and a partial block
-    multi_scan_triton.CONV_CHUNK = 8
+    multi_scan_triton.SCAN_CHUNK = 16     # 24 or 25 steps (the 3x5 tables, padded): 2 chunks, the last one partial
+    multi_scan_triton.SCAN_BLOCK_D = 4    # 5 to 7 channels: a full and a partial block
+    multi_scan_triton.CONV_CHUNK = 16     # 2 chunks, the last one partial; the taps reach back across the boundary
     multi_scan_triton.CONV_BLOCK_E = 4
     attention_merge_triton.ROWS = 4
     attention_merge_triton.INPUT_GRAD_ROWS = 4
@@ -311,8 +311,8 @@ def check_custom_ops():
     """Schema, autograd registration, fake (meta) implementations and AOT dispatch of the custom ops, as
     ``torch.compile`` needs them (``torch.library.opcheck``; it runs backward through the fakes too)."""
     g = torch.Generator().manual_seed(5)
-    index = sequence_index(("h", "w2_flip"), (3, 5)).to(torch.int32)
-    batch, num_tokens, inner, state, rank, num_dirs, length = 2, 15, 5, 4, 2, 2, index.shape[1]
+    index = sequence_index(("h", "w2_flip"), (2, 3)).to(torch.int32)     # the smallest: opcheck runs each op often
+    batch, num_tokens, inner, state, rank, num_dirs, length = 2, 6, 5, 4, 2, 2, index.shape[1]
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).requires_grad_()
@@ -341,7 +341,7 @@ def check_compiled():
     """``torch.compile`` of multi_scan_inner_fn on the triton backend (the custom ops opaque in the graph): the
     same output and gradients as eager, with a conv and token-major."""
     for width in (4, 0):
-        p = scan_problem(("h", "w2_flip"), (3, 5), None, inner=6, state=4, width=width, gate=True, with_d=True,
+        p = scan_problem(("h", "w2_flip"), (2, 3), None, inner=6, state=4, width=width, gate=True, with_d=True,
                          dtype=torch.float32, seed=6, rank=3)
         args = [p[k] for k in SCAN_ARGS]
         inputs = [p["tokens"], p["x_proj_weight"], p["dt_proj_weight"], p["A_log"]]
@@ -372,16 +372,20 @@ def main():
     check_compiled()
     check_launches_fit_the_split()
     shrink_tiles()
+    # the deterministic backward and the batch split on two of each case's four directions (a windowed one among
+    # them): the same kernel paths, at half the interpreted programs
     four = ("h", "v_flip", "w2", "w3_flip")
     for deterministic, split in ((False, False), (True, False), (False, True)):
-        check_scan("K=4 3x5 middle class token, gate, conv W=4, fp32", directions=four, grid=(3, 5),
-                   cls_position=8, inner=5, state=4, width=4, with_d=True, seed=0, deterministic=deterministic,
-                   split=split)
+        directions = ("v_flip", "w3_flip") if deterministic or split else four
+        check_scan(f"K={len(directions)} 3x5 middle class token, gate, conv W=4, fp32", directions=directions,
+                   grid=(3, 5), cls_position=8, inner=5, state=4, width=4, with_d=True, seed=0,
+                   deterministic=deterministic, split=split)
     check_scan("K=2 windowed, no gate, no conv, no D, N=3, dt rank 18, fp32", gate=False,
                directions=("h_flip", "w2_flip"), grid=(3, 5), cls_position=None, inner=7, state=3, width=0,
                with_d=False, seed=1, rank=18)
     for deterministic, split in ((False, False), (True, False), (False, True)):
-        check_scan("K=4 3x5 no conv (token-major), gate, D, dt rank 3, fp32", directions=("v_flip", "w3", "h", "w2"),
+        directions = ("w3", "h") if deterministic or split else ("v_flip", "w3", "h", "w2")
+        check_scan(f"K={len(directions)} 3x5 no conv (token-major), gate, D, dt rank 3, fp32", directions=directions,
                    grid=(3, 5), cls_position=None, inner=6, state=4, width=0, with_d=True, seed=3, rank=3,
                    deterministic=deterministic, split=split)
     check_scan("K=2 no conv (token-major), middle class token, gate, bf16", dtype=torch.bfloat16,
