@@ -1,6 +1,7 @@
 """``tools/gpu_check.py --report``: issue 12's targets and the README's tables read back from e2e logs. The logs are
 written by the real e2e runner and transcript, with step outputs made by the real table formatters (the commands
 themselves are not run)."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ from classification.benchmarks.model_speed import format_model_table
 from classification.benchmarks.op_speed import format_op_table
 from classification.benchmarks.resolution_sweep import format_sweep_table
 from classification.benchmarks.tables import render_table
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+_spec = importlib.util.spec_from_file_location("gpu_check_tool", TOOL)
+gpu_check_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check_tool)
 
 # img/s (ours, baseline) per model and dtype: inference b1, inference b64, train step b64
 SPEEDS = {("local_vim_tiny", "fp32"): ((300.0, 1000.0), (4000.0, 10000.0), (900.0, 4000.0)),
@@ -130,9 +136,8 @@ def test_the_targets_of_a_cpu_run_are_not_judged(logs):
 
 
 def test_the_tool_names_the_png_file_it_draws_for_a_plot_name_without_extension(logs, tmp_path):
-    tool = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
     paths = [tmp_path / "part1.log", tmp_path / "part2.log"]
-    drawn = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths), "--plot", str(tmp_path / "sweep")],
+    drawn = subprocess.run([sys.executable, str(TOOL), "--report", *map(str, paths), "--plot", str(tmp_path / "sweep")],
                            capture_output=True, text=True)
     assert drawn.returncode == 0 and drawn.stdout.strip().endswith(f"plot: {tmp_path / 'sweep.png'}")
     assert (tmp_path / "sweep.png").stat().st_size
@@ -142,24 +147,22 @@ def test_report_carries_the_mixer_timings(logs):
     assert "| multi_scan_inner [deterministic] | fp32 | 64 | fwd+bwd | 1.500 | 1.20x |" in report(logs)
 
 
-def test_the_tool_prints_the_report_of_its_logs_and_refuses_a_missing_one(logs, tmp_path):
-    tool = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+def test_the_tool_prints_the_report_of_its_logs_and_refuses_a_missing_one(logs, tmp_path, capsys):
+    """The report by the command line; the refusals, which come before anything is read or drawn, by the tool's
+    main(argv), which the command line calls (`sys.exit(main())`)."""
     paths = [tmp_path / "part1.log", tmp_path / "part2.log"]
-    done = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(TOOL), "--report", *map(str, paths)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == report(logs).strip()
     figure = tmp_path / "sweep.png"
-    drawn = subprocess.run([sys.executable, str(tool), "--report", *map(str, paths), "--plot", str(figure)],
-                           capture_output=True, text=True)
-    assert drawn.returncode == 0 and drawn.stdout.strip().endswith(f"plot: {figure}") and figure.stat().st_size
-    no_sweep = subprocess.run([sys.executable, str(tool), "--report", str(paths[0]), "--plot", str(figure)],
-                              capture_output=True, text=True)
-    assert no_sweep.returncode == 2 and no_sweep.stderr.startswith("error: --plot: no resolution sweep table in ")
-    missing = subprocess.run([sys.executable, str(tool), "--report", str(tmp_path / "nope.log")],
-                             capture_output=True, text=True)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: no such log: ")
+    assert gpu_check_tool.main(["--report", *map(str, paths), "--plot", str(figure)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"plot: {figure}") and figure.stat().st_size
+    assert gpu_check_tool.main(["--report", str(paths[0]), "--plot", str(figure)]) == 2
+    assert capsys.readouterr().err.startswith("error: --plot: no resolution sweep table in ")
+    assert gpu_check_tool.main(["--report", str(tmp_path / "nope.log")]) == 2
+    assert capsys.readouterr().err.startswith("error: no such log: ")
     binary = tmp_path / "model.ckpt"
     binary.write_bytes(b"PK\x03\x04\x80\xff" * 20)
     for path, message in ((binary, f"not a --e2e log (no '===== <check>' output in it): {binary}"),
                           (tmp_path, f"--report takes log files, not folders: {tmp_path}")):
-        refused = subprocess.run([sys.executable, str(tool), "--report", str(path)], capture_output=True, text=True)
-        assert (refused.returncode, refused.stderr.strip()) == (2, f"error: {message}")
+        assert gpu_check_tool.main(["--report", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {message}"
