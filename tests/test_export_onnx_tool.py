@@ -3,6 +3,7 @@ another batch size than the export's with the model's outputs; an existing file 
 errors."""
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 
@@ -20,8 +21,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIRECTIONS = [['h', 'w2_flip'], ['v_flip', 'w3']]
 SMALL = ['local_vssm_tiny', '--model-kwargs', 'dims=[8,16]', 'depths=[1,1]', '--img-size', '28']
 
+TOOL = os.path.join(REPO, 'tools', 'export_onnx.py')
+_spec = importlib.util.spec_from_file_location('export_onnx_tool', TOOL)
+export_onnx_tool = importlib.util.module_from_spec(_spec)
+_handler = signal.getsignal(signal.SIGINT)
+_spec.loader.exec_module(export_onnx_tool)   # it lets Ctrl-C stop its imports quietly; pytest's handler comes back
+signal.signal(signal.SIGINT, _handler)
 needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None,
                                        reason='onnxruntime not installed')
+
+
+def refused_in_process(monkeypatch, capsys, *args):
+    """Run the tool as its command line does (`run_cli(main)` with these arguments) where it refuses them before any
+    work: its exit status, stdout and stderr."""
+    monkeypatch.setattr(sys, 'argv', [TOOL, *args])
+    with pytest.raises(SystemExit) as stopped:
+        export_onnx_tool.run_cli(export_onnx_tool.main)
+    out, err = capsys.readouterr()
+    return stopped.value.code, out, err
 
 
 @pytest.fixture
@@ -71,9 +88,8 @@ def test_the_tool_takes_model_ema_as_tools_test_py_spells_it(checkpoint, tmp_pat
     took that flag as a model flag and exported the model's weights without a word."""
     flags, trained = checkpoint
     path = tmp_path / 'ema.onnx'
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, '--onnx', str(path),
-                           '--exporter', 'torchscript', '--no-check', '--model-ema'],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    done = subprocess.run([sys.executable, TOOL, *flags, '--onnx', str(path), '--exporter', 'torchscript', '--no-check',
+                           '--model-ema'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert ' (EMA) to ' in done.stdout
     ema_model = load_model(parse_args(flags, evaluation=True), ema=True)
@@ -82,28 +98,30 @@ def test_the_tool_takes_model_ema_as_tools_test_py_spells_it(checkpoint, tmp_pat
 
 
 @needs_onnxruntime
-def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_path):
+def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_path, monkeypatch, capsys):
+    """The refusals come before any export: checked in-process through the command line's run_cli(main); the export
+    that replaces the file runs the command line."""
     flags, _ = checkpoint
     existing = tmp_path / 'old.onnx'
     existing.write_text('keep me')
 
-    def run(*args):
-        return subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
+    def refused(*args):
+        return refused_in_process(monkeypatch, capsys, *flags, *args)
 
-    refused = run('--onnx', str(existing), '--exporter', 'torchscript')
-    assert refused.returncode == 2 and f'error: {existing} exists: give --overwrite' in refused.stderr
+    status, _, err = refused('--onnx', str(existing), '--exporter', 'torchscript')
+    assert status == 2 and f'error: {existing} exists: give --overwrite' in err
     assert existing.read_text() == 'keep me'
-    one = run('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
-    assert one.returncode == 2 and 'error: --example-batch must be 2 or more' in one.stderr
+    status, _, err = refused('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
+    assert status == 2 and 'error: --example-batch must be 2 or more' in err
     assert not os.path.exists(tmp_path / 'one.onnx')
-    inside_a_file = run('--onnx', str(existing / 'sub' / 'm.onnx'), '--exporter', 'torchscript')
-    assert (inside_a_file.returncode, inside_a_file.stdout, inside_a_file.stderr.strip().splitlines()[-1]) == (
+    status, out, err = refused('--onnx', str(existing / 'sub' / 'm.onnx'), '--exporter', 'torchscript')
+    assert (status, out, err.strip().splitlines()[-1]) == (
         2, '', f'error: cannot write {existing / "sub" / "m.onnx"}: {existing} is a file, not a folder')
-    unoptimised = run('--onnx', str(tmp_path / 'one.onnx'), '--exporter', 'torchscript', '--optimize')
-    assert unoptimised.returncode == 2 and unoptimised.stderr.strip().splitlines()[-1] == (
+    status, _, err = refused('--onnx', str(tmp_path / 'one.onnx'), '--exporter', 'torchscript', '--optimize')
+    assert status == 2 and err.strip().splitlines()[-1] == (
         'error: --optimize optimises the dynamo export, not the torchscript one: drop it, or give --exporter dynamo')
-    done = run('--onnx', str(existing), '--exporter', 'torchscript', '--overwrite')
+    done = subprocess.run([sys.executable, TOOL, *flags, '--onnx', str(existing), '--exporter', 'torchscript',
+                           '--overwrite'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert 'onnxruntime vs the model, batch 3: largest difference of the outputs' in done.stdout
     assert f'Wrote {existing} in ' in done.stdout           # one file: no weights file to name
@@ -112,22 +130,23 @@ def test_the_tool_keeps_an_existing_file_and_refuses_bad_flags(checkpoint, tmp_p
 
 @pytest.mark.parametrize('args, meant', [(['--exp', 'torchscript'], '--exporter'), (['--over'], '--overwrite'),
                                          (['--example=3'], '--example-batch')])
-def test_an_abbreviated_export_flag_is_refused_not_taken_for_a_model_flag(checkpoint, tmp_path, args, meant):
+def test_an_abbreviated_export_flag_is_refused_not_taken_for_a_model_flag(checkpoint, tmp_path, args, meant,
+                                                                          monkeypatch, capsys):
     """The export's flags are not abbreviated, so the model flags' parser took `--exp torchscript` for --experiment
     and the dynamo exporter ran; `--over` became tools/test.py's --overwrite and the export refused to replace the
-    file."""
+    file. (Refused in argument parsing: checked in-process through the command line's run_cli(main).)"""
     flags, _ = checkpoint
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, '--onnx',
-                           str(tmp_path / 'm.onnx'), '--no-check', *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    status, out, err = refused_in_process(monkeypatch, capsys, *flags, '--onnx', str(tmp_path / 'm.onnx'),
+                                          '--no-check', *args)
     name = args[0].split('=')[0]
-    assert (done.returncode, done.stdout) == (2, '')
-    assert done.stderr.strip().splitlines()[-1].endswith(
+    assert (status, out) == (2, '')
+    assert err.strip().splitlines()[-1].endswith(
         f'error: {name}: give the flag in full ({meant}): the export\'s flags are not abbreviated')
     assert not os.path.exists(tmp_path / 'm.onnx')
 
 
-def test_without_img_size_the_export_takes_the_runs_size_and_bad_flags_come_first(checkpoint, tmp_path):
+def test_without_img_size_the_export_takes_the_runs_size_and_bad_flags_come_first(checkpoint, tmp_path, monkeypatch,
+                                                                                  capsys):
     """Without -c or --img-size the tool printed 'at NonexNone' and died in torch.randn; a bad flag was refused only
     after that line."""
     flags, _ = checkpoint
@@ -136,13 +155,11 @@ def test_without_img_size_the_export_takes_the_runs_size_and_bad_flags_come_firs
     ckpt = torch.load(path, weights_only=True)
     torch.save(dict(ckpt, config={'img_size': 28}), path)
 
-    def run(*args):
-        return subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *flags, *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
-
-    one = run('--onnx', str(tmp_path / 'one.onnx'), '--example-batch', '1')
-    assert one.returncode == 2 and one.stdout == '' and 'error: --example-batch must be 2 or more' in one.stderr
-    done = run('--onnx', str(tmp_path / 'new' / 'm.onnx'), '--exporter', 'torchscript', '--no-check')
+    status, out, err = refused_in_process(monkeypatch, capsys, *flags, '--onnx', str(tmp_path / 'one.onnx'),
+                                          '--example-batch', '1')
+    assert status == 2 and out == '' and 'error: --example-batch must be 2 or more' in err
+    done = subprocess.run([sys.executable, TOOL, *flags, '--onnx', str(tmp_path / 'new' / 'm.onnx'), '--exporter',
+                           'torchscript', '--no-check'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr     # the missing folder is made (its staging folder went there first)
     assert (f'Exporting local_vssm_tiny at 28x28 (the size its run was trained at) with {path} to '
             f'{tmp_path / "new" / "m.onnx"}') in done.stdout
