@@ -1,6 +1,8 @@
 """A training checkpoint is resumed or evaluated only by the model it was trained as: its model name and its scan
 directions, or a supernet's candidates (two direction tables, or candidate lists, give weights of the same keys and
 shapes, which load and compute something else)."""
+import shutil
+
 import pytest
 import timm
 import torch
@@ -16,6 +18,21 @@ from safety_helpers import assert_one_line_error, run_tool
 SMALL = dict(embed_dim=16, num_classes=3)
 LOCAL_VIM = ["--dataset", "digits", "--model", "local_vim_tiny", "--model-kwargs", "embed_dim=16", "patch_size=4",
              "--img-size", "16", "-b", "256", "-j", "0", "--epochs", "1", "--warmup-epochs", "0"]
+
+
+RUN_DIRECTIONS = [["h", "v", "w2", "w2_flip"]] * 20
+
+
+@pytest.fixture(scope="module")
+def directions_run(tmp_path_factory):
+    """One LocalVim run the end-to-end tests share, trained with `--directions search/directions.yaml` (a path
+    relative to the folder it was started in): that folder, holding search/directions.yaml and runs/run/."""
+    base = tmp_path_factory.mktemp("directions")
+    (base / "search").mkdir()
+    save_directions(base / "search" / "directions.yaml", RUN_DIRECTIONS)
+    run_tool("train.py", *LOCAL_VIM, "--directions", "search/directions.yaml", "--output", str(base / "runs"),
+             "--experiment", "run", cwd=str(base))
+    return base
 
 
 def test_the_direction_table_is_saved_per_layer():
@@ -85,40 +102,43 @@ def test_released_weights_and_checkpoints_from_before_the_entries_are_not_checke
     check_same_model(model, "local_vim_tiny", {"state_dict": model.state_dict()}, "x")
 
 
-def test_resume_and_test_refuse_a_run_of_other_directions(tmp_path):
+def test_resume_and_test_refuse_a_run_of_other_directions(directions_run, tmp_path):
     """End to end: a LocalVim run trained with a directions file; resuming or evaluating it without that file (the
     registered table: same keys and shapes) stops with one line naming the file, before anything is written."""
-    table = tmp_path / "directions.yaml"
-    save_directions(table, [["h", "v", "w2", "w2_flip"]] * 20)
-    run_tool("train.py", *LOCAL_VIM, "--directions", str(table), "--output", str(tmp_path), "--experiment", "run")
-    last = tmp_path / "run" / "last.pth.tar"
+    table = directions_run / "search" / "directions.yaml"
+    last = directions_run / "runs" / "run" / "last.pth.tar"
     expected = f"{last} was trained with other scan directions (layer 0: ['h', 'v', 'w2', 'w2_flip'] vs"
     for tool, flags in (("train.py", ["--epochs", "2"]), ("test.py", [])):
         proc = run_tool(tool, *LOCAL_VIM, *flags, "--resume", str(last), "--output", str(tmp_path), check=False)
         assert_one_line_error(proc, expected)
         assert f"give --directions {table}, as its run did" in proc.stderr
+    assert torch.load(last, weights_only=True)["epoch"] == 0
     metrics = run_tool("test.py", *LOCAL_VIM, "--directions", str(table), "--resume", str(last), "--output",
                        str(tmp_path))
     assert metrics.returncode == 0
 
 
-def test_a_run_whose_directions_file_changed_continues_with_the_checkpoints_own(tmp_path):
+def test_a_run_whose_directions_file_changed_continues_with_the_checkpoints_own(directions_run, tmp_path):
     """The file a run was trained with was overwritten (a later vis_search_prob.py --overwrite): -c its args.yaml,
-    which names that file, failed to resume or evaluate it, and the refusal pointed back to the same file."""
-    table = tmp_path / "directions.yaml"
-    save_directions(table, [["h", "v", "w2", "w2_flip"]] * 20)
-    run_tool("train.py", *LOCAL_VIM, "--directions", str(table), "--output", str(tmp_path), "--experiment", "run")
+    which names that file, failed to resume or evaluate it, and the refusal pointed back to the same file.
+    (The shared run is copied, as this one trains on; its file is overwritten here and put back after.)"""
+    table = directions_run / "search" / "directions.yaml"
     run = tmp_path / "run"
+    shutil.copytree(directions_run / "runs" / "run", run)
     last = run / "last.pth.tar"
     save_directions(table, [["h_flip", "v_flip", "w7", "w7_flip"]] * 20)
-    proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--resume", str(last), check=False)
-    assert_one_line_error(proc, f"{last} was trained with other scan directions (layer 0: ['h', 'v', 'w2', 'w2_flip']")
-    assert (f"the file its run was given, {table}, now holds other directions: give --directions {last} (the "
-            f"checkpoint holds its own), with -c {run / 'args.yaml'} if you like") in proc.stderr
-    proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--directions", str(last), "--resume", str(last))
-    assert "Top-1" in proc.stdout
-    run_tool("train.py", "-c", str(run / "args.yaml"), "--directions", str(last), "--resume", str(last), "--epochs",
-             "2")
+    try:
+        proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--resume", str(last), check=False)
+        assert_one_line_error(proc, f"{last} was trained with other scan directions (layer 0: ['h', 'v', 'w2', "
+                                    f"'w2_flip']")
+        assert (f"the file its run was given, {table}, now holds other directions: give --directions {last} (the "
+                f"checkpoint holds its own), with -c {run / 'args.yaml'} if you like") in proc.stderr
+        proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--directions", str(last), "--resume", str(last))
+        assert "Top-1" in proc.stdout
+        run_tool("train.py", "-c", str(run / "args.yaml"), "--directions", str(last), "--resume", str(last),
+                 "--epochs", "2")
+    finally:
+        save_directions(table, RUN_DIRECTIONS)
     assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
@@ -159,14 +179,10 @@ def test_a_directions_checkpoint_that_needs_pickle_gets_advice_that_works(tmp_pa
     assert load_directions(out) == table
 
 
-def test_a_run_with_a_relative_directions_path_is_reused_from_any_folder(tmp_path):
+def test_a_run_with_a_relative_directions_path_is_reused_from_any_folder(directions_run, tmp_path):
     """`--directions search/directions.yaml` was saved as typed: `-c RUN/args.yaml` from another folder could not
     find the file, and the refusal's hint named a path that did not work there."""
-    (tmp_path / "search").mkdir()
-    save_directions(tmp_path / "search" / "directions.yaml", [["h", "v", "w2", "w2_flip"]] * 20)
-    run_tool("train.py", *LOCAL_VIM, "--directions", "search/directions.yaml", "--output", "runs", "--experiment",
-             "run", cwd=str(tmp_path))
-    run = tmp_path / "runs" / "run"
+    run = directions_run / "runs" / "run"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = run_tool("test.py", "-c", str(run / "args.yaml"), "--resume", str(run / "last.pth.tar"), "--output",
@@ -174,7 +190,7 @@ def test_a_run_with_a_relative_directions_path_is_reused_from_any_folder(tmp_pat
     assert "Top-1" in proc.stdout
     proc = run_tool("test.py", *LOCAL_VIM, "--resume", str(run / "last.pth.tar"), "--output", str(elsewhere),
                     cwd=str(elsewhere), check=False)
-    assert f"give --directions {tmp_path / 'search' / 'directions.yaml'}, as its run did" in proc.stderr
+    assert f"give --directions {directions_run / 'search' / 'directions.yaml'}, as its run did" in proc.stderr
 
 
 def test_a_search_over_other_candidates_is_refused_naming_them():
