@@ -54,14 +54,22 @@ def _ade_folder(root: str) -> None:
                 os.path.join(root, 'annotations', split, f'{i}.png'))
 
 
+def _start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, status: int = 0) -> str:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == status, stdout[-3000:] + stderr[-3000:]
+    return stdout + stderr
+
+
 def _run(script: str, *args: str, status: int = 0) -> str:
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == status, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    return _finish(_start(script, *args), status)
 
 
-def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
+def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints, monkeypatch, capsys):
     root, work = str(tmp_path / 'ade'), str(tmp_path / 'work')
     _ade_folder(root)
     config = tmp_path / 'tiny_upernet_local_vssm.py'
@@ -76,7 +84,19 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert 'MM_LocalVSSM: loaded' in log and 'Iter(train) [2/2]' in log and 'mIoU' in log
     checkpoint = os.path.join(work, 'iter_2.pth')
     assert os.path.isfile(checkpoint)
-    again = _run('train.py', str(config), '--work-dir', work, status=2)
+    # a second fresh run there: refused before anything is built, by the code train.py runs (here in-process)
+    from mmengine.runner import CheckpointLoader
+
+    from classification.dense import launch
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    schemes = dict(CheckpointLoader._schemes)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            launch.train_main('segmentation', [str(config), '--work-dir', work])
+    finally:
+        CheckpointLoader._schemes = schemes
+    again = capsys.readouterr().err
+    assert exit_info.value.code == 2
     assert again.strip().splitlines()[-1] == (
         f'error: {work} already holds a run (iter_2.pth, last_checkpoint); continue it with --resume, start afresh '
         f'there with --overwrite (deletes its checkpoints), or choose another --work-dir')
@@ -84,15 +104,33 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     with open(saved_config, encoding='utf-8') as f:
         trained = f.read()
     vim = classification_checkpoints['local_vim_tiny']     # another family's weights: the backbone refuses them
-    refused = _run('train.py', str(config), '--work-dir', work, '--overwrite', '--cfg-options',
-                   f'model.backbone.pretrained={vim}', status=2)
+    # the refusals run beside each other: the --overwrite one in the trained run's work_dir (whose checkpoint and config
+    # it must leave), the test.py one (other directions) in a work_dir of its own
+    refusing = _start('train.py', str(config), '--work-dir', work, '--overwrite', '--cfg-options',
+                      f'model.backbone.pretrained={vim}')
+    # the checkpoint records its backbone's directions: a config with others is refused, the checkpoint gives them
+    assert torch.load(checkpoint, weights_only=True)['directions'] == directions
+    swapped = [directions[1], directions[0], *directions[2:]]
+    assert swapped != directions
+    save_directions(tmp_path / 'swapped.yaml', swapped)
+    other = ['--cfg-options', f'model.backbone.directions={tmp_path / "swapped.yaml"}']
+    refused_directions = _start('test.py', str(config), checkpoint, '--work-dir', str(tmp_path / 'swapped'), *other)
+    refused = _finish(refusing, status=2)
     assert 'a checkpoint of another model family?' in refused.strip().splitlines()[-1]
     assert "--overwrite: deleted" not in refused and os.path.isfile(checkpoint)   # the run it would replace stays
     with open(saved_config, encoding='utf-8') as f:    # and its config, not the one of the run that did not start
         assert f.read() == trained
+    refused = _finish(refused_directions, status=2)
+    assert refused.strip().splitlines()[-1] == (
+        f"error: {checkpoint} was trained with other scan directions than this config's backbone (layer 0: "
+        f"{directions[0]} vs {directions[1]} here): give the backbone its run's directions, e.g. --cfg-options "
+        f"model.backbone.directions={checkpoint} (the checkpoint holds them)")
+
+    # the test run takes the backbone's directions from the checkpoint, as that message advises
     out = str(tmp_path / 'preds')
     shown = str(tmp_path / 'shown')
-    log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work, '--show-dir', shown)
+    log = _run('test.py', str(config), checkpoint, '--out', out, '--work-dir', work, '--show-dir', shown,
+               '--cfg-options', f'model.backbone.directions={checkpoint}')
     assert 'mIoU' in log
     assert os.listdir(out) == ['0.png']
     # every image drawn (mmseg's hook draws every 50th: of a small test set none)
@@ -105,21 +143,6 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints):
     assert len(tested) == 1 and os.path.isdir(os.path.join(work, tested[0][:-3]))
     with open(os.path.join(work, tested[0]), encoding='utf-8') as f:
         assert f"load_from = '{checkpoint}'" in f.read()
-
-    # the checkpoint records its backbone's directions: a config with others is refused, the checkpoint gives them
-    assert torch.load(checkpoint, weights_only=True)['directions'] == directions
-    swapped = [directions[1], directions[0], *directions[2:]]
-    assert swapped != directions
-    save_directions(tmp_path / 'swapped.yaml', swapped)
-    other = ['--cfg-options', f'model.backbone.directions={tmp_path / "swapped.yaml"}']
-    refused = _run('test.py', str(config), checkpoint, '--work-dir', work, *other, status=2)
-    assert refused.strip().splitlines()[-1] == (
-        f"error: {checkpoint} was trained with other scan directions than this config's backbone (layer 0: "
-        f"{directions[0]} vs {directions[1]} here): give the backbone its run's directions, e.g. --cfg-options "
-        f"model.backbone.directions={checkpoint} (the checkpoint holds them)")
-    log = _run('test.py', str(config), checkpoint, '--work-dir', work, '--cfg-options',
-               f'model.backbone.directions={checkpoint}')
-    assert 'mIoU' in log
 
 
 def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
