@@ -164,10 +164,11 @@ def test_the_trust_of_one_command_does_not_pass_to_a_run_of_its_saved_config(tmp
     root = str(tmp_path / 'ade')
     _ade_folder(root)
     directions = [list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]]
-    marker = tmp_path / 'marker'
-    pretrained = tmp_path / 'pretrained.pth'
+    marker, flexible_marker = tmp_path / 'marker', tmp_path / 'flexible_marker'
+    pretrained, flexible_pretrained = tmp_path / 'pretrained.pth', tmp_path / 'flexible_pretrained.pth'
     weights = MM_LocalVSSM(dims=16, depths=(1, 1, 1, 1), directions=directions).state_dict()
     torch.save({'model': weights, 'payload': _Payload(str(marker))}, pretrained)
+    torch.save({'model': weights, 'payload': _Payload(str(flexible_marker))}, flexible_pretrained)
     config = tmp_path / 'tiny_upernet_local_vssm.py'
     config.write_text(TINY_CONFIG.format(
         base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
@@ -175,23 +176,30 @@ def test_the_trust_of_one_command_does_not_pass_to_a_run_of_its_saved_config(tmp
         hw=IMAGE_HW, directions=directions, root=root, ckpt=str(pretrained)))
     train = os.path.join(REPO, 'segmentation', 'tools', 'train.py')
 
-    def run(config_file, work_dir, *flags):
-        return subprocess.run([sys.executable, train, str(config_file), '--work-dir', str(work_dir), *flags],
-                              capture_output=True, text=True, timeout=600)
+    def start(config_file, work_dir, *flags):   # two runs at a time, each with its own payload's marker
+        return subprocess.Popen([sys.executable, train, str(config_file), '--work-dir', str(work_dir), *flags],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    trusted = run(config, tmp_path / 'trusted', '--trust-checkpoint')
+    def finish(proc):
+        stdout, stderr = proc.communicate(timeout=600)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    trusted = start(config, tmp_path / 'trusted', '--trust-checkpoint')
+    # a FlexibleRunner builds the model in train(): from its own copy of the model's config, given the trust there
+    flexible = start(config, tmp_path / 'flexible', '--trust-checkpoint', '--cfg-options', 'runner_type=FlexibleRunner',
+                     f'model.backbone.pretrained={flexible_pretrained}')
+    trusted = finish(trusted)
     assert trusted.returncode == 0, trusted.stderr[-3000:]
     assert marker.exists() and 'MM_LocalVSSM: loaded' in trusted.stdout + trusted.stderr
     saved = tmp_path / 'trusted' / config.name
     assert 'trust_checkpoint' not in saved.read_text()
     assert 'trust_checkpoint' not in torch.load(tmp_path / 'trusted' / 'iter_2.pth', weights_only=True)['meta']['cfg']
     marker.unlink()
-    again = run(saved, tmp_path / 'again')
+    again = finish(start(saved, tmp_path / 'again'))
     assert again.returncode == 2, again.stderr[-3000:]
     assert again.stderr.strip().splitlines()[-1].startswith(f'error: {pretrained} holds pickled objects')
     assert 'Traceback' not in again.stderr and not marker.exists()
-    # a FlexibleRunner builds the model in train(): from its own copy of the model's config, given the trust there
-    flexible = run(config, tmp_path / 'flexible', '--trust-checkpoint', '--cfg-options', 'runner_type=FlexibleRunner')
+    flexible = finish(flexible)
     assert flexible.returncode == 0, flexible.stderr[-3000:]
-    assert marker.exists() and 'MM_LocalVSSM: loaded' in flexible.stdout + flexible.stderr
+    assert flexible_marker.exists() and 'MM_LocalVSSM: loaded' in flexible.stdout + flexible.stderr
     assert 'trust_checkpoint' not in (tmp_path / 'flexible' / config.name).read_text()
