@@ -379,22 +379,24 @@ def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
 
 
 def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_hand):
-    proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
-                     '--cfg-options', 'model.backbone.pretraned=x', cwd=str(tmp_path))
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
-        "model.backbone.pretraned is not a key of the config (misspelt?)")
+    def start(work: str, *options: str) -> subprocess.Popen:    # both commands at once, each in its own work_dir
+        return subprocess.Popen([sys.executable, os.path.join(REPO, 'segmentation', 'tools', 'train.py'), SEG_CONFIG,
+                                 '--work-dir', str(tmp_path / work), '--cfg-options', *options],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
 
+    misspelt = start('work', 'model.backbone.pretraned=x')
     # a new dict under a class's arguments (mmdet's norm_cfg idiom, which the backbones do not take): the refused
     # keyword is a middle part of the keys, and the TypeError ended in a traceback
-    proc = _run_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-                     'model.backbone.norm_cfg.type=SyncBN', 'model.backbone.norm_cfg.requires_grad=True',
-                     cwd=str(tmp_path))
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: VSSM.__init__() got an unexpected keyword argument 'norm_cfg': --cfg-options "
-        "model.backbone.norm_cfg is not a key of the config (misspelt?)")
+    new_dict = start('work_norm_cfg', 'model.backbone.norm_cfg.type=SyncBN',
+                     'model.backbone.norm_cfg.requires_grad=True')
+    for proc, message in (
+            (misspelt, "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
+                       "model.backbone.pretraned is not a key of the config (misspelt?)"),
+            (new_dict, "error: VSSM.__init__() got an unexpected keyword argument 'norm_cfg': --cfg-options "
+                       "model.backbone.norm_cfg is not a key of the config (misspelt?)")):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and 'Traceback' not in stderr, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == message
 
 
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
