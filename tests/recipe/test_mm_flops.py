@@ -38,11 +38,15 @@ model = dict(backbone=dict({backbone}, pretrained=None), neck=dict(in_channels=[
 """
 
 
-def run_tool(config_path: str) -> dict:
-    proc = subprocess.run([sys.executable, TOOL, config_path, '--shape', *map(str, HW)], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    out = proc.stdout
+def start_tool(config_path: str) -> subprocess.Popen:
+    """The tool on ``config_path``, started: the test builds and counts its own model meanwhile."""
+    return subprocess.Popen([sys.executable, TOOL, config_path, '--shape', *map(str, HW)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def tool_result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
     assert f'Input shape: (3, {HW[0]}, {HW[1]})' in out
     return {key: int(re.search(rf'^{label}: (\d+)$', out, re.M)[1])
             for key, label in (('flops', 'flops'), ('params', 'params'), ('scans', 'of which selective scans'))}
@@ -69,11 +73,9 @@ def write(tmp_path, template: str, base: str) -> str:
 def test_segmentor_flops_are_backbone_plus_decode_head(tmp_path):
     config = write(tmp_path, TINY_SEG,
                    'segmentation/configs/local_mamba/upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
-    result = run_tool(config)
+    tool = start_tool(config)
     model = build(config, 'mmseg')
-    assert result['params'] == sum(p.numel() for p in model.parameters())  # auxiliary head included
     backbone = flop_analysis(model.backbone, (3, *HW))
-    assert result['scans'] == backbone.by_operator()[SCAN] > 0
     with torch.no_grad():
         features = model.backbone(torch.randn(1, 3, *HW))
 
@@ -86,17 +88,21 @@ def test_segmentor_flops_are_backbone_plus_decode_head(tmp_path):
             return self.head(list(features))
 
     head = flop_analysis(Head(), (3, *HW))
+    result = tool_result(tool)
+    assert result['params'] == sum(p.numel() for p in model.parameters())  # auxiliary head included
+    assert result['scans'] == backbone.by_operator()[SCAN] > 0
     assert result['flops'] == int(backbone.total()) + int(head.total())  # 'tensor' mode runs no auxiliary head
 
 
 def test_detector_flops_include_the_backbone_scans(tmp_path):
     config = write(tmp_path, TINY_DET, 'detection/configs/local_mamba/mask_rcnn_local_vssm_tiny_fpn_coco.py')
-    result = run_tool(config)
+    tool = start_tool(config)
     model = build(config, 'mmdet')
-    assert result['params'] == sum(p.numel() for p in model.parameters())
     backbone = flop_analysis(model.backbone, (3, *HW))
-    assert result['scans'] == backbone.by_operator()[SCAN] > 0
     neck = flop_analysis(torch.nn.Sequential(model.backbone, model.neck), (3, *HW))
+    result = tool_result(tool)
+    assert result['params'] == sum(p.numel() for p in model.parameters())
+    assert result['scans'] == backbone.by_operator()[SCAN] > 0
     assert result['flops'] > int(neck.total()) > int(backbone.total())  # plus the RPN and RoI heads
 
 
