@@ -84,9 +84,9 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
         logger.info(
             f"-j {cfg.workers}: this process may use {usable_cpus()} CPUs, so each loader starts {workers} worker "
             f"processes")
+    _note_unused_on_cifar(cfg, training=train is not None)
     train_loader = None
     if train is not None:
-        _note_unused_on_cifar(cfg)
         train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,
                                     True, world_size, rank, cfg.seed)
         if len(train_loader) < cfg.grad_accum_steps:
@@ -102,17 +102,21 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
     return train_loader, val_loader
 
 
-def _note_unused_on_cifar(cfg: Namespace) -> None:
-    """Warn of the augmentation flags set for a CIFAR run that its transform (the original's: random crop with
-    padding, flip, --cutout-length) does not apply, e.g. the recipe config's `aa` and `reprob`, and the
-    random-resized-crop range `--scale` / `--ratio` (no CIFAR default fills them, so only a user's value warns)."""
+def _note_unused_on_cifar(cfg: Namespace, training: bool) -> None:
+    """Warn of the flags set for a CIFAR run that its transforms (the original's) do not apply: when `training`, the
+    augmentation flags the random crop with padding, flip and --cutout-length leave out, e.g. the recipe config's `aa`
+    and `reprob`, and the random-resized-crop range `--scale` / `--ratio` (no CIFAR default fills them, so only a
+    user's value warns); always, a `--crop-pct` below 1 (the evaluation takes the whole image, no centre crop)."""
     if cfg.dataset not in ("cifar10", "cifar100"):
         return
     unused = [f"--{key.replace('_', '-')} {_flag_value(getattr(cfg, key))}"
-              for key in ("aa", "reprob", "color_jitter", "scale", "ratio") if getattr(cfg, key)]
+              for key in ("aa", "reprob", "color_jitter", "scale", "ratio") if training and getattr(cfg, key)]
     if unused:
         logger.warning(f"--dataset {cfg.dataset} trains with the original's CIFAR transform (random crop with 4-pixel "
                        f"padding, flip, --cutout-length): {', '.join(unused)} not applied")
+    if cfg.crop_pct not in (None, 1.0):
+        logger.warning(f"--dataset {cfg.dataset} evaluates the whole image, as the original's CIFAR transform does "
+                       f"(no centre crop): --crop-pct {cfg.crop_pct} not applied")
 
 
 def _flag_value(value: object) -> str:

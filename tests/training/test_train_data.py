@@ -239,6 +239,21 @@ def test_a_cifar_run_warns_of_the_crop_range_it_does_not_read(tmp_path, localmam
     assert transform_names(cfg) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
 
 
+def test_a_cifar_run_warns_of_a_centre_crop_it_does_not_take(tmp_path, localmamba_log):
+    """--crop-pct on CIFAR was dropped without a word, and the evaluation's log line named it as if applied."""
+    make_cifar(str(tmp_path), "cifar10")
+    cfg = cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path), "--crop-pct", "0.875")
+    train, val = build_datasets(cfg)
+    warning = ("--dataset cifar10 evaluates the whole image, as the original's CIFAR transform does (no centre crop): "
+               "--crop-pct 0.875 not applied")
+    for training in (train, None):
+        localmamba_log.clear()
+        with localmamba_log.at_level(logging.INFO, logger="localmamba"):
+            build_loaders(cfg, training, val, 1, 0)
+        assert [r.getMessage() for r in localmamba_log.records] == [warning]
+    assert transform_names(cfg, training=False) == ["ToTensor", "Normalize"]
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from PIL import Image
 
