@@ -151,9 +151,24 @@ def test_the_sweep_times_the_repeats_asked_for(argv, repeats, monkeypatch, capsy
     """`--sweep --repeats 12` timed 5 repeats per figure, the flag dropped without a word."""
     calls = []
     monkeypatch.setattr(gpu_check_tool, "memory_and_resolution_sweep",
-                        lambda device, quick, repeats=5: calls.append((device, quick, repeats)) or "table")
+                        lambda device, quick, repeats=5: calls.append((device, quick, repeats)) or ["table"])
     assert gpu_check_tool.main(["--device", "cpu", "--sweep"] + argv) == 0
     assert calls == [("cpu", False, repeats)] and capsys.readouterr().out == "table\n"
+
+
+def test_the_sweep_prints_each_table_when_it_ends(monkeypatch, capsys):
+    """`--sweep` printed nothing until every table was done (minutes on a GPU; a step of --e2e cut at its time limit
+    kept none of them)."""
+    printed = []
+
+    def tables(device, quick, repeats=5):
+        for name in ("memory", "vim sweep", "vssm sweep"):
+            printed.append(capsys.readouterr().out)     # what the tool had printed before this table was computed
+            yield name
+
+    monkeypatch.setattr(gpu_check_tool, "memory_and_resolution_sweep", tables)
+    assert gpu_check_tool.main(["--device", "cpu", "--sweep"]) == 0
+    assert printed == ["", "memory\n", "\nvim sweep\n"] and capsys.readouterr().out == "\nvssm sweep\n"
 
 
 def test_correctness_table_columns_line_up_whatever_the_case_name():

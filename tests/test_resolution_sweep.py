@@ -132,7 +132,7 @@ def test_sweep_tool_writes_rows_csv_and_figure(tmp_path, capsys):
 
 def test_the_gpu_checks_sweep_gives_one_readable_table_per_pair_on_the_cpu():
     sections = read_sections(['===== peak memory and resolution sweep\n' +
-                              memory_and_resolution_sweep('cpu', quick=True, repeats=1)])
+                              '\n\n'.join(memory_and_resolution_sweep('cpu', quick=True, repeats=1))])
     rows = sweep_rows(sections)
     vim, vssm = ('local_vim_tiny', 'deit_tiny_patch16_224'), ('local_vssm_tiny', 'swin_tiny_patch4_window7_224')
     assert [(r['model'], r['baseline'], r['img_size']) for r in rows] == [
@@ -224,7 +224,7 @@ def test_the_gpu_checks_sweep_keeps_the_sizes_before_one_that_fails(monkeypatch)
     monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
     monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
     monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
-    text = memory_and_resolution_sweep('cpu', quick=True, repeats=1)
+    text = '\n\n'.join(memory_and_resolution_sweep('cpu', quick=True, repeats=1))
     rows = sweep_rows(read_sections(['===== peak memory and resolution sweep\n' + text]))
     assert [(r['model'], r['img_size'], r['ratio']) for r in rows] == [
         ('local_vim_tiny', 32, 0.75), ('local_vssm_tiny', 32, 0.75), ('local_vssm_tiny', 64, 0.75)]

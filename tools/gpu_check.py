@@ -161,7 +161,8 @@ def _run_checks(args: argparse.Namespace, log: Optional[str]) -> int:
         return 0 if run_e2e(args.device, args.quick, args.dry_run, log, only=args.only, budget=args.budget) else 1
     if args.sweep:
         repeats = {} if args.repeats is None else {"repeats": args.repeats}
-        print(memory_and_resolution_sweep(args.device, args.quick, **repeats))
+        for index, table in enumerate(memory_and_resolution_sweep(args.device, args.quick, **repeats)):
+            print(("\n" if index else "") + table, flush=True)  # each table as it ends: the sweep takes minutes
         return 0
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 20)
     return 0 if run_gpu_check(args.device, args.quick, repeats, args.skip_timing, not args.skip_models) else 1

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -369,11 +369,12 @@ def peak_mib_cell(step: Callable[[], None], device: torch.device) -> str:
 
 
 def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repeats: int = 5,
-                                sweep_batch: int = 8) -> str:
+                                sweep_batch: int = 8) -> Iterator[str]:
     """Peak memory of each model of :data:`PAIRS` for inference and a training step at batch 64, fp32 and bf16, as
     one table; then each pair's :func:`resolution_sweep` (fp32 inference at batch ``sweep_batch`` and each of
     :data:`SWEEP_SIZES`; each forward's peak memory on CUDA), so that the resolution where LocalVim-T /
-    LocalVMamba-T cross DeiT-T / Swin-T shows."""
+    LocalVMamba-T cross DeiT-T / Swin-T shows. Each table is yielded when it is complete, so that a caller can
+    print it before the minutes the next one takes."""
     device = torch.device(device)
     batch, sizes = (2, (32, 64)) if quick else (64, SWEEP_SIZES)
     models = [name for pair in PAIRS for name in pair]
@@ -392,20 +393,20 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
             model = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    parts = [render_table(memory)]
+    yield render_table(memory)
     for model, baseline in PAIRS:
         rows: List[Dict[str, object]] = []
         try:
             resolution_sweep(model, baseline, sizes, 1 if quick else sweep_batch, str(device), "fp32", repeats, 2,
                              memory=device.type == "cuda", finished=rows)
-            parts.append(format_sweep_table(rows))
+            table = format_sweep_table(rows)
         except Exception as err:
             # a size that fails (out of memory at 1024 px) hides neither the sizes before it nor the other pair
             failed = f"resolution sweep, {model} against {baseline}: error: {type(err).__name__}: {err}"
-            parts.append("\n".join([format_sweep_table(rows), "", failed]) if rows else failed)
+            table = "\n".join([format_sweep_table(rows), "", failed]) if rows else failed
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return "\n\n".join(parts)
+        yield table
 
 
 def default_log_path(device: str) -> str:
