@@ -30,7 +30,7 @@ def note_unmeasured(where: str, absent: Sequence, total: int, kind: str = "class
                     f"their accuracy is not measured")
 
 
-def _broken_link(entry: os.DirEntry) -> bool:
+def broken_link(entry: os.DirEntry) -> bool:
     """Whether a folder entry is a link to nothing (its target removed, or on a drive that is not mounted)."""
     return entry.is_symlink() and not os.path.exists(entry.path)
 
@@ -44,7 +44,7 @@ def _broken_folder_link(path: str, unless: str = "") -> DataError:
 def has_class_folders(split_dir: str) -> bool:
     """Whether `split_dir` exists and holds at least one sub-folder (or a broken link, which `class_folder_names`
     refuses)."""
-    return os.path.isdir(split_dir) and any(e.is_dir() or _broken_link(e) for e in os.scandir(split_dir))
+    return os.path.isdir(split_dir) and any(e.is_dir() or broken_link(e) for e in os.scandir(split_dir))
 
 
 def class_folder_names(split_dir: str) -> list[str]:
@@ -52,7 +52,7 @@ def class_folder_names(split_dir: str) -> list[str]:
     refused: ImageFolder drops it unseen, so a class folder linked from a drive that is not mounted left the classes,
     shifting the labels of those after it."""
     entries = sorted(os.scandir(split_dir), key=lambda entry: entry.name)
-    broken = [entry.path for entry in entries if _broken_link(entry)]
+    broken = [entry.path for entry in entries if broken_link(entry)]
     if broken:
         raise _broken_folder_link(broken[0], " if it is no class")
     return [entry.name for entry in entries if entry.is_dir()]
@@ -101,7 +101,7 @@ def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> lis
             lower = entry.name.lower()
             if entry.is_dir():
                 pending.append((entry.path, entry.is_symlink()))
-            elif _broken_link(entry) and not entry.name.startswith("."):
+            elif broken_link(entry) and not entry.name.startswith("."):
                 if lower.endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS):
                     raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to "
                                     f"does not exist; remove the link or restore the image")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from .class_folders import (class_folder_names, first_few, has_class_folders, note_hidden_class_folders,
+from .class_folders import (broken_link, class_folder_names, first_few, has_class_folders, note_hidden_class_folders,
                             note_unmeasured, scan_class_folders)
 from .errors import DataError
 from .image_decoding import load_rgb
@@ -78,19 +78,26 @@ def _meta_entries(meta_path: str) -> list[tuple[str, int, int]]:
     return entries
 
 
+def _existing_names(folder: str) -> Optional[set[str]]:
+    """The names in `folder` that are there to read: a link to nothing is left out (only links cost a file-system call
+    beyond the listing); None when the folder cannot be listed."""
+    try:
+        with os.scandir(folder or ".") as entries:
+            return {entry.name for entry in entries if not broken_link(entry)}
+    except OSError:
+        return None
+
+
 def _missing_files(paths: Sequence[str]) -> list[int]:
-    """Indices of the `paths` not found in their folders. Each folder is listed once instead of one file-system call per
-    path: ImageNet's 1.28M training images lie in 1,000 folders, and a stat each costs minutes on a cluster's file
-    system."""
+    """Indices of the `paths` not found in their folders, or links to nothing. Each folder is listed once instead of
+    one file-system call per path: ImageNet's 1.28M training images lie in 1,000 folders, and a stat each costs minutes
+    on a cluster's file system."""
     listed: dict[str, Optional[set[str]]] = {}
     missing = []
     for i, path in enumerate(paths):
         folder, name = os.path.split(path)
         if folder not in listed:
-            try:
-                listed[folder] = set(os.listdir(folder or "."))
-            except OSError:
-                listed[folder] = None
+            listed[folder] = _existing_names(folder)
         names = listed[folder]
         if names is None or name not in names:
             missing.append(i)
@@ -107,7 +114,9 @@ def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
         first = missing[0]
         more = (f"; {len(missing)} of its {len(samples)} images are missing: restore them or remove their lines"
                 if len(missing) > 1 else "; restore it or remove its line")
-        raise DataError(f"{meta_path}:{entries[first][2]}: image not found: {samples[first][0]} (the list's paths are "
+        path = samples[first][0]
+        link = f" -> {os.readlink(path)}, a link to nothing" if os.path.islink(path) else ""
+        raise DataError(f"{meta_path}:{entries[first][2]}: image not found: {path}{link} (the list's paths are "
                         f"relative to {image_root}){more}")
     return samples
 

@@ -456,6 +456,23 @@ def test_an_image_missing_in_the_middle_of_a_meta_list_is_refused_at_start(tmp_p
         build_eval_dataset(parse_args(["--data-path", root, "-j", "0"]))
 
 
+def test_a_listed_image_that_links_to_nothing_is_refused_at_start(tmp_path):
+    """A listed image linked from a drive that is not mounted passed the listing and failed when it was first read."""
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    image = tmp_path / "val" / lists["val"][1][0]
+    gone = tmp_path / "elsewhere" / "image.png"
+    os.remove(image)
+    os.symlink(gone, image)
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'meta' / 'val.txt'}:2: image not found: {image} -> {gone}, "
+                                        rf"a link to nothing \(the list's paths are relative to {tmp_path / 'val'}\); "
+                                        rf"restore it or remove its line$"):
+        build_eval_dataset(parse_args(["--data-path", root, "-j", "0"]))
+    gone.parent.mkdir()
+    shutil.copy(tmp_path / "train" / lists["train"][0][0], gone)
+    assert build_eval_dataset(parse_args(["--data-path", root, "-j", "0"])).samples[1][0] == str(image)
+
+
 @pytest.mark.parametrize("label", ["\u00b2", "\u0663"], ids=["superscript_two", "arabic_indic_three"])
 def test_a_unicode_digit_label_is_a_one_line_error(tmp_path, label):
     """Python's isdigit takes '²' (then int() raised a bare ValueError) and int() reads '٣' as 3: a label is ASCII
