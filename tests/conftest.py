@@ -1,8 +1,18 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder, and the number of test processes."""
 import logging
+import os
 
 import pytest
 import torch
+
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """The processes of pytest.ini's `-n auto`: one per CPU this process may use, at most `MAX_TEST_PROCESSES` (each
+    imports torch, and many tests start training processes of their own). pytest-xdist's hook."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(MAX_TEST_PROCESSES, cpus)
 
 
 @pytest.fixture(scope="module")
