@@ -28,6 +28,13 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 DATASET_FILLED_FLAGS = frozenset({key for defaults in DATASET_DEFAULTS.values() for key in defaults} | {"num_classes"})
 
 
+def filled_alike(dataset: str, other: str) -> set[str]:
+    """The flags that `dataset` and `other` fill with the same default (cifar10 and cifar100: all but the class
+    count, which their data gives); none for a name that is no dataset (the parser refuses it later)."""
+    mine, theirs = DATASET_DEFAULTS.get(dataset, {}), DATASET_DEFAULTS.get(other, {})
+    return {key for key, value in mine.items() if key in theirs and theirs[key] == value}
+
+
 def resolve_dataset_defaults(cfg: Namespace) -> None:
     """Fill unset data flags of `cfg` in place with the dataset's defaults (`note_filled_from_dataset`)."""
     filled = []

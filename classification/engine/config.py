@@ -17,7 +17,8 @@ that one. `--trust-checkpoint` (unpickle a checkpoint, which can run code) is pe
 
 `args.yaml` records the dataset's defaults that the run filled in (image size, mean / std, crop, data path, classes)
 and lists their names as `filled_from_dataset`: `-c RUN/args.yaml --dataset OTHER` has OTHER fill them again (unless
-the command line gives them), where it kept the first dataset's before.
+the command line gives them), where it kept the first dataset's before; those OTHER fills alike (cifar10 and cifar100:
+the size, the mean, the data folder) keep the file's values, e.g. the data folder it names by its absolute path.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ..common import atomic_write_text
-from ..data.defaults import DATASET_FILLED_FLAGS
+from ..data.defaults import DATASET_FILLED_FLAGS, filled_alike
 from .flags import build_parser
 
 # per command, left out of args.yaml (module doc)
@@ -331,9 +332,12 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
     filled = config_values.pop("filled_from_dataset", [])
     own_defaults = {key: parser.get_default(key) for key in filled}
     parser.set_defaults(**config_values)
-    if filled and parser.parse_known_args(argv)[0].dataset != parser.get_default("dataset"):
-        parser.set_defaults(**own_defaults)  # the config's dataset filled them: another --dataset fills its own
-        filled = []
+    dataset = parser.parse_known_args(argv)[0].dataset
+    if filled and dataset != parser.get_default("dataset"):
+        # the config's dataset filled them: another --dataset fills its own, unless it fills one alike
+        alike = filled_alike(parser.get_default("dataset"), dataset)
+        parser.set_defaults(**{key: value for key, value in own_defaults.items() if key not in alike})
+        filled = [key for key in filled if key in alike]
     args = parser.parse_args(argv)
     args.filled_from_dataset = [key for key in filled if getattr(args, key) == config_values.get(key)]
     args.model_kwargs = dict(args.model_kwargs or {})

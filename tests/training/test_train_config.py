@@ -165,6 +165,30 @@ def test_a_runs_args_yaml_for_another_dataset_fills_that_datasets_defaults(tmp_p
     assert same.filled_from_dataset == ["crop_pct", "image_mean", "image_std", "num_classes"]
 
 
+def test_a_cifar10_runs_args_yaml_for_cifar100_keeps_what_both_fill_alike(tmp_path, monkeypatch):
+    """The cifar10 run's data folder (args.yaml names it by its absolute path) was replaced by cifar100's relative
+    default, which names another folder from any other working directory; so were the size and mean, alike."""
+    monkeypatch.chdir(tmp_path)
+    make_cifar(str(tmp_path / "data" / "cifar"), "cifar10")
+    make_cifar(str(tmp_path / "data" / "cifar"), "cifar100")
+    run = parse_args(["--dataset", "cifar10"])
+    build_datasets(run)
+    assert run.filled_from_dataset == ["crop_pct", "data_path", "hflip", "image_mean", "image_std", "img_size",
+                                       "num_classes"]
+    save_config(run, str(tmp_path / "args.yaml"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    other = parse_args(["-c", str(tmp_path / "args.yaml"), "--dataset", "cifar100"])
+    assert (other.data_path, other.img_size, other.image_mean, other.num_classes) == (
+        str(tmp_path / "data" / "cifar"), 32, list(CIFAR_MEAN), None)
+    assert other.filled_from_dataset == ["crop_pct", "data_path", "hflip", "image_mean", "image_std", "img_size"]
+    train, _ = build_datasets(other)
+    assert other.num_classes == train.num_classes == 100
+    assert other.filled_from_dataset == ["crop_pct", "data_path", "hflip", "image_mean", "image_std", "img_size",
+                                         "num_classes"]
+
+
 def test_filled_from_dataset_names_only_flags_a_dataset_fills(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml: key 'filled_from_dataset': expected a list of the flags a "
                                           r"dataset fills \(crop_pct, data_path, .*got \['lr'\]"):
