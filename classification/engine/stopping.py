@@ -15,7 +15,7 @@ from ..common.checkpoint_io import load_checkpoint
 from ..data import DataError
 from .checkpoint import LAST
 from .cli import RunInterrupted, TrainingDiverged
-from .distributed import barrier
+from .distributed import all_gather_objects, barrier
 
 if TYPE_CHECKING:  # trainer.py and train_loop.py import this module
     from .train_loop import EpochProgress
@@ -74,6 +74,8 @@ def stop_for_non_finite_loss(run: Run, epoch: int, progress: EpochProgress, loss
         advice = _divergence_advice(run, last, epoch if progress.step > 0 else epoch - 1)
     else:
         saved, advice = "nothing was saved yet", "lower --lr or add --clip-grad-norm"
+    # rank 0 writes the checkpoints: what its folder holds, on every rank (a node without that file system has none)
+    saved, advice = all_gather_objects((saved, advice))[0]
     run.log.error(f"The training loss is not finite in {where}; the step was not taken and {saved}")
     what = f"the training loss is {loss}" if loss is not None else "another rank's training loss is not finite"
     return TrainingDiverged(f"{what} in {where} (the step was not taken; {saved}): {advice}")

@@ -1,6 +1,7 @@
 """Two gloo processes on CPU (tools/dist_train.sh) train the same weights as one process with the same global batch;
 when only one of them gets SIGTERM both stop at the same step, and the run resumes to the same files bit for bit."""
 import csv
+import logging
 import os
 import re
 import signal
@@ -476,6 +477,42 @@ def test_an_interrupted_slurm_run_names_the_resume_command_once(config, tmp_path
                      f"{last}"]
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], len(ckpt["rng"])) == (0, 5, 2)
+
+
+def _non_finite_loss_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from classification.engine.checkpoint import LAST, CheckpointManager
+    from classification.engine.stopping import stop_for_non_finite_loss
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        folder = os.path.join(out_dir, f"node{rank}")    # each rank on a node of its own, without a shared folder
+        os.makedirs(folder)
+        if rank == 0:
+            open(os.path.join(folder, LAST), "wb").close()
+        run = SimpleNamespace(manager=CheckpointManager(folder, enabled=rank == 0), non_finite_steps=1, scaler=None,
+                              epoch_position=lambda step: f"step {step}", log=logging.getLogger("localmamba.test"))
+        error = stop_for_non_finite_loss(run, 3, SimpleNamespace(step=0), float("nan") if rank else None)
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"{rank}.txt"), "w") as f:
+        f.write(str(error))
+
+
+def test_a_non_finite_loss_is_told_on_every_rank_as_rank_0s_folder_holds_it(tmp_path):
+    """A rank on another node than rank 0, with no shared file system, found no last.pth.tar and said that nothing was
+    saved, advising a lower --lr, where rank 0 named the checkpoint to go on from."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_non_finite_loss_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    last = tmp_path / "node0" / "last.pth.tar"
+    saved = (f"(the step was not taken; {last} holds the run before it): --resume {last} would meet the same loss "
+             f"again (the same weights and batch), so continue from a fresh run (no epoch checkpoint was kept) with a "
+             f"lower --lr or --clip-grad-norm")
+    assert [(tmp_path / f"{rank}.txt").read_text() for rank in (0, 1)] == [
+        f"another rank's training loss is not finite in epoch 3 after step 0 {saved}",
+        f"the training loss is nan in epoch 3 after step 0 {saved}"]
 
 
 def _collectives_worker(rank: int, init_file: str, out_dir: str) -> None:
