@@ -310,6 +310,7 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    from mmengine.visualization import LocalVisBackend
 
     from .backbones import DenseBackbone
     from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook, ScanDirectionsHook
@@ -323,6 +324,10 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
             _put_back(saved_copy, earlier_copy)
     else:
         runner.dump_config()
+    if runner.rank == 0:    # and <timestamp>/vis_data/config.py (a backend that appends, as TensorBoard's, is left)
+        for backend in runner.visualizer._vis_backends.values():
+            if isinstance(backend, LocalVisBackend):
+                backend.add_config(runner.cfg)
     if trust:   # on the modules, which load their weights in runner.train(): the saved config leaves it out
         if isinstance(runner.model, torch.nn.Module):
             for module in runner.model.modules():

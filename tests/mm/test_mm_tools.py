@@ -222,8 +222,9 @@ def test_resuming_another_runs_checkpoint_into_a_work_dir_that_holds_a_run_is_re
 
 
 def test_the_cpu_substitutions_stay_out_of_the_saved_config(tmp_path):
-    """Without CUDA the Runner trains with OptimWrapper, BatchNorm and CPU DDP; the work_dir's copy of the config and
-    the checkpoints' held them too, so a GPU run of that copy (or a --resume there) went on without AMP and SyncBN."""
+    """Without CUDA the Runner trains with OptimWrapper, BatchNorm and CPU DDP; the work_dir's copy of the config,
+    the checkpoints' and the visualizer's vis_data/config.py held them too, so a GPU run of a copy (or a --resume
+    there) went on without AMP and SyncBN."""
     from classification.dense.backbones import MM_LocalVSSM
     root = str(tmp_path / 'ade')
     _ade_folder(root)
@@ -257,7 +258,8 @@ runner.train()
     from mmengine.config import Config
     saved = Config.fromfile(work / config.name)
     meta = Config.fromstring(torch.load(work / 'iter_2.pth', weights_only=True)['meta']['cfg'], '.py')
-    for kept in (saved, meta):
+    (visualized,) = work.glob('*/vis_data/config.py')    # the visualizer's record of the run
+    for kept in (saved, meta, Config.fromfile(visualized)):
         assert kept.optim_wrapper.type == 'AmpOptimWrapper' and 'model_wrapper_cfg' not in kept
         assert kept.model.decode_head.norm_cfg.type == kept.model.auxiliary_head.norm_cfg.type == 'SyncBN'
 
