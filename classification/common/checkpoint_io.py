@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import shutil
 import tempfile
 import warnings
@@ -71,6 +72,33 @@ def _cut_short(path: str, head: bytes, err: BaseException) -> bool:
     return isinstance(err, EOFError) or 'EOF' in str(err)
 
 
+# torch < 1.6's torch.save writes five pickles (its magic number, protocol version, system info, the object, its
+# storage keys), then the storages' bytes; the first, at its default pickle protocol:
+LEGACY_PICKLES = 5
+LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
+def _legacy_pickles(path: str) -> str:
+    """What the pickle file `path` is to torch < 1.6's format, its pickles walked opcode by opcode (nothing is
+    unpickled): 'whole' (its five pickles end: torch reads the rest), 'cut' (it ends inside them, where torch would
+    report an index, a struct size or a forbidden global), or 'other' (its first pickle is not torch's magic number:
+    no torch.save wrote it)."""
+    with open(path, 'rb') as f:
+        try:
+            if torch.serialization.MAGIC_NUMBER not in [arg for _, arg, _ in pickletools.genops(f)]:
+                return 'other'
+        except ValueError:  # pickletools' error for a stream that ends before an opcode's argument or its STOP
+            f.seek(0)
+            return 'cut' if LEGACY_MAGIC.startswith(f.read()) else 'other'
+        try:
+            for _ in range(LEGACY_PICKLES - 1):
+                for _ in pickletools.genops(f):
+                    pass
+        except ValueError:
+            return 'cut'
+    return 'whole'
+
+
 def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
 
@@ -90,6 +118,12 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
         if not head.startswith(CHECKPOINT_MAGIC):
             raise CheckpointError(f'{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle; '
                                   f'it starts with {head!r})')
+        pickles = _legacy_pickles(path) if head != CHECKPOINT_MAGIC[0] else 'archive'
+        if pickles == 'cut':
+            raise _truncated(path)
+        if pickles == 'other':
+            raise CheckpointError(f'{path} is not a PyTorch checkpoint (a pickle, but not one torch.save wrote: it '
+                                  f'does not start with torch\'s magic number)')
         mmap = mmap and head == CHECKPOINT_MAGIC[0]  # only an archive can be mapped
     try:
         ckpt = _read(path, trust, mmap)

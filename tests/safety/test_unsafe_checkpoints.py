@@ -74,6 +74,51 @@ def test_legacy_checkpoint_is_refused_then_trusted_on_request(finished_run, tmp_
     assert resumed["epoch"] == 1 and isinstance(resumed["rng"][0]["numpy"], dict)
 
 
+def test_a_torch_before_1_6_checkpoint_cut_inside_its_pickles_is_named_truncated(tmp_path):
+    """Cut inside the pickles that open it, a file of torch < 1.6's format was 'not a PyTorch checkpoint' with torch's
+    text (an index out of range, a struct size), or a checkpoint that could run code: pass --trust-checkpoint."""
+    from classification.common import CheckpointError, load_checkpoint
+
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": {"w": torch.ones(2, 3), "b": torch.zeros(3)}, "epoch": 3}, whole,
+               _use_new_zipfile_serialization=False)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pth"
+    for size in range(1, len(data)):
+        cut.write_bytes(data[:size])
+        for trust in (False, True):
+            with pytest.raises(CheckpointError, match=rf"^{cut} looks truncated \({size:,} bytes, its end is missing"):
+                load_checkpoint(str(cut), trust=trust)
+    assert torch.equal(load_checkpoint(str(whole))["model"]["w"], torch.ones(2, 3))
+
+
+def test_a_pickle_that_torch_save_did_not_write_is_no_checkpoint_and_is_not_unpickled(tmp_path):
+    """A pickle of another program was a checkpoint that could run code, and --trust-checkpoint unpickled it (running
+    what it holds) before torch found that it lacked torch's magic number."""
+    import pickle
+
+    from classification.common import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "marker"
+    other = tmp_path / "other.pkl"
+    other.write_bytes(pickle.dumps(RunsCode(str(marker)), protocol=2))
+    for trust in (False, True):
+        with pytest.raises(CheckpointError, match=rf"^{other} is not a PyTorch checkpoint \(a pickle, but not one "
+                                                  rf"torch.save wrote: it does not start with torch's magic number\)$"):
+            load_checkpoint(str(other), trust=trust)
+    assert not marker.exists()
+
+
+class RunsCode:
+    """Unpickled, it creates the file `marker`."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
 def test_a_checkpoint_url_that_cannot_be_fetched_is_named_as_a_download_error(monkeypatch):
     """Offline, a release URL was reported as 'not a PyTorch checkpoint (URLError: ...)'."""
     import urllib.error
