@@ -72,7 +72,7 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opt-betas", type=float, nargs=2, default=None, help="AdamW betas (default 0.9 0.999)")
     g.add_argument("--opt-no-filter", action=SWITCH, default=False, help="weight-decay every parameter (one group)")
     g.add_argument("--honor-no-weight-decay", action=SWITCH, default=False,
-                   help="ours: also exclude parameters flagged _no_weight_decay (A_log, D) and search weights")
+                   help="ours: also exclude A_log, D (and parameters flagged _no_weight_decay) and search weights")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD / RMSprop momentum")
     g.add_argument("--sgd-no-nesterov", action=SWITCH, default=False, help="plain momentum SGD")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")

@@ -3,7 +3,9 @@
 No weight decay for: 1-D parameters, names ending in `.bias`, and names listed by `model.no_weight_decay()` (an item
 starting with `[g]` matches as a substring). Everything else decays — including `A_log`, `dt_projs_bias`,
 `x_proj_weight` and the search supernet's `multi_scan.weights`, as in the published runs. `honor_no_weight_decay`
-(our opt-in) also exempts parameters carrying `_no_weight_decay = True` and the search weights.
+(our opt-in) also exempts the search weights, the parameters a module names in its `opt_in_no_weight_decay` (our
+mixers' `A_log` and `D`: a module attribute, which a deep copy of the model keeps) and those carrying
+`_no_weight_decay = True` (mamba_ssm's mark, which `copy.deepcopy` and `to_empty` drop from a parameter).
 """
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ def _in_skip_list(name: str, skip: set[str]) -> bool:
     return any(name == s or (s.startswith("[g]") and s[3:] in name) for s in skip)
 
 
+def _opt_in_exempt_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that modules list in their `opt_in_no_weight_decay`."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name in getattr(module, "opt_in_no_weight_decay", ())}
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_no_decay: bool = True,
                  honor_no_weight_decay: bool = False) -> list[dict[str, Any]]:
     """`[no-decay group, decay group]` as the original, or one group when filtering is off or weight decay is 0."""
@@ -34,11 +42,13 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_no_dec
     if weight_decay == 0 or not filter_no_decay:
         return [{"params": [p for _, p in named], "initial_lr": lr}]
     skip = _skip_names(model)
+    opt_in = _opt_in_exempt_names(model) if honor_no_weight_decay else set()
     decay, no_decay = [], []
     for name, param in named:
         exempt = param.ndim == 1 or name.endswith(".bias") or _in_skip_list(name, skip)
         if honor_no_weight_decay:
-            exempt = exempt or getattr(param, "_no_weight_decay", False) or name.endswith(SEARCH_WEIGHT_SUFFIX)
+            exempt = (exempt or name in opt_in or getattr(param, "_no_weight_decay", False)
+                      or name.endswith(SEARCH_WEIGHT_SUFFIX))
         (no_decay if exempt else decay).append(param)
     return [{"params": no_decay, "weight_decay": 0.0, "initial_lr": lr},
             {"params": decay, "weight_decay": weight_decay, "initial_lr": lr}]

@@ -147,12 +147,8 @@ class MultiMamba(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.multi_scan = MultiScan(self.d_inner, directions, candidates)
         for k in range(self.num_directions):
-            a_log = nn.Parameter(a_log_init(self.d_inner, d_state))
-            a_log._no_weight_decay = True
-            d_skip = nn.Parameter(torch.ones(self.d_inner))
-            d_skip._no_weight_decay = True
-            self.register_parameter(f'A_log_{k}', a_log)
-            self.register_parameter(f'D_{k}', d_skip)
+            self.register_parameter(f'A_log_{k}', nn.Parameter(a_log_init(self.d_inner, d_state)))
+            self.register_parameter(f'D_{k}', nn.Parameter(torch.ones(self.d_inner)))
             self.add_module(f'conv1d_{k}', nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
                                                      padding=d_conv - 1, bias=conv_bias))
             self.add_module(f'x_proj_{k}', nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
@@ -164,6 +160,8 @@ class MultiMamba(nn.Module):
             self.add_module(f'dt_proj_{k}', dt_proj)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.attn = ChannelAttention(self.d_inner)
+        self.opt_in_no_weight_decay = tuple(f'{name}_{k}' for k in range(self.num_directions)
+                                            for name in ('A_log', 'D'))
 
     @property
     def directions(self) -> tuple[str, ...]:

@@ -124,9 +124,8 @@ class SS2D(nn.Module):
         dt_weight_init(self.dt_projs_weight, self.dt_rank, dt_scale)
         self.dt_projs_bias = nn.Parameter(dt_bias_init((num_dirs, inner), dt_min, dt_max, dt_init_floor))
         self.A_logs = nn.Parameter(a_log_init(inner, d_state, copies=num_dirs))
-        self.A_logs._no_weight_decay = True
         self.Ds = nn.Parameter(torch.ones(num_dirs * inner))
-        self.Ds._no_weight_decay = True
+        self.opt_in_no_weight_decay = ('A_logs', 'Ds')
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
         self.multi_scan = MultiScanAttn(inner, directions, candidates)

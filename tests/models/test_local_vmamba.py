@@ -253,7 +253,7 @@ def test_initialisation_follows_the_original():
     op = model.layers[2].blocks[3].op                    # d = 128, E = 256, R = 8
     assert torch.equal(op.A_logs[700], torch.log(torch.arange(1., 17.)))
     assert torch.equal(op.Ds, torch.ones(4 * 256))
-    assert op.A_logs._no_weight_decay and op.Ds._no_weight_decay and model.no_weight_decay() == set()
+    assert op.opt_in_no_weight_decay == ('A_logs', 'Ds') and model.no_weight_decay() == set()
     dt = F.softplus(op.dt_projs_bias)                    # Mamba's dt ~ log-uniform in [1e-3, 0.1], kept
     assert dt.min() >= 1e-3 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.std() > 0
     assert op.dt_projs_weight.abs().max() <= 8 ** -0.5 and op.dt_projs_weight.abs().max() > 0.9 * 8 ** -0.5

@@ -1,5 +1,7 @@
 """Optimizer parameter groups and the LR schedule against hand-computed values."""
+import copy
 import math
+import re
 
 import pytest
 import timm
@@ -73,6 +75,28 @@ def test_honor_no_weight_decay_is_opt_in():
     no_decay, decay = param_groups(m, lr=1e-3, weight_decay=0.04, honor_no_weight_decay=True)
     assert names(m, decay) == ["fc.weight"]
     assert "A_log" in names(m, no_decay) and "multi_scan.weights" in names(m, no_decay)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("local_vssm_tiny", dict(dims=8, depths=(1, 1, 1, 1), directions=[["h", "w2"]] * 4)),
+    ("local_vim_tiny_middle_cls_token", dict(img_size=32, embed_dim=16, depth=2, directions=[["h", "w2"], ["v"]])),
+])
+@pytest.mark.parametrize("copied_by", ["deepcopy", "to_empty"])
+def test_honor_no_weight_decay_exempts_A_log_and_D_of_a_copied_model(name, kwargs, copied_by):
+    """A deep copy (or a model built on the meta device and then `to_empty`) loses attributes set on a parameter, so
+    a `_no_weight_decay` mark on A_log left it in the decay group of such a model; the mixers name them instead."""
+    if copied_by == "deepcopy":
+        model = copy.deepcopy(timm.create_model(name, num_classes=3, **kwargs))
+    else:
+        with torch.device("meta"):
+            model = timm.create_model(name, num_classes=3, **kwargs)
+        model.to_empty(device="cpu")
+    state_names = {n for n, _ in model.named_parameters() if re.search(r"\.(A_logs?|Ds?)(_\d+)?$", n)}
+    assert len(state_names) == (2 * 4 if name.startswith("local_vssm") else 2 * 3)
+    no_decay, decay = param_groups(model, lr=1e-3, weight_decay=0.04, honor_no_weight_decay=True)
+    assert state_names <= set(names(model, no_decay)) and not state_names & set(names(model, decay))
+    _, original_decay = param_groups(model, lr=1e-3, weight_decay=0.04)
+    assert {n for n in state_names if "A_log" in n} <= set(names(model, original_decay))
 
 
 def test_single_group_without_filter_or_without_decay():
