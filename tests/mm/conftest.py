@@ -20,6 +20,19 @@ INSTALL_HINT = 'run `bash tools/install_mm.sh` (mmcv 2.1.0 with ops, mmdet 3.3.0
 IMAGE_HW = (128, 160)
 
 
+def start_seg_tool(script: str, *args: str, cwd: str | None = None) -> subprocess.Popen:
+    """``segmentation/tools/SCRIPT ARGS`` started in a subprocess, its stdout and stderr captured apart, so that a
+    test can start two and wait for both (:func:`finish`)."""
+    return subprocess.Popen([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Wait for ``proc`` and return its status and output as ``subprocess.run`` would."""
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def require(framework: str):
     """Import mmdet or mmseg, or skip the calling test module with the install hint."""
     return pytest.importorskip(framework, reason=f'{framework} is not installed: {INSTALL_HINT}')

@@ -4,14 +4,12 @@ refused naming --trust-checkpoint, without running its code); nothing sets TORCH
 import argparse
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import IMAGE_HW, REPO, require
+from conftest import IMAGE_HW, REPO, finish, require, start_seg_tool
 
 require('mmengine')
 
@@ -145,9 +143,7 @@ def test_the_test_tool_refuses_a_crafted_checkpoint_in_one_line(tmp_path):
     marker = tmp_path / 'marker'
     crafted = tmp_path / 'crafted.pth'
     torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, crafted)
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', 'test.py'), str(config),
-                           str(crafted), '--work-dir', str(tmp_path / 'work')],
-                          capture_output=True, text=True, timeout=600)
+    proc = finish(start_seg_tool('test.py', str(config), str(crafted), '--work-dir', str(tmp_path / 'work')))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {crafted} holds pickled objects')
     assert '--trust-checkpoint' in proc.stderr and 'Traceback' not in proc.stderr and not marker.exists()
@@ -174,15 +170,9 @@ def test_the_trust_of_one_command_does_not_pass_to_a_run_of_its_saved_config(tmp
         base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
                           'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'),
         hw=IMAGE_HW, directions=directions, root=root, ckpt=str(pretrained)))
-    train = os.path.join(REPO, 'segmentation', 'tools', 'train.py')
 
     def start(config_file, work_dir, *flags):   # two runs at a time, each with its own payload's marker
-        return subprocess.Popen([sys.executable, train, str(config_file), '--work-dir', str(work_dir), *flags],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def finish(proc):
-        stdout, stderr = proc.communicate(timeout=600)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        return start_seg_tool('train.py', str(config_file), '--work-dir', str(work_dir), *flags)
 
     trusted = start(config, tmp_path / 'trusted', '--trust-checkpoint')
     # a FlexibleRunner builds the model in train(): from its own copy of the model's config, given the trust there

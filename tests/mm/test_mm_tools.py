@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGE_HW, REPO, require
+from conftest import IMAGE_HW, REPO, finish, require, start_seg_tool
 
 require('mmseg')
 
@@ -54,19 +54,15 @@ def _ade_folder(root: str) -> None:
                 os.path.join(root, 'annotations', split, f'{i}.png'))
 
 
-def _start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, status: int = 0) -> str:
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == status, stdout[-3000:] + stderr[-3000:]
-    return stdout + stderr
+def _output(proc: subprocess.Popen, status: int = 0) -> str:
+    """stdout and stderr of the finished ``proc``, once its exit status is checked."""
+    done = finish(proc)
+    assert done.returncode == status, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 def _run(script: str, *args: str, status: int = 0) -> str:
-    return _finish(_start(script, *args), status)
+    return _output(start_seg_tool(script, *args), status)
 
 
 def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints, monkeypatch, capsys):
@@ -106,21 +102,22 @@ def test_train_then_test_a_segmentor(tmp_path, classification_checkpoints, monke
     vim = classification_checkpoints['local_vim_tiny']     # another family's weights: the backbone refuses them
     # the refusals run beside each other: the --overwrite one in the trained run's work_dir (whose checkpoint and config
     # it must leave), the test.py one (other directions) in a work_dir of its own
-    refusing = _start('train.py', str(config), '--work-dir', work, '--overwrite', '--cfg-options',
-                      f'model.backbone.pretrained={vim}')
+    refusing = start_seg_tool('train.py', str(config), '--work-dir', work, '--overwrite', '--cfg-options',
+                              f'model.backbone.pretrained={vim}')
     # the checkpoint records its backbone's directions: a config with others is refused, the checkpoint gives them
     assert torch.load(checkpoint, weights_only=True)['directions'] == directions
     swapped = [directions[1], directions[0], *directions[2:]]
     assert swapped != directions
     save_directions(tmp_path / 'swapped.yaml', swapped)
     other = ['--cfg-options', f'model.backbone.directions={tmp_path / "swapped.yaml"}']
-    refused_directions = _start('test.py', str(config), checkpoint, '--work-dir', str(tmp_path / 'swapped'), *other)
-    refused = _finish(refusing, status=2)
+    refused_directions = start_seg_tool('test.py', str(config), checkpoint, '--work-dir', str(tmp_path / 'swapped'),
+                                        *other)
+    refused = _output(refusing, status=2)
     assert 'a checkpoint of another model family?' in refused.strip().splitlines()[-1]
     assert "--overwrite: deleted" not in refused and os.path.isfile(checkpoint)   # the run it would replace stays
     with open(saved_config, encoding='utf-8') as f:    # and its config, not the one of the run that did not start
         assert f.read() == trained
-    refused = _finish(refused_directions, status=2)
+    refused = _output(refused_directions, status=2)
     assert refused.strip().splitlines()[-1] == (
         f"error: {checkpoint} was trained with other scan directions than this config's backbone (layer 0: "
         f"{directions[0]} vs {directions[1]} here): give the backbone its run's directions, e.g. --cfg-options "

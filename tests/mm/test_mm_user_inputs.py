@@ -4,13 +4,13 @@ a misspelt key, a work_dir that cannot be written, Ctrl-C. Each ends in one line
 import argparse
 import os
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import IMAGE_HW, REPO, det_config, require, tiny_vim_backbone, tiny_vssm_backbone
+from conftest import (IMAGE_HW, REPO, det_config, finish, require, start_seg_tool, tiny_vim_backbone,
+                      tiny_vssm_backbone)
 
 require('mmseg')
 
@@ -35,8 +35,7 @@ def _backbone_args(kind: str) -> dict:
 
 
 def _run_tool(script: str, *args: str, cwd: str = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(REPO, 'segmentation', 'tools', script), *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+    return finish(start_seg_tool(script, *args, cwd=cwd), timeout=300)
 
 
 def test_pretrained_weights_of_another_model_are_refused_in_one_line(tmp_path):
@@ -380,9 +379,8 @@ def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
 
 def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_hand):
     def start(work: str, *options: str) -> subprocess.Popen:    # both commands at once, each in its own work_dir
-        return subprocess.Popen([sys.executable, os.path.join(REPO, 'segmentation', 'tools', 'train.py'), SEG_CONFIG,
-                                 '--work-dir', str(tmp_path / work), '--cfg-options', *options],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        return start_seg_tool('train.py', SEG_CONFIG, '--work-dir', str(tmp_path / work), '--cfg-options', *options,
+                              cwd=str(tmp_path))
 
     misspelt = start('work', 'model.backbone.pretraned=x')
     # a new dict under a class's arguments (mmdet's norm_cfg idiom, which the backbones do not take): the refused
@@ -394,9 +392,9 @@ def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_han
                        "model.backbone.pretraned is not a key of the config (misspelt?)"),
             (new_dict, "error: VSSM.__init__() got an unexpected keyword argument 'norm_cfg': --cfg-options "
                        "model.backbone.norm_cfg is not a key of the config (misspelt?)")):
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 2 and 'Traceback' not in stderr, stderr[-3000:]
-        assert stderr.strip().splitlines()[-1] == message
+        done = finish(proc, timeout=300)
+        assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr[-3000:]
+        assert done.stderr.strip().splitlines()[-1] == message
 
 
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
