@@ -1,5 +1,6 @@
 """The code style every contributor's editor can check: flake8 with the settings in the repository's `.flake8`."""
 import os
+import re
 import subprocess
 import sys
 
@@ -13,3 +14,18 @@ def test_flake8_finds_nothing():
     pytest.importorskip("flake8", reason="flake8 is a test dependency: pip install -e '.[test]'")
     result = subprocess.run([sys.executable, "-m", "flake8", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_within_the_page_name_its_headings():
+    """The contents line and the cross-references (`[Speed](#speed)`) lead to a heading that exists."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)     # a '# ' in a code block is a comment
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert github_anchor("Training and evaluation (ImageNet)") == "training-and-evaluation-imagenet"
+    assert len(links) >= 9 and links <= anchors, sorted(links - anchors)
