@@ -99,11 +99,37 @@ def _legacy_pickles(path: str) -> str:
     return 'whole'
 
 
+# A safetensors file starts with its JSON header's length (8 bytes, little-endian), then the header, a JSON object.
+SAFETENSORS_HEAD = 9
+
+
+def _is_safetensors(path: str, head: bytes) -> bool:
+    """Whether the file ``path``, starting with ``head`` (its first ``SAFETENSORS_HEAD`` bytes), is a safetensors
+    file: named so, or a header length within the file followed by a JSON object."""
+    if path.endswith('.safetensors'):
+        return True
+    return (len(head) == SAFETENSORS_HEAD and head.endswith(b'{')
+            and SAFETENSORS_HEAD - 1 + int.from_bytes(head[:-1], 'little') <= os.path.getsize(path))
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` on the CPU (it holds nothing else, so nothing to trust)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device='cpu')
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f'cannot read the safetensors file {path}: {_first_line(err)} (cut short, or not a '
+                              f'safetensors file?)') from None
+
+
 def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or http(s) URL) onto the CPU with ``weights_only=True``; the result is a dict.
 
     ``trust=True`` unpickles arbitrary objects: only for files from a trusted source. ``mmap=True`` maps a file's
-    tensors instead of reading them (for a look at its plain entries). Errors name the file.
+    tensors instead of reading them (for a look at its plain entries). A safetensors file (timm's and the Hugging
+    Face hub's format of weights alone) is read as its flat dict of tensors. Errors name the file.
     """
     is_url = path.startswith(('http://', 'https://'))
     if not is_url and os.path.isdir(path):
@@ -112,7 +138,10 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
         raise CheckpointError(f'checkpoint not found: {path}')
     if not is_url:
         with open(path, 'rb') as f:
-            head = f.read(4)
+            head = f.read(SAFETENSORS_HEAD)
+        if _is_safetensors(path, head):
+            return _read_safetensors(path)
+        head = head[:4]
         if head != CHECKPOINT_MAGIC[0] and CHECKPOINT_MAGIC[0].startswith(head):  # empty, or cut in its first bytes
             raise _truncated(path)
         if not head.startswith(CHECKPOINT_MAGIC):

@@ -1,0 +1,49 @@
+"""The checkpoint files a user evaluates or converts, beside ours: timm's safetensors weights and timm's training
+checkpoints, through tools/test.py (`evaluate`), --finetune and tools/convert_ckpt.py (`convert_checkpoint`)."""
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import classification  # noqa: F401  (registers the models)
+from classification.common.checkpoint_io import CheckpointError, load_checkpoint
+from classification.engine.config import parse_args
+from classification.engine.evaluate import test as evaluate
+
+VIM = dict(depth=2, embed_dim=16, patch_size=4, img_size=16, num_classes=10)
+RUN = ["--dataset", "digits", "--model", "local_vim_tiny_wo_search", "--model-kwargs", "depth=2", "embed_dim=16",
+       "patch_size=4", "--img-size", "16", "-b", "256", "-j", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_threaded(one_thread):
+    """Every test of this file on one compute thread (tests/conftest.py)."""
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return timm.create_model("local_vim_tiny_wo_search", **VIM).state_dict()
+
+
+def _evaluate(path: str, output, *flags: str) -> dict:
+    return evaluate(parse_args([*RUN, "--resume", path, "--output", str(output), *flags]))
+
+
+def test_a_safetensors_file_of_the_weights_is_read_as_the_released_form(tmp_path):
+    """timm's format (model.safetensors of the Hugging Face hub, which timm's pretrained_cfg_overlay takes): every
+    tool refused it as 'not a PyTorch checkpoint (neither a torch.save archive nor a pickle; it starts with ...)'."""
+    weights = _weights(1)
+    released, safetensors = str(tmp_path / "released.ckpt"), str(tmp_path / "model.safetensors")
+    torch.save({"state_dict": weights}, released)
+    save_file(weights, safetensors)
+    read = load_checkpoint(safetensors)
+    assert read.keys() == weights.keys() and all(torch.equal(read[key], value) for key, value in weights.items())
+    assert _evaluate(safetensors, tmp_path / "a") == _evaluate(released, tmp_path / "b")
+
+
+def test_a_safetensors_file_cut_short_is_named_in_one_line(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(_weights(1), str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=rf"^cannot read the safetensors file {path}: .*\(cut short"):
+        load_checkpoint(str(path))
