@@ -22,6 +22,8 @@ TMP_PREFIX = '.tmp-'
 
 # Containers, in the order they are looked for: released files, training checkpoints, EMA weights.
 STATE_DICT_KEYS = ('state_dict', 'model', 'ema_model', 'state_dict_ema')
+# Where the EMA weights are kept: ours and the original's 'ema_model', timm train.py's 'state_dict_ema' ('model_ema').
+EMA_KEYS = ('ema_model', 'state_dict_ema', 'model_ema')
 
 
 class CheckpointError(RuntimeError):
@@ -189,10 +191,11 @@ def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
                     source: str = 'checkpoint') -> dict[str, torch.Tensor]:
     """The weights inside a checkpoint, ``module.`` prefixes stripped.
 
-    ``checkpoint[key]`` if ``key`` is given; else the first of ``STATE_DICT_KEYS`` present; else the checkpoint itself
-    when it is already a flat tensor dict. ``source`` (the file) is named in the error.
+    ``checkpoint[key]`` if ``key`` is given (``'ema_model'``: the first of ``EMA_KEYS`` present, so timm's EMA too);
+    else the first of ``STATE_DICT_KEYS`` present; else the checkpoint itself when it is already a flat tensor dict.
+    ``source`` (the file) is named in the error.
     """
-    keys = (key,) if key else STATE_DICT_KEYS
+    keys = EMA_KEYS if key == 'ema_model' else (key,) if key else STATE_DICT_KEYS
     for candidate in keys:
         if isinstance(checkpoint.get(candidate), Mapping):
             return strip_prefix(checkpoint[candidate])
@@ -202,7 +205,10 @@ def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
         raise CheckpointError(f"{source}: holds no EMA weights (its run was trained without --model-ema)")
     names = sorted(map(str, checkpoint))
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-    raise CheckpointError(f"{source}: no {' or '.join(repr(k) for k in keys)} weights (keys: {shown})")
+    ema = key == 'ema_model'
+    also = f", nor timm's {' / '.join(map(repr, EMA_KEYS[1:]))}" if ema else ''
+    raise CheckpointError(f"{source}: no {' or '.join(map(repr, keys[:1] if ema else keys))} weights{also} "
+                          f"(keys: {shown})")
 
 
 def _umask_mode() -> int:

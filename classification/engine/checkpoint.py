@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint, state_dict_from
+from ..common.checkpoint_io import (EMA_KEYS, CheckpointError, atomic_copy, atomic_save, load_checkpoint,
+                                    state_dict_from)
 from ..models.directions import (CANDIDATES, checkpoint_candidates, directions_difference, load_directions,
                                  scan_directions)
 
@@ -322,7 +323,7 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
         if not overwrite:
             raise CheckpointError(f"{dst} exists; give another output file, or --overwrite to replace it")
     ckpt = load_checkpoint(src, trust=trust)
-    if "state_dict" in ckpt and key not in ckpt:
+    if "state_dict" in ckpt and not any(name in ckpt for name in (EMA_KEYS if key == "ema_model" else (key,))):
         raise CheckpointError(f"{src} is in the released form already ({{'state_dict': weights}}): it loads as it is "
                               f"(tools/test.py --resume, --finetune, timm's pretrained_cfg_overlay)")
     weights = state_dict_from(ckpt, key, source=src)

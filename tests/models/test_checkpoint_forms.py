@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 import classification  # noqa: F401  (registers the models)
 from classification.common.checkpoint_io import CheckpointError, load_checkpoint
+from classification.engine.checkpoint import convert_checkpoint
 from classification.engine.config import parse_args
 from classification.engine.evaluate import test as evaluate
 
@@ -47,3 +48,17 @@ def test_a_safetensors_file_cut_short_is_named_in_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=rf"^cannot read the safetensors file {path}: .*\(cut short"):
         load_checkpoint(str(path))
+
+
+def test_the_ema_of_a_timm_training_checkpoint_is_its_state_dict_ema(tmp_path):
+    """timm's train.py keeps its EMA under 'state_dict_ema' (the model under 'state_dict'): --model-ema said the file
+    held no 'ema_model' weights, and convert_ckpt.py ... ema_model called it 'in the released form already'."""
+    model, ema = _weights(1), _weights(2)
+    timm_run, released = str(tmp_path / "model_best.pth.tar"), str(tmp_path / "ema.ckpt")
+    torch.save({"epoch": 7, "arch": "local_vim_tiny_wo_search", "state_dict": model, "state_dict_ema": ema}, timm_run)
+    torch.save({"state_dict": ema}, released)
+    assert _evaluate(timm_run, tmp_path / "a", "--model-ema") == _evaluate(released, tmp_path / "b")
+    converted = str(tmp_path / "converted.ckpt")
+    assert convert_checkpoint(timm_run, converted, "ema_model") == (len(ema), None)
+    written = torch.load(converted, weights_only=True)["state_dict"]
+    assert all(torch.equal(written[key], value) for key, value in ema.items())
