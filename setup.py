@@ -36,7 +36,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",   # the release of torch 2.4
-        "timm>=1.0.9",
+        "timm>=1.0.21",   # calculate_drop_path_rates (tests/test_packaging.py)
         "numpy>=1.23",
         "pyyaml>=6.0",
         "pillow>=9.0",

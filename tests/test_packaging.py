@@ -43,3 +43,13 @@ def test_kernel_packages_ask_what_the_root_asks(key):
         keywords = setup_keywords(path)
         return keywords[key] if key == "python_requires" else keywords["extras_require"][key]
     assert {str(wanted(path)) for path in SETUP_FILES} == {str(wanted(SETUP_FILES[0]))}
+
+
+def test_the_timm_floor_is_a_release_the_library_imports_with():
+    """``classification.models`` imports ``timm.layers.calculate_drop_path_rates``, which timm has from 1.0.21 on:
+    with setup.py's old floor, ``timm>=1.0.9``, pip kept an installed timm 1.0.9 to 1.0.20 and ``import
+    classification`` raised ImportError (measured with timm 1.0.9 and 1.0.20; 1.0.21 passes tests/models' timm
+    convention, option, pretrained and model-API tests)."""
+    floor = next(re.fullmatch(r"timm>=([\d.]+)", requirement) for requirement in
+                 setup_keywords(SETUP_FILES[0])["install_requires"] if requirement.startswith("timm"))
+    assert floor is not None and tuple(map(int, floor.group(1).split("."))) >= (1, 0, 21), floor
