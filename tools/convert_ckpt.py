@@ -1,6 +1,7 @@
 """Write a training checkpoint's weights in the released form: `python tools/convert_ckpt.py IN OUT [KEY]`.
 
-KEY is `model` (default) or `ema_model`; the output is `{'state_dict': weights}` without `module.` prefixes. An existing
+KEY is `model` (default) or `ema_model`; the output is `{'state_dict': weights}` without `module.` prefixes. IN may
+also be a file of the weights alone (`torch.save(model.state_dict())`, a .safetensors file). An existing
 OUT is replaced only with `--overwrite`, and never when it is IN.
 """
 import argparse

@@ -309,6 +309,7 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     (`RELEASED_RECORD`, `RELEASED_CONFIG`) beside it; returns the tensor count and, for a checkpoint a stopped run
     saved in the middle of an epoch, a note saying so (None otherwise).
 
+    A file of the weights alone (`torch.save(model.state_dict())`, a safetensors file) is the `model` key's weights.
     A checkpoint without tensors under `key`, or already in the released form, is refused rather than written; an
     existing `dst` is replaced only with `overwrite`, and never when it is `src` (the training state would be lost);
     a folder is refused.
@@ -326,7 +327,8 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     if "state_dict" in ckpt and not any(name in ckpt for name in (EMA_KEYS if key == "ema_model" else (key,))):
         raise CheckpointError(f"{src} is in the released form already ({{'state_dict': weights}}): it loads as it is "
                               f"(tools/test.py --resume, --finetune, timm's pretrained_cfg_overlay)")
-    weights = state_dict_from(ckpt, key, source=src)
+    weights_alone = key == "model" and bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+    weights = state_dict_from(ckpt, None if weights_alone else key, source=src)
     tensors = sum(isinstance(v, torch.Tensor) for v in weights.values())
     if tensors == 0:
         raise CheckpointError(f"{src}: {key!r} holds no tensors; nothing to convert")

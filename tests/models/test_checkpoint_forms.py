@@ -62,3 +62,18 @@ def test_the_ema_of_a_timm_training_checkpoint_is_its_state_dict_ema(tmp_path):
     assert convert_checkpoint(timm_run, converted, "ema_model") == (len(ema), None)
     written = torch.load(converted, weights_only=True)["state_dict"]
     assert all(torch.equal(written[key], value) for key, value in ema.items())
+
+
+@pytest.mark.parametrize("form", ["pth", "safetensors"])
+def test_a_file_of_the_weights_alone_converts_to_the_released_form(form, tmp_path):
+    """`torch.save(model.state_dict())` or a safetensors file: convert_ckpt.py said it held no 'model' weights,
+    listing the weights' own names as the file's keys."""
+    weights = {f"module.{key}": value for key, value in _weights(1).items()}
+    src, dst = str(tmp_path / f"weights.{form}"), str(tmp_path / "released.ckpt")
+    torch.save(weights, src) if form == "pth" else save_file(weights, src)
+    assert convert_checkpoint(src, dst) == (len(weights), None)
+    written = torch.load(dst, weights_only=True)
+    assert list(written) == ["state_dict"]
+    assert all(torch.equal(written["state_dict"][key], value) for key, value in _weights(1).items())
+    with pytest.raises(CheckpointError, match=r"no 'ema_model' weights, nor timm's 'state_dict_ema' / 'model_ema'"):
+        convert_checkpoint(src, str(tmp_path / "ema.ckpt"), "ema_model")
