@@ -1,5 +1,5 @@
-"""The checkpoint files a user evaluates or converts, beside ours: timm's safetensors weights and timm's training
-checkpoints, through tools/test.py (`evaluate`), --finetune and tools/convert_ckpt.py (`convert_checkpoint`)."""
+"""The checkpoint files a user evaluates or converts, beside ours: safetensors weights, files of the weights alone and
+timm's training checkpoints, through tools/test.py (`evaluate`) and tools/convert_ckpt.py (`convert_checkpoint`)."""
 import pytest
 import timm
 import torch
