@@ -37,6 +37,7 @@ setup(
         "torch>=2.4",
         "torchvision>=0.19",   # the release of torch 2.4
         "timm>=1.0.21",   # calculate_drop_path_rates (tests/test_packaging.py)
+        "safetensors>=0.4",   # timm's too; checkpoint_io reads .safetensors weights
         "numpy>=1.23",
         "pyyaml>=6.0",
         "pillow>=9.0",
