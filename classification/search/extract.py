@@ -10,7 +10,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence
+import textwrap
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import timm
 import torch
@@ -21,6 +22,10 @@ from ..models.directions import CANDIDATES, checkpoint_candidates, load_directio
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from ..models.scan_maps import parse_direction
 from .probs import chosen_directions, layer_probabilities, search_weight_entries
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger("localmamba")
 
@@ -114,8 +119,25 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
     ax.set(xlabel="candidate direction", ylabel="layer", title=title or "search probabilities (chosen: red)")
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
+    if _wrap_title_to_figure(fig, ax):
+        fig.tight_layout()
     save_figure(fig, path, dpi=100)
     plt.close(fig)
+
+
+def _wrap_title_to_figure(fig: Figure, ax: Axes) -> bool:
+    """Wrap the lines of ``ax``'s title where they would run past the figure's edges (the figure of a supernet of
+    few candidates is narrower than an unfinished search's note); True when it did."""
+    title = ax.title
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    centre = (box.x0 + box.x1) / 2
+    room = 0.9 * 2 * min(centre, fig.bbox.width - centre)  # the title is centred over the axes
+    if box.width <= room:
+        return False
+    lines = title.get_text().splitlines()
+    width = max(8, int(max(map(len, lines)) * room / box.width))
+    title.set_text("\n".join(textwrap.fill(line, width) for line in lines))
+    return True
 
 
 def _check_replaceable(directions_file: str, chosen: list[list[str]], overwrite: bool) -> None:

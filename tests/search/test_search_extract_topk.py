@@ -43,3 +43,24 @@ def test_heatmap_outlines_the_chosen_cells_at_column_candidate_row_layer(tmp_pat
     plot_heatmap(probs, [['snake'], ['h']], str(tmp_path / 'map.png'), candidates=THREE)
     assert drawn == [(1.5, -0.5), (-0.5, 0.5)]
     assert (tmp_path / 'map.png').stat().st_size > 0
+
+
+def test_heatmap_title_of_few_candidates_stays_inside_the_figure(tmp_path, monkeypatch):
+    """Guards against a title wider than the figure: a supernet of 2 candidates draws a 4-inch figure, and the note
+    of an unfinished search ran past both edges (cut off in the PNG); its lines are wrapped instead."""
+    import matplotlib.figure
+
+    drawn = []  # (figure width, title extent, title text) as saved, in pixels
+
+    def record(fig, *args, **kwargs):
+        title = fig.axes[0].title
+        drawn.append((fig.bbox.width, title.get_window_extent(fig.canvas.get_renderer()), title.get_text()))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', record)
+    title = ('local_vssm_small_search: top-1 per layer (red)\nunfinished search: saved in the middle of epoch 12 of '
+             'epochs 0-99, after its step 1234')
+    probs = [torch.tensor([0.6, 0.4]), torch.tensor([0.3, 0.7])]
+    plot_heatmap(probs, [['h'], ['v_flip']], str(tmp_path / 'map.png'), title=title, candidates=['h', 'v_flip'])
+    width, box, shown = drawn[0]
+    assert 0 <= box.x0 and box.x1 <= width
+    assert shown.split() == title.split()  # every word kept, in order
