@@ -15,8 +15,10 @@ import torch.nn as nn
 from timm.models._builder import build_model_with_cfg
 from timm.models._registry import model_entrypoint
 
+from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from ..models.directions import directions_record, load_directions, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, supernet_directions_error
+from .checkpoint import LAST
 from .config import ConfigError
 
 logger = logging.getLogger("localmamba")
@@ -105,14 +107,40 @@ def create_model_at_size(name: str, img_size: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, **kwargs)
 
 
-def check_directions_file(path: str) -> None:
-    """Read and check a directions file before any model is built; errors name the file."""
+def check_directions_file(path: str, checkpoint: Optional[str] = None) -> None:
+    """Read and check a directions file before any model is built; errors name the file. A file that is gone (moved
+    or deleted since training) is refused naming ``checkpoint``, the one resumed or evaluated, when that records the
+    directions it was trained with."""
     try:
         table = load_directions(path)
         validate_directions(table, len(table), source=path)
+    except FileNotFoundError as err:
+        if checkpoint is not None and _records_directions(checkpoint):
+            raise ConfigError(f"{err}; {checkpoint} records the directions it was trained with: give --directions "
+                              f"{checkpoint}") from err
+        raise
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if path in message else f"{path}: {message}") from err
+
+
+def _records_directions(checkpoint: str) -> bool:
+    """Whether the file ``checkpoint`` is a checkpoint that records its scan directions (a training checkpoint of a
+    model with fixed directions, or its conversion), which ``--directions`` reads."""
+    if not os.path.isfile(checkpoint):
+        return False
+    try:
+        return isinstance(load_checkpoint(checkpoint, mmap=True).get("directions"), list)
+    except (CheckpointError, OSError):
+        return False
+
+
+def _resumed_checkpoint(cfg: Namespace) -> Optional[str]:
+    """The checkpoint `--resume` names (`auto`: the run folder's last.pth.tar), None without one."""
+    resume = getattr(cfg, "resume", None)
+    if resume == "auto":
+        return os.path.join(cfg.output, cfg.experiment, LAST)
+    return resume or None
 
 
 def model_kwargs(cfg: Namespace) -> dict[str, Any]:
@@ -125,7 +153,7 @@ def model_kwargs(cfg: Namespace) -> dict[str, Any]:
         kwargs["img_size"] = cfg.img_size
     kwargs.update(cfg.model_kwargs)
     if cfg.directions:
-        check_directions_file(cfg.directions)
+        check_directions_file(cfg.directions, _resumed_checkpoint(cfg))
         kwargs["directions"] = cfg.directions
     return kwargs
 

@@ -1,6 +1,7 @@
 """Search end to end on digits: train a tiny supernet, extract its directions, train and evaluate the searched model."""
 import csv
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -117,6 +118,28 @@ def test_searched_model_trains_from_the_file_and_evaluates(supernet, monkeypatch
                               directions=directions)
     assert [list(d) for d in model.directions] == load_directions(directions)
     model.load_state_dict(ckpt["model"])  # the trained weights fit a model built from the file
+
+
+def test_a_directions_file_gone_since_training_names_the_checkpoint_that_records_them(supernet, monkeypatch, capsys):
+    """Guards against a bare 'not found' for the run's directions file (moved or deleted after training): the
+    evaluated or resumed checkpoint records its directions, and the error names it as the --directions to give."""
+    out, exp = supernet
+    vis(monkeypatch, capsys, str(exp / "last.pth.tar"), "--out", str(out / "moved_away"))
+    directions = out / "moved_away" / "directions.yaml"
+    searched = [*RUN, "--model", "local_vim_tiny", "--directions", str(directions), "--output", str(out)]
+    trained = train(parse_args([*searched, "--experiment", "gone"]))
+    last = str(out / "gone" / "last.pth.tar")
+    directions.unlink()
+    hint = f"directions file not found: {directions}; {last} records the directions it was trained with: give " \
+           f"--directions {last}"
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        evaluate(parse_args([*searched, "--resume", last]))
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        train(parse_args([*searched, "--experiment", "gone", "--resume", "auto", "--epochs", "2"]))
+    with pytest.raises(FileNotFoundError, match=f"directions file not found: {re.escape(str(directions))}$"):
+        train(parse_args([*searched, "--experiment", "fresh"]))  # nothing resumed: nothing else to name
+    named = [*RUN, "--model", "local_vim_tiny", "--directions", last, "--output", str(out), "--resume", last]
+    assert evaluate(parse_args(named))["top1"] == trained["top1"]
 
 
 def test_directions_file_round_trip(tmp_path):
