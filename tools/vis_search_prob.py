@@ -1,10 +1,11 @@
 """Searched directions of a supernet: `python tools/vis_search_prob.py CKPT [--topk 4] [--out DIR] [--ema]`.
 
 Prints every layer's candidate probabilities and top-k list as the original does, and writes DIR/directions.yaml
-(for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder;
-a directions.yaml there with other directions is replaced only with `--overwrite`. A checkpoint saved before the end
-of its search run (an interrupted run's last.pth.tar, an early best.pth.tar) gets a note saying so. The candidates
-are the supernet's, as its training checkpoint records them (`--candidates` for a file that does not).
+(for `tools/train.py --directions`) and DIR/search_probs.png (a heat map). DIR defaults to the checkpoint's folder
+(the current one for an http(s) URL); a directions.yaml there with other directions is replaced only with
+`--overwrite`. A checkpoint saved before the end of its search run (an interrupted run's last.pth.tar, an early
+best.pth.tar) gets a note saying so. The candidates are the supernet's, as its training checkpoint records them
+(`--candidates` for a file that does not).
 """
 import argparse
 import os
@@ -26,7 +27,8 @@ def main() -> None:
     parser.add_argument("ckpt", help="training checkpoint of a *_search model (last.pth.tar, best.pth.tar, ...)")
     parser.add_argument("--topk", type=int, default=4, help="directions kept per layer (default 4)")
     parser.add_argument("--out", default=None,
-                        help="folder for directions.yaml and search_probs.png (default: the checkpoint's folder)")
+                        help="folder for directions.yaml and search_probs.png (default: the checkpoint's folder; the "
+                             "current one for a checkpoint URL)")
     parser.add_argument("--ema", "--model-ema", dest="ema", action="store_true",
                         help="use the EMA weights (ema_model); --model-ema as in tools/test.py")
     parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")

@@ -170,13 +170,19 @@ def unfinished_search(ckpt: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+def _is_url(path: str) -> bool:
+    """Whether a checkpoint is given by its http(s) URL (``load_checkpoint`` downloads it), not by a local path."""
+    return path.startswith(("http://", "https://"))
+
+
 def search_record(ckpt_path: str, ckpt: Mapping[str, Any], ema: bool, unfinished: Optional[str]) -> dict:
     """What a directions file keeps of the search its directions come from (`searched_from`): the checkpoint (absolute
-    path) and its weights, its epoch and the run's epochs, whether the search had finished (`unfinished_search`'s
-    note if not; left out when the checkpoint does not say, as the original code's do not), and the supernet run's
-    `model_kwargs` (its depth or width when they differ from the name's)."""
+    path, or its URL) and its weights, its epoch and the run's epochs, whether the search had finished
+    (`unfinished_search`'s note if not; left out when the checkpoint does not say, as the original code's do not), and
+    the supernet run's `model_kwargs` (its depth or width when they differ from the name's)."""
     config = ckpt.get("config") or {}
-    record: dict[str, Any] = {"checkpoint": os.path.abspath(ckpt_path), "weights": "ema_model" if ema else "model"}
+    where = ckpt_path if _is_url(ckpt_path) else os.path.abspath(ckpt_path)
+    record: dict[str, Any] = {"checkpoint": where, "weights": "ema_model" if ema else "model"}
     if isinstance(ckpt.get("epoch"), int):
         record["epoch"] = ckpt["epoch"]
         if isinstance(config.get("epochs"), int):
@@ -205,9 +211,10 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
             supernet: Optional[str] = None, trust: bool = False, overwrite: bool = False,
             candidates: Optional[Sequence[str]] = None) -> dict:
     """Read a supernet checkpoint, choose the top-k directions per layer, write directions.yaml and the heat map.
-    An existing directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError).
-    ``candidates`` names the supernet's candidates for a file that does not record them (see module doc); the
-    names need not be registered in this process. ``supernet`` names the supernet of a file that does not record it:
+    ``out_dir`` defaults to the checkpoint's folder (the current one for a checkpoint given by URL). An existing
+    directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError). ``candidates``
+    names the supernet's candidates for a file that does not record them (see module doc); the names need not be
+    registered in this process. ``supernet`` names the supernet of a file that does not record it:
     a registered one whose search weights are not the file's (the other family, another depth) is refused.
 
     Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
@@ -243,7 +250,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         raise CheckpointError(f"{ckpt_path}: its supernet has {len(candidates)} candidates ({', '.join(candidates)}): "
                               f"--topk must be between 1 and {len(candidates)}, got {topk}")
     chosen = chosen_directions(probs, topk, candidates)
-    out_dir = out_dir or os.path.dirname(os.path.abspath(ckpt_path))
+    out_dir = out_dir or (os.getcwd() if _is_url(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path)))
     os.makedirs(out_dir, exist_ok=True)
     name = architecture or recorded
     directions_file = os.path.join(out_dir, "directions.yaml")

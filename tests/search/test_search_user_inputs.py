@@ -93,6 +93,22 @@ def test_released_weights_carry_no_search_progress(supernet_weights, tmp_path):
         assert yaml.safe_load(f)["searched_from"] == {"checkpoint": str(tmp_path / "released.pth"), "weights": "model"}
 
 
+def test_a_checkpoint_url_is_extracted_into_the_current_folder_and_recorded(supernet_weights, tmp_path, monkeypatch):
+    """Guards against a URL taken for a local path (checkpoints load from http(s) URLs): the default --out was its
+    'folder' ./https:/example.com/runs, created and written into, and searched_from recorded the URL under the current
+    directory."""
+    url = "https://example.com/runs/last.pth.tar"
+    ckpt = {"model": supernet_weights, "ema_model": None, "epoch": 2, "step": None, "steps_per_epoch": 44,
+            "model_name": "local_vim_tiny_search", "config": {"epochs": 3}}
+    monkeypatch.setattr(extraction, "load_checkpoint", lambda path, trust=False: ckpt if path == url else {})
+    monkeypatch.chdir(tmp_path)
+    result = extract(url)
+    assert result["directions_file"] == str(tmp_path / "directions.yaml")
+    assert sorted(os.listdir(tmp_path)) == ["directions.yaml", "search_probs.png"]
+    with open(tmp_path / "directions.yaml") as f:
+        assert yaml.safe_load(f)["searched_from"]["checkpoint"] == url
+
+
 def test_a_run_folder_is_refused_naming_the_checkpoint_to_give(tmp_path, monkeypatch, capsys):
     (tmp_path / "last.pth.tar").write_bytes(b"")
     status, _, err = vis(monkeypatch, capsys, str(tmp_path))
