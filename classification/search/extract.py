@@ -6,12 +6,13 @@ literal per layer (the top-k candidates in canonical order) followed by a comma.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import textwrap
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 
 import timm
 import torch
@@ -140,6 +141,16 @@ def _wrap_title_to_figure(fig: Figure, ax: Axes) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _writing(path: str, advice: str) -> Iterator[None]:
+    """A write of ``path`` that fails raises its OSError naming ``path`` (not the temporary file the write goes
+    through, which never exists for the reader), followed by ``advice``."""
+    try:
+        yield
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot write {path}: {err.strerror or err}{advice}") from err
+
+
 def _check_replaceable(directions_file: str, chosen: list[list[str]], overwrite: bool) -> None:
     """Refuse to replace a directions file that holds other directions (a searched model may have been trained
     with it), unless ``overwrite``."""
@@ -250,19 +261,23 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         raise CheckpointError(f"{ckpt_path}: its supernet has {len(candidates)} candidates ({', '.join(candidates)}): "
                               f"--topk must be between 1 and {len(candidates)}, got {topk}")
     chosen = chosen_directions(probs, topk, candidates)
+    given_out = bool(out_dir)
     out_dir = out_dir or (os.getcwd() if _is_url(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path)))
     os.makedirs(out_dir, exist_ok=True)
     name = architecture or recorded
     directions_file = os.path.join(out_dir, "directions.yaml")
     _check_replaceable(directions_file, chosen, overwrite)
     unfinished = unfinished_search(ckpt)
-    save_directions(directions_file, chosen, supernet=name, topk=topk, check_names=False,
-                    searched_from=search_record(ckpt_path, ckpt, ema, unfinished))
+    advice = "" if given_out else "; give --out a folder you can write"
+    with _writing(directions_file, advice):
+        save_directions(directions_file, chosen, supernet=name, topk=topk, check_names=False,
+                        searched_from=search_record(ckpt_path, ckpt, ema, unfinished))
     heatmap = os.path.join(out_dir, "search_probs.png")
     title = f"{name or 'supernet'}: top-{topk} per layer (red)"
     if unfinished:
         title += f"\nunfinished search: {unfinished}"
-    plot_heatmap(probs, chosen, heatmap, title=title, candidates=candidates)
+    with _writing(heatmap, advice):
+        plot_heatmap(probs, chosen, heatmap, title=title, candidates=candidates)
     return {"probs": probs, "candidates": candidates, "directions": chosen,
             "printout": original_printout(probs, chosen),
             "directions_file": directions_file, "heatmap": heatmap, "unfinished": unfinished}

@@ -132,6 +132,29 @@ def test_an_out_that_names_a_file_is_refused_before_anything_is_written(supernet
     assert sorted(os.listdir(tmp_path)) == ["last.pth.tar"]
 
 
+def test_a_folder_that_cannot_be_written_is_named_with_the_file_not_the_temporary_one(supernet_weights, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Guards against the name of the temporary file a write goes through in the error (`Permission denied:
+    RUN/.tmp-x1y2.yaml`, a file that never exists): the error names directions.yaml or search_probs.png, and for the
+    default --out (the checkpoint's folder, e.g. a shared read-only one) the way out."""
+    import tempfile
+
+    ckpt = save_run_checkpoint(tmp_path / "last.pth.tar", supernet_weights, 2)
+    denied = os.path.join(tmp_path, ".tmp-x1y2.yaml")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", denied)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "mkstemp", read_only)
+        status, _, err = vis(monkeypatch, capsys, ckpt)
+    assert status == 2 and err.strip() == (f"error: cannot write {tmp_path}/directions.yaml: Permission denied; give "
+                                           f"--out a folder you can write")
+    (tmp_path / "out" / "search_probs.png").mkdir(parents=True)   # a folder where the heat map goes
+    status, _, err = vis(monkeypatch, capsys, ckpt, "--out", str(tmp_path / "out"))
+    assert status == 2 and err.strip() == f"error: cannot write {tmp_path}/out/search_probs.png: Is a directory"
+
+
 def test_heat_map_numbers_tell_chosen_cells_from_dropped_ones(supernet_weights, tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
