@@ -129,8 +129,11 @@ def plot_heatmap(probs: list[torch.Tensor], chosen: list[list[str]], path: str, 
 def _wrap_title_to_figure(fig: Figure, ax: Axes) -> bool:
     """Wrap the lines of ``ax``'s title where they would run past the figure's edges (the figure of a supernet of
     few candidates is narrower than an unfinished search's note); True when it did."""
+    renderer = getattr(fig.canvas, "get_renderer", None)  # Agg's (pyplot() sets it); other canvases: left as is
+    if renderer is None:
+        return False
     title = ax.title
-    box = title.get_window_extent(fig.canvas.get_renderer())
+    box = title.get_window_extent(renderer())
     centre = (box.x0 + box.x1) / 2
     room = 0.9 * 2 * min(centre, fig.bbox.width - centre)  # the title is centred over the axes
     if box.width <= room:
