@@ -98,7 +98,11 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     merged: dict[str, Any] = {}
     merged_texts: dict[str, Any] = {}
     for base in bases:
-        values, base_texts = _read_yaml(os.path.join(os.path.dirname(path), base), chain)
+        base_path = os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"{path}: its _base_ {base} is not there ({base_path}): a _base_ path is read relative "
+                              f"to the file that names it")
+        values, base_texts = _read_yaml(base_path, chain)
         merged = _merge_values(merged, values, path)
         merged_texts.update(base_texts)
     merged_texts.update(texts)

@@ -4,6 +4,7 @@ supernet's candidates, through a training run configured as search.yaml is; bad 
 import csv
 import logging
 import os
+import re
 import runpy
 import sys
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 from classification.common.checkpoint_io import CheckpointError
-from classification.engine.config import parse_args
+from classification.engine.config import ConfigError, parse_args
 from classification.engine.trainer import train
 from classification.models import register_direction, unregister_direction
 from classification.models.directions import CANDIDATES, load_directions
@@ -220,6 +221,26 @@ def test_a_search_run_configured_like_search_yaml_trains_extracts_and_trains_the
                       '--experiment', 'searched']))
     searched = torch.load(tmp_path / 'searched' / 'last.pth.tar', map_location='cpu', weights_only=True)
     assert searched['directions'] == [top2(w, THREE) for w in weights]
+
+
+def test_a_config_of_ones_own_on_search_yaml_takes_candidates_and_a_copy_elsewhere_names_its_base(tmp_path):
+    """README's way to give the candidates on ImageNet: a config of one's own whose _base_ is search.yaml gets its
+    recipe and the candidates. A copy of search.yaml in another folder is refused naming its `_base_: config.yaml`,
+    which is read relative to the copy; the error named only `<folder>/config.yaml`, a file never given."""
+    search_yaml = os.path.join(REPO, 'configs', 'strategies', 'local_mamba', 'search.yaml')
+    own = tmp_path / 'my_search.yaml'
+    own.write_text(f'_base_: {search_yaml}\nmodel_kwargs: {{candidates: [h, h_flip, v, v_flip, snake]}}\n')
+    cfg = parse_args(['-c', str(own)])
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.warmup_epochs) == ('local_vim_tiny_search', 100, 128, 20)
+    assert cfg.model_kwargs == {'candidates': ['h', 'h_flip', 'v', 'v_flip', 'snake']}
+    copy = tmp_path / 'copies' / 'search.yaml'
+    copy.parent.mkdir()
+    with open(search_yaml) as f:
+        copy.write_text(f.read())
+    with pytest.raises(ConfigError, match=re.escape(
+            f'{copy}: its _base_ config.yaml is not there ({copy.parent}/config.yaml): a _base_ path is read '
+            f'relative to the file that names it')):
+        parse_args(['-c', str(copy)])
 
 
 def test_extract_refuses_a_single_candidate(tmp_path):
