@@ -33,7 +33,8 @@ def main() -> None:
     n, note = convert_checkpoint(args.src, args.dst, args.key, trust=args.trust_checkpoint, overwrite=args.overwrite)
     if note:
         print(f"note: {note}")
-    print(f"wrote {n} tensors from {args.src}[{args.key!r}] to {args.dst}")
+    weights = "EMA weights" if args.key == "ema_model" else "model weights"    # wherever the file keeps them
+    print(f"wrote the {weights} of {args.src} ({n} tensor{'s' * (n != 1)}) to {args.dst}")
 
 
 if __name__ == "__main__":

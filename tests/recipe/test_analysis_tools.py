@@ -117,7 +117,7 @@ def test_convert_ckpt_names_a_released_file_and_the_keys_it_takes(tmp_path, monk
     src, out = tmp_path / "best.pth.tar", tmp_path / "released.ckpt"
     torch.save({"model": {"head.weight": torch.ones(2, 2)}, "ema_model": None, "epoch": 0}, src)
     assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(out)) == (
-        0, f"wrote 1 tensors from {src}['model'] to {out}\n", "")
+        0, f"wrote the model weights of {src} (1 tensor) to {out}\n", "")
     status, _, err = run_tool(monkeypatch, capsys, "convert_ckpt.py", str(out), str(tmp_path / "again.ckpt"))
     assert status == 2 and err == (f"error: {out} is in the released form already ({{'state_dict': weights}}): it "
                                    f"loads as it is (tools/test.py --resume, --finetune, timm's "
@@ -129,6 +129,16 @@ def test_convert_ckpt_names_a_released_file_and_the_keys_it_takes(tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["best.pth.tar", "released.ckpt"]
 
 
+def test_convert_ckpt_says_which_weights_it_wrote_wherever_the_file_keeps_them(tmp_path, monkeypatch, capsys):
+    """timm's train.py keeps the EMA under 'state_dict_ema': the line said the weights came from the file's
+    'ema_model', a key it does not have."""
+    src, out = tmp_path / "model_best.pth.tar", tmp_path / "ema.ckpt"
+    ema = {"head.weight": torch.zeros(2, 2), "head.bias": torch.zeros(2)}
+    torch.save({"state_dict": {"head.weight": torch.ones(2, 2)}, "state_dict_ema": ema}, src)
+    assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(out), "ema_model") == (
+        0, f"wrote the EMA weights of {src} (2 tensors) to {out}\n", "")
+
+
 def test_convert_ckpt_notes_a_checkpoint_saved_in_the_middle_of_an_epoch(tmp_path, monkeypatch, capsys):
     """A stopped run's last.pth.tar holds the weights of a part of an epoch: converted without a word, they could pass
     for an epoch's (vis_search_prob.py notes the same)."""
@@ -136,7 +146,7 @@ def test_convert_ckpt_notes_a_checkpoint_saved_in_the_middle_of_an_epoch(tmp_pat
     torch.save({"model": {"head.weight": torch.ones(2, 2)}, "epoch": 3, "step": 8, "steps_per_epoch": 44}, src)
     assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(out)) == (
         0, f"note: {src} was saved in the middle of epoch 3, after its step 8 of 44: the weights are of a part of that "
-           f"epoch\nwrote 1 tensors from {src}['model'] to {out}\n", "")
+           f"epoch\nwrote the model weights of {src} (1 tensor) to {out}\n", "")
 
 
 def test_debug_shows_the_error_itself_in_plot_log(tmp_path, monkeypatch, capsys):
