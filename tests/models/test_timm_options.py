@@ -1,6 +1,6 @@
 """timm options and calls a researcher makes beyond a plain forward: dynamic_img_size / dynamic_img_pad, the smallest
 image each family takes, torch.jit.script (refused with its reason), forward_intermediates(stop_early=True), and
-create_model's device / dtype."""
+create_model's device / dtype (a meta model's forward and backward)."""
 import copy
 import re
 
@@ -114,6 +114,20 @@ def test_local_vmamba_stop_early_returns_the_last_stage_run_as_a_pruned_model_do
     assert features.shape == (2, 4, 4, 32)
     torch.testing.assert_close(features, stage, rtol=0, atol=0)
     torch.testing.assert_close(features, pruned_features, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_a_model_on_the_meta_device_runs_forward_and_backward_in_shapes(name):
+    """Shapes without memory (planning a run's size, counting FLOPs on meta tensors): the kernels' checks read
+    autocast's state for the meta device, which torch does not know ('unknown device type for autocast'), and the
+    values of the index tables, which a meta tensor does not have."""
+    meta = _model(name, device='meta', num_classes=5).train()
+    images = torch.randn(3, 3, 64, 48, device='meta', requires_grad=True)
+    logits = meta(images)
+    assert (logits.device.type, logits.shape) == ('meta', (3, 5))
+    logits.sum().backward()
+    assert images.grad.shape == images.shape
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in meta.parameters())
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
