@@ -67,9 +67,10 @@ def _conv_official(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 def _update_official(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                      activation: Optional[str]) -> torch.Tensor:
-    """cuda backend of the update: the official function, with bias cast to weight's dtype as its kernel requires."""
+    """cuda backend of the update: the official function, with bias cast to weight's dtype and contiguous as its
+    kernel requires (its Python function passes bias on as given)."""
     official = backends.optional_module(OFFICIAL_MODULE)
-    bias = None if bias is None else bias.to(weight.dtype)
+    bias = None if bias is None else bias.to(weight.dtype).contiguous()
     return official.causal_conv1d_update(x, conv_state, weight.contiguous(), bias, activation=activation)
 
 

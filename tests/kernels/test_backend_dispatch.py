@@ -449,3 +449,31 @@ def test_a_backend_forced_in_python_is_named_as_such(force_backend):
         pass
     with pytest.raises(backends.BackendUnavailableError, match=r"^LOCALMAMBA_BACKEND=triton cannot run op"):
         selective_scan_fn(u, delta, A, B, C)   # the restored choice keeps its source
+
+
+def test_official_wrappers_pass_a_strided_bias_contiguous(monkeypatch):
+    """The official kernels TORCH_CHECK ``delta_bias.stride(-1) == 1`` (selective scan) and ``bias.stride(-1) == 1``
+    (conv update), which their Python functions do not ensure: a strided bias already in the kernel's dtype (a
+    column of a parameter table, a slice with a step) reached them as it was and failed there, where every other
+    backend takes it."""
+    from localmamba_conv1d import causal_conv1d_interface as conv_interface
+
+    def unit_stride(name, t):
+        if t is not None and t.stride(-1) != 1 and t.size(-1) != 1:
+            raise RuntimeError(f"{name}.stride(-1) == 1 INTERNAL ASSERT FAILED")   # what the official kernel raises
+
+    def fake_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        unit_stride("delta_bias", delta_bias)
+        return u
+
+    def fake_update(x, conv_state, weight, bias=None, activation=None):
+        unit_stride("bias", bias)
+        return x
+
+    install_fake(monkeypatch, "mamba_ssm.ops.selective_scan_interface", selective_scan_fn=fake_scan)
+    install_fake(monkeypatch, "causal_conv1d.causal_conv1d_interface", causal_conv1d_update=fake_update)
+    u, delta, A, B, C = scan_inputs()
+    table = torch.randn(4, 2)                      # fp32, as the kernel wants it: not cast, so not copied either
+    selective_scan_interface._scan_official(u, delta, A, B, C, None, None, table[:, 0], True, False)
+    x, weight = torch.randn(2, 3), torch.randn(3, 4)
+    conv_interface._update_official(x, torch.zeros(2, 3, 4), weight, torch.randn(3, 2)[:, 1], "silu")

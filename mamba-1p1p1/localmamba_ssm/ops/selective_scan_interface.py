@@ -24,7 +24,8 @@ ScanResult = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _scan_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    """cuda backend: the official kernel; casts to the dtypes it requires (inputs in u's dtype, params fp32)."""
+    """cuda backend: the official kernel; casts to the dtypes it requires (inputs in u's dtype, params fp32), and
+    makes delta_bias contiguous (the kernel TORCH_CHECKs its unit stride, which the official function leaves)."""
     official = backends.optional_module(OFFICIAL_MODULE)
     dtype = u.dtype
     delta = delta.to(dtype)
@@ -32,7 +33,7 @@ def _scan_official(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_l
     B = B.to(dtype) if B.dim() >= 3 else B.float()
     C = C.to(dtype) if C.dim() >= 3 else C.float()
     D = None if D is None else D.float()
-    delta_bias = None if delta_bias is None else delta_bias.float()
+    delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
     return official.selective_scan_fn(u, delta, A.float(), B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
