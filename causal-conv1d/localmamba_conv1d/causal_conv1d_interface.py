@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from localmamba_kernel_runtime import backends
-from localmamba_kernel_runtime.validation import shape_str
+from localmamba_kernel_runtime.validation import check_tensor_types, shape_str
 
 from .cpu_conv1d import causal_conv1d_cpu
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref, check_activation
@@ -25,6 +25,7 @@ _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _check_args(op: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 activation: Optional[str]) -> torch.Tensor:
     """Validate the arguments of ``op`` (errors start with its name); return weight as (D, W)."""
+    check_tensor_types(op, dict(x=x, weight=weight), dict(bias=bias))
     check_activation(op, activation)
     if x.dim() != 3:
         raise ValueError(f"{op}: x must have shape (batch, dim, seqlen), got {shape_str(x)}")
@@ -143,6 +144,7 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                          bias: Optional[torch.Tensor] = None, activation: Optional[str] = None) -> torch.Tensor:
     """One decoding step: x (B, D), conv_state (B, D, W) updated in place, weight (D, W), bias (D,) -> (B, D)."""
+    check_tensor_types(OP_UPDATE, dict(x=x, conv_state=conv_state, weight=weight), dict(bias=bias))
     if x.dim() != 2:
         raise ValueError(f"{OP_UPDATE}: x must have shape (batch, dim), got {shape_str(x)}")
     weight = _check_args(OP_UPDATE, x.unsqueeze(-1), weight, bias, activation)

@@ -294,3 +294,57 @@ def test_index_table_value_above_the_padding_marker_is_refused():
     check_index_table(torch.tensor([[0, 1, 2, 3]]), 3)
     with pytest.raises(ValueError, match=r"index values must lie in \[0, 3\]"):
         check_index_table(torch.tensor([[0, 1, 2, 4]]), 3)
+
+
+def inner_inputs(batch=2, dim=4, seqlen=5, dstate=3, rank=2, width=3):
+    """xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A of mamba_inner_fn_no_out_proj."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, 2 * dim, seqlen, generator=g), torch.randn(dim, 1, width, generator=g),
+            torch.randn(dim, generator=g), torch.randn(rank + 2 * dstate, dim, generator=g),
+            torch.randn(dim, rank, generator=g), -torch.rand(dim, dstate, generator=g) - 0.5)
+
+
+def _scan_call(name, value):
+    args = dict(zip(("u", "delta", "A", "B", "C"), scan_inputs()))
+    args[name] = value
+    return lambda: selective_scan_fn(**args)
+
+
+def _conv_call(name, value):
+    u = scan_inputs()[0]
+    args = dict(x=u, weight=torch.randn(3, 4), bias=torch.randn(3))
+    args[name] = value
+    return lambda: causal_conv1d_fn(**args)
+
+
+def _update_call(name, value):
+    args = dict(x=torch.randn(2, 3), conv_state=torch.zeros(2, 3, 4), weight=torch.randn(3, 4), bias=None)
+    args[name] = value
+    return lambda: causal_conv1d_update(**args)
+
+
+def _inner_call(name, value):
+    args = dict(zip(("xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A"),
+                    inner_inputs()))
+    args[name] = value
+    return lambda: mamba_inner_fn_no_out_proj(**args)
+
+
+@pytest.mark.parametrize("call, op, name, value, expected", [
+    (_scan_call, "selective_scan", "B", None, "a torch.Tensor, got None"),
+    (_scan_call, "selective_scan", "u", [[0.0]], "a torch.Tensor, got list"),
+    (_scan_call, "selective_scan", "D", 1.0, "a torch.Tensor or None, got float"),
+    (_scan_call, "selective_scan", "z", 0, "a torch.Tensor or None, got int"),
+    (_scan_call, "selective_scan", "delta_bias", "0", "a torch.Tensor or None, got str"),
+    (_conv_call, "causal_conv1d_fn", "weight", None, "a torch.Tensor, got None"),
+    (_conv_call, "causal_conv1d_fn", "bias", 0.5, "a torch.Tensor or None, got float"),
+    (_update_call, "causal_conv1d_update", "conv_state", None, "a torch.Tensor, got None"),
+    (_update_call, "causal_conv1d_update", "x", [1.0, 2.0], "a torch.Tensor, got list"),
+    (_inner_call, "mamba_inner", "A", None, "a torch.Tensor, got None"),
+    (_inner_call, "mamba_inner", "conv1d_bias", 1.0, "a torch.Tensor or None, got float"),
+])
+def test_an_argument_that_is_no_tensor_is_a_type_error_naming_it(cpu_backend, call, op, name, value, expected):
+    """None for a required tensor, a Python number for D or a bias: an AttributeError from deep inside ('NoneType'
+    object has no attribute 'shape'), which named neither the op nor the argument; now one TypeError that does."""
+    with pytest.raises(TypeError, match=rf"^{op}: {name} must be {expected}$"):
+        call(name, value)()

@@ -7,7 +7,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from localmamba_kernel_runtime.validation import shape_str
+from localmamba_kernel_runtime.validation import check_tensor_types, shape_str
 
 
 def _check_bc(name: str, M: torch.Tensor, batch: int, dim: int, dstate: int, seqlen: int) -> None:
@@ -29,8 +29,11 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape or a
     ``delta_softplus`` / ``return_last_state`` that is not a bool.
 
-    Shapes are skipped while ``torch.jit`` traces (ONNX export), where they are traced values.
+    Shapes are skipped while ``torch.jit`` traces (ONNX export), where they are traced values. An argument that is
+    not a tensor (None where one is required) is a TypeError.
     """
+    check_tensor_types("selective_scan", dict(u=u, delta=delta, A=A, B=B, C=C),
+                       dict(D=D, z=z, delta_bias=delta_bias))
     if A.is_complex():
         raise NotImplementedError("selective_scan: complex A is not supported (A must be real, of shape (Dm, N))")
     for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
@@ -71,7 +74,12 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                      C_proj_bias: Optional[torch.Tensor] = None, out_proj_weight: Optional[torch.Tensor] = None,
                      out_proj_bias: Optional[torch.Tensor] = None) -> None:
     """Validate the projection and conv weights of the Mamba inner functions by name: shapes, devices, and outside
-    autocast their dtypes against ``xz``'s (the scan checks the rest)."""
+    autocast their dtypes against ``xz``'s (the scan checks the rest). An argument that is not a tensor (None where
+    one is required) is a TypeError."""
+    check_tensor_types("mamba_inner", dict(xz=xz, conv1d_weight=conv1d_weight, x_proj_weight=x_proj_weight,
+                                           delta_proj_weight=delta_proj_weight, A=A),
+                       dict(conv1d_bias=conv1d_bias, B=B, C=C, B_proj_bias=B_proj_bias, C_proj_bias=C_proj_bias,
+                            out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias))
     if torch.jit.is_tracing():
         return
     if xz.dim() != 3 or xz.shape[1] % 2:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from localmamba_conv1d.causal_conv1d_interface import causal_conv1d_fn
 from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime.validation import check_tensor_types
 
 from .checks import check_inner_args, check_scan_args
 from .cpu.selective_scan_cpu import selective_scan_cpu
@@ -127,6 +128,7 @@ def mamba_inner_fn(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: O
                    delta_bias: Optional[torch.Tensor] = None, B_proj_bias: Optional[torch.Tensor] = None,
                    C_proj_bias: Optional[torch.Tensor] = None, delta_softplus: bool = True) -> torch.Tensor:
     """mamba_ssm's ``mamba_inner_fn``: :func:`mamba_inner_fn_no_out_proj` followed by out_proj -> (Bt, L, C)."""
+    check_tensor_types("mamba_inner", dict(out_proj_weight=out_proj_weight))
     check_inner_args(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias,
                      C_proj_bias, out_proj_weight, out_proj_bias)
     y = _inner_scan(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D, delta_bias,
