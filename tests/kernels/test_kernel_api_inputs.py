@@ -348,3 +348,20 @@ def test_an_argument_that_is_no_tensor_is_a_type_error_naming_it(cpu_backend, ca
     object has no attribute 'shape'), which named neither the op nor the argument; now one TypeError that does."""
     with pytest.raises(TypeError, match=rf"^{op}: {name} must be {expected}$"):
         call(name, value)()
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("xz", inner_inputs()[0].long(), r"xz must be a floating-point tensor, got torch.int64"),
+    ("conv1d_weight", torch.zeros(4, 1, 0), r"conv1d_weight must have shape \(E, W\) or \(E, 1, W\) with E=4 and "
+                                            r"W >= 1, got \(4, 1, 0\)"),
+])
+def test_mamba_inner_names_itself_and_its_own_argument(cpu_backend, name, value, message):
+    """Integer tokens, and a conv of width 0, were refused by the conv inside as 'causal_conv1d_fn: x ...' /
+    'causal_conv1d_fn: weight ... got (4, 0)': an op and an argument the caller never called or passed."""
+    args = dict(zip(("xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A"),
+                    inner_inputs()))
+    if name == "xz":   # every weight in its dtype, so that the dtype check does not answer first
+        args = {k: (v.long() if k != "A" else v) for k, v in args.items()}
+    args[name] = value
+    with pytest.raises(ValueError, match=rf"^mamba_inner: {message}$"):
+        mamba_inner_fn_no_out_proj(**args)

@@ -84,10 +84,12 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
         return
     if xz.dim() != 3 or xz.shape[1] % 2:
         raise ValueError(f"mamba_inner: xz must have shape (Bt, 2E, L), got {shape_str(xz)}")
+    if not xz.is_floating_point():
+        raise ValueError(f"mamba_inner: xz must be a floating-point tensor, got {xz.dtype}")
     dim = xz.shape[1] // 2
     if not (conv1d_weight.dim() == 2 or (conv1d_weight.dim() == 3 and conv1d_weight.shape[1] == 1)) \
-            or conv1d_weight.shape[0] != dim:
-        raise ValueError(f"mamba_inner: conv1d_weight must have shape (E, W) or (E, 1, W) with E={dim}, "
+            or conv1d_weight.shape[0] != dim or conv1d_weight.shape[-1] < 1:
+        raise ValueError(f"mamba_inner: conv1d_weight must have shape (E, W) or (E, 1, W) with E={dim} and W >= 1, "
                          f"got {shape_str(conv1d_weight)}")
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"mamba_inner: A must have shape (E, N) with E={dim}, got {shape_str(A)}")
