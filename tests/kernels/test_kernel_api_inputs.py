@@ -2,6 +2,7 @@
 tables that miss tokens, and mixed dtypes on the Triton scan. Each op either computes what its reference computes or
 raises one ValueError that names the argument.
 """
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -365,3 +366,17 @@ def test_mamba_inner_names_itself_and_its_own_argument(cpu_backend, name, value,
     args[name] = value
     with pytest.raises(ValueError, match=rf"^mamba_inner: {message}$"):
         mamba_inner_fn_no_out_proj(**args)
+
+
+@pytest.mark.parametrize("module, names", [
+    ("localmamba_ssm.ops.selective_scan_interface",
+     ("selective_scan_fn", "selective_scan_ref", "mamba_inner_fn", "mamba_inner_ref", "mamba_inner_fn_no_out_proj")),
+    ("localmamba_conv1d.causal_conv1d_interface",
+     ("causal_conv1d_fn", "causal_conv1d_ref", "causal_conv1d_update", "causal_conv1d_update_ref")),
+])
+def test_interface_modules_hold_the_official_modules_functions(module, names):
+    """Code ported by renaming the package in its imports (mamba_ssm's own tests import selective_scan_fn,
+    selective_scan_ref, mamba_inner_fn and mamba_inner_ref from mamba_ssm.ops.selective_scan_interface) finds every
+    function there: mamba_inner_ref was only at the package's top level (ImportError)."""
+    interface = importlib.import_module(module)
+    assert [name for name in names if not callable(getattr(interface, name, None))] == []

@@ -15,7 +15,7 @@ from localmamba_kernel_runtime.validation import check_tensor_types
 
 from .checks import check_inner_args, check_scan_args
 from .cpu.selective_scan_cpu import selective_scan_cpu
-from .reference import inner_projections, selective_scan_ref
+from .reference import inner_projections, mamba_inner_ref, selective_scan_ref  # noqa: F401 (as the official module)
 
 OP = "selective_scan"
 OFFICIAL_MODULE = "mamba_ssm.ops.selective_scan_interface"
