@@ -380,3 +380,13 @@ def test_interface_modules_hold_the_official_modules_functions(module, names):
     function there: mamba_inner_ref was only at the package's top level (ImportError)."""
     interface = importlib.import_module(module)
     assert [name for name in names if not callable(getattr(interface, name, None))] == []
+
+
+@pytest.mark.parametrize("norm", [layer_norm_fn, rms_norm_fn])
+def test_fused_norms_name_an_argument_that_is_no_tensor(norm):
+    """weight=None, or a Python number for the residual, raised AttributeError ('NoneType' object has no attribute
+    'shape'); now one TypeError naming the argument."""
+    with pytest.raises(TypeError, match=r"^layer_norm_fn: weight must be a torch.Tensor, got None$"):
+        norm(torch.ones(2, 4), None, None)
+    with pytest.raises(TypeError, match=r"^layer_norm_fn: residual must be a torch.Tensor or None, got float$"):
+        norm(torch.ones(2, 4), torch.ones(4), None, residual=0.0)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from localmamba_kernel_runtime import backends
 from localmamba_kernel_runtime.precision import autocast_off
+from localmamba_kernel_runtime.validation import check_tensor_types
 
 OP = "layer_norm"
 _OFFICIAL_MODULES = ("mamba_ssm.ops.triton.layer_norm", "mamba_ssm.ops.triton.layernorm")
@@ -100,6 +101,7 @@ def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     weight, bias (H,). Output in x's dtype; residual_out in residual's dtype (fp32 if residual is None and
     ``residual_in_fp32``, else x's dtype). Returns ``(out, residual_out)`` when ``prenorm``.
     """
+    check_tensor_types("layer_norm_fn", dict(x=x, weight=weight), dict(bias=bias, residual=residual))
     if x.dim() < 1:
         raise ValueError(f"layer_norm_fn: x must have at least one dimension (..., H), got shape {tuple(x.shape)}")
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
