@@ -2,7 +2,8 @@
 
 Signatures follow causal-conv1d 1.0.0 (the copy the original code ships): ``causal_conv1d_fn(x, weight, bias=None,
 activation=None)`` and ``causal_conv1d_update(x, conv_state, weight, bias=None, activation=None)``; the keywords
-``seq_idx`` (1.1) and ``initial_states`` (1.2) of newer releases are accepted only as None.
+``seq_idx`` (1.1), ``initial_states`` and ``final_states_out`` (1.2) of newer releases are accepted only as None,
+``return_final_states`` (1.2) only as False.
 """
 from __future__ import annotations
 
@@ -120,22 +121,27 @@ def _update_input_check(x: torch.Tensor, conv_state: torch.Tensor,
     return check
 
 
-def _refuse_newer_argument(name: str, value: object) -> None:
-    if value is not None:
+def _refuse_newer_argument(name: str, value: object, off: object = None) -> None:
+    """Refuse a keyword of a newer causal-conv1d release unless it has its "off" value (None, or False)."""
+    if value is not off:
         raise NotImplementedError(f"causal_conv1d_fn: {name} is not supported: this package follows the "
-                                  f"causal-conv1d 1.0.0 API, which has no {name} (pass None)")
+                                  f"causal-conv1d 1.0.0 API, which has no {name} (pass {off})")
 
 
 def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      activation: Optional[str] = None, *, seq_idx: Optional[torch.Tensor] = None,
-                     initial_states: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     initial_states: Optional[torch.Tensor] = None, return_final_states: bool = False,
+                     final_states_out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal depthwise conv1d: x (B, D, L), weight (D, W) or (D, 1, W), bias (D,) or None -> (B, D, L).
 
     ``activation`` is None, 'silu' or 'swish' (same as 'silu'). Zero history on the left; fp32 compute; output in
-    x's dtype. ``seq_idx`` and ``initial_states`` (keywords of causal-conv1d >= 1.1) must be None.
+    x's dtype. ``seq_idx`` (causal-conv1d 1.1), ``initial_states`` and ``final_states_out`` (1.2) must be None,
+    ``return_final_states`` (1.2) False.
     """
     _refuse_newer_argument("seq_idx", seq_idx)
     _refuse_newer_argument("initial_states", initial_states)
+    _refuse_newer_argument("return_final_states", return_final_states, False)
+    _refuse_newer_argument("final_states_out", final_states_out)
     weight = _check_args("causal_conv1d_fn", x, weight, bias, activation)
     backend = backends.select(OP, x.device, _input_check(x, weight))
     return _IMPLS[backend](x, weight, bias, activation)

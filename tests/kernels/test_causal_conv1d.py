@@ -146,3 +146,23 @@ def test_conv1d_update_checks_the_state_device_and_names_the_op():
         causal_conv1d_update(x, torch.zeros(BT, DM, 4), w, b)
     with pytest.raises(ValueError, match=r"^causal_conv1d_update: weight is on meta but x is on cpu$"):
         causal_conv1d_update(x[:, :, 0], torch.zeros(BT, DM, 4), w.to("meta"), b)
+
+
+def test_conv1d_takes_the_final_state_keywords_of_1_2_only_at_their_off_values():
+    """causal-conv1d 1.2 added initial_states= together with return_final_states= and final_states_out=; code
+    written for it that passes return_final_states=False (or final_states_out=None) got a TypeError (unexpected
+    keyword) where initial_states=None ran. They now compute as before at False / None; asking for the final
+    states is refused in one line, as a tensor for initial_states is."""
+    x, w, b = make()
+    expected = causal_conv1d_fn(x, w, b, "silu")
+    out = causal_conv1d_fn(x, w, b, seq_idx=None, initial_states=None, return_final_states=False,
+                           final_states_out=None, activation="silu")
+    assert torch.is_tensor(out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match=r"^causal_conv1d_fn: return_final_states is not supported: this "
+                                                  r"package follows the causal-conv1d 1.0.0 API, which has no "
+                                                  r"return_final_states \(pass False\)$"):
+        causal_conv1d_fn(x, w, b, activation="silu", return_final_states=True)
+    with pytest.raises(NotImplementedError, match=r"^causal_conv1d_fn: final_states_out is not supported: .* "
+                                                  r"\(pass None\)$"):
+        causal_conv1d_fn(x, w, b, activation="silu", final_states_out=torch.zeros(BT, DM, 3))
