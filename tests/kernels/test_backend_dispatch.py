@@ -477,3 +477,23 @@ def test_official_wrappers_pass_a_strided_bias_contiguous(monkeypatch):
     selective_scan_interface._scan_official(u, delta, A, B, C, None, None, table[:, 0], True, False)
     x, weight = torch.randn(2, 3), torch.randn(3, 4)
     conv_interface._update_official(x, torch.zeros(2, 3, 4), weight, torch.randn(3, 2)[:, 1], "silu")
+
+
+def test_official_kernels_are_passed_over_for_an_empty_input(monkeypatch):
+    """The official scan and conv kernels launch a grid of (batch, dim) blocks with no check for 0: an empty batch
+    (or no channels) is CUDA's 'invalid configuration argument' there, where the other backends return an empty
+    result. The next backend runs such a call."""
+    from localmamba_conv1d import causal_conv1d_interface as conv_interface
+
+    reason = "the official kernel cannot launch an empty grid (0 batch elements or channels)"
+    u, delta, A, B, C = scan_inputs(batch=0)
+    inputs = (u, delta, A, B, C, None, None, None)
+    assert selective_scan_interface._input_check(u, A, inputs, False)("cuda") == reason
+    assert selective_scan_interface._input_check(u, A, inputs, False)("triton") is None
+    full = scan_inputs()
+    assert selective_scan_interface._input_check(full[0], full[2], full + (None,) * 3, False)("cuda") is None
+    x, weight = torch.randn(0, 8, 5), torch.randn(8, 4)
+    assert conv_interface._input_check(x, weight)("cuda") == reason
+    assert conv_interface._input_check(torch.randn(2, 8, 5), weight)("cuda") is None
+    state = torch.zeros(0, 8, 4)
+    assert conv_interface._update_input_check(x[:, :, 0], state, weight)("cuda") == reason

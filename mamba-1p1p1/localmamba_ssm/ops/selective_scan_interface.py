@@ -56,15 +56,19 @@ backends.register_kernel_backends(OP, OFFICIAL_MODULE)
 
 
 LAST_STATE_GRADIENT = "the official kernel does not backpropagate through the last state"
+EMPTY_GRID = "the official kernel cannot launch an empty grid (0 batch elements or channels)"
 
 
 def _input_check(u: torch.Tensor, A: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]],
                  return_last_state: bool) -> Callable[[str], Optional[str]]:
     """Input constraints per backend. The official kernel ignores the last state's gradient (mamba_ssm 1.1.1 says
-    so), which the other backends propagate: it is passed over when that gradient may be asked for."""
+    so), which the other backends propagate: it is passed over when that gradient may be asked for, and for an
+    empty input, which it cannot launch."""
     def check(backend: str) -> Optional[str]:
         if backend in ("cuda", "triton") and u.dtype not in _FLOAT_TYPES:
             return f"needs fp32/fp16/bf16 inputs, got {u.dtype}"
+        if backend == "cuda" and u.numel() == 0:   # its (batch, dim) grid of 0 blocks is a CUDA launch error
+            return EMPTY_GRID
         if backend == "cuda" and A.shape[1] > 256:
             return f"the official kernel supports N <= 256, got N={A.shape[1]}"
         if backend == "cuda" and return_last_state and torch.is_grad_enabled() \
