@@ -29,7 +29,9 @@ from .checkpoint import LAST, checkpoint_folder
 from .config import ConfigError
 
 # What a training run writes; `--overwrite` deletes exactly these.
-RUN_FILE_PATTERNS = ("*.pth.tar", *RUN_CSV_FILES, "args.yaml", "log_*.txt", "eval_*.txt")
+# the args.yaml of an original code's run, kept when a run of ours resumes it (resume.keep_original_args)
+ORIGINAL_ARGS = "args_original.yaml"
+RUN_FILE_PATTERNS = ("*.pth.tar", *RUN_CSV_FILES, "args.yaml", ORIGINAL_ARGS, "log_*.txt", "eval_*.txt")
 
 
 def is_training_checkpoint(ckpt: Mapping[str, Any]) -> bool:

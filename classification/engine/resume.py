@@ -25,11 +25,8 @@ from ..common.csv_log import METRICS_CSV, epoch_scores
 from ..data import DataError
 from .checkpoint import CheckpointManager, run_config_beside
 from .config import ConfigError, config_dict
-from .experiment import is_training_checkpoint
+from .experiment import ORIGINAL_ARGS, is_training_checkpoint
 from .optim import param_groups
-
-# Where the args.yaml of an original code's run that this code continues is kept.
-ORIGINAL_ARGS = "args_original.yaml"
 
 # Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
 # they say.

@@ -39,6 +39,7 @@ def test_overwrite_starts_afresh(finished_run, tmp_path):
     shutil.copytree(finished_run, folder)      # a 2-epoch run of the same flags
     (folder / "notes.txt").write_text("mine")
     (folder / "eval_20261202_000000.txt").write_text("tools/test.py's log of the earlier run")
+    (folder / "args_original.yaml").write_text("model: local_vim_tiny\n")  # kept by a resume of an original run
     old_logs = sorted(p.name for p in folder.glob("log_*.txt"))
     run_tool("train.py", *TINY_RUN, "--epochs", "1", "--keep-num", "1", "--output", str(tmp_path),
              "--experiment", "again", "--overwrite")
@@ -49,7 +50,7 @@ def test_overwrite_starts_afresh(finished_run, tmp_path):
     assert len(list(folder.glob("log_*.txt"))) == 1 and not set(old_logs) & set(names)
     (log,) = folder.glob("log_*.txt")
     assert "WARNING --overwrite: kept ['notes.txt'], which no run writes" in log.read_text()  # it may be stale
-    assert not list(folder.glob("eval_*.txt"))
+    assert not list(folder.glob("eval_*.txt")) and not (folder / "args_original.yaml").exists()
     assert {r[0] for r in rows(folder / "lr.csv")[1:]} == {"0"}
 
 
