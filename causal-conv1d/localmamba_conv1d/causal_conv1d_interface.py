@@ -100,8 +100,8 @@ def _input_check(x: torch.Tensor, weight: torch.Tensor) -> Callable[[str], Optio
         if backend in ("cuda", "triton"):
             if x.dtype not in _FLOAT_TYPES or weight.dtype not in _FLOAT_TYPES:
                 return f"needs fp32/fp16/bf16 tensors, got x {x.dtype} and weight {weight.dtype}"
-        if backend == "cuda" and x.numel() == 0:   # its (batch, dim) grid of 0 blocks is a CUDA launch error
-            return "the official kernel cannot launch an empty grid (0 batch elements or channels)"
+        if backend == "cuda" and x.numel() == 0:
+            return backends.OFFICIAL_EMPTY_GRID
         if backend == "cuda" and not 2 <= weight.shape[-1] <= 4:
             return f"the official kernel supports widths 2 to 4, got {weight.shape[-1]}"
         return None

@@ -53,6 +53,8 @@ _TRITON: Dict[str, bool] = {}  # "installed": whether the triton package is (`_f
 # "choice" -> the requested backend, once read or forced; "source" -> what forced it, as error messages name it
 _REQUESTED: Dict[str, str] = {}
 FORCED_IN_PYTHON = "forced in Python by force_backend() or forced_backend()"
+# why the official CUDA kernels are passed over for an empty input: they launch a (batch, dim) grid, 0 blocks of it
+OFFICIAL_EMPTY_GRID = "the official kernel cannot launch an empty grid (0 batch elements or channels)"
 
 
 class BackendUnavailableError(RuntimeError):

@@ -56,7 +56,6 @@ backends.register_kernel_backends(OP, OFFICIAL_MODULE)
 
 
 LAST_STATE_GRADIENT = "the official kernel does not backpropagate through the last state"
-EMPTY_GRID = "the official kernel cannot launch an empty grid (0 batch elements or channels)"
 
 
 def _input_check(u: torch.Tensor, A: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]],
@@ -67,8 +66,8 @@ def _input_check(u: torch.Tensor, A: torch.Tensor, inputs: Sequence[Optional[tor
     def check(backend: str) -> Optional[str]:
         if backend in ("cuda", "triton") and u.dtype not in _FLOAT_TYPES:
             return f"needs fp32/fp16/bf16 inputs, got {u.dtype}"
-        if backend == "cuda" and u.numel() == 0:   # its (batch, dim) grid of 0 blocks is a CUDA launch error
-            return EMPTY_GRID
+        if backend == "cuda" and u.numel() == 0:
+            return backends.OFFICIAL_EMPTY_GRID
         if backend == "cuda" and A.shape[1] > 256:
             return f"the official kernel supports N <= 256, got N={A.shape[1]}"
         if backend == "cuda" and return_last_state and torch.is_grad_enabled() \
