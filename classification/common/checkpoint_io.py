@@ -187,6 +187,12 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = 'module.'
     return out
 
 
+def is_weights_alone(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint is a flat dict of tensors (``torch.save(model.state_dict())``, a safetensors file); an
+    empty one counts."""
+    return all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+
+
 def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
                     source: str = 'checkpoint') -> dict[str, torch.Tensor]:
     """The weights inside a checkpoint, ``module.`` prefixes stripped.
@@ -199,7 +205,7 @@ def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
     for candidate in keys:
         if isinstance(checkpoint.get(candidate), Mapping):
             return strip_prefix(checkpoint[candidate])
-    if key is None and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):  # empty: no weights at all
+    if key is None and is_weights_alone(checkpoint):  # empty: no weights at all
         return strip_prefix(checkpoint)
     if key == 'ema_model' and key in checkpoint and checkpoint[key] is None:
         raise CheckpointError(f"{source}: holds no EMA weights (its run was trained without --model-ema)")

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..common.checkpoint_io import (EMA_KEYS, CheckpointError, atomic_copy, atomic_save, load_checkpoint,
-                                    state_dict_from)
+from ..common.checkpoint_io import (EMA_KEYS, CheckpointError, atomic_copy, atomic_save, is_weights_alone,
+                                    load_checkpoint, state_dict_from)
 from ..models.directions import (CANDIDATES, checkpoint_candidates, directions_difference, load_directions,
                                  scan_directions)
 
@@ -327,7 +327,7 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     if "state_dict" in ckpt and not any(name in ckpt for name in (EMA_KEYS if key == "ema_model" else (key,))):
         raise CheckpointError(f"{src} is in the released form already ({{'state_dict': weights}}): it loads as it is "
                               f"(tools/test.py --resume, --finetune, timm's pretrained_cfg_overlay)")
-    weights_alone = key == "model" and bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+    weights_alone = key == "model" and bool(ckpt) and is_weights_alone(ckpt)
     weights = state_dict_from(ckpt, None if weights_alone else key, source=src)
     tensors = sum(isinstance(v, torch.Tensor) for v in weights.values())
     if tensors == 0:
