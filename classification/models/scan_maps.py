@@ -172,14 +172,16 @@ def _cached_table(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]
     """Cache an index-table builder per arguments, the ``maxsize`` most recently used tables (a detector trained at
     many input sizes would otherwise keep the tables of every size it met); tables are built outside inference mode,
     so that one first made under ``torch.inference_mode`` (evaluation) can later serve a training step, outside any
-    fake-tensor mode (a compiled graph's shape function may ask for a registered table's length) and unrecorded by
-    ``torch.jit.trace``. The cached function's ``cache_info`` and ``cache_clear`` are the wrapper's."""
+    fake-tensor mode (a compiled graph's shape function may ask for a registered table's length), outside torch.func
+    transforms (a table first made under ``grad`` / ``vmap`` was cached wrapped, and a later ``torch.jit.trace`` could
+    not take it) and unrecorded by ``torch.jit.trace``. The cached function's ``cache_info`` and ``cache_clear`` are
+    the wrapper's."""
     def decorate(build: Callable[..., T]) -> Callable[..., T]:
         cached = functools.lru_cache(maxsize=maxsize)(build)
 
         @functools.wraps(build)
         def wrapper(*args):
-            with torch.inference_mode(False), unset_fake_temporarily(), _not_traced():
+            with torch.inference_mode(False), unset_fake_temporarily(), _not_traced(), torch._C._DisableFuncTorch():
                 return cached(*args)
 
         wrapper.cache_info = cached.cache_info
