@@ -95,6 +95,27 @@ def test_tables_first_built_in_inference_mode_serve_training():
     assert not index.is_inference()
 
 
+@pytest.mark.parametrize('transform', ['grad', 'vmap'])
+def test_tables_first_built_under_a_torch_func_transform_serve_a_later_trace(transform):
+    """A table first built inside ``torch.func.grad`` / ``vmap`` was cached as the transform's wrapped tensor, and a
+    later ``torch.jit.trace`` (fvcore's FLOP count) failed with 'Unsupported value kind: Tensor'."""
+    grid = (7, 2) if transform == 'grad' else (2, 7)   # grids no other test uses: the tables are first built here
+    names = ('w2', 'v_flip')
+
+    def gather_sum(x):
+        return torch.nn.functional.pad(x, (0, 1))[..., sequence_index(names, grid)].sum()
+
+    x = torch.randn(grid[0] * grid[1])
+    if transform == 'grad':
+        assert torch.equal(torch.func.grad(gather_sum)(x), torch.full_like(x, 2.0))
+    else:
+        assert torch.allclose(torch.func.vmap(gather_sum)(x[None]), 2 * x.sum()[None])
+    index = sequence_index(names, grid)
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(index)
+    traced = torch.jit.trace(gather_sum, (x,))
+    assert torch.allclose(traced(2 * x), 4 * x.sum())
+
+
 def test_the_table_caches_keep_the_most_recent_tables_only():
     """A detector trained at many input sizes meets a new grid at every size: the caches keep a bounded number of
     tables (they kept every table ever built), the most recent ones."""
