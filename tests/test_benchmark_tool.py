@@ -119,6 +119,18 @@ def test_images_per_second_of_each_model_and_its_mode():
     assert all(m.training for m in models.values())
 
 
+def test_images_per_second_gives_each_model_images_of_its_own_channels():
+    """A model of one input channel beside an RGB one: each is timed on images it takes (all had 3 channels)."""
+    gray = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 8), torch.nn.Flatten(), torch.nn.Linear(4, 1000))
+    rgb = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8), torch.nn.Flatten(), torch.nn.Linear(4, 1000))
+    seen = {}
+    for name, model in (('gray', gray), ('rgb', rgb)):
+        model.register_forward_pre_hook(lambda module, args, name=name: seen.update({name: tuple(args[0].shape)}))
+    ips = images_per_second({'gray': gray, 'rgb': rgb}, batch=2, img_size=8, repeats=1, warmup=0)
+    assert set(ips) == {'gray', 'rgb'}
+    assert seen == {'gray': (2, 1, 8, 8), 'rgb': (2, 3, 8, 8)}
+
+
 def test_table_layout():
     assert render_table([['name', 'ms'], ['scan', '1.5'], ['reference', '10.25']]).splitlines() == [
         'name          ms', '---------  -----', 'scan         1.5', 'reference  10.25']

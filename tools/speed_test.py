@@ -4,14 +4,14 @@
     python tools/speed_test.py --model local_vssm_tiny -b 8 --device cpu --iters 20 --warmup-iters 3
 
 FLOPs as the original's `get_flops`: the model's own `flops()` (LocalVim's analytic count, LocalVMamba's fvcore count),
-else fvcore's count with the scan handle. Inference in eval mode on random images (batch, 3, S, S), S the `--img-size`
-(default 224), after `--warmup-iters` untimed forwards (default 100, as the original), timed over `--iters` forwards
-(default 1000); the throughput is batch / median seconds per forward (the original divides by the mean). Progress and an
-ETA are logged after the first forward and every tenth of them. `-c` reads `model`, `model_kwargs`, `directions`,
-`num_classes`, `batch_size`, `img_size` and `threads` from a YAML config (a run's `args.yaml` times that run's model as
-it ran), checked as tools/train.py checks it: config `model_kwargs` the model does not take are dropped with a warning,
-as training drops them; the command line wins (`--model-kwargs` updates the config's, and is refused where the model
-does not take a key).
+else fvcore's count with the scan handle. Inference in eval mode on random images (batch, C, S, S), C the model's input
+channels, S the `--img-size` (default 224), after `--warmup-iters` untimed forwards (default 100, as the original),
+timed over `--iters` forwards (default 1000); the throughput is batch / median seconds per forward (the original divides
+by the mean). Progress and an ETA are logged after the first forward and every tenth of them. `-c` reads `model`,
+`model_kwargs`, `directions`, `num_classes`, `batch_size`, `img_size` and `threads` from a YAML config (a run's
+`args.yaml` times that run's model as it ran), checked as tools/train.py checks it: config `model_kwargs` the model does
+not take are dropped with a warning, as training drops them; the command line wins (`--model-kwargs` updates the
+config's, and is refused where the model does not take a key).
 """
 import argparse
 import logging
@@ -41,6 +41,7 @@ def main() -> None:
     from classification.engine.config import read_config
     from classification.engine.flags import KeyValueAction
     from classification.engine.model_builder import config_kwargs_taken, resolve_model_name
+    from classification.models.factory import input_channels
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default=None,
@@ -106,7 +107,7 @@ def main() -> None:
     logger.info("Start measuring speed.")
     speed = images_per_second({name: model}, batch, img_size, repeats=args.iters, warmup=args.warmup_iters,
                               compile_mode=args.compile, progress=progress_reporter(logger.info))[name]
-    shape = (3, img_size, img_size)
+    shape = (input_channels(model), img_size, img_size)
     logger.info(f"Done, n_iters: {args.iters}, batch size: {batch}, image shape: {shape}, device: {device}")
     logger.info(f"total samples: {batch * args.iters}, throughput: {speed:.3f} samples/second.")
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..engine.model_builder import resolve_model_name
+from ..models.factory import input_channels
 from ..models.flop_count import flop_analysis
 from ..models.local_vim import VisionMamba
 from ..models.local_vmamba import VSSM
@@ -29,18 +30,20 @@ def count_params(model: nn.Module) -> int:
 
 
 def fvcore_flops(model: nn.Module, img_size: int = 224) -> Tuple[int, Dict[str, int]]:
-    """fvcore's total with the scan handle, and the ops it could not count (name -> calls)."""
-    analysis = flop_analysis(model, (3, img_size, img_size))
+    """fvcore's total with the scan handle, and the ops it could not count (name -> calls), for one ``img_size``
+    square image of the model's channels."""
+    analysis = flop_analysis(model, (input_channels(model), img_size, img_size))
     return int(analysis.total()), dict(analysis.unsupported_ops())
 
 
 def original_flops(model: nn.Module, img_size: int = 224, fvcore_total: Optional[int] = None) -> Optional[int]:
     """The original code's figure: LocalVim's analytic count, LocalVMamba's fvcore count (the same as
     :func:`fvcore_flops`, reused when given); None for other models."""
+    shape = (input_channels(model), img_size, img_size)
     if isinstance(model, VisionMamba):
-        return int(model.flops((3, img_size, img_size)))
+        return int(model.flops(shape))
     if isinstance(model, VSSM):
-        return fvcore_total if fvcore_total is not None else int(model.flops((3, img_size, img_size)))
+        return fvcore_total if fvcore_total is not None else int(model.flops(shape))
     return None
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..engine.config import ConfigError
 from ..engine.model_builder import (accepted_kwargs, check_directions_file, create_model_at_size, model_build_error,
                                     not_taken_error, resolve_model_name)
+from ..models.factory import input_channels
 from .tables import render_table
 from .timing import DTYPES, median_seconds
 
@@ -76,7 +77,7 @@ def check_image_size(model: nn.Module, name: str, img_size: int, flag: str = "--
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, img_size, img_size, device=device))
+            model(torch.zeros(1, input_channels(model), img_size, img_size, device=device))
     except SETTING_ERRORS as err:  # a kernel setting these inputs cannot run, whatever their size
         raise ConfigError(str(err)) from err
     except (ValueError, RuntimeError) as err:
@@ -139,13 +140,16 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
                       dtype: str = "fp32", repeats: int = 5, warmup: int = 2,
                       compile_mode: Optional[str] = None,
                       progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
-    """Images per second of each model on the same random (batch, 3, img_size, img_size) images, timed interleaved:
+    """Images per second of each model on the same random (batch, C, img_size, img_size) images (C: the model's
+    channels, :func:`input_channels`), timed interleaved:
     inference, or a training step when ``train`` (1000-class targets; the models are left in that mode). Inference
     runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup: at least
     ``COMPILE_WARMUP`` calls, or a ValueError).
     ``progress``: as :func:`median_seconds` takes it."""
     device = next(next(iter(models.values())).parameters()).device
-    images = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    channels = {name: input_channels(model) for name, model in models.items()}
+    images = {count: torch.randn(batch, count, img_size, img_size, generator=torch.Generator().manual_seed(0))
+              .to(device) for count in set(channels.values())}
     make_step = train_step if train else inference_step
     for model in models.values():
         model.train(train)
@@ -154,7 +158,7 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
             raise ValueError(f"torch.compile compiles in the warmup calls: {warmup} would time the compilation; give "
                              f"{COMPILE_WARMUP} or more")
         models = {name: torch.compile(model, mode=compile_mode) for name, model in models.items()}
-    steps = {name: make_step(model, images, DTYPES[dtype]) for name, model in models.items()}
+    steps = {name: make_step(model, images[channels[name]], DTYPES[dtype]) for name, model in models.items()}
     return {name: batch / seconds for name, seconds in median_seconds(steps, repeats, warmup, device, progress).items()}
 
 

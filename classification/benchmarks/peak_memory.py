@@ -14,6 +14,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from ..engine.torchrun import how_it_ended
+from ..models.factory import input_channels
 from .model_speed import build_model, inference_step
 from .timing import DTYPES, synchronize
 
@@ -73,7 +74,7 @@ def cuda_peak_mib(step: Callable[[], None], device: Union[str, torch.device], ab
 
 def _forward_step(name: str, img_size: int, batch: int, dtype: str, device: Union[str, torch.device]):
     model = build_model(name, img_size, device)
-    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    images = torch.randn(batch, input_channels(model), img_size, img_size, device=device)
     step = inference_step(model, images, DTYPES[dtype])
     step()  # once before the measured call: lazily built kernels, caches and workspaces are not the forward's
     return step
@@ -95,7 +96,7 @@ def _child_command(name: str, img_size: int, batch: int, dtype: str, threads: in
 
 def forward_peak_mib(name: str, img_size: int, batch: int = 1, dtype: str = "fp32",
                      device: Union[str, torch.device] = "cpu") -> Optional[float]:
-    """MiB one inference forward of model ``name`` on (batch, 3, img_size, img_size) images needs above its weights
+    """MiB one inference forward of model ``name`` on (batch, C, img_size, img_size) images needs above its weights
     and images: on CUDA in this process, on a Linux CPU in a fresh Python process (same thread count); ``None`` where
     neither can be measured. ``PeakMemoryError`` where the fresh process fails (its last line of error, or the signal
     that killed it)."""

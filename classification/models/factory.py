@@ -81,6 +81,18 @@ def model_cfg(model_name: str, first_conv: str, classifier: str, pool_size: Opti
     }
 
 
+def input_channels(model: nn.Module) -> int:
+    """Channels of the images ``model`` takes: the input channels of its first convolution (the module its timm
+    ``pretrained_cfg['first_conv']`` names, else the first ``Conv2d``); 3 for a model without a convolution."""
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    if isinstance(first_conv, str):
+        with contextlib.suppress(AttributeError):
+            named = model.get_submodule(first_conv)
+            if isinstance(named, nn.Conv2d):
+                return named.in_channels
+    return next((module.in_channels for module in model.modules() if isinstance(module, nn.Conv2d)), 3)
+
+
 def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only: bool = False,
                            strict: bool = True) -> CheckpointFilter:
     """``checkpoint_filter_fn`` that also keeps a checkpoint's classifier when it has the model's class count.

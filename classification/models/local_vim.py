@@ -25,7 +25,7 @@ from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
 from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, check_input_size_options, model_cfg, supernet_of
+from .factory import build_local_mamba, check_input_size_options, input_channels, model_cfg, supernet_of
 from .multi_scan import ChannelAttention, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
@@ -485,13 +485,15 @@ class VisionMamba(nn.Module):
                             residual_in_fp32=self.residual_in_fp32)
         return features, intermediates
 
-    def flops(self, input_shape: tuple[int, int, int] = (3, 224, 224)) -> int:
-        """Multiply-accumulates as the original counts them (its analytic ``VisionMamba.flops``).
+    def flops(self, input_shape: Optional[tuple[int, int, int]] = None) -> int:
+        """Multiply-accumulates as the original counts them (its analytic ``VisionMamba.flops``), for one
+        ``input_shape`` (C, H, W) image (default: the model's channels at 224 x 224).
 
         Per layer: in_proj, conv, x_proj and dt_proj once (not per direction), the scan ``5*E*L*N + 2*E*L`` per
         direction, the attention's two small linears once (no L factor), out_proj and one ``L*C`` norm term; plus
         the patch embedding and the head. Gives 1.482 G for LocalVim-T and 4.771 G for LocalVim-S at 224.
         """
+        input_shape = input_shape or (input_channels(self), 224, 224)
         grid = self.token_grid(*input_shape[1:])
         patches = grid[0] * grid[1]
         tokens = patches + self.num_prefix_tokens

@@ -23,7 +23,7 @@ from torch import nn
 from ..common import state_dict_from
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
                          DirectionTable, resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, check_input_size_options, model_cfg, supernet_of
+from .factory import build_local_mamba, check_input_size_options, input_channels, model_cfg, supernet_of
 from .flop_count import count_flops
 from .multi_scan import MultiScanAttn, scan_all_directions
 from .scan_maps import sequence_index
@@ -400,10 +400,11 @@ class VSSM(nn.Module):
             self.reset_classifier(0)
         return take
 
-    def flops(self, input_shape: tuple[int, int, int] = (3, 224, 224)) -> int:
-        """FLOPs as the original's ``VSSM.flops`` counts them: fvcore (one multiply-add = one FLOP) with the scan
-        charged ``9*B*L*D*N + B*D*L`` per grouped call (L the padded length, D = K*E). Runs on the model's device."""
-        return count_flops(self, input_shape)
+    def flops(self, input_shape: Optional[tuple[int, int, int]] = None) -> int:
+        """FLOPs as the original's ``VSSM.flops`` counts them for one ``input_shape`` (C, H, W) image (default: the
+        model's channels at 224 x 224): fvcore (one multiply-add = one FLOP) with the scan charged
+        ``9*B*L*D*N + B*D*L`` per grouped call (L the padded length, D = K*E). Runs on the model's device."""
+        return count_flops(self, input_shape or (input_channels(self), 224, 224))
 
 
 def _check_global_pool(global_pool: str) -> str:

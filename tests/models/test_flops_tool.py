@@ -48,6 +48,22 @@ def _small_vim(name='local_vim_tiny', **kwargs):
                              directions=[['h', 'w3_flip'], ['v', 'w2', 'h_flip']], **kwargs)
 
 
+def test_models_of_one_input_channel_are_counted_on_one_channel_images():
+    """flops.py / speed_test.py built images of 3 channels for every model: a model of ``in_chans=1`` (grayscale
+    data, a library user's model) failed with 'expected input[1, 3, 32, 32] to have 1 channels'. Its counts now
+    differ from the RGB model's by its patch embedding alone: 2 channels x 8 x 8 pixels x 16 outputs per patch, 16
+    patches (LocalVim); 2 x 4 x 4 x 8 per patch, 64 patches (LocalVMamba)."""
+    vim = {'img_size': 32, 'patch_size': 8, 'embed_dim': 16, 'depth': 2}
+    rgb, gray = (flops.flops_row('local_vim_tiny_search', 32, model_kwargs={**vim, 'in_chans': c}) for c in (3, 1))
+    assert rgb['params'] - gray['params'] == 2 * 8 * 8 * 16
+    assert rgb['original'] - gray['original'] == rgb['fvcore'] - gray['fvcore'] == 2 * 8 * 8 * 16 * 16
+    vssm = {'dims': 8, 'depths': [1, 1, 1, 1]}
+    rgb, gray = (flops.flops_row('local_vssm_tiny_search', 32, model_kwargs={**vssm, 'in_chans': c}) for c in (3, 1))
+    assert rgb['original'] - gray['original'] == 2 * 4 * 4 * 8 * 64
+    gray_vim = timm.create_model('local_vim_tiny_search', **vim, in_chans=1)
+    assert gray_vim.flops() == gray_vim.flops((1, 224, 224)) < timm.create_model('local_vim_tiny_search', **vim).flops()
+
+
 @pytest.mark.parametrize('name', ['local_vim_tiny', 'local_vim_tiny_middle_cls_token'])
 def test_local_vim_fvcore_count_matches_a_hand_count(name):
     """Grid 4x4 (+ a middle class token): w3 pads the 16 tokens to 36, so layer 0 scans its 2 directions at 36 (37)
