@@ -17,7 +17,7 @@ from timm.models._registry import model_entrypoint
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from ..models.directions import directions_record, load_directions, validate_directions
-from ..models.factory import SUPERNET_FINAL_MODELS, supernet_directions_error
+from ..models.factory import SUPERNET_FINAL_MODELS, input_channels, supernet_directions_error
 from .checkpoint import LAST
 from .config import ConfigError
 
@@ -290,7 +290,8 @@ def build_model(cfg: Namespace) -> nn.Module:
     Keys of `model_kwargs` that came from the YAML file (not from `--model-kwargs`) and that the chosen model does not
     take are dropped with a warning, so a config written for one model family still runs with another `--model`.
     A key given on the command line that the model does not take is refused (`ConfigError`) with the ones it takes,
-    and so is an `--img-size` smaller than one patch of the model (it would fail in its first forward).
+    and so are an `--img-size` smaller than one patch of the model and a model of other than 3 input channels (either
+    would fail in its first forward).
     """
     name = resolve_model_name(cfg.model)
     kwargs = _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=True)
@@ -317,6 +318,11 @@ def build_model(cfg: Namespace) -> nn.Module:
         if not cfg.model_kwargs:
             raise
         raise model_build_error(name, cfg.model_kwargs, err, _assertion_hint(err)) from err
+    channels = input_channels(model)
+    if channels != 3:  # every dataset's images are decoded as RGB, grayscale ones included
+        raise ConfigError(f"model {cfg.model} takes {channels}-channel images, but the data pipeline gives RGB images "
+                          f"(a grayscale image with its gray in all three channels): drop in_chans from the "
+                          f"model_kwargs")
     patch_size = getattr(model, "patch_size", None)  # LocalVim's and LocalVMamba's patch embedding
     if isinstance(patch_size, int) and getattr(cfg, "img_size", None) is not None and cfg.img_size < patch_size:
         raise ConfigError(f"--img-size {cfg.img_size} is smaller than one patch of {cfg.model} ({patch_size} pixels)")

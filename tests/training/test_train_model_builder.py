@@ -175,3 +175,15 @@ def test_an_image_size_below_one_patch_is_refused_before_training(model, kwargs,
                                           r"pixels\)$"):
         build_model(parse_args(["--model", model, "--model-kwargs", *kwargs, "--img-size", str(patch - 1)]))
     assert build_model(parse_args(["--model", model, "--model-kwargs", *kwargs, "--img-size", str(patch)])) is not None
+
+
+@pytest.mark.parametrize("model, kwargs", [("local_vim_tiny_search", ["in_chans=1", "depth=2", "embed_dim=16"]),
+                                           ("local_vssm_tiny_search", ["in_chans=4", "dims=8"]),
+                                           ("resnet10t", ["in_chans=1"])])
+def test_a_model_of_other_than_three_input_channels_is_refused_before_training(model, kwargs):
+    """The data pipeline decodes every image as RGB: `--model-kwargs in_chans=1` failed in the first training step
+    with "expected input[32, 3, 16, 16] to have 1 channels" in a traceback; now the build refuses it in one line."""
+    channels = int(kwargs[0].split("=")[1])
+    with pytest.raises(ConfigError, match=rf"^model {model} takes {channels}-channel images, but the data pipeline "
+                                          r"gives RGB images \(.*\): drop in_chans from the model_kwargs$"):
+        build_model(parse_args(["--model", model, "--model-kwargs", *kwargs]))
