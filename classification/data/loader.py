@@ -6,18 +6,22 @@ It yields `(epoch, index)` pairs, and `SeededTransformDataset` seeds the augment
 (seed, epoch, index): the images do not depend on how many workers or ranks decode them. An epoch resumed in its
 middle starts its order further on (`set_epoch(epoch, start)`). Loader workers ignore the signals that stop a run
 (SIGINT, SIGTERM, SIGUSR1, SIGHUP, which a terminal, torchrun or Slurm send to the whole process group): the main
-process handles them and ends the workers itself; those still alive when the interpreter exits (a run that ends on an
-error holds its loaders in the traceback) are killed then, as the SIGTERM by which multiprocessing ends them at exit
-would leave it waiting on them for ever.
+process handles them and ends the workers itself (a worker whose batch it was receiving then prints no traceback of
+the dropped connection); those still alive when the interpreter exits (a run that ends on an error holds its loaders in
+the traceback) are killed then, as the SIGTERM by which multiprocessing ends them at exit would leave it waiting on
+them for ever.
 """
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import multiprocessing
 import os
 import signal
+import sys
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -91,9 +95,20 @@ class SeededTransformDataset(Dataset):
             return self.transform(image), label
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _quiet_when_main_process_left(exc_type: type[BaseException], exc: BaseException, tb: Optional[TracebackType],
+                                  report: Callable = sys.__excepthook__) -> None:
+    """A worker's `sys.excepthook`, through which multiprocessing's resource-sharer thread reports its errors: a
+    connection the main process closed or dropped mid-transfer (Ctrl-C while it fetched a batch) is no error of the
+    worker, so it prints nothing; any other error is reported as before."""
+    if not issubclass(exc_type, (ConnectionResetError, BrokenPipeError, EOFError)):
+        report(exc_type, exc, tb)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Leave the stop signals to the main process, and keep quiet when it stops while a batch is being handed over."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    sys.excepthook = functools.partial(_quiet_when_main_process_left, report=sys.excepthook)
 
 
 def _kill_workers_left_at_exit() -> None:
@@ -158,6 +173,6 @@ def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers
         drop_last=training,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=_init_worker,
         generator=generator,
     )

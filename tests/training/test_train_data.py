@@ -10,6 +10,7 @@ import torch
 from classification.data import DataError, ShardedSampler, build_datasets, build_eval_dataset, build_loaders
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.image_list import imagenet_layout
+from classification.data.loader import build_loader
 from classification.data.transforms import build_transform
 from classification.engine.config import parse_args
 
@@ -159,6 +160,37 @@ def test_loader_workers_started_by_forkserver_or_spawn_give_the_same_images(fold
     finally:
         multiprocessing.set_start_method(previous, force=True)
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+class ExcepthookReport(torch.utils.data.Dataset):
+    """Item i: (what the worker's `sys.excepthook` prints for an error of kind i, i); kinds: 0 the main process closed
+    a resource-sharer connection, 1 a main process gone mid-transfer, 2 any other error."""
+
+    errors = (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe"),
+              ValueError("a real bug"))
+
+    def __len__(self):
+        return len(self.errors)
+
+    def __getitem__(self, index):
+        import io
+        import sys
+        err, printed = self.errors[index], io.StringIO()
+        previous, sys.stderr = sys.stderr, printed
+        try:
+            sys.excepthook(type(err), err, None)
+        finally:
+            sys.stderr = previous
+        return printed.getvalue(), index
+
+
+def test_loader_workers_print_no_traceback_for_a_main_process_that_stopped_mid_transfer():
+    """Ctrl-C while the main process fetches a batch closes its connection to a worker's resource-sharer thread,
+    which printed a ConnectionResetError traceback after the one-line 'interrupted'; other errors still print."""
+    loader = build_loader(ExcepthookReport(), lambda image: image, 1, 1, False, 1, 0, 0)
+    printed = [text for (text,), _ in loader]
+    assert printed[:2] == ["", ""]
+    assert printed[2].rstrip().endswith("ValueError: a real bug")
 
 
 def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, localmamba_log):
