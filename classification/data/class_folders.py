@@ -116,6 +116,29 @@ def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> lis
     return [path for _, files in sorted(by_folder) for path in files]
 
 
+def _skipped_types(skipped: Sequence[str]) -> dict[str, int]:
+    """How many of the `skipped` files that are not hidden have each (lower-case) extension."""
+    types: dict[str, int] = {}
+    for path in skipped:
+        if not os.path.basename(path).startswith("."):
+            ext = os.path.splitext(path)[1].lower()
+            types[ext] = types.get(ext, 0) + 1
+    return dict(sorted(types.items()))
+
+
+def _what_was_skipped(skipped: Sequence[str]) -> str:
+    """` (skipped: ...)`, saying how many hidden files and files of each unread type `skipped` holds; empty for
+    none: the end of an error about a folder without images to read."""
+    hidden = sum(os.path.basename(path).startswith(".") for path in skipped)
+    types = _skipped_types(skipped)
+    parts = [f"{hidden} hidden files, names starting with '.'"] if hidden else []
+    if types:
+        counts = ", ".join(f"{ext}: {n}" for ext, n in types.items())
+        parts.append(f"{sum(types.values())} of types that are not read, {counts}; convert them to one of "
+                     f"{', '.join(IMAGE_EXTENSIONS)}")
+    return f" (skipped: {'; '.join(parts)})" if parts else ""
+
+
 def _note_skipped_files(split_dir: str, skipped: Sequence[str]) -> None:
     """Log how many files named like images were skipped under `split_dir`: hidden ones, unread types, and images
     that lie in the split folder itself, beside the class folders (well-known non-image files are not counted)."""
@@ -123,13 +146,9 @@ def _note_skipped_files(split_dir: str, skipped: Sequence[str]) -> None:
     if hidden:
         logger.info(f"{split_dir}: skipped {len(hidden)} hidden files named like images (names starting with '.', "
                     f"such as the '._' files macOS leaves), e.g. {os.path.relpath(hidden[0], split_dir)}")
-    types: dict[str, int] = {}
-    for path in skipped:
-        if not os.path.basename(path).startswith("."):
-            ext = os.path.splitext(path)[1].lower()
-            types[ext] = types.get(ext, 0) + 1
+    types = _skipped_types(skipped)
     if types:
-        counts = ", ".join(f"{ext}: {n}" for ext, n in sorted(types.items()))
+        counts = ", ".join(f"{ext}: {n}" for ext, n in types.items())
         logger.info(f"{split_dir}: skipped {sum(types.values())} image files of types that are not read ({counts}); "
                     f"convert them to one of {', '.join(IMAGE_EXTENSIONS)} to use them")
     loose = sorted(e.name for e in os.scandir(split_dir) if not e.is_dir() and not e.name.startswith(".")
@@ -190,16 +209,17 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
                   for name in found)
     samples, skipped, with_images = [], [], set()
     for name in found:
-        before, folder = len(samples), os.path.join(split_dir, name)
+        before, skipped_before, folder = len(samples), len(skipped), os.path.join(split_dir, name)
         samples += [(path, label_of(name)) for path in _image_files(folder, guards, skipped)]
         if len(samples) > before:
             with_images.add(label_of(name))
         elif defines_classes:
-            raise DataError(f"class folder {folder} holds no image files: it would add a class that never "
+            what = " it reads" + _what_was_skipped(skipped[skipped_before:]) if len(skipped) > skipped_before else ""
+            raise DataError(f"class folder {folder} holds no image files{what}: it would add a class that never "
                             f"appears in training; remove it or add images")
     _note_skipped_files(split_dir, skipped)
     if not samples:
-        raise DataError(f"no image files found under {split_dir}")
+        raise DataError(f"no image files found under {split_dir}{_what_was_skipped(skipped)}")
     if not defines_classes:
         note_unmeasured(split_dir, [name for i, name in enumerate(classes) if i not in with_images], len(classes))
     return samples, list(classes)

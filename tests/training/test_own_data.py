@@ -541,6 +541,29 @@ def test_skipped_image_types_and_loose_images_are_counted(tmp_path, localmamba_l
         f"class folders"]
 
 
+def test_a_class_folder_of_skipped_files_only_says_what_it_holds(tmp_path):
+    """A train class of GIFs (a type not read) or a val split of hidden copies was refused as holding 'no image
+    files', though the folder was full of them: the error names what was skipped there."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
+    shutil.rmtree(root / "train" / "dog")
+    for i, ext in enumerate((".gif", ".GIF", ".jfif")):
+        write_image(str(root / "train" / "dog" / f"{i}{ext}"), seed=i, fmt="GIF" if "gif" in ext.lower() else "JPEG")
+    with pytest.raises(DataError) as err:
+        scan_class_folders(str(root / "train"))
+    assert str(err.value) == (
+        f"class folder {root / 'train' / 'dog'} holds no image files it reads (skipped: 3 of types that are not "
+        f"read, .gif: 2, .jfif: 1; convert them to one of .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp): "
+        f"it would add a class that never appears in training; remove it or add images")
+    for name in ("cat", "dog"):
+        for path in (root / "val" / name).iterdir():
+            path.rename(path.with_name("._" + path.name))
+    with pytest.raises(DataError) as err:
+        scan_class_folders(str(root / "val"), ["cat", "dog"])
+    assert str(err.value) == (f"no image files found under {root / 'val'} (skipped: 2 hidden files, names starting "
+                              f"with '.')")
+
+
 def test_a_link_to_the_split_or_another_class_is_refused(tmp_path):
     """train/cat/up -> .. listed the other classes' images again, labelled cat."""
     root = tmp_path / "data"
