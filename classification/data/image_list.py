@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from .class_folders import (broken_link, class_folder_names, first_few, has_class_folders, note_hidden_class_folders,
-                            note_unmeasured, scan_class_folders)
+from .class_folders import (IMAGE_EXTENSIONS, broken_link, class_folder_names, first_few, has_class_folders,
+                            note_hidden_class_folders, note_unmeasured, scan_class_folders)
 from .errors import DataError
 from .image_decoding import load_rgb
 
@@ -151,7 +151,29 @@ def imagenet_layout(root: str) -> str:
                         f"of train/ and val/")
         return "folders"
     raise DataError(f"{root}: expected meta/train.txt and meta/val.txt with train/ and val/ images, "
-                    f"or train/<class>/ and val/<class>/ folders (val/<class>/ alone to evaluate)")
+                    f"or train/<class>/ and val/<class>/ folders (val/<class>/ alone to evaluate){_layout_hint(root)}")
+
+
+def _layout_hint(root: str) -> str:
+    """What the folder `root`, in neither layout, is instead, when it is recognised: a split given in place of its
+    parent, a split of images without class folders (ImageNet's val/ as it comes), or class folders without a
+    split; empty otherwise."""
+    if os.path.basename(os.path.normpath(root)) in ("train", "val") and has_class_folders(root):
+        parent = os.path.dirname(os.path.normpath(root)) or "."
+        return (f"; it holds class folders itself, as a split does: give the folder that holds it, {parent}, as "
+                f"--data-path")
+    for split in ("val", "train"):
+        split_dir = os.path.join(root, split)
+        images = os.path.isdir(split_dir) and sum(
+            entry.name.lower().endswith(IMAGE_EXTENSIONS) for entry in os.scandir(split_dir))
+        if images:
+            return (f"; {split_dir} holds {images} images but no class folders (as ImageNet's val/ comes): list them "
+                    f"with their labels in {os.path.join(root, 'meta', split + '.txt')}, or move them into "
+                    f"{split}/<class>/ folders")
+    if not any(os.path.isdir(os.path.join(root, split)) for split in ("train", "val")) and has_class_folders(root):
+        return (f"; its folders are no split: put the class folders under {os.path.join(root, 'val')} (and "
+                f"{os.path.join(root, 'train')} to train)")
+    return ""
 
 
 def _meta_class_count(meta_path: str) -> int:

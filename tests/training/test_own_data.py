@@ -676,6 +676,33 @@ def test_a_data_path_that_is_a_file_says_so(tmp_path):
         build_datasets(parse_args(["--data-path", str(path), "-j", "0"]))
 
 
+def test_a_data_path_at_a_split_or_a_flat_val_folder_says_what_to_give(tmp_path):
+    """--data-path data/val (the split, not its parent), ImageNet's val/ as it comes (50,000 images, no class
+    folders) and class folders without a split were told only the layouts expected; the error now says what the
+    folder given is."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=1, val_per_class=1)
+    expected = (rf"^{root / 'val'}: expected meta/train.txt and meta/val.txt with train/ and val/ images, or "
+                rf"train/<class>/ and val/<class>/ folders \(val/<class>/ alone to evaluate\); it holds class "
+                rf"folders itself, as a split does: give the folder that holds it, {root}, as --data-path$")
+    with pytest.raises(DataError, match=expected):
+        build_eval_dataset(parse_args(["--data-path", str(root / "val"), "-j", "0"]))
+    flat = tmp_path / "imagenet"
+    for i in range(3):
+        write_image(str(flat / "val" / f"ILSVRC2012_val_{i:08d}.JPEG"), seed=i)
+    expected = (rf"^{flat}: expected .*alone to evaluate\); {flat / 'val'} holds 3 images but no class folders "
+                rf"\(as ImageNet's val/ comes\): list them with their labels in {flat / 'meta' / 'val.txt'}, or move "
+                rf"them into val/<class>/ folders$")
+    with pytest.raises(DataError, match=expected):
+        build_eval_dataset(parse_args(["--data-path", str(flat), "-j", "0"]))
+    unsplit = tmp_path / "flowers"
+    write_image(str(unsplit / "rose" / "0.jpg"), seed=0)
+    expected = (rf"^{unsplit}: expected .*alone to evaluate\); its folders are no split: put the class folders "
+                rf"under {unsplit / 'val'} \(and {unsplit / 'train'} to train\)$")
+    with pytest.raises(DataError, match=expected):
+        build_eval_dataset(parse_args(["--data-path", str(unsplit), "-j", "0"]))
+
+
 def test_float_and_32_bit_images_are_scaled_by_their_range_or_refused(tmp_path):
     """A float TIFF in 0..1 became black (Pillow clips to 0..255), and 32-bit integers were scaled as 16-bit; a
     16-bit PGM (which Pillow opens as 32-bit mode I) is still scaled by 1/257."""
