@@ -76,9 +76,10 @@ def class_summary(dataset: Dataset, shown: int = 10) -> str:
     return f"Classes: {len(names)} ({', '.join(names[:shown])}{more})"
 
 
-def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int,
-                  rank: int) -> tuple[Optional[DataLoader], DataLoader]:
-    """Train loader (None when `train` is None) and val loader for this rank; logs when -j is cut to the CPUs."""
+def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_size: int, rank: int,
+                  pin_memory: bool = False) -> tuple[Optional[DataLoader], DataLoader]:
+    """Train loader (None when `train` is None) and val loader for this rank, pinning their batches when
+    `pin_memory` (give it for a CUDA device only); logs when -j is cut to the CPUs."""
     workers = loader_workers(cfg.workers)
     if workers < cfg.workers:
         logger.info(
@@ -88,7 +89,7 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
     train_loader = None
     if train is not None:
         train_loader = build_loader(train, build_transform(cfg, training=True), cfg.batch_size, cfg.workers,
-                                    True, world_size, rank, cfg.seed)
+                                    True, world_size, rank, cfg.seed, pin_memory)
         if len(train_loader) < cfg.grad_accum_steps:
             step = "one batch" if cfg.grad_accum_steps == 1 else f"--grad-accum-steps {cfg.grad_accum_steps} batches"
             fit = len(train) // (world_size * cfg.grad_accum_steps)
@@ -98,7 +99,7 @@ def build_loaders(cfg: Namespace, train: Optional[Dataset], val: Dataset, world_
                             f"{world_size} process(es): {remedy}")
     val_batch = max(1, int(cfg.batch_size * cfg.val_batch_size_multiplier))
     val_loader = build_loader(val, build_transform(cfg, training=False), val_batch, cfg.workers, False,
-                              world_size, rank, cfg.seed)
+                              world_size, rank, cfg.seed, pin_memory)
     return train_loader, val_loader
 
 

@@ -155,9 +155,10 @@ def loader_workers(requested: int) -> int:
 
 
 def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers: int, training: bool,
-                 world_size: int, rank: int, seed: int) -> DataLoader:
+                 world_size: int, rank: int, seed: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over `dataset` sharded for this rank; training loaders shuffle and drop the last partial batch.
-    It starts `loader_workers(workers)` processes."""
+    It starts `loader_workers(workers)` processes; `pin_memory` (for a CUDA device only: pinning goes through CUDA)
+    pins its batches."""
     workers = loader_workers(workers)
     if workers > 0:
         atexit.unregister(_kill_workers_left_at_exit)  # registered once, and after multiprocessing's: run before it
@@ -171,7 +172,7 @@ def build_loader(dataset: Dataset, transform: Callable, batch_size: int, workers
         sampler=sampler,
         num_workers=workers,
         drop_last=training,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_init_worker,
         generator=generator,

@@ -137,7 +137,8 @@ def test(cfg: Namespace) -> dict:
             log.warning(f"{cfg.resume} was validated by its run with other inputs than these ({', '.join(changed)}): "
                         f"the accuracy is of other images; give its run's values (or -c its args.yaml) to evaluate "
                         f"as it was trained")
-        _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank)
+        _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank,
+                                      pin_memory=env.device.type == "cuda")
         model = build_model(cfg)
         check_input_size(model, cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)

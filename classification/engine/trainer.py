@@ -73,7 +73,8 @@ class Run:
         train_set, val_set = build_datasets(cfg)
         self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if the data has
         self.train_images = len(train_set)
-        self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank)
+        self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank,
+                                                           pin_memory=env.device.type == "cuda")
         self.mixup = build_mixup(cfg)
         if self.mixup is not None and cfg.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")

@@ -193,6 +193,24 @@ def test_loader_workers_print_no_traceback_for_a_main_process_that_stopped_mid_t
     assert printed[2].rstrip().endswith("ValueError: a real bug")
 
 
+def test_a_cpu_run_on_a_machine_with_cuda_pins_no_memory(folder_tree, tmp_path, monkeypatch):
+    """--device cpu where CUDA is present pinned every batch through CUDA anyway: it took GPU memory, and on a GPU
+    that is busy or whose driver is broken (why one asks for the CPU) training and tools/test.py failed. Here CUDA is
+    said to be present but absent, as a broken driver makes it."""
+    from classification.engine.evaluate import test as evaluate
+    from classification.engine.trainer import train
+
+    run = [*TINY_MODEL, "--data-path", folder_tree, "-b", "4", "-j", "0", "--device", "cpu", "--warmup-epochs", "0",
+           "--smoothing", "0", "--output", str(tmp_path), "--experiment", "cpu"]
+    expected = train(parse_args([*run, "--epochs", "1"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    last = str(tmp_path / "cpu" / "last.pth.tar")
+    evaluated = evaluate(parse_args([*run, "--resume", last, "--experiment", "eval"]))
+    assert evaluated == pytest.approx({key: expected[key] for key in ("test_loss", "top1", "top5")})
+    again = train(parse_args([*run, "--epochs", "1", "--experiment", "again"]))
+    assert again["train_loss"] == expected["train_loss"]
+
+
 def test_loader_workers_are_cut_to_the_usable_cpus(folder_tree, monkeypatch, localmamba_log):
     """-j 16 (the shipped ImageNet config) on a process that may use 2 CPUs starts 2 workers per loader, and says so;
     -j within the CPUs is kept as asked."""
