@@ -703,6 +703,20 @@ def test_a_data_path_at_a_split_or_a_flat_val_folder_says_what_to_give(tmp_path)
         build_eval_dataset(parse_args(["--data-path", str(unsplit), "-j", "0"]))
 
 
+def test_a_data_path_under_the_home_folder_may_start_with_a_tilde(tmp_path, monkeypatch):
+    """`data_path: ~/data` in a config (no shell expands it there) was refused as a folder that does not exist."""
+    make_folder_tree(str(tmp_path / "data"), classes=("cat", "dog"), per_class=1, val_per_class=1)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "config.yaml"
+    config.write_text("data_path: ~/data\n")
+    cfg = parse_args(["-c", str(config), "-j", "0"])
+    train_set, val_set = build_datasets(cfg)
+    assert cfg.data_path == str(tmp_path / "data")
+    assert [path for path, _ in val_set.samples] == [str(tmp_path / "data" / "val" / c / "0.png")
+                                                     for c in ("cat", "dog")]
+    assert build_eval_dataset(parse_args(["-c", str(config), "-j", "0"])).samples == val_set.samples
+
+
 def test_float_and_32_bit_images_are_scaled_by_their_range_or_refused(tmp_path):
     """A float TIFF in 0..1 became black (Pillow clips to 0..255), and 32-bit integers were scaled as 16-bit; a
     16-bit PGM (which Pillow opens as 32-bit mode I) is still scaled by 1/257."""
