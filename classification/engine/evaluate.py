@@ -63,6 +63,7 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     labels the log lines (None: weights of no epoch, a released file)."""
     model.eval()
     loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
+    later_m = AverageMeter()    # the batches after the first, which also waited for the loader's workers to start
     steps = len(loader)
     bar = ProgressBar(steps, f"test{suffix}", enabled=env.is_main)
     correct1 = correct5 = 0     # exact counts: timm's float32 percentages summed drift with the batch size
@@ -83,7 +84,9 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
             correct1 += round(acc1 * n / 100)
             correct5 += round(acc5 * n / 100)
             batch_m.update(time.time() - start)
-            eta = format_eta((steps - idx - 1) * batch_m.avg)
+            if idx > 0:
+                later_m.update(batch_m.val)
+            eta = format_eta((steps - idx - 1) * (later_m.avg if later_m.count else batch_m.val))
             if idx % log_interval == 0 or idx == steps - 1:
                 log.info(f"Test{suffix}: {'' if epoch is None else f'{epoch} '}[{idx:>4d}/{steps}] "
                          f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "
