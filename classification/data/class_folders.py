@@ -151,11 +151,16 @@ def _note_skipped_files(split_dir: str, skipped: Sequence[str]) -> None:
         counts = ", ".join(f"{ext}: {n}" for ext, n in types.items())
         logger.info(f"{split_dir}: skipped {sum(types.values())} image files of types that are not read ({counts}); "
                     f"convert them to one of {', '.join(IMAGE_EXTENSIONS)} to use them")
-    loose = sorted(e.name for e in os.scandir(split_dir) if not e.is_dir() and not e.name.startswith(".")
-                   and e.name.lower().endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS))
+    loose = _loose_images(split_dir)
     if loose:
         logger.info(f"{split_dir}: not used: {len(loose)} image files beside the class folders, in no class "
                     f"({first_few(loose, 3)}); move them into their class folders")
+
+
+def _loose_images(split_dir: str) -> list[str]:
+    """The sorted names of the image files that lie in the split folder itself, beside the class folders."""
+    return sorted(e.name for e in os.scandir(split_dir) if not e.is_dir() and not e.name.startswith(".")
+                  and e.name.lower().endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS))
 
 
 def note_hidden_class_folders(split_dir: str, classes: Sequence[str]) -> None:
@@ -219,7 +224,10 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
                             f"appears in training; remove it or add images")
     _note_skipped_files(split_dir, skipped)
     if not samples:
-        raise DataError(f"no image files found under {split_dir}{_what_was_skipped(skipped)}")
+        loose = len(_loose_images(split_dir))
+        flat = (f"; its {loose} images lie in it directly, in no class folder (as ImageNet's val/ comes): move them "
+                f"into {os.path.join(split_dir, '<class>')} folders") if loose else ""
+        raise DataError(f"no image files found under {split_dir}{_what_was_skipped(skipped)}{flat}")
     if not defines_classes:
         note_unmeasured(split_dir, [name for i, name in enumerate(classes) if i not in with_images], len(classes))
     return samples, list(classes)

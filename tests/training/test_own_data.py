@@ -678,8 +678,8 @@ def test_a_data_path_that_is_a_file_says_so(tmp_path):
 
 def test_a_data_path_at_a_split_or_a_flat_val_folder_says_what_to_give(tmp_path):
     """--data-path data/val (the split, not its parent), ImageNet's val/ as it comes (50,000 images, no class
-    folders) and class folders without a split were told only the layouts expected; the error now says what the
-    folder given is."""
+    folders; alone or beside train/<class>/) and class folders without a split were told only the layouts expected
+    or that val/ held no images; the error now says what the folder given is."""
     root = tmp_path / "data"
     make_folder_tree(str(root), classes=("cat", "dog"), per_class=1, val_per_class=1)
     expected = (rf"^{root / 'val'}: expected meta/train.txt and meta/val.txt with train/ and val/ images, or "
@@ -695,6 +695,12 @@ def test_a_data_path_at_a_split_or_a_flat_val_folder_says_what_to_give(tmp_path)
                 rf"them into val/<class>/ folders$")
     with pytest.raises(DataError, match=expected):
         build_eval_dataset(parse_args(["--data-path", str(flat), "-j", "0"]))
+    write_image(str(flat / "train" / "n01440764" / "0.JPEG"), seed=0)
+    write_image(str(flat / "train" / "n01443537" / "0.JPEG"), seed=1)
+    with pytest.raises(DataError, match=rf"^no image files found under {flat / 'val'}; its 3 images lie in it "
+                                        rf"directly, in no class folder \(as ImageNet's val/ comes\): move them "
+                                        rf"into {flat / 'val' / '<class>'} folders$"):
+        build_datasets(parse_args(["--data-path", str(flat), "-j", "0"]))
     unsplit = tmp_path / "flowers"
     write_image(str(unsplit / "rose" / "0.jpg"), seed=0)
     expected = (rf"^{unsplit}: expected .*alone to evaluate\); its folders are no split: put the class folders "
