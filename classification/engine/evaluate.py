@@ -149,7 +149,8 @@ def test(cfg: Namespace) -> dict:
         model.to(env.device)
         net = model
         if cfg.compile is not None:     # shares model's weights; every batch at one shape: one compilation
-            net = FixedBatch(torch.compile(model, mode=cfg.compile), val_loader.batch_size)
+            shape = min(val_loader.batch_size, len(val_loader.sampler))    # no padding beyond this rank's images
+            net = FixedBatch(torch.compile(model, mode=cfg.compile), shape)
         epoch = ckpt.get("epoch")
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"

@@ -113,6 +113,29 @@ def test_validation_eta_leaves_out_the_first_batchs_start_up(monkeypatch):
         "20.00s ETA: 0:07:00", "1.00s ETA: 0:00:18", "1.00s ETA: 0:00:15"]
 
 
+def test_a_compiled_evaluation_pads_no_batch_beyond_the_data(monkeypatch, tmp_path):
+    """With --compile every batch is padded to one size; a val set smaller than -b (360 digits, -b 512) was padded
+    to 512 images, 42 % of each forward spent on zeros; the size is now the data's."""
+    from classification.engine.model_builder import create_model_at_size
+
+    ckpt = tmp_path / "released.pth"
+    torch.save({"state_dict": create_model_at_size("vit_tiny_patch16_224", 16, patch_size=4, depth=1, embed_dim=32,
+                                                   num_heads=2, class_token=False, global_pool="avg",
+                                                   num_classes=10).state_dict()}, ckpt)
+    batches = []
+
+    def compile_recording_batches(model, mode=None):
+        model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+        return model
+
+    monkeypatch.setattr(torch, "compile", compile_recording_batches)
+    common = ["--dataset", "digits", *TINY_MODEL, "-j", "0", "--device", "cpu", "--output", str(tmp_path), "--resume",
+              str(ckpt), "--compile", "default"]
+    evaluate_mod.test(parse_args([*common, "-b", "512"]))
+    evaluate_mod.test(parse_args([*common, "-b", "256"]))
+    assert batches == [360, 256, 256]
+
+
 @pytest.mark.parametrize("batch", [7, 16, 360])
 def test_validation_accuracy_is_the_exact_share_at_any_batch_size(batch):
     """337 of 360 right: top-1 is 100 * 337 / 360 to the last bit at every batch size (timm's float32 percentages,
