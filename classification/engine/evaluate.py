@@ -58,9 +58,11 @@ def log_top5_meaning(log: logging.Logger, num_classes: int) -> None:
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int | None,
              log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: Optional[str] = None,
-             suffix: str = "") -> dict:
+             suffix: str = "", new_stop_signal: Optional[Callable[[], Optional[int]]] = None) -> dict:
     """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks. `epoch`
-    labels the log lines (None: weights of no epoch, a released file)."""
+    labels the log lines (None: weights of no epoch, a released file). `new_stop_signal` (a training run's), asked
+    after each batch, gives a stop signal not yet acknowledged: the log says that the run stops once the validation
+    and the epoch's checkpoints are done."""
     model.eval()
     loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
     later_m = AverageMeter()    # the batches after the first, which also waited for the loader's workers to start
@@ -94,6 +96,9 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
                          f"Top-5: {top5_m.val:.3f}% ({top5_m.avg:.3f}%) "
                          f"Time: {batch_m.val:.2f}s ETA: {eta}")
             bar.update(idx + 1, f"top-1 {top1_m.avg:.2f}% ETA {eta}")
+            signum = None if new_stop_signal is None else new_stop_signal()
+            if signum is not None:
+                log.info(_stop_acknowledgement(signum))
             start = time.time()
     finally:
         bar.close()
@@ -105,6 +110,13 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
                  f"{round(count)} images: Loss: {metrics['test_loss']:.3f} Top-1: {metrics['top1']:.3f}% "
                  f"Top-5: {metrics['top5']:.3f}%")
     return metrics
+
+
+def _stop_acknowledgement(signum: int) -> str:
+    """What a training run does about stop signal `signum` received while it validates."""
+    again = "; Ctrl-C again stops it at once" if signum == signal.SIGINT else ""
+    return (f"{signal.Signals(signum).name} received: the run stops once this validation and the epoch's checkpoints "
+            f"are done (its training is already saved){again}")
 
 
 def _plain(value: Any) -> Any:

@@ -38,6 +38,7 @@ class StopSignals:
     def __init__(self, device: torch.device):
         self.device = device
         self.signum: Optional[int] = None  # the first stop signal this process received
+        self._acknowledged = False
         self._previous: dict[int, object] = {}
         self._launcher = os.getppid() if os.environ.get(TORCHRUN_ENV) else None  # torchrun's pid, in its workers
 
@@ -59,6 +60,13 @@ class StopSignals:
             self.signum = signum
         elif self.signum == signal.SIGINT and signum in (signal.SIGINT, signal.SIGTERM):
             raise KeyboardInterrupt
+
+    def unacknowledged(self) -> Optional[int]:
+        """The stop signal received, the first time this is asked after it came (to say so once); None otherwise."""
+        if self.signum is None or self._acknowledged:
+            return None
+        self._acknowledged = True
+        return self.signum
 
     def agreed(self) -> Optional[int]:
         """The signal all ranks stop for (the highest number any rank received), or None to go on.

@@ -287,16 +287,18 @@ class Run:
                 progress = self.start_progress if epoch == self.start_epoch else EpochProgress()
                 train_metrics = train_one_epoch(self, epoch, progress, stop)
                 self.manager.save_last(self.checkpoint_payload(epoch, progress))  # see _finish_epoch
-                metrics = self._finish_epoch(epoch, train_metrics)
+                metrics = self._finish_epoch(epoch, train_metrics, stop)
         return metrics
 
-    def _finish_epoch(self, epoch: int, metrics: dict) -> dict:
+    def _finish_epoch(self, epoch: int, metrics: dict, stop: StopSignals) -> dict:
         """Validate, append the `metrics.csv` row and write the checkpoints (`last.pth.tar` last) of `epoch`, whose
         training gave `metrics`; returns them with the validation's. `last.pth.tar` already holds the epoch's trained
         state, marked as stopped after its last step: a validation that fails (an unreadable image) or is killed
-        loses no training, and `--resume` goes straight to the validation."""
+        loses no training, and `--resume` goes straight to the validation. A signal of `stop` received meanwhile
+        is acknowledged by the validation at once; the run stops after the writes."""
         cfg, log = self.cfg, self.log
-        common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype)
+        common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype,
+                      new_stop_signal=stop.unacknowledged)
         try:
             test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
             if self.ema is not None:

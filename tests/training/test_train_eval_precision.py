@@ -136,6 +136,38 @@ def test_a_compiled_evaluation_pads_no_batch_beyond_the_data(monkeypatch, tmp_pa
     assert batches == [360, 256, 256]
 
 
+def test_a_stop_signal_during_an_epochs_validation_is_acknowledged_at_once(folder_tree, monkeypatch, tmp_path):
+    """A Ctrl-C while training validates only took effect once the validation and the epoch's writes were done (on
+    ImageNet, minutes), with nothing said meanwhile: it looked ignored. Validation now says at its next batch what
+    will happen, once (not again in the EMA's validation)."""
+    import os
+    import signal
+
+    from classification.engine.cli import RunInterrupted
+
+    real_validate, calls = trainer_mod.validate, []
+
+    def validate_after_a_ctrl_c(*args, **kwargs):
+        calls.append(kwargs.get("suffix", ""))
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "validate", validate_after_a_ctrl_c)
+    cfg = parse_args([*TINY_MODEL, "--data-path", folder_tree, "-b", "2", "-j", "0", "--epochs", "2",
+                      "--warmup-epochs", "0", "--model-ema", "--output", str(tmp_path)])
+    with pytest.raises(RunInterrupted):
+        trainer_mod.train(cfg)
+    (log_file,) = (tmp_path / "exp").glob("log_*.txt")
+    said = [line.split(" INFO ", 1)[-1] for line in log_file.read_text().splitlines()]
+    acknowledged = [i for i, line in enumerate(said) if " received: " in line]
+    assert [said[i] for i in acknowledged] == [
+        "SIGINT received: the run stops once this validation and the epoch's checkpoints are done (its training is "
+        "already saved); Ctrl-C again stops it at once"]
+    assert said[acknowledged[0] + 1].startswith("Test: 0 [   2/3]")   # said during the validation
+    assert calls == ["", "(EMA)"]
+
+
 @pytest.mark.parametrize("batch", [7, 16, 360])
 def test_validation_accuracy_is_the_exact_share_at_any_batch_size(batch):
     """337 of 360 right: top-1 is 100 * 337 / 360 to the last bit at every batch size (timm's float32 percentages,
