@@ -183,6 +183,16 @@ def _class_labels(classes: Sequence[str]) -> Callable[[str], Optional[int]]:
     return lambda name: index[name] if name in index else composed.get(unicodedata.normalize("NFC", name))
 
 
+def _case_hint(names: Sequence[str], classes: Sequence[str]) -> str:
+    """` (...)` naming, for the first of the folder `names` that differs from a class of `classes` in letter case
+    only, that class; empty when none does."""
+    by_case = {name.casefold(): name for name in classes}
+    for name in names:
+        if name.casefold() in by_case:
+            return f" ({name!r} differs from its class {by_case[name.casefold()]!r} in letter case only: rename it)"
+    return ""
+
+
 def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
                        source: str = "the train split") -> tuple[list[tuple[str, int]], list[str]]:
     """List `split_dir/<class>/<image>` files; `classes` fixes the class order (those of `source`; a folder name
@@ -202,8 +212,9 @@ def scan_class_folders(split_dir: str, classes: Sequence[str] | None = None,
     if unknown:
         empty = [name for name in unknown if not _image_files(os.path.join(split_dir, name), {}, [])]
         if len(empty) < len(unknown):
-            raise DataError(f"{split_dir}: class folders {[n for n in unknown if n not in empty][:5]} are not classes "
-                            f"of {source}")
+            named = [name for name in unknown if name not in empty]
+            raise DataError(f"{split_dir}: class folders {named[:5]} are not classes of {source}"
+                            f"{_case_hint(named, classes)}")
         logger.info(f"{split_dir}: ignoring the folders {empty[:5]}: they hold no image files and are not classes of "
                     f"{source}")
         found = [name for name in found if name not in unknown]

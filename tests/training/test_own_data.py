@@ -620,6 +620,18 @@ def test_a_val_class_folder_in_another_unicode_normalization_is_its_train_class(
         f"Unicode normalization (as a copy made on macOS names them)")
 
 
+def test_a_val_class_folder_named_in_another_letter_case_names_its_train_class(tmp_path):
+    """val/cat beside train/Cat was refused as no class of the train split, the two names side by side nowhere: the
+    error now names the class it differs from in letter case only (labels are not guessed across cases)."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("Cat", "Dog"), per_class=1, val_per_class=1)
+    os.rename(root / "val" / "Cat", root / "val" / "cat")
+    with pytest.raises(DataError, match=rf"^{root / 'val'}: class folders \['cat'\] are not classes of the train "
+                                        rf"split \('cat' differs from its class 'Cat' in letter case only: rename "
+                                        rf"it\)$"):
+        build_datasets(parse_args(["--data-path", str(root), "-j", "0"]))
+
+
 def test_top5_of_five_classes_or_fewer_is_said_to_be_100_percent(tmp_path):
     """timm's accuracy takes the top min(5, classes): a 3-class run logged 'Top-5: 100.000%' with no word why."""
     root = tmp_path / "data"
