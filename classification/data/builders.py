@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from argparse import Namespace
 from typing import Optional, Sequence
 
@@ -21,7 +20,7 @@ logger = logging.getLogger("localmamba.data")
 
 def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
     """Untransformed train and val datasets of `cfg.dataset`; fills unset data flags and `num_classes` in `cfg`."""
-    _resolve_data_flags(cfg)
+    resolve_dataset_defaults(cfg)
     if cfg.dataset == "imagenet":
         train, val = build_imagenet(cfg.data_path)
     elif cfg.dataset in ("cifar10", "cifar100"):
@@ -37,7 +36,7 @@ def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
 def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None) -> Dataset:
     """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults as above.
     `classes` (the class names a checkpoint was trained with) fix the labels of a class-folder tree."""
-    _resolve_data_flags(cfg)
+    resolve_dataset_defaults(cfg)
     if cfg.dataset == "imagenet":
         val = build_imagenet_val(cfg.data_path, cfg.num_classes, classes)
     elif cfg.dataset in ("cifar10", "cifar100"):
@@ -48,13 +47,6 @@ def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None) 
         raise DataError(f"unknown dataset {cfg.dataset!r}")
     _set_num_classes(cfg, val.num_classes)
     return val
-
-
-def _resolve_data_flags(cfg: Namespace) -> None:
-    """Fill the unset data flags of `cfg` with the dataset's defaults, and expand a data path starting with `~` (a
-    config file's value, which no shell expands) to the home folder."""
-    resolve_dataset_defaults(cfg)
-    cfg.data_path = os.path.expanduser(cfg.data_path)
 
 
 def _set_num_classes(cfg: Namespace, found: int, training: bool = False) -> None:

@@ -325,9 +325,15 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
     return values
 
 
+# flags naming a file or folder: a leading ~ in their value (a config file's, or --flag=~/x, which no shell expands)
+# is the home folder
+PATH_FLAGS = ("data_path", "directions", "finetune", "output", "resume")
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training",
                evaluation: bool = False) -> argparse.Namespace:
-    """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key.
+    """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key; a `~` that
+    begins a `PATH_FLAGS` value is the home folder.
     `evaluation`: tools/test.py's parser (`build_parser`). The values that FILE's run filled from its dataset's
     defaults (its `filled_from_dataset` list) are read with that dataset only: another `--dataset` fills its own."""
     parser = build_parser(description, evaluation)
@@ -343,6 +349,9 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
         parser.set_defaults(**{key: value for key, value in own_defaults.items() if key not in alike})
         filled = [key for key in filled if key in alike]
     args = parser.parse_args(argv)
+    for key in PATH_FLAGS:
+        if str(getattr(args, key, None)).startswith("~"):
+            setattr(args, key, os.path.expanduser(getattr(args, key)))
     args.filled_from_dataset = [key for key in filled if getattr(args, key) == config_values.get(key)]
     args.model_kwargs = dict(args.model_kwargs or {})
     args.config_model = config_values.get("model") if config_values.get("model") == args.model else None

@@ -85,6 +85,20 @@ def test_base_inheritance_of_the_search_config():
     assert (args.model, args.epochs, args.lr, args.warmup_epochs) == ("local_vim_tiny_search", 100, 1e-3, 20)
 
 
+def test_paths_starting_with_a_tilde_are_under_the_home_folder(tmp_path, monkeypatch):
+    """No shell expands `~` in a config file's value or in `--flag=~/x`: `output: ~/runs` wrote the run into a folder
+    named `~` in the working directory (and a `rm -rf ~` to clean it up would hit the home folder)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "c.yaml"
+    config.write_text("output: ~/runs\ndata_path: ~/data\ndirections: ~/directions.yaml\nfinetune: ~/released.pth\n")
+    cfg = parse_args(["-c", str(config), "--resume=~/runs/a/last.pth.tar"])
+    assert (cfg.output, cfg.data_path, cfg.directions, cfg.finetune, cfg.resume) == (
+        str(tmp_path / "runs"), str(tmp_path / "data"), str(tmp_path / "directions.yaml"),
+        str(tmp_path / "released.pth"), str(tmp_path / "runs" / "a" / "last.pth.tar"))
+    assert parse_args(["--resume", "auto", "--output", "runs~"]).resume == "auto"
+    assert parse_args(["--output", "runs~"]).output == "runs~"
+
+
 def test_unknown_key_names_key_and_file(tmp_path):
     cfg = write_yaml(tmp_path / "bad.yaml", {"lr": 0.1, "warmup_epoch": 3})
     with pytest.raises(ConfigError, match=r"bad\.yaml.*'warmup_epoch'.*did you mean 'warmup_epochs'"):
