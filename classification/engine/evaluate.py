@@ -25,7 +25,7 @@ from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from .logs import ProgressBar, format_eta, setup_logging, start_log_file
+from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size
 from .signals import interrupt_on_stop_signals
 
@@ -64,8 +64,7 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
     after each batch, gives a stop signal not yet acknowledged: the log says that the run stops once the validation
     and the epoch's checkpoints are done."""
     model.eval()
-    loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), AverageMeter()
-    later_m = AverageMeter()    # the batches after the first, which also waited for the loader's workers to start
+    loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), StepTimes()
     steps = len(loader)
     bar = ProgressBar(steps, f"test{suffix}", enabled=env.is_main)
     correct1 = correct5 = 0     # exact counts: timm's float32 percentages summed drift with the batch size
@@ -86,9 +85,7 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
             correct1 += round(acc1 * n / 100)
             correct5 += round(acc5 * n / 100)
             batch_m.update(time.time() - start)
-            if idx > 0:
-                later_m.update(batch_m.val)
-            eta = format_eta((steps - idx - 1) * (later_m.avg if later_m.count else batch_m.val))
+            eta = format_eta((steps - idx - 1) * batch_m.avg)
             if idx % log_interval == 0 or idx == steps - 1:
                 log.info(f"Test{suffix}: {'' if epoch is None else f'{epoch} '}[{idx:>4d}/{steps}] "
                          f"Loss: {loss_m.val:.3f} ({loss_m.avg:.3f}) "

@@ -128,6 +128,27 @@ class ProgressBar:
             ProgressBar.active = None
 
 
+class StepTimes:
+    """Seconds of the steps of a loop, for its ETA: ``val`` the last step's, ``avg`` the mean of the steps after the
+    first (which also waited for the loader's workers to start, kernels to build, ``torch.compile`` to compile), the
+    first step's alone until another has ended."""
+
+    def __init__(self) -> None:
+        self.val = 0.0
+        self.steps = 0
+        self._later_sum = 0.0
+
+    def update(self, seconds: float) -> None:
+        if self.steps:
+            self._later_sum += seconds
+        self.steps += 1
+        self.val = seconds
+
+    @property
+    def avg(self) -> float:
+        return self._later_sum / (self.steps - 1) if self.steps > 1 else self.val
+
+
 def format_eta(seconds: float) -> str:
     """h:mm:ss."""
     seconds = max(int(seconds), 0)

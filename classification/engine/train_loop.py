@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from .amp import autocast
 from .distributed import all_reduce, all_reduce_sum
-from .logs import ProgressBar, format_eta, memory_mb
+from .logs import ProgressBar, StepTimes, format_eta, memory_mb
 from .signals import StopSignals
 from .stopping import stop_for_non_finite_loss, stop_for_unread_batch, stop_mid_epoch
 
@@ -62,7 +62,7 @@ def train_one_epoch(run: Run, epoch: int, progress: Optional[EpochProgress] = No
     loader.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
     updates = run.updates_per_epoch
     run.net.train()
-    loss_m, update_m, data_m = progress.loss, AverageMeter(), AverageMeter()
+    loss_m, update_m, data_m = progress.loss, StepTimes(), AverageMeter()
     bar = ProgressBar(updates, f"epoch {epoch}", enabled=env.is_main)
     start = time.time()
     batches, first = iter(loader), progress.step // accum
@@ -172,10 +172,10 @@ def _optimizer_step(run: Run) -> None:
     run.scaler.update()
 
 
-def _log_train_line(run: Run, epoch: int, update: int, loss_m: AverageMeter, step_m: AverageMeter,
+def _log_train_line(run: Run, epoch: int, update: int, loss_m: AverageMeter, step_m: StepTimes,
                     data_m: AverageMeter, lr: float) -> None:
-    """The line of optimizer step `update` of the epoch (`step_m`: its time, of all its --grad-accum-steps batches;
-    `data_m`: their loading)."""
+    """The line of optimizer step `update` of the epoch (`step_m`: the steps' times, of all their --grad-accum-steps
+    batches, the ETAs from their mean after the epoch's first step; `data_m`: their loading)."""
     cfg, env = run.cfg, run.env
     steps = run.updates_per_epoch
     loss_val, loss_sum, count = all_reduce_sum([loss_m.val, loss_m.sum, loss_m.count], env.device)
