@@ -49,11 +49,12 @@ def test_causal_conv1d_update_refuses_an_integer_state(cpu_backend):
 @pytest.mark.parametrize("norm", [layer_norm_fn, rms_norm_fn])
 def test_fused_norms_refuse_integer_and_scalar_inputs(norm):
     """An integer x used to come back as a truncated integer output; a 0-d x raised a bare IndexError."""
-    with pytest.raises(ValueError, match=r"^layer_norm_fn: x must be a floating-point tensor, got torch.int64$"):
+    api = norm.__name__
+    with pytest.raises(ValueError, match=rf"^{api}: x must be a floating-point tensor, got torch.int64$"):
         norm(torch.ones(2, 4, dtype=torch.long), torch.ones(4), None)
-    with pytest.raises(ValueError, match=r"^layer_norm_fn: residual must be a floating-point tensor, got torch.int32"):
+    with pytest.raises(ValueError, match=rf"^{api}: residual must be a floating-point tensor, got torch.int32"):
         norm(torch.ones(2, 4), torch.ones(4), None, residual=torch.ones(2, 4, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"^layer_norm_fn: x must have at least one dimension \(\.\.\., H\), got "
+    with pytest.raises(ValueError, match=rf"^{api}: x must have at least one dimension \(\.\.\., H\), got "
                                          r"shape \(\)$"):
         norm(torch.tensor(1.0), torch.ones(1), None)
 
@@ -65,7 +66,7 @@ def test_fused_norms_refuse_a_tensor_on_another_device(norm, name):
     device cpu!"; it is now refused by name, as the other ops do."""
     args = dict(x=torch.ones(2, 4), weight=torch.ones(4), bias=torch.zeros(4), residual=torch.ones(2, 4))
     args[name] = args[name].to("meta")
-    with pytest.raises(ValueError, match=rf"^layer_norm_fn: {name} is on meta but x is on cpu$"):
+    with pytest.raises(ValueError, match=rf"^{norm.__name__}: {name} is on meta but x is on cpu$"):
         norm(**args)
 
 
@@ -385,8 +386,9 @@ def test_interface_modules_hold_the_official_modules_functions(module, names):
 @pytest.mark.parametrize("norm", [layer_norm_fn, rms_norm_fn])
 def test_fused_norms_name_an_argument_that_is_no_tensor(norm):
     """weight=None, or a Python number for the residual, raised AttributeError ('NoneType' object has no attribute
-    'shape'); now one TypeError naming the argument."""
-    with pytest.raises(TypeError, match=r"^layer_norm_fn: weight must be a torch.Tensor, got None$"):
+    'shape'); now one TypeError naming the argument, and the function called (rms_norm_fn's errors named
+    layer_norm_fn, which it calls)."""
+    with pytest.raises(TypeError, match=rf"^{norm.__name__}: weight must be a torch.Tensor, got None$"):
         norm(torch.ones(2, 4), None, None)
-    with pytest.raises(TypeError, match=r"^layer_norm_fn: residual must be a torch.Tensor or None, got float$"):
+    with pytest.raises(TypeError, match=rf"^{norm.__name__}: residual must be a torch.Tensor or None, got float$"):
         norm(torch.ones(2, 4), torch.ones(4), None, residual=0.0)

@@ -101,21 +101,34 @@ def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     weight, bias (H,). Output in x's dtype; residual_out in residual's dtype (fp32 if residual is None and
     ``residual_in_fp32``, else x's dtype). Returns ``(out, residual_out)`` when ``prenorm``.
     """
-    check_tensor_types("layer_norm_fn", dict(x=x, weight=weight), dict(bias=bias, residual=residual))
+    _check_norm_inputs("layer_norm_fn", x, weight, bias, residual)
+    return _fused_add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
+
+
+def _check_norm_inputs(api: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       residual: Optional[torch.Tensor]) -> None:
+    """Refuse bad arguments in one error that names ``api``, the function the caller called."""
+    check_tensor_types(api, dict(x=x, weight=weight), dict(bias=bias, residual=residual))
     if x.dim() < 1:
-        raise ValueError(f"layer_norm_fn: x must have at least one dimension (..., H), got shape {tuple(x.shape)}")
+        raise ValueError(f"{api}: x must have at least one dimension (..., H), got shape {tuple(x.shape)}")
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
         if t is not None and not t.is_floating_point():
-            raise ValueError(f"layer_norm_fn: {name} must be a floating-point tensor, got {t.dtype}")
+            raise ValueError(f"{api}: {name} must be a floating-point tensor, got {t.dtype}")
         if t is not None and t.device != x.device:
-            raise ValueError(f"layer_norm_fn: {name} is on {t.device} but x is on {x.device}")
+            raise ValueError(f"{api}: {name} is on {t.device} but x is on {x.device}")
     hidden = x.shape[-1]
     if tuple(weight.shape) != (hidden,):
-        raise ValueError(f"layer_norm_fn: weight must have shape (H,)=({hidden},), got {tuple(weight.shape)}")
+        raise ValueError(f"{api}: weight must have shape (H,)=({hidden},), got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (hidden,):
-        raise ValueError(f"layer_norm_fn: bias must have shape (H,)=({hidden},), got {tuple(bias.shape)}")
+        raise ValueError(f"{api}: bias must have shape (H,)=({hidden},), got {tuple(bias.shape)}")
     if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"layer_norm_fn: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+        raise ValueError(f"{api}: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+
+
+def _fused_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    residual: Optional[torch.Tensor], eps: float, prenorm: bool, residual_in_fp32: bool,
+                    is_rms_norm: bool) -> NormResult:
+    """The checked call on the backend chosen for x's device."""
     backend = backends.select(OP, x.device)
     return _IMPLS[backend](x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
 
@@ -124,8 +137,8 @@ def rms_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                 residual: Optional[torch.Tensor] = None, prenorm: bool = False, residual_in_fp32: bool = False,
                 eps: float = 1e-6) -> NormResult:
     """Fused add + RMSNorm; see :func:`layer_norm_fn` (note the different argument order, as in mamba_ssm)."""
-    return layer_norm_fn(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm,
-                         residual_in_fp32=residual_in_fp32, is_rms_norm=True)
+    _check_norm_inputs("rms_norm_fn", x, weight, bias, residual)
+    return _fused_add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm=True)
 
 
 class RMSNorm(nn.Module):
