@@ -23,10 +23,11 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 * A test run saves its config as ``<timestamp>.py`` beside its log folder: mmengine names the copy after the config
   file, so ``test.py work_dirs/X/X.py CKPT`` (whose default work_dir is work_dirs/X) wrote the test's config (no
   pretrained backbone file, ``load_from`` the tested checkpoint) over the training run's.
-* User errors end in one line (``error: ...``, exit status 2) instead of a traceback: a config file that does not
-  exist, a ``--cfg-options`` item without ``=`` or with text where the config holds a number or a boolean, a
-  misspelt ``--cfg-options`` key that a class refuses as an unexpected keyword argument, a work_dir that cannot be
-  written, a checkpoint that cannot be used. Ctrl-C ends in one line too (exit status 130), naming the checkpoint
+* User errors end in one line (``error: ...``, exit status 2) instead of a traceback: an OpenMMLab package that
+  cannot be imported (mmengine's traceback suggests PYTHONPATH), a config file that does not exist, a
+  ``--cfg-options`` item without ``=`` or with text where the config holds a number or a boolean, a misspelt
+  ``--cfg-options`` key that a class refuses as an unexpected keyword argument, a work_dir that cannot be written,
+  a checkpoint that cannot be used. Ctrl-C ends in one line too (exit status 130), naming the checkpoint
   ``--resume`` would continue from.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import copy
 import fnmatch
+import importlib
 import os
 import os.path as osp
 import re
@@ -51,6 +53,10 @@ if TYPE_CHECKING:   # mmengine is imported where a run starts
     from mmengine.config import Config
 
 TASKS = ('detection', 'segmentation')
+# The module a config's custom_imports names to register a task's plugin; importing it imports the task's framework.
+PLUGINS = {'detection': 'detection.local_mamba', 'segmentation': 'segmentation.local_mamba'}
+FRAMEWORKS = {'detection': 'mmdet', 'segmentation': 'mmseg'}
+MM_INSTALL_HINT = 'run `bash tools/install_mm.sh` (mmcv 2.1.0 with its ops, mmengine, mmdet 3.3.0, mmseg 1.2.2)'
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
 # mmengine's CheckpointHook and the pointer --resume follows.
 RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
@@ -115,6 +121,38 @@ def _stop_on(problem: Optional[str]) -> None:
         _exit_error(problem)
 
 
+def framework_problem(task: Optional[str]) -> Optional[str]:
+    """Why the plugin of ``task`` cannot be imported (mmengine, mmcv with its ops, or the task's mmdet / mmseg missing
+    or broken: mmengine would blame the config's custom_imports and suggest PYTHONPATH), or None when it can;
+    ``task`` None: mmengine alone."""
+    try:
+        importlib.import_module(PLUGINS[task] if task else 'mmengine.config')
+    except ImportError as err:
+        needs = f'mmengine, mmcv and {FRAMEWORKS[task]}' if task else 'mmengine'
+        return f'{task or "this tool"} needs {needs}; the import failed ({err}): {MM_INSTALL_HINT}'
+    return None
+
+
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``, a failing import of the config's ``custom_imports`` (an OpenMMLab package missing or
+    broken) ending the process in one line that names the import that failed (exit status 2)."""
+    from mmengine.config import Config
+
+    try:
+        return Config.fromfile(path)
+    except ImportError as err:
+        _exit_error(f'{path}: importing what the config needs failed ({_first_import_error(err)}): '
+                    f'{MM_INSTALL_HINT}')
+
+
+def _first_import_error(err: ImportError) -> ImportError:
+    """The ImportError that ``err`` was raised in handling of, or from, the first of that chain (mmengine wraps the
+    failed import twice)."""
+    while isinstance(err.__cause__ or err.__context__, ImportError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def check_config_file(path: str) -> None:
     """End the process in one line (exit status 2) if the config file does not exist or sets nothing, which mmengine
     reports with a traceback."""
@@ -169,13 +207,11 @@ def _resume_hint(work_dir: str) -> str:
 def _load_config(args: argparse.Namespace):
     """Read the config, apply CLI overrides; set work_dir. Sets ``args.new_options`` to the ``--cfg-options`` keys the
     config did not have."""
-    from mmengine.config import Config
-
     _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     check_config_file(args.config)
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     args.new_options = merge_cfg_options(cfg, args.cfg_options)
     if args.work_dir:
@@ -354,6 +390,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     """
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    _stop_on(framework_problem(task))
     parser = argparse.ArgumentParser(description=f'Train a LocalMamba {task} model')
     parser.add_argument('config', help='config file, e.g. configs/local_mamba/....py')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
@@ -414,6 +451,7 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     """``test.py CONFIG CHECKPOINT [--out FILE_OR_DIR] [--show-dir DIR] [--show] [--tta] [--cfg-options ...]``."""
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    _stop_on(framework_problem(task))
     parser = argparse.ArgumentParser(description=f'Evaluate a LocalMamba {task} checkpoint')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint written by train.py')

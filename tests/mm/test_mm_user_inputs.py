@@ -4,6 +4,7 @@ a misspelt key, a work_dir that cannot be written, Ctrl-C. Each ends in one line
 import argparse
 import os
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +22,7 @@ from classification.models.local_vim import VisionMamba  # noqa: E402
 
 SEG_CONFIG = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
                           'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+DET_CONFIG = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
 
 
 def _backbone_args(kind: str) -> dict:
@@ -395,6 +397,28 @@ def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_han
         done = finish(proc, timeout=300)
         assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr[-3000:]
         assert done.stderr.strip().splitlines()[-1] == message
+
+
+@pytest.mark.parametrize('task, config, framework', [('detection', DET_CONFIG, 'mmdet'),
+                                                     ('segmentation', SEG_CONFIG, 'mmseg')])
+def test_a_framework_that_cannot_be_imported_is_named_in_one_line(monkeypatch, capsys, task, config, framework):
+    """mmengine reports a plugin whose framework (mmdet, mmseg, mmcv's ops) is missing or broken with a traceback
+    that blames the config's custom_imports and suggests PYTHONPATH: the tools name the import and the install."""
+    monkeypatch.delitem(sys.modules, launch.PLUGINS[task], raising=False)
+    monkeypatch.setitem(sys.modules, f'{framework}.registry', None)
+    failed = f'import of {framework}.registry halted; None in sys.modules'
+    hint = launch.MM_INSTALL_HINT
+    for main, argv in ((launch.train_main, [config]), (launch.test_main, [config, 'ckpt.pth'])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(task, argv)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f'error: {task} needs mmengine, mmcv and {framework}; the import failed ({failed}): {hint}')
+    with pytest.raises(SystemExit) as exit_info:    # what mamba_get_flops.py reads its config with
+        launch.read_config(config)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'error: {config}: importing what the config needs failed ({failed}): {hint}')
 
 
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):

@@ -17,10 +17,14 @@ sys.path.insert(0, ROOT)
 
 
 def main() -> None:
-    from mmengine.config import Config
-
-    from classification.dense.launch import add_cfg_options, check_config_file, merge_cfg_options, run_step
+    from classification.dense.launch import (add_cfg_options, check_config_file, framework_problem, merge_cfg_options,
+                                             read_config, run_step)
     from classification.dense.mm_flops import DEFAULT_SHAPES, complexity
+
+    problem = framework_problem(None)
+    if problem:
+        print(f'error: {problem}', file=sys.stderr)
+        sys.exit(2)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='an mmdet or mmseg config, e.g. detection/configs/local_mamba/*.py')
@@ -31,7 +35,7 @@ def main() -> None:
     if args.shape and min(args.shape) < 1:
         parser.error(f"--shape must be two positive sizes (H W), got {' '.join(map(str, args.shape))}")
     check_config_file(args.config)
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     new_options = merge_cfg_options(cfg, args.cfg_options)
     height, width = args.shape or DEFAULT_SHAPES[cfg.get('default_scope', 'mmdet')]
     result = run_step(lambda: complexity(cfg, height, width), new_options)
