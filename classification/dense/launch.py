@@ -266,6 +266,26 @@ def check_resume_folder(work_dir: str, checkpoint: str) -> None:
                            f'{osp.dirname(checkpoint)} to continue it in its own folder, or a --work-dir of its own')
 
 
+def latest_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` without a path continues: the work_dir's own file of the name its
+    ``last_checkpoint`` holds. mmengine writes an absolute path there, and so resumed a moved work_dir from a file no
+    longer there (or a copied one from the original folder's file). None (mmengine follows the pointer) without a
+    pointer, or when the work_dir has no such file and the named one exists (``CheckpointHook(out_dir=...)`` saves
+    elsewhere); a pointer to a file that exists in neither place ends the process in one line."""
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer, encoding='utf-8') as f:
+        named = f.read().strip()
+    own = osp.join(work_dir, osp.basename(named))
+    if osp.isfile(own):
+        return own
+    if not osp.isfile(named):
+        _exit_error(f'--resume: {pointer} names {named}, which does not exist (nor does {own}): give the checkpoint '
+                    f'to continue from, --resume {work_dir}/CHECKPOINT')
+    return None
+
+
 def claim_work_dir(work_dir: str, overwrite: bool) -> list[str]:
     """Refuse a fresh run in a ``work_dir`` that holds another run's checkpoints, unless ``overwrite``: then return
     their names, which the run deletes once it has started (``EarlierRunDeletion``; the logs' folders stay)."""
@@ -416,7 +436,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
             _exit_error('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        cfg.resume, cfg.load_from = True, latest_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         _stop_on(missing_checkpoint(args.resume, '--resume'))
         cfg.resume, cfg.load_from = True, args.resume

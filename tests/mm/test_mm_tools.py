@@ -155,6 +155,7 @@ def test_a_fresh_run_claims_its_work_dir(tmp_path, ade_inputs_at_hand, monkeypat
     earlier = ['best_mIoU_iter_4.pth', 'epoch_1.pth', 'iter_4.pth', 'last_checkpoint']
     for name in earlier + ['backbone.pth']:
         (work / name).write_text('x')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_4.pth'))
     started = []
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, overwritten=(), *_: SimpleNamespace(
         train=lambda: started.append((cfg, overwritten))))
@@ -279,3 +280,41 @@ def test_resume_without_last_checkpoint_into_a_folder_of_checkpoints_is_refused(
     assert capsys.readouterr().err.splitlines()[-1] == (
         f'error: --resume: {work} holds checkpoints (iter_16000.pth) but no last_checkpoint, which names the one to '
         f'continue from: give it, --resume {work}/CHECKPOINT')
+
+
+def test_resume_continues_the_work_dirs_own_checkpoint_after_the_folder_moved(
+        tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
+    """mmengine's last_checkpoint holds an absolute path: --resume in a moved work_dir stopped on 'checkpoint not
+    found' of the old place, and in a copied one resumed the original folder's file. The work_dir's own file of that
+    name is resumed; a pointer to a file of another folder (CheckpointHook's out_dir) is still followed."""
+    from classification.dense import launch
+
+    config = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    resumed = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(
+        train=lambda: resumed.append(cfg.load_from)))
+    runs = tmp_path / 'runs'
+    original, elsewhere = runs / 'original', runs / 'out_dir'
+    for folder in (original, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / 'iter_8.pth').write_text('x')
+    for name, pointer, checkpoints in (('moved', runs / 'gone' / 'iter_8.pth', ['iter_8.pth']),
+                                       ('copied', original / 'iter_8.pth', ['iter_4.pth', 'iter_8.pth']),
+                                       ('saved_elsewhere', elsewhere / 'iter_8.pth', [])):
+        work = runs / name
+        work.mkdir()
+        (work / 'last_checkpoint').write_text(str(pointer))
+        for checkpoint in checkpoints:
+            (work / checkpoint).write_text('x')
+        launch.train_main('segmentation', [config, '--work-dir', str(work), '--resume'])
+    assert resumed == [str(runs / 'moved' / 'iter_8.pth'), str(runs / 'copied' / 'iter_8.pth'), None]
+    lost = runs / 'lost'
+    lost.mkdir()
+    (lost / 'last_checkpoint').write_text(str(runs / 'gone' / 'iter_8.pth'))
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [config, '--work-dir', str(lost), '--resume'])
+    assert exit_info.value.code == 2 and len(resumed) == 3
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --resume: {lost / 'last_checkpoint'} names {runs / 'gone' / 'iter_8.pth'}, which does not exist "
+        f"(nor does {lost / 'iter_8.pth'}): give the checkpoint to continue from, --resume {lost}/CHECKPOINT")

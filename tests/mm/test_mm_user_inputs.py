@@ -346,6 +346,7 @@ def test_a_resumed_run_does_not_read_the_pretrained_file(tmp_path, ade_inputs_at
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume', 'run/iter_2.pth'])
     (work / 'last_checkpoint').write_text(f'{work}/iter_8.pth')
+    (work / 'iter_8.pth').write_bytes(b'')
     launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
     assert pretrained == ['checkpoints/local_vssm_tiny.pth'] * 2 + [None, None]
 
@@ -501,6 +502,7 @@ def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, ade_i
                                                  f'{work}/iter_8.pth')):
         if pointer:
             (work / 'last_checkpoint').write_text(pointer)
+            (work / 'iter_8.pth').write_bytes(b'')
         argv = [SEG_CONFIG, '--work-dir', str(work)] + (['--resume'] if pointer else [])
         try:
             launch.train_main('segmentation', argv)
