@@ -149,6 +149,8 @@ class DenseBackbone(nn.Module):
         for name, buffer in trunk.named_buffers(recurse=False):
             self.register_buffer(name, buffer)
         self._trunk = (trunk,)      # not a child: its parts are registered above, so they are not saved twice
+        self._trunk_tensors = [name for name, _ in trunk.named_parameters(recurse=False)] + [
+            name for name, _ in trunk.named_buffers(recurse=False)]
         self.pretrained = pretrained
         self.pretrained_arg = pretrained_arg     # the argument that named it, for errors
         self.pretrained_key = pretrained_key
@@ -158,8 +160,13 @@ class DenseBackbone(nn.Module):
 
     @property
     def trunk(self) -> nn.Module:
-        """The classification model whose parts this backbone owns."""
-        return self._trunk[0]
+        """The classification model whose parts this backbone owns, its own parameters and buffers (LocalVim's
+        ``pos_embed``) set to the backbone's current ones: ``load_state_dict(assign=True)``, ``to_empty`` and
+        conversions that make new tensors replace them on the backbone only."""
+        trunk = self._trunk[0]
+        for name in self._trunk_tensors:
+            setattr(trunk, name, getattr(self, name))
+        return trunk
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Turn classification weights into weights for this backbone (the trunk's ``checkpoint_filter_fn``); a

@@ -63,6 +63,27 @@ def test_local_vim_outputs_follow_layer_order_as_the_original():
     assert MM_LocalVim(out_indices=[-1, 0], **VIM_ARGS).out_indices == [0, 1]
 
 
+def test_the_forward_uses_the_parameters_the_backbone_holds_after_they_are_replaced():
+    """``load_state_dict(assign=True)`` and ``to_empty`` put new tensors in place of the backbone's own parameters
+    (LocalVim's pos_embed, registered on the backbone and on its trunk): the forward used the trunk's old one, with
+    other outputs than the loaded model's, and on a model built on the meta device stopped on a meta tensor."""
+    torch.manual_seed(0)
+    source = MM_LocalVim(out_indices=[1], **VIM_ARGS).eval()
+    weights = source.state_dict()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = source(x)
+    assigned = MM_LocalVim(out_indices=[1], **VIM_ARGS).eval()
+    assigned.load_state_dict(weights, assign=True)
+    with torch.device('meta'):
+        empty = MM_LocalVim(out_indices=[1], **VIM_ARGS)
+    empty.to_empty(device='cpu').load_state_dict(weights)
+    for backbone in (assigned, empty.eval()):
+        with torch.no_grad():
+            torch.testing.assert_close(backbone(x), expected)
+        assert backbone.trunk.pos_embed is backbone.pos_embed
+
+
 def test_local_vssm_maps_on_non_square_inputs():
     torch.manual_seed(0)
     backbone = MM_LocalVSSM(out_indices=(3, 1), **VSSM_ARGS).eval()
