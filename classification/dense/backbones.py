@@ -13,11 +13,12 @@ go to mmengine's current logger when mmengine is installed.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from collections import Counter
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from ..models.factory import checked_out_indices
 from ..models.local_vim import VisionMamba, checkpoint_filter_fn
 from ..models.local_vmamba import VSSM
 
-__all__ = ['MM_LocalVim', 'MM_LocalVSSM', 'register']
+__all__ = ['MM_LocalVim', 'MM_LocalVSSM', 'BackboneSettingError', 'register']
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,21 @@ def _log(message: str, level: int = logging.INFO) -> None:
         logger.log(level, message)
         return
     print_log(message, logger='current', level=level)
+
+
+class BackboneSettingError(ValueError):
+    """A setting a backbone cannot be built with (a directions table or file that does not fit, out_indices out of
+    range, ...), named in the message; the det/seg tools report it in one line."""
+
+
+@contextlib.contextmanager
+def _settings_checked() -> Iterator[None]:
+    """Turn the ValueError or FileNotFoundError of a setting refused while a backbone is built into a
+    :class:`BackboneSettingError` of the same message."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        raise BackboneSettingError(str(err)) from err
 
 
 def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
@@ -262,11 +278,14 @@ class MM_LocalVim(DenseBackbone):
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
                  directions: DirectionsArg = None, trust_checkpoint: bool = False,
                  init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
-        weights, weights_arg, prefix = _pretrained_source('MM_LocalVim', pretrained, pretrained_ckpt, init_cfg)
-        trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
+        with _settings_checked():
+            weights, weights_arg, prefix = _pretrained_source('MM_LocalVim', pretrained, pretrained_ckpt, init_cfg)
+            trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
+            # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the
+            # input).
+            checked_indices = checked_out_indices('MM_LocalVim', out_indices, trunk.depth, 'layer')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
-        # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the input).
-        self.out_indices = checked_out_indices('MM_LocalVim', out_indices, trunk.depth, 'layer')
+        self.out_indices = checked_indices
         for j in range(len(self.out_indices)):
             self.add_module(f'outnorm_{j}', nn.LayerNorm(trunk.embed_dim))
 
@@ -308,13 +327,15 @@ class MM_LocalVSSM(DenseBackbone):
                  directions: DirectionsArg = None, mlp_ratio: float = 0.0, downsample_version: str = 'v1',
                  patchembed_version: str = 'v1', trust_checkpoint: bool = False,
                  init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
-        if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
-            raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and the '
-                             f"versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
-        weights, weights_arg, prefix = _pretrained_source('MM_LocalVSSM', pretrained, pretrained_ckpt, init_cfg)
-        trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
+        with _settings_checked():
+            if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
+                raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and '
+                                 f"the versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
+            weights, weights_arg, prefix = _pretrained_source('MM_LocalVSSM', pretrained, pretrained_ckpt, init_cfg)
+            trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
+            checked_indices = checked_out_indices('MM_LocalVSSM', out_indices, len(trunk.dims), 'stage')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
-        self.out_indices = checked_out_indices('MM_LocalVSSM', out_indices, len(trunk.dims), 'stage')
+        self.out_indices = checked_indices
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))
 

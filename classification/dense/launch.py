@@ -24,7 +24,8 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   file, so ``test.py work_dirs/X/X.py CKPT`` (whose default work_dir is work_dirs/X) wrote the test's config (no
   pretrained backbone file, ``load_from`` the tested checkpoint) over the training run's.
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: an OpenMMLab package that
-  cannot be imported (mmengine's traceback suggests PYTHONPATH), a config file that does not exist, a
+  cannot be imported (mmengine's traceback suggests PYTHONPATH), a setting the backbone refuses (directions,
+  out_indices, ...), a config file that does not exist, a
   ``--cfg-options`` item without ``=`` or with text where the config holds a number or a boolean, a misspelt
   ``--cfg-options`` key that a class refuses as an unexpected keyword argument, a work_dir that cannot be written,
   a checkpoint that cannot be used. Ctrl-C ends in one line too (exit status 130), naming the checkpoint
@@ -172,14 +173,18 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
 
 def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
     """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
-    cannot be used, or an unexpected keyword argument that is a part of one of ``new_options`` (``--cfg-options`` keys
-    the config did not have: a misspelling), end the process with one line (exit status 2); Ctrl-C with one line
-    naming ``resume_from`` (the work_dir whose latest checkpoint --resume continues from, for training) and exit
-    status 130."""
+    cannot be used, a setting the backbone refuses (directions, out_indices, ...), or an unexpected keyword argument
+    that is a part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a misspelling), end
+    the process with one line (exit status 2); Ctrl-C with one line naming ``resume_from`` (the work_dir whose latest
+    checkpoint --resume continues from, for training) and exit status 130."""
+    from .backbones import BackboneSettingError
+
     try:
         return step()
     except CheckpointError as err:
         _exit_error(str(err))
+    except BackboneSettingError as err:
+        _exit_error(f'model.backbone: {err}')
     except TypeError as err:
         found = UNEXPECTED_KEYWORD.search(str(err))
         # the key up to the refused keyword: model.backbone.norm_cfg for model.backbone.norm_cfg.type

@@ -422,6 +422,25 @@ def test_a_framework_that_cannot_be_imported_is_named_in_one_line(monkeypatch, c
         f'error: {config}: importing what the config needs failed ({failed}): {hint}')
 
 
+@pytest.mark.parametrize('item, message', [
+    ('model.backbone.out_indices=[4]',
+     'MM_LocalVSSM: out_indices (4,): [4] out of range for its 4 stages (0 to 3, or -1 to -4 from the end)'),
+    ('model.backbone.directions=[[h,v]]', 'directions: has 1 layers, but the model has 15 layers'),
+    ('model.backbone.directions=none.yaml', 'directions file not found: none.yaml (relative to the current directory '
+                                            '{cwd})'),
+])
+def test_a_backbone_setting_it_refuses_ends_in_one_line(tmp_path, ade_inputs_at_hand, capsys, item, message):
+    """The backbone's refusal of a directions table or file, or of out_indices, was a traceback (after the
+    datasets were built, for training): one line naming the backbone's config key."""
+    (tmp_path / 'ckpt.pth').write_bytes(b'')
+    for main, argv in ((launch.train_main, [SEG_CONFIG]), (launch.test_main, [SEG_CONFIG, 'ckpt.pth'])):
+        with pytest.raises(SystemExit) as exit_info:
+            main('segmentation', argv + ['--work-dir', str(tmp_path / 'work'), '--cfg-options', item])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f'error: model.backbone: {message.format(cwd=tmp_path)}')
+
+
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         launch.train_main('segmentation', [SEG_CONFIG, '--cfg-options', 'train_cfg.max_iters'])
