@@ -59,6 +59,12 @@ def _settings_checked() -> Iterator[None]:
         raise BackboneSettingError(str(err)) from err
 
 
+def _index_list(out_indices: Union[int, Sequence[int]]) -> Sequence[int]:
+    """``out_indices`` as a sequence: one index may be given as an int, as OpenMMLab's backbones take it (not timm's
+    'the last n')."""
+    return [out_indices] if isinstance(out_indices, int) else out_indices
+
+
 def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
     if directions is None:
         raise ValueError(f'{name} needs directions= (one list per layer/block, or a directions file)')
@@ -266,7 +272,8 @@ class DenseBackbone(nn.Module):
 
 
 class MM_LocalVim(DenseBackbone):
-    """LocalVim backbone: LayerNorm'd mixer outputs of the layers in ``out_indices``, all at stride 16.
+    """LocalVim backbone: LayerNorm'd mixer outputs of the layers in ``out_indices`` (a list, or one index as an
+    int), all at stride 16.
 
     Returns one NCHW map (B, embed_dim, ceil(H/16), ceil(W/16)) when ``out_indices`` has one entry (what SimpleFPN
     takes), else a list. Other keyword arguments are those of
@@ -274,7 +281,7 @@ class MM_LocalVim(DenseBackbone):
     the fly, so any input size works.
     """
 
-    def __init__(self, out_indices: Sequence[int] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
+    def __init__(self, out_indices: Union[int, Sequence[int]] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
                  directions: DirectionsArg = None, trust_checkpoint: bool = False,
                  init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
@@ -283,7 +290,8 @@ class MM_LocalVim(DenseBackbone):
             trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
             # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the
             # input).
-            checked_indices = checked_out_indices('MM_LocalVim', out_indices, trunk.depth, 'layer')
+            checked_indices = checked_out_indices('MM_LocalVim', _index_list(out_indices), trunk.depth,
+                                                  'layer')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
         self.out_indices = checked_indices
         for j in range(len(self.out_indices)):
@@ -314,7 +322,8 @@ class MM_LocalVim(DenseBackbone):
 
 
 class MM_LocalVSSM(DenseBackbone):
-    """LocalVMamba backbone: LayerNorm'd outputs of the stages in ``out_indices`` (before their downsampling).
+    """LocalVMamba backbone: LayerNorm'd outputs of the stages in ``out_indices`` (a list, or one index as an int),
+    before their downsampling.
 
     Stage i gives (B, dims[i], h_i, w_i) (strides 4/8/16/32): h_0 = floor(H / 4), each later stage ceil(h_{i-1} / 2)
     (the same for w). Other keyword arguments are those of
@@ -322,7 +331,7 @@ class MM_LocalVSSM(DenseBackbone):
     ``patchembed_version`` are accepted for the original configs and must keep the only values it supports.
     """
 
-    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: Optional[str] = None,
+    def __init__(self, out_indices: Union[int, Sequence[int]] = (0, 1, 2, 3), pretrained: Optional[str] = None,
                  pretrained_ckpt: Optional[str] = None, pretrained_key: Optional[str] = None,
                  directions: DirectionsArg = None, mlp_ratio: float = 0.0, downsample_version: str = 'v1',
                  patchembed_version: str = 'v1', trust_checkpoint: bool = False,
@@ -333,7 +342,8 @@ class MM_LocalVSSM(DenseBackbone):
                                  f"the versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
             weights, weights_arg, prefix = _pretrained_source('MM_LocalVSSM', pretrained, pretrained_ckpt, init_cfg)
             trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
-            checked_indices = checked_out_indices('MM_LocalVSSM', out_indices, len(trunk.dims), 'stage')
+            checked_indices = checked_out_indices('MM_LocalVSSM', _index_list(out_indices), len(trunk.dims),
+                                                  'stage')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
         self.out_indices = checked_indices
         for i in self.out_indices:

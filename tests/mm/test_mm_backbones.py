@@ -123,6 +123,20 @@ def test_negative_out_indices_count_from_the_last_stage():
     assert [tuple(f.shape) for f in backbone(torch.randn(1, 3, 64, 64))] == [(1, 16, 16, 16), (1, 128, 2, 2)]
 
 
+def test_one_out_index_may_be_an_int_as_in_openmmlab_backbones():
+    """mmdet / mmseg backbones take ``out_indices=-1`` for one output: it stopped on "'int' object is not
+    iterable"."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    for backbone, kwargs, index, listed in ((MM_LocalVim, VIM_ARGS, -1, [1]), (MM_LocalVSSM, VSSM_ARGS, 2, [2])):
+        one = backbone(out_indices=index, **kwargs).eval()
+        assert one.out_indices == listed
+        reference = backbone(out_indices=listed, **kwargs).eval()
+        reference.load_state_dict(one.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(one(x), reference(x))
+
+
 def _weights(path, key):
     return torch.load(path, map_location='cpu', weights_only=False)[key]
 
