@@ -374,7 +374,8 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     from mmengine.visualization import LocalVisBackend
 
     from .backbones import DenseBackbone
-    from .mm_checkpoint import CheckpointFitHook, EarlierRunDeletion, PlainCheckpointHook, ScanDirectionsHook
+    from .mm_checkpoint import (CheckpointFitHook, EarlierRunDeletion, LoadFromDirectionsHook, PlainCheckpointHook,
+                                ScanDirectionsHook)
     machine_cfg = _for_this_machine(cfg)
     saved_copy = osp.join(cfg.work_dir, osp.basename(cfg.filename or ''))
     earlier_copy = _file_content(saved_copy) if overwritten else None
@@ -401,6 +402,8 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     runner.register_hook(ScanDirectionsHook())
     if fit_source is not None:
         runner.register_hook(CheckpointFitHook(fit_source))
+    elif cfg.get('load_from'):
+        runner.register_hook(LoadFromDirectionsHook(cfg.load_from))
     if overwritten:
         runner.register_hook(EarlierRunDeletion(cfg.work_dir, overwritten))
     return runner

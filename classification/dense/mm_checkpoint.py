@@ -1,7 +1,8 @@
 """mmengine checkpoints that ``torch.load(weights_only=True)`` reads: the message hub's ``HistoryBuffer`` objects and
 numpy values are saved as tensors and plain values, and turned back into them when a checkpoint is loaded. Also the
 check that a tested or resumed checkpoint fits the model (mmengine loads what fits and leaves the rest as initialised),
-and the backbone's scan directions, recorded in every checkpoint and checked where one is tested or resumed.
+and the backbone's scan directions, recorded in every checkpoint, checked where one is tested or resumed and named
+in a warning where a fresh run's ``load_from`` differs.
 
 Imported by the det/seg entry points only (it needs mmengine).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import re
 import sys
@@ -17,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from mmengine.hooks import Hook
-from mmengine.logging import HistoryBuffer
+from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from ..common import CheckpointError
@@ -102,6 +104,25 @@ class ScanDirectionsHook(Hook):
         trunk = backbone_trunk(runner.model)
         if trunk is not None:
             checkpoint['directions'] = scan_directions(trunk)
+
+
+class LoadFromDirectionsHook(Hook):
+    """A fresh run's ``load_from`` (a det/seg checkpoint to fine-tune from) of other scan directions than the
+    backbone's is loaded with a warning naming where they differ, as the backbone's pretrained file is: its weights
+    have the same names and shapes, so nothing else tells."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        trunk = backbone_trunk(runner.model)
+        other = None if trunk is None else directions_difference(trunk, checkpoint)
+        if other is not None:
+            print_log(f"load_from {self.source} was trained with other scan directions ({other}): its weights "
+                      f"fine-tune this backbone's directions (set model.backbone.directions={self.source} to keep "
+                      f"them)", logger='current', level=logging.WARNING)
 
 
 class EarlierRunDeletion(Hook):

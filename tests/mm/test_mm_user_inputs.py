@@ -127,6 +127,31 @@ def test_pretrained_weights_of_other_scan_directions_are_named_in_a_warning(tmp_
     assert [message for level, message in logged if level == 30] == []
 
 
+def test_a_load_from_checkpoint_of_other_scan_directions_is_named_in_a_warning(tmp_path, ade_inputs_at_hand,
+                                                                               monkeypatch):
+    """A fresh run fine-tuning a det/seg checkpoint (``load_from``) of other directions than the config's backbone
+    (the same keys and shapes): loaded without a word, where the backbone's pretrained file warns."""
+    from mmengine.config import Config
+
+    from classification.dense import mm_checkpoint
+
+    logged = []
+    monkeypatch.setattr(mm_checkpoint, 'print_log', lambda message, logger=None, level=20: logged.append(
+        (level, message)), raising=False)
+    cfg = Config.fromfile(SEG_CONFIG)
+    cfg.merge_from_dict({'model.backbone.pretrained': None, 'load_from': 'coco/iter_8.pth'})
+    cfg.work_dir, cfg.launcher = str(tmp_path / 'work'), 'none'
+    runner = launch._build_runner(cfg)
+    own = [list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS]
+    other = [['h', 'v']] + own[1:]
+    for directions in (own, other):
+        runner.call_hook('after_load_checkpoint', checkpoint={'directions': directions})
+    assert [message for level, message in logged if level == 30] == [
+        f"load_from coco/iter_8.pth was trained with other scan directions (layer 0: ['h', 'v'] vs {own[0]} here): "
+        f"its weights fine-tune this backbone's directions (set model.backbone.directions=coco/iter_8.pth to keep "
+        f"them)"]
+
+
 def test_a_fresh_run_without_its_pretrained_file_stops_before_anything_is_built(
         tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
     """The backbone found a missing pretrained file only in init_weights, after mmengine had built the datasets
