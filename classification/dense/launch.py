@@ -25,11 +25,10 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   pretrained backbone file, ``load_from`` the tested checkpoint) over the training run's.
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: an OpenMMLab package that
   cannot be imported (mmengine's traceback suggests PYTHONPATH), a setting the backbone refuses (directions,
-  out_indices, ...), a config file that does not exist, a
-  ``--cfg-options`` item without ``=`` or with text where the config holds a number or a boolean, a misspelt
-  ``--cfg-options`` key that a class refuses as an unexpected keyword argument, a work_dir that cannot be written,
-  a checkpoint that cannot be used. Ctrl-C ends in one line too (exit status 130), naming the checkpoint
-  ``--resume`` would continue from.
+  out_indices, ...), a config file that does not exist, a ``--cfg-options`` item without ``=`` or with text where
+  the config holds a number or a boolean, a misspelt ``--cfg-options`` key that a class refuses as an unexpected
+  keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C ends in one line
+  too (exit status 130), naming the checkpoint ``--resume`` would continue from.
 """
 from __future__ import annotations
 
@@ -275,8 +274,8 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``--resume`` without a path continues: the work_dir's own file of the name its
     ``last_checkpoint`` holds. mmengine writes an absolute path there, and so resumed a moved work_dir from a file no
     longer there (or a copied one from the original folder's file). None (mmengine follows the pointer) without a
-    pointer, or when the work_dir has no such file and the named one exists (``CheckpointHook(out_dir=...)`` saves
-    elsewhere); a pointer to a file that exists in neither place ends the process in one line."""
+    pointer, or when the work_dir has no such file and the named one exists or is a URI (``CheckpointHook(out_dir=...)``
+    saves elsewhere); a pointer to a local file that exists in neither place ends the process in one line."""
     pointer = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(pointer):
         return None
@@ -285,7 +284,7 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
     own = osp.join(work_dir, osp.basename(named))
     if osp.isfile(own):
         return own
-    if not osp.isfile(named):
+    if '://' not in named and not osp.isfile(named):
         _exit_error(f'--resume: {pointer} names {named}, which does not exist (nor does {own}): give the checkpoint '
                     f'to continue from, --resume {work_dir}/CHECKPOINT')
     return None

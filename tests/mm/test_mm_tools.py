@@ -301,20 +301,21 @@ def test_resume_continues_the_work_dirs_own_checkpoint_after_the_folder_moved(
         (folder / 'iter_8.pth').write_text('x')
     for name, pointer, checkpoints in (('moved', runs / 'gone' / 'iter_8.pth', ['iter_8.pth']),
                                        ('copied', original / 'iter_8.pth', ['iter_4.pth', 'iter_8.pth']),
-                                       ('saved_elsewhere', elsewhere / 'iter_8.pth', [])):
+                                       ('saved_elsewhere', elsewhere / 'iter_8.pth', []),
+                                       ('saved_remotely', 's3://bucket/run/iter_8.pth', [])):
         work = runs / name
         work.mkdir()
         (work / 'last_checkpoint').write_text(str(pointer))
         for checkpoint in checkpoints:
             (work / checkpoint).write_text('x')
         launch.train_main('segmentation', [config, '--work-dir', str(work), '--resume'])
-    assert resumed == [str(runs / 'moved' / 'iter_8.pth'), str(runs / 'copied' / 'iter_8.pth'), None]
+    assert resumed == [str(runs / 'moved' / 'iter_8.pth'), str(runs / 'copied' / 'iter_8.pth'), None, None]
     lost = runs / 'lost'
     lost.mkdir()
     (lost / 'last_checkpoint').write_text(str(runs / 'gone' / 'iter_8.pth'))
     with pytest.raises(SystemExit) as exit_info:
         launch.train_main('segmentation', [config, '--work-dir', str(lost), '--resume'])
-    assert exit_info.value.code == 2 and len(resumed) == 3
+    assert exit_info.value.code == 2 and len(resumed) == 4
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --resume: {lost / 'last_checkpoint'} names {runs / 'gone' / 'iter_8.pth'}, which does not exist "
         f"(nor does {lost / 'iter_8.pth'}): give the checkpoint to continue from, --resume {lost}/CHECKPOINT")
