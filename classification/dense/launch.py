@@ -128,6 +128,9 @@ def framework_problem(task: Optional[str]) -> Optional[str]:
     try:
         importlib.import_module(PLUGINS[task] if task else 'mmengine.config')
     except ImportError as err:
+        if (err.name or '').split('.')[0] in TASKS:     # the plugin itself: this repository is not importable
+            return (f'cannot import {PLUGINS[task]} ({err}): run `pip install -e .` in the repository, or put its '
+                    f'root on PYTHONPATH')
         needs = f'mmengine, mmcv and {FRAMEWORKS[task]}' if task else 'mmengine'
         return f'{task or "this tool"} needs {needs}; the import failed ({err}): {MM_INSTALL_HINT}'
     return None

@@ -445,6 +445,10 @@ def test_a_framework_that_cannot_be_imported_is_named_in_one_line(monkeypatch, c
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f'error: {config}: importing what the config needs failed ({failed}): {hint}')
+    monkeypatch.setitem(sys.modules, launch.PLUGINS[task], None)    # the plugin itself cannot be found
+    assert launch.framework_problem(task) == (
+        f'cannot import {launch.PLUGINS[task]} (import of {launch.PLUGINS[task]} halted; None in sys.modules): run '
+        f'`pip install -e .` in the repository, or put its root on PYTHONPATH')
 
 
 @pytest.mark.parametrize('item, message', [
