@@ -60,6 +60,8 @@ MM_INSTALL_HINT = 'run `bash tools/install_mm.sh` (mmcv 2.1.0 with its ops, mmen
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
 # mmengine's CheckpointHook and the pointer --resume follows.
 RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
+# torch's BatchNorm refusal of one value per channel: UperNet's 1x1 pooled map of a step of one image.
+ONE_VALUE_PER_CHANNEL = 'Expected more than 1 value per channel when training'
 # The keyword a constructor refused, in its TypeError: traced back to the --cfg-options key that added it.
 UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
@@ -175,10 +177,11 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
 
 def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
     """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
-    cannot be used, a setting the backbone refuses (directions, out_indices, ...), or an unexpected keyword argument
-    that is a part of one of ``new_options`` (``--cfg-options`` keys the config did not have: a misspelling), end
-    the process with one line (exit status 2); Ctrl-C with one line naming ``resume_from`` (the work_dir whose latest
-    checkpoint --resume continues from, for training) and exit status 130."""
+    cannot be used, a setting the backbone refuses (directions, out_indices, ...), a BatchNorm step on one image, or
+    an unexpected keyword argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did
+    not have: a misspelling), end the process with one line (exit status 2); Ctrl-C with one line naming
+    ``resume_from`` (the work_dir whose latest checkpoint --resume continues from, for training) and exit status
+    130."""
     from .backbones import BackboneSettingError
 
     try:
@@ -187,6 +190,11 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
         _exit_error(str(err))
     except BackboneSettingError as err:
         _exit_error(f'model.backbone: {err}')
+    except ValueError as err:
+        if ONE_VALUE_PER_CHANNEL not in str(err):
+            raise
+        _exit_error(f'{str(err).strip()}: a BatchNorm layer (e.g. of UperNet\'s 1x1 pooled map) saw one image; '
+                    f'train with at least 2 images per step over all processes (train_dataloader.batch_size x GPUs)')
     except TypeError as err:
         found = UNEXPECTED_KEYWORD.search(str(err))
         # the key up to the refused keyword: model.backbone.norm_cfg for model.backbone.norm_cfg.type

@@ -470,6 +470,23 @@ def test_a_backbone_setting_it_refuses_ends_in_one_line(tmp_path, ade_inputs_at_
             f'error: model.backbone: {message.format(cwd=tmp_path)}')
 
 
+def test_a_training_step_of_one_image_through_batchnorm_ends_in_one_line(capsys):
+    """UperNet's pooled 1x1 map under BatchNorm (SyncBN on one process) refuses a step of one image deep inside the
+    run: one line that says to train with at least two images per step."""
+    def one_image_step():
+        torch.nn.BatchNorm2d(4).train()(torch.zeros(1, 4, 1, 1))
+
+    with pytest.raises(SystemExit) as exit_info:
+        launch.run_step(one_image_step)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: Expected more than 1 value per channel when training, got input size torch.Size([1, 4, 1, 1]): a "
+        "BatchNorm layer (e.g. of UperNet's 1x1 pooled map) saw one image; train with at least 2 images per step over "
+        "all processes (train_dataloader.batch_size x GPUs)")
+    with pytest.raises(ValueError, match='other'):
+        launch.run_step(lambda: (_ for _ in ()).throw(ValueError('other')))
+
+
 def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         launch.train_main('segmentation', [SEG_CONFIG, '--cfg-options', 'train_cfg.max_iters'])
