@@ -187,7 +187,9 @@ class DenseBackbone(nn.Module):
         conversions that make new tensors replace them on the backbone only."""
         trunk = self._trunk[0]
         for name in self._trunk_tensors:
-            setattr(trunk, name, getattr(self, name))
+            current = getattr(self, name)
+            if getattr(trunk, name) is not current:
+                setattr(trunk, name, current)
         return trunk
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
