@@ -211,12 +211,15 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
 
 
 def _resume_hint(work_dir: str) -> str:
-    """How to continue an interrupted training run in ``work_dir``."""
+    """How to continue an interrupted training run in ``work_dir``, naming the checkpoint :func:`latest_checkpoint`
+    takes."""
     pointer = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(pointer):
         return '; no checkpoint was saved yet, nothing to resume'
     with open(pointer, encoding='utf-8') as f:
-        return f'; the command with --resume (and no path) continues from {f.read().strip()}'
+        named = f.read().strip()
+    own = osp.join(work_dir, osp.basename(named))
+    return f'; the command with --resume (and no path) continues from {own if osp.isfile(own) else named}'
 
 
 def _load_config(args: argparse.Namespace):

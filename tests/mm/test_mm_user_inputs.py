@@ -564,7 +564,9 @@ def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, ade_i
     work = tmp_path / 'work'
     for pointer, hint in ((None, 'no checkpoint was saved yet, nothing to resume'),
                           (f'{work}/iter_8.pth', f'the command with --resume (and no path) continues from '
-                                                 f'{work}/iter_8.pth')):
+                                                 f'{work}/iter_8.pth'),
+                          ('/moved/from/iter_8.pth', f'the command with --resume (and no path) continues from '
+                                                     f'{work}/iter_8.pth')):
         if pointer:
             (work / 'last_checkpoint').write_text(pointer)
             (work / 'iter_8.pth').write_bytes(b'')
