@@ -60,10 +60,15 @@ def work_dir_problem(work_dir: str) -> Optional[str]:
 
 
 def missing_checkpoint(path: str, flag: Optional[str] = None) -> Optional[str]:
-    """A local checkpoint given to ``flag`` (None: the positional CHECKPOINT) that does not exist (URLs are not
-    checked)."""
+    """A local checkpoint given to ``flag`` (None: the positional CHECKPOINT) that does not exist, or is a folder (a
+    work_dir: its checkpoints are named); URLs are not checked."""
+    where = f'{flag}: ' if flag else ''
+    if osp.isdir(path):
+        found = sorted(name for name in os.listdir(path) if name.endswith('.pth'))
+        shown = f' ({", ".join(found[:4])}{", ..." if len(found) > 4 else ""})' if found else ''
+        return f'{where}{path} is a folder: give one of its checkpoint files{shown}'
     if '://' not in path and not osp.isfile(path):
-        return f'{flag + ": " if flag else ""}checkpoint not found: {path}'
+        return f'{where}checkpoint not found: {path}'
     return None
 
 

@@ -241,8 +241,15 @@ def test_missing_data_and_checkpoints_stop_before_anything_is_built(tmp_path, ad
     (tmp_path / 'data' / 'coco' / 'annotations').mkdir(parents=True)
     (tmp_path / 'ckpt.pth').write_bytes(b'')
     work = ['--work-dir', str(tmp_path / 'work')]
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'iter_8.pth').write_bytes(b'')
+    (tmp_path / 'run' / 'iter_16.pth').write_bytes(b'')
     cases = [
         (launch.test_main, 'segmentation', [SEG_CONFIG, 'nosuch.pth'], 'checkpoint not found: nosuch.pth'),
+        (launch.test_main, 'segmentation', [SEG_CONFIG, 'run'],
+         'run is a folder: give one of its checkpoint files (iter_16.pth, iter_8.pth)'),
+        (launch.train_main, 'segmentation', [SEG_CONFIG, '--resume', 'run'],
+         '--resume: run is a folder: give one of its checkpoint files (iter_16.pth, iter_8.pth)'),
         (launch.train_main, 'segmentation', [SEG_CONFIG, '--resume', 'run/nosuch.pth'],
          '--resume: checkpoint not found: run/nosuch.pth'),
         (launch.test_main, 'segmentation', [SEG_CONFIG, 'ckpt.pth', '--cfg-options', 'test_dataloader.dataset.'
