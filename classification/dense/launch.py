@@ -222,13 +222,14 @@ def _resume_hint(work_dir: str) -> str:
     return f'; the command with --resume (and no path) continues from {own if osp.isfile(own) else named}'
 
 
-def _load_config(args: argparse.Namespace):
-    """Read the config, apply CLI overrides; set work_dir. Sets ``args.new_options`` to the ``--cfg-options`` keys the
-    config did not have."""
+def _load_config(args: argparse.Namespace, task: Optional[str] = None):
+    """Read the config (once it is found to exist, the plugin of ``task`` must import), apply CLI overrides; set
+    work_dir. Sets ``args.new_options`` to the ``--cfg-options`` keys the config did not have."""
     _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     check_config_file(args.config)
+    _stop_on(framework_problem(task))
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     args.new_options = merge_cfg_options(cfg, args.cfg_options)
@@ -431,7 +432,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     """
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
-    _stop_on(framework_problem(task))
+    _stop_on(framework_problem(None))    # the parser's --cfg-options needs mmengine
     parser = argparse.ArgumentParser(description=f'Train a LocalMamba {task} model')
     parser.add_argument('config', help='config file, e.g. configs/local_mamba/....py')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
@@ -445,7 +446,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.overwrite and args.resume is not None:
         parser.error('--overwrite starts a run afresh and --resume continues one: give only one of them')
-    cfg = _load_config(args)
+    cfg = _load_config(args, task)
     import torch
     if args.amp and not torch.cuda.is_available():
         _exit_error("--amp needs CUDA (mmengine's AmpOptimWrapper trains on GPUs); this machine has none")
@@ -492,7 +493,7 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     """``test.py CONFIG CHECKPOINT [--out FILE_OR_DIR] [--show-dir DIR] [--show] [--tta] [--cfg-options ...]``."""
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
-    _stop_on(framework_problem(task))
+    _stop_on(framework_problem(None))    # the parser's --cfg-options needs mmengine
     parser = argparse.ArgumentParser(description=f'Evaluate a LocalMamba {task} checkpoint')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint written by train.py')
@@ -507,7 +508,7 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.out and task == 'detection' and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must be a .pkl file for detection, got {args.out}')
-    cfg = _load_config(args)
+    cfg = _load_config(args, task)
     cfg.load_from = args.checkpoint
     walk_dicts(cfg.model, _skip_pretrained)  # the checkpoint holds every weight: the backbone's file is not read
     if args.show or args.show_dir:

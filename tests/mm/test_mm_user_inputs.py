@@ -447,6 +447,9 @@ def test_a_framework_that_cannot_be_imported_is_named_in_one_line(monkeypatch, c
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
             f'error: {task} needs mmengine, mmcv and {framework}; the import failed ({failed}): {hint}')
+    with pytest.raises(SystemExit) as exit_info:    # a config that does not exist is named first
+        launch.train_main(task, ['nosuch.py'])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == 'error: config file not found: nosuch.py'
     with pytest.raises(SystemExit) as exit_info:    # what mamba_get_flops.py reads its config with
         launch.read_config(config)
     assert exit_info.value.code == 2
