@@ -5,8 +5,9 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 tools/dist_train.sh 8 configs/strategies/local_mamba/config.yaml local_vim_tiny -b 128
 # Without CUDA the processes use the gloo backend on CPU.
 set -eu
+TOOLS="$(cd -P "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")" && pwd)"  # this folder, links followed
 if [ $# -lt 3 ]; then
     echo "usage: $0 GPUS CONFIG MODEL [train.py flags]" >&2
     exit 2
 fi
-exec sh "$(dirname "$0")/dist_run.sh" "$(dirname "$0")/train.py" "$@"
+exec sh "$TOOLS/dist_run.sh" "$TOOLS/train.py" "$@"

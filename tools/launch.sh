@@ -23,7 +23,7 @@ usage() {
 [ $# -ge 1 ] || usage
 MODE=$1
 shift
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd -P "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")/.." && pwd)"  # links followed
 case "$MODE" in
     torchrun) [ $# -ge 2 ] || usage; PARTITION=; GPUS=$1; ENTRY=$2; shift 2 ;;
     srun) [ $# -ge 3 ] || usage; PARTITION=$1; GPUS=$2; ENTRY=$3; shift 3 ;;

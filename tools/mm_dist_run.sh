@@ -6,6 +6,7 @@
 #   tools/mm_dist_run.sh SCRIPT test CONFIG CHECKPOINT GPUS [test.py flags]
 # Several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and PORT or MASTER_PORT) set.
 set -eu
+TOOLS="$(cd -P "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")" && pwd)"  # this folder, links followed
 if [ $# -lt 2 ]; then
     echo "usage: $0 SCRIPT train|test ARGS..." >&2
     exit 2
@@ -35,4 +36,4 @@ case "$MODE" in
         exit 2 ;;
 esac
 export MASTER_PORT="${PORT:-${MASTER_PORT:-}}"  # mmdet/mmseg's PORT, else MASTER_PORT
-exec sh "$(dirname "$0")/launch.sh" torchrun "$GPUS" "$HERE/$MODE.py" "$@"
+exec sh "$TOOLS/launch.sh" torchrun "$GPUS" "$HERE/$MODE.py" "$@"

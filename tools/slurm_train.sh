@@ -4,8 +4,9 @@
 # Ranks come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the master is the first node of the job and
 # MASTER_PORT (default 29500) its port.
 set -eu
+TOOLS="$(cd -P "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")" && pwd)"  # this folder, links followed
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION GPUS CONFIG MODEL [train.py flags]" >&2
     exit 2
 fi
-exec sh "$(dirname "$0")/slurm_run.sh" "$(dirname "$0")/train.py" "$@"
+exec sh "$TOOLS/slurm_run.sh" "$TOOLS/train.py" "$@"

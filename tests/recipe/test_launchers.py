@@ -205,3 +205,19 @@ def test_the_slurm_scripts_without_srun_say_what_to_use(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: srun not found: the slurm_*.sh scripts submit to Slurm; on a machine without it use "
         "tools/dist_train.sh / tools/dist_run.sh (torchrun)")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_scripts_run_through_a_link_to_them_or_to_their_folder(shell, stub_path, tmp_path):
+    """A link to dist_train.sh ended in 'cannot open .../dist_run.sh'; through a linked tools/ folder the folder
+    above the link went on PYTHONPATH as the repository root (an installed checkout's code ran instead)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "dist_train.sh").symlink_to(os.path.join(REPO, "tools", "dist_train.sh"))
+    (tmp_path / "linked_tools").symlink_to(os.path.join(REPO, "tools"))
+    for script in ("bin/dist_train.sh", "linked_tools/dist_train.sh"):
+        argv, env = run(shell, stub_path, str(tmp_path / script), "2", "c.yaml", "m", cwd=tmp_path)
+        assert argv == torchrun("2", os.path.join(REPO, "tools", "train.py"), "-c", "c.yaml", "--model", "m")
+        assert env["PYTHONPATH"] == REPO
+    argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "slurm_train.sh"), "p", "2", "c.yaml", "m",
+                  cwd=tmp_path)
+    assert argv[10:12] == ["-u", os.path.join(REPO, "tools", "train.py")]
