@@ -2,10 +2,10 @@
 # The one launcher behind every dist_*.sh / slurm_*.sh script: runs an entry script with its arguments as given.
 #   tools/launch.sh torchrun GPUS ENTRY [ARGS...]            GPUS processes per node (torchrun)
 #   tools/launch.sh srun PARTITION GPUS ENTRY [ARGS...]      GPUS Slurm tasks, at most 8 per node
-# torchrun, one node: the rendezvous takes a free port unless MASTER_PORT is set. Several nodes: run it on every node
-# with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default 29500) set. srun: ranks come from SLURM_PROCID /
-# SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node, its port MASTER_PORT if set, else the entry's
-# --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
+# torchrun, one node: its own master (MASTER_ADDR is not read) on a free port unless MASTER_PORT is set. Several
+# nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default 29500) set. srun: ranks
+# come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node, its port MASTER_PORT
+# if set, else the entry's --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
 # mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
 # torchrun runs as classification.engine.torchrun: a failed launch ends in one line with the failed worker's exit
@@ -42,12 +42,28 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$MODE" = torchrun ]; then
+    case "${NNODES:-1}" in
+        *[!0-9]*|0*)
+            echo "error: NNODES (the number of nodes) must be a whole number from 1, got '$NNODES'" >&2
+            exit 2 ;;
+    esac
     if [ "${NNODES:-1}" != 1 ] && { [ -z "${MASTER_ADDR:-}" ] || [ -z "${NODE_RANK:-}" ]; }; then
         echo "$0: NNODES=$NNODES needs MASTER_ADDR (the address of the node with NODE_RANK=0) and NODE_RANK" \
              "(this node's, from 0) set on every node" >&2
         exit 2
     fi
-    # One node: a free port unless MASTER_PORT names one (two jobs on a node no longer meet at 29500).
+    case "${NODE_RANK:-0}" in
+        *[!0-9]*|0?*) RANK_OK=false ;;
+        *) if [ "${NODE_RANK:-0}" -lt "${NNODES:-1}" ]; then RANK_OK=true; else RANK_OK=false; fi ;;
+    esac
+    if [ "$RANK_OK" = false ]; then
+        echo "error: NODE_RANK (this node's, from 0) must be a whole number below NNODES (${NNODES:-1}: set it to the" \
+             "number of nodes on every node), got '$NODE_RANK'" >&2
+        exit 2
+    fi
+    # One node: its own master (not a MASTER_ADDR left in the environment), on a free port unless MASTER_PORT names
+    # one (two jobs on a node no longer meet at 29500).
+    if [ "${NNODES:-1}" = 1 ]; then MASTER_ADDR=127.0.0.1; fi
     if [ -z "${MASTER_PORT:-}" ]; then
         if [ "${NNODES:-1}" = 1 ]; then MASTER_PORT=auto; else MASTER_PORT=29500; fi
     fi

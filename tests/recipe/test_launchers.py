@@ -221,3 +221,37 @@ def test_the_scripts_run_through_a_link_to_them_or_to_their_folder(shell, stub_p
     argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "slurm_train.sh"), "p", "2", "c.yaml", "m",
                   cwd=tmp_path)
     assert argv[10:12] == ["-u", os.path.join(REPO, "tools", "train.py")]
+
+
+def launch_error(stub_path, **env):
+    """tools/dist_train.sh 2 c.yaml m with `env` (the node variables unset otherwise): status, stdout, stderr."""
+    node_variables = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+    environ = {k: v for k, v in os.environ.items() if k not in node_variables}
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/dist_train.sh"), "2", "c.yaml", "m"], capture_output=True,
+                          text=True, env={**environ, **env, "PATH": stub_path})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("nnodes", ["two", "0", "1:2"])
+def test_a_node_count_that_is_not_a_whole_number_is_one_line(stub_path, nnodes):
+    """torchrun ended in a ValueError or AssertionError traceback."""
+    assert launch_error(stub_path, NNODES=nnodes, NODE_RANK="0", MASTER_ADDR="10.0.0.1") == (
+        2, "", f"error: NNODES (the number of nodes) must be a whole number from 1, got '{nnodes}'\n")
+
+
+@pytest.mark.parametrize("nnodes, node_rank", [("2", "2"), ("2", "x"), (None, "1"), ("1", "1")])
+def test_a_node_rank_outside_the_nodes_is_one_line(stub_path, nnodes, node_rank):
+    """torchrun waited for the missing nodes without a word (NODE_RANK=1 left from a multi-node shell: forever)."""
+    env = dict(NODE_RANK=node_rank, MASTER_ADDR="10.0.0.1", **({"NNODES": nnodes} if nnodes else {}))
+    assert launch_error(stub_path, **env) == (
+        2, "", f"error: NODE_RANK (this node's, from 0) must be a whole number below NNODES ({nnodes or 1}: set it to "
+               f"the number of nodes on every node), got '{node_rank}'\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_one_node_is_its_own_master_whatever_master_addr_says(shell, stub_path):
+    """A MASTER_ADDR left in the environment (a cluster's, another job's) sent the workers of a one-node launch to
+    that address, where they waited without a word."""
+    for nodes in ({}, {"NNODES": "1", "NODE_RANK": "0"}):
+        argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", "c.yaml", "m", MASTER_ADDR="10.0.0.1", **nodes)
+        assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m")
