@@ -64,6 +64,17 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def _refuse_shared_gpus(per_node: int) -> None:
+    """ConfigError (one line) when torchrun started more processes on this node than it sees CUDA devices: the ranks
+    past the last GPU would share one, which NCCL refuses only after the rendezvous. (Slurm tasks are not checked:
+    a task bound to its own GPU sees one device whatever its local rank.)"""
+    count = torch.cuda.device_count()
+    if per_node > count:
+        raise ConfigError(f"{per_node} processes on this node but {count} CUDA devices visible: each process needs a "
+                          f"GPU of its own; launch at most {count} (tools/dist_train.sh GPUS; CUDA_VISIBLE_DEVICES "
+                          f"chooses which GPUs), or give --device cpu")
+
+
 SLURM_TASK_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS")
 
 
@@ -127,6 +138,8 @@ def init_distributed(device: str = "auto", slurm: bool = False, dist_port: str =
         raise ConfigError(f"--device {device} would put all {world} processes on one GPU: give --device cuda (each "
                           f"process takes GPU LOCAL_RANK; CUDA_VISIBLE_DEVICES chooses which GPUs)")
     dev = _resolve_device(device, local)
+    if world > 1 and not slurm and dev.type == "cuda":
+        _refuse_shared_gpus(max(int(os.environ.get("LOCAL_WORLD_SIZE", "0")), local + 1))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)

@@ -414,6 +414,34 @@ def test_a_numbered_gpu_for_several_processes_is_refused(monkeypatch):
         init_distributed("cuda:1")
 
 
+@pytest.mark.parametrize("per_node, local_rank", [("4", "0"), ("4", "3"), (None, "2")])
+def test_more_processes_on_a_node_than_gpus_is_refused_on_every_rank(monkeypatch, per_node, local_rank):
+    """tools/dist_train.sh 4 on a 2-GPU node put two ranks on each GPU: they joined the group, where NCCL failed on
+    duplicate GPUs. Every rank refuses before the rendezvous, rank 0 too."""
+    from classification.engine import distributed
+    from classification.engine.config import ConfigError
+
+    def joined(**kwargs):
+        raise AssertionError(f"joined the process group: {kwargs}")
+
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(distributed.dist, "init_process_group", joined)
+    for key, value in (("WORLD_SIZE", "4"), ("RANK", local_rank), ("LOCAL_RANK", local_rank),
+                       ("LOCAL_WORLD_SIZE", per_node)):
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    expected = 4 if per_node else 3
+    with pytest.raises(ConfigError) as refused:
+        distributed.init_distributed("auto")
+    assert str(refused.value) == (
+        f"{expected} processes on this node but 2 CUDA devices visible: each process needs a GPU of its own; launch "
+        f"at most 2 (tools/dist_train.sh GPUS; CUDA_VISIBLE_DEVICES chooses which GPUs), or give --device cpu")
+
+
 @pytest.mark.usefixtures("no_launcher_env")
 def test_slurm_without_srun_variables_is_refused_in_one_line(monkeypatch):
     """`--slurm` outside srun: a ConfigError naming the missing variables (was a KeyError traceback)."""
