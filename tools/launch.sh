@@ -40,6 +40,14 @@ if [ ! -f "$ENTRY" ] && [ -f "$ROOT/$ENTRY" ]; then
     ENTRY="$ROOT/$ENTRY"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+case "${MASTER_PORT:-1}" in
+    *[!0-9]*|??????*) PORT_OK=false ;;
+    *) PORT_OK=true; { [ "${MASTER_PORT:-1}" -ge 1 ] && [ "${MASTER_PORT:-1}" -le 65535 ]; } || PORT_OK=false ;;
+esac
+if [ "$PORT_OK" = false ]; then
+    echo "error: MASTER_PORT (the det/seg scripts: PORT) must be a port number from 1 to 65535, got '$MASTER_PORT'" >&2
+    exit 2
+fi
 
 if [ "$MODE" = torchrun ]; then
     case "${NNODES:-1}" in

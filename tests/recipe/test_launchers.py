@@ -255,3 +255,10 @@ def test_one_node_is_its_own_master_whatever_master_addr_says(shell, stub_path):
     for nodes in ({}, {"NNODES": "1", "NODE_RANK": "0"}):
         argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", "c.yaml", "m", MASTER_ADDR="10.0.0.1", **nodes)
         assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m")
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "0", "1234567890123456789012"])
+def test_a_master_port_that_is_no_port_number_is_one_line(stub_path, port):
+    """torchrun printed its whole usage (not a number) or a ValueError traceback (past 65535)."""
+    assert launch_error(stub_path, MASTER_PORT=port) == (
+        2, "", f"error: MASTER_PORT (the det/seg scripts: PORT) must be a port number from 1 to 65535, got '{port}'\n")
