@@ -39,6 +39,14 @@ esac
 if [ ! -f "$ENTRY" ] && [ -f "$ROOT/$ENTRY" ]; then
     ENTRY="$ROOT/$ENTRY"
 fi
+if [ ! -f "$ENTRY" ]; then
+    case "$ENTRY" in
+        /*) echo "error: entry script $ENTRY not found" >&2 ;;
+        *) echo "error: entry script $ENTRY not found, neither from the current directory $(pwd) nor from the" \
+                "repository root $ROOT" >&2 ;;
+    esac
+    exit 2
+fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 case "${MASTER_PORT:-1}" in
     *[!0-9]*|??????*) PORT_OK=false ;;

@@ -262,3 +262,14 @@ def test_a_master_port_that_is_no_port_number_is_one_line(stub_path, port):
     """torchrun printed its whole usage (not a number) or a ValueError traceback (past 65535)."""
     assert launch_error(stub_path, MASTER_PORT=port) == (
         2, "", f"error: MASTER_PORT (the det/seg scripts: PORT) must be a port number from 1 to 65535, got '{port}'\n")
+
+
+@pytest.mark.parametrize("mode", [["torchrun", "2"], ["srun", "p", "2"]])
+def test_an_entry_found_nowhere_is_one_line_naming_both_places(stub_path, tmp_path, mode):
+    """Each worker printed python's "can't open file" naming the current directory only (the root was tried too)."""
+    environ = {**os.environ, "PATH": stub_path}
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/launch.sh"), *mode, "tools/tset.py", "-c", "c.yaml"],
+                          cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (f"error: entry script tools/tset.py not found, neither from the current directory "
+                           f"{tmp_path} nor from the repository root {REPO}\n")
