@@ -20,6 +20,17 @@ usage() {
     echo "usage: $0 torchrun GPUS ENTRY [ARGS...] | $0 srun PARTITION GPUS ENTRY [ARGS...]" >&2
     exit 2
 }
+show_command() {
+    # The command about to run, on stderr after "+ ", each argument quoted so that a shell reads it back as given.
+    line=+
+    for arg in "$@"; do
+        case "$arg" in
+            ''|*[!A-Za-z0-9_./:=,@%+-]*) arg="'$(printf '%s' "$arg" | sed "s/'/'\\\\''/g")'" ;;
+        esac
+        line="$line $arg"
+    done
+    printf '%s\n' "$line" >&2
+}
 [ $# -ge 1 ] || usage
 MODE=$1
 shift
@@ -84,11 +95,12 @@ if [ "$MODE" = torchrun ]; then
         if [ "${NNODES:-1}" = 1 ]; then MASTER_PORT=auto; else MASTER_PORT=29500; fi
     fi
     export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
-    set -x
-    exec python -m classification.engine.torchrun \
+    set -- python -m classification.engine.torchrun \
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
         "$ENTRY" "$@"
+    show_command "$@"
+    exec "$@"
 fi
 if ! command -v srun >/dev/null 2>&1; then
     echo "error: srun not found: the slurm_*.sh scripts submit to Slurm; on a machine without it use" \
@@ -101,7 +113,8 @@ ENTRY_DIR="$(cd "$(dirname "$ENTRY")" 2>/dev/null && pwd -P || true)"
 if [ "$ENTRY_DIR/$(basename "$ENTRY")" = "$(cd "$ROOT" && pwd -P)/tools/train.py" ]; then
     WARN=--signal=USR1@120
 fi
-set -x
 # SRUN_ARGS: more srun flags, split on spaces (e.g. "--mpi=pmi2 --time=2-00:00:00")
-exec srun --job-name train --partition="$PARTITION" -n"$GPUS" --gres=gpu:"$PER_NODE" --ntasks-per-node="$PER_NODE" \
+set -- srun --job-name train --partition="$PARTITION" -n"$GPUS" --gres=gpu:"$PER_NODE" --ntasks-per-node="$PER_NODE" \
     --cpus-per-task="${CPUS_PER_TASK:-5}" $WARN ${SRUN_ARGS:-} python -u "$ENTRY" "$@"
+show_command "$@"
+exec "$@"

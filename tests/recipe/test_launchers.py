@@ -273,3 +273,17 @@ def test_an_entry_found_nowhere_is_one_line_naming_both_places(stub_path, tmp_pa
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: entry script tools/tset.py not found, neither from the current directory "
                            f"{tmp_path} nor from the repository root {REPO}\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("launcher", [["tools/dist_train.sh", "2"], ["tools/slurm_train.sh", "p", "2"]])
+def test_the_command_shown_before_the_launch_reads_back_as_the_command_run(shell, stub_path, tmp_path, launcher):
+    """`sh`'s trace showed `-c my cfg.yaml` without quotes: copied from the log, it ran with other arguments."""
+    import shlex
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "PORT", "NNODES", "SRUN_ARGS")}
+    proc = subprocess.run([shell, os.path.join(REPO, launcher[0]), *launcher[1:], "my cfg.yaml", "m", "--experiment",
+                           "it's $HOME", "--opt", ""], cwd=tmp_path, env={**environ, "PATH": stub_path},
+                          capture_output=True, text=True, check=True)
+    shown = [line for line in proc.stderr.splitlines() if line.startswith("+ ")]
+    assert len(shown) == 1 and shlex.split(shown[0][2:]) == proc.stdout.splitlines()[:-2]
