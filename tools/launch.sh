@@ -8,8 +8,9 @@
 # if set, else the entry's --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
 # mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
-# torchrun runs as classification.engine.torchrun: a failed launch ends in one line with the failed worker's exit
-# status, not in torchrun's ChildFailedError traceback with status 1.
+# torchrun runs as tools/torchrun.py (classification.engine.torchrun): a failed launch ends in one line with the
+# failed worker's exit status, not in torchrun's ChildFailedError traceback with status 1; a Ctrl-C while it imports
+# ends it quietly.
 # Interruptions: tools/train.py stops on SIGINT, SIGTERM, SIGUSR1 or SIGHUP after its current step, saving last.pth.tar.
 # For it srun asks Slurm for SIGUSR1 120 s before the time limit (--signal=USR1@120; other entries keep the full
 # time). torchrun forwards SIGINT, SIGTERM and (PET_SIGNALS_TO_HANDLE below: torch >= 2.10 reads it, our torchrun
@@ -95,7 +96,7 @@ if [ "$MODE" = torchrun ]; then
         if [ "${NNODES:-1}" = 1 ]; then MASTER_PORT=auto; else MASTER_PORT=29500; fi
     fi
     export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
-    set -- python -m classification.engine.torchrun \
+    set -- python "$ROOT/tools/torchrun.py" \
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
         "$ENTRY" "$@"

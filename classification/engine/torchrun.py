@@ -1,4 +1,5 @@
-"""torchrun as our launchers run it (``python -m classification.engine.torchrun`` takes torchrun's arguments).
+"""torchrun as our launchers run it (``python tools/torchrun.py`` or ``python -m classification.engine.torchrun``
+take torchrun's arguments).
 
 It is ``torch.distributed.run`` unchanged, except for how a launch that failed ends: when a worker fails, or torchrun
 itself is stopped by a signal, it prints one line and exits with the worker's status (128 + N for signal N), where

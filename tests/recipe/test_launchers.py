@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TORCHRUN = ["python", "-m", "classification.engine.torchrun"]
+TORCHRUN = ["python", os.path.join(REPO, "tools", "torchrun.py")]
 SHELLS = [s for s in ("sh", "bash") if shutil.which(s)]
 
 STUB = """#!/bin/sh
@@ -287,3 +287,26 @@ def test_the_command_shown_before_the_launch_reads_back_as_the_command_run(shell
                           capture_output=True, text=True, check=True)
     shown = [line for line in proc.stderr.splitlines() if line.startswith("+ ")]
     assert len(shown) == 1 and shlex.split(shown[0][2:]) == proc.stdout.splitlines()[:-2]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_ctrl_c_while_the_launcher_imports_stops_it_quietly(tmp_path):
+    """Ctrl-C in the first seconds of a launch (the launcher still importing torch and the models) printed a
+    KeyboardInterrupt traceback of some 30 lines."""
+    import signal
+    import time
+
+    (tmp_path / "x.py").write_text("")
+    environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "NNODES", "NODE_RANK")}
+    proc = subprocess.Popen(["sh", os.path.join(REPO, "tools/launch.sh"), "torchrun", "1", str(tmp_path / "x.py")],
+                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    cmdline = f"/proc/{proc.pid}/cmdline"
+    deadline = time.time() + 30
+    while time.time() < deadline and b"torchrun" not in open(cmdline, "rb").read():    # sh has exec'd python
+        time.sleep(0.01)
+    time.sleep(0.3)                                   # python is up, importing
+    os.killpg(proc.pid, signal.SIGINT)                # the terminal's Ctrl-C goes to the whole group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT          # the shell reports 130
+    assert [line for line in stderr.splitlines() if not line.startswith("+ ")] == []
