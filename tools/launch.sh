@@ -7,7 +7,8 @@
 # come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node, its port MASTER_PORT
 # if set, else the entry's --dist-port; each task gets CPUS_PER_TASK cores (default 5, as
 # mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
-# ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH.
+# ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH. The
+# interpreter is python from PATH, or the one PYTHON names.
 # torchrun runs as tools/torchrun.py (classification.engine.torchrun): a failed launch ends in one line with the
 # failed worker's exit status, not in torchrun's ChildFailedError traceback with status 1; a Ctrl-C while it imports
 # ends it quietly.
@@ -60,6 +61,7 @@ if [ ! -f "$ENTRY" ]; then
     exit 2
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+PYTHON="${PYTHON:-python}"   # the interpreter: python on PATH, or the one PYTHON names (e.g. python3)
 case "${MASTER_PORT:-1}" in
     *[!0-9]*|??????*) PORT_OK=false ;;
     *) PORT_OK=true; { [ "${MASTER_PORT:-1}" -ge 1 ] && [ "${MASTER_PORT:-1}" -le 65535 ]; } || PORT_OK=false ;;
@@ -95,8 +97,13 @@ if [ "$MODE" = torchrun ]; then
     if [ -z "${MASTER_PORT:-}" ]; then
         if [ "${NNODES:-1}" = 1 ]; then MASTER_PORT=auto; else MASTER_PORT=29500; fi
     fi
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+        echo "error: $PYTHON not found on PATH: activate the environment that has torch, or name its interpreter in" \
+             "PYTHON (e.g. PYTHON=python3)" >&2
+        exit 127
+    fi
     export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
-    set -- python "$ROOT/tools/torchrun.py" \
+    set -- "$PYTHON" "$ROOT/tools/torchrun.py" \
         --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --nproc_per_node="$GPUS" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
         "$ENTRY" "$@"
@@ -116,6 +123,6 @@ if [ "$ENTRY_DIR/$(basename "$ENTRY")" = "$(cd "$ROOT" && pwd -P)/tools/train.py
 fi
 # SRUN_ARGS: more srun flags, split on spaces (e.g. "--mpi=pmi2 --time=2-00:00:00")
 set -- srun --job-name train --partition="$PARTITION" -n"$GPUS" --gres=gpu:"$PER_NODE" --ntasks-per-node="$PER_NODE" \
-    --cpus-per-task="${CPUS_PER_TASK:-5}" $WARN ${SRUN_ARGS:-} python -u "$ENTRY" "$@"
+    --cpus-per-task="${CPUS_PER_TASK:-5}" $WARN ${SRUN_ARGS:-} "$PYTHON" -u "$ENTRY" "$@"
 show_command "$@"
 exec "$@"

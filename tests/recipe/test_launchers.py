@@ -310,3 +310,27 @@ def test_ctrl_c_while_the_launcher_imports_stops_it_quietly(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT          # the shell reports 130
     assert [line for line in stderr.splitlines() if not line.startswith("+ ")] == []
+
+
+def test_the_interpreter_is_python_or_the_one_python_names(tmp_path):
+    """Where PATH has no `python` (python3 only, no environment active) the launch ended in 'exec: python: not
+    found'; PYTHON names another interpreter, as for tools/install_mm.sh (srun's tasks run it too)."""
+    bin_dir = tmp_path / "bin"                   # the commands the scripts use, stubs for srun and the interpreter
+    bin_dir.mkdir()
+    for name in ("sh", "dirname", "readlink", "sed", "basename"):
+        (bin_dir / name).symlink_to(shutil.which(name))
+    for name in ("my-python", "srun"):
+        (bin_dir / name).write_text(STUB.format(name=name))
+        (bin_dir / name).chmod(0o755)
+    environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "NNODES", "PYTHON", "SRUN_ARGS")}
+    environ["PATH"] = str(bin_dir)
+    train = [os.path.join(REPO, "tools/dist_train.sh"), "2", "c.yaml", "m"]
+    missing = subprocess.run(["sh", *train], env=environ, capture_output=True, text=True)
+    assert (missing.returncode, missing.stdout) == (127, "")
+    assert missing.stderr == ("error: python not found on PATH: activate the environment that has torch, or name its "
+                              "interpreter in PYTHON (e.g. PYTHON=python3)\n")
+    for script in (train, [os.path.join(REPO, "tools/slurm_train.sh"), "p", "2", "c.yaml", "m"]):
+        named = subprocess.run(["sh", *script], env={**environ, "PYTHON": "my-python"}, capture_output=True,
+                               text=True)
+        argv = named.stdout.splitlines()[:-2]
+        assert named.returncode == 0 and "my-python" in argv and "python" not in argv
