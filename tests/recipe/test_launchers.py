@@ -303,7 +303,7 @@ def test_ctrl_c_while_the_launcher_imports_stops_it_quietly(tmp_path):
                             start_new_session=True)
     cmdline = f"/proc/{proc.pid}/cmdline"
     deadline = time.time() + 30
-    while time.time() < deadline and b"torchrun" not in open(cmdline, "rb").read():    # sh has exec'd python
+    while time.time() < deadline and b"torchrun.py" not in open(cmdline, "rb").read():  # sh exec'd python
         time.sleep(0.01)
     time.sleep(0.3)                                   # python is up, importing
     os.killpg(proc.pid, signal.SIGINT)                # the terminal's Ctrl-C goes to the whole group
