@@ -4,4 +4,5 @@
 #   dist_train.sh CONFIG GPUS [train.py flags]
 # Several nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and PORT or MASTER_PORT) set.
 set -eu
-exec sh "$(dirname "$0")/../../tools/mm_dist_run.sh" "$0" train "$@"
+HERE="$(cd -P "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")" && pwd)"  # this folder, links followed
+exec sh "$HERE/../../tools/mm_dist_run.sh" "$HERE/dist_train.sh" train "$@"

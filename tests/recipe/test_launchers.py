@@ -146,6 +146,23 @@ def test_mm_launchers_keep_the_mm_argument_order_and_port(shell, stub_path, task
         assert "--master_port=4321" in argv
 
 
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+@pytest.mark.parametrize("shell", SHELLS)
+def test_mm_launchers_run_through_a_link_to_them_or_to_their_folder(shell, stub_path, tmp_path, task):
+    """A link to detection/tools/dist_train.sh ended in 'cannot open .../../tools/mm_dist_run.sh', and its train.py
+    was looked for beside the link."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "dist_train.sh").symlink_to(os.path.join(REPO, task, "tools", "dist_train.sh"))
+    (tmp_path / "linked_tools").symlink_to(os.path.join(REPO, task, "tools"))
+    for script in ("bin/dist_train.sh", "linked_tools/dist_train.sh"):
+        argv, env = run(shell, stub_path, str(tmp_path / script), "cfg.py", "2", cwd=tmp_path)
+        assert argv == torchrun("2", f"{REPO}/{task}/tools/train.py", "cfg.py", "--launcher", "pytorch")
+        assert env["PYTHONPATH"] == REPO
+    argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "dist_test.sh"), "cfg.py", "w.pth", "8",
+                  cwd=tmp_path)
+    assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", "cfg.py", "w.pth", "--launcher", "pytorch")
+
+
 @pytest.mark.parametrize("script, args", [("tools/dist_run.sh", ["a", "1", "c"]), ("tools/slurm_run.sh", ["a"]),
                                           ("tools/dist_train.sh", []), ("detection/tools/dist_test.sh", ["c", "k"])])
 def test_too_few_arguments_print_usage(stub_path, script, args):
