@@ -213,12 +213,10 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
 def _resume_hint(work_dir: str) -> str:
     """How to continue an interrupted training run in ``work_dir``, naming the checkpoint :func:`latest_checkpoint`
     takes."""
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
+    pointed = _pointed_checkpoint(work_dir)
+    if pointed is None:
         return '; no checkpoint was saved yet, nothing to resume'
-    with open(pointer, encoding='utf-8') as f:
-        named = f.read().strip()
-    own = osp.join(work_dir, osp.basename(named))
+    named, own = pointed
     return f'; the command with --resume (and no path) continues from {own if osp.isfile(own) else named}'
 
 
@@ -285,23 +283,32 @@ def check_resume_folder(work_dir: str, checkpoint: str) -> None:
                            f'{osp.dirname(checkpoint)} to continue it in its own folder, or a --work-dir of its own')
 
 
+def _pointed_checkpoint(work_dir: str) -> Optional[tuple[str, str]]:
+    """The checkpoint the work_dir's ``last_checkpoint`` names, and the work_dir's own file of that name (mmengine
+    writes an absolute path there, which a moved or copied work_dir no longer means); None without a pointer."""
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer, encoding='utf-8') as f:
+        named = f.read().strip()
+    return named, osp.join(work_dir, osp.basename(named))
+
+
 def latest_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``--resume`` without a path continues: the work_dir's own file of the name its
     ``last_checkpoint`` holds. mmengine writes an absolute path there, and so resumed a moved work_dir from a file no
     longer there (or a copied one from the original folder's file). None (mmengine follows the pointer) without a
     pointer, or when the work_dir has no such file and the named one exists or is a URI (``CheckpointHook(out_dir=...)``
     saves elsewhere); a pointer to a local file that exists in neither place ends the process in one line."""
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(pointer):
+    pointed = _pointed_checkpoint(work_dir)
+    if pointed is None:
         return None
-    with open(pointer, encoding='utf-8') as f:
-        named = f.read().strip()
-    own = osp.join(work_dir, osp.basename(named))
+    named, own = pointed
     if osp.isfile(own):
         return own
     if '://' not in named and not osp.isfile(named):
-        _exit_error(f'--resume: {pointer} names {named}, which does not exist (nor does {own}): give the checkpoint '
-                    f'to continue from, --resume {work_dir}/CHECKPOINT')
+        _exit_error(f'--resume: {osp.join(work_dir, "last_checkpoint")} names {named}, which does not exist (nor does '
+                    f'{own}): give the checkpoint to continue from, --resume {work_dir}/CHECKPOINT')
     return None
 
 
