@@ -264,7 +264,7 @@ def check_ranges(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{_flag(dest)} must be in {lo or '(-inf'}, {hi}, got {item!r}")
     if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
         raise ConfigError(f"--cutmix-minmax takes two values (min max), got {args.cutmix_minmax!r}")
-    if not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536:
+    if args.dist_port is not None and (not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536):
         raise ConfigError(f"--dist-port must be a port number (1-65535), got {args.dist_port!r}")
     name = os.path.normpath(args.experiment) if args.experiment else ""
     if not name or name == "." or os.path.isabs(name) or name.split(os.sep)[0] == "..":

@@ -102,9 +102,23 @@ def _slurm_master_address(nodes: str) -> str:
     return hosts[0]
 
 
-def _slurm_environment(port: str) -> tuple[int, int, int]:
+SLURM_PORTS = (20000, 30000)   # the job ports: below Linux's ephemeral range (32768-60999) of outgoing connections
+
+
+def slurm_job_port(job_id: Optional[str]) -> str:
+    """The master port of a Slurm job with no --dist-port or MASTER_PORT: one of `SLURM_PORTS` picked by its job id,
+    the same in all its tasks and different for jobs that share a node (two jobs with ids 10,000 apart aside);
+    29500, torch's default, without a numeric job id."""
+    if not (job_id or "").isdigit():
+        return "29500"
+    low, high = SLURM_PORTS
+    return str(low + int(job_id) % (high - low))
+
+
+def _slurm_environment(port: Optional[str]) -> tuple[int, int, int]:
     """Fill MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the SLURM_* variables of an srun task; outside srun
-    (a variable missing) or without a master address, ConfigError (one line)."""
+    (a variable missing) or without a master address, ConfigError (one line). The port: MASTER_PORT, else `port`,
+    else `slurm_job_port`."""
     missing = [name for name in (*SLURM_TASK_VARIABLES, "SLURM_NODELIST") if name not in os.environ]
     if "MASTER_ADDR" in os.environ and "SLURM_NODELIST" in missing:
         missing.remove("SLURM_NODELIST")
@@ -116,12 +130,15 @@ def _slurm_environment(port: str) -> tuple[int, int, int]:
     local = _slurm_int("SLURM_LOCALID") if "SLURM_LOCALID" in os.environ else rank % max(torch.cuda.device_count(), 1)
     if "MASTER_ADDR" not in os.environ:
         os.environ["MASTER_ADDR"] = _slurm_master_address(os.environ["SLURM_NODELIST"])
+    if port is None:
+        port = slurm_job_port(os.environ.get("SLURM_JOB_ID"))
     os.environ.setdefault("MASTER_PORT", str(port))
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
     return rank, world, local
 
 
-def init_distributed(device: str = "auto", slurm: bool = False, dist_port: str = "29500", threads: int = 0) -> DistEnv:
+def init_distributed(device: str = "auto", slurm: bool = False, dist_port: Optional[str] = None,
+                     threads: int = 0) -> DistEnv:
     """Join the process group when launched by torchrun or srun; otherwise describe a single process.
 
     `threads` > 0 sets the number of CPU threads of this process.

@@ -165,7 +165,9 @@ def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-num", type=int, default=10, help="ours: how many best checkpoints to keep")
     g.add_argument("--threads", type=int, default=0, help="ours: CPU threads per process (0: torch's default)")
     g.add_argument("--slurm", action=SWITCH, default=False, help="take ranks from SLURM_* (tools/slurm_train.sh)")
-    g.add_argument("--dist-port", default="29500", help="master port of --slurm runs without MASTER_PORT")
+    g.add_argument("--dist-port", default=None,
+                   help="master port of --slurm runs without MASTER_PORT (default: from the job's SLURM_JOB_ID, so "
+                        "two jobs on one node do not meet)")
     g.add_argument("--local-rank", "--local_rank", type=int, default=0,
                    help="accepted for torch.distributed.launch; the LOCAL_RANK variable is used")
 

@@ -369,7 +369,7 @@ def test_a_busy_port_is_one_line_whichever_error_torch_raises(monkeypatch, capsy
         torchrun.main(["train.py"])
 
 
-SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST")
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST", "SLURM_JOB_ID")
 
 
 @pytest.fixture
@@ -401,6 +401,30 @@ def test_slurm_tasks_take_dist_port_unless_master_port_is_set(monkeypatch, maste
     monkeypatch.setenv("SLURM_LOCALID", "1")
     assert _slurm_environment("4321") == (5, 16, 1)
     assert (os.environ["MASTER_PORT"], os.environ["RANK"], os.environ["WORLD_SIZE"]) == (expected, "5", "16")
+
+
+@pytest.mark.parametrize("job_ids, ports", [
+    (("4017", "4018"), ("24017", "24018")),       # two jobs on one node took the one default 29500: the second
+    (("123456", "123456"), ("23456", "23456")),   # failed; the tasks of one job agree on a port
+    ((None, "x7"), ("29500", "29500")),            # no numeric job id: torch's default
+])
+@pytest.mark.usefixtures("no_launcher_env")
+def test_slurm_jobs_without_a_port_take_one_from_their_job_id(monkeypatch, job_ids, ports):
+    from classification.engine.distributed import _slurm_environment
+
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    taken = []
+    for job_id in job_ids:
+        monkeypatch.delenv("MASTER_PORT", raising=False)
+        if job_id is None:
+            monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_JOB_ID", job_id)
+        _slurm_environment(None)
+        taken.append(os.environ["MASTER_PORT"])
+    assert tuple(taken) == ports
 
 
 def test_a_numbered_gpu_for_several_processes_is_refused(monkeypatch):
