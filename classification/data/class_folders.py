@@ -1,6 +1,6 @@
 """The class-folder layout of a split, `<split>/<class>/<image>`, listed in torchvision ImageFolder's order: classes
 are the sorted folder names (or a given order, matched in any Unicode normalization); links are followed, hidden
-files and unread image types skipped and counted."""
+files and folders and unread image types skipped and counted."""
 from __future__ import annotations
 
 import logging
@@ -82,7 +82,8 @@ def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> lis
     list it again, or loop). A link to an image that does not exist, a linked folder that is or holds a folder of
     `guards` (real path -> folder as named: the split and the other classes), or a folder that cannot be read, is
     refused here rather than when it is first read; only links cost a file-system call beyond listing the folders.
-    Hidden files ('.' names, such as macOS's '._x.jpg') and images of types not read are added to `skipped`."""
+    Hidden files ('.' names, such as macOS's '._x.jpg') and images of types not read are added to `skipped`, and so
+    are hidden sub-folders that hold images (`.thumbnails`, `.ipynb_checkpoints`: copies, not more of the class)."""
     by_folder, seen, pending = [], set(), [(folder, os.path.islink(folder))]
     while pending:
         current, linked = pending.pop()
@@ -100,7 +101,10 @@ def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> lis
         for entry in entries:
             lower = entry.name.lower()
             if entry.is_dir():
-                pending.append((entry.path, entry.is_symlink()))
+                if not entry.name.startswith("."):
+                    pending.append((entry.path, entry.is_symlink()))
+                elif _holds_images(entry.path):
+                    skipped.append(entry.path)
             elif broken_link(entry) and not entry.name.startswith("."):
                 if lower.endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS):
                     raise DataError(f"broken link {entry.path} -> {os.readlink(entry.path)}: the image it points to "
@@ -116,6 +120,19 @@ def _image_files(folder: str, guards: dict[str, str], skipped: list[str]) -> lis
     return [path for _, files in sorted(by_folder) for path in files]
 
 
+def _holds_images(folder: str) -> bool:
+    """Whether a file named like an image lies anywhere under `folder` (links not followed)."""
+    return any(name.lower().endswith(IMAGE_EXTENSIONS + UNREAD_IMAGE_EXTENSIONS)
+               for _, _, names in os.walk(folder) for name in names)
+
+
+def _hidden_files_and_folders(skipped: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The hidden files of `skipped`, and its hidden folders (those holding images, `_image_files` adds)."""
+    hidden = [path for path in skipped if os.path.basename(path).startswith(".")]
+    folders = [path for path in hidden if os.path.isdir(path)]
+    return [path for path in hidden if path not in folders], folders
+
+
 def _skipped_types(skipped: Sequence[str]) -> dict[str, int]:
     """How many of the `skipped` files that are not hidden have each (lower-case) extension."""
     types: dict[str, int] = {}
@@ -129,9 +146,11 @@ def _skipped_types(skipped: Sequence[str]) -> dict[str, int]:
 def _what_was_skipped(skipped: Sequence[str]) -> str:
     """` (skipped: ...)`, saying how many hidden files and files of each unread type `skipped` holds; empty for
     none: the end of an error about a folder without images to read."""
-    hidden = sum(os.path.basename(path).startswith(".") for path in skipped)
+    hidden, hidden_folders = _hidden_files_and_folders(skipped)
     types = _skipped_types(skipped)
-    parts = [f"{hidden} hidden files, names starting with '.'"] if hidden else []
+    parts = [f"{len(hidden)} hidden files, names starting with '.'"] if hidden else []
+    if hidden_folders:
+        parts.append(f"{len(hidden_folders)} hidden folders of images, names starting with '.'")
     if types:
         counts = ", ".join(f"{ext}: {n}" for ext, n in types.items())
         parts.append(f"{sum(types.values())} of types that are not read, {counts}; convert them to one of "
@@ -140,12 +159,17 @@ def _what_was_skipped(skipped: Sequence[str]) -> str:
 
 
 def _note_skipped_files(split_dir: str, skipped: Sequence[str]) -> None:
-    """Log how many files named like images were skipped under `split_dir`: hidden ones, unread types, and images
-    that lie in the split folder itself, beside the class folders (well-known non-image files are not counted)."""
-    hidden = [path for path in skipped if os.path.basename(path).startswith(".")]
+    """Log how many files named like images were skipped under `split_dir`: hidden ones (and hidden folders of
+    them), unread types, and images that lie in the split folder itself, beside the class folders (well-known
+    non-image files are not counted)."""
+    hidden, hidden_folders = _hidden_files_and_folders(skipped)
     if hidden:
         logger.info(f"{split_dir}: skipped {len(hidden)} hidden files named like images (names starting with '.', "
                     f"such as the '._' files macOS leaves), e.g. {os.path.relpath(hidden[0], split_dir)}")
+    if hidden_folders:
+        logger.info(f"{split_dir}: skipped {len(hidden_folders)} hidden folders holding images in class folders "
+                    f"(names starting with '.', such as .thumbnails), e.g. "
+                    f"{os.path.relpath(hidden_folders[0], split_dir)}")
     types = _skipped_types(skipped)
     if types:
         counts = ", ".join(f"{ext}: {n}" for ext, n in types.items())

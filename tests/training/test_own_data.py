@@ -520,6 +520,30 @@ def test_hidden_files_in_class_folders_are_skipped(tmp_path, localmamba_log):
         f"files macOS leaves), e.g. cat/._0.png"]
 
 
+def test_hidden_folders_of_images_in_class_folders_are_skipped(tmp_path, localmamba_log):
+    """A file manager's `.thumbnails` in a class folder added small copies of its images to the class, and a class
+    of nothing but such a folder said it held no image files."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat", "dog"), per_class=2, val_per_class=1)
+    write_image(str(root / "train" / "cat" / ".thumbnails" / "normal" / "0.png"), seed=5)
+    (root / "train" / "dog" / ".git").mkdir()
+    (root / "train" / "dog" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")  # holds no image: not mentioned
+    write_image(str(root / "train" / "dog" / "more" / "2.png"), seed=6)               # a visible sub-folder: read
+    samples, _ = scan_class_folders(str(root / "train"))
+    assert [os.path.relpath(path, root / "train") for path, _ in samples] == [
+        "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", os.path.join("dog", "more", "2.png")]
+    assert messages(localmamba_log, logging.INFO) == [
+        f"{root / 'train'}: skipped 1 hidden folders holding images in class folders (names starting with '.', such "
+        f"as .thumbnails), e.g. cat/.thumbnails"]
+    for name in ("cat", "dog"):
+        for path in list((root / "val" / name).iterdir()):
+            os.renames(path, path.parent / ".cache" / path.name)
+    with pytest.raises(DataError) as err:
+        scan_class_folders(str(root / "val"), ["cat", "dog"])
+    assert str(err.value) == (f"no image files found under {root / 'val'} (skipped: 2 hidden folders of images, "
+                              f"names starting with '.')")
+
+
 def test_skipped_image_types_and_loose_images_are_counted(tmp_path, localmamba_log):
     """Images of types not read, and images beside the class folders, were skipped without a word; well-known
     non-image files are still not mentioned."""
