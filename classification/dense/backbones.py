@@ -14,6 +14,8 @@ go to mmengine's current logger when mmengine is installed.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import logging
 import os
 import re
@@ -57,6 +59,20 @@ def _settings_checked() -> Iterator[None]:
         yield
     except (ValueError, FileNotFoundError) as err:
         raise BackboneSettingError(str(err)) from err
+
+
+def _refuse_unknown_settings(backbone: type, trunk: type, settings: Mapping[str, Any]) -> None:
+    """Refuse the ``settings`` (the keyword arguments a backbone passes on to its classification model) that neither
+    the backbone nor the model takes, a misspelt key of the config's ``model.backbone``, naming the close matches;
+    the model's TypeError was a traceback."""
+    taken = sorted({name for cls in (backbone, trunk)
+                    for name, param in inspect.signature(cls.__init__).parameters.items()
+                    if name != 'self' and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)})
+    for key in settings:
+        if key not in taken:
+            close = difflib.get_close_matches(key, taken, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ''
+            raise ValueError(f'{backbone.__name__} does not take {key!r}{hint}')
 
 
 def _index_list(out_indices: Union[int, Sequence[int]]) -> Sequence[int]:
@@ -288,6 +304,7 @@ class MM_LocalVim(DenseBackbone):
                  directions: DirectionsArg = None, trust_checkpoint: bool = False,
                  init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         with _settings_checked():
+            _refuse_unknown_settings(MM_LocalVim, VisionMamba, kwargs)
             weights, weights_arg, prefix = _pretrained_source('MM_LocalVim', pretrained, pretrained_ckpt, init_cfg)
             trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
             # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the
@@ -339,6 +356,7 @@ class MM_LocalVSSM(DenseBackbone):
                  patchembed_version: str = 'v1', trust_checkpoint: bool = False,
                  init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         with _settings_checked():
+            _refuse_unknown_settings(MM_LocalVSSM, VSSM, kwargs)
             if mlp_ratio != 0.0 or downsample_version != 'v1' or patchembed_version != 'v1':
                 raise ValueError('LocalVMamba has no MLP and v1 patch embedding/merging: mlp_ratio must be 0.0 and '
                                  f"the versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")

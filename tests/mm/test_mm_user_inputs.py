@@ -418,15 +418,15 @@ def test_a_misspelt_cfg_options_key_ends_in_one_line(tmp_path, ade_inputs_at_han
                               cwd=str(tmp_path))
 
     misspelt = start('work', 'model.backbone.pretraned=x')
-    # a new dict under a class's arguments (mmdet's norm_cfg idiom, which the backbones do not take): the refused
-    # keyword is a middle part of the keys, and the TypeError ended in a traceback
-    new_dict = start('work_norm_cfg', 'model.backbone.norm_cfg.type=SyncBN',
-                     'model.backbone.norm_cfg.requires_grad=True')
+    # a new dict under a class's arguments (a misspelt norm_cfg of the head, not the backbone, which refuses keys it
+    # does not take by name): the refused keyword is a middle part of the keys, and the TypeError ended in a traceback
+    new_dict = start('work_norm_cfg', 'model.decode_head.norm_cfgg.type=SyncBN',
+                     'model.decode_head.norm_cfgg.requires_grad=True')
     for proc, message in (
-            (misspelt, "error: VSSM.__init__() got an unexpected keyword argument 'pretraned': --cfg-options "
-                       "model.backbone.pretraned is not a key of the config (misspelt?)"),
-            (new_dict, "error: VSSM.__init__() got an unexpected keyword argument 'norm_cfg': --cfg-options "
-                       "model.backbone.norm_cfg is not a key of the config (misspelt?)")):
+            (misspelt, "error: model.backbone: MM_LocalVSSM does not take 'pretraned'; did you mean pretrained, "
+                       "pretrained_key, pretrained_ckpt?"),
+            (new_dict, "error: BaseDecodeHead.__init__() got an unexpected keyword argument 'norm_cfgg': "
+                       "--cfg-options model.decode_head.norm_cfgg is not a key of the config (misspelt?)")):
         done = finish(proc, timeout=300)
         assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr[-3000:]
         assert done.stderr.strip().splitlines()[-1] == message

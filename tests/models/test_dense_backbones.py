@@ -191,6 +191,24 @@ def test_an_init_cfg_the_backbone_does_not_take_is_refused_by_name(init_cfg, pre
                                          f"dict(type='Pretrained', checkpoint=FILE)")
 
 
+@pytest.mark.parametrize('backbone, settings, message', [
+    (MM_LocalVim, dict(drop_path_rat=0.1), "MM_LocalVim does not take 'drop_path_rat'; did you mean drop_path_rate, "
+                                           "drop_rate?"),
+    (MM_LocalVSSM, dict(depth=[2, 2, 9, 2]), "MM_LocalVSSM does not take 'depth'; did you mean depths?"),
+    (MM_LocalVSSM, dict(norm_cfg=dict(type='SyncBN')), "MM_LocalVSSM does not take 'norm_cfg'; did you mean "
+                                                       "init_cfg?"),
+    (MM_LocalVim, dict(frozen_stages=1), "MM_LocalVim does not take 'frozen_stages'"),
+])
+def test_a_setting_neither_the_backbone_nor_its_model_takes_is_refused_by_name(backbone, settings, message):
+    """A misspelt key of a config's model.backbone was a TypeError traceback from inside the classification model
+    (mmdet's norm_cfg and frozen_stages, which these backbones do not take, too)."""
+    from classification.dense.backbones import BackboneSettingError
+
+    with pytest.raises(BackboneSettingError) as err:
+        backbone(directions=[['h']], **settings)
+    assert str(err.value) == message
+
+
 def test_a_det_checkpoint_given_as_pretrained_is_named_with_the_prefix_that_takes_its_backbone(tmp_path):
     """A detector's checkpoint (backbone.* keys) given as pretrained= was called 'another model family' (and a LocalVim
     one 'a model with no class token')."""
