@@ -27,8 +27,8 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   cannot be imported (mmengine's traceback suggests PYTHONPATH), a setting the backbone refuses (directions,
   out_indices, ...), a config file that does not exist, a ``--cfg-options`` item without ``=`` or with text where
   the config holds a number or a boolean, a misspelt ``--cfg-options`` key that a class refuses as an unexpected
-  keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C ends in one line
-  too (exit status 130), naming the checkpoint ``--resume`` would continue from.
+  keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C and SIGTERM end in
+  one line too (exit status 130 / 143), naming the checkpoint ``--resume`` would continue from.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import os.path as osp
 import re
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 from ..common.checkpoint_io import atomic_write_bytes
@@ -175,17 +175,50 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
     return new_options
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler :func:`run_step` sets: the step unwinds as on Ctrl-C (a BaseException, so that
+    no ``except Exception`` of mmengine's takes it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, or torchrun passing one on) raises :class:`Terminated` in the main thread while
+    the block runs; elsewhere, or where SIGTERM is ignored, nothing changes. A process forked meanwhile (a data
+    loader worker, which Slurm signals too) ends on it as before, with no traceback."""
+    import threading
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
+        yield
+        return
+    owner = os.getpid()
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
     """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
     cannot be used, a setting the backbone refuses (directions, out_indices, ...), a BatchNorm step on one image, or
     an unexpected keyword argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did
-    not have: a misspelling), end the process with one line (exit status 2); Ctrl-C with one line naming
+    not have: a misspelling), end the process with one line (exit status 2); Ctrl-C or SIGTERM with one line naming
     ``resume_from`` (the work_dir whose latest checkpoint --resume continues from, for training) and exit status
-    130."""
+    130 or 143."""
     from .backbones import BackboneSettingError
 
     try:
-        return step()
+        with _sigterm_raises():
+            return step()
     except CheckpointError as err:
         _exit_error(str(err))
     except BackboneSettingError as err:
@@ -204,10 +237,11 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
             raise
         _exit_error(f'{str(err).strip().splitlines()[-1]}: --cfg-options {".".join(typos[0])} is not a key of the '
                     f'config (misspelt?)')
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
+        by = ' by SIGTERM' if isinstance(stop, Terminated) else ''
         if os.environ.get('RANK', '0') == '0':
-            print(f'\ninterrupted{_resume_hint(resume_from) if resume_from else ""}', file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+            print(f'\ninterrupted{by}{_resume_hint(resume_from) if resume_from else ""}', file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if by else signal.SIGINT))
 
 
 def _resume_hint(work_dir: str) -> str:

@@ -590,3 +590,36 @@ def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_to_resume(tmp_path, ade_i
             status = 'KeyboardInterrupt escaped'
         assert status == 130
         assert capsys.readouterr().err.splitlines()[-1] == f'interrupted; {hint}'
+
+
+def test_sigterm_ends_in_one_line_naming_the_checkpoint_and_leaves_forked_workers_to_die_quietly(
+        tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
+    """SIGTERM (scancel, a preemption, torchrun passing it on) ended the run with no word of where to resume; a
+    process forked during the run (a loader worker: Slurm signals it too) still ends on it at once."""
+    import signal
+    import time
+
+    def forked_worker_then_terminated():
+        child = os.fork()
+        if child == 0:                                 # the worker: waits for its SIGTERM
+            time.sleep(30)
+            os._exit(0)
+        time.sleep(0.2)                                # let it start
+        os.kill(child, signal.SIGTERM)
+        assert os.waitpid(child, 0)[1] == signal.SIGTERM    # killed by it, as with the default handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(train=forked_worker_then_terminated))
+    monkeypatch.setenv('RANK', '0')
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(f'{work}/iter_8.pth')
+    (work / 'iter_8.pth').write_bytes(b'')
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(work), '--resume'])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'interrupted by SIGTERM; the command with --resume (and no path) continues from {work}/iter_8.pth')
+    assert signal.getsignal(signal.SIGTERM) is handler
