@@ -296,17 +296,19 @@ class MM_LocalVim(DenseBackbone):
     Returns one NCHW map (B, embed_dim, ceil(H/16), ceil(W/16)) when ``out_indices`` has one entry (what SimpleFPN
     takes), else a list. Other keyword arguments are those of
     :class:`~classification.models.local_vim.VisionMamba`. Position tables are resized to the input's token grid on
-    the fly, so any input size works.
+    the fly, so any input size works. ``use_checkpoint`` recomputes each layer in the backward instead of keeping its
+    activations (as ``MM_LocalVSSM``'s does per block): less memory for ViTDet's 1024x1024 inputs, more time.
     """
 
     def __init__(self, out_indices: Union[int, Sequence[int]] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
-                 directions: DirectionsArg = None, trust_checkpoint: bool = False,
+                 directions: DirectionsArg = None, trust_checkpoint: bool = False, use_checkpoint: bool = False,
                  init_cfg: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         with _settings_checked():
             _refuse_unknown_settings(MM_LocalVim, VisionMamba, kwargs)
             weights, weights_arg, prefix = _pretrained_source('MM_LocalVim', pretrained, pretrained_ckpt, init_cfg)
             trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
+            trunk.set_grad_checkpointing(use_checkpoint)
             # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the
             # input).
             checked_indices = checked_out_indices('MM_LocalVim', _index_list(out_indices), trunk.depth,

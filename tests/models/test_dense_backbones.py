@@ -65,6 +65,35 @@ def test_the_backbone_and_its_trunk_share_parameters_through_conversion_and_copi
         assert not torch.equal(clone(x), backbone(x))
 
 
+@pytest.mark.parametrize('backbone, args, blocks', [
+    (MM_LocalVim, dict(VIM_ARGS, out_indices=[0, 1]), lambda model: list(model.layers)),
+    (MM_LocalVSSM, VSSM_ARGS, lambda model: [block for layer in model.layers for block in layer.blocks]),
+])
+def test_use_checkpoint_recomputes_each_block_in_the_backward_and_changes_no_value(backbone, args, blocks):
+    """MM_LocalVim had no switch for gradient checkpointing (MM_LocalVSSM had VSSM's use_checkpoint): its features
+    of large detection inputs kept every layer's activations."""
+    torch.manual_seed(0)
+    plain = backbone(**args).double()
+    checkpointed = backbone(use_checkpoint=True, **args).double()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    outputs, grads, calls = [], [], []
+    for model in (plain, checkpointed):
+        count = [0]
+        for block in blocks(model):
+            block.register_forward_pre_hook(lambda *_, count=count: count.__setitem__(0, count[0] + 1))
+        feats = model(x)
+        sum(f.square().sum() for f in (feats if isinstance(feats, list) else [feats])).backward()
+        outputs.append(feats)
+        grads.append([p.grad for p in model.parameters()])
+        calls.append(count[0])
+    assert calls == [len(blocks(plain)), 2 * len(blocks(plain))]   # each block again in the backward
+    for ours, theirs in zip(outputs[0], outputs[1]):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_a_pretrained_file_that_needs_pickle_is_refused_unless_trusted(tmp_path):
     marker = tmp_path / 'marker'
     crafted = tmp_path / 'crafted.pth'
