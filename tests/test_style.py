@@ -29,3 +29,12 @@ def test_readme_links_within_the_page_name_its_headings():
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert github_anchor("Training and evaluation (ImageNet)") == "training-and-evaluation-imagenet"
     assert len(links) >= 9 and links <= anchors, sorted(links - anchors)
+
+
+def test_readme_prose_stays_within_120_columns():
+    """The README's text wraps at the code's 120 columns, so that a diff of it reads line by line; code blocks and
+    tables keep their own lines."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    long_lines = [line[:60] for line in text.splitlines() if len(line) > 120 and not line.startswith("|")]
+    assert long_lines == [], long_lines
