@@ -74,3 +74,28 @@ def test_norm_bad_weight_shape():
     x, _, w, _ = make()
     with pytest.raises(ValueError, match="weight must have shape"):
         rms_norm_fn(x, w[:-1], None)
+
+
+@pytest.mark.parametrize("is_rms", [True, False])
+def test_add_norm_uses_the_eps_it_is_given(cpu_backend, is_rms):
+    """eps reaches the norm: at eps = 0.5 (of the order of the rows' variance) the output differs clearly from one
+    at any default eps, and equals the direct formula at 0.5; the reference norms too."""
+    x, res, w, b = make()
+    direct = direct_rms_norm if is_rms else direct_layer_norm
+    expected = direct(x.double() + res.double(), w, b, 0.5)
+    out = layer_norm_fn(x, w, b, residual=res, eps=0.5, is_rms_norm=is_rms)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    ref = (rms_norm_ref if is_rms else layer_norm_ref)(x, w, b, residual=res, eps=0.5)
+    torch.testing.assert_close(ref.double(), expected, rtol=1e-5, atol=1e-5)
+    assert (out.double() - direct(x.double() + res.double(), w, b, 1e-5)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("ref", [rms_norm_ref, layer_norm_ref])
+def test_reference_norms_add_the_residual_in_x_dtype(ref):
+    """As mamba_ssm's references: x + residual is rounded to x's dtype (bf16 x, fp32 residual), normalised from
+    there and returned in that dtype by prenorm."""
+    x, res, w, b = make()
+    xb = x.bfloat16()
+    out, res_out = ref(xb, w, b, residual=res, eps=1e-5, prenorm=True)
+    assert res_out.dtype == torch.bfloat16 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(res_out, (xb + res).bfloat16(), rtol=0, atol=0)
