@@ -272,6 +272,8 @@ def main():
     check_scan("(Bt, N, L), no softplus, several chunks", "var3", 1, dim=2, seqlen=70, dstate=2, softplus=False,
                use_z=True, with_last=True)
     check_scan("time-invariant", "const", 1, dim=6, seqlen=5, dstate=5, softplus=True, use_z=True, with_last=False)
+    check_scan("time-invariant, several chunks", "const", 1, dim=4, seqlen=35, dstate=3, softplus=True, use_z=False,
+               with_last=True)
     check_scan("bf16", "var4", 1, dim=4, seqlen=6, dstate=4, softplus=True, use_z=True, with_last=False,
                dtype=torch.bfloat16)
     check_scan_infinite_decay()
