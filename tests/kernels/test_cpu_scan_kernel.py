@@ -81,6 +81,29 @@ def test_cpu_scan_large_decay_and_threads(c_kernel):
         assert_rel_close(g, g_ref, rel=2e-5)
 
 
+def test_cpu_scan_tasks_on_the_thread_pool(monkeypatch):
+    """Where torch does not run on GNU OpenMP the kernels' tasks run on a Python thread pool: three tasks there (each
+    a contiguous slice of the rows, with its own parameter-gradient accumulators) give the reference's outputs and
+    gradients."""
+    lib = load_kernel()
+    if lib is None:
+        pytest.skip("the C kernel does not build here: the scan runs its PyTorch fallback")
+    for fn in (lib.selective_scan_fwd, lib.selective_scan_bwd):
+        monkeypatch.setattr(fn, "lm_runner", None, raising=False)
+    inputs = make("var4", 16, batch=4, dim=40, seqlen=20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert task_runner.num_tasks(4 * 40, 16) == 3
+        out, _, grads = run(selective_scan_cpu, inputs, True, True, False)
+    finally:
+        torch.set_num_threads(threads)
+    out_ref, _, grads_ref = run(selective_scan_ref, inputs, True, True, False)
+    assert_rel_close(out, out_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        assert_rel_close(g, g_ref, rel=2e-5)
+
+
 def test_kernel_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALMAMBA_CACHE_DIR", str(tmp_path))
     ckernel.reset()
