@@ -497,3 +497,13 @@ def test_official_kernels_are_passed_over_for_an_empty_input(monkeypatch):
     assert conv_interface._input_check(torch.randn(2, 8, 5), weight)("cuda") is None
     state = torch.zeros(0, 8, 4)
     assert conv_interface._update_input_check(x[:, :, 0], state, weight)("cuda") == reason
+
+
+@pytest.mark.parametrize("dstate, official", [(256, True), (257, False)])
+def test_official_scan_takes_states_up_to_256(dstate, official):
+    """The official kernel supports N <= 256: N = 256 goes to it, N = 257 is passed over with that reason."""
+    u = torch.zeros(1, 2, 3)
+    A = torch.zeros(2, dstate)
+    inputs = (u, u, A, torch.zeros(2, dstate), torch.zeros(2, dstate), None, None, None)
+    reason = selective_scan_interface._input_check(u, A, inputs, False)("cuda")
+    assert reason == (None if official else "the official kernel supports N <= 256, got N=257")
