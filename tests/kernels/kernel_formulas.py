@@ -52,8 +52,10 @@ def direct_conv1d(x, weight, bias=None, silu=False):
     return out * torch.sigmoid(out) if silu else out
 
 
-def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias):
-    """Mamba inner function without out_proj, written step by step from the upstream description, float64."""
+def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, B_proj_bias=None,
+                             C_proj_bias=None):
+    """Mamba inner function without out_proj, written step by step from the upstream description, float64; the
+    optional (N,) biases are added to B and C."""
     dim = xz.shape[1] // 2
     rank, dstate = dt_proj_w.shape[1], A.shape[1]
     x, z = xz[:, :dim].double(), xz[:, dim:].double()
@@ -62,6 +64,10 @@ def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_b
     delta = torch.einsum("er,brl->bel", dt_proj_w.double(), x_dbl[:, :rank])
     Bm = x_dbl[:, rank:rank + dstate]
     Cm = x_dbl[:, rank + dstate:]
+    if B_proj_bias is not None:
+        Bm = Bm + B_proj_bias.double()[:, None]
+    if C_proj_bias is not None:
+        Cm = Cm + C_proj_bias.double()[:, None]
     out, _ = direct_scan(u, delta, A, Bm, Cm, D, z, dt_bias, delta_softplus=True)
     return out
 

@@ -39,6 +39,20 @@ def test_inner_matches_direct_formula(cpu_backend):
         torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_inner_adds_the_B_and_C_projection_biases(cpu_backend):
+    """B_proj_bias and C_proj_bias (mamba_ssm's arguments) are added to B and C, each to its own."""
+    args = make()
+    g = torch.Generator().manual_seed(5)
+    B_bias, C_bias = torch.randn(N, generator=g), torch.randn(N, generator=g)
+    expected = direct_inner_no_out_proj(*args, B_proj_bias=B_bias, C_proj_bias=C_bias)
+    assert (expected - direct_inner_no_out_proj(*args)).abs().max() > 1e-2
+    for fn in (mamba_inner_fn_no_out_proj, mamba_inner_no_out_proj_ref):
+        xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = args
+        out = fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, None, None, D, dt_bias, B_proj_bias=B_bias,
+                 C_proj_bias=C_bias, delta_softplus=True)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_inner_with_out_proj(cpu_backend):
     xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = make()
     out_w, out_b = torch.randn(7, E), torch.randn(7)
