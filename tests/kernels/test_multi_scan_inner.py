@@ -181,6 +181,17 @@ def test_attention_merge_backend_matches_reference(cpu_backend, shape):
     assert_attention_merge_matches_reference(attention_problem(**shape))
 
 
+def test_attention_merge_of_near_constant_rows_uses_the_eps(cpu_backend):
+    """The LayerNorm of a direction's row whose values are (nearly) all equal is ruled by its eps (1e-5): a constant
+    row normalises to 0 (not 0 / 0), one of variance 1e-6 by 1 / sqrt(1e-6 + 1e-5); output and gradients as the
+    reference."""
+    args = attention_problem()
+    y = args[0].detach().clone()
+    y[:, 1, 3] = 0.7
+    y[:, 0, 5] = 0.7 + 1e-3 * torch.randn(y.shape[-1], generator=torch.Generator().manual_seed(1))
+    assert_attention_merge_matches_reference((y.requires_grad_(), *args[1:]))
+
+
 def test_reference_gradients_float64():
     p = make_problem(batch=1, num_tokens=4, length=5, num_dirs=2, inner=3, rank=1, state=2, width=2,
                      dtype=torch.float64)
