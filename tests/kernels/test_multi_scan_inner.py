@@ -223,6 +223,26 @@ def test_scan_and_merge_in_one_call_equals_the_two_references(cpu_backend, gate,
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_merge_uses_the_eps_it_is_given(cpu_backend):
+    """An eps other than the default (0.5, of the order of the rows' variance) reaches the LayerNorm: the merge, its
+    gradients and the scan + merge in one call (with and without autograd) equal the references at that eps, which
+    differ clearly from those at the default."""
+    p = make_problem(gate=False, conv=False)
+    attention = attention_problem(batch=2, num_dirs=3, num_tokens=11, dim=12, seed=4)[1:]
+    y = multi_scan_inner_ref(**p, gate=False).detach().requires_grad_()
+    expected = attention_merge_ref(y, *attention, eps=0.5)
+    assert (expected - attention_merge_ref(y, *attention)).abs().max() > 1e-3
+    out = attention_merge_fn(y, *attention, eps=0.5)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weight = torch.randn_like(out)
+    for got, want in zip(grads(out, [y, *attention], weight), grads(expected, [y, *attention], weight)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode):
+            fused = multi_scan_attention_merge_fn(**p, gate=False, attention_weights=attention, eps=0.5)
+        torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_scan_and_merge_without_autograd_keeps_the_outputs_in_one_reused_buffer(force_backend):
     """On the cpu backends and without autograd, the directions' outputs are written to the per-thread scratch
     buffer (no fresh tensor per call)."""
