@@ -93,3 +93,25 @@ def test_attention_merge_grids_fit_cuda_limits(shape, monkeypatch):
     assert len(kernel.grids) >= 4
     for grid in kernel.grids:
         assert grid[0] < 2 ** 31 and max(grid[1:]) <= MAX_GRID_AXIS, grid
+
+
+def test_attention_merge_kernels_get_the_eps_they_are_given(monkeypatch):
+    """The LayerNorm eps reaches both kernels that normalise rows (the forward's token means and the backward's input
+    gradient), not a default: the interpreter checks run at the default eps only."""
+    from localmamba_ssm.ops.triton import attention_merge_triton as merge
+
+    floats = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: floats.setdefault(self.name, [a for a in args if isinstance(a, float)])
+
+    for name in ("_norm_mean_kernel", "_merge_kernel", "_gate_grad_kernel", "_input_grad_kernel"):
+        monkeypatch.setattr(merge, name, Recorder(name))
+    y = torch.zeros(1, 2, 3, 4, requires_grad=True)
+    weights = [torch.zeros(s, requires_grad=True) for s in ((4,), (4,), (1, 4), (1,), (4, 1), (4,))]
+    merge.attention_merge_triton(y, *weights, eps=0.25).sum().backward()
+    assert floats["_norm_mean_kernel"] == [0.25] and floats["_input_grad_kernel"] == [0.25], floats
