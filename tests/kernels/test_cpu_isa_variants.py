@@ -226,3 +226,31 @@ def test_the_conv_sequences_past_the_last_token_are_zero(cpu_isa):
         _, u, _, _ = torch.ops.localmamba.multi_scan_cpu_fwd(*args, True, True)
         assert torch.equal(u[0, :, 11:], torch.zeros(2, 3, 12))
         assert u.isfinite().all()
+
+
+@needs_compiler
+def test_the_kernels_elementwise_math_is_accurate_to_1e_6(cpu_isa):
+    """The explicit polynomials of vector_math.h against float64, each read off a kernel whose output is that
+    function alone: SiLU (sigmoid, exp) from a width-1 conv of weight 1; softplus from one scan step with u, B, C = 1;
+    the decay exp(dt A) from the ratio of two scan steps (the second with u = 0). Relative error below 1e-6 (the
+    header's claim; the decays' own 1.5e-7 plus the rounding of their fp32 argument dt A), over the ranges the
+    models reach."""
+    x = torch.linspace(-30.0, 30.0, 601).reshape(1, 1, -1)
+    silu = causal_conv1d_fn(x, torch.ones(1, 1), None, "silu").double()
+    expected = torch.nn.functional.silu(x.double())
+    assert ((silu - expected).abs() / expected.abs().clamp_min(1e-30)).max() < 1e-6
+
+    delta = torch.linspace(-15.0, 15.0, 301).reshape(1, -1, 1)
+    dim = delta.shape[1]
+    BC = torch.zeros(dim, 8)
+    BC[:, 0] = 1.0
+    softplus = selective_scan_fn(torch.ones(1, dim, 1), delta, -torch.ones(dim, 8), BC, BC, delta_softplus=True)
+    expected = torch.nn.functional.softplus(delta.double())
+    assert ((softplus.double() - expected).abs() / expected).max() < 1e-6
+
+    A = -torch.linspace(0.0, 10.0, 257)[:, None].expand(257, 8).contiguous()     # decays down to e^-7.5
+    u = torch.tensor([1.0, 0.0]).expand(1, 257, 2).contiguous()
+    step = torch.full((1, 257, 2), 0.75)
+    y = selective_scan_fn(u, step, A, BC[:1].expand(257, 8), BC[:1].expand(257, 8)).double()
+    expected = torch.exp(0.75 * A[:, 0].double())
+    assert ((y[0, :, 1] / y[0, :, 0] - expected).abs() / expected).max() < 1e-6
