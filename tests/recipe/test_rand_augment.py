@@ -274,6 +274,35 @@ def test_autocontrast_and_enhance_factors():
     assert (pixels(op("Contrast", grey, 1.72)) == 100).all()  # contrast about its own mean
 
 
+def test_color_sharpness_and_equalize_on_hand_computed_pixels():
+    """Each op is the one its name says: the grey image of `test_autocontrast_and_enhance_factors` leaves Color,
+    Contrast and Sharpness alike, so two swapped enhancers, or Equalize built as AutoContrast, went unseen."""
+    two = Image.fromarray(np.array([[[200, 100, 50], [20, 40, 220]]], np.uint8))
+    # Color 0: each pixel's own luma 0.299 R + 0.587 G + 0.114 B (124.2, 54.54); Contrast 0: their one mean grey
+    np.testing.assert_array_equal(np.asarray(op("Color", two, 0.0)), [[[124] * 3, [55] * 3]])
+    assert len(np.unique(np.asarray(op("Contrast", two, 0.0)))) == 1
+    impulse = np.zeros((5, 5), np.uint8)
+    impulse[2, 2] = 255
+    # Sharpness 0: PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 inside the 1-pixel border, kept there
+    smooth = np.zeros((5, 5), int)
+    smooth[1:4, 1:4] = round(255 / 13)
+    smooth[2, 2] = round(255 * 5 / 13)
+    np.testing.assert_array_equal(pixels(op("Sharpness", rgb(impulse), 0.0)), smooth)
+    # Equalize: 255 pixels of 10, 255 of 12, 10 of 30; step (520 - 10) // 255 = 2, value i -> (1 + #below i) // 2
+    ramp = np.array([10] * 255 + [12] * 255 + [30] * 10, np.uint8).reshape(20, 26)
+    expected = np.select([ramp == 10, ramp == 12], [0, 128], 255)
+    np.testing.assert_array_equal(pixels(op("Equalize", rgb(ramp))), expected)   # AutoContrast gives 12 -> 25
+
+
+def test_w0_choice_weights_are_the_originals():
+    """Weight set 0 as the original's `_RAND_CHOICE_WEIGHTS_0` (facts 5.4); the four ops timm lacks weigh 0."""
+    assert ra.CHOICE_WEIGHTS_0 == {
+        "Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1,
+        "Color": 0.025, "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": 0.005, "SolarizeAdd": 0.005,
+        "Contrast": 0.005, "Brightness": 0.005, "Equalize": 0.005, "PosterizeTpu": 0.0, "Invert": 0.0,
+        "Distort": 0.0, "Zoom": 0.0, "Blur": 0.0, "Skew": 0.0}
+
+
 def test_affine_ops_use_the_fill_colour():
     img = rgb(RAMP)
     shifted = np.asarray(op("TranslateXRel", img, 0.25))  # 2 pixels: out[y, x] = in[y, x + 2]
