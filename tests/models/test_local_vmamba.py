@@ -163,6 +163,29 @@ def test_ss2d_equals_per_direction_reference(directions, grid):
     torch.testing.assert_close(op(x), ss2d_by_reference(op, x), rtol=1e-4, atol=1e-5)
 
 
+class Tripled(torch.nn.Module):
+    """A deterministic stand-in for DropPath."""
+
+    def forward(self, x):
+        return 3.0 * x
+
+
+def test_drop_path_wraps_the_mixer_output_not_the_residual():
+    """VSSBlock is ``x + DropPath(SS2D(LayerNorm(x)))`` (facts 3.6): DropPath replaced by a scaling by 3, the block
+    gives x + 3 * op(norm(x)). A block that dropped the residual instead (``DropPath(x) + op``) is the same in eval
+    mode, where DropPath is the identity, so it passed every reference test and trained without stochastic depth."""
+    from classification.models.local_vmamba import VSSBlock
+
+    torch.manual_seed(0)
+    block = perturbed(VSSBlock(8, ('h', 'w2'), drop_path=0.1, d_state=4)).eval()
+    block.drop_path = torch.nn.Identity()
+    x = torch.randn(2, 4, 4, 8)
+    with torch.no_grad():
+        branch = block(x) - x                                       # op(norm(x))
+        block.drop_path = Tripled()
+        torch.testing.assert_close(block(x), x + 3.0 * branch)
+
+
 SMALL_TABLE = [['h', 'v_flip', 'w7'], ['w2_flip', 'v'], ['h_flip', 'w2', 'w7_flip', 'v'], ['w3', 'h'], ['w2', 'v_flip']]
 
 
