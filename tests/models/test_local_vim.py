@@ -294,6 +294,31 @@ def test_rope_tables_match_the_formula():
     torch.testing.assert_close(model.rope.freqs_sin[row * 14 + col], angles.sin())
 
 
+def test_rope_positions_are_scaled_to_the_pretraining_grid_at_another_image_size():
+    """Built for 256 pixels (a 16 x 16 grid) the rotary positions are ``arange(16) / 16 * 14`` (EVA-02's
+    ``pt_seq_len = 14``, facts 3.1), not the integers: token (5, 9) rotates by the angles of rows 4.375 and 7.875.
+    At 224 the two agree, so the formula test above cannot tell them apart."""
+    model = timm.create_model('local_vim_tiny', img_size=256, embed_dim=16, depth=1, directions=[['h']])
+    dim = 8
+    freqs = 1.0 / 10000 ** (torch.arange(0, dim, 2).float() / dim)
+    row, col = 5 * 14 / 16, 9 * 14 / 16
+    angles = torch.cat([(row * freqs).repeat_interleave(2), (col * freqs).repeat_interleave(2)])
+    assert model.rope.freqs_cos.shape == (256, 16)
+    torch.testing.assert_close(model.rope.freqs_cos[5 * 16 + 9], angles.cos())
+    torch.testing.assert_close(model.rope.freqs_sin[5 * 16 + 9], angles.sin())
+
+
+@pytest.mark.parametrize('pool, expected', [('mean', [[2.0, -4.0]]), ('max', [[3.0, -2.0]]), ('none', [[2.0, -3.0]]),
+                                            ('avg', [[2.0, -4.0]])])
+def test_pooling_types_of_the_original(pool, expected):
+    """``final_pool_type`` as the original's Vim: 'mean' over the tokens, 'max' per channel, 'none' the last token
+    (timm's 'avg' is 'mean'). Tokens (1, 3, 2): [1, -2], [3, -7], [2, -3]."""
+    model = timm.create_model('local_vim_tiny', img_size=32, embed_dim=8, depth=1, directions=[['h']],
+                              num_classes=0, final_pool_type=pool)
+    tokens = torch.tensor([[[1.0, -2.0], [3.0, -7.0], [2.0, -3.0]]])
+    assert model.forward_head(tokens).tolist() == expected
+
+
 def test_drop_path_schedule_is_shifted_with_a_final_drop_path():
     model = timm.create_model('local_vim_tiny', embed_dim=16, drop_path_rate=0.19)
     rates = [getattr(layer.drop_path, 'drop_prob', 0.0) for layer in model.layers]
