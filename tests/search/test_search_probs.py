@@ -42,6 +42,29 @@ def test_probabilities_of_a_live_supernet_are_its_layers_softmax(supernet):
     torch.testing.assert_close(monitor.current(), torch.stack(probs))
 
 
+def test_the_logged_probabilities_stand_beside_their_candidates(supernet):
+    """The training log's line of layer 2 (weights 0..7): candidate i shows exp(i) / sum exp(0..7), the last one
+    w7_flip=0.6323; a line that paired the names with another order of the values read as another search."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger('localmamba')
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        SearchMonitor.for_model(supernet, '/nonexistent', enabled=False).log_probs()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    total = sum(math.exp(i) for i in range(8))
+    line = '  layer  2: ' + ' '.join(f'{name}={math.exp(i) / total:.4f}' for i, name in enumerate(CANDIDATES))
+    assert line.endswith('w7_flip=0.6323')
+    assert line in records[0].getMessage().splitlines()
+
+
 def test_a_model_without_search_layers_gets_no_monitor():
     model = timm.create_model('local_vim_tiny', depth=1, embed_dim=16, directions=[CANDIDATES[:4]])
     assert SearchMonitor.for_model(model, '/nonexistent') is None and layer_probabilities(model) == []
