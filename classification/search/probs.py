@@ -6,6 +6,7 @@ Their order is the supernet's candidate order: the model's ``candidates`` (defau
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -15,15 +16,24 @@ from ..models.directions import CANDIDATES
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX, search_layers, search_probabilities
 
 
+def _layer_order(name: str) -> list[Union[str, int]]:
+    """Sort key of a state-dict name by its layer numbers (``layers.2`` before ``layers.10``): the text between the
+    numbers at even places, the numbers at odd ones."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r'(\d+)', name))]
+
+
 def search_weight_entries(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """The ``*multi_scan.weights`` entries of a supernet's state dict, (name, weights) in state-dict (layer) order."""
-    return [(name, value) for name, value in state_dict.items() if name.endswith(SEARCH_WEIGHT_SUFFIX)]
+    """The ``*multi_scan.weights`` entries of a supernet's state dict, (name, weights) in layer order: sorted by the
+    numbers in their names, since a file may hold its keys in another order (a safetensors file sorts them as text,
+    ``layers.10`` before ``layers.2``)."""
+    return sorted(((name, value) for name, value in state_dict.items() if name.endswith(SEARCH_WEIGHT_SUFFIX)),
+                  key=lambda entry: _layer_order(entry[0]))
 
 
 def layer_probabilities(source: Union[nn.Module, Mapping[str, torch.Tensor]],
                         candidates: Optional[Sequence[str]] = None) -> list[torch.Tensor]:
     """Per search layer of a supernet (a model, or a state dict read from a checkpoint: its ``*multi_scan.weights``
-    entries in state-dict order), the softmax over its candidate weights: float32 on the CPU, as the original computes
+    entries in layer order), the softmax over its candidate weights: float32 on the CPU, as the original computes
     it. A state dict's layers must hold one weight per candidate (``candidates``, default ``CANDIDATES``); a
     ValueError names an entry that does not."""
     if isinstance(source, nn.Module):

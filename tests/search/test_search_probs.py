@@ -79,6 +79,24 @@ def test_extraction_from_a_checkpoint_file_gives_the_live_model_probabilities(su
     assert result['directions'] == [['h', 'h_flip'], ['h_flip', 'v_flip'], ['w7', 'w7_flip']]
 
 
+def test_extraction_keeps_the_layer_order_of_a_file_with_sorted_keys(tmp_path):
+    """A safetensors file stores its keys sorted as text (layers.0, layers.1, layers.10, layers.11, layers.2, ...):
+    the extraction took that order for the layer order, and gave layer 2 the directions searched in layer 10. Layer
+    i's weights here make candidate i % 8 the most probable."""
+    from safetensors.torch import save_file
+
+    model = timm.create_model('local_vim_tiny_search', depth=12, embed_dim=16)
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            layer.mixer.multi_scan.weights.copy_(torch.eye(8)[i % 8].view(8, 1, 1, 1))
+    path = tmp_path / 'supernet.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    result = extract(str(path), topk=1, out_dir=str(tmp_path))
+    assert result['directions'] == [[CANDIDATES[i % 8]] for i in range(12)]
+    for got, want in zip(result['probs'], layer_probabilities(model)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_extraction_refuses_weights_without_one_entry_per_candidate(tmp_path):
     path = tmp_path / 'bad.pth.tar'
     torch.save({'model': {'layers.0.mixer.multi_scan.weights': torch.zeros(7, 1, 1, 1)}}, path)
