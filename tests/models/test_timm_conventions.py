@@ -268,3 +268,34 @@ def test_the_drop_flag_reaches_the_model_as_its_drop_rate(name, small, dropout):
     flags = ['--model', name, '--model-kwargs', *small]
     assert getattr(build_model(parse_args([*flags, '--drop', '0.25'])), dropout).p == 0.25
     assert getattr(build_model(parse_args(flags)), dropout).p == 0.0
+
+
+class Zeroing(torch.nn.Module):
+    """A stand-in for a Dropout that dropped everything: records its input, returns zeros."""
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize('name', ['local_vim_tiny', 'local_vssm_tiny'])
+def test_the_dropout_of_drop_rate_is_applied_where_the_model_says(name):
+    """LocalVim's ``pos_drop`` takes the patch tokens plus the position table, LocalVMamba's ``head_drop`` the pooled
+    features before the head (all dropped: the logits are the head's bias). A model that built the Dropout and never
+    called it passed the test of the flag above."""
+    image = torch.randn(2, 3, 64, 64)
+    if name == 'local_vim_tiny':
+        model = _model(name, num_classes=4, drop_rate=0.5, img_size=64)
+        model.pos_drop = Zeroing()
+        with torch.no_grad():
+            model.forward_features(image)
+            expected = model.patch_embed(image) + model.pos_embed
+        torch.testing.assert_close(model.pos_drop.seen, expected)
+    else:
+        model = _model(name, num_classes=4, drop_rate=0.5)
+        model.head_drop = Zeroing()
+        with torch.no_grad():
+            logits = model(image)
+            expected = model.forward_features(image).mean(dim=(1, 2))
+        torch.testing.assert_close(model.head_drop.seen, expected)
+        torch.testing.assert_close(logits, model.classifier.head.bias.expand(2, -1))
