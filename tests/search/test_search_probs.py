@@ -65,6 +65,17 @@ def test_the_logged_probabilities_stand_beside_their_candidates(supernet):
     assert line in records[0].getMessage().splitlines()
 
 
+def test_a_new_supernet_starts_its_search_at_uniform_probabilities():
+    """The original draws each layer's weights as 1e-3 * randn(8, 1, 1, 1): every candidate starts at 1/8 (within
+    a percent), and the weights differ, so no candidate is favoured by its init nor all tied exactly."""
+    torch.manual_seed(0)
+    model = timm.create_model('local_vim_tiny_search', depth=20, embed_dim=16)
+    weights = torch.cat([layer.weights.detach().view(-1) for layer in model.modules() if isinstance(layer, MultiScan)])
+    assert weights.numel() == 160 and 0.7e-3 < weights.std().item() < 1.3e-3 and abs(weights.mean().item()) < 3e-4
+    for probs in layer_probabilities(model):
+        torch.testing.assert_close(probs, torch.full((8,), 1 / 8), rtol=1e-2, atol=0)
+
+
 def test_a_model_without_search_layers_gets_no_monitor():
     model = timm.create_model('local_vim_tiny', depth=1, embed_dim=16, directions=[CANDIDATES[:4]])
     assert SearchMonitor.for_model(model, '/nonexistent') is None and layer_probabilities(model) == []
