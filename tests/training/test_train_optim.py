@@ -210,6 +210,14 @@ def test_a_fractional_decay_epochs_counts_its_iterations():
     assert s.lr_at(29) == pytest.approx(0.5e-3) and s.lr_at(30) == pytest.approx(0.25e-3)
 
 
+def test_decay_by_epoch_leaves_a_fractional_step_schedule_as_it_is():
+    """--decay-by-epoch does not apply to the step schedule: with --decay-epochs 1.5 of 10 iterations the LR halves at
+    iteration 15, as without the flag (with u rounded down to whole epochs it halved at 20 only)."""
+    s, _ = make("step", warmup=0, decay_epochs=1.5, decay_rate=0.5, decay_by_epoch=True)
+    assert s.lr_at(14) == pytest.approx(1e-3) and s.lr_at(15) == pytest.approx(0.5e-3)
+    assert s.lr_at(29) == pytest.approx(0.5e-3) and s.lr_at(30) == pytest.approx(0.25e-3)
+
+
 def test_decay_by_epoch_and_no_warmup():
     s, _ = make("cosine", decay_by_epoch=True)
     assert s.lr_at(35) == pytest.approx(cosine(10)) and s.lr_at(40) == pytest.approx(cosine(10))
