@@ -58,6 +58,31 @@ def test_minmax_boxes_keep_short_of_the_far_edge_and_draw_their_sides_in_range()
     assert max(bottoms) == 7 and max(rights) == 9
 
 
+def test_a_box_on_an_image_that_is_not_square_scales_each_side_by_its_own_length():
+    """A 40 x 100 image at λ = 0.75: the cut is int(40 * 0.5) = 20 rows and int(100 * 0.5) = 50 columns, 10 and 25
+    each side of the centre drawn (row first); the height's half used for the columns (or the width's for the rows)
+    gives a box of another shape."""
+    np.random.seed(11)
+    box, lam = cutmix_box((3, 40, 100), 0.75)
+    replay = np.random.RandomState(11)
+    cy, cx = replay.randint(0, 40), replay.randint(0, 100)
+    assert box == (max(cy - 10, 0), min(cy + 10, 40), max(cx - 25, 0), min(cx + 25, 100))
+    assert lam == pytest.approx(1 - (box[1] - box[0]) * (box[3] - box[2]) / 4000, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_minmax_box_draws_height_width_top_then_left_as_the_original(seed):
+    """The original's min-max box takes four draws of NumPy's generator in this order: cut height, cut width, top,
+    left. The same seed then gives the original's box (drawing left before top gives another one on a 30 x 50
+    image)."""
+    np.random.seed(seed)
+    box, _ = cutmix_box((30, 50), 0.5, ratio_minmax=(0.2, 0.8))
+    replay = np.random.RandomState(seed)
+    cut_h, cut_w = replay.randint(6, 24), replay.randint(10, 40)
+    top, left = replay.randint(0, 30 - cut_h), replay.randint(0, 50 - cut_w)
+    assert box == (top, top + cut_h, left, left + cut_w)
+
+
 def test_batch_cutmix_pastes_the_flipped_batch_into_one_box_and_weights_the_targets_by_its_area():
     mixer = OriginalMixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=B)
     for seed in range(20):
