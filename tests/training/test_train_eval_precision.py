@@ -188,3 +188,22 @@ def test_validation_accuracy_is_the_exact_share_at_any_batch_size(batch):
                                    logging.getLogger("test"))
     assert int((predicted == labels).sum()) == 337
     assert result["top1"] == 100 * 337 / 360 and result["top5"] == 100.0
+
+
+def test_top5_counts_labels_ranked_up_to_fifth_and_the_loss_is_the_mean_over_images():
+    """10 classes, 12 images whose logits rank class c at place c + 1; image k's label is k % 6, ranked (k % 6) + 1.
+    Top-1: the 2 labels ranked first (k = 0, 6); top-5: all but the 2 ranked sixth (k = 5, 11), 10 of 12. The loss,
+    over batches of 5, 5 and 2, is the cross-entropy averaged over the 12 images (not over the 3 batches)."""
+    import logging
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from classification.engine.distributed import DistEnv
+
+    logits = torch.arange(10, 0, -1, dtype=torch.float32).repeat(12, 1)
+    labels = torch.arange(12) % 6
+    loader = DataLoader(TensorDataset(logits, labels), batch_size=5)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    result = evaluate_mod.validate(torch.nn.Identity(), loader, torch.nn.CrossEntropyLoss(), env, 0,
+                                   logging.getLogger("test"))
+    assert result["top1"] == 100 * 2 / 12 and result["top5"] == 100 * 10 / 12
+    assert result["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
