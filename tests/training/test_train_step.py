@@ -102,6 +102,28 @@ def test_one_optimizer_step_from_the_batch_or_its_parts(tmp_path, accum, clip):
         torch.testing.assert_close(param.detach(), want, rtol=1e-5, atol=2e-7)
 
 
+def test_clipping_under_a_grad_scaler_clips_the_unscaled_gradient(tmp_path):
+    """--amp-dtype float16 (a GradScaler, the loss scaled by 2 ** 16) with --clip-grad-norm 0.01: plain SGD moves the
+    weights by lr x 0.01 in all, as in fp32. Clipping the gradient still scaled, and the scaler dividing it after,
+    moved them 2 ** 16 times less."""
+    torch.manual_seed(0)
+    run = make_run(tmp_path, "--opt", "sgd", "--lr", "1.0", "--momentum", "0", "--sgd-no-nesterov",
+                   "--weight-decay", "0", "--warmup-epochs", "0", "--smoothing", "0", "--amp", "--amp-dtype",
+                   "float16", "--clip-grad-norm", "--clip-grad-max-norm", "0.01")
+    assert run.scaler is not None and run.scaler.get_scale() == 2.0 ** 16
+    images, target = torch.randn(8, 3, 16, 16), torch.arange(8)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    lr = run.optimizer.param_groups[0]["lr"]
+
+    run.optimizer.zero_grad(set_to_none=True)
+    _forward_backward(run, images, target, sync=True)
+    _optimizer_step(run)
+
+    steps = [(p.detach() - b).flatten() for p, b in zip(run.model.parameters(), before)]
+    assert 0.9 < lr <= 1.0
+    assert torch.linalg.vector_norm(torch.cat(steps)).item() == pytest.approx(0.01 * lr, rel=1e-3)
+
+
 def test_the_running_loss_takes_a_steps_batches_as_one():
     """The log line's loss (`val`) of an accumulated step is its batches' mean over their images (it was the last
     batch's); the running sums are the images'; a loss that is not finite stays out; one batch is taken as it is."""
