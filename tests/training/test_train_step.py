@@ -124,6 +124,21 @@ def test_clipping_under_a_grad_scaler_clips_the_unscaled_gradient(tmp_path):
     assert torch.linalg.vector_norm(torch.cat(steps)).item() == pytest.approx(0.01 * lr, rel=1e-3)
 
 
+def test_the_loss_of_bfloat16_logits_is_computed_in_float32(tmp_path):
+    """--amp (bfloat16 autocast on the CPU): the model's logits come out in bfloat16 and the train loss is the
+    float32 cross-entropy of them, to float32's precision; the loss taken of the bfloat16 logits themselves is
+    rounded to bfloat16 (8 significant bits, up to 0.4 %), and so is its gradient."""
+    torch.manual_seed(0)
+    run = make_run(tmp_path, "--amp", "--smoothing", "0")
+    images, target = torch.randn(8, 3, 16, 16), torch.arange(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = copy.deepcopy(run.model)(images)
+    assert logits.dtype == torch.bfloat16
+    expected = F.cross_entropy(logits.float(), target).item()
+    loss = _forward_backward(run, images, target, sync=True)
+    assert loss == pytest.approx(expected, rel=1e-6)
+
+
 def test_the_running_loss_takes_a_steps_batches_as_one():
     """The log line's loss (`val`) of an accumulated step is its batches' mean over their images (it was the last
     batch's); the running sums are the images'; a loss that is not finite stays out; one batch is taken as it is."""
