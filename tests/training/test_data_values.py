@@ -1,6 +1,6 @@
 """What the data pipeline computes, checked against hand-computed values or torch's own: eval normalisation,
 per-epoch augmentation seeds, the labels of a val tree missing a class, the interpolation and random-erasing flags,
-and the sampler's shards."""
+the sampler's shards, the eval crop, CIFAR's padded crop and cutout, and the flip probability."""
 import os
 
 import numpy as np
@@ -15,7 +15,7 @@ from classification.common.rng import sample_seed
 from classification.data import ShardedSampler, build_datasets, build_eval_dataset
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.loader import SeededTransformDataset
-from classification.data.transforms import build_transform
+from classification.data.transforms import Cutout, build_transform
 from classification.engine.config import parse_args
 
 from training_helpers import write_image
@@ -118,3 +118,62 @@ def test_unshuffled_shards_are_torch_order_without_padding(rank):
     torch_sampler = DistributedSampler(range(21), 2, rank, shuffle=False)
     got = [i for _, i in ours]
     assert got == list(torch_sampler)[:len(range(rank, 21, 2))] and len(got) == len(ours) == [11, 10][rank]
+
+
+PLAIN = ("--image-mean", "0", "0", "0", "--image-std", "1", "1", "1")  # the tensors hold the pixels / 255
+
+
+def test_eval_keeps_the_centre_crop_pct_of_the_image():
+    """--crop-pct 0.5 at --img-size 16: the image is resized to 16 / 0.5 = 32 pixels and its central 16 kept, the
+    middle half of each side. Of a 64-pixel image whose middle three quarters are white and the border black, that
+    is all white; timm's default crop (0.875: 16 of 18 pixels) reaches the black border."""
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[8:56, 8:56] = 255
+    out = build_transform(cfg_for("--img-size", "16", "--crop-pct", "0.5", *PLAIN), training=False)(
+        Image.fromarray(pixels))
+    torch.testing.assert_close(out, torch.ones(3, 16, 16), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cutout_zeroes_a_square_of_its_length_around_the_drawn_centre(seed):
+    """--cutout-length 8 as the original's Cutout: rows and columns centre - 4 .. centre + 3 (clipped at the
+    border) set to 0, the centre drawn row first from NumPy's generator."""
+    np.random.seed(seed)
+    out = Cutout(8)(torch.ones(3, 32, 32))
+    replay = np.random.RandomState(seed)
+    y, x = replay.randint(32), replay.randint(32)
+    expected = torch.ones(3, 32, 32)
+    expected[:, max(y - 4, 0):min(y + 4, 32), max(x - 4, 0):min(x + 4, 32)] = 0
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cifar_crop_is_of_the_image_padded_by_four_zeros(seed):
+    """CIFAR's training crop: 32 pixels of the image padded by 4 zero pixels on each side, at an offset of 0..8
+    drawn by torch (row, then column): a white image keeps a black band of 4 - offset rows or columns."""
+    transform = build_transform(cfg_for("--dataset", "cifar10", "--hflip", "0", *PLAIN), training=True)
+    torch.manual_seed(seed)
+    out = transform(Image.new("RGB", (32, 32), (255, 255, 255)))
+    torch.manual_seed(seed)
+    top, left = torch.randint(0, 9, size=(1,)).item(), torch.randint(0, 9, size=(1,)).item()
+    expected = torch.nn.functional.pad(torch.ones(3, 32, 32), (4, 4, 4, 4))[:, top:top + 32, left:left + 32]
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dataset, flags, flipped", [
+    ("digits", (), False),                    # digits are not mirror-symmetric: their default --hflip is 0
+    ("digits", ("--hflip", "1"), True),
+    ("imagenet", ("--hflip", "0"), False)])
+def test_the_flip_probability_is_the_datasets_or_the_flags(dataset, flags, flipped):
+    """A 16-pixel image black on the left and white on the right, cropped whole (--scale 1 1 --ratio 1 1), over 12
+    draws: never mirrored with --hflip 0, always with --hflip 1 (a fixed 0.5 mirrors about half)."""
+    cfg = cfg_for("--dataset", dataset, "--img-size", "16", "--scale", "1", "1", "--ratio", "1", "1",
+                  "--color-jitter", "0", *PLAIN, *flags)
+    transform = build_transform(cfg, training=True)
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:, 8:] = 255
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out = transform(Image.fromarray(pixels))
+        left, right = out[:, :, :8].mean().item(), out[:, :, 8:].mean().item()
+        assert (left, right) == ((1.0, 0.0) if flipped else (0.0, 1.0)), seed
