@@ -72,6 +72,16 @@ def test_base_list_is_merged_in_order_then_the_file(tmp_path):
     assert (args.lr, args.epochs, args.warmup_epochs, args.seed) == (0.5, 4, 1, 7)
 
 
+def test_a_later_base_of_the_list_wins_inside_model_kwargs_too(tmp_path):
+    """Guards against merging a `_base_` list's mappings in the reverse order: the scalars above are read again from
+    their text (which was merged in order), a mapping is not. b.yaml, named after a.yaml, sets depth 2 over its 4;
+    a.yaml's patch_size, which b.yaml leaves out, stays."""
+    write(tmp_path / "a.yaml", "model_kwargs: {depth: 4, patch_size: 4}\n")
+    write(tmp_path / "b.yaml", "model_kwargs: {depth: 2}\n")
+    config = write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\n")
+    assert parse_args(["-c", config]).model_kwargs == {"depth": 2, "patch_size": 4}
+
+
 def test_base_that_is_not_a_file_name_is_refused(tmp_path, monkeypatch, capsys):
     config = write(tmp_path / "c.yaml", "_base_: [a.yaml, 3]\n")
     code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", config)
