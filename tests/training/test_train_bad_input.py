@@ -439,3 +439,16 @@ def test_under_a_grad_scaler_ten_non_finite_steps_in_a_row_stop_the_run(tmp_path
         train(parse_args([*FP16_RUN, "--output", str(tmp_path)]))
     ckpt = torch.load(tmp_path / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
     assert (ckpt["step"], ckpt["scaler"]["scale"]) == (12, 2.0 ** 16 / 2 ** 9)   # 9 steps skipped before
+
+
+def test_under_a_grad_scaler_non_finite_steps_apart_never_stop_the_run(tmp_path, monkeypatch):
+    """Ten steps with a NaN loss, each followed by a finite one (steps 1, 3, ..., 19 of 22): each is skipped as the
+    first in a row, and the run finishes, its scale halved ten times. Counting them over the epoch, not in a row,
+    stopped it at the tenth, where fp16 runs that overflow now and then go on."""
+    nan_training_losses(monkeypatch, set(range(1, 20, 2)))
+    metrics = train(parse_args([*FP16_RUN, "--output", str(tmp_path)]))
+    (log,) = (tmp_path / "run").glob("log_*.txt")
+    assert log.read_text().count("the GradScaler skips the step (1 in a row; the run stops at 10)") == 10
+    ckpt = torch.load(tmp_path / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["scaler"]["scale"] == 2.0 ** 16 / 2 ** 10
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
