@@ -8,7 +8,7 @@ import torch
 
 from classification.common.checkpoint_io import state_dict_from
 from classification.common.csv_log import LR_HEADER, CsvLog
-from classification.engine.checkpoint import BEST, CheckpointManager
+from classification.engine.checkpoint import BEST, LAST, CheckpointManager
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.scheduler import build_scheduler
 
@@ -121,6 +121,19 @@ def test_loaded_checkpoint_list_is_cut_to_keep_num(tmp_path):
     manager.reconcile()
     assert sorted(os.listdir(tmp_path)) == [BEST, "checkpoint-3.pth.tar"]
     assert (tmp_path / BEST).read_bytes() == b"epoch 3"
+
+
+def test_an_epoch_ranked_past_keep_num_deletes_its_file(tmp_path):
+    """Guards against keeping the file of a checkpoint evicted from the list (a disk filled by every epoch's file):
+    with keep_num=2 and top-1 of 0.5, 0.7, 0.6, 0.9 for epochs 0-3, epoch 2 evicts epoch 0 and epoch 3 evicts epoch
+    2: the folder ends with the files of epochs 3 and 1 only, beside last.pth.tar and best.pth.tar (epoch 3's)."""
+    manager = CheckpointManager(str(tmp_path), keep_num=2)
+    for epoch, score in enumerate((0.5, 0.7, 0.6, 0.9)):
+        manager.update(epoch, score, {"epoch": epoch})
+    assert manager.state_dict() == [["checkpoint-3.pth.tar", 0.9], ["checkpoint-1.pth.tar", 0.7]]
+    assert sorted(os.listdir(tmp_path)) == sorted([BEST, LAST, "checkpoint-1.pth.tar", "checkpoint-3.pth.tar"])
+    assert torch.load(tmp_path / BEST, weights_only=True)["epoch"] == 3
+    assert torch.load(tmp_path / LAST, weights_only=True)["epoch"] == 3
 
 
 def test_model_kwargs_value_may_hold_an_equals_sign():
