@@ -274,6 +274,14 @@ def test_the_resume_command_leaves_out_the_folder_flags_however_they_are_abbrevi
     assert (args.resume, args.overwrite, args.rewind, args.branch) == ("runs/b/last.pth.tar", False, False, False)
 
 
+def test_the_resume_command_drops_a_resume_given_with_an_equals_sign_and_keeps_the_next_flag():
+    """`--resume=PATH` is one word: the command printed leaves it out and keeps the flag after it (taking the next
+    word for its value, as for `--resume PATH`, dropped `--lr` and left its value alone on the line)."""
+    command = resume_command(["tools/train.py", "--resume=runs/a/last.pth.tar", "--lr", "0.1", "--epochs", "3"],
+                             "runs/a/last.pth.tar")
+    assert command == "python tools/train.py --lr 0.1 --epochs 3 --resume runs/a/last.pth.tar"
+
+
 # Runs a tool with Ctrl-C arriving while it imports torch (the first seconds, before run_cli).
 INTERRUPT_AT_TORCH_IMPORT = """
 import importlib.abc, os, runpy, signal, sys
