@@ -1,5 +1,6 @@
 """One short CPU training run through tools/train.py, then evaluation, conversion and plotting of what it wrote."""
 import csv
+import math
 import os
 import runpy
 import sys
@@ -47,6 +48,22 @@ def test_outputs_of_a_run(run_dir):
     assert log.count("INFO Checkpoints, by the EMA's top-1:\n") == EPOCHS     # the EMA's score ranks them
     assert not any(f.startswith(".tmp") for f in os.listdir(exp))
     assert "the whole run is warmup" not in log
+
+
+def test_lr_csv_holds_the_lr_each_logged_step_trained_with(run_dir):
+    """The run above: 2 epochs of 44 steps, --lr 3e-3, cosine to the default --min-lr 1e-5 over 88 iterations
+    without warmup. The rows of the logged steps (0, 20, 40, 43 of each epoch) name iteration t and the LR its
+    step took: min + (lr - min) (1 + cos(pi u / 88)) / 2 with u = t, and u = 1 at t = 0 (the original's scheduler had
+    stepped once). The schedule stepped before the LR is read (or twice an iteration) logs and trains another."""
+    exp, _ = run_dir
+    with open(os.path.join(exp, "lr.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "step", "lr"]
+    steps = [epoch * 44 + update for epoch in range(EPOCHS) for update in (0, 20, 40, 43)]
+    assert [(int(epoch), int(step)) for epoch, step, _ in rows[1:]] == [(t // 44, t) for t in steps]
+    for (_, _, lr), t in zip(rows[1:], steps):
+        u = max(t, 1)
+        assert float(lr) == pytest.approx(1e-5 + (3e-3 - 1e-5) * (1 + math.cos(math.pi * u / 88)) / 2, rel=1e-9)
 
 
 def test_a_run_that_is_all_warmup_says_so(tmp_path):
