@@ -2,6 +2,7 @@
 file blocks nothing (even while a process it forked lives on), and the lock leaves no file (nor an empty folder of a
 refused run) behind."""
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -159,3 +160,27 @@ def test_every_rank_of_a_distributed_run_stops_with_rank_0s_refusal(holder, tmp_
     assert proc.returncode != 0
     assert proc.stderr.count(refusal) == 2, proc.stderr[-3000:]
     assert "lost another rank" not in proc.stderr
+
+
+def test_a_lock_file_deleted_by_its_releasing_holder_while_opened_is_taken_anew(tmp_path, monkeypatch):
+    """A run releasing the folder deletes its lock file: a run that opened the file just before would lock a deleted
+    file, and a third run, creating a new one, would share the folder with it. It opens the file again and locks the
+    one at its path, which names its pid."""
+    lock = RunLock(str(tmp_path / "run"))
+    lockf = fcntl.lockf
+    deleted = []
+
+    def lockf_after_the_holder_left(fd, operation):
+        if not deleted:      # the holder's release, between this run's open and its lock
+            os.remove(lock.path)
+            deleted.append(fd)
+        return lockf(fd, operation)
+
+    monkeypatch.setattr(fcntl, "lockf", lockf_after_the_holder_left)
+    assert lock.acquire() is None
+    try:
+        assert deleted and os.path.samestat(os.fstat(lock._fd), os.stat(lock.path))
+        with open(lock.path) as f:
+            assert f.read().startswith(f"pid {os.getpid()} on ")
+    finally:
+        lock.release()
