@@ -64,6 +64,28 @@ def test_mixup_targets_are_label_smoothed(tmp_path):
     assert soft.min().item() == np.float32(0.01)
 
 
+def test_mixup_prob_and_switch_prob_decide_each_batch():
+    """--mixup-prob 0.5: a batch whose first NumPy draw is 0.549 (seed 0), not below 0.5, is left as it is, targets
+    one-hot. --mixup-switch-prob 0 beside --cutmix 1: a batch whose switch draw is 0.026 (seed 2) is blended by mixup
+    (image 0, of zeros, reads 1 - lam everywhere), never cut. A Mixup built without the flags mixed both."""
+    images, labels = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)]), torch.tensor([0, 1])
+    cfg = parse_args(["--mixup", "0.8", "--mixup-prob", "0.5", "--smoothing", "0"])
+    cfg.num_classes = 2
+    np.random.seed(0)
+    assert np.random.rand() == pytest.approx(0.549, abs=1e-3)
+    np.random.seed(0)
+    mixed, soft = build_mixup(cfg)(images.clone(), labels)
+    assert torch.equal(mixed, images) and torch.equal(soft, torch.eye(2))
+    cfg = parse_args(["--mixup", "0.8", "--cutmix", "1.0", "--mixup-switch-prob", "0", "--smoothing", "0"])
+    cfg.num_classes = 2
+    np.random.seed(2)
+    assert np.random.rand(2)[1] == pytest.approx(0.026, abs=1e-3)
+    np.random.seed(2)
+    mixed, soft = build_mixup(cfg)(images.clone(), labels)
+    lam = soft[0, 0].item()
+    assert 0 < lam < 1 and torch.allclose(mixed[0], torch.full((3, 8, 8), 1 - lam))
+
+
 @pytest.mark.parametrize("accum", [1, 2, 4])
 @pytest.mark.parametrize("clip", [True, False])
 def test_one_optimizer_step_from_the_batch_or_its_parts(tmp_path, accum, clip):
