@@ -44,6 +44,19 @@ def test_train_loss_is_label_smoothed_as_configured(tmp_path):
     assert abs(by_hand - F.cross_entropy(logits, target)) > 0.05      # the smoothing is what is measured
 
 
+@pytest.mark.parametrize("mixing", [False, True])
+def test_the_validation_loss_is_smoothed_only_where_training_has_no_mixup(tmp_path, mixing):
+    """--smoothing 0.1: without mixup the validation loss is the train loss's, smoothed (0.9 on the label, 0.01 on
+    every class); with --mixup, whose targets carry the smoothing, it is the plain cross-entropy."""
+    run = make_run(tmp_path, "--smoothing", "0.1", *(["--mixup", "0.8"] if mixing else []))
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0, 1.0, -2.0, 0.3, 0.0, 1.5, -0.5], [0.0] * 9 + [3.0]])
+    target = torch.tensor([0, 3])
+    log_p = F.log_softmax(logits, dim=1)
+    plain = -log_p[torch.arange(2), target].mean()
+    smoothed = (-(1 - 0.1) * log_p[torch.arange(2), target] - 0.1 / 10 * log_p.sum(1)).mean()
+    torch.testing.assert_close(run.val_loss(logits, target), plain if mixing else smoothed)
+
+
 def test_mixup_targets_are_label_smoothed(tmp_path):
     """--mixup 0.8 --smoothing 0.1 on 10 classes: timm's Mixup mixes one-hot targets of 0.91 on the label and 0.01
     elsewhere with weights lam (the sample) and 1 - lam (the batch flipped). Mixup built without the smoothing gave
