@@ -418,6 +418,18 @@ def test_under_a_grad_scaler_a_step_with_a_non_finite_loss_is_skipped(tmp_path, 
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
 
 
+def test_a_resumed_fp16_run_keeps_the_grad_scalers_scale(tmp_path, monkeypatch):
+    """The scale a GradScaler halved on an overflow is restored on --resume, not started again at 2 ** 16 (which
+    would overflow again at once where the run had learnt to avoid it)."""
+    nan_training_losses(monkeypatch, {5})
+    train(parse_args([*FP16_RUN, "--output", str(tmp_path)]))
+    last = tmp_path / "run" / "last.pth.tar"
+    assert torch.load(last, map_location="cpu", weights_only=True)["scaler"]["scale"] == 2.0 ** 15
+    train(parse_args([*FP16_RUN, "--output", str(tmp_path), "--epochs", "2", "--resume", str(last)]))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["scaler"]["scale"]) == (1, 2.0 ** 15)   # no growth before 2000 good steps
+
+
 def test_a_loss_not_finite_at_an_epochs_first_step_names_no_checkpoint_of_the_same_weights(tmp_path, monkeypatch):
     """At the first step of epoch 1 last.pth.tar is the end of epoch 0, and so is checkpoint-0: rewinding to it would
     meet the same loss again. The advice names only an earlier epoch's checkpoint (here none)."""
