@@ -255,3 +255,34 @@ def test_a_det_checkpoint_given_as_pretrained_is_named_with_the_prefix_that_take
         assert str(err.value).endswith(
             f"belongs to {backbone_class.__name__}: its tensors under 'backbone.' are {backbone_class.__name__}'s: "
             f"take them with init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')")
+
+
+def _layer_norm_1e5(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the channels (dim 1) of an NCHW map, written out, with nn.LayerNorm's default eps 1e-5 (the
+    original's outnorm layers)."""
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5) * weight[:, None, None] + bias[:, None, None]
+
+
+def test_each_output_is_its_layer_or_stage_layer_normed_with_the_originals_eps_and_affine():
+    """Every output is its layer's (LocalVim) or stage's (LocalVMamba) map, normalised over the channels with eps 1e-5
+    and that output's own weight and bias (float64, where another eps such as 1e-6 moves the values by ~1e-6)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    cases = ((MM_LocalVim(out_indices=[0, 1], **VIM_ARGS), [0, 1], lambda i, j: f'outnorm_{j}'),
+             (MM_LocalVSSM(out_indices=(1, 3), **VSSM_ARGS), [1, 3], lambda i, j: f'outnorm{i}'))
+    for backbone, indices, norm_name in cases:
+        backbone = backbone.double().eval()
+        for i, j in zip(indices, range(len(indices))):
+            norm = getattr(backbone, norm_name(i, j))
+            torch.nn.init.normal_(norm.weight)
+            torch.nn.init.normal_(norm.bias)
+        with torch.no_grad():
+            outs = backbone(x)
+            maps = backbone.trunk.forward_intermediates(x, indices, output_fmt='NCHW', intermediates_only=True)
+        assert len(outs) == len(indices)
+        for i, j, out, feature in zip(indices, range(len(indices)), outs, maps):
+            norm = getattr(backbone, norm_name(i, j))
+            assert out.shape == feature.shape
+            torch.testing.assert_close(out, _layer_norm_1e5(feature, norm.weight, norm.bias), rtol=1e-9, atol=1e-9)
