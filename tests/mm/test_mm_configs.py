@@ -141,3 +141,108 @@ def test_segmentation_plugin_needs_no_mmdet():
             'assert not any(m == "detection" or m.startswith("detection.") for m in sys.modules), "detection imported"')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _pipeline_step(pipeline, kind):
+    steps = [step for step in pipeline if step['type'] == kind]
+    assert len(steps) == 1, (kind, pipeline)
+    return steps[0]
+
+
+# The original det/seg configs' training values (upstream-facts §7.2 / §7.3), by config: backbone, neck / heads,
+# optimiser, schedule, batch and data.
+_VITDET = dict(optim=('AdamW', 1e-4, (0.9, 0.999), 0.05),
+               decay=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=12))
+_VSSM_DET_OPTIM = ('AdamW', 1e-4, (0.9, 0.999), 0.05)
+_SEG_OPTIM = ('AdamW', 6e-5, (0.9, 0.999), 0.01)
+
+
+def _optimizer(cfg):
+    opt = cfg.optim_wrapper.optimizer
+    return opt.type, opt.lr, tuple(opt.betas), opt.weight_decay
+
+
+def _schedulers(cfg):
+    return [{k: v for k, v in s.items() if k != '_scope_'} for s in cfg.param_scheduler]
+
+
+@pytest.mark.parametrize('name, width, batch', [('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py', 192, 2),
+                                                ('vitdet_cascade_mask-rcnn_local_vim_small_lsj-100e.py', 384, 1)])
+def test_vitdet_configs_keep_the_originals_training_values(name, width, batch):
+    cfg = det_config(name)
+    backbone = cfg.model.backbone
+    assert (backbone.embed_dim, backbone.depth, backbone.drop_path_rate, tuple(backbone.img_size)) == (
+        width, 20, 0.1, (1024, 1024))
+    assert (backbone.rms_norm, backbone.fused_add_norm, backbone.out_indices) == (False, False, [19])
+    assert (cfg.model.neck.backbone_channel, cfg.model.neck.in_channels) == (
+        width, [width // 4, width // 2, width, width])
+    assert _optimizer(cfg) == _VITDET['optim']
+    assert {k: cfg.optim_wrapper.paramwise_cfg[k] for k in _VITDET['decay']} == _VITDET['decay']
+    assert cfg.optim_wrapper.constructor == 'LayerDecayOptimizerConstructor'
+    assert _schedulers(cfg) == [
+        dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),
+        dict(type='MultiStepLR', begin=0, end=184375, by_epoch=False, milestones=[163889, 177546], gamma=0.1)]
+    assert (cfg.train_cfg.max_iters, cfg.train_cfg.val_interval, cfg.train_dataloader.batch_size) == (
+        184375, 5000, batch)
+    resize = _pipeline_step(cfg.train_pipeline, 'RandomResize')
+    assert (tuple(resize.scale), tuple(resize.ratio_range)) == ((1024, 1024), (0.1, 2.0))
+    assert tuple(_pipeline_step(cfg.train_pipeline, 'RandomCrop').crop_size) == (1024, 1024)
+    pad = _pipeline_step(cfg.train_pipeline, 'Pad')
+    assert (tuple(pad.size), tuple(pad.pad_val.img)) == ((1024, 1024), (114, 114, 114))
+
+
+@pytest.mark.parametrize('name, depths, epochs, milestones', [
+    ('mask_rcnn_local_vssm_tiny_fpn_coco.py', (2, 2, 9, 2), 12, [8, 11]),
+    ('mask_rcnn_local_vssm_small_fpn_coco.py', (2, 2, 27, 2), 12, [8, 11]),
+    ('mask_rcnn_local_vssm_tiny_fpn_coco_ms_3x.py', (2, 2, 9, 2), 36, [27, 33]),
+    ('mask_rcnn_local_vssm_small_fpn_coco_ms_3x.py', (2, 2, 27, 2), 36, [27, 33])])
+def test_local_vssm_detection_configs_keep_the_originals_training_values(name, depths, epochs, milestones):
+    cfg = det_config(name)
+    backbone = cfg.model.backbone
+    assert (backbone.dims, tuple(backbone.depths), backbone.drop_path_rate, tuple(backbone.out_indices)) == (
+        96, depths, 0.2, (0, 1, 2, 3))
+    assert (backbone.ssm_d_state, backbone.ssm_ratio, backbone.ssm_dt_rank) == (16, 2.0, 'auto')
+    assert cfg.model.neck.in_channels == [96, 192, 384, 768]
+    assert _optimizer(cfg) == _VSSM_DET_OPTIM and cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert {k: v.decay_mult for k, v in cfg.optim_wrapper.paramwise_cfg.custom_keys.items()} == {
+        'absolute_pos_embed': 0.0, 'relative_position_bias_table': 0.0, 'norm': 0.0}
+    linear, steps = _schedulers(cfg)
+    assert linear == dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000)
+    assert (steps['type'], steps['milestones'], steps['gamma'], steps['end']) == (
+        'MultiStepLR', milestones, 0.1, epochs)
+    assert (cfg.train_cfg.max_epochs, cfg.train_dataloader.batch_size) == (epochs, 2)
+
+
+@pytest.mark.parametrize('name, channels, drop_path, amp', [
+    ('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py', [192] * 4, 0.1, False),
+    ('upernet_local_vim-small_8xb2-160k_ade20k-512x512.py', [384] * 4, 0.1, False),
+    ('upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py', [96, 192, 384, 768], 0.1, False),
+    ('upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py', [96, 192, 384, 768], 0.2, True)])
+def test_segmentation_configs_keep_the_originals_training_values(name, channels, drop_path, amp):
+    cfg = seg_config(name)
+    backbone, head, aux = cfg.model.backbone, cfg.model.decode_head, cfg.model.auxiliary_head
+    assert backbone.drop_path_rate == drop_path
+    if 'local_vim' in name:
+        assert (backbone.embed_dim, backbone.depth, backbone.out_indices, tuple(backbone.img_size)) == (
+            channels[0], 20, [4, 9, 14, 19], (512, 512))
+        assert (backbone.rms_norm, backbone.fused_add_norm) == (False, False)
+    else:
+        assert (backbone.dims, tuple(backbone.depths)) == (96, (2, 2, 9, 2) if 'tiny' in name else (2, 2, 27, 2))
+    assert (head.in_channels, head.channels, tuple(head.pool_scales), head.num_classes) == (
+        channels, 512, (1, 2, 3, 6), 150)
+    aux_input = (channels[0], 3) if 'local_vim' in name else (384, 2)   # FCN aux head on layer 19 / stage 2
+    assert (aux.in_channels, aux.in_index, aux.num_classes) == (*aux_input, 150)
+    assert _optimizer(cfg) == _SEG_OPTIM
+    assert (cfg.optim_wrapper.type == 'AmpOptimWrapper') == amp
+    assert _schedulers(cfg) == [
+        dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+        dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False)]
+    assert (cfg.train_cfg.max_iters, cfg.train_cfg.val_interval, cfg.train_dataloader.batch_size) == (
+        160000, 16000, 2)
+    assert tuple(cfg.crop_size) == (512, 512) and tuple(cfg.model.data_preprocessor.size) == (512, 512)
+    resize = _pipeline_step(cfg.train_pipeline, 'RandomResize')
+    assert (tuple(resize.scale), tuple(resize.ratio_range)) == ((2048, 512), (0.5, 2.0))
+    crop = _pipeline_step(cfg.train_pipeline, 'RandomCrop')
+    assert (tuple(crop.crop_size), crop.cat_max_ratio) == ((512, 512), 0.75)
+    assert tuple(_pipeline_step(cfg.test_pipeline, 'Resize').scale) == (2048, 512)
+    assert cfg.model.test_cfg.mode == 'whole'
