@@ -129,6 +129,15 @@ def test_vitdet_layer_decay_reproduces_the_original_groups():
     assert scale['backbone.layers.0.mixer.in_proj.weight'] == pytest.approx(0.7 ** 2)
     assert scale['backbone.layers.1.mixer.in_proj.weight'] == pytest.approx(0.7)
     assert scale['neck.fpn1.0.weight'] == pytest.approx(1.0)
+    # The original's rule: the norms under backbone.<layer_key> (here LocalVim's layers) escape weight decay, in
+    # their layer's 'no_decay' group; the output norms and the neck's norms do not.
+    decay = {n: g['weight_decay'] for g in groups for n in g['param_names']}
+    group = {n: g['group_name'] for g in groups for n in g['param_names']}
+    layer_norms = [n for n in decay if n.startswith('backbone.layers.') and 'norm' in n]
+    assert {'backbone.layers.0.norm.weight', 'backbone.layers.1.norm.bias'} <= set(layer_norms)
+    assert [n for n, d in decay.items() if d == 0] == ['backbone.pos_embed'] + layer_norms
+    assert group['backbone.layers.1.norm.weight'] == 'layer_2_no_decay'
+    assert decay['backbone.outnorm_0.weight'] == 0.05 and decay['backbone.layers.1.mixer.in_proj.weight'] == 0.05
 
 
 def test_segmentation_plugin_needs_no_mmdet():
