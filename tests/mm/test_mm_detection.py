@@ -66,3 +66,24 @@ def test_mask_rcnn_train_and_inference_steps(make_cfg):
         assert tuple(pred.masks.shape[1:]) == IMAGE_HW
         if len(pred.bboxes):
             assert pred.bboxes[:, 2].max() <= IMAGE_HW[1] + 1e-3 and pred.bboxes[:, 3].max() <= IMAGE_HW[0] + 1e-3
+
+
+def test_simple_fpn_levels_are_strides_4_8_16_32_and_the_extra_level_subsamples_the_last():
+    """ViTDet's SimpleFPN on one stride-16 map: 4x and 2x up, the map itself, 2x2 max-pooled; the fifth level is the
+    fourth's every second pixel (max_pool2d with kernel 1, stride 2), as the original."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = copy.deepcopy(det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py').model.neck)
+    cfg.update(backbone_channel=32, in_channels=[8, 16, 32, 32])
+    neck = MODELS.build(cfg).eval()
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 6, 8)
+    with torch.no_grad():
+        outs = neck(x)
+        pooled = neck.fpn4(x)
+    assert [tuple(o.shape)[2:] for o in outs] == [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
+    assert all(o.shape[:2] == (1, 256) for o in outs)
+    torch.testing.assert_close(outs[4], outs[3][..., ::2, ::2])
+    torch.testing.assert_close(pooled, x.unflatten(2, (3, 2)).unflatten(4, (4, 2)).amax(dim=(3, 5)))
+    torch.testing.assert_close(neck.fpn3(x), x)
