@@ -286,3 +286,24 @@ def test_each_output_is_its_layer_or_stage_layer_normed_with_the_originals_eps_a
             norm = getattr(backbone, norm_name(i, j))
             assert out.shape == feature.shape
             torch.testing.assert_close(out, _layer_norm_1e5(feature, norm.weight, norm.bias), rtol=1e-9, atol=1e-9)
+
+
+def test_a_pretrained_url_goes_to_the_loader_and_only_a_missing_local_file_is_refused(tmp_path, monkeypatch):
+    """The original LocalVim seg configs name their weights by an https URL (read by torch.hub, no file here): it must
+    reach the loader, not be refused as a missing file."""
+    from classification.dense import backbones
+    url = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vim_tiny.ckpt'
+    assert backbones.missing_pretrained_message('MM_LocalVim', url, 'model.backbone.pretrained_ckpt') is None
+    missing = str(tmp_path / 'none.pth')
+    assert backbones.missing_pretrained_message('MM_LocalVim', missing, 'model.backbone.pretrained_ckpt') == (
+        f'MM_LocalVim: pretrained checkpoint not found: {missing} (set model.backbone.pretrained_ckpt to your file, '
+        f'or to None to start from random weights)')
+    torch.manual_seed(0)
+    weights = MM_LocalVim(out_indices=[1], **VIM_ARGS).state_dict()
+    read = []
+    monkeypatch.setattr(backbones, 'load_checkpoint',
+                        lambda path, trust=False: read.append(path) or {'state_dict': weights})
+    backbone = MM_LocalVim(out_indices=[1], pretrained_ckpt=url, **VIM_ARGS)
+    backbone.init_weights()
+    assert read == [url]
+    assert torch.equal(backbone.state_dict()['layers.1.mixer.in_proj.weight'], weights['layers.1.mixer.in_proj.weight'])
