@@ -623,3 +623,18 @@ def test_sigterm_ends_in_one_line_naming_the_checkpoint_and_leaves_forked_worker
     assert capsys.readouterr().err.splitlines()[-1] == (
         f'interrupted by SIGTERM; the command with --resume (and no path) continues from {work}/iter_8.pth')
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_the_default_work_dir_is_work_dirs_and_the_config_name_without_py(monkeypatch):
+    """As mmdet's and mmseg's tools: ``./work_dirs/<config file name without .py>``, unless --work-dir is given."""
+    from mmengine.runner import CheckpointLoader
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    schemes = dict(CheckpointLoader._schemes)
+    args = dict(config=SEG_CONFIG, launcher='none', cfg_options=None, local_rank=0, trust_checkpoint=False)
+    try:
+        default = launch._load_config(argparse.Namespace(work_dir=None, **args))
+        given = launch._load_config(argparse.Namespace(work_dir='runs/mine', **args))
+    finally:
+        CheckpointLoader._schemes = schemes
+    stem = os.path.basename(SEG_CONFIG)[:-len('.py')]
+    assert default.work_dir == f'./work_dirs/{stem}' and given.work_dir == 'runs/mine'
