@@ -307,3 +307,21 @@ def test_a_pretrained_url_goes_to_the_loader_and_only_a_missing_local_file_is_re
     backbone.init_weights()
     assert read == [url]
     assert torch.equal(backbone.state_dict()['layers.1.mixer.in_proj.weight'], weights['layers.1.mixer.in_proj.weight'])
+
+
+def test_a_224_checkpoints_pos_embed_is_resized_to_a_non_square_backbone_grid(tmp_path):
+    """A 14x14 checkpoint for a backbone built at 64x96 (a 4x6 grid; RoPE needs a square one, so without it): its
+    pos_embed is the checkpoint's resized rows to 4 and columns to 6, not to the transposed grid."""
+    from classification.models.rope import resize_grid_table
+    args = dict(VIM_ARGS, if_rope=False, if_rope_residual=False)
+    torch.manual_seed(0)
+    weights = VisionMamba(**dict(args, img_size=224)).state_dict()
+    path = tmp_path / 'local_vim_224.pth'
+    torch.save({'state_dict': weights}, path)
+    backbone = MM_LocalVim(out_indices=[1], pretrained_ckpt=str(path), **dict(args, img_size=(64, 96)))
+    backbone.init_weights()
+    own = backbone.pos_embed.detach()
+    assert own.shape == (1, 24, 32)
+    torch.testing.assert_close(own, resize_grid_table(weights['pos_embed'], (14, 14), (4, 6)))
+    transposed = resize_grid_table(weights['pos_embed'], (14, 14), (6, 4))
+    assert not torch.allclose(own, transposed)
