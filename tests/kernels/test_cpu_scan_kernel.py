@@ -1,4 +1,6 @@
 """The cpu backend's C kernel and its PyTorch fallback against the reference: outputs and all gradients in fp32."""
+import contextlib
+
 import pytest
 import torch
 
@@ -64,21 +66,33 @@ def test_cpu_scan_matches_reference(c_kernel, bc, dstate, groups, softplus, use_
             assert_rel_close(g, g_ref, rel=2e-5)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch runs on `count` threads inside the block."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_three_threads_match_the_reference(inputs) -> None:
+    """The cpu scan run on 3 torch threads gives the reference's outputs and gradients."""
+    with torch_threads(3):
+        out, _, grads = run(selective_scan_cpu, inputs, True, True, False)
+    out_ref, _, grads_ref = run(selective_scan_ref, inputs, True, True, False)
+    assert_rel_close(out, out_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        assert_rel_close(g, g_ref, rel=2e-5)
+
+
 def test_cpu_scan_large_decay_and_threads(c_kernel):
     """Very negative dt*A (decays that underflow to 0) and several worker threads."""
     inputs = make("var4", 16, batch=4, dim=40, seqlen=20)
     with torch.no_grad():
         inputs[2].mul_(40.0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        out, _, grads = run(selective_scan_cpu, inputs, True, True, False)
-    finally:
-        torch.set_num_threads(threads)
-    out_ref, _, grads_ref = run(selective_scan_ref, inputs, True, True, False)
-    assert_rel_close(out, out_ref)
-    for g, g_ref in zip(grads, grads_ref):
-        assert_rel_close(g, g_ref, rel=2e-5)
+    assert_three_threads_match_the_reference(inputs)
 
 
 def test_cpu_scan_tasks_on_the_thread_pool(monkeypatch):
@@ -90,18 +104,9 @@ def test_cpu_scan_tasks_on_the_thread_pool(monkeypatch):
         pytest.skip("the C kernel does not build here: the scan runs its PyTorch fallback")
     for fn in (lib.selective_scan_fwd, lib.selective_scan_bwd):
         monkeypatch.setattr(fn, "lm_runner", None, raising=False)
-    inputs = make("var4", 16, batch=4, dim=40, seqlen=20)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with torch_threads(3):
         assert task_runner.num_tasks(4 * 40, 16) == 3
-        out, _, grads = run(selective_scan_cpu, inputs, True, True, False)
-    finally:
-        torch.set_num_threads(threads)
-    out_ref, _, grads_ref = run(selective_scan_ref, inputs, True, True, False)
-    assert_rel_close(out, out_ref)
-    for g, g_ref in zip(grads, grads_ref):
-        assert_rel_close(g, g_ref, rel=2e-5)
+    assert_three_threads_match_the_reference(make("var4", 16, batch=4, dim=40, seqlen=20))
 
 
 def test_kernel_cache_is_reused(tmp_path, monkeypatch):
