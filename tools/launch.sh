@@ -5,8 +5,9 @@
 # torchrun, one node: its own master (MASTER_ADDR is not read) on a free port unless MASTER_PORT is set. Several
 # nodes: run it on every node with NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT, default 29500) set. srun: ranks
 # come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, the master is the job's first node, its port MASTER_PORT
-# if set, else the entry's --dist-port, else one from 20000-29999 picked by SLURM_JOB_ID; each task gets CPUS_PER_TASK cores (default 5, as
-# mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's loader workers on a single core).
+# if set, else the entry's --dist-port, else one from 20000-29999 picked by SLURM_JOB_ID; each task gets
+# CPUS_PER_TASK cores (default 5, as mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's
+# loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH. The
 # interpreter is python from PATH, or the one PYTHON names.
 # torchrun runs as tools/torchrun.py (classification.engine.torchrun): a failed launch ends in one line with the

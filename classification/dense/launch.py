@@ -42,6 +42,7 @@ import os.path as osp
 import re
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
@@ -185,8 +186,6 @@ def _sigterm_raises() -> Iterator[None]:
     """SIGTERM (a scheduler's stop, or torchrun passing one on) raises :class:`Terminated` in the main thread while
     the block runs; elsewhere, or where SIGTERM is ignored, nothing changes. A process forked meanwhile (a data
     loader worker, which Slurm signals too) ends on it as before, with no traceback."""
-    import threading
-
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
         yield
