@@ -116,8 +116,8 @@ def test_default_shapes_are_the_original_tools():
     ('model.backbone.drop_path_rate=abc',
      'error: --cfg-options model.backbone.drop_path_rate=abc: the config holds a number there (0.1), not text'),
     ('model.backbone.drop_path_rat=0.1',
-     "error: VSSM.__init__() got an unexpected keyword argument 'drop_path_rat': --cfg-options "
-     "model.backbone.drop_path_rat is not a key of the config (misspelt?)"),
+     "error: model.backbone: MM_LocalVSSM does not take 'drop_path_rat'; did you mean drop_path_rate, drop_rate, "
+     "ssm_drop_rate?"),
 ])
 def test_a_wrong_cfg_option_is_one_line_as_in_the_train_and_test_tools(tmp_path, option, message):
     """A value of the wrong type, or a misspelt key, was a traceback from the model's build or its trace."""
