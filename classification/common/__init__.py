@@ -1,5 +1,5 @@
 """What the engine, the data pipeline, the search and the det/seg plugins all need: checkpoint I/O, RNG streams,
-CSV logs, matplotlib for figures (``plots``).
+CSV logs, the stop signals (``signals``), matplotlib for figures (``plots``).
 
 This package sits below ``classification.models``, ``data``, ``search`` and ``engine`` and imports none of them.
 """

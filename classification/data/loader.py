@@ -28,11 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..common.rng import sample_seed, seeded
+from ..common.signals import STOP_SIGNALS
 from .errors import DataError
-
-# The signals that stop a training run cleanly (engine.signals); loader workers leave them to the main process.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")
-                     if hasattr(signal, name))
 
 
 class ShardedSampler(Sampler):

@@ -42,11 +42,11 @@ import os.path as osp
 import re
 import signal
 import sys
-import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 from ..common.checkpoint_io import atomic_write_bytes
+from ..common.signals import interrupt_on_stop_signals, write_if_possible
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
@@ -176,47 +176,17 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
     return new_options
 
 
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler :func:`run_step` sets: the step unwinds as on Ctrl-C (a BaseException, so that
-    no ``except Exception`` of mmengine's takes it)."""
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop, or torchrun passing one on) raises :class:`Terminated` in the main thread while
-    the block runs; elsewhere, or where SIGTERM is ignored, nothing changes. A process forked meanwhile (a data
-    loader worker, which Slurm signals too) ends on it as before, with no traceback."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
-        yield
-        return
-    owner = os.getpid()
-
-    def raise_terminated(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
     """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
     cannot be used, a setting the backbone refuses (directions, out_indices, ...), a BatchNorm step on one image, or
     an unexpected keyword argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did
-    not have: a misspelling), end the process with one line (exit status 2); Ctrl-C or SIGTERM with one line naming
-    ``resume_from`` (the work_dir whose latest checkpoint --resume continues from, for training) and exit status
-    130 or 143."""
+    not have: a misspelling), end the process with one line (exit status 2); Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP
+    (``interrupt_on_stop_signals``) with one line naming ``resume_from`` (the work_dir whose latest checkpoint
+    --resume continues from, for training) and exit status 128 + the signal's number (130, 143, 138, 129)."""
     from .backbones import BackboneSettingError
 
     try:
-        with _sigterm_raises():
+        with interrupt_on_stop_signals():
             return step()
     except CheckpointError as err:
         _exit_error(str(err))
@@ -236,11 +206,12 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
             raise
         _exit_error(f'{str(err).strip().splitlines()[-1]}: --cfg-options {".".join(typos[0])} is not a key of the '
                     f'config (misspelt?)')
-    except (KeyboardInterrupt, Terminated) as stop:
-        by = ' by SIGTERM' if isinstance(stop, Terminated) else ''
+    except KeyboardInterrupt as stop:   # Ctrl-C, or StopSignalReceived
+        signum = getattr(stop, 'signum', signal.SIGINT)
+        by = '' if signum == signal.SIGINT else f' by {signal.Signals(signum).name}'
         if os.environ.get('RANK', '0') == '0':
-            print(f'\ninterrupted{by}{_resume_hint(resume_from) if resume_from else ""}', file=sys.stderr)
-        sys.exit(128 + (signal.SIGTERM if by else signal.SIGINT))
+            write_if_possible(sys.stderr, f'\ninterrupted{by}{_resume_hint(resume_from) if resume_from else ""}\n')
+        sys.exit(128 + signum)
 
 
 def _resume_hint(work_dir: str) -> str:

@@ -22,11 +22,11 @@ from typing import Callable, Optional, Sequence
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
 from ..common.checkpoint_io import CheckpointError
+from ..common.signals import write_if_possible
 from ..data import DataError
 from ..models.scan_maps import DirectionModuleError
 from .config import ConfigError
 from .flags import build_parser
-from .logs import write_if_possible
 
 DEBUG_ENV = "LOCALMAMBA_DEBUG"
 

@@ -19,6 +19,7 @@ from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
+from ..common.signals import interrupt_on_stop_signals
 from ..data import build_eval_dataset, build_loaders
 from ..data.loader import lost_worker_as_data_error
 from .amp import autocast, log_precision
@@ -27,7 +28,6 @@ from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size
-from .signals import interrupt_on_stop_signals
 
 
 class FixedBatch(nn.Module):

@@ -6,9 +6,11 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Optional
 
 import torch
+
+from ..common.signals import write_if_possible
 
 LOGGER_NAME = "localmamba"
 logger = logging.getLogger(LOGGER_NAME)
@@ -80,17 +82,6 @@ def _log_file(path: str) -> logging.FileHandler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_Formatter(datefmt="%y-%m-%d %H:%M:%S"))
     return handler
-
-
-def write_if_possible(stream: TextIO, text: str) -> bool:
-    """Write `text` to `stream` unless it is gone (a terminal that hung up: the run stops on SIGHUP); whether it
-    was written."""
-    try:
-        stream.write(text)
-        stream.flush()
-    except OSError:
-        return False
-    return True
 
 
 class ProgressBar:

@@ -14,18 +14,17 @@ The workers would otherwise train on unseen, holding the run folder.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import threading
 from types import FrameType
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from ..data.loader import STOP_SIGNALS
+from ..common.signals import signals_to_catch
 from .distributed import all_reduce
 
 # torchrun sets it in the environment of its workers
@@ -47,7 +46,7 @@ class StopSignals:
         others are caught even so: a shell starts background jobs with SIGINT ignored, and `kill -INT` still means
         stop.)"""
         if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
-            self._previous = {sig: signal.signal(sig, self._receive) for sig in _signals_to_catch()}
+            self._previous = {sig: signal.signal(sig, self._receive) for sig in signals_to_catch()}
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -90,35 +89,3 @@ class StopSignals:
             self.signum = signal.SIGHUP
             logging.getLogger("localmamba").warning(
                 f"the launcher of this worker (torchrun, pid {self._launcher}) is gone: stopping as on SIGHUP")
-
-
-def _signals_to_catch() -> list[int]:
-    """The stop signals, but a SIGHUP the process was started ignoring (under `nohup`), which stays ignored."""
-    return [sig for sig in STOP_SIGNALS
-            if not (sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) is signal.SIG_IGN)]
-
-
-class StopSignalReceived(KeyboardInterrupt):
-    """A stop signal (`signum`) where there is nothing to save: it ends the work at once, as Ctrl-C does."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = int(signum)
-
-
-@contextlib.contextmanager
-def interrupt_on_stop_signals() -> Iterator[None]:
-    """Within the block, SIGTERM, SIGUSR1 and SIGHUP raise `StopSignalReceived` (SIGINT raises KeyboardInterrupt
-    already), so that work such as an evaluation can say it was cut short; a SIGHUP the process was started ignoring
-    (under `nohup`) stays ignored. The previous handlers come back after it."""
-    def stop(signum: int, frame: Optional[FrameType]) -> None:
-        raise StopSignalReceived(signum)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, stop) for sig in _signals_to_catch() if sig != signal.SIGINT}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -18,8 +18,7 @@ import sys
 import threading
 from typing import Any, Mapping, Optional, Sequence
 
-from ..data.loader import STOP_SIGNALS
-from .logs import write_if_possible
+from ..common.signals import STOP_SIGNALS, write_if_possible
 
 SHOWN_RANKS = 4
 

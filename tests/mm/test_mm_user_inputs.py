@@ -625,6 +625,50 @@ def test_sigterm_ends_in_one_line_naming_the_checkpoint_and_leaves_forked_worker
     assert signal.getsignal(signal.SIGTERM) is handler
 
 
+@pytest.mark.parametrize('name', ['SIGUSR1', 'SIGHUP'])
+def test_slurms_warning_and_a_hang_up_end_in_one_line_with_the_signals_status(tmp_path, monkeypatch, capsys, name):
+    """SIGUSR1 (Slurm's warning before the time limit, which torchrun passes on) and SIGHUP (a lost ssh session) killed
+    a det/seg run with no word of where to resume; now they end it as SIGTERM does, with 128 + their number."""
+    import signal
+    import time
+    sig = getattr(signal, name)
+
+    def signalled_step():
+        os.kill(os.getpid(), sig)
+        time.sleep(30)
+
+    monkeypatch.setenv('RANK', '0')
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(f'{work}/iter_8.pth')
+    (work / 'iter_8.pth').write_bytes(b'')
+    handler = signal.getsignal(sig)
+    with pytest.raises(SystemExit) as exit_info:
+        launch.run_step(signalled_step, resume_from=str(work))
+    assert exit_info.value.code == 128 + sig
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'interrupted by {name}; the command with --resume (and no path) continues from {work}/iter_8.pth')
+    assert signal.getsignal(sig) is handler
+
+
+def test_a_hang_up_ignored_from_the_start_stays_ignored(monkeypatch):
+    """A det/seg run started under nohup goes on when its terminal hangs up."""
+    import signal
+    import time
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def hung_up_step():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)
+        return 'went on'
+
+    try:
+        assert launch.run_step(hung_up_step) == 'went on'
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_the_default_work_dir_is_work_dirs_and_the_config_name_without_py(monkeypatch):
     """As mmdet's and mmseg's tools: ``./work_dirs/<config file name without .py>``, unless --work-dir is given."""
     from mmengine.runner import CheckpointLoader
