@@ -14,7 +14,6 @@ go to mmengine's current logger when mmengine is installed.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import logging
 import os
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint, state_dict_from
+from ..common.suggest import did_you_mean
 from ..models.directions import DirectionsArg, directions_difference
 from ..models.factory import checked_out_indices
 from ..models.local_vim import VisionMamba, checkpoint_filter_fn
@@ -70,9 +70,7 @@ def _refuse_unknown_settings(backbone: type, trunk: type, settings: Mapping[str,
                     if name != 'self' and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)})
     for key in settings:
         if key not in taken:
-            close = difflib.get_close_matches(key, taken, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ''
-            raise ValueError(f'{backbone.__name__} does not take {key!r}{hint}')
+            raise ValueError(f'{backbone.__name__} does not take {key!r}{did_you_mean(key, taken)}')
 
 
 def _index_list(out_indices: Union[int, Sequence[int]]) -> Sequence[int]:

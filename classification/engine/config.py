@@ -23,7 +23,6 @@ the size, the mean, the data folder) keep the file's values, e.g. the data folde
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import os
 from typing import Any, Optional, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ..common import atomic_write_text
+from ..common.suggest import did_you_mean
 from ..data.defaults import DATASET_FILLED_FLAGS, filled_alike
 from .flags import build_parser
 
@@ -309,9 +309,7 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
             raise ConfigError(f"{path}: key {key!r} is {value!r}: the original's {ORIGINAL_FEATURES_OFF[key][0]} is "
                               f"not part of this code (remove the key, or give it {ORIGINAL_FEATURES_OFF[key][1]!r})")
         if key not in actions:
-            close = difflib.get_close_matches(key, list(actions), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+            raise ConfigError(f"{path}: unknown key {key!r}{did_you_mean(key, actions, n=1)}")
         if key in ("overwrite", "rewind") and value:
             raise ConfigError(f"{path}: key {key!r}: a config file cannot delete a run; give --{key} on the command "
                               f"line")

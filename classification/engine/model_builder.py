@@ -1,7 +1,6 @@
 """Build a registered model from the resolved config (name with or without `timm_`, classes, kwargs, directions)."""
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import os
@@ -16,6 +15,7 @@ from timm.models._builder import build_model_with_cfg
 from timm.models._registry import model_entrypoint
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint
+from ..common.suggest import did_you_mean
 from ..models.directions import directions_record, load_directions, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels, supernet_directions_error
 from .checkpoint import LAST
@@ -48,9 +48,8 @@ def resolve_model_name(name: str) -> str:
     if canonical in known:
         return canonical
     local = timm.list_models('local_v*')
-    close = difflib.get_close_matches(canonical, local, n=5, cutoff=0.5) or \
-        difflib.get_close_matches(canonical, known, n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; LocalMamba models: {', '.join(local)}"
+    hint = (did_you_mean(canonical, local, n=5, cutoff=0.5) or did_you_mean(canonical, known, n=5)
+            or f"; LocalMamba models: {', '.join(local)}")
     raise UnknownModelError(f'unknown model {name!r}{hint}')
 
 
@@ -223,10 +222,10 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
     from_yaml = set(cfg.model_kwargs) - set(getattr(cfg, "cli_model_kwargs", ()))
     if getattr(cfg, "config_model", None) is not None:  # the config names this model: a near miss is a typo
         for key in sorted(key for key in from_yaml if key not in accepted):
-            close = difflib.get_close_matches(key, sorted(accepted), n=3)
-            if close:
+            hint = did_you_mean(key, accepted)
+            if hint:
                 raise ConfigError(f"{cfg.config}: model_kwargs: model {name} (the config's model) does not take "
-                                  f"{key!r}; did you mean {', '.join(close)}?")
+                                  f"{key!r}{hint}")
     taken = config_kwargs_taken(name, {key: value for key, value in kwargs.items() if key in from_yaml}, warn)
     kept = {key: value for key, value in kwargs.items() if key not in from_yaml or key in taken}
     for key in [k for k in kept if k not in accepted]:
@@ -241,9 +240,7 @@ def _accepted_model_kwargs(cfg: Namespace, name: str, kwargs: dict[str, Any], wa
 def not_taken_error(name: str, key: str, accepted: frozenset[str], flag: str = "--model-kwargs") -> ConfigError:
     """The one-line error of a keyword `key` (given by `flag`) that model `name`, taking `accepted`, does not take;
     naming the close matches."""
-    close = difflib.get_close_matches(key, sorted(accepted), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{flag}: model {name} does not take {key!r}{hint}")
+    return ConfigError(f"{flag}: model {name} does not take {key!r}{did_you_mean(key, accepted)}")
 
 
 def model_build_error(name: str, given: Mapping[str, Any], err: Exception, hint: str = "") -> ConfigError:

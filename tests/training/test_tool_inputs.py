@@ -123,7 +123,7 @@ def test_key_that_is_not_text_is_named(tmp_path, monkeypatch, capsys, text, key)
     ("model: local_vim_tiny\nbatch_size: abc\n", "key 'batch_size': bad value 'abc': expected an integer"),
     ("model: [a]\n", "key 'model': expected one value, got the list ['a']"),
     ("model: local_vim_tiny\nimg_size: 7.9\n", "key 'img_size': bad value '7.9': expected an integer"),
-    ("model: local_vim_tiny\nimg_size: 32\nbach_size: 1\n", "unknown key 'bach_size' (did you mean 'batch_size'?)"),
+    ("model: local_vim_tiny\nimg_size: 32\nbach_size: 1\n", "unknown key 'bach_size'; did you mean batch_size?"),
 ])
 def test_speed_test_checks_its_config_as_train_does(tmp_path, monkeypatch, capsys, text, message):
     config = write(tmp_path / "speed.yaml", text)

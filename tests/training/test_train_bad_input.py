@@ -102,7 +102,7 @@ def test_unknown_config_key_exits_with_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: parse_args(["-c", str(cfg)]))
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"error: {cfg}: unknown key 'warmup_epoch' (did you mean 'warmup_epochs'?)\n"
+    assert capsys.readouterr().err == f"error: {cfg}: unknown key 'warmup_epoch'; did you mean warmup_epochs?\n"
     cfg.write_text(yaml.safe_dump({"lr": 0.1, "teacher_model": "resnet50"}))  # a KD flag of the original's
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: parse_args(["-c", str(cfg)]))

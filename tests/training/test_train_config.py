@@ -101,7 +101,7 @@ def test_paths_starting_with_a_tilde_are_under_the_home_folder(tmp_path, monkeyp
 
 def test_unknown_key_names_key_and_file(tmp_path):
     cfg = write_yaml(tmp_path / "bad.yaml", {"lr": 0.1, "warmup_epoch": 3})
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*'warmup_epoch'.*did you mean 'warmup_epochs'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'warmup_epoch'.*did you mean warmup_epochs\?"):
         parse_args(["-c", cfg])
 
 
