@@ -10,4 +10,4 @@ if [ $# -lt 4 ]; then
 fi
 ENTRY=$1 GPUS=$2 CONFIG=$3 MODEL=$4
 shift 4
-exec sh "$TOOLS/launch.sh" torchrun "$GPUS" "$ENTRY" -c "$CONFIG" --model "$MODEL" "$@"
+LAUNCH_CONFIG=$CONFIG exec sh "$TOOLS/launch.sh" torchrun "$GPUS" "$ENTRY" -c "$CONFIG" --model "$MODEL" "$@"

@@ -9,7 +9,8 @@
 # CPUS_PER_TASK cores (default 5, as mmdet's and mmseg's launchers give: Slurm's default of 1 would run a rank's
 # loader workers on a single core).
 # ENTRY is a path from the current directory or from the repository root; the root goes on PYTHONPATH. The
-# interpreter is python from PATH, or the one PYTHON names.
+# interpreter is python from PATH, or the one PYTHON names. LAUNCH_CONFIG (set by the dist_*.sh / slurm_*.sh
+# scripts) names the config file the entry reads: one that is not there is said once, before any process starts.
 # torchrun runs as tools/torchrun.py (classification.engine.torchrun): a failed launch ends in one line with the
 # failed worker's exit status, not in torchrun's ChildFailedError traceback with status 1; a Ctrl-C while it imports
 # ends it quietly.
@@ -61,6 +62,14 @@ if [ ! -f "$ENTRY" ]; then
     esac
     exit 2
 fi
+if [ -n "${LAUNCH_CONFIG:-}" ] && [ ! -f "$LAUNCH_CONFIG" ]; then
+    case "$LAUNCH_CONFIG" in
+        /*) echo "error: config file not found: $LAUNCH_CONFIG" >&2 ;;
+        *) echo "error: config file not found: $LAUNCH_CONFIG (relative to the current directory $(pwd))" >&2 ;;
+    esac
+    exit 2
+fi
+unset LAUNCH_CONFIG
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"   # the interpreter: python on PATH, or the one PYTHON names (e.g. python3)
 case "${MASTER_PORT:-1}" in
@@ -117,7 +126,7 @@ if ! command -v srun >/dev/null 2>&1; then
     exit 127
 fi
 PER_NODE=$(( GPUS < 8 ? GPUS : 8 ))
-WARN=  # tools/train.py only: det/seg's train.py has no handler, and SIGUSR1 would kill it
+WARN=  # tools/train.py only: det/seg's train.py saves on its own schedule, the warning would end it 2 min early
 ENTRY_DIR="$(cd "$(dirname "$ENTRY")" 2>/dev/null && pwd -P || true)"
 if [ "$ENTRY_DIR/$(basename "$ENTRY")" = "$(cd "$ROOT" && pwd -P)/tools/train.py" ]; then
     WARN=--signal=USR1@120

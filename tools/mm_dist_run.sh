@@ -36,4 +36,4 @@ case "$MODE" in
         exit 2 ;;
 esac
 export MASTER_PORT="${PORT:-${MASTER_PORT:-}}"  # mmdet/mmseg's PORT, else MASTER_PORT
-exec sh "$TOOLS/launch.sh" torchrun "$GPUS" "$HERE/$MODE.py" "$@"
+LAUNCH_CONFIG=$CONFIG exec sh "$TOOLS/launch.sh" torchrun "$GPUS" "$HERE/$MODE.py" "$@"

@@ -9,4 +9,4 @@ if [ $# -lt 5 ]; then
 fi
 ENTRY=$1 PARTITION=$2 GPUS=$3 CONFIG=$4 MODEL=$5
 shift 5
-exec sh "$TOOLS/launch.sh" srun "$PARTITION" "$GPUS" "$ENTRY" -c "$CONFIG" --model "$MODEL" --slurm "$@"
+LAUNCH_CONFIG=$CONFIG exec sh "$TOOLS/launch.sh" srun "$PARTITION" "$GPUS" "$ENTRY" -c "$CONFIG" --model "$MODEL" --slurm "$@"

@@ -9,6 +9,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TORCHRUN = ["python", os.path.join(REPO, "tools", "torchrun.py")]
 SHELLS = [s for s in ("sh", "bash") if shutil.which(s)]
+# configs that exist (the launchers refuse a missing one before any process starts), from any folder
+CFG = os.path.join(REPO, "configs", "quickstart.yaml")
+MM_CFG = os.path.join(REPO, "detection", "configs", "local_mamba", "mask_rcnn_local_vssm_small_fpn_coco.py")
 
 STUB = """#!/bin/sh
 echo "{name}"
@@ -45,10 +48,10 @@ def torchrun(gpus, entry, *args, nnodes="1", node_rank="0", addr="127.0.0.1", po
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_dist_run_runs_the_originals_readme_command_from_the_root(shell, stub_path):
-    argv, env = run(shell, stub_path, "tools/dist_run.sh", "tools/test.py", "8", "cfg.yaml", "local_vim_tiny",
+    config = "configs/strategies/local_mamba/config.yaml"
+    argv, env = run(shell, stub_path, "tools/dist_run.sh", "tools/test.py", "8", config, "local_vim_tiny",
                     "--resume", "my ckpt.pth")
-    assert argv == torchrun("8", "tools/test.py", "-c", "cfg.yaml", "--model", "local_vim_tiny",
-                            "--resume", "my ckpt.pth")
+    assert argv == torchrun("8", "tools/test.py", "-c", config, "--model", "local_vim_tiny", "--resume", "my ckpt.pth")
     assert env == {"PYTHONPATH": REPO, "MASTER_PORT": ""}      # one node: torchrun.py takes a free port
 
 
@@ -56,14 +59,14 @@ def test_dist_run_runs_the_originals_readme_command_from_the_root(shell, stub_pa
 def test_dist_train_and_test_wrap_dist_run_with_multi_node_env(shell, stub_path, tmp_path):
     """From another directory the entry resolves against the repository root."""
     nodes = dict(NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="1234")
-    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", "c.yaml", "m", "-b", "8", cwd=tmp_path, **nodes)
-    assert argv == torchrun("4", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m", "-b", "8",
+    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", CFG, "m", "-b", "8", cwd=tmp_path, **nodes)
+    assert argv == torchrun("4", os.path.join(REPO, "tools/train.py"), "-c", CFG, "--model", "m", "-b", "8",
                             nnodes="2", node_rank="1", addr="10.0.0.1", port="1234")
-    argv, _ = run(shell, stub_path, "tools/dist_test.sh", "1", "c.yaml", "m", "--resume", "x.pth")
-    assert argv == torchrun("1", os.path.join(REPO, "tools/test.py"), "-c", "c.yaml", "--model", "m", "--resume",
+    argv, _ = run(shell, stub_path, "tools/dist_test.sh", "1", CFG, "m", "--resume", "x.pth")
+    assert argv == torchrun("1", os.path.join(REPO, "tools/test.py"), "-c", CFG, "--model", "m", "--resume",
                             "x.pth")
     nodes.pop("MASTER_PORT")      # several nodes agree on torchrun's default port
-    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", "c.yaml", "m", **nodes)
+    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "4", CFG, "m", **nodes)
     assert "--master_port=29500" in argv
 
 
@@ -73,11 +76,11 @@ def test_the_train_and_test_scripts_run_ours_from_a_folder_with_its_own_tools(sh
     (tmp_path / "tools").mkdir()
     for name in ("train.py", "test.py"):
         (tmp_path / "tools" / name).write_text("")
-    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", "c.yaml", "m", cwd=tmp_path)
-    assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m")
-    argv, _ = run(shell, stub_path, "tools/dist_test.sh", "2", "c.yaml", "m", cwd=tmp_path)
-    assert argv == torchrun("2", os.path.join(REPO, "tools/test.py"), "-c", "c.yaml", "--model", "m")
-    argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m", cwd=tmp_path)
+    argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", CFG, "m", cwd=tmp_path)
+    assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", CFG, "--model", "m")
+    argv, _ = run(shell, stub_path, "tools/dist_test.sh", "2", CFG, "m", cwd=tmp_path)
+    assert argv == torchrun("2", os.path.join(REPO, "tools/test.py"), "-c", CFG, "--model", "m")
+    argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", CFG, "m", cwd=tmp_path)
     assert argv[8:12] == ["--signal=USR1@120", "python", "-u", os.path.join(REPO, "tools/train.py")]
 
 
@@ -86,7 +89,7 @@ def test_several_nodes_without_the_master_address_or_node_rank_are_refused(stub_
     """torchrun would wait for a master at 127.0.0.1, or start every node as rank 0, until its timeout."""
     nodes = {k: v for k, v in dict(NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1").items() if k != missing}
     environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "NODE_RANK")}
-    proc = subprocess.run(["sh", os.path.join(REPO, "tools/dist_train.sh"), "8", "c.yaml", "m"], capture_output=True,
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/dist_train.sh"), "8", CFG, "m"], capture_output=True,
                           text=True, env={**environ, **nodes, "PATH": stub_path})
     assert proc.returncode == 2 and proc.stdout == ""
     assert "NNODES=2 needs MASTER_ADDR (the address of the node with NODE_RANK=0) and NODE_RANK" in proc.stderr
@@ -94,25 +97,25 @@ def test_several_nodes_without_the_master_address_or_node_rank_are_refused(stub_
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_slurm_run_and_slurm_train(shell, stub_path):
-    argv, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m", "--amp")
+    argv, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", CFG, "m", "--amp")
     assert argv == ["srun", "--job-name", "train", "--partition=part", "-n16", "--gres=gpu:8", "--ntasks-per-node=8",
-                    "--cpus-per-task=5", "python", "-u", "tools/test.py", "-c", "c.yaml", "--model", "m", "--slurm",
+                    "--cpus-per-task=5", "python", "-u", "tools/test.py", "-c", CFG, "--model", "m", "--slurm",
                     "--amp"]
     assert env == {"PYTHONPATH": REPO, "MASTER_PORT": ""}     # the tasks take --dist-port (or the user's MASTER_PORT)
-    _, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", "c.yaml", "m",
+    _, env = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "part", "16", CFG, "m",
                  MASTER_PORT="4321")
     assert env["MASTER_PORT"] == "4321"
-    argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", "c.yaml", "m")
+    argv, _ = run(shell, stub_path, "tools/slurm_train.sh", "p", "2", CFG, "m")
     assert argv[4:10] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--cpus-per-task=5", "--signal=USR1@120",
                           "python"]                                                            # training
-    assert argv[11:] == [os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m", "--slurm"]
+    assert argv[11:] == [os.path.join(REPO, "tools/train.py"), "-c", CFG, "--model", "m", "--slurm"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_srun_asks_for_the_stop_warning_for_the_classification_train_py_only(shell, stub_path, tmp_path):
     """mmdet / mmseg's train.py has no SIGUSR1 handler: the warning would kill it two minutes before the time limit."""
     for task in ("detection", "segmentation"):
-        argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", f"{task}/tools/train.py", "cfg.py",
+        argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", f"{task}/tools/train.py", MM_CFG,
                       "--launcher", "slurm")
         assert argv[4:8] == ["-n2", "--gres=gpu:2", "--ntasks-per-node=2", "--cpus-per-task=5"] and argv[8] == "python"
     argv, _ = run(shell, stub_path, "tools/launch.sh", "srun", "p", "2", os.path.join(REPO, "tools", "train.py"),
@@ -124,7 +127,7 @@ def test_srun_asks_for_the_stop_warning_for_the_classification_train_py_only(she
 def test_srun_gives_each_task_cpus_for_its_loader_and_takes_more_flags(shell, stub_path):
     """Slurm's default is one core per task, where a rank's 16 loader workers would share it; CPUS_PER_TASK and
     SRUN_ARGS (split on spaces) as mmdet's and mmseg's launchers take them."""
-    argv, _ = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "p", "2", "c.yaml", "m",
+    argv, _ = run(shell, stub_path, "tools/slurm_run.sh", "tools/test.py", "p", "2", CFG, "m",
                   CPUS_PER_TASK="12", SRUN_ARGS="--mpi=pmi2 --time=2-00:00:00")
     assert argv[7:11] == ["--cpus-per-task=12", "--mpi=pmi2", "--time=2-00:00:00", "python"]
 
@@ -132,14 +135,14 @@ def test_srun_gives_each_task_cpus_for_its_loader_and_takes_more_flags(shell, st
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 @pytest.mark.parametrize("shell", SHELLS)
 def test_mm_launchers_keep_the_mm_argument_order_and_port(shell, stub_path, task):
-    argv, env = run(shell, stub_path, f"{task}/tools/dist_train.sh", "cfg.py", "2", "--amp", PORT="4321")
-    assert argv == torchrun("2", f"{REPO}/{task}/tools/train.py", "cfg.py", "--launcher", "pytorch", "--amp",
+    argv, env = run(shell, stub_path, f"{task}/tools/dist_train.sh", MM_CFG, "2", "--amp", PORT="4321")
+    assert argv == torchrun("2", f"{REPO}/{task}/tools/train.py", MM_CFG, "--launcher", "pytorch", "--amp",
                             port="4321")
     assert env["PYTHONPATH"] == REPO
-    argv, _ = run(shell, stub_path, f"{task}/tools/dist_test.sh", "cfg.py", "w.pth", "8")
-    assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", "cfg.py", "w.pth", "--launcher", "pytorch")
+    argv, _ = run(shell, stub_path, f"{task}/tools/dist_test.sh", MM_CFG, "w.pth", "8")
+    assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", MM_CFG, "w.pth", "--launcher", "pytorch")
     # MASTER_PORT (the name tools/dist_*.sh take) when PORT is unset
-    for script, args in (("dist_train.sh", ["cfg.py", "2"]), ("dist_test.sh", ["cfg.py", "w.pth", "8"])):
+    for script, args in (("dist_train.sh", [MM_CFG, "2"]), ("dist_test.sh", [MM_CFG, "w.pth", "8"])):
         argv, _ = run(shell, stub_path, f"{task}/tools/{script}", *args, MASTER_PORT="4322")
         assert "--master_port=4322" in argv
         argv, _ = run(shell, stub_path, f"{task}/tools/{script}", *args, MASTER_PORT="4322", PORT="4321")
@@ -155,12 +158,12 @@ def test_mm_launchers_run_through_a_link_to_them_or_to_their_folder(shell, stub_
     (tmp_path / "bin" / "dist_train.sh").symlink_to(os.path.join(REPO, task, "tools", "dist_train.sh"))
     (tmp_path / "linked_tools").symlink_to(os.path.join(REPO, task, "tools"))
     for script in ("bin/dist_train.sh", "linked_tools/dist_train.sh"):
-        argv, env = run(shell, stub_path, str(tmp_path / script), "cfg.py", "2", cwd=tmp_path)
-        assert argv == torchrun("2", f"{REPO}/{task}/tools/train.py", "cfg.py", "--launcher", "pytorch")
+        argv, env = run(shell, stub_path, str(tmp_path / script), MM_CFG, "2", cwd=tmp_path)
+        assert argv == torchrun("2", f"{REPO}/{task}/tools/train.py", MM_CFG, "--launcher", "pytorch")
         assert env["PYTHONPATH"] == REPO
-    argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "dist_test.sh"), "cfg.py", "w.pth", "8",
+    argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "dist_test.sh"), MM_CFG, "w.pth", "8",
                   cwd=tmp_path)
-    assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", "cfg.py", "w.pth", "--launcher", "pytorch")
+    assert argv == torchrun("8", f"{REPO}/{task}/tools/test.py", MM_CFG, "w.pth", "--launcher", "pytorch")
 
 
 @pytest.mark.parametrize("script, args", [("tools/dist_run.sh", ["a", "1", "c"]), ("tools/slurm_run.sh", ["a"]),
@@ -202,7 +205,7 @@ def test_a_process_count_that_is_not_a_whole_number_is_one_line(shell, stub_path
     failed with a 30-line traceback (a bare AssertionError for 0)."""
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     environ["PATH"] = stub_path
-    proc = subprocess.run([shell, os.path.join(REPO, "tools/dist_train.sh"), gpus, "c.yaml", "m"], cwd=REPO,
+    proc = subprocess.run([shell, os.path.join(REPO, "tools/dist_train.sh"), gpus, CFG, "m"], cwd=REPO,
                           env=environ, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: the number of processes (GPUS) must be a whole number from 1, got '{gpus}': check "
@@ -215,7 +218,7 @@ def test_the_slurm_scripts_without_srun_say_what_to_use(tmp_path):
     bin_dir = tmp_path / "bin"                  # a PATH with python but no srun
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(shutil.which("python"))
-    proc = subprocess.run(["sh", os.path.join(REPO, "tools/slurm_train.sh"), "part", "2", "c.yaml", "m"], cwd=REPO,
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/slurm_train.sh"), "part", "2", CFG, "m"], cwd=REPO,
                           env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"},
                           capture_output=True, text=True)
     assert proc.returncode == 127 and proc.stdout == ""
@@ -232,19 +235,19 @@ def test_the_scripts_run_through_a_link_to_them_or_to_their_folder(shell, stub_p
     (tmp_path / "bin" / "dist_train.sh").symlink_to(os.path.join(REPO, "tools", "dist_train.sh"))
     (tmp_path / "linked_tools").symlink_to(os.path.join(REPO, "tools"))
     for script in ("bin/dist_train.sh", "linked_tools/dist_train.sh"):
-        argv, env = run(shell, stub_path, str(tmp_path / script), "2", "c.yaml", "m", cwd=tmp_path)
-        assert argv == torchrun("2", os.path.join(REPO, "tools", "train.py"), "-c", "c.yaml", "--model", "m")
+        argv, env = run(shell, stub_path, str(tmp_path / script), "2", CFG, "m", cwd=tmp_path)
+        assert argv == torchrun("2", os.path.join(REPO, "tools", "train.py"), "-c", CFG, "--model", "m")
         assert env["PYTHONPATH"] == REPO
-    argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "slurm_train.sh"), "p", "2", "c.yaml", "m",
+    argv, _ = run(shell, stub_path, str(tmp_path / "linked_tools" / "slurm_train.sh"), "p", "2", CFG, "m",
                   cwd=tmp_path)
     assert argv[10:12] == ["-u", os.path.join(REPO, "tools", "train.py")]
 
 
 def launch_error(stub_path, **env):
-    """tools/dist_train.sh 2 c.yaml m with `env` (the node variables unset otherwise): status, stdout, stderr."""
+    """tools/dist_train.sh 2 CFG m with `env` (the node variables unset otherwise): status, stdout, stderr."""
     node_variables = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
     environ = {k: v for k, v in os.environ.items() if k not in node_variables}
-    proc = subprocess.run(["sh", os.path.join(REPO, "tools/dist_train.sh"), "2", "c.yaml", "m"], capture_output=True,
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/dist_train.sh"), "2", CFG, "m"], capture_output=True,
                           text=True, env={**environ, **env, "PATH": stub_path})
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -270,8 +273,8 @@ def test_one_node_is_its_own_master_whatever_master_addr_says(shell, stub_path):
     """A MASTER_ADDR left in the environment (a cluster's, another job's) sent the workers of a one-node launch to
     that address, where they waited without a word."""
     for nodes in ({}, {"NNODES": "1", "NODE_RANK": "0"}):
-        argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", "c.yaml", "m", MASTER_ADDR="10.0.0.1", **nodes)
-        assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", "c.yaml", "--model", "m")
+        argv, _ = run(shell, stub_path, "tools/dist_train.sh", "2", CFG, "m", MASTER_ADDR="10.0.0.1", **nodes)
+        assert argv == torchrun("2", os.path.join(REPO, "tools/train.py"), "-c", CFG, "--model", "m")
 
 
 @pytest.mark.parametrize("port", ["abc", "70000", "0", "1234567890123456789012"])
@@ -285,7 +288,7 @@ def test_a_master_port_that_is_no_port_number_is_one_line(stub_path, port):
 def test_an_entry_found_nowhere_is_one_line_naming_both_places(stub_path, tmp_path, mode):
     """Each worker printed python's "can't open file" naming the current directory only (the root was tried too)."""
     environ = {**os.environ, "PATH": stub_path}
-    proc = subprocess.run(["sh", os.path.join(REPO, "tools/launch.sh"), *mode, "tools/tset.py", "-c", "c.yaml"],
+    proc = subprocess.run(["sh", os.path.join(REPO, "tools/launch.sh"), *mode, "tools/tset.py", "-c", CFG],
                           cwd=tmp_path, env=environ, capture_output=True, text=True)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: entry script tools/tset.py not found, neither from the current directory "
@@ -299,6 +302,7 @@ def test_the_command_shown_before_the_launch_reads_back_as_the_command_run(shell
     import shlex
 
     environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "PORT", "NNODES", "SRUN_ARGS")}
+    (tmp_path / "my cfg.yaml").write_text("seed: 1\n")
     proc = subprocess.run([shell, os.path.join(REPO, launcher[0]), *launcher[1:], "my cfg.yaml", "m", "--experiment",
                            "it's $HOME", "--opt", ""], cwd=tmp_path, env={**environ, "PATH": stub_path},
                           capture_output=True, text=True, check=True)
@@ -341,13 +345,42 @@ def test_the_interpreter_is_python_or_the_one_python_names(tmp_path):
         (bin_dir / name).chmod(0o755)
     environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "NNODES", "PYTHON", "SRUN_ARGS")}
     environ["PATH"] = str(bin_dir)
-    train = [os.path.join(REPO, "tools/dist_train.sh"), "2", "c.yaml", "m"]
+    train = [os.path.join(REPO, "tools/dist_train.sh"), "2", CFG, "m"]
     missing = subprocess.run(["sh", *train], env=environ, capture_output=True, text=True)
     assert (missing.returncode, missing.stdout) == (127, "")
     assert missing.stderr == ("error: python not found on PATH: activate the environment that has torch, or name its "
                               "interpreter in PYTHON (e.g. PYTHON=python3)\n")
-    for script in (train, [os.path.join(REPO, "tools/slurm_train.sh"), "p", "2", "c.yaml", "m"]):
+    for script in (train, [os.path.join(REPO, "tools/slurm_train.sh"), "p", "2", CFG, "m"]):
         named = subprocess.run(["sh", *script], env={**environ, "PYTHON": "my-python"}, capture_output=True,
                                text=True)
         argv = named.stdout.splitlines()[:-2]
         assert named.returncode == 0 and "my-python" in argv and "python" not in argv
+
+
+@pytest.mark.parametrize("script, args", [
+    ("tools/dist_train.sh", ["8", "{config}", "m"]),
+    ("tools/dist_test.sh", ["8", "{config}", "m", "--resume", "x.pth"]),
+    ("tools/slurm_train.sh", ["p", "16", "{config}", "m"]),
+    ("detection/tools/dist_train.sh", ["{config}", "8"]),
+    ("segmentation/tools/dist_test.sh", ["{config}", "w.pth", "8"]),
+])
+@pytest.mark.parametrize("config", ["configs/no_such.yaml", "/no/such/config.py"])
+def test_a_missing_config_is_one_line_before_any_process_starts(stub_path, tmp_path, script, args, config):
+    """Every torchrun process (or srun task) printed the same error, after seconds of imports each, with torchrun's
+    report below; now the launcher says it once and starts nothing (the stub python and srun would print)."""
+    proc = subprocess.run(["sh", os.path.join(REPO, script), *(arg.format(config=config) for arg in args)],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PATH": stub_path})
+    where = "" if config.startswith("/") else f" (relative to the current directory {tmp_path})"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: config file not found: {config}{where}\n")
+
+
+def test_the_launchers_config_setting_does_not_reach_the_processes(tmp_path):
+    """LAUNCH_CONFIG is the launcher's own: a process that starts another launch must not inherit it."""
+    python = tmp_path / "python"            # a stub that prints its environment
+    python.write_text("#!/bin/sh\nenv\n")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    for script, args in (("tools/dist_train.sh", ["2", CFG, "m"]), ("detection/tools/dist_train.sh", [MM_CFG, "2"])):
+        proc = subprocess.run(["sh", os.path.join(REPO, script), *args], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}, check=True)
+        assert "PET_SIGNALS_TO_HANDLE=" in proc.stdout                    # the stub ran, showing what it was given
+        assert "LAUNCH_CONFIG=" not in proc.stdout
