@@ -1,4 +1,5 @@
 """The code style every contributor's editor can check: flake8 with the settings in the repository's `.flake8`."""
+import fnmatch
 import os
 import re
 import subprocess
@@ -38,3 +39,15 @@ def test_readme_prose_stays_within_120_columns():
     text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
     long_lines = [line[:60] for line in text.splitlines() if len(line) > 120 and not line.startswith("|")]
     assert long_lines == [], long_lines
+
+
+def test_measurements_index_names_every_file_and_no_missing_one():
+    """docs/measurements/README.md's table lists each log and note of the folder (a `*` pattern may name several), and
+    every name it lists (but the `<gpu>_e2e.log` of the next GPU run) is a file there."""
+    folder = os.path.join(ROOT, "docs", "measurements")
+    index = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    listed = [name for row in re.findall(r"^\| (`[^|]+)\|", index, flags=re.M)
+              for name in re.findall(r"`([^`]+)`", row) if "<" not in name]
+    files = sorted(f for f in os.listdir(folder) if f != "README.md")
+    assert [f for f in files if not any(fnmatch.fnmatch(f, name) for name in listed)] == []
+    assert [name for name in listed if not fnmatch.filter(files, name)] == []
