@@ -32,10 +32,11 @@ def test_readme_links_within_the_page_name_its_headings():
     assert len(links) >= 9 and links <= anchors, sorted(links - anchors)
 
 
-def test_readme_prose_stays_within_120_columns():
-    """The README's text wraps at the code's 120 columns, so that a diff of it reads line by line; code blocks and
+@pytest.mark.parametrize("readme", ["README.md", os.path.join("docs", "measurements", "README.md")])
+def test_readme_prose_stays_within_120_columns(readme):
+    """The READMEs' text wraps at the code's 120 columns, so that a diff of it reads line by line; code blocks and
     tables keep their own lines."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = open(os.path.join(ROOT, readme), encoding="utf-8").read()
     text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
     long_lines = [line[:60] for line in text.splitlines() if len(line) > 120 and not line.startswith("|")]
     assert long_lines == [], long_lines
