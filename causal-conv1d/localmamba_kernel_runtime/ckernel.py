@@ -32,8 +32,9 @@ only. Each library tells its vector width (:func:`vector_width`) and the instruc
 
 Each kernel's argument struct is checked against its ctypes mirror at load (:mod:`.kernel_args`).
 
-Where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` (without, when
-that build fails); :mod:`.task_runner` runs its kernels on threads.
+Where torch runs its own ops on GNU OpenMP (Linux builds), each library is built with ``-fopenmp`` on the OpenMP
+runtime torch loaded (:func:`openmp_flags`; without OpenMP when that build fails); :mod:`.task_runner` runs its
+kernels on threads.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -209,6 +211,33 @@ def torch_uses_gnu_openmp() -> bool:
     return sys.platform.startswith("linux") and "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
+# auditwheel's copy of libgomp inside a wheel (torch's aarch64 wheels: torch.libs/libgomp-f3febf51.so.1.0.0), whose
+# SONAME is that file name
+RENAMED_GOMP = re.compile(r"libgomp-[0-9a-f]{8}\.so")
+
+
+def loaded_libraries(stem: str) -> List[str]:
+    """The files of the shared libraries this process has mapped whose names begin with ``stem`` (Linux:
+    ``/proc/self/maps``; empty elsewhere), sorted."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[-1].strip() for line in maps}
+    except OSError:
+        return []
+    return sorted(path for path in paths if os.path.basename(path).startswith(stem) and ".so" in path)
+
+
+def openmp_flags() -> List[str]:
+    """The flags that build a kernel on the GNU OpenMP runtime torch loaded, so that both share one thread pool:
+    ``-fopenmp``, and where torch's runtime is a renamed copy (:data:`RENAMED_GOMP`) that file by path.
+    ``-fopenmp`` alone links ``libgomp.so.1``, which is torch's own on x86-64 but the system's beside torch's
+    renamed copy: a second runtime, whose idle threads spin beside torch's."""
+    loaded = loaded_libraries("libgomp")
+    if len(loaded) == 1 and RENAMED_GOMP.match(os.path.basename(loaded[0])):
+        return ["-fopenmp", "-Wl,--as-needed", loaded[0]]
+    return ["-fopenmp"]
+
+
 def cache_dir() -> Path:
     """Where compiled kernels are kept."""
     if os.environ.get("LOCALMAMBA_CACHE_DIR"):
@@ -222,7 +251,8 @@ def _build(cc: Sequence[str], flags: List[str], sources: Sequence[Path], target:
     fd, tmp_lib = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([*cc, *flags, "-I", str(RUNTIME_SOURCES), *map(str, sources), "-o", tmp_lib],
+        # the flags after the sources: a library among them (openmp_flags) must follow the objects that use it
+        result = subprocess.run([*cc, "-I", str(RUNTIME_SOURCES), *map(str, sources), *flags, "-o", tmp_lib],
                                 check=True, capture_output=True, text=True, timeout=120)
         if result.stderr.strip():
             logger.warning("compiler warnings building %s:\n%s", target.name, result.stderr.strip())
@@ -266,7 +296,7 @@ def _compile_and_load(cc: Sequence[str], name: str, sources: Sequence[Path],
     except (OSError, subprocess.SubprocessError):
         version = ""
     flags = compile_flags(isa)
-    variants = [flags + ["-fopenmp"], flags] if torch_uses_gnu_openmp() else [flags]
+    variants = [flags + openmp_flags(), flags] if torch_uses_gnu_openmp() else [flags]
     detail = ""
     for i, flags in enumerate(variants):
         try:

@@ -271,3 +271,47 @@ def test_a_build_logs_one_info_line(fresh_kernels, tmp_path, caplog):
     assert len(infos) == 1, infos
     assert infos[0].startswith("compiling the CPU kernel tiny for baseline")
     assert f"it is cached afterwards, in {tmp_path / 'cache'}" in infos[0]
+
+
+@pytest.mark.parametrize("loaded, expected", [
+    # x86-64 torch ships libgomp.so.1 itself: -fopenmp links it
+    (["/site-packages/torch/lib/libgomp.so.1"], ["-fopenmp"]),
+    # the system's runtime (the maps name the file behind the libgomp.so.1 link)
+    (["/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0"], ["-fopenmp"]),
+    # torch's aarch64 wheels: auditwheel's renamed copy, linked by path so that the kernel loads no second runtime
+    (["/site-packages/torch.libs/libgomp-f3febf51.so.1.0.0"],
+     ["-fopenmp", "-Wl,--as-needed", "/site-packages/torch.libs/libgomp-f3febf51.so.1.0.0"]),
+    # two runtimes already: no way to tell torch's
+    (["/a/libgomp-f3febf51.so.1.0.0", "/b/libgomp.so.1"], ["-fopenmp"]),
+    ([], ["-fopenmp"]),
+])
+def test_the_kernels_link_the_openmp_runtime_torch_loaded(monkeypatch, loaded, expected):
+    monkeypatch.setattr(ckernel, "loaded_libraries", lambda stem: loaded if stem == "libgomp" else [])
+    assert ckernel.openmp_flags() == expected
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_loaded_libraries_names_the_files_this_process_mapped():
+    mapped = ckernel.loaded_libraries("libc")
+    assert any(re.match(r"libc(\.so|-)", os.path.basename(path)) for path in mapped)    # the C library runs here
+    assert all(os.path.isabs(path) and os.path.isfile(path) for path in mapped)
+    assert ckernel.loaded_libraries("no_such_library_here") == []
+
+
+def test_a_library_among_the_flags_follows_the_sources(tmp_path, monkeypatch):
+    """torch's renamed libgomp given before the sources was dropped by --as-needed (nothing used it yet) and the
+    kernel linked the system's libgomp.so.1 after all: two OpenMP runtimes in the process (seen on aarch64)."""
+    commands = []
+
+    def compile_into_target(cmd, **kwargs):
+        commands.append(cmd)
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ckernel.subprocess, "run", compile_into_target)
+    library = "/site-packages/torch.libs/libgomp-f3febf51.so.1.0.0"
+    sources = [tmp_path / "kernel.c", tmp_path / "task_runner.c"]
+    ckernel._build(["cc"], ["-O3", "-fopenmp", "-Wl,--as-needed", library], sources, tmp_path / "kernel.so")
+    (cmd,) = commands
+    assert cmd.index(library) > max(cmd.index(str(source)) for source in sources)
+    assert cmd.index("-Wl,--as-needed") < cmd.index(library) and (tmp_path / "kernel.so").exists()
