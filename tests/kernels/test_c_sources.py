@@ -1,6 +1,7 @@
 """The C kernels as files: every source compiles without a warning, every ctypes mirror of an argument struct matches
 its C struct (a wrong mirror is refused by name), and the install ships every source."""
 import ctypes
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
 C_SOURCES = sorted({*(REPO / "causal-conv1d").rglob("*.c"), *(REPO / "mamba-1p1p1").rglob("*.c")})
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
+ARM_COMPILER = shutil.which("aarch64-linux-gnu-gcc")
 
 
 def test_every_c_source_is_a_kernel_source():
@@ -35,6 +37,20 @@ def test_c_source_compiles_without_warnings(source, isa, tmp_path):
            "-o", str(tmp_path / "out.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+@pytest.mark.skipif(ARM_COMPILER is None, reason="no aarch64 cross compiler (aarch64-linux-gnu-gcc; .ci/run installs "
+                                                 "Debian's gcc-aarch64-linux-gnu where it can)")
+@pytest.mark.parametrize("source", C_SOURCES, ids=lambda p: p.name)
+def test_c_source_compiles_for_arm_without_warnings(source, tmp_path):
+    """What an ARM machine (aarch64 Linux) builds: the baseline flags, the generic vector code on NEON registers,
+    -Werror; linked into a shared library with the task runner, as the kernels are."""
+    sources = {source, ckernel.TASK_RUNNER}
+    cmd = [ARM_COMPILER, *ckernel.compile_flags("baseline"), "-fopenmp", "-Werror", "-I", str(ckernel.RUNTIME_SOURCES),
+           *map(str, sorted(sources)), "-o", str(tmp_path / "kernel.so")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    assert (tmp_path / "kernel.so").read_bytes()[18] == 183         # ELF e_machine: EM_AARCH64
 
 
 @needs_compiler
