@@ -394,6 +394,27 @@ def test_intermediates_return_the_class_token_beside_the_map_as_timm_vit():
     assert grid_map.shape == (2, 16, 4, 4) and token.shape == (2, 0, 16)
 
 
+def test_intermediate_maps_put_each_token_at_its_row_and_column():
+    """NCHW maps of the middle-class-token model at a 3 x 5 grid: cell (i, j) is the layer's token i * 5 + j, one
+    further along from the class token (at 15 // 2 = 7) on, and the class token is the prefix. A map filled column
+    by column (unflatten over (W, H), then transposed) has the right shape and the same values, so the shape checks
+    and the NLC comparisons could not see it."""
+    torch.manual_seed(0)
+    model = perturbed(timm.create_model('local_vim_tiny_middle_cls_token', img_size=(24, 40), patch_size=8,
+                                        embed_dim=16, depth=2, directions=[['h', 'w2'], ['v_flip']])).eval()
+    image = torch.randn(2, 3, 24, 40)
+    with torch.no_grad():
+        sequence = model._layers(image, [1], 2)[3][1]                       # (2, 16, 16): 15 tokens + class token
+        (grid_map, token), = model.forward_intermediates(image, indices=[1], intermediates_only=True,
+                                                         return_prefix_tokens=True)
+    assert grid_map.shape == (2, 16, 3, 5) and sequence.shape == (2, 16, 16)
+    for i in range(3):
+        for j in range(5):
+            index = i * 5 + j
+            assert torch.equal(grid_map[:, :, i, j], sequence[:, index + (index >= 7)]), (i, j)
+    assert torch.equal(token, sequence[:, 7:8])
+
+
 @pytest.mark.parametrize('directions,match', [
     ([['h', 'x']] * 20, 'valid directions are h, h_flip'),
     ([['h', 'wq']] * 20, 'valid directions are h, h_flip'),
