@@ -241,3 +241,43 @@ def test_the_curves_of_an_ema_run_say_whose_accuracy_they_show(tmp_path, monkeyp
     titles = [[ax.get_title() for ax in fig.axes] for fig in drawn]
     assert titles == [["loss", "learning rate (no lr.csv)", "accuracy (%)"],
                       ["loss (test: the EMA weights)", "learning rate (no lr.csv)", "accuracy (%) of the EMA weights"]]
+
+
+def test_drawn_path_visits_the_cells_in_scan_order(tmp_path):
+    """Each panel's line goes through the cells in the order of their scan positions (padding has no cell) and its
+    dot marks position 0: a path drawn in row-major order looked the same for `h` and wrong for every other
+    direction, unseen by the numbers' check."""
+    names, grid = ("v_flip", "w2"), (3, 3)
+    fig = figures.draw_scan_orders(str(tmp_path / "orders.png"), names, grid, columns=2)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    for ax, name in zip(panels, names):
+        path, dot = ax.lines
+        order = figures.scan_order_grid(name, grid)
+        cells = sorted(((order[i, j], i, j) for i in range(3) for j in range(3)))
+        assert list(zip(path.get_ydata(), path.get_xdata())) == [(i, j) for _, i, j in cells]
+        assert (list(dot.get_ydata()), list(dot.get_xdata())) == ([cells[0][1]], [cells[0][2]])
+    # by hand: v_flip on 3 x 3 starts at the bottom-right cell and goes up its column
+    first_steps = list(zip(panels[0].lines[0].get_ydata(), panels[0].lines[0].get_xdata()))[:4]
+    assert first_steps == [(2, 2), (1, 2), (0, 2), (2, 1)]
+
+
+def test_speed_chart_bars_are_the_ratios_and_their_labels_the_rates(tmp_path, monkeypatch):
+    """Bar lengths are the ratios to the baseline (the chart's axis: 1.0 = as fast), one bar per model and setting, the
+    images per second written beside them."""
+    saved = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, dpi: saved.append(fig))
+    rows = [{"model": "m1", "baseline": "b1", "inf": (1.5, 30.0), "train": (0.25, 2.0)},
+            {"model": "m2", "baseline": "b2", "inf": (0.75, 12.0), "train": (2.0, 8.0)}]
+    figures.draw_speed_chart(str(tmp_path / "speed.png"), ["inf", "train"], rows)
+    ax, = saved[0].axes
+    assert [bar.get_width() for bar in ax.patches] == [1.5, 0.75, 0.25, 2.0]
+    assert [text.get_text() for text in ax.texts] == ["30 img/s", "12 img/s", "2 img/s", "8 img/s"]
+
+
+def test_example_search_probs_take_the_top_k_asked(tmp_path):
+    """`topk` directions per layer (the README's figure uses the default 4): the top 2 are among the top 4."""
+    small = dict(depth=3, embed_dim=16)
+    two = figures.draw_example_search_probs(str(tmp_path / "a.png"), seed=3, topk=2, **small)
+    four = figures.draw_example_search_probs(str(tmp_path / "b.png"), seed=3, topk=4, **small)
+    assert [len(layer) for layer in two] == [2, 2, 2] and [len(layer) for layer in four] == [4, 4, 4]
+    assert all(set(a) < set(b) for a, b in zip(two, four))
