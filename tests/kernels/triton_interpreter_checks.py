@@ -182,6 +182,30 @@ def _check_conv(width, activation, with_bias, dtype, note):
     print(f"ok conv1d W={width} act={activation} bias={with_bias} {dtype}{note}")
 
 
+def check_conv_across_time_blocks():
+    """The conv's tiles are BLOCK_T steps long (64: every other check fits one). With BLOCK_T = 4, sequences of 11
+    steps span three time blocks, the last a partial one: each block's first steps read the previous block's last
+    W - 1 inputs (the forward), and its last steps the next block's first gradients (the input gradient), and W = 7
+    reaches back across more than one block. Outputs and gradients against the reference."""
+    saved = triton_conv1d.BLOCK_T
+    triton_conv1d.BLOCK_T = 4
+    try:
+        for width, activation in ((4, "silu"), (7, None)):
+            g = torch.Generator().manual_seed(width)
+            x = torch.randn(2, 3, 11, generator=g).requires_grad_()
+            w = torch.randn(3, width, generator=g).requires_grad_()
+            b = torch.randn(3, generator=g).requires_grad_()
+            weights = [torch.randn(2, 3, 11, generator=g)]
+            outs, grads = grads_of(lambda: causal_conv1d_fn(x, w, b, activation), [x, w, b], weights)
+            outs_ref, grads_ref = grads_of(lambda: causal_conv1d_ref(x, w, b, activation), [x, w, b], weights)
+            close(f"conv across time blocks W={width} output", outs[0], outs_ref[0], 1e-5)
+            for name, gr, gr_ref in zip(("x", "weight", "bias"), grads, grads_ref):
+                close(f"conv across time blocks W={width} grad {name}", gr, gr_ref, 3e-5)
+    finally:
+        triton_conv1d.BLOCK_T = saved
+    print("ok conv1d across three time blocks of 4 steps (W=4 and W=7)")
+
+
 def check_empty_batch():
     """A batch of 0 gives empty outputs and zero gradients, as the references do (the conv and attention-merge
     wrappers indexed the batch's first element to size their launches, an IndexError)."""
@@ -282,6 +306,7 @@ def main():
     check_conv(4, "silu", True, split=True)
     check_conv(3, None, False)
     check_conv(2, "silu", False, dtype=torch.bfloat16)
+    check_conv_across_time_blocks()
     check_empty_batch()
     check_split_batch_under_other_half_autocast()
     check_split_batch_sums_shared_gradients_in_fp32()
