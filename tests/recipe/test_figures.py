@@ -86,6 +86,20 @@ def test_run_curves_of_a_one_epoch_run_are_visible(tmp_path):
     assert [list(line.get_ydata()) for line in acc.get_lines()] == [[10.0], [50.0]]
 
 
+def test_run_curves_draw_each_column_in_its_panel_at_the_end_of_its_epoch(tmp_path):
+    """Loss panel: train then test loss; accuracy panel: top-1 then top-5; each epoch's figures at its end (epoch + 1),
+    with the legend naming each line."""
+    from classification.engine.plotting import draw_run, read_csv
+
+    metrics = read_csv(_write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1,top5\n"
+                                                        "0,2.5,2.25,10,40\n1,2,1.75,20,60\n"))
+    loss, _, acc = draw_run(metrics, None).axes
+    assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in loss.get_lines()] == [
+        ("train", [1.0, 2.0], [2.5, 2.0]), ("test", [1.0, 2.0], [2.25, 1.75])]
+    assert [(line.get_label(), list(line.get_ydata())) for line in acc.get_lines()] == [
+        ("top-1", [10.0, 20.0]), ("top-5", [40.0, 60.0])]
+
+
 def test_run_curves_without_top5_and_with_a_missing_column(tmp_path):
     from classification.engine.config import ConfigError
     from classification.engine.plotting import draw_run, plot_run, read_csv
