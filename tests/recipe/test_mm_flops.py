@@ -11,6 +11,7 @@ import torch
 pytest.importorskip('mmseg', reason='mmseg is not installed: run `bash tools/install_mm.sh`')
 pytest.importorskip('mmdet', reason='mmdet is not installed: run `bash tools/install_mm.sh`')
 
+from classification.dense import mm_flops  # noqa: E402
 from classification.dense.mm_flops import DEFAULT_SHAPES  # noqa: E402
 from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
 from classification.models.flop_count import flop_analysis  # noqa: E402
@@ -127,3 +128,47 @@ def test_a_wrong_cfg_option_is_one_line_as_in_the_train_and_test_tools(tmp_path,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == message
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in mm model: records what its 'tensor' forward is given; a 1x1 conv of 3 -> 2 channels (fvcore: 6 FLOPs
+    a pixel) and a cumsum (an op without a FLOP rule); a frozen parameter (as a det backbone's frozen stages) counts
+    too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+        self.calls = []
+
+    def forward(self, image, samples, mode):
+        self.calls.append((tuple(int(n) for n in image.shape), [s.metainfo for s in samples], mode))
+        return self.conv(image).cumsum(-1)
+
+
+@pytest.mark.parametrize('scope, sample', [('mmseg', 'SegDataSample'), ('mmdet', 'DetDataSample')])
+def test_complexity_traces_an_h_by_w_image_described_by_its_samples(monkeypatch, scope, sample):
+    """H and W reach the traced image and the data samples' metadata in that order (a transposed (W, H) image counts
+    the same FLOPs for most layers, so the totals of the tools' runs could not tell), and the result is the
+    parameters, fvcore's FLOPs and the ops it has no rule for."""
+    model = _Recorder()
+    monkeypatch.setattr(mm_flops, 'build_mm_model', lambda cfg: (model, scope))
+    result = mm_flops.complexity(None, 24, 40)
+    assert model.calls and {call[0] for call in model.calls} == {(1, 3, 24, 40)}
+    assert {call[2] for call in model.calls} == {'tensor'}
+    for _, metas, _ in model.calls:
+        assert len(metas) == 1
+        for key in ('img_shape', 'ori_shape', 'pad_shape', 'batch_input_shape'):
+            assert tuple(metas[0][key]) == (24, 40), key
+    samples = mm_flops.random_image_samples(scope, 24, 40)
+    assert [type(s).__name__ for s in samples] == [sample]
+    assert result == dict(params=3 * 2 + 2 + 3, flops=3 * 2 * 24 * 40, scan_flops=0, uncounted={'aten::cumsum': 1})
+
+
+def test_a_config_without_default_scope_is_an_mmdet_model():
+    """mmdet's get_flops is what the original tool wraps: a config that names no default_scope is built through mmdet's
+    registry (DetDataPreprocessor is registered there only), and counted with detection samples."""
+    from mmengine.config import Config
+
+    model, scope = mm_flops.build_mm_model(Config(dict(model=dict(type='DetDataPreprocessor'))))
+    assert scope == 'mmdet' and type(model).__name__ == 'DetDataPreprocessor' and not model.training
