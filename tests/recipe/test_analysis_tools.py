@@ -149,6 +149,37 @@ def test_convert_ckpt_notes_a_checkpoint_saved_in_the_middle_of_an_epoch(tmp_pat
            f"epoch\nwrote the model weights of {src} (1 tensor) to {out}\n", "")
 
 
+def test_convert_ckpt_keeps_the_runs_record_and_reads_a_pickled_file_only_when_trusted(tmp_path, monkeypatch, capsys):
+    """The released file holds the weights (prefixes stripped) and the run's record: model name, directions, classes
+    and the config entries that rebuild the model, not the rest (learning rate, optimizer). An epoch's last step is no
+    partial epoch. A checkpoint that needs pickle (timm's keep an argparse Namespace) is converted with
+    --trust-checkpoint only."""
+    import argparse
+
+    src, out = tmp_path / "last.pth.tar", tmp_path / "released.ckpt"
+    torch.save({"model": {"module.head.weight": torch.ones(2, 2)}, "optimizer": {"state": {}}, "epoch": 3,
+                "step": 44, "steps_per_epoch": 44, "model_name": "local_vim_tiny", "directions": [["h", "v"]],
+                "classes": ["a", "b"], "config": {"model": "local_vim_tiny", "num_classes": 2, "lr": 0.1}}, src)
+    assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(src), str(out)) == (
+        0, f"wrote the model weights of {src} (1 tensor) to {out}\n", "")
+    released = torch.load(out, weights_only=True)
+    assert list(released) == ["state_dict", "model_name", "directions", "classes", "config"]
+    assert list(released["state_dict"]) == ["head.weight"]
+    assert torch.equal(released["state_dict"]["head.weight"], torch.ones(2, 2))
+    assert (released["model_name"], released["directions"], released["classes"], released["config"]) == (
+        "local_vim_tiny", [["h", "v"]], ["a", "b"], {"model": "local_vim_tiny", "num_classes": 2})
+    pickled = tmp_path / "timm.pth.tar"
+    torch.save({"state_dict": {"head.weight": torch.ones(2, 2)}, "state_dict_ema": {"head.weight": torch.zeros(2, 2)},
+                "args": argparse.Namespace(lr=0.1)}, pickled)
+    status, _, err = run_tool(monkeypatch, capsys, "convert_ckpt.py", str(pickled), str(tmp_path / "a.ckpt"),
+                              "ema_model")
+    assert status == 2 and "--trust-checkpoint" in err and not (tmp_path / "a.ckpt").exists()
+    assert run_tool(monkeypatch, capsys, "convert_ckpt.py", str(pickled), str(tmp_path / "a.ckpt"), "ema_model",
+                    "--trust-checkpoint")[0] == 0
+    assert torch.equal(torch.load(tmp_path / "a.ckpt", weights_only=True)["state_dict"]["head.weight"],
+                       torch.zeros(2, 2))
+
+
 def test_debug_shows_the_error_itself_in_plot_log(tmp_path, monkeypatch, capsys):
     """`--debug` (cli.py: every tool's way to the traceback) is a flag of the tool, not an unrecognized argument."""
     missing = str(tmp_path / "metrics.csv")
