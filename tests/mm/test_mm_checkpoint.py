@@ -86,6 +86,49 @@ def test_a_resumed_multistep_schedule_keeps_its_milestones():
     assert lrs == pytest.approx([1.0, 0.1, 0.01])
 
 
+def test_a_bounded_history_keeps_its_bound_and_a_strided_array_its_values():
+    """A HistoryBuffer built with a max_length (mmengine's default is 1,000,000) still drops its oldest values after a
+    resume, and a numpy array that torch cannot share (a negative stride: a reversed view) is saved by value."""
+    bounded = HistoryBuffer(max_length=2)
+    for loss in (3.0, 2.0, 1.0):
+        bounded.update(loss)
+    loaded = _saved_and_loaded({'hub': {'loss': bounded}, 'order': np.arange(5)[::-1]})
+    loss = loaded['hub']['loss']
+    assert loss.max_length == 2 and loss.data[0].tolist() == [2.0, 1.0]
+    loss.update(0.5)
+    assert loss.data[0].tolist() == [1.0, 0.5]
+    assert loaded['order'].tolist() == [4, 3, 2, 1, 0]
+
+
+def test_what_other_hooks_add_to_a_checkpoint_is_saved_in_the_plain_form_too(tmp_path, monkeypatch):
+    """The Runner calls before_save_checkpoint on its hooks by priority; the plain form comes last, so a value another
+    hook adds (here a NORMAL hook's numpy scalar and array) reaches the weights_only file as a plain one too."""
+    from mmengine.config import Config
+    from mmengine.hooks import Hook
+
+    from classification.dense import launch
+
+    class AddsNumpy(Hook):
+        def before_save_checkpoint(self, runner, checkpoint):
+            checkpoint['extra'] = {'scale': np.float32(0.5), 'mask': np.arange(3)}
+
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                                       'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'))
+    cfg.merge_from_dict({'model.backbone.pretrained': None})
+    cfg.work_dir, cfg.launcher = str(tmp_path / 'work'), 'none'
+    runner = launch._build_runner(cfg)
+    runner.register_hook(AddsNumpy())
+    checkpoint = {'meta': {'iter': 1}}
+    runner.call_hook('before_save_checkpoint', checkpoint=checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    runner.call_hook('after_load_checkpoint', checkpoint=loaded)
+    assert loaded['extra']['scale'] == 0.5 and loaded['extra']['mask'].tolist() == [0, 1, 2]
+
+
 def test_mmengine_loads_refuse_pickled_code_unless_trusted(tmp_path):
     from mmengine.runner import CheckpointLoader
 

@@ -349,6 +349,36 @@ def test_a_tested_or_resumed_checkpoint_must_fit_the_model():
                                  "(1.weight, 1.bias)")
 
 
+def test_checkpoints_record_the_backbones_directions_and_a_test_refuses_others():
+    """Every det/seg checkpoint records its backbone's scan directions (the weights of two tables have the same names
+    and shapes), the model wrapped or not; a tested or resumed checkpoint of other directions is refused, naming the
+    first layer that differs."""
+    from classification.dense.mm_checkpoint import CheckpointFitHook, ScanDirectionsHook
+
+    class Trunk(torch.nn.Module):
+        directions = (('h', 'v'), ('w2',))
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(2, 2)
+
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Module()
+    model.backbone.trunk = Trunk()
+    runner = SimpleNamespace(model=model)
+    checkpoint = {'state_dict': model.state_dict()}
+    ScanDirectionsHook().before_save_checkpoint(runner, checkpoint)
+    assert checkpoint['directions'] == [['h', 'v'], ['w2']]
+    wrapped = {}                                        # a model wrapper (DataParallel, DDP) is looked through
+    ScanDirectionsHook().before_save_checkpoint(SimpleNamespace(model=torch.nn.DataParallel(model)), wrapped)
+    assert wrapped == {'directions': [['h', 'v'], ['w2']]}
+    CheckpointFitHook('run/iter_2.pth').after_load_checkpoint(runner, checkpoint)
+    with pytest.raises(CheckpointError) as other:
+        CheckpointFitHook('run/iter_2.pth').after_load_checkpoint(runner, dict(checkpoint, directions=[['h'], ['w2']]))
+    assert str(other.value).startswith("run/iter_2.pth was trained with other scan directions than this config's "
+                                       "backbone (layer 0: ['h'] vs ['h', 'v'] here)")
+
+
 def test_the_entry_points_check_the_checkpoints_they_test_and_resume(tmp_path, ade_inputs_at_hand, monkeypatch):
     built = []
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, fit_source=None, *_: SimpleNamespace(
