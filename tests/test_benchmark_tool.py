@@ -131,6 +131,17 @@ def test_images_per_second_gives_each_model_images_of_its_own_channels():
     assert seen == {'gray': (2, 1, 8, 8), 'rgb': (2, 3, 8, 8)}
 
 
+def test_images_per_second_is_the_batch_over_each_models_median_step(monkeypatch):
+    """img/s = batch / median seconds of a step, per model: a rate per step (1 / seconds) kept the ratio of two models
+    timed at one batch and gave their img/s a batch-fold too low."""
+    from classification.benchmarks import model_speed
+
+    monkeypatch.setattr(model_speed, 'median_seconds', lambda steps, *args, **kwargs: {
+        name: seconds for name, seconds in zip(steps, (0.25, 0.5))})
+    models = {'a': torch.nn.Conv2d(3, 2, 1), 'b': torch.nn.Conv2d(3, 2, 1)}
+    assert images_per_second(models, batch=8, img_size=4, repeats=1, warmup=0) == {'a': 32.0, 'b': 16.0}
+
+
 def test_table_layout():
     assert render_table([['name', 'ms'], ['scan', '1.5'], ['reference', '10.25']]).splitlines() == [
         'name          ms', '---------  -----', 'scan         1.5', 'reference  10.25']
