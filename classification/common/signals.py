@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from types import FrameType
-from typing import Iterator, Optional, TextIO
+from typing import Callable, Iterator, NoReturn, Optional, TextIO
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")
                      if hasattr(signal, name))
@@ -70,3 +71,14 @@ def write_if_possible(stream: TextIO, text: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def exit_after_stop(stop: BaseException, hint: Callable[[], str] = str) -> NoReturn:
+    """End the process that ``stop`` (Ctrl-C's KeyboardInterrupt, or an exception with the ``signum`` of its signal)
+    interrupted: rank 0 (the ``RANK`` variable, read now) says ``interrupted[ by SIGNAME]`` and ``hint()`` (how to
+    go on) on stderr; the exit status is 128 + the signal's number, as for a process the signal ended."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    if os.environ.get("RANK", "0") == "0":
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        write_if_possible(sys.stderr, f"\ninterrupted{by}{hint()}\n")
+    sys.exit(128 + signum)

@@ -40,13 +40,12 @@ import importlib
 import os
 import os.path as osp
 import re
-import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
 from ..common.checkpoint_io import atomic_write_bytes
-from ..common.signals import interrupt_on_stop_signals, write_if_possible
+from ..common.signals import exit_after_stop, interrupt_on_stop_signals
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
@@ -207,11 +206,7 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
         _exit_error(f'{str(err).strip().splitlines()[-1]}: --cfg-options {".".join(typos[0])} is not a key of the '
                     f'config (misspelt?)')
     except KeyboardInterrupt as stop:   # Ctrl-C, or StopSignalReceived
-        signum = getattr(stop, 'signum', signal.SIGINT)
-        by = '' if signum == signal.SIGINT else f' by {signal.Signals(signum).name}'
-        if os.environ.get('RANK', '0') == '0':
-            write_if_possible(sys.stderr, f'\ninterrupted{by}{_resume_hint(resume_from) if resume_from else ""}\n')
-        sys.exit(128 + signum)
+        exit_after_stop(stop, lambda: _resume_hint(resume_from) if resume_from else '')
 
 
 def _resume_hint(work_dir: str) -> str:

@@ -12,6 +12,7 @@ its traceback.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -22,7 +23,7 @@ from typing import Callable, Optional, Sequence
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
 from ..common.checkpoint_io import CheckpointError
-from ..common.signals import write_if_possible
+from ..common.signals import exit_after_stop
 from ..data import DataError
 from ..models.scan_maps import DirectionModuleError
 from .config import ConfigError
@@ -134,17 +135,17 @@ def run_cli(main: Callable[[], object]) -> None:
                          f"is above or below; the launcher's report names its exit status): "
                          f"{str(err).strip().splitlines()[0]}\n")
         sys.exit(1)
-    except (KeyboardInterrupt, RunInterrupted) as err:
-        signum = getattr(err, "signum", signal.SIGINT)  # RunInterrupted, StopSignalReceived; Ctrl-C otherwise
-        if os.environ.get("RANK", "0") == "0":  # read now: under --slurm, main() sets RANK from SLURM_PROCID
-            if not isinstance(err, RunInterrupted):
-                hint = ""
-            elif err.resume_path and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                hint = f"; continue with your launch command (dist_train.sh, srun) plus --resume {err.resume_path}"
-            elif err.resume_path:
-                hint = f"; continue with: {resume_command(sys.argv, err.resume_path)}"
-            else:
-                hint = "; no checkpoint was written yet, nothing to resume"
-            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-            write_if_possible(sys.stderr, f"\ninterrupted{by}{hint}\n")
-        sys.exit(128 + signum)
+    except (KeyboardInterrupt, RunInterrupted) as err:  # RunInterrupted, StopSignalReceived: their signum
+        exit_after_stop(err, functools.partial(_how_to_continue, err))  # RANK read then: under --slurm, main() sets it
+
+
+def _how_to_continue(stop: BaseException) -> str:
+    """What to add to the line of an interrupted run: the command that continues it from the checkpoint the stop
+    wrote (`RunInterrupted`), or that there is none; nothing for other work."""
+    if not isinstance(stop, RunInterrupted):
+        return ""
+    if stop.resume_path and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"; continue with your launch command (dist_train.sh, srun) plus --resume {stop.resume_path}"
+    if stop.resume_path:
+        return f"; continue with: {resume_command(sys.argv, stop.resume_path)}"
+    return "; no checkpoint was written yet, nothing to resume"
