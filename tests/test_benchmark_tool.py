@@ -460,3 +460,36 @@ def test_flops_of_a_negative_model_kwargs_image_size_end_in_one_line(size, capsy
     assert flops.main(['local_vim_tiny', '--model-kwargs', f'img_size={size}']) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: model_kwargs img_size={[-32, -32] if '[' in size else -32}: an image side must be at least 1 pixel"]
+
+
+def test_the_mixer_timings_table_divides_each_step_by_the_fused_ones(monkeypatch):
+    """The GPU check's fused-mixer table (run on a GPU only): each row's `vs fused` is its time over the fused op's
+    for the same op, dtype, batch and step (forward, or forward + backward); the scan-tile rows have none. Timings
+    are made up: fused 1 ms, deterministic 2, composed 3, reference 4, and forward + backward 2.5 times the forward."""
+    from classification.benchmarks import mixer_ops
+
+    base_ms = {'fused': 1.0, 'deterministic': 2.0, 'composed': 3.0, 'reference': 4.0}
+
+    def made_up_seconds(steps, repeats, warmup, device):
+        return {name: base_ms[name.split()[0]] * (2.5 if name.endswith('fwd+bwd') else 1.0) / 1e3 for name in steps}
+
+    monkeypatch.setattr(mixer_ops, 'median_seconds', made_up_seconds)
+    monkeypatch.setattr(mixer_ops, 'render_table', lambda rows: rows)
+    header, *rows = mixer_ops.mixer_timings('cpu', quick=True, repeats=1)
+    assert header == ['op', 'dtype', 'batch', 'step', 'ms', 'vs fused']
+    ops = [(op, dtype) for op, dtype, *_ in rows if '[' in op]
+    assert sorted(set(ops)) == sorted(
+        [(f'{op} [{label}]', dtype) for dtype in ('fp32', 'bf16')
+         for op, labels in (('multi_scan_inner', ('fused', 'composed', 'deterministic')),
+                            ('attention_merge', ('fused', 'reference')))
+         for label in labels]
+        + [(f'multi_scan_inner LocalVMamba-T [{label}]', 'fp32') for label in ('fused', 'composed', 'deterministic')])
+    for op, dtype, batch, step, ms, vs_fused in rows:
+        label = op.split('[')[1].rstrip(']') if '[' in op else op.split(' tiles ')[0]
+        ms_expected = base_ms[label.split()[0]] * (2.5 if step == 'fwd+bwd' else 1.0)
+        assert float(ms) == ms_expected, op
+        if '[' in op:
+            assert batch == '2' and vs_fused == f'{base_ms[label]:.2f}x', (op, step)
+        else:
+            assert (op, dtype, vs_fused) == ('fused scan tiles 16x8 (default)', 'fp32', '-')
+    assert [step for op, _, _, step, _, _ in rows if op == 'multi_scan_inner [deterministic]'] == ['fwd+bwd'] * 2
