@@ -25,7 +25,7 @@ from ..data.loader import lost_worker_as_data_error
 from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
-from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistEnv, all_reduce, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size
 
@@ -48,6 +48,14 @@ class FixedBatch(nn.Module):
         return self.net(torch.cat([images, images.new_zeros(missing, *images.shape[1:])]))[:images.shape[0]]
 
 
+class ValidationStopped(Exception):
+    """A validation ended early by the stop signal `signum`, which every rank agreed on."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def log_top5_meaning(log: logging.Logger, num_classes: int) -> None:
     """Say that top-5 accuracy measures nothing for a model of 5 or fewer classes (timm's accuracy takes the top
     min(5, classes): every image counts as right)."""
@@ -58,14 +66,16 @@ def log_top5_meaning(log: logging.Logger, num_classes: int) -> None:
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistEnv, epoch: int | None,
              log: logging.Logger, log_interval: int = 50, amp: bool = False, amp_dtype: Optional[str] = None,
-             suffix: str = "", new_stop_signal: Optional[Callable[[], Optional[int]]] = None) -> dict:
+             suffix: str = "", stop: Optional[Callable[[], Optional[int]]] = None) -> dict:
     """Evaluate `model` on this rank's share of `loader`; returns `test_loss`, `top1`, `top5` over all ranks. `epoch`
-    labels the log lines (None: weights of no epoch, a released file). `new_stop_signal` (a training run's), asked
-    after each batch, gives a stop signal not yet acknowledged: the log says that the run stops once the validation
-    and the epoch's checkpoints are done."""
+    labels the log lines (None: weights of no epoch, a released file).
+
+    `stop` (a training run's `StopSignals.agreed`) is called by every rank after each batch that all ranks have (their
+    shares may differ by the last batch); a signal it returns ends the validation there with `ValidationStopped`."""
     model.eval()
     loss_m, top1_m, top5_m, batch_m = AverageMeter(), AverageMeter(), AverageMeter(), StepTimes()
     steps = len(loader)
+    steps_of_all = -int(all_reduce([-steps], env.device, "max")[0]) if stop is not None else 0  # fewest of any rank
     bar = ProgressBar(steps, f"test{suffix}", enabled=env.is_main)
     correct1 = correct5 = 0     # exact counts: timm's float32 percentages summed drift with the batch size
     start = time.time()
@@ -93,9 +103,9 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
                          f"Top-5: {top5_m.val:.3f}% ({top5_m.avg:.3f}%) "
                          f"Time: {batch_m.val:.2f}s ETA: {eta}")
             bar.update(idx + 1, f"top-1 {top1_m.avg:.2f}% ETA {eta}")
-            signum = None if new_stop_signal is None else new_stop_signal()
+            signum = stop() if idx < steps_of_all else None
             if signum is not None:
-                log.info(_stop_acknowledgement(signum))
+                raise ValidationStopped(signum)
             start = time.time()
     finally:
         bar.close()
@@ -107,13 +117,6 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: Callable, env: DistE
                  f"{round(count)} images: Loss: {metrics['test_loss']:.3f} Top-1: {metrics['top1']:.3f}% "
                  f"Top-5: {metrics['top5']:.3f}%")
     return metrics
-
-
-def _stop_acknowledgement(signum: int) -> str:
-    """What a training run does about stop signal `signum` received while it validates."""
-    again = "; Ctrl-C again stops it at once" if signum == signal.SIGINT else ""
-    return (f"{signal.Signals(signum).name} received: the run stops once this validation and the epoch's checkpoints "
-            f"are done (its training is already saved){again}")
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,8 @@ SIGUSR1 (Slurm's warning, `--signal=USR1@120`) or SIGHUP (its terminal hung up: 
 
 While a `StopSignals` is active the first such signal only records its number; the training loop asks
 `agreed_with()` once it holds the next batch, before that batch's step, and every rank stops before the first step
-where any rank has been signalled or could not read its batch (one all-reduce per step, only when distributed). After a
+where any rank has been signalled or could not read its batch (one all-reduce per step, only when distributed); the
+validation asks `agreed()` after each batch. After a
 SIGINT, a second SIGINT or a SIGTERM raises KeyboardInterrupt at once: a second Ctrl-C, which torchrun passes on to its
 workers as SIGTERM. Other second signals (Slurm's SIGTERM at the time limit after its SIGUSR1 warning) let the run
 finish its stop.
@@ -37,7 +38,6 @@ class StopSignals:
     def __init__(self, device: torch.device):
         self.device = device
         self.signum: Optional[int] = None  # the first stop signal this process received
-        self._acknowledged = False
         self._previous: dict[int, object] = {}
         self._launcher = os.getppid() if os.environ.get(TORCHRUN_ENV) else None  # torchrun's pid, in its workers
 
@@ -59,13 +59,6 @@ class StopSignals:
             self.signum = signum
         elif self.signum == signal.SIGINT and signum in (signal.SIGINT, signal.SIGTERM):
             raise KeyboardInterrupt
-
-    def unacknowledged(self) -> Optional[int]:
-        """The stop signal received, the first time this is asked after it came (to say so once); None otherwise."""
-        if self.signum is None or self._acknowledged:
-            return None
-        self._acknowledged = True
-        return self.signum
 
     def agreed(self) -> Optional[int]:
         """The signal all ranks stop for (the highest number any rank received), or None to go on.

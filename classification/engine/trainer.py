@@ -9,7 +9,8 @@ continues exactly.
 SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGHUP (`signals.StopSignals`) stops the run cleanly: after the current optimizer
 step every rank stops at the same step, `last.pth.tar` is written in the middle of the epoch (marked by `step`, the
 batches done, with the running train-loss sums), and the run exits through `RunInterrupted`. A signal during validation
-or the epoch end's writes stops it once they are done, before the next epoch. `--resume` from a mid-epoch checkpoint
+stops it after the current validation batch (the epoch's training is saved: `--resume` validates it), one during the
+epoch end's writes once they are done, before the next epoch. `--resume` from a mid-epoch checkpoint
 skips the batches already trained and keeps the epoch's `lr.csv` rows up to there: the run ends bit-identical to an
 uninterrupted one on a CPU. A second Ctrl-C aborts at once (the last committed `last.pth.tar` stays).
 
@@ -47,7 +48,7 @@ from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetun
 from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, all_gather_objects, init_distributed, shutdown
 from .ema import ForeachModelEma
-from .evaluate import log_top5_meaning, validate
+from .evaluate import ValidationStopped, log_top5_meaning, validate
 from .experiment import (RunFolder, choose_run_folder, delete_previous_run, finished_run, is_training_checkpoint,
                          next_epoch, resolve_auto_resume, start_branch)
 from .flags import DEFAULT_EXPERIMENT
@@ -294,16 +295,19 @@ class Run:
         """Validate, append the `metrics.csv` row and write the checkpoints (`last.pth.tar` last) of `epoch`, whose
         training gave `metrics`; returns them with the validation's. `last.pth.tar` already holds the epoch's trained
         state, marked as stopped after its last step: a validation that fails (an unreadable image) or is killed
-        loses no training, and `--resume` goes straight to the validation. A signal of `stop` received meanwhile
-        is acknowledged by the validation at once; the run stops after the writes."""
+        loses no training, and `--resume` goes straight to the validation. A signal of `stop` stops the validation at
+        its next batch (and so the run); one received during the writes stops the run before the next epoch."""
         cfg, log = self.cfg, self.log
-        common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype,
-                      new_stop_signal=stop.unacknowledged)
+        common = dict(log_interval=cfg.log_interval, amp=cfg.amp_eval, amp_dtype=cfg.amp_dtype, stop=stop.agreed)
         try:
             test_metrics = validate(self.model, self.val_loader, self.val_loss, self.env, epoch, log, **common)
             if self.ema is not None:
                 test_metrics = validate(self.ema.module, self.val_loader, self.val_loss, self.env, epoch, log,
                                         suffix="(EMA)", **common)
+        except ValidationStopped as stopped:
+            log.info(f"{signal.Signals(stopped.signum).name}: stopping the validation of epoch {epoch}; the epoch's "
+                     f"training is saved in {self.manager.path(LAST)}, from which --resume validates it")
+            raise interrupted(self, stopped.signum) from None
         except Exception:
             log.error(f"Validation of epoch {epoch} failed; its training is saved: once the cause is fixed, continue "
                       f"with --resume {self.manager.path(LAST)}")

@@ -2,11 +2,11 @@
 
 Usage: SIGNAL_AT="NAME EVENT N [COUNT]" python signal_at.py [train.py flags], or signal_at.py as the ENTRY of
 tools/dist_run.sh. Signal NAME (e.g. SIGTERM) is sent COUNT times (default 1) right after EVENT: `step` (the
-optimizer step that brings the schedule to iteration N, counted over the run) or `metrics` (epoch N's metrics.csv row,
-during the epoch end's writes). SIGNAL_RANK (default 0) is the only rank that sends it; SIGNAL_TO is `self` (default),
-`group`: this process group, loader workers included, as a terminal, torchrun or Slurm signal a run (the process
-must then lead its group: start it with start_new_session=True), or `parent`: the process that started this one (under
-tools/dist_run.sh, torchrun).
+optimizer step that brings the schedule to iteration N, counted over the run), `test` (this rank's N-th validation
+batch of the run, counted from 1) or `metrics` (epoch N's metrics.csv row, during the epoch end's writes).
+SIGNAL_RANK (default 0) is the only rank that sends it; SIGNAL_TO is `self` (default), `group`: this process group,
+loader workers included, as a terminal, torchrun or Slurm signal a run (the process must then lead its group: start it
+with start_new_session=True), or `parent`: the process that started this one (under tools/dist_run.sh, torchrun).
 """
 import os
 import signal
@@ -14,6 +14,7 @@ import sys
 
 from fault_harness import run_train
 
+import classification.engine.evaluate as evaluate
 from classification.common.csv_log import CsvLog
 from classification.engine.scheduler import WarmupScheduler
 
@@ -46,6 +47,16 @@ def after(function, matches):
 
 
 WarmupScheduler.step = after(WarmupScheduler.step, lambda scheduler: EVENT == "step" and scheduler.t == N)
+validation_batches = 0
+
+
+def nth_validation_batch(*args) -> bool:
+    global validation_batches
+    validation_batches += 1
+    return EVENT == "test" and validation_batches == N
+
+
+evaluate.accuracy = after(evaluate.accuracy, nth_validation_batch)
 CsvLog.append = after(CsvLog.append, lambda log, row: EVENT == "metrics" and log.path.endswith("metrics.csv")
                       and int(row[0]) == N)
 

@@ -193,6 +193,25 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(two, config, tmp_path)
     assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
 
 
+@SKIP_ON_WINDOWS
+def test_a_signal_to_one_rank_during_validation_stops_both_at_the_same_batch(two, config, tmp_path):
+    """Rank 1 signalled after its third validation batch (of 12): both ranks stop the validation there, with the
+    epoch's training saved, and --resume validates it: the run ends as one never stopped."""
+    cut = two_processes(SIGNAL_AT_SCRIPT, config, tmp_path, "--experiment", "cut", SIGNAL_AT="SIGTERM test 3",
+                        SIGNAL_RANK="1")
+    assert cut.returncode == 143 and "Traceback" not in cut.stderr, cut.stdout[-3000:] + cut.stderr[-3000:]
+    last = tmp_path / "cut" / "last.pth.tar"
+    assert f"SIGTERM: stopping the validation of epoch 0; the epoch's training is saved in {last}" in cut.stdout
+    assert "Test: 0 [   0/12]" in cut.stdout and "Test: 0 [  11/12]" not in cut.stdout
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 44)
+
+    again = two_processes("tools/train.py", config, tmp_path, "--resume", str(last))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"Resumed {last}: the training of epoch 0 is done, validating it" in again.stdout
+    assert_same_run(snapshot(tmp_path / "cut"), snapshot(two[0]))
+
+
 def kill_processes_naming(text: str) -> None:
     """SIGKILL the processes whose command line holds `text` (workers a failed test left running)."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
