@@ -8,6 +8,9 @@ above that line. On torch before 2.10 it also passes on the signals ``PET_SIGNAL
 torchrun does (:func:`pass_on_the_named_signals`). ``--master_port=auto`` takes a free port of this machine (a
 one-node launch), and a master port in use ends in one line naming it, where torchrun printed a DistNetworkError
 traceback.
+
+``tools/torchrun.py`` imports this module without running ``classification/__init__.py`` (no models in the launcher
+process): at module level it imports the standard library and ``common.signals`` only, torch in the functions.
 """
 from __future__ import annotations
 

@@ -333,6 +333,44 @@ def test_ctrl_c_while_the_launcher_imports_stops_it_quietly(tmp_path):
     assert [line for line in stderr.splitlines() if not line.startswith("+ ")] == []
 
 
+def test_the_launcher_starts_without_importing_the_models():
+    """tools/torchrun.py imported classification.engine.torchrun through classification/__init__.py: timm,
+    torchvision and every model, some 3 s of each launch before any worker started, in a process that uses none of
+    them (its workers are new interpreters)."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, "tools", "torchrun.py"), "--help"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert {"torch.distributed.run", "classification.engine.torchrun", "classification.common.signals"} <= imported
+    assert {"classification", "timm", "torchvision"} & imported == set()
+    assert [name for name in imported if name.startswith(("classification.models", "classification.data"))] == []
+    assert proc.stdout.startswith("usage: torchrun.py") and "--nproc-per-node" in proc.stdout   # torchrun's help
+
+
+# Imports the launcher's wrapper as tools/torchrun.py does, then the real package in the same process.
+WRAPPER_THEN_THE_PACKAGE = """
+import runpy, sys
+main = runpy.run_path(sys.argv[1])["wrapper_main"]()
+assert main.__module__ == "classification.engine.torchrun"
+assert "classification" not in sys.modules and "classification.engine" not in sys.modules, "bare packages left"
+import classification, timm
+from classification.engine.torchrun import main as imported_main
+assert imported_main is main and "local_vim_tiny" in timm.list_models(), "the real package after the wrapper"
+print("ok")
+"""
+
+
+def test_the_launchers_bare_packages_leave_the_real_package_to_later_imports():
+    """The packages tools/torchrun.py imports the wrapper through, without their __init__.py, are gone once it has
+    it: an `import classification` after it in the launcher's process registers the models as usual."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", WRAPPER_THEN_THE_PACKAGE, os.path.join(REPO, "tools", "torchrun.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr[-3000:]
+
+
 def test_the_interpreter_is_python_or_the_one_python_names(tmp_path):
     """Where PATH has no `python` (python3 only, no environment active) the launch ended in 'exec: python: not
     found'; PYTHON names another interpreter, as for tools/install_mm.sh (srun's tasks run it too)."""
