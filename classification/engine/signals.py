@@ -4,10 +4,9 @@ SIGUSR1 (Slurm's warning, `--signal=USR1@120`) or SIGHUP (its terminal hung up: 
 While a `StopSignals` is active the first such signal only records its number; the training loop asks
 `agreed_with()` once it holds the next batch, before that batch's step, and every rank stops before the first step
 where any rank has been signalled or could not read its batch (one all-reduce per step, only when distributed); the
-validation asks `agreed()` after each batch. After a
-SIGINT, a second SIGINT or a SIGTERM raises KeyboardInterrupt at once: a second Ctrl-C, which torchrun passes on to its
-workers as SIGTERM. Other second signals (Slurm's SIGTERM at the time limit after its SIGUSR1 warning) let the run
-finish its stop.
+validation asks `agreed()` after each batch. After a SIGINT, a second SIGINT or a SIGTERM raises KeyboardInterrupt at
+once: a second Ctrl-C, which torchrun passes on to its workers as SIGTERM. Other second signals (Slurm's SIGTERM at the
+time limit after its SIGUSR1 warning) let the run finish its stop.
 
 A torchrun worker also stops, as on SIGHUP, when its launcher is gone (torchrun killed with SIGKILL, which it cannot
 pass on): the worker, whose parent it was, is then adopted by another process, which the check at every step sees.
