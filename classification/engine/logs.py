@@ -148,7 +148,7 @@ def format_eta(seconds: float) -> str:
 
 def memory_mb(device: torch.device | str) -> float:
     """Peak memory in MB: CUDA max allocated on a CUDA device, else the process's peak resident size."""
-    if getattr(device, "type", str(device)) == "cuda":
+    if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
         import resource

@@ -1,0 +1,379 @@
+"""The code that runs only on a CUDA device, exercised on the CPU with fakes of ``torch.cuda``.
+
+These paths run for the first time on a rarely lent GPU (``tools/gpu_check.py --e2e``): a crash or a wrong figure
+there costs the lease. Each test fakes the ``torch.cuda`` calls its path makes (recording their order, or giving
+memory figures) and checks the figure or the calls against hand-computed ones.
+"""
+import contextlib
+import os
+
+import pytest
+import torch
+
+MIB = 2 ** 20
+
+
+class CudaLog:
+    """The calls a fake ``torch.cuda`` received, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add(self, *what):
+        self.calls.append(what if len(what) > 1 else what[0])
+
+
+@pytest.fixture
+def cuda_log(monkeypatch):
+    """``torch.cuda.synchronize`` recorded as ('sync', device) instead of failing on a machine without CUDA."""
+    log = CudaLog()
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.add("sync", str(device)))
+    return log
+
+
+class FakeAllocator:
+    """The CUDA caching allocator's statistics: bytes allocated now and their peak since the last reset."""
+
+    def __init__(self, monkeypatch, log, allocated, peak):
+        self.allocated, self.peak, self.log = allocated, peak, log
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset)
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: log.add("empty_cache"))
+
+    def reset(self, device=None):
+        self.log.add("reset_peak", str(device))
+        self.peak = self.allocated
+
+    def allocate_and_free(self, nbytes):
+        """A step that holds ``nbytes`` more for a while, then frees them."""
+        self.log.add("step")
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+        self.allocated -= nbytes
+
+
+# --- classification/benchmarks/timing.py -------------------------------------------------------------------------
+
+def test_median_seconds_waits_for_the_gpu_before_starting_and_stopping_the_clock(cuda_log, monkeypatch):
+    """timing.synchronize -> torch.cuda.synchronize(device) (its `device.type == "cuda"` branch), around each timed
+    step of median_seconds. Without the wait before the clock stops, a CUDA step's time is its launch time only (the
+    kernels run after the clock stopped): every GPU figure of op_speed, model_speed and ema_speed would be too small.
+    """
+    from classification.benchmarks import timing
+
+    clock = iter(range(100))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: cuda_log.add("clock") or float(next(clock)))
+    timing.median_seconds({"a": lambda: cuda_log.add("step")}, repeats=1, warmup=0, device="cuda")
+    assert cuda_log.calls == [("sync", "cuda"), "clock", "step", ("sync", "cuda"), "clock"]
+    cuda_log.calls.clear()
+    timing.median_seconds({"a": lambda: cuda_log.add("step")}, repeats=1, warmup=0, device="cpu")
+    assert ("sync", "cuda") not in cuda_log.calls   # nothing to wait for on the CPU (and no CUDA there to call)
+
+
+class FakeGraphApi:
+    """torch.cuda.Stream / current_stream / stream / CUDAGraph / graph / Event, recording into a CudaLog; every
+    timed span between two events lasts ``elapsed_ms``."""
+
+    def __init__(self, monkeypatch, log, elapsed_ms):
+        self.log = log
+        api = self
+
+        class Stream:
+            def __init__(self, name="side"):
+                self.name = name
+
+            def wait_stream(self, other):
+                api.log.add("wait", self.name, other.name)
+
+        class CUDAGraph:
+            def replay(self):
+                api.log.add("replay")
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing, "an event without enable_timing has no elapsed_time"
+                self.recorded = False
+
+            def record(self, stream=None):
+                self.recorded = True
+                api.log.add("record")
+
+            def synchronize(self):
+                api.log.add("event sync")
+
+            def elapsed_time(self, end):
+                assert self.recorded and end.recorded
+                return elapsed_ms
+
+        @contextlib.contextmanager
+        def on_stream(stream):
+            log.add("enter", stream.name)
+            yield
+            log.add("leave", stream.name)
+
+        @contextlib.contextmanager
+        def capture(graph, **kwargs):
+            log.add("capture")
+            yield
+            log.add("captured")
+
+        monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream("default"))
+        monkeypatch.setattr(torch.cuda, "stream", on_stream)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", CUDAGraph)
+        monkeypatch.setattr(torch.cuda, "graph", capture)
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+
+
+def test_cuda_graph_seconds_times_only_the_replays_in_seconds_per_replay(cuda_log, monkeypatch):
+    """timing.cuda_graph_seconds (op_speed's "graph ms" columns): warm-up off the default stream, one capture, one
+    untimed replay, then `repeats` replays between two events. CUDA events give milliseconds: 40 ms over 8 replays is
+    0.005 s each (a missing / 1e3 or / repeats makes the column 1000x or 8x off; timing the capture or the first
+    replay adds their one-off cost)."""
+    from classification.benchmarks.timing import cuda_graph_seconds
+
+    FakeGraphApi(monkeypatch, cuda_log, elapsed_ms=40.0)
+    seconds = cuda_graph_seconds(lambda: cuda_log.add("step"), repeats=8, warmup=3, device="cuda")
+    assert seconds == pytest.approx(40.0 / 1e3 / 8)
+    calls = cuda_log.calls
+    assert calls[:7] == [("wait", "side", "default"), ("enter", "side"), "step", "step", "step", ("leave", "side"),
+                         ("wait", "default", "side")]
+    assert calls[7:11] == ["capture", "step", "captured", "replay"]     # captured once, replayed once untimed
+    start, end = calls.index("record"), len(calls) - 1 - calls[::-1].index("record")
+    assert calls[start + 1:end] == ["replay"] * 8 and calls[end + 1:] == ["event sync"]
+
+
+# --- classification/benchmarks/peak_memory.py and gpu_e2e.peak_mib_cell ---------------------------------------------
+
+def test_cuda_peak_is_measured_from_a_reset_peak_in_mib(cuda_log, monkeypatch):
+    """peak_memory.cuda_peak_mib: reset_peak_memory_stats before the step, memory_allocated before it subtracted
+    (above_current) or not, bytes / 2**20. With 100 MiB held, a stale peak of 1000 MiB from an earlier model, and a
+    step that needs 300 MiB more: 300 MiB above, 400 MiB in all (without the reset: 900 and 1000)."""
+    from classification.benchmarks.peak_memory import cuda_peak_mib
+
+    for above, expected in ((True, 300.0), (False, 400.0)):
+        allocator = FakeAllocator(monkeypatch, cuda_log, allocated=100 * MIB, peak=1000 * MIB)
+        cuda_log.calls.clear()
+        assert cuda_peak_mib(lambda: allocator.allocate_and_free(300 * MIB), "cuda", above_current=above) == expected
+        assert cuda_log.calls.index(("reset_peak", "cuda")) < cuda_log.calls.index("step")
+        assert cuda_log.calls[-1] == ("sync", "cuda")   # the step's queued work is done before the peak is read
+
+
+def test_memory_table_cell_on_cuda_counts_what_the_process_holds(cuda_log, monkeypatch):
+    """gpu_e2e.peak_mib_cell on CUDA (the "inference b64 peak MiB" / "train step b64 peak MiB" cells): the peak in
+    all (weights and images included, above_current=False), whole MiB."""
+    from classification.benchmarks import gpu_e2e
+
+    allocator = FakeAllocator(monkeypatch, cuda_log, allocated=50 * MIB, peak=0)
+    assert gpu_e2e.peak_mib_cell(lambda: allocator.allocate_and_free(int(200.6 * MIB)), torch.device("cuda")) == "251"
+
+
+def test_forward_peak_on_cuda_is_measured_in_this_process(cuda_log, monkeypatch):
+    """peak_memory.forward_peak_mib's `device.type == "cuda"` branch (the sweep's peak MiB columns on a GPU): the
+    allocator's peak above the weights and images, in this process (no child process: that one is the CPU's way)."""
+    from classification.benchmarks import peak_memory
+
+    allocator = FakeAllocator(monkeypatch, cuda_log, allocated=80 * MIB, peak=0)
+    built = []
+    monkeypatch.setattr(peak_memory, "_forward_step", lambda *args: built.append(args) or (
+        lambda: allocator.allocate_and_free(12 * MIB)))
+    monkeypatch.setattr(peak_memory.subprocess, "run", lambda *a, **k: pytest.fail("started a child process"))
+    assert peak_memory.forward_peak_mib("local_vim_tiny", 224, 8, "bf16", "cuda") == 12.0
+    assert built == [("local_vim_tiny", 224, 8, "bf16", torch.device("cuda"))]
+
+
+# --- classification/engine/logs.py -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", [torch.device("cuda"), torch.device("cuda", 0), "cuda", "cuda:0"])
+def test_training_log_memory_on_cuda_is_the_allocator_peak_in_mib(monkeypatch, device):
+    """logs.memory_mb's CUDA branch (the `Mem:` of every training line): max_memory_allocated / 2**20, for a device
+    given as a torch.device or, as its signature allows, as a name; "cuda:0" was taken for a CPU and gave this
+    process's resident size instead."""
+    from classification.engine.logs import memory_mb
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev=None: asked.append(dev) or 1536 * MIB)
+    assert memory_mb(device) == 1536.0
+    assert len(asked) == 1
+
+
+# --- classification/engine/amp.py --------------------------------------------------------------------------------
+
+def test_fp16_autocast_on_cuda_gets_a_cuda_grad_scaler():
+    """amp.make_scaler / amp.autocast on CUDA (the e2e's `--amp` epoch): fp16 autocast on device type cuda and a
+    GradScaler for cuda (torch.amp.GradScaler(device.type), the torch >= 2.3 form torch 2.11 takes); bf16: autocast
+    in bf16 and no scaler."""
+    from classification.engine.amp import autocast, make_scaler
+
+    cuda = torch.device("cuda", 0)
+    with pytest.warns(UserWarning):   # this machine has no CUDA: the scaler and the autocast disable themselves
+        scaler = make_scaler(cuda, True)
+        context = autocast(cuda, True)
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler._device == "cuda"
+    assert (context.device, context.fast_dtype) == ("cuda", torch.float16)
+    assert make_scaler(cuda, True, "bfloat16") is None
+    with pytest.warns(UserWarning):
+        assert autocast(cuda, True, "bfloat16").fast_dtype == torch.bfloat16
+
+
+# --- classification/engine/distributed.py ------------------------------------------------------------------------
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch.cuda with two devices; the current device as set_device left it."""
+    from classification.engine import distributed
+
+    current = []
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", current.append)
+    return current
+
+
+@pytest.mark.parametrize("name, local_rank, expected", [("cuda", 0, "cuda:0"), ("cuda", 3, "cuda:1"),
+                                                        ("auto", 1, "cuda:1"), ("cuda:1", 0, "cuda:1")])
+def test_each_process_takes_the_gpu_of_its_local_rank_and_makes_it_current(two_gpus, name, local_rank, expected):
+    """distributed._resolve_device on CUDA: plain cuda (or auto) is GPU local_rank mod the count, made the current
+    device (NCCL and the kernels launch on the current device; DDP's device_ids take its index)."""
+    from classification.engine.distributed import _resolve_device
+
+    assert _resolve_device(name, local_rank) == torch.device(expected)
+    assert two_gpus == [torch.device(expected)]
+
+
+def test_a_cuda_process_group_is_nccl_a_cpu_one_gloo(two_gpus, monkeypatch):
+    """init_distributed's backend choice: nccl for CUDA devices, gloo on the CPU, rank and world from torchrun."""
+    from classification.engine import distributed
+
+    joined = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: joined.append(kwargs))
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    env = distributed.init_distributed("cuda")
+    assert (env.device, env.rank, env.world_size) == (torch.device("cuda", 1), 1, 2)
+    assert joined[-1] == dict(backend="nccl", init_method="env://", rank=1, world_size=2)
+    distributed.init_distributed("cpu")
+    assert joined[-1]["backend"] == "gloo"
+
+
+# --- classification/common/rng.py --------------------------------------------------------------------------------
+
+def test_a_checkpoint_carries_the_cuda_generators_once_cuda_is_initialised(monkeypatch):
+    """rng.get_rng_state's CUDA branch: the states of every device (get_rng_state_all) once CUDA is in use, which an
+    exact resume on a GPU restores; none before (asking would initialise CUDA in a process that does not use it)."""
+    from classification.common import rng
+
+    states = [torch.full((16,), 7, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert "cuda" not in rng.get_rng_state()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert rng.get_rng_state()["cuda"] is states
+
+
+# --- classification/benchmarks/op_speed.py -----------------------------------------------------------------------
+
+def test_graph_timing_is_in_milliseconds_and_a_failed_capture_leaves_none(monkeypatch, capsys):
+    """op_speed._graph_ms: cuda_graph_seconds' seconds as milliseconds (the table's unit); a step that cannot be
+    captured (a host sync in it) gives None and one line, and the benchmark goes on."""
+    from classification.benchmarks import op_speed
+
+    monkeypatch.setattr(op_speed, "cuda_graph_seconds", lambda step, repeats, device: 0.0025)
+    assert op_speed._graph_ms(lambda: None, 5, torch.device("cuda")) == pytest.approx(2.5)
+
+    def capture_fails(step, repeats, device):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(op_speed, "cuda_graph_seconds", capture_fails)
+    assert op_speed._graph_ms(lambda: None, 5, torch.device("cuda")) is None
+    assert capsys.readouterr().out == ("(no CUDA-graph timing: RuntimeError: CUDA error: operation not permitted when "
+                                       "stream is capturing)\n")
+
+
+def test_cuda_op_rows_carry_graph_figures_of_the_kernel_backends_only(monkeypatch):
+    """benchmark_op's `device.type == "cuda"` branch: each kernel backend's step also replayed as a CUDA graph, for
+    forward and forward + backward, into its row; the reference (plain PyTorch, many small kernels) is not."""
+    from classification.benchmarks import op_speed
+    from classification.benchmarks.op_speed import Case, OpShape
+
+    graphed = []
+    monkeypatch.setitem(op_speed.CASES, "scan", lambda *args: Case(lambda: torch.zeros(1), [], updates=10))
+    monkeypatch.setattr(op_speed.backends, "available_backends", lambda *args: ["triton", "reference"])
+    monkeypatch.setattr(op_speed, "median_seconds", lambda steps, *args: {name: 4e-3 for name in steps})
+    monkeypatch.setattr(op_speed, "_graph_ms", lambda step, repeats, device: graphed.append(device) or len(graphed))
+    rows = op_speed.benchmark_op("scan", OpShape(batch=1, dim=8, seqlen=5, dstate=4), device="cuda", repeats=3)
+    assert [(r["backend"], r["fwd_graph_ms"], r["fwdbwd_graph_ms"]) for r in rows] == [
+        ("triton", 1, 2), ("reference", None, None)]
+    assert graphed == [torch.device("cuda")] * 2
+
+
+def test_scan_tile_sweep_on_cuda_times_each_tile_as_a_graph_too(monkeypatch):
+    """op_speed.scan_tile_sweep's CUDA branch: the graph columns hold _graph_ms of each tile's steps, taken while the
+    tile is patched in (after the patch they would all time the default tile)."""
+    from classification.benchmarks import op_speed
+    from classification.benchmarks.op_speed import Case, OpShape
+    from localmamba_ssm.ops.triton import selective_scan_triton as kernels
+
+    monkeypatch.setattr(op_speed, "scan_case", lambda *args: Case(lambda: torch.zeros(1), []))
+    monkeypatch.setattr(op_speed, "median_seconds", lambda steps, *args: {name: 1e-3 for name in steps})
+    monkeypatch.setattr(op_speed, "_graph_ms", lambda step, repeats, device: kernels.CHUNK / 10)
+    default = (kernels.CHUNK, kernels.MAX_BLOCK_D)
+    other = (default[0] * 2, default[1])
+    table = op_speed.scan_tile_sweep("cuda", OpShape(batch=1, dim=8, seqlen=5, dstate=4), 2, tiles=[other])
+    rows = [line.split() for line in table.splitlines()[3:]]
+    assert rows[0][-2:] == [f"{default[0] / 10:.3f}"] * 2 and rows[1][-2:] == [f"{other[0] / 10:.3f}"] * 2
+
+
+# --- classification/benchmarks/gpu_e2e.py and resolution_sweep.device_description -----------------------------------
+
+@pytest.fixture
+def h100(monkeypatch):
+    """torch.cuda naming one or more "NVIDIA H100 80GB HBM3"."""
+    def set_count(count):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    set_count(1)
+    return set_count
+
+
+def test_the_cuda_plan_runs_kernels_natively_and_uses_nccl_with_two_gpus(h100, tmp_path):
+    """gpu_e2e.plan on CUDA: no step runs Triton under its interpreter, test.py and the throughput compile with
+    reduce-overhead (CUDA graphs), and `dist_train.sh 2 (NCCL)` joins `dist_train.sh 1` where two GPUs are visible
+    (one GPU: no NCCL step, which would put two ranks on one GPU)."""
+    from classification.benchmarks.gpu_e2e import plan
+
+    steps = plan("cuda", str(tmp_path))
+    assert all("TRITON_INTERPRET" not in step.env for step in steps)
+    names = [step.name for step in steps]
+    assert [n for n in names if n.startswith("tools/dist_train.sh")] == ["tools/dist_train.sh 1"]
+    assert "reduce-overhead" in next(s for s in steps if s.name == "tools/test.py --compile reduce-overhead").argv
+    assert sum("--compile reduce-overhead" in n for n in names) == 3
+    h100(2)
+    dist = [s for s in plan("cuda", str(tmp_path)) if s.name.startswith("tools/dist_train.sh")]
+    assert [s.name for s in dist] == ["tools/dist_train.sh 1", "tools/dist_train.sh 2 (NCCL)"]
+    assert dist[1].argv[:3] == ["sh", "tools/dist_train.sh", "2"] and "cuda" in dist[1].argv
+
+
+def test_cuda_logs_are_named_after_the_gpu(h100, tmp_path, capsys):
+    """default_log_path and run_e2e's header on CUDA: the GPU's name (get_device_name), as file name and in the
+    transcript's first line that gpu_report reads."""
+    from classification.benchmarks import gpu_e2e
+    from classification.benchmarks.gpu_e2e import Outcome
+
+    expected = os.path.join(gpu_e2e.REPO, "docs", "measurements", "nvidia_h100_80gb_hbm3_e2e.log")
+    assert gpu_e2e.default_log_path("cuda") == expected
+    log = tmp_path / "e2e.log"
+    assert gpu_e2e.run_e2e("cuda", log_path=str(log), runner=lambda step: Outcome(0, "ALL CHECKS PASSED", 1.0),
+                           workdir=str(tmp_path / "runs"), only=["kernel checks"])
+    assert "device NVIDIA H100 80GB HBM3  torch " in log.read_text().splitlines()[0]
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_sweep_titles_name_the_gpu(h100):
+    """resolution_sweep.device_description on CUDA: the GPU's name (the CPU's description lists threads and ISA)."""
+    from classification.benchmarks.resolution_sweep import device_description
+
+    assert device_description("cuda") == "NVIDIA H100 80GB HBM3"
