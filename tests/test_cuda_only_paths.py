@@ -377,3 +377,32 @@ def test_sweep_titles_name_the_gpu(h100):
     from classification.benchmarks.resolution_sweep import device_description
 
     assert device_description("cuda") == "NVIDIA H100 80GB HBM3"
+
+
+def test_the_cuda_memory_table_and_sweep_measure_the_allocator(cuda_log, monkeypatch):
+    """gpu_e2e.memory_and_resolution_sweep on CUDA: each cell of the memory table is the allocator's peak in all over
+    one inference / training step (10 MiB held, steps needing 5 and 20 MiB more: 15 and 30), the cache emptied after
+    each model, and the resolution sweep asked for its per-forward peaks (memory=True, which it takes on CUDA only)."""
+    from classification.benchmarks import gpu_e2e
+
+    allocator = FakeAllocator(monkeypatch, cuda_log, allocated=10 * MIB, peak=0)
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *shape, device=None, **kwargs: real_randn(*shape, **kwargs))
+    monkeypatch.setattr(gpu_e2e, "build_model", lambda name, size, device: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(gpu_e2e, "inference_step", lambda *args: lambda: allocator.allocate_and_free(5 * MIB))
+    monkeypatch.setattr(gpu_e2e, "train_step", lambda *args: lambda: allocator.allocate_and_free(20 * MIB))
+    sweeps = []
+
+    def sweep(model, baseline, sizes, batch, device, dtype, repeats, warmup, memory, finished):
+        sweeps.append((model, device, memory))
+        finished.append({"model": model, "baseline": baseline, "device": "cuda", "dtype": dtype, "batch": batch,
+                         "img_size": sizes[0], "model_img_s": 2.0, "baseline_img_s": 1.0, "ratio": 2.0,
+                         "model_peak_mib": 3.0, "baseline_peak_mib": 4.0})
+
+    monkeypatch.setattr(gpu_e2e, "resolution_sweep", sweep)
+    memory, *sweep_tables = gpu_e2e.memory_and_resolution_sweep("cuda", quick=True)
+    rows = [line.split() for line in memory.splitlines()[2:]]
+    assert [row[1:] for row in rows] == [[dtype, "15", "30"] for _ in range(4) for dtype in ("fp32", "bf16")]
+    assert cuda_log.calls.count("empty_cache") == 8 * 2 + 8 + 2   # per cell, per model, per sweep
+    assert sweeps == [("local_vim_tiny", "cuda", True), ("local_vssm_tiny", "cuda", True)]
+    assert all("3.0" in table and "4.0" in table for table in sweep_tables)
