@@ -6,6 +6,7 @@ memory figures) and checks the figure or the calls against hand-computed ones.
 """
 import contextlib
 import os
+import sys
 
 import pytest
 import torch
@@ -406,3 +407,24 @@ def test_the_cuda_memory_table_and_sweep_measure_the_allocator(cuda_log, monkeyp
     assert cuda_log.calls.count("empty_cache") == 8 * 2 + 8 + 2   # per cell, per model, per sweep
     assert sweeps == [("local_vim_tiny", "cuda", True), ("local_vssm_tiny", "cuda", True)]
     assert all("3.0" in table and "4.0" in table for table in sweep_tables)
+
+
+def test_the_cuda_sweep_empties_the_cache_before_each_peak(h100, cuda_log, monkeypatch):
+    """resolution_sweep's `device.type == "cuda"` branch: after each size's timing its models are dropped and the
+    cache emptied before the peaks of that size are measured on the same GPU (else the timed models' cached blocks
+    stay reserved and the larger sizes run out of memory sooner); the rows carry the GPU's name."""
+    import classification.benchmarks.resolution_sweep  # noqa: F401  (the package's name is the function's)
+
+    sweep = sys.modules["classification.benchmarks.resolution_sweep"]
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: cuda_log.add("empty_cache"))
+    monkeypatch.setattr(sweep, "build_model", lambda name, *args: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(sweep, "check_image_size", lambda *args, **kwargs: None)
+    monkeypatch.setattr(sweep, "images_per_second", lambda models, *args, **kwargs: {name: 2.0 for name in models})
+    monkeypatch.setattr(sweep, "forward_peak_mib", lambda name, size, batch, dtype, device: cuda_log.add(
+        "peak", name, size, device) or float(size))
+    rows = sweep.resolution_sweep("local_vim_tiny", "deit_tiny_patch16_224", (32, 64), 1, "cuda")
+    assert cuda_log.calls == ["empty_cache", ("peak", "local_vim_tiny", 32, "cuda"),
+                              ("peak", "deit_tiny_patch16_224", 32, "cuda"), "empty_cache",
+                              ("peak", "local_vim_tiny", 64, "cuda"), ("peak", "deit_tiny_patch16_224", 64, "cuda")]
+    assert [(r["device"], r["device_name"], r["model_peak_mib"]) for r in rows] == [
+        ("cuda", "NVIDIA H100 80GB HBM3", 32.0), ("cuda", "NVIDIA H100 80GB HBM3", 64.0)]
