@@ -428,3 +428,54 @@ def test_the_cuda_sweep_empties_the_cache_before_each_peak(h100, cuda_log, monke
                               ("peak", "local_vim_tiny", 64, "cuda"), ("peak", "deit_tiny_patch16_224", 64, "cuda")]
     assert [(r["device"], r["device_name"], r["model_peak_mib"]) for r in rows] == [
         ("cuda", "NVIDIA H100 80GB HBM3", 32.0), ("cuda", "NVIDIA H100 80GB HBM3", 64.0)]
+
+
+def _tool(name):
+    """tools/<name>.py as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    from classification.benchmarks.gpu_e2e import REPO
+
+    path = os.path.join(REPO, "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_tool_for_cuda_plan", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_command_of_the_full_cuda_plan_is_taken_by_its_tool(h100, monkeypatch, tmp_path):
+    """gpu_e2e.plan("cuda") without --quick: the CPU rehearsal runs the quick plan, so the commands only the GPU run
+    gives (the `--compile reduce-overhead` throughput steps, `dist_train.sh 2 (NCCL)`, the full sizes, `--repeats 10`)
+    never met their tools' parsers here. Each is parsed by its own tool (with CUDA faked as present); a flag a tool
+    refuses would cost its step on the lease."""
+    from classification.benchmarks.gpu_e2e import REPO, plan
+    from classification.engine.config import parse_args
+
+    h100(2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.chdir(REPO)
+    benchmark, gpu_check = _tool("benchmark"), _tool("gpu_check")
+    ran = []
+    monkeypatch.setattr(gpu_check, "run_gpu_check", lambda *args: ran.append(("kernels", args)) or True)
+    monkeypatch.setattr(gpu_check, "memory_and_resolution_sweep", lambda *args, **kw: ran.append(("sweep", args))
+                        or iter(()))
+    seen = set()
+    for step in plan("cuda", str(tmp_path)):
+        tool, argv = (step.argv[1], step.argv[2:]) if step.argv[0] != "sh" else (step.argv[1], step.argv[3:])
+        seen.add(os.path.basename(tool))
+        if tool == "tools/benchmark.py":
+            args = benchmark.parse_args(argv)
+            assert args.device == "cuda" and args.repeats >= 1
+            if "--compile" in argv:
+                assert (args.compile, args.train_batch, args.batch_sizes) == ("reduce-overhead", 0, [1, 64])
+        elif tool == "tools/gpu_check.py":
+            assert gpu_check.main(argv) == 0, step.name
+        elif tool in ("tools/train.py", "tools/test.py"):
+            args = parse_args(argv, evaluation=tool == "tools/test.py")
+            assert args.device == "cuda" and args.model == "local_vim_tiny"
+        else:
+            assert tool == "tools/dist_train.sh", tool
+            config, model, *flags = argv
+            assert parse_args(["-c", config, "--model", model, *flags]).device == "cuda"
+    assert seen == {"gpu_check.py", "benchmark.py", "train.py", "test.py", "dist_train.sh"}
+    assert ran == [("kernels", ("cuda", False, 10, False, True)), ("sweep", ("cuda", False))]
