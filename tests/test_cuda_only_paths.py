@@ -218,6 +218,22 @@ def test_fp16_autocast_on_cuda_gets_a_cuda_grad_scaler():
         assert autocast(cuda, True, "bfloat16").fast_dtype == torch.bfloat16
 
 
+def test_the_precision_line_on_cuda_names_fp16_with_its_scaler_and_warns_of_no_emulation(monkeypatch):
+    """amp.log_precision on CUDA (the first lines of the e2e's --amp runs): fp16 autocast with a GradScaler by default,
+    bf16 without; the CPU's emulated-half-precision warning (a oneDNN query) is never made for a GPU."""
+    from types import SimpleNamespace
+
+    from classification.engine import amp
+
+    lines = []
+    log = SimpleNamespace(info=lines.append, warning=lambda line: pytest.fail(f"warned on CUDA: {line}"))
+    monkeypatch.setattr(amp, "_cpu_computes_natively", lambda dtype: pytest.fail("asked oneDNN about a GPU"))
+    amp.log_precision(log, torch.device("cuda"), True, True, None)
+    amp.log_precision(log, torch.device("cuda", 0), True, False, "bfloat16")
+    assert lines == ["Precision on cuda: training in float16 autocast with a GradScaler, evaluation in float16 "
+                     "autocast", "Precision on cuda: training in bfloat16 autocast, evaluation in fp32"]
+
+
 # --- classification/engine/distributed.py ------------------------------------------------------------------------
 
 @pytest.fixture
