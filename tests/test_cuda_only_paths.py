@@ -495,3 +495,53 @@ def test_every_command_of_the_full_cuda_plan_is_taken_by_its_tool(h100, monkeypa
             assert parse_args(["-c", config, "--model", model, *flags]).device == "cuda"
     assert seen == {"gpu_check.py", "benchmark.py", "train.py", "test.py", "dist_train.sh"}
     assert ran == [("kernels", ("cuda", False, 10, False, True)), ("sweep", ("cuda", False))]
+
+
+@pytest.fixture
+def mixed_gpus(monkeypatch):
+    """torch.cuda with two different GPUs, GPU 0 current until set_device; returns the set_device calls."""
+    names = {0: "NVIDIA A100-SXM4-40GB", 1: "NVIDIA H100 80GB HBM3"}
+    current = [0]
+    calls = []
+
+    def index_of(device):
+        index = torch.device(device).index if device is not None else None
+        return current[0] if index is None else index
+
+    def set_device(device):
+        calls.append(device)
+        current[0] = index_of(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: names[index_of(device)])
+    return calls
+
+
+def test_the_kernel_check_on_cuda_n_makes_gpu_n_current_and_refuses_one_past_them(mixed_gpus, monkeypatch, capsys):
+    """tools/gpu_check.py --device cuda:N: Triton launches its kernels on the current device whatever the device of
+    their tensors (the custom ops set no device guard), so the check made GPU 0 run kernels on GPU 1's memory; GPU N
+    is made current first. An N past the GPUs is refused in one line (it was an AssertionError traceback from
+    get_device_name)."""
+    gpu_check = _tool("gpu_check")
+    ran = []
+    monkeypatch.setattr(gpu_check, "run_gpu_check", lambda device, *args: ran.append(device) or True)
+    assert gpu_check.main(["--device", "cuda:1", "--skip-timing"]) == 0
+    assert mixed_gpus == [1] and ran == ["cuda:1"]
+    assert gpu_check.main(["--device", "cuda:2"]) == 2
+    assert capsys.readouterr().err == "error: --device cuda:2: this machine has 2 CUDA device(s)\n"
+    assert gpu_check.main(["--device", "cuda", "--skip-timing"]) == 0 and mixed_gpus == [1]   # plain cuda: as is
+
+
+def test_e2e_logs_name_the_gpu_asked_for(mixed_gpus, tmp_path):
+    """gpu_e2e.default_log_path and the transcript's header for --device cuda:1 name GPU 1, not GPU 0."""
+    from classification.benchmarks import gpu_e2e
+    from classification.benchmarks.gpu_e2e import Outcome
+
+    assert os.path.basename(gpu_e2e.default_log_path("cuda:1")) == "nvidia_h100_80gb_hbm3_e2e.log"
+    assert os.path.basename(gpu_e2e.default_log_path("cuda")) == "nvidia_a100_sxm4_40gb_e2e.log"
+    log = tmp_path / "e2e.log"
+    gpu_e2e.run_e2e("cuda:1", log_path=str(log), runner=lambda step: Outcome(0, "ALL CHECKS PASSED", 1.0),
+                    workdir=str(tmp_path / "runs"), only=["kernel checks"])
+    assert "device NVIDIA H100 80GB HBM3  torch " in log.read_text().splitlines()[0]

@@ -139,6 +139,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         return _refuse("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")
+    index = torch.device(args.device).index
+    if index is not None and not args.dry_run:
+        if index >= torch.cuda.device_count():
+            return _refuse(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(index)    # Triton launches on the current device, whatever its tensors' device
     log = None
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))

@@ -325,7 +325,7 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
             print(f"{step.name}:\n    {env + ' ' if env else ''}{' '.join(step.argv)}")
         return True
     header = f"gpu_check --e2e  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  device " \
-             f"{torch.cuda.get_device_name(0) if torch.device(device).type == 'cuda' else device}  torch " \
+             f"{torch.cuda.get_device_name(device) if torch.device(device).type == 'cuda' else device}  torch " \
              f"{torch.__version__}  run folders {workdir}"
     print(header, flush=True)
     log = _Transcript(log_path, header)
@@ -411,6 +411,6 @@ def memory_and_resolution_sweep(device: str = "cuda", quick: bool = False, repea
 
 def default_log_path(device: str) -> str:
     """docs/measurements/<device name>_e2e.log (e.g. nvidia_h200_e2e.log)."""
-    name = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else "cpu"
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     return os.path.join(REPO, "docs", "measurements", f"{slug}_e2e.log")
