@@ -545,3 +545,19 @@ def test_e2e_logs_name_the_gpu_asked_for(mixed_gpus, tmp_path):
     gpu_e2e.run_e2e("cuda:1", log_path=str(log), runner=lambda step: Outcome(0, "ALL CHECKS PASSED", 1.0),
                     workdir=str(tmp_path / "runs"), only=["kernel checks"])
     assert "device NVIDIA H100 80GB HBM3  torch " in log.read_text().splitlines()[0]
+
+
+def test_the_benchmark_tools_make_cuda_n_current(mixed_gpus):
+    """classification.benchmarks.parse_device (tools/benchmark.py's and tools/speed_test.py's --device): cuda:N is
+    GPU N made current, for the reason above (Triton kernels launch on the current device); plain cuda and cpu leave
+    the current device as it is, and an N past the GPUs is refused as training refuses it."""
+    from classification.benchmarks import parse_device
+    from classification.engine.config import ConfigError
+
+    assert parse_device("cuda") == torch.device("cuda") and parse_device("cpu") == torch.device("cpu")
+    assert mixed_gpus == []
+    assert parse_device("cuda:1") == torch.device("cuda", 1) and mixed_gpus == [torch.device("cuda", 1)]
+    with pytest.raises(ConfigError, match="this machine has 2 CUDA device"):
+        parse_device("cuda:2")
+    args = _tool("benchmark").parse_args(["--model", "local_vim_tiny", "--device", "cuda:1"])
+    assert args.device == "cuda:1" and mixed_gpus[-1] == torch.device("cuda", 1) and len(mixed_gpus) == 2

@@ -16,7 +16,6 @@ the kernel packages' backend registry directly, to time each backend in turn.
 - ``timing``, ``tables``: interleaved medians; text tables and CSV files.
 - ``stopping``: a tool's run stopped by Ctrl-C or an error ends in one line and keeps the rows that ended.
 """
-from ..engine.distributed import parse_device
 from ..engine.model_builder import UnknownModelError
 from .flops import count_params, flops_row, flops_rows, format_flops_table
 from .model_speed import benchmark_models, build_model, default_baseline, format_model_table, images_per_second
@@ -24,7 +23,7 @@ from .resolution_sweep import (crossing_size, device_description, format_sweep_t
                                read_sweep_csv, resolution_sweep)
 from .op_speed import CASES, OpShape, benchmark_op, format_op_table, print_op_benchmark, unavailable_backends
 from .tables import output_file_problem, render_table, write_csv
-from .timing import DTYPES, median_seconds
+from .timing import DTYPES, median_seconds, parse_device
 
 __all__ = [
     "CASES", "DTYPES", "OpShape", "UnknownModelError", "benchmark_models", "benchmark_op", "build_model",

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
+from ..engine.distributed import parse_device as parse_run_device
 from ..engine.logs import format_eta
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -18,6 +19,16 @@ def synchronize(device: Union[str, torch.device]) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def parse_device(name: str) -> torch.device:
+    """A benchmark tool's ``--device`` (auto, cpu, cuda or cuda:N; refused as training refuses it), with GPU N made
+    the current device for cuda:N: Triton launches its kernels on the current device, whatever their tensors' device
+    (the custom ops set no device guard), so timing GPU 1's tensors from GPU 0 ran GPU 0 on GPU 1's memory."""
+    device = parse_run_device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
