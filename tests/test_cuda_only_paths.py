@@ -561,3 +561,20 @@ def test_the_benchmark_tools_make_cuda_n_current(mixed_gpus):
         parse_device("cuda:2")
     args = _tool("benchmark").parse_args(["--model", "local_vim_tiny", "--device", "cuda:1"])
     assert args.device == "cuda:1" and mixed_gpus[-1] == torch.device("cuda", 1) and len(mixed_gpus) == 2
+
+
+def test_the_cuda_fp16_epoch_passes_only_with_its_grad_scaler(h100, tmp_path):
+    """The e2e's "train 1 epoch --amp (fp16 + GradScaler)" on CUDA: `--amp` alone is fp16 with a GradScaler there
+    (bf16 on the CPU, so the rehearsal cannot show it); the check now asks the run's precision line for it, where an
+    exit status of 0 passed a run without any scaler."""
+    from classification.benchmarks.gpu_e2e import Outcome, plan
+
+    step = next(s for s in plan("cuda", str(tmp_path)) if s.name == "train 1 epoch --amp (fp16 + GradScaler)")
+    checkpoint = tmp_path / "amp_fp16" / "run" / "last.pth.tar"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    scaled = "INFO Precision on cuda: training in float16 autocast with a GradScaler, evaluation in fp32\nTrain: 0\n"
+    assert step.verdict(Outcome(0, scaled, 1.0)) is None
+    unscaled = "INFO Precision on cuda: training in bfloat16 autocast, evaluation in fp32\nTrain: 0\n"
+    assert step.verdict(Outcome(0, unscaled, 1.0)) == (
+        "output does not show 'training in float16 autocast with a GradScaler'")

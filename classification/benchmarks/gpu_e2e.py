@@ -190,8 +190,10 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                       + (["--quick"] if quick else []), 300 if not quick else 900,
                       _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
     ema_line = r"Test\(EMA\): 0 \["   # a validation line of the EMA weights after epoch 0
+    scaled = r"training in float16 autocast with a GradScaler"    # --amp's default on CUDA (bf16 on the CPU)
     for name, folder, extra, shows in (
-            ("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"], ()),
+            ("train 1 epoch --amp (fp16 + GradScaler)", "amp_fp16", ["--amp"],
+             (_says(scaled, repr(scaled)),) if cuda else ()),
             ("train 1 epoch --amp --amp-dtype bfloat16 --model-ema", "amp_bf16",
              ["--amp", "--amp-dtype", "bfloat16", "--model-ema"], (_says(ema_line, "the EMA's validation"),))):
         steps.append(Step(name, train + ["--epochs", "1"] + extra + run_dir(folder), 180,
