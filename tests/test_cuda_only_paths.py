@@ -578,3 +578,60 @@ def test_the_cuda_fp16_epoch_passes_only_with_its_grad_scaler(h100, tmp_path):
     unscaled = "INFO Precision on cuda: training in bfloat16 autocast, evaluation in fp32\nTrain: 0\n"
     assert step.verdict(Outcome(0, unscaled, 1.0)) == (
         "output does not show 'training in float16 autocast with a GradScaler'")
+
+
+OPCHECK_SCRIPT = """
+import torch
+from localmamba_ssm.ops.triton import selective_scan_triton as scan
+from localmamba_conv1d import triton_conv1d as conv
+
+g = torch.Generator().manual_seed(0)
+def rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=g).to(dtype).requires_grad_()
+batch, dim, length, state, bf16 = 2, 4, 7, 3, torch.bfloat16
+A = (-torch.rand(dim, state, generator=g) - 0.5).requires_grad_()
+calls = [(scan.selective_scan_triton_fwd, (rand(batch, dim, length), rand(batch, dim, length), A,
+          rand(batch, 1, state, length), rand(batch, 1, state, length), rand(dim), rand(batch, dim, length),
+          rand(dim), True, 4)),
+         (scan.selective_scan_triton_fwd, (rand(batch, dim, length), rand(batch, dim, length), A, rand(dim, state),
+          rand(dim, state), None, None, None, False, 4)),
+         (scan.selective_scan_triton_fwd, (rand(batch, dim, length, dtype=bf16), rand(batch, dim, length, dtype=bf16),
+          A, rand(batch, state, length, dtype=bf16), rand(batch, state, length, dtype=bf16), rand(dim),
+          rand(batch, dim, length, dtype=bf16),
+          rand(dim), True, 4)),
+         (conv.causal_conv1d_triton_fwd, (rand(batch, dim, length), rand(dim, 4), rand(dim), True)),
+         (conv.causal_conv1d_triton_fwd, (rand(batch, dim, length, dtype=bf16), rand(dim, 3, dtype=bf16), None, False))]
+tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+for op, args in calls:
+    print(sorted(set(torch.library.opcheck(op, args, test_utils=tests).values())))
+for op, args in calls:   # the backward ops' own fakes (the compiled backward graph calls them)
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    with torch.no_grad():
+        out = op(*args)
+    if op is conv.causal_conv1d_triton_fwd:
+        backward = conv.causal_conv1d_triton_bwd, (torch.randn_like(out), *args)
+    else:
+        backward = scan.selective_scan_triton_bwd, (torch.randn_like(out[0]), torch.randn_like(out[1]), out[2], *args)
+    print(sorted(set(torch.library.opcheck(*backward, test_utils=("test_schema", "test_faketensor")).values())))
+"""
+
+
+def test_the_scan_and_conv1d_triton_ops_have_the_fakes_torch_compile_needs():
+    """The selective scan's and the conv1d's Triton custom ops (forward, and backward through autograd) under
+    torch.library.opcheck: schema, autograd registration, fake kernels against the real outputs (shape, dtype,
+    strides), AOT dispatch. `tools/test.py --compile reduce-overhead` and the compiled throughput run these ops inside
+    compiled graphs on CUDA only (the CPU compiles the cpu ops), through their fakes; opcheck covered the fused mixer
+    ops alone. Run under the Triton interpreter, in a subprocess (TRITON_INTERPRET is read when kernels are defined).
+    """
+    pytest.importorskip("triton")
+    from classification.benchmarks.gpu_e2e import REPO
+
+    paths = [REPO, os.path.join(REPO, "mamba-1p1p1"), os.path.join(REPO, "causal-conv1d")]
+    env = dict(os.environ, TRITON_INTERPRET="1", LOCALMAMBA_BACKEND="triton",
+               PYTHONPATH=os.pathsep.join(filter(None, paths + [os.environ.get("PYTHONPATH")])))
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", OPCHECK_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["['SUCCESS']"] * 10, done.stdout + done.stderr
