@@ -635,3 +635,25 @@ def test_the_scan_and_conv1d_triton_ops_have_the_fakes_torch_compile_needs():
                           timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == ["['SUCCESS']"] * 10, done.stdout + done.stderr
+
+
+def test_the_scan_autocast_row_runs_under_fp16_autocast_on_cuda(monkeypatch):
+    """gpu_check.autocast_problem's CUDA branch (the "scan under autocast" row of the kernel check): the fp32 scan
+    called under CUDA's own AMP dtype, fp16 (bf16 on the CPU); the kernels must still compute in fp32 there."""
+    from classification.benchmarks import gpu_check
+
+    regions = []
+
+    @contextlib.contextmanager
+    def autocast(device_type, dtype):
+        regions.append(("enter", device_type, dtype))
+        yield
+        regions.append("leave")
+
+    monkeypatch.setattr(gpu_check, "scan_problem", lambda *args: (lambda: regions.append("scan"), ["u"], ["w"]))
+    monkeypatch.setattr(torch, "autocast", autocast)
+    for device, dtype in ((torch.device("cuda"), torch.float16), (torch.device("cpu"), torch.bfloat16)):
+        regions.clear()
+        fn, inputs, weights = gpu_check.autocast_problem(device, 8, 9, 4)
+        fn()
+        assert regions == [("enter", device.type, dtype), "scan", "leave"] and inputs == ["u"]
