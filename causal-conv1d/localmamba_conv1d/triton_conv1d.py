@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from localmamba_kernel_runtime.launch_limits import batch_slices
+from localmamba_kernel_runtime.launch_limits import batch_slices, on_tensor_device
 from localmamba_kernel_runtime.precision import autocast_off
 
 from .backward import register_autograd, weight_grad
@@ -61,6 +61,7 @@ def _launch(src, weight, bias, dout, out, sign, silu, grad):
 
 
 @torch.library.custom_op("localmamba::causal_conv1d_triton_fwd", mutates_args=())
+@on_tensor_device
 def causal_conv1d_triton_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                              silu: bool) -> torch.Tensor:
     """Contiguous x (B, D, L) (fp32/fp16/bf16), weight (D, W), bias (D,) -> out (B, D, L) in x's dtype."""
@@ -75,6 +76,7 @@ def _fwd_fake(x, weight, bias, silu):
 
 
 @torch.library.custom_op("localmamba::causal_conv1d_triton_bwd", mutates_args=())
+@on_tensor_device
 def causal_conv1d_triton_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                              bias: Optional[torch.Tensor], silu: bool
                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,8 +10,8 @@ it imports neither.
 - ``settings``: the environment variables checked at once (what a tool refuses before it starts).
 - ``precision``: fp32 compute under autocast; ``validation``: helpers of the argument checks.
 - ``derivatives``: the one-line refusal of a second derivative through a kernel backward.
-- ``launch_limits``: what one Triton kernel call can address (32-bit offsets, CUDA's grid) and the batch
-  slices that keep each call inside it.
+- ``launch_limits``: the GPU a Triton op launches on (its tensors', made current), what one Triton kernel call can
+  address (32-bit offsets, CUDA's grid) and the batch slices that keep each call inside it.
 
 It ships with ``localmamba_conv1d`` (``pip install ./causal-conv1d`` installs both).
 """

@@ -1,4 +1,8 @@
-"""What one Triton kernel call can address, and the batch slices that keep each call inside it.
+"""Where a Triton kernel call runs and what it can address: the batch slices that keep each call inside it.
+
+Triton launches a kernel on the current CUDA device, whatever device its tensors are on: every Triton op runs with
+its tensors' device made current (:func:`on_tensor_device`), as a CUDA op's device guard does, so that a model on
+``cuda:1`` works in a process whose current device is ``cuda:0``.
 
 The Triton kernels compute their offsets in 32-bit integers (cheaper in registers than 64-bit ones), and CUDA caps
 a grid's second and third axes at 65,535 programs. A call whose tensors are larger runs as several calls over
@@ -6,9 +10,12 @@ slices of the batch: every op here is independent per batch element, so the slic
 concatenated (autograd flows through each call)."""
 from __future__ import annotations
 
-from typing import List, Optional
+import functools
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
+
+Op = TypeVar("Op", bound=Callable[..., Any])
 
 MAX_ELEMENTS = 2 ** 31 - 1    # elements a 32-bit offset reaches: the largest tensor of one call
 MAX_GRID_AXIS = 65_535        # programs along a grid's second or third axis
@@ -35,3 +42,22 @@ def item_span(t: torch.Tensor) -> int:
     of its batch stride and the extent of its other dimensions, so that a view of a wider tensor counts in full."""
     extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
     return max(t.stride(0), extent)
+
+
+def cuda_device_of(args: Sequence[Any]) -> Optional[torch.device]:
+    """The device of the first tensor in ``args`` if it is a CUDA device, else None."""
+    device = next((arg.device for arg in args if isinstance(arg, torch.Tensor)), None)
+    return device if device is not None and device.type == "cuda" else None
+
+
+def on_tensor_device(op: Op) -> Op:
+    """``op`` (a Triton op's body, under its ``torch.library.custom_op``) run with the CUDA device of its first tensor
+    argument current; unchanged for a tensor on another device (the CPU, under ``TRITON_INTERPRET=1``)."""
+    @functools.wraps(op)
+    def run_on_tensor_device(*args: Any, **kwargs: Any) -> Any:
+        device = cuda_device_of((*args, *kwargs.values()))
+        if device is None:
+            return op(*args, **kwargs)
+        with torch.cuda.device(device):
+            return op(*args, **kwargs)
+    return run_on_tensor_device  # type: ignore[return-value]

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from localmamba_kernel_runtime.derivatives import refuse_second_derivative
-from localmamba_kernel_runtime.launch_limits import batch_slices
+from localmamba_kernel_runtime.launch_limits import batch_slices, on_tensor_device
 from localmamba_kernel_runtime.precision import autocast_off
 
 from ..channel_gate import gate_backward, gate_forward
@@ -118,6 +118,7 @@ def _merge_grid(rows: int, num_tokens: int, channels: int):
 
 
 @torch.library.custom_op("localmamba::attention_merge_triton_fwd", mutates_args=())
+@on_tensor_device
 def attention_merge_triton_fwd(y: _T, norm_w: _T, norm_b: _T, reduce_w: _T, reduce_b: _T, select_w: _T,
                                select_b: _T, eps: float) -> Tuple[_T, _T, _T, _T]:
     """Contiguous y (Bt, K, T, E), fp32 parameters -> merged (Bt, T, E) in y's dtype, and for the backward (fp32):
@@ -144,6 +145,7 @@ def _fwd_fake(y, norm_w, norm_b, reduce_w, reduce_b, select_w, select_b, eps):
 
 
 @torch.library.custom_op("localmamba::attention_merge_triton_bwd", mutates_args=())
+@on_tensor_device
 def attention_merge_triton_bwd(dout: _T, y: _T, gate: _T, xbar: _T, hidden: _T, norm_w: _T, norm_b: _T,
                                reduce_w: _T, select_w: _T, eps: float) -> Tuple[_T, _T, _T, _T, _T, _T, _T]:
     """Backward -> dy (y's dtype), d norm_w, d norm_b, d reduce_w, d reduce_b, d select_w, d select_b (fp32)."""

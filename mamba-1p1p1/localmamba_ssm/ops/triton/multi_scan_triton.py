@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from localmamba_kernel_runtime.derivatives import refuse_second_derivative
-from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
+from localmamba_kernel_runtime.launch_limits import batch_slices, item_span, on_tensor_device
 from localmamba_kernel_runtime.precision import autocast_off
 
 from .scan_math import (affine_combine, atomic_reductions, channel_block, scan_warps, softplus, states_and_decayed,
@@ -377,6 +377,7 @@ def _conv_grid(batch: int, num_dirs: int, length: int, inner: int):
 
 
 @torch.library.custom_op("localmamba::multi_scan_conv_triton_fwd", mutates_args=())
+@on_tensor_device
 def multi_scan_conv_fwd(tokens: torch.Tensor, index: torch.Tensor, conv_weight: torch.Tensor,
                         conv_bias: Optional[torch.Tensor], inner: int) -> torch.Tensor:
     """u (Bt, K, L, E) in the tokens' dtype: SiLU(conv(x_seq) + bias) with x_seq read through ``index`` (int32
@@ -397,6 +398,7 @@ def _conv_fwd_fake(tokens, index, conv_weight, conv_bias, inner):
 
 
 @torch.library.custom_op("localmamba::multi_scan_conv_triton_bwd", mutates_args=())
+@on_tensor_device
 def multi_scan_conv_bwd(du: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
                         conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor]
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -469,6 +471,7 @@ def _scan_sizes(tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, 
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_fwd", mutates_args=())
+@on_tensor_device
 def multi_scan_scan_fwd(u: torch.Tensor, x_dbl: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor,
                         A_log: torch.Tensor, D: Optional[torch.Tensor], dt_weight: torch.Tensor, dt_bias: torch.Tensor,
                         gate: bool, token_major: bool, chunk: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -503,6 +506,7 @@ def _scan_fwd_fake(u, x_dbl, tokens, index, A_log, D, dt_weight, dt_bias, gate, 
 
 
 @torch.library.custom_op("localmamba::multi_scan_triton_bwd", mutates_args=())
+@on_tensor_device
 def multi_scan_scan_bwd(dout: torch.Tensor, ckpt: torch.Tensor, u: torch.Tensor, x_dbl: torch.Tensor,
                         tokens: torch.Tensor, index: torch.Tensor, A_log: torch.Tensor, D: Optional[torch.Tensor],
                         dt_weight: torch.Tensor, dt_bias: torch.Tensor, gate: bool, token_major: bool, chunk: int

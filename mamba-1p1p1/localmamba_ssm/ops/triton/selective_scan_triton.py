@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from localmamba_kernel_runtime.derivatives import refuse_second_derivative
-from localmamba_kernel_runtime.launch_limits import batch_slices, item_span
+from localmamba_kernel_runtime.launch_limits import batch_slices, item_span, on_tensor_device
 from localmamba_kernel_runtime.precision import autocast_off
 
 from .scan_math import (affine_combine, atomic_reductions, channel_block, scan_warps, softplus, states_and_decayed,
@@ -260,6 +260,7 @@ def _launch_args(u, B, C):
 
 
 @torch.library.custom_op("localmamba::selective_scan_triton_fwd", mutates_args=())
+@on_tensor_device
 def selective_scan_triton_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                               C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                               delta_bias: Optional[torch.Tensor], delta_softplus: bool, chunk: int
@@ -293,6 +294,7 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
 
 
 @torch.library.custom_op("localmamba::selective_scan_triton_bwd", mutates_args=())
+@on_tensor_device
 def selective_scan_triton_bwd(dout: torch.Tensor, dlast: Optional[torch.Tensor], ckpt: torch.Tensor,
                               u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                               C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
