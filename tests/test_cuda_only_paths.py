@@ -520,9 +520,9 @@ def mixed_gpus(monkeypatch):
 
 
 def test_the_kernel_check_on_cuda_n_makes_gpu_n_current_and_refuses_one_past_them(mixed_gpus, monkeypatch, capsys):
-    """tools/gpu_check.py --device cuda:N: Triton launches its kernels on the current device whatever the device of
-    their tensors (the custom ops set no device guard), so the check made GPU 0 run kernels on GPU 1's memory; GPU N
-    is made current first. An N past the GPUs is refused in one line (it was an AssertionError traceback from
+    """tools/gpu_check.py --device cuda:N: its CUDA graphs, events and streams follow the current device, not the
+    tensors' (the Triton ops make their tensors' device current only for their own launches); GPU N is made current
+    first. An N past the GPUs is refused in one line (it was an AssertionError traceback from
     get_device_name)."""
     gpu_check = _tool("gpu_check")
     ran = []
@@ -549,8 +549,8 @@ def test_e2e_logs_name_the_gpu_asked_for(mixed_gpus, tmp_path):
 
 def test_the_benchmark_tools_make_cuda_n_current(mixed_gpus):
     """classification.benchmarks.parse_device (tools/benchmark.py's and tools/speed_test.py's --device): cuda:N is
-    GPU N made current, for the reason above (Triton kernels launch on the current device); plain cuda and cpu leave
-    the current device as it is, and an N past the GPUs is refused as training refuses it."""
+    GPU N made current, for the reason above (graphs, events and streams follow the current device); plain cuda and
+    cpu leave the current device as it is, and an N past the GPUs is refused as training refuses it."""
     from classification.benchmarks import parse_device
     from classification.engine.config import ConfigError
 

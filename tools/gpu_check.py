@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if index is not None and not args.dry_run:
         if index >= torch.cuda.device_count():
             return _refuse(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        torch.cuda.set_device(index)    # Triton launches on the current device, whatever its tensors' device
+        torch.cuda.set_device(index)    # CUDA graphs, events and streams follow the current device, not the tensors'
     log = None
     if args.e2e:
         log = None if args.dry_run else (args.log or default_log_path(args.device))

@@ -23,8 +23,8 @@ def synchronize(device: Union[str, torch.device]) -> None:
 
 def parse_device(name: str) -> torch.device:
     """A benchmark tool's ``--device`` (auto, cpu, cuda or cuda:N; refused as training refuses it), with GPU N made
-    the current device for cuda:N: Triton launches its kernels on the current device, whatever their tensors' device
-    (the custom ops set no device guard), so timing GPU 1's tensors from GPU 0 ran GPU 0 on GPU 1's memory."""
+    the current device for cuda:N: what a benchmark does on "the" GPU follows the current device (CUDA graphs'
+    capture streams, timing events, ``torch.compile``'s graphs), so timing GPU 1's tensors from GPU 0 mixed both."""
     device = parse_run_device(name)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
