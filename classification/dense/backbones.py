@@ -167,6 +167,19 @@ def _pretrained_source(backbone: str, pretrained: Optional[str], pretrained_ckpt
     return path, setting, prefix if not prefix or prefix.endswith('.') else f'{prefix}.'
 
 
+def _freeze_unused(backbone: str, unit: str, last: int, unused: Iterable[nn.Module]) -> None:
+    """Set ``requires_grad=False`` on the parameters of the ``unused`` modules: those after the last output (layer or
+    stage ``last``), which the forward never runs. They stay in the state_dict (checkpoints of every ``out_indices``
+    load alike), but DistributedDataParallel, which mmengine builds with ``find_unused_parameters=False``, would stop
+    on the second iteration on parameters that got no gradient in the first."""
+    params = [p for module in unused for p in module.parameters()]
+    for param in params:
+        param.requires_grad_(False)
+    if params:
+        _log(f'{backbone}: the parts after {unit} {last} (the last of out_indices) are not run: their '
+             f'{sum(p.numel() for p in params)} parameters are frozen (requires_grad=False)')
+
+
 class DenseBackbone(nn.Module):
     """A classification trunk without its classifier and final norm, whose parts this module owns under their own
     names, plus the loading of pretrained classification weights in ``init_weights``.
@@ -313,6 +326,7 @@ class MM_LocalVim(DenseBackbone):
                                                   'layer')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
         self.out_indices = checked_indices
+        _freeze_unused('MM_LocalVim', 'layer', max(checked_indices), self.layers[max(checked_indices) + 1:])
         for j in range(len(self.out_indices)):
             self.add_module(f'outnorm_{j}', nn.LayerNorm(trunk.embed_dim))
 
@@ -366,6 +380,8 @@ class MM_LocalVSSM(DenseBackbone):
                                                   'stage')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)
         self.out_indices = checked_indices
+        last = max(checked_indices)
+        _freeze_unused('MM_LocalVSSM', 'stage', last, [self.layers[last].downsample, *self.layers[last + 1:]])
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(trunk.dims[i]))
 

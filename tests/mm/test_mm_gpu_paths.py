@@ -1,0 +1,282 @@
+"""What a GPU run of the det/seg configs reads and does, checked on the CPU: the optim wrappers and parameter groups of
+the GPU configs as they are (``AmpOptimWrapper`` built, not replaced), the parameters DistributedDataParallel
+(``find_unused_parameters=False``, mmengine's default and the configs') needs a gradient for, the dtypes of the
+LocalVMamba scan under autocast, the launcher leaving a GPU machine's config alone, and the ViTDet fp16 gradient
+compression hook."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import (IMAGE_HW, REPO, det_batch, det_config, loss_and_grads, require, seg_batch, seg_config,
+                      shrink_mask_rcnn, tiny_vim_backbone, tiny_vssm_backbone)
+
+require('mmdet')
+require('mmseg')
+
+from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS  # noqa: E402
+
+VIM_KWARGS = dict(embed_dim=32, img_size=64, patch_size=16, rms_norm=False, fused_add_norm=False,
+                  residual_in_fp32=True, final_pool_type='mean', if_abs_pos_embed=True, if_rope=True,
+                  if_rope_residual=True, bimamba_type='v2')
+
+
+def _vssm(**kwargs):
+    from classification.dense.backbones import MM_LocalVSSM
+    return MM_LocalVSSM(dims=16, depths=(1, 1, 1, 1), directions=[list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]],
+                        **kwargs)
+
+
+def _vim(depth: int, **kwargs):
+    from classification.dense.backbones import MM_LocalVim
+    return MM_LocalVim(depth=depth, directions=[list(d) for d in LOCAL_VIM_TINY_DIRECTIONS[:depth]], **VIM_KWARGS,
+                       **kwargs)
+
+
+def _without_gradient(model: torch.nn.Module) -> list[str]:
+    """The trainable parameters that got no gradient: DDP with find_unused_parameters=False stops on them."""
+    return [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DistributedDataParallel with find_unused_parameters=False
+
+
+@pytest.mark.parametrize('make, frozen_prefixes', [
+    (lambda: _vssm(out_indices=(0, 1, 2)), ('layers.2.downsample.', 'layers.3.')),
+    (lambda: _vssm(out_indices=1), ('layers.1.downsample.', 'layers.2.', 'layers.3.')),
+    (lambda: _vssm(out_indices=(0, 1, 2, 3)), ()),
+    (lambda: _vim(3, out_indices=[0]), ('layers.1.', 'layers.2.')),
+    (lambda: _vim(3, out_indices=[0, 2]), ()),
+], ids=['vssm_0_1_2', 'vssm_1', 'vssm_all', 'vim_0_of_3', 'vim_0_2_of_3'])
+def test_parts_after_the_last_output_are_frozen_and_every_other_parameter_gets_a_gradient(make, frozen_prefixes):
+    """The forward stops at the last of out_indices: the layers / stages after it (and that stage's downsampling)
+    got no gradient while they required one, and DDP, which mmengine builds with find_unused_parameters=False, then
+    stops on a GPU cluster at the second iteration. They are frozen, and stay in the state_dict."""
+    torch.manual_seed(0)
+    backbone = make()
+    outs = backbone(torch.randn(2, 3, 64, 80))
+    sum(o.float().sum() for o in (outs if isinstance(outs, list) else [outs])).backward()
+    assert _without_gradient(backbone) == []
+    frozen = sorted(name for name, p in backbone.named_parameters() if not p.requires_grad)
+    expected = sorted(name for name, _ in backbone.named_parameters() if name.startswith(frozen_prefixes))
+    assert frozen == expected
+    assert all(name in backbone.state_dict() for name in frozen)
+    if frozen_prefixes:
+        assert frozen
+
+
+DDP_STEPS = """
+import sys, torch, torch.distributed as dist
+sys.path[:0] = {paths!r}
+import conftest  # noqa: F401  (tests/mm on the path)
+from test_mm_gpu_paths import _vssm
+dist.init_process_group('gloo', init_method='file://{store}', rank=0, world_size=1)
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(_vssm(out_indices=(0, 1, 2)), find_unused_parameters=False)
+for step in range(2):
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 80))).backward()
+print('two DDP steps done')
+"""
+
+
+def test_a_backbone_without_its_last_stage_trains_two_ddp_steps_without_find_unused_parameters(tmp_path):
+    """The DDP that mmengine wraps the model in (find_unused_parameters=False), on gloo: with the parts after the
+    last output trainable, its second step stops with 'Expected to have finished reduction in the prior
+    iteration'."""
+    code = DDP_STEPS.format(paths=[os.path.join(REPO, 'tests', 'mm'), REPO], store=tmp_path / 'store')
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and 'two DDP steps done' in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def _vitdet_model():
+    cfg = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
+    model = copy.deepcopy(cfg.model)
+    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=2, out_indices=[1], width=32)
+    model['neck'].update(backbone_channel=32, in_channels=[8, 16, 32, 32])
+    model['data_preprocessor']['batch_augments'][0]['size'] = IMAGE_HW
+    return 'mmdet', cfg, shrink_mask_rcnn(model), det_batch
+
+
+def _fpn_model():
+    cfg = det_config('mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    model = copy.deepcopy(cfg.model)
+    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
+    model['neck']['in_channels'] = [16, 32, 64, 128]
+    return 'mmdet', cfg, shrink_mask_rcnn(model), det_batch
+
+
+def _upernet_vim_model():
+    cfg = seg_config('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py')
+    model = copy.deepcopy(cfg.model)
+    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=4, out_indices=[0, 1, 2, 3], width=32)
+    model['decode_head'].update(in_channels=[32] * 4, channels=32)
+    model['auxiliary_head'].update(in_channels=32, channels=16)
+    model['data_preprocessor']['size'] = IMAGE_HW
+    return 'mmseg', cfg, model, seg_batch
+
+
+def _upernet_vssm_model():
+    cfg = seg_config('upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py')
+    model = copy.deepcopy(cfg.model)
+    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
+    model['decode_head'].update(in_channels=[16, 32, 64, 128], channels=32)
+    model['auxiliary_head'].update(in_channels=64, channels=16)
+    model['data_preprocessor']['size'] = IMAGE_HW
+    return 'mmseg', cfg, model, seg_batch
+
+
+MODELS = [_vitdet_model, _fpn_model, _upernet_vim_model, _upernet_vssm_model]
+MODEL_IDS = ['vitdet_local_vim', 'fpn_local_vssm', 'upernet_local_vim', 'upernet_local_vssm_amp']
+
+
+def _build(scope: str, model_cfg: dict) -> torch.nn.Module:
+    from mmengine.registry import MODELS as ROOT, init_default_scope
+    init_default_scope(scope)
+    return ROOT.build(model_cfg)
+
+
+@pytest.mark.parametrize('make', MODELS, ids=MODEL_IDS)
+def test_each_config_trains_under_ddp_without_find_unused_parameters(make):
+    """The whole detector / segmentor of each config (SyncBN kept: without a process group it normalises as BN does)
+    gives every trainable parameter a gradient in one training step, as DDP with mmengine's and the configs'
+    find_unused_parameters=False needs; and the configs leave that setting and the model wrapper to mmengine."""
+    scope, cfg, model_cfg, batch = make()
+    assert not cfg.get('find_unused_parameters', False) and cfg.get('model_wrapper_cfg') is None
+    assert cfg.env_cfg.dist_cfg.backend == 'nccl'
+    torch.manual_seed(0)
+    model = _build(scope, model_cfg)
+    model.init_weights()
+    if scope == 'mmseg':
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.backbone.modules())
+    loss = loss_and_grads(model, batch())
+    assert torch.isfinite(loss)
+    assert _without_gradient(model) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AmpOptimWrapper as the GPU configs ask for it
+
+
+@pytest.mark.parametrize('make, base_lr, base_wd', [(_fpn_model, 1e-4, 0.05), (_upernet_vssm_model, 6e-5, 0.01)],
+                         ids=['fpn_local_vssm', 'upernet_local_vssm_small'])
+def test_the_amp_configs_build_their_gpu_optim_wrapper(monkeypatch, make, base_lr, base_wd):
+    """The AMP configs' optim_wrapper as a GPU run builds it (its keys all taken by AmpOptimWrapper): autocast in
+    fp16 (no dtype: torch's CUDA default), a dynamic loss scale, and the Swin base's paramwise rule: no weight decay
+    for every parameter whose name holds 'norm' (the backbone's block, stage, output and scan-attention norms
+    included), the base lr for all."""
+    import mmengine.optim.optimizer.amp_optimizer_wrapper as amp_module
+    from mmengine.optim import AmpOptimWrapper, build_optim_wrapper
+    scope, cfg, model_cfg, _ = make()
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    monkeypatch.setattr(amp_module, 'is_cuda_available', lambda: True)     # its only check of the device
+    model = _build(scope, model_cfg)
+    wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    assert type(wrapper) is AmpOptimWrapper
+    assert wrapper.cast_dtype is None and isinstance(wrapper.loss_scaler, torch.amp.GradScaler)
+    assert wrapper._scale_update_param is None     # 'dynamic': the scaler's own growth and backoff
+    group_of = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
+    names = [name for name, _ in model.named_parameters()]
+    for name, param in model.named_parameters():
+        group = group_of[id(param)]
+        assert group['lr'] == pytest.approx(base_lr), name
+        assert group['weight_decay'] == pytest.approx(0. if 'norm' in name else base_wd), name
+    for name in ('backbone.layers.0.blocks.0.norm.weight', 'backbone.outnorm3.bias',
+                 'backbone.layers.0.downsample.norm.weight', 'backbone.layers.0.blocks.0.op.out_norm.weight'):
+        assert name in names and group_of[id(dict(model.named_parameters())[name])]['weight_decay'] == 0.
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixed precision inside the backbones
+
+
+def test_the_vssm_scan_computes_in_fp32_under_autocast(monkeypatch):
+    """Under autocast (the AMP configs' AmpOptimWrapper on CUDA; bfloat16 on the CPU here) the projections and convs
+    run in the low precision, but the selective scan gets its token rows and every parameter in fp32 and returns
+    fp32; the maps stay within bfloat16's rounding of the fp32 forward."""
+    from classification.models import multi_scan
+    seen = []
+    scan = multi_scan.multi_scan_attention_merge_fn
+
+    def recording(*args, **kwargs):
+        out = scan(*args, **kwargs)
+        seen.append(([a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+                     + [w.dtype for w in kwargs['attention_weights']], out.dtype))
+        return out
+
+    monkeypatch.setattr(multi_scan, 'multi_scan_attention_merge_fn', recording)
+    torch.manual_seed(0)
+    backbone = _vssm()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        reference = backbone(x)
+        seen.clear()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            maps = backbone(x)
+    assert len(seen) == 4   # one block per stage
+    for dtypes, out_dtype in seen:
+        assert set(dtypes) == {torch.float32} and out_dtype == torch.float32
+    for got, want in zip(maps, reference):
+        assert got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max() <= 0.03 * want.abs().max()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The launcher on a GPU machine
+
+
+def test_a_gpu_machine_runs_the_config_as_asked(monkeypatch):
+    """With CUDA, the Runner gets the config unchanged: AmpOptimWrapper with its settings, SyncBN, no model wrapper
+    (mmengine's MMDistributedDataParallel on the local GPU) and no process group started here (mmengine's launcher
+    starts NCCL's)."""
+    import torch.distributed as dist
+    from classification.dense import launch
+    cfg = seg_config('upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py')
+    cfg.launcher = 'pytorch'
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    machine = launch._for_this_machine(cfg)
+    assert machine.to_dict() == cfg.to_dict()
+    assert machine.optim_wrapper.type == 'AmpOptimWrapper' and machine.model.decode_head.norm_cfg.type == 'SyncBN'
+    assert 'model_wrapper_cfg' not in machine and not dist.is_initialized()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The ViTDet configs' fp16 gradient compression
+
+
+class _FakeDDP:
+    def __init__(self):
+        self.hooks = []
+
+    def register_comm_hook(self, state, hook):
+        self.hooks.append((state, hook))
+
+
+class _FakeRunner:
+    def __init__(self, distributed: bool, cfg: dict):
+        from mmengine.config import Config
+        from mmengine.logging import MMLogger
+        self.distributed, self.cfg, self.model = distributed, Config(cfg), _FakeDDP()
+        self.logger = MMLogger.get_current_instance()
+
+
+@pytest.mark.parametrize('distributed, cfg, registered', [
+    (True, {}, True), (False, {}, False), (True, {'model_wrapper_cfg': {'type': 'MMFullyShardedDataParallel'}}, False),
+])
+def test_the_vitdet_fp16_compression_hook(distributed, cfg, registered):
+    """The ViTDet configs' custom hook (registered in mmdet's HOOKS under the name they give) puts DDP's fp16
+    compression hook on the default model wrapper of a distributed run, and leaves other runs alone."""
+    from mmdet.registry import HOOKS
+    from mmengine.registry import init_default_scope
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
+    config = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
+    init_default_scope(config.default_scope)
+    hook = HOOKS.build(copy.deepcopy(config.custom_hooks[0]))
+    runner = _FakeRunner(distributed, cfg)
+    hook.before_train(runner)
+    assert runner.model.hooks == ([(None, fp16_compress_hook)] if registered else [])
