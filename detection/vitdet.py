@@ -16,6 +16,7 @@ from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from timm.layers import LayerNorm2d
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mmdet.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
@@ -140,10 +141,12 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
 @HOOKS.register_module()
 class Fp16CompresssionHook(Hook):
-    """Compress DDP gradient all-reduce to fp16 (when training distributed with the default model wrapper)."""
+    """Compress DDP gradient all-reduce to fp16 when the model is wrapped in DistributedDataParallel (mmengine's
+    ``MMDistributedDataParallel``, the default, or one a ``model_wrapper_cfg`` asks for, e.g. to set
+    ``find_unused_parameters``), as the original hook does; other wrappers (FSDP, ...) are left alone."""
 
     def before_train(self, runner: Any) -> None:
-        if runner.distributed and runner.cfg.get('model_wrapper_cfg') is None:
+        if runner.distributed and isinstance(runner.model, DistributedDataParallel):
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
             runner.model.register_comm_hook(state=None, hook=fp16_compress_hook)
             runner.logger.info('DDP gradients are all-reduced in fp16')

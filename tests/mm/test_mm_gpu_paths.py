@@ -249,34 +249,54 @@ def test_a_gpu_machine_runs_the_config_as_asked(monkeypatch):
 # The ViTDet configs' fp16 gradient compression
 
 
-class _FakeDDP:
-    def __init__(self):
-        self.hooks = []
+def _fake_ddp():
+    """A DistributedDataParallel (mmengine's, the default wrapper) that records the comm hooks put on it."""
+    from mmengine.model import MMDistributedDataParallel
+
+    class Recording(MMDistributedDataParallel):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.hooks = []
+
+        def register_comm_hook(self, state, hook):
+            self.hooks.append((state, hook))
+
+    return Recording()
+
+
+class _FakeFSDP(torch.nn.Module):
+    hooks = ()
 
     def register_comm_hook(self, state, hook):
-        self.hooks.append((state, hook))
+        raise AssertionError('not a DDP model: no comm hook')
 
 
 class _FakeRunner:
-    def __init__(self, distributed: bool, cfg: dict):
+    def __init__(self, distributed: bool, cfg: dict, model: torch.nn.Module):
         from mmengine.config import Config
         from mmengine.logging import MMLogger
-        self.distributed, self.cfg, self.model = distributed, Config(cfg), _FakeDDP()
+        self.distributed, self.cfg, self.model = distributed, Config(cfg), model
         self.logger = MMLogger.get_current_instance()
 
 
-@pytest.mark.parametrize('distributed, cfg, registered', [
-    (True, {}, True), (False, {}, False), (True, {'model_wrapper_cfg': {'type': 'MMFullyShardedDataParallel'}}, False),
-])
-def test_the_vitdet_fp16_compression_hook(distributed, cfg, registered):
+@pytest.mark.parametrize('distributed, cfg, wrapper, registered', [
+    (True, {}, _fake_ddp, True),
+    (False, {}, _fake_ddp, False),
+    (True, {'model_wrapper_cfg': {'type': 'MMDistributedDataParallel', 'find_unused_parameters': True}}, _fake_ddp,
+     True),
+    (True, {'model_wrapper_cfg': {'type': 'MMFullyShardedDataParallel'}}, _FakeFSDP, False),
+], ids=['ddp', 'one_process', 'ddp_of_a_model_wrapper_cfg', 'fsdp'])
+def test_the_vitdet_fp16_compression_hook(distributed, cfg, wrapper, registered):
     """The ViTDet configs' custom hook (registered in mmdet's HOOKS under the name they give) puts DDP's fp16
-    compression hook on the default model wrapper of a distributed run, and leaves other runs alone."""
+    compression hook on the DistributedDataParallel model of a distributed run, also one a model_wrapper_cfg asks for
+    (to set find_unused_parameters, say: the hook used to skip it, unlike the original), and leaves other runs
+    alone."""
     from mmdet.registry import HOOKS
     from mmengine.registry import init_default_scope
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
     config = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
     init_default_scope(config.default_scope)
     hook = HOOKS.build(copy.deepcopy(config.custom_hooks[0]))
-    runner = _FakeRunner(distributed, cfg)
+    runner = _FakeRunner(distributed, cfg, wrapper())
     hook.before_train(runner)
-    assert runner.model.hooks == ([(None, fp16_compress_hook)] if registered else [])
+    assert list(runner.model.hooks) == ([(None, fp16_compress_hook)] if registered else [])
