@@ -73,24 +73,31 @@ DDP_STEPS = """
 import sys, torch, torch.distributed as dist
 sys.path[:0] = {paths!r}
 import conftest  # noqa: F401  (tests/mm on the path)
-from test_mm_gpu_paths import _vssm
+from test_mm_gpu_paths import _vim, _vssm
 dist.init_process_group('gloo', init_method='file://{store}', rank=0, world_size=1)
-torch.manual_seed(0)
-model = torch.nn.parallel.DistributedDataParallel(_vssm(out_indices=(0, 1, 2)), find_unused_parameters=False)
-for step in range(2):
-    sum(o.sum() for o in model(torch.randn(2, 3, 64, 80))).backward()
-print('two DDP steps done')
+models = dict(vssm_0_1_2=lambda: _vssm(out_indices=(0, 1, 2)), vssm_checkpointed=lambda: _vssm(use_checkpoint=True),
+              vim_0_of_3_checkpointed=lambda: _vim(3, out_indices=[0], use_checkpoint=True))
+for name, make in models.items():
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(make(), find_unused_parameters=False)
+    for step in range(2):
+        outs = model(torch.randn(2, 3, 64, 80))
+        sum(o.sum() for o in (outs if isinstance(outs, list) else [outs])).backward()
+    print(name, 'trained two DDP steps')
 """
 
 
-def test_a_backbone_without_its_last_stage_trains_two_ddp_steps_without_find_unused_parameters(tmp_path):
-    """The DDP that mmengine wraps the model in (find_unused_parameters=False), on gloo: with the parts after the
-    last output trainable, its second step stops with 'Expected to have finished reduction in the prior
-    iteration'."""
+def test_backbones_train_two_ddp_steps_without_find_unused_parameters(tmp_path):
+    """The DDP that mmengine wraps the model in (find_unused_parameters=False), on gloo: a backbone without its last
+    stage or layers (trainable, they stopped its second step with 'Expected to have finished reduction in the prior
+    iteration'), and both backbones with gradient checkpointing (use_checkpoint=True), which recomputes each block in
+    the backward."""
     code = DDP_STEPS.format(paths=[os.path.join(REPO, 'tests', 'mm'), REPO], store=tmp_path / 'store')
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0 and 'two DDP steps done' in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for name in ('vssm_0_1_2', 'vssm_checkpointed', 'vim_0_of_3_checkpointed'):
+        assert f'{name} trained two DDP steps' in proc.stdout
 
 
 def _vitdet_model():
