@@ -60,6 +60,8 @@ MM_INSTALL_HINT = 'run `bash tools/install_mm.sh` (mmcv 2.1.0 with its ops, mmen
 # What an mmengine run leaves in its work_dir that a fresh run there would overwrite piecemeal: the checkpoints of
 # mmengine's CheckpointHook and the pointer --resume follows.
 RUN_CHECKPOINTS = ('epoch_*.pth', 'iter_*.pth', 'best_*.pth', 'last_checkpoint')
+# The settings of mmengine's AmpOptimWrapper that its OptimWrapper does not take.
+AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 # torch's BatchNorm refusal of one value per channel: UperNet's 1x1 pooled map of a step of one image.
 ONE_VALUE_PER_CHANNEL = 'Expected more than 1 value per channel when training'
 # The keyword a constructor refused, in its TypeError: traced back to the --cfg-options key that added it.
@@ -248,7 +250,8 @@ def _for_this_machine(cfg: Config) -> Config:
     if not torch.cuda.is_available():
         if machine_cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
             machine_cfg.optim_wrapper.type = 'OptimWrapper'
-            machine_cfg.optim_wrapper.pop('loss_scale', None)
+            for amp_only in AMP_ONLY_KEYS:     # OptimWrapper refuses them
+                machine_cfg.optim_wrapper.pop(amp_only, None)
             print_log('no CUDA: AmpOptimWrapper replaced by OptimWrapper', logger='current')
         if machine_cfg.launcher != 'none':
             _cpu_distributed(machine_cfg)

@@ -252,6 +252,27 @@ def test_a_gpu_machine_runs_the_config_as_asked(monkeypatch):
     assert 'model_wrapper_cfg' not in machine and not dist.is_initialized()
 
 
+@pytest.mark.parametrize('amp_settings', [dict(dtype='bfloat16'), dict(loss_scale=512., dtype='float16'),
+                                          dict(loss_scale='dynamic', use_fsdp=False)],
+                         ids=['bf16', 'static_fp16', 'fsdp_flag'])
+def test_without_cuda_every_amp_setting_goes_with_the_amp_wrapper(monkeypatch, amp_settings):
+    """A GPU config's AmpOptimWrapper with a dtype (bf16 AMP, say) runs on a CPU as a plain OptimWrapper: the dtype
+    went with it, where it made OptimWrapper's constructor fail with a TypeError (reported as a misspelt key when it
+    came from --cfg-options); the config itself keeps them."""
+    from mmengine.optim import OptimWrapper, build_optim_wrapper
+    from classification.dense import launch
+    cfg = seg_config('upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py')
+    cfg.launcher = 'none'
+    cfg.optim_wrapper.update(amp_settings)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    machine = launch._for_this_machine(cfg)
+    assert machine.optim_wrapper.type == 'OptimWrapper'
+    assert not set(amp_settings) & set(machine.optim_wrapper)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and set(amp_settings) <= set(cfg.optim_wrapper)
+    wrapper = build_optim_wrapper(torch.nn.Linear(2, 2), copy.deepcopy(machine.optim_wrapper))
+    assert type(wrapper) is OptimWrapper
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The ViTDet configs' fp16 gradient compression
 
