@@ -166,6 +166,21 @@ def test_each_config_trains_under_ddp_without_find_unused_parameters(make):
     assert _without_gradient(model) == []
 
 
+@pytest.mark.parametrize('make', [_vitdet_model, _fpn_model], ids=['vitdet_local_vim', 'fpn_local_vssm'])
+def test_a_detection_step_of_an_image_without_instances_leaves_no_parameter_without_gradient(make):
+    """The LSJ pipeline's RandomCrop(allow_negative_crop=True) gives images without instances, and LocalVim-S trains
+    one image per GPU: such a step still reaches every parameter (the mask head's loss on no positive box included),
+    as DDP with find_unused_parameters=False needs."""
+    from mmdet.testing import demo_mm_inputs
+    scope, _, model_cfg, _ = make()
+    torch.manual_seed(0)
+    model = _build(scope, model_cfg)
+    batch = demo_mm_inputs(batch_size=1, image_shapes=(3, *IMAGE_HW), num_items=[0], num_classes=80, with_mask=True)
+    assert len(batch['data_samples'][0].gt_instances) == 0
+    assert torch.isfinite(loss_and_grads(model, batch))
+    assert _without_gradient(model) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # AmpOptimWrapper as the GPU configs ask for it
 
