@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from argparse import Namespace
 from typing import Any, Mapping, Optional
 
@@ -25,12 +26,46 @@ from ..common.csv_log import METRICS_CSV, epoch_scores
 from ..data import DataError
 from .checkpoint import CheckpointManager, run_config_beside
 from .config import ConfigError, config_dict
-from .experiment import ORIGINAL_ARGS, is_training_checkpoint
+from .distributed import all_gather_objects
+from .experiment import ORIGINAL_ARGS, describe_progress, is_training_checkpoint
 from .optim import param_groups
 
 # Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
 # they say.
 FOLDER_FLAGS = {"output", "experiment"}
+
+
+def _resume_view(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
+                 error: Optional[Exception]) -> str:
+    """What one rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or
+    failing with `error`) gives, in words."""
+    if error is not None:
+        return f"stops with: {error}"
+    if ckpt is None:
+        return auto.split(": ", 1)[-1] if auto else "starts the run (no --resume)"
+    if not is_training_checkpoint(ckpt):
+        return f"reads the weights {resume}"
+    return f"continues {resume} ({describe_progress(ckpt)}, run {ckpt.get('run_id') or 'of unknown id'})"
+
+
+def check_every_rank_resumes_alike(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
+                                   error: Optional[Exception]) -> None:
+    """Every rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or failing
+    with `error`) must give the same:
+    ranks of several nodes that do not share the run's folder (or see another copy of it) would otherwise start from
+    different epochs, one resuming and another starting afresh, and wait for each other in collectives that never
+    match. A rank's own `error`, when all ranks have it, is raised as it is; any other difference, on every rank, as
+    one ConfigError line naming the first rank that differs from rank 0 (in a single process: `error`, if any)."""
+    views = all_gather_objects((socket.gethostname(), _resume_view(resume, auto, ckpt, error)))
+    differ = [rank for rank, (_, view) in enumerate(views) if view != views[0][1]]
+    if not differ:
+        if error is not None:
+            raise error
+        return
+    (host0, view0), (host, view) = views[0], views[differ[0]]
+    raise ConfigError(f"--resume: the processes do not see the same run: rank 0 on {host0} {view0}, but rank "
+                      f"{differ[0]} on {host} {view}; every node must read the same run folder and checkpoint: "
+                      f"give --output (and --resume) paths on a file system that all nodes share")
 
 
 def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:

@@ -55,9 +55,9 @@ from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags
 from .optim import build_optimizer
-from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_epoch_seed,
-                     keep_original_args, keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy,
-                     warn_ema_switch, warn_other_epoch_order)
+from .resume import (adopt_original_checkpoints, check_every_rank_resumes_alike, check_same_batches,
+                     check_same_classes, keep_epoch_seed, keep_original_args, keep_run_start, load_optimizer_state,
+                     log_changed_flags, misfit_remedy, warn_ema_switch, warn_other_epoch_order)
 from .run_lock import ELSEWHERE, RESUMED_ELSEWHERE, RunLock, claim_run_folder
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
@@ -359,8 +359,13 @@ def train(cfg: Namespace) -> dict:
         check_settings(env.device)
         check_model_flags(cfg)
         check_auto_augment(cfg.aa, cfg.aa_impl)
-        auto = resolve_auto_resume(cfg)
-        ckpt = _read_resume_checkpoint(cfg)
+        auto, ckpt, error = None, None, None
+        try:
+            auto = resolve_auto_resume(cfg)
+            ckpt = _read_resume_checkpoint(cfg)
+        except (ConfigError, CheckpointError) as err:
+            error = err
+        check_every_rank_resumes_alike(cfg.resume, auto, ckpt, error)
         finished = finished_run(cfg, ckpt) if auto is not None else None
         if finished is not None:
             if env.is_main:

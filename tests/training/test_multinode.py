@@ -1,0 +1,70 @@
+"""Several nodes, pretended on one machine: processes started by hand with RANK / LOCAL_RANK / WORLD_SIZE as torchrun
+sets them on two nodes of one process each, each "node" with its own --output folder where their disks are not
+shared (only rank 0 writes the run's files)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from training_helpers import REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, free_port, tool_env
+
+RECIPE = {"dataset": "digits", "epochs": 1, "opt": "sgd", "lr": 0.05, "warmup_epochs": 0, "workers": 0,
+          "log_interval": 10}
+SKIP_ON_WINDOWS = pytest.mark.skipif(os.name == "nt", reason="gloo processes with POSIX signals")
+
+
+def two_nodes(config, outputs, *flags, timeout=120, **env):
+    """tools/train.py (signal_at.py when SIGNAL_AT is given) as ranks 0 and 1 of two one-process nodes, rank r
+    writing into outputs[r]; their (exit status, stderr) pairs. A rank still running after `timeout` s is killed."""
+    port = str(free_port())
+    script = SIGNAL_AT_SCRIPT if "SIGNAL_AT" in env else os.path.join(REPO, "tools", "train.py")
+    procs = [subprocess.Popen([sys.executable, script, "-c", str(config), *TINY_MODEL, "-b", "16", "--output",
+                               str(outputs[rank]), "--experiment", "run", *flags], cwd=REPO, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**tool_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
+                                   "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                                   "GROUP_RANK": str(rank), **env})
+             for rank in (0, 1)]
+    results = []
+    try:
+        for proc in procs:
+            try:
+                results.append((proc.wait(timeout=timeout), proc.stderr.read()))
+            except subprocess.TimeoutExpired:
+                results.append(("hung", ""))
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+    return results
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+@SKIP_ON_WINDOWS
+def test_resume_auto_on_nodes_that_do_not_share_the_folder_is_one_line_on_every_rank(config, tmp_path):
+    """Stopped by SIGTERM, a run of two nodes with unshared disks has its last.pth.tar on node 0 only. `--resume auto`
+    continued it on node 0 and started the run afresh on node 1: the ranks trained different steps and waited for
+    each other in collectives that did not match, forever."""
+    outputs = [tmp_path / "node0", tmp_path / "node1"]
+    stopped = two_nodes(config, outputs, SIGNAL_AT="SIGTERM step 5", SIGNAL_RANK="1")
+    assert [status for status, _ in stopped] == [143, 143], stopped
+    last = outputs[0] / "run" / "last.pth.tar"
+    assert last.is_file() and not (outputs[1] / "run").exists()
+    resumed = two_nodes(config, outputs, "--resume", "auto", timeout=60)
+    line = (f"error: --resume: the processes do not see the same run: rank 0 on {os.uname().nodename} continues "
+            f"{last} (epoch 0, step 5, run {torch.load(last, weights_only=True)['run_id']}), but rank 1 on "
+            f"{os.uname().nodename} no last.pth.tar in {outputs[1] / 'run'}, starting the run; every node must read "
+            f"the same run folder and checkpoint: give --output (and --resume) paths on a file system that all nodes "
+            f"share\n")
+    assert resumed == [(2, line), (2, line)]
+    assert not (outputs[1] / "run").exists()
