@@ -50,6 +50,7 @@ def stop_for_unread_batch(run: Run, epoch: int, progress: EpochProgress, error: 
         saved = "the epochs before it are saved"
     resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
               else "nothing was trained yet")
+    resume = all_gather_objects(resume)[0]  # rank 0 writes the checkpoints: what its folder holds, on every rank
     run.log.error(f"Reading the training data of epoch {epoch} failed after "
                   f"{run.epoch_position(progress.step)}; {resume}")
     if error is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from training_helpers import REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, free_port, tool_env
+from training_helpers import READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, free_port, tool_env
 
 RECIPE = {"dataset": "digits", "epochs": 1, "opt": "sgd", "lr": 0.05, "warmup_epochs": 0, "workers": 0,
           "log_interval": 10}
@@ -17,13 +17,18 @@ SKIP_ON_WINDOWS = pytest.mark.skipif(os.name == "nt", reason="gloo processes wit
 
 
 def two_nodes(config, outputs, *flags, timeout=120, **env):
-    """tools/train.py (signal_at.py when SIGNAL_AT is given) as ranks 0 and 1 of two one-process nodes, rank r
-    writing into outputs[r]; their (exit status, stderr) pairs. A rank still running after `timeout` s is killed."""
+    """tools/train.py (signal_at.py when SIGNAL_AT is given, read_fails_at.py for READ_FAILS_AT) as ranks 0 and 1 of
+    two one-process nodes, rank r writing into outputs[r]; their (exit status, stderr) pairs, the stdout of each in
+    outputs[r]/stdout.txt. A rank still running after `timeout` s is killed."""
     port = str(free_port())
-    script = SIGNAL_AT_SCRIPT if "SIGNAL_AT" in env else os.path.join(REPO, "tools", "train.py")
+    script = (SIGNAL_AT_SCRIPT if "SIGNAL_AT" in env else READ_FAILS_AT_SCRIPT if "READ_FAILS_AT" in env
+              else os.path.join(REPO, "tools", "train.py"))
+    for output in outputs:
+        output.mkdir(exist_ok=True)
+    logs = [open(output / "stdout.txt", "w") for output in outputs]
     procs = [subprocess.Popen([sys.executable, script, "-c", str(config), *TINY_MODEL, "-b", "16", "--output",
                                str(outputs[rank]), "--experiment", "run", *flags], cwd=REPO, text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              stdout=logs[rank], stderr=subprocess.PIPE,
                               env={**tool_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
                                    "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
                                    "GROUP_RANK": str(rank), **env})
@@ -40,6 +45,8 @@ def two_nodes(config, outputs, *flags, timeout=120, **env):
             proc.kill()
             proc.wait()
             proc.stderr.close()
+        for log in logs:
+            log.close()
     return results
 
 
@@ -68,3 +75,17 @@ def test_resume_auto_on_nodes_that_do_not_share_the_folder_is_one_line_on_every_
             f"share\n")
     assert resumed == [(2, line), (2, line)]
     assert not (outputs[1] / "run").exists()
+
+
+@SKIP_ON_WINDOWS
+def test_a_batch_unread_on_another_node_names_the_checkpoint_that_rank_0_saved(config, tmp_path):
+    """Rank 1, on a node that does not share rank 0's disk, cannot read its batch after step 5: both ranks save (rank
+    0 writes) and stop. Rank 1 logged `...; nothing was trained yet`, as its own disk holds no last.pth.tar."""
+    outputs = [tmp_path / "node0", tmp_path / "node1"]
+    cut = two_nodes(config, outputs, READ_FAILS_AT="5 1")
+    assert [status for status, _ in cut] == [2, 2], cut
+    last = outputs[0] / "run" / "last.pth.tar"
+    line = (f"Reading the training data of epoch 0 failed after step 5 of 44; its training up to step 5 is saved: "
+            f"once the cause is fixed, continue with --resume {last}")
+    assert [line in (output / "stdout.txt").read_text() for output in outputs] == [True, True]
+    assert torch.load(last, weights_only=True)["step"] == 5
