@@ -199,6 +199,9 @@ class CheckpointManager:
         self.save_dir, self.keep_num, self.enabled = save_dir, keep_num, enabled
         self.ckpts: list[list] = []  # [[file name, score], ...] best first
         self.left_alone: set[str] = set()  # checkpoint files of the original code's run that `adopt` did not rank
+        # (epoch, step) of the last.pth.tar this run wrote, on every rank: one on a node that does not share the main
+        # rank's disk has no copy of the file to read
+        self.saved: Optional[tuple[int, Optional[int]]] = None
 
     def path(self, name: str) -> str:
         return os.path.join(self.save_dir, name)
@@ -271,6 +274,7 @@ class CheckpointManager:
         self._record(payload)
         if self.enabled:
             atomic_save(payload, self.path(LAST))
+        self.saved = (payload["epoch"], payload.get("step"))
 
     def update(self, epoch: int, score: float, payload: dict[str, Any]) -> list[list]:
         """Record `score` for `epoch` and write the checkpoint files; returns the kept list."""
@@ -291,6 +295,7 @@ class CheckpointManager:
             for old, _ in evicted:
                 if os.path.exists(self.path(old)):
                     os.remove(self.path(old))
+        self.saved = (payload["epoch"], payload.get("step"))
         return self.ckpts
 
 

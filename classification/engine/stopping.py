@@ -102,11 +102,14 @@ def saved_so_far(run: Run, resume_hint: bool = False) -> str:
     training after it is lost` (with `resume_hint`, and that --resume continues from it), or that nothing was
     saved yet."""
     last = run.manager.path(LAST)
-    if not os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
+    if os.path.isfile(last):  # written atomically: the one before an abandoned write, whole
+        ckpt = load_checkpoint(last, mmap=True)
+        epoch, step = ckpt["epoch"], ckpt.get("step")
+    elif run.manager.saved is not None:  # the main rank wrote it, on a disk that this rank's node does not share
+        epoch, step = run.manager.saved
+    else:
         return "nothing was saved yet"
-    ckpt = load_checkpoint(last, mmap=True)
-    step = ckpt.get("step")
-    end = f"after step {step} of epoch {ckpt['epoch']}" if step is not None else f"epoch {ckpt['epoch']}"
+    end = f"after step {step} of epoch {epoch}" if step is not None else f"epoch {epoch}"
     return f"{last} holds the run up to {end}; the training after it is lost" + (
         f": --resume {last} continues from there" if resume_hint else "")
 

@@ -4,10 +4,14 @@ shared (only rank 0 writes the run's files)."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+
+from classification.engine.checkpoint import CheckpointManager
+from classification.engine.stopping import saved_so_far
 
 from training_helpers import READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, free_port, tool_env
 
@@ -89,3 +93,19 @@ def test_a_batch_unread_on_another_node_names_the_checkpoint_that_rank_0_saved(c
             f"once the cause is fixed, continue with --resume {last}")
     assert [line in (output / "stdout.txt").read_text() for output in outputs] == [True, True]
     assert torch.load(last, weights_only=True)["step"] == 5
+
+
+def test_what_is_saved_is_said_alike_on_a_rank_whose_node_does_not_share_the_checkpoints(tmp_path):
+    """A run that stops without saving (a dead loader worker) says what last.pth.tar holds; a rank that does not write
+    (enabled=False), on a node whose disk has no copy of rank 0's file, said `nothing was saved yet`."""
+    for enabled in (True, False):
+        manager = CheckpointManager(str(tmp_path / str(enabled)), enabled=enabled)
+        (tmp_path / str(enabled)).mkdir()
+        run = SimpleNamespace(manager=manager)
+        assert saved_so_far(run) == "nothing was saved yet"
+        manager.save_last({"epoch": 0, "step": 7})
+        last = manager.path("last.pth.tar")
+        assert saved_so_far(run) == f"{last} holds the run up to after step 7 of epoch 0; the training after it is lost"
+        manager.update(0, 50.0, {"epoch": 0, "step": None})
+        assert saved_so_far(run, resume_hint=True) == (f"{last} holds the run up to epoch 0; the training after it is "
+                                                       f"lost: --resume {last} continues from there")
