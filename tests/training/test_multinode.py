@@ -23,13 +23,13 @@ SKIP_ON_WINDOWS = pytest.mark.skipif(os.name == "nt", reason="gloo processes wit
 def two_nodes(config, outputs, *flags, timeout=120, **env):
     """tools/train.py (signal_at.py when SIGNAL_AT is given, read_fails_at.py for READ_FAILS_AT) as ranks 0 and 1 of
     two one-process nodes, rank r writing into outputs[r]; their (exit status, stderr) pairs, the stdout of each in
-    outputs[r]/stdout.txt. A rank still running after `timeout` s is killed."""
+    outputs[r]/stdout<r>.txt. A rank still running after `timeout` s is killed."""
     port = str(free_port())
     script = (SIGNAL_AT_SCRIPT if "SIGNAL_AT" in env else READ_FAILS_AT_SCRIPT if "READ_FAILS_AT" in env
               else os.path.join(REPO, "tools", "train.py"))
     for output in outputs:
         output.mkdir(exist_ok=True)
-    logs = [open(output / "stdout.txt", "w") for output in outputs]
+    logs = [open(output / f"stdout{rank}.txt", "w") for rank, output in enumerate(outputs)]
     procs = [subprocess.Popen([sys.executable, script, "-c", str(config), *TINY_MODEL, "-b", "16", "--output",
                                str(outputs[rank]), "--experiment", "run", *flags], cwd=REPO, text=True,
                               stdout=logs[rank], stderr=subprocess.PIPE,
@@ -91,7 +91,7 @@ def test_a_batch_unread_on_another_node_names_the_checkpoint_that_rank_0_saved(c
     last = outputs[0] / "run" / "last.pth.tar"
     line = (f"Reading the training data of epoch 0 failed after step 5 of 44; its training up to step 5 is saved: "
             f"once the cause is fixed, continue with --resume {last}")
-    assert [line in (output / "stdout.txt").read_text() for output in outputs] == [True, True]
+    assert [line in (output / f"stdout{rank}.txt").read_text() for rank, output in enumerate(outputs)] == [True, True]
     assert torch.load(last, weights_only=True)["step"] == 5
 
 
@@ -109,3 +109,19 @@ def test_what_is_saved_is_said_alike_on_a_rank_whose_node_does_not_share_the_che
         manager.update(0, 50.0, {"epoch": 0, "step": None})
         assert saved_so_far(run, resume_hint=True) == (f"{last} holds the run up to epoch 0; the training after it is "
                                                        f"lost: --resume {last} continues from there")
+
+
+@SKIP_ON_WINDOWS
+def test_two_nodes_sharing_the_folder_stop_on_a_signal_to_one_and_resume_auto(config, tmp_path):
+    """Nodes that share the run folder: SIGTERM to node 1's rank stops both at the same step (rank 0 saves), and
+    `--resume auto` on both continues that run to its end."""
+    outputs = [tmp_path / "shared", tmp_path / "shared"]
+    stopped = two_nodes(config, outputs, SIGNAL_AT="SIGTERM step 5", SIGNAL_RANK="1")
+    assert [status for status, _ in stopped] == [143, 143], stopped
+    last = outputs[0] / "run" / "last.pth.tar"
+    assert torch.load(last, weights_only=True)["step"] == 5
+    resumed = two_nodes(config, outputs, "--resume", "auto")
+    assert [status for status, _ in resumed] == [0, 0], resumed
+    saved = torch.load(last, weights_only=True)
+    assert (saved["epoch"], saved["step"], len(saved["rng"])) == (0, None, 2)
+    assert (outputs[0] / "run" / "metrics.csv").read_text().splitlines()[1].startswith("0,")
