@@ -28,6 +28,7 @@ from .config import ConfigError
 from .distributed import DistEnv, all_reduce, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size
+from .resume import check_every_rank_resumes_alike
 
 
 class FixedBatch(nn.Module):
@@ -138,7 +139,12 @@ def test(cfg: Namespace) -> dict:
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
         check_settings(env.device)
-        ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
+        ckpt, error = None, None
+        try:
+            ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
+        except CheckpointError as err:
+            error = err
+        check_every_rank_resumes_alike(cfg.resume, None, ckpt, error)  # a node without the file: one line, no wait
         weights = state_dict_from(ckpt, source=cfg.resume)
         try:
             ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None

@@ -40,22 +40,22 @@ def _resume_view(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, A
     """What one rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or
     failing with `error`) gives, in words."""
     if error is not None:
-        return f"stops with: {error}"
+        return str(error)
     if ckpt is None:
-        return auto.split(": ", 1)[-1] if auto else "starts the run (no --resume)"
+        return auto or "no --resume"
     if not is_training_checkpoint(ckpt):
         return f"reads the weights {resume}"
-    return f"continues {resume} ({describe_progress(ckpt)}, run {ckpt.get('run_id') or 'of unknown id'})"
+    return f"reads {resume} ({describe_progress(ckpt)}, run {ckpt.get('run_id') or 'of unknown id'})"
 
 
 def check_every_rank_resumes_alike(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
                                    error: Optional[Exception]) -> None:
     """Every rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or failing
-    with `error`) must give the same:
-    ranks of several nodes that do not share the run's folder (or see another copy of it) would otherwise start from
-    different epochs, one resuming and another starting afresh, and wait for each other in collectives that never
-    match. A rank's own `error`, when all ranks have it, is raised as it is; any other difference, on every rank, as
-    one ConfigError line naming the first rank that differs from rank 0 (in a single process: `error`, if any)."""
+    with `error`) must give the same (tools/train.py and tools/test.py call it after reading it): ranks of several nodes
+    that do not share the run's folder would otherwise start from different epochs (one resuming, another starting
+    afresh) and wait for each other in collectives that never match, or wait for a rank that stopped on a missing
+    file. `error`, when every rank has it, is raised as it is; any other difference, on every rank, as one ConfigError
+    line naming rank 0's view and that of the first rank that differs (in a single process: `error`, if any)."""
     views = all_gather_objects((socket.gethostname(), _resume_view(resume, auto, ckpt, error)))
     differ = [rank for rank, (_, view) in enumerate(views) if view != views[0][1]]
     if not differ:
@@ -63,9 +63,9 @@ def check_every_rank_resumes_alike(resume: str, auto: Optional[str], ckpt: Optio
             raise error
         return
     (host0, view0), (host, view) = views[0], views[differ[0]]
-    raise ConfigError(f"--resume: the processes do not see the same run: rank 0 on {host0} {view0}, but rank "
-                      f"{differ[0]} on {host} {view}; every node must read the same run folder and checkpoint: "
-                      f"give --output (and --resume) paths on a file system that all nodes share")
+    raise ConfigError(f"--resume: the processes do not read the same checkpoint (rank 0 on {host0}: {view0}; rank "
+                      f"{differ[0]} on {host}: {view}): every node must read the same run folder and checkpoint; give "
+                      f"--output and --resume paths on a file system that all nodes share")
 
 
 def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:

@@ -72,11 +72,11 @@ def test_resume_auto_on_nodes_that_do_not_share_the_folder_is_one_line_on_every_
     last = outputs[0] / "run" / "last.pth.tar"
     assert last.is_file() and not (outputs[1] / "run").exists()
     resumed = two_nodes(config, outputs, "--resume", "auto", timeout=60)
-    line = (f"error: --resume: the processes do not see the same run: rank 0 on {os.uname().nodename} continues "
-            f"{last} (epoch 0, step 5, run {torch.load(last, weights_only=True)['run_id']}), but rank 1 on "
-            f"{os.uname().nodename} no last.pth.tar in {outputs[1] / 'run'}, starting the run; every node must read "
-            f"the same run folder and checkpoint: give --output (and --resume) paths on a file system that all nodes "
-            f"share\n")
+    host = os.uname().nodename
+    line = (f"error: --resume: the processes do not read the same checkpoint (rank 0 on {host}: reads {last} (epoch "
+            f"0, step 5, run {torch.load(last, weights_only=True)['run_id']}); rank 1 on {host}: --resume auto: no "
+            f"last.pth.tar in {outputs[1] / 'run'}, starting the run): every node must read the same run folder and "
+            f"checkpoint; give --output and --resume paths on a file system that all nodes share\n")
     assert resumed == [(2, line), (2, line)]
     assert not (outputs[1] / "run").exists()
 
@@ -125,3 +125,36 @@ def test_two_nodes_sharing_the_folder_stop_on_a_signal_to_one_and_resume_auto(co
     saved = torch.load(last, weights_only=True)
     assert (saved["epoch"], saved["step"], len(saved["rng"])) == (0, None, 2)
     assert (outputs[0] / "run" / "metrics.csv").read_text().splitlines()[1].startswith("0,")
+
+
+@SKIP_ON_WINDOWS
+def test_an_evaluation_of_a_checkpoint_one_node_lacks_is_one_line_on_every_rank(tmp_path):
+    """tools/test.py --resume of a file on node 0's disk only (the same relative path, each node in its own folder):
+    rank 1 stopped on it, rank 0 evaluated its share and then waited for rank 1 in the all-reduce (gloo ended it on
+    the lost peer, NCCL waits for its timeout)."""
+    import timm
+    model = timm.create_model(TINY_MODEL[1], num_classes=10, img_size=16, patch_size=4, depth=1, embed_dim=32,
+                              num_heads=2, class_token=False, global_pool="avg")
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    torch.save({"state_dict": model.state_dict()}, nodes[0] / "weights.pth")
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "test.py"), "--dataset", "digits",
+                               "--workers", "0", *TINY_MODEL, "-b", "16", "--output", "out", "--resume", "weights.pth"],
+                              cwd=nodes[rank], text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**tool_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
+                                   "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+             for rank in (0, 1)]
+    try:
+        ended = [(proc.wait(timeout=120), proc.stderr.read()) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+    host = os.uname().nodename
+    line = (f"error: --resume: the processes do not read the same checkpoint (rank 0 on {host}: reads the weights "
+            f"weights.pth; rank 1 on {host}: checkpoint not found: weights.pth): every node must read the same run "
+            f"folder and checkpoint; give --output and --resume paths on a file system that all nodes share\n")
+    assert ended == [(2, line), (2, line)]
