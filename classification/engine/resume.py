@@ -36,36 +36,37 @@ FOLDER_FLAGS = {"output", "experiment"}
 
 
 def _resume_view(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
-                 error: Optional[Exception]) -> str:
+                 error: Optional[Exception], flag: str) -> str:
     """What one rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or
     failing with `error`) gives, in words."""
     if error is not None:
         return str(error)
     if ckpt is None:
-        return auto or "no --resume"
+        return auto or f"no {flag}"
     if not is_training_checkpoint(ckpt):
         return f"reads the weights {resume}"
     return f"reads {resume} ({describe_progress(ckpt)}, run {ckpt.get('run_id') or 'of unknown id'})"
 
 
 def check_every_rank_resumes_alike(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
-                                   error: Optional[Exception]) -> None:
+                                   error: Optional[Exception], flag: str = "--resume") -> None:
     """Every rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or failing
     with `error`) must give the same (tools/train.py and tools/test.py call it after reading it): ranks of several nodes
     that do not share the run's folder would otherwise start from different epochs (one resuming, another starting
     afresh) and wait for each other in collectives that never match, or wait for a rank that stopped on a missing
     file. `error`, when every rank has it, is raised as it is; any other difference, on every rank, as one ConfigError
-    line naming rank 0's view and that of the first rank that differs (in a single process: `error`, if any)."""
-    views = all_gather_objects((socket.gethostname(), _resume_view(resume, auto, ckpt, error)))
+    line naming rank 0's view and that of the first rank that differs (in a single process: `error`, if any). `flag`:
+    the flag that names the checkpoint (tools/train.py checks its `--finetune` weights too)."""
+    views = all_gather_objects((socket.gethostname(), _resume_view(resume, auto, ckpt, error, flag)))
     differ = [rank for rank, (_, view) in enumerate(views) if view != views[0][1]]
     if not differ:
         if error is not None:
             raise error
         return
     (host0, view0), (host, view) = views[0], views[differ[0]]
-    raise ConfigError(f"--resume: the processes do not read the same checkpoint (rank 0 on {host0}: {view0}; rank "
+    raise ConfigError(f"{flag}: the processes do not read the same checkpoint (rank 0 on {host0}: {view0}; rank "
                       f"{differ[0]} on {host}: {view}): every node must read the same run folder and checkpoint; give "
-                      f"--output and --resume paths on a file system that all nodes share")
+                      f"--output and {flag} paths on a file system that all nodes share")
 
 
 def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:

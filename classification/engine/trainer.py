@@ -371,7 +371,13 @@ def train(cfg: Namespace) -> dict:
             if env.is_main:
                 print(finished, flush=True)
             return {}
-        finetune = _read_finetune_checkpoint(cfg, ckpt)
+        finetune, error = None, None
+        try:
+            finetune = _read_finetune_checkpoint(cfg, ckpt)
+        except (ConfigError, CheckpointError) as err:
+            error = err
+        check_every_rank_resumes_alike(cfg.finetune if finetune is not None else "", None, finetune, error,
+                                       "--finetune")
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
         fresh = ckpt is None or not is_training_checkpoint(ckpt)

@@ -127,34 +127,46 @@ def test_two_nodes_sharing_the_folder_stop_on_a_signal_to_one_and_resume_auto(co
     assert (outputs[0] / "run" / "metrics.csv").read_text().splitlines()[1].startswith("0,")
 
 
-@SKIP_ON_WINDOWS
-def test_an_evaluation_of_a_checkpoint_one_node_lacks_is_one_line_on_every_rank(tmp_path):
-    """tools/test.py --resume of a file on node 0's disk only (the same relative path, each node in its own folder):
-    rank 1 stopped on it, rank 0 evaluated its share and then waited for rank 1 in the all-reduce (gloo ended it on
-    the lost peer, NCCL waits for its timeout)."""
+def tiny_weights(path):
+    """Released weights ({'state_dict'}) of TINY_MODEL for the 10 digits classes, written to `path`."""
     import timm
     model = timm.create_model(TINY_MODEL[1], num_classes=10, img_size=16, patch_size=4, depth=1, embed_dim=32,
                               num_heads=2, class_token=False, global_pool="avg")
-    nodes = [tmp_path / "node0", tmp_path / "node1"]
-    for node in nodes:
-        node.mkdir()
-    torch.save({"state_dict": model.state_dict()}, nodes[0] / "weights.pth")
+    torch.save({"state_dict": model.state_dict()}, path)
+
+
+def two_nodes_in_own_folders(nodes, tool, *args):
+    """tools/`tool` with `args` as ranks 0 and 1 of two one-process nodes, rank r in the folder nodes[r] (a relative
+    path names a file of its own node's disk); their (exit status, stderr) pairs."""
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "test.py"), "--dataset", "digits",
-                               "--workers", "0", *TINY_MODEL, "-b", "16", "--output", "out", "--resume", "weights.pth"],
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tools", tool), *TINY_MODEL, "-b", "16", *args],
                               cwd=nodes[rank], text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**tool_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
                                    "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
              for rank in (0, 1)]
     try:
-        ended = [(proc.wait(timeout=120), proc.stderr.read()) for proc in procs]
+        return [(proc.wait(timeout=120), proc.stderr.read()) for proc in procs]
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
             proc.stderr.close()
+
+
+@SKIP_ON_WINDOWS
+@pytest.mark.parametrize("tool, flag", [("test.py", "--resume"), ("train.py", "--finetune")])
+def test_weights_that_one_node_lacks_are_one_line_on_every_rank(tmp_path, tool, flag):
+    """tools/test.py --resume (or tools/train.py --finetune) of a file on node 0's disk only (the same relative path,
+    each node in its own folder): rank 1 stopped on it, and rank 0 went on to wait for rank 1 in its next collective
+    (gloo ended it on the lost peer, NCCL waits for its timeout)."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    tiny_weights(nodes[0] / "weights.pth")
+    ended = two_nodes_in_own_folders(nodes, tool, "--dataset", "digits", "--workers", "0", "--epochs", "1",
+                                     "--output", "out", flag, "weights.pth")
     host = os.uname().nodename
-    line = (f"error: --resume: the processes do not read the same checkpoint (rank 0 on {host}: reads the weights "
+    line = (f"error: {flag}: the processes do not read the same checkpoint (rank 0 on {host}: reads the weights "
             f"weights.pth; rank 1 on {host}: checkpoint not found: weights.pth): every node must read the same run "
-            f"folder and checkpoint; give --output and --resume paths on a file system that all nodes share\n")
+            f"folder and checkpoint; give --output and {flag} paths on a file system that all nodes share\n")
     assert ended == [(2, line), (2, line)]
