@@ -230,6 +230,11 @@ class CheckpointManager:
         if self.left_alone:
             payload["left_alone"] = sorted(self.left_alone)
 
+    def _note_saved(self, payload: Mapping[str, Any]) -> None:
+        """Record where the `payload` just written as last.pth.tar (a training checkpoint's) stands (`saved`)."""
+        if "epoch" in payload:
+            self.saved = (payload["epoch"], payload.get("step"))
+
     def latest(self, before_epoch: int) -> Optional[tuple[int, str]]:
         """The kept `checkpoint-<epoch>.pth.tar` of the latest epoch before `before_epoch`, as (epoch, path); None
         when none is kept."""
@@ -274,7 +279,7 @@ class CheckpointManager:
         self._record(payload)
         if self.enabled:
             atomic_save(payload, self.path(LAST))
-        self.saved = (payload["epoch"], payload.get("step"))
+        self._note_saved(payload)
 
     def update(self, epoch: int, score: float, payload: dict[str, Any]) -> list[list]:
         """Record `score` for `epoch` and write the checkpoint files; returns the kept list."""
@@ -295,7 +300,7 @@ class CheckpointManager:
             for old, _ in evicted:
                 if os.path.exists(self.path(old)):
                     os.remove(self.path(old))
-        self.saved = (payload["epoch"], payload.get("step"))
+        self._note_saved(payload)
         return self.ckpts
 
 
