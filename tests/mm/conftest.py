@@ -96,6 +96,26 @@ def shrink_mask_rcnn(model: dict, width: int = 32) -> dict:
     return model
 
 
+def tiny_vitdet_model_cfg() -> tuple:
+    """The LocalVim-T ViTDet config and its model, with a two-layer backbone and narrow heads: (config, model dict)."""
+    cfg = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
+    model = copy.deepcopy(cfg.model)
+    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=2, out_indices=[1], width=32)
+    model['neck'].update(backbone_channel=32, in_channels=[8, 16, 32, 32])
+    model['data_preprocessor']['batch_augments'][0]['size'] = IMAGE_HW
+    return cfg, shrink_mask_rcnn(model)
+
+
+def tiny_fpn_model_cfg() -> tuple:
+    """The LocalVMamba-T Mask R-CNN config and its model, one block per stage and narrow heads: (config, model
+    dict)."""
+    cfg = det_config('mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    model = copy.deepcopy(cfg.model)
+    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
+    model['neck']['in_channels'] = [16, 32, 64, 128]
+    return cfg, shrink_mask_rcnn(model)
+
+
 def det_batch(batch_size: int = 2) -> dict:
     """Packed mmdet inputs: random uint8 images of IMAGE_HW with boxes and masks."""
     from mmdet.testing import demo_mm_inputs

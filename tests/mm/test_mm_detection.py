@@ -6,29 +6,13 @@ import pytest
 import torch
 
 from conftest import (IMAGE_HW, assert_backbone_gradients, det_batch, det_config, loss_and_grads, require,
-                      shrink_mask_rcnn, tiny_vim_backbone, tiny_vssm_backbone)
+                      tiny_fpn_model_cfg, tiny_vitdet_model_cfg)
 
 require('mmdet')
 
 
-def _vitdet_model_cfg():
-    cfg = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
-    model = copy.deepcopy(cfg.model)
-    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=2, out_indices=[1], width=32)
-    model['neck'].update(backbone_channel=32, in_channels=[8, 16, 32, 32])
-    model['data_preprocessor']['batch_augments'][0]['size'] = IMAGE_HW
-    return cfg, shrink_mask_rcnn(model)
-
-
-def _fpn_model_cfg():
-    cfg = det_config('mask_rcnn_local_vssm_tiny_fpn_coco.py')
-    model = copy.deepcopy(cfg.model)
-    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
-    model['neck']['in_channels'] = [16, 32, 64, 128]
-    return cfg, shrink_mask_rcnn(model)
-
-
-@pytest.mark.parametrize('make_cfg', [_vitdet_model_cfg, _fpn_model_cfg], ids=['vitdet_local_vim', 'fpn_local_vssm'])
+@pytest.mark.parametrize('make_cfg', [tiny_vitdet_model_cfg, tiny_fpn_model_cfg],
+                         ids=['vitdet_local_vim', 'fpn_local_vssm'])
 def test_mask_rcnn_train_and_inference_steps(make_cfg):
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import (IMAGE_HW, REPO, det_batch, det_config, loss_and_grads, require, seg_batch, seg_config,
-                      shrink_mask_rcnn, tiny_vim_backbone, tiny_vssm_backbone)
+                      tiny_fpn_model_cfg, tiny_vim_backbone, tiny_vitdet_model_cfg, tiny_vssm_backbone)
 
 require('mmdet')
 require('mmseg')
@@ -101,20 +101,11 @@ def test_backbones_train_two_ddp_steps_without_find_unused_parameters(tmp_path):
 
 
 def _vitdet_model():
-    cfg = det_config('vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
-    model = copy.deepcopy(cfg.model)
-    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=2, out_indices=[1], width=32)
-    model['neck'].update(backbone_channel=32, in_channels=[8, 16, 32, 32])
-    model['data_preprocessor']['batch_augments'][0]['size'] = IMAGE_HW
-    return 'mmdet', cfg, shrink_mask_rcnn(model), det_batch
+    return ('mmdet', *tiny_vitdet_model_cfg(), det_batch)
 
 
 def _fpn_model():
-    cfg = det_config('mask_rcnn_local_vssm_tiny_fpn_coco.py')
-    model = copy.deepcopy(cfg.model)
-    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
-    model['neck']['in_channels'] = [16, 32, 64, 128]
-    return 'mmdet', cfg, shrink_mask_rcnn(model), det_batch
+    return ('mmdet', *tiny_fpn_model_cfg(), det_batch)
 
 
 def _upernet_vim_model():
