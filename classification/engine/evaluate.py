@@ -28,7 +28,7 @@ from .config import ConfigError
 from .distributed import DistEnv, all_reduce, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size
-from .resume import check_every_rank_resumes_alike
+from .resume import read_alike_on_every_rank
 
 
 class FixedBatch(nn.Module):
@@ -139,12 +139,8 @@ def test(cfg: Namespace) -> dict:
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
         check_settings(env.device)
-        ckpt, error = None, None
-        try:
-            ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
-        except CheckpointError as err:
-            error = err
-        check_every_rank_resumes_alike(cfg.resume, None, ckpt, error)  # a node without the file: one line, no wait
+        _, ckpt = read_alike_on_every_rank(      # a node without the file: one line on every rank, no wait
+            lambda: (cfg.resume, None, load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)))
         weights = state_dict_from(ckpt, source=cfg.resume)
         try:
             ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from argparse import Namespace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -48,21 +48,29 @@ def _resume_view(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, A
     return f"reads {resume} ({describe_progress(ckpt)}, run {ckpt.get('run_id') or 'of unknown id'})"
 
 
-def check_every_rank_resumes_alike(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
-                                   error: Optional[Exception], flag: str = "--resume") -> None:
-    """Every rank's `--resume` (resolved to `resume`, with `--resume auto`'s line `auto`, read as `ckpt`, or failing
-    with `error`) must give the same (tools/train.py and tools/test.py call it after reading it): ranks of several nodes
-    that do not share the run's folder would otherwise start from different epochs (one resuming, another starting
-    afresh) and wait for each other in collectives that never match, or wait for a rank that stopped on a missing
-    file. `error`, when every rank has it, is raised as it is; any other difference, on every rank, as one ConfigError
-    line naming rank 0's view and that of the first rank that differs (in a single process: `error`, if any). `flag`:
-    the flag that names the checkpoint (tools/train.py checks its `--finetune` weights too)."""
+Read = Callable[[], tuple[str, Optional[str], Optional[Mapping[str, Any]]]]
+
+
+def read_alike_on_every_rank(read: Read, flag: str = "--resume") -> tuple[Optional[str], Optional[Mapping[str, Any]]]:
+    """Call `read` (-> the path the flag resolved to, `--resume auto`'s line or None, the checkpoint read or None) on
+    every rank, and return its line and checkpoint once every rank got the same (tools/train.py and tools/test.py
+    read their checkpoints through it): ranks of several nodes that do not share the run's folder would otherwise
+    start from different epochs (one resuming, another starting afresh) and wait for each other in collectives that
+    never match, or wait for a rank that stopped on a missing file. An error of `read` that every rank met is raised
+    as it is; any other difference, on every rank, as one ConfigError line naming rank 0's view and that of the first
+    rank that differs (in a single process: the error, if any). `flag`: the flag that names the checkpoint
+    (tools/train.py reads its `--finetune` weights so too)."""
+    resume, auto, ckpt, error = "", None, None, None
+    try:
+        resume, auto, ckpt = read()
+    except (ConfigError, CheckpointError) as err:
+        error = err
     views = all_gather_objects((socket.gethostname(), _resume_view(resume, auto, ckpt, error, flag)))
     differ = [rank for rank, (_, view) in enumerate(views) if view != views[0][1]]
     if not differ:
         if error is not None:
             raise error
-        return
+        return auto, ckpt
     (host0, view0), (host, view) = views[0], views[differ[0]]
     raise ConfigError(f"{flag}: the processes do not read the same checkpoint (rank 0 on {host0}: {view0}; rank "
                       f"{differ[0]} on {host}: {view}): every node must read the same run folder and checkpoint; give "

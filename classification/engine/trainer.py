@@ -20,6 +20,7 @@ iteration is what the new schedule gives at that iteration. Changes are logged.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -55,9 +56,9 @@ from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags
 from .optim import build_optimizer
-from .resume import (adopt_original_checkpoints, check_every_rank_resumes_alike, check_same_batches,
-                     check_same_classes, keep_epoch_seed, keep_original_args, keep_run_start, load_optimizer_state,
-                     log_changed_flags, misfit_remedy, warn_ema_switch, warn_other_epoch_order)
+from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_epoch_seed,
+                     keep_original_args, keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy,
+                     read_alike_on_every_rank, warn_ema_switch, warn_other_epoch_order)
 from .run_lock import ELSEWHERE, RESUMED_ELSEWHERE, RunLock, claim_run_folder
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
@@ -331,19 +332,22 @@ class Run:
         return f"batch {step} of {self.steps_per_epoch} (optimizer step {step // accum} of {self.updates_per_epoch})"
 
 
-def _read_resume_checkpoint(cfg: Namespace) -> dict | None:
-    return load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
+def _read_resume_checkpoint(cfg: Namespace) -> tuple[str, Optional[str], dict | None]:
+    """`--resume` resolved (`--resume auto`: `resolve_auto_resume`), that resolution's line (None without auto) and
+    the checkpoint read (None without one)."""
+    auto = resolve_auto_resume(cfg)
+    return cfg.resume, auto, load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
 
 
-def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> dict | None:
-    """The --finetune checkpoint of a fresh run; None when there is none or when --resume continues a run (whose
-    first epoch was fine-tuned from it)."""
+def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> tuple[str, None, dict | None]:
+    """--finetune's path, no line, and the checkpoint of a fresh run; None when there is none or when --resume
+    continues a run (whose first epoch was fine-tuned from it)."""
     if not cfg.finetune or (resumed is not None and is_training_checkpoint(resumed)):
-        return None
+        return cfg.finetune, None, None
     if resumed is not None:
         raise ConfigError(f"--finetune starts a run from weights and --resume {cfg.resume} (released weights, no "
                           f"training state) does the same: give only one of them")
-    return load_checkpoint(cfg.finetune, trust=cfg.trust_checkpoint)
+    return cfg.finetune, None, load_checkpoint(cfg.finetune, trust=cfg.trust_checkpoint)
 
 
 def train(cfg: Namespace) -> dict:
@@ -359,25 +363,13 @@ def train(cfg: Namespace) -> dict:
         check_settings(env.device)
         check_model_flags(cfg)
         check_auto_augment(cfg.aa, cfg.aa_impl)
-        auto, ckpt, error = None, None, None
-        try:
-            auto = resolve_auto_resume(cfg)
-            ckpt = _read_resume_checkpoint(cfg)
-        except (ConfigError, CheckpointError) as err:
-            error = err
-        check_every_rank_resumes_alike(cfg.resume, auto, ckpt, error)
+        auto, ckpt = read_alike_on_every_rank(functools.partial(_read_resume_checkpoint, cfg))
         finished = finished_run(cfg, ckpt) if auto is not None else None
         if finished is not None:
             if env.is_main:
                 print(finished, flush=True)
             return {}
-        finetune, error = None, None
-        try:
-            finetune = _read_finetune_checkpoint(cfg, ckpt)
-        except (ConfigError, CheckpointError) as err:
-            error = err
-        check_every_rank_resumes_alike(cfg.finetune if finetune is not None else "", None, finetune, error,
-                                       "--finetune")
+        _, finetune = read_alike_on_every_rank(functools.partial(_read_finetune_checkpoint, cfg, ckpt), "--finetune")
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
         fresh = ckpt is None or not is_training_checkpoint(ckpt)
