@@ -277,18 +277,18 @@ def test_a_cuda_process_group_is_nccl_a_cpu_one_gloo(two_gpus, monkeypatch):
 
 # --- classification/common/rng.py --------------------------------------------------------------------------------
 
-def test_a_checkpoint_carries_the_cuda_generators_once_cuda_is_initialised(monkeypatch):
-    """rng.get_rng_state's CUDA branch: the states of every device (get_rng_state_all) once CUDA is in use, which an
-    exact resume on a GPU restores; none before (asking would initialise CUDA in a process that does not use it)."""
+def test_a_checkpoint_carries_the_cuda_generator_once_cuda_is_initialised(monkeypatch):
+    """rng.get_rng_state's CUDA branch: the current GPU's state once CUDA is in use, which an exact resume on a GPU
+    restores; none before (asking would initialise CUDA in a process that does not use it)."""
     from classification.common import rng
 
-    states = [torch.full((16,), 7, dtype=torch.uint8)]
+    state = torch.full((16,), 7, dtype=torch.uint8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": state if device == "cuda" else None)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    assert "cuda" not in rng.get_rng_state()
+    assert "cuda_device" not in rng.get_rng_state()
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    assert rng.get_rng_state()["cuda"] is states
+    assert rng.get_rng_state()["cuda_device"] is state
 
 
 # --- classification/benchmarks/op_speed.py -----------------------------------------------------------------------

@@ -23,7 +23,8 @@ def seed_everything(seed: int) -> None:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """The global generators' states of this process (python, numpy, torch CPU, CUDA if initialised).
+    """The global generators' states of this process (python, numpy, torch CPU, and once CUDA is initialised that of
+    the current GPU: the one a training process draws from, made current per rank).
 
     numpy's MT19937 key (624 uint32) is stored as an int64 tensor, the rest of its state as plain numbers.
     """
@@ -33,7 +34,7 @@ def get_rng_state() -> dict[str, Any]:
                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -45,14 +46,13 @@ def _numpy_state(saved: Any) -> tuple:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states captured by `get_rng_state`; of its CUDA states (one per device the process saw), those of the
-    devices this process sees (a resumed job may be given fewer: torch fails on a state of a device it does not
-    have)."""
+    """Restore states captured by `get_rng_state`, its GPU's state onto this process's current GPU: a rank resumed
+    on another GPU index (the same processes in another node layout, 2x4 -> 1x8) gets its own generator back."""
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+    if "cuda_device" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_device"])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -61,24 +61,36 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     assert rows(os.path.join(out, "straight", "metrics.csv")) == rows(metrics)
 
 
-def test_a_resume_seeing_fewer_gpus_than_its_checkpoint_restores_the_states_of_those_it_sees(monkeypatch):
-    """A run saved where its process saw 2 GPUs (CUDA_VISIBLE_DEVICES=0,1) and resumed where it sees 1: torch's
-    set_rng_state_all failed with IndexError on the second device's state (torch.cuda.default_generators[1])."""
+def test_each_rank_gets_its_own_gpu_generator_back_in_another_node_layout(monkeypatch):
+    """A run of 8 processes saved on 2 nodes of 4 GPUs and resumed on 1 node of 8: rank 5 drew from GPU 1 and now
+    draws from GPU 5. Its generator's state must go onto GPU 5, its current device (restoring every device's state
+    by index gave GPU 5 nothing, and GPU 1 rank 5's state, on a GPU that rank 1 uses)."""
     from classification.common.rng import get_rng_state, set_rng_state
 
-    state = {**get_rng_state(), "cuda": [torch.full((16,), 1, dtype=torch.uint8),
-                                         torch.full((16,), 2, dtype=torch.uint8)]}
-
-    def set_rng_state_all(states):  # as torch's where one GPU is seen: default_generators[i] for the i-th state
-        for index, new_state in enumerate(states):
-            restored[("cuda:0",)[index]] = new_state
-
-    restored = {}
+    generators = {index: torch.full((16,), index, dtype=torch.uint8) for index in range(8)}
+    current = {"index": 1}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_rng_state_all)
-    set_rng_state(state)
-    assert list(restored) == ["cuda:0"] and torch.equal(restored["cuda:0"], state["cuda"][0])
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [generators[i] for i in range(4)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all",
+                        lambda states: generators.update(enumerate(s.clone() for s in states)))
+
+    def get_gpu_state(device="cuda"):
+        return generators[current["index"] if device == "cuda" else torch.device(device).index].clone()
+
+    def set_gpu_state(state, device="cuda"):
+        generators[current["index"] if device == "cuda" else torch.device(device).index] = state.clone()
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_gpu_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_gpu_state)
+    generators[1] = torch.full((16,), 55, dtype=torch.uint8)   # rank 5's generator, on GPU 1 of its node
+    saved = get_rng_state()
+    generators.update({index: torch.zeros(16, dtype=torch.uint8) for index in range(8)})   # the new node, fresh
+    current["index"] = 5
+    set_rng_state(saved)
+    assert generators[5].tolist() == [55] * 16
+    assert all(generators[index].tolist() == [0] * 16 for index in range(8) if index != 5)
 
 
 def test_ema_starts_from_released_weights_given_to_resume(tmp_path):
