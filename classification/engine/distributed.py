@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -219,9 +221,39 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _failures(error: Optional[Exception]) -> list[tuple[int, str, str]]:
+    """(rank, host, first line of its error) of every rank whose `error` is not None, in rank order; every rank calls
+    it (a collective)."""
+    text = None if error is None else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reports = all_gather_objects((socket.gethostname(), text))
+    return [(rank, host, text) for rank, (host, text) in enumerate(reports) if text is not None]
+
+
 def share_refusal(error: Optional[ConfigError]) -> None:
     """Raise on every rank the ConfigError of the first rank that has one (a check that only rank 0 makes, such as the
     run folder's lock); without it the other ranks would wait in their next collective until rank 0's exit broke it."""
-    refusals = [text for text in all_gather_objects(str(error) if error is not None else None) if text is not None]
+    refusals = _failures(error)
     if refusals:
-        raise ConfigError(refusals[0])
+        raise ConfigError(refusals[0][2])
+
+
+@contextmanager
+def agreed_setup(what: str) -> Iterator[None]:
+    """Run the block, set-up that each rank does on its own (no collective in it), then agree on how it ended: a rank
+    whose block raised raises its error as it is, every other rank a ConfigError naming the first rank that failed,
+    its host and its error, where it would have waited in its next collective for a rank that had stopped. `what`
+    names the set-up in that line. In a single process: the block alone."""
+    if not dist.is_initialized():
+        yield
+        return
+    error = None
+    try:
+        yield
+    except Exception as err:
+        error = err
+    failures = _failures(error)
+    if error is not None:
+        raise error
+    if failures:
+        rank, host, text = failures[0]
+        raise ConfigError(f"rank {rank} on {host} failed while {what}, so every rank stops: {text}")

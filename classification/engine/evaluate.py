@@ -25,7 +25,7 @@ from ..data.loader import lost_worker_as_data_error
 from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
 from .config import ConfigError
-from .distributed import DistEnv, all_reduce, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistEnv, agreed_setup, all_reduce, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size
 from .resume import read_alike_on_every_rank
@@ -148,23 +148,24 @@ def test(cfg: Namespace) -> dict:
             raise CheckpointError(f"{err}: evaluate its weights alone with --no-model-ema (a config's "
                                   f"'model_ema: true' asks for the EMA's)") from None
         log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
-        val_set = build_eval_dataset(cfg, ckpt.get("classes"))
+        with agreed_setup("setting up its data and model"):  # each rank's own, before validate's collectives
+            val_set = build_eval_dataset(cfg, ckpt.get("classes"))
+            _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank,
+                                          pin_memory=env.device.type == "cuda")
+            model = build_model(cfg)
+            check_input_size(model, cfg)
+            check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
+            load_at_model_size(model, weights, cfg.resume)
+            model.to(env.device)
+            net = model
+            if cfg.compile is not None:     # shares model's weights; every batch at one shape: one compilation
+                shape = min(val_loader.batch_size, len(val_loader.sampler))    # no padding beyond this rank's images
+                net = FixedBatch(torch.compile(model, mode=cfg.compile), shape)
         changed = other_inputs(cfg, ckpt.get("config") or {})
         if changed:
             log.warning(f"{cfg.resume} was validated by its run with other inputs than these ({', '.join(changed)}): "
                         f"the accuracy is of other images; give its run's values (or -c its args.yaml) to evaluate "
                         f"as it was trained")
-        _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank,
-                                      pin_memory=env.device.type == "cuda")
-        model = build_model(cfg)
-        check_input_size(model, cfg)
-        check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-        load_at_model_size(model, weights, cfg.resume)
-        model.to(env.device)
-        net = model
-        if cfg.compile is not None:     # shares model's weights; every batch at one shape: one compilation
-            shape = min(val_loader.batch_size, len(val_loader.sampler))    # no padding beyond this rank's images
-            net = FixedBatch(torch.compile(model, mode=cfg.compile), shape)
         epoch = ckpt.get("epoch")
         stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"

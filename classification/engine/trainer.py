@@ -47,7 +47,7 @@ from .amp import log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
 from .config import ConfigError, config_dict, save_config
-from .distributed import DistEnv, all_gather_objects, init_distributed, shutdown
+from .distributed import DistEnv, agreed_setup, all_gather_objects, init_distributed, shutdown
 from .ema import ForeachModelEma
 from .evaluate import ValidationStopped, log_top5_meaning, validate
 from .experiment import (RunFolder, choose_run_folder, delete_previous_run, finished_run, is_training_checkpoint,
@@ -72,27 +72,28 @@ class Run:
     def __init__(self, cfg: Namespace, env: DistEnv, exp_dir: str, log: logging.Logger):
         self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
         self.run_id = uuid.uuid4().hex  # names the run in its checkpoints (only rank 0's writes them)
-        train_set, val_set = build_datasets(cfg)
-        self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if the data has
-        self.train_images = len(train_set)
-        self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank,
-                                                           pin_memory=env.device.type == "cuda")
-        self.mixup = build_mixup(cfg)
-        if self.mixup is not None and cfg.batch_size % 2:
-            raise ConfigError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
-        self.model = build_model(cfg).to(env.device)
-        check_input_size(self.model, cfg)
-        if env.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # as the original
-        n_params = sum(p.numel() for p in self.model.parameters())
-        log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
-                 f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
-        log.info(class_summary(train_set))
-        log_top5_meaning(log, cfg.num_classes)
-        log.info(f"Kernel backends on {env.device}: {backend_summary(env.device)}")
-        log_precision(log, env.device, cfg.amp, cfg.amp_eval, cfg.amp_dtype)
-        if cfg.compile is not None:
-            log.warning(f"--compile {cfg.compile} is tools/test.py's: training and its validation run eager")
+        with agreed_setup("setting up its data and model"):  # each rank's own, before DDP's first collective
+            train_set, val_set = build_datasets(cfg)
+            self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if any
+            self.train_images = len(train_set)
+            self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank,
+                                                               pin_memory=env.device.type == "cuda")
+            self.mixup = build_mixup(cfg)
+            if self.mixup is not None and cfg.batch_size % 2:
+                raise ConfigError(f"mixup/cutmix need an even batch size, got -b {cfg.batch_size}")
+            self.model = build_model(cfg).to(env.device)
+            check_input_size(self.model, cfg)
+            if env.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True  # as the original
+            n_params = sum(p.numel() for p in self.model.parameters())
+            log.info(f"Model {cfg.model} created, params: {n_params / 1e6:.3f} M, device: {env.device}, "
+                     f"processes: {env.world_size}, train images: {len(train_set)}, val images: {len(val_set)}")
+            log.info(class_summary(train_set))
+            log_top5_meaning(log, cfg.num_classes)
+            log.info(f"Kernel backends on {env.device}: {backend_summary(env.device)}")
+            log_precision(log, env.device, cfg.amp, cfg.amp_eval, cfg.amp_dtype)
+            if cfg.compile is not None:
+                log.warning(f"--compile {cfg.compile} is tools/test.py's: training and its validation run eager")
         self.net = self.model
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None

@@ -13,7 +13,8 @@ import yaml
 from classification.engine.checkpoint import CheckpointManager
 from classification.engine.stopping import saved_so_far
 
-from training_helpers import READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, free_port, tool_env
+from training_helpers import (READ_FAILS_AT_SCRIPT, REPO, SIGNAL_AT_SCRIPT, TINY_MODEL, free_port, make_folder_tree,
+                              tool_env)
 
 RECIPE = {"dataset": "digits", "epochs": 1, "opt": "sgd", "lr": 0.05, "warmup_epochs": 0, "workers": 0,
           "log_interval": 10}
@@ -170,3 +171,23 @@ def test_weights_that_one_node_lacks_are_one_line_on_every_rank(tmp_path, tool, 
             f"weights.pth; rank 1 on {host}: checkpoint not found: weights.pth): every node must read the same run "
             f"folder and checkpoint; give --output and {flag} paths on a file system that all nodes share\n")
     assert ended == [(2, line), (2, line)]
+
+
+@SKIP_ON_WINDOWS
+@pytest.mark.parametrize("tool", ["train.py", "test.py"])
+def test_data_that_one_node_lacks_stops_every_rank_in_one_line(tmp_path, tool):
+    """--data-path of a folder on node 0's disk only: rank 1 stopped on it while building its data, and rank 0 went on
+    to wait for it in its next collective (DistributedDataParallel's construction, or the validation's sums), which
+    gloo ended on the lost peer and NCCL only at its timeout. Rank 1 raises its own error, rank 0 names it."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+        tiny_weights(node / "weights.pth")
+    make_folder_tree(str(nodes[0] / "data"), classes=[str(digit) for digit in range(10)], per_class=4)
+    evaluate = ["--resume", "weights.pth"] if tool == "test.py" else []
+    ended = two_nodes_in_own_folders(nodes, tool, "--data-path", "data", "--workers", "0", "--epochs", "1",
+                                     "--output", "out", *evaluate)
+    missing = f"data path does not exist: data (set --data-path, relative to the current directory {nodes[1]})"
+    host = os.uname().nodename
+    assert ended == [(2, f"error: rank 1 on {host} failed while setting up its data and model, so every rank stops: "
+                         f"{missing}\n"), (2, f"error: {missing}\n")]
