@@ -400,10 +400,11 @@ def train(cfg: Namespace) -> dict:
                      f"as with --resume alone")
         seed_everything(cfg.seed + env.rank)
         run = Run(cfg, env, exp_dir, log)
-        if ckpt is not None:
-            run.resume(ckpt, cfg.resume, rewound=folder.rewinds is not None)
-        elif finetune is not None:
-            run.finetune(finetune, cfg.finetune)
+        with agreed_setup(f"applying {'--resume' if ckpt is not None else '--finetune'}"):  # to its own data
+            if ckpt is not None:
+                run.resume(ckpt, cfg.resume, rewound=folder.rewinds is not None)
+            elif finetune is not None:
+                run.finetune(finetune, cfg.finetune)
         run.open_outputs(folder, ckpt)
         del ckpt, finetune
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)

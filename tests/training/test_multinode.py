@@ -191,3 +191,25 @@ def test_data_that_one_node_lacks_stops_every_rank_in_one_line(tmp_path, tool):
     host = os.uname().nodename
     assert ended == [(2, f"error: rank 1 on {host} failed while setting up its data and model, so every rank stops: "
                          f"{missing}\n"), (2, f"error: {missing}\n")]
+
+
+@SKIP_ON_WINDOWS
+def test_a_checkpoint_whose_classes_one_node_lacks_stops_every_rank_in_one_line(tmp_path):
+    """--resume of a run whose class folders node 1's data names otherwise: rank 1 refused the checkpoint after
+    DistributedDataParallel's construction, and rank 0 went on to train, waiting for it in the first step."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node, classes in zip(nodes, (("cat", "dog", "eel"), ("cat", "dog", "fox"))):
+        make_folder_tree(str(node / "data"), classes=classes, per_class=11)
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "train.py"), *TINY_MODEL, "-b", "16", "--data-path",
+                    "data", "--workers", "0", "--epochs", "1", "--output", "out", "--experiment", "run"],
+                   cwd=nodes[0], env=tool_env(), check=True, capture_output=True, timeout=300)
+    (nodes[1] / "out" / "run").mkdir(parents=True)
+    (nodes[1] / "out" / "run" / "last.pth.tar").write_bytes((nodes[0] / "out" / "run" / "last.pth.tar").read_bytes())
+    ended = two_nodes_in_own_folders(nodes, "train.py", "--data-path", "data", "--workers", "0", "--epochs", "2",
+                                     "--output", "out", "--resume", "out/run/last.pth.tar")
+    refused = ("out/run/last.pth.tar was trained on other class folders than those of the data (added ['fox'], removed "
+               "['eel']): its labels would change meaning; restore the folders or start a new run (--finetune "
+               "out/run/last.pth.tar)")
+    host = os.uname().nodename
+    assert ended == [(2, f"error: rank 1 on {host} failed while applying --resume, so every rank stops: {refused}\n"),
+                     (2, f"error: {refused}\n")]
