@@ -7,7 +7,7 @@ no longer finite print `error: <message>` and exit with status 2. An interrupted
 SIGHUP) prints one line with the command that continues it and exits with the shell's status for the signal, 128 + its
 number (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1, 129 for SIGHUP). In a distributed run, a rank whose collective
 fails because another rank stopped says so in one line (status 1), so that the other rank's error is not buried under
-its traceback.
+its traceback (under NCCL, whose texts are the same for a network fault, the line says so too).
 `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
@@ -100,12 +100,25 @@ def _describe(err: BaseException) -> str:
     return text
 
 
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+GLOO_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+# NCCL's (torch's DistBackendError): ncclRemoteError's two texts, the abort of the communicator after it and the
+# watchdog's timeouts; a network fault between the nodes gives the same texts as a peer that exited
+NCCL_PEER_LOST = ("remote process exited or there was a network error", "ncclRemoteError",
+                  "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
+                  "timed out in blocking wait")
 
 
-def _lost_a_peer(err: RuntimeError) -> bool:
-    """True for a collective of a distributed run that failed because another rank exited (gloo's message for it)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(text in str(err) for text in PEER_LOST)
+def _lost_a_peer(err: RuntimeError) -> Optional[str]:
+    """How another rank was lost when a collective of a distributed run failed with `err`: by gloo's texts, it
+    stopped first; by NCCL's, it stopped first or the network cut it off. None for another error or a single
+    process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if any(text in str(err) for text in NCCL_PEER_LOST):   # checked first: NCCL's detail may quote a socket's error
+        return "which stopped first or which a network fault cut off, NCCL does not tell which"
+    if any(text in str(err) for text in GLOO_PEER_LOST):
+        return "which stopped first"
+    return None
 
 
 def raise_on_ctrl_c() -> None:
@@ -128,12 +141,12 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.stderr.write(f"error: {_describe(err)}\n")
         sys.exit(2)
     except RuntimeError as err:
-        if not _lost_a_peer(err):
+        lost = _lost_a_peer(err)
+        if lost is None:
             raise
         rank = os.environ.get("RANK", "?")
-        sys.stderr.write(f"error: rank {rank} lost another rank, which stopped first (its error, if it printed one, "
-                         f"is above or below; the launcher's report names its exit status): "
-                         f"{str(err).strip().splitlines()[0]}\n")
+        sys.stderr.write(f"error: rank {rank} lost another rank, {lost} (its error, if it printed one, is above or "
+                         f"below; the launcher's report names its exit status): {str(err).strip().splitlines()[0]}\n")
         sys.exit(1)
     except (KeyboardInterrupt, RunInterrupted) as err:  # RunInterrupted, StopSignalReceived: their signum
         exit_after_stop(err, functools.partial(_how_to_continue, err))  # RANK read then: under --slurm, main() sets it

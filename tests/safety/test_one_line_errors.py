@@ -393,3 +393,43 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         run_cli(broken_collective)
+
+
+NCCL_LINE = ("error: rank 0 lost another rank, which stopped first or which a network fault cut off, NCCL does not "
+             "tell which (its error, if it printed one, is above or below; the launcher's report names its exit "
+             "status): ")
+
+
+@pytest.mark.parametrize("text", [
+    "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, remote process exited or there was "
+    "a network error, NCCL version 2.27.5\nncclRemoteError: A call failed possibly due to a network error or a remote "
+    "process exiting prematurely.\nLast error:\nsocketProgressOpt: Call to recv from 10.0.0.2<43651> failed : "
+    "Connection reset by peer",
+    "NCCL communicator was aborted on rank 0. Original reason for failure was: NCCL error: remote process exited or "
+    "there was a network error, NCCL version 2.27.5",
+    "[PG ID 0 PG GUID 0(default_pg) Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, "
+    "OpType=ALLREDUCE, NumelIn=2, NumelOut=2, Timeout(ms)=600000) ran for 600094 milliseconds before timing out.",
+    "[PG ID 0 PG GUID 0(default_pg) Rank 0] WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=2, NumelOut=2, "
+    "Timeout(ms)=600000) timed out in blocking wait.",
+])
+def test_a_rank_that_lost_its_peer_under_nccl_says_so_in_one_line(monkeypatch, capsys, text):
+    """NCCL's texts for a lost peer (torch's DistBackendError) kept their traceback, where gloo's became one line;
+    the line says that NCCL's texts are also those of a network fault. A single process keeps the traceback."""
+    from torch.distributed import DistBackendError
+
+    from classification.engine.cli import run_cli
+
+    def broken_collective():
+        raise DistBackendError(text)
+
+    monkeypatch.delenv("LOCALMAMBA_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["tools/train.py"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as info:
+        run_cli(broken_collective)
+    assert (info.value.code, capsys.readouterr().err) == (1, f"{NCCL_LINE}{text.splitlines()[0]}\n")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(DistBackendError) as raised:
+        run_cli(broken_collective)
+    assert str(raised.value) == text
