@@ -7,7 +7,7 @@ no longer finite print `error: <message>` and exit with status 2. An interrupted
 SIGHUP) prints one line with the command that continues it and exits with the shell's status for the signal, 128 + its
 number (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1, 129 for SIGHUP). In a distributed run, a rank whose collective
 fails because another rank stopped says so in one line (status 1), so that the other rank's error is not buried under
-its traceback (under NCCL, whose texts are the same for a network fault, the line says so too).
+its traceback (under NCCL, whose texts are the same for a hung rank or a network fault, the line says so too).
 `--debug` or `LOCALMAMBA_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
@@ -110,12 +110,12 @@ NCCL_PEER_LOST = ("remote process exited or there was a network error", "ncclRem
 
 def _lost_a_peer(err: RuntimeError) -> Optional[str]:
     """How another rank was lost when a collective of a distributed run failed with `err`: by gloo's texts, it
-    stopped first; by NCCL's, it stopped first or the network cut it off. None for another error or a single
-    process."""
+    stopped first; by NCCL's, it stopped first, hangs (the watchdog's timeouts) or the network cut it off. None for
+    another error or a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     if any(text in str(err) for text in NCCL_PEER_LOST):   # checked first: NCCL's detail may quote a socket's error
-        return "which stopped first or which a network fault cut off, NCCL does not tell which"
+        return "which stopped first, hangs or was cut off by a network fault (NCCL does not tell which)"
     if any(text in str(err) for text in GLOO_PEER_LOST):
         return "which stopped first"
     return None

@@ -395,9 +395,9 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
         run_cli(broken_collective)
 
 
-NCCL_LINE = ("error: rank 0 lost another rank, which stopped first or which a network fault cut off, NCCL does not "
-             "tell which (its error, if it printed one, is above or below; the launcher's report names its exit "
-             "status): ")
+NCCL_LINE = ("error: rank 0 lost another rank, which stopped first, hangs or was cut off by a network fault (NCCL "
+             "does not tell which) (its error, if it printed one, is above or below; the launcher's report names its "
+             "exit status): ")
 
 
 @pytest.mark.parametrize("text", [
@@ -414,7 +414,8 @@ NCCL_LINE = ("error: rank 0 lost another rank, which stopped first or which a ne
 ])
 def test_a_rank_that_lost_its_peer_under_nccl_says_so_in_one_line(monkeypatch, capsys, text):
     """NCCL's texts for a lost peer (torch's DistBackendError) kept their traceback, where gloo's became one line;
-    the line says that NCCL's texts are also those of a network fault. A single process keeps the traceback."""
+    the line says that NCCL's texts are also those of a hang or a network fault. A single process keeps the
+    traceback."""
     from torch.distributed import DistBackendError
 
     from classification.engine.cli import run_cli
