@@ -177,6 +177,24 @@ def load_checkpoint(path: str, *, trust: bool = False, mmap: bool = False) -> di
     return ckpt
 
 
+def load_checkpoint_on_all_ranks(path: str, *, trust: bool = False) -> dict[str, Any]:
+    """:func:`load_checkpoint` called by every process of a run at once. In a distributed run an http(s) URL is
+    downloaded by the first process of each node (``LOCAL_RANK`` 0) while the others wait at a barrier, then read
+    from torch.hub's cache: one download per node, not one per process. A failed download releases the others, which
+    then try it themselves (and so stop with the same error). A single process reads as :func:`load_checkpoint`."""
+    import torch.distributed as dist
+    if (not path.startswith(('http://', 'https://')) or not dist.is_available() or not dist.is_initialized()
+            or dist.get_world_size() == 1):
+        return load_checkpoint(path, trust=trust)
+    if int(os.environ.get('LOCAL_RANK', dist.get_rank())) == 0:
+        try:
+            return load_checkpoint(path, trust=trust)
+        finally:
+            dist.barrier()
+    dist.barrier()
+    return load_checkpoint(path, trust=trust)
+
+
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = 'module.') -> dict[str, torch.Tensor]:
     """Remove every leading ``prefix`` (DDP wraps once, the original's EMA of a DDP model twice) from all keys."""
     out = {}

@@ -8,8 +8,9 @@ modules and parameters the trunk runs) under their own names rather than under a
 ``state_dict`` keys and parameter names are those of the original backbones and det/seg checkpoints load unchanged.
 
 Pretrained classification weights are read safely (``weights_only``; a file that needs pickle is refused unless
-``trust_checkpoint=True``) and loaded in ``init_weights``, as mmdet/mmseg backbones do. Needs torch and timm; log lines
-go to mmengine's current logger when mmengine is installed.
+``trust_checkpoint=True``) and loaded in ``init_weights``, as mmdet/mmseg backbones do; a URL is downloaded once per
+node of a distributed run. Needs torch and timm; log lines go to mmengine's current logger when mmengine is
+installed.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint, state_dict_from
+from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint_on_all_ranks, state_dict_from
 from ..common.suggest import did_you_mean
 from ..models.directions import DirectionsArg, directions_difference
 from ..models.factory import checked_out_indices
@@ -228,13 +229,14 @@ class DenseBackbone(nn.Module):
         """Load classification weights from a file or URL (``key``: container entry, e.g. 'ema_model'; default: the
         first of 'state_dict', 'model', 'ema_model'); with ``pretrained_prefix``, its tensors under that prefix, which
         is cut off (e.g. 'backbone.' of a det/seg checkpoint). Missing and unexpected keys are logged by name and
-        returned."""
+        returned. In a distributed run every process calls it (as ``init_weights`` runs on all of them), and a URL
+        is downloaded once per node."""
         name = type(self).__name__
         missing = missing_pretrained_message(name, path, f"the backbone's {self.pretrained_arg}")
         if missing:
             raise CheckpointError(missing)
         try:
-            checkpoint = load_checkpoint(path, trust=self.trust_checkpoint)
+            checkpoint = load_checkpoint_on_all_ranks(path, trust=self.trust_checkpoint)
         except UnsafeCheckpointError:
             raise UnsafeCheckpointError(
                 f'{path} holds pickled objects beyond tensors and plain containers, and loading it could run code; if '

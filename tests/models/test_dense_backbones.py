@@ -2,6 +2,7 @@
 public API with the original det/seg state_dict keys, safe pretrained loading, and no import of mm* or detection."""
 import argparse
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -301,12 +302,98 @@ def test_a_pretrained_url_goes_to_the_loader_and_only_a_missing_local_file_is_re
     torch.manual_seed(0)
     weights = MM_LocalVim(out_indices=[1], **VIM_ARGS).state_dict()
     read = []
-    monkeypatch.setattr(backbones, 'load_checkpoint',
+    monkeypatch.setattr(backbones, 'load_checkpoint_on_all_ranks',
                         lambda path, trust=False: read.append(path) or {'state_dict': weights})
     backbone = MM_LocalVim(out_indices=[1], pretrained_ckpt=url, **VIM_ARGS)
     backbone.init_weights()
     assert read == [url]
     assert torch.equal(backbone.state_dict()['layers.1.mixer.in_proj.weight'], weights['layers.1.mixer.in_proj.weight'])
+
+
+RELEASE_URL = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vssm_tiny.ckpt'
+
+
+def _pretrained_url_worker(rank: int, init_file: str, out_dir: str, source: str) -> None:
+    """One of two gloo processes of one node building a backbone whose pretrained= is a URL, with torch.hub's download
+    faked (a copy of ``source``, counted): rank 0's download goes on only once rank 1 waits at a barrier or downloads
+    too, so that no race decides the count."""
+    import shutil
+
+    import torch.distributed as dist
+
+    os.environ.update(LOCAL_RANK=str(rank), TORCH_HOME=os.path.join(out_dir, 'torch_home'))
+    handshake = dist.FileStore(os.path.join(out_dir, 'handshake'), 2)
+    downloads = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        downloads.append(url)
+        if rank == 0:
+            handshake.get('rank 1')
+        else:
+            handshake.set('rank 1', 'downloads')
+        shutil.copyfile(source, f'{dst}.{rank}.partial')
+        os.replace(f'{dst}.{rank}.partial', dst)
+
+    barrier = dist.barrier
+
+    def waiting_barrier(*args, **kwargs):
+        if rank == 1:
+            handshake.set('rank 1', 'waits')
+        return barrier(*args, **kwargs)
+
+    torch.hub.download_url_to_file = download
+    dist.barrier = waiting_barrier
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        backbone = MM_LocalVSSM(pretrained=RELEASE_URL, **VSSM_ARGS)
+        backbone.init_weights()
+    finally:
+        dist.destroy_process_group()
+    torch.save({'downloads': downloads, 'state_dict': backbone.state_dict()}, os.path.join(out_dir, f'{rank}.pt'))
+
+
+def test_two_processes_of_a_node_download_a_pretrained_url_once_and_load_the_same_weights(tmp_path):
+    """Every process downloaded the backbone's pretrained URL itself (8 downloads of one file on an 8-GPU node): the
+    node's local rank 0 downloads it while the others wait at a barrier, then they read torch.hub's cached copy."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(1)
+    weights = MM_LocalVSSM(**VSSM_ARGS).state_dict()
+    source = tmp_path / 'local_vssm_tiny.ckpt'
+    torch.save({'state_dict': weights}, source)
+    mp.spawn(_pretrained_url_worker, args=(str(tmp_path / 'init'), str(tmp_path), str(source)), nprocs=2)
+    results = [torch.load(tmp_path / f'{rank}.pt', weights_only=True) for rank in (0, 1)]
+    assert [result['downloads'] for result in results] == [[RELEASE_URL], []]
+    for result in results:
+        assert list(result['state_dict']) == list(weights)
+        assert all(torch.equal(result['state_dict'][key], value) for key, value in weights.items())
+
+
+def test_a_failed_download_on_local_rank_0_releases_the_other_ranks_and_stops_it_in_one_named_error(monkeypatch):
+    """Local rank 0 reaches the barrier the other ranks wait at even when its download fails (they then try it
+    themselves), and stops with the download's error."""
+    import urllib.error
+
+    import torch.distributed as dist
+
+    events = []
+
+    def offline(*args, **kwargs):
+        events.append('download')
+        raise urllib.error.URLError('[Errno -2] Name or service not known')
+
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url', offline)
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(dist, 'get_world_size', lambda group=None: 2)
+    monkeypatch.setattr(dist, 'get_rank', lambda group=None: 0)
+    monkeypatch.setattr(dist, 'barrier', lambda *args, **kwargs: events.append('barrier'))
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    backbone = MM_LocalVSSM(pretrained=RELEASE_URL, **VSSM_ARGS)
+    with pytest.raises(CheckpointError) as error:
+        backbone.init_weights()
+    assert str(error.value) == (f'cannot download checkpoint {RELEASE_URL}: URLError: <urlopen error [Errno -2] Name '
+                                f'or service not known> (no network here? download it and give the local file)')
+    assert events == ['download', 'barrier']
 
 
 def test_a_224_checkpoints_pos_embed_is_resized_to_a_non_square_backbone_grid(tmp_path):
