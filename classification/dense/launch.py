@@ -197,7 +197,7 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
         if ONE_VALUE_PER_CHANNEL not in str(err):
             raise
         _exit_error(f'{str(err).strip()}: a BatchNorm layer (e.g. of UperNet\'s 1x1 pooled map) saw one image; '
-                    f'train with at least 2 images per step over all processes (train_dataloader.batch_size x GPUs)')
+                    f'{_one_image_advice()}')
     except TypeError as err:
         found = UNEXPECTED_KEYWORD.search(str(err))
         # the key up to the refused keyword: model.backbone.norm_cfg for model.backbone.norm_cfg.type
@@ -209,6 +209,23 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
                     f'config (misspelt?)')
     except KeyboardInterrupt as stop:   # Ctrl-C, or StopSignalReceived
         exit_after_stop(stop, lambda: _resume_hint(resume_from) if resume_from else '')
+
+
+def _one_image_advice() -> str:
+    """What a BatchNorm step of one image asks for in this run: SyncBN counts the images of all processes only on
+    GPUs with several processes (where it never refuses one image per process); one process's BatchNorm, SyncBN
+    included, and the BatchNorm that replaces SyncBN without CUDA, normalise each process's own images."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return ("train with at least 2 images per step (train_dataloader.batch_size): a single process's BatchNorm, "
+                "SyncBN included, normalises its own images")
+    if not torch.cuda.is_available():
+        return ("train with at least 2 images per process and step (train_dataloader.batch_size): without CUDA, "
+                "SyncBN runs as BatchNorm, which normalises each process's own images")
+    return ("train with at least 2 images per process and step (train_dataloader.batch_size): a BatchNorm layer "
+            "normalises each process's own images (SyncBN counts those of all processes)")
 
 
 def _resume_hint(work_dir: str) -> str:

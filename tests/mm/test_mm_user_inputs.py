@@ -510,19 +510,39 @@ def test_a_backbone_setting_it_refuses_ends_in_one_line(tmp_path, ade_inputs_at_
             f'error: model.backbone: {message.format(cwd=tmp_path)}')
 
 
-def test_a_training_step_of_one_image_through_batchnorm_ends_in_one_line(capsys):
-    """UperNet's pooled 1x1 map under BatchNorm (SyncBN on one process) refuses a step of one image deep inside the
-    run: one line that says to train with at least two images per step."""
+ONE_PROCESS = ("train with at least 2 images per step (train_dataloader.batch_size): a single process's BatchNorm, "
+               "SyncBN included, normalises its own images")
+
+
+@pytest.mark.parametrize('processes, cuda, advice', [
+    (None, False, ONE_PROCESS),
+    (1, True, ONE_PROCESS),
+    (2, False, "train with at least 2 images per process and step (train_dataloader.batch_size): without CUDA, SyncBN "
+               "runs as BatchNorm, which normalises each process's own images"),
+    (2, True, "train with at least 2 images per process and step (train_dataloader.batch_size): a BatchNorm layer "
+              "normalises each process's own images (SyncBN counts those of all processes)"),
+], ids=['no_process_group', 'one_gpu_process', 'cpu_processes_bn_for_syncbn', 'gpu_processes'])
+def test_a_training_step_of_one_image_through_batchnorm_ends_in_one_line(monkeypatch, capsys, processes, cuda,
+                                                                         advice):
+    """UperNet's pooled 1x1 map under BatchNorm refuses a step of one image deep inside the run: one line that says
+    what counts. It said 'over all processes' everywhere, true only of SyncBN on several GPUs (which never refuses
+    one image per process): one process's BatchNorm, SyncBN included, and the BatchNorm that replaces SyncBN in a
+    CPU run of several processes normalise each process's own images."""
+    import torch.distributed as dist
+
     def one_image_step():
         torch.nn.BatchNorm2d(4).train()(torch.zeros(1, 4, 1, 1))
 
+    if processes is not None:
+        monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+        monkeypatch.setattr(dist, 'get_world_size', lambda group=None: processes)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
     with pytest.raises(SystemExit) as exit_info:
         launch.run_step(one_image_step)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: Expected more than 1 value per channel when training, got input size torch.Size([1, 4, 1, 1]): a "
-        "BatchNorm layer (e.g. of UperNet's 1x1 pooled map) saw one image; train with at least 2 images per step over "
-        "all processes (train_dataloader.batch_size x GPUs)")
+        f"BatchNorm layer (e.g. of UperNet's 1x1 pooled map) saw one image; {advice}")
     with pytest.raises(ValueError, match='other'):
         launch.run_step(lambda: (_ for _ in ()).throw(ValueError('other')))
 
