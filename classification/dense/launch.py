@@ -6,9 +6,10 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 * mmengine 0.10 pickles its message hub's ``HistoryBuffer`` and numpy values into its checkpoints, which torch >= 2.6
   refuses to load with ``weights_only=True``. The Runner of these entry points saves them as tensors and plain values
   instead (:class:`~classification.dense.mm_checkpoint.PlainCheckpointHook`), and mmengine's file and URL loads
-  (``--resume``, ``load_from``, the tested checkpoint) go through :func:`classification.common.load_checkpoint`:
-  ``weights_only=True``; a file that needs pickle (one written by plain mmengine) is refused unless
-  ``--trust-checkpoint`` is given. Nothing changes torch's default for other loads.
+  (``--resume``, ``load_from``, the tested checkpoint) go through
+  :func:`classification.common.load_checkpoint_on_all_ranks`: ``weights_only=True``; a file that needs pickle (one
+  written by plain mmengine) is refused unless ``--trust-checkpoint`` is given; a URL is downloaded once per node.
+  Nothing changes torch's default for other loads.
 * Without CUDA, ``AmpOptimWrapper`` (which needs a GPU) is replaced by ``OptimWrapper``, and distributed runs (which
   mmengine only starts on GPUs) get a gloo process group, CPU DistributedDataParallel and plain BatchNorm for SyncBN,
   for the Runner only: the config saved in the work_dir and in every checkpoint keeps what was asked (the log shows
@@ -43,7 +44,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
-from ..common import TRUST_FLAG, CheckpointError, load_checkpoint
+from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
@@ -96,11 +97,12 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 
 def safe_checkpoint_loader(trust: bool) -> Callable[[str, Any], dict]:
     """An mmengine checkpoint loader (``loader(filename, map_location)``) that reads on the CPU with
-    :func:`load_checkpoint` (``weights_only=True`` unless ``trust``). The Runner moves the weights and the optimizer
+    :func:`load_checkpoint_on_all_ranks` (``weights_only=True`` unless ``trust``; a URL downloaded once per node, as
+    mmengine's own ``load_from_http`` downloads it on rank 0 first). The Runner moves the weights and the optimizer
     state to their devices as it loads them."""
 
     def load(filename: str, map_location: Any = None) -> dict:
-        return load_checkpoint(filename, trust=trust)
+        return load_checkpoint_on_all_ranks(filename, trust=trust)
 
     return load
 

@@ -151,6 +151,34 @@ def test_mmengine_loads_refuse_pickled_code_unless_trusted(tmp_path):
         CheckpointLoader._schemes = schemes
 
 
+@pytest.mark.parametrize('local_rank, events', [('0', ['read', 'barrier']), ('1', ['barrier', 'read'])])
+def test_mmengine_url_loads_are_downloaded_by_each_nodes_local_rank_0_first(monkeypatch, local_rank, events):
+    """mmengine's own load_from_http lets rank 0 download a load_from / --resume URL while the others wait at a
+    barrier; the safe loader that replaces it had every process download it at once. It now lets each node's local
+    rank 0 read (download) it first, the others reading torch.hub's cache after the barrier."""
+    import torch.distributed as dist
+    from mmengine.runner import CheckpointLoader
+
+    from classification.dense import launch
+    url = 'https://example.com/work_dirs/iter_16000.pth'
+    happened = []
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url',
+                        lambda path, **kwargs: happened.append('read') or {'state_dict': {'w': torch.ones(1)}})
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(dist, 'get_world_size', lambda group=None: 2)
+    monkeypatch.setattr(dist, 'get_rank', lambda group=None: int(local_rank))
+    monkeypatch.setattr(dist, 'barrier', lambda *args, **kwargs: happened.append('barrier'))
+    monkeypatch.setenv('LOCAL_RANK', local_rank)
+    schemes = dict(CheckpointLoader._schemes)
+    try:
+        launch._route_checkpoint_loads(trust=False)
+        loaded = CheckpointLoader._get_checkpoint_loader(url)(url, 'cpu')
+    finally:
+        CheckpointLoader._schemes = schemes
+    assert happened == events
+    assert torch.equal(loaded['state_dict']['w'], torch.ones(1))
+
+
 def test_the_entry_points_leave_torch_defaults_alone(monkeypatch):
     from mmengine.runner import CheckpointLoader
 
