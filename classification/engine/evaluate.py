@@ -18,7 +18,7 @@ from localmamba_kernel_runtime.settings import check_settings
 from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
+from ..common.checkpoint_io import CheckpointError, load_checkpoint_on_all_ranks, state_dict_from
 from ..common.signals import interrupt_on_stop_signals
 from ..data import build_eval_dataset, build_loaders
 from ..data.loader import lost_worker_as_data_error
@@ -140,7 +140,7 @@ def test(cfg: Namespace) -> dict:
     try:
         check_settings(env.device)
         _, ckpt = read_alike_on_every_rank(      # a node without the file: one line on every rank, no wait
-            lambda: (cfg.resume, None, load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)))
+            lambda: (cfg.resume, None, load_checkpoint_on_all_ranks(cfg.resume, trust=cfg.trust_checkpoint)))
         weights = state_dict_from(ckpt, source=cfg.resume)
         try:
             ema_weights = state_dict_from(ckpt, "ema_model", source=cfg.resume) if cfg.model_ema else None

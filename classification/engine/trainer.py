@@ -35,7 +35,8 @@ from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
 from torch.nn.parallel import DistributedDataParallel
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint, remove_temporary_files, state_dict_from
+from ..common.checkpoint_io import (CheckpointError, load_checkpoint_on_all_ranks, remove_temporary_files,
+                                    state_dict_from)
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup, class_summary
@@ -337,7 +338,8 @@ def _read_resume_checkpoint(cfg: Namespace) -> tuple[str, Optional[str], dict | 
     """`--resume` resolved (`--resume auto`: `resolve_auto_resume`), that resolution's line (None without auto) and
     the checkpoint read (None without one)."""
     auto = resolve_auto_resume(cfg)
-    return cfg.resume, auto, load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
+    ckpt = load_checkpoint_on_all_ranks(cfg.resume, trust=cfg.trust_checkpoint) if cfg.resume else None
+    return cfg.resume, auto, ckpt
 
 
 def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> tuple[str, None, dict | None]:
@@ -348,7 +350,7 @@ def _read_finetune_checkpoint(cfg: Namespace, resumed: dict | None) -> tuple[str
     if resumed is not None:
         raise ConfigError(f"--finetune starts a run from weights and --resume {cfg.resume} (released weights, no "
                           f"training state) does the same: give only one of them")
-    return cfg.finetune, None, load_checkpoint(cfg.finetune, trust=cfg.trust_checkpoint)
+    return cfg.finetune, None, load_checkpoint_on_all_ranks(cfg.finetune, trust=cfg.trust_checkpoint)
 
 
 def train(cfg: Namespace) -> dict:

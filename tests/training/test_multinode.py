@@ -213,3 +213,36 @@ def test_a_checkpoint_whose_classes_one_node_lacks_stops_every_rank_in_one_line(
     host = os.uname().nodename
     assert ended == [(2, f"error: rank 1 on {host} failed while applying --resume, so every rank stops: {refused}\n"),
                      (2, f"error: {refused}\n")]
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--finetune"])
+def test_the_second_process_of_a_node_reads_a_checkpoint_url_after_the_first_downloaded_it(monkeypatch, tmp_path,
+                                                                                           flag):
+    """tools/train.py's --resume and --finetune with a URL: the node's LOCAL_RANK 0 downloads into torch.hub's
+    cache while the others wait at a barrier, then they read the cached copy (every process downloaded it at once)."""
+    import torch.distributed as dist
+
+    from classification.engine import trainer
+
+    saved = tmp_path / "weights.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, saved)
+    events = []
+
+    def cached_download(url, map_location=None, weights_only=True):
+        events.append("read")
+        return torch.load(saved, map_location=map_location, weights_only=weights_only)
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", cached_download)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "barrier", lambda *args, **kwargs: events.append("barrier"))
+    url = "https://example.org/weights.pth"
+    cfg = SimpleNamespace(resume=url if flag == "--resume" else "", finetune=url if flag == "--finetune" else "",
+                          trust_checkpoint=False)
+    for local_rank, expected in (("1", ["barrier", "read"]), ("0", ["read", "barrier"])):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        events.clear()
+        read = (trainer._read_resume_checkpoint(cfg) if flag == "--resume"
+                else trainer._read_finetune_checkpoint(cfg, None))
+        assert events == expected and read[0] == url and torch.equal(read[2]["state_dict"]["w"], torch.ones(2))
