@@ -138,7 +138,8 @@ def test(cfg: Namespace) -> dict:
         raise ConfigError("tools/test.py needs --resume CHECKPOINT (a path; 'auto' is tools/train.py's)")
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     try:
-        check_settings(env.device)
+        with agreed_setup("checking its settings"):  # the kernel settings come from each node's environment
+            check_settings(env.device)
         _, ckpt = read_alike_on_every_rank(      # a node without the file: one line on every rank, no wait
             lambda: (cfg.resume, None, load_checkpoint_on_all_ranks(cfg.resume, trust=cfg.trust_checkpoint)))
         weights = state_dict_from(ckpt, source=cfg.resume)

@@ -363,9 +363,10 @@ def train(cfg: Namespace) -> dict:
     env = init_distributed(cfg.device, cfg.slurm, cfg.dist_port, cfg.threads)
     lock: Optional[RunLock] = None
     try:
-        check_settings(env.device)
-        check_model_flags(cfg)
-        check_auto_augment(cfg.aa, cfg.aa_impl)
+        with agreed_setup("checking its settings"):  # the kernel settings come from each node's environment
+            check_settings(env.device)
+            check_model_flags(cfg)
+            check_auto_augment(cfg.aa, cfg.aa_impl)
         auto, ckpt = read_alike_on_every_rank(functools.partial(_read_resume_checkpoint, cfg))
         finished = finished_run(cfg, ckpt) if auto is not None else None
         if finished is not None:

@@ -136,14 +136,15 @@ def tiny_weights(path):
     torch.save({"state_dict": model.state_dict()}, path)
 
 
-def two_nodes_in_own_folders(nodes, tool, *args):
+def two_nodes_in_own_folders(nodes, tool, *args, node_env=({}, {})):
     """tools/`tool` with `args` as ranks 0 and 1 of two one-process nodes, rank r in the folder nodes[r] (a relative
-    path names a file of its own node's disk); their (exit status, stderr) pairs."""
+    path names a file of its own node's disk) with node_env[r] added to its environment; their (exit status, stderr)
+    pairs."""
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tools", tool), *TINY_MODEL, "-b", "16", *args],
                               cwd=nodes[rank], text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**tool_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-                                   "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+                                   "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", **node_env[rank]})
              for rank in (0, 1)]
     try:
         return [(proc.wait(timeout=120), proc.stderr.read()) for proc in procs]
@@ -191,6 +192,25 @@ def test_data_that_one_node_lacks_stops_every_rank_in_one_line(tmp_path, tool):
     host = os.uname().nodename
     assert ended == [(2, f"error: rank 1 on {host} failed while setting up its data and model, so every rank stops: "
                          f"{missing}\n"), (2, f"error: {missing}\n")]
+
+
+@SKIP_ON_WINDOWS
+@pytest.mark.parametrize("tool", ["train.py", "test.py"])
+def test_a_kernel_setting_that_one_node_refuses_stops_every_rank_in_one_line(tmp_path, tool):
+    """A C compiler ($CC) that node 1 lacks: rank 1 stopped on it before the first collective (the read of the
+    checkpoints), where rank 0 waited for it."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+        tiny_weights(node / "weights.pth")
+    evaluate = ["--resume", "weights.pth"] if tool == "test.py" else []
+    ended = two_nodes_in_own_folders(nodes, tool, "--dataset", "digits", "--workers", "0", "--epochs", "1", "--output",
+                                     "out", *evaluate, node_env=({}, {"CC": "/nowhere/cc"}))
+    refused = "CC='/nowhere/cc' is not an executable C compiler"
+    host = os.uname().nodename
+    assert ended[0][0] == 2 and ended[0][1].startswith(
+        f"error: rank 1 on {host} failed while checking its settings, so every rank stops: {refused}")
+    assert ended[1][0] == 2 and ended[1][1].startswith(f"error: {refused}")
 
 
 @SKIP_ON_WINDOWS
