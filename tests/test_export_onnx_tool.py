@@ -198,3 +198,28 @@ def test_a_failed_export_leaves_the_existing_file_and_no_staging_folder(checkpoi
         export(parse_args(flags, evaluation=True), str(existing), 'torchscript', 2, False, True, False)
     assert existing.read_text() == 'keep me'
     assert sorted(os.listdir(tmp_path)) == ['directions.yaml', 'm.onnx', 'model.pth.tar']
+
+
+def test_an_unwritable_folder_is_named_before_the_export_not_its_staging_one(checkpoint, tmp_path, monkeypatch,
+                                                                             capsys):
+    """An --onnx path in a folder the user cannot write failed after the model was loaded, naming the hidden staging
+    folder (`error: Permission denied: DIR/.onnx-export-k3j2...`). os.access mocked: this may run as root; the
+    staging folder that cannot be made (/proc as root) is mocked too."""
+    flags, _ = checkpoint
+    folder, path = str(tmp_path / 'ro'), str(tmp_path / 'ro' / 'm.onnx')
+    os.mkdir(folder)
+    real_access = os.access
+    with monkeypatch.context() as patched:
+        patched.setattr(os, 'access', lambda name, mode: name != folder and real_access(name, mode))
+        status, out, err = refused_in_process(monkeypatch, capsys, *flags, '--onnx', path, '--exporter',
+                                              'torchscript', '--no-check')
+    assert (status, out, err) == (2, '', f'error: cannot write {path}: {folder} is not writable\n')
+
+    def no_staging_folder(dir, prefix):
+        raise PermissionError(13, 'Permission denied', os.path.join(dir, prefix + 'k3j2'))
+
+    monkeypatch.setattr(onnx_export.tempfile, 'TemporaryDirectory', no_staging_folder)
+    with pytest.raises(ConfigError) as refused:
+        export(parse_args(flags, evaluation=True), path, 'torchscript', 2, False, False, False)
+    assert str(refused.value) == f'cannot write {path}: Permission denied'
+    assert os.listdir(folder) == []

@@ -124,7 +124,8 @@ def load_model(cfg: Namespace, ema: bool) -> nn.Module:
 
 def check_onnx_path(path: str, overwrite: bool) -> str:
     """Refuse an ONNX file name that does not end in .onnx, files of an earlier export there (unless ``overwrite``),
-    or a folder that cannot be made because a file stands in its way; returns the folder (made when written)."""
+    or a folder that cannot be made because a file stands in its way or cannot be written; returns the folder (made
+    when written)."""
     if not path.endswith(".onnx"):
         raise ConfigError(f"the ONNX file's name must end in .onnx, got {path!r}")
     present = [name for name in onnx_files(path) if os.path.exists(name)]
@@ -136,6 +137,8 @@ def check_onnx_path(path: str, overwrite: bool) -> str:
         above = os.path.dirname(above)
     if not os.path.isdir(above):
         raise ConfigError(f"cannot write {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: {above} is not writable")
     return folder
 
 
@@ -151,8 +154,12 @@ def export(cfg: Namespace, path: str, exporter: str, example_batch: int, check: 
     check_export_options(exporter, example_batch, check, optimize)
     folder = check_onnx_path(path, overwrite)
     model = load_model(cfg, ema)
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as staging:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        staging_folder = tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-")
+    except OSError as err:   # named by its own folder, not by the staging folder the user never gave
+        raise ConfigError(f"cannot write {path}: {err.strerror}") from err
+    with staging_folder as staging:
         staged = os.path.join(staging, os.path.basename(path))
         start = time.perf_counter()
         export_model(model, staged, cfg.img_size, exporter, example_batch, optimize)
