@@ -146,7 +146,8 @@ def _run_used_ema(folder: str) -> bool:
 def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     """Write a 3-panel figure (loss, LR, top-1/top-5) to `out` (`figure_path`; default curves.png beside
     metrics.csv; a folder, existing or ending in `/`, gets curves.png; missing folders are created) and return its
-    path. `metrics_path` is a run's metrics.csv or the run's folder."""
+    path. `metrics_path` is a run's metrics.csv or the run's folder. A figure that cannot be written is refused naming
+    `out`."""
     if os.path.isdir(metrics_path):
         metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."
@@ -164,6 +165,10 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
                           f"nothing to draw yet")
     fig = draw_run(m, lr, ema=_run_used_ema(os.path.dirname(metrics_path)))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    save_figure(fig, out, dpi=100)
-    pyplot().close(fig)
+    try:
+        save_figure(fig, out, dpi=100)
+    except OSError as err:   # named by the figure's path, not by the temporary file the write goes through
+        raise ConfigError(f"cannot write {out}: {err.strerror or err}") from err
+    finally:
+        pyplot().close(fig)
     return out

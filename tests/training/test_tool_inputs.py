@@ -169,6 +169,22 @@ def test_plot_log_refuses_a_run_log_and_an_output_below_a_file_in_one_line(tmp_p
     assert (code, line) == (2, f"error: File exists: {in_the_way} (a file stands where the path needs a folder)")
 
 
+def test_plot_log_names_its_figure_when_the_folder_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """--out in a folder the user cannot write named the temporary file the write goes through, which never exists
+    (`error: Permission denied: DIR/.tmp-x1y2.png`). mkstemp mocked: this may run as root."""
+    import tempfile
+
+    metrics = write(tmp_path / "metrics.csv", METRICS)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".tmp-x1y2.png"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", metrics)
+    assert (code, line) == (2, f"error: cannot write {tmp_path / 'curves.png'}: Permission denied")
+    assert sorted(os.listdir(tmp_path)) == ["metrics.csv"]
+
+
 def test_plot_log_prints_the_file_it_wrote_for_a_name_without_extension(tmp_path, monkeypatch, capsys):
     metrics = write(tmp_path / "metrics.csv", METRICS)
     monkeypatch.setattr(sys, "argv", ["plot_log.py", metrics, "--out", str(tmp_path / "noext")])
