@@ -319,7 +319,15 @@ def atomic_save(obj: Any, path: str) -> None:
     try:
         _write_atomically(path, lambda f: _torch_save(obj, f), '.pth.tar')
     except (OSError, RuntimeError) as err:  # torch's stream writer reports a failed write as RuntimeError
-        raise CheckpointError(f'cannot write checkpoint {path}: {_first_line(err)}') from err
+        raise CheckpointError(f'cannot write checkpoint {path}: {_write_failure(err)}') from err
+
+
+def _write_failure(err: BaseException) -> str:
+    """Why a write failed, in one line (`_first_line`); a file that stands where the path needs a folder (the
+    FileExistsError of ``os.makedirs``, whose text alone is `File exists`) is named."""
+    if isinstance(err, FileExistsError) and err.filename:
+        return f'{err.filename} is a file, not a folder'
+    return _first_line(err)
 
 
 def atomic_write_text(path: str, text: str) -> None:

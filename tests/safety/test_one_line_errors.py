@@ -207,6 +207,18 @@ def test_convert_refuses_a_checkpoint_without_tensors(tmp_path, monkeypatch, cap
     assert not (tmp_path / "out.pth").exists()
 
 
+def test_convert_names_a_file_that_stands_where_the_output_needs_a_folder(tmp_path, monkeypatch, capsys):
+    """`convert_ckpt.py IN FILE/out.ckpt` said only 'cannot write checkpoint FILE/out.ckpt: File exists'."""
+    ckpt = tmp_path / "last.pth.tar"
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 0}, ckpt)
+    in_the_way = tmp_path / "released"
+    in_the_way.write_text("")
+    out = in_the_way / "out.ckpt"
+    assert_error(cli(monkeypatch, capsys, "convert_ckpt.py", str(ckpt), str(out)),
+                 f"cannot write checkpoint {out}: {in_the_way} is a file, not a folder")
+    assert sorted(os.listdir(tmp_path)) == ["last.pth.tar", "released"]
+
+
 def test_empty_class_folder(tmp_path, monkeypatch, capsys):
     for name in ("a", "b"):
         for i in range(2):
