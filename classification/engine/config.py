@@ -62,6 +62,10 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     names a file, or a list of files, relative to this one: they are read first, in order, and each later one and
     then this file update them (`_merge_values`: mappings key by key). `chain` holds the files that include this one
     (a cycle is refused)."""
+    if os.path.isdir(path):
+        run_config = os.path.join(path, "args.yaml")
+        given = f": its run's config is {run_config}" if os.path.isfile(run_config) else ""
+        raise ConfigError(f"config {path} is a folder, not a YAML file{given}")
     if not os.path.isfile(path):
         where = "" if os.path.isabs(path) else f" (relative to the current directory {os.getcwd()})"
         raise ConfigError(f"config file not found: {path}{where}")

@@ -273,3 +273,16 @@ def test_a_missing_config_names_the_directory_it_was_looked_for_in(tmp_path, mon
     with pytest.raises(ConfigError, match=f"config file not found: configs/quickstart.yaml \\(relative to the current "
                                           f"directory {tmp_path}\\)"):
         parse_args(["-c", "configs/quickstart.yaml"])
+
+
+def test_a_run_folder_given_as_config_names_its_args_yaml(tmp_path, monkeypatch, capsys):
+    """`-c experiments/NAME` (the run's folder, not its args.yaml) said 'config file not found', of a folder that is
+    there; tools/speed_test.py, tools/export_onnx.py and tools/train.py read -c alike."""
+    run = tmp_path / "run"
+    run.mkdir()
+    code, line = run_tool(monkeypatch, capsys, "tools/speed_test.py", "-c", str(run), *QUICK_SPEED_TEST)
+    assert (code, line) == (2, f"error: config {run} is a folder, not a YAML file")
+    write(run / "args.yaml", "model: local_vim_tiny\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/speed_test.py", "-c", str(run), *QUICK_SPEED_TEST)
+    assert (code, line) == (2, f"error: config {run} is a folder, not a YAML file: its run's config is "
+                               f"{run / 'args.yaml'}")
