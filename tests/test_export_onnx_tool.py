@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import classification.models  # noqa: F401  (registers the models)
+from classification.common.checkpoint_io import CheckpointError
 from classification.engine.config import ConfigError, parse_args
 from classification.engine import onnx_export
 from classification.engine.onnx_export import export, load_model, onnxruntime_difference
@@ -223,3 +224,18 @@ def test_an_unwritable_folder_is_named_before_the_export_not_its_staging_one(che
         export(parse_args(flags, evaluation=True), path, 'torchscript', 2, False, False, False)
     assert str(refused.value) == f'cannot write {path}: Permission denied'
     assert os.listdir(folder) == []
+
+
+def test_weights_of_a_model_built_with_other_kwargs_name_the_runs_kwargs(checkpoint):
+    """A run's checkpoint exported without the --model-kwargs its run gave (e.g. the quick start's patch_size=4,
+    without -c) was refused as 'does not fit this model (another model?)', though it is that model."""
+    flags, _ = checkpoint
+    path = flags[flags.index('--resume') + 1]
+    torch.save(dict(torch.load(path, weights_only=True), config={'model_kwargs': {'dims': [8, 16], 'depths': [1, 1]}}),
+               path)
+    flags = ['dims=[16,32]' if flag == 'dims=[8,16]' else flag for flag in flags]
+    with pytest.raises(CheckpointError) as refused:
+        load_model(parse_args(flags, evaluation=True), ema=False)
+    assert str(refused.value).startswith(f'{path} does not fit this model (another model?): ')
+    assert str(refused.value).endswith('; its run built the model with --model-kwargs dims=[8,16] depths=[1,1]: give '
+                                       'them')

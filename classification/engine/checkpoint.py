@@ -135,6 +135,23 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
 
 
+def _flag_value(value: Any) -> str:
+    """`value` as --model-kwargs reads it back: a list without spaces (`[8,16]`), anything else as str."""
+    return f"[{','.join(map(_flag_value, value))}]" if isinstance(value, (list, tuple)) else str(value)
+
+
+def built_otherwise(ckpt: Mapping[str, Any], model_kwargs: Mapping[str, Any], path: str) -> str:
+    """What to add to the error of weights from `path` that do not fit the model: the `model_kwargs` its run built the
+    model with (its recorded config), when they are not the command's; '' otherwise."""
+    saved = (ckpt.get("config") or {}).get("model_kwargs") or {}
+    if not isinstance(saved, dict) or saved == dict(model_kwargs):
+        return ""
+    given = " ".join(f"{key}={_flag_value(value)}" for key, value in saved.items())
+    run_config = run_config_beside(path)
+    whole = f" (or -c {run_config}, its run's whole config)" if run_config else ""
+    return f"; its run built the model with --model-kwargs {given}: give them{whole}"
+
+
 def _directions_in(path: str) -> Optional[list[list[str]]]:
     """The directions the file at `path` holds now; None when it cannot be read."""
     try:

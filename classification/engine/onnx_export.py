@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..common.checkpoint_io import load_checkpoint, state_dict_from
+from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..data.defaults import resolve_dataset_defaults
-from .checkpoint import check_same_model, classifier_name, load_at_model_size
+from .checkpoint import built_otherwise, check_same_model, classifier_name, load_at_model_size
 from .config import ConfigError
 from .model_builder import build_model, canonical_model_name
 
@@ -106,7 +106,8 @@ def _saved_classes(model: nn.Module, weights: dict[str, torch.Tensor]) -> int | 
 
 def load_model(cfg: Namespace, ema: bool) -> nn.Module:
     """``cfg.model`` built as ``tools/test.py`` builds it, with the weights of ``cfg.resume`` (its EMA's if ``ema``)
-    when given, in eval mode on the CPU. Without ``--num-classes`` the classifier takes the checkpoint's size."""
+    when given, in eval mode on the CPU. Without ``--num-classes`` the classifier takes the checkpoint's size; weights
+    that do not fit name the model kwargs their run built the model with, when the command gives others."""
     model = build_model(cfg)
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
@@ -116,7 +117,10 @@ def load_model(cfg: Namespace, ema: bool) -> nn.Module:
             cfg.num_classes = classes
             model = build_model(cfg)
         check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-        load_at_model_size(model, weights, cfg.resume)
+        try:
+            load_at_model_size(model, weights, cfg.resume)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}{built_otherwise(ckpt, cfg.model_kwargs, cfg.resume)}") from None
     elif ema:
         raise ConfigError("--ema needs --resume CHECKPOINT (the EMA weights are in a training checkpoint)")
     return model.eval()
