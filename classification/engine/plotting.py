@@ -148,6 +148,8 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     metrics.csv; a folder, existing or ending in `/`, gets curves.png; missing folders are created) and return its
     path. `metrics_path` is a run's metrics.csv or the run's folder. A figure that cannot be written is refused naming
     `out`."""
+    if not os.path.exists(metrics_path) and not metrics_path.endswith(".csv"):   # a mistyped run folder
+        raise FileNotFoundError(f"folder or file not found: {metrics_path}")
     if os.path.isdir(metrics_path):
         metrics_path = os.path.join(metrics_path, METRICS_CSV)
     out = out or os.path.dirname(metrics_path) or "."

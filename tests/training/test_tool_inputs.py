@@ -169,6 +169,15 @@ def test_plot_log_refuses_a_run_log_and_an_output_below_a_file_in_one_line(tmp_p
     assert (code, line) == (2, f"error: File exists: {in_the_way} (a file stands where the path needs a folder)")
 
 
+def test_plot_log_says_a_path_that_is_not_there_is_not_found(tmp_path, monkeypatch, capsys):
+    """A mistyped run folder (experiments/quickstrat) was refused as 'not a run's metrics.csv: give the run's folder',
+    which the command did give."""
+    typo = str(tmp_path / "quickstrat")
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", typo)
+    assert (code, line) == (2, f"error: folder or file not found: {typo}")
+    assert os.listdir(tmp_path) == []
+
+
 def test_plot_log_names_its_figure_when_the_folder_cannot_be_written(tmp_path, monkeypatch, capsys):
     """--out in a folder the user cannot write named the temporary file the write goes through, which never exists
     (`error: Permission denied: DIR/.tmp-x1y2.png`). mkstemp mocked: this may run as root."""
