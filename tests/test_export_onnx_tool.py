@@ -239,3 +239,15 @@ def test_weights_of_a_model_built_with_other_kwargs_name_the_runs_kwargs(checkpo
     assert str(refused.value).startswith(f'{path} does not fit this model (another model?): ')
     assert str(refused.value).endswith('; its run built the model with --model-kwargs dims=[8,16] depths=[1,1]: give '
                                        'them')
+
+
+@pytest.mark.parametrize('bad, message', [
+    (['--model', 'no_such_model'], "unknown model 'no_such_model'"),
+    (['--resume', 'missing.pth.tar'], 'checkpoint not found: missing.pth.tar')])
+def test_an_unknown_model_or_a_missing_checkpoint_is_refused_before_the_exporting_line(checkpoint, bad, message,
+                                                                                       tmp_path, monkeypatch, capsys):
+    """The tool printed 'Exporting no_such_model at 28x28 with random weights to ...' and then the error."""
+    flags, _ = checkpoint
+    status, out, err = refused_in_process(monkeypatch, capsys, *flags, *bad, '--onnx', str(tmp_path / 'm.onnx'))
+    assert (status, out) == (2, '')
+    assert err.startswith(f'error: {message}') and err.count('\n') == 1

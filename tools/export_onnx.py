@@ -58,8 +58,8 @@ def refuse_abbreviated_export_flags(parser: argparse.ArgumentParser, model_flags
 
 def main() -> None:
     from classification.engine.config import parse_args
-    from classification.engine.onnx_export import (CHECK_BATCH, check_export_options, check_onnx_path, export,
-                                                   resolve_export_size)
+    from classification.engine.onnx_export import (CHECK_BATCH, check_export_inputs, check_export_options,
+                                                   check_onnx_path, export, resolve_export_size)
 
     parser = export_parser()
     options, model_flags = parser.parse_known_args()
@@ -67,6 +67,7 @@ def main() -> None:
     cfg = parse_args(model_flags, description="LocalMamba ONNX export", evaluation=True)
     check_export_options(options.exporter, options.example_batch, options.check, options.optimize)
     check_onnx_path(options.onnx, options.overwrite)
+    check_export_inputs(cfg)
     size_from = resolve_export_size(cfg)
     weights = f"{cfg.resume}{' (EMA)' if options.ema else ''}" if cfg.resume else "random weights"
     print(f"Exporting {cfg.model} at {cfg.img_size}x{cfg.img_size}{f' ({size_from})' if size_from else ''} with "

@@ -20,7 +20,7 @@ from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_
 from ..data.defaults import resolve_dataset_defaults
 from .checkpoint import built_otherwise, check_same_model, classifier_name, load_at_model_size
 from .config import ConfigError
-from .model_builder import build_model, canonical_model_name
+from .model_builder import build_model, canonical_model_name, check_model_flags
 
 EXPORTERS = ("dynamo", "torchscript")
 CHECK_BATCH = 3     # another size than the example's: the batch dim must be dynamic
@@ -65,6 +65,14 @@ def export_model(model: nn.Module, path: str, img_size: int, exporter: str = "dy
         else:
             torch.onnx.export(model, (image,), path, dynamo=False, input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def check_export_inputs(cfg: Namespace) -> None:
+    """Refuse an unknown model, model flags it does not take and a ``--resume`` checkpoint that cannot be read, before
+    the export says what it exports."""
+    check_model_flags(cfg)
+    if cfg.resume:
+        load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint, mmap=True)
 
 
 def resolve_export_size(cfg: Namespace) -> Optional[str]:
