@@ -55,6 +55,17 @@ def test_model_rows_and_csv(tmp_path):
         assert float(r['ratio']) == pytest.approx(float(r['model_img_s']) / float(r['baseline_img_s']))
 
 
+def test_the_csv_is_named_and_a_replaced_earlier_file_is_said(tmp_path, capsys):
+    """A second run with the same --csv replaced the first run's table without a word (no line named the CSV)."""
+    out = tmp_path / 'bench.csv'
+    argv = ['--op', 'scan', '--backends', 'reference', '--no-backward', '--repeats', '1', '--warmup', '0', '--batch',
+            '1', '--dim', '4', '--seqlen', '8', '--csv', str(out)]
+    assert benchmark.main(argv) == 0
+    assert capsys.readouterr().out.endswith(f'\ncsv: {out}\n')
+    assert benchmark.main(argv) == 0
+    assert capsys.readouterr().out.endswith(f'\ncsv: {out} (replaced the earlier file there)\n')
+
+
 def test_an_interrupted_csv_write_leaves_the_previous_file_whole(tmp_path):
     """--csv was written in place: Ctrl-C (or a full disk) in the write left the header and part of the rows, which
     a later plot or report read as the whole table."""

@@ -228,17 +228,23 @@ def _run_all(args: argparse.Namespace, rows: list) -> None:
             print(format_ema_table(rows), flush=True)
 
 
+REPLACED = " (replaced the earlier file there)"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows: list = []
+    earlier = {path for path in (args.csv, args.plot) if path and os.path.exists(path)}  # replaced: say so
     failure, status = run_stopping_in_one_line(lambda: _run_all(args, rows), (ConfigError, PeakMemoryError))
     if args.plot and rows:
         plot_resolution_sweep(rows, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}{REPLACED * (args.plot in earlier)}")
     if args.csv and rows:
         write_csv(args.csv, rows)
+        if not failure:   # the failure's line names it
+            print(f"csv: {args.csv}{REPLACED * (args.csv in earlier)}")
     if failure:
         print(failure + where_rows_are(rows, args.csv), file=sys.stderr)
     return status
