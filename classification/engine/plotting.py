@@ -159,12 +159,13 @@ def plot_run(metrics_path: str, out: Optional[str] = None) -> str:
     m = read_csv(metrics_path, allow_empty=True)
     _require(m, METRICS_COLUMNS, metrics_path)
     lr_path = os.path.join(os.path.dirname(metrics_path), LR_CSV)
-    lr = read_csv(lr_path) if os.path.isfile(lr_path) else None
+    lr = read_csv(lr_path, allow_empty=True) if os.path.isfile(lr_path) else None
     if lr is not None:
         _require(lr, LR_HEADER, lr_path)
-    if not m["epoch"] and lr is None:
-        raise ConfigError(f"{metrics_path} has no data rows (no epoch has finished) and no {LR_CSV} is beside it: "
-                          f"nothing to draw yet")
+    if not m["epoch"] and not (lr and lr["lr"]):
+        beside = (f"no {LR_CSV} is beside it" if lr is None else
+                  f"its {LR_CSV} has none either (the run stopped before its first step)")
+        raise ConfigError(f"{metrics_path} has no data rows (no epoch has finished) and {beside}: nothing to draw yet")
     fig = draw_run(m, lr, ema=_run_used_ema(os.path.dirname(metrics_path)))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     try:

@@ -178,6 +178,17 @@ def test_plot_log_says_a_path_that_is_not_there_is_not_found(tmp_path, monkeypat
     assert os.listdir(tmp_path) == []
 
 
+def test_plot_log_of_a_run_stopped_before_its_first_step_has_nothing_to_draw(tmp_path, monkeypatch, capsys):
+    """A run stopped by Ctrl-C before its first step leaves metrics.csv and lr.csv with their headers alone: the
+    error was 'lr.csv has no data rows', as if that file were broken."""
+    metrics = write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1,top5\n")
+    write(tmp_path / "lr.csv", "epoch,step,lr\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", str(tmp_path))
+    assert (code, line) == (2, f"error: {metrics} has no data rows (no epoch has finished) and its lr.csv has none "
+                               f"either (the run stopped before its first step): nothing to draw yet")
+    assert sorted(os.listdir(tmp_path)) == ["lr.csv", "metrics.csv"]
+
+
 def test_plot_log_names_its_figure_when_the_folder_cannot_be_written(tmp_path, monkeypatch, capsys):
     """--out in a folder the user cannot write named the temporary file the write goes through, which never exists
     (`error: Permission denied: DIR/.tmp-x1y2.png`). mkstemp mocked: this may run as root."""
