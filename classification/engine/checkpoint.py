@@ -140,7 +140,7 @@ def _flag_value(value: Any) -> str:
     return f"[{','.join(map(_flag_value, value))}]" if isinstance(value, (list, tuple)) else str(value)
 
 
-def built_otherwise(ckpt: Mapping[str, Any], model_kwargs: Mapping[str, Any], path: str) -> str:
+def _built_otherwise(ckpt: Mapping[str, Any], model_kwargs: Mapping[str, Any], path: str) -> str:
     """What to add to the error of weights from `path` that do not fit the model: the `model_kwargs` its run built the
     model with (its recorded config), when they are not the command's; '' otherwise."""
     saved = (ckpt.get("config") or {}).get("model_kwargs") or {}
@@ -178,6 +178,18 @@ def load_at_model_size(model: nn.Module, weights: Mapping[str, torch.Tensor], pa
     """Load `weights` (read from `path`) into `model`, built for the image size at hand: LocalVim's position tables
     are resized to its token grid (`fit_to_model`), every other weight must fit."""
     load_weights(model, fit_to_model(model, weights), path)
+
+
+def load_evaluated_weights(model: nn.Module, model_name: str, model_kwargs: Mapping[str, Any], ckpt: Mapping[str, Any],
+                           weights: Mapping[str, torch.Tensor], path: str) -> None:
+    """Load `weights` of `ckpt` (read from `path`) into `model` (`model_name` built with `model_kwargs`), as
+    tools/test.py and tools/export_onnx.py do: the model check (`check_same_model`), then `load_at_model_size`;
+    weights that do not fit name the model kwargs their run built the model with, when the command gives others."""
+    check_same_model(model, model_name, ckpt, path)
+    try:
+        load_at_model_size(model, weights, path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{_built_otherwise(ckpt, model_kwargs, path)}") from None
 
 
 def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str,

@@ -23,7 +23,7 @@ from ..common.signals import interrupt_on_stop_signals
 from ..data import build_eval_dataset, build_loaders
 from ..data.loader import lost_worker_as_data_error
 from .amp import autocast, log_precision
-from .checkpoint import INPUT_FLAGS, check_same_model, load_at_model_size
+from .checkpoint import INPUT_FLAGS, load_at_model_size, load_evaluated_weights
 from .config import ConfigError
 from .distributed import DistEnv, agreed_setup, all_reduce, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
@@ -155,8 +155,7 @@ def test(cfg: Namespace) -> dict:
                                           pin_memory=env.device.type == "cuda")
             model = build_model(cfg)
             check_input_size(model, cfg)
-            check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-            load_at_model_size(model, weights, cfg.resume)
+            load_evaluated_weights(model, canonical_model_name(cfg.model), cfg.model_kwargs, ckpt, weights, cfg.resume)
             model.to(env.device)
             net = model
             if cfg.compile is not None:     # shares model's weights; every batch at one shape: one compilation

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
+from ..common.checkpoint_io import load_checkpoint, state_dict_from
 from ..data.defaults import resolve_dataset_defaults
-from .checkpoint import built_otherwise, check_same_model, classifier_name, load_at_model_size
+from .checkpoint import classifier_name, load_evaluated_weights
 from .config import ConfigError
 from .model_builder import build_model, canonical_model_name, check_model_flags
 
@@ -124,11 +124,7 @@ def load_model(cfg: Namespace, ema: bool) -> nn.Module:
         if cfg.num_classes is None and classes is not None and classes != getattr(model, "num_classes", classes):
             cfg.num_classes = classes
             model = build_model(cfg)
-        check_same_model(model, canonical_model_name(cfg.model), ckpt, cfg.resume)
-        try:
-            load_at_model_size(model, weights, cfg.resume)
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}{built_otherwise(ckpt, cfg.model_kwargs, cfg.resume)}") from None
+        load_evaluated_weights(model, canonical_model_name(cfg.model), cfg.model_kwargs, ckpt, weights, cfg.resume)
     elif ema:
         raise ConfigError("--ema needs --resume CHECKPOINT (the EMA weights are in a training checkpoint)")
     return model.eval()

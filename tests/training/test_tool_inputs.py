@@ -306,3 +306,24 @@ def test_a_run_folder_given_as_config_names_its_args_yaml(tmp_path, monkeypatch,
     code, line = run_tool(monkeypatch, capsys, "tools/speed_test.py", "-c", str(run), *QUICK_SPEED_TEST)
     assert (code, line) == (2, f"error: config {run} is a folder, not a YAML file: its run's config is "
                                f"{run / 'args.yaml'}")
+
+
+def test_test_py_names_the_model_kwargs_of_a_checkpoint_built_otherwise(monkeypatch, capsys, tmp_path):
+    """tools/test.py --resume of a run's checkpoint without the --model-kwargs its run gave (the quick start's
+    patch_size=4, without -c) said only 'does not fit this model (another model?)', though it is that model; it now
+    names the run's kwargs, as tools/export_onnx.py does."""
+    import timm
+
+    from training_helpers import TINY_MODEL
+
+    run_kwargs = {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2, "class_token": False,
+                  "global_pool": "avg"}
+    model = timm.create_model(TINY_MODEL[1], num_classes=10, **run_kwargs)
+    path = str(tmp_path / "best.pth.tar")
+    torch.save({"epoch": 0, "model": model.state_dict(), "config": {"model_kwargs": run_kwargs}}, path)
+    flags = ["embed_dim=48" if flag == "embed_dim=32" else flag for flag in TINY_MODEL]
+    status, line = run_tool(monkeypatch, capsys, "tools/test.py", *flags, "--dataset", "digits", "--workers", "0",
+                            "--resume", path, "--output", str(tmp_path / "out"))
+    assert status == 2 and line.startswith(f"error: {path} does not fit this model (another model?): ")
+    assert line.endswith("; its run built the model with --model-kwargs img_size=16 patch_size=4 depth=1 embed_dim=32 "
+                         "num_heads=2 class_token=False global_pool=avg: give them")
