@@ -382,14 +382,39 @@ def test_a_kernel_that_does_not_build_under_require_is_an_error_without_tracebac
     assert not (tmp_path / "out").exists()
 
 
-def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
-    """The rank whose collective broke because another rank stopped printed a 25-line gloo traceback around the other
-    rank's one-line error; outside a distributed run the same error is no user error and keeps its traceback."""
+GLOO_LINE = ("error: rank 1 lost another rank, which stopped first (its error, if it printed one, is above or below; "
+             "the launcher's report names its exit status): ")
+NCCL_LINE = ("error: rank 1 lost another rank, which stopped first, hangs or was cut off by a network fault (NCCL "
+             "does not tell which) (its error, if it printed one, is above or below; the launcher's report names its "
+             "exit status): ")
+
+
+@pytest.mark.parametrize("line, text", [
+    (GLOO_LINE, "[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:9143. This is typically "
+                "caused by a remote worker crashing."),
+    (NCCL_LINE, "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, remote process exited "
+                "or there was a network error, NCCL version 2.27.5\nncclRemoteError: A call failed possibly due to a "
+                "network error or a remote process exiting prematurely.\nLast error:\nsocketProgressOpt: Call to recv "
+                "from 10.0.0.2<43651> failed : Connection reset by peer"),
+    (NCCL_LINE, "NCCL communicator was aborted on rank 0. Original reason for failure was: NCCL error: remote process "
+                "exited or there was a network error, NCCL version 2.27.5"),
+    (NCCL_LINE, "[PG ID 0 PG GUID 0(default_pg) Rank 0] Watchdog caught collective operation timeout: "
+                "WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=2, NumelOut=2, Timeout(ms)=600000) ran for 600094 "
+                "milliseconds before timing out."),
+    (NCCL_LINE, "[PG ID 0 PG GUID 0(default_pg) Rank 0] WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=2, NumelOut=2, "
+                "Timeout(ms)=600000) timed out in blocking wait."),
+])
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys, line, text):
+    """The rank whose collective broke because another rank stopped printed a 25-line traceback (gloo's RuntimeError,
+    NCCL's DistBackendError) around the other rank's one-line error; NCCL's line says that its texts are also those
+    of a hang or a network fault. Outside a distributed run the same error is no user error and keeps its
+    traceback."""
+    from torch.distributed import DistBackendError
+
     from classification.engine.cli import run_cli
 
     def broken_collective():
-        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:9143. This is "
-                           "typically caused by a remote worker crashing.")
+        raise (RuntimeError if line is GLOO_LINE else DistBackendError)(text)
 
     monkeypatch.delenv("LOCALMAMBA_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["tools/test.py"])
@@ -397,52 +422,8 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(SystemExit) as info:
         run_cli(broken_collective)
-    err = capsys.readouterr().err
-    assert info.value.code == 1 and err.count("\n") == 1
-    assert err == ("error: rank 1 lost another rank, which stopped first (its error, if it printed one, is above or "
-                   "below; the launcher's report names its exit status): [gloo/transport/tcp/pair.cc:561] Connection "
-                   "closed by peer [127.0.0.1]:9143. This is typically caused by a remote worker crashing.\n")
+    assert (info.value.code, capsys.readouterr().err) == (1, f"{line}{text.splitlines()[0]}\n")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(RuntimeError, match="Connection closed by peer"):
-        run_cli(broken_collective)
-
-
-NCCL_LINE = ("error: rank 0 lost another rank, which stopped first, hangs or was cut off by a network fault (NCCL "
-             "does not tell which) (its error, if it printed one, is above or below; the launcher's report names its "
-             "exit status): ")
-
-
-@pytest.mark.parametrize("text", [
-    "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, remote process exited or there was "
-    "a network error, NCCL version 2.27.5\nncclRemoteError: A call failed possibly due to a network error or a remote "
-    "process exiting prematurely.\nLast error:\nsocketProgressOpt: Call to recv from 10.0.0.2<43651> failed : "
-    "Connection reset by peer",
-    "NCCL communicator was aborted on rank 0. Original reason for failure was: NCCL error: remote process exited or "
-    "there was a network error, NCCL version 2.27.5",
-    "[PG ID 0 PG GUID 0(default_pg) Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, "
-    "OpType=ALLREDUCE, NumelIn=2, NumelOut=2, Timeout(ms)=600000) ran for 600094 milliseconds before timing out.",
-    "[PG ID 0 PG GUID 0(default_pg) Rank 0] WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=2, NumelOut=2, "
-    "Timeout(ms)=600000) timed out in blocking wait.",
-])
-def test_a_rank_that_lost_its_peer_under_nccl_says_so_in_one_line(monkeypatch, capsys, text):
-    """NCCL's texts for a lost peer (torch's DistBackendError) kept their traceback, where gloo's became one line;
-    the line says that NCCL's texts are also those of a hang or a network fault. A single process keeps the
-    traceback."""
-    from torch.distributed import DistBackendError
-
-    from classification.engine.cli import run_cli
-
-    def broken_collective():
-        raise DistBackendError(text)
-
-    monkeypatch.delenv("LOCALMAMBA_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["tools/train.py"])
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(SystemExit) as info:
-        run_cli(broken_collective)
-    assert (info.value.code, capsys.readouterr().err) == (1, f"{NCCL_LINE}{text.splitlines()[0]}\n")
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(DistBackendError) as raised:
+    with pytest.raises(RuntimeError) as raised:
         run_cli(broken_collective)
     assert str(raised.value) == text
