@@ -235,6 +235,44 @@ def test_a_checkpoint_whose_classes_one_node_lacks_stops_every_rank_in_one_line(
                      (2, f"error: {refused}\n")]
 
 
+def test_a_set_up_error_is_named_by_the_first_rank_that_met_it_on_the_ranks_that_did_not(monkeypatch):
+    """Four ranks, ranks 1 and 3 failing in their set-up (each on its own node): ranks 0 and 2 name rank 1, the first,
+    its host and its error's first line; a failing rank raises its own error as it is, and an error without text (a
+    bare KeyError()) is named by its type, not lost to an IndexError. Every rank's report gathered is faked."""
+    from classification.engine import distributed
+    from classification.engine.config import ConfigError
+
+    others = [("node0", None), ("node1", "data path does not exist: data"), ("node0", None), ("node1", "KeyError")]
+    sent = []
+
+    def gather_as(rank):
+        def gather(report):
+            sent.append(report)
+            return [report if index == rank else other for index, other in enumerate(others)]
+        return gather
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.socket, "gethostname", lambda: "here")
+    for rank in (0, 2):
+        monkeypatch.setattr(distributed, "all_gather_objects", gather_as(rank))
+        with pytest.raises(ConfigError) as stopped:
+            with distributed.agreed_setup("setting up its data and model"):
+                pass
+        assert str(stopped.value) == ("rank 1 on node1 failed while setting up its data and model, so every rank "
+                                      "stops: data path does not exist: data")
+    monkeypatch.setattr(distributed, "all_gather_objects", gather_as(3))
+    missing = KeyError()
+    with pytest.raises(KeyError) as raised:
+        with distributed.agreed_setup("applying --resume"):
+            raise missing
+    assert raised.value is missing
+    monkeypatch.setattr(distributed, "all_gather_objects", gather_as(1))
+    with pytest.raises(ConfigError) as refused:
+        distributed.share_refusal(ConfigError("data path does not exist: data\n(set --data-path)"))
+    assert str(refused.value) == "data path does not exist: data"
+    assert sent == [("here", None), ("here", None), ("here", "KeyError"), ("here", "data path does not exist: data")]
+
+
 @pytest.mark.parametrize("flag", ["--resume", "--finetune"])
 def test_the_second_process_of_a_node_reads_a_checkpoint_url_after_the_first_downloaded_it(monkeypatch, tmp_path,
                                                                                            flag):
