@@ -398,6 +398,7 @@ NCCL_LINE = ("error: rank 1 lost another rank, which stopped first, hangs or was
                 "from 10.0.0.2<43651> failed : Connection reset by peer"),
     (NCCL_LINE, "NCCL communicator was aborted on rank 0. Original reason for failure was: NCCL error: remote process "
                 "exited or there was a network error, NCCL version 2.27.5"),
+    (NCCL_LINE, "NCCL communicator was aborted on rank 0."),    # without a recorded reason: no other text to match
     (NCCL_LINE, "[PG ID 0 PG GUID 0(default_pg) Rank 0] Watchdog caught collective operation timeout: "
                 "WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=2, NumelOut=2, Timeout(ms)=600000) ran for 600094 "
                 "milliseconds before timing out."),
