@@ -304,3 +304,41 @@ def test_the_second_process_of_a_node_reads_a_checkpoint_url_after_the_first_dow
         read = (trainer._read_resume_checkpoint(cfg) if flag == "--resume"
                 else trainer._read_finetune_checkpoint(cfg, None))
         assert events == expected and read[0] == url and torch.equal(read[2]["state_dict"]["w"], torch.ones(2))
+
+
+def test_tools_test_py_reads_a_checkpoint_url_after_the_first_process_of_the_node_downloaded_it(monkeypatch, tmp_path):
+    """tools/test.py --resume URL, as tools/train.py's: the node's second process (LOCAL_RANK 1) waits at the barrier
+    and then reads torch.hub's cached copy, where every process downloaded it at once. The second process of a
+    two-process node is faked around the read (the rest of the tool runs as one process)."""
+    import torch.distributed as dist
+
+    from classification.engine import evaluate
+    from classification.engine.config import parse_args
+
+    saved = tmp_path / "weights.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, saved)
+    events = []
+
+    def cached_download(url, map_location=None, weights_only=True):
+        events.append("read")
+        return torch.load(saved, map_location=map_location, weights_only=weights_only)
+
+    class Read(Exception):
+        pass
+
+    def read_on_a_nodes_second_process(read, flag="--resume"):
+        with monkeypatch.context() as node:
+            node.setattr(dist, "is_initialized", lambda: True)
+            node.setattr(dist, "get_world_size", lambda group=None: 2)
+            node.setattr(dist, "get_rank", lambda group=None: 1)
+            node.setattr(dist, "barrier", lambda *args, **kwargs: events.append("barrier"))
+            node.setenv("LOCAL_RANK", "1")
+            raise Read(read())
+
+    url = "https://example.org/weights.pth"
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", cached_download)
+    monkeypatch.setattr(evaluate, "read_alike_on_every_rank", read_on_a_nodes_second_process)
+    with pytest.raises(Read) as read:
+        evaluate.test(parse_args(["--dataset", "digits", *TINY_MODEL, "--resume", url, "--output", str(tmp_path)]))
+    path, _, ckpt = read.value.args[0]
+    assert events == ["barrier", "read"] and path == url and torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
