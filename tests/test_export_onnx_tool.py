@@ -241,6 +241,27 @@ def test_weights_of_a_model_built_with_other_kwargs_name_the_runs_kwargs(checkpo
                                        'them')
 
 
+def test_a_runs_own_kwargs_add_no_hint_and_its_args_yaml_beside_is_named(checkpoint, tmp_path):
+    """Weights that do not fit a model built with their run's own --model-kwargs: the refusal names no kwargs to give
+    (the command gives them already). A checkpoint in its run's folder names that run's args.yaml too."""
+    flags, _ = checkpoint
+    path = flags[flags.index('--resume') + 1]
+    torch.manual_seed(0)
+    wider = timm.create_model('local_vssm_tiny', dims=(16, 32), depths=(1, 1), num_classes=5, directions=DIRECTIONS)
+    torch.save({'model': wider.state_dict(), 'model_name': 'local_vssm_tiny', 'directions': DIRECTIONS,
+                'config': {'model_kwargs': {'dims': [8, 16], 'depths': [1, 1]}}}, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_model(parse_args(flags, evaluation=True), ema=False)
+    assert str(refused.value).startswith(f'{path} does not fit this model (another model?): ')
+    assert 'model-kwargs' not in str(refused.value) and 'args.yaml' not in str(refused.value)
+    (tmp_path / 'args.yaml').write_text('model: local_vssm_tiny\n')
+    flags = ['dims=[4,8]' if flag == 'dims=[8,16]' else flag for flag in flags]   # fits neither
+    with pytest.raises(CheckpointError) as refused:
+        load_model(parse_args(flags, evaluation=True), ema=False)
+    assert str(refused.value).endswith(f"; its run built the model with --model-kwargs dims=[8,16] depths=[1,1]: give "
+                                       f"them (or -c {tmp_path / 'args.yaml'}, its run's whole config)")
+
+
 @pytest.mark.parametrize('bad, message', [
     (['--model', 'no_such_model'], "unknown model 'no_such_model'"),
     (['--resume', 'missing.pth.tar'], 'checkpoint not found: missing.pth.tar')])
