@@ -462,6 +462,23 @@ def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkey
     assert capsys.readouterr().err.startswith('error: --img-size 64: too large; the row that ended is')
 
 
+def test_a_replaced_earlier_plot_is_said(tmp_path, monkeypatch, capsys):
+    """A second sweep with the same --plot says that it replaced the first one's figure, as --csv's line does; the
+    first names the figure alone. The sweep's timings and peak memory are faked."""
+    resolution_sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
+    monkeypatch.setattr(resolution_sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(resolution_sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(resolution_sweep, 'images_per_second',
+                        lambda models, batch, size, **kwargs: dict(zip(models, (3.0, 2.0))))
+    monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args: 1.5)
+    out = tmp_path / 'sweep.png'
+    argv = ['--model', 'local_vim_tiny', '--sweep', '32', '--plot', str(out)]
+    assert benchmark.main(argv) == 0
+    assert capsys.readouterr().out.endswith(f'\nplot: {out}\n')
+    assert benchmark.main(argv) == 0
+    assert capsys.readouterr().out.endswith(f'\nplot: {out} (replaced the earlier file there)\n')
+
+
 @pytest.mark.parametrize('size', ['-32', '[-32,-32]'])
 def test_flops_of_a_negative_model_kwargs_image_size_end_in_one_line(size, capsys):
     """`flops.py MODEL --model-kwargs img_size=-32` ended in the model's RuntimeError traceback."""
