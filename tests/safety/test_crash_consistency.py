@@ -162,6 +162,24 @@ def test_a_copy_onto_a_full_disk_names_the_checkpoint_and_the_reason_alone(tmp_p
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth.tar"]
 
 
+def test_a_save_into_a_folder_it_cannot_write_says_permission_denied_alone(tmp_path, monkeypatch):
+    """Only a file that stands where a folder is needed (os.makedirs' FileExistsError) is named as such; another
+    refused write (the temporary file in a read-only folder, mocked: this may run as root) says its own reason, not
+    that the temporary file is a file."""
+    import tempfile
+
+    from classification.common import checkpoint_io
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".tmp-x1y2.pth.tar"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        checkpoint_io.atomic_save({"epoch": 0}, str(tmp_path / "last.pth.tar"))
+    assert str(failed.value) == f"cannot write checkpoint {tmp_path / 'last.pth.tar'}: Permission denied"
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_failed_rewrite_of_args_or_directions_keeps_the_old_file(tmp_path, monkeypatch):
     """args.yaml and directions.yaml are replaced whole or not at all: a write that fails (here its sync) leaves the
     previous file as it was and no temporary file (they were truncated first, then written in place)."""
