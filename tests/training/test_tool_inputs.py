@@ -189,6 +189,16 @@ def test_plot_log_of_a_run_stopped_before_its_first_step_has_nothing_to_draw(tmp
     assert sorted(os.listdir(tmp_path)) == ["lr.csv", "metrics.csv"]
 
 
+def test_plot_log_of_a_run_without_an_lr_csv_and_no_epoch_says_that_none_is_beside_it(tmp_path, monkeypatch, capsys):
+    """A metrics.csv with its header alone and no lr.csv beside it: the error says that no lr.csv is there, not that
+    the run's lr.csv is empty (the message of a run stopped before its first step)."""
+    metrics = write(tmp_path / "metrics.csv", "epoch,train_loss,test_loss,top1,top5\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/plot_log.py", str(tmp_path))
+    assert (code, line) == (2, f"error: {metrics} has no data rows (no epoch has finished) and no lr.csv is beside "
+                               f"it: nothing to draw yet")
+    assert os.listdir(tmp_path) == ["metrics.csv"]
+
+
 def test_plot_log_names_its_figure_when_the_folder_cannot_be_written(tmp_path, monkeypatch, capsys):
     """--out in a folder the user cannot write named the temporary file the write goes through, which never exists
     (`error: Permission denied: DIR/.tmp-x1y2.png`). mkstemp mocked: this may run as root."""
