@@ -396,6 +396,27 @@ def test_a_failed_download_on_local_rank_0_releases_the_other_ranks_and_stops_it
     assert events == ['download', 'barrier']
 
 
+@pytest.mark.parametrize('rank, events', [(0, ['read', 'barrier']), (1, ['barrier', 'read'])])
+def test_without_local_rank_only_the_first_process_downloads_a_url_first(monkeypatch, rank, events):
+    """A process group started without LOCAL_RANK (not by torchrun or mmengine's launchers, e.g. a script of its own
+    around a backbone): the global rank 0 downloads the URL while the others wait at the barrier, as on one node,
+    rather than every process downloading it at once."""
+    import torch.distributed as dist
+
+    from classification.common import load_checkpoint_on_all_ranks
+
+    happened = []
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url',
+                        lambda url, **kwargs: happened.append('read') or {'state_dict': {'w': torch.ones(1)}})
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(dist, 'get_world_size', lambda group=None: 2)
+    monkeypatch.setattr(dist, 'get_rank', lambda group=None: rank)
+    monkeypatch.setattr(dist, 'barrier', lambda *args, **kwargs: happened.append('barrier'))
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    loaded = load_checkpoint_on_all_ranks(RELEASE_URL)
+    assert happened == events and torch.equal(loaded['state_dict']['w'], torch.ones(1))
+
+
 def test_a_224_checkpoints_pos_embed_is_resized_to_a_non_square_backbone_grid(tmp_path):
     """A 14x14 checkpoint for a backbone built at 64x96 (a 4x6 grid; RoPE needs a square one, so without it): its
     pos_embed is the checkpoint's resized rows to 4 and columns to 6, not to the transposed grid."""
