@@ -337,3 +337,20 @@ def test_test_py_names_the_model_kwargs_of_a_checkpoint_built_otherwise(monkeypa
     assert status == 2 and line.startswith(f"error: {path} does not fit this model (another model?): ")
     assert line.endswith("; its run built the model with --model-kwargs img_size=16 patch_size=4 depth=1 embed_dim=32 "
                          "num_heads=2 class_token=False global_pool=avg: give them")
+
+
+def test_test_py_gives_no_model_kwargs_hint_when_the_command_gives_the_runs_own(monkeypatch, capsys, tmp_path):
+    """tools/test.py with the very --model-kwargs the checkpoint's run recorded, of weights that fit them not (another
+    file under its name): the refusal says they do not fit and names no kwargs to give, as the command gives them."""
+    import timm
+
+    from training_helpers import TINY_MODEL
+
+    run_kwargs = parse_args([*TINY_MODEL, "--dataset", "digits"], evaluation=True).model_kwargs
+    other = timm.create_model(TINY_MODEL[1], num_classes=10, **{**run_kwargs, "embed_dim": 48})
+    path = str(tmp_path / "best.pth.tar")
+    torch.save({"epoch": 0, "model": other.state_dict(), "config": {"model_kwargs": run_kwargs}}, path)
+    status, line = run_tool(monkeypatch, capsys, "tools/test.py", *TINY_MODEL, "--dataset", "digits", "--workers",
+                            "0", "--resume", path, "--output", str(tmp_path / "out"))
+    assert status == 2 and line.startswith(f"error: {path} does not fit this model (another model?): ")
+    assert "--model-kwargs" not in line and "args.yaml" not in line
