@@ -211,8 +211,8 @@ def report(logs: Iterable[str]) -> str:
         for title, start in zip(titles, starts):
             rows = table_rows(sweep, start)
             parts += ["", title] + ([markdown(rows)] if rows else [])
-            after = start + len(rows) + 1  # the crossing sentence under a sweep table
-            if start and rows and after < len(lines) and lines[after].strip():
+            after = start + len(rows) + 1  # the crossing sentence under a model-against-baseline sweep table
+            if start and rows and SWEEP_TITLE.match(lines[start - 1]) and after < len(lines) and lines[after].strip():
                 parts.append(lines[after].strip())
     speeds = re.findall(r"Speed: ([0-9.]+) img/s", sections.get("tools/dist_train.sh 1", ""))
     if speeds:
