@@ -123,16 +123,28 @@ def test_report_gives_markdown_tables_and_names_what_was_not_measured(tmp_path):
     assert text.count("NOT MEASURED") == 14
 
 
+OLDER_SWEEP = "resolution sweep, inference at batch 1:\n" + render_table(
+    [["model", "dtype", "32px img/s | peak MiB", "64px img/s | peak MiB"],
+     ["local_vim_tiny", "fp32", "24.6 | nan", "18.7 | nan"]])
+
+
 def test_an_older_logs_sweep_table_is_reported_without_the_line_under_it(tmp_path):
     """An older e2e log (docs/measurements/cpu_torch211_e2e.log) swept all models in one table, with no crossing
     sentence under it: the line there (the step's status) was reported as if it were that sentence."""
-    sweep = "resolution sweep, inference at batch 1:\n" + render_table(
-        [["model", "dtype", "32px img/s | peak MiB", "64px img/s | peak MiB"],
-         ["local_vim_tiny", "fp32", "24.6 | nan", "18.7 | nan"]])
-    text = report([write_log(tmp_path, "old.log", {"peak memory and resolution sweep": sweep})])
+    text = report([write_log(tmp_path, "old.log", {"peak memory and resolution sweep": OLDER_SWEEP})])
     assert text.split("\n\nresolution sweep, inference at batch 1:\n")[1] == (
         "| model | dtype | 32px img/s \\| peak MiB | 64px img/s \\| peak MiB |\n|---|---|---|---|\n"
         "| local_vim_tiny | fp32 | 24.6 \\| nan | 18.7 \\| nan |")
+
+
+def test_plot_of_an_older_logs_sweep_says_why_it_cannot_be_drawn(tmp_path, capsys):
+    """The report prints that log's sweep table; --plot said there was none."""
+    log = tmp_path / "old.log"
+    write_log(tmp_path, "old.log", {"peak memory and resolution sweep": OLDER_SWEEP})
+    assert gpu_check_tool.main(["--report", str(log), "--plot", str(tmp_path / "sweep.png")]) == 2
+    assert capsys.readouterr().err == (f"error: --plot: the resolution sweep in {log} is an older log's one table of "
+                                       f"all models, without the baselines and ratios --plot draws\n")
+    assert not (tmp_path / "sweep.png").exists()
 
 
 def test_the_targets_of_a_cpu_run_are_not_judged(logs):

@@ -36,7 +36,7 @@ from localmamba_kernel_runtime.backends import triton_interpreter  # noqa: E402
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
 from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, next_part_path, run_e2e  # noqa: E402
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
-from classification.benchmarks.gpu_report import read_sections, report, sweep_rows  # noqa: E402
+from classification.benchmarks.gpu_report import has_older_sweep_table, read_sections, report, sweep_rows  # noqa: E402
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
 from classification.benchmarks.stopping import INTERRUPTED_STATUS, run_stopping_in_one_line  # noqa: E402
 from classification.benchmarks.tables import output_file_problem  # noqa: E402
@@ -130,7 +130,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _refuse(f"not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
         print(report(texts))
         if args.plot:
-            rows = sweep_rows(read_sections(texts))
+            sections = read_sections(texts)
+            rows = sweep_rows(sections)
+            if not rows and has_older_sweep_table(sections):
+                return _refuse(f"--plot: the resolution sweep in {', '.join(args.report)} is an older log's one table "
+                               f"of all models, without the baselines and ratios --plot draws")
             if not rows:
                 return _refuse(f"--plot: no resolution sweep table in {', '.join(args.report)}")
             plot_resolution_sweep(rows, args.plot, title=f"inference against image size, {rows[0]['device']} "

@@ -190,6 +190,14 @@ def sweep_rows(sections: Dict[str, str]) -> List[Dict[str, object]]:
     return rows
 
 
+def has_older_sweep_table(sections: Dict[str, str]) -> bool:
+    """Whether the sweep step's output holds an older log's resolution sweep: one table of img/s and peak MiB per
+    model and size (``resolution sweep, inference at batch N:``), without the baselines and ratios of
+    :func:`sweep_rows`'s tables."""
+    text = sections.get("peak memory and resolution sweep", "")
+    return any(line.startswith("resolution sweep, inference at batch") for line in text.splitlines())
+
+
 def report(logs: Iterable[str]) -> str:
     """The whole report of :mod:`gpu_report` for the texts of the e2e logs."""
     logs = list(logs)
