@@ -147,6 +147,16 @@ def test_plot_of_an_older_logs_sweep_says_why_it_cannot_be_drawn(tmp_path, capsy
     assert not (tmp_path / "sweep.png").exists()
 
 
+def test_plot_says_when_it_replaced_an_earlier_figure(logs, tmp_path, capsys):
+    """As benchmark.py --plot: a second --report ... --plot FILE replaced the first figure without a word."""
+    paths = [str(tmp_path / "part1.log"), str(tmp_path / "part2.log")]
+    figure = tmp_path / "sweep.png"
+    assert gpu_check_tool.main(["--report", *paths, "--plot", str(figure)]) == 0
+    assert capsys.readouterr().out.endswith(f"\nplot: {figure}\n")
+    assert gpu_check_tool.main(["--report", *paths, "--plot", str(figure)]) == 0
+    assert capsys.readouterr().out.endswith(f"\nplot: {figure} (replaced the earlier file there)\n")
+
+
 def test_the_targets_of_a_cpu_run_are_not_judged(logs):
     """The logs above are of a CPU run (the e2e runner's header says device cpu): a rehearsal's figures were graded
     against the GPU targets. The same figures from a GPU's log are."""

@@ -51,6 +51,7 @@ from classification.benchmarks.model_speed import COMPILE_WARMUP  # noqa: E402
 from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
 from classification.benchmarks.stopping import run_stopping_in_one_line, where_rows_are  # noqa: E402
+from classification.benchmarks.tables import REPLACED  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -226,9 +227,6 @@ def _run_all(args: argparse.Namespace, rows: list) -> None:
     finally:
         if rows:
             print(format_ema_table(rows), flush=True)
-
-
-REPLACED = " (replaced the earlier file there)"
 
 
 def main(argv=None) -> int:

@@ -39,7 +39,7 @@ from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noq
 from classification.benchmarks.gpu_report import has_older_sweep_table, read_sections, report, sweep_rows  # noqa: E402
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
 from classification.benchmarks.stopping import INTERRUPTED_STATUS, run_stopping_in_one_line  # noqa: E402
-from classification.benchmarks.tables import output_file_problem  # noqa: E402
+from classification.benchmarks.tables import REPLACED, output_file_problem  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 
@@ -137,9 +137,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                f"of all models, without the baselines and ratios --plot draws")
             if not rows:
                 return _refuse(f"--plot: no resolution sweep table in {', '.join(args.report)}")
+            earlier = os.path.exists(args.plot)
             plot_resolution_sweep(rows, args.plot, title=f"inference against image size, {rows[0]['device']} "
                                                          f"(from {os.path.basename(args.report[-1])})")
-            print(f"plot: {args.plot}")
+            print(f"plot: {args.plot}{REPLACED * earlier}")
         return 0
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         return _refuse("CUDA is not available here; run on a GPU machine (or --device cpu with TRITON_INTERPRET=1)")

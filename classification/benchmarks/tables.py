@@ -28,6 +28,9 @@ def write_csv(path: str, rows: List[Dict[str, object]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+REPLACED = " (replaced the earlier file there)"  # after the line that names an output file a run replaced
+
+
 def output_file_problem(flag: str, path: str) -> Optional[str]:
     """Why ``path``, given by option ``flag``, cannot be written (its folder missing, a folder itself, no
     permission: on the file, or on its folder, where it is written beside itself and renamed), as one line; ``None``
