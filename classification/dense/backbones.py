@@ -27,7 +27,7 @@ from torch import nn
 
 from ..common import CheckpointError, UnsafeCheckpointError, load_checkpoint_on_all_ranks, state_dict_from
 from ..common.suggest import did_you_mean
-from ..models.directions import DirectionsArg, directions_difference
+from ..models.directions import DirectionsArg, directions_difference, directions_source_warnings
 from ..models.factory import checked_out_indices
 from ..models.local_vim import VisionMamba, checkpoint_filter_fn
 from ..models.local_vmamba import VSSM
@@ -84,6 +84,15 @@ def _require_directions(directions: DirectionsArg, name: str) -> DirectionsArg:
     if directions is None:
         raise ValueError(f'{name} needs directions= (one list per layer/block, or a directions file)')
     return directions
+
+
+def _note_directions_source(directions: DirectionsArg, name: str, family: str, trunk: nn.Module) -> None:
+    """Log a warning for each thing a directions file (``directions=`` a path) says of its search that does not fit
+    the backbone (another family's supernet, another LocalVMamba stage split, an unfinished search), as training
+    the classification model with ``--directions`` does."""
+    if isinstance(directions, (str, os.PathLike)):
+        for message in directions_source_warnings(directions, name, family, getattr(trunk, 'depths', None)):
+            _log(message, logging.WARNING)
 
 
 def missing_pretrained_message(backbone: str, path: str, key: str) -> Optional[str]:
@@ -321,6 +330,7 @@ class MM_LocalVim(DenseBackbone):
             _refuse_unknown_settings(MM_LocalVim, VisionMamba, kwargs)
             weights, weights_arg, prefix = _pretrained_source('MM_LocalVim', pretrained, pretrained_ckpt, init_cfg)
             trunk = VisionMamba(num_classes=0, directions=_require_directions(directions, 'MM_LocalVim'), **kwargs)
+            _note_directions_source(directions, 'MM_LocalVim', 'LocalVim', trunk)
             trunk.set_grad_checkpointing(use_checkpoint)
             # In layer order, as the original collects them (outnorm_j belongs to the j-th chosen layer from the
             # input).
@@ -378,6 +388,7 @@ class MM_LocalVSSM(DenseBackbone):
                                  f"the versions 'v1', got {mlp_ratio}, {downsample_version!r}, {patchembed_version!r}")
             weights, weights_arg, prefix = _pretrained_source('MM_LocalVSSM', pretrained, pretrained_ckpt, init_cfg)
             trunk = VSSM(num_classes=0, directions=_require_directions(directions, 'MM_LocalVSSM'), **kwargs)
+            _note_directions_source(directions, 'MM_LocalVSSM', 'LocalVMamba', trunk)
             checked_indices = checked_out_indices('MM_LocalVSSM', _index_list(out_indices), len(trunk.dims),
                                                   'stage')
         super().__init__(trunk, weights, weights_arg, pretrained_key, trust_checkpoint, prefix)

@@ -9,14 +9,13 @@ from argparse import Namespace
 from typing import Any, Callable, Mapping, Optional
 
 import timm
-import torch
 import torch.nn as nn
 from timm.models._builder import build_model_with_cfg
 from timm.models._registry import model_entrypoint
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from ..common.suggest import did_you_mean
-from ..models.directions import directions_record, load_directions, validate_directions
+from ..models.directions import directions_source_warnings, load_directions, model_family, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels, supernet_directions_error
 from .checkpoint import LAST
 from .config import ConfigError
@@ -157,45 +156,11 @@ def model_kwargs(cfg: Namespace) -> dict[str, Any]:
     return kwargs
 
 
-FAMILIES = {"local_vim": "LocalVim", "local_vssm": "LocalVMamba"}
-
-
-def _family(name: str) -> Optional[str]:
-    return next((family for prefix, family in FAMILIES.items() if name.startswith(prefix)), None)
-
-
 def _note_directions_source(path: str, name: str, model: nn.Module) -> None:
-    """Warn when what a directions file says of its search does not match model `name` (built as `model`); its
-    directions are used as given, since its layer count fits: a supernet of the other family (e.g. with
-    --model-kwargs), a LocalVMamba search whose stages split the layers otherwise (each stage then takes another
-    stage's directions), a search that had not finished."""
-    record = directions_record(path)
-    supernet = str(record.get("supernet") or "")
-    searched, trained = _family(supernet), _family(name)
-    if searched and trained and searched != trained:
-        logger.warning(f"{path} holds the directions searched by {supernet} (a {searched} supernet), but {name} is "
-                       f"a {trained} model: its layers take them as given")
-    source = record.get("searched_from") if isinstance(record.get("searched_from"), dict) else {}
-    searched_kwargs = source.get("model_kwargs") if isinstance(source.get("model_kwargs"), dict) else {}
-    own_depths = getattr(model, "depths", None)
-    searched_depths = None
-    if searched == trained == "LocalVMamba" and own_depths is not None:
-        searched_depths = searched_kwargs.get("depths") or _default_depths(supernet)
-    if searched_depths is not None and tuple(searched_depths) != tuple(own_depths):
-        logger.warning(f"{path} was searched with stage depths {tuple(searched_depths)}, {name} has "
-                       f"{tuple(own_depths)}: its stages take the directions searched for other stages' blocks")
-    if source.get("finished") is False:
-        logger.warning(f"{path} holds the directions of an unfinished search "
-                       f"({source.get('unfinished') or 'its checkpoint was saved before the end of its run'})")
-
-
-def _default_depths(supernet: str) -> Optional[tuple[int, ...]]:
-    """The stage depths registered model `supernet` is built with (None for a name not registered here, or a model
-    without stages)."""
-    if not supernet or supernet not in timm.list_models():
-        return None
-    with torch.device("meta"):
-        return getattr(timm.create_model(supernet), "depths", None)
+    """Warn when what a directions file says of its search does not match model `name` (built as `model`): see
+    :func:`~classification.models.directions.directions_source_warnings`."""
+    for message in directions_source_warnings(path, name, model_family(name), getattr(model, "depths", None)):
+        logger.warning(message)
 
 
 def config_kwargs_taken(name: str, kwargs: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:

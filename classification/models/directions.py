@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import timm
+import torch
 import yaml
 from torch import nn
 
@@ -247,6 +249,50 @@ def directions_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
     with open(os.fspath(path), encoding='utf-8') as f:
         data = yaml.safe_load(f)
     return {key: value for key, value in data.items() if key != 'directions'} if isinstance(data, dict) else {}
+
+
+FAMILIES = {'local_vim': 'LocalVim', 'local_vssm': 'LocalVMamba'}
+
+
+def model_family(name: str) -> Optional[str]:
+    """'LocalVim' or 'LocalVMamba' for a model name of that family (by its prefix), None for another name."""
+    return next((family for prefix, family in FAMILIES.items() if name.startswith(prefix)), None)
+
+
+def _default_depths(supernet: str) -> Optional[tuple[int, ...]]:
+    """The stage depths registered model `supernet` is built with (None for a name not registered here, or a model
+    without stages)."""
+    if not supernet or supernet not in timm.list_models():
+        return None
+    with torch.device('meta'):
+        return getattr(timm.create_model(supernet), 'depths', None)
+
+
+def directions_source_warnings(path: Union[str, os.PathLike], name: str, family: Optional[str],
+                               depths: Optional[Sequence[int]]) -> list[str]:
+    """Why the directions file ``path`` may not be what model ``name`` (of ``family``, with stage ``depths`` or
+    None) should take, though its layer count fits: a supernet of the other family, a LocalVMamba search whose stages
+    split the layers otherwise (each stage then takes another stage's directions), a search that had not finished.
+    One warning line each; [] for a list or a checkpoint."""
+    record = directions_record(path)
+    supernet = str(record.get('supernet') or '')
+    searched = model_family(supernet)
+    messages = []
+    if searched and family and searched != family:
+        messages.append(f'{path} holds the directions searched by {supernet} (a {searched} supernet), but {name} is '
+                        f'a {family} model: its layers take them as given')
+    source = record.get('searched_from') if isinstance(record.get('searched_from'), dict) else {}
+    searched_kwargs = source.get('model_kwargs') if isinstance(source.get('model_kwargs'), dict) else {}
+    searched_depths = None
+    if searched == family == 'LocalVMamba' and depths is not None:
+        searched_depths = searched_kwargs.get('depths') or _default_depths(supernet)
+    if searched_depths is not None and tuple(searched_depths) != tuple(depths):
+        messages.append(f"{path} was searched with stage depths {tuple(searched_depths)}, {name} has "
+                        f"{tuple(depths)}: its stages take the directions searched for other stages' blocks")
+    if source.get('finished') is False:
+        messages.append(f"{path} holds the directions of an unfinished search "
+                        f"({source.get('unfinished') or 'its checkpoint was saved before the end of its run'})")
+    return messages
 
 
 def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence[str]],

@@ -127,6 +127,41 @@ def test_pretrained_weights_of_other_scan_directions_are_named_in_a_warning(tmp_
     assert [message for level, message in logged if level == 30] == []
 
 
+def test_a_directions_file_of_an_unfinished_or_other_search_is_named_in_a_warning(tmp_path, monkeypatch):
+    """directions= vis_search_prob.py's file of a search stopped halfway, of a LocalVMamba search for a LocalVim
+    backbone, or of other stage depths: the backbone was built without a word, where tools/train.py --directions
+    warns."""
+    from classification.dense import backbones
+    from classification.models.directions import save_directions
+
+    logged = []
+    monkeypatch.setattr(backbones, '_log', lambda message, level=20: logged.append((level, message)))
+    args = _backbone_args('vssm')
+    path = tmp_path / 'directions.yaml'
+    save_directions(path, args['directions'], supernet='local_vssm_tiny_search', topk=4,
+                    searched_from={'model_kwargs': {'depths': [1, 1, 1, 1]}, 'finished': False,
+                                   'unfinished': 'saved in the middle of epoch 0 of epochs 0-1, after its step 17'})
+    MM_LocalVSSM(**dict(args, directions=str(path)))
+    assert [message for level, message in logged if level == 30] == [
+        f'{path} holds the directions of an unfinished search (saved in the middle of epoch 0 of epochs 0-1, after '
+        f'its step 17)']
+    logged.clear()
+    save_directions(path, [*args['directions'], ['h', 'v', 'w2', 'w7']], supernet='local_vssm_tiny_search', topk=4,
+                    searched_from={'model_kwargs': {'depths': [1, 1, 2, 1]}, 'finished': True})
+    MM_LocalVSSM(**dict(args, directions=str(path), depths=(2, 1, 1, 1)))
+    assert [message for level, message in logged if level == 30] == [
+        f"{path} was searched with stage depths (1, 1, 2, 1), MM_LocalVSSM has (2, 1, 1, 1): its stages take the "
+        f"directions searched for other stages' blocks"]
+    logged.clear()
+    vim = _backbone_args('vim')
+    save_directions(path, vim['directions'], supernet='local_vssm_tiny_search', topk=4,
+                    searched_from={'finished': True})
+    MM_LocalVim(**dict(vim, directions=str(path)))
+    assert [message for level, message in logged if level == 30] == [
+        f'{path} holds the directions searched by local_vssm_tiny_search (a LocalVMamba supernet), but MM_LocalVim is '
+        f'a LocalVim model: its layers take them as given']
+
+
 def test_a_load_from_checkpoint_of_other_scan_directions_is_named_in_a_warning(tmp_path, ade_inputs_at_hand,
                                                                                monkeypatch):
     """A fresh run fine-tuning a det/seg checkpoint (``load_from``) of other directions than the config's backbone
