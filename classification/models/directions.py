@@ -308,6 +308,16 @@ def save_directions(path: Union[str, os.PathLike], directions: Sequence[Sequence
     atomic_write_text(os.fspath(path), yaml.safe_dump(data, default_flow_style=None, sort_keys=False))
 
 
+def _searched_depth(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The depth keyword the supernet a directions file was searched by was built with (``depth=N`` or
+    ``depths=[...]``, as its ``searched_from`` records the run's ``model_kwargs``), None when it records neither."""
+    source = directions_record(path).get('searched_from')
+    kwargs = source.get('model_kwargs') if isinstance(source, dict) else None
+    if not isinstance(kwargs, dict):
+        return None
+    return next((f'{key}={kwargs[key]}' for key in ('depths', 'depth') if key in kwargs), None)
+
+
 def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTable],
                        depth: int) -> Optional[DirectionTable]:
     """Turn a model's ``directions`` argument (None, a table or a file path) into a checked table.
@@ -322,6 +332,9 @@ def resolve_directions(directions: DirectionsArg, default: Optional[DirectionTab
         n = len(table)
         hint = (f': build the model with the {n} layers of the supernet that searched them (LocalVim: depth={n}; '
                 f'LocalVMamba: depths summing to {n})')
+        searched = _searched_depth(directions)
+        if searched:
+            hint = f': build the model with the {n} layers of the supernet that searched them ({searched})'
         return validate_directions(table, depth, source=os.fspath(directions), depth_hint=hint)
     return validate_directions(directions, depth)
 

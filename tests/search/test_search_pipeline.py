@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import timm
 import torch
 import yaml
 
@@ -166,6 +167,24 @@ def test_bad_directions_files_are_refused_naming_the_file(tmp_path, text, patter
         train(parse_args([*RUN, "--model", "local_vim_tiny", "--directions", str(path),
                           "--output", str(tmp_path)]))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("supernet, model_kwargs, model, expected", [
+    ("local_vim_tiny_search", {"patch_size": 4, "depth": 4}, "local_vim_tiny", "depth=4"),
+    ("local_vssm_tiny_search", {"depths": [1, 1, 2, 1]}, "local_vssm_tiny", "depths=[1, 1, 2, 1]"),
+])
+def test_a_searched_file_of_another_depth_names_its_supernets_depth(tmp_path, supernet, model_kwargs, model,
+                                                                    expected):
+    """The file records its supernet's model_kwargs: the refusal said 'LocalVim: depth=N; LocalVMamba: depths
+    summing to N', where a LocalVMamba model of another stage split would take it with a warning."""
+    n = sum(model_kwargs.get("depths", [])) or model_kwargs["depth"]
+    path = tmp_path / "directions.yaml"
+    save_directions(path, [["h", "v"]] * n, supernet=supernet, topk=2, searched_from={"model_kwargs": model_kwargs})
+    with pytest.raises(ValueError) as info:
+        timm.create_model(model, directions=str(path))
+    assert str(info.value).endswith(f"{path}: has {n} layers, but the model has "
+                                    f"{20 if 'vim' in model else 15} layers: build the model with the {n} layers "
+                                    f"of the supernet that searched them ({expected})")
 
 
 def test_extraction_refuses_a_model_without_search_weights(tmp_path):
