@@ -53,6 +53,16 @@ def test_the_crossing_sentence_says_which_way_the_first_crossing_goes(ratios, ve
                                    f'interpolated on log scales)')
 
 
+@pytest.mark.parametrize('ratio, side', [(0.5, 'slower than'), (2.0, 'faster than'), (1.0, 'as fast as')])
+def test_the_crossing_sentence_of_one_size(ratio, side):
+    """--sweep 32 said 'slower than deit_tiny_patch16_224 at every size from 32 to 32 px', and a ratio of 1 there
+    'falls behind ... at about 32 px (ratio 1, interpolated on log scales)'."""
+    from classification.benchmarks.resolution_sweep import crossing_line
+
+    assert crossing_line([sweep_row(32, 10.0 * ratio, 10.0)]) == (f'local_vim_tiny is {side} deit_tiny_patch16_224 '
+                                                                  f'at 32 px (one size swept)')
+
+
 def test_sweep_table_and_its_crossing_sentence():
     rows = [sweep_row(224, 20.0, 50.0, 1.25, 1.5), sweep_row(1024, 1.0, 0.5, 36.0, None)]
     lines = format_sweep_table(rows).splitlines()

@@ -90,10 +90,13 @@ def _mib(value: Optional[float]) -> str:
 
 def crossing_line(rows: Sequence[Dict[str, object]]) -> str:
     """One sentence: where the ratio of one model's sweep rows first crosses 1, and which way (the ratio at the next
-    size says), or that it does not in the sizes run."""
+    size says), or that it does not in the sizes run (of one size: which is faster there)."""
     model, baseline = rows[0]["model"], rows[0]["baseline"]
     sizes = [int(r["img_size"]) for r in rows]
     ratios = [float(r["ratio"]) for r in rows]
+    if len(sizes) == 1:
+        side = "as fast as" if ratios[0] == 1 else f"{'faster' if ratios[0] > 1 else 'slower'} than"
+        return f"{model} is {side} {baseline} at {sizes[0]} px (one size swept)"
     size = crossing_size(sizes, ratios)
     if size is None:
         side = "faster" if ratios[0] > 1 else "slower"
