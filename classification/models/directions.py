@@ -209,6 +209,10 @@ def load_directions(path: Union[str, os.PathLike]) -> list[list[str]]:
             raise ValueError(f'{path}: not a valid YAML file: {e}') from e
         except UnicodeDecodeError as e:
             raise ValueError(f'{path}: neither a directions YAML file nor a checkpoint (not UTF-8 text: {e})') from e
+    if not isinstance(data, (dict, list)):
+        what = 'nothing (an empty file)' if data is None else f'a YAML {type(data).__name__}'
+        raise ValueError(f'{path}: not a directions file: its text reads as {what}, not as the mapping '
+                         f'vis_search_prob.py writes (directions: one list per layer) or a list of lists')
     if isinstance(data, dict):
         if 'directions' not in data:
             raise ValueError(f'{path}: no "directions" key (found keys: {sorted(data)})')

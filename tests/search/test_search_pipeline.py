@@ -169,6 +169,19 @@ def test_bad_directions_files_are_refused_naming_the_file(tmp_path, text, patter
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("text, kind", [("epoch,layer,h,v\n0,0,0.5,0.5\n", "a YAML str"), ("0.125\n", "a YAML float"),
+                                        ("", "nothing (an empty file)")])
+def test_a_file_that_is_not_a_directions_file_is_named_so(tmp_path, text, kind):
+    """The run folder's search_probs.csv given for its directions.yaml was refused as '"directions" must be a list
+    of per-layer lists of direction names', as if it were a directions file with a wrong entry."""
+    path = tmp_path / "search_probs.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_directions(path)
+    assert str(info.value) == (f"{path}: not a directions file: its text reads as {kind}, not as the mapping "
+                               f"vis_search_prob.py writes (directions: one list per layer) or a list of lists")
+
+
 @pytest.mark.parametrize("supernet, model_kwargs, model, expected", [
     ("local_vim_tiny_search", {"patch_size": 4, "depth": 4}, "local_vim_tiny", "depth=4"),
     ("local_vssm_tiny_search", {"depths": [1, 1, 2, 1]}, "local_vssm_tiny", "depths=[1, 1, 2, 1]"),
