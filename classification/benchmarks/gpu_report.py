@@ -152,13 +152,14 @@ def target_lines(sections: Dict[str, str], judged: bool = True) -> List[str]:
 
 
 def ratio_tables(sections: Dict[str, str]) -> str:
-    """Every measured ratio as one Markdown table: model, dtype, compiled or not, metric, img/s of both, ratio."""
+    """Every measured ratio as one Markdown table: model, dtype, compiled or not, metric, img/s of both, ratio (a
+    line saying there is none when the logs hold no throughput step)."""
     rows = [["model", "dtype", "torch.compile", "metric", "img/s", "baseline img/s", "ratio"]]
     for (model, dtype, compiled), metrics in throughput(sections).items():
         for metric, (ours, base, ratio) in metrics.items():
             rows.append([model, dtype, "reduce-overhead" if compiled else "-", metric, f"{ours:.1f}", f"{base:.1f}",
                          f"{ratio:.3f}x"])
-    return markdown(rows)
+    return markdown(rows) if len(rows) > 1 else "(no throughput step in these logs)"
 
 
 def mixer_rows(sections: Dict[str, str]) -> List[List[str]]:
