@@ -276,7 +276,7 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         save_directions(directions_file, chosen, supernet=name, topk=topk, check_names=False,
                         searched_from=search_record(ckpt_path, ckpt, ema, unfinished))
     heatmap = os.path.join(out_dir, "search_probs.png")
-    title = f"{name or 'supernet'}: top-{topk} per layer (red)"
+    title = f"{name or 'supernet'}{' (EMA weights)' if ema else ''}: top-{topk} per layer (red)"
     if unfinished:
         title += f"\nunfinished search: {unfinished}"
     with _writing(heatmap, advice):

@@ -64,3 +64,19 @@ def test_heatmap_title_of_few_candidates_stays_inside_the_figure(tmp_path, monke
     width, box, shown = drawn[0]
     assert 0 <= box.x0 and box.x1 <= width
     assert shown.split() == title.split()  # every word kept, in order
+
+
+@pytest.mark.parametrize('ema, title', [(False, 'local_vim_tiny_search: top-1 per layer (red)'),
+                                        (True, 'local_vim_tiny_search (EMA weights): top-1 per layer (red)')])
+def test_heatmap_title_names_the_ema_weights(tmp_path, monkeypatch, ema, title):
+    """--ema's heat map had the same title as the model weights' one, beside it in another --out."""
+    import matplotlib.figure
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                        lambda fig, *args, **kwargs: titles.append(fig.axes[0].title.get_text()))
+    weights = {'layers.0.mixer.multi_scan.weights': torch.arange(8.).view(8, 1, 1, 1)}  # the original 8 candidates
+    path = tmp_path / 'last.pth.tar'
+    torch.save({'model': weights, 'ema_model': weights, 'model_name': 'local_vim_tiny_search'}, path)
+    extract(str(path), topk=1, out_dir=str(tmp_path / 'out'), ema=ema)
+    assert titles == [title]
