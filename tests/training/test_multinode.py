@@ -273,15 +273,9 @@ def test_a_set_up_error_is_named_by_the_first_rank_that_met_it_on_the_ranks_that
     assert sent == [("here", None), ("here", None), ("here", "KeyError"), ("here", "data path does not exist: data")]
 
 
-@pytest.mark.parametrize("flag", ["--resume", "--finetune"])
-def test_the_second_process_of_a_node_reads_a_checkpoint_url_after_the_first_downloaded_it(monkeypatch, tmp_path,
-                                                                                           flag):
-    """tools/train.py's --resume and --finetune with a URL: the node's LOCAL_RANK 0 downloads into torch.hub's
-    cache while the others wait at a barrier, then they read the cached copy (every process downloaded it at once)."""
-    import torch.distributed as dist
-
-    from classification.engine import trainer
-
+def fake_url_reads(monkeypatch, tmp_path) -> list:
+    """torch.hub's URL read faked by a local file of weights {'w': ones(2)}; returns the list each read appends
+    "read" to."""
     saved = tmp_path / "weights.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}}, saved)
     events = []
@@ -291,6 +285,19 @@ def test_the_second_process_of_a_node_reads_a_checkpoint_url_after_the_first_dow
         return torch.load(saved, map_location=map_location, weights_only=weights_only)
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", cached_download)
+    return events
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--finetune"])
+def test_the_second_process_of_a_node_reads_a_checkpoint_url_after_the_first_downloaded_it(monkeypatch, tmp_path,
+                                                                                           flag):
+    """tools/train.py's --resume and --finetune with a URL: the node's LOCAL_RANK 0 downloads into torch.hub's
+    cache while the others wait at a barrier, then they read the cached copy (every process downloaded it at once)."""
+    import torch.distributed as dist
+
+    from classification.engine import trainer
+
+    events = fake_url_reads(monkeypatch, tmp_path)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
@@ -315,13 +322,7 @@ def test_tools_test_py_reads_a_checkpoint_url_after_the_first_process_of_the_nod
     from classification.engine import evaluate
     from classification.engine.config import parse_args
 
-    saved = tmp_path / "weights.pth"
-    torch.save({"state_dict": {"w": torch.ones(2)}}, saved)
-    events = []
-
-    def cached_download(url, map_location=None, weights_only=True):
-        events.append("read")
-        return torch.load(saved, map_location=map_location, weights_only=weights_only)
+    events = fake_url_reads(monkeypatch, tmp_path)
 
     class Read(Exception):
         pass
@@ -336,7 +337,6 @@ def test_tools_test_py_reads_a_checkpoint_url_after_the_first_process_of_the_nod
             raise Read(read())
 
     url = "https://example.org/weights.pth"
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", cached_download)
     monkeypatch.setattr(evaluate, "read_alike_on_every_rank", read_on_a_nodes_second_process)
     with pytest.raises(Read) as read:
         evaluate.test(parse_args(["--dataset", "digits", *TINY_MODEL, "--resume", url, "--output", str(tmp_path)]))
