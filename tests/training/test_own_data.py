@@ -855,3 +855,20 @@ def test_a_meta_folder_of_other_files_beside_class_folders_leaves_them_the_layou
     assert f"{root}: meta/ holds no train.txt or val.txt: the images are read from the class folders of train/ and " \
            f"val/" in localmamba_log.text
     assert build_eval_dataset(parse_args(["--data-path", root, "-j", "0"])).classes == ["cat", "dog"]
+
+
+def test_an_images_exif_orientation_is_not_applied_as_torchvision_and_the_original_read_it(tmp_path):
+    """README: a photo stored sideways with EXIF orientation 6 is read as stored, pixel for pixel what
+    torchvision's default loader gives (evaluations of the released weights then match the original's)."""
+    from torchvision.datasets.folder import default_loader
+
+    pixels = np.array([[[10, 10, 10], [20, 20, 20], [30, 30, 30]], [[40, 40, 40], [50, 50, 50], [60, 60, 60]]],
+                      dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6      # Orientation: rotate 90 degrees clockwise to view
+    path = str(tmp_path / "sideways.png")
+    Image.fromarray(pixels).save(path, exif=exif)
+    assert Image.open(path).getexif()[0x0112] == 6
+    ours = np.asarray(load_rgb(path))
+    assert ours.shape == (2, 3, 3) and np.array_equal(ours, pixels)
+    assert np.array_equal(ours, np.asarray(default_loader(path)))
