@@ -83,7 +83,7 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     except (UnicodeDecodeError, yaml.reader.ReaderError) as err:
         raise ConfigError(f"{path}: not a YAML text file (a checkpoint or other binary file?)") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(err)}") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(cfg).__name__}")
     for key in cfg:
@@ -111,6 +111,17 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
         merged_texts.update(base_texts)
     merged_texts.update(texts)
     return _merge_values(merged, cfg, path), merged_texts
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where (` at line L, column C`) and what (`: ...`), with a hint for a tab."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return ": " + " ".join(str(err).split())
+    mark = err.problem_mark or err.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = ", ".join(text for text in (err.context, err.problem) if text)
+    hint = " (YAML indents and separates with spaces, not tabs)" if "'\\t'" in what else ""
+    return f"{where}: {what}{hint}"
 
 
 def _merge_values(base: dict[str, Any], update: dict[str, Any], path: str) -> dict[str, Any]:

@@ -140,6 +140,20 @@ def test_missing_config_file_is_named(tmp_path):
         parse_args(["-c", str(tmp_path / "nope.yaml")])
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("epochs:\t3\n", "at line 1, column 8: while scanning for the next token, found character '\\t' that cannot start "
+                     "any token (YAML indents and separates with spaces, not tabs)"),
+    ("epochs: 3\n---\nlr: 0.1\n", "at line 2, column 1: expected a single document in the stream, but found another "
+                                  "document"),
+])
+def test_a_config_that_is_not_valid_yaml_is_one_line(tmp_path, text, problem):
+    """PyYAML's error spans lines (context, problem, the file and mark again): the message is one line."""
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        parse_args(["-c", str(tmp_path / "bad.yaml")])
+    assert str(err.value) == f"{tmp_path / 'bad.yaml'}: not valid YAML {problem}"
+
+
 def test_abbreviations_of_config_are_read_as_the_parser_reads_them(tmp_path, capsys):
     """`-c/--config` was read by a first parser of its own: `--co default` (ambiguous: --compile, --color-jitter, ...)
     was taken as a config path, ending in a misleading "config file not found: default"."""
