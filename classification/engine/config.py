@@ -103,6 +103,8 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
     merged_texts: dict[str, Any] = {}
     for base in bases:
         base_path = os.path.join(os.path.dirname(path), base)
+        if os.path.isdir(base_path):
+            raise ConfigError(f"{path}: its _base_ {base} is a folder ({base_path}), not a YAML file")
         if not os.path.isfile(base_path):
             raise ConfigError(f"{path}: its _base_ {base} is not there ({base_path}): a _base_ path is read relative "
                               f"to the file that names it")

@@ -318,6 +318,15 @@ def test_a_run_folder_given_as_config_names_its_args_yaml(tmp_path, monkeypatch,
                                f"{run / 'args.yaml'}")
 
 
+def test_a_base_that_is_a_folder_is_named_a_folder(tmp_path, monkeypatch, capsys):
+    """`_base_: strategies` (a folder, not its config.yaml) said the base 'is not there', of a folder that is."""
+    (tmp_path / "strategies").mkdir()
+    config = write(tmp_path / "child.yaml", "_base_: strategies\nepochs: 3\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", config)
+    assert (code, line) == (2, f"error: {config}: its _base_ strategies is a folder ({tmp_path / 'strategies'}), "
+                               f"not a YAML file")
+
+
 def test_test_py_names_the_model_kwargs_of_a_checkpoint_built_otherwise(monkeypatch, capsys, tmp_path):
     """tools/test.py --resume of a run's checkpoint without the --model-kwargs its run gave (the quick start's
     patch_size=4, without -c) said only 'does not fit this model (another model?)', though it is that model; it now
