@@ -42,6 +42,17 @@ class KeyValueAction(argparse.Action):
         setattr(namespace, "_cli_" + self.dest, sorted(from_cli))
 
 
+class ConfigOnceAction(argparse.Action):
+    """`-c FILE`, given once: a second `-c` would drop the first file without a word."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest)
+        if given != self.default:
+            parser.error(f"-c/--config is given twice ({given} and {values}): give one file (a file may name "
+                         f"others as its _base_)")
+        setattr(namespace, self.dest, values)
+
+
 def _add_data_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default="imagenet", choices=DATASETS, help="dataset (digits: ours)")
@@ -194,7 +205,8 @@ def build_parser(description: str = "LocalMamba training", evaluation: bool = Fa
               "so that a training config or a run's args.yaml works with -c; they do not change an evaluation."
               if evaluation else None)
     parser = argparse.ArgumentParser(description=description, epilog=epilog)
-    parser.add_argument("-c", "--config", default="", help="YAML file of defaults; command-line flags win")
+    parser.add_argument("-c", "--config", default="", action=ConfigOnceAction,
+                        help="YAML file of defaults; command-line flags win")
     _add_data_model_flags(parser)
     _add_optim_flags(parser)
     _add_precision_flags(parser)

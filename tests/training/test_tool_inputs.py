@@ -327,6 +327,15 @@ def test_a_base_that_is_a_folder_is_named_a_folder(tmp_path, monkeypatch, capsys
                                f"not a YAML file")
 
 
+def test_config_given_twice_is_refused(tmp_path, monkeypatch, capsys):
+    """`-c a.yaml -c b.yaml` trained with b.yaml alone: a.yaml's epochs were dropped without a word."""
+    first = write(tmp_path / "a.yaml", "epochs: 7\n")
+    second = write(tmp_path / "b.yaml", "lr: 0.5\n")
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", first, "--config", second)
+    assert (code, line) == (2, f"train.py: error: -c/--config is given twice ({first} and {second}): give one file "
+                               f"(a file may name others as its _base_)")
+
+
 def test_test_py_names_the_model_kwargs_of_a_checkpoint_built_otherwise(monkeypatch, capsys, tmp_path):
     """tools/test.py --resume of a run's checkpoint without the --model-kwargs its run gave (the quick start's
     patch_size=4, without -c) said only 'does not fit this model (another model?)', though it is that model; it now
