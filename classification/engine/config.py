@@ -23,6 +23,7 @@ the size, the mean, the data folder) keep the file's values, e.g. the data folde
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import os
 from typing import Any, Optional, Sequence
@@ -81,7 +82,7 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
             finally:
                 loader.dispose()
     except (UnicodeDecodeError, yaml.reader.ReaderError) as err:
-        raise ConfigError(f"{path}: not a YAML text file (a checkpoint or other binary file?)") from err
+        raise ConfigError(f"{path}: {_not_utf8_text(path)}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML{_yaml_problem(err)}") from err
     if not isinstance(cfg, dict):
@@ -113,6 +114,23 @@ def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], 
         merged_texts.update(base_texts)
     merged_texts.update(texts)
     return _merge_values(merged, cfg, path), merged_texts
+
+
+def _not_utf8_text(path: str) -> str:
+    """Why a config's first MiB is no UTF-8 text: another encoding (UTF-16, Latin-1: which byte, on which line)
+    or a binary file."""
+    with open(path, "rb") as f:
+        data = f.read(2 ** 20)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "saved as UTF-16, not UTF-8: save it as UTF-8"
+    if b"\0" not in data:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(data) - 3:   # not a character cut by the MiB's end
+                line = data[:err.start].count(b"\n") + 1
+                return f"not UTF-8 (byte 0x{data[err.start]:02x} on line {line}): save it as UTF-8"
+    return "not a YAML text file (a checkpoint or other binary file?)"
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

@@ -52,6 +52,17 @@ def test_binary_config_is_not_a_yaml_text_file(tmp_path, monkeypatch, capsys):
     assert (code, line) == (2, f"error: {ckpt}: not a YAML text file (a checkpoint or other binary file?)")
 
 
+@pytest.mark.parametrize("data, problem", [
+    ("epochs: 3\n# r\xe9sum\xe9\n".encode("latin-1"), "not UTF-8 (byte 0xe9 on line 2): save it as UTF-8"),
+    ("epochs: 3\n".encode("utf-16"), "saved as UTF-16, not UTF-8: save it as UTF-8"),
+])
+def test_a_config_text_in_another_encoding_is_not_called_binary(tmp_path, monkeypatch, capsys, data, problem):
+    """A config saved as Latin-1 or UTF-16 (Windows editors) was called 'a checkpoint or other binary file?'."""
+    (tmp_path / "c.yaml").write_bytes(data)
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", str(tmp_path / "c.yaml"))
+    assert (code, line) == (2, f"error: {tmp_path / 'c.yaml'}: {problem}")
+
+
 @pytest.mark.parametrize("text, key, lines", [
     ("lr: 0.001\nepochs: 3\nlr: 0.005\n", "lr", (1, 3)),
     ("model_kwargs:\n  depth: 4\n  embed_dim: 32\n  depth: 6\n", "depth", (2, 4)),
