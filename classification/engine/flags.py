@@ -43,9 +43,12 @@ class KeyValueAction(argparse.Action):
 
 
 class ConfigOnceAction(argparse.Action):
-    """`-c FILE`, given once: a second `-c` would drop the first file without a word."""
+    """`-c FILE`, given once and not empty: a second `-c` would drop the first file without a word, and an empty
+    name (`-c "$UNSET"`) would run on the defaults."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        if not values:
+            parser.error(f"{option_string}: the file name is empty (an unset shell variable?)")
         given = getattr(namespace, self.dest)
         if given != self.default:
             parser.error(f"-c/--config is given twice ({given} and {values}): give one file (a file may name "

@@ -347,6 +347,12 @@ def test_config_given_twice_is_refused(tmp_path, monkeypatch, capsys):
                                f"(a file may name others as its _base_)")
 
 
+def test_an_empty_config_name_is_refused(monkeypatch, capsys):
+    """`-c "$CONFIG"` of an unset variable trained on the defaults (ImageNet, 300 epochs) without a word."""
+    code, line = run_tool(monkeypatch, capsys, "tools/train.py", "-c", "")
+    assert (code, line) == (2, "train.py: error: -c: the file name is empty (an unset shell variable?)")
+
+
 def test_test_py_names_the_model_kwargs_of_a_checkpoint_built_otherwise(monkeypatch, capsys, tmp_path):
     """tools/test.py --resume of a run's checkpoint without the --model-kwargs its run gave (the quick start's
     patch_size=4, without -c) said only 'does not fit this model (another model?)', though it is that model; it now
