@@ -1,7 +1,7 @@
 """Reading one image file as an 8-bit RGB PIL image: integer grayscale of up to 16 bits scaled by its bit depth, float
 pixels by their range, 32-bit integer pixels and negative signed ones refused; errors name the file."""
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
@@ -77,6 +77,9 @@ def _as_rgb(img: Image.Image, path: str) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image (0.6 ms at 500 px)
 
 
+UNIDENTIFIED = "cannot identify image file (empty, cut short, or of a type Pillow does not read)"
+
+
 def load_rgb(path: str) -> Image.Image:
     """Decode an image file as RGB (integer grayscale scaled by its bits, float by its range); errors name the file."""
     try:
@@ -84,6 +87,8 @@ def load_rgb(path: str) -> Image.Image:
             img = Image.open(f)
             img.load()
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}; replace the file with a readable image, or remove it "
+        # Pillow's text for a file of no image type it knows repeats the path, as its open file's repr
+        reason = UNIDENTIFIED if isinstance(err, UnidentifiedImageError) else err
+        raise DataError(f"cannot read image {path}: {reason}; replace the file with a readable image, or remove it "
                         f"(the data's order then changes)") from err
     return _as_rgb(img, path)

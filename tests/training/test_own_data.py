@@ -147,6 +147,19 @@ def test_an_unreadable_image_says_what_to_do(tmp_path):
         load_rgb(str(path))
 
 
+@pytest.mark.parametrize("content", [b"", b"not an image\n"])
+def test_a_file_of_no_image_type_names_its_path_once(tmp_path, content):
+    """An empty file or text named .jpg: Pillow's reason repeated the path as its open file's repr
+    (`cannot identify image file <_io.BufferedReader name='...'>`)."""
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as refused:
+        load_rgb(str(path))
+    assert str(refused.value) == (f"cannot read image {path}: cannot identify image file (empty, cut short, or of a "
+                                  f"type Pillow does not read); replace the file with a readable image, or remove it "
+                                  f"(the data's order then changes)")
+
+
 def test_a_meta_list_saved_with_a_byte_order_mark_is_read(tmp_path):
     root = str(tmp_path)
     lists = make_meta_tree(root)
