@@ -265,7 +265,8 @@ def _fsync_folder(folder: str) -> None:
 
 def _write_atomically(path: str, write: Callable[[BinaryIO], Any], suffix: str) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder (created if missing), sync it, rename it to ``path``;
-    on any failure the temporary file is removed and the error raised."""
+    on any failure the temporary file is removed and the error raised, an OSError naming ``path`` where it named the
+    temporary file or no file (a full disk, a folder where ``path`` should be)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
@@ -275,9 +276,11 @@ def _write_atomically(path: str, write: Callable[[BinaryIO], Any], suffix: str) 
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.strerror and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, path) from err
         raise
 
 

@@ -180,6 +180,29 @@ def test_a_save_into_a_folder_it_cannot_write_says_permission_denied_alone(tmp_p
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("failure", ["folder in the way", "full disk"])
+def test_a_failed_small_file_write_names_the_file_not_its_temporary_copy(tmp_path, monkeypatch, failure):
+    """args.yaml (or a figure, a table) that cannot be written: the error named the temporary file whose rename
+    failed (`Is a directory: out/.tmp-b2i23hn8.yaml`, a file the user never sees) or no file at all (a full disk);
+    it names the file written, and no temporary file is left."""
+    from classification.common.checkpoint_io import atomic_write_text
+    from classification.common.error_text import describe_error
+    target = tmp_path / "args.yaml"
+    if failure == "folder in the way":
+        target.mkdir()
+        expected = f"Is a directory: {target}"
+    else:
+        def full_disk(fd):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full_disk)
+        expected = f"No space left on device: {target}"
+    with pytest.raises(OSError) as failed:
+        atomic_write_text(str(target), "epochs: 1\n")
+    assert describe_error(failed.value) == expected
+    assert os.listdir(tmp_path) == (["args.yaml"] if failure == "folder in the way" else [])
+
+
 def test_a_failed_rewrite_of_args_or_directions_keeps_the_old_file(tmp_path, monkeypatch):
     """args.yaml and directions.yaml are replaced whole or not at all: a write that fails (here its sync) leaves the
     previous file as it was and no temporary file (they were truncated first, then written in place)."""
