@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 from localmamba_kernel_runtime.settings import SETTING_ERRORS
 
 from ..common.checkpoint_io import CheckpointError
+from ..common.error_text import describe_error
 from ..common.signals import exit_after_stop
 from ..data import DataError
 from ..models.scan_maps import DirectionModuleError
@@ -86,20 +87,6 @@ def _debugging(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def _describe(err: BaseException) -> str:
-    if isinstance(err, OSError) and not isinstance(err, (ConfigError, DataError, CheckpointError)) and err.strerror:
-        where = f": {err.filename}" if err.filename else ""
-        if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:   # os.makedirs met a file
-            where += " (a file stands where the path needs a folder)"
-        return f"{err.strerror}{where}"
-    text = str(err)
-    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
-        # re-raised by a DataLoader worker with its traceback: the last line is `module.Type: message`
-        last = text.rstrip().splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return text
-
-
 GLOO_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 # NCCL's (torch's DistBackendError): ncclRemoteError's two texts, the abort of the communicator after it and the
 # watchdog's timeouts; a network fault between the nodes gives the same texts as a peer that exited
@@ -138,7 +125,7 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except USER_ERRORS as err:
-        sys.stderr.write(f"error: {_describe(err)}\n")
+        sys.stderr.write(f"error: {describe_error(err)}\n")
         sys.exit(2)
     except RuntimeError as err:
         lost = _lost_a_peer(err)

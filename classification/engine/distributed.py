@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from ..common.error_text import describe_error
 from .config import ConfigError
 
 
@@ -224,7 +225,7 @@ def barrier() -> None:
 def _failures(error: Optional[Exception]) -> list[tuple[int, str, str]]:
     """(rank, host, first line of its error) of every rank whose `error` is not None, in rank order; every rank calls
     it (a collective)."""
-    text = None if error is None else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = None if error is None else (describe_error(error).strip().splitlines() or [type(error).__name__])[0]
     reports = all_gather_objects((socket.gethostname(), text))
     return [(rank, host, text) for rank, (host, text) in enumerate(reports) if text is not None]
 

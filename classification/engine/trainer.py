@@ -408,7 +408,8 @@ def train(cfg: Namespace) -> dict:
                 run.resume(ckpt, cfg.resume, rewound=folder.rewinds is not None)
             elif finetune is not None:
                 run.finetune(finetune, cfg.finetune)
-        run.open_outputs(folder, ckpt)
+        with agreed_setup("opening the run folder"):  # rank 0's writes: a folder where a file goes, a full disk
+            run.open_outputs(folder, ckpt)
         del ckpt, finetune
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
         # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved

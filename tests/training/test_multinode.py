@@ -235,6 +235,24 @@ def test_a_checkpoint_whose_classes_one_node_lacks_stops_every_rank_in_one_line(
                      (2, f"error: {refused}\n")]
 
 
+@SKIP_ON_WINDOWS
+def test_a_run_folder_that_rank_0_cannot_write_stops_every_rank_in_one_line(tmp_path):
+    """A folder where rank 0 writes args.yaml: rank 0 stopped on it after the set-up, while rank 1 went on to train,
+    waiting for it in the first step (gloo ended that on the lost peer, NCCL waits for its timeout). Rank 0's line
+    names args.yaml, not the temporary file whose rename failed."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    (nodes[0] / "out" / "run" / "args.yaml").mkdir(parents=True)
+    ended = two_nodes_in_own_folders(nodes, "train.py", "--dataset", "digits", "--workers", "0", "--epochs", "1",
+                                     "--output", "out", "--experiment", "run")
+    refused = "Is a directory: out/run/args.yaml"
+    host = os.uname().nodename
+    assert ended == [(2, f"error: {refused}\n"),
+                     (2, f"error: rank 0 on {host} failed while opening the run folder, so every rank stops: "
+                         f"{refused}\n")]
+
+
 def test_a_set_up_error_is_named_by_the_first_rank_that_met_it_on_the_ranks_that_did_not(monkeypatch):
     """Four ranks, ranks 1 and 3 failing in their set-up (each on its own node): ranks 0 and 2 name rank 1, the first,
     its host and its error's first line; a failing rank raises its own error as it is, and an error without text (a
