@@ -6,7 +6,7 @@ With W warmup steps, E steps per epoch and N total steps, the LR used by (0-base
     otherwise:      after(u) with u = t - W - 1 (u = t when W = 0, but u = 1 at t = 0), u rounded down to a
                     multiple of E with decay_by_epoch
              cosine: min_lr + (lr - min_lr) * (1 + cos(pi * u / (N - W))) / 2
-             step:   lr * decay_rate ** floor(u / step_size)                 (step_size = decay_epochs * E)
+             step:   lr * decay_rate ** floor(u / step_size)     (step_size = decay_epochs * E, not rounded)
              linear: lr * (N - W - u) / (N - W)
 
 which is the value the original's GradualWarmupScheduler sets when stepped with `epoch * E + batch + 1` after every
@@ -34,7 +34,8 @@ class WarmupScheduler:
         self.total = epochs * steps_per_epoch
         self.warmup = warmup_epochs * steps_per_epoch
         self.warmup_lr, self.min_lr = warmup_lr, min_lr
-        self.step_size = max(1, int(decay_epochs * steps_per_epoch))
+        # a float, as the original's StepLR: --decay-epochs 2.4 of 7 iterations decays at 17, 34, 51 (not 16, 32, 48)
+        self.step_size = decay_epochs * steps_per_epoch
         self.decay_rate = decay_rate
         self.decay_by_epoch = decay_by_epoch and kind != "step"
         self.t = 0

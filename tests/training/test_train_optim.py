@@ -210,6 +210,14 @@ def test_a_fractional_decay_epochs_counts_its_iterations():
     assert s.lr_at(29) == pytest.approx(0.5e-3) and s.lr_at(30) == pytest.approx(0.25e-3)
 
 
+def test_a_decay_period_of_a_fractional_number_of_iterations_is_not_rounded():
+    """--decay-epochs 2.4 of 7 iterations is a period of 16.8 iterations, as the original's StepLR takes it: the LR
+    halves at iterations 17, 34 and 51 (floor(u / 16.8)), not at 16, 32 and 48 (a period rounded down to 16)."""
+    s, _ = make("step", warmup=0, steps_per_epoch=7, epochs=10, decay_epochs=2.4, decay_rate=0.5)
+    assert [s.lr_at(t) for t in (16, 17, 33, 34, 50, 51)] == pytest.approx(
+        [1e-3, 0.5e-3, 0.5e-3, 0.25e-3, 0.25e-3, 0.125e-3])
+
+
 def test_decay_by_epoch_leaves_a_fractional_step_schedule_as_it_is():
     """--decay-by-epoch does not apply to the step schedule: with --decay-epochs 1.5 of 10 iterations the LR halves at
     iteration 15, as without the flag (with u rounded down to whole epochs it halved at 20 only)."""
