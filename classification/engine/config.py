@@ -363,12 +363,21 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
 PATH_FLAGS = ("data_path", "directions", "finetune", "output", "resume")
 
 
+def _other_folder(path: str, config_path: Optional[str]) -> bool:
+    """Whether `path` (a --data-path, `~` not yet expanded) names another folder than the config's `config_path`."""
+    def real(folder: Optional[str]) -> str:
+        return os.path.realpath(os.path.expanduser(folder)) if folder else ""
+    return real(path) != real(config_path)
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba training",
                evaluation: bool = False) -> argparse.Namespace:
     """Parse `-c FILE` then the command line; the command line wins. Errors name the file and the key; a `~` that
     begins a `PATH_FLAGS` value is the home folder.
     `evaluation`: tools/test.py's parser (`build_parser`). The values that FILE's run filled from its dataset's
-    defaults (its `filled_from_dataset` list) are read with that dataset only: another `--dataset` fills its own."""
+    defaults (its `filled_from_dataset` list) are read with that dataset only: another `--dataset` fills its own;
+    in training, the class count found in its data is read with that data folder only (another `--data-path` counts
+    its own)."""
     parser = build_parser(description, evaluation)
     config = parser.parse_known_args(argv)[0].config  # by the parser itself: `--co` is as ambiguous here as later
     config_values = read_config(config, parser) if config else {}
@@ -381,6 +390,11 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
         alike = filled_alike(parser.get_default("dataset"), dataset)
         parser.set_defaults(**{key: value for key, value in own_defaults.items() if key not in alike})
         filled = [key for key in filled if key in alike]
+    data_path = parser.parse_known_args(argv)[0].data_path
+    if "num_classes" in filled and not evaluation and _other_folder(data_path, config_values.get("data_path")):
+        # counted in the config's data: other data is counted again (an evaluation keeps its checkpoint's head)
+        parser.set_defaults(num_classes=own_defaults["num_classes"])
+        filled.remove("num_classes")
     args = parser.parse_args(argv)
     for key in PATH_FLAGS:
         if str(getattr(args, key, None)).startswith("~"):

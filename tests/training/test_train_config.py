@@ -11,7 +11,7 @@ from classification.engine.config import ConfigError, parse_args, save_config
 from classification.engine.flags import EVALUATION_FLAGS, build_parser
 from classification.engine.model_builder import build_model
 
-from training_helpers import REPO, make_cifar
+from training_helpers import REPO, make_cifar, make_folder_tree
 
 RECIPE = os.path.join(REPO, "configs", "strategies", "local_mamba", "config.yaml")
 
@@ -215,6 +215,26 @@ def test_a_cifar10_runs_args_yaml_for_cifar100_keeps_what_both_fill_alike(tmp_pa
     assert other.num_classes == train.num_classes == 100
     assert other.filled_from_dataset == ["crop_pct", "data_path", "hflip", "image_mean", "image_std", "img_size",
                                          "num_classes"]
+
+
+def test_a_runs_args_yaml_with_another_data_path_counts_the_classes_of_that_data(tmp_path):
+    """`-c RUN/args.yaml --data-path OTHER` kept the run's class count, found in its own data: 5-class data was
+    refused for a `--num-classes 3` never given (and 2-class data would have trained a 3-way head)."""
+    make_folder_tree(str(tmp_path / "three"), classes=("cat", "dog", "eel"))
+    make_folder_tree(str(tmp_path / "five"), classes=("ant", "bee", "cow", "doe", "elk"))
+    run = parse_args(["--data-path", str(tmp_path / "three")])
+    build_datasets(run)
+    save_config(run, str(tmp_path / "args.yaml"))
+    other = parse_args(["-c", str(tmp_path / "args.yaml"), "--data-path", str(tmp_path / "five")])
+    assert (other.num_classes, "num_classes" in other.filled_from_dataset) == (None, False)
+    build_datasets(other)
+    assert (other.num_classes, "num_classes" in other.filled_from_dataset) == (5, True)
+    same = parse_args(["-c", str(tmp_path / "args.yaml"), "--data-path", str(tmp_path / "three") + "/"])
+    assert (same.num_classes, "num_classes" in same.filled_from_dataset) == (3, True)
+    # an evaluation keeps the class count of the checkpoint's run, whatever folder it reads
+    evaluation = parse_args(["-c", str(tmp_path / "args.yaml"), "--data-path", str(tmp_path / "five")],
+                            evaluation=True)
+    assert evaluation.num_classes == 3
 
 
 def test_filled_from_dataset_names_only_flags_a_dataset_fills(tmp_path):
