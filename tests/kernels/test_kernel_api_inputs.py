@@ -154,6 +154,21 @@ def test_mamba_inner_takes_fp32_conv_weights_beside_bf16_tokens(force_backend, b
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("inner", [mamba_inner_fn, mamba_inner_fn_no_out_proj])
+def test_mamba_inner_refuses_a_complex_A_in_its_own_name(cpu_backend, inner):
+    """A complex A (mamba_ssm 1.1.1's complex path: x_proj_weight with R + 4N rows) ran the conv and projections,
+    then was refused as 'selective_scan: complex A ...', an op the caller never called; now refused first, by the
+    function called."""
+    args = inner_args(dstate=3)
+    args["A"] = torch.complex(args["A"], torch.ones_like(args["A"]))
+    args["x_proj_weight"] = torch.randn(2 + 4 * 3, 4)
+    if inner is mamba_inner_fn_no_out_proj:
+        del args["out_proj_weight"], args["out_proj_bias"]
+    with pytest.raises(NotImplementedError, match=r"^mamba_inner: complex A is not supported \(A must be real, of "
+                                                  r"shape \(E, N\)\)$"):
+        inner(**args)
+
+
 def test_mamba_inner_refuses_integer_conv_weights_by_name(cpu_backend):
     """Integer conv weights are refused by the inner function, naming its own argument (not the conv's)."""
     with pytest.raises(ValueError, match=r"^mamba_inner: conv1d_weight must be a floating-point tensor, got "

@@ -75,12 +75,14 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                      out_proj_bias: Optional[torch.Tensor] = None) -> None:
     """Validate the projection and conv weights of the Mamba inner functions by name: shapes, devices, and outside
     autocast the projection weights' dtypes against ``xz``'s (the conv weights may be of any float dtype, as the
-    official kernel takes them; the scan checks the rest). An argument that is not a tensor (None where
-    one is required) is a TypeError."""
+    official kernel takes them; the scan checks the rest). An argument that is not a tensor (None where one is
+    required) is a TypeError, a complex A a NotImplementedError."""
     check_tensor_types("mamba_inner", dict(xz=xz, conv1d_weight=conv1d_weight, x_proj_weight=x_proj_weight,
                                            delta_proj_weight=delta_proj_weight, A=A),
                        dict(conv1d_bias=conv1d_bias, B=B, C=C, B_proj_bias=B_proj_bias, C_proj_bias=C_proj_bias,
                             out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias))
+    if A.is_complex():
+        raise NotImplementedError("mamba_inner: complex A is not supported (A must be real, of shape (E, N))")
     if torch.jit.is_tracing():
         return
     if xz.dim() != 3 or xz.shape[1] % 2:
