@@ -407,6 +407,27 @@ def test_mamba_inner_names_itself_and_its_own_argument(cpu_backend, name, value,
         mamba_inner_fn_no_out_proj(**args)
 
 
+@pytest.mark.parametrize("inner", [mamba_inner_fn, mamba_inner_fn_no_out_proj])
+@pytest.mark.parametrize("name, value, error, message", [
+    ("D", torch.ones(5), ValueError, r"D must have shape \(E,\)=\(4,\), got \(5\)"),
+    ("delta_bias", torch.ones(1, 4), ValueError, r"delta_bias must have shape \(E,\)=\(4,\), got \(1, 4\)"),
+    ("D", torch.ones(4, dtype=torch.long), ValueError, r"D must be a floating-point tensor, got torch.int64"),
+    ("A", -torch.ones(4, 3, dtype=torch.long), ValueError, r"A must be a floating-point tensor, got torch.int64"),
+    ("delta_bias", torch.ones(4, device="meta"), ValueError, r"delta_bias is on meta but xz is on cpu"),
+    ("D", 1.0, TypeError, r"D must be a torch.Tensor or None, got float"),
+])
+def test_mamba_inner_names_its_scan_parameters(cpu_backend, inner, name, value, error, message):
+    """A wrong D or delta_bias (or an integer A) ran the conv and projections, then was refused by the scan inside as
+    'selective_scan: D must have shape (Dm,)=...' or 'delta_bias is on meta but u is on cpu': an op the caller
+    never called, and an argument (u) it never passed; now refused first, by the function called."""
+    args = dict(inner_args(), D=torch.ones(4), delta_bias=torch.zeros(4))
+    if inner is mamba_inner_fn_no_out_proj:
+        del args["out_proj_weight"], args["out_proj_bias"]
+    args[name] = value
+    with pytest.raises(error, match=rf"^mamba_inner: {message}$"):
+        inner(**args)
+
+
 @pytest.mark.parametrize("module, names", [
     ("localmamba_ssm.ops.selective_scan_interface",
      ("selective_scan_fn", "selective_scan_ref", "mamba_inner_fn", "mamba_inner_ref", "mamba_inner_fn_no_out_proj")),

@@ -72,15 +72,16 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                      x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, A: torch.Tensor,
                      B: Optional[torch.Tensor], C: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor] = None,
                      C_proj_bias: Optional[torch.Tensor] = None, out_proj_weight: Optional[torch.Tensor] = None,
-                     out_proj_bias: Optional[torch.Tensor] = None) -> None:
-    """Validate the projection and conv weights of the Mamba inner functions by name: shapes, devices, and outside
-    autocast the projection weights' dtypes against ``xz``'s (the conv weights may be of any float dtype, as the
-    official kernel takes them; the scan checks the rest). An argument that is not a tensor (None where one is
-    required) is a TypeError, a complex A a NotImplementedError."""
+                     out_proj_bias: Optional[torch.Tensor] = None, D: Optional[torch.Tensor] = None,
+                     delta_bias: Optional[torch.Tensor] = None) -> None:
+    """Validate the arguments of the Mamba inner functions by name: shapes, devices, and outside autocast the
+    projection weights' dtypes against ``xz``'s (the conv weights may be of any float dtype, as the official kernel
+    takes them; the scan checks given B and C). An argument that is not a tensor (None where one is required) is a
+    TypeError, a complex A a NotImplementedError."""
     check_tensor_types("mamba_inner", dict(xz=xz, conv1d_weight=conv1d_weight, x_proj_weight=x_proj_weight,
                                            delta_proj_weight=delta_proj_weight, A=A),
-                       dict(conv1d_bias=conv1d_bias, B=B, C=C, B_proj_bias=B_proj_bias, C_proj_bias=C_proj_bias,
-                            out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias))
+                       dict(conv1d_bias=conv1d_bias, B=B, C=C, D=D, delta_bias=delta_bias, B_proj_bias=B_proj_bias,
+                            C_proj_bias=C_proj_bias, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias))
     if A.is_complex():
         raise NotImplementedError("mamba_inner: complex A is not supported (A must be real, of shape (E, N))")
     if torch.jit.is_tracing():
@@ -106,9 +107,11 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
     for name, t in (("B_proj_bias", B_proj_bias), ("C_proj_bias", C_proj_bias)):
         if t is not None and tuple(t.shape) != (A.shape[1],):
             raise ValueError(f"mamba_inner: {name} must have shape (N,)=({A.shape[1]},), got {shape_str(t)}")
-    if conv1d_bias is not None and tuple(conv1d_bias.shape) != (dim,):
-        raise ValueError(f"mamba_inner: conv1d_bias must have shape (E,)=({dim},), got {shape_str(conv1d_bias)}")
-    for name, t in (("conv1d_weight", conv1d_weight), ("conv1d_bias", conv1d_bias)):
+    for name, t in (("conv1d_bias", conv1d_bias), ("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"mamba_inner: {name} must have shape (E,)=({dim},), got {shape_str(t)}")
+    for name, t in (("conv1d_weight", conv1d_weight), ("conv1d_bias", conv1d_bias), ("A", A), ("D", D),
+                    ("delta_bias", delta_bias)):
         if t is not None and not t.is_floating_point():
             raise ValueError(f"mamba_inner: {name} must be a floating-point tensor, got {t.dtype}")
     if out_proj_weight is not None and (out_proj_weight.dim() != 2 or out_proj_weight.shape[1] != dim):
@@ -119,8 +122,9 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                          f"got {shape_str(out_proj_bias)}")
     projections = dict(x_proj_weight=x_proj_weight, delta_proj_weight=delta_proj_weight,
                        out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias)
-    _check_devices("mamba_inner", "xz is", xz.device, A=A, B=B, C=C, B_proj_bias=B_proj_bias,
-                   C_proj_bias=C_proj_bias, conv1d_weight=conv1d_weight, conv1d_bias=conv1d_bias, **projections)
+    _check_devices("mamba_inner", "xz is", xz.device, A=A, B=B, C=C, D=D, delta_bias=delta_bias,
+                   B_proj_bias=B_proj_bias, C_proj_bias=C_proj_bias, conv1d_weight=conv1d_weight,
+                   conv1d_bias=conv1d_bias, **projections)
     # the conv takes weights of any float dtype (as the official kernel does), the scan fp32 parameters: only the
     # matmul weights must be xz's dtype
     _check_dtypes("mamba_inner", "xz is", xz, **projections)

@@ -108,7 +108,7 @@ def mamba_inner_fn_no_out_proj(xz: torch.Tensor, conv1d_weight: torch.Tensor, co
     conv1d_weight is (E, W) or (E, 1, W); x_proj_weight (R + 2N, E); delta_proj_weight (E, R); A (E, N).
     """
     check_inner_args(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias,
-                     C_proj_bias)
+                     C_proj_bias, D=D, delta_bias=delta_bias)
     return _inner_scan(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D, delta_bias,
                        B_proj_bias, C_proj_bias, delta_softplus)
 
@@ -133,7 +133,7 @@ def mamba_inner_fn(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: O
     """mamba_ssm's ``mamba_inner_fn``: :func:`mamba_inner_fn_no_out_proj` followed by out_proj -> (Bt, L, C)."""
     check_tensor_types("mamba_inner", dict(out_proj_weight=out_proj_weight))
     check_inner_args(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias,
-                     C_proj_bias, out_proj_weight, out_proj_bias)
+                     C_proj_bias, out_proj_weight, out_proj_bias, D, delta_bias)
     y = _inner_scan(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D, delta_bias,
                     B_proj_bias, C_proj_bias, delta_softplus)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
