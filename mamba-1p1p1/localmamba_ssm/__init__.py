@@ -1,6 +1,6 @@
-"""Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj``), and the
-fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``, ``attention_merge_fn``, and the two in one
-call, ``multi_scan_attention_merge_fn``).
+"""Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj`` and
+``bimamba_inner_fn``), and the fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``,
+``attention_merge_fn``, and the two in one call, ``multi_scan_attention_merge_fn``).
 
 Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``, and ``composed`` for the fused
 multi-direction ops (plain ops around the scan and conv, which choose their own); override with the environment
@@ -14,9 +14,10 @@ from localmamba_kernel_runtime.backends import selected_backend
 
 from .ops.layernorm import RMSNorm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
 from .ops.multi_scan_interface import attention_merge_fn, multi_scan_attention_merge_fn, multi_scan_inner_fn
-from .ops.reference import (attention_merge_ref, mamba_inner_no_out_proj_ref, mamba_inner_ref, multi_scan_inner_ref,
-                            selective_scan_ref)
-from .ops.selective_scan_interface import mamba_inner_fn, mamba_inner_fn_no_out_proj, selective_scan_fn
+from .ops.reference import (attention_merge_ref, bimamba_inner_ref, mamba_inner_no_out_proj_ref, mamba_inner_ref,
+                            multi_scan_inner_ref, selective_scan_ref)
+from .ops.selective_scan_interface import (bimamba_inner_fn, mamba_inner_fn, mamba_inner_fn_no_out_proj,
+                                           selective_scan_fn)
 
 __version__ = "1.1.1"
 
@@ -34,6 +35,8 @@ __all__ = [
     "attention_merge_fn",
     "attention_merge_ref",
     "backend_summary",
+    "bimamba_inner_fn",
+    "bimamba_inner_ref",
     "layer_norm_fn",
     "layer_norm_ref",
     "mamba_inner_fn",

@@ -52,12 +52,10 @@ def direct_conv1d(x, weight, bias=None, silu=False):
     return out * torch.sigmoid(out) if silu else out
 
 
-def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, B_proj_bias=None,
-                             C_proj_bias=None):
-    """Mamba inner function without out_proj, written step by step from the upstream description, float64; the
-    optional (N,) biases are added to B and C."""
+def direct_inner_projections(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dstate, B_proj_bias=None, C_proj_bias=None):
+    """The scan inputs of the Mamba inner function, float64: u = SiLU(conv(x)), delta, B, C (Bt, N, L) and z."""
     dim = xz.shape[1] // 2
-    rank, dstate = dt_proj_w.shape[1], A.shape[1]
+    rank = dt_proj_w.shape[1]
     x, z = xz[:, :dim].double(), xz[:, dim:].double()
     u = direct_conv1d(x, conv_w.reshape(dim, -1), conv_b, silu=True)
     x_dbl = torch.einsum("bel,re->brl", u, x_proj_w.double())  # (Bt, R + 2N, L)
@@ -68,8 +66,28 @@ def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_b
         Bm = Bm + B_proj_bias.double()[:, None]
     if C_proj_bias is not None:
         Cm = Cm + C_proj_bias.double()[:, None]
+    return u, delta, Bm, Cm, z
+
+
+def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, B_proj_bias=None,
+                             C_proj_bias=None):
+    """Mamba inner function without out_proj, written step by step from the upstream description, float64; the
+    optional (N,) biases are added to B and C."""
+    u, delta, Bm, Cm, z = direct_inner_projections(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A.shape[1], B_proj_bias,
+                                                   C_proj_bias)
     out, _ = direct_scan(u, delta, A, Bm, Cm, D, z, dt_bias, delta_softplus=True)
     return out
+
+
+def direct_bimamba_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, A_b, D, dt_bias):
+    """Vim's "v1" inner function before out_proj, float64: the scan over time with A, plus the scan run from the
+    last step to the first with A_b (each output at its own step), on the same conv and projections."""
+    u, delta, Bm, Cm, z = direct_inner_projections(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A.shape[1])
+    forward, _ = direct_scan(u, delta, A, Bm, Cm, D, z, dt_bias, delta_softplus=True)
+    steps_back = torch.arange(u.shape[-1] - 1, -1, -1)
+    backward, _ = direct_scan(*(t[..., steps_back] for t in (u, delta)), A_b, Bm[..., steps_back],
+                              Cm[..., steps_back], D, z[..., steps_back], dt_bias, delta_softplus=True)
+    return forward + backward[..., steps_back]
 
 
 def direct_rms_norm(x, weight, bias, eps):

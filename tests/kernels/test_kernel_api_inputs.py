@@ -430,7 +430,8 @@ def test_mamba_inner_names_its_scan_parameters(cpu_backend, inner, name, value, 
 
 @pytest.mark.parametrize("module, names", [
     ("localmamba_ssm.ops.selective_scan_interface",
-     ("selective_scan_fn", "selective_scan_ref", "mamba_inner_fn", "mamba_inner_ref", "mamba_inner_fn_no_out_proj")),
+     ("selective_scan_fn", "selective_scan_ref", "mamba_inner_fn", "mamba_inner_ref", "mamba_inner_fn_no_out_proj",
+      "bimamba_inner_fn", "bimamba_inner_ref")),
     ("localmamba_conv1d.causal_conv1d_interface",
      ("causal_conv1d_fn", "causal_conv1d_ref", "causal_conv1d_update", "causal_conv1d_update_ref")),
 ])

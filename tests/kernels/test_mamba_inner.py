@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_formulas import direct_inner_no_out_proj
-from localmamba_ssm import mamba_inner_fn, mamba_inner_fn_no_out_proj, mamba_inner_no_out_proj_ref, mamba_inner_ref
+from kernel_formulas import direct_bimamba_no_out_proj, direct_inner_no_out_proj
+from localmamba_ssm import (bimamba_inner_fn, bimamba_inner_ref, mamba_inner_fn, mamba_inner_fn_no_out_proj,
+                            mamba_inner_no_out_proj_ref, mamba_inner_ref)
 
 BT, E, L, N, R, W = 2, 6, 13, 5, 3, 4
 
@@ -117,3 +118,44 @@ def test_mamba_inner_no_out_proj_applies_softplus_by_default():
     default = mamba_inner_fn_no_out_proj(*args)
     torch.testing.assert_close(default, mamba_inner_fn_no_out_proj(*args, delta_softplus=True))
     assert not torch.allclose(default, mamba_inner_fn_no_out_proj(*args, delta_softplus=False))
+
+
+def test_bimamba_inner_matches_the_scans_both_ways(cpu_backend):
+    """Vim's bimamba_inner_fn ("v1"; it was an ImportError here): the forward scan with A plus the scan run from the
+    last step back with A_b, on shared conv and projections, then out_proj."""
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = make()
+    g = torch.Generator().manual_seed(3)
+    A_b = -torch.rand(E, N, generator=g) * 2 - 0.1
+    out_w, out_b = torch.randn(7, E, generator=g), torch.randn(7, generator=g)
+    y = direct_bimamba_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, A_b, D, dt_bias)
+    expected = F.linear(y.transpose(1, 2), out_w.double(), out_b.double())
+    forward_only = direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias)
+    assert (y - forward_only).abs().max() > 0.1   # the backward scan adds to every step
+    for fn in (bimamba_inner_fn, bimamba_inner_ref):
+        out = fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_w, out_b, A, A_b, None, None, D, delta_bias=dt_bias)
+        assert out.shape == (BT, L, 7) and out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bimamba_inner_gradcheck(cpu_backend):
+    args = make(dtype=torch.float64, batch=1, dim=3, seqlen=5, dstate=2, rank=2, requires_grad=True)
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = args
+    A_b = (-torch.rand(3, 2, dtype=torch.float64) - 0.1).requires_grad_()
+    out_w = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+
+    def run(xz, conv_w, x_proj_w, dt_proj_w, A, A_b, D, dt_bias, out_w):
+        return bimamba_inner_fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_w, None, A, A_b, D=D,
+                                delta_bias=dt_bias)
+
+    assert torch.autograd.gradcheck(run, (xz, conv_w, x_proj_w, dt_proj_w, A, A_b, D, dt_bias, out_w), eps=1e-6,
+                                    atol=1e-6, rtol=1e-4)
+
+
+def test_bimamba_inner_refuses_an_A_b_unlike_A():
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = make()
+    with pytest.raises(ValueError, match=rf"^mamba_inner: A_b must have A's shape \(E, N\)=\({E}, {N}\), got "
+                                         rf"\({E}, {N + 1}\)$"):
+        bimamba_inner_fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, torch.randn(7, E), None, A, torch.zeros(E, N + 1))
+    with pytest.raises(NotImplementedError, match=r"^mamba_inner: complex A_b is not supported \(A_b must be real, "
+                                                  r"of shape \(E, N\)\)$"):
+        bimamba_inner_fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, torch.randn(7, E), None, A, A.to(torch.complex64))

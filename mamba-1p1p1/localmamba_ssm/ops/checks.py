@@ -73,17 +73,20 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                      B: Optional[torch.Tensor], C: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor] = None,
                      C_proj_bias: Optional[torch.Tensor] = None, out_proj_weight: Optional[torch.Tensor] = None,
                      out_proj_bias: Optional[torch.Tensor] = None, D: Optional[torch.Tensor] = None,
-                     delta_bias: Optional[torch.Tensor] = None) -> None:
+                     delta_bias: Optional[torch.Tensor] = None, A_b: Optional[torch.Tensor] = None) -> None:
     """Validate the arguments of the Mamba inner functions by name: shapes, devices, and outside autocast the
     projection weights' dtypes against ``xz``'s (the conv weights may be of any float dtype, as the official kernel
     takes them; the scan checks given B and C). An argument that is not a tensor (None where one is required) is a
-    TypeError, a complex A a NotImplementedError."""
+    TypeError, a complex A (or A_b, the backward A of Vim's bimamba) a NotImplementedError."""
     check_tensor_types("mamba_inner", dict(xz=xz, conv1d_weight=conv1d_weight, x_proj_weight=x_proj_weight,
                                            delta_proj_weight=delta_proj_weight, A=A),
                        dict(conv1d_bias=conv1d_bias, B=B, C=C, D=D, delta_bias=delta_bias, B_proj_bias=B_proj_bias,
-                            C_proj_bias=C_proj_bias, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias))
-    if A.is_complex():
-        raise NotImplementedError("mamba_inner: complex A is not supported (A must be real, of shape (E, N))")
+                            C_proj_bias=C_proj_bias, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias,
+                            A_b=A_b))
+    for name, t in (("A", A), ("A_b", A_b)):
+        if t is not None and t.is_complex():
+            raise NotImplementedError(f"mamba_inner: complex {name} is not supported ({name} must be real, of shape "
+                                      f"(E, N))")
     if torch.jit.is_tracing():
         return
     if xz.dim() != 3 or xz.shape[1] % 2:
@@ -97,6 +100,8 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                          f"got {shape_str(conv1d_weight)}")
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"mamba_inner: A must have shape (E, N) with E={dim}, got {shape_str(A)}")
+    if A_b is not None and A_b.shape != A.shape:
+        raise ValueError(f"mamba_inner: A_b must have A's shape (E, N)={tuple(A.shape)}, got {shape_str(A_b)}")
     if delta_proj_weight.dim() != 2 or delta_proj_weight.shape[0] != dim:
         raise ValueError(f"mamba_inner: delta_proj_weight must have shape (E, R) with E={dim}, "
                          f"got {shape_str(delta_proj_weight)}")
@@ -110,7 +115,7 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
     for name, t in (("conv1d_bias", conv1d_bias), ("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
             raise ValueError(f"mamba_inner: {name} must have shape (E,)=({dim},), got {shape_str(t)}")
-    for name, t in (("conv1d_weight", conv1d_weight), ("conv1d_bias", conv1d_bias), ("A", A), ("D", D),
+    for name, t in (("conv1d_weight", conv1d_weight), ("conv1d_bias", conv1d_bias), ("A", A), ("A_b", A_b), ("D", D),
                     ("delta_bias", delta_bias)):
         if t is not None and not t.is_floating_point():
             raise ValueError(f"mamba_inner: {name} must be a floating-point tensor, got {t.dtype}")
@@ -122,7 +127,7 @@ def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias:
                          f"got {shape_str(out_proj_bias)}")
     projections = dict(x_proj_weight=x_proj_weight, delta_proj_weight=delta_proj_weight,
                        out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias)
-    _check_devices("mamba_inner", "xz is", xz.device, A=A, B=B, C=C, D=D, delta_bias=delta_bias,
+    _check_devices("mamba_inner", "xz is", xz.device, A=A, A_b=A_b, B=B, C=C, D=D, delta_bias=delta_bias,
                    B_proj_bias=B_proj_bias, C_proj_bias=C_proj_bias, conv1d_weight=conv1d_weight,
                    conv1d_bias=conv1d_bias, **projections)
     # the conv takes weights of any float dtype (as the official kernel does), the scan fp32 parameters: only the

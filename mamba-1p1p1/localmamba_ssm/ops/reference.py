@@ -174,6 +174,31 @@ def mamba_inner_ref(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: 
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
 
+def bidirectional_scan(u: _T, delta: _T, A: _T, A_b: _T, B: _T, C: _T, D: OptionalTensor, z: _T,
+                       delta_bias: OptionalTensor, delta_softplus: bool, scan_fn: Callable[..., _T]) -> _T:
+    """Vim's "v1" scan: ``scan_fn`` over the sequence with A, plus (reversed back) over the reversed sequence with
+    A_b; u, delta, z, B and C are reversed along their last dim as Vim does (the state axis of a constant B or C)."""
+    forward = scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    backward = scan_fn(u.flip(-1), delta.flip(-1), A_b, B.flip(-1), C.flip(-1), D, z.flip(-1), delta_bias,
+                       delta_softplus)
+    return forward + backward.flip(-1)
+
+
+def bimamba_inner_ref(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                      x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
+                      out_proj_bias: Optional[torch.Tensor], A: torch.Tensor, A_b: torch.Tensor,
+                      B: Optional[torch.Tensor] = None, C: Optional[torch.Tensor] = None,
+                      D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+                      B_proj_bias: Optional[torch.Tensor] = None, C_proj_bias: Optional[torch.Tensor] = None,
+                      delta_softplus: bool = True) -> torch.Tensor:
+    """Reference of Vim's ``bimamba_inner_fn``: the projections of the inner function, :func:`bidirectional_scan`,
+    then out_proj -> (Bt, L, C)."""
+    u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                                          B_proj_bias, C_proj_bias, causal_conv1d_ref)
+    y = bidirectional_scan(u, delta, A, A_b, B, C, D, z, delta_bias, delta_softplus, selective_scan_ref)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
 def sequence_positions(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Inverse of a token index (K, L) (value ``num_tokens`` = padding): (K, T), the position holding each token."""
     positions = torch.arange(index.shape[1], device=index.device).expand_as(index)

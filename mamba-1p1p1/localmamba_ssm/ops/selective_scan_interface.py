@@ -1,6 +1,6 @@
 """Public selective-scan ops with per-call backend dispatch (see ``localmamba_kernel_runtime.backends``).
 
-Signatures follow mamba_ssm 1.1.1 plus Vim's ``mamba_inner_fn_no_out_proj``.
+Signatures follow mamba_ssm 1.1.1 plus Vim's ``mamba_inner_fn_no_out_proj`` and ``bimamba_inner_fn``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from localmamba_kernel_runtime.validation import check_tensor_types
 
 from .checks import check_inner_args, check_scan_args
 from .cpu.selective_scan_cpu import selective_scan_cpu
-from .reference import inner_projections, mamba_inner_ref, selective_scan_ref  # noqa: F401 (as the official module)
+from .reference import bidirectional_scan, inner_projections
+from .reference import bimamba_inner_ref, mamba_inner_ref, selective_scan_ref  # noqa: F401 (as upstream's module)
 
 OP = "selective_scan"
 OFFICIAL_MODULE = "mamba_ssm.ops.selective_scan_interface"
@@ -136,4 +137,23 @@ def mamba_inner_fn(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: O
                      C_proj_bias, out_proj_weight, out_proj_bias, D, delta_bias)
     y = _inner_scan(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, D, delta_bias,
                     B_proj_bias, C_proj_bias, delta_softplus)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+def bimamba_inner_fn(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
+                     x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, out_proj_weight: torch.Tensor,
+                     out_proj_bias: Optional[torch.Tensor], A: torch.Tensor, A_b: torch.Tensor,
+                     B: Optional[torch.Tensor] = None, C: Optional[torch.Tensor] = None,
+                     D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+                     B_proj_bias: Optional[torch.Tensor] = None, C_proj_bias: Optional[torch.Tensor] = None,
+                     delta_softplus: bool = True) -> torch.Tensor:
+    """Vim's ``bimamba_inner_fn`` (its "v1" Mamba): the conv and projections of :func:`mamba_inner_fn`, the scan
+    over the sequence with A plus the scan over the reversed sequence with A_b (E, N) (same D, delta_bias and z),
+    summed, then out_proj -> (Bt, L, C)."""
+    check_tensor_types("mamba_inner", dict(out_proj_weight=out_proj_weight, A_b=A_b))
+    check_inner_args(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C, B_proj_bias,
+                     C_proj_bias, out_proj_weight, out_proj_bias, D, delta_bias, A_b=A_b)
+    u, delta, B, C, z = inner_projections(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B, C,
+                                          B_proj_bias, C_proj_bias, causal_conv1d_fn)
+    y = bidirectional_scan(u, delta, A, A_b, B, C, D, z, delta_bias, delta_softplus, selective_scan_fn)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
