@@ -79,14 +79,17 @@ def direct_inner_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_b
     return out
 
 
-def direct_bimamba_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, A_b, D, dt_bias):
+def direct_bimamba_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, A_b, D, dt_bias, B=None, C=None):
     """Vim's "v1" inner function before out_proj, float64: the scan over time with A, plus the scan run from the
-    last step to the first with A_b (each output at its own step), on the same conv and projections."""
+    last step to the first with A_b (each output at its own step), on the same conv and projections. B and C, given
+    or projected, are reversed along their last axis for the second scan, as Vim does (for a constant (E, N) one,
+    its states)."""
     u, delta, Bm, Cm, z = direct_inner_projections(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A.shape[1])
+    Bm, Cm = (Bm if B is None else B), (Cm if C is None else C)
     forward, _ = direct_scan(u, delta, A, Bm, Cm, D, z, dt_bias, delta_softplus=True)
     steps_back = torch.arange(u.shape[-1] - 1, -1, -1)
-    backward, _ = direct_scan(*(t[..., steps_back] for t in (u, delta)), A_b, Bm[..., steps_back],
-                              Cm[..., steps_back], D, z[..., steps_back], dt_bias, delta_softplus=True)
+    backward, _ = direct_scan(u[..., steps_back], delta[..., steps_back], A_b, Bm.flip(-1), Cm.flip(-1), D,
+                              z[..., steps_back], dt_bias, delta_softplus=True)
     return forward + backward[..., steps_back]
 
 

@@ -137,6 +137,19 @@ def test_bimamba_inner_matches_the_scans_both_ways(cpu_backend):
         torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_bimamba_inner_reverses_a_constant_B_and_C_along_their_states_as_vim_does(cpu_backend):
+    """Vim reverses B and C along their last axis for the second scan: time for projected ones, the states of a
+    constant (E, N) B or C the caller gives (the original's math, kept)."""
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = make()
+    g = torch.Generator().manual_seed(4)
+    A_b, B, C = -torch.rand(E, N, generator=g) - 0.1, torch.randn(E, N, generator=g), torch.randn(E, N, generator=g)
+    x_proj_w = x_proj_w[:R]   # B and C given: the x projection gives delta's rank rows alone
+    expected = direct_bimamba_no_out_proj(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, A_b, D, dt_bias, B, C)
+    for fn in (bimamba_inner_fn, bimamba_inner_ref):
+        out = fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, torch.eye(E), None, A, A_b, B, C, D, delta_bias=dt_bias)
+        torch.testing.assert_close(out.transpose(1, 2).double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_bimamba_inner_gradcheck(cpu_backend):
     args = make(dtype=torch.float64, batch=1, dim=3, seqlen=5, dstate=2, rank=2, requires_grad=True)
     xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = args
