@@ -298,6 +298,7 @@ class VisionMamba(nn.Module):
             raise ValueError('RoPE with a class token is not supported (the original never combines them)')
         del fused_add_norm, bimamba_type
         in_chans = channels if channels is not None else in_chans
+        self.in_chans = in_chans            # timm reads it as the model's input channels
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.depth = depth

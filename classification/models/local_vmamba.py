@@ -265,6 +265,7 @@ class VSSM(nn.Module):
         dims = [dims * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths):
             raise ValueError(f'dims {dims} and depths {depths} must have one entry per stage')
+        self.in_chans = in_chans            # timm reads it as the model's input channels
         self.num_classes = num_classes
         self.global_pool = _check_global_pool(global_pool)
         self.dims = dims

@@ -1,6 +1,6 @@
 """timm options and calls a researcher makes beyond a plain forward: dynamic_img_size / dynamic_img_pad, the smallest
-image each family takes, torch.jit.script (refused with its reason), forward_intermediates(stop_early=True), and
-create_model's device / dtype (a meta model's forward and backward)."""
+image each family takes, the input channels timm reads (`in_chans`), torch.jit.script (refused with its reason),
+forward_intermediates(stop_early=True), and create_model's device / dtype (a meta model's forward and backward)."""
 import copy
 import re
 
@@ -144,3 +144,19 @@ def test_create_model_takes_timms_device_and_dtype(name):
     for key, value in double.state_dict().items():
         assert value.dtype == torch.float64
         torch.testing.assert_close(value, model.state_dict()[key].double(), rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('features_only', [False, True])
+@pytest.mark.parametrize('name, channel_kwarg', [('local_vim_tiny', 'in_chans'), ('local_vim_tiny', 'channels'),
+                                                 ('local_vssm_tiny', 'in_chans')])
+def test_timms_input_config_reads_the_models_input_channels(name, channel_kwarg, features_only):
+    """timm's input config (what its train.py / validate.py and save_for_hf read) takes a model's channels from its
+    ``in_chans``, as timm's own models set it: a 1-channel model was resolved to (3, 224, 224) with 3-channel
+    normalisation, so timm's loaders fed it RGB images it cannot take."""
+    model = _model(name, **{channel_kwarg: 1}, features_only=features_only)
+    assert model.in_chans == 1
+    assert timm.models.get_model_input_config(model)['input_size'] == (1, 224, 224)
+    config = timm.data.resolve_input_data_config(model)
+    assert config['input_size'] == (1, 224, 224)
+    assert config['mean'] == pytest.approx((sum(timm.data.IMAGENET_DEFAULT_MEAN) / 3,))
+    assert config['std'] == pytest.approx((sum(timm.data.IMAGENET_DEFAULT_STD) / 3,))
