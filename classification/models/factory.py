@@ -160,12 +160,18 @@ def check_trunk_fits(state_dict: dict, model: nn.Module, classifier: Union[None,
 
 
 def _pretrained_file(kwargs: Mapping[str, Any]) -> Optional[str]:
-    """The local file named by timm's ``pretrained_cfg_overlay`` or ``pretrained_cfg`` (``file``), if any."""
+    """The local file named by timm's ``pretrained_cfg_overlay`` or ``pretrained_cfg`` (``file``), if any; not the
+    folder of a ``'local-dir:PATH'`` model (``source`` 'local-dir': a ``save_for_hf`` export, which timm reads)."""
     for cfg in (kwargs.get('pretrained_cfg_overlay'), kwargs.get('pretrained_cfg')):
-        path = cfg.get('file') if isinstance(cfg, Mapping) else getattr(cfg, 'file', None)
-        if path:
+        path = _cfg_field(cfg, 'file')
+        if path and _cfg_field(cfg, 'source') != 'local-dir':
             return os.fspath(path)
     return None
+
+
+def _cfg_field(cfg: Any, name: str) -> Any:
+    """A field of a timm pretrained_cfg given as a dict or a ``PretrainedCfg`` (None when absent)."""
+    return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
 
 
 def read_pretrained_file(variant: str, kwargs: Mapping[str, Any]) -> Optional[tuple[str, dict[str, Any]]]:

@@ -1,5 +1,6 @@
 """Released weights by name: the v1.0.0 release URLs in the pretrained_cfg table, and timm's pretrained loading (a
-file overlay and a file:// URL, no network) of a checkpoint in the released ``{'state_dict': ...}`` form."""
+file overlay and a file:// URL, no network) of a checkpoint in the released ``{'state_dict': ...}`` form, and of a
+``save_for_hf`` export's folder (``'local-dir:PATH'``)."""
 import re
 import warnings
 
@@ -356,3 +357,20 @@ def test_pretrained_search_over_other_candidates_warns_naming_them(name, small, 
         warnings.simplefilter('error')
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), candidates=searched,
                           **small)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_a_save_for_hf_export_loads_back_from_its_local_folder(name, tmp_path):
+    """timm's ``save_for_hf`` export (config.json and the weights) of a 10-class, 1-channel model builds back through
+    ``create_model('local-dir:PATH', pretrained=True)`` with every tensor it saved; the folder was taken for a
+    checkpoint file ('... is a folder, holding no checkpoint file')."""
+    torch.manual_seed(1)
+    saved = timm.create_model(name, **TINY[name], num_classes=10, in_chans=1).eval()
+    timm.models.save_for_hf(saved, tmp_path)
+    torch.manual_seed(2)
+    loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert (loaded.num_classes, loaded.in_chans) == (10, 1)
+    weights = saved.state_dict()
+    assert loaded.state_dict().keys() == weights.keys()
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
