@@ -372,6 +372,15 @@ class VisionMamba(nn.Module):
         """Recompute each layer in the backward pass instead of keeping its activations (timm API)."""
         self.grad_checkpointing = enable
 
+    @property
+    def global_pool(self) -> str:
+        """timm's name of the pooling ``forward_head`` applies now (``final_pool_type``): 'token' (the middle class
+        token), 'avg', 'max', '' (every token) or the original's 'none' (the last token); what timm's
+        ``save_for_hf`` records to build the model again."""
+        if self.has_cls_token and self.final_pool_type != 'all':
+            return 'token'
+        return {'mean': 'avg', 'all': ''}.get(self.final_pool_type, self.final_pool_type)
+
     def get_classifier(self) -> nn.Module:
         return self.head
 

@@ -1,6 +1,7 @@
-"""timm conventions both families meet: unpooled features (output_fmt, pool_size, reset_classifier(0, '')), torch.fx
-tracing and timm's FX feature extraction with unchanged outputs, the build grid of LocalVim at image sizes that are
-not multiples of the patch, and a clear error for an empty batch."""
+"""timm conventions both families meet: unpooled features (output_fmt, pool_size, reset_classifier(0, '')), the
+pooling timm's save_for_hf records (global_pool), torch.fx tracing and timm's FX feature extraction with unchanged
+outputs, the build grid of LocalVim at image sizes that are not multiples of the patch, and a clear error for an empty
+batch."""
 import pytest
 import timm
 import torch
@@ -96,6 +97,25 @@ def test_timms_token_pool_is_the_class_token_and_needs_one():
         _model('local_vim_tiny', num_classes=0, global_pool='token')
     with pytest.raises(ValueError, match="global_pool='token': this model has no class token"):
         _model('local_vim_tiny', num_classes=3).reset_classifier(0, 'token')
+
+
+@pytest.mark.parametrize('name, pool, kwargs', [
+    ('local_vim_tiny', '', {}), ('local_vim_tiny', 'max', {}), ('local_vim_tiny', 'avg', {}),
+    ('local_vim_tiny', 'none', dict(final_pool_type='none')), ('local_vim_tiny_middle_cls_token', '', {}),
+    ('local_vim_tiny_middle_cls_token', 'token', {}), ('local_vssm_tiny', '', {})])
+def test_the_pooling_of_reset_classifier_is_saved_by_save_for_hf(name, pool, kwargs, tmp_path):
+    """timm's ``save_for_hf`` records the model's current pooling (its ``global_pool``) to build it again: LocalVim
+    had none, so a model reset to '' (every token) or 'max' came back from ``'local-dir:PATH'`` pooling the mean."""
+    model = _model(name, **kwargs)
+    if pool != 'none':
+        model.reset_classifier(10, pool)
+    assert model.global_pool == pool
+    timm.models.save_for_hf(model, tmp_path)
+    loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert loaded.global_pool == pool
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), model(image), rtol=0, atol=0)
 
 
 def test_rope_refuses_a_width_it_cannot_rotate():
