@@ -521,14 +521,15 @@ class VisionMamba(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        """Drop layers after the last wanted intermediate (timm API); returns the kept indices."""
+        """Drop layers after the last wanted intermediate (timm API); returns the kept indices. ``prune_head`` leaves
+        no classifier and no pooling (``reset_classifier(0, '')``, as timm's models): the model gives every token."""
         take, last = feature_take_indices(self.depth, indices)
         self.layers = self.layers[:last + 1]
         self.depth = len(self.layers)
         if prune_norm:
             self.norm_f = nn.Identity()
         if prune_head:
-            self.reset_classifier(0)
+            self.reset_classifier(0, '')
         return take
 
 

@@ -390,7 +390,8 @@ class VSSM(nn.Module):
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop stages after the last wanted one and its downsampling (timm API); returns the kept indices. The final
-        norm goes with the last stage (it is sized for it), or on request."""
+        norm goes with the last stage (it is sized for it), or on request. ``prune_head`` leaves no classifier and no
+        pooling (``reset_classifier(0, '')``, as timm's models): the model gives the last kept stage's map."""
         take, last = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:last + 1]
         self.layers[-1].downsample = nn.Identity()
@@ -398,7 +399,7 @@ class VSSM(nn.Module):
         if prune_norm or last < len(self.dims) - 1:
             self.classifier.norm = nn.Identity()
         if prune_head:
-            self.reset_classifier(0)
+            self.reset_classifier(0, '')
         return take
 
     def flops(self, input_shape: Optional[tuple[int, int, int]] = None) -> int:

@@ -268,6 +268,22 @@ def test_local_vim_pruned_final_norm_leaves_the_residual_stream():
     assert intermediates[0].shape == (2, 32, 4, 4)
 
 
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_pruning_the_head_leaves_the_unpooled_features_as_timms_models_do(name):
+    """``prune_intermediate_layers`` (``prune_head=True``, its default) leaves the model giving the features of its
+    last kept layer or stage unpooled, as timm's ViT (``reset_classifier(0, '')``); it gave them pooled to (B, C)."""
+    vit = timm.create_model('vit_tiny_patch16_224', img_size=64, depth=2).eval()
+    model = _model(name)
+    image = torch.randn(2, 3, 64, 64)
+    for pruned in (vit, model):
+        assert pruned.prune_intermediate_layers([0]) == [0]
+        assert pruned.num_classes == 0 and pruned.global_pool == ''
+    with torch.no_grad():
+        features, _ = model.forward_intermediates(image, [0])
+        torch.testing.assert_close(model(image), features, rtol=0, atol=0)
+        assert vit(image).shape == (2, 17, 192)
+
+
 @pytest.mark.parametrize('name', sorted(timm.list_models('local_*')))
 def test_an_unknown_keyword_is_a_type_error_naming_it(name):
     """The original's entrypoints swallowed unknown keywords (`**kwargs`): a misspelt `drop_path_rat=` built the
