@@ -18,6 +18,11 @@ from timm.layers import (DropPath, PatchEmbed, calculate_drop_path_rates, regist
                          trunc_normal_)
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+
+try:
+    from timm.models._input import update_model_input_size
+except ImportError:     # a timm that keeps no record of a model's input size
+    update_model_input_size = None
 from torch import nn
 
 from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
@@ -389,6 +394,34 @@ class VisionMamba(nn.Module):
         if global_pool is not None:
             self.final_pool_type = _timm_pool_type(global_pool, self.has_cls_token)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, tuple[int, int]]] = None,
+                       patch_size: Optional[Union[int, tuple[int, int]]] = None) -> None:
+        """Build the model for another ``img_size`` (timm API): its position tables (``pos_embed``, RoPE's) resized
+        bicubically to that image's token grid, as the forward resizes them for such an image and
+        ``checkpoint_filter_fn`` for a checkpoint, so the outputs at that size stay the same. Refused (ValueError):
+        another patch size, and an oblong grid with RoPE (it needs a square build grid)."""
+        if patch_size is not None and to_2tuple(patch_size) != to_2tuple(self.patch_size):
+            raise ValueError(f'set_input_size: another patch size ({patch_size}) is not supported, only the '
+                             f'{self.patch_size} the model was built with')
+        if img_size is None:
+            return
+        grid = self.token_grid(*to_2tuple(img_size))
+        if self.rope is not None and grid[0] != grid[1]:
+            raise ValueError(f'RoPE needs a square build grid (img_size), got {grid}')
+        with torch.no_grad():
+            if self.pos_embed is not None:
+                self.pos_embed = nn.Parameter(position_table(self.pos_embed, self.grid, grid, self.has_cls_token),
+                                              requires_grad=self.pos_embed.requires_grad)
+            if self.rope is not None:
+                self.rope.freqs_cos, self.rope.freqs_sin = self.rope.tables(grid)
+                self.rope.grid = grid
+        self.grid = grid
+        self.patch_embed.img_size = to_2tuple(img_size)
+        self.patch_embed.grid_size, self.patch_embed.num_patches = grid, grid[0] * grid[1]
+        if update_model_input_size is not None:
+            update_model_input_size(self, img_size)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of an image: ceil(H / patch), ceil(W / patch)."""

@@ -1,6 +1,7 @@
 """timm options and calls a researcher makes beyond a plain forward: dynamic_img_size / dynamic_img_pad, the smallest
 image each family takes, the input channels timm reads (`in_chans`), torch.jit.script (refused with its reason),
-forward_intermediates(stop_early=True), and create_model's device / dtype (a meta model's forward and backward)."""
+forward_intermediates(stop_early=True), create_model's device / dtype (a meta model's forward and backward), and
+LocalVim's set_input_size."""
 import copy
 import re
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 import classification  # noqa: F401  (registers the models)
 from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
+from classification.models.local_vim import checkpoint_filter_fn
 
 VIM = dict(depth=2, embed_dim=32, directions=LOCAL_VIM_TINY_DIRECTIONS[:2])
 VSSM = dict(depths=(1, 1, 1, 1), dims=16, directions=LOCAL_VSSM_TINY_DIRECTIONS[:4])
@@ -160,3 +162,29 @@ def test_timms_input_config_reads_the_models_input_channels(name, channel_kwarg,
     assert config['input_size'] == (1, 224, 224)
     assert config['mean'] == pytest.approx((sum(timm.data.IMAGENET_DEFAULT_MEAN) / 3,))
     assert config['std'] == pytest.approx((sum(timm.data.IMAGENET_DEFAULT_STD) / 3,))
+
+
+@pytest.mark.parametrize('name, kwargs', [('local_vim_tiny', VIM), ('local_vim_tiny_middle_cls_token', VIM),
+                                          ('local_vim_tiny_search', dict(depth=2, embed_dim=32))])
+def test_local_vim_set_input_size_resizes_its_tables_as_a_checkpoint_load_does(name, kwargs):
+    """timm's ``set_input_size`` (ViT's and Swin's, an AttributeError before): the tables of the new grid are those
+    that ``checkpoint_filter_fn`` gives a model built at that size, and outputs at that size do not change."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs, img_size=32).eval()
+    resized = copy.deepcopy(model)
+    resized.set_input_size(img_size=64)
+    built = timm.create_model(name, **kwargs, img_size=64)
+    expected = checkpoint_filter_fn(model.state_dict(), built)
+    assert resized.state_dict().keys() == expected.keys()
+    for key, value in resized.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    assert resized.grid == built.grid == (4, 4) and resized.patch_embed.num_patches == 16
+    assert timm.models.get_model_input_config(resized)['input_size'] == (3, 64, 64)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(resized(image), model(image), rtol=0, atol=0)
+    with pytest.raises(ValueError, match='another patch size'):
+        resized.set_input_size(patch_size=8)
+    if resized.rope is not None:
+        with pytest.raises(ValueError, match='RoPE needs a square build grid'):
+            resized.set_input_size(img_size=(32, 64))
