@@ -129,9 +129,30 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
         self.multi_scan = MultiScanAttn(inner, directions, candidates)
+        self._hook_grad_layouts()
+        self.register_load_state_dict_post_hook(SS2D._hook_grad_layouts_after_load)
+
+    def _hook_grad_layouts(self) -> None:
+        """Hook :func:`grad_in_strides_of` onto each parameter with a size-1 dimension that lacks it: at build, and
+        again wherever torch gives the block new parameter objects, which carry no hooks (``copy.deepcopy``, pickling
+        and ``torch.save`` of the model, ``to_empty`` from the 'meta' device, ``load_state_dict(assign=True)``)."""
         for param in self.parameters():
-            if 1 in param.shape:
+            hooks = (param._backward_hooks or {}).values()
+            if 1 in param.shape and param.requires_grad and not any(
+                    getattr(hook, 'func', None) is grad_in_strides_of for hook in hooks):
                 param.register_hook(partial(grad_in_strides_of, param))
+
+    def _hook_grad_layouts_after_load(self, incompatible_keys: Any) -> None:
+        self._hook_grad_layouts()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._hook_grad_layouts()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SS2D:
+        module = super()._apply(fn, recurse)
+        self._hook_grad_layouts()
+        return module
 
     @property
     def directions(self) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """LocalVMamba: faithful keys and parameter counts, the model's math against a per-direction composition of reference
 ops on non-square inputs, intermediates for det/seg, initialisation, FLOPs and bad input."""
+import copy
 import math
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -297,6 +299,36 @@ def test_gradients_keep_their_parameters_strides():
     assert conv.stride() == (9, 9, 3, 1) and conv.grad.stride() == (9, 9, 3, 1)
     for name, param in model.named_parameters():
         assert param.grad.stride() == param.stride(), name
+
+
+_STRIDES_MODEL = dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_classes=3,
+                      directions=[['h', 'v_flip', 'w2']] * 4)
+
+
+def _meta_built_then_allocated(model):
+    empty = timm.create_model('local_vssm_tiny', **_STRIDES_MODEL, device='meta').to_empty(device='cpu')
+    empty.load_state_dict(model.state_dict())
+    return empty
+
+
+def _loaded_by_assignment(model):
+    fresh = timm.create_model('local_vssm_tiny', **_STRIDES_MODEL)
+    fresh.load_state_dict(model.state_dict(), assign=True)
+    return fresh
+
+
+@pytest.mark.parametrize('copied', [copy.deepcopy, lambda model: pickle.loads(pickle.dumps(model)),
+                                    _meta_built_then_allocated, _loaded_by_assignment],
+                         ids=['deepcopy', 'pickle', 'to_empty', 'assign'])
+def test_gradients_keep_their_parameters_strides_in_a_copy_of_the_model(copied):
+    """torch gives a deep copy, an unpickled model (``torch.save`` of the model), one moved off the 'meta' device with
+    ``to_empty`` and one loaded with ``assign=True`` new parameters without hooks: their conv weights' gradients came
+    back in the channels-last strides that DDP warns of."""
+    model = copied(timm.create_model('local_vssm_tiny', **_STRIDES_MODEL))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad.stride() == param.stride(), name
+        assert len(param._backward_hooks or {}) == (1 in param.shape), name
 
 
 def test_ddp_training_gives_no_gradient_layout_warning(tmp_path):
