@@ -31,7 +31,7 @@ from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_candidates, resolve_directions)
 from .factory import build_local_mamba, check_input_size_options, input_channels, model_cfg, supernet_of
-from .multi_scan import ChannelAttention, MultiScan, scan_all_directions
+from .multi_scan import ChannelAttention, GradLayoutHooks, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
 from .ssm_init import a_log_init, dt_bias_init, dt_rank_of, dt_weight_init, trunc_normal_init
@@ -126,7 +126,7 @@ def multi_mamba_scan(xz: torch.Tensor, directions: tuple[str, ...], grid: tuple[
                                torch.stack(D), torch.stack(conv_weight), stacked_bias, True, traced, attention, eps)
 
 
-class MultiMamba(nn.Module):
+class MultiMamba(GradLayoutHooks):
     """LocalVim mixer: Mamba with several scan directions. (B, L, C) -> (B, L, C).
 
     Parameters keep the original names so released checkpoints load unchanged: ``in_proj``, per direction k
@@ -167,6 +167,7 @@ class MultiMamba(nn.Module):
         self.attn = ChannelAttention(self.d_inner)
         self.opt_in_no_weight_decay = tuple(f'{name}_{k}' for k in range(self.num_directions)
                                             for name in ('A_log', 'D'))
+        self.hook_grad_layouts()
 
     @property
     def directions(self) -> tuple[str, ...]:

@@ -9,7 +9,6 @@ softmax-weights) them, then normalises and gates by SiLU(z).
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import partial
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -25,7 +24,7 @@ from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TIN
                          DirectionTable, resolve_candidates, resolve_directions)
 from .factory import build_local_mamba, check_input_size_options, input_channels, model_cfg, supernet_of
 from .flop_count import count_flops
-from .multi_scan import MultiScanAttn, scan_all_directions
+from .multi_scan import GradLayoutHooks, MultiScanAttn, scan_all_directions
 from .scan_maps import sequence_index
 from .ssm_init import a_log_init, dt_bias_init, dt_rank_of, dt_weight_init, trunc_normal_init
 
@@ -73,19 +72,7 @@ def pad_to_even(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, width % 2, 0, height % 2)) if height % 2 or width % 2 else x
 
 
-def grad_in_strides_of(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``grad`` laid out in the strides of ``param`` (a copy only when they differ).
-
-    A tensor with a size-1 dimension is contiguous under several strides: the depthwise conv of SS2D, which runs on a
-    channels-last view, gives its (E, 1, k, k) weight a gradient whose size-1 dimension has stride 1, and DDP, which
-    compares strides one by one with its bucket's view of the parameter, then warns 'Grad strides do not match bucket
-    view strides' once per process. SS2D hooks this onto each parameter with a size-1 dimension."""
-    if grad.stride() == param.stride():
-        return grad
-    return torch.empty_strided(grad.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
-
-
-class SS2D(nn.Module):
+class SS2D(GradLayoutHooks):
     """LocalVMamba mixer: selective scan of a 2-D map along several directions. (B, H, W, C) -> (B, H, W, C).
 
     Parameters keep the original names and layouts: per-direction projections stacked along a leading K axis
@@ -129,30 +116,7 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
         self.multi_scan = MultiScanAttn(inner, directions, candidates)
-        self._hook_grad_layouts()
-        self.register_load_state_dict_post_hook(SS2D._hook_grad_layouts_after_load)
-
-    def _hook_grad_layouts(self) -> None:
-        """Hook :func:`grad_in_strides_of` onto each parameter with a size-1 dimension that lacks it: at build, and
-        again wherever torch gives the block new parameter objects, which carry no hooks (``copy.deepcopy``, pickling
-        and ``torch.save`` of the model, ``to_empty`` from the 'meta' device, ``load_state_dict(assign=True)``)."""
-        for param in self.parameters():
-            hooks = (param._backward_hooks or {}).values()
-            if 1 in param.shape and param.requires_grad and not any(
-                    getattr(hook, 'func', None) is grad_in_strides_of for hook in hooks):
-                param.register_hook(partial(grad_in_strides_of, param))
-
-    def _hook_grad_layouts_after_load(self, incompatible_keys: Any) -> None:
-        self._hook_grad_layouts()
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self._hook_grad_layouts()
-
-    def _apply(self, fn: Any, recurse: bool = True) -> SS2D:
-        module = super()._apply(fn, recurse)
-        self._hook_grad_layouts()
-        return module
+        self.hook_grad_layouts()
 
     @property
     def directions(self) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
-"""Parts shared by the LocalVim and LocalVMamba mixers: the scan of all directions, the channel attention, and the
-merge of the K directions (plain sum, fused into the scan's call, or the softmax-weighted sum of a search supernet).
+"""Parts shared by the LocalVim and LocalVMamba mixers: the scan of all directions, the channel attention, the
+merge of the K directions (plain sum, fused into the scan's call, or the softmax-weighted sum of a search supernet),
+and the gradient layout of their parameters (:class:`GradLayoutHooks`).
 
 The mixers call :func:`scan_all_directions` from functions that are opaque to ``torch.fx`` (``torch.fx.wrap`` for
 ``symbolic_trace``, timm's ``register_notrace_function`` for its feature extraction): a trace records each as one
@@ -7,7 +8,8 @@ call.
 """
 from __future__ import annotations
 
-from typing import NoReturn, Optional, Sequence
+from functools import partial
+from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,49 @@ def scan_all_directions(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight
     if attention is None:
         return multi_scan_inner_fn(*args)
     return multi_scan_attention_merge_fn(*args, attention_weights=attention, eps=eps)
+
+
+def grad_in_strides_of(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` laid out in the strides of ``param`` (a copy only when they differ).
+
+    A tensor with a size-1 dimension is contiguous under several strides: the depthwise conv of SS2D, which runs on a
+    channels-last view, gives its (E, 1, k, k) weight a gradient whose size-1 dimension has stride 1 (and a dt_proj
+    weight of rank 1, (E, 1), gets one in transposed strides), and DDP, which compares strides one by one with its
+    bucket's view of the parameter, then warns 'Grad strides do not match bucket view strides' once per process."""
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_strided(grad.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
+class GradLayoutHooks(nn.Module):
+    """Base of both mixers: :func:`grad_in_strides_of` hooked onto each parameter with a size-1 dimension, by
+    :meth:`hook_grad_layouts` at the end of the mixer's build and again wherever torch gives the mixer new parameter
+    objects, which carry no hooks (``copy.deepcopy``, pickling and ``torch.save`` of the model, ``to_empty`` from the
+    'meta' device, ``load_state_dict(assign=True)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_post_hook(GradLayoutHooks._hook_grad_layouts_after_load)
+
+    def hook_grad_layouts(self) -> None:
+        """Hook each parameter with a size-1 dimension that requires a gradient and lacks the hook."""
+        for param in self.parameters():
+            hooks = (param._backward_hooks or {}).values()
+            if 1 in param.shape and param.requires_grad and not any(
+                    getattr(hook, 'func', None) is grad_in_strides_of for hook in hooks):
+                param.register_hook(partial(grad_in_strides_of, param))
+
+    def _hook_grad_layouts_after_load(self, incompatible_keys: Any) -> None:
+        self.hook_grad_layouts()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.hook_grad_layouts()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GradLayoutHooks:
+        module = super()._apply(fn, recurse)
+        self.hook_grad_layouts()
+        return module
 
 
 class ChannelAttention(nn.Module):

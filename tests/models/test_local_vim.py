@@ -1,5 +1,6 @@
 """LocalVim: faithful keys and parameter counts, the mixer's math against a per-direction composition of reference
 ops, the layer loop against the original's order of operations, and bad input."""
+import copy
 import hashlib
 import math
 
@@ -426,3 +427,17 @@ def test_intermediate_maps_put_each_token_at_its_row_and_column():
 def test_bad_directions_are_refused(directions, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model('local_vim_tiny', embed_dim=16, directions=directions)
+
+
+@pytest.mark.parametrize('name, kwargs', [('local_vim_tiny_search', {}),
+                                          ('local_vim_tiny', dict(directions=LOCAL_VIM_TINY_DIRECTIONS[:2]))])
+@pytest.mark.parametrize('copied', [False, True])
+def test_gradients_keep_their_parameters_strides_at_dt_rank_1(name, kwargs, copied):
+    """A width of 16 gives dt_rank 1: torch gave each (E, 1) dt_proj weight a gradient in transposed strides, which
+    DDP warns of ('Grad strides do not match bucket view strides'), in the model and in a deep copy of it."""
+    model = timm.create_model(name, depth=2, embed_dim=16, **kwargs)
+    model = copy.deepcopy(model) if copied else model
+    assert model.layers[0].mixer.dt_proj_0.weight.shape == (32, 1)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad.stride() == param.stride(), param_name
