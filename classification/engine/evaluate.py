@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint_on_all_ranks, state_dict_from
 from ..common.signals import interrupt_on_stop_signals
-from ..data import build_eval_dataset, build_loaders
+from ..data import build_eval_dataset, build_loaders, class_summary
 from ..data.loader import lost_worker_as_data_error
 from .amp import autocast, log_precision
 from .checkpoint import INPUT_FLAGS, load_at_model_size, load_evaluated_weights
@@ -174,6 +174,7 @@ def test(cfg: Namespace) -> dict:
         log.info(f"Evaluating on the {len(val_set)} images of {cfg.data_path or cfg.dataset} (val) at --img-size "
                  f"{cfg.img_size}, --crop-pct {cfg.crop_pct}, --interpolation {cfg.interpolation}, in batches of "
                  f"{val_loader.batch_size} on {env.world_size} process(es)")
+        log.info(class_summary(val_set))
         log_top5_meaning(log, cfg.num_classes)
         start_log_file(log)  # the inputs are checked: an evaluation refused before this leaves no eval log
         loss_fn = nn.CrossEntropyLoss()

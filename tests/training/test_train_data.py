@@ -420,7 +420,9 @@ def test_tools_test_evaluates_released_weights_on_a_val_only_tree(tmp_path):
     metrics = evaluate(cfg_for(*TINY_MODEL, "--data-path", root, "--resume", released, "--output", str(out)))
     assert set(metrics) == {"test_loss", "top1", "top5"} and metrics["top5"] == 100.0  # 3 classes: all in the top 5
     (log_file,) = (out / "exp").glob("eval_*.txt")
-    assert "no train/<class>/ folders: the 3 classes are the sorted folder names of val/" in log_file.read_text()
+    log = log_file.read_text()
+    assert "no train/<class>/ folders: the 3 classes are the sorted folder names of val/" in log
+    assert " INFO Classes: 3 (cat, dog, eel)\n" in log  # their order, the labels' (README: the log lists them)
 
 
 def test_meta_tree_without_train_list_evaluates_with_num_classes(tmp_path):
