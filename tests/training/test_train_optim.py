@@ -124,6 +124,40 @@ def test_sgd_and_rmsprop_from_flags():
         assert (opt.defaults["eps"], opt.defaults["momentum"]) == (1e-3, 0.5)
 
 
+def test_opt_no_filter_weight_decays_every_parameter():
+    """--opt-no-filter: one group that decays every parameter by --weight-decay, the 1-D bias included. With a zero
+    gradient AdamW's step is the decoupled decay alone, p * (1 - lr * wd)."""
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(1.0)
+    opt = build_optimizer(model, parse_args(["--opt", "adamw", "--opt-no-filter", "--lr", "0.5",
+                                             "--weight-decay", "0.1"]))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1]
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    opt.step()
+    torch.testing.assert_close(model.bias, torch.tensor([1.0 - 0.5 * 0.1]))
+    torch.testing.assert_close(model.weight, torch.full((1, 2), 1.0 - 0.5 * 0.1))
+
+
+def test_adamw_betas_and_sgd_momentum_come_from_their_flags():
+    adamw = build_optimizer(Toy(), parse_args(["--opt", "adamw", "--opt-betas", "0.8", "0.99"]))
+    assert adamw.defaults["betas"] == (0.8, 0.99)
+    sgd = build_optimizer(Toy(), parse_args(["--opt", "sgd", "--momentum", "0.5"]))
+    assert (sgd.defaults["momentum"], sgd.defaults["nesterov"]) == (0.5, True)
+
+
+def test_honor_no_weight_decay_takes_the_names_the_root_module_lists():
+    """`opt_in_no_weight_decay` on the model itself names its own parameters, without a module prefix."""
+    model = nn.Module()
+    model.scale = nn.Parameter(torch.ones(2, 2))
+    model.fc = nn.Linear(2, 2)
+    model.opt_in_no_weight_decay = ("scale",)
+    no_decay, decay = param_groups(model, lr=1e-3, weight_decay=0.04, honor_no_weight_decay=True)
+    assert (names(model, no_decay), names(model, decay)) == (["fc.bias", "scale"], ["fc.weight"])
+
+
 def test_sgd_without_momentum_is_plain_sgd():
     """--opt sgd --momentum 0 (Nesterov by default): torch refuses Nesterov without momentum, which ended the run in
     a traceback; the update of Nesterov momentum 0 is plain SGD's, p - lr * (g + wd * p)."""
@@ -245,3 +279,10 @@ def test_step_schedule_without_decay_rate_flag_decays_by_a_tenth():
     assert sched.lr_at(9) == pytest.approx(0.01)
     assert sched.lr_at(10) == pytest.approx(0.01 * 0.1)
     assert sched.lr_at(25) == pytest.approx(0.01 * 0.1 ** 2)
+
+
+def test_step_schedule_takes_the_decay_rate_flag():
+    cfg = parse_args(["--sched", "step", "--lr", "0.01", "--epochs", "4", "--warmup-epochs", "0",
+                      "--decay-epochs", "1", "--decay-rate", "0.5"])
+    sched = build_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr), cfg, steps_per_epoch=10)
+    assert [sched.lr_at(t) for t in (9, 10, 25)] == pytest.approx([0.01, 0.005, 0.0025])
