@@ -87,9 +87,11 @@ def test_foreach_ema_is_model_ema_v2_bit_for_bit(make_model, dtype, decay):
     assert differing_tensors(ema_after_steps(model, lambda m: ForeachModelEma(m, decay=decay)), expected) == []
 
 
-def test_foreach_ema_is_model_ema_v2_bit_for_bit_in_small_chunks(monkeypatch):
-    """Chunks of a few tensors each on the CPU (the tiny models fit one chunk of the default size)."""
-    monkeypatch.setattr(ema_module, "CPU_CHUNK_NUMEL", 1000)
+@pytest.mark.parametrize("chunk_numel", [1000, 1], ids=["few_tensors", "one_tensor"])
+def test_foreach_ema_is_model_ema_v2_bit_for_bit_in_small_chunks(monkeypatch, chunk_numel):
+    """Chunks of a few tensors each on the CPU (the tiny models fit one chunk of the default size), or of one tensor
+    each: the last tensor then is a chunk of its own, which must be updated too."""
+    monkeypatch.setattr(ema_module, "CPU_CHUNK_NUMEL", chunk_numel)
     model = tiny_local_vssm()
     expected = ema_after_steps(model, lambda m: ModelEmaV2(m, decay=0.9998))
     assert differing_tensors(ema_after_steps(model, lambda m: ForeachModelEma(m, decay=0.9998)), expected) == []
