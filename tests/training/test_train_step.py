@@ -2,6 +2,7 @@
 against values computed by hand."""
 import copy
 import logging
+import signal
 
 from types import SimpleNamespace
 
@@ -12,11 +13,12 @@ import torch.nn.functional as F
 from timm.utils import AverageMeter
 
 from classification.data import build_mixup
+from classification.engine.cli import RunInterrupted
 from classification.engine.config import parse_args
 from classification.engine.distributed import DistEnv
 from classification.engine.logs import format_eta
 from classification.engine import train_loop
-from classification.engine.train_loop import _add_step_loss, _forward_backward, _optimizer_step
+from classification.engine.train_loop import EpochProgress, _add_step_loss, _forward_backward, _optimizer_step
 from classification.engine.trainer import Run
 
 from training_helpers import TINY_MODEL
@@ -227,3 +229,15 @@ def test_the_training_speed_counts_every_batch_of_an_accumulated_step(tmp_path, 
         train_loop.train_one_epoch(run, 0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Train: 0 [")]
     assert "Time: 1.00s (1.00s)" in lines[0] and "Speed: 64.0 img/s" in lines[0]
+
+
+def test_a_stop_agreed_before_the_first_step_of_a_launch_stops_after_that_step(tmp_path):
+    """A signal that arrives after the epoch began but before its first step here (its first batch loading) stops the
+    run after that step, not before it: every launch trains at least one step, and the stop saves it."""
+    run = make_run(tmp_path, "--epochs", "1", "--warmup-epochs", "0")
+    run.lr_log = []
+    progress = EpochProgress()
+    always_signalled = SimpleNamespace(agreed_with=lambda failed: (signal.SIGTERM, failed))
+    with pytest.raises(RunInterrupted):
+        train_loop.train_one_epoch(run, 0, progress, always_signalled)
+    assert (progress.step, run.scheduler.t, progress.loss.count) == (1, 1, 32)
