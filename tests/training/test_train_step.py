@@ -241,3 +241,19 @@ def test_a_stop_agreed_before_the_first_step_of_a_launch_stops_after_that_step(t
     with pytest.raises(RunInterrupted):
         train_loop.train_one_epoch(run, 0, progress, always_signalled)
     assert (progress.step, run.scheduler.t, progress.loss.count) == (1, 1, 32)
+
+
+def test_a_stop_agreed_between_the_batches_of_a_step_stops_after_that_step(tmp_path):
+    """--grad-accum-steps 2, a signal seen first at the second batch of step 1: the run finishes step 1 and stops
+    before step 2 (4 batches trained), rather than dropping step 1's first batch and stopping after step 0."""
+    run = make_run(tmp_path, "--epochs", "1", "--warmup-epochs", "0", "--grad-accum-steps", "2")
+    run.lr_log = []
+    progress, polls = EpochProgress(), []
+
+    def agreed_with(failed):
+        polls.append(failed)
+        return (signal.SIGTERM if len(polls) >= 4 else None), failed
+
+    with pytest.raises(RunInterrupted):
+        train_loop.train_one_epoch(run, 0, progress, SimpleNamespace(agreed_with=agreed_with))
+    assert (len(polls), progress.step, run.scheduler.t, progress.loss.count) == (5, 4, 2, 4 * 32)
