@@ -136,6 +136,32 @@ def test_an_epoch_ranked_past_keep_num_deletes_its_file(tmp_path):
     assert torch.load(tmp_path / LAST, weights_only=True)["epoch"] == 3
 
 
+def test_latest_is_the_kept_checkpoint_of_the_latest_epoch_before_the_one_given(tmp_path):
+    """The divergence advice's --rewind target: the latest epoch before `before_epoch` whose kept file exists, not the
+    best nor the earliest one."""
+    manager = CheckpointManager(str(tmp_path), keep_num=3)
+    for epoch, score in enumerate((0.9, 0.5, 0.7)):
+        manager.update(epoch, score, {"epoch": epoch})
+    assert manager.latest(before_epoch=3) == (2, str(tmp_path / "checkpoint-2.pth.tar"))
+    assert manager.latest(before_epoch=2) == (1, str(tmp_path / "checkpoint-1.pth.tar"))
+    assert manager.latest(before_epoch=0) is None
+    os.remove(tmp_path / "checkpoint-1.pth.tar")
+    assert manager.latest(before_epoch=2) == (0, str(tmp_path / "checkpoint-0.pth.tar"))
+
+
+def test_adopt_ranks_keep_num_of_the_original_codes_files_and_leaves_the_rest_alone(tmp_path):
+    """Of four scored files with --keep-num 2, the two best are ranked; the other two are left alone (never deleted),
+    not ranked past keep_num."""
+    for epoch in range(4):
+        (tmp_path / f"checkpoint-{epoch}.pth.tar").write_bytes(b"x")
+    manager = CheckpointManager(str(tmp_path), keep_num=2)
+    ranked = manager.adopt(4, {0: 40.0, 1: 70.0, 2: 60.0, 3: 50.0})
+    assert ranked == [["checkpoint-1.pth.tar", 70.0], ["checkpoint-2.pth.tar", 60.0]]
+    assert manager.left_alone == {"checkpoint-0.pth.tar", "checkpoint-3.pth.tar"}
+    manager.reconcile()
+    assert sorted(os.listdir(tmp_path)) == [BEST, *[f"checkpoint-{epoch}.pth.tar" for epoch in range(4)]]
+
+
 def test_model_kwargs_value_may_hold_an_equals_sign():
     """Guards against splitting `key=value` at every '=': the value is all after the first one, read as YAML."""
     cfg = parse_args(["--model-kwargs", "k=a=b", "n=3", "s=x=1=2"])
