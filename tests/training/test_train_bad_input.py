@@ -14,6 +14,7 @@ from torch import nn
 from classification.common import checkpoint_io as ckpt_mod
 from classification.common.checkpoint_io import CheckpointError, atomic_save
 from classification.data import DataError, build_eval_dataset
+from classification.engine.checkpoint import load_weights
 from classification.engine.cli import TrainingDiverged, run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
@@ -464,3 +465,38 @@ def test_under_a_grad_scaler_non_finite_steps_apart_never_stop_the_run(tmp_path,
     ckpt = torch.load(tmp_path / "run" / "last.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["scaler"]["scale"] == 2.0 ** 16 / 2 ** 10
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+class PositionTables(nn.Module):
+    """A position table and a RoPE table of 4 tokens of width 8, and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+        self.rope = nn.Module()
+        self.rope.register_buffer("freqs_cos", torch.zeros(4, 8))
+        self.head = nn.Linear(8, 2)
+
+
+def test_a_mismatch_lists_five_keys_of_each_kind_then_an_ellipsis():
+    model = nn.Sequential(*[nn.Linear(1, 1, bias=False) for _ in range(7)])
+    with pytest.raises(CheckpointError, match=r"^w.pth does not fit this model \(another model\?\): missing \(5\): "
+                                              r"2.weight, 3.weight, 4.weight, 5.weight, 6.weight$"):
+        load_weights(model, {f"{i}.weight": torch.zeros(1, 1) for i in range(2)}, "w.pth")
+    with pytest.raises(CheckpointError, match=r": missing \(7\): 0.weight, 1.weight, 2.weight, 3.weight, 4.weight, "
+                                              r"\.\.\.; unexpected \(1\): other$"):
+        load_weights(model, {"other": torch.zeros(1)}, "w.pth")
+
+
+@pytest.mark.parametrize("change, hint", [
+    ({"pos_embed": torch.zeros(1, 9, 8)}, True),                                     # more tokens, same width
+    ({"pos_embed": torch.zeros(1, 9, 8), "rope.freqs_cos": torch.zeros(9, 16)}, False),  # one table is wider
+    ({"pos_embed": torch.zeros(1, 9, 8), "extra": torch.zeros(1)}, False),           # and a key the model lacks
+])
+def test_the_image_size_hint_only_where_position_tables_alone_differ_in_length(change, hint):
+    """The --img-size hint is for weights of the same model at another image size: only position tables differ,
+    each in its token count alone; another width or an unexpected key is another model."""
+    model = PositionTables()
+    with pytest.raises(CheckpointError, match="does not fit this model") as info:
+        load_weights(model, {**model.state_dict(), **change}, "w.pth")
+    assert ("give the --img-size it was trained at" in str(info.value)) == hint
