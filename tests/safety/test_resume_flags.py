@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from classification.engine.config import ConfigError
-from classification.engine.resume import check_same_batches
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.optim import build_optimizer
+from classification.engine.resume import check_same_batches, saved_optimizer_kind
 from classification.engine.scheduler import WarmupScheduler
 
 from safety_helpers import TINY_RUN, run_tool
@@ -107,3 +108,13 @@ def test_mid_epoch_resume_with_other_accumulation_steps_is_refused():
     with pytest.raises(ConfigError, match=r"-b 32 --grad-accum-steps 4; .*\(this run: 1 with -b 32 "
                                           r"--grad-accum-steps 1\)"):
         check_same_batches(accumulated, "last.pth.tar", world_size=1, batch_size=32)
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd", "rmsprop", "rmsproptf"])
+def test_the_optimizer_kind_of_a_checkpoint_without_config_is_read_from_its_state(opt):
+    """The original code's checkpoints record no --opt: the kind is told by its state's hyperparameters. RMSpropTF's
+    groups hold RMSprop's `alpha` too, so its own `lr_in_momentum` must decide first (else --opt rmsproptf read its
+    own run as another kind's and started its state afresh)."""
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), parse_args(["--opt", opt]))
+    assert saved_optimizer_kind({"optimizer": optimizer.state_dict()}) == opt
+    assert saved_optimizer_kind({"optimizer": optimizer.state_dict(), "config": {"opt": "sgd"}}) == "sgd"
