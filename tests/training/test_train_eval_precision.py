@@ -248,3 +248,34 @@ def test_top5_counts_labels_ranked_up_to_fifth_and_the_loss_is_the_mean_over_ima
                                    logging.getLogger("test"))
     assert result["top1"] == 100 * 2 / 12 and result["top5"] == 100 * 10 / 12
     assert result["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+
+
+class BFloat16Logits(torch.nn.Module):
+    """Logits in bfloat16, as a model under --amp-eval's autocast gives them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.bfloat16)
+
+
+def test_the_validation_loss_of_bfloat16_logits_is_computed_in_float32():
+    """Under --amp-eval the logits come in bfloat16; the loss is the float32 cross-entropy of them (here 0.88184),
+    not one rounded to bfloat16 (0.88672, 0.6 % off)."""
+    import logging
+    import torch.nn.functional as F
+
+    from classification.engine.distributed import DistEnv
+
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.25, -1.0, 3.0], [0.1, 0.2, 0.3]]).to(torch.bfloat16).float()
+    labels = torch.tensor([0, 2, 1])
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    result = evaluate_mod.validate(BFloat16Logits(), [(logits, labels)], torch.nn.CrossEntropyLoss(), env, 0,
+                                   logging.getLogger("test"))
+    assert result["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert result["top1"] == 100 * 1 / 3     # only the second image's label ranks first
+
+
+@pytest.mark.parametrize("classes, said", [(5, True), (6, False)])
+def test_top5_is_said_to_mean_nothing_up_to_five_classes(classes, said):
+    lines = []
+    evaluate_mod.log_top5_meaning(SimpleNamespace(info=lines.append), classes)
+    assert lines == ([f"The model has {classes} classes: its top-5 accuracy is 100 % by definition"] if said else [])
