@@ -141,3 +141,17 @@ def test_per_image_cutmix_takes_each_box_from_the_unmixed_partner(mode):
         torch.testing.assert_close(targets[i, i], torch.tensor(1 - area / (H * W)))
         if mode == "pair":  # both images of a pair swap the same box
             assert torch.equal(images[i, 0] == partner, images[partner, 0] == i)
+
+
+@pytest.mark.parametrize("mode", ["pair", "elem"])
+def test_per_image_cutmix_leaves_the_images_drawn_unmixed_as_they_are(mode):
+    """--mixup-prob 0.5 with min-max CutMix, per image: an image whose λ is drawn 1 (not mixed) keeps its pixels and
+    its one-hot target; a min-max box drawn for it anyway would paste its partner's pixels (timm's λ draw says which
+    images mix, and CutMix is drawn for every image alike)."""
+    np.random.seed(0)
+    images, targets = OriginalMixup(mixup_alpha=0.0, cutmix_alpha=1.0, cutmix_minmax=(0.2, 0.4), prob=0.5, mode=mode,
+                                    label_smoothing=0.0, num_classes=B)(constant_images(), torch.arange(B))
+    unmixed = [i for i in range(B) if targets[i, i] == 1.0]
+    assert 0 < len(unmixed) < B
+    for i in unmixed:
+        assert (images[i] == i).all()
