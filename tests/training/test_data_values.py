@@ -177,3 +177,22 @@ def test_the_flip_probability_is_the_datasets_or_the_flags(dataset, flags, flipp
         out = transform(Image.fromarray(pixels))
         left, right = out[:, :, :8].mean().item(), out[:, :, 8:].mean().item()
         assert (left, right) == ((1.0, 0.0) if flipped else (0.0, 1.0)), seed
+
+
+def test_the_crop_ratio_flag_reaches_the_random_resized_crop():
+    """--ratio LO HI bounds the crop's aspect ratio; without it the crop takes timm's (3/4, 4/3)."""
+    crop = build_transform(cfg_for("--img-size", "16", "--ratio", "0.5", "2"), training=True).transforms[0]
+    assert tuple(crop.ratio) == (0.5, 2.0)
+    cfg = cfg_for("--img-size", "16")
+    assert cfg.ratio is None and tuple(build_transform(cfg, training=True).transforms[0].ratio) == (3 / 4, 4 / 3)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cifar_at_another_image_size_resizes_its_32_pixel_images(training):
+    """--dataset cifar10 --img-size 64: the 32-pixel images (cropped, when training) are resized to 64 with the
+    --interpolation given (without the resize a model built for 64 pixels would get 32-pixel tensors)."""
+    cfg = cfg_for("--dataset", "cifar10", "--img-size", "64", "--interpolation", "bilinear", *PLAIN)
+    transform = build_transform(cfg, training=training)
+    resize = [step for step in transform.transforms if isinstance(step, T.Resize)]
+    assert len(resize) == 1 and resize[0].interpolation == T.InterpolationMode.BILINEAR
+    assert transform(Image.new("RGB", (32, 32), (255, 0, 0))).shape == (3, 64, 64)
