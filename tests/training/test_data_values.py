@@ -111,6 +111,31 @@ def test_shuffled_shards_are_torch_distributed_sampler_shards(rank, epoch):
     assert all(e == epoch for e, _ in ours)
 
 
+@pytest.mark.parametrize("rank", range(5))
+def test_a_data_set_smaller_than_half_the_ranks_is_padded_as_torch_pads_it(rank):
+    """2 samples on 5 ranks: the order is repeated until every rank has one index, as DistributedSampler repeats it
+    (padding with the head once left ranks 3 and 4 without a sample, though each counted one)."""
+    ours = ShardedSampler(2, 5, rank, shuffle=True, seed=5)
+    torch_sampler = DistributedSampler(range(2), 5, rank, shuffle=True, seed=5)
+    got = [i for _, i in ours]
+    assert got == list(torch_sampler) and len(got) == len(ours) == 1
+
+
+def test_an_epoch_begun_under_another_seed_keeps_its_augmentation():
+    """A run resumed mid-epoch with a new --seed: the epoch's samples draw their augmentation from the seed it began
+    with (`epoch_seeds`), the later epochs from the new one."""
+    def draws(dataset, epoch):
+        return [dataset[(epoch, index)][0] for index in range(3)]
+
+    base = [(None, 0)] * 3
+    resumed = SeededTransformDataset(base, lambda image: torch.rand(1).item(), seed=7)
+    resumed.epoch_seeds[1] = 5
+    began = SeededTransformDataset(base, lambda image: torch.rand(1).item(), seed=5)
+    new = SeededTransformDataset(base, lambda image: torch.rand(1).item(), seed=7)
+    assert draws(resumed, 1) == draws(began, 1) != draws(new, 1)
+    assert draws(resumed, 2) == draws(new, 2)
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_unshuffled_shards_are_torch_order_without_padding(rank):
     """Not shuffled, the shards are DistributedSampler's without its padding (each sample counted once in eval)."""
