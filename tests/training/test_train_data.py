@@ -10,7 +10,7 @@ import torch
 from classification.data import DataError, ShardedSampler, build_datasets, build_eval_dataset, build_loaders
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.image_list import imagenet_layout
-from classification.data.loader import build_loader
+from classification.data.loader import _quiet_when_main_process_left, build_loader
 from classification.data.transforms import build_transform
 from classification.engine.config import parse_args
 
@@ -191,6 +191,16 @@ def test_loader_workers_print_no_traceback_for_a_main_process_that_stopped_mid_t
     printed = [text for (text,), _ in loader]
     assert printed[:2] == ["", ""]
     assert printed[2].rstrip().endswith("ValueError: a real bug")
+
+
+@pytest.mark.parametrize("error, reported", [(ConnectionResetError, False), (BrokenPipeError, False),
+                                             (EOFError, False), (ValueError, True)])
+def test_a_worker_reports_every_error_but_a_connection_its_main_process_dropped(error, reported):
+    """A connection reset, a broken pipe or an end of file met mid-transfer is the main process stopping: not
+    reported; any other error is."""
+    reports = []
+    _quiet_when_main_process_left(error, error("x"), None, report=lambda *args: reports.append(args[0]))
+    assert reports == ([error] if reported else [])
 
 
 def test_a_cpu_run_on_a_machine_with_cuda_pins_no_memory(folder_tree, tmp_path, monkeypatch):
