@@ -18,7 +18,7 @@ from torchvision.datasets import ImageFolder
 
 from classification.data import DataError, build_datasets, build_eval_dataset
 from classification.data.defaults import resolve_dataset_defaults
-from classification.data.class_folders import scan_class_folders
+from classification.data.class_folders import first_few, scan_class_folders
 from classification.data.image_decoding import load_rgb
 from classification.data.image_list import build_imagenet_val
 from classification.data.transforms import build_transform
@@ -885,3 +885,30 @@ def test_an_images_exif_orientation_is_not_applied_as_torchvision_and_the_origin
     ours = np.asarray(load_rgb(path))
     assert ours.shape == (2, 3, 3) and np.array_equal(ours, pixels)
     assert np.array_equal(ours, np.asarray(default_loader(path)))
+
+
+def test_sub_folders_are_listed_in_imagefolders_order_of_their_paths(tmp_path):
+    """ImageFolder lists a class's folders by path: `a`, `a-c`, then `a/b` ('-' sorts before '/'), not depth first
+    (`a`, `a/b`, `a-c`)."""
+    for rel, seed in (("cat/a/1.png", 1), ("cat/a/b/2.png", 2), ("cat/a-c/3.png", 3), ("dog/4.png", 4)):
+        write_image(str(tmp_path / "train" / rel), seed=seed, size=4, fmt="PNG")
+    samples, _ = scan_class_folders(str(tmp_path / "train"))
+    assert samples == ImageFolder(str(tmp_path / "train")).samples
+    assert [os.path.relpath(path, tmp_path / "train") for path, _ in samples[:3]] == [
+        os.path.join("cat", "a", "1.png"), os.path.join("cat", "a-c", "3.png"), os.path.join("cat", "a", "b", "2.png")]
+
+
+def test_a_link_to_a_folder_whose_path_begins_the_splits_is_followed(tmp_path):
+    """A class folder's link to `<root>/tra`, a folder beside `<root>/train` whose path is the start of the split's
+    path but does not hold it: its images are the class's (only a linked folder that holds the split is refused)."""
+    write_image(str(tmp_path / "tra" / "extra.png"), seed=1, size=4, fmt="PNG")
+    write_image(str(tmp_path / "train" / "cat" / "1.png"), seed=2, size=4, fmt="PNG")
+    write_image(str(tmp_path / "train" / "dog" / "2.png"), seed=3, size=4, fmt="PNG")
+    os.symlink(tmp_path / "tra", tmp_path / "train" / "dog" / "more")
+    samples, _ = scan_class_folders(str(tmp_path / "train"))
+    assert samples == ImageFolder(str(tmp_path / "train")).samples
+    assert (str(tmp_path / "train" / "dog" / "more" / "extra.png"), 1) in samples
+
+
+def test_first_few_adds_an_ellipsis_only_when_names_are_left_out():
+    assert (first_few(["a", "b"], 2), first_few(["a", "b", "c"], 2), first_few([], 2)) == ("a, b", "a, b, ...", "")
