@@ -912,3 +912,12 @@ def test_a_link_to_a_folder_whose_path_begins_the_splits_is_followed(tmp_path):
 
 def test_first_few_adds_an_ellipsis_only_when_names_are_left_out():
     assert (first_few(["a", "b"], 2), first_few(["a", "b", "c"], 2), first_few([], 2)) == ("a, b", "a, b, ...", "")
+
+
+def test_the_letter_case_hint_compares_names_case_folded(tmp_path):
+    """'STRAßE' and 'Strasse' differ in letter case only under Unicode case folding (ß folds to 'ss'), which
+    `str.lower` does not apply."""
+    write_image(str(tmp_path / "val" / "STRAßE" / "1.png"), seed=1, size=4, fmt="PNG")
+    with pytest.raises(DataError, match=r"\('STRAßE' differs from its class 'Strasse' in letter case only: "
+                                        r"rename it\)$"):
+        scan_class_folders(str(tmp_path / "val"), ["Strasse"])
