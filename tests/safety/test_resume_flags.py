@@ -118,3 +118,18 @@ def test_the_optimizer_kind_of_a_checkpoint_without_config_is_read_from_its_stat
     optimizer = build_optimizer(torch.nn.Linear(2, 2), parse_args(["--opt", opt]))
     assert saved_optimizer_kind({"optimizer": optimizer.state_dict()}) == opt
     assert saved_optimizer_kind({"optimizer": optimizer.state_dict(), "config": {"opt": "sgd"}}) == "sgd"
+
+
+def test_changed_flags_are_logged_but_those_that_name_the_folder():
+    """--output and --experiment name the folder a resumed run continues in whatever they say: not logged as changes;
+    another --lr is."""
+    from types import SimpleNamespace
+
+    from classification.engine.config import config_dict
+    from classification.engine.resume import log_changed_flags
+
+    saved = config_dict(parse_args(["--output", "runs", "--experiment", "a", "--lr", "1e-3"]))
+    lines = []
+    log_changed_flags(parse_args(["--output", "elsewhere", "--experiment", "b", "--lr", "2e-3"]), saved,
+                      SimpleNamespace(info=lines.append))
+    assert lines == ["--lr changed on resume: 0.001 -> 0.002 (the new value is used)"]

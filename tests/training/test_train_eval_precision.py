@@ -279,3 +279,12 @@ def test_top5_is_said_to_mean_nothing_up_to_five_classes(classes, said):
     lines = []
     evaluate_mod.log_top5_meaning(SimpleNamespace(info=lines.append), classes)
     assert lines == ([f"The model has {classes} classes: its top-5 accuracy is 100 % by definition"] if said else [])
+
+
+def test_an_input_flag_its_run_recorded_as_unset_is_no_other_input():
+    """The warning about other inputs names only flags whose run recorded a value: a None is no value to compare."""
+    from classification.engine.config import parse_args
+
+    cfg = parse_args(["--crop-pct", "0.9", "--interpolation", "bicubic"])
+    assert evaluate_mod.other_inputs(cfg, {"crop_pct": None, "interpolation": "bicubic"}) == []
+    assert evaluate_mod.other_inputs(cfg, {"crop_pct": 0.875}) == ["--crop-pct 0.875 -> 0.9"]
