@@ -18,11 +18,6 @@ from timm.layers import (DropPath, PatchEmbed, calculate_drop_path_rates, regist
                          trunc_normal_)
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-
-try:
-    from timm.models._input import update_model_input_size
-except ImportError:     # a timm that keeps no record of a model's input size
-    update_model_input_size = None
 from torch import nn
 
 from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
@@ -35,6 +30,11 @@ from .multi_scan import ChannelAttention, GradLayoutHooks, MultiScan, scan_all_d
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
 from .ssm_init import a_log_init, dt_bias_init, dt_rank_of, dt_weight_init, trunc_normal_init
+
+try:
+    from timm.models._input import update_model_input_size
+except ImportError:     # a timm that keeps no record of a model's input size
+    update_model_input_size = None
 
 __all__ = ['MultiMamba', 'VisionMamba', 'checkpoint_filter_fn', 'position_table']
 
