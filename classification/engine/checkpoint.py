@@ -6,9 +6,10 @@ A training checkpoint holds `epoch`, `model`, `ema_model`, `optimizer`, `scaler`
 `model_name`, `directions` (the scan directions per layer, see `scan_directions`), `candidates` (a search supernet's,
 else None), `classes` (the class folders' names, else None), `train_images`, `epoch_seed` (the --seed that drew
 `epoch`'s order and augmentation), `steps_per_epoch` (batches an epoch trains) and `config` for exact resume, and
-`run_id` (the run that wrote it: kept by `--resume`, new for `--branch`). A run stopped by a signal in the middle of
-an epoch writes `last.pth.tar` alone, marked by `step` (the batches done in `epoch`, the epoch in progress) and
-holding `train_loss_sums` (each rank's running [loss sum, sample count]); in an epoch-end checkpoint both are None
+`run_id` (the run that wrote it: kept by `--resume`, new for `--branch`); `state_dict_ema` is `ema_model` again (one
+object, so stored once) under the name timm's `load_checkpoint(use_ema=True)` reads. A run stopped by a signal in the
+middle of an epoch writes `last.pth.tar` alone, marked by `step` (the batches done in `epoch`, the epoch in progress)
+and holding `train_loss_sums` (each rank's running [loss sum, sample count]); in an epoch-end checkpoint both are None
 (absent in older files) and `epoch` is the epoch it finished. Every value is a tensor or a plain Python value, so the
 file loads with `torch.load(weights_only=True)`. The released form is `{'state_dict': weights}`
 (tools/convert_ckpt.py). Reading, writing and weight lookup live in `classification.common.checkpoint_io`.

@@ -255,13 +255,15 @@ class Run:
         train-loss sums of every rank included). Every rank calls it."""
         loss_sums = [progress.loss.sum, progress.loss.count] if progress is not None else None
         states = all_gather_objects((get_rng_state(), loss_sums))
+        ema_weights = self.ema.module.state_dict() if self.ema is not None else None
         return {
             "epoch": epoch,
             "step": progress.step if progress is not None else None,
             "steps_per_epoch": self.steps_per_epoch,
             "train_loss_sums": [sums for _, sums in states] if progress is not None else None,
             "model": self.model.state_dict(),
-            "ema_model": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_model": ema_weights,
+            "state_dict_ema": ema_weights,  # the same dict, stored once: where timm's load_checkpoint looks for an EMA
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "scheduler": self.scheduler.state_dict(),

@@ -6,6 +6,7 @@ import runpy
 import sys
 
 import pytest
+import timm.models
 import torch
 import yaml
 
@@ -84,6 +85,19 @@ def test_checkpoint_contents(run_dir):
     assert not torch.equal(ckpt["ema_model"]["head.weight"], ckpt["model"]["head.weight"])
     best = max(read_metrics(os.path.join(exp, "metrics.csv")), key=lambda r: float(r["top1"]))
     assert [p for p, _ in ckpt["checkpoints"]][0] == f"checkpoint-{best['epoch']}.pth.tar"  # relative to the run
+
+
+def test_timm_load_checkpoint_reads_the_ema_of_a_training_checkpoint(run_dir):
+    """timm's `load_checkpoint` / `load_state_dict` take the EMA by default (`use_ema=True`) from `state_dict_ema`:
+    ours is the `ema_model` dict itself, stored once; `use_ema=False` gives the model's weights."""
+    exp, _ = run_dir
+    path = os.path.join(exp, "last.pth.tar")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["state_dict_ema"] is ckpt["ema_model"]    # one pickled object: the file holds the EMA once
+    for use_ema, key in ((True, "ema_model"), (False, "model")):
+        weights = timm.models.load_state_dict(path, use_ema=use_ema)
+        assert weights.keys() == ckpt[key].keys()
+        assert all(torch.equal(weights[name], ckpt[key][name]) for name in weights)
 
 
 def run_script(monkeypatch, name, *argv):
