@@ -31,7 +31,9 @@ def main() -> None:
                              "current one for a checkpoint URL)")
     parser.add_argument("--ema", "--model-ema", dest="ema", action="store_true",
                         help="use the EMA weights (ema_model); --model-ema as in tools/test.py")
-    parser.add_argument("--supernet", default=None, help="supernet name for the file (default: from the checkpoint)")
+    parser.add_argument("--supernet", default=None,
+                        help="supernet name for the file (default: the checkpoint's, else the registered supernet "
+                             "whose search layers it has)")
     parser.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
                         help="the supernet's candidates, in order, for a checkpoint that does not record them "
                              "(default: the checkpoint's, else the original 8)")

@@ -7,6 +7,7 @@ literal per layer (the top-k candidates in canonical order) followed by a comma.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import torch
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..common.plots import pyplot, save_figure
 from ..models.directions import CANDIDATES, checkpoint_candidates, load_directions, save_directions
+from ..models.factory import SUPERNET_FINAL_MODELS
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
 from ..models.scan_maps import parse_direction
 from .probs import chosen_directions, layer_probabilities, search_weight_entries
@@ -66,13 +68,21 @@ def _architecture_name(name: str) -> str:
     return timm.models.split_model_name_tag(name.removeprefix("timm_"))[0]
 
 
-def _search_weight_names(name: str) -> Optional[list[str]]:
+@functools.lru_cache(maxsize=None)
+def _search_weight_names(name: str) -> Optional[tuple[str, ...]]:
     """The state-dict names of registered model ``name``'s search weights (``name`` as :func:`_architecture_name`
     gives it), in layer order; None for a name not registered here."""
     if name not in timm.list_models():
         return None
     with torch.device("meta"):
-        return [key for key, _ in search_weight_entries(timm.create_model(name).state_dict())]
+        return tuple(key for key, _ in search_weight_entries(timm.create_model(name).state_dict()))
+
+
+def _supernet_of_layout(found: Sequence[str]) -> Optional[str]:
+    """The registered search supernet whose search weights (as built by its name) are named ``found``, for a file
+    that names none (the original's checkpoints): its family and stage depths are then the file's, which the checks
+    of a directions file read from its ``supernet``. None when no supernet has that layout."""
+    return next((name for name in SUPERNET_FINAL_MODELS if _search_weight_names(name) == tuple(found)), None)
 
 
 def _check_finite(weights: Mapping[str, torch.Tensor], probs: list[torch.Tensor], candidates: Sequence[str],
@@ -229,7 +239,8 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError). ``candidates``
     names the supernet's candidates for a file that does not record them (see module doc); the names need not be
     registered in this process. ``supernet`` names the supernet of a file that does not record it:
-    a registered one whose search weights are not the file's (the other family, another depth) is refused.
+    a registered one whose search weights are not the file's (the other family, another depth) is refused; without
+    it, such a file (the original's checkpoints) is taken for the registered supernet whose search layers it has.
 
     Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
     'unfinished' is :func:`unfinished_search`'s note (None for the end of a search run).
@@ -253,8 +264,10 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     if not probs:
         raise CheckpointError(f"{ckpt_path}: no '*{SEARCH_WEIGHT_SUFFIX}' entries: not a search supernet checkpoint")
     _check_finite(weights, probs, candidates, ckpt_path)
-    if supernet and not recorded:
-        found = [key for key, _ in search_weight_entries(weights)]
+    found = tuple(key for key, _ in search_weight_entries(weights))
+    if not supernet and not recorded:
+        architecture = _supernet_of_layout(found)
+    elif supernet and not recorded:
         expected = _search_weight_names(architecture)
         if expected is not None and found != expected:
             raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "

@@ -265,3 +265,45 @@ def test_the_supernet_named_in_the_originals_spelling_is_recorded_as_registered(
     warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
     assert warnings == [f"{path} was searched with stage depths (2, 2, 9, 2), local_vssm_tiny has (2, 2, 2, 9): its "
                         f"stages take the directions searched for other stages' blocks"]
+
+
+@pytest.mark.parametrize("name, kwargs, table, other", [   # other: a model its layer count fits, and its depths
+    ("local_vim_tiny_search", {"embed_dim": 8}, "LOCAL_VIM_TINY_DIRECTIONS", ("local_vssm_tiny", (2, 2, 14, 2))),
+    ("local_vssm_tiny_search", {"dims": 4}, "LOCAL_VSSM_TINY_DIRECTIONS", ("local_vim_tiny", None)),
+    ("local_vssm_small_search", {"dims": 4}, "LOCAL_VSSM_SMALL_DIRECTIONS", ("local_vssm_small", (3, 3, 25, 2))),
+])
+def test_a_file_of_the_original_code_names_the_supernet_of_its_search_layers(name, kwargs, table, other, tmp_path):
+    """A checkpoint of the original code records no model name: its directions file said `supernet: null`, so a model
+    of the other family, or with stages that split the layers otherwise, took its directions without the warning
+    the README promises. The supernet is the registered one with the file's search layers; the released tables
+    come back from weights that rank them first."""
+    from classification.models import directions as tables
+    from classification.models.directions import CANDIDATES, directions_source_warnings, model_family
+
+    released = [list(layer) for layer in getattr(tables, table)]
+    weights = timm.create_model(name, **kwargs).state_dict()
+    keys = [key for key in weights if key.endswith("multi_scan.weights")]
+    for key, layer in zip(keys, released, strict=True):
+        weights[key] = torch.tensor([0.01 if c in layer else 0.0 for c in CANDIDATES]).view(8, 1, 1, 1)
+    ckpt = tmp_path / "checkpoint.pth.tar"
+    torch.save({"model": weights, "ema_model": None, "epoch": 99, "optimizer": None}, ckpt)
+    result = extract(str(ckpt), out_dir=str(tmp_path))
+    assert result["directions"] == released
+    path = tmp_path / "directions.yaml"
+    assert yaml.safe_load(path.read_text())["supernet"] == name
+    model, depths = other
+    family = model_family(model)
+    warning = directions_source_warnings(path, model, family, depths)
+    if family != model_family(name):
+        assert warning == [f"{path} holds the directions searched by {name} (a {model_family(name)} supernet), "
+                           f"but {model} is a {family} model: its layers take them as given"]
+    else:
+        assert warning == [f"{path} was searched with stage depths (2, 2, 27, 2), {model} has {depths}: its stages "
+                           f"take the directions searched for other stages' blocks"]
+
+
+def test_a_file_whose_search_layers_no_registered_supernet_has_names_none(supernet_weights, tmp_path):
+    """A depth-2 search (the fixture's) matches no registered supernet: its file names none, as before."""
+    torch.save({"model": supernet_weights, "ema_model": None, "epoch": 1, "optimizer": None}, tmp_path / "c.pth")
+    extract(str(tmp_path / "c.pth"))
+    assert yaml.safe_load((tmp_path / "directions.yaml").read_text())["supernet"] is None
