@@ -269,10 +269,14 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
         architecture = _supernet_of_layout(found)
     elif supernet and not recorded:
         expected = _search_weight_names(architecture)
+        if expected == ():
+            raise CheckpointError(f"--supernet {supernet}: not a search supernet (its layers have fixed directions): "
+                                  f"give the supernet {ckpt_path} was trained as ({', '.join(SUPERNET_FINAL_MODELS)}),"
+                                  f" or leave out --supernet")
         if expected is not None and found != expected:
             raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "
-                                  f"those of {supernet} ({len(expected)}{': ' + expected[0] if expected else ''} "
-                                  f"...): give the supernet it was trained as, or leave out --supernet")
+                                  f"those of {supernet} ({len(expected)}: {expected[0]} ...): give the supernet it "
+                                  f"was trained as, or leave out --supernet")
     if topk > len(candidates):
         raise CheckpointError(f"{ckpt_path}: its supernet has {len(candidates)} candidates ({', '.join(candidates)}): "
                               f"--topk must be between 1 and {len(candidates)}, got {topk}")

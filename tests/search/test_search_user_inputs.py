@@ -307,3 +307,17 @@ def test_a_file_whose_search_layers_no_registered_supernet_has_names_none(supern
     torch.save({"model": supernet_weights, "ema_model": None, "epoch": 1, "optimizer": None}, tmp_path / "c.pth")
     extract(str(tmp_path / "c.pth"))
     assert yaml.safe_load((tmp_path / "directions.yaml").read_text())["supernet"] is None
+
+
+@pytest.mark.parametrize("given", ["local_vim_tiny", "timm_local_vssm_tiny", "resnet18"])
+def test_a_supernet_name_of_a_model_without_search_weights_is_refused_as_such(supernet_weights, tmp_path,
+                                                                              monkeypatch, capsys, given):
+    """--supernet naming a model of fixed directions was refused as one with other search layers, "(0 ...)"."""
+    ckpt = tmp_path / "checkpoint.pth.tar"
+    torch.save({"model": supernet_weights, "ema_model": None, "epoch": 4, "optimizer": None}, ckpt)
+    status, _, err = vis(monkeypatch, capsys, str(ckpt), "--supernet", given, "--out", str(tmp_path / "o"))
+    assert status == 2 and err.splitlines() == [
+        f"error: --supernet {given}: not a search supernet (its layers have fixed directions): give the supernet "
+        f"{ckpt} was trained as (local_vim_tiny_search, local_vssm_tiny_search, local_vssm_small_search), or leave "
+        f"out --supernet"]
+    assert not (tmp_path / "o").exists()
