@@ -20,6 +20,7 @@ import torch
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
 from ..common.plots import pyplot, save_figure
+from ..common.suggest import did_you_mean
 from ..models.directions import CANDIDATES, checkpoint_candidates, load_directions, save_directions
 from ..models.factory import SUPERNET_FINAL_MODELS
 from ..models.multi_scan import SEARCH_WEIGHT_SUFFIX
@@ -239,7 +240,8 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError). ``candidates``
     names the supernet's candidates for a file that does not record them (see module doc); the names need not be
     registered in this process. ``supernet`` names the supernet of a file that does not record it:
-    a registered one whose search weights are not the file's (the other family, another depth) is refused; without
+    a registered one whose search weights are not the file's (the other family, another depth) is refused, one not
+    registered here is kept with a warning; without
     it, such a file (the original's checkpoints) is taken for the registered supernet whose search layers it has.
 
     Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
@@ -273,7 +275,11 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
             raise CheckpointError(f"--supernet {supernet}: not a search supernet (its layers have fixed directions): "
                                   f"give the supernet {ckpt_path} was trained as ({', '.join(SUPERNET_FINAL_MODELS)}),"
                                   f" or leave out --supernet")
-        if expected is not None and found != expected:
+        if expected is None:
+            logger.warning(f"--supernet {supernet}: not a model registered here, recorded in directions.yaml as "
+                           f"given (the model trained with the file is not checked against its family and depths)"
+                           f"{did_you_mean(architecture, SUPERNET_FINAL_MODELS, n=1)}")
+        elif found != expected:
             raise CheckpointError(f"{ckpt_path}: its {len(found)} search layers ({found[0]} ... {found[-1]}) are not "
                                   f"those of {supernet} ({len(expected)}: {expected[0]} ...): give the supernet it "
                                   f"was trained as, or leave out --supernet")

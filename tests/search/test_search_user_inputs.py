@@ -321,3 +321,15 @@ def test_a_supernet_name_of_a_model_without_search_weights_is_refused_as_such(su
         f"{ckpt} was trained as (local_vim_tiny_search, local_vssm_tiny_search, local_vssm_small_search), or leave "
         f"out --supernet"]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_supernet_name_not_registered_here_is_recorded_with_a_warning(supernet_weights, tmp_path, localmamba_log):
+    """A misspelt --supernet went into directions.yaml silently, and the checks of the model trained with the file
+    then knew neither its family's supernet nor its stage depths."""
+    torch.save({"model": supernet_weights, "ema_model": None, "epoch": 4, "optimizer": None}, tmp_path / "c.pth")
+    with localmamba_log.at_level(logging.WARNING, logger="localmamba"):
+        extract(str(tmp_path / "c.pth"), supernet="local_vim_tiny_serch")
+    assert yaml.safe_load((tmp_path / "directions.yaml").read_text())["supernet"] == "local_vim_tiny_serch"
+    assert [r.getMessage() for r in localmamba_log.records] == [
+        "--supernet local_vim_tiny_serch: not a model registered here, recorded in directions.yaml as given (the model "
+        "trained with the file is not checked against its family and depths); did you mean local_vim_tiny_search?"]
