@@ -239,10 +239,10 @@ def extract(ckpt_path: str, topk: int = 4, out_dir: Optional[str] = None, ema: b
     ``out_dir`` defaults to the checkpoint's folder (the current one for a checkpoint given by URL). An existing
     directions.yaml with other directions is replaced only with ``overwrite`` (FileExistsError). ``candidates``
     names the supernet's candidates for a file that does not record them (see module doc); the names need not be
-    registered in this process. ``supernet`` names the supernet of a file that does not record it:
-    a registered one whose search weights are not the file's (the other family, another depth) is refused, one not
-    registered here is kept with a warning; without
-    it, such a file (the original's checkpoints) is taken for the registered supernet whose search layers it has.
+    registered in this process. ``supernet`` names the supernet of a file that does not record it: a registered one
+    whose search weights are not the file's (the other family, another depth) is refused, one not registered here is
+    kept with a warning; without it, such a file (the original's checkpoints) is taken for the registered supernet
+    whose search layers it has.
 
     Returns {'probs', 'candidates', 'directions', 'printout', 'directions_file', 'heatmap', 'unfinished'};
     'unfinished' is :func:`unfinished_search`'s note (None for the end of a search run).
