@@ -537,7 +537,9 @@ def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.out and task == 'detection' and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must be a .pkl file for detection, got {args.out}')
     cfg = _load_config(args, task)
-    cfg.load_from = args.checkpoint
+    # The weights only: the config a resumed run saved holds resume=True, with which mmengine's test resumed the
+    # training state (built the optimizer and the training set, which must then be at hand).
+    cfg.load_from, cfg.resume = args.checkpoint, False
     walk_dicts(cfg.model, _skip_pretrained)  # the checkpoint holds every weight: the backbone's file is not read
     if args.show or args.show_dir:
         hook = cfg.default_hooks.visualization

@@ -461,6 +461,21 @@ def test_a_tested_checkpoint_does_not_read_the_pretrained_file(tmp_path, ade_inp
     assert (backbones[0]['pretrained'], backbones[0]['pretrained_ckpt']) == (None, None)
 
 
+def test_a_tested_checkpoint_is_loaded_not_resumed(tmp_path, ade_inputs_at_hand, monkeypatch):
+    """The config a resumed run saves in its work_dir holds resume=True: testing with it resumed the training state
+    (built the optimizer and the training set, a traceback where that set was not at hand). test.py loads the
+    weights only."""
+    tested = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(
+        test=lambda: tested.append((cfg.resume, cfg.load_from))))
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'iter_4.pth').write_bytes(b'')
+    saved = tmp_path / 'run' / 'saved.py'     # as mmengine dumps a resumed run's config
+    saved.write_text(f"_base_ = {SEG_CONFIG!r}\nresume = True\nload_from = 'run/iter_2.pth'\n")
+    launch.test_main('segmentation', [str(saved), 'run/iter_4.pth', '--work-dir', str(tmp_path / 'work')])
+    assert tested == [(False, 'run/iter_4.pth')]
+
+
 def test_the_test_tool_refuses_a_classification_checkpoint(tmp_path):
     from test_mm_tools import TINY_CONFIG, _ade_folder
     root = str(tmp_path / 'ade')
