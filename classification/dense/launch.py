@@ -404,12 +404,14 @@ def _put_back(path: str, content: Optional[bytes]) -> None:
         atomic_write_bytes(path, content)
 
 
-def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = (), trust: bool = False):
+def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[str] = (), trust: bool = False,
+                  saved_cfg: Optional[Config] = None):
     """mmengine's Runner with the weights-only checkpoint hook, and, given ``fit_source`` (the checkpoint to test or
     resume, as named in errors), the check that its weights fit the model; ``overwritten``: the earlier run's
     checkpoint files in the work_dir, deleted once the run has started, when its config replaces the earlier run's
     copy; ``trust``: the backbones may load pretrained
-    weights that need pickle (``--trust-checkpoint``)."""
+    weights that need pickle (``--trust-checkpoint``); ``saved_cfg``: the config the work_dir's copy and every
+    checkpoint keep (default ``cfg``)."""
     import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
@@ -422,7 +424,8 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     saved_copy = osp.join(cfg.work_dir, osp.basename(cfg.filename or ''))
     earlier_copy = _file_content(saved_copy) if overwritten else None
     runner = RUNNERS.build(machine_cfg) if 'runner_type' in cfg else Runner.from_cfg(machine_cfg)
-    runner.cfg = copy.deepcopy(cfg)     # in every checkpoint, and in the work_dir's copy, over the one just dumped
+    # in every checkpoint, and in the work_dir's copy, over the one just dumped
+    runner.cfg = copy.deepcopy(cfg if saved_cfg is None else saved_cfg)
     if overwritten:     # the earlier run's copy stays beside its checkpoints until EarlierRunDeletion deletes them
         if runner.rank == 0:
             _put_back(saved_copy, earlier_copy)
@@ -485,6 +488,10 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             _exit_error('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
+    # What the work_dir's copy of the config keeps: the run as asked, the backbone's pretrained files included (a
+    # resumed run does not read them), without --resume's resume=True and load_from, with which a run of that copy
+    # without --resume resumed from the checkpoint this run started from and wrote over the later ones.
+    saved_cfg = copy.deepcopy(cfg)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, latest_checkpoint(cfg.work_dir)
     elif args.resume is not None:
@@ -513,8 +520,8 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         _exit_error(str(err))
     _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
-    run_step(lambda: _build_runner(cfg, fit_source, overwritten, args.trust_checkpoint).train(), args.new_options,
-             resume_from=cfg.work_dir)
+    run_step(lambda: _build_runner(cfg, fit_source, overwritten, args.trust_checkpoint, saved_cfg).train(),
+             args.new_options, resume_from=cfg.work_dir)
 
 
 def test_main(task: str, argv: Optional[Sequence[str]] = None) -> None:

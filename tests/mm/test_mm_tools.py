@@ -319,3 +319,36 @@ def test_resume_continues_the_work_dirs_own_checkpoint_after_the_folder_moved(
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --resume: {lost / 'last_checkpoint'} names {runs / 'gone' / 'iter_8.pth'}, which does not exist "
         f"(nor does {lost / 'iter_8.pth'}): give the checkpoint to continue from, --resume {lost}/CHECKPOINT")
+
+
+def test_the_saved_config_of_a_resumed_run_starts_no_resume_of_its_own(tmp_path, monkeypatch):
+    """mmengine saved --resume's resume=True and load_from in the work_dir's copy of the config (and in every
+    checkpoint): train.py of that copy, without --resume, resumed from the checkpoint the earlier run had started
+    from and wrote over the later ones. The copy keeps the run as asked (and the backbone's pretrained file, which a
+    resumed run does not read); the run itself resumes."""
+    from mmengine.config import Config
+
+    from classification.dense import launch
+    root = str(tmp_path / 'ade')
+    _ade_folder(root)
+    pretrained = tmp_path / 'pretrained.pth'
+    pretrained.write_bytes(b'')
+    config = tmp_path / 'tiny_upernet_local_vssm.py'
+    config.write_text(TINY_CONFIG.format(
+        base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
+                          'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'),
+        hw=IMAGE_HW, directions=[list(d) for d in LOCAL_VSSM_TINY_DIRECTIONS[:4]], root=root, ckpt=str(pretrained)))
+    checkpoint = tmp_path / 'run' / 'iter_2.pth'
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b'')
+    build = launch._build_runner
+    runners = []
+    monkeypatch.setattr(launch, '_build_runner', lambda *args: SimpleNamespace(
+        train=lambda: runners.append(build(*args))))
+    work = tmp_path / 'work'
+    launch.train_main('segmentation', [str(config), '--work-dir', str(work), '--resume', str(checkpoint)])
+    (runner,) = runners
+    assert (runner._resume, runner._load_from) == (True, str(checkpoint))
+    saved = Config.fromfile(work / config.name)
+    for kept in (saved, runner.cfg):    # the work_dir's copy, and what every checkpoint holds
+        assert (kept.resume, kept.load_from, kept.model.backbone.pretrained) == (False, None, str(pretrained))
