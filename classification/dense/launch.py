@@ -70,8 +70,9 @@ UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 def add_cfg_options(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """Add mmengine's ``--cfg-options KEY=VALUE ...``; an item without ``=`` is a usage error (exit status 2), not
-    mmengine's ValueError traceback."""
+    """Add mmengine's ``--cfg-options KEY=VALUE ...``; an item without ``=``, or whose value mmengine's parser cannot
+    read (unbalanced brackets, a ``dict(...)`` of several items), is a usage error (exit status 2), not mmengine's
+    ValueError, AssertionError or RecursionError traceback."""
     from mmengine.config import DictAction
 
     class CfgOptions(DictAction):
@@ -79,7 +80,14 @@ def add_cfg_options(parser: argparse.ArgumentParser, help_text: str) -> None:
             for item in values:
                 if '=' not in item:
                     raise argparse.ArgumentError(self, f'expected KEY=VALUE items, got {item!r}')
-            super().__call__(parser, namespace, values, option_string)
+            for item in values:     # one at a time, each added to those before it, to name the one it cannot read
+                try:
+                    super().__call__(parser, namespace, [item], option_string)
+                except (AssertionError, RecursionError):
+                    raise argparse.ArgumentError(
+                        self, f'cannot read the value of {item!r}: a value is a number, text, True, False, None or '
+                              f'a [list] or (tuple) of them, its brackets balanced; set a dict in a config file'
+                    ) from None
 
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptions, metavar='KEY=VALUE', help=help_text)
 

@@ -605,6 +605,21 @@ def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
         ": error: argument --cfg-options: expected KEY=VALUE items, got 'train_cfg.max_iters'")
 
 
+@pytest.mark.parametrize('item', ["train_cfg.max_iters=[1,2", "custom_hooks=[dict(type='EMAHook',momentum=0.0002)]"])
+def test_a_cfg_options_value_mmengine_cannot_read_is_a_usage_error(item):
+    """mmengine's parser stopped on unbalanced brackets with an AssertionError traceback, and on a dict(...) of
+    several items with a RecursionError one."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    launch.add_cfg_options(parser, 'overrides')
+    parsed = parser.parse_args(['--cfg-options', 'a=1', 'b=[2,(3,4)]', 'c=x']).cfg_options
+    assert parsed == dict(a=1, b=[2, (3, 4)], c='x')
+    with pytest.raises(argparse.ArgumentError) as refused:
+        parser.parse_args(['--cfg-options', 'a=1', item])
+    assert str(refused.value) == (
+        f'argument --cfg-options: cannot read the value of {item!r}: a value is a number, text, True, False, None or '
+        f'a [list] or (tuple) of them, its brackets balanced; set a dict in a config file')
+
+
 @pytest.mark.parametrize('item, message', [
     ('train_cfg.max_iters=16O000', 'the config holds a number there (160000), not text'),
     ('optim_wrapper.optimizer.lr=6e-5x', 'the config holds a number there (6e-05), not text'),
