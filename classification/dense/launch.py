@@ -69,10 +69,18 @@ ONE_VALUE_PER_CHANNEL = 'Expected more than 1 value per channel when training'
 UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
+def _dict_text(value: Any) -> bool:
+    """True for a ``--cfg-options`` value that holds the text 'dict(...)' (itself or in a list or tuple): mmengine's
+    parser reads no dicts, and passes one of a single item on as that text."""
+    if isinstance(value, (list, tuple)):
+        return any(_dict_text(item) for item in value)
+    return isinstance(value, str) and value.replace(' ', '').startswith('dict(')
+
+
 def add_cfg_options(parser: argparse.ArgumentParser, help_text: str) -> None:
     """Add mmengine's ``--cfg-options KEY=VALUE ...``; an item without ``=``, or whose value mmengine's parser cannot
-    read (unbalanced brackets, a ``dict(...)`` of several items), is a usage error (exit status 2), not mmengine's
-    ValueError, AssertionError or RecursionError traceback."""
+    read (unbalanced brackets, a ``dict(...)``: of several items a RecursionError, of one item the text 'dict(...)',
+    refused deep in the run), is a usage error (exit status 2), not mmengine's traceback."""
     from mmengine.config import DictAction
 
     class CfgOptions(DictAction):
@@ -83,11 +91,13 @@ def add_cfg_options(parser: argparse.ArgumentParser, help_text: str) -> None:
             for item in values:     # one at a time, each added to those before it, to name the one it cannot read
                 try:
                     super().__call__(parser, namespace, [item], option_string)
+                    unread = _dict_text(getattr(namespace, self.dest)[item.split('=', 1)[0]])
                 except (AssertionError, RecursionError):
+                    unread = True
+                if unread:
                     raise argparse.ArgumentError(
                         self, f'cannot read the value of {item!r}: a value is a number, text, True, False, None or '
-                              f'a [list] or (tuple) of them, its brackets balanced; set a dict in a config file'
-                    ) from None
+                              f'a [list] or (tuple) of them, its brackets balanced; set a dict in a config file')
 
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptions, metavar='KEY=VALUE', help=help_text)
 

@@ -605,10 +605,13 @@ def test_a_cfg_options_item_without_a_value_is_a_usage_error(capsys):
         ": error: argument --cfg-options: expected KEY=VALUE items, got 'train_cfg.max_iters'")
 
 
-@pytest.mark.parametrize('item', ["train_cfg.max_iters=[1,2", "custom_hooks=[dict(type='EMAHook',momentum=0.0002)]"])
+@pytest.mark.parametrize('item', [
+    "train_cfg.max_iters=[1,2", "custom_hooks=[dict(type='EMAHook',momentum=0.0002)]",
+    "custom_hooks=[dict(type='EMAHook')]", "model.backbone.init_cfg=dict(type='Pretrained')"])
 def test_a_cfg_options_value_mmengine_cannot_read_is_a_usage_error(item):
     """mmengine's parser stopped on unbalanced brackets with an AssertionError traceback, and on a dict(...) of
-    several items with a RecursionError one."""
+    several items with a RecursionError one; it passed a dict(...) of one item on as text, which the run refused
+    with a traceback once the datasets and the model were built."""
     parser = argparse.ArgumentParser(exit_on_error=False)
     launch.add_cfg_options(parser, 'overrides')
     parsed = parser.parse_args(['--cfg-options', 'a=1', 'b=[2,(3,4)]', 'c=x']).cfg_options
