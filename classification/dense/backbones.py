@@ -316,11 +316,14 @@ class MM_LocalVim(DenseBackbone):
     int), all at stride 16.
 
     Returns one NCHW map (B, embed_dim, ceil(H/16), ceil(W/16)) when ``out_indices`` has one entry (what SimpleFPN
-    takes), else a list. Other keyword arguments are those of
+    takes) and ``bare_single_map`` (mmdet's registration), else a list (mmseg's: its heads pick their input from a
+    list by ``in_index``, and would index a bare map's batch). Other keyword arguments are those of
     :class:`~classification.models.local_vim.VisionMamba`. Position tables are resized to the input's token grid on
     the fly, so any input size works. ``use_checkpoint`` recomputes each layer in the backward instead of keeping its
     activations (as ``MM_LocalVSSM``'s does per block): less memory for ViTDet's 1024x1024 inputs, more time.
     """
+
+    bare_single_map = True
 
     def __init__(self, out_indices: Union[int, Sequence[int]] = (4, 9, 14, 19), pretrained_ckpt: Optional[str] = None,
                  pretrained: Optional[str] = None, pretrained_key: Optional[str] = None,
@@ -363,7 +366,7 @@ class MM_LocalVim(DenseBackbone):
         feats = self.trunk.forward_intermediates(x, self.out_indices, output_fmt='NLC', intermediates_only=True)
         outs = [getattr(self, f'outnorm_{j}')(f).transpose(1, 2).unflatten(2, grid).contiguous()
                 for j, f in enumerate(feats)]
-        return outs[0] if len(outs) == 1 else outs
+        return outs[0] if len(outs) == 1 and self.bare_single_map else outs
 
 
 class MM_LocalVSSM(DenseBackbone):
@@ -404,7 +407,13 @@ class MM_LocalVSSM(DenseBackbone):
                 for i, f in zip(self.out_indices, feats)]
 
 
-def register(registry: Any) -> None:
-    """Register both backbones in an mmengine ``Registry`` (mmdet's or mmseg's ``MODELS``)."""
-    for cls in (MM_LocalVim, MM_LocalVSSM):
-        registry.register_module(module=cls)
+class MM_LocalVimMapList(MM_LocalVim):
+    """``MM_LocalVim`` whose one ``out_indices`` entry still gives a list of one map: mmseg's, under that name."""
+    bare_single_map = False
+
+
+def register(registry: Any, bare_single_map: bool = True) -> None:
+    """Register both backbones in an mmengine ``Registry``: mmdet's ``MODELS``, or mmseg's with not
+    ``bare_single_map`` (``MM_LocalVim`` is then :class:`MM_LocalVimMapList`)."""
+    registry.register_module(name='MM_LocalVim', module=MM_LocalVim if bare_single_map else MM_LocalVimMapList)
+    registry.register_module(module=MM_LocalVSSM)

@@ -146,6 +146,7 @@ def test_segmentation_plugin_needs_no_mmdet():
     code = ('import sys, segmentation.local_mamba; assert "mmdet" not in sys.modules, "mmdet imported"; '
             'from mmseg.registry import MODELS; '
             'assert MODELS.get("MM_LocalVim").__module__ == "classification.dense.backbones"; '
+            'assert not MODELS.get("MM_LocalVim").bare_single_map; '
             'assert MODELS.get("MM_LocalVSSM").__module__ == "classification.dense.backbones"; '
             'assert not any(m == "detection" or m.startswith("detection.") for m in sys.modules), "detection imported"')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)

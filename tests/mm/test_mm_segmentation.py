@@ -56,3 +56,31 @@ def test_upernet_train_and_inference_steps(make_cfg, strides):
         assert tuple(sample.pred_sem_seg.data.shape) == (1, *IMAGE_HW)
         assert tuple(sample.seg_logits.data.shape) == (150, *IMAGE_HW)
         assert torch.isfinite(sample.seg_logits.data).all()
+
+
+def test_one_local_vim_map_reaches_an_fcn_head_whole():
+    """mmseg's MM_LocalVim gives a list for one out index too: the FCN head picks its map by in_index (a bare map
+    would be indexed by its batch, a 3-D image: 'expected 4D input'); mmdet's keeps the bare map SimpleFPN takes."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    torch.manual_seed(0)
+    init_default_scope('mmseg')
+    model = copy.deepcopy(seg_config('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py').model)
+    model['backbone'] = tiny_vim_backbone(model['backbone'], depth=2, out_indices=[1], width=32)
+    model['decode_head'] = dict(type='FCNHead', in_channels=32, in_index=0, channels=16, num_convs=1,
+                                concat_input=False, num_classes=150, norm_cfg=dict(type='BN', requires_grad=True))
+    model.pop('auxiliary_head')
+    model['data_preprocessor']['size'] = IMAGE_HW
+    model = revert_sync_batchnorm(MODELS.build(model))
+    model.init_weights()
+
+    feats = model.backbone(torch.randn(2, 3, *IMAGE_HW))
+    grid = (IMAGE_HW[0] // 16, IMAGE_HW[1] // 16)
+    assert isinstance(feats, list) and [tuple(f.shape) for f in feats] == [(2, 32, *grid)]
+    loss = loss_and_grads(model, seg_batch())
+    assert torch.isfinite(loss) and loss > 0
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(seg_batch())
+    assert [tuple(sample.seg_logits.data.shape) for sample in results] == [(150, *IMAGE_HW)] * 2
