@@ -23,8 +23,8 @@ def cutmix_box(img_shape: Sequence[int], lam: float, ratio_minmax: Optional[Sequ
     """The original's CutMix box for an image of shape (..., H, W) and mixing weight `lam`, and the weight its area
     gives (`correct_lam`: 1 - box area / image area, clipped at the border; always so with `ratio_minmax`).
 
-    Without `ratio_minmax` the box is square-scaled: sides `int(H * sqrt(1 - lam)) // 2` (and W alike) around a
-    uniformly drawn centre, clipped to the image. With `ratio_minmax = (lo, hi)` its sides are drawn from
+    Without `ratio_minmax` the box is square-scaled: `int(H * sqrt(1 - lam)) // 2` rows above and below a uniformly
+    drawn centre (and W's columns alike), clipped to the image. With `ratio_minmax = (lo, hi)` its sides are drawn from
     [int(H * lo), int(H * hi)) and its top-left corner so that it stays inside the image, short of the far edge.
     """
     img_h, img_w = img_shape[-2:]

@@ -22,7 +22,9 @@ from .rand_augment import posterize_bits, rand_augment_transform
 
 
 class Cutout:
-    """Zero one `length` x `length` square (clipped at the borders) centred at a random pixel of a CHW tensor."""
+    """Zero the rows and columns `c - length // 2` to `c + length // 2 - 1` (clipped at the borders) around a random
+    pixel `c` of a CHW tensor, as the original: a `length` x `length` square, one pixel less each way for an odd
+    `length`."""
 
     def __init__(self, length: int):
         self.length = length

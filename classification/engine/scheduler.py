@@ -4,7 +4,7 @@ With W warmup steps, E steps per epoch and N total steps, the LR used by (0-base
 
     t <= W, W > 0:  warmup_lr + (lr - warmup_lr) * floor(t / E) * E / W          (constant within an epoch)
     otherwise:      after(u) with u = t - W - 1 (u = t when W = 0, but u = 1 at t = 0), u rounded down to a
-                    multiple of E with decay_by_epoch
+                    multiple of E with decay_by_epoch (cosine and linear; step keeps its own step_size)
              cosine: min_lr + (lr - min_lr) * (1 + cos(pi * u / (N - W))) / 2
              step:   lr * decay_rate ** floor(u / step_size)     (step_size = decay_epochs * E, not rounded)
              linear: lr * (N - W - u) / (N - W)
