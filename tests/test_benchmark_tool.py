@@ -130,6 +130,20 @@ def test_images_per_second_of_each_model_and_its_mode():
     assert all(m.training for m in models.values())
 
 
+def test_a_training_step_draws_its_labels_below_the_models_class_count():
+    """A 10-class model's training step (its labels were drawn below 1000: IndexError): with zero logits the bias
+    gradient is softmax - one-hot averaged over the batch, 0.1 - (share of the batch labelled c) for class c."""
+    from classification.benchmarks.model_speed import train_step
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    torch.nn.init.zeros_(model[1].weight)
+    torch.nn.init.zeros_(model[1].bias)
+    train_step(model, torch.randn(6, 3, 4, 4), torch.float32)()
+    labels = torch.randint(0, 10, (6,), generator=torch.Generator().manual_seed(0))
+    expected = 0.1 - torch.bincount(labels, minlength=10) / 6
+    torch.testing.assert_close(model[1].bias.grad, expected)
+
+
 def test_images_per_second_gives_each_model_images_of_its_own_channels():
     """A model of one input channel beside an RGB one: each is timed on images it takes (all had 3 channels)."""
     gray = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 8), torch.nn.Flatten(), torch.nn.Linear(4, 1000))

@@ -117,14 +117,19 @@ def inference_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -
 
 def train_step(model: nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
     """A call that runs one training step on ``images``: forward (autocast for a 16-bit ``dtype``), cross-entropy
-    against fixed random labels, backward, AdamW step."""
+    against fixed random labels (drawn at the first call, below the model's output count), backward, AdamW step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    targets = torch.randint(0, 1000, (images.shape[0],), generator=torch.Generator().manual_seed(0)).to(images.device)
+    targets: Optional[torch.Tensor] = None
 
     def step() -> None:
+        nonlocal targets
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = torch.nn.functional.cross_entropy(model(images).float(), targets)
+            logits = model(images).float()
+        if targets is None:
+            targets = torch.randint(0, logits.shape[-1], (images.shape[0],),
+                                    generator=torch.Generator().manual_seed(0)).to(images.device)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
         loss.backward()
         optimizer.step()
 
@@ -142,7 +147,7 @@ def images_per_second(models: Mapping[str, nn.Module], batch: int, img_size: int
                       progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
     """Images per second of each model on the same random (batch, C, img_size, img_size) images (C: the model's
     channels, :func:`input_channels`), timed interleaved:
-    inference, or a training step when ``train`` (1000-class targets; the models are left in that mode). Inference
+    inference, or a training step when ``train`` (:func:`train_step`; the models are left in that mode). Inference
     runs under ``torch.compile(mode=compile_mode)`` when given (the compilation happens in the warmup: at least
     ``COMPILE_WARMUP`` calls, or a ValueError).
     ``progress``: as :func:`median_seconds` takes it."""
