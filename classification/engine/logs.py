@@ -147,7 +147,8 @@ def format_eta(seconds: float) -> str:
 
 
 def memory_mb(device: torch.device | str) -> float:
-    """Peak memory in MB: CUDA max allocated on a CUDA device, else the process's peak resident size."""
+    """Peak memory in MiB (2**20 bytes): CUDA max allocated on a CUDA device, else the process's peak resident size;
+    0 where the platform reports none (Windows)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
