@@ -188,14 +188,14 @@ def test_forward_peak_on_cuda_is_measured_in_this_process(cuda_log, monkeypatch)
 
 @pytest.mark.parametrize("device", [torch.device("cuda"), torch.device("cuda", 0), "cuda", "cuda:0"])
 def test_training_log_memory_on_cuda_is_the_allocator_peak_in_mib(monkeypatch, device):
-    """logs.memory_mb's CUDA branch (the `Mem:` of every training line): max_memory_allocated / 2**20, for a device
-    given as a torch.device or, as its signature allows, as a name; "cuda:0" was taken for a CPU and gave this
+    """logs.peak_memory_mib's CUDA branch (the `Mem:` of every training line): max_memory_allocated / 2**20, for a
+    device given as a torch.device or, as its signature allows, as a name; "cuda:0" was taken for a CPU and gave this
     process's resident size instead."""
-    from classification.engine.logs import memory_mb
+    from classification.engine.logs import peak_memory_mib
 
     asked = []
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev=None: asked.append(dev) or 1536 * MIB)
-    assert memory_mb(device) == 1536.0
+    assert peak_memory_mib(device) == 1536.0
     assert len(asked) == 1
 
 

@@ -146,7 +146,7 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def memory_mb(device: torch.device | str) -> float:
+def peak_memory_mib(device: torch.device | str) -> float:
     """Peak memory in MiB (2**20 bytes): CUDA max allocated on a CUDA device, else the process's peak resident size;
     0 where the platform reports none (Windows)."""
     if torch.device(device).type == "cuda":

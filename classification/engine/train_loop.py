@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from .amp import autocast
 from .distributed import all_reduce, all_reduce_sum
-from .logs import ProgressBar, StepTimes, format_eta, memory_mb
+from .logs import ProgressBar, StepTimes, format_eta, peak_memory_mib
 from .signals import StopSignals
 from .stopping import stop_for_non_finite_loss, stop_for_unread_batch, stop_mid_epoch
 
@@ -184,7 +184,7 @@ def _log_train_line(run: Run, epoch: int, update: int, loss_m: AverageMeter, ste
     left_run = left_epoch + (cfg.epochs - epoch - 1) * steps * step_m.avg
     run.log.info(f"Train: {epoch} [{update:>4d}/{steps}] "
                  f"Loss: {loss_val / env.world_size:.3f} ({loss_sum / max(count, 1):.3f}) "
-                 f"LR: {lr:.3e} Mem: {memory_mb(env.device):.0f} "
+                 f"LR: {lr:.3e} Mem: {peak_memory_mib(env.device):.0f} "
                  f"Time: {step_m.val:.2f}s ({step_m.avg:.2f}s) Data: {data_m.val:.2f}s "
                  f"Speed: {speed:.1f} img/s ETA: {format_eta(left_epoch)} (run {format_eta(left_run)})")
     if run.search is not None:
