@@ -214,6 +214,17 @@ def test_multi_scan_inner_checks_a_table_again_after_an_in_place_change(force_ba
         multi_scan_inner_fn(**dict(p, index=index), gate=True)
 
 
+def test_multi_scan_inner_checks_a_valid_table_again_for_another_token_count(force_backend):
+    """The cached check of a table holds for the token count it was checked with: the same table with fewer tokens
+    (values past their padding marker) is refused, not read past the tokens."""
+    force_backend("composed")
+    p = make_problem()
+    index = p["index"].clone()
+    multi_scan_inner_fn(**dict(p, index=index), gate=True)
+    with pytest.raises(ValueError, match=r"index values must lie in \[0, 10\]"):
+        multi_scan_inner_fn(**dict(p, index=index, tokens=p["tokens"][:, :10]), gate=True)
+
+
 def test_multi_scan_inner_checks_an_inference_mode_table_at_every_call(force_backend):
     """A table made under torch.inference_mode has no version counter: it is checked at every call, not cached."""
     force_backend("composed")

@@ -94,6 +94,7 @@ def test_inner_autocast_bf16(cpu_backend):
     (0, torch.zeros(BT, 2 * E + 1, L), "xz must have shape"),
     (1, torch.zeros(E + 1, 1, W), "conv1d_weight must have shape"),
     (3, torch.zeros(R + 2 * N, E + 1), "x_proj_weight must have shape"),
+    (3, torch.zeros(R + 2 * N - 1, E), "x_proj_weight must have shape"),   # a row short: B and C would overlap
     (4, torch.zeros(E + 2, R), "delta_proj_weight must have shape"),
     (5, torch.zeros(E - 1, N), "A must have shape"),
 ])
