@@ -225,6 +225,22 @@ def test_multi_scan_inner_checks_a_valid_table_again_for_another_token_count(for
         multi_scan_inner_fn(**dict(p, index=index, tokens=p["tokens"][:, :10]), gate=True)
 
 
+@pytest.mark.parametrize("change,gate,message", [
+    (dict(tokens=lambda t: t[..., :23]), True, r"tokens need at least 24 channels \(x and z\), got 23"),
+    (dict(tokens=lambda t: t[..., :11]), False, r"tokens need at least 12 channels \(x\), got 11"),
+    (dict(conv_weight=lambda w: w.expand(-1, -1, 2, -1)), True,
+     r"conv_weight must have shape \(K, E, W\) or \(K, E, 1, W\) .* got \(3, 12, 2, 4\)"),
+])
+def test_multi_scan_inner_refuses_too_few_token_channels_and_a_conv_weight_of_two_rows(cpu_backend, change, gate,
+                                                                                       message):
+    """The gate's z channels [E, 2E) must exist in the tokens, and a 4-D conv weight must be (K, E, 1, W): a shorter
+    z or a second weight row would otherwise be read as something else."""
+    p = make_problem()
+    p.update({name: fn(p[name].detach()) for name, fn in change.items()})
+    with pytest.raises(ValueError, match=message):
+        multi_scan_inner_fn(**p, gate=gate)
+
+
 def test_multi_scan_inner_checks_an_inference_mode_table_at_every_call(force_backend):
     """A table made under torch.inference_mode has no version counter: it is checked at every call, not cached."""
     force_backend("composed")
