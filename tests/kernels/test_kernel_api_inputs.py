@@ -241,6 +241,14 @@ def test_multi_scan_inner_refuses_too_few_token_channels_and_a_conv_weight_of_tw
         multi_scan_inner_fn(**p, gate=gate)
 
 
+def test_multi_scan_inner_runs_on_meta_tensors_without_reading_the_table():
+    """On the 'meta' device (shapes only, as for a model built there) the index table has no values to check: the
+    op gives the (Bt, K, T, E) result on that device."""
+    p = {name: t.detach().to("meta") for name, t in make_problem().items()}
+    out = multi_scan_inner_fn(**p, gate=True)
+    assert out.device.type == "meta" and out.shape == (2, 3, 11, 12)
+
+
 def test_multi_scan_inner_checks_an_inference_mode_table_at_every_call(force_backend):
     """A table made under torch.inference_mode has no version counter: it is checked at every call, not cached."""
     force_backend("composed")
