@@ -97,6 +97,7 @@ def identity_table(grid):
     ('zig', lambda grid: identity_table(grid) - 1, {}, r'values must be token indices 0..23 or 24 .*found \[-1\]'),
     ('zig', lambda grid: identity_table(grid) + 2, {}, r'found \[25\]'),
     ('zig', lambda grid: identity_table(grid).float(), {}, 'must return a 1-D integer tensor, got 1-D torch.float32'),
+    ('zig', lambda grid: identity_table(grid) < 1, {}, 'must return a 1-D integer tensor, got 1-D torch.bool'),
     ('zig', lambda grid: identity_table(grid).view(grid), {}, 'must return a 1-D integer tensor, got 2-D'),
     ('zig', lambda grid: list(range(24)), {}, 'must return a 1-D integer tensor, got list'),
     ('zig', lambda grid: 1 / 0, {}, r'index_fn failed on the \(4, 6\) grid .*: ZeroDivisionError'),

@@ -1,4 +1,6 @@
 """Scan maps: hand-written orders on a 4x6 grid, exact inverses on any grid, stacked tables, bad names."""
+import re
+
 import pytest
 import torch
 
@@ -61,6 +63,19 @@ def test_reverse_inverts_scan(grid, name):
 def test_bad_direction_names_are_refused(bad):
     with pytest.raises(ValueError, match='valid directions are h, h_flip, v, v_flip, wK, wK_flip'):
         parse_direction(bad)
+
+
+@pytest.mark.parametrize('grid', [(0, 4), (4, 0), (3,), (2, 2, 2)])
+def test_grids_without_tokens_or_not_of_two_sizes_are_refused(grid):
+    with pytest.raises(ValueError, match=rf'^grid must be \(H, W\) with H, W >= 1, got {re.escape(str(grid))}$'):
+        scan_index('w2', grid)
+    with pytest.raises(ValueError, match='grid must be'):
+        sequence_index(('h', 'v'), grid)
+
+
+def test_sequence_index_is_on_the_device_asked_for():
+    table = sequence_index(('h', 'w2_flip'), (3, 3), device='meta')
+    assert table.device.type == 'meta' and table.shape == (2, 16)
 
 
 @pytest.mark.parametrize('grid', [(4, 6), (5, 3), (9, 13)])
