@@ -191,6 +191,7 @@ def test_mamba_inner_checks_conv_bias_and_out_proj_shapes(cpu_backend, name, sha
 @pytest.mark.parametrize("defect, message", [
     ("out of range", r"^index values must lie in \[0, 11\] \(the token count marks padding\)$"),
     ("missing token", r"^index: every direction must list every token in \[0, 11\) exactly once$"),
+    ("repeated token", r"^index: every direction must list every token in \[0, 11\) exactly once$"),
 ])
 def test_multi_scan_inner_refuses_bad_index_tables_on_every_backend(force_backend, backend, defect, message):
     """Only the cpu backend checked the table: the others raised a bare IndexError, or (a direction that misses
@@ -198,7 +199,10 @@ def test_multi_scan_inner_refuses_bad_index_tables_on_every_backend(force_backen
     force_backend(backend)
     p = make_problem()
     index = p["index"].clone()
-    index[0] = 99 if defect == "out of range" else 11
+    if defect == "repeated token":
+        index[0][index[0] == 11] = 0     # direction 0's padding slots read token 0 again
+    else:
+        index[0] = 99 if defect == "out of range" else 11
     with pytest.raises(ValueError, match=message):
         multi_scan_inner_fn(**dict(p, index=index), gate=True)
 
