@@ -1,6 +1,7 @@
 """Scan directions registered from user code: their tables (checked, cached, flipped, parametrised) drive both model
 families exactly as a hand-built gather/scatter does, through direction files, checkpoints, the dense backbones,
 torch.fx and torch.compile; bad registrations are refused in one line."""
+import re
 import sys
 
 import pytest
@@ -210,6 +211,16 @@ def test_directions_files_checkpoints_and_dense_backbones_take_registered_names(
         torch.testing.assert_close(reloaded(image), model(image), rtol=0, atol=0)
     backbone = MM_LocalVSSM(out_indices=(0, 1), dims=8, depths=(1, 1), directions=[['snake', 'cw2'], ['diag']])
     assert [tuple(f.shape) for f in backbone(torch.randn(1, 3, 40, 24))] == [(1, 8, 10, 6), (1, 16, 5, 3)]
+
+
+@pytest.mark.parametrize('bad', ['', 3, None])
+def test_saving_unregistered_names_still_refuses_what_is_no_name(tmp_path, bad):
+    """``check_names=False`` (a supernet's searched names, not registered here) takes any name, but not an empty
+    string or a value that is no string: the file would not read back as directions."""
+    path = tmp_path / 'directions.yaml'
+    save_directions(path, [['h'], ['v', 'elsewhere_registered']], check_names=False)
+    with pytest.raises(ValueError, match=rf'layer 1 holds {re.escape(repr(bad))}, not a direction name'):
+        save_directions(path, [['h'], ['v', bad]], check_names=False)
 
 
 def test_fx_and_compile_run_registered_tables():
