@@ -209,6 +209,14 @@ def test_choosing_a_backend_never_looks_for_triton(monkeypatch):
         assert backends.triton_importable() == found
 
 
+def test_scan_kernels_on_the_gpu_are_passed_over_for_fp64_inputs():
+    """The official and the Triton scan kernels take fp32/fp16/bf16 inputs: fp64 goes to the other backends."""
+    u, delta, A, B, C = scan_inputs()
+    check = selective_scan_interface._input_check(u.double(), A, (u.double(), delta, A, B, C), False)
+    assert check("cuda") == check("triton") == "needs fp32/fp16/bf16 inputs, got torch.float64"
+    assert check("cpu") is None and check("reference") is None
+
+
 def test_official_scan_wrapper_casts_as_the_kernel_requires(monkeypatch):
     seen = {}
 
@@ -225,6 +233,9 @@ def test_official_scan_wrapper_casts_as_the_kernel_requires(monkeypatch):
     assert seen["delta"].dtype == seen["B"].dtype == seen["C"].dtype == seen["z"].dtype == torch.bfloat16
     assert seen["A"].dtype == seen["D"].dtype == seen["bias"].dtype == torch.float32
     assert seen["sp"] is True and seen["last"] is False
+    constant = torch.randn(4, 3, dtype=torch.float64)     # a (Dm, N) B or C is a weight to the kernel: fp32, as A
+    selective_scan_interface._scan_official(u, delta, A, constant, constant, None, None, None, False, False)
+    assert seen["B"].dtype == seen["C"].dtype == torch.float32
 
 
 def test_official_conv1d_called_with_keyword_activation(monkeypatch):
