@@ -209,6 +209,31 @@ def test_choosing_a_backend_never_looks_for_triton(monkeypatch):
         assert backends.triton_importable() == found
 
 
+def test_fused_multi_scan_kernels_are_passed_over_beyond_their_limits():
+    """The fused cpu kernels hold N <= 256 and R <= 256 (the Triton ones any); neither takes fp64 or E = 0; the plain
+    backends take all of these."""
+    from localmamba_ssm.ops import multi_scan_interface
+
+    check, t = multi_scan_interface._fused_input_check, torch.zeros(2)
+    assert check(t, 4, 256, 256)("cpu") is None
+    limits = "the cpu kernels support N <= 256 and R <= 256"
+    assert check(t, 4, 257, 1)("cpu") == check(t, 4, 1, 257)("cpu") == limits
+    assert check(t, 4, 257, 257)("triton") is None
+    assert check(t, 0)("cpu") == check(t, 0)("triton") == "there are no channels"
+    fp64 = "the fused kernels compute in fp32, not fp64"
+    assert check(t.double(), 4)("cpu") == check(t.double(), 4)("triton") == fp64
+    assert all(check(t.double(), 0, 257, 257)(plain) is None for plain in ("composed", "reference"))
+
+    seen = []
+
+    def traced(x):
+        seen.append(check(x, 4)("cpu"))
+        return x * 2
+
+    torch.jit.trace(traced, (t,), check_trace=False)
+    assert seen == ["torch.jit is tracing (the plain ops are recorded instead)"]
+
+
 def test_scan_kernels_on_the_gpu_are_passed_over_for_fp64_inputs():
     """The official and the Triton scan kernels take fp32/fp16/bf16 inputs: fp64 goes to the other backends."""
     u, delta, A, B, C = scan_inputs()
