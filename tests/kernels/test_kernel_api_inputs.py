@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from localmamba_conv1d import causal_conv1d_fn, causal_conv1d_update
-from localmamba_ssm import (attention_merge_fn, layer_norm_fn, mamba_inner_fn, mamba_inner_fn_no_out_proj,
-                            multi_scan_inner_fn, rms_norm_fn, selective_scan_fn)
+from localmamba_ssm import (attention_merge_fn, bimamba_inner_fn, layer_norm_fn, mamba_inner_fn,
+                            mamba_inner_fn_no_out_proj, multi_scan_inner_fn, rms_norm_fn, selective_scan_fn)
 from localmamba_ssm.ops.checks import check_index_table
 
 from test_multi_scan_inner import make_problem
@@ -348,6 +348,21 @@ def test_multi_scan_inner_takes_fp32_scan_parameters_with_bf16_tokens(force_back
     # bf16 rounding of the tokens and projections, carried through the scan: measured at most 0.018 x (1 + |fp32|)
     # over seeds 0-5 on these backends (0.011 at this seed)
     torch.testing.assert_close(out.float(), multi_scan_inner_fn(**p, gate=True), rtol=0.03, atol=0.03)
+
+
+def test_attention_merge_refuses_integer_outputs_by_name(cpu_backend):
+    weights = (torch.ones(4), torch.zeros(4), torch.ones(2, 4), torch.zeros(2), torch.ones(4, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"^attention_merge: y must be a floating-point tensor, got torch.int64$"):
+        attention_merge_fn(torch.ones(1, 2, 3, 4, dtype=torch.long), *weights)
+
+
+@pytest.mark.parametrize("fn, name", [(mamba_inner_fn, "out_proj_weight"), (bimamba_inner_fn, "out_proj_weight"),
+                                      (bimamba_inner_fn, "A_b")])
+def test_mamba_inner_functions_name_a_missing_out_proj_weight_or_A_b(cpu_backend, fn, name):
+    args = dict(inner_args(), A_b=-torch.rand(4, 3)) if fn is bimamba_inner_fn else inner_args()
+    args[name] = None
+    with pytest.raises(TypeError, match=rf"^mamba_inner: {name} must be a torch.Tensor, got None$"):
+        fn(**args)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
