@@ -326,6 +326,20 @@ def test_composed_path_is_named_and_logged(caplog):
     assert "op 'selective_scan' on cpu uses backend 'cpu' (auto)" in caplog.text   # a part of the composition
 
 
+def test_a_rank_past_the_cpu_kernels_limit_runs_composed(caplog):
+    """The dt rank R of a multi-direction scan is checked against the cpu kernels' limit as its state N is."""
+    from localmamba_ssm.ops.reference import multi_scan_inner_ref
+    from test_multi_scan_inner import make_problem
+
+    p = {name: t.detach() for name, t in make_problem(batch=1, num_tokens=3, length=4, num_dirs=1, inner=2, rank=257,
+                                                      state=2, width=2).items()}
+    with caplog.at_level(logging.INFO, logger="localmamba"):
+        out = localmamba_ssm.multi_scan_inner_fn(**p, gate=True)
+    assert ("op 'multi_scan_inner' on cpu uses backend 'composed' (auto; not 'cpu': the cpu kernels support N <= 256 "
+            "and R <= 256)") in caplog.text
+    torch.testing.assert_close(out, multi_scan_inner_ref(**p, gate=True))
+
+
 def test_a_backend_passed_over_for_the_inputs_is_named_with_its_reason(caplog):
     """A backend that runs on the device but not on these inputs is named; one that cannot run on the device is not
     (on the CPU, cuda and triton: every line would name them)."""
