@@ -70,6 +70,21 @@ def test_rms_norm_module():
     torch.testing.assert_close(res_out, x + res)
 
 
+def test_rms_norm_module_default_eps_is_mamba_ssm_one():
+    """RMSNorm's default eps is 1e-5 (mamba_ssm's module), not the functions' 1e-6: visible on small inputs."""
+    norm = RMSNorm(H)
+    assert norm.eps == 1e-5
+    x = 1e-3 * make()[0]
+    torch.testing.assert_close(norm(x).double(), direct_rms_norm(x, torch.ones(H), None, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [layer_norm_fn, rms_norm_fn])
+def test_a_residual_of_another_shape_is_refused_not_broadcast(norm):
+    x, res, w, _ = make()
+    with pytest.raises(ValueError, match=r"residual must have x's shape \(2, 5, 7\), got \(1, 5, 7\)"):
+        norm(x, w, None, residual=res[:1])
+
+
 def test_norm_bad_weight_shape():
     x, _, w, _ = make()
     with pytest.raises(ValueError, match="weight must have shape"):
