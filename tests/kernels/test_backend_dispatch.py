@@ -457,6 +457,22 @@ def test_official_conv1d_gets_a_layout_its_kernel_accepts(monkeypatch):
         out = conv_interface._conv_official(x, torch.randn(dim, 4), torch.randn(dim, dtype=torch.float64), "silu")
         torch.testing.assert_close(out, x, rtol=0, atol=0)
     assert seen == [((30, 5, 1), torch.float32), ((40, 1, 8), torch.float32)]
+    seen.clear()
+    odd_batch_stride = torch.randn(100).as_strided((2, 8, 5), (44, 1, 8))   # channel-last, batch stride 44
+    time_strided = torch.randn(2, 8, 10)[..., ::2]                           # time stride 2
+    for x in (odd_batch_stride, time_strided):
+        torch.testing.assert_close(conv_interface._conv_official(x, torch.randn(8, 4), None, None), x, rtol=0, atol=0)
+    assert seen == [((40, 5, 1), None), ((40, 5, 1), None)]
+
+
+def test_official_conv1d_is_passed_over_for_widths_its_kernel_lacks():
+    from localmamba_conv1d import causal_conv1d_interface as conv_interface
+
+    x = torch.randn(2, 3, 5)
+    reasons = [conv_interface._input_check(x, torch.randn(3, width))("cuda") for width in (1, 2, 4, 5)]
+    assert reasons == ["the official kernel supports widths 2 to 4, got 1", None, None,
+                       "the official kernel supports widths 2 to 4, got 5"]
+    assert conv_interface._input_check(x, torch.randn(3, 5))("triton") is None
 
 
 def test_official_conv1d_update_needs_the_state_in_x_dtype(monkeypatch, force_backend):
