@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_formulas import direct_bimamba_no_out_proj, direct_inner_no_out_proj
+from localmamba_conv1d import causal_conv1d_ref
 from localmamba_ssm import (bimamba_inner_fn, bimamba_inner_ref, mamba_inner_fn, mamba_inner_fn_no_out_proj,
                             mamba_inner_no_out_proj_ref, mamba_inner_ref)
 
@@ -69,6 +70,18 @@ def test_inner_two_dim_conv_weight(cpu_backend):
     xz, conv_w, *rest = make()
     torch.testing.assert_close(call(mamba_inner_fn_no_out_proj, xz, conv_w[:, 0], *rest),
                                call(mamba_inner_fn_no_out_proj, xz, conv_w, *rest))
+
+
+def test_inner_takes_C_from_the_last_rows_of_x_proj_when_B_is_given(cpu_backend):
+    """With B given, x_proj_weight holds the dt rows and then C's (R + N rows): C is x_dbl's last N rows, as in
+    mamba_ssm, and the result is that of the full projection."""
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias = make()
+    u = causal_conv1d_ref(xz[:, :E], conv_w[:, 0], conv_b, "silu")
+    B = torch.einsum("nd,bdl->bnl", x_proj_w[R:R + N], u).unsqueeze(1)
+    without_B = torch.cat([x_proj_w[:R], x_proj_w[R + N:]])
+    out = mamba_inner_fn_no_out_proj(xz, conv_w, conv_b, without_B, dt_proj_w, A, B, None, D, dt_bias)
+    torch.testing.assert_close(out, call(mamba_inner_fn_no_out_proj, xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D,
+                                         dt_bias), rtol=1e-5, atol=1e-5)
 
 
 def test_inner_gradcheck(cpu_backend):

@@ -165,3 +165,14 @@ def test_bad_shapes_raise_value_error(name, bad, pattern):
     args[name] = bad
     with pytest.raises(ValueError, match=pattern):
         selective_scan_fn(**args)
+
+
+@pytest.mark.parametrize("fn", [selective_scan_fn, selective_scan_ref])
+def test_last_state_of_a_bf16_scan_is_float32(cpu_backend, fn):
+    """The state is kept in fp32, as mamba_ssm returns it; only the output takes u's dtype."""
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(2, 3, 5, generator=g), torch.rand(2, 3, 5, generator=g)
+    A, B, C = -torch.rand(3, 4, generator=g), torch.randn(2, 4, 5, generator=g), torch.randn(2, 4, 5, generator=g)
+    out, state = fn(u.bfloat16(), delta, A, B, C, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
+    torch.testing.assert_close(state, fn(u.bfloat16().float(), delta, A, B, C, return_last_state=True)[1])
