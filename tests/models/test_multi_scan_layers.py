@@ -26,3 +26,8 @@ def test_search_layers_over_different_candidates_are_named_so():
     model.append(MultiScan(8, candidates=('h', 'w2')))
     with pytest.raises(ValueError, match=r"search over different candidates: \[\('h', 'v'\), \('h', 'w2'\)\]"):
         search_candidates(model)
+
+
+def test_a_layer_prints_its_directions_and_whether_it_searches():
+    assert repr(MultiScan(8, ('h', 'w2_flip'))) == 'MultiScan(h, w2_flip)'
+    assert repr(MultiScan(8, candidates=('h', 'v'))) == 'MultiScan(search over h, v)'
