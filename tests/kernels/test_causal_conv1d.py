@@ -74,7 +74,7 @@ def test_conv1d_bad_arguments(kwargs, pattern):
         causal_conv1d_fn(**args)
 
 
-@pytest.mark.parametrize("width,seqlen", [(2, 37), (4, 37), (5, 9), (4, 2)])
+@pytest.mark.parametrize("width,seqlen", [(2, 37), (4, 37), (5, 9), (4, 2), (5, 3)])   # L < W - 1 too
 @pytest.mark.parametrize("activation,with_bias", [("silu", True), (None, False)])
 def test_cpu_backend_gradients_match_reference(force_backend, c_kernel, width, seqlen, activation, with_bias):
     """The cpu backend (C kernel when it builds, or its PyTorch fallback) against the reference, fp32."""
