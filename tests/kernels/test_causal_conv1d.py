@@ -95,6 +95,21 @@ def test_cpu_backend_gradients_match_reference(force_backend, c_kernel, width, s
         torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4)
 
 
+def test_cpu_backend_takes_a_non_contiguous_output_gradient(force_backend, c_kernel):
+    """The backward op gets the output's gradient contiguous: a transposed one (from a loss over (B, L, D)) gives the
+    reference's gradients."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, 11, generator=g).requires_grad_()
+    w, b = torch.randn(8, 4, generator=g).requires_grad_(), torch.randn(8, generator=g).requires_grad_()
+    dout = torch.randn(2, 11, 8, generator=g).transpose(1, 2)          # (B, D, L) view, time-major in memory
+    results = []
+    for backend in ("cpu", "reference"):
+        force_backend(backend)
+        results.append(torch.autograd.grad(causal_conv1d_fn(x, w, b, activation="silu"), [x, w, b], dout))
+    for grad, grad_ref in zip(*results):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4)
+
+
 def test_conv1d_takes_the_newer_keywords_only_as_none():
     """Callers written for causal-conv1d >= 1.1 pass seq_idx= (1.1) and initial_states= (1.2) by keyword; None
     computes as before, a tensor is refused in one line (this package follows the 1.0.0 API)."""
