@@ -46,3 +46,10 @@ def test_the_fused_merge_reference_sums_each_directions_gated_output():
     expected = sum(biattn_by_hand(y[:, k].numpy(), *weights) for k in range(3))
     np.testing.assert_allclose(attention_merge_ref(y, *attn.merge_weights()).detach().numpy(), expected,
                                rtol=1e-12, atol=1e-12)
+
+
+def test_channel_attention_gradient_flows_through_the_gate():
+    """The gate depends on x (through its token mean): x's gradient has that path too, checked numerically."""
+    attn = random_attention(16, seed=2)
+    x = torch.randn(1, 3, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(attn, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
