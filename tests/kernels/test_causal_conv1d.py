@@ -110,6 +110,17 @@ def test_cpu_backend_takes_a_non_contiguous_output_gradient(force_backend, c_ker
         torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4)
 
 
+def test_cpu_backend_computes_an_fp64_weight_in_fp64(force_backend):
+    """fp64 x or weight runs the reference formula in fp64 (the C kernel computes in fp32), output in x's dtype."""
+    force_backend("cpu")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 11, generator=g)
+    w, b = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    out = causal_conv1d_fn(x, w, b, activation="silu")
+    assert out.dtype == torch.float32
+    assert torch.equal(out, causal_conv1d_ref(x.double(), w, b, "silu").float())
+
+
 def test_conv1d_takes_the_newer_keywords_only_as_none():
     """Callers written for causal-conv1d >= 1.1 pass seq_idx= (1.1) and initial_states= (1.2) by keyword; None
     computes as before, a tensor is refused in one line (this package follows the 1.0.0 API)."""
