@@ -335,3 +335,10 @@ def test_the_dropout_of_drop_rate_is_applied_where_the_model_says(name):
             expected = model.forward_features(image).mean(dim=(1, 2))
         torch.testing.assert_close(model.head_drop.seen, expected)
         torch.testing.assert_close(logits, model.classifier.head.bias.expand(2, -1))
+
+
+@pytest.mark.parametrize('name', ['local_vim_tiny', 'local_vssm_tiny'])
+def test_the_evaluation_transform_timm_resolves_is_bicubic_0_875_at_224(name):
+    config = timm.data.resolve_data_config({}, model=_model(name))
+    assert config == {'input_size': (3, 224, 224), 'interpolation': 'bicubic', 'mean': (0.485, 0.456, 0.406),
+                      'std': (0.229, 0.224, 0.225), 'crop_pct': 0.875, 'crop_mode': 'center'}
