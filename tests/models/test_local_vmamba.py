@@ -311,6 +311,14 @@ def _meta_built_then_allocated(model):
     return empty
 
 
+def _meta_built_then_allocated_and_filled_in_place(model):
+    empty = timm.create_model('local_vssm_tiny', **_STRIDES_MODEL, device='meta').to_empty(device='cpu')
+    with torch.no_grad():                         # no load_state_dict, whose hook would hook them too
+        for own, values in zip(empty.state_dict(keep_vars=True).values(), model.state_dict().values()):
+            own.copy_(values)
+    return empty
+
+
 def _loaded_by_assignment(model):
     fresh = timm.create_model('local_vssm_tiny', **_STRIDES_MODEL)
     fresh.load_state_dict(model.state_dict(), assign=True)
@@ -318,8 +326,9 @@ def _loaded_by_assignment(model):
 
 
 @pytest.mark.parametrize('copied', [copy.deepcopy, lambda model: pickle.loads(pickle.dumps(model)),
-                                    _meta_built_then_allocated, _loaded_by_assignment],
-                         ids=['deepcopy', 'pickle', 'to_empty', 'assign'])
+                                    _meta_built_then_allocated, _meta_built_then_allocated_and_filled_in_place,
+                                    _loaded_by_assignment],
+                         ids=['deepcopy', 'pickle', 'to_empty', 'to_empty_filled', 'assign'])
 def test_gradients_keep_their_parameters_strides_in_a_copy_of_the_model(copied):
     """torch gives a deep copy, an unpickled model (``torch.save`` of the model), one moved off the 'meta' device with
     ``to_empty`` and one loaded with ``assign=True`` new parameters without hooks: their conv weights' gradients came
