@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from classification.models.ssm_init import dt_bias_init
+from classification.models.ssm_init import a_log_init, dt_bias_init, dt_rank_of, dt_weight_init
 
 
 def test_dt_bias_gives_a_log_uniform_dt_clamped_at_the_floor():
@@ -21,3 +21,14 @@ def test_dt_bias_gives_a_log_uniform_dt_clamped_at_the_floor():
     # log-uniform on [1e-6, 1e-2]: P(dt < 1e-4) = 2 / 4, and all of those become exactly the floor
     assert abs((floored < 1e-4 * (1 + 1e-4)).float().mean().item() - 0.5) < 0.01
     assert math.isclose(floored.min().item(), 1e-4, rel_tol=1e-4)
+
+
+def test_a_log_rows_dt_rank_and_dt_weight_bound():
+    """A_log: log(1..N) in each of copies * channels rows; dt rank ceil(d_model / 16) for 'auto'; dt weights
+    U(-s, s) with s = dt_scale / sqrt(rank)."""
+    assert torch.equal(a_log_init(3, 4, copies=2), torch.log(torch.arange(1.0, 5.0)).expand(6, 4))
+    assert [dt_rank_of(d) for d in (16, 17, 192)] == [1, 2, 12] and dt_rank_of(17, 5) == 5
+    torch.manual_seed(0)
+    weight = torch.empty(100_000, 4)
+    dt_weight_init(weight, 4, dt_scale=2.0)                     # s = 2 / sqrt(4) = 1
+    assert weight.abs().max() <= 1.0 and weight.abs().max() > 0.999
