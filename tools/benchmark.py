@@ -7,6 +7,7 @@
     python tools/benchmark.py --model local_vssm_tiny --csv vssm.csv    # vs swin_tiny_patch4_window7_224
     python tools/benchmark.py --model local_vim_tiny local_vssm_tiny --sweep 224 512 768 1024 --plot sweep.png
     python tools/benchmark.py --ema local_vim_tiny --threads 1     # --model-ema's update vs timm's ModelEmaV2
+    python tools/benchmark.py --profile local_vim_tiny local_vssm_tiny --threads 2   # where the CPU time goes
 
 ``--op``: each available backend of a kernel op against the plain-PyTorch reference; the table gives milliseconds
 and the speedup over the reference, for the forward pass (under no_grad) and for forward + backward. Defaults:
@@ -24,6 +25,11 @@ img/s and memory against size for every model and baseline.
 
 ``--ema``: milliseconds per update of ``--model-ema``'s EMA (multi-tensor ops) against timm's ModelEmaV2, whose
 values it keeps (the table says whether both EMAs end equal bit for bit), on the model's weights in ``--dtype``.
+
+``--profile``: where a model's CPU forward spends its time (torch.profiler's self time over ``--repeats`` forwards,
+default 3, at ``--batch``, default 8, and ``--img-size``): the shares of the fused mixer op's scan and merge kernels,
+of the rest of that op, of the matrix products outside it, of convolutions and copies and of the rest; the matrix
+products' GFLOP/s; and the scan kernels' nanoseconds per state update per core at each of the model's problem sizes.
 
 Runs are interleaved (every repeat times every contender in turn) and summarised by medians.
 """
@@ -52,6 +58,7 @@ from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
 from classification.benchmarks.stopping import run_stopping_in_one_line, where_rows_are  # noqa: E402
 from classification.benchmarks.tables import REPLACED  # noqa: E402
+from classification.benchmarks.time_profile import format_time_profile, profile_model, profile_rows  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 from classification.engine.model_builder import resolve_model_name  # noqa: E402
@@ -64,9 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--model", nargs="+", help="registered model(s) to benchmark against a timm baseline")
     mode.add_argument("--ema", nargs="+", metavar="MODEL",
                       help="time --model-ema's update on these models' weights against timm's ModelEmaV2")
+    mode.add_argument("--profile", nargs="+", metavar="MODEL",
+                      help="profile these models' CPU forward: the share of each kind of op, GFLOP/s, ns per update")
     parser.add_argument("--baseline", default=None,
                         help="timm model to compare --model with (default by family; one --model only)")
-    parser.add_argument("--img-size", type=int, default=None, help="--model: image size (default 224)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="--model, --profile: image size (default 224)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="--model: inference batch sizes (default 1 8)")
     parser.add_argument("--train-batch", type=int, default=None,
@@ -77,13 +87,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plot", default=None, help="--sweep: also draw the sweep into this PNG file")
     parser.add_argument("--compile", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                         help="--model: time inference under torch.compile in this mode (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--batch", type=int, default=None, help="--op: batch (default 8)")
+    parser.add_argument("--batch", type=int, default=None, help="--op, --profile: batch (default 8)")
     parser.add_argument("--dim", type=int, default=None,
                         help="--op: channels (E, the inner width; default 384, LocalVim-T's)")
     parser.add_argument("--seqlen", type=int, default=None, help="--op: sequence length (default 196)")
     parser.add_argument("--dstate", type=int, default=None, help="--op: state size (default 16)")
     parser.add_argument("--width", type=int, default=None, help="--op: conv1d kernel width (default 4)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 10 for --op, 5 for --model)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats (default: 10 for --op, 5 for --model, 3 for --profile)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: unchanged")
     parser.add_argument("--device", default="cpu")
@@ -93,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-backward", action="store_true", help="--op: time the forward pass only")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
-    for flag in ("model", "ema"):
+    for flag in ("model", "ema", "profile"):
         given = getattr(args, flag) or []
         try:
             setattr(args, flag, [resolve_model_name(name) for name in given])
@@ -106,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{flag}: {again}: give each model once")
     if args.ema and args.baseline:
         parser.error("--baseline is a flag of --model: --ema's baseline is timm's ModelEmaV2")
+    if args.profile and args.baseline:
+        parser.error("--baseline is a flag of --model: --profile has no baseline")
     if args.baseline:
         if len(args.model) != 1:
             parser.error("--baseline takes one --model; several models are each compared with their default")
@@ -119,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         alone = ", in a command with it alone as --model (--baseline takes one --model)" if len(args.model) > 1 else ""
         parser.error(f"{err}{alone}")
     if args.repeats is None:
-        args.repeats = 5 if args.model else 10
+        args.repeats = 5 if args.model else 3 if args.profile else 10
     table_flags = {"--img-size": args.img_size, "--batch-sizes": args.batch_sizes, "--train-batch": args.train_batch}
     given = [flag for flag, value in table_flags.items() if value is not None]
     if args.sweep and given:
@@ -128,10 +141,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     op_flags = {"--batch": args.batch, "--dim": args.dim, "--seqlen": args.seqlen, "--dstate": args.dstate,
                 "--width": args.width, "--backends": args.backends, "--no-backward": args.no_backward or None}
     model_flags = {**table_flags, "--sweep": args.sweep, "--sweep-batch": args.sweep_batch, "--compile": args.compile}
-    mode = "model" if args.model else "ema" if args.ema else "op"
+    mode = "model" if args.model else "ema" if args.ema else "profile" if args.profile else "op"
     others = {"op": op_flags, "model": model_flags}
+    profile_flags = ("--img-size", "--batch")
     wrong = [(flag, owner) for owner, flags in others.items() if owner != mode
-             for flag, value in flags.items() if value is not None]
+             for flag, value in flags.items()
+             if value is not None and not (mode == "profile" and flag in profile_flags)]
     if wrong:
         parser.error(f"{wrong[0][0]} is a flag of --{wrong[0][1]}, not of --{mode}")
     unused = [size for size in OpShape.__dataclass_fields__ if args.op and getattr(args, size) is not None
@@ -187,6 +202,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         check_settings(args.device)
     except (ValueError, *SETTING_ERRORS) as err:
         parser.error(str(err))
+    if args.profile and args.device != "cpu":
+        parser.error(f"--profile reads torch.profiler's CPU self times: it profiles on the CPU, not on {args.device} "
+                     "(there, run torch.profiler or Nsight Systems around tools/benchmark.py --model)")
     missing = unavailable_backends(args.op, args.device, args.backends) if args.op and args.backends else []
     if missing:
         parser.error(f"--backends {', '.join(map(repr, missing))}: not available for --op {args.op} on {args.device}")
@@ -209,9 +227,9 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
 
 
 def _run_all(args: argparse.Namespace, rows: list) -> None:
-    """Each --model against its baseline, each --ema model in turn, or the --op's backends, appending each row to
-    ``rows`` as it ends; a model that cannot be run, a peak memory that cannot be measured, CUDA out of memory or
-    Ctrl-C stops the run (:func:`run_stopping_in_one_line` says so) and the rows before it are kept."""
+    """Each --model against its baseline, each --ema or --profile model in turn, or the --op's backends, appending
+    each row to ``rows`` as it ends; a model that cannot be run, a peak memory that cannot be measured, CUDA out of
+    memory or Ctrl-C stops the run (:func:`run_stopping_in_one_line` says so) and the rows before it are kept."""
     if args.op:
         print_op_benchmark(args.op, OpShape(args.batch, args.dim, args.seqlen, args.dstate, args.width), args.device,
                            args.dtype, args.backends, args.repeats, args.warmup, backward=not args.no_backward,
@@ -220,6 +238,12 @@ def _run_all(args: argparse.Namespace, rows: list) -> None:
     if args.model:
         for model, baseline in zip(args.model, args.baselines):
             _compare(args, model, baseline, rows)
+        return
+    if args.profile:
+        for model in args.profile:
+            profile = profile_model(model, args.batch, args.img_size, args.dtype, args.repeats, args.warmup)
+            print(format_time_profile(profile), flush=True)
+            rows.extend(profile_rows(profile))
         return
     try:
         for model in args.ema:

@@ -51,6 +51,15 @@ class _ScanAttentionMerge(torch.autograd.Function):
                 ddt_w, ddt_b, dA_log, None if D is None else dD, None, None, *attention_grads)
 
 
+SCAN_RECORD, MERGE_RECORD = "localmamba::multi_scan_cpu_forward", "localmamba::attention_merge_cpu_forward"
+
+
+def scan_record_name(batch: int, num_dirs: int, length: int, inner: int, state: int) -> str:
+    """The profiler entry of the inference scan's kernels (gather, conv, recurrence) at one problem size, which a
+    profile reads back to give time per state update (``classification/benchmarks/time_profile.py``)."""
+    return f"{SCAN_RECORD} B={batch} K={num_dirs} L={length} E={inner} N={state}"
+
+
 def multi_scan_attention_merge_cpu(tokens: torch.Tensor, index: torch.Tensor, x_proj_weight: torch.Tensor,
                                    dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
                                    D: Optional[torch.Tensor], conv_weight: Optional[torch.Tensor],
@@ -66,10 +75,12 @@ def multi_scan_attention_merge_cpu(tokens: torch.Tensor, index: torch.Tensor, x_
         if needs_grad:
             merged = _ScanAttentionMerge.apply(*scan_inputs, gate, eps, *attention)
         else:
-            with torch.profiler.record_function("localmamba::multi_scan_attention_merge_cpu"):  # one profiler entry
+            with torch.profiler.record_function("localmamba::multi_scan_attention_merge_cpu"):  # profiler entries
                 src = scan_inputs[0]
                 y = multi_scan_cpu.scratch("outputs", src.shape[0], index.shape[0], src.shape[1],
                                            x_proj_weight.shape[2])
-                multi_scan_cpu.scan_forward(*scan_inputs, gate, False, y)
-                merged = attention_merge_cpu.merge_forward(y, *attention, eps)[0]
+                with torch.profiler.record_function(scan_record_name(src.shape[0], *index.shape, *A_log.shape[1:])):
+                    multi_scan_cpu.scan_forward(*scan_inputs, gate, False, y)
+                with torch.profiler.record_function(MERGE_RECORD):
+                    merged = attention_merge_cpu.merge_forward(y, *attention, eps)[0]
     return merged.to(tokens.dtype)
