@@ -211,6 +211,27 @@ def is_weights_alone(checkpoint: Mapping[str, Any]) -> bool:
     return all(isinstance(v, torch.Tensor) for v in checkpoint.values())
 
 
+def epoch_position(step: int, steps_per_epoch: Optional[int] = None, grad_accum_steps: int = 1) -> str:
+    """Where ``step`` batches of an epoch stand, for messages: ``step 4 of 10``; under gradient accumulation, where
+    a step is an optimizer step over several batches, ``batch 4 of 10 (optimizer step 2 of 5)``; without the
+    epoch's length, ``step 4`` or ``batch 4 (optimizer step 2)``."""
+    def of(count: Optional[int]) -> str:
+        return f" of {count}" if count else ""
+
+    if grad_accum_steps == 1:
+        return f"step {step}{of(steps_per_epoch)}"
+    updates = steps_per_epoch // grad_accum_steps if steps_per_epoch else None
+    return f"batch {step}{of(steps_per_epoch)} (optimizer step {step // grad_accum_steps}{of(updates)})"
+
+
+def saved_epoch_position(checkpoint: Mapping[str, Any], with_length: bool = True) -> str:
+    """:func:`epoch_position` of a training checkpoint saved in the middle of an epoch: its ``step``, its
+    ``steps_per_epoch`` (``with_length``) and its run's ``grad_accum_steps`` (1 where its config does not say)."""
+    accum = (checkpoint.get("config") or {}).get("grad_accum_steps") or 1
+    steps = checkpoint.get("steps_per_epoch") if with_length else None
+    return epoch_position(checkpoint["step"], steps, accum)
+
+
 def state_dict_from(checkpoint: Mapping[str, Any], key: Optional[str] = None,
                     source: str = 'checkpoint') -> dict[str, torch.Tensor]:
     """The weights inside a checkpoint, ``module.`` prefixes stripped.

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint_io import (EMA_KEYS, CheckpointError, atomic_copy, atomic_save, is_weights_alone,
-                                    load_checkpoint, state_dict_from)
+                                    load_checkpoint, saved_epoch_position, state_dict_from)
 from ..models.directions import (CANDIDATES, checkpoint_candidates, directions_difference, load_directions,
                                  scan_directions)
 
@@ -377,5 +377,5 @@ def convert_checkpoint(src: str, dst: str, key: str = "model", trust: bool = Fal
     atomic_save({"state_dict": weights, **record, **({"config": config} if config else {})}, dst)
     step, steps = ckpt.get("step"), ckpt.get("steps_per_epoch")
     partial = step is not None and step != steps and isinstance(ckpt.get("epoch"), int)
-    return tensors, (f"{src} was saved in the middle of epoch {ckpt['epoch']}, after its step {step}"
-                     f"{f' of {steps}' if steps else ''}: the weights are of a part of that epoch" if partial else None)
+    return tensors, (f"{src} was saved in the middle of epoch {ckpt['epoch']}, after its "
+                     f"{saved_epoch_position(ckpt)}: the weights are of a part of that epoch" if partial else None)

@@ -18,7 +18,8 @@ from localmamba_kernel_runtime.settings import check_settings
 from timm.utils import AverageMeter, accuracy
 from torch.utils.data import DataLoader
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint_on_all_ranks, state_dict_from
+from ..common.checkpoint_io import (CheckpointError, load_checkpoint_on_all_ranks, saved_epoch_position,
+                                    state_dict_from)
 from ..common.signals import interrupt_on_stop_signals
 from ..data import build_eval_dataset, build_loaders, class_summary
 from ..data.loader import lost_worker_as_data_error
@@ -167,7 +168,7 @@ def test(cfg: Namespace) -> dict:
                         f"the accuracy is of other images; give its run's values (or -c its args.yaml) to evaluate "
                         f"as it was trained")
         epoch = ckpt.get("epoch")
-        stopped = f", stopped after step {ckpt['step']}" if ckpt.get("step") is not None else ""
+        stopped = f", stopped after {saved_epoch_position(ckpt, False)}" if ckpt.get("step") is not None else ""
         what = "released weights" if epoch is None else f"epoch {epoch}{stopped}"
         log.info(f"Loaded {cfg.resume} ({what}) into {cfg.model}")
         log_precision(log, env.device, None, cfg.amp_eval, cfg.amp_dtype)

@@ -11,7 +11,7 @@ import os
 import signal
 from typing import TYPE_CHECKING, Optional
 
-from ..common.checkpoint_io import load_checkpoint
+from ..common.checkpoint_io import epoch_position, load_checkpoint
 from ..data import DataError
 from .checkpoint import LAST
 from .cli import RunInterrupted, TrainingDiverged
@@ -44,8 +44,7 @@ def stop_for_unread_batch(run: Run, epoch: int, progress: EpochProgress, error: 
     last = run.manager.path(LAST)
     if progress.step > 0:
         _save_mid_epoch(run, epoch, progress)
-        unit = "step" if run.cfg.grad_accum_steps == 1 else "batch"
-        saved = f"its training up to {unit} {progress.step} is saved"
+        saved = f"its training up to {epoch_position(progress.step, None, run.cfg.grad_accum_steps)} is saved"
     else:
         saved = "the epochs before it are saved"
     resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
@@ -109,7 +108,8 @@ def saved_so_far(run: Run, resume_hint: bool = False) -> str:
         epoch, step = run.manager.saved
     else:
         return "nothing was saved yet"
-    end = f"after step {step} of epoch {epoch}" if step is not None else f"epoch {epoch}"
+    end = (f"after {epoch_position(step, None, run.cfg.grad_accum_steps)} of epoch {epoch}" if step is not None
+           else f"epoch {epoch}")
     return f"{last} holds the run up to {end}; the training after it is lost" + (
         f": --resume {last} continues from there" if resume_hint else "")
 

@@ -35,8 +35,8 @@ from localmamba_ssm import backend_summary
 from timm.loss import SoftTargetCrossEntropy
 from torch.nn.parallel import DistributedDataParallel
 
-from ..common.checkpoint_io import (CheckpointError, load_checkpoint_on_all_ranks, remove_temporary_files,
-                                    state_dict_from)
+from ..common.checkpoint_io import (CheckpointError, epoch_position, load_checkpoint_on_all_ranks,
+                                    remove_temporary_files, state_dict_from)
 from ..common.csv_log import LR_CSV, LR_HEADER, METRICS_CSV, METRICS_HEADER, CsvLog
 from ..common.rng import get_rng_state, seed_everything, set_rng_state
 from ..data import build_datasets, build_loaders, build_mixup, class_summary
@@ -330,10 +330,7 @@ class Run:
     def epoch_position(self, step: int) -> str:
         """Where `step` batches of an epoch stand, for log lines: `step 4 of 10`; with --grad-accum-steps, whose log
         lines count optimizer steps, `batch 4 of 10 (optimizer step 2 of 5)`."""
-        accum = self.cfg.grad_accum_steps
-        if accum == 1:
-            return f"step {step} of {self.steps_per_epoch}"
-        return f"batch {step} of {self.steps_per_epoch} (optimizer step {step // accum} of {self.updates_per_epoch})"
+        return epoch_position(step, self.steps_per_epoch, self.cfg.grad_accum_steps)
 
 
 def _read_resume_checkpoint(cfg: Namespace) -> tuple[str, Optional[str], dict | None]:

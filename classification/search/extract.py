@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 import timm
 import torch
 
-from ..common.checkpoint_io import CheckpointError, load_checkpoint, state_dict_from
+from ..common.checkpoint_io import CheckpointError, load_checkpoint, saved_epoch_position, state_dict_from
 from ..common.plots import pyplot, save_figure
 from ..common.suggest import did_you_mean
 from ..models.directions import CANDIDATES, checkpoint_candidates, load_directions, save_directions
@@ -189,7 +189,7 @@ def unfinished_search(ckpt: Mapping[str, Any]) -> Optional[str]:
         return None
     of_run = f" of epochs 0-{epochs - 1}" if isinstance(epochs, int) else ""
     if step and step != ckpt.get("steps_per_epoch"):  # all steps done: the epoch trained, its validation failed
-        return f"saved in the middle of epoch {epoch}{of_run}, after its step {step}"
+        return f"saved in the middle of epoch {epoch}{of_run}, after its {saved_epoch_position(ckpt, False)}"
     if isinstance(epochs, int) and epoch + 1 < epochs:
         return f"saved after epoch {epoch}{of_run}"
     return None

@@ -102,7 +102,7 @@ def test_what_is_saved_is_said_alike_on_a_rank_whose_node_does_not_share_the_che
     for enabled in (True, False):
         manager = CheckpointManager(str(tmp_path / str(enabled)), enabled=enabled)
         (tmp_path / str(enabled)).mkdir()
-        run = SimpleNamespace(manager=manager)
+        run = SimpleNamespace(manager=manager, cfg=SimpleNamespace(grad_accum_steps=1))
         assert saved_so_far(run) == "nothing was saved yet"
         manager.save_last({"epoch": 0, "step": 7})
         last = manager.path("last.pth.tar")
