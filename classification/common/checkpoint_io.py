@@ -305,18 +305,21 @@ def _write_atomically(path: str, write: Callable[[BinaryIO], Any], suffix: str) 
         raise
 
 
-class _InterruptRecordingWriter:
-    """A binary file's ``write`` that remembers a KeyboardInterrupt raised in it (a second Ctrl-C during a save):
-    torch's stream writer turns any exception of a write into a RuntimeError, which would read as a failed write."""
+class _ErrorRecordingWriter:
+    """A binary file's ``write`` that remembers the error raised in it: a KeyboardInterrupt (a second Ctrl-C during a
+    save) or an OSError (a full disk, a file past its size limit). torch's stream writer turns any exception of a write
+    into a RuntimeError, whose text (`unexpected pos 704 vs 598`) says neither that the run was interrupted nor why
+    the write failed."""
 
     def __init__(self, f: BinaryIO):
-        self.file, self.interrupt = f, None
+        self.file, self.error = f, None
 
     def write(self, data: bytes) -> int:
         try:
             return self.file.write(data)
-        except KeyboardInterrupt as err:
-            self.interrupt = err
+        except (KeyboardInterrupt, OSError) as err:
+            if self.error is None:
+                self.error = err
             raise
 
     def flush(self) -> None:
@@ -324,13 +327,13 @@ class _InterruptRecordingWriter:
 
 
 def _torch_save(obj: Any, f: BinaryIO) -> None:
-    """``torch.save(obj, f)``; a KeyboardInterrupt during a write stays a KeyboardInterrupt."""
-    writer = _InterruptRecordingWriter(f)
+    """``torch.save(obj, f)``; a KeyboardInterrupt or OSError of a write is raised as it is."""
+    writer = _ErrorRecordingWriter(f)
     try:
         torch.save(obj, writer)
     except RuntimeError:
-        if writer.interrupt is not None:
-            raise writer.interrupt from None
+        if writer.error is not None:
+            raise writer.error from None
         raise
 
 
