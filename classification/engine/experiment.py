@@ -128,6 +128,27 @@ def choose_run_folder(cfg: Any, resume_ckpt: Optional[Mapping[str, Any]]) -> Run
     return RunFolder(own, rewinds=later)
 
 
+def check_folder_unchanged(cfg: Any, resume_ckpt: Mapping[str, Any], folder: RunFolder) -> None:
+    """Check again, under the run folder's lock, what `choose_run_folder` checked before it for a run that continues
+    the training checkpoint `resume_ckpt` in `folder`: a live run there may have gone on, and ended, in between. A
+    --resume of the folder's last.pth.tar that no longer holds the checkpoint read is refused; otherwise
+    `choose_run_folder`'s refusals (a checkpoint now behind the folder's last.pth.tar without --rewind, another run's
+    last.pth.tar, a --branch into a folder that now holds a run) are raised as they are, and a --rewind that would
+    now delete more is refused."""
+    last = os.path.join(folder.path, LAST)
+    if os.path.isfile(last) and os.path.isfile(cfg.resume) and os.path.samefile(last, cfg.resume):
+        now = load_checkpoint(last, trust=cfg.trust_checkpoint, mmap=True)
+        if progress_of(now) != progress_of(resume_ckpt) or now.get("run_id") != resume_ckpt.get("run_id"):
+            raise ConfigError(f"{cfg.resume} changed while this run started: the run in {folder.path} went on to "
+                              f"{describe_progress(now)} after this run read it at {describe_progress(resume_ckpt)}; "
+                              f"give the command again to continue from where that run stopped")
+        return
+    chosen = choose_run_folder(cfg, resume_ckpt)
+    if chosen != folder:
+        raise ConfigError(f"{folder.path}: the run there went on while this run started ({chosen.rewinds}); give the "
+                          f"command again to --rewind it to {cfg.resume}")
+
+
 def start_branch(folder: RunFolder) -> list[str]:
     """Copy the CSV files of the run a `--branch` continues into the branch's folder (they are then rewound to the
     resumed checkpoint like any resumed run's); returns their names."""

@@ -17,7 +17,7 @@ import fcntl
 import os
 import socket
 from argparse import Namespace
-from typing import Optional
+from typing import Callable, Optional
 
 from .config import ConfigError
 from .distributed import DistEnv, share_refusal
@@ -135,10 +135,12 @@ def _missing_folders(folder: str) -> list[str]:
     return missing
 
 
-def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool) -> Optional[str]:
+def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool,
+                     recheck: Optional[Callable[[], None]] = None) -> Optional[str]:
     """On rank 0, create the run folder and take its lock (`lock`), then refuse a `fresh` run in a folder that
-    holds another run (checked under the lock, so two runs started together cannot both pass); every rank raises
-    rank 0's refusal. Returns the warning of a file system that cannot lock, else None."""
+    holds another run (checked under the lock, so two runs started together cannot both pass), and call `recheck`
+    (a resumed run's checks of its folder, made before the lock: `experiment.check_folder_unchanged`); every rank
+    raises rank 0's refusal. Returns the warning of a file system that cannot lock, else None."""
     refusal, unlocked = None, None
     if env.is_main:
         try:
@@ -147,6 +149,8 @@ def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool) -
                 check_run_folder(lock.folder, cfg.overwrite)
                 if cfg.overwrite:
                     check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume})
+            if recheck is not None:
+                recheck()
         except ConfigError as err:
             refusal = err
     share_refusal(refusal)

@@ -51,8 +51,8 @@ from .config import ConfigError, config_dict, save_config
 from .distributed import DistEnv, agreed_setup, all_gather_objects, init_distributed, shutdown
 from .ema import ForeachModelEma
 from .evaluate import ValidationStopped, log_top5_meaning, validate
-from .experiment import (RunFolder, choose_run_folder, delete_previous_run, finished_run, is_training_checkpoint,
-                         next_epoch, resolve_auto_resume, start_branch)
+from .experiment import (RunFolder, check_folder_unchanged, choose_run_folder, delete_previous_run, finished_run,
+                         is_training_checkpoint, next_epoch, resolve_auto_resume, start_branch)
 from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
 from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags
@@ -380,7 +380,8 @@ def train(cfg: Namespace) -> dict:
             lock = RunLock(exp_dir, ELSEWHERE)
         else:
             lock = RunLock(exp_dir, RESUMED_ELSEWHERE, resumed=cfg.resume)
-        unlocked = claim_run_folder(cfg, env, lock, fresh=fresh)
+        recheck = None if fresh else functools.partial(check_folder_unchanged, cfg, ckpt, folder)
+        unlocked = claim_run_folder(cfg, env, lock, fresh=fresh, recheck=recheck)
         log = setup_logging(exp_dir, env.is_main)
         if unlocked is not None:
             log.warning(unlocked)
