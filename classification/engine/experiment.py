@@ -137,7 +137,10 @@ def check_folder_unchanged(cfg: Any, resume_ckpt: Mapping[str, Any], folder: Run
     now delete more is refused."""
     last = os.path.join(folder.path, LAST)
     if os.path.isfile(last) and os.path.isfile(cfg.resume) and os.path.samefile(last, cfg.resume):
-        now = load_checkpoint(last, trust=cfg.trust_checkpoint, mmap=True)
+        try:
+            now = load_checkpoint(last, trust=cfg.trust_checkpoint, mmap=True)
+        except CheckpointError as err:  # a ConfigError, which claim_run_folder shares with every rank
+            raise ConfigError(f"{cfg.resume} changed while this run started and cannot be read now: {err}") from None
         if progress_of(now) != progress_of(resume_ckpt) or now.get("run_id") != resume_ckpt.get("run_id"):
             raise ConfigError(f"{cfg.resume} changed while this run started: the run in {folder.path} went on to "
                               f"{describe_progress(now)} after this run read it at {describe_progress(resume_ckpt)}; "

@@ -2,11 +2,14 @@
 run in that folder may go on (and end, releasing the lock) in between."""
 import re
 import shutil
+from argparse import Namespace
 
 import pytest
 
+from classification.common.checkpoint_io import atomic_save
 from classification.engine import run_lock
 from classification.engine.config import ConfigError, parse_args
+from classification.engine.experiment import RunFolder, check_folder_unchanged
 from classification.engine.trainer import train
 
 from safety_helpers import TINY_RUN, digests
@@ -62,3 +65,17 @@ def test_a_branch_into_a_folder_that_got_a_run_before_the_lock_is_refused(finish
                           "--experiment", "b"]))
     monkeypatch.undo()
     assert digests(branch) == digests(finished_run)
+
+
+def test_a_last_checkpoint_unreadable_under_the_lock_is_a_refusal_every_rank_shares(tmp_path):
+    """claim_run_folder shares a ConfigError of rank 0's checks with every rank; any other error would leave the
+    other ranks waiting in their next collective."""
+    last = str(tmp_path / "last.pth.tar")
+    ckpt = {"epoch": 0, "step": None, "model": {}, "run_id": "a"}
+    atomic_save(ckpt, last)
+    with open(last, "r+b") as f:  # cut short since it was read
+        f.truncate(100)
+    cfg = Namespace(resume=last, trust_checkpoint=False)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{last} changed while this run started and cannot be read "
+                                                          f"now: {last} looks truncated (100 bytes")):
+        check_folder_unchanged(cfg, ckpt, RunFolder(str(tmp_path)))
