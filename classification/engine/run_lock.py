@@ -6,8 +6,8 @@ refused in one line naming the holder, instead of both writing checkpoints and C
 POSIX record lock (`lockf`): it belongs to the process, not to the file descriptor (which forked data loader workers
 inherit and may outlive a killed run by seconds), and the kernel drops it when that process dies however it dies, so
 a crashed run never blocks its `--resume`; it also holds across NFS clients. Rank 0 holds it for a distributed run.
-The lock file is deleted when the run ends; a file left by a killed run holds no lock. `claim_run_folder` takes it
-at a run's start and checks the folder under it.
+The lock file is deleted when the run ends; a file left by a killed run holds no lock (one of another user, which
+this user may not write, is replaced). `claim_run_folder` takes it at a run's start and checks the folder under it.
 """
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ import datetime
 import errno
 import fcntl
 import os
+import pwd
 import socket
 from argparse import Namespace
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 from .config import ConfigError
 from .distributed import DistEnv, share_refusal
 from .experiment import check_overwrite_spares, check_run_folder, make_writable
 
 LOCK_FILE = ".run.lock"
+LOCK_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 # lockf errors that mean "another process holds it"; and those that mean "this file system cannot lock"
 HELD = (errno.EACCES, errno.EAGAIN)
@@ -73,7 +75,7 @@ class RunLock:
         if os.path.realpath(self.path) in _held_here:
             self._refuse(_holder_line())
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # less the umask
+            fd = self._open()
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -93,6 +95,39 @@ class RunLock:
         self._fd = fd
         _held_here.add(os.path.realpath(self.path))
         return None
+
+    def _open(self) -> int:
+        """The lock file, opened for writing (created when missing). One that this user may not write (a killed run
+        of another user sharing the folder left it: a killed run's file stays) is replaced when no run holds it."""
+        try:
+            return os.open(self.path, LOCK_OPEN_FLAGS, 0o666)  # less the umask
+        except PermissionError as err:
+            denied = err.strerror
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._cannot_open(denied)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared lock: granted only when no run holds the file
+        except OSError as err:
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+            os.close(fd)
+            if err.errno in HELD:
+                self._refuse(holder or "its holder has not written its name yet")
+            self._cannot_open(denied)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            self._cannot_open(denied)
+        finally:
+            os.close(fd)
+        return os.open(self.path, LOCK_OPEN_FLAGS, 0o666)
+
+    def _cannot_open(self, why: str) -> NoReturn:
+        """Refuse a lock file that this user can neither write nor replace (`why`: the error of opening it)."""
+        self.release()
+        raise ConfigError(f"{self.path} ({_owner(self.path)}'s) cannot be opened: {why}; it is the lock file of a "
+                          f"run in {self.folder}: once no run of theirs is live there, delete it, or {self.elsewhere}")
 
     def _refuse(self, holder: str) -> None:
         self.release()
@@ -124,6 +159,18 @@ class RunLock:
                 os.rmdir(folder)
             except OSError:  # not empty: the run wrote there
                 break
+
+
+def _owner(path: str) -> str:
+    """The name of the user who owns `path` (its uid when it has no name here)."""
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return "its owner"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _missing_folders(folder: str) -> list[str]:
