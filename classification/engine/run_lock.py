@@ -105,6 +105,8 @@ class RunLock:
             denied = err.strerror
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # deleted since by the run that held it, ending
+            return os.open(self.path, LOCK_OPEN_FLAGS, 0o666)
         except OSError:
             self._cannot_open(denied)
         try:
@@ -117,6 +119,8 @@ class RunLock:
             self._cannot_open(denied)
         try:
             os.unlink(self.path)
+        except FileNotFoundError:  # another run replaced it first: the lock of the file opened next decides
+            pass
         except OSError:
             self._cannot_open(denied)
         finally:

@@ -93,3 +93,23 @@ def test_a_lock_file_this_user_cannot_even_read_is_refused_in_one_line(tmp_path,
             f"{folder / LOCK_FILE} (root's) cannot be opened: Permission denied; it is the lock file of a run in "
             f"{folder}: once no run of theirs is live there, delete it, or choose another --experiment")):
         RunLock(str(folder)).acquire()
+
+
+def test_a_lock_file_of_another_user_deleted_as_its_run_ends_is_created_anew(tmp_path, monkeypatch):
+    """The live run of another user ends (deleting its lock file) between this run's two opens of the file."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lock_file = folder / LOCK_FILE
+    lock_file.write_text("pid 4242 on elsewhere, since 2026-01-01 00:00:00 UTC\n")
+    real_open = os.open
+
+    def user_open(path, flags, *mode):
+        if path == str(lock_file) and flags & os.O_RDWR and lock_file.exists():
+            os.remove(lock_file)  # its run ends now
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(run_lock.os, "open", user_open)
+    lock = RunLock(str(folder))
+    assert lock.acquire() is None and lock_file.read_text().startswith(f"pid {os.getpid()} on ")
+    lock.release()
