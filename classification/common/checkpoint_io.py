@@ -379,15 +379,16 @@ def _first_line(err: BaseException) -> str:
 
 def atomic_copy(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst`` through a synced temporary file and a rename (``dst`` is never left half written)."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=os.path.dirname(os.path.abspath(dst)))
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix='.pth.tar', dir=os.path.dirname(os.path.abspath(dst)))
+        os.close(fd)
         shutil.copyfile(src, tmp)
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         _replace(tmp, dst)
     except BaseException as err:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(err, OSError):
             raise CheckpointError(f'cannot write checkpoint {dst}: {_first_line(err)}') from err
