@@ -66,7 +66,8 @@ class RunLock:
 
     def acquire(self) -> Optional[str]:
         """Create the folder when needed and take the lock; ConfigError (one line, naming the holder) when another
-        run holds it. Returns a warning to log when the file system cannot lock (the run then goes on unlocked)."""
+        run holds it, or naming the lock file and the cause when it cannot be opened, locked or written. Returns a
+        warning to log when the file system cannot lock (the run then goes on unlocked)."""
         self._created_folders = _missing_folders(self.folder)
         if self.resumed is None:
             make_writable(self.folder)
@@ -74,13 +75,24 @@ class RunLock:
             make_writable(self.folder, f"--resume {self.resumed}", self.elsewhere)
         if os.path.realpath(self.path) in _held_here:
             self._refuse(_holder_line())
+        try:
+            return self._lock()
+        except OSError as err:  # a file system that is read-only or full, a lock path that is a folder or a loop ...
+            self.release()
+            raise ConfigError(f"{self.path}: cannot take the lock of the run folder {self.folder}: "
+                              f"{err.strerror or err}; fix that, or {self.elsewhere}") from None
+
+    def _lock(self) -> Optional[str]:
+        """Open the lock file and lock it (`acquire`, the folder made); OSError on a failure not handled here."""
         while True:
             fd = self._open()
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
-                holder = os.read(fd, 4096).decode(errors="replace").strip()
-                os.close(fd)
+                try:
+                    holder = os.read(fd, 4096).decode(errors="replace").strip()
+                finally:
+                    os.close(fd)
                 if err.errno in HELD:
                     self._refuse(holder or "its holder has not written its name yet")
                 if err.errno not in UNSUPPORTED:
@@ -90,8 +102,12 @@ class RunLock:
             if self._is_current(fd):
                 break
             os.close(fd)  # the file was deleted by the run that held it, after we opened it: open the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, (_holder_line() + "\n").encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, (_holder_line() + "\n").encode())
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
         _held_here.add(os.path.realpath(self.path))
         return None
