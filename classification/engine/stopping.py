@@ -3,7 +3,8 @@ returns the exception that ends the run.
 
 Stops in the middle of an epoch (a stop signal, a batch a rank cannot read, a loss that is not finite) write
 `last.pth.tar` at the step reached, and every rank calls them, so that every rank stops at the same step; a run that
-stops without saving (a second Ctrl-C, a dead loader worker) says what `last.pth.tar` already holds (`saved_so_far`).
+stops without saving (a second Ctrl-C, a dead loader worker), or whose save fails (a full disk), says what
+`last.pth.tar` already holds (`saved_so_far`).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import os
 import signal
 from typing import TYPE_CHECKING, Optional
 
-from ..common.checkpoint_io import epoch_position, load_checkpoint
+from ..common.checkpoint_io import CheckpointError, epoch_position, load_checkpoint
 from ..data import DataError
 from .checkpoint import LAST
 from .cli import RunInterrupted, TrainingDiverged
-from .distributed import all_gather_objects, barrier
+from .distributed import all_gather_objects
 
 if TYPE_CHECKING:  # trainer.py and train_loop.py import this module
     from .train_loop import EpochProgress
@@ -23,9 +24,18 @@ if TYPE_CHECKING:  # trainer.py and train_loop.py import this module
 
 
 def _save_mid_epoch(run: Run, epoch: int, progress: EpochProgress) -> None:
-    """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it)."""
-    run.manager.save_last(run.checkpoint_payload(epoch, progress))
-    barrier()  # no rank exits before the file is written: a launcher ends all ranks when one exits
+    """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it). A write that fails (a full disk) raises on
+    every rank rank 0's CheckpointError, which also says what `last.pth.tar` still holds (`saved_so_far`: writes are
+    atomic, so the previous save, whole) and that --resume continues from there."""
+    failed = None
+    try:
+        run.manager.save_last(run.checkpoint_payload(epoch, progress))
+    except CheckpointError as err:
+        failed = f"{err}; {saved_so_far(run, resume_hint=True)}"
+    # no rank exits before the file is written (a launcher ends all ranks when one exits), and each hears if it failed
+    failed = next((text for text in all_gather_objects(failed) if text is not None), None)
+    if failed is not None:
+        raise CheckpointError(failed)
 
 
 def stop_mid_epoch(run: Run, epoch: int, progress: EpochProgress, signum: int) -> RunInterrupted:
@@ -41,14 +51,19 @@ def stop_for_unread_batch(run: Run, epoch: int, progress: EpochProgress, error: 
     """Save the training of `epoch` up to `progress` when one of its steps is done (every rank calls it), log
     how to continue, and return the error to raise: this rank's `error` reading its next batch, or, on a rank
     that read its batch, a DataError pointing at the rank that could not."""
-    last = run.manager.path(LAST)
+    last, resume = run.manager.path(LAST), None
     if progress.step > 0:
-        _save_mid_epoch(run, epoch, progress)
-        saved = f"its training up to {epoch_position(progress.step, None, run.cfg.grad_accum_steps)} is saved"
+        trained = epoch_position(progress.step, None, run.cfg.grad_accum_steps)
+        saved = f"its training up to {trained} is saved"
+        try:
+            _save_mid_epoch(run, epoch, progress)
+        except CheckpointError as err:  # raised on every rank alike; the run still ends with the reading's error
+            resume = f"saving its training up to {trained} failed: {err}"
     else:
         saved = "the epochs before it are saved"
-    resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
-              else "nothing was trained yet")
+    if resume is None:
+        resume = (f"{saved}: once the cause is fixed, continue with --resume {last}" if os.path.isfile(last)
+                  else "nothing was trained yet")
     resume = all_gather_objects(resume)[0]  # rank 0 writes the checkpoints: what its folder holds, on every rank
     run.log.error(f"Reading the training data of epoch {epoch} failed after "
                   f"{run.epoch_position(progress.step)}; {resume}")

@@ -1,0 +1,137 @@
+"""A mid-epoch save that a stop makes (a stop signal, a training batch that cannot be read) failing on a full disk:
+the run says what last.pth.tar still holds (the previous save, whole: writes are atomic) and that --resume continues
+from there; it ended with the write error alone."""
+import errno
+import os
+import signal
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from classification.common import checkpoint_io
+from classification.data import DataError
+from classification.engine import checkpoint, stopping, train_loop
+from classification.engine.config import parse_args
+from classification.engine.scheduler import WarmupScheduler
+from classification.engine.trainer import train
+
+from safety_helpers import TINY_RUN
+
+RUN = [*TINY_RUN, "--epochs", "2"]  # 5 steps per epoch
+POSIX_SIGNALS = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+
+
+def mid_epoch_saves_fill_the_disk(monkeypatch) -> None:
+    """Every mid-epoch last.pth.tar write (a step of 5 short of the epoch's end) fails after 100 bytes with ENOSPC,
+    as on a file system that filled up."""
+    real_save, real_fdopen = checkpoint.atomic_save, os.fdopen
+
+    def save(obj, path, *args, **kwargs):
+        if obj.get("step") in (None, 5):
+            return real_save(obj, path, *args, **kwargs)
+        with monkeypatch.context() as full:
+            full.setattr(checkpoint_io.os, "fdopen", lambda *a: FullDisk(real_fdopen(*a), 100))
+            return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", save)
+
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails every write with ENOSPC."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+
+def what_last_holds(last) -> str:
+    return (f"{last} holds the run up to epoch 0; the training after it is lost: --resume {last} continues from "
+            f"there")
+
+
+def assert_epoch_0_kept(folder) -> None:
+    """last.pth.tar is epoch 0's end, whole, and no temporary file is left."""
+    ckpt = torch.load(folder / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, None)
+    assert not [name for name in os.listdir(folder) if name.startswith(".tmp-")]
+
+
+@POSIX_SIGNALS
+def test_a_stop_signal_whose_save_fills_the_disk_says_what_last_holds(tmp_path, monkeypatch):
+    """SIGTERM after step 3 of epoch 1: its save fails; the run's error names the write's cause and what last.pth.tar
+    holds (epoch 0's end) and how to continue."""
+    step = WarmupScheduler.step
+
+    def step_then_stop(scheduler):
+        step(scheduler)
+        if scheduler.t == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(WarmupScheduler, "step", step_then_stop)
+    mid_epoch_saves_fill_the_disk(monkeypatch)
+    folder = tmp_path / "run"
+    last = folder / "last.pth.tar"
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    assert str(failed.value) == f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}"
+    assert_epoch_0_kept(folder)
+
+
+def test_an_unread_batch_whose_save_fills_the_disk_says_what_last_holds(tmp_path, monkeypatch):
+    """The batch after step 3 of epoch 1 cannot be read and the save of the 3 steps fails: the run still ends with
+    the reading's error, and its log line says the save failed, why, and what last.pth.tar holds."""
+    real_next, calls = train_loop._next_batch, []
+
+    def next_batch(batches):
+        calls.append(1)
+        if len(calls) == 9:  # epoch 0's 5 batches, then epoch 1's 3 read, the 4th fails
+            return None, None, DataError("cannot read image 9.png")
+        return real_next(batches)
+
+    monkeypatch.setattr(train_loop, "_next_batch", next_batch)
+    mid_epoch_saves_fill_the_disk(monkeypatch)
+    folder = tmp_path / "run"
+    last = folder / "last.pth.tar"
+    with pytest.raises(DataError, match="^cannot read image 9.png$"):
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    log = "".join(path.read_text() for path in folder.glob("log_*.txt"))
+    assert (f"Reading the training data of epoch 1 failed after step 3 of 5; saving its training up to step 3 failed: "
+            f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}\n") in log
+    assert_epoch_0_kept(folder)
+
+
+def test_rank_0s_failed_save_ends_every_rank_with_its_line(monkeypatch):
+    """On a rank that writes nothing (rank 1), rank 0's failed mid-epoch save is the error too, given to it by a
+    stand-in gather of the two ranks' reports: before, rank 1 went on past the barrier to end as a stopped run whose
+    checkpoint was saved."""
+    line = ("cannot write checkpoint out/last.pth.tar: No space left on device; out/last.pth.tar holds the run up to "
+            "epoch 0; the training after it is lost: --resume out/last.pth.tar continues from there")
+    sent = []
+
+    def gather(report):
+        sent.append(report)
+        return [line, report]
+
+    saves = []
+    run = SimpleNamespace(manager=SimpleNamespace(save_last=saves.append),
+                          checkpoint_payload=lambda epoch, progress: {"epoch": epoch, "step": progress.step})
+    monkeypatch.setattr(stopping, "all_gather_objects", gather)
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        stopping._save_mid_epoch(run, 1, SimpleNamespace(step=3))
+    assert str(failed.value) == line
+    assert saves == [{"epoch": 1, "step": 3}] and sent == [None]
