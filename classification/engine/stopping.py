@@ -77,13 +77,18 @@ def stop_for_non_finite_loss(run: Run, epoch: int, progress: EpochProgress, loss
     """Save the training of `epoch` up to `progress` (every rank calls it: the weights before the step whose
     loss is not finite), log how to continue, and return the error to raise: naming this rank's `loss`, or,
     where this rank's was finite (None), another rank's."""
-    last = run.manager.path(LAST)
+    last, failed = run.manager.path(LAST), None
     if progress.step > 0:
-        _save_mid_epoch(run, epoch, progress)
+        try:
+            _save_mid_epoch(run, epoch, progress)
+        except CheckpointError as err:  # raised on every rank alike; the run still ends as diverged
+            failed = err
     where = f"epoch {epoch} after {run.epoch_position(progress.step)}"
     if run.non_finite_steps > 1:
         where += f", {run.non_finite_steps} steps in a row"
-    if os.path.isfile(last):
+    if failed is not None:  # last.pth.tar holds an earlier state, from which a lower --lr takes another way
+        saved, advice = f"saving the run before it failed: {failed}", "lower --lr or add --clip-grad-norm"
+    elif os.path.isfile(last):
         saved = f"{last} holds the run before it"
         # last.pth.tar holds this epoch's steps before it, or, at its first step, the end of the epoch before
         advice = _divergence_advice(run, last, epoch if progress.step > 0 else epoch - 1)

@@ -1,6 +1,6 @@
-"""A mid-epoch save that a stop makes (a stop signal, a training batch that cannot be read) failing on a full disk:
-the run says what last.pth.tar still holds (the previous save, whole: writes are atomic) and that --resume continues
-from there; it ended with the write error alone."""
+"""A mid-epoch save that a stop makes (a stop signal, a training batch that cannot be read, a non-finite loss)
+failing on a full disk: the run says what last.pth.tar still holds (the previous save, whole: writes are atomic) and
+that --resume continues from there; it ended with the write error alone."""
 import errno
 import os
 import signal
@@ -12,6 +12,7 @@ import torch
 from classification.common import checkpoint_io
 from classification.data import DataError
 from classification.engine import checkpoint, stopping, train_loop
+from classification.engine.cli import TrainingDiverged
 from classification.engine.config import parse_args
 from classification.engine.scheduler import WarmupScheduler
 from classification.engine.trainer import train
@@ -112,6 +113,33 @@ def test_an_unread_batch_whose_save_fills_the_disk_says_what_last_holds(tmp_path
     log = "".join(path.read_text() for path in folder.glob("log_*.txt"))
     assert (f"Reading the training data of epoch 1 failed after step 3 of 5; saving its training up to step 3 failed: "
             f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}\n") in log
+    assert_epoch_0_kept(folder)
+
+
+def test_a_non_finite_loss_whose_save_fills_the_disk_still_ends_as_diverged(tmp_path, monkeypatch):
+    """The loss of step 3 of epoch 1 is NaN and the save of the steps before it fails: the run ended with the write
+    error alone, losing the divergence and its advice; now the divergence says the save failed and what last.pth.tar
+    holds, an earlier state than the step's, from which a lower --lr takes another way."""
+    calls, forward = [], torch.nn.CrossEntropyLoss.forward
+
+    def nan_at_step_8(module, logits, target):
+        loss = forward(module, logits, target)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 9:  # epoch 0's 5 steps, then epoch 1's steps 0-2 taken, step 3's loss NaN
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_at_step_8)
+    mid_epoch_saves_fill_the_disk(monkeypatch)
+    folder = tmp_path / "run"
+    last = folder / "last.pth.tar"
+    with pytest.raises(TrainingDiverged) as diverged:
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    assert str(diverged.value) == (
+        f"the training loss is nan in epoch 1 after step 3 of 5 (the step was not taken; saving the run before it "
+        f"failed: cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}): lower --lr or "
+        f"add --clip-grad-norm")
     assert_epoch_0_kept(folder)
 
 
