@@ -1,6 +1,7 @@
 """classification.models.factory's helpers on small stand-in models (found by a mutation audit): the pretrained_cfg
 of a variant, the input channels read from a model, the trunk check and the head keeping of a pretrained load, the
 local file of a create_model call, and timm's input-size options."""
+import fractions
 import re
 
 import pytest
@@ -10,7 +11,8 @@ from timm.models import PretrainedCfg
 from torch import nn
 
 from classification.models.factory import (RELEASE_URL, _pretrained_file, check_input_size_options, check_trunk_fits,
-                                           input_channels, keeping_a_fitting_head, model_cfg)
+                                           input_channels, keeping_a_fitting_head, model_cfg, read_pretrained_file,
+                                           warn_of_other_directions)
 
 
 def test_model_cfg_is_imagenet_at_224_with_the_release_url_of_released_weights_only():
@@ -134,3 +136,21 @@ def test_input_size_options_other_than_the_familys_are_refused():
     with pytest.raises(ValueError, match='^no$'):
         check_input_size_options('F', True, False, **check)
     check_input_size_options('F', True, False, **dict(check, pads=False))
+
+
+def test_a_pretrained_file_that_needs_pickle_is_left_to_timm(tmp_path):
+    """A file torch reads only with pickle (a Fraction beside the weights) is timm's to read, not refused here."""
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'ratio': fractions.Fraction(1, 3)}, tmp_path / 'pickled.pth')
+    assert read_pretrained_file('m', {'pretrained_cfg_overlay': {'file': str(tmp_path / 'pickled.pth')}}) is None
+    torch.save({'state_dict': {'w': torch.ones(1)}}, tmp_path / 'plain.pth')
+    path, ckpt = read_pretrained_file('m', {'pretrained_cfg_overlay': {'file': str(tmp_path / 'plain.pth')}})
+    assert path == str(tmp_path / 'plain.pth') and torch.equal(ckpt['state_dict']['w'], torch.ones(1))
+
+
+def test_a_search_over_the_same_candidates_in_another_order_warns():
+    """The order of the candidates is the order of the search weights' columns: (v_flip, h) is another search."""
+    model = nn.Linear(1, 1)
+    model.candidates = ('h', 'v_flip')
+    with pytest.warns(UserWarning, match=re.escape('f.pth is a search over other candidates (v_flip, h vs h, v_flip '
+                                                   'here)')):
+        warn_of_other_directions(model, {'candidates': ['v_flip', 'h']}, 'f.pth')
