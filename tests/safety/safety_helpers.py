@@ -1,6 +1,8 @@
-"""Helpers of the safety tests: a tiny recipe, tool runners, checkpoints that carry a code payload, file digests."""
+"""Helpers of the safety tests: a tiny recipe, tool runners, checkpoints that carry a code payload, file digests, a
+file whose disk fills up."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -62,3 +64,26 @@ def digests(folder: str) -> dict[str, tuple[str, int]]:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, folder)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mode)
     return out
+
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails every write with `code` (default ENOSPC), as a file system that
+    filled up."""
+
+    def __init__(self, f, room: int, code: int = errno.ENOSPC):
+        self.f, self.room, self.code = f, room, code
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(self.code, os.strerror(self.code))
+        self.room -= len(data)
+        return self.f.write(data)

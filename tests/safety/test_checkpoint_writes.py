@@ -9,27 +9,7 @@ import torch
 from classification.common import checkpoint_io
 from classification.common.checkpoint_io import CheckpointError, atomic_copy, atomic_save, load_checkpoint
 
-
-class FullDisk:
-    """A file that takes `room` bytes, then fails every write with `code`, as a file system that filled up."""
-
-    def __init__(self, f, room: int, code: int):
-        self.f, self.room, self.code = f, room, code
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(self.code, os.strerror(self.code))
-        self.room -= len(data)
-        return self.f.write(data)
+from safety_helpers import FullDisk
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EDQUOT])

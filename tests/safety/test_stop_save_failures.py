@@ -1,7 +1,6 @@
 """A mid-epoch save that a stop makes (a stop signal, a training batch that cannot be read, a non-finite loss)
 failing on a full disk: the run says what last.pth.tar still holds (the previous save, whole: writes are atomic) and
 that --resume continues from there; it ended with the write error alone."""
-import errno
 import os
 import signal
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from classification.engine.config import parse_args
 from classification.engine.scheduler import WarmupScheduler
 from classification.engine.trainer import train
 
-from safety_helpers import TINY_RUN
+from safety_helpers import TINY_RUN, FullDisk
 
 RUN = [*TINY_RUN, "--epochs", "2"]  # 5 steps per epoch
 POSIX_SIGNALS = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
@@ -36,28 +35,6 @@ def mid_epoch_saves_fill_the_disk(monkeypatch) -> None:
             return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "atomic_save", save)
-
-
-class FullDisk:
-    """A file that takes `room` bytes, then fails every write with ENOSPC."""
-
-    def __init__(self, f, room: int):
-        self.f, self.room = f, room
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.f.write(data)
 
 
 def what_last_holds(last) -> str:
