@@ -8,9 +8,10 @@ stops without saving (a second Ctrl-C, a dead loader worker), or whose save fail
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..common.checkpoint_io import CheckpointError, epoch_position, load_checkpoint
 from ..data import DataError
@@ -23,15 +24,27 @@ if TYPE_CHECKING:  # trainer.py and train_loop.py import this module
     from .trainer import Run
 
 
+@contextlib.contextmanager
+def saying_what_last_holds(run: Run) -> Iterator[None]:
+    """Around a checkpoint write of the main rank (an epoch's saves): a write that fails (a full disk) raises its
+    CheckpointError with what `last.pth.tar` still holds (`saved_so_far`: writes are atomic, so the previous save,
+    whole) and that --resume continues from there."""
+    try:
+        yield
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; {saved_so_far(run, resume_hint=True)}") from None
+
+
 def _save_mid_epoch(run: Run, epoch: int, progress: EpochProgress) -> None:
     """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it). A write that fails (a full disk) raises on
     every rank rank 0's CheckpointError, which also says what `last.pth.tar` still holds (`saved_so_far`: writes are
     atomic, so the previous save, whole) and that --resume continues from there."""
     failed = None
     try:
-        run.manager.save_last(run.checkpoint_payload(epoch, progress))
+        with saying_what_last_holds(run):
+            run.manager.save_last(run.checkpoint_payload(epoch, progress))
     except CheckpointError as err:
-        failed = f"{err}; {saved_so_far(run, resume_hint=True)}"
+        failed = str(err)
     # no rank exits before the file is written (a launcher ends all ranks when one exits), and each hears if it failed
     failed = next((text for text in all_gather_objects(failed) if text is not None), None)
     if failed is not None:

@@ -22,13 +22,13 @@ RUN = [*TINY_RUN, "--epochs", "2"]  # 5 steps per epoch
 POSIX_SIGNALS = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 
 
-def mid_epoch_saves_fill_the_disk(monkeypatch) -> None:
-    """Every mid-epoch last.pth.tar write (a step of 5 short of the epoch's end) fails after 100 bytes with ENOSPC,
-    as on a file system that filled up."""
+def mid_epoch_saves_fill_the_disk(monkeypatch, fails=lambda payload: payload.get("step") not in (None, 5)) -> None:
+    """Every checkpoint write of a payload that `fails` picks (by default a mid-epoch save: a step of 5 short of the
+    epoch's end) fails after 100 bytes with ENOSPC, as on a file system that filled up."""
     real_save, real_fdopen = checkpoint.atomic_save, os.fdopen
 
     def save(obj, path, *args, **kwargs):
-        if obj.get("step") in (None, 5):
+        if not fails(obj):
             return real_save(obj, path, *args, **kwargs)
         with monkeypatch.context() as full:
             full.setattr(checkpoint_io.os, "fdopen", lambda *a: FullDisk(real_fdopen(*a), 100))
@@ -118,6 +118,35 @@ def test_a_non_finite_loss_whose_save_fills_the_disk_still_ends_as_diverged(tmp_
         f"failed: cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}): lower --lr or "
         f"add --clip-grad-norm")
     assert_epoch_0_kept(folder)
+
+
+def test_an_epochs_end_save_that_fills_the_disk_says_what_last_holds(tmp_path, monkeypatch):
+    """The save of epoch 1's trained state before its validation fails: the run ended with the write error alone;
+    now it says that last.pth.tar holds epoch 0 and that --resume continues from there."""
+    mid_epoch_saves_fill_the_disk(monkeypatch, lambda payload: (payload["epoch"], payload.get("step")) == (1, 5))
+    folder = tmp_path / "run"
+    last = folder / "last.pth.tar"
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    assert str(failed.value) == f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}"
+    assert_epoch_0_kept(folder)
+
+
+def test_an_epochs_checkpoints_that_fill_the_disk_say_that_resume_validates_again(tmp_path, monkeypatch):
+    """Epoch 1 trained and validated, its checkpoint files cannot be written: last.pth.tar holds the epoch's training
+    (saved before the validation), from which --resume validates it and writes them again."""
+    mid_epoch_saves_fill_the_disk(monkeypatch, lambda payload: (payload["epoch"], payload.get("step")) == (1, None))
+    folder = tmp_path / "run"
+    last = folder / "last.pth.tar"
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    assert str(failed.value) == (
+        f"cannot write checkpoint {folder / 'checkpoint-1.pth.tar'}: No space left on device; {last} holds the run up "
+        f"to after step 5 of epoch 1; the training after it is lost: --resume {last} continues from there")
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 5)
+    assert sorted(name for name in os.listdir(folder) if name.endswith(".pth.tar")) == [
+        "best.pth.tar", "checkpoint-0.pth.tar", "last.pth.tar"]
 
 
 def test_rank_0s_failed_save_ends_every_rank_with_its_line(monkeypatch):
