@@ -89,12 +89,7 @@ class RunLock:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
-                try:
-                    holder = os.read(fd, 4096).decode(errors="replace").strip()
-                finally:
-                    os.close(fd)
-                if err.errno in HELD:
-                    self._refuse(holder or "its holder has not written its name yet")
+                self._close_refusing_a_holder(fd, err)
                 if err.errno not in UNSUPPORTED:
                     raise
                 return (f"{self.folder}: its file system cannot lock {LOCK_FILE} ({err.strerror}), so a second run "
@@ -128,10 +123,7 @@ class RunLock:
         try:
             fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a shared lock: granted only when no run holds the file
         except OSError as err:
-            holder = os.read(fd, 4096).decode(errors="replace").strip()
-            os.close(fd)
-            if err.errno in HELD:
-                self._refuse(holder or "its holder has not written its name yet")
+            self._close_refusing_a_holder(fd, err)
             self._cannot_open(denied)
         try:
             os.unlink(self.path)
@@ -142,6 +134,16 @@ class RunLock:
         finally:
             os.close(fd)
         return os.open(self.path, LOCK_OPEN_FLAGS, 0o666)
+
+    def _close_refusing_a_holder(self, fd: int, err: OSError) -> None:
+        """After a lockf of the lock file `fd` failed with `err`: close it, and refuse naming the holder it names when
+        `err` says another run holds it."""
+        try:
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        if err.errno in HELD:
+            self._refuse(holder or "its holder has not written its name yet")
 
     def _cannot_open(self, why: str) -> NoReturn:
         """Refuse a lock file that this user can neither write nor replace (`why`: the error of opening it)."""
