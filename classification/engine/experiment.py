@@ -19,11 +19,10 @@ from __future__ import annotations
 import csv
 import fnmatch
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from ..common.checkpoint_io import TMP_PREFIX, CheckpointError, load_checkpoint
+from ..common.checkpoint_io import TMP_PREFIX, CheckpointError, atomic_write_bytes, load_checkpoint
 from ..common.csv_log import LR_CSV, RUN_CSV_FILES
 from .checkpoint import LAST, checkpoint_folder
 from .config import ConfigError
@@ -154,14 +153,15 @@ def check_folder_unchanged(cfg: Any, resume_ckpt: Mapping[str, Any], folder: Run
 
 def start_branch(folder: RunFolder) -> list[str]:
     """Copy the CSV files of the run a `--branch` continues into the branch's folder (they are then rewound to the
-    resumed checkpoint like any resumed run's); returns their names."""
+    resumed checkpoint like any resumed run's), each whole or not at all; returns their names."""
     if folder.branch_of is None:
         return []
     copied = []
     for name in RUN_CSV_FILES:
         src = os.path.join(folder.branch_of, name)
         if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(folder.path, name))
+            with open(src, "rb") as f:
+                atomic_write_bytes(os.path.join(folder.path, name), f.read())
             copied.append(name)
     return copied
 

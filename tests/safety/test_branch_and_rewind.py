@@ -105,6 +105,28 @@ def test_a_branch_killed_before_its_first_checkpoint_runs_again_with_the_same_co
     assert done["files"] == ["best.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar"]
 
 
+COPY_UNDER_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from classification.engine.experiment import RunFolder, start_branch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+start_branch(RunFolder(sys.argv[1], branch_of=sys.argv[2]))
+"""
+
+
+def test_a_branch_whose_csv_copy_fails_leaves_no_partial_file(tmp_path):
+    """The branch's copy of a CSV file that fails halfway (a full disk; a file size limit here) left the rows written
+    so far, whose torn last row made the same --branch refused ("holds a run"). The copy is now whole or absent."""
+    source, branch = tmp_path / "run", tmp_path / "branch"
+    source.mkdir(), branch.mkdir()
+    rows_text = "".join(f"{epoch},{step},0.00{step}\n" for epoch in range(40) for step in range(50))
+    (source / "lr.csv").write_text("epoch,step,lr\n" + rows_text)
+    proc = subprocess.run([sys.executable, "-c", COPY_UNDER_FILE_SIZE_LIMIT, str(branch), str(source), "4096"],
+                          capture_output=True, text=True, env=tool_env(), timeout=60)
+    assert proc.returncode != 0 and "File too large" in proc.stderr
+    assert os.listdir(branch) == []
+
+
 def test_a_branch_into_a_folder_of_other_csv_rows_without_checkpoints_is_refused(copy_of_run, tmp_path):
     """CSV rows that are not the history of the run branched from (another run's, its checkpoints deleted) are a run:
     a branch would overwrite them."""
