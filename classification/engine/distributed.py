@@ -230,9 +230,10 @@ def _failures(error: Optional[Exception]) -> list[tuple[int, str, str]]:
     return [(rank, host, text) for rank, (host, text) in enumerate(reports) if text is not None]
 
 
-def share_refusal(error: Optional[ConfigError]) -> None:
-    """Raise on every rank the ConfigError of the first rank that has one (a check that only rank 0 makes, such as the
-    run folder's lock); without it the other ranks would wait in their next collective until rank 0's exit broke it."""
+def share_refusal(error: Optional[Exception]) -> None:
+    """Raise on every rank, as a ConfigError of its line, the error of the first rank that has one (a check that only
+    rank 0 makes, such as the run folder's lock); without it the other ranks would wait in their next collective
+    until rank 0's exit broke it."""
     refusals = _failures(error)
     if refusals:
         raise ConfigError(refusals[0][2])

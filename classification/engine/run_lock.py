@@ -209,7 +209,8 @@ def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool,
     """On rank 0, create the run folder and take its lock (`lock`), then refuse a `fresh` run in a folder that
     holds another run (checked under the lock, so two runs started together cannot both pass), and call `recheck`
     (a resumed run's checks of its folder, made before the lock: `experiment.check_folder_unchanged`); every rank
-    raises rank 0's refusal. Returns the warning of a file system that cannot lock, else None."""
+    raises rank 0's refusal, or the line of an OSError of these checks (a file of the folder that cannot be read).
+    Returns the warning of a file system that cannot lock, else None."""
     refusal, unlocked = None, None
     if env.is_main:
         try:
@@ -220,7 +221,7 @@ def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool,
                     check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume})
             if recheck is not None:
                 recheck()
-        except ConfigError as err:
+        except (ConfigError, OSError) as err:
             refusal = err
     share_refusal(refusal)
     return unlocked

@@ -84,12 +84,23 @@ def test_a_lock_call_that_fails_unexpectedly_is_one_line_and_leaves_no_lock(tmp_
     again.release()
 
 
-def test_the_failure_on_rank_0_is_the_refusal_of_every_rank(tmp_path, monkeypatch):
-    """claim_run_folder on rank 0 joins the collective that shares its refusal, with the line (before, the OSError
-    left claim_run_folder before it); rank 1, given rank 0's report by a stand-in gather, raises the same line."""
-    folder = str(tmp_path / "run")
-    line = refusal(folder, os.strerror(errno.EROFS))
+def lock_file_read_only(folder, monkeypatch):
     failing(monkeypatch, os, "open", errno.EROFS, os.path.join(folder, LOCK_FILE))
+    return refusal(folder, os.strerror(errno.EROFS))
+
+
+def unreadable_csv_file(folder, monkeypatch):
+    os.makedirs(os.path.join(folder, "metrics.csv"))  # what the check of an earlier run's files cannot read
+    return f"{os.strerror(errno.EISDIR)}: {os.path.join(folder, 'metrics.csv')}"
+
+
+@pytest.mark.parametrize("fault", [lock_file_read_only, unreadable_csv_file])
+def test_the_failure_on_rank_0_is_the_refusal_of_every_rank(tmp_path, monkeypatch, fault):
+    """claim_run_folder on rank 0 joins the collective that shares its refusal, with the line (before, the OSError
+    of the lock, and later that of the check of the folder's earlier run, left claim_run_folder before it); rank 1,
+    given rank 0's report by a stand-in gather, raises the same line."""
+    folder = str(tmp_path / "run")
+    line = fault(folder, monkeypatch)
     reports = {0: ("node0", None), 1: ("node1", None)}
 
     def gather_as(rank):
