@@ -8,10 +8,9 @@ stops without saving (a second Ctrl-C, a dead loader worker), or whose save fail
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 from ..common.checkpoint_io import CheckpointError, epoch_position, load_checkpoint
 from ..data import DataError
@@ -23,32 +22,29 @@ if TYPE_CHECKING:  # trainer.py and train_loop.py import this module
     from .train_loop import EpochProgress
     from .trainer import Run
 
+T = TypeVar("T")
 
-@contextlib.contextmanager
-def saying_what_last_holds(run: Run) -> Iterator[None]:
-    """Around a checkpoint write of the main rank (an epoch's saves): a write that fails (a full disk) raises its
-    CheckpointError with what `last.pth.tar` still holds (`saved_so_far`: writes are atomic, so the previous save,
-    whole) and that --resume continues from there."""
+
+def save_on_every_rank(run: Run, write: Callable[[], T]) -> T:
+    """Call `write`, a checkpoint write of the main rank (`manager.save_last`, `manager.update`), on every rank and
+    return its result. A write that fails (a full disk) raises on every rank rank 0's CheckpointError, which also says
+    what `last.pth.tar` still holds (`saved_so_far`: writes are atomic, so the previous save, whole) and that
+    --resume continues from there: no rank goes on into a collective that rank 0 has left."""
+    failed, result = None, None
     try:
-        yield
+        result = write()
     except CheckpointError as err:
-        raise CheckpointError(f"{err}; {saved_so_far(run, resume_hint=True)}") from None
-
-
-def _save_mid_epoch(run: Run, epoch: int, progress: EpochProgress) -> None:
-    """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it). A write that fails (a full disk) raises on
-    every rank rank 0's CheckpointError, which also says what `last.pth.tar` still holds (`saved_so_far`: writes are
-    atomic, so the previous save, whole) and that --resume continues from there."""
-    failed = None
-    try:
-        with saying_what_last_holds(run):
-            run.manager.save_last(run.checkpoint_payload(epoch, progress))
-    except CheckpointError as err:
-        failed = str(err)
+        failed = f"{err}; {saved_so_far(run, resume_hint=True)}"
     # no rank exits before the file is written (a launcher ends all ranks when one exits), and each hears if it failed
     failed = next((text for text in all_gather_objects(failed) if text is not None), None)
     if failed is not None:
         raise CheckpointError(failed)
+    return result
+
+
+def _save_mid_epoch(run: Run, epoch: int, progress: EpochProgress) -> None:
+    """Write `last.pth.tar` at `progress` of `epoch` (every rank calls it; `save_on_every_rank`)."""
+    save_on_every_rank(run, lambda: run.manager.save_last(run.checkpoint_payload(epoch, progress)))
 
 
 def stop_mid_epoch(run: Run, epoch: int, progress: EpochProgress, signum: int) -> RunInterrupted:

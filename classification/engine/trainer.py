@@ -63,7 +63,7 @@ from .resume import (adopt_original_checkpoints, check_same_batches, check_same_
 from .run_lock import ELSEWHERE, RESUMED_ELSEWHERE, RunLock, claim_run_folder
 from .scheduler import WarmupScheduler, build_scheduler
 from .signals import StopSignals
-from .stopping import aborted, interrupted, saved_so_far, saying_what_last_holds
+from .stopping import aborted, interrupted, save_on_every_rank, saved_so_far
 from .train_loop import EpochProgress, train_one_epoch
 
 
@@ -292,8 +292,8 @@ class Run:
                     raise interrupted(self, signum)
                 progress = self.start_progress if epoch == self.start_epoch else EpochProgress()
                 train_metrics = train_one_epoch(self, epoch, progress, stop)
-                with saying_what_last_holds(self):
-                    self.manager.save_last(self.checkpoint_payload(epoch, progress))  # see _finish_epoch
+                trained = self.checkpoint_payload(epoch, progress)  # saved before the validation: see _finish_epoch
+                save_on_every_rank(self, lambda: self.manager.save_last(trained))
                 metrics = self._finish_epoch(epoch, train_metrics, stop)
         return metrics
 
@@ -322,8 +322,8 @@ class Run:
         if self.search is not None:
             self.search.append_epoch(epoch)
         self.metrics.append([epoch] + [metrics[k] for k in METRICS_HEADER[1:]])
-        with saying_what_last_holds(self):
-            kept = self.manager.update(epoch, metrics["top1"], self.checkpoint_payload(epoch))
+        payload = self.checkpoint_payload(epoch)
+        kept = save_on_every_rank(self, lambda: self.manager.update(epoch, metrics["top1"], payload))
         ranked = "Checkpoints, by the EMA's top-1:" if self.ema is not None else "Checkpoints, by top-1:"
         deleted = {p: "" if os.path.isfile(self.manager.path(p)) else " (file deleted)" for p, _ in kept}
         log.info("\n".join([ranked] + [f"        {self.manager.path(p)} : {s:.3f}%{deleted[p]}" for p, s in kept]))

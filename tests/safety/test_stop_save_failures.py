@@ -169,3 +169,23 @@ def test_rank_0s_failed_save_ends_every_rank_with_its_line(monkeypatch):
         stopping._save_mid_epoch(run, 1, SimpleNamespace(step=3))
     assert str(failed.value) == line
     assert saves == [{"epoch": 1, "step": 3}] and sent == [None]
+
+
+@pytest.mark.parametrize("failing_save", [1, 2], ids=["trained epoch", "epoch's checkpoints"])
+def test_rank_0s_failed_epoch_end_save_ends_every_rank_with_its_line(tmp_path, monkeypatch, failing_save):
+    """The epoch-end saves (the trained epoch's last.pth.tar before its validation, its checkpoints after) share their
+    outcome like the mid-epoch ones: a rank whose own call wrote nothing hears rank 0's failure, given here by a
+    stand-in gather at the `failing_save`-th save, and ends with its line. Before, rank 0 raised alone and the other
+    ranks went on into the validation's collectives, waiting there until the launcher ended them."""
+    line = "cannot write checkpoint last.pth.tar: No space left on device; (what rank 0's last.pth.tar holds)"
+    sent = []
+
+    def gather(report):
+        sent.append(report)
+        return [line if len(sent) == failing_save else None, report]
+
+    monkeypatch.setattr(stopping, "all_gather_objects", gather)
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    assert str(failed.value) == line
+    assert sent == [None] * failing_save
