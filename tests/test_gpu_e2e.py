@@ -268,3 +268,94 @@ def test_test_tool_evaluates_the_compiled_model(compile_calls, monkeypatch, tmp_
                                                 "--experiment", "compiled"]))
     assert compile_calls == ["reduce-overhead"] and compiled == eager
     assert len(compiled_batches) > 1 and set(compiled_batches) == {256}, compiled_batches
+
+
+def _running(pid, wait=5.0):
+    """Whether process ``pid`` still exists, not as a zombie, ``wait`` seconds on (a SIGKILL takes effect when the
+    process is next scheduled)."""
+    end = time.perf_counter() + wait
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            alive = False
+        if not alive or time.perf_counter() > end:
+            return alive
+        time.sleep(0.05)
+
+
+def _launcher(tmp_path):
+    """A command that starts a worker in a session of its own, as torchrun starts its workers, writes the worker's
+    pid to tmp_path/pid, prints 'up' and waits."""
+    return [sys.executable, "-c", "import subprocess, sys, time\n"
+            "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+            "                          start_new_session=True)\n"
+            f"open({str(tmp_path / 'pid.tmp')!r}, 'w').write(str(worker.pid))\n"
+            f"import os; os.replace({str(tmp_path / 'pid.tmp')!r}, {str(tmp_path / 'pid')!r})\n"
+            "print('up', flush=True)\ntime.sleep(120)"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_runner_kills_the_workers_a_launcher_started_in_their_own_sessions(tmp_path):
+    """A step killed at its limit or on Ctrl-C left torchrun's workers running (each in a session of its own, out of
+    reach of the kill of the launcher's process group): on a GPU they went on training beside the next steps. Now
+    they end with it, and Ctrl-C's exception carries the output so far."""
+    pid = tmp_path / "pid"
+    workers = []
+    try:
+        late = run_command(Step("limit", _launcher(tmp_path), 3, lambda o: None))
+        workers.append(int(pid.read_text()))
+        assert "killed after the 3 s limit" in late.output and not _running(workers[-1])
+        pid.unlink()
+
+        def ctrl_c_once_up():
+            if pid.exists():
+                raise KeyboardInterrupt
+            return False
+
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            run_command(Step("ctrl-c", _launcher(tmp_path), 30, lambda o: None, stop_when=ctrl_c_once_up))
+        workers.append(int(pid.read_text()))
+        assert not _running(workers[-1])
+        assert stopped.value.outcome.returncode is None and stopped.value.outcome.seconds < 20
+    finally:
+        for worker in workers:
+            if _running(worker, wait=0):
+                os.kill(worker, signal.SIGKILL)
+
+
+def test_a_handled_stop_signal_is_awaited_no_longer_than_the_step_limit(tmp_path):
+    """A command that did not exit on SIGTERM was awaited 120 s whatever its limit, past --budget (a step cut to the
+    31 s left of a 540 s budget could end 120 s later, past the lent machine's 600 s). Now the wait ends at the
+    limit."""
+    ready = tmp_path / "ready"
+    deaf = [sys.executable, "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            f"open({str(ready)!r}, 'w').close()\ntime.sleep(300)"]
+    start = time.perf_counter()
+    stopped = run_command(Step("term", deaf, 4, lambda o: None, stop_when=ready.exists, stop_signal=signal.SIGTERM))
+    assert time.perf_counter() - start < 15 and stopped.returncode is None
+    assert "[gpu_check --e2e] no exit" in stopped.output and "after SIGTERM" in stopped.output
+
+
+def test_ctrl_c_keeps_the_output_of_the_step_it_stopped_in_the_log(tmp_path):
+    """Ctrl-C during a step left the transcript without that step: what it had printed (the correctness table of a
+    kernel check minutes long) was lost. Now its output so far is in the log, marked STOPPED."""
+    ready = tmp_path / "ready"
+    halfway = [sys.executable, "-c", f"print('case scan ok', flush=True); open({str(ready)!r}, 'w').close()\n"
+               "import time; time.sleep(60)"]
+
+    def stop_once_ready():
+        if ready.exists():
+            raise KeyboardInterrupt
+        return False
+
+    def runner(step):
+        return run_command(gpu_e2e.replace(step, argv=halfway, stop_when=stop_once_ready))
+
+    log = tmp_path / "e2e.log"
+    with pytest.raises(KeyboardInterrupt):
+        run_e2e("cpu", quick=True, log_path=str(log), runner=runner, workdir=str(tmp_path / "runs"))
+    text = log.read_text()
+    assert "===== kernel checks and op timings: " in text and "\ncase scan ok\n" in text
+    assert "STOPPED" in text.splitlines()[-1] and "kernel checks and op timings  (interrupted" in text

@@ -73,37 +73,78 @@ class Step:
     needs: Tuple[str, ...] = ()  # names of earlier steps whose files this one reads
 
 
+def _descendants(pid: int) -> List[int]:
+    """The processes below ``pid`` (children, theirs, ...) as /proc lists them now; [] where there is no /proc. They
+    include those in sessions of their own, which a kill of ``pid``'s process group misses: torchrun's workers."""
+    children: Dict[int, List[int]] = {}
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])   # the field after the state
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group and every process below it, then reap ``proc``."""
+    below = _descendants(proc.pid)
+    for kill, target in [(os.killpg, proc.pid)] + [(os.kill, pid) for pid in below]:
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
 def run_command(step: Step, poll: float = 0.2, stop_grace: float = 120) -> Outcome:
-    """Run ``step.argv`` in the repository root in its own process group; kill the group at the time limit, and when
-    ``step.stop_when()`` turns true send it ``step.stop_signal`` (SIGKILL: returncode None; another signal: the
-    command's own exit, awaited for ``stop_grace`` seconds)."""
+    """Run ``step.argv`` in the repository root in its own process group; kill it and every process below it at the
+    time limit, and when ``step.stop_when()`` turns true send its group ``step.stop_signal`` (SIGKILL: returncode None;
+    another signal: the command's own exit, awaited for ``stop_grace`` seconds, but not past the time limit). An
+    exception while it runs (Ctrl-C) kills it too and gets the output so far as its ``outcome`` attribute."""
     start = time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1", **step.env))
         returncode: Optional[int] = None
-        while True:
-            code = proc.poll()
-            if code is not None:
-                returncode = code
-                break
-            if step.stop_when is not None and step.stop_when():
-                if step.stop_signal != signal.SIGKILL:
-                    os.killpg(proc.pid, step.stop_signal)
-                    try:
-                        returncode = proc.wait(timeout=stop_grace)
-                    except subprocess.TimeoutExpired:
-                        out.write(f"\n[gpu_check --e2e] no exit {stop_grace:.0f} s after "
-                                  f"{signal.Signals(step.stop_signal).name}\n")
-                break
-            if time.perf_counter() - start > step.timeout:
-                returncode = -signal.SIGKILL
-                out.write(f"\n[gpu_check --e2e] killed after the {step.timeout:.0f} s limit\n")
-                break
-            time.sleep(poll)
+        try:
+            while True:
+                code = proc.poll()
+                if code is not None:
+                    returncode = code
+                    break
+                if step.stop_when is not None and step.stop_when():
+                    if step.stop_signal != signal.SIGKILL:
+                        os.killpg(proc.pid, step.stop_signal)
+                        grace = min(stop_grace, max(step.timeout - (time.perf_counter() - start), poll))
+                        try:
+                            returncode = proc.wait(timeout=grace)
+                        except subprocess.TimeoutExpired:
+                            out.write(f"\n[gpu_check --e2e] no exit {grace:.0f} s after "
+                                      f"{signal.Signals(step.stop_signal).name}\n")
+                    break
+                if time.perf_counter() - start > step.timeout:
+                    returncode = -signal.SIGKILL
+                    out.write(f"\n[gpu_check --e2e] killed after the {step.timeout:.0f} s limit\n")
+                    break
+                time.sleep(poll)
+        except BaseException as err:
+            kill_tree(proc)
+            out.seek(0)
+            err.outcome = Outcome(None, out.read(), time.perf_counter() - start)   # type: ignore[attr-defined]
+            raise
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
         out.seek(0)
         return Outcome(returncode, out.read(), time.perf_counter() - start)
 
@@ -312,8 +353,9 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     need); print one line per step as it ends, then the summary. Within ``budget`` seconds: each step's limit is
     cut to what is left, and once too little is left the remaining steps are reported as SKIP with the command that
     runs them. The transcript (every step's full output, then the summary) is written to ``log_path`` as the steps
-    end, so a run killed from outside keeps what it did. True when every step ran and passed; :class:`UnknownCheck`
-    (before anything runs or a folder is made) for a word of ``only`` in no step's name."""
+    end, so a run killed from outside keeps what it did (and an interrupted one, its last step's output so far).
+    True when every step ran and passed; :class:`UnknownCheck` (before anything runs or a folder is made) for a word
+    of ``only`` in no step's name."""
     own_workdir = workdir is None
     if dry_run:
         workdir = workdir or os.path.join(tempfile.gettempdir(), "localmamba_e2e_XXXX")
@@ -340,7 +382,14 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
             skipped.append(step)
             line = f"SKIP  {0.0:7.1f} s  {step.name}  (time budget spent)"
         else:
-            outcome = runner(step if left is None else replace(step, timeout=min(step.timeout, left)))
+            try:
+                outcome = runner(step if left is None else replace(step, timeout=min(step.timeout, left)))
+            except BaseException as err:   # Ctrl-C: the transcript keeps what the step printed (run_command's)
+                stopped = getattr(err, "outcome", None)
+                if stopped is not None:
+                    log.add(f"\n===== {step.name}: {' '.join(step.argv)}", stopped.output.rstrip(),
+                            f"STOPPED {stopped.seconds:7.1f} s  {step.name}  (interrupted; its output so far)")
+                raise
             line = report_line(step, outcome)
             log.add(f"\n===== {step.name}: {' '.join(step.argv)}", outcome.output.rstrip(), line)
         print(line, flush=True)
