@@ -338,6 +338,22 @@ def test_a_handled_stop_signal_is_awaited_no_longer_than_the_step_limit(tmp_path
     assert "[gpu_check --e2e] no exit" in stopped.output and "after SIGTERM" in stopped.output
 
 
+def test_cuda_steps_run_without_the_triton_interpreter_and_dist_train_with_this_python(monkeypatch, tmp_path):
+    """On CUDA a TRITON_INTERPRET=1 left in the caller's environment reached every step, whose Triton kernels then ran
+    under the interpreter (minutes each: the kernel check and the training runs met their limits); now no CUDA step
+    has it. tools/dist_train.sh ran `python` from PATH (launch.sh's default), not the interpreter of the check: where
+    `python` is missing or another one (a machine with python3 only) the step failed; now it gets PYTHON."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    show = [sys.executable, "-c", "import os; print(os.environ.get('TRITON_INTERPRET'), os.environ.get('PYTHON'))"]
+    for step in gpu_e2e.plan("cuda", str(tmp_path)):
+        out = run_command(gpu_e2e.replace(step, argv=show)).output.split()
+        assert out[0] == "None", step.name
+        assert out[1] == (sys.executable if step.name.startswith("tools/dist_train.sh") else "None"), step.name
+    kernels = gpu_e2e.plan("cpu", str(tmp_path), quick=True)[0]
+    assert run_command(gpu_e2e.replace(kernels, argv=show)).output.split()[0] == "1"   # the CPU's kernel check
+
+
 def test_ctrl_c_keeps_the_output_of_the_step_it_stopped_in_the_log(tmp_path):
     """Ctrl-C during a step left the transcript without that step: what it had printed (the correctness table of a
     kernel check minutes long) was lost. Now its output so far is in the log, marked STOPPED."""

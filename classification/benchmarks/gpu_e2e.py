@@ -60,6 +60,7 @@ class Step:
 
     ``stop_when()`` (polled while the command runs) makes the runner send ``stop_signal`` to the command's process
     group when true: SIGKILL (the returncode is then None), or a signal the command handles, whose exit it awaits.
+    ``unset``: variables of this environment the command runs without.
     """
 
     name: str
@@ -71,6 +72,7 @@ class Step:
     stop_signal: int = signal.SIGKILL
     summary: Callable[[Outcome], str] = lambda outcome: ""
     needs: Tuple[str, ...] = ()  # names of earlier steps whose files this one reads
+    unset: Tuple[str, ...] = ()
 
 
 def _descendants(pid: int) -> List[int]:
@@ -113,9 +115,12 @@ def run_command(step: Step, poll: float = 0.2, stop_grace: float = 120) -> Outco
     another signal: the command's own exit, awaited for ``stop_grace`` seconds, but not past the time limit). An
     exception while it runs (Ctrl-C) kills it too and gets the output so far as its ``outcome`` attribute."""
     start = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **step.env)
+    for name in step.unset:
+        env.pop(name, None)
     with tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", **step.env))
+                                env=env)
         returncode: Optional[int] = None
         try:
             while True:
@@ -209,6 +214,8 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
     common = ["--device", device, "--warmup-epochs", "0"] + (["--model-kwargs", "depth=2"] if quick else [])
     train = [py, "tools/train.py", "-c", "configs/quickstart.yaml", "--model", model] + common
     interp = {} if cuda else {"TRITON_INTERPRET": "1"}
+    # on CUDA no step runs Triton under its interpreter (minutes a kernel), whatever this environment says
+    native = ("TRITON_INTERPRET",) if cuda else ()
     kernel_options = ["--quick", "--skip-timing", "--skip-models"] if quick else ["--repeats", "10"]
     kernel_check = [py, "tools/gpu_check.py", "--device", device] + kernel_options
 
@@ -250,7 +257,8 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
         steps.append(Step(f"tools/dist_train.sh {procs}" + (" (NCCL)" if procs > 1 and cuda else ""),
                           ["sh", "tools/dist_train.sh", str(procs), "configs/quickstart.yaml", model,
                            "--epochs", "1"] + common + run_dir(folder),
-                          240, _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed))
+                          240, _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed,
+                          env={"PYTHON": py}))   # the launcher's interpreter: this one, not `python` on PATH
     checkpoint, resume_lr = last("resume"), os.path.join(workdir, "resume", "run", "lr.csv")
     killed = "train, killed after its first epoch"
     # killed once epoch 1 logs a step: last.pth.tar already exists during epoch 0's validation (its training saved)
@@ -287,7 +295,7 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                               [py, "tools/benchmark.py", "--model", family, "--device", device, "--batch-sizes", "1",
                                "64", "--train-batch", "0", "--compile", "reduce-overhead"], 300,
                               _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
-    return steps
+    return [replace(step, unset=native) for step in steps]
 
 
 def report_line(step: Step, outcome: Outcome) -> str:
