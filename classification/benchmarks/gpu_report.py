@@ -105,8 +105,8 @@ def scan_op_ms(sections: Dict[str, str]) -> Dict[str, Optional[float]]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("op=scan ") and SCAN_SHAPE in line:
-            rows = table_rows(text, i + 1)
-            header = rows[0]
+            rows = table_rows(text, i + 1)   # none where the log ends at the title (a step killed there)
+            header = rows[0] if rows else []
             for row in rows[1:]:
                 if row[0] == "triton":
                     cells = dict(zip(header, row))
