@@ -15,6 +15,12 @@ from classification.engine import evaluate as evaluate_module
 from classification.engine.config import parse_args
 
 
+MEMORY_TABLE = ("model           dtype  inference b2 peak MiB  train step b2 peak MiB\n"
+                "local_vim_tiny  fp32   812  5120\n")
+SWEEP_TITLE = "resolution sweep, {} against {}: inference at batch 1, fp32, cuda; peak MiB above weights and images:\n"
+SWEEP_OUTPUT = MEMORY_TABLE + "".join(SWEEP_TITLE.format(*pair) + "img px  ...\n" for pair in gpu_e2e.PAIRS)
+
+
 def fake_runner(outputs):
     """A runner that does not run anything: each step gets the output its name maps to (default: a successful run
     of that tool) and writes the checkpoints a real run would write."""
@@ -26,7 +32,7 @@ def fake_runner(outputs):
             folder = os.path.join(step.argv[step.argv.index("--output") + 1], "run")
             os.makedirs(folder, exist_ok=True)
             open(os.path.join(folder, "last.pth.tar"), "w").close()
-        default = ("metric ratio\npeak MiB" if "benchmark.py" in step.argv[1] or "--sweep" in step.argv else
+        default = ("metric ratio" if "benchmark.py" in step.argv[1] else SWEEP_OUTPUT if "--sweep" in step.argv else
                    "ALL CHECKS PASSED" if "gpu_check.py" in step.argv[1] else
                    "{'top1': 50.0}" if "test.py" in step.argv[1] else
                    "SIGTERM: stopping in epoch 1 after step 3 of 44" if step.stop_signal == signal.SIGTERM else
@@ -375,3 +381,36 @@ def test_ctrl_c_keeps_the_output_of_the_step_it_stopped_in_the_log(tmp_path):
     text = log.read_text()
     assert "===== kernel checks and op timings: " in text and "\ncase scan ok\n" in text
     assert "STOPPED" in text.splitlines()[-1] and "kernel checks and op timings  (interrupted" in text
+
+
+def test_a_sweep_step_that_measured_nothing_fails(tmp_path, capsys):
+    """The sweep step passed with an error in every cell of its memory table and no resolution sweep (its verdict
+    looked for the words 'peak MiB', which the table's header holds). Now an error cell or a pair without a sweep
+    fails it; a sweep that failed at a later size (out of memory at 1024 px) keeps its rows and passes."""
+    name = "peak memory and resolution sweep"
+    step = [s for s in gpu_e2e.plan("cpu", str(tmp_path), quick=True) if s.name == name][0]
+    vssm = SWEEP_TITLE.format(*gpu_e2e.PAIRS[1])
+    error_cell = SWEEP_OUTPUT.replace("fp32   812  5120", "fp32   error: RuntimeError  -")
+    assert gpu_e2e.report_line(step, Outcome(0, error_cell, 9.0)).endswith(
+        "(the memory table has an error: local_vim_tiny fp32 error: RuntimeError -)")
+    no_vssm = SWEEP_OUTPUT.replace(vssm, "resolution sweep, local_vssm_tiny against swin_tiny_patch4_window7_224: "
+                                         "error: OutOfMemoryError: CUDA out of memory\n")
+    assert gpu_e2e.report_line(step, Outcome(0, no_vssm, 9.0)).endswith(
+        "(no resolution sweep of local_vssm_tiny against swin_tiny_patch4_window7_224 (it failed at its first size))")
+    later_size = SWEEP_OUTPUT + "\nresolution sweep, local_vssm_tiny against swin_tiny_patch4_window7_224: error: " \
+                                "OutOfMemoryError: CUDA out of memory\n"
+    assert gpu_e2e.report_line(step, Outcome(0, later_size, 9.0)).startswith("PASS")
+
+
+def test_the_compiled_evaluation_must_give_the_eager_top1(tmp_path, capsys):
+    """tools/test.py --compile reduce-overhead passed on any accuracy it printed: CUDA graphs that gave wrong logits
+    (a replay's outputs overwritten) passed. Now its top-1 must be within 1 point of the eager evaluation's of the
+    same checkpoint."""
+    run, _ = fake_runner({"tools/test.py on the resumed checkpoint": "{'test_loss': 0.17, 'top1': 98.056, 'top5': 100}",
+                          "tools/test.py --compile reduce-overhead": "{'test_loss': 2.3, 'top1': 9.722, 'top5': 50}"})
+    assert not run_e2e("cpu", quick=True, runner=run, workdir=str(tmp_path), only=["tools/test.py"])
+    assert "tools/test.py --compile reduce-overhead  (top-1 9.722 % compiled, 98.056 % eager on the same " \
+           "checkpoint)" in capsys.readouterr().out
+    close, _ = fake_runner({"tools/test.py on the resumed checkpoint": "{'test_loss': 0.17, 'top1': 98.056}",
+                            "tools/test.py --compile reduce-overhead": "{'test_loss': 0.17, 'top1': 97.778}"})
+    assert run_e2e("cpu", quick=True, runner=close, workdir=str(tmp_path), only=["tools/test.py"])

@@ -199,6 +199,28 @@ def _has_row_of_epoch(csv_path: str, epoch: int) -> bool:
         return any(line.split(",", 1)[0] == str(epoch) for line in f)
 
 
+def measured_memory_and_sweeps(outcome: Outcome) -> Optional[str]:
+    """None where the sweep step's output has a figure in every cell of its memory table and a resolution sweep of
+    each pair of :data:`PAIRS` (one that failed at a later size, out of memory at 1024 px, keeps its rows); else what
+    was not measured."""
+    failed = re.search(r"^\S+\s+(?:fp32|bf16)\s+error: .*$", outcome.output, re.M)
+    if failed:
+        return f"the memory table has an error: {' '.join(failed.group(0).split())}"
+    for model, baseline in PAIRS:
+        if f"resolution sweep, {model} against {baseline}: inference at batch" not in outcome.output:
+            return f"no resolution sweep of {model} against {baseline} (it failed at its first size)"
+    return None
+
+
+def top1(outcome: Outcome) -> Optional[float]:
+    """The last top-1 accuracy tools/test.py printed ({'top1': X, ...}), or None."""
+    found = re.findall(r"'top1': ([0-9.]+)", outcome.output)
+    return float(found[-1]) if found else None
+
+
+TOP1_TOLERANCE = 1.0   # percentage points between the compiled and the eager evaluation of one checkpoint
+
+
 def was_killed(outcome: Outcome) -> Optional[str]:
     return None if outcome.returncode is None else f"the run ended by itself (status {outcome.returncode}) before " \
                                                    f"it could be killed"
@@ -236,7 +258,7 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                               300 if not quick else 900, _all_of(_exited_ok, _says(r"ratio", "the ratio table"))))
     steps.append(Step("peak memory and resolution sweep", [py, "tools/gpu_check.py", "--device", device, "--sweep"]
                       + (["--quick"] if quick else []), 300 if not quick else 900,
-                      _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"))))
+                      _all_of(_exited_ok, _says(r"peak MiB", "the sweep table"), measured_memory_and_sweeps)))
     ema_line = r"Test\(EMA\): 0 \["   # a validation line of the EMA weights after epoch 0
     scaled = r"training in float16 autocast with a GradScaler"    # --amp's default on CUDA (bf16 on the CPU)
     for name, folder, extra, shows in (
@@ -284,11 +306,23 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
                               _says(r"Train: 2 ", "a training line of the last epoch (2)")), summary=train_speed,
                       needs=(signalled,)))
     test = [py, "tools/test.py", "-c", "configs/quickstart.yaml", "--model", model, "--resume", checkpoint] + common
+    eager: Dict[str, float] = {}
+
+    def records_top1(outcome: Outcome) -> None:   # the eager figure the compiled evaluation must give
+        if top1(outcome) is not None:
+            eager["top1"] = top1(outcome)
+
+    def as_eager(outcome: Outcome) -> Optional[str]:
+        compiled = top1(outcome)
+        if compiled is None or "top1" not in eager or abs(compiled - eager["top1"]) <= TOP1_TOLERANCE:
+            return None
+        return f"top-1 {compiled:.3f} % compiled, {eager['top1']:.3f} % eager on the same checkpoint"
+
     steps.append(Step("tools/test.py on the resumed checkpoint", test + run_dir("test"), 120,
-                      _all_of(_exited_ok, _says(r"'top1'", "the metrics")), needs=(killed,)))
+                      _all_of(_exited_ok, _says(r"'top1'", "the metrics"), records_top1), needs=(killed,)))
     steps.append(Step("tools/test.py --compile reduce-overhead",
                       test + ["--compile", "reduce-overhead" if cuda else "default"] + run_dir("test_compiled"),
-                      300, _all_of(_exited_ok, _says(r"'top1'", "the metrics")), needs=(killed,)))
+                      300, _all_of(_exited_ok, _says(r"'top1'", "the metrics"), as_eager), needs=(killed,)))
     if cuda and not quick:  # small batches: CUDA graphs against launch overhead
         for family, _ in PAIRS:
             steps.append(Step(f"throughput {family} fp32 --compile reduce-overhead",
