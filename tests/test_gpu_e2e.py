@@ -414,3 +414,28 @@ def test_the_compiled_evaluation_must_give_the_eager_top1(tmp_path, capsys):
     close, _ = fake_runner({"tools/test.py on the resumed checkpoint": "{'test_loss': 0.17, 'top1': 98.056}",
                             "tools/test.py --compile reduce-overhead": "{'test_loss': 0.17, 'top1': 97.778}"})
     assert run_e2e("cpu", quick=True, runner=close, workdir=str(tmp_path), only=["tools/test.py"])
+
+
+def test_a_step_the_budget_cut_short_is_in_the_command_for_the_rest(tmp_path, capsys, monkeypatch):
+    """A step started with 35 s of the budget left and killed there failed like a broken one and was missing from the
+    printed --only command for the rest, so that a rerun of that command left it out. Now its line says the budget's
+    end killed it, and the command runs it again (with the steps after it)."""
+    clock = [0.0]
+    monkeypatch.setattr(gpu_e2e, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    fake, _ = fake_runner({})
+
+    def fifty_seconds_each(step):   # every step needs 50 s: killed at a limit below that
+        clock[0] += min(step.timeout, 50)
+        if step.timeout < 50:
+            return Outcome(-signal.SIGKILL, f"\n[gpu_check --e2e] killed after the {step.timeout:.0f} s limit\n",
+                           step.timeout)
+        return fake(step)
+
+    assert not run_e2e("cpu", quick=True, runner=fifty_seconds_each, workdir=str(tmp_path / "runs"), budget=135)
+    out = capsys.readouterr().out.splitlines()
+    steps = gpu_e2e.plan("cpu", "x", quick=True)
+    third = steps[2].name
+    assert [line.split()[0] for line in out[1:4]] == ["PASS", "PASS", "FAIL"]
+    assert out[3].endswith(f"{third}  (killed at the end of the time budget, 35 s into its 900 s limit)")
+    rerun = [line for line in out if line.startswith("not run for the time budget")][0]
+    assert rerun.split(" --only ", 1)[1].startswith(f"'{third}' ")

@@ -394,10 +394,10 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     """Run (or, ``dry_run``, list) the plan, or its steps whose name contains one of ``only`` (and the steps they
     need); print one line per step as it ends, then the summary. Within ``budget`` seconds: each step's limit is
     cut to what is left, and once too little is left the remaining steps are reported as SKIP with the command that
-    runs them. The transcript (every step's full output, then the summary) is written to ``log_path`` as the steps
-    end, so a run killed from outside keeps what it did (and an interrupted one, its last step's output so far).
-    True when every step ran and passed; :class:`UnknownCheck` (before anything runs or a folder is made) for a word
-    of ``only`` in no step's name."""
+    runs them (and the step the budget's end killed). The transcript (every step's full output, then the summary)
+    is written to ``log_path`` as the steps end, so a run killed from outside keeps what it did (and an interrupted
+    one, its last step's output so far). True when every step ran and passed; :class:`UnknownCheck` (before
+    anything runs or a folder is made) for a word of ``only`` in no step's name."""
     own_workdir = workdir is None
     if dry_run:
         workdir = workdir or os.path.join(tempfile.gettempdir(), "localmamba_e2e_XXXX")
@@ -433,6 +433,11 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
                             f"STOPPED {stopped.seconds:7.1f} s  {step.name}  (interrupted; its output so far)")
                 raise
             line = report_line(step, outcome)
+            if left is not None and left < step.timeout and outcome.returncode == -signal.SIGKILL \
+                    and outcome.seconds >= left:   # killed at the budget's end, not its own limit: run it again
+                skipped.append(step)
+                line = (f"FAIL  {outcome.seconds:7.1f} s  {step.name}  (killed at the end of the time budget, "
+                        f"{left:.0f} s into its {step.timeout:.0f} s limit)")
             log.add(f"\n===== {step.name}: {' '.join(step.argv)}", outcome.output.rstrip(), line)
         print(line, flush=True)
         lines.append(line)
