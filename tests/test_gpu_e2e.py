@@ -439,3 +439,18 @@ def test_a_step_the_budget_cut_short_is_in_the_command_for_the_rest(tmp_path, ca
     assert out[3].endswith(f"{third}  (killed at the end of the time budget, 35 s into its 900 s limit)")
     rerun = [line for line in out if line.startswith("not run for the time budget")][0]
     assert rerun.split(" --only ", 1)[1].startswith(f"'{third}' ")
+
+
+def test_the_nccl_step_of_a_check_on_one_named_gpu_runs_on_every_gpu(monkeypatch, tmp_path):
+    """--e2e --device cuda:0 on a machine of two GPUs gave `tools/dist_train.sh 2` --device cuda:0, which train.py
+    refuses (two processes on one GPU); now that step gets --device cuda (GPU LOCAL_RANK each), the one-process steps
+    keep cuda:0."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    steps = {s.name: s.argv for s in gpu_e2e.plan("cuda:0", str(tmp_path))}
+    two, one = steps["tools/dist_train.sh 2 (NCCL)"], steps["tools/dist_train.sh 1"]
+    assert two[two.index("--device") + 1] == "cuda" and one[one.index("--device") + 1] == "cuda:0"
+    from classification.engine.config import ConfigError
+    from classification.engine.distributed import init_distributed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="would put all 2 processes on one GPU"):
+        init_distributed("cuda:0")

@@ -276,9 +276,11 @@ def plan(device: str, workdir: str, quick: bool = False) -> List[Step]:
     gpus = max(1, torch.cuda.device_count()) if cuda else 1
     for procs in sorted({1, gpus}):
         folder = f"dist{procs}"
+        # several processes take GPU LOCAL_RANK each: --device cuda, not the one GPU of --device cuda:N
+        device_of = common if procs == 1 else ["--device", torch.device(device).type] + common[2:]
         steps.append(Step(f"tools/dist_train.sh {procs}" + (" (NCCL)" if procs > 1 and cuda else ""),
                           ["sh", "tools/dist_train.sh", str(procs), "configs/quickstart.yaml", model,
-                           "--epochs", "1"] + common + run_dir(folder),
+                           "--epochs", "1"] + device_of + run_dir(folder),
                           240, _all_of(_exited_ok, _file_exists(last(folder))), summary=train_speed,
                           env={"PYTHON": py}))   # the launcher's interpreter: this one, not `python` on PATH
     checkpoint, resume_lr = last("resume"), os.path.join(workdir, "resume", "run", "lr.csv")
