@@ -220,3 +220,62 @@ def test_the_ema_row_passes_only_for_the_values_of_timms_ema(monkeypatch, capsys
     monkeypatch.setattr(ForeachModelEma, "update", fused_update)
     assert not ema_check(torch.device("cpu"), quick=True, widths=widths)
     assert capsys.readouterr().out.split()[-1] == "FAIL"
+
+
+def test_sigterm_during_e2e_stops_the_running_step_and_keeps_its_output(tmp_path):
+    """A time limit's SIGTERM (the lent machine's `timeout`: exit 124) ended `--e2e` at once: the running step's
+    processes, in a session of their own, went on, and its output was lost. Now the step and what it started are
+    killed, its output so far is in the transcript, one line says where, and the exit status is 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log, ready, pid = tmp_path / "e2e.log", tmp_path / "ready", tmp_path / "pid"
+    step = ("import os, subprocess, sys, time\nprint('case scan ok', flush=True)\n"
+            "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(pid)!r}, 'w').write(f'{{os.getpid()}} {{worker.pid}}')\nopen({str(ready)!r}, 'w').close()\n"
+            "time.sleep(120)")
+    script = (
+        "import importlib.util, sys\nfrom dataclasses import replace\n"
+        "from classification.benchmarks import gpu_e2e\n"
+        f"spec = importlib.util.spec_from_file_location('tool', {str(TOOL)!r})\n"
+        "tool = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(tool)\n"
+        "def run_e2e(device, quick, dry_run, log_path, **kwargs):\n"
+        "    return gpu_e2e.run_e2e(device, quick, dry_run, log_path, workdir=" + repr(str(tmp_path / "runs")) + ",\n"
+        "        runner=lambda s: gpu_e2e.run_command(replace(s, argv=[sys.executable, '-c', " + repr(step) + "])),\n"
+        "        **kwargs)\n"
+        "tool.run_e2e = run_e2e\n"
+        f"sys.exit(tool.main(['--e2e', '--device', 'cpu', '--quick', '--log', {str(log)!r}, '--only', 'kernel']))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TOOL.parents[1])] + sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(TOOL.parents[1]), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = []
+    try:
+        end = time.perf_counter() + 60
+        while not ready.exists() and proc.poll() is None and time.perf_counter() < end:
+            time.sleep(0.1)
+        assert ready.exists(), proc.communicate()
+        started = [int(p) for p in pid.read_text().split()]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert err.splitlines()[-1] == f"interrupted by SIGTERM; the checks that ended are in {log}"
+        text = log.read_text()
+        assert "\ncase scan ok\n" in text and "STOPPED" in text.splitlines()[-1]
+        time.sleep(0.5)
+        try:
+            with open(f"/proc/{started[1]}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "reaped"
+        assert state in ("Z", "reaped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for left in started:   # the step and its worker, where the tool left them running
+            try:
+                os.kill(left, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -40,6 +40,7 @@ from classification.benchmarks.gpu_report import has_older_sweep_table, read_sec
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
 from classification.benchmarks.stopping import INTERRUPTED_STATUS, run_stopping_in_one_line  # noqa: E402
 from classification.benchmarks.tables import REPLACED, output_file_problem  # noqa: E402
+from classification.common.signals import StopSignalReceived, interrupt_on_stop_signals  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
 
@@ -157,9 +158,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif not args.sweep and torch.device(args.device).type == "cpu" and not triton_interpreter():
         return _refuse("the kernel check on the CPU runs Triton under its interpreter: set TRITON_INTERPRET=1 "
                        "(TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick)")
-    failure, status = run_stopping_in_one_line(lambda: _run_checks(args, log), (UnknownCheck,))
+    signalled: list = []
+
+    def run() -> int:
+        """The checks; SIGTERM, SIGUSR1 or SIGHUP (a time limit's kill) during --e2e stop it as Ctrl-C does: the
+        running step is killed with the processes it started, its output so far kept in the transcript."""
+        if not args.e2e or args.dry_run:
+            return _run_checks(args, log)
+        try:
+            with interrupt_on_stop_signals():
+                return _run_checks(args, log)
+        except StopSignalReceived as stop:
+            signalled.append(signal.Signals(stop.signum).name)
+            return 128 + stop.signum
+
+    failure, status = run_stopping_in_one_line(run, (UnknownCheck,))
+    if signalled:
+        failure = f"interrupted by {signalled[0]}"
     if failure:
-        kept = f"; the checks that ended are in {log}" if log and status == INTERRUPTED_STATUS else ""
+        kept = f"; the checks that ended are in {log}" if log and (status == INTERRUPTED_STATUS or signalled) else ""
         print(failure + kept, file=sys.stderr)
     return status
 
