@@ -134,14 +134,15 @@ def test_budget_cuts_each_limit_and_skips_what_no_longer_fits(tmp_path, capsys, 
 
 def test_the_command_for_what_the_budget_left_keeps_the_log_and_the_sizes(tmp_path, capsys):
     """The printed command ran the rest without --quick (the full-size plan on a CPU) and into the same default log,
-    which it replaced: the finished part's transcript was lost."""
+    which it replaced: the finished part's transcript was lost. It also ran without --budget, so that on the same
+    time-limited machine the rest was killed at the machine's limit instead of ending within the budget."""
     fake, _ = fake_runner({})
     log = tmp_path / "e2e.log"
     (tmp_path / "e2e_part2.log").write_text("an earlier run's rest\n")
     assert not run_e2e("cpu", quick=True, log_path=str(log), runner=fake, workdir=str(tmp_path / "runs"), budget=1e-9)
     rerun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("not run for the time budget")]
     assert rerun[0].startswith("not run for the time budget; to run them: python tools/gpu_check.py --e2e --device "
-                               "cpu --quick --only ")
+                               "cpu --quick --budget 1e-09 --only ")
     assert rerun[0].endswith(f" --log {tmp_path / 'e2e_part3.log'}")
 
 

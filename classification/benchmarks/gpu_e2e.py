@@ -449,7 +449,7 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     if skipped:
         log_flag = f" --log {shlex.quote(next_part_path(log_path))}" if log_path else ""
         summary.append("not run for the time budget; to run them: python tools/gpu_check.py --e2e --device "
-                       f"{device}{' --quick' if quick else ''} --only "
+                       f"{device}{' --quick' if quick else ''} --budget {budget:g} --only "
                        + " ".join(shlex.quote(s.name) for s in skipped) + log_flag)
     print("\n".join(summary))
     log.add("\n===== summary", header, *lines, *summary)
