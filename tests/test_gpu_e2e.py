@@ -305,9 +305,9 @@ def _launcher(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_runner_kills_the_workers_a_launcher_started_in_their_own_sessions(tmp_path):
-    """A step killed at its limit or on Ctrl-C left torchrun's workers running (each in a session of its own, out of
-    reach of the kill of the launcher's process group): on a GPU they went on training beside the next steps. Now
-    they end with it, and Ctrl-C's exception carries the output so far."""
+    """A step killed at its limit left a launcher's workers running (torchrun starts each in a session of its own,
+    out of reach of the kill of the launcher's process group), and Ctrl-C left the step itself running. Now both
+    end with it, and Ctrl-C's exception carries the output so far."""
     pid = tmp_path / "pid"
     workers = []
     try:
