@@ -200,6 +200,17 @@ def test_runner_kills_on_its_condition_and_at_its_limit():
     assert late.returncode is not None and late.returncode < 0 and "killed after the 1 s limit" in late.output
 
 
+def test_runner_reads_a_stop_condition_often_enough_to_stop_within_an_epoch():
+    """The stop meant for epoch 1 (SIGTERM once lr.csv has a row of it) must land before that epoch's end, and a
+    quickstart epoch of 44 steps at 16 px may take about a second on a GPU: read every 0.2 s, the condition could
+    see the epoch only after a good part of it had passed. It is now read every 0.02 s (counted here over a command
+    of 1 s: at least 10 reads, about 50 unloaded, where 0.2 s gave 6)."""
+    reads = []
+    sleeper = [sys.executable, "-c", "import time; time.sleep(1)"]
+    run_command(Step("polled", sleeper, 30, lambda o: None, stop_when=lambda: reads.append(1) and False))
+    assert len(reads) >= 10
+
+
 def test_runner_sends_a_handled_signal_and_awaits_the_exit(tmp_path):
     """SIGTERM to the process group once the condition holds; the command's own exit status is the outcome."""
     ready = tmp_path / "ready"

@@ -43,6 +43,7 @@ from .timing import DTYPES
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAIRS = (("local_vim_tiny", "deit_tiny_patch16_224"), ("local_vssm_tiny", "swin_tiny_patch4_window7_224"))
 MIN_STEP_SECONDS = 30  # under a time budget, a step starts only with at least this much of it left
+STOP_POLL_SECONDS = 0.02  # how often a step's stop condition is read: a quickstart epoch takes about a second on a GPU
 
 
 @dataclass
@@ -112,9 +113,12 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def run_command(step: Step, poll: float = 0.2, stop_grace: float = 120) -> Outcome:
     """Run ``step.argv`` in the repository root in its own process group; kill it and every process below it at the
     time limit, and when ``step.stop_when()`` turns true send its group ``step.stop_signal`` (SIGKILL: returncode None;
-    another signal: the command's own exit, awaited for ``stop_grace`` seconds, but not past the time limit). An
+    another signal: the command's own exit, awaited for ``stop_grace`` seconds, but not past the time limit); the
+    condition is read every :data:`STOP_POLL_SECONDS` at most, so that a stop meant for an epoch lands in it. An
     exception while it runs (Ctrl-C) kills it too and gets the output so far as its ``outcome`` attribute."""
     start = time.perf_counter()
+    if step.stop_when is not None:
+        poll = min(poll, STOP_POLL_SECONDS)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **step.env)
     for name in step.unset:
         env.pop(name, None)
