@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections import Counter
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -188,6 +188,45 @@ def _freeze_unused(backbone: str, unit: str, last: int, unused: Iterable[nn.Modu
     if params:
         _log(f'{backbone}: the parts after {unit} {last} (the last of out_indices) are not run: their '
              f'{sum(p.numel() for p in params)} parameters are frozen (requires_grad=False)')
+
+
+class BackboneMaps(NamedTuple):
+    """The maps a backbone config gives: the ``unit`` ('layer' or 'stage') indices they come from, in the order the
+    backbone returns them, and their channels."""
+    indices: list[int]
+    channels: list[int]
+    unit: str
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of ``cls``'s constructor argument ``name``."""
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+def backbone_maps(backbone: str, settings: Mapping[str, Any]) -> Optional[BackboneMaps]:
+    """The maps that the backbone ``backbone`` ('MM_LocalVim' or 'MM_LocalVSSM') built with ``settings`` (its config)
+    gives, found without building it; None for settings it refuses (it names them when it is built)."""
+    if backbone == 'MM_LocalVim':
+        cls, unit = MM_LocalVim, 'layer'
+        count = settings.get('depth', _default(VisionMamba, 'depth'))
+        width = settings.get('embed_dim', _default(VisionMamba, 'embed_dim'))
+        widths = [width] * count if isinstance(count, int) else []
+    elif backbone == 'MM_LocalVSSM':
+        cls, unit = MM_LocalVSSM, 'stage'
+        depths = settings.get('depths', _default(VSSM, 'depths'))
+        dims = settings.get('dims', _default(VSSM, 'dims'))
+        count = len(depths) if isinstance(depths, Sequence) else 0
+        widths = [dims * 2 ** i for i in range(count)] if isinstance(dims, int) else list(dims)
+    else:
+        return None
+    if not widths or len(widths) != count or not all(isinstance(w, int) for w in widths):
+        return None
+    try:
+        indices = checked_out_indices(backbone, _index_list(settings.get('out_indices', _default(cls, 'out_indices'))),
+                                      count, unit)
+    except (TypeError, ValueError):
+        return None
+    return BackboneMaps(indices, [widths[i] for i in indices], unit)
 
 
 class DenseBackbone(nn.Module):

@@ -26,10 +26,12 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   pretrained backbone file, ``load_from`` the tested checkpoint) over the training run's.
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: an OpenMMLab package that
   cannot be imported (mmengine's traceback suggests PYTHONPATH), a setting the backbone refuses (directions,
-  out_indices, ...), a config file that does not exist, a ``--cfg-options`` item without ``=`` or with text where
-  the config holds a number or a boolean, a misspelt ``--cfg-options`` key that a class refuses as an unexpected
-  keyword argument, a work_dir that cannot be written, a checkpoint that cannot be used. Ctrl-C and SIGTERM end in
-  one line too (exit status 130 / 143), naming the checkpoint ``--resume`` would continue from.
+  out_indices, ...), a neck or segmentation head set for other maps than the backbone gives (its out_indices
+  changed, the neck's or heads' in_channels not), a config file that does not exist, a ``--cfg-options`` item
+  without ``=`` or with text where the config holds a number or a boolean, a misspelt ``--cfg-options`` key that a
+  class refuses as an unexpected keyword argument, a work_dir that cannot be written, a checkpoint that cannot be
+  used. Ctrl-C and SIGTERM end in one line too (exit status 130 / 143), naming the checkpoint ``--resume`` would
+  continue from.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
-                         new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
+                         neck_input_problem, new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
 if TYPE_CHECKING:   # mmengine is imported where a run starts
     from mmengine.config import Config
@@ -259,8 +261,9 @@ def _resume_hint(work_dir: str) -> str:
 
 
 def _load_config(args: argparse.Namespace, task: Optional[str] = None):
-    """Read the config (once it is found to exist, the plugin of ``task`` must import), apply CLI overrides; set
-    work_dir. Sets ``args.new_options`` to the ``--cfg-options`` keys the config did not have."""
+    """Read the config (once it is found to exist, the plugin of ``task`` must import), apply CLI overrides, check
+    that the neck or the heads take the maps the backbone gives; set work_dir. Sets ``args.new_options`` to the
+    ``--cfg-options`` keys the config did not have."""
     _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -269,6 +272,7 @@ def _load_config(args: argparse.Namespace, task: Optional[str] = None):
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     args.new_options = merge_cfg_options(cfg, args.cfg_options)
+    _stop_on(neck_input_problem(cfg.get('model')))
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

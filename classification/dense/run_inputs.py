@@ -208,3 +208,95 @@ def wrong_type_option(cfg: Config, options: dict) -> Optional[str]:
         if isinstance(old, (int, float)):
             return f'--cfg-options {key}={value}: the config holds a number there ({old}), not text'
     return None
+
+
+# Necks whose in_channels are the channels of the backbone's maps, one entry per map in the backbone's order (they
+# assert that they get as many maps as entries, and their convolutions refuse other channels).
+MAP_LIST_NECKS = ('FPN', 'PAFPN', 'ChannelMapper', 'MultiLevelNeck')
+
+
+def _numbers(values: Sequence[int]) -> str:
+    """``values`` as one ``--cfg-options`` value: [1,2,3]."""
+    return '[' + ','.join(str(v) for v in values) + ']'
+
+
+def _head_fix(where: str, in_index: Any, in_channels: Any, channels: Sequence[int]) -> Optional[str]:
+    """The ``--cfg-options`` items that make the mmseg head at ``where`` (``in_index`` and ``in_channels`` as set)
+    take the backbone's maps of ``channels``; None when it takes them as set, or when its settings do not say
+    (in_channels unset, or not of in_index's kind: the head itself refuses that)."""
+    count = len(channels)
+    if isinstance(in_index, int) and isinstance(in_channels, int):
+        if -count <= in_index < count and channels[in_index] == in_channels:
+            return None
+        if in_channels in channels:     # a map of its channels is still given (the deepest one, as -1 takes)
+            return f'{where}.in_index={count - 1 - channels[::-1].index(in_channels)}'
+        if -count <= in_index < count:
+            return f'{where}.in_channels={channels[in_index]}'
+        return f'{where}.in_index={count - 1} {where}.in_channels={channels[-1]}'
+    if not (isinstance(in_index, (list, tuple)) and isinstance(in_channels, (list, tuple))
+            and len(in_index) == len(in_channels) and all(isinstance(i, int) for i in in_index)):
+        return None
+    if all(-count <= i < count for i in in_index):
+        wanted = [channels[i] for i in in_index]
+        return None if list(in_channels) == wanted else f'{where}.in_channels={_numbers(wanted)}'
+    return f'{where}.in_index={_numbers(range(count))} {where}.in_channels={_numbers(channels)}'
+
+
+def _fit_problem(where: str, takes: str, given: str, fix: str) -> str:
+    """The line for the neck or head at ``where`` that ``takes`` other maps than the backbone ``given``."""
+    return f'{where} {takes}, but {given}: set --cfg-options {fix}'
+
+
+def neck_input_problem(model_cfg: Any) -> Optional[str]:
+    """A neck or a segmentation head (of a model without a neck) set for other maps than our backbone gives (another
+    number, or other channels), e.g. after a change of the backbone's out_indices: mmdet's FPN and mmseg's heads end
+    in a bare AssertionError, an IndexError or a convolution's channel error, after the datasets are built. Checked:
+    the necks of ``MAP_LIST_NECKS`` (``in_channels``), SimpleFPN (one map of ``backbone_channel``), and the
+    ``in_index`` / ``in_channels`` of ``decode_head`` and ``auxiliary_head``, named by their keys under ``model``
+    (``model_cfg``)."""
+    from .backbones import backbone_maps
+
+    for where, node in keyed_dicts(model_cfg, 'model'):
+        backbone = node.get('backbone')
+        if not (isinstance(backbone, dict) and is_backbone(backbone)):
+            continue
+        maps = backbone_maps(type_name(backbone), backbone)
+        if maps is None:
+            continue
+        name = type_name(backbone)
+        given = (f'{where}.backbone ({name}, out_indices {backbone.get("out_indices")}) gives {len(maps.channels)} '
+                 f'map{"s" if len(maps.channels) > 1 else ""} of {maps.channels} channels ({maps.unit}'
+                 f'{"s" if len(maps.indices) > 1 else ""} {", ".join(map(str, maps.indices))})')
+        neck = node.get('neck')
+        if isinstance(neck, dict):
+            kind, key = type_name(neck), f'{where}.neck'
+            if kind == 'SimpleFPN':
+                width = neck.get('backbone_channel')
+                if len(maps.channels) > 1:
+                    return _fit_problem(f'{key} ({kind})', f'takes one map (of backbone_channel {width} channels)',
+                                        given, f'{where}.backbone.out_indices=[{maps.indices[-1]}]')
+                if width != maps.channels[0]:
+                    c = maps.channels[0]
+                    return _fit_problem(f'{key} ({kind})', f'takes one map of backbone_channel {width} channels',
+                                        given, f'{key}.backbone_channel={c} {key}.in_channels='
+                                               f'{_numbers([c // 4, c // 2, c, c])}')
+            elif kind in MAP_LIST_NECKS and isinstance(neck.get('in_channels'), (list, tuple)) \
+                    and list(neck['in_channels']) != maps.channels:
+                expected = list(neck['in_channels'])
+                return _fit_problem(f'{key} ({kind})', f'takes {len(expected)} maps of in_channels {expected}', given,
+                                    f'{key}.in_channels={_numbers(maps.channels)}')
+            continue
+        for head_key in ('decode_head', 'auxiliary_head'):
+            heads = node.get(head_key)
+            keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
+                     if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
+            for head_where, head in keyed:
+                if not isinstance(head, dict):
+                    continue
+                in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
+                fix = _head_fix(head_where, in_index, in_channels, maps.channels)
+                if fix:
+                    takes = 'map' if isinstance(in_index, int) else 'maps'
+                    return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
+                                        f'of in_channels {in_channels}', given, fix)
+    return None

@@ -1,0 +1,208 @@
+"""The det/seg tools' check that the neck, or without one the segmentation heads, takes the maps the backbone gives. A
+config whose backbone out_indices (or width) changed while the neck's or the heads' in_channels did not ended in a
+bare AssertionError of FPN, an IndexError or a channel error of a head, after the datasets were built; now it ends in
+one line that names what the backbone gives and the --cfg-options that fit the neck or the heads to it."""
+import argparse
+import copy
+import os
+
+import pytest
+
+from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, loss_and_grads, require, seg_batch, tiny_fpn_model_cfg,
+                      tiny_vssm_backbone)
+
+from classification.dense import run_inputs
+from classification.dense.backbones import backbone_maps
+
+DET = os.path.join(REPO, 'detection', 'configs', 'local_mamba')
+SEG = os.path.join(REPO, 'segmentation', 'configs', 'local_mamba')
+FPN_CONFIG = os.path.join(DET, 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
+VITDET_CONFIG = os.path.join(DET, 'vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
+VSSM_SEG_CONFIG = os.path.join(SEG, 'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+VIM_SEG_CONFIG = os.path.join(SEG, 'upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py')
+
+VSSM_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of [192, 384, 768] channels '
+              '(stages 1, 2, 3)')
+VSSM_SEG_FIX = ['model.decode_head.in_index=[0,1,2]', 'model.decode_head.in_channels=[192,384,768]']
+VIM_GIVES = 'model.backbone (MM_LocalVim, out_indices [9, 19]) gives 2 maps of [192, 192] channels (layers 9, 19)'
+
+REFUSALS = [
+    ('detection', FPN_CONFIG, ['model.backbone.out_indices=(1,2,3)'],
+     f'model.neck (FPN) takes 4 maps of in_channels [96, 192, 384, 768], but {VSSM_GIVES}: set --cfg-options '
+     f'model.neck.in_channels=[192,384,768]'),
+    ('detection', VITDET_CONFIG, ['model.backbone.out_indices=[9,19]'],
+     f'model.neck (SimpleFPN) takes one map (of backbone_channel 192 channels), but {VIM_GIVES}: set --cfg-options '
+     f'model.backbone.out_indices=[19]'),
+    ('detection', VITDET_CONFIG, ['model.backbone.embed_dim=384'],
+     'model.neck (SimpleFPN) takes one map of backbone_channel 192 channels, but model.backbone (MM_LocalVim, '
+     'out_indices [19]) gives 1 map of [384] channels (layer 19): set --cfg-options model.neck.backbone_channel=384 '
+     'model.neck.in_channels=[96,192,384,384]'),
+    ('segmentation', VSSM_SEG_CONFIG, ['model.backbone.out_indices=(1,2,3)'],
+     f'model.decode_head (UPerHead) takes the maps in_index [0, 1, 2, 3] of in_channels [96, 192, 384, 768], but '
+     f'{VSSM_GIVES}: set --cfg-options {" ".join(VSSM_SEG_FIX)}'),
+    # the auxiliary head's stage 2 (384 channels) is now the second map
+    ('segmentation', VSSM_SEG_CONFIG, ['model.backbone.out_indices=(1,2,3)', *VSSM_SEG_FIX],
+     f'model.auxiliary_head (FCNHead) takes the map in_index 2 of in_channels 384, but {VSSM_GIVES}: set '
+     f'--cfg-options model.auxiliary_head.in_index=1'),
+    ('segmentation', VIM_SEG_CONFIG, ['model.backbone.out_indices=[9,19]'],
+     f'model.decode_head (UPerHead) takes the maps in_index [0, 1, 2, 3] of in_channels [192, 192, 192, 192], but '
+     f'{VIM_GIVES}: set --cfg-options model.decode_head.in_index=[0,1] model.decode_head.in_channels=[192,192]'),
+    # of maps of one width, the deepest, as the head's index 3 of 4 took
+    ('segmentation', VIM_SEG_CONFIG, ['model.backbone.out_indices=[9,19]', 'model.decode_head.in_index=[0,1]',
+                                      'model.decode_head.in_channels=[192,192]'],
+     f'model.auxiliary_head (FCNHead) takes the map in_index 3 of in_channels 192, but {VIM_GIVES}: set '
+     f'--cfg-options model.auxiliary_head.in_index=1'),
+]
+
+
+@pytest.mark.parametrize('task, config, options, message', REFUSALS,
+                         ids=['fpn', 'simple_fpn_maps', 'simple_fpn_width', 'upernet', 'upernet_aux', 'vim_upernet',
+                              'vim_upernet_aux'])
+def test_a_neck_or_head_set_for_other_maps_is_refused_in_one_line_naming_the_keys(tmp_path, capsys, task, config,
+                                                                                  options, message):
+    require('mmdet' if task == 'detection' else 'mmseg')
+    from classification.dense import launch
+
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main(task, [config, '--work-dir', str(tmp_path / 'work'), '--cfg-options', *options])
+    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {message}')
+    assert not (tmp_path / 'work').exists()     # before the run's folder is made
+
+
+def test_a_tested_config_is_checked_too(tmp_path, capsys):
+    require('mmseg')
+    from classification.dense import launch
+
+    with pytest.raises(SystemExit) as exit_info:
+        launch.test_main('segmentation', [VSSM_SEG_CONFIG, 'ckpt.pth', '--work-dir', str(tmp_path / 'work'),
+                                          '--cfg-options', 'model.backbone.out_indices=(1,2,3)'])
+    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {REFUSALS[3][3]}')
+
+
+def test_the_configs_as_shipped_pass_the_check():
+    require('mmdet')
+    require('mmseg')
+    from mmengine.config import Config
+
+    checked = []
+    for path in DET_CONFIGS + SEG_CONFIGS:
+        model = Config.fromfile(path).get('model')
+        backbone = (model or {}).get('backbone') or {}
+        if run_inputs.is_backbone(backbone):
+            assert backbone_maps(run_inputs.type_name(backbone), backbone) is not None, path
+            assert run_inputs.neck_input_problem(model) is None, path
+            checked.append(os.path.basename(path))
+    assert len(checked) == len(DET_CONFIGS) + len(SEG_CONFIGS) - 1     # all but the LSJ base
+
+
+def _apply_advice(cfg, problem: str) -> None:
+    """Merge the --cfg-options that ``problem`` advises into ``cfg``, parsed as the tools parse them."""
+    from classification.dense import launch
+
+    parser = argparse.ArgumentParser()
+    launch.add_cfg_options(parser, '')
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *problem.split('set --cfg-options ')[1].split()])
+                        .cfg_options)
+
+
+def _follow_advice(cfg) -> list:
+    """Apply the check's advice to ``cfg`` until it has none; the problems met, in order."""
+    problems = []
+    while run_inputs.neck_input_problem(cfg.model) and len(problems) < 4:
+        problems.append(run_inputs.neck_input_problem(cfg.model))
+        _apply_advice(cfg, problems[-1])
+    return problems
+
+
+def test_the_advised_options_make_an_upernet_that_trains():
+    """Three stages of a narrow LocalVMamba into UperNet with the config's heads, fitted by the advice alone."""
+    require('mmseg')
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    model = copy.deepcopy(Config.fromfile(VSSM_SEG_CONFIG).model)
+    model['backbone'] = dict(tiny_vssm_backbone(model['backbone'], dims=16), out_indices=(1, 2, 3))
+    model['decode_head']['channels'] = 16
+    model['auxiliary_head']['channels'] = 8
+    model['data_preprocessor']['size'] = IMAGE_HW
+    cfg = Config(dict(model=model))
+    assert [p.split(': set ')[1] for p in _follow_advice(cfg)] == [
+        '--cfg-options model.decode_head.in_index=[0,1,2] model.decode_head.in_channels=[32,64,128]',
+        '--cfg-options model.auxiliary_head.in_channels=128']
+    init_default_scope('mmseg')
+    segmentor = revert_sync_batchnorm(MODELS.build(cfg.model))
+    batch = seg_batch()
+    loss = loss_and_grads(segmentor, batch)
+    assert loss.isfinite() and loss > 0
+
+
+def test_the_advised_options_make_a_mask_rcnn_fpn_that_trains():
+    require('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from conftest import det_batch
+
+    _, model = tiny_fpn_model_cfg()
+    model['backbone']['out_indices'] = (1, 2, 3)
+    cfg = Config(dict(model=model))
+    assert [p.split(': set ')[1] for p in _follow_advice(cfg)] == ['--cfg-options model.neck.in_channels=[32,64,128]']
+    init_default_scope('mmdet')
+    loss = loss_and_grads(MODELS.build(cfg.model), det_batch())
+    assert loss.isfinite() and loss > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The check on config trees written out (no OpenMMLab package needed)
+
+VSSM = dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1))
+
+
+def test_a_list_of_auxiliary_heads_names_the_one_that_does_not_fit():
+    model = dict(backbone=dict(VSSM, out_indices=(0, 1)), neck=None,
+                 decode_head=dict(type='FCNHead', in_channels=16),     # in_index -1: the last map
+                 auxiliary_head=[dict(type='FCNHead', in_index=0, in_channels=8),
+                                 dict(type='FCNHead', in_index=1, in_channels=32)])
+    assert run_inputs.neck_input_problem(model) == (
+        'model.auxiliary_head.1 (FCNHead) takes the map in_index 1 of in_channels 32, but model.backbone '
+        '(MM_LocalVSSM, out_indices (0, 1)) gives 2 maps of [8, 16] channels (stages 0, 1): set --cfg-options '
+        'model.auxiliary_head.1.in_channels=16')
+    model['auxiliary_head'][1]['in_index'] = 5
+    assert run_inputs.neck_input_problem(model).endswith(
+        'set --cfg-options model.auxiliary_head.1.in_index=1 model.auxiliary_head.1.in_channels=16')
+    model['auxiliary_head'][1].update(in_index=-1, in_channels=16)
+    assert run_inputs.neck_input_problem(model) is None
+
+
+def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
+    """A TTA model's module; a neck whose in_channels are not the maps in order (YOLOv3's are reversed) is not
+    judged, nor are the heads of a model with a neck."""
+    tta = dict(type='SegTTAModel', module=dict(backbone=dict(VSSM, out_indices=[1, 3]),
+                                               neck=dict(type='FPN', in_channels=[16, 32])))
+    assert run_inputs.neck_input_problem(tta) == (
+        'model.module.neck (FPN) takes 2 maps of in_channels [16, 32], but model.module.backbone (MM_LocalVSSM, '
+        'out_indices [1, 3]) gives 2 maps of [16, 64] channels (stages 1, 3): set --cfg-options '
+        'model.module.neck.in_channels=[16,64]')
+    yolo = dict(backbone=dict(VSSM, out_indices=[1, 3]), neck=dict(type='YOLOV3Neck', in_channels=[64, 16]),
+                decode_head=dict(type='FCNHead', in_index=7, in_channels=3))
+    assert run_inputs.neck_input_problem(yolo) is None
+
+
+def test_settings_the_backbone_refuses_are_left_to_it():
+    """out_indices out of range, dims that do not fit depths: the backbone names them when it is built."""
+    neck = dict(type='FPN', in_channels=[1])
+    for backbone in (dict(VSSM, out_indices=(4,)), dict(VSSM, dims=[8, 16]), dict(VSSM, out_indices=(1, 1)),
+                     dict(type='MM_LocalVim', depth=2, out_indices=[2])):
+        assert backbone_maps(backbone['type'], backbone) is None
+        assert run_inputs.neck_input_problem(dict(backbone=backbone, neck=neck)) is None
+
+
+def test_the_maps_follow_the_constructors_defaults_and_negative_indices():
+    assert backbone_maps('MM_LocalVSSM', {}) == ([0, 1, 2, 3], [96, 192, 384, 768], 'stage')
+    assert backbone_maps('MM_LocalVSSM', dict(dims=[8, 9, 10], depths=[1, 1, 1], out_indices=-1)) == (
+        [2], [10], 'stage')
+    assert backbone_maps('MM_LocalVim', dict(out_indices=[-1, 0])) == ([0, 19], [192, 192], 'layer')
+    assert backbone_maps('MM_LocalVim', dict(embed_dim=64, depth=4)) is None    # default out_indices past depth
