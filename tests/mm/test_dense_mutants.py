@@ -450,3 +450,127 @@ def test_overwrite_with_a_resume_path_is_a_usage_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         'error: --overwrite starts a run afresh and --resume continues one: give only one of them')
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Second audit: run_inputs, mm_checkpoint and launch
+
+
+def test_a_work_dir_that_exists_but_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    """A read-only work_dir (a shared folder of another user) made makedirs succeed: only the write test tells."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, 'Permission denied')
+
+    monkeypatch.setattr(run_inputs.tempfile, 'TemporaryFile', refuse)
+    assert run_inputs.work_dir_problem(str(tmp_path)) == f'cannot write to work_dir {tmp_path}: Permission denied'
+
+
+def test_an_annotation_file_that_is_a_folder_is_not_found(tmp_path):
+    (tmp_path / 'annotations').mkdir()
+    dataset = dict(type='CocoDataset', data_root=str(tmp_path), ann_file='annotations')
+    assert run_inputs.missing_data_path({'train_dataloader': dict(dataset=dataset)}, ['train_dataloader']) == (
+        f"train_dataloader.dataset.ann_file: {tmp_path / 'annotations'} not found")
+
+
+def test_negative_head_indices_past_the_first_map_are_out_of_range():
+    model = dict(backbone=dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1), out_indices=(2, 3)), neck=None,
+                 decode_head=dict(type='UPerHead', in_index=[-3, -1], in_channels=[16, 64]))
+    assert run_inputs.neck_input_problem(model).endswith(
+        'set --cfg-options model.decode_head.in_index=[0,1] model.decode_head.in_channels=[32,64]')
+    model['decode_head'].update(in_index=[-2, -1], in_channels=[32, 64])
+    assert run_inputs.neck_input_problem(model) is None
+
+
+def test_a_misfit_shows_two_resized_tensors_and_three_missing_ones():
+    from classification.dense.mm_checkpoint import misfit
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 4), nn.Linear(4, 5))
+    weights = {'module.0.weight': torch.zeros(1, 1), 'module.0.bias': torch.zeros(1), '1.weight': torch.zeros(1),
+               'step': 3}
+    assert misfit(model, weights) == (
+        "3 tensors of other shapes (0.weight: checkpoint (1, 1), model (3, 2); 0.bias: checkpoint (1,), model (3,)), "
+        "3 of the model's 6 tensors missing (1.bias, 2.weight, 2.bias)")
+
+
+def test_a_configs_own_work_dir_is_kept_and_the_command_lines_wins(tmp_path, monkeypatch):
+    """Without --work-dir the config's work_dir (set in it or by --cfg-options) is the run's; work_dirs/<name> only
+    when it sets none."""
+    from mmengine.runner import CheckpointLoader
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    args = dict(config=SEG_CONFIG, launcher='none', local_rank=0, trust_checkpoint=False)
+    own = str(tmp_path / 'own')
+    cfg = launch._load_config(argparse.Namespace(cfg_options={'work_dir': own}, work_dir=None, **args))
+    assert cfg.work_dir == own
+    cfg = launch._load_config(argparse.Namespace(cfg_options={'work_dir': own}, work_dir='cli', **args))
+    assert cfg.work_dir == 'cli'
+
+
+def test_auto_scale_lr_turns_the_configs_scaling_on_or_asks_for_its_base_batch_size(
+        tmp_path, ade_inputs_at_hand, monkeypatch, capsys):
+    trained = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(train=lambda: trained.append(cfg)))
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_main('segmentation', [SEG_CONFIG, '--work-dir', str(tmp_path / 'a'), '--auto-scale-lr'])
+    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (
+        2, 'error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+    scaled = tmp_path / 'scaled.py'
+    scaled.write_text(f'_base_ = {SEG_CONFIG!r}\nauto_scale_lr = dict(enable=False, base_batch_size=16)\n')
+    launch.train_main('segmentation', [str(scaled), '--work-dir', str(tmp_path / 'b'), '--auto-scale-lr'])
+    (cfg,) = trained
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+
+
+def test_a_tta_test_wraps_the_configs_model_in_its_tta_model(tmp_path, ade_inputs_at_hand, monkeypatch):
+    tested = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(test=lambda: tested.append(cfg)))
+    (tmp_path / 'iter_4.pth').write_bytes(b'')
+    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work'), '--tta'])
+    (cfg,) = tested
+    assert (cfg.model.type, cfg.model.module.type, cfg.model.module.backbone.type) == (
+        'SegTTAModel', 'EncoderDecoder', 'MM_LocalVSSM')
+    assert cfg.test_dataloader.dataset.pipeline == cfg.tta_pipeline
+
+
+def test_a_test_set_without_annotations_is_tested_and_results_may_go_to_a_pickle_file(
+        tmp_path, ade_inputs_at_hand, monkeypatch):
+    """The test set's annotation folder is not needed (format_only test sets have none); --out of detection takes
+    .pkl and .pickle."""
+    import shutil
+    tested = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(test=lambda: tested.append(cfg)))
+    shutil.rmtree(ade_inputs_at_hand / 'data' / 'ade' / 'ADEChallengeData2016' / 'annotations')
+    (tmp_path / 'iter_4.pth').write_bytes(b'')
+    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work')])
+    assert len(tested) == 1
+
+    class PastTheOutCheck(Exception):
+        pass
+
+    def stop(*args):
+        raise PastTheOutCheck
+    monkeypatch.setattr(launch, '_load_config', stop)
+    with pytest.raises(PastTheOutCheck):
+        launch.test_main('detection', [SEG_CONFIG, 'iter_4.pth', '--out', 'results.pickle'])
+    with pytest.raises(SystemExit):
+        launch.test_main('detection', [SEG_CONFIG, 'iter_4.pth', '--out', 'results.json'])
+
+
+def test_an_overwrite_that_fails_to_start_puts_back_the_earlier_runs_config_or_none(tmp_path):
+    """The config the Runner dumps at its build stays out of a work_dir whose earlier run is only deleted once the new
+    one starts: its copy, or no copy where it had none."""
+    path = tmp_path / 'run.py'
+    path.write_text('new run')
+    launch._put_back(str(path), None)
+    assert not path.exists()
+    launch._put_back(str(path), None)
+    launch._put_back(str(path), b'earlier run')
+    assert path.read_bytes() == b'earlier run'
+
+
+def test_a_segmentation_test_with_out_keeps_the_predicted_maps_there(tmp_path, ade_inputs_at_hand, monkeypatch):
+    tested = []
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(test=lambda: tested.append(cfg)))
+    (tmp_path / 'iter_4.pth').write_bytes(b'')
+    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work'), '--out',
+                                      'maps'])
+    (cfg,) = tested
+    assert (cfg.test_evaluator.output_dir, cfg.test_evaluator.keep_results) == ('maps', True)
