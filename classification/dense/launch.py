@@ -272,7 +272,7 @@ def _load_config(args: argparse.Namespace, task: Optional[str] = None):
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     args.new_options = merge_cfg_options(cfg, args.cfg_options)
-    _stop_on(neck_input_problem(cfg.get('model')))
+    _stop_on(neck_input_problem(cfg.get('model'), bare_single_map=task == 'detection'))
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

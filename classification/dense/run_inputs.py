@@ -247,13 +247,14 @@ def _fit_problem(where: str, takes: str, given: str, fix: str) -> str:
     return f'{where} {takes}, but {given}: set --cfg-options {fix}'
 
 
-def neck_input_problem(model_cfg: Any) -> Optional[str]:
+def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optional[str]:
     """A neck or a segmentation head (of a model without a neck) set for other maps than our backbone gives (another
     number, or other channels), e.g. after a change of the backbone's out_indices: mmdet's FPN and mmseg's heads end
     in a bare AssertionError, an IndexError or a convolution's channel error, after the datasets are built. Checked:
     the necks of ``MAP_LIST_NECKS`` (``in_channels``), SimpleFPN (one map of ``backbone_channel``), and the
     ``in_index`` / ``in_channels`` of ``decode_head`` and ``auxiliary_head``, named by their keys under ``model``
-    (``model_cfg``)."""
+    (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's registration), which
+    only SimpleFPN takes."""
     from .backbones import backbone_maps
 
     for where, node in keyed_dicts(model_cfg, 'model'):
@@ -280,11 +281,15 @@ def neck_input_problem(model_cfg: Any) -> Optional[str]:
                     return _fit_problem(f'{key} ({kind})', f'takes one map of backbone_channel {width} channels',
                                         given, f'{key}.backbone_channel={c} {key}.in_channels='
                                                f'{_numbers([c // 4, c // 2, c, c])}')
-            elif kind in MAP_LIST_NECKS and isinstance(neck.get('in_channels'), (list, tuple)) \
-                    and list(neck['in_channels']) != maps.channels:
+            elif kind in MAP_LIST_NECKS and isinstance(neck.get('in_channels'), (list, tuple)):
                 expected = list(neck['in_channels'])
-                return _fit_problem(f'{key} ({kind})', f'takes {len(expected)} maps of in_channels {expected}', given,
-                                    f'{key}.in_channels={_numbers(maps.channels)}')
+                if bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1:
+                    return (f"{key} ({kind}) takes a list of maps, but {given}, and mmdet's MM_LocalVim passes one "
+                            f"map on bare (as SimpleFPN takes it): give {where}.backbone.out_indices two or more "
+                            f"layers (and {key}.in_channels one entry per layer), or use SimpleFPN")
+                if expected != maps.channels:
+                    return _fit_problem(f'{key} ({kind})', f'takes {len(expected)} maps of in_channels {expected}',
+                                        given, f'{key}.in_channels={_numbers(maps.channels)}')
             continue
         for head_key in ('decode_head', 'auxiliary_head'):
             heads = node.get(head_key)

@@ -37,6 +37,12 @@ REFUSALS = [
      'model.neck (SimpleFPN) takes one map of backbone_channel 192 channels, but model.backbone (MM_LocalVim, '
      'out_indices [19]) gives 1 map of [384] channels (layer 19): set --cfg-options model.neck.backbone_channel=384 '
      'model.neck.in_channels=[96,192,384,384]'),
+    # mmdet's MM_LocalVim gives its one map bare: FPN counted the batch's images as maps
+    ('detection', VITDET_CONFIG, ['model.neck.type=FPN', 'model.neck.in_channels=[192]'],
+     "model.neck (FPN) takes a list of maps, but model.backbone (MM_LocalVim, out_indices [19]) gives 1 map of [192] "
+     "channels (layer 19), and mmdet's MM_LocalVim passes one map on bare (as SimpleFPN takes it): give "
+     "model.backbone.out_indices two or more layers (and model.neck.in_channels one entry per layer), or use "
+     "SimpleFPN"),
     ('segmentation', VSSM_SEG_CONFIG, ['model.backbone.out_indices=(1,2,3)'],
      f'model.decode_head (UPerHead) takes the maps in_index [0, 1, 2, 3] of in_channels [96, 192, 384, 768], but '
      f'{VSSM_GIVES}: set --cfg-options {" ".join(VSSM_SEG_FIX)}'),
@@ -56,8 +62,8 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize('task, config, options, message', REFUSALS,
-                         ids=['fpn', 'simple_fpn_maps', 'simple_fpn_width', 'upernet', 'upernet_aux', 'vim_upernet',
-                              'vim_upernet_aux'])
+                         ids=['fpn', 'simple_fpn_maps', 'simple_fpn_width', 'fpn_bare_map', 'upernet', 'upernet_aux',
+                              'vim_upernet', 'vim_upernet_aux'])
 def test_a_neck_or_head_set_for_other_maps_is_refused_in_one_line_naming_the_keys(tmp_path, capsys, task, config,
                                                                                   options, message):
     require('mmdet' if task == 'detection' else 'mmseg')
@@ -76,7 +82,7 @@ def test_a_tested_config_is_checked_too(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         launch.test_main('segmentation', [VSSM_SEG_CONFIG, 'ckpt.pth', '--work-dir', str(tmp_path / 'work'),
                                           '--cfg-options', 'model.backbone.out_indices=(1,2,3)'])
-    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {REFUSALS[3][3]}')
+    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {REFUSALS[4][3]}')
 
 
 def test_the_configs_as_shipped_pass_the_check():
@@ -189,6 +195,16 @@ def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
     yolo = dict(backbone=dict(VSSM, out_indices=[1, 3]), neck=dict(type='YOLOV3Neck', in_channels=[64, 16]),
                 decode_head=dict(type='FCNHead', in_index=7, in_channels=3))
     assert run_inputs.neck_input_problem(yolo) is None
+
+
+def test_one_local_vim_map_reaches_an_fpn_of_mmseg_in_a_list():
+    model = dict(backbone=dict(type='MM_LocalVim', embed_dim=32, depth=2, out_indices=[1]),
+                 neck=dict(type='FPN', in_channels=[32]))
+    assert run_inputs.neck_input_problem(model) is None
+    assert run_inputs.neck_input_problem(model, bare_single_map=True).startswith('model.neck (FPN) takes a list of')
+    model['backbone']['out_indices'] = [0, 1]
+    model['neck']['in_channels'] = [32, 32]
+    assert run_inputs.neck_input_problem(model, bare_single_map=True) is None
 
 
 def test_settings_the_backbone_refuses_are_left_to_it():
