@@ -302,7 +302,8 @@ def rand_augment_transform(config_str: str, fill: tuple = DEFAULT_FILL,
     """
     sections = config_str.split("-")
     if sections[0] != "rand":
-        raise ValueError(f"not a RandAugment string (must start with 'rand'): {config_str!r}")
+        raise ValueError(f"not a RandAugment string: {config_str!r} must be 'rand' then '-'-separated sections, as "
+                         f"'rand-m9-mstd0.5'")
     magnitude, num_layers, magnitude_std, weight_idx = MAX_LEVEL, 2, 0.0, None
     for section in sections[1:]:
         parts = re.split(r"(\d.*)", section)

@@ -1,0 +1,263 @@
+"""Values of the data pipeline that a mutation audit of classification/data found unchecked: each test kills small
+changes of the code (a flipped comparison, a swapped argument, a filter or constant changed) that the other data
+tests let pass, by asserting hand-computed values or the original's documented rule."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from timm.data.auto_augment import AugMixAugment, AutoAugment
+from timm.data.random_erasing import RandomErasing
+from torchvision import transforms as T
+
+from classification.data import rand_augment as ra
+from classification.data.defaults import resolve_dataset_defaults
+from classification.data.mixup import OriginalMixup, cutmix_box
+from classification.data.transforms import Cutout, build_transform, check_auto_augment
+from classification.engine.config import parse_args
+
+BICUBIC, BILINEAR = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR
+FILL = (124, 116, 104)
+PLAIN = ("--image-mean", "0", "0", "0", "--image-std", "1", "1", "1")  # the tensors hold the pixels / 255
+GREY_RAMP = Image.fromarray(np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, -1))  # every value once
+
+
+def cfg_for(*argv):
+    cfg = parse_args(["-j", "0", *argv])
+    resolve_dataset_defaults(cfg)
+    return cfg
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# ---- RandAugment ----
+
+def test_a_signed_level_is_negative_when_pythons_draw_is_above_one_half():
+    """The original negates a level when `random.random() > 0.5`: the same seed gives the same sign as the original
+    (a rule negating below 0.5 draws both signs as often, so only the seeded sign tells them apart)."""
+    signs = set()
+    for seed in range(20):
+        random.seed(seed)
+        draw = random.random()
+        random.seed(seed)
+        assert ra.level_to_arg("Rotate", 9) == ((-27.0,) if draw > 0.5 else (27.0,)), seed
+        signs.add(draw > 0.5)
+    assert signs == {True, False}
+
+
+def test_an_op_is_applied_when_the_draw_is_at_most_its_probability():
+    """An op of probability 0.8 runs when `random.random() <= 0.8` (the original skips it when the draw is above):
+    about 80 % of images, not 50 % or 20 %."""
+    img = Image.new("RGB", (2, 2), (10, 10, 10))
+    op = ra.RandAugmentOp("Invert", prob=0.8)
+    applied = []
+    for seed in range(60):
+        random.seed(seed)
+        draw = random.random()
+        random.seed(seed)
+        out = np.asarray(op(img))[0, 0, 0]
+        assert out == (245 if draw <= 0.8 else 10), seed
+        applied.append(out == 245)
+    assert 0.65 < np.mean(applied) < 0.95
+
+
+def test_each_call_applies_its_own_drawn_magnitude():
+    """With mstd the magnitude of every call is drawn from N(m, mstd) after the apply draw, and that magnitude is the
+    one applied: Solarize at a drawn m inverts the values from int(m / 10 * 256) up (a call at the fixed m = 5 always
+    from 128)."""
+    op = ra.RandAugmentOp("Solarize", magnitude=5, magnitude_std=2.0)
+    values = np.asarray(GREY_RAMP)[..., 0].astype(int)
+    thresholds = set()
+    for seed in range(12):
+        random.seed(seed)
+        out = np.asarray(op(GREY_RAMP))[..., 0].astype(int)
+        random.seed(seed)
+        if random.random() > 0.5:
+            assert (out == values).all()
+            continue
+        threshold = int(random.gauss(5, 2.0) / 10 * 256)
+        thresholds.add(threshold)
+        np.testing.assert_array_equal(out, np.where(values >= threshold, 255 - values, values))
+    assert len(thresholds) >= 3 and 128 not in thresholds
+
+
+def test_the_drawn_ops_are_applied_in_the_drawn_order():
+    """`rand-n2`: both ops that NumPy draws run, first then second (Invert then PosterizeTpu 2 bits differs from the
+    reverse order, and from either alone)."""
+    invert, posterize = ra.RandAugmentOp("Invert", prob=1.0), ra.RandAugmentOp("PosterizeTpu", 5, prob=1.0)
+    augment = ra.RandAugment([invert, posterize], num_layers=2)
+    steps = {0: ImageOps.invert, 1: lambda img: ImageOps.posterize(img, 2)}
+    orders = set()
+    for seed in range(12):
+        np.random.seed(seed)
+        out = augment(GREY_RAMP)
+        picks = tuple(np.random.RandomState(seed).choice(2, 2))
+        expected = GREY_RAMP
+        for pick in picks:
+            expected = steps[pick](expected)
+        assert out.tobytes() == expected.tobytes(), picks
+        orders.add(picks)
+    assert {(0, 1), (1, 0)} <= orders
+
+
+def test_distort_zoom_and_skew_resample_bicubic():
+    """The four ops timm lacks resample bicubic whatever --interpolation says (facts 5.4): Distort's mesh (the 2 x 2
+    tiles of magnitude 10), Zoom's shrink and Skew's perspective, each on a noise image where bilinear differs."""
+    img = noise(8, 8)
+    mesh = [((0, 0, 4, 4), (0, 0, 0, 4, 24, 24, 4, 0)), ((4, 0, 8, 4), (4, 0, 24, 24, 8, 4, 8, 0)),
+            ((0, 4, 4, 8), (0, 4, 0, 8, 4, 8, 24, 24)), ((4, 4, 8, 8), (24, 24, 4, 8, 8, 8, 8, 4))]
+    coeffs = ra.skew_coefficients(8, 8, 0.27)
+    for filt, same in ((BICUBIC, True), (BILINEAR, False)):
+        distorted = img.transform((8, 8), Image.Transform.MESH, mesh, resample=filt)
+        assert (ra.distort(img, 20, FILL, BILINEAR).tobytes() == distorted.tobytes()) == same
+        skewed = img.transform((8, 8), Image.Transform.PERSPECTIVE, coeffs, resample=filt)
+        assert (ra.skew(img, 0.27, FILL, BILINEAR).tobytes() == skewed.tobytes()) == same
+        zoomed = np.zeros((8, 8, 3), np.uint8)
+        zoomed[2:6, 2:6] = np.asarray(img.resize((4, 4), resample=filt))  # factor 0.5: 4 x 4 in the middle
+        assert (np.asarray(ra.zoom(img, 0.5, FILL, BILINEAR)) == zoomed).all() == same
+
+
+def test_zoom_of_an_image_that_is_not_square_shrinks_each_side_by_the_factor():
+    """16 wide, 8 high at factor 0.5: the 8 x 4 picture lies in columns 4..11 and rows 2..5 (sides swapped it would be
+    4 wide and 8 high)."""
+    img = noise(16, 8, seed=1)
+    out = np.asarray(ra.zoom(img, 0.5, FILL, BICUBIC))
+    expected = np.zeros((8, 16, 3), np.uint8)
+    expected[2:6, 4:12] = np.asarray(img.resize((8, 4), resample=BICUBIC))
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_solarize_add_saturates_at_255_below_the_threshold_in_rgb_and_grey(mode):
+    """SolarizeAdd 200 (magnitude 18.2, possible unclamped): values below 128 gain 200 up to at most 255, the rest
+    stay; grey images too, as the original's."""
+    values = np.array([[0, 50, 54, 55], [127, 128, 200, 255]], np.uint8)
+    img = Image.fromarray(values).convert(mode)
+    out = np.asarray(ra.solarize_add(img, 200, FILL, BICUBIC))
+    out = out if mode == "L" else out[..., 0]
+    np.testing.assert_array_equal(out, [[200, 250, 254, 255], [255, 128, 200, 255]])
+
+
+@pytest.mark.parametrize("config", ["rand_m9_mstd0.5", "randaugment-m9", "Rand-m9"])
+def test_a_policy_whose_first_section_is_not_rand_is_refused_saying_how_it_is_written(config):
+    """`rand_m9_mstd0.5` (underscores) starts with 'rand' but has no section 'rand': the error said it must start
+    with 'rand'. It now shows how the string is written; a check of the prefix alone ran it at the defaults (m10)."""
+    with pytest.raises(ValueError, match=rf"^not a RandAugment string: '{config}' must be 'rand' then '-'-separated "
+                                         r"sections, as 'rand-m9-mstd0.5'$"):
+        ra.rand_augment_transform(config)
+
+
+# ---- Mixup / CutMix ----
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_cutmix_box_centre_is_drawn_from_every_row_and_column(seed):
+    """On a 4 x 4 image at λ = 0.75 (cut 2: 1 pixel each side) the centre is NumPy's randint(0, 4) for the row, then
+    for the column, as the original's: the last row and column included (drawing from 0..2 never cut there, and gives
+    other boxes for the same seed)."""
+    np.random.seed(seed)
+    box, lam = cutmix_box((3, 4, 4), 0.75)
+    replay = np.random.RandomState(seed)
+    cy, cx = replay.randint(0, 4), replay.randint(0, 4)
+    assert box == (max(cy - 1, 0), min(cy + 1, 4), max(cx - 1, 0), min(cx + 1, 4))
+    assert lam == 1 - (box[1] - box[0]) * (box[3] - box[2]) / 16
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_cutmix_pastes_the_partners_pixels_of_the_same_box_unchanged(mode):
+    """CutMix on noise images: image i differs from itself only inside one box, where it holds exactly the pixels of
+    its partner B - 1 - i at the same place (constant images do not show a box pasted mirrored or shifted), and its
+    target weighs the partner by the box's area."""
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    mixer = OriginalMixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode=mode, label_smoothing=0.0, num_classes=4)
+    boxes = 0
+    for seed in range(6):
+        np.random.seed(seed)
+        mixed, targets = mixer(images.clone(), torch.arange(4))
+        for i in range(4):
+            partner = 3 - i
+            changed = (mixed[i] != images[i]).any(0)
+            area = changed.sum().item()
+            if area:
+                rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+                assert area == len(rows) * len(cols) and rows.diff().eq(1).all() and cols.diff().eq(1).all()
+                boxes += 1
+            torch.testing.assert_close(mixed[i][:, changed], images[partner][:, changed], rtol=0, atol=0)
+            assert targets[i, partner].item() == pytest.approx(area / 256)
+    assert boxes >= 10
+
+
+# ---- transforms ----
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_odd_cutout_length_zeroes_one_pixel_less_each_way(seed):
+    """--cutout-length 5 as the original (its `length // 2` each side of the centre): rows and columns centre - 2 to
+    centre + 1, a 4 x 4 square where the border does not clip it."""
+    np.random.seed(seed)
+    out = Cutout(5)(torch.ones(1, 12, 12))
+    replay = np.random.RandomState(seed)
+    y, x = replay.randint(12), replay.randint(12)
+    expected = torch.ones(1, 12, 12)
+    expected[:, max(y - 2, 0):y + 2, max(x - 2, 0):x + 2] = 0
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("interpolation, mode", [("bicubic", T.InterpolationMode.BICUBIC),
+                                                 ("bilinear", T.InterpolationMode.BILINEAR)])
+def test_cifar_at_a_smaller_image_size_is_resized_down_with_the_interpolation_given(training, interpolation, mode):
+    """--dataset cifar10 --img-size 16: the 32-pixel images are resized to 16 (a resize only to larger sizes gave a
+    model built for 16 pixels 32-pixel tensors), by --interpolation. A 32-pixel image black on its left half and white
+    on its right keeps its outer columns black and white and its mean."""
+    cfg = cfg_for("--dataset", "cifar10", "--img-size", "16", "--interpolation", interpolation, "--hflip", "0", *PLAIN)
+    transform = build_transform(cfg, training=training)
+    (resize,) = [step for step in transform.transforms if isinstance(step, T.Resize)]
+    assert resize.interpolation == mode
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:, 16:] = 255
+    torch.manual_seed(0)
+    out = transform(Image.fromarray(pixels))
+    assert out.shape == (3, 16, 16)
+    if not training:  # the padded crop of training moves the edge
+        assert (out[:, :, 0] == 0).all() and (out[:, :, 15] == 1).all()
+        assert out.mean().item() == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("policy, kind", [("v0", AutoAugment), ("original", AutoAugment), ("augmix-m3", AugMixAugment)])
+def test_policies_other_than_rand_run_timms_augmentation(policy, kind):
+    """Only a `rand-...` policy runs the original's RandAugment; timm's AutoAugment and AugMix policies (which it
+    cannot parse) are timm's, with the default --aa-impl."""
+    check_auto_augment(policy)
+    steps = build_transform(cfg_for("--img-size", "16", "--aa", policy), training=True).transforms
+    assert [type(step) for step in steps if isinstance(step, (AutoAugment, AugMixAugment, ra.RandAugment))] == [kind]
+
+
+def test_random_erasing_erases_one_box_at_most_as_the_original():
+    """The original's RandomErasing (--reprob 0.25 --remode pixel) has max_count 1: one box per image, never 2."""
+    steps = build_transform(cfg_for("-c", "configs/strategies/local_mamba/config.yaml", "--img-size", "16"),
+                            training=True).transforms
+    (erasing,) = [step for step in steps if isinstance(step, RandomErasing)]
+    assert (erasing.probability, erasing.mode, erasing.min_count, erasing.max_count) == (0.25, "pixel", 1, 1)
+    assert (erasing.min_area, erasing.max_area) == (0.02, 1 / 3)
+
+
+def test_imagenet_defaults_are_the_originals_crops():
+    """Without flags ImageNet trains on random-resized crops of 8 % to 100 % of the image at aspect ratios 3/4 to 4/3,
+    224 pixels, and evaluates the centre 224 of the image resized to 256 (crop_pct 0.875), as the original."""
+    cfg = cfg_for()
+    crop = build_transform(cfg, training=True).transforms[0]
+    assert (tuple(crop.size), tuple(crop.scale), tuple(crop.ratio)) == ((224, 224), (0.08, 1.0), (3 / 4, 4 / 3))
+    resize, centre = build_transform(cfg, training=False).transforms[:2]
+    assert (resize.size, tuple(centre.size), cfg.crop_pct) == (256, (224, 224), 0.875)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_is_normalised_by_the_cifar10_training_sets_statistics(dataset):
+    """Both CIFARs default to the original's CIFAR-10 mean and std (not CIFAR-100's own, nor ImageNet's): a grey 128
+    image becomes (128 / 255 - mean) / std per channel."""
+    mean, std = (0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)
+    out = build_transform(cfg_for("--dataset", dataset), training=False)(Image.new("RGB", (32, 32), (128,) * 3))
+    expected = torch.tensor([(128 / 255 - m) / s for m, s in zip(mean, std)]).view(3, 1, 1).expand(3, 32, 32)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
