@@ -1,7 +1,10 @@
 """Values of the data pipeline that a mutation audit of classification/data found unchecked: each test kills small
 changes of the code (a flipped comparison, a swapped argument, a filter or constant changed) that the other data
 tests let pass, by asserting hand-computed values or the original's documented rule."""
+import logging
+import os
 import random
+import unicodedata
 
 import numpy as np
 import pytest
@@ -11,11 +14,16 @@ from timm.data.auto_augment import AugMixAugment, AutoAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
+from classification.data import DataError, build_datasets, build_eval_dataset
 from classification.data import rand_augment as ra
 from classification.data.defaults import resolve_dataset_defaults
+from classification.data.loader import (SeededTransformDataset, _quiet_when_main_process_left, build_loader,
+                                        lost_worker)
 from classification.data.mixup import OriginalMixup, cutmix_box
 from classification.data.transforms import Cutout, build_transform, check_auto_augment
 from classification.engine.config import parse_args
+
+from training_helpers import make_folder_tree, make_meta_tree
 
 BICUBIC, BILINEAR = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR
 FILL = (124, 116, 104)
@@ -244,9 +252,11 @@ def test_random_erasing_erases_one_box_at_most_as_the_original():
 
 
 def test_imagenet_defaults_are_the_originals_crops():
-    """Without flags ImageNet trains on random-resized crops of 8 % to 100 % of the image at aspect ratios 3/4 to 4/3,
-    224 pixels, and evaluates the centre 224 of the image resized to 256 (crop_pct 0.875), as the original."""
+    """Without flags ImageNet is read from data/imagenet and trains on random-resized crops of 8 % to 100 % of the
+    image at aspect ratios 3/4 to 4/3, 224 pixels, and evaluates the centre 224 of the image resized to 256
+    (crop_pct 0.875), as the original."""
     cfg = cfg_for()
+    assert cfg.data_path == "data/imagenet"  # no --data-path (an empty one): the original's folder
     crop = build_transform(cfg, training=True).transforms[0]
     assert (tuple(crop.size), tuple(crop.scale), tuple(crop.ratio)) == ((224, 224), (0.08, 1.0), (3 / 4, 4 / 3))
     resize, centre = build_transform(cfg, training=False).transforms[:2]
@@ -261,3 +271,122 @@ def test_cifar_is_normalised_by_the_cifar10_training_sets_statistics(dataset):
     out = build_transform(cfg_for("--dataset", dataset), training=False)(Image.new("RGB", (32, 32), (128,) * 3))
     expected = torch.tensor([(128 / 255 - m) / s for m, s in zip(mean, std)]).view(3, 1, 1).expand(3, 32, 32)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dataset, data_path", [
+    ("cifar10", "data/cifar"), ("cifar100", "data/cifar"), ("digits", "")])
+def test_small_datasets_evaluate_the_whole_32_pixel_image(dataset, data_path):
+    """CIFAR and digits default to 32 pixels and crop_pct 1 (the whole image: no centre crop, so no warning of an
+    unused --crop-pct); CIFAR is read from data/cifar, digits from scikit-learn. Digits are normalised by mean 0.5
+    and std 0.5 (a grey 128 image becomes (128 / 255 - 0.5) / 0.5) and cropped to 60 % to 100 % of the image."""
+    cfg = cfg_for("--dataset", dataset)
+    assert (cfg.img_size, cfg.crop_pct, cfg.data_path) == (32, 1.0, data_path)
+    out = build_transform(cfg, training=False)(Image.new("RGB", (32, 32), (128,) * 3))
+    assert out.shape == (3, 32, 32)
+    if dataset == "digits":  # mild crops of 60 % to 100 % of an 8 x 8 digit
+        torch.testing.assert_close(out, torch.full((3, 32, 32), (128 / 255 - 0.5) / 0.5), atol=1e-6, rtol=0)
+        assert tuple(build_transform(cfg, training=True).transforms[0].scale) == (0.6, 1.0)
+
+
+# ---- loaders ----
+
+def test_a_sample_read_in_the_main_process_leaves_the_global_generators_as_they_were():
+    """-j 0: the per-sample seeding draws from python's, NumPy's and torch's global generators, and then puts their
+    states back, so that the training's own draws (mixup, dropout) and a resumed run's restored states are not
+    replaced by the last sample's seed."""
+    def draw_all(image):
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    data = SeededTransformDataset([(None, 0)], draw_all, seed=3)
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    drawn, label = data[(0, 0)]
+    after = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    assert after == (random.random(), np.random.rand(), torch.rand(1).item()) != drawn and label == 0
+
+
+def test_a_worker_reports_an_os_error_other_than_a_dropped_connection():
+    """A worker's full disk (OSError 28) is reported; only the connection errors of a main process that stopped are
+    kept quiet."""
+    reports = []
+    full = OSError(28, "No space left on device")
+    _quiet_when_main_process_left(OSError, full, None, report=lambda *args: reports.append(args[0]))
+    assert reports == [OSError]
+
+
+def test_a_loader_timeout_is_not_taken_for_a_dead_worker():
+    """torch's 'DataLoader timed out after 5 seconds' is no dead worker: it is not turned into the out-of-memory
+    killer's one line."""
+    assert lost_worker(RuntimeError("DataLoader timed out after 5 seconds")) is None
+
+
+def test_a_samples_augmentation_does_not_depend_on_the_rank_that_reads_it():
+    """The augmentation seed of a sample is (seed, epoch, index) on every rank: two ranks of a run together give each
+    sample the draws one process gives it (a seed offset by the rank gave rank 1 other crops and flips)."""
+    base = [(None, index) for index in range(6)]
+
+    def draws(world_size, rank):
+        loader = build_loader(base, lambda image: torch.rand(1).item(), 1, 0, True, world_size, rank, seed=4)
+        return {label.item(): value.item() for value, label in loader}
+
+    single = draws(1, 0)
+    assert {**draws(2, 0), **draws(2, 1)} == single and len(set(single.values())) == 6
+
+
+# ---- datasets ----
+
+def write_meta(root: str, split: str, rows) -> None:
+    with open(os.path.join(root, "meta", f"{split}.txt"), "w") as f:
+        f.writelines(f"{rel} {label}\n" for rel, label in rows)
+
+
+def test_one_unused_meta_label_is_warned_of(tmp_path, localmamba_log):
+    """Train labels 0 and 2: the model gets 3 outputs, and the one unused label, 1, is named."""
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    write_meta(root, "train", [(rel, label) for rel, label in lists["train"] if label != 1])
+    write_meta(root, "val", [(rel, label) for rel, label in lists["val"] if label != 1])
+    cfg = cfg_for("--data-path", root)
+    build_datasets(cfg)
+    warnings = [r.getMessage() for r in localmamba_log.records if r.levelno == logging.WARNING]
+    assert cfg.num_classes == 3 and warnings == [
+        f"{os.path.join(root, 'meta', 'train.txt')}: its labels use 2 of the 3 classes 0..2 (unused: 1); the model "
+        f"gets 3 outputs (largest label + 1), those of unused labels are never trained; renumber the labels 0..1 "
+        f"for 2 outputs"]
+
+
+def test_a_val_label_equal_to_the_train_class_count_is_refused_in_training(tmp_path):
+    """Train labels 0..2 (3 classes): a val label 3 has no output of the model and is refused at start."""
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    rel, _ = lists["val"][-1]
+    write_meta(root, "val", lists["val"][:-1] + [(rel, 3)])
+    with pytest.raises(DataError, match=rf"val\.txt: label 3 of .*{rel} is not a train label \(train has 3 "
+                                        r"classes\)$"):
+        build_datasets(cfg_for("--data-path", root))
+
+
+def test_evaluation_without_a_train_list_refuses_fewer_classes_than_the_val_labels(tmp_path):
+    """No meta/train.txt: the val labels 0..2 need 3 outputs, so --num-classes 2 is refused (taking 2 as the count
+    let labels 2 reach a 2-way head)."""
+    root = str(tmp_path)
+    make_meta_tree(root)
+    os.remove(os.path.join(root, "meta", "train.txt"))
+    with pytest.raises(DataError, match=r"^--num-classes 2 is fewer than the 3 classes of "):
+        build_eval_dataset(cfg_for("--data-path", root, "--num-classes", "2"))
+
+
+def test_a_train_class_named_decomposed_takes_its_composed_val_folder(tmp_path):
+    """Train copied on macOS names `café` decomposed (NFD), val composed (NFC): val/café is that class, label 1."""
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("bee", composed, "eel"), per_class=2, val_per_class=1)
+    os.rename(root / "train" / composed, root / "train" / decomposed)
+    train, val = build_datasets(cfg_for("--data-path", str(root)))
+    assert train.classes == ["bee", decomposed, "eel"]
+    assert [(os.path.basename(os.path.dirname(p)), y) for p, y in val.samples] == [
+        ("bee", 0), (composed, 1), ("eel", 2)]
