@@ -4,6 +4,7 @@ tests let pass, by asserting hand-computed values or the original's documented r
 import logging
 import os
 import random
+import shutil
 import unicodedata
 
 import numpy as np
@@ -14,16 +15,18 @@ from timm.data.auto_augment import AugMixAugment, AutoAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
-from classification.data import DataError, build_datasets, build_eval_dataset
+from classification.data import DataError, build_datasets, build_eval_dataset, build_loaders
 from classification.data import rand_augment as ra
 from classification.data.defaults import resolve_dataset_defaults
+from classification.data.image_decoding import load_rgb
 from classification.data.loader import (SeededTransformDataset, _quiet_when_main_process_left, build_loader,
                                         lost_worker)
 from classification.data.mixup import OriginalMixup, cutmix_box
+from classification.data.small_datasets import build_digits
 from classification.data.transforms import Cutout, build_transform, check_auto_augment
 from classification.engine.config import parse_args
 
-from training_helpers import make_folder_tree, make_meta_tree
+from training_helpers import make_cifar, make_folder_tree, make_meta_tree
 
 BICUBIC, BILINEAR = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR
 FILL = (124, 116, 104)
@@ -390,3 +393,60 @@ def test_a_train_class_named_decomposed_takes_its_composed_val_folder(tmp_path):
     assert train.classes == ["bee", decomposed, "eel"]
     assert [(os.path.basename(os.path.dirname(p)), y) for p, y in val.samples] == [
         ("bee", 0), (composed, 1), ("eel", 2)]
+
+
+def test_a_train_split_of_one_class_folder_linked_from_a_missing_drive_names_the_link(tmp_path):
+    """train/ holding only a broken link (its drive not mounted) is a split of class folders whose link is broken,
+    and the error names the link; not 'no class folders', which sends the user looking for a missing folder."""
+    root = tmp_path / "data"
+    make_folder_tree(str(root), classes=("cat",), per_class=1, val_per_class=1)
+    shutil.rmtree(root / "train" / "cat")
+    os.symlink(tmp_path / "drive" / "cat", root / "train" / "cat")
+    with pytest.raises(DataError, match=rf"^broken link {root / 'train' / 'cat'} -> {tmp_path / 'drive' / 'cat'}: "):
+        build_datasets(cfg_for("--data-path", str(root)))
+
+
+def test_sixteen_bit_values_are_scaled_by_255_over_65535(tmp_path):
+    """16-bit 65407 and 33025 are 254.502 and 128.502 in 8 bits (v x 255 / 65535), rounded 255 and 129; a scale of
+    255 / 65536 gives 254.498 and 128.498, rounded 254 and 128."""
+    Image.fromarray(np.array([[65407, 33025, 65535, 0]], np.uint16)).save(tmp_path / "deep.png")
+    assert np.asarray(load_rgb(str(tmp_path / "deep.png")))[0, :, 1].tolist() == [255, 129, 255, 0]
+
+
+def test_digits_are_their_0_to_16_pixels_scaled_to_255_and_resized_bicubic():
+    """scikit-learn's digits hold 0..16: 16 becomes white (255) and 8 becomes 127.5 rounded 128 (a scale of 255 / 15
+    overflows 8 bits); at 16 pixels each 8 x 8 digit is resized bicubic (not nearest)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images
+    pixels = np.round(digits * (255 / 16)).astype(np.uint8)
+    assert pixels.max() == 255 and set(np.unique(pixels[digits == 8])) == {128}
+    for size in (8, 16):
+        expected = {np.asarray(Image.fromarray(p).resize((size, size), BICUBIC)).tobytes() for p in pixels}
+        train, val = build_digits(size)
+        for data in (train, val):
+            image = np.asarray(data[len(data) // 2][0])
+            assert image.shape == (size, size, 3) and image[..., 1].tobytes() in expected
+
+
+def test_cifar_is_read_from_the_extracted_folder_given_as_the_data_path(tmp_path):
+    """--data-path may name the extracted cifar-10-batches-py/ itself, not only the folder that holds it."""
+    data, labels = make_cifar(str(tmp_path))
+    train, val = build_datasets(cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path / "cifar-10-batches-py")))
+    assert (len(train), len(val)) == (50, 4) and train[0][1] == labels[0]
+    assert np.array_equal(np.asarray(train[0][0]), data[0].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_a_tree_of_one_class_is_refused(tmp_path):
+    """One class folder: nothing to classify, refused at start rather than training a 1-way head."""
+    make_folder_tree(str(tmp_path), classes=("cat",), per_class=2, val_per_class=1)
+    with pytest.raises(DataError, match=rf"^{tmp_path}: 1 class found; classification needs at least 2$"):
+        build_datasets(cfg_for("--data-path", str(tmp_path)))
+
+
+@pytest.mark.parametrize("multiplier, batch", [("2", 8), ("0.5", 2), ("0.1", 1)])
+def test_the_val_batch_is_the_batch_size_times_its_multiplier_at_least_one(multiplier, batch):
+    """-b 4 --val-batch-size-multiplier M: validation batches of int(4 M) images, at least 1."""
+    cfg = cfg_for("-b", "4", "--val-batch-size-multiplier", multiplier, "--img-size", "16")
+    _, val_loader = build_loaders(cfg, None, [(Image.new("RGB", (16, 16)), 0)] * 9, 1, 0)
+    assert val_loader.batch_size == batch

@@ -847,6 +847,9 @@ def test_twelve_bit_signed_and_premultiplied_gray_tiffs_are_read_by_their_depth(
                                         rf"down to -1000, and negative values have no defined 8-bit scale; save it "
                                         rf"unsigned, with 8 or 16 bits per sample$"):
         load_rgb(str(tmp_path / "negative.tif"))
+    write_gray_tiff(str(tmp_path / "minus_one.tif"), np.array([[-1, 0, 32767]]), 16, signed=True)
+    with pytest.raises(DataError, match=r"signed 16-bit pixels go down to -1, and negative values"):
+        load_rgb(str(tmp_path / "minus_one.tif"))
     gray_alpha = np.array([[[50, 128], [200, 255]]])  # gray premultiplied by alpha: 50 at alpha 128 is 99.6 unmixed
     write_gray_tiff(str(tmp_path / "premultiplied.tif"), gray_alpha, 8, alpha="associated")
     assert Image.open(tmp_path / "premultiplied.tif").mode == "La"
