@@ -15,7 +15,7 @@ from timm.data.auto_augment import AugMixAugment, AutoAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
-from classification.data import DataError, build_datasets, build_eval_dataset, build_loaders
+from classification.data import DataError, build_datasets, build_eval_dataset, build_loaders, build_mixup
 from classification.data import rand_augment as ra
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.image_decoding import load_rgb
@@ -213,6 +213,19 @@ def test_an_odd_cutout_length_zeroes_one_pixel_less_each_way(seed):
     expected = torch.ones(1, 12, 12)
     expected[:, max(y - 2, 0):y + 2, max(x - 2, 0):x + 2] = 0
     assert torch.equal(out, expected)
+
+
+def test_cifar_cutout_zeroes_the_normalised_pixels():
+    """--cutout-length 8 cuts after the normalisation, as the original (on the GPU, after Normalize): the square holds
+    0 in the model's input, the dataset mean, not the (0 - mean) / std of black pixels."""
+    transform = build_transform(cfg_for("--dataset", "cifar10", "--cutout-length", "8"), training=True)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    out = transform(Image.new("RGB", (32, 32), (255, 255, 255)))
+    replay = np.random.RandomState(3)
+    y, x = replay.randint(32), replay.randint(32)
+    cut = out[:, max(y - 4, 0):y + 4, max(x - 4, 0):x + 4]
+    assert cut.numel() > 0 and (cut == 0).all() and (out == 0).sum() == cut.numel()
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -450,3 +463,34 @@ def test_the_val_batch_is_the_batch_size_times_its_multiplier_at_least_one(multi
     cfg = cfg_for("-b", "4", "--val-batch-size-multiplier", multiplier, "--img-size", "16")
     _, val_loader = build_loaders(cfg, None, [(Image.new("RGB", (16, 16)), 0)] * 9, 1, 0)
     assert val_loader.batch_size == batch
+
+
+def test_cutmix_minmax_alone_turns_cutmix_on():
+    """--cutmix-minmax 0.25 0.5 without --mixup or --cutmix mixes (timm forces CutMix's alpha to 1 with it): every
+    image of a batch takes a box of its partner, sides of 2 or 3 pixels on 8, and targets weighted by its area."""
+    cfg = cfg_for("--cutmix-minmax", "0.25", "0.5", "--smoothing", "0", "--img-size", "8")
+    cfg.num_classes = 2
+    mixer = build_mixup(cfg)
+    assert mixer is not None and (mixer.cutmix_alpha, mixer.mixup_alpha, mixer.mode) == (1.0, 0.0, "batch")
+    images = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
+    np.random.seed(0)
+    mixed, targets = mixer(images.clone(), torch.tensor([0, 1]))
+    area = mixed[0, 0].sum().item()
+    assert area in (4, 6, 9) and targets[0, 1].item() == pytest.approx(area / 64)
+
+
+@pytest.mark.parametrize("mode", ["pair", "elem"])
+def test_the_mixup_mode_flag_reaches_the_mixer(mode):
+    """--mixup-mode pair / elem: λ per pair or per image, not the recipe's one per batch."""
+    cfg = cfg_for("--mixup", "0.8", "--mixup-mode", mode)
+    cfg.num_classes = 10
+    assert build_mixup(cfg).mode == mode
+
+
+def test_the_seed_flag_seeds_the_loaders_order_and_augmentation():
+    """--seed 7: the train loader's shuffle and per-sample augmentation seeds are 7 (not a fixed 0), so two seeds give
+    two data orders."""
+    cfg = cfg_for("--seed", "7", "-b", "2", "--img-size", "16")
+    images = [(Image.new("RGB", (16, 16)), i % 2) for i in range(8)]
+    train_loader, val_loader = build_loaders(cfg, images, images, 1, 0)
+    assert (train_loader.sampler.seed, train_loader.dataset.seed, val_loader.dataset.seed) == (7, 7, 7)

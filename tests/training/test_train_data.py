@@ -259,8 +259,9 @@ def test_colour_jitter_only_without_randaugment_as_the_original():
     assert tuple(crop.size) == (224, 224)
 
 
-def test_cifar_transform_is_the_originals():
-    cfg = cfg_for("--dataset", "cifar10", "--cutout-length", "16")
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_transform_is_the_originals(dataset):
+    cfg = cfg_for("--dataset", dataset, "--cutout-length", "16")
     assert transform_names(cfg) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize", "Cutout"]
     assert transform_names(cfg, training=False) == ["ToTensor", "Normalize"]
 
