@@ -141,6 +141,16 @@ def test_zoom_of_an_image_that_is_not_square_shrinks_each_side_by_the_factor():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_distort_of_an_image_that_is_not_square_splits_each_side_by_its_own_length():
+    """8 wide, 12 high at magnitude 10 (2 x 2 tiles): columns split at 4, rows at 6, the inner corner (4, 6) taken
+    from 20 pixels right and down, (24, 26); rows split by the width would cut at 4."""
+    assert ra.distort_mesh(8, 12, 20) == [
+        ((0, 0, 4, 6), (0, 0, 0, 6, 24, 26, 4, 0)),
+        ((4, 0, 8, 6), (4, 0, 24, 26, 8, 6, 8, 0)),
+        ((0, 6, 4, 12), (0, 6, 0, 12, 4, 12, 24, 26)),
+        ((4, 6, 8, 12), (24, 26, 4, 12, 8, 12, 8, 6))]
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_solarize_add_saturates_at_255_below_the_threshold_in_rgb_and_grey(mode):
     """SolarizeAdd 200 (magnitude 18.2, possible unclamped): values below 128 gain 200 up to at most 255, the rest
@@ -383,6 +393,17 @@ def test_a_val_label_equal_to_the_train_class_count_is_refused_in_training(tmp_p
     write_meta(root, "val", lists["val"][:-1] + [(rel, 3)])
     with pytest.raises(DataError, match=rf"val\.txt: label 3 of .*{rel} is not a train label \(train has 3 "
                                         r"classes\)$"):
+        build_datasets(cfg_for("--data-path", root))
+
+
+def test_a_missing_image_is_located_by_its_line_in_the_file_counting_blank_lines(tmp_path):
+    """A meta list that begins with a blank line: the missing third image is on line 4 of the file, not entry 3."""
+    root = str(tmp_path)
+    lists = make_meta_tree(root)
+    with open(os.path.join(root, "meta", "train.txt"), "w") as f:
+        f.write("\n" + "".join(f"{rel} {label}\n" for rel, label in lists["train"]))
+    os.remove(tmp_path / "train" / lists["train"][2][0])
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'meta' / 'train.txt'}:4: image not found: "):
         build_datasets(cfg_for("--data-path", root))
 
 
