@@ -515,3 +515,12 @@ def test_the_seed_flag_seeds_the_loaders_order_and_augmentation():
     images = [(Image.new("RGB", (16, 16)), i % 2) for i in range(8)]
     train_loader, val_loader = build_loaders(cfg, images, images, 1, 0)
     assert (train_loader.sampler.seed, train_loader.dataset.seed, val_loader.dataset.seed) == (7, 7, 7)
+
+
+def test_a_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
+    """A CIFAR file cut short (an interrupted copy) ends the run naming that file."""
+    make_cifar(str(tmp_path))
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"^cannot read CIFAR batch {batch}: "):
+        build_datasets(cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path)))
