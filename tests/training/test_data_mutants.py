@@ -524,3 +524,17 @@ def test_a_corrupt_cifar_batch_is_named_in_the_error(tmp_path):
     batch.write_bytes(batch.read_bytes()[:100])
     with pytest.raises(DataError, match=rf"^cannot read CIFAR batch {batch}: "):
         build_datasets(cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path)))
+
+
+def test_a_tree_of_flat_train_and_val_images_is_told_of_val_first(tmp_path):
+    """train/ and val/ both holding images without class folders: the hint names val/ (ImageNet's val comes so) and
+    its meta list."""
+    for split, count in (("train", 3), ("val", 2)):
+        for i in range(count):
+            path = tmp_path / split / f"{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.new("RGB", (4, 4)).save(path)
+    with pytest.raises(DataError, match=rf"; {tmp_path / 'val'} holds 2 images but no class folders \(as ImageNet's "
+                                        rf"val/ comes\): list them with their labels in "
+                                        rf"{tmp_path / 'meta' / 'val.txt'}, or move them into val/<class>/ folders$"):
+        build_datasets(cfg_for("--data-path", str(tmp_path)))
