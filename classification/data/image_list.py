@@ -105,10 +105,11 @@ def _missing_files(paths: Sequence[str]) -> list[int]:
 
 
 def read_meta_file(meta_path: str, image_root: str) -> list[tuple[str, int]]:
-    """Parse a `relative/path label` list; the image path is `image_root/relative/path`. Every listed image must exist
-    (checked at start, not when it is first read: the val list's only after a whole training epoch)."""
+    """Parse a `relative/path label` list; the image path is `image_root/relative/path`, also for a path written
+    with a leading `/` (the original joins `root + '/' + path`). Every listed image must exist (checked at start, not
+    when it is first read: the val list's only after a whole training epoch)."""
     entries = _meta_entries(meta_path)
-    samples = [(os.path.join(image_root, rel), label) for rel, label, _ in entries]
+    samples = [(os.path.join(image_root, rel.lstrip("/")), label) for rel, label, _ in entries]
     missing = _missing_files([path for path, _ in samples])
     if missing:
         first = missing[0]

@@ -407,6 +407,17 @@ def test_meta_lists_take_paths_with_spaces_and_the_train_lists_class_count(tmp_p
         build_imagenet_val(str(root))
 
 
+def test_a_listed_path_with_a_leading_slash_is_under_the_root_as_in_the_original(tmp_path):
+    """The original reads `root + '/' + path`: a list line `/n0/x.JPEG 0` names `root/n0/x.JPEG`. It was taken as an
+    absolute path and refused (image not found)."""
+    from classification.data.image_list import read_meta_file
+    root = tmp_path / "data"
+    write_image(str(root / "val" / "n0" / "x.JPEG"), seed=3)
+    (tmp_path / "val.txt").write_text("/n0/x.JPEG 0\n//n0/x.JPEG 1\n")
+    assert read_meta_file(str(tmp_path / "val.txt"), str(root / "val")) == [
+        (os.path.join(str(root / "val"), "n0/x.JPEG"), 0), (os.path.join(str(root / "val"), "n0/x.JPEG"), 1)]
+
+
 def test_evaluating_released_weights_warns_of_a_leftover_train_folder(tmp_path, localmamba_log):
     """Without the class names of a training checkpoint, tools/test.py numbers the classes by train/'s folders."""
     localmamba_log.set_level(logging.WARNING, logger="localmamba")
