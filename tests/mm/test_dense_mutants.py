@@ -424,13 +424,18 @@ def test_resume_without_a_path_resumes_when_the_work_dir_has_a_pointer(tmp_path)
     assert not launch.resumes_a_checkpoint(Config(dict(resume=False, load_from='x.pth', work_dir=str(tmp_path))))
 
 
-def test_a_segmentation_test_with_show_dir_draws_every_image(tmp_path, ade_inputs_at_hand, monkeypatch):
+def segmentation_test_config(tmp_path, monkeypatch, *flags: str):
+    """The config tools/test.py of segmentation would test iter_4.pth with under `flags` (its runner a stand-in)."""
     tested = []
     monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(test=lambda: tested.append(cfg)))
     (tmp_path / 'iter_4.pth').write_bytes(b'')
-    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work'), '--show-dir',
-                                      'shown'])
+    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work'), *flags])
     (cfg,) = tested
+    return cfg
+
+
+def test_a_segmentation_test_with_show_dir_draws_every_image(tmp_path, ade_inputs_at_hand, monkeypatch):
+    cfg = segmentation_test_config(tmp_path, monkeypatch, '--show-dir', 'shown')
     hook = cfg.default_hooks.visualization
     assert (hook.draw, hook.interval, cfg.visualizer.save_dir) == (True, 1, 'shown')
 
@@ -520,11 +525,7 @@ def test_auto_scale_lr_turns_the_configs_scaling_on_or_asks_for_its_base_batch_s
 
 
 def test_a_tta_test_wraps_the_configs_model_in_its_tta_model(tmp_path, ade_inputs_at_hand, monkeypatch):
-    tested = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(test=lambda: tested.append(cfg)))
-    (tmp_path / 'iter_4.pth').write_bytes(b'')
-    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work'), '--tta'])
-    (cfg,) = tested
+    cfg = segmentation_test_config(tmp_path, monkeypatch, '--tta')
     assert (cfg.model.type, cfg.model.module.type, cfg.model.module.backbone.type) == (
         'SegTTAModel', 'EncoderDecoder', 'MM_LocalVSSM')
     assert cfg.test_dataloader.dataset.pipeline == cfg.tta_pipeline
@@ -567,10 +568,5 @@ def test_an_overwrite_that_fails_to_start_puts_back_the_earlier_runs_config_or_n
 
 
 def test_a_segmentation_test_with_out_keeps_the_predicted_maps_there(tmp_path, ade_inputs_at_hand, monkeypatch):
-    tested = []
-    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: SimpleNamespace(test=lambda: tested.append(cfg)))
-    (tmp_path / 'iter_4.pth').write_bytes(b'')
-    launch.test_main('segmentation', [SEG_CONFIG, 'iter_4.pth', '--work-dir', str(tmp_path / 'work'), '--out',
-                                      'maps'])
-    (cfg,) = tested
+    cfg = segmentation_test_config(tmp_path, monkeypatch, '--out', 'maps')
     assert (cfg.test_evaluator.output_dir, cfg.test_evaluator.keep_results) == ('maps', True)
