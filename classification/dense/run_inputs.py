@@ -261,10 +261,10 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
         backbone = node.get('backbone')
         if not (isinstance(backbone, dict) and is_backbone(backbone)):
             continue
-        maps = backbone_maps(type_name(backbone), backbone)
+        name = type_name(backbone)
+        maps = backbone_maps(name, backbone)
         if maps is None:
             continue
-        name = type_name(backbone)
         given = (f'{where}.backbone ({name}, out_indices {backbone.get("out_indices")}) gives {len(maps.channels)} '
                  f'map{"s" if len(maps.channels) > 1 else ""} of {maps.channels} channels ({maps.unit}'
                  f'{"s" if len(maps.indices) > 1 else ""} {", ".join(map(str, maps.indices))})')
