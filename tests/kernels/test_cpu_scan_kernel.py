@@ -1,5 +1,9 @@
 """The cpu backend's C kernel and its PyTorch fallback against the reference: outputs and all gradients in fp32."""
 import contextlib
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -139,13 +143,23 @@ def test_unwritable_cache_falls_back_to_temp_dir(tmp_path, monkeypatch):
         ckernel.reset()
 
 
+KERNELS_AND_THEIR_OPENMP = """
+import json
+import torch
+from localmamba_kernel_runtime import task_runner
+from localmamba_ssm.ops.cpu.multi_scan_cpu import load_kernel
+lib = load_kernel()
+assert lib is not None and task_runner.uses_openmp(lib.multi_scan_recurrence_fwd)
+with open('/proc/self/maps') as maps:
+    print(json.dumps(sorted({line.split()[-1] for line in maps if 'libgomp' in line})))
+"""
+
+
 @pytest.mark.skipif(not ckernel.torch_uses_gnu_openmp(), reason='torch does not run on GNU OpenMP here')
 def test_kernels_share_torchs_openmp_threads():
-    """Built with -fopenmp, the kernels run on the OpenMP runtime torch already loaded: one libgomp in the process."""
-    from localmamba_ssm.ops.cpu.multi_scan_cpu import load_kernel
-
-    lib = load_kernel()
-    assert lib is not None and task_runner.uses_openmp(lib.multi_scan_recurrence_fwd)
-    with open('/proc/self/maps') as maps:
-        gomp = {line.split()[-1] for line in maps if 'libgomp' in line}
+    """Built with -fopenmp, the kernels run on the OpenMP runtime torch already loaded: one libgomp in a process that
+    imports torch and loads them (a fresh one: a test worker may also hold scikit-learn's own libgomp)."""
+    out = subprocess.run([sys.executable, '-c', KERNELS_AND_THEIR_OPENMP], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=300)
+    gomp = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(gomp) == 1, gomp

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, loss_and_grads, require, seg_batch, tiny_fpn_model_cfg,
-                      tiny_vssm_backbone)
+from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, det_batch, loss_and_grads, require, seg_batch,
+                      tiny_fpn_model_cfg, tiny_vssm_backbone)
 
 from classification.dense import run_inputs
 from classification.dense.backbones import backbone_maps
@@ -149,8 +149,6 @@ def test_the_advised_options_make_a_mask_rcnn_fpn_that_trains():
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-
-    from conftest import det_batch
 
     _, model = tiny_fpn_model_cfg()
     model['backbone']['out_indices'] = (1, 2, 3)
