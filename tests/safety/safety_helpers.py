@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from training_helpers import REPO, TINY_MODEL, TOOLS, tool_env
+from training_helpers import REPO, TINY_MODEL, TOOLS, WrappedFile, tool_env
 
 TRUST_FLAG = "--trust-checkpoint"
 # tiny ViT on digits; 1437 // 256 = 5 iterations per epoch
@@ -66,21 +66,13 @@ def digests(folder: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-class FullDisk:
+class FullDisk(WrappedFile):
     """A file that takes `room` bytes, then fails every write with `code` (default ENOSPC), as a file system that
     filled up."""
 
     def __init__(self, f, room: int, code: int = errno.ENOSPC):
-        self.f, self.room, self.code = f, room, code
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
+        super().__init__(f)
+        self.room, self.code = room, code
 
     def write(self, data):
         if len(data) > self.room:

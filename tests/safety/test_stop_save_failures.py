@@ -42,6 +42,17 @@ def what_last_holds(last) -> str:
             f"there")
 
 
+def fails_keeping_epoch_0(tmp_path) -> None:
+    """Train RUN in tmp_path/run: its write of last.pth.tar fails on a full disk, which the run's error says, with
+    what last.pth.tar holds (epoch 0's end, kept whole)."""
+    folder = tmp_path / "run"
+    last = folder / "last.pth.tar"
+    with pytest.raises(checkpoint_io.CheckpointError) as failed:
+        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
+    assert str(failed.value) == f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}"
+    assert_epoch_0_kept(folder)
+
+
 def assert_epoch_0_kept(folder) -> None:
     """last.pth.tar is epoch 0's end, whole, and no temporary file is left."""
     ckpt = torch.load(folder / "last.pth.tar", map_location="cpu", weights_only=True)
@@ -62,12 +73,7 @@ def test_a_stop_signal_whose_save_fills_the_disk_says_what_last_holds(tmp_path, 
 
     monkeypatch.setattr(WarmupScheduler, "step", step_then_stop)
     mid_epoch_saves_fill_the_disk(monkeypatch)
-    folder = tmp_path / "run"
-    last = folder / "last.pth.tar"
-    with pytest.raises(checkpoint_io.CheckpointError) as failed:
-        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
-    assert str(failed.value) == f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}"
-    assert_epoch_0_kept(folder)
+    fails_keeping_epoch_0(tmp_path)
 
 
 def test_an_unread_batch_whose_save_fills_the_disk_says_what_last_holds(tmp_path, monkeypatch):
@@ -124,12 +130,7 @@ def test_an_epochs_end_save_that_fills_the_disk_says_what_last_holds(tmp_path, m
     """The save of epoch 1's trained state before its validation fails: the run ended with the write error alone;
     now it says that last.pth.tar holds epoch 0 and that --resume continues from there."""
     mid_epoch_saves_fill_the_disk(monkeypatch, lambda payload: (payload["epoch"], payload.get("step")) == (1, 5))
-    folder = tmp_path / "run"
-    last = folder / "last.pth.tar"
-    with pytest.raises(checkpoint_io.CheckpointError) as failed:
-        train(parse_args([*RUN, "--output", str(tmp_path), "--experiment", "run"]))
-    assert str(failed.value) == f"cannot write checkpoint {last}: No space left on device; {what_last_holds(last)}"
-    assert_epoch_0_kept(folder)
+    fails_keeping_epoch_0(tmp_path)
 
 
 def test_an_epochs_checkpoints_that_fill_the_disk_say_that_resume_validates_again(tmp_path, monkeypatch):

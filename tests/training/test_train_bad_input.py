@@ -21,7 +21,7 @@ from classification.engine.evaluate import test as evaluate
 from classification.engine.logs import ProgressBar
 from classification.engine.trainer import train
 
-from training_helpers import TINY_MODEL, make_meta_tree, write_image
+from training_helpers import TINY_MODEL, WrappedFile, make_meta_tree, write_image
 
 TINY_TRAIN = [*TINY_MODEL, "-b", "4", "--epochs", "1", "-j", "0", "--opt", "adamw", "--lr", "1e-3"]
 
@@ -225,19 +225,7 @@ def test_ctrl_c_inside_a_write_of_the_save_is_an_interrupt_not_a_failed_write(tm
     write that fails (a full disk) is still a CheckpointError. Either way no temporary file is left."""
     real_fdopen, writes = os.fdopen, []
 
-    class FailingFile:
-        def __init__(self, f):
-            self.f = f
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
+    class FailingFile(WrappedFile):
         def write(self, data):
             writes.append(len(data))
             if len(writes) == 3:

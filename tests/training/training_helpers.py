@@ -127,3 +127,20 @@ def assert_same_run(a: dict, b: dict) -> None:
     assert {k: v for k, v in a.items() if k != "weights"} == {k: v for k, v in b.items() if k != "weights"}
     assert list(a["weights"]) == list(b["weights"])
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+class WrappedFile:
+    """An open file whose methods are its own but those a subclass defines (`write`, to make it fail as a full disk or
+    a Ctrl-C would); a context manager that closes it."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
