@@ -192,10 +192,12 @@ def _freeze_unused(backbone: str, unit: str, last: int, unused: Iterable[nn.Modu
 
 class BackboneMaps(NamedTuple):
     """The maps a backbone config gives: the ``unit`` ('layer' or 'stage') indices they come from, in the order the
-    backbone returns them, and their channels."""
+    backbone returns them, their channels, and their strides (input pixels per map pixel; None where the patch size
+    is not an int, which the backbone refuses when it is built)."""
     indices: list[int]
     channels: list[int]
     unit: str
+    strides: Optional[list[int]] = None
 
 
 def _default(cls: type, name: str) -> Any:
@@ -211,12 +213,16 @@ def backbone_maps(backbone: str, settings: Mapping[str, Any]) -> Optional[Backbo
         count = settings.get('depth', _default(VisionMamba, 'depth'))
         width = settings.get('embed_dim', _default(VisionMamba, 'embed_dim'))
         widths = [width] * count if isinstance(count, int) else []
+        patch = settings.get('patch_size', _default(VisionMamba, 'patch_size'))
+        strides = [patch] * len(widths)     # every layer on the patch grid
     elif backbone == 'MM_LocalVSSM':
         cls, unit = MM_LocalVSSM, 'stage'
         depths = settings.get('depths', _default(VSSM, 'depths'))
         dims = settings.get('dims', _default(VSSM, 'dims'))
         count = len(depths) if isinstance(depths, Sequence) else 0
         widths = [dims * 2 ** i for i in range(count)] if isinstance(dims, int) else list(dims)
+        patch = settings.get('patch_size', _default(VSSM, 'patch_size'))
+        strides = [patch * 2 ** i for i in range(count)] if isinstance(patch, int) else []   # each merge halves
     else:
         return None
     if not widths or len(widths) != count or not all(isinstance(w, int) for w in widths):
@@ -226,7 +232,9 @@ def backbone_maps(backbone: str, settings: Mapping[str, Any]) -> Optional[Backbo
                                       count, unit)
     except (TypeError, ValueError):
         return None
-    return BackboneMaps(indices, [widths[i] for i in indices], unit)
+    known_strides = isinstance(patch, int) and not isinstance(patch, bool) and patch > 0
+    return BackboneMaps(indices, [widths[i] for i in indices], unit,
+                        [strides[i] for i in indices] if known_strides else None)
 
 
 class DenseBackbone(nn.Module):

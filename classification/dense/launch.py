@@ -49,8 +49,9 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
-from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
-                         neck_input_problem, new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
+from .run_inputs import (config_file_problem, head_stride_problem, is_backbone, missing_checkpoint, missing_data_path,
+                         missing_pretrained, neck_input_problem, new_option_keys, walk_dicts, work_dir_problem,
+                         wrong_type_option)
 
 if TYPE_CHECKING:   # mmengine is imported where a run starts
     from mmengine.config import Config
@@ -272,7 +273,8 @@ def _load_config(args: argparse.Namespace, task: Optional[str] = None):
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     args.new_options = merge_cfg_options(cfg, args.cfg_options)
-    _stop_on(neck_input_problem(cfg.get('model'), bare_single_map=task == 'detection'))
+    _stop_on(neck_input_problem(cfg.get('model'), bare_single_map=task == 'detection')
+             or head_stride_problem(cfg.get('model')))
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

@@ -247,6 +247,14 @@ def _fit_problem(where: str, takes: str, given: str, fix: str) -> str:
     return f'{where} {takes}, but {given}: set --cfg-options {fix}'
 
 
+def _backbone_gives(where: str, backbone: dict, maps: Any, what: str) -> str:
+    """'<where>.backbone (<type>, out_indices ...) gives N maps of <what> (<unit>s i, j, ...)'."""
+    count = len(maps.indices)
+    return (f'{where}.backbone ({type_name(backbone)}, out_indices {backbone.get("out_indices")}) gives {count} '
+            f'map{"s" if count > 1 else ""} of {what} ({maps.unit}{"s" if count > 1 else ""} '
+            f'{", ".join(map(str, maps.indices))})')
+
+
 def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optional[str]:
     """A neck or a segmentation head (of a model without a neck) set for other maps than our backbone gives (another
     number, or other channels), e.g. after a change of the backbone's out_indices: mmdet's FPN and mmseg's heads end
@@ -265,9 +273,7 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
         maps = backbone_maps(name, backbone)
         if maps is None:
             continue
-        given = (f'{where}.backbone ({name}, out_indices {backbone.get("out_indices")}) gives {len(maps.channels)} '
-                 f'map{"s" if len(maps.channels) > 1 else ""} of {maps.channels} channels ({maps.unit}'
-                 f'{"s" if len(maps.indices) > 1 else ""} {", ".join(map(str, maps.indices))})')
+        given = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
         neck = node.get('neck')
         if isinstance(neck, dict):
             kind, key = type_name(neck), f'{where}.neck'
@@ -304,4 +310,107 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
                     takes = 'map' if isinstance(in_index, int) else 'maps'
                     return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
                                         f'of in_channels {in_channels}', given, fix)
+    return None
+
+
+def _count(value: Any) -> Optional[int]:
+    """``value`` when it is a positive int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def neck_strides(neck: dict, strides: Sequence[int]) -> Optional[list[int]]:
+    """The strides of the maps the neck ``neck`` (a config dict) gives from maps of ``strides``; None for a neck not
+    known here or settings it refuses itself. FPN / PAFPN take the maps ``start_level`` to ``end_level`` (-1: the
+    last; both inclusive), ChannelMapper all of them, SimpleFPN its one map of stride s as strides s/4, s/2, s, 2s;
+    each extra map up to ``num_outs`` halves the last one."""
+    kind, count = type_name(neck), len(strides)
+    if kind in ('FPN', 'PAFPN'):
+        start, end, outs = neck.get('start_level', 0), neck.get('end_level', -1), _count(neck.get('num_outs'))
+        if not (isinstance(start, int) and isinstance(end, int) and outs):
+            return None
+        stop = count if end in (-1, count - 1) else end + 1
+        if not 0 <= start < stop <= count or outs < stop - start:
+            return None
+        given = list(strides[start:stop])
+    elif kind == 'ChannelMapper':
+        given, outs = list(strides), _count(neck.get('num_outs', count))
+        if not outs:
+            return None
+    elif kind == 'SimpleFPN':
+        outs = _count(neck.get('num_outs'))
+        if count != 1 or strides[0] % 4 or not outs:
+            return None
+        given = [strides[0] // 4, strides[0] // 2, strides[0], strides[0] * 2]
+    else:
+        return None
+    while len(given) < outs:
+        given.append(given[-1] * 2)
+    return given
+
+
+# Keys under a detector whose subtrees hold the settings of where its heads read the neck's maps.
+HEAD_KEYS = ('rpn_head', 'bbox_head', 'roi_head')
+PRIOR_GENERATOR_KEYS = ('anchor_generator', 'prior_generator')
+
+
+def _square_strides(value: Any) -> Optional[list[int]]:
+    """A config's list of strides as ints: ``s`` or ``(s, s)`` each; None for anything else (left to mmdet)."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    square = [s[0] if isinstance(s, (list, tuple)) and len(s) == 2 and s[0] == s[1] else s for s in value]
+    return square if all(_count(s) for s in square) else None
+
+
+def _stride_settings(where: str, node: dict, given: Sequence[int]) -> Iterator[tuple[str, list[int], list[int]]]:
+    """(key, strides as set, strides that fit) of every stride setting of the detector ``node``'s heads (under
+    :data:`HEAD_KEYS`): a prior generator's ``strides`` must be those of every map the neck gives, an RoI
+    extractor's ``featmap_strides`` those of the first ones."""
+    for head_key in HEAD_KEYS:
+        for key, found in keyed_dicts(node.get(head_key), f'{where}.{head_key}'):
+            name = key.rsplit('.', 1)[-1]
+            if name in PRIOR_GENERATOR_KEYS and 'strides' in found:
+                setting, wanted = f'{key}.strides', list(given)
+            elif type_name(found).endswith('RoIExtractor') and 'featmap_strides' in found:
+                setting, wanted = f'{key}.featmap_strides', list(given[:len(found['featmap_strides'])])
+            else:
+                continue
+            strides = _square_strides(found[setting.rsplit('.', 1)[-1]])
+            if strides is not None and strides != wanted:
+                yield setting, strides, wanted
+
+
+def head_stride_problem(model_cfg: Any) -> Optional[str]:
+    """A detector whose heads place anchors, or pool RoIs, at other strides than the maps its neck (without one, our
+    backbone) gives, e.g. after the backbone's out_indices became (1, 2, 3): mmdet's anchor generator then ends in a
+    bare AssertionError when the number differs, and when only the strides differ training runs silently wrong
+    (anchor centres and RoIAlign's scale off the maps). Checked, for the necks :func:`neck_strides` knows: each prior
+    generator's ``strides`` (``anchor_generator`` / ``prior_generator``) and each RoI extractor's
+    ``featmap_strides``. The line names the first setting, and its ``--cfg-options`` fit all of them."""
+    from .backbones import backbone_maps
+
+    for where, node in keyed_dicts(model_cfg, 'model'):
+        backbone = node.get('backbone')
+        if not (isinstance(backbone, dict) and is_backbone(backbone)):
+            continue
+        maps = backbone_maps(type_name(backbone), backbone)
+        if maps is None or maps.strides is None:
+            continue
+        neck = node.get('neck')
+        gives = _backbone_gives(where, backbone, maps, f'strides {maps.strides}')
+        if isinstance(neck, dict):
+            given = neck_strides(neck, maps.strides)
+            gives = f'{where}.neck ({type_name(neck)}) gives maps of strides {given}, as {gives}'
+        elif neck is None:
+            given = maps.strides
+        else:
+            continue
+        if given is None:
+            continue
+        wrong = list(_stride_settings(where, node, given))
+        if wrong:
+            setting, strides, _ = wrong[0]
+            more = f' (and {len(wrong) - 1} more stride setting{"s" if len(wrong) > 2 else ""})' if len(wrong) > 1 \
+                else ''
+            fix = ' '.join(f'{key}={_numbers(wanted)}' for key, _, wanted in wrong)
+            return f'{setting} is {strides}{more}, but {gives}: set --cfg-options {fix}'
     return None

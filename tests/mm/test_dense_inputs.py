@@ -1,12 +1,15 @@
-"""The det/seg tools' check that the neck, or without one the segmentation heads, takes the maps the backbone gives. A
-config whose backbone out_indices (or width) changed while the neck's or the heads' in_channels did not ended in a
-bare AssertionError of FPN, an IndexError or a channel error of a head, after the datasets were built; now it ends in
-one line that names what the backbone gives and the --cfg-options that fit the neck or the heads to it."""
+"""The det/seg tools' check that the neck, or without one the segmentation heads, takes the maps the backbone gives,
+and that a detector's anchors and RoI extractors are set for the strides of the maps they get. A config whose backbone
+out_indices (or width) changed while the neck's or the heads' in_channels did not ended in a bare AssertionError of
+FPN, an IndexError or a channel error of a head, after the datasets were built; one whose heads kept their strides
+trained silently wrong. Now either ends in one line that names what the backbone gives and the --cfg-options that fit
+the neck or the heads to it."""
 import argparse
 import copy
 import os
 
 import pytest
+import torch
 
 from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, det_batch, loss_and_grads, require, seg_batch,
                       tiny_fpn_model_cfg, tiny_vssm_backbone)
@@ -43,6 +46,20 @@ REFUSALS = [
      "channels (layer 19), and mmdet's MM_LocalVim passes one map on bare (as SimpleFPN takes it): give "
      "model.backbone.out_indices two or more layers (and model.neck.in_channels one entry per layer), or use "
      "SimpleFPN"),
+    # the neck fitted, the heads still expect stage 0's stride-4 map first
+    ('detection', FPN_CONFIG, ['model.backbone.out_indices=(1,2,3)', 'model.neck.in_channels=[192,384,768]'],
+     'model.rpn_head.anchor_generator.strides is [4, 8, 16, 32, 64] (and 2 more stride settings), but model.neck '
+     '(FPN) gives maps of strides [8, 16, 32, 64, 128], as model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) '
+     'gives 3 maps of strides [8, 16, 32] (stages 1, 2, 3): set --cfg-options '
+     'model.rpn_head.anchor_generator.strides=[8,16,32,64,128] '
+     'model.roi_head.bbox_roi_extractor.featmap_strides=[8,16,32,64] '
+     'model.roi_head.mask_roi_extractor.featmap_strides=[8,16,32,64]'),
+    ('detection', VITDET_CONFIG, ['model.backbone.patch_size=8'],
+     'model.rpn_head.anchor_generator.strides is [4, 8, 16, 32, 64] (and 2 more stride settings), but model.neck '
+     '(SimpleFPN) gives maps of strides [2, 4, 8, 16, 32], as model.backbone (MM_LocalVim, out_indices [19]) gives 1 '
+     'map of strides [8] (layer 19): set --cfg-options model.rpn_head.anchor_generator.strides=[2,4,8,16,32] '
+     'model.roi_head.bbox_roi_extractor.featmap_strides=[2,4,8,16] '
+     'model.roi_head.mask_roi_extractor.featmap_strides=[2,4,8,16]'),
     ('segmentation', VSSM_SEG_CONFIG, ['model.backbone.out_indices=(1,2,3)'],
      f'model.decode_head (UPerHead) takes the maps in_index [0, 1, 2, 3] of in_channels [96, 192, 384, 768], but '
      f'{VSSM_GIVES}: set --cfg-options {" ".join(VSSM_SEG_FIX)}'),
@@ -62,8 +79,8 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize('task, config, options, message', REFUSALS,
-                         ids=['fpn', 'simple_fpn_maps', 'simple_fpn_width', 'fpn_bare_map', 'upernet', 'upernet_aux',
-                              'vim_upernet', 'vim_upernet_aux'])
+                         ids=['fpn', 'simple_fpn_maps', 'simple_fpn_width', 'fpn_bare_map', 'fpn_strides',
+                              'simple_fpn_strides', 'upernet', 'upernet_aux', 'vim_upernet', 'vim_upernet_aux'])
 def test_a_neck_or_head_set_for_other_maps_is_refused_in_one_line_naming_the_keys(tmp_path, capsys, task, config,
                                                                                   options, message):
     require('mmdet' if task == 'detection' else 'mmseg')
@@ -82,7 +99,7 @@ def test_a_tested_config_is_checked_too(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         launch.test_main('segmentation', [VSSM_SEG_CONFIG, 'ckpt.pth', '--work-dir', str(tmp_path / 'work'),
                                           '--cfg-options', 'model.backbone.out_indices=(1,2,3)'])
-    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {REFUSALS[4][3]}')
+    assert (exit_info.value.code, capsys.readouterr().err.splitlines()[-1]) == (2, f'error: {REFUSALS[6][3]}')
 
 
 def test_the_configs_as_shipped_pass_the_check():
@@ -97,6 +114,7 @@ def test_the_configs_as_shipped_pass_the_check():
         if run_inputs.is_backbone(backbone):
             assert backbone_maps(run_inputs.type_name(backbone), backbone) is not None, path
             assert run_inputs.neck_input_problem(model) is None, path
+            assert run_inputs.head_stride_problem(model) is None, path
             checked.append(os.path.basename(path))
     assert len(checked) == len(DET_CONFIGS) + len(SEG_CONFIGS) - 1     # all but the LSJ base
 
@@ -111,13 +129,25 @@ def _apply_advice(cfg, problem: str) -> None:
                         .cfg_options)
 
 
+def _problem(model) -> str | None:
+    """The line the tools stop on for ``model``, as launch checks it."""
+    return run_inputs.neck_input_problem(model) or run_inputs.head_stride_problem(model)
+
+
 def _follow_advice(cfg) -> list:
-    """Apply the check's advice to ``cfg`` until it has none; the problems met, in order."""
+    """Apply the checks' advice to ``cfg`` until they have none; the problems met, in order."""
     problems = []
-    while run_inputs.neck_input_problem(cfg.model) and len(problems) < 4:
-        problems.append(run_inputs.neck_input_problem(cfg.model))
+    while _problem(cfg.model) and len(problems) < 4:
+        problems.append(_problem(cfg.model))
         _apply_advice(cfg, problems[-1])
     return problems
+
+
+def _measured_strides(maps, image_hw) -> list:
+    """The stride of each NCHW map of an ``image_hw`` input (its height over the map's), asserted square."""
+    strides = [(image_hw[0] / m.shape[-2], image_hw[1] / m.shape[-1]) for m in maps]
+    assert all(h == w for h, w in strides), strides
+    return [h for h, _ in strides]
 
 
 def test_the_advised_options_make_an_upernet_that_trains():
@@ -153,10 +183,21 @@ def test_the_advised_options_make_a_mask_rcnn_fpn_that_trains():
     _, model = tiny_fpn_model_cfg()
     model['backbone']['out_indices'] = (1, 2, 3)
     cfg = Config(dict(model=model))
-    assert [p.split(': set ')[1] for p in _follow_advice(cfg)] == ['--cfg-options model.neck.in_channels=[32,64,128]']
+    assert [p.split(': set ')[1] for p in _follow_advice(cfg)] == [
+        '--cfg-options model.neck.in_channels=[32,64,128]',
+        '--cfg-options model.rpn_head.anchor_generator.strides=[8,16,32,64,128] '
+        'model.roi_head.bbox_roi_extractor.featmap_strides=[8,16,32,64] '
+        'model.roi_head.mask_roi_extractor.featmap_strides=[8,16,32,64]']
     init_default_scope('mmdet')
-    loss = loss_and_grads(MODELS.build(cfg.model), det_batch())
+    detector = MODELS.build(cfg.model)
+    loss = loss_and_grads(detector, det_batch())
     assert loss.isfinite() and loss > 0
+    # the advised strides are those of the maps the neck gives
+    with torch.no_grad():
+        maps = detector.extract_feat(torch.zeros(1, 3, 128, 256))
+    assert _measured_strides(maps, (128, 256)) == [8, 16, 32, 64, 128]
+    assert detector.rpn_head.prior_generator.strides == [(s, s) for s in (8, 16, 32, 64, 128)]
+    assert detector.roi_head.bbox_roi_extractor.featmap_strides == [8, 16, 32, 64]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -215,8 +256,119 @@ def test_settings_the_backbone_refuses_are_left_to_it():
 
 
 def test_the_maps_follow_the_constructors_defaults_and_negative_indices():
-    assert backbone_maps('MM_LocalVSSM', {}) == ([0, 1, 2, 3], [96, 192, 384, 768], 'stage')
+    assert backbone_maps('MM_LocalVSSM', {}) == ([0, 1, 2, 3], [96, 192, 384, 768], 'stage', [4, 8, 16, 32])
     assert backbone_maps('MM_LocalVSSM', dict(dims=[8, 9, 10], depths=[1, 1, 1], out_indices=-1)) == (
-        [2], [10], 'stage')
-    assert backbone_maps('MM_LocalVim', dict(out_indices=[-1, 0])) == ([0, 19], [192, 192], 'layer')
+        [2], [10], 'stage', [16])
+    assert backbone_maps('MM_LocalVim', dict(out_indices=[-1, 0])) == ([0, 19], [192, 192], 'layer', [16, 16])
     assert backbone_maps('MM_LocalVim', dict(embed_dim=64, depth=4)) is None    # default out_indices past depth
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The strides of the maps the necks give, and the heads' stride settings
+
+NECKS = [   # (neck config, input map strides, the output strides neck_strides gives)
+    (dict(type='FPN', in_channels=[4, 8, 16, 32], out_channels=8, num_outs=5), [4, 8, 16, 32],
+     [4, 8, 16, 32, 64]),
+    (dict(type='FPN', in_channels=[4, 8, 16, 32], out_channels=8, start_level=1, add_extra_convs='on_input',
+          num_outs=5), [4, 8, 16, 32], [8, 16, 32, 64, 128]),     # RetinaNet's
+    (dict(type='FPN', in_channels=[4, 8, 16, 32], out_channels=8, start_level=1, end_level=2, num_outs=2),
+     [4, 8, 16, 32], [8, 16]),
+    (dict(type='PAFPN', in_channels=[8, 16, 32], out_channels=8, num_outs=4), [8, 16, 32], [8, 16, 32, 64]),
+    (dict(type='ChannelMapper', in_channels=[8, 16, 32], out_channels=8, num_outs=4), [8, 16, 32],
+     [8, 16, 32, 64]),
+    (dict(type='ChannelMapper', in_channels=[8, 16], out_channels=8), [16, 16], [16, 16]),
+    (dict(type='SimpleFPN', backbone_channel=16, in_channels=[4, 8, 16, 16], out_channels=8, num_outs=5,
+          norm_cfg=dict(type='LN2d')), [16],
+     [4, 8, 16, 32, 64]),
+]
+
+
+@pytest.mark.parametrize('neck, strides, expected', NECKS,
+                         ids=['fpn', 'fpn_start_level', 'fpn_end_level', 'pafpn', 'channel_mapper_extra',
+                              'channel_mapper', 'simple_fpn'])
+def test_neck_strides_are_those_of_the_maps_mmdets_necks_give(neck, strides, expected):
+    require('mmdet')
+    import detection.local_mamba  # noqa: F401  (SimpleFPN)
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    assert run_inputs.neck_strides(neck, strides) == expected
+    init_default_scope('mmdet')
+    built = MODELS.build(copy.deepcopy(neck)).eval()
+    image_hw = (256, 512)
+    widths = [neck['backbone_channel']] if neck['type'] == 'SimpleFPN' else neck['in_channels']
+    inputs = [torch.zeros(1, c, image_hw[0] // s, image_hw[1] // s) for c, s in zip(widths, strides)]
+    with torch.no_grad():
+        maps = built(inputs[0] if neck['type'] == 'SimpleFPN' else inputs)
+    assert _measured_strides(maps, image_hw) == expected
+
+
+def test_necks_and_settings_not_known_are_left_alone():
+    fpn = dict(type='FPN', in_channels=[4, 8], num_outs=5)
+    assert run_inputs.neck_strides(dict(fpn, num_outs=1), [4, 8]) is None       # FPN refuses fewer outputs
+    assert run_inputs.neck_strides(dict(fpn, start_level=2), [4, 8]) is None
+    assert run_inputs.neck_strides(dict(fpn, num_outs=None), [4, 8]) is None
+    assert run_inputs.neck_strides(dict(type='YOLOV3Neck', num_scales=2), [4, 8]) is None
+    assert run_inputs.neck_strides(dict(type='SimpleFPN', num_outs=4), [14]) is None     # not a multiple of 4
+
+
+def _detector(strides, **settings) -> dict:
+    """A two-stage detector's config tree: our backbone, an FPN, an RPN anchor generator and RoI extractors."""
+    extractor = dict(type='SingleRoIExtractor', featmap_strides=strides[:4])
+    model = dict(backbone=dict(VSSM, out_indices=(0, 1, 2, 3)),
+                 neck=dict(type='FPN', in_channels=[8, 16, 32, 64], num_outs=5),
+                 rpn_head=dict(type='RPNHead', anchor_generator=dict(type='AnchorGenerator', strides=strides)),
+                 roi_head=dict(type='CascadeRoIHead', bbox_roi_extractor=[dict(extractor), dict(extractor)],
+                               mask_roi_extractor=dict(extractor)))
+    model.update(settings)
+    return model
+
+
+def test_each_stride_setting_of_the_heads_is_checked_and_fitted():
+    fits = [4, 8, 16, 32, 64]
+    assert run_inputs.head_stride_problem(_detector(fits)) is None
+    assert run_inputs.head_stride_problem(_detector([(s, s) for s in fits])) is None     # mmdet's (w, h) form
+    model = _detector(fits)
+    model['roi_head']['bbox_roi_extractor'][1]['featmap_strides'] = [4, 8, 16, 16]
+    assert run_inputs.head_stride_problem(model) == (
+        'model.roi_head.bbox_roi_extractor.1.featmap_strides is [4, 8, 16, 16], but model.neck (FPN) gives maps of '
+        'strides [4, 8, 16, 32, 64], as model.backbone (MM_LocalVSSM, out_indices (0, 1, 2, 3)) gives 4 maps of '
+        'strides [4, 8, 16, 32] (stages 0, 1, 2, 3): set --cfg-options '
+        'model.roi_head.bbox_roi_extractor.1.featmap_strides=[4,8,16,32]')
+    model = _detector([4, 8, 16, 32])   # a level short: mmdet's anchor generator asserts on it
+    assert run_inputs.head_stride_problem(model).startswith(
+        'model.rpn_head.anchor_generator.strides is [4, 8, 16, 32], but ')
+    model['backbone']['patch_size'] = 2
+    assert run_inputs.head_stride_problem(model).endswith(
+        'set --cfg-options model.rpn_head.anchor_generator.strides=[2,4,8,16,32] '
+        'model.roi_head.bbox_roi_extractor.0.featmap_strides=[2,4,8,16] '
+        'model.roi_head.bbox_roi_extractor.1.featmap_strides=[2,4,8,16] '
+        'model.roi_head.mask_roi_extractor.featmap_strides=[2,4,8,16]')
+
+
+def test_a_single_stage_prior_generator_and_a_detector_without_a_neck():
+    retina = dict(backbone=dict(VSSM, out_indices=(1, 2, 3)),
+                  neck=dict(type='FPN', in_channels=[16, 32, 64], start_level=1, num_outs=5),
+                  bbox_head=dict(type='FCOSHead', prior_generator=dict(type='MlvlPointGenerator',
+                                                                       strides=[8, 16, 32, 64, 128])))
+    assert run_inputs.head_stride_problem(retina) == (
+        'model.bbox_head.prior_generator.strides is [8, 16, 32, 64, 128], but model.neck (FPN) gives maps of strides '
+        '[16, 32, 64, 128, 256], as model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of strides '
+        '[8, 16, 32] (stages 1, 2, 3): set --cfg-options model.bbox_head.prior_generator.strides=[16,32,64,128,256]')
+    bare = dict(backbone=dict(VSSM, out_indices=(2, 3)), neck=None,
+                rpn_head=dict(anchor_generator=dict(type='AnchorGenerator', strides=[16, 32])))
+    assert run_inputs.head_stride_problem(bare) is None
+    bare['rpn_head']['anchor_generator']['strides'] = [16, 16]
+    assert run_inputs.head_stride_problem(bare).endswith(
+        'set --cfg-options model.rpn_head.anchor_generator.strides=[16,32]')
+    bare['rpn_head']['anchor_generator']['strides'] = [(16, 8), (32, 16)]    # not square: left to mmdet
+    assert run_inputs.head_stride_problem(bare) is None
+    unknown = dict(_detector([8, 16]), neck=dict(type='YOLOV3Neck', in_channels=[64, 32, 16]))
+    assert run_inputs.head_stride_problem(unknown) is None
+
+
+def test_the_backbone_strides_follow_its_patch_size():
+    assert backbone_maps('MM_LocalVSSM', dict(out_indices=(1, 3))).strides == [8, 32]
+    assert backbone_maps('MM_LocalVSSM', dict(patch_size=2)).strides == [2, 4, 8, 16]
+    assert backbone_maps('MM_LocalVim', dict(out_indices=[4, 19])).strides == [16, 16]
+    assert backbone_maps('MM_LocalVim', dict(out_indices=[19], patch_size=(16, 16))).strides is None
