@@ -363,6 +363,12 @@ def test_a_single_stage_prior_generator_and_a_detector_without_a_neck():
         'set --cfg-options model.rpn_head.anchor_generator.strides=[16,32]')
     bare['rpn_head']['anchor_generator']['strides'] = [(16, 8), (32, 16)]    # not square: left to mmdet
     assert run_inputs.head_stride_problem(bare) is None
+    fcos = dict(retina, bbox_head=dict(type='mmdet.FCOSHead', strides=[8, 16, 32, 64, 128]))
+    assert run_inputs.head_stride_problem(fcos).endswith('set --cfg-options model.bbox_head.strides=[16,32,64,128,256]')
+    reppoints = dict(retina, bbox_head=dict(type='RepPointsHead', point_strides=[16, 32, 64, 128, 256]))
+    assert run_inputs.head_stride_problem(reppoints) is None
+    solo = dict(retina, bbox_head=None, mask_head=dict(type='SOLOHead', strides=[8, 8, 16, 32, 32]))
+    assert run_inputs.head_stride_problem(solo) is None    # scale ranges of its grids, not map strides
     unknown = dict(_detector([8, 16]), neck=dict(type='YOLOV3Neck', in_channels=[64, 32, 16]))
     assert run_inputs.head_stride_problem(unknown) is None
 
