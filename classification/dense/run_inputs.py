@@ -351,10 +351,12 @@ def neck_strides(neck: dict, strides: Sequence[int]) -> Optional[list[int]]:
 # Keys under a detector whose subtrees hold the settings of where its heads read the neck's maps.
 HEAD_KEYS = ('rpn_head', 'bbox_head', 'roi_head')
 PRIOR_GENERATOR_KEYS = ('anchor_generator', 'prior_generator')
+# RoI extractors that pool from the neck's first maps (HTC's semantic_roi_extractor pools from its semantic head's).
+ROI_EXTRACTOR_KEYS = ('bbox_roi_extractor', 'mask_roi_extractor', 'grid_roi_extractor')
 # mmdet's anchor-free heads that build their point generator from a strides setting of their own, and its key.
 POINT_HEAD_STRIDES = dict(FCOSHead='strides', AutoAssignHead='strides', CenterNetUpdateHead='strides',
-                          CondInstBboxHead='strides', FoveaHead='strides', NASFCOSHead='strides', VFNetHead='strides',
-                          RepPointsHead='point_strides')
+                          CondInstBboxHead='strides', BoxInstBboxHead='strides', FoveaHead='strides',
+                          NASFCOSHead='strides', VFNetHead='strides', RepPointsHead='point_strides')
 
 
 def _square_strides(value: Any) -> Optional[list[int]]:
@@ -368,15 +370,16 @@ def _square_strides(value: Any) -> Optional[list[int]]:
 def _stride_settings(where: str, node: dict, given: Sequence[int]) -> Iterator[tuple[str, list[int], list[int]]]:
     """(key, strides as set, strides that fit) of every stride setting of the detector ``node``'s heads (under
     :data:`HEAD_KEYS`): a prior generator's ``strides`` and an anchor-free head's (:data:`POINT_HEAD_STRIDES`) must
-    be those of every map the neck gives, an RoI extractor's ``featmap_strides`` those of the first ones."""
+    be those of every map the neck gives, the ``featmap_strides`` of an RoI extractor of :data:`ROI_EXTRACTOR_KEYS`
+    those of the first ones."""
     for head_key in HEAD_KEYS:
         for key, found in keyed_dicts(node.get(head_key), f'{where}.{head_key}'):
-            kind = type_name(found)
-            if key.rsplit('.', 1)[-1] in PRIOR_GENERATOR_KEYS:
+            kind, setting = type_name(found), [part for part in key.split('.') if not part.isdigit()][-1]
+            if setting in PRIOR_GENERATOR_KEYS or setting.endswith('_anchor_generator'):   # guided anchoring's
                 name, wanted = 'strides', list(given)
             elif kind in POINT_HEAD_STRIDES:
                 name, wanted = POINT_HEAD_STRIDES[kind], list(given)
-            elif kind.endswith('RoIExtractor'):
+            elif setting in ROI_EXTRACTOR_KEYS:
                 name = 'featmap_strides'
                 wanted = list(given[:len(found[name])]) if isinstance(found.get(name), (list, tuple)) else []
             else:
@@ -391,9 +394,10 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
     backbone) gives, e.g. after the backbone's out_indices became (1, 2, 3): mmdet's anchor generator then ends in a
     bare AssertionError when the number differs, and when only the strides differ training runs silently wrong
     (anchor centres and RoIAlign's scale off the maps). Checked, for the necks :func:`neck_strides` knows: each prior
-    generator's ``strides`` (``anchor_generator`` / ``prior_generator``), those of the anchor-free heads of
-    :data:`POINT_HEAD_STRIDES`, and each RoI extractor's ``featmap_strides``. The line names the first setting, and
-    its ``--cfg-options`` fit all of them."""
+    generator's ``strides`` (``anchor_generator`` / ``prior_generator`` / ``*_anchor_generator``), those of the
+    anchor-free heads of :data:`POINT_HEAD_STRIDES`, and the ``featmap_strides`` of the RoI extractors of
+    :data:`ROI_EXTRACTOR_KEYS`; strides that are not ints (YOLACT's), or not in the config (a head's defaults),
+    are left alone. The line names the first setting, and its ``--cfg-options`` fit all of them."""
     from .backbones import backbone_maps
 
     for where, node in keyed_dicts(model_cfg, 'model'):

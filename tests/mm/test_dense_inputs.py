@@ -335,6 +335,9 @@ def test_each_stride_setting_of_the_heads_is_checked_and_fitted():
         'strides [4, 8, 16, 32, 64], as model.backbone (MM_LocalVSSM, out_indices (0, 1, 2, 3)) gives 4 maps of '
         'strides [4, 8, 16, 32] (stages 0, 1, 2, 3): set --cfg-options '
         'model.roi_head.bbox_roi_extractor.1.featmap_strides=[4,8,16,32]')
+    htc = _detector(fits)   # HTC's semantic RoIs are pooled from its semantic head's stride-8 map
+    htc['roi_head']['semantic_roi_extractor'] = dict(type='SingleRoIExtractor', featmap_strides=[8])
+    assert run_inputs.head_stride_problem(htc) is None
     model = _detector([4, 8, 16, 32])   # a level short: mmdet's anchor generator asserts on it
     assert run_inputs.head_stride_problem(model).startswith(
         'model.rpn_head.anchor_generator.strides is [4, 8, 16, 32], but ')
@@ -378,3 +381,45 @@ def test_the_backbone_strides_follow_its_patch_size():
     assert backbone_maps('MM_LocalVSSM', dict(patch_size=2)).strides == [2, 4, 8, 16]
     assert backbone_maps('MM_LocalVim', dict(out_indices=[4, 19])).strides == [16, 16]
     assert backbone_maps('MM_LocalVim', dict(out_indices=[19], patch_size=(16, 16))).strides is None
+
+
+MMDET_DETECTORS = [   # mmdet's own configs of ResNet + FPN / ChannelMapper detectors, and the heads' stride keys
+    ('retinanet/retinanet_r50_fpn_1x_coco.py', ['model.bbox_head.anchor_generator.strides']),
+    ('fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', ['model.bbox_head.strides']),
+    ('guided_anchoring/ga-retinanet_r50_fpn_1x_coco.py',
+     ['model.bbox_head.approx_anchor_generator.strides', 'model.bbox_head.square_anchor_generator.strides']),
+    ('htc/htc_r50_fpn_1x_coco.py', ['model.rpn_head.anchor_generator.strides',
+                                    'model.roi_head.bbox_roi_extractor.featmap_strides',
+                                    'model.roi_head.mask_roi_extractor.featmap_strides']),
+    ('reppoints/reppoints-moment_r50_fpn_1x_coco.py', ['model.bbox_head.point_strides']),
+    ('vfnet/vfnet_r50_fpn_1x_coco.py', ['model.bbox_head.strides']),
+    ('grid_rcnn/grid-rcnn_r50_fpn_gn-head_2x_coco.py',
+     ['model.rpn_head.anchor_generator.strides', 'model.roi_head.bbox_roi_extractor.featmap_strides',
+      'model.roi_head.grid_roi_extractor.featmap_strides']),
+    ('sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py', ['model.roi_head.bbox_roi_extractor.featmap_strides']),
+    ('yolact/yolact_r50_1xb8-55e_coco.py', []),     # its anchor strides are not ints (550 / 69, ...): left alone
+    ('detr/detr_r50_8xb2-150e_coco.py', []),        # no strides
+]
+
+
+@pytest.mark.parametrize('config, keys', MMDET_DETECTORS, ids=[c.split('/')[0] for c, _ in MMDET_DETECTORS])
+def test_mmdets_own_detectors_pass_on_maps_of_their_strides_and_are_fitted_on_others(config, keys):
+    """ResNet swapped for LocalVMamba, whose stages have ResNet's strides (4 .. 32) with 4-pixel patches: no line;
+    with 8-pixel patches every stride doubles: the line's --cfg-options name exactly the heads' stride settings."""
+    require('mmdet')
+    import mmdet
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', config))
+    resnet = cfg.model['backbone']
+    assert run_inputs.type_name(resnet) == 'ResNet' and 'strides' not in resnet
+    cfg.model['backbone'] = dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1),
+                                 out_indices=tuple(resnet.get('out_indices', (0, 1, 2, 3))))
+    assert run_inputs.head_stride_problem(cfg.model) is None
+    cfg.model['backbone']['patch_size'] = 8
+    problem = run_inputs.head_stride_problem(cfg.model)
+    fixed = [item.split('=')[0] for item in problem.split('set --cfg-options ')[1].split()] if problem else []
+    assert fixed == keys
+    if problem:
+        _apply_advice(cfg, problem)
+        assert run_inputs.head_stride_problem(cfg.model) is None
