@@ -206,6 +206,30 @@ def check_conv_across_time_blocks():
     print("ok conv1d across three time blocks of 4 steps (W=4 and W=7)")
 
 
+def check_conv_reads_only_its_window():
+    """Width 3, whose taps the kernel pads to 4 (masked twice: the weight's load and the input's): an inf in x at
+    step 5 of one channel makes the outputs NaN / inf from step 5 on only, as on the reference (the padded tap reads
+    x one step ahead: it must never be multiplied in), and a weight whose storage continues with NaN (a view into a
+    larger buffer, as a flat parameter buffer gives) leaves every output finite (the padded tap must not load past
+    the weight's last row)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 9, generator=g)
+    x[1, 2, 5] = float("inf")
+    storage = torch.full((5 * 3 + 4,), float("nan"))
+    storage[:15] = torch.randn(15, generator=g)
+    weight = storage[:15].view(5, 3)
+    bias = torch.randn(5, generator=g)
+    for activation in (None, "silu"):
+        out = causal_conv1d_fn(x, weight, bias, activation)
+        expected = causal_conv1d_ref(x, weight, bias, activation)
+        finite = expected.isfinite()
+        if not torch.equal(out.isfinite(), finite) or finite.sum() != out.numel() - 3:
+            sys.exit(f"conv W=3, act={activation}, inf in x at step 5: non-finite outputs at "
+                     f"{(~out.isfinite()).nonzero().tolist()}, the reference's at {(~finite).nonzero().tolist()}")
+        close(f"conv W=3, act={activation}, inf in x at step 5", out[finite], expected[finite], 1e-5)
+    print("ok conv1d reads only its causal window and its weight (W=3, padded taps)")
+
+
 def check_empty_batch():
     """A batch of 0 gives empty outputs and zero gradients, as the references do (the conv and attention-merge
     wrappers indexed the batch's first element to size their launches, an IndexError)."""
@@ -307,6 +331,7 @@ def main():
     check_conv(3, None, False)
     check_conv(2, "silu", False, dtype=torch.bfloat16)
     check_conv_across_time_blocks()
+    check_conv_reads_only_its_window()
     check_empty_batch()
     check_split_batch_under_other_half_autocast()
     check_split_batch_sums_shared_gradients_in_fp32()
