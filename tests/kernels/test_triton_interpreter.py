@@ -97,7 +97,7 @@ def test_attention_merge_grids_fit_cuda_limits(shape, monkeypatch):
 
 def test_attention_merge_kernels_get_the_eps_they_are_given(monkeypatch):
     """The LayerNorm eps reaches both kernels that normalise rows (the forward's token means and the backward's input
-    gradient), not a default: the interpreter checks run at the default eps only."""
+    gradient), not a default (triton_multi_scan_checks.py runs one case at eps 0.5: the kernels' use of it)."""
     from localmamba_ssm.ops.triton import attention_merge_triton as merge
 
     floats = {}

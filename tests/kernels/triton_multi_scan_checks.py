@@ -155,7 +155,8 @@ def check_scan_dt_extremes():
     print("ok multi_scan_inner dt extremes (conv and token-major)")
 
 
-def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False):
+def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False, eps=1e-5):
+    """``eps``: the LayerNorm's, given to both ops (a kernel that ignored it for 1e-5 passed every case at 1e-5)."""
     g = torch.Generator().manual_seed(3)
     reduced = max(1, channels // 4)
 
@@ -170,7 +171,8 @@ def check_merge(label, batch, num_dirs, num_tokens, channels, dtype, split=False
     label = f"attention_merge {label}" + (", split" if split else "")
 
     def check():
-        compare(label, lambda: attention_merge_fn(*args), lambda: attention_merge_ref(*args), p, dtype)
+        compare(label, lambda: attention_merge_fn(*args, eps=eps), lambda: attention_merge_ref(*args, eps=eps), p,
+                dtype)
 
     if split:
         split_batch(label, check, attention_merge_triton)
@@ -396,6 +398,7 @@ def main():
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32)
     check_merge("B=2 K=3 T=11 E=13, fp32", 2, 3, 11, 13, torch.float32, split=True)
     check_merge("B=2 K=2 T=9 E=10, bf16", 2, 2, 9, 10, torch.bfloat16)
+    check_merge("B=1 K=2 T=6 E=5, eps 0.5, fp32", 1, 2, 6, 5, torch.float32, eps=0.5)
     check_merge_backward_under_autocast()
     check_second_derivatives_refused(('multi_scan_inner conv', 'multi_scan_inner token-major', 'attention_merge',
                                       'multi_scan_attention_merge'))
