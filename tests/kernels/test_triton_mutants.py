@@ -31,6 +31,17 @@ class _FlagRecorder:
         return launch
 
 
+class _GridRecorder:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` appends ``grid`` to ``grids`` and runs nothing."""
+
+    def __init__(self, grids):
+        self.grids = grids
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
 def _record_flags(monkeypatch, module, kernels, run, deterministic):
     """The (kernel, flag value) of every launch of ``kernels`` ({name: flag keyword or None}) while ``run()`` runs."""
     seen = []
@@ -90,15 +101,9 @@ def test_multi_scan_grids_fit_cuda_limits(monkeypatch):
     from localmamba_ssm.ops.triton import multi_scan_triton as scan
 
     grids = []
-
-    class GridRecorder:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return lambda *args, **kwargs: None
-
     for name in ("_conv_fwd_kernel", "_conv_bwd_pre_kernel", "_conv_bwd_x_kernel", "_scan_fwd_kernel",
                  "_scan_bwd_kernel"):
-        monkeypatch.setattr(scan, name, GridRecorder())
+        monkeypatch.setattr(scan, name, _GridRecorder(grids))
     index = torch.tensor([[0], [0]])
     tokens = torch.zeros(MAX_GRID_AXIS // 2 + 1, 1, 2, requires_grad=True)
     params = [torch.zeros(shape, requires_grad=True) for shape in ((2, 3, 1), (2, 1, 1), (2, 1), (2, 1, 1), (2, 1))]
@@ -116,14 +121,8 @@ def test_selective_scan_grids_fit_cuda_limits(monkeypatch):
     from localmamba_ssm.ops.triton import selective_scan_triton as scan
 
     grids = []
-
-    class GridRecorder:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return lambda *args, **kwargs: None
-
     for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
-        monkeypatch.setattr(scan, name, GridRecorder())
+        monkeypatch.setattr(scan, name, _GridRecorder(grids))
     u, delta = (torch.zeros(MAX_GRID_AXIS + 1, 1, 1, requires_grad=True) for _ in range(2))
     A, B, C = (torch.zeros(1, 1, requires_grad=True) for _ in range(3))
     scan.selective_scan_triton(u, delta, A, B, C).sum().backward()
