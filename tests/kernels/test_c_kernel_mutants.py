@@ -1,0 +1,51 @@
+"""Cases that pin details of the C kernels a mutation audit found the other kernel tests let through: the clamps of
+vector_math.h's exp at the ends of their documented ranges, and (below) paths that only some shapes reach. Each
+test runs the C kernels built for every instruction set this CPU has, against float64 formulas or the reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from localmamba_kernel_runtime import ckernel
+from localmamba_ssm import selective_scan_fn
+
+needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
+
+
+def first_state_only(dim: int) -> torch.Tensor:
+    """B = C with only state 0 set to 1: the scan's output is that state alone."""
+    bc = torch.zeros(dim, 8)
+    bc[:, 0] = 1.0
+    return bc
+
+
+@needs_compiler
+@pytest.mark.parametrize("softplus", [False, True])
+def test_decays_are_accurate_out_to_the_ends_of_exps_range(cpu_isa, softplus):
+    """The decay exp(dt A) for dt A from -86 to 87.5 (e^-86 and e^87.5 are normal floats; exp's clamps are at -88
+    and 88, exp2_8's at 2^-126 and 2^127), read off as the ratio of a scan's two steps (the second with u = 0), to
+    1e-4 (the kernel's own error there is below 4e-6, the fp32 rounding of dt A included). Positive dt A takes the
+    general decay path, non-positive ones with softplus the path that clamps only below. A clamp moved inward
+    (exp2_8's upper one to 1000, its lower one to -900, exp's lower one to -80) is off by a factor of 1.4 or more."""
+    x = torch.tensor([-86.0, -80.0, -60.0, -20.0, -1.0, 0.0, 1.0, 20.0, 60.0, 80.0, 87.5])
+    dim = x.numel()
+    delta = torch.full((1, dim, 2), 20.0)
+    dt = F.softplus(delta[0, :, 0].double()) if softplus else delta[0, :, 0].double()
+    A = (x.double() / dt).float()[:, None].expand(dim, 8).contiguous()
+    u = torch.zeros(1, dim, 2)
+    u[0, :, 0] = torch.where(x > 40, 1e-30, 1.0)  # the first step's state small where the decay is huge
+    bc = first_state_only(dim)
+    y = selective_scan_fn(u, delta, A, bc, bc, delta_softplus=softplus).double()
+    expected = torch.exp(dt * A[:, 0].double())
+    assert ((y[0, :, 1] / y[0, :, 0] - expected).abs() / expected).max() < 1e-4
+
+
+@needs_compiler
+def test_softplus_of_large_negative_inputs_is_accurate(cpu_isa):
+    """softplus(x) = e^x (a normal float down to x = -86) for x from -86 to -15, from one scan step with u, B, C = 1,
+    to 1e-6 relative (the kernel's error is below 1e-7): exp's lower clamp moved to -80 gives e^-80 there."""
+    delta = torch.linspace(-86.0, -15.0, 72).reshape(1, -1, 1)
+    dim = delta.shape[1]
+    bc = first_state_only(dim)
+    y = selective_scan_fn(torch.ones(1, dim, 1), delta, -torch.ones(dim, 8), bc, bc, delta_softplus=True).double()
+    expected = F.softplus(delta.double())
+    assert ((y - expected).abs() / expected).max() < 1e-6
