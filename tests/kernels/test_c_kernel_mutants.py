@@ -1,6 +1,10 @@
 """Cases that pin details of the C kernels a mutation audit found the other kernel tests let through: the clamps of
 vector_math.h's exp at the ends of their documented ranges, and (below) paths that only some shapes reach. Each
 test runs the C kernels built for every instruction set this CPU has, against float64 formulas or the reference."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,3 +53,34 @@ def test_softplus_of_large_negative_inputs_is_accurate(cpu_isa):
     y = selective_scan_fn(torch.ones(1, dim, 1), delta, -torch.ones(dim, 8), bc, bc, delta_softplus=True).double()
     expected = F.softplus(delta.double())
     assert ((y - expected).abs() / expected).max() < 1e-6
+
+
+FIRST_TASK_OUT_OF_MEMORY = r"""
+from localmamba_kernel_runtime import task_runner
+from localmamba_ssm.ops.cpu import selective_scan_cpu
+
+fn = selective_scan_cpu.load_kernel().selective_scan_fwd
+small = selective_scan_cpu.SelectiveScanArgs(batch=1, dim=16, seqlen=16, nstate=16, softplus=1)
+huge = selective_scan_cpu.SelectiveScanArgs(batch=1, dim=16, seqlen=2**52, nstate=16, softplus=1)
+if not task_runner.uses_openmp(fn):
+    print("no openmp")
+else:
+    try:
+        task_runner.run_parallel(fn, [huge, small, small], 0)
+        print("no error")
+    except task_runner.KernelOutOfMemoryError:
+        print("raised")
+"""
+
+
+@needs_compiler
+def test_a_failed_task_is_reported_when_openmp_runs_several_tasks_on_one_thread():
+    """lm_run_tasks ORs every task's status: with OMP_THREAD_LIMIT=1 one thread runs all three tasks, and the first
+    one's failed allocation must still raise (a status overwritten by the later tasks' LM_OK raised nothing)."""
+    env = dict(os.environ, OMP_THREAD_LIMIT="1", LOCALMAMBA_CPU_KERNEL="require")
+    result = subprocess.run([sys.executable, "-c", FIRST_TASK_OUT_OF_MEMORY], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    if result.stdout.strip() == "no openmp":
+        pytest.skip("the kernels are built without OpenMP here (tasks run on a thread pool)")
+    assert result.stdout.strip() == "raised"
