@@ -100,7 +100,7 @@ def scan_with_grads(fn, inputs):
 @pytest.mark.parametrize("seqlen", [7, 15, 31])
 def test_scan_backward_at_lengths_one_short_of_a_vector(cpu_isa, seqlen):
     """Sequences whose last vector of steps holds VW - 1 of them (7 and 15 with 8 lanes, 15 and 31 with 16; the
-    other kernel tests use lengths of 5 mod 8): the element-wise pass must store that tail part by part. A whole
+    other kernel tests reach no such tail): the element-wise pass must store that tail part by part. A whole
     vector stored there ran one float past each of its per-step buffers into the next one's first step, and the
     backward's softplus derivative, gate and sigmoid(z) of step 0 went wrong (dz off by up to 3.8) while every other
     kernel test passed."""
