@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel
 from localmamba_ssm import selective_scan_fn, selective_scan_ref
+from test_multi_scan_inner import make_problem
 
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
 
@@ -116,3 +117,28 @@ def test_scan_backward_at_lengths_one_short_of_a_vector(cpu_isa, seqlen):
     names = ("out", "u", "delta", "A", "B", "C", "D", "z", "delta_bias")
     for name, a, e in zip(names, actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@needs_compiler
+def test_the_projection_gradient_past_the_last_token_is_zero(cpu_isa):
+    """With a conv, the x_proj weight gradient is dxdbl^T u over every position, and dxdbl (K, Bt, L, R + 2N) comes
+    from a fresh buffer: past a direction's last real token the backward must write 0 there, not leave the memory,
+    which may hold NaN (times u's zeros: NaN). Eight blocks of its size filled with NaN are freed just before each
+    call, so that the allocator is likely to hand one back for dxdbl; without that store the weight gradient came
+    back NaN."""
+    p = make_problem(batch=2, num_tokens=11, length=14, num_dirs=2, inner=12)
+    index = torch.full((2, 14), 11)
+    index[0, :11] = torch.arange(11)            # three padding positions at the end
+    index[1, 3:] = torch.arange(10, -1, -1)     # the padding first: none at the end
+    args = [p["tokens"], index, p["conv_weight"].flatten(2), p["conv_bias"], p["x_proj_weight"], p["dt_proj_weight"],
+            p["dt_proj_bias"], p["A_log"], p["D"]]
+    args = [a.detach().contiguous() for a in args]
+    y, u, xdbl, ckpt = torch.ops.localmamba.multi_scan_cpu_fwd(*args, True, True)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for fill in (0.0, float("nan"), float("nan")):
+        blocks = [torch.full(xdbl.shape, fill) for _ in range(8)]
+        del blocks
+        grads.append(torch.ops.localmamba.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, ckpt)[3])
+    assert grads[0].isfinite().all()
+    assert torch.equal(grads[1], grads[0]) and torch.equal(grads[2], grads[0])
