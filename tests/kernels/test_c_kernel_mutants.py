@@ -163,3 +163,27 @@ def test_multi_scan_backward_recomputes_the_state_before_a_last_chunk_of_one_ste
     recomputed = op.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, ckpt.new_empty(0))
     for got, want in zip(recomputed, saved):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@needs_compiler
+@pytest.mark.parametrize("conv", [True, False])
+def test_the_token_gradient_overwrites_a_fresh_buffer(cpu_isa, conv):
+    """With token rows of exactly [x | z] (2E channels, as the models' in_proj gives them) the backward's token
+    gradient dsrc comes from a fresh buffer, which the first direction must overwrite (the others add to it), both
+    the x channels (the conv's backward, or the scan's) and the z channels (the gate's). The other tests' token rows
+    carry one more channel, which gives a zeroed buffer, where adding from the first direction on passed too. Eight
+    blocks of its size filled with NaN are freed before each call so that the allocator likely hands one back."""
+    p = make_problem(batch=2, num_tokens=11, length=14, num_dirs=2, inner=12, conv=conv)
+    tokens = p["tokens"][..., :24]
+    args = [tokens, p["index"], p["conv_weight"].flatten(2) if conv else None, p["conv_bias"], p["x_proj_weight"],
+            p["dt_proj_weight"], p["dt_proj_bias"], p["A_log"], p["D"]]
+    args = [None if a is None else a.detach().contiguous() for a in args]
+    y, u, xdbl, ckpt = torch.ops.localmamba.multi_scan_cpu_fwd(*args, True, True)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for fill in (0.0, float("nan"), float("nan")):
+        blocks = [torch.full(tokens.shape, fill) for _ in range(8)]
+        del blocks
+        grads.append(torch.ops.localmamba.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, ckpt)[0])
+    assert grads[0].isfinite().all() and grads[0][..., :12].abs().max() > 0 and grads[0][..., 12:].abs().max() > 0
+    assert torch.equal(grads[1], grads[0]) and torch.equal(grads[2], grads[0])
