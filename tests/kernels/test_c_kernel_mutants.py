@@ -1,6 +1,8 @@
-"""Cases that pin details of the C kernels a mutation audit found the other kernel tests let through: the clamps of
-vector_math.h's exp at the ends of their documented ranges, and (below) paths that only some shapes reach. Each
-test runs the C kernels built for every instruction set this CPU has, against float64 formulas or the reference."""
+"""Cases that pin details of the C kernels which a mutation audit found the other kernel tests let through (each
+docstring names the mutant it kills): exp's clamps at the ends of their ranges, the task runner's status under
+OpenMP, a vector tail one step short, a last chunk of one step, and fresh output buffers that must be overwritten.
+The kernel tests run the C kernels built for every instruction set this CPU has, against float64 formulas, the
+reference, or the same kernel with its buffers zeroed."""
 import os
 import subprocess
 import sys
