@@ -1,8 +1,8 @@
 """Cases that pin details of the C kernels which a mutation audit found the other kernel tests let through (each
-docstring names the mutant it kills): exp's clamps at the ends of their ranges, the task runner's status under
-OpenMP, a vector tail one step short, a last chunk of one step, and fresh output buffers that must be overwritten.
-The kernel tests run the C kernels built for every instruction set this CPU has, against float64 formulas, the
-reference, or the same kernel with its buffers zeroed."""
+docstring names the mutant it kills): exp's clamps at the ends of their ranges, NaN through the decay's upper
+clamp, the task runner's status under OpenMP, a vector tail one step short, a last chunk of one step, and fresh
+output buffers that must be overwritten. The kernel tests run the C kernels built for every instruction set this
+CPU has, against float64 formulas, the reference, or the same kernel with its buffers zeroed."""
 import os
 import subprocess
 import sys
@@ -189,3 +189,20 @@ def test_the_token_gradient_overwrites_a_fresh_buffer(cpu_isa, conv):
         grads.append(torch.ops.localmamba.multi_scan_cpu_bwd(dy, *args, True, u, xdbl, ckpt)[0])
     assert grads[0].isfinite().all() and grads[0][..., :12].abs().max() > 0 and grads[0][..., 12:].abs().max() > 0
     assert torch.equal(grads[1], grads[0]) and torch.equal(grads[2], grads[0])
+
+
+@needs_compiler
+@pytest.mark.parametrize("softplus", [False, True])
+def test_a_nan_in_A_reaches_the_scan_output_as_in_the_reference(cpu_isa, softplus):
+    """A NaN in A makes every output of its channel NaN (its decay is NaN from the first step), as torch computes
+    it. The decay's upper clamp (min_v) must pass the NaN on: with the operands of the AVX2 / AVX-512 minimum
+    swapped it became the clamp bound, a finite decay, the first step's output finite, and every other kernel test
+    passed (their NaN cases put it in delta or in multi-scan's A, whose decays clamp only below)."""
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(2, 3, 21, generator=g), torch.rand(2, 3, 21, generator=g)
+    A, B, C = -torch.rand(3, 4, generator=g), torch.randn(2, 4, 21, generator=g), torch.randn(2, 4, 21, generator=g)
+    A[1, 2] = float("nan")
+    out = selective_scan_fn(u, delta, A, B, C, delta_softplus=softplus)
+    expected = torch.zeros(2, 3, 21, dtype=torch.bool)
+    expected[:, 1] = True
+    assert torch.equal(out.isnan(), expected)
