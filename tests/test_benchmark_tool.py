@@ -535,3 +535,89 @@ def test_the_mixer_timings_table_divides_each_step_by_the_fused_ones(monkeypatch
         else:
             assert (op, dtype, vs_fused) == ('fused scan tiles 16x8 (default)', 'fp32', '-')
     assert [step for op, _, _, step, _, _ in rows if op == 'multi_scan_inner [deterministic]'] == ['fwd+bwd'] * 2
+
+
+def test_median_seconds_is_the_median_of_the_timed_repeats_only(monkeypatch):
+    """Each step moves a stand-in clock on by its made-up duration: two warmup calls of 100 s each, then 1, 9 and 2 s
+    for 'a' (median 2 s; mean 4, minimum 1) and 3, 3 and 30 s for 'b'."""
+    now = [0.0]
+    durations = {'a': iter([100.0, 100.0, 1.0, 9.0, 2.0]), 'b': iter([100.0, 100.0, 3.0, 3.0, 30.0])}
+
+    def step(name):
+        def run():
+            now[0] += next(durations[name])
+        return run
+
+    monkeypatch.setattr(timing.time, 'perf_counter', lambda: now[0])
+    assert median_seconds({name: step(name) for name in durations}, repeats=3, warmup=2) == {'a': 2.0, 'b': 3.0}
+
+
+def test_throughput_and_op_timings_time_the_repeats_after_the_warmup_asked_for(monkeypatch):
+    """images_per_second and benchmark_op hand median_seconds their repeats and warmup in that order (swapped, a
+    benchmark would time its warmup count of calls)."""
+    from classification.benchmarks import model_speed, op_speed
+
+    seen = []
+
+    def fake_median(steps, repeats, warmup, *args, **kwargs):
+        seen.append((repeats, warmup))
+        return {name: 1e-3 for name in steps}
+
+    monkeypatch.setattr(model_speed, 'median_seconds', fake_median)
+    monkeypatch.setattr(op_speed, 'median_seconds', fake_median)
+    images_per_second({'a': torch.nn.Conv2d(3, 2, 1)}, batch=2, img_size=4, repeats=7, warmup=3)
+    benchmark_op('conv1d', OpShape(batch=1, dim=8, seqlen=5), repeats=9, warmup=4)
+    assert seen == [(7, 3), (9, 4), (9, 4)]
+
+
+def test_cuda_graph_seconds_is_the_time_of_one_replay(monkeypatch):
+    """cuda_graph_seconds on stand-ins of torch.cuda: every replay takes 2 ms of a stand-in device clock, which the
+    events read in milliseconds; the replay before the timed ones is not counted. 5 replays: 0.002 s each."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    now_ms = [0.0]
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.at = None
+
+        def record(self):
+            self.at = now_ms[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    class Graph:
+        def replay(self):
+            now_ms[0] += 2.0
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    for name, value in (('Stream', lambda device: stream), ('current_stream', lambda device: stream),
+                        ('stream', lambda s: nullcontext()), ('graph', lambda g: nullcontext()),
+                        ('CUDAGraph', Graph), ('Event', Event)):
+        monkeypatch.setattr(timing.torch.cuda, name, value)
+    assert timing.cuda_graph_seconds(lambda: None, repeats=5) == 0.002
+
+
+def test_each_row_of_the_model_table_is_timed_as_its_metric_says(monkeypatch):
+    """benchmark_models asks images_per_second for inference at each batch size (under --compile's mode) and for an
+    eager training step at the training batch; each row's ratio is the model's img/s over its baseline's."""
+    from classification.benchmarks import model_speed
+
+    asked = []
+
+    def fake_images_per_second(models, batch, img_size, train, dtype, repeats, warmup, compile_mode=None):
+        asked.append((batch, train, compile_mode))
+        return {'local_vim_tiny': 10.0 * batch, 'deit_tiny_patch16_224': 40.0 * batch}
+
+    monkeypatch.setattr(model_speed, 'images_per_second', fake_images_per_second)
+    monkeypatch.setattr(model_speed, 'check_image_size', lambda *args, **kwargs: None)
+    rows = model_speed.benchmark_models('local_vim_tiny', batch_sizes=(1, 4), train_batch=2, img_size=32,
+                                        log=lambda line: None, compile_mode='default')
+    assert asked == [(1, False, 'default'), (4, False, 'default'), (2, True, 'default')]
+    assert [(r['metric'], r['model_img_s'], r['baseline_img_s'], r['ratio']) for r in rows] == [
+        ('inference b1', 10.0, 40.0, 0.25), ('inference b4', 40.0, 160.0, 0.25), ('train step b2', 20.0, 80.0, 0.25)]

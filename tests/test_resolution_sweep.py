@@ -247,3 +247,66 @@ def test_a_sweep_size_a_model_cannot_take_is_blamed_on_sweep(capsys):
     assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '8', '--repeats', '1', '--warmup', '0']) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith('error: --sweep 8: model deit_tiny_patch16_224 cannot take 8x8 images (')
+
+
+def test_the_crossing_of_a_four_size_sweep_is_found_between_its_last_two_sizes():
+    """The GPU check sweeps 224, 512, 768 and 1024 px: a crossing between 768 (0.5) and 1024 (2) is the log-midpoint
+    of those two sizes; a ratio of 1 at two sizes in a row is reached at the first."""
+    assert crossing_size([224, 512, 768, 1024], [0.2, 0.3, 0.5, 2.0]) == pytest.approx(math.sqrt(768 * 1024))
+    assert crossing_size([224, 512, 768], [1.0, 1.0, 1.5]) == 224
+
+
+def test_the_cuda_peak_is_the_allocators_peak_above_what_was_allocated_before_in_mib(monkeypatch):
+    """cuda_peak_mib on stand-ins of torch.cuda's counters: 100 MiB allocated before the step, a peak of 612.5 MiB
+    (2 ** 20 bytes a MiB, not 10 ** 6): 512.5 MiB above it, 612.5 in all."""
+    from classification.benchmarks import peak_memory
+
+    mib = 2 ** 20
+    monkeypatch.setattr(peak_memory, 'synchronize', lambda device: None)
+    for name, value in (('empty_cache', None), ('reset_peak_memory_stats', None), ('memory_allocated', 100 * mib),
+                        ('max_memory_allocated', int(612.5 * mib))):
+        monkeypatch.setattr(peak_memory.torch.cuda, name, lambda *args, value=value: value)
+    assert peak_memory.cuda_peak_mib(lambda: None, 'cuda') == 512.5
+    assert peak_memory.cuda_peak_mib(lambda: None, 'cuda', above_current=False) == 612.5
+    assert peak_memory.cuda_peak_mib(lambda: None, 'cuda', above_current=False) == 612.5
+
+
+@pytest.mark.parametrize('ratios, side', [((0.5, 0.8), 'slower'), ((1.2, 3.0), 'faster')])
+def test_the_crossing_sentence_of_a_sweep_that_never_crosses(ratios, side):
+    from classification.benchmarks.resolution_sweep import crossing_line
+
+    rows = [sweep_row(size, 10.0 * ratio, 10.0) for size, ratio in zip((224, 512), ratios)]
+    assert crossing_line(rows) == (f'local_vim_tiny is {side} than deit_tiny_patch16_224 at every size from 224 to '
+                                   f'512 px')
+
+
+def test_each_sweep_row_gives_the_models_and_the_baselines_own_figures(monkeypatch):
+    """resolution_sweep on stand-ins of the timing and the memory measure: at 32 px the model does 40 img/s and its
+    baseline 80 (ratio 0.5), at 64 px 30 and 15 (ratio 2); peaks 1 and 3 MiB per 32 px of side."""
+    sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
+    img_s = {32: {'local_vim_tiny': 40.0, 'deit_tiny_patch16_224': 80.0},
+             64: {'local_vim_tiny': 30.0, 'deit_tiny_patch16_224': 15.0}}
+    monkeypatch.setattr(sweep, 'build_model', lambda name, size, device: name)
+    monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(sweep, 'images_per_second', lambda models, batch, size, **kwargs: img_s[size])
+    monkeypatch.setattr(sweep, 'forward_peak_mib', lambda name, size, *args: (
+        {'local_vim_tiny': 1.0, 'deit_tiny_patch16_224': 3.0}[name] * size / 32))
+    rows = sweep.resolution_sweep('local_vim_tiny', sizes=(32, 64), batch=2, repeats=1, warmup=0)
+    figures = [(r['img_size'], r['model_img_s'], r['baseline_img_s'], r['ratio'], r['model_peak_mib'],
+                r['baseline_peak_mib']) for r in rows]
+    assert figures == [(32, 40.0, 80.0, 0.5, 1.0, 3.0), (64, 30.0, 15.0, 2.0, 2.0, 6.0)]
+
+
+def test_the_cuda_peak_of_a_forward_is_above_its_weights_and_images(monkeypatch):
+    """forward_peak_mib on CUDA: cuda_peak_mib of the forward above what was allocated before it (the weights and
+    images), on stand-ins of torch.cuda's counters as in the test of cuda_peak_mib: 512.5 MiB, not 612.5 in
+    all."""
+    from classification.benchmarks import peak_memory
+
+    mib = 2 ** 20
+    monkeypatch.setattr(peak_memory, 'synchronize', lambda device: None)
+    monkeypatch.setattr(peak_memory, '_forward_step', lambda *args: (lambda: None))
+    for name, value in (('empty_cache', None), ('reset_peak_memory_stats', None), ('memory_allocated', 100 * mib),
+                        ('max_memory_allocated', int(612.5 * mib))):
+        monkeypatch.setattr(peak_memory.torch.cuda, name, lambda *args, value=value: value)
+    assert forward_peak_mib('local_vim_tiny', 32, device='cuda') == 512.5

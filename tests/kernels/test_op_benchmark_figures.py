@@ -68,3 +68,26 @@ def test_a_gpu_row_gives_no_per_core_figure(monkeypatch):
     rows = benchmark_op("scan", OpShape(batch=1, dim=8, seqlen=5, dstate=4), device="cuda", backward=False)
     assert [(r["backend"], r["fwd_ms"], r["fwd_ns_per_update_core"]) for r in rows] == [
         ("triton", 2.0, None), ("reference", 2.0, None)]
+
+
+def test_a_gpu_rows_graph_figures_are_milliseconds_of_one_replay_timed_over_the_repeats(monkeypatch):
+    """benchmark_op on CUDA: each kernel backend's step also replayed in a CUDA graph, ``repeats`` times, its seconds
+    per replay (stand-ins: 25 us forward, 100 us forward + backward) given in milliseconds; the reference has
+    none."""
+    from classification.benchmarks import op_speed
+    from classification.benchmarks.op_speed import Case
+
+    replays = []
+
+    def graph_seconds(step, repeats, device):
+        replays.append(repeats)
+        return (2.5e-5, 1e-4)[len(replays) - 1]
+
+    monkeypatch.setitem(op_speed.CASES, "scan", lambda *args: Case(lambda: torch.zeros(1), [], updates=1000))
+    monkeypatch.setattr(op_speed.backends, "available_backends", lambda *args: ["triton", "reference"])
+    monkeypatch.setattr(op_speed, "median_seconds", lambda steps, *args: {name: 2e-3 for name in steps})
+    monkeypatch.setattr(op_speed, "cuda_graph_seconds", graph_seconds)
+    rows = benchmark_op("scan", OpShape(batch=1, dim=8, seqlen=5, dstate=4), device="cuda", repeats=7)
+    assert [(r["backend"], r["fwd_graph_ms"], r["fwdbwd_graph_ms"]) for r in rows] == [
+        ("triton", 0.025, 0.1), ("reference", None, None)]
+    assert replays == [7, 7]
