@@ -280,3 +280,14 @@ def test_report_gives_the_ratio_table_of_eager_and_compiled_steps_and_the_last_t
     assert "| local_vim_tiny | fp32 | - | inference b64 | 3000.0 | 10000.0 | 0.300x |" in text
     assert "| local_vim_tiny | fp32 | reduce-overhead | inference b64 | 6000.0 | 10000.0 | 0.600x |" in text
     assert text.endswith("\ntools/dist_train.sh 1 (quickstart config): 12.25 img/s, its last logged training speed")
+
+
+def test_a_warning_before_the_memory_table_leaves_the_table_in_the_report(tmp_path):
+    """A step's stderr goes into the log too: a warning printed before the sweep step's first table was reported
+    as the peak memory table (a table of its two lines), and the memory table itself was left out."""
+    warning = "/usr/lib/python3/site-packages/torch/cuda/__init__.py:61: UserWarning: a warning\n  warnings.warn(\n"
+    text = report([write_log(tmp_path, "warned.log", {"peak memory and resolution sweep": warning + sweep_output()})])
+    assert text.split("\n\nPeak memory:\n")[1].split("\n\n")[0] == (
+        "| model | dtype | inference b64 peak MiB | train step b64 peak MiB |\n|---|---|---|---|\n"
+        "| local_vim_tiny | fp32 | 812 | 5120 |")
+    assert "warnings.warn" not in text

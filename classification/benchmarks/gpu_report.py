@@ -21,6 +21,7 @@ THROUGHPUT = re.compile(r"^throughput (?P<model>\S+) (?P<dtype>fp32|bf16|fp16)(?
 SCAN_SHAPE = "dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16"
 MIXER_HEADER = ["op", "dtype", "batch", "step", "ms", "vs fused"]
 CPU_RUN = re.compile(r"^gpu_check --e2e .*  device cpu  ", re.M)   # the header line of a CPU run's log
+MEMORY_HEADER = re.compile(r"^model\s{2,}dtype\s{2,}inference b\d+ peak MiB\s{2,}train step b\d+ peak MiB\s*$")
 SWEEP_TITLE = re.compile(r"^resolution sweep, (?P<model>\S+) against (?P<baseline>\S+): inference at batch "
                          r"(?P<batch>\d+), (?P<dtype>\w+), (?P<device>\w+)")
 
@@ -215,7 +216,9 @@ def report(logs: Iterable[str]) -> str:
     sweep = sections.get("peak memory and resolution sweep")
     if sweep:
         lines = sweep.splitlines()
-        starts = [0] + [i + 1 for i, line in enumerate(lines) if line.startswith("resolution sweep")]
+        # the memory table's header, wherever it is: a warning (stderr goes to the log too) can come before it
+        memory = next((i for i, line in enumerate(lines) if MEMORY_HEADER.match(line)), len(lines))
+        starts = [memory] + [i + 1 for i, line in enumerate(lines) if line.startswith("resolution sweep")]
         titles = ["Peak memory:"] + [lines[i - 1].rstrip(":") + ":" for i in starts[1:]]
         for title, start in zip(titles, starts):
             rows = table_rows(sweep, start)
