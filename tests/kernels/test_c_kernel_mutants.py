@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from localmamba_kernel_runtime import ckernel
 from localmamba_ssm import selective_scan_fn, selective_scan_ref
+from test_cpu_isa_variants import padded_conv_args
 from test_multi_scan_inner import make_problem
 
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
@@ -139,13 +140,7 @@ def test_the_projection_gradient_past_the_last_token_is_zero(cpu_isa):
     which may hold NaN (times u's zeros: NaN). Eight blocks of its size filled with NaN are freed just before each
     call, so that the allocator is likely to hand one back for dxdbl; without that store the weight gradient came
     back NaN."""
-    p = make_problem(batch=2, num_tokens=11, length=14, num_dirs=2, inner=12)
-    index = torch.full((2, 14), 11)
-    index[0, :11] = torch.arange(11)            # three padding positions at the end
-    index[1, 3:] = torch.arange(10, -1, -1)     # the padding first: none at the end
-    args = [p["tokens"], index, p["conv_weight"].flatten(2), p["conv_bias"], p["x_proj_weight"], p["dt_proj_weight"],
-            p["dt_proj_bias"], p["A_log"], p["D"]]
-    args = [a.detach().contiguous() for a in args]
+    args = padded_conv_args()
     y, u, xdbl, ckpt = torch.ops.localmamba.multi_scan_cpu_fwd(*args, True, True)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
 

@@ -208,19 +208,25 @@ def test_a_nan_weight_reaches_the_multi_scan_output_as_in_the_reference(cpu_isa)
     assert torch.equal(nan_pattern(call, "cpu"), expected)
 
 
+def padded_conv_args() -> list:
+    """The arguments of the cpu multi-scan ops (tokens ... D) for 11 tokens over 14 steps with a conv, 2 directions:
+    the first with three padding positions at the end, the second with the padding first."""
+    p = make_problem(batch=2, num_tokens=11, length=14, num_dirs=2, inner=12)
+    index = torch.full((2, 14), 11)
+    index[0, :11] = torch.arange(11)
+    index[1, 3:] = torch.arange(10, -1, -1)
+    args = [p["tokens"], index, p["conv_weight"].flatten(2), p["conv_bias"], p["x_proj_weight"], p["dt_proj_weight"],
+            p["dt_proj_bias"], p["A_log"], p["D"]]
+    return [a.detach().contiguous() for a in args]
+
+
 @needs_compiler
 def test_the_conv_sequences_past_the_last_token_are_zero(cpu_isa):
     """With a conv, the forward keeps the conv's sequences u (K, Bt, L, E) for the backward, whose x_proj weight
     gradient is dxdbl^T u over every position: past a direction's last real token (trailing padding, never scanned)
     u must be 0, not the memory of a fresh buffer, which may hold NaN (0 * NaN poisons the gradient). Memory filled
     with NaN is freed just before each call, so that the allocator is likely to hand it back for u."""
-    p = make_problem(batch=2, num_tokens=11, length=14, num_dirs=2, inner=12)
-    index = torch.full((2, 14), 11)
-    index[0, :11] = torch.arange(11)            # three padding positions at the end
-    index[1, 3:] = torch.arange(10, -1, -1)     # the padding first: none at the end
-    args = [p["tokens"], index, p["conv_weight"].flatten(2), p["conv_bias"], p["x_proj_weight"], p["dt_proj_weight"],
-            p["dt_proj_bias"], p["A_log"], p["D"]]
-    args = [a.detach().contiguous() for a in args]
+    args = padded_conv_args()
     for _ in range(3):
         torch.full((2, 2, 14, 12), float("nan"))
         _, u, _, _ = torch.ops.localmamba.multi_scan_cpu_fwd(*args, True, True)
