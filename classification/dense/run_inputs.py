@@ -421,8 +421,8 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
         wrong = list(_stride_settings(where, node, given))
         if wrong:
             setting, strides, _ = wrong[0]
-            more = f' (and {len(wrong) - 1} more stride setting{"s" if len(wrong) > 2 else ""})' if len(wrong) > 1 \
-                else ''
+            others = len(wrong) - 1
+            more = f' (and {others} more stride setting{"s" if others > 1 else ""})' if others else ''
             fix = ' '.join(f'{key}={_numbers(wanted)}' for key, _, wanted in wrong)
             return f'{setting} is {strides}{more}, but {gives}: set --cfg-options {fix}'
     return None
