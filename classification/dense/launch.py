@@ -27,7 +27,8 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
 * User errors end in one line (``error: ...``, exit status 2) instead of a traceback: an OpenMMLab package that
   cannot be imported (mmengine's traceback suggests PYTHONPATH), a setting the backbone refuses (directions,
   out_indices, ...), a neck or segmentation head set for other maps than the backbone gives (its out_indices
-  changed, the neck's or heads' in_channels not), a config file that does not exist, a ``--cfg-options`` item
+  changed, the neck's or heads' in_channels not), a detector's anchors or RoI extractors set for other strides than
+  the maps its neck gives, a config file that does not exist, a ``--cfg-options`` item
   without ``=`` or with text where the config holds a number or a boolean, a misspelt ``--cfg-options`` key that a
   class refuses as an unexpected keyword argument, a work_dir that cannot be written, a checkpoint that cannot be
   used. Ctrl-C and SIGTERM end in one line too (exit status 130 / 143), naming the checkpoint ``--resume`` would
@@ -263,8 +264,8 @@ def _resume_hint(work_dir: str) -> str:
 
 def _load_config(args: argparse.Namespace, task: Optional[str] = None):
     """Read the config (once it is found to exist, the plugin of ``task`` must import), apply CLI overrides, check
-    that the neck or the heads take the maps the backbone gives; set work_dir. Sets ``args.new_options`` to the
-    ``--cfg-options`` keys the config did not have."""
+    that the neck or the heads take the maps the backbone gives, at the strides they are set for; set work_dir. Sets
+    ``args.new_options`` to the ``--cfg-options`` keys the config did not have."""
     _route_checkpoint_loads(args.trust_checkpoint)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
