@@ -22,23 +22,51 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_readme_links_within_the_page_name_its_headings():
-    """The contents line and the cross-references (`[Speed](#speed)`) lead to a heading that exists."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)     # a '# ' in a code block is a comment
-    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
-    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+# The README and the reference pages it links, one per section.
+PAGES = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                               if f.endswith(".md"))
+
+
+def page_text(page: str) -> str:
+    """A page's Markdown without its code blocks (a '# ' there is a comment, a '](' part of code)."""
+    text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def page_anchors(page: str) -> set:
+    return {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", page_text(page), flags=re.M)}
+
+
+def test_the_readme_links_every_reference_page():
+    """Each page under docs/ is reachable from the README (the section it details links it)."""
+    assert len(PAGES) >= 8
+    linked = set(re.findall(r"\]\((docs/[^)#/]+\.md)", page_text("README.md")))
+    assert linked == {page.replace(os.sep, "/") for page in PAGES[1:]}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_lead_to_a_file_and_heading_that_exist(page):
+    """The contents line and the cross-references (`[Speed](#speed)`, `[search](docs/search.md)`,
+    `(../README.md#models)`, images) lead to a file that exists and, with an anchor, to a heading of that file."""
     assert github_anchor("Training and evaluation (ImageNet)") == "training-and-evaluation-imagenet"
-    assert len(links) >= 9 and links <= anchors, sorted(links - anchors)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page_text(page)):
+        if "://" in target:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        if not os.path.exists(os.path.join(ROOT, linked)):
+            broken.append(target)
+        elif anchor and anchor not in page_anchors(linked):
+            broken.append(target)
+    assert broken == []
 
 
-@pytest.mark.parametrize("readme", ["README.md", os.path.join("docs", "measurements", "README.md")])
+@pytest.mark.parametrize("readme", PAGES + [os.path.join("docs", "measurements", "README.md")])
 def test_readme_prose_stays_within_120_columns(readme):
     """The READMEs' text wraps at the code's 120 columns, so that a diff of it reads line by line; code blocks and
     tables keep their own lines."""
-    text = open(os.path.join(ROOT, readme), encoding="utf-8").read()
-    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-    long_lines = [line[:60] for line in text.splitlines() if len(line) > 120 and not line.startswith("|")]
+    long_lines = [line[:60] for line in page_text(readme).splitlines() if len(line) > 120 and not line.startswith("|")]
     assert long_lines == [], long_lines
 
 
