@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from classification.benchmarks.gpu_e2e import Outcome, run_e2e
+from classification.benchmarks import mixer_ops
 from classification.benchmarks.gpu_report import (SCAN_SHAPE, read_sections, report, scan_op_ms, target_lines,
                                                   throughput)
 from classification.benchmarks.model_speed import format_model_table
@@ -291,3 +292,23 @@ def test_a_warning_before_the_memory_table_leaves_the_table_in_the_report(tmp_pa
         "| model | dtype | inference b64 peak MiB | train step b64 peak MiB |\n|---|---|---|---|\n"
         "| local_vim_tiny | fp32 | 812 | 5120 |")
     assert "warnings.warn" not in text
+
+
+def test_the_mixer_section_takes_the_rows_of_batch_8_and_64_and_the_fused_scans(monkeypatch, tmp_path):
+    """The kernel check's mixer table as mixer_timings writes it at full size (problems and timings made up: 1 ms
+    each), with a row of batch 16 after each row of batch 8: the report takes the ops' rows at batch 8 and 64 (per
+    dtype: multi_scan_inner 5 rows, attention_merge 4, and in fp32 the LocalVMamba-T layer 5) and the fused scan's
+    6 (3 tiles, forward and forward + backward), no other."""
+    monkeypatch.setattr(mixer_ops, "mixer_problem", lambda *args, **kwargs: (None, [], [None]))
+    monkeypatch.setattr(mixer_ops, "merge_problem", lambda *args, **kwargs: (None, [], [None]))
+    monkeypatch.setattr(mixer_ops, "fused_scan_step", lambda device, **shape: dict.fromkeys(
+        ("fused scan fwd", "fused scan fwd+bwd")))
+    monkeypatch.setattr(mixer_ops, "median_seconds", lambda steps, *args: dict.fromkeys(steps, 1e-3))
+    monkeypatch.setattr(mixer_ops, "render_table", lambda rows: rows)
+    rows = mixer_ops.mixer_timings("cpu", quick=False)
+    with_batch_16 = [copy for row in rows for copy in ([row, row[:2] + ["16"] + row[3:]] if row[2] == "8" else [row])]
+    text = report([write_log(tmp_path, "mixers.log", {"kernel checks and op timings": render_table(with_batch_16)})])
+    table = text.split("\n| op | dtype | batch | step | ms | vs fused |\n|---|---|---|---|---|---|\n")[1]
+    batches = [line.split(" | ")[2] for line in table.split("\n\n")[0].splitlines()]
+    assert batches == ["8"] * 14 + ["64"] * 14 + ["8"] * 9 + ["64"] * 9 + ["8x384x196x16"] * 6
+    assert text.count("| multi_scan_inner LocalVMamba-T [deterministic] | fp32 | 64 | fwd+bwd | 1.000 | 1.00x |") == 1

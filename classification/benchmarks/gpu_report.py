@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .mixer_ops import MIXER_BATCHES
+
 SECTION = re.compile(r"^===== (?P<name>[^:]+?)(?:: .*)?$")
 RATIO_ROW = re.compile(r"^(?P<metric>inference b\d+|train step b\d+)\s+(?P<ours>[\d.]+)\s+(?P<base>[\d.]+)\s+"
                        r"(?P<ratio>[\d.]+)x\s*$")
@@ -164,11 +166,14 @@ def ratio_tables(sections: Dict[str, str]) -> str:
 
 
 def mixer_rows(sections: Dict[str, str]) -> List[List[str]]:
-    """The kernel check's table of the fused mixer ops (``mixer_ops.mixer_timings``): header and rows, or []."""
+    """The kernel check's table of the fused mixer ops (``mixer_ops.mixer_timings``): header, the rows of the ops at
+    :data:`~.mixer_ops.MIXER_BATCHES` and those of the fused scan alone (its shape in the batch column), or []."""
     text = sections.get("kernel checks and op timings", "")
+    batches = {str(batch) for batch in MIXER_BATCHES}
     for i, line in enumerate(text.splitlines()):
         if _cells(line) == MIXER_HEADER:
-            return table_rows(text, i)
+            header, *rows = table_rows(text, i)
+            return [header] + [row for row in rows if row[2] in batches or row[0].startswith("fused scan ")]
     return []
 
 
@@ -211,7 +216,8 @@ def report(logs: Iterable[str]) -> str:
              ratio_tables(sections)]
     mixers = mixer_rows(sections)
     if mixers:
-        parts += ["", "Fused mixer ops (ms; [deterministic]: the backward's sums per block / direction, not atomic):",
+        parts += ["", f"Fused mixer ops at batch {' and '.join(map(str, MIXER_BATCHES))}, and the fused scan alone "
+                  "per tile (ms; [deterministic]: the backward's sums per block / direction, not atomic):",
                   markdown(mixers)]
     sweep = sections.get("peak memory and resolution sweep")
     if sweep:

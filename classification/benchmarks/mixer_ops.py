@@ -38,6 +38,7 @@ VSSM_LAYER = dict(grid=(56, 56), inner=192, state=16, rank=6, directions=("h", "
 QUICK_LAYER = dict(grid=(3, 5), inner=12, state=4, rank=2)        # tiny sizes of the --quick (CPU) runs
 QUICK_MERGE = dict(num_tokens=16, channels=16)
 QUICK_VSSM_LAYER = dict(VSSM_LAYER, **QUICK_LAYER)
+MIXER_BATCHES = (8, 64)     # the batches of the mixer timings (tiny runs: batch 2), the rows gpu_report reads
 
 
 def _problem_sizes(quick: bool) -> Tuple[dict, dict, dict]:
@@ -198,10 +199,11 @@ def fused_scan_step(device: DeviceLike, batch: int = 8, dim: int = 384, seqlen: 
 
 def mixer_timings(device: DeviceLike, quick: bool = False, repeats: int = 20) -> str:
     """Milliseconds of the fused ops (backend triton) against the composed path (multi_scan_inner; its conv and scan
-    on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (tiny when ``quick``),
-    the multi-direction op forward + backward also deterministic, and at LocalVMamba-T's stage-1 layer (fp32, as the
-    model runs it); then the fused scan kernel alone at the selective-scan benchmark shape, at its default tiles and
-    (unless ``quick``) at the other :data:`SCAN_TILES`. ``quick`` warms up once (the interpreter compiles nothing)."""
+    on triton) or the plain-op reference (attention_merge), fp32 and bf16, at batch 8 and 64 (:data:`MIXER_BATCHES`;
+    tiny when ``quick``), the multi-direction op forward + backward also deterministic, and at LocalVMamba-T's
+    stage-1 layer (fp32, as the model runs it); then the fused scan kernel alone at the selective-scan benchmark
+    shape, at its default tiles and (unless ``quick``) at the other :data:`SCAN_TILES`. ``quick`` warms up once (the
+    interpreter compiles nothing)."""
     device = torch.device(device)
     rows = [["op", "dtype", "batch", "step", "ms", "vs fused"]]
     sizes, merge_sizes, vssm = _problem_sizes(quick)
@@ -214,7 +216,7 @@ def mixer_timings(device: DeviceLike, quick: bool = False, repeats: int = 20) ->
 
     for dtype_name in ("fp32", "bf16"):
         dtype = DTYPES[dtype_name]
-        for batch in (2,) if quick else (8, 64):
+        for batch in (2,) if quick else MIXER_BATCHES:
             problems = [("multi_scan_inner", scan_makers(dtype, batch, **sizes)),
                         ("attention_merge", {
                             "fused": lambda: merge_problem(device, dtype, batch, **merge_sizes),
