@@ -11,6 +11,7 @@ import torch
 
 from classification.benchmarks import gpu_e2e, images_per_second
 from classification.benchmarks.gpu_e2e import Outcome, Step, run_command, run_e2e
+from classification.benchmarks.gpu_report import log_devices
 from classification.engine import evaluate as evaluate_module
 from classification.engine.config import parse_args
 
@@ -466,3 +467,16 @@ def test_the_nccl_step_of_a_check_on_one_named_gpu_runs_on_every_gpu(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="would put all 2 processes on one GPU"):
         init_distributed("cuda:0")
+
+
+def test_the_log_names_the_gpu_in_the_header_lines_the_report_reads(monkeypatch, tmp_path, capsys):
+    """gpu_report tells logs of different devices apart by the device their header lines name (the first line
+    and the summary's): a GPU's full name, spaces and all, is read back whole."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    run, _ = fake_runner({})
+    log = tmp_path / "h100.log"
+    assert run_e2e("cuda", log_path=str(log), runner=run, workdir=str(tmp_path / "runs"), only=["throughput"])
+    text = log.read_text()
+    assert text.count("  device NVIDIA H100 80GB HBM3  torch ") == 2
+    assert log_devices(text) == ["NVIDIA H100 80GB HBM3"]

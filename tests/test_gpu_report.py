@@ -10,14 +10,15 @@ import pytest
 
 from classification.benchmarks.gpu_e2e import Outcome, run_e2e
 from classification.benchmarks import mixer_ops
-from classification.benchmarks.gpu_report import (SCAN_SHAPE, read_sections, report, scan_op_ms, target_lines,
-                                                  throughput)
+from classification.benchmarks.gpu_report import (SCAN_SHAPE, UNNAMED_DEVICE, log_devices, read_sections, report,
+                                                  scan_op_ms, target_lines, throughput)
 from classification.benchmarks.model_speed import format_model_table
 from classification.benchmarks.op_speed import format_op_table
 from classification.benchmarks.resolution_sweep import format_sweep_table
 from classification.benchmarks.tables import render_table
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py"
+MEASUREMENTS = Path(__file__).resolve().parents[1] / "docs" / "measurements"
 _spec = importlib.util.spec_from_file_location("gpu_check_tool", TOOL)
 gpu_check_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_check_tool)
@@ -171,7 +172,8 @@ def test_the_targets_of_a_cpu_run_are_not_judged(logs):
     assert cpu[1].startswith("NOT JUDGED    local_vssm_tiny fp32 inference b64: 0.650x")
     assert not any(line.startswith(("MEETS", "MISSES")) for line in cpu)
     gpu = report([text.replace("  device cpu  ", "  device NVIDIA H200  ") for text in logs]).splitlines()
-    assert gpu[0] == "Targets (issue 12):" and gpu[1].startswith("MEETS         local_vssm_tiny fp32 inference b64")
+    assert gpu[0] == "Targets (issue 12), device NVIDIA H200:"
+    assert gpu[1].startswith("MEETS         local_vssm_tiny fp32 inference b64")
 
 
 def test_the_tool_names_the_png_file_it_draws_for_a_plot_name_without_extension(logs, tmp_path):
@@ -322,6 +324,68 @@ def test_a_verdict_is_on_the_figure_as_printed_and_says_so_only_at_the_target(tm
         "unrounded time may be just above it",
         f"MISSES        selective_scan_fn triton {SCAN_SHAPE} fwd+bwd: 0.401 ms per call (0.399 ms per CUDA-graph "
         "replay, which meets it without host overhead), target <= 0.4 ms"]
+
+
+CPU_HEADER = (MEASUREMENTS / "cpu_torch211_e2e.log").read_text().splitlines()[0]
+MIXED = ("error: these logs are of different devices: {}; a CPU's figures are not judged against the GPU targets, "
+         "nor two devices' figures put in one table: report each device's logs on their own\n")
+
+
+def device_log(tmp_path, name, device, header=True):
+    """A small e2e log of ``device``, its header line that of docs/measurements/cpu_torch211_e2e.log with the device
+    replaced (none unless ``header``), and one step: local_vim_tiny fp32's ratio table (SPEEDS above)."""
+    head = CPU_HEADER.replace("  device cpu  ", f"  device {device}  ") if header else ""
+    text = (f"{head}\n\n===== throughput local_vim_tiny fp32: python tools/benchmark.py --model local_vim_tiny\n"
+            f"{ratio_table('local_vim_tiny', 'fp32')}\nPASS      1.0 s  throughput local_vim_tiny fp32\n\n"
+            f"===== summary\n{head}\nPASS      1.0 s  throughput local_vim_tiny fp32\n1/1 checks passed in 1 s\n")
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_device_of_a_log_is_read_from_its_header_lines():
+    """The committed CPU rehearsals name the CPU (in the first line and again in the summary); a kernel check's log,
+    not an e2e one, names none."""
+    for name in ("cpu_torch211_e2e.log", "cpu_torch211_e2e_continues.log", "cpu_torch211_e2e_pythonpath.log"):
+        assert log_devices((MEASUREMENTS / name).read_text()) == ["cpu"], name
+    assert log_devices((MEASUREMENTS / "h200_gpu_check.log").read_text()) == [UNNAMED_DEVICE]
+    assert log_devices(CPU_HEADER.replace("device cpu", "device NVIDIA H100 80GB HBM3")) == ["NVIDIA H100 80GB HBM3"]
+
+
+def test_logs_of_different_devices_are_refused_in_one_line_naming_each(tmp_path, capsys):
+    """A CPU rehearsal's log given with a GPU's was read as one GPU run (its ratios judged against the GPU targets,
+    the step of the later log winning), and so were an H100's and an H200's logs; now the tool refuses them before
+    printing anything, as does report() (a ValueError), and so a file holding two devices' logs joined."""
+    cpu, h200 = device_log(tmp_path, "cpu.log", "cpu"), device_log(tmp_path, "h200.log", "NVIDIA H200")
+    h100 = device_log(tmp_path, "h100.log", "NVIDIA H100 80GB HBM3")
+    joined = tmp_path / "joined.log"
+    joined.write_text(h100.read_text() + h200.read_text())
+    for paths, listed in (([cpu, h200], f"{cpu} (cpu), {h200} (NVIDIA H200)"),
+                          ([h100, h200], f"{h100} (NVIDIA H100 80GB HBM3), {h200} (NVIDIA H200)"),
+                          ([joined], f"{joined} (NVIDIA H100 80GB HBM3 + NVIDIA H200)")):
+        assert gpu_check_tool.main(["--report", *map(str, paths)]) == 2
+        assert capsys.readouterr() == ("", MIXED.format(listed))
+    with pytest.raises(ValueError, match=r"different devices: log 1 \(cpu\), log 2 \(NVIDIA H200\);"):
+        report([cpu.read_text(), h200.read_text()])
+
+
+def test_logs_of_one_device_are_reported_together_under_its_name(tmp_path, capsys):
+    """Two logs of the H200 (a run split with --only) make one report, its title naming the device."""
+    paths = [device_log(tmp_path, f"h200_{part}.log", "NVIDIA H200") for part in (1, 2)]
+    assert gpu_check_tool.main(["--report", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Targets (issue 12), device NVIDIA H200:"
+    assert lines[7] == ("MEETS         local_vim_tiny fp32 inference b64: 0.400x (4000.0 vs 10000.0 img/s), "
+                        "target >= 0.3x")
+
+
+def test_a_log_that_names_no_device_is_not_judged(tmp_path):
+    """A log without the e2e header line (cut or edited by hand) was judged as a GPU's; its device is not known, so
+    its figures are given without verdicts, as a CPU run's are."""
+    unnamed = report([device_log(tmp_path, "bare.log", "", header=False).read_text()]).splitlines()
+    assert unnamed[0] == ("Targets (issue 12), not judged: these logs name no device (no 'gpu_check --e2e ... device "
+                          "...' header line), and the targets are for an H100 / H200:")
+    assert unnamed[7].startswith("NOT JUDGED    local_vim_tiny fp32 inference b64: 0.400x")
 
 
 def test_the_mixer_section_takes_the_rows_of_batch_8_and_64_and_the_fused_scans(monkeypatch, tmp_path):

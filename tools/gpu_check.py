@@ -36,7 +36,8 @@ from localmamba_kernel_runtime.backends import triton_interpreter  # noqa: E402
 from classification.benchmarks.gpu_check import run_gpu_check  # noqa: E402
 from classification.benchmarks.gpu_e2e import UnknownCheck, default_log_path, next_part_path, run_e2e  # noqa: E402
 from classification.benchmarks.gpu_e2e import memory_and_resolution_sweep  # noqa: E402
-from classification.benchmarks.gpu_report import has_older_sweep_table, read_sections, report, sweep_rows  # noqa: E402
+from classification.benchmarks.gpu_report import (has_older_sweep_table, mixed_devices, read_sections,  # noqa: E402
+                                                  report, sweep_rows)
 from classification.benchmarks.resolution_sweep import plot_resolution_sweep  # noqa: E402
 from classification.benchmarks.stopping import INTERRUPTED_STATUS, run_stopping_in_one_line  # noqa: E402
 from classification.benchmarks.tables import REPLACED, output_file_problem  # noqa: E402
@@ -108,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="peak memory and the resolution sweep only")
     parser.add_argument("--report", nargs="+", metavar="LOG", default=None,
                         help="print the targets and tables of these --e2e logs (a run split with --only: all its "
-                             "logs) and exit; needs no GPU")
+                             "logs; logs of different devices are refused) and exit; needs no GPU")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="--report: also draw the logs' resolution sweep into this file")
     args = parser.parse_args(argv)
@@ -129,6 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         not_e2e = [path for path, text in zip(args.report, texts) if not read_sections([text])]
         if not_e2e:
             return _refuse(f"not a --e2e log (no '===== <check>' output in it): {', '.join(not_e2e)}")
+        mixed = mixed_devices(texts, args.report)
+        if mixed:
+            return _refuse(mixed)
         print(report(texts))
         if args.plot:
             sections = read_sections(texts)

@@ -6,15 +6,16 @@ against timm's baselines (``tools/benchmark.py`` tables, fp32 and bf16) and the 
 tables, the fused mixer ops' timings, the peak memory and the resolution sweep as Markdown, and the training speed
 of ``tools/dist_train.sh 1``.
 A run split over several logs (``--only``) is read as one: where a step is in more than one log, the last log wins.
-The targets are for an H100 / H200: logs of a CPU run (a rehearsal) get their figures without verdicts.
-A verdict is on the figure as the log printed it (a ratio to 3 decimals, milliseconds to 3): a figure printed exactly
-at its target is said to meet it as printed, the unrounded one may be just on the other side.
+The logs must be of one device (their header lines name it): a CPU's ratios are not judged against a GPU's targets,
+nor two GPUs' figures put in one table. The targets are for an H100 / H200: logs of a CPU run (a rehearsal) get their
+figures without verdicts. A verdict is on the figure as the log printed it (a ratio to 3 decimals, milliseconds to 3):
+a figure printed exactly at its target is said to meet it as printed, the unrounded one may be just on the other side.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .mixer_ops import MIXER_BATCHES
 
@@ -24,7 +25,7 @@ RATIO_ROW = re.compile(r"^(?P<metric>inference b\d+|train step b\d+)\s+(?P<ours>
 THROUGHPUT = re.compile(r"^throughput (?P<model>\S+) (?P<dtype>fp32|bf16|fp16)(?P<compiled> --compile \S+)?$")
 SCAN_SHAPE = "dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16"
 MIXER_HEADER = ["op", "dtype", "batch", "step", "ms", "vs fused"]
-CPU_RUN = re.compile(r"^gpu_check --e2e .*  device cpu  ", re.M)   # the header line of a CPU run's log
+E2E_HEADER = re.compile(r"^gpu_check --e2e  .*?  device (?P<device>.+?)  torch ", re.M)  # first line, again in summary
 MEMORY_HEADER = re.compile(r"^model\s{2,}dtype\s{2,}inference b\d+ peak MiB\s{2,}train step b\d+ peak MiB\s*$")
 SWEEP_TITLE = re.compile(r"^resolution sweep, (?P<model>\S+) against (?P<baseline>\S+): inference at batch "
                          r"(?P<batch>\d+), (?P<dtype>\w+), (?P<device>\w+)")
@@ -43,6 +44,25 @@ TARGETS = (Target("local_vssm_tiny", "inference b64", 0.6), Target("local_vssm_t
            Target("local_vssm_tiny", "inference b1", 0.5), Target("local_vim_tiny", "inference b64", 0.3),
            Target("local_vim_tiny", "train step b64", 0.25), Target("local_vim_tiny", "inference b1", 0.5))
 SCAN_LIMITS_MS = (("fwd", 0.1), ("fwd+bwd", 0.4))
+UNNAMED_DEVICE = "no device named"
+
+
+def log_devices(text: str) -> List[str]:
+    """The devices an e2e log names in its header lines ('cpu', 'NVIDIA H200'; the summary repeats the header, and
+    logs joined into one file bring one header each), each once, or [:data:`UNNAMED_DEVICE`] where it has none."""
+    return list(dict.fromkeys(m["device"] for m in E2E_HEADER.finditer(text))) or [UNNAMED_DEVICE]
+
+
+def mixed_devices(logs: Sequence[str], names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Why the texts of these e2e logs cannot be reported together (they name more than one device), naming each log
+    (``names``, else 'log 1', 'log 2', ...) and its device; None where they are all of one device."""
+    names = names or [f"log {i}" for i in range(1, len(logs) + 1)]
+    devices = [log_devices(text) for text in logs]
+    if len({device for found in devices for device in found}) < 2:
+        return None
+    listed = ", ".join(f"{name} ({' + '.join(found)})" for name, found in zip(names, devices))
+    return (f"these logs are of different devices: {listed}; a CPU's figures are not judged against the GPU "
+            "targets, nor two devices' figures put in one table: report each device's logs on their own")
 
 
 def read_sections(logs: Iterable[str]) -> Dict[str, str]:
@@ -214,12 +234,22 @@ def has_older_sweep_table(sections: Dict[str, str]) -> bool:
 
 
 def report(logs: Iterable[str]) -> str:
-    """The whole report of :mod:`gpu_report` for the texts of the e2e logs."""
+    """The whole report of :mod:`gpu_report` for the texts of the e2e logs; ValueError (:func:`mixed_devices`'s
+    sentence) where they are of more than one device."""
     logs = list(logs)
+    mixed = mixed_devices(logs)
+    if mixed:
+        raise ValueError(mixed)
     sections = read_sections(logs)
-    judged = not all(CPU_RUN.search(text) for text in logs)
-    title = "Targets (issue 12):" if judged else ("Targets (issue 12), not judged: these logs are of a CPU run, and "
-                                                  "the targets are for an H100 / H200:")
+    device = log_devices(logs[0])[0] if logs else UNNAMED_DEVICE
+    judged = device not in ("cpu", UNNAMED_DEVICE)
+    if judged:
+        title = f"Targets (issue 12), device {device}:"
+    elif device == "cpu":
+        title = "Targets (issue 12), not judged: these logs are of a CPU run, and the targets are for an H100 / H200:"
+    else:
+        title = ("Targets (issue 12), not judged: these logs name no device (no 'gpu_check --e2e ... device ...' "
+                 "header line), and the targets are for an H100 / H200:")
     parts = [title, *target_lines(sections, judged), "", "Throughput against the baselines:",
              ratio_tables(sections)]
     mixers = mixer_rows(sections)
