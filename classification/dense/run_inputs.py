@@ -9,6 +9,8 @@ import os.path as osp
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
+from .neck_maps import Misfit, NeckMaps, judges, neck_gives, neck_misfit, option_list, positive_int
+
 if TYPE_CHECKING:   # mmengine is imported where a run starts
     from mmengine.config import Config
 
@@ -210,16 +212,6 @@ def wrong_type_option(cfg: Config, options: dict) -> Optional[str]:
     return None
 
 
-# Necks whose in_channels are the channels of the backbone's maps, one entry per map in the backbone's order (they
-# assert that they get as many maps as entries, and their convolutions refuse other channels).
-MAP_LIST_NECKS = ('FPN', 'PAFPN', 'ChannelMapper', 'MultiLevelNeck')
-
-
-def _numbers(values: Sequence[int]) -> str:
-    """``values`` as one ``--cfg-options`` value: [1,2,3]."""
-    return '[' + ','.join(str(v) for v in values) + ']'
-
-
 def _head_fix(where: str, in_index: Any, in_channels: Any, channels: Sequence[int]) -> Optional[str]:
     """The ``--cfg-options`` items that make the mmseg head at ``where`` (``in_index`` and ``in_channels`` as set)
     take the backbone's maps of ``channels``; None when it takes them as set, or when its settings do not say
@@ -238,8 +230,8 @@ def _head_fix(where: str, in_index: Any, in_channels: Any, channels: Sequence[in
         return None
     if all(-count <= i < count for i in in_index):
         wanted = [channels[i] for i in in_index]
-        return None if list(in_channels) == wanted else f'{where}.in_channels={_numbers(wanted)}'
-    return f'{where}.in_index={_numbers(range(count))} {where}.in_channels={_numbers(channels)}'
+        return None if list(in_channels) == wanted else f'{where}.in_channels={option_list(wanted)}'
+    return f'{where}.in_index={option_list(range(count))} {where}.in_channels={option_list(channels)}'
 
 
 def _fit_problem(where: str, takes: str, given: str, fix: str) -> str:
@@ -255,11 +247,79 @@ def _backbone_gives(where: str, backbone: dict, maps: Any, what: str) -> str:
             f'{", ".join(map(str, maps.indices))})')
 
 
+def _neck_chain(neck: Any, key: str) -> list[tuple[str, dict]]:
+    """(config key, config dict) of each neck of ``neck`` at ``key``: one dict, or a list of them, which mmengine
+    chains (each takes the maps the one before gives); empty for anything else."""
+    if isinstance(neck, dict):
+        return [(key, neck)]
+    if isinstance(neck, (list, tuple)) and neck and all(isinstance(part, dict) for part in neck):
+        return [(f'{key}.{i}', part) for i, part in enumerate(neck)]
+    return []
+
+
+def _simple_fpn_problem(where: str, key: str, neck: dict, maps: Any, given: str) -> Optional[str]:
+    """SimpleFPN at ``key``, which takes one map of backbone_channel channels, given other ``maps``."""
+    kind, width = type_name(neck), neck.get('backbone_channel')
+    if len(maps.channels) > 1:
+        return _fit_problem(f'{key} ({kind})', f'takes one map (of backbone_channel {width} channels)', given,
+                            f'{where}.backbone.out_indices=[{maps.indices[-1]}]')
+    if width != maps.channels[0]:
+        c = maps.channels[0]
+        return _fit_problem(f'{key} ({kind})', f'takes one map of backbone_channel {width} channels', given,
+                            f'{key}.backbone_channel={c} {key}.in_channels={option_list([c // 4, c // 2, c, c])}')
+    return None
+
+
+def _bare_map_problem(where: str, key: str, neck: dict, given: str) -> str:
+    """A neck at ``key`` that takes a list of maps, after mmdet's MM_LocalVim of one map, which it passes on bare."""
+    entries = f' (and {key}.in_channels one entry per layer)' if isinstance(neck.get('in_channels'), list) else ''
+    return (f"{key} ({type_name(neck)}) takes a list of maps, but {given}, and mmdet's MM_LocalVim passes one map "
+            f"on bare (as SimpleFPN takes it): give {where}.backbone.out_indices two or more layers{entries}, or use "
+            f"SimpleFPN")
+
+
+def _misfit_line(label: str, misfit: Optional[Misfit], given: str) -> Optional[str]:
+    """The line for the neck ``label`` set for other maps than ``given`` (words) as ``misfit`` says; None without."""
+    if misfit is None:
+        return None
+    if misfit.fix:
+        return _fit_problem(label, misfit.takes, given, misfit.fix)
+    return f'{label} {misfit.takes}, but {given}: {misfit.advice}'
+
+
+def _necks_problem(where: str, necks: list[tuple[str, dict]], maps: Any, given: str,
+                   bare_map: bool) -> Optional[str]:
+    """The first neck of ``necks`` (a chain under the model at ``where``) set for other maps than it gets: the first
+    neck gets the backbone's ``maps`` (``given`` in words; ``bare_map``: one, passed on bare), each next one the maps
+    of the neck before it. Necks after one whose maps are not known here are not judged, nor is a SimpleFPN after
+    another neck (it takes one bare map)."""
+    channels, source, first = maps.channels, f'{where}.backbone', necks[0][0]
+    for key, neck in necks:
+        kind = type_name(neck)
+        if kind == 'SimpleFPN':
+            problem = _simple_fpn_problem(where, key, neck, maps, given) if key == first else None
+            if problem or key != first:
+                return problem
+        elif bare_map and key == first and judges(kind):
+            return _bare_map_problem(where, key, neck, given)
+        problem = _misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
+        if problem:
+            return problem
+        gives = neck_gives(kind, neck, NeckMaps(channels, None), len(channels))
+        if gives is None or not gives.channels:
+            return None
+        channels, source = gives.channels, key
+        count = len(channels)
+        given = f'{key} ({kind}) gives {count} map{"s" if count > 1 else ""} of {channels} channels'
+    return None
+
+
 def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optional[str]:
     """A neck or a segmentation head (of a model without a neck) set for other maps than our backbone gives (another
     number, or other channels), e.g. after a change of the backbone's out_indices: mmdet's FPN and mmseg's heads end
     in a bare AssertionError, an IndexError or a convolution's channel error, after the datasets are built. Checked:
-    the necks of ``MAP_LIST_NECKS`` (``in_channels``), SimpleFPN (one map of ``backbone_channel``), and the
+    the necks that :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, ...),
+    SimpleFPN (one map of ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the
     ``in_index`` / ``in_channels`` of ``decode_head`` and ``auxiliary_head``, named by their keys under ``model``
     (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's registration), which
     only SimpleFPN takes."""
@@ -274,28 +334,11 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
         if maps is None:
             continue
         given = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
-        neck = node.get('neck')
-        if isinstance(neck, dict):
-            kind, key = type_name(neck), f'{where}.neck'
-            if kind == 'SimpleFPN':
-                width = neck.get('backbone_channel')
-                if len(maps.channels) > 1:
-                    return _fit_problem(f'{key} ({kind})', f'takes one map (of backbone_channel {width} channels)',
-                                        given, f'{where}.backbone.out_indices=[{maps.indices[-1]}]')
-                if width != maps.channels[0]:
-                    c = maps.channels[0]
-                    return _fit_problem(f'{key} ({kind})', f'takes one map of backbone_channel {width} channels',
-                                        given, f'{key}.backbone_channel={c} {key}.in_channels='
-                                               f'{_numbers([c // 4, c // 2, c, c])}')
-            elif kind in MAP_LIST_NECKS and isinstance(neck.get('in_channels'), (list, tuple)):
-                expected = list(neck['in_channels'])
-                if bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1:
-                    return (f"{key} ({kind}) takes a list of maps, but {given}, and mmdet's MM_LocalVim passes one "
-                            f"map on bare (as SimpleFPN takes it): give {where}.backbone.out_indices two or more "
-                            f"layers (and {key}.in_channels one entry per layer), or use SimpleFPN")
-                if expected != maps.channels:
-                    return _fit_problem(f'{key} ({kind})', f'takes {len(expected)} maps of in_channels {expected}',
-                                        given, f'{key}.in_channels={_numbers(maps.channels)}')
+        if node.get('neck') is not None:
+            bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
+            problem = _necks_problem(where, _neck_chain(node['neck'], f'{where}.neck'), maps, given, bare_map)
+            if problem:
+                return problem
             continue
         for head_key in ('decode_head', 'auxiliary_head'):
             heads = node.get(head_key)
@@ -313,39 +356,19 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
     return None
 
 
-def _count(value: Any) -> Optional[int]:
-    """``value`` when it is a positive int (not a bool), else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def neck_strides(neck: dict, strides: Sequence[int]) -> Optional[list[int]]:
-    """The strides of the maps the neck ``neck`` (a config dict) gives from maps of ``strides``; None for a neck not
-    known here or settings it refuses itself. FPN / PAFPN take the maps ``start_level`` to ``end_level`` (-1: the
-    last; both inclusive), ChannelMapper all of them, SimpleFPN its one map of stride s as strides s/4, s/2, s, 2s;
-    each extra map up to ``num_outs`` halves the last one."""
-    kind, count = type_name(neck), len(strides)
-    if kind in ('FPN', 'PAFPN'):
-        start, end, outs = neck.get('start_level', 0), neck.get('end_level', -1), _count(neck.get('num_outs'))
-        if not (isinstance(start, int) and isinstance(end, int) and outs):
+def neck_strides(neck: Any, strides: Sequence[int]) -> Optional[list[int]]:
+    """The strides of the maps the neck ``neck`` gives from maps of ``strides``: a config dict, or a list of them
+    (each takes the maps the one before gives). Known (:func:`.neck_maps.neck_gives`): FPN and its kin (PAFPN,
+    FPN_DropBlock, FPG, FPN_CARAFE, NASFPN), ChannelMapper, SimpleFPN, HRFPN, NASFCOS_FPN; the necks that keep their
+    maps' sizes (BFP, DyHead, SSH, YOLOXPAFPN, CSPNeXtPAFPN, MLANeck), YOLOV3Neck (in reversed order); DilatedEncoder
+    and CTResNetNeck (of the last map). None for any other neck, or settings a neck refuses itself."""
+    necks = _neck_chain(neck, '')
+    maps = NeckMaps(None, list(strides))
+    for _, part in necks:
+        maps = neck_gives(type_name(part), part, maps, len(maps.strides))
+        if maps is None or not maps.strides:
             return None
-        stop = count if end in (-1, count - 1) else end + 1
-        if not 0 <= start < stop <= count or outs < stop - start:
-            return None
-        given = list(strides[start:stop])
-    elif kind == 'ChannelMapper':
-        given, outs = list(strides), _count(neck.get('num_outs', count))
-        if not outs:
-            return None
-    elif kind == 'SimpleFPN':
-        outs = _count(neck.get('num_outs'))
-        if count != 1 or strides[0] % 4 or not outs:
-            return None
-        given = [strides[0] // 4, strides[0] // 2, strides[0], strides[0] * 2]
-    else:
-        return None
-    while len(given) < outs:
-        given.append(given[-1] * 2)
-    return given
+    return maps.strides if necks else None
 
 
 # Keys under a detector whose subtrees hold the settings of where its heads read the neck's maps.
@@ -364,7 +387,7 @@ def _square_strides(value: Any) -> Optional[list[int]]:
     if not isinstance(value, (list, tuple)):
         return None
     square = [s[0] if isinstance(s, (list, tuple)) and len(s) == 2 and s[0] == s[1] else s for s in value]
-    return square if all(_count(s) for s in square) else None
+    return square if all(positive_int(s) for s in square) else None
 
 
 def _stride_settings(where: str, node: dict, given: Sequence[int]) -> Iterator[tuple[str, list[int], list[int]]]:
@@ -397,7 +420,8 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
     generator's ``strides`` (``anchor_generator`` / ``prior_generator`` / ``*_anchor_generator``), those of the
     anchor-free heads of :data:`POINT_HEAD_STRIDES`, and the ``featmap_strides`` of the RoI extractors of
     :data:`ROI_EXTRACTOR_KEYS`; strides that are not ints (YOLACT's), or not in the config (a head's defaults),
-    are left alone. The line names the first setting, and its ``--cfg-options`` fit all of them."""
+    are left alone. The neck may be a list of necks (each takes the maps the one before gives). The line names the
+    first setting, and its ``--cfg-options`` fit all of them."""
     from .backbones import backbone_maps
 
     for where, node in keyed_dicts(model_cfg, 'model'):
@@ -409,9 +433,11 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
             continue
         neck = node.get('neck')
         gives = _backbone_gives(where, backbone, maps, f'strides {maps.strides}')
-        if isinstance(neck, dict):
+        necks = _neck_chain(neck, f'{where}.neck')
+        if necks:
             given = neck_strides(neck, maps.strides)
-            gives = f'{where}.neck ({type_name(neck)}) gives maps of strides {given}, as {gives}'
+            names = ', then '.join(type_name(part) for _, part in necks)
+            gives = f'{where}.neck ({names}) gives maps of strides {given}, as {gives}'
         elif neck is None:
             given = maps.strides
         else:
@@ -423,6 +449,6 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
             setting, strides, _ = wrong[0]
             others = len(wrong) - 1
             more = f' (and {others} more stride setting{"s" if others > 1 else ""})' if others else ''
-            fix = ' '.join(f'{key}={_numbers(wanted)}' for key, _, wanted in wrong)
+            fix = ' '.join(f'{key}={option_list(wanted)}' for key, _, wanted in wrong)
             return f'{setting} is {strides}{more}, but {gives}: set --cfg-options {fix}'
     return None

@@ -223,8 +223,8 @@ def test_a_list_of_auxiliary_heads_names_the_one_that_does_not_fit():
 
 
 def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
-    """A TTA model's module; a neck whose in_channels are not the maps in order (YOLOv3's are reversed) is not
-    judged, nor are the heads of a model with a neck."""
+    """A TTA model's module; YOLOv3's neck, whose in_channels start at the deepest map, takes the maps reversed; the
+    heads of a model with a neck are not judged, nor is a neck not known."""
     tta = dict(type='SegTTAModel', module=dict(backbone=dict(VSSM, out_indices=[1, 3]),
                                                neck=dict(type='FPN', in_channels=[16, 32])))
     assert run_inputs.neck_input_problem(tta) == (
@@ -234,6 +234,8 @@ def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
     yolo = dict(backbone=dict(VSSM, out_indices=[1, 3]), neck=dict(type='YOLOV3Neck', in_channels=[64, 16]),
                 decode_head=dict(type='FCNHead', in_index=7, in_channels=3))
     assert run_inputs.neck_input_problem(yolo) is None
+    unknown = dict(yolo, neck=dict(type='SSDNeck', in_channels=[3, 3]))
+    assert run_inputs.neck_input_problem(unknown) is None
 
 
 def test_one_local_vim_map_reaches_an_fpn_of_mmseg_in_a_list():
@@ -308,7 +310,7 @@ def test_necks_and_settings_not_known_are_left_alone():
     assert run_inputs.neck_strides(dict(fpn, num_outs=1), [4, 8]) is None       # FPN refuses fewer outputs
     assert run_inputs.neck_strides(dict(fpn, start_level=2), [4, 8]) is None
     assert run_inputs.neck_strides(dict(fpn, num_outs=None), [4, 8]) is None
-    assert run_inputs.neck_strides(dict(type='YOLOV3Neck', num_scales=2), [4, 8]) is None
+    assert run_inputs.neck_strides(dict(type='SSDNeck', in_channels=[4, 8]), [4, 8]) is None
     assert run_inputs.neck_strides(dict(type='SimpleFPN', num_outs=4), [14]) is None     # not a multiple of 4
 
 
@@ -372,7 +374,7 @@ def test_a_single_stage_prior_generator_and_a_detector_without_a_neck():
     assert run_inputs.head_stride_problem(reppoints) is None
     solo = dict(retina, bbox_head=None, mask_head=dict(type='SOLOHead', strides=[8, 8, 16, 32, 32]))
     assert run_inputs.head_stride_problem(solo) is None    # scale ranges of its grids, not map strides
-    unknown = dict(_detector([8, 16]), neck=dict(type='YOLOV3Neck', in_channels=[64, 32, 16]))
+    unknown = dict(_detector([8, 16]), neck=dict(type='SSDNeck', in_channels=[8, 16, 32, 64]))
     assert run_inputs.head_stride_problem(unknown) is None
 
 

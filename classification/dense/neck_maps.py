@@ -1,0 +1,288 @@
+"""What the necks of mmdet 3.x and mmseg 1.x take and give, read from their config dicts without building them: the
+channels a neck is set for (and the ``--cfg-options`` that set it for other maps), and the channels and strides of the
+maps it gives on. The det/seg input checks of run_inputs follow our backbone's maps through a neck, or through a list
+of necks, which mmengine chains (each takes the maps the one before gives).
+
+Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order), YOLOV3Neck (its
+``in_channels`` deepest map first), BFP, DyHead and Feature2Pyramid (every map of one width), DilatedEncoder and
+CTResNetNeck (the last map only); SimpleFPN, which takes one bare map of the backbone, is judged by run_inputs. Any
+other neck, and settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for those
+:func:`neck_gives` names (not for mmseg's MultiLevelNeck, JPU and Feature2Pyramid: a neck after them is not judged)."""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+# Necks whose in_channels are the channels of the maps they get, one entry per map in the order given (they assert
+# that they get as many maps as entries, and their convolutions refuse other channels).
+MAP_LIST_NECKS = ('FPN', 'PAFPN', 'FPN_DropBlock', 'ChannelMapper', 'MultiLevelNeck', 'FPG', 'FPN_CARAFE', 'NASFPN',
+                  'NASFCOS_FPN', 'HRFPN', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck', 'JPU')
+# Of those, the necks that refuse a list: their in_channels must be a tuple.
+TUPLE_NECKS = ('JPU',)
+
+
+class NeckMaps(NamedTuple):
+    """The maps a neck gives: their channels and their strides, each None where not known here."""
+    channels: Optional[list[int]]
+    strides: Optional[list[int]]
+
+
+class Misfit(NamedTuple):
+    """How a neck is set for other maps than it gets: what it ``takes`` (words), and the ``--cfg-options`` items that
+    fit it, or (``fix`` empty) what to do where no setting of the neck can."""
+    takes: str
+    fix: str = ''
+    advice: str = ''
+
+
+def option_list(values: Sequence[int], tuple_form: bool = False) -> str:
+    """``values`` as one ``--cfg-options`` value: [1,2,3], or (1,2,3) with ``tuple_form``."""
+    text = ','.join(str(v) for v in values)
+    return f'({text})' if tuple_form else f'[{text}]'
+
+
+def positive_int(value: Any) -> Optional[int]:
+    """``value`` when it is a positive int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _ints(value: Any) -> Optional[list[int]]:
+    """A config's list (or tuple) of positive ints as a list; None for anything else."""
+    if not isinstance(value, (list, tuple)) or not value or not all(positive_int(v) for v in value):
+        return None
+    return list(value)
+
+
+def _one_width(channels: Sequence[int]) -> Optional[int]:
+    """The width of every map of ``channels``; None when they differ."""
+    return channels[0] if len(set(channels)) == 1 else None
+
+
+def _list_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """A neck of :data:`MAP_LIST_NECKS` whose in_channels are not ``channels``; SSH's out_channels and num_scales
+    count the maps too."""
+    expected = neck.get('in_channels')
+    if not isinstance(expected, (list, tuple)) or list(expected) == channels:
+        return None
+    takes = f'takes {len(expected)} maps of in_channels {list(expected)}'
+    fix = f'{key}.in_channels={option_list(channels, neck["type"] in TUPLE_NECKS)}'
+    if neck['type'] == 'SSH' and len(expected) != len(channels):
+        return _scales_misfit(neck, key, takes, fix, channels)
+    return Misfit(takes, fix)
+
+
+def _scales_misfit(neck: dict, key: str, takes: str, fix: str, channels: list[int]) -> Misfit:
+    """SSH or YOLOV3Neck set for another number of maps: num_scales and out_channels (one entry per map) change too;
+    out_channels of one width are kept at it, others are left to the user."""
+    count, widths = len(channels), neck.get('out_channels')
+    width = _one_width(widths) if _ints(widths) else None
+    if width is None:
+        return Misfit(takes, advice=f'set {key}.num_scales={count}, {fix} and {key}.out_channels to {count} widths '
+                                    f'(one per map)')
+    return Misfit(takes, f'{key}.num_scales={count} {fix} {key}.out_channels={option_list([width] * count)}')
+
+
+def _yolov3_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """YOLOV3Neck, whose in_channels start at the last (deepest) map it gets."""
+    expected, deepest_first = neck.get('in_channels'), channels[::-1]
+    if not isinstance(expected, (list, tuple)) or list(expected) == deepest_first:
+        return None
+    takes = f'takes {len(expected)} maps of in_channels {list(expected)} (the deepest first)'
+    fix = f'{key}.in_channels={option_list(deepest_first)}'
+    return Misfit(takes, fix) if len(expected) == len(channels) else _scales_misfit(neck, key, takes, fix, channels)
+
+
+def _one_width_advice(kind: str) -> str:
+    """What to do where a neck that takes maps of one width (BFP, DyHead, Feature2Pyramid) gets several widths."""
+    return f"it takes maps of one width: put a neck that gives them before it (neck=[dict(type='FPN', ...), " \
+           f"dict(type='{kind}', ...)])"
+
+
+def _bfp_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """BFP, which takes num_levels maps of in_channels each (and refines at refine_level, below num_levels)."""
+    width, levels, refine = neck.get('in_channels'), neck.get('num_levels'), neck.get('refine_level', 2)
+    one, count = _one_width(channels), len(channels)
+    if not (positive_int(width) and positive_int(levels)) or (one == width and levels == count):
+        return None
+    takes = f'takes {levels} maps of in_channels {width}'
+    if one is None:
+        return Misfit(takes, advice=_one_width_advice('BFP'))
+    items = [f'{key}.in_channels={one}'] if one != width else []
+    items += [f'{key}.num_levels={count}'] if levels != count else []
+    items += [f'{key}.refine_level={count - 1}'] if isinstance(refine, int) and refine >= count else []
+    return Misfit(takes, ' '.join(items))
+
+
+def _dyhead_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """DyHead, which takes any number of maps of in_channels each."""
+    width, one = neck.get('in_channels'), _one_width(channels)
+    if not positive_int(width) or one == width:
+        return None
+    takes = f'takes maps of in_channels {width}'
+    return Misfit(takes, f'{key}.in_channels={one}') if one else Misfit(takes, advice=_one_width_advice('DyHead'))
+
+
+def _feature2pyramid_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """mmseg's Feature2Pyramid, which takes one map of embed_dim channels per rescales entry (four: its forward
+    picks four resamplings)."""
+    width, rescales, one = neck.get('embed_dim'), neck.get('rescales', [4, 2, 1, 0.5]), _one_width(channels)
+    if not positive_int(width) or not isinstance(rescales, (list, tuple)):
+        return None
+    if one == width and len(rescales) == len(channels):
+        return None
+    takes = f'takes {len(rescales)} maps of embed_dim {width} channels (one per rescales entry)'
+    if len(rescales) != len(channels):
+        return Misfit(takes, advice=f'give {source}.out_indices {len(rescales)} entries')
+    return Misfit(takes, f'{key}.embed_dim={one}') if one else Misfit(takes, advice=_one_width_advice(neck['type']))
+
+
+def _last_map_misfit(setting: str) -> Callable[[dict, str, list[int], str], Optional[Misfit]]:
+    """The judge of a neck that takes only the last map it gets, ``setting`` channels wide."""
+    def misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+        width = neck.get(setting)
+        if not positive_int(width) or width == channels[-1]:
+            return None
+        return Misfit(f'takes the last map, of {setting} {width}', f'{key}.{setting}={channels[-1]}')
+    return misfit
+
+
+_MISFITS: dict[str, Callable[[dict, str, list[int], str], Optional[Misfit]]] = dict(
+    dict.fromkeys(MAP_LIST_NECKS, _list_misfit), YOLOV3Neck=_yolov3_misfit, BFP=_bfp_misfit,
+    DyHead=_dyhead_misfit, Feature2Pyramid=_feature2pyramid_misfit,
+    DilatedEncoder=_last_map_misfit('in_channels'), CTResNetNeck=_last_map_misfit('in_channels'))
+
+
+def judges(kind: str) -> bool:
+    """True for a neck class whose settings :func:`neck_misfit` judges."""
+    return kind in _MISFITS
+
+
+def neck_misfit(kind: str, neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """How the neck ``neck`` of class ``kind`` at the config key ``key`` is set for other maps than the maps of
+    ``channels`` that ``source`` (a config key) gives it; None when it takes them, or is not judged here."""
+    judge = _MISFITS.get(kind)
+    return judge(dict(neck, type=kind), key, list(channels), source) if judge and channels else None
+
+
+def _pyramid(strides: list[int], outs: int) -> list[int]:
+    """``strides`` and then, up to ``outs`` maps, each extra map half the size of the one before."""
+    strides = list(strides)
+    while len(strides) < outs:
+        strides.append(strides[-1] * 2)
+    return strides
+
+
+def _levels(neck: dict, count: int) -> Optional[tuple[int, int, int]]:
+    """(first map, map after the last, number of maps given) of an FPN-like neck that builds its pyramid on the maps
+    ``start_level`` to ``end_level`` (-1: the last; both inclusive) of ``count``, or None for settings it refuses."""
+    start, end, outs = neck.get('start_level', 0), neck.get('end_level', -1), positive_int(neck.get('num_outs'))
+    if not (isinstance(start, int) and isinstance(end, int) and outs):
+        return None
+    stop = count if end in (-1, count - 1) else end + 1
+    if not 0 <= start < stop <= count or outs < stop - start or (stop < count and outs != stop - start):
+        return None
+    return start, stop, outs
+
+
+def _widths(neck: dict, outs: int, setting: str = 'out_channels') -> Optional[list[int]]:
+    """``outs`` maps of the int ``setting`` channels each, or None when it is not an int."""
+    width = positive_int(neck.get(setting))
+    return [width] * outs if width else None
+
+
+def _fpn_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """FPN and its kin (PAFPN, FPN_DropBlock, FPG, FPN_CARAFE; NASFPN, whose cells take exactly five): the maps
+    ``start_level`` to ``end_level``, then maps halved in size up to ``num_outs``, out_channels wide each."""
+    levels = _levels(neck, count)
+    if levels is None or (neck['type'] == 'NASFPN' and levels[2] != 5):
+        return None
+    start, stop, outs = levels
+    strides = _pyramid(maps.strides[start:stop], outs) if maps.strides else None
+    return NeckMaps(_widths(neck, outs), strides)
+
+
+def _nasfcos_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """NASFCOS_FPN: its cells take three maps and give maps of the sizes of the maps 1, 2 and 3 it gets, then maps
+    halved in size up to ``num_outs``."""
+    levels = _levels(neck, count)
+    if levels is None or count < 4 or levels[1] - levels[0] != 3:
+        return None
+    strides = _pyramid(maps.strides[1:4], levels[2]) if maps.strides else None
+    return NeckMaps(_widths(neck, levels[2]), strides)
+
+
+def _channel_mapper_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """ChannelMapper: every map, then maps halved in size up to ``num_outs``."""
+    outs = positive_int(neck.get('num_outs', count))
+    if not outs:
+        return None
+    return NeckMaps(_widths(neck, outs), _pyramid(maps.strides, outs) if maps.strides else None)
+
+
+def _simple_fpn_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """SimpleFPN: its one map of stride s as maps of strides s/4, s/2, s, 2s, then halved up to ``num_outs``."""
+    outs = positive_int(neck.get('num_outs'))
+    if count != 1 or not outs:
+        return None
+    stride = maps.strides[0] if maps.strides else None
+    strides = _pyramid([stride // 4, stride // 2, stride, stride * 2], outs) if stride and stride % 4 == 0 else None
+    return NeckMaps(_widths(neck, outs), strides)
+
+
+def _hrfpn_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """HRFPN: the maps, upsampled by 2, 4, ... onto the first, make one map of its stride s, pooled into maps of
+    strides s, 2s, 4s, ... (``num_outs``); the strides only for maps that double from one to the next, and stride 1."""
+    outs = positive_int(neck.get('num_outs', 5))
+    if not outs:
+        return None
+    doubling = maps.strides and all(s == maps.strides[0] * 2 ** i for i, s in enumerate(maps.strides))
+    strides = [maps.strides[0] * 2 ** i for i in range(outs)] if doubling and neck.get('stride', 1) == 1 else None
+    return NeckMaps(_widths(neck, outs), strides)
+
+
+def _same_maps_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """Necks that give one map per map they get, of its size: BFP (of its channels too), DyHead, YOLOXPAFPN,
+    CSPNeXtPAFPN and MLANeck (out_channels wide), SSH (out_channels, a list)."""
+    kind = neck['type']
+    if kind == 'BFP':
+        channels = maps.channels
+    elif kind == 'SSH':
+        channels = _ints(neck.get('out_channels'))
+    else:
+        channels = _widths(neck, count)
+    return NeckMaps(channels, maps.strides)
+
+
+def _yolov3_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """YOLOV3Neck: one map per map it gets, the deepest first, out_channels (a list) wide."""
+    return NeckMaps(_ints(neck.get('out_channels')), maps.strides[::-1] if maps.strides else None)
+
+
+def _dilated_encoder_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """DilatedEncoder: one map, of the last map's size, out_channels wide."""
+    return NeckMaps(_widths(neck, 1), maps.strides[-1:] if maps.strides else None)
+
+
+def _ct_resnet_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """CTResNetNeck: the last map, doubled in size by each deconvolution (of kernel 4: the only size that doubles
+    exactly), num_deconv_filters[-1] wide."""
+    filters, kernels = _ints(neck.get('num_deconv_filters')), _ints(neck.get('num_deconv_kernels'))
+    if not filters:
+        return None
+    last = maps.strides[-1] if maps.strides else None
+    exact = last and kernels and set(kernels) == {4} and last % 2 ** len(filters) == 0
+    return NeckMaps(filters[-1:], [last // 2 ** len(filters)] if exact else None)
+
+
+_GIVES: dict[str, Callable[[dict, NeckMaps, int], Optional[NeckMaps]]] = dict(
+    dict.fromkeys(('FPN', 'PAFPN', 'FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN'), _fpn_gives),
+    **dict.fromkeys(('BFP', 'DyHead', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck'), _same_maps_gives),
+    NASFCOS_FPN=_nasfcos_gives, ChannelMapper=_channel_mapper_gives, SimpleFPN=_simple_fpn_gives,
+    HRFPN=_hrfpn_gives, YOLOV3Neck=_yolov3_gives, DilatedEncoder=_dilated_encoder_gives,
+    CTResNetNeck=_ct_resnet_gives)
+
+
+def neck_gives(kind: str, neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """The maps the neck ``neck`` of class ``kind`` gives when it gets ``count`` maps (``maps``: their channels and
+    strides, each None where not known); None for a neck not known here, or settings it refuses."""
+    gives = _GIVES.get(kind)
+    return gives(dict(neck, type=kind), maps, count) if gives and count else None

@@ -1,0 +1,310 @@
+"""The det/seg tools' neck check beyond FPN: the other necks of mmdet and mmseg that our backbones may feed (FPN's kin,
+BFP, DyHead, SSH, YOLO's, the last-map necks, mmseg's ViT necks) and lists of necks, where each neck takes the maps
+the one before gives. A neck set for other maps ends in one line whose --cfg-options fit it; the channels and strides
+the check follows through a neck are those of the maps mmdet's and mmseg's built necks give."""
+import argparse
+import copy
+import os
+
+import pytest
+import torch
+
+from conftest import det_config, require, tiny_vssm_backbone
+
+from classification.dense import run_inputs
+from classification.dense.neck_maps import NeckMaps, neck_gives
+
+VSSM = dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1), out_indices=(1, 2, 3))   # 16, 32, 64 channels
+VSSM_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of [16, 32, 64] channels '
+              '(stages 1, 2, 3)')
+VIM = dict(type='MM_LocalVim', embed_dim=32, depth=4, out_indices=[1, 3])
+VIM_GIVES = 'model.backbone (MM_LocalVim, out_indices [1, 3]) gives 2 maps of [32, 32] channels (layers 1, 3)'
+VIM4 = dict(VIM, out_indices=[0, 1, 2, 3])
+VIM4_GIVES = ('model.backbone (MM_LocalVim, out_indices [0, 1, 2, 3]) gives 4 maps of [32, 32, 32, 32] channels '
+              '(layers 0, 1, 2, 3)')
+RESNET_WIDTHS = [96, 192, 384, 768]
+FPN_GIVES = 'model.neck.0 (FPN) gives 5 maps of [32, 32, 32, 32, 32] channels'
+ONE_WIDTH = "it takes maps of one width: put a neck that gives them before it (neck=[dict(type='FPN', ...), "
+
+
+def _fpn(in_channels) -> dict:
+    return dict(type='FPN', in_channels=in_channels, out_channels=32, num_outs=5)
+
+
+LIST_NECKS = ['FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN', 'NASFCOS_FPN', 'HRFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN',
+              'MLANeck']
+
+# (backbone, the neck as it fits, the neck set for other maps, the line for it; with a fix, the fix fits it)
+REFUSALS = {
+    **{kind.lower(): (VSSM, dict(type=kind, in_channels=[16, 32, 64]), dict(type=kind, in_channels=RESNET_WIDTHS),
+                      f'model.neck ({kind}) takes 4 maps of in_channels {RESNET_WIDTHS}, but {VSSM_GIVES}: set '
+                      f'--cfg-options model.neck.in_channels=[16,32,64]') for kind in LIST_NECKS},
+    'jpu_tuple': (VSSM, dict(type='JPU', in_channels=(16, 32, 64)), dict(type='JPU', in_channels=(512, 1024, 2048)),
+                  f'model.neck (JPU) takes 3 maps of in_channels [512, 1024, 2048], but {VSSM_GIVES}: set '
+                  f'--cfg-options model.neck.in_channels=(16,32,64)'),
+    'ssh': (VSSM, dict(type='SSH', num_scales=3, in_channels=[16, 32, 64], out_channels=[8, 8, 8]),
+            dict(type='SSH', num_scales=3, in_channels=[8, 16, 32], out_channels=[8, 8, 8]),
+            f'model.neck (SSH) takes 3 maps of in_channels [8, 16, 32], but {VSSM_GIVES}: set --cfg-options '
+            f'model.neck.in_channels=[16,32,64]'),
+    'ssh_scales': (VSSM, None, dict(type='SSH', num_scales=4, in_channels=[8, 16, 32, 64], out_channels=[8] * 4),
+                   f'model.neck (SSH) takes 4 maps of in_channels [8, 16, 32, 64], but {VSSM_GIVES}: set --cfg-options '
+                   f'model.neck.num_scales=3 model.neck.in_channels=[16,32,64] model.neck.out_channels=[8,8,8]'),
+    'ssh_scales_widths': (VSSM, None, dict(type='SSH', num_scales=2, in_channels=[8, 16], out_channels=[8, 16]),
+                          f'model.neck (SSH) takes 2 maps of in_channels [8, 16], but {VSSM_GIVES}: set '
+                          f'model.neck.num_scales=3, model.neck.in_channels=[16,32,64] and model.neck.out_channels to '
+                          f'3 widths (one per map)'),
+    'yolov3': (VSSM, dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16], out_channels=[32, 16, 8]),
+               dict(type='YOLOV3Neck', num_scales=3, in_channels=[16, 32, 64], out_channels=[32, 16, 8]),
+               f'model.neck (YOLOV3Neck) takes 3 maps of in_channels [16, 32, 64] (the deepest first), but '
+               f'{VSSM_GIVES}: set --cfg-options model.neck.in_channels=[64,32,16]'),
+    'yolov3_scales': (VSSM, None, dict(type='YOLOV3Neck', num_scales=2, in_channels=[64, 32], out_channels=[32, 16]),
+                      f'model.neck (YOLOV3Neck) takes 2 maps of in_channels [64, 32] (the deepest first), but '
+                      f'{VSSM_GIVES}: set model.neck.num_scales=3, model.neck.in_channels=[64,32,16] and '
+                      f'model.neck.out_channels to 3 widths (one per map)'),
+    'bfp': (VIM, dict(type='BFP', in_channels=32, num_levels=2, refine_level=1),
+            dict(type='BFP', in_channels=256, num_levels=5, refine_level=2),
+            f'model.neck (BFP) takes 5 maps of in_channels 256, but {VIM_GIVES}: set --cfg-options '
+            f'model.neck.in_channels=32 model.neck.num_levels=2 model.neck.refine_level=1'),
+    'bfp_widths': (VSSM, None, dict(type='BFP', in_channels=16, num_levels=3),
+                   f"model.neck (BFP) takes 3 maps of in_channels 16, but {VSSM_GIVES}: {ONE_WIDTH}"
+                   f"dict(type='BFP', ...)])"),
+    'dyhead': (VIM, dict(type='DyHead', in_channels=32), dict(type='DyHead', in_channels=256),
+               f'model.neck (DyHead) takes maps of in_channels 256, but {VIM_GIVES}: set --cfg-options '
+               f'model.neck.in_channels=32'),
+    'feature2pyramid': (VIM4, dict(type='Feature2Pyramid', embed_dim=32), dict(type='Feature2Pyramid', embed_dim=192),
+                        f'model.neck (Feature2Pyramid) takes 4 maps of embed_dim 192 channels (one per rescales '
+                        f'entry), but {VIM4_GIVES}: set --cfg-options model.neck.embed_dim=32'),
+    'feature2pyramid_maps': (VIM, None, dict(type='Feature2Pyramid', embed_dim=32),
+                             f'model.neck (Feature2Pyramid) takes 4 maps of embed_dim 32 channels (one per rescales '
+                             f'entry), but {VIM_GIVES}: give model.backbone.out_indices 4 entries'),
+    'dilated_encoder': (VSSM, dict(type='DilatedEncoder', in_channels=64),
+                        dict(type='DilatedEncoder', in_channels=2048),
+                        f'model.neck (DilatedEncoder) takes the last map, of in_channels 2048, but {VSSM_GIVES}: set '
+                        f'--cfg-options model.neck.in_channels=64'),
+    'ct_resnet': (VSSM, dict(type='CTResNetNeck', in_channels=64), dict(type='CTResNetNeck', in_channels=512),
+                  f'model.neck (CTResNetNeck) takes the last map, of in_channels 512, but {VSSM_GIVES}: set '
+                  f'--cfg-options model.neck.in_channels=64'),
+    'fpn_then_bfp': (VSSM, [_fpn([16, 32, 64]), dict(type='BFP', in_channels=32, num_levels=5)],
+                     [_fpn([16, 32, 64]), dict(type='BFP', in_channels=256, num_levels=5)],
+                     f'model.neck.1 (BFP) takes 5 maps of in_channels 256, but {FPN_GIVES}: set --cfg-options '
+                     f'model.neck.1.in_channels=32'),
+    'fpn_then_dyhead': (VSSM, [_fpn([16, 32, 64]), dict(type='DyHead', in_channels=32)],
+                        [_fpn([16, 32, 64]), dict(type='DyHead', in_channels=256)],
+                        f'model.neck.1 (DyHead) takes maps of in_channels 256, but {FPN_GIVES}: set --cfg-options '
+                        f'model.neck.1.in_channels=32'),
+    'fpn_of_a_list': (VSSM, None, [_fpn(RESNET_WIDTHS), dict(type='DyHead', in_channels=32)],
+                      f'model.neck.0 (FPN) takes 4 maps of in_channels {RESNET_WIDTHS}, but {VSSM_GIVES}: set '
+                      f'--cfg-options model.neck.0.in_channels=[16,32,64]'),
+}
+
+
+def _apply_advice(cfg, problem: str) -> None:
+    """Merge the --cfg-options that ``problem`` advises into ``cfg``, parsed as the tools parse them."""
+    from classification.dense import launch
+
+    parser = argparse.ArgumentParser()
+    launch.add_cfg_options(parser, '')
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *problem.split('set --cfg-options ')[1].split()])
+                        .cfg_options)
+
+
+@pytest.mark.parametrize('backbone, fits, misfit, message', REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_neck_set_for_other_maps_is_refused_in_one_line_whose_options_fit_it(backbone, fits, misfit, message):
+    require('mmengine')
+    from mmengine.config import Config
+
+    if fits is not None:
+        assert run_inputs.neck_input_problem(dict(backbone=backbone, neck=fits)) is None
+    cfg = Config(dict(model=dict(backbone=backbone, neck=copy.deepcopy(misfit))))
+    assert run_inputs.neck_input_problem(cfg.model) == message
+    if 'set --cfg-options' in message:
+        _apply_advice(cfg, message)
+        assert run_inputs.neck_input_problem(cfg.model) is None
+    if fits is not None and 'set --cfg-options' in message:     # the advice gives what the fitting config holds
+        first_fit = fits[-1] if isinstance(fits, list) else fits
+        fitted = cfg.model.neck[-1] if isinstance(fits, list) else cfg.model.neck
+        assert {key: fitted[key] for key in first_fit} == first_fit
+
+
+def test_mmdets_local_vim_passes_its_one_map_bare_to_no_neck_but_simple_fpn():
+    model = dict(backbone=dict(VIM, out_indices=[3]), neck=dict(type='DyHead', in_channels=32))
+    assert run_inputs.neck_input_problem(model) is None
+    assert run_inputs.neck_input_problem(model, bare_single_map=True) == (
+        "model.neck (DyHead) takes a list of maps, but model.backbone (MM_LocalVim, out_indices [3]) gives 1 map of "
+        "[32] channels (layer 3), and mmdet's MM_LocalVim passes one map on bare (as SimpleFPN takes it): give "
+        "model.backbone.out_indices two or more layers, or use SimpleFPN")
+    model['neck'] = [dict(type='FPN', in_channels=[32], out_channels=8, num_outs=1), dict(type='DyHead')]
+    assert run_inputs.neck_input_problem(model, bare_single_map=True).startswith(
+        'model.neck.0 (FPN) takes a list of maps, but model.backbone (MM_LocalVim, out_indices [3]) gives 1 map of '
+        '[32] channels (layer 3), and ')
+
+
+def test_necks_after_one_not_known_and_unknown_settings_are_left_alone():
+    unknown_first = [dict(type='SSDNeck', in_channels=[16, 32, 64]), dict(type='DyHead', in_channels=3)]
+    assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=unknown_first)) is None
+    odd_count = [_fpn([16, 32, 64]), dict(type='NASFCOS_FPN', in_channels=[32] * 5, start_level=0, num_outs=5),
+                 dict(type='DyHead', in_channels=3)]   # NASFCOS_FPN's maps, from five but not 1 to 3: not known
+    assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=odd_count)) is None
+    assert run_inputs.neck_strides(odd_count, [8, 16, 32]) is None
+    assert run_inputs.neck_strides(dict(type='NASFPN', in_channels=[8, 16, 32], num_outs=4), [8, 16, 32]) is None
+    assert run_inputs.neck_strides(dict(type='CTResNetNeck', num_deconv_filters=(8,), num_deconv_kernels=(3,)),
+                                   [32]) is None     # a kernel-3 deconvolution does not double its map
+    assert run_inputs.neck_strides(dict(type='HRFPN', in_channels=[8, 8]), [16, 16]) is None   # not doubling
+    assert run_inputs.neck_strides([], [8, 16]) is None
+
+
+def test_a_list_after_simple_fpn_and_the_stride_line_of_a_list_name_each_neck():
+    vitdet = dict(backbone=dict(VIM, out_indices=[3]),
+                  neck=[dict(type='SimpleFPN', backbone_channel=32, in_channels=[8, 16, 32, 32], out_channels=16,
+                             num_outs=5), dict(type='DyHead', in_channels=32)])
+    assert run_inputs.neck_input_problem(vitdet, bare_single_map=True) == (
+        'model.neck.1 (DyHead) takes maps of in_channels 32, but model.neck.0 (SimpleFPN) gives 5 maps of '
+        '[16, 16, 16, 16, 16] channels: set --cfg-options model.neck.1.in_channels=16')
+    assert run_inputs.neck_strides(vitdet['neck'], [16]) == [4, 8, 16, 32, 64]
+    anchors = dict(type='AnchorGenerator', strides=[4, 8, 16, 32, 64])
+    atss = dict(backbone=VSSM, neck=[_fpn([16, 32, 64]), dict(type='DyHead', in_channels=32)],
+                bbox_head=dict(type='ATSSHead', anchor_generator=anchors))
+    assert run_inputs.head_stride_problem(atss) == (
+        'model.bbox_head.anchor_generator.strides is [4, 8, 16, 32, 64], but model.neck (FPN, then DyHead) gives maps '
+        'of strides [8, 16, 32, 64, 128], as model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of '
+        'strides [8, 16, 32] (stages 1, 2, 3): '
+        'set --cfg-options model.bbox_head.anchor_generator.strides=[8,16,32,64,128]')
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The maps the check follows through a neck, against those of mmdet's and mmseg's built necks
+
+BN = dict(type='BN')
+FPG = dict(type='FPG', in_channels=[8, 16, 32, 64], out_channels=8, inter_channels=8, num_outs=5, stack_times=2,
+           paths=['bu', 'bu'], start_level=1, add_extra_convs=True, norm_cfg=BN, same_down_trans=None,
+           same_up_trans=dict(type='conv', kernel_size=3, stride=2, padding=1),
+           across_lateral_trans=dict(type='conv', kernel_size=1),
+           across_down_trans=dict(type='interpolation_conv', mode='nearest', kernel_size=3), across_up_trans=None,
+           across_skip_trans=None, output_trans=dict(type='last_conv', kernel_size=3),
+           skip_inds=[(0, 1), (0, 1), (0,), (0,), ()])
+STRIDES4 = [4, 8, 16, 32]
+STRIDES3 = [8, 16, 32]
+
+BUILT_NECKS = {   # (scope, neck config, channels and strides of the maps it gets, strides of the maps it gives)
+    'fpg': ('mmdet', FPG, ([8, 16, 32, 64], STRIDES4), [8, 16, 32, 64, 128]),
+    'fpn_dropblock': ('mmdet', dict(type='FPN_DropBlock', in_channels=[8, 16, 32, 64], out_channels=8, num_outs=5,
+                                    start_level=1, add_extra_convs='on_input'), ([8, 16, 32, 64], STRIDES4),
+                      [8, 16, 32, 64, 128]),
+    'fpn_carafe': ('mmdet', dict(type='FPN_CARAFE', in_channels=[8, 16, 32, 64], out_channels=8, num_outs=5,
+                                 upsample_cfg=dict(type='nearest')), ([8, 16, 32, 64], STRIDES4),
+                   [4, 8, 16, 32, 64]),
+    'nasfpn': ('mmdet', dict(type='NASFPN', in_channels=[8, 16, 32, 64], out_channels=8, num_outs=5, stack_times=1,
+                             start_level=1, norm_cfg=BN), ([8, 16, 32, 64], STRIDES4), [8, 16, 32, 64, 128]),
+    'nasfcos_fpn': ('mmdet', dict(type='NASFCOS_FPN', in_channels=[8, 16, 32, 64], out_channels=8, start_level=1,
+                                  num_outs=5, norm_cfg=BN), ([8, 16, 32, 64], STRIDES4), [8, 16, 32, 64, 128]),
+    'hrfpn': ('mmdet', dict(type='HRFPN', in_channels=[8, 16, 32, 64], out_channels=8), ([8, 16, 32, 64], STRIDES4),
+              [4, 8, 16, 32, 64]),
+    'bfp': ('mmdet', dict(type='BFP', in_channels=8, num_levels=3, refine_level=1), ([8, 8, 8], STRIDES3), STRIDES3),
+    'dyhead': ('mmdet', dict(type='DyHead', in_channels=8, out_channels=16, num_blocks=1), ([8, 8, 8], STRIDES3),
+               STRIDES3),
+    'ssh': ('mmdet', dict(type='SSH', num_scales=3, in_channels=[8, 16, 32], out_channels=[8, 16, 32]),
+            ([8, 16, 32], STRIDES3), STRIDES3),
+    'yoloxpafpn': ('mmdet', dict(type='YOLOXPAFPN', in_channels=[8, 16, 32], out_channels=8, num_csp_blocks=1),
+                   ([8, 16, 32], STRIDES3), STRIDES3),
+    'cspnextpafpn': ('mmdet', dict(type='CSPNeXtPAFPN', in_channels=[8, 16, 32], out_channels=8, num_csp_blocks=1),
+                     ([8, 16, 32], STRIDES3), STRIDES3),
+    'yolov3': ('mmdet', dict(type='YOLOV3Neck', num_scales=3, in_channels=[32, 16, 8], out_channels=[16, 8, 4]),
+               ([8, 16, 32], STRIDES3), [32, 16, 8]),
+    'dilated_encoder': ('mmdet', dict(type='DilatedEncoder', in_channels=32, out_channels=8, block_mid_channels=4,
+                                      num_residual_blocks=1, block_dilations=[2]), ([8, 16, 32], STRIDES3), [32]),
+    'ct_resnet': ('mmdet', dict(type='CTResNetNeck', in_channels=32, num_deconv_filters=(16, 8),
+                                num_deconv_kernels=(4, 4), use_dcn=False), ([8, 16, 32], STRIDES3), [8]),
+    'fpn_then_bfp': ('mmdet', [dict(type='FPN', in_channels=[8, 16, 32], out_channels=8, start_level=1,
+                                    add_extra_convs='on_output', num_outs=5),
+                               dict(type='BFP', in_channels=8, num_levels=5)], ([8, 16, 32], STRIDES3),
+                     [16, 32, 64, 128, 256]),
+    'fpn_then_dyhead': ('mmdet', [dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=16, start_level=1,
+                                       add_extra_convs='on_output', num_outs=5),
+                                  dict(type='DyHead', in_channels=16, out_channels=16, num_blocks=1)],
+                        ([8, 16, 32, 64], STRIDES4), [8, 16, 32, 64, 128]),
+    'mla_neck': ('mmseg', dict(type='MLANeck', in_channels=[8, 8, 8, 8], out_channels=4), ([8] * 4, [16] * 4),
+                 [16] * 4),
+}
+
+
+def _chained_channels(neck, channels: list) -> list:
+    """The channels the check follows through ``neck`` (a dict or a list of them) from maps of ``channels``."""
+    maps = NeckMaps(channels, None)
+    for part in neck if isinstance(neck, list) else [neck]:
+        maps = neck_gives(part['type'], part, maps, len(maps.channels))
+    return maps.channels
+
+
+@pytest.mark.parametrize('scope, neck, given, strides', BUILT_NECKS.values(), ids=BUILT_NECKS.keys())
+def test_the_maps_a_neck_gives_are_those_of_the_built_neck(scope, neck, given, strides):
+    require('mmdet')
+    require('mmseg')
+    import mmdet.models  # noqa: F401  (the necks of both in their registries)
+    import mmseg.models  # noqa: F401
+    from mmengine.registry import MODELS, init_default_scope
+
+    channels, in_strides = given
+    assert run_inputs.neck_strides(neck, in_strides) == strides
+    init_default_scope(scope)
+    built = MODELS.build(copy.deepcopy(neck)).eval()
+    image_hw = (256, 512)
+    inputs = [torch.zeros(1, c, image_hw[0] // s, image_hw[1] // s) for c, s in zip(channels, in_strides)]
+    with torch.no_grad():
+        maps = built(inputs)
+    measured = [(image_hw[0] / m.shape[-2], image_hw[1] / m.shape[-1]) for m in maps]
+    assert measured == [(s, s) for s in strides]
+    assert [m.shape[1] for m in maps] == _chained_channels(neck, channels)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real detectors on a tiny LocalVMamba: the advice alone fits them, and the maps are those the check assumed
+
+def _follow_advice(cfg) -> list:
+    """Apply the checks' advice to ``cfg`` until they have none; the --cfg-options of each, in order."""
+    advice = []
+    while (problem := run_inputs.neck_input_problem(cfg.model) or run_inputs.head_stride_problem(cfg.model)) \
+            and len(advice) < 4:
+        advice.append(problem.split('set --cfg-options ')[1])
+        _apply_advice(cfg, problem)
+    return advice
+
+
+def _mmdet_model(config: str, **backbone):
+    """mmdet's own ``config``'s model with a one-block-per-stage LocalVMamba of dims 16 (``backbone`` settings)."""
+    import mmdet
+    from mmengine.config import Config
+
+    import detection.local_mamba  # noqa: F401  (our backbones in mmdet's registry)
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', config))
+    ours = det_config('mask_rcnn_local_vssm_tiny_fpn_coco.py').model.backbone
+    cfg.model['backbone'] = dict(tiny_vssm_backbone(ours, dims=16), **backbone)
+    return cfg
+
+
+def _measured(detector) -> tuple:
+    """The strides and channels of the maps ``detector`` extracts from a 256x512 input."""
+    with torch.no_grad():
+        maps = detector.extract_feat(torch.zeros(1, 3, 256, 512))
+    assert all(256 / m.shape[-2] == 512 / m.shape[-1] for m in maps)
+    return [256 // m.shape[-2] for m in maps], [m.shape[1] for m in maps]
+
+
+def test_an_atss_with_fpn_then_dyhead_is_fitted_through_the_list_and_gives_the_maps_assumed():
+    """From stages 1 to 3 (strides 8 .. 32) FPN's start_level 1 makes maps of strides 16 .. 256 that DyHead keeps."""
+    require('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    cfg = _mmdet_model('dyhead/atss_r50_fpn_dyhead_1x_coco.py', out_indices=(1, 2, 3))
+    fpn, dyhead = cfg.model.neck
+    fpn['out_channels'] = 32
+    dyhead.update(out_channels=32, num_blocks=1)
+    cfg.model.bbox_head.update(in_channels=32, feat_channels=32, stacked_convs=1)
+    assert _follow_advice(cfg) == ['model.neck.0.in_channels=[32,64,128]', 'model.neck.1.in_channels=32',
+                                   'model.bbox_head.anchor_generator.strides=[16,32,64,128,256]']
+    init_default_scope('mmdet')
+    detector = MODELS.build(cfg.model).eval()
+    strides, channels = _measured(detector)
+    assert strides == run_inputs.neck_strides(cfg.model.neck, [8, 16, 32]) == [16, 32, 64, 128, 256]
+    assert channels == [32] * 5
+    assert detector.bbox_head.prior_generator.strides == [(s, s) for s in strides]
