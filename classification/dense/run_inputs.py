@@ -376,10 +376,12 @@ HEAD_KEYS = ('rpn_head', 'bbox_head', 'roi_head')
 PRIOR_GENERATOR_KEYS = ('anchor_generator', 'prior_generator')
 # RoI extractors that pool from the neck's first maps (HTC's semantic_roi_extractor pools from its semantic head's).
 ROI_EXTRACTOR_KEYS = ('bbox_roi_extractor', 'mask_roi_extractor', 'grid_roi_extractor')
-# mmdet's anchor-free heads that build their point generator from a strides setting of their own, and its key.
+# mmdet's heads that place their priors, or decode their boxes, by a strides setting of their own (one per map), and
+# its key: the anchor-free heads that build their point generator from it, YOLOv3's head that scales its boxes by it.
 POINT_HEAD_STRIDES = dict(FCOSHead='strides', AutoAssignHead='strides', CenterNetUpdateHead='strides',
                           CondInstBboxHead='strides', BoxInstBboxHead='strides', FoveaHead='strides',
-                          NASFCOSHead='strides', VFNetHead='strides', RepPointsHead='point_strides')
+                          NASFCOSHead='strides', VFNetHead='strides', RepPointsHead='point_strides',
+                          YOLOXHead='strides', YOLOV3Head='featmap_strides')
 
 
 def _square_strides(value: Any) -> Optional[list[int]]:
@@ -417,8 +419,8 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
     backbone) gives, e.g. after the backbone's out_indices became (1, 2, 3): mmdet's anchor generator then ends in a
     bare AssertionError when the number differs, and when only the strides differ training runs silently wrong
     (anchor centres and RoIAlign's scale off the maps). Checked, for the necks :func:`neck_strides` knows: each prior
-    generator's ``strides`` (``anchor_generator`` / ``prior_generator`` / ``*_anchor_generator``), those of the
-    anchor-free heads of :data:`POINT_HEAD_STRIDES`, and the ``featmap_strides`` of the RoI extractors of
+    generator's ``strides`` (``anchor_generator`` / ``prior_generator`` / ``*_anchor_generator``), the strides
+    settings of the heads of :data:`POINT_HEAD_STRIDES`, and the ``featmap_strides`` of the RoI extractors of
     :data:`ROI_EXTRACTOR_KEYS`; strides that are not ints (YOLACT's), or not in the config (a head's defaults),
     are left alone. The neck may be a list of necks (each takes the maps the one before gives). The line names the
     first setting, and its ``--cfg-options`` fit all of them."""

@@ -171,6 +171,14 @@ def test_a_list_after_simple_fpn_and_the_stride_line_of_a_list_name_each_neck():
         'set --cfg-options model.bbox_head.anchor_generator.strides=[8,16,32,64,128]')
 
 
+def test_yoloxs_head_strides_are_those_of_its_neck():
+    yolox = dict(backbone=VSSM, neck=dict(type='YOLOXPAFPN', in_channels=[16, 32, 64], out_channels=8),
+                 bbox_head=dict(type='YOLOXHead', strides=(8, 16, 32)))
+    assert run_inputs.head_stride_problem(yolox) is None
+    yolox['backbone'] = dict(VSSM, patch_size=8)
+    assert run_inputs.head_stride_problem(yolox).endswith('set --cfg-options model.bbox_head.strides=[16,32,64]')
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The maps the check follows through a neck, against those of mmdet's and mmseg's built necks
 
@@ -307,4 +315,25 @@ def test_an_atss_with_fpn_then_dyhead_is_fitted_through_the_list_and_gives_the_m
     strides, channels = _measured(detector)
     assert strides == run_inputs.neck_strides(cfg.model.neck, [8, 16, 32]) == [16, 32, 64, 128, 256]
     assert channels == [32] * 5
+    assert detector.bbox_head.prior_generator.strides == [(s, s) for s in strides]
+
+
+def test_a_yolov3_is_fitted_in_its_reversed_order_and_gives_the_maps_assumed():
+    """Stages 1 to 3 of 8-pixel patches (strides 16 .. 64) reach YOLOv3's head deepest first."""
+    require('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    cfg = _mmdet_model('yolo/yolov3_d53_8xb8-ms-608-273e_coco.py', out_indices=(1, 2, 3), patch_size=8)
+    cfg.model.neck['out_channels'] = [16, 8, 4]
+    cfg.model.bbox_head.update(in_channels=[16, 8, 4], out_channels=[16, 8, 4])
+    assert _follow_advice(cfg) == ['model.neck.in_channels=[128,64,32]',
+                                   'model.bbox_head.featmap_strides=[64,32,16] '
+                                   'model.bbox_head.anchor_generator.strides=[64,32,16]']
+    init_default_scope('mmdet')
+    detector = MODELS.build(cfg.model).eval()
+    strides, channels = _measured(detector)
+    assert strides == run_inputs.neck_strides(cfg.model.neck, [16, 32, 64]) == [64, 32, 16]
+    assert channels == [16, 8, 4]
+    assert list(detector.bbox_head.featmap_strides) == strides
     assert detector.bbox_head.prior_generator.strides == [(s, s) for s in strides]
