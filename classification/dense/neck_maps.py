@@ -123,15 +123,17 @@ def _dyhead_misfit(neck: dict, key: str, channels: list[int], source: str) -> Op
 
 def _feature2pyramid_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
     """mmseg's Feature2Pyramid, which takes one map of embed_dim channels per rescales entry (four: its forward
-    picks four resamplings)."""
+    picks four resamplings); of another number the backbone ``source`` is told to give four."""
     width, rescales, one = neck.get('embed_dim'), neck.get('rescales', [4, 2, 1, 0.5]), _one_width(channels)
     if not positive_int(width) or not isinstance(rescales, (list, tuple)):
         return None
     if one == width and len(rescales) == len(channels):
         return None
     takes = f'takes {len(rescales)} maps of embed_dim {width} channels (one per rescales entry)'
-    if len(rescales) != len(channels):
-        return Misfit(takes, advice=f'give {source}.out_indices {len(rescales)} entries')
+    count = len(rescales)
+    if count != len(channels):
+        more = f'{source}.out_indices {count} entries' if source.endswith('backbone') else f'it {count} maps'
+        return Misfit(takes, advice=f'give {more}')
     return Misfit(takes, f'{key}.embed_dim={one}') if one else Misfit(takes, advice=_one_width_advice(neck['type']))
 
 

@@ -121,9 +121,9 @@ def test_a_neck_set_for_other_maps_is_refused_in_one_line_whose_options_fit_it(b
         _apply_advice(cfg, message)
         assert run_inputs.neck_input_problem(cfg.model) is None
     if fits is not None and 'set --cfg-options' in message:     # the advice gives what the fitting config holds
-        first_fit = fits[-1] if isinstance(fits, list) else fits
+        fitting = fits[-1] if isinstance(fits, list) else fits
         fitted = cfg.model.neck[-1] if isinstance(fits, list) else cfg.model.neck
-        assert {key: fitted[key] for key in first_fit} == first_fit
+        assert {key: fitted[key] for key in fitting} == fitting
 
 
 def test_mmdets_local_vim_passes_its_one_map_bare_to_no_neck_but_simple_fpn():
@@ -143,8 +143,12 @@ def test_necks_after_one_not_known_and_unknown_settings_are_left_alone():
     unknown_first = [dict(type='SSDNeck', in_channels=[16, 32, 64]), dict(type='DyHead', in_channels=3)]
     assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=unknown_first)) is None
     odd_count = [_fpn([16, 32, 64]), dict(type='NASFCOS_FPN', in_channels=[32] * 5, start_level=0, num_outs=5),
-                 dict(type='DyHead', in_channels=3)]   # NASFCOS_FPN's maps, from five but not 1 to 3: not known
+                 dict(type='DyHead', in_channels=3)]   # NASFCOS_FPN's cells on five maps, not three: maps not known
     assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=odd_count)) is None
+    three_maps = [dict(type='ChannelMapper', in_channels=[16, 32, 64], out_channels=8),
+                  dict(type='Feature2Pyramid', embed_dim=8)]
+    assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=three_maps)).endswith(
+        'but model.neck.0 (ChannelMapper) gives 3 maps of [8, 8, 8] channels: give it 4 maps')
     assert run_inputs.neck_strides(odd_count, [8, 16, 32]) is None
     assert run_inputs.neck_strides(dict(type='NASFPN', in_channels=[8, 16, 32], num_outs=4), [8, 16, 32]) is None
     assert run_inputs.neck_strides(dict(type='CTResNetNeck', num_deconv_filters=(8,), num_deconv_kernels=(3,)),
