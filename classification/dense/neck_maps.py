@@ -137,20 +137,18 @@ def _feature2pyramid_misfit(neck: dict, key: str, channels: list[int], source: s
     return Misfit(takes, f'{key}.embed_dim={one}') if one else Misfit(takes, advice=_one_width_advice(neck['type']))
 
 
-def _last_map_misfit(setting: str) -> Callable[[dict, str, list[int], str], Optional[Misfit]]:
-    """The judge of a neck that takes only the last map it gets, ``setting`` channels wide."""
-    def misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
-        width = neck.get(setting)
-        if not positive_int(width) or width == channels[-1]:
-            return None
-        return Misfit(f'takes the last map, of {setting} {width}', f'{key}.{setting}={channels[-1]}')
-    return misfit
+def _last_map_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """DilatedEncoder and CTResNetNeck, which take only the last map they get, in_channels wide."""
+    width = neck.get('in_channels')
+    if not positive_int(width) or width == channels[-1]:
+        return None
+    return Misfit(f'takes the last map, of in_channels {width}', f'{key}.in_channels={channels[-1]}')
 
 
 _MISFITS: dict[str, Callable[[dict, str, list[int], str], Optional[Misfit]]] = dict(
     dict.fromkeys(MAP_LIST_NECKS, _list_misfit), YOLOV3Neck=_yolov3_misfit, BFP=_bfp_misfit,
     DyHead=_dyhead_misfit, Feature2Pyramid=_feature2pyramid_misfit,
-    DilatedEncoder=_last_map_misfit('in_channels'), CTResNetNeck=_last_map_misfit('in_channels'))
+    DilatedEncoder=_last_map_misfit, CTResNetNeck=_last_map_misfit)
 
 
 def judges(kind: str) -> bool:
