@@ -372,7 +372,8 @@ def test_bad_kernel_environment_variables(variable, value, message, tmp_path):
 
 def test_a_kernel_that_does_not_build_under_require_is_an_error_without_traceback(tmp_path):
     """LOCALMAMBA_CPU_KERNEL=require with a compiler that runs and fails: train.py ended in a KernelBuildError
-    traceback; it is now `error: ` with the compiler's full output (as README documents for `require`), status 2."""
+    traceback; it is now `error: ` with the compiler's full output (as docs/kernels.md documents for `require`),
+    status 2."""
     env = {**tool_env(), "CC": "false", "LOCALMAMBA_CPU_KERNEL": "require",
            "LOCALMAMBA_CACHE_DIR": str(tmp_path / "kernel-cache")}
     proc = run_tool("train.py", *TINY_RUN, "--epochs", "1", "--output", str(tmp_path / "out"), check=False, env=env)

@@ -224,8 +224,8 @@ def test_a_search_run_configured_like_search_yaml_trains_extracts_and_trains_the
 
 
 def test_a_config_of_ones_own_on_search_yaml_takes_candidates_and_a_copy_elsewhere_names_its_base(tmp_path):
-    """README's way to give the candidates on ImageNet: a config of one's own whose _base_ is search.yaml gets its
-    recipe and the candidates. A copy of search.yaml in another folder is refused naming its `_base_: config.yaml`,
+    """docs/search.md's way to give the candidates on ImageNet: a config of one's own whose _base_ is search.yaml gets
+    its recipe and the candidates. A copy of search.yaml in another folder is refused naming its `_base_: config.yaml`,
     which is read relative to the copy; the error named only `<folder>/config.yaml`, a file never given."""
     search_yaml = os.path.join(REPO, 'configs', 'strategies', 'local_mamba', 'search.yaml')
     own = tmp_path / 'my_search.yaml'

@@ -885,7 +885,7 @@ def test_a_meta_folder_of_other_files_beside_class_folders_leaves_them_the_layou
 
 
 def test_an_images_exif_orientation_is_not_applied_as_torchvision_and_the_original_read_it(tmp_path):
-    """README: a photo stored sideways with EXIF orientation 6 is read as stored, pixel for pixel what
+    """docs/training.md: a photo stored sideways with EXIF orientation 6 is read as stored, pixel for pixel what
     torchvision's default loader gives (evaluations of the released weights then match the original's)."""
     from torchvision.datasets.folder import default_loader
 

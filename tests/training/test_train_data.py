@@ -267,7 +267,8 @@ def test_cifar_transform_is_the_originals(dataset):
 
 
 def test_a_cifar_run_warns_of_the_augmentation_flags_its_transform_does_not_apply(tmp_path, localmamba_log):
-    """The recipe config's aa and reprob (README: fine-tuning on cifar100 with it) were dropped without a word."""
+    """The recipe config's aa and reprob (docs/training.md: fine-tuning on cifar100 with it) were dropped without a
+    word."""
     make_cifar(str(tmp_path), "cifar10")
     cfg = cfg_for("--dataset", "cifar10", "--data-path", str(tmp_path), "--aa", "rand-m9-mstd0.5", "--reprob",
                   "0.25", "--color-jitter", "0.3", "--cutout-length", "8")
@@ -433,7 +434,7 @@ def test_tools_test_evaluates_released_weights_on_a_val_only_tree(tmp_path):
     (log_file,) = (out / "exp").glob("eval_*.txt")
     log = log_file.read_text()
     assert "no train/<class>/ folders: the 3 classes are the sorted folder names of val/" in log
-    assert " INFO Classes: 3 (cat, dog, eel)\n" in log  # their order, the labels' (README: the log lists them)
+    assert " INFO Classes: 3 (cat, dog, eel)\n" in log  # their order, the labels' (docs/training.md)
 
 
 def test_meta_tree_without_train_list_evaluates_with_num_classes(tmp_path):
