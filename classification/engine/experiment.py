@@ -310,4 +310,4 @@ def finished_run(cfg: Any, ckpt: Optional[Mapping[str, Any]]) -> Optional[str]:
         return None
     past = f", past epoch {cfg.epochs - 1}" if ckpt["epoch"] > cfg.epochs - 1 else ""
     return (f"--resume auto: {cfg.resume} has finished epoch {ckpt['epoch']}{past}, the last of --epochs "
-            f"{cfg.epochs}: nothing left to train")
+            f"{cfg.epochs} (epochs count from 0, as the log does): nothing left to train")

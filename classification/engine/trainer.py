@@ -153,7 +153,8 @@ class Run:
         if start_epoch >= self.cfg.epochs:
             where = f"already finished epoch {start_epoch - 1}" if step is None else f"stopped in epoch {start_epoch}"
             raise ConfigError(f"{path} {where} and --epochs {self.cfg.epochs} ends the run at epoch "
-                              f"{self.cfg.epochs - 1}: nothing left to train (raise --epochs to continue it)")
+                              f"{self.cfg.epochs - 1} (epochs count from 0, as the log does): nothing left to train "
+                              f"(raise --epochs to continue it)")
         if step is not None:
             check_same_batches(ckpt, path, self.env.world_size, self.cfg.batch_size, self.cfg.grad_accum_steps)
             warn_other_epoch_order(ckpt, path, self.train_images, self.log)

@@ -168,8 +168,8 @@ def test_full_disk(tmp_path):
 def test_resuming_a_finished_run(finished_run, monkeypatch, capsys):
     last = finished_run / "last.pth.tar"
     assert_error(cli(monkeypatch, capsys, "train.py", *TINY_RUN, "--epochs", "2", "--resume", str(last)),
-                 f"{last} already finished epoch 1 and --epochs 2 ends the run at epoch 1: nothing left to train "
-                 f"(raise --epochs")
+                 f"{last} already finished epoch 1 and --epochs 2 ends the run at epoch 1 (epochs count from 0, as "
+                 f"the log does): nothing left to train (raise --epochs")
 
 
 def test_text_file_as_checkpoint(tmp_path, monkeypatch, capsys):

@@ -72,8 +72,8 @@ def test_a_finished_run_is_left_as_it_is(tmp_path, capsys):
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     capsys.readouterr()
     assert train_auto(tmp_path, 1) == {}
-    assert (f"--resume auto: {folder / 'last.pth.tar'} has finished epoch 0, the last of --epochs 1: nothing left to "
-            f"train") in capsys.readouterr().out
+    assert (f"--resume auto: {folder / 'last.pth.tar'} has finished epoch 0, the last of --epochs 1 (epochs count "
+            f"from 0, as the log does): nothing left to train") in capsys.readouterr().out
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     with pytest.raises(ConfigError, match="already finished epoch 0 and --epochs 1 ends the run"):
         train(parse_args([*TINY_RUN, "--epochs", "1", "--resume", str(folder / "last.pth.tar")]))
@@ -86,5 +86,5 @@ def test_a_run_gone_past_a_lower_epochs_is_not_said_to_end_there(tmp_path, capsy
     train_auto(tmp_path, 2)
     capsys.readouterr()
     assert train_auto(tmp_path, 1) == {}
-    assert (f"--resume auto: {folder / 'last.pth.tar'} has finished epoch 1, past epoch 0, the last of --epochs 1: "
-            f"nothing left to train") in capsys.readouterr().out
+    assert (f"--resume auto: {folder / 'last.pth.tar'} has finished epoch 1, past epoch 0, the last of --epochs 1 "
+            f"(epochs count from 0, as the log does): nothing left to train") in capsys.readouterr().out
