@@ -3,11 +3,12 @@ channels a neck is set for (and the ``--cfg-options`` that set it for other maps
 maps it gives on. The det/seg input checks of run_inputs follow our backbone's maps through a neck, or through a list
 of necks, which mmengine chains (each takes the maps the one before gives).
 
-Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order), YOLOV3Neck (its
-``in_channels`` deepest map first), BFP, DyHead and Feature2Pyramid (every map of one width), DilatedEncoder and
-CTResNetNeck (the last map only); SimpleFPN, which takes one bare map of the backbone, is judged by run_inputs. Any
-other neck, and settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for those
-:func:`neck_gives` names (not for mmseg's MultiLevelNeck, JPU and Feature2Pyramid: a neck after them is not judged)."""
+Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order; MultiLevelNeck takes
+one map, or at least one per ``scales`` entry), YOLOV3Neck (its ``in_channels`` deepest map first), BFP, DyHead and
+Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map only); SimpleFPN, which
+takes one bare map of the backbone, is judged by run_inputs. Any other neck, and settings a neck refuses itself, are
+passed over (None). The maps a neck gives on are known for those :func:`neck_gives` names; a neck (or a segmentation
+head) after any other is not judged."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -68,6 +69,18 @@ def _list_misfit(neck: dict, key: str, channels: list[int], source: str) -> Opti
     if neck['type'] == 'SSH' and len(expected) != len(channels):
         return _scales_misfit(neck, key, takes, fix, channels)
     return Misfit(takes, fix)
+
+
+def _multi_level_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """mmseg's MultiLevelNeck: its in_channels as those of :data:`MAP_LIST_NECKS`; it resizes the map i it gets by
+    scales[i], so it takes one map (for every entry) or at least one per entry."""
+    scales, count = neck.get('scales', [0.5, 1, 2, 4]), len(channels)
+    if not isinstance(scales, (list, tuple)) or not 1 < count < len(scales):
+        return _list_misfit(neck, key, channels, source)
+    outs = len(scales)
+    takes = f'takes one map, or {outs} (one per scales entry: {list(scales)})'
+    more = f'{source}.out_indices 1 or {outs} entries' if source.endswith('backbone') else f'it 1 or {outs} maps'
+    return Misfit(takes, advice=f'give {more}, or set {key}.scales to {count} entries')
 
 
 def _scales_misfit(neck: dict, key: str, takes: str, fix: str, channels: list[int]) -> Misfit:
@@ -146,7 +159,8 @@ def _last_map_misfit(neck: dict, key: str, channels: list[int], source: str) -> 
 
 
 _MISFITS: dict[str, Callable[[dict, str, list[int], str], Optional[Misfit]]] = dict(
-    dict.fromkeys(MAP_LIST_NECKS, _list_misfit), YOLOV3Neck=_yolov3_misfit, BFP=_bfp_misfit,
+    dict.fromkeys(MAP_LIST_NECKS, _list_misfit), MultiLevelNeck=_multi_level_misfit, YOLOV3Neck=_yolov3_misfit,
+    BFP=_bfp_misfit,
     DyHead=_dyhead_misfit, Feature2Pyramid=_feature2pyramid_misfit,
     DilatedEncoder=_last_map_misfit, CTResNetNeck=_last_map_misfit)
 
@@ -252,6 +266,60 @@ def _same_maps_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMap
     return NeckMaps(channels, maps.strides)
 
 
+def _resized(strides: Sequence[int], factors: Sequence[float]) -> Optional[list[int]]:
+    """Each of ``strides`` for its map resized by its factor of ``factors`` (2: twice the size, half the stride);
+    None where one is not a whole number."""
+    resized = [stride / factor for stride, factor in zip(strides, factors)]
+    return [int(s) for s in resized] if all(s >= 1 and s == int(s) for s in resized) else None
+
+
+def _scale_factors(value: Any) -> Optional[list[float]]:
+    """A config's list (or tuple) of positive resize factors as a list; None for anything else."""
+    numbers = isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+    return list(value) if numbers else None
+
+
+def _multi_level_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """mmseg's MultiLevelNeck: one map per ``scales`` entry, out_channels wide, the map i it gets resized by
+    scales[i] (one map it gets serves every entry); fewer maps than entries, but more than one, it refuses."""
+    scales = _scale_factors(neck.get('scales', [0.5, 1, 2, 4]))
+    if scales is None or 1 < count < len(scales):
+        return None
+    strides = maps.strides * len(scales) if maps.strides and count == 1 else maps.strides
+    return NeckMaps(_widths(neck, len(scales)), _resized(strides, scales) if strides else None)
+
+
+def _jpu_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """mmseg's JPU: the maps ``start_level`` to ``end_level`` (exclusive; -1: to the last) as it gets them, but the
+    last of them, which it replaces by their joint upsampling at the first one's size, mid_channels wide per entry
+    of ``dilations``."""
+    start, end = neck.get('start_level', 0), neck.get('end_level', -1)
+    width, dilations = positive_int(neck.get('mid_channels', 512)), neck.get('dilations', (1, 2, 4, 8))
+    stop = count if end == -1 else end
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= count and width
+            and isinstance(dilations, tuple) and dilations):
+        return None
+    channels = maps.channels[start:stop - 1] + [width * len(dilations)] if maps.channels else None
+    strides = maps.strides[start:stop - 1] + maps.strides[start:start + 1] if maps.strides else None
+    return NeckMaps(channels, strides)
+
+
+# The resize factors of Feature2Pyramid's four maps, in the order its forward applies them, by the set of rescales
+# that builds them (its rescales only choose which resamplings it builds).
+FEATURE2PYRAMID_FACTORS = {frozenset((4, 2, 1, 0.5)): (4, 2, 1, 0.5), frozenset((2, 1, 0.5, 0.25)): (2, 1, 0.5, 0.25)}
+
+
+def _feature2pyramid_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """mmseg's Feature2Pyramid: its four maps, embed_dim wide, resized by 4, 2, 1 and 0.5 (by 2, 1, 0.5 and 0.25
+    where rescales has no 4); other rescales it refuses."""
+    rescales = _scale_factors(neck.get('rescales', [4, 2, 1, 0.5]))
+    factors = FEATURE2PYRAMID_FACTORS.get(frozenset(rescales or ()))
+    if factors is None or count != len(factors) or len(rescales) != count:
+        return None
+    return NeckMaps(_widths(neck, count, 'embed_dim'), _resized(maps.strides, factors) if maps.strides else None)
+
+
 def _yolov3_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
     """YOLOV3Neck: one map per map it gets, the deepest first, out_channels (a list) wide."""
     return NeckMaps(_ints(neck.get('out_channels')), maps.strides[::-1] if maps.strides else None)
@@ -278,7 +346,8 @@ _GIVES: dict[str, Callable[[dict, NeckMaps, int], Optional[NeckMaps]]] = dict(
     **dict.fromkeys(('BFP', 'DyHead', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck'), _same_maps_gives),
     NASFCOS_FPN=_nasfcos_gives, ChannelMapper=_channel_mapper_gives, SimpleFPN=_simple_fpn_gives,
     HRFPN=_hrfpn_gives, YOLOV3Neck=_yolov3_gives, DilatedEncoder=_dilated_encoder_gives,
-    CTResNetNeck=_ct_resnet_gives)
+    CTResNetNeck=_ct_resnet_gives, MultiLevelNeck=_multi_level_gives, JPU=_jpu_gives,
+    Feature2Pyramid=_feature2pyramid_gives)
 
 
 def neck_gives(kind: str, neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:

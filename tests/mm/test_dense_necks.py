@@ -77,6 +77,15 @@ REFUSALS = {
     'feature2pyramid_maps': (VIM, None, dict(type='Feature2Pyramid', embed_dim=32),
                              f'model.neck (Feature2Pyramid) takes 4 maps of embed_dim 32 channels (one per rescales '
                              f'entry), but {VIM_GIVES}: give model.backbone.out_indices 4 entries'),
+    'multi_level_neck': (VIM4, dict(type='MultiLevelNeck', in_channels=[32] * 4, out_channels=8),
+                         dict(type='MultiLevelNeck', in_channels=[768] * 4, out_channels=8),
+                         f'model.neck (MultiLevelNeck) takes 4 maps of in_channels [768, 768, 768, 768], but '
+                         f'{VIM4_GIVES}: set --cfg-options model.neck.in_channels=[32,32,32,32]'),
+    # it resizes the map i by scales[i]: two maps for four scales end in an IndexError, whatever its in_channels
+    'multi_level_neck_maps': (VIM, None, dict(type='MultiLevelNeck', in_channels=[32, 32], out_channels=8),
+                              f'model.neck (MultiLevelNeck) takes one map, or 4 (one per scales entry: [0.5, 1, 2, '
+                              f'4]), but {VIM_GIVES}: give model.backbone.out_indices 1 or 4 entries, or set '
+                              f'model.neck.scales to 2 entries'),
     'dilated_encoder': (VSSM, dict(type='DilatedEncoder', in_channels=64),
                         dict(type='DilatedEncoder', in_channels=2048),
                         f'model.neck (DilatedEncoder) takes the last map, of in_channels 2048, but {VSSM_GIVES}: set '
@@ -236,6 +245,16 @@ BUILT_NECKS = {   # (scope, neck config, channels and strides of the maps it get
                         ([8, 16, 32, 64], STRIDES4), [8, 16, 32, 64, 128]),
     'mla_neck': ('mmseg', dict(type='MLANeck', in_channels=[8, 8, 8, 8], out_channels=4), ([8] * 4, [16] * 4),
                  [16] * 4),
+    'multi_level_neck': ('mmseg', dict(type='MultiLevelNeck', in_channels=[8] * 4, out_channels=4,
+                                       scales=[4, 2, 1, 0.5]), ([8] * 4, [16] * 4), [4, 8, 16, 32]),
+    'multi_level_neck_of_one_map': ('mmseg', dict(type='MultiLevelNeck', in_channels=[8], out_channels=4,
+                                                  scales=[2, 1, 0.5]), ([8], [16]), [8, 16, 32]),
+    'jpu': ('mmseg', dict(type='JPU', in_channels=(8, 16, 32), mid_channels=4, start_level=1, dilations=(1, 2),
+                          norm_cfg=BN), ([8, 16, 32], STRIDES3), [16, 16]),
+    'feature2pyramid': ('mmseg', dict(type='Feature2Pyramid', embed_dim=8, norm_cfg=BN), ([8] * 4, [16] * 4),
+                        [4, 8, 16, 32]),
+    'feature2pyramid_without_4x': ('mmseg', dict(type='Feature2Pyramid', embed_dim=8, rescales=[2, 1, 0.5, 0.25],
+                                                 norm_cfg=BN), ([8] * 4, [16] * 4), [8, 16, 32, 64]),
 }
 
 
