@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 from .neck_maps import Misfit, NeckMaps, judges, neck_gives, neck_misfit, option_list, positive_int
 
@@ -214,8 +214,8 @@ def wrong_type_option(cfg: Config, options: dict) -> Optional[str]:
 
 def _head_fix(where: str, in_index: Any, in_channels: Any, channels: Sequence[int]) -> Optional[str]:
     """The ``--cfg-options`` items that make the mmseg head at ``where`` (``in_index`` and ``in_channels`` as set)
-    take the backbone's maps of ``channels``; None when it takes them as set, or when its settings do not say
-    (in_channels unset, or not of in_index's kind: the head itself refuses that)."""
+    take the maps of ``channels`` it gets (the backbone's, or the neck's); None when it takes them as set, or when its
+    settings do not say (in_channels unset, or not of in_index's kind: the head itself refuses that)."""
     count = len(channels)
     if isinstance(in_index, int) and isinstance(in_channels, int):
         if -count <= in_index < count and channels[in_index] == in_channels:
@@ -235,7 +235,7 @@ def _head_fix(where: str, in_index: Any, in_channels: Any, channels: Sequence[in
 
 
 def _fit_problem(where: str, takes: str, given: str, fix: str) -> str:
-    """The line for the neck or head at ``where`` that ``takes`` other maps than the backbone ``given``."""
+    """The line for the neck or head at ``where`` that ``takes`` other maps than those ``given`` (words)."""
     return f'{where} {takes}, but {given}: set --cfg-options {fix}'
 
 
@@ -287,42 +287,72 @@ def _misfit_line(label: str, misfit: Optional[Misfit], given: str) -> Optional[s
     return f'{label} {misfit.takes}, but {given}: {misfit.advice}'
 
 
-def _necks_problem(where: str, necks: list[tuple[str, dict]], maps: Any, given: str,
-                   bare_map: bool) -> Optional[str]:
-    """The first neck of ``necks`` (a chain under the model at ``where``) set for other maps than it gets: the first
-    neck gets the backbone's ``maps`` (``given`` in words; ``bare_map``: one, passed on bare), each next one the maps
-    of the neck before it. Necks after one whose maps are not known here are not judged, nor is a SimpleFPN after
-    another neck (it takes one bare map)."""
+class GivenMaps(NamedTuple):
+    """The channels of the maps a backbone or a neck gives, and the words that say so in a line."""
+    channels: list[int]
+    words: str
+
+
+def _neck_gives_words(key: str, kind: str, channels: list[int]) -> str:
+    """'<key> (<kind>) gives N maps of [...] channels'."""
+    count = len(channels)
+    return f'{key} ({kind}) gives {count} map{"s" if count > 1 else ""} of {channels} channels'
+
+
+def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: str,
+                  bare_map: bool) -> tuple[Optional[str], Optional[GivenMaps]]:
+    """Follow our backbone's ``maps`` (``given`` in words; ``bare_map``: one, passed on bare) through ``necks`` (a
+    chain under the model at ``where``; each next neck gets the maps of the one before): the line for the first neck
+    set for other maps than it gets, else the maps the last neck gives (None where not known here). Necks after one
+    whose maps are not known here are not judged, nor is a SimpleFPN after another neck (it takes one bare map)."""
     channels, source, first = maps.channels, f'{where}.backbone', necks[0][0]
     for key, neck in necks:
         kind = type_name(neck)
         if kind == 'SimpleFPN':
             problem = _simple_fpn_problem(where, key, neck, maps, given) if key == first else None
             if problem or key != first:
-                return problem
+                return problem, None
         elif bare_map and key == first and judges(kind):
-            return _bare_map_problem(where, key, neck, given)
+            return _bare_map_problem(where, key, neck, given), None
         problem = _misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
         if problem:
-            return problem
+            return problem, None
         gives = neck_gives(kind, neck, NeckMaps(channels, None), len(channels))
         if gives is None or not gives.channels:
-            return None
-        channels, source = gives.channels, key
-        count = len(channels)
-        given = f'{key} ({kind}) gives {count} map{"s" if count > 1 else ""} of {channels} channels'
+            return None, None
+        channels, source, given = gives.channels, key, _neck_gives_words(key, kind, gives.channels)
+    return None, GivenMaps(channels, given)
+
+
+def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
+    """The first ``decode_head`` / ``auxiliary_head`` (one, or a list) of the segmentor ``node`` at ``where`` whose
+    ``in_index`` / ``in_channels`` do not take the maps ``given`` to the heads (by the backbone, or by the neck)."""
+    for head_key in ('decode_head', 'auxiliary_head'):
+        heads = node.get(head_key)
+        keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
+                 if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
+        for head_where, head in keyed:
+            if not isinstance(head, dict):
+                continue
+            in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
+            fix = _head_fix(head_where, in_index, in_channels, given.channels)
+            if fix:
+                takes = 'map' if isinstance(in_index, int) else 'maps'
+                return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
+                                    f'of in_channels {in_channels}', given.words, fix)
     return None
 
 
 def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optional[str]:
-    """A neck or a segmentation head (of a model without a neck) set for other maps than our backbone gives (another
-    number, or other channels), e.g. after a change of the backbone's out_indices: mmdet's FPN and mmseg's heads end
-    in a bare AssertionError, an IndexError or a convolution's channel error, after the datasets are built. Checked:
-    the necks that :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, ...),
-    SimpleFPN (one map of ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the
-    ``in_index`` / ``in_channels`` of ``decode_head`` and ``auxiliary_head``, named by their keys under ``model``
-    (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's registration), which
-    only SimpleFPN takes."""
+    """A neck or a segmentation head set for other maps than it gets (another number, or other channels), e.g. after
+    a change of the backbone's out_indices or width: mmdet's FPN and mmseg's heads end in a bare AssertionError, an
+    IndexError or a convolution's channel error, after the datasets are built. Checked: the necks that
+    :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, ...), SimpleFPN (one map of
+    ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the ``in_index`` /
+    ``in_channels`` of ``decode_head`` and ``auxiliary_head`` against the maps of the backbone, or of the neck where
+    :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not judged), named by their keys
+    under ``model`` (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's
+    registration), which only SimpleFPN takes."""
     from .backbones import backbone_maps
 
     for where, node in keyed_dicts(model_cfg, 'model'):
@@ -333,26 +363,16 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
         maps = backbone_maps(name, backbone)
         if maps is None:
             continue
-        given = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
+        words = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
+        given: Optional[GivenMaps] = GivenMaps(maps.channels, words)
         if node.get('neck') is not None:
             bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
-            problem = _necks_problem(where, _neck_chain(node['neck'], f'{where}.neck'), maps, given, bare_map)
+            problem, given = _follow_necks(where, _neck_chain(node['neck'], f'{where}.neck'), maps, words, bare_map)
             if problem:
                 return problem
-            continue
-        for head_key in ('decode_head', 'auxiliary_head'):
-            heads = node.get(head_key)
-            keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
-                     if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
-            for head_where, head in keyed:
-                if not isinstance(head, dict):
-                    continue
-                in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
-                fix = _head_fix(head_where, in_index, in_channels, maps.channels)
-                if fix:
-                    takes = 'map' if isinstance(in_index, int) else 'maps'
-                    return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
-                                        f'of in_channels {in_channels}', given, fix)
+        problem = _heads_problem(where, node, given) if given else None
+        if problem:
+            return problem
     return None
 
 
@@ -361,7 +381,8 @@ def neck_strides(neck: Any, strides: Sequence[int]) -> Optional[list[int]]:
     (each takes the maps the one before gives). Known (:func:`.neck_maps.neck_gives`): FPN and its kin (PAFPN,
     FPN_DropBlock, FPG, FPN_CARAFE, NASFPN), ChannelMapper, SimpleFPN, HRFPN, NASFCOS_FPN; the necks that keep their
     maps' sizes (BFP, DyHead, SSH, YOLOXPAFPN, CSPNeXtPAFPN, MLANeck), YOLOV3Neck (in reversed order); DilatedEncoder
-    and CTResNetNeck (of the last map). None for any other neck, or settings a neck refuses itself."""
+    and CTResNetNeck (of the last map); mmseg's MultiLevelNeck, JPU and Feature2Pyramid. None for any other neck, or
+    settings a neck refuses itself."""
     necks = _neck_chain(neck, '')
     maps = NeckMaps(None, list(strides))
     for _, part in necks:

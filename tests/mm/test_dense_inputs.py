@@ -1,9 +1,9 @@
-"""The det/seg tools' check that the neck, or without one the segmentation heads, takes the maps the backbone gives,
-and that a detector's anchors and RoI extractors are set for the strides of the maps they get. A config whose backbone
-out_indices (or width) changed while the neck's or the heads' in_channels did not ended in a bare AssertionError of
-FPN, an IndexError or a channel error of a head, after the datasets were built; one whose heads kept their strides
-trained silently wrong. Now either ends in one line that names what the backbone gives and the --cfg-options that fit
-the neck or the heads to it."""
+"""The det/seg tools' check that the neck takes the maps the backbone gives, and the segmentation heads those of the
+neck (without one, of the backbone), and that a detector's anchors and RoI extractors are set for the strides of the
+maps they get. A config whose backbone out_indices (or width) changed while the neck's or the heads' in_channels did
+not ended in a bare AssertionError of FPN, an IndexError or a channel error of a head, after the datasets were built;
+one whose heads kept their strides trained silently wrong. Now either ends in one line that names what the backbone
+(or the neck) gives and the --cfg-options that fit the neck or the heads to it."""
 import argparse
 import copy
 import os
@@ -224,7 +224,8 @@ def test_a_list_of_auxiliary_heads_names_the_one_that_does_not_fit():
 
 def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
     """A TTA model's module; YOLOv3's neck, whose in_channels start at the deepest map, takes the maps reversed; the
-    heads of a model with a neck are not judged, nor is a neck not known."""
+    heads after a neck whose maps are not known (YOLOv3's without out_channels) are not judged, nor is a neck not
+    known."""
     tta = dict(type='SegTTAModel', module=dict(backbone=dict(VSSM, out_indices=[1, 3]),
                                                neck=dict(type='FPN', in_channels=[16, 32])))
     assert run_inputs.neck_input_problem(tta) == (

@@ -1,7 +1,8 @@
 """The det/seg tools' neck check beyond FPN: the other necks of mmdet and mmseg that our backbones may feed (FPN's kin,
 BFP, DyHead, SSH, YOLO's, the last-map necks, mmseg's ViT necks) and lists of necks, where each neck takes the maps
-the one before gives. A neck set for other maps ends in one line whose --cfg-options fit it; the channels and strides
-the check follows through a neck are those of the maps mmdet's and mmseg's built necks give."""
+the one before gives, and the segmentation heads after a neck, which take the maps it gives. A neck or a head set for
+other maps ends in one line whose --cfg-options fit it; the channels and strides the check follows through a neck are
+those of the maps mmdet's and mmseg's built necks give."""
 import argparse
 import copy
 import os
@@ -9,7 +10,8 @@ import os
 import pytest
 import torch
 
-from conftest import det_config, require, tiny_vssm_backbone
+from conftest import (IMAGE_HW, det_config, loss_and_grads, require, seg_batch, seg_config, tiny_vim_backbone,
+                      tiny_vssm_backbone)
 
 from classification.dense import run_inputs
 from classification.dense.neck_maps import NeckMaps, neck_gives
@@ -133,6 +135,69 @@ def test_a_neck_set_for_other_maps_is_refused_in_one_line_whose_options_fit_it(b
         fitting = fits[-1] if isinstance(fits, list) else fits
         fitted = cfg.model.neck[-1] if isinstance(fits, list) else cfg.model.neck
         assert {key: fitted[key] for key in fitting} == fitting
+
+
+MLN = dict(type='MultiLevelNeck', in_channels=[32] * 4, out_channels=16, scales=[4, 2, 1, 0.5])
+MLN_GIVES = 'model.neck (MultiLevelNeck) gives 4 maps of [16, 16, 16, 16] channels'
+UPER = dict(type='UPerHead', in_index=[0, 1, 2, 3], in_channels=[768] * 4)
+JPU = dict(type='JPU', in_channels=(16, 32, 64), mid_channels=2)     # the first maps, then 2 x 4 dilations = 8
+JPU_GIVES = 'model.neck (JPU) gives 3 maps of [16, 32, 8] channels'
+FPN_THEN_MLN = [dict(type='FPN', in_channels=[16, 32, 64], out_channels=8, num_outs=3),
+                dict(type='MultiLevelNeck', in_channels=[8] * 3, out_channels=4, scales=[1, 1, 1])]
+
+# (backbone, neck, heads set for other maps than the neck gives, the line; its fix is the heads' fit)
+HEAD_REFUSALS = {
+    'multi_level_neck': (VIM4, MLN, dict(decode_head=UPER, auxiliary_head=dict(type='FCNHead', in_channels=16)),
+                         f'model.decode_head (UPerHead) takes the maps in_index [0, 1, 2, 3] of in_channels [768, 768, '
+                         f'768, 768], but {MLN_GIVES}: set --cfg-options model.decode_head.in_channels=[16,16,16,16]'),
+    'multi_level_neck_aux': (VIM4, MLN, dict(decode_head=dict(UPER, in_channels=[16] * 4),
+                                             auxiliary_head=dict(type='FCNHead', in_index=3, in_channels=768)),
+                             f'model.auxiliary_head (FCNHead) takes the map in_index 3 of in_channels 768, but '
+                             f'{MLN_GIVES}: set --cfg-options model.auxiliary_head.in_channels=16'),
+    # in_channels 64, as the backbone's last map: JPU replaces that map by its own, of 8 channels
+    'jpu': (VSSM, JPU, dict(decode_head=dict(type='PSPHead', in_index=2, in_channels=64),
+                            auxiliary_head=dict(type='FCNHead', in_index=1, in_channels=32)),
+            f'model.decode_head (PSPHead) takes the map in_index 2 of in_channels 64, but {JPU_GIVES}: set '
+            f'--cfg-options model.decode_head.in_channels=8'),
+    'jpu_aux': (VSSM, JPU, dict(decode_head=dict(type='PSPHead', in_index=2, in_channels=8),
+                                auxiliary_head=dict(type='FCNHead', in_index=1, in_channels=1024)),
+                f'model.auxiliary_head (FCNHead) takes the map in_index 1 of in_channels 1024, but {JPU_GIVES}: set '
+                f'--cfg-options model.auxiliary_head.in_channels=32'),
+    'feature2pyramid': (VIM4, dict(type='Feature2Pyramid', embed_dim=32), dict(decode_head=UPER),
+                        'model.decode_head (UPerHead) takes the maps in_index [0, 1, 2, 3] of in_channels [768, 768, '
+                        '768, 768], but model.neck (Feature2Pyramid) gives 4 maps of [32, 32, 32, 32] channels: set '
+                        '--cfg-options model.decode_head.in_channels=[32,32,32,32]'),
+    'mla_neck': (VIM4, dict(type='MLANeck', in_channels=[32] * 4, out_channels=8),
+                 dict(decode_head=dict(type='SETRMLAHead', in_index=(0, 1, 2, 3), in_channels=(256,) * 4)),
+                 'model.decode_head (SETRMLAHead) takes the maps in_index (0, 1, 2, 3) of in_channels (256, 256, 256, '
+                 '256), but model.neck (MLANeck) gives 4 maps of [8, 8, 8, 8] channels: set --cfg-options '
+                 'model.decode_head.in_channels=[8,8,8,8]'),
+    'fpn_then_multi_level_neck': (VSSM, FPN_THEN_MLN, dict(decode_head=dict(type='FCNHead', in_channels=8)),
+                                  'model.decode_head (FCNHead) takes the map in_index -1 of in_channels 8, but '
+                                  'model.neck.1 (MultiLevelNeck) gives 3 maps of [4, 4, 4] channels: set '
+                                  '--cfg-options model.decode_head.in_channels=4'),
+}
+
+
+@pytest.mark.parametrize('backbone, neck, heads, message', HEAD_REFUSALS.values(), ids=HEAD_REFUSALS.keys())
+def test_a_segmentation_head_after_a_neck_is_judged_by_the_maps_the_neck_gives(backbone, neck, heads, message):
+    require('mmengine')
+    from mmengine.config import Config
+
+    cfg = Config(dict(model=dict(backbone=backbone, neck=copy.deepcopy(neck), **copy.deepcopy(heads))))
+    assert run_inputs.neck_input_problem(cfg.model) == message
+    _apply_advice(cfg, message)
+    assert run_inputs.neck_input_problem(cfg.model) is None
+
+
+def test_heads_after_a_neck_set_as_mmseg_refuses_or_of_maps_not_known_are_left_alone():
+    """MultiLevelNeck of two maps for four scales is the neck's line, not the heads'; after SSDNeck (maps not known)
+    and a MultiLevelNeck without out_channels (its width not known) the heads are not judged."""
+    wrong_head = dict(type='FCNHead', in_index=7, in_channels=3)
+    two_maps = dict(backbone=VIM, neck=dict(MLN, in_channels=[32, 32]), decode_head=wrong_head)
+    assert run_inputs.neck_input_problem(two_maps).startswith('model.neck (MultiLevelNeck) takes one map, or 4')
+    for neck in (dict(type='SSDNeck', in_channels=[32] * 4), dict(type='MultiLevelNeck', in_channels=[32] * 4)):
+        assert run_inputs.neck_input_problem(dict(backbone=VIM4, neck=neck, decode_head=wrong_head)) is None
 
 
 def test_mmdets_local_vim_passes_its_one_map_bare_to_no_neck_but_simple_fpn():
@@ -360,3 +425,35 @@ def test_a_yolov3_is_fitted_in_its_reversed_order_and_gives_the_maps_assumed():
     assert channels == [16, 8, 4]
     assert list(detector.bbox_head.featmap_strides) == strides
     assert detector.bbox_head.prior_generator.strides == [(s, s) for s in strides]
+
+
+def test_mmsegs_vit_upernet_on_a_local_vim_is_fitted_through_its_multi_level_neck_and_trains():
+    """mmseg's ViT config with LocalVim's 4 layers of 32 channels and its MultiLevelNeck narrowed to 32 channels: the
+    advice fits the neck, then both heads to the maps the neck gives (UPerHead and FCNHead ended in a channel error)."""
+    require('mmseg')
+    import mmseg
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import segmentation.local_mamba  # noqa: F401  (our backbones in mmseg's registry)
+    config = 'vit/vit_vit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py'
+    cfg = Config.fromfile(os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', config))
+    ours = seg_config('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py').model.backbone
+    cfg.model['backbone'] = tiny_vim_backbone(ours, depth=4, out_indices=[0, 1, 2, 3], width=32)
+    cfg.model['pretrained'] = None
+    cfg.model.neck['out_channels'] = 32
+    cfg.model.decode_head['channels'] = 16
+    cfg.model.auxiliary_head['channels'] = 8
+    cfg.model.data_preprocessor['size'] = IMAGE_HW
+    assert _follow_advice(cfg) == ['model.neck.in_channels=[32,32,32,32]',
+                                   'model.decode_head.in_channels=[32,32,32,32]',
+                                   'model.auxiliary_head.in_channels=32']
+    init_default_scope('mmseg')
+    segmentor = revert_sync_batchnorm(MODELS.build(cfg.model))
+    with torch.no_grad():
+        maps = segmentor.extract_feat(torch.zeros(1, 3, *IMAGE_HW))
+    assert [m.shape[1] for m in maps] == [32] * 4
+    loss = loss_and_grads(segmentor, seg_batch())
+    assert loss.isfinite() and loss > 0
