@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
-from .run_inputs import (config_file_problem, head_stride_problem, is_backbone, missing_checkpoint, missing_data_path,
-                         missing_pretrained, neck_input_problem, new_option_keys, walk_dicts, work_dir_problem,
-                         wrong_type_option)
+from .map_fit import head_stride_problem, neck_input_problem
+from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
+                         new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
 if TYPE_CHECKING:   # mmengine is imported where a run starts
     from mmengine.config import Config
@@ -144,7 +144,7 @@ def _exit_error(message: str) -> NoReturn:
 
 
 def _stop_on(problem: Optional[str]) -> None:
-    """End the process with ``problem`` (one of the ``run_inputs`` checks' messages) unless it is None."""
+    """End the process with ``problem`` (one of the ``run_inputs`` / ``map_fit`` checks' messages) unless it is None."""
     if problem:
         _exit_error(problem)
 

@@ -1,12 +1,12 @@
 """What the necks of mmdet 3.x and mmseg 1.x take and give, read from their config dicts without building them: the
 channels a neck is set for (and the ``--cfg-options`` that set it for other maps), and the channels and strides of the
-maps it gives on. The det/seg input checks of run_inputs follow our backbone's maps through a neck, or through a list
+maps it gives on. The det/seg checks of map_fit follow our backbone's maps through a neck, or through a list
 of necks, which mmengine chains (each takes the maps the one before gives).
 
 Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order; MultiLevelNeck takes
 one map, or at least one per ``scales`` entry), YOLOV3Neck (its ``in_channels`` deepest map first), BFP, DyHead and
 Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map only); SimpleFPN, which
-takes one bare map of the backbone, is judged by run_inputs. Any other neck, and settings a neck refuses itself, are
+takes one bare map of the backbone, is judged by map_fit. Any other neck, and settings a neck refuses itself, are
 passed over (None). The maps a neck gives on are known for those :func:`neck_gives` names; a neck (or a segmentation
 head) after any other is not judged."""
 from __future__ import annotations

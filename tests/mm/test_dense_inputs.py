@@ -14,7 +14,7 @@ import torch
 from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, det_batch, loss_and_grads, require, seg_batch,
                       tiny_fpn_model_cfg, tiny_vssm_backbone)
 
-from classification.dense import run_inputs
+from classification.dense import map_fit, run_inputs
 from classification.dense.backbones import backbone_maps
 
 DET = os.path.join(REPO, 'detection', 'configs', 'local_mamba')
@@ -113,8 +113,8 @@ def test_the_configs_as_shipped_pass_the_check():
         backbone = (model or {}).get('backbone') or {}
         if run_inputs.is_backbone(backbone):
             assert backbone_maps(run_inputs.type_name(backbone), backbone) is not None, path
-            assert run_inputs.neck_input_problem(model) is None, path
-            assert run_inputs.head_stride_problem(model) is None, path
+            assert map_fit.neck_input_problem(model) is None, path
+            assert map_fit.head_stride_problem(model) is None, path
             checked.append(os.path.basename(path))
     assert len(checked) == len(DET_CONFIGS) + len(SEG_CONFIGS) - 1     # all but the LSJ base
 
@@ -131,7 +131,7 @@ def _apply_advice(cfg, problem: str) -> None:
 
 def _problem(model) -> str | None:
     """The line the tools stop on for ``model``, as launch checks it."""
-    return run_inputs.neck_input_problem(model) or run_inputs.head_stride_problem(model)
+    return map_fit.neck_input_problem(model) or map_fit.head_stride_problem(model)
 
 
 def _follow_advice(cfg) -> list:
@@ -211,15 +211,15 @@ def test_a_list_of_auxiliary_heads_names_the_one_that_does_not_fit():
                  decode_head=dict(type='FCNHead', in_channels=16),     # in_index -1: the last map
                  auxiliary_head=[dict(type='FCNHead', in_index=0, in_channels=8),
                                  dict(type='FCNHead', in_index=1, in_channels=32)])
-    assert run_inputs.neck_input_problem(model) == (
+    assert map_fit.neck_input_problem(model) == (
         'model.auxiliary_head.1 (FCNHead) takes the map in_index 1 of in_channels 32, but model.backbone '
         '(MM_LocalVSSM, out_indices (0, 1)) gives 2 maps of [8, 16] channels (stages 0, 1): set --cfg-options '
         'model.auxiliary_head.1.in_channels=16')
     model['auxiliary_head'][1]['in_index'] = 5
-    assert run_inputs.neck_input_problem(model).endswith(
+    assert map_fit.neck_input_problem(model).endswith(
         'set --cfg-options model.auxiliary_head.1.in_index=1 model.auxiliary_head.1.in_channels=16')
     model['auxiliary_head'][1].update(in_index=-1, in_channels=16)
-    assert run_inputs.neck_input_problem(model) is None
+    assert map_fit.neck_input_problem(model) is None
 
 
 def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
@@ -228,25 +228,25 @@ def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
     known."""
     tta = dict(type='SegTTAModel', module=dict(backbone=dict(VSSM, out_indices=[1, 3]),
                                                neck=dict(type='FPN', in_channels=[16, 32])))
-    assert run_inputs.neck_input_problem(tta) == (
+    assert map_fit.neck_input_problem(tta) == (
         'model.module.neck (FPN) takes 2 maps of in_channels [16, 32], but model.module.backbone (MM_LocalVSSM, '
         'out_indices [1, 3]) gives 2 maps of [16, 64] channels (stages 1, 3): set --cfg-options '
         'model.module.neck.in_channels=[16,64]')
     yolo = dict(backbone=dict(VSSM, out_indices=[1, 3]), neck=dict(type='YOLOV3Neck', in_channels=[64, 16]),
                 decode_head=dict(type='FCNHead', in_index=7, in_channels=3))
-    assert run_inputs.neck_input_problem(yolo) is None
+    assert map_fit.neck_input_problem(yolo) is None
     unknown = dict(yolo, neck=dict(type='SSDNeck', in_channels=[3, 3]))
-    assert run_inputs.neck_input_problem(unknown) is None
+    assert map_fit.neck_input_problem(unknown) is None
 
 
 def test_one_local_vim_map_reaches_an_fpn_of_mmseg_in_a_list():
     model = dict(backbone=dict(type='MM_LocalVim', embed_dim=32, depth=2, out_indices=[1]),
                  neck=dict(type='FPN', in_channels=[32]))
-    assert run_inputs.neck_input_problem(model) is None
-    assert run_inputs.neck_input_problem(model, bare_single_map=True).startswith('model.neck (FPN) takes a list of')
+    assert map_fit.neck_input_problem(model) is None
+    assert map_fit.neck_input_problem(model, bare_single_map=True).startswith('model.neck (FPN) takes a list of')
     model['backbone']['out_indices'] = [0, 1]
     model['neck']['in_channels'] = [32, 32]
-    assert run_inputs.neck_input_problem(model, bare_single_map=True) is None
+    assert map_fit.neck_input_problem(model, bare_single_map=True) is None
 
 
 def test_settings_the_backbone_refuses_are_left_to_it():
@@ -255,7 +255,7 @@ def test_settings_the_backbone_refuses_are_left_to_it():
     for backbone in (dict(VSSM, out_indices=(4,)), dict(VSSM, dims=[8, 16]), dict(VSSM, out_indices=(1, 1)),
                      dict(type='MM_LocalVim', depth=2, out_indices=[2])):
         assert backbone_maps(backbone['type'], backbone) is None
-        assert run_inputs.neck_input_problem(dict(backbone=backbone, neck=neck)) is None
+        assert map_fit.neck_input_problem(dict(backbone=backbone, neck=neck)) is None
 
 
 def test_the_maps_follow_the_constructors_defaults_and_negative_indices():
@@ -295,7 +295,7 @@ def test_neck_strides_are_those_of_the_maps_mmdets_necks_give(neck, strides, exp
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    assert run_inputs.neck_strides(neck, strides) == expected
+    assert map_fit.neck_strides(neck, strides) == expected
     init_default_scope('mmdet')
     built = MODELS.build(copy.deepcopy(neck)).eval()
     image_hw = (256, 512)
@@ -308,11 +308,11 @@ def test_neck_strides_are_those_of_the_maps_mmdets_necks_give(neck, strides, exp
 
 def test_necks_and_settings_not_known_are_left_alone():
     fpn = dict(type='FPN', in_channels=[4, 8], num_outs=5)
-    assert run_inputs.neck_strides(dict(fpn, num_outs=1), [4, 8]) is None       # FPN refuses fewer outputs
-    assert run_inputs.neck_strides(dict(fpn, start_level=2), [4, 8]) is None
-    assert run_inputs.neck_strides(dict(fpn, num_outs=None), [4, 8]) is None
-    assert run_inputs.neck_strides(dict(type='SSDNeck', in_channels=[4, 8]), [4, 8]) is None
-    assert run_inputs.neck_strides(dict(type='SimpleFPN', num_outs=4), [14]) is None     # not a multiple of 4
+    assert map_fit.neck_strides(dict(fpn, num_outs=1), [4, 8]) is None       # FPN refuses fewer outputs
+    assert map_fit.neck_strides(dict(fpn, start_level=2), [4, 8]) is None
+    assert map_fit.neck_strides(dict(fpn, num_outs=None), [4, 8]) is None
+    assert map_fit.neck_strides(dict(type='SSDNeck', in_channels=[4, 8]), [4, 8]) is None
+    assert map_fit.neck_strides(dict(type='SimpleFPN', num_outs=4), [14]) is None     # not a multiple of 4
 
 
 def _detector(strides, **settings) -> dict:
@@ -329,23 +329,23 @@ def _detector(strides, **settings) -> dict:
 
 def test_each_stride_setting_of_the_heads_is_checked_and_fitted():
     fits = [4, 8, 16, 32, 64]
-    assert run_inputs.head_stride_problem(_detector(fits)) is None
-    assert run_inputs.head_stride_problem(_detector([(s, s) for s in fits])) is None     # mmdet's (w, h) form
+    assert map_fit.head_stride_problem(_detector(fits)) is None
+    assert map_fit.head_stride_problem(_detector([(s, s) for s in fits])) is None     # mmdet's (w, h) form
     model = _detector(fits)
     model['roi_head']['bbox_roi_extractor'][1]['featmap_strides'] = [4, 8, 16, 16]
-    assert run_inputs.head_stride_problem(model) == (
+    assert map_fit.head_stride_problem(model) == (
         'model.roi_head.bbox_roi_extractor.1.featmap_strides is [4, 8, 16, 16], but model.neck (FPN) gives maps of '
         'strides [4, 8, 16, 32, 64], as model.backbone (MM_LocalVSSM, out_indices (0, 1, 2, 3)) gives 4 maps of '
         'strides [4, 8, 16, 32] (stages 0, 1, 2, 3): set --cfg-options '
         'model.roi_head.bbox_roi_extractor.1.featmap_strides=[4,8,16,32]')
     htc = _detector(fits)   # HTC's semantic RoIs are pooled from its semantic head's stride-8 map
     htc['roi_head']['semantic_roi_extractor'] = dict(type='SingleRoIExtractor', featmap_strides=[8])
-    assert run_inputs.head_stride_problem(htc) is None
+    assert map_fit.head_stride_problem(htc) is None
     model = _detector([4, 8, 16, 32])   # a level short: mmdet's anchor generator asserts on it
-    assert run_inputs.head_stride_problem(model).startswith(
+    assert map_fit.head_stride_problem(model).startswith(
         'model.rpn_head.anchor_generator.strides is [4, 8, 16, 32], but ')
     model['backbone']['patch_size'] = 2
-    assert run_inputs.head_stride_problem(model).endswith(
+    assert map_fit.head_stride_problem(model).endswith(
         'set --cfg-options model.rpn_head.anchor_generator.strides=[2,4,8,16,32] '
         'model.roi_head.bbox_roi_extractor.0.featmap_strides=[2,4,8,16] '
         'model.roi_head.bbox_roi_extractor.1.featmap_strides=[2,4,8,16] '
@@ -357,26 +357,26 @@ def test_a_single_stage_prior_generator_and_a_detector_without_a_neck():
                   neck=dict(type='FPN', in_channels=[16, 32, 64], start_level=1, num_outs=5),
                   bbox_head=dict(type='FCOSHead', prior_generator=dict(type='MlvlPointGenerator',
                                                                        strides=[8, 16, 32, 64, 128])))
-    assert run_inputs.head_stride_problem(retina) == (
+    assert map_fit.head_stride_problem(retina) == (
         'model.bbox_head.prior_generator.strides is [8, 16, 32, 64, 128], but model.neck (FPN) gives maps of strides '
         '[16, 32, 64, 128, 256], as model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of strides '
         '[8, 16, 32] (stages 1, 2, 3): set --cfg-options model.bbox_head.prior_generator.strides=[16,32,64,128,256]')
     bare = dict(backbone=dict(VSSM, out_indices=(2, 3)), neck=None,
                 rpn_head=dict(anchor_generator=dict(type='AnchorGenerator', strides=[16, 32])))
-    assert run_inputs.head_stride_problem(bare) is None
+    assert map_fit.head_stride_problem(bare) is None
     bare['rpn_head']['anchor_generator']['strides'] = [16, 16]
-    assert run_inputs.head_stride_problem(bare).endswith(
+    assert map_fit.head_stride_problem(bare).endswith(
         'set --cfg-options model.rpn_head.anchor_generator.strides=[16,32]')
     bare['rpn_head']['anchor_generator']['strides'] = [(16, 8), (32, 16)]    # not square: left to mmdet
-    assert run_inputs.head_stride_problem(bare) is None
+    assert map_fit.head_stride_problem(bare) is None
     fcos = dict(retina, bbox_head=dict(type='mmdet.FCOSHead', strides=[8, 16, 32, 64, 128]))
-    assert run_inputs.head_stride_problem(fcos).endswith('set --cfg-options model.bbox_head.strides=[16,32,64,128,256]')
+    assert map_fit.head_stride_problem(fcos).endswith('set --cfg-options model.bbox_head.strides=[16,32,64,128,256]')
     reppoints = dict(retina, bbox_head=dict(type='RepPointsHead', point_strides=[16, 32, 64, 128, 256]))
-    assert run_inputs.head_stride_problem(reppoints) is None
+    assert map_fit.head_stride_problem(reppoints) is None
     solo = dict(retina, bbox_head=None, mask_head=dict(type='SOLOHead', strides=[8, 8, 16, 32, 32]))
-    assert run_inputs.head_stride_problem(solo) is None    # scale ranges of its grids, not map strides
+    assert map_fit.head_stride_problem(solo) is None    # scale ranges of its grids, not map strides
     unknown = dict(_detector([8, 16]), neck=dict(type='SSDNeck', in_channels=[8, 16, 32, 64]))
-    assert run_inputs.head_stride_problem(unknown) is None
+    assert map_fit.head_stride_problem(unknown) is None
 
 
 def test_the_backbone_strides_follow_its_patch_size():
@@ -418,11 +418,11 @@ def test_mmdets_own_detectors_pass_on_maps_of_their_strides_and_are_fitted_on_ot
     assert run_inputs.type_name(resnet) == 'ResNet' and 'strides' not in resnet
     cfg.model['backbone'] = dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1),
                                  out_indices=tuple(resnet.get('out_indices', (0, 1, 2, 3))))
-    assert run_inputs.head_stride_problem(cfg.model) is None
+    assert map_fit.head_stride_problem(cfg.model) is None
     cfg.model['backbone']['patch_size'] = 8
-    problem = run_inputs.head_stride_problem(cfg.model)
+    problem = map_fit.head_stride_problem(cfg.model)
     fixed = [item.split('=')[0] for item in problem.split('set --cfg-options ')[1].split()] if problem else []
     assert fixed == keys
     if problem:
         _apply_advice(cfg, problem)
-        assert run_inputs.head_stride_problem(cfg.model) is None
+        assert map_fit.head_stride_problem(cfg.model) is None

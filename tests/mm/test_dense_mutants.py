@@ -18,7 +18,7 @@ require('mmdet')
 require('mmseg')
 
 from classification.common import CheckpointError  # noqa: E402
-from classification.dense import MM_LocalVSSM, backbones, launch, run_inputs  # noqa: E402
+from classification.dense import MM_LocalVSSM, backbones, launch, map_fit, run_inputs  # noqa: E402
 from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS, save_directions  # noqa: E402
 from classification.models.local_vmamba import VSSM  # noqa: E402
 
@@ -480,10 +480,10 @@ def test_an_annotation_file_that_is_a_folder_is_not_found(tmp_path):
 def test_negative_head_indices_past_the_first_map_are_out_of_range():
     model = dict(backbone=dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1), out_indices=(2, 3)), neck=None,
                  decode_head=dict(type='UPerHead', in_index=[-3, -1], in_channels=[16, 64]))
-    assert run_inputs.neck_input_problem(model).endswith(
+    assert map_fit.neck_input_problem(model).endswith(
         'set --cfg-options model.decode_head.in_index=[0,1] model.decode_head.in_channels=[32,64]')
     model['decode_head'].update(in_index=[-2, -1], in_channels=[32, 64])
-    assert run_inputs.neck_input_problem(model) is None
+    assert map_fit.neck_input_problem(model) is None
 
 
 def test_a_misfit_shows_two_resized_tensors_and_three_missing_ones():

@@ -13,7 +13,7 @@ import torch
 from conftest import (IMAGE_HW, det_config, loss_and_grads, require, seg_batch, seg_config, tiny_vim_backbone,
                       tiny_vssm_backbone)
 
-from classification.dense import run_inputs
+from classification.dense import map_fit
 from classification.dense.neck_maps import NeckMaps, neck_gives
 
 VSSM = dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1), out_indices=(1, 2, 3))   # 16, 32, 64 channels
@@ -125,12 +125,12 @@ def test_a_neck_set_for_other_maps_is_refused_in_one_line_whose_options_fit_it(b
     from mmengine.config import Config
 
     if fits is not None:
-        assert run_inputs.neck_input_problem(dict(backbone=backbone, neck=fits)) is None
+        assert map_fit.neck_input_problem(dict(backbone=backbone, neck=fits)) is None
     cfg = Config(dict(model=dict(backbone=backbone, neck=copy.deepcopy(misfit))))
-    assert run_inputs.neck_input_problem(cfg.model) == message
+    assert map_fit.neck_input_problem(cfg.model) == message
     if 'set --cfg-options' in message:
         _apply_advice(cfg, message)
-        assert run_inputs.neck_input_problem(cfg.model) is None
+        assert map_fit.neck_input_problem(cfg.model) is None
     if fits is not None and 'set --cfg-options' in message:     # the advice gives what the fitting config holds
         fitting = fits[-1] if isinstance(fits, list) else fits
         fitted = cfg.model.neck[-1] if isinstance(fits, list) else cfg.model.neck
@@ -185,9 +185,9 @@ def test_a_segmentation_head_after_a_neck_is_judged_by_the_maps_the_neck_gives(b
     from mmengine.config import Config
 
     cfg = Config(dict(model=dict(backbone=backbone, neck=copy.deepcopy(neck), **copy.deepcopy(heads))))
-    assert run_inputs.neck_input_problem(cfg.model) == message
+    assert map_fit.neck_input_problem(cfg.model) == message
     _apply_advice(cfg, message)
-    assert run_inputs.neck_input_problem(cfg.model) is None
+    assert map_fit.neck_input_problem(cfg.model) is None
 
 
 def test_heads_after_a_neck_set_as_mmseg_refuses_or_of_maps_not_known_are_left_alone():
@@ -195,54 +195,54 @@ def test_heads_after_a_neck_set_as_mmseg_refuses_or_of_maps_not_known_are_left_a
     and a MultiLevelNeck without out_channels (its width not known) the heads are not judged."""
     wrong_head = dict(type='FCNHead', in_index=7, in_channels=3)
     two_maps = dict(backbone=VIM, neck=dict(MLN, in_channels=[32, 32]), decode_head=wrong_head)
-    assert run_inputs.neck_input_problem(two_maps).startswith('model.neck (MultiLevelNeck) takes one map, or 4')
+    assert map_fit.neck_input_problem(two_maps).startswith('model.neck (MultiLevelNeck) takes one map, or 4')
     for neck in (dict(type='SSDNeck', in_channels=[32] * 4), dict(type='MultiLevelNeck', in_channels=[32] * 4)):
-        assert run_inputs.neck_input_problem(dict(backbone=VIM4, neck=neck, decode_head=wrong_head)) is None
+        assert map_fit.neck_input_problem(dict(backbone=VIM4, neck=neck, decode_head=wrong_head)) is None
 
 
 def test_mmdets_local_vim_passes_its_one_map_bare_to_no_neck_but_simple_fpn():
     model = dict(backbone=dict(VIM, out_indices=[3]), neck=dict(type='DyHead', in_channels=32))
-    assert run_inputs.neck_input_problem(model) is None
-    assert run_inputs.neck_input_problem(model, bare_single_map=True) == (
+    assert map_fit.neck_input_problem(model) is None
+    assert map_fit.neck_input_problem(model, bare_single_map=True) == (
         "model.neck (DyHead) takes a list of maps, but model.backbone (MM_LocalVim, out_indices [3]) gives 1 map of "
         "[32] channels (layer 3), and mmdet's MM_LocalVim passes one map on bare (as SimpleFPN takes it): give "
         "model.backbone.out_indices two or more layers, or use SimpleFPN")
     model['neck'] = [dict(type='FPN', in_channels=[32], out_channels=8, num_outs=1), dict(type='DyHead')]
-    assert run_inputs.neck_input_problem(model, bare_single_map=True).startswith(
+    assert map_fit.neck_input_problem(model, bare_single_map=True).startswith(
         'model.neck.0 (FPN) takes a list of maps, but model.backbone (MM_LocalVim, out_indices [3]) gives 1 map of '
         '[32] channels (layer 3), and ')
 
 
 def test_necks_after_one_not_known_and_unknown_settings_are_left_alone():
     unknown_first = [dict(type='SSDNeck', in_channels=[16, 32, 64]), dict(type='DyHead', in_channels=3)]
-    assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=unknown_first)) is None
+    assert map_fit.neck_input_problem(dict(backbone=VSSM, neck=unknown_first)) is None
     odd_count = [_fpn([16, 32, 64]), dict(type='NASFCOS_FPN', in_channels=[32] * 5, start_level=0, num_outs=5),
                  dict(type='DyHead', in_channels=3)]   # NASFCOS_FPN's cells on five maps, not three: maps not known
-    assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=odd_count)) is None
+    assert map_fit.neck_input_problem(dict(backbone=VSSM, neck=odd_count)) is None
     three_maps = [dict(type='ChannelMapper', in_channels=[16, 32, 64], out_channels=8),
                   dict(type='Feature2Pyramid', embed_dim=8)]
-    assert run_inputs.neck_input_problem(dict(backbone=VSSM, neck=three_maps)).endswith(
+    assert map_fit.neck_input_problem(dict(backbone=VSSM, neck=three_maps)).endswith(
         'but model.neck.0 (ChannelMapper) gives 3 maps of [8, 8, 8] channels: give it 4 maps')
-    assert run_inputs.neck_strides(odd_count, [8, 16, 32]) is None
-    assert run_inputs.neck_strides(dict(type='NASFPN', in_channels=[8, 16, 32], num_outs=4), [8, 16, 32]) is None
-    assert run_inputs.neck_strides(dict(type='CTResNetNeck', num_deconv_filters=(8,), num_deconv_kernels=(3,)),
-                                   [32]) is None     # a kernel-3 deconvolution does not double its map
-    assert run_inputs.neck_strides(dict(type='HRFPN', in_channels=[8, 8]), [16, 16]) is None   # not doubling
-    assert run_inputs.neck_strides([], [8, 16]) is None
+    assert map_fit.neck_strides(odd_count, [8, 16, 32]) is None
+    assert map_fit.neck_strides(dict(type='NASFPN', in_channels=[8, 16, 32], num_outs=4), [8, 16, 32]) is None
+    assert map_fit.neck_strides(dict(type='CTResNetNeck', num_deconv_filters=(8,), num_deconv_kernels=(3,)),
+                                [32]) is None     # a kernel-3 deconvolution does not double its map
+    assert map_fit.neck_strides(dict(type='HRFPN', in_channels=[8, 8]), [16, 16]) is None   # not doubling
+    assert map_fit.neck_strides([], [8, 16]) is None
 
 
 def test_a_list_after_simple_fpn_and_the_stride_line_of_a_list_name_each_neck():
     vitdet = dict(backbone=dict(VIM, out_indices=[3]),
                   neck=[dict(type='SimpleFPN', backbone_channel=32, in_channels=[8, 16, 32, 32], out_channels=16,
                              num_outs=5), dict(type='DyHead', in_channels=32)])
-    assert run_inputs.neck_input_problem(vitdet, bare_single_map=True) == (
+    assert map_fit.neck_input_problem(vitdet, bare_single_map=True) == (
         'model.neck.1 (DyHead) takes maps of in_channels 32, but model.neck.0 (SimpleFPN) gives 5 maps of '
         '[16, 16, 16, 16, 16] channels: set --cfg-options model.neck.1.in_channels=16')
-    assert run_inputs.neck_strides(vitdet['neck'], [16]) == [4, 8, 16, 32, 64]
+    assert map_fit.neck_strides(vitdet['neck'], [16]) == [4, 8, 16, 32, 64]
     anchors = dict(type='AnchorGenerator', strides=[4, 8, 16, 32, 64])
     atss = dict(backbone=VSSM, neck=[_fpn([16, 32, 64]), dict(type='DyHead', in_channels=32)],
                 bbox_head=dict(type='ATSSHead', anchor_generator=anchors))
-    assert run_inputs.head_stride_problem(atss) == (
+    assert map_fit.head_stride_problem(atss) == (
         'model.bbox_head.anchor_generator.strides is [4, 8, 16, 32, 64], but model.neck (FPN, then DyHead) gives maps '
         'of strides [8, 16, 32, 64, 128], as model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of '
         'strides [8, 16, 32] (stages 1, 2, 3): '
@@ -252,9 +252,9 @@ def test_a_list_after_simple_fpn_and_the_stride_line_of_a_list_name_each_neck():
 def test_yoloxs_head_strides_are_those_of_its_neck():
     yolox = dict(backbone=VSSM, neck=dict(type='YOLOXPAFPN', in_channels=[16, 32, 64], out_channels=8),
                  bbox_head=dict(type='YOLOXHead', strides=(8, 16, 32)))
-    assert run_inputs.head_stride_problem(yolox) is None
+    assert map_fit.head_stride_problem(yolox) is None
     yolox['backbone'] = dict(VSSM, patch_size=8)
-    assert run_inputs.head_stride_problem(yolox).endswith('set --cfg-options model.bbox_head.strides=[16,32,64]')
+    assert map_fit.head_stride_problem(yolox).endswith('set --cfg-options model.bbox_head.strides=[16,32,64]')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ def test_the_maps_a_neck_gives_are_those_of_the_built_neck(scope, neck, given, s
     from mmengine.registry import MODELS, init_default_scope
 
     channels, in_strides = given
-    assert run_inputs.neck_strides(neck, in_strides) == strides
+    assert map_fit.neck_strides(neck, in_strides) == strides
     init_default_scope(scope)
     built = MODELS.build(copy.deepcopy(neck)).eval()
     image_hw = (256, 512)
@@ -358,7 +358,7 @@ def test_the_maps_a_neck_gives_are_those_of_the_built_neck(scope, neck, given, s
 def _follow_advice(cfg) -> list:
     """Apply the checks' advice to ``cfg`` until they have none; the --cfg-options of each, in order."""
     advice = []
-    while (problem := run_inputs.neck_input_problem(cfg.model) or run_inputs.head_stride_problem(cfg.model)) \
+    while (problem := map_fit.neck_input_problem(cfg.model) or map_fit.head_stride_problem(cfg.model)) \
             and len(advice) < 4:
         advice.append(problem.split('set --cfg-options ')[1])
         _apply_advice(cfg, problem)
@@ -401,7 +401,7 @@ def test_an_atss_with_fpn_then_dyhead_is_fitted_through_the_list_and_gives_the_m
     init_default_scope('mmdet')
     detector = MODELS.build(cfg.model).eval()
     strides, channels = _measured(detector)
-    assert strides == run_inputs.neck_strides(cfg.model.neck, [8, 16, 32]) == [16, 32, 64, 128, 256]
+    assert strides == map_fit.neck_strides(cfg.model.neck, [8, 16, 32]) == [16, 32, 64, 128, 256]
     assert channels == [32] * 5
     assert detector.bbox_head.prior_generator.strides == [(s, s) for s in strides]
 
@@ -421,7 +421,7 @@ def test_a_yolov3_is_fitted_in_its_reversed_order_and_gives_the_maps_assumed():
     init_default_scope('mmdet')
     detector = MODELS.build(cfg.model).eval()
     strides, channels = _measured(detector)
-    assert strides == run_inputs.neck_strides(cfg.model.neck, [16, 32, 64]) == [64, 32, 16]
+    assert strides == map_fit.neck_strides(cfg.model.neck, [16, 32, 64]) == [64, 32, 16]
     assert channels == [16, 8, 4]
     assert list(detector.bbox_head.featmap_strides) == strides
     assert detector.bbox_head.prior_generator.strides == [(s, s) for s in strides]

@@ -1,0 +1,277 @@
+"""Whether a det/seg model's necks and heads are set for the maps our backbone gives, checked on its config before
+mmengine builds it: the channels each neck (or each of a list of necks) takes, the ``in_index`` / ``in_channels`` of
+the segmentation heads, and the strides of the detection heads' anchors, points and RoI extractors. Each check returns
+the one-line error with the ``--cfg-options`` that fit (None when all fits); mmdet and mmseg would end in a bare
+AssertionError, an IndexError or a convolution's channel error after building the datasets, or train silently wrong.
+What each neck takes and gives is :mod:`.neck_maps`'s."""
+from __future__ import annotations
+
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
+
+from .neck_maps import Misfit, NeckMaps, judges, neck_gives, neck_misfit, option_list, positive_int
+from .run_inputs import is_backbone, keyed_dicts, type_name
+
+
+def _head_fix(where: str, in_index: Any, in_channels: Any, channels: Sequence[int]) -> Optional[str]:
+    """The ``--cfg-options`` items that make the mmseg head at ``where`` (``in_index`` and ``in_channels`` as set)
+    take the maps of ``channels`` it gets (the backbone's, or the neck's); None when it takes them as set, or when its
+    settings do not say (in_channels unset, or not of in_index's kind: the head itself refuses that)."""
+    count = len(channels)
+    if isinstance(in_index, int) and isinstance(in_channels, int):
+        if -count <= in_index < count and channels[in_index] == in_channels:
+            return None
+        if in_channels in channels:     # a map of its channels is still given (the deepest one, as -1 takes)
+            return f'{where}.in_index={count - 1 - channels[::-1].index(in_channels)}'
+        if -count <= in_index < count:
+            return f'{where}.in_channels={channels[in_index]}'
+        return f'{where}.in_index={count - 1} {where}.in_channels={channels[-1]}'
+    if not (isinstance(in_index, (list, tuple)) and isinstance(in_channels, (list, tuple))
+            and len(in_index) == len(in_channels) and all(isinstance(i, int) for i in in_index)):
+        return None
+    if all(-count <= i < count for i in in_index):
+        wanted = [channels[i] for i in in_index]
+        return None if list(in_channels) == wanted else f'{where}.in_channels={option_list(wanted)}'
+    return f'{where}.in_index={option_list(range(count))} {where}.in_channels={option_list(channels)}'
+
+
+def _fit_problem(where: str, takes: str, given: str, fix: str) -> str:
+    """The line for the neck or head at ``where`` that ``takes`` other maps than those ``given`` (words)."""
+    return f'{where} {takes}, but {given}: set --cfg-options {fix}'
+
+
+def _backbone_gives(where: str, backbone: dict, maps: Any, what: str) -> str:
+    """'<where>.backbone (<type>, out_indices ...) gives N maps of <what> (<unit>s i, j, ...)'."""
+    count = len(maps.indices)
+    return (f'{where}.backbone ({type_name(backbone)}, out_indices {backbone.get("out_indices")}) gives {count} '
+            f'map{"s" if count > 1 else ""} of {what} ({maps.unit}{"s" if count > 1 else ""} '
+            f'{", ".join(map(str, maps.indices))})')
+
+
+def _neck_chain(neck: Any, key: str) -> list[tuple[str, dict]]:
+    """(config key, config dict) of each neck of ``neck`` at ``key``: one dict, or a list of them, which mmengine
+    chains (each takes the maps the one before gives); empty for anything else."""
+    if isinstance(neck, dict):
+        return [(key, neck)]
+    if isinstance(neck, (list, tuple)) and neck and all(isinstance(part, dict) for part in neck):
+        return [(f'{key}.{i}', part) for i, part in enumerate(neck)]
+    return []
+
+
+def _simple_fpn_problem(where: str, key: str, neck: dict, maps: Any, given: str) -> Optional[str]:
+    """SimpleFPN at ``key``, which takes one map of backbone_channel channels, given other ``maps``."""
+    kind, width = type_name(neck), neck.get('backbone_channel')
+    if len(maps.channels) > 1:
+        return _fit_problem(f'{key} ({kind})', f'takes one map (of backbone_channel {width} channels)', given,
+                            f'{where}.backbone.out_indices=[{maps.indices[-1]}]')
+    if width != maps.channels[0]:
+        c = maps.channels[0]
+        return _fit_problem(f'{key} ({kind})', f'takes one map of backbone_channel {width} channels', given,
+                            f'{key}.backbone_channel={c} {key}.in_channels={option_list([c // 4, c // 2, c, c])}')
+    return None
+
+
+def _bare_map_problem(where: str, key: str, neck: dict, given: str) -> str:
+    """A neck at ``key`` that takes a list of maps, after mmdet's MM_LocalVim of one map, which it passes on bare."""
+    entries = f' (and {key}.in_channels one entry per layer)' if isinstance(neck.get('in_channels'), list) else ''
+    return (f"{key} ({type_name(neck)}) takes a list of maps, but {given}, and mmdet's MM_LocalVim passes one map "
+            f"on bare (as SimpleFPN takes it): give {where}.backbone.out_indices two or more layers{entries}, or use "
+            f"SimpleFPN")
+
+
+def _misfit_line(label: str, misfit: Optional[Misfit], given: str) -> Optional[str]:
+    """The line for the neck ``label`` set for other maps than ``given`` (words) as ``misfit`` says; None without."""
+    if misfit is None:
+        return None
+    if misfit.fix:
+        return _fit_problem(label, misfit.takes, given, misfit.fix)
+    return f'{label} {misfit.takes}, but {given}: {misfit.advice}'
+
+
+class GivenMaps(NamedTuple):
+    """The channels of the maps a backbone or a neck gives, and the words that say so in a line."""
+    channels: list[int]
+    words: str
+
+
+def _neck_gives_words(key: str, kind: str, channels: list[int]) -> str:
+    """'<key> (<kind>) gives N maps of [...] channels'."""
+    count = len(channels)
+    return f'{key} ({kind}) gives {count} map{"s" if count > 1 else ""} of {channels} channels'
+
+
+def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: str,
+                  bare_map: bool) -> tuple[Optional[str], Optional[GivenMaps]]:
+    """Follow our backbone's ``maps`` (``given`` in words; ``bare_map``: one, passed on bare) through ``necks`` (a
+    chain under the model at ``where``; each next neck gets the maps of the one before): the line for the first neck
+    set for other maps than it gets, else the maps the last neck gives (None where not known here). Necks after one
+    whose maps are not known here are not judged, nor is a SimpleFPN after another neck (it takes one bare map)."""
+    channels, source, first = maps.channels, f'{where}.backbone', necks[0][0]
+    for key, neck in necks:
+        kind = type_name(neck)
+        if kind == 'SimpleFPN':
+            problem = _simple_fpn_problem(where, key, neck, maps, given) if key == first else None
+            if problem or key != first:
+                return problem, None
+        elif bare_map and key == first and judges(kind):
+            return _bare_map_problem(where, key, neck, given), None
+        problem = _misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
+        if problem:
+            return problem, None
+        gives = neck_gives(kind, neck, NeckMaps(channels, None), len(channels))
+        if gives is None or not gives.channels:
+            return None, None
+        channels, source, given = gives.channels, key, _neck_gives_words(key, kind, gives.channels)
+    return None, GivenMaps(channels, given)
+
+
+def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
+    """The first ``decode_head`` / ``auxiliary_head`` (one, or a list) of the segmentor ``node`` at ``where`` whose
+    ``in_index`` / ``in_channels`` do not take the maps ``given`` to the heads (by the backbone, or by the neck)."""
+    for head_key in ('decode_head', 'auxiliary_head'):
+        heads = node.get(head_key)
+        keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
+                 if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
+        for head_where, head in keyed:
+            if not isinstance(head, dict):
+                continue
+            in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
+            fix = _head_fix(head_where, in_index, in_channels, given.channels)
+            if fix:
+                takes = 'map' if isinstance(in_index, int) else 'maps'
+                return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
+                                    f'of in_channels {in_channels}', given.words, fix)
+    return None
+
+
+def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optional[str]:
+    """A neck or a segmentation head set for other maps than it gets (another number, or other channels), e.g. after
+    a change of the backbone's out_indices or width: mmdet's FPN and mmseg's heads end in a bare AssertionError, an
+    IndexError or a convolution's channel error, after the datasets are built. Checked: the necks that
+    :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, ...), SimpleFPN (one map of
+    ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the ``in_index`` /
+    ``in_channels`` of ``decode_head`` and ``auxiliary_head`` against the maps of the backbone, or of the neck where
+    :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not judged), named by their keys
+    under ``model`` (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's
+    registration), which only SimpleFPN takes."""
+    from .backbones import backbone_maps
+
+    for where, node in keyed_dicts(model_cfg, 'model'):
+        backbone = node.get('backbone')
+        if not (isinstance(backbone, dict) and is_backbone(backbone)):
+            continue
+        name = type_name(backbone)
+        maps = backbone_maps(name, backbone)
+        if maps is None:
+            continue
+        words = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
+        given: Optional[GivenMaps] = GivenMaps(maps.channels, words)
+        if node.get('neck') is not None:
+            bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
+            problem, given = _follow_necks(where, _neck_chain(node['neck'], f'{where}.neck'), maps, words, bare_map)
+            if problem:
+                return problem
+        problem = _heads_problem(where, node, given) if given else None
+        if problem:
+            return problem
+    return None
+
+
+def neck_strides(neck: Any, strides: Sequence[int]) -> Optional[list[int]]:
+    """The strides of the maps the neck ``neck`` gives from maps of ``strides``: a config dict, or a list of them
+    (each takes the maps the one before gives). Known (:func:`.neck_maps.neck_gives`): FPN and its kin (PAFPN,
+    FPN_DropBlock, FPG, FPN_CARAFE, NASFPN), ChannelMapper, SimpleFPN, HRFPN, NASFCOS_FPN; the necks that keep their
+    maps' sizes (BFP, DyHead, SSH, YOLOXPAFPN, CSPNeXtPAFPN, MLANeck), YOLOV3Neck (in reversed order); DilatedEncoder
+    and CTResNetNeck (of the last map); mmseg's MultiLevelNeck, JPU and Feature2Pyramid. None for any other neck, or
+    settings a neck refuses itself."""
+    necks = _neck_chain(neck, '')
+    maps = NeckMaps(None, list(strides))
+    for _, part in necks:
+        maps = neck_gives(type_name(part), part, maps, len(maps.strides))
+        if maps is None or not maps.strides:
+            return None
+    return maps.strides if necks else None
+
+
+# Keys under a detector whose subtrees hold the settings of where its heads read the neck's maps.
+HEAD_KEYS = ('rpn_head', 'bbox_head', 'roi_head')
+PRIOR_GENERATOR_KEYS = ('anchor_generator', 'prior_generator')
+# RoI extractors that pool from the neck's first maps (HTC's semantic_roi_extractor pools from its semantic head's).
+ROI_EXTRACTOR_KEYS = ('bbox_roi_extractor', 'mask_roi_extractor', 'grid_roi_extractor')
+# mmdet's heads that place their priors, or decode their boxes, by a strides setting of their own (one per map), and
+# its key: the anchor-free heads that build their point generator from it, YOLOv3's head that scales its boxes by it.
+POINT_HEAD_STRIDES = dict(FCOSHead='strides', AutoAssignHead='strides', CenterNetUpdateHead='strides',
+                          CondInstBboxHead='strides', BoxInstBboxHead='strides', FoveaHead='strides',
+                          NASFCOSHead='strides', VFNetHead='strides', RepPointsHead='point_strides',
+                          YOLOXHead='strides', YOLOV3Head='featmap_strides')
+
+
+def _square_strides(value: Any) -> Optional[list[int]]:
+    """A config's list of strides as ints: ``s`` or ``(s, s)`` each; None for anything else (left to mmdet)."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    square = [s[0] if isinstance(s, (list, tuple)) and len(s) == 2 and s[0] == s[1] else s for s in value]
+    return square if all(positive_int(s) for s in square) else None
+
+
+def _stride_settings(where: str, node: dict, given: Sequence[int]) -> Iterator[tuple[str, list[int], list[int]]]:
+    """(key, strides as set, strides that fit) of every stride setting of the detector ``node``'s heads (under
+    :data:`HEAD_KEYS`): a prior generator's ``strides`` and an anchor-free head's (:data:`POINT_HEAD_STRIDES`) must
+    be those of every map the neck gives, the ``featmap_strides`` of an RoI extractor of :data:`ROI_EXTRACTOR_KEYS`
+    those of the first ones."""
+    for head_key in HEAD_KEYS:
+        for key, found in keyed_dicts(node.get(head_key), f'{where}.{head_key}'):
+            kind, setting = type_name(found), [part for part in key.split('.') if not part.isdigit()][-1]
+            if setting in PRIOR_GENERATOR_KEYS or setting.endswith('_anchor_generator'):   # guided anchoring's
+                name, wanted = 'strides', list(given)
+            elif kind in POINT_HEAD_STRIDES:
+                name, wanted = POINT_HEAD_STRIDES[kind], list(given)
+            elif setting in ROI_EXTRACTOR_KEYS:
+                name = 'featmap_strides'
+                wanted = list(given[:len(found[name])]) if isinstance(found.get(name), (list, tuple)) else []
+            else:
+                continue
+            strides = _square_strides(found.get(name))
+            if strides is not None and strides != wanted:
+                yield f'{key}.{name}', strides, wanted
+
+
+def head_stride_problem(model_cfg: Any) -> Optional[str]:
+    """A detector whose heads place anchors, or pool RoIs, at other strides than the maps its neck (without one, our
+    backbone) gives, e.g. after the backbone's out_indices became (1, 2, 3): mmdet's anchor generator then ends in a
+    bare AssertionError when the number differs, and when only the strides differ training runs silently wrong
+    (anchor centres and RoIAlign's scale off the maps). Checked, for the necks :func:`neck_strides` knows: each prior
+    generator's ``strides`` (``anchor_generator`` / ``prior_generator`` / ``*_anchor_generator``), the strides
+    settings of the heads of :data:`POINT_HEAD_STRIDES`, and the ``featmap_strides`` of the RoI extractors of
+    :data:`ROI_EXTRACTOR_KEYS`; strides that are not ints (YOLACT's), or not in the config (a head's defaults),
+    are left alone. The neck may be a list of necks (each takes the maps the one before gives). The line names the
+    first setting, and its ``--cfg-options`` fit all of them."""
+    from .backbones import backbone_maps
+
+    for where, node in keyed_dicts(model_cfg, 'model'):
+        backbone = node.get('backbone')
+        if not (isinstance(backbone, dict) and is_backbone(backbone)):
+            continue
+        maps = backbone_maps(type_name(backbone), backbone)
+        if maps is None or maps.strides is None:
+            continue
+        neck = node.get('neck')
+        gives = _backbone_gives(where, backbone, maps, f'strides {maps.strides}')
+        necks = _neck_chain(neck, f'{where}.neck')
+        if necks:
+            given = neck_strides(neck, maps.strides)
+            names = ', then '.join(type_name(part) for _, part in necks)
+            gives = f'{where}.neck ({names}) gives maps of strides {given}, as {gives}'
+        elif neck is None:
+            given = maps.strides
+        else:
+            continue
+        if given is None:
+            continue
+        wrong = list(_stride_settings(where, node, given))
+        if wrong:
+            setting, strides, _ = wrong[0]
+            others = len(wrong) - 1
+            more = f' (and {others} more stride setting{"s" if others > 1 else ""})' if others else ''
+            fix = ' '.join(f'{key}={option_list(wanted)}' for key, _, wanted in wrong)
+            return f'{setting} is {strides}{more}, but {gives}: set --cfg-options {fix}'
+    return None
