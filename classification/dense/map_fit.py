@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
-from .neck_maps import Misfit, NeckMaps, judges, neck_gives, neck_misfit, option_list, positive_int
+from .neck_maps import Misfit, NeckMaps, judges, neck_gives, neck_misfit, option_list, positive_int, size_misfit
 from .run_inputs import is_backbone, keyed_dicts, type_name
 
 
@@ -105,7 +105,7 @@ def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: s
     chain under the model at ``where``; each next neck gets the maps of the one before): the line for the first neck
     set for other maps than it gets, else the maps the last neck gives (None where not known here). Necks after one
     whose maps are not known here are not judged, nor is a SimpleFPN after another neck (it takes one bare map)."""
-    channels, source, first = maps.channels, f'{where}.backbone', necks[0][0]
+    channels, strides, source, first = maps.channels, maps.strides, f'{where}.backbone', necks[0][0]
     for key, neck in necks:
         kind = type_name(neck)
         if kind == 'SimpleFPN':
@@ -114,13 +114,15 @@ def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: s
                 return problem, None
         elif bare_map and key == first and judges(kind):
             return _bare_map_problem(where, key, neck, given), None
-        problem = _misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
+        problem = (_misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
+                   or _misfit_line(f'{key} ({kind})', size_misfit(kind, strides), f'{given}, of strides {strides}'))
         if problem:
             return problem, None
-        gives = neck_gives(kind, neck, NeckMaps(channels, None), len(channels))
+        gives = neck_gives(kind, neck, NeckMaps(channels, strides), len(channels))
         if gives is None or not gives.channels:
             return None, None
-        channels, source, given = gives.channels, key, _neck_gives_words(key, kind, gives.channels)
+        channels, strides, source = gives.channels, gives.strides, key
+        given = _neck_gives_words(key, kind, gives.channels)
     return None, GivenMaps(channels, given)
 
 

@@ -6,7 +6,8 @@ of necks, which mmengine chains (each takes the maps the one before gives).
 Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order; MultiLevelNeck takes
 one map, or at least one per ``scales`` entry), YOLOV3Neck (its ``in_channels`` deepest map first), BFP, DyHead and
 Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map only); SimpleFPN, which
-takes one bare map of the backbone, is judged by map_fit. Any other neck, and settings a neck refuses itself, are
+takes one bare map of the backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, YOLOXPAFPN and
+CSPNeXtPAFPN strides that double (:func:`size_misfit`). Any other neck, and settings a neck refuses itself, are
 passed over (None). The maps a neck gives on are known for those :func:`neck_gives` names; a neck (or a segmentation
 head) after any other is not judged."""
 from __future__ import annotations
@@ -19,6 +20,13 @@ MAP_LIST_NECKS = ('FPN', 'PAFPN', 'FPN_DropBlock', 'ChannelMapper', 'MultiLevelN
                   'NASFCOS_FPN', 'HRFPN', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck', 'JPU')
 # Of those, the necks that refuse a list: their in_channels must be a tuple.
 TUPLE_NECKS = ('JPU',)
+
+
+# Necks that combine their maps at fixed sizes: MLANeck adds them as they are (so they must be of one size); PAFPN's
+# bottom-up path adds each map, halved by a stride-2 convolution, to the next, and YOLOX's and RTMDet's PAFPN
+# concatenate each map, upsampled by 2, with the one before (so their strides must double from one map to the next).
+ONE_SIZE_NECKS = ('MLANeck',)
+DOUBLING_NECKS = ('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN')
 
 
 class NeckMaps(NamedTuple):
@@ -175,6 +183,22 @@ def neck_misfit(kind: str, neck: dict, key: str, channels: list[int], source: st
     ``channels`` that ``source`` (a config key) gives it; None when it takes them, or is not judged here."""
     judge = _MISFITS.get(kind)
     return judge(dict(neck, type=kind), key, list(channels), source) if judge and channels else None
+
+
+def size_misfit(kind: str, strides: Optional[Sequence[int]]) -> Optional[Misfit]:
+    """How the neck class ``kind`` cannot combine maps of ``strides`` (of :data:`ONE_SIZE_NECKS` or
+    :data:`DOUBLING_NECKS`); None where it can, or where the strides are not known."""
+    if not strides or len(strides) < 2:
+        return None
+    if kind in ONE_SIZE_NECKS and len(set(strides)) > 1:
+        return Misfit('adds its maps together, so they must be of one size',
+                      advice='feed it the maps of a plain backbone (MM_LocalVim: all of stride 16), or use a neck '
+                             'that resizes its maps (FPN)')
+    if kind in DOUBLING_NECKS and any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        return Misfit('combines each map with the next at twice its stride, so their strides must double from one '
+                      'map to the next', advice="feed it the maps of MM_LocalVSSM's stages, or of a neck that gives "
+                                                "such maps (SimpleFPN after MM_LocalVim)")
+    return None
 
 
 def _pyramid(strides: list[int], outs: int) -> list[int]:

@@ -33,14 +33,16 @@ def _fpn(in_channels) -> dict:
     return dict(type='FPN', in_channels=in_channels, out_channels=32, num_outs=5)
 
 
-LIST_NECKS = ['FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN', 'NASFCOS_FPN', 'HRFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN',
-              'MLANeck']
+LIST_NECKS = ['FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN', 'NASFCOS_FPN', 'HRFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN']
 
 # (backbone, the neck as it fits, the neck set for other maps, the line for it; with a fix, the fix fits it)
 REFUSALS = {
     **{kind.lower(): (VSSM, dict(type=kind, in_channels=[16, 32, 64]), dict(type=kind, in_channels=RESNET_WIDTHS),
                       f'model.neck ({kind}) takes 4 maps of in_channels {RESNET_WIDTHS}, but {VSSM_GIVES}: set '
                       f'--cfg-options model.neck.in_channels=[16,32,64]') for kind in LIST_NECKS},
+    'mlaneck': (VIM, dict(type='MLANeck', in_channels=[32, 32]), dict(type='MLANeck', in_channels=[768, 768]),
+                f'model.neck (MLANeck) takes 2 maps of in_channels [768, 768], but {VIM_GIVES}: set --cfg-options '
+                f'model.neck.in_channels=[32,32]'),
     'jpu_tuple': (VSSM, dict(type='JPU', in_channels=(16, 32, 64)), dict(type='JPU', in_channels=(512, 1024, 2048)),
                   f'model.neck (JPU) takes 3 maps of in_channels [512, 1024, 2048], but {VSSM_GIVES}: set '
                   f'--cfg-options model.neck.in_channels=(16,32,64)'),
@@ -350,6 +352,50 @@ def test_the_maps_a_neck_gives_are_those_of_the_built_neck(scope, neck, given, s
     measured = [(image_hw[0] / m.shape[-2], image_hw[1] / m.shape[-1]) for m in maps]
     assert measured == [(s, s) for s in strides]
     assert [m.shape[1] for m in maps] == _chained_channels(neck, channels)
+
+
+# Necks that combine their maps at fixed sizes: (backbone, neck as its channels fit, the reason, the advice)
+SIZE_MISFITS = {
+    'mlaneck_of_stages': (VSSM, dict(type='MLANeck', in_channels=[16, 32, 64], out_channels=8),
+                          'adds its maps together, so they must be of one size',
+                          'feed it the maps of a plain backbone (MM_LocalVim: all of stride 16), or use a neck that '
+                          'resizes its maps (FPN)', [8, 16, 32]),
+    **{f'{kind.lower()}_of_layers': (
+        VIM, dict(type=kind, in_channels=[32, 32], out_channels=8, **({'num_outs': 2} if kind == 'PAFPN' else {})),
+        'combines each map with the next at twice its stride, so their strides must double from one map to the next',
+        "feed it the maps of MM_LocalVSSM's stages, or of a neck that gives such maps (SimpleFPN after MM_LocalVim)",
+        [16, 16]) for kind in ('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN')},
+}
+
+
+@pytest.mark.parametrize('backbone, neck, reason, advice, strides', SIZE_MISFITS.values(), ids=SIZE_MISFITS.keys())
+def test_a_neck_that_cannot_combine_the_sizes_of_its_maps_is_refused_and_would_fail_built(backbone, neck, reason,
+                                                                                          advice, strides):
+    """MLANeck on LocalVMamba's stages, and PAFPN / YOLOX's / RTMDet's on LocalVim's layers, passed the channel check
+    and failed in the model's first forward (a shape error after the datasets were built)."""
+    given = VSSM_GIVES if backbone is VSSM else VIM_GIVES
+    assert map_fit.neck_input_problem(dict(backbone=backbone, neck=neck)) == (
+        f'model.neck ({neck["type"]}) {reason}, but {given}, of strides {strides}: {advice}')
+    require('mmdet')
+    require('mmseg')
+    import mmdet.models  # noqa: F401  (the necks of both in their registries)
+    import mmseg.models  # noqa: F401
+    from mmengine.registry import MODELS, init_default_scope
+
+    init_default_scope('mmseg' if neck['type'] == 'MLANeck' else 'mmdet')
+    built = MODELS.build(dict(neck, **({'norm_cfg': BN} if neck['type'] == 'MLANeck' else {}))).eval()
+    inputs = [torch.zeros(1, c, 128 // s, 128 // s) for c, s in zip(neck['in_channels'], strides)]
+    with pytest.raises(RuntimeError, match='size'), torch.no_grad():
+        built(inputs)
+
+
+def test_the_sizes_that_fit_a_neck_pass():
+    """The same necks on the maps they are made for: LocalVim's one size into MLANeck, LocalVMamba's doubling
+    strides into the PAFPNs."""
+    assert map_fit.neck_input_problem(dict(backbone=VIM, neck=dict(type='MLANeck', in_channels=[32, 32]))) is None
+    for kind in ('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN'):
+        neck = dict(type=kind, in_channels=[16, 32, 64], out_channels=8, **({'num_outs': 3} if kind == 'PAFPN' else {}))
+        assert map_fit.neck_input_problem(dict(backbone=VSSM, neck=neck)) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
