@@ -17,14 +17,13 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .mixer_ops import MIXER_BATCHES
+from .mixer_ops import MIXER_BATCHES, MIXER_HEADER
 
 SECTION = re.compile(r"^===== (?P<name>[^:]+?)(?:: .*)?$")
 RATIO_ROW = re.compile(r"^(?P<metric>inference b\d+|train step b\d+)\s+(?P<ours>[\d.]+)\s+(?P<base>[\d.]+)\s+"
                        r"(?P<ratio>[\d.]+)x\s*$")
 THROUGHPUT = re.compile(r"^throughput (?P<model>\S+) (?P<dtype>fp32|bf16|fp16)(?P<compiled> --compile \S+)?$")
 SCAN_SHAPE = "dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16"
-MIXER_HEADER = ["op", "dtype", "batch", "step", "ms", "vs fused"]
 E2E_HEADER = re.compile(r"^gpu_check --e2e  .*?  device (?P<device>.+?)  torch ", re.M)  # first line, again in summary
 MEMORY_HEADER = re.compile(r"^model\s{2,}dtype\s{2,}inference b\d+ peak MiB\s{2,}train step b\d+ peak MiB\s*$")
 SWEEP_TITLE = re.compile(r"^resolution sweep, (?P<model>\S+) against (?P<baseline>\S+): inference at batch "
