@@ -379,6 +379,28 @@ def test_logs_of_one_device_are_reported_together_under_its_name(tmp_path, capsy
                         "target >= 0.3x")
 
 
+def test_logs_of_one_device_but_two_torch_versions_say_which_steps_each_gives(tmp_path, capsys):
+    """Two H200 logs of different torch versions were merged without a word (a step in both taken from the last);
+    now the report says so under its title, naming each log's version, date and the steps taken from it. Logs of one
+    version get no such note."""
+    first = device_log(tmp_path, "h200_first.log", "NVIDIA H200")
+    text = first.read_text()
+    sweep = ("\n===== peak memory and resolution sweep: python tools/benchmark.py --sweep\nno table\n"
+             "PASS      1.0 s  peak memory and resolution sweep\n")
+    first.write_text(text.replace("\n===== summary", sweep + "\n===== summary", 1))
+    later = tmp_path / "h200_later.log"
+    later.write_text(text.replace("torch 2.11.0+cu130", "torch 2.12.0").replace("2026-12-03 20:18", "2026-12-05 09:00"))
+    assert text.count("torch 2.11.0+cu130") == 2
+    assert gpu_check_tool.main(["--report", str(first), str(later)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (f"Note: these logs ran on different torch versions, so the tables below may mix their "
+                        f"figures; the steps each log gives: {first} (torch 2.11.0+cu130, 2026-12-03 20:18 UTC): "
+                        f"peak memory and resolution sweep; {later} (torch 2.12.0, 2026-12-05 09:00 UTC): throughput "
+                        f"local_vim_tiny fp32.")
+    assert lines[8].startswith("MEETS         local_vim_tiny fp32 inference b64: 0.400x")
+    assert not any(line.startswith("Note:") for line in report([text, text]).splitlines())
+
+
 def test_a_log_that_names_no_device_is_not_judged(tmp_path):
     """A log without the e2e header line (cut or edited by hand) was judged as a GPU's; its device is not known, so
     its figures are given without verdicts, as a CPU run's are."""

@@ -133,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mixed = mixed_devices(texts, args.report)
         if mixed:
             return _refuse(mixed)
-        print(report(texts))
+        print(report(texts, args.report))
         if args.plot:
             sections = read_sections(texts)
             rows = sweep_rows(sections)

@@ -7,9 +7,11 @@ tables, the fused mixer ops' timings, the peak memory and the resolution sweep a
 of ``tools/dist_train.sh 1``.
 A run split over several logs (``--only``) is read as one: where a step is in more than one log, the last log wins.
 The logs must be of one device (their header lines name it): a CPU's ratios are not judged against a GPU's targets,
-nor two GPUs' figures put in one table. The targets are for an H100 / H200: logs of a CPU run (a rehearsal) get their
-figures without verdicts. A verdict is on the figure as the log printed it (a ratio to 3 decimals, milliseconds to 3):
-a figure printed exactly at its target is said to meet it as printed, the unrounded one may be just on the other side.
+nor two GPUs' figures put in one table. Logs of one device but of different torch versions are reported together
+with a note naming which steps came from which version. The targets are for an H100 / H200: logs of a CPU run (a
+rehearsal) get their figures without verdicts. A verdict is on the figure as the log printed it (a ratio to 3
+decimals, milliseconds to 3): a figure printed exactly at its target is said to meet it as printed, the unrounded one
+may be just on the other side.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ RATIO_ROW = re.compile(r"^(?P<metric>inference b\d+|train step b\d+)\s+(?P<ours>
                        r"(?P<ratio>[\d.]+)x\s*$")
 THROUGHPUT = re.compile(r"^throughput (?P<model>\S+) (?P<dtype>fp32|bf16|fp16)(?P<compiled> --compile \S+)?$")
 SCAN_SHAPE = "dtype=fp32 batch=8 dim=384 seqlen=196 dstate=16"
-E2E_HEADER = re.compile(r"^gpu_check --e2e  .*?  device (?P<device>.+?)  torch ", re.M)  # first line, again in summary
+E2E_HEADER = re.compile(r"^gpu_check --e2e  (?P<date>.*?)  device (?P<device>.+?)  torch (?P<torch>\S+)",
+                        re.M)  # the log's first line, again in its summary
 MEMORY_HEADER = re.compile(r"^model\s{2,}dtype\s{2,}inference b\d+ peak MiB\s{2,}train step b\d+ peak MiB\s*$")
 SWEEP_TITLE = re.compile(r"^resolution sweep, (?P<model>\S+) against (?P<baseline>\S+): inference at batch "
                          r"(?P<batch>\d+), (?P<dtype>\w+), (?P<device>\w+)")
@@ -52,16 +55,39 @@ def log_devices(text: str) -> List[str]:
     return list(dict.fromkeys(m["device"] for m in E2E_HEADER.finditer(text))) or [UNNAMED_DEVICE]
 
 
+def _log_names(logs: Sequence[str], names: Optional[Sequence[str]]) -> Sequence[str]:
+    """The logs' names for a message: ``names`` (their files) where given, else 'log 1', 'log 2', ..."""
+    return names or [f"log {i}" for i in range(1, len(logs) + 1)]
+
+
 def mixed_devices(logs: Sequence[str], names: Optional[Sequence[str]] = None) -> Optional[str]:
     """Why the texts of these e2e logs cannot be reported together (they name more than one device), naming each log
     (``names``, else 'log 1', 'log 2', ...) and its device; None where they are all of one device."""
-    names = names or [f"log {i}" for i in range(1, len(logs) + 1)]
+    names = _log_names(logs, names)
     devices = [log_devices(text) for text in logs]
     if len({device for found in devices for device in found}) < 2:
         return None
     listed = ", ".join(f"{name} ({' + '.join(found)})" for name, found in zip(names, devices))
     return (f"these logs are of different devices: {listed}; a CPU's figures are not judged against the GPU "
             "targets, nor two devices' figures put in one table: report each device's logs on their own")
+
+
+def torch_versions_note(logs: Sequence[str], names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Where these e2e logs ran on more than one torch version: a sentence naming each version, its logs (``names``,
+    else 'log 1', 'log 2', ...) and the steps the report takes from them (a step in several logs is taken from the
+    last); None where they name one version or none."""
+    names = _log_names(logs, names)
+    if len({m["torch"] for text in logs for m in E2E_HEADER.finditer(text)}) < 2:
+        return None
+    taken_from = {step: i for i, text in enumerate(logs) for step in read_sections([text])}
+    parts = []
+    for i, name in enumerate(names):
+        steps = [step for step, source in taken_from.items() if source == i]
+        runs = " + ".join(dict.fromkeys(f"torch {m['torch']}, {m['date']}" for m in E2E_HEADER.finditer(logs[i])))
+        given = ", ".join(steps) if steps else "no step (each is in a later log)"
+        parts.append(f"{name} ({runs or 'no header'}): {given}")
+    return ("these logs ran on different torch versions, so the tables below may mix their figures; the steps each "
+            "log gives: " + "; ".join(parts))
 
 
 def read_sections(logs: Iterable[str]) -> Dict[str, str]:
@@ -232,9 +258,9 @@ def has_older_sweep_table(sections: Dict[str, str]) -> bool:
     return any(line.startswith("resolution sweep, inference at batch") for line in text.splitlines())
 
 
-def report(logs: Iterable[str]) -> str:
-    """The whole report of :mod:`gpu_report` for the texts of the e2e logs; ValueError (:func:`mixed_devices`'s
-    sentence) where they are of more than one device."""
+def report(logs: Iterable[str], names: Optional[Sequence[str]] = None) -> str:
+    """The whole report of :mod:`gpu_report` for the texts of the e2e logs (``names``: their files, for the notes);
+    ValueError (:func:`mixed_devices`'s sentence) where they are of more than one device."""
     logs = list(logs)
     mixed = mixed_devices(logs)
     if mixed:
@@ -249,7 +275,9 @@ def report(logs: Iterable[str]) -> str:
     else:
         title = ("Targets (issue 12), not judged: these logs name no device (no 'gpu_check --e2e ... device ...' "
                  "header line), and the targets are for an H100 / H200:")
-    parts = [title, *target_lines(sections, judged), "", "Throughput against the baselines:",
+    versions = torch_versions_note(logs, names)
+    parts = [title, *([f"Note: {versions}."] if versions else []), *target_lines(sections, judged), "",
+             "Throughput against the baselines:",
              ratio_tables(sections)]
     mixers = mixer_rows(sections)
     if mixers:
