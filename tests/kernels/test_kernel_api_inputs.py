@@ -71,12 +71,25 @@ def test_fused_norms_refuse_a_tensor_on_another_device(norm, name):
 
 
 @pytest.mark.parametrize("flag", ["delta_softplus", "return_last_state"])
-@pytest.mark.parametrize("value", ["yes", 1, None])
+@pytest.mark.parametrize("value", ["yes", 2, -1, 1.0, None])
 def test_selective_scan_refuses_flags_that_are_not_bools(cpu_backend, flag, value):
     """delta_softplus="yes" failed deep inside torch.library on the cpu backend (and ran as True on the reference);
     return_last_state="no" returned the last state."""
-    with pytest.raises(ValueError, match=rf"^selective_scan: {flag} must be a bool, got {value!r}$"):
+    with pytest.raises(ValueError, match=rf"^selective_scan: {flag} must be a bool \(or 0 / 1\), got {value!r}$"):
         selective_scan_fn(*scan_inputs(), **{flag: value})
+
+
+def test_selective_scan_takes_0_and_1_as_flags_as_the_official_kernel_does(cpu_backend):
+    """mamba_ssm's selective_scan_fn passes the flags to a C++ bool, so code written for it may give 1 or 0; those
+    were refused. Each now gives what True / False give (softplus applied or not, the last state returned or not)."""
+    inputs = scan_inputs()
+    for number, flag in ((1, True), (0, False)):
+        as_bool = selective_scan_fn(*inputs, delta_softplus=flag, return_last_state=flag)
+        as_int = selective_scan_fn(*inputs, delta_softplus=number, return_last_state=number)
+        assert type(as_int) is type(as_bool)
+        for got, want in zip(*(r if isinstance(r, tuple) else (r,) for r in (as_int, as_bool))):
+            assert torch.equal(got, want)
+    assert not torch.equal(selective_scan_fn(*inputs, delta_softplus=1), selective_scan_fn(*inputs))
 
 
 @pytest.mark.parametrize("name", ["x_proj_weight", "A_log", "dt_proj_weight", "D", "conv_weight"])

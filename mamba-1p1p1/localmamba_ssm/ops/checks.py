@@ -27,7 +27,8 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                     D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                     delta_softplus: bool = False, return_last_state: bool = False) -> None:
     """Validate selective-scan inputs; raise NotImplementedError for complex A, ValueError for a wrong shape or a
-    ``delta_softplus`` / ``return_last_state`` that is not a bool.
+    ``delta_softplus`` / ``return_last_state`` that is neither a bool nor the integer 0 or 1 (the official kernel
+    takes 0 and 1 as its C++ bool).
 
     Shapes are skipped while ``torch.jit`` traces (ONNX export), where they are traced values. An argument that is
     not a tensor (None where one is required) is a TypeError.
@@ -37,8 +38,8 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     if A.is_complex():
         raise NotImplementedError("selective_scan: complex A is not supported (A must be real, of shape (Dm, N))")
     for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"selective_scan: {name} must be a bool, got {flag!r}")
+        if not (isinstance(flag, int) and flag in (0, 1)):  # bool is an int
+            raise ValueError(f"selective_scan: {name} must be a bool (or 0 / 1), got {flag!r}")
     if torch.jit.is_tracing():
         return
     if u.dim() != 3:

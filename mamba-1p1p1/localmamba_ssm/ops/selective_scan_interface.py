@@ -87,10 +87,12 @@ def selective_scan_fn(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
 
     u, delta (Bt, Dm, L); A (Dm, N) real; B, C (Dm, N), (Bt, N, L) or (Bt, G, N, L) with Dm % G == 0 (channel block g
     uses group g); D, delta_bias (Dm,); z (Bt, Dm, L). ``delta = softplus(delta + delta_bias)`` when
-    ``delta_softplus`` (a bool). Computed in fp32 (also under autocast), returned in u's dtype; with
-    ``return_last_state`` also returns the final state (Bt, Dm, N), whose gradient reaches the inputs.
+    ``delta_softplus`` (a bool, or 0 / 1 as the official kernel takes them; so ``return_last_state``). Computed in
+    fp32 (also under autocast), returned in u's dtype; with ``return_last_state`` also returns the final state
+    (Bt, Dm, N), whose gradient reaches the inputs.
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    delta_softplus, return_last_state = bool(delta_softplus), bool(return_last_state)
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     backend = backends.select(OP, u.device, _input_check(u, A, inputs, return_last_state))
     return _IMPLS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
