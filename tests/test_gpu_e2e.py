@@ -3,6 +3,7 @@ output, the report and log, the runner's kill) and the ``--compile`` plumbing of
 tools/test.py (with torch.compile replaced by a recorder: compiling is not what is tested)."""
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -156,6 +157,8 @@ def test_the_log_for_the_rest_of_a_part_is_the_next_part_of_the_same_name(tmp_pa
 
 
 def test_log_keeps_the_finished_steps_of_a_run_killed_from_outside(tmp_path):
+    """The steps that ended are in the log with their verdicts; the one running when the run died, by its title
+    alone (no verdict, no summary)."""
     fake, _ = fake_runner({})
     calls = []
 
@@ -170,7 +173,51 @@ def test_log_keeps_the_finished_steps_of_a_run_killed_from_outside(tmp_path):
         run_e2e("cpu", quick=True, log_path=str(log), runner=dies_at_the_third, workdir=str(tmp_path / "runs"))
     text = log.read_text()
     assert text.startswith("gpu_check --e2e") and f"===== {calls[0]}:" in text and f"===== {calls[1]}:" in text
-    assert f"===== {calls[2]}:" not in text and "===== summary" not in text
+    assert text.rstrip().splitlines()[-1].startswith(f"===== {calls[2]}: ") and "===== summary" not in text
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_run_killed_mid_step_keeps_that_steps_output_beside_the_log(tmp_path):
+    """A run SIGKILLed from outside (a lease's time limit) lost the output of the step it was in: the step wrote into
+    a temporary file, gone with the process. Now the log ends with the step's title and <log>.running holds what the
+    step printed; a step that ends moves its output into the log and removes that file."""
+    log, ready = tmp_path / "e2e.log", tmp_path / "ready"
+    script = (
+        "import sys\nfrom classification.benchmarks import gpu_e2e\n"
+        "printer = [sys.executable, '-c', \"print('resolution 224 done', flush=True); import os, sys, time; "
+        "os.close(os.open(sys.argv[1], os.O_CREAT)); time.sleep(float(sys.argv[2]))\", sys.argv[2]]\n"
+        "steps = [gpu_e2e.Step(name, printer + [wait], 60, lambda outcome: None) for name, wait in "
+        "(('quick step', '0'), ('slow step', '60'))]\n"
+        "gpu_e2e.plan = lambda device, workdir, quick=False: steps\n"
+        "gpu_e2e.run_e2e('cpu', quick=True, log_path=sys.argv[1], workdir=sys.argv[3])\n")
+    run = subprocess.Popen([sys.executable, "-c", script, str(log), str(ready), str(tmp_path / "runs")],
+                           cwd=gpu_e2e.REPO, stdout=subprocess.DEVNULL)
+    try:
+        end = time.perf_counter() + 60
+        while not (ready.exists() and "slow step" in log.read_text()) and time.perf_counter() < end:
+            time.sleep(0.05)
+        steps_running = gpu_e2e._descendants(run.pid)
+    finally:
+        run.kill()
+        run.wait()
+    for pid in steps_running:
+        os.kill(pid, signal.SIGKILL)
+    lines = log.read_text().splitlines()
+    assert lines[2].startswith("===== quick step: ") and lines[3] == "resolution 224 done"
+    assert lines[4].startswith("PASS ") and lines[4].endswith("  quick step")
+    assert lines[5:] == ["", lines[6]] and lines[6].startswith("===== slow step: ")
+    assert (tmp_path / "e2e.log.running").read_text() == "resolution 224 done\n"
+
+
+def test_a_step_that_ends_moves_its_output_into_the_log(tmp_path, monkeypatch):
+    printer = Step("printer", [sys.executable, "-c", "print('case scan ok')"], 60, lambda outcome: None)
+    monkeypatch.setattr(gpu_e2e, "plan", lambda device, workdir, quick=False: [printer])
+    log = tmp_path / "e2e.log"
+    assert run_e2e("cpu", quick=True, log_path=str(log), workdir=str(tmp_path / "runs"))
+    lines = log.read_text().splitlines()
+    assert lines[2:4] == [f"===== printer: {sys.executable} -c print('case scan ok')", "case scan ok"]
+    assert lines[4].startswith("PASS ") and lines[4].endswith("  printer")
+    assert not (tmp_path / "e2e.log.running").exists()
 
 
 def test_only_brings_the_steps_a_step_needs():

@@ -61,7 +61,8 @@ class Step:
 
     ``stop_when()`` (polled while the command runs) makes the runner send ``stop_signal`` to the command's process
     group when true: SIGKILL (the returncode is then None), or a signal the command handles, whose exit it awaits.
-    ``unset``: variables of this environment the command runs without.
+    ``unset``: variables of this environment the command runs without. ``output_file``: where the command's output
+    is written as it comes (it outlives this process, killed or not; a temporary file, gone with it, when None).
     """
 
     name: str
@@ -74,6 +75,7 @@ class Step:
     summary: Callable[[Outcome], str] = lambda outcome: ""
     needs: Tuple[str, ...] = ()  # names of earlier steps whose files this one reads
     unset: Tuple[str, ...] = ()
+    output_file: Optional[str] = None
 
 
 def _descendants(pid: int) -> List[int]:
@@ -122,7 +124,7 @@ def run_command(step: Step, poll: float = 0.2, stop_grace: float = 120) -> Outco
     env = dict(os.environ, PYTHONUNBUFFERED="1", **step.env)
     for name in step.unset:
         env.pop(name, None)
-    with tempfile.TemporaryFile(mode="w+") as out:
+    with open(step.output_file, "w+") if step.output_file else tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen(step.argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=env)
         returncode: Optional[int] = None
@@ -347,10 +349,14 @@ def report_line(step: Step, outcome: Outcome) -> str:
 
 
 class _Transcript:
-    """The log file, written as it grows (nothing when ``path`` is None)."""
+    """The log file, written as it grows (nothing when ``path`` is None). A step's title goes in before it runs and
+    its output, as it comes, into :attr:`running_output` (``<log>.running``), which is added to the log and removed
+    when the step ends: where this process is killed mid-step (a lease's time limit), the log ends with that step's
+    title and the file beside it holds what the step printed."""
 
     def __init__(self, path: Optional[str], header: str):
         self.path = path
+        self.running_output = f"{path}.running" if path else None
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "w") as f:
@@ -360,6 +366,12 @@ class _Transcript:
         if self.path:
             with open(self.path, "a") as f:
                 f.write("\n".join(lines) + "\n")
+
+    def step_ended(self, output: str, *lines: str) -> None:
+        """Add a step's output and verdict ``lines`` under its title, and remove its running output."""
+        self.add(output.rstrip(), *lines)
+        if self.running_output and os.path.exists(self.running_output):
+            os.remove(self.running_output)
 
 
 class UnknownCheck(ValueError):
@@ -402,8 +414,9 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
     cut to what is left, and once too little is left the remaining steps are reported as SKIP with the command that
     runs them (and the step the budget's end killed). The transcript (every step's full output, then the summary)
     is written to ``log_path`` as the steps end, so a run killed from outside keeps what it did (and an interrupted
-    one, its last step's output so far). True when every step ran and passed; :class:`UnknownCheck` (before
-    anything runs or a folder is made) for a word of ``only`` in no step's name."""
+    one, its last step's output so far; a SIGKILLed one, the running step's title, its output in ``<log>.running``).
+    True when every step ran and passed; :class:`UnknownCheck` (before anything runs or a folder is made) for a word
+    of ``only`` in no step's name."""
     own_workdir = workdir is None
     if dry_run:
         workdir = workdir or os.path.join(tempfile.gettempdir(), "localmamba_e2e_XXXX")
@@ -430,13 +443,16 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
             skipped.append(step)
             line = f"SKIP  {0.0:7.1f} s  {step.name}  (time budget spent)"
         else:
+            log.add(f"\n===== {step.name}: {' '.join(step.argv)}")
+            limited = replace(step, timeout=step.timeout if left is None else min(step.timeout, left),
+                              output_file=log.running_output)
             try:
-                outcome = runner(step if left is None else replace(step, timeout=min(step.timeout, left)))
+                outcome = runner(limited)
             except BaseException as err:   # Ctrl-C: the transcript keeps what the step printed (run_command's)
                 stopped = getattr(err, "outcome", None)
                 if stopped is not None:
-                    log.add(f"\n===== {step.name}: {' '.join(step.argv)}", stopped.output.rstrip(),
-                            f"STOPPED {stopped.seconds:7.1f} s  {step.name}  (interrupted; its output so far)")
+                    log.step_ended(stopped.output,
+                                   f"STOPPED {stopped.seconds:7.1f} s  {step.name}  (interrupted; its output so far)")
                 raise
             line = report_line(step, outcome)
             if left is not None and left < step.timeout and outcome.returncode == -signal.SIGKILL \
@@ -444,7 +460,7 @@ def run_e2e(device: str = "cuda", quick: bool = False, dry_run: bool = False, lo
                 skipped.append(step)
                 line = (f"FAIL  {outcome.seconds:7.1f} s  {step.name}  (killed at the end of the time budget, "
                         f"{left:.0f} s into its {step.timeout:.0f} s limit)")
-            log.add(f"\n===== {step.name}: {' '.join(step.argv)}", outcome.output.rstrip(), line)
+            log.step_ended(outcome.output, line)
         print(line, flush=True)
         lines.append(line)
     passed = all(line.startswith("PASS") for line in lines)
