@@ -1,5 +1,6 @@
-"""Reading one image file as an 8-bit RGB PIL image: integer grayscale of up to 16 bits scaled by its bit depth, float
-pixels by their range, 32-bit integer pixels and negative signed ones refused; errors name the file."""
+"""Reading one image file as an 8-bit PIL image of the model's channels (RGB for 3, L for 1): integer grayscale of up
+to 16 bits scaled by its bit depth, float pixels by their range, 32-bit integer pixels and negative signed ones refused;
+errors name the file."""
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -11,6 +12,8 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # files as "I".
 SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 TIFF_BITS_PER_SAMPLE, TIFF_SAMPLE_FORMAT, TIFF_SIGNED = 258, 339, 2
+# The Pillow mode images are decoded to for a model of each input-channel count the data pipeline supports.
+IMAGE_MODES = {1: "L", 3: "RGB"}
 
 
 def to_8bit(img: Image.Image, bits: int = 16) -> Image.Image:
@@ -21,9 +24,10 @@ def to_8bit(img: Image.Image, bits: int = 16) -> Image.Image:
 
 
 def _tiff_tag(img: Image.Image, tag: int, default: int) -> int:
-    """The largest value of a TIFF tag (one per sample) of `img`, or `default` when absent or not a TIFF."""
+    """The first value of a TIFF tag (one per sample) of `img`, or `default` when absent or not a TIFF. Pillow opens
+    only one-sample images as integer grayscale, and decodes the first sample's value of a tag that lists more."""
     value = img.tag_v2.get(tag, default) if img.format == "TIFF" else default
-    return max(value) if isinstance(value, tuple) else value
+    return value[0] if isinstance(value, tuple) else value
 
 
 def _gray_depth(img: Image.Image) -> tuple[int, bool]:
@@ -61,9 +65,11 @@ def _float_to_8bit(img: Image.Image, path: str) -> Image.Image:
                     f"save the image with 8 or 16 bits per sample")
 
 
-def _as_rgb(img: Image.Image, path: str) -> Image.Image:
-    """A decoded image as 8-bit RGB: integer grayscale scaled by its bits, float by its range, 32-bit integers
-    refused; gray with premultiplied alpha (mode La, which Pillow converts to LA only) unpremultiplied as RGBa is."""
+def _as_mode(img: Image.Image, path: str, mode: str) -> Image.Image:
+    """A decoded image as 8-bit `mode` ('RGB' or 'L'): integer grayscale scaled by its bits, float by its range,
+    32-bit integers refused; gray with premultiplied alpha (mode La, which Pillow converts to LA only) unpremultiplied
+    as RGBa is. Colour becomes gray by Pillow's luminance L = (299 R + 587 G + 114 B) / 1000 (ITU-R 601-2), gray
+    becomes RGB with its value in all three channels; alpha is dropped."""
     if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
         bits, signed = _gray_depth(img)
         if bits > 16:
@@ -74,14 +80,15 @@ def _as_rgb(img: Image.Image, path: str) -> Image.Image:
         img = _float_to_8bit(img, path)
     elif img.mode == "La":
         img = img.convert("LA")
-    return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image (0.6 ms at 500 px)
+    return img if img.mode == mode else img.convert(mode)  # convert() would copy an RGB image (0.6 ms at 500 px)
 
 
 UNIDENTIFIED = "cannot identify image file (empty, cut short, or of a type Pillow does not read)"
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image file as RGB (integer grayscale scaled by its bits, float by its range); errors name the file."""
+def load_image(path: str, channels: int = 3) -> Image.Image:
+    """Decode an image file as 8-bit RGB for a model of 3 input channels, as gray (mode L) for one of 1 (`_as_mode`:
+    integer grayscale scaled by its bits, float by its range, colour by its luminance); errors name the file."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
@@ -91,4 +98,4 @@ def load_rgb(path: str) -> Image.Image:
         reason = UNIDENTIFIED if isinstance(err, UnidentifiedImageError) else err
         raise DataError(f"cannot read image {path}: {reason}; replace the file with a readable image, or remove it "
                         f"(the data's order then changes)") from err
-    return _as_rgb(img, path)
+    return _as_mode(img, path, IMAGE_MODES[channels])

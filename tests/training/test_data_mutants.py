@@ -18,7 +18,7 @@ from torchvision import transforms as T
 from classification.data import DataError, build_datasets, build_eval_dataset, build_loaders, build_mixup
 from classification.data import rand_augment as ra
 from classification.data.defaults import resolve_dataset_defaults
-from classification.data.image_decoding import load_rgb
+from classification.data.image_decoding import load_image
 from classification.data.loader import (SeededTransformDataset, _quiet_when_main_process_left, build_loader,
                                         lost_worker)
 from classification.data.mixup import OriginalMixup, cutmix_box
@@ -444,7 +444,7 @@ def test_sixteen_bit_values_are_scaled_by_255_over_65535(tmp_path):
     """16-bit 65407 and 33025 are 254.502 and 128.502 in 8 bits (v x 255 / 65535), rounded 255 and 129; a scale of
     255 / 65536 gives 254.498 and 128.498, rounded 254 and 128."""
     Image.fromarray(np.array([[65407, 33025, 65535, 0]], np.uint16)).save(tmp_path / "deep.png")
-    assert np.asarray(load_rgb(str(tmp_path / "deep.png")))[0, :, 1].tolist() == [255, 129, 255, 0]
+    assert np.asarray(load_image(str(tmp_path / "deep.png")))[0, :, 1].tolist() == [255, 129, 255, 0]
 
 
 def test_digits_are_their_0_to_16_pixels_scaled_to_255_and_resized_bicubic():

@@ -19,7 +19,7 @@ from torchvision.datasets import ImageFolder
 from classification.data import DataError, build_datasets, build_eval_dataset
 from classification.data.defaults import resolve_dataset_defaults
 from classification.data.class_folders import first_few, scan_class_folders
-from classification.data.image_decoding import load_rgb
+from classification.data.image_decoding import load_image
 from classification.data.image_list import build_imagenet_val
 from classification.data.transforms import build_transform
 from classification.engine.config import ConfigError, parse_args
@@ -144,7 +144,7 @@ def test_an_unreadable_image_says_what_to_do(tmp_path):
     path.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
     with pytest.raises(DataError, match=rf"^cannot read image {path}: .*; replace the file with a readable image, or "
                                         rf"remove it \(the data's order then changes\)$"):
-        load_rgb(str(path))
+        load_image(str(path))
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image\n"])
@@ -154,7 +154,7 @@ def test_a_file_of_no_image_type_names_its_path_once(tmp_path, content):
     path = tmp_path / "fake.jpg"
     path.write_bytes(content)
     with pytest.raises(DataError) as refused:
-        load_rgb(str(path))
+        load_image(str(path))
     assert str(refused.value) == (f"cannot read image {path}: cannot identify image file (empty, cut short, or of a "
                                   f"type Pillow does not read); replace the file with a readable image, or remove it "
                                   f"(the data's order then changes)")
@@ -211,7 +211,7 @@ def test_the_checkpoint_keeps_its_class_names_for_test_and_resume(tmp_path):
         for fname in sorted(os.listdir(root / "val" / name)):
             if fname.lower().endswith((".png", ".jpg")):
                 with torch.no_grad():
-                    logits = model(transform(load_rgb(str(root / "val" / name / fname)))[None])[0]
+                    logits = model(transform(load_image(str(root / "val" / name / fname)))[None])[0]
                 losses.append(-torch.log_softmax(logits, 0)[label].item())
                 correct.append(logits.argmax().item() == label)
     assert len(losses) == 6 and metrics["test_loss"] == pytest.approx(np.mean(losses), abs=1e-5)
@@ -789,39 +789,41 @@ def test_float_and_32_bit_images_are_scaled_by_their_range_or_refused(tmp_path):
     unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     Image.fromarray(unit).save(tmp_path / "unit.tif")
     assert Image.open(tmp_path / "unit.tif").mode == "F"
-    rgb = np.asarray(load_rgb(str(tmp_path / "unit.tif")))
+    rgb = np.asarray(load_image(str(tmp_path / "unit.tif")))
     assert rgb.shape == (8, 8, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
     assert np.array_equal(rgb[..., 0], np.round(unit.astype(np.float64) * 255).astype(np.uint8))
     byte_range = (np.arange(64, dtype=np.float32) * 4).reshape(8, 8)  # 0 .. 252, as Pillow reads it
     Image.fromarray(byte_range).save(tmp_path / "bytes.tif")
-    assert np.array_equal(np.asarray(load_rgb(str(tmp_path / "bytes.tif")))[..., 1], byte_range.astype(np.uint8))
+    assert np.array_equal(np.asarray(load_image(str(tmp_path / "bytes.tif")))[..., 1], byte_range.astype(np.uint8))
     Image.fromarray(unit * 3 - 1).save(tmp_path / "wide.tif")
     with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'wide.tif'}: its float pixels \(Pillow mode "
                                         rf"F\) range from -1 to 2, within neither 0\.\.1 nor 0\.\.255, so they have no "
                                         rf"defined 8-bit scale; rescale them to 0\.\.1 or save the image with 8 or 16 "
                                         rf"bits per sample$"):
-        load_rgb(str(tmp_path / "wide.tif"))
+        load_image(str(tmp_path / "wide.tif"))
     Image.fromarray(np.where(unit > 0.5, np.nan, unit).astype(np.float32)).save(tmp_path / "nan.tif")
     with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'nan.tif'}: its float pixels \(Pillow mode "
                                         rf"F\) hold NaN or infinite values; save it with finite values in 0\.\.1, or "
                                         rf"with 8 or 16 bits per sample$"):
-        load_rgb(str(tmp_path / "nan.tif"))
+        load_image(str(tmp_path / "nan.tif"))
     Image.fromarray((np.arange(64, dtype=np.int32) * 1000).reshape(8, 8)).save(tmp_path / "deep.tif")
     assert Image.open(tmp_path / "deep.tif").mode == "I"
     with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'deep.tif'}: its 32-bit integer pixels "
                                         rf"\(Pillow mode I\) have no defined 8-bit scale; save it with 8 or 16 bits "
                                         rf"per sample$"):
-        load_rgb(str(tmp_path / "deep.tif"))
+        load_image(str(tmp_path / "deep.tif"))
     sixteen = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)
     Image.fromarray(sixteen).save(tmp_path / "deep.pgm")
     assert Image.open(tmp_path / "deep.pgm").mode == "I"
-    rgb = np.asarray(load_rgb(str(tmp_path / "deep.pgm")))
+    rgb = np.asarray(load_image(str(tmp_path / "deep.pgm")))
     assert np.array_equal(rgb[..., 0], np.round(sixteen / 257.0).astype(np.uint8))
 
 
-def write_gray_tiff(path: str, samples: np.ndarray, bits: int, signed: bool = False, alpha: str = "") -> None:
-    """An uncompressed little-endian grayscale TIFF of `samples` (H, W) or, with `alpha` ('associated' or
-    'unassociated'), (H, W, 2) gray + alpha; `bits` 8, 12 (packed, most significant bit first, W even) or 16."""
+def write_tiff(path: str, samples: np.ndarray, bits: int, signed: bool = False, alpha: str = "",
+               photometric: int = 1, listed_bits: tuple[int, ...] = ()) -> None:
+    """An uncompressed little-endian TIFF of `samples`: (H, W) gray, (H, W, 2) gray + alpha (`alpha` 'associated' or
+    'unassociated') or, with `photometric` 2, (H, W, 3) RGB; `bits` per sample 8, 12 (packed, most significant bit
+    first, W even) or 16. BitsPerSample holds `bits` once, or the values `listed_bits` gives (one per sample)."""
     height, width = samples.shape[:2]
     per_pixel = samples.shape[2] if samples.ndim == 3 else 1
     if bits == 12:
@@ -830,15 +832,21 @@ def write_gray_tiff(path: str, samples: np.ndarray, bits: int, signed: bool = Fa
                         axis=1).astype(np.uint8).tobytes()
     else:
         data = samples.astype(f"<{'i' if signed else 'u'}{bits // 8}").tobytes()
-    tags = {256: width, 257: height, 258: bits, 259: 1, 262: 1, 273: 0, 277: per_pixel, 278: height,
+    tags = {256: width, 257: height, 258: bits, 259: 1, 262: photometric, 273: 0, 277: per_pixel, 278: height,
             279: len(data), 339: 2 if signed else 1}
     if alpha:
         tags[338] = 1 if alpha == "associated" else 2  # ExtraSamples
     start = 8 + 2 + 12 * len(tags) + 4
-    tags[273] = start  # StripOffsets: the pixels follow the directory
-    directory = b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in sorted(tags.items()))
+    listed = struct.pack(f"<{len(listed_bits)}H", *listed_bits)
+    overflow = listed if len(listed) > 4 else b""  # SHORT values: two fit in their entry, more follow the directory
+    tags[273] = start + len(overflow)  # StripOffsets: the pixels follow
+    entries = {tag: struct.pack("<HHII", tag, 4, 1, value) for tag, value in tags.items()}
+    if listed:
+        place = struct.pack("<I", start) if overflow else listed.ljust(4, b"\0")
+        entries[258] = struct.pack("<HHI", 258, 3, len(listed_bits)) + place
+    directory = b"".join(entries[tag] for tag in sorted(entries))
     with open(path, "wb") as f:
-        f.write(b"II*\0" + struct.pack("<IH", 8, len(tags)) + directory + struct.pack("<I", 0) + data)
+        f.write(b"II*\0" + struct.pack("<IH", 8, len(tags)) + directory + struct.pack("<I", 0) + overflow + data)
 
 
 def test_twelve_bit_signed_and_premultiplied_gray_tiffs_are_read_by_their_depth(tmp_path):
@@ -846,27 +854,49 @@ def test_twelve_bit_signed_and_premultiplied_gray_tiffs_are_read_by_their_depth(
     lost its sign (negative values became black, white 127); gray with premultiplied alpha (Pillow mode La) ended the
     run with a traceback (Pillow converts it to LA only)."""
     twelve = np.array([[0, 1000, 2048, 4095]])
-    write_gray_tiff(str(tmp_path / "twelve.tif"), twelve, 12)
+    write_tiff(str(tmp_path / "twelve.tif"), twelve, 12)
     assert Image.open(tmp_path / "twelve.tif").mode == "I;16"
-    rgb = np.asarray(load_rgb(str(tmp_path / "twelve.tif")))
+    rgb = np.asarray(load_image(str(tmp_path / "twelve.tif")))
     assert rgb.shape == (1, 4, 3) and rgb[..., 0].tolist() == [[0, 62, 128, 255]]  # round(v * 255 / 4095)
-    write_gray_tiff(str(tmp_path / "signed.tif"), np.array([[0, 1000, 32767]]), 16, signed=True)
+    write_tiff(str(tmp_path / "signed.tif"), np.array([[0, 1000, 32767]]), 16, signed=True)
     assert Image.open(tmp_path / "signed.tif").mode == "I"
-    assert np.asarray(load_rgb(str(tmp_path / "signed.tif")))[..., 2].tolist() == [[0, 8, 255]]  # v * 255 / 32767
-    write_gray_tiff(str(tmp_path / "negative.tif"), np.array([[-1000, 0, 32767]]), 16, signed=True)
+    assert np.asarray(load_image(str(tmp_path / "signed.tif")))[..., 2].tolist() == [[0, 8, 255]]  # v * 255 / 32767
+    write_tiff(str(tmp_path / "negative.tif"), np.array([[-1000, 0, 32767]]), 16, signed=True)
     with pytest.raises(DataError, match=rf"^cannot use image {tmp_path / 'negative.tif'}: its signed 16-bit pixels go "
                                         rf"down to -1000, and negative values have no defined 8-bit scale; save it "
                                         rf"unsigned, with 8 or 16 bits per sample$"):
-        load_rgb(str(tmp_path / "negative.tif"))
-    write_gray_tiff(str(tmp_path / "minus_one.tif"), np.array([[-1, 0, 32767]]), 16, signed=True)
+        load_image(str(tmp_path / "negative.tif"))
+    write_tiff(str(tmp_path / "minus_one.tif"), np.array([[-1, 0, 32767]]), 16, signed=True)
     with pytest.raises(DataError, match=r"signed 16-bit pixels go down to -1, and negative values"):
-        load_rgb(str(tmp_path / "minus_one.tif"))
+        load_image(str(tmp_path / "minus_one.tif"))
     gray_alpha = np.array([[[50, 128], [200, 255]]])  # gray premultiplied by alpha: 50 at alpha 128 is 99.6 unmixed
-    write_gray_tiff(str(tmp_path / "premultiplied.tif"), gray_alpha, 8, alpha="associated")
+    write_tiff(str(tmp_path / "premultiplied.tif"), gray_alpha, 8, alpha="associated")
     assert Image.open(tmp_path / "premultiplied.tif").mode == "La"
-    assert np.asarray(load_rgb(str(tmp_path / "premultiplied.tif")))[..., 1].tolist() == [[99, 200]]
-    write_gray_tiff(str(tmp_path / "straight.tif"), gray_alpha, 8, alpha="unassociated")
-    assert np.asarray(load_rgb(str(tmp_path / "straight.tif")))[..., 1].tolist() == [[50, 200]]
+    assert np.asarray(load_image(str(tmp_path / "premultiplied.tif")))[..., 1].tolist() == [[99, 200]]
+    write_tiff(str(tmp_path / "straight.tif"), gray_alpha, 8, alpha="unassociated")
+    assert np.asarray(load_image(str(tmp_path / "straight.tif")))[..., 1].tolist() == [[50, 200]]
+
+
+def test_tiffs_of_several_16_bit_samples_are_read_by_pillow_and_listed_bits_by_the_first(tmp_path):
+    """Pillow opens a TIFF as integer grayscale only with one sample per pixel, and decodes the first value of a
+    BitsPerSample tag that lists one per sample: a 12-bit image listed as (12, 16) was scaled by the largest, as 16-bit
+    (its white 16 of 255). Several 16-bit samples: RGB is Pillow's 8 bits (each sample's high byte, not scaled as
+    gray is), gray + alpha a file Pillow cannot read, refused naming it."""
+    write_tiff(str(tmp_path / "twelve.tif"), np.array([[0, 1000, 2048, 4095]]), 12, listed_bits=(12, 16))
+    assert Image.open(tmp_path / "twelve.tif").mode == "I;16"
+    assert np.asarray(load_image(str(tmp_path / "twelve.tif"), 1)).tolist() == [[0, 62, 128, 255]]  # v * 255 / 4095
+    write_tiff(str(tmp_path / "sixteen.tif"), np.array([[0, 1000, 32896, 65535]]), 16, listed_bits=(16, 12))
+    assert np.asarray(load_image(str(tmp_path / "sixteen.tif"), 1)).tolist() == [[0, 4, 128, 255]]  # v / 257
+    rgb = np.array([[[0, 200, 65535], [32768, 257, 1000]]])
+    write_tiff(str(tmp_path / "rgb.tif"), rgb, 16, photometric=2, listed_bits=(16, 16, 16))
+    assert Image.open(tmp_path / "rgb.tif").mode == "RGB"
+    assert np.asarray(load_image(str(tmp_path / "rgb.tif"))).tolist() == [[[0, 0, 255], [128, 1, 3]]]  # v >> 8
+    assert np.asarray(load_image(str(tmp_path / "rgb.tif"), 1)).tolist() == [[29, 39]]  # .299 R + .587 G + .114 B
+    write_tiff(str(tmp_path / "gray_alpha.tif"), np.array([[[1000, 65535]]]), 16, alpha="unassociated",
+               listed_bits=(16, 16))
+    with pytest.raises(DataError, match=rf"^cannot read image {tmp_path / 'gray_alpha.tif'}: cannot identify image "
+                                        rf"file \(empty, cut short, or of a type Pillow does not read\)"):
+        load_image(str(tmp_path / "gray_alpha.tif"))
 
 
 def test_a_meta_folder_of_other_files_beside_class_folders_leaves_them_the_layout(tmp_path, localmamba_log):
@@ -896,7 +926,7 @@ def test_an_images_exif_orientation_is_not_applied_as_torchvision_and_the_origin
     path = str(tmp_path / "sideways.png")
     Image.fromarray(pixels).save(path, exif=exif)
     assert Image.open(path).getexif()[0x0112] == 6
-    ours = np.asarray(load_rgb(path))
+    ours = np.asarray(load_image(path))
     assert ours.shape == (2, 3, 3) and np.array_equal(ours, pixels)
     assert np.array_equal(ours, np.asarray(default_loader(path)))
 

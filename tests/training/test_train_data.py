@@ -319,12 +319,12 @@ def test_a_cifar_run_warns_of_a_centre_crop_it_does_not_take(tmp_path, localmamb
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    from classification.data.image_decoding import load_rgb
+    from classification.data.image_decoding import load_image
 
     values = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)  # 0 .. 65520
     Image.fromarray(values).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode == "I;16"
-    rgb = np.asarray(load_rgb(str(tmp_path / "deep.png")))
+    rgb = np.asarray(load_image(str(tmp_path / "deep.png")))
     assert rgb.shape == (8, 8, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
     assert np.array_equal(rgb[..., 0], np.round(values / 257.0).astype(np.uint8))  # 65520 -> 255, 1040 -> 4
 
