@@ -18,31 +18,33 @@ from .transforms import build_transform
 logger = logging.getLogger("localmamba.data")
 
 
-def build_datasets(cfg: Namespace) -> tuple[Dataset, Dataset]:
-    """Untransformed train and val datasets of `cfg.dataset`; fills unset data flags and `num_classes` in `cfg`."""
-    resolve_dataset_defaults(cfg)
+def build_datasets(cfg: Namespace, channels: int = 3) -> tuple[Dataset, Dataset]:
+    """Untransformed train and val datasets of `cfg.dataset` for a model of `channels` input channels (3: RGB
+    images, 1: gray); fills unset data flags (`resolve_dataset_defaults`) and `num_classes` in `cfg`."""
+    resolve_dataset_defaults(cfg, channels)
     if cfg.dataset == "imagenet":
-        train, val = build_imagenet(cfg.data_path)
+        train, val = build_imagenet(cfg.data_path, channels)
     elif cfg.dataset in ("cifar10", "cifar100"):
-        train, val = build_cifar(cfg.data_path, cfg.dataset)
+        train, val = build_cifar(cfg.data_path, cfg.dataset, channels)
     elif cfg.dataset == "digits":
-        train, val = build_digits(cfg.img_size)
+        train, val = build_digits(cfg.img_size, channels=channels)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}")
     _set_num_classes(cfg, train.num_classes, training=True)
     return train, val
 
 
-def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None) -> Dataset:
-    """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults as above.
-    `classes` (the class names a checkpoint was trained with) fix the labels of a class-folder tree."""
-    resolve_dataset_defaults(cfg)
+def build_eval_dataset(cfg: Namespace, classes: Optional[Sequence[str]] = None, channels: int = 3) -> Dataset:
+    """The untransformed val dataset of `cfg.dataset`, without building the train set; fills defaults and decodes
+    for `channels` as above. `classes` (the class names a checkpoint was trained with) fix the labels of a
+    class-folder tree."""
+    resolve_dataset_defaults(cfg, channels)
     if cfg.dataset == "imagenet":
-        val = build_imagenet_val(cfg.data_path, cfg.num_classes, classes)
+        val = build_imagenet_val(cfg.data_path, cfg.num_classes, classes, channels)
     elif cfg.dataset in ("cifar10", "cifar100"):
-        val = build_cifar_test(cfg.data_path, cfg.dataset)
+        val = build_cifar_test(cfg.data_path, cfg.dataset, channels)
     elif cfg.dataset == "digits":
-        _, val = build_digits(cfg.img_size)
+        _, val = build_digits(cfg.img_size, channels=channels)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}")
     _set_num_classes(cfg, val.num_classes)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from argparse import Namespace
-from typing import Any
+from typing import Any, Sequence
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -35,11 +35,28 @@ def filled_alike(dataset: str, other: str) -> set[str]:
     return {key for key, value in mine.items() if key in theirs and theirs[key] == value}
 
 
-def resolve_dataset_defaults(cfg: Namespace) -> None:
-    """Fill unset data flags of `cfg` in place with the dataset's defaults (`note_filled_from_dataset`)."""
+# The per-channel normalisation flags: a dataset's defaults hold one value per RGB channel.
+NORMALIZATION_FLAGS = ("image_mean", "image_std")
+
+
+def channel_defaults(rgb_values: Sequence[float], channels: int) -> tuple[float, ...]:
+    """A dataset's per-channel default (`rgb_values`, one per RGB channel) for images of `channels` channels: as it is
+    for 3, the mean of the three for 1 (gray images: ImageNet's mean 0.449 and std 0.226)."""
+    return tuple(rgb_values) if channels == 3 else (sum(rgb_values) / len(rgb_values),)
+
+
+def resolve_dataset_defaults(cfg: Namespace, channels: int = 3) -> None:
+    """Fill unset data flags of `cfg` in place with the dataset's defaults (`note_filled_from_dataset`), the
+    normalisation for images of `channels` channels (`channel_defaults`). A mean or std that a dataset filled with
+    another number of values (an args.yaml of a run of the other channel count) is filled again."""
     filled = []
     for key, value in DATASET_DEFAULTS[cfg.dataset].items():
-        if getattr(cfg, key) in (None, ""):
+        current = getattr(cfg, key)
+        if key in NORMALIZATION_FLAGS:
+            value = channel_defaults(value, channels)
+            if key in getattr(cfg, "filled_from_dataset", ()) and current is not None and len(current) != channels:
+                current = None
+        if current in (None, ""):
             setattr(cfg, key, list(value) if isinstance(value, tuple) else value)
             filled.append(key)
     note_filled_from_dataset(cfg, filled)

@@ -1,5 +1,6 @@
 """ImageNet-style datasets: the original meta-list layout, read here, and the common class-folder layout (listed by
-`class_folders`); images are decoded by `image_decoding.load_rgb`.
+`class_folders`); images are decoded by `image_decoding.load_image`
+(RGB, or gray for a 1-channel model).
 
 Original layout: `<root>/{train,val}/...` images and `<root>/meta/{train,val}.txt`, one `relative/path label` per line.
 Class-folder layout: `<root>/{train,val}/<class>/<image>`; classes are the sorted train folder names. Evaluation
@@ -18,26 +19,29 @@ from torch.utils.data import Dataset
 from .class_folders import (IMAGE_EXTENSIONS, broken_link, class_folder_names, first_few, has_class_folders,
                             note_hidden_class_folders, note_unmeasured, scan_class_folders)
 from .errors import DataError
-from .image_decoding import load_rgb
+from .image_decoding import load_image
 
 logger = logging.getLogger("localmamba")
 
 
 class ImageListDataset(Dataset):
-    """(image file, label) pairs decoded lazily; `__getitem__` returns (PIL RGB image, int label). `classes` names
-    the labels in order (the class-folder layout; None for a meta list)."""
+    """(image file, label) pairs decoded lazily; `__getitem__` returns (PIL image, int label), the image RGB for
+    `channels` 3 and gray (mode L) for 1. `classes` names the labels in order (the class-folder layout; None for a
+    meta list)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], num_classes: int, classes: Optional[Sequence[str]] = None):
+    def __init__(self, samples: Sequence[tuple[str, int]], num_classes: int, classes: Optional[Sequence[str]] = None,
+                 channels: int = 3):
         self.samples = list(samples)
         self.num_classes = num_classes
         self.classes = list(classes) if classes is not None else None
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        return load_rgb(path), label
+        return load_image(path, self.channels), label
 
 
 def _meta_lines(meta_path: str) -> list[str]:
@@ -182,11 +186,12 @@ def _meta_class_count(meta_path: str) -> int:
     return max(label for _, label, _ in _meta_entries(meta_path)) + 1
 
 
-def build_imagenet_val(root: str, num_classes: Optional[int] = None,
-                       classes: Optional[Sequence[str]] = None) -> ImageListDataset:
+def build_imagenet_val(root: str, num_classes: Optional[int] = None, classes: Optional[Sequence[str]] = None,
+                       channels: int = 3) -> ImageListDataset:
     """The val dataset of an ImageNet-style tree (evaluation); the class count or order comes from the train split's
     list or folder names, without listing its images, or from val's folder names when there is no train/<class>/.
-    `classes`, the class names a checkpoint was trained with, fix the order of the class-folder layout instead."""
+    `classes`, the class names a checkpoint was trained with, fix the order of the class-folder layout instead.
+    `channels`: the model's input channels (3: RGB images, 1: gray)."""
     if imagenet_layout(root) == "meta":
         val_meta, train_meta = os.path.join(root, "meta", "val.txt"), os.path.join(root, "meta", "train.txt")
         val = read_meta_file(val_meta, os.path.join(root, "val"))
@@ -198,13 +203,13 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
             if num_classes is None:
                 raise DataError(f"meta file not found: {train_meta}: evaluation reads the class count from it; "
                                 f"without it, give --num-classes (the model's number of classes)")
-            return ImageListDataset(val, max(label for _, label in val) + 1)
+            return ImageListDataset(val, max(label for _, label in val) + 1, channels=channels)
         count = _meta_class_count(train_meta)
         bad = [(p, lbl) for p, lbl in val if lbl >= count]
         if bad:
             raise DataError(f"{val_meta}: label {bad[0][1]} of {bad[0][0]} is not a train label "
                             f"(train has {count} classes)")
-        return ImageListDataset(val, count)
+        return ImageListDataset(val, count, channels=channels)
     val_dir = os.path.join(root, "val")
     if not os.path.isdir(val_dir):
         raise DataError(f"validation folder not found: {val_dir}")
@@ -229,7 +234,7 @@ def build_imagenet_val(root: str, num_classes: Optional[int] = None,
     val, _ = scan_class_folders(val_dir, classes, source)
     if val_names_classes:
         _refuse_empty_val_classes(val_dir, classes, {label for _, label in val})
-    return ImageListDataset(val, len(classes), classes)
+    return ImageListDataset(val, len(classes), classes, channels)
 
 
 def _refuse_empty_val_classes(val_dir: str, classes: Sequence[str], labels: set[int]) -> None:
@@ -258,8 +263,9 @@ def _note_changed_train_folders(train_dir: str, classes: Sequence[str]) -> None:
                        f"{added[:5]}, removed {gone[:5]}); the labels follow the checkpoint's {len(classes)} classes")
 
 
-def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
-    """Train and val datasets of an ImageNet-style tree in either layout."""
+def build_imagenet(root: str, channels: int = 3) -> tuple[ImageListDataset, ImageListDataset]:
+    """Train and val datasets of an ImageNet-style tree in either layout, decoded for a model of `channels` input
+    channels (3: RGB, 1: gray)."""
     if imagenet_layout(root) == "meta":
         train_meta, val_meta = os.path.join(root, "meta", "train.txt"), os.path.join(root, "meta", "val.txt")
         train = read_meta_file(train_meta, os.path.join(root, "train"))
@@ -280,5 +286,7 @@ def build_imagenet(root: str) -> tuple[ImageListDataset, ImageListDataset]:
             raise DataError(f"validation folder not found: {val_dir}")
         train, classes = scan_class_folders(train_dir)
         val, _ = scan_class_folders(val_dir, classes)
-        return ImageListDataset(train, len(classes), classes), ImageListDataset(val, len(classes), classes)
-    return ImageListDataset(train, num_classes), ImageListDataset(val, num_classes)
+        return (ImageListDataset(train, len(classes), classes, channels),
+                ImageListDataset(val, len(classes), classes, channels))
+    return (ImageListDataset(train, num_classes, channels=channels),
+            ImageListDataset(val, num_classes, channels=channels))

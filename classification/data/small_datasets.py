@@ -2,7 +2,7 @@
 
 CIFAR is never downloaded: the extracted `cifar-10-batches-py/` or `cifar-100-python/` folder must be on disk.
 Digits are the 1,797 real 8x8 handwritten digits bundled with scikit-learn, split 80/20 (stratified, fixed seed) and
-upsampled to the model's input size.
+upsampled to the model's input size. A 1-channel model gets gray images (CIFAR's by Pillow's luminance).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DataError
+from .image_decoding import IMAGE_MODES
 
 CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
@@ -22,18 +23,21 @@ CIFAR_FILES = {
 
 
 class ArrayImageDataset(Dataset):
-    """uint8 images (N, H, W, 3) and labels (N,); `__getitem__` returns (PIL RGB image, int label)."""
+    """uint8 images, RGB (N, H, W, 3) or gray (N, H, W), and labels (N,); `__getitem__` returns (PIL image, int
+    label), the image RGB for `channels` 3 and gray (mode L) for 1, converted by Pillow when the array is the other."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, channels: int = 3):
         self.images = np.ascontiguousarray(images, dtype=np.uint8)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = num_classes
+        self.mode = IMAGE_MODES[channels]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return Image.fromarray(self.images[index]), int(self.labels[index])
+        img = Image.fromarray(self.images[index])
+        return img if img.mode == self.mode else img.convert(self.mode), int(self.labels[index])
 
 
 def _read_cifar_batches(folder: str, names: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -61,32 +65,35 @@ def _cifar_folder(root: str, name: str, files: list[str]) -> str:
     return folder
 
 
-def build_cifar(root: str, name: str) -> tuple[ArrayImageDataset, ArrayImageDataset]:
-    """Train/test sets from `root/<extracted folder>` (or `root` itself being that folder)."""
+def build_cifar(root: str, name: str, channels: int = 3) -> tuple[ArrayImageDataset, ArrayImageDataset]:
+    """Train/test sets from `root/<extracted folder>` (or `root` itself being that folder), for a model of `channels`
+    input channels."""
     _, train_files, test_files, label_key, num_classes = CIFAR_FILES[name]
     folder = _cifar_folder(root, name, train_files + test_files)
     train = _read_cifar_batches(folder, train_files, label_key)
     test = _read_cifar_batches(folder, test_files, label_key)
-    return ArrayImageDataset(*train, num_classes), ArrayImageDataset(*test, num_classes)
+    return ArrayImageDataset(*train, num_classes, channels), ArrayImageDataset(*test, num_classes, channels)
 
 
-def build_cifar_test(root: str, name: str) -> ArrayImageDataset:
+def build_cifar_test(root: str, name: str, channels: int = 3) -> ArrayImageDataset:
     """The test set alone (evaluation reads no training batch)."""
     _, _, test_files, label_key, num_classes = CIFAR_FILES[name]
     folder = _cifar_folder(root, name, test_files)
-    return ArrayImageDataset(*_read_cifar_batches(folder, test_files, label_key), num_classes)
+    return ArrayImageDataset(*_read_cifar_batches(folder, test_files, label_key), num_classes, channels)
 
 
-def build_digits(size: int, val_fraction: float = 0.2) -> tuple[ArrayImageDataset, ArrayImageDataset]:
-    """scikit-learn digits as RGB images of `size` x `size` (bicubic upsampling), split train/val deterministically."""
+def build_digits(size: int, val_fraction: float = 0.2,
+                 channels: int = 3) -> tuple[ArrayImageDataset, ArrayImageDataset]:
+    """scikit-learn digits as images of `size` x `size` (bicubic upsampling), split train/val deterministically:
+    RGB with the gray in all three channels for `channels` 3, gray for 1."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     big = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.BICUBIC)) for p in pixels])
-    rgb = np.repeat(big[..., None], 3, axis=-1)
+    images = big if channels == 1 else np.repeat(big[..., None], 3, axis=-1)
     idx_train, idx_val = train_test_split(np.arange(len(pixels)), test_size=val_fraction, random_state=0,
                                           stratify=digits.target)
-    return (ArrayImageDataset(rgb[idx_train], digits.target[idx_train], 10),
-            ArrayImageDataset(rgb[idx_val], digits.target[idx_val], 10))
+    return (ArrayImageDataset(images[idx_train], digits.target[idx_train], 10, channels),
+            ArrayImageDataset(images[idx_val], digits.target[idx_val], 10, channels))

@@ -299,6 +299,11 @@ def check_ranges(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{_flag(dest)} must be in {lo or '(-inf'}, {hi}, got {item!r}")
     if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
         raise ConfigError(f"--cutmix-minmax takes two values (min max), got {args.cutmix_minmax!r}")
+    for dest in ("image_mean", "image_std"):
+        values = getattr(args, dest, None)
+        if values is not None and len(values) not in (1, 3):
+            raise ConfigError(f"{_flag(dest)} takes 3 values (RGB images) or 1 (gray images, a model of in_chans=1), "
+                              f"got {values!r}")
     if args.dist_port is not None and (not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536):
         raise ConfigError(f"--dist-port must be a port number (1-65535), got {args.dist_port!r}")
     name = os.path.normpath(args.experiment) if args.experiment else ""

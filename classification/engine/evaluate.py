@@ -28,7 +28,7 @@ from .checkpoint import INPUT_FLAGS, load_at_model_size, load_evaluated_weights
 from .config import ConfigError
 from .distributed import DistEnv, agreed_setup, all_reduce, all_reduce_sum, init_distributed, shutdown
 from .logs import ProgressBar, StepTimes, format_eta, setup_logging, start_log_file
-from .model_builder import build_model, canonical_model_name, check_input_size
+from .model_builder import build_model, canonical_model_name, check_input_size, image_channels
 from .resume import read_alike_on_every_rank
 
 
@@ -151,7 +151,7 @@ def test(cfg: Namespace) -> dict:
                                   f"'model_ema: true' asks for the EMA's)") from None
         log = setup_logging(os.path.join(cfg.output, cfg.experiment), env.is_main, prefix="eval")
         with agreed_setup("setting up its data and model"):  # each rank's own, before validate's collectives
-            val_set = build_eval_dataset(cfg, ckpt.get("classes"))
+            val_set = build_eval_dataset(cfg, ckpt.get("classes"), image_channels(cfg))
             _, val_loader = build_loaders(cfg, None, val_set, env.world_size, env.rank,
                                           pin_memory=env.device.type == "cuda")
             model = build_model(cfg)

@@ -134,8 +134,10 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=float, nargs=2, default=None, help="ours: random-resized-crop area range")
     g.add_argument("--ratio", type=float, nargs=2, default=None, help="ours: random-resized-crop aspect range")
     g.add_argument("--hflip", type=float, default=None, help="ours: horizontal flip probability")
-    g.add_argument("--image-mean", type=float, nargs=3, default=None, help="normalisation mean")
-    g.add_argument("--image-std", type=float, nargs=3, default=None, help="normalisation std")
+    g.add_argument("--image-mean", type=float, nargs="+", default=None,
+                   help="normalisation mean: 3 values (RGB), 1 for a model of in_chans=1 (gray images)")
+    g.add_argument("--image-std", type=float, nargs="+", default=None,
+                   help="normalisation std: 3 values (RGB), 1 for a model of in_chans=1 (gray images)")
     g.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"), help="resize filter")
     g.add_argument("--color-jitter", type=float, default=0.0, help="colour jitter (only without --aa)")
     g.add_argument("--cutout-length", type=int, default=0, help="CIFAR only: cutout square side")

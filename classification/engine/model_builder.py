@@ -15,6 +15,8 @@ from timm.models._registry import model_entrypoint
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from ..common.suggest import did_you_mean
+from ..data.defaults import NORMALIZATION_FLAGS
+from ..data.image_decoding import IMAGE_MODES
 from ..models.directions import directions_source_warnings, load_directions, model_family, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels, supernet_directions_error
 from .checkpoint import LAST
@@ -225,12 +227,34 @@ def _assertion_hint(err: AssertionError) -> str:
 
 
 def check_model_flags(cfg: Namespace) -> None:
-    """Refuse an unknown model, a keyword it does not take, a bad directions file, or directions for a search
-    supernet, before anything is built."""
+    """Refuse an unknown model, a keyword it does not take, a bad directions file, directions for a search
+    supernet, or input channels the data pipeline does not give (`image_channels`), before anything is built."""
     name = resolve_model_name(cfg.model)
     _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=False)
     if cfg.directions and name in SUPERNET_FINAL_MODELS:
         raise ConfigError(f"--directions: {supernet_directions_error(name)}")
+    image_channels(cfg)
+
+
+def image_channels(cfg: Namespace) -> int:
+    """The channels of the images the data pipeline decodes for `cfg.model`: its `model_kwargs`' `in_chans`
+    (LocalVim's `channels`, the original's name, wins over it as in the model), 3 without. 1 decodes gray images and 3
+    RGB ones; any other count is refused (ConfigError), and so is a `--image-mean` / `--image-std` of another number
+    of values that the dataset did not fill (a 1-channel model's default is the mean of the dataset's RGB values)."""
+    kwargs = _accepted_model_kwargs(cfg, resolve_model_name(cfg.model), dict(cfg.model_kwargs), warn=False)
+    channels = kwargs["channels"] if kwargs.get("channels") is not None else kwargs.get("in_chans", 3)
+    if channels not in IMAGE_MODES:
+        raise ConfigError(f"model {cfg.model}: in_chans={channels!r} is not supported: the data pipeline decodes "
+                          f"images as gray for in_chans=1 or as RGB for in_chans=3 (the default)")
+    filled = getattr(cfg, "filled_from_dataset", ())
+    for key in NORMALIZATION_FLAGS:
+        values = getattr(cfg, key, None)
+        if values is not None and len(values) != channels and key not in filled:
+            flag, kind = "--" + key.replace("_", "-"), "1-channel (gray)" if channels == 1 else "3-channel (RGB)"
+            raise ConfigError(f"{flag} {' '.join(map(str, values))}: {len(values)} value(s) for a model of {kind} "
+                              f"images (in_chans={channels}): give {channels}, or leave {flag} unset for the "
+                              f"dataset's default")
+    return channels
 
 
 def check_input_size(model: nn.Module, cfg: Namespace) -> None:
@@ -252,9 +276,10 @@ def build_model(cfg: Namespace) -> nn.Module:
     Keys of `model_kwargs` that came from the YAML file (not from `--model-kwargs`) and that the chosen model does not
     take are dropped with a warning, so a config written for one model family still runs with another `--model`.
     A key given on the command line that the model does not take is refused (`ConfigError`) with the ones it takes,
-    and so are an `--img-size` smaller than one patch of the model and a model of other than 3 input channels (either
-    would fail in its first forward).
+    and so are an `--img-size` smaller than one patch of the model and input channels other than the data's
+    (`image_channels`: 1 for gray images, 3 for RGB; either would fail in its first forward).
     """
+    channels = image_channels(cfg)
     name = resolve_model_name(cfg.model)
     kwargs = _accepted_model_kwargs(cfg, name, model_kwargs(cfg), warn=True)
     try:
@@ -280,11 +305,10 @@ def build_model(cfg: Namespace) -> nn.Module:
         if not cfg.model_kwargs:
             raise
         raise model_build_error(name, cfg.model_kwargs, err, _assertion_hint(err)) from err
-    channels = input_channels(model)
-    if channels != 3:  # every dataset's images are decoded as RGB, grayscale ones included
-        raise ConfigError(f"model {cfg.model} takes {channels}-channel images, but the data pipeline gives RGB images "
-                          f"(a grayscale image with its gray in all three channels): drop in_chans from the "
-                          f"model_kwargs")
+    if input_channels(model) != channels:  # a model whose own default is not 3
+        raise ConfigError(f"model {cfg.model} takes {input_channels(model)}-channel images, but the data pipeline "
+                          f"decodes {channels}-channel ones for it: give --model-kwargs in_chans=1 (gray images) or "
+                          f"in_chans=3 (RGB)")
     patch_size = getattr(model, "patch_size", None)  # LocalVim's and LocalVMamba's patch embedding
     if isinstance(patch_size, int) and getattr(cfg, "img_size", None) is not None and cfg.img_size < patch_size:
         raise ConfigError(f"--img-size {cfg.img_size} is smaller than one patch of {cfg.model} ({patch_size} pixels)")

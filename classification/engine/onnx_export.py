@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..common.checkpoint_io import load_checkpoint, state_dict_from
 from ..data.defaults import resolve_dataset_defaults
+from ..models.factory import input_channels
 from .checkpoint import classifier_name, load_evaluated_weights
 from .config import ConfigError
 from .model_builder import build_model, canonical_model_name, check_model_flags
@@ -51,13 +52,14 @@ def check_export_options(exporter: str, example_batch: int, check: bool, optimiz
 
 def export_model(model: nn.Module, path: str, img_size: int, exporter: str = "dynamo", example_batch: int = 2,
                  optimize: bool = False) -> None:
-    """Write ``model`` (eval mode, on the CPU) to ``path`` for (batch, 3, img_size, img_size) images, batch dynamic.
+    """Write ``model`` (eval mode, on the CPU) to ``path`` for (batch, channels, img_size, img_size) images (the
+    model's input channels, :func:`input_channels`), batch dynamic.
 
     ``exporter``: 'dynamo' (``torch.export``-based, torch >= 2.8 and onnxscript) or 'torchscript'; ``optimize``:
     onnxscript's graph optimisation of the dynamo export (minutes for a full-size model).
     """
     check_export_options(exporter, example_batch, check=False)
-    image = torch.randn(example_batch, 3, img_size, img_size)
+    image = torch.randn(example_batch, input_channels(model), img_size, img_size)
     with torch.no_grad():
         if exporter == "dynamo":
             torch.onnx.export(model, (image,), path, dynamo=True, dynamic_shapes=({0: "batch"},), optimize=optimize,
@@ -95,7 +97,7 @@ def onnxruntime_difference(model: nn.Module, path: str, img_size: int, batch: in
     ``batch`` random images."""
     import onnxruntime
 
-    image = torch.randn(batch, 3, img_size, img_size)
+    image = torch.randn(batch, input_channels(model), img_size, img_size)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its optimiser's notes on nodes it cannot fold are no fault
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -55,7 +55,7 @@ from .experiment import (RunFolder, check_folder_unchanged, choose_run_folder, d
                          is_training_checkpoint, next_epoch, resolve_auto_resume, start_branch)
 from .flags import DEFAULT_EXPERIMENT
 from .logs import setup_logging, start_log_file
-from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags
+from .model_builder import build_model, canonical_model_name, check_input_size, check_model_flags, image_channels
 from .optim import build_optimizer
 from .resume import (adopt_original_checkpoints, check_same_batches, check_same_classes, keep_epoch_seed,
                      keep_original_args, keep_run_start, load_optimizer_state, log_changed_flags, misfit_remedy,
@@ -74,7 +74,7 @@ class Run:
         self.cfg, self.env, self.exp_dir, self.log = cfg, env, exp_dir, log
         self.run_id = uuid.uuid4().hex  # names the run in its checkpoints (only rank 0's writes them)
         with agreed_setup("setting up its data and model"):  # each rank's own, before DDP's first collective
-            train_set, val_set = build_datasets(cfg)
+            train_set, val_set = build_datasets(cfg, image_channels(cfg))
             self.classes: Optional[list[str]] = getattr(train_set, "classes", None)  # the labels' names, if any
             self.train_images = len(train_set)
             self.train_loader, self.val_loader = build_loaders(cfg, train_set, val_set, env.world_size, env.rank,

@@ -123,8 +123,9 @@ def test_the_originals_args_yaml_keys_of_features_left_out_are_skipped_while_off
     ({"lr": "fast"}, r"'lr'.*bad value"),
     ({"model_ema": "yes"}, r"'model_ema'.*true or false"),
     ({"model_kwargs": [1, 2]}, r"model_kwargs must be a mapping"),
-    ({"image_mean": 0.5}, r"'image_mean'.*expected a list of 3 values, got 0.5"),
-    ({"image_mean": [0.5, 0.5]}, r"'image_mean'.*expected a list of 3 values, got \[0.5, 0.5\]"),
+    ({"image_mean": 0.5}, r"'image_mean'.*expected a list of one or more values, got 0.5"),
+    ({"image_mean": [0.5, 0.5]}, r"^--image-mean takes 3 values \(RGB images\) or 1 \(gray images, a model of "
+                                 r"in_chans=1\), got \[0.5, 0.5\]$"),
     ({"scale": [0.08]}, r"'scale'.*expected a list of 2 values"),
     ({"cutmix_minmax": 0.3}, r"'cutmix_minmax'.*expected a list of one or more values"),
     ({"lr": [0.1]}, r"'lr'.*expected one value, got the list \[0.1\]"),
