@@ -16,6 +16,7 @@ file loads with `torch.load(weights_only=True)`. The released form is `{'state_d
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from timm.models import adapt_input_conv
 
 from ..common.checkpoint_io import (EMA_KEYS, CheckpointError, atomic_copy, atomic_save, is_weights_alone,
                                     load_checkpoint, saved_epoch_position, state_dict_from)
@@ -193,13 +195,35 @@ def load_evaluated_weights(model: nn.Module, model_name: str, model_kwargs: Mapp
         raise CheckpointError(f"{err}{_built_otherwise(ckpt, model_kwargs, path)}") from None
 
 
+def adapt_input_convs(model: nn.Module, weights: dict[str, torch.Tensor], path: str) -> None:
+    """Fit the first convolution's weight (`pretrained_cfg['first_conv']`, (out, in, kh, kw)) of `weights` (read from
+    `path`) in place to the model's input channels, as timm's pretrained loading does (`adapt_input_conv`): 3-channel
+    (RGB) filters summed over their channels for a 1-channel model. A weight timm cannot adapt is left to the load,
+    which names it."""
+    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    own = model.state_dict()
+    for conv in (first_conv,) if isinstance(first_conv, str) else first_conv or ():
+        key = f"{conv}.weight"
+        saved, wanted = weights.get(key), own.get(key)
+        if saved is None or wanted is None or saved.dim() != 4 or saved.shape[1] == wanted.shape[1]:
+            continue
+        with contextlib.suppress(NotImplementedError, AssertionError):
+            adapted = adapt_input_conv(wanted.shape[1], saved)
+            if adapted.shape == wanted.shape:
+                weights[key] = adapted
+                logger.info(f"{path}: {key} of {saved.shape[1]} input channels adapted to the model's "
+                            f"{wanted.shape[1]} (timm's adapt_input_conv)")
+
+
 def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str,
                           model_name: Optional[str] = None) -> list[str]:
     """Initialise `model` (`model_name`) from the weights of `ckpt` (training or released form) for fine-tuning: they
-    pass through `fit_to_model`, the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its
+    pass through `fit_to_model`, the first convolution is fitted to the model's input channels (`adapt_input_convs`:
+    RGB weights for a gray model), the classifier (`pretrained_cfg['classifier']`) keeps its initialisation where its
     shape differs (another class count), and every other weight must fit (`load_weights`; the error names the model of
     a training checkpoint when it is another). Returns the classifier keys left at their initialisation."""
     weights = fit_to_model(model, state_dict_from(ckpt, source=path))
+    adapt_input_convs(model, weights, path)
     own = model.state_dict()
     classifier = classifier_name(model)
     head = [f"{classifier}.weight", f"{classifier}.bias"] if classifier else []

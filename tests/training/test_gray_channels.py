@@ -1,7 +1,8 @@
 """Grayscale data end to end: a model of `in_chans=1` gets images decoded as gray (mode L), normalised by a
-one-value mean / std (the dataset's default: the mean of its RGB values), trains, evaluates and exports; channel
-counts other than 1 and 3 are refused. The 3-channel pipeline is unchanged (its tests: test_data_mutants.py,
-test_own_data.py, test_train_data.py)."""
+one-value mean / std (the dataset's default: the mean of its RGB values), trains, evaluates, exports and starts from
+3-channel weights; channel counts other than 1 and 3 are refused. The 3-channel pipeline is unchanged (its tests:
+test_data_mutants.py, test_own_data.py, test_train_data.py)."""
+import logging
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from classification.data import build_datasets, build_eval_dataset
 from classification.data.image_decoding import load_image
 from classification.data.small_datasets import ArrayImageDataset, build_digits
 from classification.data.transforms import build_transform
+from classification.engine.checkpoint import load_finetune_weights
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.model_builder import build_model, check_model_flags, image_channels
@@ -155,6 +157,28 @@ def test_an_rgb_mean_for_a_gray_model_is_refused_and_one_filled_by_the_dataset_r
     cfg = parse_args(["-c", str(config), *gray_run(VIM, gray_tree)])
     build_datasets(cfg, image_channels(cfg))
     assert (cfg.image_mean, cfg.image_std) == ([IMAGENET_GRAY_MEAN], [IMAGENET_GRAY_STD])
+
+
+@pytest.mark.parametrize("name, kwargs, first_conv", [
+    ("local_vim_tiny_wo_search", dict(depth=2, embed_dim=16, patch_size=8, img_size=32), "patch_embed.proj.weight"),
+    ("local_vssm_tiny_search", dict(dims=(8, 16), depths=(1, 1)), "patch_embed.0.weight")])
+def test_finetuning_a_gray_model_from_rgb_weights_sums_the_first_conv_over_rgb(
+        name, kwargs, first_conv, tmp_path, localmamba_log):
+    """--finetune of a 3-channel checkpoint into a 1-channel model stopped on the first conv's shape; now that conv
+    takes the sum of the RGB filters (timm's rule, as timm's own pretrained loading: test_pretrained.py) and every
+    other weight loads as it is."""
+    torch.manual_seed(0)
+    rgb = timm.create_model(name, **kwargs)
+    path = str(tmp_path / "rgb.pth.tar")
+    torch.save({"epoch": 2, "model": rgb.state_dict()}, path)
+    gray = timm.create_model(name, in_chans=1, **kwargs)
+    with localmamba_log.at_level(logging.INFO, logger="localmamba"):
+        assert load_finetune_weights(gray, torch.load(path, weights_only=True), path) == []
+    weights = rgb.state_dict()
+    torch.testing.assert_close(gray.state_dict()[first_conv], weights[first_conv].sum(dim=1, keepdim=True))
+    assert all(torch.equal(value, weights[key]) for key, value in gray.state_dict().items() if key != first_conv)
+    assert f"{path}: {first_conv} of 3 input channels adapted to the model's 1 (timm's adapt_input_conv)" in [
+        record.getMessage() for record in localmamba_log.records]
 
 
 def test_a_gray_model_exports_to_onnx_for_one_channel_images(tmp_path):
