@@ -15,6 +15,7 @@ from PIL import Image
 import classification  # noqa: F401  (registers the models)
 from classification.data import build_datasets, build_eval_dataset
 from classification.data.image_decoding import load_image
+from classification.data.rand_augment import RandAugment
 from classification.data.small_datasets import ArrayImageDataset, build_digits
 from classification.data.transforms import build_transform
 from classification.engine.checkpoint import load_finetune_weights
@@ -94,6 +95,21 @@ def test_a_gray_image_is_one_channel_normalised_by_the_one_value_mean_and_std(gr
     val_set = build_eval_dataset(cfg, channels=image_channels(cfg))
     tensor = build_transform(cfg, training=False)(val_set[0][0])
     torch.testing.assert_close(tensor, torch.full((1, 32, 32), (200 / 255 - 0.5) / 0.25))
+
+
+def test_every_op_of_our_rand_augment_keeps_a_gray_image_gray_filling_with_the_gray_mean(gray_tree):
+    """The original's RandAugment (`--aa rand-...`) on a 1-channel run fills with its one-value mean x 255 (0.449:
+    114), and each of its ops gives a gray image back: a rotated image of 200s has 114 in its corners."""
+    cfg = parse_args(gray_run(VIM, gray_tree, "--aa", "rand-m9-mstd0.5"))
+    build_datasets(cfg, image_channels(cfg))
+    rand_augment = next(step for step in build_transform(cfg, training=True).transforms
+                        if isinstance(step, RandAugment))
+    assert {op.fill for op in rand_augment.ops} == {(114,)}
+    image = Image.new("L", (32, 32), 200)
+    for op in rand_augment.ops:
+        assert op.apply(image, 9.0).mode == "L", op.name
+    rotate = next(op for op in rand_augment.ops if op.name == "Rotate")
+    assert np.asarray(rotate.apply(image, 10.0))[0, 0] == 114
 
 
 def test_a_colour_file_for_a_gray_model_is_gray_by_pillows_luminance(tmp_path):
