@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
-from .neck_maps import Misfit, NeckMaps, judges, neck_gives, neck_misfit, option_list, positive_int, size_misfit
+from .neck_maps import (Misfit, NeckMaps, judges, list_misfit, neck_gives, neck_misfit, option_list, positive_int,
+                        size_misfit)
 from .run_inputs import is_backbone, keyed_dicts, type_name
 
 
@@ -114,8 +115,10 @@ def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: s
                 return problem, None
         elif bare_map and key == first and judges(kind):
             return _bare_map_problem(where, key, neck, given), None
+        as_list = list_misfit(kind) if key == first and not bare_map else None    # our backbones give a list
         problem = (_misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
-                   or _misfit_line(f'{key} ({kind})', size_misfit(kind, strides), f'{given}, of strides {strides}'))
+                   or _misfit_line(f'{key} ({kind})', size_misfit(kind, strides), f'{given}, of strides {strides}')
+                   or _misfit_line(f'{key} ({kind})', as_list, f'{given}, as a list'))
         if problem:
             return problem, None
         gives = neck_gives(kind, neck, NeckMaps(channels, strides), len(channels))
@@ -149,7 +152,8 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
     """A neck or a segmentation head set for other maps than it gets (another number, or other channels), e.g. after
     a change of the backbone's out_indices or width: mmdet's FPN and mmseg's heads end in a bare AssertionError, an
     IndexError or a convolution's channel error, after the datasets are built. Checked: the necks that
-    :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, ...), SimpleFPN (one map of
+    :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, SSD's, ICNet's, ...; RFP,
+    which no backbone of ours can feed; GlobalAveragePooling, which refuses our list of maps), SimpleFPN (one map of
     ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the ``in_index`` /
     ``in_channels`` of ``decode_head`` and ``auxiliary_head`` against the maps of the backbone, or of the neck where
     :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not judged), named by their keys
@@ -183,8 +187,8 @@ def neck_strides(neck: Any, strides: Sequence[int]) -> Optional[list[int]]:
     (each takes the maps the one before gives). Known (:func:`.neck_maps.neck_gives`): FPN and its kin (PAFPN,
     FPN_DropBlock, FPG, FPN_CARAFE, NASFPN), ChannelMapper, SimpleFPN, HRFPN, NASFCOS_FPN; the necks that keep their
     maps' sizes (BFP, DyHead, SSH, YOLOXPAFPN, CSPNeXtPAFPN, MLANeck), YOLOV3Neck (in reversed order); DilatedEncoder
-    and CTResNetNeck (of the last map); mmseg's MultiLevelNeck, JPU and Feature2Pyramid. None for any other neck, or
-    settings a neck refuses itself."""
+    and CTResNetNeck (of the last map); mmseg's MultiLevelNeck, JPU, Feature2Pyramid and ICNeck. None for any other
+    neck (SSDNeck's extra maps shrink by a few pixels, not by a factor), or settings a neck refuses itself."""
     necks = _neck_chain(neck, '')
     maps = NeckMaps(None, list(strides))
     for _, part in necks:

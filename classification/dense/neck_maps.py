@@ -4,12 +4,14 @@ maps it gives on. The det/seg checks of map_fit follow our backbone's maps throu
 of necks, which mmengine chains (each takes the maps the one before gives).
 
 Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order; MultiLevelNeck takes
-one map, or at least one per ``scales`` entry), YOLOV3Neck (its ``in_channels`` deepest map first), BFP, DyHead and
-Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map only); SimpleFPN, which
-takes one bare map of the backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, YOLOXPAFPN and
-CSPNeXtPAFPN strides that double (:func:`size_misfit`). Any other neck, and settings a neck refuses itself, are
-passed over (None). The maps a neck gives on are known for those :func:`neck_gives` names; a neck (or a segmentation
-head) after any other is not judged."""
+one map, or at least one per ``scales`` entry), HRFPN (as many maps, of sum(in_channels) channels in all), SSDNeck
+(its ``in_channels`` also begin its ``out_channels``), ICNeck (three maps), YOLOV3Neck (its ``in_channels`` deepest
+map first), BFP, DyHead and Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map
+only); RFP, which takes the image before the maps, is refused on ours; SimpleFPN, which takes one bare map of the
+backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, YOLOXPAFPN, CSPNeXtPAFPN and HRFPN strides
+that double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list (:func:`list_misfit`). Any other neck,
+and settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for those
+:func:`neck_gives` names; a neck (or a segmentation head) after any other is not judged."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -17,16 +19,23 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 # Necks whose in_channels are the channels of the maps they get, one entry per map in the order given (they assert
 # that they get as many maps as entries, and their convolutions refuse other channels).
 MAP_LIST_NECKS = ('FPN', 'PAFPN', 'FPN_DropBlock', 'ChannelMapper', 'MultiLevelNeck', 'FPG', 'FPN_CARAFE', 'NASFPN',
-                  'NASFCOS_FPN', 'HRFPN', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck', 'JPU')
+                  'NASFCOS_FPN', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck', 'JPU')
 # Of those, the necks that refuse a list: their in_channels must be a tuple.
 TUPLE_NECKS = ('JPU',)
 
 
 # Necks that combine their maps at fixed sizes: MLANeck adds them as they are (so they must be of one size); PAFPN's
-# bottom-up path adds each map, halved by a stride-2 convolution, to the next, and YOLOX's and RTMDet's PAFPN
-# concatenate each map, upsampled by 2, with the one before (so their strides must double from one map to the next).
+# bottom-up path adds each map, halved by a stride-2 convolution, to the next, YOLOX's and RTMDet's PAFPN
+# concatenate each map, upsampled by 2, with the one before, and HRFPN concatenates its map i, upsampled by 2**i, with
+# the first (so their strides must double from one map to the next); the words that say how, by neck.
 ONE_SIZE_NECKS = ('MLANeck',)
-DOUBLING_NECKS = ('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN')
+DOUBLING_NECKS = dict(dict.fromkeys(('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN'),
+                                    'combines each map with the next at twice its stride'),
+                      HRFPN='upsamples its map i by 2**i onto the first')
+
+# Necks that pool a tuple of maps, or one bare map, and raise a TypeError on a list (as our backbones give): mmdet's
+# GlobalAveragePooling, the neck of its ReID models.
+TUPLE_INPUT_NECKS = ('GlobalAveragePooling',)
 
 
 class NeckMaps(NamedTuple):
@@ -66,6 +75,12 @@ def _one_width(channels: Sequence[int]) -> Optional[int]:
     return channels[0] if len(set(channels)) == 1 else None
 
 
+def _give_maps(source: str, count: str) -> str:
+    """The advice to give a neck ``count`` (words) maps: through the backbone's out_indices where ``source`` (the
+    config key of what gives the neck its maps) is the backbone, else from the neck before it."""
+    return f'give {source}.out_indices {count} entries' if source.endswith('backbone') else f'give it {count} maps'
+
+
 def _list_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
     """A neck of :data:`MAP_LIST_NECKS` whose in_channels are not ``channels``; SSH's out_channels and num_scales
     count the maps too."""
@@ -87,8 +102,7 @@ def _multi_level_misfit(neck: dict, key: str, channels: list[int], source: str) 
         return _list_misfit(neck, key, channels, source)
     outs = len(scales)
     takes = f'takes one map, or {outs} (one per scales entry: {list(scales)})'
-    more = f'{source}.out_indices 1 or {outs} entries' if source.endswith('backbone') else f'it 1 or {outs} maps'
-    return Misfit(takes, advice=f'give {more}, or set {key}.scales to {count} entries')
+    return Misfit(takes, advice=f'{_give_maps(source, f"1 or {outs}")}, or set {key}.scales to {count} entries')
 
 
 def _scales_misfit(neck: dict, key: str, takes: str, fix: str, channels: list[int]) -> Misfit:
@@ -153,8 +167,7 @@ def _feature2pyramid_misfit(neck: dict, key: str, channels: list[int], source: s
     takes = f'takes {len(rescales)} maps of embed_dim {width} channels (one per rescales entry)'
     count = len(rescales)
     if count != len(channels):
-        more = f'{source}.out_indices {count} entries' if source.endswith('backbone') else f'it {count} maps'
-        return Misfit(takes, advice=f'give {more}')
+        return Misfit(takes, advice=_give_maps(source, str(count)))
     return Misfit(takes, f'{key}.embed_dim={one}') if one else Misfit(takes, advice=_one_width_advice(neck['type']))
 
 
@@ -166,9 +179,52 @@ def _last_map_misfit(neck: dict, key: str, channels: list[int], source: str) -> 
     return Misfit(f'takes the last map, of in_channels {width}', f'{key}.in_channels={channels[-1]}')
 
 
+def _hrfpn_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """HRFPN, which concatenates its maps before one 1x1 convolution of sum(in_channels) channels: it takes one map
+    per in_channels entry, of those channels in all, split among the maps in any way."""
+    expected = neck.get('in_channels')
+    if _ints(expected) and len(expected) == len(channels) and sum(expected) == sum(channels):
+        return None
+    return _list_misfit(neck, key, channels, source)
+
+
+def _ssd_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """mmdet's SSDNeck, which passes its maps on and adds maps after the last: its in_channels (one entry per map)
+    must also begin its out_channels, a sequence of the same kind (SSDNeck compares them with ==), so both change."""
+    expected, outs = neck.get('in_channels'), neck.get('out_channels')
+    if not (_ints(expected) and _ints(outs)) or len(outs) <= len(expected) or list(expected) == channels:
+        return None
+    tuple_form = isinstance(outs, tuple)
+    extra = list(outs[len(expected):])
+    return Misfit(f'takes {len(expected)} maps of in_channels {list(expected)}',
+                  f'{key}.in_channels={option_list(channels, tuple_form)} '
+                  f'{key}.out_channels={option_list(channels + extra, tuple_form)}')
+
+
+def _icneck_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
+    """mmseg's ICNeck (ICNet's cascade feature fusion), which takes three maps of in_channels, of any sizes (it
+    resizes the deepest onto the middle one, and their fusion onto the first)."""
+    expected = neck.get('in_channels', (64, 256, 256))
+    if not _ints(expected) or len(expected) != 3 or list(expected) == channels:
+        return None
+    takes = f'takes 3 maps of in_channels {list(expected)}'
+    if len(channels) != 3:
+        return Misfit(takes, advice=_give_maps(source, '3'))
+    return Misfit(takes, f'{key}.in_channels={option_list(channels)}')
+
+
+def _rfp_misfit(neck: dict, key: str, channels: list[int], source: str) -> Misfit:
+    """mmdet's RFP (DetectoRS's recursive FPN), which takes the image before the maps (a DetectoRS_ResNet with
+    output_img=True gives it) and runs its rfp_backbone on it again: no backbone of ours gives the image."""
+    return Misfit('takes the image before the maps (DetectoRS_ResNet with output_img=True gives it) and runs its '
+                  'rfp_backbone on it', advice=f"use an FPN in its place (type='FPN', in_channels="
+                                               f"{option_list(channels)}, without RFP's rfp_steps, rfp_backbone and "
+                                               f"aspp_out_channels)")
+
+
 _MISFITS: dict[str, Callable[[dict, str, list[int], str], Optional[Misfit]]] = dict(
     dict.fromkeys(MAP_LIST_NECKS, _list_misfit), MultiLevelNeck=_multi_level_misfit, YOLOV3Neck=_yolov3_misfit,
-    BFP=_bfp_misfit,
+    BFP=_bfp_misfit, HRFPN=_hrfpn_misfit, SSDNeck=_ssd_misfit, ICNeck=_icneck_misfit, RFP=_rfp_misfit,
     DyHead=_dyhead_misfit, Feature2Pyramid=_feature2pyramid_misfit,
     DilatedEncoder=_last_map_misfit, CTResNetNeck=_last_map_misfit)
 
@@ -195,10 +251,19 @@ def size_misfit(kind: str, strides: Optional[Sequence[int]]) -> Optional[Misfit]
                       advice='feed it the maps of a plain backbone (MM_LocalVim: all of stride 16), or use a neck '
                              'that resizes its maps (FPN)')
     if kind in DOUBLING_NECKS and any(b != 2 * a for a, b in zip(strides, strides[1:])):
-        return Misfit('combines each map with the next at twice its stride, so their strides must double from one '
-                      'map to the next', advice="feed it the maps of MM_LocalVSSM's stages, or of a neck that gives "
-                                                "such maps (SimpleFPN after MM_LocalVim)")
+        return Misfit(f'{DOUBLING_NECKS[kind]}, so their strides must double from one map to the next',
+                      advice="feed it the maps of MM_LocalVSSM's stages, or of a neck that gives such maps (SimpleFPN "
+                             "after MM_LocalVim)")
     return None
+
+
+def list_misfit(kind: str) -> Optional[Misfit]:
+    """How the neck class ``kind`` cannot take a list of maps (of :data:`TUPLE_INPUT_NECKS`); None where it can."""
+    if kind not in TUPLE_INPUT_NECKS:
+        return None
+    return Misfit('pools a tuple of maps or one bare map', advice=f"put a neck that gives a tuple of maps before it "
+                                                                  f"(neck=[dict(type='FPN', ...), dict(type='{kind}', "
+                                                                  f"...)])")
 
 
 def _pyramid(strides: list[int], outs: int) -> list[int]:
@@ -365,13 +430,29 @@ def _ct_resnet_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMap
     return NeckMaps(filters[-1:], [last // 2 ** len(filters)] if exact else None)
 
 
+def _ssd_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """SSDNeck: its maps, then one map per extra out_channels entry; their strides are not known here (a convolution
+    of padding 0, or of SSD512's last kernel 4, shrinks its map by a few pixels, not by a factor)."""
+    return NeckMaps(_ints(neck.get('out_channels')), None)
+
+
+def _icneck_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
+    """mmseg's ICNeck: three maps, out_channels wide, of the sizes of the second, the first and the first map it
+    gets (the deepest fused onto the second, then onto the first)."""
+    if count != 3:
+        return None
+    width = positive_int(neck.get('out_channels', 128))
+    strides = [maps.strides[1], maps.strides[0], maps.strides[0]] if maps.strides else None
+    return NeckMaps([width] * 3 if width else None, strides)
+
+
 _GIVES: dict[str, Callable[[dict, NeckMaps, int], Optional[NeckMaps]]] = dict(
     dict.fromkeys(('FPN', 'PAFPN', 'FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN'), _fpn_gives),
     **dict.fromkeys(('BFP', 'DyHead', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck'), _same_maps_gives),
     NASFCOS_FPN=_nasfcos_gives, ChannelMapper=_channel_mapper_gives, SimpleFPN=_simple_fpn_gives,
     HRFPN=_hrfpn_gives, YOLOV3Neck=_yolov3_gives, DilatedEncoder=_dilated_encoder_gives,
     CTResNetNeck=_ct_resnet_gives, MultiLevelNeck=_multi_level_gives, JPU=_jpu_gives,
-    Feature2Pyramid=_feature2pyramid_gives)
+    Feature2Pyramid=_feature2pyramid_gives, SSDNeck=_ssd_gives, ICNeck=_icneck_gives)
 
 
 def neck_gives(kind: str, neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:

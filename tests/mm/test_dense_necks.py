@@ -1,8 +1,9 @@
 """The det/seg tools' neck check beyond FPN: the other necks of mmdet and mmseg that our backbones may feed (FPN's kin,
-BFP, DyHead, SSH, YOLO's, the last-map necks, mmseg's ViT necks) and lists of necks, where each neck takes the maps
-the one before gives, and the segmentation heads after a neck, which take the maps it gives. A neck or a head set for
-other maps ends in one line whose --cfg-options fit it; the channels and strides the check follows through a neck are
-those of the maps mmdet's and mmseg's built necks give."""
+BFP, DyHead, SSH, YOLO's, the last-map necks, SSD's, DetectoRS's RFP, ReID's GlobalAveragePooling, mmseg's ViT
+necks and ICNet's) and lists of necks, where each neck takes the maps the one before gives, and the segmentation heads
+after a neck, which take the maps it gives. A neck or a head set for other maps ends in one line whose --cfg-options
+fit it; the channels and strides the check follows through a neck are those of the maps mmdet's and mmseg's built
+necks give."""
 import argparse
 import copy
 import os
@@ -33,6 +34,8 @@ def _fpn(in_channels) -> dict:
     return dict(type='FPN', in_channels=in_channels, out_channels=32, num_outs=5)
 
 
+SSD = dict(type='SSDNeck', in_channels=(512, 1024), out_channels=(512, 1024, 8, 8), level_strides=(2, 2),
+           level_paddings=(1, 1))
 LIST_NECKS = ['FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN', 'NASFCOS_FPN', 'HRFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN']
 
 # (backbone, the neck as it fits, the neck set for other maps, the line for it; with a fix, the fix fits it)
@@ -105,6 +108,25 @@ REFUSALS = {
                         [_fpn([16, 32, 64]), dict(type='DyHead', in_channels=256)],
                         f'model.neck.1 (DyHead) takes maps of in_channels 256, but {FPN_GIVES}: set --cfg-options '
                         f'model.neck.1.in_channels=32'),
+    'ssd': (VSSM, dict(SSD, in_channels=(16, 32, 64), out_channels=(16, 32, 64, 8, 8)), SSD,
+            f'model.neck (SSDNeck) takes 2 maps of in_channels [512, 1024], but {VSSM_GIVES}: set --cfg-options '
+            f'model.neck.in_channels=(16,32,64) model.neck.out_channels=(16,32,64,8,8)'),
+    'icneck': (VSSM, dict(type='ICNeck', in_channels=[16, 32, 64]), dict(type='ICNeck'),
+               f'model.neck (ICNeck) takes 3 maps of in_channels [64, 256, 256], but {VSSM_GIVES}: set --cfg-options '
+               f'model.neck.in_channels=[16,32,64]'),
+    'icneck_maps': (VIM, None, dict(type='ICNeck', in_channels=[32] * 3),
+                    f'model.neck (ICNeck) takes 3 maps of in_channels [32, 32, 32], but {VIM_GIVES}: give '
+                    f'model.backbone.out_indices 3 entries'),
+    'rfp': (VSSM, None, dict(type='RFP', in_channels=[16, 32, 64], out_channels=8, num_outs=5, rfp_steps=2,
+                             rfp_backbone=dict(type='DetectoRS_ResNet'), aspp_out_channels=4),
+            f"model.neck (RFP) takes the image before the maps (DetectoRS_ResNet with output_img=True gives it) and "
+            f"runs its rfp_backbone on it, but {VSSM_GIVES}: use an FPN in its place (type='FPN', "
+            f"in_channels=[16,32,64], without RFP's rfp_steps, rfp_backbone and aspp_out_channels)"),
+    'global_average_pooling': (VSSM, [_fpn([16, 32, 64]), dict(type='GlobalAveragePooling')],
+                               dict(type='GlobalAveragePooling'),
+                               f"model.neck (GlobalAveragePooling) pools a tuple of maps or one bare map, but "
+                               f"{VSSM_GIVES}, as a list: put a neck that gives a tuple of maps before it "
+                               f"(neck=[dict(type='FPN', ...), dict(type='GlobalAveragePooling', ...)])"),
     'fpn_of_a_list': (VSSM, None, [_fpn(RESNET_WIDTHS), dict(type='DyHead', in_channels=32)],
                       f'model.neck.0 (FPN) takes 4 maps of in_channels {RESNET_WIDTHS}, but {VSSM_GIVES}: set '
                       f'--cfg-options model.neck.0.in_channels=[16,32,64]'),
@@ -320,6 +342,8 @@ BUILT_NECKS = {   # (scope, neck config, channels and strides of the maps it get
                           norm_cfg=BN), ([8, 16, 32], STRIDES3), [16, 16]),
     'feature2pyramid': ('mmseg', dict(type='Feature2Pyramid', embed_dim=8, norm_cfg=BN), ([8] * 4, [16] * 4),
                         [4, 8, 16, 32]),
+    'icneck': ('mmseg', dict(type='ICNeck', in_channels=(8, 16, 32), out_channels=4), ([8, 16, 32], STRIDES3),
+               [16, 8, 8]),
     'feature2pyramid_without_4x': ('mmseg', dict(type='Feature2Pyramid', embed_dim=8, rescales=[2, 1, 0.5, 0.25],
                                                  norm_cfg=BN), ([8] * 4, [16] * 4), [8, 16, 32, 64]),
 }
@@ -396,6 +420,79 @@ def test_the_sizes_that_fit_a_neck_pass():
     for kind in ('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN'):
         neck = dict(type=kind, in_channels=[16, 32, 64], out_channels=8, **({'num_outs': 3} if kind == 'PAFPN' else {}))
         assert map_fit.neck_input_problem(dict(backbone=VSSM, neck=neck)) is None
+
+
+# The necks judged since SSDNeck, RFP, ICNeck and GlobalAveragePooling were passed over (they failed in the first
+# forward), and HRFPN's widths: (scope, backbone, neck, whether the check refuses it and its forward fails)
+VSSM4 = dict(VSSM, out_indices=(0, 1, 2, 3))     # 8, 16, 32, 64 channels at strides 4 .. 32
+RFP = dict(type='RFP', in_channels=[16, 32, 64], out_channels=8, num_outs=5, rfp_steps=2, aspp_out_channels=4,
+           rfp_backbone=dict(type='DetectoRS_ResNet', depth=50, rfp_inplanes=8, out_indices=(0, 1, 2, 3)))
+HRFPN = dict(type='HRFPN', out_channels=8, num_outs=3)     # (5 would pool a 64-pixel image's first map by 16)
+FORWARDS = {
+    'ssd': ('mmdet', VSSM, dict(SSD, in_channels=(16, 32, 64), out_channels=(16, 32, 64, 8, 8)), False),
+    'ssd_of_resnet_widths': ('mmdet', VSSM, SSD, True),
+    'ssd_last_width': ('mmdet', VSSM, dict(SSD, in_channels=(16, 32, 60), out_channels=(16, 32, 60, 8, 8)), True),
+    'icneck': ('mmseg', VSSM, dict(type='ICNeck', in_channels=(16, 32, 64), out_channels=8), False),
+    'icneck_of_resnet_widths': ('mmseg', VSSM, dict(type='ICNeck', out_channels=8), True),
+    'icneck_of_two_maps': ('mmseg', VIM, dict(type='ICNeck', in_channels=(32, 32, 32), out_channels=8), True),
+    'rfp': ('mmdet', VSSM, RFP, True),
+    'rfp_of_a_map_less': ('mmdet', VSSM, dict(RFP, in_channels=[32, 64]), True),     # a map taken for the image
+    'gap_of_a_list': ('mmdet', VSSM, dict(type='GlobalAveragePooling'), True),
+    'gap_after_fpn': ('mmdet', VSSM, [_fpn([16, 32, 64]), dict(type='GlobalAveragePooling')], False),
+    'gap_of_a_bare_map': ('mmdet', dict(VIM, out_indices=[3]), dict(type='GlobalAveragePooling'), False),
+    # HRFPN concatenates its maps before one convolution of sum(in_channels): widths in another order fit
+    'hrfpn_widths_in_another_order': ('mmdet', VSSM, dict(HRFPN, in_channels=[32, 16, 64]), False),
+    'hrfpn_of_other_widths': ('mmdet', VSSM, dict(HRFPN, in_channels=[32, 16, 62]), True),
+    'hrfpn_of_one_size': ('mmdet', VIM, dict(HRFPN, in_channels=[32, 32]), True),
+    # NASFCOS_FPN's 1x1 convolution of in_channels[i] takes the map i (from start_level): there the order counts
+    'nasfcos_fpn_widths_in_another_order': ('mmdet', VSSM4, dict(type='NASFCOS_FPN', in_channels=[8, 32, 16, 64],
+                                                                 out_channels=8, num_outs=5, norm_cfg=BN), True),
+}
+
+
+def _our_maps(scope: str, backbone: dict) -> list:
+    """The maps our ``backbone`` (its config in the tests' short form), built as mmdet or mmseg (``scope``) builds
+    it, gives for one 64x64 image: a list, or mmdet's one LocalVim map bare."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
+
+    import detection.local_mamba  # noqa: F401  (our backbones in both registries)
+    import segmentation.local_mamba  # noqa: F401
+
+    directions = LOCAL_VSSM_TINY_DIRECTIONS if backbone['type'] == 'MM_LocalVSSM' else LOCAL_VIM_TINY_DIRECTIONS
+    init_default_scope(scope)
+    torch.manual_seed(0)
+    built = MODELS.build(dict(backbone, directions=directions[:4])).eval()
+    with torch.no_grad():
+        return built(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize('scope, backbone, neck, refused', FORWARDS.values(), ids=FORWARDS.keys())
+def test_the_check_refuses_a_neck_exactly_where_its_forward_fails(scope, backbone, neck, refused):
+    """The real neck, built by mmdet or mmseg, on the maps our built backbone gives: the check passes it iff its
+    forward works; where it works, the channels the check follows are those of the maps it gives."""
+    require('mmdet')
+    require('mmseg')
+    import mmdet.models  # noqa: F401  (the necks of both in their registries)
+    import mmseg.models  # noqa: F401
+    from mmengine.registry import MODELS
+
+    problem = map_fit.neck_input_problem(dict(backbone=backbone, neck=neck), bare_single_map=scope == 'mmdet')
+    assert (problem is not None) == refused, problem
+    maps = _our_maps(scope, backbone)
+    parts = neck if isinstance(neck, list) else [neck]
+    built = torch.nn.Sequential(*[MODELS.build(copy.deepcopy(part)) for part in parts]).eval()
+    try:
+        with torch.no_grad():
+            given = built(maps)
+    except (AssertionError, RuntimeError, TypeError) as error:
+        assert refused, f'{problem} / {error!r}'
+        return
+    assert not refused
+    if isinstance(neck, dict) and isinstance(maps, list):
+        follows = neck_gives(neck['type'], neck, NeckMaps([m.shape[1] for m in maps], None), len(maps))
+        assert [m.shape[1] for m in given] == follows.channels
 
 
 # ---------------------------------------------------------------------------------------------------------------------
