@@ -8,10 +8,10 @@ one map, or at least one per ``scales`` entry), HRFPN (as many maps, of sum(in_c
 (its ``in_channels`` also begin its ``out_channels``), ICNeck (three maps), YOLOV3Neck (its ``in_channels`` deepest
 map first), BFP, DyHead and Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map
 only); RFP, which takes the image before the maps, is refused on ours; SimpleFPN, which takes one bare map of the
-backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, YOLOXPAFPN, CSPNeXtPAFPN and HRFPN strides
-that double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list (:func:`list_misfit`). Any other neck,
-and settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for those
-:func:`neck_gives` names; a neck (or a segmentation head) after any other is not judged."""
+backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, YOLOXPAFPN, CSPNeXtPAFPN, YOLOV3Neck, DyHead
+and HRFPN strides that double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list (:func:`list_misfit`).
+Any other neck, and settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for
+those :func:`neck_gives` names; a neck (or a segmentation head) after any other is not judged."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -25,12 +25,13 @@ TUPLE_NECKS = ('JPU',)
 
 
 # Necks that combine their maps at fixed sizes: MLANeck adds them as they are (so they must be of one size); PAFPN's
-# bottom-up path adds each map, halved by a stride-2 convolution, to the next, YOLOX's and RTMDet's PAFPN
-# concatenate each map, upsampled by 2, with the one before, and HRFPN concatenates its map i, upsampled by 2**i, with
-# the first (so their strides must double from one map to the next); the words that say how, by neck.
+# bottom-up path and DyHead add each map, halved by a stride-2 convolution, to the next, YOLOX's, RTMDet's and YOLOv3's
+# necks concatenate each map, upsampled by 2, with the one before, and HRFPN concatenates its map i, upsampled by 2**i,
+# with the first (so their strides must double from one map to the next); the words that say how, by neck.
 ONE_SIZE_NECKS = ('MLANeck',)
-DOUBLING_NECKS = dict(dict.fromkeys(('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN'),
+DOUBLING_NECKS = dict(dict.fromkeys(('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'YOLOV3Neck'),
                                     'combines each map with the next at twice its stride'),
+                      DyHead='adds each map, halved by a stride-2 convolution, to the next',
                       HRFPN='upsamples its map i by 2**i onto the first')
 
 # Necks that pool a tuple of maps, or one bare map, and raise a TypeError on a list (as our backbones give): mmdet's

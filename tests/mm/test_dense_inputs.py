@@ -232,7 +232,7 @@ def test_a_wrapped_model_is_named_by_its_key_and_unknown_necks_are_left_alone():
         'model.module.neck (FPN) takes 2 maps of in_channels [16, 32], but model.module.backbone (MM_LocalVSSM, '
         'out_indices [1, 3]) gives 2 maps of [16, 64] channels (stages 1, 3): set --cfg-options '
         'model.module.neck.in_channels=[16,64]')
-    yolo = dict(backbone=dict(VSSM, out_indices=[1, 3]), neck=dict(type='YOLOV3Neck', in_channels=[64, 16]),
+    yolo = dict(backbone=dict(VSSM, out_indices=[1, 2]), neck=dict(type='YOLOV3Neck', in_channels=[32, 16]),
                 decode_head=dict(type='FCNHead', in_index=7, in_channels=3))
     assert map_fit.neck_input_problem(yolo) is None
     unknown = dict(yolo, neck=dict(type='SSDNeck', in_channels=[3, 3]))

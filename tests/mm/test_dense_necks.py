@@ -22,6 +22,7 @@ VSSM_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps
               '(stages 1, 2, 3)')
 VIM = dict(type='MM_LocalVim', embed_dim=32, depth=4, out_indices=[1, 3])
 VIM_GIVES = 'model.backbone (MM_LocalVim, out_indices [1, 3]) gives 2 maps of [32, 32] channels (layers 1, 3)'
+VIM1 = dict(VIM, out_indices=[3])     # one map (in a list: mmseg's)
 VIM4 = dict(VIM, out_indices=[0, 1, 2, 3])
 VIM4_GIVES = ('model.backbone (MM_LocalVim, out_indices [0, 1, 2, 3]) gives 4 maps of [32, 32, 32, 32] channels '
               '(layers 0, 1, 2, 3)')
@@ -75,9 +76,9 @@ REFUSALS = {
     'bfp_widths': (VSSM, None, dict(type='BFP', in_channels=16, num_levels=3),
                    f"model.neck (BFP) takes 3 maps of in_channels 16, but {VSSM_GIVES}: {ONE_WIDTH}"
                    f"dict(type='BFP', ...)])"),
-    'dyhead': (VIM, dict(type='DyHead', in_channels=32), dict(type='DyHead', in_channels=256),
-               f'model.neck (DyHead) takes maps of in_channels 256, but {VIM_GIVES}: set --cfg-options '
-               f'model.neck.in_channels=32'),
+    'dyhead': (VIM1, dict(type='DyHead', in_channels=32), dict(type='DyHead', in_channels=256),
+               'model.neck (DyHead) takes maps of in_channels 256, but model.backbone (MM_LocalVim, out_indices [3]) '
+               'gives 1 map of [32] channels (layer 3): set --cfg-options model.neck.in_channels=32'),
     'feature2pyramid': (VIM4, dict(type='Feature2Pyramid', embed_dim=32), dict(type='Feature2Pyramid', embed_dim=192),
                         f'model.neck (Feature2Pyramid) takes 4 maps of embed_dim 192 channels (one per rescales '
                         f'entry), but {VIM4_GIVES}: set --cfg-options model.neck.embed_dim=32'),
@@ -444,6 +445,18 @@ FORWARDS = {
     'hrfpn_widths_in_another_order': ('mmdet', VSSM, dict(HRFPN, in_channels=[32, 16, 64]), False),
     'hrfpn_of_other_widths': ('mmdet', VSSM, dict(HRFPN, in_channels=[32, 16, 62]), True),
     'hrfpn_of_one_size': ('mmdet', VIM, dict(HRFPN, in_channels=[32, 32]), True),
+    # DyHead adds each map, halved by a stride-2 convolution, to the next; YOLOv3's neck each, upsampled by 2, to the
+    # one before: on LocalVim's one size both fail
+    'dyhead_of_one_size': ('mmdet', VIM, dict(type='DyHead', in_channels=32, out_channels=16, num_blocks=1), True),
+    'dyhead_of_doubling_strides': ('mmdet', VSSM, [dict(type='ChannelMapper', in_channels=[16, 32, 64],
+                                                        out_channels=16),
+                                                   dict(type='DyHead', in_channels=16, out_channels=16, num_blocks=1)],
+                                   False),
+    'yolov3_of_one_size': ('mmdet', VIM, dict(type='YOLOV3Neck', num_scales=2, in_channels=[32, 32],
+                                              out_channels=[8, 8]), True),
+    'yolov3_of_doubling_strides': ('mmdet', dict(VSSM, out_indices=(1, 2)),
+                                   dict(type='YOLOV3Neck', num_scales=2, in_channels=[32, 16], out_channels=[8, 8]),
+                                   False),
     # NASFCOS_FPN's 1x1 convolution of in_channels[i] takes the map i (from start_level): there the order counts
     'nasfcos_fpn_widths_in_another_order': ('mmdet', VSSM4, dict(type='NASFCOS_FPN', in_channels=[8, 32, 16, 64],
                                                                  out_channels=8, num_outs=5, norm_cfg=BN), True),
