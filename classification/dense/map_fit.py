@@ -116,9 +116,10 @@ def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: s
         elif bare_map and key == first and judges(kind):
             return _bare_map_problem(where, key, neck, given), None
         as_list = list_misfit(kind) if key == first and not bare_map else None    # our backbones give a list
-        problem = (_misfit_line(f'{key} ({kind})', neck_misfit(kind, neck, key, channels, source), given)
-                   or _misfit_line(f'{key} ({kind})', size_misfit(kind, strides), f'{given}, of strides {strides}')
-                   or _misfit_line(f'{key} ({kind})', as_list, f'{given}, as a list'))
+        name = f'{key} ({kind})'
+        problem = (_misfit_line(name, neck_misfit(kind, neck, key, channels, source), given)
+                   or _misfit_line(name, size_misfit(kind, strides, neck), f'{given}, of strides {strides}')
+                   or _misfit_line(name, as_list, f'{given}, as a list'))
         if problem:
             return problem, None
         gives = neck_gives(kind, neck, NeckMaps(channels, strides), len(channels))

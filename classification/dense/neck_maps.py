@@ -29,6 +29,8 @@ TUPLE_NECKS = ('JPU',)
 # necks concatenate each map, upsampled by 2, with the one before, and HRFPN concatenates its map i, upsampled by 2**i,
 # with the first (so their strides must double from one map to the next); the words that say how, by neck.
 ONE_SIZE_NECKS = ('MLANeck',)
+# Of the doubling necks, those that combine only their maps start_level to end_level (as FPN reads them).
+LEVEL_NECKS = ('PAFPN',)
 DOUBLING_NECKS = dict(dict.fromkeys(('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'YOLOV3Neck'),
                                     'combines each map with the next at twice its stride'),
                       DyHead='adds each map, halved by a stride-2 convolution, to the next',
@@ -242,9 +244,14 @@ def neck_misfit(kind: str, neck: dict, key: str, channels: list[int], source: st
     return judge(dict(neck, type=kind), key, list(channels), source) if judge and channels else None
 
 
-def size_misfit(kind: str, strides: Optional[Sequence[int]]) -> Optional[Misfit]:
-    """How the neck class ``kind`` cannot combine maps of ``strides`` (of :data:`ONE_SIZE_NECKS` or
-    :data:`DOUBLING_NECKS`); None where it can, or where the strides are not known."""
+def size_misfit(kind: str, strides: Optional[Sequence[int]], neck: Optional[dict] = None) -> Optional[Misfit]:
+    """How the neck class ``kind`` (its config ``neck``) cannot combine maps of ``strides`` (of
+    :data:`ONE_SIZE_NECKS` or :data:`DOUBLING_NECKS`); None where it can, or where the strides are not known. A
+    PAFPN combines only its maps ``start_level`` to ``end_level`` (:data:`LEVEL_NECKS`): the others may be of any
+    stride."""
+    if kind in LEVEL_NECKS and strides:
+        levels = _levels(neck or {}, len(strides))
+        strides = strides[levels[0]:levels[1]] if levels else None   # None: settings the neck refuses itself
     if not strides or len(strides) < 2:
         return None
     if kind in ONE_SIZE_NECKS and len(set(strides)) > 1:

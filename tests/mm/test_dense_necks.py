@@ -457,6 +457,12 @@ FORWARDS = {
     'yolov3_of_doubling_strides': ('mmdet', dict(VSSM, out_indices=(1, 2)),
                                    dict(type='YOLOV3Neck', num_scales=2, in_channels=[32, 16], out_channels=[8, 8]),
                                    False),
+    # PAFPN combines its maps from start_level on: a map before it may be of any stride (4, then 16 and 32)
+    'pafpn_after_its_start_level': ('mmdet', dict(VSSM, out_indices=(0, 2, 3)),
+                                    dict(type='PAFPN', in_channels=[8, 32, 64], out_channels=8, num_outs=3,
+                                         start_level=1), False),
+    'pafpn_of_strides_4_16_32': ('mmdet', dict(VSSM, out_indices=(0, 2, 3)),
+                                 dict(type='PAFPN', in_channels=[8, 32, 64], out_channels=8, num_outs=3), True),
     # NASFCOS_FPN's 1x1 convolution of in_channels[i] takes the map i (from start_level): there the order counts
     'nasfcos_fpn_widths_in_another_order': ('mmdet', VSSM4, dict(type='NASFCOS_FPN', in_channels=[8, 32, 16, 64],
                                                                  out_channels=8, num_outs=5, norm_cfg=BN), True),
