@@ -1,9 +1,10 @@
 """Whether a det/seg model's necks and heads are set for the maps our backbone gives, checked on its config before
 mmengine builds it: the channels each neck (or each of a list of necks) takes, the ``in_index`` / ``in_channels`` of
-the segmentation heads, and the strides of the detection heads' anchors, points and RoI extractors. Each check returns
-the one-line error with the ``--cfg-options`` that fit (None when all fits); mmdet and mmseg would end in a bare
-AssertionError, an IndexError or a convolution's channel error after building the datasets, or train silently wrong.
-What each neck takes and gives is :mod:`.neck_maps`'s."""
+the segmentation heads, the in_channels of the detection heads that take one entry per map (SSD's, YOLOv3's), and
+the strides of the detection heads' anchors, points and RoI extractors. Each check returns the one-line error with
+the ``--cfg-options`` that fit (None when all fits); mmdet and mmseg would end in a bare AssertionError, an
+IndexError or a convolution's channel error after building the datasets, or train silently wrong. What each neck
+takes and gives is :mod:`.neck_maps`'s."""
 from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
@@ -149,6 +150,29 @@ def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
     return None
 
 
+# mmdet's detection heads whose in_channels hold one entry per map they get, in the order given: SSD's (PISA's is
+# one), which zips them with its anchor generator's levels, and YOLOv3's (YOLOV3Neck's maps, the deepest first).
+MAP_LIST_HEADS = ('SSDHead', 'PISASSDHead', 'YOLOV3Head')
+
+
+def _list_head_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
+    """The ``bbox_head`` of :data:`MAP_LIST_HEADS` of the detector ``node`` at ``where`` whose in_channels are not
+    the channels of the maps ``given`` to it (by the neck, or by the backbone); None where they are, or for any other
+    head. Of the same number of maps the line's ``--cfg-options`` set them; of another it says what to change."""
+    head, key = node.get('bbox_head'), f'{where}.bbox_head'
+    if not isinstance(head, dict) or type_name(head) not in MAP_LIST_HEADS:
+        return None
+    expected = head.get('in_channels')
+    if not isinstance(expected, (list, tuple)) or list(expected) == given.channels:
+        return None
+    label, takes = f'{key} ({type_name(head)})', f'takes {len(expected)} maps of in_channels {list(expected)}'
+    fix = f'{key}.in_channels={option_list(given.channels, isinstance(expected, tuple))}'
+    if len(expected) == len(given.channels):
+        return _fit_problem(label, takes, given.words, fix)
+    return (f'{label} {takes}, but {given.words}: give it {len(expected)} maps, or set {fix} and its other per-map '
+            f'settings (its prior generator\'s levels, its strides) to {len(given.channels)} entries')
+
+
 def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optional[str]:
     """A neck or a segmentation head set for other maps than it gets (another number, or other channels), e.g. after
     a change of the backbone's out_indices or width: mmdet's FPN and mmseg's heads end in a bare AssertionError, an
@@ -156,7 +180,8 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
     :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, SSD's, ICNet's, ...; RFP,
     which no backbone of ours can feed; GlobalAveragePooling, which refuses our list of maps), SimpleFPN (one map of
     ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the ``in_index`` /
-    ``in_channels`` of ``decode_head`` and ``auxiliary_head`` against the maps of the backbone, or of the neck where
+    ``in_channels`` of ``decode_head`` and ``auxiliary_head``, and the in_channels of a detector's ``bbox_head`` of
+    :data:`MAP_LIST_HEADS` (SSD's, YOLOv3's), against the maps of the backbone, or of the neck where
     :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not judged), named by their keys
     under ``model`` (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's
     registration), which only SimpleFPN takes."""
@@ -177,7 +202,7 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
             problem, given = _follow_necks(where, _neck_chain(node['neck'], f'{where}.neck'), maps, words, bare_map)
             if problem:
                 return problem
-        problem = _heads_problem(where, node, given) if given else None
+        problem = (_heads_problem(where, node, given) or _list_head_problem(where, node, given)) if given else None
         if problem:
             return problem
     return None

@@ -1,9 +1,9 @@
 """The det/seg tools' neck check beyond FPN: the other necks of mmdet and mmseg that our backbones may feed (FPN's kin,
 BFP, DyHead, SSH, YOLO's, the last-map necks, SSD's, DetectoRS's RFP, ReID's GlobalAveragePooling, mmseg's ViT
 necks and ICNet's) and lists of necks, where each neck takes the maps the one before gives, and the segmentation heads
-after a neck, which take the maps it gives. A neck or a head set for other maps ends in one line whose --cfg-options
-fit it; the channels and strides the check follows through a neck are those of the maps mmdet's and mmseg's built
-necks give."""
+and SSD's and YOLOv3's detection heads after a neck, which take the maps it gives. A neck or a head set for other
+maps ends in one line whose --cfg-options fit it; the channels and strides the check follows through a neck are those
+of the maps mmdet's and mmseg's built necks give."""
 import argparse
 import copy
 import os
@@ -619,3 +619,70 @@ def test_mmsegs_vit_upernet_on_a_local_vim_is_fitted_through_its_multi_level_nec
     assert [m.shape[1] for m in maps] == [32] * 4
     loss = loss_and_grads(segmentor, seg_batch())
     assert loss.isfinite() and loss > 0
+
+
+# Detection heads that take one in_channels entry per map the neck gives: (backbone, neck, head, whether the check
+# refuses it and the head's forward on the neck's maps fails)
+SSD_FITS = dict(SSD, in_channels=(16, 32), out_channels=(16, 32, 8, 8))     # stages 1, 2: then two maps of 8
+SSD_HEAD = dict(type='SSDHead', num_classes=3, in_channels=(16, 32, 8, 8),
+                anchor_generator=dict(type='SSDAnchorGenerator', scale_major=False, input_size=300,
+                                      basesize_ratio_range=(0.15, 0.9), strides=[8, 16, 32, 64], ratios=[[2]] * 4))
+YOLOV3_NECK = dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16], out_channels=[16, 8, 4])
+YOLOV3_HEAD = dict(type='YOLOV3Head', num_classes=3, in_channels=[16, 8, 4], out_channels=[8, 8, 8],
+                   featmap_strides=[32, 16, 8])
+VSSM12 = dict(VSSM, out_indices=(1, 2))
+HEAD_FORWARDS = {
+    'ssd_head': (VSSM12, SSD_FITS, SSD_HEAD, False),
+    'ssd_head_of_vgg_widths': (VSSM12, SSD_FITS, dict(SSD_HEAD, in_channels=(512, 1024, 8, 8)), True),
+    'pisa_ssd_head_of_vgg_widths': (VSSM12, SSD_FITS, dict(SSD_HEAD, type='PISASSDHead', in_channels=(512, 1024, 8, 8)),
+                                    True),
+    'yolov3_head': (VSSM, YOLOV3_NECK, YOLOV3_HEAD, False),
+    'yolov3_head_of_darknet_widths': (VSSM, YOLOV3_NECK, dict(YOLOV3_HEAD, in_channels=[512, 256, 128]), True),
+    'yolov3_head_of_a_map_more': (VSSM12, dict(YOLOV3_NECK, num_scales=2, in_channels=[32, 16], out_channels=[8, 4]),
+                                  dict(YOLOV3_HEAD, in_channels=[8, 4, 4]), True),
+}
+
+
+@pytest.mark.parametrize('backbone, neck, head, refused', HEAD_FORWARDS.values(), ids=HEAD_FORWARDS.keys())
+def test_the_check_refuses_a_detection_head_of_map_widths_exactly_where_its_forward_fails(backbone, neck, head,
+                                                                                          refused):
+    """SSD's and YOLOv3's heads, built by mmdet, on the maps the real neck gives from our built backbone's; where
+    the line has --cfg-options, the head they set takes the maps."""
+    require('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    cfg = Config(dict(model=dict(backbone=backbone, neck=neck, bbox_head=copy.deepcopy(head))))
+    problem = map_fit.neck_input_problem(cfg.model, bare_single_map=True)
+    assert (problem is not None) == refused, problem
+    ours = _our_maps('mmdet', backbone)     # (in mmdet's default scope)
+    with torch.no_grad():
+        maps = MODELS.build(copy.deepcopy(neck)).eval()(ours)
+        try:
+            MODELS.build(copy.deepcopy(head)).eval()(maps)
+        except (AssertionError, RuntimeError):
+            assert refused, problem
+        else:
+            assert not refused
+        if refused and 'set --cfg-options' in problem:
+            _apply_advice(cfg, problem)
+            assert map_fit.neck_input_problem(cfg.model) is None
+            MODELS.build(cfg.model.bbox_head).eval()(maps)
+
+
+def test_an_ssd300_is_fitted_through_its_neck_and_head_and_runs():
+    """mmdet's SSD300 on stages 1 and 2 (strides 8 and 16, as VGG's maps): the neck's advice alone left the head of
+    VGG's widths, whose first convolution refused the maps; both lines' advice, one after another, fit it."""
+    require('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    cfg = _mmdet_model('ssd/ssd300_coco.py', out_indices=(1, 2))     # 32 and 64 channels
+    assert _follow_advice(cfg) == ['model.neck.in_channels=(32,64) model.neck.out_channels=(32,64,512,256,256,256)',
+                                   'model.bbox_head.in_channels=(32,64,512,256,256,256)']
+    init_default_scope('mmdet')
+    detector = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        scores, boxes = detector._forward(torch.zeros(1, 3, 300, 300))
+    assert [s.shape[-1] for s in scores] == [38, 19, 10, 5, 3, 1]
+    assert [b.shape[1] for b in boxes] == [4 * n for n in detector.bbox_head.prior_generator.num_base_priors]
