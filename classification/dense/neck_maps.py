@@ -8,10 +8,10 @@ one map, or at least one per ``scales`` entry), HRFPN (as many maps, of sum(in_c
 (its ``in_channels`` also begin its ``out_channels``), ICNeck (three maps), YOLOV3Neck (its ``in_channels`` deepest
 map first), BFP, DyHead and Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map
 only); RFP, which takes the image before the maps, is refused on ours; SimpleFPN, which takes one bare map of the
-backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, YOLOXPAFPN, CSPNeXtPAFPN, YOLOV3Neck, DyHead
-and HRFPN strides that double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list (:func:`list_misfit`).
-Any other neck, and settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for
-those :func:`neck_gives` names; a neck (or a segmentation head) after any other is not judged."""
+backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, FPG, YOLOXPAFPN, CSPNeXtPAFPN, YOLOV3Neck,
+DyHead and HRFPN strides that double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list
+(:func:`list_misfit`). Any other neck, and settings a neck refuses itself, are passed over (None). The maps a neck
+gives on are known for those :func:`neck_gives` names; a neck (or a head) after any other is not judged."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -26,14 +26,17 @@ TUPLE_NECKS = ('JPU',)
 
 # Necks that combine their maps at fixed sizes: MLANeck adds them as they are (so they must be of one size); PAFPN's
 # bottom-up path and DyHead add each map, halved by a stride-2 convolution, to the next, YOLOX's, RTMDet's and YOLOv3's
-# necks concatenate each map, upsampled by 2, with the one before, and HRFPN concatenates its map i, upsampled by 2**i,
-# with the first (so their strides must double from one map to the next); the words that say how, by neck.
+# necks concatenate each map, upsampled by 2, with the one before, HRFPN concatenates its map i, upsampled by 2**i,
+# with the first, and FPG's grid fuses each map with both neighbours (so their strides must double from one map to the
+# next); the words that say how, by neck.
 ONE_SIZE_NECKS = ('MLANeck',)
 # Of the doubling necks, those that combine only their maps start_level to end_level (as FPN reads them).
-LEVEL_NECKS = ('PAFPN',)
+LEVEL_NECKS = ('PAFPN', 'FPG')
 DOUBLING_NECKS = dict(dict.fromkeys(('PAFPN', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'YOLOV3Neck'),
                                     'combines each map with the next at twice its stride'),
                       DyHead='adds each map, halved by a stride-2 convolution, to the next',
+                      FPG='fuses each map with the one before, halved by a stride-2 convolution, and the next, '
+                          'upsampled by 2',
                       HRFPN='upsamples its map i by 2**i onto the first')
 
 # Necks that pool a tuple of maps, or one bare map, and raise a TypeError on a list (as our backbones give): mmdet's
@@ -247,8 +250,8 @@ def neck_misfit(kind: str, neck: dict, key: str, channels: list[int], source: st
 def size_misfit(kind: str, strides: Optional[Sequence[int]], neck: Optional[dict] = None) -> Optional[Misfit]:
     """How the neck class ``kind`` (its config ``neck``) cannot combine maps of ``strides`` (of
     :data:`ONE_SIZE_NECKS` or :data:`DOUBLING_NECKS`); None where it can, or where the strides are not known. A
-    PAFPN combines only its maps ``start_level`` to ``end_level`` (:data:`LEVEL_NECKS`): the others may be of any
-    stride."""
+    PAFPN or FPG combines only its maps ``start_level`` to ``end_level`` (:data:`LEVEL_NECKS`): the others may be of
+    any stride."""
     if kind in LEVEL_NECKS and strides:
         levels = _levels(neck or {}, len(strides))
         strides = strides[levels[0]:levels[1]] if levels else None   # None: settings the neck refuses itself

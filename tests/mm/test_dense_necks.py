@@ -429,6 +429,7 @@ VSSM4 = dict(VSSM, out_indices=(0, 1, 2, 3))     # 8, 16, 32, 64 channels at str
 RFP = dict(type='RFP', in_channels=[16, 32, 64], out_channels=8, num_outs=5, rfp_steps=2, aspp_out_channels=4,
            rfp_backbone=dict(type='DetectoRS_ResNet', depth=50, rfp_inplanes=8, out_indices=(0, 1, 2, 3)))
 HRFPN = dict(type='HRFPN', out_channels=8, num_outs=3)     # (5 would pool a 64-pixel image's first map by 16)
+FPG_FUSED = dict(FPG, stack_times=1, paths=['bu'], skip_inds=[()] * 5)
 FORWARDS = {
     'ssd': ('mmdet', VSSM, dict(SSD, in_channels=(16, 32, 64), out_channels=(16, 32, 64, 8, 8)), False),
     'ssd_of_resnet_widths': ('mmdet', VSSM, SSD, True),
@@ -463,6 +464,14 @@ FORWARDS = {
                                          start_level=1), False),
     'pafpn_of_strides_4_16_32': ('mmdet', dict(VSSM, out_indices=(0, 2, 3)),
                                  dict(type='PAFPN', in_channels=[8, 32, 64], out_channels=8, num_outs=3), True),
+    # FPG's grid fuses each map with the one before, halved by a stride-2 convolution, and the next, upsampled by 2
+    # (every map in its one stack here): from start_level on their strides must double
+    'fpg_of_one_size': ('mmdet', VIM4, dict(FPG_FUSED, in_channels=[32] * 4, start_level=0, num_outs=4), True),
+    'fpg_of_doubling_strides': ('mmdet', VSSM4, dict(FPG_FUSED, start_level=0), False),
+    'fpg_after_its_start_level': ('mmdet', dict(VSSM, out_indices=(0, 2, 3)),
+                                  dict(FPG_FUSED, in_channels=[8, 32, 64], start_level=1, num_outs=3), False),
+    'fpg_of_strides_4_16_32': ('mmdet', dict(VSSM, out_indices=(0, 2, 3)),
+                               dict(FPG_FUSED, in_channels=[8, 32, 64], start_level=0, num_outs=3), True),
     # NASFCOS_FPN's 1x1 convolution of in_channels[i] takes the map i (from start_level): there the order counts
     'nasfcos_fpn_widths_in_another_order': ('mmdet', VSSM4, dict(type='NASFCOS_FPN', in_channels=[8, 32, 16, 64],
                                                                  out_channels=8, num_outs=5, norm_cfg=BN), True),
