@@ -3,15 +3,16 @@ channels a neck is set for (and the ``--cfg-options`` that set it for other maps
 maps it gives on. The det/seg checks of map_fit follow our backbone's maps through a neck, or through a list
 of necks, which mmengine chains (each takes the maps the one before gives).
 
-Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order; MultiLevelNeck takes
-one map, or at least one per ``scales`` entry), HRFPN (as many maps, of sum(in_channels) channels in all), SSDNeck
-(its ``in_channels`` also begin its ``out_channels``), ICNeck (three maps), YOLOV3Neck (its ``in_channels`` deepest
-map first), BFP, DyHead and Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map
-only); RFP, which takes the image before the maps, is refused on ours; SimpleFPN, which takes one bare map of the
-backbone, is judged by map_fit. MLANeck needs maps of one size, PAFPN, FPG, YOLOXPAFPN, CSPNeXtPAFPN, YOLOV3Neck,
-DyHead and HRFPN strides that double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list
-(:func:`list_misfit`). Any other neck, and settings a neck refuses itself, are passed over (None). The maps a neck
-gives on are known for those :func:`neck_gives` names; a neck (or a head) after any other is not judged."""
+Judged: the necks of :data:`MAP_LIST_NECKS` (``in_channels``: one entry per map, in order; FPN and its kin read
+only those of their maps start_level to end_level; MultiLevelNeck takes one map, or at least one per ``scales``
+entry), HRFPN (as many maps, of sum(in_channels) channels in all), SSDNeck (its ``in_channels`` also begin its
+``out_channels``), ICNeck (three maps), YOLOV3Neck (its ``in_channels`` deepest map first), BFP, DyHead and
+Feature2Pyramid (every map of one width), DilatedEncoder and CTResNetNeck (the last map only); RFP, which takes the
+image before the maps, is refused on ours; SimpleFPN, which takes one bare map of the backbone, is judged by map_fit.
+MLANeck needs maps of one size, PAFPN, FPG, YOLOXPAFPN, CSPNeXtPAFPN, YOLOV3Neck, DyHead and HRFPN strides that
+double (:func:`size_misfit`), GlobalAveragePooling a tuple, not a list (:func:`list_misfit`). Any other neck, and
+settings a neck refuses itself, are passed over (None). The maps a neck gives on are known for those
+:func:`neck_gives` names; a neck (or a head) after any other is not judged."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -22,6 +23,9 @@ MAP_LIST_NECKS = ('FPN', 'PAFPN', 'FPN_DropBlock', 'ChannelMapper', 'MultiLevelN
                   'NASFCOS_FPN', 'SSH', 'YOLOXPAFPN', 'CSPNeXtPAFPN', 'MLANeck', 'JPU')
 # Of those, the necks that refuse a list: their in_channels must be a tuple.
 TUPLE_NECKS = ('JPU',)
+# Of those, the necks that read only the in_channels entries of their maps start_level to end_level (FPN and its
+# kin): the others may be of any width, though they must be there (FPN asserts as many maps as entries).
+LEVEL_CHANNEL_NECKS = ('FPN', 'PAFPN', 'FPN_DropBlock', 'FPG', 'FPN_CARAFE', 'NASFPN', 'NASFCOS_FPN')
 
 
 # Necks that combine their maps at fixed sizes: MLANeck adds them as they are (so they must be of one size); PAFPN's
@@ -87,11 +91,19 @@ def _give_maps(source: str, count: str) -> str:
     return f'give {source}.out_indices {count} entries' if source.endswith('backbone') else f'give it {count} maps'
 
 
+def _used_entries(neck: dict, values: Sequence[int]) -> list[int]:
+    """The entries of ``values`` (one per map) that the neck ``neck`` reads: of :data:`LEVEL_CHANNEL_NECKS` those
+    start_level to end_level (all for settings the neck refuses itself), of any other neck all."""
+    levels = _levels(neck, len(values)) if neck['type'] in LEVEL_CHANNEL_NECKS else None
+    return list(values[levels[0]:levels[1]]) if levels else list(values)
+
+
 def _list_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optional[Misfit]:
-    """A neck of :data:`MAP_LIST_NECKS` whose in_channels are not ``channels``; SSH's out_channels and num_scales
-    count the maps too."""
+    """A neck of :data:`MAP_LIST_NECKS` whose in_channels are not ``channels`` (in the entries it reads; the line
+    sets them all); SSH's out_channels and num_scales count the maps too."""
     expected = neck.get('in_channels')
-    if not isinstance(expected, (list, tuple)) or list(expected) == channels:
+    if not isinstance(expected, (list, tuple)) or (
+            len(expected) == len(channels) and _used_entries(neck, expected) == _used_entries(neck, channels)):
         return None
     takes = f'takes {len(expected)} maps of in_channels {list(expected)}'
     fix = f'{key}.in_channels={option_list(channels, neck["type"] in TUPLE_NECKS)}'

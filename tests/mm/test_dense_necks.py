@@ -128,6 +128,10 @@ REFUSALS = {
                                f"model.neck (GlobalAveragePooling) pools a tuple of maps or one bare map, but "
                                f"{VSSM_GIVES}, as a list: put a neck that gives a tuple of maps before it "
                                f"(neck=[dict(type='FPN', ...), dict(type='GlobalAveragePooling', ...)])"),
+    # FPN reads only the entries start_level to end_level, and the line sets them all
+    'fpn_after_its_start_level': (VSSM, None, dict(_fpn([999, 32, 999]), num_outs=3, start_level=1),
+                                  f'model.neck (FPN) takes 3 maps of in_channels [999, 32, 999], but {VSSM_GIVES}: set '
+                                  f'--cfg-options model.neck.in_channels=[16,32,64]'),
     'fpn_of_a_list': (VSSM, None, [_fpn(RESNET_WIDTHS), dict(type='DyHead', in_channels=32)],
                       f'model.neck.0 (FPN) takes 4 maps of in_channels {RESNET_WIDTHS}, but {VSSM_GIVES}: set '
                       f'--cfg-options model.neck.0.in_channels=[16,32,64]'),
@@ -472,6 +476,14 @@ FORWARDS = {
                                   dict(FPG_FUSED, in_channels=[8, 32, 64], start_level=1, num_outs=3), False),
     'fpg_of_strides_4_16_32': ('mmdet', dict(VSSM, out_indices=(0, 2, 3)),
                                dict(FPG_FUSED, in_channels=[8, 32, 64], start_level=0, num_outs=3), True),
+    # FPN and its kin read only the in_channels entries of their maps start_level to end_level
+    'fpg_of_an_unread_width': ('mmdet', VSSM4, dict(FPG_FUSED, in_channels=[999, 16, 32, 64], num_outs=3), False),
+    'fpn_of_an_unread_first_width': ('mmdet', VSSM, dict(_fpn([999, 32, 64]), num_outs=3, start_level=1), False),
+    'fpn_of_an_unread_last_width': ('mmdet', VSSM, dict(_fpn([16, 32, 999]), num_outs=2, end_level=1), False),
+    'fpn_of_a_read_width_wrong': ('mmdet', VSSM, dict(_fpn([16, 32, 999]), num_outs=3, start_level=1), True),
+    'nasfcos_fpn_of_an_unread_width': ('mmdet', VSSM4, dict(type='NASFCOS_FPN', in_channels=[999, 16, 32, 64],
+                                                            out_channels=8, num_outs=5, start_level=1, norm_cfg=BN),
+                                       False),
     # NASFCOS_FPN's 1x1 convolution of in_channels[i] takes the map i (from start_level): there the order counts
     'nasfcos_fpn_widths_in_another_order': ('mmdet', VSSM4, dict(type='NASFCOS_FPN', in_channels=[8, 32, 16, 64],
                                                                  out_channels=8, num_outs=5, norm_cfg=BN), True),
