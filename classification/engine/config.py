@@ -32,7 +32,8 @@ import yaml
 
 from ..common import atomic_write_text
 from ..common.suggest import did_you_mean
-from ..data.defaults import DATASET_FILLED_FLAGS, filled_alike
+from ..data.defaults import DATASET_FILLED_FLAGS, NORMALIZATION_FLAGS, filled_alike
+from ..data.image_decoding import IMAGE_MODES
 from .flags import build_parser
 
 # per command, left out of args.yaml (module doc)
@@ -299,9 +300,9 @@ def check_ranges(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{_flag(dest)} must be in {lo or '(-inf'}, {hi}, got {item!r}")
     if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
         raise ConfigError(f"--cutmix-minmax takes two values (min max), got {args.cutmix_minmax!r}")
-    for dest in ("image_mean", "image_std"):
+    for dest in NORMALIZATION_FLAGS:
         values = getattr(args, dest, None)
-        if values is not None and len(values) not in (1, 3):
+        if values is not None and len(values) not in IMAGE_MODES:
             raise ConfigError(f"{_flag(dest)} takes 3 values (RGB images) or 1 (gray images, a model of in_chans=1), "
                               f"got {values!r}")
     if args.dist_port is not None and (not str(args.dist_port).isdigit() or not 0 < int(args.dist_port) < 65536):
