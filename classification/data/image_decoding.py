@@ -68,8 +68,9 @@ def _float_to_8bit(img: Image.Image, path: str) -> Image.Image:
 def _as_mode(img: Image.Image, path: str, mode: str) -> Image.Image:
     """A decoded image as 8-bit `mode` ('RGB' or 'L'): integer grayscale scaled by its bits, float by its range,
     32-bit integers refused; gray with premultiplied alpha (mode La, which Pillow converts to LA only) unpremultiplied
-    as RGBa is. Colour becomes gray by Pillow's luminance L = (299 R + 587 G + 114 B) / 1000 (ITU-R 601-2), gray
-    becomes RGB with its value in all three channels; alpha is dropped."""
+    as RGBa is, and CIELab (mode LAB, which Pillow converts to RGB only) taken to RGB. Colour becomes gray by Pillow's
+    luminance L = (299 R + 587 G + 114 B) / 1000 (ITU-R 601-2), gray becomes RGB with its value in all three
+    channels; alpha is dropped."""
     if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
         bits, signed = _gray_depth(img)
         if bits > 16:
@@ -80,6 +81,8 @@ def _as_mode(img: Image.Image, path: str, mode: str) -> Image.Image:
         img = _float_to_8bit(img, path)
     elif img.mode == "La":
         img = img.convert("LA")
+    elif img.mode == "LAB":  # Pillow converts CIELab (a TIFF's) to RGB only, by its sRGB profile
+        img = img.convert("RGB")
     return img if img.mode == mode else img.convert(mode)  # convert() would copy an RGB image (0.6 ms at 500 px)
 
 

@@ -124,6 +124,17 @@ def test_a_colour_file_for_a_gray_model_is_gray_by_pillows_luminance(tmp_path):
     assert np.asarray(load_image(str(tmp_path / "sixteen.png"), 3))[..., 1].tolist() == [[0, 4, 128, 255]]
 
 
+def test_a_cielab_tiff_for_a_gray_model_is_gray_by_the_luminance_of_its_rgb(tmp_path):
+    """A CIELab TIFF (Pillow mode LAB, which Pillow converts to RGB only) ended a gray run with Pillow's
+    'conversion from LAB to RGB not supported'; now it is taken to RGB as for an RGB model, then to its luminance."""
+    Image.new("LAB", (2, 1), (50, 10, 10)).save(tmp_path / "lab.tif")
+    rgb = load_image(str(tmp_path / "lab.tif"), 3)
+    red, green, blue = rgb.getpixel((0, 0))
+    gray = load_image(str(tmp_path / "lab.tif"), 1)
+    luminance = round((299 * red + 587 * green + 114 * blue) / 1000)
+    assert gray.mode == "L" and np.asarray(gray).tolist() == [[luminance, luminance]]
+
+
 def test_small_datasets_give_gray_images_to_a_gray_model():
     """scikit-learn's digits are gray: the 1-channel images are the RGB ones' single channel; CIFAR's colour arrays
     become gray by luminance."""
