@@ -145,14 +145,17 @@ def _flag_value(value: Any) -> str:
 
 def _built_otherwise(ckpt: Mapping[str, Any], model_kwargs: Mapping[str, Any], path: str) -> str:
     """What to add to the error of weights from `path` that do not fit the model: the `model_kwargs` its run built the
-    model with (its recorded config), when they are not the command's; '' otherwise."""
-    saved = (ckpt.get("config") or {}).get("model_kwargs") or {}
+    model with (its recorded config), when they are not the command's; '' otherwise, and for weights that record no
+    run (the released form)."""
+    config = ckpt.get("config")
+    saved = (config.get("model_kwargs") or {}) if isinstance(config, dict) else None
     if not isinstance(saved, dict) or saved == dict(model_kwargs):
         return ""
     given = " ".join(f"{key}={_flag_value(value)}" for key, value in saved.items())
     run_config = run_config_beside(path)
     whole = f" (or -c {run_config}, its run's whole config)" if run_config else ""
-    return f"; its run built the model with --model-kwargs {given}: give them{whole}"
+    built = f"with --model-kwargs {given}: give them" if saved else "with no --model-kwargs: leave them out"
+    return f"; its run built the model {built}{whole}"
 
 
 def _directions_in(path: str) -> Optional[list[list[str]]]:

@@ -374,6 +374,29 @@ def test_test_py_names_the_model_kwargs_of_a_checkpoint_built_otherwise(monkeypa
                          "num_heads=2 class_token=False global_pool=avg: give them")
 
 
+@pytest.mark.parametrize("released, hint", [
+    (True, ""), (False, "; its run built the model with no --model-kwargs: leave them out")])
+def test_weights_that_record_no_model_kwargs_give_no_empty_ones_to_give(released, hint):
+    """Released weights ({'state_dict': ...}, no run config) that do not fit a command's --model-kwargs ended their
+    error with 'its run built the model with --model-kwargs : give them'; now they name no kwargs (the error is the
+    shape mismatch alone), and a run that gave none says to leave them out."""
+    import timm
+
+    from classification.common.checkpoint_io import CheckpointError
+    from classification.engine.checkpoint import load_evaluated_weights
+
+    weights = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=1, embed_dim=32,
+                                num_heads=2).state_dict()
+    ckpt = {"state_dict": weights} if released else {"model": weights, "config": {"model_kwargs": {}}}
+    kwargs = {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 48, "num_heads": 2}
+    with pytest.raises(CheckpointError) as refused:
+        load_evaluated_weights(timm.create_model("vit_tiny_patch16_224", **kwargs), "vit_tiny_patch16_224", kwargs,
+                               ckpt, weights, "w.pth")
+    message = str(refused.value)
+    assert message.startswith("w.pth does not fit this model (another model?): shape mismatch (")
+    assert message.count(";") == hint.count(";") and message.endswith(hint)
+
+
 def test_test_py_gives_no_model_kwargs_hint_when_the_command_gives_the_runs_own(monkeypatch, capsys, tmp_path):
     """tools/test.py with the very --model-kwargs the checkpoint's run recorded, of weights that fit them not (another
     file under its name): the refusal says they do not fit and names no kwargs to give, as the command gives them."""
