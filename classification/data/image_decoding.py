@@ -16,6 +16,12 @@ TIFF_BITS_PER_SAMPLE, TIFF_SAMPLE_FORMAT, TIFF_SIGNED = 258, 339, 2
 IMAGE_MODES = {1: "L", 3: "RGB"}
 
 
+def channels_name(channels: int) -> str:
+    """How messages name images of `channels` channels: '1-channel (gray)', '3-channel (RGB)', else 'N-channel'."""
+    kind = {1: " (gray)", 3: " (RGB)"}.get(channels, "")
+    return f"{channels}-channel{kind}"
+
+
 def to_8bit(img: Image.Image, bits: int = 16) -> Image.Image:
     """A grayscale image of non-negative integers of `bits` bits scaled to 8 bits (value * 255 / (2**bits - 1),
     rounded: 16 bits by 1/257); Pillow's own conversion clips at 255."""

@@ -29,6 +29,7 @@ from timm.models import adapt_input_conv
 
 from ..common.checkpoint_io import (EMA_KEYS, CheckpointError, atomic_copy, atomic_save, is_weights_alone,
                                     load_checkpoint, saved_epoch_position, state_dict_from)
+from ..data.image_decoding import channels_name
 from ..models.directions import (CANDIDATES, checkpoint_candidates, directions_difference, load_directions,
                                  scan_directions)
 
@@ -51,6 +52,20 @@ def classifier_name(model: nn.Module) -> Optional[str]:
     config names one module by no single string."""
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     return classifier if isinstance(classifier, str) else None
+
+
+def first_conv_weights(model: nn.Module) -> list[str]:
+    """The weight keys of `model`'s first convolutions (timm's `pretrained_cfg['first_conv']`, one name or several):
+    the layers whose input channels are the image's."""
+    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    return [f"{name}.weight" for name in ((first_conv,) if isinstance(first_conv, str) else first_conv or ())]
+
+
+def _other_input_channels(own: torch.Tensor, saved: torch.Tensor) -> bool:
+    """Whether a saved first-convolution weight (out, in, kh, kw) differs from the model's `own` in its input
+    channels only."""
+    return saved.dim() == 4 == own.dim() and saved.shape[1] != own.shape[1] and (
+        saved.shape[0], *saved.shape[2:]) == (own.shape[0], *own.shape[2:])
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
@@ -77,6 +92,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
             classes = state_dict[next(iter(differing))].shape[0]   # the weight's rows or the bias's length
             parts.append(f"its classifier has {classes} classes: give --num-classes {classes} (or use the data set "
                          f"it was trained on)")
+        elif not missing and not unexpected and differing <= set(first_conv_weights(model)) and all(
+                _other_input_channels(own[key], state_dict[key]) for key in differing):
+            saved, wanted = state_dict[next(iter(differing))].shape[1], own[next(iter(differing))].shape[1]
+            parts.append(f"it takes {channels_name(saved)} images, this model {channels_name(wanted)} ones: give "
+                         f"--model-kwargs in_chans={saved}")
         raise CheckpointError(f"{path} does not fit this model (another model?): " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
@@ -203,10 +223,8 @@ def adapt_input_convs(model: nn.Module, weights: dict[str, torch.Tensor], path: 
     `path`) in place to the model's input channels, as timm's pretrained loading does (`adapt_input_conv`): 3-channel
     (RGB) filters summed over their channels for a 1-channel model. A weight timm cannot adapt is left to the load,
     which names it."""
-    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     own = model.state_dict()
-    for conv in (first_conv,) if isinstance(first_conv, str) else first_conv or ():
-        key = f"{conv}.weight"
+    for key in first_conv_weights(model):
         saved, wanted = weights.get(key), own.get(key)
         if saved is None or wanted is None or saved.dim() != 4 or saved.shape[1] == wanted.shape[1]:
             continue

@@ -16,7 +16,7 @@ from timm.models._registry import model_entrypoint
 from ..common.checkpoint_io import CheckpointError, load_checkpoint
 from ..common.suggest import did_you_mean
 from ..data.defaults import NORMALIZATION_FLAGS
-from ..data.image_decoding import IMAGE_MODES
+from ..data.image_decoding import IMAGE_MODES, channels_name
 from ..models.directions import directions_source_warnings, load_directions, model_family, validate_directions
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels, supernet_directions_error
 from .checkpoint import LAST
@@ -250,8 +250,9 @@ def image_channels(cfg: Namespace) -> int:
     for key in NORMALIZATION_FLAGS:
         values = getattr(cfg, key, None)
         if values is not None and len(values) != channels and key not in filled:
-            flag, kind = "--" + key.replace("_", "-"), "1-channel (gray)" if channels == 1 else "3-channel (RGB)"
-            raise ConfigError(f"{flag} {' '.join(map(str, values))}: {len(values)} value(s) for a model of {kind} "
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {' '.join(map(str, values))}: {len(values)} value(s) for a model of "
+                              f"{channels_name(channels)} "
                               f"images (in_chans={channels}): give {channels}, or leave {flag} unset for the "
                               f"dataset's default")
     return channels

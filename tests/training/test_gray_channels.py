@@ -18,7 +18,8 @@ from classification.data.image_decoding import load_image
 from classification.data.rand_augment import RandAugment
 from classification.data.small_datasets import ArrayImageDataset, build_digits
 from classification.data.transforms import build_transform
-from classification.engine.checkpoint import load_finetune_weights
+from classification.common.checkpoint_io import CheckpointError
+from classification.engine.checkpoint import load_evaluated_weights, load_finetune_weights
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.evaluate import test as evaluate
 from classification.engine.model_builder import build_model, check_model_flags, image_channels
@@ -206,6 +207,26 @@ def test_finetuning_a_gray_model_from_rgb_weights_sums_the_first_conv_over_rgb(
     assert all(torch.equal(value, weights[key]) for key, value in gray.state_dict().items() if key != first_conv)
     assert f"{path}: {first_conv} of 3 input channels adapted to the model's 1 (timm's adapt_input_conv)" in [
         record.getMessage() for record in localmamba_log.records]
+
+
+@pytest.mark.parametrize("name, kwargs, first_conv", [
+    ("local_vim_tiny_wo_search", dict(depth=2, embed_dim=16, patch_size=8, img_size=32), r"patch_embed\.proj\.weight"),
+    ("local_vssm_tiny_search", dict(dims=(8, 16), depths=(1, 1)), r"patch_embed\.0\.weight")])
+def test_weights_of_the_other_channel_count_are_refused_naming_the_channels(name, kwargs, first_conv):
+    """Released weights of a gray model given to an RGB command (and the reverse) said only 'shape mismatch' of the
+    first conv; the error now says which images each takes and the in_chans to give. --finetune of gray weights into
+    an RGB model (timm adapts only RGB ones to gray) says so too."""
+    gray, rgb = timm.create_model(name, in_chans=1, **kwargs), timm.create_model(name, **kwargs)
+    for model, weights, saved, wanted in ((rgb, gray.state_dict(), "1-channel \\(gray\\)", "3-channel \\(RGB\\)"),
+                                          (gray, rgb.state_dict(), "3-channel \\(RGB\\)", "1-channel \\(gray\\)")):
+        channels = saved[0]
+        message = (rf"^w\.pth does not fit this model \(another model\?\): shape mismatch \(1\): {first_conv}: "
+                   rf"\(\d+, {channels}, \d+, \d+\) vs \(\d+, {wanted[0]}, \d+, \d+\); it takes {saved} images, "
+                   rf"this model {wanted} ones: give --model-kwargs in_chans={channels}$")
+        with pytest.raises(CheckpointError, match=message):
+            load_evaluated_weights(model, name, kwargs, {"state_dict": weights}, weights, "w.pth")
+    with pytest.raises(CheckpointError, match=r"it takes 1-channel \(gray\) images, this model 3-channel \(RGB\) ones"):
+        load_finetune_weights(rgb, {"state_dict": gray.state_dict()}, "w.pth")
 
 
 def test_a_gray_model_exports_to_onnx_for_one_channel_images(tmp_path):
