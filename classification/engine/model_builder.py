@@ -243,7 +243,7 @@ def image_channels(cfg: Namespace) -> int:
     of values that the dataset did not fill (a 1-channel model's default is the mean of the dataset's RGB values)."""
     kwargs = _accepted_model_kwargs(cfg, resolve_model_name(cfg.model), dict(cfg.model_kwargs), warn=False)
     channels = kwargs["channels"] if kwargs.get("channels") is not None else kwargs.get("in_chans", 3)
-    if channels not in IMAGE_MODES:
+    if type(channels) is not int or channels not in IMAGE_MODES:  # true and 1.0 would pass as 1
         raise ConfigError(f"model {cfg.model}: in_chans={channels!r} is not supported: the data pipeline decodes "
                           f"images as gray for in_chans=1 or as RGB for in_chans=3 (the default)")
     filled = getattr(cfg, "filled_from_dataset", ())

@@ -4,6 +4,7 @@ one-value mean / std (the dataset's default: the mean of its RGB values), trains
 test_data_mutants.py, test_own_data.py, test_train_data.py)."""
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -151,11 +152,13 @@ def test_small_datasets_give_gray_images_to_a_gray_model():
 @pytest.mark.parametrize("model, kwargs", [("local_vim_tiny_search", ["in_chans=4", "depth=2", "embed_dim=16"]),
                                            ("local_vim_tiny_search", ["channels=2", "depth=2", "embed_dim=16"]),
                                            ("local_vssm_tiny_search", ["in_chans=4", "dims=8"]),
-                                           ("resnet10t", ["in_chans=2"])])
+                                           ("resnet10t", ["in_chans=2"]),
+                                           ("local_vssm_tiny_search", ["in_chans=true", "dims=8"]),
+                                           ("local_vim_tiny_search", ["in_chans=1.0", "depth=2", "embed_dim=16"])])
 def test_input_channels_other_than_one_and_three_are_refused_saying_which_are(model, kwargs):
     """The data pipeline decodes gray images (1 channel) and RGB ones (3): any other count is refused before
-    anything is built, in one line."""
-    channels = kwargs[0].split("=")[1]
+    anything is built, in one line; so are `true` and `1.0`, which passed as 1 (equal to it in Python)."""
+    channels = re.escape(str(yaml.safe_load(kwargs[0].split("=")[1])))
     message = (rf"^model {model}: in_chans={channels} is not supported: the data pipeline decodes images as gray for "
                r"in_chans=1 or as RGB for in_chans=3 \(the default\)$")
     with pytest.raises(ConfigError, match=message):
