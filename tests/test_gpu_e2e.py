@@ -182,19 +182,20 @@ def test_a_run_killed_mid_step_keeps_that_steps_output_beside_the_log(tmp_path):
     a temporary file, gone with the process. Now the log ends with the step's title and <log>.running holds what the
     step printed; a step that ends moves its output into the log and removes that file."""
     log, ready = tmp_path / "e2e.log", tmp_path / "ready"
+    # each step prints, then makes its file (the slow step's: `ready`) and sleeps
     script = (
         "import sys\nfrom classification.benchmarks import gpu_e2e\n"
         "printer = [sys.executable, '-c', \"print('resolution 224 done', flush=True); import os, sys, time; "
-        "os.close(os.open(sys.argv[1], os.O_CREAT)); time.sleep(float(sys.argv[2]))\", sys.argv[2]]\n"
-        "steps = [gpu_e2e.Step(name, printer + [wait], 60, lambda outcome: None) for name, wait in "
-        "(('quick step', '0'), ('slow step', '60'))]\n"
+        "os.close(os.open(sys.argv[1], os.O_CREAT)); time.sleep(float(sys.argv[2]))\"]\n"
+        "steps = [gpu_e2e.Step(name, printer + [made, wait], 60, lambda outcome: None) for name, made, wait in "
+        "(('quick step', sys.argv[2] + '.quick', '0'), ('slow step', sys.argv[2], '60'))]\n"
         "gpu_e2e.plan = lambda device, workdir, quick=False: steps\n"
         "gpu_e2e.run_e2e('cpu', quick=True, log_path=sys.argv[1], workdir=sys.argv[3])\n")
     run = subprocess.Popen([sys.executable, "-c", script, str(log), str(ready), str(tmp_path / "runs")],
                            cwd=gpu_e2e.REPO, stdout=subprocess.DEVNULL)
     try:
         end = time.perf_counter() + 60
-        while not (ready.exists() and "slow step" in log.read_text()) and time.perf_counter() < end:
+        while not ready.exists() and time.perf_counter() < end:
             time.sleep(0.05)
         steps_running = gpu_e2e._descendants(run.pid)
     finally:
