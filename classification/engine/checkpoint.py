@@ -226,14 +226,12 @@ def adapt_input_convs(model: nn.Module, weights: dict[str, torch.Tensor], path: 
     own = model.state_dict()
     for key in first_conv_weights(model):
         saved, wanted = weights.get(key), own.get(key)
-        if saved is None or wanted is None or saved.dim() != 4 or saved.shape[1] == wanted.shape[1]:
+        if saved is None or wanted is None or not _other_input_channels(wanted, saved):
             continue
         with contextlib.suppress(NotImplementedError, AssertionError):
-            adapted = adapt_input_conv(wanted.shape[1], saved)
-            if adapted.shape == wanted.shape:
-                weights[key] = adapted
-                logger.info(f"{path}: {key} of {saved.shape[1]} input channels adapted to the model's "
-                            f"{wanted.shape[1]} (timm's adapt_input_conv)")
+            weights[key] = adapt_input_conv(wanted.shape[1], saved)
+            logger.info(f"{path}: {key} of {saved.shape[1]} input channels adapted to the model's "
+                        f"{wanted.shape[1]} (timm's adapt_input_conv)")
 
 
 def load_finetune_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str,

@@ -252,9 +252,8 @@ def image_channels(cfg: Namespace) -> int:
         if values is not None and len(values) != channels and key not in filled:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag} {' '.join(map(str, values))}: {len(values)} value(s) for a model of "
-                              f"{channels_name(channels)} "
-                              f"images (in_chans={channels}): give {channels}, or leave {flag} unset for the "
-                              f"dataset's default")
+                              f"{channels_name(channels)} images (in_chans={channels}): give {channels}, or leave "
+                              f"{flag} unset for the dataset's default")
     return channels
 
 
