@@ -11,6 +11,7 @@ import torch
 from classification.benchmarks import (OpShape, benchmark_op, format_op_table, images_per_second, median_seconds,
                                        print_op_benchmark, render_table)
 from classification.benchmarks import timing
+from classification.benchmarks.peak_memory import forward_peak_mib
 from localmamba_kernel_runtime import backends
 
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
@@ -411,7 +412,7 @@ def test_ctrl_c_keeps_the_rows_that_ended_in_the_table_and_the_csv(tmp_path, mon
 
 
 def test_ctrl_c_in_ema_keeps_the_rows_of_the_models_before_it(tmp_path, monkeypatch, capsys, status_after_ctrl_c):
-    def benchmark_ema(model, *args):
+    def benchmark_ema(model, *args, **kwargs):
         if model == 'local_vssm_tiny':
             raise KeyboardInterrupt
         return [{'model': model, 'tensors': 3, 'device': 'cpu', 'dtype': 'fp32', 'model_ema_v2_ms': 4.0,
@@ -465,10 +466,10 @@ def test_a_sweep_that_fails_at_a_size_keeps_the_sizes_before_it(tmp_path, monkey
         model, baseline = models
         return {model: 3.0, baseline: 2.0}
 
-    monkeypatch.setattr(resolution_sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(resolution_sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(resolution_sweep, 'build_compared', lambda model, baseline, *args, **kwargs: dict.fromkeys(
+        (model, baseline), torch.nn.Linear(1, 1)))
     monkeypatch.setattr(resolution_sweep, 'images_per_second', images_per_second)
-    monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args: 1.5)
+    monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args, **kwargs: 1.5)
     out = tmp_path / 'sweep.csv'
     assert benchmark.main(['--model', 'local_vim_tiny', '--sweep', '32', '64', '--csv', str(out)]) == 2
     rows = list(csv.DictReader(out.open()))
@@ -480,11 +481,11 @@ def test_a_replaced_earlier_plot_is_said(tmp_path, monkeypatch, capsys):
     """A second sweep with the same --plot says that it replaced the first one's figure, as --csv's line does; the
     first names the figure alone. The sweep's timings and peak memory are faked."""
     resolution_sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
-    monkeypatch.setattr(resolution_sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(resolution_sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(resolution_sweep, 'build_compared', lambda model, baseline, *args, **kwargs: dict.fromkeys(
+        (model, baseline), torch.nn.Linear(1, 1)))
     monkeypatch.setattr(resolution_sweep, 'images_per_second',
                         lambda models, batch, size, **kwargs: dict(zip(models, (3.0, 2.0))))
-    monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args: 1.5)
+    monkeypatch.setattr(resolution_sweep, 'forward_peak_mib', lambda *args, **kwargs: 1.5)
     out = tmp_path / 'sweep.png'
     argv = ['--model', 'local_vim_tiny', '--sweep', '32', '--plot', str(out)]
     assert benchmark.main(argv) == 0
@@ -621,3 +622,77 @@ def test_each_row_of_the_model_table_is_timed_as_its_metric_says(monkeypatch):
     assert asked == [(1, False, 'default'), (4, False, 'default'), (2, True, 'default')]
     assert [(r['metric'], r['model_img_s'], r['baseline_img_s'], r['ratio']) for r in rows] == [
         ('inference b1', 10.0, 40.0, 0.25), ('inference b4', 40.0, 160.0, 0.25), ('train step b2', 20.0, 80.0, 0.25)]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--op', 'scan', '--model-kwargs', 'in_chans=1'],
+     '--model-kwargs builds the models of --model, --ema and --profile, not of --op'),
+    (['--op', 'scan', '--directions', 'directions.yaml'],
+     '--directions builds the models of --model, --ema and --profile, not of --op'),
+    (['--model', 'local_vim_tiny', '--model-kwargs', 'img_size=64'],
+     "--model-kwargs img_size: the image sizes timed are --img-size's (or --sweep's): give them there"),
+    (['--model', 'local_vim_tiny', 'local_vssm_tiny', '--model-kwargs', 'depth=4'],
+     "--model-kwargs: model local_vssm_tiny does not take 'depth'; did you mean depths?"),
+    (['--profile', 'local_vim_tiny', '--model-kwargs', 'in_chan=1'],
+     "--model-kwargs: model local_vim_tiny does not take 'in_chan'; did you mean in_chans?"),
+    (['--ema', 'local_vim_tiny', '--directions', 'NO_SUCH_DIR/directions.yaml'],
+     '--directions: directions file not found: '),
+])
+def test_model_kwargs_and_directions_that_cannot_build_end_in_one_line_before_any_timing(
+        argv, message, capsys, tmp_path):
+    """Each of these used to be refused as an unknown flag, or (a keyword of the second --model) only after the
+    first model's timings."""
+    argv = [str(tmp_path / a) if a.startswith('NO_SUCH_DIR') else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_model_kwargs_build_the_timed_model_and_not_its_baseline(monkeypatch, capsys):
+    """--model-kwargs in_chans=1: the timed LocalVim takes one channel (its settings line says how it was built),
+    the DeiT baseline keeps its three; the timings are faked."""
+    from classification.benchmarks import model_speed
+    from classification.models.factory import input_channels
+
+    channels = {}
+
+    def images_per_second(models, batch, img_size, train, *args):
+        channels.update({name: input_channels(model) for name, model in models.items()})
+        return dict.fromkeys(models, 1.0)
+
+    monkeypatch.setattr(model_speed, 'images_per_second', images_per_second)
+    assert benchmark.main(['--model', 'local_vim_tiny', '--model-kwargs', 'in_chans=1', '--img-size', '32',
+                           '--batch-sizes', '1', '--train-batch', '0']) == 0
+    assert channels == {'local_vim_tiny': 1, 'deit_tiny_patch16_224': 3}
+    assert capsys.readouterr().out.startswith('model=local_vim_tiny model_kwargs=in_chans=1 baseline=deit_tiny_')
+
+
+def test_a_sweep_builds_and_measures_the_memory_of_the_model_with_its_kwargs_and_the_baseline_without(monkeypatch):
+    sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
+    built, measured = [], []
+    monkeypatch.setattr(sweep, 'build_compared', lambda *args, **kwargs: built.append(args) or {'a': 0, 'b': 0})
+    monkeypatch.setattr(sweep, 'images_per_second', lambda models, *args, **kwargs: {'a': 2.0, 'b': 1.0})
+    monkeypatch.setattr(sweep, 'forward_peak_mib', lambda name, *args, **kwargs: measured.append((name, kwargs)))
+    sweep.resolution_sweep('a', 'b', sizes=(32,), model_kwargs={'in_chans': 1}, directions='d.yaml')
+    assert built == [('a', 'b', 32, 'cpu', {'in_chans': 1}, 'd.yaml')]
+    assert measured == [('a', dict(model_kwargs={'in_chans': 1}, directions='d.yaml')), ('b', {})]
+
+
+def test_the_memory_child_builds_the_model_with_its_kwargs():
+    """The fresh process that measures a CPU forward's peak builds the model as given: a depth without its
+    directions fails there, naming both depths."""
+    with pytest.raises(RuntimeError, match=r"^peak memory of local_vim_tiny at 32px: .*20 layers, but the model has 3"):
+        forward_peak_mib('local_vim_tiny', 32, model_kwargs={'depth': 3})
+
+
+def test_ema_and_profile_time_the_model_built_with_its_kwargs():
+    """num_classes=0 leaves LocalVim-T without its head's weight and bias (748 tensors with them); the profile's
+    settings line says how its model was built."""
+    from classification.benchmarks.ema_speed import benchmark_ema
+    from classification.benchmarks.time_profile import format_time_profile, profile_model
+
+    row, = benchmark_ema('local_vim_tiny', repeats=1, warmup=0, model_kwargs={'num_classes': 0})
+    assert row['tensors'] == 746
+    profile = profile_model('local_vim_tiny', batch=1, img_size=32, forwards=1, warmup=0,
+                            model_kwargs={'in_chans': 1})
+    assert format_time_profile(profile).startswith('profile: model=local_vim_tiny model_kwargs=in_chans=1 batch=1')

@@ -181,7 +181,7 @@ def test_forward_peak_on_cuda_is_measured_in_this_process(cuda_log, monkeypatch)
         lambda: allocator.allocate_and_free(12 * MIB)))
     monkeypatch.setattr(peak_memory.subprocess, "run", lambda *a, **k: pytest.fail("started a child process"))
     assert peak_memory.forward_peak_mib("local_vim_tiny", 224, 8, "bf16", "cuda") == 12.0
-    assert built == [("local_vim_tiny", 224, 8, "bf16", torch.device("cuda"))]
+    assert built == [("local_vim_tiny", 224, 8, "bf16", torch.device("cuda"), dict(model_kwargs={}, directions=None))]
 
 
 # --- classification/engine/logs.py -------------------------------------------------------------------------------
@@ -433,10 +433,10 @@ def test_the_cuda_sweep_empties_the_cache_before_each_peak(h100, cuda_log, monke
 
     sweep = sys.modules["classification.benchmarks.resolution_sweep"]
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: cuda_log.add("empty_cache"))
-    monkeypatch.setattr(sweep, "build_model", lambda name, *args: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(sweep, "check_image_size", lambda *args, **kwargs: None)
+    monkeypatch.setattr(sweep, "build_compared",
+                        lambda model, baseline, *args, **kwargs: dict.fromkeys((model, baseline)))
     monkeypatch.setattr(sweep, "images_per_second", lambda models, *args, **kwargs: {name: 2.0 for name in models})
-    monkeypatch.setattr(sweep, "forward_peak_mib", lambda name, size, batch, dtype, device: cuda_log.add(
+    monkeypatch.setattr(sweep, "forward_peak_mib", lambda name, size, batch, dtype, device, **built: cuda_log.add(
         "peak", name, size, device) or float(size))
     rows = sweep.resolution_sweep("local_vim_tiny", "deit_tiny_patch16_224", (32, 64), 1, "cuda")
     assert cuda_log.calls == ["empty_cache", ("peak", "local_vim_tiny", 32, "cuda"),

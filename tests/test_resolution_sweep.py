@@ -199,13 +199,13 @@ def test_a_sweep_stopped_by_memory_keeps_the_sizes_before_it_and_ends_in_one_lin
         model, baseline = models
         return {model: 1.0, baseline: 4.0}
 
-    def forward_peak_mib(name, size, *args):
+    def forward_peak_mib(name, size, *args, **kwargs):
         if failure == 'peak' and size == 64 and name.startswith('deit'):
             raise PeakMemoryError(f'peak memory of {name} at {size}px: killed by SIGKILL')
         return 2.0
 
-    monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(sweep, 'build_compared', lambda model, baseline, *args, **kwargs: dict.fromkeys(
+        (model, baseline), torch.nn.Linear(1, 1)))
     monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
     monkeypatch.setattr(sweep, 'forward_peak_mib', forward_peak_mib)
     out = tmp_path / 'sweep.csv'
@@ -231,8 +231,8 @@ def test_the_gpu_checks_sweep_keeps_the_sizes_before_one_that_fails(monkeypatch)
         return {model: 3.0, baseline: 4.0}
 
     monkeypatch.setattr(gpu_e2e, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(sweep, 'build_model', lambda name, *args, **kwargs: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(sweep, 'build_compared', lambda model, baseline, *args, **kwargs: dict.fromkeys(
+        (model, baseline), torch.nn.Linear(1, 1)))
     monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
     text = '\n\n'.join(memory_and_resolution_sweep('cpu', quick=True, repeats=1))
     rows = sweep_rows(read_sections(['===== peak memory and resolution sweep\n' + text]))
@@ -286,10 +286,10 @@ def test_each_sweep_row_gives_the_models_and_the_baselines_own_figures(monkeypat
     sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
     img_s = {32: {'local_vim_tiny': 40.0, 'deit_tiny_patch16_224': 80.0},
              64: {'local_vim_tiny': 30.0, 'deit_tiny_patch16_224': 15.0}}
-    monkeypatch.setattr(sweep, 'build_model', lambda name, size, device: name)
-    monkeypatch.setattr(sweep, 'check_image_size', lambda *args, **kwargs: None)
+    monkeypatch.setattr(sweep, 'build_compared', lambda model, baseline, *args, **kwargs: {model: model,
+                                                                                           baseline: baseline})
     monkeypatch.setattr(sweep, 'images_per_second', lambda models, batch, size, **kwargs: img_s[size])
-    monkeypatch.setattr(sweep, 'forward_peak_mib', lambda name, size, *args: (
+    monkeypatch.setattr(sweep, 'forward_peak_mib', lambda name, size, *args, **kwargs: (
         {'local_vim_tiny': 1.0, 'deit_tiny_patch16_224': 3.0}[name] * size / 32))
     rows = sweep.resolution_sweep('local_vim_tiny', sizes=(32, 64), batch=2, repeats=1, warmup=0)
     figures = [(r['img_size'], r['model_img_s'], r['baseline_img_s'], r['ratio'], r['model_peak_mib'],

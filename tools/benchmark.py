@@ -6,6 +6,7 @@
     python tools/benchmark.py --model local_vim_tiny --threads 2        # vs deit_tiny_patch16_224
     python tools/benchmark.py --model local_vssm_tiny --csv vssm.csv    # vs swin_tiny_patch4_window7_224
     python tools/benchmark.py --model local_vim_tiny local_vssm_tiny --sweep 224 512 768 1024 --plot sweep.png
+    python tools/benchmark.py --model local_vim_tiny --model-kwargs in_chans=1 --directions directions.yaml
     python tools/benchmark.py --ema local_vim_tiny --threads 1     # --model-ema's update vs timm's ModelEmaV2
     python tools/benchmark.py --profile local_vim_tiny local_vssm_tiny --threads 2   # where the CPU time goes
 
@@ -17,7 +18,9 @@ batch 8, dim 384 (LocalVim-T inner width E), seqlen 196, dstate 16, z/D/delta_bi
 LocalVim, ``swin_tiny_patch4_window7_224`` for LocalVMamba; ``--baseline`` picks another): inference at each
 ``--batch-sizes`` (eval mode, inference_mode) and one training step (forward, cross-entropy, backward, AdamW step)
 at ``--train-batch``. Both models run on the same random images. Several ``--model`` names: each against its own
-baseline, in turn.
+baseline, in turn. ``--model-kwargs`` and ``--directions`` build the ``--model`` (also ``--ema``'s and
+``--profile``'s) as a training run's flags do; the baseline stays as registered (a gray ``in_chans=1`` model gets its
+own one-channel images).
 
 ``--sweep SIZE ...``: instead, inference at each image size (batch ``--sweep-batch``, default 1), the ratio, each
 forward's peak memory above its weights and images, and the size where the ratio crosses 1; ``--plot`` draws
@@ -60,8 +63,10 @@ from classification.benchmarks.stopping import run_stopping_in_one_line, where_r
 from classification.benchmarks.tables import REPLACED  # noqa: E402
 from classification.benchmarks.time_profile import format_time_profile, profile_model, profile_rows  # noqa: E402
 from classification.engine.config import ConfigError  # noqa: E402
+from classification.engine.flags import KeyValueAction  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
-from classification.engine.model_builder import resolve_model_name  # noqa: E402
+from classification.engine.model_builder import accepted_kwargs, check_directions_file  # noqa: E402
+from classification.engine.model_builder import not_taken_error, resolve_model_name  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,6 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="profile these models' CPU forward: the share of each kind of op, GFLOP/s, ns per update")
     parser.add_argument("--baseline", default=None,
                         help="timm model to compare --model with (default by family; one --model only)")
+    parser.add_argument("--model-kwargs", nargs="+", default={}, action=KeyValueAction, metavar="KEY=VALUE",
+                        help="--model, --ema, --profile: keyword arguments for the model constructor, as a training "
+                             "run's --model-kwargs (e.g. in_chans=1 depth=12); not for the baseline")
+    parser.add_argument("--directions", default=None,
+                        help="--model, --ema, --profile: directions.yaml written by tools/vis_search_prob.py, as a "
+                             "training run's --directions")
     parser.add_argument("--img-size", type=int, default=None,
                         help="--model, --profile: image size (default 224)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
@@ -115,6 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             spelled, name = twice[0]
             again = f"{name} given twice" if spelled == name else f"{spelled} is {name}, given already"
             parser.error(f"--{flag}: {again}: give each model once")
+    _check_model_build(parser, args)
     if args.ema and args.baseline:
         parser.error("--baseline is a flag of --model: --ema's baseline is timm's ModelEmaV2")
     if args.profile and args.baseline:
@@ -167,6 +179,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _check_model_build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, in one line and before any timing, --model-kwargs and --directions with --op, an ``img_size`` among
+    --model-kwargs (the sizes timed are --img-size's or --sweep's), a keyword one of the models does not take and a
+    directions file that cannot be read."""
+    given = "--model-kwargs" if args.model_kwargs else "--directions" if args.directions else None
+    if args.op and given:
+        parser.error(f"{given} builds the models of --model, --ema and --profile, not of --op")
+    if "img_size" in args.model_kwargs:
+        parser.error("--model-kwargs img_size: the image sizes timed are --img-size's (or --sweep's): give them there")
+    for name in (args.model or args.ema or args.profile or []) if args.model_kwargs else []:
+        accepted = accepted_kwargs(name)
+        taken_not = [key for key in args.model_kwargs if accepted is not None and key not in accepted]
+        if taken_not:
+            parser.error(str(not_taken_error(name, taken_not[0], accepted)))
+    if args.directions:
+        try:
+            check_directions_file(args.directions)
+        except (ConfigError, OSError) as err:
+            parser.error(f"--directions: {err}")
+
+
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, in one line and before any timing, sizes out of range, a --csv that cannot be written (a missing
     folder, a folder, no permission), a --plot format matplotlib cannot write (a name without extension becomes the
@@ -217,10 +250,12 @@ def _compare(args: argparse.Namespace, model: str, baseline: str, rows: list) ->
     try:
         if args.sweep:
             resolution_sweep(model, baseline, args.sweep, args.sweep_batch, args.device, args.dtype, args.repeats,
-                             args.warmup, log=print, compile_mode=args.compile, finished=rows)
+                             args.warmup, log=print, compile_mode=args.compile, finished=rows,
+                             model_kwargs=args.model_kwargs, directions=args.directions)
         else:
             benchmark_models(model, baseline, args.batch_sizes, args.train_batch, args.img_size, args.device,
-                             args.dtype, args.repeats, args.warmup, compile_mode=args.compile, finished=rows)
+                             args.dtype, args.repeats, args.warmup, compile_mode=args.compile, finished=rows,
+                             model_kwargs=args.model_kwargs, directions=args.directions)
     finally:
         if len(rows) > start:
             print((format_sweep_table if args.sweep else format_model_table)(rows[start:]), flush=True)
@@ -241,13 +276,15 @@ def _run_all(args: argparse.Namespace, rows: list) -> None:
         return
     if args.profile:
         for model in args.profile:
-            profile = profile_model(model, args.batch, args.img_size, args.dtype, args.repeats, args.warmup)
+            profile = profile_model(model, args.batch, args.img_size, args.dtype, args.repeats, args.warmup,
+                                    args.model_kwargs, args.directions)
             print(format_time_profile(profile), flush=True)
             rows.extend(profile_rows(profile))
         return
     try:
         for model in args.ema:
-            rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup))
+            rows.extend(benchmark_ema(model, args.device, args.dtype, args.repeats, args.warmup,
+                                      model_kwargs=args.model_kwargs, directions=args.directions))
     finally:
         if rows:
             print(format_ema_table(rows), flush=True)

@@ -2,7 +2,7 @@
 values it keeps: milliseconds per update towards a model's weights, and whether both EMAs end equal bit for bit."""
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from timm.utils import ModelEmaV2
@@ -14,10 +14,12 @@ from .timing import DTYPES, median_seconds
 
 
 def benchmark_ema(model: str, device: Union[str, torch.device] = "cpu", dtype: str = "fp32", repeats: int = 10,
-                  warmup: int = 2, decay: float = 0.9998) -> List[Dict[str, object]]:
-    """One row: ``model``'s weights (in ``dtype``) on ``device``, each EMA updated towards them in turn (interleaved
-    medians of ``repeats`` updates after ``warmup``); ``ratio`` is ModelEmaV2's time over ForeachModelEma's."""
-    net = build_model(model, device=device).to(DTYPES[dtype])
+                  warmup: int = 2, decay: float = 0.9998, model_kwargs: Optional[Mapping[str, Any]] = None,
+                  directions: Optional[str] = None) -> List[Dict[str, object]]:
+    """One row: ``model``'s weights (built with ``model_kwargs`` and ``directions``; in ``dtype``) on ``device``, each
+    EMA updated towards them in turn (interleaved medians of ``repeats`` updates after ``warmup``); ``ratio`` is
+    ModelEmaV2's time over ForeachModelEma's."""
+    net = build_model(model, device=device, model_kwargs=model_kwargs, directions=directions).to(DTYPES[dtype])
     emas = {"ModelEmaV2": ModelEmaV2(net, decay=decay), "ForeachModelEma": ForeachModelEma(net, decay=decay)}
     seconds = median_seconds({name: (lambda ema=ema: ema.update(net)) for name, ema in emas.items()},
                              repeats, warmup, device)

@@ -86,11 +86,31 @@ def check_image_size(model: nn.Module, name: str, img_size: int, flag: str = "--
                           f"({reason})") from err
 
 
+def variant_text(model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None) -> str:
+    """How a benchmarked model is built beyond its name, as a settings line shows it: `` model_kwargs=k=v,...``
+    and `` directions=FILE``, or nothing."""
+    kwargs = ",".join(f"{key}={value}" for key, value in (model_kwargs or {}).items())
+    return (f" model_kwargs={kwargs}" if kwargs else "") + (f" directions={directions}" if directions else "")
+
+
 def settings_line(model: str, baseline: str, device: Union[str, torch.device], dtype: str, sizes: str,
-                  repeats: int) -> str:
-    """The first line a model benchmark prints: what is compared, where, at which ``sizes`` (e.g. ``img=224``)."""
-    return (f"model={model} baseline={baseline} device={torch.device(device).type} dtype={dtype} {sizes} "
+                  repeats: int, variant: str = "") -> str:
+    """The first line a model benchmark prints: what is compared, where, at which ``sizes`` (e.g. ``img=224``), and
+    the model's ``variant`` (:func:`variant_text`)."""
+    return (f"model={model}{variant} baseline={baseline} device={torch.device(device).type} dtype={dtype} {sizes} "
             f"threads={torch.get_num_threads()} repeats={repeats} (medians, interleaved)")
+
+
+def build_compared(model: str, baseline: str, img_size: int, device: Union[str, torch.device],
+                   model_kwargs: Optional[Mapping[str, Any]] = None, directions: Optional[str] = None,
+                   flag: str = "--img-size") -> Dict[str, nn.Module]:
+    """``model`` (built with ``model_kwargs`` and ``directions``) and ``baseline`` (as registered) at ``img_size``,
+    each checked on one image of that size (:func:`check_image_size`, naming ``flag``)."""
+    models = {model: build_model(model, img_size, device, model_kwargs=model_kwargs, directions=directions),
+              baseline: build_model(baseline, img_size, device)}
+    for name, built in models.items():
+        check_image_size(built, name, img_size, flag)
+    return models
 
 
 def backends_line(device: Union[str, torch.device]) -> str:
@@ -171,19 +191,21 @@ def benchmark_models(model: str, baseline: Optional[str] = None, batch_sizes: Se
                      train_batch: int = 8, img_size: int = 224, device: str = "cpu", dtype: str = "fp32",
                      repeats: int = 5, warmup: int = 2, log: Optional[Callable[[str], None]] = None,
                      compile_mode: Optional[str] = None,
-                     finished: Optional[List[Dict[str, object]]] = None) -> List[Dict[str, object]]:
+                     finished: Optional[List[Dict[str, object]]] = None,
+                     model_kwargs: Optional[Mapping[str, Any]] = None,
+                     directions: Optional[str] = None) -> List[Dict[str, object]]:
     """Images/s of ``model`` and its baseline (by family unless given) for inference at each batch size and, unless
     ``train_batch`` is 0, a training step; ``log`` (default: print) gets a header line and one line per measurement
     as they come. ``compile_mode``: inference under ``torch.compile`` in that mode (training steps stay eager).
     ``finished``: a list each row is also appended to as it ends, which keeps them where a later one fails or is
-    interrupted."""
+    interrupted. ``model_kwargs`` and ``directions`` build ``model`` (as a training run's config does), not the
+    baseline."""
     log = log or _print_now
 
     baseline = baseline or default_baseline(model)
-    models = {name: build_model(name, img_size, device) for name in (model, baseline)}
-    for name, built in models.items():
-        check_image_size(built, name, img_size)
-    log(settings_line(model, baseline, device, dtype, f"img={img_size}", repeats)
+    models = build_compared(model, baseline, img_size, device, model_kwargs, directions)
+    variant = variant_text(model_kwargs, directions)
+    log(settings_line(model, baseline, device, dtype, f"img={img_size}", repeats, variant)
         + ("" if compile_mode is None else f" compile={compile_mode} (inference)") + f"\n{backends_line(device)}")
     plans = [(f"inference b{b}", b, False) for b in batch_sizes]
     if train_batch > 0:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -72,42 +72,49 @@ def cuda_peak_mib(step: Callable[[], None], device: Union[str, torch.device], ab
     return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
 
 
-def _forward_step(name: str, img_size: int, batch: int, dtype: str, device: Union[str, torch.device]):
-    model = build_model(name, img_size, device)
+def _forward_step(name: str, img_size: int, batch: int, dtype: str, device: Union[str, torch.device],
+                  built_with: Optional[Mapping[str, Any]] = None):
+    model = build_model(name, img_size, device, **(built_with or {}))
     images = torch.randn(batch, input_channels(model), img_size, img_size, device=device)
     step = inference_step(model, images, DTYPES[dtype])
     step()  # once before the measured call: lazily built kernels, caches and workspaces are not the forward's
     return step
 
 
-def measure_here(name: str, img_size: int, batch: int, dtype: str = "fp32", threads: Optional[int] = None) -> float:
-    """:func:`rss_peak_mib` of one CPU forward of ``name`` in this process (the child of :func:`forward_peak_mib`)."""
+def measure_here(name: str, img_size: int, batch: int, dtype: str = "fp32", threads: Optional[int] = None,
+                 built_with: Optional[Mapping[str, Any]] = None) -> float:
+    """:func:`rss_peak_mib` of one CPU forward of ``name`` (built with ``built_with``, :func:`build_model`'s keyword
+    arguments) in this process (the child of :func:`forward_peak_mib`)."""
     if threads:
         torch.set_num_threads(threads)
-    return rss_peak_mib(_forward_step(name, img_size, batch, dtype, "cpu"))
+    return rss_peak_mib(_forward_step(name, img_size, batch, dtype, "cpu", built_with))
 
 
-def _child_command(name: str, img_size: int, batch: int, dtype: str, threads: int) -> list:
+def _child_command(name: str, img_size: int, batch: int, dtype: str, threads: int,
+                   built_with: Mapping[str, Any]) -> list:
     code = ("import json, sys; from classification.benchmarks.peak_memory import measure_here; "
             "print(json.dumps(measure_here(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], "
-            "int(sys.argv[5]))))")
-    return [sys.executable, "-c", code, name, str(img_size), str(batch), dtype, str(threads)]
+            "int(sys.argv[5]), json.loads(sys.argv[6]))))")
+    return [sys.executable, "-c", code, name, str(img_size), str(batch), dtype, str(threads), json.dumps(built_with)]
 
 
 def forward_peak_mib(name: str, img_size: int, batch: int = 1, dtype: str = "fp32",
-                     device: Union[str, torch.device] = "cpu") -> Optional[float]:
-    """MiB one inference forward of model ``name`` on (batch, C, img_size, img_size) images needs above its weights
-    and images: on CUDA in this process, on a Linux CPU in a fresh Python process (same thread count); ``None`` where
-    neither can be measured. ``PeakMemoryError`` where the fresh process fails (its last line of error, or the signal
-    that killed it)."""
+                     device: Union[str, torch.device] = "cpu", model_kwargs: Optional[Mapping[str, Any]] = None,
+                     directions: Optional[str] = None) -> Optional[float]:
+    """MiB one inference forward of model ``name`` (built with ``model_kwargs`` and ``directions``, as
+    :func:`build_model` takes them) on (batch, C, img_size, img_size) images needs above its weights and images: on
+    CUDA in this process, on a Linux CPU in a fresh Python process (same thread count); ``None`` where neither can be
+    measured. ``PeakMemoryError`` where the fresh process fails (its last line of error, or the signal that killed
+    it)."""
     device = torch.device(device)
+    built_with = dict(model_kwargs=dict(model_kwargs or {}), directions=directions)
     if device.type == "cuda":
-        return cuda_peak_mib(_forward_step(name, img_size, batch, dtype, device), device)
+        return cuda_peak_mib(_forward_step(name, img_size, batch, dtype, device, built_with), device)
     if device.type != "cpu" or not rss_peak_supported():
         return None
     env = dict(os.environ, **CHILD_MALLOC_ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    done = subprocess.run(_child_command(name, img_size, batch, dtype, torch.get_num_threads()), env=env,
+    done = subprocess.run(_child_command(name, img_size, batch, dtype, torch.get_num_threads(), built_with), env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr.strip() or _exit_reason(done.returncode)).splitlines()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import math
 import platform
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from localmamba_kernel_runtime import ckernel
 
-from .model_speed import (backends_line, build_model, check_image_size, default_baseline, images_per_second,
-                          settings_line)
+from .model_speed import (backends_line, build_compared, default_baseline, images_per_second, settings_line,
+                          variant_text)
 from .peak_memory import forward_peak_mib
 from .tables import render_table
 
@@ -36,28 +36,31 @@ def resolution_sweep(model: str, baseline: Optional[str] = None, sizes: Sequence
                      batch: int = 1, device: str = "cpu", dtype: str = "fp32", repeats: int = 5, warmup: int = 2,
                      memory: bool = True, log: Optional[Callable[[str], None]] = None,
                      compile_mode: Optional[str] = None,
-                     finished: Optional[List[Dict[str, object]]] = None) -> List[Dict[str, object]]:
-    """One row per image size: inference img/s of ``model`` and ``baseline`` (by family unless given) on the same
-    (batch, 3, size, size) images, their ratio and, unless ``memory`` is off, each forward's peak MiB above its
-    weights and images (:func:`forward_peak_mib`; ``None`` where it cannot be measured), with the device's
-    :func:`device_description`. ``compile_mode``: timed under ``torch.compile`` in that mode (memory stays eager). A
-    size a model cannot take raises ``ConfigError``; ``log`` gets one line per size as it ends. ``finished``: a list
-    each row is also appended to as it ends, which keeps them where a later size fails or is interrupted."""
+                     finished: Optional[List[Dict[str, object]]] = None,
+                     model_kwargs: Optional[Mapping[str, Any]] = None,
+                     directions: Optional[str] = None) -> List[Dict[str, object]]:
+    """One row per image size: inference img/s of ``model`` (built with ``model_kwargs`` and ``directions``) and
+    ``baseline`` (by family unless given) on the same random (batch, C, size, size) images (C: each model's input
+    channels), their ratio and, unless ``memory`` is off, each forward's peak MiB above its weights and images
+    (:func:`forward_peak_mib`; ``None`` where it cannot be measured), with the device's :func:`device_description`.
+    ``compile_mode``: timed under ``torch.compile`` in that mode (memory stays eager). A size a model cannot take raises
+    ``ConfigError``; ``log`` gets one line per size as it ends. ``finished``: a list each row is also appended to as it
+    ends, which keeps them where a later size fails or is interrupted."""
     baseline = baseline or default_baseline(model)
     if log is not None:
-        log(settings_line(model, baseline, device, dtype, f"batch={batch} img={','.join(map(str, sizes))}", repeats)
+        log(settings_line(model, baseline, device, dtype, f"batch={batch} img={','.join(map(str, sizes))}", repeats,
+                          variant_text(model_kwargs, directions))
             + ("" if compile_mode is None else f" compile={compile_mode}") + f"\n{backends_line(device)}")
     rows, device_name = [], device_description(device)
     for size in sizes:
-        models = {name: build_model(name, size, device) for name in (model, baseline)}
-        for name in models:
-            check_image_size(models[name], name, size, flag="--sweep")
+        models = build_compared(model, baseline, size, device, model_kwargs, directions, flag="--sweep")
         ips = images_per_second(models, batch, size, dtype=dtype, repeats=repeats, warmup=warmup,
                                 compile_mode=compile_mode)
         del models
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-        peaks = {name: forward_peak_mib(name, size, batch, dtype, device) if memory else None
+        built_with = {model: dict(model_kwargs=model_kwargs, directions=directions), baseline: {}}
+        peaks = {name: forward_peak_mib(name, size, batch, dtype, device, **built_with[name]) if memory else None
                  for name in (model, baseline)}
         rows.append({"model": model, "baseline": baseline, "device": torch.device(device).type,
                      "device_name": device_name, "dtype": dtype, "batch": batch, "img_size": size,

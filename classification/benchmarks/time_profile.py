@@ -7,14 +7,14 @@ import collections
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from localmamba_ssm.ops.cpu.scan_merge_cpu import MERGE_RECORD, SCAN_RECORD
 from torch.autograd.profiler_util import FunctionEvent
 
 from ..models.factory import input_channels
-from .model_speed import backends_line, build_model, check_image_size, inference_step
+from .model_speed import backends_line, build_model, check_image_size, inference_step, variant_text
 from .tables import render_table
 from .timing import DTYPES
 
@@ -72,6 +72,7 @@ class TimeProfile:
     product_flops: float
     product_ms: float
     scans: Dict[Tuple[int, ...], ScanShare]
+    variant: str = ""   # how the model was built beyond its name (model_speed.variant_text)
 
     @property
     def total_ms(self) -> float:
@@ -119,11 +120,13 @@ def summarize_events(events: Sequence[FunctionEvent], forwards: int) -> Dict[str
 
 
 def profile_model(name: str, batch: int = 8, img_size: int = 224, dtype: str = "fp32", forwards: int = 3,
-                  warmup: int = 2) -> TimeProfile:
+                  warmup: int = 2, model_kwargs: Optional[Mapping[str, Any]] = None,
+                  directions: Optional[str] = None) -> TimeProfile:
     """Profile ``forwards`` inference forwards (eval mode, inference_mode, autocast for a 16-bit ``dtype``) of
-    registered model ``name`` on random (batch, C, img_size, img_size) images on the CPU, after ``warmup`` untimed
-    ones; ``ConfigError`` when the model cannot take that size."""
-    model = build_model(name, img_size, "cpu")
+    registered model ``name`` (built with ``model_kwargs`` and ``directions``) on random (batch, C, img_size,
+    img_size) images on the CPU, after ``warmup`` untimed ones; ``ConfigError`` when the model cannot take that
+    size."""
+    model = build_model(name, img_size, "cpu", model_kwargs=model_kwargs, directions=directions)
     check_image_size(model, name, img_size)
     images = torch.randn(batch, input_channels(model), img_size, img_size, generator=torch.Generator().manual_seed(0))
     step = inference_step(model, images, DTYPES[dtype])
@@ -135,13 +138,13 @@ def profile_model(name: str, batch: int = 8, img_size: int = 224, dtype: str = "
             step()
     events = [event for event in prof.events() if event.device_type == torch.autograd.DeviceType.CPU]
     return TimeProfile(name, batch, img_size, dtype, torch.get_num_threads(), forwards,
-                       **summarize_events(events, forwards))
+                       **summarize_events(events, forwards), variant=variant_text(model_kwargs, directions))
 
 
 def format_time_profile(profile: TimeProfile, top: int = 8) -> str:
     """The profile as text: a settings line, the groups' shares and milliseconds, the ops with most self time, the
     matrix products' share and GFLOP/s, and the scan's nanoseconds per state update per core."""
-    lines = [f"profile: model={profile.model} batch={profile.batch} img={profile.img_size} device=cpu "
+    lines = [f"profile: model={profile.model}{profile.variant} batch={profile.batch} img={profile.img_size} device=cpu "
              f"dtype={profile.dtype} threads={profile.threads} forwards={profile.forwards} "
              f"(torch.profiler self time per forward, inference_mode)", backends_line("cpu")]
     rows: List[List[str]] = [["group", "share", "ms/forward"]]
