@@ -1,6 +1,6 @@
 """What both model families register with timm: the pretrained_cfg of a variant (with the URL of its released
-checkpoint, if any), the check of timm's input-size options, and the one build path through timm's
-``build_model_with_cfg``."""
+checkpoint, if any), the check of timm's input-size options, the head ``reset_classifier`` builds, and the one build
+path through timm's ``build_model_with_cfg``."""
 from __future__ import annotations
 
 import contextlib
@@ -91,6 +91,15 @@ def input_channels(model: nn.Module) -> int:
             if isinstance(named, nn.Conv2d):
                 return named.in_channels
     return next((module.in_channels for module in model.modules() if isinstance(module, nn.Conv2d)), 3)
+
+
+def classifier_head(in_features: int, num_classes: int, model: nn.Module) -> nn.Module:
+    """A new classifier (B, in_features) -> (B, num_classes), ``nn.Identity`` for 0 classes, on the device and in the
+    dtype of ``model``'s parameters, as timm's models build the head of ``reset_classifier``."""
+    if num_classes <= 0:
+        return nn.Identity()
+    like = next(model.parameters(), None)
+    return nn.Linear(in_features, num_classes, device=getattr(like, 'device', None), dtype=getattr(like, 'dtype', None))
 
 
 def keeping_a_fitting_head(checkpoint_filter_fn: CheckpointFilter, features_only: bool = False,

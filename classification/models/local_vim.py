@@ -25,7 +25,8 @@ from localmamba_ssm import RMSNorm, layer_norm_fn, rms_norm_fn
 from ..common import state_dict_from
 from .directions import (LOCAL_VIM_TINY_DIRECTIONS, UNIFORM_W2_DIRECTIONS, DirectionsArg, DirectionTable,
                          resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, check_input_size_options, input_channels, model_cfg, supernet_of
+from .factory import (build_local_mamba, check_input_size_options, classifier_head, input_channels, model_cfg,
+                      supernet_of)
 from .multi_scan import ChannelAttention, GradLayoutHooks, MultiScan, scan_all_directions
 from .rope import VisionRotaryEmbedding, apply_rotary, resize_grid_table
 from .scan_maps import sequence_index
@@ -394,7 +395,7 @@ class VisionMamba(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.final_pool_type = _timm_pool_type(global_pool, self.has_cls_token)
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(self.embed_dim, num_classes, self)
 
     @torch.jit.ignore
     def set_input_size(self, img_size: Optional[Union[int, tuple[int, int]]] = None,

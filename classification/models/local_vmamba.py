@@ -22,7 +22,8 @@ from torch import nn
 from ..common import state_dict_from
 from .directions import (CANDIDATES, LOCAL_VSSM_SMALL_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS, DirectionsArg,
                          DirectionTable, resolve_candidates, resolve_directions)
-from .factory import build_local_mamba, check_input_size_options, input_channels, model_cfg, supernet_of
+from .factory import (build_local_mamba, check_input_size_options, classifier_head, input_channels, model_cfg,
+                      supernet_of)
 from .flop_count import count_flops
 from .multi_scan import GradLayoutHooks, MultiScanAttn, scan_all_directions
 from .scan_maps import sequence_index
@@ -312,7 +313,7 @@ class VSSM(nn.Module):
         if global_pool is not None:
             self.global_pool = _check_global_pool(global_pool)
         self.num_classes = num_classes
-        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier.head = classifier_head(self.num_features, num_classes, self)
 
     def _blocks(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
