@@ -2,6 +2,7 @@
 classification checkpoints written by tools/train.py."""
 from __future__ import annotations
 
+import argparse
 import copy
 import glob
 import os
@@ -75,6 +76,38 @@ def tiny_vssm_backbone(cfg_backbone: dict, dims: int = 16) -> dict:
     backbone = copy.deepcopy(dict(cfg_backbone))
     backbone.update(dims=dims, depths=(1, 1, 1, 1), pretrained=None, directions=backbone['directions'][:4])
     return backbone
+
+
+def apply_advice(cfg, problem: str) -> None:
+    """Merge the --cfg-options that ``problem`` advises into ``cfg``, parsed as the tools parse them."""
+    from classification.dense import launch
+
+    parser = argparse.ArgumentParser()
+    launch.add_cfg_options(parser, '')
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *problem.split('set --cfg-options ')[1].split()])
+                        .cfg_options)
+
+
+def our_maps(scope: str, backbone: dict) -> list:
+    """The maps our ``backbone`` (its config in the tests' short form: MM_LocalVim with its depth, or MM_LocalVSSM of
+    four blocks), built as mmdet or mmseg (``scope``) builds it, gives for one 64x64 image: a list, or mmdet's one
+    LocalVim map bare."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
+
+    import detection.local_mamba  # noqa: F401  (our backbones in both registries)
+    import segmentation.local_mamba  # noqa: F401
+
+    if backbone['type'] == 'MM_LocalVSSM':
+        directions = LOCAL_VSSM_TINY_DIRECTIONS[:4]
+    else:
+        directions = LOCAL_VIM_TINY_DIRECTIONS[:backbone['depth']]
+    init_default_scope(scope)
+    torch.manual_seed(0)
+    built = MODELS.build(dict(backbone, directions=directions)).eval()
+    with torch.no_grad():
+        return built(torch.zeros(1, 3, 64, 64))
 
 
 def shrink_mask_rcnn(model: dict, width: int = 32) -> dict:

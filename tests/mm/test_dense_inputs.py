@@ -4,15 +4,14 @@ maps they get. A config whose backbone out_indices (or width) changed while the 
 not ended in a bare AssertionError of FPN, an IndexError or a channel error of a head, after the datasets were built;
 one whose heads kept their strides trained silently wrong. Now either ends in one line that names what the backbone
 (or the neck) gives and the --cfg-options that fit the neck or the heads to it."""
-import argparse
 import copy
 import os
 
 import pytest
 import torch
 
-from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, det_batch, loss_and_grads, require, seg_batch,
-                      tiny_fpn_model_cfg, tiny_vssm_backbone)
+from conftest import (DET_CONFIGS, IMAGE_HW, REPO, SEG_CONFIGS, apply_advice, det_batch, loss_and_grads, require,
+                      seg_batch, tiny_fpn_model_cfg, tiny_vssm_backbone)
 
 from classification.dense import map_fit, run_inputs
 from classification.dense.backbones import backbone_maps
@@ -119,16 +118,6 @@ def test_the_configs_as_shipped_pass_the_check():
     assert len(checked) == len(DET_CONFIGS) + len(SEG_CONFIGS) - 1     # all but the LSJ base
 
 
-def _apply_advice(cfg, problem: str) -> None:
-    """Merge the --cfg-options that ``problem`` advises into ``cfg``, parsed as the tools parse them."""
-    from classification.dense import launch
-
-    parser = argparse.ArgumentParser()
-    launch.add_cfg_options(parser, '')
-    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *problem.split('set --cfg-options ')[1].split()])
-                        .cfg_options)
-
-
 def _problem(model) -> str | None:
     """The line the tools stop on for ``model``, as launch checks it."""
     return map_fit.neck_input_problem(model) or map_fit.head_stride_problem(model)
@@ -139,7 +128,7 @@ def _follow_advice(cfg) -> list:
     problems = []
     while _problem(cfg.model) and len(problems) < 4:
         problems.append(_problem(cfg.model))
-        _apply_advice(cfg, problems[-1])
+        apply_advice(cfg, problems[-1])
     return problems
 
 
@@ -424,5 +413,5 @@ def test_mmdets_own_detectors_pass_on_maps_of_their_strides_and_are_fitted_on_ot
     fixed = [item.split('=')[0] for item in problem.split('set --cfg-options ')[1].split()] if problem else []
     assert fixed == keys
     if problem:
-        _apply_advice(cfg, problem)
+        apply_advice(cfg, problem)
         assert map_fit.head_stride_problem(cfg.model) is None

@@ -4,15 +4,14 @@ necks and ICNet's) and lists of necks, where each neck takes the maps the one be
 and SSD's and YOLOv3's detection heads after a neck, which take the maps it gives. A neck or a head set for other
 maps ends in one line whose --cfg-options fit it; the channels and strides the check follows through a neck are those
 of the maps mmdet's and mmseg's built necks give."""
-import argparse
 import copy
 import os
 
 import pytest
 import torch
 
-from conftest import (IMAGE_HW, det_config, loss_and_grads, require, seg_batch, seg_config, tiny_vim_backbone,
-                      tiny_vssm_backbone)
+from conftest import (IMAGE_HW, apply_advice, det_config, loss_and_grads, our_maps, require, seg_batch, seg_config,
+                      tiny_vim_backbone, tiny_vssm_backbone)
 
 from classification.dense import map_fit
 from classification.dense.neck_maps import NeckMaps, neck_gives
@@ -138,16 +137,6 @@ REFUSALS = {
 }
 
 
-def _apply_advice(cfg, problem: str) -> None:
-    """Merge the --cfg-options that ``problem`` advises into ``cfg``, parsed as the tools parse them."""
-    from classification.dense import launch
-
-    parser = argparse.ArgumentParser()
-    launch.add_cfg_options(parser, '')
-    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *problem.split('set --cfg-options ')[1].split()])
-                        .cfg_options)
-
-
 @pytest.mark.parametrize('backbone, fits, misfit, message', REFUSALS.values(), ids=REFUSALS.keys())
 def test_a_neck_set_for_other_maps_is_refused_in_one_line_whose_options_fit_it(backbone, fits, misfit, message):
     require('mmengine')
@@ -158,7 +147,7 @@ def test_a_neck_set_for_other_maps_is_refused_in_one_line_whose_options_fit_it(b
     cfg = Config(dict(model=dict(backbone=backbone, neck=copy.deepcopy(misfit))))
     assert map_fit.neck_input_problem(cfg.model) == message
     if 'set --cfg-options' in message:
-        _apply_advice(cfg, message)
+        apply_advice(cfg, message)
         assert map_fit.neck_input_problem(cfg.model) is None
     if fits is not None and 'set --cfg-options' in message:     # the advice gives what the fitting config holds
         fitting = fits[-1] if isinstance(fits, list) else fits
@@ -215,7 +204,7 @@ def test_a_segmentation_head_after_a_neck_is_judged_by_the_maps_the_neck_gives(b
 
     cfg = Config(dict(model=dict(backbone=backbone, neck=copy.deepcopy(neck), **copy.deepcopy(heads))))
     assert map_fit.neck_input_problem(cfg.model) == message
-    _apply_advice(cfg, message)
+    apply_advice(cfg, message)
     assert map_fit.neck_input_problem(cfg.model) is None
 
 
@@ -490,24 +479,6 @@ FORWARDS = {
 }
 
 
-def _our_maps(scope: str, backbone: dict) -> list:
-    """The maps our ``backbone`` (its config in the tests' short form), built as mmdet or mmseg (``scope``) builds
-    it, gives for one 64x64 image: a list, or mmdet's one LocalVim map bare."""
-    from mmengine.registry import MODELS, init_default_scope
-
-    from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, LOCAL_VSSM_TINY_DIRECTIONS
-
-    import detection.local_mamba  # noqa: F401  (our backbones in both registries)
-    import segmentation.local_mamba  # noqa: F401
-
-    directions = LOCAL_VSSM_TINY_DIRECTIONS if backbone['type'] == 'MM_LocalVSSM' else LOCAL_VIM_TINY_DIRECTIONS
-    init_default_scope(scope)
-    torch.manual_seed(0)
-    built = MODELS.build(dict(backbone, directions=directions[:4])).eval()
-    with torch.no_grad():
-        return built(torch.zeros(1, 3, 64, 64))
-
-
 @pytest.mark.parametrize('scope, backbone, neck, refused', FORWARDS.values(), ids=FORWARDS.keys())
 def test_the_check_refuses_a_neck_exactly_where_its_forward_fails(scope, backbone, neck, refused):
     """The real neck, built by mmdet or mmseg, on the maps our built backbone gives: the check passes it iff its
@@ -520,7 +491,7 @@ def test_the_check_refuses_a_neck_exactly_where_its_forward_fails(scope, backbon
 
     problem = map_fit.neck_input_problem(dict(backbone=backbone, neck=neck), bare_single_map=scope == 'mmdet')
     assert (problem is not None) == refused, problem
-    maps = _our_maps(scope, backbone)
+    maps = our_maps(scope, backbone)
     parts = neck if isinstance(neck, list) else [neck]
     built = torch.nn.Sequential(*[MODELS.build(copy.deepcopy(part)) for part in parts]).eval()
     try:
@@ -544,7 +515,7 @@ def _follow_advice(cfg) -> list:
     while (problem := map_fit.neck_input_problem(cfg.model) or map_fit.head_stride_problem(cfg.model)) \
             and len(advice) < 4:
         advice.append(problem.split('set --cfg-options ')[1])
-        _apply_advice(cfg, problem)
+        apply_advice(cfg, problem)
     return advice
 
 
@@ -676,7 +647,7 @@ def test_the_check_refuses_a_detection_head_of_map_widths_exactly_where_its_forw
     cfg = Config(dict(model=dict(backbone=backbone, neck=neck, bbox_head=copy.deepcopy(head))))
     problem = map_fit.neck_input_problem(cfg.model, bare_single_map=True)
     assert (problem is not None) == refused, problem
-    ours = _our_maps('mmdet', backbone)     # (in mmdet's default scope)
+    ours = our_maps('mmdet', backbone)     # (in mmdet's default scope)
     with torch.no_grad():
         maps = MODELS.build(copy.deepcopy(neck)).eval()(ours)
         try:
@@ -686,7 +657,7 @@ def test_the_check_refuses_a_detection_head_of_map_widths_exactly_where_its_forw
         else:
             assert not refused
         if refused and 'set --cfg-options' in problem:
-            _apply_advice(cfg, problem)
+            apply_advice(cfg, problem)
             assert map_fit.neck_input_problem(cfg.model) is None
             MODELS.build(cfg.model.bbox_head).eval()(maps)
 
