@@ -1,16 +1,16 @@
 """Whether a det/seg model's necks and heads are set for the maps our backbone gives, checked on its config before
 mmengine builds it: the channels each neck (or each of a list of necks) takes, the ``in_index`` / ``in_channels`` of
-the segmentation heads, the in_channels of the detection heads that take one entry per map (SSD's, YOLOv3's), and
-the strides of the detection heads' anchors, points and RoI extractors. Each check returns the one-line error with
-the ``--cfg-options`` that fit (None when all fits); mmdet and mmseg would end in a bare AssertionError, an
-IndexError or a convolution's channel error after building the datasets, or train silently wrong. What each neck
-takes and gives is :mod:`.neck_maps`'s."""
+the segmentation heads, the maps the pixel decoder of a MaskFormer or Mask2Former head reads, the in_channels of the
+detection heads that take one entry per map (SSD's, YOLOv3's), and the strides of the detection heads' anchors,
+points and RoI extractors. Each check returns the one-line error with the ``--cfg-options`` that fit (None when all
+fits); mmdet and mmseg would end in a bare AssertionError, an IndexError or a convolution's channel error after
+building the datasets, or train silently wrong. What each neck takes and gives is :mod:`.neck_maps`'s."""
 from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 from .neck_maps import (Misfit, NeckMaps, judges, list_misfit, neck_gives, neck_misfit, option_list, positive_int,
-                        size_misfit)
+                        positive_ints, size_misfit)
 from .run_inputs import is_backbone, keyed_dicts, type_name
 
 
@@ -90,9 +90,11 @@ def _misfit_line(label: str, misfit: Optional[Misfit], given: str) -> Optional[s
 
 
 class GivenMaps(NamedTuple):
-    """The channels of the maps a backbone or a neck gives, and the words that say so in a line."""
+    """The channels of the maps a backbone or a neck gives, the words that say so in a line, and their strides (None
+    where not known here)."""
     channels: list[int]
     words: str
+    strides: Optional[list[int]] = None
 
 
 def _neck_gives_words(key: str, kind: str, channels: list[int]) -> str:
@@ -128,7 +130,72 @@ def _follow_necks(where: str, necks: list[tuple[str, dict]], maps: Any, given: s
             return None, None
         channels, strides, source = gives.channels, gives.strides, key
         given = _neck_gives_words(key, kind, gives.channels)
-    return None, GivenMaps(channels, given)
+    return None, GivenMaps(channels, given, strides)
+
+
+# mmdet's MaskFormer and Mask2Former heads (mmseg's wrap them) and the pixel decoders each builds: they take every
+# map they get, whatever their in_index, and build their pixel decoder on their in_channels.
+MASK_HEAD_DECODERS = dict(MaskFormerHead=('PixelDecoder', 'TransformerEncoderPixelDecoder'),
+                          Mask2FormerHead=('MSDeformAttnPixelDecoder',))
+# MSDeformAttnPixelDecoder's strides when its config sets none.
+DEFORM_DECODER_STRIDES = [4, 8, 16, 32]
+
+
+class DecoderReads(NamedTuple):
+    """What a pixel decoder of ``entries`` in_channels entries reads, as Python indices (below 0: from the end):
+    ``maps``, each with the in_channels entry of the same index; ``strides``, the entries of its strides (one per
+    level of its encoder); ``levels``, the number of those levels (None for a decoder without)."""
+    maps: list[int]
+    strides: list[int]
+    levels: Optional[int]
+
+
+def _decoder_reads(decoder: dict, entries: int) -> Optional[DecoderReads]:
+    """The maps and strides that the pixel decoder ``decoder`` (a config dict) of ``entries`` in_channels entries
+    reads: PixelDecoder and TransformerEncoderPixelDecoder the first entries - 1 maps and the last one;
+    MSDeformAttnPixelDecoder its maps 0 to entries - 1 and, one per level of its encoder (num_levels), the strides of
+    the deepest (with more levels than entries, the levels go on below 0, from the end). None where not known."""
+    if type_name(decoder) != 'MSDeformAttnPixelDecoder':
+        return DecoderReads(list(range(entries - 1)) + [-1], [], None)
+    attention = decoder
+    for key in ('encoder', 'layer_cfg', 'self_attn_cfg'):
+        attention = attention.get(key) if isinstance(attention, dict) else None
+    levels = positive_int(attention.get('num_levels')) if isinstance(attention, dict) else None
+    if levels is None:
+        return None
+    return DecoderReads(list(range(min(entries - levels, 0), entries)), list(range(entries - levels, entries)), levels)
+
+
+def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str]:
+    """The line for the MaskFormer or Mask2Former head ``head`` at ``where`` whose pixel decoder cannot read the
+    maps ``given`` to it: a map it reads missing or of other channels than its in_channels entry, an in_channels entry
+    it reads missing (Mask2Former with more levels than twice its entries), or an entry of its strides missing (judged
+    where the maps' strides are known); None where it reads them, or for settings not known here. The maps after
+    those it reads it passes over; the values of its strides do not change what it computes."""
+    expected, decoder = positive_ints(head.get('in_channels')), head.get('pixel_decoder')
+    if not expected or not isinstance(decoder, dict) or type_name(decoder) not in MASK_HEAD_DECODERS[type_name(head)]:
+        return None
+    reads = _decoder_reads(decoder, len(expected))
+    if reads is None:
+        return None
+    channels, count = given.channels, len(given.channels)
+    strides = _square_strides(decoder.get('strides', DEFORM_DECODER_STRIDES)) if reads.levels else None
+    takes_maps = all(-count <= i < count and -len(expected) <= i and channels[i] == expected[i] for i in reads.maps)
+    takes_strides = strides is None or given.strides is None or all(-len(strides) <= i < len(strides)
+                                                                    for i in reads.strides)
+    if takes_maps and takes_strides:
+        return None
+    fix = [] if list(expected) == channels else [
+        f'{where}.in_channels={option_list(channels, isinstance(head["in_channels"], tuple))}']
+    takes = f'takes {len(expected)} map{"s" if len(expected) > 1 else ""} of in_channels {list(expected)}'
+    if reads.levels and reads.levels > 2 * count:
+        takes += f' into {reads.levels} levels (at most twice as many as maps)'
+        fix += [f'{where}.num_transformer_feat_level={count}',
+                f'{where}.pixel_decoder.encoder.layer_cfg.self_attn_cfg.num_levels={count}']
+    if strides is not None and given.strides is not None and len(strides) < count:
+        takes += f' and pixel_decoder.strides {strides} (one per map)'
+        fix.append(f'{where}.pixel_decoder.strides={option_list(given.strides)}')
+    return _fit_problem(f'{where} ({type_name(head)})', takes, given.words, ' '.join(fix))
 
 
 def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
@@ -140,6 +207,11 @@ def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
                  if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
         for head_where, head in keyed:
             if not isinstance(head, dict):
+                continue
+            if type_name(head) in MASK_HEAD_DECODERS:
+                problem = _mask_head_problem(head_where, head, given)
+                if problem:
+                    return problem
                 continue
             in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
             fix = _head_fix(head_where, in_index, in_channels, given.channels)
@@ -180,8 +252,9 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
     :mod:`.neck_maps` judges (the in_channels of FPN and its kin, BFP, DyHead, YOLOv3's, SSD's, ICNet's, ...; RFP,
     which no backbone of ours can feed; GlobalAveragePooling, which refuses our list of maps), SimpleFPN (one map of
     ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the ``in_index`` /
-    ``in_channels`` of ``decode_head`` and ``auxiliary_head``, and the in_channels of a detector's ``bbox_head`` of
-    :data:`MAP_LIST_HEADS` (SSD's, YOLOv3's), against the maps of the backbone, or of the neck where
+    ``in_channels`` of ``decode_head`` and ``auxiliary_head`` (of a MaskFormer or Mask2Former head, which takes every
+    map, the maps its pixel decoder reads: :func:`_mask_head_problem`), and the in_channels of a detector's
+    ``bbox_head`` of :data:`MAP_LIST_HEADS` (SSD's, YOLOv3's), against the maps of the backbone, or of the neck where
     :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not judged), named by their keys
     under ``model`` (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's
     registration), which only SimpleFPN takes."""
@@ -196,7 +269,7 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
         if maps is None:
             continue
         words = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
-        given: Optional[GivenMaps] = GivenMaps(maps.channels, words)
+        given: Optional[GivenMaps] = GivenMaps(maps.channels, words, maps.strides)
         if node.get('neck') is not None:
             bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
             problem, given = _follow_necks(where, _neck_chain(node['neck'], f'{where}.neck'), maps, words, bare_map)

@@ -73,7 +73,7 @@ def positive_int(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _ints(value: Any) -> Optional[list[int]]:
+def positive_ints(value: Any) -> Optional[list[int]]:
     """A config's list (or tuple) of positive ints as a list; None for anything else."""
     if not isinstance(value, (list, tuple)) or not value or not all(positive_int(v) for v in value):
         return None
@@ -127,7 +127,7 @@ def _scales_misfit(neck: dict, key: str, takes: str, fix: str, channels: list[in
     """SSH or YOLOV3Neck set for another number of maps: num_scales and out_channels (one entry per map) change too;
     out_channels of one width are kept at it, others are left to the user."""
     count, widths = len(channels), neck.get('out_channels')
-    width = _one_width(widths) if _ints(widths) else None
+    width = _one_width(widths) if positive_ints(widths) else None
     if width is None:
         return Misfit(takes, advice=f'set {key}.num_scales={count}, {fix} and {key}.out_channels to {count} widths '
                                     f'(one per map)')
@@ -201,7 +201,7 @@ def _hrfpn_misfit(neck: dict, key: str, channels: list[int], source: str) -> Opt
     """HRFPN, which concatenates its maps before one 1x1 convolution of sum(in_channels) channels: it takes one map
     per in_channels entry, of those channels in all, split among the maps in any way."""
     expected = neck.get('in_channels')
-    if _ints(expected) and len(expected) == len(channels) and sum(expected) == sum(channels):
+    if positive_ints(expected) and len(expected) == len(channels) and sum(expected) == sum(channels):
         return None
     return _list_misfit(neck, key, channels, source)
 
@@ -210,7 +210,8 @@ def _ssd_misfit(neck: dict, key: str, channels: list[int], source: str) -> Optio
     """mmdet's SSDNeck, which passes its maps on and adds maps after the last: its in_channels (one entry per map)
     must also begin its out_channels, a sequence of the same kind (SSDNeck compares them with ==), so both change."""
     expected, outs = neck.get('in_channels'), neck.get('out_channels')
-    if not (_ints(expected) and _ints(outs)) or len(outs) <= len(expected) or list(expected) == channels:
+    if (not (positive_ints(expected) and positive_ints(outs)) or len(outs) <= len(expected)
+            or list(expected) == channels):
         return None
     tuple_form = isinstance(outs, tuple)
     extra = list(outs[len(expected):])
@@ -223,7 +224,7 @@ def _icneck_misfit(neck: dict, key: str, channels: list[int], source: str) -> Op
     """mmseg's ICNeck (ICNet's cascade feature fusion), which takes three maps of in_channels, of any sizes (it
     resizes the deepest onto the middle one, and their fusion onto the first)."""
     expected = neck.get('in_channels', (64, 256, 256))
-    if not _ints(expected) or len(expected) != 3 or list(expected) == channels:
+    if not positive_ints(expected) or len(expected) != 3 or list(expected) == channels:
         return None
     takes = f'takes 3 maps of in_channels {list(expected)}'
     if len(channels) != 3:
@@ -372,7 +373,7 @@ def _same_maps_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMap
     if kind == 'BFP':
         channels = maps.channels
     elif kind == 'SSH':
-        channels = _ints(neck.get('out_channels'))
+        channels = positive_ints(neck.get('out_channels'))
     else:
         channels = _widths(neck, count)
     return NeckMaps(channels, maps.strides)
@@ -434,7 +435,7 @@ def _feature2pyramid_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[N
 
 def _yolov3_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
     """YOLOV3Neck: one map per map it gets, the deepest first, out_channels (a list) wide."""
-    return NeckMaps(_ints(neck.get('out_channels')), maps.strides[::-1] if maps.strides else None)
+    return NeckMaps(positive_ints(neck.get('out_channels')), maps.strides[::-1] if maps.strides else None)
 
 
 def _dilated_encoder_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
@@ -445,7 +446,7 @@ def _dilated_encoder_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[N
 def _ct_resnet_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
     """CTResNetNeck: the last map, doubled in size by each deconvolution (of kernel 4: the only size that doubles
     exactly), num_deconv_filters[-1] wide."""
-    filters, kernels = _ints(neck.get('num_deconv_filters')), _ints(neck.get('num_deconv_kernels'))
+    filters, kernels = positive_ints(neck.get('num_deconv_filters')), positive_ints(neck.get('num_deconv_kernels'))
     if not filters:
         return None
     last = maps.strides[-1] if maps.strides else None
@@ -456,7 +457,7 @@ def _ct_resnet_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMap
 def _ssd_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
     """SSDNeck: its maps, then one map per extra out_channels entry; their strides are not known here (a convolution
     of padding 0, or of SSD512's last kernel 4, shrinks its map by a few pixels, not by a factor)."""
-    return NeckMaps(_ints(neck.get('out_channels')), None)
+    return NeckMaps(positive_ints(neck.get('out_channels')), None)
 
 
 def _icneck_gives(neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:

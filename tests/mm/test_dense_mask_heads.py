@@ -1,0 +1,200 @@
+"""The det/seg tools' check of mmseg's MaskFormer and Mask2Former heads (mmdet's, wrapped) on our backbones' maps: they
+take every map the backbone gives, whatever their in_index, and build their pixel decoder on their in_channels. The
+table builds the real head, shrunk from mmseg's own configs, on the maps our built backbone gives, and the check
+refuses exactly where its build or forward fails, in one line whose --cfg-options fit it."""
+import copy
+import os
+
+import pytest
+import torch
+
+from conftest import apply_advice, our_maps, require
+
+from classification.dense import map_fit
+
+VSSM4 = dict(type='MM_LocalVSSM', dims=8, depths=(1, 1, 1, 1), out_indices=(0, 1, 2, 3))   # 8 .. 64 channels
+VSSM4_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (0, 1, 2, 3)) gives 4 maps of [8, 16, 32, 64] channels '
+               '(stages 0, 1, 2, 3)')
+VSSM3 = dict(VSSM4, out_indices=(1, 2, 3))
+VSSM3_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of [16, 32, 64] channels '
+               '(stages 1, 2, 3)')
+VIM4 = dict(type='MM_LocalVim', embed_dim=32, depth=4, out_indices=[0, 1, 2, 3])     # all of stride 16
+VIM5 = dict(VIM4, depth=5, out_indices=[0, 1, 2, 3, 4])
+VIM5_GIVES = ('model.backbone (MM_LocalVim, out_indices [0, 1, 2, 3, 4]) gives 5 maps of [32, 32, 32, 32, 32] '
+              'channels (layers 0, 1, 2, 3, 4)')
+SWIN = [96, 192, 384, 768]
+NARROW = 16     # the shrunk heads' feat_channels, out_channels and embed_dims
+
+
+def _mmseg_head(config: str) -> dict:
+    """The decode_head of mmseg's own ``config`` (under its configs folder)."""
+    import mmseg
+    from mmengine.config import Config
+
+    path = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', config)
+    return copy.deepcopy(Config.fromfile(path).model.decode_head)
+
+
+def _narrow_layers(layers: dict, count: int) -> None:
+    """A transformer's ``layers`` config: ``count`` layers of NARROW channels and two heads."""
+    layers['num_layers'] = count
+    for key in ('self_attn_cfg', 'cross_attn_cfg'):
+        if key in layers['layer_cfg']:
+            layers['layer_cfg'][key].update(embed_dims=NARROW, num_heads=2)
+    layers['layer_cfg']['ffn_cfg'].update(embed_dims=NARROW, feedforward_channels=NARROW)
+
+
+def mask2former(in_channels: list, levels: int = 3, **settings) -> dict:
+    """mmseg's Swin-T Mask2Former head, narrow, of ``levels`` levels, 4 queries and one layer of each transformer."""
+    head = _mmseg_head('mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py')
+    head.update(in_channels=in_channels, feat_channels=NARROW, out_channels=NARROW, num_queries=4,
+                num_transformer_feat_level=levels)
+    decoder = head['pixel_decoder']
+    decoder.update(norm_cfg=dict(type='GN', num_groups=4), num_outs=levels)
+    _narrow_layers(decoder['encoder'], 1)
+    decoder['encoder']['layer_cfg']['self_attn_cfg']['num_levels'] = levels
+    decoder['positional_encoding']['num_feats'] = NARROW // 2
+    head['positional_encoding']['num_feats'] = NARROW // 2
+    _narrow_layers(head['transformer_decoder'], 1)
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            head[key].update(value)
+        else:
+            head[key] = value
+    return head
+
+
+def maskformer(in_channels: list, decoder: str = 'PixelDecoder', **settings) -> dict:
+    """mmseg's Swin-T MaskFormer head, narrow, of 4 queries and one decoder layer, with the pixel decoder
+    ``decoder`` (TransformerEncoderPixelDecoder: one encoder layer)."""
+    head = _mmseg_head('maskformer/maskformer_swin-t_upernet_8xb2-160k_ade20k-512x512.py')
+    head.update(in_channels=in_channels, feat_channels=NARROW, out_channels=NARROW, num_queries=4, **settings)
+    head['pixel_decoder'].update(type=f'mmdet.{decoder}', norm_cfg=dict(type='GN', num_groups=4))
+    if decoder == 'TransformerEncoderPixelDecoder':
+        head['pixel_decoder']['encoder'] = dict(num_layers=1, layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=NARROW, num_heads=2, batch_first=True),
+            ffn_cfg=dict(embed_dims=NARROW, feedforward_channels=NARROW)))
+        head['pixel_decoder']['positional_encoding'] = dict(num_feats=NARROW // 2, normalize=True)
+    head['positional_encoding']['num_feats'] = NARROW // 2
+    _narrow_layers(head['transformer_decoder'], 1)
+    return head
+
+
+def _head_runs(head: dict, maps: list) -> bool:
+    """Whether mmseg builds ``head`` and its forward takes ``maps`` (of one 64x64 image)."""
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64)))
+    try:
+        built = MODELS.build(copy.deepcopy(head)).eval()
+        with torch.no_grad():
+            built(maps, [sample])
+    except (IndexError, RuntimeError):
+        return False
+    return True
+
+
+# (backbone, head, the check's line for it: None where the head takes the backbone's maps)
+FORWARDS = {
+    'mask2former': (VSSM4, mask2former([8, 16, 32, 64]), None),
+    'mask2former_of_swin_widths': (
+        VSSM4, mask2former(SWIN),
+        f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM4_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    'mask2former_of_a_map_more': (
+        VSSM3, mask2former([8, 16, 32, 64]),
+        f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [8, 16, 32, 64], but {VSSM3_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
+    # its in_index does not choose the maps: it reads the first three (8, 16 and 32 channels)
+    'mask2former_of_in_index_1_2_3': (
+        VSSM4, mask2former([16, 32, 64], in_index=[1, 2, 3]),
+        f'model.decode_head (Mask2FormerHead) takes 3 maps of in_channels [16, 32, 64], but {VSSM4_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    # the maps after those its in_channels count it passes over
+    'mask2former_of_the_first_maps': (VSSM4, mask2former([8, 16, 32]), None),
+    # LocalVim's maps, all of stride 16: its default strides (4, 8, 16, 32) serve, they only scale its points
+    'mask2former_on_local_vim': (VIM4, mask2former([32] * 4), None),
+    'mask2former_of_five_maps': (
+        VIM5, mask2former([32] * 5),
+        f'model.decode_head (Mask2FormerHead) takes 5 maps of in_channels [32, 32, 32, 32, 32] and '
+        f'pixel_decoder.strides [4, 8, 16, 32] (one per map), but {VIM5_GIVES}: set --cfg-options '
+        f'model.decode_head.pixel_decoder.strides=[16,16,16,16,16]'),
+    # three levels of two maps: the third level reads the last map again
+    'mask2former_of_more_levels_than_maps': (dict(VSSM4, out_indices=(2, 3)), mask2former([32, 64]), None),
+    'mask2former_of_one_map_for_three_levels': (
+        dict(VSSM4, out_indices=(3,)), mask2former([64]),
+        'model.decode_head (Mask2FormerHead) takes 1 map of in_channels [64] into 3 levels (at most twice as many as '
+        'maps), but model.backbone (MM_LocalVSSM, out_indices (3,)) gives 1 map of [64] channels (stage 3): set '
+        '--cfg-options model.decode_head.num_transformer_feat_level=1 '
+        'model.decode_head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.num_levels=1'),
+    'maskformer': (VSSM4, maskformer([8, 16, 32, 64]), None),
+    'maskformer_on_local_vim': (VIM4, maskformer([32] * 4), None),
+    'maskformer_of_swin_widths': (
+        VSSM3, maskformer(SWIN, in_index=[0, 1, 2, 3]),
+        f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM3_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
+    'maskformer_of_in_index_1_2_3': (
+        VSSM4, maskformer([16, 32, 64], in_index=[1, 2, 3]),
+        f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [16, 32, 64], but {VSSM4_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    # it reads its first entries' maps and the last map: here the third map twice, as entries 2 and 3
+    'maskformer_of_an_entry_more': (VSSM3, maskformer([16, 32, 64, 64]), None),
+    'maskformer_of_the_first_and_last_maps': (VSSM4, maskformer([8, 16, 64]), None),
+    'transformer_encoder_pixel_decoder': (VIM4, maskformer([32] * 4, 'TransformerEncoderPixelDecoder'), None),
+    'transformer_encoder_pixel_decoder_of_swin_widths': (
+        VSSM3, maskformer(SWIN, 'TransformerEncoderPixelDecoder'),
+        f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM3_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
+}
+
+
+@pytest.mark.parametrize('backbone, head, message', FORWARDS.values(), ids=FORWARDS.keys())
+def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbone, head, message):
+    """mmseg's head, built on the maps our built backbone gives: the check's line is the one expected, given iff
+    the head's build or forward fails; its --cfg-options fit the head, which then takes the maps."""
+    require('mmseg')
+    require('mmdet')
+    import mmdet.models  # noqa: F401  (the pixel decoders in mmdet's registry)
+    from mmengine.config import Config
+
+    cfg = Config(dict(model=dict(backbone=backbone, decode_head=copy.deepcopy(head))))
+    assert map_fit.neck_input_problem(cfg.model) == message
+    maps = our_maps('mmseg', backbone)
+    assert _head_runs(head, maps) == (message is None)
+    if message is not None:
+        apply_advice(cfg, message)
+        assert map_fit.neck_input_problem(cfg.model) is None
+        assert _head_runs(cfg.model.decode_head, maps)
+
+
+def test_mask2formers_strides_do_not_change_what_it_computes():
+    """The pixel decoder divides each level's points by its stride times the map's size: on LocalVim's maps of
+    stride 16 its default strides give what strides of 16 give. mmseg's config sets strides on the head, which the
+    head does not pass on: its pixel decoder keeps the default."""
+    require('mmseg')
+    require('mmdet')
+    import mmdet.models  # noqa: F401
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    maps = our_maps('mmseg', VIM4)
+    torch.manual_seed(0)
+    maps = [m + torch.randn_like(m) for m in maps]      # not one value everywhere
+    default = MODELS.build(mask2former([32] * 4, strides=[16] * 4)).eval()
+    assert default.pixel_decoder.strides == [4, 8, 16, 32]
+    sixteen = MODELS.build(mask2former([32] * 4, pixel_decoder=dict(strides=[16] * 4))).eval()
+    assert sixteen.pixel_decoder.strides == [16] * 4
+    sixteen.load_state_dict(default.state_dict())
+    sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64)))
+    with torch.no_grad():
+        classes, masks = default(maps, [sample])
+        assert all(torch.equal(a, b) for a, b in zip(classes + masks, sum(sixteen(maps, [sample]), [])))
+
+
+def test_a_mask_head_after_a_neck_is_judged_by_the_neck_maps():
+    neck = dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=8, num_outs=4)
+    model = dict(backbone=VSSM4, neck=neck, decode_head=mask2former([8, 16, 32, 64]))
+    assert map_fit.neck_input_problem(model) == (
+        'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [8, 16, 32, 64], but model.neck (FPN) gives '
+        '4 maps of [8, 8, 8, 8] channels: set --cfg-options model.decode_head.in_channels=[8,8,8,8]')
