@@ -18,7 +18,8 @@ EXPECTED_DET = {
     'mask_rcnn_local_vssm_small_fpn_coco_ms_3x.py'}
 EXPECTED_SEG = {
     'upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py', 'upernet_local_vim-small_8xb2-160k_ade20k-512x512.py',
-    'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py', 'upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py'}
+    'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py', 'upernet_local_vssm_small_8xb2-160k_ade20k-512x512.py',
+    'mask2former_local_vssm_tiny_8xb2-160k_ade20k-512x512.py'}
 
 
 def _as_table(directions):
@@ -88,7 +89,8 @@ def test_segmentation_config_builds(path):
     init_default_scope('mmseg')
     model = MODELS.build(cfg.model)
     name = os.path.basename(path)
-    assert type(model).__name__ == 'EncoderDecoder' and type(model.decode_head).__name__ == 'UPerHead'
+    head = 'Mask2FormerHead' if name.startswith('mask2former') else 'UPerHead'
+    assert type(model).__name__ == 'EncoderDecoder' and type(model.decode_head).__name__ == head
     size = 'tiny' if 'tiny' in name else 'small'
     if 'local_vim' in name:
         assert _as_table(cfg.model.backbone.directions) == LOCAL_VIM_TINY_DIRECTIONS
@@ -256,3 +258,40 @@ def test_segmentation_configs_keep_the_originals_training_values(name, channels,
     assert (tuple(crop.crop_size), crop.cat_max_ratio) == ((512, 512), 0.75)
     assert tuple(_pipeline_step(cfg.test_pipeline, 'Resize').scale) == (2048, 512)
     assert cfg.model.test_cfg.mode == 'whole'
+
+
+def test_the_mask2former_config_keeps_local_vssm_tinys_backbone_and_mmsegs_swin_t_training_values():
+    """LocalVMamba-T as in the UperNet config, mmseg's Swin-T Mask2Former recipe around it: AdamW 1e-4, the backbone
+    at a tenth of it, gradients clipped at 0.01, a poly schedule of power 0.9 over 160k iterations; no weight decay on
+    any norm (the backbone's too, as the recipe's Swin keys did on Swin) nor on the queries' and levels' embeddings."""
+    require('mmseg')
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    cfg = seg_config('mask2former_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    upernet = seg_config('upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
+    assert cfg.model.backbone == upernet.model.backbone
+    head = cfg.model.decode_head
+    assert (head.in_channels, head.num_classes, head.num_queries, head.num_transformer_feat_level) == (
+        [96, 192, 384, 768], 150, 100, 3)
+    assert cfg.get('pretrained') is None
+    assert _optimizer(cfg) == ('AdamW', 1e-4, (0.9, 0.999), 0.05) and cfg.optim_wrapper.type == 'OptimWrapper'
+    assert cfg.optim_wrapper.clip_grad.max_norm == 0.01
+    assert _schedulers(cfg) == [dict(type='PolyLR', eta_min=0, power=0.9, begin=0, end=160000, by_epoch=False)]
+    assert (cfg.train_cfg.max_iters, cfg.train_dataloader.batch_size) == (160000, 2)
+    assert tuple(cfg.crop_size) == (512, 512) and tuple(cfg.model.data_preprocessor.size) == (512, 512)
+
+    cfg.model.backbone.pretrained = None
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model)
+    norms = {f'{name}.{key}' for name, module in model.named_modules() if 'Norm' in type(module).__name__
+             for key, _ in module.named_parameters(recurse=False)}
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    settings = {names[id(p)]: (g['lr'], g['weight_decay']) for g in groups for p in g['params']}
+    embeddings = {f'decode_head.{key}.weight' for key in ('query_embed', 'query_feat', 'level_embed')}
+    for name, (lr, decay) in settings.items():
+        assert lr == pytest.approx(1e-5 if name.startswith('backbone.') else 1e-4), name
+        assert decay == (0.0 if name in norms or name in embeddings else 0.05), name
+    assert sum(name.startswith('backbone.') and name in norms for name in settings) == 2 * 53   # 53 LayerNorms

@@ -84,3 +84,50 @@ def test_one_local_vim_map_reaches_an_fcn_head_whole():
     with torch.no_grad():
         results = model.test_step(seg_batch())
     assert [tuple(sample.seg_logits.data.shape) for sample in results] == [(150, *IMAGE_HW)] * 2
+
+
+def _mask2former_model_cfg() -> dict:
+    """The LocalVMamba-T Mask2Former config's model: one block per stage (16 .. 128 channels), a 32-channel head of
+    10 queries, one encoder layer and three decoder layers (one per level), 1024 sampled points."""
+    model = copy.deepcopy(seg_config('mask2former_local_vssm_tiny_8xb2-160k_ade20k-512x512.py').model)
+    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
+    model['data_preprocessor']['size'] = IMAGE_HW
+    head = model['decode_head']
+    head.update(in_channels=[16, 32, 64, 128], feat_channels=32, out_channels=32, num_queries=10)
+    head['train_cfg']['num_points'] = 1024
+    encoder = head['pixel_decoder']['encoder']
+    encoder['num_layers'] = 1
+    encoder['layer_cfg']['self_attn_cfg'].update(embed_dims=32, num_heads=2)
+    encoder['layer_cfg']['ffn_cfg'].update(embed_dims=32, feedforward_channels=64)
+    head['pixel_decoder']['positional_encoding']['num_feats'] = 16
+    head['positional_encoding']['num_feats'] = 16
+    decoder = head['transformer_decoder']
+    decoder['num_layers'] = 3
+    for attention in ('self_attn_cfg', 'cross_attn_cfg'):
+        decoder['layer_cfg'][attention].update(embed_dims=32, num_heads=2)
+    decoder['layer_cfg']['ffn_cfg'].update(embed_dims=32, feedforward_channels=64)
+    return model
+
+
+def test_mask2former_train_and_inference_steps():
+    """The shipped LocalVMamba-T Mask2Former config, shrunk: a training step reaches every backbone parameter, and
+    inference gives 150-class logits at the image's size."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import mmdet.models  # noqa: F401  (the config's custom_imports: the pixel decoder, losses and assigner)
+    torch.manual_seed(0)
+    init_default_scope('mmseg')
+    model = revert_sync_batchnorm(MODELS.build(_mask2former_model_cfg()))
+    model.init_weights()
+
+    loss = loss_and_grads(model, seg_batch())
+    assert torch.isfinite(loss) and loss > 0
+    assert_backbone_gradients(model.backbone)
+
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(seg_batch())
+    assert [tuple(sample.seg_logits.data.shape) for sample in results] == [(150, *IMAGE_HW)] * 2
+    assert all(tuple(sample.pred_sem_seg.data.shape) == (1, *IMAGE_HW) for sample in results)
