@@ -22,6 +22,7 @@ FPN_CONFIG = os.path.join(DET, 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
 VITDET_CONFIG = os.path.join(DET, 'vitdet_cascade_mask-rcnn_local_vim_tiny_lsj-100e.py')
 VSSM_SEG_CONFIG = os.path.join(SEG, 'upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
 VIM_SEG_CONFIG = os.path.join(SEG, 'upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py')
+MASK2FORMER_CONFIG = os.path.join(SEG, 'mask2former_local_vssm_tiny_8xb2-160k_ade20k-512x512.py')
 
 VSSM_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (1, 2, 3)) gives 3 maps of [192, 384, 768] channels '
               '(stages 1, 2, 3)')
@@ -74,12 +75,17 @@ REFUSALS = [
                                       'model.decode_head.in_channels=[192,192]'],
      f'model.auxiliary_head (FCNHead) takes the map in_index 3 of in_channels 192, but {VIM_GIVES}: set '
      f'--cfg-options model.auxiliary_head.in_index=1'),
+    # Mask2Former takes every map (it has no in_index): its in_channels are those of the maps given
+    ('segmentation', MASK2FORMER_CONFIG, ['model.backbone.out_indices=(1,2,3)'],
+     f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [96, 192, 384, 768], but {VSSM_GIVES}: set '
+     f'--cfg-options model.decode_head.in_channels=[192,384,768]'),
 ]
 
 
 @pytest.mark.parametrize('task, config, options, message', REFUSALS,
                          ids=['fpn', 'simple_fpn_maps', 'simple_fpn_width', 'fpn_bare_map', 'fpn_strides',
-                              'simple_fpn_strides', 'upernet', 'upernet_aux', 'vim_upernet', 'vim_upernet_aux'])
+                              'simple_fpn_strides', 'upernet', 'upernet_aux', 'vim_upernet', 'vim_upernet_aux',
+                              'mask2former'])
 def test_a_neck_or_head_set_for_other_maps_is_refused_in_one_line_naming_the_keys(tmp_path, capsys, task, config,
                                                                                   options, message):
     require('mmdet' if task == 'detection' else 'mmseg')
