@@ -86,14 +86,20 @@ def test_one_local_vim_map_reaches_an_fcn_head_whole():
     assert [tuple(sample.seg_logits.data.shape) for sample in results] == [(150, *IMAGE_HW)] * 2
 
 
-def _mask2former_model_cfg() -> dict:
-    """The LocalVMamba-T Mask2Former config's model: one block per stage (16 .. 128 channels), a 32-channel head of
-    10 queries, one encoder layer and three decoder layers (one per level), 1024 sampled points."""
+def _mask2former_model_cfg(local_vim: bool) -> dict:
+    """The LocalVMamba-T Mask2Former config's model: one block per stage (16 .. 128 channels), or a 4-layer LocalVim
+    of width 32 in its place (four maps of stride 16), a 32-channel head of 10 queries, one encoder layer and three
+    decoder layers (one per level), 1024 sampled points."""
     model = copy.deepcopy(seg_config('mask2former_local_vssm_tiny_8xb2-160k_ade20k-512x512.py').model)
-    model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
+    if local_vim:
+        vim = seg_config('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py').model.backbone
+        model['backbone'] = tiny_vim_backbone(vim, depth=4, out_indices=[0, 1, 2, 3], width=32)
+    else:
+        model['backbone'] = tiny_vssm_backbone(model['backbone'], dims=16)
     model['data_preprocessor']['size'] = IMAGE_HW
     head = model['decode_head']
-    head.update(in_channels=[16, 32, 64, 128], feat_channels=32, out_channels=32, num_queries=10)
+    head.update(in_channels=[32] * 4 if local_vim else [16, 32, 64, 128], feat_channels=32, out_channels=32,
+                num_queries=10)
     head['train_cfg']['num_points'] = 1024
     encoder = head['pixel_decoder']['encoder']
     encoder['num_layers'] = 1
@@ -109,9 +115,11 @@ def _mask2former_model_cfg() -> dict:
     return model
 
 
-def test_mask2former_train_and_inference_steps():
-    """The shipped LocalVMamba-T Mask2Former config, shrunk: a training step reaches every backbone parameter, and
-    inference gives 150-class logits at the image's size."""
+@pytest.mark.parametrize('local_vim', [False, True], ids=['local_vssm', 'local_vim'])
+def test_mask2former_train_and_inference_steps(local_vim):
+    """The shipped LocalVMamba-T Mask2Former config, shrunk, and with LocalVim's maps, all of stride 16, in its place
+    (the pixel decoder's strides stay 4 .. 32: their values only scale its points): a training step reaches every
+    backbone parameter, and inference gives 150-class logits at the image's size."""
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
@@ -119,7 +127,7 @@ def test_mask2former_train_and_inference_steps():
     import mmdet.models  # noqa: F401  (the config's custom_imports: the pixel decoder, losses and assigner)
     torch.manual_seed(0)
     init_default_scope('mmseg')
-    model = revert_sync_batchnorm(MODELS.build(_mask2former_model_cfg()))
+    model = revert_sync_batchnorm(MODELS.build(_mask2former_model_cfg(local_vim)))
     model.init_weights()
 
     loss = loss_and_grads(model, seg_batch())
