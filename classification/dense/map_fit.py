@@ -73,7 +73,8 @@ def _simple_fpn_problem(where: str, key: str, neck: dict, maps: Any, given: str)
 
 
 def _bare_map_problem(where: str, key: str, neck: dict, given: str) -> str:
-    """A neck at ``key`` that takes a list of maps, after mmdet's MM_LocalVim of one map, which it passes on bare."""
+    """A neck (or a MaskFormer or Mask2Former head) at ``key`` that takes a list of maps, after mmdet's MM_LocalVim of
+    one map, which it passes on bare."""
     entries = f' (and {key}.in_channels one entry per layer)' if isinstance(neck.get('in_channels'), list) else ''
     return (f"{key} ({type_name(neck)}) takes a list of maps, but {given}, and mmdet's MM_LocalVim passes one map "
             f"on bare (as SimpleFPN takes it): give {where}.backbone.out_indices two or more layers{entries}, or use "
@@ -198,10 +199,12 @@ def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str
     return _fit_problem(f'{where} ({type_name(head)})', takes, given.words, ' '.join(fix))
 
 
-def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
+def _heads_problem(where: str, node: dict, given: GivenMaps, bare_map: bool = False) -> Optional[str]:
     """The first ``decode_head`` / ``auxiliary_head`` (one, or a list) of the segmentor ``node`` at ``where`` whose
-    ``in_index`` / ``in_channels`` do not take the maps ``given`` to the heads (by the backbone, or by the neck)."""
-    for head_key in ('decode_head', 'auxiliary_head'):
+    ``in_index`` / ``in_channels`` do not take the maps ``given`` to the heads (by the backbone, or by the neck); of a
+    MaskFormer or Mask2Former head among them, or a detector's ``panoptic_head`` (one of those two), whose pixel
+    decoder does not read them (``bare_map``: one map, which mmdet's MM_LocalVim gives bare, not in a list)."""
+    for head_key in ('decode_head', 'auxiliary_head', 'panoptic_head'):
         heads = node.get(head_key)
         keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
                  if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
@@ -209,9 +212,12 @@ def _heads_problem(where: str, node: dict, given: GivenMaps) -> Optional[str]:
             if not isinstance(head, dict):
                 continue
             if type_name(head) in MASK_HEAD_DECODERS:
-                problem = _mask_head_problem(head_where, head, given)
+                problem = (_bare_map_problem(where, head_where, head, given.words) if bare_map
+                           else _mask_head_problem(head_where, head, given))
                 if problem:
                     return problem
+                continue
+            if head_key == 'panoptic_head':
                 continue
             in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
             fix = _head_fix(head_where, in_index, in_channels, given.channels)
@@ -253,11 +259,11 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
     which no backbone of ours can feed; GlobalAveragePooling, which refuses our list of maps), SimpleFPN (one map of
     ``backbone_channel``), a list of necks (each takes the maps the one before gives), and the ``in_index`` /
     ``in_channels`` of ``decode_head`` and ``auxiliary_head`` (of a MaskFormer or Mask2Former head, which takes every
-    map, the maps its pixel decoder reads: :func:`_mask_head_problem`), and the in_channels of a detector's
-    ``bbox_head`` of :data:`MAP_LIST_HEADS` (SSD's, YOLOv3's), against the maps of the backbone, or of the neck where
-    :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not judged), named by their keys
-    under ``model`` (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare, not in a list (mmdet's
-    registration), which only SimpleFPN takes."""
+    map, the maps its pixel decoder reads: :func:`_mask_head_problem`; a detector's ``panoptic_head`` too), and the
+    in_channels of a detector's ``bbox_head`` of :data:`MAP_LIST_HEADS` (SSD's, YOLOv3's), against the maps of the
+    backbone, or of the neck where :func:`.neck_maps.neck_gives` knows them (after any other neck the heads are not
+    judged), named by their keys under ``model`` (``model_cfg``). ``bare_single_map``: MM_LocalVim gives one map bare,
+    not in a list (mmdet's registration), which only SimpleFPN takes (MaskFormer's and Mask2Former's heads neither)."""
     from .backbones import backbone_maps
 
     for where, node in keyed_dicts(model_cfg, 'model'):
@@ -270,12 +276,14 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
             continue
         words = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
         given: Optional[GivenMaps] = GivenMaps(maps.channels, words, maps.strides)
+        bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
         if node.get('neck') is not None:
-            bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
             problem, given = _follow_necks(where, _neck_chain(node['neck'], f'{where}.neck'), maps, words, bare_map)
             if problem:
                 return problem
-        problem = (_heads_problem(where, node, given) or _list_head_problem(where, node, given)) if given else None
+            bare_map = False
+        problem = (_heads_problem(where, node, given, bare_map) or _list_head_problem(where, node, given)
+                   if given else None)
         if problem:
             return problem
     return None

@@ -1,9 +1,12 @@
-"""The det/seg tools' check of mmseg's MaskFormer and Mask2Former heads (mmdet's, wrapped) on our backbones' maps: they
-take every map the backbone gives, whatever their in_index, and build their pixel decoder on their in_channels. The
-table builds the real head, shrunk from mmseg's own configs, on the maps our built backbone gives, and the check
-refuses exactly where its build or forward fails, in one line whose --cfg-options fit it."""
+"""The det/seg tools' check of the MaskFormer and Mask2Former heads on our backbones' maps, mmseg's (mmdet's, wrapped)
+and mmdet's panoptic ones: they take every map the backbone gives, whatever their in_index, and build their pixel
+decoder on their in_channels. The tables build the real head, shrunk from mmseg's and mmdet's own configs, on the maps
+our built backbone gives, and the check refuses exactly where its build or forward fails, in one line whose
+--cfg-options fit it."""
 import copy
+import importlib
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -26,13 +29,20 @@ SWIN = [96, 192, 384, 768]
 NARROW = 16     # the shrunk heads' feat_channels, out_channels and embed_dims
 
 
-def _mmseg_head(config: str) -> dict:
-    """The decode_head of mmseg's own ``config`` (under its configs folder)."""
-    import mmseg
+MMSEG_CONFIGS = dict(mask2former='mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py',
+                     maskformer='maskformer/maskformer_swin-t_upernet_8xb2-160k_ade20k-512x512.py')
+MMDET_CONFIGS = dict(mask2former='mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py',
+                     maskformer='maskformer/maskformer_r50_ms-16xb1-75e_coco.py')
+
+
+def _framework_head(scope: str, family: str) -> dict:
+    """The head of mmseg's (``scope``) Swin-T config of ``family`` (its decode_head), or of mmdet's R-50 panoptic one
+    (its panoptic_head)."""
     from mmengine.config import Config
 
-    path = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', config)
-    return copy.deepcopy(Config.fromfile(path).model.decode_head)
+    configs, key = (MMSEG_CONFIGS, 'decode_head') if scope == 'mmseg' else (MMDET_CONFIGS, 'panoptic_head')
+    path = os.path.join(os.path.dirname(importlib.import_module(scope).__file__), '.mim', 'configs', configs[family])
+    return copy.deepcopy(Config.fromfile(path).model[key])
 
 
 def _narrow_layers(layers: dict, count: int) -> None:
@@ -44,9 +54,10 @@ def _narrow_layers(layers: dict, count: int) -> None:
     layers['layer_cfg']['ffn_cfg'].update(embed_dims=NARROW, feedforward_channels=NARROW)
 
 
-def mask2former(in_channels: list, levels: int = 3, **settings) -> dict:
-    """mmseg's Swin-T Mask2Former head, narrow, of ``levels`` levels, 4 queries and one layer of each transformer."""
-    head = _mmseg_head('mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py')
+def mask2former(in_channels: list, levels: int = 3, scope: str = 'mmseg', **settings) -> dict:
+    """mmseg's Swin-T (or mmdet's panoptic) Mask2Former head, narrow, of ``levels`` levels, 4 queries and one layer of
+    each transformer."""
+    head = _framework_head(scope, 'mask2former')
     head.update(in_channels=in_channels, feat_channels=NARROW, out_channels=NARROW, num_queries=4,
                 num_transformer_feat_level=levels)
     decoder = head['pixel_decoder']
@@ -64,12 +75,13 @@ def mask2former(in_channels: list, levels: int = 3, **settings) -> dict:
     return head
 
 
-def maskformer(in_channels: list, decoder: str = 'PixelDecoder', **settings) -> dict:
-    """mmseg's Swin-T MaskFormer head, narrow, of 4 queries and one decoder layer, with the pixel decoder
-    ``decoder`` (TransformerEncoderPixelDecoder: one encoder layer)."""
-    head = _mmseg_head('maskformer/maskformer_swin-t_upernet_8xb2-160k_ade20k-512x512.py')
+def maskformer(in_channels: list, decoder: str = 'PixelDecoder', scope: str = 'mmseg', **settings) -> dict:
+    """mmseg's Swin-T (or mmdet's panoptic) MaskFormer head, narrow, of 4 queries and one decoder layer, with the
+    pixel decoder ``decoder`` (TransformerEncoderPixelDecoder: one encoder layer)."""
+    head = _framework_head(scope, 'maskformer')
     head.update(in_channels=in_channels, feat_channels=NARROW, out_channels=NARROW, num_queries=4, **settings)
-    head['pixel_decoder'].update(type=f'mmdet.{decoder}', norm_cfg=dict(type='GN', num_groups=4))
+    head['pixel_decoder'] = dict(type=f'mmdet.{decoder}', norm_cfg=dict(type='GN', num_groups=4),
+                                 act_cfg=dict(type='ReLU'))
     if decoder == 'TransformerEncoderPixelDecoder':
         head['pixel_decoder']['encoder'] = dict(num_layers=1, layer_cfg=dict(
             self_attn_cfg=dict(embed_dims=NARROW, num_heads=2, batch_first=True),
@@ -80,77 +92,83 @@ def maskformer(in_channels: list, decoder: str = 'PixelDecoder', **settings) -> 
     return head
 
 
-def _head_runs(head: dict, maps: list) -> bool:
-    """Whether mmseg builds ``head`` and its forward takes ``maps`` (of one 64x64 image)."""
-    from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
+def _sample():
+    """The data sample of one 64x64 image, as the heads' forward reads it (its metainfo)."""
+    from mmengine.structures import BaseDataElement
 
-    sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64)))
+    return BaseDataElement(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64)))
+
+
+def _head_runs(scope: str, head: dict, maps) -> bool:
+    """Whether mmseg or mmdet (``scope``) builds ``head`` and its forward takes ``maps`` (of one 64x64 image)."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    init_default_scope(scope)
     try:
         built = MODELS.build(copy.deepcopy(head)).eval()
         with torch.no_grad():
-            built(maps, [sample])
+            built(maps, [_sample()])
     except (IndexError, RuntimeError):
         return False
     return True
 
 
-# (backbone, head, the check's line for it: None where the head takes the backbone's maps)
+# (backbone, the head's maker, the check's line for it: None where the head takes the backbone's maps)
 FORWARDS = {
-    'mask2former': (VSSM4, mask2former([8, 16, 32, 64]), None),
+    'mask2former': (VSSM4, partial(mask2former, [8, 16, 32, 64]), None),
     'mask2former_of_swin_widths': (
-        VSSM4, mask2former(SWIN),
+        VSSM4, partial(mask2former, SWIN),
         f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM4_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
     'mask2former_of_a_map_more': (
-        VSSM3, mask2former([8, 16, 32, 64]),
+        VSSM3, partial(mask2former, [8, 16, 32, 64]),
         f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [8, 16, 32, 64], but {VSSM3_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
     # its in_index does not choose the maps: it reads the first three (8, 16 and 32 channels)
     'mask2former_of_in_index_1_2_3': (
-        VSSM4, mask2former([16, 32, 64], in_index=[1, 2, 3]),
+        VSSM4, partial(mask2former, [16, 32, 64], in_index=[1, 2, 3]),
         f'model.decode_head (Mask2FormerHead) takes 3 maps of in_channels [16, 32, 64], but {VSSM4_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
     # the maps after those its in_channels count it passes over
-    'mask2former_of_the_first_maps': (VSSM4, mask2former([8, 16, 32]), None),
+    'mask2former_of_the_first_maps': (VSSM4, partial(mask2former, [8, 16, 32]), None),
     # LocalVim's maps, all of stride 16: its default strides (4, 8, 16, 32) serve, they only scale its points
-    'mask2former_on_local_vim': (VIM4, mask2former([32] * 4), None),
+    'mask2former_on_local_vim': (VIM4, partial(mask2former, [32] * 4), None),
     'mask2former_of_five_maps': (
-        VIM5, mask2former([32] * 5),
+        VIM5, partial(mask2former, [32] * 5),
         f'model.decode_head (Mask2FormerHead) takes 5 maps of in_channels [32, 32, 32, 32, 32] and '
         f'pixel_decoder.strides [4, 8, 16, 32] (one per map), but {VIM5_GIVES}: set --cfg-options '
         f'model.decode_head.pixel_decoder.strides=[16,16,16,16,16]'),
     # three levels of two maps: the third level reads the last map again
-    'mask2former_of_more_levels_than_maps': (dict(VSSM4, out_indices=(2, 3)), mask2former([32, 64]), None),
+    'mask2former_of_more_levels_than_maps': (dict(VSSM4, out_indices=(2, 3)), partial(mask2former, [32, 64]), None),
     'mask2former_of_one_map_for_three_levels': (
-        dict(VSSM4, out_indices=(3,)), mask2former([64]),
+        dict(VSSM4, out_indices=(3,)), partial(mask2former, [64]),
         'model.decode_head (Mask2FormerHead) takes 1 map of in_channels [64] into 3 levels (at most twice as many as '
         'maps), but model.backbone (MM_LocalVSSM, out_indices (3,)) gives 1 map of [64] channels (stage 3): set '
         '--cfg-options model.decode_head.num_transformer_feat_level=1 '
         'model.decode_head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.num_levels=1'),
-    'maskformer': (VSSM4, maskformer([8, 16, 32, 64]), None),
-    'maskformer_on_local_vim': (VIM4, maskformer([32] * 4), None),
+    'maskformer': (VSSM4, partial(maskformer, [8, 16, 32, 64]), None),
+    'maskformer_on_local_vim': (VIM4, partial(maskformer, [32] * 4), None),
     'maskformer_of_swin_widths': (
-        VSSM3, maskformer(SWIN, in_index=[0, 1, 2, 3]),
+        VSSM3, partial(maskformer, SWIN, in_index=[0, 1, 2, 3]),
         f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM3_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
     'maskformer_of_in_index_1_2_3': (
-        VSSM4, maskformer([16, 32, 64], in_index=[1, 2, 3]),
+        VSSM4, partial(maskformer, [16, 32, 64], in_index=[1, 2, 3]),
         f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [16, 32, 64], but {VSSM4_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
     # it reads its first entries' maps and the last map: here the third map twice, as entries 2 and 3
-    'maskformer_of_an_entry_more': (VSSM3, maskformer([16, 32, 64, 64]), None),
-    'maskformer_of_the_first_and_last_maps': (VSSM4, maskformer([8, 16, 64]), None),
-    'transformer_encoder_pixel_decoder': (VIM4, maskformer([32] * 4, 'TransformerEncoderPixelDecoder'), None),
+    'maskformer_of_an_entry_more': (VSSM3, partial(maskformer, [16, 32, 64, 64]), None),
+    'maskformer_of_the_first_and_last_maps': (VSSM4, partial(maskformer, [8, 16, 64]), None),
+    'transformer_encoder_pixel_decoder': (VIM4, partial(maskformer, [32] * 4, 'TransformerEncoderPixelDecoder'), None),
     'transformer_encoder_pixel_decoder_of_swin_widths': (
-        VSSM3, maskformer(SWIN, 'TransformerEncoderPixelDecoder'),
+        VSSM3, partial(maskformer, SWIN, 'TransformerEncoderPixelDecoder'),
         f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM3_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
 }
 
 
-@pytest.mark.parametrize('backbone, head, message', FORWARDS.values(), ids=FORWARDS.keys())
-def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbone, head, message):
+@pytest.mark.parametrize('backbone, make_head, message', FORWARDS.values(), ids=FORWARDS.keys())
+def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbone, make_head, message):
     """mmseg's head, built on the maps our built backbone gives: the check's line is the one expected, given iff
     the head's build or forward fails; its --cfg-options fit the head, which then takes the maps."""
     require('mmseg')
@@ -158,14 +176,61 @@ def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbo
     import mmdet.models  # noqa: F401  (the pixel decoders in mmdet's registry)
     from mmengine.config import Config
 
+    head = make_head()
     cfg = Config(dict(model=dict(backbone=backbone, decode_head=copy.deepcopy(head))))
     assert map_fit.neck_input_problem(cfg.model) == message
     maps = our_maps('mmseg', backbone)
-    assert _head_runs(head, maps) == (message is None)
+    assert _head_runs('mmseg', head, maps) == (message is None)
     if message is not None:
         apply_advice(cfg, message)
         assert map_fit.neck_input_problem(cfg.model) is None
-        assert _head_runs(cfg.model.decode_head, maps)
+        assert _head_runs('mmseg', cfg.model.decode_head, maps)
+
+
+VIM1 = dict(VIM4, depth=2, out_indices=[1])
+VIM1_GIVES = 'model.backbone (MM_LocalVim, out_indices [1]) gives 1 map of [32] channels (layer 1)'
+R50 = [256, 512, 1024, 2048]
+BARE = ("and mmdet's MM_LocalVim passes one map on bare (as SimpleFPN takes it): give model.backbone.out_indices two "
+        "or more layers (and model.panoptic_head.in_channels one entry per layer), or use SimpleFPN")
+# mmdet's panoptic heads: (backbone, the head's maker, the check's line for it, with mmdet's registration of our
+# backbones)
+PANOPTIC_FORWARDS = {
+    'mask2former': (VSSM4, partial(mask2former, [8, 16, 32, 64], scope='mmdet'), None),
+    'mask2former_of_r50_widths': (
+        VSSM4, partial(mask2former, R50, scope='mmdet'),
+        f'model.panoptic_head (Mask2FormerHead) takes 4 maps of in_channels {R50}, but {VSSM4_GIVES}: set '
+        f'--cfg-options model.panoptic_head.in_channels=[8,16,32,64]'),
+    'maskformer_on_local_vim': (VIM4, partial(maskformer, [32] * 4, 'TransformerEncoderPixelDecoder', 'mmdet'), None),
+    'maskformer_of_r50_widths': (
+        VSSM3, partial(maskformer, R50, 'TransformerEncoderPixelDecoder', 'mmdet'),
+        f'model.panoptic_head (MaskFormerHead) takes 4 maps of in_channels {R50}, but {VSSM3_GIVES}: set '
+        f'--cfg-options model.panoptic_head.in_channels=[16,32,64]'),
+    # one map of its width and one level: the head still takes the batch of maps for a list of them
+    'mask2former_on_a_bare_map': (
+        VIM1, partial(mask2former, [32], levels=1, scope='mmdet'),
+        f'model.panoptic_head (Mask2FormerHead) takes a list of maps, but {VIM1_GIVES}, {BARE}'),
+    'maskformer_on_a_bare_map': (
+        VIM1, partial(maskformer, [32], scope='mmdet'),
+        f'model.panoptic_head (MaskFormerHead) takes a list of maps, but {VIM1_GIVES}, {BARE}'),
+}
+
+
+@pytest.mark.parametrize('backbone, make_head, message', PANOPTIC_FORWARDS.values(), ids=PANOPTIC_FORWARDS.keys())
+def test_the_check_refuses_a_panoptic_head_exactly_where_it_fails_on_our_maps(backbone, make_head, message):
+    """mmdet's panoptic MaskFormer and Mask2Former heads on the maps our backbone, built as mmdet builds it, gives
+    (LocalVim's one map bare): the line is given iff the head fails; its --cfg-options fit the head."""
+    require('mmdet')
+    from mmengine.config import Config
+
+    head = make_head()
+    cfg = Config(dict(model=dict(backbone=backbone, panoptic_head=copy.deepcopy(head))))
+    assert map_fit.neck_input_problem(cfg.model, bare_single_map=True) == message
+    maps = our_maps('mmdet', backbone)
+    assert _head_runs('mmdet', head, maps) == (message is None)
+    if message is not None and 'set --cfg-options' in message:
+        apply_advice(cfg, message)
+        assert map_fit.neck_input_problem(cfg.model, bare_single_map=True) is None
+        assert _head_runs('mmdet', cfg.model.panoptic_head, maps)
 
 
 def test_mask2formers_strides_do_not_change_what_it_computes():
@@ -176,7 +241,6 @@ def test_mask2formers_strides_do_not_change_what_it_computes():
     require('mmdet')
     import mmdet.models  # noqa: F401
     from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
 
     maps = our_maps('mmseg', VIM4)
     torch.manual_seed(0)
@@ -186,13 +250,13 @@ def test_mask2formers_strides_do_not_change_what_it_computes():
     sixteen = MODELS.build(mask2former([32] * 4, pixel_decoder=dict(strides=[16] * 4))).eval()
     assert sixteen.pixel_decoder.strides == [16] * 4
     sixteen.load_state_dict(default.state_dict())
-    sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64)))
     with torch.no_grad():
-        classes, masks = default(maps, [sample])
-        assert all(torch.equal(a, b) for a, b in zip(classes + masks, sum(sixteen(maps, [sample]), [])))
+        classes, masks = default(maps, [_sample()])
+        assert all(torch.equal(a, b) for a, b in zip(classes + masks, sum(sixteen(maps, [_sample()]), [])))
 
 
 def test_a_mask_head_after_a_neck_is_judged_by_the_neck_maps():
+    require('mmseg')
     neck = dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=8, num_outs=4)
     model = dict(backbone=VSSM4, neck=neck, decode_head=mask2former([8, 16, 32, 64]))
     assert map_fit.neck_input_problem(model) == (
