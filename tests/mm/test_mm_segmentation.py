@@ -1,5 +1,5 @@
-"""UperNet from the LocalMamba segmentation configs, shrunk: one training step and one inference step on CPU with
-non-square 160x128 images."""
+"""UperNet and Mask2Former from the LocalMamba segmentation configs, shrunk: one training step and one inference step
+on CPU with non-square 160x128 images."""
 import copy
 
 import pytest
@@ -9,6 +9,19 @@ from conftest import (IMAGE_HW, assert_backbone_gradients, loss_and_grads, requi
                       tiny_vim_backbone, tiny_vssm_backbone)
 
 require('mmseg')
+
+
+def _built_segmentor(model_cfg: dict) -> torch.nn.Module:
+    """The segmentor of ``model_cfg`` built in mmseg's scope (after seeding 0), BatchNorm in place of SyncBN, its
+    weights initialised."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    torch.manual_seed(0)
+    init_default_scope('mmseg')
+    model = revert_sync_batchnorm(MODELS.build(model_cfg))
+    model.init_weights()
+    return model
 
 
 def _shrink_heads(model: dict, in_channels: list[int], aux_in: int) -> dict:
@@ -33,13 +46,7 @@ def _vssm_model_cfg():
 @pytest.mark.parametrize('make_cfg, strides', [(_vim_model_cfg, [16] * 4), (_vssm_model_cfg, [4, 8, 16, 32])],
                          ids=['local_vim', 'local_vssm'])
 def test_upernet_train_and_inference_steps(make_cfg, strides):
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    torch.manual_seed(0)
-    init_default_scope('mmseg')
-    model = revert_sync_batchnorm(MODELS.build(make_cfg()))
-    model.init_weights()
+    model = _built_segmentor(make_cfg())
 
     feats = model.backbone(torch.randn(1, 3, *IMAGE_HW))
     assert [tuple(f.shape[-2:]) for f in feats] == [(IMAGE_HW[0] // s, IMAGE_HW[1] // s) for s in strides]
@@ -61,19 +68,13 @@ def test_upernet_train_and_inference_steps(make_cfg, strides):
 def test_one_local_vim_map_reaches_an_fcn_head_whole():
     """mmseg's MM_LocalVim gives a list for one out index too: the FCN head picks its map by in_index (a bare map
     would be indexed by its batch, a 3-D image: 'expected 4D input'); mmdet's keeps the bare map SimpleFPN takes."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    torch.manual_seed(0)
-    init_default_scope('mmseg')
     model = copy.deepcopy(seg_config('upernet_local_vim-tiny_8xb2-160k_ade20k-512x512.py').model)
     model['backbone'] = tiny_vim_backbone(model['backbone'], depth=2, out_indices=[1], width=32)
     model['decode_head'] = dict(type='FCNHead', in_channels=32, in_index=0, channels=16, num_convs=1,
                                 concat_input=False, num_classes=150, norm_cfg=dict(type='BN', requires_grad=True))
     model.pop('auxiliary_head')
     model['data_preprocessor']['size'] = IMAGE_HW
-    model = revert_sync_batchnorm(MODELS.build(model))
-    model.init_weights()
+    model = _built_segmentor(model)
 
     feats = model.backbone(torch.randn(2, 3, *IMAGE_HW))
     grid = (IMAGE_HW[0] // 16, IMAGE_HW[1] // 16)
@@ -120,15 +121,8 @@ def test_mask2former_train_and_inference_steps(local_vim):
     """The shipped LocalVMamba-T Mask2Former config, shrunk, and with LocalVim's maps, all of stride 16, in its place
     (the pixel decoder's strides stay 4 .. 32: their values only scale its points): a training step reaches every
     backbone parameter, and inference gives 150-class logits at the image's size."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
     import mmdet.models  # noqa: F401  (the config's custom_imports: the pixel decoder, losses and assigner)
-    torch.manual_seed(0)
-    init_default_scope('mmseg')
-    model = revert_sync_batchnorm(MODELS.build(_mask2former_model_cfg(local_vim)))
-    model.init_weights()
+    model = _built_segmentor(_mask2former_model_cfg(local_vim))
 
     loss = loss_and_grads(model, seg_batch())
     assert torch.isfinite(loss) and loss > 0
