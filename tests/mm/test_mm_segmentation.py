@@ -24,6 +24,21 @@ def _built_segmentor(model_cfg: dict) -> torch.nn.Module:
     return model
 
 
+def _assert_trains_and_segments(model: torch.nn.Module) -> None:
+    """A training step of two images gives a finite positive loss and reaches every backbone parameter; inference
+    gives each image finite 150-class logits and its prediction at the image's size."""
+    loss = loss_and_grads(model, seg_batch())
+    assert torch.isfinite(loss) and loss > 0
+    assert_backbone_gradients(model.backbone)
+
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(seg_batch())
+    assert [tuple(sample.seg_logits.data.shape) for sample in results] == [(150, *IMAGE_HW)] * 2
+    assert all(tuple(sample.pred_sem_seg.data.shape) == (1, *IMAGE_HW) for sample in results)
+    assert all(torch.isfinite(sample.seg_logits.data).all() for sample in results)
+
+
 def _shrink_heads(model: dict, in_channels: list[int], aux_in: int) -> dict:
     model['decode_head'].update(in_channels=in_channels, channels=32)
     model['auxiliary_head'].update(in_channels=aux_in, channels=16)
@@ -51,18 +66,7 @@ def test_upernet_train_and_inference_steps(make_cfg, strides):
     feats = model.backbone(torch.randn(1, 3, *IMAGE_HW))
     assert [tuple(f.shape[-2:]) for f in feats] == [(IMAGE_HW[0] // s, IMAGE_HW[1] // s) for s in strides]
 
-    loss = loss_and_grads(model, seg_batch())
-    assert torch.isfinite(loss) and loss > 0
-    assert_backbone_gradients(model.backbone)
-
-    model.eval()
-    with torch.no_grad():
-        results = model.test_step(seg_batch())
-    assert len(results) == 2
-    for sample in results:
-        assert tuple(sample.pred_sem_seg.data.shape) == (1, *IMAGE_HW)
-        assert tuple(sample.seg_logits.data.shape) == (150, *IMAGE_HW)
-        assert torch.isfinite(sample.seg_logits.data).all()
+    _assert_trains_and_segments(model)
 
 
 def test_one_local_vim_map_reaches_an_fcn_head_whole():
@@ -124,12 +128,4 @@ def test_mask2former_train_and_inference_steps(local_vim):
     import mmdet.models  # noqa: F401  (the config's custom_imports: the pixel decoder, losses and assigner)
     model = _built_segmentor(_mask2former_model_cfg(local_vim))
 
-    loss = loss_and_grads(model, seg_batch())
-    assert torch.isfinite(loss) and loss > 0
-    assert_backbone_gradients(model.backbone)
-
-    model.eval()
-    with torch.no_grad():
-        results = model.test_step(seg_batch())
-    assert [tuple(sample.seg_logits.data.shape) for sample in results] == [(150, *IMAGE_HW)] * 2
-    assert all(tuple(sample.pred_sem_seg.data.shape) == (1, *IMAGE_HW) for sample in results)
+    _assert_trains_and_segments(model)
