@@ -1,7 +1,8 @@
 """The configuration of `tools/train.py` and `tools/test.py`: a YAML config read into the flags (`flags.py`), the
 command line, the range checks, and the run's `args.yaml`.
 
-The flags leave out the original toolbox's that do nothing for these models (NAS, KD, DBB, DyRep, auxiliary tower).
+The flags leave out the original toolbox's that do nothing for these models (NAS, feature distillation, DBB, DyRep,
+auxiliary tower).
 A YAML file given with `-c` supplies defaults; any flag given on the command line wins over it. Unknown YAML keys
 are errors, but for the keys of those left-out flags at their off values (`ORIGINAL_FEATURES_OFF`: the original's
 `args.yaml` lists them all), which are skipped; switched on, they are refused by name. A YAML value is read from its
@@ -34,7 +35,7 @@ from ..common import atomic_write_text
 from ..common.suggest import did_you_mean
 from ..data.defaults import DATASET_FILLED_FLAGS, NORMALIZATION_FLAGS, filled_alike
 from ..data.image_decoding import IMAGE_MODES
-from .flags import build_parser
+from .flags import FEATURE_DISTILLATION, build_parser
 
 # per command, left out of args.yaml (module doc)
 RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch", "trust_checkpoint")
@@ -44,11 +45,8 @@ RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch", "trust_checkpoin
 ORIGINAL_FEATURES_OFF: dict[str, tuple[str, Any]] = {
     "model_config": ("model config files", ""), "drop_path_strategy": ("drop-path strategies", "const"),
     "auxiliary": ("auxiliary tower", False), "auxiliary_weight": ("auxiliary tower", 0.4),
-    "kd": ("knowledge distillation", ""), "teacher_model": ("knowledge distillation", ""),
-    "teacher_pretrained": ("knowledge distillation", True), "teacher_ckpt": ("knowledge distillation", ""),
-    "kd_loss_weight": ("knowledge distillation", 1.0), "ori_loss_weight": ("knowledge distillation", 1.0),
-    "teacher_module": ("knowledge distillation", ""), "student_module": ("knowledge distillation", ""),
-    "kd_loss_kwargs": ("knowledge distillation", None), "dbb": ("DBB", False), "dyrep": ("DyRep", False),
+    "teacher_module": (FEATURE_DISTILLATION, ""), "student_module": (FEATURE_DISTILLATION, ""),
+    "kd_loss_kwargs": (FEATURE_DISTILLATION, None), "dbb": ("DBB", False), "dyrep": ("DyRep", False),
     "dyrep_adjust_interval": ("DyRep", 10), "dyrep_max_adjust_epochs": ("DyRep", 100),
     "dyrep_recal_bn_iters": ("DyRep", 20), "dyrep_recal_bn_every_epoch": ("DyRep", False),
     "edgenn_config": ("EdgeNN", ""),
@@ -277,6 +275,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("mixup_prob", 0, 1, True, True), ("mixup_switch_prob", 0, 1, True, True), ("model_ema_decay", 0, 1, True, True),
     ("seed", 0, MAX_SEED, True, True), ("log_interval", 1, None, True, True), ("workers", 0, None, True, True),
     ("keep_num", 1, None, True, True), ("threads", 0, None, True, True),
+    ("kd_loss_weight", 0, None, True, True), ("ori_loss_weight", 0, None, True, True),
 )
 
 
@@ -366,7 +365,7 @@ def read_config(path: str, parser: argparse.ArgumentParser | None = None) -> dic
 
 # flags naming a file or folder: a leading ~ in their value (a config file's, or --flag=~/x, which no shell expands)
 # is the home folder
-PATH_FLAGS = ("data_path", "directions", "finetune", "output", "resume")
+PATH_FLAGS = ("data_path", "directions", "finetune", "output", "resume", "teacher_ckpt")
 
 
 def _other_folder(path: str, config_path: Optional[str]) -> bool:
@@ -427,7 +426,7 @@ def config_dict(args: argparse.Namespace) -> dict[str, Any]:
         if key in skip or key.startswith("_"):
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
-    for key in ("output", "data_path", "directions"):
+    for key in ("output", "data_path", "directions", "teacher_ckpt"):
         if out.get(key):
             out[key] = os.path.abspath(out[key])
     return out

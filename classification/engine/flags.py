@@ -14,6 +14,10 @@ DATASETS = ("imagenet", "cifar10", "cifar100", "digits")
 # file switches on (the run-control and --debug / --trust-checkpoint flags are plain `store_true`).
 SWITCH = argparse.BooleanOptionalAction
 
+# what the original's --kd mse / diffkd, --teacher-module, --student-module and --kd-loss-kwargs need, refused here
+FEATURE_DISTILLATION = ("feature distillation (it hooks CNN modules named in its KD_MODULES table: ResNets, "
+                        "MobileNets, Swins)")
+
 DEFAULT_EXPERIMENT = "exp"  # the run folder under --output when neither the flags nor the config name one
 
 
@@ -40,6 +44,18 @@ class KeyValueAction(argparse.Action):
             from_cli.add(key)
         setattr(namespace, self.dest, merged)
         setattr(namespace, "_cli_" + self.dest, sorted(from_cli))
+
+
+class RefusedFlagAction(argparse.Action):
+    """A flag of the original's that this code does not support: given, the parse ends with `reason` (its value is
+    never stored, nor written to args.yaml)."""
+
+    def __init__(self, option_strings, dest, reason: str = "", **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.reason}")
 
 
 class ConfigOnceAction(argparse.Action):
@@ -157,6 +173,27 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"), help="mixing granularity")
 
 
+def _add_distillation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("knowledge distillation (of the logits)")
+    g.add_argument("--kd", default="",
+                   help="method: kd (KL divergence at temperature 4), kdt<tau> (e.g. kdt4), dist (DIST), dist_t<tau>; "
+                        "default '': no distillation")
+    g.add_argument("--teacher-model", default="", help="teacher model name, with or without the timm_ prefix")
+    g.add_argument("--teacher-pretrained", action=SWITCH, default=True,
+                   help="the original downloads the teacher's weights; here they come from --teacher-ckpt, which "
+                        "--kd needs")
+    g.add_argument("--teacher-no-pretrained", dest="teacher_pretrained", action="store_false",
+                   help="the original's spelling of --no-teacher-pretrained")
+    g.add_argument("--teacher-ckpt", default="", help="the teacher's weights (training or released checkpoint)")
+    g.add_argument("--kd-loss-weight", type=float, default=1.0, help="weight of the distillation loss")
+    g.add_argument("--ori-loss-weight", type=float, default=1.0,
+                   help="weight of the run's own loss (cross-entropy, smoothing or mixup included)")
+    feature = f"the original's {FEATURE_DISTILLATION} is not part of this code: distill the logits with --kd"
+    for flag, nargs in (("--teacher-module", None), ("--student-module", None), ("--kd-loss-kwargs", "*")):
+        g.add_argument(flag, action=RefusedFlagAction, reason=feature, nargs=nargs,
+                       help="refused: the original's feature distillation")
+
+
 def _add_misc_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("EMA")
     g.add_argument("--model-ema", action=SWITCH, default=False, help="keep and validate an EMA of the weights")
@@ -217,6 +254,7 @@ def build_parser(description: str = "LocalMamba training", evaluation: bool = Fa
     _add_precision_flags(parser)
     _add_schedule_flags(parser)
     _add_augment_flags(parser)
+    _add_distillation_flags(parser)
     _add_misc_flags(parser)
     if evaluation:
         for action in parser._actions:

@@ -141,8 +141,10 @@ def _next_batch(batches: Iterator) -> tuple[Optional[torch.Tensor], Optional[tor
 
 
 def _forward_backward(run: Run, images: torch.Tensor, target: torch.Tensor, sync: bool) -> float:
-    """Mixup, forward and backward of one batch, adding its share (loss / --grad-accum-steps) to the gradients;
-    under DDP they are all-reduced only when `sync` (the optimizer step's last batch). Returns the batch's loss."""
+    """Mixup, forward (and a distilled run's teacher's, on the same images under the same autocast) and backward of
+    one batch, adding its share (loss / --grad-accum-steps) to the gradients; under DDP they are all-reduced only when
+    `sync` (the optimizer step's last batch). Returns the batch's loss (with `--kd`, the weighted sum of the run's loss
+    and the distillation loss)."""
     cfg, env = run.cfg, run.env
     images = images.to(env.device, non_blocking=True)
     target = target.to(env.device, non_blocking=True)
@@ -152,7 +154,10 @@ def _forward_backward(run: Run, images: torch.Tensor, target: torch.Tensor, sync
     with run.net.no_sync() if deferred else nullcontext():
         with autocast(env.device, cfg.amp, cfg.amp_dtype):
             output = run.net(images)
+            teacher_output = run.distillation.teacher_logits(images) if run.distillation is not None else None
         loss = run.train_loss(output.float(), target)
+        if teacher_output is not None:
+            loss = run.distillation.loss(loss, output.float(), teacher_output.float())
         share = loss / cfg.grad_accum_steps
         (run.scaler.scale(share) if run.scaler is not None else share).backward()
     return loss.item()

@@ -48,6 +48,7 @@ from .amp import log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
 from .config import ConfigError, config_dict, save_config
+from .distillation import Distillation, build_distillation, check_distillation_flags, log_teacher_accuracy
 from .distributed import DistEnv, agreed_setup, all_gather_objects, init_distributed, shutdown
 from .ema import ForeachModelEma
 from .evaluate import ValidationStopped, log_top5_meaning, validate
@@ -95,6 +96,8 @@ class Run:
             log_precision(log, env.device, cfg.amp, cfg.amp_eval, cfg.amp_dtype)
             if cfg.compile is not None:
                 log.warning(f"--compile {cfg.compile} is tools/test.py's: training and its validation run eager")
+            self.distillation: Optional[Distillation] = (build_distillation(cfg, env.device, log) if cfg.kd
+                                                         else None)
         self.net = self.model
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None
@@ -369,6 +372,7 @@ def train(cfg: Namespace) -> dict:
             check_settings(env.device)
             check_model_flags(cfg)
             check_auto_augment(cfg.aa, cfg.aa_impl)
+            check_distillation_flags(cfg)
         auto, ckpt = read_alike_on_every_rank(functools.partial(_read_resume_checkpoint, cfg))
         finished = finished_run(cfg, ckpt) if auto is not None else None
         if finished is not None:
@@ -415,6 +419,8 @@ def train(cfg: Namespace) -> dict:
             run.open_outputs(folder, ckpt)
         del ckpt, finetune
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
+        if run.distillation is not None:
+            log_teacher_accuracy(run.distillation, run.val_loader, run.val_loss, env, log, cfg.amp_eval, cfg.amp_dtype)
         # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved
         # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
         with lost_worker_as_data_error(saved=lambda: saved_so_far(run, resume_hint=True)):

@@ -104,12 +104,12 @@ def test_unknown_config_key_exits_with_a_message(tmp_path, capsys):
         run_cli(lambda: parse_args(["-c", str(cfg)]))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {cfg}: unknown key 'warmup_epoch'; did you mean warmup_epochs?\n"
-    cfg.write_text(yaml.safe_dump({"lr": 0.1, "teacher_model": "resnet50"}))  # a KD flag of the original's
+    cfg.write_text(yaml.safe_dump({"lr": 0.1, "dyrep": True}))  # a flag of the original's left out
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: parse_args(["-c", str(cfg)]))
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == (f"error: {cfg}: key 'teacher_model' is 'resnet50': the original's knowledge "
-                                       f"distillation is not part of this code (remove the key, or give it '')\n")
+    assert capsys.readouterr().err == (f"error: {cfg}: key 'dyrep' is True: the original's DyRep is not part of this "
+                                       f"code (remove the key, or give it False)\n")
 
 
 @pytest.fixture(scope="module")

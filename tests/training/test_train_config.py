@@ -106,16 +106,18 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 
 def test_the_originals_args_yaml_keys_of_features_left_out_are_skipped_while_off(tmp_path):
-    """An original run's args.yaml lists every flag of its toolbox, KD, DyRep, DBB, the auxiliary tower and the rest
-    included (unknown keys here): off, they are skipped, so `-c` of that file works; switched on, refused by name."""
-    off = {"kd": "", "teacher_model": "", "teacher_pretrained": True, "kd_loss_kwargs": None, "dyrep": False,
+    """An original run's args.yaml lists every flag of its toolbox, feature distillation, DyRep, DBB, the auxiliary
+    tower and the rest included (unknown keys here): off, they are skipped, so `-c` of that file works; switched on,
+    refused by name."""
+    off = {"teacher_module": "", "student_module": "", "kd_loss_kwargs": None, "dyrep": False,
            "dyrep_adjust_interval": 10, "dbb": False, "auxiliary": False, "auxiliary_weight": 0.4,
            "drop_path_strategy": "const", "edgenn_config": "", "model_config": ""}
     cfg = parse_args(["-c", write_yaml(tmp_path / "args.yaml", {"model": "timm_local_vim_tiny", "lr": 5e-4, **off})])
-    assert (cfg.model, cfg.lr) == ("timm_local_vim_tiny", 5e-4) and not hasattr(cfg, "kd")
-    with pytest.raises(ConfigError, match=r"args2\.yaml: key 'kd' is 'soft': the original's knowledge distillation is "
-                                          r"not part of this code \(remove the key, or give it ''\)"):
-        parse_args(["-c", write_yaml(tmp_path / "args2.yaml", {**off, "kd": "soft"})])
+    assert (cfg.model, cfg.lr) == ("timm_local_vim_tiny", 5e-4) and not hasattr(cfg, "dyrep")
+    assert not hasattr(cfg, "teacher_module")
+    with pytest.raises(ConfigError, match=r"args2\.yaml: key 'dyrep' is True: the original's DyRep is not part of "
+                                          r"this code \(remove the key, or give it False\)"):
+        parse_args(["-c", write_yaml(tmp_path / "args2.yaml", {**off, "dyrep": True})])
 
 
 @pytest.mark.parametrize("data, pattern", [

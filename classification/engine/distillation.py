@@ -1,0 +1,201 @@
+"""Knowledge distillation on the logits (`--kd`), the original toolbox's logit methods and flags.
+
+The training loss of a distilled run is `--ori-loss-weight` x the run's own loss on the student's logits (label
+smoothing or mixup's soft targets included) + `--kd-loss-weight` x the distillation loss between the student's and the
+teacher's logits. Methods: `kd` (KL divergence at temperature 4), `kdt<tau>` (at temperature tau, e.g. `kdt4`),
+`dist` (DIST with beta = gamma = tau = 1) and `dist_t<tau>`. The teacher (`--teacher-model`, weights from
+`--teacher-ckpt`) sees the same (mixed) batch as the student, under the same autocast, in eval mode and without
+gradients; it is no part of the model that is trained, wrapped in DDP, averaged by the EMA or saved.
+
+The original's feature methods (`mse`, `diffkd`) and its `--teacher-module` / `--student-module` / `--kd-loss-kwargs`
+hook CNN modules named in its table of ResNets, MobileNets and Swins, none of them a model of this code: refused.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from argparse import Namespace
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..common.checkpoint_io import CheckpointError, load_checkpoint_on_all_ranks, state_dict_from
+from .checkpoint import check_same_model, load_at_model_size
+from .config import ConfigError
+from .distributed import DistEnv
+from .evaluate import validate
+from .flags import FEATURE_DISTILLATION
+from ..models.factory import input_channels
+from .model_builder import UnknownModelError, create_model_at_size, image_channels, resolve_model_name
+
+LOGIT_METHODS = "kd, kdt<tau> (e.g. kdt4), dist or dist_t<tau>"
+FEATURE_METHODS = ("mse", "diffkd")
+
+
+class KLDivergence(nn.Module):
+    """KL(teacher || student) of the logits' softmax at temperature `tau`, times tau^2, summed over the classes and
+    averaged over the batch ('batchmean'), as the original's `kd` / `kdt<tau>`."""
+
+    def __init__(self, tau: float = 4.0):
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, classes) of both; returns a scalar."""
+        student_log_probs = F.log_softmax(student_logits / self.tau, dim=1)
+        teacher_probs = F.softmax(teacher_logits.detach() / self.tau, dim=1)
+        return self.tau ** 2 * F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of `a` with the same row of `b` (rows, columns); eps is added to the product
+    of the norms, as in the original."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+class DIST(nn.Module):
+    """DIST (Huang et al., 2022): one minus the mean Pearson correlation of the student's and teacher's class
+    probabilities at temperature `tau`, per image (inter-class, weight `beta`) and per class over the batch
+    (intra-class, weight `gamma`), each times tau^2."""
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0):
+        super().__init__()
+        self.beta, self.gamma, self.tau = beta, gamma, tau
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, classes) of both; returns a scalar."""
+        student_probs = (student_logits / self.tau).softmax(dim=1)
+        teacher_probs = (teacher_logits / self.tau).softmax(dim=1)
+        inter = 1 - _pearson_rows(student_probs, teacher_probs).mean()
+        intra = 1 - _pearson_rows(student_probs.t(), teacher_probs.t()).mean()
+        return self.tau ** 2 * (self.beta * inter + self.gamma * intra)
+
+
+def _temperature(method: str, prefix: str) -> float:
+    """The tau of `method` named `<prefix><tau>`; ConfigError when it is not a positive finite number."""
+    try:
+        tau = float(method[len(prefix):])
+    except ValueError:
+        tau = math.nan
+    if not math.isfinite(tau) or tau <= 0:
+        raise ConfigError(f"--kd {method}: the temperature after {prefix!r} must be a positive number (e.g. "
+                          f"{prefix}4)")
+    return tau
+
+
+def distillation_loss(method: str) -> nn.Module:
+    """The loss of logit method `method` (`LOGIT_METHODS`), called as loss(student_logits, teacher_logits); a
+    feature method or an unknown name raises ConfigError."""
+    if method in FEATURE_METHODS:
+        raise ConfigError(f"--kd {method}: the original's {FEATURE_DISTILLATION} is not part of this code; give a "
+                          f"logit method: {LOGIT_METHODS}")
+    if method == "kd":
+        return KLDivergence(tau=4.0)
+    if method == "dist":
+        return DIST(beta=1.0, gamma=1.0, tau=1.0)
+    if method.startswith("dist_t"):
+        return DIST(beta=1.0, gamma=1.0, tau=_temperature(method, "dist_t"))
+    if method.startswith("kdt"):
+        return KLDivergence(tau=_temperature(method, "kdt"))
+    raise ConfigError(f"--kd {method}: unknown distillation method; give {LOGIT_METHODS}")
+
+
+def check_distillation_flags(cfg: Namespace) -> None:
+    """Refuse, before anything is built, a `--kd` method that is unknown or not on the logits, a run without its
+    `--teacher-model` or `--teacher-ckpt`, and a teacher name timm does not know."""
+    if not cfg.kd:
+        return
+    distillation_loss(cfg.kd)
+    if not cfg.teacher_model:
+        raise ConfigError(f"--kd {cfg.kd} distills from a teacher: give --teacher-model NAME and --teacher-ckpt FILE")
+    try:
+        resolve_model_name(cfg.teacher_model)
+    except UnknownModelError as err:
+        raise ConfigError(f"--teacher-model: {err}") from None
+    if not cfg.teacher_ckpt:
+        pretrained = ("--teacher-pretrained would download its weights, and nothing is downloaded here"
+                      if cfg.teacher_pretrained else "a teacher of random weights teaches nothing")
+        raise ConfigError(f"--kd {cfg.kd}: give the teacher's weights with --teacher-ckpt FILE (a checkpoint of "
+                          f"{cfg.teacher_model}, e.g. a run's best.pth.tar); {pretrained}")
+
+
+class Distillation:
+    """The teacher of a distilled run and the loss that adds its distillation term to the run's own loss."""
+
+    def __init__(self, teacher: nn.Module, method: str, ori_loss_weight: float, kd_loss_weight: float):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.method = method
+        self.kd_loss = distillation_loss(method)
+        self.ori_loss_weight, self.kd_loss_weight = ori_loss_weight, kd_loss_weight
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (batch, classes) of `images` (batch, channels, height, width), without gradients; in
+        eval mode whatever mode the training loop set."""
+        self.teacher.eval()
+        with torch.no_grad():
+            return self.teacher(images)
+
+    def loss(self, original_loss: torch.Tensor, student_logits: torch.Tensor,
+             teacher_logits: torch.Tensor) -> torch.Tensor:
+        """ori_loss_weight x `original_loss` (the run's loss of the student's logits) + kd_loss_weight x the
+        distillation loss of the logits (batch, classes)."""
+        return (self.ori_loss_weight * original_loss
+                + self.kd_loss_weight * self.kd_loss(student_logits, teacher_logits))
+
+
+def _teacher_kwargs(cfg: Namespace, ckpt: dict) -> dict:
+    """Keyword arguments of the teacher's `create_model_at_size` besides the name and the run's image size: the
+    `model_kwargs` (but `img_size`) and scan directions its checkpoint's run recorded (none for released weights), and
+    the run's class count."""
+    config = ckpt.get("config")
+    kwargs = dict((config.get("model_kwargs") or {}) if isinstance(config, dict) else {})
+    kwargs.pop("img_size", None)
+    if isinstance(ckpt.get("directions"), list):
+        kwargs["directions"] = ckpt["directions"]
+    kwargs["num_classes"] = cfg.num_classes
+    return kwargs
+
+
+def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger) -> Distillation:
+    """The teacher `--teacher-model` built for the run's classes and image size, as its checkpoint `--teacher-ckpt`
+    (training or released form, read `weights_only` unless --trust-checkpoint) records its run built it
+    (`_teacher_kwargs`), loaded strictly from it onto `device`. A checkpoint of another model, weights that do not
+    fit and a teacher of other input channels than the run's images raise one line naming the teacher flags. The
+    global random streams are left as they were, so that a distilled run draws what the same run without a teacher
+    draws."""
+    name = resolve_model_name(cfg.teacher_model)
+    path = cfg.teacher_ckpt
+    ckpt = load_checkpoint_on_all_ranks(path, trust=cfg.trust_checkpoint)
+    saved_name = ckpt.get("model_name")
+    if saved_name is not None and saved_name != name:
+        raise CheckpointError(f"--teacher-ckpt {path} is a checkpoint of {saved_name}, not of the teacher {name}: "
+                              f"give --teacher-model {saved_name}")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        teacher = create_model_at_size(name, cfg.img_size, **_teacher_kwargs(cfg, ckpt))
+    try:
+        check_same_model(teacher, name, ckpt, path)
+        load_at_model_size(teacher, state_dict_from(ckpt, source=path), path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--teacher-ckpt: {err} (the teacher is --teacher-model {name}, built for "
+                              f"{cfg.num_classes} classes)") from None
+    if input_channels(teacher) != image_channels(cfg):
+        raise ConfigError(f"--teacher-model {name} takes {input_channels(teacher)}-channel images, the run's model "
+                          f"{image_channels(cfg)}-channel ones: the teacher sees the student's images")
+    params = sum(p.numel() for p in teacher.parameters())
+    log.info(f"Distillation --kd {cfg.kd}: teacher {name} from {path}, params: {params / 1e6:.3f} M; loss = "
+             f"{cfg.ori_loss_weight} x the run's loss + {cfg.kd_loss_weight} x the distillation loss")
+    return Distillation(teacher.to(device), cfg.kd, cfg.ori_loss_weight, cfg.kd_loss_weight)
+
+
+def log_teacher_accuracy(distillation: Distillation, val_loader: DataLoader, loss_fn: Callable, env: DistEnv,
+                         log: logging.Logger, amp: bool, amp_dtype: Optional[str]) -> None:
+    """Validate the teacher once, as the original does before training, and log its top-1 (a wrong checkpoint or
+    another class order shows here); `amp`: under autocast, as `--amp-eval` validates the student."""
+    metrics = validate(distillation.teacher, val_loader, loss_fn, env, None, log, amp=amp, amp_dtype=amp_dtype,
+                       suffix="(teacher)")
+    log.info(f"Top-1 accuracy of the teacher: {metrics['top1']:.3f}%")
