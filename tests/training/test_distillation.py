@@ -1,0 +1,174 @@
+"""Knowledge distillation on the logits (`--kd`): the losses against hand-computed values, the weighted sum of a run's
+training loss, the teacher on the student's mixed batch, the refusals, and `args.yaml`."""
+import math
+import os
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from classification.common.checkpoint_io import CheckpointError, atomic_save
+from classification.engine.cli import run_cli
+from classification.engine.config import ConfigError, parse_args
+from classification.engine.distillation import DIST, Distillation, KLDivergence, distillation_loss
+from classification.engine.trainer import train
+
+from training_helpers import TINY_MODEL, rows
+
+TEACHER = ["--teacher-model", "vit_tiny_patch16_224"]
+# LR 0 through the whole epoch (its one warmup epoch at --warmup-lr 0): every batch's loss is that of the initial
+# weights, so that the losses of runs that differ only in their loss weights add up linearly
+FROZEN = [*TINY_MODEL, "-b", "4", "--epochs", "1", "-j", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "1",
+          "--warmup-lr", "0", "--mixup", "0.8", "--cutmix", "1.0", "--log-interval", "1"]
+
+
+def _kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def _softmax(logits, tau):
+    exps = [math.exp(x / tau) for x in logits]
+    return [e / sum(exps) for e in exps]
+
+
+def test_kl_divergence_is_tau_squared_times_the_batch_mean_of_kl_teacher_to_student():
+    student, teacher = [[0.0, 0.0, 1.0], [2.0, -1.0, 0.5]], [[math.log(3), 0.0, 0.0], [0.0, 1.0, 0.0]]
+    for tau in (1.0, 4.0):
+        by_hand = tau ** 2 * sum(_kl(_softmax(t, tau), _softmax(s, tau)) for s, t in zip(student, teacher)) / 2
+        loss = KLDivergence(tau)(torch.tensor(student, dtype=torch.float64), torch.tensor(teacher, dtype=torch.float64))
+        assert loss.item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_dist_on_a_hand_example():
+    """Probabilities given as log-logits: per image, Pearson correlations -0.5 and 1 (inter-class loss 0.75); per
+    class over the two images, +1, -1, +1 (intra-class loss 2/3). At tau 2, logits twice as large give the same
+    probabilities and the loss is 4 times as large."""
+    student = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]], dtype=torch.float64).log()
+    teacher = torch.tensor([[0.25, 0.5, 0.25], [0.2, 0.3, 0.5]], dtype=torch.float64).log()
+    assert DIST()(student, teacher).item() == pytest.approx(0.75 + 2 / 3, abs=1e-6)
+    assert DIST(tau=2.0)(2 * student, 2 * teacher).item() == pytest.approx(4 * (0.75 + 2 / 3), abs=1e-6)
+    assert DIST(beta=2.0, gamma=0.0)(student, teacher).item() == pytest.approx(1.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("method, kind, tau", [
+    ("kd", KLDivergence, 4.0), ("kdt2.5", KLDivergence, 2.5), ("dist", DIST, 1.0), ("dist_t3", DIST, 3.0)])
+def test_the_methods_losses_and_temperatures(method, kind, tau):
+    loss = distillation_loss(method)
+    assert type(loss) is kind and loss.tau == tau
+    assert kind is KLDivergence or (loss.beta, loss.gamma) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("method, message", [
+    ("kdx", r"^--kd kdx: unknown distillation method; give kd, kdt<tau> \(e\.g\. kdt4\), dist or dist_t<tau>$"),
+    ("kdt0", r"^--kd kdt0: the temperature after 'kdt' must be a positive number \(e\.g\. kdt4\)$"),
+    ("dist_tx", r"^--kd dist_tx: the temperature after 'dist_t' must be a positive number"),
+    ("mse", r"^--kd mse: the original's feature distillation \(it hooks CNN modules named in its KD_MODULES table: "
+            r"ResNets, MobileNets, Swins\) is not part of this code; give a logit method: kd, kdt<tau>"),
+    ("diffkd", r"^--kd diffkd: the original's feature distillation")])
+def test_unknown_and_feature_methods_are_refused(method, message):
+    with pytest.raises(ConfigError, match=message):
+        distillation_loss(method)
+
+
+def test_the_loss_weights_and_the_teacher_in_eval_mode_without_gradients():
+    teacher = nn.Sequential(nn.Dropout(0.5), nn.Linear(5, 5))
+    distillation = Distillation(teacher, "kdt1", ori_loss_weight=0.25, kd_loss_weight=3.0)
+    images = torch.randn(4, 5, requires_grad=True)
+    teacher.train()   # as a training loop might; the teacher's forward is in eval mode all the same
+    logits = distillation.teacher_logits(images)
+    assert torch.equal(logits, teacher[1](images).detach()) and not logits.requires_grad
+    assert not any(p.requires_grad for p in teacher.parameters())
+    student, target_loss = torch.randn(4, 5), torch.tensor(2.0)
+    expected = 0.25 * 2.0 + 3.0 * KLDivergence(1.0)(student, logits)
+    assert torch.allclose(distillation.loss(target_loss, student, logits), expected, rtol=0, atol=0)
+
+
+def _run(folder_tree, out, experiment, *argv):
+    train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(out), "--experiment", experiment, *argv]))
+    return float(rows(os.path.join(out, experiment, "metrics.csv"))[1][1])   # the epoch's train_loss
+
+
+def test_a_distilled_runs_loss_is_the_weighted_sum_and_the_teacher_sees_the_mixed_batch(folder_tree, tmp_path):
+    """With the weights frozen (LR 0) and the same batches, mixup draws and augmentations in every run: the loss of
+    0.5 x the run's loss + 2 x DIST is 0.5 x that of the run without a teacher + 2 x that of DIST alone; a teacher of
+    the student's own weights gives a KL divergence of 0, so it saw the very images the student saw, mixed. The
+    run's args.yaml reruns it; a resume with another loss weight uses it and says so, as for any other flag."""
+    out = tmp_path / "out"
+    plain = _run(folder_tree, out, "plain")
+    initial = str(out / "plain" / "last.pth.tar")   # the student's initial weights (LR 0)
+    alone = _run(folder_tree, out, "self", "--kd", "kd", *TEACHER, "--teacher-ckpt", initial, "--ori-loss-weight", "0")
+    assert alone == pytest.approx(0.0, abs=1e-6)
+    other = torch.load(initial, map_location="cpu", weights_only=True)
+    torch.manual_seed(0)
+    other["model"] = {key: value + 0.3 * torch.randn_like(value) for key, value in other["model"].items()}
+    atomic_save(other, str(tmp_path / "teacher.pth.tar"))
+    kd_args = ["--kd", "dist_t2", *TEACHER, "--teacher-ckpt", str(tmp_path / "teacher.pth.tar")]
+    kd_alone = _run(folder_tree, out, "kd", *kd_args, "--ori-loss-weight", "0")
+    weighted = _run(folder_tree, out, "weighted", *kd_args, "--ori-loss-weight", "0.5", "--kd-loss-weight", "2")
+    assert kd_alone > 0.01
+    assert weighted == pytest.approx(0.5 * plain + 2 * kd_alone, rel=1e-5)
+    saved = torch.load(out / "weighted" / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert list(saved["model"]) == list(other["model"])   # the student's weights alone: no teacher in the checkpoint
+    assert not any("teacher" in key for key in saved)
+    run_config = out / "weighted" / "args.yaml"
+    recorded = yaml.safe_load(run_config.read_text())
+    assert {key: recorded[key] for key in ("kd", "teacher_model", "teacher_ckpt", "teacher_pretrained",
+                                           "ori_loss_weight", "kd_loss_weight")} == {
+        "kd": "dist_t2", "teacher_model": "vit_tiny_patch16_224", "teacher_ckpt": str(tmp_path / "teacher.pth.tar"),
+        "teacher_pretrained": True, "ori_loss_weight": 0.5, "kd_loss_weight": 2.0}
+    again = parse_args(["-c", str(run_config)])
+    assert (again.kd, again.teacher_ckpt, again.ori_loss_weight, again.kd_loss_weight) == (
+        "dist_t2", str(tmp_path / "teacher.pth.tar"), 0.5, 2.0)
+    train(parse_args(["-c", str(run_config), "--resume", "auto", "--epochs", "2", "--kd-loss-weight", "3"]))
+    logs = "".join((out / "weighted" / name).read_text() for name in os.listdir(out / "weighted")
+                   if name.startswith("log_"))
+    assert "--kd-loss-weight changed on resume: 2.0 -> 3.0 (the new value is used)" in logs
+    assert logs.count("Top-1 accuracy of the teacher: ") == 2   # validated at each start, as the original does
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kd", "kdt4", *TEACHER], r"^--kd kdt4: give the teacher's weights with --teacher-ckpt FILE \(a checkpoint of "
+                                 r"vit_tiny_patch16_224, e\.g\. a run's best\.pth\.tar\); --teacher-pretrained would "
+                                 r"download its weights, and nothing is downloaded here$"),
+    (["--kd", "kd"], r"^--kd kd distills from a teacher: give --teacher-model NAME and --teacher-ckpt FILE$"),
+    (["--kd", "kd", "--teacher-model", "vit_tiniest", "--teacher-ckpt", "t.pth"], r"^--teacher-model: unknown model "),
+    (["--kd", "mse", *TEACHER], r"^--kd mse: the original's feature distillation"),
+    (["--kd", "kdx", *TEACHER], r"^--kd kdx: unknown distillation method")])
+def test_refused_before_the_run_starts(folder_tree, tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), *argv]))
+    assert not os.path.exists(tmp_path / "exp")
+
+
+def test_a_teacher_checkpoint_that_does_not_fit_is_one_line(folder_tree, tmp_path):
+    weights = {"head.weight": torch.zeros(3, 8), "head.bias": torch.zeros(3)}
+    atomic_save({"state_dict": weights}, str(tmp_path / "other.pth"))
+    with pytest.raises(CheckpointError, match=r"^--teacher-ckpt: .*other\.pth does not fit this model \(another "
+                                              r"model\?\): missing .*\(the teacher is --teacher-model "
+                                              r"vit_tiny_patch16_224, built for 3 classes\)$"):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd", *TEACHER,
+                          "--teacher-ckpt", str(tmp_path / "other.pth")]))
+    atomic_save({"model": weights, "model_name": "resnet18"}, str(tmp_path / "resnet.pth"))
+    with pytest.raises(CheckpointError, match=r"resnet\.pth is a checkpoint of resnet18, not of the teacher "
+                                              r"vit_tiny_patch16_224: give --teacher-model resnet18$"):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd", *TEACHER,
+                          "--teacher-ckpt", str(tmp_path / "resnet.pth")]))
+
+
+def test_feature_distillation_flags_are_refused_by_name(tmp_path, capsys):
+    reason = ("feature distillation (it hooks CNN modules named in its KD_MODULES table: ResNets, "
+              "MobileNets, Swins)")
+    for flag, value in (("--teacher-module", "layer4"), ("--student-module", "layer4"), ("--kd-loss-kwargs", "tau=1")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args([flag, value])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.endswith(f"error: {flag}: the original's {reason} is not part of this code: "
+                                                f"distill the logits with --kd\n")
+    config = tmp_path / "feature.yaml"
+    config.write_text(yaml.safe_dump({"kd": "kd", "student_module": "layer4"}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: parse_args(["-c", str(config)]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {config}: key 'student_module' is 'layer4': the original's {reason} "
+                                       f"is not part of this code (remove the key, or give it '')\n")
