@@ -193,9 +193,11 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
 
 
 def log_teacher_accuracy(distillation: Distillation, val_loader: DataLoader, loss_fn: Callable, env: DistEnv,
-                         log: logging.Logger, amp: bool, amp_dtype: Optional[str]) -> None:
+                         log: logging.Logger, amp: bool, amp_dtype: Optional[str],
+                         stop: Optional[Callable[[], Optional[int]]] = None) -> None:
     """Validate the teacher once, as the original does before training, and log its top-1 (a wrong checkpoint or
-    another class order shows here); `amp`: under autocast, as `--amp-eval` validates the student."""
+    another class order shows here); `amp`: under autocast, as `--amp-eval` validates the student. `stop` (the run's
+    `StopSignals.agreed`) ends the validation with `ValidationStopped`, as `validate` does."""
     metrics = validate(distillation.teacher, val_loader, loss_fn, env, None, log, amp=amp, amp_dtype=amp_dtype,
-                       suffix="(teacher)")
+                       suffix="(teacher)", stop=stop)
     log.info(f"Top-1 accuracy of the teacher: {metrics['top1']:.3f}%")

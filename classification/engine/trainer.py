@@ -285,10 +285,12 @@ class Run:
     def fit(self) -> dict:
         """Train from `start_epoch` to `epochs`; returns the last epoch's metrics. A stop signal ends it with
         `RunInterrupted`, after the current step or, during an epoch's end, after its writes."""
-        if self.rng_to_restore is not None:
-            set_rng_state(self.rng_to_restore)
         metrics: dict = {}
         with StopSignals(self.env.device) as stop:
+            if self.distillation is not None:
+                self._validate_teacher(stop)
+            if self.rng_to_restore is not None:  # after the teacher's validation, whose loader draws a seed
+                set_rng_state(self.rng_to_restore)
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 signum = stop.agreed()
                 if signum is not None:  # received during the previous epoch's validation or writes
@@ -300,6 +302,21 @@ class Run:
                 save_on_every_rank(self, lambda: self.manager.save_last(trained))
                 metrics = self._finish_epoch(epoch, train_metrics, stop)
         return metrics
+
+    def _validate_teacher(self, stop: StopSignals) -> None:
+        """Log the teacher's top-1 before the first epoch (`log_teacher_accuracy`). A stop signal ends the run there,
+        as during the epochs' validations: nothing was trained since the run's `last.pth.tar` (none in a fresh run)."""
+        cfg = self.cfg
+        try:
+            log_teacher_accuracy(self.distillation, self.val_loader, self.val_loss, self.env, self.log, cfg.amp_eval,
+                                 cfg.amp_dtype, stop=stop.agreed)
+        except ValidationStopped as stopped:
+            last = self.manager.path(LAST)
+            saved = (f"nothing was trained since {last}, from which --resume continues" if os.path.isfile(last)
+                     else "nothing was trained yet")
+            self.log.info(f"{signal.Signals(stopped.signum).name}: stopping the teacher's validation before epoch "
+                          f"{self.start_epoch}; {saved}")
+            raise interrupted(self, stopped.signum) from None
 
     def _finish_epoch(self, epoch: int, metrics: dict, stop: StopSignals) -> dict:
         """Validate, append the `metrics.csv` row and write the checkpoints (`last.pth.tar` last) of `epoch`, whose
@@ -419,8 +436,6 @@ def train(cfg: Namespace) -> dict:
             run.open_outputs(folder, ckpt)
         del ckpt, finetune
         log.info(run.model)  # the layout, once the inputs are checked (a refusal is not buried under it)
-        if run.distillation is not None:
-            log_teacher_accuracy(run.distillation, run.val_loader, run.val_loss, env, log, cfg.amp_eval, cfg.amp_dtype)
         # torch raises a dead loader worker's error where the run is (even within a step): nothing more is saved
         # (a worker that dies while its batch is awaited is an unread batch: the steps before it were saved)
         with lost_worker_as_data_error(saved=lambda: saved_so_far(run, resume_hint=True)):

@@ -2,6 +2,8 @@
 training loss, the teacher on the student's mixed batch, the refusals, and `args.yaml`."""
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from classification.engine.config import ConfigError, parse_args
 from classification.engine.distillation import DIST, Distillation, KLDivergence, distillation_loss
 from classification.engine.trainer import train
 
-from training_helpers import TINY_MODEL, rows
+from training_helpers import SIGNAL_AT_SCRIPT, TINY_MODEL, rows, tool_env
 
 TEACHER = ["--teacher-model", "vit_tiny_patch16_224"]
 # LR 0 through the whole epoch (its one warmup epoch at --warmup-lr 0): every batch's loss is that of the initial
@@ -172,3 +174,35 @@ def test_feature_distillation_flags_are_refused_by_name(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (f"error: {config}: key 'student_module' is 'layer4': the original's {reason} "
                                        f"is not part of this code (remove the key, or give it '')\n")
+
+
+def test_a_stop_signal_during_the_teachers_validation_ends_the_run_in_one_line(folder_tree, tmp_path):
+    """SIGTERM at the teacher's first validation batch (the run's first): the run stops as at any other validation,
+    saying so in its log and in one line (exit status 143), in a fresh run (nothing to resume) and in a resumed one
+    (its last.pth.tar, untouched, continues it)."""
+    out = tmp_path / "out"
+    _run(folder_tree, out, "plain")
+    teacher = ["--kd", "kd", *TEACHER, "--teacher-ckpt", str(out / "plain" / "last.pth.tar")]
+
+    def stopped_run(experiment, *argv):
+        proc = subprocess.run([sys.executable, SIGNAL_AT_SCRIPT, *FROZEN, "--data-path", folder_tree, "--output",
+                               str(out), "--experiment", experiment, *teacher, *argv], capture_output=True, text=True,
+                              timeout=300, env={**tool_env(), "SIGNAL_AT": "SIGTERM test 1"})
+        logs = "".join((out / experiment / name).read_text() for name in os.listdir(out / experiment)
+                       if name.startswith("log_"))
+        return proc, logs
+
+    proc, logs = stopped_run("fresh")
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr
+    assert proc.stderr.endswith("\ninterrupted by SIGTERM; no checkpoint was written yet, nothing to resume\n")
+    assert "SIGTERM: stopping the teacher's validation before epoch 0; nothing was trained yet" in logs
+    assert not os.path.exists(out / "fresh" / "last.pth.tar")
+    last = out / "plain" / "last.pth.tar"
+    before = last.read_bytes()
+    proc, logs = stopped_run("plain", "--resume", str(last), "--epochs", "2")
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted by SIGTERM; continue with: ")
+    assert proc.stderr.strip().endswith(f"--resume {last}")
+    assert (f"SIGTERM: stopping the teacher's validation before epoch 1; nothing was trained since {last}, from "
+            f"which --resume continues") in logs
+    assert last.read_bytes() == before and len(rows(str(out / "plain" / "metrics.csv"))) == 2
