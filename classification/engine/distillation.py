@@ -107,8 +107,16 @@ def distillation_loss(method: str) -> nn.Module:
 
 def check_distillation_flags(cfg: Namespace) -> None:
     """Refuse, before anything is built, a `--kd` method that is unknown or not on the logits, a run without its
-    `--teacher-model` or `--teacher-ckpt`, and a teacher name timm does not know."""
+    `--teacher-model` or `--teacher-ckpt`, a teacher name timm does not know, and the teacher flags or loss weights
+    given without `--kd` (which they would not switch on)."""
     if not cfg.kd:
+        given = [f"{flag} {value}" for flag, value, off in (
+            ("--teacher-model", cfg.teacher_model, ""), ("--teacher-ckpt", cfg.teacher_ckpt, ""),
+            ("--ori-loss-weight", cfg.ori_loss_weight, 1.0), ("--kd-loss-weight", cfg.kd_loss_weight, 1.0))
+            if value != off]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: distillation is off without --kd; give --kd {LOGIT_METHODS}, "
+                              f"or drop {'it' if len(given) == 1 else 'them'}")
         return
     distillation_loss(cfg.kd)
     if not cfg.teacher_model:

@@ -143,6 +143,18 @@ def test_refused_before_the_run_starts(folder_tree, tmp_path, argv, message):
     assert not os.path.exists(tmp_path / "exp")
 
 
+@pytest.mark.parametrize("argv, message", [
+    ([*TEACHER], r"^--teacher-model vit_tiny_patch16_224: distillation is off without --kd; give --kd kd, kdt<tau> "
+                 r"\(e\.g\. kdt4\), dist or dist_t<tau>, or drop it$"),
+    (["--teacher-ckpt", "t.pth", "--kd-loss-weight", "2"], r"^--teacher-ckpt t\.pth, --kd-loss-weight 2\.0: "
+                                                           r"distillation is off without --kd; .*, or drop them$"),
+    (["--ori-loss-weight", "0.5"], r"^--ori-loss-weight 0\.5: distillation is off without --kd")])
+def test_teacher_flags_and_loss_weights_without_kd_are_refused(folder_tree, tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), *argv]))
+    assert not os.path.exists(tmp_path / "exp")
+
+
 def test_a_teacher_checkpoint_that_does_not_fit_is_one_line(folder_tree, tmp_path):
     weights = {"head.weight": torch.zeros(3, 8), "head.bias": torch.zeros(3)}
     atomic_save({"state_dict": weights}, str(tmp_path / "other.pth"))
