@@ -28,7 +28,8 @@ from .config import ConfigError
 from .distributed import DistEnv
 from .evaluate import validate
 from .flags import FEATURE_DISTILLATION
-from ..models.factory import input_channels
+from ..models.directions import checkpoint_candidates, directions_difference
+from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
 from .model_builder import UnknownModelError, create_model_at_size, image_channels, resolve_model_name
 
 LOGIT_METHODS = "kd, kdt<tau> (e.g. kdt4), dist or dist_t<tau>"
@@ -158,15 +159,56 @@ class Distillation:
 
 def _teacher_kwargs(cfg: Namespace, ckpt: dict) -> dict:
     """Keyword arguments of the teacher's `create_model_at_size` besides the name and the run's image size: the
-    `model_kwargs` (but `img_size`) and scan directions its checkpoint's run recorded (none for released weights), and
-    the run's class count."""
+    `model_kwargs` (but `img_size`), scan directions and a supernet's search candidates its checkpoint's run recorded
+    (none for released weights), and the run's class count."""
     config = ckpt.get("config")
     kwargs = dict((config.get("model_kwargs") or {}) if isinstance(config, dict) else {})
     kwargs.pop("img_size", None)
     if isinstance(ckpt.get("directions"), list):
         kwargs["directions"] = ckpt["directions"]
+    candidates = checkpoint_candidates(ckpt)
+    if candidates is not None and resolve_model_name(cfg.teacher_model) in SUPERNET_FINAL_MODELS:
+        kwargs["candidates"] = list(candidates)
     kwargs["num_classes"] = cfg.num_classes
     return kwargs
+
+
+def _check_teacher_record(name: str, ckpt: dict, path: str, teacher: Optional[nn.Module] = None) -> None:
+    """Refuse a teacher checkpoint whose scan-direction record does not fit `--teacher-model` `name` (possible when
+    it records no model name: weights saved by hand), naming the teacher model that fits where it can: before the
+    teacher is built, fixed directions for a search supernet or a supernet's record (`directions` None) for the
+    model its search trains; with the built `teacher`, any other difference (`directions_difference`)."""
+    if "directions" not in ckpt:
+        return
+    saved = ckpt["directions"]
+    supernets = [key for key, final in SUPERNET_FINAL_MODELS.items() if final == name]
+    if teacher is None and saved is not None and name in SUPERNET_FINAL_MODELS:
+        raise CheckpointError(f"--teacher-ckpt {path} holds a model of fixed scan directions, --teacher-model {name} "
+                              f"is a search supernet: give --teacher-model {SUPERNET_FINAL_MODELS[name]}")
+    if teacher is None and saved is None and supernets:
+        raise CheckpointError(f"--teacher-ckpt {path} holds a search supernet (it records no fixed scan directions), "
+                              f"--teacher-model {name} has fixed ones: give --teacher-model {supernets[0]}")
+    where = directions_difference(teacher, ckpt) if teacher is not None else None
+    if where is not None:
+        raise CheckpointError(f"--teacher-ckpt {path} records other scan directions than --teacher-model {name} has "
+                              f"({where}), built as the file records: give the --teacher-model it is a checkpoint of")
+
+
+def _build_teacher(cfg: Namespace, name: str, ckpt: dict, path: str, device: torch.device) -> nn.Module:
+    """`--teacher-model` `name` built as `_teacher_kwargs` says, the global random streams left as they were; a
+    record that cannot build it (directions of another depth where the file keeps no `model_kwargs`) is one
+    CheckpointError saying what the teacher was built with."""
+    kwargs = _teacher_kwargs(cfg, ckpt)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return create_model_at_size(name, cfg.img_size, **kwargs)
+    except (TypeError, ValueError) as err:
+        settings = " ".join(f"{len(value)} layers of directions" if key == "directions" else f"{key}={value}"
+                            for key, value in kwargs.items() if key != "num_classes")
+        raise CheckpointError(f"--teacher-ckpt {path}: --teacher-model {name} cannot be built as the file records its "
+                              f"run built it ({settings or 'no model_kwargs, no directions'}): {err}; give a "
+                              f"checkpoint its run saved (e.g. best.pth.tar), or tools/convert_ckpt.py's file of one, "
+                              f"which records them") from None
 
 
 def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger) -> Distillation:
@@ -183,8 +225,9 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
     if saved_name is not None and saved_name != name:
         raise CheckpointError(f"--teacher-ckpt {path} is a checkpoint of {saved_name}, not of the teacher {name}: "
                               f"give --teacher-model {saved_name}")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        teacher = create_model_at_size(name, cfg.img_size, **_teacher_kwargs(cfg, ckpt))
+    _check_teacher_record(name, ckpt, path)
+    teacher = _build_teacher(cfg, name, ckpt, path, device)
+    _check_teacher_record(name, ckpt, path, teacher)
     try:
         check_same_model(teacher, name, ckpt, path)
         load_at_model_size(teacher, state_dict_from(ckpt, source=path), path)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 import yaml
 from torch import nn
@@ -15,6 +16,7 @@ from classification.engine.cli import run_cli
 from classification.engine.config import ConfigError, parse_args
 from classification.engine.distillation import DIST, Distillation, KLDivergence, distillation_loss
 from classification.engine.trainer import train
+from classification.models.directions import scan_directions
 
 from training_helpers import SIGNAL_AT_SCRIPT, TINY_MODEL, rows, tool_env
 
@@ -168,6 +170,38 @@ def test_a_teacher_checkpoint_that_does_not_fit_is_one_line(folder_tree, tmp_pat
                                               r"vit_tiny_patch16_224: give --teacher-model resnet18$"):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd", *TEACHER,
                           "--teacher-ckpt", str(tmp_path / "resnet.pth")]))
+
+
+VIM_KWARGS = {"embed_dim": 16, "patch_size": 8}
+
+
+@pytest.mark.parametrize("model, record, teacher, message", [
+    ("local_vim_tiny", {"directions": None}, "local_vim_tiny",
+     r"holds a search supernet \(it records no fixed scan directions\), --teacher-model local_vim_tiny has fixed "
+     r"ones: give --teacher-model local_vim_tiny_search$"),
+    ("local_vim_tiny", {}, "local_vim_tiny_search",
+     r"holds a model of fixed scan directions, --teacher-model local_vim_tiny_search is a search supernet: give "
+     r"--teacher-model local_vim_tiny$"),
+    ("local_vim_tiny_wo_search", {"directions": None}, "local_vim_tiny_wo_search",
+     r"records other scan directions than --teacher-model local_vim_tiny_wo_search has \(a search supernet vs this "
+     r"model's fixed table\), built as the file records: give the --teacher-model it is a checkpoint of$"),
+    ("local_vim_tiny", {"config": {"model_kwargs": {**VIM_KWARGS, "depth": 3}}}, "local_vim_tiny",
+     r"--teacher-model local_vim_tiny cannot be built as the file records its run built it \(embed_dim=16 "
+     r"patch_size=8 depth=3 20 layers of directions\): directions: has 20 layers, but the model has 3 layers; give "
+     r"a checkpoint its run saved \(e\.g\. best\.pth\.tar\), or tools/convert_ckpt\.py's file of one, which "
+     r"records them$")])
+def test_a_teacher_record_of_other_scan_directions_names_the_teacher_model(folder_tree, tmp_path, model, record,
+                                                                           teacher, message):
+    """A teacher checkpoint saved without its model's name, whose directions record does not fit --teacher-model:
+    the advice names the teacher's flag (the student's --directions would change nothing), and a record that cannot
+    build the teacher is one line, not a traceback."""
+    built = timm.create_model(model, img_size=16, num_classes=3, **VIM_KWARGS)
+    ckpt = {"model": built.state_dict(), "directions": scan_directions(built), "config": {"model_kwargs": VIM_KWARGS},
+            **record}
+    atomic_save(ckpt, str(tmp_path / "teacher.pth"))
+    with pytest.raises(CheckpointError, match=rf"^--teacher-ckpt {tmp_path / 'teacher.pth'}:? {message}"):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd",
+                          "--teacher-model", teacher, "--teacher-ckpt", str(tmp_path / "teacher.pth")]))
 
 
 def test_feature_distillation_flags_are_refused_by_name(tmp_path, capsys):
