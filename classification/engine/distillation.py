@@ -30,7 +30,8 @@ from .evaluate import validate
 from .flags import FEATURE_DISTILLATION
 from ..models.directions import checkpoint_candidates, directions_difference
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
-from .model_builder import UnknownModelError, create_model_at_size, image_channels, resolve_model_name
+from .model_builder import (UnknownModelError, config_kwargs_taken, create_model_at_size, image_channels,
+                            resolve_model_name)
 
 LOGIT_METHODS = "kd, kdt<tau> (e.g. kdt4), dist or dist_t<tau>"
 FEATURE_METHODS = ("mse", "diffkd")
@@ -159,15 +160,16 @@ class Distillation:
 
 def _teacher_kwargs(cfg: Namespace, ckpt: dict) -> dict:
     """Keyword arguments of the teacher's `create_model_at_size` besides the name and the run's image size: the
-    `model_kwargs` (but `img_size`), scan directions and a supernet's search candidates its checkpoint's run recorded
-    (none for released weights), and the run's class count."""
-    config = ckpt.get("config")
-    kwargs = dict((config.get("model_kwargs") or {}) if isinstance(config, dict) else {})
+    `model_kwargs` its checkpoint's run recorded that the teacher takes (but `img_size`), its scan directions and a
+    supernet's search candidates (none for released weights), and the run's class count."""
+    name, config = resolve_model_name(cfg.teacher_model), ckpt.get("config")
+    recorded = (config.get("model_kwargs") or {}) if isinstance(config, dict) else {}
+    kwargs = config_kwargs_taken(name, recorded, warn=False)   # as its run dropped a config's keys for other models
     kwargs.pop("img_size", None)
     if isinstance(ckpt.get("directions"), list):
         kwargs["directions"] = ckpt["directions"]
     candidates = checkpoint_candidates(ckpt)
-    if candidates is not None and resolve_model_name(cfg.teacher_model) in SUPERNET_FINAL_MODELS:
+    if candidates is not None and name in SUPERNET_FINAL_MODELS:
         kwargs["candidates"] = list(candidates)
     kwargs["num_classes"] = cfg.num_classes
     return kwargs

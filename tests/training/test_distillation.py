@@ -1,5 +1,6 @@
 """Knowledge distillation on the logits (`--kd`): the losses against hand-computed values, the weighted sum of a run's
 training loss, the teacher on the student's mixed batch, the refusals, and `args.yaml`."""
+import logging
 import math
 import os
 import subprocess
@@ -14,7 +15,7 @@ from torch import nn
 from classification.common.checkpoint_io import CheckpointError, atomic_save
 from classification.engine.cli import run_cli
 from classification.engine.config import ConfigError, parse_args
-from classification.engine.distillation import DIST, Distillation, KLDivergence, distillation_loss
+from classification.engine.distillation import DIST, Distillation, KLDivergence, build_distillation, distillation_loss
 from classification.engine.trainer import train
 from classification.models.directions import scan_directions
 
@@ -170,6 +171,21 @@ def test_a_teacher_checkpoint_that_does_not_fit_is_one_line(folder_tree, tmp_pat
                                               r"vit_tiny_patch16_224: give --teacher-model resnet18$"):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd", *TEACHER,
                           "--teacher-ckpt", str(tmp_path / "resnet.pth")]))
+
+
+def test_a_teacher_is_built_without_the_recorded_config_keys_its_model_does_not_take(folder_tree, tmp_path):
+    """A teacher trained from a config written for another family (configs/quickstart.yaml's patch_size for a
+    resnet18): its run dropped those model_kwargs, and so does the teacher's build; the teacher then computes what
+    the saved model computes."""
+    saved = timm.create_model("resnet18", num_classes=3).eval()
+    atomic_save({"model": saved.state_dict(), "model_name": "resnet18", "directions": None,
+                 "config": {"model_kwargs": {"patch_size": 4, "dims": [8, 16]}}}, str(tmp_path / "resnet.pth"))
+    cfg = parse_args([*FROZEN, "--data-path", folder_tree, "--kd", "kd", "--teacher-model", "resnet18",
+                      "--teacher-ckpt", str(tmp_path / "resnet.pth")])
+    cfg.num_classes = 3
+    distillation = build_distillation(cfg, torch.device("cpu"), logging.getLogger("test"))
+    images = torch.randn(2, 3, 16, 16)
+    assert torch.equal(distillation.teacher_logits(images), saved(images).detach())
 
 
 VIM_KWARGS = {"embed_dim": 16, "patch_size": 8}
