@@ -218,7 +218,8 @@ def claim_run_folder(cfg: Namespace, env: DistEnv, lock: RunLock, fresh: bool,
             if fresh:
                 check_run_folder(lock.folder, cfg.overwrite)
                 if cfg.overwrite:
-                    check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume})
+                    check_overwrite_spares(lock.folder, {"--finetune": cfg.finetune, "--resume": cfg.resume,
+                                                         "--teacher-ckpt": cfg.teacher_ckpt})
             if recheck is not None:
                 recheck()
         except (ConfigError, OSError) as err:

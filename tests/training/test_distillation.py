@@ -146,6 +146,18 @@ def test_refused_before_the_run_starts(folder_tree, tmp_path, argv, message):
     assert not os.path.exists(tmp_path / "exp")
 
 
+def test_overwrite_refuses_to_delete_the_teacher_checkpoint_in_the_run_folder(folder_tree, tmp_path):
+    """A teacher kept in the folder that `--overwrite` empties (its own run's, trained again as the student) would be
+    deleted once loaded, and args.yaml would then name the student's new best.pth.tar as the teacher."""
+    _run(folder_tree, tmp_path, "exp")
+    teacher = tmp_path / "exp" / "best.pth.tar"
+    before = teacher.read_bytes()
+    with pytest.raises(ConfigError, match=rf"^--overwrite would delete --teacher-ckpt {teacher}, which lies in the run "
+                                          rf"folder {tmp_path / 'exp'}: move it out of the folder first"):
+        _run(folder_tree, tmp_path, "exp", "--overwrite", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
+    assert teacher.read_bytes() == before
+
+
 @pytest.mark.parametrize("argv, message", [
     ([*TEACHER], r"^--teacher-model vit_tiny_patch16_224: distillation is off without --kd; give --kd kd, kdt<tau> "
                  r"\(e\.g\. kdt4\), dist or dist_t<tau>, or drop it$"),
