@@ -200,6 +200,24 @@ def test_a_teacher_is_built_without_the_recorded_config_keys_its_model_does_not_
     assert torch.equal(distillation.teacher_logits(images), saved(images).detach())
 
 
+def test_a_supernet_teacher_is_built_with_the_candidates_its_file_records(folder_tree, tmp_path):
+    """A search supernet's file that records its candidates but not the model_kwargs that chose them: the teacher
+    searches over the same candidates (the default eight would not fit, or would compute something else)."""
+    saved = timm.create_model("local_vim_tiny_search", img_size=16, num_classes=3, depth=2, embed_dim=16,
+                              patch_size=8, candidates=["h", "v_flip"]).eval()
+    path = str(tmp_path / "supernet.pth")
+    record = {"model_name": "local_vim_tiny_search", "directions": None, "candidates": ["h", "v_flip"],
+              "config": {"model_kwargs": {"depth": 2, "embed_dim": 16, "patch_size": 8}}}
+    atomic_save({"model": saved.state_dict(), **record}, path)
+    cfg = parse_args([*FROZEN, "--data-path", folder_tree, "--kd", "kd", "--teacher-model", "local_vim_tiny_search",
+                      "--teacher-ckpt", path])
+    cfg.num_classes = 3
+    distillation = build_distillation(cfg, torch.device("cpu"), logging.getLogger("test"))
+    images = torch.randn(2, 3, 16, 16)
+    assert list(distillation.teacher.candidates) == ["h", "v_flip"]
+    assert torch.equal(distillation.teacher_logits(images), saved(images).detach())
+
+
 VIM_KWARGS = {"embed_dim": 16, "patch_size": 8}
 
 
