@@ -32,6 +32,7 @@ from ..models.directions import checkpoint_candidates, directions_difference
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
 from .model_builder import (UnknownModelError, config_kwargs_taken, create_model_at_size, image_channels,
                             resolve_model_name)
+from .resume import class_folders_difference
 
 LOGIT_METHODS = "kd, kdt<tau> (e.g. kdt4), dist or dist_t<tau>"
 FEATURE_METHODS = ("mse", "diffkd")
@@ -213,11 +214,13 @@ def _build_teacher(cfg: Namespace, name: str, ckpt: dict, path: str, device: tor
                               f"which records them") from None
 
 
-def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger) -> Distillation:
+def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger,
+                       classes: Optional[list[str]] = None) -> Distillation:
     """The teacher `--teacher-model` built for the run's classes and image size, as its checkpoint `--teacher-ckpt`
     (training or released form, read `weights_only` unless --trust-checkpoint) records its run built it
     (`_teacher_kwargs`), loaded strictly from it onto `device`. A checkpoint of another model, weights that do not
-    fit and a teacher of other input channels than the run's images raise one line naming the teacher flags. The
+    fit, a teacher trained on other class folders than the run's `classes` (None: not known, no check) and a teacher
+    of other input channels than the run's images raise one line naming the teacher flags. The
     global random streams are left as they were, so that a distilled run draws what the same run without a teacher
     draws."""
     name = resolve_model_name(cfg.teacher_model)
@@ -227,6 +230,11 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
     if saved_name is not None and saved_name != name:
         raise CheckpointError(f"--teacher-ckpt {path} is a checkpoint of {saved_name}, not of the teacher {name}: "
                               f"give --teacher-model {saved_name}")
+    difference = class_folders_difference(ckpt.get("classes"), classes)
+    if difference is not None:
+        raise CheckpointError(f"--teacher-ckpt {path} was trained on other class folders than this run's data "
+                              f"({difference}): its logits would stand for other classes; give a teacher trained on "
+                              f"these classes")
     _check_teacher_record(name, ckpt, path)
     teacher = _build_teacher(cfg, name, ckpt, path, device)
     _check_teacher_record(name, ckpt, path, teacher)

@@ -77,15 +77,22 @@ def read_alike_on_every_rank(read: Read, flag: str = "--resume") -> tuple[Option
                       f"--output and {flag} paths on a file system that all nodes share")
 
 
+def class_folders_difference(trained: Optional[list[str]], found: Optional[list[str]]) -> Optional[str]:
+    """How the class folders `found` in the data differ from those a checkpoint was `trained` on (`added [...],
+    removed [...]`, at most five names each); None when they are the same, in the same order, or either is None."""
+    if trained is None or found is None or list(trained) == list(found):
+        return None
+    added, gone = sorted(set(found) - set(trained)), sorted(set(trained) - set(found))
+    return f"added {added[:5]}, removed {gone[:5]}"
+
+
 def check_same_classes(trained: Optional[list[str]], found: Optional[list[str]], path: str) -> None:
     """Refuse to continue the run of checkpoint `path`, trained on the class folders `trained`, on data whose class
     folders are `found` (others: its labels would mean other classes); None on either side: no check."""
-    if trained is None or found is None or list(trained) == list(found):
-        return
-    added, gone = sorted(set(found) - set(trained)), sorted(set(trained) - set(found))
-    raise DataError(f"{path} was trained on other class folders than those of the data (added {added[:5]}, "
-                    f"removed {gone[:5]}): its labels would change meaning; restore the folders or start a new run "
-                    f"(--finetune {path})")
+    difference = class_folders_difference(trained, found)
+    if difference is not None:
+        raise DataError(f"{path} was trained on other class folders than those of the data ({difference}): its "
+                        f"labels would change meaning; restore the folders or start a new run (--finetune {path})")
 
 
 def check_same_batches(ckpt: Mapping[str, Any], path: str, world_size: int, batch_size: int,

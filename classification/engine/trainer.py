@@ -96,8 +96,8 @@ class Run:
             log_precision(log, env.device, cfg.amp, cfg.amp_eval, cfg.amp_dtype)
             if cfg.compile is not None:
                 log.warning(f"--compile {cfg.compile} is tools/test.py's: training and its validation run eager")
-            self.distillation: Optional[Distillation] = (build_distillation(cfg, env.device, log) if cfg.kd
-                                                         else None)
+            self.distillation: Optional[Distillation] = (build_distillation(cfg, env.device, log, self.classes)
+                                                         if cfg.kd else None)
         self.net = self.model
         if env.distributed:
             ids = [env.device.index] if env.device.type == "cuda" else None

@@ -19,7 +19,7 @@ from classification.engine.distillation import DIST, Distillation, KLDivergence,
 from classification.engine.trainer import train
 from classification.models.directions import scan_directions
 
-from training_helpers import SIGNAL_AT_SCRIPT, TINY_MODEL, rows, tool_env
+from training_helpers import SIGNAL_AT_SCRIPT, TINY_MODEL, make_folder_tree, rows, tool_env
 
 TEACHER = ["--teacher-model", "vit_tiny_patch16_224"]
 # LR 0 through the whole epoch (its one warmup epoch at --warmup-lr 0): every batch's loss is that of the initial
@@ -156,6 +156,20 @@ def test_overwrite_refuses_to_delete_the_teacher_checkpoint_in_the_run_folder(fo
                                           rf"folder {tmp_path / 'exp'}: move it out of the folder first"):
         _run(folder_tree, tmp_path, "exp", "--overwrite", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
     assert teacher.read_bytes() == before
+
+
+def test_a_teacher_trained_on_other_class_folders_is_refused(folder_tree, tmp_path):
+    """A teacher of as many classes, trained on other class folders (ant cat dog, the run's cat dog eel): its logits
+    fit the head and would stand for other classes."""
+    other = tmp_path / "other_classes"
+    make_folder_tree(str(other), classes=("ant", "cat", "dog"))
+    train(parse_args([*FROZEN, "--data-path", str(other), "--output", str(tmp_path), "--experiment", "teacher"]))
+    teacher = tmp_path / "teacher" / "last.pth.tar"
+    with pytest.raises(CheckpointError, match=rf"^--teacher-ckpt {teacher} was trained on other class folders than "
+                                              rf"this run's data \(added \['eel'\], removed \['ant'\]\): its "
+                                              rf"logits would stand for other classes; give a teacher trained on "
+                                              rf"these classes$"):
+        _run(folder_tree, tmp_path, "student", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
 
 
 @pytest.mark.parametrize("argv, message", [
