@@ -214,6 +214,20 @@ def _build_teacher(cfg: Namespace, name: str, ckpt: dict, path: str, device: tor
                               f"which records them") from None
 
 
+def _warn_of_other_normalization(cfg: Namespace, ckpt: dict, path: str, log: logging.Logger) -> None:
+    """Warn when the teacher's run (its checkpoint's config; none recorded: no warning) normalized its images with
+    another `--image-mean` / `--image-std` than this run: the teacher sees this run's images, as they are."""
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        return
+    given = {key: config.get(key) for key in ("image_mean", "image_std")}
+    if all(value is None or list(value) == list(getattr(cfg, key)) for key, value in given.items()):
+        return
+    log.warning(f"--teacher-ckpt {path}: its run normalized the images with --image-mean {given['image_mean']} "
+                f"--image-std {given['image_std']}, this run with {list(cfg.image_mean)} {list(cfg.image_std)}: "
+                f"the teacher sees this run's images")
+
+
 def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger,
                        classes: Optional[list[str]] = None) -> Distillation:
     """The teacher `--teacher-model` built for the run's classes and image size, as its checkpoint `--teacher-ckpt`
@@ -247,6 +261,7 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
     if input_channels(teacher) != image_channels(cfg):
         raise ConfigError(f"--teacher-model {name} takes {input_channels(teacher)}-channel images, the run's model "
                           f"{image_channels(cfg)}-channel ones: the teacher sees the student's images")
+    _warn_of_other_normalization(cfg, ckpt, path, log)
     params = sum(p.numel() for p in teacher.parameters())
     log.info(f"Distillation --kd {cfg.kd}: teacher {name} from {path}, params: {params / 1e6:.3f} M; loss = "
              f"{cfg.ori_loss_weight} x the run's loss + {cfg.kd_loss_weight} x the distillation loss")

@@ -94,6 +94,11 @@ def _run(folder_tree, out, experiment, *argv):
     return float(rows(os.path.join(out, experiment, "metrics.csv"))[1][1])   # the epoch's train_loss
 
 
+def _logs(folder):
+    """The text of the log files of the run in `folder`."""
+    return "".join((folder / name).read_text() for name in sorted(os.listdir(folder)) if name.startswith("log_"))
+
+
 def test_a_distilled_runs_loss_is_the_weighted_sum_and_the_teacher_sees_the_mixed_batch(folder_tree, tmp_path):
     """With the weights frozen (LR 0) and the same batches, mixup draws and augmentations in every run: the loss of
     0.5 x the run's loss + 2 x DIST is 0.5 x that of the run without a teacher + 2 x that of DIST alone; a teacher of
@@ -170,6 +175,21 @@ def test_a_teacher_trained_on_other_class_folders_is_refused(folder_tree, tmp_pa
                                               rf"logits would stand for other classes; give a teacher trained on "
                                               rf"these classes$"):
         _run(folder_tree, tmp_path, "student", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
+
+
+def test_a_teacher_of_another_normalization_is_named_in_a_warning(folder_tree, tmp_path):
+    """A teacher trained on images normalized otherwise (--image-mean 0.5 0.5 0.5 --image-std 0.25 0.25 0.25, the
+    run's ImageNet defaults) sees the run's images as they are: the run says so."""
+    _run(folder_tree, tmp_path, "teacher", "--image-mean", "0.5", "0.5", "0.5", "--image-std", "0.25", "0.25", "0.25")
+    teacher = tmp_path / "teacher" / "last.pth.tar"
+    _run(folder_tree, tmp_path, "student", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
+    logs = _logs(tmp_path / "student")
+    assert (f"--teacher-ckpt {teacher}: its run normalized the images with --image-mean [0.5, 0.5, 0.5] --image-std "
+            f"[0.25, 0.25, 0.25], this run with [0.485, 0.456, 0.406] [0.229, 0.224, 0.225]: the teacher sees this "
+            f"run's images") in logs
+    student = tmp_path / "student" / "last.pth.tar"
+    _run(folder_tree, tmp_path, "alike", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(student))
+    assert "normalized" not in _logs(tmp_path / "alike")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -294,9 +314,7 @@ def test_a_stop_signal_during_the_teachers_validation_ends_the_run_in_one_line(f
         proc = subprocess.run([sys.executable, SIGNAL_AT_SCRIPT, *FROZEN, "--data-path", folder_tree, "--output",
                                str(out), "--experiment", experiment, *teacher, *argv], capture_output=True, text=True,
                               timeout=300, env={**tool_env(), "SIGNAL_AT": "SIGTERM test 1"})
-        logs = "".join((out / experiment / name).read_text() for name in os.listdir(out / experiment)
-                       if name.startswith("log_"))
-        return proc, logs
+        return proc, _logs(out / experiment)
 
     proc, logs = stopped_run("fresh")
     assert proc.returncode == 143 and "Traceback" not in proc.stderr
