@@ -28,6 +28,7 @@ from .config import ConfigError
 from .distributed import DistEnv
 from .evaluate import validate
 from .flags import FEATURE_DISTILLATION
+from ..data.image_decoding import channels_name
 from ..models.directions import checkpoint_candidates, directions_difference
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
 from .model_builder import (UnknownModelError, config_kwargs_taken, create_model_at_size, image_channels,
@@ -258,9 +259,11 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
     except CheckpointError as err:
         raise CheckpointError(f"--teacher-ckpt: {err} (the teacher is --teacher-model {name}, built for "
                               f"{cfg.num_classes} classes)") from None
-    if input_channels(teacher) != image_channels(cfg):
-        raise ConfigError(f"--teacher-model {name} takes {input_channels(teacher)}-channel images, the run's model "
-                          f"{image_channels(cfg)}-channel ones: the teacher sees the student's images")
+    channels = image_channels(cfg)
+    if input_channels(teacher) != channels:
+        raise ConfigError(f"--teacher-ckpt {path} holds a teacher of {channels_name(input_channels(teacher))} images, "
+                          f"the run's model takes {channels_name(channels)} ones, which the teacher sees: give a "
+                          f"teacher trained on {channels_name(channels)} images (model_kwargs in_chans={channels})")
     _warn_of_other_normalization(cfg, ckpt, path, log)
     params = sum(p.numel() for p in teacher.parameters())
     log.info(f"Distillation --kd {cfg.kd}: teacher {name} from {path}, params: {params / 1e6:.3f} M; loss = "

@@ -192,6 +192,17 @@ def test_a_teacher_of_another_normalization_is_named_in_a_warning(folder_tree, t
     assert "normalized" not in _logs(tmp_path / "alike")
 
 
+def test_an_rgb_teacher_of_a_gray_student_is_refused_saying_which_teacher_fits(folder_tree, tmp_path):
+    _run(folder_tree, tmp_path, "teacher")
+    teacher = tmp_path / "teacher" / "last.pth.tar"
+    with pytest.raises(ConfigError, match=rf"^--teacher-ckpt {teacher} holds a teacher of 3-channel \(RGB\) images, "
+                                          rf"the run's model takes 1-channel \(gray\) ones, which the teacher sees: "
+                                          rf"give a teacher trained on 1-channel \(gray\) images \(model_kwargs "
+                                          rf"in_chans=1\)$"):
+        _run(folder_tree, tmp_path, "gray", "--model-kwargs", *TINY_MODEL[3:TINY_MODEL.index("--img-size")],
+             "in_chans=1", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
+
+
 @pytest.mark.parametrize("argv, message", [
     ([*TEACHER], r"^--teacher-model vit_tiny_patch16_224: distillation is off without --kd; give --kd kd, kdt<tau> "
                  r"\(e\.g\. kdt4\), dist or dist_t<tau>, or drop it$"),
