@@ -240,7 +240,10 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
     draws."""
     name = resolve_model_name(cfg.teacher_model)
     path = cfg.teacher_ckpt
-    ckpt = load_checkpoint_on_all_ranks(path, trust=cfg.trust_checkpoint)
+    try:
+        ckpt = load_checkpoint_on_all_ranks(path, trust=cfg.trust_checkpoint)
+    except CheckpointError as err:
+        raise CheckpointError(f"--teacher-ckpt: {err}") from None
     saved_name = ckpt.get("model_name")
     if saved_name is not None and saved_name != name:
         raise CheckpointError(f"--teacher-ckpt {path} is a checkpoint of {saved_name}, not of the teacher {name}: "

@@ -216,6 +216,9 @@ def test_teacher_flags_and_loss_weights_without_kd_are_refused(folder_tree, tmp_
 
 
 def test_a_teacher_checkpoint_that_does_not_fit_is_one_line(folder_tree, tmp_path):
+    with pytest.raises(CheckpointError, match=rf"^--teacher-ckpt: checkpoint not found: {tmp_path / 'gone.pth'}$"):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd", *TEACHER,
+                          "--teacher-ckpt", str(tmp_path / "gone.pth")]))
     weights = {"head.weight": torch.zeros(3, 8), "head.bias": torch.zeros(3)}
     atomic_save({"state_dict": weights}, str(tmp_path / "other.pth"))
     with pytest.raises(CheckpointError, match=r"^--teacher-ckpt: .*other\.pth does not fit this model \(another "
