@@ -289,7 +289,8 @@ class Run:
         with StopSignals(self.env.device) as stop:
             if self.distillation is not None:
                 self._validate_teacher(stop)
-            if self.rng_to_restore is not None:  # after the teacher's validation, whose loader draws a seed
+            # restored after the teacher's validation: the epochs start from the saved streams, whatever it draws
+            if self.rng_to_restore is not None:
                 set_rng_state(self.rng_to_restore)
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 signum = stop.agreed()
