@@ -635,6 +635,8 @@ def test_each_row_of_the_model_table_is_timed_as_its_metric_says(monkeypatch):
      "--model-kwargs: model local_vssm_tiny does not take 'depth'; did you mean depths?"),
     (['--profile', 'local_vim_tiny', '--model-kwargs', 'in_chan=1'],
      "--model-kwargs: model local_vim_tiny does not take 'in_chan'; did you mean in_chans?"),
+    (['--model', 'local_vim_tiny', '--model-kwargs', 'in_chan=1', 'dept=2'],
+     "--model-kwargs: model local_vim_tiny does not take 'in_chan'; did you mean in_chans?"),
     (['--ema', 'local_vim_tiny', '--directions', 'NO_SUCH_DIR/directions.yaml'],
      '--directions: directions file not found: '),
 ])
@@ -696,3 +698,74 @@ def test_ema_and_profile_time_the_model_built_with_its_kwargs():
     profile = profile_model('local_vim_tiny', batch=1, img_size=32, forwards=1, warmup=0,
                             model_kwargs={'in_chans': 1})
     assert format_time_profile(profile).startswith('profile: model=local_vim_tiny model_kwargs=in_chans=1 batch=1')
+
+
+def test_the_settings_line_names_every_keyword_and_the_directions_file():
+    from classification.benchmarks.model_speed import variant_text
+
+    assert variant_text() == variant_text({}, None) == ''
+    assert variant_text({'in_chans': 1, 'depth': 2}, 'run/directions.yaml') == (
+        ' model_kwargs=in_chans=1,depth=2 directions=run/directions.yaml')
+
+
+@pytest.fixture
+def two_layer_directions(tmp_path) -> str:
+    """A directions file of LocalVim-T's first two layers: with --model-kwargs depth=2 the model builds only where
+    the file reaches it (its own 20 layers' directions do not fit 2 layers)."""
+    from classification.models.directions import LOCAL_VIM_TINY_DIRECTIONS, save_directions
+
+    path = tmp_path / 'directions.yaml'
+    save_directions(path, LOCAL_VIM_TINY_DIRECTIONS[:2])
+    return str(path)
+
+
+@pytest.mark.parametrize('mode', [['--img-size', '32', '--batch-sizes', '1', '--train-batch', '0'],
+                                  ['--sweep', '32']])
+def test_directions_build_the_timed_model_of_model_and_sweep(mode, two_layer_directions, monkeypatch, capsys):
+    """--model and --sweep with --model-kwargs depth=2 and a two-layer directions file: the timed LocalVim has 2
+    layers, the sweep measures its memory built the same way (the baseline as registered), and the settings line
+    names both; the timings and peaks are faked."""
+    from classification.benchmarks import model_speed
+
+    sweep = importlib.import_module('classification.benchmarks.resolution_sweep')
+    layers, measured = {}, []
+
+    def images_per_second(models, *args, **kwargs):
+        layers.update({name: len(model.layers) for name, model in models.items() if hasattr(model, 'layers')})
+        return dict.fromkeys(models, 1.0)
+
+    monkeypatch.setattr(model_speed, 'images_per_second', images_per_second)
+    monkeypatch.setattr(sweep, 'images_per_second', images_per_second)
+    monkeypatch.setattr(sweep, 'forward_peak_mib', lambda name, *args, **kwargs: measured.append((name, kwargs)))
+    assert benchmark.main(['--model', 'local_vim_tiny', '--model-kwargs', 'depth=2', '--directions',
+                           two_layer_directions, '--repeats', '1', '--warmup', '0', *mode]) == 0
+    assert layers == {'local_vim_tiny': 2}
+    assert capsys.readouterr().out.startswith(
+        f'model=local_vim_tiny model_kwargs=depth=2 directions={two_layer_directions} baseline=deit_tiny_patch16_224 ')
+    if '--sweep' in mode:
+        assert measured == [('local_vim_tiny', dict(model_kwargs={'depth': 2}, directions=two_layer_directions)),
+                            ('deit_tiny_patch16_224', {})]
+
+
+@pytest.mark.parametrize('mode', [['--ema', 'local_vim_tiny'],
+                                  ['--profile', 'local_vim_tiny', '--img-size', '32', '--batch', '1']])
+def test_directions_build_the_model_of_ema_and_profile(mode, two_layer_directions, capsys):
+    """--ema and --profile build their model with --model-kwargs depth=2 and a two-layer directions file; without
+    either it does not build."""
+    assert benchmark.main([*mode, '--model-kwargs', 'depth=2', '--directions', two_layer_directions, '--repeats', '1',
+                           '--warmup', '0']) == 0
+    if '--profile' in mode:
+        assert capsys.readouterr().out.startswith(
+            f'profile: model=local_vim_tiny model_kwargs=depth=2 directions={two_layer_directions} batch=1')
+
+
+def test_the_memory_child_builds_the_model_with_its_directions(two_layer_directions):
+    assert forward_peak_mib('local_vim_tiny', 32, model_kwargs={'depth': 2}, directions=two_layer_directions) >= 0
+
+
+def test_model_kwargs_of_a_model_that_takes_any_keyword_are_passed_on():
+    """ByobNet (bat_resnext26ts) takes ``**kwargs``: its keywords cannot be checked before the build, so none is
+    refused here."""
+    args = benchmark.parse_args(['--model', 'bat_resnext26ts', '--baseline', 'resnet18', '--model-kwargs',
+                                 'drop_rate=0.1'])
+    assert args.model_kwargs == {'drop_rate': 0.1}
