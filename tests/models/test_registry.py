@@ -113,7 +113,8 @@ def test_timm_conventions(name):
 @pytest.mark.parametrize('name', registered())
 def test_reset_classifier_builds_the_head_on_the_models_device_and_dtype(name):
     """timm's models build the new head where the model is (``get_device_dtype``): a head reset on a model cast to
-    float64 (or moved to a GPU) was a float32 CPU Linear, and the next forward failed on mixed dtypes."""
+    float64 (or moved to a GPU) was a float32 CPU Linear, and the next forward failed on mixed dtypes. 0 classes:
+    no head (nn.Identity), as in timm."""
     torch.manual_seed(0)
     model, size = small_model(name, num_classes=3)
     model = model.double().eval()
@@ -122,6 +123,8 @@ def test_reset_classifier_builds_the_head_on_the_models_device_and_dtype(name):
     with torch.no_grad():
         logits = model(torch.randn(1, 3, size, size, dtype=torch.float64))
     assert logits.shape == (1, 5) and logits.dtype == torch.float64
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), torch.nn.Identity)
     meta, _ = small_model(name, num_classes=3, device='meta')
     meta.reset_classifier(7)
     assert {p.device.type for p in meta.parameters()} == {'meta'}
