@@ -138,6 +138,22 @@ FORWARDS = {
         f'model.decode_head (Mask2FormerHead) takes 5 maps of in_channels [32, 32, 32, 32, 32] and '
         f'pixel_decoder.strides [4, 8, 16, 32] (one per map), but {VIM5_GIVES}: set --cfg-options '
         f'model.decode_head.pixel_decoder.strides=[16,16,16,16,16]'),
+    # the maps of its first three entries are given, the fourth is not
+    'mask2former_of_an_entry_more_than_maps': (
+        VSSM3, partial(mask2former, [16, 32, 64, 64]),
+        f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [16, 32, 64, 64], but {VSSM3_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
+    # three levels of one entry: the decoder's second and third levels read in_channels entries it has not
+    'mask2former_of_one_entry_for_three_levels': (
+        VSSM4, partial(mask2former, [64]),
+        f'model.decode_head (Mask2FormerHead) takes 1 map of in_channels [64], but {VSSM4_GIVES}: set --cfg-options '
+        f'model.decode_head.in_channels=[8,16,32,64]'),
+    # four levels of two maps take them (each map twice): only its widths are off
+    'mask2former_of_twice_as_many_levels_as_maps': (
+        dict(VSSM4, out_indices=(2, 3)), partial(mask2former, [8, 64], levels=4),
+        'model.decode_head (Mask2FormerHead) takes 2 maps of in_channels [8, 64], but model.backbone (MM_LocalVSSM, '
+        'out_indices (2, 3)) gives 2 maps of [32, 64] channels (stages 2, 3): set --cfg-options '
+        'model.decode_head.in_channels=[32,64]'),
     # three levels of two maps: the third level reads the last map again
     'mask2former_of_more_levels_than_maps': (dict(VSSM4, out_indices=(2, 3)), partial(mask2former, [32, 64]), None),
     'mask2former_of_one_map_for_three_levels': (
@@ -152,6 +168,11 @@ FORWARDS = {
         VSSM3, partial(maskformer, SWIN, in_index=[0, 1, 2, 3]),
         f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM3_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[16,32,64]'),
+    # the fix keeps the tuple form the config gives
+    'maskformer_of_swin_widths_in_a_tuple': (
+        VSSM3, partial(maskformer, tuple(SWIN)),
+        f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels {SWIN}, but {VSSM3_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=(16,32,64)'),
     'maskformer_of_in_index_1_2_3': (
         VSSM4, partial(maskformer, [16, 32, 64], in_index=[1, 2, 3]),
         f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [16, 32, 64], but {VSSM4_GIVES}: set '
@@ -159,6 +180,16 @@ FORWARDS = {
     # it reads its first entries' maps and the last map: here the third map twice, as entries 2 and 3
     'maskformer_of_an_entry_more': (VSSM3, partial(maskformer, [16, 32, 64, 64]), None),
     'maskformer_of_the_first_and_last_maps': (VSSM4, partial(maskformer, [8, 16, 64]), None),
+    # all but its third entry fit
+    'maskformer_of_another_third_width': (
+        VSSM4, partial(maskformer, [8, 16, 16, 64]),
+        f'model.decode_head (MaskFormerHead) takes 4 maps of in_channels [8, 16, 16, 64], but {VSSM4_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    # five maps: MaskFormer's pixel decoders have no strides to set
+    'maskformer_of_five_maps_of_other_widths': (
+        VIM5, partial(maskformer, [16] * 5),
+        f'model.decode_head (MaskFormerHead) takes 5 maps of in_channels [16, 16, 16, 16, 16], but {VIM5_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[32,32,32,32,32]'),
     'transformer_encoder_pixel_decoder': (VIM4, partial(maskformer, [32] * 4, 'TransformerEncoderPixelDecoder'), None),
     'transformer_encoder_pixel_decoder_of_swin_widths': (
         VSSM3, partial(maskformer, SWIN, 'TransformerEncoderPixelDecoder'),
@@ -262,3 +293,29 @@ def test_a_mask_head_after_a_neck_is_judged_by_the_neck_maps():
     assert map_fit.neck_input_problem(model) == (
         'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [8, 16, 32, 64], but model.neck (FPN) gives '
         '4 maps of [8, 8, 8, 8] channels: set --cfg-options model.decode_head.in_channels=[8,8,8,8]')
+    neck = dict(neck, num_outs=5)
+    model = dict(backbone=VSSM4, neck=neck, decode_head=mask2former([8] * 5))
+    assert map_fit.neck_input_problem(model) == (
+        'model.decode_head (Mask2FormerHead) takes 5 maps of in_channels [8, 8, 8, 8, 8] and pixel_decoder.strides '
+        '[4, 8, 16, 32] (one per map), but model.neck (FPN) gives 5 maps of [8, 8, 8, 8, 8] channels: set '
+        '--cfg-options model.decode_head.pixel_decoder.strides=[4,8,16,32,64]')
+
+
+def test_a_pixel_decoder_not_known_here_is_left_to_mmdet():
+    """Mask2Former's levels come from its encoder's attention config (num_levels): without it, or with a pixel
+    decoder of another type, the check does not guess."""
+    require('mmseg')
+    head = mask2former(SWIN)
+    del head['pixel_decoder']['encoder']['layer_cfg']['self_attn_cfg']['num_levels']
+    assert map_fit.neck_input_problem(dict(backbone=VSSM4, decode_head=head)) is None
+    head = maskformer(SWIN, 'MyPixelDecoder')
+    assert map_fit.neck_input_problem(dict(backbone=VSSM4, decode_head=head)) is None
+
+
+def test_a_panoptic_mask_head_after_simple_fpn_takes_its_list_of_maps():
+    """SimpleFPN turns mmdet's bare LocalVim map into a list: the head after it is judged on the neck's maps, not
+    refused for a bare map."""
+    require('mmdet')
+    neck = dict(type='SimpleFPN', backbone_channel=32, in_channels=[8, 16, 32, 32], out_channels=16, num_outs=5)
+    model = dict(backbone=VIM1, neck=neck, panoptic_head=mask2former([16] * 4, scope='mmdet'))
+    assert map_fit.neck_input_problem(model, bare_single_map=True) is None
