@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..common.checkpoint_io import CheckpointError, load_checkpoint_on_all_ranks, state_dict_from
+from ..data.image_decoding import channels_name
+from ..models.directions import checkpoint_candidates, directions_difference
+from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
 from .checkpoint import check_same_model, load_at_model_size
 from .config import ConfigError
 from .distributed import DistEnv
 from .evaluate import validate
 from .flags import FEATURE_DISTILLATION
-from ..data.image_decoding import channels_name
-from ..models.directions import checkpoint_candidates, directions_difference
-from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
 from .model_builder import (UnknownModelError, config_kwargs_taken, create_model_at_size, image_channels,
                             resolve_model_name)
 from .resume import class_folders_difference
@@ -141,7 +141,6 @@ class Distillation:
 
     def __init__(self, teacher: nn.Module, method: str, ori_loss_weight: float, kd_loss_weight: float):
         self.teacher = teacher.eval().requires_grad_(False)
-        self.method = method
         self.kd_loss = distillation_loss(method)
         self.ori_loss_weight, self.kd_loss_weight = ori_loss_weight, kd_loss_weight
 
