@@ -56,7 +56,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        output_file_problem, plot_resolution_sweep, print_op_benchmark,
                                        resolution_sweep, unavailable_backends, write_csv)
 from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
-from classification.benchmarks.model_speed import COMPILE_WARMUP  # noqa: E402
+from classification.benchmarks.model_speed import COMPILE_WARMUP, check_kwargs_taken  # noqa: E402
 from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
 from classification.benchmarks.stopping import run_stopping_in_one_line, where_rows_are  # noqa: E402
@@ -65,8 +65,7 @@ from classification.benchmarks.time_profile import format_time_profile, profile_
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.flags import KeyValueAction  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
-from classification.engine.model_builder import accepted_kwargs, check_directions_file  # noqa: E402
-from classification.engine.model_builder import not_taken_error, resolve_model_name  # noqa: E402
+from classification.engine.model_builder import check_directions_file, resolve_model_name  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -188,11 +187,11 @@ def _check_model_build(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"{given} builds the models of --model, --ema and --profile, not of --op")
     if "img_size" in args.model_kwargs:
         parser.error("--model-kwargs img_size: the image sizes timed are --img-size's (or --sweep's): give them there")
-    for name in (args.model or args.ema or args.profile or []) if args.model_kwargs else []:
-        accepted = accepted_kwargs(name)
-        taken_not = [key for key in args.model_kwargs if accepted is not None and key not in accepted]
-        if taken_not:
-            parser.error(str(not_taken_error(name, taken_not[0], accepted)))
+    try:
+        for name in args.model or args.ema or args.profile or []:
+            check_kwargs_taken(name, args.model_kwargs)
+    except ConfigError as err:
+        parser.error(str(err))
     if args.directions:
         try:
             check_directions_file(args.directions)

@@ -27,6 +27,15 @@ def default_baseline(model: str) -> str:
     raise ValueError(f"no default baseline for {model!r}: pass --baseline")
 
 
+def check_kwargs_taken(name: str, model_kwargs: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming the first of ``model_kwargs`` that model ``name`` does not take, with close matches (a
+    model taking any keyword takes them all)."""
+    accepted = accepted_kwargs(name)
+    not_taken = [key for key in model_kwargs if accepted is not None and key not in accepted]
+    if not_taken:
+        raise not_taken_error(resolve_model_name(name), not_taken[0], accepted)
+
+
 def build_model(name: str, img_size: int = 224, device: Union[str, torch.device] = "cpu",
                 num_classes: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None,
                 directions: Optional[str] = None) -> nn.Module:
@@ -35,10 +44,7 @@ def build_model(name: str, img_size: int = 224, device: Union[str, torch.device]
     a ``directions`` file, as a training run's config gives them. Unknown names raise ``UnknownModelError`` with
     close matches; a bad directions file, a keyword the model does not take (with close matches) or keyword
     arguments the model refuses raise ``ConfigError``."""
-    accepted = accepted_kwargs(name)
-    for key in model_kwargs or {}:
-        if accepted is not None and key not in accepted:
-            raise not_taken_error(resolve_model_name(name), key, accepted)
+    check_kwargs_taken(name, model_kwargs or {})
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
