@@ -56,7 +56,7 @@ from classification.benchmarks import (CASES, DTYPES, OpShape, UnknownModelError
                                        output_file_problem, plot_resolution_sweep, print_op_benchmark,
                                        resolution_sweep, unavailable_backends, write_csv)
 from classification.benchmarks.ema_speed import benchmark_ema, format_ema_table  # noqa: E402
-from classification.benchmarks.model_speed import COMPILE_WARMUP, check_kwargs_taken  # noqa: E402
+from classification.benchmarks.model_speed import COMPILE_WARMUP  # noqa: E402
 from classification.benchmarks.op_speed import OP_SIZES  # noqa: E402
 from classification.benchmarks.peak_memory import PeakMemoryError  # noqa: E402
 from classification.benchmarks.stopping import run_stopping_in_one_line, where_rows_are  # noqa: E402
@@ -65,7 +65,8 @@ from classification.benchmarks.time_profile import format_time_profile, profile_
 from classification.engine.config import ConfigError  # noqa: E402
 from classification.engine.flags import KeyValueAction  # noqa: E402
 from classification.engine.plotting import figure_path  # noqa: E402
-from classification.engine.model_builder import check_directions_file, resolve_model_name  # noqa: E402
+from classification.engine.model_builder import (check_directions_file, check_kwargs_taken,  # noqa: E402
+                                                 resolve_model_name)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -10,8 +10,8 @@ from localmamba_kernel_runtime.settings import SETTING_ERRORS
 from torch import nn
 
 from ..engine.config import ConfigError
-from ..engine.model_builder import (accepted_kwargs, check_directions_file, create_model_at_size, model_build_error,
-                                    not_taken_error, resolve_model_name)
+from ..engine.model_builder import (check_directions_file, check_kwargs_taken, create_model_at_size, model_build_error,
+                                    resolve_model_name)
 from ..models.factory import input_channels
 from .tables import render_table
 from .timing import DTYPES, median_seconds
@@ -25,15 +25,6 @@ def default_baseline(model: str) -> str:
         if model.startswith(prefix):
             return baseline
     raise ValueError(f"no default baseline for {model!r}: pass --baseline")
-
-
-def check_kwargs_taken(name: str, model_kwargs: Mapping[str, Any]) -> None:
-    """``ConfigError`` naming the first of ``model_kwargs`` that model ``name`` does not take, with close matches (a
-    model taking any keyword takes them all)."""
-    accepted = accepted_kwargs(name)
-    not_taken = [key for key in model_kwargs if accepted is not None and key not in accepted]
-    if not_taken:
-        raise not_taken_error(resolve_model_name(name), not_taken[0], accepted)
 
 
 def build_model(name: str, img_size: int = 224, device: Union[str, torch.device] = "cpu",

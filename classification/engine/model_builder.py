@@ -210,6 +210,15 @@ def not_taken_error(name: str, key: str, accepted: frozenset[str], flag: str = "
     return ConfigError(f"{flag}: model {name} does not take {key!r}{did_you_mean(key, accepted)}")
 
 
+def check_kwargs_taken(name: str, model_kwargs: Mapping[str, Any], flag: str = "--model-kwargs") -> None:
+    """``ConfigError`` naming the first of ``model_kwargs`` (given by ``flag``) that model ``name`` does not take, with
+    close matches (a model taking any keyword takes them all)."""
+    accepted = accepted_kwargs(name)
+    not_taken = [key for key in model_kwargs if accepted is not None and key not in accepted]
+    if not_taken:
+        raise not_taken_error(resolve_model_name(name), not_taken[0], accepted, flag)
+
+
 def model_build_error(name: str, given: Mapping[str, Any], err: Exception, hint: str = "") -> ConfigError:
     """The one-line error of a model that `given` keyword arguments (model_kwargs, a directions file) could not
     build: `model NAME with KEY=VALUE ...: <the model's error><hint>`."""
