@@ -158,9 +158,9 @@ def check_same_model(model: nn.Module, model_name: str, ckpt: Mapping[str, Any],
     raise CheckpointError(f"{path} was trained with other scan directions ({where}); give {hint}{whole}")
 
 
-def _flag_value(value: Any) -> str:
+def flag_value(value: Any) -> str:
     """`value` as --model-kwargs reads it back: a list without spaces (`[8,16]`), anything else as str."""
-    return f"[{','.join(map(_flag_value, value))}]" if isinstance(value, (list, tuple)) else str(value)
+    return f"[{','.join(map(flag_value, value))}]" if isinstance(value, (list, tuple)) else str(value)
 
 
 def _built_otherwise(ckpt: Mapping[str, Any], model_kwargs: Mapping[str, Any], path: str) -> str:
@@ -171,7 +171,7 @@ def _built_otherwise(ckpt: Mapping[str, Any], model_kwargs: Mapping[str, Any], p
     saved = (config.get("model_kwargs") or {}) if isinstance(config, dict) else None
     if not isinstance(saved, dict) or saved == dict(model_kwargs):
         return ""
-    given = " ".join(f"{key}={_flag_value(value)}" for key, value in saved.items())
+    given = " ".join(f"{key}={flag_value(value)}" for key, value in saved.items())
     run_config = run_config_beside(path)
     whole = f" (or -c {run_config}, its run's whole config)" if run_config else ""
     built = f"with --model-kwargs {given}: give them" if saved else "with no --model-kwargs: leave them out"

@@ -35,7 +35,7 @@ from ..common import atomic_write_text
 from ..common.suggest import did_you_mean
 from ..data.defaults import DATASET_FILLED_FLAGS, NORMALIZATION_FLAGS, filled_alike
 from ..data.image_decoding import IMAGE_MODES
-from .flags import FEATURE_DISTILLATION, build_parser
+from .flags import FEATURE_DISTILLATION, KeyValueAction, build_parser
 
 # per command, left out of args.yaml (module doc)
 RUN_CONTROL_FLAGS = ("overwrite", "resume", "rewind", "branch", "trust_checkpoint")
@@ -224,9 +224,9 @@ def _convert(action: argparse.Action, value: Any, text: str | None, where: str) 
 def _coerce(action: argparse.Action, value: Any, text: Any, where: str) -> Any:
     """Convert and check one YAML value as argparse would convert the same text on the command line; `text` is the
     value as written (`_written_texts`). `null` is taken only by a flag whose default is None."""
-    if action.dest == "model_kwargs":
+    if isinstance(action, KeyValueAction):   # model_kwargs, teacher_model_kwargs
         if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{where}: model_kwargs must be a mapping, got {value!r}")
+            raise ConfigError(f"{where}: {action.dest} must be a mapping, got {value!r}")
         return dict(value or {})
     if value is None:
         if action.default is not None:
@@ -405,11 +405,12 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "LocalMamba
         if str(getattr(args, key, None)).startswith("~"):
             setattr(args, key, os.path.expanduser(getattr(args, key)))
     args.filled_from_dataset = [key for key in filled if getattr(args, key) == config_values.get(key)]
-    args.model_kwargs = dict(args.model_kwargs or {})
     args.config_model = config_values.get("model") if config_values.get("model") == args.model else None
     args.cli_model_kwargs = list(getattr(args, "_cli_model_kwargs", []))
-    if hasattr(args, "_cli_model_kwargs"):
-        delattr(args, "_cli_model_kwargs")
+    for key in ("model_kwargs", "teacher_model_kwargs"):
+        setattr(args, key, dict(getattr(args, key) or {}))
+        if hasattr(args, f"_cli_{key}"):
+            delattr(args, f"_cli_{key}")
     check_ranges(args)
     return args
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from argparse import Namespace
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -26,13 +26,13 @@ from ..common.checkpoint_io import CheckpointError, load_checkpoint_on_all_ranks
 from ..data.image_decoding import channels_name
 from ..models.directions import checkpoint_candidates, directions_difference
 from ..models.factory import SUPERNET_FINAL_MODELS, input_channels
-from .checkpoint import check_same_model, load_at_model_size
+from .checkpoint import check_same_model, flag_value, load_at_model_size
 from .config import ConfigError
 from .distributed import DistEnv
 from .evaluate import validate
 from .flags import FEATURE_DISTILLATION
-from .model_builder import (UnknownModelError, config_kwargs_taken, create_model_at_size, image_channels,
-                            resolve_model_name)
+from .model_builder import (UnknownModelError, check_kwargs_taken, config_kwargs_taken, create_model_at_size,
+                            image_channels, resolve_model_name)
 from .resume import class_folders_difference
 
 LOGIT_METHODS = "kd, kdt<tau> (e.g. kdt4), dist or dist_t<tau>"
@@ -109,14 +109,24 @@ def distillation_loss(method: str) -> nn.Module:
     raise ConfigError(f"--kd {method}: unknown distillation method; give {LOGIT_METHODS}")
 
 
+def _settings(kwargs: Mapping[str, Any]) -> str:
+    """Keyword arguments as --teacher-model-kwargs reads them (`depth=2 embed_dim=16`), a table of scan directions
+    as its count of layers."""
+    return " ".join(f"{len(value)} layers of directions" if key == "directions" and isinstance(value, list)
+                    else f"{key}={flag_value(value)}" for key, value in kwargs.items())
+
+
 def check_distillation_flags(cfg: Namespace) -> None:
     """Refuse, before anything is built, a `--kd` method that is unknown or not on the logits, a run without its
-    `--teacher-model` or `--teacher-ckpt`, a teacher name timm does not know, and the teacher flags or loss weights
-    given without `--kd` (which they would not switch on)."""
+    `--teacher-model` or `--teacher-ckpt`, a teacher name timm does not know, a `--teacher-model-kwargs` key it does
+    not take (or the image size and class count, which are the run's), and the teacher flags or loss weights given
+    without `--kd` (which they would not switch on)."""
     if not cfg.kd:
+        teacher_kwargs = _settings(cfg.teacher_model_kwargs)
         given = [f"{flag} {value}" for flag, value, off in (
-            ("--teacher-model", cfg.teacher_model, ""), ("--teacher-ckpt", cfg.teacher_ckpt, ""),
-            ("--ori-loss-weight", cfg.ori_loss_weight, 1.0), ("--kd-loss-weight", cfg.kd_loss_weight, 1.0))
+            ("--teacher-model", cfg.teacher_model, ""), ("--teacher-model-kwargs", teacher_kwargs, ""),
+            ("--teacher-ckpt", cfg.teacher_ckpt, ""), ("--ori-loss-weight", cfg.ori_loss_weight, 1.0),
+            ("--kd-loss-weight", cfg.kd_loss_weight, 1.0))
             if value != off]
         if given:
             raise ConfigError(f"{', '.join(given)}: distillation is off without --kd; give --kd {LOGIT_METHODS}, "
@@ -126,9 +136,14 @@ def check_distillation_flags(cfg: Namespace) -> None:
     if not cfg.teacher_model:
         raise ConfigError(f"--kd {cfg.kd} distills from a teacher: give --teacher-model NAME and --teacher-ckpt FILE")
     try:
-        resolve_model_name(cfg.teacher_model)
+        name = resolve_model_name(cfg.teacher_model)
     except UnknownModelError as err:
         raise ConfigError(f"--teacher-model: {err}") from None
+    check_kwargs_taken(name, cfg.teacher_model_kwargs, "--teacher-model-kwargs")
+    for key, flag in (("img_size", "--img-size"), ("num_classes", "the run's classes")):
+        if key in cfg.teacher_model_kwargs:
+            raise ConfigError(f"--teacher-model-kwargs {key}: the teacher is built for {flag}, as the student, "
+                              f"whose images it sees and whose logits it teaches: leave {key} out")
     if not cfg.teacher_ckpt:
         pretrained = ("--teacher-pretrained would download its weights, and nothing is downloaded here"
                       if cfg.teacher_pretrained else "a teacher of random weights teaches nothing")
@@ -159,11 +174,11 @@ class Distillation:
                 + self.kd_loss_weight * self.kd_loss(student_logits, teacher_logits))
 
 
-def _teacher_kwargs(cfg: Namespace, ckpt: dict) -> dict:
-    """Keyword arguments of the teacher's `create_model_at_size` besides the name and the run's image size: the
-    `model_kwargs` its checkpoint's run recorded that the teacher takes (but `img_size`), its scan directions and a
-    supernet's search candidates (none for released weights), and the run's class count."""
-    name, config = resolve_model_name(cfg.teacher_model), ckpt.get("config")
+def _recorded_kwargs(name: str, ckpt: dict) -> dict:
+    """Keyword arguments that the checkpoint `ckpt` of teacher `name` records its run built it with: the recorded
+    `model_kwargs` the teacher takes (but `img_size`), its scan directions and a supernet's search candidates (none
+    for released weights, or weights saved by hand)."""
+    config = ckpt.get("config")
     recorded = (config.get("model_kwargs") or {}) if isinstance(config, dict) else {}
     kwargs = config_kwargs_taken(name, recorded, warn=False)   # as its run dropped a config's keys for other models
     kwargs.pop("img_size", None)
@@ -172,8 +187,17 @@ def _teacher_kwargs(cfg: Namespace, ckpt: dict) -> dict:
     candidates = checkpoint_candidates(ckpt)
     if candidates is not None and name in SUPERNET_FINAL_MODELS:
         kwargs["candidates"] = list(candidates)
-    kwargs["num_classes"] = cfg.num_classes
     return kwargs
+
+
+def _given_over_record(given: Mapping[str, Any], recorded: Mapping[str, Any]) -> str:
+    """What the build log line says of `--teacher-model-kwargs` (`given`): the keys, and the `recorded` values
+    (`_recorded_kwargs`) they replace; '' when none is given."""
+    if not given:
+        return ""
+    replaced = {key: recorded[key] for key in given if key in recorded and recorded[key] != given[key]}
+    over = f" (over {_settings(replaced)}, which the file records)" if replaced else ""
+    return f" with --teacher-model-kwargs {_settings(given)}{over}"
 
 
 def _check_teacher_record(name: str, ckpt: dict, path: str, teacher: Optional[nn.Module] = None) -> None:
@@ -197,20 +221,22 @@ def _check_teacher_record(name: str, ckpt: dict, path: str, teacher: Optional[nn
                               f"({where}), built as the file records: give the --teacher-model it is a checkpoint of")
 
 
-def _build_teacher(cfg: Namespace, name: str, ckpt: dict, path: str, device: torch.device) -> nn.Module:
-    """`--teacher-model` `name` built as `_teacher_kwargs` says, the global random streams left as they were; a
-    record that cannot build it (directions of another depth where the file keeps no `model_kwargs`) is one
+def _build_teacher(cfg: Namespace, name: str, recorded: dict, path: str, device: torch.device) -> nn.Module:
+    """`--teacher-model` `name` built for the run's image size and classes with `--teacher-model-kwargs` over what
+    its checkpoint records (`recorded`: `_recorded_kwargs`), the global random streams left as they were; keywords
+    that cannot build it (directions of another depth where the file keeps no `model_kwargs`) are one
     CheckpointError saying what the teacher was built with."""
-    kwargs = _teacher_kwargs(cfg, ckpt)
+    kwargs = {**recorded, **cfg.teacher_model_kwargs}
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return create_model_at_size(name, cfg.img_size, **kwargs)
+            return create_model_at_size(name, cfg.img_size, **kwargs, num_classes=cfg.num_classes)
     except (TypeError, ValueError) as err:
-        settings = " ".join(f"{len(value)} layers of directions" if key == "directions" else f"{key}={value}"
-                            for key, value in kwargs.items() if key != "num_classes")
-        raise CheckpointError(f"--teacher-ckpt {path}: --teacher-model {name} cannot be built as the file records its "
-                              f"run built it ({settings or 'no model_kwargs, no directions'}): {err}; give a "
-                              f"checkpoint its run saved (e.g. best.pth.tar), or tools/convert_ckpt.py's file of one, "
+        how = ("with --teacher-model-kwargs over what the file records" if cfg.teacher_model_kwargs
+               else "as the file records its run built it")
+        raise CheckpointError(f"--teacher-ckpt {path}: --teacher-model {name} cannot be built {how} "
+                              f"({_settings(kwargs) or 'no model_kwargs, no directions'}): {err}; give the "
+                              f"model_kwargs its run was trained with as --teacher-model-kwargs KEY=VALUE ..., or a "
+                              f"checkpoint its run saved (e.g. best.pth.tar) or tools/convert_ckpt.py's file of one, "
                               f"which records them") from None
 
 
@@ -232,11 +258,11 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
                        classes: Optional[list[str]] = None) -> Distillation:
     """The teacher `--teacher-model` built for the run's classes and image size, as its checkpoint `--teacher-ckpt`
     (training or released form, read `weights_only` unless --trust-checkpoint) records its run built it
-    (`_teacher_kwargs`), loaded strictly from it onto `device`. A checkpoint of another model, weights that do not
-    fit, a teacher trained on other class folders than the run's `classes` (None: not known, no check) and a teacher
-    of other input channels than the run's images raise one line naming the teacher flags. The
-    global random streams are left as they were, so that a distilled run draws what the same run without a teacher
-    draws."""
+    (`_recorded_kwargs`) with `--teacher-model-kwargs` over that record, loaded strictly from it onto `device`. A
+    checkpoint of another model, weights that do not fit, a teacher trained on other class folders than the run's
+    `classes` (None: not known, no check) and a teacher of other input channels than the run's images raise one line
+    naming the teacher flags. The global random streams are left as they were, so that a distilled run draws what the
+    same run without a teacher draws."""
     name = resolve_model_name(cfg.teacher_model)
     path = cfg.teacher_ckpt
     try:
@@ -253,14 +279,18 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
                               f"({difference}): its logits would stand for other classes; give a teacher trained on "
                               f"these classes")
     _check_teacher_record(name, ckpt, path)
-    teacher = _build_teacher(cfg, name, ckpt, path, device)
+    recorded = _recorded_kwargs(name, ckpt)
+    teacher = _build_teacher(cfg, name, recorded, path, device)
     _check_teacher_record(name, ckpt, path, teacher)
+    built_with = _given_over_record(cfg.teacher_model_kwargs, recorded)
     try:
         check_same_model(teacher, name, ckpt, path)
         load_at_model_size(teacher, state_dict_from(ckpt, source=path), path)
     except CheckpointError as err:
+        unrecorded = ("" if isinstance(ckpt.get("config"), dict) else "; the file records no model_kwargs: weights "
+                      "of another size of it need those they were trained with, as --teacher-model-kwargs KEY=VALUE")
         raise CheckpointError(f"--teacher-ckpt: {err} (the teacher is --teacher-model {name}, built for "
-                              f"{cfg.num_classes} classes)") from None
+                              f"{cfg.num_classes} classes{built_with}{unrecorded})") from None
     channels = image_channels(cfg)
     if input_channels(teacher) != channels:
         raise ConfigError(f"--teacher-ckpt {path} holds a teacher of {channels_name(input_channels(teacher))} images, "
@@ -268,8 +298,8 @@ def build_distillation(cfg: Namespace, device: torch.device, log: logging.Logger
                           f"teacher trained on {channels_name(channels)} images (model_kwargs in_chans={channels})")
     _warn_of_other_normalization(cfg, ckpt, path, log)
     params = sum(p.numel() for p in teacher.parameters())
-    log.info(f"Distillation --kd {cfg.kd}: teacher {name} from {path}, params: {params / 1e6:.3f} M; loss = "
-             f"{cfg.ori_loss_weight} x the run's loss + {cfg.kd_loss_weight} x the distillation loss")
+    log.info(f"Distillation --kd {cfg.kd}: teacher {name} from {path}{built_with}, params: {params / 1e6:.3f} M; "
+             f"loss = {cfg.ori_loss_weight} x the run's loss + {cfg.kd_loss_weight} x the distillation loss")
     return Distillation(teacher.to(device), cfg.kd, cfg.ori_loss_weight, cfg.kd_loss_weight)
 
 

@@ -40,7 +40,7 @@ class KeyValueAction(argparse.Action):
             except yaml.YAMLError as err:
                 problem = getattr(err, "problem", None) or str(err).splitlines()[0]
                 parser.error(f"{option_string} {item}: the value is not YAML ({problem}), as a config file's "
-                             f"model_kwargs value must be (e.g. {key}=[1, 2])")
+                             f"{self.dest} value must be (e.g. {key}=[1, 2])")
             from_cli.add(key)
         setattr(namespace, self.dest, merged)
         setattr(namespace, "_cli_" + self.dest, sorted(from_cli))
@@ -179,6 +179,9 @@ def _add_distillation_flags(p: argparse.ArgumentParser) -> None:
                    help="method: kd (KL divergence at temperature 4), kdt<tau> (e.g. kdt4), dist (DIST), dist_t<tau>; "
                         "default '': no distillation")
     g.add_argument("--teacher-model", default="", help="teacher model name, with or without the timm_ prefix")
+    g.add_argument("--teacher-model-kwargs", nargs="*", default={}, action=KeyValueAction, metavar="KEY=VALUE",
+                   help="ours: keyword arguments of the teacher's constructor, read as --model-kwargs, used over the "
+                        "model_kwargs its checkpoint's run recorded (e.g. depth=12 for weights that record none)")
     g.add_argument("--teacher-pretrained", action=SWITCH, default=True,
                    help="the original downloads the teacher's weights; here they come from --teacher-ckpt, which "
                         "--kd needs")

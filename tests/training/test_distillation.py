@@ -3,6 +3,7 @@ training loss, the teacher on the student's mixed batch, the refusals, and `args
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from classification.common.checkpoint_io import CheckpointError, atomic_save
 from classification.engine.cli import run_cli
-from classification.engine.config import ConfigError, parse_args
+from classification.engine.config import ConfigError, parse_args, save_config
 from classification.engine.distillation import DIST, Distillation, KLDivergence, build_distillation, distillation_loss
 from classification.engine.trainer import train
 from classification.models.directions import scan_directions
@@ -144,7 +145,12 @@ def test_a_distilled_runs_loss_is_the_weighted_sum_and_the_teacher_sees_the_mixe
     (["--kd", "kd"], r"^--kd kd distills from a teacher: give --teacher-model NAME and --teacher-ckpt FILE$"),
     (["--kd", "kd", "--teacher-model", "vit_tiniest", "--teacher-ckpt", "t.pth"], r"^--teacher-model: unknown model "),
     (["--kd", "mse", *TEACHER], r"^--kd mse: the original's feature distillation"),
-    (["--kd", "kdx", *TEACHER], r"^--kd kdx: unknown distillation method")])
+    (["--kd", "kdx", *TEACHER], r"^--kd kdx: unknown distillation method"),
+    (["--kd", "kd", *TEACHER, "--teacher-ckpt", "t.pth", "--teacher-model-kwargs", "deph=2"],
+     r"^--teacher-model-kwargs: model vit_tiny_patch16_224 does not take 'deph'; did you mean depth\?$"),
+    (["--kd", "kd", *TEACHER, "--teacher-ckpt", "t.pth", "--teacher-model-kwargs", "img_size=32"],
+     r"^--teacher-model-kwargs img_size: the teacher is built for --img-size, as the student, whose images it sees "
+     r"and whose logits it teaches: leave img_size out$")])
 def test_refused_before_the_run_starts(folder_tree, tmp_path, argv, message):
     with pytest.raises(ConfigError, match=message):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), *argv]))
@@ -208,7 +214,9 @@ def test_an_rgb_teacher_of_a_gray_student_is_refused_saying_which_teacher_fits(f
                  r"\(e\.g\. kdt4\), dist or dist_t<tau>, or drop it$"),
     (["--teacher-ckpt", "t.pth", "--kd-loss-weight", "2"], r"^--teacher-ckpt t\.pth, --kd-loss-weight 2\.0: "
                                                            r"distillation is off without --kd; .*, or drop them$"),
-    (["--ori-loss-weight", "0.5"], r"^--ori-loss-weight 0\.5: distillation is off without --kd")])
+    (["--ori-loss-weight", "0.5"], r"^--ori-loss-weight 0\.5: distillation is off without --kd"),
+    (["--teacher-model-kwargs", "depth=2", "qkv_bias=false"],
+     r"^--teacher-model-kwargs depth=2 qkv_bias=False: distillation is off without --kd; .*, or drop it$")])
 def test_teacher_flags_and_loss_weights_without_kd_are_refused(folder_tree, tmp_path, argv, message):
     with pytest.raises(ConfigError, match=message):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), *argv]))
@@ -223,7 +231,9 @@ def test_a_teacher_checkpoint_that_does_not_fit_is_one_line(folder_tree, tmp_pat
     atomic_save({"state_dict": weights}, str(tmp_path / "other.pth"))
     with pytest.raises(CheckpointError, match=r"^--teacher-ckpt: .*other\.pth does not fit this model \(another "
                                               r"model\?\): missing .*\(the teacher is --teacher-model "
-                                              r"vit_tiny_patch16_224, built for 3 classes\)$"):
+                                              r"vit_tiny_patch16_224, built for 3 classes; the file records no "
+                                              r"model_kwargs: weights of another size of it need those they were "
+                                              r"trained with, as --teacher-model-kwargs KEY=VALUE\)$"):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd", *TEACHER,
                           "--teacher-ckpt", str(tmp_path / "other.pth")]))
     atomic_save({"model": weights, "model_name": "resnet18"}, str(tmp_path / "resnet.pth"))
@@ -266,6 +276,79 @@ def test_a_supernet_teacher_is_built_with_the_candidates_its_file_records(folder
     assert torch.equal(distillation.teacher_logits(images), saved(images).detach())
 
 
+def test_teacher_model_kwargs_are_read_and_recorded_as_model_kwargs(tmp_path, capsys):
+    """--teacher-model-kwargs reads its values as --model-kwargs does (YAML scalars), args.yaml records them for -c,
+    and the command line updates a config's dict key by key; a config's value that is no mapping, and a value that
+    is no YAML, are refused as for model_kwargs."""
+    items = ["lr=0.001", "flag=false", "depths=[1, 2]", "name=20240501", "text=abc"]
+    cfg = parse_args(["--model-kwargs", *items, "--teacher-model-kwargs", *items])
+    expected = {"lr": 0.001, "flag": False, "depths": [1, 2], "name": 20240501, "text": "abc"}
+    assert cfg.teacher_model_kwargs == cfg.model_kwargs == expected
+    save_config(cfg, str(tmp_path / "args.yaml"))
+    assert parse_args(["-c", str(tmp_path / "args.yaml")]).teacher_model_kwargs == expected
+    again = parse_args(["-c", str(tmp_path / "args.yaml"), "--teacher-model-kwargs", "flag=true"])
+    assert again.teacher_model_kwargs == {**expected, "flag": True} and again.model_kwargs == expected
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher_model_kwargs: [1, 2]\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: key 'teacher_model_kwargs': teacher_model_kwargs "
+                                          rf"must be a mapping, got \[1, 2\]$"):
+        parse_args(["-c", str(bad)])
+    with pytest.raises(SystemExit):
+        parse_args(["--teacher-model-kwargs", "depths=[1"])
+    assert capsys.readouterr().err.endswith(
+        "error: --teacher-model-kwargs depths=[1: the value is not YAML (expected ',' or ']', but got '<stream end>'), "
+        "as a config file's teacher_model_kwargs value must be (e.g. depths=[1, 2])\n")
+
+
+def test_a_teacher_whose_file_records_no_model_kwargs_is_built_with_teacher_model_kwargs(folder_tree, tmp_path):
+    """The weights of a ViT of depth 2 saved by hand (the file records nothing of its run) do not fit the default
+    teacher (depth 12): the refusal names --teacher-model-kwargs. With depth=2 the teacher loads, the build line
+    says how it was built, args.yaml records it, and `-c args.yaml --resume` builds the same teacher again."""
+    saved = timm.create_model("vit_tiny_patch16_224", img_size=16, num_classes=3, depth=2)
+    path = tmp_path / "depth2.pth"
+    torch.save(saved.state_dict(), path)
+    kd = ["--kd", "kd", *TEACHER, "--teacher-ckpt", str(path)]
+    refusal = (rf"^--teacher-ckpt: {re.escape(str(path))} does not fit this model \(another model\?\): missing "
+               rf"\(120\): blocks\.2\.norm1\.weight, .* \(the teacher is --teacher-model vit_tiny_patch16_224, built "
+               rf"for 3 classes; the file records no model_kwargs: weights of another size of it need those they were "
+               rf"trained with, as --teacher-model-kwargs KEY=VALUE\)$")
+    with pytest.raises(CheckpointError, match=refusal):
+        _run(folder_tree, tmp_path, "kd", *kd)
+    _run(folder_tree, tmp_path, "kd", *kd, "--teacher-model-kwargs", "depth=2", "--overwrite")
+    line = (f"Distillation --kd kd: teacher vit_tiny_patch16_224 from {path} with --teacher-model-kwargs depth=2, "
+            f"params: 1.039 M; loss = 1.0 x the run's loss + 1.0 x the distillation loss")
+    assert _logs(tmp_path / "kd").count(line) == 1
+    run_config = tmp_path / "kd" / "args.yaml"
+    assert yaml.safe_load(run_config.read_text())["teacher_model_kwargs"] == {"depth": 2}
+    train(parse_args(["-c", str(run_config), "--resume", "auto", "--epochs", "2"]))
+    logs = _logs(tmp_path / "kd")
+    assert logs.count(line) == 2 and "--teacher-model-kwargs changed" not in logs
+
+
+def test_teacher_model_kwargs_are_used_over_the_files_record_and_the_build_line_says_so(folder_tree, tmp_path, caplog):
+    """A file whose recorded model_kwargs (depth=3) do not fit its weights (of depth 2): refused as recorded; with
+    --teacher-model-kwargs depth=2 the teacher computes the saved model's logits, and the build line names the
+    recorded value it replaced (not qkv_bias, given as recorded)."""
+    saved = timm.create_model("vit_tiny_patch16_224", img_size=16, num_classes=3, depth=2).eval()
+    path = str(tmp_path / "teacher.pth")
+    atomic_save({"model": saved.state_dict(), "model_name": "vit_tiny_patch16_224",
+                 "config": {"model_kwargs": {"depth": 3, "qkv_bias": True}}}, path)
+    argv = [*FROZEN, "--data-path", folder_tree, "--kd", "kd", *TEACHER, "--teacher-ckpt", path]
+    cfg = parse_args(argv)
+    cfg.num_classes = 3
+    with pytest.raises(CheckpointError, match=r"teacher\.pth does not fit this model \(another model\?\): missing "
+                                              r"\(12\): blocks\.2\.norm1\.weight, .*built for 3 classes\)$"):
+        build_distillation(cfg, torch.device("cpu"), logging.getLogger("test"))
+    cfg = parse_args([*argv, "--teacher-model-kwargs", "depth=2", "qkv_bias=true"])
+    cfg.num_classes = 3
+    with caplog.at_level(logging.INFO, logger="test"):
+        distillation = build_distillation(cfg, torch.device("cpu"), logging.getLogger("test"))
+    images = torch.randn(2, 3, 16, 16)
+    assert torch.equal(distillation.teacher_logits(images), saved(images).detach())
+    assert (f"Distillation --kd kd: teacher vit_tiny_patch16_224 from {path} with --teacher-model-kwargs depth=2 "
+            f"qkv_bias=True (over depth=3, which the file records), params: 1.039 M;") in caplog.text
+
+
 VIM_KWARGS = {"embed_dim": 16, "patch_size": 8}
 
 
@@ -282,8 +365,8 @@ VIM_KWARGS = {"embed_dim": 16, "patch_size": 8}
     ("local_vim_tiny", {"config": {"model_kwargs": {**VIM_KWARGS, "depth": 3}}}, "local_vim_tiny",
      r"--teacher-model local_vim_tiny cannot be built as the file records its run built it \(embed_dim=16 "
      r"patch_size=8 depth=3 20 layers of directions\): directions: has 20 layers, but the model has 3 layers; give "
-     r"a checkpoint its run saved \(e\.g\. best\.pth\.tar\), or tools/convert_ckpt\.py's file of one, which "
-     r"records them$")])
+     r"the model_kwargs its run was trained with as --teacher-model-kwargs KEY=VALUE \.\.\., or a checkpoint its "
+     r"run saved \(e\.g\. best\.pth\.tar\) or tools/convert_ckpt\.py's file of one, which records them$")])
 def test_a_teacher_record_of_other_scan_directions_names_the_teacher_model(folder_tree, tmp_path, model, record,
                                                                            teacher, message):
     """A teacher checkpoint saved without its model's name, whose directions record does not fit --teacher-model:
