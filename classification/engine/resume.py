@@ -33,6 +33,10 @@ from .optim import param_groups
 # Flags that name the run's folder: a resumed run continues in its checkpoint's folder (or a branch's) whatever
 # they say.
 FOLDER_FLAGS = {"output", "experiment"}
+# The teacher's flags and the loss weights, which do nothing while --kd is off: when a resume switches --kd on or off,
+# its one line says what happens (`_distillation_switch`), and theirs (an empty value, a weight not used) are left out.
+TEACHER_FLAGS = {"teacher_model", "teacher_model_kwargs", "teacher_ckpt", "teacher_pretrained", "kd_loss_weight",
+                 "ori_loss_weight"}
 
 
 def _resume_view(resume: str, auto: Optional[str], ckpt: Optional[Mapping[str, Any]],
@@ -257,11 +261,28 @@ def _same_value(old: Any, new: Any) -> bool:
     return isinstance(old, str) and isinstance(new, str) and bool(old) and os.path.abspath(old) == os.path.abspath(new)
 
 
+def _distillation_switch(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Optional[str]:
+    """The line of a resume that switches distillation on or off (`--kd` set in one of the run's config `saved` and
+    this run's `now`, not in the other), saying what the run does from here; None when it does not."""
+    if "kd" not in saved or bool(saved["kd"]) == bool(now["kd"]):
+        return None
+    if now["kd"]:
+        return (f"--kd changed on resume: off -> {now['kd']} (the run goes on distilled from the teacher "
+                f"{now['teacher_model']} of {now['teacher_ckpt']})")
+    return (f"--kd changed on resume: {saved['kd']} -> off (the run goes on without distillation, on its own loss "
+            f"alone; the teacher {saved.get('teacher_model')} of {saved.get('teacher_ckpt')} is not used)")
+
+
 def log_changed_flags(cfg: Namespace, saved: Mapping[str, Any], log: logging.Logger) -> None:
     """Log every flag whose value differs from the one the checkpoint's run had (`saved`: its config), but the
     folder's (`FOLDER_FLAGS`); a path given relative once and absolute once is the same value. The list of the flags
-    filled from the dataset (`filled_from_dataset`) is no flag: not compared."""
+    filled from the dataset (`filled_from_dataset`) is no flag: not compared. `--kd` switched on or off is one line
+    (`_distillation_switch`), for it and the teacher's flags (`TEACHER_FLAGS`)."""
     now = config_dict(cfg)
-    for key in sorted(now.keys() & saved.keys() - FOLDER_FLAGS - {"filled_from_dataset"}):
-        if not _same_value(saved[key], now[key]):
+    switch = _distillation_switch(saved, now)
+    skipped = FOLDER_FLAGS | {"filled_from_dataset"} | (TEACHER_FLAGS if switch else set())
+    for key in sorted(now.keys() & saved.keys() - skipped):
+        if key == "kd" and switch:
+            log.info(switch)
+        elif not _same_value(saved[key], now[key]):
             log.info(f"--{key.replace('_', '-')} changed on resume: {saved[key]} -> {now[key]} (the new value is used)")

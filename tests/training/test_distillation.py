@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -136,6 +137,29 @@ def test_a_distilled_runs_loss_is_the_weighted_sum_and_the_teacher_sees_the_mixe
                    if name.startswith("log_"))
     assert "--kd-loss-weight changed on resume: 2.0 -> 3.0 (the new value is used)" in logs
     assert logs.count("Top-1 accuracy of the teacher: ") == 2   # validated at each start, as the original does
+
+
+def test_a_resume_that_switches_distillation_on_or_off_says_so_in_one_line(folder_tree, tmp_path):
+    """A distilled run resumed without the distillation flags, and a plain run resumed with them: one line says the
+    run goes on without (with) its teacher, where each teacher flag and loss weight had its own line with an empty
+    value, or a weight that is not used."""
+    _run(folder_tree, tmp_path, "plain")
+    teacher = tmp_path / "teacher.pth.tar"
+    shutil.copy(tmp_path / "plain" / "last.pth.tar", teacher)
+    kd = ["--kd", "kdt2", *TEACHER, "--teacher-ckpt", str(teacher), "--kd-loss-weight", "2"]
+    _run(folder_tree, tmp_path, "kd", *kd)
+    _run(folder_tree, tmp_path, "kd", "--resume", "auto", "--epochs", "2")
+    _run(folder_tree, tmp_path, "plain", "--resume", "auto", "--epochs", "2", *kd)
+
+    def changes(experiment):
+        return [line.split(" INFO ", 1)[1] for line in _logs(tmp_path / experiment).splitlines()
+                if "changed on resume" in line]
+
+    epochs = "--epochs changed on resume: 1 -> 2 (the new value is used)"
+    assert changes("kd") == [epochs, f"--kd changed on resume: kdt2 -> off (the run goes on without distillation, on "
+                                     f"its own loss alone; the teacher vit_tiny_patch16_224 of {teacher} is not used)"]
+    assert changes("plain") == [epochs, f"--kd changed on resume: off -> kdt2 (the run goes on distilled from the "
+                                        f"teacher vit_tiny_patch16_224 of {teacher})"]
 
 
 @pytest.mark.parametrize("argv, message", [
