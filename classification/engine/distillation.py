@@ -30,6 +30,7 @@ from .checkpoint import check_same_model, flag_value, load_at_model_size
 from .config import ConfigError
 from .distributed import DistEnv
 from .evaluate import validate
+from .experiment import replaced_run_file
 from .flags import FEATURE_DISTILLATION
 from .model_builder import (UnknownModelError, check_kwargs_taken, config_kwargs_taken, create_model_at_size,
                             image_channels, resolve_model_name)
@@ -149,6 +150,17 @@ def check_distillation_flags(cfg: Namespace) -> None:
                       if cfg.teacher_pretrained else "a teacher of random weights teaches nothing")
         raise ConfigError(f"--kd {cfg.kd}: give the teacher's weights with --teacher-ckpt FILE (a checkpoint of "
                           f"{cfg.teacher_model}, e.g. a run's best.pth.tar); {pretrained}")
+
+
+def check_teacher_outside_run(cfg: Namespace, folder: str) -> None:
+    """Refuse a `--teacher-ckpt` that is one of the files the run in `folder` replaces or deletes as it trains
+    (`replaced_run_file`): loaded at the start, it would be another teacher, or none, when the run is resumed from its
+    args.yaml. A copy elsewhere, or a file of the folder the run never touches, is a teacher like any other."""
+    name = replaced_run_file(cfg.teacher_ckpt, folder) if cfg.kd and cfg.teacher_ckpt else None
+    if name is not None:
+        raise ConfigError(f"--teacher-ckpt {cfg.teacher_ckpt} is the {name} of this run's folder {folder}, which the "
+                          f"run replaces or deletes as it trains (a resume would load another teacher, or none): "
+                          f"copy it out of the run folder and give the copy")
 
 
 class Distillation:

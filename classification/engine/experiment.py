@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 
 from ..common.checkpoint_io import TMP_PREFIX, CheckpointError, atomic_write_bytes, load_checkpoint
 from ..common.csv_log import LR_CSV, RUN_CSV_FILES
-from .checkpoint import LAST, checkpoint_folder
+from .checkpoint import BEST, EPOCH_FILE, LAST, checkpoint_folder
 from .config import ConfigError
 
 # What a training run writes; `--overwrite` deletes exactly these.
@@ -258,6 +258,19 @@ def _entry_and_target(path: str) -> set[str]:
     a link, the file it leads to."""
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     return {os.path.join(folder, os.path.basename(path)), os.path.realpath(path)}
+
+
+def replaced_run_file(path: str, folder: str) -> Optional[str]:
+    """The name of the file that `path` is (as a folder entry, or the file a link leads to) among those the run in
+    `folder` replaces or deletes as it goes: its last.pth.tar, best.pth.tar, checkpoint-<epoch>.pth.tar and the
+    temporary files of its writes; None when it is none of them (another folder, or a file the run never touches)."""
+    own = os.path.realpath(folder)
+    for place in sorted(_entry_and_target(path)):
+        name = os.path.basename(place)
+        if os.path.dirname(place) == own and (name in (LAST, BEST) or EPOCH_FILE.match(name)
+                                              or name.startswith(TMP_PREFIX)):
+            return name
+    return None
 
 
 def check_overwrite_spares(folder: str, inputs: Mapping[str, Optional[str]]) -> None:

@@ -48,7 +48,8 @@ from .amp import log_precision, make_scaler
 from .checkpoint import (LAST, CheckpointManager, check_same_model, load_finetune_weights, load_weights,
                          saved_search_candidates)
 from .config import ConfigError, config_dict, save_config
-from .distillation import Distillation, build_distillation, check_distillation_flags, log_teacher_accuracy
+from .distillation import (Distillation, build_distillation, check_distillation_flags, check_teacher_outside_run,
+                           log_teacher_accuracy)
 from .distributed import DistEnv, agreed_setup, all_gather_objects, init_distributed, shutdown
 from .ema import ForeachModelEma
 from .evaluate import ValidationStopped, log_top5_meaning, validate
@@ -400,6 +401,7 @@ def train(cfg: Namespace) -> dict:
         _, finetune = read_alike_on_every_rank(functools.partial(_read_finetune_checkpoint, cfg, ckpt), "--finetune")
         folder = choose_run_folder(cfg, ckpt)
         exp_dir = folder.path
+        check_teacher_outside_run(cfg, exp_dir)
         fresh = ckpt is None or not is_training_checkpoint(ckpt)
         if fresh or folder.branch_of:
             lock = RunLock(exp_dir, ELSEWHERE)

@@ -182,15 +182,41 @@ def test_refused_before_the_run_starts(folder_tree, tmp_path, argv, message):
 
 
 def test_overwrite_refuses_to_delete_the_teacher_checkpoint_in_the_run_folder(folder_tree, tmp_path):
-    """A teacher kept in the folder that `--overwrite` empties (its own run's, trained again as the student) would be
-    deleted once loaded, and args.yaml would then name the student's new best.pth.tar as the teacher."""
+    """A teacher copied into the folder that `--overwrite` empties (a checkpoint file the run itself never writes)
+    would be deleted once loaded, and args.yaml would then name a file that is gone."""
     _run(folder_tree, tmp_path, "exp")
-    teacher = tmp_path / "exp" / "best.pth.tar"
+    teacher = tmp_path / "exp" / "teacher.pth.tar"
+    shutil.copy(tmp_path / "exp" / "best.pth.tar", teacher)
     before = teacher.read_bytes()
     with pytest.raises(ConfigError, match=rf"^--overwrite would delete --teacher-ckpt {teacher}, which lies in the run "
                                           rf"folder {tmp_path / 'exp'}: move it out of the folder first"):
         _run(folder_tree, tmp_path, "exp", "--overwrite", "--kd", "kd", *TEACHER, "--teacher-ckpt", str(teacher))
     assert teacher.read_bytes() == before
+
+
+def test_a_teacher_file_that_its_own_run_replaces_or_deletes_is_refused(folder_tree, tmp_path):
+    """The run's last.pth.tar, best.pth.tar, a checkpoint-N.pth.tar (or a link to one) as the teacher of the run in
+    that folder: loaded at the start, replaced or deleted later, so that a resume from args.yaml would load another
+    teacher, or none; refused before anything is written. A copy of it in the folder, which the run never touches,
+    teaches the resumed run."""
+    _run(folder_tree, tmp_path, "exp")
+    folder = tmp_path / "exp"
+    (tmp_path / "link.pth.tar").symlink_to(folder / "best.pth.tar")
+    files = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    resume = [*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--experiment", "exp", "--resume", "auto",
+              "--epochs", "2", "--kd", "kd", *TEACHER, "--teacher-ckpt"]
+    for teacher, name in ((folder / "last.pth.tar", "last.pth.tar"), (folder / "best.pth.tar", "best.pth.tar"),
+                          (folder / "checkpoint-0.pth.tar", "checkpoint-0.pth.tar"),
+                          (tmp_path / "link.pth.tar", "best.pth.tar")):
+        with pytest.raises(ConfigError, match=rf"^--teacher-ckpt {re.escape(str(teacher))} is the {name} of this "
+                                              rf"run's folder {re.escape(str(folder))}, which the run replaces or "
+                                              rf"deletes as it trains \(a resume would load another teacher, or "
+                                              rf"none\): copy it out of the run folder and give the copy$"):
+            train(parse_args([*resume, str(teacher)]))
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == files
+    shutil.copy(folder / "best.pth.tar", folder / "teacher.pth.tar")
+    train(parse_args([*resume, str(folder / "teacher.pth.tar")]))
+    assert f"Distillation --kd kd: teacher vit_tiny_patch16_224 from {folder / 'teacher.pth.tar'}, " in _logs(folder)
 
 
 def test_a_teacher_trained_on_other_class_folders_is_refused(folder_tree, tmp_path):
@@ -429,7 +455,8 @@ def test_a_stop_signal_during_the_teachers_validation_ends_the_run_in_one_line(f
     (its last.pth.tar, untouched, continues it)."""
     out = tmp_path / "out"
     _run(folder_tree, out, "plain")
-    teacher = ["--kd", "kd", *TEACHER, "--teacher-ckpt", str(out / "plain" / "last.pth.tar")]
+    shutil.copy(out / "plain" / "last.pth.tar", tmp_path / "teacher.pth.tar")   # the run's own would be refused
+    teacher = ["--kd", "kd", *TEACHER, "--teacher-ckpt", str(tmp_path / "teacher.pth.tar")]
 
     def stopped_run(experiment, *argv):
         proc = subprocess.run([sys.executable, SIGNAL_AT_SCRIPT, *FROZEN, "--data-path", folder_tree, "--output",
