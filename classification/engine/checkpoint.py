@@ -188,11 +188,18 @@ def _directions_in(path: str) -> Optional[list[list[str]]]:
 
 def fit_to_model(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`weights` through the `checkpoint_filter_fn` of the model's module (timm's convention; LocalVim's resizes its
-    position tables to the model's token grid, so weights of one image size load into a model built for another)."""
+    position tables to the model's token grid, so weights of one image size load into a model built for another).
+    Weights of another model that the filter fails on (a timm ViT's position table without its class token, say) are
+    returned as they are: the load then names what does not fit. A ValueError (a filter's own refusal) goes through."""
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is None:
         return dict(weights)
-    fitted = filter_fn(dict(weights), model)
+    try:
+        fitted = filter_fn(dict(weights), model)
+    except (RuntimeError, IndexError, KeyError, AssertionError) as err:
+        logger.info(f"checkpoint weights left as they are: {type(model).__name__}'s checkpoint_filter_fn cannot fit "
+                    f"them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        return dict(weights)
     resized = [f"{key} {tuple(weights[key].shape)} -> {tuple(value.shape)}" for key, value in fitted.items()
                if key in weights and tuple(weights[key].shape) != tuple(value.shape)]
     if resized:

@@ -181,6 +181,18 @@ def test_text_file_as_checkpoint(tmp_path, monkeypatch, capsys):
                      f"{text} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle")
 
 
+def test_weights_that_timms_position_filter_fails_on_are_named_as_not_fitting(tmp_path, monkeypatch, capsys):
+    """A ViT checkpoint whose position table holds a class token's row (26 rows: 5x5 + 1) given to the tiny ViT
+    without one: timm's checkpoint_filter_fn failed reshaping it into a square grid (a RuntimeError traceback)."""
+    import timm
+    other = timm.create_model("vit_tiny_patch16_224", img_size=20, patch_size=4, depth=1, embed_dim=32, num_heads=2,
+                              num_classes=10)
+    path = tmp_path / "with_class_token.pth"
+    torch.save({"state_dict": other.state_dict()}, path)
+    assert_error(cli(monkeypatch, capsys, "test.py", *TINY_RUN, "--resume", str(path)),
+                 f"{path} does not fit this model (another model?): ")
+
+
 @pytest.mark.parametrize("legacy, kept", [(False, 1 / 2), (True, 1 / 2), (False, 0), (False, 3)],
                          ids=["archive", "torch<1.6 pickle", "empty", "3 bytes"])
 def test_a_truncated_checkpoint_is_named_with_its_size(legacy, kept, finished_run, tmp_path, monkeypatch, capsys):
