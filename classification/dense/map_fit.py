@@ -167,12 +167,22 @@ def _decoder_reads(decoder: dict, entries: int) -> Optional[DecoderReads]:
     return DecoderReads(list(range(min(entries - levels, 0), entries)), list(range(entries - levels, entries)), levels)
 
 
+def _doubling(strides: Sequence[int], count: int) -> list[int]:
+    """``strides`` doubled on from the last entry to ``count`` entries (from 4 where empty)."""
+    values = list(strides) or [DEFORM_DECODER_STRIDES[0]]
+    while len(values) < count:
+        values.append(values[-1] * 2)
+    return values[:count]
+
+
 def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str]:
     """The line for the MaskFormer or Mask2Former head ``head`` at ``where`` whose pixel decoder cannot read the
     maps ``given`` to it: a map it reads missing or of other channels than its in_channels entry, an in_channels entry
-    it reads missing (Mask2Former with more levels than twice its entries), or an entry of its strides missing (judged
-    where the maps' strides are known); None where it reads them, or for settings not known here. The maps after
-    those it reads it passes over; the values of its strides do not change what it computes."""
+    it reads missing (Mask2Former with more levels than twice its entries), or an entry of its strides missing (one
+    per in_channels entry it reads, whether or not the maps' strides are known here: its forward ends in an
+    IndexError); None where it reads them, or for settings not known here. The maps after those it reads it passes
+    over; the values of its strides do not change what it computes (where the maps' strides are not known, the line
+    doubles its last one on)."""
     expected, decoder = positive_ints(head.get('in_channels')), head.get('pixel_decoder')
     if not expected or not isinstance(decoder, dict) or type_name(decoder) not in MASK_HEAD_DECODERS[type_name(head)]:
         return None
@@ -182,8 +192,7 @@ def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str
     channels, count = given.channels, len(given.channels)
     strides = _square_strides(decoder.get('strides', DEFORM_DECODER_STRIDES)) if reads.levels else None
     takes_maps = all(-count <= i < count and -len(expected) <= i and channels[i] == expected[i] for i in reads.maps)
-    takes_strides = strides is None or given.strides is None or all(-len(strides) <= i < len(strides)
-                                                                    for i in reads.strides)
+    takes_strides = strides is None or all(-len(strides) <= i < len(strides) for i in reads.strides)
     if takes_maps and takes_strides:
         return None
     fix = [] if list(expected) == channels else [
@@ -193,10 +202,13 @@ def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str
         takes += f' into {reads.levels} levels (at most twice as many as maps)'
         fix += [f'{where}.num_transformer_feat_level={count}',
                 f'{where}.pixel_decoder.encoder.layer_cfg.self_attn_cfg.num_levels={count}']
-    if strides is not None and given.strides is not None and len(strides) < count:
+    gives = given.words
+    if strides is not None and len(strides) < count:
         takes += f' and pixel_decoder.strides {strides} (one per map)'
-        fix.append(f'{where}.pixel_decoder.strides={option_list(given.strides)}')
-    return _fit_problem(f'{where} ({type_name(head)})', takes, given.words, ' '.join(fix))
+        if given.strides is None:
+            gives += ', of strides not known here (the values of pixel_decoder.strides only scale its sampling points)'
+        fix.append(f'{where}.pixel_decoder.strides={option_list(given.strides or _doubling(strides, count))}')
+    return _fit_problem(f'{where} ({type_name(head)})', takes, gives, ' '.join(fix))
 
 
 def _heads_problem(where: str, node: dict, given: GivenMaps, bare_map: bool = False) -> Optional[str]:

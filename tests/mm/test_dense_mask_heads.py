@@ -301,6 +301,39 @@ def test_a_mask_head_after_a_neck_is_judged_by_the_neck_maps():
         '--cfg-options model.decode_head.pixel_decoder.strides=[4,8,16,32,64]')
 
 
+# mmdet's SSDNeck on stages 1 and 2: those maps, then two of 8 channels, of strides not known here
+SSD_NECK = dict(type='mmdet.SSDNeck', in_channels=(16, 32), out_channels=(16, 32, 8, 8), level_strides=(2, 2),
+                level_paddings=(1, 1), l2_norm_scale=None)
+
+
+def test_mask2former_of_fewer_strides_than_maps_is_refused_where_the_maps_strides_are_not_known():
+    """After SSDNeck the maps' strides are not known, but their count is: a pixel decoder of three strides for four
+    maps ends its forward in an IndexError (it looks up the stride of each level it reads). The line gives its strides
+    doubled on, which fit: their values only scale its sampling points."""
+    require('mmseg')
+    require('mmdet')
+    import mmdet.models  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
+    backbone = dict(VSSM4, out_indices=(1, 2))
+    head = mask2former([16, 32, 8, 8], pixel_decoder=dict(strides=[4, 8, 16]))
+    cfg = Config(dict(model=dict(backbone=backbone, neck=SSD_NECK, decode_head=copy.deepcopy(head))))
+    message = ('model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [16, 32, 8, 8] and '
+               'pixel_decoder.strides [4, 8, 16] (one per map), but model.neck (SSDNeck) gives 4 maps of '
+               '[16, 32, 8, 8] channels, of strides not known here (the values of pixel_decoder.strides only scale '
+               'its sampling points): set --cfg-options model.decode_head.pixel_decoder.strides=[4,8,16,32]')
+    assert map_fit.neck_input_problem(cfg.model) == message
+    with torch.no_grad():
+        maps = MODELS.build(SSD_NECK).eval()(our_maps('mmseg', backbone))
+    assert [m.shape[1] for m in maps] == [16, 32, 8, 8]
+    with pytest.raises(IndexError):
+        MODELS.build(copy.deepcopy(head)).eval()(list(maps), [_sample()])
+    apply_advice(cfg, message)
+    assert map_fit.neck_input_problem(cfg.model) is None
+    assert _head_runs('mmseg', cfg.model.decode_head, list(maps))
+
+
 def test_a_pixel_decoder_not_known_here_is_left_to_mmdet():
     """Mask2Former's levels come from its encoder's attention config (num_levels): without it, or with a pixel
     decoder of another type, the check does not guess."""
