@@ -90,12 +90,22 @@ def _misfit_line(label: str, misfit: Optional[Misfit], given: str) -> Optional[s
     return f'{label} {misfit.takes}, but {given}: {misfit.advice}'
 
 
+class BackbonePicks(NamedTuple):
+    """How the backbone's ``out_indices`` (at ``key``; a tuple in the config where ``tuple_form``) pick the maps it
+    gives: the ``unit`` ('layer' or 'stage') index of each map, in the order given."""
+    key: str
+    unit: str
+    indices: list[int]
+    tuple_form: bool
+
+
 class GivenMaps(NamedTuple):
-    """The channels of the maps a backbone or a neck gives, the words that say so in a line, and their strides (None
-    where not known here)."""
+    """The channels of the maps a backbone or a neck gives, the words that say so in a line, their strides (None
+    where not known here), and how the backbone's out_indices pick them (None for a neck's maps)."""
     channels: list[int]
     words: str
     strides: Optional[list[int]] = None
+    picks: Optional[BackbonePicks] = None
 
 
 def _neck_gives_words(key: str, kind: str, channels: list[int]) -> str:
@@ -167,6 +177,25 @@ def _decoder_reads(decoder: dict, entries: int) -> Optional[DecoderReads]:
     return DecoderReads(list(range(min(entries - levels, 0), entries)), list(range(entries - levels, entries)), levels)
 
 
+def _unread_maps(reads: DecoderReads, count: int) -> list[int]:
+    """The indices, from 0, of the maps of ``count`` given that a pixel decoder reading ``reads`` (all in range)
+    passes over."""
+    read = {i % count for i in reads.maps}
+    return [i for i in range(count) if i not in read]
+
+
+def _unread_words(unread: list[int], picks: BackbonePicks) -> str:
+    """'it would leave <stages 2, 3> unread' (the maps ``unread`` of those the backbone's out_indices ``picks``), and
+    where at least two would be read, the --cfg-options that give only those (the head's other way out follows)."""
+    many = 's' if len(unread) > 1 else ''
+    words = f'it would leave {picks.unit}{many} {", ".join(str(picks.indices[i]) for i in unread)} unread'
+    read = [index for i, index in enumerate(picks.indices) if i not in unread]
+    if len(read) < 2:
+        return words
+    return (f'{words}: give only the maps it reads (--cfg-options {picks.key}={option_list(read, picks.tuple_form)}), '
+            f'or read them all')
+
+
 def _doubling(strides: Sequence[int], count: int) -> list[int]:
     """``strides`` doubled on from the last entry to ``count`` entries (from 4 where empty)."""
     values = list(strides) or [DEFORM_DECODER_STRIDES[0]]
@@ -177,12 +206,14 @@ def _doubling(strides: Sequence[int], count: int) -> list[int]:
 
 def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str]:
     """The line for the MaskFormer or Mask2Former head ``head`` at ``where`` whose pixel decoder cannot read the
-    maps ``given`` to it: a map it reads missing or of other channels than its in_channels entry, an in_channels entry
-    it reads missing (Mask2Former with more levels than twice its entries), or an entry of its strides missing (one
-    per in_channels entry it reads, whether or not the maps' strides are known here: its forward ends in an
-    IndexError); None where it reads them, or for settings not known here. The maps after those it reads it passes
-    over; the values of its strides do not change what it computes (where the maps' strides are not known, the line
-    doubles its last one on)."""
+    maps ``given`` to it, or would leave some unread: a map it reads missing or of other channels than its in_channels
+    entry, an in_channels entry it reads missing (Mask2Former with more levels than twice its entries), an entry of
+    its strides missing (one per in_channels entry it reads, whether or not the maps' strides are known here: its
+    forward ends in an IndexError), or a map of our backbone that it passes over (more maps than in_channels entries:
+    it runs, but the map's output norm and the layers only it needs get no gradient, and DistributedDataParallel stops
+    on them); None where it reads them, or for settings not known here. A neck's maps after those it reads are left
+    alone (FPN's and SimpleFPN's extra levels pool the last one, without parameters). The values of its strides do not
+    change what it computes (where the maps' strides are not known, the line doubles its last one on)."""
     expected, decoder = positive_ints(head.get('in_channels')), head.get('pixel_decoder')
     if not expected or not isinstance(decoder, dict) or type_name(decoder) not in MASK_HEAD_DECODERS[type_name(head)]:
         return None
@@ -193,21 +224,25 @@ def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str
     strides = _square_strides(decoder.get('strides', DEFORM_DECODER_STRIDES)) if reads.levels else None
     takes_maps = all(-count <= i < count and -len(expected) <= i and channels[i] == expected[i] for i in reads.maps)
     takes_strides = strides is None or all(-len(strides) <= i < len(strides) for i in reads.strides)
-    if takes_maps and takes_strides:
+    unread = _unread_maps(reads, count) if takes_maps and given.picks else []
+    if takes_maps and takes_strides and not unread:
         return None
     fix = [] if list(expected) == channels else [
         f'{where}.in_channels={option_list(channels, isinstance(head["in_channels"], tuple))}']
     takes = f'takes {len(expected)} map{"s" if len(expected) > 1 else ""} of in_channels {list(expected)}'
+    gives = given.words
     if reads.levels and reads.levels > 2 * count:
         takes += f' into {reads.levels} levels (at most twice as many as maps)'
         fix += [f'{where}.num_transformer_feat_level={count}',
                 f'{where}.pixel_decoder.encoder.layer_cfg.self_attn_cfg.num_levels={count}']
-    gives = given.words
-    if strides is not None and len(strides) < count:
-        takes += f' and pixel_decoder.strides {strides} (one per map)'
+    if strides is not None and len(strides) < count:     # after the fix it reads every map, each at a stride
+        if not takes_strides:
+            takes += f' and pixel_decoder.strides {strides} (one per map)'
         if given.strides is None:
             gives += ', of strides not known here (the values of pixel_decoder.strides only scale its sampling points)'
         fix.append(f'{where}.pixel_decoder.strides={option_list(given.strides or _doubling(strides, count))}')
+    if unread:
+        gives += f', and {_unread_words(unread, given.picks)}'
     return _fit_problem(f'{where} ({type_name(head)})', takes, gives, ' '.join(fix))
 
 
@@ -287,7 +322,9 @@ def neck_input_problem(model_cfg: Any, bare_single_map: bool = False) -> Optiona
         if maps is None:
             continue
         words = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
-        given: Optional[GivenMaps] = GivenMaps(maps.channels, words, maps.strides)
+        picks = BackbonePicks(f'{where}.backbone.out_indices', maps.unit, list(maps.indices),
+                              isinstance(backbone.get('out_indices'), tuple))
+        given: Optional[GivenMaps] = GivenMaps(maps.channels, words, maps.strides, picks)
         bare_map = bare_single_map and name == 'MM_LocalVim' and len(maps.channels) == 1
         if node.get('neck') is not None:
             problem, given = _follow_necks(where, _neck_chain(node['neck'], f'{where}.neck'), maps, words, bare_map)

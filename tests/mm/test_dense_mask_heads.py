@@ -2,10 +2,11 @@
 and mmdet's panoptic ones: they take every map the backbone gives, whatever their in_index, and build their pixel
 decoder on their in_channels. The tables build the real head, shrunk from mmseg's and mmdet's own configs, on the maps
 our built backbone gives, and the check refuses exactly where its build or forward fails, in one line whose
---cfg-options fit it."""
+--cfg-options fit it; and where it runs but leaves maps unread (more maps than in_channels entries)."""
 import copy
 import importlib
 import os
+import re
 from functools import partial
 
 import pytest
@@ -25,6 +26,9 @@ VIM4 = dict(type='MM_LocalVim', embed_dim=32, depth=4, out_indices=[0, 1, 2, 3])
 VIM5 = dict(VIM4, depth=5, out_indices=[0, 1, 2, 3, 4])
 VIM5_GIVES = ('model.backbone (MM_LocalVim, out_indices [0, 1, 2, 3, 4]) gives 5 maps of [32, 32, 32, 32, 32] '
               'channels (layers 0, 1, 2, 3, 4)')
+VSSM23 = dict(VSSM4, out_indices=(2, 3))
+VSSM23_GIVES = ('model.backbone (MM_LocalVSSM, out_indices (2, 3)) gives 2 maps of [32, 64] channels '
+                '(stages 2, 3)')
 SWIN = [96, 192, 384, 768]
 NARROW = 16     # the shrunk heads' feat_channels, out_channels and embed_dims
 
@@ -129,8 +133,6 @@ FORWARDS = {
         VSSM4, partial(mask2former, [16, 32, 64], in_index=[1, 2, 3]),
         f'model.decode_head (Mask2FormerHead) takes 3 maps of in_channels [16, 32, 64], but {VSSM4_GIVES}: set '
         f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
-    # the maps after those its in_channels count it passes over
-    'mask2former_of_the_first_maps': (VSSM4, partial(mask2former, [8, 16, 32]), None),
     # LocalVim's maps, all of stride 16: its default strides (4, 8, 16, 32) serve, they only scale its points
     'mask2former_on_local_vim': (VIM4, partial(mask2former, [32] * 4), None),
     'mask2former_of_five_maps': (
@@ -150,12 +152,11 @@ FORWARDS = {
         f'model.decode_head.in_channels=[8,16,32,64]'),
     # four levels of two maps take them (each map twice): only its widths are off
     'mask2former_of_twice_as_many_levels_as_maps': (
-        dict(VSSM4, out_indices=(2, 3)), partial(mask2former, [8, 64], levels=4),
-        'model.decode_head (Mask2FormerHead) takes 2 maps of in_channels [8, 64], but model.backbone (MM_LocalVSSM, '
-        'out_indices (2, 3)) gives 2 maps of [32, 64] channels (stages 2, 3): set --cfg-options '
-        'model.decode_head.in_channels=[32,64]'),
+        VSSM23, partial(mask2former, [8, 64], levels=4),
+        f'model.decode_head (Mask2FormerHead) takes 2 maps of in_channels [8, 64], but {VSSM23_GIVES}: set '
+        f'--cfg-options model.decode_head.in_channels=[32,64]'),
     # three levels of two maps: the third level reads the last map again
-    'mask2former_of_more_levels_than_maps': (dict(VSSM4, out_indices=(2, 3)), partial(mask2former, [32, 64]), None),
+    'mask2former_of_more_levels_than_maps': (VSSM23, partial(mask2former, [32, 64]), None),
     'mask2former_of_one_map_for_three_levels': (
         dict(VSSM4, out_indices=(3,)), partial(mask2former, [64]),
         'model.decode_head (Mask2FormerHead) takes 1 map of in_channels [64] into 3 levels (at most twice as many as '
@@ -179,7 +180,6 @@ FORWARDS = {
         f'--cfg-options model.decode_head.in_channels=[8,16,32,64]'),
     # it reads its first entries' maps and the last map: here the third map twice, as entries 2 and 3
     'maskformer_of_an_entry_more': (VSSM3, partial(maskformer, [16, 32, 64, 64]), None),
-    'maskformer_of_the_first_and_last_maps': (VSSM4, partial(maskformer, [8, 16, 64]), None),
     # all but its third entry fit
     'maskformer_of_another_third_width': (
         VSSM4, partial(maskformer, [8, 16, 16, 64]),
@@ -216,6 +216,89 @@ def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbo
         apply_advice(cfg, message)
         assert map_fit.neck_input_problem(cfg.model) is None
         assert _head_runs('mmseg', cfg.model.decode_head, maps)
+
+
+def _unread(given: str, which: str, out_indices: str) -> str:
+    """The words after ``given`` (the maps' words) for a head that would leave ``which`` unread, with the out_indices
+    of the maps it reads ('' where it reads one)."""
+    words = f'{given}, and it would leave {which} unread'
+    if out_indices:
+        words += (f': give only the maps it reads (--cfg-options model.backbone.out_indices={out_indices}), or read '
+                  f'them all')
+    return words
+
+
+# Heads that run on more maps than their in_channels entries and pass some over: (backbone, the head's maker, the maps
+# it reads, the check's line)
+UNREAD = {
+    # Mask2Former reads its first in_channels maps
+    'mask2former_of_the_first_maps': (
+        VSSM4, partial(mask2former, [8, 16, 32]), [0, 1, 2],
+        f'model.decode_head (Mask2FormerHead) takes 3 maps of in_channels [8, 16, 32], but '
+        f'{_unread(VSSM4_GIVES, "stage 3", "(0,1,2)")}: set --cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    # reading all five maps needs a fifth stride too
+    'mask2former_of_four_of_five_maps': (
+        VIM5, partial(mask2former, [32] * 4), [0, 1, 2, 3],
+        f'model.decode_head (Mask2FormerHead) takes 4 maps of in_channels [32, 32, 32, 32], but '
+        f'{_unread(VIM5_GIVES, "layer 4", "[0,1,2,3]")}: set --cfg-options '
+        f'model.decode_head.in_channels=[32,32,32,32,32] model.decode_head.pixel_decoder.strides=[16,16,16,16,16]'),
+    # one map read: no list of maps to give it
+    'mask2former_of_one_of_two_maps': (
+        VSSM23, partial(mask2former, [32], levels=1), [0],
+        f'model.decode_head (Mask2FormerHead) takes 1 map of in_channels [32], but '
+        f'{_unread(VSSM23_GIVES, "stage 3", "")}: set --cfg-options model.decode_head.in_channels=[32,64]'),
+    # MaskFormer reads its first in_channels maps but one, and the last
+    'maskformer_of_the_first_and_last_maps': (
+        VSSM4, partial(maskformer, [8, 16, 64]), [0, 1, 3],
+        f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [8, 16, 64], but '
+        f'{_unread(VSSM4_GIVES, "stage 2", "(0,1,3)")}: set --cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    'transformer_encoder_pixel_decoder_of_three_of_five_maps': (
+        VIM5, partial(maskformer, [32] * 3, 'TransformerEncoderPixelDecoder'), [0, 1, 4],
+        f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [32, 32, 32], but '
+        f'{_unread(VIM5_GIVES, "layers 2, 3", "[0,1,4]")}: set --cfg-options '
+        f'model.decode_head.in_channels=[32,32,32,32,32]'),
+}
+
+
+def _head_outputs(head: torch.nn.Module, maps: list) -> list:
+    """Every tensor the built mmseg ``head`` gives for ``maps`` (of one 64x64 image)."""
+    with torch.no_grad():
+        outputs = head(maps, [_sample()])
+    return [t for part in outputs for t in (part if isinstance(part, list) else [part])]
+
+
+@pytest.mark.parametrize('backbone, make_head, reads, message', UNREAD.values(), ids=UNREAD.keys())
+def test_a_mask_head_that_would_leave_maps_unread_is_refused_and_both_ways_out_fit(backbone, make_head, reads,
+                                                                                   message):
+    """mmseg's head runs, but what it gives does not change with the maps it passes over (what gives them would get
+    no gradient: DistributedDataParallel stops on it), and does with those it reads. The line names the maps passed
+    over; its --cfg-options (read them all) fit, and so do the out_indices it names (give only the maps read)."""
+    require('mmseg')
+    require('mmdet')
+    import mmdet.models  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
+    head = make_head()
+    cfg = Config(dict(model=dict(backbone=backbone, decode_head=copy.deepcopy(head))))
+    assert map_fit.neck_input_problem(cfg.model) == message
+    maps = our_maps('mmseg', backbone)
+    built = MODELS.build(copy.deepcopy(head)).eval()
+    outputs = _head_outputs(built, maps)
+    others = [m if i in reads else m + 1 for i, m in enumerate(maps)]
+    assert all(torch.equal(a, b) for a, b in zip(outputs, _head_outputs(built, others)))
+    others = [m + 1 if i == reads[-1] else m for i, m in enumerate(maps)]
+    assert not all(torch.equal(a, b) for a, b in zip(outputs, _head_outputs(built, others)))
+
+    read_all = copy.deepcopy(cfg)
+    apply_advice(read_all, message)
+    assert map_fit.neck_input_problem(read_all.model) is None
+    assert _head_runs('mmseg', read_all.model.decode_head, maps)
+    fewer = re.search(r'\(--cfg-options (\S+)\)', message)
+    if fewer:
+        apply_advice(cfg, f'set --cfg-options {fewer.group(1)}')
+        assert map_fit.neck_input_problem(cfg.model) is None
+        assert _head_runs('mmseg', cfg.model.decode_head, our_maps('mmseg', cfg.model.backbone))
 
 
 VIM1 = dict(VIM4, depth=2, out_indices=[1])
@@ -299,6 +382,9 @@ def test_a_mask_head_after_a_neck_is_judged_by_the_neck_maps():
         'model.decode_head (Mask2FormerHead) takes 5 maps of in_channels [8, 8, 8, 8, 8] and pixel_decoder.strides '
         '[4, 8, 16, 32] (one per map), but model.neck (FPN) gives 5 maps of [8, 8, 8, 8, 8] channels: set '
         '--cfg-options model.decode_head.pixel_decoder.strides=[4,8,16,32,64]')
+    # the neck's fifth map, which it passes over, pools the fourth: no parameter goes without a gradient
+    model = dict(backbone=VSSM4, neck=neck, decode_head=mask2former([8] * 4))
+    assert map_fit.neck_input_problem(model) is None
 
 
 # mmdet's SSDNeck on stages 1 and 2: those maps, then two of 8 channels, of strides not known here

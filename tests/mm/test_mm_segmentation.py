@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from conftest import (IMAGE_HW, assert_backbone_gradients, loss_and_grads, require, seg_batch, seg_config,
-                      tiny_vim_backbone, tiny_vssm_backbone)
+from conftest import (IMAGE_HW, apply_advice, assert_backbone_gradients, loss_and_grads, require, seg_batch,
+                      seg_config, tiny_vim_backbone, tiny_vssm_backbone)
 
 require('mmseg')
 
@@ -129,3 +129,44 @@ def test_mask2former_train_and_inference_steps(local_vim):
     model = _built_segmentor(_mask2former_model_cfg(local_vim))
 
     _assert_trains_and_segments(model)
+
+
+def _untrained(model: torch.nn.Module) -> list[str]:
+    """The trainable backbone parameters that got no gradient, by module (their names' first three parts)."""
+    return sorted({'.'.join(name.split('.')[:3]) for name, param in model.backbone.named_parameters()
+                   if param.requires_grad and param.grad is None})
+
+
+def test_mask2former_that_would_leave_a_stage_unread_is_refused_and_its_fit_trains_every_stage():
+    """The shrunk Mask2Former config with the in_channels of stages 0 to 2: it trains, but stage 3 (and the merge
+    into it) and its output norm get no gradient (DistributedDataParallel stops on them). The check refuses it; with
+    the line's --cfg-options (read stage 3 too) a training step reaches every backbone parameter, and the out_indices
+    it names (give only stages 0 to 2) pass the check too."""
+    import mmdet.models  # noqa: F401
+    from mmengine.config import Config
+
+    from classification.dense import map_fit
+
+    model = _mask2former_model_cfg(local_vim=False)
+    model['decode_head']['in_channels'] = [16, 32, 64]
+    cfg = Config(dict(model=model))
+    problem = map_fit.neck_input_problem(cfg.model)
+    assert problem == (
+        'model.decode_head (Mask2FormerHead) takes 3 maps of in_channels [16, 32, 64], but model.backbone '
+        '(MM_LocalVSSM, out_indices (0, 1, 2, 3)) gives 4 maps of [16, 32, 64, 128] channels (stages 0, 1, 2, 3), and '
+        'it would leave stage 3 unread: give only the maps it reads (--cfg-options '
+        'model.backbone.out_indices=(0,1,2)), or read them all: set --cfg-options '
+        'model.decode_head.in_channels=[16,32,64,128]')
+    segmentor = _built_segmentor(cfg.model)
+    assert torch.isfinite(loss_and_grads(segmentor, seg_batch()))
+    assert _untrained(segmentor) == ['layers.2.downsample', 'layers.3.blocks', 'outnorm3.bias', 'outnorm3.weight']
+
+    fewer = copy.deepcopy(cfg)
+    apply_advice(fewer, 'set --cfg-options model.backbone.out_indices=(0,1,2)')
+    assert map_fit.neck_input_problem(fewer.model) is None
+    apply_advice(cfg, problem)
+    assert map_fit.neck_input_problem(cfg.model) is None
+    segmentor = _built_segmentor(cfg.model)
+    assert torch.isfinite(loss_and_grads(segmentor, seg_batch()))
+    assert _untrained(segmentor) == []
+    assert_backbone_gradients(segmentor.backbone)
