@@ -531,6 +531,18 @@ def test_a_tta_test_wraps_the_configs_model_in_its_tta_model(tmp_path, ade_input
     assert cfg.test_dataloader.dataset.pipeline == cfg.tta_pipeline
 
 
+def test_a_tta_test_of_a_config_without_tta_settings_is_one_line(tmp_path, monkeypatch, capsys):
+    """mmdet's Mask R-CNN configs have no tta_model / tta_pipeline (mmseg's ADE20K ones have both)."""
+    monkeypatch.setattr(launch, '_build_runner', lambda cfg, *_: pytest.fail('a runner was built'))
+    (tmp_path / 'iter_4.pth').write_bytes(b'')
+    config = os.path.join(REPO, 'detection', 'configs', 'local_mamba', 'mask_rcnn_local_vssm_tiny_fpn_coco.py')
+    with pytest.raises(SystemExit) as exited:
+        launch.test_main('detection', [config, str(tmp_path / 'iter_4.pth'), '--work-dir', str(tmp_path / 'w'),
+                                       '--tta'])
+    assert (exited.value.code, capsys.readouterr().err) == (
+        2, 'error: --tta needs tta_model and tta_pipeline in the config\n')
+
+
 def test_a_test_set_without_annotations_is_tested_and_results_may_go_to_a_pickle_file(
         tmp_path, ade_inputs_at_hand, monkeypatch):
     """The test set's annotation folder is not needed (format_only test sets have none); --out of detection takes
