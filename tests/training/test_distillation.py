@@ -174,7 +174,10 @@ def test_a_resume_that_switches_distillation_on_or_off_says_so_in_one_line(folde
      r"^--teacher-model-kwargs: model vit_tiny_patch16_224 does not take 'deph'; did you mean depth\?$"),
     (["--kd", "kd", *TEACHER, "--teacher-ckpt", "t.pth", "--teacher-model-kwargs", "img_size=32"],
      r"^--teacher-model-kwargs img_size: the teacher is built for --img-size, as the student, whose images it sees "
-     r"and whose logits it teaches: leave img_size out$")])
+     r"and whose logits it teaches: leave img_size out$"),
+    (["--kd", "kd", *TEACHER, "--teacher-ckpt", "t.pth", "--teacher-model-kwargs", "num_classes=5"],
+     r"^--teacher-model-kwargs num_classes: the teacher is built for the run's classes, as the student, whose images "
+     r"it sees and whose logits it teaches: leave num_classes out$")])
 def test_refused_before_the_run_starts(folder_tree, tmp_path, argv, message):
     with pytest.raises(ConfigError, match=message):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), *argv]))
@@ -217,6 +220,25 @@ def test_a_teacher_file_that_its_own_run_replaces_or_deletes_is_refused(folder_t
     shutil.copy(folder / "best.pth.tar", folder / "teacher.pth.tar")
     train(parse_args([*resume, str(folder / "teacher.pth.tar")]))
     assert f"Distillation --kd kd: teacher vit_tiny_patch16_224 from {folder / 'teacher.pth.tar'}, " in _logs(folder)
+
+
+def test_the_files_a_run_replaces_are_told_by_name_however_its_folder_is_named(tmp_path, monkeypatch):
+    """Its last.pth.tar, best.pth.tar, checkpoint-<epoch>.pth.tar and the temporary files of its writes, with the run
+    folder named relative to the working folder, through a link or absolute; not files whose names only start or
+    end alike, which the run never touches."""
+    from classification.engine.experiment import replaced_run_file
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (tmp_path / "linked").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    replaced = ["last.pth.tar", "best.pth.tar", "checkpoint-12.pth.tar", ".tmp-last.pth.tar"]
+    kept = ["teacher.pth.tar", "checkpoint-best.pth.tar", "checkpoint-1.pth.tar.bak", "my-best.pth.tar"]
+    for name in replaced + kept:
+        (folder / name).write_bytes(b"")
+    for run_folder in ("exp", "linked", str(folder)):
+        assert [replaced_run_file(os.path.join("exp", name), run_folder) for name in replaced + kept] == [
+            *replaced, None, None, None, None], run_folder
 
 
 def test_a_teacher_trained_on_other_class_folders_is_refused(folder_tree, tmp_path):
@@ -389,6 +411,12 @@ def test_teacher_model_kwargs_are_used_over_the_files_record_and_the_build_line_
     with pytest.raises(CheckpointError, match=r"teacher\.pth does not fit this model \(another model\?\): missing "
                                               r"\(12\): blocks\.2\.norm1\.weight, .*built for 3 classes\)$"):
         build_distillation(cfg, torch.device("cpu"), logging.getLogger("test"))
+    cfg = parse_args([*argv, "--teacher-model-kwargs", "depth=4"])
+    cfg.num_classes = 3
+    with pytest.raises(CheckpointError, match=r"missing \(24\): blocks\.2\.norm1\.weight, .*built for 3 classes with "
+                                              r"--teacher-model-kwargs depth=4 \(over depth=3, which the file "
+                                              r"records\)\)$"):
+        build_distillation(cfg, torch.device("cpu"), logging.getLogger("test"))
     cfg = parse_args([*argv, "--teacher-model-kwargs", "depth=2", "qkv_bias=true"])
     cfg.num_classes = 3
     with caplog.at_level(logging.INFO, logger="test"):
@@ -429,6 +457,22 @@ def test_a_teacher_record_of_other_scan_directions_names_the_teacher_model(folde
     with pytest.raises(CheckpointError, match=rf"^--teacher-ckpt {tmp_path / 'teacher.pth'}:? {message}"):
         train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd",
                           "--teacher-model", teacher, "--teacher-ckpt", str(tmp_path / "teacher.pth")]))
+
+
+def test_a_teacher_that_teacher_model_kwargs_cannot_build_is_one_line_naming_them(folder_tree, tmp_path):
+    """--teacher-model-kwargs depth=4 over a record of 20 layers of scan directions: the line says the teacher was
+    built with them over the record, and lists every keyword it was built with."""
+    built = timm.create_model("local_vim_tiny", img_size=16, num_classes=3, **VIM_KWARGS)
+    path = tmp_path / "teacher.pth"
+    atomic_save({"model": built.state_dict(), "directions": scan_directions(built),
+                 "config": {"model_kwargs": VIM_KWARGS}}, str(path))
+    message = (rf"^--teacher-ckpt {re.escape(str(path))}: --teacher-model local_vim_tiny cannot be built with "
+               rf"--teacher-model-kwargs over what the file records \(embed_dim=16 patch_size=8 20 layers of "
+               rf"directions depth=4\): directions: has 20 layers, but the model has 4 layers; give ")
+    with pytest.raises(CheckpointError, match=message):
+        train(parse_args([*FROZEN, "--data-path", folder_tree, "--output", str(tmp_path), "--kd", "kd",
+                          "--teacher-model", "local_vim_tiny", "--teacher-ckpt", str(path), "--teacher-model-kwargs",
+                          "depth=4"]))
 
 
 def test_feature_distillation_flags_are_refused_by_name(tmp_path, capsys):
