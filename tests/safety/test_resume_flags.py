@@ -133,3 +133,34 @@ def test_changed_flags_are_logged_but_those_that_name_the_folder():
     log_changed_flags(parse_args(["--output", "elsewhere", "--experiment", "b", "--lr", "2e-3"]), saved,
                       SimpleNamespace(info=lines.append))
     assert lines == ["--lr changed on resume: 0.001 -> 0.002 (the new value is used)"]
+
+
+def test_a_resume_that_switches_kd_off_logs_one_line_for_it_and_the_teacher_flags(tmp_path):
+    """--kd switched off: its one line, none for the teacher's flags and loss weights, every one changed (they do
+    nothing without --kd); another --kd method: a line for each changed flag; a config recorded without --kd (before
+    distillation) compares the flags it holds."""
+    from types import SimpleNamespace
+
+    from classification.engine.config import config_dict
+    from classification.engine.resume import TEACHER_FLAGS, log_changed_flags
+
+    first, second = str(tmp_path / "t.pth"), str(tmp_path / "u.pth")
+    teacher = ["--teacher-model", "vit_tiny_patch16_224", "--teacher-model-kwargs", "depth=2", "--teacher-ckpt",
+               first, "--no-teacher-pretrained", "--kd-loss-weight", "2", "--ori-loss-weight", "0.5"]
+    saved = config_dict(parse_args(["--kd", "kdt2", *teacher]))
+
+    def changes(argv, saved=saved):
+        lines = []
+        log_changed_flags(parse_args(argv), saved, SimpleNamespace(info=lines.append))
+        return lines
+
+    assert changes([]) == ["--kd changed on resume: kdt2 -> off (the run goes on without distillation, on its own "
+                           f"loss alone; the teacher vit_tiny_patch16_224 of {first} is not used)"]
+    assert changes(["--kd", "kd", "--teacher-model", "vit_tiny_patch16_224", "--teacher-ckpt", second]) == [
+        f"--{flag} changed on resume: {old} -> {new} (the new value is used)" for flag, old, new in (
+            ("kd", "kdt2", "kd"), ("kd-loss-weight", 2.0, 1.0), ("ori-loss-weight", 0.5, 1.0),
+            ("teacher-ckpt", first, second), ("teacher-model-kwargs", {"depth": 2}, {}),
+            ("teacher-pretrained", False, True))]
+    recorded_before = {key: value for key, value in saved.items() if key not in TEACHER_FLAGS | {"kd"}}
+    assert changes(["--kd", "kd", *teacher, "--lr", "0.125"], recorded_before) == [
+        f"--lr changed on resume: {saved['lr']} -> 0.125 (the new value is used)"]
