@@ -193,6 +193,43 @@ def test_weights_that_timms_position_filter_fails_on_are_named_as_not_fitting(tm
                  f"{path} does not fit this model (another model?): ")
 
 
+def _model_whose_filter_raises(error, monkeypatch):
+    """A model whose module's checkpoint_filter_fn raises ``error``."""
+    import types
+
+    def checkpoint_filter_fn(state_dict, model):
+        raise error
+
+    module = types.ModuleType("filtered_model")
+    module.checkpoint_filter_fn = checkpoint_filter_fn
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return type("Filtered", (torch.nn.Linear,), {"__module__": module.__name__})(2, 2)
+
+
+@pytest.mark.parametrize("error, words", [
+    (RuntimeError("shape '[1, 5, 5, -1]' is invalid for input of size 832\nmore"),
+     "RuntimeError: shape '[1, 5, 5, -1]' is invalid for input of size 832"),
+    (IndexError("index 25 is out of bounds"), "IndexError: index 25 is out of bounds"),
+    (KeyError("pos_embed"), "KeyError: 'pos_embed'"), (AssertionError(), "AssertionError: ")],
+    ids=["RuntimeError", "IndexError", "KeyError", "bare assert"])
+def test_weights_that_a_checkpoint_filter_fails_on_pass_on_as_they_are(error, words, monkeypatch):
+    """A filter that fails on another model's weights (a reshape, an index, a key, a bare assert) leaves them as they
+    are, in one log line naming the error's first line (the load then names what does not fit); a ValueError, a
+    filter's own refusal, goes through."""
+    from types import SimpleNamespace
+
+    from classification.engine import checkpoint
+
+    lines = []
+    monkeypatch.setattr(checkpoint, "logger", SimpleNamespace(info=lines.append))
+    weights = {"weight": torch.ones(2, 2)}
+    fitted = checkpoint.fit_to_model(_model_whose_filter_raises(error, monkeypatch), weights)
+    assert list(fitted) == ["weight"] and fitted["weight"] is weights["weight"]
+    assert lines == [f"checkpoint weights left as they are: Filtered's checkpoint_filter_fn cannot fit them ({words})"]
+    with pytest.raises(ValueError, match="^only square tables$"):
+        checkpoint.fit_to_model(_model_whose_filter_raises(ValueError("only square tables"), monkeypatch), weights)
+
+
 @pytest.mark.parametrize("legacy, kept", [(False, 1 / 2), (True, 1 / 2), (False, 0), (False, 3)],
                          ids=["archive", "torch<1.6 pickle", "empty", "3 bytes"])
 def test_a_truncated_checkpoint_is_named_with_its_size(legacy, kept, finished_run, tmp_path, monkeypatch, capsys):
