@@ -252,6 +252,11 @@ UNREAD = {
         VSSM4, partial(maskformer, [8, 16, 64]), [0, 1, 3],
         f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [8, 16, 64], but '
         f'{_unread(VSSM4_GIVES, "stage 2", "(0,1,3)")}: set --cfg-options model.decode_head.in_channels=[8,16,32,64]'),
+    # maps of stages 1 to 3: the out_indices that give only those it reads are stages, not places in the list
+    'mask2former_of_two_levels_of_three_maps': (
+        VSSM3, partial(mask2former, [16, 32], levels=2), [0, 1],
+        f'model.decode_head (Mask2FormerHead) takes 2 maps of in_channels [16, 32], but '
+        f'{_unread(VSSM3_GIVES, "stage 3", "(1,2)")}: set --cfg-options model.decode_head.in_channels=[16,32,64]'),
     'transformer_encoder_pixel_decoder_of_three_of_five_maps': (
         VIM5, partial(maskformer, [32] * 3, 'TransformerEncoderPixelDecoder'), [0, 1, 4],
         f'model.decode_head (MaskFormerHead) takes 3 maps of in_channels [32, 32, 32], but '
@@ -418,6 +423,8 @@ def test_mask2former_of_fewer_strides_than_maps_is_refused_where_the_maps_stride
     apply_advice(cfg, message)
     assert map_fit.neck_input_problem(cfg.model) is None
     assert _head_runs('mmseg', cfg.model.decode_head, list(maps))
+    cfg.model.decode_head.pixel_decoder.strides = []     # none: doubled on from MSDeformAttnPixelDecoder's first
+    assert map_fit.neck_input_problem(cfg.model).endswith('model.decode_head.pixel_decoder.strides=[4,8,16,32]')
 
 
 def test_a_pixel_decoder_not_known_here_is_left_to_mmdet():
