@@ -635,6 +635,8 @@ def test_each_row_of_the_model_table_is_timed_as_its_metric_says(monkeypatch):
      "--model-kwargs: model local_vssm_tiny does not take 'depth'; did you mean depths?"),
     (['--profile', 'local_vim_tiny', '--model-kwargs', 'in_chan=1'],
      "--model-kwargs: model local_vim_tiny does not take 'in_chan'; did you mean in_chans?"),
+    (['--model', 'timm_local_vim_tiny', '--model-kwargs', 'dept=2'],
+     "--model-kwargs: model local_vim_tiny does not take 'dept'; did you mean depth?"),
     (['--model', 'local_vim_tiny', '--model-kwargs', 'in_chan=1', 'dept=2'],
      "--model-kwargs: model local_vim_tiny does not take 'in_chan'; did you mean in_chans?"),
     (['--ema', 'local_vim_tiny', '--directions', 'NO_SUCH_DIR/directions.yaml'],
