@@ -198,10 +198,9 @@ FORWARDS = {
 }
 
 
-@pytest.mark.parametrize('backbone, make_head, message', FORWARDS.values(), ids=FORWARDS.keys())
-def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbone, make_head, message):
-    """mmseg's head, built on the maps our built backbone gives: the check's line is the one expected, given iff
-    the head's build or forward fails; its --cfg-options fit the head, which then takes the maps."""
+def _checked_mmseg_head(backbone: dict, make_head, message):
+    """mmseg's head of ``make_head`` as a segmentor config's decode_head on ``backbone``, checked to give the check's
+    ``message`` (None: no problem): (the head's config, the segmentor config, the maps our built backbone gives)."""
     require('mmseg')
     require('mmdet')
     import mmdet.models  # noqa: F401  (the pixel decoders in mmdet's registry)
@@ -210,7 +209,14 @@ def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbo
     head = make_head()
     cfg = Config(dict(model=dict(backbone=backbone, decode_head=copy.deepcopy(head))))
     assert map_fit.neck_input_problem(cfg.model) == message
-    maps = our_maps('mmseg', backbone)
+    return head, cfg, our_maps('mmseg', backbone)
+
+
+@pytest.mark.parametrize('backbone, make_head, message', FORWARDS.values(), ids=FORWARDS.keys())
+def test_the_check_refuses_a_mask_head_exactly_where_it_fails_on_our_maps(backbone, make_head, message):
+    """mmseg's head, built on the maps our built backbone gives: the check's line is the one expected, given iff
+    the head's build or forward fails; its --cfg-options fit the head, which then takes the maps."""
+    head, cfg, maps = _checked_mmseg_head(backbone, make_head, message)
     assert _head_runs('mmseg', head, maps) == (message is None)
     if message is not None:
         apply_advice(cfg, message)
@@ -278,16 +284,9 @@ def test_a_mask_head_that_would_leave_maps_unread_is_refused_and_both_ways_out_f
     """mmseg's head runs, but what it gives does not change with the maps it passes over (what gives them would get
     no gradient: DistributedDataParallel stops on it), and does with those it reads. The line names the maps passed
     over; its --cfg-options (read them all) fit, and so do the out_indices it names (give only the maps read)."""
-    require('mmseg')
-    require('mmdet')
-    import mmdet.models  # noqa: F401
-    from mmengine.config import Config
     from mmengine.registry import MODELS
 
-    head = make_head()
-    cfg = Config(dict(model=dict(backbone=backbone, decode_head=copy.deepcopy(head))))
-    assert map_fit.neck_input_problem(cfg.model) == message
-    maps = our_maps('mmseg', backbone)
+    head, cfg, maps = _checked_mmseg_head(backbone, make_head, message)
     built = MODELS.build(copy.deepcopy(head)).eval()
     outputs = _head_outputs(built, maps)
     others = [m if i in reads else m + 1 for i, m in enumerate(maps)]
