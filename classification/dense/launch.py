@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
-from .map_fit import head_stride_problem, neck_input_problem
+from .map_fit import head_stride_problem, neck_input_problem, unread_maps_problem
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 
@@ -503,6 +503,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.overwrite and args.resume is not None:
         parser.error('--overwrite starts a run afresh and --resume continues one: give only one of them')
     cfg = _load_config(args, task)
+    _stop_on(unread_maps_problem(cfg))
     import torch
     if args.amp and not torch.cuda.is_available():
         _exit_error("--amp needs CUDA (mmengine's AmpOptimWrapper trains on GPUs); this machine has none")

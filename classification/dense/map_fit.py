@@ -1,16 +1,17 @@
 """Whether a det/seg model's necks and heads are set for the maps our backbone gives, checked on its config before
-mmengine builds it: the channels each neck (or each of a list of necks) takes, the ``in_index`` / ``in_channels`` of
-the segmentation heads, the maps the pixel decoder of a MaskFormer or Mask2Former head reads, the in_channels of the
-detection heads that take one entry per map (SSD's, YOLOv3's), and the strides of the detection heads' anchors,
-points and RoI extractors. Each check returns the one-line error with the ``--cfg-options`` that fit (None when all
-fits); mmdet and mmseg would end in a bare AssertionError, an IndexError or a convolution's channel error after
-building the datasets, or train silently wrong. What each neck takes and gives is :mod:`.neck_maps`'s."""
+mmengine builds it: the channels each neck (or each of a list of necks) takes, the ``in_index`` / ``in_channels`` of the
+segmentation heads, the maps the pixel decoder of a MaskFormer or Mask2Former head reads, the in_channels of the
+detection heads that take one entry per map (SSD's, YOLOv3's), and the strides of the detection heads' anchors, points
+and RoI extractors; and, for a distributed training run, maps of our backbone that nothing reads. Each check returns the
+one-line error with the ``--cfg-options`` that fit (None when all fits); mmdet and mmseg would end in a bare
+AssertionError, an IndexError or a convolution's channel error after building the datasets, or train silently wrong.
+What each neck takes and gives is :mod:`.neck_maps`'s."""
 from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
-from .neck_maps import (Misfit, NeckMaps, judges, list_misfit, neck_gives, neck_misfit, option_list, positive_int,
-                        positive_ints, size_misfit)
+from .neck_maps import (Misfit, NeckMaps, judges, list_misfit, maps_read, neck_gives, neck_misfit, option_list,
+                        positive_int, positive_ints, size_misfit)
 from .run_inputs import is_backbone, keyed_dicts, type_name
 
 
@@ -246,32 +247,36 @@ def _mask_head_problem(where: str, head: dict, given: GivenMaps) -> Optional[str
     return _fit_problem(f'{where} ({type_name(head)})', takes, gives, ' '.join(fix))
 
 
+def _keyed_heads(where: str, node: dict, head_keys: Sequence[str]) -> Iterator[tuple[str, str, dict]]:
+    """(head key, config key, config dict) of each head at ``head_keys`` of the model ``node`` at ``where``: one dict,
+    or each dict of a list of them (keyed by its index)."""
+    for head_key in head_keys:
+        heads = node.get(head_key)
+        keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
+                 if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
+        yield from ((head_key, key, head) for key, head in keyed if isinstance(head, dict))
+
+
 def _heads_problem(where: str, node: dict, given: GivenMaps, bare_map: bool = False) -> Optional[str]:
     """The first ``decode_head`` / ``auxiliary_head`` (one, or a list) of the segmentor ``node`` at ``where`` whose
     ``in_index`` / ``in_channels`` do not take the maps ``given`` to the heads (by the backbone, or by the neck); of a
     MaskFormer or Mask2Former head among them, or a detector's ``panoptic_head`` (one of those two), whose pixel
     decoder does not read them (``bare_map``: one map, which mmdet's MM_LocalVim gives bare, not in a list)."""
-    for head_key in ('decode_head', 'auxiliary_head', 'panoptic_head'):
-        heads = node.get(head_key)
-        keyed = ([(f'{where}.{head_key}.{i}', head) for i, head in enumerate(heads)]
-                 if isinstance(heads, (list, tuple)) else [(f'{where}.{head_key}', heads)])
-        for head_where, head in keyed:
-            if not isinstance(head, dict):
-                continue
-            if type_name(head) in MASK_HEAD_DECODERS:
-                problem = (_bare_map_problem(where, head_where, head, given.words) if bare_map
-                           else _mask_head_problem(head_where, head, given))
-                if problem:
-                    return problem
-                continue
-            if head_key == 'panoptic_head':
-                continue
-            in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
-            fix = _head_fix(head_where, in_index, in_channels, given.channels)
-            if fix:
-                takes = 'map' if isinstance(in_index, int) else 'maps'
-                return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
-                                    f'of in_channels {in_channels}', given.words, fix)
+    for head_key, head_where, head in _keyed_heads(where, node, ('decode_head', 'auxiliary_head', 'panoptic_head')):
+        if type_name(head) in MASK_HEAD_DECODERS:
+            problem = (_bare_map_problem(where, head_where, head, given.words) if bare_map
+                       else _mask_head_problem(head_where, head, given))
+            if problem:
+                return problem
+            continue
+        if head_key == 'panoptic_head':
+            continue
+        in_index, in_channels = head.get('in_index', -1), head.get('in_channels')
+        fix = _head_fix(head_where, in_index, in_channels, given.channels)
+        if fix:
+            takes = 'map' if isinstance(in_index, int) else 'maps'
+            return _fit_problem(f'{head_where} ({type_name(head)})', f'takes the {takes} in_index {in_index} '
+                                f'of in_channels {in_channels}', given.words, fix)
     return None
 
 
@@ -436,4 +441,84 @@ def head_stride_problem(model_cfg: Any) -> Optional[str]:
             more = f' (and {others} more stride setting{"s" if others > 1 else ""})' if others else ''
             fix = ' '.join(f'{key}={option_list(wanted)}' for key, _, wanted in wrong)
             return f'{setting} is {strides}{more}, but {gives}: set --cfg-options {fix}'
+    return None
+
+
+class MapReaders(NamedTuple):
+    """What reads our backbone's maps first (a neck, or the segmentation heads): its words in a line, its config keys,
+    and the maps it reads (indices into those given, from 0)."""
+    words: str
+    keys: list[str]
+    read: list[int]
+
+
+def _head_reads(where: str, node: dict, count: int) -> Optional[MapReaders]:
+    """The heads of the segmentor ``node`` at ``where`` that take the ``count`` maps of our backbone by their int or
+    list ``in_index``, and the maps they read together; None where a head's in_index is not of those kinds or out of
+    range, for a MaskFormer or Mask2Former head (judged by :func:`_mask_head_problem`), or without a head."""
+    read: set[int] = set()
+    keys, names = [], []
+    for _, head_where, head in _keyed_heads(where, node, ('decode_head', 'auxiliary_head')):
+        if type_name(head) in MASK_HEAD_DECODERS:
+            return None
+        in_index = head.get('in_index', -1)
+        indices = [in_index] if isinstance(in_index, int) else in_index
+        if not (isinstance(indices, (list, tuple)) and all(isinstance(i, int) and -count <= i < count
+                                                           for i in indices)):
+            return None
+        read.update(i % count for i in indices)
+        keys.append(head_where)
+        names.append(f'{head_where} ({type_name(head)}, in_index {in_index})')
+    return MapReaders(' and '.join(names), keys, sorted(read)) if keys else None
+
+
+def _first_readers(where: str, node: dict, count: int) -> Optional[MapReaders]:
+    """What reads the ``count`` maps of the backbone of the model ``node`` at ``where`` first: its first neck where
+    :func:`.neck_maps.maps_read` knows what it reads, else, without a neck, the segmentation heads
+    (:func:`_head_reads`); None where that is not known here."""
+    necks = _neck_chain(node.get('neck'), f'{where}.neck')
+    if not necks:
+        return _head_reads(where, node, count) if node.get('neck') is None else None
+    key, neck = necks[0]
+    read = maps_read(type_name(neck), neck, count)
+    return None if read is None else MapReaders(f'{key} ({type_name(neck)})', [key], read)
+
+
+def _wrapper_finds_unused(cfg: Any) -> bool:
+    """Whether the distributed wrapper that mmengine's Runner builds from ``cfg`` finds unused parameters itself
+    (``find_unused_parameters``, or a ``model_wrapper_cfg`` that sets it or is not DistributedDataParallel)."""
+    wrapper = cfg.get('model_wrapper_cfg')
+    if isinstance(wrapper, dict):
+        return (bool(wrapper.get('find_unused_parameters'))
+                or wrapper.get('type', 'MMDistributedDataParallel') != 'MMDistributedDataParallel')
+    return bool(cfg.get('find_unused_parameters'))
+
+
+def unread_maps_problem(cfg: Any) -> Optional[str]:
+    """A distributed training run (``cfg.launcher`` not 'none') whose backbone gives maps that nothing after it reads:
+    its first neck passes them over (FPN's ``start_level`` / ``end_level``, DilatedEncoder's and CTResNetNeck's last
+    map only), or, without a neck, no segmentation head's ``in_index`` takes them. Their output norms get no gradient,
+    and DistributedDataParallel, which mmengine builds with ``find_unused_parameters=False``, stops at the second
+    iteration naming parameter indices. None where every map is read, where that is not known here, in one process,
+    or where the wrapper finds unused parameters itself."""
+    from .backbones import backbone_maps
+
+    if cfg.get('launcher', 'none') == 'none' or _wrapper_finds_unused(cfg):
+        return None
+    for where, node in keyed_dicts(cfg.get('model'), 'model'):
+        backbone = node.get('backbone')
+        if not (isinstance(backbone, dict) and is_backbone(backbone)):
+            continue
+        maps = backbone_maps(type_name(backbone), backbone)
+        readers = _first_readers(where, node, len(maps.indices)) if maps is not None else None
+        if readers is None or len(readers.read) == len(maps.indices):
+            continue
+        unread = [index for i, index in enumerate(maps.indices) if i not in readers.read]
+        units = f'{maps.unit}{"s" if len(unread) > 1 else ""}'
+        gives = _backbone_gives(where, backbone, maps, f'{maps.channels} channels')
+        verb = 'read' if len(readers.keys) > 1 else 'reads'
+        return (f'{readers.words} {verb} {len(readers.read)} of the maps, but {gives}: the output norms of {units} '
+                f'{", ".join(map(str, unread))} get no gradient, and DistributedDataParallel stops on them at the '
+                f'second iteration: give {where}.backbone.out_indices only the maps read (and set '
+                f'{" and ".join(readers.keys)} for them), or set --cfg-options find_unused_parameters=True')
     return None

@@ -479,6 +479,21 @@ _GIVES: dict[str, Callable[[dict, NeckMaps, int], Optional[NeckMaps]]] = dict(
     Feature2Pyramid=_feature2pyramid_gives, SSDNeck=_ssd_gives, ICNeck=_icneck_gives)
 
 
+LAST_MAP_NECKS = ('DilatedEncoder', 'CTResNetNeck')
+
+
+def maps_read(kind: str, neck: dict, count: int) -> Optional[list[int]]:
+    """The maps, of ``count`` it gets, that the neck ``neck`` of class ``kind`` builds on where it passes some over:
+    those of FPN and its kin from ``start_level`` to ``end_level``, the last one of :data:`LAST_MAP_NECKS`; None where
+    it reads them all, for a neck not known here, or for settings it refuses."""
+    if kind in LAST_MAP_NECKS:
+        return [count - 1] if count else None
+    if kind not in LEVEL_CHANNEL_NECKS:
+        return None
+    levels = _levels(neck, count)
+    return list(range(levels[0], levels[1])) if levels else None
+
+
 def neck_gives(kind: str, neck: dict, maps: NeckMaps, count: int) -> Optional[NeckMaps]:
     """The maps the neck ``neck`` of class ``kind`` gives when it gets ``count`` maps (``maps``: their channels and
     strides, each None where not known); None for a neck not known here, or settings it refuses."""
