@@ -31,7 +31,8 @@ The command lines are those of mmdet 3.3 / mmseg 1.2 ``tools/train.py`` and ``to
   the maps its neck gives, a config file that does not exist, a ``--cfg-options`` item
   without ``=`` or with text where the config holds a number or a boolean, a misspelt ``--cfg-options`` key that a
   class refuses as an unexpected keyword argument, a work_dir that cannot be written, a checkpoint that cannot be
-  used. Ctrl-C and SIGTERM end in one line too (exit status 130 / 143), naming the checkpoint ``--resume`` would
+  used, DistributedDataParallel's stop on trained parameters that got no gradient (named, where DDP gives indices
+  only). Ctrl-C and SIGTERM end in one line too (exit status 130 / 143), naming the checkpoint ``--resume`` would
   continue from.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
+from .ddp_no_grad import NoGradParametersError, find_unused_option, no_grad_parameters_problem
 from .map_fit import head_stride_problem, neck_input_problem, unread_maps_problem
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
@@ -203,7 +205,8 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> list[str]:
 
 def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_from: Optional[str] = None) -> Any:
     """Run ``step`` (build the Runner and train or test, or build a model) and return its result. A checkpoint that
-    cannot be used, a setting the backbone refuses (directions, out_indices, ...), a BatchNorm step on one image, or
+    cannot be used, a setting the backbone refuses (directions, out_indices, ...), a BatchNorm step on one image,
+    DistributedDataParallel's stop on parameters that got no gradient (:func:`_train`), or
     an unexpected keyword argument that is a part of one of ``new_options`` (``--cfg-options`` keys the config did
     not have: a misspelling), end the process with one line (exit status 2); Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP
     (``interrupt_on_stop_signals``) with one line naming ``resume_from`` (the work_dir whose latest checkpoint
@@ -213,7 +216,7 @@ def run_step(step: Callable[[], Any], new_options: Sequence[str] = (), resume_fr
     try:
         with interrupt_on_stop_signals():
             return step()
-    except CheckpointError as err:
+    except (CheckpointError, NoGradParametersError) as err:
         _exit_error(str(err))
     except BackboneSettingError as err:
         _exit_error(f'model.backbone: {err}')
@@ -479,6 +482,19 @@ def _build_runner(cfg, fit_source: Optional[str] = None, overwritten: Sequence[s
     return runner
 
 
+def _train(runner) -> None:
+    """``runner.train()``; DistributedDataParallel's stop on trained parameters that got no gradient raised as a
+    :class:`NoGradParametersError` whose line names them (from ``runner.model``, the wrapped model, and ``runner.cfg``,
+    the config as asked), any other error as it is."""
+    try:
+        runner.train()
+    except RuntimeError as err:
+        problem = no_grad_parameters_problem(str(err), runner.model, find_unused_option(runner.cfg))
+        if problem is None:
+            raise
+        raise NoGradParametersError(problem) from err
+
+
 def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     """``train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --overwrite] [--amp] [--auto-scale-lr]
     [--cfg-options ...]``.
@@ -546,7 +562,7 @@ def train_main(task: str, argv: Optional[Sequence[str]] = None) -> None:
         _exit_error(str(err))
     _stop_on(work_dir_problem(cfg.work_dir))
     fit_source = (cfg.load_from or f'the latest checkpoint in {cfg.work_dir}') if cfg.get('resume') else None
-    run_step(lambda: _build_runner(cfg, fit_source, overwritten, args.trust_checkpoint, saved_cfg).train(),
+    run_step(lambda: _train(_build_runner(cfg, fit_source, overwritten, args.trust_checkpoint, saved_cfg)),
              args.new_options, resume_from=cfg.work_dir)
 
 
