@@ -100,8 +100,8 @@ def group_names(names: Sequence[str], trainable: Sequence[str]) -> list[tuple[st
     merged: list[tuple[str, list[str], list[str]]] = []     # (parent, last parts of the keys, relative names)
     for key, relative in groups.items():
         parent, _, last = key.rpartition('.')
-        if merged and merged[-1][0] == parent and merged[-1][2] == relative and last.isdigit() \
-                and merged[-1][1][-1].isdigit():
+        siblings = bool(merged) and merged[-1][0] == parent and merged[-1][2] == relative
+        if siblings and last.isdigit() and merged[-1][1][-1].isdigit():
             merged[-1][1].append(last)
         else:
             merged.append((parent, [last], relative))
