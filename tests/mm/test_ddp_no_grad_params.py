@@ -84,7 +84,9 @@ def _ddp_stop(make_ddp, step) -> RuntimeError:
 @pytest.mark.parametrize('level', ['OFF', 'DETAIL'])
 def test_ddp_index_order_is_the_order_of_the_names(one_gloo_process, level):
     """Without debug mode DDP gives indices; with it (TORCH_DISTRIBUTED_DEBUG=DETAIL) names too, unordered and the
-    root module's with a leading dot: both read as the same names, those DDP's DETAIL mode gives."""
+    root module's with a leading dot: both read as the same names, those DDP's DETAIL mode gives. The level is set
+    once the group started: TORCH_DISTRIBUTED_DEBUG=DETAIL before wraps gloo in a checking group, on which torch 2.14
+    crashes (segmentation fault) building DDP; INFO gives the names too."""
     dist.set_debug_level(getattr(dist.DebugLevel, level))
     torch.manual_seed(0)
     wrapped, stop = _ddp_stop(lambda: torch.nn.parallel.DistributedDataParallel(Tricky()),
