@@ -69,6 +69,47 @@ def check_scan_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
             raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
 
 
+STATE_UPDATE = "selective_state_update"
+
+
+def check_state_update_args(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                            B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                            dt_bias: Optional[torch.Tensor], dt_softplus: bool) -> None:
+    """Validate ``selective_state_update`` inputs (the shapes mamba_ssm 1.1.1 asserts): state (Bt, Dm, N); x, dt, z
+    (Bt, Dm); A (Dm, N); B, C (Bt, N); D, dt_bias (Dm,). One ValueError naming the argument (TypeError for one that
+    is not a tensor, NotImplementedError for a complex A); then, being inference only, a RuntimeError for an input
+    that requires grad while grad mode is on."""
+    op = STATE_UPDATE
+    check_tensor_types(op, dict(state=state, x=x, dt=dt, A=A, B=B, C=C), dict(D=D, z=z, dt_bias=dt_bias))
+    if A.is_complex():
+        raise NotImplementedError(f"{op}: complex A is not supported (A must be real, of shape (Dm, N))")
+    if not (isinstance(dt_softplus, int) and dt_softplus in (0, 1)):  # bool is an int
+        raise ValueError(f"{op}: dt_softplus must be a bool (or 0 / 1), got {dt_softplus!r}")
+    if state.dim() != 3:
+        raise ValueError(f"{op}: state must have shape (Bt, Dm, N), got {shape_str(state)}")
+    batch, dim, dstate = state.shape
+    if dstate < 1:
+        raise ValueError(f"{op}: state needs at least one state (N >= 1), got {shape_str(state)}")
+    expected = dict(x=(batch, dim), dt=(batch, dim), z=(batch, dim), A=(dim, dstate), B=(batch, dstate),
+                    C=(batch, dstate), D=(dim,), dt_bias=(dim,))
+    named = dict(x=x, dt=dt, z=z, A=A, B=B, C=C, D=D, dt_bias=dt_bias)
+    letters = dict(x="(Bt, Dm)", dt="(Bt, Dm)", z="(Bt, Dm)", A="(Dm, N)", B="(Bt, N)", C="(Bt, N)", D="(Dm,)",
+                   dt_bias="(Dm,)")
+    for name, t in named.items():
+        if t is not None and tuple(t.shape) != expected[name]:
+            raise ValueError(f"{op}: {name} must have shape {letters[name]}={expected[name]} for a state of shape "
+                             f"{shape_str(state)}, got {shape_str(t)}")
+    for name, t in dict(state=state, **named).items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    _check_devices(op, "state is", state.device, **named)
+    if torch.is_grad_enabled():
+        for name, t in dict(state=state, **named).items():
+            if t is not None and t.requires_grad:
+                raise RuntimeError(f"{op}: {name} requires grad, but this op is inference only (no backward; the "
+                                   f"state is overwritten): call it under torch.no_grad() or torch.inference_mode()")
+
+
 def check_inner_args(xz: torch.Tensor, conv1d_weight: torch.Tensor, conv1d_bias: Optional[torch.Tensor],
                      x_proj_weight: torch.Tensor, delta_proj_weight: torch.Tensor, A: torch.Tensor,
                      B: Optional[torch.Tensor], C: Optional[torch.Tensor], B_proj_bias: Optional[torch.Tensor] = None,

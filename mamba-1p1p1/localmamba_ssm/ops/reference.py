@@ -119,6 +119,36 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return (out, state) if return_last_state else out
 
 
+def selective_state_update_ref(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                               B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                               z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+                               dt_softplus: bool = False) -> torch.Tensor:
+    """One step of the selective scan (decoding): ``h = exp(dt A) h + dt B x``, ``out = <h, C> + D x``, times SiLU(z).
+
+    state (Bt, Dm, N) is updated in place, kept in its dtype; x, dt, z (Bt, Dm); A (Dm, N); B, C (Bt, N); D, dt_bias
+    (Dm,); ``dt = softplus(dt + dt_bias)`` when ``dt_softplus``. Computed in fp32 (fp64 for fp64 state or x), also
+    under autocast; out is read from the new state before it is rounded to the state's dtype (as mamba_ssm's kernel
+    does) and returned in x's dtype (Bt, Dm). Plain ops: autograd follows them, but the state is overwritten.
+    """
+    with autocast_off(x.device.type):
+        dtype = compute_dtype(state, x)
+        step = dt.to(dtype)
+        if dt_bias is not None:
+            step = step + dt_bias.to(dtype)
+        if dt_softplus:
+            step = F.softplus(step)
+        x_in = x.to(dtype)
+        decay = torch.exp(step[:, :, None] * A.to(dtype))
+        new_state = decay * state.to(dtype) + (step * x_in)[:, :, None] * B.to(dtype)[:, None, :]
+        state.copy_(new_state)
+        out = (new_state * C.to(dtype)[:, None, :]).sum(dim=-1)
+        if D is not None:
+            out = out + x_in * D.to(dtype)
+        if z is not None:
+            out = out * F.silu(z.to(dtype))
+    return out.to(x.dtype)
+
+
 _T = torch.Tensor
 OptionalTensor = Optional[torch.Tensor]
 
