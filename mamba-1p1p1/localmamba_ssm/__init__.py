@@ -1,6 +1,7 @@
 """Selective-scan kernels for LocalMamba (API of mamba_ssm 1.1.1 + Vim's ``mamba_inner_fn_no_out_proj`` and
 ``bimamba_inner_fn``), and the fused multi-direction ops of the LocalMamba mixers (``multi_scan_inner_fn``,
-``attention_merge_fn``, and the two in one call, ``multi_scan_attention_merge_fn``).
+``attention_merge_fn``, and the two in one call, ``multi_scan_attention_merge_fn``), and mamba_ssm's decoding step
+``selective_state_update`` (inference only).
 
 Backends per call: ``cuda`` (official mamba_ssm), ``triton``, ``cpu``, ``reference``, and ``composed`` for the fused
 multi-direction ops (plain ops around the scan and conv, which choose their own); override with the environment
@@ -18,6 +19,7 @@ from .ops.reference import (attention_merge_ref, bimamba_inner_ref, mamba_inner_
                             multi_scan_inner_ref, selective_scan_ref)
 from .ops.selective_scan_interface import (bimamba_inner_fn, mamba_inner_fn, mamba_inner_fn_no_out_proj,
                                            selective_scan_fn)
+from .ops.triton.selective_state_update import selective_state_update, selective_state_update_ref
 
 __version__ = "1.1.1"
 
@@ -51,4 +53,6 @@ __all__ = [
     "selected_backend",
     "selective_scan_fn",
     "selective_scan_ref",
+    "selective_state_update",
+    "selective_state_update_ref",
 ]
