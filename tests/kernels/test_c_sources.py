@@ -10,10 +10,10 @@ import pytest
 
 from localmamba_conv1d import cpu_conv1d
 from localmamba_kernel_runtime import ckernel, kernel_args
-from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
+from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu, state_update_cpu
 
 REPO = Path(__file__).resolve().parents[2]
-KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
+KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu, state_update_cpu)
 C_SOURCES = sorted({*(REPO / "causal-conv1d").rglob("*.c"), *(REPO / "mamba-1p1p1").rglob("*.c")})
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
 ARM_COMPILER = shutil.which("aarch64-linux-gnu-gcc")
@@ -22,7 +22,7 @@ ARM_COMPILER = shutil.which("aarch64-linux-gnu-gcc")
 def test_every_c_source_is_a_kernel_source():
     """No C file lies unused beside the packages: each is the source of a kernel library or the task runner."""
     used = {ckernel.TASK_RUNNER, *(path for module in KERNEL_MODULES for path in module.SOURCES)}
-    assert set(C_SOURCES) == used and len(C_SOURCES) == 5
+    assert set(C_SOURCES) == used and len(C_SOURCES) == 6
 
 
 @needs_compiler
@@ -110,6 +110,7 @@ def test_install_ships_every_c_source(setup_dir, tmp_path):
         "localmamba_ssm/ops/cpu/csrc/selective_scan.c",
         "localmamba_ssm/ops/cpu/csrc/multi_scan.c",
         "localmamba_ssm/ops/cpu/csrc/attention_merge.c",
+        "localmamba_ssm/ops/cpu/csrc/state_update.c",
     }
     if setup_dir.name == "causal-conv1d":
         expected = {p for p in expected if not p.startswith("localmamba_ssm")}

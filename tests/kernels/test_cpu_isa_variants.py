@@ -9,11 +9,11 @@ from kernel_formulas import direct_conv1d
 from localmamba_conv1d import causal_conv1d_fn, cpu_conv1d
 from localmamba_kernel_runtime import backends, ckernel
 from localmamba_ssm import multi_scan_inner_fn, selective_scan_fn
-from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu
+from localmamba_ssm.ops.cpu import attention_merge_cpu, multi_scan_cpu, selective_scan_cpu, state_update_cpu
 from test_multi_scan_inner import (assert_attention_merge_matches_reference, assert_backend_matches_reference,
                                    attention_problem, make_problem)
 
-KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu)
+KERNEL_MODULES = (cpu_conv1d, selective_scan_cpu, multi_scan_cpu, attention_merge_cpu, state_update_cpu)
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
 
 

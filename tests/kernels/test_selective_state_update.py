@@ -1,7 +1,7 @@
 """selective_state_update (mamba_ssm 1.1.1's decoding step): the reference against a step computed by hand and
 against the selective scan run one token at a time; the public op's dispatch, in-place update, argument checks and
-inference-only contract; the Triton kernel against the reference under the interpreter (the cases:
-state_update_interpreter_checks.py) and compiled for sm_90."""
+inference-only contract; the C kernel of the cpu backend for each instruction set; the Triton kernel against the
+reference under the interpreter (the cases: state_update_interpreter_checks.py) and compiled for sm_90."""
 import importlib
 import importlib.util
 import math
@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from localmamba_kernel_runtime import backends
+from localmamba_kernel_runtime import backends, ckernel
 from localmamba_ssm import selective_scan_ref, selective_state_update, selective_state_update_ref
 from localmamba_ssm.ops.triton import selective_state_update as interface
 
 ROOT = Path(__file__).resolve().parents[2]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
 OPTIONS = [dict(D=False, z=False, bias=False, softplus=False), dict(D=True, z=False, bias=True, softplus=False),
            dict(D=False, z=True, bias=False, softplus=True), dict(D=True, z=True, bias=True, softplus=True)]
 
@@ -55,11 +57,15 @@ def _step_inputs(batch, dim, dstate, seqlen, seed=0):
                 z=torch.randn(batch, dim, seqlen, generator=g), bias=torch.rand(dim, generator=g) * 0.5)
 
 
-@pytest.mark.parametrize("update", [selective_state_update_ref, selective_state_update])
+@pytest.mark.parametrize("update, backend", [(selective_state_update_ref, None), (selective_state_update, "reference"),
+                                             (selective_state_update, "cpu")])
 @pytest.mark.parametrize("options", OPTIONS)
-def test_steps_from_zero_equal_the_selective_scan(update, options):
+def test_steps_from_zero_equal_the_selective_scan(update, backend, options, monkeypatch):
     """L steps from a zero state give the scan's L outputs and its last state (the scan reference is an independent
-    implementation: all decays first, then its own loop)."""
+    implementation: all decays first, then its own loop); the cpu backend with its C kernel required to build."""
+    if backend is not None:
+        monkeypatch.setenv("LOCALMAMBA_BACKEND", backend)
+        monkeypatch.setenv("LOCALMAMBA_CPU_KERNEL", "require" if ckernel.compiler() is not None else "0")
     p = _step_inputs(batch=2, dim=3, dstate=5, seqlen=6)
     if not options["softplus"]:
         p["delta"] = p["delta"].abs()
@@ -75,34 +81,37 @@ def test_steps_from_zero_equal_the_selective_scan(update, options):
     torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)
 
 
-def test_the_state_is_updated_in_place_in_its_dtype():
-    """The same tensor (storage, dtype) holds the new state, a strided view of a larger cache included; out has x's
-    dtype; out is read from the fp32 state before it is rounded to bf16."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_state_is_updated_in_place_in_its_dtype(cpu_backend, dtype):
+    """The same tensor (storage, dtype) holds the new state, a strided view of a larger cache included (the cpu
+    backend's kernel runs on an fp32 copy, written back); out has x's dtype; out is read from the fp32 state before it
+    is rounded to bf16."""
     p = _step_inputs(batch=2, dim=3, dstate=4, seqlen=1)
-    cache = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+    cache = torch.randn(2, 3, 8, dtype=dtype)
     state = cache[:, :, ::2]
     before, pointer = state.float().clone(), state.data_ptr()
     args = (p["u"][..., 0].half(), p["delta"][..., 0].abs(), p["A"], p["B"][..., 0], p["C"][..., 0])
     out = selective_state_update(state, *args, D=p["D"])
     expected_state = before.clone()
     expected_out = selective_state_update_ref(expected_state, *args, D=p["D"])
-    assert state.data_ptr() == pointer and state.dtype == torch.bfloat16 and out.dtype == torch.float16
-    torch.testing.assert_close(cache[:, :, ::2], expected_state.bfloat16(), rtol=0, atol=0)
-    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    assert state.data_ptr() == pointer and state.dtype == dtype and out.dtype == torch.float16
+    tol = dict(rtol=0, atol=0) if cpu_backend == "reference" else {}      # the C kernel: the dtype's defaults
+    torch.testing.assert_close(cache[:, :, ::2], expected_state.to(dtype), **tol)
+    torch.testing.assert_close(out, expected_out, **tol)
     assert not torch.equal(state.float(), before)
     untouched = cache[:, :, 1::2].clone()
     selective_state_update(state, *args)
     assert torch.equal(cache[:, :, 1::2], untouched)
 
 
-def test_on_cpu_the_reference_runs_and_says_so(caplog):
+def test_on_cpu_the_cpu_backend_runs_and_says_so(caplog):
     backends.reset_caches()
     caplog.set_level("INFO", logger="localmamba")
-    assert backends.implemented_backends("selective_state_update") == ("cuda", "triton", "reference")
+    assert backends.implemented_backends("selective_state_update") == ("cuda", "triton", "cpu", "reference")
     p = _step_inputs(batch=1, dim=2, dstate=3, seqlen=1)
     selective_state_update(torch.zeros(1, 2, 3), p["u"][..., 0], p["delta"][..., 0], p["A"], p["B"][..., 0],
                            p["C"][..., 0])
-    assert "op 'selective_state_update' on cpu uses backend 'reference' (auto)" in caplog.text
+    assert "op 'selective_state_update' on cpu uses backend 'cpu' (auto)" in caplog.text
 
 
 def test_the_official_op_gets_the_call_on_cuda(monkeypatch):
@@ -187,6 +196,25 @@ def test_inference_only_inputs_that_require_grad_are_refused(name):
     assert out.shape == (2, 3) and not out.requires_grad
 
 
+@needs_compiler
+@pytest.mark.parametrize("dstate", [16, 37])
+def test_the_c_kernel_matches_the_reference_for_each_instruction_set(cpu_isa, dstate):
+    """Every option on and off, N = 16 (Mamba's) and 37 (full vectors and a partial one at 8 and 16 lanes)."""
+    for i, options in enumerate(OPTIONS):
+        args = _valid_args()
+        g = torch.Generator().manual_seed(i)
+        args.update(state=torch.randn(2, 3, dstate, generator=g), A=-torch.rand(3, dstate, generator=g) - 0.2,
+                    B=torch.randn(2, dstate, generator=g), C=torch.randn(2, dstate, generator=g),
+                    dt=torch.randn(2, 3, generator=g) if options["softplus"] else torch.rand(2, 3, generator=g))
+        for name, key in (("D", "D"), ("z", "z"), ("dt_bias", "bias")):
+            args[name] = args[name] if options[key] else None
+        state_ref = args["state"].clone()
+        out = selective_state_update(**args, dt_softplus=options["softplus"])
+        out_ref = selective_state_update_ref(**dict(args, state=state_ref), dt_softplus=options["softplus"])
+        torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(args["state"], state_ref, rtol=1e-5, atol=1e-5)
+
+
 def test_empty_batch_gives_an_empty_output():
     args = dict(_valid_args(), state=torch.zeros(0, 3, 4), x=torch.zeros(0, 3), dt=torch.zeros(0, 3),
                 B=torch.zeros(0, 4), C=torch.zeros(0, 4), z=torch.zeros(0, 3))
@@ -199,9 +227,6 @@ def test_ported_imports_find_both_functions():
     module = importlib.import_module("localmamba_ssm.ops.triton.selective_state_update")
     assert module.selective_state_update is selective_state_update
     assert module.selective_state_update_ref is selective_state_update_ref
-
-
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
 @needs_triton
