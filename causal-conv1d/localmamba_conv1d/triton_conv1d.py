@@ -22,19 +22,19 @@ BLOCK_T = 64
 
 
 @triton.jit
-def _conv_kernel(src_ptr, w_ptr, bias_ptr, dout_ptr, out_ptr, dim, seqlen, width,
+def _conv_kernel(src_ptr, w_ptr, bias_ptr, dout_ptr, out_ptr, dim, seqlen,
                  SIGN: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, GRAD: tl.constexpr,
-                 BW: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
+                 WIDTH: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr):
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     d = tl.program_id(1) * BD + tl.arange(0, BD)
     pid_b = tl.program_id(2)
     dmask = d < dim
     row = (pid_b * dim + d)[:, None] * seqlen
     acc = tl.zeros([BD, BT], dtype=tl.float32)
-    for k in tl.static_range(BW):
-        wk = tl.load(w_ptr + d * width + k, mask=dmask & (k < width), other=0.0).to(tl.float32)
-        pos = t + SIGN * (width - 1 - k)
-        m = dmask[:, None] & (pos >= 0)[None, :] & (pos < seqlen)[None, :] & (k < width)
+    for k in tl.static_range(WIDTH):
+        wk = tl.load(w_ptr + d * WIDTH + k, mask=dmask, other=0.0).to(tl.float32)
+        pos = t + SIGN * (WIDTH - 1 - k)
+        m = dmask[:, None] & (pos >= 0)[None, :] & (pos < seqlen)[None, :]
         acc += wk[:, None] * tl.load(src_ptr + row + pos[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[:, None]
@@ -55,9 +55,8 @@ def _launch(src, weight, bias, dout, out, sign, silu, grad):
     the others at 65,535, which a sequence of 4.2M steps passed), the batch on its third (``batch_slices``)."""
     batch, dim, seqlen = src.shape
     grid = (triton.cdiv(seqlen, BLOCK_T), triton.cdiv(dim, BLOCK_D), batch)
-    _conv_kernel[grid](src, weight, bias, dout, out, dim, seqlen, weight.shape[1], SIGN=sign,
-                       HAS_BIAS=bias is not None, SILU=silu, GRAD=grad, BW=triton.next_power_of_2(weight.shape[1]),
-                       BD=BLOCK_D, BT=BLOCK_T)
+    _conv_kernel[grid](src, weight, bias, dout, out, dim, seqlen, SIGN=sign, HAS_BIAS=bias is not None, SILU=silu,
+                       GRAD=grad, WIDTH=weight.shape[1], BD=BLOCK_D, BT=BLOCK_T)
 
 
 @torch.library.custom_op("localmamba::causal_conv1d_triton_fwd", mutates_args=())

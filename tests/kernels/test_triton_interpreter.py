@@ -44,7 +44,7 @@ def test_scan_and_conv1d_kernels_compile_for_hopper():
         for atomic in (True, False):
             assert_compiles_well(scan._scan_bwd_kernel, dict(flags, HAS_DLAST=on, ATOMIC_BC=atomic), warps)
     for grad in (True, False):
-        flags = dict(SIGN=-1 if grad else 1, HAS_BIAS=True, SILU=True, GRAD=grad, BW=4, BD=conv.BLOCK_D,
+        flags = dict(SIGN=-1 if grad else 1, HAS_BIAS=True, SILU=True, GRAD=grad, WIDTH=4, BD=conv.BLOCK_D,
                      BT=conv.BLOCK_T)
         assert_compiles_well(conv._conv_kernel, flags)
 
