@@ -10,6 +10,12 @@
   the time left. They are patched once per launch instead, ``triton.language`` and ``triton.language.core`` both.
 - The int32 overflow check of every integer add, subtract and multiply (a third of the rest): the tests' shapes are
   tiny, so no index comes near 2^31 and the check cannot fire.
+
+One check is added, not removed (:func:`require_boolean_masks`): a load or store whose mask holds other data than
+booleans is refused, as triton 3.9's interpreter refuses it. Up to 3.8 the interpreter labels a comparison of scalars
+with its operands' type, so a tensor mask and-ed with one (``dmask & (k < width)``, ``width`` a runtime argument) held
+int32 data, which 3.8 took and 3.9 refuses ("mask has unsupported dtype"): with the check the kernels stay runnable
+under both.
 """
 import dataclasses
 import importlib
@@ -77,6 +83,33 @@ def _call_device_function(self, *args, **kwargs):
         raise interpreter.InterpreterError(repr(e)) from e
 
 
+class MaskDataError(ValueError):
+    """A load or store under the interpreter got a mask whose data is not boolean."""
+
+
+def _with_boolean_mask(method, mask_position: int):
+    """``method`` of the interpreter's builder (a masked load or store) that first refuses a mask (its positional
+    argument ``mask_position``) holding other data than booleans."""
+    def checked(self, *args, **kwargs):
+        mask = args[mask_position]
+        if mask.data.dtype != np.bool_:
+            raise MaskDataError(f"{method.__name__}: the mask holds {mask.data.dtype} data, not booleans (triton 3.9's "
+                                f"interpreter refuses it): build it from tensor comparisons only")
+        return method(self, *args, **kwargs)
+    checked.checks_masks = True
+    return checked
+
+
+def require_boolean_masks() -> None:
+    """Make every masked load and store of the interpreter refuse a mask that is not boolean data (see the module
+    docstring), in every triton version; once is enough."""
+    builder = type(interpreter.interpreter_builder)
+    for name, mask_position in (("create_masked_load", 1), ("create_masked_store", 2)):
+        method = getattr(builder, name, None)
+        if method is not None and not getattr(method, "checks_masks", False):
+            setattr(builder, name, _with_boolean_mask(method, mask_position))
+
+
 def fast_interpreter_supported() -> bool:
     """True when this triton's interpreter has what is replaced here: language patches that can be undone, the
     device functions' ``rewrite`` and the overflow check's option (3.6 and 3.8 have; 3.0 to 3.2 do not)."""
@@ -89,7 +122,9 @@ def fast_interpreter_supported() -> bool:
 def use_fast_interpreter() -> bool:
     """Scan slice by slice, patch the language once per launch and skip the int32 overflow check (see the module
     docstring); call before any kernel runs. False, with the interpreter left as it is (the same results, slower),
-    where :func:`fast_interpreter_supported` is not."""
+    where :func:`fast_interpreter_supported` is not. Masks are checked in either case (:func:`require_boolean_masks`).
+    """
+    require_boolean_masks()
     if not fast_interpreter_supported():
         return False
     _import_gluon_unpatched()

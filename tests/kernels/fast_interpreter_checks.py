@@ -1,7 +1,8 @@
 """Run by test_fast_interpreter.py in a subprocess with TRITON_INTERPRET=1: our scan kernels' combine functions under
 the interpreter's own element-by-element ``tl.associative_scan`` and under fast_interpreter's slice-by-slice one,
 on 2-D and 3-D tiles along each axis, forward and reversed, fp32 and bf16. Prints one ``same`` line per case; exits
-non-zero at the first result that differs in any bit."""
+non-zero at the first result that differs in any bit. First, the mask check: a mask and-ed with a scalar comparison
+must be refused (``refused a mask of int32 data``)."""
 import sys
 
 import torch
@@ -32,6 +33,31 @@ def _states_kernel(a_ptr, b_ptr, h0_ptr, h_ptr, ah_ptr, T: tl.constexpr, D: tl.c
     tl.store(ah_ptr + offsets, ah)
 
 
+@triton.jit
+def _masked_copy_kernel(x_ptr, out_ptr, n, flag, SCALAR_IN_MASK: tl.constexpr):
+    offsets = tl.arange(0, 8)
+    mask = offsets < n
+    if SCALAR_IN_MASK:
+        mask = mask & (flag > 0)   # a runtime scalar's comparison: int32 data in the interpreter up to triton 3.8
+    tl.store(out_ptr + offsets, tl.load(x_ptr + offsets, mask=mask, other=0.0), mask=offsets < n)
+
+
+def check_masks_must_be_boolean():
+    """A mask built from tensor comparisons passes; one and-ed with a scalar comparison is refused, naming the load."""
+    x, out = torch.arange(8.0), torch.zeros(8)
+    _masked_copy_kernel[(1,)](x, out, 5, 1, SCALAR_IN_MASK=False)
+    if not torch.equal(out, torch.tensor([0.0, 1, 2, 3, 4, 0, 0, 0])):
+        sys.exit(f"a masked copy of 5 of 8 values gave {out}")
+    try:
+        _masked_copy_kernel[(1,)](x, out, 5, 1, SCALAR_IN_MASK=True)
+    except interpreter.InterpreterError as err:
+        if "create_masked_load: the mask holds int32 data" not in str(err):
+            sys.exit(f"a mask of int32 data refused with another message: {err}")
+    else:
+        sys.exit("a mask and-ed with a scalar comparison (int32 data) was not refused")
+    print("refused a mask of int32 data")
+
+
 def run_cases():
     """Every case's outputs, in order."""
     g = torch.Generator().manual_seed(0)
@@ -58,7 +84,9 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 def main():
     elementwise = run_cases()
-    if not use_fast_interpreter():
+    fast = use_fast_interpreter()
+    check_masks_must_be_boolean()
+    if not fast:
         print("unsupported: this triton's interpreter lacks what fast_interpreter replaces (triton 3.0 to 3.2)")
         return
     if interpreter.ScanOps.generic_scan.__module__ != "fast_interpreter":
