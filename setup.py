@@ -46,7 +46,7 @@ setup(
         "fvcore>=0.1.5.post20221221",
     ],
     extras_require={
-        "triton": ["triton>=3.0"],   # torch 2.4's; kernels checked under 3.0, 3.1, 3.2, 3.6, 3.8
+        "triton": ["triton>=3.0"],   # torch 2.4's; kernels checked under 3.0, 3.1, 3.2, 3.6, 3.8, 3.9
         "test": ["pytest>=8.0", "pytest-xdist>=3.0", "onnx>=1.14", "onnxruntime>=1.16", "onnxscript>=0.7",
                  "flake8>=7.0"],
         # detection/, segmentation/: run `bash tools/install_mm.sh` first (builds mmcv 2.1.0 with ops; pip cannot)
