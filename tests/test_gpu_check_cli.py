@@ -279,3 +279,28 @@ def test_sigterm_during_e2e_stops_the_running_step_and_keeps_its_output(tmp_path
                 os.kill(left, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_the_decoding_step_row_compares_two_calls_from_the_same_state():
+    """The state-update row calls its problem once per backend: each call must start from the same state (the op
+    updates it in place), so both give one step from it, and the row has outputs but no gradients."""
+    import inspect
+
+    from classification.benchmarks.gpu_check import _run
+    from classification.benchmarks.op_problems import state_update_problem
+    from localmamba_kernel_runtime import backends
+    from localmamba_ssm import selective_state_update_ref
+
+    fn, inputs, weights = state_update_problem(torch.device("cpu"), torch.float32, dim=6, dstate=3)
+    with backends.restoring_choice():
+        backends.force_backend("reference")
+        first, first_grads = _run(fn, inputs, weights)
+        second, _ = _run(fn, inputs, weights)
+    assert [tuple(t.shape) for t in first] == [(2, 6), (2, 6, 3)] and first_grads == [None]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    given = inspect.getclosurevars(fn).nonlocals
+    state = given["state"].clone()
+    out = selective_state_update_ref(state, inputs[0], given["dt"], given["A"], given["B"], given["C"], given["D"],
+                                     z=given["z"], dt_bias=given["dt_bias"], dt_softplus=True)
+    assert torch.allclose(first[0], out) and torch.allclose(first[1], state)
+    assert not torch.allclose(first[1], given["state"])     # the step changed the copy, not the problem's state

@@ -1,16 +1,17 @@
 """One-shot check of the GPU backends (``tools/gpu_check.py``): every Triton kernel against the reference, then timings.
 
-Correctness: the triton backend (forced) against the reference backend for the selective scan (grouped, (Bt, N, L)
-and time-invariant B/C, with/without z, softplus, last state), the causal conv1d (widths 2-4, SiLU or not),
-mamba_inner_fn_no_out_proj, the scan under CUDA autocast and the fused mixer ops (multi_scan_inner with a conv and
-token-major, attention_merge: ``mixer_ops``); outputs and all gradients, fp32 and bf16 inputs; then the scans again
-under ``torch.use_deterministic_algorithms(True)`` (their backward's per-block B / C gradients, not atomics);
-relative error = max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on
-triton against every op on the reference), and `--model-ema`'s multi-tensor update against timm's ModelEmaV2 (bit
-for bit). Timing: ``op_speed``'s interleaved medians for every backend
-available on the device (reference, triton, and the official ``mamba_ssm`` / ``causal_conv1d`` kernels as backend
-``cuda`` when importable) at the LocalVim-T shape and at batch 64, then the fused mixer ops against their composed
-path and the fused scan kernel alone (``mixer_ops.mixer_timings``).
+Correctness: the triton backend (forced) against the reference backend for the selective scan (grouped, (Bt, N, L) and
+time-invariant B/C, with/without z, softplus, last state), the causal conv1d (widths 2-4, SiLU or not),
+mamba_inner_fn_no_out_proj, selective_state_update (outputs and the updated state; it has no gradients), the scan
+under CUDA autocast and the fused mixer ops (multi_scan_inner with a conv and token-major, attention_merge:
+``mixer_ops``); outputs and all gradients, fp32 and bf16 inputs; then the scans again under
+``torch.use_deterministic_algorithms(True)`` (their backward's per-block B / C gradients, not atomics); relative error
+= max |x - ref| / max |ref|; then the logits of local_vim_tiny and local_vssm_tiny (every op on triton against every
+op on the reference), and `--model-ema`'s multi-tensor update against timm's ModelEmaV2 (bit for bit). Timing:
+``op_speed``'s interleaved medians for every backend available on the device (reference, triton, and the official
+``mamba_ssm`` / ``causal_conv1d`` kernels as backend ``cuda`` when importable) at the LocalVim-T shape and at batch
+64, then the fused mixer ops against their composed path and the fused scan kernel alone
+(``mixer_ops.mixer_timings``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..engine.ema import ForeachModelEma
 from ..engine.model_builder import create_model_at_size
 from .mixer_ops import correctness_cases as mixer_cases
 from .mixer_ops import SCAN_TILES, deterministic_algorithms, deterministic_cases, mixer_timings
-from .op_problems import Problem, conv_problem, inner_problem, scan_problem
+from .op_problems import Problem, conv_problem, inner_problem, scan_problem, state_update_problem
 from .op_speed import OpShape, print_op_benchmark, scan_tile_sweep
 
 TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -37,7 +38,8 @@ def _run(fn: Callable, inputs: Sequence[torch.Tensor], weights: Sequence[torch.T
         t.grad = None
     outs = fn()
     outs = outs if isinstance(outs, tuple) else (outs,)
-    sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
+    if any(t.requires_grad for t in inputs):
+        sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
     return [o.detach() for o in outs], [None if t.grad is None else t.grad.detach().clone() for t in inputs]
 
 
@@ -101,6 +103,7 @@ def correctness_cases(device: torch.device, quick: bool) -> Tuple[List[CheckCase
             ("scan long L=777, N=12", name,
              lambda dt=dtype: scan_problem(device, dt, "var4", 1, 16, 40 if quick else 777, 12, True, True, True)),
             ("inner no out_proj", name, lambda dt=dtype: inner_problem(device, dt, dim, seqlen, dstate)),
+            ("state update (decoding step)", name, lambda dt=dtype: state_update_problem(device, dt, dim, dstate)),
         ]
         for width in (2, 3, 4):
             for silu in (True, False):
@@ -141,7 +144,8 @@ def _check_case(check: CheckCase, widths: Tuple[int, int], mode: Callable[[], Co
         return False
     passed = out_err < tol and grad_err < 5 * tol and not problems
     verdict = "ok" if passed else f"FAIL {problems}".strip()
-    print(check_line((case, dtype, f"{out_err:.2e}", f"{grad_err:.2e}", verdict), widths))
+    grad_text = f"{grad_err:.2e}" if any(t.requires_grad for t in inputs) else "-"    # an inference-only op
+    print(check_line((case, dtype, f"{out_err:.2e}", grad_text, verdict), widths))
     return passed
 
 

@@ -1,6 +1,6 @@
-"""The single-op problems of the GPU check and the op benchmark: the selective scan, the causal conv1d and the Mamba
-inner function, each as (fn, inputs needing gradients, output weights of the loss); the fused mixer ops' problems are
-in ``mixer_ops``."""
+"""The single-op problems of the GPU check and the op benchmark: the selective scan, the causal conv1d, the Mamba
+inner function and the decoding step, each as (fn, inputs needing gradients, output weights of the loss); the fused
+mixer ops' problems are in ``mixer_ops``."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from typing import Any, Callable, List, Tuple
 
 import torch
 from localmamba_conv1d import causal_conv1d_fn
-from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn
+from localmamba_ssm import mamba_inner_fn_no_out_proj, selective_scan_fn, selective_state_update
 
 # A problem: the op call, the inputs whose gradients are compared, the output weights of the loss.
 Problem = Tuple[Callable[[], Any], List[torch.Tensor], List[torch.Tensor]]
@@ -79,3 +79,25 @@ def inner_problem(device: torch.device, dtype: torch.dtype, dim: int, seqlen: in
             return mamba_inner_fn_no_out_proj(*params, -torch.exp(A_log), None, None, D, dt_bias, delta_softplus=True)
 
     return fn, inputs, weights
+
+
+def state_update_problem(device: torch.device, dtype: torch.dtype, dim: int, dstate: int, batch: int = 2) -> Problem:
+    """selective_state_update (inference only: no gradients, its inputs need none) of a ``dtype`` state (B, D, N) with
+    D, z, dt_bias and softplus; each call updates a copy of the state and returns (out, the updated state)."""
+    g = torch.Generator().manual_seed(3)
+
+    def rand(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt)
+
+    state, x, dt, z = rand(batch, dim, dstate), rand(batch, dim), rand(batch, dim, scale=0.5), rand(batch, dim)
+    A = -torch.exp(rand(dim, dstate, scale=0.5, dt=torch.float32))
+    B, C = rand(batch, dstate), rand(batch, dstate)
+    D, dt_bias = rand(dim, dt=torch.float32), rand(dim, scale=0.5, dt=torch.float32)
+    weights = [torch.randn(batch, dim, generator=g).to(device), torch.randn(batch, dim, dstate, generator=g).to(device)]
+
+    def fn():
+        updated = state.clone()
+        out = selective_state_update(updated, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True)
+        return out, updated
+
+    return fn, [x], weights
