@@ -5,19 +5,16 @@ reference under the interpreter (the cases: state_update_interpreter_checks.py) 
 import importlib
 import importlib.util
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from interpreter_scripts import run_under_interpreter
 
 from localmamba_kernel_runtime import backends, ckernel
 from localmamba_ssm import selective_scan_ref, selective_state_update, selective_state_update_ref
 from localmamba_ssm.ops.triton import selective_state_update as interface
 
-ROOT = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 needs_compiler = pytest.mark.skipif(ckernel.compiler() is None, reason="no C compiler")
 OPTIONS = [dict(D=False, z=False, bias=False, softplus=False), dict(D=True, z=False, bias=True, softplus=False),
@@ -231,10 +228,7 @@ def test_ported_imports_find_both_functions():
 
 @needs_triton
 def test_triton_kernel_matches_reference_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", LOCALMAMBA_BACKEND="triton",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    script = Path(__file__).with_name("state_update_interpreter_checks.py")
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    result = run_under_interpreter("state_update_interpreter_checks.py", timeout=600, backend="triton")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 10, result.stdout
 

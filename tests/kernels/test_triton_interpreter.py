@@ -5,14 +5,11 @@ TRITON_INTERPRET must be set before the kernels are defined, so the checks run i
 suite is unaffected.
 """
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hopper_compile import assert_compiles_well
+from interpreter_scripts import run_under_interpreter
 
 from localmamba_kernel_runtime.launch_limits import MAX_GRID_AXIS
 
@@ -20,9 +17,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 
 def test_triton_kernels_match_reference_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", LOCALMAMBA_BACKEND="triton")
-    script = Path(__file__).with_name("triton_interpreter_checks.py")
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    result = run_under_interpreter("triton_interpreter_checks.py", timeout=900, backend="triton")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 20, result.stdout
 
