@@ -3,6 +3,7 @@
     python tools/benchmark.py --op scan                      # selective scan at the LocalVim-T shape
     python tools/benchmark.py --op inner --threads 2 --csv out.csv
     python tools/benchmark.py --op conv1d --device cuda --dtype bf16
+    python tools/benchmark.py --op state_update --threads 2  # one decoding step (inference only: forward)
     python tools/benchmark.py --model local_vim_tiny --threads 2        # vs deit_tiny_patch16_224
     python tools/benchmark.py --model local_vssm_tiny --csv vssm.csv    # vs swin_tiny_patch4_window7_224
     python tools/benchmark.py --model local_vim_tiny local_vssm_tiny --sweep 224 512 768 1024 --plot sweep.png

@@ -81,9 +81,11 @@ def inner_problem(device: torch.device, dtype: torch.dtype, dim: int, seqlen: in
     return fn, inputs, weights
 
 
-def state_update_problem(device: torch.device, dtype: torch.dtype, dim: int, dstate: int, batch: int = 2) -> Problem:
+def state_update_problem(device: torch.device, dtype: torch.dtype, dim: int, dstate: int, batch: int = 2,
+                         copy_state: bool = True) -> Problem:
     """selective_state_update (inference only: no gradients, its inputs need none) of a ``dtype`` state (B, D, N) with
-    D, z, dt_bias and softplus; each call updates a copy of the state and returns (out, the updated state)."""
+    D, z, dt_bias and softplus; each call updates a copy of the state (``copy_state``: every call takes the same step)
+    or the state itself (a decoding loop: the benchmark), and returns (out, the updated state)."""
     g = torch.Generator().manual_seed(3)
 
     def rand(*shape, scale=1.0, dt=dtype):
@@ -96,7 +98,7 @@ def state_update_problem(device: torch.device, dtype: torch.dtype, dim: int, dst
     weights = [torch.randn(batch, dim, generator=g).to(device), torch.randn(batch, dim, dstate, generator=g).to(device)]
 
     def fn():
-        updated = state.clone()
+        updated = state.clone() if copy_state else state
         out = selective_state_update(updated, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True)
         return out, updated
 

@@ -1,13 +1,15 @@
 """Kernel-op timings: each available backend of an op against the plain-PyTorch reference, forward (under no_grad)
 and forward + backward, interleaved medians. Defaults: the selective scan at the LocalVim-T shape (batch 8, inner
 width 384, L = 196, N = 16) with z, D, delta_bias, softplus and variable B/C; ``multi_scan`` is the fused
-multi-direction op at a LocalVim-T layer (``mixer_ops.mixer_problem``: 14x14 grid and class token, four directions).
+multi-direction op at a LocalVim-T layer (``mixer_ops.mixer_problem``: 14x14 grid and class token, four directions);
+``state_update`` is one decoding step (``selective_state_update``: state (B, D, N) updated in place, with D, z,
+dt_bias and softplus), inference only: forward timings alone.
 
 For the scans the table also gives, on the CPU, the forward's nanoseconds per state update per core, time * threads
-/ (updates), updates = B * D * L * N (times the directions for ``multi_scan``; none on a GPU, whose cores are not
-the CPU threads), and the backward's time over the
-forward's (backward = forward + backward minus forward; the two are timed in separate loops, so where noise makes
-forward + backward no slower than forward the table says so instead of giving a ratio)."""
+/ (updates), updates = B * D * L * N (times the directions for ``multi_scan``, B * D * N for one decoding step; none
+on a GPU, whose cores are not the CPU threads), and the backward's time over the forward's (backward = forward +
+backward minus forward; the two are timed in separate loops, so where noise makes forward + backward no slower than
+forward the table says so instead of giving a ratio)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -19,12 +21,13 @@ from localmamba_kernel_runtime import backends, ckernel
 
 from ..models.scan_maps import sequence_index
 from .mixer_ops import LAYER_DIRECTIONS, SCAN_TILES, mixer_problem
-from .op_problems import conv_problem, inner_problem, scan_problem
+from .op_problems import conv_problem, inner_problem, scan_problem, state_update_problem
 from .tables import render_table
 from .timing import DTYPES, cuda_graph_seconds, median_seconds
 
 OP_NAMES = {"scan": "selective_scan", "inner": "selective_scan", "conv1d": "causal_conv1d",
-            "multi_scan": "multi_scan_inner"}
+            "multi_scan": "multi_scan_inner", "state_update": "selective_state_update"}
+INFERENCE_ONLY = {"state_update"}    # ops without a backward: timed forward only
 LAYER_GRID = (14, 14)
 NOISY_BACKWARD = "n/a (noise: fwd+bwd <= fwd)"
 
@@ -43,7 +46,7 @@ class OpShape:
 @dataclass
 class Case:
     """One benchmark problem: ``run()`` does a forward pass and returns the output, ``inputs`` need gradients;
-    ``updates``: state updates per forward (scans only)."""
+    ``updates``: state updates per forward (scans and the decoding step only)."""
 
     run: Callable[[], torch.Tensor]
     inputs: Sequence[torch.Tensor]
@@ -79,10 +82,19 @@ def conv1d_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Cas
     return Case(fn, inputs)
 
 
-CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case, "multi_scan": multi_scan_case}
+def state_update_case(shape: OpShape, device: torch.device, dtype: torch.dtype) -> Case:
+    """selective_state_update with D, z, dt_bias and softplus: a state (Bt, dim, dstate) stepped in place, as a
+    decoding loop does (no sequence length: one token)."""
+    fn, _, _ = state_update_problem(device, dtype, shape.dim, shape.dstate, batch=shape.batch, copy_state=False)
+    return Case(lambda: fn()[0], [], updates=shape.batch * shape.dim * shape.dstate)
+
+
+CASES = {"scan": scan_case, "inner": inner_case, "conv1d": conv1d_case, "multi_scan": multi_scan_case,
+         "state_update": state_update_case}
 # The OpShape fields each op's problem takes (multi_scan's length is its layer's; the scans have no conv1d).
 OP_SIZES = {"scan": ("batch", "dim", "seqlen", "dstate"), "inner": ("batch", "dim", "seqlen", "dstate", "width"),
-            "conv1d": ("batch", "dim", "seqlen", "width"), "multi_scan": ("batch", "dim", "dstate")}
+            "conv1d": ("batch", "dim", "seqlen", "width"), "multi_scan": ("batch", "dim", "dstate"),
+            "state_update": ("batch", "dim", "dstate")}
 SIZE_LETTERS = {"batch": "B", "dim": "D", "seqlen": "L", "dstate": "N", "width": "W"}
 
 
@@ -130,8 +142,10 @@ def benchmark_op(op: str, shape: OpShape = OpShape(), device: str = "cpu", dtype
     """Time ``op`` (a key of ``CASES``) on every backend available for ``device`` (or those of ``only_backends``)
     and the reference; one row per backend with milliseconds and the speedup over the reference. ``finished``: a
     list the rows are also appended to once the forward timings end (their forward + backward figures are filled in
-    when those end), which keeps the forward figures where Ctrl-C stops the forward + backward timings."""
+    when those end), which keeps the forward figures where Ctrl-C stops the forward + backward timings. An op of
+    ``INFERENCE_ONLY`` is timed forward only."""
     device, shape = torch.device(device), op_shape(op, shape)
+    backward = backward and op not in INFERENCE_ONLY
     names = [b for b in backends.available_backends(OP_NAMES[op], device)
              if b in backends.KERNEL_BACKENDS and (not only_backends or b in only_backends)]  # composed: not forceable
     if "reference" not in names:

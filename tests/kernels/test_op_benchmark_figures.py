@@ -35,6 +35,19 @@ def test_multi_scan_rows_time_the_kernel_backends():
     assert all(r["fwd_ns_per_update_core"] > 0 and r["bwd_over_fwd"] is None for r in rows)
 
 
+def test_the_decoding_step_is_timed_forward_only_and_steps_its_state_in_place():
+    """--op state_update: no backward (the op has none), a figure per update of the B x D x N state, and each call a
+    step of the same state, as a decoding loop takes (not a copy)."""
+    rows = benchmark_op("state_update", OpShape(batch=2, dim=8, dstate=4), repeats=1, warmup=0)
+    assert [r["backend"] for r in rows] == ["cpu", "reference"]
+    for r in rows:
+        assert r["shape"] == "B=2 D=8 N=4" and r["fwdbwd_ms"] is None and r["bwd_over_fwd"] is None
+        assert r["fwd_ns_per_update_core"] == r["fwd_ms"] * 1e6 * torch.get_num_threads() / (2 * 8 * 4)
+    case = CASES["state_update"](OpShape(batch=2, dim=8, dstate=4), torch.device("cpu"), torch.float32)
+    first, second = case.run(), case.run()
+    assert first.shape == (2, 8) and not torch.equal(first, second)    # the second step starts from the first's state
+
+
 def test_graph_columns_appear_only_with_cuda_graph_figures():
     rows = benchmark_op("conv1d", OpShape(batch=1, dim=8, seqlen=5), repeats=1, warmup=0)
     assert all(r["fwd_graph_ms"] is None and r["fwdbwd_graph_ms"] is None for r in rows)  # CPU: nothing to capture
