@@ -5,8 +5,8 @@ The module sits where mamba_ssm 1.1.1 keeps its op (``mamba_ssm.ops.triton.selec
 itself (the kernel module is imported on first use). Backends: ``cuda`` (the official op, a Triton kernel of
 mamba_ssm, for CUDA tensors when it is installed), ``triton`` (ours), ``cpu`` (our C kernel, one pass over the state)
 and ``reference``. The cpu kernel is there because the reference's whole-state temporaries cost more than the step:
-on a 2-core AVX-512 EPYC (fp32, N = 16) the public op takes 31 us against the reference's 38 at batch 1 x Dm 384
-(checks, dispatch and casts are 20 us of it), 165 against 900 at 8 x 1536 and 1.0 ms against 9.0 at 16 x 5120.
+``tools/benchmark.py --op state_update --threads 2`` on a 2-core AMD EPYC Zen 4 (AVX-512, fp32, N = 16) gives the cpu
+backend 1.5x the reference at batch 1 x Dm 384 (0.038 ms), 1.8x at 8 x 384, 2.0x at 8 x 1536 and 2.6x at 16 x 5120.
 """
 from __future__ import annotations
 
