@@ -118,17 +118,10 @@ def group_names(names: Sequence[str], trainable: Sequence[str]) -> list[tuple[st
     return texts
 
 
-def find_unused_option(cfg: Any) -> str:
-    """The ``--cfg-options`` key that turns on DDP's search for unused parameters in a run of ``cfg``: mmengine reads
-    the top-level ``find_unused_parameters`` only when the config sets no ``model_wrapper_cfg``."""
-    wrapper = cfg.get('model_wrapper_cfg') if cfg is not None else None
-    return 'model_wrapper_cfg.find_unused_parameters' if isinstance(wrapper, dict) else 'find_unused_parameters'
-
-
 def no_grad_parameters_problem(text: str, wrapped: Any, option: str = 'find_unused_parameters') -> Optional[str]:
     """The one line for DDP's stop on parameters that got no gradient (``text``: the RuntimeError's message) in a
     run of the DistributedDataParallel ``wrapped``: their names, grouped, and the ways out (``option``: the
-    ``--cfg-options`` key of :func:`find_unused_option`); None for any other error, for DDP's stop with
+    ``--cfg-options`` key of :func:`.map_fit.find_unused_option`); None for any other error, for DDP's stop with
     find_unused_parameters or static_graph set (other causes), or when the parameters cannot be named."""
     if DDP_STOP not in text or NOT_FINDING_UNUSED not in text or not isinstance(wrapped, torch.nn.Module):
         return None

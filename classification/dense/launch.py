@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 from ..common import TRUST_FLAG, CheckpointError, load_checkpoint_on_all_ranks
 from ..common.checkpoint_io import atomic_write_bytes
 from ..common.signals import exit_after_stop, interrupt_on_stop_signals
-from .ddp_no_grad import NoGradParametersError, find_unused_option, no_grad_parameters_problem
-from .map_fit import head_stride_problem, neck_input_problem, unread_maps_problem
+from .ddp_no_grad import NoGradParametersError, no_grad_parameters_problem
+from .map_fit import find_unused_option, head_stride_problem, neck_input_problem, unread_maps_problem
 from .run_inputs import (config_file_problem, is_backbone, missing_checkpoint, missing_data_path, missing_pretrained,
                          new_option_keys, walk_dicts, work_dir_problem, wrong_type_option)
 

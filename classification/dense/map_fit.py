@@ -494,6 +494,13 @@ def _wrapper_finds_unused(cfg: Any) -> bool:
     return bool(cfg.get('find_unused_parameters'))
 
 
+def find_unused_option(cfg: Any) -> str:
+    """The ``--cfg-options`` key that turns on DDP's search for unused parameters in a run of ``cfg``: mmengine reads
+    the top-level ``find_unused_parameters`` only when the config sets no ``model_wrapper_cfg``."""
+    wrapper = cfg.get('model_wrapper_cfg') if cfg is not None else None
+    return 'model_wrapper_cfg.find_unused_parameters' if isinstance(wrapper, dict) else 'find_unused_parameters'
+
+
 def unread_maps_problem(cfg: Any) -> Optional[str]:
     """A distributed training run (``cfg.launcher`` not 'none') whose backbone gives maps that nothing after it reads:
     its first neck passes them over (FPN's ``start_level`` / ``end_level``, DilatedEncoder's and CTResNetNeck's last
@@ -520,5 +527,5 @@ def unread_maps_problem(cfg: Any) -> Optional[str]:
         return (f'{readers.words} {verb} {len(readers.read)} of the maps, but {gives}: the output norms of {units} '
                 f'{", ".join(map(str, unread))} get no gradient, and DistributedDataParallel stops on them at the '
                 f'second iteration: give {where}.backbone.out_indices only the maps read (and set '
-                f'{" and ".join(readers.keys)} for them), or set --cfg-options find_unused_parameters=True')
+                f'{" and ".join(readers.keys)} for them), or set --cfg-options {find_unused_option(cfg)}=True')
     return None

@@ -14,8 +14,9 @@ from PIL import Image
 from conftest import IMAGE_HW, REPO, apply_advice, require, seg_batch, seg_config, tiny_vssm_backbone
 
 from classification.dense import launch, map_fit
-from classification.dense.ddp_no_grad import (NoGradParametersError, ddp_parameter_names, find_unused_option,
-                                              group_names, no_grad_parameters_problem)
+from classification.dense.ddp_no_grad import (NoGradParametersError, ddp_parameter_names, group_names,
+                                              no_grad_parameters_problem)
+from classification.dense.map_fit import find_unused_option
 
 require('mmseg')
 

@@ -24,10 +24,10 @@ AUX = dict(type='FCNHead', in_channels=32, in_index=2)
 FPN = dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=8, num_outs=5)
 
 
-def _stops(reader: str, keys: str, reads: str, unread: str) -> str:
+def _stops(reader: str, keys: str, reads: str, unread: str, option: str = 'find_unused_parameters') -> str:
     return (f'{reader} {reads}, but {VSSM4_GIVES}: the output norms of {unread} get no gradient, and '
             f'DistributedDataParallel stops on them at the second iteration: give model.backbone.out_indices only the '
-            f'maps read (and set {keys} for them), or set --cfg-options find_unused_parameters=True')
+            f'maps read (and set {keys} for them), or set --cfg-options {option}=True')
 
 
 # (model, extra top-level settings, the line; None: nothing to say)
@@ -66,10 +66,10 @@ CASES = {
     'another_wrapper': (
         dict(type='EncoderDecoder', backbone=VSSM4, decode_head=FCN),
         dict(model_wrapper_cfg=dict(type='MMFullyShardedDataParallel')), None),
-    'a_wrapper_of_ddp_defaults': (
+    'a_wrapper_of_ddp_defaults': (    # mmengine reads the top-level find_unused_parameters only without it
         dict(type='EncoderDecoder', backbone=VSSM4, decode_head=FCN), dict(model_wrapper_cfg=dict()),
         _stops('model.decode_head (FCNHead, in_index 3)', 'model.decode_head', 'reads 1 of the maps',
-               'stages 0, 1, 2')),
+               'stages 0, 1, 2', option='model_wrapper_cfg.find_unused_parameters')),
     'a_mask_head_judged_elsewhere': (
         dict(type='EncoderDecoder', backbone=VSSM4, decode_head=dict(type='Mask2FormerHead', in_channels=[8]),
              auxiliary_head=AUX), {}, None),
