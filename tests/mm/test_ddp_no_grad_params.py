@@ -6,10 +6,8 @@ import copy
 import os
 import socket
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import IMAGE_HW, REPO, apply_advice, require, seg_batch, seg_config, tiny_vssm_backbone
 
@@ -207,18 +205,6 @@ def test_other_runtime_errors_go_through_untouched(error):
     assert raised.value is error and not isinstance(raised.value, NoGradParametersError)
 
 
-def _ade_training_folder(root: str) -> None:
-    """Two random ADE20K-format training images and label maps of IMAGE_HW under ``root``."""
-    rng = np.random.default_rng(0)
-    for kind in ('images', 'annotations'):
-        os.makedirs(os.path.join(root, kind, 'training'))
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)).save(
-            os.path.join(root, 'images', 'training', f'{i}.jpg'))
-        Image.fromarray(rng.integers(0, 151, IMAGE_HW, dtype=np.uint8)).save(
-            os.path.join(root, 'annotations', 'training', f'{i}.png'))
-
-
 FPN_CONFIG = """
 _base_ = {base!r}
 model = dict(
@@ -246,10 +232,11 @@ def test_the_train_tool_ends_in_the_line(tmp_path, one_gloo_process, monkeypatch
     for variable in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):     # which mmengine's Runner sets: put back afterwards
         monkeypatch.setenv(variable, os.environ.get(variable, '1'))
     from mmengine.runner import CheckpointLoader
+    from test_mm_tools import _ade_folder
 
     from classification.models.directions import LOCAL_VSSM_TINY_DIRECTIONS
     root = str(tmp_path / 'ade')
-    _ade_training_folder(root)
+    _ade_folder(root)
     config = tmp_path / 'fpn_fcn.py'
     config.write_text(FPN_CONFIG.format(
         base=os.path.join(REPO, 'segmentation', 'configs', 'local_mamba',
